@@ -1,0 +1,90 @@
+//! The fixed virtual address layout of every ring-3 server's address space.
+//!
+//! The stub builds each server's page tables from this layout; servers link
+//! at [`SERVER_IMAGE_BASE`] and find their shared pages at the addresses
+//! below. Everything lives in the second gigabyte and above, so the stub's
+//! own identity map of the first gigabyte (supervisor-only) never overlaps.
+
+/// Size of a small page.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Servers are linked (and their ELF segments loaded) inside
+/// `[SERVER_IMAGE_BASE, SERVER_IMAGE_END)`.
+pub const SERVER_IMAGE_BASE: u64 = 0x4000_0000;
+/// End of the server image window.
+pub const SERVER_IMAGE_END: u64 = 0x5000_0000;
+
+/// The server's stack: `STACK_SIZE` bytes just below `STACK_TOP`; `rsp`
+/// starts at `STACK_TOP`.
+pub const STACK_TOP: u64 = 0x5f00_0000;
+/// Size of the server's stack.
+pub const STACK_SIZE: u64 = 64 * 1024;
+
+/// The VCPU page ([`crate::VcpuPage`]), read-write, shared with the stub.
+pub const VCPU_PAGE: u64 = 0x6000_0000;
+/// The boot-info page ([`BootInfo`]), read-only.
+pub const BOOT_INFO_PAGE: u64 = 0x6000_1000;
+
+/// Guest-physical address 0 of the VM appears here in the vmm-server
+/// (read-write, zero-copy): the server reads and writes guest memory in place.
+pub const GUEST_RAM_WINDOW: u64 = 0x8000_0000;
+
+/// What the stub tells a server about its world, at [`BOOT_INFO_PAGE`].
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    zerocopy::FromBytes,
+    zerocopy::IntoBytes,
+    zerocopy::Immutable,
+    zerocopy::KnownLayout,
+)]
+#[repr(C)]
+pub struct BootInfo {
+    /// [`crate::ABI_VERSION`] of the stub.
+    pub abi_version: u32,
+    /// Which virtualization extension the stub uses ([`crate::VcpuArch`]).
+    pub arch: u32,
+    /// Bytes of guest RAM, starting at guest-physical 0.
+    pub guest_ram_bytes: u64,
+    /// Where guest-physical 0 is mapped in this server ([`GUEST_RAM_WINDOW`]).
+    pub guest_ram_window: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn boot_info_layout_is_pinned() {
+        assert_eq!(size_of::<BootInfo>(), 24);
+        assert_eq!(offset_of!(BootInfo, abi_version), 0);
+        assert_eq!(offset_of!(BootInfo, arch), 4);
+        assert_eq!(offset_of!(BootInfo, guest_ram_bytes), 8);
+        assert_eq!(offset_of!(BootInfo, guest_ram_window), 16);
+    }
+
+    #[test]
+    fn regions_are_page_aligned_and_disjoint() {
+        for a in [
+            SERVER_IMAGE_BASE,
+            SERVER_IMAGE_END,
+            STACK_TOP,
+            STACK_SIZE,
+            VCPU_PAGE,
+            BOOT_INFO_PAGE,
+            GUEST_RAM_WINDOW,
+        ] {
+            assert_eq!(a % PAGE_SIZE, 0, "{a:#x}");
+        }
+        assert!(SERVER_IMAGE_END <= STACK_TOP - STACK_SIZE);
+        assert!(STACK_TOP <= VCPU_PAGE);
+        assert!(BOOT_INFO_PAGE + PAGE_SIZE <= GUEST_RAM_WINDOW);
+        // Above the stub's supervisor identity map of the first GiB.
+        assert!(SERVER_IMAGE_BASE >= 1 << 30);
+    }
+}

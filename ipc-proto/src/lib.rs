@@ -1,0 +1,28 @@
+//! Every wire type between the splitvisor stub and its servers.
+//!
+//! This crate is the one place where a byte layout is defined. Fixed-size
+//! records that cross the privilege boundary on every VM exit use `zerocopy`
+//! layouts (`#[repr(C)]`, no implicit padding); the boot manifest, which is
+//! variable control-plane data read once, uses `postcard`.
+//!
+//! The layouts are pinned by the tests at the bottom of each module: a change
+//! that moves a field breaks a test and must bump [`ABI_VERSION`].
+#![no_std]
+#![deny(missing_docs)]
+
+pub mod layout;
+pub mod manifest;
+pub mod stats;
+pub mod syscall;
+pub mod vcpu;
+
+/// Version of the stub ABI. The stub refuses a `Resume` from a server built
+/// against another version.
+pub const ABI_VERSION: u32 = 1;
+
+pub use stats::Stats;
+pub use syscall::{ErrorCode, Syscall};
+pub use vcpu::{
+    EventInjection, EventKind, ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch,
+    VcpuPage,
+};

@@ -1,0 +1,91 @@
+//! Statistics the stub keeps; part of the ABI so that experiments read them
+//! the same way on every platform.
+
+use crate::vcpu::wire;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+wire! {
+    /// Counters kept by the stub since boot.
+    pub struct Stats {
+        /// Every VM exit.
+        pub exits_total: u64,
+        /// Port I/O exits.
+        pub exits_ioio: u64,
+        /// HLT exits.
+        pub exits_hlt: u64,
+        /// CPUID exits.
+        pub exits_cpuid: u64,
+        /// RDMSR/WRMSR exits.
+        pub exits_msr: u64,
+        /// Nested page faults.
+        pub exits_npf: u64,
+        /// Intercepted exceptions.
+        pub exits_exception: u64,
+        /// Shutdown (triple fault).
+        pub exits_shutdown: u64,
+        /// Failed VM entries.
+        pub exits_invalid: u64,
+        /// Every other exit.
+        pub exits_other: u64,
+        /// Syscalls made by all servers.
+        pub syscalls: u64,
+        /// Resumes the stub refused.
+        pub resumes_refused: u64,
+    }
+}
+
+impl core::fmt::Display for Stats {
+    /// The statistics line: `exits: total=23 ioio=22 hlt=1 ...`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "exits: total={} ioio={} hlt={} cpuid={} msr={} npf={} exception={} shutdown={} invalid={} other={} syscalls={} resumes_refused={}",
+            self.exits_total,
+            self.exits_ioio,
+            self.exits_hlt,
+            self.exits_cpuid,
+            self.exits_msr,
+            self.exits_npf,
+            self.exits_exception,
+            self.exits_shutdown,
+            self.exits_invalid,
+            self.exits_other,
+            self.syscalls,
+            self.resumes_refused,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn stats_layout_is_pinned() {
+        assert_eq!(size_of::<Stats>(), 12 * 8);
+        assert_eq!(offset_of!(Stats, exits_total), 0);
+        assert_eq!(offset_of!(Stats, exits_ioio), 8);
+        assert_eq!(offset_of!(Stats, exits_hlt), 16);
+        assert_eq!(offset_of!(Stats, exits_other), 72);
+        assert_eq!(offset_of!(Stats, syscalls), 80);
+        assert_eq!(offset_of!(Stats, resumes_refused), 88);
+    }
+
+    #[test]
+    fn stats_line_starts_with_the_exit_counts() {
+        extern crate std;
+        use std::string::ToString;
+        let s = Stats {
+            exits_total: 23,
+            exits_ioio: 22,
+            exits_hlt: 1,
+            ..Default::default()
+        };
+        assert!(
+            s.to_string()
+                .starts_with("exits: total=23 ioio=22 hlt=1 cpuid=0 "),
+            "{s}"
+        );
+    }
+}

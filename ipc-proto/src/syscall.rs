@@ -1,0 +1,143 @@
+//! System calls from ring-3 servers to the stub.
+//!
+//! Convention: `int 0x80` with the number in `rax` and arguments in `rdi`,
+//! `rsi`, `rdx`. The result comes back in `rax`: 0 or a positive value on
+//! success, `-(ErrorCode as i64)` on failure. All other registers are
+//! preserved.
+
+/// The interrupt vector servers use to call the stub.
+pub const SYSCALL_VECTOR: u8 = 0x80;
+
+/// System call numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Syscall {
+    /// Apply the `Resume` in the VCPU page (ignored on the very first call),
+    /// run the guest until its next exit, and return with the `ExitRecord` in
+    /// the VCPU page. Only the vmm-server may call it.
+    VcpuRun = 1,
+    /// Write `rsi` bytes at user address `rdi` to the host console.
+    ConsoleWrite = 2,
+    /// Copy the stub's counters into the VCPU page's `stats`.
+    StatsRead = 3,
+    /// Stop the VM: the guest ended with status `rdi` (0 is a clean exit).
+    /// Does not return.
+    VmStop = 4,
+    /// Stop the VM because it cannot go on (the server has printed why).
+    /// Does not return.
+    VmFail = 5,
+}
+
+impl Syscall {
+    /// The call for a raw number, if known.
+    pub fn from_raw(raw: u64) -> Option<Self> {
+        match raw {
+            1 => Some(Self::VcpuRun),
+            2 => Some(Self::ConsoleWrite),
+            3 => Some(Self::StatsRead),
+            4 => Some(Self::VmStop),
+            5 => Some(Self::VmFail),
+            _ => None,
+        }
+    }
+}
+
+/// Why the stub refused a system call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ErrorCode {
+    /// No such system call.
+    UnknownSyscall = 1,
+    /// The caller has no right to this call.
+    NotPermitted = 2,
+    /// A pointer argument is not inside the caller's own memory.
+    BadPointer = 3,
+    /// A length argument is larger than the call allows.
+    TooLong = 4,
+    /// `Resume.abi_version` is not the stub's [`crate::ABI_VERSION`].
+    AbiMismatch = 5,
+    /// `Resume.flags` has bits the stub does not know.
+    ResumeUnknownFlags = 6,
+    /// The new RIP is not canonical, or too wide for the guest's code segment.
+    ResumeBadRip = 7,
+    /// The new RFLAGS sets reserved bits or clears bit 1.
+    ResumeBadRflags = 8,
+    /// The event to inject has a reserved type or a vector its type forbids.
+    ResumeBadEvent = 9,
+}
+
+/// Longest write `ConsoleWrite` accepts in one call.
+pub const CONSOLE_WRITE_MAX: u64 = 4096;
+
+impl ErrorCode {
+    /// All codes, for lookups and tests.
+    pub const ALL: [ErrorCode; 9] = [
+        Self::UnknownSyscall,
+        Self::NotPermitted,
+        Self::BadPointer,
+        Self::TooLong,
+        Self::AbiMismatch,
+        Self::ResumeUnknownFlags,
+        Self::ResumeBadRip,
+        Self::ResumeBadRflags,
+        Self::ResumeBadEvent,
+    ];
+
+    /// The value a failed call returns in `rax`.
+    pub fn to_return_value(self) -> u64 {
+        (-(self as i64)) as u64
+    }
+
+    /// The error a raw `rax` carries, or `None` for success.
+    pub fn from_return_value(rax: u64) -> Option<Self> {
+        let v = rax as i64;
+        if v >= 0 {
+            return None;
+        }
+        Self::ALL.into_iter().find(|c| -(*c as i64) == v)
+    }
+
+    /// A sentence a user can act on.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::UnknownSyscall => "unknown system call",
+            Self::NotPermitted => "the task has no right to this call",
+            Self::BadPointer => "pointer outside the task's memory",
+            Self::TooLong => "length larger than the call allows",
+            Self::AbiMismatch => "resume built against another ABI version",
+            Self::ResumeUnknownFlags => "resume has unknown flag bits",
+            Self::ResumeBadRip => "resume RIP is non-canonical or too wide for the guest's mode",
+            Self::ResumeBadRflags => "resume RFLAGS sets reserved bits",
+            Self::ResumeBadEvent => "resume event has a reserved type or a forbidden vector",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_pinned() {
+        assert_eq!(SYSCALL_VECTOR, 0x80);
+        assert_eq!(Syscall::VcpuRun as u64, 1);
+        assert_eq!(Syscall::ConsoleWrite as u64, 2);
+        assert_eq!(Syscall::StatsRead as u64, 3);
+        assert_eq!(Syscall::VmStop as u64, 4);
+        assert_eq!(Syscall::VmFail as u64, 5);
+        for n in 1..=5 {
+            assert_eq!(Syscall::from_raw(n).unwrap() as u64, n);
+        }
+        assert_eq!(Syscall::from_raw(0), None);
+    }
+
+    #[test]
+    fn error_codes_round_trip_through_rax() {
+        for (i, c) in ErrorCode::ALL.into_iter().enumerate() {
+            assert_eq!(c as u32, i as u32 + 1);
+            assert_eq!(ErrorCode::from_return_value(c.to_return_value()), Some(c));
+        }
+        assert_eq!(ErrorCode::from_return_value(0), None);
+        assert_eq!(ErrorCode::from_return_value(7), None);
+    }
+}

@@ -1,0 +1,373 @@
+//! The VCPU page: the exit record the stub writes on every VM exit and the
+//! resume the server writes back. One page, mapped in the stub and in the
+//! vmm-server at [`crate::layout::VCPU_PAGE`]; nothing is copied through a
+//! message buffer.
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+macro_rules! wire {
+    ($(#[$m:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+        #[repr(C)]
+        pub struct $name { $($body)* }
+    };
+}
+pub(crate) use wire;
+
+/// Which virtualization extension produced an exit record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum VcpuArch {
+    /// AMD SVM: `exit_code` is the VMCB EXITCODE (AMD APM vol. 2, appendix C).
+    Svm = 1,
+    /// Intel VMX: `exit_code` is the basic exit reason (Intel SDM vol. 3, appendix C).
+    Vmx = 2,
+}
+
+impl VcpuArch {
+    /// The arch for a raw `arch` field, if known.
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        match raw {
+            1 => Some(Self::Svm),
+            2 => Some(Self::Vmx),
+            _ => None,
+        }
+    }
+}
+
+/// Raw SVM exit codes (AMD APM vol. 2, appendix C, "SVM Intercept Exit Codes").
+pub mod svm_exit {
+    /// An exception intercept is `EXCP_BASE + vector`.
+    pub const EXCP_BASE: u64 = 0x40;
+    /// Physical interrupt.
+    pub const INTR: u64 = 0x60;
+    /// CPUID.
+    pub const CPUID: u64 = 0x72;
+    /// HLT.
+    pub const HLT: u64 = 0x78;
+    /// IN/OUT/INS/OUTS; EXITINFO1 holds the decoded access.
+    pub const IOIO: u64 = 0x7b;
+    /// RDMSR/WRMSR.
+    pub const MSR: u64 = 0x7c;
+    /// Shutdown: the guest triple-faulted.
+    pub const SHUTDOWN: u64 = 0x7f;
+    /// VMRUN executed by the guest.
+    pub const VMRUN: u64 = 0x80;
+    /// VMMCALL.
+    pub const VMMCALL: u64 = 0x81;
+    /// Nested page fault.
+    pub const NPF: u64 = 0x400;
+    /// VMRUN failed its consistency checks: the guest never ran.
+    pub const INVALID: u64 = u64::MAX;
+}
+
+/// IOIO EXITINFO1 bits (AMD APM vol. 2, 15.10.2, figure 15-2).
+pub mod svm_ioio {
+    /// 1 = IN, 0 = OUT.
+    pub const TYPE_IN: u64 = 1 << 0;
+    /// INS/OUTS.
+    pub const STRING: u64 = 1 << 2;
+    /// REP prefix.
+    pub const REP: u64 = 1 << 3;
+    /// 8-bit operand.
+    pub const SZ8: u64 = 1 << 4;
+    /// 16-bit operand.
+    pub const SZ16: u64 = 1 << 5;
+    /// 32-bit operand.
+    pub const SZ32: u64 = 1 << 6;
+    /// Address size bits A16/A32/A64 (7..=9).
+    pub const ADDR_SHIFT: u32 = 7;
+    /// Effective segment of a string access (10..=12).
+    pub const SEG_SHIFT: u32 = 10;
+    /// Port number (16..=31).
+    pub const PORT_SHIFT: u32 = 16;
+}
+
+wire! {
+    /// A segment register in the SVM VMCB format: `attrib` packs the
+    /// descriptor's type (bits 0-3), S, DPL, P, AVL, L, D/B and G (bits 4-11).
+    pub struct Segment {
+        /// Selector.
+        pub selector: u16,
+        /// Packed attributes (APM vol. 2, 15.5.1 "Segment State").
+        pub attrib: u16,
+        /// Limit in bytes (already expanded by granularity).
+        pub limit: u32,
+        /// Base address.
+        pub base: u64,
+    }
+}
+
+impl Segment {
+    /// The L bit: a 64-bit code segment.
+    pub const ATTR_L: u16 = 1 << 9;
+    /// The D/B bit: a 32-bit segment.
+    pub const ATTR_DB: u16 = 1 << 10;
+}
+
+wire! {
+    /// The guest's general-purpose registers, instruction pointer and flags.
+    pub struct GuestRegs {
+        /// RAX.
+        pub rax: u64,
+        /// RBX.
+        pub rbx: u64,
+        /// RCX.
+        pub rcx: u64,
+        /// RDX.
+        pub rdx: u64,
+        /// RSI.
+        pub rsi: u64,
+        /// RDI.
+        pub rdi: u64,
+        /// RBP.
+        pub rbp: u64,
+        /// RSP.
+        pub rsp: u64,
+        /// R8.
+        pub r8: u64,
+        /// R9.
+        pub r9: u64,
+        /// R10.
+        pub r10: u64,
+        /// R11.
+        pub r11: u64,
+        /// R12.
+        pub r12: u64,
+        /// R13.
+        pub r13: u64,
+        /// R14.
+        pub r14: u64,
+        /// R15.
+        pub r15: u64,
+        /// RIP.
+        pub rip: u64,
+        /// RFLAGS.
+        pub rflags: u64,
+    }
+}
+
+wire! {
+    /// Everything the stub knows about one VM exit, written to the VCPU page
+    /// before the vmm-server runs.
+    pub struct ExitRecord {
+        /// [`crate::ABI_VERSION`] of the stub that wrote this record.
+        pub abi_version: u32,
+        /// [`VcpuArch`] as a raw number.
+        pub arch: u32,
+        /// Number of this exit, counting from 1.
+        pub sequence: u64,
+        /// Raw exit code (SVM EXITCODE / VMX basic exit reason).
+        pub exit_code: u64,
+        /// SVM EXITINFO1 / VMX exit qualification.
+        pub exit_info1: u64,
+        /// SVM EXITINFO2 / VMX guest-linear or guest-physical address.
+        pub exit_info2: u64,
+        /// Event that was being delivered when the exit happened (SVM EXITINTINFO format).
+        pub exit_int_info: u64,
+        /// Address of the next instruction, or 0 when the hardware did not say.
+        pub next_rip: u64,
+        /// The guest's registers at the exit.
+        pub regs: GuestRegs,
+        /// CR0.
+        pub cr0: u64,
+        /// CR2.
+        pub cr2: u64,
+        /// CR3.
+        pub cr3: u64,
+        /// CR4.
+        pub cr4: u64,
+        /// EFER.
+        pub efer: u64,
+        /// CS, for the operating mode and the linear address of RIP.
+        pub cs: Segment,
+        /// Current privilege level.
+        pub cpl: u8,
+        /// 1 when the guest is in an interrupt shadow (after STI or MOV SS).
+        pub interrupt_shadow: u8,
+        /// Number of valid bytes in `insn_bytes` (0 when the hardware gave none).
+        pub insn_len: u8,
+        /// Reserved, zero.
+        pub reserved: [u8; 5],
+        /// Bytes of the instruction that exited, when the hardware fetched them.
+        pub insn_bytes: [u8; 16],
+    }
+}
+
+bitflags::bitflags! {
+    /// Which parts of a [`Resume`] the stub applies.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct ResumeFlags: u32 {
+        /// Write all general-purpose registers, RSP included, from `regs`.
+        const SET_GPRS = 1 << 0;
+        /// Continue at `regs.rip` (for example the exit's `next_rip`).
+        const SET_RIP = 1 << 1;
+        /// Write RFLAGS from `regs.rflags`.
+        const SET_RFLAGS = 1 << 2;
+        /// Inject `event` on entry.
+        const INJECT_EVENT = 1 << 3;
+    }
+}
+
+/// Kinds of injectable events (the TYPE field of SVM EVENTINJ, APM vol. 2, 15.20).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EventKind {
+    /// External interrupt.
+    ExternalInterrupt = 0,
+    /// Non-maskable interrupt.
+    Nmi = 2,
+    /// Hardware exception.
+    Exception = 3,
+    /// Software interrupt (INTn).
+    SoftwareInterrupt = 4,
+}
+
+impl EventKind {
+    /// The kind for a raw TYPE value, if it is one the ABI allows.
+    pub fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            0 => Some(Self::ExternalInterrupt),
+            2 => Some(Self::Nmi),
+            3 => Some(Self::Exception),
+            4 => Some(Self::SoftwareInterrupt),
+            _ => None,
+        }
+    }
+}
+
+wire! {
+    /// An event to inject when the guest is entered.
+    pub struct EventInjection {
+        /// Interrupt or exception vector.
+        pub vector: u8,
+        /// [`EventKind`] as a raw number.
+        pub kind: u8,
+        /// 1 when `error_code` is pushed.
+        pub has_error_code: u8,
+        /// Reserved, zero.
+        pub reserved: u8,
+        /// Error code, when `has_error_code` is 1.
+        pub error_code: u32,
+    }
+}
+
+wire! {
+    /// What the vmm-server asks the stub to do before re-entering the guest.
+    pub struct Resume {
+        /// [`crate::ABI_VERSION`] the server was built against.
+        pub abi_version: u32,
+        /// [`ResumeFlags`] as raw bits; unknown bits are refused.
+        pub flags: u32,
+        /// Register values, applied according to `flags`.
+        pub regs: GuestRegs,
+        /// The event to inject when `INJECT_EVENT` is set.
+        pub event: EventInjection,
+    }
+}
+
+wire! {
+    /// The page shared by the stub and the vmm-server.
+    pub struct VcpuPage {
+        /// Written by the stub on each exit; read-only by convention for the server.
+        pub exit: ExitRecord,
+        /// Written by the server before `Syscall::VcpuRun`; copied and checked by the stub.
+        pub resume: Resume,
+        /// Written by the stub on `Syscall::StatsRead`.
+        pub stats: crate::Stats,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn segment_layout_is_pinned() {
+        assert_eq!(size_of::<Segment>(), 16);
+        assert_eq!(offset_of!(Segment, selector), 0);
+        assert_eq!(offset_of!(Segment, attrib), 2);
+        assert_eq!(offset_of!(Segment, limit), 4);
+        assert_eq!(offset_of!(Segment, base), 8);
+    }
+
+    #[test]
+    fn guest_regs_layout_is_pinned() {
+        assert_eq!(size_of::<GuestRegs>(), 18 * 8);
+        assert_eq!(offset_of!(GuestRegs, rax), 0);
+        assert_eq!(offset_of!(GuestRegs, rsp), 7 * 8);
+        assert_eq!(offset_of!(GuestRegs, r8), 8 * 8);
+        assert_eq!(offset_of!(GuestRegs, r15), 15 * 8);
+        assert_eq!(offset_of!(GuestRegs, rip), 16 * 8);
+        assert_eq!(offset_of!(GuestRegs, rflags), 17 * 8);
+    }
+
+    #[test]
+    fn exit_record_layout_is_pinned() {
+        assert_eq!(offset_of!(ExitRecord, abi_version), 0);
+        assert_eq!(offset_of!(ExitRecord, arch), 4);
+        assert_eq!(offset_of!(ExitRecord, sequence), 8);
+        assert_eq!(offset_of!(ExitRecord, exit_code), 16);
+        assert_eq!(offset_of!(ExitRecord, exit_info1), 24);
+        assert_eq!(offset_of!(ExitRecord, exit_info2), 32);
+        assert_eq!(offset_of!(ExitRecord, exit_int_info), 40);
+        assert_eq!(offset_of!(ExitRecord, next_rip), 48);
+        assert_eq!(offset_of!(ExitRecord, regs), 56);
+        assert_eq!(offset_of!(ExitRecord, cr0), 200);
+        assert_eq!(offset_of!(ExitRecord, cr2), 208);
+        assert_eq!(offset_of!(ExitRecord, cr3), 216);
+        assert_eq!(offset_of!(ExitRecord, cr4), 224);
+        assert_eq!(offset_of!(ExitRecord, efer), 232);
+        assert_eq!(offset_of!(ExitRecord, cs), 240);
+        assert_eq!(offset_of!(ExitRecord, cpl), 256);
+        assert_eq!(offset_of!(ExitRecord, interrupt_shadow), 257);
+        assert_eq!(offset_of!(ExitRecord, insn_len), 258);
+        assert_eq!(offset_of!(ExitRecord, insn_bytes), 264);
+        assert_eq!(size_of::<ExitRecord>(), 280);
+    }
+
+    #[test]
+    fn event_injection_layout_is_pinned() {
+        assert_eq!(size_of::<EventInjection>(), 8);
+        assert_eq!(offset_of!(EventInjection, vector), 0);
+        assert_eq!(offset_of!(EventInjection, kind), 1);
+        assert_eq!(offset_of!(EventInjection, has_error_code), 2);
+        assert_eq!(offset_of!(EventInjection, error_code), 4);
+    }
+
+    #[test]
+    fn resume_layout_is_pinned() {
+        assert_eq!(offset_of!(Resume, abi_version), 0);
+        assert_eq!(offset_of!(Resume, flags), 4);
+        assert_eq!(offset_of!(Resume, regs), 8);
+        assert_eq!(offset_of!(Resume, event), 152);
+        assert_eq!(size_of::<Resume>(), 160);
+    }
+
+    #[test]
+    fn vcpu_page_layout_is_pinned_and_fits_a_page() {
+        assert_eq!(offset_of!(VcpuPage, exit), 0);
+        assert_eq!(offset_of!(VcpuPage, resume), 280);
+        assert_eq!(offset_of!(VcpuPage, stats), 440);
+        assert!(size_of::<VcpuPage>() <= crate::layout::PAGE_SIZE as usize);
+    }
+
+    #[test]
+    fn resume_flags_and_event_kinds_round_trip() {
+        assert_eq!(ResumeFlags::all().bits(), 0b1111);
+        for k in [
+            EventKind::ExternalInterrupt,
+            EventKind::Nmi,
+            EventKind::Exception,
+            EventKind::SoftwareInterrupt,
+        ] {
+            assert_eq!(EventKind::from_raw(k as u8), Some(k));
+        }
+        assert_eq!(EventKind::from_raw(1), None);
+        assert_eq!(EventKind::from_raw(5), None);
+        assert_eq!(VcpuArch::from_raw(1), Some(VcpuArch::Svm));
+        assert_eq!(VcpuArch::from_raw(0), None);
+    }
+}
