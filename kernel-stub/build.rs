@@ -1,0 +1,8 @@
+//! Links the stub at 1 MiB with its own linker script (target builds only).
+fn main() {
+    println!("cargo:rerun-if-changed=link.ld");
+    if std::env::var("TARGET").as_deref() == Ok("x86_64-unknown-none") {
+        let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+        println!("cargo:rustc-link-arg-bins=-T{dir}/link.ld");
+    }
+}

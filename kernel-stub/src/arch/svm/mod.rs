@@ -1,0 +1,221 @@
+//! AMD SVM (AMD APM vol. 2, chapter 15): the VMCB, VMRUN, and the
+//! translation of an exit into an `ExitRecord`.
+
+mod vmcb;
+
+use crate::cpu;
+use crate::memory::{self, OutOfMemory};
+use crate::resume::GuestMode;
+use core::arch::global_asm;
+use ipc_proto::{ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch, ABI_VERSION};
+use vmcb::*;
+
+const MSR_VM_CR: u32 = 0xc001_0114;
+const VM_CR_SVMDIS: u64 = 1 << 4;
+const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
+
+/// Why SVM cannot be used on this CPU, as one sentence.
+pub fn check_support() -> Result<(), &'static str> {
+    if cpu::cpuid(0x8000_0000).eax < 0x8000_000a || cpu::cpuid(0x8000_0001).ecx & (1 << 2) == 0 {
+        return Err("SVM not available on this CPU");
+    }
+    if cpu::rdmsr(MSR_VM_CR) & VM_CR_SVMDIS != 0 {
+        return Err("SVM is disabled by the firmware (VM_CR.SVMDIS)");
+    }
+    if cpu::cpuid(0x8000_000a).edx & 1 == 0 {
+        return Err("nested paging (NPT) not available on this CPU; shadow paging comes with the mmu-server");
+    }
+    Ok(())
+}
+
+/// Whether the CPU reports the next RIP on exits (NRIPS, CPUID 8000_000A EDX bit 3).
+fn has_nrips() -> bool {
+    cpu::cpuid(0x8000_000a).edx & (1 << 3) != 0
+}
+
+/// One virtual CPU: its VMCB, the registers VMRUN does not save, and the
+/// host areas VMRUN and VMLOAD use.
+pub struct Vcpu {
+    vmcb: Vmcb,
+    /// RBX..R15 of the guest (RAX, RSP, RIP and RFLAGS live in the VMCB).
+    gprs: GuestRegs,
+    /// The host's FS, GS, TR, LDTR and syscall MSRs (VMSAVE format).
+    host_vmsave_pa: u64,
+    nrips: bool,
+    sequence: u64,
+}
+
+/// Enables SVM and builds a VCPU whose guest-physical memory is the nested
+/// page table at `npt_root`. The guest starts at `entry_rip` in flat 32-bit
+/// protected mode, paging off -- the multiboot hand-over state.
+pub fn create_vcpu(npt_root: u64, entry_rip: u64) -> Result<Vcpu, OutOfMemory> {
+    cpu::wrmsr(cpu::MSR_EFER, cpu::rdmsr(cpu::MSR_EFER) | cpu::EFER_SVME);
+    cpu::wrmsr(MSR_VM_HSAVE_PA, memory::alloc_frame()?);
+    let host_vmsave_pa = memory::alloc_frame()?;
+    // SAFETY: EFER.SVME is set and the frame is ours; VMSAVE stores the
+    // current FS/GS/TR/LDTR/syscall state there, to be reloaded after each exit.
+    unsafe { core::arch::asm!("vmsave rax", in("rax") host_vmsave_pa, options(nostack)) };
+
+    // Every port and every MSR is intercepted (all bits set).
+    let iopm = memory::alloc(3, memory::PAGE)?;
+    let msrpm = memory::alloc(2, memory::PAGE)?;
+    // SAFETY: both ranges were just allocated for these bitmaps.
+    unsafe {
+        core::ptr::write_bytes(iopm as *mut u8, 0xff, 3 * 4096);
+        core::ptr::write_bytes(msrpm as *mut u8, 0xff, 2 * 4096);
+    }
+
+    let mut v = Vmcb::new(memory::alloc_frame()?);
+    v.write32(INTERCEPT_MISC1, MISC1_INTR | MISC1_NMI | MISC1_SMI | MISC1_INIT | MISC1_CPUID | MISC1_HLT | MISC1_INVD | MISC1_IOIO | MISC1_MSR | MISC1_SHUTDOWN);
+    v.write32(INTERCEPT_MISC2, MISC2_VMRUN | MISC2_VMMCALL | MISC2_VMLOAD | MISC2_VMSAVE | MISC2_STGI | MISC2_CLGI | MISC2_SKINIT);
+    v.write64(IOPM_BASE_PA, iopm);
+    v.write64(MSRPM_BASE_PA, msrpm);
+    v.write32(GUEST_ASID, 1);
+    v.write8(TLB_CONTROL, 1); // flush this ASID on the first VMRUN
+    v.write64(NP_ENABLE, 1);
+    v.write64(N_CR3, npt_root);
+
+    let code = Segment { selector: 0x08, attrib: 0xc9b, limit: 0xffff_ffff, base: 0 };
+    let data = Segment { selector: 0x10, attrib: 0xc93, limit: 0xffff_ffff, base: 0 };
+    for seg in [ES, SS, DS, FS, GS] {
+        v.write_segment(seg, data);
+    }
+    v.write_segment(CS, code);
+    v.write_segment(GDTR, Segment { selector: 0, attrib: 0, limit: 0xffff, base: 0 });
+    v.write_segment(IDTR, Segment { selector: 0, attrib: 0, limit: 0xffff, base: 0 });
+    v.write_segment(LDTR, Segment { selector: 0, attrib: 0x82, limit: 0xffff, base: 0 });
+    v.write_segment(TR, Segment { selector: 0, attrib: 0x8b, limit: 0xffff, base: 0 });
+    v.write64(CR0, 0x11); // PE | ET
+    v.write64(EFER, cpu::EFER_SVME); // VMRUN requires the guest's EFER.SVME
+    v.write64(RFLAGS, 2);
+    v.write64(RIP, entry_rip);
+    v.write64(DR6, 0xffff_0ff0);
+    v.write64(DR7, 0x400);
+    v.write64(G_PAT, 0x0007_0406_0007_0406); // the power-on PAT
+
+    Ok(Vcpu { vmcb: v, gprs: GuestRegs::default(), host_vmsave_pa, nrips: has_nrips(), sequence: 0 })
+}
+
+global_asm!(
+    // fn svm_vmrun(vmcb_pa: u64 /* rdi */, gprs: *mut GuestRegs /* rsi */, host_vmsave_pa: u64 /* rdx */)
+    // VMRUN saves and restores only RAX, RSP and RIP of the host; the other
+    // general-purpose registers are swapped here by hand.
+    ".globl svm_vmrun",
+    "svm_vmrun:",
+    "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
+    "push rdx",
+    "push rsi",
+    "push rdi",
+    "mov rax, rsi",
+    "mov rbx, [rax + 8]", "mov rcx, [rax + 16]", "mov rdx, [rax + 24]",
+    "mov rsi, [rax + 32]", "mov rdi, [rax + 40]", "mov rbp, [rax + 48]",
+    "mov r8, [rax + 64]", "mov r9, [rax + 72]", "mov r10, [rax + 80]", "mov r11, [rax + 88]",
+    "mov r12, [rax + 96]", "mov r13, [rax + 104]", "mov r14, [rax + 112]", "mov r15, [rax + 120]",
+    "mov rax, [rsp]",
+    "clgi",
+    "vmload rax",
+    "vmrun rax",
+    "vmsave rax",
+    "mov rax, [rsp + 8]",
+    "mov [rax + 8], rbx", "mov [rax + 16], rcx", "mov [rax + 24], rdx",
+    "mov [rax + 32], rsi", "mov [rax + 40], rdi", "mov [rax + 48], rbp",
+    "mov [rax + 64], r8", "mov [rax + 72], r9", "mov [rax + 80], r10", "mov [rax + 88], r11",
+    "mov [rax + 96], r12", "mov [rax + 104], r13", "mov [rax + 112], r14", "mov [rax + 120], r15",
+    "mov rax, [rsp + 16]",
+    "vmload rax",
+    "stgi",
+    "add rsp, 24",
+    "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
+    "ret",
+);
+
+extern "C" {
+    fn svm_vmrun(vmcb_pa: u64, gprs: *mut GuestRegs, host_vmsave_pa: u64);
+}
+
+impl Vcpu {
+    /// Runs the guest until its next exit and describes the exit.
+    pub fn run(&mut self) -> ExitRecord {
+        // SAFETY: the VMCB, the host areas and the bitmaps are frames this
+        // VCPU owns; `svm_vmrun` preserves every callee-saved register and
+        // returns on #VMEXIT (a failed consistency check is an exit too).
+        unsafe { svm_vmrun(self.vmcb.pa(), &mut self.gprs, self.host_vmsave_pa) };
+        self.vmcb.write8(TLB_CONTROL, 0);
+        self.vmcb.write64(EVENTINJ, 0);
+        self.sequence += 1;
+        self.exit_record()
+    }
+
+    fn exit_record(&self) -> ExitRecord {
+        let v = &self.vmcb;
+        let mut regs = self.gprs;
+        regs.rax = v.read64(RAX);
+        regs.rsp = v.read64(RSP);
+        regs.rip = v.read64(RIP);
+        regs.rflags = v.read64(RFLAGS);
+        let exit_code = v.read64(EXITCODE);
+        let insn_len = v.read8(INSN_LEN).min(15);
+        let mut insn_bytes = [0u8; 16];
+        for (i, b) in insn_bytes.iter_mut().enumerate().take(usize::from(insn_len)) {
+            *b = v.read8(INSN_BYTES + i);
+        }
+        ExitRecord {
+            abi_version: ABI_VERSION,
+            arch: VcpuArch::Svm as u32,
+            sequence: self.sequence,
+            exit_code,
+            exit_info1: v.read64(EXITINFO1),
+            exit_info2: v.read64(EXITINFO2),
+            exit_int_info: v.read64(EXITINTINFO),
+            next_rip: match (self.nrips, exit_code) {
+                (true, _) => v.read64(NRIP),
+                // Without NRIPS, an IOIO exit still gives the next RIP in EXITINFO2 (APM 15.10.2).
+                (false, ipc_proto::vcpu::svm_exit::IOIO) => v.read64(EXITINFO2),
+                (false, _) => 0,
+            },
+            regs,
+            cr0: v.read64(CR0),
+            cr2: v.read64(CR2),
+            cr3: v.read64(CR3),
+            cr4: v.read64(CR4),
+            efer: v.read64(EFER),
+            cs: v.read_segment(CS),
+            cpl: v.read8(CPL),
+            interrupt_shadow: (v.read64(INTERRUPT_SHADOW) & 1) as u8,
+            insn_len,
+            reserved: [0; 5],
+            insn_bytes,
+        }
+    }
+
+    /// What the resume check needs to know of the guest's mode.
+    pub fn mode(&self) -> GuestMode {
+        const EFER_LMA: u64 = 1 << 10;
+        let lma = self.vmcb.read64(EFER) & EFER_LMA != 0;
+        GuestMode { long_mode_code: lma && self.vmcb.read_segment(CS).attrib & Segment::ATTR_L != 0 }
+    }
+
+    /// Applies a resume that `resume::validate` accepted with `flags`.
+    pub fn apply(&mut self, r: &Resume, flags: ResumeFlags) {
+        let v = &mut self.vmcb;
+        if flags.contains(ResumeFlags::SET_GPRS) {
+            let rip = self.gprs.rip;
+            self.gprs = r.regs;
+            self.gprs.rip = rip;
+            v.write64(RAX, r.regs.rax);
+            v.write64(RSP, r.regs.rsp);
+        }
+        if flags.contains(ResumeFlags::SET_RIP) {
+            v.write64(RIP, r.regs.rip);
+        }
+        if flags.contains(ResumeFlags::SET_RFLAGS) {
+            v.write64(RFLAGS, r.regs.rflags);
+        }
+        if flags.contains(ResumeFlags::INJECT_EVENT) {
+            let e = &r.event;
+            let valid = 1u64 << 31;
+            let ev = u64::from(e.has_error_code & 1) << 11;
+            v.write64(EVENTINJ, u64::from(e.vector) | u64::from(e.kind) << 8 | ev | valid | u64::from(e.error_code) << 32);
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! The host CPU: port I/O, MSRs, the GDT with the TSS, the IDT with the
+//! exception and system-call entry, and the stacks the stub runs on.
+
+use core::arch::{asm, global_asm};
+use core::cell::UnsafeCell;
+
+/// State shared by the stub's code paths. The stub runs on one core with
+/// interrupts disabled, so there is never a second accessor at a time.
+pub struct KernelCell<T>(UnsafeCell<T>);
+
+// SAFETY: single core, interrupts always off in ring 0 and in ring 3: no
+// two contexts ever run `with` at the same time.
+unsafe impl<T> Sync for KernelCell<T> {}
+
+impl<T> KernelCell<T> {
+    /// A cell holding `v`.
+    pub const fn new(v: T) -> Self {
+        Self(UnsafeCell::new(v))
+    }
+
+    /// Runs `f` with exclusive access. `f` must not call `with` on the same cell.
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        // SAFETY: see the `Sync` impl; callers do not nest `with` on one cell.
+        f(unsafe { &mut *self.0.get() })
+    }
+}
+
+pub fn outb(port: u16, val: u8) {
+    // SAFETY: port I/O has no memory effects; the stub owns the host's ports.
+    unsafe { asm!("out dx, al", in("dx") port, in("al") val, options(nomem, nostack, preserves_flags)) }
+}
+
+pub fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: as for `outb`.
+    unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+pub fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: only called for MSRs that exist on every CPU with SVM (checked by CPUID first).
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+pub fn wrmsr(msr: u32, val: u64) {
+    // SAFETY: as for `rdmsr`; the values written are the architectural ones the callers document.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") val as u32, in("edx") (val >> 32) as u32, options(nostack, preserves_flags))
+    };
+}
+
+pub fn cpuid(leaf: u32) -> core::arch::x86_64::CpuidResult {
+    core::arch::x86_64::__cpuid(leaf)
+}
+
+pub fn read_cr2() -> u64 {
+    let v;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Loads a page-table root. The caller guarantees it maps the stub itself.
+pub fn write_cr3(root: u64) {
+    // SAFETY: every address space the stub builds maps the stub's identity
+    // region (see `memory::AddressSpace::new`), so execution continues.
+    unsafe { asm!("mov cr3, {}", in(reg) root, options(nostack, preserves_flags)) };
+}
+
+pub const MSR_EFER: u32 = 0xc000_0080;
+pub const EFER_NXE: u64 = 1 << 11;
+pub const EFER_SVME: u64 = 1 << 12;
+
+pub const KERNEL_CS: u16 = 0x08;
+pub const KERNEL_DS: u16 = 0x10;
+pub const USER_CS: u16 = 0x18 | 3;
+pub const USER_DS: u16 = 0x20 | 3;
+const TSS_SEL: u16 = 0x28;
+
+#[repr(C, align(16))]
+pub struct Stack([u8; 64 * 1024]);
+
+/// The stack `stub_main` runs on.
+#[no_mangle]
+pub static mut KERNEL_STACK: Stack = Stack([0; 64 * 1024]);
+/// Entered through the TSS on every trap from ring 3.
+static mut TRAP_STACK: Stack = Stack([0; 64 * 1024]);
+
+global_asm!(
+    ".globl KERNEL_STACK_TOP",
+    ".set KERNEL_STACK_TOP, KERNEL_STACK + 65536",
+);
+extern "C" {
+    pub static KERNEL_STACK_TOP: u8;
+}
+
+/// The 64-bit TSS: only RSP0 matters (the stack for traps from ring 3).
+#[repr(C, packed(4))]
+struct Tss {
+    reserved0: u32,
+    rsp0: u64,
+    rsp: [u64; 2],
+    reserved1: u64,
+    ist: [u64; 7],
+    reserved2: u64,
+    reserved3: u16,
+    iomap_base: u16,
+}
+
+static mut TSS: Tss = Tss {
+    reserved0: 0,
+    rsp0: 0,
+    rsp: [0; 2],
+    reserved1: 0,
+    ist: [0; 7],
+    reserved2: 0,
+    reserved3: 0,
+    // No I/O permission bitmap: every port access from ring 3 faults.
+    iomap_base: core::mem::size_of::<Tss>() as u16,
+};
+
+static mut GDT: [u64; 7] = [
+    0,
+    0x00af_9a00_0000_ffff, // 0x08 kernel code, 64-bit
+    0x00cf_9200_0000_ffff, // 0x10 kernel data
+    0x00af_fa00_0000_ffff, // 0x18 user code, 64-bit, DPL 3
+    0x00cf_f200_0000_ffff, // 0x20 user data, DPL 3
+    0,                     // 0x28 TSS, low half (filled in by `init`)
+    0,                     // 0x30 TSS, high half
+];
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IdtEntry {
+    offset_lo: u16,
+    selector: u16,
+    ist: u8,
+    type_attr: u8,
+    offset_mid: u16,
+    offset_hi: u32,
+    reserved: u32,
+}
+
+static mut IDT: [IdtEntry; 256] = [IdtEntry { offset_lo: 0, selector: 0, ist: 0, type_attr: 0, offset_mid: 0, offset_hi: 0, reserved: 0 }; 256];
+
+#[repr(C, packed)]
+struct DescriptorPointer {
+    limit: u16,
+    base: u64,
+}
+
+/// Registers saved by the trap entry, in stack order.
+#[repr(C)]
+#[derive(Debug)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+// One entry stub per vector we install: exceptions 0-31 and the system call.
+// Vectors where the CPU pushes an error code skip the dummy push.
+macro_rules! trap_stubs {
+    ($($vec:literal $err:literal),* $(,)?) => {
+        global_asm!(
+            $(
+                concat!(".globl trap_", $vec),
+                concat!("trap_", $vec, ":"),
+                concat!(".if ", $err, " == 0"),
+                "push 0",
+                ".endif",
+                concat!("push ", $vec),
+                "jmp trap_common",
+            )*
+            ".section .rodata",
+            ".balign 8",
+            "trap_table:",
+            $( concat!(".quad trap_", $vec), )*
+            ".text",
+        );
+    };
+}
+
+trap_stubs!(
+    0 0, 1 0, 2 0, 3 0, 4 0, 5 0, 6 0, 7 0, 8 1, 9 0, 10 1, 11 1, 12 1, 13 1, 14 1, 15 0,
+    16 0, 17 1, 18 0, 19 0, 20 0, 21 1, 22 0, 23 0, 24 0, 25 0, 26 0, 27 0, 28 0, 29 1, 30 1, 31 0,
+    128 0,
+);
+
+global_asm!(
+    "trap_common:",
+    "push rax", "push rbx", "push rcx", "push rdx", "push rsi", "push rdi", "push rbp",
+    "push r8", "push r9", "push r10", "push r11", "push r12", "push r13", "push r14", "push r15",
+    "mov rdi, rsp",
+    "cld",
+    "call {handler}",
+    "pop r15", "pop r14", "pop r13", "pop r12", "pop r11", "pop r10", "pop r9", "pop r8",
+    "pop rbp", "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rbx", "pop rax",
+    "add rsp, 16",
+    "iretq",
+    handler = sym trap_handler,
+);
+
+extern "C" {
+    static trap_table: [u64; 33];
+}
+
+/// Every trap lands here: system calls from ring 3, and exceptions.
+extern "C" fn trap_handler(frame: &mut TrapFrame) {
+    let from_user = frame.cs & 3 == 3;
+    match (frame.vector, from_user) {
+        (0x80, true) => crate::syscall::dispatch(frame),
+        (_, true) => crate::vm::fail(format_args!(
+            "vmm-server faulted: exception {} (error code {:#x}) at rip={:#x}, cr2={:#x}; stopping the VM",
+            frame.vector,
+            frame.error_code,
+            frame.rip,
+            read_cr2()
+        )),
+        (_, false) => crate::vm::fail(format_args!(
+            "stub fault: exception {} (error code {:#x}) at rip={:#x}, cr2={:#x}",
+            frame.vector,
+            frame.error_code,
+            frame.rip,
+            read_cr2()
+        )),
+    }
+}
+
+/// Installs the stub's GDT, TSS and IDT.
+pub fn init() {
+    // SAFETY: runs once at boot before anything else uses these tables; the
+    // addresses are of statics that live forever.
+    unsafe {
+        let tss = &raw mut TSS;
+        (*tss).rsp0 = (&raw const TRAP_STACK) as u64 + core::mem::size_of::<Stack>() as u64;
+        let base = tss as u64;
+        let limit = core::mem::size_of::<Tss>() as u64 - 1;
+        let gdt = &mut *(&raw mut GDT);
+        gdt[5] = (limit & 0xffff)
+            | ((base & 0xff_ffff) << 16)
+            | (0x89 << 40) // present, 64-bit TSS (available)
+            | (((limit >> 16) & 0xf) << 48)
+            | (((base >> 24) & 0xff) << 56);
+        gdt[6] = base >> 32;
+
+        let idt = &mut *(&raw mut IDT);
+        let table = &*(&raw const trap_table);
+        for (i, &addr) in table.iter().enumerate() {
+            let vector = if i == 32 { 0x80 } else { i };
+            // 0x8e: present interrupt gate, DPL 0; 0xee: DPL 3 (callable from ring 3).
+            let type_attr = if vector == 0x80 { 0xee } else { 0x8e };
+            idt[vector] = IdtEntry {
+                offset_lo: addr as u16,
+                selector: KERNEL_CS,
+                ist: 0,
+                type_attr,
+                offset_mid: (addr >> 16) as u16,
+                offset_hi: (addr >> 32) as u32,
+                reserved: 0,
+            };
+        }
+
+        let gdtp = DescriptorPointer { limit: (core::mem::size_of::<[u64; 7]>() - 1) as u16, base: gdt.as_ptr() as u64 };
+        let idtp = DescriptorPointer { limit: (core::mem::size_of::<[IdtEntry; 256]>() - 1) as u16, base: idt.as_ptr() as u64 };
+        asm!(
+            "lgdt [{gdtp}]",
+            "lidt [{idtp}]",
+            "push {cs}",
+            "lea {tmp}, [rip + 2f]",
+            "push {tmp}",
+            "retfq",
+            "2:",
+            "mov ds, {ds:x}",
+            "mov es, {ds:x}",
+            "mov ss, {ds:x}",
+            "ltr {tss:x}",
+            gdtp = in(reg) &gdtp,
+            idtp = in(reg) &idtp,
+            cs = in(reg) u64::from(KERNEL_CS),
+            ds = in(reg) u64::from(KERNEL_DS),
+            tss = in(reg) u64::from(TSS_SEL),
+            tmp = out(reg) _,
+        );
+    }
+    // No-execute for the servers' data pages, where the CPU has it.
+    if cpuid(0x8000_0001).edx & (1 << 20) != 0 {
+        wrmsr(MSR_EFER, rdmsr(MSR_EFER) | EFER_NXE);
+    }
+}
+
+/// Whether page-table entries may carry the NX bit.
+pub fn nx_enabled() -> bool {
+    rdmsr(MSR_EFER) & EFER_NXE != 0
+}
+
+/// Enters ring 3 at `rip` with `rsp`, all other registers zero, interrupts off.
+pub fn enter_user(rip: u64, rsp: u64) -> ! {
+    // SAFETY: the caller loaded an address space in which `rip` and `rsp`
+    // are mapped for ring 3; the selectors are the GDT's user ones.
+    unsafe {
+        asm!(
+            "push {ss}",
+            "push {rsp}",
+            "push 0x2",          // RFLAGS: IF clear, IOPL 0
+            "push {cs}",
+            "push {rip}",
+            "xor eax, eax", "xor ebx, ebx", "xor ecx, ecx", "xor edx, edx",
+            "xor esi, esi", "xor edi, edi", "xor ebp, ebp",
+            "xor r8d, r8d", "xor r9d, r9d", "xor r10d, r10d", "xor r11d, r11d",
+            "xor r12d, r12d", "xor r13d, r13d", "xor r14d, r14d", "xor r15d, r15d",
+            "iretq",
+            ss = in(reg) u64::from(USER_DS),
+            rsp = in(reg) rsp,
+            cs = in(reg) u64::from(USER_CS),
+            rip = in(reg) rip,
+            options(noreturn)
+        )
+    }
+}
+
+/// Stops the CPU for good.
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: interrupts are off; HLT just parks the core.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}

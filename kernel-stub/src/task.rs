@@ -1,0 +1,99 @@
+//! Ring-3 servers: each gets its own address space built from its ELF file
+//! and the fixed layout of `ipc_proto::layout`.
+
+use crate::elf::{Elf, ElfError};
+use crate::memory::{self, OutOfMemory, PAGE, PTE_LARGE, PTE_NX, PTE_PRESENT, PTE_USER, PTE_WRITABLE};
+use ipc_proto::layout::{BOOT_INFO_PAGE, GUEST_RAM_WINDOW, STACK_SIZE, STACK_TOP, VCPU_PAGE};
+
+/// A loaded server, ready to enter.
+pub struct Task {
+    /// Root of its page tables.
+    pub root: u64,
+    pub entry: u64,
+}
+
+pub enum LoadError {
+    Elf(ElfError),
+    OutOfMemory,
+    SharedPage(u64),
+}
+
+impl From<OutOfMemory> for LoadError {
+    fn from(_: OutOfMemory) -> Self {
+        Self::OutOfMemory
+    }
+}
+
+impl core::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Elf(e) => f.write_str(e.describe()),
+            Self::OutOfMemory => f.write_str("out of memory while loading it"),
+            Self::SharedPage(va) => write!(f, "two segments share the page at {va:#x}"),
+        }
+    }
+}
+
+/// Where the vmm-server's shared memory lives in physical memory.
+pub struct VmmShared {
+    pub vcpu_page: u64,
+    pub boot_info: u64,
+    pub guest_ram: u64,
+    pub guest_ram_bytes: u64,
+}
+
+const USER_TABLE: u64 = PTE_PRESENT | PTE_WRITABLE | PTE_USER;
+
+/// Builds the vmm-server's address space: its ELF segments, a stack, the
+/// VCPU page, the boot-info page and a window onto guest RAM.
+pub fn load_vmm_server(file: &[u8], shared: &VmmShared) -> Result<Task, LoadError> {
+    let elf = Elf::parse(file).map_err(LoadError::Elf)?;
+    let root = memory::new_address_space()?;
+    let nx = if crate::cpu::nx_enabled() { PTE_NX } else { 0 };
+    let map = |va, pa, flags| memory::map(root, va, pa, flags, USER_TABLE);
+
+    for seg in elf.segments() {
+        let first = seg.vaddr & !(PAGE - 1);
+        let end = seg.vaddr + seg.mem_size; // checked against the window by `Elf::parse`
+        let mut flags = PTE_PRESENT | PTE_USER;
+        if seg.writable {
+            flags |= PTE_WRITABLE;
+        }
+        if !seg.executable {
+            flags |= nx;
+        }
+        for page in (first..end).step_by(PAGE as usize) {
+            if memory::lookup(root, page).is_some() {
+                return Err(LoadError::SharedPage(page));
+            }
+            let frame = memory::alloc_frame()?;
+            // The part of the file bytes that falls into this page.
+            let from = page.max(seg.vaddr);
+            let to = (page + PAGE).min(seg.vaddr + seg.data.len() as u64);
+            if from < to {
+                let src = &seg.data[(from - seg.vaddr) as usize..(to - seg.vaddr) as usize];
+                // SAFETY: `frame` is a fresh identity-mapped frame; the copy
+                // stays inside it because `from..to` lies inside `page..page+PAGE`.
+                unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), (frame + (from - page)) as *mut u8, src.len()) };
+            }
+            map(page, frame, flags)?;
+        }
+    }
+
+    let data = PTE_PRESENT | PTE_USER | PTE_WRITABLE | nx;
+    for page in (STACK_TOP - STACK_SIZE..STACK_TOP).step_by(PAGE as usize) {
+        map(page, memory::alloc_frame()?, data)?;
+    }
+    map(VCPU_PAGE, shared.vcpu_page, data)?;
+    map(BOOT_INFO_PAGE, shared.boot_info, PTE_PRESENT | PTE_USER | nx)?;
+    for off in (0..shared.guest_ram_bytes).step_by(memory::LARGE_PAGE as usize) {
+        map(GUEST_RAM_WINDOW + off, shared.guest_ram + off, data | PTE_LARGE)?;
+    }
+    Ok(Task { root, entry: elf.entry })
+}
+
+/// Switches to the task's address space and enters it at its entry point.
+pub fn start(task: &Task) -> ! {
+    crate::cpu::write_cr3(task.root);
+    crate::cpu::enter_user(task.entry, STACK_TOP)
+}
