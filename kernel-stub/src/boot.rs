@@ -163,7 +163,9 @@ fn read_multiboot(magic: u32, mbi: u32) -> Result<BootInfo, &'static str> {
     if flags & 1 == 0 {
         return Err("the boot loader gave no memory size (multiboot flag 0)");
     }
-    Ok(BootInfo { ram_top: 0x10_0000 + u64::from(mem_upper) * 1024 })
+    Ok(BootInfo {
+        ram_top: 0x10_0000 + u64::from(mem_upper) * 1024,
+    })
 }
 
 /// First Rust code: brings up the CPU tables and the console, then the VM.

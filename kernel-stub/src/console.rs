@@ -14,11 +14,21 @@ struct Console {
     at_line_start: bool,
 }
 
-static CONSOLE: KernelCell<Console> = KernelCell::new(Console { at_line_start: true });
+static CONSOLE: KernelCell<Console> = KernelCell::new(Console {
+    at_line_start: true,
+});
 
 /// 115200 8N1, FIFOs on, interrupts off.
 pub fn init() {
-    for (reg, val) in [(1, 0x00), (3, 0x80), (0, 0x01), (1, 0x00), (3, 0x03), (2, 0xc7), (4, 0x0b)] {
+    for (reg, val) in [
+        (1, 0x00),
+        (3, 0x80),
+        (0, 0x01),
+        (1, 0x00),
+        (3, 0x03),
+        (2, 0xc7),
+        (4, 0x0b),
+    ] {
         outb(COM1 + reg, val);
     }
 }

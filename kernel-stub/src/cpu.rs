@@ -27,20 +27,26 @@ impl<T> KernelCell<T> {
 
 pub fn outb(port: u16, val: u8) {
     // SAFETY: port I/O has no memory effects; the stub owns the host's ports.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") val, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") val, options(nomem, nostack, preserves_flags))
+    }
 }
 
 pub fn inb(port: u16) -> u8 {
     let v: u8;
     // SAFETY: as for `outb`.
-    unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 
 pub fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: only called for MSRs that exist on every CPU with SVM (checked by CPUID first).
-    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
@@ -143,7 +149,15 @@ struct IdtEntry {
     reserved: u32,
 }
 
-static mut IDT: [IdtEntry; 256] = [IdtEntry { offset_lo: 0, selector: 0, ist: 0, type_attr: 0, offset_mid: 0, offset_hi: 0, reserved: 0 }; 256];
+static mut IDT: [IdtEntry; 256] = [IdtEntry {
+    offset_lo: 0,
+    selector: 0,
+    ist: 0,
+    type_attr: 0,
+    offset_mid: 0,
+    offset_hi: 0,
+    reserved: 0,
+}; 256];
 
 #[repr(C, packed)]
 struct DescriptorPointer {
@@ -282,8 +296,14 @@ pub fn init() {
             };
         }
 
-        let gdtp = DescriptorPointer { limit: (core::mem::size_of::<[u64; 7]>() - 1) as u16, base: gdt.as_ptr() as u64 };
-        let idtp = DescriptorPointer { limit: (core::mem::size_of::<[IdtEntry; 256]>() - 1) as u16, base: idt.as_ptr() as u64 };
+        let gdtp = DescriptorPointer {
+            limit: (core::mem::size_of::<[u64; 7]>() - 1) as u16,
+            base: gdt.as_ptr() as u64,
+        };
+        let idtp = DescriptorPointer {
+            limit: (core::mem::size_of::<[IdtEntry; 256]>() - 1) as u16,
+            base: idt.as_ptr() as u64,
+        };
         asm!(
             "lgdt [{gdtp}]",
             "lidt [{idtp}]",

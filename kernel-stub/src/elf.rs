@@ -37,8 +37,12 @@ impl ElfError {
         match self {
             Self::NotElf64X86 => "not a little-endian ELF64 x86-64 file",
             Self::NotExecutable => "not an executable (ET_EXEC)",
-            Self::BadProgramHeaders => "program header table outside the file or of the wrong entry size",
-            Self::SegmentOutsideFile => "a segment's bytes lie outside the file, or its file size exceeds its memory size",
+            Self::BadProgramHeaders => {
+                "program header table outside the file or of the wrong entry size"
+            }
+            Self::SegmentOutsideFile => {
+                "a segment's bytes lie outside the file, or its file size exceeds its memory size"
+            }
             Self::SegmentOutsideWindow => "a segment lies outside the server image window",
             Self::EntryOutsideWindow => "the entry point lies outside the server image window",
         }
@@ -67,7 +71,10 @@ pub struct Elf<'a> {
 }
 
 fn in_window(start: u64, len: u64) -> bool {
-    start >= SERVER_IMAGE_BASE && start.checked_add(len).is_some_and(|end| end <= SERVER_IMAGE_END)
+    start >= SERVER_IMAGE_BASE
+        && start
+            .checked_add(len)
+            .is_some_and(|end| end <= SERVER_IMAGE_END)
 }
 
 impl<'a> Elf<'a> {
@@ -91,7 +98,12 @@ impl<'a> Elf<'a> {
         if !in_window(entry, 1) {
             return Err(ElfError::EntryOutsideWindow);
         }
-        let elf = Elf { file, entry, phoff: phoff as usize, phnum: usize::from(phnum) };
+        let elf = Elf {
+            file,
+            entry,
+            phoff: phoff as usize,
+            phnum: usize::from(phnum),
+        };
         for i in 0..elf.phnum {
             elf.segment(i)?;
         }
@@ -116,7 +128,13 @@ impl<'a> Elf<'a> {
         if !in_window(vaddr, mem_size) {
             return Err(ElfError::SegmentOutsideWindow);
         }
-        Ok(Some(Segment { vaddr, mem_size, data, writable: flags & 2 != 0, executable: flags & 1 != 0 }))
+        Ok(Some(Segment {
+            vaddr,
+            mem_size,
+            data,
+            writable: flags & 2 != 0,
+            executable: flags & 1 != 0,
+        }))
     }
 
     /// The loadable segments (all checked by `parse`).
@@ -159,7 +177,13 @@ mod tests {
 
     #[test]
     fn loads_segments_inside_the_window() {
-        let f = elf(SERVER_IMAGE_BASE, &[(SERVER_IMAGE_BASE, b"code", 4, 5), (SERVER_IMAGE_BASE + 0x1000, b"d", 0x2000, 6)]);
+        let f = elf(
+            SERVER_IMAGE_BASE,
+            &[
+                (SERVER_IMAGE_BASE, b"code", 4, 5),
+                (SERVER_IMAGE_BASE + 0x1000, b"d", 0x2000, 6),
+            ],
+        );
         let e = Elf::parse(&f).unwrap();
         let s: Vec<_> = e.segments().collect();
         assert_eq!(s.len(), 2);

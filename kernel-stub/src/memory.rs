@@ -42,7 +42,10 @@ pub fn init(start: u64, end: u64) {
 pub fn alloc(count: u64, align: u64) -> Result<u64, OutOfMemory> {
     let addr = FRAMES.with(|f| {
         let start = f.next.next_multiple_of(align);
-        let end = start.checked_add(count * PAGE).filter(|&e| e <= f.end).ok_or(OutOfMemory)?;
+        let end = start
+            .checked_add(count * PAGE)
+            .filter(|&e| e <= f.end)
+            .ok_or(OutOfMemory)?;
         f.next = end;
         Ok(start)
     })?;
@@ -106,7 +109,9 @@ pub fn lookup(root: u64, va: u64) -> Option<u64> {
 /// Whether ring 3 may access `[va, va + len)` (`write`: for writing) in the
 /// address space `root`. Every level must allow it, as the CPU checks.
 pub fn user_range_ok(root: u64, va: u64, len: u64, write: bool) -> bool {
-    let Some(end) = va.checked_add(len) else { return false };
+    let Some(end) = va.checked_add(len) else {
+        return false;
+    };
     let mut page = va & !(PAGE - 1);
     while page < end {
         let mut t = root;

@@ -36,7 +36,11 @@ pub fn validate(r: &Resume, mode: GuestMode) -> Result<ResumeFlags, ErrorCode> {
     }
     let flags = ResumeFlags::from_bits(r.flags).ok_or(ErrorCode::ResumeUnknownFlags)?;
     if flags.contains(ResumeFlags::SET_RIP) {
-        let ok = if mode.long_mode_code { is_canonical(r.regs.rip) } else { r.regs.rip <= u64::from(u32::MAX) };
+        let ok = if mode.long_mode_code {
+            is_canonical(r.regs.rip)
+        } else {
+            r.regs.rip <= u64::from(u32::MAX)
+        };
         if !ok {
             return Err(ErrorCode::ResumeBadRip);
         }
@@ -74,18 +78,33 @@ mod tests {
     use ipc_proto::{EventInjection, GuestRegs};
     use proptest::prelude::*;
 
-    const PROTECTED: GuestMode = GuestMode { long_mode_code: false };
-    const LONG: GuestMode = GuestMode { long_mode_code: true };
+    const PROTECTED: GuestMode = GuestMode {
+        long_mode_code: false,
+    };
+    const LONG: GuestMode = GuestMode {
+        long_mode_code: true,
+    };
 
     fn resume(flags: ResumeFlags) -> Resume {
-        Resume { abi_version: ABI_VERSION, flags: flags.bits(), regs: GuestRegs { rflags: 2, ..Default::default() }, event: EventInjection::default() }
+        Resume {
+            abi_version: ABI_VERSION,
+            flags: flags.bits(),
+            regs: GuestRegs {
+                rflags: 2,
+                ..Default::default()
+            },
+            event: EventInjection::default(),
+        }
     }
 
     #[test]
     fn a_plain_resume_is_accepted() {
         let mut r = resume(ResumeFlags::SET_RIP | ResumeFlags::SET_GPRS);
         r.regs.rip = 0x10_0010;
-        assert_eq!(validate(&r, PROTECTED), Ok(ResumeFlags::SET_RIP | ResumeFlags::SET_GPRS));
+        assert_eq!(
+            validate(&r, PROTECTED),
+            Ok(ResumeFlags::SET_RIP | ResumeFlags::SET_GPRS)
+        );
     }
 
     #[test]
@@ -122,9 +141,20 @@ mod tests {
         let mut r = resume(ResumeFlags::SET_RFLAGS);
         r.regs.rflags = 0x202;
         assert!(validate(&r, PROTECTED).is_ok());
-        for bad in [0x200, 0x202 | 1 << 3, 0x202 | 1 << 5, 0x202 | 1 << 15, 0x202 | 1 << 22, 0x202 | 1 << 63] {
+        for bad in [
+            0x200,
+            0x202 | 1 << 3,
+            0x202 | 1 << 5,
+            0x202 | 1 << 15,
+            0x202 | 1 << 22,
+            0x202 | 1 << 63,
+        ] {
             r.regs.rflags = bad;
-            assert_eq!(validate(&r, PROTECTED), Err(ErrorCode::ResumeBadRflags), "{bad:#x}");
+            assert_eq!(
+                validate(&r, PROTECTED),
+                Err(ErrorCode::ResumeBadRflags),
+                "{bad:#x}"
+            );
         }
     }
 
@@ -132,30 +162,89 @@ mod tests {
     fn events_are_checked_against_their_kind() {
         let ev = |vector, kind, has_error_code| {
             let mut r = resume(ResumeFlags::INJECT_EVENT);
-            r.event = EventInjection { vector, kind, has_error_code, reserved: 0, error_code: 0 };
+            r.event = EventInjection {
+                vector,
+                kind,
+                has_error_code,
+                reserved: 0,
+                error_code: 0,
+            };
             validate(&r, PROTECTED)
         };
         assert!(ev(13, 3, 1).is_ok(), "#GP with error code");
         assert!(ev(6, 3, 0).is_ok(), "#UD");
         assert!(ev(0x20, 0, 0).is_ok(), "external interrupt");
         assert!(ev(2, 2, 0).is_ok(), "NMI");
-        assert_eq!(ev(6, 3, 1), Err(ErrorCode::ResumeBadEvent), "#UD has no error code");
-        assert_eq!(ev(2, 3, 0), Err(ErrorCode::ResumeBadEvent), "vector 2 as an exception");
-        assert_eq!(ev(32, 3, 0), Err(ErrorCode::ResumeBadEvent), "exception vector above 31");
-        assert_eq!(ev(0x20, 1, 0), Err(ErrorCode::ResumeBadEvent), "reserved type 1");
-        assert_eq!(ev(0x20, 5, 0), Err(ErrorCode::ResumeBadEvent), "reserved type 5");
-        assert_eq!(ev(13, 3, 2), Err(ErrorCode::ResumeBadEvent), "has_error_code not 0/1");
+        assert_eq!(
+            ev(6, 3, 1),
+            Err(ErrorCode::ResumeBadEvent),
+            "#UD has no error code"
+        );
+        assert_eq!(
+            ev(2, 3, 0),
+            Err(ErrorCode::ResumeBadEvent),
+            "vector 2 as an exception"
+        );
+        assert_eq!(
+            ev(32, 3, 0),
+            Err(ErrorCode::ResumeBadEvent),
+            "exception vector above 31"
+        );
+        assert_eq!(
+            ev(0x20, 1, 0),
+            Err(ErrorCode::ResumeBadEvent),
+            "reserved type 1"
+        );
+        assert_eq!(
+            ev(0x20, 5, 0),
+            Err(ErrorCode::ResumeBadEvent),
+            "reserved type 5"
+        );
+        assert_eq!(
+            ev(13, 3, 2),
+            Err(ErrorCode::ResumeBadEvent),
+            "has_error_code not 0/1"
+        );
     }
 
     fn any_resume() -> impl Strategy<Value = Resume> {
-        (any::<u32>(), any::<u64>(), any::<u64>(), any::<[u8; 4]>(), any::<u32>(), any::<bool>()).prop_map(
-            |(flags, rip, rflags, [vector, kind, has_error_code, reserved], error_code, right_abi)| Resume {
-                abi_version: if right_abi { ABI_VERSION } else { ABI_VERSION ^ 0x55 },
-                flags: flags & 0x1f,
-                regs: GuestRegs { rip, rflags, ..Default::default() },
-                event: EventInjection { vector, kind: kind % 8, has_error_code: has_error_code % 3, reserved: reserved % 2, error_code },
-            },
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<[u8; 4]>(),
+            any::<u32>(),
+            any::<bool>(),
         )
+            .prop_map(
+                |(
+                    flags,
+                    rip,
+                    rflags,
+                    [vector, kind, has_error_code, reserved],
+                    error_code,
+                    right_abi,
+                )| Resume {
+                    abi_version: if right_abi {
+                        ABI_VERSION
+                    } else {
+                        ABI_VERSION ^ 0x55
+                    },
+                    flags: flags & 0x1f,
+                    regs: GuestRegs {
+                        rip,
+                        rflags,
+                        ..Default::default()
+                    },
+                    event: EventInjection {
+                        vector,
+                        kind: kind % 8,
+                        has_error_code: has_error_code % 3,
+                        reserved: reserved % 2,
+                        error_code,
+                    },
+                },
+            )
     }
 
     proptest! {

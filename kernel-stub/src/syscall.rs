@@ -12,7 +12,9 @@ pub fn dispatch(frame: &mut TrapFrame) {
         Some(Syscall::ConsoleWrite) => console_write(frame.rdi, frame.rsi),
         Some(Syscall::StatsRead) => vm::stats_read(),
         Some(Syscall::VmStop) => vm::stop_by_server(frame.rdi),
-        Some(Syscall::VmFail) => vm::fail(format_args!("the vmm-server gave up (its reason is above)")),
+        Some(Syscall::VmFail) => {
+            vm::fail(format_args!("the vmm-server gave up (its reason is above)"))
+        }
         None => Err(ErrorCode::UnknownSyscall),
     };
     frame.rax = match result {

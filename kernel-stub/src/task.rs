@@ -2,7 +2,9 @@
 //! and the fixed layout of `ipc_proto::layout`.
 
 use crate::elf::{Elf, ElfError};
-use crate::memory::{self, OutOfMemory, PAGE, PTE_LARGE, PTE_NX, PTE_PRESENT, PTE_USER, PTE_WRITABLE};
+use crate::memory::{
+    self, OutOfMemory, PAGE, PTE_LARGE, PTE_NX, PTE_PRESENT, PTE_USER, PTE_WRITABLE,
+};
 use ipc_proto::layout::{BOOT_INFO_PAGE, GUEST_RAM_WINDOW, STACK_SIZE, STACK_TOP, VCPU_PAGE};
 
 /// A loaded server, ready to enter.
@@ -74,7 +76,13 @@ pub fn load_vmm_server(file: &[u8], shared: &VmmShared) -> Result<Task, LoadErro
                 let src = &seg.data[(from - seg.vaddr) as usize..(to - seg.vaddr) as usize];
                 // SAFETY: `frame` is a fresh identity-mapped frame; the copy
                 // stays inside it because `from..to` lies inside `page..page+PAGE`.
-                unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), (frame + (from - page)) as *mut u8, src.len()) };
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        src.as_ptr(),
+                        (frame + (from - page)) as *mut u8,
+                        src.len(),
+                    )
+                };
             }
             map(page, frame, flags)?;
         }
@@ -85,11 +93,22 @@ pub fn load_vmm_server(file: &[u8], shared: &VmmShared) -> Result<Task, LoadErro
         map(page, memory::alloc_frame()?, data)?;
     }
     map(VCPU_PAGE, shared.vcpu_page, data)?;
-    map(BOOT_INFO_PAGE, shared.boot_info, PTE_PRESENT | PTE_USER | nx)?;
+    map(
+        BOOT_INFO_PAGE,
+        shared.boot_info,
+        PTE_PRESENT | PTE_USER | nx,
+    )?;
     for off in (0..shared.guest_ram_bytes).step_by(memory::LARGE_PAGE as usize) {
-        map(GUEST_RAM_WINDOW + off, shared.guest_ram + off, data | PTE_LARGE)?;
+        map(
+            GUEST_RAM_WINDOW + off,
+            shared.guest_ram + off,
+            data | PTE_LARGE,
+        )?;
     }
-    Ok(Task { root, entry: elf.entry })
+    Ok(Task {
+        root,
+        entry: elf.entry,
+    })
 }
 
 /// Switches to the task's address space and enters it at its entry point.

@@ -69,7 +69,9 @@ pub fn fail(why: core::fmt::Arguments) -> ! {
 /// `VmStop`: the vmm-server says the guest ended with `status`.
 pub fn stop_by_server(status: u64) -> Result<u64, ErrorCode> {
     let Ok(status) = u8::try_from(status) else {
-        fail(format_args!("the vmm-server stopped the VM with status {status}, which is not a byte"));
+        fail(format_args!(
+            "the vmm-server stopped the VM with status {status}, which is not a byte"
+        ));
     };
     say!("vm stopped: guest status {status}");
     end(HOST_EXIT_STOPPED)
@@ -90,7 +92,9 @@ fn count_exit(code: u64) {
             svm_exit::NPF => &mut s.exits_npf,
             svm_exit::SHUTDOWN => &mut s.exits_shutdown,
             svm_exit::INVALID => &mut s.exits_invalid,
-            c if (svm_exit::EXCP_BASE..svm_exit::EXCP_BASE + 32).contains(&c) => &mut s.exits_exception,
+            c if (svm_exit::EXCP_BASE..svm_exit::EXCP_BASE + 32).contains(&c) => {
+                &mut s.exits_exception
+            }
             _ => &mut s.exits_other,
         };
         *counter += 1;
@@ -158,7 +162,9 @@ pub fn vcpu_run() -> Result<u64, ErrorCode> {
 /// `StatsRead`: copy the counters into the VCPU page.
 pub fn stats_read() -> Result<u64, ErrorCode> {
     let stats = STATS.with(|s| *s);
-    let page = VM.with(|vm| vm.as_ref().map(|vm| vm.vcpu_page)).ok_or(ErrorCode::NotPermitted)?;
+    let page = VM
+        .with(|vm| vm.as_ref().map(|vm| vm.vcpu_page))
+        .ok_or(ErrorCode::NotPermitted)?;
     // SAFETY: the VCPU page is ours and identity-mapped.
     unsafe { core::ptr::write_volatile(&raw mut (*vcpu_page(page)).stats, stats) };
     Ok(0)
@@ -179,7 +185,8 @@ fn payload() -> &'static [u8] {
 }
 
 fn read_manifest(payload: &[u8]) -> Result<Manifest, &'static str> {
-    let (header, rest) = PayloadHeader::read_from_prefix(payload).map_err(|_| "the image has no payload after the stub")?;
+    let (header, rest) = PayloadHeader::read_from_prefix(payload)
+        .map_err(|_| "the image has no payload after the stub")?;
     if header.magic != PAYLOAD_MAGIC {
         return Err("the image has no splitvisor payload (bad magic)");
     }
@@ -187,7 +194,10 @@ fn read_manifest(payload: &[u8]) -> Result<Manifest, &'static str> {
         return Err("the image was built for another ABI version");
     }
     let len = header.manifest_len as usize;
-    let bytes = rest.get(..len).filter(|_| len <= MANIFEST_MAX).ok_or("the manifest is truncated or too large")?;
+    let bytes = rest
+        .get(..len)
+        .filter(|_| len <= MANIFEST_MAX)
+        .ok_or("the manifest is truncated or too large")?;
     postcard::from_bytes(bytes).map_err(|_| "the manifest does not decode")
 }
 
@@ -210,7 +220,9 @@ pub fn start(boot: BootInfo) -> ! {
 }
 
 fn unreachable_after_start() -> ! {
-    fail(format_args!("internal error: the VM returned to the boot path"))
+    fail(format_args!(
+        "internal error: the VM returned to the boot path"
+    ))
 }
 
 fn build(manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
@@ -223,12 +235,17 @@ fn build(manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
     let ram = memory::alloc(ram_bytes / memory::PAGE, LARGE_PAGE).map_err(|_| oom)?;
 
     let image = blob(payload, g.image).ok_or("the guest image lies outside the payload")?;
-    let fits = g.load_gpa.checked_add(image.len() as u64).is_some_and(|end| end <= ram_bytes);
+    let fits = g
+        .load_gpa
+        .checked_add(image.len() as u64)
+        .is_some_and(|end| end <= ram_bytes);
     if !fits {
         return Err("the guest image does not fit in guest RAM at its load address");
     }
     // SAFETY: `ram` is ours, identity-mapped, and the range was checked to fit.
-    unsafe { core::ptr::copy_nonoverlapping(image.as_ptr(), (ram + g.load_gpa) as *mut u8, image.len()) };
+    unsafe {
+        core::ptr::copy_nonoverlapping(image.as_ptr(), (ram + g.load_gpa) as *mut u8, image.len())
+    };
 
     // Nested page table: guest-physical [0, ram_bytes) onto our frames.
     // Nested walks are user accesses, so leaves need the U bit (APM 15.25.5).
@@ -238,7 +255,11 @@ fn build(manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
         memory::map(npt, off, ram + off, npt_flags | PTE_LARGE, npt_flags).map_err(|_| oom)?;
     }
     let mut vcpu = svm::create_vcpu(npt, g.entry_rip).map_err(|_| oom)?;
-    say!("svm: nested paging on, guest RAM {} MiB, entry {:#x}", g.ram_mib, g.entry_rip);
+    say!(
+        "svm: nested paging on, guest RAM {} MiB, entry {:#x}",
+        g.ram_mib,
+        g.entry_rip
+    );
 
     let Some(server) = manifest.task(TaskKind::VmmServer) else {
         // Nobody to hand exits to: run to the first exit and say so.
@@ -252,12 +273,28 @@ fn build(manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
     };
     let vcpu_page = memory::alloc_frame().map_err(|_| oom)?;
     let boot_info = memory::alloc_frame().map_err(|_| oom)?;
-    let info = ServerBootInfo { abi_version: ABI_VERSION, arch: VcpuArch::Svm as u32, guest_ram_bytes: ram_bytes, guest_ram_window: GUEST_RAM_WINDOW };
+    let info = ServerBootInfo {
+        abi_version: ABI_VERSION,
+        arch: VcpuArch::Svm as u32,
+        guest_ram_bytes: ram_bytes,
+        guest_ram_window: GUEST_RAM_WINDOW,
+    };
     // SAFETY: a fresh identity-mapped frame, larger than `info`.
-    unsafe { core::ptr::copy_nonoverlapping(info.as_bytes().as_ptr(), boot_info as *mut u8, info.as_bytes().len()) };
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            info.as_bytes().as_ptr(),
+            boot_info as *mut u8,
+            info.as_bytes().len(),
+        )
+    };
 
     let elf = blob(payload, server.elf).ok_or("the vmm-server's ELF lies outside the payload")?;
-    let shared = task::VmmShared { vcpu_page, boot_info, guest_ram: ram, guest_ram_bytes: ram_bytes };
+    let shared = task::VmmShared {
+        vcpu_page,
+        boot_info,
+        guest_ram: ram,
+        guest_ram_bytes: ram_bytes,
+    };
     let server = match task::load_vmm_server(elf, &shared) {
         Ok(t) => t,
         Err(e) => {
@@ -265,6 +302,13 @@ fn build(manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
             return Err("the vmm-server could not be loaded");
         }
     };
-    VM.with(|vm| *vm = Some(Vm { vcpu, vcpu_page, server_root: server.root, started: false }));
+    VM.with(|vm| {
+        *vm = Some(Vm {
+            vcpu,
+            vcpu_page,
+            server_root: server.root,
+            started: false,
+        })
+    });
     task::start(&server)
 }

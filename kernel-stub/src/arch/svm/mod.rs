@@ -66,8 +66,29 @@ pub fn create_vcpu(npt_root: u64, entry_rip: u64) -> Result<Vcpu, OutOfMemory> {
     }
 
     let mut v = Vmcb::new(memory::alloc_frame()?);
-    v.write32(INTERCEPT_MISC1, MISC1_INTR | MISC1_NMI | MISC1_SMI | MISC1_INIT | MISC1_CPUID | MISC1_HLT | MISC1_INVD | MISC1_IOIO | MISC1_MSR | MISC1_SHUTDOWN);
-    v.write32(INTERCEPT_MISC2, MISC2_VMRUN | MISC2_VMMCALL | MISC2_VMLOAD | MISC2_VMSAVE | MISC2_STGI | MISC2_CLGI | MISC2_SKINIT);
+    v.write32(
+        INTERCEPT_MISC1,
+        MISC1_INTR
+            | MISC1_NMI
+            | MISC1_SMI
+            | MISC1_INIT
+            | MISC1_CPUID
+            | MISC1_HLT
+            | MISC1_INVD
+            | MISC1_IOIO
+            | MISC1_MSR
+            | MISC1_SHUTDOWN,
+    );
+    v.write32(
+        INTERCEPT_MISC2,
+        MISC2_VMRUN
+            | MISC2_VMMCALL
+            | MISC2_VMLOAD
+            | MISC2_VMSAVE
+            | MISC2_STGI
+            | MISC2_CLGI
+            | MISC2_SKINIT,
+    );
     v.write64(IOPM_BASE_PA, iopm);
     v.write64(MSRPM_BASE_PA, msrpm);
     v.write32(GUEST_ASID, 1);
@@ -75,16 +96,58 @@ pub fn create_vcpu(npt_root: u64, entry_rip: u64) -> Result<Vcpu, OutOfMemory> {
     v.write64(NP_ENABLE, 1);
     v.write64(N_CR3, npt_root);
 
-    let code = Segment { selector: 0x08, attrib: 0xc9b, limit: 0xffff_ffff, base: 0 };
-    let data = Segment { selector: 0x10, attrib: 0xc93, limit: 0xffff_ffff, base: 0 };
+    let code = Segment {
+        selector: 0x08,
+        attrib: 0xc9b,
+        limit: 0xffff_ffff,
+        base: 0,
+    };
+    let data = Segment {
+        selector: 0x10,
+        attrib: 0xc93,
+        limit: 0xffff_ffff,
+        base: 0,
+    };
     for seg in [ES, SS, DS, FS, GS] {
         v.write_segment(seg, data);
     }
     v.write_segment(CS, code);
-    v.write_segment(GDTR, Segment { selector: 0, attrib: 0, limit: 0xffff, base: 0 });
-    v.write_segment(IDTR, Segment { selector: 0, attrib: 0, limit: 0xffff, base: 0 });
-    v.write_segment(LDTR, Segment { selector: 0, attrib: 0x82, limit: 0xffff, base: 0 });
-    v.write_segment(TR, Segment { selector: 0, attrib: 0x8b, limit: 0xffff, base: 0 });
+    v.write_segment(
+        GDTR,
+        Segment {
+            selector: 0,
+            attrib: 0,
+            limit: 0xffff,
+            base: 0,
+        },
+    );
+    v.write_segment(
+        IDTR,
+        Segment {
+            selector: 0,
+            attrib: 0,
+            limit: 0xffff,
+            base: 0,
+        },
+    );
+    v.write_segment(
+        LDTR,
+        Segment {
+            selector: 0,
+            attrib: 0x82,
+            limit: 0xffff,
+            base: 0,
+        },
+    );
+    v.write_segment(
+        TR,
+        Segment {
+            selector: 0,
+            attrib: 0x8b,
+            limit: 0xffff,
+            base: 0,
+        },
+    );
     v.write64(CR0, 0x11); // PE | ET
     v.write64(EFER, cpu::EFER_SVME); // VMRUN requires the guest's EFER.SVME
     v.write64(RFLAGS, 2);
@@ -93,7 +156,13 @@ pub fn create_vcpu(npt_root: u64, entry_rip: u64) -> Result<Vcpu, OutOfMemory> {
     v.write64(DR7, 0x400);
     v.write64(G_PAT, 0x0007_0406_0007_0406); // the power-on PAT
 
-    Ok(Vcpu { vmcb: v, gprs: GuestRegs::default(), host_vmsave_pa, nrips: has_nrips(), sequence: 0 })
+    Ok(Vcpu {
+        vmcb: v,
+        gprs: GuestRegs::default(),
+        host_vmsave_pa,
+        nrips: has_nrips(),
+        sequence: 0,
+    })
 }
 
 global_asm!(
@@ -102,30 +171,60 @@ global_asm!(
     // general-purpose registers are swapped here by hand.
     ".globl svm_vmrun",
     "svm_vmrun:",
-    "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
+    "push rbx",
+    "push rbp",
+    "push r12",
+    "push r13",
+    "push r14",
+    "push r15",
     "push rdx",
     "push rsi",
     "push rdi",
     "mov rax, rsi",
-    "mov rbx, [rax + 8]", "mov rcx, [rax + 16]", "mov rdx, [rax + 24]",
-    "mov rsi, [rax + 32]", "mov rdi, [rax + 40]", "mov rbp, [rax + 48]",
-    "mov r8, [rax + 64]", "mov r9, [rax + 72]", "mov r10, [rax + 80]", "mov r11, [rax + 88]",
-    "mov r12, [rax + 96]", "mov r13, [rax + 104]", "mov r14, [rax + 112]", "mov r15, [rax + 120]",
+    "mov rbx, [rax + 8]",
+    "mov rcx, [rax + 16]",
+    "mov rdx, [rax + 24]",
+    "mov rsi, [rax + 32]",
+    "mov rdi, [rax + 40]",
+    "mov rbp, [rax + 48]",
+    "mov r8, [rax + 64]",
+    "mov r9, [rax + 72]",
+    "mov r10, [rax + 80]",
+    "mov r11, [rax + 88]",
+    "mov r12, [rax + 96]",
+    "mov r13, [rax + 104]",
+    "mov r14, [rax + 112]",
+    "mov r15, [rax + 120]",
     "mov rax, [rsp]",
     "clgi",
     "vmload rax",
     "vmrun rax",
     "vmsave rax",
     "mov rax, [rsp + 8]",
-    "mov [rax + 8], rbx", "mov [rax + 16], rcx", "mov [rax + 24], rdx",
-    "mov [rax + 32], rsi", "mov [rax + 40], rdi", "mov [rax + 48], rbp",
-    "mov [rax + 64], r8", "mov [rax + 72], r9", "mov [rax + 80], r10", "mov [rax + 88], r11",
-    "mov [rax + 96], r12", "mov [rax + 104], r13", "mov [rax + 112], r14", "mov [rax + 120], r15",
+    "mov [rax + 8], rbx",
+    "mov [rax + 16], rcx",
+    "mov [rax + 24], rdx",
+    "mov [rax + 32], rsi",
+    "mov [rax + 40], rdi",
+    "mov [rax + 48], rbp",
+    "mov [rax + 64], r8",
+    "mov [rax + 72], r9",
+    "mov [rax + 80], r10",
+    "mov [rax + 88], r11",
+    "mov [rax + 96], r12",
+    "mov [rax + 104], r13",
+    "mov [rax + 112], r14",
+    "mov [rax + 120], r15",
     "mov rax, [rsp + 16]",
     "vmload rax",
     "stgi",
     "add rsp, 24",
-    "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop rbp",
+    "pop rbx",
     "ret",
 );
 
@@ -156,7 +255,11 @@ impl Vcpu {
         let exit_code = v.read64(EXITCODE);
         let insn_len = v.read8(INSN_LEN).min(15);
         let mut insn_bytes = [0u8; 16];
-        for (i, b) in insn_bytes.iter_mut().enumerate().take(usize::from(insn_len)) {
+        for (i, b) in insn_bytes
+            .iter_mut()
+            .enumerate()
+            .take(usize::from(insn_len))
+        {
             *b = v.read8(INSN_BYTES + i);
         }
         ExitRecord {
@@ -192,7 +295,9 @@ impl Vcpu {
     pub fn mode(&self) -> GuestMode {
         const EFER_LMA: u64 = 1 << 10;
         let lma = self.vmcb.read64(EFER) & EFER_LMA != 0;
-        GuestMode { long_mode_code: lma && self.vmcb.read_segment(CS).attrib & Segment::ATTR_L != 0 }
+        GuestMode {
+            long_mode_code: lma && self.vmcb.read_segment(CS).attrib & Segment::ATTR_L != 0,
+        }
     }
 
     /// Applies a resume that `resume::validate` accepted with `flags`.
@@ -215,7 +320,14 @@ impl Vcpu {
             let e = &r.event;
             let valid = 1u64 << 31;
             let ev = u64::from(e.has_error_code & 1) << 11;
-            v.write64(EVENTINJ, u64::from(e.vector) | u64::from(e.kind) << 8 | ev | valid | u64::from(e.error_code) << 32);
+            v.write64(
+                EVENTINJ,
+                u64::from(e.vector)
+                    | u64::from(e.kind) << 8
+                    | ev
+                    | valid
+                    | u64::from(e.error_code) << 32,
+            );
         }
     }
 }

@@ -102,7 +102,12 @@ impl Vmcb {
     accessors!(read8 write8 u8, read16 write16 u16, read32 write32 u32, read64 write64 u64);
 
     pub fn read_segment(&self, off: usize) -> Segment {
-        Segment { selector: self.read16(off), attrib: self.read16(off + 2), limit: self.read32(off + 4), base: self.read64(off + 8) }
+        Segment {
+            selector: self.read16(off),
+            attrib: self.read16(off + 2),
+            limit: self.read32(off + 4),
+            base: self.read64(off + 8),
+        }
     }
 
     pub fn write_segment(&mut self, off: usize, s: Segment) {

@@ -1,0 +1,736 @@
+//! One architecture-independent [`Exit`] decoded from the stub's raw
+//! [`ExitRecord`].
+//!
+//! SVM: the exit codes are the VMCB EXITCODE values (AMD APM vol. 2,
+//! appendix C) and an IOIO exit carries its access in EXITINFO1 (APM vol. 2,
+//! 15.10.2, figure 15-2). VMX: the exit codes are basic exit reasons (Intel
+//! SDM vol. 3C, appendix C) and an I/O exit carries its access in the exit
+//! qualification (SDM vol. 3C, table 28-5).
+//!
+//! Decoding never fails and never panics: a record that does not make sense
+//! (an unknown `arch`, an IOIO record without exactly one operand size)
+//! decodes to [`Exit::Other`], and the caller still has the raw record.
+
+use core::fmt;
+
+use ipc_proto::vcpu::{svm_exit, svm_ioio};
+use ipc_proto::{ExitRecord, VcpuArch};
+
+/// RFLAGS.IF, the interrupt enable flag (APM vol. 2, 3.1.6).
+pub const RFLAGS_IF: u64 = 1 << 9;
+
+/// Width of a port access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum IoSize {
+    /// 8 bits (`in al, dx`).
+    Byte = 1,
+    /// 16 bits (`in ax, dx`).
+    Word = 2,
+    /// 32 bits (`in eax, dx`).
+    Dword = 4,
+}
+
+impl IoSize {
+    /// Width in bytes: 1, 2 or 4.
+    pub const fn bytes(self) -> u8 {
+        self as u8
+    }
+
+    /// The size for a width in bytes, if it is 1, 2 or 4.
+    pub const fn from_bytes(bytes: u8) -> Option<Self> {
+        match bytes {
+            1 => Some(Self::Byte),
+            2 => Some(Self::Word),
+            4 => Some(Self::Dword),
+            _ => None,
+        }
+    }
+
+    /// All ones for this width: `0xff`, `0xffff` or `0xffff_ffff`.
+    pub const fn mask(self) -> u32 {
+        match self {
+            Self::Byte => 0xff,
+            Self::Word => 0xffff,
+            Self::Dword => u32::MAX,
+        }
+    }
+}
+
+/// Direction of a port access, seen from the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IoDirection {
+    /// `IN`/`INS`: the guest reads the port.
+    In,
+    /// `OUT`/`OUTS`: the guest writes the port.
+    Out,
+}
+
+/// One decoded port access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IoAccess {
+    /// Port number.
+    pub port: u16,
+    /// Operand width.
+    pub size: IoSize,
+    /// Read or write.
+    pub direction: IoDirection,
+    /// `INS`/`OUTS`: the data is in guest memory, not in RAX.
+    pub string: bool,
+    /// A REP prefix: RCX counts the repetitions.
+    pub rep: bool,
+    /// For a non-string OUT, the value written: the low bytes of RAX masked
+    /// to `size`. 0 for IN and for string accesses.
+    pub value: u32,
+}
+
+impl IoAccess {
+    /// The instruction's mnemonic, for messages (`in`, `outsb`, ...).
+    pub fn mnemonic(&self) -> &'static str {
+        match (self.direction, self.string, self.size) {
+            (IoDirection::In, false, _) => "in",
+            (IoDirection::Out, false, _) => "out",
+            (IoDirection::In, true, IoSize::Byte) => "insb",
+            (IoDirection::In, true, IoSize::Word) => "insw",
+            (IoDirection::In, true, IoSize::Dword) => "insd",
+            (IoDirection::Out, true, IoSize::Byte) => "outsb",
+            (IoDirection::Out, true, IoSize::Word) => "outsw",
+            (IoDirection::Out, true, IoSize::Dword) => "outsd",
+        }
+    }
+}
+
+/// What a VM exit means, whatever the virtualization extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Exit {
+    /// IN, OUT, INS or OUTS.
+    Io(IoAccess),
+    /// HLT.
+    Hlt {
+        /// RFLAGS.IF at the exit: false means no interrupt can wake the guest.
+        interrupts_enabled: bool,
+    },
+    /// Shutdown: the guest triple-faulted.
+    Shutdown,
+    /// The CPU refused to enter the guest (SVM VMRUN consistency checks,
+    /// VMX VM-entry failure): the guest did not run.
+    EntryFailed,
+    /// CPUID.
+    Cpuid,
+    /// RDMSR or WRMSR (the MSR index is in the guest's ECX).
+    Msr {
+        /// WRMSR rather than RDMSR.
+        write: bool,
+    },
+    /// A nested page fault (SVM NPF) or EPT violation (VMX).
+    NestedPageFault {
+        /// Guest-physical address of the access.
+        gpa: u64,
+        /// Arch-specific: SVM's #PF-style error code (EXITINFO1) or VMX's
+        /// EPT-violation exit qualification.
+        error_code: u64,
+    },
+    /// An intercepted exception.
+    Exception {
+        /// Its vector, 0..=31.
+        vector: u8,
+    },
+    /// Any other exit; `raw` is the record's exit code.
+    Other {
+        /// The raw exit code.
+        raw: u64,
+    },
+}
+
+impl Exit {
+    /// Decodes a record from the stub.
+    pub fn decode(rec: &ExitRecord) -> Self {
+        match VcpuArch::from_raw(rec.arch) {
+            Some(VcpuArch::Svm) => decode_svm(rec),
+            Some(VcpuArch::Vmx) => decode_vmx(rec),
+            None => Self::Other { raw: rec.exit_code },
+        }
+    }
+}
+
+fn decode_svm(rec: &ExitRecord) -> Exit {
+    let code = rec.exit_code;
+    match code {
+        svm_exit::IOIO => match decode_svm_ioio(rec.exit_info1, rec.regs.rax) {
+            Some(io) => Exit::Io(io),
+            None => Exit::Other { raw: code },
+        },
+        svm_exit::HLT => Exit::Hlt {
+            interrupts_enabled: rec.regs.rflags & RFLAGS_IF != 0,
+        },
+        svm_exit::SHUTDOWN => Exit::Shutdown,
+        svm_exit::INVALID => Exit::EntryFailed,
+        svm_exit::CPUID => Exit::Cpuid,
+        // EXITINFO1 bit 0: 0 = RDMSR, 1 = WRMSR (APM vol. 2, 15.11).
+        svm_exit::MSR => Exit::Msr {
+            write: rec.exit_info1 & 1 != 0,
+        },
+        // EXITINFO1 = #PF-style error code, EXITINFO2 = faulting GPA (APM vol. 2, 15.25.6).
+        svm_exit::NPF => Exit::NestedPageFault {
+            gpa: rec.exit_info2,
+            error_code: rec.exit_info1,
+        },
+        c if (svm_exit::EXCP_BASE..svm_exit::EXCP_BASE + 32).contains(&c) => Exit::Exception {
+            vector: (c - svm_exit::EXCP_BASE) as u8,
+        },
+        raw => Exit::Other { raw },
+    }
+}
+
+/// Decodes an SVM IOIO EXITINFO1 (APM vol. 2, 15.10.2); `rax` supplies the
+/// value of a non-string OUT. `None` unless exactly one of SZ8/SZ16/SZ32 is
+/// set, which the hardware guarantees.
+pub fn decode_svm_ioio(exit_info1: u64, rax: u64) -> Option<IoAccess> {
+    let size = match exit_info1 & (svm_ioio::SZ8 | svm_ioio::SZ16 | svm_ioio::SZ32) {
+        svm_ioio::SZ8 => IoSize::Byte,
+        svm_ioio::SZ16 => IoSize::Word,
+        svm_ioio::SZ32 => IoSize::Dword,
+        _ => return None,
+    };
+    let direction = if exit_info1 & svm_ioio::TYPE_IN != 0 {
+        IoDirection::In
+    } else {
+        IoDirection::Out
+    };
+    Some(io_access(
+        (exit_info1 >> svm_ioio::PORT_SHIFT) as u16,
+        size,
+        direction,
+        exit_info1 & svm_ioio::STRING != 0,
+        exit_info1 & svm_ioio::REP != 0,
+        rax,
+    ))
+}
+
+fn io_access(
+    port: u16,
+    size: IoSize,
+    direction: IoDirection,
+    string: bool,
+    rep: bool,
+    rax: u64,
+) -> IoAccess {
+    let value = if direction == IoDirection::Out && !string {
+        rax as u32 & size.mask()
+    } else {
+        0
+    };
+    IoAccess {
+        port,
+        size,
+        direction,
+        string,
+        rep,
+        value,
+    }
+}
+
+/// VMX basic exit reasons (Intel SDM vol. 3C, appendix C) that the decoder
+/// knows.
+pub mod vmx_exit {
+    /// Triple fault.
+    pub const TRIPLE_FAULT: u64 = 2;
+    /// CPUID.
+    pub const CPUID: u64 = 10;
+    /// HLT.
+    pub const HLT: u64 = 12;
+    /// I/O instruction; the exit qualification holds the access.
+    pub const IO: u64 = 30;
+    /// RDMSR.
+    pub const RDMSR: u64 = 31;
+    /// WRMSR.
+    pub const WRMSR: u64 = 32;
+    /// VM-entry failure due to invalid guest state.
+    pub const ENTRY_INVALID_GUEST_STATE: u64 = 33;
+    /// VM-entry failure due to MSR loading.
+    pub const ENTRY_MSR_LOADING: u64 = 34;
+    /// VM-entry failure due to a machine-check event.
+    pub const ENTRY_MACHINE_CHECK: u64 = 41;
+    /// EPT violation.
+    pub const EPT_VIOLATION: u64 = 48;
+    /// Bit 31 of the full exit reason: VM-entry failure.
+    pub const ENTRY_FAILURE_BIT: u64 = 1 << 31;
+}
+
+fn decode_vmx(rec: &ExitRecord) -> Exit {
+    let code = rec.exit_code;
+    if code & vmx_exit::ENTRY_FAILURE_BIT != 0 {
+        return Exit::EntryFailed;
+    }
+    match code {
+        vmx_exit::IO => match decode_vmx_io(rec.exit_info1, rec.regs.rax) {
+            Some(io) => Exit::Io(io),
+            None => Exit::Other { raw: code },
+        },
+        vmx_exit::HLT => Exit::Hlt {
+            interrupts_enabled: rec.regs.rflags & RFLAGS_IF != 0,
+        },
+        vmx_exit::TRIPLE_FAULT => Exit::Shutdown,
+        vmx_exit::ENTRY_INVALID_GUEST_STATE
+        | vmx_exit::ENTRY_MSR_LOADING
+        | vmx_exit::ENTRY_MACHINE_CHECK => Exit::EntryFailed,
+        vmx_exit::CPUID => Exit::Cpuid,
+        vmx_exit::RDMSR => Exit::Msr { write: false },
+        vmx_exit::WRMSR => Exit::Msr { write: true },
+        vmx_exit::EPT_VIOLATION => Exit::NestedPageFault {
+            gpa: rec.exit_info2,
+            error_code: rec.exit_info1,
+        },
+        // Exception exits (reason 0) need the VM-exit interruption
+        // information, which the record does not carry yet.
+        raw => Exit::Other { raw },
+    }
+}
+
+/// Decodes a VMX I/O exit qualification (SDM vol. 3C, table 28-5): bits 2:0
+/// size - 1 (0, 1 or 3), bit 3 IN, bit 4 string, bit 5 REP, bits 31:16 port.
+pub fn decode_vmx_io(qualification: u64, rax: u64) -> Option<IoAccess> {
+    let size = match qualification & 0b111 {
+        0 => IoSize::Byte,
+        1 => IoSize::Word,
+        3 => IoSize::Dword,
+        _ => return None,
+    };
+    let direction = if qualification & (1 << 3) != 0 {
+        IoDirection::In
+    } else {
+        IoDirection::Out
+    };
+    Some(io_access(
+        (qualification >> 16) as u16,
+        size,
+        direction,
+        qualification & (1 << 4) != 0,
+        qualification & (1 << 5) != 0,
+        rax,
+    ))
+}
+
+/// The manuals' short name of a raw exit code (`cpuid`, `ioio`, `npf`,
+/// `exception #UD`, ...), for messages. `arch` is the record's raw `arch`.
+pub fn exit_name(arch: u32, code: u64) -> ExitName {
+    ExitName { arch, code }
+}
+
+/// Displays the name of an exit code; see [`exit_name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitName {
+    arch: u32,
+    code: u64,
+}
+
+impl fmt::Display for ExitName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match VcpuArch::from_raw(self.arch) {
+            Some(VcpuArch::Svm) => {
+                let c = self.code;
+                if (svm_exit::EXCP_BASE..svm_exit::EXCP_BASE + 32).contains(&c) {
+                    let v = (c - svm_exit::EXCP_BASE) as u8;
+                    write!(f, "exception {}", exception_mnemonic(v))
+                } else if c < 0x10 {
+                    write!(f, "read cr{c}")
+                } else if c < 0x20 {
+                    write!(f, "write cr{}", c - 0x10)
+                } else if c < 0x30 {
+                    write!(f, "read dr{}", c - 0x20)
+                } else if c < 0x40 {
+                    write!(f, "write dr{}", c - 0x30)
+                } else if (0x90..0xa0).contains(&c) {
+                    write!(f, "cr{} write trap", c - 0x90)
+                } else {
+                    f.write_str(svm_name(c))
+                }
+            }
+            Some(VcpuArch::Vmx) => f.write_str(vmx_name(self.code)),
+            None => write!(f, "unknown-arch({})", self.arch),
+        }
+    }
+}
+
+/// `#UD`, `#GP`, ... for an exception vector (APM vol. 2, 8.2).
+pub fn exception_mnemonic(vector: u8) -> &'static str {
+    const NAMES: [&str; 32] = [
+        "#DE",
+        "#DB",
+        "NMI",
+        "#BP",
+        "#OF",
+        "#BR",
+        "#UD",
+        "#NM",
+        "#DF",
+        "vector 9",
+        "#TS",
+        "#NP",
+        "#SS",
+        "#GP",
+        "#PF",
+        "vector 15",
+        "#MF",
+        "#AC",
+        "#MC",
+        "#XF",
+        "#VE",
+        "#CP",
+        "vector 22",
+        "vector 23",
+        "vector 24",
+        "vector 25",
+        "vector 26",
+        "vector 27",
+        "#HV",
+        "#VC",
+        "#SX",
+        "vector 31",
+    ];
+    NAMES
+        .get(usize::from(vector))
+        .copied()
+        .unwrap_or("vector >31")
+}
+
+/// SVM exit code names (APM vol. 2, appendix C, table C-1).
+fn svm_name(code: u64) -> &'static str {
+    match code {
+        0x60 => "intr",
+        0x61 => "nmi",
+        0x62 => "smi",
+        0x63 => "init",
+        0x64 => "vintr",
+        0x65 => "cr0_sel_write",
+        0x66 => "idtr_read",
+        0x67 => "gdtr_read",
+        0x68 => "ldtr_read",
+        0x69 => "tr_read",
+        0x6a => "idtr_write",
+        0x6b => "gdtr_write",
+        0x6c => "ldtr_write",
+        0x6d => "tr_write",
+        0x6e => "rdtsc",
+        0x6f => "rdpmc",
+        0x70 => "pushf",
+        0x71 => "popf",
+        0x72 => "cpuid",
+        0x73 => "rsm",
+        0x74 => "iret",
+        0x75 => "swint",
+        0x76 => "invd",
+        0x77 => "pause",
+        0x78 => "hlt",
+        0x79 => "invlpg",
+        0x7a => "invlpga",
+        0x7b => "ioio",
+        0x7c => "msr",
+        0x7d => "task_switch",
+        0x7e => "ferr_freeze",
+        0x7f => "shutdown",
+        0x80 => "vmrun",
+        0x81 => "vmmcall",
+        0x82 => "vmload",
+        0x83 => "vmsave",
+        0x84 => "stgi",
+        0x85 => "clgi",
+        0x86 => "skinit",
+        0x87 => "rdtscp",
+        0x88 => "icebp",
+        0x89 => "wbinvd",
+        0x8a => "monitor",
+        0x8b => "mwait",
+        0x8c => "mwait_conditional",
+        0x8d => "xsetbv",
+        0x8e => "rdpru",
+        0x8f => "efer_write_trap",
+        0xa0 => "invlpgb",
+        0xa1 => "invlpgb_illegal",
+        0xa2 => "invpcid",
+        0xa3 => "mcommit",
+        0xa4 => "tlbsync",
+        0x400 => "npf",
+        0x401 => "avic_incomplete_ipi",
+        0x402 => "avic_noaccel",
+        0x403 => "vmgexit",
+        svm_exit::INVALID => "invalid",
+        0xffff_ffff_ffff_fffe => "busy",
+        _ => "unknown",
+    }
+}
+
+/// VMX basic exit reason names (SDM vol. 3C, appendix C).
+fn vmx_name(code: u64) -> &'static str {
+    if code & vmx_exit::ENTRY_FAILURE_BIT != 0 {
+        return "entry failure";
+    }
+    match code {
+        0 => "exception or nmi",
+        1 => "external interrupt",
+        2 => "triple fault",
+        3 => "init",
+        4 => "sipi",
+        7 => "interrupt window",
+        8 => "nmi window",
+        9 => "task switch",
+        10 => "cpuid",
+        12 => "hlt",
+        13 => "invd",
+        14 => "invlpg",
+        15 => "rdpmc",
+        16 => "rdtsc",
+        18 => "vmcall",
+        28 => "cr access",
+        29 => "mov dr",
+        30 => "io",
+        31 => "rdmsr",
+        32 => "wrmsr",
+        33 => "entry failure: invalid guest state",
+        34 => "entry failure: msr loading",
+        36 => "mwait",
+        39 => "monitor",
+        40 => "pause",
+        41 => "entry failure: machine check",
+        48 => "ept violation",
+        49 => "ept misconfiguration",
+        54 => "wbinvd",
+        55 => "xsetbv",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use ipc_proto::vcpu::svm_ioio::*;
+    use ipc_proto::ABI_VERSION;
+    use proptest::prelude::*;
+
+    /// A hand-made SVM record.
+    pub(crate) fn svm_record(code: u64, info1: u64, info2: u64) -> ExitRecord {
+        let mut rec = ExitRecord {
+            abi_version: ABI_VERSION,
+            arch: VcpuArch::Svm as u32,
+            sequence: 1,
+            exit_code: code,
+            exit_info1: info1,
+            exit_info2: info2,
+            ..Default::default()
+        };
+        rec.regs.rflags = 2;
+        rec.regs.rip = 0x10_0020;
+        rec
+    }
+
+    /// EXITINFO1 of a non-string IOIO exit.
+    pub(crate) fn ioio(port: u16, size: u64, is_in: bool) -> u64 {
+        (u64::from(port) << PORT_SHIFT) | size | if is_in { TYPE_IN } else { 0 }
+    }
+
+    #[test]
+    fn in_al_dx_decodes() {
+        // `in al, dx` with dx = 0x3fd; A32 address size bit set as hardware does.
+        let mut rec = svm_record(svm_exit::IOIO, ioio(0x3fd, SZ8, true) | (1 << 8), 0x10_0021);
+        rec.regs.rax = 0x1234_5678;
+        assert_eq!(
+            Exit::decode(&rec),
+            Exit::Io(IoAccess {
+                port: 0x3fd,
+                size: IoSize::Byte,
+                direction: IoDirection::In,
+                string: false,
+                rep: false,
+                value: 0,
+            })
+        );
+    }
+
+    #[test]
+    fn out_dx_al_carries_only_al() {
+        let mut rec = svm_record(svm_exit::IOIO, ioio(0x3f8, SZ8, false), 0x10_0021);
+        rec.regs.rax = 0xdead_beef_cafe_1241;
+        let Exit::Io(io) = Exit::decode(&rec) else {
+            panic!("not io")
+        };
+        assert_eq!(io.direction, IoDirection::Out);
+        assert_eq!(io.port, 0x3f8);
+        assert_eq!(io.size, IoSize::Byte);
+        assert_eq!(io.value, 0x41);
+    }
+
+    #[test]
+    fn sixteen_and_thirty_two_bit_accesses() {
+        let mut rec = svm_record(svm_exit::IOIO, ioio(0xcfc, SZ16, false), 0);
+        rec.regs.rax = 0xffff_ffff_1234_5678;
+        let Exit::Io(io) = Exit::decode(&rec) else {
+            panic!()
+        };
+        assert_eq!((io.size, io.value), (IoSize::Word, 0x5678));
+        rec.exit_info1 = ioio(0xcfc, SZ32, false);
+        let Exit::Io(io) = Exit::decode(&rec) else {
+            panic!()
+        };
+        assert_eq!(
+            (io.size, io.value, io.port),
+            (IoSize::Dword, 0x1234_5678, 0xcfc)
+        );
+        rec.exit_info1 = ioio(0xcfc, SZ32, true);
+        let Exit::Io(io) = Exit::decode(&rec) else {
+            panic!()
+        };
+        assert_eq!((io.direction, io.value), (IoDirection::In, 0));
+    }
+
+    #[test]
+    fn string_and_rep_bits() {
+        let rec = svm_record(
+            svm_exit::IOIO,
+            ioio(0x3f8, SZ8, false) | STRING | REP | (3 << SEG_SHIFT),
+            0,
+        );
+        let Exit::Io(io) = Exit::decode(&rec) else {
+            panic!()
+        };
+        assert!(io.string && io.rep);
+        assert_eq!(io.value, 0, "OUTS takes its data from memory, not RAX");
+        assert_eq!(io.mnemonic(), "outsb");
+        let rec = svm_record(svm_exit::IOIO, ioio(0x1f0, SZ16, true) | STRING, 0);
+        let Exit::Io(io) = Exit::decode(&rec) else {
+            panic!()
+        };
+        assert!(io.string && !io.rep);
+        assert_eq!(io.mnemonic(), "insw");
+    }
+
+    #[test]
+    fn malformed_ioio_is_other() {
+        for bad in [0, SZ8 | SZ16, SZ8 | SZ16 | SZ32] {
+            let rec = svm_record(svm_exit::IOIO, bad, 0);
+            assert_eq!(
+                Exit::decode(&rec),
+                Exit::Other {
+                    raw: svm_exit::IOIO
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn other_svm_exits_decode() {
+        let mut rec = svm_record(svm_exit::HLT, 0, 0);
+        assert_eq!(
+            Exit::decode(&rec),
+            Exit::Hlt {
+                interrupts_enabled: false
+            }
+        );
+        rec.regs.rflags = 0x202;
+        assert_eq!(
+            Exit::decode(&rec),
+            Exit::Hlt {
+                interrupts_enabled: true
+            }
+        );
+        let d = |code, i1, i2| Exit::decode(&svm_record(code, i1, i2));
+        assert_eq!(d(svm_exit::SHUTDOWN, 0, 0), Exit::Shutdown);
+        assert_eq!(d(svm_exit::INVALID, 0, 0), Exit::EntryFailed);
+        assert_eq!(d(svm_exit::CPUID, 0, 0), Exit::Cpuid);
+        assert_eq!(d(svm_exit::MSR, 0, 0), Exit::Msr { write: false });
+        assert_eq!(d(svm_exit::MSR, 1, 0), Exit::Msr { write: true });
+        assert_eq!(
+            d(svm_exit::NPF, 0x6, 0xfee0_0000),
+            Exit::NestedPageFault {
+                gpa: 0xfee0_0000,
+                error_code: 0x6
+            }
+        );
+        assert_eq!(d(0x40, 0, 0), Exit::Exception { vector: 0 });
+        assert_eq!(d(0x4e, 0, 0), Exit::Exception { vector: 14 });
+        assert_eq!(d(0x5f, 0, 0), Exit::Exception { vector: 31 });
+        assert_eq!(d(0x60, 0, 0), Exit::Other { raw: 0x60 });
+        assert_eq!(d(svm_exit::VMMCALL, 0, 0), Exit::Other { raw: 0x81 });
+    }
+
+    #[test]
+    fn unknown_arch_is_other() {
+        let mut rec = svm_record(svm_exit::HLT, 0, 0);
+        rec.arch = 7;
+        assert_eq!(Exit::decode(&rec), Exit::Other { raw: svm_exit::HLT });
+        assert_eq!(exit_name(7, 0x78).to_string(), "unknown-arch(7)");
+    }
+
+    #[test]
+    fn vmx_exits_decode() {
+        let mut rec = svm_record(vmx_exit::IO, (0x3f8 << 16) | (1 << 3), 0);
+        rec.arch = VcpuArch::Vmx as u32;
+        let Exit::Io(io) = Exit::decode(&rec) else {
+            panic!()
+        };
+        assert_eq!(
+            (io.port, io.size, io.direction),
+            (0x3f8, IoSize::Byte, IoDirection::In)
+        );
+        rec.exit_info1 = (0xf4 << 16) | 3 | (1 << 4) | (1 << 5);
+        let Exit::Io(io) = Exit::decode(&rec) else {
+            panic!()
+        };
+        assert!(io.string && io.rep && io.size == IoSize::Dword);
+        rec.exit_code = vmx_exit::WRMSR;
+        assert_eq!(Exit::decode(&rec), Exit::Msr { write: true });
+        rec.exit_code = vmx_exit::TRIPLE_FAULT;
+        assert_eq!(Exit::decode(&rec), Exit::Shutdown);
+        rec.exit_code = vmx_exit::ENTRY_FAILURE_BIT | 33;
+        assert_eq!(Exit::decode(&rec), Exit::EntryFailed);
+        assert_eq!(exit_name(2, 12).to_string(), "hlt");
+    }
+
+    #[test]
+    fn exit_names() {
+        let svm = VcpuArch::Svm as u32;
+        assert_eq!(exit_name(svm, 0x72).to_string(), "cpuid");
+        assert_eq!(exit_name(svm, 0x7b).to_string(), "ioio");
+        assert_eq!(exit_name(svm, 0x46).to_string(), "exception #UD");
+        assert_eq!(exit_name(svm, 0x03).to_string(), "read cr3");
+        assert_eq!(exit_name(svm, 0x13).to_string(), "write cr3");
+        assert_eq!(exit_name(svm, u64::MAX).to_string(), "invalid");
+        assert_eq!(exit_name(svm, 0x1234).to_string(), "unknown");
+    }
+
+    proptest! {
+        #[test]
+        fn any_exit_info1_decodes_without_panicking(info1 in any::<u64>(), rax in any::<u64>()) {
+            if let Some(io) = decode_svm_ioio(info1, rax) {
+                prop_assert_eq!(u64::from(io.port), (info1 >> 16) & 0xffff);
+                prop_assert_eq!(io.value & !io.size.mask(), 0);
+            }
+            let _ = decode_vmx_io(info1, rax);
+            let rec = svm_record(svm_exit::IOIO, info1, 0);
+            let _ = Exit::decode(&rec);
+        }
+
+        #[test]
+        fn ioio_fields_round_trip(
+            port in any::<u16>(),
+            size in prop_oneof![Just(IoSize::Byte), Just(IoSize::Word), Just(IoSize::Dword)],
+            is_in in any::<bool>(),
+            string in any::<bool>(),
+            rep in any::<bool>(),
+            addr_and_seg in 0u64..64,
+            rax in any::<u64>(),
+        ) {
+            let sz = match size { IoSize::Byte => SZ8, IoSize::Word => SZ16, IoSize::Dword => SZ32 };
+            let info1 = ioio(port, sz, is_in)
+                | if string { STRING } else { 0 }
+                | if rep { REP } else { 0 }
+                | (addr_and_seg << ADDR_SHIFT);
+            let io = decode_svm_ioio(info1, rax).expect("one size bit is set");
+            prop_assert_eq!(io.port, port);
+            prop_assert_eq!(io.size, size);
+            prop_assert_eq!(io.direction, if is_in { IoDirection::In } else { IoDirection::Out });
+            prop_assert_eq!((io.string, io.rep), (string, rep));
+            let want = if !is_in && !string { rax as u32 & size.mask() } else { 0 };
+            prop_assert_eq!(io.value, want);
+        }
+    }
+}
