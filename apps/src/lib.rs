@@ -1,0 +1,24 @@
+//! The `splitvisor` command line, as a library: the run logic (boot an
+//! image in QEMU, read the stub's verdict) and the privileged-code count,
+//! testable without a terminal. `src/main.rs` only parses arguments.
+#![deny(missing_docs)]
+
+pub mod loc;
+pub mod run;
+
+pub use run::{
+    RunOptions, DEFAULT_CPU, DEFAULT_EMULATOR, EXIT_CANNOT_RUN, EXIT_EMULATOR, EXIT_TIMEOUT,
+    EXIT_VM_FAILED,
+};
+
+/// Exit statuses of `splitvisor`, as `--help` shows them.
+pub const EXIT_CODES_HELP: &str = "\
+Exit status of `splitvisor run`:
+  N    the guest stopped with status N (it wrote N to port 0xF4);
+       note that a guest may itself choose 101, 102, 103 or 124
+  101  the VM failed (the stub's `[stub] vm failed: REASON`)
+  102  the stub cannot run here (`[stub] cannot run: REASON`, e.g. no SVM)
+  103  the emulator is missing or failed to start, the image could not be
+       built, or the emulator ended without the stub's final line
+  124  timed out (--timeout); the emulator was killed
+Other commands exit 0 on success and 1 on failure; bad arguments exit 2.";

@@ -1,0 +1,144 @@
+//! `splitvisor`: build a system image, boot it in QEMU with emulated SVM,
+//! count the privileged code.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use splitvisor::{loc, run, RunOptions, DEFAULT_CPU, DEFAULT_EMULATOR, EXIT_CODES_HELP};
+
+/// A hypervisor built like a microkernel: a small ring-0 stub enters the
+/// guest, unprivileged servers handle its exits.
+#[derive(Parser)]
+#[command(name = "splitvisor", version, after_help = EXIT_CODES_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the bootable image for a guest and print its path.
+    ///
+    /// Builds kernel-stub and vmm-server (cargo, target x86_64-unknown-none,
+    /// in target/image), assembles the guest (gcc, ld) and writes
+    /// target/image/GUEST.img (GUEST-no-vmm.img with --no-vmm-server).
+    Build(BuildArgs),
+    /// Build the image and boot it in QEMU (TCG, emulated SVM).
+    ///
+    /// The serial console (stub, vmm-server and guest output) goes to stdout
+    /// as it arrives; build progress and the verdict go to stderr.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Run(RunArgs),
+    /// Count the privileged code: Rust lines and unsafe blocks under
+    /// kernel-stub/src.
+    ///
+    /// Lines are non-blank lines with something besides comments on them.
+    Loc(LocArgs),
+}
+
+#[derive(Args)]
+struct GuestArgs {
+    /// The built-in guest (sources in images/guests/).
+    #[arg(long, value_name = "NAME",
+          value_parser = clap::builder::PossibleValuesParser::new(images::GUESTS))]
+    guest: String,
+    /// Leave the vmm-server out of the image: the stub then has no server for
+    /// the first exit and reports `vm failed`.
+    #[arg(long)]
+    no_vmm_server: bool,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    #[command(flatten)]
+    guest: GuestArgs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    guest: GuestArgs,
+    /// QEMU CPU model (`-cpu`); drop +npt to run without nested paging.
+    #[arg(long, value_name = "MODEL", default_value = DEFAULT_CPU)]
+    cpu: String,
+    /// The emulator: a program on PATH or a path to one.
+    #[arg(long, value_name = "PROGRAM", default_value = DEFAULT_EMULATOR)]
+    emulator: String,
+    /// Kill the emulator after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+    /// Memory of the emulated machine in MiB (QEMU `-m`), at least 32; the
+    /// guest itself gets 16 MiB of it.
+    #[arg(long, value_name = "MIB", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(32..))]
+    memory: u32,
+}
+
+#[derive(Args)]
+struct LocArgs {
+    /// Also print the counts of each file.
+    #[arg(long)]
+    per_file: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Build(a) => build(&a),
+        Command::Run(a) => run::run(&RunOptions {
+            guest: a.guest.guest,
+            cpu: a.cpu,
+            emulator: a.emulator,
+            timeout: Duration::from_secs(a.timeout),
+            memory_mib: a.memory,
+            with_vmm_server: !a.guest.no_vmm_server,
+        }),
+        Command::Loc(a) => count_loc(&a),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn build(a: &BuildArgs) -> i32 {
+    match images::build_system(&a.guest.guest, !a.guest.no_vmm_server) {
+        Ok(path) => {
+            println!("{}", path.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("splitvisor: could not build the image: {e}");
+            1
+        }
+    }
+}
+
+fn count_loc(a: &LocArgs) -> i32 {
+    let root = images::workspace_root();
+    let dir = root.join("kernel-stub").join("src");
+    match loc::count_tree(&dir) {
+        Ok((total, each)) => {
+            if a.per_file {
+                for (path, c) in &each {
+                    let shown = path.strip_prefix(&root).unwrap_or(path);
+                    println!(
+                        "{:>6} lines {:>4} unsafe blocks  {}",
+                        c.code_lines,
+                        c.unsafe_blocks,
+                        shown.display()
+                    );
+                }
+            }
+            println!(
+                "kernel-stub/src: {} lines of Rust (non-blank, non-comment) in {} files, {} \
+                 unsafe blocks, {} unsafe fn/impl/trait/extern items",
+                total.code_lines, total.files, total.unsafe_blocks, total.unsafe_items
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("splitvisor: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,771 @@
+//! `splitvisor run`: boot a system image in QEMU and turn the stub's final
+//! console line into an exit status.
+//!
+//! QEMU's serial output (the stub's console, the vmm-server's `[vmm] `
+//! lines and the guest's UART text) is copied to our stdout as it arrives.
+//! Complete lines are scanned for the stub's final line, which always starts
+//! a line:
+//!
+//! ```text
+//! [stub] vm stopped: guest status N     -> exit N
+//! [stub] vm failed: REASON              -> exit 101
+//! [stub] cannot run: REASON             -> exit 102
+//! ```
+//!
+//! The stub then writes 0, 1 or 2 to the isa-debug-exit port, so QEMU ends
+//! with status 1, 3 or 5; a mismatch gets a warning.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// Exit status when the stub reports `vm failed`.
+pub const EXIT_VM_FAILED: i32 = 101;
+/// Exit status when the stub reports `cannot run`.
+pub const EXIT_CANNOT_RUN: i32 = 102;
+/// Exit status when the emulator is missing, could not start, the image
+/// could not be built, or the emulator ended without a final stub line.
+pub const EXIT_EMULATOR: i32 = 103;
+/// Exit status when the run timed out (as timeout(1) does).
+pub const EXIT_TIMEOUT: i32 = 124;
+
+/// The default `--cpu`: an AMD model with SVM and nested paging.
+pub const DEFAULT_CPU: &str = "EPYC,+svm,+npt";
+/// The default `--emulator`.
+pub const DEFAULT_EMULATOR: &str = "qemu-system-x86_64";
+
+/// How long QEMU may take to exit after the stub's final line.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// How much of QEMU's stderr is kept.
+const STDERR_KEEP: usize = 16 * 1024;
+/// Longest line start kept for scanning; a final line is far shorter.
+const LINE_KEEP: usize = 4096;
+
+/// The stub's final console line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FinalLine {
+    /// `[stub] vm stopped: guest status N`
+    Stopped(u8),
+    /// `[stub] vm failed: REASON`
+    Failed(String),
+    /// `[stub] cannot run: REASON`
+    CannotRun(String),
+}
+
+impl FinalLine {
+    /// The exit status of `splitvisor run` for this outcome.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            FinalLine::Stopped(n) => i32::from(*n),
+            FinalLine::Failed(_) => EXIT_VM_FAILED,
+            FinalLine::CannotRun(_) => EXIT_CANNOT_RUN,
+        }
+    }
+
+    /// QEMU's exit status after the stub wrote its code (0, 1, 2) to
+    /// isa-debug-exit: `(code << 1) | 1`.
+    pub fn expected_emulator_status(&self) -> i32 {
+        let code = match self {
+            FinalLine::Stopped(_) => 0,
+            FinalLine::Failed(_) => 1,
+            FinalLine::CannotRun(_) => 2,
+        };
+        (code << 1) | 1
+    }
+}
+
+/// Parses one complete console line (without its line end). Only a line
+/// that *starts* with `[stub] ` can be the final line.
+pub fn parse_final_line(line: &str) -> Option<FinalLine> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let rest = line.strip_prefix("[stub] ")?;
+    if let Some(n) = rest.strip_prefix("vm stopped: guest status ") {
+        let n = n.trim_end();
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        return n.parse().ok().map(FinalLine::Stopped);
+    }
+    if let Some(reason) = rest.strip_prefix("vm failed: ") {
+        return Some(FinalLine::Failed(reason.trim().to_string()));
+    }
+    rest.strip_prefix("cannot run: ")
+        .map(|reason| FinalLine::CannotRun(reason.trim().to_string()))
+}
+
+/// Splits a byte stream into lines and remembers the last final line seen.
+#[derive(Debug, Default)]
+pub struct LineScanner {
+    line: Vec<u8>,
+    last: Option<FinalLine>,
+}
+
+impl LineScanner {
+    /// Feeds bytes; returns a final line completed by them, if any.
+    pub fn feed(&mut self, bytes: &[u8]) -> Option<FinalLine> {
+        let mut found = None;
+        for &b in bytes {
+            if b == b'\n' {
+                if let Some(f) = self.end_line() {
+                    found = Some(f);
+                }
+            } else if self.line.len() < LINE_KEEP {
+                self.line.push(b);
+            }
+        }
+        found
+    }
+
+    /// Ends the stream: a last line without a line end counts too.
+    pub fn finish(&mut self) -> Option<FinalLine> {
+        if self.line.is_empty() {
+            None
+        } else {
+            self.end_line()
+        }
+    }
+
+    /// The last final line seen.
+    pub fn last(&self) -> Option<&FinalLine> {
+        self.last.as_ref()
+    }
+
+    fn end_line(&mut self) -> Option<FinalLine> {
+        let parsed = parse_final_line(&String::from_utf8_lossy(&self.line));
+        self.line.clear();
+        if parsed.is_some() {
+            self.last.clone_from(&parsed);
+        }
+        parsed
+    }
+}
+
+/// What `splitvisor run` was asked to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Built-in guest name.
+    pub guest: String,
+    /// QEMU `-cpu` model.
+    pub cpu: String,
+    /// The emulator program.
+    pub emulator: String,
+    /// Wall-clock limit for the emulator.
+    pub timeout: Duration,
+    /// QEMU `-m`, MiB of machine memory.
+    pub memory_mib: u32,
+    /// Put the vmm-server in the image.
+    pub with_vmm_server: bool,
+}
+
+/// The emulator's arguments to boot `image`.
+pub fn qemu_args(opts: &RunOptions, image: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "-accel",
+        "tcg",
+        "-cpu",
+        &opts.cpu,
+        "-m",
+        &opts.memory_mib.to_string(),
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=1",
+        "-kernel",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    args.push(image.as_os_str().to_owned());
+    args
+}
+
+/// Finds a program the way a shell does: a name with a `/` is a path,
+/// anything else is looked up on `PATH`.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    if name.is_empty() {
+        return None;
+    }
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return is_executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The sentence for a missing emulator.
+pub fn emulator_missing_message(emulator: &str) -> String {
+    if emulator == DEFAULT_EMULATOR || emulator.ends_with("/qemu-system-x86_64") {
+        format!(
+            "{emulator} not found: install the Debian package qemu-system-x86 \
+             (apt-get install qemu-system-x86)"
+        )
+    } else {
+        format!("{emulator} not found: give an executable on PATH or a path to one with --emulator")
+    }
+}
+
+/// What happened to one emulator run.
+#[derive(Debug)]
+pub struct RunReport {
+    /// The stub's last final line, if it printed one.
+    pub final_line: Option<FinalLine>,
+    /// The emulator's exit status, if it exited by itself.
+    pub status: Option<ExitStatus>,
+    /// It ran past the time limit and was killed.
+    pub timed_out: bool,
+    /// It did not exit within a grace period after the final line and was
+    /// killed.
+    pub killed_after_final_line: bool,
+    /// The end of its stderr.
+    pub stderr: String,
+}
+
+/// The emulator could not be started.
+#[derive(Debug)]
+pub struct SpawnError {
+    /// The program.
+    pub program: String,
+    /// Why.
+    pub source: io::Error,
+}
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "could not start {}: {}", self.program, self.source)
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+/// Runs `program args` with stdin closed, copying its stdout to `out` as it
+/// arrives and scanning it for the stub's final line; kills it after
+/// `timeout`, or `EXIT_GRACE` after the final line if it has not exited.
+pub fn run_emulator(
+    program: &str,
+    args: &[OsString],
+    timeout: Duration,
+    out: Box<dyn Write + Send>,
+) -> Result<RunReport, SpawnError> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| SpawnError {
+            program: program.to_string(),
+            source,
+        })?;
+    let (final_tx, final_rx) = mpsc::channel();
+    let stdout_thread = child
+        .stdout
+        .take()
+        .map(|s| thread::spawn(move || copy_and_scan(s, out, final_tx)));
+    let stderr_thread = child.stderr.take().map(|s| thread::spawn(move || tail(s)));
+
+    let start = Instant::now();
+    let mut final_line = None;
+    let mut grace_deadline: Option<Instant> = None;
+    let mut timed_out = false;
+    let mut killed_after_final_line = false;
+    let status = loop {
+        if let Ok(f) = final_rx.try_recv() {
+            final_line = Some(f);
+            grace_deadline.get_or_insert(Instant::now() + EXIT_GRACE);
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) => {}
+            Err(_) => {
+                kill(&mut child);
+                break None;
+            }
+        }
+        if start.elapsed() >= timeout {
+            timed_out = true;
+            kill(&mut child);
+            break None;
+        }
+        if grace_deadline.is_some_and(|d| Instant::now() >= d) {
+            killed_after_final_line = true;
+            kill(&mut child);
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+
+    // The emulator is gone, so its pipes close; a child it left behind
+    // could keep them open, so wait for the readers only a little.
+    let scanned = stdout_thread.and_then(|t| join_within(t, Duration::from_secs(2)));
+    if let Some(Some(f)) = scanned {
+        final_line = Some(f);
+    }
+    while let Ok(f) = final_rx.try_recv() {
+        final_line = Some(f);
+    }
+    let stderr = stderr_thread
+        .and_then(|t| join_within(t, Duration::from_secs(2)))
+        .unwrap_or_default();
+    Ok(RunReport {
+        final_line,
+        status,
+        timed_out,
+        killed_after_final_line,
+        stderr,
+    })
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn join_within<T>(t: JoinHandle<T>, limit: Duration) -> Option<T> {
+    let until = Instant::now() + limit;
+    while !t.is_finished() {
+        if Instant::now() >= until {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    t.join().ok()
+}
+
+/// Copies `from` to `out` chunk by chunk (flushing each), feeding a
+/// [`LineScanner`]; sends each final line on `tx` as soon as it is complete
+/// and returns the last one.
+fn copy_and_scan(
+    mut from: impl Read,
+    mut out: Box<dyn Write + Send>,
+    tx: mpsc::Sender<FinalLine>,
+) -> Option<FinalLine> {
+    let mut scanner = LineScanner::default();
+    let mut buf = [0u8; 4096];
+    let mut out_ok = true;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        if out_ok {
+            // A closed stdout (`| head`) must not stop the scanning.
+            out_ok = out.write_all(&buf[..n]).and_then(|()| out.flush()).is_ok();
+        }
+        if let Some(f) = scanner.feed(&buf[..n]) {
+            let _ = tx.send(f);
+        }
+    }
+    if let Some(f) = scanner.finish() {
+        let _ = tx.send(f);
+    }
+    scanner.last().cloned()
+}
+
+/// Reads `from` to the end and returns its last `STDERR_KEEP` bytes.
+fn tail(mut from: impl Read) -> String {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > 2 * STDERR_KEEP {
+                    kept.drain(..kept.len() - STDERR_KEEP);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    if kept.len() > STDERR_KEEP {
+        kept.drain(..kept.len() - STDERR_KEEP);
+    }
+    String::from_utf8_lossy(&kept).into_owned()
+}
+
+/// The last `n` lines of `text`, each indented, for an error message.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..].iter().map(|l| format!("  {l}\n")).collect()
+}
+
+/// The verdict on a run: the exit status and the messages for stderr.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// `splitvisor run`'s exit status.
+    pub code: i32,
+    /// Lines for stderr, each without a line end.
+    pub messages: Vec<String>,
+}
+
+/// Turns a [`RunReport`] into the exit status and what to tell the user.
+pub fn conclude(report: &RunReport, opts: &RunOptions) -> Verdict {
+    let mut messages = Vec::new();
+    let stderr_tail = || {
+        let t = last_lines(&report.stderr, 20);
+        if t.is_empty() {
+            "the emulator wrote nothing on stderr".to_string()
+        } else {
+            format!("the emulator's stderr ends with:\n{}", t.trim_end())
+        }
+    };
+    let code = match (&report.final_line, report.timed_out) {
+        (_, true) => {
+            messages.push(format!(
+                "splitvisor: timed out after {} s: killed {} (raise --timeout if the guest needs \
+                 longer)",
+                opts.timeout.as_secs(),
+                opts.emulator
+            ));
+            EXIT_TIMEOUT
+        }
+        (None, false) => {
+            let how = match report.status {
+                Some(s) => format!("ended ({s})"),
+                None => "stopped".to_string(),
+            };
+            messages.push(format!(
+                "splitvisor: {} {how} without the stub's final line; {}",
+                opts.emulator,
+                stderr_tail()
+            ));
+            EXIT_EMULATOR
+        }
+        (Some(f), false) => {
+            if report.killed_after_final_line {
+                messages.push(format!(
+                    "splitvisor: warning: {} did not exit within {} s of the stub's final line \
+                     and was killed (is isa-debug-exit at port 0xf4?)",
+                    opts.emulator,
+                    EXIT_GRACE.as_secs()
+                ));
+            } else if let Some(status) = report.status {
+                let expected = f.expected_emulator_status();
+                if status.code() != Some(expected) {
+                    messages.push(format!(
+                        "splitvisor: warning: the stub's final line expects {} to exit with \
+                         status {expected}, but it ended ({status})",
+                        opts.emulator
+                    ));
+                }
+            }
+            match f {
+                FinalLine::Stopped(n) => {
+                    messages.push(format!("splitvisor: guest exited with status {n}"));
+                }
+                FinalLine::Failed(reason) => messages.push(format!(
+                    "splitvisor: the VM failed: {reason} (exit status {EXIT_VM_FAILED})"
+                )),
+                FinalLine::CannotRun(reason) => {
+                    let about_svm = reason.contains("SVM") || reason.contains("NPT");
+                    let hint = if about_svm && opts.cpu != DEFAULT_CPU {
+                        format!(
+                            "; QEMU emulates SVM with nested paging with --cpu {DEFAULT_CPU} \
+                             (this run used `{}`)",
+                            opts.cpu
+                        )
+                    } else {
+                        String::new()
+                    };
+                    messages.push(format!(
+                        "splitvisor: the stub cannot run: {reason}{hint} (exit status \
+                         {EXIT_CANNOT_RUN})"
+                    ));
+                }
+            }
+            f.exit_code()
+        }
+    };
+    Verdict { code, messages }
+}
+
+/// `splitvisor run`: checks the emulator, builds the image, boots it and
+/// returns the exit status. Progress and verdicts go to stderr, the
+/// emulator's serial output to stdout.
+pub fn run(opts: &RunOptions) -> i32 {
+    let Some(emulator) = find_program(&opts.emulator) else {
+        eprintln!("splitvisor: {}", emulator_missing_message(&opts.emulator));
+        return EXIT_EMULATOR;
+    };
+    let image = match images::build_system(&opts.guest, opts.with_vmm_server) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("splitvisor: could not build the image: {e}");
+            return EXIT_EMULATOR;
+        }
+    };
+    eprintln!(
+        "splitvisor: booting {} in {} -cpu {}",
+        image.display(),
+        opts.emulator,
+        opts.cpu
+    );
+    let args = qemu_args(opts, &image);
+    let program = emulator.to_string_lossy().into_owned();
+    let report = match run_emulator(&program, &args, opts.timeout, Box::new(io::stdout())) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("splitvisor: {e}");
+            return EXIT_EMULATOR;
+        }
+    };
+    let verdict = conclude(&report, opts);
+    for m in &verdict.messages {
+        eprintln!("{m}");
+    }
+    verdict.code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn final_lines_parse() {
+        assert_eq!(
+            parse_final_line("[stub] vm stopped: guest status 0"),
+            Some(FinalLine::Stopped(0))
+        );
+        assert_eq!(
+            parse_final_line("[stub] vm stopped: guest status 42\r"),
+            Some(FinalLine::Stopped(42))
+        );
+        assert_eq!(
+            parse_final_line("[stub] vm failed: shutdown (exit 0x7f) at rip=0x10001c"),
+            Some(FinalLine::Failed(
+                "shutdown (exit 0x7f) at rip=0x10001c".into()
+            ))
+        );
+        assert_eq!(
+            parse_final_line("[stub] cannot run: SVM not available on this CPU"),
+            Some(FinalLine::CannotRun("SVM not available on this CPU".into()))
+        );
+    }
+
+    #[test]
+    fn other_lines_do_not_parse() {
+        for line in [
+            "",
+            "hello from the guest",
+            "[stub] booting",
+            "[vmm] exits: total=3 ioio=2 hlt=0",
+            " [stub] vm stopped: guest status 0",
+            "hello[stub] vm stopped: guest status 0",
+            "[stub]vm stopped: guest status 0",
+            "[stub] vm stopped: guest status",
+            "[stub] vm stopped: guest status -1",
+            "[stub] vm stopped: guest status 256",
+            "[stub] vm stopped: guest status 1x",
+        ] {
+            assert_eq!(parse_final_line(line), None, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn scanner_counts_only_lines_starting_with_stub() {
+        let mut s = LineScanner::default();
+        // Guest text without a newline, then what looks like a final line:
+        // it is part of the guest's line and must not count.
+        assert_eq!(
+            s.feed(b"guest says[stub] vm stopped: guest status 9\n"),
+            None
+        );
+        assert_eq!(s.last(), None);
+        // Split across chunks.
+        assert_eq!(s.feed(b"[stub] vm sto"), None);
+        assert_eq!(
+            s.feed(b"pped: guest status 7\r\nmore"),
+            Some(FinalLine::Stopped(7))
+        );
+        assert_eq!(s.finish(), None);
+        assert_eq!(s.last(), Some(&FinalLine::Stopped(7)));
+    }
+
+    #[test]
+    fn scanner_takes_an_unterminated_last_line_at_the_end() {
+        let mut s = LineScanner::default();
+        assert_eq!(s.feed(b"x\n[stub] vm failed: boom"), None);
+        assert_eq!(s.finish(), Some(FinalLine::Failed("boom".into())));
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(FinalLine::Stopped(0).exit_code(), 0);
+        assert_eq!(FinalLine::Stopped(42).exit_code(), 42);
+        assert_eq!(FinalLine::Stopped(255).exit_code(), 255);
+        assert_eq!(FinalLine::Failed(String::new()).exit_code(), 101);
+        assert_eq!(FinalLine::CannotRun(String::new()).exit_code(), 102);
+        assert_eq!(FinalLine::Stopped(7).expected_emulator_status(), 1);
+        assert_eq!(
+            FinalLine::Failed(String::new()).expected_emulator_status(),
+            3
+        );
+        assert_eq!(
+            FinalLine::CannotRun(String::new()).expected_emulator_status(),
+            5
+        );
+    }
+
+    fn opts() -> RunOptions {
+        RunOptions {
+            guest: "hello".into(),
+            cpu: DEFAULT_CPU.into(),
+            emulator: DEFAULT_EMULATOR.into(),
+            timeout: Duration::from_secs(60),
+            memory_mib: 256,
+            with_vmm_server: true,
+        }
+    }
+
+    fn report(final_line: Option<FinalLine>, status: Option<i32>) -> RunReport {
+        RunReport {
+            final_line,
+            status: status.map(|c| ExitStatus::from_raw(c << 8)),
+            timed_out: false,
+            killed_after_final_line: false,
+            stderr: String::new(),
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let v = conclude(&report(Some(FinalLine::Stopped(42)), Some(1)), &opts());
+        assert_eq!(v.code, 42);
+        assert_eq!(v.messages, ["splitvisor: guest exited with status 42"]);
+
+        let v = conclude(
+            &report(Some(FinalLine::Failed("x".into())), Some(3)),
+            &opts(),
+        );
+        assert_eq!(v.code, EXIT_VM_FAILED);
+        assert_eq!(v.messages.len(), 1);
+
+        // Mismatch between the final line and QEMU's status: a warning.
+        let v = conclude(&report(Some(FinalLine::Stopped(0)), Some(3)), &opts());
+        assert_eq!(v.code, 0);
+        assert!(v.messages[0].contains("warning"), "{:?}", v.messages);
+
+        let mut o = opts();
+        o.cpu = "qemu64".into();
+        let cannot = FinalLine::CannotRun("SVM not available on this CPU".into());
+        let v = conclude(&report(Some(cannot), Some(5)), &o);
+        assert_eq!(v.code, EXIT_CANNOT_RUN);
+        assert_eq!(v.messages.len(), 1);
+        assert!(v.messages[0].contains("SVM not available on this CPU"));
+        assert!(v.messages[0].contains("--cpu EPYC,+svm,+npt"));
+
+        let mut r = report(None, Some(1));
+        r.stderr = "qemu: could not load kernel\n".into();
+        let v = conclude(&r, &opts());
+        assert_eq!(v.code, EXIT_EMULATOR);
+        assert!(v.messages[0].contains("could not load kernel"));
+
+        let mut r = report(Some(FinalLine::Stopped(0)), None);
+        r.timed_out = true;
+        let v = conclude(&r, &opts());
+        assert_eq!(v.code, EXIT_TIMEOUT);
+        assert!(v.messages[0].contains("timed out after 60 s"));
+    }
+
+    #[test]
+    fn qemu_command_line() {
+        let args = qemu_args(&opts(), Path::new("/x/hello.img"));
+        let args: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(
+            args.join(" "),
+            "-accel tcg -cpu EPYC,+svm,+npt -m 256 -nodefaults -display none -no-reboot \
+             -monitor none -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=1 \
+             -kernel /x/hello.img"
+        );
+    }
+
+    #[test]
+    fn programs_are_found_like_a_shell_finds_them() {
+        assert!(find_program("sh").is_some());
+        assert!(find_program("/bin/sh").is_some());
+        assert!(find_program("no-such-program-splitvisor").is_none());
+        assert!(find_program("./no/such/file").is_none());
+        assert!(find_program("").is_none());
+        assert!(emulator_missing_message(DEFAULT_EMULATOR).contains("apt-get install"));
+    }
+
+    #[derive(Clone, Default)]
+    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for SharedBuf {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn sh(script: &str, timeout: Duration) -> (RunReport, String) {
+        let buf = SharedBuf::default();
+        let args = [OsString::from("-c"), OsString::from(script)];
+        let r = run_emulator("sh", &args, timeout, Box::new(buf.clone())).unwrap();
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        (r, out)
+    }
+
+    #[test]
+    fn emulator_output_is_copied_and_scanned() {
+        let (r, out) = sh(
+            "printf 'hello\\n[stub] vm stopped: guest status 3\\n'; echo oops >&2; exit 1",
+            Duration::from_secs(20),
+        );
+        assert_eq!(out, "hello\n[stub] vm stopped: guest status 3\n");
+        assert_eq!(r.final_line, Some(FinalLine::Stopped(3)));
+        assert_eq!(r.status.and_then(|s| s.code()), Some(1));
+        assert_eq!(r.stderr, "oops\n");
+        assert!(!r.timed_out);
+    }
+
+    #[test]
+    fn a_hanging_emulator_is_killed_at_the_timeout() {
+        let start = Instant::now();
+        let (r, out) = sh("echo started; exec sleep 30", Duration::from_millis(300));
+        assert!(r.timed_out);
+        assert_eq!(out, "started\n");
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert_eq!(conclude(&r, &opts()).code, EXIT_TIMEOUT);
+    }
+
+    #[test]
+    fn a_missing_emulator_is_a_spawn_error() {
+        let r = run_emulator(
+            "/no/such/emulator",
+            &[],
+            Duration::from_secs(1),
+            Box::new(io::sink()),
+        );
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,355 @@
+//! The splitvisor image builder.
+//!
+//! A system image is one flat file that a multiboot v1 loader (QEMU's
+//! `-kernel`, GRUB) loads at physical 0x100000: the ring-0 stub, then a
+//! payload holding the boot manifest, the server ELF executables and the
+//! guest. [`image`] lays out the bytes; [`build_system`] builds everything
+//! from source (the stub and the servers with cargo, the test guests with
+//! gcc and ld) and writes `target/image/<guest>.img`.
+//!
+//! ```no_run
+//! let path = images::build_system("hello", true)?;
+//! println!("{}", path.display());
+//! # Ok::<(), images::BuildError>(())
+//! ```
+#![deny(missing_docs)]
+
+pub mod elf;
+pub mod guests;
+pub mod image;
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ipc_proto::manifest::TaskKind;
+
+pub use guests::{GUESTS, GUEST_LOAD_GPA, GUEST_RAM_MIB};
+pub use image::{build_image, GuestInput, ImageError, TaskInput};
+
+/// The target triple of the stub and the servers.
+pub const TARGET: &str = "x86_64-unknown-none";
+
+/// Why a system image could not be built.
+#[derive(Debug)]
+pub enum BuildError {
+    /// Cargo could not be started.
+    CargoMissing {
+        /// The program tried.
+        program: String,
+        /// Why it did not start.
+        source: io::Error,
+    },
+    /// `cargo build` of the target crates failed.
+    CargoFailed(String),
+    /// Cargo succeeded but an expected executable is not there.
+    OutputMissing(PathBuf),
+    /// gcc or ld is not installed.
+    ToolMissing(&'static str),
+    /// gcc or ld failed.
+    ToolFailed {
+        /// Which tool.
+        tool: &'static str,
+        /// Its exit status and messages.
+        detail: String,
+    },
+    /// A guest linked into something the builder cannot use.
+    BadGuest(String, String),
+    /// No built-in guest has this name.
+    UnknownGuest(String),
+    /// The parts do not make an image.
+    Image(ImageError),
+    /// A file could not be read or written.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: io::Error,
+    },
+}
+
+impl BuildError {
+    fn io(path: &Path, source: io::Error) -> Self {
+        BuildError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::CargoMissing { program, source } => write!(
+                f,
+                "could not start cargo (`{program}`): {source}; install Rust with rustup \
+                 (https://rustup.rs) or set CARGO to the cargo program"
+            ),
+            BuildError::CargoFailed(status) => write!(
+                f,
+                "building kernel-stub and vmm-server for {TARGET} failed ({status}): see \
+                 cargo's messages above"
+            ),
+            BuildError::OutputMissing(p) => write!(
+                f,
+                "cargo reported success but {} does not exist",
+                p.display()
+            ),
+            BuildError::ToolMissing(tool) => write!(
+                f,
+                "{tool} not found: install the Debian packages gcc and binutils \
+                 (apt-get install gcc binutils)"
+            ),
+            BuildError::ToolFailed { tool, detail } => {
+                write!(f, "{tool} failed on a test guest: {detail}")
+            }
+            BuildError::BadGuest(name, reason) => {
+                write!(
+                    f,
+                    "guest `{name}` is not a flat image at {GUEST_LOAD_GPA:#x}: {reason}"
+                )
+            }
+            BuildError::UnknownGuest(name) => write!(
+                f,
+                "no guest named `{name}`: the built-in guests are {}",
+                GUESTS.join(", ")
+            ),
+            BuildError::Image(e) => write!(f, "{e}"),
+            BuildError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BuildError::CargoMissing { source, .. } | BuildError::Io { source, .. } => Some(source),
+            BuildError::Image(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<ImageError> for BuildError {
+    fn from(e: ImageError) -> Self {
+        BuildError::Image(e)
+    }
+}
+
+/// The workspace root (the parent of this crate's folder, fixed at compile
+/// time).
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// Where images and everything built for them go: `<root>/target/image`.
+pub fn image_dir() -> PathBuf {
+    workspace_root().join("target").join("image")
+}
+
+/// A fresh temporary name beside `path`, unique to this process and call.
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so that a
+/// reader (or a concurrent writer) never sees a half-written file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| BuildError::io(dir, e))?;
+    }
+    let tmp = temp_path(path);
+    let result = std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| BuildError::io(path, e));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The two target executables [`build_target_crates`] produces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetElfs {
+    /// The ring-0 stub.
+    pub kernel_stub: PathBuf,
+    /// The VM-exit server.
+    pub vmm_server: PathBuf,
+}
+
+/// Builds `kernel-stub` and `vmm-server` for [`TARGET`] in release mode,
+/// with `CARGO_TARGET_DIR=<root>/target/image` (a target folder of its own,
+/// so this works while an outer `cargo test` holds `target/`).
+///
+/// Runs `$CARGO` if set, else `cargo`, in the workspace root so that
+/// `rust-toolchain.toml` and `.cargo/config.toml` apply. `RUSTFLAGS` and
+/// `CARGO_ENCODED_RUSTFLAGS` are removed from its environment: they would
+/// replace the target's rustflags from `.cargo/config.toml`. Cargo's
+/// progress goes to stderr; stdout stays clean.
+pub fn build_target_crates() -> Result<TargetElfs, BuildError> {
+    let root = workspace_root();
+    let target_dir = image_dir();
+    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(&program)
+        .args(["build", "--release", "--target", TARGET])
+        .args(["-p", "kernel-stub", "-p", "vmm-server"])
+        .current_dir(&root)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(io::stderr()))
+        .status()
+        .map_err(|source| BuildError::CargoMissing {
+            program: program.to_string_lossy().into_owned(),
+            source,
+        })?;
+    if !status.success() {
+        return Err(BuildError::CargoFailed(status.to_string()));
+    }
+    let out = target_dir.join(TARGET).join("release");
+    let elfs = TargetElfs {
+        kernel_stub: out.join("kernel-stub"),
+        vmm_server: out.join("vmm-server"),
+    };
+    for p in [&elfs.kernel_stub, &elfs.vmm_server] {
+        if !p.is_file() {
+            return Err(BuildError::OutputMissing(p.clone()));
+        }
+    }
+    Ok(elfs)
+}
+
+/// The file name of a system image.
+pub fn image_file_name(guest: &str, with_vmm_server: bool) -> String {
+    if with_vmm_server {
+        format!("{guest}.img")
+    } else {
+        format!("{guest}-no-vmm.img")
+    }
+}
+
+/// Builds everything and writes the system image for a built-in guest to
+/// `<root>/target/image/<guest>.img` (`<guest>-no-vmm.img` without the
+/// vmm-server); returns its path.
+pub fn build_system(guest_name: &str, with_vmm_server: bool) -> Result<PathBuf, BuildError> {
+    guests::check_guest_name(guest_name)?;
+    let elfs = build_target_crates()?;
+    let dir = image_dir();
+    let guest = guests::build_guest(&workspace_root(), guest_name, &dir.join("guests"))?;
+    let read = |p: &Path| std::fs::read(p).map_err(|e| BuildError::io(p, e));
+    let stub = read(&elfs.kernel_stub)?;
+    let vmm = read(&elfs.vmm_server)?;
+    let mut tasks = Vec::new();
+    if with_vmm_server {
+        tasks.push(TaskInput {
+            kind: TaskKind::VmmServer,
+            elf: &vmm,
+        });
+    }
+    let image = build_image(
+        &stub,
+        &tasks,
+        &GuestInput {
+            image: &guest.flat,
+            load_gpa: guest.load_gpa,
+            entry_rip: guest.entry,
+            ram_mib: GUEST_RAM_MIB,
+        },
+    )?;
+    let path = dir.join(image_file_name(guest_name, with_vmm_server));
+    write_atomic(&path, &image)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_root_holds_the_workspace_manifest() {
+        let root = workspace_root();
+        assert!(root.join("Cargo.toml").is_file());
+        assert!(root
+            .join("images")
+            .join("guests")
+            .join("guest.ld")
+            .is_file());
+    }
+
+    #[test]
+    fn image_names() {
+        assert_eq!(image_file_name("hello", true), "hello.img");
+        assert_eq!(image_file_name("hello", false), "hello-no-vmm.img");
+    }
+
+    #[test]
+    fn write_atomic_replaces_the_file() {
+        let dir = image_dir().join("test-write-atomic");
+        let path = dir.join(format!("f{}", std::process::id()));
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn unknown_guest_fails_before_building_anything() {
+        let e = build_system("no-such-guest", true).unwrap_err();
+        assert!(matches!(e, BuildError::UnknownGuest(_)));
+        assert!(e.to_string().contains("hello, status42, triple-fault"));
+    }
+
+    /// Builds every built-in guest with the real gcc and ld, concurrently
+    /// (as parallel tests do), and checks the flat images.
+    #[test]
+    fn builtin_guests_assemble_and_link() {
+        let root = workspace_root();
+        let out = image_dir().join("guests");
+        let handles: Vec<_> = GUESTS
+            .iter()
+            .chain(GUESTS)
+            .map(|name| {
+                let (root, out) = (root.clone(), out.clone());
+                std::thread::spawn(move || build_guest_checked(&root, name, &out))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+
+    fn build_guest_checked(root: &Path, name: &str, out: &Path) {
+        let g = match guests::build_guest(root, name, out) {
+            Ok(g) => g,
+            Err(e) => panic!("{name}: {e}"),
+        };
+        assert_eq!(g.load_gpa, GUEST_LOAD_GPA);
+        assert_eq!(g.entry, GUEST_LOAD_GPA, "_start comes first");
+        assert_eq!(g.flat[0], 0xFA, "{name} starts with cli");
+        let text = String::from_utf8_lossy(&g.flat);
+        let expected = match name {
+            "hello" => "hello from the guest\n",
+            "status42" => "exiting with status 42\n",
+            _ => "triple-fault guest",
+        };
+        assert!(text.contains(expected), "{name}");
+        // `out 0xF4, al` (E6 F4) ends the two well-behaved guests.
+        if name != "triple-fault" {
+            assert!(g.flat.windows(2).any(|w| w == [0xE6, 0xF4]), "{name}");
+        } else {
+            assert!(g.flat.contains(&0xCC), "int3");
+        }
+        assert!(g.flat.len() <= 16 << 10);
+    }
+}
