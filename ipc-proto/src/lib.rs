@@ -12,6 +12,7 @@
 
 pub mod layout;
 pub mod manifest;
+pub mod mmu;
 pub mod stats;
 pub mod syscall;
 pub mod vcpu;

@@ -12,9 +12,6 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![cfg_attr(not(target_os = "none"), allow(dead_code))]
 
-mod elf;
-mod resume;
-
 #[cfg(target_os = "none")]
 mod arch;
 #[cfg(target_os = "none")]

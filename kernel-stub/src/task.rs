@@ -1,11 +1,11 @@
 //! Ring-3 servers: each gets its own address space built from its ELF file
 //! and the fixed layout of `ipc_proto::layout`.
 
-use crate::elf::{Elf, ElfError};
 use crate::memory::{
     self, OutOfMemory, PAGE, PTE_LARGE, PTE_NX, PTE_PRESENT, PTE_USER, PTE_WRITABLE,
 };
 use ipc_proto::layout::{BOOT_INFO_PAGE, GUEST_RAM_WINDOW, STACK_SIZE, STACK_TOP, VCPU_PAGE};
+use kernel_stub::elf::{Elf, ElfError};
 
 /// A loaded server, ready to enter.
 pub struct Task {

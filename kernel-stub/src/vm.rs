@@ -145,10 +145,11 @@ pub fn vcpu_run() -> Result<u64, ErrorCode> {
             // SAFETY: the VCPU page is ours and identity-mapped; the copy is
             // taken once, so the server cannot change it after the check.
             let resume = unsafe { core::ptr::read_volatile(&raw const (*page).resume) };
-            let flags = crate::resume::validate(&resume, vm.vcpu.mode()).inspect_err(|e| {
-                STATS.with(|s| s.resumes_refused += 1);
-                say!("refused a resume from the vmm-server: {}", e.describe());
-            })?;
+            let flags =
+                kernel_stub::resume::validate(&resume, vm.vcpu.mode()).inspect_err(|e| {
+                    STATS.with(|s| s.resumes_refused += 1);
+                    say!("refused a resume from the vmm-server: {}", e.describe());
+                })?;
             vm.vcpu.apply(&resume, flags);
         }
         vm.started = true;

@@ -5,9 +5,9 @@ mod vmcb;
 
 use crate::cpu;
 use crate::memory::{self, OutOfMemory};
-use crate::resume::GuestMode;
 use core::arch::global_asm;
 use ipc_proto::{ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch, ABI_VERSION};
+use kernel_stub::resume::GuestMode;
 use vmcb::*;
 
 const MSR_VM_CR: u32 = 0xc001_0114;

@@ -1,0 +1,360 @@
+//! The install check: the stub's whole defence against a buggy or hostile
+//! mmu-server. Every entry that reaches a page table the hardware walks
+//! passes through [`ShadowTables::check`] (see `ipc_proto::mmu` for the rules).
+//!
+//! A freed table's frame is only ever reused for a table of the same level,
+//! so an entry that still points to it (the server forgot to clear it)
+//! reaches a table whose entries were all checked for that level: no
+//! sequence of installs and frees can make the hardware read a non-leaf
+//! table as a leaf table and map a shadow frame into the guest.
+
+use ipc_proto::mmu::{
+    Install, InstallError, TableHandle, MAX_SHADOW_TABLES, PTE_ADDR_MASK, PTE_PRESENT, PTE_PS,
+};
+
+/// This VM's RAM: guest-physical `[0, bytes)` at host-physical `hpa_base`.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestRam {
+    /// Host-physical address of guest-physical 0 (2 MiB aligned).
+    pub hpa_base: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    /// Host-physical frame; 0 = never allocated.
+    frame: u64,
+    level: u8,
+    live: bool,
+}
+
+/// Why a table could not be allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocError {
+    /// Level not 1..=4.
+    BadLevel,
+    /// All handles are live.
+    NoHandles,
+    /// The frame source is empty.
+    OutOfMemory,
+}
+
+/// The shadow tables of one VM, by handle.
+pub struct ShadowTables {
+    slots: [Slot; MAX_SHADOW_TABLES as usize],
+}
+
+/// Bytes mapped by a leaf at `level`.
+fn leaf_size(level: u8) -> u64 {
+    1 << (12 + 9 * (u32::from(level) - 1))
+}
+
+impl Default for ShadowTables {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ShadowTables {
+    /// No tables.
+    pub const fn new() -> Self {
+        Self {
+            slots: [Slot {
+                frame: 0,
+                level: 0,
+                live: false,
+            }; MAX_SHADOW_TABLES as usize],
+        }
+    }
+
+    /// A table at `level`: a dead slot's frame of the same level when there
+    /// is one (the caller must zero it), else a new frame from `new_frame`.
+    /// Returns the handle and the frame.
+    pub fn alloc(
+        &mut self,
+        level: u8,
+        new_frame: impl FnOnce() -> Option<u64>,
+    ) -> Result<(TableHandle, u64), AllocError> {
+        if !(1..=4).contains(&level) {
+            return Err(AllocError::BadLevel);
+        }
+        let reuse = self
+            .slots
+            .iter()
+            .position(|s| !s.live && s.frame != 0 && s.level == level);
+        let i = match reuse {
+            Some(i) => i,
+            None => {
+                let i = self
+                    .slots
+                    .iter()
+                    .position(|s| s.frame == 0)
+                    .ok_or(AllocError::NoHandles)?;
+                let frame = new_frame().ok_or(AllocError::OutOfMemory)?;
+                self.slots[i] = Slot {
+                    frame,
+                    level,
+                    live: false,
+                };
+                i
+            }
+        };
+        self.slots[i].live = true;
+        Ok((i as TableHandle, self.slots[i].frame))
+    }
+
+    /// Marks a table dead; its frame stays bound to its level.
+    pub fn free(&mut self, h: TableHandle) -> Result<(), InstallError> {
+        let s = self
+            .slots
+            .get_mut(h as usize)
+            .filter(|s| s.live)
+            .ok_or(InstallError::UnknownTable)?;
+        s.live = false;
+        Ok(())
+    }
+
+    /// Frame and level of a live table.
+    pub fn get(&self, h: TableHandle) -> Option<(u64, u8)> {
+        self.slots
+            .get(h as usize)
+            .filter(|s| s.live)
+            .map(|s| (s.frame, s.level))
+    }
+
+    /// Checks one install. On success: the host-physical frame of the table,
+    /// the index, and the entry to write, with its address made host-physical.
+    pub fn check(&self, ins: &Install, ram: GuestRam) -> Result<(u64, usize, u64), InstallError> {
+        let (frame, level) = self.get(ins.table).ok_or(InstallError::UnknownTable)?;
+        if ins.level != level {
+            return Err(InstallError::WrongLevel);
+        }
+        if ins.index >= 512 || ins.reserved != 0 {
+            return Err(InstallError::BadIndex);
+        }
+        let e = ins.entry;
+        if e & PTE_PRESENT == 0 {
+            return Ok((frame, usize::from(ins.index), e));
+        }
+        let large = e & PTE_PS != 0;
+        if large && !(level == 2 || level == 3) {
+            return Err(InstallError::BadPageSize);
+        }
+        let addr = e & PTE_ADDR_MASK;
+        let translated = if level == 1 || large {
+            let size = leaf_size(level);
+            // Large pages keep the PAT bit (12) and reserved bits below
+            // the page size in the address field; only the frame moves.
+            let gpa = addr & !(size - 1);
+            let inside = gpa.checked_add(size).is_some_and(|end| end <= ram.bytes);
+            if !inside {
+                return Err(InstallError::OutsideGuestMemory);
+            }
+            (e & !PTE_ADDR_MASK) | (addr & (size - 1)) | (ram.hpa_base + gpa)
+        } else {
+            let child = u32::try_from(addr >> 12).map_err(|_| InstallError::BadChild)?;
+            match self.get(child) {
+                Some((child_frame, child_level)) if child_level + 1 == level => {
+                    (e & !PTE_ADDR_MASK) | child_frame
+                }
+                _ => return Err(InstallError::BadChild),
+            }
+        };
+        Ok((frame, usize::from(ins.index), translated))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const RAM: GuestRam = GuestRam {
+        hpa_base: 0x4000_0000,
+        bytes: 16 << 20,
+    };
+
+    fn frames() -> impl FnMut() -> Option<u64> {
+        let mut next = 0x1000_0000u64;
+        move || {
+            next += 0x1000;
+            Some(next)
+        }
+    }
+
+    fn install(table: TableHandle, level: u8, index: u16, entry: u64) -> Install {
+        Install {
+            table,
+            index,
+            level,
+            reserved: 0,
+            entry,
+        }
+    }
+
+    #[test]
+    fn leaves_are_translated_into_guest_ram() {
+        let mut t = ShadowTables::new();
+        let mut f = frames();
+        let (pt, pt_frame) = t.alloc(1, &mut f).unwrap();
+        let (frame, index, e) = t.check(&install(pt, 1, 3, 0x5000 | 0x67), RAM).unwrap();
+        assert_eq!((frame, index), (pt_frame, 3));
+        assert_eq!(e, (RAM.hpa_base + 0x5000) | 0x67);
+        // The last page of RAM is fine, the page after it is not.
+        assert!(t
+            .check(&install(pt, 1, 0, (RAM.bytes - 0x1000) | 1), RAM)
+            .is_ok());
+        assert_eq!(
+            t.check(&install(pt, 1, 0, RAM.bytes | 1), RAM),
+            Err(InstallError::OutsideGuestMemory)
+        );
+    }
+
+    #[test]
+    fn large_leaves_must_fit_whole() {
+        let mut t = ShadowTables::new();
+        let mut f = frames();
+        let (pd, _) = t.alloc(2, &mut f).unwrap();
+        let (pdpt, _) = t.alloc(3, &mut f).unwrap();
+        let e = t
+            .check(&install(pd, 2, 0, 0x20_0000 | PTE_PS | 1 | 1 << 12), RAM)
+            .unwrap()
+            .2;
+        assert_eq!(
+            e,
+            (RAM.hpa_base + 0x20_0000) | PTE_PS | 1 | 1 << 12,
+            "PAT bit kept"
+        );
+        assert_eq!(
+            t.check(&install(pd, 2, 0, RAM.bytes | PTE_PS | 1), RAM),
+            Err(InstallError::OutsideGuestMemory)
+        );
+        assert_eq!(
+            t.check(&install(pdpt, 3, 0, PTE_PS | 1), RAM),
+            Err(InstallError::OutsideGuestMemory),
+            "1 GiB > 16 MiB of RAM"
+        );
+        let (pt, _) = t.alloc(1, &mut f).unwrap();
+        assert_eq!(
+            t.check(&install(pt, 1, 0, PTE_PS | 1), RAM).err(),
+            None,
+            "bit 7 at level 1 is PAT, not PS"
+        );
+    }
+
+    #[test]
+    fn non_leaves_must_name_a_live_table_one_level_down() {
+        let mut t = ShadowTables::new();
+        let mut f = frames();
+        let (pml4, _) = t.alloc(4, &mut f).unwrap();
+        let (pdpt, pdpt_frame) = t.alloc(3, &mut f).unwrap();
+        let (pt, _) = t.alloc(1, &mut f).unwrap();
+        let e = t
+            .check(&install(pml4, 4, 0, (u64::from(pdpt) << 12) | 7), RAM)
+            .unwrap()
+            .2;
+        assert_eq!(e, pdpt_frame | 7);
+        assert_eq!(
+            t.check(&install(pml4, 4, 0, (u64::from(pt) << 12) | 7), RAM),
+            Err(InstallError::BadChild)
+        );
+        assert_eq!(
+            t.check(&install(pml4, 4, 0, (999u64 << 12) | 7), RAM),
+            Err(InstallError::BadChild)
+        );
+        assert_eq!(
+            t.check(&install(pml4, 4, 0, PTE_PS | 1), RAM),
+            Err(InstallError::BadPageSize)
+        );
+        t.free(pdpt).unwrap();
+        assert_eq!(
+            t.check(&install(pml4, 4, 0, (u64::from(pdpt) << 12) | 7), RAM),
+            Err(InstallError::BadChild)
+        );
+    }
+
+    #[test]
+    fn bad_tables_levels_and_indices_are_refused() {
+        let mut t = ShadowTables::new();
+        let mut f = frames();
+        let (pt, _) = t.alloc(1, &mut f).unwrap();
+        assert_eq!(
+            t.check(&install(pt + 1, 1, 0, 0), RAM),
+            Err(InstallError::UnknownTable)
+        );
+        assert_eq!(
+            t.check(&install(pt, 2, 0, 0), RAM),
+            Err(InstallError::WrongLevel)
+        );
+        assert_eq!(
+            t.check(&install(pt, 1, 512, 0), RAM),
+            Err(InstallError::BadIndex)
+        );
+        assert_eq!(t.alloc(0, &mut f), Err(AllocError::BadLevel));
+        assert_eq!(t.alloc(5, &mut f), Err(AllocError::BadLevel));
+    }
+
+    #[test]
+    fn freed_frames_are_reused_only_at_their_level() {
+        let mut t = ShadowTables::new();
+        let mut f = frames();
+        let (a, a_frame) = t.alloc(1, &mut f).unwrap();
+        t.free(a).unwrap();
+        let (_, b_frame) = t.alloc(2, &mut f).unwrap();
+        assert_ne!(a_frame, b_frame);
+        let (_, c_frame) = t.alloc(1, &mut f).unwrap();
+        assert_eq!(a_frame, c_frame);
+        assert_eq!(t.free(a + 100), Err(InstallError::UnknownTable));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Alloc(u8),
+        Free(u16),
+        Install(u16, u8, u16, u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1u8..=4).prop_map(Op::Alloc),
+            any::<u16>().prop_map(|h| Op::Free(h % 16)),
+            (any::<u16>(), 0u8..=5, any::<u16>(), any::<u64>())
+                .prop_map(|(h, l, i, e)| Op::Install(h % 16, l, i % 600, e)),
+        ]
+    }
+
+    proptest! {
+        /// Whatever a server does, every accepted present entry points
+        /// either into guest RAM (a leaf) or to a shadow frame whose level
+        /// is exactly one below (a non-leaf) -- now and after any frees.
+        #[test]
+        fn accepted_entries_never_escape(ops in proptest::collection::vec(op(), 1..200)) {
+            let mut t = ShadowTables::new();
+            let mut f = frames();
+            let mut level_of_frame = std::collections::HashMap::new();
+            for o in ops {
+                match o {
+                    Op::Alloc(l) => if let Ok((_, fr)) = t.alloc(l, &mut f) {
+                        let old = level_of_frame.insert(fr, l);
+                        prop_assert!(old.is_none() || old == Some(l), "frame reused at another level");
+                    },
+                    Op::Free(h) => { let _ = t.free(u32::from(h)); }
+                    Op::Install(h, l, i, e) => if let Ok((_, _, out)) = t.check(&install(u32::from(h), l, i, e), RAM) {
+                        if out & PTE_PRESENT != 0 {
+                            let addr = out & PTE_ADDR_MASK;
+                            let leaf = l == 1 || out & PTE_PS != 0;
+                            if leaf {
+                                let size = leaf_size(l);
+                                let base = addr & !(size - 1);
+                                prop_assert!(base >= RAM.hpa_base && base + size <= RAM.hpa_base + RAM.bytes);
+                            } else {
+                                prop_assert_eq!(level_of_frame.get(&addr).copied(), Some(l - 1));
+                            }
+                        }
+                    },
+                }
+            }
+        }
+    }
+}
