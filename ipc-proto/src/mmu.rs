@@ -80,7 +80,7 @@ pub enum InstallError {
     BadChild = 5,
     /// A leaf maps memory outside this VM's RAM.
     OutsideGuestMemory = 6,
-    /// PS set at level 1 or 4.
+    /// PS (bit 7) set at level 4, where it is reserved.
     BadPageSize = 7,
 }
 
@@ -94,7 +94,7 @@ impl InstallError {
             Self::BadIndex => "install index out of range or reserved bits set",
             Self::BadChild => "non-leaf entry does not point to a shadow table one level down",
             Self::OutsideGuestMemory => "leaf entry maps memory outside the VM's RAM",
-            Self::BadPageSize => "page-size bit at a level that has no large pages",
+            Self::BadPageSize => "page-size bit set in a level-4 entry",
         }
     }
 }

@@ -137,10 +137,11 @@ impl ShadowTables {
         if e & PTE_PRESENT == 0 {
             return Ok((frame, usize::from(ins.index), e));
         }
-        let large = e & PTE_PS != 0;
-        if large && !(level == 2 || level == 3) {
+        // Bit 7 is PS at levels 2 and 3, PAT at level 1, reserved at level 4.
+        if level == 4 && e & PTE_PS != 0 {
             return Err(InstallError::BadPageSize);
         }
+        let large = (level == 2 || level == 3) && e & PTE_PS != 0;
         let addr = e & PTE_ADDR_MASK;
         let translated = if level == 1 || large {
             let size = leaf_size(level);
@@ -343,7 +344,7 @@ mod tests {
                     Op::Install(h, l, i, e) => if let Ok((_, _, out)) = t.check(&install(u32::from(h), l, i, e), RAM) {
                         if out & PTE_PRESENT != 0 {
                             let addr = out & PTE_ADDR_MASK;
-                            let leaf = l == 1 || out & PTE_PS != 0;
+                            let leaf = l == 1 || (l < 4 && out & PTE_PS != 0);
                             if leaf {
                                 let size = leaf_size(l);
                                 let base = addr & !(size - 1);
