@@ -422,12 +422,12 @@ fn layout(
         }
         let manifest = Manifest {
             tasks: manifest_tasks,
-            guest: Guest {
-                ram_mib: guest.ram_mib,
-                image: blobs[tasks.len()],
-                load_gpa: guest.load_gpa,
-                entry_rip: guest.entry_rip,
-            },
+            guest: Guest::flat32(
+                guest.ram_mib,
+                blobs[tasks.len()],
+                guest.load_gpa,
+                guest.entry_rip,
+            ),
         };
         let bytes = postcard::to_allocvec(&manifest)
             .map_err(|e| ImageError::ManifestEncode(e.to_string()))?;

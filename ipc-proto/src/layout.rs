@@ -52,6 +52,10 @@ pub struct BootInfo {
     pub guest_ram_bytes: u64,
     /// Where guest-physical 0 is mapped in this server ([`GUEST_RAM_WINDOW`]).
     pub guest_ram_window: u64,
+    /// Frequency of the time-stamp counter in Hz, as the stub measured it
+    /// against the PIT at boot; ring 3 may read the TSC with RDTSC. 0 when
+    /// the measurement failed.
+    pub tsc_hz: u64,
 }
 
 #[cfg(test)]
@@ -61,11 +65,12 @@ mod tests {
 
     #[test]
     fn boot_info_layout_is_pinned() {
-        assert_eq!(size_of::<BootInfo>(), 24);
+        assert_eq!(size_of::<BootInfo>(), 32);
         assert_eq!(offset_of!(BootInfo, abi_version), 0);
         assert_eq!(offset_of!(BootInfo, arch), 4);
         assert_eq!(offset_of!(BootInfo, guest_ram_bytes), 8);
         assert_eq!(offset_of!(BootInfo, guest_ram_window), 16);
+        assert_eq!(offset_of!(BootInfo, tsc_hz), 24);
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod vcpu;
 
 /// Version of the stub ABI. The stub refuses a `Resume` from a server built
 /// against another version.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 pub use stats::Stats;
 pub use syscall::{ErrorCode, Syscall};

@@ -50,7 +50,43 @@ pub struct Blob {
 pub enum TaskKind {
     /// Handles VM exits: may run the VCPU; guest RAM is mapped into it.
     VmmServer,
+    /// Handles page-fault, CR and INVLPG exits of a shadowed guest and
+    /// installs shadow or nested page-table entries; guest RAM is mapped into it.
+    MmuServer,
 }
+
+/// The processor state the guest starts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryMode {
+    /// Flat 32-bit protected mode, paging off (CS and data segments: base 0,
+    /// limit 4 GiB): what multiboot and the 32-bit Linux boot protocol hand over.
+    Flat32,
+    /// Real mode with CS = DS = ES = SS = 0, as a BIOS leaves a boot sector
+    /// at 0x7c00 (DL = 0x80, the first hard disk).
+    Real16,
+}
+
+/// How guest-physical memory is virtualized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MmuMode {
+    /// Nested paging (AMD NPT / Intel EPT).
+    Nested,
+    /// Shadow paging by the mmu-server.
+    Shadow,
+}
+
+/// More bytes to place in guest RAM before the first entry (for example a
+/// multiboot information structure).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestSegment {
+    /// The bytes.
+    pub blob: Blob,
+    /// Guest-physical address.
+    pub gpa: u64,
+}
+
+/// Most extra guest segments.
+pub const MAX_GUEST_SEGMENTS: usize = 8;
 
 /// One ring-3 server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,12 +97,10 @@ pub struct Task {
     pub elf: Blob,
 }
 
-/// The guest's initial memory and registers.
-///
-/// The VCPU starts in flat 32-bit protected mode with paging off (CS and
-/// the data segments: base 0, limit 4 GiB) -- the state multiboot and the
-/// 32-bit Linux boot protocol both hand over -- at `entry_rip`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The guest's initial memory and registers: the stub copies `image` and
+/// `segments` into guest RAM and starts the VCPU in `entry_mode` at
+/// `entry_rip` with the given registers (all others zero).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Guest {
     /// Guest RAM in MiB, from guest-physical 0; a multiple of 2.
     pub ram_mib: u32,
@@ -76,6 +110,37 @@ pub struct Guest {
     pub load_gpa: u64,
     /// Initial RIP.
     pub entry_rip: u64,
+    /// Initial processor mode.
+    pub entry_mode: EntryMode,
+    /// Initial RAX (multiboot: the boot magic).
+    pub entry_rax: u64,
+    /// Initial RBX (multiboot: the information structure's address).
+    pub entry_rbx: u64,
+    /// Initial RSI (Linux 32-bit boot protocol: the `boot_params` address).
+    pub entry_rsi: u64,
+    /// More bytes to copy into guest RAM.
+    pub segments: heapless::Vec<GuestSegment, MAX_GUEST_SEGMENTS>,
+    /// Nested or shadow paging.
+    pub mmu: MmuMode,
+}
+
+impl Guest {
+    /// A flat 32-bit guest image at `load_gpa`, entered at `entry_rip`,
+    /// all other registers zero, nested paging.
+    pub fn flat32(ram_mib: u32, image: Blob, load_gpa: u64, entry_rip: u64) -> Self {
+        Self {
+            ram_mib,
+            image,
+            load_gpa,
+            entry_rip,
+            entry_mode: EntryMode::Flat32,
+            entry_rax: 0,
+            entry_rbx: 0,
+            entry_rsi: 0,
+            segments: heapless::Vec::new(),
+            mmu: MmuMode::Nested,
+        }
+    }
 }
 
 /// The whole static description of a system image.
@@ -122,13 +187,17 @@ mod tests {
         let m = Manifest {
             tasks,
             guest: Guest {
-                ram_mib: 16,
-                image: Blob {
-                    offset: 8192,
-                    len: 64,
-                },
-                load_gpa: 0x10_0000,
-                entry_rip: 0x10_0000,
+                entry_mode: EntryMode::Real16,
+                mmu: MmuMode::Shadow,
+                ..Guest::flat32(
+                    16,
+                    Blob {
+                        offset: 8192,
+                        len: 64,
+                    },
+                    0x10_0000,
+                    0x10_0000,
+                )
             },
         };
         let bytes = postcard::to_allocvec(&m).unwrap();
@@ -142,12 +211,7 @@ mod tests {
     fn truncated_manifest_is_an_error_not_a_panic() {
         let m = Manifest {
             tasks: heapless::Vec::new(),
-            guest: Guest {
-                ram_mib: 2,
-                image: Blob::default(),
-                load_gpa: 0,
-                entry_rip: 0,
-            },
+            guest: Guest::flat32(2, Blob::default(), 0, 0),
         };
         let bytes = postcard::to_allocvec(&m).unwrap();
         for n in 0..bytes.len() {

@@ -40,12 +40,21 @@ impl VcpuArch {
 pub mod svm_exit {
     /// An exception intercept is `EXCP_BASE + vector`.
     pub const EXCP_BASE: u64 = 0x40;
+    /// A read of CR`n` is `CR_READ_BASE + n`.
+    pub const CR_READ_BASE: u64 = 0x00;
+    /// A write of CR`n` is `CR_WRITE_BASE + n`.
+    pub const CR_WRITE_BASE: u64 = 0x10;
     /// Physical interrupt.
     pub const INTR: u64 = 0x60;
+    /// Virtual interrupt: the interrupt window asked for with
+    /// `ResumeFlags::REQUEST_INTERRUPT_WINDOW` is open.
+    pub const VINTR: u64 = 0x64;
     /// CPUID.
     pub const CPUID: u64 = 0x72;
     /// HLT.
     pub const HLT: u64 = 0x78;
+    /// INVLPG.
+    pub const INVLPG: u64 = 0x79;
     /// IN/OUT/INS/OUTS; EXITINFO1 holds the decoded access.
     pub const IOIO: u64 = 0x7b;
     /// RDMSR/WRMSR.
@@ -207,6 +216,10 @@ bitflags::bitflags! {
         const SET_RFLAGS = 1 << 2;
         /// Inject `event` on entry.
         const INJECT_EVENT = 1 << 3;
+        /// Exit (SVM VINTR, 0x64) as soon as the guest can take an external
+        /// interrupt: RFLAGS.IF set and no interrupt shadow. Applies to this
+        /// entry only; ask again on the next resume if still needed.
+        const REQUEST_INTERRUPT_WINDOW = 1 << 4;
     }
 }
 
@@ -356,7 +369,7 @@ mod tests {
 
     #[test]
     fn resume_flags_and_event_kinds_round_trip() {
-        assert_eq!(ResumeFlags::all().bits(), 0b1111);
+        assert_eq!(ResumeFlags::all().bits(), 0b1_1111);
         for k in [
             EventKind::ExternalInterrupt,
             EventKind::Nmi,

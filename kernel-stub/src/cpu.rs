@@ -367,3 +367,28 @@ pub fn halt_forever() -> ! {
         unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
     }
 }
+
+/// The TSC frequency, measured once against PIT channel 2 (the speaker
+/// channel, gated by port 0x61) over 10 ms: 0 if the PIT never counted down.
+pub fn tsc_hz() -> u64 {
+    const PIT_HZ: u64 = 1_193_182;
+    const COUNT: u64 = PIT_HZ / 100;
+    let rdtsc = || {
+        // SAFETY: RDTSC has no side effects.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    };
+    outb(0x61, (inb(0x61) & !0x02) | 0x01); // gate channel 2 on, speaker off
+    outb(0x43, 0xb0); // channel 2, lobyte/hibyte, mode 0 (interrupt on terminal count)
+    outb(0x42, COUNT as u8);
+    outb(0x42, (COUNT >> 8) as u8);
+    let start = rdtsc();
+    // OUT2 (port 0x61 bit 5) goes high at terminal count; give up after ~1 s of spinning.
+    let mut spins = 0u64;
+    while inb(0x61) & 0x20 == 0 {
+        spins += 1;
+        if spins > 50_000_000 {
+            return 0;
+        }
+    }
+    (rdtsc() - start) * 100
+}

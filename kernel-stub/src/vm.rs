@@ -141,10 +141,11 @@ pub fn vcpu_run() -> Result<u64, ErrorCode> {
     VM.with(|vm| {
         let vm = vm.as_mut().ok_or(ErrorCode::NotPermitted)?;
         let page = vcpu_page(vm.vcpu_page);
-        if vm.started {
-            // SAFETY: the VCPU page is ours and identity-mapped; the copy is
-            // taken once, so the server cannot change it after the check.
-            let resume = unsafe { core::ptr::read_volatile(&raw const (*page).resume) };
+        // SAFETY: the VCPU page is ours and identity-mapped; the copy is
+        // taken once, so the server cannot change it after the check.
+        let resume = unsafe { core::ptr::read_volatile(&raw const (*page).resume) };
+        // Before the first entry, a resume with ABI version 0 means "nothing to set".
+        if vm.started || resume.abi_version != 0 {
             let flags =
                 kernel_stub::resume::validate(&resume, vm.vcpu.mode()).inspect_err(|e| {
                     STATS.with(|s| s.resumes_refused += 1);
@@ -235,18 +236,24 @@ fn build(manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
     let oom = "not enough host memory for the guest RAM and the stub's tables";
     let ram = memory::alloc(ram_bytes / memory::PAGE, LARGE_PAGE).map_err(|_| oom)?;
 
-    let image = blob(payload, g.image).ok_or("the guest image lies outside the payload")?;
-    let fits = g
-        .load_gpa
-        .checked_add(image.len() as u64)
-        .is_some_and(|end| end <= ram_bytes);
-    if !fits {
-        return Err("the guest image does not fit in guest RAM at its load address");
-    }
-    // SAFETY: `ram` is ours, identity-mapped, and the range was checked to fit.
-    unsafe {
-        core::ptr::copy_nonoverlapping(image.as_ptr(), (ram + g.load_gpa) as *mut u8, image.len())
+    let copy_in = |bytes: Option<&[u8]>, gpa: u64| -> Result<(), &'static str> {
+        let bytes = bytes.ok_or("a guest image lies outside the payload")?;
+        let fits = gpa
+            .checked_add(bytes.len() as u64)
+            .is_some_and(|end| end <= ram_bytes);
+        if !fits {
+            return Err("a guest image does not fit in guest RAM at its load address");
+        }
+        // SAFETY: `ram` is ours, identity-mapped, and the range was checked to fit.
+        unsafe {
+            core::ptr::copy_nonoverlapping(bytes.as_ptr(), (ram + gpa) as *mut u8, bytes.len())
+        };
+        Ok(())
     };
+    copy_in(blob(payload, g.image), g.load_gpa)?;
+    for s in &g.segments {
+        copy_in(blob(payload, s.blob), s.gpa)?;
+    }
 
     // Nested page table: guest-physical [0, ram_bytes) onto our frames.
     // Nested walks are user accesses, so leaves need the U bit (APM 15.25.5).
@@ -255,11 +262,20 @@ fn build(manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
     for off in (0..ram_bytes).step_by(LARGE_PAGE as usize) {
         memory::map(npt, off, ram + off, npt_flags | PTE_LARGE, npt_flags).map_err(|_| oom)?;
     }
-    let mut vcpu = svm::create_vcpu(npt, g.entry_rip).map_err(|_| oom)?;
+    let entry = svm::Entry {
+        mode: g.entry_mode,
+        rip: g.entry_rip,
+        rax: g.entry_rax,
+        rbx: g.entry_rbx,
+        rsi: g.entry_rsi,
+    };
+    let mut vcpu = svm::create_vcpu(npt, &entry).map_err(|_| oom)?;
+    let tsc_hz = cpu::tsc_hz();
     say!(
-        "svm: nested paging on, guest RAM {} MiB, entry {:#x}",
+        "svm: nested paging on, guest RAM {} MiB, entry {:#x}, tsc {} MHz",
         g.ram_mib,
-        g.entry_rip
+        g.entry_rip,
+        tsc_hz / 1_000_000
     );
 
     let Some(server) = manifest.task(TaskKind::VmmServer) else {
@@ -279,6 +295,7 @@ fn build(manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
         arch: VcpuArch::Svm as u32,
         guest_ram_bytes: ram_bytes,
         guest_ram_window: GUEST_RAM_WINDOW,
+        tsc_hz,
     };
     // SAFETY: a fresh identity-mapped frame, larger than `info`.
     unsafe {

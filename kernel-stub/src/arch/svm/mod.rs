@@ -6,6 +6,7 @@ mod vmcb;
 use crate::cpu;
 use crate::memory::{self, OutOfMemory};
 use core::arch::global_asm;
+use ipc_proto::manifest::EntryMode;
 use ipc_proto::{ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch, ABI_VERSION};
 use kernel_stub::resume::GuestMode;
 use vmcb::*;
@@ -45,10 +46,18 @@ pub struct Vcpu {
     sequence: u64,
 }
 
+/// Where and how the guest starts.
+pub struct Entry {
+    pub mode: EntryMode,
+    pub rip: u64,
+    pub rax: u64,
+    pub rbx: u64,
+    pub rsi: u64,
+}
+
 /// Enables SVM and builds a VCPU whose guest-physical memory is the nested
-/// page table at `npt_root`. The guest starts at `entry_rip` in flat 32-bit
-/// protected mode, paging off -- the multiboot hand-over state.
-pub fn create_vcpu(npt_root: u64, entry_rip: u64) -> Result<Vcpu, OutOfMemory> {
+/// page table at `npt_root`, starting in the state `entry` describes.
+pub fn create_vcpu(npt_root: u64, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     cpu::wrmsr(cpu::MSR_EFER, cpu::rdmsr(cpu::MSR_EFER) | cpu::EFER_SVME);
     cpu::wrmsr(MSR_VM_HSAVE_PA, memory::alloc_frame()?);
     let host_vmsave_pa = memory::alloc_frame()?;
@@ -96,73 +105,61 @@ pub fn create_vcpu(npt_root: u64, entry_rip: u64) -> Result<Vcpu, OutOfMemory> {
     v.write64(NP_ENABLE, 1);
     v.write64(N_CR3, npt_root);
 
-    let code = Segment {
-        selector: 0x08,
-        attrib: 0xc9b,
-        limit: 0xffff_ffff,
-        base: 0,
+    let (code, data, cr0) = match entry.mode {
+        // Flat: base 0, limit 4 GiB, 32-bit, present; CR0 = PE | ET.
+        EntryMode::Flat32 => (
+            seg(0x08, 0xc9b, 0xffff_ffff),
+            seg(0x10, 0xc93, 0xffff_ffff),
+            0x11,
+        ),
+        // Real mode: 64 KiB segments at 0; CR0 = ET. SVM runs it natively.
+        EntryMode::Real16 => (seg(0, 0x9b, 0xffff), seg(0, 0x93, 0xffff), 0x10),
     };
-    let data = Segment {
-        selector: 0x10,
-        attrib: 0xc93,
-        limit: 0xffff_ffff,
-        base: 0,
-    };
-    for seg in [ES, SS, DS, FS, GS] {
-        v.write_segment(seg, data);
+    for s in [ES, SS, DS, FS, GS] {
+        v.write_segment(s, data);
     }
     v.write_segment(CS, code);
-    v.write_segment(
-        GDTR,
-        Segment {
-            selector: 0,
-            attrib: 0,
-            limit: 0xffff,
-            base: 0,
-        },
-    );
-    v.write_segment(
-        IDTR,
-        Segment {
-            selector: 0,
-            attrib: 0,
-            limit: 0xffff,
-            base: 0,
-        },
-    );
-    v.write_segment(
-        LDTR,
-        Segment {
-            selector: 0,
-            attrib: 0x82,
-            limit: 0xffff,
-            base: 0,
-        },
-    );
-    v.write_segment(
-        TR,
-        Segment {
-            selector: 0,
-            attrib: 0x8b,
-            limit: 0xffff,
-            base: 0,
-        },
-    );
-    v.write64(CR0, 0x11); // PE | ET
+    v.write_segment(GDTR, seg(0, 0, 0xffff));
+    v.write_segment(IDTR, seg(0, 0, 0xffff));
+    v.write_segment(LDTR, seg(0, 0x82, 0xffff));
+    v.write_segment(TR, seg(0, 0x8b, 0xffff));
+    v.write64(CR0, cr0);
     v.write64(EFER, cpu::EFER_SVME); // VMRUN requires the guest's EFER.SVME
     v.write64(RFLAGS, 2);
-    v.write64(RIP, entry_rip);
+    v.write64(RIP, entry.rip);
+    v.write64(RAX, entry.rax);
     v.write64(DR6, 0xffff_0ff0);
     v.write64(DR7, 0x400);
     v.write64(G_PAT, 0x0007_0406_0007_0406); // the power-on PAT
 
+    let gprs = GuestRegs {
+        rbx: entry.rbx,
+        rsi: entry.rsi,
+        // A BIOS boots from the first hard disk with DL = 0x80.
+        rdx: if entry.mode == EntryMode::Real16 {
+            0x80
+        } else {
+            0
+        },
+        ..GuestRegs::default()
+    };
     Ok(Vcpu {
         vmcb: v,
-        gprs: GuestRegs::default(),
+        gprs,
         host_vmsave_pa,
         nrips: has_nrips(),
         sequence: 0,
     })
+}
+
+/// A segment with base 0.
+const fn seg(selector: u16, attrib: u16, limit: u32) -> Segment {
+    Segment {
+        selector,
+        attrib,
+        limit,
+        base: 0,
+    }
 }
 
 global_asm!(
@@ -316,6 +313,22 @@ impl Vcpu {
         if flags.contains(ResumeFlags::SET_RFLAGS) {
             v.write64(RFLAGS, r.regs.rflags);
         }
+        // A virtual interrupt that the guest takes as soon as it can makes
+        // the VINTR intercept fire at the start of the interrupt window.
+        let window = flags.contains(ResumeFlags::REQUEST_INTERRUPT_WINDOW);
+        let misc1 = v.read32(INTERCEPT_MISC1) & !MISC1_VINTR;
+        v.write32(
+            INTERCEPT_MISC1,
+            misc1 | if window { MISC1_VINTR } else { 0 },
+        );
+        v.write64(
+            V_INTR,
+            if window {
+                V_IRQ | V_INTR_PRIO_MAX | V_IGN_TPR
+            } else {
+                0
+            },
+        );
         if flags.contains(ResumeFlags::INJECT_EVENT) {
             let e = &r.event;
             let valid = 1u64 << 31;

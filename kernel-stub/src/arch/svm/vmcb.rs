@@ -11,6 +11,7 @@ pub const IOPM_BASE_PA: usize = 0x040;
 pub const MSRPM_BASE_PA: usize = 0x048;
 pub const GUEST_ASID: usize = 0x058;
 pub const TLB_CONTROL: usize = 0x05c;
+pub const V_INTR: usize = 0x060;
 pub const INTERRUPT_SHADOW: usize = 0x068;
 pub const EXITCODE: usize = 0x070;
 pub const EXITINFO1: usize = 0x078;
@@ -28,12 +29,17 @@ pub const MISC1_INTR: u32 = 1 << 0;
 pub const MISC1_NMI: u32 = 1 << 1;
 pub const MISC1_SMI: u32 = 1 << 2;
 pub const MISC1_INIT: u32 = 1 << 3;
+pub const MISC1_VINTR: u32 = 1 << 4;
 pub const MISC1_CPUID: u32 = 1 << 18;
 pub const MISC1_INVD: u32 = 1 << 22;
 pub const MISC1_HLT: u32 = 1 << 24;
 pub const MISC1_IOIO: u32 = 1 << 27;
 pub const MISC1_MSR: u32 = 1 << 28;
 pub const MISC1_SHUTDOWN: u32 = 1 << 31;
+// Virtual interrupt control (offset 0x060).
+pub const V_IRQ: u64 = 1 << 8;
+pub const V_INTR_PRIO_MAX: u64 = 0xf << 16;
+pub const V_IGN_TPR: u64 = 1 << 20;
 // Intercept vector 4 (offset 0x010). VMRUN must be intercepted or VMRUN fails.
 pub const MISC2_VMRUN: u32 = 1 << 0;
 pub const MISC2_VMMCALL: u32 = 1 << 1;
