@@ -422,6 +422,7 @@ fn layout(
         }
         let manifest = Manifest {
             tasks: manifest_tasks,
+            channels: heapless::Vec::new(),
             guest: Guest::flat32(
                 guest.ram_mib,
                 blobs[tasks.len()],

@@ -25,6 +25,13 @@ pub const VCPU_PAGE: u64 = 0x6000_0000;
 /// The boot-info page ([`BootInfo`]), read-only.
 pub const BOOT_INFO_PAGE: u64 = 0x6000_1000;
 
+/// The install page ([`crate::mmu::InstallPage`]) of the mmu-server, read-write.
+pub const INSTALL_PAGE: u64 = 0x6000_2000;
+
+/// Channel `n`'s shared message page is at `CHANNEL_PAGE_BASE + n * PAGE_SIZE`
+/// in both its client and its server; the message layout is the pair's business.
+pub const CHANNEL_PAGE_BASE: u64 = 0x6010_0000;
+
 /// Guest-physical address 0 of the VM appears here in the vmm-server
 /// (read-write, zero-copy): the server reads and writes guest memory in place.
 pub const GUEST_RAM_WINDOW: u64 = 0x8000_0000;
@@ -88,7 +95,9 @@ mod tests {
         }
         assert!(SERVER_IMAGE_END <= STACK_TOP - STACK_SIZE);
         assert!(STACK_TOP <= VCPU_PAGE);
-        assert!(BOOT_INFO_PAGE + PAGE_SIZE <= GUEST_RAM_WINDOW);
+        assert!(BOOT_INFO_PAGE < INSTALL_PAGE && INSTALL_PAGE < CHANNEL_PAGE_BASE);
+        let channels_end = CHANNEL_PAGE_BASE + crate::manifest::MAX_CHANNELS as u64 * PAGE_SIZE;
+        assert!(channels_end <= GUEST_RAM_WINDOW);
         // Above the stub's supervisor identity map of the first GiB.
         assert!(SERVER_IMAGE_BASE >= 1 << 30);
     }

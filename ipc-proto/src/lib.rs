@@ -24,6 +24,6 @@ pub const ABI_VERSION: u32 = 2;
 pub use stats::Stats;
 pub use syscall::{ErrorCode, Syscall};
 pub use vcpu::{
-    EventInjection, EventKind, ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch,
-    VcpuPage,
+    EventInjection, EventKind, ExitRecord, GuestRegs, PagingState, Resume, ResumeFlags, Segment,
+    VcpuArch, VcpuPage,
 };

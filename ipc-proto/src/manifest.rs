@@ -53,6 +53,21 @@ pub enum TaskKind {
     /// Handles page-fault, CR and INVLPG exits of a shadowed guest and
     /// installs shadow or nested page-table entries; guest RAM is mapped into it.
     MmuServer,
+    /// The 16550 UART as a server of its own, reached over a channel.
+    UartServer,
+}
+
+/// Most channels an image may have.
+pub const MAX_CHANNELS: usize = 8;
+
+/// A call/reply channel between two tasks; its number is its index in
+/// [`Manifest::channels`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    /// The task that calls.
+    pub client: TaskKind,
+    /// The task that serves.
+    pub server: TaskKind,
 }
 
 /// The processor state the guest starts in.
@@ -150,6 +165,8 @@ pub struct Manifest {
     pub tasks: heapless::Vec<Task, MAX_TASKS>,
     /// The guest to run.
     pub guest: Guest,
+    /// Call/reply channels between tasks.
+    pub channels: heapless::Vec<Channel, MAX_CHANNELS>,
 }
 
 impl Manifest {
@@ -186,6 +203,11 @@ mod tests {
             .unwrap();
         let m = Manifest {
             tasks,
+            channels: heapless::Vec::from_slice(&[Channel {
+                client: TaskKind::VmmServer,
+                server: TaskKind::UartServer,
+            }])
+            .unwrap(),
             guest: Guest {
                 entry_mode: EntryMode::Real16,
                 mmu: MmuMode::Shadow,
@@ -211,6 +233,7 @@ mod tests {
     fn truncated_manifest_is_an_error_not_a_panic() {
         let m = Manifest {
             tasks: heapless::Vec::new(),
+            channels: heapless::Vec::new(),
             guest: Guest::flat32(2, Blob::default(), 0, 0),
         };
         let bytes = postcard::to_allocvec(&m).unwrap();

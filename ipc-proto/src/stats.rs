@@ -31,6 +31,12 @@ wire! {
         pub syscalls: u64,
         /// Resumes the stub refused.
         pub resumes_refused: u64,
+        /// Page-table entries installed for the mmu-server.
+        pub installs: u64,
+        /// Installs refused.
+        pub installs_refused: u64,
+        /// Calls made on each channel.
+        pub channel_calls: [u64; crate::manifest::MAX_CHANNELS],
     }
 }
 
@@ -52,7 +58,23 @@ impl core::fmt::Display for Stats {
             self.exits_other,
             self.syscalls,
             self.resumes_refused,
-        )
+        )?;
+        if self.installs + self.installs_refused != 0 {
+            write!(
+                f,
+                " installs={} installs_refused={}",
+                self.installs, self.installs_refused
+            )?;
+        }
+        for (n, calls) in self
+            .channel_calls
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c != 0)
+        {
+            write!(f, " channel{n}_calls={calls}")?;
+        }
+        Ok(())
     }
 }
 
@@ -63,7 +85,10 @@ mod tests {
 
     #[test]
     fn stats_layout_is_pinned() {
-        assert_eq!(size_of::<Stats>(), 12 * 8);
+        assert_eq!(size_of::<Stats>(), 22 * 8);
+        assert_eq!(offset_of!(Stats, installs), 96);
+        assert_eq!(offset_of!(Stats, installs_refused), 104);
+        assert_eq!(offset_of!(Stats, channel_calls), 112);
         assert_eq!(offset_of!(Stats, exits_total), 0);
         assert_eq!(offset_of!(Stats, exits_ioio), 8);
         assert_eq!(offset_of!(Stats, exits_hlt), 16);

@@ -26,6 +26,26 @@ pub enum Syscall {
     /// Stop the VM because it cannot go on (the server has printed why).
     /// Does not return.
     VmFail = 5,
+    /// Send the request in channel `rdi`'s page to the channel's server and
+    /// wait for its reply (in the same page). Returns 0.
+    Call = 6,
+    /// Serve channel `rdi`: reply to the pending call (if any) and wait for
+    /// the next one. Returns the channel number of the new call.
+    ReplyRecv = 7,
+    /// Allocate a zeroed shadow page table of level `rdi` (1..=4); returns
+    /// its `TableHandle`. mmu-server only.
+    ShadowAlloc = 8,
+    /// Free shadow table `rdi`. mmu-server only.
+    ShadowFree = 9,
+    /// Check and write the batch in the install page; returns the number of
+    /// entries written. On `InstallRefused`, the page's `count` holds the
+    /// index of the refused entry and `reserved` the `InstallError`.
+    MmuInstall = 10,
+    /// Flush the guest's TLB before the next entry. mmu-server only.
+    MmuFlush = 11,
+    /// Copy up to `rsi` bytes of host-console input to user address `rdi`
+    /// without waiting; returns the number of bytes (0 when none).
+    ConsoleRead = 12,
 }
 
 impl Syscall {
@@ -37,6 +57,13 @@ impl Syscall {
             3 => Some(Self::StatsRead),
             4 => Some(Self::VmStop),
             5 => Some(Self::VmFail),
+            6 => Some(Self::Call),
+            7 => Some(Self::ReplyRecv),
+            8 => Some(Self::ShadowAlloc),
+            9 => Some(Self::ShadowFree),
+            10 => Some(Self::MmuInstall),
+            11 => Some(Self::MmuFlush),
+            12 => Some(Self::ConsoleRead),
             _ => None,
         }
     }
@@ -64,6 +91,16 @@ pub enum ErrorCode {
     ResumeBadRflags = 8,
     /// The event to inject has a reserved type or a vector its type forbids.
     ResumeBadEvent = 9,
+    /// An install was refused (details in the install page).
+    InstallRefused = 10,
+    /// The call cannot be served now (no shadow root yet, the channel's
+    /// server is not waiting, ...).
+    NotReady = 11,
+    /// The stub has no memory or handles left for the request.
+    OutOfMemory = 12,
+    /// The hardware paging state would let the guest bypass the shadow
+    /// tables (CR0.PG or CR4.PAE clear) or names a root of the wrong level.
+    ResumeBadPaging = 13,
 }
 
 /// Longest write `ConsoleWrite` accepts in one call.
@@ -71,7 +108,7 @@ pub const CONSOLE_WRITE_MAX: u64 = 4096;
 
 impl ErrorCode {
     /// All codes, for lookups and tests.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 13] = [
         Self::UnknownSyscall,
         Self::NotPermitted,
         Self::BadPointer,
@@ -81,6 +118,10 @@ impl ErrorCode {
         Self::ResumeBadRip,
         Self::ResumeBadRflags,
         Self::ResumeBadEvent,
+        Self::InstallRefused,
+        Self::NotReady,
+        Self::OutOfMemory,
+        Self::ResumeBadPaging,
     ];
 
     /// The value a failed call returns in `rax`.
@@ -109,6 +150,10 @@ impl ErrorCode {
             Self::ResumeBadRip => "resume RIP is non-canonical or too wide for the guest's mode",
             Self::ResumeBadRflags => "resume RFLAGS sets reserved bits",
             Self::ResumeBadEvent => "resume event has a reserved type or a forbidden vector",
+            Self::InstallRefused => "a page-table install was refused",
+            Self::NotReady => "the call cannot be served now",
+            Self::OutOfMemory => "the stub has no memory or handles left",
+            Self::ResumeBadPaging => "resume paging state would bypass the shadow tables",
         }
     }
 }
@@ -125,7 +170,7 @@ mod tests {
         assert_eq!(Syscall::StatsRead as u64, 3);
         assert_eq!(Syscall::VmStop as u64, 4);
         assert_eq!(Syscall::VmFail as u64, 5);
-        for n in 1..=5 {
+        for n in 1..=12 {
             assert_eq!(Syscall::from_raw(n).unwrap() as u64, n);
         }
         assert_eq!(Syscall::from_raw(0), None);

@@ -220,6 +220,31 @@ bitflags::bitflags! {
         /// interrupt: RFLAGS.IF set and no interrupt shadow. Applies to this
         /// entry only; ask again on the next resume if still needed.
         const REQUEST_INTERRUPT_WINDOW = 1 << 4;
+        /// Load the hardware paging state from `paging` (shadow paging only:
+        /// the mmu-server's call).
+        const SET_PAGING = 1 << 5;
+        /// Write CR2 from `cr2` (SVM does not set it when a #PF is injected).
+        const SET_CR2 = 1 << 6;
+    }
+}
+
+wire! {
+    /// The paging state the hardware runs a shadowed guest with. The guest's
+    /// own CR0/CR3/CR4/EFER are the mmu-server's business (it intercepts
+    /// them); these are what the CPU really uses.
+    pub struct PagingState {
+        /// Hardware CR0: PG must be set (the guest always runs on shadow
+        /// tables; SVM allows paging with PE clear, "paged real mode").
+        pub cr0: u64,
+        /// Hardware CR4: PAE must be set (shadow tables use 64-bit entries).
+        pub cr4: u64,
+        /// Hardware EFER: with LME set the root is a level-4 table,
+        /// otherwise a level-3 (PAE) one. SVME is forced on by the stub.
+        pub efer: u64,
+        /// The shadow root ([`crate::mmu::TableHandle`]).
+        pub root: u32,
+        /// Reserved, zero.
+        pub reserved: u32,
     }
 }
 
@@ -277,6 +302,10 @@ wire! {
         pub regs: GuestRegs,
         /// The event to inject when `INJECT_EVENT` is set.
         pub event: EventInjection,
+        /// The hardware paging state when `SET_PAGING` is set.
+        pub paging: PagingState,
+        /// CR2 when `SET_CR2` is set.
+        pub cr2: u64,
     }
 }
 
@@ -356,20 +385,27 @@ mod tests {
         assert_eq!(offset_of!(Resume, flags), 4);
         assert_eq!(offset_of!(Resume, regs), 8);
         assert_eq!(offset_of!(Resume, event), 152);
-        assert_eq!(size_of::<Resume>(), 160);
+        assert_eq!(offset_of!(Resume, paging), 160);
+        assert_eq!(offset_of!(Resume, cr2), 192);
+        assert_eq!(size_of::<Resume>(), 200);
+        assert_eq!(size_of::<PagingState>(), 32);
+        assert_eq!(offset_of!(PagingState, cr0), 0);
+        assert_eq!(offset_of!(PagingState, cr4), 8);
+        assert_eq!(offset_of!(PagingState, efer), 16);
+        assert_eq!(offset_of!(PagingState, root), 24);
     }
 
     #[test]
     fn vcpu_page_layout_is_pinned_and_fits_a_page() {
         assert_eq!(offset_of!(VcpuPage, exit), 0);
         assert_eq!(offset_of!(VcpuPage, resume), 280);
-        assert_eq!(offset_of!(VcpuPage, stats), 440);
+        assert_eq!(offset_of!(VcpuPage, stats), 480);
         assert!(size_of::<VcpuPage>() <= crate::layout::PAGE_SIZE as usize);
     }
 
     #[test]
     fn resume_flags_and_event_kinds_round_trip() {
-        assert_eq!(ResumeFlags::all().bits(), 0b1_1111);
+        assert_eq!(ResumeFlags::all().bits(), 0b111_1111);
         for k in [
             EventKind::ExternalInterrupt,
             EventKind::Nmi,

@@ -165,9 +165,11 @@ struct DescriptorPointer {
     base: u64,
 }
 
-/// Registers saved by the trap entry, in stack order.
+/// Registers saved by the trap entry, in stack order. It is also a
+/// blocked task's saved state: loading it into the trap stack and returning
+/// resumes the task.
 #[repr(C)]
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct TrapFrame {
     pub r15: u64,
     pub r14: u64,
@@ -191,6 +193,21 @@ pub struct TrapFrame {
     pub rflags: u64,
     pub rsp: u64,
     pub ss: u64,
+}
+
+impl TrapFrame {
+    /// A ring-3 task about to run its first instruction at `rip` with
+    /// `rsp`, all other registers zero, interrupts off.
+    pub fn user_start(rip: u64, rsp: u64) -> Self {
+        Self {
+            rip,
+            cs: u64::from(USER_CS),
+            rflags: 2,
+            rsp,
+            ss: u64::from(USER_DS),
+            ..Self::default()
+        }
+    }
 }
 
 // One entry stub per vector we install: exceptions 0-31 and the system call.
@@ -246,7 +263,8 @@ extern "C" fn trap_handler(frame: &mut TrapFrame) {
     match (frame.vector, from_user) {
         (0x80, true) => crate::syscall::dispatch(frame),
         (_, true) => crate::vm::fail(format_args!(
-            "vmm-server faulted: exception {} (error code {:#x}) at rip={:#x}, cr2={:#x}; stopping the VM",
+            "the {} faulted: exception {} (error code {:#x}) at rip={:#x}, cr2={:#x}; stopping the VM",
+            crate::vm::current_task_name(),
             frame.vector,
             frame.error_code,
             frame.rip,

@@ -4,13 +4,45 @@
 //! resume that cannot make VMRUN fail its consistency checks, or refuses it
 //! with an error code. Nothing here can panic.
 
-use ipc_proto::{ErrorCode, EventKind, Resume, ResumeFlags, ABI_VERSION};
+use ipc_proto::{ErrorCode, EventKind, PagingState, Resume, ResumeFlags, ABI_VERSION};
 
 /// What the stub knows of the guest's mode when it checks a resume.
 #[derive(Clone, Copy, Debug)]
 pub struct GuestMode {
     /// EFER.LMA and CS.L both set: RIP is a 64-bit address.
     pub long_mode_code: bool,
+    /// The guest runs on shadow tables: only then may a resume set the
+    /// hardware paging state.
+    pub shadow: bool,
+}
+
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+
+/// Checks a hardware paging state for a shadowed guest: paging must stay on
+/// with 64-bit entries (PAE), or the guest would use guest-physical
+/// addresses as host-physical ones or read shadow tables in another
+/// format; the root must be a live shadow table of the level the mode walks
+/// from (`root_level` looks a handle up).
+pub fn validate_paging(
+    p: &PagingState,
+    root_level: impl Fn(u32) -> Option<u8>,
+) -> Result<(), ErrorCode> {
+    let lme = p.efer & EFER_LME != 0;
+    let want_level = if lme { 4 } else { 3 };
+    let ok = p.cr0 & CR0_PG != 0
+        && p.cr0 >> 32 == 0
+        && p.cr4 & CR4_PAE != 0
+        && (p.efer & EFER_LMA != 0) == lme
+        && p.reserved == 0
+        && root_level(p.root) == Some(want_level);
+    if ok {
+        Ok(())
+    } else {
+        Err(ErrorCode::ResumeBadPaging)
+    }
 }
 
 /// RFLAGS bits that must be zero: 3, 5, 15 and 22..=63 (AMD APM vol. 2, 3.1.6).
@@ -44,6 +76,9 @@ pub fn validate(r: &Resume, mode: GuestMode) -> Result<ResumeFlags, ErrorCode> {
         if !ok {
             return Err(ErrorCode::ResumeBadRip);
         }
+    }
+    if flags.contains(ResumeFlags::SET_PAGING) && !mode.shadow {
+        return Err(ErrorCode::ResumeBadPaging);
     }
     if flags.contains(ResumeFlags::SET_RFLAGS)
         && (r.regs.rflags & RFLAGS_RESERVED_ZERO != 0 || r.regs.rflags & RFLAGS_RESERVED_ONE == 0)
@@ -80,9 +115,11 @@ mod tests {
 
     const PROTECTED: GuestMode = GuestMode {
         long_mode_code: false,
+        shadow: false,
     };
     const LONG: GuestMode = GuestMode {
         long_mode_code: true,
+        shadow: false,
     };
 
     fn resume(flags: ResumeFlags) -> Resume {
@@ -93,7 +130,7 @@ mod tests {
                 rflags: 2,
                 ..Default::default()
             },
-            event: EventInjection::default(),
+            ..Default::default()
         }
     }
 
@@ -207,6 +244,70 @@ mod tests {
         );
     }
 
+    #[test]
+    fn paging_must_stay_on_shadow_tables() {
+        let level = |h: u32| match h {
+            1 => Some(3),
+            2 => Some(4),
+            _ => None,
+        };
+        let pae = PagingState {
+            cr0: CR0_PG | 0x11,
+            cr4: CR4_PAE,
+            efer: 0,
+            root: 1,
+            reserved: 0,
+        };
+        assert_eq!(validate_paging(&pae, level), Ok(()));
+        let long = PagingState {
+            efer: EFER_LME | EFER_LMA,
+            root: 2,
+            ..pae
+        };
+        assert_eq!(validate_paging(&long, level), Ok(()));
+        let paged_real_mode = PagingState {
+            cr0: CR0_PG | 0x10,
+            ..pae
+        };
+        assert_eq!(validate_paging(&paged_real_mode, level), Ok(()));
+        for bad in [
+            PagingState { cr0: 0x11, ..pae },
+            PagingState { cr4: 0, ..pae },
+            PagingState { root: 2, ..pae },
+            PagingState { root: 1, ..long },
+            PagingState { root: 7, ..pae },
+            PagingState {
+                efer: EFER_LME,
+                ..long
+            },
+            PagingState {
+                cr0: pae.cr0 | 1 << 32,
+                ..pae
+            },
+        ] {
+            assert_eq!(
+                validate_paging(&bad, level),
+                Err(ErrorCode::ResumeBadPaging),
+                "{bad:?}"
+            );
+        }
+        let mut r = resume(ResumeFlags::SET_PAGING);
+        r.paging = pae;
+        assert_eq!(
+            validate(&r, PROTECTED),
+            Err(ErrorCode::ResumeBadPaging),
+            "not in shadow mode"
+        );
+        assert!(validate(
+            &r,
+            GuestMode {
+                long_mode_code: false,
+                shadow: true
+            }
+        )
+        .is_ok());
+    }
+
     fn any_resume() -> impl Strategy<Value = Resume> {
         (
             any::<u32>(),
@@ -230,7 +331,7 @@ mod tests {
                     } else {
                         ABI_VERSION ^ 0x55
                     },
-                    flags: flags & 0x1f,
+                    flags: flags & 0x7f,
                     regs: GuestRegs {
                         rip,
                         rflags,
@@ -243,6 +344,7 @@ mod tests {
                         reserved: reserved % 2,
                         error_code,
                     },
+                    ..Default::default()
                 },
             )
     }
@@ -252,7 +354,7 @@ mod tests {
         /// known flags, a RIP the mode can hold, legal RFLAGS, a legal event.
         #[test]
         fn accepted_resumes_are_always_legal(r in any_resume(), long in any::<bool>()) {
-            let mode = GuestMode { long_mode_code: long };
+            let mode = GuestMode { long_mode_code: long, shadow: false };
             if let Ok(flags) = validate(&r, mode) {
                 prop_assert_eq!(r.abi_version, ABI_VERSION);
                 if flags.contains(ResumeFlags::SET_RIP) {

@@ -4,10 +4,13 @@
 use crate::memory::{
     self, OutOfMemory, PAGE, PTE_LARGE, PTE_NX, PTE_PRESENT, PTE_USER, PTE_WRITABLE,
 };
-use ipc_proto::layout::{BOOT_INFO_PAGE, GUEST_RAM_WINDOW, STACK_SIZE, STACK_TOP, VCPU_PAGE};
+use ipc_proto::layout::{
+    BOOT_INFO_PAGE, CHANNEL_PAGE_BASE, GUEST_RAM_WINDOW, INSTALL_PAGE, STACK_SIZE, STACK_TOP,
+    VCPU_PAGE,
+};
 use kernel_stub::elf::{Elf, ElfError};
 
-/// A loaded server, ready to enter.
+/// A loaded server's address space and entry point.
 pub struct Task {
     /// Root of its page tables.
     pub root: u64,
@@ -36,19 +39,23 @@ impl core::fmt::Display for LoadError {
     }
 }
 
-/// Where the vmm-server's shared memory lives in physical memory.
-pub struct VmmShared {
-    pub vcpu_page: u64,
+/// The shared pages a task gets besides its own image and stack, by
+/// physical address; what a task gets follows from its kind.
+pub struct SharedMaps<'a> {
     pub boot_info: u64,
-    pub guest_ram: u64,
-    pub guest_ram_bytes: u64,
+    pub vcpu_page: Option<u64>,
+    pub install_page: Option<u64>,
+    /// Guest RAM (physical base, bytes), mapped at `GUEST_RAM_WINDOW`.
+    pub guest_ram: Option<(u64, u64)>,
+    /// (channel number, page) for every channel the task is an end of.
+    pub channels: &'a [(usize, u64)],
 }
 
 const USER_TABLE: u64 = PTE_PRESENT | PTE_WRITABLE | PTE_USER;
 
-/// Builds the vmm-server's address space: its ELF segments, a stack, the
-/// VCPU page, the boot-info page and a window onto guest RAM.
-pub fn load_vmm_server(file: &[u8], shared: &VmmShared) -> Result<Task, LoadError> {
+/// Builds a server's address space: its ELF segments, a stack, and the
+/// shared pages of `maps` at the addresses of `ipc_proto::layout`.
+pub fn load(file: &[u8], maps: &SharedMaps) -> Result<Task, LoadError> {
     let elf = Elf::parse(file).map_err(LoadError::Elf)?;
     let root = memory::new_address_space()?;
     let nx = if crate::cpu::nx_enabled() { PTE_NX } else { 0 };
@@ -92,27 +99,23 @@ pub fn load_vmm_server(file: &[u8], shared: &VmmShared) -> Result<Task, LoadErro
     for page in (STACK_TOP - STACK_SIZE..STACK_TOP).step_by(PAGE as usize) {
         map(page, memory::alloc_frame()?, data)?;
     }
-    map(VCPU_PAGE, shared.vcpu_page, data)?;
-    map(
-        BOOT_INFO_PAGE,
-        shared.boot_info,
-        PTE_PRESENT | PTE_USER | nx,
-    )?;
-    for off in (0..shared.guest_ram_bytes).step_by(memory::LARGE_PAGE as usize) {
-        map(
-            GUEST_RAM_WINDOW + off,
-            shared.guest_ram + off,
-            data | PTE_LARGE,
-        )?;
+    map(BOOT_INFO_PAGE, maps.boot_info, PTE_PRESENT | PTE_USER | nx)?;
+    if let Some(pa) = maps.vcpu_page {
+        map(VCPU_PAGE, pa, data)?;
+    }
+    if let Some(pa) = maps.install_page {
+        map(INSTALL_PAGE, pa, data)?;
+    }
+    for &(n, pa) in maps.channels {
+        map(CHANNEL_PAGE_BASE + n as u64 * PAGE, pa, data)?;
+    }
+    if let Some((base, bytes)) = maps.guest_ram {
+        for off in (0..bytes).step_by(memory::LARGE_PAGE as usize) {
+            map(GUEST_RAM_WINDOW + off, base + off, data | PTE_LARGE)?;
+        }
     }
     Ok(Task {
         root,
         entry: elf.entry,
     })
-}
-
-/// Switches to the task's address space and enters it at its entry point.
-pub fn start(task: &Task) -> ! {
-    crate::cpu::write_cr3(task.root);
-    crate::cpu::enter_user(task.entry, STACK_TOP)
 }

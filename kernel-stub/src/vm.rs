@@ -1,17 +1,29 @@
-//! The one VM of this image: created from the manifest at boot, run on
-//! behalf of the vmm-server, and stopped with a final console line that the
+//! The one VM of this image and the tasks that serve it: created from the
+//! manifest at boot, scheduled by their blocking system calls (no
+//! preemption), and stopped with a final console line that the
 //! `splitvisor` command reads.
+//!
+//! A task runs until it blocks: in `VcpuRun` (waiting for an exit), in
+//! `ReplyRecv` (waiting for a call) or in `Call` (waiting for a reply). When
+//! every task is blocked, the guest runs, and its exit goes to the task
+//! that handles it: page-fault, CR, INVLPG and EFER exits of a shadowed
+//! guest to the mmu-server, everything else to the vmm-server.
 
-use crate::arch::svm::{self, Vcpu};
+use crate::arch::svm::{self, Paging, Vcpu};
 use crate::boot::{self, BootInfo};
 use crate::console::say;
-use crate::cpu::{self, KernelCell};
+use crate::cpu::{self, KernelCell, TrapFrame};
 use crate::memory::{self, LARGE_PAGE, PTE_LARGE, PTE_PRESENT, PTE_USER, PTE_WRITABLE};
 use crate::task;
-use ipc_proto::layout::{BootInfo as ServerBootInfo, GUEST_RAM_WINDOW};
-use ipc_proto::manifest::{Blob, Manifest, PayloadHeader, TaskKind, MANIFEST_MAX, PAYLOAD_MAGIC};
+use ipc_proto::layout::{BootInfo as ServerBootInfo, GUEST_RAM_WINDOW, STACK_TOP};
+use ipc_proto::manifest::{
+    Blob, Manifest, MmuMode, PayloadHeader, TaskKind, MANIFEST_MAX, MAX_CHANNELS, MAX_TASKS,
+    PAYLOAD_MAGIC,
+};
+use ipc_proto::mmu::{InstallPage, INSTALL_BATCH_MAX};
 use ipc_proto::vcpu::svm_exit;
-use ipc_proto::{ErrorCode, ExitRecord, Stats, VcpuArch, VcpuPage, ABI_VERSION};
+use ipc_proto::{ErrorCode, ExitRecord, ResumeFlags, Stats, VcpuArch, VcpuPage, ABI_VERSION};
+use kernel_stub::install::{GuestRam, ShadowTables};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// QEMU's isa-debug-exit port (`-device isa-debug-exit,iobase=0xf4`): the
@@ -21,17 +33,52 @@ const HOST_EXIT_STOPPED: u8 = 0;
 const HOST_EXIT_FAILED: u8 = 1;
 const HOST_EXIT_CANNOT_RUN: u8 = 2;
 
-struct Vm {
-    vcpu: Vcpu,
-    /// Physical address of the page shared with the vmm-server.
-    vcpu_page: u64,
-    /// Address space of the running server.
-    server_root: u64,
-    /// Whether the guest has run: the first `VcpuRun` has no resume to apply.
-    started: bool,
+const MSR_EFER: u64 = 0xc000_0080;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    NotStarted,
+    Running,
+    /// In `VcpuRun`, waiting for an exit.
+    WaitExit,
+    /// In `ReplyRecv`, waiting for a call on one of its channels.
+    WaitRecv,
+    /// In `Call` on this channel, waiting for the reply.
+    WaitReply(usize),
 }
 
-static VM: KernelCell<Option<Vm>> = KernelCell::new(None);
+struct Task {
+    kind: TaskKind,
+    root: u64,
+    /// Saved registers while the task does not run.
+    frame: TrapFrame,
+    state: State,
+    /// The task's VCPU page (exit handlers only).
+    vcpu_page: Option<u64>,
+    /// The mmu-server's install page.
+    install_page: Option<u64>,
+    /// Whether it has called `VcpuRun` before (its first resume is optional).
+    ran_vcpu: bool,
+}
+
+struct Channel {
+    client: usize,
+    server: usize,
+}
+
+struct Kernel {
+    tasks: [Option<Task>; MAX_TASKS],
+    channels: [Option<Channel>; MAX_CHANNELS],
+    current: usize,
+    vcpu: Vcpu,
+    shadow: bool,
+    /// In shadow mode: whether the mmu-server has set a shadow root yet.
+    paging_set: bool,
+    ram: GuestRam,
+}
+
+static KERNEL: KernelCell<Option<Kernel>> = KernelCell::new(None);
+static SHADOW_TABLES: KernelCell<ShadowTables> = KernelCell::new(ShadowTables::new());
 static STATS: KernelCell<Stats> = KernelCell::new(Stats {
     exits_total: 0,
     exits_ioio: 0,
@@ -45,7 +92,40 @@ static STATS: KernelCell<Stats> = KernelCell::new(Stats {
     exits_other: 0,
     syscalls: 0,
     resumes_refused: 0,
+    installs: 0,
+    installs_refused: 0,
+    channel_calls: [0; MAX_CHANNELS],
 });
+
+/// Why the VM cannot go on, found while the kernel state is borrowed;
+/// reported (with `fail`) once it is not.
+enum Stop {
+    EntryFailed { code: u64, rip: u64 },
+    NoServer { code: u64, rip: u64 },
+    NoShadowRoot,
+    Deadlock,
+}
+
+impl core::fmt::Display for Stop {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::EntryFailed { code, rip } => {
+                write!(f, "VMRUN failed its consistency checks (exit code {code:#x}) at rip={rip:#x}")
+            }
+            Self::NoServer { code, rip } => write!(
+                f,
+                "exit {} (code {code:#x}) at rip={rip:#x} has no server: the image has no task for it",
+                exit_name(*code)
+            ),
+            Self::NoShadowRoot => f.write_str("the mmu-server let the guest run without a shadow root"),
+            Self::Deadlock => f.write_str("every task waits and the guest cannot run: the servers deadlocked"),
+        }
+    }
+}
+
+fn stop_now(stop: Stop) -> ! {
+    fail(format_args!("{stop}"))
+}
 
 fn end(code: u8) -> ! {
     cpu::outb(DEBUG_EXIT_PORT, code);
@@ -117,64 +197,336 @@ fn exit_name(code: u64) -> &'static str {
     }
 }
 
-/// Runs the guest to its next exit; an entry that failed VMRUN's checks
-/// ends the VM here, since no server can repair a VMCB it cannot see.
-fn run_to_exit(vcpu: &mut Vcpu) -> ExitRecord {
-    let rec = vcpu.run();
-    count_exit(rec.exit_code);
-    if rec.exit_code == svm_exit::INVALID {
-        fail(format_args!(
-            "VMRUN failed its consistency checks (exit code {:#x}) at rip={:#x}",
-            rec.exit_code, rec.regs.rip
-        ));
-    }
-    rec
-}
-
 fn vcpu_page(pa: u64) -> *mut VcpuPage {
     pa as *mut VcpuPage
 }
 
-/// `VcpuRun`: check and apply the server's resume, run the guest, and
-/// leave the next exit record in the VCPU page.
-pub fn vcpu_run() -> Result<u64, ErrorCode> {
-    VM.with(|vm| {
-        let vm = vm.as_mut().ok_or(ErrorCode::NotPermitted)?;
-        let page = vcpu_page(vm.vcpu_page);
+impl Kernel {
+    fn task(&self, i: usize) -> &Task {
+        self.tasks[i]
+            .as_ref()
+            .expect("task indices come from the table")
+    }
+
+    fn task_mut(&mut self, i: usize) -> &mut Task {
+        self.tasks[i]
+            .as_mut()
+            .expect("task indices come from the table")
+    }
+
+    fn find(&self, kind: TaskKind) -> Option<usize> {
+        self.tasks
+            .iter()
+            .position(|t| t.as_ref().is_some_and(|t| t.kind == kind))
+    }
+
+    /// Parks the current task (its new state already set) and resumes `next`
+    /// with `rax` as the result of its pending system call.
+    fn switch(&mut self, frame: &mut TrapFrame, next: usize, rax: u64) {
+        let cur = self.current;
+        self.task_mut(cur).frame = *frame;
+        let t = self.task_mut(next);
+        *frame = t.frame;
+        frame.rax = rax;
+        t.state = State::Running;
+        cpu::write_cr3(t.root);
+        self.current = next;
+    }
+
+    /// The current task has blocked: start a task that has not run yet, or,
+    /// when all wait, run the guest and hand the exit to its handler.
+    fn schedule(&mut self, frame: &mut TrapFrame) -> Result<(), Stop> {
+        if let Some(i) = self
+            .tasks
+            .iter()
+            .position(|t| t.as_ref().is_some_and(|t| t.state == State::NotStarted))
+        {
+            self.switch(frame, i, 0);
+            return Ok(());
+        }
+        let handlers_ready = self
+            .tasks
+            .iter()
+            .flatten()
+            .all(|t| t.vcpu_page.is_none() || t.state == State::WaitExit);
+        if !handlers_ready {
+            return Err(Stop::Deadlock);
+        }
+        if self.shadow && !self.paging_set {
+            return Err(Stop::NoShadowRoot);
+        }
+        let rec = self.vcpu.run();
+        count_exit(rec.exit_code);
+        if rec.exit_code == svm_exit::INVALID {
+            return Err(Stop::EntryFailed {
+                code: rec.exit_code,
+                rip: rec.regs.rip,
+            });
+        }
+        let handler = self.find(self.route(&rec)).ok_or(Stop::NoServer {
+            code: rec.exit_code,
+            rip: rec.regs.rip,
+        })?;
+        let page = self.task(handler).vcpu_page.ok_or(Stop::Deadlock)?;
+        // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
+        unsafe { core::ptr::write_volatile(&raw mut (*vcpu_page(page)).exit, rec) };
+        self.switch(frame, handler, 0);
+        Ok(())
+    }
+
+    /// Which task handles an exit.
+    fn route(&self, rec: &ExitRecord) -> TaskKind {
+        let to_mmu = match rec.exit_code {
+            c if c == svm_exit::EXCP_BASE + 14 => true,
+            c if c < svm_exit::CR_WRITE_BASE + 16 => true,
+            svm_exit::INVLPG => true,
+            svm_exit::MSR => rec.regs.rcx == MSR_EFER,
+            _ => false,
+        };
+        if self.shadow && to_mmu {
+            TaskKind::MmuServer
+        } else {
+            TaskKind::VmmServer
+        }
+    }
+
+    /// `VcpuRun`: check and apply the caller's resume, then block until the
+    /// next exit this caller handles.
+    fn vcpu_run(&mut self, frame: &mut TrapFrame) -> Result<Result<(), Stop>, ErrorCode> {
+        let cur = self.current;
+        let page = self.task(cur).vcpu_page.ok_or(ErrorCode::NotPermitted)?;
         // SAFETY: the VCPU page is ours and identity-mapped; the copy is
         // taken once, so the server cannot change it after the check.
-        let resume = unsafe { core::ptr::read_volatile(&raw const (*page).resume) };
-        // Before the first entry, a resume with ABI version 0 means "nothing to set".
-        if vm.started || resume.abi_version != 0 {
+        let resume = unsafe { core::ptr::read_volatile(&raw const (*vcpu_page(page)).resume) };
+        // Before a task's first entry, a resume with ABI version 0 means "nothing to set".
+        if self.task(cur).ran_vcpu || resume.abi_version != 0 {
+            let refused = |e: ErrorCode| {
+                STATS.with(|s| s.resumes_refused += 1);
+                say!(
+                    "refused a resume from the {}: {}",
+                    task_name(self.task(cur).kind),
+                    e.describe()
+                );
+                e
+            };
             let flags =
-                kernel_stub::resume::validate(&resume, vm.vcpu.mode()).inspect_err(|e| {
-                    STATS.with(|s| s.resumes_refused += 1);
-                    say!("refused a resume from the vmm-server: {}", e.describe());
-                })?;
-            vm.vcpu.apply(&resume, flags);
+                kernel_stub::resume::validate(&resume, self.vcpu.mode()).map_err(refused)?;
+            let mut root = None;
+            if flags.contains(ResumeFlags::SET_PAGING) {
+                let lookup = |h| SHADOW_TABLES.with(|t| t.get(h));
+                kernel_stub::resume::validate_paging(&resume.paging, |h| {
+                    lookup(h).map(|(_, level)| level)
+                })
+                .map_err(refused)?;
+                root = lookup(resume.paging.root).map(|(frame, _)| frame);
+                self.paging_set = true;
+            }
+            self.vcpu.apply(&resume, flags, root);
         }
-        vm.started = true;
-        let rec = run_to_exit(&mut vm.vcpu);
-        // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(&raw mut (*page).exit, rec) };
+        let t = self.task_mut(cur);
+        t.ran_vcpu = true;
+        t.state = State::WaitExit;
+        Ok(self.schedule(frame))
+    }
+
+    /// `Call`: hand the request in the channel page to the channel's server.
+    fn call(&mut self, frame: &mut TrapFrame, ch: u64) -> Result<(), ErrorCode> {
+        let cur = self.current;
+        let ch = usize::try_from(ch).map_err(|_| ErrorCode::NotPermitted)?;
+        let c = self
+            .channels
+            .get(ch)
+            .and_then(Option::as_ref)
+            .ok_or(ErrorCode::NotPermitted)?;
+        if c.client != cur {
+            return Err(ErrorCode::NotPermitted);
+        }
+        let server = c.server;
+        if self.task(server).state != State::WaitRecv {
+            return Err(ErrorCode::NotReady);
+        }
+        STATS.with(|s| s.channel_calls[ch] += 1);
+        self.task_mut(cur).state = State::WaitReply(ch);
+        self.switch(frame, server, ch as u64);
+        Ok(())
+    }
+
+    /// `ReplyRecv`: answer the pending call on `ch`, if any, and wait for the next.
+    fn reply_recv(
+        &mut self,
+        frame: &mut TrapFrame,
+        ch: u64,
+    ) -> Result<Result<(), Stop>, ErrorCode> {
+        let cur = self.current;
+        let ch = usize::try_from(ch).map_err(|_| ErrorCode::NotPermitted)?;
+        let c = self
+            .channels
+            .get(ch)
+            .and_then(Option::as_ref)
+            .ok_or(ErrorCode::NotPermitted)?;
+        if c.server != cur {
+            return Err(ErrorCode::NotPermitted);
+        }
+        let client = c.client;
+        self.task_mut(cur).state = State::WaitRecv;
+        if self.task(client).state == State::WaitReply(ch) {
+            self.switch(frame, client, 0);
+            return Ok(Ok(()));
+        }
+        Ok(self.schedule(frame))
+    }
+
+    fn require(&self, kind: TaskKind) -> Result<(), ErrorCode> {
+        if self.task(self.current).kind == kind {
+            Ok(())
+        } else {
+            Err(ErrorCode::NotPermitted)
+        }
+    }
+
+    fn shadow_alloc(&mut self, level: u64) -> Result<u64, ErrorCode> {
+        self.require(TaskKind::MmuServer)?;
+        let level = u8::try_from(level).map_err(|_| ErrorCode::NotPermitted)?;
+        let (handle, frame) = SHADOW_TABLES
+            .with(|t| t.alloc(level, || memory::alloc_frame().ok()))
+            .map_err(|_| ErrorCode::OutOfMemory)?;
+        // SAFETY: a shadow frame the stub owns; a reused one holds old entries.
+        unsafe { core::ptr::write_bytes(frame as *mut u8, 0, memory::PAGE as usize) };
+        Ok(u64::from(handle))
+    }
+
+    fn shadow_free(&mut self, handle: u64) -> Result<u64, ErrorCode> {
+        self.require(TaskKind::MmuServer)?;
+        let handle = u32::try_from(handle).map_err(|_| ErrorCode::NotPermitted)?;
+        SHADOW_TABLES
+            .with(|t| t.free(handle))
+            .map_err(|_| ErrorCode::NotPermitted)?;
         Ok(0)
-    })
+    }
+
+    /// `MmuInstall`: check and write the batch in the install page.
+    fn mmu_install(&mut self) -> Result<u64, ErrorCode> {
+        self.require(TaskKind::MmuServer)?;
+        let page = self
+            .task(self.current)
+            .install_page
+            .ok_or(ErrorCode::NotPermitted)? as *mut InstallPage;
+        let ram = self.ram;
+        // SAFETY: the install page is a frame the stub owns; every field
+        // is read once (volatile) before it is checked.
+        let count = unsafe { core::ptr::read_volatile(&raw const (*page).count) } as usize;
+        let refuse = |index: usize, e: ipc_proto::mmu::InstallError| {
+            STATS.with(|s| s.installs_refused += 1);
+            // SAFETY: as above.
+            unsafe {
+                core::ptr::write_volatile(&raw mut (*page).count, index as u32);
+                core::ptr::write_volatile(&raw mut (*page).reserved, e as u32);
+            }
+            ErrorCode::InstallRefused
+        };
+        if count > INSTALL_BATCH_MAX {
+            return Err(refuse(0, ipc_proto::mmu::InstallError::BatchTooLarge));
+        }
+        for i in 0..count {
+            // SAFETY: as above; `i` < INSTALL_BATCH_MAX.
+            let ins = unsafe { core::ptr::read_volatile(&raw const (*page).entries[i]) };
+            let (table, index, entry) = SHADOW_TABLES
+                .with(|t| t.check(&ins, ram))
+                .map_err(|e| refuse(i, e))?;
+            // SAFETY: `table` is a live shadow frame of the stub and `index` < 512.
+            unsafe { core::ptr::write_volatile((table as *mut u64).add(index), entry) };
+        }
+        STATS.with(|s| s.installs += count as u64);
+        Ok(count as u64)
+    }
+
+    fn mmu_flush(&mut self) -> Result<u64, ErrorCode> {
+        self.require(TaskKind::MmuServer)?;
+        self.vcpu.flush_tlb();
+        Ok(0)
+    }
 }
 
-/// `StatsRead`: copy the counters into the VCPU page.
+fn task_name(kind: TaskKind) -> &'static str {
+    match kind {
+        TaskKind::VmmServer => "vmm-server",
+        TaskKind::MmuServer => "mmu-server",
+        TaskKind::UartServer => "uart-server",
+    }
+}
+
+/// Runs a system call that may block: `f` gets the kernel and the trap
+/// frame, and either switched tasks itself or returns the caller's result.
+fn blocking(
+    frame: &mut TrapFrame,
+    f: impl FnOnce(&mut Kernel, &mut TrapFrame) -> Result<Result<(), Stop>, ErrorCode>,
+) {
+    let outcome = KERNEL.with(|k| match k.as_mut() {
+        Some(k) => f(k, frame),
+        None => Err(ErrorCode::NotReady),
+    });
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(stop)) => stop_now(stop),
+        Err(e) => frame.rax = e.to_return_value(),
+    }
+}
+
+pub fn vcpu_run(frame: &mut TrapFrame) {
+    blocking(frame, |k, f| k.vcpu_run(f));
+}
+
+pub fn call(frame: &mut TrapFrame) {
+    let ch = frame.rdi;
+    blocking(frame, |k, f| k.call(f, ch).map(Ok));
+}
+
+pub fn reply_recv(frame: &mut TrapFrame) {
+    let ch = frame.rdi;
+    blocking(frame, |k, f| k.reply_recv(f, ch));
+}
+
+/// Runs a system call that returns to its caller.
+fn with_kernel(f: impl FnOnce(&mut Kernel) -> Result<u64, ErrorCode>) -> Result<u64, ErrorCode> {
+    KERNEL.with(|k| k.as_mut().map_or(Err(ErrorCode::NotReady), f))
+}
+
+pub fn shadow_alloc(level: u64) -> Result<u64, ErrorCode> {
+    with_kernel(|k| k.shadow_alloc(level))
+}
+
+pub fn shadow_free(handle: u64) -> Result<u64, ErrorCode> {
+    with_kernel(|k| k.shadow_free(handle))
+}
+
+pub fn mmu_install() -> Result<u64, ErrorCode> {
+    with_kernel(Kernel::mmu_install)
+}
+
+pub fn mmu_flush() -> Result<u64, ErrorCode> {
+    with_kernel(Kernel::mmu_flush)
+}
+
+/// `StatsRead`: copy the counters into the caller's VCPU page.
 pub fn stats_read() -> Result<u64, ErrorCode> {
     let stats = STATS.with(|s| *s);
-    let page = VM
-        .with(|vm| vm.as_ref().map(|vm| vm.vcpu_page))
-        .ok_or(ErrorCode::NotPermitted)?;
+    let page = with_kernel(|k| k.task(k.current).vcpu_page.ok_or(ErrorCode::NotPermitted))?;
     // SAFETY: the VCPU page is ours and identity-mapped.
     unsafe { core::ptr::write_volatile(&raw mut (*vcpu_page(page)).stats, stats) };
     Ok(0)
 }
 
-/// Address space of the server that made the current system call.
+/// Address space and kind of the task that made the current system call.
 pub fn current_root() -> u64 {
-    VM.with(|vm| vm.as_ref().map_or(0, |vm| vm.server_root))
+    KERNEL.with(|k| k.as_ref().map_or(0, |k| k.task(k.current).root))
+}
+
+/// Name of the task that runs now, for fault reports.
+pub fn current_task_name() -> &'static str {
+    KERNEL.with(|k| {
+        k.as_ref()
+            .map_or("stub", |k| task_name(k.task(k.current).kind))
+    })
 }
 
 /// The payload the image builder appended after the stub.
@@ -235,7 +587,6 @@ fn build(manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
     let ram_bytes = u64::from(g.ram_mib) << 20;
     let oom = "not enough host memory for the guest RAM and the stub's tables";
     let ram = memory::alloc(ram_bytes / memory::PAGE, LARGE_PAGE).map_err(|_| oom)?;
-
     let copy_in = |bytes: Option<&[u8]>, gpa: u64| -> Result<(), &'static str> {
         let bytes = bytes.ok_or("a guest image lies outside the payload")?;
         let fits = gpa
@@ -255,13 +606,22 @@ fn build(manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
         copy_in(blob(payload, s.blob), s.gpa)?;
     }
 
-    // Nested page table: guest-physical [0, ram_bytes) onto our frames.
-    // Nested walks are user accesses, so leaves need the U bit (APM 15.25.5).
-    let npt = memory::alloc_frame().map_err(|_| oom)?;
-    let npt_flags = PTE_PRESENT | PTE_WRITABLE | PTE_USER;
-    for off in (0..ram_bytes).step_by(LARGE_PAGE as usize) {
-        memory::map(npt, off, ram + off, npt_flags | PTE_LARGE, npt_flags).map_err(|_| oom)?;
-    }
+    let shadow = g.mmu == MmuMode::Shadow;
+    let paging = if shadow {
+        if manifest.task(TaskKind::MmuServer).is_none() {
+            return Err("shadow paging needs an mmu-server in the image");
+        }
+        Paging::Shadow
+    } else {
+        // Nested page table: guest-physical [0, ram_bytes) onto our frames.
+        // Nested walks are user accesses, so leaves need the U bit (APM 15.25.5).
+        let npt = memory::alloc_frame().map_err(|_| oom)?;
+        let npt_flags = PTE_PRESENT | PTE_WRITABLE | PTE_USER;
+        for off in (0..ram_bytes).step_by(LARGE_PAGE as usize) {
+            memory::map(npt, off, ram + off, npt_flags | PTE_LARGE, npt_flags).map_err(|_| oom)?;
+        }
+        Paging::Nested(npt)
+    };
     let entry = svm::Entry {
         mode: g.entry_mode,
         rip: g.entry_rip,
@@ -269,26 +629,25 @@ fn build(manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
         rbx: g.entry_rbx,
         rsi: g.entry_rsi,
     };
-    let mut vcpu = svm::create_vcpu(npt, &entry).map_err(|_| oom)?;
+    let mut vcpu = svm::create_vcpu(paging, &entry).map_err(|_| oom)?;
     let tsc_hz = cpu::tsc_hz();
     say!(
-        "svm: nested paging on, guest RAM {} MiB, entry {:#x}, tsc {} MHz",
+        "svm: {} paging, guest RAM {} MiB, entry {:#x}, tsc {} MHz",
+        if shadow { "shadow" } else { "nested" },
         g.ram_mib,
         g.entry_rip,
         tsc_hz / 1_000_000
     );
 
-    let Some(server) = manifest.task(TaskKind::VmmServer) else {
+    if manifest.tasks.is_empty() {
         // Nobody to hand exits to: run to the first exit and say so.
-        let rec = run_to_exit(&mut vcpu);
-        fail(format_args!(
-            "exit {} (code {:#x}) at rip={:#x} has no server: the image has no vmm-server",
-            exit_name(rec.exit_code),
-            rec.exit_code,
-            rec.regs.rip
-        ));
-    };
-    let vcpu_page = memory::alloc_frame().map_err(|_| oom)?;
+        let rec = vcpu.run();
+        count_exit(rec.exit_code);
+        stop_now(Stop::NoServer {
+            code: rec.exit_code,
+            rip: rec.regs.rip,
+        });
+    }
     let boot_info = memory::alloc_frame().map_err(|_| oom)?;
     let info = ServerBootInfo {
         abi_version: ABI_VERSION,
@@ -306,27 +665,90 @@ fn build(manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
         )
     };
 
-    let elf = blob(payload, server.elf).ok_or("the vmm-server's ELF lies outside the payload")?;
-    let shared = task::VmmShared {
-        vcpu_page,
-        boot_info,
-        guest_ram: ram,
-        guest_ram_bytes: ram_bytes,
-    };
-    let server = match task::load_vmm_server(elf, &shared) {
-        Ok(t) => t,
-        Err(e) => {
-            say!("cannot load the vmm-server: {e}");
-            return Err("the vmm-server could not be loaded");
+    let index_of = |kind| manifest.tasks.iter().position(|t| t.kind == kind);
+    let mut channels: [Option<Channel>; MAX_CHANNELS] = Default::default();
+    let mut channel_pages = [0u64; MAX_CHANNELS];
+    for (n, c) in manifest.channels.iter().enumerate() {
+        let (Some(client), Some(server)) = (index_of(c.client), index_of(c.server)) else {
+            return Err("a channel names a task the image does not have");
+        };
+        channels[n] = Some(Channel { client, server });
+        channel_pages[n] = memory::alloc_frame().map_err(|_| oom)?;
+    }
+
+    let mut tasks: [Option<Task>; MAX_TASKS] = Default::default();
+    for (i, t) in manifest.tasks.iter().enumerate() {
+        if index_of(t.kind) != Some(i) {
+            return Err("the image has two tasks of the same kind");
         }
-    };
-    VM.with(|vm| {
-        *vm = Some(Vm {
-            vcpu,
+        let handles_exits = matches!(t.kind, TaskKind::VmmServer | TaskKind::MmuServer);
+        let vcpu_page = if handles_exits {
+            Some(memory::alloc_frame().map_err(|_| oom)?)
+        } else {
+            None
+        };
+        let install_page = if t.kind == TaskKind::MmuServer {
+            Some(memory::alloc_frame().map_err(|_| oom)?)
+        } else {
+            None
+        };
+        let mut ends = [(0usize, 0u64); MAX_CHANNELS];
+        let mut n_ends = 0;
+        for (n, c) in channels.iter().enumerate() {
+            if c.as_ref().is_some_and(|c| c.client == i || c.server == i) {
+                ends[n_ends] = (n, channel_pages[n]);
+                n_ends += 1;
+            }
+        }
+        let maps = task::SharedMaps {
+            boot_info,
             vcpu_page,
-            server_root: server.root,
-            started: false,
+            install_page,
+            guest_ram: if handles_exits {
+                Some((ram, ram_bytes))
+            } else {
+                None
+            },
+            channels: &ends[..n_ends],
+        };
+        let elf = blob(payload, t.elf).ok_or("a server's ELF lies outside the payload")?;
+        let loaded = task::load(elf, &maps).map_err(|e| {
+            say!("cannot load the {}: {e}", task_name(t.kind));
+            "a server could not be loaded"
+        })?;
+        tasks[i] = Some(Task {
+            kind: t.kind,
+            root: loaded.root,
+            frame: TrapFrame::user_start(loaded.entry, STACK_TOP),
+            state: State::NotStarted,
+            vcpu_page,
+            install_page,
+            ran_vcpu: false,
+        });
+    }
+
+    let first = tasks[0]
+        .as_ref()
+        .map(|t| (t.root, t.frame.rip))
+        .ok_or(oom)?;
+    if let Some(t) = tasks[0].as_mut() {
+        t.state = State::Running;
+    }
+    let ram = GuestRam {
+        hpa_base: ram,
+        bytes: ram_bytes,
+    };
+    KERNEL.with(|k| {
+        *k = Some(Kernel {
+            tasks,
+            channels,
+            current: 0,
+            vcpu,
+            shadow,
+            paging_set: false,
+            ram,
         })
     });
-    task::start(&server)
+    cpu::write_cr3(first.0);
+    cpu::enter_user(first.1, STACK_TOP)
 }

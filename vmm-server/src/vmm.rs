@@ -235,6 +235,8 @@ pub fn resume(flags: ResumeFlags, regs: GuestRegs) -> Resume {
         flags: flags.bits(),
         regs,
         event: EventInjection::default(),
+        paging: Default::default(),
+        cr2: 0,
     }
 }
 

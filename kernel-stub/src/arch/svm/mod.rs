@@ -44,6 +44,7 @@ pub struct Vcpu {
     host_vmsave_pa: u64,
     nrips: bool,
     sequence: u64,
+    shadow: bool,
 }
 
 /// Where and how the guest starts.
@@ -55,9 +56,19 @@ pub struct Entry {
     pub rsi: u64,
 }
 
-/// Enables SVM and builds a VCPU whose guest-physical memory is the nested
-/// page table at `npt_root`, starting in the state `entry` describes.
-pub fn create_vcpu(npt_root: u64, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
+/// How the guest's memory is translated.
+#[derive(Clone, Copy)]
+pub enum Paging {
+    /// Through the nested page table at this root.
+    Nested(u64),
+    /// Through shadow tables the mmu-server builds: the guest's CR0, CR3
+    /// and CR4 accesses, its page faults and INVLPG exit.
+    Shadow,
+}
+
+/// Enables SVM and builds a VCPU translating guest memory as `paging`
+/// says, starting in the state `entry` describes.
+pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     cpu::wrmsr(cpu::MSR_EFER, cpu::rdmsr(cpu::MSR_EFER) | cpu::EFER_SVME);
     cpu::wrmsr(MSR_VM_HSAVE_PA, memory::alloc_frame()?);
     let host_vmsave_pa = memory::alloc_frame()?;
@@ -102,8 +113,17 @@ pub fn create_vcpu(npt_root: u64, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     v.write64(MSRPM_BASE_PA, msrpm);
     v.write32(GUEST_ASID, 1);
     v.write8(TLB_CONTROL, 1); // flush this ASID on the first VMRUN
-    v.write64(NP_ENABLE, 1);
-    v.write64(N_CR3, npt_root);
+    match paging {
+        Paging::Nested(root) => {
+            v.write64(NP_ENABLE, 1);
+            v.write64(N_CR3, root);
+        }
+        Paging::Shadow => {
+            v.write32(INTERCEPT_CR, CR_SHADOWED << 16 | CR_SHADOWED);
+            v.write32(INTERCEPT_EXCEPTIONS, 1 << 14);
+            v.write32(INTERCEPT_MISC1, v.read32(INTERCEPT_MISC1) | MISC1_INVLPG);
+        }
+    }
 
     let (code, data, cr0) = match entry.mode {
         // Flat: base 0, limit 4 GiB, 32-bit, present; CR0 = PE | ET.
@@ -149,6 +169,7 @@ pub fn create_vcpu(npt_root: u64, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         host_vmsave_pa,
         nrips: has_nrips(),
         sequence: 0,
+        shadow: matches!(paging, Paging::Shadow),
     })
 }
 
@@ -294,11 +315,29 @@ impl Vcpu {
         let lma = self.vmcb.read64(EFER) & EFER_LMA != 0;
         GuestMode {
             long_mode_code: lma && self.vmcb.read_segment(CS).attrib & Segment::ATTR_L != 0,
+            shadow: self.shadow,
         }
     }
 
-    /// Applies a resume that `resume::validate` accepted with `flags`.
-    pub fn apply(&mut self, r: &Resume, flags: ResumeFlags) {
+    /// Flushes this guest's TLB entries at the next entry.
+    pub fn flush_tlb(&mut self) {
+        self.vmcb.write8(TLB_CONTROL, TLB_FLUSH_GUEST);
+    }
+
+    /// Applies a resume that `resume::validate` accepted with `flags`;
+    /// `shadow_root` is the host-physical frame of `r.paging.root`, checked
+    /// by `resume::validate_paging`, when `SET_PAGING` is set.
+    pub fn apply(&mut self, r: &Resume, flags: ResumeFlags, shadow_root: Option<u64>) {
+        if let (true, Some(root)) = (flags.contains(ResumeFlags::SET_PAGING), shadow_root) {
+            self.vmcb.write64(CR0, r.paging.cr0);
+            self.vmcb.write64(CR4, r.paging.cr4);
+            self.vmcb.write64(EFER, r.paging.efer | cpu::EFER_SVME);
+            self.vmcb.write64(CR3, root);
+            self.flush_tlb();
+        }
+        if flags.contains(ResumeFlags::SET_CR2) {
+            self.vmcb.write64(CR2, r.cr2);
+        }
         let v = &mut self.vmcb;
         if flags.contains(ResumeFlags::SET_GPRS) {
             let rip = self.gprs.rip;

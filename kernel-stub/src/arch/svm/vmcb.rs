@@ -5,6 +5,8 @@
 use ipc_proto::Segment;
 
 // Control area.
+pub const INTERCEPT_CR: usize = 0x000;
+pub const INTERCEPT_EXCEPTIONS: usize = 0x008;
 pub const INTERCEPT_MISC1: usize = 0x00c;
 pub const INTERCEPT_MISC2: usize = 0x010;
 pub const IOPM_BASE_PA: usize = 0x040;
@@ -33,9 +35,15 @@ pub const MISC1_VINTR: u32 = 1 << 4;
 pub const MISC1_CPUID: u32 = 1 << 18;
 pub const MISC1_INVD: u32 = 1 << 22;
 pub const MISC1_HLT: u32 = 1 << 24;
+pub const MISC1_INVLPG: u32 = 1 << 25;
 pub const MISC1_IOIO: u32 = 1 << 27;
 pub const MISC1_MSR: u32 = 1 << 28;
 pub const MISC1_SHUTDOWN: u32 = 1 << 31;
+// CR intercepts (offset 0x000): reads in bits 0-15, writes in 16-31.
+/// CR0, CR3 and CR4: what a shadow-paging VMM virtualizes.
+pub const CR_SHADOWED: u32 = (1 << 0) | (1 << 3) | (1 << 4);
+/// TLB_CONTROL: flush this guest's (ASID's) entries.
+pub const TLB_FLUSH_GUEST: u8 = 3;
 // Virtual interrupt control (offset 0x060).
 pub const V_IRQ: u64 = 1 << 8;
 pub const V_INTR_PRIO_MAX: u64 = 0xf << 16;
