@@ -39,14 +39,47 @@ enum Command {
 
 #[derive(Args)]
 struct GuestArgs {
-    /// The built-in guest (sources in images/guests/).
-    #[arg(long, value_name = "NAME",
-          value_parser = clap::builder::PossibleValuesParser::new(images::GUESTS))]
+    /// The guest: a built-in one by name (sources in images/guests/), or
+    /// the path of a multiboot v1 kernel (what QEMU's -kernel accepts) or of
+    /// a raw boot sector (loaded at 0x7c00 in real mode, no BIOS).
+    #[arg(long, value_name = "NAME|PATH", long_help = guest_help())]
     guest: String,
+    /// The multiboot command line, for multiboot kernels.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    cmdline: String,
+    /// How guest memory is virtualized: npt (nested paging) or shadow
+    /// (shadow page tables built by the mmu-server).
+    #[arg(long, value_name = "MODE", default_value = "npt",
+          value_parser = clap::builder::PossibleValuesParser::new(["npt", "shadow"]))]
+    mmu: String,
     /// Leave the vmm-server out of the image: the stub then has no server for
     /// the first exit and reports `vm failed`.
     #[arg(long)]
     no_vmm_server: bool,
+}
+
+fn guest_help() -> String {
+    format!(
+        "The guest: a built-in one by name ({}; sources in images/guests/), or the path of a \
+         multiboot v1 kernel (what QEMU's -kernel accepts) or of a raw boot sector (loaded at \
+         0x7c00 and entered in real mode with DL=0x80; there is no BIOS)",
+        images::GUESTS.join(", ")
+    )
+}
+
+impl GuestArgs {
+    fn spec(&self) -> images::SystemSpec {
+        images::SystemSpec {
+            with_vmm_server: !self.no_vmm_server,
+            mmu: if self.mmu == "shadow" {
+                ipc_proto::manifest::MmuMode::Shadow
+            } else {
+                ipc_proto::manifest::MmuMode::Nested
+            },
+            cmdline: self.cmdline.clone(),
+            ..images::SystemSpec::new(&self.guest)
+        }
+    }
 }
 
 #[derive(Args)]
@@ -88,12 +121,11 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Build(a) => build(&a),
         Command::Run(a) => run::run(&RunOptions {
-            guest: a.guest.guest,
+            system: a.guest.spec(),
             cpu: a.cpu,
             emulator: a.emulator,
             timeout: Duration::from_secs(a.timeout),
             memory_mib: a.memory,
-            with_vmm_server: !a.guest.no_vmm_server,
         }),
         Command::Loc(a) => count_loc(&a),
     };
@@ -101,7 +133,7 @@ fn main() -> ExitCode {
 }
 
 fn build(a: &BuildArgs) -> i32 {
-    match images::build_system(&a.guest.guest, !a.guest.no_vmm_server) {
+    match images::build_system_spec(&a.guest.spec()) {
         Ok(path) => {
             println!("{}", path.display());
             0

@@ -148,8 +148,8 @@ impl LineScanner {
 /// What `splitvisor run` was asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunOptions {
-    /// Built-in guest name.
-    pub guest: String,
+    /// What to put in the image.
+    pub system: images::SystemSpec,
     /// QEMU `-cpu` model.
     pub cpu: String,
     /// The emulator program.
@@ -158,8 +158,6 @@ pub struct RunOptions {
     pub timeout: Duration,
     /// QEMU `-m`, MiB of machine memory.
     pub memory_mib: u32,
-    /// Put the vmm-server in the image.
-    pub with_vmm_server: bool,
 }
 
 /// The emulator's arguments to boot `image`.
@@ -510,7 +508,7 @@ pub fn run(opts: &RunOptions) -> i32 {
         eprintln!("splitvisor: {}", emulator_missing_message(&opts.emulator));
         return EXIT_EMULATOR;
     };
-    let image = match images::build_system(&opts.guest, opts.with_vmm_server) {
+    let image = match images::build_system_spec(&opts.system) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("splitvisor: could not build the image: {e}");
@@ -633,12 +631,11 @@ mod tests {
 
     fn opts() -> RunOptions {
         RunOptions {
-            guest: "hello".into(),
+            system: images::SystemSpec::new("hello"),
             cpu: DEFAULT_CPU.into(),
             emulator: DEFAULT_EMULATOR.into(),
             timeout: Duration::from_secs(60),
             memory_mib: 256,
-            with_vmm_server: true,
         }
     }
 

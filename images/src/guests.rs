@@ -59,24 +59,42 @@ pub fn build_guest(root: &Path, name: &str, out_dir: &Path) -> Result<GuestImage
                 .arg(&source),
             "gcc",
         )?;
+        // A guest with a linker script of its own (`<name>.ld`) is linked
+        // with it; the others with `guest.ld` at 1 MiB.
+        let own_script = src_dir.join(format!("{name}.ld"));
+        let script = if own_script.is_file() {
+            own_script
+        } else {
+            src_dir.join("guest.ld")
+        };
         run_tool(
             Command::new("ld")
                 .args(["-m", "elf_i386", "-T"])
-                .arg(src_dir.join("guest.ld"))
+                .arg(script)
                 .arg("-o")
                 .arg(&linked)
                 .arg(&object),
             "ld",
         )?;
         let elf_bytes = std::fs::read(&linked).map_err(|e| BuildError::io(&linked, e))?;
-        let (flat, entry) = flatten_guest(&elf_bytes, GUEST_LOAD_GPA)
+        let load_gpa = ElfImage::parse(&elf_bytes)
+            .ok()
+            .and_then(|e| {
+                e.segments
+                    .iter()
+                    .filter(|s| s.memsz > 0)
+                    .map(|s| s.paddr)
+                    .min()
+            })
+            .unwrap_or(GUEST_LOAD_GPA);
+        let (flat, entry) = flatten_guest(&elf_bytes, load_gpa)
             .map_err(|reason| BuildError::BadGuest(name.to_string(), reason))?;
         let elf_path = out_dir.join(format!("{name}.elf"));
         std::fs::rename(&linked, &elf_path).map_err(|e| BuildError::io(&elf_path, e))?;
         write_atomic(&out_dir.join(format!("{name}.bin")), &flat)?;
         Ok(GuestImage {
             flat,
-            load_gpa: GUEST_LOAD_GPA,
+            load_gpa,
             entry,
             elf_path,
         })

@@ -25,7 +25,8 @@
 use core::fmt;
 
 use ipc_proto::manifest::{
-    Blob, Guest, Manifest, PayloadHeader, Task, TaskKind, MANIFEST_MAX, MAX_TASKS, PAYLOAD_MAGIC,
+    Blob, Channel, EntryMode, Guest, GuestSegment, Manifest, MmuMode, PayloadHeader, Task,
+    TaskKind, MANIFEST_MAX, MAX_CHANNELS, MAX_GUEST_SEGMENTS, MAX_TASKS, PAYLOAD_MAGIC,
 };
 use ipc_proto::ABI_VERSION;
 use zerocopy::IntoBytes;
@@ -74,10 +75,34 @@ pub struct GuestInput<'a> {
     pub image: &'a [u8],
     /// Where the image goes in guest RAM.
     pub load_gpa: u64,
-    /// Where the VCPU starts (flat 32-bit protected mode, paging off).
+    /// Where the VCPU starts.
     pub entry_rip: u64,
     /// Guest RAM in MiB; even, not zero.
     pub ram_mib: u32,
+    /// The processor state it starts in.
+    pub entry_mode: EntryMode,
+    /// Initial RAX, RBX and RSI (multiboot: magic and info address).
+    pub entry_regs: [u64; 3],
+    /// More (guest-physical address, bytes) to place in guest RAM.
+    pub segments: &'a [(u64, Vec<u8>)],
+    /// Nested or shadow paging.
+    pub mmu: MmuMode,
+}
+
+impl<'a> GuestInput<'a> {
+    /// Flat 32-bit code at `load_gpa`, entered at `entry_rip`, nested paging.
+    pub fn flat32(image: &'a [u8], load_gpa: u64, entry_rip: u64, ram_mib: u32) -> Self {
+        Self {
+            image,
+            load_gpa,
+            entry_rip,
+            ram_mib,
+            entry_mode: EntryMode::Flat32,
+            entry_regs: [0; 3],
+            segments: &[],
+            mmu: MmuMode::Nested,
+        }
+    }
 }
 
 /// Why an image could not be built.
@@ -135,6 +160,10 @@ pub enum ImageError {
     },
     /// More tasks than [`MAX_TASKS`].
     TooManyTasks(usize),
+    /// More channels than [`MAX_CHANNELS`].
+    TooManyChannels(usize),
+    /// More extra guest segments than [`MAX_GUEST_SEGMENTS`].
+    TooManySegments(usize),
     /// A task's executable is not a readable ELF file.
     TaskNotElf {
         /// Its role.
@@ -232,6 +261,14 @@ impl fmt::Display for ImageError {
                  [{IMAGE_BASE:#x}, {image_end:#x})"
             ),
             TooManyTasks(n) => write!(f, "{n} tasks given; an image holds at most {MAX_TASKS}"),
+            TooManyChannels(n) => write!(
+                f,
+                "{n} channels given; an image holds at most {MAX_CHANNELS}"
+            ),
+            TooManySegments(n) => write!(
+                f,
+                "{n} extra guest segments given; an image holds at most {MAX_GUEST_SEGMENTS}"
+            ),
             TaskNotElf { kind, reason } => {
                 write!(
                     f,
@@ -384,12 +421,19 @@ fn blob_len(what: impl FnOnce() -> String, len: usize) -> Result<u32, ImageError
 /// the offset of each blob (tasks first, then the guest).
 fn layout(
     tasks: &[TaskInput<'_>],
+    channels: &[Channel],
     guest: &GuestInput<'_>,
 ) -> Result<(Vec<u8>, Vec<usize>), ImageError> {
     let lens: Vec<(String, usize)> = tasks
         .iter()
         .map(|t| (format!("the {:?} executable", t.kind), t.elf.len()))
         .chain([("the guest image".to_string(), guest.image.len())])
+        .chain(
+            guest
+                .segments
+                .iter()
+                .map(|(gpa, b)| (format!("the guest segment at {gpa:#x}"), b.len())),
+        )
         .collect();
     // The manifest holds the blob offsets and the blobs start after the
     // manifest: start from one page and grow until the manifest fits.
@@ -420,15 +464,33 @@ fn layout(
                 })
                 .map_err(|_| ImageError::TooManyTasks(tasks.len()))?;
         }
+        let mut segments = heapless::Vec::new();
+        for ((gpa, _), blob) in guest.segments.iter().zip(&blobs[tasks.len() + 1..]) {
+            segments
+                .push(GuestSegment {
+                    blob: *blob,
+                    gpa: *gpa,
+                })
+                .map_err(|_| ImageError::TooManySegments(guest.segments.len()))?;
+        }
         let manifest = Manifest {
             tasks: manifest_tasks,
-            channels: heapless::Vec::new(),
-            guest: Guest::flat32(
-                guest.ram_mib,
-                blobs[tasks.len()],
-                guest.load_gpa,
-                guest.entry_rip,
-            ),
+            channels: heapless::Vec::from_slice(channels)
+                .map_err(|_| ImageError::TooManyChannels(channels.len()))?,
+            guest: Guest {
+                entry_mode: guest.entry_mode,
+                entry_rax: guest.entry_regs[0],
+                entry_rbx: guest.entry_regs[1],
+                entry_rsi: guest.entry_regs[2],
+                segments,
+                mmu: guest.mmu,
+                ..Guest::flat32(
+                    guest.ram_mib,
+                    blobs[tasks.len()],
+                    guest.load_gpa,
+                    guest.entry_rip,
+                )
+            },
         };
         let bytes = postcard::to_allocvec(&manifest)
             .map_err(|e| ImageError::ManifestEncode(e.to_string()))?;
@@ -446,6 +508,7 @@ fn layout(
 /// The payload (header, manifest, blobs), page aligned.
 pub fn build_payload(
     tasks: &[TaskInput<'_>],
+    channels: &[Channel],
     guest: &GuestInput<'_>,
 ) -> Result<Vec<u8>, ImageError> {
     if tasks.len() > MAX_TASKS {
@@ -475,7 +538,7 @@ pub fn build_payload(
         });
     }
 
-    let (manifest, offsets) = layout(tasks, guest)?;
+    let (manifest, offsets) = layout(tasks, channels, guest)?;
     let header = PayloadHeader {
         magic: PAYLOAD_MAGIC,
         abi_version: ABI_VERSION,
@@ -484,7 +547,11 @@ pub fn build_payload(
     let mut payload = Vec::new();
     payload.extend_from_slice(header.as_bytes());
     payload.extend_from_slice(&manifest);
-    let blobs = tasks.iter().map(|t| t.elf).chain([guest.image]);
+    let blobs = tasks
+        .iter()
+        .map(|t| t.elf)
+        .chain([guest.image])
+        .chain(guest.segments.iter().map(|(_, b)| b.as_slice()));
     for (bytes, offset) in blobs.zip(offsets) {
         payload.resize(offset, 0);
         payload.extend_from_slice(bytes);
@@ -498,12 +565,13 @@ pub fn build_payload(
 pub fn build_image(
     stub_elf: &[u8],
     tasks: &[TaskInput<'_>],
+    channels: &[Channel],
     guest: &GuestInput<'_>,
 ) -> Result<Vec<u8>, ImageError> {
     let mut image = flatten_stub(stub_elf)?;
     let stub_len = image.len();
     let header = find_multiboot_header(&image, stub_len)?;
-    let payload = build_payload(tasks, guest)?;
+    let payload = build_payload(tasks, channels, guest)?;
     image.extend_from_slice(&payload);
     patch_multiboot(&mut image, header)?;
     Ok(image)
@@ -671,12 +739,7 @@ pub(crate) mod tests {
     }
 
     fn guest(image: &[u8]) -> GuestInput<'_> {
-        GuestInput {
-            image,
-            load_gpa: 0x10_0000,
-            entry_rip: 0x10_0000,
-            ram_mib: 16,
-        }
+        GuestInput::flat32(image, 0x10_0000, 0x10_0000, 16)
     }
 
     fn decode(payload: &[u8]) -> (PayloadHeader, Manifest) {
@@ -710,7 +773,7 @@ pub(crate) mod tests {
             kind: TaskKind::VmmServer,
             elf: &server,
         }];
-        let image = build_image(&good_stub(), &tasks, &guest(&g)).unwrap();
+        let image = build_image(&good_stub(), &tasks, &[], &guest(&g)).unwrap();
         assert_eq!(image.len() % PAGE_SIZE, 0);
         let payload = &image[0x4000..];
         let (header, manifest) = decode(payload);
@@ -740,7 +803,7 @@ pub(crate) mod tests {
     #[test]
     fn image_without_tasks_is_allowed() {
         let g = guest_bytes();
-        let image = build_image(&good_stub(), &[], &guest(&g)).unwrap();
+        let image = build_image(&good_stub(), &[], &[], &guest(&g)).unwrap();
         let payload = &image[0x4000..];
         let (_, manifest) = decode(payload);
         assert!(manifest.tasks.is_empty());
@@ -751,7 +814,7 @@ pub(crate) mod tests {
     #[test]
     fn multiboot_header_is_patched_to_cover_the_whole_image() {
         let g = guest_bytes();
-        let image = build_image(&good_stub(), &[], &guest(&g)).unwrap();
+        let image = build_image(&good_stub(), &[], &[], &guest(&g)).unwrap();
         let end = IMAGE_BASE as u32 + image.len() as u32;
         assert_eq!(read_u32(&image, 0x20 + MB_LOAD_END_ADDR), end);
         assert_eq!(read_u32(&image, 0x20 + MB_BSS_END_ADDR), end);
@@ -774,7 +837,7 @@ pub(crate) mod tests {
             )
         };
         let g = guest_bytes();
-        let build = |elf: Vec<u8>| build_image(&elf, &[], &guest(&g));
+        let build = |elf: Vec<u8>| build_image(&elf, &[], &[], &guest(&g));
 
         assert_eq!(
             build(stub_with(vec![0; 32], 0)),
@@ -831,7 +894,7 @@ pub(crate) mod tests {
             bytes: hdr.clone(),
             memsz,
         };
-        let build = |elf: Vec<u8>| build_image(&elf, &[], &guest(&g));
+        let build = |elf: Vec<u8>| build_image(&elf, &[], &[], &guest(&g));
 
         assert!(matches!(
             build(b"MZ not an elf".to_vec()),
@@ -878,16 +941,16 @@ pub(crate) mod tests {
             elf: &server,
         };
         assert_eq!(
-            build_image(&stub, &[task; MAX_TASKS + 1], &guest(&g)),
+            build_image(&stub, &[task; MAX_TASKS + 1], &[], &guest(&g)),
             Err(ImageError::TooManyTasks(MAX_TASKS + 1))
         );
-        assert!(build_image(&stub, &[task; MAX_TASKS], &guest(&g)).is_ok());
+        assert!(build_image(&stub, &[task; MAX_TASKS], &[], &guest(&g)).is_ok());
         let not_elf = TaskInput {
             kind: TaskKind::VmmServer,
             elf: b"#!/bin/sh",
         };
         assert!(matches!(
-            build_image(&stub, &[not_elf], &guest(&g)),
+            build_image(&stub, &[not_elf], &[], &guest(&g)),
             Err(ImageError::TaskNotElf { .. })
         ));
         for ram_mib in [0, 3] {
@@ -896,7 +959,7 @@ pub(crate) mod tests {
                 ..guest(&g)
             };
             assert_eq!(
-                build_image(&stub, &[], &bad),
+                build_image(&stub, &[], &[], &bad),
                 Err(ImageError::BadGuestRam(ram_mib))
             );
         }
@@ -905,7 +968,7 @@ pub(crate) mod tests {
             ..guest(&g)
         };
         assert!(matches!(
-            build_image(&stub, &[], &high),
+            build_image(&stub, &[], &[], &high),
             Err(ImageError::GuestOutsideRam { .. })
         ));
     }
@@ -918,7 +981,7 @@ pub(crate) mod tests {
             elf: &server,
         }; MAX_TASKS];
         let g = guest_bytes();
-        let (manifest, offsets) = layout(&tasks, &guest(&g)).unwrap();
+        let (manifest, offsets) = layout(&tasks, &[], &guest(&g)).unwrap();
         assert!(PAYLOAD_HEADER_LEN + manifest.len() <= offsets[0]);
         for w in offsets.windows(2) {
             assert_eq!(w[1] - w[0], align_up(server.len(), PAGE_SIZE));

@@ -17,6 +17,7 @@
 pub mod elf;
 pub mod guests;
 pub mod image;
+pub mod loaders;
 
 use std::fmt;
 use std::io;
@@ -24,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ipc_proto::manifest::TaskKind;
+use ipc_proto::manifest::{EntryMode, MmuMode, TaskKind};
 
 pub use guests::{GUESTS, GUEST_LOAD_GPA, GUEST_RAM_MIB};
 pub use image::{build_image, GuestInput, ImageError, TaskInput};
@@ -230,44 +231,135 @@ pub fn build_target_crates() -> Result<TargetElfs, BuildError> {
     Ok(elfs)
 }
 
+/// What goes into a system image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SystemSpec {
+    /// A built-in guest's name, or the path of a multiboot kernel or a boot sector.
+    pub guest: String,
+    /// Whether the image has a vmm-server (an image without one tests the stub).
+    pub with_vmm_server: bool,
+    /// Nested or shadow paging.
+    pub mmu: MmuMode,
+    /// The multiboot command line (multiboot kernels only).
+    pub cmdline: String,
+}
+
+impl SystemSpec {
+    /// A guest with a vmm-server, nested paging and an empty command line.
+    pub fn new(guest: &str) -> Self {
+        Self {
+            guest: guest.to_string(),
+            with_vmm_server: true,
+            mmu: MmuMode::Nested,
+            cmdline: String::new(),
+        }
+    }
+
+    /// The image's file name: the guest's name (or file stem) and what differs from the default.
+    pub fn image_file_name(&self) -> String {
+        let stem = Path::new(&self.guest)
+            .file_stem()
+            .map_or("guest".into(), |s| s.to_string_lossy().into_owned());
+        let mut name = stem;
+        if !self.with_vmm_server {
+            name.push_str("-no-vmm");
+        }
+        if self.mmu == MmuMode::Shadow {
+            name.push_str("-shadow");
+        }
+        name + ".img"
+    }
+}
+
 /// The file name of a system image.
 pub fn image_file_name(guest: &str, with_vmm_server: bool) -> String {
-    if with_vmm_server {
-        format!("{guest}.img")
-    } else {
-        format!("{guest}-no-vmm.img")
+    SystemSpec {
+        with_vmm_server,
+        ..SystemSpec::new(guest)
     }
+    .image_file_name()
 }
 
 /// Builds everything and writes the system image for a built-in guest to
 /// `<root>/target/image/<guest>.img` (`<guest>-no-vmm.img` without the
 /// vmm-server); returns its path.
 pub fn build_system(guest_name: &str, with_vmm_server: bool) -> Result<PathBuf, BuildError> {
-    guests::check_guest_name(guest_name)?;
-    let elfs = build_target_crates()?;
+    build_system_spec(&SystemSpec {
+        with_vmm_server,
+        ..SystemSpec::new(guest_name)
+    })
+}
+
+/// Loads a guest: a built-in one by name (a multiboot kernel if its linked
+/// ELF has a multiboot header, a boot sector if it links at 0x7c00, flat
+/// 32-bit code otherwise), or a file by path.
+fn load_guest(spec: &SystemSpec, dir: &Path) -> Result<loaders::LoadedGuest, BuildError> {
+    let bad = |reason: String| BuildError::BadGuest(spec.guest.clone(), reason);
+    if GUESTS.contains(&spec.guest.as_str()) {
+        let g = guests::build_guest(&workspace_root(), &spec.guest, &dir.join("guests"))?;
+        let elf = std::fs::read(&g.elf_path).map_err(|e| BuildError::io(&g.elf_path, e))?;
+        if loaders::find_multiboot_header(&elf).is_some() {
+            return loaders::load_multiboot(&elf, GUEST_RAM_MIB, &spec.cmdline).map_err(bad);
+        }
+        if g.load_gpa == loaders::BOOT_SECTOR_GPA {
+            return loaders::load_boot_sector(&g.flat).map_err(bad);
+        }
+        return Ok(loaders::LoadedGuest {
+            flat: g.flat,
+            load_gpa: g.load_gpa,
+            entry: g.entry,
+            entry_mode: EntryMode::Flat32,
+            entry_regs: [0; 3],
+            segments: Vec::new(),
+        });
+    }
+    let path = Path::new(&spec.guest);
+    if !path.exists() {
+        return Err(BuildError::UnknownGuest(spec.guest.clone()));
+    }
+    let bytes = std::fs::read(path).map_err(|e| BuildError::io(path, e))?;
+    if loaders::find_multiboot_header(&bytes).is_some() {
+        loaders::load_multiboot(&bytes, GUEST_RAM_MIB, &spec.cmdline).map_err(bad)
+    } else {
+        loaders::load_boot_sector(&bytes).map_err(|e| {
+            bad(format!(
+                "neither a multiboot kernel (no multiboot header) nor a boot sector ({e})"
+            ))
+        })
+    }
+}
+
+/// Builds everything `spec` asks for and writes the image to
+/// `<root>/target/image/`; returns its path.
+pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
     let dir = image_dir();
-    let guest = guests::build_guest(&workspace_root(), guest_name, &dir.join("guests"))?;
+    let guest = load_guest(spec, &dir)?;
+    if spec.mmu == MmuMode::Shadow {
+        return Err(BuildError::BadGuest(
+            spec.guest.clone(),
+            "shadow paging needs the mmu-server, which is not built yet".into(),
+        ));
+    }
+    let elfs = build_target_crates()?;
     let read = |p: &Path| std::fs::read(p).map_err(|e| BuildError::io(p, e));
     let stub = read(&elfs.kernel_stub)?;
     let vmm = read(&elfs.vmm_server)?;
     let mut tasks = Vec::new();
-    if with_vmm_server {
+    if spec.with_vmm_server {
         tasks.push(TaskInput {
             kind: TaskKind::VmmServer,
             elf: &vmm,
         });
     }
-    let image = build_image(
-        &stub,
-        &tasks,
-        &GuestInput {
-            image: &guest.flat,
-            load_gpa: guest.load_gpa,
-            entry_rip: guest.entry,
-            ram_mib: GUEST_RAM_MIB,
-        },
-    )?;
-    let path = dir.join(image_file_name(guest_name, with_vmm_server));
+    let input = GuestInput {
+        entry_mode: guest.entry_mode,
+        entry_regs: guest.entry_regs,
+        segments: &guest.segments,
+        mmu: spec.mmu,
+        ..GuestInput::flat32(&guest.flat, guest.load_gpa, guest.entry, GUEST_RAM_MIB)
+    };
+    let image = build_image(&stub, &tasks, &[], &input)?;
+    let path = dir.join(spec.image_file_name());
     write_atomic(&path, &image)?;
     Ok(path)
 }
