@@ -27,7 +27,7 @@ use kernel_stub::install::{GuestRam, ShadowTables};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// QEMU's isa-debug-exit port (`-device isa-debug-exit,iobase=0xf4`): the
-/// stub's way to end the emulator. On hardware the write is harmless.
+/// stub's way to end QEMU. On hardware the write is harmless.
 const DEBUG_EXIT_PORT: u16 = 0xf4;
 const HOST_EXIT_STOPPED: u8 = 0;
 const HOST_EXIT_FAILED: u8 = 1;
@@ -127,8 +127,14 @@ fn stop_now(stop: Stop) -> ! {
     fail(format_args!("{stop}"))
 }
 
+/// Bochs's shutdown port: writing the string `Shutdown` ends Bochs.
+const BOCHS_SHUTDOWN_PORT: u16 = 0x8900;
+
 fn end(code: u8) -> ! {
     cpu::outb(DEBUG_EXIT_PORT, code);
+    for b in *b"Shutdown" {
+        cpu::outb(BOCHS_SHUTDOWN_PORT, b);
+    }
     cpu::halt_forever()
 }
 
