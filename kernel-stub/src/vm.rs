@@ -9,11 +9,12 @@
 //! that handles it: page-fault, CR, INVLPG and EFER exits of a shadowed
 //! guest to the mmu-server, everything else to the vmm-server.
 
-use crate::arch::svm::{self, Paging, Vcpu};
+use crate::arch::svm::{self, Vcpu};
+use crate::arch::{Entry, GuestMemory, Paging};
 use crate::boot::{self, BootInfo};
 use crate::console::say;
 use crate::cpu::{self, KernelCell, TrapFrame};
-use crate::memory::{self, LARGE_PAGE, PTE_LARGE, PTE_PRESENT, PTE_USER, PTE_WRITABLE};
+use crate::memory::{self, LARGE_PAGE};
 use crate::task;
 use ipc_proto::layout::{BootInfo as ServerBootInfo, GUEST_RAM_WINDOW, STACK_TOP};
 use ipc_proto::manifest::{
@@ -619,16 +620,12 @@ fn build(manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
         }
         Paging::Shadow
     } else {
-        // Nested page table: guest-physical [0, ram_bytes) onto our frames.
-        // Nested walks are user accesses, so leaves need the U bit (APM 15.25.5).
-        let npt = memory::alloc_frame().map_err(|_| oom)?;
-        let npt_flags = PTE_PRESENT | PTE_WRITABLE | PTE_USER;
-        for off in (0..ram_bytes).step_by(LARGE_PAGE as usize) {
-            memory::map(npt, off, ram + off, npt_flags | PTE_LARGE, npt_flags).map_err(|_| oom)?;
-        }
-        Paging::Nested(npt)
+        Paging::Nested(GuestMemory {
+            hpa: ram,
+            bytes: ram_bytes,
+        })
     };
-    let entry = svm::Entry {
+    let entry = Entry {
         mode: g.entry_mode,
         rip: g.entry_rip,
         rax: g.entry_rax,

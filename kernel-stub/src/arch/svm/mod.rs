@@ -3,8 +3,10 @@
 
 mod vmcb;
 
+use super::{Entry, GuestMemory, Paging};
 use crate::cpu;
 use crate::memory::{self, OutOfMemory};
+use crate::memory::{LARGE_PAGE, PTE_LARGE, PTE_PRESENT, PTE_USER, PTE_WRITABLE};
 use core::arch::global_asm;
 use ipc_proto::manifest::EntryMode;
 use ipc_proto::{ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch, ABI_VERSION};
@@ -47,23 +49,16 @@ pub struct Vcpu {
     shadow: bool,
 }
 
-/// Where and how the guest starts.
-pub struct Entry {
-    pub mode: EntryMode,
-    pub rip: u64,
-    pub rax: u64,
-    pub rbx: u64,
-    pub rsi: u64,
-}
-
-/// How the guest's memory is translated.
-#[derive(Clone, Copy)]
-pub enum Paging {
-    /// Through the nested page table at this root.
-    Nested(u64),
-    /// Through shadow tables the mmu-server builds: the guest's CR0, CR3
-    /// and CR4 accesses, its page faults and INVLPG exit.
-    Shadow,
+/// The nested page table: guest-physical `[0, bytes)` onto the guest's
+/// frames with 2 MiB pages. Nested walks are user accesses, so every level
+/// needs the U bit (APM vol. 2, 15.25.5).
+fn nested_page_table(ram: GuestMemory) -> Result<u64, OutOfMemory> {
+    let root = memory::alloc_frame()?;
+    let flags = PTE_PRESENT | PTE_WRITABLE | PTE_USER;
+    for off in (0..ram.bytes).step_by(LARGE_PAGE as usize) {
+        memory::map(root, off, ram.hpa + off, flags | PTE_LARGE, flags)?;
+    }
+    Ok(root)
 }
 
 /// Enables SVM and builds a VCPU translating guest memory as `paging`
@@ -114,9 +109,9 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     v.write32(GUEST_ASID, 1);
     v.write8(TLB_CONTROL, 1); // flush this ASID on the first VMRUN
     match paging {
-        Paging::Nested(root) => {
+        Paging::Nested(ram) => {
             v.write64(NP_ENABLE, 1);
-            v.write64(N_CR3, root);
+            v.write64(N_CR3, nested_page_table(ram)?);
         }
         Paging::Shadow => {
             v.write32(INTERCEPT_CR, CR_SHADOWED << 16 | CR_SHADOWED);
