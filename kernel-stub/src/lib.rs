@@ -6,3 +6,11 @@
 pub mod elf;
 pub mod install;
 pub mod resume;
+
+/// Choosing SVM or VMX: the `arch=` boot option and the CPU's features.
+#[path = "arch/select.rs"]
+pub mod arch_select;
+/// VMX rules from the Intel SDM: control settings, fixed bits, formats, and
+/// the checks that name the field a failed VM entry tripped on.
+#[path = "arch/vmx/rules.rs"]
+pub mod vmx_rules;

@@ -1,9 +1,22 @@
 //! The virtualization extensions the stub can enter a guest with.
 //! Each back end turns its exits into the same `ipc_proto::ExitRecord`.
+//!
+//! `select` picks one at boot (CPUID, or `arch=svm|vmx` on the boot command
+//! line); `Vcpu` runs either behind one interface, so that `vm.rs` does not
+//! care which.
 
 pub mod svm;
+// The `allow(dead_code)`s below go when `vm.rs` selects the extension with
+// `select` and runs `Vcpu`.
+#[allow(dead_code)]
+pub mod vmx;
 
+use crate::memory::OutOfMemory;
 use ipc_proto::manifest::EntryMode;
+use ipc_proto::vcpu::svm_exit;
+use ipc_proto::{ExitRecord, Resume, ResumeFlags};
+pub use kernel_stub::arch_select::{Arch, Request};
+use kernel_stub::resume::GuestMode;
 
 /// Where and how the guest starts.
 pub struct Entry {
@@ -30,4 +43,171 @@ pub enum Paging {
     /// Through shadow tables the mmu-server builds: the guest's CR0, CR3
     /// and CR4 accesses, its page faults and INVLPG exit.
     Shadow,
+}
+
+#[allow(dead_code)]
+/// What the multiboot command line asks for (`arch=svm` or `arch=vmx`).
+/// Call before any frame is allocated: the loader may have put the command
+/// line where the stub's frames start.
+pub fn request_from_multiboot(mbi: u32) -> Request {
+    // SAFETY: a multiboot loader passes a valid information structure, in
+    // the identity-mapped first GiB; flags at +0, cmdline at +16 when flag
+    // bit 2 is set (multiboot 0.6.96, 3.3).
+    let (flags, cmdline) = unsafe {
+        let p = mbi as usize as *const u32;
+        (p.read_volatile(), p.add(4).read_volatile())
+    };
+    if flags & (1 << 2) == 0
+        || cmdline == 0
+        || u64::from(cmdline) >= crate::memory::IDENTITY_MAP_END
+    {
+        return Request::Auto;
+    }
+    let mut buf = [0u8; 256];
+    let mut len = 0;
+    while len < buf.len() {
+        // SAFETY: the loader's NUL-terminated string, in identity-mapped RAM;
+        // at most 256 bytes are read.
+        let b = unsafe { ((cmdline as usize + len) as *const u8).read_volatile() };
+        if b == 0 {
+            break;
+        }
+        buf[len] = b;
+        len += 1;
+    }
+    kernel_stub::arch_select::parse_request(&buf[..len])
+}
+
+#[allow(dead_code)]
+/// The extension to run with: the requested one, or what CPUID offers;
+/// `Err` is the sentence for `cannot run`.
+pub fn select(request: Request) -> Result<Arch, &'static str> {
+    let has_svm = crate::cpu::cpuid(0x8000_0000).eax >= 0x8000_0001
+        && crate::cpu::cpuid(0x8000_0001).ecx & (1 << 2) != 0;
+    let has_vmx = crate::cpu::cpuid(1).ecx & (1 << 5) != 0;
+    let arch = kernel_stub::arch_select::choose(request, has_svm, has_vmx)?;
+    match arch {
+        Arch::Svm => svm::check_support()?,
+        Arch::Vmx => vmx::check_support()?,
+    }
+    Ok(arch)
+}
+
+#[allow(dead_code)]
+/// A VCPU of either extension.
+pub enum Vcpu {
+    Svm(svm::Vcpu),
+    Vmx(vmx::Vcpu),
+}
+
+#[allow(dead_code)]
+/// Why an entry failed, whatever the extension.
+pub enum EntryFailure {
+    /// VMRUN's consistency checks (SVM gives no detail).
+    Svm,
+    Vmx(vmx::EntryFailure),
+}
+
+impl core::fmt::Display for EntryFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Svm => f.write_str("VMRUN failed its consistency checks"),
+            Self::Vmx(e) => e.fmt(f),
+        }
+    }
+}
+
+#[allow(dead_code)]
+/// Builds a VCPU of `arch`.
+pub fn create_vcpu(arch: Arch, paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
+    Ok(match arch {
+        Arch::Svm => Vcpu::Svm(svm::create_vcpu(paging, entry)?),
+        Arch::Vmx => Vcpu::Vmx(vmx::create_vcpu(paging, entry)?),
+    })
+}
+
+#[allow(dead_code)]
+impl Vcpu {
+    pub fn run(&mut self) -> ExitRecord {
+        match self {
+            Self::Svm(v) => v.run(),
+            Self::Vmx(v) => v.run(),
+        }
+    }
+
+    /// Why the entry that produced `rec` failed, if it did.
+    pub fn entry_failure(&self, rec: &ExitRecord) -> Option<EntryFailure> {
+        match self {
+            Self::Svm(_) => (rec.exit_code == svm_exit::INVALID).then_some(EntryFailure::Svm),
+            Self::Vmx(v) => v.entry_failure().map(EntryFailure::Vmx),
+        }
+    }
+
+    pub fn mode(&self) -> GuestMode {
+        match self {
+            Self::Svm(v) => v.mode(),
+            Self::Vmx(v) => v.mode(),
+        }
+    }
+
+    pub fn flush_tlb(&mut self) {
+        match self {
+            Self::Svm(v) => v.flush_tlb(),
+            Self::Vmx(v) => v.flush_tlb(),
+        }
+    }
+
+    pub fn apply(&mut self, r: &Resume, flags: ResumeFlags, shadow_root: Option<u64>) {
+        match self {
+            Self::Svm(v) => v.apply(r, flags, shadow_root),
+            Self::Vmx(v) => v.apply(r, flags, shadow_root),
+        }
+    }
+}
+
+#[allow(dead_code)]
+/// The statistics class of an exit, whatever the extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitClass {
+    Ioio,
+    Hlt,
+    Cpuid,
+    Msr,
+    Npf,
+    Exception,
+    Shutdown,
+    Invalid,
+    Other,
+}
+
+#[allow(dead_code)]
+impl ExitClass {
+    /// Classifies a record (SVM exit codes or VMX basic exit reasons).
+    pub fn of(rec: &ExitRecord) -> Self {
+        let c = rec.exit_code;
+        if ipc_proto::VcpuArch::from_raw(rec.arch) == Some(ipc_proto::VcpuArch::Vmx) {
+            return match c {
+                30 => Self::Ioio,
+                12 => Self::Hlt,
+                10 => Self::Cpuid,
+                31 | 32 => Self::Msr,
+                48 | 49 => Self::Npf,
+                0 => Self::Exception,
+                2 => Self::Shutdown,
+                c if c & (1 << 31) != 0 => Self::Invalid,
+                _ => Self::Other,
+            };
+        }
+        match c {
+            svm_exit::IOIO => Self::Ioio,
+            svm_exit::HLT => Self::Hlt,
+            svm_exit::CPUID => Self::Cpuid,
+            svm_exit::MSR => Self::Msr,
+            svm_exit::NPF => Self::Npf,
+            svm_exit::SHUTDOWN => Self::Shutdown,
+            svm_exit::INVALID => Self::Invalid,
+            c if (svm_exit::EXCP_BASE..svm_exit::EXCP_BASE + 32).contains(&c) => Self::Exception,
+            _ => Self::Other,
+        }
+    }
 }
