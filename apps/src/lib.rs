@@ -1,14 +1,16 @@
 //! The `splitvisor` command line, as a library: the run logic (boot an
-//! image in QEMU, read the stub's verdict) and the privileged-code count,
+//! image in QEMU, or its GRUB ISO in Bochs, and read the stub's verdict)
+//! and the privileged-code count,
 //! testable without a terminal. `src/main.rs` only parses arguments.
 #![deny(missing_docs)]
 
+pub mod bochs;
 pub mod loc;
 pub mod run;
 
 pub use run::{
-    RunOptions, DEFAULT_CPU, DEFAULT_EMULATOR, EXIT_CANNOT_RUN, EXIT_EMULATOR, EXIT_TIMEOUT,
-    EXIT_VM_FAILED,
+    Arch, EmulatorKind, RunOptions, DEFAULT_CPU, DEFAULT_EMULATOR, EXIT_CANNOT_RUN, EXIT_EMULATOR,
+    EXIT_TIMEOUT, EXIT_VM_FAILED,
 };
 
 /// Exit statuses of `splitvisor`, as `--help` shows them.

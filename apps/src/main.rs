@@ -1,11 +1,11 @@
-//! `splitvisor`: build a system image, boot it in QEMU with emulated SVM,
-//! count the privileged code.
+//! `splitvisor`: build a system image, boot it in QEMU with emulated SVM or
+//! in Bochs with emulated VMX or SVM, count the privileged code.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use splitvisor::{loc, run, RunOptions, DEFAULT_CPU, DEFAULT_EMULATOR, EXIT_CODES_HELP};
+use splitvisor::{loc, run, Arch, EmulatorKind, RunOptions, DEFAULT_EMULATOR, EXIT_CODES_HELP};
 
 /// A hypervisor built like a microkernel: a small ring-0 stub enters the
 /// guest, unprivileged servers handle its exits.
@@ -24,7 +24,8 @@ enum Command {
     /// in target/image), assembles the guest (gcc, ld) and writes
     /// target/image/GUEST.img (GUEST-no-vmm.img with --no-vmm-server).
     Build(BuildArgs),
-    /// Build the image and boot it in QEMU (TCG, emulated SVM).
+    /// Build the image and boot it in QEMU (TCG, emulated SVM), or its GRUB
+    /// ISO in Bochs (emulated VMX or SVM) with --emulator bochs.
     ///
     /// The serial console (stub, vmm-server and guest output) goes to stdout
     /// as it arrives; build progress and the verdict go to stderr.
@@ -92,18 +93,26 @@ struct BuildArgs {
 struct RunArgs {
     #[command(flatten)]
     guest: GuestArgs,
-    /// QEMU CPU model (`-cpu`); drop +npt to run without nested paging.
-    #[arg(long, value_name = "MODEL", default_value = DEFAULT_CPU)]
-    cpu: String,
-    /// The emulator: a program on PATH or a path to one.
+    /// The CPU model: QEMU's -cpu (default EPYC,+svm,+npt; drop +npt to run
+    /// without nested paging), or Bochs's `cpu: model=` (default
+    /// corei7_skylake_x for VMX, ryzen for SVM; `bochs -help cpu` lists them).
+    #[arg(long, value_name = "MODEL")]
+    cpu: Option<String>,
+    /// Make the stub use SVM or VMX (its `arch=` boot option) instead of
+    /// what CPUID offers; it says `cannot run` where the CPU lacks it.
+    #[arg(long, value_name = "ARCH",
+          value_parser = clap::builder::PossibleValuesParser::new(["svm", "vmx"]))]
+    arch: Option<String>,
+    /// The emulator: a program on PATH or a path to one; a name starting
+    /// with `bochs` boots a GRUB ISO in Bochs, anything else is QEMU.
     #[arg(long, value_name = "PROGRAM", default_value = DEFAULT_EMULATOR)]
     emulator: String,
     /// Kill the emulator after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
-    /// Memory of the emulated machine in MiB (QEMU `-m`), at least 32; the
-    /// guest itself gets 16 MiB of it.
+    /// Memory of the emulated machine in MiB (QEMU -m, Bochs megs), at least
+    /// 32; the guest itself gets 16 MiB of it.
     #[arg(long, value_name = "MIB", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(32..))]
     memory: u32,
@@ -120,13 +129,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Build(a) => build(&a),
-        Command::Run(a) => run::run(&RunOptions {
-            system: a.guest.spec(),
-            cpu: a.cpu,
-            emulator: a.emulator,
-            timeout: Duration::from_secs(a.timeout),
-            memory_mib: a.memory,
-        }),
+        Command::Run(a) => {
+            let arch = a.arch.as_deref().and_then(Arch::from_name);
+            let cpu = a
+                .cpu
+                .unwrap_or_else(|| EmulatorKind::of(&a.emulator).default_cpu(arch).to_string());
+            run::run(&RunOptions {
+                system: a.guest.spec(),
+                cpu,
+                arch,
+                emulator: a.emulator,
+                timeout: Duration::from_secs(a.timeout),
+                memory_mib: a.memory,
+            })
+        }
         Command::Loc(a) => count_loc(&a),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))

@@ -1,5 +1,6 @@
-//! `splitvisor run`: boot a system image in QEMU and turn the stub's final
-//! console line into an exit status.
+//! `splitvisor run`: boot a system image in QEMU (or in Bochs, see
+//! [`crate::bochs`]) and turn the stub's final console line into an exit
+//! status.
 //!
 //! QEMU's serial output (the stub's console, the vmm-server's `[vmm] `
 //! lines and the guest's UART text) is copied to our stdout as it arrives.
@@ -20,7 +21,8 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -145,19 +147,98 @@ impl LineScanner {
     }
 }
 
+/// A virtualization extension the stub can be told to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// AMD SVM.
+    Svm,
+    /// Intel VMX.
+    Vmx,
+}
+
+impl Arch {
+    /// `svm` or `vmx`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Svm => "svm",
+            Arch::Vmx => "vmx",
+        }
+    }
+
+    /// The arch for `svm` or `vmx`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "svm" => Some(Arch::Svm),
+            "vmx" => Some(Arch::Vmx),
+            _ => None,
+        }
+    }
+
+    /// The stub's boot command line that forces this arch.
+    pub fn stub_cmdline(arch: Option<Self>) -> String {
+        arch.map(|a| format!("arch={}", a.name()))
+            .unwrap_or_default()
+    }
+}
+
+/// Which emulator a program is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmulatorKind {
+    /// QEMU: boots the image with `-kernel`.
+    Qemu,
+    /// Bochs: boots a GRUB ISO of the image.
+    Bochs,
+}
+
+impl EmulatorKind {
+    /// Bochs when the program's file name starts with `bochs`, else QEMU.
+    pub fn of(program: &str) -> Self {
+        let name = Path::new(program)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with("bochs") {
+            EmulatorKind::Bochs
+        } else {
+            EmulatorKind::Qemu
+        }
+    }
+
+    /// The default `--cpu` for this emulator and `--arch`: QEMU's EPYC with
+    /// SVM and NPT (QEMU's TCG has no VMX); Bochs's Skylake-X for VMX (and
+    /// when no arch is given), its Ryzen for SVM.
+    pub fn default_cpu(self, arch: Option<Arch>) -> &'static str {
+        match (self, arch) {
+            (EmulatorKind::Qemu, _) => DEFAULT_CPU,
+            (EmulatorKind::Bochs, Some(Arch::Svm)) => crate::bochs::DEFAULT_CPU_SVM,
+            (EmulatorKind::Bochs, _) => crate::bochs::DEFAULT_CPU_VMX,
+        }
+    }
+}
+
 /// What `splitvisor run` was asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunOptions {
     /// What to put in the image.
     pub system: images::SystemSpec,
-    /// QEMU `-cpu` model.
+    /// The CPU model: QEMU's `-cpu`, Bochs's `cpu: model=`.
     pub cpu: String,
+    /// Force SVM or VMX (the stub's `arch=` boot option); `None` lets the
+    /// stub pick from CPUID.
+    pub arch: Option<Arch>,
     /// The emulator program.
     pub emulator: String,
     /// Wall-clock limit for the emulator.
     pub timeout: Duration,
-    /// QEMU `-m`, MiB of machine memory.
+    /// MiB of machine memory (QEMU `-m`, Bochs `megs:`).
     pub memory_mib: u32,
+}
+
+impl RunOptions {
+    /// Which emulator `emulator` is.
+    pub fn emulator_kind(&self) -> EmulatorKind {
+        EmulatorKind::of(&self.emulator)
+    }
 }
 
 /// The emulator's arguments to boot `image`.
@@ -185,6 +266,10 @@ pub fn qemu_args(opts: &RunOptions, image: &Path) -> Vec<OsString> {
     .map(OsString::from)
     .collect();
     args.push(image.as_os_str().to_owned());
+    if let Some(arch) = opts.arch {
+        args.push("-append".into());
+        args.push(Arch::stub_cmdline(Some(arch)).into());
+    }
     args
 }
 
@@ -211,7 +296,9 @@ fn is_executable(p: &Path) -> bool {
 
 /// The sentence for a missing emulator.
 pub fn emulator_missing_message(emulator: &str) -> String {
-    if emulator == DEFAULT_EMULATOR || emulator.ends_with("/qemu-system-x86_64") {
+    if EmulatorKind::of(emulator) == EmulatorKind::Bochs {
+        format!("{emulator} not found: {}", crate::bochs::PACKAGES_SENTENCE)
+    } else if emulator == DEFAULT_EMULATOR || emulator.ends_with("/qemu-system-x86_64") {
         format!(
             "{emulator} not found: install the Debian package qemu-system-x86 \
              (apt-get install qemu-system-x86)"
@@ -254,6 +341,16 @@ impl fmt::Display for SpawnError {
 
 impl std::error::Error for SpawnError {}
 
+/// Where an emulator's console (the stub's COM1) comes out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Console {
+    /// On the emulator's stdout (QEMU `-serial stdio`).
+    Stdout,
+    /// In a file the emulator writes (Bochs `com1: mode=file`), followed as
+    /// it grows; the emulator's stdout then counts as diagnostics.
+    File(PathBuf),
+}
+
 /// Runs `program args` with stdin closed, copying its stdout to `out` as it
 /// arrives and scanning it for the stub's final line; kills it after
 /// `timeout`, or `EXIT_GRACE` after the final line if it has not exited.
@@ -263,8 +360,22 @@ pub fn run_emulator(
     timeout: Duration,
     out: Box<dyn Write + Send>,
 ) -> Result<RunReport, SpawnError> {
-    let mut child = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    run_command(cmd, program, timeout, Console::Stdout, out)
+}
+
+/// [`run_emulator`] for a prepared command whose console comes out as
+/// `console` says. A console file has terminal escapes and carriage
+/// returns removed ([`StripEscapes`]).
+pub fn run_command(
+    mut cmd: Command,
+    program: &str,
+    timeout: Duration,
+    console: Console,
+    out: Box<dyn Write + Send>,
+) -> Result<RunReport, SpawnError> {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -274,10 +385,24 @@ pub fn run_emulator(
             source,
         })?;
     let (final_tx, final_rx) = mpsc::channel();
-    let stdout_thread = child
-        .stdout
-        .take()
-        .map(|s| thread::spawn(move || copy_and_scan(s, out, final_tx)));
+    let exited = Arc::new(AtomicBool::new(false));
+    let (console_thread, stdout_tail) = match console {
+        Console::Stdout => (
+            child
+                .stdout
+                .take()
+                .map(|s| thread::spawn(move || copy_and_scan(s, out, final_tx))),
+            None,
+        ),
+        Console::File(path) => {
+            let file = StripEscapes::new(TailFile::new(path, exited.clone()));
+            (
+                Some(thread::spawn(move || copy_and_scan(file, out, final_tx))),
+                child.stdout.take().map(|s| thread::spawn(move || tail(s))),
+            )
+        }
+    };
+    let stdout_thread = console_thread;
     let stderr_thread = child.stderr.take().map(|s| thread::spawn(move || tail(s)));
 
     let start = Instant::now();
@@ -313,6 +438,7 @@ pub fn run_emulator(
 
     // The emulator is gone, so its pipes close; a child it left behind
     // could keep them open, so wait for the readers only a little.
+    exited.store(true, Ordering::SeqCst);
     let scanned = stdout_thread.and_then(|t| join_within(t, Duration::from_secs(2)));
     if let Some(Some(f)) = scanned {
         final_line = Some(f);
@@ -320,9 +446,12 @@ pub fn run_emulator(
     while let Ok(f) = final_rx.try_recv() {
         final_line = Some(f);
     }
-    let stderr = stderr_thread
+    let mut stderr = stderr_thread
         .and_then(|t| join_within(t, Duration::from_secs(2)))
         .unwrap_or_default();
+    if let Some(t) = stdout_tail.and_then(|t| join_within(t, Duration::from_secs(2))) {
+        stderr = t + &stderr;
+    }
     Ok(RunReport {
         final_line,
         status,
@@ -330,6 +459,110 @@ pub fn run_emulator(
         killed_after_final_line,
         stderr,
     })
+}
+
+/// Reads a file that another process is still writing: at its end it waits
+/// for more until `done` is set, then ends. A file that does not exist yet
+/// reads as empty until it does.
+pub struct TailFile {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    done: Arc<AtomicBool>,
+}
+
+impl TailFile {
+    /// Follows `path` until `done` is set.
+    pub fn new(path: PathBuf, done: Arc<AtomicBool>) -> Self {
+        Self {
+            path,
+            file: None,
+            done,
+        }
+    }
+}
+
+impl Read for TailFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // Read the flag first: once it is set, the writer has finished,
+            // so an empty read after it means the end.
+            let finished = self.done.load(Ordering::SeqCst);
+            if self.file.is_none() {
+                self.file = std::fs::File::open(&self.path).ok();
+            }
+            if let Some(f) = self.file.as_mut() {
+                let n = f.read(buf)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+            }
+            if finished {
+                return Ok(0);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Drops terminal control sequences (ESC `[` ... final byte, character set
+/// designations ESC `(` x, other two-byte ESC sequences) and carriage
+/// returns from a console stream:
+/// GRUB's serial terminal clears the screen and moves the cursor.
+pub struct StripEscapes<R> {
+    inner: R,
+    state: EscState,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum EscState {
+    Text,
+    Esc,
+    Csi,
+    Charset,
+}
+
+impl<R: Read> StripEscapes<R> {
+    /// Filters `inner`.
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            state: EscState::Text,
+        }
+    }
+}
+
+impl<R: Read> Read for StripEscapes<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let n = self.inner.read(buf)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            let mut kept = 0;
+            for i in 0..n {
+                let b = buf[i];
+                let (keep, next) = match (self.state, b) {
+                    (EscState::Text, 0x1b) => (false, EscState::Esc),
+                    (EscState::Text, b'\r') => (false, EscState::Text),
+                    (EscState::Text, _) => (true, EscState::Text),
+                    (EscState::Esc, b'[') => (false, EscState::Csi),
+                    (EscState::Esc, b'(' | b')' | b'*' | b'+') => (false, EscState::Charset),
+                    (EscState::Charset, _) => (false, EscState::Text),
+                    (EscState::Esc, _) => (false, EscState::Text),
+                    (EscState::Csi, 0x40..=0x7e) => (false, EscState::Text),
+                    (EscState::Csi, _) => (false, EscState::Csi),
+                };
+                if keep {
+                    buf[kept] = b;
+                    kept += 1;
+                }
+                self.state = next;
+            }
+            if kept > 0 {
+                return Ok(kept);
+            }
+        }
+    }
 }
 
 fn kill(child: &mut Child) {
@@ -453,14 +686,21 @@ pub fn conclude(report: &RunReport, opts: &RunOptions) -> Verdict {
             EXIT_EMULATOR
         }
         (Some(f), false) => {
+            let bochs = opts.emulator_kind() == EmulatorKind::Bochs;
             if report.killed_after_final_line {
+                let how = if bochs {
+                    "did the stub write Shutdown to port 0x8900?"
+                } else {
+                    "is isa-debug-exit at port 0xf4?"
+                };
                 messages.push(format!(
                     "splitvisor: warning: {} did not exit within {} s of the stub's final line \
-                     and was killed (is isa-debug-exit at port 0xf4?)",
+                     and was killed ({how})",
                     opts.emulator,
                     EXIT_GRACE.as_secs()
                 ));
-            } else if let Some(status) = report.status {
+            } else if let (Some(status), false) = (report.status, bochs) {
+                // Bochs ends with status 1 whatever the stub wrote to 0xf4.
                 let expected = f.expected_emulator_status();
                 if status.code() != Some(expected) {
                     messages.push(format!(
@@ -479,7 +719,18 @@ pub fn conclude(report: &RunReport, opts: &RunOptions) -> Verdict {
                 )),
                 FinalLine::CannotRun(reason) => {
                     let about_svm = reason.contains("SVM") || reason.contains("NPT");
-                    let hint = if about_svm && opts.cpu != DEFAULT_CPU {
+                    let about_vmx = reason.contains("VMX") || reason.contains("EPT");
+                    let hint = if bochs && (about_svm || about_vmx) {
+                        format!(
+                            "; Bochs emulates VMX with --cpu {} and SVM with --cpu {} (this run \
+                             used `{}`)",
+                            crate::bochs::DEFAULT_CPU_VMX,
+                            crate::bochs::DEFAULT_CPU_SVM,
+                            opts.cpu
+                        )
+                    } else if about_vmx && !bochs {
+                        "; QEMU's TCG does not emulate VMX: use --emulator bochs".to_string()
+                    } else if about_svm && opts.cpu != DEFAULT_CPU {
                         format!(
                             "; QEMU emulates SVM with nested paging with --cpu {DEFAULT_CPU} \
                              (this run used `{}`)",
@@ -508,6 +759,9 @@ pub fn run(opts: &RunOptions) -> i32 {
         eprintln!("splitvisor: {}", emulator_missing_message(&opts.emulator));
         return EXIT_EMULATOR;
     };
+    if opts.emulator_kind() == EmulatorKind::Bochs {
+        return crate::bochs::run(opts, &emulator);
+    }
     let image = match images::build_system_spec(&opts.system) {
         Ok(p) => p,
         Err(e) => {
@@ -633,6 +887,7 @@ mod tests {
         RunOptions {
             system: images::SystemSpec::new("hello"),
             cpu: DEFAULT_CPU.into(),
+            arch: None,
             emulator: DEFAULT_EMULATOR.into(),
             timeout: Duration::from_secs(60),
             memory_mib: 256,
@@ -698,6 +953,108 @@ mod tests {
             "-accel tcg -cpu EPYC,+svm,+npt -m 256 -nodefaults -display none -no-reboot \
              -monitor none -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=1 \
              -kernel /x/hello.img"
+        );
+    }
+
+    #[test]
+    fn qemu_gets_the_arch_on_the_stub_command_line() {
+        let mut o = opts();
+        o.arch = Some(Arch::Vmx);
+        let args = qemu_args(&o, Path::new("/x/hello.img"));
+        let args: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+        assert!(args
+            .join(" ")
+            .ends_with("-kernel /x/hello.img -append arch=vmx"));
+    }
+
+    #[test]
+    fn emulators_and_their_default_cpus() {
+        assert_eq!(EmulatorKind::of("bochs"), EmulatorKind::Bochs);
+        assert_eq!(EmulatorKind::of("/usr/bin/bochs"), EmulatorKind::Bochs);
+        assert_eq!(EmulatorKind::of(DEFAULT_EMULATOR), EmulatorKind::Qemu);
+        assert_eq!(
+            EmulatorKind::of("/opt/qemu/bin/qemu-system-x86_64"),
+            EmulatorKind::Qemu
+        );
+        let bochs = EmulatorKind::Bochs;
+        assert_eq!(bochs.default_cpu(Some(Arch::Vmx)), "corei7_skylake_x");
+        assert_eq!(bochs.default_cpu(None), "corei7_skylake_x");
+        assert_eq!(bochs.default_cpu(Some(Arch::Svm)), "ryzen");
+        assert_eq!(EmulatorKind::Qemu.default_cpu(Some(Arch::Vmx)), DEFAULT_CPU);
+        assert_eq!(Arch::from_name("vmx"), Some(Arch::Vmx));
+        assert_eq!(Arch::from_name("VMX"), None);
+        assert_eq!(Arch::stub_cmdline(Some(Arch::Svm)), "arch=svm");
+        assert_eq!(Arch::stub_cmdline(None), "");
+        assert!(emulator_missing_message("bochs").contains("apt-get install bochs bochsbios"));
+    }
+
+    #[test]
+    fn terminal_escapes_and_carriage_returns_are_dropped() {
+        let grub =
+            b"\x1b[H\x1b[J\x1b[1;1H  Booting `splitvisor'\r\n\r\n\r[stub] vmx: x\r\nhi\x1b(B!\n";
+        // One byte at a time too: the state carries across reads.
+        for chunk in [grub.len(), 1] {
+            let mut r = StripEscapes::new(Chunked(&grub[..], chunk));
+            let mut got = String::new();
+            r.read_to_string(&mut got).unwrap();
+            assert_eq!(got, "  Booting `splitvisor'\n\n[stub] vmx: x\nhi!\n");
+        }
+    }
+
+    /// A reader that hands out at most `.1` bytes per read.
+    struct Chunked<'a>(&'a [u8], usize);
+
+    impl Read for Chunked<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.len().min(self.1).min(buf.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_console_file_is_followed_until_the_writer_is_done() {
+        let dir = images::image_dir().join("test-tail");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("com1-{}.txt", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = TailFile::new(path.clone(), done.clone());
+        let t = thread::spawn(move || {
+            let mut r = reader;
+            let mut s = String::new();
+            r.read_to_string(&mut s).map(|_| s)
+        });
+        // The file appears late and grows while it is read.
+        thread::sleep(Duration::from_millis(60));
+        std::fs::write(&path, "[stub] vmx\n").unwrap();
+        thread::sleep(Duration::from_millis(60));
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"[stub] vm stopped: guest status 0\n").unwrap();
+        done.store(true, Ordering::SeqCst);
+        let got = t.join().unwrap().unwrap();
+        assert_eq!(got, "[stub] vmx\n[stub] vm stopped: guest status 0\n");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn bochs_runs_are_not_held_to_qemus_exit_status() {
+        let mut o = opts();
+        o.emulator = "bochs".into();
+        o.cpu = "ryzen".into();
+        // Bochs exits 1 after the stub's Shutdown, whatever the outcome.
+        let v = conclude(&report(Some(FinalLine::Stopped(0)), Some(1)), &o);
+        assert_eq!(v.messages, ["splitvisor: guest exited with status 0"]);
+        let cannot = FinalLine::CannotRun("VMX not available on this CPU".into());
+        let v = conclude(&report(Some(cannot), Some(1)), &o);
+        assert!(
+            v.messages[0].contains("--cpu corei7_skylake_x"),
+            "{:?}",
+            v.messages
         );
     }
 

@@ -5,7 +5,9 @@
 //! payload holding the boot manifest, the server ELF executables and the
 //! guest. [`image`] lays out the bytes; [`build_system`] builds everything
 //! from source (the stub and the servers with cargo, the test guests with
-//! gcc and ld) and writes `target/image/<guest>.img`.
+//! gcc and ld) and writes `target/image/<guest>.img`. [`iso::build_iso`]
+//! wraps an image into a BIOS-bootable GRUB ISO, for Bochs and for real
+//! hardware.
 //!
 //! ```no_run
 //! let path = images::build_system("hello", true)?;
@@ -17,6 +19,7 @@
 pub mod elf;
 pub mod guests;
 pub mod image;
+pub mod iso;
 pub mod loaders;
 
 use std::fmt;

@@ -1,0 +1,153 @@
+//! End-to-end under Bochs: build real images, wrap them in GRUB ISOs and
+//! boot them in Bochs through the `splitvisor run --emulator bochs` command
+//! a user types: Intel VMX with EPT on `corei7_skylake_x`, and AMD SVM with
+//! nested paging on `ryzen` (a second implementation of SVM beside QEMU's).
+//!
+//! These need the Debian packages bochs, bochsbios, vgabios and bochs-term
+//! (Bochs), grub-pc-bin, xorriso and mtools (the ISO), gcc and binutils:
+//! `scripts/install-deps` installs them. Without them the tests fail, with
+//! `splitvisor run` naming what to install, rather than skip. Each run takes
+//! a few seconds: Bochs boots its BIOS and GRUB before the stub.
+
+use std::process::Command;
+
+/// Generous: the first run also builds the stub and the vmm-server, and
+/// several of these may run at once on two cores.
+const TIMEOUT_SECS: &str = "180";
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+
+    fn has_line(&self, line: &str) -> bool {
+        self.stdout.lines().any(|l| l == line)
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+fn bochs_run(guest: &str, arch: &str) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_splitvisor"))
+        .args([
+            "run",
+            "--emulator",
+            "bochs",
+            "--guest",
+            guest,
+            "--arch",
+            arch,
+        ])
+        .args(["--timeout", TIMEOUT_SECS])
+        .output()
+        .expect("the splitvisor binary starts");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn assert_hello(r: &Run, arch: &str) {
+    assert_eq!(r.code, Some(0), "{r}");
+    let banner = format!("[stub] {arch}: nested paging, guest RAM 16 MiB, entry 0x100000,");
+    assert!(
+        r.stdout.lines().any(|l| l.starts_with(&banner)),
+        "no `{banner}` line\n{r}"
+    );
+    assert!(
+        r.has_line("hello from the guest"),
+        "no exact guest line\n{r}"
+    );
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("[vmm] exits: total=49 ioio=49 ")),
+        "no vmm statistics line with 49 I/O exits\n{r}"
+    );
+    assert!(r.has_line("[stub] vm stopped: guest status 0"), "{r}");
+    assert!(
+        r.stderr.contains("splitvisor: guest exited with status 0"),
+        "{r}"
+    );
+}
+
+#[test]
+fn hello_guest_on_bochs_vmx_with_ept_prints_its_line_and_exits_0() {
+    let r = bochs_run("hello", "vmx");
+    assert_hello(&r, "vmx");
+    assert!(r.stderr.contains("cpu corei7_skylake_x, arch=vmx"), "{r}");
+}
+
+#[test]
+fn hello_guest_on_bochs_ryzen_svm_prints_its_line_and_exits_0() {
+    let r = bochs_run("hello", "svm");
+    assert_hello(&r, "svm");
+    assert!(r.stderr.contains("cpu ryzen, arch=svm"), "{r}");
+}
+
+#[test]
+fn status42_guest_on_bochs_vmx_exits_42() {
+    let r = bochs_run("status42", "vmx");
+    assert_eq!(r.code, Some(42), "{r}");
+    assert!(r.has_line("exiting with status 42"), "{r}");
+}
+
+/// VMX reports a guest's triple fault as exit reason 2.
+#[test]
+fn triple_fault_guest_on_bochs_vmx_fails_with_exit_reason_2() {
+    let r = bochs_run("triple-fault", "vmx");
+    assert_eq!(r.code, Some(101), "{r}");
+    assert!(r.all().contains("triple fault, code 0x2"), "{r}");
+    assert!(r.all().contains("rip="), "guest RIP not mentioned\n{r}");
+}
+
+/// SVM reports it as #VMEXIT(SHUTDOWN), 0x7f, as QEMU does; Bochs 2.7 needs
+/// the runner's help for that (see `splitvisor::bochs`).
+#[test]
+fn triple_fault_guest_on_bochs_svm_fails_with_shutdown_exit() {
+    let r = bochs_run("triple-fault", "svm");
+    assert_eq!(r.code, Some(101), "{r}");
+    assert!(
+        r.all().contains("0x7f"),
+        "SHUTDOWN exit 0x7f not mentioned\n{r}"
+    );
+}
+
+/// A CPU without the forced extension: the stub says so, the run says
+/// which Bochs model has it.
+#[test]
+fn svm_forced_on_a_vmx_cpu_cannot_run() {
+    let out = Command::new(env!("CARGO_BIN_EXE_splitvisor"))
+        .args(["run", "--emulator", "bochs", "--guest", "hello"])
+        .args(["--arch", "svm", "--cpu", "corei7_skylake_x"])
+        .args(["--timeout", TIMEOUT_SECS])
+        .output()
+        .expect("the splitvisor binary starts");
+    let r = Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_eq!(r.code, Some(102), "{r}");
+    assert!(
+        r.has_line("[stub] cannot run: SVM not available on this CPU"),
+        "{r}"
+    );
+    assert!(r.stderr.contains("--cpu ryzen"), "{r}");
+    assert!(!r.stdout.contains("hello from the guest"), "{r}");
+}
