@@ -45,10 +45,10 @@ pub enum Paging {
     Shadow,
 }
 
-#[allow(dead_code)]
 /// What the multiboot command line asks for (`arch=svm` or `arch=vmx`).
 /// Call before any frame is allocated: the loader may have put the command
 /// line where the stub's frames start.
+#[allow(dead_code)]
 pub fn request_from_multiboot(mbi: u32) -> Request {
     // SAFETY: a multiboot loader passes a valid information structure, in
     // the identity-mapped first GiB; flags at +0, cmdline at +16 when flag
@@ -78,9 +78,9 @@ pub fn request_from_multiboot(mbi: u32) -> Request {
     kernel_stub::arch_select::parse_request(&buf[..len])
 }
 
-#[allow(dead_code)]
 /// The extension to run with: the requested one, or what CPUID offers;
 /// `Err` is the sentence for `cannot run`.
+#[allow(dead_code)]
 pub fn select(request: Request) -> Result<Arch, &'static str> {
     let has_svm = crate::cpu::cpuid(0x8000_0000).eax >= 0x8000_0001
         && crate::cpu::cpuid(0x8000_0001).ecx & (1 << 2) != 0;
@@ -93,15 +93,15 @@ pub fn select(request: Request) -> Result<Arch, &'static str> {
     Ok(arch)
 }
 
-#[allow(dead_code)]
-/// A VCPU of either extension.
+/// A VCPU of either extension (one per VM: the size difference is moot).
+#[allow(dead_code, clippy::large_enum_variant)]
 pub enum Vcpu {
     Svm(svm::Vcpu),
     Vmx(vmx::Vcpu),
 }
 
-#[allow(dead_code)]
 /// Why an entry failed, whatever the extension.
+#[allow(dead_code)]
 pub enum EntryFailure {
     /// VMRUN's consistency checks (SVM gives no detail).
     Svm,
@@ -117,8 +117,8 @@ impl core::fmt::Display for EntryFailure {
     }
 }
 
-#[allow(dead_code)]
 /// Builds a VCPU of `arch`.
+#[allow(dead_code)]
 pub fn create_vcpu(arch: Arch, paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     Ok(match arch {
         Arch::Svm => Vcpu::Svm(svm::create_vcpu(paging, entry)?),
@@ -165,8 +165,8 @@ impl Vcpu {
     }
 }
 
-#[allow(dead_code)]
 /// The statistics class of an exit, whatever the extension.
+#[allow(dead_code)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitClass {
     Ioio,
