@@ -728,14 +728,14 @@ pub fn conclude(report: &RunReport, opts: &RunOptions) -> Verdict {
                             crate::bochs::DEFAULT_CPU_SVM,
                             opts.cpu
                         )
-                    } else if about_vmx && !bochs {
-                        "; QEMU's TCG does not emulate VMX: use --emulator bochs".to_string()
                     } else if about_svm && opts.cpu != DEFAULT_CPU {
                         format!(
                             "; QEMU emulates SVM with nested paging with --cpu {DEFAULT_CPU} \
                              (this run used `{}`)",
                             opts.cpu
                         )
+                    } else if about_vmx {
+                        "; QEMU's TCG does not emulate VMX: use --emulator bochs".to_string()
                     } else {
                         String::new()
                     };

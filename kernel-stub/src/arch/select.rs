@@ -65,7 +65,7 @@ pub fn choose(request: Request, has_svm: bool, has_vmx: bool) -> Result<Arch, &'
         Request::Invalid => Err("the boot command line says arch= with neither svm nor vmx"),
         Request::Auto if has_svm => Ok(Arch::Svm),
         Request::Auto if has_vmx => Ok(Arch::Vmx),
-        Request::Auto => Err("neither SVM nor VMX is available on this CPU"),
+        Request::Auto => Err("SVM not available on this CPU (nor VMX)"),
     }
 }
 
