@@ -146,6 +146,8 @@ pub fn image_end() -> u64 {
 pub struct BootInfo {
     /// First byte above usable RAM that starts at 1 MiB.
     pub ram_top: u64,
+    /// What the command line asks for (`arch=svm|vmx`).
+    pub arch: crate::arch::Request,
 }
 
 /// Reads the multiboot information before anything can overwrite it
@@ -165,6 +167,7 @@ fn read_multiboot(magic: u32, mbi: u32) -> Result<BootInfo, &'static str> {
     }
     Ok(BootInfo {
         ram_top: 0x10_0000 + u64::from(mem_upper) * 1024,
+        arch: crate::arch::request_from_multiboot(mbi),
     })
 }
 

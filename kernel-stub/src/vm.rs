@@ -9,8 +9,7 @@
 //! that handles it: page-fault, CR, INVLPG and EFER exits of a shadowed
 //! guest to the mmu-server, everything else to the vmm-server.
 
-use crate::arch::svm::{self, Vcpu};
-use crate::arch::{Entry, GuestMemory, Paging};
+use crate::arch::{self, Arch, Entry, EntryFailure, ExitClass, GuestMemory, Paging, Vcpu};
 use crate::boot::{self, BootInfo};
 use crate::console::say;
 use crate::cpu::{self, KernelCell, TrapFrame};
@@ -23,7 +22,7 @@ use ipc_proto::manifest::{
 };
 use ipc_proto::mmu::{InstallPage, INSTALL_BATCH_MAX};
 use ipc_proto::vcpu::svm_exit;
-use ipc_proto::{ErrorCode, ExitRecord, ResumeFlags, Stats, VcpuArch, VcpuPage, ABI_VERSION};
+use ipc_proto::{ErrorCode, ExitRecord, ResumeFlags, Stats, VcpuPage, ABI_VERSION};
 use kernel_stub::install::{GuestRam, ShadowTables};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -101,8 +100,15 @@ static STATS: KernelCell<Stats> = KernelCell::new(Stats {
 /// Why the VM cannot go on, found while the kernel state is borrowed;
 /// reported (with `fail`) once it is not.
 enum Stop {
-    EntryFailed { code: u64, rip: u64 },
-    NoServer { code: u64, rip: u64 },
+    EntryFailed {
+        why: EntryFailure,
+        rip: u64,
+    },
+    NoServer {
+        class: ExitClass,
+        code: u64,
+        rip: u64,
+    },
     NoShadowRoot,
     Deadlock,
 }
@@ -110,13 +116,11 @@ enum Stop {
 impl core::fmt::Display for Stop {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::EntryFailed { code, rip } => {
-                write!(f, "VMRUN failed its consistency checks (exit code {code:#x}) at rip={rip:#x}")
-            }
-            Self::NoServer { code, rip } => write!(
+            Self::EntryFailed { why, rip } => write!(f, "{why} at rip={rip:#x}"),
+            Self::NoServer { class, code, rip } => write!(
                 f,
                 "exit {} (code {code:#x}) at rip={rip:#x} has no server: the image has no task for it",
-                exit_name(*code)
+                class.name()
             ),
             Self::NoShadowRoot => f.write_str("the mmu-server let the guest run without a shadow root"),
             Self::Deadlock => f.write_str("every task waits and the guest cannot run: the servers deadlocked"),
@@ -133,6 +137,11 @@ const BOCHS_SHUTDOWN_PORT: u16 = 0x8900;
 
 fn end(code: u8) -> ! {
     cpu::outb(DEBUG_EXIT_PORT, code);
+    // Bochs stops at once: let COM1 send its last bytes first (LSR.TEMT).
+    let mut spins = 0u32;
+    while cpu::inb(0x3fd) & 0x40 == 0 && spins < 10_000_000 {
+        spins += 1;
+    }
     for b in *b"Shutdown" {
         cpu::outb(BOCHS_SHUTDOWN_PORT, b);
     }
@@ -168,40 +177,22 @@ pub fn count_syscall() {
     STATS.with(|s| s.syscalls += 1);
 }
 
-fn count_exit(code: u64) {
+fn count_exit(rec: &ExitRecord) {
     STATS.with(|s| {
         s.exits_total += 1;
-        let counter = match code {
-            svm_exit::IOIO => &mut s.exits_ioio,
-            svm_exit::HLT => &mut s.exits_hlt,
-            svm_exit::CPUID => &mut s.exits_cpuid,
-            svm_exit::MSR => &mut s.exits_msr,
-            svm_exit::NPF => &mut s.exits_npf,
-            svm_exit::SHUTDOWN => &mut s.exits_shutdown,
-            svm_exit::INVALID => &mut s.exits_invalid,
-            c if (svm_exit::EXCP_BASE..svm_exit::EXCP_BASE + 32).contains(&c) => {
-                &mut s.exits_exception
-            }
-            _ => &mut s.exits_other,
+        let counter = match ExitClass::of(rec) {
+            ExitClass::Ioio => &mut s.exits_ioio,
+            ExitClass::Hlt => &mut s.exits_hlt,
+            ExitClass::Cpuid => &mut s.exits_cpuid,
+            ExitClass::Msr => &mut s.exits_msr,
+            ExitClass::Npf => &mut s.exits_npf,
+            ExitClass::Shutdown => &mut s.exits_shutdown,
+            ExitClass::Invalid => &mut s.exits_invalid,
+            ExitClass::Exception => &mut s.exits_exception,
+            ExitClass::Other => &mut s.exits_other,
         };
         *counter += 1;
     });
-}
-
-/// A short name for an exit, for the stub's own messages.
-fn exit_name(code: u64) -> &'static str {
-    match code {
-        svm_exit::IOIO => "ioio",
-        svm_exit::HLT => "hlt",
-        svm_exit::CPUID => "cpuid",
-        svm_exit::MSR => "msr",
-        svm_exit::NPF => "npf",
-        svm_exit::SHUTDOWN => "shutdown",
-        svm_exit::VMMCALL => "vmmcall",
-        svm_exit::INVALID => "invalid",
-        c if (svm_exit::EXCP_BASE..svm_exit::EXCP_BASE + 32).contains(&c) => "exception",
-        _ => "other",
-    }
 }
 
 fn vcpu_page(pa: u64) -> *mut VcpuPage {
@@ -263,14 +254,15 @@ impl Kernel {
             return Err(Stop::NoShadowRoot);
         }
         let rec = self.vcpu.run();
-        count_exit(rec.exit_code);
-        if rec.exit_code == svm_exit::INVALID {
+        count_exit(&rec);
+        if let Some(why) = self.vcpu.entry_failure(&rec) {
             return Err(Stop::EntryFailed {
-                code: rec.exit_code,
+                why,
                 rip: rec.regs.rip,
             });
         }
         let handler = self.find(self.route(&rec)).ok_or(Stop::NoServer {
+            class: ExitClass::of(&rec),
             code: rec.exit_code,
             rip: rec.regs.rip,
         })?;
@@ -568,13 +560,11 @@ fn blob(payload: &[u8], b: Blob) -> Option<&[u8]> {
 
 /// Builds the VM from the manifest and hands it to the vmm-server.
 pub fn start(boot: BootInfo) -> ! {
-    if let Err(why) = svm::check_support() {
-        cannot_run(why);
-    }
+    let arch = arch::select(boot.arch).unwrap_or_else(|why| cannot_run(why));
     let payload = payload();
     let manifest = read_manifest(payload).unwrap_or_else(|why| cannot_run(why));
     memory::init(boot::image_end(), boot.ram_top);
-    match build(&manifest, payload) {
+    match build(arch, &manifest, payload) {
         Ok(()) => unreachable_after_start(),
         Err(why) => cannot_run(why),
     }
@@ -586,7 +576,7 @@ fn unreachable_after_start() -> ! {
     ))
 }
 
-fn build(manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
+fn build(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
     let g = &manifest.guest;
     if g.ram_mib == 0 || g.ram_mib % 2 != 0 || g.ram_mib > 512 {
         return Err("guest RAM must be an even number of MiB between 2 and 512");
@@ -632,10 +622,11 @@ fn build(manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
         rbx: g.entry_rbx,
         rsi: g.entry_rsi,
     };
-    let mut vcpu = svm::create_vcpu(paging, &entry).map_err(|_| oom)?;
+    let mut vcpu = arch::create_vcpu(arch, paging, &entry).map_err(|_| oom)?;
     let tsc_hz = cpu::tsc_hz();
     say!(
-        "svm: {} paging, guest RAM {} MiB, entry {:#x}, tsc {} MHz",
+        "{}: {} paging, guest RAM {} MiB, entry {:#x}, tsc {} MHz",
+        arch.name(),
         if shadow { "shadow" } else { "nested" },
         g.ram_mib,
         g.entry_rip,
@@ -645,8 +636,9 @@ fn build(manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
     if manifest.tasks.is_empty() {
         // Nobody to hand exits to: run to the first exit and say so.
         let rec = vcpu.run();
-        count_exit(rec.exit_code);
+        count_exit(&rec);
         stop_now(Stop::NoServer {
+            class: ExitClass::of(&rec),
             code: rec.exit_code,
             rip: rec.regs.rip,
         });
@@ -654,7 +646,7 @@ fn build(manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
     let boot_info = memory::alloc_frame().map_err(|_| oom)?;
     let info = ServerBootInfo {
         abi_version: ABI_VERSION,
-        arch: VcpuArch::Svm as u32,
+        arch: arch.vcpu_arch() as u32,
         guest_ram_bytes: ram_bytes,
         guest_ram_window: GUEST_RAM_WINDOW,
         tsc_hz,

@@ -6,9 +6,6 @@
 //! care which.
 
 pub mod svm;
-// The `allow(dead_code)`s below go when `vm.rs` selects the extension with
-// `select` and runs `Vcpu`.
-#[allow(dead_code)]
 pub mod vmx;
 
 use crate::memory::OutOfMemory;
@@ -48,7 +45,6 @@ pub enum Paging {
 /// What the multiboot command line asks for (`arch=svm` or `arch=vmx`).
 /// Call before any frame is allocated: the loader may have put the command
 /// line where the stub's frames start.
-#[allow(dead_code)]
 pub fn request_from_multiboot(mbi: u32) -> Request {
     // SAFETY: a multiboot loader passes a valid information structure, in
     // the identity-mapped first GiB; flags at +0, cmdline at +16 when flag
@@ -80,7 +76,6 @@ pub fn request_from_multiboot(mbi: u32) -> Request {
 
 /// The extension to run with: the requested one, or what CPUID offers;
 /// `Err` is the sentence for `cannot run`.
-#[allow(dead_code)]
 pub fn select(request: Request) -> Result<Arch, &'static str> {
     let has_svm = crate::cpu::cpuid(0x8000_0000).eax >= 0x8000_0001
         && crate::cpu::cpuid(0x8000_0001).ecx & (1 << 2) != 0;
@@ -101,7 +96,6 @@ pub enum Vcpu {
 }
 
 /// Why an entry failed, whatever the extension.
-#[allow(dead_code)]
 pub enum EntryFailure {
     /// VMRUN's consistency checks (SVM gives no detail).
     Svm,
@@ -118,7 +112,6 @@ impl core::fmt::Display for EntryFailure {
 }
 
 /// Builds a VCPU of `arch`.
-#[allow(dead_code)]
 pub fn create_vcpu(arch: Arch, paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     Ok(match arch {
         Arch::Svm => Vcpu::Svm(svm::create_vcpu(paging, entry)?),
@@ -126,7 +119,6 @@ pub fn create_vcpu(arch: Arch, paging: Paging, entry: &Entry) -> Result<Vcpu, Ou
     })
 }
 
-#[allow(dead_code)]
 impl Vcpu {
     pub fn run(&mut self) -> ExitRecord {
         match self {
@@ -166,7 +158,6 @@ impl Vcpu {
 }
 
 /// The statistics class of an exit, whatever the extension.
-#[allow(dead_code)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitClass {
     Ioio,
@@ -180,8 +171,22 @@ pub enum ExitClass {
     Other,
 }
 
-#[allow(dead_code)]
 impl ExitClass {
+    /// A short name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ioio => "ioio",
+            Self::Hlt => "hlt",
+            Self::Cpuid => "cpuid",
+            Self::Msr => "msr",
+            Self::Npf => "nested page fault",
+            Self::Exception => "exception",
+            Self::Shutdown => "shutdown",
+            Self::Invalid => "failed entry",
+            Self::Other => "other",
+        }
+    }
+
     /// Classifies a record (SVM exit codes or VMX basic exit reasons).
     pub fn of(rec: &ExitRecord) -> Self {
         let c = rec.exit_code;
