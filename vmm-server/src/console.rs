@@ -9,23 +9,40 @@
 use core::cell::RefCell;
 use core::fmt;
 
-/// Receives the bytes a device transmits (the 16550's THR).
+/// Receives the bytes a device transmits (the 16550's THR) and supplies
+/// the bytes typed on the host console (its RBR).
 pub trait ConsoleSink {
     /// One byte the guest sent.
     fn write_byte(&mut self, byte: u8);
+
+    /// One byte typed on the host, if one is waiting. The default: none ever.
+    fn read_byte(&mut self) -> Option<u8> {
+        None
+    }
 }
 
 impl<S: ConsoleSink + ?Sized> ConsoleSink for &mut S {
     fn write_byte(&mut self, byte: u8) {
         (**self).write_byte(byte);
     }
+
+    fn read_byte(&mut self) -> Option<u8> {
+        (**self).read_byte()
+    }
 }
 
 /// A sink shared with its owner: the device borrows it for one byte at a
-/// time, so the owner can still flush it between exits.
+/// time, so the owner can still flush it between exits. A sink the owner
+/// holds borrowed drops the byte (and reads nothing) instead of panicking.
 impl<S: ConsoleSink + ?Sized> ConsoleSink for &RefCell<S> {
     fn write_byte(&mut self, byte: u8) {
-        self.borrow_mut().write_byte(byte);
+        if let Ok(mut s) = self.try_borrow_mut() {
+            s.write_byte(byte);
+        }
+    }
+
+    fn read_byte(&mut self) -> Option<u8> {
+        self.try_borrow_mut().ok()?.read_byte()
     }
 }
 
@@ -37,11 +54,22 @@ impl ConsoleSink for std::vec::Vec<u8> {
     }
 }
 
-/// The platform's console: the `ConsoleWrite` system call on the stub.
+/// The platform's console: the `ConsoleWrite` and `ConsoleRead` system
+/// calls on the stub.
 pub trait HostWrite {
     /// Writes `bytes` (at most [`HOST_BUFFER`] at a time) to the host console.
     fn write_host(&mut self, bytes: &[u8]);
+
+    /// Copies bytes typed on the host console into `buf` without waiting;
+    /// returns how many. The default: no input.
+    fn read_host(&mut self, buf: &mut [u8]) -> usize {
+        let _ = buf;
+        0
+    }
 }
+
+/// Bytes of host input read ahead.
+pub const INPUT_BUFFER: usize = 64;
 
 /// Bytes of guest output buffered before they are sent.
 pub const HOST_BUFFER: usize = 256;
@@ -55,6 +83,9 @@ pub struct HostConsole<W: HostWrite> {
     buf: [u8; HOST_BUFFER],
     len: usize,
     at_line_start: bool,
+    input: [u8; INPUT_BUFFER],
+    input_at: usize,
+    input_len: usize,
 }
 
 impl<W: HostWrite> HostConsole<W> {
@@ -66,6 +97,24 @@ impl<W: HostWrite> HostConsole<W> {
             buf: [0; HOST_BUFFER],
             len: 0,
             at_line_start,
+            input: [0; INPUT_BUFFER],
+            input_at: 0,
+            input_len: 0,
+        }
+    }
+
+    /// One byte typed on the host, read ahead [`INPUT_BUFFER`] at a time.
+    pub fn input_byte(&mut self) -> Option<u8> {
+        if self.input_at == self.input_len {
+            let n = self.out.read_host(&mut self.input);
+            self.input_at = 0;
+            self.input_len = n.min(INPUT_BUFFER);
+        }
+        if self.input_at < self.input_len {
+            self.input_at += 1;
+            Some(self.input[self.input_at - 1])
+        } else {
+            None
         }
     }
 
@@ -134,6 +183,10 @@ impl<W: HostWrite> ConsoleSink for HostConsole<W> {
     fn write_byte(&mut self, byte: u8) {
         self.guest_byte(byte);
     }
+
+    fn read_byte(&mut self) -> Option<u8> {
+        self.input_byte()
+    }
 }
 
 /// Formats a server line into the (flushed, hence empty) buffer, sending it
@@ -162,10 +215,11 @@ pub(crate) mod tests {
     use std::string::String;
     use std::vec::Vec;
 
-    /// Records every `write_host` call.
+    /// Records every `write_host` call; `typed` is what the host user types.
     #[derive(Default)]
     pub(crate) struct Recorder {
         pub(crate) calls: Vec<Vec<u8>>,
+        pub(crate) typed: std::collections::VecDeque<u8>,
     }
 
     impl Recorder {
@@ -179,6 +233,34 @@ pub(crate) mod tests {
             assert!(bytes.len() <= HOST_BUFFER);
             self.calls.push(bytes.to_vec());
         }
+
+        fn read_host(&mut self, buf: &mut [u8]) -> usize {
+            let n = buf.len().min(self.typed.len()).min(3);
+            for b in buf.iter_mut().take(n) {
+                *b = self.typed.pop_front().unwrap();
+            }
+            n
+        }
+    }
+
+    #[test]
+    fn host_input_is_read_ahead_in_chunks() {
+        let mut c = HostConsole::new(Recorder::default(), true);
+        assert_eq!(c.read_byte(), None);
+        c.out_mut().typed.extend(b"hello");
+        let got: Vec<u8> = std::iter::from_fn(|| c.read_byte()).collect();
+        assert_eq!(got, b"hello");
+        let cell = RefCell::new(c);
+        cell.borrow_mut().out_mut().typed.extend(b"x");
+        let mut sink = &cell;
+        let held = cell.borrow();
+        assert_eq!(
+            sink.read_byte(),
+            None,
+            "a held console reads nothing, no panic"
+        );
+        drop(held);
+        assert_eq!(sink.read_byte(), Some(b'x'));
     }
 
     #[test]

@@ -82,6 +82,13 @@ pub struct IoAccess {
     /// For a non-string OUT, the value written: the low bytes of RAX masked
     /// to `size`. 0 for IN and for string accesses.
     pub value: u32,
+    /// Address size of a string access in bytes (2, 4 or 8), when the
+    /// hardware said (SVM EXITINFO1 bits 9:7). QEMU's TCG leaves those bits
+    /// clear, so the emulator decodes the instruction instead.
+    pub address_size: Option<u8>,
+    /// Effective segment of a string access (0 = ES ... 5 = GS, SVM
+    /// EXITINFO1 bits 12:10), given only together with `address_size`.
+    pub segment: Option<u8>,
 }
 
 impl IoAccess {
@@ -100,29 +107,63 @@ impl IoAccess {
     }
 }
 
+/// How a nested page fault (SVM NPF) or EPT violation (VMX) accessed memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NpfAccess {
+    /// A write (else a read or a fetch).
+    pub write: bool,
+    /// An instruction fetch.
+    pub fetch: bool,
+    /// The fault happened while the CPU walked the guest's own page tables
+    /// (SVM EXITINFO1 bit 33): the guest keeps page tables outside RAM.
+    pub in_table_walk: bool,
+}
+
+impl NpfAccess {
+    /// Decodes SVM's NPF EXITINFO1 (APM vol. 2, 15.25.6): bit 1 write,
+    /// bit 4 fetch, bit 33 fault during the guest's table walk.
+    pub fn from_svm(exit_info1: u64) -> Self {
+        Self {
+            write: exit_info1 & (1 << 1) != 0,
+            fetch: exit_info1 & (1 << 4) != 0,
+            in_table_walk: exit_info1 & (1 << 33) != 0,
+        }
+    }
+
+    /// Decodes a VMX EPT-violation qualification (SDM vol. 3C, table
+    /// 28-7): bit 1 write, bit 2 fetch; bit 8 clear with bit 7 set means
+    /// the access was to a paging-structure entry.
+    pub fn from_vmx(qualification: u64) -> Self {
+        let linear_valid = qualification & (1 << 7) != 0;
+        let final_translation = qualification & (1 << 8) != 0;
+        Self {
+            write: qualification & (1 << 1) != 0,
+            fetch: qualification & (1 << 2) != 0,
+            in_table_walk: linear_valid && !final_translation,
+        }
+    }
+}
+
 /// What a VM exit means, whatever the virtualization extension.
+///
+/// The raw exit code stays in the [`ExitRecord`] (and in [`exit_name`] for
+/// messages); this enum says what the server has to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Exit {
     /// IN, OUT, INS or OUTS.
     Io(IoAccess),
-    /// HLT.
-    Hlt {
-        /// RFLAGS.IF at the exit: false means no interrupt can wake the guest.
-        interrupts_enabled: bool,
+    /// A nested page fault on guest-physical memory that no RAM backs: an
+    /// access to a device's MMIO range (or to nothing), which the server
+    /// emulates by decoding the instruction. Only [`Exit::decode_in`]
+    /// produces it.
+    Mmio {
+        /// Guest-physical address of the access.
+        gpa: u64,
+        /// How it accessed memory.
+        access: NpfAccess,
     },
-    /// Shutdown: the guest triple-faulted.
-    Shutdown,
-    /// The CPU refused to enter the guest (SVM VMRUN consistency checks,
-    /// VMX VM-entry failure): the guest did not run.
-    EntryFailed,
-    /// CPUID.
-    Cpuid,
-    /// RDMSR or WRMSR (the MSR index is in the guest's ECX).
-    Msr {
-        /// WRMSR rather than RDMSR.
-        write: bool,
-    },
-    /// A nested page fault (SVM NPF) or EPT violation (VMX).
+    /// A nested page fault (SVM NPF) or EPT violation (VMX) that is not an
+    /// MMIO access (inside RAM, or not classified).
     NestedPageFault {
         /// Guest-physical address of the access.
         gpa: u64,
@@ -130,16 +171,79 @@ pub enum Exit {
         /// EPT-violation exit qualification.
         error_code: u64,
     },
-    /// An intercepted exception.
+    /// CPUID (leaf in EAX, subleaf in ECX).
+    Cpuid,
+    /// RDMSR or WRMSR (the MSR index is in the guest's ECX).
+    Msr {
+        /// WRMSR rather than RDMSR.
+        write: bool,
+    },
+    /// HLT.
+    Hlt {
+        /// RFLAGS.IF at the exit: false means no interrupt can wake the guest.
+        interrupts_enabled: bool,
+    },
+    /// INVLPG.
+    Invlpg {
+        /// The linear address, when the hardware decoded it (SVM decode
+        /// assists, VMX qualification); else decode the instruction.
+        linear: Option<u64>,
+    },
+    /// A read or write of a control register (MOV CRn, and for CR0 also
+    /// LMSW, CLTS, SMSW).
+    CrAccess {
+        /// Which control register.
+        cr: u8,
+        /// A write (else a read).
+        write: bool,
+        /// The general-purpose register of a MOV, when the hardware decoded
+        /// it (SVM decode assists: EXITINFO1 bit 63 and bits 3:0; VMX
+        /// qualification bits 11:8).
+        gpr: Option<u8>,
+    },
+    /// MOV to or from a debug register.
+    DrAccess {
+        /// Which debug register.
+        dr: u8,
+        /// A write (else a read).
+        write: bool,
+        /// The general-purpose register, when the hardware decoded it.
+        gpr: Option<u8>,
+    },
+    /// An exception the stub intercepted.
     Exception {
         /// Its vector, 0..=31.
         vector: u8,
+        /// The error code it pushes, for the vectors that push one
+        /// (8, 10-14, 17, 21, 29, 30).
+        error_code: Option<u32>,
+        /// For #PF: the faulting linear address (SVM EXITINFO2).
+        address: Option<u64>,
     },
+    /// Shutdown: the guest triple-faulted.
+    Shutdown,
+    /// The interrupt window asked for with `REQUEST_INTERRUPT_WINDOW` is
+    /// open (SVM VINTR, VMX interrupt-window exiting).
+    InterruptWindow,
+    /// A physical interrupt arrived while the guest ran (SVM INTR, VMX
+    /// external interrupt): nothing for the guest.
+    ExternalInterrupt,
+    /// VMMCALL (SVM) or VMCALL (VMX).
+    Vmmcall,
+    /// The CPU refused to enter the guest (SVM VMRUN consistency checks,
+    /// VMX VM-entry failure): the guest did not run.
+    EntryFailed,
     /// Any other exit; `raw` is the record's exit code.
     Other {
         /// The raw exit code.
         raw: u64,
     },
+}
+
+/// Exception vectors that push an error code (APM vol. 2, 8.2; SDM vol. 3A,
+/// table 6-1).
+pub const fn pushes_error_code(vector: u8) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
 }
 
 impl Exit {
@@ -151,15 +255,66 @@ impl Exit {
             None => Self::Other { raw: rec.exit_code },
         }
     }
+
+    /// Decodes a record, turning a nested page fault outside guest RAM
+    /// (`[0, ram_bytes)`) into [`Exit::Mmio`].
+    pub fn decode_in(rec: &ExitRecord, ram_bytes: u64) -> Self {
+        match Self::decode(rec) {
+            Self::NestedPageFault { gpa, error_code } if gpa >= ram_bytes => {
+                let access = match VcpuArch::from_raw(rec.arch) {
+                    Some(VcpuArch::Vmx) => NpfAccess::from_vmx(error_code),
+                    _ => NpfAccess::from_svm(error_code),
+                };
+                Self::Mmio { gpa, access }
+            }
+            other => other,
+        }
+    }
 }
 
 fn decode_svm(rec: &ExitRecord) -> Exit {
     let code = rec.exit_code;
+    let info1 = rec.exit_info1;
+    // With decode assists, EXITINFO1 bit 63 says a MOV CR/DR left its GPR
+    // number in bits 3:0 (APM vol. 2, 15.8.1).
+    let assisted_gpr = (info1 & (1 << 63) != 0).then_some((info1 & 0xf) as u8);
     match code {
-        svm_exit::IOIO => match decode_svm_ioio(rec.exit_info1, rec.regs.rax) {
+        svm_exit::IOIO => match decode_svm_ioio(info1, rec.regs.rax) {
             Some(io) => Exit::Io(io),
             None => Exit::Other { raw: code },
         },
+        0x00..=0x0f => Exit::CrAccess {
+            cr: code as u8,
+            write: false,
+            gpr: assisted_gpr,
+        },
+        0x10..=0x1f => Exit::CrAccess {
+            cr: (code - 0x10) as u8,
+            write: true,
+            gpr: assisted_gpr,
+        },
+        // DR exits put the GPR in EXITINFO1 bits 3:0 with decode assists,
+        // without a valid bit; QEMU's TCG leaves EXITINFO1 zero.
+        0x20..=0x2f => Exit::DrAccess {
+            dr: (code - 0x20) as u8,
+            write: false,
+            gpr: None,
+        },
+        0x30..=0x3f => Exit::DrAccess {
+            dr: (code - 0x30) as u8,
+            write: true,
+            gpr: None,
+        },
+        c if (svm_exit::EXCP_BASE..svm_exit::EXCP_BASE + 32).contains(&c) => {
+            let vector = (c - svm_exit::EXCP_BASE) as u8;
+            Exit::Exception {
+                vector,
+                error_code: pushes_error_code(vector).then_some(info1 as u32),
+                address: (vector == 14).then_some(rec.exit_info2),
+            }
+        }
+        svm_exit::INTR => Exit::ExternalInterrupt,
+        svm_exit::VINTR => Exit::InterruptWindow,
         svm_exit::HLT => Exit::Hlt {
             interrupts_enabled: rec.regs.rflags & RFLAGS_IF != 0,
         },
@@ -168,15 +323,18 @@ fn decode_svm(rec: &ExitRecord) -> Exit {
         svm_exit::CPUID => Exit::Cpuid,
         // EXITINFO1 bit 0: 0 = RDMSR, 1 = WRMSR (APM vol. 2, 15.11).
         svm_exit::MSR => Exit::Msr {
-            write: rec.exit_info1 & 1 != 0,
+            write: info1 & 1 != 0,
         },
+        // With decode assists EXITINFO1 holds the linear address; without
+        // (QEMU's TCG) it is zero and the instruction must be decoded.
+        svm_exit::INVLPG => Exit::Invlpg {
+            linear: (rec.insn_len != 0 || info1 != 0).then_some(info1),
+        },
+        svm_exit::VMMCALL => Exit::Vmmcall,
         // EXITINFO1 = #PF-style error code, EXITINFO2 = faulting GPA (APM vol. 2, 15.25.6).
         svm_exit::NPF => Exit::NestedPageFault {
             gpa: rec.exit_info2,
-            error_code: rec.exit_info1,
-        },
-        c if (svm_exit::EXCP_BASE..svm_exit::EXCP_BASE + 32).contains(&c) => Exit::Exception {
-            vector: (c - svm_exit::EXCP_BASE) as u8,
+            error_code: info1,
         },
         raw => Exit::Other { raw },
     }
@@ -197,14 +355,23 @@ pub fn decode_svm_ioio(exit_info1: u64, rax: u64) -> Option<IoAccess> {
     } else {
         IoDirection::Out
     };
-    Some(io_access(
+    let mut io = io_access(
         (exit_info1 >> svm_ioio::PORT_SHIFT) as u16,
         size,
         direction,
         exit_info1 & svm_ioio::STRING != 0,
         exit_info1 & svm_ioio::REP != 0,
         rax,
-    ))
+    );
+    io.address_size = match (exit_info1 >> svm_ioio::ADDR_SHIFT) & 0b111 {
+        0b001 => Some(2),
+        0b010 => Some(4),
+        0b100 => Some(8),
+        _ => None,
+    };
+    let seg = ((exit_info1 >> svm_ioio::SEG_SHIFT) & 0b111) as u8;
+    io.segment = (io.address_size.is_some() && seg <= 5).then_some(seg);
+    Some(io)
 }
 
 fn io_access(
@@ -227,18 +394,35 @@ fn io_access(
         string,
         rep,
         value,
+        address_size: None,
+        segment: None,
     }
 }
 
 /// VMX basic exit reasons (Intel SDM vol. 3C, appendix C) that the decoder
 /// knows.
 pub mod vmx_exit {
+    /// Exception or NMI (the vector is in the VM-exit interruption
+    /// information, which the record does not carry).
+    pub const EXCEPTION_OR_NMI: u64 = 0;
+    /// External interrupt.
+    pub const EXTERNAL_INTERRUPT: u64 = 1;
     /// Triple fault.
     pub const TRIPLE_FAULT: u64 = 2;
+    /// Interrupt window.
+    pub const INTERRUPT_WINDOW: u64 = 7;
     /// CPUID.
     pub const CPUID: u64 = 10;
     /// HLT.
     pub const HLT: u64 = 12;
+    /// INVLPG; the qualification is the linear address.
+    pub const INVLPG: u64 = 14;
+    /// VMCALL.
+    pub const VMCALL: u64 = 18;
+    /// Control-register access; the qualification says which (table 28-3).
+    pub const CR_ACCESS: u64 = 28;
+    /// MOV DR; the qualification says which (table 28-4).
+    pub const DR_ACCESS: u64 = 29;
     /// I/O instruction; the exit qualification holds the access.
     pub const IO: u64 = 30;
     /// RDMSR.
@@ -259,11 +443,12 @@ pub mod vmx_exit {
 
 fn decode_vmx(rec: &ExitRecord) -> Exit {
     let code = rec.exit_code;
+    let q = rec.exit_info1;
     if code & vmx_exit::ENTRY_FAILURE_BIT != 0 {
         return Exit::EntryFailed;
     }
     match code {
-        vmx_exit::IO => match decode_vmx_io(rec.exit_info1, rec.regs.rax) {
+        vmx_exit::IO => match decode_vmx_io(q, rec.regs.rax) {
             Some(io) => Exit::Io(io),
             None => Exit::Other { raw: code },
         },
@@ -279,7 +464,27 @@ fn decode_vmx(rec: &ExitRecord) -> Exit {
         vmx_exit::WRMSR => Exit::Msr { write: true },
         vmx_exit::EPT_VIOLATION => Exit::NestedPageFault {
             gpa: rec.exit_info2,
-            error_code: rec.exit_info1,
+            error_code: q,
+        },
+        vmx_exit::EXTERNAL_INTERRUPT => Exit::ExternalInterrupt,
+        vmx_exit::INTERRUPT_WINDOW => Exit::InterruptWindow,
+        vmx_exit::INVLPG => Exit::Invlpg { linear: Some(q) },
+        vmx_exit::VMCALL => Exit::Vmmcall,
+        // Table 28-3: bits 3:0 CR, 5:4 type (0 MOV to CR, 1 MOV from CR,
+        // 2 CLTS, 3 LMSW), 11:8 GPR of a MOV.
+        vmx_exit::CR_ACCESS => {
+            let kind = (q >> 4) & 3;
+            Exit::CrAccess {
+                cr: (q & 0xf) as u8,
+                write: kind != 1,
+                gpr: (kind <= 1).then_some(((q >> 8) & 0xf) as u8),
+            }
+        }
+        // Table 28-4: bits 2:0 DR, bit 4 direction (1 = MOV from DR), 11:8 GPR.
+        vmx_exit::DR_ACCESS => Exit::DrAccess {
+            dr: (q & 7) as u8,
+            write: q & (1 << 4) == 0,
+            gpr: Some(((q >> 8) & 0xf) as u8),
         },
         // Exception exits (reason 0) need the VM-exit interruption
         // information, which the record does not carry yet.
@@ -542,8 +747,96 @@ pub(crate) mod tests {
                 string: false,
                 rep: false,
                 value: 0,
+                address_size: Some(4),
+                segment: Some(0),
             })
         );
+    }
+
+    #[test]
+    fn tcg_string_io_has_no_address_size() {
+        // QEMU's TCG sets neither the address-size nor the segment bits.
+        let rec = svm_record(svm_exit::IOIO, ioio(0x3f8, SZ8, false) | STRING | REP, 0);
+        let Exit::Io(io) = Exit::decode(&rec) else {
+            panic!()
+        };
+        assert_eq!((io.address_size, io.segment), (None, None));
+        // Hardware: A64 and DS (3).
+        let rec = svm_record(
+            svm_exit::IOIO,
+            ioio(0x3f8, SZ8, false) | STRING | (0b100 << ADDR_SHIFT) | (3 << SEG_SHIFT),
+            0,
+        );
+        let Exit::Io(io) = Exit::decode(&rec) else {
+            panic!()
+        };
+        assert_eq!((io.address_size, io.segment), (Some(8), Some(3)));
+    }
+
+    #[test]
+    fn cr_dr_and_invlpg_exits_decode() {
+        let d = |code, i1| Exit::decode(&svm_record(code, i1, 0));
+        assert_eq!(
+            d(0x03, 0),
+            Exit::CrAccess {
+                cr: 3,
+                write: false,
+                gpr: None
+            }
+        );
+        assert_eq!(
+            d(0x10, (1 << 63) | 5),
+            Exit::CrAccess {
+                cr: 0,
+                write: true,
+                gpr: Some(5)
+            }
+        );
+        assert_eq!(
+            d(0x37, 0),
+            Exit::DrAccess {
+                dr: 7,
+                write: true,
+                gpr: None
+            }
+        );
+        assert_eq!(d(svm_exit::INVLPG, 0), Exit::Invlpg { linear: None });
+        assert_eq!(
+            d(svm_exit::INVLPG, 0xffff_8000_0000_1000),
+            Exit::Invlpg {
+                linear: Some(0xffff_8000_0000_1000)
+            }
+        );
+    }
+
+    #[test]
+    fn npf_outside_ram_is_mmio() {
+        let rec = svm_record(svm_exit::NPF, 0x6, 0xfee0_0300);
+        assert_eq!(
+            Exit::decode_in(&rec, 16 << 20),
+            Exit::Mmio {
+                gpa: 0xfee0_0300,
+                access: NpfAccess {
+                    write: true,
+                    fetch: false,
+                    in_table_walk: false
+                }
+            }
+        );
+        let rec = svm_record(svm_exit::NPF, 0x1_0000_0004 | 0x10, 0x1000);
+        assert_eq!(
+            Exit::decode_in(&rec, 16 << 20),
+            Exit::NestedPageFault {
+                gpa: 0x1000,
+                error_code: 0x1_0000_0014
+            },
+            "inside RAM it stays a nested page fault"
+        );
+        let rec = svm_record(svm_exit::NPF, 1 << 33, 0x4000_0000);
+        let Exit::Mmio { access, .. } = Exit::decode_in(&rec, 16 << 20) else {
+            panic!()
+        };
+        assert!(access.in_table_walk);
     }
 
     #[test]
@@ -645,11 +938,42 @@ pub(crate) mod tests {
                 error_code: 0x6
             }
         );
-        assert_eq!(d(0x40, 0, 0), Exit::Exception { vector: 0 });
-        assert_eq!(d(0x4e, 0, 0), Exit::Exception { vector: 14 });
-        assert_eq!(d(0x5f, 0, 0), Exit::Exception { vector: 31 });
-        assert_eq!(d(0x60, 0, 0), Exit::Other { raw: 0x60 });
-        assert_eq!(d(svm_exit::VMMCALL, 0, 0), Exit::Other { raw: 0x81 });
+        assert_eq!(
+            d(0x40, 0, 0),
+            Exit::Exception {
+                vector: 0,
+                error_code: None,
+                address: None
+            }
+        );
+        assert_eq!(
+            d(0x4e, 0x6, 0xdead_b000),
+            Exit::Exception {
+                vector: 14,
+                error_code: Some(6),
+                address: Some(0xdead_b000)
+            }
+        );
+        assert_eq!(
+            d(0x4d, 0x18, 0),
+            Exit::Exception {
+                vector: 13,
+                error_code: Some(0x18),
+                address: None
+            }
+        );
+        assert_eq!(
+            d(0x5f, 0, 0),
+            Exit::Exception {
+                vector: 31,
+                error_code: None,
+                address: None
+            }
+        );
+        assert_eq!(d(0x60, 0, 0), Exit::ExternalInterrupt);
+        assert_eq!(d(0x64, 0, 0), Exit::InterruptWindow);
+        assert_eq!(d(svm_exit::VMMCALL, 0, 0), Exit::Vmmcall);
+        assert_eq!(d(0x90, 0, 0), Exit::Other { raw: 0x90 });
     }
 
     #[test]
@@ -682,6 +1006,48 @@ pub(crate) mod tests {
         assert_eq!(Exit::decode(&rec), Exit::Shutdown);
         rec.exit_code = vmx_exit::ENTRY_FAILURE_BIT | 33;
         assert_eq!(Exit::decode(&rec), Exit::EntryFailed);
+        rec.exit_code = vmx_exit::CR_ACCESS;
+        rec.exit_info1 = 3 | (6 << 8); // MOV to CR3 from RSI
+        assert_eq!(
+            Exit::decode(&rec),
+            Exit::CrAccess {
+                cr: 3,
+                write: true,
+                gpr: Some(6)
+            }
+        );
+        rec.exit_info1 = 3 << 4; // LMSW
+        assert_eq!(
+            Exit::decode(&rec),
+            Exit::CrAccess {
+                cr: 0,
+                write: true,
+                gpr: None
+            },
+            "LMSW"
+        );
+        rec.exit_code = vmx_exit::DR_ACCESS;
+        rec.exit_info1 = 7 | (1 << 4) | (2 << 8);
+        assert_eq!(
+            Exit::decode(&rec),
+            Exit::DrAccess {
+                dr: 7,
+                write: false,
+                gpr: Some(2)
+            }
+        );
+        rec.exit_code = vmx_exit::INTERRUPT_WINDOW;
+        assert_eq!(Exit::decode(&rec), Exit::InterruptWindow);
+        rec.exit_code = vmx_exit::EPT_VIOLATION;
+        rec.exit_info1 = 0b010;
+        rec.exit_info2 = 0xfed0_0000;
+        assert!(matches!(
+            Exit::decode_in(&rec, 1 << 20),
+            Exit::Mmio {
+                access: NpfAccess { write: true, .. },
+                ..
+            }
+        ));
         assert_eq!(exit_name(2, 12).to_string(), "hlt");
     }
 

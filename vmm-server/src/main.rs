@@ -25,9 +25,23 @@ mod ring3 {
     use ipc_proto::layout::{BootInfo, BOOT_INFO_PAGE, STACK_TOP, VCPU_PAGE};
     use ipc_proto::syscall::CONSOLE_WRITE_MAX;
     use ipc_proto::{ErrorCode, ExitRecord, Resume, Stats, Syscall, VcpuPage, ABI_VERSION};
+    use vmm_server::board::Board;
+    use vmm_server::cpuid::HostCpuid;
     use vmm_server::devices::debug_exit::{self, DebugExit};
+    use vmm_server::devices::i8042::{self, I8042};
+    use vmm_server::devices::pit::{self, Pit};
+    use vmm_server::devices::post::{self, PostCode};
+    use vmm_server::devices::rtc::{self, Rtc};
     use vmm_server::devices::uart16550::{self, Uart16550};
-    use vmm_server::{Ending, HostConsole, HostWrite, Router, Stub, Vmm};
+    use vmm_server::emulate::{GuestMemory, NotRam};
+    use vmm_server::mmio::{MmioRouter, ScratchRegisters};
+    use vmm_server::{Ending, Host, HostConsole, HostWrite, Router, Stub, Vmm};
+
+    /// Where the page of scratch registers sits (the `mmio` test guest's
+    /// target): a hole in the PC's MMIO map, below the I/O APIC.
+    const SCRATCH_MMIO_BASE: u64 = 0xfeb0_0000;
+    /// The RTC's time at boot when the stub gives none: 2026-01-01 00:00 UTC.
+    const RTC_EPOCH: i64 = 1_767_225_600;
 
     // `_start` realigns rsp anyway; `call` then pushes the return address,
     // leaving rsp = 8 (mod 16) at `server_main`'s entry as the SysV ABI wants.
@@ -118,12 +132,109 @@ mod ring3 {
         }
     }
 
-    /// `ConsoleWrite` as the library's host console.
+    /// `ConsoleWrite` and `ConsoleRead` as the library's host console.
     struct ConsoleSyscall;
 
     impl HostWrite for ConsoleSyscall {
         fn write_host(&mut self, bytes: &[u8]) {
             console_write(bytes);
+        }
+
+        fn read_host(&mut self, buf: &mut [u8]) -> usize {
+            // SAFETY: `buf` is a live, writable slice of our own memory.
+            let r = unsafe {
+                syscall3(
+                    Syscall::ConsoleRead,
+                    buf.as_mut_ptr() as u64,
+                    buf.len() as u64,
+                    0,
+                )
+            };
+            result(r).map_or(0, |n| (n as usize).min(buf.len()))
+        }
+    }
+
+    /// Guest RAM, mapped by the stub at `BootInfo::guest_ram_window`. It is
+    /// only touched through raw copies, never through a long-lived
+    /// reference: the guest changes it whenever it runs.
+    struct GuestRamWindow {
+        base: u64,
+        len: u64,
+    }
+
+    impl GuestRamWindow {
+        fn check(&self, gpa: u64, n: usize) -> Result<*mut u8, NotRam> {
+            let end = gpa.checked_add(n as u64).ok_or(NotRam)?;
+            if end > self.len {
+                return Err(NotRam);
+            }
+            Ok((self.base + gpa) as *mut u8)
+        }
+    }
+
+    impl GuestMemory for GuestRamWindow {
+        fn ram_bytes(&self) -> u64 {
+            self.len
+        }
+
+        fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), NotRam> {
+            let src = self.check(gpa, buf.len())?;
+            // SAFETY: `check` keeps the range inside the window the stub
+            // maps read-write for this task; the guest does not run while
+            // the server does, and `buf` is our own memory.
+            unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+            Ok(())
+        }
+
+        fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), NotRam> {
+            let dst = self.check(gpa, data.len())?;
+            // SAFETY: as for `read_phys`.
+            unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+            Ok(())
+        }
+    }
+
+    /// The host: the TSC as time source, the CPU's own CPUID, and console
+    /// input through `ConsoleRead`.
+    struct NativeHost {
+        tsc_hz: u64,
+    }
+
+    fn rdtsc() -> u64 {
+        // SAFETY: RDTSC has no memory effects; the stub leaves CR4.TSD
+        // clear, so ring 3 may execute it.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+
+    impl HostCpuid for NativeHost {
+        fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+            let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+            [r.eax, r.ebx, r.ecx, r.edx]
+        }
+    }
+
+    impl Host for NativeHost {
+        fn now(&mut self) -> u64 {
+            rdtsc()
+        }
+
+        fn ticks_per_second(&self) -> u64 {
+            self.tsc_hz
+        }
+
+        /// Spins for a millisecond: input may arrive at any time (the
+        /// UART takes it when it is polled next).
+        fn wait_for_input(&mut self) -> bool {
+            let wait = if self.tsc_hz == 0 {
+                1_000_000
+            } else {
+                self.tsc_hz / 1000
+            };
+            let start = rdtsc();
+            while rdtsc().wrapping_sub(start) < wait {
+                core::hint::spin_loop();
+            }
+            true
         }
     }
 
@@ -175,23 +286,69 @@ mod ring3 {
             vm_fail();
         }
 
-        let mut uart = Uart16550::new(&console);
+        let board = Board::new();
+        let mut ram = GuestRamWindow {
+            base: boot.guest_ram_window,
+            len: boot.guest_ram_bytes,
+        };
+        let mut host = NativeHost {
+            tsc_hz: boot.tsc_hz,
+        };
+        let mut uart = Uart16550::new(&console).with_irq(board.irq.pin(4));
+        let mut timer = Pit::new(&board.clock, Some(board.irq.pin(0)));
+        let mut cmos = Rtc::new(&board.clock, Some(board.irq.pin(8)), RTC_EPOCH);
+        cmos.set_memory_size(boot.guest_ram_bytes);
+        let mut keyboard = I8042::new(Some(board.irq.pin(1)));
+        let mut post_code = PostCode::new();
         let mut debug_exit = DebugExit::new();
         let mut router = Router::new();
         let registered = router
             .register(uart16550::COM1_BASE, uart16550::LEN, &mut uart)
+            .and_then(|()| router.register_ranges(&pit::RANGES, &mut timer))
+            .and_then(|()| router.register(rtc::BASE, rtc::LEN, &mut cmos))
+            .and_then(|()| router.register_ranges(&i8042::RANGES, &mut keyboard))
+            .and_then(|()| router.register(post::PORT, post::LEN, &mut post_code))
             .and_then(|()| router.register(debug_exit::PORT, debug_exit::LEN, &mut debug_exit));
         if let Err(e) = registered {
             console.borrow_mut().server_line(format_args!("{e}"));
             vm_fail();
         }
-        let mut vmm = Vmm::new(router);
+        let mut scratch = ScratchRegisters::default();
+        let mut mmio = MmioRouter::new();
+        if let Err(e) = mmio.register(SCRATCH_MMIO_BASE, 0x1000, &mut scratch) {
+            console.borrow_mut().server_line(format_args!("{e}"));
+            vm_fail();
+        }
+        let mut vmm = Vmm::new(router, &board, &mut ram, &mut host).with_mmio(mmio);
 
         match vmm_server::run(&mut NativeStub, &mut vmm, &console) {
             Ending::Stop { status } => vm_stop(status),
+            // The stub has no reset yet: a reset ends the VM, as QEMU's
+            // -no-reboot does.
+            Ending::Reset => vm_stop(0),
             Ending::Fail => vm_fail(),
         }
     }
+
+    /// The server allocates nothing at run time. `iced-x86` links the
+    /// `alloc` crate (for its formatters, which are not built here), so a
+    /// global allocator must exist: this one refuses every request, and an
+    /// allocation by mistake panics with a clear message.
+    struct NoAlloc;
+
+    // SAFETY: returning null is always a valid answer of `alloc`, and
+    // `dealloc` is never called with a pointer `alloc` did not return
+    // (it never returns one).
+    unsafe impl core::alloc::GlobalAlloc for NoAlloc {
+        unsafe fn alloc(&self, _layout: core::alloc::Layout) -> *mut u8 {
+            core::ptr::null_mut()
+        }
+
+        unsafe fn dealloc(&self, _ptr: *mut u8, _layout: core::alloc::Layout) {}
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: NoAlloc = NoAlloc;
 
     #[panic_handler]
     fn panic(info: &core::panic::PanicInfo<'_>) -> ! {

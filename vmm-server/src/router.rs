@@ -1,16 +1,22 @@
 //! The port I/O router: port ranges `[base, base + len)` mapped to devices.
 //!
-//! A port no device claims behaves like an empty ISA bus: a read returns all
-//! ones for the access size and a write is dropped. Both are counted, so a
-//! run can report the ports a guest probed that nothing emulates.
+//! A device may decode several ranges (the PIT and port 0x61, the keyboard
+//! controller's 0x60 and 0x64); it sees offsets from the base of its first
+//! range. A port no device claims behaves like an empty ISA bus: a read
+//! returns all ones for the access size and a write is dropped. Both are
+//! counted, so a run can report the ports a guest probed that nothing
+//! emulates.
 
 use core::fmt;
 
+use crate::board::Nanos;
 use crate::devices::{PortDevice, WriteOutcome};
 use crate::exit::IoSize;
 
 /// Most ranges one router holds.
 pub const MAX_RANGES: usize = 16;
+/// Most devices one router holds.
+pub const MAX_DEVICES: usize = 16;
 
 /// Why a range could not be registered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,7 +39,8 @@ pub enum RouterError {
         /// Number of ports of the range it overlaps.
         existing_len: u16,
     },
-    /// The router already holds [`MAX_RANGES`] ranges.
+    /// The router already holds [`MAX_RANGES`] ranges or [`MAX_DEVICES`]
+    /// devices.
     Full,
 }
 
@@ -53,7 +60,10 @@ impl fmt::Display for RouterError {
                 f,
                 "port range {base:#x}+{len:#x} overlaps the registered range {existing_base:#x}+{existing_len:#x}"
             ),
-            Self::Full => write!(f, "the port router holds {MAX_RANGES} ranges already"),
+            Self::Full => write!(
+                f,
+                "the port router holds {MAX_RANGES} ranges or {MAX_DEVICES} devices already"
+            ),
         }
     }
 }
@@ -79,13 +89,16 @@ impl fmt::Display for UnknownPortCounts {
     }
 }
 
-struct Range<'d> {
+#[derive(Clone, Copy)]
+struct Range {
     base: u16,
     len: u16,
-    device: &'d mut dyn PortDevice,
+    device: usize,
+    /// The base of the device's first range: offsets count from it.
+    offset_base: u16,
 }
 
-impl Range<'_> {
+impl Range {
     fn end(&self) -> u32 {
         u32::from(self.base) + u32::from(self.len)
     }
@@ -98,7 +111,8 @@ impl Range<'_> {
 /// Maps port ranges to the devices that borrow them for `'d`.
 #[derive(Default)]
 pub struct Router<'d> {
-    ranges: heapless::Vec<Range<'d>, MAX_RANGES>,
+    ranges: heapless::Vec<Range, MAX_RANGES>,
+    devices: heapless::Vec<&'d mut dyn PortDevice, MAX_DEVICES>,
     unknown: UnknownPortCounts,
 }
 
@@ -116,27 +130,62 @@ impl<'d> Router<'d> {
         len: u16,
         device: &'d mut dyn PortDevice,
     ) -> Result<(), RouterError> {
-        let new = Range { base, len, device };
-        if len == 0 || new.end() > 0x1_0000 {
-            return Err(RouterError::BadRange { base, len });
-        }
-        if let Some(r) = self
-            .ranges
-            .iter()
-            .find(|r| u32::from(base) < r.end() && u32::from(r.base) < new.end())
-        {
-            return Err(RouterError::Overlap {
-                base,
-                len,
-                existing_base: r.base,
-                existing_len: r.len,
-            });
-        }
-        self.ranges.push(new).map_err(|_| RouterError::Full)
+        self.register_ranges(&[(base, len)], device)
     }
 
-    fn find(&mut self, port: u16) -> Option<&mut Range<'d>> {
-        self.ranges.iter_mut().find(|r| r.contains(port))
+    /// Routes every `(base, len)` range to `device`, which sees offsets from
+    /// the first range's base (`port - ranges[0].0`). Nothing is registered
+    /// unless every range is valid, free and fits.
+    pub fn register_ranges(
+        &mut self,
+        ranges: &[(u16, u16)],
+        device: &'d mut dyn PortDevice,
+    ) -> Result<(), RouterError> {
+        let Some(&(offset_base, _)) = ranges.first() else {
+            return Err(RouterError::BadRange { base: 0, len: 0 });
+        };
+        let index = self.devices.len();
+        let mut new: heapless::Vec<Range, MAX_RANGES> = heapless::Vec::new();
+        for &(base, len) in ranges {
+            let r = Range {
+                base,
+                len,
+                device: index,
+                offset_base,
+            };
+            if len == 0 || r.end() > 0x1_0000 {
+                return Err(RouterError::BadRange { base, len });
+            }
+            if let Some(o) = self
+                .ranges
+                .iter()
+                .chain(new.iter())
+                .find(|o| u32::from(base) < o.end() && u32::from(o.base) < r.end())
+            {
+                return Err(RouterError::Overlap {
+                    base,
+                    len,
+                    existing_base: o.base,
+                    existing_len: o.len,
+                });
+            }
+            new.push(r).map_err(|_| RouterError::Full)?;
+        }
+        if self.ranges.len() + new.len() > MAX_RANGES || self.devices.is_full() {
+            return Err(RouterError::Full);
+        }
+        // Both fit: checked just above.
+        let _ = self.devices.push(device);
+        for r in new {
+            let _ = self.ranges.push(r);
+        }
+        Ok(())
+    }
+
+    fn find(&mut self, port: u16) -> Option<(&mut dyn PortDevice, u16)> {
+        let r = *self.ranges.iter().find(|r| r.contains(port))?;
+        let dev = self.devices.get_mut(r.device)?;
+        Some((&mut **dev, port.wrapping_sub(r.offset_base)))
     }
 
     /// True when a device claims `port`.
@@ -148,7 +197,7 @@ impl<'d> Router<'d> {
     /// (counted) when no device claims the port.
     pub fn read(&mut self, port: u16, size: IoSize) -> u32 {
         match self.find(port) {
-            Some(r) => r.device.read(port - r.base, size) & size.mask(),
+            Some((d, offset)) => d.read(offset, size) & size.mask(),
             None => {
                 self.unknown.reads += 1;
                 size.mask()
@@ -160,12 +209,18 @@ impl<'d> Router<'d> {
     /// (counted) when no device claims the port.
     pub fn write(&mut self, port: u16, size: IoSize, value: u32) -> WriteOutcome {
         match self.find(port) {
-            Some(r) => r.device.write(port - r.base, size, value & size.mask()),
+            Some((d, offset)) => d.write(offset, size, value & size.mask()),
             None => {
                 self.unknown.writes += 1;
                 WriteOutcome::Continue
             }
         }
+    }
+
+    /// Polls every device ([`PortDevice::poll`]) and returns the earliest
+    /// next deadline.
+    pub fn poll(&mut self) -> Option<Nanos> {
+        self.devices.iter_mut().filter_map(|d| d.poll()).min()
     }
 
     /// Accesses that hit no device so far.
@@ -280,6 +335,75 @@ mod tests {
         // Adjacent on both sides is fine.
         r.register(0x3f0, 8, d).unwrap();
         r.register(0x400, 1, e).unwrap();
+    }
+
+    #[test]
+    fn one_device_at_several_ranges_sees_offsets_from_the_first() {
+        let mut p = Probe::default();
+        {
+            let mut r = Router::new();
+            r.register_ranges(&[(0x40, 4), (0x61, 1)], &mut p).unwrap();
+            r.read(0x43, IoSize::Byte);
+            r.write(0x61, IoSize::Byte, 3);
+            assert_eq!(r.read(0x60, IoSize::Byte), 0xff);
+        }
+        assert_eq!(
+            p.seen,
+            [(3, IoSize::Byte, None), (0x21, IoSize::Byte, Some(3))]
+        );
+    }
+
+    #[test]
+    fn a_refused_set_of_ranges_registers_nothing() {
+        let mut p: Vec<Probe> = (0..3).map(|_| Probe::default()).collect();
+        let [a, b, c] = &mut p[..] else {
+            unreachable!()
+        };
+        let mut r = Router::new();
+        r.register(0x61, 1, a).unwrap();
+        assert!(matches!(
+            r.register_ranges(&[(0x40, 4), (0x61, 1)], b),
+            Err(RouterError::Overlap { .. })
+        ));
+        assert!(!r.claims(0x40), "the first range was not kept");
+        assert!(matches!(
+            r.register_ranges(&[(0x70, 2), (0x71, 1)], c),
+            Err(RouterError::Overlap { .. })
+        ));
+    }
+
+    #[test]
+    fn no_ranges_is_an_error() {
+        let mut p = Probe::default();
+        let mut r = Router::new();
+        assert!(r.register_ranges(&[], &mut p).is_err());
+    }
+
+    #[test]
+    fn poll_returns_the_earliest_deadline() {
+        struct Timer(Option<Nanos>, u32);
+        impl PortDevice for Timer {
+            fn read(&mut self, _: u16, _: IoSize) -> u32 {
+                0
+            }
+            fn write(&mut self, _: u16, _: IoSize, _: u32) -> WriteOutcome {
+                WriteOutcome::Continue
+            }
+            fn poll(&mut self) -> Option<Nanos> {
+                self.1 += 1;
+                self.0
+            }
+        }
+        let (mut a, mut b, mut c) = (Timer(Some(50), 0), Timer(None, 0), Timer(Some(20), 0));
+        {
+            let mut r = Router::new();
+            r.register(1, 1, &mut a).unwrap();
+            r.register(2, 1, &mut b).unwrap();
+            assert_eq!(r.poll(), Some(50));
+            r.register(3, 1, &mut c).unwrap();
+            assert_eq!(r.poll(), Some(20));
+        }
+        assert_eq!((a.1, b.1, c.1), (2, 2, 1), "every device is polled");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use core::cell::RefCell;
 
-use ipc_proto::{ErrorCode, ExitRecord, Resume, Stats};
+use ipc_proto::{ErrorCode, ExitRecord, Resume, Segment, Stats};
 
 use crate::console::{HostConsole, HostWrite};
 use crate::vmm::{Action, Vmm};
@@ -21,6 +21,12 @@ pub trait Stub {
 
     /// `StatsRead`: the stub's counters.
     fn stats_read(&mut self) -> Result<Stats, ErrorCode>;
+
+    /// ES, CS, SS, DS, FS, GS at the last exit, when the platform gives
+    /// them (the exit record carries only CS). The default: not given.
+    fn segments(&mut self) -> Option<[Segment; 6]> {
+        None
+    }
 }
 
 /// How the VM ended; the caller makes the matching system call
@@ -32,6 +38,8 @@ pub enum Ending {
         /// Exit status, 0 for success.
         status: u8,
     },
+    /// The guest reset the machine; it has been said on the console.
+    Reset,
     /// The VM could not go on; the reason has been printed.
     Fail,
 }
@@ -40,9 +48,11 @@ pub enum Ending {
 ///
 /// The console is shared with the guest's UART (which holds `&console`
 /// inside `vmm`); it is only borrowed here between exits. Before returning,
-/// the guest's buffered output is flushed, the reason of a failure is
-/// printed as `[vmm] <reason>`, and then the statistics line
-/// `[vmm] <Stats> unknown_port_reads=N unknown_port_writes=N`.
+/// the guest's buffered output is flushed; a failure prints its reason as
+/// `[vmm] <reason>` and the last exits as `[vmm]   #<seq> <exit> ...` lines;
+/// a reset says `[vmm] the guest reset the machine`; then comes the
+/// statistics line `[vmm] <Stats> unknown_port_reads=N
+/// unknown_port_writes=N emulated=N irqs=N exceptions=N windows=N warps=N`.
 pub fn run<S: Stub, W: HostWrite>(
     stub: &mut S,
     vmm: &mut Vmm<'_>,
@@ -65,15 +75,30 @@ pub fn run<S: Stub, W: HostWrite>(
                 return Ending::Fail;
             }
         };
-        match vmm.handle(&rec) {
+        let segments = stub.segments();
+        match vmm.handle_with(&rec, segments) {
             Action::Resume(r) => resume = Some(r),
             Action::Stop { status } => {
                 console.borrow_mut().flush();
                 statistics_line(stub, vmm, console);
                 return Ending::Stop { status };
             }
+            Action::Reset => {
+                console
+                    .borrow_mut()
+                    .server_line(format_args!("the guest reset the machine"));
+                statistics_line(stub, vmm, console);
+                return Ending::Reset;
+            }
             Action::Fail(why) => {
-                console.borrow_mut().server_line(format_args!("{why}"));
+                {
+                    let mut c = console.borrow_mut();
+                    c.server_line(format_args!("{why}"));
+                    c.server_line(format_args!("last exits, oldest first:"));
+                    for e in vmm.history().iter() {
+                        c.server_line(format_args!("  {e}"));
+                    }
+                }
                 statistics_line(stub, vmm, console);
                 return Ending::Fail;
             }
@@ -81,18 +106,20 @@ pub fn run<S: Stub, W: HostWrite>(
     }
 }
 
-/// Prints `[vmm] <Stats> unknown_port_reads=N unknown_port_writes=N`.
+/// Prints `[vmm] <Stats> unknown_port_reads=N unknown_port_writes=N
+/// emulated=N irqs=N exceptions=N windows=N warps=N`.
 pub fn statistics_line<S: Stub, W: HostWrite>(
     stub: &mut S,
     vmm: &Vmm<'_>,
     console: &RefCell<HostConsole<W>>,
 ) {
     let unknown = vmm.unknown_ports();
+    let mine = vmm.stats();
     let mut c = console.borrow_mut();
     match stub.stats_read() {
-        Ok(stats) => c.server_line(format_args!("{stats}{unknown}")),
+        Ok(stats) => c.server_line(format_args!("{stats}{unknown}{mine}")),
         Err(e) => c.server_line(format_args!(
-            "statistics unavailable: {}{unknown}",
+            "statistics unavailable: {}{unknown}{mine}",
             e.describe()
         )),
     }
@@ -164,6 +191,10 @@ mod tests {
     }
 
     fn run_script(script: &mut Script) -> (Ending, std::string::String) {
+        let board = crate::board::Board::new();
+        let mut bytes = std::vec![0u8; 1 << 20];
+        let mut ram = crate::emulate::Ram::new(&mut bytes);
+        let mut host = crate::vmm::NullHost;
         let console = RefCell::new(HostConsole::new(Recorder::default(), true));
         let mut uart = Uart16550::new(&console);
         let mut dbg = DebugExit::new();
@@ -172,7 +203,7 @@ mod tests {
             .unwrap();
         r.register(debug_exit::PORT, debug_exit::LEN, &mut dbg)
             .unwrap();
-        let mut vmm = Vmm::new(r);
+        let mut vmm = Vmm::new(r, &board, &mut ram, &mut host);
         let end = run(script, &mut vmm, &console);
         drop(vmm);
         let text = console.borrow().out().text();
@@ -188,7 +219,8 @@ mod tests {
             text,
             "hello\nbye\n[vmm] exits: total=10 ioio=0 hlt=0 cpuid=0 msr=0 npf=0 exception=0 \
              shutdown=0 invalid=0 other=0 syscalls=0 resumes_refused=0 \
-             unknown_port_reads=0 unknown_port_writes=0\n"
+             unknown_port_reads=0 unknown_port_writes=0 \
+             emulated=0 irqs=0 exceptions=0 windows=0 warps=0\n"
         );
         assert_eq!(s.resumes[0], None, "the first run carries no resume");
         let second = s.resumes[1].unwrap();
@@ -201,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_failure_prints_its_reason_on_its_own_line() {
-        let mut cpuid = svm_record(svm_exit::CPUID, 0, 0);
+        let mut cpuid = svm_record(0x8d, 0, 0);
         cpuid.regs.rip = 0x10_0023;
         let mut exits = guest_printing(b"boot", out(0x80, 1, 0x3000));
         exits.push(cpuid);
@@ -212,15 +244,27 @@ mod tests {
         assert_eq!(lines[0], "boot");
         assert_eq!(
             lines[1],
-            "[vmm] unhandled exit cpuid (code 0x72) at rip=0x100023"
+            "[vmm] unhandled exit xsetbv (code 0x8d) at rip=0x100023"
         );
+        assert_eq!(lines[2], "[vmm] last exits, oldest first:");
+        assert!(
+            lines[3].starts_with("[vmm]   #1 ioio (code 0x7b) rip=0x1000 "),
+            "{}",
+            lines[3]
+        );
+        assert!(
+            lines[8].starts_with("[vmm]   #1 xsetbv (code 0x8d) rip=0x100023"),
+            "{}",
+            lines[8]
+        );
+        let lines = &lines[7..];
         assert!(
             lines[2].starts_with("[vmm] exits: total=6 "),
             "{}",
             lines[2]
         );
         assert!(
-            lines[2].ends_with(" unknown_port_reads=0 unknown_port_writes=1"),
+            lines[2].contains(" unknown_port_reads=0 unknown_port_writes=1 "),
             "{}",
             lines[2]
         );

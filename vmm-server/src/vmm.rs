@@ -1,13 +1,72 @@
 //! The exit handler: one [`ExitRecord`] in, one [`Action`] out.
+//!
+//! On every exit the handler moves the virtual clock (see the crate README
+//! for how it follows the host's time source), lets the devices catch up
+//! with it, handles the exit (port I/O through the router, MMIO and string
+//! I/O through the instruction emulator, CPUID and MSRs through their
+//! policies, HLT by skipping to the next timer deadline), and then decides
+//! what to inject: an event the exit interrupted, a fault the emulation
+//! raised, or the PIC's interrupt when the guest can take it (RFLAGS.IF
+//! set, no interrupt shadow) -- else it asks for an interrupt window.
 
 use core::fmt;
 
 use ipc_proto::vcpu::svm_exit;
-use ipc_proto::{EventInjection, ExitRecord, GuestRegs, Resume, ResumeFlags, VcpuArch};
+use ipc_proto::{
+    EventInjection, EventKind, ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch,
+};
 
+use crate::board::{Board, Nanos, SECOND};
+use crate::cpuid::{guest_cpuid, HostCpuid};
+use crate::devices::pic::{self, DualPic};
 use crate::devices::WriteOutcome;
-use crate::exit::{exit_name, Exit, IoAccess, IoDirection, IoSize};
+use crate::emulate::{
+    EmuError, Emulator, Expect, Fault, GuestMemory, IoBus, PageWalker, MAX_ITERATIONS,
+};
+use crate::exit::{exception_mnemonic, exit_name, Exit, IoAccess, IoDirection, IoSize, RFLAGS_IF};
+use crate::history::History;
+use crate::mmio::MmioRouter;
+use crate::msr::{msr_name, MsrContext, MsrError, MsrState};
 use crate::router::{Router, UnknownPortCounts};
+use crate::vcpu::VcpuState;
+
+/// The host services the handler needs besides the exit record.
+pub trait Host: HostCpuid {
+    /// The host's time source now, in ticks (the TSC on the native stub,
+    /// which ring 3 may read with RDTSC).
+    fn now(&mut self) -> u64;
+
+    /// Ticks per second of [`Host::now`] (`BootInfo::tsc_hz` on the native
+    /// stub); 0 when unknown, in which case 1 GHz is assumed.
+    fn ticks_per_second(&self) -> u64;
+
+    /// Waits a little for input on the host console. Returns false when no
+    /// input can ever arrive, so that a guest halted with nothing to wake
+    /// it is reported instead of waited for. The default: no input.
+    fn wait_for_input(&mut self) -> bool {
+        false
+    }
+}
+
+/// A host with a clock that stands still, no CPU features and no input:
+/// enough for guests that only do port I/O.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NullHost;
+
+impl HostCpuid for NullHost {
+    fn host_cpuid(&self, _leaf: u32, _subleaf: u32) -> [u32; 4] {
+        [0; 4]
+    }
+}
+
+impl Host for NullHost {
+    fn now(&mut self) -> u64 {
+        0
+    }
+    fn ticks_per_second(&self) -> u64 {
+        SECOND
+    }
+}
 
 /// What the server does after an exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +78,8 @@ pub enum Action {
         /// Exit status, 0 for success.
         status: u8,
     },
+    /// The guest reset the machine (keyboard controller command 0xFE).
+    Reset,
     /// The VM cannot go on.
     Fail(FailReason),
 }
@@ -32,16 +93,52 @@ pub enum FailKind {
     TripleFault,
     /// The CPU refused to enter the guest.
     EntryFailed,
-    /// INS/OUTS (with or without REP): needs the instruction emulator.
-    StringIo,
-    /// HLT with interrupts enabled, but no device can raise one yet.
+    /// HLT with interrupts enabled, with no timer armed and no input that
+    /// could arrive: nothing will ever wake the guest.
     HaltedWithInterruptsEnabled,
-    /// The exit did not give the next instruction's address.
+    /// The exit did not give the next instruction's address, and the
+    /// instruction could not be decoded.
     NoNextRip,
     /// The record was written by a stub of another ABI version.
     AbiMismatch {
         /// The record's `abi_version`.
         record: u32,
+    },
+    /// The instruction behind an MMIO or string I/O exit could not be
+    /// emulated.
+    Emulation(EmuError),
+    /// An MSR access needs the stub (the value lives in the VMCB).
+    MsrNeedsStub {
+        /// The MSR.
+        index: u32,
+        /// WRMSR rather than RDMSR.
+        write: bool,
+    },
+    /// The guest takes the same exception at the same RIP again and again.
+    FaultLoop {
+        /// The exception.
+        vector: u8,
+        /// How many times in a row.
+        count: u32,
+    },
+    /// A CR access or INVLPG reached the vmm-server: with shadow paging they
+    /// are the mmu-server's, with nested paging the stub does not intercept
+    /// them.
+    NotForVmm,
+    /// The guest executes outside RAM.
+    MmioFetch,
+    /// The guest's page tables lie outside RAM.
+    MmioPageTables,
+    /// A nested page fault inside guest RAM, which is all mapped.
+    NpfInRam,
+    /// A nested page fault outside RAM while the CPU delivered an event
+    /// (an IDT or stack in MMIO space).
+    EventDeliveryFault,
+    /// The guest halted with interrupts enabled this many times in a row
+    /// while every interrupt that came was masked.
+    IdleForever {
+        /// How many HLT exits.
+        halts: u64,
     },
 }
 
@@ -78,6 +175,7 @@ impl fmt::Display for FailReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = exit_name(self.arch, self.code);
         let (code, rip) = (self.code, self.rip);
+        let at = format_args!("({name}, code {code:#x}) at rip={rip:#x}");
         match self.kind {
             FailKind::Unhandled => {
                 write!(f, "unhandled exit {name} (code {code:#x}) at rip={rip:#x}")?;
@@ -91,59 +189,273 @@ impl fmt::Display for FailReason {
                     _ => Ok(()),
                 }
             }
-            FailKind::TripleFault => write!(
-                f,
-                "the guest triple-faulted ({name}, code {code:#x}) at rip={rip:#x}"
-            ),
+            FailKind::TripleFault => write!(f, "the guest triple-faulted {at}"),
             FailKind::EntryFailed => write!(
                 f,
-                "the CPU refused to enter the guest: its state fails the consistency checks ({name}, code {code:#x}) at rip={rip:#x}"
+                "the CPU refused to enter the guest: its state fails the consistency checks {at}"
             ),
-            FailKind::StringIo => {
-                f.write_str("string port I/O is not emulated yet")?;
-                if let Exit::Io(io) = self.exit {
-                    let rep = if io.rep { "rep " } else { "" };
-                    let (mnemonic, port) = (io.mnemonic(), io.port);
-                    write!(f, ": {rep}{mnemonic} port {port:#x}")?;
-                }
-                write!(f, " ({name}, code {code:#x}) at rip={rip:#x}")
-            }
             FailKind::HaltedWithInterruptsEnabled => write!(
                 f,
-                "guest halted waiting for an interrupt, and no device can raise one yet ({name}, code {code:#x}) at rip={rip:#x}"
+                "guest halted waiting for an interrupt, and nothing can raise one: no timer is armed and no input can arrive {at}"
             ),
             FailKind::NoNextRip => write!(
                 f,
-                "the exit does not give the next instruction's address and instructions are not decoded yet ({name}, code {code:#x}) at rip={rip:#x}"
+                "the exit does not give the next instruction's address and the instruction cannot be decoded {at}"
             ),
             FailKind::AbiMismatch { record } => write!(
                 f,
-                "the exit record is from ABI version {record}, this server speaks version {} ({name}, code {code:#x}) at rip={rip:#x}",
+                "the exit record is from ABI version {record}, this server speaks version {} {at}",
                 ipc_proto::ABI_VERSION
+            ),
+            FailKind::Emulation(e) => {
+                write!(f, "{e} {at}")?;
+                if let Exit::Mmio { gpa, .. } = self.exit {
+                    write!(f, ": gpa={gpa:#x}")?;
+                }
+                Ok(())
+            }
+            FailKind::MsrNeedsStub { index, write } => write!(
+                f,
+                "{} of {} needs the stub: the value lives in the VMCB {at}",
+                if write { "wrmsr" } else { "rdmsr" },
+                msr_name(index)
+            ),
+            FailKind::FaultLoop { vector, count } => write!(
+                f,
+                "the guest loops on {} ({count} times in a row) {at}",
+                exception_mnemonic(vector)
+            ),
+            FailKind::NotForVmm => write!(
+                f,
+                "a {name} exit reached the vmm-server: it belongs to the mmu-server with shadow paging, and the stub does not intercept it with nested paging {at}"
+            ),
+            FailKind::MmioFetch | FailKind::MmioPageTables | FailKind::EventDeliveryFault => {
+                let what = match self.kind {
+                    FailKind::MmioFetch => "the guest executes outside RAM",
+                    FailKind::MmioPageTables => "the guest's page tables reach outside RAM",
+                    _ => "the CPU touched memory outside RAM while delivering an event",
+                };
+                write!(f, "{what} {at}")?;
+                if let Exit::Mmio { gpa, .. } = self.exit {
+                    write!(f, ": gpa={gpa:#x}")?;
+                }
+                Ok(())
+            }
+            FailKind::NpfInRam => {
+                write!(f, "nested page fault inside guest RAM {at}")?;
+                if let Exit::NestedPageFault { gpa, error_code } = self.exit {
+                    write!(f, ": gpa={gpa:#x} error_code={error_code:#x}")?;
+                }
+                Ok(())
+            }
+            FailKind::IdleForever { halts } => write!(
+                f,
+                "the guest halted with interrupts enabled {halts} times in a row and no interrupt could reach it (masked in the PIC?) {at}"
             ),
         }
     }
 }
 
-/// The exit handler: decodes exits and routes port I/O to the devices.
+/// Counters the handler keeps, printed after the stub's statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmmStats {
+    /// Instructions emulated (MMIO and string I/O).
+    pub emulated: u64,
+    /// External interrupts injected.
+    pub irqs: u64,
+    /// Exceptions injected.
+    pub exceptions: u64,
+    /// Interrupt windows asked for.
+    pub windows: u64,
+    /// Times HLT moved the virtual clock to the next deadline.
+    pub warps: u64,
+}
+
+impl fmt::Display for VmmStats {
+    /// ` emulated=N irqs=N exceptions=N windows=N warps=N` (with the
+    /// leading space).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            " emulated={} irqs={} exceptions={} windows={} warps={}",
+            self.emulated, self.irqs, self.exceptions, self.windows, self.warps
+        )
+    }
+}
+
+/// Limits of the handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmmConfig {
+    /// Most iterations of a REP string instruction per exit.
+    pub max_string_iterations: u64,
+    /// The same exception injected at the same RIP this many times in a
+    /// row ends the VM.
+    pub fault_loop_limit: u32,
+    /// HLT exits in a row with interrupts enabled but nothing delivered
+    /// before the VM is declared stuck.
+    pub idle_limit: u64,
+    /// Timer deadlines one HLT exit may skip to before it lets the guest
+    /// run (and halt) again.
+    pub max_warps_per_exit: u32,
+}
+
+impl Default for VmmConfig {
+    fn default() -> Self {
+        Self {
+            max_string_iterations: MAX_ITERATIONS,
+            fault_loop_limit: 64,
+            idle_limit: 1_000_000,
+            max_warps_per_exit: 16,
+        }
+    }
+}
+
+/// The PIC's ports (as offsets from 0x20), if `port` is one.
+fn pic_offset(port: u16) -> Option<u16> {
+    pic::RANGES
+        .iter()
+        .any(|&(b, l)| port >= b && port - b < l)
+        .then(|| port - pic::BASE)
+}
+
+/// Ports and MMIO as the emulator and the port-I/O path see them: the PIC
+/// (the handler's own), then the port router; the MMIO router.
+struct Bus<'a, 'd> {
+    pic: &'a mut DualPic,
+    router: &'a mut Router<'d>,
+    mmio: &'a mut MmioRouter<'d>,
+}
+
+impl IoBus for Bus<'_, '_> {
+    fn port_read(&mut self, port: u16, size: IoSize) -> u32 {
+        match pic_offset(port) {
+            Some(o) => crate::devices::PortDevice::read(self.pic, o, size) & size.mask(),
+            None => self.router.read(port, size),
+        }
+    }
+
+    fn port_write(&mut self, port: u16, size: IoSize, value: u32) -> WriteOutcome {
+        match pic_offset(port) {
+            Some(o) => crate::devices::PortDevice::write(self.pic, o, size, value & size.mask()),
+            None => self.router.write(port, size, value),
+        }
+    }
+
+    fn mmio_read(&mut self, gpa: u64, size: u8) -> u64 {
+        self.mmio.read(gpa, size)
+    }
+
+    fn mmio_write(&mut self, gpa: u64, size: u8, value: u64) -> WriteOutcome {
+        self.mmio.write(gpa, size, value)
+    }
+}
+
+/// How an exit was handled, before the injection decision.
+enum Step {
+    /// Resume the guest with the updated state; `completed`: an instruction
+    /// finished (RIP moved past it), which ends an interrupt shadow.
+    Resume {
+        completed: bool,
+        fault: Option<Fault>,
+    },
+    Stop(u8),
+    Reset,
+    Fail(FailKind),
+}
+
+const RESUME: Step = Step::Resume {
+    completed: true,
+    fault: None,
+};
+
+/// EXITINTINFO valid bit (APM vol. 2, 15.7.2).
+const EXITINTINFO_VALID: u64 = 1 << 31;
+
+/// The exit handler: decodes exits, emulates, drives the devices' time and
+/// injects their interrupts.
 pub struct Vmm<'d> {
     router: Router<'d>,
+    mmio: MmioRouter<'d>,
+    board: &'d Board,
+    mem: &'d mut dyn GuestMemory,
+    host: &'d mut dyn Host,
+    walker: PageWalker,
+    pic: DualPic,
+    msrs: MsrState,
+    config: VmmConfig,
+    history: History,
+    stats: VmmStats,
+    last_host: Option<u64>,
+    next_deadline: Option<Nanos>,
+    irq_levels: u16,
+    fault_streak: (u64, u8, u32),
+    idle_halts: u64,
 }
 
 impl<'d> Vmm<'d> {
-    /// A handler around a router with its devices registered.
-    pub fn new(router: Router<'d>) -> Self {
-        Self { router }
+    /// A handler around a router with its devices registered, the board
+    /// they share, guest RAM and the host.
+    pub fn new(
+        router: Router<'d>,
+        board: &'d Board,
+        mem: &'d mut dyn GuestMemory,
+        host: &'d mut dyn Host,
+    ) -> Self {
+        Self {
+            router,
+            mmio: MmioRouter::new(),
+            board,
+            mem,
+            host,
+            walker: PageWalker,
+            pic: DualPic::new(),
+            msrs: MsrState::new(),
+            config: VmmConfig::default(),
+            history: History::new(),
+            stats: VmmStats::default(),
+            last_host: None,
+            next_deadline: None,
+            irq_levels: 0,
+            fault_streak: (0, 0, 0),
+            idle_halts: 0,
+        }
     }
 
-    /// The router.
+    /// The same handler with MMIO devices.
+    pub fn with_mmio(mut self, mmio: MmioRouter<'d>) -> Self {
+        self.mmio = mmio;
+        self
+    }
+
+    /// The same handler with other limits.
+    pub fn with_config(mut self, config: VmmConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The port router.
     pub fn router(&self) -> &Router<'d> {
         &self.router
     }
 
-    /// The router, to register more devices.
+    /// The port router, to register more devices.
     pub fn router_mut(&mut self) -> &mut Router<'d> {
         &mut self.router
+    }
+
+    /// The PIC pair.
+    pub fn pic(&self) -> &DualPic {
+        &self.pic
+    }
+
+    /// The last exits, for reports.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// The handler's counters.
+    pub fn stats(&self) -> VmmStats {
+        self.stats
     }
 
     /// Accesses to unclaimed ports so far; its `Display` is the statistics
@@ -152,54 +464,402 @@ impl<'d> Vmm<'d> {
         self.router.unknown()
     }
 
-    /// Handles one exit.
+    /// Handles one exit whose record carries CS only (see
+    /// [`VcpuState::segments_known`]).
     pub fn handle(&mut self, rec: &ExitRecord) -> Action {
-        let exit = Exit::decode(rec);
+        self.handle_with(rec, None)
+    }
+
+    /// Handles one exit, with all six segment registers when the platform
+    /// gives them.
+    pub fn handle_with(&mut self, rec: &ExitRecord, segments: Option<[Segment; 6]>) -> Action {
+        self.history.push(rec);
+        let exit = Exit::decode_in(rec, self.mem.ram_bytes());
         if rec.abi_version != ipc_proto::ABI_VERSION {
             let kind = FailKind::AbiMismatch {
                 record: rec.abi_version,
             };
             return Action::Fail(FailReason::new(kind, exit, rec));
         }
-        let fail = |kind| Action::Fail(FailReason::new(kind, exit, rec));
-        match exit {
-            Exit::Io(io) if io.string => fail(FailKind::StringIo),
-            Exit::Io(io) => match next_rip(rec) {
-                Some(rip) => self.port_io(rec, io, rip),
-                None => fail(FailKind::NoNextRip),
-            },
-            Exit::Hlt {
-                interrupts_enabled: false,
-            } => Action::Stop { status: 0 },
-            Exit::Hlt {
-                interrupts_enabled: true,
-            } => fail(FailKind::HaltedWithInterruptsEnabled),
-            Exit::Shutdown => fail(FailKind::TripleFault),
-            Exit::EntryFailed => fail(FailKind::EntryFailed),
-            Exit::Cpuid
-            | Exit::Msr { .. }
-            | Exit::NestedPageFault { .. }
-            | Exit::Exception { .. }
-            | Exit::Other { .. } => fail(FailKind::Unhandled),
+        self.advance_time();
+        let mut cpu = match segments {
+            Some(s) => VcpuState::with_segments(rec, s),
+            None => VcpuState::from_record(rec),
+        };
+        let (completed, fault) = match self.dispatch(rec, exit, &mut cpu) {
+            Step::Resume { completed, fault } => (completed, fault),
+            Step::Stop(status) => return Action::Stop { status },
+            Step::Reset => return Action::Reset,
+            Step::Fail(kind) => return Action::Fail(FailReason::new(kind, exit, rec)),
+        };
+        // The exit may have reprogrammed a device or raised a line.
+        self.poll_devices();
+        self.finish(rec, exit, &cpu, completed, fault)
+    }
+
+    /// Lets the devices catch up with the virtual clock, notes the next
+    /// deadline and feeds their interrupt lines into the PIC.
+    fn poll_devices(&mut self) {
+        self.next_deadline = self.router.poll();
+        let levels = self.board.irq.levels();
+        let changed = levels ^ self.irq_levels;
+        let pulses = self.board.irq.take_pulses();
+        for irq in 0..16u8 {
+            let bit = 1u16 << irq;
+            if changed & bit != 0 {
+                self.pic.set_irq(irq, levels & bit != 0);
+            }
+            if pulses & bit != 0 && levels & bit == 0 {
+                self.pic.pulse_irq(irq);
+            }
+        }
+        self.irq_levels = levels;
+    }
+
+    /// Moves the virtual clock by the host time since the last exit, but
+    /// never past the next device deadline: a slow exit cannot make the
+    /// guest miss a timer tick (see the README).
+    fn advance_time(&mut self) {
+        self.poll_devices();
+        let now = self.host.now();
+        if let Some(last) = self.last_host {
+            let hz = match self.host.ticks_per_second() {
+                0 => SECOND,
+                hz => hz,
+            };
+            let ticks = now.saturating_sub(last);
+            let ns = (u128::from(ticks) * u128::from(SECOND) / u128::from(hz))
+                .min(u128::from(u64::MAX)) as u64;
+            let v = self.board.clock.now();
+            let mut target = v.saturating_add(ns);
+            if let Some(d) = self.next_deadline {
+                target = target.min(d.max(v));
+            }
+            self.board.clock.advance_to(target);
+        }
+        self.last_host = Some(now);
+        self.poll_devices();
+    }
+
+    fn bus(&mut self) -> Bus<'_, 'd> {
+        Bus {
+            pic: &mut self.pic,
+            router: &mut self.router,
+            mmio: &mut self.mmio,
         }
     }
 
-    fn port_io(&mut self, rec: &ExitRecord, io: IoAccess, next_rip: u64) -> Action {
-        let mut regs = rec.regs;
-        regs.rip = next_rip;
-        let flags = match io.direction {
-            IoDirection::Out => match self.router.write(io.port, io.size, io.value) {
-                WriteOutcome::Stop { status } => return Action::Stop { status },
-                WriteOutcome::Continue => ResumeFlags::SET_RIP,
+    fn dispatch(&mut self, rec: &ExitRecord, exit: Exit, cpu: &mut VcpuState) -> Step {
+        match exit {
+            Exit::Io(io) if io.string => self.emulate(rec, cpu, Expect::StringIo),
+            Exit::Io(io) => match self.next_ip(rec, cpu) {
+                Some(rip) => self.port_io(cpu, io, rip),
+                None => Step::Fail(FailKind::NoNextRip),
+            },
+            Exit::Mmio { access, .. } => {
+                if rec.exit_int_info & EXITINTINFO_VALID != 0 {
+                    Step::Fail(FailKind::EventDeliveryFault)
+                } else if access.in_table_walk {
+                    Step::Fail(FailKind::MmioPageTables)
+                } else if access.fetch {
+                    Step::Fail(FailKind::MmioFetch)
+                } else {
+                    self.emulate(rec, cpu, Expect::Memory)
+                }
+            }
+            Exit::NestedPageFault { .. } => Step::Fail(FailKind::NpfInRam),
+            Exit::Cpuid => {
+                let r = guest_cpuid(&*self.host, cpu.regs.rax as u32, cpu.regs.rcx as u32);
+                cpu.regs.rax = u64::from(r[0]);
+                cpu.regs.rbx = u64::from(r[1]);
+                cpu.regs.rcx = u64::from(r[2]);
+                cpu.regs.rdx = u64::from(r[3]);
+                self.complete(rec, cpu)
+            }
+            Exit::Msr { write } => self.msr(rec, cpu, write),
+            Exit::Hlt {
+                interrupts_enabled: false,
+            } => Step::Stop(0),
+            Exit::Hlt {
+                interrupts_enabled: true,
+            } => self.halt(rec, cpu),
+            Exit::InterruptWindow | Exit::ExternalInterrupt => Step::Resume {
+                completed: false,
+                fault: None,
+            },
+            // No hypercalls: VMMCALL raises #UD, as on a CPU without SVM.
+            Exit::Vmmcall => Step::Resume {
+                completed: false,
+                fault: Some(Fault::ud()),
+            },
+            // An intercepted exception goes back to the guest.
+            Exit::Exception {
+                vector,
+                error_code,
+                address,
+            } => Step::Resume {
+                completed: false,
+                fault: Some(Fault {
+                    vector,
+                    error_code,
+                    cr2: address,
+                }),
+            },
+            Exit::CrAccess { .. } | Exit::Invlpg { .. } => Step::Fail(FailKind::NotForVmm),
+            Exit::Shutdown => Step::Fail(FailKind::TripleFault),
+            Exit::EntryFailed => Step::Fail(FailKind::EntryFailed),
+            Exit::DrAccess { .. } | Exit::Other { .. } => Step::Fail(FailKind::Unhandled),
+        }
+    }
+
+    /// The address of the next instruction: the record's `next_rip`, for an
+    /// SVM IOIO exit EXITINFO2 (APM vol. 2, 15.10.2), else the decoded
+    /// instruction's length.
+    fn next_ip(&mut self, rec: &ExitRecord, cpu: &mut VcpuState) -> Option<u64> {
+        if rec.next_rip != 0 {
+            return Some(rec.next_rip);
+        }
+        if VcpuArch::from_raw(rec.arch) == Some(VcpuArch::Svm)
+            && rec.exit_code == svm_exit::IOIO
+            && rec.exit_info2 != 0
+        {
+            return Some(rec.exit_info2);
+        }
+        let mask = cpu.ip_mask();
+        let mut bus = Bus {
+            pic: &mut self.pic,
+            router: &mut self.router,
+            mmio: &mut self.mmio,
+        };
+        let mut e = Emulator::new(cpu, &mut *self.mem, &mut self.walker, &mut bus);
+        e.decode(None).ok().map(|(i, _)| i.next_ip() & mask)
+    }
+
+    fn complete(&mut self, rec: &ExitRecord, cpu: &mut VcpuState) -> Step {
+        match self.next_ip(rec, cpu) {
+            Some(rip) => {
+                cpu.regs.rip = rip;
+                RESUME
+            }
+            None => Step::Fail(FailKind::NoNextRip),
+        }
+    }
+
+    fn port_io(&mut self, cpu: &mut VcpuState, io: IoAccess, next_rip: u64) -> Step {
+        cpu.regs.rip = next_rip;
+        match io.direction {
+            IoDirection::Out => match self.bus().port_write(io.port, io.size, io.value) {
+                WriteOutcome::Stop { status } => Step::Stop(status),
+                WriteOutcome::Reset => Step::Reset,
+                WriteOutcome::Continue => RESUME,
             },
             IoDirection::In => {
-                let value = self.router.read(io.port, io.size);
-                regs.rax = merge_in(regs.rax, io.size, value);
-                ResumeFlags::SET_GPRS | ResumeFlags::SET_RIP
+                let value = self.bus().port_read(io.port, io.size);
+                cpu.regs.rax = merge_in(cpu.regs.rax, io.size, value);
+                RESUME
             }
-        };
-        Action::Resume(resume(flags, regs))
+        }
     }
+
+    fn emulate(&mut self, rec: &ExitRecord, cpu: &mut VcpuState, expect: Expect) -> Step {
+        let n = usize::from(rec.insn_len).min(rec.insn_bytes.len());
+        let hint = (n > 0).then_some(&rec.insn_bytes[..n]);
+        let mut bus = Bus {
+            pic: &mut self.pic,
+            router: &mut self.router,
+            mmio: &mut self.mmio,
+        };
+        let mut e = Emulator::new(cpu, &mut *self.mem, &mut self.walker, &mut bus);
+        e.max_iterations = self.config.max_string_iterations;
+        match e.step(hint, expect) {
+            Ok(done) => {
+                self.stats.emulated += 1;
+                match done.outcome {
+                    WriteOutcome::Stop { status } => Step::Stop(status),
+                    WriteOutcome::Reset => Step::Reset,
+                    WriteOutcome::Continue => Step::Resume {
+                        completed: done.completed,
+                        fault: None,
+                    },
+                }
+            }
+            Err(EmuError::Fault(f)) => Step::Resume {
+                completed: false,
+                fault: Some(f),
+            },
+            // What the CPU does with bytes that are no instruction.
+            Err(EmuError::Undecodable(_)) => Step::Resume {
+                completed: false,
+                fault: Some(Fault::ud()),
+            },
+            Err(e) => Step::Fail(FailKind::Emulation(e)),
+        }
+    }
+
+    fn msr(&mut self, rec: &ExitRecord, cpu: &mut VcpuState, write: bool) -> Step {
+        let index = cpu.regs.rcx as u32;
+        let ctx = MsrContext {
+            efer: rec.efer,
+            tsc: self.host.now(),
+        };
+        let r = if write {
+            let v = (cpu.regs.rdx << 32) | (cpu.regs.rax & 0xffff_ffff);
+            self.msrs.write(index, v, &ctx)
+        } else {
+            self.msrs.read(index, &ctx).map(|v| {
+                cpu.regs.rax = v & 0xffff_ffff;
+                cpu.regs.rdx = v >> 32;
+            })
+        };
+        match r {
+            Ok(()) => self.complete(rec, cpu),
+            Err(MsrError::Gp) => Step::Resume {
+                completed: false,
+                fault: Some(Fault::gp(0)),
+            },
+            Err(MsrError::NeedsStub) => Step::Fail(FailKind::MsrNeedsStub { index, write }),
+        }
+    }
+
+    /// HLT with interrupts enabled: skip virtual time to the next deadline
+    /// until an interrupt is pending, or wait for host input when no timer
+    /// is armed.
+    fn halt(&mut self, rec: &ExitRecord, cpu: &mut VcpuState) -> Step {
+        let Some(next) = self.next_ip(rec, cpu) else {
+            return Step::Fail(FailKind::NoNextRip);
+        };
+        for _ in 0..self.config.max_warps_per_exit.max(1) {
+            if self.pic.interrupt_pending() {
+                cpu.regs.rip = next;
+                return RESUME;
+            }
+            match self.next_deadline {
+                Some(d) => {
+                    self.board.clock.advance_to(d);
+                    self.stats.warps += 1;
+                }
+                None if self.host.wait_for_input() => {}
+                None => return Step::Fail(FailKind::HaltedWithInterruptsEnabled),
+            }
+            self.poll_devices();
+        }
+        // Nothing could reach the guest yet: let it run the HLT again.
+        self.idle_halts += 1;
+        if self.idle_halts >= self.config.idle_limit {
+            return Step::Fail(FailKind::IdleForever {
+                halts: self.idle_halts,
+            });
+        }
+        Step::Resume {
+            completed: false,
+            fault: None,
+        }
+    }
+
+    /// Builds the resume: the registers that changed, then at most one
+    /// event, by priority: an event the exit interrupted (EXITINTINFO), a
+    /// fault the exit raised, the PIC's interrupt if the guest can take it.
+    fn finish(
+        &mut self,
+        rec: &ExitRecord,
+        exit: Exit,
+        cpu: &VcpuState,
+        completed: bool,
+        fault: Option<Fault>,
+    ) -> Action {
+        let mut flags = ResumeFlags::empty();
+        let (old, new) = (&rec.regs, &cpu.regs);
+        if gprs_differ(old, new) {
+            flags |= ResumeFlags::SET_GPRS;
+        }
+        if old.rip != new.rip {
+            flags |= ResumeFlags::SET_RIP;
+        }
+        if old.rflags != new.rflags {
+            flags |= ResumeFlags::SET_RFLAGS;
+        }
+        let mut r = resume(flags, cpu.regs);
+        let pending = rec.exit_int_info & EXITINTINFO_VALID != 0;
+        if pending {
+            let info = rec.exit_int_info;
+            let kind = ((info >> 8) & 7) as u8;
+            if EventKind::from_raw(kind).is_some() {
+                r.event = EventInjection {
+                    vector: info as u8,
+                    kind,
+                    has_error_code: ((info >> 11) & 1) as u8,
+                    reserved: 0,
+                    error_code: (info >> 32) as u32,
+                };
+                flags |= ResumeFlags::INJECT_EVENT;
+            }
+        } else if let Some(f) = fault {
+            let key = (rec.regs.rip, f.vector);
+            if (self.fault_streak.0, self.fault_streak.1) == key {
+                self.fault_streak.2 += 1;
+            } else {
+                self.fault_streak = (key.0, key.1, 1);
+            }
+            if self.fault_streak.2 >= self.config.fault_loop_limit {
+                let kind = FailKind::FaultLoop {
+                    vector: f.vector,
+                    count: self.fault_streak.2,
+                };
+                return Action::Fail(FailReason::new(kind, exit, rec));
+            }
+            // Real mode pushes no error codes.
+            let error_code = f.error_code.filter(|_| cpu.protected());
+            r.event = EventInjection {
+                vector: f.vector,
+                kind: EventKind::Exception as u8,
+                has_error_code: u8::from(error_code.is_some()),
+                reserved: 0,
+                error_code: error_code.unwrap_or(0),
+            };
+            flags |= ResumeFlags::INJECT_EVENT;
+            if let Some(cr2) = f.cr2 {
+                r.cr2 = cr2;
+                flags |= ResumeFlags::SET_CR2;
+            }
+            self.stats.exceptions += 1;
+        }
+        if fault.is_none() {
+            self.fault_streak = (0, 0, 0);
+        }
+        if self.pic.interrupt_pending() {
+            let shadow = rec.interrupt_shadow != 0 && !completed;
+            if !flags.contains(ResumeFlags::INJECT_EVENT)
+                && cpu.regs.rflags & RFLAGS_IF != 0
+                && !shadow
+            {
+                r.event = EventInjection {
+                    vector: self.pic.acknowledge(),
+                    kind: EventKind::ExternalInterrupt as u8,
+                    has_error_code: 0,
+                    reserved: 0,
+                    error_code: 0,
+                };
+                flags |= ResumeFlags::INJECT_EVENT;
+                self.stats.irqs += 1;
+                self.idle_halts = 0;
+            } else {
+                flags |= ResumeFlags::REQUEST_INTERRUPT_WINDOW;
+                self.stats.windows += 1;
+            }
+        }
+        r.flags = flags.bits();
+        Action::Resume(r)
+    }
+}
+
+fn gprs_differ(a: &GuestRegs, b: &GuestRegs) -> bool {
+    let pick = |r: &GuestRegs| {
+        [
+            r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11,
+            r.r12, r.r13, r.r14, r.r15,
+        ]
+    };
+    pick(a) != pick(b)
 }
 
 /// RAX after `IN`: size 1 replaces AL, size 2 AX, size 4 sets RAX to the
@@ -210,21 +870,6 @@ pub fn merge_in(rax: u64, size: IoSize, value: u32) -> u64 {
         IoSize::Byte => (rax & !0xff) | value,
         IoSize::Word => (rax & !0xffff) | value,
         IoSize::Dword => value,
-    }
-}
-
-/// The address of the instruction after the exiting one: the record's
-/// `next_rip`, or for an SVM IOIO exit EXITINFO2 (APM vol. 2, 15.10.2).
-fn next_rip(rec: &ExitRecord) -> Option<u64> {
-    if rec.next_rip != 0 {
-        Some(rec.next_rip)
-    } else if VcpuArch::from_raw(rec.arch) == Some(VcpuArch::Svm)
-        && rec.exit_code == svm_exit::IOIO
-        && rec.exit_info2 != 0
-    {
-        Some(rec.exit_info2)
-    } else {
-        None
     }
 }
 
@@ -241,211 +886,4 @@ pub fn resume(flags: ResumeFlags, regs: GuestRegs) -> Resume {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::devices::debug_exit::{self, DebugExit};
-    use crate::devices::uart16550::{self, Uart16550};
-    use crate::exit::tests::{ioio, svm_record};
-    use ipc_proto::vcpu::svm_ioio::*;
-    use std::string::ToString;
-    use std::vec::Vec;
-
-    fn io_record(info1: u64, rax: u64) -> ExitRecord {
-        let mut rec = svm_record(svm_exit::IOIO, info1, 0x10_0021);
-        rec.regs.rip = 0x10_0020;
-        rec.next_rip = 0x10_0021;
-        rec.regs.rax = rax;
-        rec.regs.rbx = 0xb;
-        rec
-    }
-
-    fn resumed(a: Action) -> Resume {
-        match a {
-            Action::Resume(r) => r,
-            other => panic!("expected a resume, got {other:?}"),
-        }
-    }
-
-    fn failed(a: Action) -> FailReason {
-        match a {
-            Action::Fail(r) => r,
-            other => panic!("expected a failure, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn in_al_changes_only_al_and_moves_rip() {
-        let mut uart = Uart16550::new(Vec::new());
-        let mut r = Router::new();
-        r.register(uart16550::COM1_BASE, uart16550::LEN, &mut uart)
-            .unwrap();
-        let mut vmm = Vmm::new(r);
-        let rec = io_record(ioio(0x3fd, SZ8, true), 0x1122_3344_5566_7788);
-        let res = resumed(vmm.handle(&rec));
-        assert_eq!(res.abi_version, ipc_proto::ABI_VERSION);
-        assert_eq!(
-            ResumeFlags::from_bits(res.flags),
-            Some(ResumeFlags::SET_GPRS | ResumeFlags::SET_RIP)
-        );
-        assert_eq!(res.regs.rax, 0x1122_3344_5566_7760, "AL = LSR = 0x60");
-        assert_eq!(res.regs.rip, 0x10_0021);
-        let mut want = rec.regs;
-        want.rax = res.regs.rax;
-        want.rip = rec.next_rip;
-        assert_eq!(res.regs, want, "nothing else changes");
-    }
-
-    #[test]
-    fn in_ax_and_eax_from_an_unknown_port() {
-        let mut vmm = Vmm::new(Router::new());
-        let res = resumed(vmm.handle(&io_record(ioio(0x80, SZ16, true), u64::MAX - 0xffff)));
-        assert_eq!(res.regs.rax, u64::MAX);
-        let res = resumed(vmm.handle(&io_record(ioio(0x80, SZ32, true), u64::MAX)));
-        assert_eq!(res.regs.rax, 0xffff_ffff, "32-bit IN zero-extends");
-        let res = resumed(vmm.handle(&io_record(ioio(0x80, SZ8, false), 0)));
-        assert_eq!(
-            ResumeFlags::from_bits(res.flags),
-            Some(ResumeFlags::SET_RIP)
-        );
-        assert_eq!(
-            vmm.unknown_ports(),
-            UnknownPortCounts {
-                reads: 2,
-                writes: 1
-            }
-        );
-    }
-
-    #[test]
-    fn merge_in_by_size() {
-        let rax = 0xaaaa_bbbb_cccc_dddd;
-        assert_eq!(
-            merge_in(rax, IoSize::Byte, 0x1234_5678),
-            0xaaaa_bbbb_cccc_dd78
-        );
-        assert_eq!(
-            merge_in(rax, IoSize::Word, 0x1234_5678),
-            0xaaaa_bbbb_cccc_5678
-        );
-        assert_eq!(merge_in(rax, IoSize::Dword, 0x1234_5678), 0x1234_5678);
-    }
-
-    #[test]
-    fn out_to_the_uart_reaches_the_sink() {
-        let mut uart = Uart16550::new(Vec::new());
-        {
-            let mut r = Router::new();
-            r.register(uart16550::COM1_BASE, uart16550::LEN, &mut uart)
-                .unwrap();
-            let mut vmm = Vmm::new(r);
-            let res = resumed(vmm.handle(&io_record(ioio(0x3f8, SZ8, false), 0x4141)));
-            assert_eq!(res.regs.rip, 0x10_0021);
-            assert_eq!(res.regs.rax, 0x4141, "OUT leaves RAX alone");
-        }
-        assert_eq!(uart.sink(), b"A");
-    }
-
-    #[test]
-    fn next_rip_falls_back_to_exitinfo2_for_ioio() {
-        let mut vmm = Vmm::new(Router::new());
-        let mut rec = io_record(ioio(0x80, SZ8, false), 0);
-        rec.next_rip = 0;
-        rec.exit_info2 = 0x10_0030;
-        assert_eq!(resumed(vmm.handle(&rec)).regs.rip, 0x10_0030);
-        rec.exit_info2 = 0;
-        assert_eq!(failed(vmm.handle(&rec)).kind, FailKind::NoNextRip);
-    }
-
-    #[test]
-    fn a_debug_exit_write_stops_with_its_status() {
-        let mut dev = DebugExit::new();
-        let mut r = Router::new();
-        r.register(debug_exit::PORT, debug_exit::LEN, &mut dev)
-            .unwrap();
-        let mut vmm = Vmm::new(r);
-        let rec = io_record(ioio(0xf4, SZ8, false), 0x1_03);
-        assert_eq!(vmm.handle(&rec), Action::Stop { status: 3 });
-        let rec = io_record(ioio(0xf4, SZ8, false), 0);
-        assert_eq!(vmm.handle(&rec), Action::Stop { status: 0 });
-    }
-
-    #[test]
-    fn hlt_with_interrupts_off_is_a_clean_stop() {
-        let mut vmm = Vmm::new(Router::new());
-        let mut rec = svm_record(svm_exit::HLT, 0, 0);
-        assert_eq!(vmm.handle(&rec), Action::Stop { status: 0 });
-        rec.regs.rflags = 0x202;
-        let why = failed(vmm.handle(&rec));
-        assert_eq!(why.kind, FailKind::HaltedWithInterruptsEnabled);
-        assert!(why
-            .to_string()
-            .starts_with("guest halted waiting for an interrupt, and no device can raise one yet"));
-    }
-
-    #[test]
-    fn an_unknown_exit_fails_with_its_code_and_rip() {
-        let mut vmm = Vmm::new(Router::new());
-        let mut rec = svm_record(svm_exit::CPUID, 0, 0);
-        rec.regs.rip = 0x10_0023;
-        let why = failed(vmm.handle(&rec));
-        assert_eq!(why.kind, FailKind::Unhandled);
-        assert_eq!(
-            why.to_string(),
-            "unhandled exit cpuid (code 0x72) at rip=0x100023"
-        );
-        rec.exit_code = svm_exit::NPF;
-        rec.exit_info1 = 0x4;
-        rec.exit_info2 = 0xfee0_0000;
-        assert_eq!(
-            failed(vmm.handle(&rec)).to_string(),
-            "unhandled exit npf (code 0x400) at rip=0x100023: gpa=0xfee00000 error_code=0x4"
-        );
-        rec.exit_code = 0x4d;
-        assert_eq!(
-            failed(vmm.handle(&rec)).to_string(),
-            "unhandled exit exception #GP (code 0x4d) at rip=0x100023"
-        );
-        rec.exit_code = svm_exit::MSR;
-        rec.exit_info1 = 1;
-        assert_eq!(
-            failed(vmm.handle(&rec)).to_string(),
-            "unhandled exit msr (code 0x7c) at rip=0x100023: wrmsr"
-        );
-    }
-
-    #[test]
-    fn shutdown_and_entry_failure_say_what_happened() {
-        let mut vmm = Vmm::new(Router::new());
-        let rec = svm_record(svm_exit::SHUTDOWN, 0, 0);
-        assert_eq!(
-            failed(vmm.handle(&rec)).to_string(),
-            "the guest triple-faulted (shutdown, code 0x7f) at rip=0x100020"
-        );
-        let rec = svm_record(svm_exit::INVALID, 0, 0);
-        let why = failed(vmm.handle(&rec));
-        assert_eq!(why.kind, FailKind::EntryFailed);
-        assert!(why.to_string().contains("code 0xffffffffffffffff"));
-    }
-
-    #[test]
-    fn string_io_is_refused_clearly() {
-        let mut vmm = Vmm::new(Router::new());
-        let rec = io_record(ioio(0x3f8, SZ8, false) | STRING | REP, 0);
-        let why = failed(vmm.handle(&rec));
-        assert_eq!(why.kind, FailKind::StringIo);
-        assert_eq!(
-            why.to_string(),
-            "string port I/O is not emulated yet: rep outsb port 0x3f8 (ioio, code 0x7b) at rip=0x100020"
-        );
-    }
-
-    #[test]
-    fn a_record_from_another_abi_fails() {
-        let mut vmm = Vmm::new(Router::new());
-        let mut rec = io_record(ioio(0x80, SZ8, false), 0);
-        rec.abi_version = 99;
-        let why = failed(vmm.handle(&rec));
-        assert_eq!(why.kind, FailKind::AbiMismatch { record: 99 });
-        assert!(why.to_string().contains("ABI version 99"));
-    }
-}
+mod tests;

@@ -2,19 +2,27 @@
 //!
 //! Transmission is instantaneous: a byte written to THR goes straight to the
 //! [`ConsoleSink`], so THR and the transmitter are always empty (LSR THRE and
-//! TEMT set) and a driver that polls LSR never waits. There is no input from
-//! the host yet; the receiver only sees bytes in loopback mode (MCR bit 4),
-//! where the transmitter is looped back to it as the datasheet describes.
+//! TEMT set) and a driver that polls LSR never waits.
 //!
-//! The model computes the interrupt the chip would raise (IIR, and
-//! [`Uart16550::irq_line`] for the IRQ4 wire gated by OUT2), but nothing
-//! delivers it yet: there is no PIC.
+//! Reception: bytes typed on the host console (the sink's
+//! [`ConsoleSink::read_byte`]) are taken whenever the receiver has room --
+//! one byte in RBR without FIFOs, 16 with -- so they arrive as fast as the
+//! guest reads them and are never overrun. LSR.DR says a byte is there; with
+//! IER.ERBFI the chip asks for a received-data interrupt (IIR 0x04) when the
+//! FIFO holds its trigger level (FCR bits 7:6: 1, 4, 8 or 14 bytes), and a
+//! character-timeout interrupt (IIR 0x0C) for fewer bytes at once, instead
+//! of after four character times. In loopback mode (MCR bit 4) the
+//! transmitter feeds the receiver instead, as the datasheet describes, and a
+//! full receiver overruns (LSR.OE).
 //!
-//! Not modelled: the 16-byte FIFOs' depth and trigger levels (FIFO mode only
-//! shows in IIR bits 7:6), the character timeout, line errors other than
-//! overrun, and the MSR delta bits.
+//! The chip's INTR output, gated by MCR OUT2 as on a PC, drives the
+//! [`IrqPin`] given to [`Uart16550::with_irq`] (IRQ 4 for COM1) as a level.
+//!
+//! Not modelled: line errors other than overrun, break, and the MSR delta
+//! bits.
 
 use super::{IoSize, PortDevice, WriteOutcome};
+use crate::board::{IrqPin, Nanos};
 pub use crate::console::ConsoleSink;
 
 /// Base port of COM1.
@@ -66,6 +74,8 @@ pub mod iir {
     pub const RX_DATA: u8 = 0x04;
     /// Transmitter holding register empty.
     pub const THR_EMPTY: u8 = 0x02;
+    /// Character timeout: fewer bytes than the trigger level wait (FIFO mode).
+    pub const CHAR_TIMEOUT: u8 = 0x0c;
     /// Modem status (lowest priority).
     pub const MODEM_STATUS: u8 = 0x00;
     /// Bits 7:6, set when FCR bit 0 enabled the FIFOs.
@@ -80,7 +90,12 @@ pub mod fcr {
     pub const CLEAR_RX: u8 = 1 << 1;
     /// Clear the transmitter FIFO.
     pub const CLEAR_TX: u8 = 1 << 2;
+    /// Receiver trigger level: bits 7:6 give 1, 4, 8 or 14 bytes.
+    pub const TRIGGER_SHIFT: u8 = 6;
 }
+
+/// Depth of the receiver FIFO.
+pub const FIFO_DEPTH: usize = 16;
 
 /// LCR bits.
 pub mod lcr {
@@ -128,44 +143,57 @@ pub mod msr {
     pub const DCD: u8 = 1 << 7;
 }
 
-/// One 16550 UART whose transmitter writes to `S`.
+/// One 16550 UART whose transmitter writes to `S` and whose receiver reads
+/// from it.
 #[derive(Clone, Debug)]
-pub struct Uart16550<S: ConsoleSink> {
+pub struct Uart16550<'b, S: ConsoleSink> {
     sink: S,
+    irq: Option<IrqPin<'b>>,
     ier: u8,
     lcr: u8,
     mcr: u8,
     scr: u8,
     dll: u8,
     dlm: u8,
+    fcr: u8,
     fifos_enabled: bool,
-    /// Receiver buffer and its DR bit (only loopback fills it).
-    rbr: u8,
-    data_ready: bool,
+    /// The receiver: RBR, or the FIFO in FIFO mode.
+    rx: heapless::Deque<u8, FIFO_DEPTH>,
     overrun: bool,
     /// The THR-empty interrupt is armed (PC16550D table IV: set when THR
     /// empties, cleared by reading IIR with it as source or by writing THR).
     thre_pending: bool,
 }
 
-impl<S: ConsoleSink> Uart16550<S> {
-    /// A UART in its reset state (PC16550D table VII) sending to `sink`.
-    /// The divisor latch is not reset by the chip; it starts at 1 (115200 baud).
+impl<S: ConsoleSink> Uart16550<'_, S> {
+    /// A UART in its reset state (PC16550D table VII) sending to `sink`,
+    /// with no interrupt line. The divisor latch is not reset by the chip;
+    /// it starts at 1 (115200 baud).
     pub fn new(sink: S) -> Self {
         Self {
             sink,
+            irq: None,
             ier: 0,
             lcr: 0,
             mcr: 0,
             scr: 0,
             dll: 1,
             dlm: 0,
+            fcr: 0,
             fifos_enabled: false,
-            rbr: 0,
-            data_ready: false,
+            rx: heapless::Deque::new(),
             overrun: false,
             thre_pending: false,
         }
+    }
+}
+
+impl<'b, S: ConsoleSink> Uart16550<'b, S> {
+    /// The same UART driving `irq` (IRQ 4 for COM1).
+    pub fn with_irq(mut self, irq: IrqPin<'b>) -> Self {
+        self.irq = Some(irq);
+        self.update_irq();
+        self
     }
 
     /// The sink.
@@ -196,12 +224,31 @@ impl<S: ConsoleSink> Uart16550<S> {
         self.mcr & mcr::LOOP != 0
     }
 
+    fn rx_capacity(&self) -> usize {
+        if self.fifos_enabled {
+            FIFO_DEPTH
+        } else {
+            1
+        }
+    }
+
+    fn rx_trigger(&self) -> usize {
+        if self.fifos_enabled {
+            [1, 4, 8, 14][usize::from(self.fcr >> fcr::TRIGGER_SHIFT)]
+        } else {
+            1
+        }
+    }
+
     /// The IIR value, highest-priority pending interrupt first (PC16550D table IV).
     fn iir(&self) -> u8 {
+        let rx_enabled = self.ier & ier::ERBFI != 0;
         let id = if self.ier & ier::ELSI != 0 && self.overrun {
             iir::LINE_STATUS
-        } else if self.ier & ier::ERBFI != 0 && self.data_ready {
+        } else if rx_enabled && self.rx.len() >= self.rx_trigger() {
             iir::RX_DATA
+        } else if rx_enabled && !self.rx.is_empty() {
+            iir::CHAR_TIMEOUT
         } else if self.ier & ier::ETBEI != 0 && self.thre_pending {
             iir::THR_EMPTY
         } else {
@@ -226,6 +273,31 @@ impl<S: ConsoleSink> Uart16550<S> {
         self.interrupt_pending() && self.mcr & mcr::OUT2 != 0 && !self.loopback()
     }
 
+    fn update_irq(&self) {
+        if let Some(p) = &self.irq {
+            p.set_level(self.irq_line());
+        }
+    }
+
+    /// Takes bytes from the host console while the receiver has room.
+    /// Returns how many arrived.
+    pub fn receive_from_host(&mut self) -> usize {
+        let mut n = 0;
+        if !self.loopback() {
+            while self.rx.len() < self.rx_capacity() {
+                match self.sink.read_byte() {
+                    Some(b) => {
+                        let _ = self.rx.push_back(b);
+                        n += 1;
+                    }
+                    None => break,
+                }
+            }
+        }
+        self.update_irq();
+        n
+    }
+
     fn msr(&self) -> u8 {
         if self.loopback() {
             // Loopback: the modem outputs drive the modem inputs.
@@ -243,12 +315,25 @@ impl<S: ConsoleSink> Uart16550<S> {
 
     /// Reads one 8-bit register.
     pub fn read_register(&mut self, offset: u16) -> u8 {
+        let v = self.read_register_inner(offset);
+        if offset == reg::DATA && !self.dlab() {
+            // Room again: the next typed byte moves in at once.
+            self.receive_from_host();
+        }
+        self.update_irq();
+        v
+    }
+
+    /// Writes one 8-bit register.
+    pub fn write_register(&mut self, offset: u16, value: u8) {
+        self.write_register_inner(offset, value);
+        self.update_irq();
+    }
+
+    fn read_register_inner(&mut self, offset: u16) -> u8 {
         match offset {
             reg::DATA if self.dlab() => self.dll,
-            reg::DATA => {
-                self.data_ready = false;
-                self.rbr
-            }
+            reg::DATA => self.rx.pop_front().unwrap_or(0),
             reg::IER if self.dlab() => self.dlm,
             reg::IER => self.ier,
             reg::IIR_FCR => {
@@ -262,7 +347,7 @@ impl<S: ConsoleSink> Uart16550<S> {
             reg::MCR => self.mcr,
             reg::LSR => {
                 let mut v = lsr::THRE | lsr::TEMT;
-                if self.data_ready {
+                if !self.rx.is_empty() {
                     v |= lsr::DR;
                 }
                 if self.overrun {
@@ -277,15 +362,17 @@ impl<S: ConsoleSink> Uart16550<S> {
         }
     }
 
-    /// Writes one 8-bit register.
-    pub fn write_register(&mut self, offset: u16, value: u8) {
+    fn write_register_inner(&mut self, offset: u16, value: u8) {
         match offset {
             reg::DATA if self.dlab() => self.dll = value,
             reg::DATA => {
                 if self.loopback() {
-                    self.overrun |= self.data_ready;
-                    self.rbr = value;
-                    self.data_ready = true;
+                    if self.rx.len() >= self.rx_capacity() {
+                        // The new byte overwrites the last one (datasheet: overrun).
+                        self.overrun = true;
+                        self.rx.pop_back();
+                    }
+                    let _ = self.rx.push_back(value);
                 } else {
                     self.sink.write_byte(value);
                 }
@@ -305,9 +392,10 @@ impl<S: ConsoleSink> Uart16550<S> {
                 let enable = value & fcr::ENABLE != 0;
                 if enable != self.fifos_enabled || value & fcr::CLEAR_RX != 0 {
                     // Changing FIFO mode clears the FIFOs.
-                    self.data_ready = false;
+                    self.rx.clear();
                 }
                 self.fifos_enabled = enable;
+                self.fcr = value;
             }
             reg::LCR => self.lcr = value,
             reg::MCR => self.mcr = value & mcr::MASK,
@@ -318,18 +406,11 @@ impl<S: ConsoleSink> Uart16550<S> {
     }
 }
 
-impl<S: ConsoleSink> PortDevice for Uart16550<S> {
+impl<S: ConsoleSink> PortDevice for Uart16550<'_, S> {
     /// Byte registers: a wider access reads consecutive registers, low byte
     /// first; bytes past the last register read as 0xff.
     fn read(&mut self, offset: u16, size: IoSize) -> u32 {
-        let mut v = 0;
-        for i in 0..size.bytes() {
-            let byte = offset
-                .checked_add(u16::from(i))
-                .map_or(0xff, |o| self.read_register(o));
-            v |= u32::from(byte) << (8 * i);
-        }
-        v
+        super::read_bytes(offset, size, |o| self.read_register(o))
     }
 
     /// Byte registers: a wider access writes consecutive registers, low byte
@@ -342,6 +423,12 @@ impl<S: ConsoleSink> PortDevice for Uart16550<S> {
         }
         WriteOutcome::Continue
     }
+
+    /// Takes typed bytes while there is room; input has no deadline.
+    fn poll(&mut self) -> Option<Nanos> {
+        self.receive_from_host();
+        None
+    }
 }
 
 #[cfg(test)]
@@ -349,7 +436,7 @@ mod tests {
     use super::*;
     use std::vec::Vec;
 
-    fn uart() -> Uart16550<Vec<u8>> {
+    fn uart() -> Uart16550<'static, Vec<u8>> {
         Uart16550::new(Vec::new())
     }
 
@@ -480,6 +567,114 @@ mod tests {
         assert_eq!(u.read(reg::LSR, IoSize::Byte), 0x61, "OE clears on read");
         assert_eq!(u.read(reg::DATA, IoSize::Byte), 0x56);
         assert_eq!(u.read(reg::LSR, IoSize::Byte), 0x60);
+    }
+
+    /// A terminal: what the guest sent and what the user types.
+    #[derive(Default)]
+    struct Term {
+        out: Vec<u8>,
+        typed: std::collections::VecDeque<u8>,
+    }
+
+    impl ConsoleSink for Term {
+        fn write_byte(&mut self, byte: u8) {
+            self.out.push(byte);
+        }
+        fn read_byte(&mut self) -> Option<u8> {
+            self.typed.pop_front()
+        }
+    }
+
+    fn typed(text: &[u8]) -> Term {
+        Term {
+            out: Vec::new(),
+            typed: text.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn typed_bytes_reach_rbr_with_dr() {
+        let mut u = Uart16550::new(typed(b"ok"));
+        assert_eq!(
+            u.read(reg::LSR, IoSize::Byte),
+            0x60,
+            "nothing taken before a poll"
+        );
+        u.poll();
+        assert_eq!(u.read(reg::LSR, IoSize::Byte), 0x61);
+        assert_eq!(u.read(reg::DATA, IoSize::Byte), u32::from(b'o'));
+        // Reading RBR makes room: the next byte moves in at once.
+        assert_eq!(u.read(reg::LSR, IoSize::Byte), 0x61);
+        assert_eq!(u.read(reg::DATA, IoSize::Byte), u32::from(b'k'));
+        assert_eq!(u.read(reg::LSR, IoSize::Byte), 0x60);
+        assert_eq!(u.read(reg::DATA, IoSize::Byte), 0, "empty RBR");
+    }
+
+    #[test]
+    fn the_receive_interrupt_drives_irq4_through_out2() {
+        let b = crate::board::Board::new();
+        let mut u = Uart16550::new(typed(b"a")).with_irq(b.irq.pin(4));
+        u.write(reg::IER, IoSize::Byte, u32::from(ier::ERBFI));
+        u.poll();
+        assert!(u.interrupt_pending());
+        assert!(!b.irq.pin(4).is_high(), "OUT2 clear: the line stays low");
+        u.write(
+            reg::MCR,
+            IoSize::Byte,
+            u32::from(mcr::OUT2 | mcr::DTR | mcr::RTS),
+        );
+        assert!(b.irq.pin(4).is_high());
+        assert_eq!(u.read(reg::IIR_FCR, IoSize::Byte), 0x04);
+        assert_eq!(u.read(reg::DATA, IoSize::Byte), u32::from(b'a'));
+        assert!(!b.irq.pin(4).is_high(), "reading the byte drops the line");
+        assert_eq!(u.read(reg::IIR_FCR, IoSize::Byte), 0x01);
+    }
+
+    #[test]
+    fn fifo_trigger_level_and_character_timeout() {
+        let mut u = Uart16550::new(typed(b"0123456789abcdefXYZ"));
+        u.write(reg::IER, IoSize::Byte, u32::from(ier::ERBFI));
+        // FIFOs on, trigger level 8 (bits 7:6 = 10).
+        u.write(reg::IIR_FCR, IoSize::Byte, 0x87);
+        u.poll();
+        assert_eq!(
+            u.rx.len(),
+            FIFO_DEPTH,
+            "16 bytes taken, the rest waits on the host"
+        );
+        assert_eq!(
+            u.read(reg::IIR_FCR, IoSize::Byte),
+            0xc4,
+            "at or above the trigger"
+        );
+        for _ in 0..10 {
+            u.read(reg::DATA, IoSize::Byte);
+        }
+        // Each read made room for one more: 16 - 10 + 3 = 9 left.
+        assert_eq!(u.rx.len(), 9);
+        for _ in 0..2 {
+            u.read(reg::DATA, IoSize::Byte);
+        }
+        assert_eq!(
+            u.read(reg::IIR_FCR, IoSize::Byte),
+            0xcc,
+            "below the trigger: timeout"
+        );
+        // Clearing the receiver FIFO drops what was there.
+        u.write(reg::IIR_FCR, IoSize::Byte, 0x83);
+        assert_eq!(u.read(reg::LSR, IoSize::Byte) & 1, 0);
+    }
+
+    #[test]
+    fn loopback_takes_no_host_input() {
+        let mut u = Uart16550::new(typed(b"z"));
+        u.write(reg::MCR, IoSize::Byte, u32::from(mcr::LOOP));
+        u.poll();
+        assert_eq!(u.read(reg::LSR, IoSize::Byte), 0x60);
+        u.write(reg::MCR, IoSize::Byte, 0);
+        u.poll();
+        assert_eq!(u.read(reg::DATA, IoSize::Byte), u32::from(b'z'));
+        assert!(u.sink().out.is_empty());
     }
 
     #[test]

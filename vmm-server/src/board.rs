@@ -1,0 +1,174 @@
+//! What the devices of one VM share: the virtual clock they count time
+//! from, and the interrupt request lines they drive into the PIC.
+//!
+//! Both are plain cells: a device holds `&Board` (or a pin of it), the exit
+//! handler advances the clock and samples the lines between exits. Nothing
+//! here can panic, and nothing needs an allocator.
+
+use core::cell::Cell;
+
+/// Nanoseconds of virtual time since the VM started.
+pub type Nanos = u64;
+
+/// One second in [`Nanos`].
+pub const SECOND: Nanos = 1_000_000_000;
+
+/// The VM's virtual clock, read by the devices.
+///
+/// Only the exit handler moves it (see `crate::vmm` and the crate README for
+/// how it follows the host's time source); devices read [`VirtualClock::now`].
+#[derive(Debug, Default)]
+pub struct VirtualClock {
+    now: Cell<Nanos>,
+}
+
+impl VirtualClock {
+    /// A clock at 0.
+    pub const fn new() -> Self {
+        Self { now: Cell::new(0) }
+    }
+
+    /// The current virtual time.
+    pub fn now(&self) -> Nanos {
+        self.now.get()
+    }
+
+    /// Moves the clock to `t`; the clock never goes backwards.
+    pub fn advance_to(&self, t: Nanos) {
+        if t > self.now.get() {
+            self.now.set(t);
+        }
+    }
+}
+
+/// Number of ISA interrupt lines (IRQ 0-15 on the PIC pair).
+pub const IRQ_LINES: u8 = 16;
+
+/// The ISA interrupt request lines.
+///
+/// A device either holds its line at a level ([`IrqPin::set_level`], for
+/// the UART and the keyboard controller, whose line stays up while an
+/// interrupt is pending) or sends a rising edge ([`IrqPin::pulse`], for the
+/// PIT, whose output edges are what the PIC latches). The exit handler
+/// collects both after every exit and feeds them into the PIC.
+#[derive(Debug, Default)]
+pub struct IrqLines {
+    levels: Cell<u16>,
+    pulses: Cell<u16>,
+}
+
+impl IrqLines {
+    /// All lines low, no edges.
+    pub const fn new() -> Self {
+        Self {
+            levels: Cell::new(0),
+            pulses: Cell::new(0),
+        }
+    }
+
+    /// The pin of line `irq` (0..16; higher numbers give a pin that does
+    /// nothing).
+    pub fn pin(&self, irq: u8) -> IrqPin<'_> {
+        IrqPin { lines: self, irq }
+    }
+
+    /// The current levels, one bit per line.
+    pub fn levels(&self) -> u16 {
+        self.levels.get()
+    }
+
+    /// Takes the edges sent since the last call, one bit per line.
+    pub fn take_pulses(&self) -> u16 {
+        self.pulses.replace(0)
+    }
+}
+
+/// One device's interrupt line.
+#[derive(Clone, Copy, Debug)]
+pub struct IrqPin<'a> {
+    lines: &'a IrqLines,
+    irq: u8,
+}
+
+impl IrqPin<'_> {
+    fn mask(&self) -> u16 {
+        1u16.checked_shl(u32::from(self.irq)).unwrap_or(0)
+    }
+
+    /// The line's number.
+    pub fn irq(&self) -> u8 {
+        self.irq
+    }
+
+    /// Holds the line high or low.
+    pub fn set_level(&self, high: bool) {
+        let l = self.lines.levels.get();
+        self.lines.levels.set(if high {
+            l | self.mask()
+        } else {
+            l & !self.mask()
+        });
+    }
+
+    /// Sends one rising edge (the line goes high and low again).
+    pub fn pulse(&self) {
+        self.lines.pulses.set(self.lines.pulses.get() | self.mask());
+    }
+
+    /// Whether the line is held high.
+    pub fn is_high(&self) -> bool {
+        self.lines.levels.get() & self.mask() != 0
+    }
+}
+
+/// The shared state of one VM's devices.
+#[derive(Debug, Default)]
+pub struct Board {
+    /// The virtual clock.
+    pub clock: VirtualClock,
+    /// The ISA interrupt lines.
+    pub irq: IrqLines,
+}
+
+impl Board {
+    /// A board at time 0 with every line low.
+    pub const fn new() -> Self {
+        Self {
+            clock: VirtualClock::new(),
+            irq: IrqLines::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_never_goes_back() {
+        let c = VirtualClock::new();
+        c.advance_to(10);
+        c.advance_to(5);
+        assert_eq!(c.now(), 10);
+    }
+
+    #[test]
+    fn pins_drive_levels_and_edges() {
+        let b = Board::new();
+        let p4 = b.irq.pin(4);
+        let p0 = b.irq.pin(0);
+        p4.set_level(true);
+        p0.pulse();
+        assert_eq!(b.irq.levels(), 1 << 4);
+        assert!(p4.is_high());
+        assert_eq!(b.irq.take_pulses(), 1);
+        assert_eq!(b.irq.take_pulses(), 0);
+        p4.set_level(false);
+        assert_eq!(b.irq.levels(), 0);
+        // An out-of-range pin is harmless.
+        let bad = b.irq.pin(200);
+        bad.set_level(true);
+        bad.pulse();
+        assert_eq!((b.irq.levels(), b.irq.take_pulses()), (0, 0));
+    }
+}

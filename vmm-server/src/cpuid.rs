@@ -1,0 +1,219 @@
+//! The CPU the guest sees through CPUID: the host's identity (vendor,
+//! family, model, brand, caches), with only the features the VM really
+//! offers, and a hypervisor leaf.
+//!
+//! - No SVM or VMX, no SMX: the guest cannot nest.
+//! - CPUID.1:ECX bit 31 (hypervisor present) set, and leaf 0x40000000
+//!   answers with the maximum hypervisor leaf in EAX and the signature
+//!   `"splitvisor\0\0"` in EBX, ECX, EDX (as KVM's `"KVMKVMKVM\0\0\0"`).
+//!   Leaf 0x40000001 (features) is zero: no paravirtual interfaces.
+//! - One logical processor, APIC ID 0, no HTT, zero cores in the topology
+//!   leaves.
+//! - No local APIC, x2APIC or TSC-deadline timer (there is none: interrupts
+//!   come from the 8259 pair), no machine-check architecture, no MONITOR/
+//!   MWAIT, no performance counters, no thermal or power leaves.
+//! - No XSAVE and so no AVX family: the stub does not switch XCR0 between
+//!   host and guest, so the guest must not change it.
+//! - No RDTSCP/RDPID (TSC_AUX is not switched), no PCID/INVPCID, no
+//!   speculation-control MSRs.
+//!
+//! Everything else comes from an allowlist of the host's bits, so a new
+//! host feature stays hidden until someone decides the VM offers it.
+
+/// Where the hypervisor leaves start.
+pub const HYPERVISOR_BASE: u32 = 0x4000_0000;
+/// The highest hypervisor leaf.
+pub const HYPERVISOR_MAX: u32 = 0x4000_0001;
+/// The signature in EBX, ECX, EDX of leaf 0x40000000.
+pub const SIGNATURE: [u8; 12] = *b"splitvisor\0\0";
+/// The highest basic leaf offered.
+pub const BASIC_MAX: u32 = 0x0d;
+/// The highest extended leaf offered.
+pub const EXTENDED_MAX: u32 = 0x8000_0008;
+
+/// CPUID.1:ECX bit 31: a hypervisor is present.
+pub const HYPERVISOR_BIT: u32 = 1 << 31;
+
+/// Leaf 1 ECX bits passed through: SSE3, PCLMULQDQ, SSSE3, CX16, SSE4.1,
+/// SSE4.2, MOVBE, POPCNT, AES, RDRAND.
+const LEAF1_ECX: u32 =
+    1 << 0 | 1 << 1 | 1 << 9 | 1 << 13 | 1 << 19 | 1 << 20 | 1 << 22 | 1 << 23 | 1 << 25 | 1 << 30;
+/// Leaf 1 EDX bits passed through: FPU, VME, DE, PSE, TSC, MSR, PAE, CX8,
+/// SEP, MTRR, PGE, CMOV, PAT, PSE-36, CLFSH, MMX, FXSR, SSE, SSE2.
+const LEAF1_EDX: u32 = 1 << 0
+    | 1 << 1
+    | 1 << 2
+    | 1 << 3
+    | 1 << 4
+    | 1 << 5
+    | 1 << 6
+    | 1 << 8
+    | 1 << 11
+    | 1 << 12
+    | 1 << 13
+    | 1 << 15
+    | 1 << 16
+    | 1 << 17
+    | 1 << 19
+    | 1 << 23
+    | 1 << 24
+    | 1 << 25
+    | 1 << 26;
+/// Leaf 7.0 EBX bits passed through: FSGSBASE, BMI1, SMEP, BMI2, ERMS,
+/// ADX, SMAP, CLFLUSHOPT, CLWB, SHA.
+const LEAF7_EBX: u32 =
+    1 << 0 | 1 << 3 | 1 << 7 | 1 << 8 | 1 << 9 | 1 << 19 | 1 << 20 | 1 << 23 | 1 << 24 | 1 << 29;
+/// Leaf 0x80000001 ECX bits passed through: LAHF/SAHF, ABM (LZCNT),
+/// SSE4A, misaligned SSE, 3DNow! prefetch.
+const EXT1_ECX: u32 = 1 << 0 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8;
+/// Leaf 0x80000001 EDX bits passed through: the leaf-1 bits AMD mirrors
+/// here, SYSCALL, NX, MMX extensions, 1 GiB pages, long mode.
+const EXT1_EDX: u32 = (LEAF1_EDX & 0x0183_f3ff) | 1 << 11 | 1 << 20 | 1 << 22 | 1 << 26 | 1 << 29;
+
+/// The host's CPUID, as the policy's source of identity.
+pub trait HostCpuid {
+    /// EAX, EBX, ECX, EDX of `leaf`/`subleaf` on the host.
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
+}
+
+/// The guest's CPUID for `leaf`/`subleaf`; `guest_cr4` gives the OSXSAVE
+/// bit (always clear here, since XSAVE is hidden).
+pub fn guest_cpuid(host: &dyn HostCpuid, leaf: u32, subleaf: u32) -> [u32; 4] {
+    let h = |l, s| host.host_cpuid(l, s);
+    let basic_max = h(0, 0)[0].min(BASIC_MAX);
+    let ext_max = h(0x8000_0000, 0)[0].min(EXTENDED_MAX);
+    match leaf {
+        0 => {
+            let [_, b, c, d] = h(0, 0);
+            [basic_max, b, c, d]
+        }
+        l if l <= basic_max => basic(host, l, subleaf),
+        HYPERVISOR_BASE => {
+            let w = |i: usize| {
+                u32::from_le_bytes([
+                    SIGNATURE[i],
+                    SIGNATURE[i + 1],
+                    SIGNATURE[i + 2],
+                    SIGNATURE[i + 3],
+                ])
+            };
+            [HYPERVISOR_MAX, w(0), w(4), w(8)]
+        }
+        0x8000_0000 => {
+            let [_, b, c, d] = h(0x8000_0000, 0);
+            [ext_max, b, c, d]
+        }
+        l if (0x8000_0001..=ext_max).contains(&l) => extended(host, l),
+        // Unknown leaves read as zero (AMD behaviour; Intel repeats the
+        // highest basic leaf).
+        _ => [0; 4],
+    }
+}
+
+fn basic(host: &dyn HostCpuid, leaf: u32, subleaf: u32) -> [u32; 4] {
+    let [a, b, c, d] = host.host_cpuid(leaf, subleaf);
+    match leaf {
+        1 => {
+            // EBX: brand index and CLFLUSH size kept; one logical
+            // processor; initial APIC ID 0.
+            let ebx = (b & 0xffff) | 1 << 16;
+            [a, ebx, (c & LEAF1_ECX) | HYPERVISOR_BIT, d & LEAF1_EDX]
+        }
+        // Cache descriptors (Intel).
+        2 => [a, b, c, d],
+        // Deterministic cache parameters: one core, one thread per cache.
+        4 => [a & 0x3fff, b, c, d],
+        7 if subleaf == 0 => [0, b & LEAF7_EBX, 0, 0],
+        _ => [0; 4],
+    }
+}
+
+fn extended(host: &dyn HostCpuid, leaf: u32) -> [u32; 4] {
+    let [a, b, c, d] = host.host_cpuid(leaf, 0);
+    match leaf {
+        0x8000_0001 => [a, 0, c & EXT1_ECX, d & EXT1_EDX],
+        // Brand string, L1 and L2/L3 cache and TLB information.
+        0x8000_0002..=0x8000_0006 => [a, b, c, d],
+        // Power management: only the invariant TSC.
+        0x8000_0007 => [0, 0, 0, d & (1 << 8)],
+        // Address sizes kept; no extra features, one core.
+        0x8000_0008 => [a & 0x00ff_ffff, 0, 0, 0],
+        _ => [0; 4],
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A host that says yes to everything, as AMD EPYC with SVM would.
+    pub(crate) struct EveryFeature;
+
+    impl HostCpuid for EveryFeature {
+        fn host_cpuid(&self, leaf: u32, _subleaf: u32) -> [u32; 4] {
+            match leaf {
+                0 => [0x10, 0x6874_7541, 0x444d_4163, 0x6974_6e65], // "AuthenticAMD"
+                1 => [0x0083_0f10, 0x0810_0800 | 0xff << 24, u32::MAX, u32::MAX],
+                0x8000_0000 => [0x8000_0021, 0x6874_7541, 0x444d_4163, 0x6974_6e65],
+                0x8000_0008 => [0x3030, u32::MAX, u32::MAX, u32::MAX],
+                _ => [u32::MAX; 4],
+            }
+        }
+    }
+
+    #[test]
+    fn no_virtualization_and_the_hypervisor_bit() {
+        let h = EveryFeature;
+        let [_, ebx, ecx, edx] = guest_cpuid(&h, 1, 0);
+        assert_eq!(ecx & (1 << 5), 0, "no VMX");
+        assert_eq!(ecx & (1 << 6), 0, "no SMX");
+        assert_eq!(ecx & HYPERVISOR_BIT, HYPERVISOR_BIT);
+        assert_eq!(
+            ecx & (1 << 26 | 1 << 27 | 1 << 28),
+            0,
+            "no XSAVE, OSXSAVE, AVX"
+        );
+        assert_eq!(edx & (1 << 9), 0, "no APIC");
+        assert_eq!(edx & (1 << 28), 0, "no HTT");
+        assert_eq!(edx & (1 << 7 | 1 << 14), 0, "no MCE/MCA");
+        assert_ne!(
+            edx & (1 << 4 | 1 << 6 | 1 << 25 | 1 << 26),
+            0,
+            "TSC, PAE, SSE, SSE2"
+        );
+        assert_eq!(ebx >> 16, 1, "one logical processor, APIC ID 0");
+        let [_, _, ecx, edx] = guest_cpuid(&h, 0x8000_0001, 0);
+        assert_eq!(ecx & (1 << 2), 0, "no SVM");
+        assert_ne!(edx & (1 << 29), 0, "long mode");
+        assert_ne!(edx & (1 << 20), 0, "NX");
+        assert_eq!(edx & (1 << 27), 0, "no RDTSCP");
+        assert_eq!(guest_cpuid(&h, 0x8000_000a, 0), [0; 4], "no SVM leaf");
+    }
+
+    #[test]
+    fn the_splitvisor_leaf() {
+        let [max, b, c, d] = guest_cpuid(&EveryFeature, HYPERVISOR_BASE, 0);
+        assert_eq!(max, HYPERVISOR_MAX);
+        let mut sig = [0u8; 12];
+        sig[..4].copy_from_slice(&b.to_le_bytes());
+        sig[4..8].copy_from_slice(&c.to_le_bytes());
+        sig[8..].copy_from_slice(&d.to_le_bytes());
+        assert_eq!(&sig, b"splitvisor\0\0");
+        assert_eq!(guest_cpuid(&EveryFeature, HYPERVISOR_BASE + 1, 0), [0; 4]);
+    }
+
+    #[test]
+    fn limits_and_unknown_leaves() {
+        let h = EveryFeature;
+        let [max, vendor_b, ..] = guest_cpuid(&h, 0, 0);
+        assert_eq!(max, BASIC_MAX);
+        assert_eq!(vendor_b, 0x6874_7541, "the host's vendor");
+        assert_eq!(guest_cpuid(&h, 0x8000_0000, 0)[0], EXTENDED_MAX);
+        assert_eq!(guest_cpuid(&h, 0xe, 0), [0; 4], "above the basic maximum");
+        assert_eq!(guest_cpuid(&h, 0x8000_0021, 0), [0; 4]);
+        assert_eq!(guest_cpuid(&h, 7, 1), [0; 4]);
+        assert_eq!(guest_cpuid(&h, 7, 0)[0], 0, "no further subleaves");
+        assert_eq!(guest_cpuid(&h, 0xb, 0), [0; 4], "no topology");
+        assert_eq!(guest_cpuid(&h, 0x8000_0008, 0), [0x3030, 0, 0, 0]);
+    }
+}

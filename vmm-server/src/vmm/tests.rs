@@ -1,0 +1,739 @@
+//! Exit-handler tests: scripted exit records against the real devices, a
+//! test RAM and a host whose clock the test moves.
+
+use core::cell::Cell;
+
+use super::*;
+use crate::cpuid::tests::EveryFeature;
+use crate::devices::debug_exit::{self, DebugExit};
+use crate::devices::i8042::{self, I8042};
+use crate::devices::pit::{self, Pit};
+use crate::devices::post::{self, PostCode};
+use crate::devices::rtc::{self, Rtc};
+use crate::devices::uart16550::{self, Uart16550};
+use crate::emulate::memory::tests::TestRam;
+use crate::exit::tests::{ioio, svm_record};
+use crate::mmio::ScratchRegisters;
+use ipc_proto::vcpu::svm_ioio::*;
+use proptest::prelude::*;
+use std::string::ToString;
+use std::vec::Vec;
+
+/// A host whose time the test sets (in nanoseconds: 1 GHz ticks).
+struct TestHost<'a> {
+    time: &'a Cell<u64>,
+    input: bool,
+}
+
+impl HostCpuid for TestHost<'_> {
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        EveryFeature.host_cpuid(leaf, subleaf)
+    }
+}
+
+impl Host for TestHost<'_> {
+    fn now(&mut self) -> u64 {
+        self.time.get()
+    }
+    fn ticks_per_second(&self) -> u64 {
+        SECOND
+    }
+    fn wait_for_input(&mut self) -> bool {
+        self.input
+    }
+}
+
+const RIP: u64 = 0x10_0020;
+
+/// A record of a flat 32-bit guest (the multiboot entry state).
+fn flat(code: u64, info1: u64, info2: u64) -> ExitRecord {
+    let mut rec = svm_record(code, info1, info2);
+    rec.cr0 = 0x11;
+    rec.cs = Segment {
+        selector: 8,
+        attrib: 0xc9b,
+        limit: u32::MAX,
+        base: 0,
+    };
+    rec.regs.rip = RIP;
+    rec
+}
+
+fn io_record(info1: u64, rax: u64) -> ExitRecord {
+    let mut rec = flat(svm_exit::IOIO, info1, RIP + 1);
+    rec.next_rip = RIP + 1;
+    rec.regs.rax = rax;
+    rec.regs.rbx = 0xb;
+    rec
+}
+
+fn out(port: u16, value: u8) -> ExitRecord {
+    io_record(ioio(port, SZ8, false), u64::from(value))
+}
+
+fn resumed(a: Action) -> Resume {
+    match a {
+        Action::Resume(r) => r,
+        other => panic!("expected a resume, got {other:?}"),
+    }
+}
+
+fn failed(a: Action) -> FailReason {
+    match a {
+        Action::Fail(r) => r,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+fn flags(r: &Resume) -> ResumeFlags {
+    ResumeFlags::from_bits(r.flags).expect("known flags")
+}
+
+/// What every test needs: the board, RAM and the host's clock.
+struct World {
+    board: Board,
+    ram: TestRam,
+    time: Cell<u64>,
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            board: Board::new(),
+            ram: TestRam::new(2 << 20),
+            time: Cell::new(0),
+        }
+    }
+}
+
+/// Declares `$vmm`, a handler over a world's board, RAM and clock, with
+/// `$router`'s devices.
+macro_rules! vmm {
+    ($vmm:ident = $w:ident, $router:expr) => {
+        let mut ram = $w.ram.ram();
+        let mut host = TestHost {
+            time: &$w.time,
+            input: false,
+        };
+        #[allow(unused_mut)]
+        let mut $vmm = Vmm::new($router, &$w.board, &mut ram, &mut host);
+    };
+}
+
+#[test]
+fn in_al_changes_only_al_and_moves_rip() {
+    let mut w = World::new();
+    let mut uart = Uart16550::new(Vec::new());
+    let mut r = Router::new();
+    r.register(uart16550::COM1_BASE, uart16550::LEN, &mut uart)
+        .unwrap();
+    vmm!(vmm = w, r);
+    let rec = io_record(ioio(0x3fd, SZ8, true), 0x1122_3344_5566_7788);
+    let res = resumed(vmm.handle(&rec));
+    assert_eq!(res.abi_version, ipc_proto::ABI_VERSION);
+    assert_eq!(flags(&res), ResumeFlags::SET_GPRS | ResumeFlags::SET_RIP);
+    assert_eq!(res.regs.rax, 0x1122_3344_5566_7760, "AL = LSR = 0x60");
+    assert_eq!(res.regs.rip, RIP + 1);
+    let mut want = rec.regs;
+    want.rax = res.regs.rax;
+    want.rip = rec.next_rip;
+    assert_eq!(res.regs, want, "nothing else changes");
+}
+
+#[test]
+fn in_ax_and_eax_from_an_unknown_port() {
+    let mut w = World::new();
+    vmm!(vmm = w, Router::new());
+    let res = resumed(vmm.handle(&io_record(ioio(0x81, SZ16, true), u64::MAX - 0xffff)));
+    assert_eq!(res.regs.rax, u64::MAX);
+    let res = resumed(vmm.handle(&io_record(ioio(0x81, SZ32, true), u64::MAX)));
+    assert_eq!(res.regs.rax, 0xffff_ffff, "32-bit IN zero-extends");
+    let res = resumed(vmm.handle(&io_record(ioio(0x81, SZ8, false), 0)));
+    assert_eq!(flags(&res), ResumeFlags::SET_RIP);
+    assert_eq!(
+        vmm.unknown_ports(),
+        UnknownPortCounts {
+            reads: 2,
+            writes: 1
+        }
+    );
+}
+
+#[test]
+fn merge_in_by_size() {
+    let rax = 0xaaaa_bbbb_cccc_dddd;
+    assert_eq!(
+        merge_in(rax, IoSize::Byte, 0x1234_5678),
+        0xaaaa_bbbb_cccc_dd78
+    );
+    assert_eq!(
+        merge_in(rax, IoSize::Word, 0x1234_5678),
+        0xaaaa_bbbb_cccc_5678
+    );
+    assert_eq!(merge_in(rax, IoSize::Dword, 0x1234_5678), 0x1234_5678);
+}
+
+#[test]
+fn out_to_the_uart_reaches_the_sink() {
+    let mut w = World::new();
+    let mut uart = Uart16550::new(Vec::new());
+    {
+        let mut r = Router::new();
+        r.register(uart16550::COM1_BASE, uart16550::LEN, &mut uart)
+            .unwrap();
+        vmm!(vmm = w, r);
+        let res = resumed(vmm.handle(&io_record(ioio(0x3f8, SZ8, false), 0x4141)));
+        assert_eq!(res.regs.rip, RIP + 1);
+        assert_eq!(res.regs.rax, 0x4141, "OUT leaves RAX alone");
+    }
+    assert_eq!(uart.sink(), b"A");
+}
+
+#[test]
+fn next_rip_falls_back_to_exitinfo2_then_to_decoding() {
+    let mut w = World::new();
+    // `out dx, al` at RIP.
+    w.ram.bytes[RIP as usize] = 0xee;
+    vmm!(vmm = w, Router::new());
+    let mut rec = io_record(ioio(0x80, SZ8, false), 0);
+    rec.next_rip = 0;
+    rec.exit_info2 = 0x10_0030;
+    assert_eq!(resumed(vmm.handle(&rec)).regs.rip, 0x10_0030);
+    rec.exit_info2 = 0;
+    assert_eq!(resumed(vmm.handle(&rec)).regs.rip, RIP + 1, "decoded");
+    rec.regs.rip = 0xfee0_0000;
+    assert_eq!(failed(vmm.handle(&rec)).kind, FailKind::NoNextRip);
+}
+
+#[test]
+fn a_debug_exit_write_stops_with_its_status() {
+    let mut w = World::new();
+    let mut dev = DebugExit::new();
+    let mut r = Router::new();
+    r.register(debug_exit::PORT, debug_exit::LEN, &mut dev)
+        .unwrap();
+    vmm!(vmm = w, r);
+    assert_eq!(vmm.handle(&out(0xf4, 3)), Action::Stop { status: 3 });
+    assert_eq!(vmm.handle(&out(0xf4, 0)), Action::Stop { status: 0 });
+}
+
+#[test]
+fn hlt_without_interrupts_stops_and_with_nothing_to_wake_fails() {
+    let mut w = World::new();
+    vmm!(vmm = w, Router::new());
+    let mut rec = flat(svm_exit::HLT, 0, 0);
+    rec.next_rip = RIP + 1;
+    assert_eq!(vmm.handle(&rec), Action::Stop { status: 0 });
+    rec.regs.rflags = 0x202;
+    let why = failed(vmm.handle(&rec));
+    assert_eq!(why.kind, FailKind::HaltedWithInterruptsEnabled);
+    assert!(why
+        .to_string()
+        .starts_with("guest halted waiting for an interrupt, and nothing can raise one"));
+}
+
+#[test]
+fn unhandled_exits_fail_with_their_code_and_rip() {
+    let mut w = World::new();
+    vmm!(vmm = w, Router::new());
+    let mut rec = flat(0x8d, 0, 0);
+    rec.regs.rip = 0x10_0023;
+    let why = failed(vmm.handle(&rec));
+    assert_eq!(why.kind, FailKind::Unhandled);
+    assert_eq!(
+        why.to_string(),
+        "unhandled exit xsetbv (code 0x8d) at rip=0x100023"
+    );
+    rec.exit_code = svm_exit::NPF;
+    rec.exit_info1 = 0x4;
+    rec.exit_info2 = 0x1000;
+    assert_eq!(
+        failed(vmm.handle(&rec)).to_string(),
+        "nested page fault inside guest RAM (npf, code 0x400) at rip=0x100023: gpa=0x1000 error_code=0x4"
+    );
+    rec.exit_code = 0x03;
+    rec.exit_info1 = 0;
+    assert!(failed(vmm.handle(&rec))
+        .to_string()
+        .starts_with("a read cr3 exit reached the vmm-server"));
+}
+
+#[test]
+fn shutdown_and_entry_failure_say_what_happened() {
+    let mut w = World::new();
+    vmm!(vmm = w, Router::new());
+    let rec = flat(svm_exit::SHUTDOWN, 0, 0);
+    assert_eq!(
+        failed(vmm.handle(&rec)).to_string(),
+        "the guest triple-faulted (shutdown, code 0x7f) at rip=0x100020"
+    );
+    let why = failed(vmm.handle(&flat(svm_exit::INVALID, 0, 0)));
+    assert_eq!(why.kind, FailKind::EntryFailed);
+    assert!(why.to_string().contains("code 0xffffffffffffffff"));
+}
+
+#[test]
+fn a_record_from_another_abi_fails() {
+    let mut w = World::new();
+    vmm!(vmm = w, Router::new());
+    let mut rec = out(0x80, 0);
+    rec.abi_version = 99;
+    let why = failed(vmm.handle(&rec));
+    assert_eq!(why.kind, FailKind::AbiMismatch { record: 99 });
+    assert!(why.to_string().contains("ABI version 99"));
+}
+
+#[test]
+fn rep_outsb_is_emulated_from_guest_memory() {
+    let mut w = World::new();
+    // rep outsb at RIP; the string at 0x2000.
+    w.ram.bytes[RIP as usize..RIP as usize + 2].copy_from_slice(&[0xf3, 0x6e]);
+    w.ram.bytes[0x2000..0x2003].copy_from_slice(b"hi\n");
+    let mut uart = Uart16550::new(Vec::new());
+    {
+        let mut r = Router::new();
+        r.register(uart16550::COM1_BASE, uart16550::LEN, &mut uart)
+            .unwrap();
+        vmm!(vmm = w, r);
+        let mut rec = io_record(ioio(0x3f8, SZ8, false) | STRING | REP, 0);
+        rec.regs.rsi = 0x2000;
+        rec.regs.rcx = 3;
+        rec.regs.rdx = 0x3f8;
+        let res = resumed(vmm.handle(&rec));
+        assert_eq!(
+            (res.regs.rsi, res.regs.rcx, res.regs.rip),
+            (0x2003, 0, RIP + 2)
+        );
+        assert_eq!(flags(&res), ResumeFlags::SET_GPRS | ResumeFlags::SET_RIP);
+        assert_eq!(vmm.stats().emulated, 1);
+    }
+    assert_eq!(uart.sink(), b"hi\n");
+}
+
+#[test]
+fn cpuid_answers_from_the_policy() {
+    let mut w = World::new();
+    vmm!(vmm = w, Router::new());
+    let mut rec = flat(svm_exit::CPUID, 0, 0);
+    rec.next_rip = RIP + 2;
+    rec.regs.rax = 0xffff_ffff_4000_0000;
+    rec.regs.rcx = 7;
+    let res = resumed(vmm.handle(&rec));
+    assert_eq!(res.regs.rax, 0x4000_0001);
+    assert_eq!(res.regs.rbx.to_le_bytes()[..4], *b"spli");
+    assert_eq!(res.regs.rcx.to_le_bytes()[..4], *b"tvis");
+    assert_eq!(res.regs.rdx.to_le_bytes()[..4], *b"or\0\0");
+    assert_eq!(res.regs.rip, RIP + 2);
+    rec.regs.rax = 1;
+    let res = resumed(vmm.handle(&rec));
+    assert_ne!(res.regs.rcx & (1 << 31), 0, "hypervisor bit");
+    assert_eq!(res.regs.rcx & (1 << 5), 0, "no VMX");
+}
+
+#[test]
+fn msrs_answer_fault_or_need_the_stub() {
+    let mut w = World::new();
+    w.time.set(0x1234_5678_9abc);
+    vmm!(vmm = w, Router::new());
+    let mut rec = flat(svm_exit::MSR, 0, 0);
+    rec.next_rip = RIP + 2;
+    rec.regs.rcx = 0x10; // TSC
+    let res = resumed(vmm.handle(&rec));
+    assert_eq!((res.regs.rax, res.regs.rdx), (0x5678_9abc, 0x1234));
+    // An unknown MSR: #GP(0) at the same RIP.
+    rec.regs.rcx = 0xc001_0117;
+    let res = resumed(vmm.handle(&rec));
+    assert_eq!(res.regs.rip, RIP);
+    assert_eq!(
+        res.event,
+        EventInjection {
+            vector: 13,
+            kind: 3,
+            has_error_code: 1,
+            reserved: 0,
+            error_code: 0
+        }
+    );
+    assert!(flags(&res).contains(ResumeFlags::INJECT_EVENT));
+    // WRMSR PAT with a valid value.
+    rec.exit_info1 = 1;
+    rec.regs.rcx = 0x277;
+    rec.regs.rax = 0x0007_0406;
+    rec.regs.rdx = 0x0007_0106;
+    assert_eq!(resumed(vmm.handle(&rec)).regs.rip, RIP + 2);
+    // WRMSR EFER.LME: the stub must do it.
+    rec.regs.rcx = 0xc000_0080;
+    rec.regs.rax = 0x100;
+    rec.regs.rdx = 0;
+    let why = failed(vmm.handle(&rec));
+    assert_eq!(
+        why.kind,
+        FailKind::MsrNeedsStub {
+            index: 0xc000_0080,
+            write: true
+        }
+    );
+    assert!(why
+        .to_string()
+        .starts_with("wrmsr of EFER (0xc0000080) needs the stub"));
+}
+
+#[test]
+fn mmio_writes_and_reads_are_emulated() {
+    const BASE: u64 = 0xfeb0_0000;
+    let mut w = World::new();
+    // mov [ebx+8], eax ; then mov ecx, [ebx+8]
+    w.ram.bytes[RIP as usize..RIP as usize + 6]
+        .copy_from_slice(&[0x89, 0x43, 0x08, 0x8b, 0x4b, 0x08]);
+    let mut scratch = ScratchRegisters::default();
+    let mut mmio = MmioRouter::new();
+    mmio.register(BASE, 0x1000, &mut scratch).unwrap();
+    vmm!(vmm = w, Router::new());
+    let mut vmm = vmm.with_mmio(mmio);
+    let mut rec = flat(svm_exit::NPF, 0x6, BASE + 8);
+    rec.regs.rbx = BASE;
+    rec.regs.rax = 0xcafe_f00d;
+    let res = resumed(vmm.handle(&rec));
+    assert_eq!(res.regs.rip, RIP + 3);
+    let mut rec = flat(svm_exit::NPF, 0x4, BASE + 8);
+    rec.regs.rip = RIP + 3;
+    rec.regs.rbx = BASE;
+    let res = resumed(vmm.handle(&rec));
+    assert_eq!((res.regs.rcx, res.regs.rip), (0xcafe_f00d, RIP + 6));
+}
+
+#[test]
+fn garbage_behind_an_mmio_exit_is_ud_and_unsupported_fails_with_the_bytes() {
+    let mut w = World::new();
+    w.ram.bytes[RIP as usize..RIP as usize + 3].copy_from_slice(&[0xf0, 0x8b, 0x03]);
+    w.ram.bytes[0x200..0x203].copy_from_slice(&[0x0f, 0x58, 0x03]);
+    vmm!(vmm = w, Router::new());
+    let rec = flat(svm_exit::NPF, 0x4, 0xfeb0_0000);
+    let res = resumed(vmm.handle(&rec));
+    assert_eq!((res.event.vector, res.event.has_error_code), (6, 0));
+    let mut rec = flat(svm_exit::NPF, 0x4, 0xfeb0_0000);
+    rec.regs.rip = 0x200;
+    let why = failed(vmm.handle(&rec));
+    assert_eq!(
+        why.to_string(),
+        "cannot emulate addps [0f 58 03] (npf, code 0x400) at rip=0x200: gpa=0xfeb00000"
+    );
+    // Executing from MMIO is reported, not emulated.
+    let rec = flat(svm_exit::NPF, 0x14, 0xfeb0_0000);
+    assert_eq!(failed(vmm.handle(&rec)).kind, FailKind::MmioFetch);
+}
+
+#[test]
+fn a_page_fault_in_emulation_is_injected_with_cr2() {
+    let mut w = World::new();
+    // Paging on with an empty page directory at 0x1000: the fetch faults.
+    vmm!(vmm = w, Router::new());
+    let mut rec = flat(svm_exit::NPF, 0x4, 0xfeb0_0000);
+    rec.cr0 = 0x8000_0011;
+    rec.cr3 = 0x1000;
+    let res = resumed(vmm.handle(&rec));
+    assert_eq!(
+        (
+            res.event.vector,
+            res.event.has_error_code,
+            res.event.error_code
+        ),
+        (14, 1, 0)
+    );
+    assert_eq!(res.cr2, RIP);
+    assert!(flags(&res).contains(ResumeFlags::SET_CR2));
+}
+
+#[test]
+fn a_fault_loop_ends_the_vm() {
+    let mut w = World::new();
+    vmm!(vmm = w, Router::new());
+    let rec = flat(svm_exit::EXCP_BASE + 13, 0x10, 0);
+    for _ in 0..63 {
+        let r = resumed(vmm.handle(&rec));
+        assert_eq!(
+            (r.event.vector, r.event.error_code),
+            (13, 0x10),
+            "reflected"
+        );
+    }
+    let why = failed(vmm.handle(&rec));
+    assert_eq!(
+        why.kind,
+        FailKind::FaultLoop {
+            vector: 13,
+            count: 64
+        }
+    );
+    assert!(why
+        .to_string()
+        .starts_with("the guest loops on #GP (64 times in a row)"));
+    let history: Vec<_> = vmm.history().iter().collect();
+    assert_eq!(history.len(), 8);
+}
+
+#[test]
+fn vmmcall_is_ud_and_exitintinfo_is_reinjected() {
+    let mut w = World::new();
+    vmm!(vmm = w, Router::new());
+    let r = resumed(vmm.handle(&flat(svm_exit::VMMCALL, 0, 0)));
+    assert_eq!((r.event.vector, r.event.kind), (6, 3));
+    // An INTR exit while a #PF with error code 2 was being delivered.
+    let mut rec = flat(svm_exit::INTR, 0, 0);
+    rec.exit_int_info = (1 << 31) | (1 << 11) | (3 << 8) | 14 | (2 << 32);
+    let r = resumed(vmm.handle(&rec));
+    assert_eq!(
+        r.event,
+        EventInjection {
+            vector: 14,
+            kind: 3,
+            has_error_code: 1,
+            reserved: 0,
+            error_code: 2
+        }
+    );
+    assert_eq!(flags(&r), ResumeFlags::INJECT_EVENT);
+}
+
+#[test]
+fn the_keyboard_controller_resets_the_machine() {
+    let mut w = World::new();
+    let mut kbd = I8042::new(Some(w.board.irq.pin(1)));
+    let mut r = Router::new();
+    r.register_ranges(&i8042::RANGES, &mut kbd).unwrap();
+    vmm!(vmm = w, r);
+    assert_eq!(vmm.handle(&out(0x64, 0xfe)), Action::Reset);
+}
+
+/// Programs the PIC (vector base 0x20) and PIT channel 0 (mode 2) with
+/// port exits, as a guest's init does.
+fn program_timer(vmm: &mut Vmm<'_>, count: u16) {
+    for (port, v) in [
+        (0x20, 0x11),
+        (0x21, 0x20),
+        (0x21, 0x04),
+        (0x21, 0x01),
+        (0xa0, 0x11),
+        (0xa1, 0x28),
+        (0xa1, 0x02),
+        (0xa1, 0x01),
+        (0x21, 0xfe),
+        (0xa1, 0xff),
+        (0x43, 0x34),
+        (0x40, count as u8),
+        (0x40, (count >> 8) as u8),
+    ] {
+        resumed(vmm.handle(&out(port, v)));
+    }
+}
+
+#[test]
+fn the_timer_interrupts_through_the_pic_as_the_guest_allows() {
+    let mut w = World::new();
+    let mut pit = Pit::new(&w.board.clock, Some(w.board.irq.pin(0)));
+    let mut r = Router::new();
+    r.register_ranges(&pit::RANGES, &mut pit).unwrap();
+    vmm!(vmm = w, r);
+    program_timer(&mut vmm, 1193);
+    // HLT with IF=1: the clock skips to the first tick, IRQ 0 is injected
+    // as vector 0x20 past the HLT.
+    let mut hlt = flat(svm_exit::HLT, 0, 0);
+    hlt.next_rip = RIP + 1;
+    hlt.regs.rflags = 0x202;
+    let r = resumed(vmm.handle(&hlt));
+    assert_eq!(r.regs.rip, RIP + 1);
+    assert_eq!((r.event.vector, r.event.kind), (0x20, 0));
+    assert!(flags(&r).contains(ResumeFlags::INJECT_EVENT));
+    assert_eq!(
+        w.board.clock.now(),
+        999_848,
+        "virtual time moved to the tick"
+    );
+    // Until the guest sends EOI, the next tick waits in IRR: HLT warps a
+    // few deadlines, then lets the guest halt again.
+    let r = resumed(vmm.handle(&hlt));
+    assert_eq!(r.regs.rip, RIP);
+    assert!(!flags(&r).contains(ResumeFlags::INJECT_EVENT));
+    // EOI with IF=0: the pending tick asks for an interrupt window.
+    let r = resumed(vmm.handle(&out(0x20, 0x20)));
+    assert!(flags(&r).contains(ResumeFlags::REQUEST_INTERRUPT_WINDOW));
+    assert!(!flags(&r).contains(ResumeFlags::INJECT_EVENT));
+    // The window opens (IF=1, no shadow): inject.
+    let mut win = flat(svm_exit::VINTR, 0, 0);
+    win.regs.rflags = 0x202;
+    win.interrupt_shadow = 1;
+    let r = resumed(vmm.handle(&win));
+    assert!(
+        flags(&r).contains(ResumeFlags::REQUEST_INTERRUPT_WINDOW),
+        "shadow: wait"
+    );
+    win.interrupt_shadow = 0;
+    let r = resumed(vmm.handle(&win));
+    assert_eq!(r.event.vector, 0x20);
+    assert!(vmm.stats().irqs >= 2 && vmm.stats().warps >= 1);
+}
+
+#[test]
+fn a_slow_exit_does_not_jump_past_a_tick() {
+    let mut w = World::new();
+    let mut pit = Pit::new(&w.board.clock, Some(w.board.irq.pin(0)));
+    let mut r = Router::new();
+    r.register_ranges(&pit::RANGES, &mut pit).unwrap();
+    vmm!(vmm = w, r);
+    program_timer(&mut vmm, 1193);
+    // A whole second passes on the host between two exits: the clock
+    // stops at the next tick, and the tick is not lost.
+    let before = w.board.clock.now();
+    w.time.set(SECOND);
+    let mut rec = out(0x80, 0);
+    rec.regs.rflags = 0x202;
+    let r = resumed(vmm.handle(&rec));
+    let after = w.board.clock.now();
+    // The first tick: 1193 PIT clocks, rounded up to whole nanoseconds.
+    assert_eq!(after - before, 999_848);
+    assert_eq!(r.event.vector, 0x20);
+    // The next exit moves on by at most another period.
+    let r = resumed(vmm.handle(&rec));
+    assert!(w.board.clock.now() - after <= 1_000_000);
+    let _ = r;
+}
+
+#[test]
+fn uart_input_interrupts_on_irq4() {
+    struct Typed(std::collections::VecDeque<u8>);
+    impl crate::console::ConsoleSink for Typed {
+        fn write_byte(&mut self, _: u8) {}
+        fn read_byte(&mut self) -> Option<u8> {
+            self.0.pop_front()
+        }
+    }
+    let mut w = World::new();
+    let mut uart =
+        Uart16550::new(Typed(b"x".iter().copied().collect())).with_irq(w.board.irq.pin(4));
+    let mut r = Router::new();
+    r.register(uart16550::COM1_BASE, uart16550::LEN, &mut uart)
+        .unwrap();
+    vmm!(vmm = w, r);
+    program_timer(&mut vmm, 0xffff);
+    resumed(vmm.handle(&out(0x21, 0xef))); // unmask IRQ 4 only
+    resumed(vmm.handle(&out(0x3f9, 0x01))); // IER: receive interrupt
+    let mut rec = out(0x3fc, 0x0b); // MCR: DTR, RTS, OUT2
+    rec.regs.rflags = 0x202;
+    let r = resumed(vmm.handle(&rec));
+    assert_eq!(r.event.vector, 0x24, "IRQ 4 through the PIC");
+    let mut rec = io_record(ioio(0x3f8, SZ8, true), 0);
+    rec.regs.rflags = 0x202;
+    let r = resumed(vmm.handle(&rec));
+    assert_eq!(r.regs.rax & 0xff, u64::from(b'x'));
+}
+
+#[test]
+fn real_mode_faults_push_no_error_code() {
+    let mut w = World::new();
+    // mov ax, [bx] with BX = 0xffff crosses the 64 KiB limit: #GP.
+    w.ram.bytes[0x7c00..0x7c02].copy_from_slice(&[0x8b, 0x07]);
+    vmm!(vmm = w, Router::new());
+    let mut rec = svm_record(svm_exit::NPF, 0x4, 0xfeb0_0000);
+    rec.cs = Segment {
+        selector: 0,
+        attrib: 0x9b,
+        limit: 0xffff,
+        base: 0,
+    };
+    rec.cr0 = 0x10;
+    rec.regs.rip = 0x7c00;
+    rec.regs.rbx = 0xffff;
+    let r = resumed(vmm.handle(&rec));
+    assert_eq!((r.event.vector, r.event.has_error_code), (13, 0));
+}
+
+/// Every device of the PC, for the fuzz-style test.
+fn all_devices_accept_nonsense(ops: &[(u16, u8, u32, bool)], rflags: u64) {
+    let mut w = World::new();
+    let mut pit = Pit::new(&w.board.clock, Some(w.board.irq.pin(0)));
+    let mut rtc = Rtc::new(&w.board.clock, Some(w.board.irq.pin(8)), 1_700_000_000);
+    let mut kbd = I8042::new(Some(w.board.irq.pin(1)));
+    let mut post = PostCode::new();
+    let mut uart = Uart16550::new(Vec::new()).with_irq(w.board.irq.pin(4));
+    let mut r = Router::new();
+    r.register_ranges(&pit::RANGES, &mut pit).unwrap();
+    r.register(rtc::BASE, rtc::LEN, &mut rtc).unwrap();
+    r.register_ranges(&i8042::RANGES, &mut kbd).unwrap();
+    r.register(post::PORT, post::LEN, &mut post).unwrap();
+    r.register(uart16550::COM1_BASE, uart16550::LEN, &mut uart)
+        .unwrap();
+    vmm!(vmm = w, r);
+    for &(port, size, value, is_in) in ops {
+        let sz = [SZ8, SZ16, SZ32][usize::from(size % 3)];
+        let mut rec = io_record(ioio(port, sz, is_in), u64::from(value));
+        rec.regs.rflags = rflags;
+        match vmm.handle(&rec) {
+            Action::Resume(_) | Action::Reset | Action::Stop { .. } => {}
+            Action::Fail(f) => panic!("{f}"),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Nonsense written to (and read from) every device's ports never
+    /// fails the VM or panics.
+    #[test]
+    fn nonsense_on_every_port_keeps_running(
+        ops in proptest::collection::vec(
+            (prop_oneof![0u16..0x100, 0x3f8u16..0x400, 0x4d0u16..0x4d2, any::<u16>()], any::<u8>(), any::<u32>(), any::<bool>()),
+            0..300),
+        if_on in any::<bool>(),
+    ) {
+        all_devices_accept_nonsense(&ops, if if_on { 0x202 } else { 2 });
+    }
+
+    /// Random instruction bytes behind a simulated MMIO exit, in every
+    /// mode: an orderly action, never a panic.
+    #[test]
+    fn random_bytes_behind_an_mmio_exit(
+        bytes in proptest::collection::vec(any::<u8>(), 1..16),
+        mode in 0u8..3,
+        regs in proptest::array::uniform4(any::<u64>()),
+        info1 in any::<u64>(),
+        int_info in prop_oneof![Just(0u64), any::<u64>()],
+    ) {
+        let mut w = World::new();
+        w.ram.bytes[RIP as usize..RIP as usize + bytes.len()].copy_from_slice(&bytes);
+        let mut scratch = ScratchRegisters::default();
+        let mut mmio = MmioRouter::new();
+        mmio.register(0xfeb0_0000, 0x1000, &mut scratch).unwrap();
+        vmm!(vmm = w, Router::new());
+    let mut vmm = vmm.with_mmio(mmio);
+        let mut rec = flat(svm_exit::NPF, info1 & 0x1f, 0xfeb0_0000 + (regs[0] & 0xfff));
+        rec.exit_int_info = int_info;
+        match mode {
+            0 => {
+                rec.cr0 = 0x10;
+                rec.cs = Segment { selector: 0, attrib: 0x9b, limit: 0xffff, base: 0 };
+                rec.regs.rip = RIP & 0xffff;
+            }
+            2 => {
+                rec.efer = 0x500;
+                rec.cs.attrib = 0xa9b;
+            }
+            _ => {}
+        }
+        rec.regs.rax = regs[1];
+        rec.regs.rbx = 0xfeb0_0000 + (regs[2] & 0xfff);
+        rec.regs.rcx = regs[3] & 0xff;
+        rec.regs.rsi = 0xfeb0_0000;
+        rec.regs.rdi = 0xfeb0_0800;
+        for _ in 0..3 {
+            match vmm.handle(&rec) {
+                Action::Resume(r) => {
+                    // Whatever the resume is, it names only known flags.
+                    prop_assert!(ResumeFlags::from_bits(r.flags).is_some());
+                }
+                Action::Fail(f) => { let _ = f.to_string(); }
+                Action::Stop { .. } | Action::Reset => {}
+            }
+        }
+    }
+}
