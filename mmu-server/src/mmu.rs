@@ -285,7 +285,11 @@ impl Mmu {
 
     /// The figures.
     pub fn stats(&self) -> MmuStats {
-        self.cache.stats
+        let mut s = self.cache.stats;
+        if let Some(n) = &self.nested {
+            s.tables_live = n.tables() as u64;
+        }
+        s
     }
 
     /// The shadow cache (for tests and experiments).

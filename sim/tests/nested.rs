@@ -1,0 +1,151 @@
+//! Nested paging (NPT): the mmu-server installs the guest-physical map
+//! once and shadows nothing; the simulated hardware walks the guest's own
+//! tables through the nested tables. Every access ends as on the
+//! reference CPU, and guest memory (A/D bits included) ends the same.
+
+mod common;
+
+use common::*;
+use mmu_server::regs::{cr0, cr4, efer};
+use mmu_server::walk::Access;
+use mmu_server::{MmuConfig, MmuMode};
+use proptest::prelude::*;
+use sim::{Machine, Outcome, SimConfig};
+
+#[derive(Clone, Debug)]
+enum NOp {
+    Read(u16, u16, bool),
+    Fetch(u16, u16, bool),
+    Write(u16, u16, bool, u64),
+    Edit(u16, Mutation),
+    Switch(u8),
+    ToggleWp,
+    TogglePge,
+}
+
+fn nop() -> impl Strategy<Value = NOp> {
+    prop_oneof![
+        (any::<u16>(), any::<u16>(), any::<bool>()).prop_map(|(a, b, u)| NOp::Read(a, b, u)),
+        (any::<u16>(), any::<u16>(), any::<bool>()).prop_map(|(a, b, u)| NOp::Fetch(a, b, u)),
+        (any::<u16>(), any::<u16>(), any::<bool>(), any::<u64>())
+            .prop_map(|(a, b, u, v)| NOp::Write(a, b, u, v)),
+        (
+            any::<u16>(),
+            prop_oneof![
+                any::<u8>().prop_map(Mutation::Flip),
+                any::<u16>().prop_map(Mutation::Repoint)
+            ]
+        )
+            .prop_map(|(e, m)| NOp::Edit(e, m)),
+        any::<u8>().prop_map(NOp::Switch),
+        Just(NOp::ToggleWp),
+        Just(NOp::TogglePge),
+    ]
+}
+
+fn run(start: Start, seed: u64, ops: &[NOp]) -> Result<(), String> {
+    let w = build_with(start, seed, false);
+    let mut m = Machine::new(
+        SimConfig {
+            ram_bytes: RAM,
+            ..SimConfig::default()
+        },
+        MmuConfig {
+            mode: MmuMode::Nested,
+            ..MmuConfig::default()
+        },
+    );
+    m.sim.ram.copy_from_slice(&w.mem);
+    m.start(w.ctl)?;
+    let mut reference = Reference {
+        mem: Ram(w.mem.clone()),
+        ctl: m.ctl(),
+        cpu: w.cpu,
+        code: None,
+    };
+    for (step, op) in ops.iter().enumerate() {
+        let la = |a: u16, b: u16| {
+            if a.is_multiple_of(3) {
+                w.kernel_la(w.tables[a as usize % w.tables.len()]) + u64::from(b) % 4096
+            } else {
+                w.user[a as usize % w.user.len()] + u64::from(b) % 4096
+            }
+        };
+        let size = if reference.ctl.efer & efer::LMA != 0 {
+            8
+        } else {
+            4
+        };
+        let (got, want) = match *op {
+            NOp::Read(a, b, u) => (
+                m.access(la(a, b), Access::read(u)),
+                reference.access(la(a, b), Access::read(u)),
+            ),
+            NOp::Fetch(a, b, u) => (
+                m.access(la(a, b), Access::fetch(u)),
+                reference.access(la(a, b), Access::fetch(u)),
+            ),
+            NOp::Write(a, b, u, v) => {
+                let x = la(a, b) & !(size - 1);
+                (m.store(x, v, size, u), reference.store(x, v, size, u))
+            }
+            NOp::Edit(e, mu) => {
+                let (gpa, new) = edit_target(&w, &reference.mem.0, e, mu);
+                let x = w.kernel_la(gpa);
+                let es = w.entry_size();
+                let new = if es == 8 && size == 4 {
+                    new & 0xffff_ffff
+                } else {
+                    new
+                };
+                (
+                    m.store(x, new, es.min(size), false),
+                    reference.store(x, new, es.min(size), false),
+                )
+            }
+            NOp::Switch(i) => {
+                let cr3 = w.cr3s[i as usize % w.cr3s.len()];
+                (m.mov_to_cr(3, cr3), reference.mov_to_cr(3, cr3))
+            }
+            NOp::ToggleWp => {
+                let v = reference.ctl.cr0 ^ cr0::WP;
+                (m.mov_to_cr(0, v), reference.mov_to_cr(0, v))
+            }
+            NOp::TogglePge => {
+                let v = reference.ctl.cr4 ^ cr4::PGE;
+                (m.mov_to_cr(4, v), reference.mov_to_cr(4, v))
+            }
+        };
+        if got != want {
+            return Err(format!(
+                "{start:?} seed {seed:#x} step {step} {op:?}: nested {got:?}, reference {want:?}"
+            ));
+        }
+        if let Outcome::Failed(e) = got {
+            return Err(e);
+        }
+    }
+    if m.sim.ram != reference.mem.0 {
+        return Err(format!("{start:?} seed {seed:#x}: guest memory differs"));
+    }
+    let s = m.mmu.stats();
+    if s.shadow_faults != 0 || s.tables_live == 0 {
+        return Err(format!("nested mode shadowed something: {s}"));
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn nested_paging_matches_the_reference(
+        start in 0usize..6,
+        seed in any::<u64>(),
+        ops in proptest::collection::vec(nop(), 1..80),
+    ) {
+        if let Err(e) = run(Start::ALL[start], seed, &ops) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+}

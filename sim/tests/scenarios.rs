@@ -1,0 +1,608 @@
+//! The mmu-server's behaviours one at a time, on the simulated platform.
+
+use ipc_proto::vcpu::svm_exit;
+use ipc_proto::{ExitRecord, ResumeFlags, Segment, VcpuArch};
+use mmu_server::mmu::exit_code;
+use mmu_server::regs::{cr0, cr4, efer};
+use mmu_server::walk::{pf, pte, Access};
+use mmu_server::{Action, Failure, GuestCtl, MmuConfig, MmuMode, PagingMode};
+use sim::guest::GuestTables;
+use sim::{Machine, Outcome, SimConfig};
+
+const URW: u64 = pte::P | pte::RW | pte::US;
+const SRW: u64 = pte::P | pte::RW;
+const KERNEL: u64 = 0xffff_8000_0000_0000;
+
+fn long_ctl(cr3: u64) -> GuestCtl {
+    GuestCtl {
+        cr0: cr0::PE | cr0::PG | cr0::WP | cr0::ET,
+        cr3,
+        cr4: cr4::PAE,
+        efer: efer::LME | efer::LMA | efer::NXE,
+        pdptes: [0; 4],
+    }
+}
+
+/// A long-mode guest: `n` address spaces mapping user page i of space s
+/// at 0x40_0000 + i * 4096 to its own frame, and a shared kernel direct
+/// map of the first 8 MiB at `KERNEL` (2 MiB pages).
+fn long_world(mmu: MmuConfig, n: usize, pages: u64) -> (Machine, GuestTables, Vec<u64>) {
+    let mut m = Machine::new(SimConfig::default(), mmu);
+    let mut gt = GuestTables::new(PagingMode::Long, 0x10_0000, 0x20_0000);
+    let mut cr3s = Vec::new();
+    let mut frame = 0x40_0000;
+    for s in 0..n {
+        let cr3 = gt.new_space(&mut m.sim);
+        if s == 0 {
+            for a in (0..8u64 << 20).step_by(2 << 20) {
+                gt.map(
+                    &mut m.sim,
+                    cr3,
+                    KERNEL + a,
+                    2,
+                    a,
+                    SRW | pte::D | pte::A,
+                    SRW,
+                );
+            }
+        } else {
+            let mut e = [0u8; 8];
+            use mmu_server::GuestMemory;
+            m.sim.read(cr3s[0] + 256 * 8, &mut e);
+            m.sim.write(cr3 + 256 * 8, &e);
+        }
+        for i in 0..pages {
+            gt.map(&mut m.sim, cr3, 0x40_0000 + i * 4096, 1, frame, URW, URW);
+            frame += 4096;
+        }
+        cr3s.push(cr3);
+    }
+    m.start(long_ctl(cr3s[0])).unwrap();
+    (m, gt, cr3s)
+}
+
+fn shadow() -> MmuConfig {
+    MmuConfig {
+        decode_assists: true,
+        ..MmuConfig::default()
+    }
+}
+
+#[test]
+fn shadow_tables_survive_cr3_switches() {
+    let (mut m, _, cr3s) = long_world(shadow(), 4, 8);
+    for round in 0..3 {
+        let before = m.mmu.stats();
+        for &cr3 in &cr3s {
+            assert_eq!(m.mov_to_cr(3, cr3), Outcome::Done);
+            for i in 0..8 {
+                assert!(matches!(
+                    m.access(0x40_0000 + i * 4096, Access::read(true)),
+                    Outcome::Ok(_)
+                ));
+            }
+        }
+        let after = m.mmu.stats();
+        if round > 0 {
+            assert_eq!(
+                after.shadow_faults, before.shadow_faults,
+                "round {round}: no faults once warm"
+            );
+            assert_eq!(
+                after.misses, before.misses,
+                "round {round}: nothing rebuilt"
+            );
+            assert_eq!(after.root_hits - before.root_hits, 4);
+        }
+    }
+}
+
+#[test]
+fn baseline_drops_every_table_on_every_cr3_write() {
+    let cfg = MmuConfig {
+        mode: MmuMode::Baseline,
+        ..shadow()
+    };
+    let (mut m, _, cr3s) = long_world(cfg, 2, 8);
+    for _ in 0..3 {
+        for &cr3 in &cr3s {
+            let before = m.mmu.stats();
+            assert_eq!(m.mov_to_cr(3, cr3), Outcome::Done);
+            assert_eq!(m.mmu.cache().live(), 1, "only the new root");
+            for i in 0..8 {
+                assert!(matches!(
+                    m.access(0x40_0000 + i * 4096, Access::read(true)),
+                    Outcome::Ok(_)
+                ));
+            }
+            assert_eq!(m.mmu.stats().shadow_faults - before.shadow_faults, 8);
+        }
+    }
+}
+
+#[test]
+fn guest_pte_writes_are_emulated_and_the_shadow_follows_at_once() {
+    let (mut m, mut gt, cr3s) = long_world(shadow(), 1, 2);
+    let la = 0x40_0000;
+    assert_eq!(m.access(la, Access::read(true)), Outcome::Ok(0x40_0000));
+    let pte_gpa = gt.entry(&mut m.sim, cr3s[0], la, 1, None).unwrap().gpa;
+    // The kernel rewrites the PTE through its direct map.
+    let before = m.mmu.stats();
+    assert_eq!(
+        m.store(KERNEL + pte_gpa, 0x70_0000 | URW, 8, false),
+        Outcome::Stored
+    );
+    let after = m.mmu.stats();
+    assert_eq!(after.wp_faults - before.wp_faults, 1);
+    assert_eq!(after.emulated_writes - before.emulated_writes, 1);
+    // Without any INVLPG the next access sees the new mapping (the
+    // architecture allows either; the shadow is always current).
+    assert_eq!(m.access(la, Access::read(true)), Outcome::Ok(0x70_0000));
+    // The guest saw A set by the walk, then its own value, then A again.
+    use mmu_server::GuestMemory;
+    let mut b = [0u8; 8];
+    m.sim.read(pte_gpa, &mut b);
+    assert_eq!(u64::from_le_bytes(b), 0x70_0000 | URW | pte::A);
+    // A write to a clean page faults once in the shadow to set D.
+    assert_eq!(m.store(la, 7, 8, true), Outcome::Stored);
+    m.sim.read(pte_gpa, &mut b);
+    assert_eq!(u64::from_le_bytes(b), 0x70_0000 | URW | pte::A | pte::D);
+}
+
+#[test]
+fn a_frame_written_like_data_loses_its_protection() {
+    let cfg = MmuConfig {
+        flood_threshold: 3,
+        ..shadow()
+    };
+    let (mut m, mut gt, cr3s) = long_world(cfg, 1, 2);
+    let la = 0x40_0000;
+    assert!(matches!(m.access(la, Access::read(true)), Outcome::Ok(_)));
+    let pt = gt.entry(&mut m.sim, cr3s[0], la, 1, None).unwrap().gpa & !0xfff;
+    // Write the unused half of the page table as if it were data.
+    for i in 0..10u64 {
+        assert_eq!(
+            m.store(KERNEL + pt + 0x800 + i * 8, i, 8, false),
+            Outcome::Stored
+        );
+    }
+    let s = m.mmu.stats();
+    assert_eq!(
+        s.emulated_writes, 3,
+        "three emulated writes, then unprotected"
+    );
+    assert_eq!(s.unprotects, 1);
+    // Using it as a page table again protects it again.
+    assert!(matches!(m.access(la, Access::read(true)), Outcome::Ok(_)));
+    assert_eq!(m.store(KERNEL + pt + 0x900, 1, 8, false), Outcome::Stored);
+    assert_eq!(m.mmu.stats().emulated_writes, 4);
+}
+
+fn pf_record(m: &Machine, la: u64, ec: u32, insn: &[u8]) -> ExitRecord {
+    let mut rec = ExitRecord {
+        abi_version: ipc_proto::ABI_VERSION,
+        arch: VcpuArch::Svm as u32,
+        exit_code: exit_code::PF,
+        exit_info1: u64::from(ec),
+        exit_info2: la,
+        cs: Segment {
+            attrib: Segment::ATTR_L | 0x9b,
+            ..Default::default()
+        },
+        regs: m.regs,
+        ..Default::default()
+    };
+    rec.regs.rip = 0x7000;
+    rec.insn_len = insn.len() as u8;
+    rec.insn_bytes[..insn.len()].copy_from_slice(insn);
+    rec
+}
+
+#[test]
+fn instructions_it_does_not_emulate_unprotect_the_frame_and_retry() {
+    let (mut m, mut gt, cr3s) = long_world(shadow(), 1, 2);
+    let la = 0x40_0000;
+    assert!(matches!(m.access(la, Access::read(true)), Outcome::Ok(_)));
+    let pt = gt.entry(&mut m.sim, cr3s[0], la, 1, None).unwrap().gpa & !0xfff;
+    // Make the kernel's direct-map page of the PT present in the shadow (read).
+    assert!(matches!(
+        m.access(KERNEL + pt, Access::read(false)),
+        Outcome::Ok(_)
+    ));
+    assert!(m.mmu.cache().is_protected(pt >> 12));
+    // rep stosq into the page table: not emulated.
+    let rec = pf_record(&m, KERNEL + pt + 0x800, pf::P | pf::W, &[0xf3, 0x48, 0xab]);
+    match m.mmu.handle_exit(&mut m.sim, &rec) {
+        Action::Resume(r) => {
+            assert!(!ResumeFlags::from_bits_truncate(r.flags).contains(ResumeFlags::SET_RIP));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!m.mmu.cache().is_protected(pt >> 12));
+    // The retried instruction now writes without exiting.
+    assert_eq!(
+        m.sim
+            .translate(KERNEL + pt + 0x800, Access::write(false))
+            .map(|g| g >> 12),
+        Ok(pt >> 12)
+    );
+}
+
+#[test]
+fn an_unemulated_write_to_a_table_on_its_own_path_fails_clearly() {
+    let (mut m, _, cr3s) = long_world(shadow(), 1, 1);
+    // The PML4 is on every walk; rep stosq into it cannot be retried.
+    let pml4 = cr3s[0];
+    assert!(matches!(
+        m.access(KERNEL + pml4, Access::read(false)),
+        Outcome::Ok(_)
+    ));
+    let rec = pf_record(&m, KERNEL + pml4 + 8, pf::P | pf::W, &[0xf3, 0x48, 0xab]);
+    match m.mmu.handle_exit(&mut m.sim, &rec) {
+        Action::Fail(f @ Failure::UnsupportedPageTableWrite { .. }) => {
+            assert!(f.to_string().contains("Stos"), "{f}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn eviction_keeps_the_cache_within_budget_and_correct() {
+    let cfg = MmuConfig {
+        max_tables: 8,
+        ..shadow()
+    };
+    let (mut m, _, cr3s) = long_world(cfg, 6, 4);
+    for _ in 0..3 {
+        for &cr3 in &cr3s {
+            assert_eq!(m.mov_to_cr(3, cr3), Outcome::Done);
+            for i in 0..4 {
+                assert!(matches!(
+                    m.access(0x40_0000 + i * 4096, Access::read(true)),
+                    Outcome::Ok(_)
+                ));
+            }
+            assert!(m.mmu.cache().live() <= 8);
+            m.mmu.cache().check_invariants().unwrap();
+        }
+    }
+    assert!(m.mmu.stats().evictions > 10);
+    assert!(m.sim.live_tables() <= 8);
+}
+
+#[test]
+fn the_stub_running_out_of_tables_is_survived() {
+    let sim_cfg = SimConfig {
+        max_tables: 10,
+        ..SimConfig::default()
+    };
+    let mut m = Machine::new(
+        sim_cfg,
+        MmuConfig {
+            max_tables: 1000,
+            ..shadow()
+        },
+    );
+    let mut gt = GuestTables::new(PagingMode::Long, 0x10_0000, 0x20_0000);
+    let cr3 = gt.new_space(&mut m.sim);
+    for i in 0..64u64 {
+        gt.map(&mut m.sim, cr3, i << 21, 1, 0x40_0000 + i * 4096, URW, URW);
+    }
+    m.start(long_ctl(cr3)).unwrap();
+    for i in 0..64u64 {
+        assert_eq!(
+            m.access(i << 21, Access::read(true)),
+            Outcome::Ok(0x40_0000 + i * 4096)
+        );
+    }
+    assert!(m.mmu.stats().evictions > 0);
+}
+
+#[test]
+fn from_real_mode_to_long_mode() {
+    let mut m = Machine::new(SimConfig::default(), shadow());
+    let mut gt = GuestTables::new(PagingMode::Long, 0x10_0000, 0x20_0000);
+    let cr3 = gt.new_space(&mut m.sim);
+    // Identity-map the first 2 MiB, and 0x4000_0000 → 0x30_0000.
+    gt.map(&mut m.sim, cr3, 0, 2, 0, SRW | pte::A | pte::D, SRW);
+    gt.map(&mut m.sim, cr3, 0x4000_0000, 1, 0x30_0000, SRW, SRW);
+    m.start(GuestCtl::RESET).unwrap();
+    assert_eq!(m.mode(), PagingMode::Off);
+    assert_eq!(
+        m.sim.paging().unwrap().cr0 & cr0::PG,
+        cr0::PG,
+        "paged real mode"
+    );
+    assert_eq!(m.access(0x1234, Access::write(false)), Outcome::Ok(0x1234));
+    assert_eq!(
+        m.access(0x90_0000, Access::read(false)),
+        Outcome::Mmio(0x90_0000)
+    );
+    assert_eq!(m.mov_to_cr(0, cr0::PE | cr0::ET), Outcome::Done);
+    assert_eq!(m.mov_to_cr(4, cr4::PAE), Outcome::Done);
+    assert_eq!(m.mov_to_cr(3, cr3), Outcome::Done);
+    assert_eq!(m.write_efer(efer::LME), Outcome::Done);
+    assert_eq!(m.mov_to_cr(0, cr0::PE | cr0::PG | cr0::ET), Outcome::Done);
+    assert_eq!(m.mode(), PagingMode::Long);
+    let ps = m.sim.paging().unwrap();
+    assert_eq!(ps.efer & (efer::LME | efer::LMA), efer::LME | efer::LMA);
+    assert_eq!(
+        m.access(0x4000_0010, Access::read(false)),
+        Outcome::Ok(0x30_0010)
+    );
+    assert_eq!(m.read_cr(0), Outcome::Value(cr0::PE | cr0::PG | cr0::ET));
+    assert_eq!(m.read_cr(3), Outcome::Value(cr3));
+    // CR0.WP is clear for the guest, forced on for the hardware.
+    assert_eq!(m.sim.paging().unwrap().cr0 & cr0::WP, cr0::WP);
+    assert_eq!(m.store(0x4000_0000, 1, 8, false), Outcome::Stored);
+}
+
+#[test]
+fn bad_control_register_writes_inject_gp() {
+    let (mut m, _, _) = long_world(shadow(), 1, 1);
+    assert_eq!(
+        m.mov_to_cr(4, cr4::PAE | (1 << 20)),
+        Outcome::GeneralProtection,
+        "SMEP"
+    );
+    assert_eq!(
+        m.mov_to_cr(4, 0),
+        Outcome::GeneralProtection,
+        "PAE off in long mode"
+    );
+    assert_eq!(
+        m.mov_to_cr(3, 1 << 50),
+        Outcome::GeneralProtection,
+        "beyond MAXPHYADDR"
+    );
+    assert_eq!(
+        m.mov_to_cr(0, cr0::PE),
+        Outcome::GeneralProtection,
+        "paging off from 64-bit code"
+    );
+    assert_eq!(
+        m.write_efer(efer::NXE),
+        Outcome::GeneralProtection,
+        "LME with paging on"
+    );
+    assert_eq!(
+        m.write_efer(efer::LME | efer::SVME),
+        Outcome::GeneralProtection,
+        "no nested SVM"
+    );
+}
+
+#[test]
+fn pae_mov_cr3_checks_pdptes_and_only_reloads_on_cr3_load() {
+    let mut m = Machine::new(SimConfig::default(), shadow());
+    let mut gt = GuestTables::new(PagingMode::Pae, 0x10_0000, 0x20_0000);
+    let cr3 = gt.new_space(&mut m.sim);
+    gt.map(&mut m.sim, cr3, 0x40_0000, 1, 0x50_0000, URW, URW);
+    let ctl = GuestCtl {
+        cr0: cr0::PE | cr0::PG | cr0::WP | cr0::ET,
+        cr3,
+        cr4: cr4::PAE,
+        ..Default::default()
+    };
+    m.start(ctl).unwrap();
+    assert_eq!(
+        m.access(0x40_0000, Access::read(true)),
+        Outcome::Ok(0x50_0000)
+    );
+    // Clear PDPTE 0 in memory: the registers still hold it.
+    use mmu_server::GuestMemory;
+    m.sim.write(cr3, &[0u8; 8]);
+    assert_eq!(
+        m.access(0x40_1000, Access::read(true)),
+        Outcome::PageFault {
+            error_code: pf::U,
+            cr2: 0x40_1000
+        }
+    );
+    assert_eq!(
+        m.access(0x40_0000, Access::read(true)),
+        Outcome::Ok(0x50_0000)
+    );
+    assert_eq!(m.mov_to_cr(3, cr3), Outcome::Done);
+    assert_eq!(
+        m.access(0x40_0000, Access::read(true)),
+        Outcome::PageFault {
+            error_code: pf::U,
+            cr2: 0x40_0000
+        }
+    );
+    // A PDPTE with a reserved bit (R/W) makes MOV CR3 fault and keeps the old CR3.
+    m.sim.write(cr3 + 8, &(0x20_0000u64 | 3).to_le_bytes());
+    assert_eq!(m.mov_to_cr(3, cr3), Outcome::GeneralProtection);
+}
+
+#[test]
+fn a_page_fault_while_delivering_a_page_fault_is_a_double_fault() {
+    let (mut m, _, _) = long_world(shadow(), 1, 1);
+    let mut rec = pf_record(&m, 0x1234_5000, 0, &[]);
+    rec.exit_int_info = (1 << 31) | (1 << 11) | (3 << 8) | 14;
+    match m.mmu.handle_exit(&mut m.sim, &rec) {
+        Action::Resume(r) => {
+            assert_eq!(
+                (r.event.vector, r.event.kind, r.event.error_code),
+                (8, 3, 0)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    rec.exit_int_info = (1 << 31) | (1 << 11) | (3 << 8) | 8;
+    assert_eq!(
+        m.mmu.handle_exit(&mut m.sim, &rec),
+        Action::Fail(Failure::TripleFault)
+    );
+}
+
+#[test]
+fn a_fixed_fault_reinjects_the_interrupted_event() {
+    let (mut m, _, _) = long_world(shadow(), 1, 1);
+    // An external interrupt (vector 0x30) was being delivered when the
+    // shadow fault hit (the IDT page, say).
+    let mut rec = pf_record(&m, KERNEL + 0x2000, 0, &[]);
+    rec.exit_int_info = (1 << 31) | 0x30;
+    match m.mmu.handle_exit(&mut m.sim, &rec) {
+        Action::Resume(r) => {
+            assert!(ResumeFlags::from_bits_truncate(r.flags).contains(ResumeFlags::INJECT_EVENT));
+            assert_eq!((r.event.vector, r.event.kind), (0x30, 0));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn accesses_outside_guest_ram_go_to_the_vmm_server() {
+    let mut m = Machine::new(SimConfig::default(), shadow());
+    let mut gt = GuestTables::new(PagingMode::Long, 0x10_0000, 0x20_0000);
+    let cr3 = gt.new_space(&mut m.sim);
+    gt.map(&mut m.sim, cr3, 0x40_0000, 1, 0xfee0_0000, SRW, SRW);
+    m.start(long_ctl(cr3)).unwrap();
+    assert_eq!(
+        m.access(0x40_0020, Access::write(false)),
+        Outcome::Mmio(0xfee0_0020)
+    );
+    assert_eq!(m.mmu.stats().mmio, 1);
+}
+
+#[test]
+fn garbage_tables_fault_and_never_hang() {
+    let mut m = Machine::new(SimConfig::default(), shadow());
+    use mmu_server::GuestMemory;
+    let pml4 = 0x10_0000u64;
+    // PML4[0] points to itself (a loop), PML4[1] to a table outside RAM,
+    // and PML4[2] has a reserved bit.
+    m.sim.write(pml4, &(pml4 | URW).to_le_bytes());
+    m.sim
+        .write(pml4 + 8, &(0x80_0000_0000u64 | URW).to_le_bytes());
+    m.sim
+        .write(pml4 + 16, &(0x20_0000 | URW | (1 << 45)).to_le_bytes());
+    m.start(long_ctl(pml4)).unwrap();
+    // The self-map: la 0 walks PML4 four times and lands on the PML4 itself.
+    assert_eq!(m.access(0x10, Access::read(true)), Outcome::Ok(pml4 + 0x10));
+    // Writing it through the loop is a page-table write: emulated.
+    assert_eq!(m.store(0x18, 0x30_0000 | URW, 8, true), Outcome::Stored);
+    assert_eq!(m.mmu.stats().emulated_writes, 1);
+    assert_eq!(
+        m.access(1 << 39, Access::read(true)),
+        Outcome::PageFault {
+            error_code: pf::U,
+            cr2: 1 << 39
+        }
+    );
+    assert_eq!(
+        m.access(2 << 39, Access::write(false)),
+        Outcome::PageFault {
+            error_code: pf::P | pf::RSVD | pf::W,
+            cr2: 2 << 39
+        }
+    );
+    assert!(m.sim.violation.is_none());
+}
+
+#[test]
+fn cr0_wp_clear_lets_the_kernel_write_read_only_pages() {
+    let mut m = Machine::new(SimConfig::default(), shadow());
+    let mut gt = GuestTables::new(PagingMode::Long, 0x10_0000, 0x20_0000);
+    let cr3 = gt.new_space(&mut m.sim);
+    gt.map(
+        &mut m.sim,
+        cr3,
+        0x40_0000,
+        1,
+        0x50_0000,
+        pte::P | pte::US,
+        URW,
+    );
+    let mut ctl = long_ctl(cr3);
+    ctl.cr0 &= !cr0::WP;
+    m.start(ctl).unwrap();
+    assert_eq!(
+        m.store(0x40_0000, 5, 8, false),
+        Outcome::Stored,
+        "supervisor write, WP = 0"
+    );
+    assert_eq!(
+        m.access(0x40_0000, Access::read(true)),
+        Outcome::Ok(0x50_0000),
+        "user read"
+    );
+    assert_eq!(
+        m.store(0x40_0008, 5, 8, true),
+        Outcome::PageFault {
+            error_code: pf::P | pf::W | pf::U,
+            cr2: 0x40_0008
+        },
+        "user write"
+    );
+    assert_eq!(
+        m.store(0x40_0010, 6, 8, false),
+        Outcome::Stored,
+        "supervisor again"
+    );
+    assert_eq!(
+        m.sim.paging().unwrap().cr0 & cr0::WP,
+        cr0::WP,
+        "hardware keeps WP"
+    );
+}
+
+#[test]
+fn thirty_two_bit_tables_are_shadowed_by_quadrants() {
+    let mut m = Machine::new(SimConfig::default(), shadow());
+    let mut gt = GuestTables::new(PagingMode::Bits32, 0x10_0000, 0x20_0000);
+    let cr3 = gt.new_space(&mut m.sim);
+    // One guest page table (4 MiB) whose two halves land in two shadow PTs,
+    // and a 4 MiB page split into two direct tables.
+    gt.map(&mut m.sim, cr3, 0x40_0000, 1, 0x50_0000, URW, URW);
+    gt.map(&mut m.sim, cr3, 0x60_0000, 1, 0x51_0000, URW, URW);
+    gt.map(&mut m.sim, cr3, 0xc040_0000, 2, 0x40_0000, SRW, SRW);
+    let ctl = GuestCtl {
+        cr0: cr0::PE | cr0::PG | cr0::WP | cr0::ET,
+        cr3,
+        cr4: cr4::PSE,
+        ..Default::default()
+    };
+    m.start(ctl).unwrap();
+    assert_eq!(
+        m.access(0x40_0000, Access::read(true)),
+        Outcome::Ok(0x50_0000)
+    );
+    assert_eq!(
+        m.access(0x60_0000, Access::read(true)),
+        Outcome::Ok(0x51_0000)
+    );
+    assert_eq!(
+        m.access(0xc060_0004, Access::read(false)),
+        Outcome::Ok(0x60_0004)
+    );
+    let keys: Vec<_> = (0..64)
+        .filter_map(|h| m.mmu.cache().key_of(h))
+        .map(|k| (k.role.kind, k.role.level, k.role.quadrant, k.gfn))
+        .collect();
+    use mmu_server::TableKind::*;
+    assert!(keys.contains(&(Guest, 1, 0, 0x101)), "{keys:x?}");
+    assert!(keys.contains(&(Guest, 1, 1, 0x101)), "{keys:x?}");
+    assert!(keys.contains(&(Guest, 2, 0, 0x100)), "{keys:x?}");
+    assert!(keys.contains(&(Guest, 2, 3, 0x100)), "{keys:x?}");
+    assert!(keys.contains(&(Direct, 1, 0, 0x600)), "{keys:x?}");
+    assert_eq!(m.sim.paging().unwrap().cr4 & cr4::PAE, cr4::PAE);
+}
+
+#[test]
+fn exits_of_other_kinds_and_arches_are_refused() {
+    let (mut m, _, _) = long_world(shadow(), 1, 1);
+    let mut rec = pf_record(&m, 0, 0, &[]);
+    rec.exit_code = svm_exit::HLT;
+    assert_eq!(
+        m.mmu.handle_exit(&mut m.sim, &rec),
+        Action::Fail(Failure::NotAnMmuExit(svm_exit::HLT))
+    );
+    rec.arch = VcpuArch::Vmx as u32;
+    assert_eq!(
+        m.mmu.handle_exit(&mut m.sim, &rec),
+        Action::Fail(Failure::UnsupportedArch(2))
+    );
+}
