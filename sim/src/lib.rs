@@ -15,6 +15,8 @@
 //! Everything is deterministic: no clocks (except the benchmark's timer),
 //! no hashing order that matters, no threads.
 
+#![deny(missing_docs)]
+
 pub mod bench;
 pub mod guest;
 pub mod isolation;

@@ -418,7 +418,17 @@ impl Machine {
                 }
                 Err(f) => match self.fault(f, la, self.insn_for_exit(offset, user)) {
                     Step::End(o) => return o,
-                    Step::Resumed(_) if self.regs.rip != rip => return Outcome::Stored,
+                    Step::Resumed(_) if self.regs.rip != rip => {
+                        let len = code::at(offset).len() as u64;
+                        if self.regs.rip != rip + len {
+                            return Outcome::Failed(format!(
+                                "emulated store resumed at {:#x}, not {:#x}",
+                                self.regs.rip,
+                                rip + len
+                            ));
+                        }
+                        return Outcome::Stored;
+                    }
                     _ => {}
                 },
             }

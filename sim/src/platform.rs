@@ -128,6 +128,8 @@ pub struct Sim {
     /// The level each frame was first handed out at (frames are reused
     /// only at their level).
     frame_level: HashMap<u64, u8>,
+    /// Frames of live tables (a freed table's frame is not one).
+    live_frames: std::collections::HashSet<u64>,
     next_frame: u64,
     live_tables: u32,
     paging: Option<PagingState>,
@@ -149,6 +151,7 @@ impl Sim {
             tables: Box::new(ShadowTables::new()),
             frames: HashMap::new(),
             frame_level: HashMap::new(),
+            live_frames: std::collections::HashSet::new(),
             next_frame: 0x100_0000_0000,
             live_tables: 0,
             paging: None,
@@ -505,6 +508,7 @@ impl MmuPlatform for Sim {
             .map_err(|_| PlatformError::OutOfTables)?;
         // The stub zeroes a table it hands out.
         self.frames.insert(frame, Box::new([0; 512]));
+        self.live_frames.insert(frame);
         let old = self.frame_level.insert(frame, level);
         if old.is_some_and(|l| l != level) {
             self.violate(format!("frame {frame:#x} reused at level {level}"));
@@ -515,6 +519,9 @@ impl MmuPlatform for Sim {
     }
 
     fn free_table(&mut self, table: TableHandle) -> Result<(), PlatformError> {
+        if let Some((frame, _)) = self.tables.get(table) {
+            self.live_frames.remove(&frame);
+        }
         self.tables
             .free(table)
             .map_err(|_| PlatformError::UnknownTable)?;

@@ -128,7 +128,7 @@ fn op() -> impl Strategy<Value = HostileOp> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn a_hostile_server_never_gets_out(ops in proptest::collection::vec(op(), 1..150)) {

@@ -136,7 +136,7 @@ fn run(start: Start, seed: u64, ops: &[NOp]) -> Result<(), String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
     fn nested_paging_matches_the_reference(

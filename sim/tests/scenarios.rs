@@ -606,3 +606,65 @@ fn exits_of_other_kinds_and_arches_are_refused() {
         Action::Fail(Failure::UnsupportedArch(2))
     );
 }
+
+#[test]
+fn atomic_pte_updates_are_emulated_with_their_register_effects() {
+    let (mut m, mut gt, cr3s) = long_world(shadow(), 1, 1);
+    let la = 0x40_0000;
+    assert_eq!(m.access(la, Access::read(true)), Outcome::Ok(0x40_0000));
+    let pte_gpa = gt.entry(&mut m.sim, cr3s[0], la, 1, None).unwrap().gpa;
+    let old = 0x40_0000 | URW | pte::A;
+    // lock cmpxchg [rdi], rbx with rax = the current PTE.
+    m.regs.rax = old;
+    m.regs.rbx = 0x70_0000 | URW;
+    m.regs.rdi = KERNEL + pte_gpa;
+    let rec = pf_record(
+        &m,
+        KERNEL + pte_gpa,
+        pf::P | pf::W,
+        &[0xf0, 0x48, 0x0f, 0xb1, 0x1f],
+    );
+    let Action::Resume(r) = m.mmu.handle_exit(&mut m.sim, &rec) else {
+        panic!("not emulated")
+    };
+    assert_eq!(r.regs.rip, 0x7005);
+    assert_ne!(r.regs.rflags & (1 << 6), 0, "ZF: exchanged");
+    assert_eq!(m.access(la, Access::read(true)), Outcome::Ok(0x70_0000));
+    // xchg [rdi], rbx: the old entry comes back in RBX, the page goes away.
+    m.regs.rbx = 0;
+    let rec = pf_record(&m, KERNEL + pte_gpa, pf::P | pf::W, &[0x48, 0x87, 0x1f]);
+    let Action::Resume(r) = m.mmu.handle_exit(&mut m.sim, &rec) else {
+        panic!("not emulated")
+    };
+    assert_eq!(r.regs.rbx & !0xfff, 0x70_0000);
+    assert_eq!(
+        m.access(la, Access::read(true)),
+        Outcome::PageFault {
+            error_code: pf::U,
+            cr2: la
+        }
+    );
+    // lock btr qword [rdi], 1 on a fresh PTE clears R/W; CF = the old bit.
+    use mmu_server::GuestMemory;
+    m.sim
+        .write(pte_gpa, &(0x40_0000 | URW | pte::A).to_le_bytes());
+    assert!(matches!(m.store(la, 1, 8, true), Outcome::Stored));
+    let rec = pf_record(
+        &m,
+        KERNEL + pte_gpa,
+        pf::P | pf::W,
+        &[0xf0, 0x48, 0x0f, 0xba, 0x37, 0x01],
+    );
+    let Action::Resume(r) = m.mmu.handle_exit(&mut m.sim, &rec) else {
+        panic!("not emulated")
+    };
+    assert_eq!(r.regs.rflags & 1, 1);
+    assert_eq!(
+        m.store(la, 2, 8, true),
+        Outcome::PageFault {
+            error_code: pf::P | pf::W | pf::U,
+            cr2: la
+        },
+        "the shadow dropped write access at once"
+    );
+}

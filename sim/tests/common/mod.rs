@@ -373,10 +373,13 @@ pub fn build_with(start: Start, seed: u64, mmio_large: bool) -> World {
         ],
         _ => &[0x40_0000, 0x80_0000, 0x4000_0000, 0x8000_0000, 0xbfc0_0000],
     };
+    // Four pages per region, in both 2 MiB halves (a 32-bit page table
+    // is shadowed by two PAE page tables).
+    let pages = [0u64, 0x1000, 0x20_0000, 0x20_1000];
     let mut user = Vec::new();
     for &base in regions {
-        for p in 0..4 {
-            user.push(base + p * 4096);
+        for p in pages {
+            user.push(base + p);
         }
     }
     let mut used = Vec::new();
@@ -413,14 +416,14 @@ pub fn build_with(start: Start, seed: u64, mmio_large: bool) -> World {
                 let _ = b;
                 gt.link(&mut mem, cr3, base, 2, t, nl);
             } else {
-                for p in 0..4u64 {
+                for p in pages {
                     if r.chance(15) {
                         continue;
                     }
                     let flags = random_flags(&mut r, mode, true);
                     let gpa = data_frame(&mut r);
-                    gt.map(&mut mem, cr3, base + p * 4096, 1, gpa, flags, nl);
-                    if let Some(e) = gt.entry(&mut mem, cr3, base + p * 4096, 1, None) {
+                    gt.map(&mut mem, cr3, base + p, 1, gpa, flags, nl);
+                    if let Some(e) = gt.entry(&mut mem, cr3, base + p, 1, None) {
                         used.push((e.gpa & !0xfff, (e.gpa & 0xfff) / gt.entry_size()));
                         if p == 0 && r.chance(50) {
                             shared_pt.push((base, e.gpa & !0xfff));
@@ -517,6 +520,14 @@ pub enum Op {
         entry: u16,
         mutation: Mutation,
     },
+    /// Change the entry that maps user page `page` in the current space
+    /// (`up` levels above its leaf), then access the page (`then`).
+    Poke {
+        page: u16,
+        up: u8,
+        mutation: Mutation,
+        then: u8,
+    },
     Switch(u8),
     Invlpg(Addr),
     ReadCr(u8),
@@ -553,7 +564,11 @@ pub fn edit_target(w: &World, mem: &[u8], entry: u16, m: Mutation) -> (u64, u64)
     } else {
         w.used[entry as usize % w.used.len()]
     };
-    let gpa = frame + idx * es;
+    edit_at(w, mem, frame + idx * es, es, m)
+}
+
+/// The entry of `es` bytes at `gpa` after mutation `m`.
+pub fn edit_at(w: &World, mem: &[u8], gpa: u64, es: u64, m: Mutation) -> (u64, u64) {
     let mut b = [0u8; 8];
     b[..es as usize].copy_from_slice(&mem[gpa as usize..(gpa + es) as usize]);
     let old = u64::from_le_bytes(b);
@@ -606,7 +621,7 @@ pub fn configs(r: &mut Rng, start: Start) -> (SimConfig, MmuConfig, bool) {
         max_tables: budget,
         decode_assists: r.chance(50),
         global_pages: r.chance(70),
-        flood_threshold: 1 + r.below(4) as u32,
+        flood_threshold: 1 + r.below(8) as u32,
         ..MmuConfig::default()
     };
     let _ = start;
