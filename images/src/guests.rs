@@ -9,7 +9,19 @@ use crate::elf::ElfImage;
 use crate::{write_atomic, BuildError};
 
 /// The guests this crate can build, by name.
-pub const GUESTS: &[&str] = &["hello", "status42", "triple-fault"];
+pub const GUESTS: &[&str] = &[
+    "hello",
+    "status42",
+    "triple-fault",
+    "realmode",
+    "pmode",
+    "paging32",
+    "pae",
+    "longmode",
+    "timer",
+    "multiboot",
+    "mmio",
+];
 
 /// Where the test guests are loaded and linked.
 pub const GUEST_LOAD_GPA: u64 = 0x10_0000;

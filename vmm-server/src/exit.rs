@@ -486,8 +486,24 @@ fn decode_vmx(rec: &ExitRecord) -> Exit {
             write: q & (1 << 4) == 0,
             gpr: Some(((q >> 8) & 0xf) as u8),
         },
-        // Exception exits (reason 0) need the VM-exit interruption
-        // information, which the record does not carry yet.
+        // The stub puts the VM-exit interruption information in EXITINFO2
+        // bits 31:0 and its error code in bits 63:32 (SDM vol. 3C, 25.9.2):
+        // vector 7:0, type 10:8 (3 hardware exception, 6 software
+        // exception), error code valid 11, valid 31. A #PF's address is the
+        // exit qualification.
+        vmx_exit::EXCEPTION_OR_NMI => {
+            let info = rec.exit_info2;
+            let kind = (info >> 8) & 7;
+            if info & (1 << 31) == 0 || !matches!(kind, 3 | 6) {
+                return Exit::Other { raw: code };
+            }
+            let vector = (info & 0x1f) as u8;
+            Exit::Exception {
+                vector,
+                error_code: (info & (1 << 11) != 0).then_some((info >> 32) as u32),
+                address: (vector == 14).then_some(q),
+            }
+        }
         raw => Exit::Other { raw },
     }
 }
@@ -1038,6 +1054,20 @@ pub(crate) mod tests {
         );
         rec.exit_code = vmx_exit::INTERRUPT_WINDOW;
         assert_eq!(Exit::decode(&rec), Exit::InterruptWindow);
+        // #PF with error code 2 at 0xdead000; then an NMI, which is not an exception.
+        rec.exit_code = vmx_exit::EXCEPTION_OR_NMI;
+        rec.exit_info1 = 0xdead_b000;
+        rec.exit_info2 = (2 << 32) | (1 << 31) | (1 << 11) | (3 << 8) | 14;
+        assert_eq!(
+            Exit::decode(&rec),
+            Exit::Exception {
+                vector: 14,
+                error_code: Some(2),
+                address: Some(0xdead_b000)
+            }
+        );
+        rec.exit_info2 = (1 << 31) | (2 << 8) | 2;
+        assert_eq!(Exit::decode(&rec), Exit::Other { raw: 0 });
         rec.exit_code = vmx_exit::EPT_VIOLATION;
         rec.exit_info1 = 0b010;
         rec.exit_info2 = 0xfed0_0000;

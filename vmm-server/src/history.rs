@@ -9,6 +9,25 @@ use crate::exit::exit_name;
 /// How many exits the history keeps.
 pub const HISTORY_LEN: usize = 8;
 
+/// What the server answered to an exit, as far as the report cares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Answer {
+    /// Not answered yet (the exit that ended the VM).
+    #[default]
+    Pending,
+    /// Resumed without an event.
+    Resumed,
+    /// Resumed with this event injected (SVM EVENTINJ type and vector).
+    Injected {
+        /// Event type (0 external interrupt, 2 NMI, 3 exception, 4 INTn).
+        kind: u8,
+        /// Vector.
+        vector: u8,
+        /// Error code, when pushed.
+        error_code: Option<u32>,
+    },
+}
+
 /// What the report shows of one exit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitSummary {
@@ -24,6 +43,8 @@ pub struct ExitSummary {
     pub info1: u64,
     /// EXITINFO2.
     pub info2: u64,
+    /// What the server answered.
+    pub answer: Answer,
 }
 
 impl ExitSummary {
@@ -36,12 +57,14 @@ impl ExitSummary {
             rip: rec.regs.rip,
             info1: rec.exit_info1,
             info2: rec.exit_info2,
+            answer: Answer::Pending,
         }
     }
 }
 
 impl fmt::Display for ExitSummary {
-    /// `#12 ioio (code 0x7b) rip=0x100020 info1=0x3f80010 info2=0x100021`.
+    /// `#12 ioio (code 0x7b) rip=0x100020 info1=0x3f80010 info2=0x100021`,
+    /// then what was injected: ` -> #PF(0x2)`, ` -> irq vector 0x20`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -52,7 +75,24 @@ impl fmt::Display for ExitSummary {
             self.rip,
             self.info1,
             self.info2
-        )
+        )?;
+        match self.answer {
+            Answer::Injected {
+                kind: 3,
+                vector,
+                error_code,
+            } => {
+                write!(f, " -> {}", crate::exit::exception_mnemonic(vector))?;
+                match error_code {
+                    Some(c) => write!(f, "({c:#x})"),
+                    None => Ok(()),
+                }
+            }
+            Answer::Injected { kind, vector, .. } => {
+                write!(f, " -> event type {kind} vector {vector:#x}")
+            }
+            Answer::Resumed | Answer::Pending => Ok(()),
+        }
     }
 }
 
@@ -75,6 +115,7 @@ impl History {
                 rip: 0,
                 info1: 0,
                 info2: 0,
+                answer: Answer::Pending,
             }; HISTORY_LEN],
             next: 0,
             len: 0,
@@ -86,6 +127,14 @@ impl History {
         self.entries[self.next] = ExitSummary::of(rec);
         self.next = (self.next + 1) % HISTORY_LEN;
         self.len = (self.len + 1).min(HISTORY_LEN);
+    }
+
+    /// Records the answer to the newest exit.
+    pub fn answer(&mut self, answer: Answer) {
+        if self.len > 0 {
+            let last = (self.next + HISTORY_LEN - 1) % HISTORY_LEN;
+            self.entries[last].answer = answer;
+        }
     }
 
     /// The remembered exits, oldest first.

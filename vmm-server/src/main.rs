@@ -319,6 +319,9 @@ mod ring3 {
             console.borrow_mut().server_line(format_args!("{e}"));
             vm_fail();
         }
+        // Build iced's decoder tables now, so that running out of heap shows
+        // at start rather than at the first emulated instruction.
+        let _ = iced_x86::Decoder::new(64, &[0x90], 0).decode();
         let mut vmm = Vmm::new(router, &board, &mut ram, &mut host).with_mmio(mmio);
 
         match vmm_server::run(&mut NativeStub, &mut vmm, &console) {
@@ -330,25 +333,52 @@ mod ring3 {
         }
     }
 
-    /// The server allocates nothing at run time. `iced-x86` links the
-    /// `alloc` crate (for its formatters, which are not built here), so a
-    /// global allocator must exist: this one refuses every request, and an
-    /// allocation by mistake panics with a clear message.
-    struct NoAlloc;
+    /// The heap: `iced-x86` builds its decoder tables (about 370 KiB, in
+    /// some 7700 allocations) on the first decode and never frees them, and
+    /// allocates nothing after that; the server itself allocates nothing.
+    /// A bump allocator over a static arena is all that needs.
+    const ARENA_SIZE: usize = 1 << 20;
 
-    // SAFETY: returning null is always a valid answer of `alloc`, and
-    // `dealloc` is never called with a pointer `alloc` did not return
-    // (it never returns one).
-    unsafe impl core::alloc::GlobalAlloc for NoAlloc {
-        unsafe fn alloc(&self, _layout: core::alloc::Layout) -> *mut u8 {
-            core::ptr::null_mut()
+    #[repr(C, align(4096))]
+    struct Arena(core::cell::UnsafeCell<[u8; ARENA_SIZE]>);
+
+    // SAFETY: the arena is only handed out in disjoint pieces by `Bump`,
+    // whose cursor is atomic.
+    unsafe impl Sync for Arena {}
+
+    static ARENA: Arena = Arena(core::cell::UnsafeCell::new([0; ARENA_SIZE]));
+    static ARENA_USED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+    struct Bump;
+
+    // SAFETY: every block handed out lies inside the arena, is aligned as
+    // asked, and never overlaps another (the cursor only moves forward, by
+    // compare-and-swap); a request that does not fit gets null.
+    unsafe impl core::alloc::GlobalAlloc for Bump {
+        unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+            let base = ARENA.0.get() as usize;
+            let mut used = ARENA_USED.load(Ordering::Relaxed);
+            loop {
+                let start = (base + used).next_multiple_of(layout.align()) - base;
+                let Some(end) = start
+                    .checked_add(layout.size())
+                    .filter(|&e| e <= ARENA_SIZE)
+                else {
+                    return core::ptr::null_mut();
+                };
+                match ARENA_USED.compare_exchange(used, end, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => return (base + start) as *mut u8,
+                    Err(now) => used = now,
+                }
+            }
         }
 
+        /// Nothing is given back: iced's tables live as long as the server.
         unsafe fn dealloc(&self, _ptr: *mut u8, _layout: core::alloc::Layout) {}
     }
 
     #[global_allocator]
-    static ALLOCATOR: NoAlloc = NoAlloc;
+    static ALLOCATOR: Bump = Bump;
 
     #[panic_handler]
     fn panic(info: &core::panic::PanicInfo<'_>) -> ! {

@@ -24,7 +24,7 @@ use crate::emulate::{
     EmuError, Emulator, Expect, Fault, GuestMemory, IoBus, PageWalker, MAX_ITERATIONS,
 };
 use crate::exit::{exception_mnemonic, exit_name, Exit, IoAccess, IoDirection, IoSize, RFLAGS_IF};
-use crate::history::History;
+use crate::history::{Answer, History};
 use crate::mmio::MmioRouter;
 use crate::msr::{msr_name, MsrContext, MsrError, MsrState};
 use crate::router::{Router, UnknownPortCounts};
@@ -848,6 +848,16 @@ impl<'d> Vmm<'d> {
             }
         }
         r.flags = flags.bits();
+        self.history
+            .answer(if flags.contains(ResumeFlags::INJECT_EVENT) {
+                Answer::Injected {
+                    kind: r.event.kind,
+                    vector: r.event.vector,
+                    error_code: (r.event.has_error_code != 0).then_some(r.event.error_code),
+                }
+            } else {
+                Answer::Resumed
+            });
         Action::Resume(r)
     }
 }

@@ -280,8 +280,10 @@ impl Translate for PageWalker {
                 if pdpte.value & PRESENT == 0 {
                     return Err(fault(false, false));
                 }
-                // Legacy PDPTEs have no R/W, U/S or XD; bits 1, 2, 5-8 and 63 are reserved.
-                if pdpte.value & (0x1e6 | XD) != 0 {
+                // Legacy PDPTEs have no R/W, U/S or XD: bits 1, 2 and 63 are
+                // reserved. (Intel reserves 5-8 too; AMD, and QEMU, set the
+                // accessed bit 5 in them.)
+                if pdpte.value & (0x6 | XD) != 0 {
                     return Err(fault(true, true));
                 }
                 (pdpte.value & ADDR, 2u32)

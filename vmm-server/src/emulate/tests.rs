@@ -647,3 +647,28 @@ proptest! {
         let _ = r.run(Expect::StringIo);
     }
 }
+
+#[test]
+fn rep_outsb_through_pae_tables() {
+    let mut r = Rig::new(flat32());
+    let (pdpt, pd0, pd3, pt_low, pt_alias) = (0x10000u64, 0x11000, 0x12000, 0x13000, 0x14000);
+    for i in 0..256u64 {
+        r.ram.put64(pt_low + i * 8, (i << 12) | 3);
+        r.ram.put64(pt_alias + i * 8, (0x1000 + (i << 12)) | 3);
+    }
+    r.ram.put64(pd0, pt_low | 3);
+    r.ram.put64(pd3, pt_alias | 3);
+    r.ram.put64(pdpt, pd0 | 1);
+    r.ram.put64(pdpt + 24, pd3 | 1);
+    r.cpu.cr0 |= CR0_PG;
+    r.cpu.cr4 |= crate::vcpu::CR4_PAE;
+    r.cpu.cr3 = pdpt;
+    r.ram.bytes[0x2372..0x2375].copy_from_slice(b"pae");
+    r.cpu.regs.rsi = 0xc000_1372;
+    r.cpu.regs.rcx = 3;
+    r.cpu.regs.rdx = 0x3f8;
+    r.code(&[0xf3, 0x6e]);
+    let d = r.run(Expect::StringIo);
+    assert!(d.is_ok(), "{d:?}");
+    assert_eq!(r.bus.log.len(), 3);
+}

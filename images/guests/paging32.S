@@ -1,0 +1,163 @@
+/* paging32: 32-bit paging (two-level tables, 4 KiB pages and a 4 MiB PSE
+ * page), entered in flat protected mode at 1 MiB.
+ *
+ * The guest maps the first 4 MiB one to one with a page table, 4-8 MiB
+ * with one 4 MiB page, the image a second time at 0xC0000000, and the
+ * vmm-server's page of scratch registers (0xFEB00000) at 0xD0000000; then
+ * it turns paging on. Checks, each printed on COM1: both mappings of the
+ * image read the same word and a write through the alias lands in the
+ * image; the 4 MiB page works; a REP OUTSB from the alias, and MMIO at a
+ * paged address, which the vmm-server can only emulate by walking these
+ * tables. Ends with status 0 on port 0xF4, or 1. */
+    .intel_syntax noprefix
+    .code32
+
+#include "com1.inc"
+#include "print.inc"
+
+#define SCRATCH  0xFEB00000   /* the vmm-server's scratch registers */
+#define ALIAS    0xC0000000   /* the image again */
+#define MMIO_VA  0xD0000000   /* the scratch registers, paged */
+#define IMAGE    0x00100000
+#define PRESENT_RW 0x003
+#define PAGE_4M    0x083      /* present, writable, PS */
+
+    .section .text.start, "ax"
+    .globl _start
+_start:
+    cli
+    mov esp, offset stack_top
+    call uart_init
+    mov esi, offset msg_start
+    call say
+
+    /* 0-4 MiB, one to one, 4 KiB pages. */
+    mov edi, offset pt_low
+    mov eax, PRESENT_RW
+    mov ecx, 1024
+1:  mov [edi], eax
+    add eax, 0x1000
+    add edi, 4
+    loop 1b
+    /* The image (1 MiB of it) again at ALIAS. */
+    mov edi, offset pt_alias
+    mov eax, IMAGE | PRESENT_RW
+    mov ecx, 256
+2:  mov [edi], eax
+    add eax, 0x1000
+    add edi, 4
+    loop 2b
+    mov dword ptr [pt_mmio], SCRATCH | PRESENT_RW
+
+    mov eax, offset pt_low
+    or eax, PRESENT_RW
+    mov [pd], eax
+    mov dword ptr [pd + 4], 0x400000 | PAGE_4M
+    mov eax, offset pt_alias
+    or eax, PRESENT_RW
+    mov [pd + (ALIAS >> 22) * 4], eax
+    mov eax, offset pt_mmio
+    or eax, PRESENT_RW
+    mov [pd + (MMIO_VA >> 22) * 4], eax
+
+    mov eax, offset pd
+    mov cr3, eax
+    mov eax, cr4
+    or eax, 0x10              /* PSE */
+    mov cr4, eax
+    mov eax, cr0
+    or eax, 0x80000000        /* PG */
+    mov cr0, eax
+    jmp paged
+paged:
+    mov esi, offset msg_paging
+    call say
+    mov eax, cr3
+    call print_hex32
+    call print_nl
+
+    mov eax, [magic]
+    cmp eax, 0x5a17715a
+    jne fail
+    cmp eax, [magic + (ALIAS - IMAGE)]
+    jne fail
+    mov esi, offset msg_alias
+    call say
+
+    mov dword ptr [cell + (ALIAS - IMAGE)], 0x13579bdf
+    cmp dword ptr [cell], 0x13579bdf
+    jne fail
+    mov esi, offset msg_write
+    call say
+
+    mov dword ptr [0x400010], 0xfeedbeef
+    cmp dword ptr [0x400010], 0xfeedbeef
+    jne fail
+    mov esi, offset msg_pse
+    call say
+
+    cld
+    mov esi, offset msg_outs + (ALIAS - IMAGE)
+    mov ecx, offset msg_outs_end
+    sub ecx, offset msg_outs
+    mov dx, COM1_THR
+    rep outsb
+    cmp esi, offset msg_outs_end + (ALIAS - IMAGE)
+    jne fail
+
+    mov dword ptr [MMIO_VA + 0x10], 0xabcd1234
+    mov eax, [MMIO_VA + 0x10]
+    cmp eax, 0xabcd1234
+    jne fail
+    add dword ptr [MMIO_VA + 0x10], 0x11111111
+    cmp dword ptr [MMIO_VA + 0x10], 0xbcde2345
+    jne fail
+    mov esi, offset msg_mmio
+    call say
+
+    mov esi, offset msg_pass
+    call say
+    xor al, al
+    out DEBUG_EXIT, al
+    jmp halt_forever
+
+fail:
+    mov esi, offset msg_fail
+    call say
+    mov al, 1
+    out DEBUG_EXIT, al
+    jmp halt_forever
+
+/* Prints "paging32: " and the string at ESI. */
+say:
+    push esi
+    mov esi, offset prefix
+    call uart_puts
+    pop esi
+    jmp uart_puts
+
+    .section .rodata
+prefix:     .asciz "paging32: "
+msg_start:  .asciz "flat protected mode, paging off\n"
+msg_paging: .asciz "paging on (cr0.pg, cr4.pse), cr3 = "
+msg_alias:  .asciz "0xc0000000 maps the image: the same word through both mappings\n"
+msg_write:  .asciz "a write through 0xc0000000 lands in the image\n"
+msg_pse:    .asciz "4 MiB page (pse) at 4 MiB reads back\n"
+msg_outs:   .ascii "paging32: rep outsb from 0xc0000000 (emulated through the page tables)\n"
+msg_outs_end:
+msg_mmio:   .asciz "mmio at 0xd0000000 -> 0xfeb00000: mov and add (emulated through the page tables)\n"
+msg_pass:   .asciz "all checks passed\n"
+msg_fail:   .asciz "FAILED\n"
+
+    .section .data
+magic: .long 0x5a17715a
+cell:  .long 0
+
+    .section .bss
+    .balign 4096
+pd:       .skip 4096
+pt_low:   .skip 4096
+pt_alias: .skip 4096
+pt_mmio:  .skip 4096
+    .skip 4096
+stack_top:
