@@ -32,6 +32,8 @@ pub mod exit_code {
     pub const INVLPG: u64 = 0x79;
     /// Nested page fault: EXITINFO1 = error code, EXITINFO2 = guest-physical address.
     pub const NPF: u64 = super::svm_exit::NPF;
+    /// RDMSR (EXITINFO1 = 0) / WRMSR (EXITINFO1 = 1); the mmu-server takes EFER's.
+    pub const MSR: u64 = super::svm_exit::MSR;
 }
 
 /// Which MMU the server runs.
@@ -438,6 +440,7 @@ impl Mmu {
             exit_code::PF => self.page_fault(p, rec),
             0x00..=0x1f | exit_code::CR0_SEL_WRITE => self.cr_access(p, rec),
             exit_code::INVLPG => self.invlpg(p, rec),
+            exit_code::MSR if rec.regs.rcx as u32 == efer::MSR => self.efer_access(p, rec),
             exit_code::NPF => Err(Failure::NotInThisMode(code)),
             c => Err(Failure::NotAnMmuExit(c)),
         }
@@ -895,7 +898,58 @@ impl Mmu {
         })
     }
 
-    /// WRMSR to EFER, for whichever server takes MSR exits.
+    /// RDMSR/WRMSR of EFER (SVM exit 0x7c with ECX = 0xC000_0080).
+    fn efer_access<P: MmuPlatform + ?Sized>(
+        &mut self,
+        p: &mut P,
+        rec: &ExitRecord,
+    ) -> Result<Action, Failure> {
+        let write = rec.exit_info1 & 1 != 0;
+        let len = if rec.next_rip != 0 {
+            0
+        } else {
+            let i = self.decode(p, rec)?;
+            let ok = match i.code() {
+                Code::Wrmsr => write,
+                Code::Rdmsr => !write,
+                _ => false,
+            };
+            if !ok {
+                return Err(Failure::ExitMismatch {
+                    rip: rec.regs.rip,
+                    code: i.code(),
+                });
+            }
+            i.len() as u64
+        };
+        self.cache.stats.cr_accesses += 1;
+        let mut regs = rec.regs;
+        if write {
+            let value = (rec.regs.rdx << 32) | (rec.regs.rax & 0xffff_ffff);
+            let Ok(new) = ctl::write_efer(&self.ctl, &self.cfg.cpu, value) else {
+                return Ok(Action::Resume(Self::inject(rec, exception(13, Some(0)))));
+            };
+            self.apply_ctl(p, new, false)?;
+            Ok(Action::Resume(self.advance(
+                rec,
+                len,
+                regs,
+                ResumeFlags::empty(),
+            )))
+        } else {
+            regs.rax = self.ctl.efer & 0xffff_ffff;
+            regs.rdx = self.ctl.efer >> 32;
+            Ok(Action::Resume(self.advance(
+                rec,
+                len,
+                regs,
+                ResumeFlags::SET_GPRS,
+            )))
+        }
+    }
+
+    /// WRMSR to EFER, for a caller that decoded the exit itself (the
+    /// vmm-server, if it takes MSR exits).
     pub fn write_efer<P: MmuPlatform + ?Sized>(
         &mut self,
         p: &mut P,

@@ -8,7 +8,7 @@ use ipc_proto::{ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch};
 use mmu_server::mmu::exit_code;
 use mmu_server::regs::{cr0, efer};
 use mmu_server::walk::{Access, GuestMemory, WalkError};
-use mmu_server::{ctl, Action, EferError, GuestCtl, Mmu, MmuConfig, MmuMode, PagingMode};
+use mmu_server::{ctl, Action, GuestCtl, Mmu, MmuConfig, MmuMode, PagingMode};
 
 use crate::platform::{HwFault, Sim, SimConfig};
 
@@ -59,6 +59,8 @@ pub mod code {
     pub const INVLPG: u64 = 0x30;
     /// `invlpg [edi]` in 16-bit code.
     pub const INVLPG_16: u64 = 0x34;
+    /// `wrmsr`.
+    pub const WRMSR: u64 = 0x38;
     /// The bytes, by offset.
     pub const BYTES: &[(u64, &[u8])] = &[
         (STORE64, &[0x48, 0x89, 0x07]),
@@ -72,6 +74,7 @@ pub mod code {
         (MOV_FROM_CR + 8, &[0x0f, 0x20, 0xe0]),
         (INVLPG, &[0x0f, 0x01, 0x3f]),
         (INVLPG_16, &[0x67, 0x0f, 0x01, 0x3f]),
+        (WRMSR, &[0x0f, 0x30]),
     ];
 
     /// The bytes at `offset`.
@@ -523,7 +526,7 @@ impl Machine {
         self.intercepted(offset, exit_code::INVLPG, info1)
     }
 
-    /// WRMSR to EFER (routed to the mmu-server by whoever takes MSR exits).
+    /// `wrmsr` to EFER (an MSR exit the stub routes to the mmu-server).
     pub fn write_efer(&mut self, value: u64) -> Outcome {
         if self.nested() {
             return match ctl::write_efer(&self.nested_ctl, &self.mmu.config().cpu, value) {
@@ -534,17 +537,10 @@ impl Machine {
                 Err(_) => Outcome::GeneralProtection,
             };
         }
-        let r = self.mmu.write_efer(&mut self.sim, value);
-        if let Some(ps) = self.mmu.take_paging() {
-            if let Err(e) = self.sim.load_paging(&ps) {
-                return Outcome::Failed(e);
-            }
-        }
-        match r {
-            Ok(()) => Outcome::Done,
-            Err(EferError::GeneralProtection) => Outcome::GeneralProtection,
-            Err(EferError::Fail(f)) => Outcome::Failed(f.to_string()),
-        }
+        self.regs.rcx = u64::from(efer::MSR);
+        self.regs.rax = value & 0xffff_ffff;
+        self.regs.rdx = value >> 32;
+        self.intercepted(code::WRMSR, exit_code::MSR, 1)
     }
 
     /// The guest's paging mode.

@@ -668,3 +668,54 @@ fn atomic_pte_updates_are_emulated_with_their_register_effects() {
         "the shadow dropped write access at once"
     );
 }
+
+#[test]
+fn efer_msr_exits_are_handled() {
+    let mut m = Machine::new(SimConfig::default(), shadow());
+    m.start(GuestCtl {
+        cr0: cr0::PE | cr0::ET,
+        ..GuestCtl::RESET
+    })
+    .unwrap();
+    use mmu_server::GuestMemory;
+    // wrmsr; rdmsr at 0x7000 (fetched through the identity shadow).
+    m.sim.write(0x7000, &[0x0f, 0x30, 0x0f, 0x32]);
+    let mut rec = pf_record(&m, 0, 0, &[]);
+    rec.cs = Segment {
+        attrib: Segment::ATTR_DB | 0x9b,
+        ..Default::default()
+    };
+    rec.exit_code = svm_exit::MSR;
+    rec.exit_info1 = 1;
+    rec.regs.rcx = 0xc000_0080;
+    rec.regs.rax = efer::LME | efer::NXE;
+    let Action::Resume(r) = m.mmu.handle_exit(&mut m.sim, &rec) else {
+        panic!()
+    };
+    assert_eq!(r.regs.rip, 0x7002);
+    assert_eq!(m.mmu.read_efer(), efer::LME | efer::NXE);
+    assert_eq!(
+        r.paging.efer & efer::LME,
+        0,
+        "no long mode in hardware before paging"
+    );
+    rec.exit_info1 = 0;
+    rec.regs.rip = 0x7002;
+    rec.regs.rax = 0;
+    let Action::Resume(r) = m.mmu.handle_exit(&mut m.sim, &rec) else {
+        panic!()
+    };
+    assert_eq!((r.regs.rax, r.regs.rip), (efer::LME | efer::NXE, 0x7004));
+    rec.exit_info1 = 1;
+    rec.regs.rip = 0x7000;
+    rec.regs.rax = efer::SVME;
+    let Action::Resume(r) = m.mmu.handle_exit(&mut m.sim, &rec) else {
+        panic!()
+    };
+    assert_eq!(r.event.vector, 13);
+    rec.regs.rcx = 0x10;
+    assert_eq!(
+        m.mmu.handle_exit(&mut m.sim, &rec),
+        Action::Fail(Failure::NotAnMmuExit(svm_exit::MSR))
+    );
+}

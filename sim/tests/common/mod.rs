@@ -177,6 +177,9 @@ impl Reference {
     }
 
     pub fn write_efer(&mut self, v: u64) -> Outcome {
+        if let Some(o) = self.fetch(code::WRMSR) {
+            return o;
+        }
         match ctl::write_efer(&self.ctl, &self.cpu, v) {
             Ok(c) => {
                 self.ctl = c;
