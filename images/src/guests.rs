@@ -21,6 +21,7 @@ pub const GUESTS: &[&str] = &[
     "timer",
     "multiboot",
     "mmio",
+    "uartin",
 ];
 
 /// Where the test guests are loaded and linked.

@@ -180,3 +180,73 @@ fn longmode_guest_reaches_64_bit_mode_on_svm() {
         b.console
     );
 }
+
+/// Typed input reaches the guest: QEMU's stdin is the host console, the
+/// stub's `ConsoleRead` takes it, the vmm-server's UART puts it in RBR and
+/// raises IRQ 4. The line is typed once the guest asks for it (bytes that
+/// arrive before the stub has set up its own COM1 are lost there).
+#[test]
+fn uartin_guest_reads_a_typed_line_with_irq4_on_svm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+
+    let system = images::SystemSpec::new("uartin");
+    let image = images::build_system_spec(&system).expect("image builds");
+    let opts = RunOptions {
+        system,
+        cpu: DEFAULT_CPU.to_string(),
+        arch: None,
+        emulator: DEFAULT_EMULATOR.to_string(),
+        timeout: TIMEOUT,
+        memory_mib: 256,
+    };
+    let mut child = Command::new(DEFAULT_EMULATOR)
+        .args(qemu_args(&opts, &image))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("QEMU starts (scripts/install-deps installs it)");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Held open until the end: closing QEMU's stdin is not input.
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut typed = false;
+    let mut console = String::new();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while let Ok(line) =
+        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        if line == "uartin: waiting for a line on COM1" && !typed {
+            stdin
+                .write_all(b"typed on the host\n")
+                .expect("QEMU reads stdin");
+            stdin.flush().expect("QEMU reads stdin");
+            typed = true;
+        }
+        console.push_str(&line);
+        console.push('\n');
+        if line.starts_with("[stub] vm ") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        console.contains("uartin: got: typed on the host\n"),
+        "{console}"
+    );
+    assert!(console.contains("uartin: all checks passed\n"), "{console}");
+    assert!(
+        console.contains("[stub] vm stopped: guest status 0"),
+        "{console}"
+    );
+}
