@@ -22,6 +22,7 @@ pub const GUESTS: &[&str] = &[
     "multiboot",
     "mmio",
     "uartin",
+    "portstorm",
 ];
 
 /// Where the test guests are loaded and linked.
