@@ -188,9 +188,11 @@ pub struct TargetElfs {
     pub kernel_stub: PathBuf,
     /// The VM-exit server.
     pub vmm_server: PathBuf,
+    /// The shadow-paging server.
+    pub mmu_server: PathBuf,
 }
 
-/// Builds `kernel-stub` and `vmm-server` for [`TARGET`] in release mode,
+/// Builds `kernel-stub`, `vmm-server` and `mmu-server` for [`TARGET`] in release mode,
 /// with `CARGO_TARGET_DIR=<root>/target/image` (a target folder of its own,
 /// so this works while an outer `cargo test` holds `target/`).
 ///
@@ -205,7 +207,7 @@ pub fn build_target_crates() -> Result<TargetElfs, BuildError> {
     let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(&program)
         .args(["build", "--release", "--target", TARGET])
-        .args(["-p", "kernel-stub", "-p", "vmm-server"])
+        .args(["-p", "kernel-stub", "-p", "vmm-server", "-p", "mmu-server"])
         .current_dir(&root)
         .env("CARGO_TARGET_DIR", &target_dir)
         .env_remove("RUSTFLAGS")
@@ -225,8 +227,9 @@ pub fn build_target_crates() -> Result<TargetElfs, BuildError> {
     let elfs = TargetElfs {
         kernel_stub: out.join("kernel-stub"),
         vmm_server: out.join("vmm-server"),
+        mmu_server: out.join("mmu-server"),
     };
-    for p in [&elfs.kernel_stub, &elfs.vmm_server] {
+    for p in [&elfs.kernel_stub, &elfs.vmm_server, &elfs.mmu_server] {
         if !p.is_file() {
             return Err(BuildError::OutputMissing(p.clone()));
         }
@@ -337,21 +340,22 @@ fn load_guest(spec: &SystemSpec, dir: &Path) -> Result<loaders::LoadedGuest, Bui
 pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
     let dir = image_dir();
     let guest = load_guest(spec, &dir)?;
-    if spec.mmu == MmuMode::Shadow {
-        return Err(BuildError::BadGuest(
-            spec.guest.clone(),
-            "shadow paging needs the mmu-server, which is not built yet".into(),
-        ));
-    }
     let elfs = build_target_crates()?;
     let read = |p: &Path| std::fs::read(p).map_err(|e| BuildError::io(p, e));
     let stub = read(&elfs.kernel_stub)?;
     let vmm = read(&elfs.vmm_server)?;
+    let mmu = read(&elfs.mmu_server)?;
     let mut tasks = Vec::new();
     if spec.with_vmm_server {
         tasks.push(TaskInput {
             kind: TaskKind::VmmServer,
             elf: &vmm,
+        });
+    }
+    if spec.mmu == MmuMode::Shadow {
+        tasks.push(TaskInput {
+            kind: TaskKind::MmuServer,
+            elf: &mmu,
         });
     }
     let input = GuestInput {

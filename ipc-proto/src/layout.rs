@@ -63,6 +63,9 @@ pub struct BootInfo {
     /// against the PIT at boot; ring 3 may read the TSC with RDTSC. 0 when
     /// the measurement failed.
     pub tsc_hz: u64,
+    /// The guest's CR0 at its first entry (0x11 in flat protected mode,
+    /// 0x10 in real mode): what a shadow MMU starts from.
+    pub guest_cr0: u64,
 }
 
 #[cfg(test)]
@@ -72,7 +75,8 @@ mod tests {
 
     #[test]
     fn boot_info_layout_is_pinned() {
-        assert_eq!(size_of::<BootInfo>(), 32);
+        assert_eq!(size_of::<BootInfo>(), 40);
+        assert_eq!(offset_of!(BootInfo, guest_cr0), 32);
         assert_eq!(offset_of!(BootInfo, abi_version), 0);
         assert_eq!(offset_of!(BootInfo, arch), 4);
         assert_eq!(offset_of!(BootInfo, guest_ram_bytes), 8);

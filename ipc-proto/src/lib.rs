@@ -15,6 +15,8 @@ pub mod layout;
 pub mod manifest;
 pub mod mmu;
 pub mod stats;
+#[cfg(target_os = "none")]
+pub mod sys;
 pub mod syscall;
 pub mod vcpu;
 
@@ -25,6 +27,6 @@ pub const ABI_VERSION: u32 = 2;
 pub use stats::Stats;
 pub use syscall::{ErrorCode, Syscall};
 pub use vcpu::{
-    EventInjection, EventKind, ExitRecord, GuestRegs, PagingState, Resume, ResumeFlags, Segment,
-    VcpuArch, VcpuPage,
+    EventInjection, EventKind, ExitRecord, GuestControl, GuestRegs, PagingState, Resume,
+    ResumeFlags, Segment, VcpuArch, VcpuPage,
 };

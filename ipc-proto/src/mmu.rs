@@ -85,6 +85,21 @@ pub enum InstallError {
 }
 
 impl InstallError {
+    /// The error for a raw code, if known.
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        [
+            Self::BatchTooLarge,
+            Self::UnknownTable,
+            Self::WrongLevel,
+            Self::BadIndex,
+            Self::BadChild,
+            Self::OutsideGuestMemory,
+            Self::BadPageSize,
+        ]
+        .into_iter()
+        .find(|e| *e as u32 == raw)
+    }
+
     /// A sentence a user can act on.
     pub fn describe(self) -> &'static str {
         match self {
@@ -112,6 +127,14 @@ mod tests {
         assert_eq!(offset_of!(Install, level), 6);
         assert_eq!(offset_of!(Install, reserved), 7);
         assert_eq!(offset_of!(Install, entry), 8);
+    }
+
+    #[test]
+    fn install_errors_round_trip() {
+        for raw in 1..=7 {
+            assert_eq!(InstallError::from_raw(raw).map(|e| e as u32), Some(raw));
+        }
+        assert_eq!(InstallError::from_raw(0), None);
     }
 
     #[test]

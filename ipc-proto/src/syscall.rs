@@ -46,6 +46,11 @@ pub enum Syscall {
     /// Copy up to `rsi` bytes of host-console input to user address `rdi`
     /// without waiting; returns the number of bytes (0 when none).
     ConsoleRead = 12,
+    /// mmu-server only: apply the resume in its VCPU page (its paging
+    /// state), hand the exit record in its VCPU page to the vmm-server (an
+    /// access outside guest RAM, rewritten as a nested page fault at the
+    /// guest-physical address), and wait for the next exit, like `VcpuRun`.
+    VcpuForward = 13,
 }
 
 impl Syscall {
@@ -64,6 +69,7 @@ impl Syscall {
             10 => Some(Self::MmuInstall),
             11 => Some(Self::MmuFlush),
             12 => Some(Self::ConsoleRead),
+            13 => Some(Self::VcpuForward),
             _ => None,
         }
     }
@@ -170,7 +176,7 @@ mod tests {
         assert_eq!(Syscall::StatsRead as u64, 3);
         assert_eq!(Syscall::VmStop as u64, 4);
         assert_eq!(Syscall::VmFail as u64, 5);
-        for n in 1..=12 {
+        for n in 1..=13 {
             assert_eq!(Syscall::from_raw(n).unwrap() as u64, n);
         }
         assert_eq!(Syscall::from_raw(0), None);

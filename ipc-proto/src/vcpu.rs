@@ -310,6 +310,20 @@ wire! {
 }
 
 wire! {
+    /// The guest's own control registers, as a shadow MMU virtualizes them.
+    pub struct GuestControl {
+        /// CR0 as the guest sees it.
+        pub cr0: u64,
+        /// CR3 as the guest sees it.
+        pub cr3: u64,
+        /// CR4 as the guest sees it.
+        pub cr4: u64,
+        /// EFER as the guest sees it.
+        pub efer: u64,
+    }
+}
+
+wire! {
     /// The page shared by the stub and the vmm-server.
     pub struct VcpuPage {
         /// Written by the stub on each exit; read-only by convention for the server.
@@ -318,6 +332,13 @@ wire! {
         pub resume: Resume,
         /// Written by the stub on `Syscall::StatsRead`.
         pub stats: crate::Stats,
+        /// The mmu-server's counters: the mmu-server keeps them current in
+        /// its own page; `StatsRead` copies them into the caller's.
+        pub mmu: crate::stats::MmuStats,
+        /// Shadow paging: the mmu-server keeps the guest's own control
+        /// registers here; the stub puts them in the exit records other
+        /// servers get, in place of the hardware's.
+        pub guest_control: GuestControl,
     }
 }
 

@@ -10,6 +10,7 @@ pub fn dispatch(frame: &mut TrapFrame) {
     let result = match Syscall::from_raw(frame.rax) {
         // These may block: they set the result of whichever task runs next.
         Some(Syscall::VcpuRun) => return vm::vcpu_run(frame),
+        Some(Syscall::VcpuForward) => return vm::vcpu_forward(frame),
         Some(Syscall::Call) => return vm::call(frame),
         Some(Syscall::ReplyRecv) => return vm::reply_recv(frame),
         Some(Syscall::ConsoleWrite) => console_write(frame.rdi, frame.rsi),

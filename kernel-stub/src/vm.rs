@@ -17,10 +17,11 @@ use crate::memory::{self, LARGE_PAGE};
 use crate::task;
 use ipc_proto::layout::{BootInfo as ServerBootInfo, GUEST_RAM_WINDOW, STACK_TOP};
 use ipc_proto::manifest::{
-    Blob, Manifest, MmuMode, PayloadHeader, TaskKind, MANIFEST_MAX, MAX_CHANNELS, MAX_TASKS,
-    PAYLOAD_MAGIC,
+    Blob, EntryMode, Manifest, MmuMode, PayloadHeader, TaskKind, MANIFEST_MAX, MAX_CHANNELS,
+    MAX_TASKS, PAYLOAD_MAGIC,
 };
 use ipc_proto::mmu::{InstallPage, INSTALL_BATCH_MAX};
+use ipc_proto::stats::MmuStats;
 use ipc_proto::vcpu::svm_exit;
 use ipc_proto::{ErrorCode, ExitRecord, ResumeFlags, Stats, VcpuPage, ABI_VERSION};
 use kernel_stub::install::{GuestRam, ShadowTables};
@@ -159,6 +160,9 @@ pub fn fail(why: core::fmt::Arguments) -> ! {
     say!("vm failed: {why}");
     let stats = STATS.with(|s| *s);
     say!("{stats}");
+    if let Some(mmu) = mmu_stats() {
+        say!("{mmu}");
+    }
     end(HOST_EXIT_FAILED)
 }
 
@@ -261,13 +265,39 @@ impl Kernel {
                 rip: rec.regs.rip,
             });
         }
-        let handler = self.find(self.route(&rec)).ok_or(Stop::NoServer {
+        let kind = self.route(&rec);
+        self.deliver(frame, kind, rec)
+    }
+
+    /// Writes `rec` into the VCPU page of the `kind` task and resumes it.
+    /// Under shadow paging every task but the mmu-server sees the guest's
+    /// own control registers, which the mmu-server keeps in its page.
+    fn deliver(
+        &mut self,
+        frame: &mut TrapFrame,
+        kind: TaskKind,
+        mut rec: ExitRecord,
+    ) -> Result<(), Stop> {
+        let no_server = Stop::NoServer {
             class: ExitClass::of(&rec),
             code: rec.exit_code,
             rip: rec.regs.rip,
-        })?;
+        };
+        let handler = self.find(kind).ok_or(no_server)?;
+        if self.shadow && kind != TaskKind::MmuServer {
+            if let Some(mmu_page) = self
+                .find(TaskKind::MmuServer)
+                .and_then(|i| self.task(i).vcpu_page)
+            {
+                // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
+                let c = unsafe {
+                    core::ptr::read_volatile(&raw const (*vcpu_page(mmu_page)).guest_control)
+                };
+                (rec.cr0, rec.cr3, rec.cr4, rec.efer) = (c.cr0, c.cr3, c.cr4, c.efer);
+            }
+        }
         let page = self.task(handler).vcpu_page.ok_or(Stop::Deadlock)?;
-        // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
+        // SAFETY: as above.
         unsafe { core::ptr::write_volatile(&raw mut (*vcpu_page(page)).exit, rec) };
         self.switch(frame, handler, 0);
         Ok(())
@@ -299,33 +329,63 @@ impl Kernel {
         let resume = unsafe { core::ptr::read_volatile(&raw const (*vcpu_page(page)).resume) };
         // Before a task's first entry, a resume with ABI version 0 means "nothing to set".
         if self.task(cur).ran_vcpu || resume.abi_version != 0 {
-            let refused = |e: ErrorCode| {
-                STATS.with(|s| s.resumes_refused += 1);
-                say!(
-                    "refused a resume from the {}: {}",
-                    task_name(self.task(cur).kind),
-                    e.describe()
-                );
-                e
-            };
-            let flags =
-                kernel_stub::resume::validate(&resume, self.vcpu.mode()).map_err(refused)?;
-            let mut root = None;
-            if flags.contains(ResumeFlags::SET_PAGING) {
-                let lookup = |h| SHADOW_TABLES.with(|t| t.get(h));
-                kernel_stub::resume::validate_paging(&resume.paging, |h| {
-                    lookup(h).map(|(_, level)| level)
-                })
-                .map_err(refused)?;
-                root = lookup(resume.paging.root).map(|(frame, _)| frame);
-                self.paging_set = true;
-            }
-            self.vcpu.apply(&resume, flags, root);
+            self.apply_resume(cur, &resume)?;
         }
         let t = self.task_mut(cur);
         t.ran_vcpu = true;
         t.state = State::WaitExit;
         Ok(self.schedule(frame))
+    }
+
+    /// Checks `resume` from task `from` and applies it to the VCPU.
+    fn apply_resume(&mut self, from: usize, resume: &ipc_proto::Resume) -> Result<(), ErrorCode> {
+        let refused = |e: ErrorCode| {
+            STATS.with(|s| s.resumes_refused += 1);
+            say!(
+                "refused a resume from the {}: {}",
+                task_name(self.task(from).kind),
+                e.describe()
+            );
+            e
+        };
+        let flags = kernel_stub::resume::validate(resume, self.vcpu.mode()).map_err(refused)?;
+        let mut root = None;
+        if flags.contains(ResumeFlags::SET_PAGING) {
+            let lookup = |h| SHADOW_TABLES.with(|t| t.get(h));
+            kernel_stub::resume::validate_paging(&resume.paging, |h| {
+                lookup(h).map(|(_, level)| level)
+            })
+            .map_err(refused)?;
+            root = lookup(resume.paging.root).map(|(frame, _)| frame);
+            self.paging_set = true;
+        }
+        self.vcpu.apply(resume, flags, root);
+        Ok(())
+    }
+
+    /// `VcpuForward`: the mmu-server found an access outside guest RAM;
+    /// apply its resume (paging state only matters), hand its rewritten
+    /// exit record to the vmm-server, and wait like `VcpuRun`.
+    fn vcpu_forward(&mut self, frame: &mut TrapFrame) -> Result<Result<(), Stop>, ErrorCode> {
+        self.require(TaskKind::MmuServer)?;
+        let cur = self.current;
+        let page = self.task(cur).vcpu_page.ok_or(ErrorCode::NotPermitted)?;
+        // SAFETY: the VCPU page is ours and identity-mapped; copied once.
+        let (rec, resume) = unsafe {
+            (
+                core::ptr::read_volatile(&raw const (*vcpu_page(page)).exit),
+                core::ptr::read_volatile(&raw const (*vcpu_page(page)).resume),
+            )
+        };
+        if resume.flags & ResumeFlags::SET_PAGING.bits() != 0 {
+            let only_paging = ipc_proto::Resume {
+                flags: ResumeFlags::SET_PAGING.bits(),
+                ..resume
+            };
+            self.apply_resume(cur, &only_paging)?;
+        }
+        self.task_mut(cur).state = State::WaitExit;
+        Ok(self.deliver(frame, TaskKind::VmmServer, rec))
     }
 
     /// `Call`: hand the request in the channel page to the channel's server.
@@ -475,6 +535,10 @@ pub fn vcpu_run(frame: &mut TrapFrame) {
     blocking(frame, |k, f| k.vcpu_run(f));
 }
 
+pub fn vcpu_forward(frame: &mut TrapFrame) {
+    blocking(frame, |k, f| k.vcpu_forward(f));
+}
+
 pub fn call(frame: &mut TrapFrame) {
     let ch = frame.rdi;
     blocking(frame, |k, f| k.call(f, ch).map(Ok));
@@ -510,9 +574,23 @@ pub fn mmu_flush() -> Result<u64, ErrorCode> {
 pub fn stats_read() -> Result<u64, ErrorCode> {
     let stats = STATS.with(|s| *s);
     let page = with_kernel(|k| k.task(k.current).vcpu_page.ok_or(ErrorCode::NotPermitted))?;
+    let mmu = mmu_stats().unwrap_or_default();
     // SAFETY: the VCPU page is ours and identity-mapped.
-    unsafe { core::ptr::write_volatile(&raw mut (*vcpu_page(page)).stats, stats) };
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*vcpu_page(page)).stats, stats);
+        core::ptr::write_volatile(&raw mut (*vcpu_page(page)).mmu, mmu);
+    }
     Ok(0)
+}
+
+/// The counters the mmu-server keeps in its VCPU page, if there is one.
+fn mmu_stats() -> Option<MmuStats> {
+    let page = KERNEL.with(|k| {
+        let k = k.as_ref()?;
+        k.task(k.find(TaskKind::MmuServer)?).vcpu_page
+    })?;
+    // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
+    Some(unsafe { core::ptr::read_volatile(&raw const (*vcpu_page(page)).mmu) })
 }
 
 /// Address space and kind of the task that made the current system call.
@@ -610,6 +688,9 @@ fn build(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<(), &'static
         }
         Paging::Shadow
     } else {
+        if arch == Arch::Svm && !crate::arch::svm::has_nested_paging() {
+            return Err("nested paging (NPT) not available on this CPU; run with --mmu shadow");
+        }
         Paging::Nested(GuestMemory {
             hpa: ram,
             bytes: ram_bytes,
@@ -650,6 +731,11 @@ fn build(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<(), &'static
         guest_ram_bytes: ram_bytes,
         guest_ram_window: GUEST_RAM_WINDOW,
         tsc_hz,
+        guest_cr0: if g.entry_mode == EntryMode::Real16 {
+            0x10
+        } else {
+            0x11
+        },
     };
     // SAFETY: a fresh identity-mapped frame, larger than `info`.
     unsafe {

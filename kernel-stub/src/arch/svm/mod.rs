@@ -25,10 +25,12 @@ pub fn check_support() -> Result<(), &'static str> {
     if cpu::rdmsr(MSR_VM_CR) & VM_CR_SVMDIS != 0 {
         return Err("SVM is disabled by the firmware (VM_CR.SVMDIS)");
     }
-    if cpu::cpuid(0x8000_000a).edx & 1 == 0 {
-        return Err("nested paging (NPT) not available on this CPU; shadow paging comes with the mmu-server");
-    }
     Ok(())
+}
+
+/// Whether the CPU has nested paging (NPT, CPUID 8000_000A EDX bit 0).
+pub fn has_nested_paging() -> bool {
+    cpu::cpuid(0x8000_000a).edx & 1 != 0
 }
 
 /// Whether the CPU reports the next RIP on exits (NRIPS, CPUID 8000_000A EDX bit 3).

@@ -1,0 +1,114 @@
+//! Calling the stub from ring 3: the `int 0x80` convention of
+//! [`crate::syscall`] and safe wrappers for the calls every server makes.
+//! Compiled for the bare target only.
+
+use crate::layout::{BootInfo, BOOT_INFO_PAGE, VCPU_PAGE};
+use crate::syscall::CONSOLE_WRITE_MAX;
+use crate::{ErrorCode, Syscall, VcpuPage};
+
+/// Makes one system call.
+///
+/// # Safety
+/// Pointer arguments must be valid for what call `nr` reads or writes.
+pub unsafe fn syscall3(nr: Syscall, a0: u64, a1: u64, a2: u64) -> u64 {
+    let ret: u64;
+    // SAFETY: `int 0x80` enters the stub, which preserves every register
+    // but rax; the caller vouches for the arguments. The stub may read or
+    // write this task's memory, so the asm is not `nomem`.
+    unsafe {
+        core::arch::asm!("int 0x80", inlateout("rax") nr as u64 => ret, in("rdi") a0, in("rsi") a1, in("rdx") a2);
+    }
+    ret
+}
+
+/// A call's result: a negative value the ABI does not define is a refusal too.
+pub fn result(rax: u64) -> Result<u64, ErrorCode> {
+    match ErrorCode::from_return_value(rax) {
+        Some(e) => Err(e),
+        None if (rax as i64) < 0 => Err(ErrorCode::UnknownSyscall),
+        None => Ok(rax),
+    }
+}
+
+/// A call that takes no pointer.
+pub fn call(nr: Syscall, a0: u64) -> Result<u64, ErrorCode> {
+    // SAFETY: the callers below pass calls whose arguments are numbers.
+    result(unsafe { syscall3(nr, a0, 0, 0) })
+}
+
+/// Writes to the host console, in chunks the stub accepts.
+pub fn console_write(bytes: &[u8]) {
+    for chunk in bytes.chunks(CONSOLE_WRITE_MAX as usize) {
+        // SAFETY: a live slice of this task's memory, no longer than the limit.
+        let _ = unsafe {
+            syscall3(
+                Syscall::ConsoleWrite,
+                chunk.as_ptr() as u64,
+                chunk.len() as u64,
+                0,
+            )
+        };
+    }
+}
+
+/// Ends the VM because it cannot go on; the reason was printed before.
+pub fn vm_fail() -> ! {
+    let _ = call(Syscall::VmFail, 0);
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// The boot-info page.
+pub fn boot_info() -> BootInfo {
+    // SAFETY: the stub maps it read-only at BOOT_INFO_PAGE in every server;
+    // every bit pattern is a valid BootInfo.
+    unsafe { (BOOT_INFO_PAGE as *const BootInfo).read_volatile() }
+}
+
+/// This task's VCPU page (exit handlers only).
+pub fn vcpu_page() -> *mut VcpuPage {
+    VCPU_PAGE as *mut VcpuPage
+}
+
+/// A `core::fmt::Write` that formats into a line buffer and sends it to
+/// the console.
+pub struct ConsoleLine {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl ConsoleLine {
+    /// An empty line.
+    pub const fn new() -> Self {
+        Self {
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+
+    /// Sends what was formatted.
+    pub fn flush(&mut self) {
+        console_write(&self.buf[..self.len]);
+        self.len = 0;
+    }
+}
+
+impl Default for ConsoleLine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl core::fmt::Write for ConsoleLine {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for &b in s.as_bytes() {
+            if self.len == self.buf.len() {
+                self.flush();
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+        Ok(())
+    }
+}

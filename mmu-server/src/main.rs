@@ -1,0 +1,262 @@
+//! The mmu-server ring-3 task: a thin loop around the `mmu_server` library.
+//!
+//! The stub starts it in ring 3 with `rsp = STACK_TOP`; it sets the first
+//! hardware paging state of the shadowed guest, then handles the exits the
+//! stub routes to it (#PF, CR access, INVLPG, EFER) and installs shadow
+//! entries with system calls.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("mmu-server is a ring-3 task of the splitvisor image; it runs under the stub only. Build the image with `splitvisor build --mmu shadow`.");
+    std::process::exit(2);
+}
+
+#[cfg(target_os = "none")]
+mod ring3 {
+    extern crate alloc;
+
+    use core::fmt::Write;
+    use ipc_proto::layout::{GUEST_RAM_WINDOW, INSTALL_PAGE, STACK_TOP};
+    use ipc_proto::mmu::{Install, InstallError, InstallPage, TableHandle};
+    use ipc_proto::sys::{self, ConsoleLine};
+    use ipc_proto::vcpu::svm_exit;
+    use ipc_proto::{
+        ErrorCode, ExitRecord, GuestControl, Resume, ResumeFlags, Syscall, ABI_VERSION,
+    };
+    use mmu_server::{
+        Action, Flush, GuestCtl, GuestMemory, Mmu, MmuConfig, MmuPlatform, PlatformError,
+    };
+
+    const _: () = assert!(STACK_TOP.is_multiple_of(16));
+
+    core::arch::global_asm!(
+        ".section .text._start, \"ax\"",
+        ".global _start",
+        "_start:",
+        "    and rsp, -16",
+        "    xor ebp, ebp",
+        "    call {main}",
+        "    ud2",
+        main = sym server_main,
+    );
+
+    /// The shadow cache's bookkeeping: about 4.2 KiB per table for the
+    /// default budget of 1024 tables, and the decoder's tables.
+    const HEAP_BYTES: usize = 8 << 20;
+
+    static mut ARENA: [u8; HEAP_BYTES] = [0; HEAP_BYTES];
+
+    #[global_allocator]
+    static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            let mut line = ConsoleLine::new();
+            let _ = write!(line, "\n[mmu] ");
+            let _ = write!(line, $($arg)*);
+            let _ = line.write_str("\n");
+            line.flush();
+        }};
+    }
+
+    /// The native platform: system calls and the guest-RAM window.
+    struct Native {
+        ram_bytes: u64,
+    }
+
+    impl Native {
+        fn ram(&self, gpa: u64, len: usize) -> Option<*mut u8> {
+            let end = gpa.checked_add(len as u64)?;
+            (end <= self.ram_bytes).then_some((GUEST_RAM_WINDOW + gpa) as *mut u8)
+        }
+    }
+
+    impl GuestMemory for Native {
+        fn read(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
+            let Some(p) = self.ram(gpa, buf.len()) else {
+                return false;
+            };
+            // SAFETY: the range lies inside guest RAM, which the stub maps
+            // read-write at GUEST_RAM_WINDOW; the guest is stopped.
+            unsafe { core::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
+            true
+        }
+
+        fn write(&mut self, gpa: u64, data: &[u8]) -> bool {
+            let Some(p) = self.ram(gpa, data.len()) else {
+                return false;
+            };
+            // SAFETY: as for `read`.
+            unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+            true
+        }
+    }
+
+    impl MmuPlatform for Native {
+        fn guest_ram_bytes(&self) -> u64 {
+            self.ram_bytes
+        }
+
+        fn alloc_table(&mut self, level: u8) -> Result<TableHandle, PlatformError> {
+            sys::call(Syscall::ShadowAlloc, u64::from(level))
+                .map(|h| h as TableHandle)
+                .map_err(|_| PlatformError::OutOfTables)
+        }
+
+        fn free_table(&mut self, table: TableHandle) -> Result<(), PlatformError> {
+            sys::call(Syscall::ShadowFree, u64::from(table))
+                .map(drop)
+                .map_err(|_| PlatformError::UnknownTable)
+        }
+
+        fn install(&mut self, batch: &[Install]) -> Result<(), PlatformError> {
+            let page = INSTALL_PAGE as *mut InstallPage;
+            // SAFETY: the stub maps the install page read-write at
+            // INSTALL_PAGE for the mmu-server; `batch` fits (the library
+            // sends at most INSTALL_BATCH_MAX entries).
+            unsafe {
+                (&raw mut (*page).count).write_volatile(batch.len() as u32);
+                for (i, e) in batch.iter().enumerate() {
+                    (&raw mut (*page).entries[i]).write_volatile(*e);
+                }
+            }
+            match sys::call(Syscall::MmuInstall, 0) {
+                Ok(_) => Ok(()),
+                Err(_) => {
+                    // SAFETY: as above; the stub wrote the refused index and reason.
+                    let (index, raw) = unsafe {
+                        (
+                            (&raw const (*page).count).read_volatile(),
+                            (&raw const (*page).reserved).read_volatile(),
+                        )
+                    };
+                    let error = InstallError::from_raw(raw).unwrap_or(InstallError::UnknownTable);
+                    Err(PlatformError::Refused {
+                        index: index as usize,
+                        error,
+                    })
+                }
+            }
+        }
+
+        fn load_nested(&mut self, _root: TableHandle) {
+            // The stub builds the nested table itself: nested mode never starts this server.
+        }
+
+        fn flush_tlb(&mut self, _what: Flush) {
+            let _ = sys::call(Syscall::MmuFlush, 0);
+        }
+    }
+
+    fn fail(why: impl core::fmt::Display) -> ! {
+        say!("{why}");
+        sys::vm_fail()
+    }
+
+    extern "C" fn server_main() -> ! {
+        let boot = sys::boot_info();
+        if boot.abi_version != ABI_VERSION {
+            fail(format_args!(
+                "the stub speaks ABI version {}, this server was built for {ABI_VERSION}",
+                boot.abi_version
+            ));
+        }
+        // SAFETY: the arena is used by the allocator only, from here on.
+        unsafe { HEAP.lock().init((&raw mut ARENA).cast::<u8>(), HEAP_BYTES) };
+
+        let decode_assists = core::arch::x86_64::__cpuid(0x8000_000a).edx & (1 << 7) != 0;
+        let cfg = MmuConfig {
+            decode_assists,
+            ..MmuConfig::default()
+        };
+        let mut platform = Native {
+            ram_bytes: boot.guest_ram_bytes,
+        };
+        let mut mmu = Mmu::new(cfg, boot.guest_ram_bytes);
+        if let Err(f) = mmu.start(
+            &mut platform,
+            GuestCtl {
+                cr0: boot.guest_cr0,
+                ..GuestCtl::RESET
+            },
+        ) {
+            fail(f);
+        }
+        let Some(paging) = mmu.take_paging() else {
+            fail("no shadow root after start")
+        };
+        let mut resume = Resume {
+            abi_version: ABI_VERSION,
+            flags: ResumeFlags::SET_PAGING.bits(),
+            paging,
+            ..Default::default()
+        };
+
+        let page = sys::vcpu_page();
+        // Hands the exit to the stub: `VcpuRun` resumes the guest,
+        // `VcpuForward` gives the exit to the vmm-server first.
+        let mut next_call = Syscall::VcpuRun;
+        loop {
+            let c = mmu.ctl();
+            let guest_control = GuestControl {
+                cr0: c.cr0,
+                cr3: c.cr3,
+                cr4: c.cr4,
+                efer: c.efer,
+            };
+            // SAFETY: the stub maps this task's VCPU page read-write at VCPU_PAGE.
+            unsafe {
+                (&raw mut (*page).mmu).write_volatile(mmu.stats());
+                (&raw mut (*page).guest_control).write_volatile(guest_control);
+                (&raw mut (*page).resume).write_volatile(resume);
+            }
+            if let Err(e) = sys::call(next_call, 0) {
+                fail(format_args!(
+                    "the stub refused the resume: {}",
+                    ErrorCode::describe(e)
+                ));
+            }
+            // SAFETY: as above; the stub wrote the exit before returning.
+            let exit = unsafe { (&raw const (*page).exit).read_volatile() };
+            (resume, next_call) = match mmu.handle_exit(&mut platform, &exit) {
+                Action::Resume(r) => (r, Syscall::VcpuRun),
+                Action::Mmio { gpa, write, .. } => {
+                    // Device memory: the vmm-server emulates the access as
+                    // it would a nested page fault (EXITINFO1 bit 1 = write,
+                    // EXITINFO2 = the guest-physical address).
+                    let npf = ExitRecord {
+                        exit_code: svm_exit::NPF,
+                        exit_info1: if write { 1 << 1 } else { 0 },
+                        exit_info2: gpa,
+                        ..exit
+                    };
+                    // SAFETY: as above.
+                    unsafe { (&raw mut (*page).exit).write_volatile(npf) };
+                    let paging = mmu.take_paging();
+                    let flags = if paging.is_some() {
+                        ResumeFlags::SET_PAGING.bits()
+                    } else {
+                        0
+                    };
+                    let r = Resume {
+                        abi_version: ABI_VERSION,
+                        flags,
+                        paging: paging.unwrap_or_default(),
+                        ..Default::default()
+                    };
+                    (r, Syscall::VcpuForward)
+                }
+                Action::Fail(f) => fail(format_args!(
+                    "{f} (exit code {:#x}, rip={:#x})",
+                    exit.exit_code, exit.regs.rip
+                )),
+            };
+        }
+    }
+
+    #[panic_handler]
+    fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+        fail(info.message())
+    }
+}
