@@ -33,6 +33,36 @@ pub fn has_nested_paging() -> bool {
     cpu::cpuid(0x8000_000a).edx & 1 != 0
 }
 
+/// MSRs whose guest values live in the VMCB (APM vol. 2, 15.5.1, table B-2):
+/// STAR, LSTAR, CSTAR, SFMASK, FS/GS base, KernelGSBase, SYSENTER_CS/ESP/EIP.
+const VMCB_MSRS: [u32; 10] = [
+    0xc000_0081,
+    0xc000_0082,
+    0xc000_0083,
+    0xc000_0084,
+    0xc000_0100,
+    0xc000_0101,
+    0xc000_0102,
+    0x174,
+    0x175,
+    0x176,
+];
+const MSR_EFER: u32 = 0xc000_0080;
+
+/// Clears an MSR's read and write intercept bits in the MSR permission map
+/// (APM vol. 2, 15.11: two bits per MSR, three 2 KiB ranges).
+fn pass_through_msr(msrpm: u64, msr: u32) {
+    let (range, base) = match msr {
+        0..=0x1fff => (0, 0),
+        0xc000_0000..=0xc000_1fff => (1, 0xc000_0000),
+        _ => (2, 0xc001_0000),
+    };
+    let bit = range * 2048 * 8 + (msr - base) as u64 * 2;
+    let byte = (msrpm + bit / 8) as *mut u8;
+    // SAFETY: `msrpm` is the VCPU's 8 KiB permission map; `bit` < 6 KiB * 8.
+    unsafe { byte.write(byte.read() & !(0b11 << (bit % 8))) };
+}
+
 /// Whether the CPU reports the next RIP on exits (NRIPS, CPUID 8000_000A EDX bit 3).
 fn has_nrips() -> bool {
     cpu::cpuid(0x8000_000a).edx & (1 << 3) != 0
@@ -73,13 +103,20 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     // current FS/GS/TR/LDTR/syscall state there, to be reloaded after each exit.
     unsafe { core::arch::asm!("vmsave rax", in("rax") host_vmsave_pa, options(nostack)) };
 
-    // Every port and every MSR is intercepted (all bits set).
+    // Every port is intercepted; so is every MSR but those the VMCB holds
+    // (loaded and saved with the guest: nothing of the host's to protect)
+    // and, with nested paging, EFER (the VMCB holds it too; a shadow MMU
+    // must see its writes).
     let iopm = memory::alloc(3, memory::PAGE)?;
     let msrpm = memory::alloc(2, memory::PAGE)?;
     // SAFETY: both ranges were just allocated for these bitmaps.
     unsafe {
         core::ptr::write_bytes(iopm as *mut u8, 0xff, 3 * 4096);
         core::ptr::write_bytes(msrpm as *mut u8, 0xff, 2 * 4096);
+    }
+    let nested = matches!(paging, Paging::Nested(_));
+    for msr in VMCB_MSRS.iter().copied().chain(nested.then_some(MSR_EFER)) {
+        pass_through_msr(msrpm, msr);
     }
 
     let mut v = Vmcb::new(memory::alloc_frame()?);
@@ -104,7 +141,8 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
             | MISC2_VMSAVE
             | MISC2_STGI
             | MISC2_CLGI
-            | MISC2_SKINIT,
+            | MISC2_SKINIT
+            | MISC2_XSETBV,
     );
     v.write64(IOPM_BASE_PA, iopm);
     v.write64(MSRPM_BASE_PA, msrpm);
@@ -148,6 +186,7 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     v.write64(DR6, 0xffff_0ff0);
     v.write64(DR7, 0x400);
     v.write64(G_PAT, 0x0007_0406_0007_0406); // the power-on PAT
+    v.write64(V_INTR, V_INTR_MASKING);
 
     let gprs = GuestRegs {
         rbx: entry.rbx,
@@ -345,6 +384,8 @@ impl Vcpu {
         }
         if flags.contains(ResumeFlags::SET_RIP) {
             v.write64(RIP, r.regs.rip);
+            // The instruction that set the shadow (STI, MOV SS) is behind.
+            v.write64(INTERRUPT_SHADOW, 0);
         }
         if flags.contains(ResumeFlags::SET_RFLAGS) {
             v.write64(RFLAGS, r.regs.rflags);
@@ -357,14 +398,14 @@ impl Vcpu {
             INTERCEPT_MISC1,
             misc1 | if window { MISC1_VINTR } else { 0 },
         );
-        v.write64(
-            V_INTR,
-            if window {
-                V_IRQ | V_INTR_PRIO_MAX | V_IGN_TPR
-            } else {
-                0
-            },
-        );
+        // V_INTR_MASKING: the guest's IF masks only virtual interrupts;
+        // physical ones stay with the host (whose IF is clear).
+        let v_irq = if window {
+            V_IRQ | V_INTR_PRIO_MAX | V_IGN_TPR
+        } else {
+            0
+        };
+        v.write64(V_INTR, V_INTR_MASKING | v_irq);
         if flags.contains(ResumeFlags::INJECT_EVENT) {
             let e = &r.event;
             let valid = 1u64 << 31;

@@ -48,6 +48,7 @@ pub const TLB_FLUSH_GUEST: u8 = 3;
 pub const V_IRQ: u64 = 1 << 8;
 pub const V_INTR_PRIO_MAX: u64 = 0xf << 16;
 pub const V_IGN_TPR: u64 = 1 << 20;
+pub const V_INTR_MASKING: u64 = 1 << 24;
 // Intercept vector 4 (offset 0x010). VMRUN must be intercepted or VMRUN fails.
 pub const MISC2_VMRUN: u32 = 1 << 0;
 pub const MISC2_VMMCALL: u32 = 1 << 1;
@@ -56,6 +57,7 @@ pub const MISC2_VMSAVE: u32 = 1 << 3;
 pub const MISC2_STGI: u32 = 1 << 4;
 pub const MISC2_CLGI: u32 = 1 << 5;
 pub const MISC2_SKINIT: u32 = 1 << 6;
+pub const MISC2_XSETBV: u32 = 1 << 13;
 
 // State save area: segments (selector, attrib, limit, base; 16 bytes each).
 pub const ES: usize = 0x400;

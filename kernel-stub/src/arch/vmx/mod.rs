@@ -854,6 +854,9 @@ impl Vcpu {
         }
         if flags.contains(ResumeFlags::SET_RIP) {
             self.write(GUEST_RIP, r.regs.rip);
+            // The instruction that blocked interrupts (STI, MOV SS) is behind.
+            let blocking = vmcs::read(GUEST_INTERRUPTIBILITY).unwrap_or(0) & !0b11;
+            self.write(GUEST_INTERRUPTIBILITY, blocking);
         }
         if flags.contains(ResumeFlags::SET_RFLAGS) {
             self.write(GUEST_RFLAGS, r.regs.rflags);
