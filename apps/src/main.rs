@@ -48,10 +48,12 @@ struct GuestArgs {
     /// The multiboot command line, for multiboot kernels.
     #[arg(long, value_name = "TEXT", default_value = "")]
     cmdline: String,
-    /// How guest memory is virtualized: npt (nested paging) or shadow
-    /// (shadow page tables built by the mmu-server).
+    /// How guest memory is virtualized: npt (nested paging), shadow (shadow
+    /// page tables built by the mmu-server, cached across CR3 loads) or
+    /// baseline (shadow paging that drops every table on every CR3 load, as
+    /// the first KVM did; for comparison).
     #[arg(long, value_name = "MODE", default_value = "npt",
-          value_parser = clap::builder::PossibleValuesParser::new(["npt", "shadow"]))]
+          value_parser = clap::builder::PossibleValuesParser::new(["npt", "shadow", "baseline"]))]
     mmu: String,
     /// Leave the vmm-server out of the image: the stub then has no server for
     /// the first exit and reports `vm failed`.
@@ -72,10 +74,10 @@ impl GuestArgs {
     fn spec(&self) -> images::SystemSpec {
         images::SystemSpec {
             with_vmm_server: !self.no_vmm_server,
-            mmu: if self.mmu == "shadow" {
-                ipc_proto::manifest::MmuMode::Shadow
-            } else {
-                ipc_proto::manifest::MmuMode::Nested
+            mmu: match self.mmu.as_str() {
+                "shadow" => ipc_proto::manifest::MmuMode::Shadow,
+                "baseline" => ipc_proto::manifest::MmuMode::ShadowBaseline,
+                _ => ipc_proto::manifest::MmuMode::Nested,
             },
             cmdline: self.cmdline.clone(),
             ..images::SystemSpec::new(&self.guest)

@@ -270,7 +270,9 @@ impl SystemSpec {
         if !self.with_vmm_server {
             name.push_str("-no-vmm");
         }
-        if self.mmu == MmuMode::Shadow {
+        if self.mmu == MmuMode::ShadowBaseline {
+            name.push_str("-baseline");
+        } else if self.mmu == MmuMode::Shadow {
             name.push_str("-shadow");
         }
         name + ".img"
@@ -352,7 +354,7 @@ pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
             elf: &vmm,
         });
     }
-    if spec.mmu == MmuMode::Shadow {
+    if spec.mmu.is_shadow() {
         tasks.push(TaskInput {
             kind: TaskKind::MmuServer,
             elf: &mmu,

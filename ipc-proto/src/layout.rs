@@ -66,6 +66,9 @@ pub struct BootInfo {
     /// The guest's CR0 at its first entry (0x11 in flat protected mode,
     /// 0x10 in real mode): what a shadow MMU starts from.
     pub guest_cr0: u64,
+    /// How guest memory is virtualized: a `manifest::MmuMode` as 0 (nested),
+    /// 1 (shadow) or 2 (shadow, 2006 baseline).
+    pub mmu_mode: u64,
 }
 
 #[cfg(test)]
@@ -75,7 +78,8 @@ mod tests {
 
     #[test]
     fn boot_info_layout_is_pinned() {
-        assert_eq!(size_of::<BootInfo>(), 40);
+        assert_eq!(size_of::<BootInfo>(), 48);
+        assert_eq!(offset_of!(BootInfo, mmu_mode), 40);
         assert_eq!(offset_of!(BootInfo, guest_cr0), 32);
         assert_eq!(offset_of!(BootInfo, abi_version), 0);
         assert_eq!(offset_of!(BootInfo, arch), 4);

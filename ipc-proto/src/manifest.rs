@@ -86,8 +86,19 @@ pub enum EntryMode {
 pub enum MmuMode {
     /// Nested paging (AMD NPT / Intel EPT).
     Nested,
-    /// Shadow paging by the mmu-server.
+    /// Shadow paging by the mmu-server, its shadow tables a cache that
+    /// survives CR3 loads.
     Shadow,
+    /// Shadow paging as the first KVM did it (2006): every CR3 load drops
+    /// every shadow table. For comparison.
+    ShadowBaseline,
+}
+
+impl MmuMode {
+    /// Either kind of shadow paging.
+    pub fn is_shadow(self) -> bool {
+        matches!(self, Self::Shadow | Self::ShadowBaseline)
+    }
 }
 
 /// More bytes to place in guest RAM before the first entry (for example a

@@ -17,8 +17,8 @@ use crate::memory::{self, LARGE_PAGE};
 use crate::task;
 use ipc_proto::layout::{BootInfo as ServerBootInfo, GUEST_RAM_WINDOW, STACK_TOP};
 use ipc_proto::manifest::{
-    Blob, EntryMode, Manifest, MmuMode, PayloadHeader, TaskKind, MANIFEST_MAX, MAX_CHANNELS,
-    MAX_TASKS, PAYLOAD_MAGIC,
+    Blob, EntryMode, Manifest, PayloadHeader, TaskKind, MANIFEST_MAX, MAX_CHANNELS, MAX_TASKS,
+    PAYLOAD_MAGIC,
 };
 use ipc_proto::mmu::{InstallPage, INSTALL_BATCH_MAX};
 use ipc_proto::stats::MmuStats;
@@ -681,7 +681,7 @@ fn build(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<(), &'static
         copy_in(blob(payload, s.blob), s.gpa)?;
     }
 
-    let shadow = g.mmu == MmuMode::Shadow;
+    let shadow = g.mmu.is_shadow();
     let paging = if shadow {
         if manifest.task(TaskKind::MmuServer).is_none() {
             return Err("shadow paging needs an mmu-server in the image");
@@ -736,6 +736,7 @@ fn build(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<(), &'static
         } else {
             0x11
         },
+        mmu_mode: g.mmu as u64,
     };
     // SAFETY: a fresh identity-mapped frame, larger than `info`.
     unsafe {

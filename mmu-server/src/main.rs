@@ -18,6 +18,7 @@ mod ring3 {
 
     use core::fmt::Write;
     use ipc_proto::layout::{GUEST_RAM_WINDOW, INSTALL_PAGE, STACK_TOP};
+    use ipc_proto::manifest::MmuMode;
     use ipc_proto::mmu::{Install, InstallError, InstallPage, TableHandle};
     use ipc_proto::sys::{self, ConsoleLine};
     use ipc_proto::vcpu::svm_exit;
@@ -166,8 +167,14 @@ mod ring3 {
         unsafe { HEAP.lock().init((&raw mut ARENA).cast::<u8>(), HEAP_BYTES) };
 
         let decode_assists = core::arch::x86_64::__cpuid(0x8000_000a).edx & (1 << 7) != 0;
+        let mode = if boot.mmu_mode == MmuMode::ShadowBaseline as u64 {
+            mmu_server::MmuMode::Baseline
+        } else {
+            mmu_server::MmuMode::Shadow
+        };
         let cfg = MmuConfig {
             decode_assists,
+            mode,
             ..MmuConfig::default()
         };
         let mut platform = Native {

@@ -269,6 +269,12 @@ mod ring3 {
             // pattern is a valid Stats.
             Ok(unsafe { addr_of!((*vcpu_page()).stats).read_volatile() })
         }
+
+        fn mmu_stats(&mut self) -> Option<ipc_proto::stats::MmuStats> {
+            // SAFETY: as above; `StatsRead` copied the mmu-server's counters.
+            let mmu = unsafe { addr_of!((*vcpu_page()).mmu).read_volatile() };
+            (mmu != ipc_proto::stats::MmuStats::default()).then_some(mmu)
+        }
     }
 
     extern "C" fn server_main() -> ! {

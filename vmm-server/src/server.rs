@@ -21,6 +21,11 @@ pub trait Stub {
 
     /// `StatsRead`: the stub's counters.
     fn stats_read(&mut self) -> Result<Stats, ErrorCode>;
+    /// The mmu-server's counters, as the last `StatsRead` brought them
+    /// (none without shadow paging).
+    fn mmu_stats(&mut self) -> Option<ipc_proto::stats::MmuStats> {
+        None
+    }
 
     /// ES, CS, SS, DS, FS, GS at the last exit, when the platform gives
     /// them (the exit record carries only CS). The default: not given.
@@ -117,7 +122,12 @@ pub fn statistics_line<S: Stub, W: HostWrite>(
     let mine = vmm.stats();
     let mut c = console.borrow_mut();
     match stub.stats_read() {
-        Ok(stats) => c.server_line(format_args!("{stats}{unknown}{mine}")),
+        Ok(stats) => {
+            c.server_line(format_args!("{stats}{unknown}{mine}"));
+            if let Some(mmu) = stub.mmu_stats() {
+                c.server_line(format_args!("{mmu}"));
+            }
+        }
         Err(e) => c.server_line(format_args!(
             "statistics unavailable: {}{unknown}{mine}",
             e.describe()
