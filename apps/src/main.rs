@@ -59,6 +59,11 @@ struct GuestArgs {
     /// the first exit and reports `vm failed`.
     #[arg(long)]
     no_vmm_server: bool,
+    /// Run COM1's 16550 as a ring-3 server of its own (the uart-server),
+    /// reached from the vmm-server over a channel, instead of inside the
+    /// vmm-server.
+    #[arg(long)]
+    uart_server: bool,
 }
 
 fn guest_help() -> String {
@@ -80,6 +85,7 @@ impl GuestArgs {
                 _ => ipc_proto::manifest::MmuMode::Nested,
             },
             cmdline: self.cmdline.clone(),
+            uart_server: self.uart_server,
             ..images::SystemSpec::new(&self.guest)
         }
     }

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ipc_proto::manifest::{EntryMode, MmuMode, TaskKind};
+use ipc_proto::manifest::{Channel, EntryMode, MmuMode, TaskKind};
 
 pub use guests::{GUESTS, GUEST_LOAD_GPA, GUEST_RAM_MIB};
 pub use image::{build_image, GuestInput, ImageError, TaskInput};
@@ -190,9 +190,12 @@ pub struct TargetElfs {
     pub vmm_server: PathBuf,
     /// The shadow-paging server.
     pub mmu_server: PathBuf,
+    /// COM1 as a server of its own (a binary of the vmm-server package).
+    pub uart_server: PathBuf,
 }
 
-/// Builds `kernel-stub`, `vmm-server` and `mmu-server` for [`TARGET`] in release mode,
+/// Builds `kernel-stub`, `vmm-server` (with its `uart-server` binary) and
+/// `mmu-server` for [`TARGET`] in release mode,
 /// with `CARGO_TARGET_DIR=<root>/target/image` (a target folder of its own,
 /// so this works while an outer `cargo test` holds `target/`).
 ///
@@ -228,8 +231,14 @@ pub fn build_target_crates() -> Result<TargetElfs, BuildError> {
         kernel_stub: out.join("kernel-stub"),
         vmm_server: out.join("vmm-server"),
         mmu_server: out.join("mmu-server"),
+        uart_server: out.join("uart-server"),
     };
-    for p in [&elfs.kernel_stub, &elfs.vmm_server, &elfs.mmu_server] {
+    for p in [
+        &elfs.kernel_stub,
+        &elfs.vmm_server,
+        &elfs.mmu_server,
+        &elfs.uart_server,
+    ] {
         if !p.is_file() {
             return Err(BuildError::OutputMissing(p.clone()));
         }
@@ -248,6 +257,9 @@ pub struct SystemSpec {
     pub mmu: MmuMode,
     /// The multiboot command line (multiboot kernels only).
     pub cmdline: String,
+    /// COM1 runs as a uart-server task, reached from the vmm-server over
+    /// channel 0, instead of inside the vmm-server.
+    pub uart_server: bool,
 }
 
 impl SystemSpec {
@@ -258,6 +270,7 @@ impl SystemSpec {
             with_vmm_server: true,
             mmu: MmuMode::Nested,
             cmdline: String::new(),
+            uart_server: false,
         }
     }
 
@@ -274,6 +287,9 @@ impl SystemSpec {
             name.push_str("-baseline");
         } else if self.mmu == MmuMode::Shadow {
             name.push_str("-shadow");
+        }
+        if self.uart_server {
+            name.push_str("-uart");
         }
         name + ".img"
     }
@@ -347,7 +363,9 @@ pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
     let stub = read(&elfs.kernel_stub)?;
     let vmm = read(&elfs.vmm_server)?;
     let mmu = read(&elfs.mmu_server)?;
+    let uart = read(&elfs.uart_server)?;
     let mut tasks = Vec::new();
+    let mut channels = Vec::new();
     if spec.with_vmm_server {
         tasks.push(TaskInput {
             kind: TaskKind::VmmServer,
@@ -360,6 +378,18 @@ pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
             elf: &mmu,
         });
     }
+    if spec.uart_server {
+        tasks.push(TaskInput {
+            kind: TaskKind::UartServer,
+            elf: &uart,
+        });
+        if spec.with_vmm_server {
+            channels.push(Channel {
+                client: TaskKind::VmmServer,
+                server: TaskKind::UartServer,
+            });
+        }
+    }
     let input = GuestInput {
         entry_mode: guest.entry_mode,
         entry_regs: guest.entry_regs,
@@ -367,7 +397,7 @@ pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
         mmu: spec.mmu,
         ..GuestInput::flat32(&guest.flat, guest.load_gpa, guest.entry, GUEST_RAM_MIB)
     };
-    let image = build_image(&stub, &tasks, &[], &input)?;
+    let image = build_image(&stub, &tasks, &channels, &input)?;
     let path = dir.join(spec.image_file_name());
     write_atomic(&path, &image)?;
     Ok(path)
@@ -392,6 +422,12 @@ mod tests {
     fn image_names() {
         assert_eq!(image_file_name("hello", true), "hello.img");
         assert_eq!(image_file_name("hello", false), "hello-no-vmm.img");
+        let spec = SystemSpec {
+            uart_server: true,
+            mmu: MmuMode::Shadow,
+            ..SystemSpec::new("hello")
+        };
+        assert_eq!(spec.image_file_name(), "hello-shadow-uart.img");
     }
 
     #[test]

@@ -13,6 +13,10 @@ pub mod op {
     /// No access: let the device catch up (poll its input, its timers) and
     /// report its interrupt line.
     pub const POLL: u32 = 3;
+    /// No access: send the output the device has buffered to the host
+    /// console now and end an open line there (the client is about to
+    /// write a line of its own); report the interrupt line.
+    pub const FLUSH: u32 = 4;
 }
 
 wire! {

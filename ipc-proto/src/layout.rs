@@ -69,6 +69,10 @@ pub struct BootInfo {
     /// How guest memory is virtualized: a `manifest::MmuMode` as 0 (nested),
     /// 1 (shadow) or 2 (shadow, 2006 baseline).
     pub mmu_mode: u64,
+    /// The channel to the UART server as its number + 1 (0: the image has
+    /// no UART server; the vmm-server then emulates COM1 itself). Appended
+    /// after the fields of ABI version 2: an older stub leaves it zero.
+    pub uart_channel: u64,
 }
 
 #[cfg(test)]
@@ -78,7 +82,8 @@ mod tests {
 
     #[test]
     fn boot_info_layout_is_pinned() {
-        assert_eq!(size_of::<BootInfo>(), 48);
+        assert_eq!(size_of::<BootInfo>(), 56);
+        assert_eq!(offset_of!(BootInfo, uart_channel), 48);
         assert_eq!(offset_of!(BootInfo, mmu_mode), 40);
         assert_eq!(offset_of!(BootInfo, guest_cr0), 32);
         assert_eq!(offset_of!(BootInfo, abi_version), 0);

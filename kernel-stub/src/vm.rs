@@ -737,6 +737,11 @@ fn build(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<(), &'static
             0x11
         },
         mmu_mode: g.mmu as u64,
+        uart_channel: manifest
+            .channels
+            .iter()
+            .position(|c| c.client == TaskKind::VmmServer && c.server == TaskKind::UartServer)
+            .map_or(0, |n| n as u64 + 1),
     };
     // SAFETY: a fresh identity-mapped frame, larger than `info`.
     unsafe {

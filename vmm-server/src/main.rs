@@ -22,7 +22,10 @@ mod ring3 {
     use core::ptr::{addr_of, addr_of_mut};
     use core::sync::atomic::{AtomicBool, Ordering};
 
-    use ipc_proto::layout::{BootInfo, BOOT_INFO_PAGE, STACK_TOP, VCPU_PAGE};
+    use ipc_proto::device::{op, PortMessage};
+    use ipc_proto::layout::{
+        BootInfo, BOOT_INFO_PAGE, CHANNEL_PAGE_BASE, PAGE_SIZE, STACK_TOP, VCPU_PAGE,
+    };
     use ipc_proto::syscall::CONSOLE_WRITE_MAX;
     use ipc_proto::{ErrorCode, ExitRecord, Resume, Stats, Syscall, VcpuPage, ABI_VERSION};
     use vmm_server::board::Board;
@@ -31,11 +34,12 @@ mod ring3 {
     use vmm_server::devices::i8042::{self, I8042};
     use vmm_server::devices::pit::{self, Pit};
     use vmm_server::devices::post::{self, PostCode};
+    use vmm_server::devices::remote::{PortChannel, RemotePort};
     use vmm_server::devices::rtc::{self, Rtc};
     use vmm_server::devices::uart16550::{self, Uart16550};
     use vmm_server::emulate::{GuestMemory, NotRam};
     use vmm_server::mmio::{MmioRouter, ScratchRegisters};
-    use vmm_server::{Ending, Host, HostConsole, HostWrite, Router, Stub, Vmm};
+    use vmm_server::{Ending, Host, HostConsole, HostWrite, PortDevice, Router, Stub, Vmm};
 
     /// Where the page of scratch registers sits (the `mmio` test guest's
     /// target): a hole in the PC's MMIO map, below the I/O APIC.
@@ -133,10 +137,20 @@ mod ring3 {
     }
 
     /// `ConsoleWrite` and `ConsoleRead` as the library's host console.
-    struct ConsoleSyscall;
+    /// With a uart-server, the guest's output is that server's: it is asked
+    /// to send what it has buffered (and end its line) before each write.
+    struct ConsoleSyscall {
+        uart: Option<ChannelSyscall>,
+    }
 
     impl HostWrite for ConsoleSyscall {
         fn write_host(&mut self, bytes: &[u8]) {
+            if let Some(ch) = &mut self.uart {
+                let _ = ch.call(&PortMessage {
+                    op: op::FLUSH,
+                    ..PortMessage::default()
+                });
+            }
             console_write(bytes);
         }
 
@@ -238,6 +252,28 @@ mod ring3 {
         }
     }
 
+    /// A channel to a device server: the message goes into the channel's
+    /// page, `Call` waits for the reply, which comes back in the same page.
+    struct ChannelSyscall {
+        channel: u64,
+    }
+
+    impl PortChannel for ChannelSyscall {
+        fn call(&mut self, request: &PortMessage) -> Result<PortMessage, ErrorCode> {
+            let page = (CHANNEL_PAGE_BASE + self.channel * PAGE_SIZE) as *mut PortMessage;
+            // SAFETY: the stub maps the page of every channel this task is
+            // an end of read-write at this address (`BootInfo::uart_channel`
+            // names one); its server does not run while we do, and every
+            // bit pattern is a valid PortMessage.
+            unsafe { page.write_volatile(*request) };
+            // SAFETY: Call takes no pointer; the asm's memory clobber orders
+            // the volatile accesses around it.
+            result(unsafe { syscall3(Syscall::Call, self.channel, 0, 0) })?;
+            // SAFETY: as above; the server answered in the page.
+            Ok(unsafe { page.read_volatile() })
+        }
+    }
+
     fn vcpu_page() -> *mut VcpuPage {
         VCPU_PAGE as *mut VcpuPage
     }
@@ -278,12 +314,18 @@ mod ring3 {
     }
 
     extern "C" fn server_main() -> ! {
-        let console = RefCell::new(HostConsole::new(ConsoleSyscall, true));
-
         // SAFETY: the stub maps the boot-info page read-only at
         // BOOT_INFO_PAGE before starting the task; every bit pattern is a
         // valid BootInfo.
         let boot = unsafe { (BOOT_INFO_PAGE as *const BootInfo).read_volatile() };
+        // Channel number + 1 to the uart-server, 0 when COM1 is ours.
+        let uart_channel = boot.uart_channel.checked_sub(1);
+        let console = RefCell::new(HostConsole::new(
+            ConsoleSyscall {
+                uart: uart_channel.map(|channel| ChannelSyscall { channel }),
+            },
+            true,
+        ));
         if boot.abi_version != ABI_VERSION {
             console.borrow_mut().server_line(format_args!(
                 "the stub speaks ABI version {}, this server was built for version {ABI_VERSION}",
@@ -300,7 +342,22 @@ mod ring3 {
         let mut host = NativeHost {
             tsc_hz: boot.tsc_hz,
         };
-        let mut uart = Uart16550::new(&console).with_irq(board.irq.pin(4));
+        let poll_gap = match boot.tsc_hz {
+            0 => 1_000_000,
+            hz => hz / 1000,
+        };
+        let mut local_uart = Uart16550::new(&console).with_irq(board.irq.pin(4));
+        let mut remote_uart = uart_channel.map(|channel| {
+            RemotePort::new(ChannelSyscall { channel }, uart16550::COM1_BASE)
+                .with_irq(board.irq.pin(4))
+                // Host input is looked for once a millisecond at most: the
+                // exit handler polls several times per exit.
+                .with_poll_gap(&rdtsc, poll_gap)
+        });
+        let uart: &mut dyn PortDevice = match &mut remote_uart {
+            Some(r) => r,
+            None => &mut local_uart,
+        };
         let mut timer = Pit::new(&board.clock, Some(board.irq.pin(0)));
         let mut cmos = Rtc::new(&board.clock, Some(board.irq.pin(8)), RTC_EPOCH);
         cmos.set_memory_size(boot.guest_ram_bytes);
@@ -309,7 +366,7 @@ mod ring3 {
         let mut debug_exit = DebugExit::new();
         let mut router = Router::new();
         let registered = router
-            .register(uart16550::COM1_BASE, uart16550::LEN, &mut uart)
+            .register(uart16550::COM1_BASE, uart16550::LEN, uart)
             .and_then(|()| router.register_ranges(&pit::RANGES, &mut timer))
             .and_then(|()| router.register(rtc::BASE, rtc::LEN, &mut cmos))
             .and_then(|()| router.register_ranges(&i8042::RANGES, &mut keyboard))
@@ -388,7 +445,10 @@ mod ring3 {
 
     #[panic_handler]
     fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-        let mut c = HostConsole::new(ConsoleSyscall, AT_LINE_START.load(Ordering::Relaxed));
+        let mut c = HostConsole::new(
+            ConsoleSyscall { uart: None },
+            AT_LINE_START.load(Ordering::Relaxed),
+        );
         match info.location() {
             Some(l) => c.server_line(format_args!(
                 "panic: {} at {}:{}",

@@ -11,6 +11,7 @@ pub mod i8042;
 pub mod pic;
 pub mod pit;
 pub mod post;
+pub mod remote;
 pub mod rtc;
 pub mod uart16550;
 
