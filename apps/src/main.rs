@@ -1,6 +1,8 @@
 //! `splitvisor`: build a system image, boot it in QEMU with emulated SVM or
 //! in Bochs with emulated VMX or SVM, count the privileged code.
 
+mod bench;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -36,6 +38,9 @@ enum Command {
     ///
     /// Lines are non-blank lines with something besides comments on them.
     Loc(LocArgs),
+    /// Benchmarks: `bench mmu` (the shadow MMU's context-switch benchmark,
+    /// cached against the 2006 baseline, in the simulator and on QEMU).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -152,6 +157,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Loc(a) => count_loc(&a),
+        Command::Bench(a) => bench::bench(&a),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

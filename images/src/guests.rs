@@ -23,6 +23,9 @@ pub const GUESTS: &[&str] = &[
     "mmio",
     "uartin",
     "portstorm",
+    "cr3switch32",
+    "cr3switchpae",
+    "cr3switch64",
 ];
 
 /// Where the test guests are loaded and linked.
