@@ -22,7 +22,6 @@ use ipc_proto::manifest::{
 };
 use ipc_proto::mmu::{InstallPage, INSTALL_BATCH_MAX};
 use ipc_proto::stats::MmuStats;
-use ipc_proto::vcpu::svm_exit;
 use ipc_proto::{ErrorCode, ExitRecord, ResumeFlags, Stats, VcpuPage, ABI_VERSION};
 use kernel_stub::install::{GuestRam, ShadowTables};
 use zerocopy::{FromBytes, IntoBytes};
@@ -33,8 +32,6 @@ const DEBUG_EXIT_PORT: u16 = 0xf4;
 const HOST_EXIT_STOPPED: u8 = 0;
 const HOST_EXIT_FAILED: u8 = 1;
 const HOST_EXIT_CANNOT_RUN: u8 = 2;
-
-const MSR_EFER: u64 = 0xc000_0080;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -285,14 +282,7 @@ impl Kernel {
         };
         let handler = self.find(kind).ok_or(no_server)?;
         if self.shadow && kind != TaskKind::MmuServer {
-            if let Some(mmu_page) = self
-                .find(TaskKind::MmuServer)
-                .and_then(|i| self.task(i).vcpu_page)
-            {
-                // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
-                let c = unsafe {
-                    core::ptr::read_volatile(&raw const (*vcpu_page(mmu_page)).guest_control)
-                };
+            if let Some(c) = self.guest_control() {
                 (rec.cr0, rec.cr3, rec.cr4, rec.efer) = (c.cr0, c.cr3, c.cr4, c.efer);
             }
         }
@@ -303,16 +293,18 @@ impl Kernel {
         Ok(())
     }
 
+    /// The guest's control registers as the mmu-server publishes them.
+    fn guest_control(&self) -> Option<ipc_proto::GuestControl> {
+        let page = self
+            .find(TaskKind::MmuServer)
+            .and_then(|i| self.task(i).vcpu_page)?;
+        // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
+        Some(unsafe { core::ptr::read_volatile(&raw const (*vcpu_page(page)).guest_control) })
+    }
+
     /// Which task handles an exit.
     fn route(&self, rec: &ExitRecord) -> TaskKind {
-        let to_mmu = match rec.exit_code {
-            c if c == svm_exit::EXCP_BASE + 14 => true,
-            c if c < svm_exit::CR_WRITE_BASE + 16 => true,
-            svm_exit::INVLPG => true,
-            svm_exit::MSR => rec.regs.rcx == MSR_EFER,
-            _ => false,
-        };
-        if self.shadow && to_mmu {
+        if self.shadow && arch::is_shadow_mmu_exit(rec) {
             TaskKind::MmuServer
         } else {
             TaskKind::VmmServer
@@ -360,6 +352,11 @@ impl Kernel {
             self.paging_set = true;
         }
         self.vcpu.apply(resume, flags, root);
+        if self.shadow && self.task(from).kind == TaskKind::MmuServer {
+            if let Some(c) = self.guest_control() {
+                self.vcpu.show_guest(c.cr0, c.cr4);
+            }
+        }
         Ok(())
     }
 
@@ -688,14 +685,12 @@ fn build(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<(), &'static
         }
         Paging::Shadow
     } else {
-        if arch == Arch::Svm && !crate::arch::svm::has_nested_paging() {
-            return Err("nested paging (NPT) not available on this CPU; run with --mmu shadow");
-        }
         Paging::Nested(GuestMemory {
             hpa: ram,
             bytes: ram_bytes,
         })
     };
+    arch::check_paging(arch, shadow, g.entry_mode)?;
     let entry = Entry {
         mode: g.entry_mode,
         rip: g.entry_rip,

@@ -23,7 +23,7 @@ mod ring3 {
     use ipc_proto::sys::{self, ConsoleLine};
     use ipc_proto::vcpu::svm_exit;
     use ipc_proto::{
-        ErrorCode, ExitRecord, GuestControl, Resume, ResumeFlags, Syscall, ABI_VERSION,
+        ErrorCode, ExitRecord, GuestControl, Resume, ResumeFlags, Syscall, VcpuArch, ABI_VERSION,
     };
     use mmu_server::{
         Action, Flush, GuestCtl, GuestMemory, Mmu, MmuConfig, MmuPlatform, PlatformError,
@@ -230,11 +230,20 @@ mod ring3 {
                 Action::Resume(r) => (r, Syscall::VcpuRun),
                 Action::Mmio { gpa, write, .. } => {
                     // Device memory: the vmm-server emulates the access as
-                    // it would a nested page fault (EXITINFO1 bit 1 = write,
-                    // EXITINFO2 = the guest-physical address).
+                    // it would a nested page fault (SVM NPF: EXITINFO1 bit
+                    // 1 = write) or an EPT violation (VMX reason 48: bit 0
+                    // read, bit 1 write); EXITINFO2 = the guest-physical address.
+                    let (exit_code, access) = if exit.arch == VcpuArch::Vmx as u32 {
+                        (
+                            mmu_server::mmu::vmx_exit::EPT_VIOLATION,
+                            if write { 2 } else { 1 },
+                        )
+                    } else {
+                        (svm_exit::NPF, if write { 2 } else { 0 })
+                    };
                     let npf = ExitRecord {
-                        exit_code: svm_exit::NPF,
-                        exit_info1: if write { 1 << 1 } else { 0 },
+                        exit_code,
+                        exit_info1: access,
                         exit_info2: gpa,
                         ..exit
                     };

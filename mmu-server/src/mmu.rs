@@ -36,6 +36,134 @@ pub mod exit_code {
     pub const MSR: u64 = super::svm_exit::MSR;
 }
 
+/// VMX basic exit reasons the mmu-server handles (Intel SDM vol. 3D,
+/// appendix C). The stub's VMX record: `exit_info1` = the exit
+/// qualification, `exit_info2` = the VM-exit interruption information
+/// (bits 31:0) and its error code (bits 63:32) for exception exits, the
+/// guest-physical address for EPT violations; `next_rip` for instructions.
+pub mod vmx_exit {
+    /// Exception or NMI; a #PF's qualification is the faulting address.
+    pub const EXCEPTION_OR_NMI: u64 = 0;
+    /// INVLPG; the qualification is the linear address.
+    pub const INVLPG: u64 = 14;
+    /// Control-register access (SDM vol. 3C, table 28-3).
+    pub const CR_ACCESS: u64 = 28;
+    /// RDMSR.
+    pub const RDMSR: u64 = 31;
+    /// WRMSR.
+    pub const WRMSR: u64 = 32;
+    /// EPT violation: qualification bit 1 = write, `exit_info2` = address.
+    pub const EPT_VIOLATION: u64 = 48;
+}
+
+/// What an exit asks of the mmu-server, decoded from either extension's record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MmuExit {
+    /// #PF with its error code and address.
+    PageFault { error_code: u64, address: u64 },
+    /// A CR access; `op` when the exit names the instruction and register
+    /// (SVM decode assists, always on VMX), else it is decoded.
+    Cr {
+        write: bool,
+        cr: u8,
+        op: Option<CrOp>,
+    },
+    /// INVLPG; the address when the exit carries it.
+    Invlpg { address: Option<u64> },
+    /// RDMSR or WRMSR of EFER.
+    Efer { write: bool },
+    /// Nested page fault or EPT violation.
+    Npf { gpa: u64, write: bool },
+    /// Anything else.
+    Other,
+}
+
+/// A CR access as the exit describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CrOp {
+    /// MOV to or from CR `cr` with the register numbered `gpr`.
+    Mov(u64),
+    /// CLTS (VMX).
+    Clts,
+    /// LMSW with this source value (VMX gives the value, not the operand).
+    Lmsw(u16),
+}
+
+impl MmuExit {
+    /// An SVM record (AMD APM vol. 2, appendix C and 15.33 for decode assists).
+    fn from_svm(rec: &ExitRecord, decode_assists: bool) -> Self {
+        let assisted = decode_assists && rec.next_rip != 0;
+        match rec.exit_code {
+            exit_code::PF => Self::PageFault {
+                error_code: rec.exit_info1,
+                address: rec.exit_info2,
+            },
+            c @ (0x00..=0x1f | exit_code::CR0_SEL_WRITE) => {
+                let (write, cr) = if c == exit_code::CR0_SEL_WRITE {
+                    (true, 0)
+                } else {
+                    (c >= exit_code::CR_WRITE, (c & 0xf) as u8)
+                };
+                let op = (assisted && rec.exit_info1 >> 63 == 1)
+                    .then_some(CrOp::Mov(rec.exit_info1 & 0xf));
+                Self::Cr { write, cr, op }
+            }
+            exit_code::INVLPG => Self::Invlpg {
+                address: assisted.then_some(rec.exit_info1),
+            },
+            exit_code::MSR if rec.regs.rcx as u32 == efer::MSR => Self::Efer {
+                write: rec.exit_info1 & 1 != 0,
+            },
+            exit_code::NPF => Self::Npf {
+                gpa: rec.exit_info2,
+                write: rec.exit_info1 & u64::from(pf::W) != 0,
+            },
+            _ => Self::Other,
+        }
+    }
+
+    /// A VMX record (Intel SDM vol. 3C, 28.2.1 for the qualifications).
+    fn from_vmx(rec: &ExitRecord) -> Self {
+        let q = rec.exit_info1;
+        match rec.exit_code {
+            // Interruption information: vector 7:0, type 10:8 (3 =
+            // hardware exception), error code valid 11, valid 31.
+            vmx_exit::EXCEPTION_OR_NMI if rec.exit_info2 & 0x8000_07ff == 0x8000_030e => {
+                Self::PageFault {
+                    error_code: rec.exit_info2 >> 32,
+                    address: q,
+                }
+            }
+            // Bits 3:0 CR, 5:4 type (0 MOV to CR, 1 MOV from CR, 2 CLTS,
+            // 3 LMSW), 11:8 GPR, 31:16 LMSW source data.
+            vmx_exit::CR_ACCESS => {
+                let kind = (q >> 4) & 3;
+                let op = match kind {
+                    0 | 1 => CrOp::Mov((q >> 8) & 0xf),
+                    2 => CrOp::Clts,
+                    _ => CrOp::Lmsw((q >> 16) as u16),
+                };
+                Self::Cr {
+                    write: kind != 1,
+                    cr: (q & 0xf) as u8,
+                    op: Some(op),
+                }
+            }
+            vmx_exit::INVLPG => Self::Invlpg { address: Some(q) },
+            c @ (vmx_exit::RDMSR | vmx_exit::WRMSR) if rec.regs.rcx as u32 == efer::MSR => {
+                Self::Efer {
+                    write: c == vmx_exit::WRMSR,
+                }
+            }
+            vmx_exit::EPT_VIOLATION => Self::Npf {
+                gpa: rec.exit_info2,
+                write: q & (1 << 1) != 0,
+            },
+            _ => Self::Other,
+        }
+    }
+}
+
 /// Which MMU the server runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MmuMode {
@@ -163,7 +291,7 @@ impl From<PlatformError> for Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::UnsupportedArch(a) => write!(f, "exit record of arch {a}: only SVM is decoded"),
+            Self::UnsupportedArch(a) => write!(f, "exit record of unknown arch {a}: only SVM and VMX are decoded"),
             Self::NotAnMmuExit(c) => write!(f, "exit code {c:#x} is not an mmu-server exit"),
             Self::NotInThisMode(c) => {
                 write!(f, "exit code {c:#x} should not be intercepted in this MMU mode")
@@ -426,23 +554,28 @@ impl Mmu {
         p: &mut P,
         rec: &ExitRecord,
     ) -> Result<Action, Failure> {
-        if VcpuArch::from_raw(rec.arch) != Some(VcpuArch::Svm) {
-            return Err(Failure::UnsupportedArch(rec.arch));
-        }
+        let exit = match VcpuArch::from_raw(rec.arch) {
+            Some(VcpuArch::Svm) => MmuExit::from_svm(rec, self.cfg.decode_assists),
+            Some(VcpuArch::Vmx) => MmuExit::from_vmx(rec),
+            None => return Err(Failure::UnsupportedArch(rec.arch)),
+        };
         let code = rec.exit_code;
         if !self.shadowing() {
-            return match code {
-                exit_code::NPF => self.nested_fault(p, rec),
-                c => Err(Failure::NotInThisMode(c)),
+            return match exit {
+                MmuExit::Npf { gpa, write } => self.nested_fault(p, rec, gpa, write),
+                _ => Err(Failure::NotInThisMode(code)),
             };
         }
-        match code {
-            exit_code::PF => self.page_fault(p, rec),
-            0x00..=0x1f | exit_code::CR0_SEL_WRITE => self.cr_access(p, rec),
-            exit_code::INVLPG => self.invlpg(p, rec),
-            exit_code::MSR if rec.regs.rcx as u32 == efer::MSR => self.efer_access(p, rec),
-            exit_code::NPF => Err(Failure::NotInThisMode(code)),
-            c => Err(Failure::NotAnMmuExit(c)),
+        match exit {
+            MmuExit::PageFault {
+                error_code,
+                address,
+            } => self.page_fault(p, rec, error_code, address),
+            MmuExit::Cr { write, cr, op } => self.cr_access(p, rec, write, cr, op),
+            MmuExit::Invlpg { address } => self.invlpg(p, rec, address),
+            MmuExit::Efer { write } => self.efer_access(p, rec, write),
+            MmuExit::Npf { .. } => Err(Failure::NotInThisMode(code)),
+            MmuExit::Other => Err(Failure::NotAnMmuExit(code)),
         }
     }
 
@@ -539,10 +672,11 @@ impl Mmu {
         &mut self,
         p: &mut P,
         rec: &ExitRecord,
+        ec: u64,
+        address: u64,
     ) -> Result<Action, Failure> {
         self.cache.stats.shadow_faults += 1;
-        let ec = rec.exit_info1;
-        let la = self.linear(rec.exit_info2);
+        let la = self.linear(address);
         if ec & u64::from(pf::RSVD) != 0 {
             return Err(Failure::ShadowReservedBit { address: la });
         }
@@ -570,7 +704,7 @@ impl Mmu {
         if protected_write {
             self.cache.stats.wp_faults += 1;
             self.spurious = (0, 0);
-            return self.emulate_pt_write(p, rec, la, &t);
+            return self.emulate_pt_write(p, rec, la, &t, ec);
         }
         if changed {
             self.spurious = (0, 0);
@@ -650,6 +784,7 @@ impl Mmu {
         rec: &ExitRecord,
         la: u64,
         t: &Translation,
+        ec: u64,
     ) -> Result<Action, Failure> {
         let i = self.decode(p, rec)?;
         let gfn = t.gpa >> 12;
@@ -686,7 +821,7 @@ impl Mmu {
             });
         }
         self.cache.unprotect(p, gfn)?;
-        let fault = Access::write(rec.exit_info1 & u64::from(pf::U) != 0);
+        let fault = Access::write(ec & u64::from(pf::U) != 0);
         self.cache.fill(p, la, t, fault)?;
         Ok(Action::Resume(Self::retry(rec)))
     }
@@ -701,41 +836,52 @@ impl Mmu {
         &mut self,
         p: &mut P,
         rec: &ExitRecord,
+        write: bool,
+        n: u8,
+        given: Option<CrOp>,
     ) -> Result<Action, Failure> {
-        let code = rec.exit_code;
-        let (write, n) = if code == exit_code::CR0_SEL_WRITE {
-            (true, 0u8)
-        } else {
-            (code >= exit_code::CR_WRITE, (code & 0xf) as u8)
-        };
         let bits = self.bitness(rec);
-        let assisted = self.cfg.decode_assists && rec.exit_info1 >> 63 == 1 && rec.next_rip != 0;
-        let (op, len) = if assisted {
-            let gpr = insn::gpr_by_number(rec.exit_info1 & 0xf);
-            let op = if write {
-                CrInsn::MovToCr { cr: n, gpr }
-            } else {
-                CrInsn::MovFromCr { cr: n, gpr }
-            };
-            (op, 0)
-        } else {
-            let i = self.decode(p, rec)?;
-            let mismatch = Failure::ExitMismatch {
-                rip: rec.regs.rip,
-                code: i.code(),
-            };
-            let op = insn::cr_insn(&i).ok_or(mismatch)?;
-            let fits = match op {
-                CrInsn::MovToCr { cr, .. } => write && cr == n,
-                CrInsn::MovFromCr { cr, .. } => !write && cr == n,
-                CrInsn::Clts | CrInsn::Lmsw { .. } => write && n == 0,
-                CrInsn::Smsw { .. } => !write && n == 0,
-                CrInsn::Invlpg => false,
-            };
-            if !fits {
-                return Err(mismatch);
+        let (op, len) = match given {
+            Some(CrOp::Mov(gpr)) => {
+                let gpr = insn::gpr_by_number(gpr);
+                let op = if write {
+                    CrInsn::MovToCr { cr: n, gpr }
+                } else {
+                    CrInsn::MovFromCr { cr: n, gpr }
+                };
+                (op, 0)
             }
-            (op, i.len() as u64)
+            Some(CrOp::Clts) => (CrInsn::Clts, 0),
+            Some(CrOp::Lmsw(value)) => {
+                self.cache.stats.cr_accesses += 1;
+                let new = ctl::lmsw(&self.ctl, value);
+                self.apply_ctl(p, new, false)?;
+                return Ok(Action::Resume(self.advance(
+                    rec,
+                    0,
+                    rec.regs,
+                    ResumeFlags::empty(),
+                )));
+            }
+            None => {
+                let i = self.decode(p, rec)?;
+                let mismatch = Failure::ExitMismatch {
+                    rip: rec.regs.rip,
+                    code: i.code(),
+                };
+                let op = insn::cr_insn(&i).ok_or(mismatch)?;
+                let fits = match op {
+                    CrInsn::MovToCr { cr, .. } => write && cr == n,
+                    CrInsn::MovFromCr { cr, .. } => !write && cr == n,
+                    CrInsn::Clts | CrInsn::Lmsw { .. } => write && n == 0,
+                    CrInsn::Smsw { .. } => !write && n == 0,
+                    CrInsn::Invlpg => false,
+                };
+                if !fits {
+                    return Err(mismatch);
+                }
+                (op, i.len() as u64)
+            }
         };
         self.cache.stats.cr_accesses += 1;
         let mut regs = rec.regs;
@@ -838,9 +984,10 @@ impl Mmu {
         &mut self,
         p: &mut P,
         rec: &ExitRecord,
+        address: Option<u64>,
     ) -> Result<Action, Failure> {
-        let (la, len) = if self.cfg.decode_assists && rec.next_rip != 0 {
-            (rec.exit_info1, 0)
+        let (la, len) = if let Some(la) = address {
+            (la, 0)
         } else {
             let i = self.decode(p, rec)?;
             if insn::cr_insn(&i) != Some(CrInsn::Invlpg) {
@@ -873,9 +1020,10 @@ impl Mmu {
         &mut self,
         p: &mut P,
         rec: &ExitRecord,
+        gpa: u64,
+        write: bool,
     ) -> Result<Action, Failure> {
         self.cache.stats.npf += 1;
-        let gpa = rec.exit_info2;
         if gpa < p.guest_ram_bytes() {
             // Guest RAM is always mapped: only a stale TLB can fault here.
             self.cache.stats.spurious += 1;
@@ -894,17 +1042,17 @@ impl Mmu {
         Ok(Action::Mmio {
             gpa,
             linear: None,
-            write: rec.exit_info1 & u64::from(pf::W) != 0,
+            write,
         })
     }
 
-    /// RDMSR/WRMSR of EFER (SVM exit 0x7c with ECX = 0xC000_0080).
+    /// RDMSR/WRMSR of EFER (ECX = 0xC000_0080).
     fn efer_access<P: MmuPlatform + ?Sized>(
         &mut self,
         p: &mut P,
         rec: &ExitRecord,
+        write: bool,
     ) -> Result<Action, Failure> {
-        let write = rec.exit_info1 & 1 != 0;
         let len = if rec.next_rip != 0 {
             0
         } else {

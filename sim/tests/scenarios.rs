@@ -601,9 +601,15 @@ fn exits_of_other_kinds_and_arches_are_refused() {
         Action::Fail(Failure::NotAnMmuExit(svm_exit::HLT))
     );
     rec.arch = VcpuArch::Vmx as u32;
+    rec.exit_code = 12; // VMX HLT
     assert_eq!(
         m.mmu.handle_exit(&mut m.sim, &rec),
-        Action::Fail(Failure::UnsupportedArch(2))
+        Action::Fail(Failure::NotAnMmuExit(12))
+    );
+    rec.arch = 99;
+    assert_eq!(
+        m.mmu.handle_exit(&mut m.sim, &rec),
+        Action::Fail(Failure::UnsupportedArch(99))
     );
 }
 
@@ -718,4 +724,40 @@ fn efer_msr_exits_are_handled() {
         m.mmu.handle_exit(&mut m.sim, &rec),
         Action::Fail(Failure::NotAnMmuExit(svm_exit::MSR))
     );
+}
+
+/// A VMX record (exit reason, qualification, interruption information)
+/// asks the mmu-server for exactly what the SVM record of the same event does.
+#[test]
+fn vmx_records_mean_what_svm_records_mean() {
+    let mov_rax_cr3 = [0x0f, 0x20, 0xd8];
+    for la in [0x40_0000u64, 0x7fff_0000] {
+        let (mut a, _, _) = long_world(shadow(), 1, 1);
+        let (mut b, _, _) = long_world(shadow(), 1, 1);
+        let svm = pf_record(&a, la, 0, &[]);
+        let mut vmx = pf_record(&b, la, 0, &[]);
+        vmx.arch = VcpuArch::Vmx as u32;
+        vmx.exit_code = 0;
+        vmx.exit_info1 = la;
+        vmx.exit_info2 = 0x8000_0b0e; // valid, hardware exception, error code, #PF; error code 0
+        let (sa, va) = (
+            a.mmu.handle_exit(&mut a.sim, &svm),
+            b.mmu.handle_exit(&mut b.sim, &vmx),
+        );
+        assert_eq!(sa, va, "#PF at {la:#x}");
+        // MOV RAX, CR3: SVM code 0x03 (decoded), VMX reason 28 with qualification.
+        let mut svm = pf_record(&a, 0, 0, &mov_rax_cr3);
+        svm.exit_code = 0x03;
+        let mut vmx = pf_record(&b, 0, 0, &[]);
+        vmx.arch = VcpuArch::Vmx as u32;
+        vmx.exit_code = 28;
+        vmx.exit_info1 = 3 | 1 << 4; // CR3, MOV from CR, RAX
+        vmx.exit_info2 = 0;
+        vmx.next_rip = 0x7003;
+        assert_eq!(
+            a.mmu.handle_exit(&mut a.sim, &svm),
+            b.mmu.handle_exit(&mut b.sim, &vmx),
+            "MOV RAX, CR3"
+        );
+    }
 }

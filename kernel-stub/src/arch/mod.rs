@@ -88,6 +88,44 @@ pub fn select(request: Request) -> Result<Arch, &'static str> {
     Ok(arch)
 }
 
+/// Why the VM cannot run with this MMU mode on `arch`; `Err` is the
+/// sentence for `cannot run`.
+pub fn check_paging(arch: Arch, shadow: bool, entry: EntryMode) -> Result<(), &'static str> {
+    match (arch, shadow) {
+        (Arch::Svm, false) if !svm::has_nested_paging() => {
+            Err("nested paging (NPT) not available on this CPU; run with --mmu shadow")
+        }
+        (Arch::Vmx, false) => vmx::check_nested(),
+        (Arch::Vmx, true) if entry == EntryMode::Real16 => Err(
+            "real mode under shadow paging needs SVM: VMX runs real mode only as an unrestricted guest, which needs EPT; run with --mmu nested or --arch svm",
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a shadowed guest's exit goes to the mmu-server: #PF, CR
+/// accesses, INVLPG, RDMSR/WRMSR of EFER (SVM exit codes or VMX basic
+/// exit reasons).
+pub fn is_shadow_mmu_exit(rec: &ExitRecord) -> bool {
+    const MSR_EFER: u64 = 0xc000_0080;
+    if ipc_proto::VcpuArch::from_raw(rec.arch) == Some(ipc_proto::VcpuArch::Vmx) {
+        return match rec.exit_code {
+            // Exception: interruption information valid, hardware exception, vector 14.
+            0 => rec.exit_info2 & 0x8000_07ff == 0x8000_030e,
+            14 | 28 => true, // INVLPG, CR access
+            31 | 32 => rec.regs.rcx & 0xffff_ffff == MSR_EFER,
+            _ => false,
+        };
+    }
+    match rec.exit_code {
+        c if c == svm_exit::EXCP_BASE + 14 => true,
+        c if c < svm_exit::CR_WRITE_BASE + 16 => true,
+        svm_exit::INVLPG => true,
+        svm_exit::MSR => rec.regs.rcx & 0xffff_ffff == MSR_EFER,
+        _ => false,
+    }
+}
+
 /// A VCPU of either extension (one per VM: the size difference is moot).
 #[allow(dead_code, clippy::large_enum_variant)]
 pub enum Vcpu {
@@ -153,6 +191,14 @@ impl Vcpu {
         match self {
             Self::Svm(v) => v.apply(r, flags, shadow_root),
             Self::Vmx(v) => v.apply(r, flags, shadow_root),
+        }
+    }
+
+    /// Shadow paging: the guest's own CR0 and CR4, for what it reads
+    /// without an exit (VMX read shadows; SVM intercepts the reads).
+    pub fn show_guest(&mut self, cr0: u64, cr4: u64) {
+        if let Self::Vmx(v) = self {
+            v.show_guest(cr0, cr4);
         }
     }
 }

@@ -19,9 +19,18 @@
 //! - `cr0`/`cr4`: what the guest sees (the read shadows for the bits VMX
 //!   fixes); `insn_len` is 0: VMX does not fetch the instruction.
 //!
-//! The guest runs with EPT and unrestricted guest, so it may start in real
-//! mode or with paging off; a CPU without unrestricted guest cannot run it
-//! and the support check says so. Every port, every MSR, HLT, MWAIT,
+//! With nested paging the guest runs with EPT and unrestricted guest, so it
+//! may start in real mode or with paging off; a CPU without them cannot run
+//! it and `check_nested` says so. With shadow paging (`Paging::Shadow`)
+//! there is no EPT: CR3 loads and stores, INVLPG and every #PF exit (to the
+//! mmu-server, which decodes these VMX records itself), the guest owns no
+//! CR0/CR4 bit (it reads the read shadows, which `show_guest` sets to its
+//! own values, and a write that changes one exits), and `SET_PAGING`
+//! loads CR0/CR4/EFER, the IA-32e mode entry control and CR3 = the shadow
+//! root (the entry loads PAE PDPTEs from it). Without unrestricted guest
+//! (it needs EPT) VMX fixes CR0.PE and PG to 1: real mode cannot run under
+//! shadow paging on VMX, and the stub refuses it (SVM runs it as "paged
+//! real mode"). Every port, every MSR, HLT, MWAIT,
 //! MONITOR, external interrupts and NMIs exit; CPUID, INVD, XSETBV, the VMX
 //! instructions and triple faults (reason 2) always do.
 
@@ -49,19 +58,6 @@ pub fn check_support() -> Result<(), &'static str> {
         return Err("VMX is disabled by the firmware (IA32_FEATURE_CONTROL locked without VMXON outside SMX)");
     }
     let caps = read_caps();
-    if !caps.proc.allows(PROC_SECONDARY_CONTROLS) || !caps.proc2.allows(PROC2_ENABLE_EPT) {
-        return Err(
-            "EPT not available on this CPU; shadow paging on VMX comes with the mmu-server",
-        );
-    }
-    if caps.ept & EPT_CAP_WALK_LENGTH_4 == 0
-        || caps.ept & (EPT_CAP_MEMORY_TYPE_WB | EPT_CAP_MEMORY_TYPE_UC) == 0
-    {
-        return Err("the CPU's EPT has no 4-level walk or no write-back/uncacheable memory type");
-    }
-    if !caps.proc2.allows(PROC2_UNRESTRICTED_GUEST) {
-        return Err("VMX without unrestricted guest cannot run a guest that starts in real mode or with paging off (the multiboot hand-over)");
-    }
     if !caps
         .proc
         .allows(PROC_HLT_EXITING | PROC_UNCONDITIONAL_IO_EXITING)
@@ -71,6 +67,24 @@ pub fn check_support() -> Result<(), &'static str> {
         || !caps.entry.allows(ENTRY_LOAD_EFER)
     {
         return Err("the CPU's VMX lacks HLT or I/O exiting, or loading and saving EFER");
+    }
+    Ok(())
+}
+
+/// Why VMX cannot run a guest with nested paging (EPT) on this CPU. Call
+/// after `check_support`.
+pub fn check_nested() -> Result<(), &'static str> {
+    let caps = read_caps();
+    if !caps.proc.allows(PROC_SECONDARY_CONTROLS) || !caps.proc2.allows(PROC2_ENABLE_EPT) {
+        return Err("EPT not available on this CPU; run with --mmu shadow");
+    }
+    if caps.ept & EPT_CAP_WALK_LENGTH_4 == 0
+        || caps.ept & (EPT_CAP_MEMORY_TYPE_WB | EPT_CAP_MEMORY_TYPE_UC) == 0
+    {
+        return Err("the CPU's EPT has no 4-level walk or no write-back/uncacheable memory type");
+    }
+    if !caps.proc2.allows(PROC2_UNRESTRICTED_GUEST) {
+        return Err("VMX without unrestricted guest cannot run a guest that starts in real mode or with paging off (the multiboot hand-over) with EPT; run with --mmu shadow");
     }
     Ok(())
 }
@@ -230,6 +244,8 @@ pub struct Vcpu {
     cr0_mask: u64,
     cr4_mask: u64,
     host_cr3: u64,
+    /// Shadow paging: no EPT, the mmu-server's tables in CR3.
+    shadow: bool,
     launched: bool,
     failure: Option<EntryFailure>,
     sequence: u64,
@@ -338,18 +354,14 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         cr0_mask: 0,
         cr4_mask: 0,
         host_cr3: 0,
+        shadow: matches!(paging, Paging::Shadow),
         launched: false,
         failure: None,
         sequence: 0,
     };
     let eptp = match paging {
-        Paging::Nested(ram) => rules::eptp(build_ept(ram)?, caps.ept),
-        Paging::Shadow => {
-            v.failure = Some(EntryFailure::Unsupported(
-                "shadow paging (the guest's CR0/CR4 read shadows need the mmu-server's view in the resume)",
-            ));
-            return Ok(v);
-        }
+        Paging::Nested(ram) => Some(rules::eptp(build_ept(ram)?, caps.ept)),
+        Paging::Shadow => None,
     };
     if let Err(what) = vmx_on(&caps)? {
         v.failure = Some(EntryFailure::Setup { what, field: 0 });
@@ -368,6 +380,21 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     cpu::outb(0x21, 0xff);
     cpu::outb(0xa1, 0xff);
 
+    // Shadow paging: CR3 accesses, INVLPG and every #PF exit (PFEC mask
+    // and match 0); no EPT, so no unrestricted guest either. Every MSR
+    // exits (no MSR bitmap), EFER's too.
+    let (proc_paging, proc2, exceptions) = match eptp {
+        Some(_) => (
+            PROC_SECONDARY_CONTROLS,
+            PROC2_ENABLE_EPT | PROC2_UNRESTRICTED_GUEST,
+            0,
+        ),
+        None => (
+            PROC_CR3_LOAD_EXITING | PROC_CR3_STORE_EXITING | PROC_INVLPG_EXITING,
+            0,
+            1 << 14,
+        ),
+    };
     v.controls = Controls {
         pin: caps
             .pin
@@ -377,16 +404,14 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
                 | PROC_UNCONDITIONAL_IO_EXITING
                 | PROC_MWAIT_EXITING
                 | PROC_MONITOR_EXITING
-                | PROC_SECONDARY_CONTROLS,
+                | proc_paging,
         ) & !(PROC_USE_IO_BITMAPS | PROC_USE_MSR_BITMAPS),
-        proc2: caps
-            .proc2
-            .adjust(PROC2_ENABLE_EPT | PROC2_UNRESTRICTED_GUEST),
+        proc2: caps.proc2.adjust(proc2),
         exit: caps
             .exit
             .adjust(EXIT_HOST_ADDRESS_SPACE_SIZE | EXIT_SAVE_EFER | EXIT_LOAD_EFER),
         entry: caps.entry.adjust(ENTRY_LOAD_EFER) & !ENTRY_IA32E_MODE_GUEST,
-        eptp,
+        eptp: eptp.unwrap_or(0),
         ..Controls::default()
     };
     let c = v.controls;
@@ -396,7 +421,7 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         (PROC2_CONTROLS, c.proc2),
         (EXIT_CONTROLS, c.exit),
         (ENTRY_CONTROLS, c.entry),
-        (EXCEPTION_BITMAP, 0),
+        (EXCEPTION_BITMAP, exceptions),
         (CR3_TARGET_COUNT, 0),
         (ENTRY_INTERRUPTION_INFO, 0),
         (0x4006, 0), // page-fault error-code mask
@@ -407,11 +432,13 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     ] {
         v.write(field, u64::from(value));
     }
-    v.write(EPT_POINTER, eptp);
+    if let Some(eptp) = eptp {
+        v.write(EPT_POINTER, eptp);
+        invept(eptp, caps.ept);
+    }
     v.write(VMCS_LINK_POINTER, u64::MAX);
     v.host_state();
     v.guest_state(entry);
-    invept(eptp, caps.ept);
     Ok(v)
 }
 
@@ -589,10 +616,16 @@ impl Vcpu {
 
     fn guest_state(&mut self, entry: &Entry) {
         let caps = self.caps;
-        // With unrestricted guest, PE and PG are the guest's own.
-        let exempt = CR0_PE | CR0_PG;
+        // With unrestricted guest, PE and PG are the guest's own. Under
+        // shadow paging the guest owns no bit: it reads the read shadows
+        // (its values as the mmu-server holds them) and every write that
+        // changes one exits.
+        let exempt = if self.shadow { 0 } else { CR0_PE | CR0_PG };
         self.cr0_mask = ((caps.cr0_fixed0 & !exempt) | !caps.cr0_fixed1) & 0xffff_ffff;
         self.cr4_mask = (caps.cr4_fixed0 | !caps.cr4_fixed1) & 0xffff_ffff;
+        if self.shadow {
+            (self.cr0_mask, self.cr4_mask) = (u64::MAX, u64::MAX);
+        }
         // The guest reads CR0.NE = 1 (VMX forces it), so a guest that
         // sets NE does not exit; CR4.VMXE reads as 0.
         let (cs, ds, limit, cr0_seen) = match entry.mode {
@@ -831,18 +864,68 @@ impl Vcpu {
         let cs_l = vmcs::read(GUEST_AR + 2 * CS).unwrap_or(0) as u32 & AR_L != 0;
         GuestMode {
             long_mode_code: lma && cs_l,
-            shadow: false,
+            shadow: self.shadow,
         }
     }
 
     /// Nothing to do: without VPID every VM entry and exit flushes the
-    /// guest's linear translations, and the EPT never changes.
+    /// guest's linear translations (SDM vol. 3C, 28.3.3.1), global ones
+    /// included; the EPT never changes and shadow tables change only while
+    /// the guest is out.
     pub fn flush_tlb(&mut self) {}
 
-    /// Applies a resume that `resume::validate` accepted with `flags`.
-    /// `SET_PAGING` cannot be accepted (`mode().shadow` is false), so
-    /// `_shadow_root` is unused until VMX does shadow paging.
-    pub fn apply(&mut self, r: &Resume, flags: ResumeFlags, _shadow_root: Option<u64>) {
+    /// Shadow paging: what the guest reads of CR0 and CR4 (its own values,
+    /// as the mmu-server holds them; any value is safe, they only answer
+    /// the guest's reads and decide which of its writes exit).
+    pub fn show_guest(&mut self, cr0: u64, cr4: u64) {
+        if self.shadow && self.failure.is_none() {
+            self.write(CR0_READ_SHADOW, cr0);
+            self.write(CR4_READ_SHADOW, cr4);
+        }
+    }
+
+    /// Loads the hardware paging state of a shadowed guest: CR0/CR4 with
+    /// the bits VMX fixes, EFER and the IA-32e mode entry control, CR3 =
+    /// the shadow root (`validate_paging` checked PG, PAE and the root's
+    /// level). Without EPT the entry loads PAE PDPTEs from CR3 itself.
+    fn load_paging(&mut self, p: &ipc_proto::PagingState, root: u64) {
+        if p.cr0 & CR0_PE == 0 {
+            // Without unrestricted guest (it needs EPT) VMX fixes PE to 1.
+            self.failure = Some(EntryFailure::Unsupported(
+                "real mode under shadow paging needs SVM (VMX runs real mode only as an unrestricted guest, which needs EPT)",
+            ));
+            return;
+        }
+        let caps = self.caps;
+        self.controls.entry &= !ENTRY_IA32E_MODE_GUEST;
+        if p.efer & EFER_LMA != 0 {
+            self.controls.entry |= ENTRY_IA32E_MODE_GUEST;
+        }
+        for (field, value) in [
+            (GUEST_CR0, (p.cr0 | caps.cr0_fixed0) & caps.cr0_fixed1),
+            (GUEST_CR4, (p.cr4 | caps.cr4_fixed0) & caps.cr4_fixed1),
+            (GUEST_IA32_EFER, p.efer),
+            (GUEST_CR3, root),
+            (ENTRY_CONTROLS, u64::from(self.controls.entry)),
+        ] {
+            self.write(field, value);
+        }
+    }
+
+    /// Applies a resume that `resume::validate` accepted with `flags`;
+    /// `shadow_root` is the host-physical frame of `r.paging.root`, checked
+    /// by `resume::validate_paging`, when `SET_PAGING` is set.
+    pub fn apply(&mut self, r: &Resume, flags: ResumeFlags, shadow_root: Option<u64>) {
+        if self.failure.is_some() {
+            return;
+        }
+        if let (true, true, Some(root)) = (
+            self.shadow,
+            flags.contains(ResumeFlags::SET_PAGING),
+            shadow_root,
+        ) {
+            self.load_paging(&r.paging, root);
+        }
         if flags.contains(ResumeFlags::SET_CR2) {
             self.frame.cr2 = r.cr2;
         }
