@@ -40,7 +40,8 @@ enum BenchWhat {
     /// The simulator part runs N address spaces of M touched pages each,
     /// switched round-robin, in every paging mode; the QEMU part boots the
     /// CR3-switch test guests (8 address spaces of 64 pages, 4000 CR3
-    /// switches with PTE edits and INVLPG) with --mmu shadow and --mmu
+    /// switches; cr3bench64 without PTE edits, the cr3switch guests with
+    /// two PTE edits and an INVLPG per switch) with --mmu shadow and --mmu
     /// baseline on `EPYC,+svm,-npt` and with --mmu npt on `EPYC,+svm,+npt`.
     Mmu(MmuArgs),
 }
@@ -55,12 +56,14 @@ struct MmuArgs {
     #[arg(long, value_name = "M", default_value_t = 64,
           value_parser = clap::value_parser!(u16).range(1..=512))]
     pages: u16,
-    /// A CR3-switch guest to boot on QEMU (cr3switch32, cr3switchpae,
-    /// cr3switch64); may be given more than once. Default: cr3switch64.
+    /// A CR3-switch guest to boot on QEMU: cr3bench64 (the pure
+    /// context-switch workload, 64-bit), or cr3switch32, cr3switchpae,
+    /// cr3switch64 (with two PTE edits and an INVLPG per switch); may be
+    /// given more than once. Default: cr3bench64 and cr3switch64.
     #[arg(long, value_name = "NAME",
           value_parser = clap::builder::PossibleValuesParser::new(QEMU_GUESTS))]
     guest: Vec<String>,
-    /// Boot all three CR3-switch guests on QEMU.
+    /// Boot all four CR3-switch guests on QEMU.
     #[arg(long, conflicts_with = "guest")]
     all_guests: bool,
     /// Only the simulator.
@@ -75,7 +78,9 @@ struct MmuArgs {
     timeout: u64,
 }
 
-const QEMU_GUESTS: [&str; 3] = ["cr3switch32", "cr3switchpae", "cr3switch64"];
+/// The CR3-switch guests: with PTE edits and INVLPG in every paging mode,
+/// and the pure context-switch workload (no edits) in long mode.
+const QEMU_GUESTS: [&str; 4] = ["cr3switch32", "cr3switchpae", "cr3switch64", "cr3bench64"];
 
 /// The runs on QEMU: how the MMU is virtualized and on which CPU.
 const QEMU_RUNS: [(&str, SystemMmu, &str); 3] = [
@@ -100,7 +105,7 @@ fn bench_mmu(a: &MmuArgs) -> i32 {
         let guests: Vec<&str> = if a.all_guests {
             QEMU_GUESTS.to_vec()
         } else if a.guest.is_empty() {
-            vec!["cr3switch64"]
+            vec!["cr3bench64", "cr3switch64"]
         } else {
             a.guest.iter().map(String::as_str).collect()
         };
@@ -230,7 +235,8 @@ fn qemu_part(guests: &[&str], timeout: Duration) -> bool {
     println!(
         "QEMU (TCG, emulated SVM): the CR3-switch guests; wall time of the whole boot \
          (QEMU start to guest exit), the vmm-server's exits and the mmu-server's figures \
-         (faults include wp_faults: the guest's PTE edits, two per switch, emulated)"
+         (per switch: over the whole run, warm-up included; faults include wp_faults, the \
+         cr3switch guests' PTE edits, two per switch, emulated)"
     );
     println!(
         "{:<13} {:<9} {:<15} {:>7} {:>8} {:>8} {:>9} {:>7} {:>9} {:>8} {:>8} {:>13} {:>12} {:<11} result",

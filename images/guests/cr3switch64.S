@@ -9,6 +9,9 @@
     .intel_syntax noprefix
     .code32
 
+#ifndef GUEST_NAME
+#define GUEST_NAME "cr3switch64"
+#endif
 #define PTE_SIZE 8
 #define CR3REG   rax
 #define EFER     0xC0000080
@@ -84,7 +87,7 @@ long64:
     jmp cs_run
     .code32
 
-/* Prints "cr3switch64: " and the string at ESI (callable from 64-bit code:
+/* Prints GUEST_NAME, ": " and the string at ESI (callable from 64-bit code:
  * its instructions mean the same there). */
 say:
     push esi
@@ -103,7 +106,7 @@ gdt_end:
 gdt_descriptor:
     .word gdt_end - gdt - 1
     .long gdt
-prefix:     .asciz "cr3switch64: "
+prefix:     .asciz GUEST_NAME ": "
 msg_start:  .asciz "flat protected mode, paging off\n"
 msg_paging: .asciz "64-bit mode (four-level paging, 2 MiB pages at 0 and 2 MiB)\n"
 

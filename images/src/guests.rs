@@ -26,6 +26,7 @@ pub const GUESTS: &[&str] = &[
     "cr3switch32",
     "cr3switchpae",
     "cr3switch64",
+    "cr3bench64",
 ];
 
 /// Where the test guests are loaded and linked.
