@@ -151,3 +151,10 @@ fn svm_forced_on_a_vmx_cpu_cannot_run() {
     assert!(r.stderr.contains("--cpu ryzen"), "{r}");
     assert!(!r.stdout.contains("hello from the guest"), "{r}");
 }
+
+#[test]
+fn longmode_guest_on_bochs_vmx_with_ept_writes_efer_and_passes() {
+    let r = bochs_run("longmode", "vmx");
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(r.has_line("longmode: all checks passed"), "{r}");
+}

@@ -331,6 +331,29 @@ const AR_TSS_BUSY: u32 = 0x8b;
 /// Enables VMX and builds a VCPU that translates guest memory as `paging`
 /// says and starts in the state `entry` describes. A failure of VMX itself
 /// (not of memory) is reported by the first `run`.
+const MSR_EFER: u32 = 0xc000_0080;
+
+/// An MSR bitmap (Intel SDM vol. 3, 24.6.9: read-low, read-high, write-low,
+/// write-high, 1 KiB each) where every MSR exits but `pass` (and EFER with
+/// `efer`).
+fn msr_bitmap_passing(pass: &[u32], efer: bool) -> Result<u64, OutOfMemory> {
+    let page = memory::alloc_frame()?;
+    // SAFETY: a fresh frame the stub owns, identity-mapped.
+    let bits = unsafe { &mut *(page as *mut [u8; 4096]) };
+    bits.fill(0xff);
+    for &msr in pass.iter().chain(efer.then_some(&MSR_EFER)) {
+        let (half, index) = if msr >= 0xc000_0000 {
+            (1024, msr - 0xc000_0000)
+        } else {
+            (0, msr)
+        };
+        for base in [half, 2048 + half] {
+            bits[base + (index / 8) as usize] &= !(1 << (index % 8));
+        }
+    }
+    Ok(page)
+}
+
 pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     let caps = read_caps();
     let mut v = Vcpu {
@@ -381,8 +404,24 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     cpu::outb(0xa1, 0xff);
 
     // Shadow paging: CR3 accesses, INVLPG and every #PF exit (PFEC mask
-    // and match 0); no EPT, so no unrestricted guest either. Every MSR
-    // exits (no MSR bitmap), EFER's too.
+    // and match 0); no EPT, so no unrestricted guest either. MSRs exit but
+    // those that are the guest's own state: the VMCS holds FS/GS base and
+    // SYSENTER_*, the host does not use STAR/LSTAR/CSTAR/SFMASK/KernelGSBase,
+    // and with EPT, EFER is saved and loaded at exit and entry (a shadow
+    // MMU must see EFER writes).
+    const GUEST_OWN_MSRS: [u32; 10] = [
+        0xc000_0081,
+        0xc000_0082,
+        0xc000_0083,
+        0xc000_0084,
+        0xc000_0100,
+        0xc000_0101,
+        0xc000_0102,
+        0x174,
+        0x175,
+        0x176,
+    ];
+    let msr_bitmap = msr_bitmap_passing(&GUEST_OWN_MSRS, eptp.is_some())?;
     let (proc_paging, proc2, exceptions) = match eptp {
         Some(_) => (
             PROC_SECONDARY_CONTROLS,
@@ -404,8 +443,9 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
                 | PROC_UNCONDITIONAL_IO_EXITING
                 | PROC_MWAIT_EXITING
                 | PROC_MONITOR_EXITING
-                | proc_paging,
-        ) & !(PROC_USE_IO_BITMAPS | PROC_USE_MSR_BITMAPS),
+                | proc_paging
+                | PROC_USE_MSR_BITMAPS,
+        ) & !PROC_USE_IO_BITMAPS,
         proc2: caps.proc2.adjust(proc2),
         exit: caps
             .exit
@@ -432,6 +472,7 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     ] {
         v.write(field, u64::from(value));
     }
+    v.write(MSR_BITMAP, msr_bitmap);
     if let Some(eptp) = eptp {
         v.write(EPT_POINTER, eptp);
         invept(eptp, caps.ept);
