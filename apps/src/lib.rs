@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod bochs;
+pub mod linux;
 pub mod loc;
 pub mod run;
 

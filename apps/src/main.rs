@@ -3,6 +3,7 @@
 
 mod bench;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -48,11 +49,32 @@ struct GuestArgs {
     /// The guest: a built-in one by name (sources in images/guests/), or
     /// the path of a multiboot v1 kernel (what QEMU's -kernel accepts) or of
     /// a raw boot sector (loaded at 0x7c00 in real mode, no BIOS).
-    #[arg(long, value_name = "NAME|PATH", long_help = guest_help())]
-    guest: String,
+    #[arg(long, value_name = "NAME|PATH", long_help = guest_help(),
+          required_unless_present_any = ["kernel", "linux"],
+          conflicts_with_all = ["kernel", "linux"])]
+    guest: Option<String>,
+    /// A Linux bzImage to boot (the 32-bit boot protocol: boot_params,
+    /// e820 map, command line, initrd; entered in flat 32-bit mode).
+    #[arg(long, value_name = "BZIMAGE", conflicts_with = "linux")]
+    kernel: Option<PathBuf>,
+    /// The initrd (initramfs) for --kernel.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Boot Debian's linux-image-amd64 with a busybox initramfs (fetched
+    /// with apt-get download into .cache/linux/).
+    #[arg(long)]
+    linux: bool,
+    /// The kernel command line (for --kernel and --linux; --linux adds
+    /// console=ttyS0).
+    #[arg(long, value_name = "TEXT")]
+    append: Option<String>,
     /// The multiboot command line, for multiboot kernels.
     #[arg(long, value_name = "TEXT", default_value = "")]
     cmdline: String,
+    /// Guest RAM in MiB (even, 2 to 512); default 16, or 256 for Linux.
+    #[arg(long, value_name = "MIB",
+          value_parser = clap::value_parser!(u32).range(2..=512))]
+    ram: Option<u32>,
     /// How guest memory is virtualized: npt (nested paging), shadow (shadow
     /// page tables built by the mmu-server, cached across CR3 loads) or
     /// baseline (shadow paging that drops every table on every CR3 load, as
@@ -81,18 +103,65 @@ fn guest_help() -> String {
 }
 
 impl GuestArgs {
-    fn spec(&self) -> images::SystemSpec {
-        images::SystemSpec {
+    /// The system to build; for `--linux`, fetches and prepares the guest.
+    fn spec(&self) -> Result<images::SystemSpec, String> {
+        let (guest, initrd, cmdline, default_ram) = if self.linux {
+            let g = splitvisor::linux::prepare_debian_linux()?;
+            let mut cmdline = splitvisor::linux::DEFAULT_APPEND.to_string();
+            if let Some(a) = &self.append {
+                cmdline = format!("{cmdline} {a}");
+            }
+            (
+                g.kernel,
+                Some(g.initrd),
+                cmdline,
+                splitvisor::linux::LINUX_RAM_MIB,
+            )
+        } else if let Some(k) = &self.kernel {
+            (
+                k.clone(),
+                self.initrd.clone(),
+                self.append.clone().unwrap_or_default(),
+                splitvisor::linux::LINUX_RAM_MIB,
+            )
+        } else {
+            let g = self.guest.clone().unwrap_or_default();
+            (
+                PathBuf::from(g),
+                None,
+                self.cmdline.clone(),
+                images::GUEST_RAM_MIB,
+            )
+        };
+        let ram_mib = self.ram.unwrap_or(default_ram);
+        if !ram_mib.is_multiple_of(2) {
+            return Err(format!(
+                "--ram {ram_mib}: guest RAM must be an even number of MiB"
+            ));
+        }
+        if self.kernel.is_some() || self.linux {
+            if !guest.is_file() {
+                return Err(format!("the kernel {} does not exist", guest.display()));
+            }
+            let bytes = std::fs::read(&guest).map_err(|e| format!("{}: {e}", guest.display()))?;
+            if !images::linux::looks_like_bzimage(&bytes) {
+                images::linux::parse_bzimage(&bytes)
+                    .map_err(|e| format!("{}: {e}", guest.display()))?;
+            }
+        }
+        Ok(images::SystemSpec {
+            ram_mib,
+            initrd,
+            cmdline,
             with_vmm_server: !self.no_vmm_server,
             mmu: match self.mmu.as_str() {
                 "shadow" => ipc_proto::manifest::MmuMode::Shadow,
                 "baseline" => ipc_proto::manifest::MmuMode::ShadowBaseline,
                 _ => ipc_proto::manifest::MmuMode::Nested,
             },
-            cmdline: self.cmdline.clone(),
             uart_server: self.uart_server,
-            ..images::SystemSpec::new(&self.guest)
-        }
+            ..images::SystemSpec::new(&guest.to_string_lossy())
+        })
     }
 }
 
@@ -125,10 +194,11 @@ struct RunArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
     /// Memory of the emulated machine in MiB (QEMU -m, Bochs megs), at least
-    /// 32; the guest itself gets 16 MiB of it.
-    #[arg(long, value_name = "MIB", default_value_t = 256,
+    /// 32; the guest gets --ram MiB of it. Default: 256, or 4 x --ram when
+    /// that is more.
+    #[arg(long, value_name = "MIB",
           value_parser = clap::value_parser!(u32).range(32..))]
-    memory: u32,
+    memory: Option<u32>,
 }
 
 #[derive(Args)]
@@ -143,17 +213,27 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Build(a) => build(&a),
         Command::Run(a) => {
+            let system = match a.guest.spec() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("splitvisor: {e}");
+                    return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
+                }
+            };
+            let memory_mib = a
+                .memory
+                .unwrap_or_else(|| splitvisor::run::default_memory_mib(system.ram_mib));
             let arch = a.arch.as_deref().and_then(Arch::from_name);
             let cpu = a
                 .cpu
                 .unwrap_or_else(|| EmulatorKind::of(&a.emulator).default_cpu(arch).to_string());
             run::run(&RunOptions {
-                system: a.guest.spec(),
+                system,
                 cpu,
                 arch,
                 emulator: a.emulator,
                 timeout: Duration::from_secs(a.timeout),
-                memory_mib: a.memory,
+                memory_mib,
             })
         }
         Command::Loc(a) => count_loc(&a),
@@ -163,7 +243,14 @@ fn main() -> ExitCode {
 }
 
 fn build(a: &BuildArgs) -> i32 {
-    match images::build_system_spec(&a.guest.spec()) {
+    let spec = match a.guest.spec() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("splitvisor: {e}");
+            return 1;
+        }
+    };
+    match images::build_system_spec(&spec) {
         Ok(path) => {
             println!("{}", path.display());
             0

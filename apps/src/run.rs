@@ -241,6 +241,13 @@ impl RunOptions {
     }
 }
 
+/// The default machine memory for a guest with `ram_mib` MiB of RAM: 256
+/// MiB, or four times the guest's RAM (the image, the stub's frames and
+/// the servers need room beside it).
+pub fn default_memory_mib(ram_mib: u32) -> u32 {
+    (ram_mib * 4).max(256)
+}
+
 /// The emulator's arguments to boot `image`.
 pub fn qemu_args(opts: &RunOptions, image: &Path) -> Vec<OsString> {
     let mut args: Vec<OsString> = [

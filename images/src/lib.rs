@@ -20,6 +20,7 @@ pub mod elf;
 pub mod guests;
 pub mod image;
 pub mod iso;
+pub mod linux;
 pub mod loaders;
 
 use std::fmt;
@@ -110,10 +111,7 @@ impl fmt::Display for BuildError {
                 write!(f, "{tool} failed on a test guest: {detail}")
             }
             BuildError::BadGuest(name, reason) => {
-                write!(
-                    f,
-                    "guest `{name}` is not a flat image at {GUEST_LOAD_GPA:#x}: {reason}"
-                )
+                write!(f, "guest `{name}` cannot be loaded: {reason}")
             }
             BuildError::UnknownGuest(name) => write!(
                 f,
@@ -255,8 +253,12 @@ pub struct SystemSpec {
     pub with_vmm_server: bool,
     /// Nested or shadow paging.
     pub mmu: MmuMode,
-    /// The multiboot command line (multiboot kernels only).
+    /// The command line (multiboot and Linux kernels).
     pub cmdline: String,
+    /// Guest RAM in MiB (even, at most 512; the stub's limit).
+    pub ram_mib: u32,
+    /// An initrd (initramfs) for a Linux bzImage guest.
+    pub initrd: Option<PathBuf>,
     /// COM1 runs as a uart-server task, reached from the vmm-server over
     /// channel 0, instead of inside the vmm-server.
     pub uart_server: bool,
@@ -270,6 +272,8 @@ impl SystemSpec {
             with_vmm_server: true,
             mmu: MmuMode::Nested,
             cmdline: String::new(),
+            ram_mib: GUEST_RAM_MIB,
+            initrd: None,
             uart_server: false,
         }
     }
@@ -323,7 +327,7 @@ fn load_guest(spec: &SystemSpec, dir: &Path) -> Result<loaders::LoadedGuest, Bui
         let g = guests::build_guest(&workspace_root(), &spec.guest, &dir.join("guests"))?;
         let elf = std::fs::read(&g.elf_path).map_err(|e| BuildError::io(&g.elf_path, e))?;
         if loaders::find_multiboot_header(&elf).is_some() {
-            return loaders::load_multiboot(&elf, GUEST_RAM_MIB, &spec.cmdline).map_err(bad);
+            return loaders::load_multiboot(&elf, spec.ram_mib, &spec.cmdline).map_err(bad);
         }
         if g.load_gpa == loaders::BOOT_SECTOR_GPA {
             return loaders::load_boot_sector(&g.flat).map_err(bad);
@@ -342,8 +346,14 @@ fn load_guest(spec: &SystemSpec, dir: &Path) -> Result<loaders::LoadedGuest, Bui
         return Err(BuildError::UnknownGuest(spec.guest.clone()));
     }
     let bytes = std::fs::read(path).map_err(|e| BuildError::io(path, e))?;
-    if loaders::find_multiboot_header(&bytes).is_some() {
-        loaders::load_multiboot(&bytes, GUEST_RAM_MIB, &spec.cmdline).map_err(bad)
+    if linux::looks_like_bzimage(&bytes) || spec.initrd.is_some() {
+        let initrd = match &spec.initrd {
+            Some(p) => Some(std::fs::read(p).map_err(|e| BuildError::io(p, e))?),
+            None => None,
+        };
+        linux::load_linux(&bytes, initrd.as_deref(), &spec.cmdline, spec.ram_mib).map_err(bad)
+    } else if loaders::find_multiboot_header(&bytes).is_some() {
+        loaders::load_multiboot(&bytes, spec.ram_mib, &spec.cmdline).map_err(bad)
     } else {
         loaders::load_boot_sector(&bytes).map_err(|e| {
             bad(format!(
@@ -395,7 +405,7 @@ pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
         entry_regs: guest.entry_regs,
         segments: &guest.segments,
         mmu: spec.mmu,
-        ..GuestInput::flat32(&guest.flat, guest.load_gpa, guest.entry, GUEST_RAM_MIB)
+        ..GuestInput::flat32(&guest.flat, guest.load_gpa, guest.entry, spec.ram_mib)
     };
     let image = build_image(&stub, &tasks, &channels, &input)?;
     let path = dir.join(spec.image_file_name());

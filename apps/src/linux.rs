@@ -1,0 +1,203 @@
+//! `splitvisor run --linux`: Debian's stock x86-64 kernel and a busybox
+//! initramfs, fetched as Debian packages into `<root>/.cache/linux/`
+//! (git-ignored; nothing downloaded is committed).
+//!
+//! 1. `apt-get download linux-image-amd64 busybox-static`; the
+//!    metapackage's `Depends` names the versioned `linux-image-*-amd64`,
+//!    which is downloaded too. Packages already in the cache are reused.
+//! 2. `dpkg-deb -x` unpacks the kernel package (for `boot/vmlinuz-*`) and
+//!    busybox (`bin/busybox`).
+//! 3. The initramfs is an uncompressed cpio (newc) archive
+//!    ([`images::linux::Cpio`]): busybox, `/dev/console`, and [`INIT`].
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use images::linux::Cpio;
+
+/// Guest RAM for Linux guests unless `--ram` says otherwise.
+pub const LINUX_RAM_MIB: u32 = 256;
+
+/// The command line `--linux` boots with (`--append` adds to it).
+///
+/// `console=ttyS0` puts the kernel's console and the shell on COM1;
+/// `earlyprintk=serial` shows the messages before the console driver
+/// starts, which is where an unsupported device stops a boot.
+pub const DEFAULT_APPEND: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200";
+
+/// The marker `/init` prints once it runs.
+pub const INIT_MARKER: &str = "splitvisor-linux: init started";
+
+/// The initramfs's `/init`: mounts proc, sys and devtmpfs, prints the
+/// marker and starts a shell on the console. With `splitvisor.exit` on the
+/// kernel command line it instead ends the VM with status 0 through the
+/// debug-exit port 0xF4 (`/dev/port`), for tests.
+pub const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo "splitvisor-linux: init started"
+uname -a
+case " $(cat /proc/cmdline) " in
+*" splitvisor.exit "*)
+    echo "splitvisor-linux: exiting through port 0xf4"
+    printf '\000' | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null
+    ;;
+esac
+echo "splitvisor-linux: starting a shell (poweroff halts the guest)"
+exec setsid cttyhack sh
+"#;
+
+/// The kernel and initramfs `--linux` boots.
+#[derive(Clone, Debug)]
+pub struct LinuxGuest {
+    /// Debian's bzImage.
+    pub kernel: PathBuf,
+    /// The busybox initramfs.
+    pub initrd: PathBuf,
+}
+
+/// `<root>/.cache/linux`.
+pub fn cache_dir() -> PathBuf {
+    images::workspace_root().join(".cache").join("linux")
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("could not run {what}: {e} (is it installed?)"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+        return Err(format!("{what} failed ({}): {last}", out.status));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The cached `.deb` of `package`, downloading it if it is not there.
+fn fetch_deb(dir: &Path, package: &str) -> Result<PathBuf, String> {
+    let find = || -> Option<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+            })
+            .collect();
+        found.sort();
+        found.pop()
+    };
+    if let Some(p) = find() {
+        return Ok(p);
+    }
+    run(
+        Command::new("apt-get")
+            .args(["download", package])
+            .current_dir(dir),
+        &format!("apt-get download {package}"),
+    )
+    .map_err(|e| format!("could not download the Debian package {package}: {e}"))?;
+    find().ok_or_else(|| {
+        format!(
+            "apt-get download {package} left no {package}_*.deb in {}",
+            dir.display()
+        )
+    })
+}
+
+/// The versioned kernel package the metapackage depends on.
+fn kernel_package(meta: &Path) -> Result<String, String> {
+    let depends = run(
+        Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(meta)
+            .arg("Depends"),
+        "dpkg-deb -f",
+    )?;
+    depends
+        .split([',', '|'])
+        .map(|d| d.split_whitespace().next().unwrap_or(""))
+        .find(|d| d.starts_with("linux-image-"))
+        .map(str::to_string)
+        .ok_or_else(|| format!("{} depends on no linux-image-* package", meta.display()))
+}
+
+fn unpack(deb: &Path, into: &Path) -> Result<(), String> {
+    let stamp = into.join(".unpacked");
+    if stamp.is_file() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(into).map_err(|e| format!("{}: {e}", into.display()))?;
+    run(
+        Command::new("dpkg-deb").arg("-x").arg(deb).arg(into),
+        &format!("dpkg-deb -x {}", deb.display()),
+    )?;
+    std::fs::write(&stamp, b"").map_err(|e| format!("{}: {e}", stamp.display()))
+}
+
+/// The initramfs: busybox, `/dev/console`, `/init`.
+pub fn initramfs(busybox: &[u8]) -> Vec<u8> {
+    let mut c = Cpio::new();
+    for d in [
+        "bin", "dev", "proc", "sys", "tmp", "sbin", "usr", "usr/bin", "usr/sbin",
+    ] {
+        c.dir(d);
+    }
+    c.chardev("dev/console", 5, 1);
+    c.file("bin/busybox", 0o755, busybox);
+    c.symlink("bin/sh", "busybox");
+    c.file("init", 0o755, INIT.as_bytes());
+    c.finish()
+}
+
+/// Fetches (or finds in the cache) Debian's kernel and busybox and writes
+/// the initramfs.
+pub fn prepare_debian_linux() -> Result<LinuxGuest, String> {
+    let dir = cache_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let meta = fetch_deb(&dir, "linux-image-amd64")?;
+    let kpkg = kernel_package(&meta)?;
+    let kdeb = fetch_deb(&dir, &kpkg)?;
+    let bdeb = fetch_deb(&dir, "busybox-static")?;
+    let kroot = dir.join(format!("root-{kpkg}"));
+    let broot = dir.join("root-busybox-static");
+    unpack(&kdeb, &kroot)?;
+    unpack(&bdeb, &broot)?;
+    let boot = kroot.join("boot");
+    let kernel = std::fs::read_dir(&boot)
+        .map_err(|e| format!("{}: {e}", boot.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+        .ok_or_else(|| format!("the package {kpkg} has no boot/vmlinuz-*"))?;
+    let bb = broot.join("bin").join("busybox");
+    let busybox = std::fs::read(&bb)
+        .map_err(|e| format!("busybox-static has no bin/busybox ({}: {e})", bb.display()))?;
+    let initrd = dir.join("initramfs.cpio");
+    images::write_atomic(&initrd, &initramfs(&busybox)).map_err(|e| e.to_string())?;
+    Ok(LinuxGuest { kernel, initrd })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_initramfs_holds_init_busybox_and_a_console() {
+        let a = initramfs(b"\x7fELF fake busybox");
+        let text = String::from_utf8_lossy(&a);
+        for name in ["init\0", "bin/busybox\0", "dev/console\0", "TRAILER!!!\0"] {
+            assert!(text.contains(name), "{name}");
+        }
+        assert!(text.contains(INIT_MARKER));
+        assert!(INIT.starts_with("#!/bin/busybox sh\n"));
+    }
+}
