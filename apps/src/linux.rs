@@ -18,12 +18,59 @@ use images::linux::Cpio;
 /// Guest RAM for Linux guests unless `--ram` says otherwise.
 pub const LINUX_RAM_MIB: u32 = 256;
 
-/// The command line `--linux` boots with (`--append` adds to it).
+/// The command line `--linux` boots with (`--append` adds to it), before
+/// [`tsc_option`].
 ///
 /// `console=ttyS0` puts the kernel's console and the shell on COM1;
 /// `earlyprintk=serial` shows the messages before the console driver
 /// starts, which is where an unsupported device stops a boot.
 pub const DEFAULT_APPEND: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200";
+
+/// The full `--linux` command line: [`DEFAULT_APPEND`], [`tsc_option`] and
+/// the user's `extra`.
+pub fn default_append(extra: Option<&str>) -> String {
+    let mut s = DEFAULT_APPEND.to_string();
+    if let Some(t) = tsc_option() {
+        s = format!("{s} {t}");
+    }
+    if let Some(e) = extra.filter(|e| !e.is_empty()) {
+        s = format!("{s} {e}");
+    }
+    s
+}
+
+/// `tsc_early_khz=N` with the host's TSC frequency, which is the guest's:
+/// QEMU's TCG reads the host TSC for RDTSC and the stub does not offset
+/// it. Needed because the guest has no clock to calibrate the TSC against
+/// that it can read fast enough: Linux's PIT calibration needs thousands of
+/// port reads in 10 ms (each one is a VM exit costing tens to hundreds of
+/// microseconds here), and there is no HPET or ACPI PM timer. Without it
+/// the TSC is marked unstable and `calibrate_delay` spins on `jiffies`
+/// without an exit, so the PIT tick never comes and the boot stops.
+pub fn tsc_option() -> Option<String> {
+    host_tsc_khz().map(|khz| format!("tsc_early_khz={khz}"))
+}
+
+/// The host's TSC frequency in kHz, measured over 100 ms.
+#[cfg(target_arch = "x86_64")]
+pub fn host_tsc_khz() -> Option<u64> {
+    #[allow(unused_unsafe)]
+    // SAFETY: RDTSC has no preconditions on x86-64.
+    let rdtsc = || unsafe { core::arch::x86_64::_rdtsc() };
+    let t0 = std::time::Instant::now();
+    let c0 = rdtsc();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let c1 = rdtsc();
+    let secs = t0.elapsed().as_secs_f64();
+    let khz = (c1.wrapping_sub(c0) as f64 / secs / 1000.0) as u64;
+    (khz > 1000).then_some(khz)
+}
+
+/// The host's TSC frequency (none off x86-64).
+#[cfg(not(target_arch = "x86_64"))]
+pub fn host_tsc_khz() -> Option<u64> {
+    None
+}
 
 /// The marker `/init` prints once it runs.
 pub const INIT_MARKER: &str = "splitvisor-linux: init started";

@@ -64,8 +64,9 @@ struct GuestArgs {
     /// with apt-get download into .cache/linux/).
     #[arg(long)]
     linux: bool,
-    /// The kernel command line (for --kernel and --linux; --linux adds
-    /// console=ttyS0).
+    /// The kernel command line (for --kernel and --linux; --linux puts
+    /// `console=ttyS0 earlyprintk=serial,ttyS0,115200 tsc_early_khz=HOST`
+    /// before it).
     #[arg(long, value_name = "TEXT")]
     append: Option<String>,
     /// The multiboot command line, for multiboot kernels.
@@ -107,10 +108,7 @@ impl GuestArgs {
     fn spec(&self) -> Result<images::SystemSpec, String> {
         let (guest, initrd, cmdline, default_ram) = if self.linux {
             let g = splitvisor::linux::prepare_debian_linux()?;
-            let mut cmdline = splitvisor::linux::DEFAULT_APPEND.to_string();
-            if let Some(a) = &self.append {
-                cmdline = format!("{cmdline} {a}");
-            }
+            let cmdline = splitvisor::linux::default_append(self.append.as_deref());
             (
                 g.kernel,
                 Some(g.initrd),
