@@ -814,6 +814,9 @@ impl Mmu {
                 )));
             }
         }
+        if let Some(action) = self.emulate_stos_pt_write(p, rec, la, t, &i)? {
+            return Ok(action);
+        }
         if t.table_frames().any(|f| f == gfn) {
             return Err(Failure::UnsupportedPageTableWrite {
                 rip: rec.regs.rip,
@@ -824,6 +827,76 @@ impl Mmu {
         let fault = Access::write(ec & u64::from(pf::U) != 0);
         self.cache.fill(p, la, t, fault)?;
         Ok(Action::Resume(Self::retry(rec)))
+    }
+
+    /// STOS (REP or not, DF clear) into a protected page table: the
+    /// elements up to the end of the faulting page are stored and the
+    /// shadows told; RDI and RCX move on, and with a count left the guest
+    /// resumes at the same instruction (the next page faults on its own).
+    /// Linux clears its live top-level table this way (`memset` of
+    /// `early_top_pgt` in `reset_early_page_tables`), a table its own
+    /// translation goes through, so unprotecting the frame is no answer.
+    fn emulate_stos_pt_write<P: MmuPlatform + ?Sized>(
+        &mut self,
+        p: &mut P,
+        rec: &ExitRecord,
+        la: u64,
+        t: &Translation,
+        i: &iced_x86::Instruction,
+    ) -> Result<Option<Action>, Failure> {
+        use iced_x86::{Code, OpKind};
+        let size: u64 = match i.code() {
+            Code::Stosb_m8_AL => 1,
+            Code::Stosw_m16_AX => 2,
+            Code::Stosd_m32_EAX => 4,
+            Code::Stosq_m64_RAX => 8,
+            _ => return Ok(None),
+        };
+        const DF: u64 = 1 << 10;
+        let addr_mask = match i.op0_kind() {
+            OpKind::MemoryESRDI => u64::MAX,
+            OpKind::MemoryESEDI => 0xffff_ffff,
+            _ => return Ok(None),
+        };
+        if rec.regs.rflags & DF != 0 || i.has_repne_prefix() || !la.is_multiple_of(size) {
+            return Ok(None);
+        }
+        let rep = i.has_rep_prefix();
+        let mut regs = rec.regs;
+        let count = if rep { regs.rcx & addr_mask } else { 1 };
+        let room = (4096 - (la & 0xfff)) / size;
+        let n = count.min(room);
+        if n == 0 {
+            return Ok(None);
+        }
+        let value = regs.rax.to_le_bytes();
+        for k in 0..n {
+            if !p.write(t.gpa + k * size, &value[..size as usize]) {
+                return Err(Failure::Inconsistent);
+            }
+        }
+        let keep = self.root_gfn();
+        self.cache.stats.emulated_writes += 1;
+        self.cache.guest_wrote(p, t.gpa, n * size, keep)?;
+        let rdi = regs.rdi.wrapping_add(n * size) & addr_mask;
+        regs.rdi = (regs.rdi & !addr_mask) | rdi;
+        let flags = ResumeFlags::SET_GPRS;
+        if rep {
+            let rcx = (count - n) & addr_mask;
+            regs.rcx = (regs.rcx & !addr_mask) | rcx;
+            if rcx != 0 {
+                let mut r = Self::retry(rec);
+                r.regs = regs;
+                r.flags |= flags.bits();
+                return Ok(Some(Action::Resume(r)));
+            }
+        }
+        Ok(Some(Action::Resume(self.advance(
+            rec,
+            i.len() as u64,
+            regs,
+            flags,
+        ))))
     }
 
     /// The guest frame of the current root when the root shadows one.
