@@ -63,6 +63,10 @@ const LEAF1_EDX: u32 = 1 << 0
 /// ADX, SMAP, CLFLUSHOPT, CLWB, SHA.
 const LEAF7_EBX: u32 =
     1 << 0 | 1 << 3 | 1 << 7 | 1 << 8 | 1 << 9 | 1 << 19 | 1 << 20 | 1 << 23 | 1 << 24 | 1 << 29;
+/// Leaf 7.0 EBX bits hidden under shadow paging: SMEP and SMAP, which the
+/// mmu-server's walker does not model (it answers their CR4 bits with #GP;
+/// Linux sets SMEP as soon as CPUID shows it).
+pub const SHADOW_HIDDEN_LEAF7_EBX: u32 = 1 << 7 | 1 << 20;
 /// Leaf 0x80000001 ECX bits passed through: LAHF/SAHF, ABM (LZCNT),
 /// SSE4A, misaligned SSE, 3DNow! prefetch.
 const EXT1_ECX: u32 = 1 << 0 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8;

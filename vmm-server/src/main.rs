@@ -385,7 +385,13 @@ mod ring3 {
         // Build iced's decoder tables now, so that running out of heap shows
         // at start rather than at the first emulated instruction.
         let _ = iced_x86::Decoder::new(64, &[0x90], 0).decode();
-        let mut vmm = Vmm::new(router, &board, &mut ram, &mut host).with_mmio(mmio);
+        let config = vmm_server::vmm::VmmConfig {
+            shadow_paging: boot.mmu_mode != 0,
+            ..Default::default()
+        };
+        let mut vmm = Vmm::new(router, &board, &mut ram, &mut host)
+            .with_mmio(mmio)
+            .with_config(config);
 
         match vmm_server::run(&mut NativeStub, &mut vmm, &console) {
             Ending::Stop { status } => vm_stop(status),

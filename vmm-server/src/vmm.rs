@@ -297,6 +297,10 @@ pub struct VmmConfig {
     /// Timer deadlines one HLT exit may skip to before it lets the guest
     /// run (and halt) again.
     pub max_warps_per_exit: u32,
+    /// The mmu-server shadows the guest's page tables: CPUID hides the
+    /// paging features its walker does not model ([`crate::cpuid::SHADOW_HIDDEN_LEAF7_EBX`]),
+    /// since it refuses their CR4 bits with #GP.
+    pub shadow_paging: bool,
 }
 
 impl Default for VmmConfig {
@@ -306,6 +310,7 @@ impl Default for VmmConfig {
             fault_loop_limit: 64,
             idle_limit: 1_000_000,
             max_warps_per_exit: 16,
+            shadow_paging: false,
         }
     }
 }
@@ -569,7 +574,11 @@ impl<'d> Vmm<'d> {
             }
             Exit::NestedPageFault { .. } => Step::Fail(FailKind::NpfInRam),
             Exit::Cpuid => {
-                let r = guest_cpuid(&*self.host, cpu.regs.rax as u32, cpu.regs.rcx as u32);
+                let (leaf, subleaf) = (cpu.regs.rax as u32, cpu.regs.rcx as u32);
+                let mut r = guest_cpuid(&*self.host, leaf, subleaf);
+                if self.config.shadow_paging && leaf == 7 && subleaf == 0 {
+                    r[1] &= !crate::cpuid::SHADOW_HIDDEN_LEAF7_EBX;
+                }
                 cpu.regs.rax = u64::from(r[0]);
                 cpu.regs.rbx = u64::from(r[1]);
                 cpu.regs.rcx = u64::from(r[2]);
