@@ -23,8 +23,10 @@ pub const LINUX_RAM_MIB: u32 = 256;
 ///
 /// `console=ttyS0` puts the kernel's console and the shell on COM1;
 /// `earlyprintk=serial` shows the messages before the console driver
-/// starts, which is where an unsupported device stops a boot.
-pub const DEFAULT_APPEND: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200";
+/// starts, which is where an unsupported device stops a boot; `panic=-1`
+/// reboots at once after a panic (the i8042 reset ends the VM) instead of
+/// spinning until the timeout, the panic's message still on the console.
+pub const DEFAULT_APPEND: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1";
 
 /// The full `--linux` command line: [`DEFAULT_APPEND`], [`tsc_option`] and
 /// the user's `extra`.
