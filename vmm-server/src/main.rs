@@ -364,6 +364,7 @@ mod ring3 {
         let mut keyboard = I8042::new(Some(board.irq.pin(1)));
         let mut post_code = PostCode::new();
         let mut debug_exit = DebugExit::new();
+        let mut pci_host = vmm_server::devices::pci::PciHost::new();
         let mut router = Router::new();
         let registered = router
             .register(uart16550::COM1_BASE, uart16550::LEN, uart)
@@ -371,7 +372,11 @@ mod ring3 {
             .and_then(|()| router.register(rtc::BASE, rtc::LEN, &mut cmos))
             .and_then(|()| router.register_ranges(&i8042::RANGES, &mut keyboard))
             .and_then(|()| router.register(post::PORT, post::LEN, &mut post_code))
-            .and_then(|()| router.register(debug_exit::PORT, debug_exit::LEN, &mut debug_exit));
+            .and_then(|()| router.register(debug_exit::PORT, debug_exit::LEN, &mut debug_exit))
+            .and_then(|()| {
+                let pci = vmm_server::devices::pci::BASE;
+                router.register(pci, vmm_server::devices::pci::LEN, &mut pci_host)
+            });
         if let Err(e) = registered {
             console.borrow_mut().server_line(format_args!("{e}"));
             vm_fail();
