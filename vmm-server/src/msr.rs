@@ -7,7 +7,8 @@
 //! guest writes, with the manual's reserved-bit checks), PAT (with its
 //! type checks), MISC_ENABLE (fast strings; BTS and PEBS unavailable),
 //! the microcode revision, FEATURE_CONTROL (locked, VMX off), VM_CR (SVM
-//! disabled and locked) and HWCR.
+//! disabled and locked), HWCR, and the AMD SYSCFG and NB_CFG (zero; NB_CFG
+//! writes ignored), which Linux reads and writes on AMD CPUs.
 //!
 //! EFER is read from the exit record; a write that changes it needs the
 //! stub (EFER lives in the VMCB), as do the MSRs whose values the
@@ -74,6 +75,11 @@ pub mod index {
     pub const HWCR: u32 = 0xc001_0015;
     /// VM_CR (AMD).
     pub const VM_CR: u32 = 0xc001_0114;
+    /// SYSCFG (AMD): memory encryption and MTRR extensions, all off.
+    pub const SYSCFG: u32 = 0xc001_0010;
+    /// NB_CFG (AMD): reads zero, writes ignored (Linux sets the bit for
+    /// extended PCI configuration through 0xCF8).
+    pub const NB_CFG: u32 = 0xc001_001f;
 }
 
 /// The MSRs whose guest values the hardware keeps in the VMCB: a server
@@ -192,6 +198,7 @@ impl MsrState {
             HWCR => self.hwcr,
             // SVM disabled by the firmware, and locked.
             VM_CR => 1 << 3 | 1 << 4,
+            SYSCFG | NB_CFG => 0,
             i if VMCB_HELD.contains(&i) => return Err(MsrError::NeedsStub),
             _ => return Err(MsrError::Gp),
         })
@@ -260,6 +267,7 @@ impl MsrState {
                 }
             }
             HWCR => self.hwcr = v,
+            NB_CFG => {}
             i if VMCB_HELD.contains(&i) => return Err(MsrError::NeedsStub),
             // Read-only MSRs and unknown ones.
             _ => return Err(MsrError::Gp),
