@@ -376,14 +376,28 @@ pub fn run_emulator(
 /// `console` says. A console file has terminal escapes and carriage
 /// returns removed ([`StripEscapes`]).
 pub fn run_command(
-    mut cmd: Command,
+    cmd: Command,
     program: &str,
     timeout: Duration,
     console: Console,
     out: Box<dyn Write + Send>,
 ) -> Result<RunReport, SpawnError> {
+    run_command_with_stdin(cmd, program, timeout, console, out, Stdio::null())
+}
+
+/// [`run_command`] with the emulator's stdin given: `splitvisor run`
+/// passes its own, so that what the user types reaches the guest's COM1
+/// (QEMU's `-serial stdio`).
+pub fn run_command_with_stdin(
+    mut cmd: Command,
+    program: &str,
+    timeout: Duration,
+    console: Console,
+    out: Box<dyn Write + Send>,
+    stdin: Stdio,
+) -> Result<RunReport, SpawnError> {
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -784,7 +798,22 @@ pub fn run(opts: &RunOptions) -> i32 {
     );
     let args = qemu_args(opts, &image);
     let program = emulator.to_string_lossy().into_owned();
-    let report = match run_emulator(&program, &args, opts.timeout, Box::new(io::stdout())) {
+    let mut cmd = Command::new(&program);
+    cmd.args(&args);
+    let result = run_command_with_stdin(
+        cmd,
+        &program,
+        opts.timeout,
+        Console::Stdout,
+        Box::new(io::stdout()),
+        Stdio::inherit(),
+    );
+    // QEMU puts a terminal on its stdin into raw mode and cannot restore
+    // it when it is killed at the timeout.
+    if io::IsTerminal::is_terminal(&io::stdin()) {
+        let _ = Command::new("stty").arg("sane").status();
+    }
+    let report = match result {
         Ok(r) => r,
         Err(e) => {
             eprintln!("splitvisor: {e}");
