@@ -78,9 +78,10 @@ pub fn host_tsc_khz() -> Option<u64> {
 pub const INIT_MARKER: &str = "splitvisor-linux: init started";
 
 /// The initramfs's `/init`: mounts proc, sys and devtmpfs, prints the
-/// marker and starts a shell on the console. With `splitvisor.exit` on the
-/// kernel command line it instead ends the VM with status 0 through the
-/// debug-exit port 0xF4 (`/dev/port`), for tests.
+/// marker and `uname -a`, then hands over to busybox `init` ([`INITTAB`]:
+/// a shell on ttyS0; `poweroff`, `halt` and `reboot` end the VM with status
+/// 0). With `splitvisor.exit` on the kernel command line it ends the VM
+/// with status 0 at once instead, for tests.
 pub const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
 /bin/busybox mount -t proc proc /proc
@@ -92,12 +93,24 @@ uname -a
 case " $(cat /proc/cmdline) " in
 *" splitvisor.exit "*)
     echo "splitvisor-linux: exiting through port 0xf4"
-    printf '\000' | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null
+    /sbin/splitvisor-exit
     ;;
 esac
-echo "splitvisor-linux: starting a shell (poweroff halts the guest)"
-exec setsid cttyhack sh
+echo "splitvisor-linux: starting a shell on ttyS0 (poweroff ends the VM)"
+exec /bin/busybox init
 "#;
+
+/// busybox init's table: a shell on the console (cttyhack makes it the
+/// controlling terminal, ttyS0), and the VM's end on shutdown.
+pub const INITTAB: &str = "ttyS0::respawn:-/bin/sh
+::shutdown:/sbin/splitvisor-exit
+";
+
+/// Ends the VM with status 0: the byte 0 to the debug-exit port 0xF4,
+/// through `/dev/port` (there is no ACPI to power off with).
+pub const EXIT_SCRIPT: &str = "#!/bin/sh
+printf '\\000' | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null
+";
 
 /// The kernel and initramfs `--linux` boots.
 #[derive(Clone, Debug)]
@@ -189,11 +202,12 @@ fn unpack(deb: &Path, into: &Path) -> Result<(), String> {
     std::fs::write(&stamp, b"").map_err(|e| format!("{}: {e}", stamp.display()))
 }
 
-/// The initramfs: busybox, `/dev/console`, `/init`.
+/// The initramfs: busybox, `/dev/console`, `/init`, `/etc/inittab` and
+/// `/sbin/splitvisor-exit`.
 pub fn initramfs(busybox: &[u8]) -> Vec<u8> {
     let mut c = Cpio::new();
     for d in [
-        "bin", "dev", "proc", "sys", "tmp", "sbin", "usr", "usr/bin", "usr/sbin",
+        "bin", "dev", "etc", "proc", "sys", "tmp", "sbin", "usr", "usr/bin", "usr/sbin",
     ] {
         c.dir(d);
     }
@@ -201,6 +215,8 @@ pub fn initramfs(busybox: &[u8]) -> Vec<u8> {
     c.file("bin/busybox", 0o755, busybox);
     c.symlink("bin/sh", "busybox");
     c.file("init", 0o755, INIT.as_bytes());
+    c.file("etc/inittab", 0o644, INITTAB.as_bytes());
+    c.file("sbin/splitvisor-exit", 0o755, EXIT_SCRIPT.as_bytes());
     c.finish()
 }
 
@@ -244,6 +260,9 @@ mod tests {
         let a = initramfs(b"\x7fELF fake busybox");
         let text = String::from_utf8_lossy(&a);
         for name in ["init\0", "bin/busybox\0", "dev/console\0", "TRAILER!!!\0"] {
+            assert!(text.contains(name), "{name}");
+        }
+        for name in ["etc\0", "etc/inittab\0", "sbin/splitvisor-exit\0"] {
             assert!(text.contains(name), "{name}");
         }
         assert!(text.contains(INIT_MARKER));
