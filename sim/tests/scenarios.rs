@@ -247,6 +247,56 @@ fn an_unemulated_write_to_a_table_on_its_own_path_fails_clearly() {
 }
 
 #[test]
+fn rep_stos_into_a_table_on_its_own_path_is_emulated_page_by_page() {
+    use mmu_server::walk::GuestMemory;
+    let (mut m, _, cr3s) = long_world(shadow(), 1, 1);
+    // Linux's reset_early_page_tables: `rep stosl` over its live PML4
+    // (every entry but the last), a table its own translation uses.
+    let pml4 = cr3s[0];
+    assert!(matches!(
+        m.access(KERNEL + pml4, Access::read(false)),
+        Outcome::Ok(_)
+    ));
+    // A plain STOSD (no REP) into entry 0 moves RDI only and steps over
+    // the instruction.
+    let mut rec = pf_record(&m, KERNEL + pml4, pf::P | pf::W, &[0xab]);
+    rec.regs.rdi = KERNEL + pml4;
+    rec.regs.rcx = 7;
+    match m.mmu.handle_exit(&mut m.sim, &rec) {
+        Action::Resume(r) => {
+            assert!(
+                ResumeFlags::from_bits_truncate(r.flags).contains(ResumeFlags::SET_RIP),
+                "{r:?} protected={}",
+                m.mmu.cache().is_protected(pml4 >> 12)
+            );
+            assert_eq!(
+                (r.regs.rip, r.regs.rdi, r.regs.rcx),
+                (0x7001, KERNEL + pml4 + 4, 7)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Then REP STOSD from entry 256 (the kernel's map, cleared by it).
+    let la = KERNEL + pml4 + 0x800;
+    let mut rec = pf_record(&m, la, pf::P | pf::W, &[0xf3, 0xab]);
+    rec.regs.rdi = la;
+    rec.regs.rcx = 0x400; // 0x1000 bytes: 0x800 in this page, 0x800 beyond
+    rec.regs.rax = 0;
+    let before = m.mmu.stats().emulated_writes;
+    let r = match m.mmu.handle_exit(&mut m.sim, &rec) {
+        Action::Resume(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert!(!ResumeFlags::from_bits_truncate(r.flags).contains(ResumeFlags::SET_RIP));
+    assert_eq!((r.regs.rdi, r.regs.rcx), (la + 0x800, 0x200));
+    assert_eq!(m.mmu.stats().emulated_writes, before + 1);
+    let mut b = [0xffu8; 8];
+    assert!(m.sim.read(pml4 + 0xff8, &mut b));
+    assert_eq!(b, [0; 8], "the page's last entry was cleared");
+    assert!(m.mmu.cache().is_protected(pml4 >> 12), "still a table");
+}
+
+#[test]
 fn eviction_keeps_the_cache_within_budget_and_correct() {
     let cfg = MmuConfig {
         max_tables: 8,
