@@ -103,6 +103,11 @@ impl IrqPin<'_> {
     /// Holds the line high or low.
     pub fn set_level(&self, high: bool) {
         let l = self.lines.levels.get();
+        // A rise is an edge for the 8259 even if the line fell and rose
+        // again since the PIC last looked: keep it as a pulse.
+        if high && l & self.mask() == 0 {
+            self.pulse();
+        }
         self.lines.levels.set(if high {
             l | self.mask()
         } else {
@@ -161,8 +166,11 @@ mod tests {
         p0.pulse();
         assert_eq!(b.irq.levels(), 1 << 4);
         assert!(p4.is_high());
-        assert_eq!(b.irq.take_pulses(), 1);
+        // IRQ 0's pulse, and IRQ 4's rise (kept as an edge).
+        assert_eq!(b.irq.take_pulses(), 1 | 1 << 4);
         assert_eq!(b.irq.take_pulses(), 0);
+        p4.set_level(true);
+        assert_eq!(b.irq.take_pulses(), 0, "no edge while the line stays high");
         p4.set_level(false);
         assert_eq!(b.irq.levels(), 0);
         // An out-of-range pin is harmless.

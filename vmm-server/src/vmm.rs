@@ -514,8 +514,15 @@ impl<'d> Vmm<'d> {
             if changed & bit != 0 {
                 self.pic.set_irq(irq, levels & bit != 0);
             }
-            if pulses & bit != 0 && levels & bit == 0 {
-                self.pic.pulse_irq(irq);
+            if pulses & bit != 0 {
+                if levels & bit == 0 {
+                    self.pic.pulse_irq(irq);
+                } else if changed & bit == 0 {
+                    // Low and high again between two polls: the PIC must
+                    // see that rising edge too.
+                    self.pic.set_irq(irq, false);
+                    self.pic.set_irq(irq, true);
+                }
             }
         }
         self.irq_levels = levels;
