@@ -23,11 +23,8 @@ mod ring3 {
     use core::sync::atomic::{AtomicBool, Ordering};
 
     use ipc_proto::device::{op, PortMessage};
-    use ipc_proto::layout::{
-        BootInfo, BOOT_INFO_PAGE, CHANNEL_PAGE_BASE, PAGE_SIZE, STACK_TOP, VCPU_PAGE,
-    };
-    use ipc_proto::syscall::CONSOLE_WRITE_MAX;
-    use ipc_proto::{ErrorCode, ExitRecord, Resume, Stats, Syscall, VcpuPage, ABI_VERSION};
+    use ipc_proto::layout::{BootInfo, BOOT_INFO_PAGE, CHANNEL_PAGE_BASE, PAGE_SIZE, STACK_TOP};
+    use ipc_proto::{ErrorCode, ExitRecord, Resume, Stats, Syscall, ABI_VERSION};
     use vmm_server::board::Board;
     use vmm_server::cpuid::HostCpuid;
     use vmm_server::devices::debug_exit::{self, DebugExit};
@@ -62,56 +59,14 @@ mod ring3 {
         main = sym server_main,
     );
 
-    /// Makes one system call.
-    ///
-    /// # Safety
-    /// The arguments must be valid for `nr`: pointers must point to memory
-    /// of this task that the call may read (or write) for the given length.
-    unsafe fn syscall3(nr: Syscall, a0: u64, a1: u64, a2: u64) -> u64 {
-        let ret: u64;
-        // SAFETY: `int 0x80` enters the stub, which preserves every register
-        // but rax and returns to the next instruction; the caller vouches
-        // for the arguments. Memory may be read or written by the stub (the
-        // VCPU page, console buffers), so no `nomem`/`readonly` option.
-        unsafe {
-            core::arch::asm!(
-                "int 0x80",
-                inlateout("rax") nr as u64 => ret,
-                in("rdi") a0,
-                in("rsi") a1,
-                in("rdx") a2,
-            );
-        }
-        ret
-    }
-
-    fn result(rax: u64) -> Result<u64, ErrorCode> {
-        match ErrorCode::from_return_value(rax) {
-            Some(e) => Err(e),
-            // A negative value the ABI does not define: treat it as a
-            // refusal rather than as success.
-            None if (rax as i64) < 0 => Err(ErrorCode::UnknownSyscall),
-            None => Ok(rax),
-        }
-    }
+    use ipc_proto::sys::{self, result, syscall3, vcpu_page};
 
     /// Whether the last byte sent to the host console was '\n'; the panic
     /// handler reads it because it cannot reach the shared console.
     static AT_LINE_START: AtomicBool = AtomicBool::new(true);
 
     fn console_write(bytes: &[u8]) {
-        for chunk in bytes.chunks(CONSOLE_WRITE_MAX as usize) {
-            // SAFETY: the chunk is a live slice of our own memory, read-only
-            // for the stub, and no longer than CONSOLE_WRITE_MAX.
-            let _ = unsafe {
-                syscall3(
-                    Syscall::ConsoleWrite,
-                    chunk.as_ptr() as u64,
-                    chunk.len() as u64,
-                    0,
-                )
-            };
-        }
+        sys::console_write(bytes);
         if let Some(&last) = bytes.last() {
             AT_LINE_START.store(last == b'\n', Ordering::Relaxed);
         }
@@ -124,12 +79,10 @@ mod ring3 {
     }
 
     fn vm_fail() -> ! {
-        // SAFETY: VmFail takes no argument.
-        unsafe { syscall3(Syscall::VmFail, 0, 0, 0) };
-        halt()
+        sys::vm_fail()
     }
 
-    /// VmStop and VmFail do not return; if a stub ever does, spin.
+    /// VmStop does not return; if a stub ever does, spin.
     fn halt() -> ! {
         loop {
             core::hint::spin_loop();
@@ -272,10 +225,6 @@ mod ring3 {
             // SAFETY: as above; the server answered in the page.
             Ok(unsafe { page.read_volatile() })
         }
-    }
-
-    fn vcpu_page() -> *mut VcpuPage {
-        VCPU_PAGE as *mut VcpuPage
     }
 
     /// The VCPU and statistics calls of the native stub.
