@@ -115,7 +115,8 @@ pub struct NpfAccess {
     /// An instruction fetch.
     pub fetch: bool,
     /// The fault happened while the CPU walked the guest's own page tables
-    /// (SVM EXITINFO1 bit 33): the guest keeps page tables outside RAM.
+    /// (SVM EXITINFO1 bit 33): the guest keeps page tables outside RAM,
+    /// whose entries read as not present.
     pub in_table_walk: bool,
 }
 

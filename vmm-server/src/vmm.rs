@@ -127,8 +127,6 @@ pub enum FailKind {
     NotForVmm,
     /// The guest executes outside RAM.
     MmioFetch,
-    /// The guest's page tables lie outside RAM.
-    MmioPageTables,
     /// A nested page fault inside guest RAM, which is all mapped.
     NpfInRam,
     /// A nested page fault outside RAM while the CPU delivered an event
@@ -229,10 +227,9 @@ impl fmt::Display for FailReason {
                 f,
                 "a {name} exit reached the vmm-server: it belongs to the mmu-server with shadow paging, and the stub does not intercept it with nested paging {at}"
             ),
-            FailKind::MmioFetch | FailKind::MmioPageTables | FailKind::EventDeliveryFault => {
+            FailKind::MmioFetch | FailKind::EventDeliveryFault => {
                 let what = match self.kind {
                     FailKind::MmioFetch => "the guest executes outside RAM",
-                    FailKind::MmioPageTables => "the guest's page tables reach outside RAM",
                     _ => "the CPU touched memory outside RAM while delivering an event",
                 };
                 write!(f, "{what} {at}")?;
@@ -572,7 +569,12 @@ impl<'d> Vmm<'d> {
                 if rec.exit_int_info & EXITINTINFO_VALID != 0 {
                     Step::Fail(FailKind::EventDeliveryFault)
                 } else if access.in_table_walk {
-                    Step::Fail(FailKind::MmioPageTables)
+                    // The CPU walked a guest page table that lies outside
+                    // RAM. Such an entry reads as not present (as in the
+                    // mmu-server's walker under shadow paging): the
+                    // emulator's walk of the instruction's fetch or operand
+                    // raises the #PF the guest takes.
+                    self.emulate(rec, cpu, Expect::Memory)
                 } else if access.fetch {
                     Step::Fail(FailKind::MmioFetch)
                 } else {

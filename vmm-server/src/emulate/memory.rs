@@ -111,12 +111,6 @@ pub struct PageFault {
 pub enum TranslateError {
     /// The guest takes a page fault.
     Fault(PageFault),
-    /// A page-table entry lies outside guest RAM: the guest keeps page
-    /// tables in MMIO space, which the walker does not follow.
-    TableOutsideRam {
-        /// Guest-physical address of the entry.
-        gpa: u64,
-    },
 }
 
 /// Linear-to-physical translation.
@@ -173,11 +167,15 @@ struct Entry {
     wide: bool,
 }
 
+/// Reads one entry. An entry outside guest RAM reads as zero, not
+/// present, as in the mmu-server's walker (and KVM's): the guest takes a
+/// #PF without P, under shadow and nested paging alike.
 fn read_entry(mem: &mut dyn GuestMemory, gpa: u64, wide: bool) -> Result<Entry, TranslateError> {
     let mut b = [0u8; 8];
     let n = if wide { 8 } else { 4 };
-    mem.read_phys(gpa, &mut b[..n])
-        .map_err(|_| TranslateError::TableOutsideRam { gpa })?;
+    if mem.read_phys(gpa, &mut b[..n]).is_err() {
+        b = [0; 8];
+    }
     Ok(Entry {
         gpa,
         value: u64::from_le_bytes(b),
@@ -547,16 +545,29 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn tables_outside_ram_are_reported() {
-        let mut t = TestRam::new(0x2000);
-        let p = Paging {
+    fn entries_outside_ram_read_as_not_present() {
+        let mut t = TestRam::new(0x4000);
+        let mut p = Paging {
             cr0: CR0_PE | CR0_PG,
             cr3: 0xfee0_0000,
             ..Default::default()
         };
-        assert_eq!(
-            tr(&mut t, &p, 0, R),
-            Err(TranslateError::TableOutsideRam { gpa: 0xfee0_0000 })
-        );
+        assert_eq!(tr(&mut t, &p, 0, R), pf(0, 0));
+        // Four-level paging: a PDE in RAM naming a page table at 3 GiB.
+        p.cr3 = 0x1000;
+        p.cr4 = CR4_PAE;
+        p.efer = EFER_LME | EFER_LMA | EFER_NXE;
+        t.put64(0x1000, 0x2000 | 0x7);
+        t.put64(0x2000, 0x3000 | 0x7);
+        t.put64(0x3000 + 3 * 8, 0xc000_0000 | 0x7);
+        let lin = 0x60_1000;
+        let user_fetch = Access {
+            fetch: true,
+            user: true,
+            write: false,
+        };
+        assert_eq!(tr(&mut t, &p, lin, user_fetch), pf(lin, pf::U | pf::ID));
+        // Nothing is written outside RAM, and nothing below is marked accessed.
+        assert_eq!(t.get64(0x3000 + 3 * 8), 0xc000_0000 | 0x7);
     }
 }

@@ -168,11 +168,6 @@ pub enum EmuError {
         /// The instruction's bytes.
         bytes: InsnBytes,
     },
-    /// A page-table entry of the guest lies outside RAM.
-    TableOutsideRam {
-        /// Its guest-physical address.
-        gpa: u64,
-    },
     /// The guest executes code outside RAM (in MMIO space).
     FetchOutsideRam {
         /// The guest-physical address of the instruction.
@@ -202,12 +197,6 @@ impl fmt::Display for EmuError {
                 "the instruction [{bytes}] uses {}, whose base the exit record does not carry",
                 seg.name()
             ),
-            Self::TableOutsideRam { gpa } => {
-                write!(
-                    f,
-                    "a guest page-table entry at gpa={gpa:#x} lies outside RAM"
-                )
-            }
             Self::FetchOutsideRam { gpa } => {
                 write!(f, "the guest executes outside RAM at gpa={gpa:#x}")
             }
@@ -384,7 +373,6 @@ impl<'a> Emulator<'a> {
             .translate(self.mem, &p, linear, acc)
             .map_err(|e| match e {
                 TranslateError::Fault(f) => EmuError::Fault(Fault::page(f)),
-                TranslateError::TableOutsideRam { gpa } => EmuError::TableOutsideRam { gpa },
             })
     }
 

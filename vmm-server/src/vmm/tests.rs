@@ -444,6 +444,37 @@ fn a_page_fault_in_emulation_is_injected_with_cr2() {
     assert!(flags(&res).contains(ResumeFlags::SET_CR2));
 }
 
+/// A nested page fault during the guest's own table walk (SVM EXITINFO1
+/// bit 33) on a page table outside RAM: the entry reads as not present,
+/// so the guest takes the #PF the mmu-server's walker gives it under
+/// shadow paging (error code without P, CR2 = the operand's address).
+#[test]
+fn a_guest_page_table_outside_ram_is_a_not_present_fault() {
+    let mut w = World::new();
+    // 32-bit paging: PDE 0 maps 0-4 MiB through a page table in RAM (the
+    // code's page identity-mapped), PDE 1 names a page table at 3 GiB.
+    w.ram.put32(0x1000, 0x2000 | 0x7);
+    w.ram.put32(0x1004, 0xc000_0000 | 0x7);
+    w.ram
+        .put32(0x2000 + (RIP >> 12) * 4, (RIP as u32 & !0xfff) | 0x7);
+    // mov [ebx], eax
+    w.ram.bytes[RIP as usize..RIP as usize + 2].copy_from_slice(&[0x89, 0x03]);
+    vmm!(vmm = w, Router::new());
+    let mut rec = flat(svm_exit::NPF, (1 << 33) | 0x7, 0xc000_0000 + 0x123 * 4);
+    rec.cr0 = 0x8001_0011;
+    rec.cr3 = 0x1000;
+    rec.regs.rbx = 0x52_3000;
+    let res = resumed(vmm.handle(&rec));
+    assert_eq!(
+        (res.event.vector, res.event.error_code, res.cr2),
+        (14, 0x2, 0x52_3000)
+    );
+    assert_eq!(res.regs.rip, RIP, "the instruction did not complete");
+    // During event delivery it still ends the VM.
+    rec.exit_int_info = 0x8000_0b0e;
+    assert_eq!(failed(vmm.handle(&rec)).kind, FailKind::EventDeliveryFault);
+}
+
 #[test]
 fn a_fault_loop_ends_the_vm() {
     let mut w = World::new();
