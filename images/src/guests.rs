@@ -27,6 +27,7 @@ pub const GUESTS: &[&str] = &[
     "cr3switchpae",
     "cr3switch64",
     "cr3bench64",
+    "badpt64",
 ];
 
 /// Where the test guests are loaded and linked.
