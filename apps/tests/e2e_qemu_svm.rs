@@ -66,6 +66,17 @@ fn hello_guest_on_svm_with_npt_prints_its_line_and_exits_0() {
         r.stderr.contains("splitvisor: guest exited with status 0"),
         "{r}"
     );
+    // The mmu-server, not the stub, built the nested table: 16 MiB of RAM
+    // is a PML4, a PDPT, a PD and eight 2 MiB leaves, ten checked installs.
+    let mmu = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("[vmm] mmu: "))
+        .unwrap_or_else(|| panic!("no mmu statistics line\n{r}"));
+    assert!(
+        mmu.contains(" live=3 ") && mmu.contains(" installs=10 "),
+        "{r}"
+    );
 }
 
 /// A CPU model without SVM. (QEMU's plain `qemu64` model *does* advertise

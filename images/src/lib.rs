@@ -382,12 +382,12 @@ pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
             elf: &vmm,
         });
     }
-    if spec.mmu.is_shadow() {
-        tasks.push(TaskInput {
-            kind: TaskKind::MmuServer,
-            elf: &mmu,
-        });
-    }
+    // Every image has the mmu-server: it builds the shadow tables, or the
+    // nested tables (NPT, EPT) under nested paging.
+    tasks.push(TaskInput {
+        kind: TaskKind::MmuServer,
+        elf: &mmu,
+    });
     if spec.uart_server {
         tasks.push(TaskInput {
             kind: TaskKind::UartServer,

@@ -73,6 +73,10 @@ pub struct BootInfo {
     /// no UART server; the vmm-server then emulates COM1 itself). Appended
     /// after the fields of ABI version 2: an older stub leaves it zero.
     pub uart_channel: u64,
+    /// 1 when the nested tables may hold 2 MiB leaves (always on SVM; on
+    /// VMX when IA32_VMX_EPT_VPID_CAP says so), else 0. Appended in ABI
+    /// version 4.
+    pub nested_large_pages: u64,
 }
 
 #[cfg(test)]
@@ -82,7 +86,8 @@ mod tests {
 
     #[test]
     fn boot_info_layout_is_pinned() {
-        assert_eq!(size_of::<BootInfo>(), 56);
+        assert_eq!(size_of::<BootInfo>(), 64);
+        assert_eq!(offset_of!(BootInfo, nested_large_pages), 56);
         assert_eq!(offset_of!(BootInfo, uart_channel), 48);
         assert_eq!(offset_of!(BootInfo, mmu_mode), 40);
         assert_eq!(offset_of!(BootInfo, guest_cr0), 32);

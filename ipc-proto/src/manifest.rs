@@ -50,8 +50,10 @@ pub struct Blob {
 pub enum TaskKind {
     /// Handles VM exits: may run the VCPU; guest RAM is mapped into it.
     VmmServer,
-    /// Handles page-fault, CR and INVLPG exits of a shadowed guest and
-    /// installs shadow or nested page-table entries; guest RAM is mapped into it.
+    /// Builds the VM's page tables, in every MMU mode: installs shadow
+    /// entries and handles the page-fault, CR, INVLPG and EFER exits of a
+    /// shadowed guest, or installs the nested tables (NPT, EPT) and names
+    /// their root; guest RAM is mapped into it. Every image has one.
     MmuServer,
     /// The 16550 UART as a server of its own, reached over a channel.
     UartServer,

@@ -10,14 +10,22 @@
 //!   handle; the child must exist and be one level below the table;
 //! - a **leaf** entry's address field holds a guest-physical address; the
 //!   whole page it maps (4 KiB, 2 MiB or 1 GiB) must lie in this VM's RAM;
-//! - a non-present entry (bit 0 clear) is always accepted, as it is.
+//! - a non-present entry is always accepted, as it is.
 //!
-//! Entries use the 64-bit format shared by PAE and four-level paging.
+//! Entries use the 64-bit format shared by PAE and four-level paging
+//! ([`TableFormat::X86`]: present = bit 0; also AMD's nested tables),
+//! except the nested tables of a VMX guest, which are EPT tables
+//! ([`TableFormat::Ept`]: present = any of read, write, execute, bits 0-2;
+//! bit 7 a 2 MiB or 1 GiB leaf at levels 2 and 3, reserved at level 4, as
+//! PS is; a leaf's memory type in bits 3-5, see [`ept`]). A VM's tables all
+//! have one format, fixed by the stub at boot from the VM's MMU mode and
+//! virtualization extension, so that no table can be read in a format
+//! other than the one its entries were checked in.
 
 use crate::vcpu::wire;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-/// A shadow page table the stub allocated for this VM.
+/// A shadow (or nested) page table the stub allocated for this VM.
 pub type TableHandle = u32;
 
 /// Most shadow tables a VM can hold at once (16 MiB of tables).
@@ -29,6 +37,43 @@ pub const PTE_PRESENT: u64 = 1 << 0;
 pub const PTE_PS: u64 = 1 << 7;
 /// The address field of an entry (bits 12..=51).
 pub const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// How the hardware reads the entries of a VM's tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableFormat {
+    /// PAE / four-level paging entries (shadow tables, AMD NPT).
+    X86,
+    /// Intel EPT entries (the nested tables of a VMX guest).
+    Ept,
+}
+
+impl TableFormat {
+    /// Whether the hardware takes `entry` as present.
+    pub fn present(self, entry: u64) -> bool {
+        match self {
+            Self::X86 => entry & PTE_PRESENT != 0,
+            Self::Ept => entry & ept::PRESENT_MASK != 0,
+        }
+    }
+}
+
+/// EPT entry bits (Intel SDM vol. 3C, 29.3.2).
+pub mod ept {
+    /// Reads allowed.
+    pub const READ: u64 = 1 << 0;
+    /// Writes allowed.
+    pub const WRITE: u64 = 1 << 1;
+    /// Instruction fetches allowed.
+    pub const EXEC: u64 = 1 << 2;
+    /// Any of these makes an entry present.
+    pub const PRESENT_MASK: u64 = READ | WRITE | EXEC;
+    /// Memory type write-back (6) in a leaf's bits 3-5.
+    pub const MEMORY_TYPE_WB: u64 = 6 << 3;
+    /// Ignore the guest's PAT in a leaf.
+    pub const IGNORE_PAT: u64 = 1 << 6;
+    /// A 2 MiB (level 2) or 1 GiB (level 3) leaf.
+    pub const LARGE: u64 = 1 << 7;
+}
 
 wire! {
     /// One entry to write.

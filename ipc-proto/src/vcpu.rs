@@ -225,13 +225,20 @@ bitflags::bitflags! {
         const SET_PAGING = 1 << 5;
         /// Write CR2 from `cr2` (SVM does not set it when a #PF is injected).
         const SET_CR2 = 1 << 6;
+        /// Nested paging only, the mmu-server's call: run the guest on the
+        /// nested tables rooted at `paging.root` (a level-4 table of the
+        /// stub's; nCR3 on SVM, the EPTP on VMX) from now on; the other
+        /// fields of `paging` are ignored. The stub runs no nested-paging
+        /// guest before a resume with this flag.
+        const SET_NESTED_ROOT = 1 << 7;
     }
 }
 
 wire! {
     /// The paging state the hardware runs a shadowed guest with. The guest's
     /// own CR0/CR3/CR4/EFER are the mmu-server's business (it intercepts
-    /// them); these are what the CPU really uses.
+    /// them); these are what the CPU really uses. With
+    /// [`ResumeFlags::SET_NESTED_ROOT`] only `root` (and `reserved`) count.
     pub struct PagingState {
         /// Hardware CR0: PG must be set (the guest always runs on shadow
         /// tables; SVM allows paging with PE clear, "paged real mode").
@@ -426,7 +433,7 @@ mod tests {
 
     #[test]
     fn resume_flags_and_event_kinds_round_trip() {
-        assert_eq!(ResumeFlags::all().bits(), 0b111_1111);
+        assert_eq!(ResumeFlags::all().bits(), 0b1111_1111);
         for k in [
             EventKind::ExternalInterrupt,
             EventKind::Nmi,

@@ -7,9 +7,15 @@
 //! reaches a table whose entries were all checked for that level: no
 //! sequence of installs and frees can make the hardware read a non-leaf
 //! table as a leaf table and map a shadow frame into the guest.
+//!
+//! The same checks hold for nested tables (NPT, EPT): every table of a VM
+//! has the one [`TableFormat`] the stub set before the first allocation,
+//! and an entry is present, a leaf or a non-leaf exactly as the hardware
+//! reading that format decides.
 
+pub use ipc_proto::mmu::TableFormat;
 use ipc_proto::mmu::{
-    Install, InstallError, TableHandle, MAX_SHADOW_TABLES, PTE_ADDR_MASK, PTE_PRESENT, PTE_PS,
+    Install, InstallError, TableHandle, MAX_SHADOW_TABLES, PTE_ADDR_MASK, PTE_PS,
 };
 
 /// This VM's RAM: guest-physical `[0, bytes)` at host-physical `hpa_base`.
@@ -40,9 +46,10 @@ pub enum AllocError {
     OutOfMemory,
 }
 
-/// The shadow tables of one VM, by handle.
+/// The shadow (or nested) tables of one VM, by handle.
 pub struct ShadowTables {
     slots: [Slot; MAX_SHADOW_TABLES as usize],
+    format: TableFormat,
 }
 
 /// Bytes mapped by a leaf at `level`.
@@ -57,7 +64,7 @@ impl Default for ShadowTables {
 }
 
 impl ShadowTables {
-    /// No tables.
+    /// No tables, in the x86 format.
     pub const fn new() -> Self {
         Self {
             slots: [Slot {
@@ -65,7 +72,18 @@ impl ShadowTables {
                 level: 0,
                 live: false,
             }; MAX_SHADOW_TABLES as usize],
+            format: TableFormat::X86,
         }
+    }
+
+    /// Sets the entry format of every table; refused (`false`) once a
+    /// table was handed out, whose entries were checked in the old one.
+    pub fn set_format(&mut self, format: TableFormat) -> bool {
+        let fresh = self.slots.iter().all(|s| s.frame == 0);
+        if fresh {
+            self.format = format;
+        }
+        fresh
     }
 
     /// A table at `level`: a dead slot's frame of the same level when there
@@ -134,10 +152,11 @@ impl ShadowTables {
             return Err(InstallError::BadIndex);
         }
         let e = ins.entry;
-        if e & PTE_PRESENT == 0 {
+        if !self.format.present(e) {
             return Ok((frame, usize::from(ins.index), e));
         }
-        // Bit 7 is PS at levels 2 and 3, PAT at level 1, reserved at level 4.
+        // Bit 7 is PS at levels 2 and 3, PAT at level 1, reserved at level 4
+        // (in EPT: a large leaf at levels 2 and 3, ignored at 1, reserved at 4).
         if level == 4 && e & PTE_PS != 0 {
             return Err(InstallError::BadPageSize);
         }
@@ -309,6 +328,62 @@ mod tests {
         assert_eq!(t.free(a + 100), Err(InstallError::UnknownTable));
     }
 
+    #[test]
+    fn ept_entries_are_present_when_any_of_rwx_is_set() {
+        let mut t = ShadowTables::new();
+        assert!(t.set_format(TableFormat::Ept));
+        let mut f = frames();
+        let (pml4, _) = t.alloc(4, &mut f).unwrap();
+        let (pd, _) = t.alloc(2, &mut f).unwrap();
+        let (pt, _) = t.alloc(1, &mut f).unwrap();
+        assert!(!t.set_format(TableFormat::X86), "fixed once a table exists");
+        // Bit 0 clear but write or execute set: present in EPT, so checked.
+        for rights in [2u64, 4, 6] {
+            assert_eq!(
+                t.check(&install(pt, 1, 0, RAM.bytes | rights), RAM),
+                Err(InstallError::OutsideGuestMemory)
+            );
+            assert_eq!(
+                t.check(&install(pml4, 4, 0, (999u64 << 12) | rights), RAM),
+                Err(InstallError::BadChild)
+            );
+            assert_eq!(
+                t.check(&install(pd, 2, 0, RAM.bytes | 0x80 | rights), RAM),
+                Err(InstallError::OutsideGuestMemory),
+                "a 2 MiB leaf past the end of RAM"
+            );
+        }
+        assert_eq!(
+            t.check(&install(pml4, 4, 0, 0x80 | 7), RAM),
+            Err(InstallError::BadPageSize)
+        );
+        // A write-back 2 MiB leaf and a non-leaf are translated.
+        let leaf = 0x20_0000 | 0x80 | (6 << 3) | 7;
+        assert_eq!(
+            t.check(&install(pd, 2, 1, leaf), RAM).unwrap().2,
+            (RAM.hpa_base + 0x20_0000) | 0x80 | (6 << 3) | 7
+        );
+        assert!(t
+            .check(&install(pd, 2, 2, (u64::from(pt) << 12) | 7), RAM)
+            .is_ok());
+        // Entries with none of R/W/X are not present, whatever else they hold.
+        assert_eq!(
+            t.check(&install(pt, 1, 0, 0xdead_b000 | 0x38), RAM),
+            Ok((t.get(pt).unwrap().0, 0, 0xdead_b000 | 0x38))
+        );
+    }
+
+    #[test]
+    fn x86_entries_with_bit_0_clear_are_not_present() {
+        let mut t = ShadowTables::new();
+        let mut f = frames();
+        let (pt, frame) = t.alloc(1, &mut f).unwrap();
+        assert_eq!(
+            t.check(&install(pt, 1, 0, 0xdead_b006), RAM),
+            Ok((frame, 0, 0xdead_b006))
+        );
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Alloc(u8),
@@ -328,10 +403,14 @@ mod tests {
     proptest! {
         /// Whatever a server does, every accepted present entry points
         /// either into guest RAM (a leaf) or to a shadow frame whose level
-        /// is exactly one below (a non-leaf) -- now and after any frees.
+        /// is exactly one below (a non-leaf) -- now and after any frees;
+        /// in the x86 and in the EPT format, present as the hardware of
+        /// that format decides.
         #[test]
-        fn accepted_entries_never_escape(ops in proptest::collection::vec(op(), 1..200)) {
+        fn accepted_entries_never_escape(ops in proptest::collection::vec(op(), 1..200), ept in any::<bool>()) {
             let mut t = ShadowTables::new();
+            let format = if ept { TableFormat::Ept } else { TableFormat::X86 };
+            prop_assert!(t.set_format(format));
             let mut f = frames();
             let mut level_of_frame = std::collections::HashMap::new();
             for o in ops {
@@ -342,7 +421,7 @@ mod tests {
                     },
                     Op::Free(h) => { let _ = t.free(u32::from(h)); }
                     Op::Install(h, l, i, e) => if let Ok((_, _, out)) = t.check(&install(u32::from(h), l, i, e), RAM) {
-                        if out & PTE_PRESENT != 0 {
+                        if format.present(out) {
                             let addr = out & PTE_ADDR_MASK;
                             let leaf = l == 1 || (l < 4 && out & PTE_PS != 0);
                             if leaf {

@@ -1,5 +1,6 @@
 //! Physical frames and the page tables the stub builds: each server's own
-//! address space, and the nested page table that maps guest-physical memory.
+//! address space (the guest's tables, shadow or nested, are the
+//! mmu-server's, written through `install`).
 //!
 //! The stub identity-maps the first GiB (supervisor-only) in every address
 //! space, so it reaches every frame it owns by its physical address.

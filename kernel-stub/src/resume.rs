@@ -45,6 +45,20 @@ pub fn validate_paging(
     }
 }
 
+/// Checks the root of a nested-paging guest (`ResumeFlags::SET_NESTED_ROOT`):
+/// a live four-level table of the stub's (`root_level` looks a handle up),
+/// whose entries the install check passed in the VM's nested format.
+pub fn validate_nested_root(
+    p: &PagingState,
+    root_level: impl Fn(u32) -> Option<u8>,
+) -> Result<(), ErrorCode> {
+    if p.reserved == 0 && root_level(p.root) == Some(4) {
+        Ok(())
+    } else {
+        Err(ErrorCode::ResumeBadPaging)
+    }
+}
+
 /// RFLAGS bits that must be zero: 3, 5, 15 and 22..=63 (AMD APM vol. 2, 3.1.6).
 const RFLAGS_RESERVED_ZERO: u64 = (1 << 3) | (1 << 5) | (1 << 15) | !((1 << 22) - 1);
 /// RFLAGS bit 1 reads as one.
@@ -77,7 +91,9 @@ pub fn validate(r: &Resume, mode: GuestMode) -> Result<ResumeFlags, ErrorCode> {
             return Err(ErrorCode::ResumeBadRip);
         }
     }
-    if flags.contains(ResumeFlags::SET_PAGING) && !mode.shadow {
+    if flags.contains(ResumeFlags::SET_PAGING) && !mode.shadow
+        || flags.contains(ResumeFlags::SET_NESTED_ROOT) && mode.shadow
+    {
         return Err(ErrorCode::ResumeBadPaging);
     }
     if flags.contains(ResumeFlags::SET_RFLAGS)
@@ -306,6 +322,36 @@ mod tests {
             }
         )
         .is_ok());
+    }
+
+    #[test]
+    fn the_nested_root_is_a_level_4_table_and_only_for_nested_paging() {
+        let level = |h: u32| match h {
+            1 => Some(3),
+            2 => Some(4),
+            _ => None,
+        };
+        let root = |root, reserved| PagingState {
+            root,
+            reserved,
+            ..Default::default()
+        };
+        assert_eq!(validate_nested_root(&root(2, 0), level), Ok(()));
+        for bad in [root(1, 0), root(7, 0), root(2, 1)] {
+            assert_eq!(
+                validate_nested_root(&bad, level),
+                Err(ErrorCode::ResumeBadPaging),
+                "{bad:?}"
+            );
+        }
+        let mut r = resume(ResumeFlags::SET_NESTED_ROOT);
+        r.paging = root(2, 0);
+        assert!(validate(&r, PROTECTED).is_ok());
+        let shadow = GuestMode {
+            long_mode_code: false,
+            shadow: true,
+        };
+        assert_eq!(validate(&r, shadow), Err(ErrorCode::ResumeBadPaging));
     }
 
     fn any_resume() -> impl Strategy<Value = Resume> {

@@ -9,7 +9,7 @@
 //! that handles it: page-fault, CR, INVLPG and EFER exits of a shadowed
 //! guest to the mmu-server, everything else to the vmm-server.
 
-use crate::arch::{self, Arch, Entry, EntryFailure, ExitClass, GuestMemory, Paging, Vcpu};
+use crate::arch::{self, Arch, Entry, EntryFailure, ExitClass, Paging, Vcpu};
 use crate::boot::{self, BootInfo};
 use crate::console::say;
 use crate::cpu::{self, KernelCell, TrapFrame};
@@ -23,7 +23,7 @@ use ipc_proto::manifest::{
 use ipc_proto::mmu::{InstallPage, INSTALL_BATCH_MAX};
 use ipc_proto::stats::MmuStats;
 use ipc_proto::{ErrorCode, ExitRecord, ResumeFlags, Stats, VcpuPage, ABI_VERSION};
-use kernel_stub::install::{GuestRam, ShadowTables};
+use kernel_stub::install::{GuestRam, ShadowTables, TableFormat};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// QEMU's isa-debug-exit port (`-device isa-debug-exit,iobase=0xf4`): the
@@ -70,7 +70,8 @@ struct Kernel {
     current: usize,
     vcpu: Vcpu,
     shadow: bool,
-    /// In shadow mode: whether the mmu-server has set a shadow root yet.
+    /// Whether the mmu-server has set a shadow root (`SET_PAGING`) or the
+    /// nested root (`SET_NESTED_ROOT`) yet: the guest never runs before.
     paging_set: bool,
     ram: GuestRam,
 }
@@ -107,7 +108,9 @@ enum Stop {
         code: u64,
         rip: u64,
     },
-    NoShadowRoot,
+    NoPagingRoot {
+        shadow: bool,
+    },
     Deadlock,
 }
 
@@ -120,7 +123,10 @@ impl core::fmt::Display for Stop {
                 "exit {} (code {code:#x}) at rip={rip:#x} has no server: the image has no task for it",
                 class.name()
             ),
-            Self::NoShadowRoot => f.write_str("the mmu-server let the guest run without a shadow root"),
+            Self::NoPagingRoot { shadow: true } => f.write_str("the mmu-server let the guest run without a shadow root"),
+            Self::NoPagingRoot { shadow: false } => f.write_str(
+                "the guest cannot run before the mmu-server names its nested page table root (SET_NESTED_ROOT)",
+            ),
             Self::Deadlock => f.write_str("every task waits and the guest cannot run: the servers deadlocked"),
         }
     }
@@ -251,8 +257,10 @@ impl Kernel {
         if !handlers_ready {
             return Err(Stop::Deadlock);
         }
-        if self.shadow && !self.paging_set {
-            return Err(Stop::NoShadowRoot);
+        if !self.paging_set {
+            return Err(Stop::NoPagingRoot {
+                shadow: self.shadow,
+            });
         }
         let rec = self.vcpu.run();
         count_exit(&rec);
@@ -342,11 +350,18 @@ impl Kernel {
         };
         let flags = kernel_stub::resume::validate(resume, self.vcpu.mode()).map_err(refused)?;
         let mut root = None;
-        if flags.contains(ResumeFlags::SET_PAGING) {
+        let roots = ResumeFlags::SET_PAGING | ResumeFlags::SET_NESTED_ROOT;
+        if flags.intersects(roots) {
+            if self.task(from).kind != TaskKind::MmuServer {
+                return Err(refused(ErrorCode::NotPermitted));
+            }
             let lookup = |h| SHADOW_TABLES.with(|t| t.get(h));
-            kernel_stub::resume::validate_paging(&resume.paging, |h| {
-                lookup(h).map(|(_, level)| level)
-            })
+            let level = |h| lookup(h).map(|(_, level)| level);
+            if flags.contains(ResumeFlags::SET_PAGING) {
+                kernel_stub::resume::validate_paging(&resume.paging, level)
+            } else {
+                kernel_stub::resume::validate_nested_root(&resume.paging, level)
+            }
             .map_err(refused)?;
             root = lookup(resume.paging.root).map(|(frame, _)| frame);
             self.paging_set = true;
@@ -679,18 +694,24 @@ fn build(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<(), &'static
     }
 
     let shadow = g.mmu.is_shadow();
+    if manifest.task(TaskKind::MmuServer).is_none() {
+        return Err("the image has no mmu-server: it builds the shadow or nested page tables");
+    }
     let paging = if shadow {
-        if manifest.task(TaskKind::MmuServer).is_none() {
-            return Err("shadow paging needs an mmu-server in the image");
-        }
         Paging::Shadow
     } else {
-        Paging::Nested(GuestMemory {
-            hpa: ram,
-            bytes: ram_bytes,
-        })
+        Paging::Nested
     };
     arch::check_paging(arch, shadow, g.entry_mode)?;
+    // Every table of the VM is read in one format: EPT for a nested VMX guest.
+    let ept = arch == Arch::Vmx && !shadow;
+    SHADOW_TABLES.with(|t| {
+        t.set_format(if ept {
+            TableFormat::Ept
+        } else {
+            TableFormat::X86
+        })
+    });
     let entry = Entry {
         mode: g.entry_mode,
         rip: g.entry_rip,
@@ -698,7 +719,7 @@ fn build(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<(), &'static
         rbx: g.entry_rbx,
         rsi: g.entry_rsi,
     };
-    let mut vcpu = arch::create_vcpu(arch, paging, &entry).map_err(|_| oom)?;
+    let vcpu = arch::create_vcpu(arch, paging, &entry).map_err(|_| oom)?;
     let tsc_hz = cpu::tsc_hz();
     say!(
         "{}: {} paging, guest RAM {} MiB, entry {:#x}, tsc {} MHz",
@@ -709,16 +730,6 @@ fn build(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<(), &'static
         tsc_hz / 1_000_000
     );
 
-    if manifest.tasks.is_empty() {
-        // Nobody to hand exits to: run to the first exit and say so.
-        let rec = vcpu.run();
-        count_exit(&rec);
-        stop_now(Stop::NoServer {
-            class: ExitClass::of(&rec),
-            code: rec.exit_code,
-            rip: rec.regs.rip,
-        });
-    }
     let boot_info = memory::alloc_frame().map_err(|_| oom)?;
     let info = ServerBootInfo {
         abi_version: ABI_VERSION,
@@ -737,6 +748,8 @@ fn build(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<(), &'static
             .iter()
             .position(|c| c.client == TaskKind::VmmServer && c.server == TaskKind::UartServer)
             .map_or(0, |n| n as u64 + 1),
+        // SVM's nested tables always have 2 MiB pages; EPT says so in an MSR.
+        nested_large_pages: u64::from(arch == Arch::Svm || arch::vmx::ept_large_pages()),
     };
     // SAFETY: a fresh identity-mapped frame, larger than `info`.
     unsafe {

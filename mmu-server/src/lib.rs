@@ -37,6 +37,7 @@ pub mod stats;
 pub mod walk;
 
 pub use mmu::{Action, EferError, Failure, Mmu, MmuConfig, MmuMode};
+pub use nested::NestedFormat;
 pub use platform::{Flush, MmuPlatform, PlatformError, ShadowFormat};
 pub use regs::{CpuModel, GuestCtl, PagingMode};
 pub use shadow::{Role, ShadowKey, TableKind};

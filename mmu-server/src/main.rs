@@ -1,14 +1,18 @@
 //! The mmu-server ring-3 task: a thin loop around the `mmu_server` library.
 //!
-//! The stub starts it in ring 3 with `rsp = STACK_TOP`; it sets the first
-//! hardware paging state of the shadowed guest, then handles the exits the
-//! stub routes to it (#PF, CR access, INVLPG, EFER) and installs shadow
-//! entries with system calls.
+//! The stub starts it in ring 3 with `rsp = STACK_TOP`, in every image.
+//! Under shadow paging it sets the first hardware paging state of the
+//! guest, then handles the exits the stub routes to it (#PF, CR access,
+//! INVLPG, EFER) and installs shadow entries with system calls. Under
+//! nested paging it installs the nested tables (NPT on SVM, EPT on VMX)
+//! mapping all guest RAM, names their root with `SET_NESTED_ROOT` in its
+//! first resume, and then waits: the stub hands it no exits (nested page
+//! faults outside RAM are MMIO, for the vmm-server).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]
 fn main() {
-    eprintln!("mmu-server is a ring-3 task of the splitvisor image; it runs under the stub only. Build the image with `splitvisor build --mmu shadow`.");
+    eprintln!("mmu-server is a ring-3 task of the splitvisor image; it runs under the stub only. Build the image with `splitvisor build`.");
     std::process::exit(2);
 }
 
@@ -23,10 +27,12 @@ mod ring3 {
     use ipc_proto::sys::{self, ConsoleLine};
     use ipc_proto::vcpu::svm_exit;
     use ipc_proto::{
-        ErrorCode, ExitRecord, GuestControl, Resume, ResumeFlags, Syscall, VcpuArch, ABI_VERSION,
+        ErrorCode, ExitRecord, GuestControl, PagingState, Resume, ResumeFlags, Syscall, VcpuArch,
+        ABI_VERSION,
     };
     use mmu_server::{
-        Action, Flush, GuestCtl, GuestMemory, Mmu, MmuConfig, MmuPlatform, PlatformError,
+        Action, Flush, GuestCtl, GuestMemory, Mmu, MmuConfig, MmuPlatform, NestedFormat,
+        PlatformError,
     };
 
     const _: () = assert!(STACK_TOP.is_multiple_of(16));
@@ -64,6 +70,8 @@ mod ring3 {
     /// The native platform: system calls and the guest-RAM window.
     struct Native {
         ram_bytes: u64,
+        /// The nested root, for the first resume (nested mode).
+        nested_root: Option<TableHandle>,
     }
 
     impl Native {
@@ -141,8 +149,8 @@ mod ring3 {
             }
         }
 
-        fn load_nested(&mut self, _root: TableHandle) {
-            // The stub builds the nested table itself: nested mode never starts this server.
+        fn load_nested(&mut self, root: TableHandle) {
+            self.nested_root = Some(root);
         }
 
         fn flush_tlb(&mut self, _what: Flush) {
@@ -167,18 +175,27 @@ mod ring3 {
         unsafe { HEAP.lock().init((&raw mut ARENA).cast::<u8>(), HEAP_BYTES) };
 
         let decode_assists = core::arch::x86_64::__cpuid(0x8000_000a).edx & (1 << 7) != 0;
-        let mode = if boot.mmu_mode == MmuMode::ShadowBaseline as u64 {
-            mmu_server::MmuMode::Baseline
+        let mode = match boot.mmu_mode {
+            m if m == MmuMode::ShadowBaseline as u64 => mmu_server::MmuMode::Baseline,
+            m if m == MmuMode::Shadow as u64 => mmu_server::MmuMode::Shadow,
+            _ => mmu_server::MmuMode::Nested,
+        };
+        let nested = if boot.arch == VcpuArch::Vmx as u32 {
+            NestedFormat::Ept {
+                large_pages: boot.nested_large_pages != 0,
+            }
         } else {
-            mmu_server::MmuMode::Shadow
+            NestedFormat::Npt
         };
         let cfg = MmuConfig {
             decode_assists,
             mode,
+            nested,
             ..MmuConfig::default()
         };
         let mut platform = Native {
             ram_bytes: boot.guest_ram_bytes,
+            nested_root: None,
         };
         let mut mmu = Mmu::new(cfg, boot.guest_ram_bytes);
         if let Err(f) = mmu.start(
@@ -190,12 +207,20 @@ mod ring3 {
         ) {
             fail(f);
         }
-        let Some(paging) = mmu.take_paging() else {
-            fail("no shadow root after start")
+        let (flags, paging) = match (mmu.take_paging(), platform.nested_root) {
+            (Some(paging), _) => (ResumeFlags::SET_PAGING, paging),
+            (None, Some(root)) => (
+                ResumeFlags::SET_NESTED_ROOT,
+                PagingState {
+                    root,
+                    ..Default::default()
+                },
+            ),
+            (None, None) => fail("no shadow or nested root after start"),
         };
         let mut resume = Resume {
             abi_version: ABI_VERSION,
-            flags: ResumeFlags::SET_PAGING.bits(),
+            flags: flags.bits(),
             paging,
             ..Default::default()
         };

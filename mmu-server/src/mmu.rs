@@ -11,7 +11,7 @@ use ipc_proto::{
 
 use crate::ctl::{self, GeneralProtection};
 use crate::insn::{self, CrInsn};
-use crate::nested::NestedMap;
+use crate::nested::{NestedFormat, NestedMap};
 use crate::platform::{Flush, MmuPlatform, PlatformError};
 use crate::regs::{cr0, cr4, efer, CpuModel, GuestCtl, PagingMode};
 use crate::shadow::{root_key, CacheError, ShadowCache, TableKind};
@@ -171,7 +171,7 @@ pub enum MmuMode {
     Shadow,
     /// Shadow paging as in 2006: every CR3 load drops every shadow table.
     Baseline,
-    /// Nested paging (NPT): one guest-physical map, no shadowing.
+    /// Nested paging (NPT, EPT): one guest-physical map, no shadowing.
     Nested,
 }
 
@@ -180,6 +180,8 @@ pub enum MmuMode {
 pub struct MmuConfig {
     /// The MMU mode.
     pub mode: MmuMode,
+    /// The entry format of the nested tables (nested mode).
+    pub nested: NestedFormat,
     /// Most shadow tables alive at once (the cache's memory budget, 4 KiB
     /// each in the stub and about 4 KiB each in the server).
     pub max_tables: u32,
@@ -203,6 +205,7 @@ impl Default for MmuConfig {
     fn default() -> Self {
         Self {
             mode: MmuMode::Shadow,
+            nested: NestedFormat::Npt,
             max_tables: 1024,
             cpu: CpuModel::default(),
             decode_assists: false,
@@ -450,7 +453,8 @@ impl Mmu {
         };
         self.ctl = c;
         if !self.shadowing() {
-            let map = NestedMap::build(p, p.guest_ram_bytes(), &mut self.cache.stats)?;
+            let ram = p.guest_ram_bytes();
+            let map = NestedMap::build(p, ram, self.cfg.nested, &mut self.cache.stats)?;
             p.load_nested(map.root);
             self.nested = Some(map);
             return Ok(());

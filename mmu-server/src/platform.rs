@@ -7,7 +7,8 @@
 //! The hardware paging state of a shadowed guest (root and control
 //! registers) is not set through this trait: it travels in the `Resume`
 //! the mmu-server returns (`ResumeFlags::SET_PAGING`), so that it takes
-//! effect exactly when the guest is entered again.
+//! effect exactly when the guest is entered again. The nested root is set
+//! once, with [`MmuPlatform::load_nested`].
 
 use core::fmt;
 
@@ -79,9 +80,10 @@ pub trait MmuPlatform: GuestMemory {
     /// Writes a batch of entries (at most `ipc_proto::mmu::INSTALL_BATCH_MAX`),
     /// in order, after the stub's checks.
     fn install(&mut self, batch: &[Install]) -> Result<(), PlatformError>;
-    /// Nested mode: loads the nested (NPT) root, a four-level table. (On
-    /// the native stub, which builds its own nested table today, this
-    /// needs a system call that does not exist yet.)
+    /// Nested mode: loads the nested (NPT, EPT) root, a four-level table
+    /// whose entries are installed. The native server passes it to the
+    /// stub with the resume flag `SET_NESTED_ROOT` of its first entry; the
+    /// guest does not run before.
     fn load_nested(&mut self, root: TableHandle);
     /// Flushes translations.
     fn flush_tlb(&mut self, what: Flush);

@@ -2,9 +2,10 @@
 //! paging loads against the simulated stub. Whatever it does, the tables
 //! the hardware can reach must map only this VM's RAM and point only to
 //! shadow frames one level down ([`Sim::check_isolation`]), and the
-//! hardware walker must never find otherwise.
+//! hardware walker must never find otherwise. The same holds for nested
+//! tables, in the x86 (NPT) and the EPT format ([`run_with`]).
 
-use ipc_proto::mmu::{Install, TableHandle};
+use ipc_proto::mmu::{Install, TableFormat, TableHandle};
 use ipc_proto::PagingState;
 use mmu_server::walk::Access;
 use mmu_server::MmuPlatform;
@@ -32,6 +33,16 @@ pub enum HostileOp {
         /// The address.
         la: u64,
         /// A write access at CPL 3.
+        write: bool,
+    },
+    /// Name the n-th handle as the nested root (`SET_NESTED_ROOT`).
+    LoadNested(u32),
+    /// Let the hardware translate a guest-physical address through the
+    /// nested tables.
+    ProbeNested {
+        /// The address.
+        gpa: u64,
+        /// A write access.
         write: bool,
     },
 }
@@ -89,13 +100,23 @@ fn pick(handles: &[TableHandle], n: u32) -> TableHandle {
     }
 }
 
-/// Runs the hostile steps; `Err` on the first breach of isolation.
+/// Runs the hostile steps on x86-format tables; `Err` on the first
+/// breach of isolation.
 pub fn run(ops: &[HostileOp]) -> Result<HostileReport, Violation> {
+    run_with(TableFormat::X86, ops)
+}
+
+/// Runs the hostile steps on tables of `format`. In the EPT format (a
+/// nested-paging VMX guest) the stub refuses shadow paging states, so
+/// `Load` and `Probe` are skipped.
+pub fn run_with(format: TableFormat, ops: &[HostileOp]) -> Result<HostileReport, Violation> {
     let mut sim = Sim::new(SimConfig {
         ram_bytes: 4 << 20,
         max_tables: 64,
+        format,
         ..SimConfig::default()
     });
+    let shadow_ok = format == TableFormat::X86;
     let mut handles: Vec<TableHandle> = Vec::new();
     let mut report = HostileReport::default();
     for op in ops {
@@ -132,7 +153,7 @@ pub fn run(ops: &[HostileOp]) -> Result<HostileReport, Violation> {
                 report.accepted += sim.counters.installs - before.installs;
                 report.refused += sim.counters.refused - before.refused;
             }
-            HostileOp::Load { root, long } => {
+            HostileOp::Load { root, long } if shadow_ok => {
                 let lme = if *long { (1 << 8) | (1 << 10) } else { 0 };
                 let _ = sim.load_paging(&PagingState {
                     cr0: 0x8001_0001,
@@ -142,13 +163,18 @@ pub fn run(ops: &[HostileOp]) -> Result<HostileReport, Violation> {
                     reserved: 0,
                 });
             }
-            HostileOp::Probe { la, write } => {
+            HostileOp::Probe { la, write } if shadow_ok => {
                 let a = if *write {
                     Access::write(true)
                 } else {
                     Access::read(false)
                 };
                 let _ = sim.translate(*la, a);
+            }
+            HostileOp::Load { .. } | HostileOp::Probe { .. } => {}
+            HostileOp::LoadNested(root) => sim.load_nested(pick(&handles, *root)),
+            HostileOp::ProbeNested { gpa, write } => {
+                let _ = sim.translate_nested(*gpa, *write);
             }
         }
         sim.check_isolation()?;
@@ -191,13 +217,20 @@ pub fn fuzz_bytes(data: &[u8]) {
                 root: n,
                 long: ch[3] & 1 != 0,
             },
-            _ => HostileOp::Probe {
+            5 => HostileOp::Probe {
                 la: w,
+                write: ch[3] & 1 != 0,
+            },
+            6 => HostileOp::LoadNested(n),
+            _ => HostileOp::ProbeNested {
+                gpa: w & 0x7fff_ffff,
                 write: ch[3] & 1 != 0,
             },
         });
     }
-    if let Err(v) = run(&ops) {
-        panic!("isolation breached: {}", v.0);
+    for format in [TableFormat::X86, TableFormat::Ept] {
+        if let Err(v) = run_with(format, &ops) {
+            panic!("isolation breached ({format:?} tables): {}", v.0);
+        }
     }
 }

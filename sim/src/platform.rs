@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use ipc_proto::mmu::{Install, TableHandle, PTE_ADDR_MASK};
+use ipc_proto::mmu::{ept, Install, TableFormat, TableHandle, PTE_ADDR_MASK};
 use ipc_proto::PagingState;
 use kernel_stub::install::{GuestRam, ShadowTables};
 use mmu_server::walk::{pf, Access, GuestMemory};
@@ -53,6 +53,10 @@ pub struct SimConfig {
     /// Most tables the stub hands out (fault injection: smaller than the
     /// server's budget makes `alloc_table` fail).
     pub max_tables: u32,
+    /// The entry format of every table (the stub's choice at boot: EPT
+    /// for the nested tables of a VMX guest). The nested walker reads
+    /// this format; the shadow walker reads x86 entries.
+    pub format: TableFormat,
 }
 
 impl Default for SimConfig {
@@ -62,6 +66,7 @@ impl Default for SimConfig {
             hpa_base: 0x1_0000_0000,
             keep_globals_on_load: true,
             max_tables: ipc_proto::mmu::MAX_SHADOW_TABLES,
+            format: TableFormat::X86,
         }
     }
 }
@@ -145,10 +150,12 @@ pub struct Sim {
 impl Sim {
     /// A platform with zeroed guest RAM.
     pub fn new(cfg: SimConfig) -> Self {
+        let mut tables = Box::new(ShadowTables::new());
+        tables.set_format(cfg.format);
         Self {
             ram: vec![0; cfg.ram_bytes as usize],
             cfg,
-            tables: Box::new(ShadowTables::new()),
+            tables,
             frames: HashMap::new(),
             frame_level: HashMap::new(),
             live_frames: std::collections::HashSet::new(),
@@ -377,7 +384,8 @@ impl Sim {
     }
 
     /// Nested mode: translates a guest-physical address through the
-    /// nested tables (every access is a user access for NPT).
+    /// nested tables (every access is a user access for NPT; EPT needs
+    /// read, and write for a write), in the configured format.
     pub fn translate_nested(&mut self, gpa: u64, write: bool) -> Result<u64, HwFault> {
         let info = |p: bool| (if p { 1 } else { 0 }) | (if write { 2 } else { 0 }) | 4;
         let Some(mut table) = self.nested_root else {
@@ -395,13 +403,17 @@ impl Sim {
                     info: info(true),
                 });
             };
-            if e & P == 0 {
+            if !self.cfg.format.present(e) {
                 return Err(HwFault::NestedFault {
                     gpa,
                     info: info(false),
                 });
             }
-            if e & US == 0 || (write && e & RW == 0) {
+            let allowed = match self.cfg.format {
+                TableFormat::X86 => e & US != 0 && (!write || e & RW != 0),
+                TableFormat::Ept => e & ept::READ != 0 && (!write || e & ept::WRITE != 0),
+            };
+            if !allowed {
                 return Err(HwFault::NestedFault {
                     gpa,
                     info: info(true),
@@ -433,7 +445,7 @@ impl Sim {
         for (&frame, t) in &self.frames {
             let level = self.frame_level[&frame];
             for (i, &e) in t.iter().enumerate() {
-                if e & P == 0 {
+                if !self.cfg.format.present(e) {
                     continue;
                 }
                 let at = || format!("frame {frame:#x} level {level} entry {i} = {e:#x}");
@@ -547,7 +559,21 @@ impl MmuPlatform for Sim {
         Ok(())
     }
 
+    /// Loads the root the way the stub applies `SET_NESTED_ROOT`: checked
+    /// with `kernel_stub::resume::validate_nested_root`; a refused root
+    /// leaves the old one (none at first: every access faults).
     fn load_nested(&mut self, root: TableHandle) {
+        let tables = &self.tables;
+        let state = PagingState {
+            root,
+            ..PagingState::default()
+        };
+        if kernel_stub::resume::validate_nested_root(&state, |h| tables.get(h).map(|(_, l)| l))
+            .is_err()
+        {
+            self.counters.refused += 1;
+            return;
+        }
         self.nested_root = self.tables.get(root).map(|(hpa, _)| hpa);
         self.tlb.clear();
     }

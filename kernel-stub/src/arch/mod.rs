@@ -24,19 +24,12 @@ pub struct Entry {
     pub rsi: u64,
 }
 
-/// The guest's RAM: guest-physical `[0, bytes)` at host-physical `hpa`.
-#[derive(Clone, Copy)]
-pub struct GuestMemory {
-    pub hpa: u64,
-    pub bytes: u64,
-}
-
 /// How the guest's memory is translated.
 #[derive(Clone, Copy)]
 pub enum Paging {
-    /// By nested paging (NPT, EPT) over the guest's RAM; the back end builds
-    /// the table in its own format.
-    Nested(GuestMemory),
+    /// By nested paging (NPT, EPT) over tables the mmu-server builds (in
+    /// the back end's format) and names with `SET_NESTED_ROOT`.
+    Nested,
     /// Through shadow tables the mmu-server builds: the guest's CR0, CR3
     /// and CR4 accesses, its page faults and INVLPG exit.
     Shadow,
@@ -187,10 +180,10 @@ impl Vcpu {
         }
     }
 
-    pub fn apply(&mut self, r: &Resume, flags: ResumeFlags, shadow_root: Option<u64>) {
+    pub fn apply(&mut self, r: &Resume, flags: ResumeFlags, root: Option<u64>) {
         match self {
-            Self::Svm(v) => v.apply(r, flags, shadow_root),
-            Self::Vmx(v) => v.apply(r, flags, shadow_root),
+            Self::Svm(v) => v.apply(r, flags, root),
+            Self::Vmx(v) => v.apply(r, flags, root),
         }
     }
 

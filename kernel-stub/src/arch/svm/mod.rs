@@ -3,10 +3,9 @@
 
 mod vmcb;
 
-use super::{Entry, GuestMemory, Paging};
+use super::{Entry, Paging};
 use crate::cpu;
 use crate::memory::{self, OutOfMemory};
-use crate::memory::{LARGE_PAGE, PTE_LARGE, PTE_PRESENT, PTE_USER, PTE_WRITABLE};
 use core::arch::global_asm;
 use ipc_proto::manifest::EntryMode;
 use ipc_proto::{ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch, ABI_VERSION};
@@ -81,18 +80,6 @@ pub struct Vcpu {
     shadow: bool,
 }
 
-/// The nested page table: guest-physical `[0, bytes)` onto the guest's
-/// frames with 2 MiB pages. Nested walks are user accesses, so every level
-/// needs the U bit (APM vol. 2, 15.25.5).
-fn nested_page_table(ram: GuestMemory) -> Result<u64, OutOfMemory> {
-    let root = memory::alloc_frame()?;
-    let flags = PTE_PRESENT | PTE_WRITABLE | PTE_USER;
-    for off in (0..ram.bytes).step_by(LARGE_PAGE as usize) {
-        memory::map(root, off, ram.hpa + off, flags | PTE_LARGE, flags)?;
-    }
-    Ok(root)
-}
-
 /// Enables SVM and builds a VCPU translating guest memory as `paging`
 /// says, starting in the state `entry` describes.
 pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
@@ -114,7 +101,7 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         core::ptr::write_bytes(iopm as *mut u8, 0xff, 3 * 4096);
         core::ptr::write_bytes(msrpm as *mut u8, 0xff, 2 * 4096);
     }
-    let nested = matches!(paging, Paging::Nested(_));
+    let nested = matches!(paging, Paging::Nested);
     for msr in VMCB_MSRS.iter().copied().chain(nested.then_some(MSR_EFER)) {
         pass_through_msr(msrpm, msr);
     }
@@ -149,10 +136,8 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     v.write32(GUEST_ASID, 1);
     v.write8(TLB_CONTROL, 1); // flush this ASID on the first VMRUN
     match paging {
-        Paging::Nested(ram) => {
-            v.write64(NP_ENABLE, 1);
-            v.write64(N_CR3, nested_page_table(ram)?);
-        }
+        // nCR3 comes with the mmu-server's SET_NESTED_ROOT.
+        Paging::Nested => v.write64(NP_ENABLE, 1),
         Paging::Shadow => {
             v.write32(INTERCEPT_CR, CR_SHADOWED << 16 | CR_SHADOWED);
             v.write32(INTERCEPT_EXCEPTIONS, 1 << 14);
@@ -361,14 +346,19 @@ impl Vcpu {
     }
 
     /// Applies a resume that `resume::validate` accepted with `flags`;
-    /// `shadow_root` is the host-physical frame of `r.paging.root`, checked
-    /// by `resume::validate_paging`, when `SET_PAGING` is set.
-    pub fn apply(&mut self, r: &Resume, flags: ResumeFlags, shadow_root: Option<u64>) {
-        if let (true, Some(root)) = (flags.contains(ResumeFlags::SET_PAGING), shadow_root) {
+    /// `root` is the host-physical frame of `r.paging.root`, checked by
+    /// `resume::validate_paging` (`SET_PAGING`) or
+    /// `resume::validate_nested_root` (`SET_NESTED_ROOT`).
+    pub fn apply(&mut self, r: &Resume, flags: ResumeFlags, root: Option<u64>) {
+        if let (true, Some(root)) = (flags.contains(ResumeFlags::SET_PAGING), root) {
             self.vmcb.write64(CR0, r.paging.cr0);
             self.vmcb.write64(CR4, r.paging.cr4);
             self.vmcb.write64(EFER, r.paging.efer | cpu::EFER_SVME);
             self.vmcb.write64(CR3, root);
+            self.flush_tlb();
+        }
+        if let (true, Some(root)) = (flags.contains(ResumeFlags::SET_NESTED_ROOT), root) {
+            self.vmcb.write64(N_CR3, root);
             self.flush_tlb();
         }
         if flags.contains(ResumeFlags::SET_CR2) {

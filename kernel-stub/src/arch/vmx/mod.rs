@@ -19,7 +19,8 @@
 //! - `cr0`/`cr4`: what the guest sees (the read shadows for the bits VMX
 //!   fixes); `insn_len` is 0: VMX does not fetch the instruction.
 //!
-//! With nested paging the guest runs with EPT and unrestricted guest, so it
+//! With nested paging the guest runs with EPT (the mmu-server's tables,
+//! rooted where its `SET_NESTED_ROOT` says) and unrestricted guest, so it
 //! may start in real mode or with paging off; a CPU without them cannot run
 //! it and `check_nested` says so. With shadow paging (`Paging::Shadow`)
 //! there is no EPT: CR3 loads and stores, INVLPG and every #PF exit (to the
@@ -37,7 +38,7 @@
 mod vmcs;
 
 use crate::cpu::{self, KernelCell};
-use crate::memory::{self, OutOfMemory, LARGE_PAGE, PAGE};
+use crate::memory::{self, OutOfMemory};
 use core::arch::{asm, global_asm};
 use core::fmt;
 use ipc_proto::manifest::EntryMode;
@@ -46,7 +47,7 @@ use kernel_stub::resume::GuestMode;
 use kernel_stub::vmx_rules::{self as rules, *};
 use vmcs::*;
 
-use super::{Entry, GuestMemory, Paging};
+use super::{Entry, Paging};
 
 /// Why VMX cannot be used on this CPU, as one sentence.
 pub fn check_support() -> Result<(), &'static str> {
@@ -128,21 +129,10 @@ fn read_caps() -> Caps {
     }
 }
 
-/// The EPT: guest-physical `[0, ram.bytes)` onto the guest's frames,
-/// read/write/execute, write-back, with 2 MiB leaves where the CPU has them
-/// (4 KiB otherwise); the twin of SVM's nested page table. Returns the
-/// PML4's frame. Call after `check_support`.
-pub fn build_ept(ram: GuestMemory) -> Result<u64, OutOfMemory> {
-    let root = memory::alloc_frame()?;
-    let (step, leaf) = if read_caps().ept & EPT_CAP_2MB_PAGES != 0 {
-        (LARGE_PAGE, EPT_RWX | EPT_LEAF_WB | EPT_LARGE)
-    } else {
-        (PAGE, EPT_RWX | EPT_LEAF_WB)
-    };
-    for off in (0..ram.bytes).step_by(step as usize) {
-        memory::map(root, off, ram.hpa + off, leaf, EPT_RWX)?;
-    }
-    Ok(root)
+/// Whether EPT may hold 2 MiB leaves (what the mmu-server builds with).
+/// Call after `check_support`.
+pub fn ept_large_pages() -> bool {
+    read_caps().ept & EPT_CAP_2MB_PAGES != 0
 }
 
 /// The guest's registers that VMX does not keep in the VMCS; the layout is
@@ -246,6 +236,9 @@ pub struct Vcpu {
     host_cr3: u64,
     /// Shadow paging: no EPT, the mmu-server's tables in CR3.
     shadow: bool,
+    /// Nested paging: the EPTP of the mmu-server's root, 0 before
+    /// `SET_NESTED_ROOT`.
+    eptp: u64,
     launched: bool,
     failure: Option<EntryFailure>,
     sequence: u64,
@@ -378,14 +371,12 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         cr4_mask: 0,
         host_cr3: 0,
         shadow: matches!(paging, Paging::Shadow),
+        eptp: 0,
         launched: false,
         failure: None,
         sequence: 0,
     };
-    let eptp = match paging {
-        Paging::Nested(ram) => Some(rules::eptp(build_ept(ram)?, caps.ept)),
-        Paging::Shadow => None,
-    };
+    let nested = matches!(paging, Paging::Nested);
     if let Err(what) = vmx_on(&caps)? {
         v.failure = Some(EntryFailure::Setup { what, field: 0 });
         return Ok(v);
@@ -421,14 +412,14 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         0x175,
         0x176,
     ];
-    let msr_bitmap = msr_bitmap_passing(&GUEST_OWN_MSRS, eptp.is_some())?;
-    let (proc_paging, proc2, exceptions) = match eptp {
-        Some(_) => (
+    let msr_bitmap = msr_bitmap_passing(&GUEST_OWN_MSRS, nested)?;
+    let (proc_paging, proc2, exceptions) = match nested {
+        true => (
             PROC_SECONDARY_CONTROLS,
             PROC2_ENABLE_EPT | PROC2_UNRESTRICTED_GUEST,
             0,
         ),
-        None => (
+        false => (
             PROC_CR3_LOAD_EXITING | PROC_CR3_STORE_EXITING | PROC_INVLPG_EXITING,
             0,
             1 << 14,
@@ -451,7 +442,6 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
             .exit
             .adjust(EXIT_HOST_ADDRESS_SPACE_SIZE | EXIT_SAVE_EFER | EXIT_LOAD_EFER),
         entry: caps.entry.adjust(ENTRY_LOAD_EFER) & !ENTRY_IA32E_MODE_GUEST,
-        eptp: eptp.unwrap_or(0),
         ..Controls::default()
     };
     let c = v.controls;
@@ -472,11 +462,8 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     ] {
         v.write(field, u64::from(value));
     }
+    // The EPTP comes with the mmu-server's SET_NESTED_ROOT.
     v.write(MSR_BITMAP, msr_bitmap);
-    if let Some(eptp) = eptp {
-        v.write(EPT_POINTER, eptp);
-        invept(eptp, caps.ept);
-    }
     v.write(VMCS_LINK_POINTER, u64::MAX);
     v.host_state();
     v.guest_state(entry);
@@ -484,7 +471,8 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
 }
 
 /// Drops cached EPT translations for `eptp` (single context where the CPU
-/// has it, else all contexts) before its first use.
+/// has it, else all contexts): before its first use, and after the
+/// mmu-server changed its entries.
 fn invept(eptp: u64, ept_cap: u64) {
     let kind: u64 = if ept_cap & EPT_CAP_INVEPT_SINGLE != 0 {
         1
@@ -909,11 +897,15 @@ impl Vcpu {
         }
     }
 
-    /// Nothing to do: without VPID every VM entry and exit flushes the
-    /// guest's linear translations (SDM vol. 3C, 28.3.3.1), global ones
-    /// included; the EPT never changes and shadow tables change only while
-    /// the guest is out.
-    pub fn flush_tlb(&mut self) {}
+    /// Without VPID every VM entry and exit flushes the guest's linear
+    /// translations (SDM vol. 3C, 28.3.3.1), global ones included, so
+    /// shadow tables need nothing; the guest-physical translations the
+    /// EPT caches survive entries and are dropped with INVEPT.
+    pub fn flush_tlb(&mut self) {
+        if self.eptp != 0 {
+            invept(self.eptp, self.caps.ept);
+        }
+    }
 
     /// Shadow paging: what the guest reads of CR0 and CR4 (its own values,
     /// as the mmu-server holds them; any value is safe, they only answer
@@ -954,18 +946,23 @@ impl Vcpu {
     }
 
     /// Applies a resume that `resume::validate` accepted with `flags`;
-    /// `shadow_root` is the host-physical frame of `r.paging.root`, checked
-    /// by `resume::validate_paging`, when `SET_PAGING` is set.
-    pub fn apply(&mut self, r: &Resume, flags: ResumeFlags, shadow_root: Option<u64>) {
+    /// `root` is the host-physical frame of `r.paging.root`, checked by
+    /// `resume::validate_paging` (`SET_PAGING`) or
+    /// `resume::validate_nested_root` (`SET_NESTED_ROOT`).
+    pub fn apply(&mut self, r: &Resume, flags: ResumeFlags, root: Option<u64>) {
         if self.failure.is_some() {
             return;
         }
-        if let (true, true, Some(root)) = (
-            self.shadow,
-            flags.contains(ResumeFlags::SET_PAGING),
-            shadow_root,
-        ) {
-            self.load_paging(&r.paging, root);
+        match root {
+            Some(root) if self.shadow && flags.contains(ResumeFlags::SET_PAGING) => {
+                self.load_paging(&r.paging, root)
+            }
+            Some(root) if !self.shadow && flags.contains(ResumeFlags::SET_NESTED_ROOT) => {
+                self.eptp = rules::eptp(root, self.caps.ept);
+                self.write(EPT_POINTER, self.eptp);
+                invept(self.eptp, self.caps.ept);
+            }
+            _ => {}
         }
         if flags.contains(ResumeFlags::SET_CR2) {
             self.frame.cr2 = r.cr2;
