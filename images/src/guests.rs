@@ -28,6 +28,7 @@ pub const GUESTS: &[&str] = &[
     "cr3switch64",
     "cr3bench64",
     "badpt64",
+    "badptpae",
 ];
 
 /// Where the test guests are loaded and linked.
