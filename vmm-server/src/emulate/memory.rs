@@ -221,7 +221,10 @@ impl Translate for PageWalker {
             if rsvd {
                 code |= pf::RSVD | pf::P;
             }
-            if acc.fetch && (p.efer & EFER_NXE != 0 || p.cr4 & CR4_SMEP != 0) {
+            // I/D: a fetch with SMEP, or with NX enabled, which takes
+            // EFER.NXE and PAE or four-level paging (SDM vol. 3, 4.7).
+            let nx = p.efer & EFER_NXE != 0 && p.cr4 & CR4_PAE != 0;
+            if acc.fetch && (nx || p.cr4 & CR4_SMEP != 0) {
                 code |= pf::ID;
             }
             TranslateError::Fault(PageFault {
@@ -452,6 +455,16 @@ pub(crate) mod tests {
         assert_eq!(tr(&mut t, &p, 0x80_1234, W), Ok(0x3_00c0_1234));
         assert_eq!(t.bytes[0x1008] & 0x60, 0x60, "A and D on the 4M PDE");
         assert_eq!(tr(&mut t, &p, 0x1000, R), pf(0x1000, 0), "not present");
+        let nxe = Paging {
+            efer: EFER_NXE,
+            ..p
+        };
+        let fetch = Access { fetch: true, ..R };
+        assert_eq!(
+            tr(&mut t, &nxe, 0x1000, fetch),
+            pf(0x1000, 0),
+            "no I/D: EFER.NXE means nothing without PAE"
+        );
         let no_wp = Paging {
             cr0: CR0_PE | CR0_PG,
             ..p
