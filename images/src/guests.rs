@@ -29,6 +29,7 @@ pub const GUESTS: &[&str] = &[
     "cr3bench64",
     "badpt64",
     "badptpae",
+    "badpt32",
 ];
 
 /// Where the test guests are loaded and linked.
