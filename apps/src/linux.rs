@@ -1,14 +1,20 @@
-//! `splitvisor run --linux`: Debian's stock x86-64 kernel and a busybox
-//! initramfs, fetched as Debian packages into `<root>/.cache/linux/`
-//! (git-ignored; nothing downloaded is committed).
+//! `splitvisor run --linux [amd64|686|686-pae]`: one of Debian's stock
+//! kernels and a busybox initramfs, fetched as Debian packages into
+//! `<root>/.cache/linux/` (git-ignored; nothing downloaded is committed).
 //!
-//! 1. `apt-get download linux-image-amd64 busybox-static`; the
-//!    metapackage's `Depends` names the versioned `linux-image-*-amd64`,
-//!    which is downloaded too. Packages already in the cache are reused.
+//! 1. `apt-get download linux-image-FLAVOUR:ARCH busybox-static:ARCH`
+//!    (ARCH is amd64 or, for the 32-bit kernels, i386, which needs
+//!    `dpkg --add-architecture i386` and `apt-get update`, as
+//!    `scripts/install-deps` does); the metapackage's `Depends` names the
+//!    versioned `linux-image-*-FLAVOUR`, which is downloaded too. Packages
+//!    already in the cache are reused.
 //! 2. `dpkg-deb -x` unpacks the kernel package (for `boot/vmlinuz-*`) and
 //!    busybox (`bin/busybox`).
-//! 3. The initramfs is an uncompressed cpio (newc) archive
-//!    ([`images::linux::Cpio`]): busybox, `/dev/console`, and [`INIT`].
+//! 3. `gcc` builds the MMU workload (`apps/linux/workload.c`, no libc) for
+//!    the kernel's architecture.
+//! 4. The initramfs is an uncompressed cpio (newc) archive
+//!    ([`images::linux::Cpio`]): busybox, the workload, `/dev/console`, and
+//!    [`INIT`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -74,14 +80,68 @@ pub fn host_tsc_khz() -> Option<u64> {
     None
 }
 
+/// Which of Debian's kernels `--linux` boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Flavour {
+    /// `linux-image-amd64`: x86-64, four-level paging.
+    Amd64,
+    /// `linux-image-686`: i386 with two-level (non-PAE) paging.
+    #[value(name = "686")]
+    I686,
+    /// `linux-image-686-pae`: i386 with PAE paging.
+    #[value(name = "686-pae")]
+    I686Pae,
+}
+
+impl Flavour {
+    /// All flavours, 64-bit first.
+    pub const ALL: [Flavour; 3] = [Flavour::Amd64, Flavour::I686, Flavour::I686Pae];
+
+    /// The name `--linux` takes (and Debian's flavour name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavour::Amd64 => "amd64",
+            Flavour::I686 => "686",
+            Flavour::I686Pae => "686-pae",
+        }
+    }
+
+    /// Debian's architecture of the packages.
+    pub fn debian_arch(self) -> &'static str {
+        match self {
+            Flavour::Amd64 => "amd64",
+            Flavour::I686 | Flavour::I686Pae => "i386",
+        }
+    }
+
+    fn metapackage(self) -> String {
+        format!("linux-image-{}", self.name())
+    }
+
+    /// What `uname -m` prints in this kernel.
+    pub fn machine(self) -> &'static str {
+        match self {
+            Flavour::Amd64 => "x86_64",
+            Flavour::I686 | Flavour::I686Pae => "i686",
+        }
+    }
+}
+
 /// The marker `/init` prints once it runs.
 pub const INIT_MARKER: &str = "splitvisor-linux: init started";
+
+/// The line `/init` prints after the workload, with its exit status (the
+/// number of parts that failed).
+pub const WORKLOAD_END: &str = "splitvisor-linux: workload exit status ";
 
 /// The initramfs's `/init`: mounts proc, sys and devtmpfs, prints the
 /// marker and `uname -a`, then hands over to busybox `init` ([`INITTAB`]:
 /// a shell on ttyS0; `poweroff`, `halt` and `reboot` end the VM with status
-/// 0). With `splitvisor.exit` on the kernel command line it ends the VM
-/// with status 0 at once instead, for tests.
+/// 0). With `splitvisor.workload` on the kernel command line it first runs
+/// `/bin/workload` (fork+exec, pipe ping-pong, mmap/munmap; see
+/// `apps/linux/workload.c`) and prints [`WORKLOAD_END`]; with
+/// `splitvisor.exit` it then ends the VM with status 0 instead of starting
+/// the shell, for tests and benchmarks.
 pub const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
 /bin/busybox mount -t proc proc /proc
@@ -90,6 +150,12 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "splitvisor-linux: init started"
 uname -a
+case " $(cat /proc/cmdline) " in
+*" splitvisor.workload "*)
+    /bin/workload
+    echo "splitvisor-linux: workload exit status $?"
+    ;;
+esac
 case " $(cat /proc/cmdline) " in
 *" splitvisor.exit "*)
     echo "splitvisor-linux: exiting through port 0xf4"
@@ -139,16 +205,17 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The cached `.deb` of `package`, downloading it if it is not there.
-fn fetch_deb(dir: &Path, package: &str) -> Result<PathBuf, String> {
+/// The cached `.deb` of `package` for Debian architecture `arch`,
+/// downloading it if it is not there.
+fn fetch_deb(dir: &Path, package: &str, arch: &str) -> Result<PathBuf, String> {
     let find = || -> Option<PathBuf> {
         let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
             .ok()?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with(&format!("{package}_")) && n.ends_with(&format!("_{arch}.deb"))
+                })
             })
             .collect();
         found.sort();
@@ -157,13 +224,22 @@ fn fetch_deb(dir: &Path, package: &str) -> Result<PathBuf, String> {
     if let Some(p) = find() {
         return Ok(p);
     }
+    let spec = format!("{package}:{arch}");
     run(
         Command::new("apt-get")
-            .args(["download", package])
+            .args(["download", &spec])
             .current_dir(dir),
-        &format!("apt-get download {package}"),
+        &format!("apt-get download {spec}"),
     )
-    .map_err(|e| format!("could not download the Debian package {package}: {e}"))?;
+    .map_err(|e| {
+        let hint = if arch == "amd64" {
+            "run `apt-get update` (scripts/install-deps does)"
+        } else {
+            "the i386 packages need `dpkg --add-architecture i386 && apt-get update` \
+             (scripts/install-deps does both)"
+        };
+        format!("could not download the Debian package {spec}: {e}; {hint}")
+    })?;
     find().ok_or_else(|| {
         format!(
             "apt-get download {package} left no {package}_*.deb in {}",
@@ -202,9 +278,9 @@ fn unpack(deb: &Path, into: &Path) -> Result<(), String> {
     std::fs::write(&stamp, b"").map_err(|e| format!("{}: {e}", stamp.display()))
 }
 
-/// The initramfs: busybox, `/dev/console`, `/init`, `/etc/inittab` and
-/// `/sbin/splitvisor-exit`.
-pub fn initramfs(busybox: &[u8]) -> Vec<u8> {
+/// The initramfs: busybox, `/bin/workload`, `/dev/console`, `/init`,
+/// `/etc/inittab` and `/sbin/splitvisor-exit`.
+pub fn initramfs(busybox: &[u8], workload: &[u8]) -> Vec<u8> {
     let mut c = Cpio::new();
     for d in [
         "bin", "dev", "etc", "proc", "sys", "tmp", "sbin", "usr", "usr/bin", "usr/sbin",
@@ -214,23 +290,47 @@ pub fn initramfs(busybox: &[u8]) -> Vec<u8> {
     c.chardev("dev/console", 5, 1);
     c.file("bin/busybox", 0o755, busybox);
     c.symlink("bin/sh", "busybox");
+    c.file("bin/workload", 0o755, workload);
     c.file("init", 0o755, INIT.as_bytes());
     c.file("etc/inittab", 0o644, INITTAB.as_bytes());
     c.file("sbin/splitvisor-exit", 0o755, EXIT_SCRIPT.as_bytes());
     c.finish()
 }
 
-/// Fetches (or finds in the cache) Debian's kernel and busybox and writes
-/// the initramfs.
-pub fn prepare_debian_linux() -> Result<LinuxGuest, String> {
+/// The source of `/bin/workload`.
+pub const WORKLOAD_C: &str = include_str!("../linux/workload.c");
+
+/// Builds the workload for `flavour`'s architecture with the host's gcc
+/// into `dir`.
+fn build_workload(dir: &Path, flavour: Flavour) -> Result<Vec<u8>, String> {
+    let arch = flavour.debian_arch();
+    let src = dir.join("workload.c");
+    let out = dir.join(format!("workload-{arch}"));
+    images::write_atomic(&src, WORKLOAD_C.as_bytes()).map_err(|e| e.to_string())?;
+    let bits = if arch == "i386" { "-m32" } else { "-m64" };
+    run(
+        Command::new("gcc")
+            .args([bits, "-static", "-nostdlib", "-ffreestanding"])
+            .args(["-fno-pie", "-no-pie", "-O2", "-o"])
+            .arg(&out)
+            .arg(&src),
+        &format!("gcc {bits} (building the {arch} workload)"),
+    )?;
+    std::fs::read(&out).map_err(|e| format!("{}: {e}", out.display()))
+}
+
+/// Fetches (or finds in the cache) Debian's `flavour` kernel and busybox,
+/// builds the workload and writes the initramfs.
+pub fn prepare_debian_linux(flavour: Flavour) -> Result<LinuxGuest, String> {
     let dir = cache_dir();
+    let arch = flavour.debian_arch();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let meta = fetch_deb(&dir, "linux-image-amd64")?;
+    let meta = fetch_deb(&dir, &flavour.metapackage(), arch)?;
     let kpkg = kernel_package(&meta)?;
-    let kdeb = fetch_deb(&dir, &kpkg)?;
-    let bdeb = fetch_deb(&dir, "busybox-static")?;
+    let kdeb = fetch_deb(&dir, &kpkg, arch)?;
+    let bdeb = fetch_deb(&dir, "busybox-static", arch)?;
     let kroot = dir.join(format!("root-{kpkg}"));
-    let broot = dir.join("root-busybox-static");
+    let broot = dir.join(format!("root-busybox-static-{arch}"));
     unpack(&kdeb, &kroot)?;
     unpack(&bdeb, &broot)?;
     let boot = kroot.join("boot");
@@ -246,8 +346,9 @@ pub fn prepare_debian_linux() -> Result<LinuxGuest, String> {
     let bb = broot.join("bin").join("busybox");
     let busybox = std::fs::read(&bb)
         .map_err(|e| format!("busybox-static has no bin/busybox ({}: {e})", bb.display()))?;
-    let initrd = dir.join("initramfs.cpio");
-    images::write_atomic(&initrd, &initramfs(&busybox)).map_err(|e| e.to_string())?;
+    let workload = build_workload(&dir, flavour)?;
+    let initrd = dir.join(format!("initramfs-{arch}.cpio"));
+    images::write_atomic(&initrd, &initramfs(&busybox, &workload)).map_err(|e| e.to_string())?;
     Ok(LinuxGuest { kernel, initrd })
 }
 
@@ -257,12 +358,17 @@ mod tests {
 
     #[test]
     fn the_initramfs_holds_init_busybox_and_a_console() {
-        let a = initramfs(b"\x7fELF fake busybox");
+        let a = initramfs(b"\x7fELF fake busybox", b"\x7fELF fake workload");
         let text = String::from_utf8_lossy(&a);
         for name in ["init\0", "bin/busybox\0", "dev/console\0", "TRAILER!!!\0"] {
             assert!(text.contains(name), "{name}");
         }
-        for name in ["etc\0", "etc/inittab\0", "sbin/splitvisor-exit\0"] {
+        for name in [
+            "etc\0",
+            "etc/inittab\0",
+            "sbin/splitvisor-exit\0",
+            "bin/workload\0",
+        ] {
             assert!(text.contains(name), "{name}");
         }
         assert!(text.contains(INIT_MARKER));

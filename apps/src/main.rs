@@ -60,10 +60,16 @@ struct GuestArgs {
     /// The initrd (initramfs) for --kernel.
     #[arg(long, value_name = "FILE", requires = "kernel")]
     initrd: Option<PathBuf>,
-    /// Boot Debian's linux-image-amd64 with a busybox initramfs (fetched
-    /// with apt-get download into .cache/linux/).
-    #[arg(long)]
-    linux: bool,
+    /// Boot one of Debian's stock kernels with a busybox initramfs:
+    /// linux-image-amd64 (the default), linux-image-686 (i386, non-PAE
+    /// paging) or linux-image-686-pae (i386, PAE paging), fetched with
+    /// apt-get download into .cache/linux/. The shell has /bin/workload
+    /// (fork+exec, pipe ping-pong, mmap/munmap); `--append
+    /// splitvisor.workload` runs it at boot, `--append splitvisor.exit` ends
+    /// the VM after /init's first lines instead of starting the shell.
+    #[arg(long, value_name = "FLAVOUR", num_args = 0..=1,
+          default_missing_value = "amd64", require_equals = false)]
+    linux: Option<splitvisor::linux::Flavour>,
     /// The kernel command line (for --kernel and --linux; --linux puts
     /// `console=ttyS0 earlyprintk=serial,ttyS0,115200 tsc_early_khz=HOST`
     /// before it).
@@ -106,8 +112,8 @@ fn guest_help() -> String {
 impl GuestArgs {
     /// The system to build; for `--linux`, fetches and prepares the guest.
     fn spec(&self) -> Result<images::SystemSpec, String> {
-        let (guest, initrd, cmdline, default_ram) = if self.linux {
-            let g = splitvisor::linux::prepare_debian_linux()?;
+        let (guest, initrd, cmdline, default_ram) = if let Some(flavour) = self.linux {
+            let g = splitvisor::linux::prepare_debian_linux(flavour)?;
             let cmdline = splitvisor::linux::default_append(self.append.as_deref());
             (
                 g.kernel,
@@ -137,7 +143,7 @@ impl GuestArgs {
                 "--ram {ram_mib}: guest RAM must be an even number of MiB"
             ));
         }
-        if self.kernel.is_some() || self.linux {
+        if self.kernel.is_some() || self.linux.is_some() {
             if !guest.is_file() {
                 return Err(format!("the kernel {} does not exist", guest.display()));
             }
