@@ -67,7 +67,7 @@ fn boot_linux(flavour: Flavour, mmu: &str) {
     let uname = "Linux (none) 6.1.0-";
     let uname_line = lines
         .iter()
-        .find(|l| l.starts_with(&uname))
+        .find(|l| l.starts_with(uname))
         .unwrap_or_else(|| panic!("no uname -a from the initramfs\n{report}"));
     assert!(
         uname_line.contains(&format!("-{} ", flavour.name()))
