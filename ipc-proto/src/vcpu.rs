@@ -231,6 +231,15 @@ bitflags::bitflags! {
         /// fields of `paging` are ignored. The stub runs no nested-paging
         /// guest before a resume with this flag.
         const SET_NESTED_ROOT = 1 << 7;
+        /// With `SET_PAGING`: the load flushes only the guest's non-global
+        /// translations, as the guest's own MOV to CR3 does, so global
+        /// pages survive the switch of shadow roots (SVM TLB_CONTROL 7,
+        /// AMD APM vol. 2, 15.16.1). Without it the load flushes every
+        /// translation of the guest (what a CR0 or CR4.PGE change needs). A
+        /// flush asked for with `Syscall::MmuFlush` stays a full one. On VMX
+        /// without VPID every entry flushes everything anyway, so the flag
+        /// changes nothing there. Ignored without `SET_PAGING`.
+        const FLUSH_NON_GLOBAL = 1 << 8;
     }
 }
 
@@ -433,7 +442,7 @@ mod tests {
 
     #[test]
     fn resume_flags_and_event_kinds_round_trip() {
-        assert_eq!(ResumeFlags::all().bits(), 0b1111_1111);
+        assert_eq!(ResumeFlags::all().bits(), 0b1_1111_1111);
         for k in [
             EventKind::ExternalInterrupt,
             EventKind::Nmi,

@@ -390,8 +390,9 @@ impl Kernel {
             )
         };
         if resume.flags & ResumeFlags::SET_PAGING.bits() != 0 {
+            let paging = ResumeFlags::SET_PAGING | ResumeFlags::FLUSH_NON_GLOBAL;
             let only_paging = ipc_proto::Resume {
-                flags: ResumeFlags::SET_PAGING.bits(),
+                flags: resume.flags & paging.bits(),
                 ..resume
             };
             self.apply_resume(cur, &only_paging)?;

@@ -1,6 +1,7 @@
 //! The splitvisor mmu-server as a library: the guest page-table walker,
 //! the shadow-table cache kept coherent by write protection, and the
-//! nested-paging map.
+//! nested-paging map (NPT or EPT; all guest RAM is mapped eagerly at
+//! start, see [`nested`]).
 //!
 //! Nothing here touches the machine: the server reaches its platform (the
 //! native stub, or `sim` on the host) through [`MmuPlatform`], and guest

@@ -274,16 +274,13 @@ mod ring3 {
                     };
                     // SAFETY: as above.
                     unsafe { (&raw mut (*page).exit).write_volatile(npf) };
-                    let paging = mmu.take_paging();
-                    let flags = if paging.is_some() {
-                        ResumeFlags::SET_PAGING.bits()
-                    } else {
-                        0
-                    };
+                    let (paging, flags) = mmu
+                        .take_paging_flags()
+                        .unwrap_or((PagingState::default(), ResumeFlags::empty()));
                     let r = Resume {
                         abi_version: ABI_VERSION,
-                        flags,
-                        paging: paging.unwrap_or_default(),
+                        flags: flags.bits(),
+                        paging,
                         ..Default::default()
                     };
                     (r, Syscall::VcpuForward)

@@ -370,6 +370,9 @@ pub struct Mmu {
     nested: Option<NestedMap>,
     loaded: Option<PagingState>,
     pending: Option<PagingState>,
+    /// The pending load only switches roots for a guest CR3 load: it may
+    /// keep global translations (`ResumeFlags::FLUSH_NON_GLOBAL`).
+    pending_non_global: bool,
     spurious: (u64, u32),
 }
 
@@ -402,6 +405,7 @@ impl Mmu {
             nested: None,
             loaded: None,
             pending: None,
+            pending_non_global: false,
             spurious: (0, 0),
         }
     }
@@ -462,7 +466,7 @@ impl Mmu {
         self.cache.zap_all(p)?;
         self.cache.switch_root(p, &self.ctl)?;
         self.cache.flush_installs(p)?;
-        self.load_hw(true);
+        self.load_hw(true, false);
         self.cache.take_root_changed();
         self.cache.finish(p)?;
         Ok(())
@@ -497,15 +501,34 @@ impl Mmu {
     /// it with `SET_PAGING` (after [`Self::start`], or after an
     /// [`Action::Mmio`] or [`Self::write_efer`]).
     pub fn take_paging(&mut self) -> Option<PagingState> {
-        self.pending.take()
+        self.take_paging_flags().map(|(ps, _)| ps)
+    }
+
+    /// [`Self::take_paging`] with the resume flags to pass it with:
+    /// `SET_PAGING`, and `FLUSH_NON_GLOBAL` when the load only switches
+    /// roots for the guest's MOV to CR3 (global translations survive it,
+    /// as on the real CPU; a CR0, CR4 or EFER change flushes everything).
+    pub fn take_paging_flags(&mut self) -> Option<(PagingState, ResumeFlags)> {
+        let non_global = core::mem::take(&mut self.pending_non_global);
+        let ps = self.pending.take()?;
+        let flags = if non_global && self.cfg.global_pages {
+            ResumeFlags::SET_PAGING | ResumeFlags::FLUSH_NON_GLOBAL
+        } else {
+            ResumeFlags::SET_PAGING
+        };
+        Some((ps, flags))
     }
 
     /// Queues the hardware paging state for the next resume; `always`
     /// reloads even an unchanged state (a MOV to CR3 flushes the TLB and
-    /// reloads PAE PDPTEs).
-    fn load_hw(&mut self, always: bool) {
+    /// reloads PAE PDPTEs). `non_global`: the load is for a guest CR3 load
+    /// alone; a load queued for any other reason before the resume makes
+    /// it a full flush.
+    fn load_hw(&mut self, always: bool, non_global: bool) {
         if let Some(ps) = self.paging_state() {
             if always || self.loaded != Some(ps) {
+                self.pending_non_global =
+                    non_global && (self.pending.is_none() || self.pending_non_global);
                 self.pending = Some(ps);
                 self.loaded = Some(ps);
             }
@@ -523,7 +546,7 @@ impl Mmu {
             }
             if reload {
                 self.cache.flush_installs(p)?;
-                self.load_hw(true);
+                self.load_hw(true, false);
                 self.cache.take_root_changed();
             }
         }
@@ -543,8 +566,8 @@ impl Mmu {
         }
         match action {
             Action::Resume(mut r) => {
-                if let Some(ps) = self.pending.take() {
-                    r.flags |= ResumeFlags::SET_PAGING.bits();
+                if let Some((ps, flags)) = self.take_paging_flags() {
+                    r.flags |= flags.bits();
                     r.paging = ps;
                 }
                 Action::Resume(r)
@@ -724,7 +747,7 @@ impl Mmu {
             }
             p.flush_tlb(Flush::Page(la));
             self.cache.flush_installs(p)?;
-            self.load_hw(true);
+            self.load_hw(true, false);
         }
         Ok(Action::Resume(Self::retry(rec)))
     }
@@ -1045,14 +1068,15 @@ impl Mmu {
         if rebuild || self.cache.root().is_none() {
             self.cache.switch_root(p, &new)?;
         }
-        if (old.cr4 ^ new.cr4) & (cr4::PGE | cr4::PAE | cr4::PSE) != 0
+        let flush_all = (old.cr4 ^ new.cr4) & (cr4::PGE | cr4::PAE | cr4::PSE) != 0
             || (old.cr0 ^ new.cr0) & (cr0::PG | cr0::WP) != 0
-            || (old.efer ^ new.efer) & (efer::NXE | efer::LMA) != 0
-        {
+            || (old.efer ^ new.efer) & (efer::NXE | efer::LMA) != 0;
+        if flush_all {
             self.cache.request_flush();
         }
         self.cache.flush_installs(p)?;
-        self.load_hw(rebuild);
+        // A MOV to CR3 alone keeps global translations, as on the CPU.
+        self.load_hw(rebuild, cr3_load && !flush_all);
         self.cache.take_root_changed();
         Ok(())
     }

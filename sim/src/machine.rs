@@ -244,8 +244,8 @@ impl Machine {
             Action::Mmio { gpa, .. } => Step::End(Outcome::Mmio(gpa)),
             Action::Fail(f) => Step::End(Outcome::Failed(format!("mmu-server: {f}"))),
         };
-        if let Some(ps) = self.mmu.take_paging() {
-            if let Err(e) = self.sim.load_paging(&ps) {
+        if let Some((ps, flags)) = self.mmu.take_paging_flags() {
+            if let Err(e) = self.sim.load_paging_flags(&ps, flags) {
                 return Step::End(Outcome::Failed(e));
             }
         }
@@ -272,7 +272,7 @@ impl Machine {
             }
         };
         if flags.contains(ResumeFlags::SET_PAGING) {
-            if let Err(e) = self.sim.load_paging(&r.paging) {
+            if let Err(e) = self.sim.load_paging_flags(&r.paging, flags) {
                 return Step::End(Outcome::Failed(e));
             }
         }

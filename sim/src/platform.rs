@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use ipc_proto::mmu::{ept, Install, TableFormat, TableHandle, PTE_ADDR_MASK};
-use ipc_proto::PagingState;
+use ipc_proto::{PagingState, ResumeFlags};
 use kernel_stub::install::{GuestRam, ShadowTables};
 use mmu_server::walk::{pf, Access, GuestMemory};
 use mmu_server::{Flush, MmuPlatform, PlatformError};
@@ -47,8 +47,9 @@ pub struct SimConfig {
     pub ram_bytes: u64,
     /// Host-physical address of guest-physical 0.
     pub hpa_base: u64,
-    /// Loading a paging state keeps global translations (MOV to CR3
-    /// semantics). When false, every load flushes everything.
+    /// A paging state loaded with `FLUSH_NON_GLOBAL` keeps global
+    /// translations (MOV to CR3 semantics; SVM's TLB_CONTROL 7). When
+    /// false, every load flushes everything (VMX without VPID).
     pub keep_globals_on_load: bool,
     /// Most tables the stub hands out (fault injection: smaller than the
     /// server's budget makes `alloc_table` fail).
@@ -116,6 +117,8 @@ pub struct SimCounters {
     pub flushes: u64,
     /// Paging-state loads.
     pub loads: u64,
+    /// Of those, loads with `FLUSH_NON_GLOBAL` (a guest CR3 load alone).
+    pub non_global_loads: u64,
     /// TLB hits and misses.
     pub tlb_hits: u64,
     /// TLB misses (hardware walks).
@@ -204,10 +207,22 @@ impl Sim {
     }
 
     /// Loads a hardware paging state the way the stub applies
+    /// `SET_PAGING` alone: every translation is flushed.
+    pub fn load_paging(&mut self, ps: &PagingState) -> Result<(), String> {
+        self.load_paging_flags(ps, ResumeFlags::SET_PAGING)
+    }
+
+    /// Loads a hardware paging state the way the stub applies
     /// `SET_PAGING`: checked with `kernel_stub::resume::validate_paging`;
     /// in PAE format the four PDPTEs are read from the root now (as a CR3
     /// load does) and must not have reserved bits, or the entry fails.
-    pub fn load_paging(&mut self, ps: &PagingState) -> Result<(), String> {
+    /// With `FLUSH_NON_GLOBAL` (and `keep_globals_on_load`) global
+    /// translations stay in the TLB, else the TLB is flushed.
+    pub fn load_paging_flags(
+        &mut self,
+        ps: &PagingState,
+        flags: ResumeFlags,
+    ) -> Result<(), String> {
         let tables = &self.tables;
         kernel_stub::resume::validate_paging(ps, |h| tables.get(h).map(|(_, l)| l))
             .map_err(|e| format!("the stub refused the paging state: {}", e.describe()))?;
@@ -225,16 +240,16 @@ impl Sim {
                 self.pdpte_regs[i] = root[i];
             }
         }
-        let pge_changed = self
-            .paging
-            .is_some_and(|old| (old.cr4 ^ ps.cr4) & CR4_PGE != 0);
-        if self.cfg.keep_globals_on_load && !pge_changed {
+        if self.cfg.keep_globals_on_load && flags.contains(ResumeFlags::FLUSH_NON_GLOBAL) {
             self.tlb.retain(|_, e| e.global);
         } else {
             self.tlb.clear();
         }
         self.paging = Some(*ps);
         self.counters.loads += 1;
+        if flags.contains(ResumeFlags::FLUSH_NON_GLOBAL) {
+            self.counters.non_global_loads += 1;
+        }
         Ok(())
     }
 

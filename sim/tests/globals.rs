@@ -75,3 +75,31 @@ fn without_pge_or_with_global_pages_off_a_cr3_load_flushes_everything() {
         );
     }
 }
+
+/// The mmu-server asks the stub to keep global translations
+/// (`FLUSH_NON_GLOBAL`) only when the shadow root switches for a guest
+/// MOV to CR3 alone: a CR4.PGE or CR0.WP change flushes everything.
+#[test]
+fn only_a_cr3_load_keeps_global_translations() {
+    let (mut m, a, b) = two_spaces(true, true);
+    let before = m.sim.counters;
+    assert_eq!(m.mov_to_cr(3, b), Outcome::Done);
+    assert_eq!(m.sim.counters.non_global_loads, before.non_global_loads + 1);
+    let before = m.sim.counters;
+    assert_eq!(m.mov_to_cr(4, cr4::PAE), Outcome::Done);
+    assert_eq!(m.mov_to_cr(4, cr4::PAE | cr4::PGE), Outcome::Done);
+    assert_eq!(m.mov_to_cr(0, cr0::PE | cr0::PG | cr0::ET), Outcome::Done);
+    assert!(m.sim.counters.loads > before.loads);
+    assert_eq!(m.sim.counters.non_global_loads, before.non_global_loads);
+    assert_eq!(m.mov_to_cr(3, a), Outcome::Done);
+    assert_eq!(m.sim.counters.non_global_loads, before.non_global_loads + 1);
+}
+
+/// Without global pages in the shadow tables there is nothing to keep:
+/// every load flushes everything.
+#[test]
+fn without_global_pages_every_load_flushes_everything() {
+    let (mut m, _, b) = two_spaces(true, false);
+    assert_eq!(m.mov_to_cr(3, b), Outcome::Done);
+    assert_eq!(m.sim.counters.non_global_loads, 0);
+}

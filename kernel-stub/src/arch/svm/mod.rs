@@ -342,7 +342,16 @@ impl Vcpu {
 
     /// Flushes this guest's TLB entries at the next entry.
     pub fn flush_tlb(&mut self) {
-        self.vmcb.write8(TLB_CONTROL, TLB_FLUSH_GUEST);
+        self.flush(TLB_FLUSH_GUEST);
+    }
+
+    /// Asks for a `kind` flush at the next entry; a wider one already
+    /// asked for stays (1 everything, 3 this guest, 7 its non-global entries).
+    fn flush(&mut self, kind: u8) {
+        let pending = self.vmcb.read8(TLB_CONTROL);
+        if pending == 0 || pending == TLB_FLUSH_GUEST_NON_GLOBAL {
+            self.vmcb.write8(TLB_CONTROL, kind);
+        }
     }
 
     /// Applies a resume that `resume::validate` accepted with `flags`;
@@ -355,7 +364,11 @@ impl Vcpu {
             self.vmcb.write64(CR4, r.paging.cr4);
             self.vmcb.write64(EFER, r.paging.efer | cpu::EFER_SVME);
             self.vmcb.write64(CR3, root);
-            self.flush_tlb();
+            self.flush(if flags.contains(ResumeFlags::FLUSH_NON_GLOBAL) {
+                TLB_FLUSH_GUEST_NON_GLOBAL
+            } else {
+                TLB_FLUSH_GUEST
+            });
         }
         if let (true, Some(root)) = (flags.contains(ResumeFlags::SET_NESTED_ROOT), root) {
             self.vmcb.write64(N_CR3, root);

@@ -44,6 +44,8 @@ pub const MISC1_SHUTDOWN: u32 = 1 << 31;
 pub const CR_SHADOWED: u32 = (1 << 0) | (1 << 3) | (1 << 4);
 /// TLB_CONTROL: flush this guest's (ASID's) entries.
 pub const TLB_FLUSH_GUEST: u8 = 3;
+/// TLB_CONTROL: flush this guest's non-global entries.
+pub const TLB_FLUSH_GUEST_NON_GLOBAL: u8 = 7;
 // Virtual interrupt control (offset 0x060).
 pub const V_IRQ: u64 = 1 << 8;
 pub const V_INTR_PRIO_MAX: u64 = 0xf << 16;

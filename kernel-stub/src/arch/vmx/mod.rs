@@ -899,8 +899,9 @@ impl Vcpu {
 
     /// Without VPID every VM entry and exit flushes the guest's linear
     /// translations (SDM vol. 3C, 28.3.3.1), global ones included, so
-    /// shadow tables need nothing; the guest-physical translations the
-    /// EPT caches survive entries and are dropped with INVEPT.
+    /// shadow tables need nothing (and `FLUSH_NON_GLOBAL` cannot keep
+    /// global pages); the guest-physical translations the EPT caches
+    /// survive entries and are dropped with INVEPT.
     pub fn flush_tlb(&mut self) {
         if self.eptp != 0 {
             invept(self.eptp, self.caps.ept);
