@@ -2,6 +2,7 @@
 //! in Bochs with emulated VMX or SVM, count the privileged code.
 
 mod bench;
+mod bench_boot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,7 +41,9 @@ enum Command {
     /// Lines are non-blank lines with something besides comments on them.
     Loc(LocArgs),
     /// Benchmarks: `bench mmu` (the shadow MMU's context-switch benchmark,
-    /// cached against the 2006 baseline, in the simulator and on QEMU).
+    /// cached against the 2006 baseline, in the simulator and on QEMU) and
+    /// `bench boot` (Debian's kernel to init: plain QEMU against splitvisor
+    /// with nested and with shadow paging).
     Bench(bench::BenchArgs),
 }
 
