@@ -32,8 +32,8 @@ pub enum Syscall {
     /// Serve channel `rdi`: reply to the pending call (if any) and wait for
     /// the next one. Returns the channel number of the new call.
     ReplyRecv = 7,
-    /// Allocate a zeroed shadow page table of level `rdi` (1..=4); returns
-    /// its `TableHandle`. mmu-server only.
+    /// Allocate a zeroed shadow (or nested) page table of level `rdi`
+    /// (1..=4); returns its `TableHandle`. mmu-server only.
     ShadowAlloc = 8,
     /// Free shadow table `rdi`. mmu-server only.
     ShadowFree = 9,
@@ -41,7 +41,9 @@ pub enum Syscall {
     /// entries written. On `InstallRefused`, the page's `count` holds the
     /// index of the refused entry and `reserved` the `InstallError`.
     MmuInstall = 10,
-    /// Flush the guest's TLB before the next entry. mmu-server only.
+    /// Flush the guest's TLB before the next entry (its cached nested
+    /// translations too: INVEPT on VMX once a nested root is set).
+    /// mmu-server only.
     MmuFlush = 11,
     /// Copy up to `rsi` bytes of host-console input to user address `rdi`
     /// without waiting; returns the number of bytes (0 when none).
@@ -105,7 +107,10 @@ pub enum ErrorCode {
     /// The stub has no memory or handles left for the request.
     OutOfMemory = 12,
     /// The hardware paging state would let the guest bypass the shadow
-    /// tables (CR0.PG or CR4.PAE clear) or names a root of the wrong level.
+    /// tables (CR0.PG or CR4.PAE clear) or names a root of the wrong level;
+    /// or a nested root that is not a live level-4 table, or a root of the
+    /// other MMU mode (`SET_PAGING` under nested paging, `SET_NESTED_ROOT`
+    /// under shadow paging).
     ResumeBadPaging = 13,
 }
 
@@ -159,7 +164,9 @@ impl ErrorCode {
             Self::InstallRefused => "a page-table install was refused",
             Self::NotReady => "the call cannot be served now",
             Self::OutOfMemory => "the stub has no memory or handles left",
-            Self::ResumeBadPaging => "resume paging state would bypass the shadow tables",
+            Self::ResumeBadPaging => {
+                "resume paging state or root would bypass the shadow or nested tables"
+            }
         }
     }
 }
