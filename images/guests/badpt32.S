@@ -115,7 +115,7 @@ bp_cases:
     VALUE "user_page_user_fetch", ux, T+0x7000, 0x600d
     VALUE "pd_loop_write_pte", sm_wr, LOOP+0x1000+9*4, TAG(9)
     VALUE "pd_loop_read_written_pte", rd4, LOOP+0x1000+9*4, (FRAMES+0x9000)|0x23
-    VALUE "pd_loop_read_pde", rd4, LOOP+0x5000+3*4, 0xc0000000|0x27
+    VALUE "pd_loop_read_pde", rd4, LOOP+0x5000+1*4, PT_A|0x67
     FAULT "pd_loop_not_present", rd4, LOOP+0x2000, 0x00, LOOP+0x2000
     FAULT "pd_loop_not_present_user_fetch", ux, LOOP+0x6000, 0x04, LOOP+0x6000
     .long 0

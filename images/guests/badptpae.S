@@ -167,7 +167,7 @@ bp_cases:
     VALUE "pd_loop_read_pt", rd, LOOP+0x1000+1*8, (FRAMES+0x1000)|1|(1<<51)
     VALUE "pd_loop_write_pte", sm_wr, LOOP+0x1000+9*8, TAG(9)
     VALUE "pd_loop_read_written_pte", rd, LOOP+0x1000+9*8, (FRAMES+0x9000)|0x23
-    VALUE "pd_loop_read_pde", rd, LOOP+0x6000+3*8, 0xc0000000|0x27
+    VALUE "pd_loop_read_pde", rd, LOOP+0x6000+1*8, PT_A|0x67
     FAULT "pd_loop_not_present", rd, LOOP+0x2000, 0x00, LOOP+0x2000
     FAULT "pd_loop_rsvd_bit51", rd, LOOP+0x4000, 0x09, LOOP+0x4000
     FAULT "pd_loop_rsvd_bit55_user_write", uw, LOOP+0x7000, 0x0f, LOOP+0x7000

@@ -71,8 +71,12 @@ const fn tag(i: u64) -> u64 {
 const FRAMES: u64 = 0x30_0000;
 const OK: u64 = 0x600d;
 const POKE: u64 = 0x0bad_f00d;
-/// Accessed.
+/// Accessed and dirty.
 const A: u64 = 0x20;
+const D: u64 = 0x40;
+/// The page table of the test pages, in every guest; written through a
+/// loop, so its PDE, used there as a PTE, is accessed and dirty.
+const PT_A: u64 = 0x18_3000;
 
 /// badpt64: four-level paging, EFER.NXE = 1 (but where turned off).
 fn badpt64() -> Vec<(&'static str, Want)> {
@@ -138,7 +142,7 @@ fn badpt64() -> Vec<(&'static str, Want)> {
         ("selfmap_read_written_pte", Value((FRAMES + 0x9000) | 3 | A)),
         // PD[6] names the PD.
         ("pd_loop_read_pt", Value((FRAMES + 0x9000) | 3 | A)),
-        ("pd_loop_read_pde", Value(0xc000_0000 | 7 | A)),
+        ("pd_loop_read_pde", Value(PT_A | 7 | A | D)),
         ("pd_loop_not_present", Fault(0xc0_2000, 0)),
         ("pd_loop_rsvd_bit51", Fault(0xc0_4000, P | RSVD)),
     ]
@@ -192,7 +196,7 @@ fn badptpae() -> Vec<(&'static str, Want)> {
         ("pd_loop_read_pt", Value((FRAMES + 0x1000) | 1 | 1 << 51)),
         ("pd_loop_write_pte", Value(tag(9))),
         ("pd_loop_read_written_pte", Value((FRAMES + 0x9000) | 3 | A)),
-        ("pd_loop_read_pde", Value(0xc000_0000 | 7 | A)),
+        ("pd_loop_read_pde", Value(PT_A | 7 | A | D)),
         ("pd_loop_not_present", Fault(LOOP + 0x2000, 0)),
         ("pd_loop_rsvd_bit51", Fault(LOOP + 0x4000, P | RSVD)),
         (
@@ -234,7 +238,7 @@ fn badpt32() -> Vec<(&'static str, Want)> {
         // PD[5] names the PD.
         ("pd_loop_write_pte", Value(tag(9))),
         ("pd_loop_read_written_pte", Value((FRAMES + 0x9000) | 3 | A)),
-        ("pd_loop_read_pde", Value(0xc000_0000 | 7 | A)),
+        ("pd_loop_read_pde", Value(PT_A | 7 | A | D)),
         ("pd_loop_not_present", Fault(LOOP + 0x2000, 0)),
         ("pd_loop_not_present_user_fetch", Fault(LOOP + 0x6000, U)),
     ]
