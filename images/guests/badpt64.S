@@ -51,6 +51,9 @@
 #define B51  (1<<51)
 #define URW  7
 #define SELFMAP_PT_A 0xffffff8000001000   /* PML4[511], PML4[0], PDPT[0], PD[1] */
+#define G_BASE 0x1c0000           /* the garbage tables (see `garbage`) */
+#define G_PAGES 16
+#define FUZZ_N 4000
 
 #include "com1.inc"
 #include "print.inc"
@@ -202,12 +205,33 @@ long64:
     jmp bp_run
 
 pf_handler:
+    cmp dword ptr [rip + fz_active], 0
+    jne fz_pf
     pop rax
     mov [rip + bp_ec], rax
     mov rax, cr2
     mov [rip + bp_cr2], rax
     mov dword ptr [rip + bp_hit], 1
     jmp bp_recover
+
+/* A #PF in the garbage walks: folded into the sum (with P wherever RSVD
+ * is set, so that QEMU's erratum does not show), then the next access. */
+fz_pf:
+    pop rax
+    test eax, 8
+    jz 1f
+    or eax, 1
+1:  mov edx, [rip + fz_sum]
+    rol edx, 5
+    xor edx, eax
+    mov rax, cr2
+    xor edx, eax
+    shr rax, 32
+    xor edx, eax
+    mov [rip + fz_sum], edx
+    add dword ptr [rip + fz_faults], 1
+    mov rsp, [rip + fz_sp]
+    jmp fz_next
 
 ud_handler:
     cmp dword ptr [rip + bp_in_user], 0
@@ -296,6 +320,120 @@ flush:
     mov rax, cr3
     mov cr3, rax
     ret
+/* Garbage tables: G_PAGES pages of pseudo-random entries (xorshift32
+ * from a fixed seed) at G_BASE, PML4[5] naming the first, then FUZZ_N
+ * reads at pseudo-random addresses under PML4[5]. Every entry has A set
+ * and nothing is written, so the garbage stays as it is whatever the
+ * MMU; of the entries, 7/8 are present and 1/8 have PS; 5/8 name a page
+ * of the garbage, 1/8 a random address below 2^40 (beyond RAM: a table
+ * that reads as not present, or MMIO), 1/4 keep all their random bits
+ * (reserved bits). Returns faults << 48 | values << 32 | the sum of
+ * every fault's error code and CR2 and every value read. */
+garbage:
+    mov dword ptr [rip + fz_rng], 0x2545f491
+    xor ebx, ebx
+1:  call gen_entry
+    mov [G_BASE + rbx * 8], rax
+    add ebx, 1
+    cmp ebx, G_PAGES * 512
+    jb 1b
+    mov dword ptr [PML4 + 5 * 8], G_BASE | 0x27
+    mov rax, cr3
+    mov cr3, rax
+    mov dword ptr [rip + fz_sum], 0x12345678
+    mov dword ptr [rip + fz_faults], 0
+    mov dword ptr [rip + fz_values], 0
+    mov dword ptr [rip + fz_i], 0
+    mov [rip + fz_sp], rsp
+    mov dword ptr [rip + fz_active], 1
+fz_loop:
+    call rand64
+    mov rdx, 0x7ffffffff8
+    and rax, rdx
+    mov rdx, 5 << 39
+    or rax, rdx
+    mov rax, [rax]
+    mov edx, [rip + fz_sum]
+    rol edx, 7
+    xor edx, eax
+    shr rax, 32
+    rol eax, 3
+    xor edx, eax
+    mov [rip + fz_sum], edx
+    add dword ptr [rip + fz_values], 1
+fz_next:
+    add dword ptr [rip + fz_i], 1
+    cmp dword ptr [rip + fz_i], FUZZ_N
+    jb fz_loop
+    mov dword ptr [rip + fz_active], 0
+    mov dword ptr [PML4 + 5 * 8], 0
+    mov rax, cr3
+    mov cr3, rax
+    mov eax, [rip + fz_faults]
+    shl rax, 16
+    or eax, [rip + fz_values]
+    shl rax, 32
+    mov edx, [rip + fz_sum]
+    or rax, rdx
+    ret
+
+/* EAX = the next xorshift32 number. Clobbers EDX. */
+rand32:
+    mov eax, [rip + fz_rng]
+    mov edx, eax
+    shl edx, 13
+    xor eax, edx
+    mov edx, eax
+    shr edx, 17
+    xor eax, edx
+    mov edx, eax
+    shl edx, 5
+    xor eax, edx
+    mov [rip + fz_rng], eax
+    ret
+
+/* RAX = 64 pseudo-random bits. Clobbers RCX, RDX. */
+rand64:
+    call rand32
+    mov ecx, eax
+    call rand32
+    shl rax, 32
+    or rax, rcx
+    ret
+
+/* RAX = one garbage entry (see `garbage`). Clobbers RCX, RDX, RSI. */
+gen_entry:
+    call rand64
+    mov rsi, rax
+    call rand32                   /* EAX: the choices */
+    mov ecx, eax
+    mov rax, rsi
+    or eax, 0x20                  /* A */
+    test ecx, 0x18
+    jz 1f
+    or eax, 1                     /* P: 7/8 */
+1:  test ecx, 0x60
+    jz 2f
+    and eax, ~0x80                /* PS: 1/8 */
+2:  and ecx, 7
+    cmp ecx, 6
+    jae 4f                        /* 6, 7: every bit random */
+    mov rdx, 0x8000000000000fff   /* NX and the flags stay */
+    and rax, rdx
+    cmp ecx, 5
+    je 3f
+    mov rdx, rsi                  /* 0-4: a page of the garbage */
+    shr rdx, 40
+    and edx, G_PAGES - 1
+    shl edx, 12
+    add edx, G_BASE
+    or rax, rdx
+    ret
+3:  mov rdx, 0xfffffff000         /* 5: any address below 2^40 */
+    and rdx, rsi
+    or rax, rdx
+4:  ret
+
 /* Ring 3: IRETQ to user_*, which ends with UD2. */
 ur: mov esi, offset user_rd
     jmp to_user
@@ -387,6 +525,7 @@ bp_cases:
     VALUE "pd_loop_read_pde", rd, 0xc06000+1*8, PT_A|0x67
     FAULT "pd_loop_not_present", rd, 0xc02000, 0x00, 0xc02000
     FAULT "pd_loop_rsvd_bit51", rd, 0xc04000, 0x09, 0xc04000
+    INFO "garbage_tables", garbage, 0
     .long 0
 
 prefix:         .asciz GUEST_NAME ": "
@@ -416,6 +555,14 @@ idt_descriptor:
     .long idt, 0
 
     .section .bss
+    .balign 8
+fz_sp:      .skip 8
+fz_active:  .skip 4
+fz_rng:     .skip 4
+fz_sum:     .skip 4
+fz_faults:  .skip 4
+fz_values:  .skip 4
+fz_i:       .skip 4
     .balign 16
 tss:        .skip 104
 maxphyaddr: .skip 4
