@@ -32,7 +32,15 @@ pub const LINUX_RAM_MIB: u32 = 256;
 /// starts, which is where an unsupported device stops a boot; `panic=-1`
 /// reboots at once after a panic (the i8042 reset ends the VM) instead of
 /// spinning until the timeout, the panic's message still on the console.
-pub const DEFAULT_APPEND: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1";
+/// `tsc=reliable` keeps the clocksource watchdog from judging the TSC by
+/// jiffies: the TSC is the host's (invariant, not intercepted), while
+/// jiffies here lose the ticks that fall while the kernel keeps interrupts
+/// off through long console writes, each character a trapped UART access
+/// costing tens of microseconds; without it the watchdog marks the TSC
+/// unstable within two seconds of boot and the kernel's clock becomes
+/// jiffies, which then run slow.
+pub const DEFAULT_APPEND: &str =
+    "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 tsc=reliable";
 
 /// The full `--linux` command line: [`DEFAULT_APPEND`], [`tsc_option`] and
 /// the user's `extra`.

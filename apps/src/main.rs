@@ -74,7 +74,8 @@ struct GuestArgs {
           default_missing_value = "amd64", require_equals = false)]
     linux: Option<splitvisor::linux::Flavour>,
     /// The kernel command line (for --kernel and --linux; --linux puts
-    /// `console=ttyS0 earlyprintk=serial,ttyS0,115200 tsc_early_khz=HOST`
+    /// `console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 tsc=reliable
+    /// tsc_early_khz=HOST`
     /// before it).
     #[arg(long, value_name = "TEXT")]
     append: Option<String>,

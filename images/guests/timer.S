@@ -8,8 +8,10 @@
  * channel 2 as Linux calibrates its TSC: twenty one-shot (mode 0) counts
  * of 59659 clocks, each gated on through port 0x61 and polled there (bit
  * 5) until it ends. Checks, printed on COM1: 990 to 1010 ticks arrived in
- * that second; ten HLTs are each woken by a tick. Ends with status 0 on
- * port 0xF4, or 1. */
+ * that second; ten HLTs are each woken by a tick; ten ticks arrive while
+ * the guest spins on its tick counter in memory, making no exit of its own
+ * (the stub's exit deadline must end such a run at each tick; the spin
+ * gives up after 2^36 TSC cycles). Ends with status 0 on port 0xF4, or 1. */
     .intel_syntax noprefix
     .code32
 
@@ -148,6 +150,24 @@ window:
     mov esi, offset msg_hlt
     call say
 
+    /* Spin on the counter without exits: only a host timer can deliver. */
+    rdtsc
+    mov edi, edx
+    add edi, 16               /* give up 2^36 cycles from now */
+    mov ebx, [ticks]
+    add ebx, 10
+    sti
+5:  cmp [ticks], ebx
+    jae 6f
+    rdtsc
+    cmp edx, edi
+    jb 5b
+    cli
+    jmp fail
+6:  cli
+    mov esi, offset msg_spin
+    call say
+
     mov esi, offset msg_pass
     call say
     xor al, al
@@ -211,6 +231,7 @@ msg_pic:       .asciz "pic: vector bases 0x20 and 0x28, only irq 0 unmasked\n"
 msg_pit:       .asciz "pit channel 0: mode 2, count 1193 (1000.15 Hz)\n"
 msg_count:     .asciz " ticks of irq 0 in one virtual second (20 x 50 ms on pit channel 2)\n"
 msg_hlt:       .asciz "hlt: 10 halts, each woken by a tick\n"
+msg_spin:      .asciz "spin: 10 ticks while spinning without exits\n"
 msg_exception: .asciz "unexpected exception\n"
 msg_pass:      .asciz "all checks passed\n"
 msg_fail:      .asciz "FAILED\n"

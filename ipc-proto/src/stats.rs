@@ -37,6 +37,9 @@ wire! {
         pub installs_refused: u64,
         /// Calls made on each channel.
         pub channel_calls: [u64; crate::manifest::MAX_CHANNELS],
+        /// Exits for a host interrupt: the exit deadline's timer
+        /// (`ResumeFlags::SET_EXIT_DEADLINE`). Not in `exits_other`.
+        pub exits_host_interrupt: u64,
     }
 }
 
@@ -45,7 +48,7 @@ impl core::fmt::Display for Stats {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "exits: total={} ioio={} hlt={} cpuid={} msr={} npf={} exception={} shutdown={} invalid={} other={} syscalls={} resumes_refused={}",
+            "exits: total={} ioio={} hlt={} cpuid={} msr={} npf={} exception={} shutdown={} invalid={} intr={} other={} syscalls={} resumes_refused={}",
             self.exits_total,
             self.exits_ioio,
             self.exits_hlt,
@@ -55,6 +58,7 @@ impl core::fmt::Display for Stats {
             self.exits_exception,
             self.exits_shutdown,
             self.exits_invalid,
+            self.exits_host_interrupt,
             self.exits_other,
             self.syscalls,
             self.resumes_refused,
@@ -173,7 +177,8 @@ mod tests {
 
     #[test]
     fn stats_layout_is_pinned() {
-        assert_eq!(size_of::<Stats>(), 22 * 8);
+        assert_eq!(size_of::<Stats>(), 23 * 8);
+        assert_eq!(offset_of!(Stats, exits_host_interrupt), 22 * 8);
         assert_eq!(offset_of!(Stats, installs), 96);
         assert_eq!(offset_of!(Stats, installs_refused), 104);
         assert_eq!(offset_of!(Stats, channel_calls), 112);

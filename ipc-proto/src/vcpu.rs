@@ -240,6 +240,12 @@ bitflags::bitflags! {
         /// without VPID every entry flushes everything anyway, so the flag
         /// changes nothing there. Ignored without `SET_PAGING`.
         const FLUSH_NON_GLOBAL = 1 << 8;
+        /// Bound every entry from now on by `exit_deadline`: the guest
+        /// exits (as for a host interrupt) no later than when the host's
+        /// TSC reaches it, exits or not of its own. 0 removes the bound. The
+        /// vmm-server names its next timer deadline so that a guest spinning
+        /// without exits (`while (jiffies == j);`) still sees its tick.
+        const SET_EXIT_DEADLINE = 1 << 9;
     }
 }
 
@@ -322,6 +328,8 @@ wire! {
         pub paging: PagingState,
         /// CR2 when `SET_CR2` is set.
         pub cr2: u64,
+        /// A host TSC value when `SET_EXIT_DEADLINE` is set (0: none).
+        pub exit_deadline: u64,
     }
 }
 
@@ -424,7 +432,8 @@ mod tests {
         assert_eq!(offset_of!(Resume, event), 152);
         assert_eq!(offset_of!(Resume, paging), 160);
         assert_eq!(offset_of!(Resume, cr2), 192);
-        assert_eq!(size_of::<Resume>(), 200);
+        assert_eq!(offset_of!(Resume, exit_deadline), 200);
+        assert_eq!(size_of::<Resume>(), 208);
         assert_eq!(size_of::<PagingState>(), 32);
         assert_eq!(offset_of!(PagingState, cr0), 0);
         assert_eq!(offset_of!(PagingState, cr4), 8);
@@ -436,13 +445,13 @@ mod tests {
     fn vcpu_page_layout_is_pinned_and_fits_a_page() {
         assert_eq!(offset_of!(VcpuPage, exit), 0);
         assert_eq!(offset_of!(VcpuPage, resume), 280);
-        assert_eq!(offset_of!(VcpuPage, stats), 480);
+        assert_eq!(offset_of!(VcpuPage, stats), 488);
         assert!(size_of::<VcpuPage>() <= crate::layout::PAGE_SIZE as usize);
     }
 
     #[test]
     fn resume_flags_and_event_kinds_round_trip() {
-        assert_eq!(ResumeFlags::all().bits(), 0b1_1111_1111);
+        assert_eq!(ResumeFlags::all().bits(), 0b11_1111_1111);
         for k in [
             EventKind::ExternalInterrupt,
             EventKind::Nmi,

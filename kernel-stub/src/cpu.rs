@@ -280,6 +280,12 @@ extern "C" fn trap_handler(frame: &mut TrapFrame) {
     }
 }
 
+/// The time-stamp counter.
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
 /// Installs the stub's GDT, TSS and IDT.
 pub fn init() {
     // SAFETY: runs once at boot before anything else uses these tables; the
@@ -391,10 +397,6 @@ pub fn halt_forever() -> ! {
 pub fn tsc_hz() -> u64 {
     const PIT_HZ: u64 = 1_193_182;
     const COUNT: u64 = PIT_HZ / 100;
-    let rdtsc = || {
-        // SAFETY: RDTSC has no side effects.
-        unsafe { core::arch::x86_64::_rdtsc() }
-    };
     outb(0x61, (inb(0x61) & !0x02) | 0x01); // gate channel 2 on, speaker off
     outb(0x43, 0xb0); // channel 2, lobyte/hibyte, mode 0 (interrupt on terminal count)
     outb(0x42, COUNT as u8);

@@ -21,6 +21,8 @@ mod console;
 #[cfg(target_os = "none")]
 mod cpu;
 #[cfg(target_os = "none")]
+mod deadline;
+#[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
 mod syscall;

@@ -13,6 +13,7 @@ use crate::arch::{self, Arch, Entry, EntryFailure, ExitClass, Paging, Vcpu};
 use crate::boot::{self, BootInfo};
 use crate::console::say;
 use crate::cpu::{self, KernelCell, TrapFrame};
+use crate::deadline::{self, ExitDeadline};
 use crate::memory::{self, LARGE_PAGE};
 use crate::task;
 use ipc_proto::layout::{BootInfo as ServerBootInfo, GUEST_RAM_WINDOW, STACK_TOP};
@@ -74,6 +75,8 @@ struct Kernel {
     /// nested root (`SET_NESTED_ROOT`) yet: the guest never runs before.
     paging_set: bool,
     ram: GuestRam,
+    /// The host timer bounding each entry (`SET_EXIT_DEADLINE`).
+    deadline: ExitDeadline,
 }
 
 static KERNEL: KernelCell<Option<Kernel>> = KernelCell::new(None);
@@ -89,6 +92,7 @@ static STATS: KernelCell<Stats> = KernelCell::new(Stats {
     exits_shutdown: 0,
     exits_invalid: 0,
     exits_other: 0,
+    exits_host_interrupt: 0,
     syscalls: 0,
     resumes_refused: 0,
     installs: 0,
@@ -197,6 +201,7 @@ fn count_exit(rec: &ExitRecord) {
             ExitClass::Invalid => &mut s.exits_invalid,
             ExitClass::Exception => &mut s.exits_exception,
             ExitClass::Other => &mut s.exits_other,
+            ExitClass::HostInterrupt => &mut s.exits_host_interrupt,
         };
         *counter += 1;
     });
@@ -262,8 +267,12 @@ impl Kernel {
                 shadow: self.shadow,
             });
         }
+        self.deadline.arm(cpu::rdtsc());
         let rec = self.vcpu.run();
         count_exit(&rec);
+        if ExitClass::of(&rec) == ExitClass::HostInterrupt {
+            self.deadline.fired();
+        }
         if let Some(why) = self.vcpu.entry_failure(&rec) {
             return Err(Stop::EntryFailed {
                 why,
@@ -365,6 +374,9 @@ impl Kernel {
             .map_err(refused)?;
             root = lookup(resume.paging.root).map(|(frame, _)| frame);
             self.paging_set = true;
+        }
+        if flags.contains(ResumeFlags::SET_EXIT_DEADLINE) {
+            self.deadline.at = resume.exit_deadline;
         }
         self.vcpu.apply(resume, flags, root);
         if self.shadow && self.task(from).kind == TaskKind::MmuServer {
@@ -722,6 +734,7 @@ fn build(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<(), &'static
     };
     let vcpu = arch::create_vcpu(arch, paging, &entry).map_err(|_| oom)?;
     let tsc_hz = cpu::tsc_hz();
+    deadline::init();
     say!(
         "{}: {} paging, guest RAM {} MiB, entry {:#x}, tsc {} MHz",
         arch.name(),
@@ -842,6 +855,7 @@ fn build(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<(), &'static
             vcpu,
             shadow,
             paging_set: false,
+            deadline: ExitDeadline::new(tsc_hz),
             ram,
         })
     });

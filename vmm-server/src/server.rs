@@ -228,7 +228,7 @@ mod tests {
         assert_eq!(
             text,
             "hello\nbye\n[vmm] exits: total=10 ioio=0 hlt=0 cpuid=0 msr=0 npf=0 exception=0 \
-             shutdown=0 invalid=0 other=0 syscalls=0 resumes_refused=0 \
+             shutdown=0 invalid=0 intr=0 other=0 syscalls=0 resumes_refused=0 \
              unknown_port_reads=0 unknown_port_writes=0 \
              emulated=0 irqs=0 exceptions=0 windows=0 warps=0\n"
         );

@@ -389,6 +389,8 @@ pub struct Vmm<'d> {
     stats: VmmStats,
     last_host: Option<u64>,
     next_deadline: Option<Nanos>,
+    /// The exit deadline the stub has (host ticks, 0: none).
+    told_deadline: u64,
     irq_levels: u16,
     fault_streak: (u64, u8, u32),
     idle_halts: u64,
@@ -417,6 +419,7 @@ impl<'d> Vmm<'d> {
             stats: VmmStats::default(),
             last_host: None,
             next_deadline: None,
+            told_deadline: 0,
             irq_levels: 0,
             fault_streak: (0, 0, 0),
             idle_halts: 0,
@@ -548,6 +551,25 @@ impl<'d> Vmm<'d> {
         }
         self.last_host = Some(now);
         self.poll_devices();
+    }
+
+    /// The host time ([`Host::now`] ticks) by which the guest must exit so
+    /// that the clock reaches the next device deadline: as far ahead in
+    /// host time as the deadline is in virtual time. `None` without a
+    /// deadline or a host clock rate.
+    fn exit_deadline(&mut self) -> Option<u64> {
+        let deadline = self.next_deadline?;
+        let last = self.last_host?;
+        let hz = self.host.ticks_per_second();
+        if hz == 0 {
+            return None;
+        }
+        let ahead = deadline.saturating_sub(self.board.clock.now());
+        let ticks = u128::from(ahead) * u128::from(hz) / u128::from(SECOND);
+        Some(
+            last.saturating_add(ticks.min(u128::from(u64::MAX)) as u64)
+                .max(1),
+        )
     }
 
     fn bus(&mut self) -> Bus<'_, 'd> {
@@ -865,6 +887,14 @@ impl<'d> Vmm<'d> {
                 self.stats.windows += 1;
             }
         }
+        // The stub's timer ends a run without exits at the next deadline;
+        // tell it when that moves.
+        let deadline = self.exit_deadline().unwrap_or(0);
+        if deadline != self.told_deadline {
+            r.exit_deadline = deadline;
+            flags |= ResumeFlags::SET_EXIT_DEADLINE;
+            self.told_deadline = deadline;
+        }
         r.flags = flags.bits();
         self.history
             .answer(if flags.contains(ResumeFlags::INJECT_EVENT) {
@@ -910,6 +940,7 @@ pub fn resume(flags: ResumeFlags, regs: GuestRegs) -> Resume {
         event: EventInjection::default(),
         paging: Default::default(),
         cr2: 0,
+        exit_deadline: 0,
     }
 }
 

@@ -194,6 +194,12 @@ fn timer_guest_counts_1000_ticks_in_a_virtual_second_on_svm() {
         .and_then(|s| s.parse().ok())
         .expect("a number");
     assert!((990..=1010).contains(&n), "{line}");
+    assert!(
+        b.console
+            .contains("timer: spin: 10 ticks while spinning without exits"),
+        "{}",
+        b.console
+    );
 }
 
 #[test]

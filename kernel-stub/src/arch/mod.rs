@@ -207,6 +207,8 @@ pub enum ExitClass {
     Exception,
     Shutdown,
     Invalid,
+    /// A host interrupt: the exit deadline's timer.
+    HostInterrupt,
     Other,
 }
 
@@ -222,6 +224,7 @@ impl ExitClass {
             Self::Exception => "exception",
             Self::Shutdown => "shutdown",
             Self::Invalid => "failed entry",
+            Self::HostInterrupt => "host interrupt",
             Self::Other => "other",
         }
     }
@@ -238,6 +241,7 @@ impl ExitClass {
                 48 | 49 => Self::Npf,
                 0 => Self::Exception,
                 2 => Self::Shutdown,
+                1 => Self::HostInterrupt,
                 c if c & (1 << 31) != 0 => Self::Invalid,
                 _ => Self::Other,
             };
@@ -250,6 +254,7 @@ impl ExitClass {
             svm_exit::NPF => Self::Npf,
             svm_exit::SHUTDOWN => Self::Shutdown,
             svm_exit::INVALID => Self::Invalid,
+            svm_exit::INTR => Self::HostInterrupt,
             c if (svm_exit::EXCP_BASE..svm_exit::EXCP_BASE + 32).contains(&c) => Self::Exception,
             _ => Self::Other,
         }

@@ -817,3 +817,32 @@ fn a_scripted_timer_guest_counts_a_thousand_ticks() {
         "{ticks} ticks in {exits} exits"
     );
 }
+
+#[test]
+fn resumes_name_the_next_tick_as_the_exit_deadline() {
+    let mut w = World::new();
+    let mut pit = Pit::new(&w.board.clock, Some(w.board.irq.pin(0)));
+    let mut r = Router::new();
+    r.register_ranges(&pit::RANGES, &mut pit).unwrap();
+    vmm!(vmm = w, r);
+    // No timer yet: no deadline.
+    let r = resumed(vmm.handle(&out(0x80, 0)));
+    assert!(!flags(&r).contains(ResumeFlags::SET_EXIT_DEADLINE));
+    // The count's high byte starts the PIT at host time 0 (the test host
+    // counts nanoseconds): the first tick is 999_848 ns ahead.
+    program_timer(&mut vmm, 1193);
+    let r = resumed(vmm.handle(&out(0x43, 0x34)));
+    assert!(flags(&r).contains(ResumeFlags::SET_EXIT_DEADLINE));
+    assert_eq!(
+        r.exit_deadline, 0,
+        "a new mode without a count: no deadline"
+    );
+    resumed(vmm.handle(&out(0x40, 1193u16 as u8)));
+    let r = resumed(vmm.handle(&out(0x40, (1193u16 >> 8) as u8)));
+    assert!(flags(&r).contains(ResumeFlags::SET_EXIT_DEADLINE));
+    assert_eq!(r.exit_deadline, 999_848);
+    // The clock follows the host: the same deadline, not sent again.
+    w.time.set(1000);
+    let r = resumed(vmm.handle(&out(0x80, 0)));
+    assert!(!flags(&r).contains(ResumeFlags::SET_EXIT_DEADLINE));
+}

@@ -235,7 +235,11 @@ global_asm!(
     "mov r14, [rax + 112]",
     "mov r15, [rax + 120]",
     "mov rax, [rsp]",
+    // Host IF set at VMRUN lets a host interrupt (the exit deadline's
+    // timer) end the guest's run as an INTR exit (APM 15.21.1); GIF keeps
+    // it from reaching the stub's IDT here and after the exit.
     "clgi",
+    "sti",
     "vmload rax",
     "vmrun rax",
     "vmsave rax",
@@ -256,6 +260,7 @@ global_asm!(
     "mov [rax + 120], r15",
     "mov rax, [rsp + 16]",
     "vmload rax",
+    "cli",
     "stgi",
     "add rsp, 24",
     "pop r15",

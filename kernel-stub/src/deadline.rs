@@ -1,0 +1,90 @@
+//! The exit deadline: a host timer that bounds each guest entry, so that the
+//! vmm-server gets an exit at its next timer deadline even when the guest
+//! makes none of its own (a kernel spinning on `jiffies`).
+//!
+//! The timer is the host's PIT channel 0 in mode 0 (one-shot: OUT rises at
+//! terminal count) on IRQ 0 of the host's 8259, the one line left unmasked.
+//! While the guest runs, that interrupt is a VM exit (SVM INTR intercept
+//! with the host's IF set at VMRUN, APM vol. 2 15.21; VMX external-interrupt
+//! exiting, SDM vol. 3 25.2). The stub never takes it through its IDT
+//! (outside the guest IF or GIF is clear): it acknowledges it with the
+//! 8259's poll command (OCW3 P=1, which is an INTA by port I/O) and an EOI.
+//! The PIT counts at 1.193182 MHz, 16 bits: one arming covers at most 55 ms;
+//! a deadline further away takes several.
+
+use crate::cpu::{inb, outb};
+
+const PIT_HZ: u64 = 1_193_182;
+const PIT_CH0: u16 = 0x40;
+const PIT_CMD: u16 = 0x43;
+const PIC1_CMD: u16 = 0x20;
+const PIC1_DATA: u16 = 0x21;
+const PIC2_DATA: u16 = 0xa1;
+
+/// Masks every host IRQ but the PIT's and clears what the firmware left
+/// pending. The PIT waits in mode 0 for its first count.
+pub fn init() {
+    outb(PIC1_DATA, 0xfe);
+    outb(PIC2_DATA, 0xff);
+    outb(PIT_CMD, 0x30); // channel 0, lobyte/hibyte, mode 0, binary: OUT low
+    for _ in 0..8 {
+        if !acknowledge() {
+            break;
+        }
+    }
+}
+
+/// Takes a pending interrupt off the 8259 (poll command, then EOI); false
+/// when none was pending.
+pub fn acknowledge() -> bool {
+    outb(PIC1_CMD, 0x0c); // OCW3: poll
+    let level = inb(PIC1_CMD);
+    if level & 0x80 == 0 {
+        return false;
+    }
+    outb(PIC1_CMD, 0x20); // non-specific EOI
+    true
+}
+
+/// The deadline's state between entries.
+pub struct ExitDeadline {
+    /// The host TSC value the guest must exit by; 0 when there is none.
+    pub at: u64,
+    /// The deadline the PIT counts towards now, until it fires.
+    armed: Option<u64>,
+    tsc_hz: u64,
+}
+
+impl ExitDeadline {
+    /// No deadline; `tsc_hz` converts TSC ticks to PIT ticks (0: the timer
+    /// is never armed).
+    pub const fn new(tsc_hz: u64) -> Self {
+        Self {
+            at: 0,
+            armed: None,
+            tsc_hz,
+        }
+    }
+
+    /// Before an entry: starts the PIT towards the deadline unless it
+    /// already counts towards it.
+    pub fn arm(&mut self, now_tsc: u64) {
+        if self.at == 0 || self.tsc_hz == 0 || self.armed == Some(self.at) {
+            return;
+        }
+        let left = self.at.saturating_sub(now_tsc);
+        let ticks = (u128::from(left) * u128::from(PIT_HZ) / u128::from(self.tsc_hz))
+            .clamp(1, 0xffff) as u16;
+        outb(PIT_CMD, 0x30);
+        outb(PIT_CH0, ticks as u8);
+        outb(PIT_CH0, (ticks >> 8) as u8);
+        self.armed = Some(self.at);
+    }
+
+    /// After an exit for a host interrupt: the PIT has fired (at the
+    /// deadline, or on the way to one more than 55 ms off).
+    pub fn fired(&mut self) {
+        acknowledge();
+        self.armed = None;
+    }
+}
