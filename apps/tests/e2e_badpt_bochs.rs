@@ -79,7 +79,7 @@ fn ept_and_shadow_agree(guest: &str, cases: usize) {
 
 #[test]
 fn badpt64_on_bochs_vmx_ept_and_shadow_agree() {
-    ept_and_shadow_agree("badpt64", 47);
+    ept_and_shadow_agree("badpt64", 48);
 }
 
 #[test]
