@@ -272,8 +272,7 @@ unexpected:
     call print_hex64
     call print_nl
     lea eax, [rbx + 200]
-    mov dx, DEBUG_EXIT
-    out dx, al
+    out DEBUG_EXIT, al
     jmp halt_forever
 
 /* The routines (XDI = the argument). */
