@@ -79,7 +79,7 @@ fn ept_and_shadow_agree(guest: &str, cases: usize) {
 
 #[test]
 fn badpt64_on_bochs_vmx_ept_and_shadow_agree() {
-    ept_and_shadow_agree("badpt64", 47);
+    ept_and_shadow_agree("badpt64", 48);
 }
 
 #[test]
@@ -90,4 +90,23 @@ fn badptpae_on_bochs_vmx_ept_and_shadow_agree() {
 #[test]
 fn badpt32_on_bochs_vmx_ept_and_shadow_agree() {
     ept_and_shadow_agree("badpt32", 25);
+}
+
+/// CR3 beyond RAM: #PF, #DF, triple fault, with EPT and with shadow paging.
+#[test]
+fn badcr3_on_bochs_vmx_triple_faults() {
+    for (mmu, triple) in [
+        ("npt", "[vmm] the guest triple-faulted"),
+        (
+            "shadow",
+            "[mmu] page fault while delivering a double fault: triple fault",
+        ),
+    ] {
+        let r = bochs_vmx("badcr3", mmu);
+        assert_eq!(r.code, Some(101), "badcr3 ({mmu}):\n{r}");
+        assert!(
+            r.stdout.contains(triple) && !r.stdout.contains("should not"),
+            "badcr3 ({mmu}):\n{r}"
+        );
+    }
 }

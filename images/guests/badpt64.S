@@ -272,8 +272,7 @@ unexpected:
     call print_hex64
     call print_nl
     lea eax, [rbx + 200]
-    mov dx, DEBUG_EXIT
-    out dx, al
+    out DEBUG_EXIT, al
     jmp halt_forever
 
 /* The routines (XDI = the argument). */
@@ -327,9 +326,13 @@ flush:
  * MMU; of the entries, 7/8 are present and 1/8 have PS; 5/8 name a page
  * of the garbage, 1/8 a random address below 2^40 (beyond RAM: a table
  * that reads as not present, or MMIO), 1/4 keep all their random bits
- * (reserved bits). Returns faults << 48 | values << 32 | the sum of
- * every fault's error code and CR2 and every value read. */
+ * (reserved bits). With EDI = 1 a quarter of the accesses write a new
+ * garbage entry instead: into the garbage (page tables in use: under
+ * shadow paging, emulated writes to protected frames) or beyond RAM.
+ * Returns faults << 48 | values << 32 | the sum of every fault's error
+ * code and CR2, every value read and every write done. */
 garbage:
+    mov [rip + fz_writes], edi
     mov dword ptr [rip + fz_rng], 0x2545f491
     xor ebx, ebx
 1:  call gen_entry
@@ -347,11 +350,25 @@ garbage:
     mov [rip + fz_sp], rsp
     mov dword ptr [rip + fz_active], 1
 fz_loop:
-    call rand64
-    mov rdx, 0x7ffffffff8
-    and rax, rdx
-    mov rdx, 5 << 39
-    or rax, rdx
+    cmp dword ptr [rip + fz_writes], 0
+    je fz_read
+    call rand32
+    test eax, 3
+    jnz fz_read
+    call gen_entry                /* a quarter are writes of a garbage entry */
+    mov [rip + fz_wval], rax
+    call fz_address
+    mov rdx, [rip + fz_wval]
+    mov [rax], rdx
+    mov rax, cr3                  /* the TLB may hold what was overwritten */
+    mov cr3, rax
+    mov edx, [rip + fz_sum]
+    rol edx, 9
+    xor edx, 0x5757
+    mov [rip + fz_sum], edx
+    jmp fz_next
+fz_read:
+    call fz_address
     mov rax, [rax]
     mov edx, [rip + fz_sum]
     rol edx, 7
@@ -374,6 +391,15 @@ fz_next:
     or eax, [rip + fz_values]
     shl rax, 32
     mov edx, [rip + fz_sum]
+    or rax, rdx
+    ret
+
+/* RAX = a pseudo-random 8-byte aligned address under PML4[5]. */
+fz_address:
+    call rand64
+    mov rdx, 0x7ffffffff8
+    and rax, rdx
+    mov rdx, 5 << 39
     or rax, rdx
     ret
 
@@ -526,6 +552,7 @@ bp_cases:
     FAULT "pd_loop_not_present", rd, 0xc02000, 0x00, 0xc02000
     FAULT "pd_loop_rsvd_bit51", rd, 0xc04000, 0x09, 0xc04000
     INFO "garbage_tables", garbage, 0
+    INFO "garbage_tables_written", garbage, 1
     .long 0
 
 prefix:         .asciz GUEST_NAME ": "
@@ -563,6 +590,9 @@ fz_sum:     .skip 4
 fz_faults:  .skip 4
 fz_values:  .skip 4
 fz_i:       .skip 4
+fz_writes:  .skip 4
+    .balign 8
+fz_wval:    .skip 8
     .balign 16
 tss:        .skip 104
 maxphyaddr: .skip 4

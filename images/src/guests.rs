@@ -30,6 +30,7 @@ pub const GUESTS: &[&str] = &[
     "badpt64",
     "badptpae",
     "badpt32",
+    "badcr3",
 ];
 
 /// Where the test guests are loaded and linked.

@@ -360,6 +360,9 @@ enum Step {
         completed: bool,
         fault: Option<Fault>,
     },
+    /// Resume with this exception in place of the event whose delivery
+    /// the exit interrupted (a fault during delivery that merges with it).
+    Replace(Fault),
     Stop(u8),
     Reset,
     Fail(FailKind),
@@ -369,6 +372,26 @@ const RESUME: Step = Step::Resume {
     completed: true,
     fault: None,
 };
+
+/// The CPU walked a guest page table outside RAM while it delivered the
+/// event `info` (EXITINTINFO): the table reads as not present, so the
+/// delivery takes a #PF. During a #PF's delivery that is a #DF, during a
+/// #DF's a shutdown (SDM vol. 3, table 6-5), as the mmu-server does under
+/// shadow paging. During any other event's the #PF needs the linear
+/// address the delivery touched, which the exit does not carry: the VM
+/// ends.
+fn table_fault_in_delivery(info: u64) -> Step {
+    let exception = (info >> 8) & 7 == EventKind::Exception as u64;
+    match (exception, info as u8) {
+        (true, 14) => Step::Replace(Fault {
+            vector: 8,
+            error_code: Some(0),
+            cr2: None,
+        }),
+        (true, 8) => Step::Fail(FailKind::TripleFault),
+        _ => Step::Fail(FailKind::EventDeliveryFault),
+    }
+}
 
 /// EXITINTINFO valid bit (APM vol. 2, 15.7.2).
 const EXITINTINFO_VALID: u64 = 1 << 31;
@@ -491,8 +514,16 @@ impl<'d> Vmm<'d> {
             Some(s) => VcpuState::with_segments(rec, s),
             None => VcpuState::from_record(rec),
         };
-        let (completed, fault) = match self.dispatch(rec, exit, &mut cpu) {
-            Step::Resume { completed, fault } => (completed, fault),
+        let delivered;
+        let (completed, fault, rec) = match self.dispatch(rec, exit, &mut cpu) {
+            Step::Resume { completed, fault } => (completed, fault, rec),
+            Step::Replace(f) => {
+                delivered = ExitRecord {
+                    exit_int_info: 0,
+                    ..*rec
+                };
+                (false, Some(f), &delivered)
+            }
             Step::Stop(status) => return Action::Stop { status },
             Step::Reset => return Action::Reset,
             Step::Fail(kind) => return Action::Fail(FailReason::new(kind, exit, rec)),
@@ -589,7 +620,11 @@ impl<'d> Vmm<'d> {
             },
             Exit::Mmio { access, .. } => {
                 if rec.exit_int_info & EXITINTINFO_VALID != 0 {
-                    Step::Fail(FailKind::EventDeliveryFault)
+                    if access.in_table_walk {
+                        table_fault_in_delivery(rec.exit_int_info)
+                    } else {
+                        Step::Fail(FailKind::EventDeliveryFault)
+                    }
                 } else if access.in_table_walk {
                     // The CPU walked a guest page table that lies outside
                     // RAM. Such an entry reads as not present (as in the
