@@ -384,7 +384,8 @@ fn print_tables(a: &BootArgs, cmdline: &str, boots: &[Boot]) {
         ("msr", "  RDMSR/WRMSR"),
         ("npf", "  nested page fault"),
         ("exception", "  exception (#PF)"),
-        ("other", "  other (intr, CR, INVLPG..)"),
+        ("intr", "  host timer (exit deadline)"),
+        ("other", "  other (VINTR, CR, INVLPG..)"),
     ] {
         row(what, &|b| num(b.exit(key)));
     }
@@ -392,6 +393,7 @@ fn print_tables(a: &BootArgs, cmdline: &str, boots: &[Boot]) {
     row("IPC: installs (checked PTEs)", &|b| num(b.exit("installs")));
     row("IPC: install batches", &|b| num(b.mmu("batches")));
     row("vmm: interrupts injected", &|b| num(b.exit("irqs")));
+    row("vmm: interrupt windows", &|b| num(b.exit("windows")));
     // The mmu-server's figures mean something in shadow mode only.
     let num = |b: &Boot, v: Option<u64>| {
         if b.way == Way::Shadow {
