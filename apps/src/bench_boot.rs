@@ -377,6 +377,19 @@ fn print_tables(a: &BootArgs, cmdline: &str, boots: &[Boot]) {
             _ => "-".to_string(),
         },
     );
+    // Where the time goes: the wall time over plain QEMU's, per exit.
+    row(
+        "extra wall us per exit",
+        &|b| match (b.exit("total"), b.to_marker, plain) {
+            (Some(n), Some(t), Some(p)) if n > 0 => {
+                format!(
+                    "{:.1}",
+                    (t.as_secs_f64() - p.as_secs_f64()) * 1e6 / n as f64
+                )
+            }
+            _ => "-".to_string(),
+        },
+    );
     for (key, what) in [
         ("ioio", "  port I/O"),
         ("hlt", "  HLT"),
@@ -409,6 +422,8 @@ fn print_tables(a: &BootArgs, cmdline: &str, boots: &[Boot]) {
         num(b, b.mmu("guest_faults"))
     });
     row("guest CR3 loads", &|b| num(b, b.mmu("cr3_loads")));
+    row("guest INVLPGs", &|b| num(b, b.mmu("invlpg")));
+    row("other CR accesses", &|b| num(b, b.mmu("cr")));
     row(
         "shadow faults per CR3 load",
         &|b| match (b.mmu("faults"), b.mmu("cr3_loads")) {
