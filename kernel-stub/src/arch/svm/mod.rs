@@ -279,6 +279,11 @@ extern "C" {
 impl Vcpu {
     /// Runs the guest until its next exit and describes the exit.
     pub fn run(&mut self) -> ExitRecord {
+        // Bochs 2.7's VMRUN reads the VMCB's CR2 and drops it (APM vol. 2,
+        // 15.5.1 has VMRUN load it), so the guest would see the host's CR2.
+        let cr2 = self.vmcb.read64(CR2);
+        // SAFETY: any value may be written to CR2; the host reads it only in fault messages.
+        unsafe { core::arch::asm!("mov cr2, {}", in(reg) cr2, options(nostack, preserves_flags)) };
         // SAFETY: the VMCB, the host areas and the bitmaps are frames this
         // VCPU owns; `svm_vmrun` preserves every callee-saved register and
         // returns on #VMEXIT (a failed consistency check is an exit too).
