@@ -171,7 +171,7 @@ pub fn bench_boot(a: &BootArgs) -> i32 {
     } else {
         "splitvisor.exit"
     };
-    let cmdline = splitvisor::linux::default_append(Some(extra));
+    let cmdline = splitvisor::linux::default_append(Some(extra), None);
     let timeout = Duration::from_secs(a.timeout);
     let ram = splitvisor::linux::LINUX_RAM_MIB;
     let boots: Vec<Boot> = Way::ALL

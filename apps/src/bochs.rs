@@ -46,6 +46,13 @@ pub const DEFAULT_CPU_VMX: &str = "corei7_skylake_x";
 /// The default `--cpu` under Bochs for SVM: Ryzen has SVM with nested paging.
 pub const DEFAULT_CPU_SVM: &str = "ryzen";
 
+/// Instructions per emulated second (`cpu: ips=`); Bochs's TSC counts at
+/// this rate.
+pub const IPS: u64 = 100_000_000;
+
+/// The guest's TSC rate under Bochs, in kHz.
+pub const TSC_KHZ: u64 = IPS / 1000;
+
 /// What to install for Bochs, as the end of a sentence.
 pub const PACKAGES_SENTENCE: &str = "install the Debian packages bochs, bochsbios, vgabios and \
      bochs-term (apt-get install bochs bochsbios vgabios bochs-term)";
@@ -124,7 +131,7 @@ pub fn bochsrc(
     Ok(format!(
         "# Made by `splitvisor run --emulator bochs` for one run.\n\
          megs: {memory_mib}\n\
-         cpu: model={cpu}, count=1, ips=100000000, reset_on_triple_fault=0\n\
+         cpu: model={cpu}, count=1, ips={IPS}, reset_on_triple_fault=0\n\
          romimage: file={bios}\n\
          vgaromimage: file={vga}\n\
          ata0: enabled=1, ioaddr1=0x1f0, ioaddr2=0x3f0, irq=14\n\

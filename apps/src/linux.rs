@@ -42,11 +42,15 @@ pub const LINUX_RAM_MIB: u32 = 256;
 pub const DEFAULT_APPEND: &str =
     "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 tsc=reliable";
 
-/// The full `--linux` command line: [`DEFAULT_APPEND`], [`tsc_option`] and
-/// the user's `extra`.
-pub fn default_append(extra: Option<&str>) -> String {
+/// The full `--linux` command line: [`DEFAULT_APPEND`], `tsc_early_khz=`
+/// with the guest's TSC rate (`guest_tsc_khz`, or the host's: see
+/// [`tsc_option`]) and the user's `extra`.
+pub fn default_append(extra: Option<&str>, guest_tsc_khz: Option<u64>) -> String {
     let mut s = DEFAULT_APPEND.to_string();
-    if let Some(t) = tsc_option() {
+    if let Some(t) = guest_tsc_khz
+        .map(|khz| format!("tsc_early_khz={khz}"))
+        .or_else(tsc_option)
+    {
         s = format!("{s} {t}");
     }
     if let Some(e) = extra.filter(|e| !e.is_empty()) {
@@ -55,9 +59,9 @@ pub fn default_append(extra: Option<&str>) -> String {
     s
 }
 
-/// `tsc_early_khz=N` with the host's TSC frequency, which is the guest's:
-/// QEMU's TCG reads the host TSC for RDTSC and the stub does not offset
-/// it. Needed because the guest has no clock to calibrate the TSC against
+/// `tsc_early_khz=N` with the host's TSC frequency, which is the guest's
+/// under QEMU: its TCG reads the host TSC for RDTSC and the stub does not
+/// offset it (Bochs counts its own, [`crate::bochs::TSC_KHZ`]). Needed because the guest has no clock to calibrate the TSC against
 /// that it can read fast enough: Linux's PIT calibration needs thousands of
 /// port reads in 10 ms (each one is a VM exit costing tens to hundreds of
 /// microseconds here), and there is no HPET or ACPI PM timer. Without it

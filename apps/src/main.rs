@@ -115,10 +115,12 @@ fn guest_help() -> String {
 
 impl GuestArgs {
     /// The system to build; for `--linux`, fetches and prepares the guest.
-    fn spec(&self) -> Result<images::SystemSpec, String> {
+    /// `guest_tsc_khz`: the guest's TSC rate when it is not the host's
+    /// (Bochs), for Linux's `tsc_early_khz`.
+    fn spec(&self, guest_tsc_khz: Option<u64>) -> Result<images::SystemSpec, String> {
         let (guest, initrd, cmdline, default_ram) = if let Some(flavour) = self.linux {
             let g = splitvisor::linux::prepare_debian_linux(flavour)?;
-            let cmdline = splitvisor::linux::default_append(self.append.as_deref());
+            let cmdline = splitvisor::linux::default_append(self.append.as_deref(), guest_tsc_khz);
             (
                 g.kernel,
                 Some(g.initrd),
@@ -221,7 +223,8 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Build(a) => build(&a),
         Command::Run(a) => {
-            let system = match a.guest.spec() {
+            let bochs = EmulatorKind::of(&a.emulator) == EmulatorKind::Bochs;
+            let system = match a.guest.spec(bochs.then_some(splitvisor::bochs::TSC_KHZ)) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("splitvisor: {e}");
@@ -251,7 +254,7 @@ fn main() -> ExitCode {
 }
 
 fn build(a: &BuildArgs) -> i32 {
-    let spec = match a.guest.spec() {
+    let spec = match a.guest.spec(None) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("splitvisor: {e}");

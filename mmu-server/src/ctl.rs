@@ -8,7 +8,9 @@
 //! names whenever PAE paging is in use after a MOV to CR3, or after a MOV
 //! to CR0/CR4 that changes CR0.PG/CD/NW or CR4.PAE/PGE/PSE (SDM vol. 3,
 //! 4.4.1); a present PDPTE with a reserved bit makes the instruction fault
-//! with #GP(0) and change nothing.
+//! with #GP(0) and change nothing. A CPU without PDPTE registers
+//! ([`CpuModel::pdptes_on_walk`]: AMD with nested paging) neither loads
+//! nor checks them there; its walks read them.
 
 use crate::regs::{cr0, cr4, efer, CpuModel, GuestCtl, PagingMode};
 use crate::walk::{pte, reserved_bits, GuestMemory};
@@ -18,12 +20,16 @@ use crate::walk::{pte, reserved_bits, GuestMemory};
 pub struct GeneralProtection;
 
 /// Reads the four PDPTEs at `cr3` (bits 31:5). A PDPT outside guest RAM
-/// reads as zeros.
+/// reads as zeros. Without PDPTE registers (`cpu.pdptes_on_walk`) there
+/// is nothing to load: zeros, never #GP.
 pub fn load_pdptes<M: GuestMemory + ?Sized>(
     mem: &mut M,
     cr3: u64,
     cpu: &CpuModel,
 ) -> Result<[u64; 4], GeneralProtection> {
+    if cpu.pdptes_on_walk {
+        return Ok([0; 4]);
+    }
     let base = cr3 & 0xffff_ffe0;
     let mut raw = [0u8; 32];
     if !mem.read(base, &mut raw) {
@@ -181,6 +187,7 @@ mod tests {
         gb_pages: true,
         cr4_supported: cr4::SUPPORTED,
         efer_supported: efer::SUPPORTED,
+        pdptes_on_walk: false,
     };
 
     #[test]

@@ -137,6 +137,16 @@ pub struct CpuModel {
     pub cr4_supported: u64,
     /// EFER bits a guest may set; others give #GP.
     pub efer_supported: u64,
+    /// PAE paging has no PDPTE registers: every walk reads the PDPTE from
+    /// the PDPT in memory, a present one with a reserved bit is a #PF with
+    /// P and RSVD, and no MOV to CR0/CR3/CR4 checks or loads them. This is
+    /// an AMD CPU running a guest with nested paging (APM vol. 2, 15.25:
+    /// "the guest's four PDPEs are not loaded into the processor at the
+    /// time CR3 is written. Instead, the PDPEs are accessed on demand as
+    /// part of a table walk"). Off: the PDPTE registers of Intel's model
+    /// (SDM vol. 3, 4.4.1), which AMD's host-only legacy PAE mode and
+    /// Intel VMX with and without EPT have too.
+    pub pdptes_on_walk: bool,
 }
 
 impl Default for CpuModel {
@@ -148,6 +158,7 @@ impl Default for CpuModel {
             gb_pages: true,
             cr4_supported: cr4::SUPPORTED,
             efer_supported: efer::SUPPORTED,
+            pdptes_on_walk: false,
         }
     }
 }
@@ -187,7 +198,8 @@ pub struct GuestCtl {
     pub efer: u64,
     /// The PDPTE registers of PAE paging (Intel SDM vol. 3, 4.4.1): loaded
     /// from memory when CR3 is loaded in PAE mode, and used by every walk
-    /// until the next load. Zero outside PAE mode.
+    /// until the next load. Zero outside PAE mode, and always zero when
+    /// the CPU reads PDPTEs on each walk ([`CpuModel::pdptes_on_walk`]).
     pub pdptes: [u64; 4],
 }
 

@@ -5,7 +5,10 @@
 //! - 32-bit paging: two levels of 4-byte entries; 4 MiB pages when
 //!   CR4.PSE = 1 (PSE-36: bits 20:13 of the PDE are physical bits 39:32).
 //! - PAE paging: the four PDPTE registers ([`GuestCtl::pdptes`], loaded at
-//!   CR3 load), then two levels of 8-byte entries; 2 MiB pages.
+//!   CR3 load), then two levels of 8-byte entries; 2 MiB pages. With
+//!   [`CpuModel::pdptes_on_walk`] (AMD with nested paging) the PDPTE is
+//!   read from the PDPT in memory by each walk instead, and a present one
+//!   with a reserved bit gives #PF with P and RSVD (no #GP at MOV CR3).
 //! - Four-level paging: 2 MiB and 1 GiB pages; non-canonical addresses
 //!   are refused before any table is read.
 //!
@@ -361,10 +364,17 @@ pub fn walk<M: GuestMemory + ?Sized>(
         PagingMode::Pae => {
             let la = la & 0xffff_ffff;
             let i = (la >> 30) as usize;
-            let pdpte = ctl.pdptes[i];
             let pdpt = ctl.cr3 & 0xffff_ffe0;
+            let pdpte = if cpu.pdptes_on_walk {
+                read_entry(mem, pdpt + 8 * i as u64, 8)
+            } else {
+                ctl.pdptes[i]
+            };
             if pdpte & pte::P == 0 {
                 return Err(fault(0));
+            }
+            if cpu.pdptes_on_walk && pdpte & reserved_bits(mode, 3, false, nxe, cpu) != 0 {
+                return Err(fault(pf::P | pf::RSVD));
             }
             t.steps[3] = Some(Step {
                 table: pdpt,
@@ -514,6 +524,7 @@ pub(crate) mod tests {
         gb_pages: true,
         cr4_supported: cr4::SUPPORTED,
         efer_supported: efer::SUPPORTED,
+        pdptes_on_walk: false,
     };
 
     fn long_ctl(cr3: u64) -> GuestCtl {
