@@ -190,6 +190,34 @@ mod tests {
         pdptes_on_walk: false,
     };
 
+    /// AMD with nested paging loads no PDPTE registers: a reserved bit in a
+    /// present PDPTE is no #GP at MOV CR3, CR0 or CR4 (the walk faults).
+    #[test]
+    fn without_pdpte_registers_mov_to_cr_never_checks_them() {
+        let cpu = CpuModel {
+            pdptes_on_walk: true,
+            ..CPU
+        };
+        let mut ram = Ram::new(1 << 16);
+        ram.put64(0x1000, 0x5001 | 1 << 1);
+        ram.put64(0x1018, 0x6001 | 1 << 52);
+        let c = GuestCtl::RESET;
+        let c = mov_to_cr0(&mut ram, &c, &cpu, cr0::PE, false).unwrap();
+        let c = mov_to_cr4(&mut ram, &c, &cpu, cr4::PAE).unwrap();
+        let c = mov_to_cr3(&mut ram, &c, &cpu, 0x1000).unwrap();
+        let c = mov_to_cr0(&mut ram, &c, &cpu, cr0::PE | cr0::PG, false).unwrap();
+        assert_eq!(c.mode(), PagingMode::Pae);
+        assert_eq!(c.pdptes, [0; 4]);
+        let c = mov_to_cr3(&mut ram, &c, &cpu, 0x1000).unwrap();
+        let c = mov_to_cr4(&mut ram, &c, &cpu, cr4::PAE | cr4::PGE).unwrap();
+        assert_eq!(c.pdptes, [0; 4]);
+        // The same tables with PDPTE registers: #GP.
+        assert_eq!(
+            mov_to_cr3(&mut ram, &c, &CPU, 0x1000),
+            Err(GeneralProtection)
+        );
+    }
+
     #[test]
     fn entering_long_mode() {
         let mut ram = Ram::new(1 << 16);

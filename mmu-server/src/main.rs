@@ -187,10 +187,18 @@ mod ring3 {
         } else {
             NestedFormat::Npt
         };
+        // An AMD CPU walking a nested-paging guest's tables reads its PAE
+        // PDPTEs on each walk (no PDPTE registers); shadow paging and VMX
+        // keep the registers (see `CpuModel::pdptes_on_walk`).
+        let cpu = mmu_server::CpuModel {
+            pdptes_on_walk: mode == mmu_server::MmuMode::Nested && nested == NestedFormat::Npt,
+            ..mmu_server::CpuModel::default()
+        };
         let cfg = MmuConfig {
             decode_assists,
             mode,
             nested,
+            cpu,
             ..MmuConfig::default()
         };
         let mut platform = Native {

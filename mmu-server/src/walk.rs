@@ -766,6 +766,63 @@ pub(crate) mod tests {
         ));
     }
 
+    /// AMD with nested paging: no PDPTE registers, each walk reads the
+    /// PDPT in memory and checks the PDPTE's reserved bits (2:1, 8:5,
+    /// 63:MAXPHYADDR) as at any other level: #PF with P and RSVD.
+    #[test]
+    fn pae_reads_the_pdptes_on_each_walk_without_registers() {
+        let cpu = CpuModel {
+            pdptes_on_walk: true,
+            ..CPU
+        };
+        let mut ram = Ram::new(1 << 20);
+        let ctl = GuestCtl {
+            cr0: cr0::PE | cr0::PG | cr0::WP,
+            cr3: 0x1020,
+            cr4: cr4::PAE,
+            efer: 0,
+            // Stale registers must not matter.
+            pdptes: [0x9000 | pte::P; 4],
+        };
+        ram.put64(0x1020 + 16, 0x2000 | pte::P);
+        ram.put64(0x2000 + 8, (5 << 21) | URW | pte::PS);
+        let la = 0x8000_0000 + (1 << 21) + 0x42;
+        let t = walk(&mut ram, &ctl, &cpu, la, Access::read(true), true).unwrap();
+        assert_eq!(t.gpa, (5 << 21) + 0x42);
+        assert_eq!(t.step(3).unwrap().table, 0x1020);
+        assert_eq!(t.step(3).unwrap().entry, 0x2000 | pte::P);
+        assert_eq!(
+            ram.get64(0x1020 + 16),
+            0x2000 | pte::P,
+            "no A bit in a PDPTE"
+        );
+        // A write to the PDPT takes effect at the next walk.
+        ram.put64(0x1020 + 16, 0);
+        assert_eq!(
+            walk(&mut ram, &ctl, &cpu, la, Access::write(false), true),
+            Err(WalkError::PageFault { error_code: pf::W })
+        );
+        for bit in [1, 2, 5, 6, 7, 8, 40, 52, 62, 63] {
+            ram.put64(0x1020 + 16, 0x2000 | pte::P | 1 << bit);
+            assert_eq!(
+                walk(&mut ram, &ctl, &cpu, la, Access::write(true), true),
+                Err(WalkError::PageFault {
+                    error_code: pf::P | pf::RSVD | pf::W | pf::U
+                }),
+                "bit {bit}"
+            );
+        }
+        // Ignored bits 11:9, PWT and PCD.
+        ram.put64(0x1020 + 16, 0x2000 | pte::P | 0xe18);
+        assert!(walk(&mut ram, &ctl, &cpu, la, Access::read(false), true).is_ok());
+        // A reserved bit in a PDPTE that is not present does not matter.
+        ram.put64(0x1020 + 16, 0x2000 | 1 << 1);
+        assert_eq!(
+            walk(&mut ram, &ctl, &cpu, la, Access::read(false), true),
+            Err(WalkError::PageFault { error_code: 0 })
+        );
+    }
+
     #[test]
     fn paging_off_is_identity() {
         let mut ram = Ram::new(4096);
@@ -813,6 +870,56 @@ pub(crate) mod tests {
             return Err(base | pf::P);
         }
         Ok(entries[3] & bits(12, 39))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// PAE PDPTEs, read on each walk (AMD with nested paging) or held
+        /// in registers loaded by MOV CR3 (Intel's PDPTE registers), against
+        /// the format tables (SDM vol. 3, table 4-8; APM vol. 2, legacy-mode
+        /// PDPE): P; 2:1 and 8:5 must be zero; PWT, PCD and 11:9 are free;
+        /// 63:MAXPHYADDR must be zero.
+        #[test]
+        fn pae_pdpte_matches_the_format(
+            flags in any::<u64>(), write in any::<bool>(), user in any::<bool>(),
+            on_walk in any::<bool>(),
+        ) {
+            let cpu = CpuModel { pdptes_on_walk: on_walk, ..CPU };
+            let mut ram = Ram::new(1 << 16);
+            let pdpte = (flags & !bits(12, 39)) | 0x2000;
+            ram.put64(0x1000, pdpte);
+            ram.put64(0x2000, 0x3000 | URW);
+            ram.put64(0x3000, 0x9000 | URW);
+            let mut ctl = GuestCtl {
+                cr0: cr0::PE | cr0::PG | cr0::WP,
+                cr3: 0x1000,
+                cr4: cr4::PAE,
+                ..Default::default()
+            };
+            let loaded = crate::ctl::load_pdptes(&mut ram, ctl.cr3, &cpu);
+            let present = pdpte & 1 != 0;
+            let reserved = pdpte & (0x1e6 | bits(40, 63)) != 0;
+            if on_walk {
+                prop_assert_eq!(loaded, Ok([0; 4]));
+            } else if present && reserved {
+                prop_assert!(loaded.is_err());
+                return Ok(());
+            } else {
+                ctl.pdptes = loaded.unwrap();
+            }
+            let a = Access { write, user, fetch: false };
+            let ec = |p: u32| p | if write { pf::W } else { 0 } | if user { pf::U } else { 0 };
+            let got = walk(&mut ram, &ctl, &cpu, 0x123, a, true);
+            match (present, reserved) {
+                (false, _) => prop_assert_eq!(got, Err(WalkError::PageFault { error_code: ec(0) })),
+                (true, true) => prop_assert_eq!(
+                    got,
+                    Err(WalkError::PageFault { error_code: ec(pf::P | pf::RSVD) })
+                ),
+                (true, false) => prop_assert_eq!(got.map(|t| t.gpa), Ok(0x9123)),
+            }
+            prop_assert_eq!(ram.get64(0x1000), pdpte, "a PDPTE has no A bit");
+        }
     }
 
     proptest! {
