@@ -431,6 +431,7 @@ fn print_tables(a: &BootArgs, cmdline: &str, boots: &[Boot]) {
             _ => "-".to_string(),
         },
     );
+    row("shadow leaves prefetched", &|b| num(b, b.mmu("prefetched")));
     row("shadow table hits", &|b| num(b, b.mmu("hits")));
     row("shadow table misses", &|b| num(b, b.mmu("misses")));
     row(

@@ -130,6 +130,8 @@ pub struct MmuStats {
     pub tlb_flushes: u64,
     /// Nested page faults (nested mode).
     pub npf: u64,
+    /// Shadow leaves filled ahead of a fault on them (PTE prefetch).
+    pub prefetched: u64,
 }
 
 impl core::fmt::Display for MmuStats {
@@ -137,7 +139,7 @@ impl core::fmt::Display for MmuStats {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "mmu: faults={} guest_faults={} mmio={} spurious={} hits={} misses={} live={} evictions={} wp_faults={} emulated={} unprotects={} resyncs={} cr3_loads={} root_hits={} invlpg={} cr={} installs={} batches={} flushes={} npf={}",
+            "mmu: faults={} guest_faults={} mmio={} spurious={} hits={} misses={} live={} evictions={} wp_faults={} emulated={} unprotects={} resyncs={} cr3_loads={} root_hits={} invlpg={} cr={} installs={} batches={} flushes={} npf={} prefetched={}",
             self.shadow_faults,
             self.guest_faults,
             self.mmio,
@@ -158,6 +160,7 @@ impl core::fmt::Display for MmuStats {
             self.install_batches,
             self.tlb_flushes,
             self.npf,
+            self.prefetched,
         )
     }
 }
@@ -169,10 +172,11 @@ mod tests {
 
     #[test]
     fn mmu_stats_are_plain_u64s() {
-        assert_eq!(size_of::<MmuStats>(), 20 * 8);
+        assert_eq!(size_of::<MmuStats>(), 21 * 8);
         assert_eq!(offset_of!(MmuStats, shadow_faults), 0);
         assert_eq!(offset_of!(MmuStats, hits), 32);
         assert_eq!(offset_of!(MmuStats, npf), 152);
+        assert_eq!(offset_of!(MmuStats, prefetched), 160);
     }
 
     #[test]

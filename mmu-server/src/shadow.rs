@@ -248,6 +248,9 @@ pub struct ShadowCache {
     ram_frames: u64,
     global_pages: bool,
     flood_threshold: u32,
+    /// Leaves filled per fault: the aligned group of this many entries
+    /// around the faulting one (0 or 1: the faulting entry only).
+    prefetch: usize,
     cpu: CpuModel,
     /// The figures.
     pub stats: MmuStats,
@@ -278,9 +281,22 @@ impl ShadowCache {
             ram_frames: ram_bytes >> 12,
             global_pages,
             flood_threshold: flood_threshold.max(1),
+            prefetch: 0,
             cpu,
             stats: MmuStats::default(),
         }
+    }
+
+    /// Sets the prefetch group: a fault that reaches a shadow leaf also
+    /// fills the not-present entries of the aligned group of `n` entries
+    /// around it (rounded down to a power of two, at most 512) whose
+    /// guest entries allow it (see [`Self::fill`]). 0 or 1 turns it off.
+    pub fn set_prefetch(&mut self, n: usize) {
+        self.prefetch = if n <= 1 {
+            0
+        } else {
+            1 << (usize::BITS - 1 - n.min(512).leading_zeros())
+        };
     }
 
     fn t(&self, h: TableHandle) -> &Table {
@@ -865,9 +881,84 @@ impl ShadowCache {
                         self.set_leaf(h, idx, e);
                         changed = true;
                     }
+                    self.prefetch(p, h, idx);
                     self.pins.clear();
                     return Ok(changed);
                 }
+            }
+        }
+    }
+
+    /// Fills the not-present neighbours of leaf `idx` of level-1 table
+    /// `h`: the aligned group of `self.prefetch` entries around it (as
+    /// KVM's `pte_prefetch`). Each entry is what a fault on it would
+    /// install, with two rules that keep the guest's A/D bits exact:
+    /// * a guest leaf with A clear is left alone (hardware would set A on
+    ///   the first access; only a fault through the mmu-server's walk
+    ///   does that here) — [`Self::want`] already says `Absent` for it;
+    /// * a leaf is writable only if the guest entry is writable *and*
+    ///   dirty ([`Self::leaf_entry`] without a fault: no CR0.WP = 0
+    ///   supervisor-write upgrade), so the first write still faults and
+    ///   sets D.
+    ///
+    /// The upper guest levels need nothing: every shadow path to `h` was
+    /// built by a walk that set their A bits, and a guest write clearing
+    /// one unlinks the path. Present entries are not touched (no TLB
+    /// flush needed: only not-present entries become present), no table
+    /// is built (the budget is not involved), and the group never makes
+    /// the pending batch outgrow one install call. Write-protected frames
+    /// stay read-only and frames outside RAM (MMIO) are not mapped, as in
+    /// a fault's fill; later guest writes resync the entries like any
+    /// other, since the guest table is write-protected.
+    fn prefetch<P: MmuPlatform + ?Sized>(&mut self, p: &mut P, h: TableHandle, idx: usize) {
+        let n = self.prefetch;
+        if n <= 1 {
+            return;
+        }
+        let (key, pdptes) = {
+            let t = self.t(h);
+            (t.key, t.pdptes)
+        };
+        if key.role.level != 1 {
+            return;
+        }
+        let first = idx & !(n - 1);
+        // Guest entry `j` of this shadow table: 32-bit guests' page tables
+        // are split in two quadrants of 512 four-byte entries.
+        let (es, gbase) = if key.role.mode == PagingMode::Bits32 {
+            (
+                4u64,
+                (key.gfn << 12) + u64::from(key.role.quadrant) * 512 * 4,
+            )
+        } else {
+            (8u64, key.gfn << 12)
+        };
+        for j in first..first + n {
+            if j == idx || self.t(h).entries[j] & pte::P != 0 {
+                continue;
+            }
+            if self.batch.len() >= INSTALL_BATCH_MAX {
+                break;
+            }
+            let ge = if key.role.kind == TableKind::Guest {
+                let mut b = [0u8; 8];
+                if !p.read(gbase + j as u64 * es, &mut b[..es as usize]) {
+                    break;
+                }
+                u64::from_le_bytes(b)
+            } else {
+                0
+            };
+            if let Want::Leaf {
+                frame,
+                access,
+                dirty,
+                global,
+            } = self.want(&key, &pdptes, j, ge)
+            {
+                let e = self.leaf_entry(&key.role, frame, access, dirty, global, Access::default());
+                self.set_leaf(h, j, e);
+                self.stats.prefetched += 1;
             }
         }
     }

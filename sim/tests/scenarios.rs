@@ -811,3 +811,158 @@ fn vmx_records_mean_what_svm_records_mean() {
         );
     }
 }
+
+/// PTE prefetch: one fault on a page table's entry 0 fills the other
+/// entries of its aligned group of 16 that a fault could fill — present,
+/// accessed, valid, in RAM — and nothing else; each then behaves as the
+/// architecture says: A clear faults (the walk sets A), A set and D clear
+/// is read-only until the first write (which faults and sets D), A and D
+/// set needs no fault, permissions and page-table frames as in a fill.
+#[test]
+fn prefetch_fills_accessed_neighbours_and_keeps_a_d_exact() {
+    use mmu_server::GuestMemory;
+    let cfg = MmuConfig {
+        prefetch: 16,
+        ..shadow()
+    };
+    let (mut m, mut gt, cr3s) = long_world(cfg, 1, 1);
+    let base = 0x40_0000u64;
+    let pt = gt.entry(&mut m.sim, cr3s[0], base, 1, None).unwrap().gpa & !0xfff;
+    let a = pte::A;
+    let d = pte::D;
+    let frame = |i: u64| 0x60_0000 + i * 4096;
+    // (flags, frame) of entries 0..16.
+    let entries: [(u64, u64); 16] = [
+        (URW | a, frame(0)),                  // 0: the faulting one
+        (URW, frame(1)),                      // 1: A clear
+        (URW | a, frame(2)),                  // 2: A set, D clear
+        (URW | a | d, frame(3)),              // 3: A and D set
+        (pte::P | pte::US | a | d, frame(4)), // 4: read-only
+        (SRW | a | d, frame(5)),              // 5: supervisor
+        (URW | a | d | pte::NX, frame(6)),    // 6: not executable
+        (URW | a | d, pt),                    // 7: the page table itself
+        (URW | a | d, 16 << 20),              // 8: beyond RAM (MMIO)
+        (0, frame(9)),                        // 9: not present
+        (URW | a | d | 1 << 45, frame(10)),   // 10: reserved bit
+        (URW | a | d, frame(11)),
+        (URW | a | d, frame(12)),
+        (URW | a | d, frame(13)),
+        (URW | a | d, frame(14)),
+        (URW | a | d, frame(15)),
+    ];
+    for (i, &(flags, gpa)) in entries.iter().enumerate() {
+        gt.write(&mut m.sim, pt + i as u64 * 8, gpa | flags);
+    }
+    let entry = |m: &mut Machine, i: u64| {
+        let mut b = [0u8; 8];
+        assert!(m.sim.read(pt + i * 8, &mut b));
+        u64::from_le_bytes(b)
+    };
+    let la = |i: u64| base + i * 4096;
+    let faults = |m: &Machine| m.mmu.stats().shadow_faults;
+
+    assert_eq!(m.access(la(0), Access::read(true)), Outcome::Ok(frame(0)));
+    let s = m.mmu.stats();
+    assert_eq!(s.shadow_faults, 1);
+    assert_eq!(s.prefetched, 11, "entries 2-7 and 11-15");
+    m.mmu.cache().check_invariants().unwrap();
+
+    // A and D set: reads and writes without a fault, the entry untouched.
+    for i in [3, 11, 12, 13, 14, 15] {
+        let f = faults(&m);
+        assert_eq!(m.store(la(i), i, 8, true), Outcome::Stored);
+        assert_eq!(m.access(la(i), Access::read(true)), Outcome::Ok(frame(i)));
+        assert_eq!(faults(&m), f, "entry {i}");
+        assert_eq!(entry(&mut m, i), frame(i) | URW | a | d);
+    }
+    // A set, D clear: read without a fault, the first write faults and
+    // sets D, the next does not.
+    let f = faults(&m);
+    assert_eq!(m.access(la(2), Access::read(true)), Outcome::Ok(frame(2)));
+    assert_eq!(faults(&m), f);
+    assert_eq!(entry(&mut m, 2), frame(2) | URW | a);
+    assert_eq!(m.store(la(2), 2, 8, true), Outcome::Stored);
+    assert_eq!(faults(&m), f + 1);
+    assert_eq!(entry(&mut m, 2), frame(2) | URW | a | d);
+    assert_eq!(m.store(la(2), 2, 8, true), Outcome::Stored);
+    assert_eq!(faults(&m), f + 1);
+    // A clear: not prefetched; the access faults and the walk sets A.
+    let f = faults(&m);
+    assert_eq!(m.access(la(1), Access::read(true)), Outcome::Ok(frame(1)));
+    assert_eq!(faults(&m), f + 1);
+    assert_eq!(entry(&mut m, 1), frame(1) | URW | a);
+    // Permissions as in a fill.
+    let u = pf::U;
+    assert_eq!(m.access(la(4), Access::read(true)), Outcome::Ok(frame(4)));
+    assert!(matches!(
+        m.store(la(4), 4, 8, true),
+        Outcome::PageFault { error_code, .. } if error_code == pf::P | pf::W | u
+    ));
+    assert!(matches!(
+        m.access(la(5), Access::read(true)),
+        Outcome::PageFault { error_code, .. } if error_code == pf::P | u
+    ));
+    assert_eq!(m.access(la(5), Access::read(false)), Outcome::Ok(frame(5)));
+    assert!(matches!(
+        m.access(la(6), Access::fetch(true)),
+        Outcome::PageFault { error_code, .. } if error_code == pf::P | u | pf::ID
+    ));
+    // The page table mapped by one of its own entries: read-only, and a
+    // write is a write-protection fault, emulated.
+    let f = faults(&m);
+    assert_eq!(m.access(la(7), Access::read(true)), Outcome::Ok(pt));
+    assert_eq!(faults(&m), f);
+    let wp = m.mmu.stats().wp_faults;
+    let e15 = entry(&mut m, 15);
+    assert_eq!(m.store(la(7) + 15 * 8, e15, 8, true), Outcome::Stored);
+    assert_eq!(m.mmu.stats().wp_faults, wp + 1);
+    // Not prefetched: MMIO, not present, reserved bit.
+    assert_eq!(m.access(la(8), Access::read(true)), Outcome::Mmio(16 << 20));
+    assert!(matches!(
+        m.access(la(9), Access::read(true)),
+        Outcome::PageFault { error_code, .. } if error_code == u
+    ));
+    assert!(matches!(
+        m.access(la(10), Access::read(true)),
+        Outcome::PageFault { error_code, .. } if error_code == pf::P | u | pf::RSVD
+    ));
+    // The guest's A/D bits are exactly what the accesses made them.
+    let want_ad = [
+        a,
+        a,
+        a | d,
+        a | d,
+        a | d,
+        a | d,
+        a | d,
+        a | d,
+        a | d,
+        0,
+        a | d,
+    ];
+    for (i, &ad) in want_ad.iter().enumerate() {
+        let (flags, gpa) = entries[i];
+        let want = gpa | (flags & !(a | d)) | if flags & pte::P != 0 { ad } else { 0 };
+        assert_eq!(entry(&mut m, i as u64), want, "entry {i}");
+    }
+    m.mmu.cache().check_invariants().unwrap();
+}
+
+/// The baseline is the 2006 MMU: no prefetch, whatever the config says.
+#[test]
+fn baseline_never_prefetches() {
+    let cfg = MmuConfig {
+        mode: MmuMode::Baseline,
+        prefetch: 16,
+        ..shadow()
+    };
+    let (mut m, _, _) = long_world(cfg, 1, 16);
+    for i in 0..16 {
+        assert!(matches!(
+            m.access(0x40_0000 + i * 4096, Access::read(true)),
+            Outcome::Ok(_)
+        ));
+    }
+    assert_eq!(m.mmu.stats().prefetched, 0);
+    assert_eq!(m.mmu.stats().shadow_faults, 16);
+}

@@ -310,6 +310,20 @@ pub fn build(start: Start, seed: u64) -> World {
 /// Builds the world; without `mmio_large`, large pages always lie in RAM
 /// (so that no edit can turn one into a table pointer outside RAM).
 pub fn build_with(start: Start, seed: u64, mmio_large: bool) -> World {
+    build_inner(start, seed, mmio_large, false)
+}
+
+/// Builds the world with, in every space, two densely mapped runs of 24
+/// user pages (in the two 2 MiB halves of one 4 MiB region, so both
+/// quadrants of a 32-bit page table) whose leaves have random flags:
+/// neighbours with A clear, A set and D clear, A and D set, read-only,
+/// supervisor, NX, reserved bits, MMIO frames and page-table frames, for
+/// PTE prefetch to fill around a fault.
+pub fn build_dense(start: Start, seed: u64) -> World {
+    build_inner(start, seed, true, true)
+}
+
+fn build_inner(start: Start, seed: u64, mmio_large: bool, dense: bool) -> World {
     let mode = start.table_mode();
     let mut r = Rng(seed);
     let mut mem = Ram(vec![0u8; RAM as usize]);
@@ -442,6 +456,39 @@ pub fn build_with(start: Start, seed: u64, mmio_large: bool) -> World {
             for lvl in 3..=gt.top() {
                 if let Some(e) = gt.entry(&mut mem, cr3, regions[0], lvl, None) {
                     used.push((e.gpa & !0xfff, (e.gpa & 0xfff) / gt.entry_size()));
+                }
+            }
+        }
+    }
+    if dense {
+        let mut d = Rng(seed ^ 0xde45_e000);
+        let base = match mode {
+            PagingMode::Long => 0x10_0000_0000,
+            _ => 0x2000_0000,
+        };
+        let table_frames = gt.frames.clone();
+        for &cr3 in &cr3s {
+            let nl = if d.chance(80) {
+                pte::P | pte::RW | pte::US | pte::A
+            } else {
+                random_flags(&mut d, mode, false) | pte::P
+            };
+            for half in [0u64, 0x20_0000] {
+                for i in 0..24u64 {
+                    let la = base + half + i * 4096;
+                    let flags = random_flags(&mut d, mode, true);
+                    let gpa = if d.chance(8) {
+                        table_frames[d.below(table_frames.len() as u64) as usize]
+                    } else {
+                        data_frame(&mut d)
+                    };
+                    gt.map(&mut mem, cr3, la, 1, gpa, flags, nl);
+                    if let Some(e) = gt.entry(&mut mem, cr3, la, 1, None) {
+                        used.push((e.gpa & !0xfff, (e.gpa & 0xfff) / gt.entry_size()));
+                    }
+                    if cr3 == cr3s[0] {
+                        user.push(la);
+                    }
                 }
             }
         }
@@ -625,6 +672,7 @@ pub fn configs(r: &mut Rng, start: Start) -> (SimConfig, MmuConfig, bool) {
         decode_assists: r.chance(50),
         global_pages: r.chance(70),
         flood_threshold: 1 + r.below(8) as u32,
+        prefetch: [0, 8, 16, 16, 512][r.below(5) as usize],
         ..MmuConfig::default()
     };
     let _ = start;
