@@ -923,16 +923,6 @@ impl ShadowCache {
             return;
         }
         let first = idx & !(n - 1);
-        // Guest entry `j` of this shadow table: 32-bit guests' page tables
-        // are split in two quadrants of 512 four-byte entries.
-        let (es, gbase) = if key.role.mode == PagingMode::Bits32 {
-            (
-                4u64,
-                (key.gfn << 12) + u64::from(key.role.quadrant) * 512 * 4,
-            )
-        } else {
-            (8u64, key.gfn << 12)
-        };
         for j in first..first + n {
             if j == idx || self.t(h).entries[j] & pte::P != 0 {
                 continue;
@@ -940,14 +930,8 @@ impl ShadowCache {
             if self.batch.len() >= INSTALL_BATCH_MAX {
                 break;
             }
-            let ge = if key.role.kind == TableKind::Guest {
-                let mut b = [0u8; 8];
-                if !p.read(gbase + j as u64 * es, &mut b[..es as usize]) {
-                    break;
-                }
-                u64::from_le_bytes(b)
-            } else {
-                0
+            let Some(ge) = self.guest_entry(p, &key, j) else {
+                break;
             };
             if let Want::Leaf {
                 frame,
@@ -1021,6 +1005,7 @@ impl ShadowCache {
     fn resync_entry(&mut self, h: TableHandle, idx: usize, ge: u64) {
         let cur = self.t(h).entries[idx];
         if cur & pte::P == 0 {
+            self.prefetch_written(h, idx, ge);
             return;
         }
         self.stats.resyncs += 1;
@@ -1047,6 +1032,37 @@ impl ShadowCache {
         }
     }
 
+    /// Prefetch on write (as KVM's `update_pte`): the guest wrote a leaf
+    /// entry whose shadow entry is not present, typically making a page
+    /// present (demand paging, fault-around); when the new guest entry is
+    /// one prefetch could fill (present, accessed, valid, in RAM), the
+    /// shadow leaf is installed now instead of on the fault that would
+    /// follow, with the same rules as [`Self::prefetch`].
+    fn prefetch_written(&mut self, h: TableHandle, idx: usize, ge: u64) {
+        let (key, pdptes) = {
+            let t = self.t(h);
+            (t.key, t.pdptes)
+        };
+        if self.prefetch <= 1
+            || key.role.level != 1
+            || key.role.kind != TableKind::Guest
+            || self.batch.len() >= INSTALL_BATCH_MAX
+        {
+            return;
+        }
+        if let Want::Leaf {
+            frame,
+            access,
+            dirty,
+            global,
+        } = self.want(&key, &pdptes, idx, ge)
+        {
+            let e = self.leaf_entry(&key.role, frame, access, dirty, global, Access::default());
+            self.set_leaf(h, idx, e);
+            self.stats.prefetched += 1;
+        }
+    }
+
     /// Drops every table that shadows `gfn`: the frame is no longer
     /// write-protected (its leaves stay read-only until the next write
     /// fault finds it unprotected).
@@ -1062,7 +1078,60 @@ impl ShadowCache {
             self.zap(p, h)?;
         }
         self.stats.unprotects += 1;
+        // The leaves that map the frame read-only only because it was
+        // protected become what a write fault would make them now.
+        let leaves = self.rmap.get(&gfn).cloned().unwrap_or_default();
+        for (h, idx) in leaves {
+            let idx = usize::from(idx);
+            let cur = self.t(h).entries[idx];
+            if cur & pte::RW != 0 || self.batch.len() >= INSTALL_BATCH_MAX {
+                continue;
+            }
+            let (key, pdptes) = {
+                let t = self.t(h);
+                (t.key, t.pdptes)
+            };
+            let Some(ge) = self.guest_entry(p, &key, idx) else {
+                continue;
+            };
+            if let Want::Leaf {
+                frame,
+                access,
+                dirty,
+                global,
+            } = self.want(&key, &pdptes, idx, ge)
+            {
+                let e = self.leaf_entry(&key.role, frame, access, dirty, global, Access::default());
+                if e == cur | pte::RW | pte::D {
+                    self.set_leaf(h, idx, e);
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The guest entry that shadow entry `idx` of a table with `key`
+    /// derives from (0 for tables that do not shadow a guest table);
+    /// `None` if it cannot be read.
+    fn guest_entry<P: MmuPlatform + ?Sized>(
+        &self,
+        p: &mut P,
+        key: &ShadowKey,
+        idx: usize,
+    ) -> Option<u64> {
+        if key.role.kind != TableKind::Guest {
+            return Some(0);
+        }
+        // 32-bit guests' tables are split in quadrants of 512 four-byte
+        // entries (page tables) or 256 entries, two shadow PDEs each.
+        let (es, gi) = match (key.role.mode, key.role.level) {
+            (PagingMode::Bits32, 1) => (4u64, usize::from(key.role.quadrant) * 512 + idx),
+            (PagingMode::Bits32, _) => (4u64, usize::from(key.role.quadrant) * 256 + idx / 2),
+            _ => (8u64, idx),
+        };
+        let mut b = [0u8; 8];
+        p.read((key.gfn << 12) + gi as u64 * es, &mut b[..es as usize])
+            .then(|| u64::from_le_bytes(b))
     }
 
     /// Checks the cache's own invariants (for tests): every present

@@ -966,3 +966,103 @@ fn baseline_never_prefetches() {
     assert_eq!(m.mmu.stats().prefetched, 0);
     assert_eq!(m.mmu.stats().shadow_faults, 16);
 }
+
+/// Prefetch on write: an emulated write that makes a guest PTE present
+/// and accessed fills its shadow leaf at once (no fault on the next
+/// access); one without A still faults so that the walk sets A. When
+/// write flooding drops a frame's protection, the leaves that mapped it
+/// read-only because of it become writable at once (no fault on the
+/// next write).
+#[test]
+fn emulated_pte_writes_fill_the_shadow_and_unprotected_frames_are_writable_again() {
+    use mmu_server::GuestMemory;
+    let cfg = MmuConfig {
+        flood_threshold: 3,
+        prefetch: 16,
+        ..shadow()
+    };
+    let (mut m, mut gt, cr3s) = long_world(cfg, 1, 1);
+    let base = 0x40_0000u64;
+    let pt = gt.entry(&mut m.sim, cr3s[0], base, 1, None).unwrap().gpa & !0xfff;
+    // A second page table, for 0x60_0000; pages 7 and 8 map it,
+    // writable, clean and dirty: prefetched read-only, since the frame
+    // is protected.
+    let other = 0x60_0000u64;
+    gt.map(&mut m.sim, cr3s[0], other, 1, 0x70_0000, URW | pte::A, URW);
+    let pt2 = gt.entry(&mut m.sim, cr3s[0], other, 1, None).unwrap().gpa & !0xfff;
+    assert_ne!(pt, pt2);
+    gt.write(&mut m.sim, pt + 7 * 8, pt2 | URW | pte::A);
+    gt.write(&mut m.sim, pt + 8 * 8, pt2 | URW | pte::A | pte::D);
+    assert!(matches!(
+        m.access(other, Access::read(true)),
+        Outcome::Ok(_)
+    ));
+    assert!(matches!(m.access(base, Access::read(true)), Outcome::Ok(_)));
+    let faults = |m: &Machine| m.mmu.stats().shadow_faults;
+    assert_eq!(m.mmu.stats().prefetched, 2);
+
+    // The kernel's direct-map leaf for the table (read-only: protected).
+    assert_eq!(m.access(KERNEL + pt, Access::read(false)), Outcome::Ok(pt));
+    // A new, accessed entry: installed by the emulated write.
+    let s = m.mmu.stats();
+    assert_eq!(
+        m.store(KERNEL + pt + 5 * 8, 0x65_0000 | URW | pte::A, 8, false),
+        Outcome::Stored
+    );
+    let after = m.mmu.stats();
+    assert_eq!(after.emulated_writes - s.emulated_writes, 1);
+    assert_eq!(after.prefetched - s.prefetched, 1);
+    let f = faults(&m);
+    assert_eq!(
+        m.access(base + 5 * 4096, Access::read(true)),
+        Outcome::Ok(0x65_0000)
+    );
+    assert_eq!(faults(&m), f, "no fault: the write filled the leaf");
+    // Not accessed: left to the fault, whose walk sets A.
+    assert_eq!(
+        m.store(KERNEL + pt + 6 * 8, 0x66_0000 | URW, 8, false),
+        Outcome::Stored
+    );
+    let f = faults(&m);
+    assert_eq!(
+        m.access(base + 6 * 4096, Access::read(true)),
+        Outcome::Ok(0x66_0000)
+    );
+    assert_eq!(faults(&m), f + 1);
+    let mut b = [0u8; 8];
+    assert!(m.sim.read(pt + 6 * 8, &mut b));
+    assert_eq!(u64::from_le_bytes(b), 0x66_0000 | URW | pte::A);
+
+    // Three writes to the frame as data: unprotected; the kernel's
+    // direct-map leaf for it is writable again at once.
+    for i in 0..3u64 {
+        assert_eq!(
+            m.store(KERNEL + pt2 + 0x800 + i * 8, i, 8, false),
+            Outcome::Stored
+        );
+    }
+    assert_eq!(m.mmu.stats().unprotects, 1);
+    assert!(!m.mmu.cache().is_protected(pt2 >> 12));
+    assert_eq!(
+        m.access(KERNEL + pt2, Access::read(false)),
+        Outcome::Ok(pt2)
+    );
+    let f = faults(&m);
+    assert_eq!(m.store(KERNEL + pt2 + 0x900, 9, 8, false), Outcome::Stored);
+    assert_eq!(faults(&m), f, "no fault: the leaf is writable again");
+    // Page 8 (dirty) too; page 7 (clean) stays read-only: its first write
+    // faults and the walk sets D.
+    assert_eq!(
+        m.store(base + 8 * 4096 + 0xa00, 8, 8, true),
+        Outcome::Stored
+    );
+    assert_eq!(faults(&m), f, "no fault: dirty and unprotected");
+    assert_eq!(
+        m.store(base + 7 * 4096 + 0xa08, 7, 8, true),
+        Outcome::Stored
+    );
+    assert_eq!(faults(&m), f + 1);
+    assert!(m.sim.read(pt + 7 * 8, &mut b));
+    assert_eq!(u64::from_le_bytes(b), pt2 | URW | pte::A | pte::D);
+    m.mmu.cache().check_invariants().unwrap();
+}
