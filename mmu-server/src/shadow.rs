@@ -29,6 +29,12 @@
 //! write-protected in every shadow leaf that maps it. A guest write to
 //! such a frame is emulated by the mmu-server, which then re-derives the
 //! affected shadow entries ([`ShadowCache::guest_wrote`]).
+//!
+//! Prefetch (see [`ShadowCache::set_prefetch`]): a fault that fills a leaf
+//! also fills the neighbours a fault could fill — guest entries present,
+//! accessed and valid, writable only when dirty — and an emulated write
+//! that makes such an entry installs it at once; so the shadow still
+//! equals the guest's tables, A/D bits included, with fewer faults.
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
