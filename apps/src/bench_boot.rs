@@ -398,7 +398,7 @@ fn print_tables(a: &BootArgs, cmdline: &str, boots: &[Boot]) {
         ("npf", "  nested page fault"),
         ("exception", "  exception (#PF)"),
         ("intr", "  host timer (exit deadline)"),
-        ("other", "  other (VINTR, CR, INVLPG..)"),
+        ("other", "  other (VINTR, CR, ..)"),
     ] {
         row(what, &|b| num(b.exit(key)));
     }
@@ -422,7 +422,7 @@ fn print_tables(a: &BootArgs, cmdline: &str, boots: &[Boot]) {
         num(b, b.mmu("guest_faults"))
     });
     row("guest CR3 loads", &|b| num(b, b.mmu("cr3_loads")));
-    row("guest INVLPGs", &|b| num(b, b.mmu("invlpg")));
+    row("INVLPG exits", &|b| num(b, b.mmu("invlpg")));
     row("other CR accesses", &|b| num(b, b.mmu("cr")));
     row(
         "shadow faults per CR3 load",

@@ -22,7 +22,7 @@ pub mod vcpu;
 
 /// Version of the stub ABI. The stub refuses a `Resume` from a server built
 /// against another version.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 pub use stats::Stats;
 pub use syscall::{ErrorCode, Syscall};

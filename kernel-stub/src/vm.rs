@@ -6,7 +6,7 @@
 //! A task runs until it blocks: in `VcpuRun` (waiting for an exit), in
 //! `ReplyRecv` (waiting for a call) or in `Call` (waiting for a reply). When
 //! every task is blocked, the guest runs, and its exit goes to the task
-//! that handles it: page-fault, CR, INVLPG and EFER exits of a shadowed
+//! that handles it: page-fault, CR and EFER exits of a shadowed
 //! guest to the mmu-server, everything else to the vmm-server.
 
 use crate::arch::{self, Arch, Entry, EntryFailure, ExitClass, Paging, Vcpu};

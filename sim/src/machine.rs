@@ -8,7 +8,7 @@ use ipc_proto::{ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch};
 use mmu_server::mmu::exit_code;
 use mmu_server::regs::{cr0, efer};
 use mmu_server::walk::{Access, GuestMemory, WalkError};
-use mmu_server::{ctl, Action, GuestCtl, Mmu, MmuConfig, MmuMode, PagingMode};
+use mmu_server::{ctl, Action, Flush, GuestCtl, Mmu, MmuConfig, MmuMode, MmuPlatform, PagingMode};
 
 use crate::platform::{HwFault, Sim, SimConfig};
 
@@ -116,6 +116,10 @@ pub struct Machine {
     /// Exits carry the GPR (CR accesses), the address (INVLPG) and the
     /// instruction bytes (#PF), as SVM decode assists do.
     pub decode_assists: bool,
+    /// INVLPG exits to the mmu-server. The native stubs do not intercept
+    /// it (the guest's INVLPG flushes the hardware TLB itself), and neither
+    /// does the machine unless this is set.
+    pub intercept_invlpg: bool,
     nested_ctl: GuestCtl,
     sequence: u64,
 }
@@ -139,6 +143,7 @@ impl Machine {
             cr2: 0,
             code: None,
             decode_assists: mmu_cfg.decode_assists,
+            intercept_invlpg: false,
             nested_ctl: GuestCtl::RESET,
             sequence: 0,
         }
@@ -522,6 +527,18 @@ impl Machine {
         } else {
             code::INVLPG
         };
+        if !self.intercept_invlpg {
+            if let Some(o) = self.fetch(offset) {
+                return o;
+            }
+            let la = if self.bitness() == 64 {
+                la
+            } else {
+                la & 0xffff_ffff
+            };
+            self.sim.flush_tlb(Flush::Page(la));
+            return Outcome::Done;
+        }
         let info1 = if self.decode_assists { la } else { 0 };
         self.intercepted(offset, exit_code::INVLPG, info1)
     }

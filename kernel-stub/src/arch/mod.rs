@@ -31,7 +31,10 @@ pub enum Paging {
     /// the back end's format) and names with `SET_NESTED_ROOT`.
     Nested,
     /// Through shadow tables the mmu-server builds: the guest's CR0, CR3
-    /// and CR4 accesses, its page faults and INVLPG exit.
+    /// and CR4 accesses and its page faults exit. INVLPG runs natively: the
+    /// mmu-server keeps the shadow tables in step with every write to a
+    /// guest page table (they are write-protected), so the guest's own
+    /// INVLPG drops exactly the stale translation from the hardware TLB.
     Shadow,
 }
 
@@ -97,7 +100,7 @@ pub fn check_paging(arch: Arch, shadow: bool, entry: EntryMode) -> Result<(), &'
 }
 
 /// Whether a shadowed guest's exit goes to the mmu-server: #PF, CR
-/// accesses, INVLPG, RDMSR/WRMSR of EFER (SVM exit codes or VMX basic
+/// accesses, RDMSR/WRMSR of EFER (SVM exit codes or VMX basic
 /// exit reasons).
 pub fn is_shadow_mmu_exit(rec: &ExitRecord) -> bool {
     const MSR_EFER: u64 = 0xc000_0080;
@@ -105,7 +108,7 @@ pub fn is_shadow_mmu_exit(rec: &ExitRecord) -> bool {
         return match rec.exit_code {
             // Exception: interruption information valid, hardware exception, vector 14.
             0 => rec.exit_info2 & 0x8000_07ff == 0x8000_030e,
-            14 | 28 => true, // INVLPG, CR access
+            28 => true, // CR access
             31 | 32 => rec.regs.rcx & 0xffff_ffff == MSR_EFER,
             _ => false,
         };
@@ -113,7 +116,6 @@ pub fn is_shadow_mmu_exit(rec: &ExitRecord) -> bool {
     match rec.exit_code {
         c if c == svm_exit::EXCP_BASE + 14 => true,
         c if c < svm_exit::CR_WRITE_BASE + 16 => true,
-        svm_exit::INVLPG => true,
         svm_exit::MSR => rec.regs.rcx & 0xffff_ffff == MSR_EFER,
         _ => false,
     }

@@ -141,7 +141,6 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         Paging::Shadow => {
             v.write32(INTERCEPT_CR, CR_SHADOWED << 16 | CR_SHADOWED);
             v.write32(INTERCEPT_EXCEPTIONS, 1 << 14);
-            v.write32(INTERCEPT_MISC1, v.read32(INTERCEPT_MISC1) | MISC1_INVLPG);
         }
     }
 

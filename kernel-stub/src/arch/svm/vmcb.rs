@@ -35,7 +35,6 @@ pub const MISC1_VINTR: u32 = 1 << 4;
 pub const MISC1_CPUID: u32 = 1 << 18;
 pub const MISC1_INVD: u32 = 1 << 22;
 pub const MISC1_HLT: u32 = 1 << 24;
-pub const MISC1_INVLPG: u32 = 1 << 25;
 pub const MISC1_IOIO: u32 = 1 << 27;
 pub const MISC1_MSR: u32 = 1 << 28;
 pub const MISC1_SHUTDOWN: u32 = 1 << 31;

@@ -23,7 +23,7 @@
 //! rooted where its `SET_NESTED_ROOT` says) and unrestricted guest, so it
 //! may start in real mode or with paging off; a CPU without them cannot run
 //! it and `check_nested` says so. With shadow paging (`Paging::Shadow`)
-//! there is no EPT: CR3 loads and stores, INVLPG and every #PF exit (to the
+//! there is no EPT: CR3 loads and stores and every #PF exit (to the
 //! mmu-server, which decodes these VMX records itself), the guest owns no
 //! CR0/CR4 bit (it reads the read shadows, which `show_guest` sets to its
 //! own values, and a write that changes one exits), and `SET_PAGING`
@@ -389,12 +389,7 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         });
         return Ok(v);
     }
-    // Host interrupts stay off in the stub; with external-interrupt exiting
-    // an unmasked legacy PIC line would exit on every entry.
-    cpu::outb(0x21, 0xff);
-    cpu::outb(0xa1, 0xff);
-
-    // Shadow paging: CR3 accesses, INVLPG and every #PF exit (PFEC mask
+    // Shadow paging: CR3 accesses and every #PF exit (PFEC mask
     // and match 0); no EPT, so no unrestricted guest either. MSRs exit but
     // those that are the guest's own state: the VMCS holds FS/GS base and
     // SYSENTER_*, the host does not use STAR/LSTAR/CSTAR/SFMASK/KernelGSBase,
@@ -419,11 +414,7 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
             PROC2_ENABLE_EPT | PROC2_UNRESTRICTED_GUEST,
             0,
         ),
-        false => (
-            PROC_CR3_LOAD_EXITING | PROC_CR3_STORE_EXITING | PROC_INVLPG_EXITING,
-            0,
-            1 << 14,
-        ),
+        false => (PROC_CR3_LOAD_EXITING | PROC_CR3_STORE_EXITING, 0, 1 << 14),
     };
     v.controls = Controls {
         pin: caps
