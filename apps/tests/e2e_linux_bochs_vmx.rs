@@ -4,7 +4,7 @@
 //! bochs --arch vmx`: boot, the MMU workload (see `e2e_linux_qemu_svm.rs`),
 //! status 0. About two minutes on a 2.6 GHz EPYC host (Bochs 2.7 at its
 //! default 100 M instructions per emulated second); the 686-pae kernel with
-//! shadow paging on VMX is an `--ignored` test (about 5 minutes). Run only
+//! shadow paging on VMX is an `--ignored` test (about 3 minutes). Run only
 //! these with
 //!
 //! ```sh
@@ -25,11 +25,11 @@ fn debian_amd64_runs_the_workload_on_bochs_vmx_with_ept() {
     );
 }
 
-/// Shadow paging on VMX with a 32-bit PAE kernel: about 5 minutes, so not
+/// Shadow paging on VMX with a 32-bit PAE kernel: about 3 minutes, so not
 /// in CI's run; run it with `cargo test -p splitvisor --test
 /// e2e_linux_bochs_vmx -- --ignored`.
 #[test]
-#[ignore = "about 5 minutes; run with --ignored"]
+#[ignore = "about 3 minutes; run with --ignored"]
 fn debian_686_pae_runs_the_workload_on_bochs_vmx_with_shadow_paging() {
     common::boot_linux(
         Flavour::I686Pae,
