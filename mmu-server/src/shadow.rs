@@ -939,14 +939,7 @@ impl ShadowCache {
             let Some(ge) = self.guest_entry(p, &key, j) else {
                 break;
             };
-            if let Want::Leaf {
-                frame,
-                access,
-                dirty,
-                global,
-            } = self.want(&key, &pdptes, j, ge)
-            {
-                let e = self.leaf_entry(&key.role, frame, access, dirty, global, Access::default());
+            if let Some(e) = self.prefetch_leaf(&key, &pdptes, j, ge) {
                 self.set_leaf(h, j, e);
                 self.stats.prefetched += 1;
             }
@@ -1056,16 +1049,31 @@ impl ShadowCache {
         {
             return;
         }
-        if let Want::Leaf {
-            frame,
-            access,
-            dirty,
-            global,
-        } = self.want(&key, &pdptes, idx, ge)
-        {
-            let e = self.leaf_entry(&key.role, frame, access, dirty, global, Access::default());
+        if let Some(e) = self.prefetch_leaf(&key, &pdptes, idx, ge) {
             self.set_leaf(h, idx, e);
             self.stats.prefetched += 1;
+        }
+    }
+
+    /// The shadow leaf a fault would install for entry `idx` of a table
+    /// with `key` from guest entry `ge`, with no access of its own (so
+    /// writable only if the guest entry is writable and dirty); `None`
+    /// where the entry would not be a leaf.
+    fn prefetch_leaf(
+        &self,
+        key: &ShadowKey,
+        pdptes: &[u64; 4],
+        idx: usize,
+        ge: u64,
+    ) -> Option<u64> {
+        match self.want(key, pdptes, idx, ge) {
+            Want::Leaf {
+                frame,
+                access,
+                dirty,
+                global,
+            } => Some(self.leaf_entry(&key.role, frame, access, dirty, global, Access::default())),
+            _ => None,
         }
     }
 
@@ -1100,14 +1108,7 @@ impl ShadowCache {
             let Some(ge) = self.guest_entry(p, &key, idx) else {
                 continue;
             };
-            if let Want::Leaf {
-                frame,
-                access,
-                dirty,
-                global,
-            } = self.want(&key, &pdptes, idx, ge)
-            {
-                let e = self.leaf_entry(&key.role, frame, access, dirty, global, Access::default());
+            if let Some(e) = self.prefetch_leaf(&key, &pdptes, idx, ge) {
                 if e == cur | pte::RW | pte::D {
                     self.set_leaf(h, idx, e);
                 }
