@@ -18,7 +18,9 @@ use clap::Args;
 use ipc_proto::manifest::MmuMode as SystemMmu;
 use splitvisor::linux::{Flavour, INIT_MARKER, WORKLOAD_END};
 use splitvisor::run::emulator_missing_message as emulator_missing;
-use splitvisor::run::{find_program, qemu_args, run_emulator, FinalLine, RunOptions};
+use splitvisor::run::{
+    find_program, qemu_args, qemu_machine_args, run_emulator, FinalLine, RunOptions,
+};
 use splitvisor::DEFAULT_EMULATOR;
 
 use crate::bench::key_values;
@@ -205,29 +207,8 @@ fn boot(
         failure: None,
     };
     let args: Vec<OsString> = if way == Way::PlainQemu {
-        let mut args: Vec<OsString> = [
-            "-accel",
-            "tcg",
-            "-cpu",
-            way.cpu(),
-            "-m",
-            &ram_mib.to_string(),
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-monitor",
-            "none",
-            "-serial",
-            "stdio",
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=1",
-            "-append",
-            cmdline,
-        ]
-        .iter()
-        .map(OsString::from)
-        .collect();
+        let mut args = qemu_machine_args(way.cpu(), ram_mib);
+        args.extend(["-append".into(), cmdline.into()]);
         args.extend(["-kernel".into(), guest.kernel.clone().into_os_string()]);
         args.extend(["-initrd".into(), guest.initrd.clone().into_os_string()]);
         args

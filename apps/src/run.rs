@@ -250,13 +250,27 @@ pub fn default_memory_mib(ram_mib: u32) -> u32 {
 
 /// The emulator's arguments to boot `image`.
 pub fn qemu_args(opts: &RunOptions, image: &Path) -> Vec<OsString> {
-    let mut args: Vec<OsString> = [
+    let mut args = qemu_machine_args(&opts.cpu, opts.memory_mib);
+    args.push("-kernel".into());
+    args.push(image.as_os_str().to_owned());
+    if let Some(arch) = opts.arch {
+        args.push("-append".into());
+        args.push(Arch::stub_cmdline(Some(arch)).into());
+    }
+    args
+}
+
+/// QEMU's arguments for the machine every boot uses: TCG with `cpu` and
+/// `memory_mib`, no default devices or display, no reboot, COM1 on stdio,
+/// the debug-exit port at 0xF4; the kernel to boot comes after.
+pub fn qemu_machine_args(cpu: &str, memory_mib: u32) -> Vec<OsString> {
+    [
         "-accel",
         "tcg",
         "-cpu",
-        &opts.cpu,
+        cpu,
         "-m",
-        &opts.memory_mib.to_string(),
+        &memory_mib.to_string(),
         "-nodefaults",
         "-display",
         "none",
@@ -267,17 +281,10 @@ pub fn qemu_args(opts: &RunOptions, image: &Path) -> Vec<OsString> {
         "stdio",
         "-device",
         "isa-debug-exit,iobase=0xf4,iosize=1",
-        "-kernel",
     ]
     .iter()
     .map(OsString::from)
-    .collect();
-    args.push(image.as_os_str().to_owned());
-    if let Some(arch) = opts.arch {
-        args.push("-append".into());
-        args.push(Arch::stub_cmdline(Some(arch)).into());
-    }
-    args
+    .collect()
 }
 
 /// Finds a program the way a shell does: a name with a `/` is a path,
