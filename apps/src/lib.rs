@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod bochs;
+pub mod e2e;
 pub mod linux;
 pub mod loc;
 pub mod run;
@@ -18,7 +19,10 @@ pub use run::{
 pub const EXIT_CODES_HELP: &str = "\
 Exit status of `splitvisor run`:
   N    the guest stopped with status N (it wrote N to port 0xF4);
-       note that a guest may itself choose 101, 102, 103 or 124
+       note that a guest may itself choose 101, 102, 103 or 124;
+       a guest that resets the machine (`[vmm] the guest reset the
+       machine`: Linux's reboot, or a panic with panic=-1) stops with 0,
+       as QEMU's -no-reboot does: read the console to tell them apart
   101  the VM failed (the stub's `[stub] vm failed: REASON`)
   102  the stub cannot run here (`[stub] cannot run: REASON`, e.g. no SVM)
   103  the emulator is missing or failed to start, the image could not be
