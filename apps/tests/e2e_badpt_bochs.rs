@@ -15,39 +15,27 @@
 //!
 //! These need bochs and the ISO tools (`scripts/install-deps`).
 
-use std::process::Command;
+mod common;
+
+use common::Run;
 
 /// Generous: the first run also builds the stub and the servers.
-const TIMEOUT_SECS: &str = "180";
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
+const TIMEOUT_SECS: u64 = 180;
 
 fn bochs(arch: &str, guest: &str, mmu: &str) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_splitvisor"))
-        .args(["run", "--emulator", "bochs", "--arch", arch])
-        .args(["--guest", guest, "--mmu", mmu])
-        .args(["--timeout", TIMEOUT_SECS])
-        .output()
-        .expect("the splitvisor binary starts");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    common::splitvisor_run(
+        &[
+            "--emulator",
+            "bochs",
+            "--arch",
+            arch,
+            "--guest",
+            guest,
+            "--mmu",
+            mmu,
+        ],
+        TIMEOUT_SECS,
+    )
 }
 
 /// The guest's lines: the cases, the checksum and the summary.

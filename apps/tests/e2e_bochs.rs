@@ -9,57 +9,17 @@
 //! `splitvisor run` naming what to install, rather than skip. Each run takes
 //! a few seconds: Bochs boots its BIOS and GRUB before the stub.
 
-use std::process::Command;
+mod common;
+
+use common::Run;
 
 /// Generous: the first run also builds the stub and the vmm-server, and
 /// several of these may run at once on two cores.
-const TIMEOUT_SECS: &str = "180";
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn all(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-
-    fn has_line(&self, line: &str) -> bool {
-        self.stdout.lines().any(|l| l == line)
-    }
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
+const TIMEOUT_SECS: u64 = 180;
 
 fn bochs_run(guest: &str, arch: &str) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_splitvisor"))
-        .args([
-            "run",
-            "--emulator",
-            "bochs",
-            "--guest",
-            guest,
-            "--arch",
-            arch,
-        ])
-        .args(["--timeout", TIMEOUT_SECS])
-        .output()
-        .expect("the splitvisor binary starts");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let args = ["--emulator", "bochs", "--guest", guest, "--arch", arch];
+    common::splitvisor_run(&args, TIMEOUT_SECS)
 }
 
 fn assert_hello(r: &Run, arch: &str) {
@@ -132,17 +92,17 @@ fn triple_fault_guest_on_bochs_svm_fails_with_shutdown_exit() {
 /// which Bochs model has it.
 #[test]
 fn svm_forced_on_a_vmx_cpu_cannot_run() {
-    let out = Command::new(env!("CARGO_BIN_EXE_splitvisor"))
-        .args(["run", "--emulator", "bochs", "--guest", "hello"])
-        .args(["--arch", "svm", "--cpu", "corei7_skylake_x"])
-        .args(["--timeout", TIMEOUT_SECS])
-        .output()
-        .expect("the splitvisor binary starts");
-    let r = Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let args = [
+        "--emulator",
+        "bochs",
+        "--guest",
+        "hello",
+        "--arch",
+        "svm",
+        "--cpu",
+        "corei7_skylake_x",
+    ];
+    let r = common::splitvisor_run(&args, TIMEOUT_SECS);
     assert_eq!(r.code, Some(102), "{r}");
     assert!(
         r.has_line("[stub] cannot run: SVM not available on this CPU"),

@@ -5,40 +5,28 @@
 //! --mmu shadow`, as a user would. Needs what `e2e_bochs.rs` needs
 //! (`scripts/install-deps`); each run takes a few seconds.
 
-use std::process::Command;
+mod common;
+
+use common::Run;
 
 /// Generous: the first run also builds the image, and several of these may
 /// run at once on two cores.
-const TIMEOUT_SECS: &str = "180";
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
+const TIMEOUT_SECS: u64 = 180;
 
 fn bochs_vmx_shadow(guest: &str) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_splitvisor"))
-        .args(["run", "--emulator", "bochs", "--arch", "vmx"])
-        .args(["--mmu", "shadow", "--guest", guest])
-        .args(["--timeout", TIMEOUT_SECS])
-        .output()
-        .expect("the splitvisor binary starts");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    common::splitvisor_run(
+        &[
+            "--emulator",
+            "bochs",
+            "--arch",
+            "vmx",
+            "--mmu",
+            "shadow",
+            "--guest",
+            guest,
+        ],
+        TIMEOUT_SECS,
+    )
 }
 
 /// The guest passes its own checks under VMX shadow paging, and the

@@ -6,46 +6,16 @@
 //! fail -- `splitvisor run` exits 103 and says what to install -- rather
 //! than skip: a test that claims a guest ran must boot it.
 
-use std::process::Command;
+mod common;
+
+use common::Run;
 
 /// Generous: five of these may run at once on two cores, and the first one
 /// also waits for the stub and the vmm-server to build.
-const TIMEOUT_SECS: &str = "180";
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn all(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
+const TIMEOUT_SECS: u64 = 180;
 
 fn splitvisor_run(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_splitvisor"))
-        .arg("run")
-        .args(args)
-        .args(["--timeout", TIMEOUT_SECS])
-        .output()
-        .expect("the splitvisor binary starts");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    common::splitvisor_run(args, TIMEOUT_SECS)
 }
 
 #[test]

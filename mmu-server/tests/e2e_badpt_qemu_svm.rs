@@ -28,34 +28,15 @@
 //!
 //! They need `qemu-system-x86_64`, gcc and binutils (`scripts/install-deps`).
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
 use ipc_proto::manifest::MmuMode;
-use splitvisor::run::{qemu_args, run_emulator, FinalLine, RunOptions, DEFAULT_EMULATOR};
-
-/// Generous: several boots share two cores, and the first one also waits
-/// for the stub and the servers to build. A guest that hangs is cut here.
-const TIMEOUT: Duration = Duration::from_secs(240);
+use splitvisor::e2e::{boot_with_mmu as run, Boot};
+use splitvisor::run::FinalLine;
 
 /// What QEMU 7.2's TCG walker appends to a reserved-bit fault without P.
 const ERRATUM: &str = " (erratum: RSVD without P)";
 
-#[derive(Clone, Default)]
-struct Console(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Console {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// One case: the #PF it takes (CR2, error code) or the value it reads.
+#[derive(Clone, Copy)]
 enum Want {
     Fault(u64, u32),
     Value(u64),
@@ -82,182 +63,193 @@ const D: u64 = 0x40;
 /// loop, so its PDE, used there as a PTE, is accessed and dirty.
 const PT_A: u64 = 0x18_3000;
 
-/// badpt64: four-level paging, EFER.NXE = 1 (but where turned off).
-fn badpt64() -> Vec<(&'static str, Want)> {
-    const T: u64 = 0x20_0000;
-    vec![
+/// A case: its name and what it must give.
+type Case = (&'static str, Want);
+
+/// The first cases of badpt64 and badptpae: PTEs with reserved bits and
+/// not present, then a PDE and a PDPTE not present.
+fn entry_cases(t: u64) -> [Case; 7] {
+    [
         ("pte_ok_read", Value(tag(0))),
-        ("pte_rsvd_bit51_read", Fault(T + 0x1000, P | RSVD)),
-        ("pte_rsvd_maxphyaddr_write", Fault(T + 0x2000, P | W | RSVD)),
-        ("pte_not_present_read", Fault(T + 0x3000, 0)),
-        ("pte_not_present_user_write", Fault(T + 0x3000, W | U)),
+        ("pte_rsvd_bit51_read", Fault(t + 0x1000, P | RSVD)),
+        ("pte_rsvd_maxphyaddr_write", Fault(t + 0x2000, P | W | RSVD)),
+        ("pte_not_present_read", Fault(t + 0x3000, 0)),
+        ("pte_not_present_user_write", Fault(t + 0x3000, W | U)),
         ("pde_not_present_write", Fault(0x40_0000, W)),
         ("pdpte_not_present_read", Fault(0x4000_0000, 0)),
-        ("pml4e_not_present_fetch", Fault(0x100_0000_0000, ID)),
-        ("pde_rsvd_bit51_read", Fault(0x80_0000, P | RSVD)),
-        (
-            "pde_2m_rsvd_bit13_user_read",
-            Fault(0xa0_0000, P | U | RSVD),
-        ),
-        ("pdpte_rsvd_bit51_write", Fault(0xc000_0000, P | W | RSVD)),
-        ("pml4e_rsvd_ps_read", Fault(0x80_0000_0000, P | RSVD)),
-        (
-            "pml4e_rsvd_bit51_fetch",
-            Fault(0x200_0000_0000, P | RSVD | ID),
-        ),
-        ("pde_table_beyond_ram_read", Fault(0x60_0000, 0)),
-        ("pde_table_beyond_ram_user_write", Fault(0x60_1000, W | U)),
-        ("pde_table_beyond_ram_fetch", Fault(0x60_2000, ID)),
-        ("pdpte_table_beyond_ram_write", Fault(0x8000_0000, W)),
-        (
-            "pml4e_table_beyond_ram_user_read",
-            Fault(0x180_0000_0000, U),
-        ),
-        ("ro_write_wp1", Fault(T + 0x4000, P | W)),
-        ("ro_user_write", Fault(T + 0x4000, P | W | U)),
-        ("ro_user_read", Value(tag(4))),
-        ("ro_write_wp0", Value(POKE)),
-        ("ro_user_write_wp0", Fault(T + 0x4000, P | W | U)),
-        ("ro_write_wp1_again", Fault(T + 0x4000, P | W)),
-        ("supervisor_page_user_read", Fault(T + 0x5000, P | U)),
-        ("supervisor_page_read", Value(tag(5))),
-        ("nx_fetch", Fault(T + 0x6000, P | ID)),
-        ("nx_user_fetch", Fault(T + 0x6000, P | U | ID)),
-        ("nx_read", Value(tag(6))),
-        ("user_page_user_fetch", Value(OK)),
-        ("supervisor_page_user_fetch", Fault(T + 0x8000, P | U | ID)),
-        ("xd_without_nxe_read", Fault(T + 0x6000, P | RSVD)),
-        ("xd_without_nxe_fetch", Fault(T + 0x6000, P | RSVD)),
-        (
-            "xd_without_nxe_user_write",
-            Fault(T + 0x6000, P | W | U | RSVD),
-        ),
-        ("no_xd_fetch_without_nxe", Value(OK)),
-        // PML4[511] names the PML4: the tables read as data.
-        ("selfmap_read_pml4", Value(0x18_1000 | 7 | A)),
-        ("selfmap_read_pt", Value((FRAMES + 0x1000) | 1 | 1 << 51)),
-        ("selfmap_not_present", Fault(0xffff_ffff_ffe0_2000, 0)),
-        ("selfmap_rsvd_bit51", Fault(0xffff_ffff_ffe0_4000, P | RSVD)),
-        (
-            "selfmap_beyond_ram_user_read",
-            Fault(0xffff_ffff_c060_0000, U),
-        ),
-        ("selfmap_write_pte", Value(tag(9))),
-        ("selfmap_read_written_pte", Value((FRAMES + 0x9000) | 3 | A)),
-        // PD[6] names the PD.
-        ("pd_loop_read_pt", Value((FRAMES + 0x9000) | 3 | A)),
-        ("pd_loop_read_pde", Value(PT_A | 7 | A | D)),
-        ("pd_loop_not_present", Fault(0xc0_2000, 0)),
-        ("pd_loop_rsvd_bit51", Fault(0xc0_4000, P | RSVD)),
-        // 4000 reads through 16 pages of pseudo-random entries: 3184
-        // faults, 816 values (345 of them MMIO beyond RAM), and the sum of
-        // them all, as QEMU's and Bochs's walkers give it.
-        ("garbage_tables", Value(0x0c70_0330_a4dc_a821)),
-        // The same with a quarter of the accesses writing new garbage
-        // entries (into tables in use, or beyond RAM), CR3 reloaded after
-        // each: 3329 faults, 643 values.
-        ("garbage_tables_written", Value(0x0d01_0283_9b92_4811)),
     ]
 }
 
-/// badptpae: PAE paging, EFER.NXE = 1 (but where turned off).
-fn badptpae() -> Vec<(&'static str, Want)> {
-    const T: u64 = 0x20_0000;
-    const LOOP: u64 = 0xc0_0000;
-    vec![
-        ("pte_ok_read", Value(tag(0))),
-        ("pte_rsvd_bit51_read", Fault(T + 0x1000, P | RSVD)),
-        ("pte_rsvd_maxphyaddr_write", Fault(T + 0x2000, P | W | RSVD)),
-        ("pte_not_present_read", Fault(T + 0x3000, 0)),
-        ("pte_not_present_user_write", Fault(T + 0x3000, W | U)),
-        ("pde_not_present_write", Fault(0x40_0000, W)),
-        ("pdpte_not_present_read", Fault(0x4000_0000, 0)),
-        ("pdpte_not_present_fetch", Fault(0x4000_1000, ID)),
-        ("pde_rsvd_bit51_read", Fault(0x80_0000, P | RSVD)),
-        (
-            "pde_2m_rsvd_bit13_user_read",
-            Fault(0xa0_0000, P | U | RSVD),
-        ),
-        ("pde_2m_rsvd_bit55_fetch", Fault(0xe0_0000, P | RSVD | ID)),
-        ("pde_table_beyond_ram_read", Fault(0x60_0000, 0)),
-        ("pde_table_beyond_ram_user_write", Fault(0x60_1000, W | U)),
-        ("pde_table_beyond_ram_fetch", Fault(0x60_2000, ID)),
-        ("pdpte_table_beyond_ram_write", Fault(0x8000_0000, W)),
-        ("pdpte_table_beyond_ram_user_read", Fault(0x8020_1000, U)),
-        ("ro_write_wp1", Fault(T + 0x4000, P | W)),
-        ("ro_user_write", Fault(T + 0x4000, P | W | U)),
+/// badpt64's and badptpae's tables beyond RAM, named by a PDE and a PDPTE.
+const BEYOND_RAM: [Case; 4] = [
+    ("pde_table_beyond_ram_read", Fault(0x60_0000, 0)),
+    ("pde_table_beyond_ram_user_write", Fault(0x60_1000, W | U)),
+    ("pde_table_beyond_ram_fetch", Fault(0x60_2000, ID)),
+    ("pdpte_table_beyond_ram_write", Fault(0x8000_0000, W)),
+];
+
+/// Every guest's WP and U/S cases on test frames 4 and 5 of `t`.
+fn protection_cases(t: u64) -> [Case; 8] {
+    [
+        ("ro_write_wp1", Fault(t + 0x4000, P | W)),
+        ("ro_user_write", Fault(t + 0x4000, P | W | U)),
         ("ro_user_read", Value(tag(4))),
         ("ro_write_wp0", Value(POKE)),
-        ("ro_user_write_wp0", Fault(T + 0x4000, P | W | U)),
-        ("ro_write_wp1_again", Fault(T + 0x4000, P | W)),
-        ("supervisor_page_user_read", Fault(T + 0x5000, P | U)),
+        ("ro_user_write_wp0", Fault(t + 0x4000, P | W | U)),
+        ("ro_write_wp1_again", Fault(t + 0x4000, P | W)),
+        ("supervisor_page_user_read", Fault(t + 0x5000, P | U)),
         ("supervisor_page_read", Value(tag(5))),
-        ("nx_fetch", Fault(T + 0x6000, P | ID)),
-        ("nx_user_fetch", Fault(T + 0x6000, P | U | ID)),
+    ]
+}
+
+/// badpt64's and badptpae's NX cases, then the XD bit with EFER.NXE off.
+fn nx_cases(t: u64) -> [Case; 9] {
+    [
+        ("nx_fetch", Fault(t + 0x6000, P | ID)),
+        ("nx_user_fetch", Fault(t + 0x6000, P | U | ID)),
         ("nx_read", Value(tag(6))),
         ("user_page_user_fetch", Value(OK)),
-        ("supervisor_page_user_fetch", Fault(T + 0x8000, P | U | ID)),
-        ("xd_without_nxe_read", Fault(T + 0x6000, P | RSVD)),
-        ("xd_without_nxe_fetch", Fault(T + 0x6000, P | RSVD)),
+        ("supervisor_page_user_fetch", Fault(t + 0x8000, P | U | ID)),
+        ("xd_without_nxe_read", Fault(t + 0x6000, P | RSVD)),
+        ("xd_without_nxe_fetch", Fault(t + 0x6000, P | RSVD)),
         (
             "xd_without_nxe_user_write",
-            Fault(T + 0x6000, P | W | U | RSVD),
+            Fault(t + 0x6000, P | W | U | RSVD),
         ),
         ("no_xd_fetch_without_nxe", Value(OK)),
-        // PD[6] names the PD.
-        ("pd_loop_read_pt", Value((FRAMES + 0x1000) | 1 | 1 << 51)),
-        ("pd_loop_write_pte", Value(tag(9))),
-        ("pd_loop_read_written_pte", Value((FRAMES + 0x9000) | 3 | A)),
-        ("pd_loop_read_pde", Value(PT_A | 7 | A | D)),
-        ("pd_loop_not_present", Fault(LOOP + 0x2000, 0)),
-        ("pd_loop_rsvd_bit51", Fault(LOOP + 0x4000, P | RSVD)),
-        (
-            "pd_loop_rsvd_bit55_user_write",
-            Fault(LOOP + 0x7000, P | W | U | RSVD),
-        ),
     ]
+}
+
+/// badpt64: four-level paging, EFER.NXE = 1 (but where turned off).
+fn badpt64() -> Vec<Case> {
+    const T: u64 = 0x20_0000;
+    [
+        &entry_cases(T)[..],
+        &[
+            ("pml4e_not_present_fetch", Fault(0x100_0000_0000, ID)),
+            ("pde_rsvd_bit51_read", Fault(0x80_0000, P | RSVD)),
+            (
+                "pde_2m_rsvd_bit13_user_read",
+                Fault(0xa0_0000, P | U | RSVD),
+            ),
+            ("pdpte_rsvd_bit51_write", Fault(0xc000_0000, P | W | RSVD)),
+            ("pml4e_rsvd_ps_read", Fault(0x80_0000_0000, P | RSVD)),
+            (
+                "pml4e_rsvd_bit51_fetch",
+                Fault(0x200_0000_0000, P | RSVD | ID),
+            ),
+        ],
+        &BEYOND_RAM,
+        &[(
+            "pml4e_table_beyond_ram_user_read",
+            Fault(0x180_0000_0000, U),
+        )],
+        &protection_cases(T),
+        &nx_cases(T),
+        &[
+            // PML4[511] names the PML4: the tables read as data.
+            ("selfmap_read_pml4", Value(0x18_1000 | 7 | A)),
+            ("selfmap_read_pt", Value((FRAMES + 0x1000) | 1 | 1 << 51)),
+            ("selfmap_not_present", Fault(0xffff_ffff_ffe0_2000, 0)),
+            ("selfmap_rsvd_bit51", Fault(0xffff_ffff_ffe0_4000, P | RSVD)),
+            (
+                "selfmap_beyond_ram_user_read",
+                Fault(0xffff_ffff_c060_0000, U),
+            ),
+            ("selfmap_write_pte", Value(tag(9))),
+            ("selfmap_read_written_pte", Value((FRAMES + 0x9000) | 3 | A)),
+            // PD[6] names the PD.
+            ("pd_loop_read_pt", Value((FRAMES + 0x9000) | 3 | A)),
+            ("pd_loop_read_pde", Value(PT_A | 7 | A | D)),
+            ("pd_loop_not_present", Fault(0xc0_2000, 0)),
+            ("pd_loop_rsvd_bit51", Fault(0xc0_4000, P | RSVD)),
+            // 4000 reads through 16 pages of pseudo-random entries: 3184
+            // faults, 816 values (345 of them MMIO beyond RAM), and the sum
+            // of them all, as QEMU's and Bochs's walkers give it.
+            ("garbage_tables", Value(0x0c70_0330_a4dc_a821)),
+            // The same with a quarter of the accesses writing new garbage
+            // entries (into tables in use, or beyond RAM), CR3 reloaded
+            // after each: 3329 faults, 643 values.
+            ("garbage_tables_written", Value(0x0d01_0283_9b92_4811)),
+        ],
+    ]
+    .concat()
+}
+
+/// badptpae: PAE paging, EFER.NXE = 1 (but where turned off).
+fn badptpae() -> Vec<Case> {
+    const T: u64 = 0x20_0000;
+    const LOOP: u64 = 0xc0_0000;
+    [
+        &entry_cases(T)[..],
+        &[
+            ("pdpte_not_present_fetch", Fault(0x4000_1000, ID)),
+            ("pde_rsvd_bit51_read", Fault(0x80_0000, P | RSVD)),
+            (
+                "pde_2m_rsvd_bit13_user_read",
+                Fault(0xa0_0000, P | U | RSVD),
+            ),
+            ("pde_2m_rsvd_bit55_fetch", Fault(0xe0_0000, P | RSVD | ID)),
+        ],
+        &BEYOND_RAM,
+        &[("pdpte_table_beyond_ram_user_read", Fault(0x8020_1000, U))],
+        &protection_cases(T),
+        &nx_cases(T),
+        &[
+            // PD[6] names the PD.
+            ("pd_loop_read_pt", Value((FRAMES + 0x1000) | 1 | 1 << 51)),
+            ("pd_loop_write_pte", Value(tag(9))),
+            ("pd_loop_read_written_pte", Value((FRAMES + 0x9000) | 3 | A)),
+            ("pd_loop_read_pde", Value(PT_A | 7 | A | D)),
+            ("pd_loop_not_present", Fault(LOOP + 0x2000, 0)),
+            ("pd_loop_rsvd_bit51", Fault(LOOP + 0x4000, P | RSVD)),
+            (
+                "pd_loop_rsvd_bit55_user_write",
+                Fault(LOOP + 0x7000, P | W | U | RSVD),
+            ),
+        ],
+    ]
+    .concat()
 }
 
 /// badpt32: 32-bit paging with PSE; EFER.NXE = 1 means nothing here, so
 /// no fetch fault carries I/D.
-fn badpt32() -> Vec<(&'static str, Want)> {
+fn badpt32() -> Vec<Case> {
     const T: u64 = 0x40_0000;
     const LOOP: u64 = 0x140_0000;
-    vec![
-        ("pte_ok_read", Value(tag(0))),
-        ("pte_not_present_read", Fault(T + 0x3000, 0)),
-        ("pte_not_present_user_write", Fault(T + 0x3000, W | U)),
-        ("pde_not_present_write", Fault(0x80_0000, W)),
-        ("pde_not_present_fetch", Fault(0x80_1000, 0)),
-        ("pde_4m_rsvd_bit21_read", Fault(0x100_0000, P | RSVD)),
-        (
-            "pde_4m_rsvd_bit21_user_fetch",
-            Fault(0x100_1000, P | U | RSVD),
-        ),
-        ("pde_table_beyond_ram_read", Fault(0xc0_0000, 0)),
-        ("pde_table_beyond_ram_user_write", Fault(0xc0_1000, W | U)),
-        ("pde_table_beyond_ram_fetch", Fault(0xc0_2000, 0)),
-        ("ro_write_wp1", Fault(T + 0x4000, P | W)),
-        ("ro_user_write", Fault(T + 0x4000, P | W | U)),
-        ("ro_user_read", Value(tag(4))),
-        ("ro_write_wp0", Value(POKE)),
-        ("ro_user_write_wp0", Fault(T + 0x4000, P | W | U)),
-        ("ro_write_wp1_again", Fault(T + 0x4000, P | W)),
-        ("supervisor_page_user_read", Fault(T + 0x5000, P | U)),
-        ("supervisor_page_read", Value(tag(5))),
-        ("supervisor_page_user_fetch", Fault(T + 0x8000, P | U)),
-        ("user_page_user_fetch", Value(OK)),
-        // PD[5] names the PD.
-        ("pd_loop_write_pte", Value(tag(9))),
-        ("pd_loop_read_written_pte", Value((FRAMES + 0x9000) | 3 | A)),
-        ("pd_loop_read_pde", Value(PT_A | 7 | A | D)),
-        ("pd_loop_not_present", Fault(LOOP + 0x2000, 0)),
-        ("pd_loop_not_present_user_fetch", Fault(LOOP + 0x6000, U)),
+    [
+        &[
+            ("pte_ok_read", Value(tag(0))),
+            ("pte_not_present_read", Fault(T + 0x3000, 0)),
+            ("pte_not_present_user_write", Fault(T + 0x3000, W | U)),
+            ("pde_not_present_write", Fault(0x80_0000, W)),
+            ("pde_not_present_fetch", Fault(0x80_1000, 0)),
+            ("pde_4m_rsvd_bit21_read", Fault(0x100_0000, P | RSVD)),
+            (
+                "pde_4m_rsvd_bit21_user_fetch",
+                Fault(0x100_1000, P | U | RSVD),
+            ),
+            ("pde_table_beyond_ram_read", Fault(0xc0_0000, 0)),
+            ("pde_table_beyond_ram_user_write", Fault(0xc0_1000, W | U)),
+            ("pde_table_beyond_ram_fetch", Fault(0xc0_2000, 0)),
+        ][..],
+        &protection_cases(T),
+        &[
+            ("supervisor_page_user_fetch", Fault(T + 0x8000, P | U)),
+            ("user_page_user_fetch", Value(OK)),
+            // PD[5] names the PD.
+            ("pd_loop_write_pte", Value(tag(9))),
+            ("pd_loop_read_written_pte", Value((FRAMES + 0x9000) | 3 | A)),
+            ("pd_loop_read_pde", Value(PT_A | 7 | A | D)),
+            ("pd_loop_not_present", Fault(LOOP + 0x2000, 0)),
+            ("pd_loop_not_present_user_fetch", Fault(LOOP + 0x6000, U)),
+        ],
     ]
+    .concat()
 }
 
 /// The lines the guest prints for `cases`, as the guest formats them.
-fn expected_lines(guest: &str, cases: &[(&str, Want)], cr2_digits: usize) -> Vec<String> {
+fn expected_lines(guest: &str, cases: &[Case], cr2_digits: usize) -> Vec<String> {
     cases
         .iter()
         .map(|(name, want)| match want {
@@ -281,74 +273,20 @@ fn without_erratum(line: &str) -> String {
     format!("{head} ec=0x{:08x}", ec | P)
 }
 
-struct Boot {
-    how: &'static str,
-    final_line: Option<FinalLine>,
-    console: String,
-}
-
-impl Boot {
-    /// The case lines (`<guest>: <case> cr2=...` or `... value=...`).
-    fn case_lines(&self, guest: &str) -> Vec<&str> {
-        let prefix = format!("{guest}: ");
-        self.console
-            .lines()
-            .filter(|l| l.starts_with(&prefix) && (l.contains(" cr2=") || l.contains(" value=")))
-            .collect()
-    }
-
-    fn checksum(&self, guest: &str) -> String {
-        let prefix = format!("{guest}: checksum ");
-        self.console
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no checksum line ({}):\n{}", self.how, self.console))
-            .to_string()
-    }
-}
-
-/// Boots `guest` and returns what it printed and how the run ended.
-fn run(guest: &str, mmu: MmuMode, cpu: &str, how: &'static str) -> Boot {
-    let mut system = images::SystemSpec::new(guest);
-    system.mmu = mmu;
-    let image = images::build_system_spec(&system).unwrap_or_else(|e| panic!("{guest}: {e}"));
-    let opts = RunOptions {
-        system,
-        cpu: cpu.to_string(),
-        arch: None,
-        emulator: DEFAULT_EMULATOR.to_string(),
-        timeout: TIMEOUT,
-        memory_mib: 256,
-    };
-    let console = Console::default();
-    let start = Instant::now();
-    let report = run_emulator(
-        DEFAULT_EMULATOR,
-        &qemu_args(&opts, &image),
-        TIMEOUT,
-        Box::new(console.clone()),
-    )
-    .expect("QEMU starts (scripts/install-deps installs it)");
-    eprintln!("{guest} ({how}): {:.2} s", start.elapsed().as_secs_f64());
-    let text = String::from_utf8_lossy(&console.0.lock().unwrap()).into_owned();
-    Boot {
-        how,
-        final_line: report.final_line,
-        console: text,
-    }
+/// The case lines (`<guest>: <case> cr2=...` or `... value=...`).
+fn case_lines(boot: &Boot) -> Vec<&str> {
+    let prefix = format!("{}: ", boot.guest);
+    boot.console
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && (l.contains(" cr2=") || l.contains(" value=")))
+        .collect()
 }
 
 /// Boots `guest`, which must end with its own status 0.
-fn boot(guest: &str, mmu: MmuMode, cpu: &str, how: &'static str) -> Boot {
+fn boot(guest: &str, mmu: MmuMode, cpu: &str, how: &str) -> Boot {
     let boot = run(guest, mmu, cpu, how);
-    // The guest's own end: status 0 (no mismatch), not a hang (the
-    // timeout leaves no final line), not a failed VM.
-    assert_eq!(
-        boot.final_line,
-        Some(FinalLine::Stopped(0)),
-        "{guest} ({how}) did not end with status 0:\n{}",
-        boot.console
-    );
+    // Status 0: no mismatch.
+    boot.assert_status_0();
     assert!(
         !boot.console.contains("vm failed") && !boot.console.contains("MISMATCH"),
         "{guest} ({how}):\n{}",
@@ -360,25 +298,21 @@ fn boot(guest: &str, mmu: MmuMode, cpu: &str, how: &'static str) -> Boot {
 /// Boots `guest` with nested paging and with both shadow modes: each run
 /// prints exactly the expected lines (the nested one up to QEMU's
 /// erratum), with the same checksum.
-fn faults_as_the_manuals_say(guest: &str, cases: &[(&str, Want)], cr2_digits: usize) {
+fn faults_as_the_manuals_say(guest: &str, cases: &[Case], cr2_digits: usize) {
     let want = expected_lines(guest, cases, cr2_digits);
     let npt = boot(guest, MmuMode::Nested, "EPYC,+svm,+npt", "npt");
-    let got: Vec<String> = npt
-        .case_lines(guest)
-        .into_iter()
-        .map(without_erratum)
-        .collect();
+    let got: Vec<String> = case_lines(&npt).into_iter().map(without_erratum).collect();
     assert_eq!(got, want, "{guest} (npt):\n{}", npt.console);
     for (mmu, how) in [
         (MmuMode::Shadow, "shadow"),
         (MmuMode::ShadowBaseline, "baseline"),
     ] {
         let shadow = boot(guest, mmu, "EPYC,+svm,-npt", how);
-        let got = shadow.case_lines(guest);
+        let got = case_lines(&shadow);
         assert_eq!(got, want, "{guest} ({how}):\n{}", shadow.console);
         assert_eq!(
-            shadow.checksum(guest),
-            npt.checksum(guest),
+            shadow.checksum(),
+            npt.checksum(),
             "{guest}: the checksums differ\n--- npt:\n{}\n--- {how}:\n{}",
             npt.console,
             shadow.console

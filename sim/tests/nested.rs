@@ -43,9 +43,15 @@ fn nop() -> impl Strategy<Value = NOp> {
     ]
 }
 
-/// `on_walk`: the CPU reads PAE PDPTEs on each walk (AMD with nested
-/// paging) instead of holding them in registers loaded by MOV CR3.
-fn run(start: Start, seed: u64, ops: &[NOp], on_walk: bool) -> Result<(), String> {
+/// The world of `start` and `seed` in a machine with nested paging, started,
+/// and the reference CPU beside it on a copy of its memory. `on_walk`: the
+/// CPU reads PAE PDPTEs on each walk (AMD with nested paging) instead of
+/// holding them in registers loaded by MOV CR3.
+fn start_nested(
+    start: Start,
+    seed: u64,
+    on_walk: bool,
+) -> Result<(World, Machine, Reference), String> {
     let mut w = build_with(start, seed, false);
     w.cpu.pdptes_on_walk = on_walk;
     let mut m = Machine::new(
@@ -61,12 +67,19 @@ fn run(start: Start, seed: u64, ops: &[NOp], on_walk: bool) -> Result<(), String
     );
     m.sim.ram.copy_from_slice(&w.mem);
     m.start(w.ctl)?;
-    let mut reference = Reference {
+    let reference = Reference {
         mem: Ram(w.mem.clone()),
         ctl: m.ctl(),
         cpu: w.cpu,
         code: None,
     };
+    Ok((w, m, reference))
+}
+
+/// `on_walk`: the CPU reads PAE PDPTEs on each walk (AMD with nested
+/// paging) instead of holding them in registers loaded by MOV CR3.
+fn run(start: Start, seed: u64, ops: &[NOp], on_walk: bool) -> Result<(), String> {
+    let (w, mut m, mut reference) = start_nested(start, seed, on_walk)?;
     for (step, op) in ops.iter().enumerate() {
         let la = |a: u16, b: u16| {
             if a.is_multiple_of(3) {
@@ -173,27 +186,7 @@ proptest! {
 /// with PDPTE registers (Intel; shadow paging) the MOV CR3 takes #GP.
 #[test]
 fn pae_pdpte_with_a_reserved_bit_under_npt_faults_on_the_access() {
-    let mut w = build_with(Start::Pae, 7, false);
-    w.cpu.pdptes_on_walk = true;
-    let mut m = Machine::new(
-        SimConfig {
-            ram_bytes: RAM,
-            ..SimConfig::default()
-        },
-        MmuConfig {
-            mode: MmuMode::Nested,
-            cpu: w.cpu,
-            ..MmuConfig::default()
-        },
-    );
-    m.sim.ram.copy_from_slice(&w.mem);
-    m.start(w.ctl).unwrap();
-    let mut reference = Reference {
-        mem: Ram(w.mem.clone()),
-        ctl: m.ctl(),
-        cpu: w.cpu,
-        code: None,
-    };
+    let (w, mut m, mut reference) = start_nested(Start::Pae, 7, true).unwrap();
     let pdpt = w.ctl.cr3 & 0xffff_ffe0;
     let kernel_quarter = (w.kernel_la(pdpt) >> 30) & 3;
     let user = *w

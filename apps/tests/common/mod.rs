@@ -1,10 +1,57 @@
-//! What the Linux end-to-end tests share: one boot of `splitvisor run
-//! --linux FLAVOUR` with the MMU workload, and the checks of its serial
-//! output.
+//! What the end-to-end tests of the `splitvisor` command share: one
+//! `splitvisor run` and what it printed ([`splitvisor_run`]), and for the
+//! Linux tests one boot of `splitvisor run --linux FLAVOUR` with the MMU
+//! workload and the checks of its serial output ([`boot_linux`]). Each test
+//! file uses a part of it.
+#![allow(dead_code)]
 
 use std::process::Command;
 
 use splitvisor::linux::{Flavour, INIT_MARKER, WORKLOAD_END};
+
+/// One `splitvisor run`: its exit status and output.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Stdout and stderr together.
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+
+    /// Stdout has exactly this line.
+    pub fn has_line(&self, line: &str) -> bool {
+        self.stdout.lines().any(|l| l == line)
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `splitvisor run ARGS --timeout TIMEOUT_SECS`, as a user would.
+pub fn splitvisor_run(args: &[&str], timeout_secs: u64) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_splitvisor"))
+        .arg("run")
+        .args(args)
+        .args(["--timeout", &timeout_secs.to_string()])
+        .output()
+        .expect("the splitvisor binary starts");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
 
 /// The boots share `.cache/linux/` and the two cores: one at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -15,19 +62,12 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// the workload passed every part, and the VM ended with status 0.
 pub fn boot_linux(flavour: Flavour, mmu: &str, extra: &[&str], timeout_secs: u64) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let out = Command::new(env!("CARGO_BIN_EXE_splitvisor"))
-        .args(["run", "--linux", flavour.name(), "--mmu", mmu])
-        .args(extra)
-        .args(["--append", "splitvisor.workload splitvisor.exit"])
-        .args(["--timeout", &timeout_secs.to_string()])
-        .output()
-        .expect("the splitvisor binary starts");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let report = format!(
-        "exit status {:?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-        out.status.code()
-    );
+    let mut args = vec!["--linux", flavour.name(), "--mmu", mmu];
+    args.extend_from_slice(extra);
+    args.extend(["--append", "splitvisor.workload splitvisor.exit"]);
+    let run = splitvisor_run(&args, timeout_secs);
+    let stdout = &run.stdout;
+    let report = run.to_string();
     let lines: Vec<&str> = stdout.lines().collect();
     for l in lines
         .iter()
@@ -78,5 +118,5 @@ pub fn boot_linux(flavour: Flavour, mmu: &str, extra: &[&str], timeout_secs: u64
             "no shadow cache figures at the end\n{report}"
         );
     }
-    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(run.code, Some(0), "{report}");
 }
