@@ -12,8 +12,6 @@
 //!
 //! The tables go to stdout, progress to stderr.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
@@ -21,7 +19,7 @@ use ipc_proto::manifest::MmuMode as SystemMmu;
 use mmu_server::{MmuMode, PagingMode};
 use sim::bench::{context_switch, table, BenchConfig, BenchReport};
 use splitvisor::run::emulator_missing_message as emulator_missing;
-use splitvisor::run::{find_program, qemu_args, run_emulator, FinalLine, RunOptions};
+use splitvisor::run::{find_program, qemu_args, run_emulator, Capture, FinalLine, RunOptions};
 use splitvisor::DEFAULT_EMULATOR;
 
 /// `splitvisor bench`.
@@ -184,19 +182,6 @@ fn ratio(baseline: f64, cached: f64) -> String {
         "none at all cached".to_string()
     } else {
         "none either way".to_string()
-    }
-}
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

@@ -9,30 +9,16 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ipc_proto::manifest::MmuMode;
 
-use crate::run::{qemu_args, run_emulator, FinalLine, RunOptions, DEFAULT_EMULATOR};
+use crate::run::{qemu_args, run_emulator, Capture, FinalLine, RunOptions, DEFAULT_EMULATOR};
 
 /// Generous: several boots share two cores, and the first one also waits
 /// for the stub and the servers to build. A guest that hangs is cut here.
 pub const TIMEOUT: Duration = Duration::from_secs(240);
-
-/// A `Write` that keeps what it is given, shared with its clones.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// One boot of a guest: how it ended and what it printed.
 pub struct Boot {

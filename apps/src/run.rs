@@ -22,7 +22,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -258,6 +258,21 @@ pub fn qemu_args(opts: &RunOptions, image: &Path) -> Vec<OsString> {
         args.push(Arch::stub_cmdline(Some(arch)).into());
     }
     args
+}
+
+/// A `Write` that keeps what it is given, shared with its clones: an
+/// emulator's console for a caller that reads it afterwards.
+#[derive(Clone, Default)]
+pub struct Capture(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// QEMU's arguments for the machine every boot uses: TCG with `cpu` and
