@@ -6,6 +6,29 @@ use crate::layout::{BootInfo, BOOT_INFO_PAGE, VCPU_PAGE};
 use crate::syscall::CONSOLE_WRITE_MAX;
 use crate::{ErrorCode, Syscall, VcpuPage};
 
+/// Defines a server's `_start`, which the stub enters in ring 3 with
+/// `rsp = STACK_TOP` and every other register zero: it realigns rsp, clears
+/// the frame pointer and calls `$main` (which never returns). `call` pushes
+/// the return address, leaving rsp = 8 (mod 16) at `$main`'s entry as the
+/// SysV ABI wants.
+#[macro_export]
+macro_rules! server_entry {
+    ($main:path) => {
+        const _: () = assert!($crate::layout::STACK_TOP.is_multiple_of(16));
+
+        core::arch::global_asm!(
+            ".section .text._start, \"ax\"",
+            ".global _start",
+            "_start:",
+            "    and rsp, -16",
+            "    xor ebp, ebp",
+            "    call {main}",
+            "    ud2",
+            main = sym $main,
+        );
+    };
+}
+
 /// Makes one system call.
 ///
 /// # Safety

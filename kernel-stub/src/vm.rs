@@ -413,15 +413,21 @@ impl Kernel {
         Ok(self.deliver(frame, TaskKind::VmmServer, rec))
     }
 
+    /// Channel `ch` of a `Call` or `ReplyRecv`, with its index.
+    fn channel(&self, ch: u64) -> Result<(usize, &Channel), ErrorCode> {
+        let n = usize::try_from(ch).map_err(|_| ErrorCode::NotPermitted)?;
+        let c = self
+            .channels
+            .get(n)
+            .and_then(Option::as_ref)
+            .ok_or(ErrorCode::NotPermitted)?;
+        Ok((n, c))
+    }
+
     /// `Call`: hand the request in the channel page to the channel's server.
     fn call(&mut self, frame: &mut TrapFrame, ch: u64) -> Result<(), ErrorCode> {
         let cur = self.current;
-        let ch = usize::try_from(ch).map_err(|_| ErrorCode::NotPermitted)?;
-        let c = self
-            .channels
-            .get(ch)
-            .and_then(Option::as_ref)
-            .ok_or(ErrorCode::NotPermitted)?;
+        let (ch, c) = self.channel(ch)?;
         if c.client != cur {
             return Err(ErrorCode::NotPermitted);
         }
@@ -442,12 +448,7 @@ impl Kernel {
         ch: u64,
     ) -> Result<Result<(), Stop>, ErrorCode> {
         let cur = self.current;
-        let ch = usize::try_from(ch).map_err(|_| ErrorCode::NotPermitted)?;
-        let c = self
-            .channels
-            .get(ch)
-            .and_then(Option::as_ref)
-            .ok_or(ErrorCode::NotPermitted)?;
+        let (ch, c) = self.channel(ch)?;
         if c.server != cur {
             return Err(ErrorCode::NotPermitted);
         }

@@ -21,7 +21,7 @@ mod ring3 {
     extern crate alloc;
 
     use core::fmt::Write;
-    use ipc_proto::layout::{GUEST_RAM_WINDOW, INSTALL_PAGE, STACK_TOP};
+    use ipc_proto::layout::{GUEST_RAM_WINDOW, INSTALL_PAGE};
     use ipc_proto::manifest::MmuMode;
     use ipc_proto::mmu::{Install, InstallError, InstallPage, TableHandle};
     use ipc_proto::sys::{self, ConsoleLine};
@@ -35,18 +35,7 @@ mod ring3 {
         PlatformError,
     };
 
-    const _: () = assert!(STACK_TOP.is_multiple_of(16));
-
-    core::arch::global_asm!(
-        ".section .text._start, \"ax\"",
-        ".global _start",
-        "_start:",
-        "    and rsp, -16",
-        "    xor ebp, ebp",
-        "    call {main}",
-        "    ud2",
-        main = sym server_main,
-    );
+    ipc_proto::server_entry!(server_main);
 
     /// The shadow cache's bookkeeping: about 4.2 KiB per table for the
     /// default budget of 1024 tables, and the decoder's tables.

@@ -23,7 +23,7 @@ mod ring3 {
     use core::sync::atomic::{AtomicBool, Ordering};
 
     use ipc_proto::device::{op, PortMessage};
-    use ipc_proto::layout::{BootInfo, BOOT_INFO_PAGE, CHANNEL_PAGE_BASE, PAGE_SIZE, STACK_TOP};
+    use ipc_proto::layout::{BootInfo, BOOT_INFO_PAGE, CHANNEL_PAGE_BASE, PAGE_SIZE};
     use ipc_proto::{ErrorCode, ExitRecord, Resume, Stats, Syscall, ABI_VERSION};
     use vmm_server::board::Board;
     use vmm_server::cpuid::HostCpuid;
@@ -44,20 +44,7 @@ mod ring3 {
     /// The RTC's time at boot when the stub gives none: 2026-01-01 00:00 UTC.
     const RTC_EPOCH: i64 = 1_767_225_600;
 
-    // `_start` realigns rsp anyway; `call` then pushes the return address,
-    // leaving rsp = 8 (mod 16) at `server_main`'s entry as the SysV ABI wants.
-    const _: () = assert!(STACK_TOP.is_multiple_of(16));
-
-    core::arch::global_asm!(
-        ".section .text._start, \"ax\"",
-        ".global _start",
-        "_start:",
-        "    and rsp, -16",
-        "    xor ebp, ebp",
-        "    call {main}",
-        "    ud2",
-        main = sym server_main,
-    );
+    ipc_proto::server_entry!(server_main);
 
     use ipc_proto::sys::{self, result, syscall3, vcpu_page};
 

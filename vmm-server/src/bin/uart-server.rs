@@ -24,25 +24,14 @@ mod ring3 {
     use core::fmt::Write;
 
     use ipc_proto::device::{op, PortMessage};
-    use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE, STACK_TOP};
+    use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
     use ipc_proto::sys::{self, ConsoleLine};
     use ipc_proto::{Syscall, ABI_VERSION};
     use vmm_server::console::{HostConsole, HostWrite};
     use vmm_server::devices::remote;
     use vmm_server::devices::uart16550::{self, Uart16550};
 
-    const _: () = assert!(STACK_TOP.is_multiple_of(16));
-
-    core::arch::global_asm!(
-        ".section .text._start, \"ax\"",
-        ".global _start",
-        "_start:",
-        "    and rsp, -16",
-        "    xor ebp, ebp",
-        "    call {main}",
-        "    ud2",
-        main = sym server_main,
-    );
+    ipc_proto::server_entry!(server_main);
 
     macro_rules! say {
         ($($arg:tt)*) => {{
