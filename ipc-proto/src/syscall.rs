@@ -106,12 +106,19 @@ pub enum ErrorCode {
     NotReady = 11,
     /// The stub has no memory or handles left for the request.
     OutOfMemory = 12,
-    /// The hardware paging state would let the guest bypass the shadow
-    /// tables (CR0.PG or CR4.PAE clear) or names a root of the wrong level;
+    /// The hardware paging state has a CR0, CR4 or EFER bit outside the
+    /// stub's allowlist (or one the CPU lacks), a combination VMRUN or VM
+    /// entry refuses, would let the guest bypass the shadow tables (CR0.PG
+    /// or CR4.PAE clear), or names a root of the wrong level;
     /// or a nested root that is not a live level-4 table, or a root of the
     /// other MMU mode (`SET_PAGING` under nested paging, `SET_NESTED_ROOT`
     /// under shadow paging).
     ResumeBadPaging = 13,
+    /// `ShadowAlloc` of a level other than 1..=4.
+    BadLevel = 14,
+    /// `ShadowFree` of the table the hardware walks from (the last root a
+    /// resume named): name another root first.
+    TableInUse = 15,
 }
 
 /// Longest write `ConsoleWrite` accepts in one call.
@@ -119,7 +126,7 @@ pub const CONSOLE_WRITE_MAX: u64 = 4096;
 
 impl ErrorCode {
     /// All codes, for lookups and tests.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 15] = [
         Self::UnknownSyscall,
         Self::NotPermitted,
         Self::BadPointer,
@@ -133,6 +140,8 @@ impl ErrorCode {
         Self::NotReady,
         Self::OutOfMemory,
         Self::ResumeBadPaging,
+        Self::BadLevel,
+        Self::TableInUse,
     ];
 
     /// The value a failed call returns in `rax`.
@@ -165,8 +174,10 @@ impl ErrorCode {
             Self::NotReady => "the call cannot be served now",
             Self::OutOfMemory => "the stub has no memory or handles left",
             Self::ResumeBadPaging => {
-                "resume paging state or root would bypass the shadow or nested tables"
+                "resume paging state has bits outside the allowlist, a combination the CPU refuses, or a root that would bypass the shadow or nested tables"
             }
+            Self::BadLevel => "page-table level not 1..=4",
+            Self::TableInUse => "the table is the root the hardware walks from",
         }
     }
 }

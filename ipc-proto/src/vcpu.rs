@@ -65,9 +65,30 @@ pub mod svm_exit {
     pub const VMRUN: u64 = 0x80;
     /// VMMCALL.
     pub const VMMCALL: u64 = 0x81;
+    /// RDPMC.
+    pub const RDPMC: u64 = 0x6f;
+    /// INVD.
+    pub const INVD: u64 = 0x76;
+    /// INVLPGA.
+    pub const INVLPGA: u64 = 0x7a;
+    /// A hardware task switch (the guest's CR3 would be loaded from a TSS).
+    pub const TASK_SWITCH: u64 = 0x7d;
+    /// WBINVD.
+    pub const WBINVD: u64 = 0x89;
+    /// MONITOR.
+    pub const MONITOR: u64 = 0x8a;
+    /// MWAIT.
+    pub const MWAIT: u64 = 0x8b;
+    /// MWAIT with a wake-up condition armed.
+    pub const MWAIT_CONDITIONAL: u64 = 0x8c;
+    /// XSETBV.
+    pub const XSETBV: u64 = 0x8d;
     /// Nested page fault.
     pub const NPF: u64 = 0x400;
-    /// VMRUN failed its consistency checks: the guest never ran.
+    /// VMRUN failed its consistency checks: the guest never ran. The APM
+    /// defines it as -1 in the 64-bit EXITCODE; QEMU writes the 32-bit
+    /// 0xffff_ffff. The stub treats every code it did not ask for as a
+    /// failed entry, whatever its width (`kernel_stub::exits`).
     pub const INVALID: u64 = u64::MAX;
 }
 

@@ -61,6 +61,12 @@ pub fn cpuid(leaf: u32) -> core::arch::x86_64::CpuidResult {
     core::arch::x86_64::__cpuid(leaf)
 }
 
+/// CPUID with a subleaf, as `[eax, ebx, ecx, edx]`.
+pub fn cpuid_words(leaf: u32, subleaf: u32) -> [u32; 4] {
+    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
 pub fn read_cr2() -> u64 {
     let v;
     // SAFETY: reading CR2 has no side effects.
@@ -352,6 +358,51 @@ pub fn init() {
     if cpuid(0x8000_0001).edx & (1 << 20) != 0 {
         wrmsr(MSR_EFER, rdmsr(MSR_EFER) | EFER_NXE);
     }
+    // x87, MMX and SSE fault in ring 3 (EM: #NM or #UD; TS: #NM): the
+    // guest's FPU state stays in the registers while servers run (VMRUN
+    // and VM exits do not switch it), so a server could read it. The stub
+    // and the servers are built without floating point; CR0 is switched
+    // with the guest's by VMRUN and by the VMCS host-state area.
+    const CR0_EM: u64 = 1 << 2;
+    const CR0_TS: u64 = 1 << 3;
+    // SMEP and SMAP: the stub never runs a server's code, and touches a
+    // server's memory only between `with_user_access`'s STAC and CLAC.
+    const CR4_SMEP: u64 = 1 << 20;
+    const CR4_SMAP: u64 = 1 << 21;
+    let leaf7_ebx = if cpuid(0).eax >= 7 { cpuid_words(7, 0)[1] } else { 0 };
+    let smep = if leaf7_ebx & (1 << 7) != 0 { CR4_SMEP } else { 0 };
+    let smap = leaf7_ebx & (1 << 20) != 0;
+    SMAP.with(|s| *s = smap);
+    // SAFETY: EM/TS only make FPU instructions fault, and nothing in ring 0
+    // uses them; SMEP/SMAP are set only where CPUID reports them, and the
+    // stub executes no user page and reads user pages only under STAC.
+    unsafe {
+        let (cr0, cr4): (u64, u64);
+        asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack, preserves_flags));
+        asm!("mov cr0, {}", in(reg) cr0 | CR0_EM | CR0_TS, options(nostack, preserves_flags));
+        asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags));
+        let cr4 = cr4 | smep | if smap { CR4_SMAP } else { 0 };
+        asm!("mov cr4, {}", in(reg) cr4, options(nostack, preserves_flags));
+    }
+}
+
+/// Whether SMAP is on (then ring 0 reaches user pages only under STAC).
+static SMAP: KernelCell<bool> = KernelCell::new(false);
+
+/// Runs `f`, which reads or writes a server's memory that the caller
+/// checked, with SMAP's protection lifted (STAC) for just that long.
+pub fn with_user_access<R>(f: impl FnOnce() -> R) -> R {
+    let smap = SMAP.with(|s| *s);
+    if smap {
+        // SAFETY: STAC exists (CPUID said SMAP); it only sets RFLAGS.AC.
+        unsafe { asm!("stac", options(nomem, nostack)) };
+    }
+    let r = f();
+    if smap {
+        // SAFETY: as above; CLAC clears RFLAGS.AC again.
+        unsafe { asm!("clac", options(nomem, nostack)) };
+    }
+    r
 }
 
 /// Whether page-table entries may carry the NX bit.

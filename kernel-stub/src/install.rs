@@ -2,11 +2,16 @@
 //! mmu-server. Every entry that reaches a page table the hardware walks
 //! passes through [`ShadowTables::check`] (see `ipc_proto::mmu` for the rules).
 //!
-//! A freed table's frame is only ever reused for a table of the same level,
-//! so an entry that still points to it (the server forgot to clear it)
-//! reaches a table whose entries were all checked for that level: no
-//! sequence of installs and frees can make the hardware read a non-leaf
-//! table as a leaf table and map a shadow frame into the guest.
+//! A frame never changes level: a freed table's frame is only ever reused
+//! for a table of the same level, so an entry that still points to it (the
+//! server forgot to clear it) reaches a table whose entries were all
+//! checked for that level: no sequence of installs and frees can make the
+//! hardware read a non-leaf table as a leaf table and map a shadow frame
+//! into the guest. A handle is not bound to a level: when every handle has
+//! been used and none of the wanted level is free, a dead handle of
+//! another level gets a new frame and its old frame is retired, never
+//! written again. The table the hardware walks from (the root a resume
+//! named last) cannot be freed.
 //!
 //! The same checks hold for nested tables (NPT, EPT): every table of a VM
 //! has the one [`TableFormat`] the stub set before the first allocation,
@@ -50,6 +55,8 @@ pub enum AllocError {
 pub struct ShadowTables {
     slots: [Slot; MAX_SHADOW_TABLES as usize],
     format: TableFormat,
+    /// The table the hardware walks from now (shadow CR3 or nested root).
+    root: Option<TableHandle>,
 }
 
 /// Bytes mapped by a leaf at `level`.
@@ -73,6 +80,7 @@ impl ShadowTables {
                 live: false,
             }; MAX_SHADOW_TABLES as usize],
             format: TableFormat::X86,
+            root: None,
         }
     }
 
@@ -87,8 +95,9 @@ impl ShadowTables {
     }
 
     /// A table at `level`: a dead slot's frame of the same level when there
-    /// is one (the caller must zero it), else a new frame from `new_frame`.
-    /// Returns the handle and the frame.
+    /// is one (the caller must zero it), else a new frame from `new_frame`
+    /// in a handle never used or, when all were, in a dead handle of another
+    /// level (whose old frame is retired). Returns the handle and the frame.
     pub fn alloc(
         &mut self,
         level: u8,
@@ -108,6 +117,7 @@ impl ShadowTables {
                     .slots
                     .iter()
                     .position(|s| s.frame == 0)
+                    .or_else(|| self.slots.iter().position(|s| !s.live))
                     .ok_or(AllocError::NoHandles)?;
                 let frame = new_frame().ok_or(AllocError::OutOfMemory)?;
                 self.slots[i] = Slot {
@@ -122,8 +132,12 @@ impl ShadowTables {
         Ok((i as TableHandle, self.slots[i].frame))
     }
 
-    /// Marks a table dead; its frame stays bound to its level.
+    /// Marks a table dead; its frame stays bound to its level. The root the
+    /// hardware walks from is refused.
     pub fn free(&mut self, h: TableHandle) -> Result<(), InstallError> {
+        if self.root == Some(h) {
+            return Err(InstallError::RootInUse);
+        }
         let s = self
             .slots
             .get_mut(h as usize)
@@ -131,6 +145,12 @@ impl ShadowTables {
             .ok_or(InstallError::UnknownTable)?;
         s.live = false;
         Ok(())
+    }
+
+    /// Notes that the hardware walks from table `h` from now on (a resume
+    /// named it as the root, after `get` found it live).
+    pub fn set_root(&mut self, h: TableHandle) {
+        self.root = Some(h);
     }
 
     /// Frame and level of a live table.
@@ -398,6 +418,46 @@ mod tests {
             (any::<u16>(), 0u8..=5, any::<u16>(), any::<u64>())
                 .prop_map(|(h, l, i, e)| Op::Install(h % 16, l, i % 600, e)),
         ]
+    }
+
+    /// Finding 8: after every handle was used at level 1 and freed, tables
+    /// of the other levels could not be had any more.
+    #[test]
+    fn handles_are_not_bound_to_their_first_level() {
+        let mut t = ShadowTables::new();
+        let mut f = frames();
+        let mut level1 = Vec::new();
+        for _ in 0..MAX_SHADOW_TABLES {
+            level1.push(t.alloc(1, &mut f).unwrap());
+        }
+        assert_eq!(t.alloc(2, &mut f), Err(AllocError::NoHandles));
+        for &(h, _) in &level1 {
+            t.free(h).unwrap();
+        }
+        let level1: Vec<u64> = level1.into_iter().map(|(_, frame)| frame).collect();
+        for level in [2, 3, 4] {
+            let (h, frame) = t.alloc(level, &mut f).expect("a dead handle takes a new frame");
+            assert!(!level1.contains(&frame), "a level-1 frame became level {level}");
+            assert_eq!(t.get(h), Some((frame, level)));
+        }
+        assert_eq!(t.alloc(0, &mut f), Err(AllocError::BadLevel));
+        assert_eq!(t.alloc(5, &mut f), Err(AllocError::BadLevel));
+    }
+
+    /// Finding 9: freeing the table loaded as the root left the hardware
+    /// walking a dead table (the simulator panicked on it).
+    #[test]
+    fn the_root_in_use_cannot_be_freed() {
+        let mut t = ShadowTables::new();
+        let mut f = frames();
+        let (a, _) = t.alloc(4, &mut f).unwrap();
+        let (b, _) = t.alloc(4, &mut f).unwrap();
+        t.set_root(a);
+        assert_eq!(t.free(a), Err(InstallError::RootInUse));
+        assert!(t.get(a).is_some());
+        t.set_root(b);
+        assert_eq!(t.free(a), Ok(()));
+        assert_eq!(t.free(b), Err(InstallError::RootInUse));
     }
 
     proptest! {

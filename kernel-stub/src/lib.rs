@@ -6,7 +6,11 @@
 pub mod elf;
 pub mod install;
 pub mod resume;
+pub mod user_range;
 
+/// The SVM intercepts the stub turns on, and the exit codes they allow.
+#[path = "arch/svm/intercepts.rs"]
+pub mod svm_intercepts;
 /// Choosing SVM or VMX: the `arch=` boot option and the CPU's features.
 #[path = "arch/select.rs"]
 pub mod arch_select;

@@ -6,36 +6,188 @@
 
 use ipc_proto::{ErrorCode, EventKind, PagingState, Resume, ResumeFlags, ABI_VERSION};
 
-/// What the stub knows of the guest's mode when it checks a resume.
-#[derive(Clone, Copy, Debug)]
+/// What the stub knows of the guest when it checks a resume: the state
+/// the resume does not set but the entry checks depend on.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct GuestMode {
-    /// EFER.LMA and CS.L both set: RIP is a 64-bit address.
-    pub long_mode_code: bool,
+    /// EFER.LMA now (a `SET_PAGING` may change it).
+    pub lma: bool,
+    /// CS.L: 64-bit code when LMA is set.
+    pub cs_l: bool,
+    /// CS.D (default operand size 32).
+    pub cs_d: bool,
+    /// RFLAGS now (a `SET_RFLAGS` may change it).
+    pub rflags: u64,
+    /// An interrupt shadow (STI, MOV SS) is in force now; `SET_RIP` ends it.
+    pub interrupt_shadow: bool,
     /// The guest runs on shadow tables: only then may a resume set the
     /// hardware paging state.
     pub shadow: bool,
 }
 
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
+/// CR0 bits (AMD APM vol. 2, 3.1.1; Intel SDM vol. 3A, 2.5).
+pub mod cr0 {
+    pub const PE: u64 = 1 << 0;
+    pub const MP: u64 = 1 << 1;
+    pub const EM: u64 = 1 << 2;
+    pub const TS: u64 = 1 << 3;
+    pub const ET: u64 = 1 << 4;
+    pub const NE: u64 = 1 << 5;
+    pub const WP: u64 = 1 << 16;
+    pub const AM: u64 = 1 << 18;
+    pub const NW: u64 = 1 << 29;
+    pub const CD: u64 = 1 << 30;
+    pub const PG: u64 = 1 << 31;
+    /// Every bit a CR0 may hold; the rest are reserved (MBZ).
+    pub const DEFINED: u64 = PE | MP | EM | TS | ET | NE | WP | AM | NW | CD | PG;
+}
 
-/// Checks a hardware paging state for a shadowed guest: paging must stay on
-/// with 64-bit entries (PAE), or the guest would use guest-physical
-/// addresses as host-physical ones or read shadow tables in another
-/// format; the root must be a live shadow table of the level the mode walks
-/// from (`root_level` looks a handle up).
+/// CR4 bits (AMD APM vol. 2, 3.1.3; Intel SDM vol. 3A, 2.5).
+pub mod cr4 {
+    pub const VME: u64 = 1 << 0;
+    pub const PVI: u64 = 1 << 1;
+    pub const TSD: u64 = 1 << 2;
+    pub const DE: u64 = 1 << 3;
+    pub const PSE: u64 = 1 << 4;
+    pub const PAE: u64 = 1 << 5;
+    pub const MCE: u64 = 1 << 6;
+    pub const PGE: u64 = 1 << 7;
+    pub const PCE: u64 = 1 << 8;
+    pub const OSFXSR: u64 = 1 << 9;
+    pub const OSXMMEXCPT: u64 = 1 << 10;
+    pub const UMIP: u64 = 1 << 11;
+    pub const LA57: u64 = 1 << 12;
+    pub const VMXE: u64 = 1 << 13;
+    pub const FSGSBASE: u64 = 1 << 16;
+    pub const PCIDE: u64 = 1 << 17;
+    pub const OSXSAVE: u64 = 1 << 18;
+    pub const SMEP: u64 = 1 << 20;
+    pub const SMAP: u64 = 1 << 21;
+    pub const PKE: u64 = 1 << 22;
+    /// The bits a shadowed guest's hardware CR4 may ever hold. Left out on
+    /// purpose: LA57 (the hardware would walk every checked table one level
+    /// higher than it was checked at), PCIDE (CR3 is the stub's root, no
+    /// PCIDs), PKE, CET and the rest (the shadow tables do not use them),
+    /// VMXE and SMXE (the host's). PSE is ignored with PAE, which is always
+    /// set, but no server needs it either.
+    pub const SHADOW_ALLOWED: u64 = VME
+        | PVI
+        | TSD
+        | DE
+        | PAE
+        | MCE
+        | PGE
+        | PCE
+        | OSFXSR
+        | OSXMMEXCPT
+        | UMIP
+        | FSGSBASE
+        | OSXSAVE
+        | SMEP
+        | SMAP;
+}
+
+/// EFER bits (AMD APM vol. 2, 3.1.7).
+pub mod efer {
+    pub const SCE: u64 = 1 << 0;
+    pub const LME: u64 = 1 << 8;
+    pub const LMA: u64 = 1 << 10;
+    pub const NXE: u64 = 1 << 11;
+    /// Set by the stub itself on SVM (VMRUN requires it), never by a server.
+    pub const SVME: u64 = 1 << 12;
+    /// The bits a shadowed guest's hardware EFER may hold.
+    pub const SHADOW_ALLOWED: u64 = SCE | LME | LMA | NXE;
+}
+
+/// The hardware paging state a server may ask for: an allowlist of bits,
+/// each also one this CPU implements (a bit the CPU lacks is reserved, and
+/// VMRUN or VM entry would fail on it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PagingRules {
+    /// CR0 bits that may be set.
+    pub cr0: u64,
+    /// CR4 bits that may be set.
+    pub cr4: u64,
+    /// EFER bits that may be set.
+    pub efer: u64,
+}
+
+impl PagingRules {
+    /// A CPU with every feature: the allowlists alone.
+    pub const ALL_FEATURES: Self = Self {
+        cr0: cr0::DEFINED,
+        cr4: cr4::SHADOW_ALLOWED,
+        efer: efer::SHADOW_ALLOWED,
+    };
+
+    /// The allowlists narrowed to what `cpuid(leaf, subleaf)` says the CPU
+    /// has (EAX, EBX, ECX, EDX).
+    pub fn from_cpuid(cpuid: impl Fn(u32, u32) -> [u32; 4]) -> Self {
+        let max = cpuid(0, 0)[0];
+        let [_, _, ecx1, edx1] = cpuid(1, 0);
+        let [_, ebx7, ecx7, _] = if max >= 7 { cpuid(7, 0) } else { [0; 4] };
+        let ext_max = cpuid(0x8000_0000, 0)[0];
+        let edx_ext = if ext_max >= 0x8000_0001 {
+            cpuid(0x8000_0001, 0)[3]
+        } else {
+            0
+        };
+        let has = |word: u32, bit: u32, feature: u64| {
+            if word & (1 << bit) != 0 {
+                feature
+            } else {
+                0
+            }
+        };
+        let cr4_features = has(edx1, 1, cr4::VME | cr4::PVI)
+            | cr4::TSD
+            | has(edx1, 2, cr4::DE)
+            | has(edx1, 6, cr4::PAE)
+            | has(edx1, 7, cr4::MCE)
+            | has(edx1, 13, cr4::PGE)
+            | cr4::PCE
+            | has(edx1, 24, cr4::OSFXSR)
+            | has(edx1, 25, cr4::OSXMMEXCPT)
+            | has(ecx7, 2, cr4::UMIP)
+            | has(ebx7, 0, cr4::FSGSBASE)
+            | has(ecx1, 26, cr4::OSXSAVE)
+            | has(ebx7, 7, cr4::SMEP)
+            | has(ebx7, 20, cr4::SMAP);
+        let efer_features = efer::SCE
+            | has(edx_ext, 29, efer::LME | efer::LMA)
+            | has(edx_ext, 20, efer::NXE);
+        Self {
+            cr0: cr0::DEFINED,
+            cr4: cr4::SHADOW_ALLOWED & cr4_features,
+            efer: efer::SHADOW_ALLOWED & efer_features,
+        }
+    }
+}
+
+/// Checks a hardware paging state for a shadowed guest whose code segment
+/// is `mode`'s: only allowed bits, in a combination VMRUN and VM entry
+/// accept (APM vol. 2, 15.5.1; SDM vol. 3C, 27.3.1.1); paging on with
+/// 64-bit entries (PAE), or the guest would use guest-physical addresses as
+/// host-physical ones or read shadow tables in another format; the root a
+/// live shadow table of the level the mode walks from (`root_level` looks
+/// a handle up).
 pub fn validate_paging(
     p: &PagingState,
+    rules: &PagingRules,
+    mode: &GuestMode,
     root_level: impl Fn(u32) -> Option<u8>,
 ) -> Result<(), ErrorCode> {
-    let lme = p.efer & EFER_LME != 0;
+    let lme = p.efer & efer::LME != 0;
     let want_level = if lme { 4 } else { 3 };
-    let ok = p.cr0 & CR0_PG != 0
-        && p.cr0 >> 32 == 0
-        && p.cr4 & CR4_PAE != 0
-        && (p.efer & EFER_LMA != 0) == lme
+    let ok = p.cr0 & !rules.cr0 == 0
+        && p.cr4 & !rules.cr4 == 0
+        && p.efer & !rules.efer == 0
+        && p.cr0 & cr0::PG != 0
+        && (p.cr0 & cr0::NW == 0 || p.cr0 & cr0::CD != 0)
+        && (!lme || p.cr0 & cr0::PE != 0)
+        && p.cr4 & cr4::PAE != 0
+        && (p.efer & efer::LMA != 0) == lme
+        && !(lme && mode.cs_l && mode.cs_d)
         && p.reserved == 0
         && root_level(p.root) == Some(want_level);
     if ok {
@@ -63,6 +215,8 @@ pub fn validate_nested_root(
 const RFLAGS_RESERVED_ZERO: u64 = (1 << 3) | (1 << 5) | (1 << 15) | !((1 << 22) - 1);
 /// RFLAGS bit 1 reads as one.
 const RFLAGS_RESERVED_ONE: u64 = 1 << 1;
+/// RFLAGS.IF.
+const RFLAGS_IF: u64 = 1 << 9;
 
 /// Exceptions that push an error code (AMD APM vol. 2, 8.2).
 fn pushes_error_code(vector: u8) -> bool {
@@ -75,32 +229,60 @@ pub fn is_canonical(addr: u64) -> bool {
     top == 0 || top == (1 << 17) - 1
 }
 
-/// Accepts `r` or says why not.
-pub fn validate(r: &Resume, mode: GuestMode) -> Result<ResumeFlags, ErrorCode> {
+/// Accepts `r` or says why not. `root_level` looks a table handle up, for
+/// `SET_PAGING` and `SET_NESTED_ROOT`; whether the caller may set a root
+/// at all is the caller's check.
+pub fn validate(
+    r: &Resume,
+    mode: &GuestMode,
+    rules: &PagingRules,
+    root_level: impl Fn(u32) -> Option<u8>,
+) -> Result<ResumeFlags, ErrorCode> {
     if r.abi_version != ABI_VERSION {
         return Err(ErrorCode::AbiMismatch);
     }
     let flags = ResumeFlags::from_bits(r.flags).ok_or(ErrorCode::ResumeUnknownFlags)?;
-    if flags.contains(ResumeFlags::SET_RIP) {
-        let ok = if mode.long_mode_code {
-            is_canonical(r.regs.rip)
+    let set_paging = flags.contains(ResumeFlags::SET_PAGING);
+    if set_paging && !mode.shadow || flags.contains(ResumeFlags::SET_NESTED_ROOT) && mode.shadow
+    {
+        return Err(ErrorCode::ResumeBadPaging);
+    }
+    if set_paging {
+        validate_paging(&r.paging, rules, mode, &root_level)?;
+    }
+    if flags.contains(ResumeFlags::SET_NESTED_ROOT) {
+        validate_nested_root(&r.paging, &root_level)?;
+    }
+    // The entry checks RIP against the mode the guest enters in, which a
+    // SET_PAGING in the same resume may change.
+    let lma = if set_paging {
+        r.paging.efer & efer::LMA != 0
+    } else {
+        mode.lma
+    };
+    let rip = if flags.contains(ResumeFlags::SET_RIP) {
+        Some(r.regs.rip)
+    } else {
+        None
+    };
+    if let Some(rip) = rip {
+        let ok = if lma && mode.cs_l {
+            is_canonical(rip)
         } else {
-            r.regs.rip <= u64::from(u32::MAX)
+            rip <= u64::from(u32::MAX)
         };
         if !ok {
             return Err(ErrorCode::ResumeBadRip);
         }
     }
-    if flags.contains(ResumeFlags::SET_PAGING) && !mode.shadow
-        || flags.contains(ResumeFlags::SET_NESTED_ROOT) && mode.shadow
-    {
-        return Err(ErrorCode::ResumeBadPaging);
-    }
-    if flags.contains(ResumeFlags::SET_RFLAGS)
-        && (r.regs.rflags & RFLAGS_RESERVED_ZERO != 0 || r.regs.rflags & RFLAGS_RESERVED_ONE == 0)
-    {
-        return Err(ErrorCode::ResumeBadRflags);
-    }
+    let rflags = if flags.contains(ResumeFlags::SET_RFLAGS) {
+        if r.regs.rflags & RFLAGS_RESERVED_ZERO != 0 || r.regs.rflags & RFLAGS_RESERVED_ONE == 0 {
+            return Err(ErrorCode::ResumeBadRflags);
+        }
+        r.regs.rflags
+    } else {
+        mode.rflags
+    };
     if flags.contains(ResumeFlags::INJECT_EVENT) {
         let e = &r.event;
         let kind = EventKind::from_raw(e.kind).ok_or(ErrorCode::ResumeBadEvent)?;
@@ -116,7 +298,17 @@ pub fn validate(r: &Resume, mode: GuestMode) -> Result<ResumeFlags, ErrorCode> {
             1 => kind == EventKind::Exception && pushes_error_code(e.vector),
             _ => false,
         };
-        if !vector_ok || !error_code_ok || e.reserved != 0 {
+        // VM entry refuses an external interrupt the guest could not take
+        // (IF clear, or in an interrupt shadow), and an NMI in an interrupt
+        // shadow (SDM vol. 3C, 27.3.1.5); SVM would deliver them, against
+        // the guest's own masking. SET_RIP ends the shadow.
+        let shadow = mode.interrupt_shadow && rip.is_none();
+        let deliverable = match kind {
+            EventKind::ExternalInterrupt => rflags & RFLAGS_IF != 0 && !shadow,
+            EventKind::Nmi => !shadow,
+            EventKind::Exception | EventKind::SoftwareInterrupt => true,
+        };
+        if !vector_ok || !error_code_ok || !deliverable || e.reserved != 0 {
             return Err(ErrorCode::ResumeBadEvent);
         }
     }
@@ -130,13 +322,37 @@ mod tests {
     use proptest::prelude::*;
 
     const PROTECTED: GuestMode = GuestMode {
-        long_mode_code: false,
+        lma: false,
+        cs_l: false,
+        cs_d: true,
+        rflags: 0x202,
+        interrupt_shadow: false,
         shadow: false,
     };
     const LONG: GuestMode = GuestMode {
-        long_mode_code: true,
-        shadow: false,
+        lma: true,
+        cs_l: true,
+        cs_d: false,
+        ..PROTECTED
     };
+    const SHADOW: GuestMode = GuestMode {
+        shadow: true,
+        ..PROTECTED
+    };
+    const RULES: PagingRules = PagingRules::ALL_FEATURES;
+
+    /// Handle 1 is a level-3 table, 2 a level-4 one.
+    fn level(h: u32) -> Option<u8> {
+        match h {
+            1 => Some(3),
+            2 => Some(4),
+            _ => None,
+        }
+    }
+
+    fn check(r: &Resume, mode: GuestMode) -> Result<ResumeFlags, ErrorCode> {
+        validate(r, &mode, &RULES, level)
+    }
 
     fn resume(flags: ResumeFlags) -> Resume {
         Resume {
@@ -150,12 +366,29 @@ mod tests {
         }
     }
 
+    const PAE: PagingState = PagingState {
+        cr0: cr0::PG | cr0::PE | cr0::ET,
+        cr4: cr4::PAE,
+        efer: 0,
+        root: 1,
+        reserved: 0,
+    };
+    const LONG_PAGING: PagingState = PagingState {
+        efer: efer::LME | efer::LMA,
+        root: 2,
+        ..PAE
+    };
+
+    fn paging(p: &PagingState, mode: &GuestMode) -> Result<(), ErrorCode> {
+        validate_paging(p, &RULES, mode, level)
+    }
+
     #[test]
     fn a_plain_resume_is_accepted() {
         let mut r = resume(ResumeFlags::SET_RIP | ResumeFlags::SET_GPRS);
         r.regs.rip = 0x10_0010;
         assert_eq!(
-            validate(&r, PROTECTED),
+            check(&r, PROTECTED),
             Ok(ResumeFlags::SET_RIP | ResumeFlags::SET_GPRS)
         );
     }
@@ -164,36 +397,64 @@ mod tests {
     fn a_non_canonical_rip_is_refused_in_long_mode() {
         let mut r = resume(ResumeFlags::SET_RIP);
         r.regs.rip = 0x0000_8000_0000_0000;
-        assert_eq!(validate(&r, LONG), Err(ErrorCode::ResumeBadRip));
+        assert_eq!(check(&r, LONG), Err(ErrorCode::ResumeBadRip));
         r.regs.rip = 0xffff_8000_0000_0000;
-        assert!(validate(&r, LONG).is_ok());
+        assert!(check(&r, LONG).is_ok());
     }
 
     #[test]
     fn a_rip_above_4_gib_is_refused_outside_long_mode() {
         let mut r = resume(ResumeFlags::SET_RIP);
         r.regs.rip = 0x1_0000_0000;
-        assert_eq!(validate(&r, PROTECTED), Err(ErrorCode::ResumeBadRip));
+        assert_eq!(check(&r, PROTECTED), Err(ErrorCode::ResumeBadRip));
+        // Compatibility mode (LMA without CS.L) holds 32-bit RIPs too.
+        let compat = GuestMode {
+            cs_l: false,
+            ..LONG
+        };
+        assert_eq!(check(&r, compat), Err(ErrorCode::ResumeBadRip));
         // Without SET_RIP the field is not looked at.
         r.flags = 0;
-        assert!(validate(&r, PROTECTED).is_ok());
+        assert!(check(&r, PROTECTED).is_ok());
+    }
+
+    /// Finding 5: the RIP was checked against the mode before the
+    /// resume's own SET_PAGING, which may leave long mode.
+    #[test]
+    fn the_rip_is_checked_against_the_mode_after_set_paging() {
+        let mut r = resume(ResumeFlags::SET_RIP | ResumeFlags::SET_PAGING);
+        r.regs.rip = 0xffff_8000_0000_0000;
+        r.paging = PAE;
+        let long_shadow = GuestMode {
+            shadow: true,
+            ..LONG
+        };
+        assert_eq!(check(&r, long_shadow), Err(ErrorCode::ResumeBadRip));
+        r.paging = LONG_PAGING;
+        assert!(check(&r, long_shadow).is_ok());
+        // And entering long mode with a 64-bit CS makes a high RIP legal.
+        let cs_l_legacy = GuestMode {
+            lma: false,
+            ..long_shadow
+        };
+        assert!(check(&r, cs_l_legacy).is_ok());
     }
 
     #[test]
     fn wrong_abi_and_unknown_flags_are_refused() {
         let mut r = resume(ResumeFlags::empty());
         r.abi_version = ABI_VERSION + 1;
-        assert_eq!(validate(&r, PROTECTED), Err(ErrorCode::AbiMismatch));
+        assert_eq!(check(&r, PROTECTED), Err(ErrorCode::AbiMismatch));
         let mut r = resume(ResumeFlags::empty());
         r.flags = 1 << 31;
-        assert_eq!(validate(&r, PROTECTED), Err(ErrorCode::ResumeUnknownFlags));
+        assert_eq!(check(&r, PROTECTED), Err(ErrorCode::ResumeUnknownFlags));
     }
 
     #[test]
     fn reserved_rflags_are_refused() {
         let mut r = resume(ResumeFlags::SET_RFLAGS);
         r.regs.rflags = 0x202;
-        assert!(validate(&r, PROTECTED).is_ok());
+        assert!(check(&r, PROTECTED).is_ok());
         for bad in [
             0x200,
             0x202 | 1 << 3,
@@ -204,133 +465,225 @@ mod tests {
         ] {
             r.regs.rflags = bad;
             assert_eq!(
-                validate(&r, PROTECTED),
+                check(&r, PROTECTED),
                 Err(ErrorCode::ResumeBadRflags),
                 "{bad:#x}"
             );
         }
     }
 
+    fn event(vector: u8, kind: u8, has_error_code: u8) -> Resume {
+        let mut r = resume(ResumeFlags::INJECT_EVENT);
+        r.event = EventInjection {
+            vector,
+            kind,
+            has_error_code,
+            reserved: 0,
+            error_code: 0,
+        };
+        r
+    }
+
     #[test]
     fn events_are_checked_against_their_kind() {
-        let ev = |vector, kind, has_error_code| {
-            let mut r = resume(ResumeFlags::INJECT_EVENT);
-            r.event = EventInjection {
-                vector,
-                kind,
-                has_error_code,
-                reserved: 0,
-                error_code: 0,
-            };
-            validate(&r, PROTECTED)
-        };
+        let ev = |vector, kind, has_error_code| check(&event(vector, kind, has_error_code), PROTECTED);
         assert!(ev(13, 3, 1).is_ok(), "#GP with error code");
         assert!(ev(6, 3, 0).is_ok(), "#UD");
         assert!(ev(0x20, 0, 0).is_ok(), "external interrupt");
         assert!(ev(2, 2, 0).is_ok(), "NMI");
+        for (v, k, e, what) in [
+            (6, 3, 1, "#UD has no error code"),
+            (2, 3, 0, "vector 2 as an exception"),
+            (32, 3, 0, "exception vector above 31"),
+            (0x20, 1, 0, "reserved type 1"),
+            (0x20, 5, 0, "reserved type 5"),
+            (13, 3, 2, "has_error_code not 0/1"),
+        ] {
+            assert_eq!(ev(v, k, e), Err(ErrorCode::ResumeBadEvent), "{what}");
+        }
+    }
+
+    /// Finding 5: an external interrupt injected while the guest has IF=0
+    /// fails VM entry (Bochs VMX: 0x80000021) and would bypass the guest's
+    /// masking on SVM.
+    #[test]
+    fn an_interrupt_the_guest_masks_is_refused() {
+        let masked = GuestMode {
+            rflags: 0x2,
+            ..PROTECTED
+        };
+        let irq = event(0x20, 0, 0);
+        assert_eq!(check(&irq, masked), Err(ErrorCode::ResumeBadEvent));
+        // The same resume setting IF is fine; clearing it is not.
+        let mut r = irq;
+        r.flags |= ResumeFlags::SET_RFLAGS.bits();
+        r.regs.rflags = 0x202;
+        assert!(check(&r, masked).is_ok());
+        r.regs.rflags = 0x2;
+        assert_eq!(check(&r, PROTECTED), Err(ErrorCode::ResumeBadEvent));
+        // An interrupt shadow blocks interrupts and NMIs until SET_RIP
+        // moves past the instruction that set it.
+        let in_shadow = GuestMode {
+            interrupt_shadow: true,
+            ..PROTECTED
+        };
+        assert_eq!(check(&irq, in_shadow), Err(ErrorCode::ResumeBadEvent));
         assert_eq!(
-            ev(6, 3, 1),
-            Err(ErrorCode::ResumeBadEvent),
-            "#UD has no error code"
+            check(&event(2, 2, 0), in_shadow),
+            Err(ErrorCode::ResumeBadEvent)
         );
-        assert_eq!(
-            ev(2, 3, 0),
-            Err(ErrorCode::ResumeBadEvent),
-            "vector 2 as an exception"
-        );
-        assert_eq!(
-            ev(32, 3, 0),
-            Err(ErrorCode::ResumeBadEvent),
-            "exception vector above 31"
-        );
-        assert_eq!(
-            ev(0x20, 1, 0),
-            Err(ErrorCode::ResumeBadEvent),
-            "reserved type 1"
-        );
-        assert_eq!(
-            ev(0x20, 5, 0),
-            Err(ErrorCode::ResumeBadEvent),
-            "reserved type 5"
-        );
-        assert_eq!(
-            ev(13, 3, 2),
-            Err(ErrorCode::ResumeBadEvent),
-            "has_error_code not 0/1"
-        );
+        assert!(check(&event(14, 3, 1), in_shadow).is_ok(), "exceptions are not blocked");
+        let mut past = irq;
+        past.flags |= ResumeFlags::SET_RIP.bits();
+        past.regs.rip = 0x1000;
+        assert!(check(&past, in_shadow).is_ok());
     }
 
     #[test]
     fn paging_must_stay_on_shadow_tables() {
-        let level = |h: u32| match h {
-            1 => Some(3),
-            2 => Some(4),
-            _ => None,
-        };
-        let pae = PagingState {
-            cr0: CR0_PG | 0x11,
-            cr4: CR4_PAE,
-            efer: 0,
-            root: 1,
-            reserved: 0,
-        };
-        assert_eq!(validate_paging(&pae, level), Ok(()));
-        let long = PagingState {
-            efer: EFER_LME | EFER_LMA,
-            root: 2,
-            ..pae
-        };
-        assert_eq!(validate_paging(&long, level), Ok(()));
+        assert_eq!(paging(&PAE, &SHADOW), Ok(()));
+        assert_eq!(paging(&LONG_PAGING, &SHADOW), Ok(()));
         let paged_real_mode = PagingState {
-            cr0: CR0_PG | 0x10,
-            ..pae
+            cr0: cr0::PG | cr0::ET,
+            ..PAE
         };
-        assert_eq!(validate_paging(&paged_real_mode, level), Ok(()));
+        assert_eq!(paging(&paged_real_mode, &SHADOW), Ok(()));
         for bad in [
-            PagingState { cr0: 0x11, ..pae },
-            PagingState { cr4: 0, ..pae },
-            PagingState { root: 2, ..pae },
-            PagingState { root: 1, ..long },
-            PagingState { root: 7, ..pae },
+            PagingState { cr0: 0x11, ..PAE },
+            PagingState { cr4: 0, ..PAE },
+            PagingState { root: 2, ..PAE },
             PagingState {
-                efer: EFER_LME,
-                ..long
+                root: 1,
+                ..LONG_PAGING
+            },
+            PagingState { root: 7, ..PAE },
+            PagingState {
+                efer: efer::LME,
+                ..LONG_PAGING
             },
             PagingState {
-                cr0: pae.cr0 | 1 << 32,
-                ..pae
+                cr0: PAE.cr0 | 1 << 32,
+                ..PAE
+            },
+            PagingState {
+                reserved: 1,
+                ..PAE
             },
         ] {
             assert_eq!(
-                validate_paging(&bad, level),
+                paging(&bad, &SHADOW),
                 Err(ErrorCode::ResumeBadPaging),
                 "{bad:?}"
             );
         }
         let mut r = resume(ResumeFlags::SET_PAGING);
-        r.paging = pae;
+        r.paging = PAE;
         assert_eq!(
-            validate(&r, PROTECTED),
+            check(&r, PROTECTED),
             Err(ErrorCode::ResumeBadPaging),
             "not in shadow mode"
         );
-        assert!(validate(
-            &r,
-            GuestMode {
-                long_mode_code: false,
-                shadow: true
-            }
-        )
-        .is_ok());
+        assert!(check(&r, SHADOW).is_ok());
+    }
+
+    /// Finding 2: CR4.LA57 made the hardware walk every checked table one
+    /// level higher than it was checked at. Finding 5: bits VMRUN refuses.
+    /// Every bit outside the allowlist is refused, alone.
+    #[test]
+    fn only_allowlisted_control_bits_are_accepted() {
+        for bit in 0..64 {
+            let b = 1u64 << bit;
+            let with_cr0 = PagingState {
+                cr0: LONG_PAGING.cr0 | b,
+                ..LONG_PAGING
+            };
+            let with_cr4 = PagingState {
+                cr4: LONG_PAGING.cr4 | b,
+                ..LONG_PAGING
+            };
+            let with_efer = PagingState {
+                efer: LONG_PAGING.efer | b,
+                ..LONG_PAGING
+            };
+            let nw_alone = b == cr0::NW;
+            assert_eq!(
+                paging(&with_cr0, &SHADOW).is_ok(),
+                cr0::DEFINED & b != 0 && !nw_alone,
+                "CR0 bit {bit}"
+            );
+            assert_eq!(
+                paging(&with_cr4, &SHADOW).is_ok(),
+                cr4::SHADOW_ALLOWED & b != 0,
+                "CR4 bit {bit}"
+            );
+            assert_eq!(
+                paging(&with_efer, &SHADOW).is_ok(),
+                efer::SHADOW_ALLOWED & b != 0,
+                "EFER bit {bit}"
+            );
+        }
+        for bad in [cr4::LA57, cr4::PCIDE, cr4::PKE, cr4::VMXE, 1 << 63] {
+            let p = PagingState {
+                cr4: PAE.cr4 | bad,
+                ..PAE
+            };
+            assert_eq!(paging(&p, &SHADOW), Err(ErrorCode::ResumeBadPaging), "{bad:#x}");
+        }
+        let nw_cd = PagingState {
+            cr0: PAE.cr0 | cr0::NW | cr0::CD,
+            ..PAE
+        };
+        assert_eq!(paging(&nw_cd, &SHADOW), Ok(()));
+    }
+
+    /// Long mode needs PE with PG, and a 64-bit CS may not also be D=1
+    /// (APM vol. 2, 15.5.1: both make VMRUN fail).
+    #[test]
+    fn long_mode_combinations_vmrun_refuses_are_refused() {
+        let no_pe = PagingState {
+            cr0: cr0::PG | cr0::ET,
+            ..LONG_PAGING
+        };
+        assert_eq!(paging(&no_pe, &SHADOW), Err(ErrorCode::ResumeBadPaging));
+        let cs_l_and_d = GuestMode {
+            cs_l: true,
+            cs_d: true,
+            ..SHADOW
+        };
+        assert_eq!(paging(&LONG_PAGING, &cs_l_and_d), Err(ErrorCode::ResumeBadPaging));
+        assert_eq!(paging(&PAE, &cs_l_and_d), Ok(()), "L is ignored outside long mode");
+    }
+
+    /// A bit the CPU does not implement is reserved there: SMEP on a CPU
+    /// without it, NXE without NX, long mode on a 32-bit CPU.
+    #[test]
+    fn the_allowlist_follows_the_cpu() {
+        let bare = PagingRules::from_cpuid(|leaf, _| match leaf {
+            0 => [1, 0, 0, 0],
+            1 => [0, 0, 0, 1 << 6 | 1 << 13 | 1 << 24 | 1 << 25],
+            0x8000_0000 => [0x8000_0001, 0, 0, 0],
+            _ => [0; 4],
+        });
+        assert_eq!(bare.cr4, cr4::TSD | cr4::PAE | cr4::PGE | cr4::PCE | cr4::OSFXSR | cr4::OSXMMEXCPT);
+        assert_eq!(bare.efer, efer::SCE);
+        let smep = PagingState {
+            cr4: PAE.cr4 | cr4::SMEP,
+            ..PAE
+        };
+        assert_eq!(validate_paging(&smep, &bare, &SHADOW, level), Err(ErrorCode::ResumeBadPaging));
+        assert_eq!(validate_paging(&LONG_PAGING, &bare, &SHADOW, level), Err(ErrorCode::ResumeBadPaging));
+        let full = PagingRules::from_cpuid(|leaf, _| match leaf {
+            0 => [7, 0, 0, 0],
+            1 => [0, 0, u32::MAX, u32::MAX],
+            7 => [0, u32::MAX, u32::MAX, 0],
+            0x8000_0000 => [0x8000_0008, 0, 0, 0],
+            _ => [u32::MAX; 4],
+        });
+        assert_eq!(full, PagingRules::ALL_FEATURES);
     }
 
     #[test]
     fn the_nested_root_is_a_level_4_table_and_only_for_nested_paging() {
-        let level = |h: u32| match h {
-            1 => Some(3),
-            2 => Some(4),
-            _ => None,
-        };
         let root = |root, reserved| PagingState {
             root,
             reserved,
@@ -346,38 +699,30 @@ mod tests {
         }
         let mut r = resume(ResumeFlags::SET_NESTED_ROOT);
         r.paging = root(2, 0);
-        assert!(validate(&r, PROTECTED).is_ok());
-        let shadow = GuestMode {
-            long_mode_code: false,
-            shadow: true,
-        };
-        assert_eq!(validate(&r, shadow), Err(ErrorCode::ResumeBadPaging));
+        assert!(check(&r, PROTECTED).is_ok());
+        assert_eq!(check(&r, SHADOW), Err(ErrorCode::ResumeBadPaging));
+        r.paging = root(1, 0);
+        assert_eq!(check(&r, PROTECTED), Err(ErrorCode::ResumeBadPaging));
     }
 
     fn any_resume() -> impl Strategy<Value = Resume> {
         (
-            any::<u32>(),
-            any::<u64>(),
-            any::<u64>(),
-            any::<[u8; 4]>(),
-            any::<u32>(),
-            any::<bool>(),
+            (any::<u32>(), any::<u64>(), any::<u64>(), any::<bool>()),
+            (any::<[u8; 4]>(), any::<u32>()),
+            (any::<u64>(), any::<u64>(), any::<u64>(), 0u32..4, 0u32..2),
         )
             .prop_map(
                 |(
-                    flags,
-                    rip,
-                    rflags,
-                    [vector, kind, has_error_code, reserved],
-                    error_code,
-                    right_abi,
+                    (flags, rip, rflags, right_abi),
+                    ([vector, kind, has_error_code, reserved], error_code),
+                    (cr0, cr4, efer, root, paging_reserved),
                 )| Resume {
                     abi_version: if right_abi {
                         ABI_VERSION
                     } else {
                         ABI_VERSION ^ 0x55
                     },
-                    flags: flags & 0x7f,
+                    flags: flags & 0x3ff,
                     regs: GuestRegs {
                         rip,
                         rflags,
@@ -390,29 +735,77 @@ mod tests {
                         reserved: reserved % 2,
                         error_code,
                     },
+                    paging: PagingState {
+                        // Mostly legal-looking states, with any bits on top.
+                        cr0: (PAE.cr0 | cr0 & cr0::DEFINED) ^ (cr0 >> 60 << 60),
+                        cr4: PAE.cr4 | 1 << (cr4 % 64) | cr4 >> 62,
+                        efer: efer & 0xffff,
+                        root,
+                        reserved: paging_reserved,
+                    },
                     ..Default::default()
                 },
             )
     }
 
+    fn any_mode() -> impl Strategy<Value = GuestMode> {
+        (any::<[bool; 5]>(), prop_oneof![Just(2u64), Just(0x202u64)]).prop_map(
+            |([lma, cs_l, cs_d, interrupt_shadow, shadow], rflags)| GuestMode {
+                lma,
+                cs_l,
+                cs_d,
+                rflags,
+                interrupt_shadow,
+                shadow,
+            },
+        )
+    }
+
     proptest! {
-        /// Whatever a server writes, an accepted resume is one VMRUN can run:
-        /// known flags, a RIP the mode can hold, legal RFLAGS, a legal event.
+        /// Whatever a server writes, an accepted resume is one VMRUN and VM
+        /// entry can run: known flags, a RIP the resulting mode can hold,
+        /// legal RFLAGS, a legal deliverable event, and a paging state of
+        /// allowlisted bits only, in a combination the CPU accepts.
         #[test]
-        fn accepted_resumes_are_always_legal(r in any_resume(), long in any::<bool>()) {
-            let mode = GuestMode { long_mode_code: long, shadow: false };
-            if let Ok(flags) = validate(&r, mode) {
+        fn accepted_resumes_are_always_legal(r in any_resume(), mode in any_mode()) {
+            if let Ok(flags) = validate(&r, &mode, &RULES, level) {
                 prop_assert_eq!(r.abi_version, ABI_VERSION);
+                let p = r.paging;
+                let lma = if flags.contains(ResumeFlags::SET_PAGING) {
+                    prop_assert!(mode.shadow);
+                    prop_assert_eq!(p.cr0 & !cr0::DEFINED, 0);
+                    prop_assert_eq!(p.cr4 & !cr4::SHADOW_ALLOWED, 0);
+                    prop_assert_eq!(p.cr4 & cr4::LA57, 0);
+                    prop_assert_eq!(p.efer & !efer::SHADOW_ALLOWED, 0);
+                    prop_assert!(p.cr0 & cr0::PG != 0 && p.cr4 & cr4::PAE != 0);
+                    prop_assert!(p.cr0 & cr0::NW == 0 || p.cr0 & cr0::CD != 0);
+                    let lme = p.efer & efer::LME != 0;
+                    prop_assert_eq!(lme, p.efer & efer::LMA != 0);
+                    prop_assert!(!lme || (p.cr0 & cr0::PE != 0 && !(mode.cs_l && mode.cs_d)));
+                    prop_assert_eq!(level(p.root), Some(if lme { 4 } else { 3 }));
+                    lme
+                } else {
+                    mode.lma
+                };
                 if flags.contains(ResumeFlags::SET_RIP) {
-                    let fits = if long { is_canonical(r.regs.rip) } else { r.regs.rip >> 32 == 0 };
+                    let fits = if lma && mode.cs_l { is_canonical(r.regs.rip) } else { r.regs.rip >> 32 == 0 };
                     prop_assert!(fits);
                 }
-                if flags.contains(ResumeFlags::SET_RFLAGS) {
+                let rflags = if flags.contains(ResumeFlags::SET_RFLAGS) {
                     prop_assert!(r.regs.rflags & 2 != 0 && r.regs.rflags >> 22 == 0);
-                }
+                    r.regs.rflags
+                } else {
+                    mode.rflags
+                };
                 if flags.contains(ResumeFlags::INJECT_EVENT) {
                     prop_assert!(matches!(r.event.kind, 0 | 2 | 3 | 4));
                     prop_assert!(!(r.event.kind == 3 && (r.event.vector >= 32 || r.event.vector == 2)));
+                    if r.event.kind == 0 {
+                        prop_assert!(rflags & 0x200 != 0);
+                    }
+                    if matches!(r.event.kind, 0 | 2) {
+                        prop_assert!(!mode.interrupt_shadow || flags.contains(ResumeFlags::SET_RIP));
+                    }
                 }
             }
         }

@@ -33,36 +33,45 @@ pub fn dispatch(frame: &mut TrapFrame) {
     };
 }
 
-/// Checks that ring 3 may access `[ptr, ptr + len)` in the caller's space.
-fn user_buffer(ptr: u64, len: u64, write: bool) -> Result<(), ErrorCode> {
-    if len > CONSOLE_WRITE_MAX {
-        return Err(ErrorCode::TooLong);
-    }
-    if !crate::memory::user_range_ok(vm::current_root(), ptr, len, write) {
+/// Checks that ring 3 may access `[ptr, ptr + len)` in the caller's space;
+/// `None` for an empty range.
+fn user_buffer(ptr: u64, len: u64, write: bool) -> Result<Option<(u64, usize)>, ErrorCode> {
+    let Some((start, end)) = kernel_stub::user_range::check(ptr, len, CONSOLE_WRITE_MAX)? else {
+        return Ok(None);
+    };
+    if !crate::memory::user_range_ok(vm::current_root(), start, end - start, write) {
         return Err(ErrorCode::BadPointer);
     }
-    Ok(())
+    Ok(Some((start, (end - start) as usize)))
 }
 
 fn console_write(ptr: u64, len: u64) -> Result<u64, ErrorCode> {
-    user_buffer(ptr, len, false)?;
-    // SAFETY: the range is mapped readable for ring 3 in the current
-    // address space (checked just above), and the server is not running.
-    let bytes = unsafe { core::slice::from_raw_parts(ptr as *const u8, len as usize) };
-    crate::console::write_bytes(bytes);
-    Ok(len)
+    let Some((ptr, len)) = user_buffer(ptr, len, false)? else {
+        return Ok(0);
+    };
+    crate::cpu::with_user_access(|| {
+        // SAFETY: the range is canonical and mapped readable for ring 3 in
+        // the current address space (checked just above), and the server
+        // is not running.
+        let bytes = unsafe { core::slice::from_raw_parts(ptr as *const u8, len) };
+        crate::console::write_bytes(bytes);
+    });
+    Ok(len as u64)
 }
 
 fn console_read(ptr: u64, len: u64) -> Result<u64, ErrorCode> {
-    user_buffer(ptr, len, true)?;
+    let Some((ptr, len)) = user_buffer(ptr, len, true)? else {
+        return Ok(0);
+    };
     const COM1_DATA: u16 = 0x3f8;
     const COM1_LSR: u16 = 0x3fd;
     let mut n = 0;
     while n < len && inb(COM1_LSR) & 1 != 0 {
+        let byte = inb(COM1_DATA);
         // SAFETY: the range is mapped writable for ring 3 in the current
         // address space (checked above) and `n` < `len`.
-        unsafe { ((ptr + n) as *mut u8).write(inb(COM1_DATA)) };
+        crate::cpu::with_user_access(|| unsafe { ((ptr + n as u64) as *mut u8).write(byte) });
         n += 1;
     }
-    Ok(n)
+    Ok(n as u64)
 }

@@ -24,7 +24,8 @@ use ipc_proto::manifest::{
 use ipc_proto::mmu::{InstallPage, INSTALL_BATCH_MAX};
 use ipc_proto::stats::MmuStats;
 use ipc_proto::{ErrorCode, ExitRecord, ResumeFlags, Stats, VcpuPage, ABI_VERSION};
-use kernel_stub::install::{GuestRam, ShadowTables, TableFormat};
+use kernel_stub::install::{AllocError, GuestRam, ShadowTables, TableFormat};
+use kernel_stub::resume::PagingRules;
 use zerocopy::{FromBytes, IntoBytes};
 
 /// QEMU's isa-debug-exit port (`-device isa-debug-exit,iobase=0xf4`): the
@@ -77,6 +78,8 @@ struct Kernel {
     ram: GuestRam,
     /// The host timer bounding each entry (`SET_EXIT_DEADLINE`).
     deadline: ExitDeadline,
+    /// The CR0/CR4/EFER bits a `SET_PAGING` may set on this CPU.
+    paging_rules: PagingRules,
 }
 
 static KERNEL: KernelCell<Option<Kernel>> = KernelCell::new(None);
@@ -298,9 +301,13 @@ impl Kernel {
             rip: rec.regs.rip,
         };
         let handler = self.find(kind).ok_or(no_server)?;
-        if self.shadow && kind != TaskKind::MmuServer {
-            if let Some(c) = self.guest_control() {
-                (rec.cr0, rec.cr3, rec.cr4, rec.efer) = (c.cr0, c.cr3, c.cr4, c.efer);
+        if self.shadow {
+            // The hardware CR3 is the shadow root's host-physical address,
+            // which no server may learn: every task sees the guest's own.
+            let c = self.guest_control().unwrap_or_default();
+            rec.cr3 = c.cr3;
+            if kind != TaskKind::MmuServer {
+                (rec.cr0, rec.cr4, rec.efer) = (c.cr0, c.cr4, c.efer);
             }
         }
         let page = self.task(handler).vcpu_page.ok_or(Stop::Deadlock)?;
@@ -357,22 +364,22 @@ impl Kernel {
             );
             e
         };
-        let flags = kernel_stub::resume::validate(resume, self.vcpu.mode()).map_err(refused)?;
+        let lookup = |h| SHADOW_TABLES.with(|t| t.get(h));
+        let flags = kernel_stub::resume::validate(
+            resume,
+            &self.vcpu.mode(),
+            &self.paging_rules,
+            |h| lookup(h).map(|(_, level)| level),
+        )
+        .map_err(refused)?;
         let mut root = None;
         let roots = ResumeFlags::SET_PAGING | ResumeFlags::SET_NESTED_ROOT;
         if flags.intersects(roots) {
             if self.task(from).kind != TaskKind::MmuServer {
                 return Err(refused(ErrorCode::NotPermitted));
             }
-            let lookup = |h| SHADOW_TABLES.with(|t| t.get(h));
-            let level = |h| lookup(h).map(|(_, level)| level);
-            if flags.contains(ResumeFlags::SET_PAGING) {
-                kernel_stub::resume::validate_paging(&resume.paging, level)
-            } else {
-                kernel_stub::resume::validate_nested_root(&resume.paging, level)
-            }
-            .map_err(refused)?;
             root = lookup(resume.paging.root).map(|(frame, _)| frame);
+            SHADOW_TABLES.with(|t| t.set_root(resume.paging.root));
             self.paging_set = true;
         }
         if flags.contains(ResumeFlags::SET_EXIT_DEADLINE) {
@@ -471,10 +478,13 @@ impl Kernel {
 
     fn shadow_alloc(&mut self, level: u64) -> Result<u64, ErrorCode> {
         self.require(TaskKind::MmuServer)?;
-        let level = u8::try_from(level).map_err(|_| ErrorCode::NotPermitted)?;
+        let level = u8::try_from(level).map_err(|_| ErrorCode::BadLevel)?;
         let (handle, frame) = SHADOW_TABLES
             .with(|t| t.alloc(level, || memory::alloc_frame().ok()))
-            .map_err(|_| ErrorCode::OutOfMemory)?;
+            .map_err(|e| match e {
+                AllocError::BadLevel => ErrorCode::BadLevel,
+                AllocError::NoHandles | AllocError::OutOfMemory => ErrorCode::OutOfMemory,
+            })?;
         // SAFETY: a shadow frame the stub owns; a reused one holds old entries.
         unsafe { core::ptr::write_bytes(frame as *mut u8, 0, memory::PAGE as usize) };
         Ok(u64::from(handle))
@@ -483,9 +493,10 @@ impl Kernel {
     fn shadow_free(&mut self, handle: u64) -> Result<u64, ErrorCode> {
         self.require(TaskKind::MmuServer)?;
         let handle = u32::try_from(handle).map_err(|_| ErrorCode::NotPermitted)?;
-        SHADOW_TABLES
-            .with(|t| t.free(handle))
-            .map_err(|_| ErrorCode::NotPermitted)?;
+        SHADOW_TABLES.with(|t| t.free(handle)).map_err(|e| match e {
+            ipc_proto::mmu::InstallError::RootInUse => ErrorCode::TableInUse,
+            _ => ErrorCode::NotPermitted,
+        })?;
         Ok(0)
     }
 
@@ -858,6 +869,7 @@ fn build(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<(), &'static
             paging_set: false,
             deadline: ExitDeadline::new(tsc_hz),
             ram,
+            paging_rules: PagingRules::from_cpuid(cpu::cpuid_words),
         })
     });
     cpu::write_cr3(first.0);

@@ -231,6 +231,22 @@ pub enum Exit {
     ExternalInterrupt,
     /// VMMCALL (SVM) or VMCALL (VMX).
     Vmmcall,
+    /// A hardware task switch (SVM task-switch intercept, shadow paging
+    /// only; VMX always). It is not emulated: it would load CR3, the
+    /// segments and the registers from a TSS.
+    TaskSwitch,
+    /// An instruction the guest's CPUID does not announce and that the
+    /// stub intercepts so that it never runs natively: MONITOR, MWAIT,
+    /// INVLPGA (SVM, whose instructions the guest does not have). It
+    /// raises #UD, as on such a CPU.
+    Undefined,
+    /// RDPMC: the guest has no performance counters (its CPUID shows
+    /// none), so #GP(0), as for a counter that does not exist; the host's
+    /// counters never reach it.
+    Rdpmc,
+    /// WBINVD or INVD: the caches are the host's business; the guest's
+    /// memory stays coherent without them, so they complete as no-ops.
+    CacheFlush,
     /// The CPU refused to enter the guest (SVM VMRUN consistency checks,
     /// VMX VM-entry failure): the guest did not run.
     EntryFailed,
@@ -320,7 +336,16 @@ fn decode_svm(rec: &ExitRecord) -> Exit {
             interrupts_enabled: rec.regs.rflags & RFLAGS_IF != 0,
         },
         svm_exit::SHUTDOWN => Exit::Shutdown,
-        svm_exit::INVALID => Exit::EntryFailed,
+        svm_exit::TASK_SWITCH => Exit::TaskSwitch,
+        svm_exit::INVLPGA
+        | svm_exit::MONITOR
+        | svm_exit::MWAIT
+        | svm_exit::MWAIT_CONDITIONAL => Exit::Undefined,
+        svm_exit::RDPMC => Exit::Rdpmc,
+        svm_exit::WBINVD | svm_exit::INVD => Exit::CacheFlush,
+        // -1 (APM) or the 32-bit 0xffff_ffff QEMU writes; the stub stops
+        // the VM on either before any server sees it.
+        c if c == svm_exit::INVALID || c == 0xffff_ffff => Exit::EntryFailed,
         svm_exit::CPUID => Exit::Cpuid,
         // EXITINFO1 bit 0: 0 = RDMSR, 1 = WRMSR (APM vol. 2, 15.11).
         svm_exit::MSR => Exit::Msr {
@@ -438,6 +463,18 @@ pub mod vmx_exit {
     pub const ENTRY_MACHINE_CHECK: u64 = 41;
     /// EPT violation.
     pub const EPT_VIOLATION: u64 = 48;
+    /// Task switch.
+    pub const TASK_SWITCH: u64 = 9;
+    /// INVD.
+    pub const INVD: u64 = 13;
+    /// RDPMC.
+    pub const RDPMC: u64 = 15;
+    /// MWAIT.
+    pub const MWAIT: u64 = 36;
+    /// MONITOR.
+    pub const MONITOR: u64 = 39;
+    /// WBINVD.
+    pub const WBINVD: u64 = 54;
     /// Bit 31 of the full exit reason: VM-entry failure.
     pub const ENTRY_FAILURE_BIT: u64 = 1 << 31;
 }
@@ -468,6 +505,10 @@ fn decode_vmx(rec: &ExitRecord) -> Exit {
             error_code: q,
         },
         vmx_exit::EXTERNAL_INTERRUPT => Exit::ExternalInterrupt,
+        vmx_exit::TASK_SWITCH => Exit::TaskSwitch,
+        vmx_exit::MWAIT | vmx_exit::MONITOR => Exit::Undefined,
+        vmx_exit::RDPMC => Exit::Rdpmc,
+        vmx_exit::WBINVD | vmx_exit::INVD => Exit::CacheFlush,
         vmx_exit::INTERRUPT_WINDOW => Exit::InterruptWindow,
         vmx_exit::INVLPG => Exit::Invlpg { linear: Some(q) },
         vmx_exit::VMCALL => Exit::Vmmcall,

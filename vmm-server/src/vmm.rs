@@ -91,6 +91,8 @@ pub enum FailKind {
     Unhandled,
     /// The guest triple-faulted.
     TripleFault,
+    /// A hardware task switch, which is not emulated.
+    TaskSwitch,
     /// The CPU refused to enter the guest.
     EntryFailed,
     /// HLT with interrupts enabled, with no timer armed and no input that
@@ -188,6 +190,10 @@ impl fmt::Display for FailReason {
                 }
             }
             FailKind::TripleFault => write!(f, "the guest triple-faulted {at}"),
+            FailKind::TaskSwitch => write!(
+                f,
+                "the guest made a hardware task switch {at}, which splitvisor does not emulate"
+            ),
             FailKind::EntryFailed => write!(
                 f,
                 "the CPU refused to enter the guest: its state fails the consistency checks {at}"
@@ -663,10 +669,16 @@ impl<'d> Vmm<'d> {
                 fault: None,
             },
             // No hypercalls: VMMCALL raises #UD, as on a CPU without SVM.
-            Exit::Vmmcall => Step::Resume {
+            Exit::Vmmcall | Exit::Undefined => Step::Resume {
                 completed: false,
                 fault: Some(Fault::ud()),
             },
+            Exit::Rdpmc => Step::Resume {
+                completed: false,
+                fault: Some(Fault::gp(0)),
+            },
+            Exit::CacheFlush => self.complete(rec, cpu),
+            Exit::TaskSwitch => Step::Fail(FailKind::TaskSwitch),
             // An intercepted exception goes back to the guest.
             Exit::Exception {
                 vector,

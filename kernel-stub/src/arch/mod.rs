@@ -130,15 +130,22 @@ pub enum Vcpu {
 
 /// Why an entry failed, whatever the extension.
 pub enum EntryFailure {
-    /// VMRUN's consistency checks (SVM gives no detail).
-    Svm,
+    /// VMRUN's consistency checks (SVM gives no detail), or an exit code
+    /// the stub never asked for.
+    Svm { code: u64 },
     Vmx(vmx::EntryFailure),
 }
 
 impl core::fmt::Display for EntryFailure {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::Svm => f.write_str("VMRUN failed its consistency checks"),
+            Self::Svm { code } if *code == u64::MAX || *code == 0xffff_ffff => {
+                write!(f, "VMRUN failed its consistency checks (exit code {code:#x})")
+            }
+            Self::Svm { code } => write!(
+                f,
+                "VMRUN ended with exit code {code:#x}, which is no intercept the stub set"
+            ),
             Self::Vmx(e) => e.fmt(f),
         }
     }
@@ -163,7 +170,9 @@ impl Vcpu {
     /// Why the entry that produced `rec` failed, if it did.
     pub fn entry_failure(&self, rec: &ExitRecord) -> Option<EntryFailure> {
         match self {
-            Self::Svm(_) => (rec.exit_code == svm_exit::INVALID).then_some(EntryFailure::Svm),
+            Self::Svm(v) => v.entry_failed(rec).then_some(EntryFailure::Svm {
+                code: rec.exit_code,
+            }),
             Self::Vmx(v) => v.entry_failure().map(EntryFailure::Vmx),
         }
     }
@@ -255,7 +264,8 @@ impl ExitClass {
             svm_exit::MSR => Self::Msr,
             svm_exit::NPF => Self::Npf,
             svm_exit::SHUTDOWN => Self::Shutdown,
-            svm_exit::INVALID => Self::Invalid,
+            // -1 (the APM), 0xffff_ffff (QEMU), and the other negative codes.
+            c if c >= 0xffff_0000 => Self::Invalid,
             svm_exit::INTR => Self::HostInterrupt,
             c if (svm_exit::EXCP_BASE..svm_exit::EXCP_BASE + 32).contains(&c) => Self::Exception,
             _ => Self::Other,

@@ -541,6 +541,40 @@ fn vmmcall_is_ud_and_exitintinfo_is_reinjected() {
     assert_eq!(flags(&r), ResumeFlags::INJECT_EVENT);
 }
 
+/// The exits the stub intercepts so that they never run natively: MONITOR,
+/// MWAIT and INVLPGA are #UD (the guest's CPUID has none of them), RDPMC
+/// #GP(0) (no counters), WBINVD and INVD complete, a task switch ends the VM.
+#[test]
+fn intercepted_instructions_fault_complete_or_stop_as_documented() {
+    let mut w = World::new();
+    vmm!(vmm = w, Router::new());
+    for code in [
+        svm_exit::MONITOR,
+        svm_exit::MWAIT,
+        svm_exit::MWAIT_CONDITIONAL,
+        svm_exit::INVLPGA,
+    ] {
+        let r = resumed(vmm.handle(&flat(code, 0, 0)));
+        assert_eq!((r.event.vector, r.event.kind), (6, 3), "{code:#x}");
+        assert!(!flags(&r).contains(ResumeFlags::SET_RIP), "{code:#x}");
+    }
+    let r = resumed(vmm.handle(&flat(svm_exit::RDPMC, 0, 0)));
+    assert_eq!((r.event.vector, r.event.has_error_code, r.event.error_code), (13, 1, 0));
+    for code in [svm_exit::WBINVD, svm_exit::INVD] {
+        let mut rec = flat(code, 0, 0);
+        rec.next_rip = RIP + 2;
+        let r = resumed(vmm.handle(&rec));
+        assert_eq!(r.regs.rip, RIP + 2, "{code:#x}");
+        assert!(!flags(&r).contains(ResumeFlags::INJECT_EVENT));
+    }
+    let why = failed(vmm.handle(&flat(svm_exit::TASK_SWITCH, 0, 0)));
+    assert_eq!(why.kind, FailKind::TaskSwitch);
+    assert!(why.to_string().contains("task switch"), "{why}");
+    // QEMU's failed VMRUN, 32 bits wide, is never an ordinary exit.
+    let why = failed(vmm.handle(&flat(0xffff_ffff, 0, 0)));
+    assert_eq!(why.kind, FailKind::EntryFailed);
+}
+
 #[test]
 fn the_keyboard_controller_resets_the_machine() {
     let mut w = World::new();

@@ -10,6 +10,7 @@ use core::arch::global_asm;
 use ipc_proto::manifest::EntryMode;
 use ipc_proto::{ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch, ABI_VERSION};
 use kernel_stub::resume::GuestMode;
+use kernel_stub::svm_intercepts::{misc1, Intercepts};
 use vmcb::*;
 
 const MSR_VM_CR: u32 = 0xc001_0114;
@@ -78,6 +79,8 @@ pub struct Vcpu {
     nrips: bool,
     sequence: u64,
     shadow: bool,
+    /// What `create_vcpu` intercepts: any other exit code is a failed entry.
+    intercepts: Intercepts,
 }
 
 /// Enables SVM and builds a VCPU translating guest memory as `paging`
@@ -106,43 +109,19 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         pass_through_msr(msrpm, msr);
     }
 
+    let shadow = matches!(paging, Paging::Shadow);
+    let intercepts = Intercepts::for_mode(shadow);
     let mut v = Vmcb::new(memory::alloc_frame()?);
-    v.write32(
-        INTERCEPT_MISC1,
-        MISC1_INTR
-            | MISC1_NMI
-            | MISC1_SMI
-            | MISC1_INIT
-            | MISC1_CPUID
-            | MISC1_HLT
-            | MISC1_INVD
-            | MISC1_IOIO
-            | MISC1_MSR
-            | MISC1_SHUTDOWN,
-    );
-    v.write32(
-        INTERCEPT_MISC2,
-        MISC2_VMRUN
-            | MISC2_VMMCALL
-            | MISC2_VMLOAD
-            | MISC2_VMSAVE
-            | MISC2_STGI
-            | MISC2_CLGI
-            | MISC2_SKINIT
-            | MISC2_XSETBV,
-    );
+    v.write32(INTERCEPT_CR, intercepts.cr);
+    v.write32(INTERCEPT_EXCEPTIONS, intercepts.exceptions);
+    v.write32(INTERCEPT_MISC1, intercepts.misc1);
+    v.write32(INTERCEPT_MISC2, intercepts.misc2);
     v.write64(IOPM_BASE_PA, iopm);
     v.write64(MSRPM_BASE_PA, msrpm);
     v.write32(GUEST_ASID, 1);
     v.write8(TLB_CONTROL, 1); // flush this ASID on the first VMRUN
-    match paging {
-        // nCR3 comes with the mmu-server's SET_NESTED_ROOT.
-        Paging::Nested => v.write64(NP_ENABLE, 1),
-        Paging::Shadow => {
-            v.write32(INTERCEPT_CR, CR_SHADOWED << 16 | CR_SHADOWED);
-            v.write32(INTERCEPT_EXCEPTIONS, 1 << 14);
-        }
-    }
+    // nCR3 comes with the mmu-server's SET_NESTED_ROOT.
+    v.write64(NP_ENABLE, u64::from(!shadow));
 
     let (code, data, cr0) = match entry.mode {
         // Flat: base 0, limit 4 GiB, 32-bit, present; CR0 = PE | ET.
@@ -189,7 +168,8 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         host_vmsave_pa,
         nrips: has_nrips(),
         sequence: 0,
-        shadow: matches!(paging, Paging::Shadow),
+        shadow,
+        intercepts,
     })
 }
 
@@ -281,6 +261,10 @@ impl Vcpu {
         // Bochs 2.7's VMRUN reads the VMCB's CR2 and drops it (APM vol. 2,
         // 15.5.1 has VMRUN load it), so the guest would see the host's CR2.
         let cr2 = self.vmcb.read64(CR2);
+        // Under nested paging the guest writes EFER without an exit; VMRUN
+        // fails when SVME is clear (APM vol. 2, 15.5.1), so it stays set.
+        let efer = self.vmcb.read64(EFER);
+        self.vmcb.write64(EFER, efer | cpu::EFER_SVME);
         // SAFETY: any value may be written to CR2; the host reads it only in fault messages.
         unsafe { core::arch::asm!("mov cr2, {}", in(reg) cr2, options(nostack, preserves_flags)) };
         // SAFETY: the VMCB, the host areas and the bitmaps are frames this
@@ -339,14 +323,24 @@ impl Vcpu {
         }
     }
 
-    /// What the resume check needs to know of the guest's mode.
+    /// What the resume check needs to know of the guest's state.
     pub fn mode(&self) -> GuestMode {
         const EFER_LMA: u64 = 1 << 10;
-        let lma = self.vmcb.read64(EFER) & EFER_LMA != 0;
+        let cs = self.vmcb.read_segment(CS).attrib;
         GuestMode {
-            long_mode_code: lma && self.vmcb.read_segment(CS).attrib & Segment::ATTR_L != 0,
+            lma: self.vmcb.read64(EFER) & EFER_LMA != 0,
+            cs_l: cs & Segment::ATTR_L != 0,
+            cs_d: cs & Segment::ATTR_DB != 0,
+            rflags: self.vmcb.read64(RFLAGS),
+            interrupt_shadow: self.vmcb.read64(INTERRUPT_SHADOW) & 1 != 0,
             shadow: self.shadow,
         }
+    }
+
+    /// Whether `rec` is an exit the intercepts allow; anything else (a
+    /// failed VMRUN in any width, an unknown code) ended no guest run.
+    pub fn entry_failed(&self, rec: &ExitRecord) -> bool {
+        !self.intercepts.expects(rec.exit_code)
     }
 
     /// Flushes this guest's TLB entries at the next entry.
@@ -405,10 +399,10 @@ impl Vcpu {
         // A virtual interrupt that the guest takes as soon as it can makes
         // the VINTR intercept fire at the start of the interrupt window.
         let window = flags.contains(ResumeFlags::REQUEST_INTERRUPT_WINDOW);
-        let misc1 = v.read32(INTERCEPT_MISC1) & !MISC1_VINTR;
+        let misc1 = v.read32(INTERCEPT_MISC1) & !misc1::VINTR;
         v.write32(
             INTERCEPT_MISC1,
-            misc1 | if window { MISC1_VINTR } else { 0 },
+            misc1 | if window { misc1::VINTR } else { 0 },
         );
         // V_INTR_MASKING: the guest's IF masks only virtual interrupts;
         // physical ones stay with the host (whose IF is clear).

@@ -26,21 +26,7 @@ pub const NRIP: usize = 0x0c8;
 pub const INSN_LEN: usize = 0x0d0;
 pub const INSN_BYTES: usize = 0x0d1;
 
-// Intercept vector 3 (offset 0x00c).
-pub const MISC1_INTR: u32 = 1 << 0;
-pub const MISC1_NMI: u32 = 1 << 1;
-pub const MISC1_SMI: u32 = 1 << 2;
-pub const MISC1_INIT: u32 = 1 << 3;
-pub const MISC1_VINTR: u32 = 1 << 4;
-pub const MISC1_CPUID: u32 = 1 << 18;
-pub const MISC1_INVD: u32 = 1 << 22;
-pub const MISC1_HLT: u32 = 1 << 24;
-pub const MISC1_IOIO: u32 = 1 << 27;
-pub const MISC1_MSR: u32 = 1 << 28;
-pub const MISC1_SHUTDOWN: u32 = 1 << 31;
-// CR intercepts (offset 0x000): reads in bits 0-15, writes in 16-31.
-/// CR0, CR3 and CR4: what a shadow-paging VMM virtualizes.
-pub const CR_SHADOWED: u32 = (1 << 0) | (1 << 3) | (1 << 4);
+// The intercept bits are in `kernel_stub::svm_intercepts`.
 /// TLB_CONTROL: flush this guest's (ASID's) entries.
 pub const TLB_FLUSH_GUEST: u8 = 3;
 /// TLB_CONTROL: flush this guest's non-global entries.
@@ -50,15 +36,6 @@ pub const V_IRQ: u64 = 1 << 8;
 pub const V_INTR_PRIO_MAX: u64 = 0xf << 16;
 pub const V_IGN_TPR: u64 = 1 << 20;
 pub const V_INTR_MASKING: u64 = 1 << 24;
-// Intercept vector 4 (offset 0x010). VMRUN must be intercepted or VMRUN fails.
-pub const MISC2_VMRUN: u32 = 1 << 0;
-pub const MISC2_VMMCALL: u32 = 1 << 1;
-pub const MISC2_VMLOAD: u32 = 1 << 2;
-pub const MISC2_VMSAVE: u32 = 1 << 3;
-pub const MISC2_STGI: u32 = 1 << 4;
-pub const MISC2_CLGI: u32 = 1 << 5;
-pub const MISC2_SKINIT: u32 = 1 << 6;
-pub const MISC2_XSETBV: u32 = 1 << 13;
 
 // State save area: segments (selector, attrib, limit, base; 16 bytes each).
 pub const ES: usize = 0x400;

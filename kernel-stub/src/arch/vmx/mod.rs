@@ -425,6 +425,7 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
                 | PROC_UNCONDITIONAL_IO_EXITING
                 | PROC_MWAIT_EXITING
                 | PROC_MONITOR_EXITING
+                | PROC_RDPMC_EXITING
                 | proc_paging
                 | PROC_USE_MSR_BITMAPS,
         ) & !PROC_USE_IO_BITMAPS,
@@ -878,12 +879,17 @@ impl Vcpu {
         }
     }
 
-    /// What the resume check needs to know of the guest's mode.
+    /// What the resume check needs to know of the guest's state.
     pub fn mode(&self) -> GuestMode {
-        let lma = vmcs::read(GUEST_IA32_EFER).unwrap_or(0) & EFER_LMA != 0;
-        let cs_l = vmcs::read(GUEST_AR + 2 * CS).unwrap_or(0) as u32 & AR_L != 0;
+        const AR_DB: u32 = 1 << 14;
+        let cs = vmcs::read(GUEST_AR + 2 * CS).unwrap_or(0) as u32;
         GuestMode {
-            long_mode_code: lma && cs_l,
+            lma: vmcs::read(GUEST_IA32_EFER).unwrap_or(0) & EFER_LMA != 0,
+            cs_l: cs & AR_L != 0,
+            cs_d: cs & AR_DB != 0,
+            rflags: vmcs::read(GUEST_RFLAGS).unwrap_or(2),
+            // Blocking by STI or by MOV SS (SDM vol. 3C, 25.4.2).
+            interrupt_shadow: vmcs::read(GUEST_INTERRUPTIBILITY).unwrap_or(0) & 0b11 != 0,
             shadow: self.shadow,
         }
     }

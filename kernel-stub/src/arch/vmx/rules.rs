@@ -65,6 +65,7 @@ pub const PROC_INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
 pub const PROC_HLT_EXITING: u32 = 1 << 7;
 pub const PROC_INVLPG_EXITING: u32 = 1 << 9;
 pub const PROC_MWAIT_EXITING: u32 = 1 << 10;
+pub const PROC_RDPMC_EXITING: u32 = 1 << 11;
 pub const PROC_CR3_LOAD_EXITING: u32 = 1 << 15;
 pub const PROC_CR3_STORE_EXITING: u32 = 1 << 16;
 pub const PROC_UNCONDITIONAL_IO_EXITING: u32 = 1 << 24;
