@@ -1,0 +1,991 @@
+//! The attempts, their oracles and the console protocol (see the crate
+//! docs). Every oracle here is written from the ABI's documentation
+//! (`ipc-proto`: `mmu.rs`, `vcpu.rs`, `syscall.rs`, `layout.rs`) and the
+//! manuals, never from the stub's code: `Must::Refuse` where the ABI or
+//! the hardware says the request would reach memory or state the server
+//! does not own, `Must::Either` where accepting it only changes what the
+//! guest sees, `Must::Accept` for the controls that show the attempt's
+//! machinery works (refusing one is counted as `denied`, not as an escape).
+
+use core::fmt::{self, Write};
+
+use ipc_proto::layout::{
+    BOOT_INFO_PAGE, GUEST_RAM_WINDOW, INSTALL_PAGE, PAGE_SIZE, SERVER_IMAGE_BASE, STACK_TOP,
+    VCPU_PAGE,
+};
+use ipc_proto::mmu::{Install, InstallPage, INSTALL_BATCH_MAX, MAX_SHADOW_TABLES};
+use ipc_proto::sys::{self, ConsoleLine};
+use ipc_proto::syscall::CONSOLE_WRITE_MAX;
+use ipc_proto::{EventInjection, GuestRegs, PagingState, Resume, ResumeFlags, Syscall, ABI_VERSION};
+
+use crate::{Config, ATTACK_CONFIG, MAX_SKIPS, SERVER_MMU, SERVER_VMM};
+
+/// Writes one console line.
+macro_rules! line {
+    ($($arg:tt)*) => {{
+        let mut l = ConsoleLine::new();
+        let _ = write!(l, $($arg)*);
+        let _ = l.write_str("\n");
+        l.flush();
+    }};
+}
+
+/// This boot's configuration, as `splitvisor attack` patched it.
+pub fn config() -> Config {
+    // SAFETY: a static of this crate; volatile so that the patched bytes
+    // are read, not the values the compiler saw.
+    unsafe { core::ptr::read_volatile(&raw const ATTACK_CONFIG) }
+}
+
+/// A system call with any number, unlike `ipc_proto::sys::syscall3`.
+///
+/// # Safety
+/// The stub may read or write what the arguments point to.
+pub unsafe fn raw_syscall(nr: u64, a0: u64, a1: u64, a2: u64) -> u64 {
+    let ret: u64;
+    // SAFETY: `int 0x80` enters the stub, which preserves every register but rax.
+    unsafe {
+        core::arch::asm!("int 0x80", inlateout("rax") nr => ret, in("rdi") a0, in("rsi") a1, in("rdx") a2);
+    }
+    ret
+}
+
+/// Whether a return value is a refusal (negative).
+fn ok(rax: u64) -> bool {
+    (rax as i64) >= 0
+}
+
+/// Attack classes, as the table's rows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Page-table installs.
+    Installs,
+    /// Resumes: paging state, RIP, RFLAGS, events, flags.
+    Resumes,
+    /// System calls with hostile numbers, pointers, lengths, channels, rights.
+    Syscalls,
+    /// Shadow-table handles and memory.
+    Exhaustion,
+    /// x87/SSE in a server.
+    Fpu,
+}
+
+const CLASSES: [Class; 5] = [
+    Class::Installs,
+    Class::Resumes,
+    Class::Syscalls,
+    Class::Exhaustion,
+    Class::Fpu,
+];
+
+impl Class {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Installs => "installs",
+            Self::Resumes => "resumes",
+            Self::Syscalls => "syscalls",
+            Self::Exhaustion => "exhaustion",
+            Self::Fpu => "fpu",
+        }
+    }
+}
+
+/// What the oracle says the stub must do.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Must {
+    /// Accepting it is an escape.
+    Refuse,
+    /// Either is safe.
+    Either,
+    /// A control: refusing it is a denial of service, not an escape.
+    Accept,
+}
+
+impl Must {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Refuse => "refuse",
+            Self::Either => "either",
+            Self::Accept => "accept",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Tally {
+    attempts: u32,
+    refused: u32,
+    accepted_ok: u32,
+    escapes: u32,
+    denied: u32,
+}
+
+/// One server's campaign: numbering, skipping, counting and reporting.
+pub struct Campaign {
+    server: u32,
+    cfg: Config,
+    next: u32,
+    tallies: [Tally; CLASSES.len()],
+    rng: u64,
+}
+
+impl Campaign {
+    /// The campaign of server `server` ([`SERVER_MMU`] or [`SERVER_VMM`]).
+    pub fn new(server: u32) -> Self {
+        Self {
+            server,
+            cfg: config(),
+            next: 0,
+            tallies: [Tally::default(); CLASSES.len()],
+            rng: 0x9e37_79b9_7f4a_7c15 ^ u64::from(server),
+        }
+    }
+
+    /// [`crate::BOOT_MAIN`], [`crate::BOOT_DESTRUCTIVE`] or [`crate::BOOT_FPU`].
+    pub fn boot(&self) -> u32 {
+        self.cfg.boot
+    }
+
+    /// Fewer random attempts.
+    pub fn short(&self) -> bool {
+        self.cfg.short != 0
+    }
+
+    fn server_name(&self) -> &'static str {
+        if self.server == SERVER_MMU {
+            "mmu"
+        } else {
+            "vmm"
+        }
+    }
+
+    fn skipped(&self, index: u32) -> bool {
+        let n = (self.cfg.nskip as usize).min(MAX_SKIPS);
+        self.cfg.skip[..n]
+            .iter()
+            .any(|&s| s == (self.server << 24 | index))
+    }
+
+    /// A deterministic pseudo-random number (xorshift64*).
+    pub fn random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Makes attempt `name`: `f` returns whether the stub accepted it.
+    /// Returns `None` when the attempt is skipped this boot.
+    pub fn attempt(
+        &mut self,
+        class: Class,
+        must: Must,
+        name: fmt::Arguments,
+        f: impl FnOnce() -> bool,
+    ) -> Option<bool> {
+        let index = self.next;
+        self.next += 1;
+        if self.skipped(index) {
+            return None;
+        }
+        let server = self.server_name();
+        line!(
+            "attack: try {server} {index} {} {} {name}",
+            class.name(),
+            must.name()
+        );
+        let accepted = f();
+        let t = &mut self.tallies[CLASSES.iter().position(|c| *c == class).unwrap_or(0)];
+        t.attempts += 1;
+        match (accepted, must) {
+            (false, Must::Accept) => {
+                t.refused += 1;
+                t.denied += 1;
+                line!(
+                    "attack: denied {server} {index} {} {name}",
+                    class.name()
+                );
+            }
+            (false, _) => t.refused += 1,
+            (true, Must::Refuse) => {
+                t.escapes += 1;
+                line!(
+                    "attack: escape {server} {index} {} {name}",
+                    class.name()
+                );
+            }
+            (true, _) => t.accepted_ok += 1,
+        }
+        Some(accepted)
+    }
+
+    /// Prints the per-class lines and `done`.
+    pub fn finish(&self) {
+        let server = self.server_name();
+        for (class, t) in CLASSES.iter().zip(&self.tallies) {
+            if t.attempts == 0 {
+                continue;
+            }
+            line!(
+                "attack: {server} {} attempts={} refused={} accepted_ok={} escapes={} denied={}",
+                class.name(),
+                t.attempts,
+                t.refused,
+                t.accepted_ok,
+                t.escapes,
+                t.denied
+            );
+        }
+        line!("attack: done {server}");
+    }
+}
+
+// ---------------------------------------------------------------------
+// System calls (both servers)
+
+/// Unknown numbers, hostile pointers and lengths, channels the server
+/// does not hold, calls it has no right to.
+pub fn syscalls(c: &mut Campaign, ram_bytes: u64) {
+    let cl = Class::Syscalls;
+    let server = c.server;
+    // Unknown numbers; bit 32 and up must not be dropped (2 is ConsoleWrite).
+    for nr in [0u64, 14, 15, 16, 0x80, 0xff, 1 << 32 | 2, 1 << 63 | 2, u64::MAX] {
+        c.attempt(cl, Must::Refuse, format_args!("unknown-number {nr:#x}"), || {
+            // SAFETY: a refused call touches nothing; ConsoleWrite of 0 bytes neither.
+            ok(unsafe { raw_syscall(nr, 0, 0, 0) })
+        });
+    }
+    // ConsoleWrite: `[ptr, ptr+len)` must be readable by the caller in ring 3.
+    // The stub identity-maps host 0..1 GiB supervisor-only in every space.
+    let image = SERVER_IMAGE_BASE;
+    let writes: [(u64, u64, Must, &str); 17] = [
+        (0, 1, Must::Refuse, "null"),
+        (0, 0, Must::Either, "len-0-at-null"),
+        (0x1000, 16, Must::Refuse, "host-low-memory"),
+        (0x10_0000, 16, Must::Refuse, "stub-image"),
+        (0x3fff_f000, 16, Must::Refuse, "last-page-of-the-stub-identity-map"),
+        (1 << 60 | image, 16, Must::Refuse, "non-canonical-(1<<60)|image"),
+        (1 << 63 | image, 16, Must::Refuse, "non-canonical-(1<<63)|image"),
+        (1 << 47 | image, 16, Must::Refuse, "non-canonical-(1<<47)|image"),
+        (0xffff_8000_0000_0000 | image, 16, Must::Refuse, "high-half-image-alias"),
+        (u64::MAX - 7, 16, Must::Refuse, "wrapping-ptr+len"),
+        (image, u64::MAX, Must::Refuse, "len-u64-max"),
+        (image, 1 << 63, Must::Refuse, "len-1<<63"),
+        (image, CONSOLE_WRITE_MAX + 1, Must::Refuse, "len-above-CONSOLE_WRITE_MAX"),
+        (STACK_TOP - 8, 16, Must::Refuse, "straddles-the-stack-top"),
+        (GUEST_RAM_WINDOW + ram_bytes - 8, 16, Must::Refuse, "straddles-the-end-of-guest-RAM"),
+        (GUEST_RAM_WINDOW + ram_bytes, 16, Must::Refuse, "past-guest-RAM"),
+        (0x5000_0000, 16, Must::Refuse, "server-window-end"),
+    ];
+    for (ptr, len, must, what) in writes {
+        c.attempt(cl, must, format_args!("console-write {what} ptr={ptr:#x} len={len:#x}"), || {
+            // SAFETY: hostile on purpose; the stub must check the range.
+            ok(unsafe { raw_syscall(Syscall::ConsoleWrite as u64, ptr, len, 0) })
+        });
+    }
+    // ConsoleRead writes: the range must be writable by the caller.
+    let mut buf = [0u8; 16];
+    let stack = buf.as_mut_ptr() as u64;
+    let reads: [(u64, u64, Must, &str); 11] = [
+        (stack, 16, Must::Accept, "own-stack-buffer"),
+        (0, 16, Must::Refuse, "null"),
+        (0x10_0000, 16, Must::Refuse, "stub-image"),
+        (image, 16, Must::Refuse, "own-text-read-only"),
+        (BOOT_INFO_PAGE, 16, Must::Refuse, "boot-info-read-only"),
+        (VCPU_PAGE + PAGE_SIZE - 8, 16, Must::Refuse, "vcpu-page-into-boot-info"),
+        (1 << 60 | VCPU_PAGE, 16, Must::Refuse, "non-canonical-(1<<60)|vcpu-page"),
+        (1 << 63 | stack, 16, Must::Refuse, "non-canonical-(1<<63)|stack"),
+        (u64::MAX - 7, 16, Must::Refuse, "wrapping-ptr+len"),
+        (stack, u64::MAX, Must::Refuse, "len-u64-max"),
+        (stack, CONSOLE_WRITE_MAX + 1, Must::Refuse, "len-above-CONSOLE_WRITE_MAX"),
+    ];
+    for (ptr, len, must, what) in reads {
+        c.attempt(cl, must, format_args!("console-read {what} ptr={ptr:#x} len={len:#x}"), || {
+            // SAFETY: hostile on purpose; no input is pending, and the only
+            // valid target is `buf`, live here.
+            ok(unsafe { raw_syscall(Syscall::ConsoleRead as u64, ptr, len, 0) })
+        });
+    }
+    core::hint::black_box(&mut buf);
+    // Channels: these images have none, so no task holds any.
+    for ch in [0u64, 1, 15, 16, 1 << 32, u64::MAX] {
+        c.attempt(cl, Must::Refuse, format_args!("call-unheld-channel {ch:#x}"), || {
+            // SAFETY: Call takes no pointer.
+            ok(unsafe { raw_syscall(Syscall::Call as u64, ch, 0, 0) })
+        });
+        c.attempt(cl, Must::Refuse, format_args!("reply-recv-unheld-channel {ch:#x}"), || {
+            // SAFETY: ReplyRecv takes no pointer.
+            ok(unsafe { raw_syscall(Syscall::ReplyRecv as u64, ch, 0, 0) })
+        });
+    }
+    // Rights: the shadow-table calls are the mmu-server's.
+    if server == SERVER_VMM {
+        let calls: [(Syscall, u64, &str); 6] = [
+            (Syscall::ShadowAlloc, 1, "shadow-alloc"),
+            (Syscall::ShadowAlloc, 4, "shadow-alloc-level-4"),
+            (Syscall::ShadowFree, 0, "shadow-free"),
+            (Syscall::MmuInstall, 0, "mmu-install"),
+            (Syscall::MmuFlush, 0, "mmu-flush"),
+            (Syscall::VcpuForward, 0, "vcpu-forward"),
+        ];
+        for (nr, a0, what) in calls {
+            c.attempt(cl, Must::Refuse, format_args!("without-the-right {what}"), || {
+                // SAFETY: none of these takes a pointer from the caller.
+                ok(unsafe { raw_syscall(nr as u64, a0, 0, 0) })
+            });
+        }
+    }
+}
+
+// ---------------------------------------------------------------------
+// Shadow tables: a tracker the oracles use
+
+#[derive(Clone, Copy)]
+struct Table {
+    handle: u32,
+    level: u8,
+    live: bool,
+}
+
+struct Tables {
+    t: [Table; 16],
+    n: usize,
+}
+
+impl Tables {
+    fn new() -> Self {
+        Self {
+            t: [Table {
+                handle: 0,
+                level: 0,
+                live: false,
+            }; 16],
+            n: 0,
+        }
+    }
+
+    fn alloc(&mut self, level: u8) -> Option<u32> {
+        let h = shadow_alloc(u64::from(level))?;
+        if self.n < self.t.len() {
+            self.t[self.n] = Table {
+                handle: h,
+                level,
+                live: true,
+            };
+            self.n += 1;
+        }
+        Some(h)
+    }
+
+    fn free(&mut self, h: u32) {
+        // SAFETY: ShadowFree takes no pointer.
+        let _ = unsafe { raw_syscall(Syscall::ShadowFree as u64, u64::from(h), 0, 0) };
+        for t in &mut self.t[..self.n] {
+            if t.handle == h {
+                t.live = false;
+            }
+        }
+    }
+
+    fn live_level(&self, h: u64) -> Option<u8> {
+        self.t[..self.n]
+            .iter()
+            .find(|t| t.live && u64::from(t.handle) == h)
+            .map(|t| t.level)
+    }
+
+    fn free_all(&mut self) {
+        for i in 0..self.n {
+            if self.t[i].live {
+                self.free(self.t[i].handle);
+            }
+        }
+    }
+}
+
+fn shadow_alloc(level: u64) -> Option<u32> {
+    // SAFETY: ShadowAlloc takes no pointer.
+    let r = unsafe { raw_syscall(Syscall::ShadowAlloc as u64, level, 0, 0) };
+    ok(r).then_some(r as u32)
+}
+
+const PRESENT: u64 = 1;
+const PS: u64 = 1 << 7;
+const ADDR: u64 = 0x000f_ffff_ffff_f000;
+
+/// The oracle for one install, from `ipc_proto::mmu`'s documentation: the
+/// table must be a live table of the stub's at that level, the index below
+/// 512 and `reserved` zero; a present leaf must map a page (4 KiB, 2 MiB,
+/// 1 GiB) wholly inside guest RAM; a present non-leaf must name a live
+/// table one level down; PS is reserved at level 4. A non-present entry
+/// maps nothing.
+fn install_oracle(tables: &Tables, ins: &Install, ram: u64) -> Must {
+    let Some(level) = tables.live_level(u64::from(ins.table)) else {
+        return Must::Refuse;
+    };
+    if ins.level != level || ins.index >= 512 || ins.reserved != 0 {
+        return Must::Refuse;
+    }
+    let e = ins.entry;
+    if e & PRESENT == 0 {
+        return Must::Either;
+    }
+    if level == 4 && e & PS != 0 {
+        return Must::Refuse;
+    }
+    let addr = e & ADDR;
+    if level == 1 || e & PS != 0 {
+        let size = 1u64 << (12 + 9 * (u32::from(level) - 1));
+        let base = addr & !(size - 1);
+        if base + size > ram {
+            Must::Refuse
+        } else {
+            Must::Either
+        }
+    } else if tables.live_level(addr >> 12) == Some(level - 1) {
+        Must::Either
+    } else {
+        Must::Refuse
+    }
+}
+
+/// Writes `entries` (or claims `count` of them) into the install page and
+/// calls `MmuInstall`; whether the stub accepted.
+fn install(entries: &[Install], count: Option<u32>) -> bool {
+    let page = INSTALL_PAGE as *mut InstallPage;
+    // SAFETY: the stub maps the install page read-write for the mmu-server.
+    unsafe {
+        for (i, e) in entries.iter().take(INSTALL_BATCH_MAX).enumerate() {
+            (&raw mut (*page).entries[i]).write_volatile(*e);
+        }
+        (&raw mut (*page).reserved).write_volatile(0);
+        (&raw mut (*page).count).write_volatile(count.unwrap_or(entries.len() as u32));
+    }
+    // SAFETY: MmuInstall takes no pointer.
+    ok(unsafe { raw_syscall(Syscall::MmuInstall as u64, 0, 0, 0) })
+}
+
+fn ins(table: u32, level: u8, index: u16, entry: u64) -> Install {
+    Install {
+        table,
+        index,
+        level,
+        reserved: 0,
+        entry,
+    }
+}
+
+/// Installs: leaves outside RAM, large leaves past its end, bad children,
+/// bad tables, levels, indices, batch counts, every bit of an entry, and
+/// random entries judged by [`install_oracle`].
+pub fn installs(c: &mut Campaign, ram: u64) {
+    let cl = Class::Installs;
+    let mut t = Tables::new();
+    let (Some(l4), Some(l3), Some(l2), Some(l1), Some(dead)) =
+        (t.alloc(4), t.alloc(3), t.alloc(2), t.alloc(1), t.alloc(1))
+    else {
+        line!("attack: installs: the stub refused the campaign's own tables");
+        t.free_all();
+        return;
+    };
+    t.free(dead);
+    let one = |c: &mut Campaign, t: &Tables, i: Install, why: &str| {
+        let must = install_oracle(t, &i, ram);
+        let must = if must == Must::Either && why.starts_with("control") {
+            Must::Accept
+        } else {
+            must
+        };
+        c.attempt(
+            cl,
+            must,
+            format_args!(
+                "{why} table={} level={} index={} reserved={} entry={:#x}",
+                i.table, i.level, i.index, i.reserved, i.entry
+            ),
+            || install(&[i], None),
+        );
+    };
+    let child = |h: u32| u64::from(h) << 12 | 7;
+    // Leaves.
+    one(c, &t, ins(l1, 1, 0, PRESENT | 2), "control-leaf-gpa-0");
+    one(c, &t, ins(l1, 1, 1, (ram - 0x1000) | 3), "control-leaf-last-page");
+    for (gpa, why) in [
+        (ram, "leaf-at-end-of-ram"),
+        (ram + 0x1000, "leaf-past-ram"),
+        (1 << 32, "leaf-4g"),
+        (0x000f_ffff_ffff_f000, "leaf-max-address"),
+        (0x10_0000_0000, "leaf-64g"),
+    ] {
+        one(c, &t, ins(l1, 1, 2, gpa | 3), why);
+    }
+    one(c, &t, ins(l2, 2, 0, PS | 3), "control-2m-leaf-0");
+    one(c, &t, ins(l2, 2, 1, (ram - (2 << 20)) | PS | 3), "control-2m-leaf-last");
+    one(c, &t, ins(l2, 2, 2, ram | PS | 3), "2m-leaf-at-end-of-ram");
+    one(c, &t, ins(l2, 2, 3, (ram - 0x1000) | PS | 3), "2m-leaf-low-bits-crossing-end");
+    one(c, &t, ins(l2, 2, 4, 0xffe0_0000 | PS | 3), "2m-leaf-below-4g");
+    one(c, &t, ins(l3, 3, 0, PS | 3), "1g-leaf-0-crosses-end-of-ram");
+    one(c, &t, ins(l3, 3, 1, (1 << 30) | PS | 3), "1g-leaf-1g");
+    one(c, &t, ins(l3, 3, 2, (ram - 0x1000) | PS | 3), "1g-leaf-low-bits");
+    one(c, &t, ins(l4, 4, 0, PS | 3), "ps-at-level-4");
+    one(c, &t, ins(l4, 4, 1, child(l3) | PS), "ps-at-level-4-with-child");
+    // Non-leaves.
+    one(c, &t, ins(l4, 4, 2, child(l3)), "control-non-leaf-l4-to-l3");
+    one(c, &t, ins(l3, 3, 3, child(l2)), "control-non-leaf-l3-to-l2");
+    one(c, &t, ins(l2, 2, 5, child(l1)), "control-non-leaf-l2-to-l1");
+    for (table, level, h, why) in [
+        (l4, 4, u64::from(l2), "non-leaf-wrong-level-l4-to-l2"),
+        (l4, 4, u64::from(l1), "non-leaf-wrong-level-l4-to-l1"),
+        (l4, 4, u64::from(l4), "non-leaf-to-itself"),
+        (l3, 3, u64::from(l1), "non-leaf-wrong-level-l3-to-l1"),
+        (l2, 2, u64::from(l2), "non-leaf-l2-to-itself"),
+        (l2, 2, u64::from(dead), "non-leaf-to-freed-table"),
+        (l2, 2, u64::from(MAX_SHADOW_TABLES - 1), "non-leaf-to-unallocated-handle"),
+        (l2, 2, u64::from(MAX_SHADOW_TABLES), "non-leaf-to-handle-max"),
+        (l2, 2, 0x100, "non-leaf-to-raw-host-1m"),
+        (l2, 2, 0xb8, "non-leaf-to-raw-host-vga"),
+        (l2, 2, 0x1_0000, "non-leaf-to-raw-host-256m"),
+        (l2, 2, 1 << 32, "non-leaf-handle-bit-32"),
+        (l2, 2, 0xff_ffff_ffff, "non-leaf-max-address"),
+        (l4, 4, (u64::from(l3)) | 1 << 32, "non-leaf-handle-alias-bit-32"),
+    ] {
+        one(c, &t, ins(table, level, 6, h << 12 | 7), why);
+    }
+    // Tables, levels, indices, reserved.
+    for (table, level, index, reserved, why) in [
+        (dead, 1u8, 0u16, 0u8, "into-freed-table"),
+        (u32::MAX, 1, 0, 0, "into-handle-u32-max"),
+        (MAX_SHADOW_TABLES, 1, 0, 0, "into-handle-max"),
+        (MAX_SHADOW_TABLES - 1, 1, 0, 0, "into-unallocated-handle"),
+        (l1, 0, 0, 0, "level-0"),
+        (l1, 2, 0, 0, "level-mismatch"),
+        (l1, 5, 0, 0, "level-5"),
+        (l1, 255, 0, 0, "level-255"),
+        (l4, 1, 0, 0, "level-1-on-l4"),
+        (l1, 1, 512, 0, "index-512"),
+        (l1, 1, 0xffff, 0, "index-ffff"),
+        (l1, 1, 0, 1, "reserved-1"),
+        (l1, 1, 0, 0x80, "reserved-80"),
+    ] {
+        let i = Install {
+            table,
+            index,
+            level,
+            reserved,
+            entry: 0x1000 | 3,
+        };
+        one(c, &t, i, why);
+    }
+    // Batch counts.
+    let full = [ins(l1, 1, 7, 0x2000 | 3); INSTALL_BATCH_MAX];
+    c.attempt(cl, Must::Accept, format_args!("control-batch-of-max"), || {
+        install(&full, None)
+    });
+    for n in [INSTALL_BATCH_MAX as u32 + 1, 4096, 0x8000_0000, u32::MAX] {
+        c.attempt(cl, Must::Refuse, format_args!("batch-count {n:#x}"), || {
+            install(&full, Some(n))
+        });
+    }
+    // A bad entry in the middle of a batch: the batch stops there.
+    let mut mixed = [ins(l1, 1, 8, 0x3000 | 3); 3];
+    mixed[1].entry = ram | 3;
+    c.attempt(cl, Must::Refuse, format_args!("batch-with-bad-entry-in-the-middle"), || {
+        install(&mixed, None)
+    });
+    // Every bit of an entry, alone, in a leaf, a non-leaf and a level-4 entry.
+    for b in 0..64u32 {
+        let bit = 1u64 << b;
+        one(c, &t, ins(l1, 1, 10, PRESENT | bit), "leaf-bit");
+        one(c, &t, ins(l2, 2, 10, child(l1) | bit), "l2-non-leaf-bit");
+        one(c, &t, ins(l4, 4, 10, child(l3) | bit), "l4-non-leaf-bit");
+    }
+    // Random entries.
+    let n = if c.short() { 40 } else { 400 };
+    let handles = [l4, l3, l2, l1, dead, u32::MAX, 7, MAX_SHADOW_TABLES];
+    let levels = [4u8, 3, 2, 1, 1, 0, 5, 1];
+    for _ in 0..n {
+        let r = c.random();
+        let k = (r & 7) as usize;
+        let (table, mut level) = (handles[k], levels[k]);
+        if r >> 3 & 15 == 0 {
+            level = (r >> 7 & 7) as u8;
+        }
+        let index = if r >> 10 & 15 == 0 {
+            (r >> 14) as u16
+        } else {
+            (r >> 14 & 511) as u16
+        };
+        let reserved = if r >> 30 & 31 == 0 { 1 } else { 0 };
+        let x = c.random();
+        let addr = match x & 7 {
+            0 | 1 => (x >> 8) % ram,
+            2 => ram + ((x >> 8) & 0xff_ffff),
+            3 => u64::from(handles[(x >> 8 & 7) as usize]) << 12,
+            4 => u64::from(l1) << 12 | u64::from(l3) << 12,
+            _ => x >> 8,
+        };
+        let flags = c.random() & !ADDR;
+        let entry = (addr & ADDR) | flags | if x >> 60 == 0 { 0 } else { PRESENT };
+        one(c, &t, Install { table, index, level, reserved, entry }, "random");
+    }
+    t.free_all();
+}
+
+// ---------------------------------------------------------------------
+// Resumes
+
+/// Writes `r` into the VCPU page and calls `VcpuRun`: whether the stub
+/// accepted it (and ran the guest to its next exit for this server).
+fn resume(r: &Resume) -> bool {
+    let page = sys::vcpu_page();
+    // SAFETY: the stub maps the VCPU page read-write for exit handlers.
+    unsafe { (&raw mut (*page).resume).write_volatile(*r) };
+    // SAFETY: VcpuRun takes no pointer.
+    ok(unsafe { raw_syscall(Syscall::VcpuRun as u64, 0, 0, 0) })
+}
+
+fn base_resume(flags: ResumeFlags) -> Resume {
+    Resume {
+        abi_version: ABI_VERSION,
+        flags: flags.bits(),
+        regs: GuestRegs {
+            rflags: 2,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// CR0 bits the manuals define (APM vol. 2, 3.1.1): PE MP EM TS ET NE WP AM NW CD PG.
+const CR0_DEFINED: u64 = 0x1f | 1 << 5 | 1 << 16 | 1 << 18 | 1 << 29 | 1 << 30 | 1 << 31;
+/// CR4 bits the hardware may load for a guest without giving it more than
+/// its own paging (VME PVI TSD DE PSE PAE MCE PGE PCE OSFXSR OSXMMEXCPT
+/// UMIP FSGSBASE OSXSAVE). Not: LA57 (a five-level walk from a four-level
+/// root), VMXE/SMXE, PCIDE (needs long mode, changes TLB tagging), SMEP,
+/// SMAP, PKE, CET, PKS (the shadow tables do not carry what they check),
+/// nor anything reserved.
+const CR4_SAFE: u64 = 0x7ff | 1 << 16 | 1 << 18;
+/// EFER bits beside LME/LMA that only change the guest's own behaviour:
+/// SCE, NXE, SVME (forced on by the stub), LMSLE, FFXSR, TCE.
+const EFER_SAFE: u64 = 1 | 1 << 11 | 1 << 12 | 1 << 13 | 1 << 14 | 1 << 15;
+
+/// The mmu-server's resumes: paging states and roots.
+pub fn mmu_resumes(c: &mut Campaign, shadow: bool) {
+    let cl = Class::Resumes;
+    let mut t = Tables::new();
+    let (Some(l4), Some(l3), Some(l2), Some(l1), Some(dead)) =
+        (t.alloc(4), t.alloc(3), t.alloc(2), t.alloc(1), t.alloc(3))
+    else {
+        line!("attack: resumes: the stub refused the campaign's own tables");
+        t.free_all();
+        return;
+    };
+    t.free(dead);
+    let base = PagingState {
+        cr0: 0x8000_0011,
+        cr4: 0x20,
+        efer: 0,
+        root: l3,
+        reserved: 0,
+    };
+    let paging = |c: &mut Campaign, must: Must, p: PagingState, why: fmt::Arguments| {
+        let mut r = base_resume(ResumeFlags::SET_PAGING);
+        r.paging = p;
+        let must = if shadow { must } else { Must::Refuse };
+        c.attempt(
+            cl,
+            must,
+            format_args!(
+                "set-paging {why} cr0={:#x} cr4={:#x} efer={:#x} root={} reserved={}",
+                p.cr0, p.cr4, p.efer, p.root, p.reserved
+            ),
+            || resume(&r),
+        );
+    };
+    if shadow {
+        paging(c, Must::Accept, base, format_args!("control-pae"));
+    } else {
+        paging(c, Must::Refuse, base, format_args!("under-nested-paging"));
+    }
+    if shadow {
+        for b in 0..64u32 {
+            let bit = 1u64 << b;
+            if base.cr0 & bit == 0 {
+                let must = if CR0_DEFINED & bit == 0 || b == 29 {
+                    Must::Refuse
+                } else {
+                    Must::Either
+                };
+                paging(c, must, PagingState { cr0: base.cr0 | bit, ..base }, format_args!("cr0-bit-{b}"));
+            }
+            if base.cr4 & bit == 0 {
+                let must = if CR4_SAFE & bit == 0 { Must::Refuse } else { Must::Either };
+                paging(c, must, PagingState { cr4: base.cr4 | bit, ..base }, format_args!("cr4-bit-{b}"));
+            }
+            let must = if EFER_SAFE & bit == 0 { Must::Refuse } else { Must::Either };
+            paging(c, must, PagingState { efer: bit, ..base }, format_args!("efer-bit-{b}"));
+        }
+        for (p, why) in [
+            (PagingState { cr0: 0x11, ..base }, "cr0-pg-clear"),
+            (PagingState { cr0: 0x8000_0010, cr4: 0, ..base }, "cr4-pae-clear"),
+            (PagingState { root: dead, ..base }, "root-freed-table"),
+            (PagingState { root: l4, ..base }, "root-level-4-without-lme"),
+            (PagingState { root: l2, ..base }, "root-level-2"),
+            (PagingState { root: l1, ..base }, "root-level-1"),
+            (PagingState { root: u32::MAX, ..base }, "root-u32-max"),
+            (PagingState { root: MAX_SHADOW_TABLES, ..base }, "root-handle-max"),
+            (PagingState { reserved: 1, ..base }, "reserved-1"),
+            (PagingState { efer: 0x500, ..base }, "long-mode-on-level-3-root"),
+            (PagingState { efer: 0x100, root: l4, ..base }, "lme-without-lma"),
+            (PagingState { efer: 0x400, root: l4, ..base }, "lma-without-lme"),
+            (PagingState { cr0: base.cr0 | 1 << 29 | 1 << 30, ..base }, "control-cr0-cd-nw"),
+        ] {
+            let must = if why.starts_with("control") { Must::Either } else { Must::Refuse };
+            paging(c, must, p, format_args!("{why}"));
+        }
+    }
+    // The nested root: a live level-4 table, under nested paging only.
+    for (root, reserved, why) in [
+        (l3, 0u32, "level-3"),
+        (l2, 0, "level-2"),
+        (l1, 0, "level-1"),
+        (dead, 0, "freed-table"),
+        (u32::MAX, 0, "u32-max"),
+        (MAX_SHADOW_TABLES, 0, "handle-max"),
+        (l4, 1, "reserved-1"),
+    ] {
+        let mut r = base_resume(ResumeFlags::SET_NESTED_ROOT);
+        r.paging = PagingState {
+            root,
+            reserved,
+            ..Default::default()
+        };
+        c.attempt(cl, Must::Refuse, format_args!("set-nested-root {why} root={root}"), || {
+            resume(&r)
+        });
+    }
+    if shadow {
+        let mut r = base_resume(ResumeFlags::SET_NESTED_ROOT);
+        r.paging.root = l4;
+        c.attempt(cl, Must::Refuse, format_args!("set-nested-root under-shadow-paging"), || {
+            resume(&r)
+        });
+    }
+    t.free_all();
+}
+
+/// The vmm-server's resumes: flags, RIP, RFLAGS, events, and the paging
+/// flags that are the mmu-server's alone. The guest (the probe) is in
+/// 32-bit protected mode with interrupts off.
+pub fn vmm_resumes(c: &mut Campaign) {
+    let cl = Class::Resumes;
+    let refuse = |c: &mut Campaign, r: Resume, why: fmt::Arguments| {
+        c.attempt(cl, Must::Refuse, why, || resume(&r));
+    };
+    let mut r = base_resume(ResumeFlags::empty());
+    r.abi_version = ABI_VERSION + 1;
+    refuse(c, r, format_args!("abi-version+1"));
+    for bit in [10u32, 16, 31] {
+        let mut r = base_resume(ResumeFlags::empty());
+        r.flags = 1 << bit;
+        refuse(c, r, format_args!("unknown-flag-bit-{bit}"));
+    }
+    for rip in [1u64 << 32, (1 << 60) | 0x10_0000, 0x0000_8000_0000_0000, u64::MAX] {
+        let mut r = base_resume(ResumeFlags::SET_RIP);
+        r.regs.rip = rip;
+        refuse(c, r, format_args!("rip-in-32-bit-mode {rip:#x}"));
+    }
+    // RFLAGS: bit 1 reads as one; 3, 5, 15 and 22-63 are reserved (APM vol. 2, 3.1.6).
+    let mut r = base_resume(ResumeFlags::SET_RFLAGS);
+    r.regs.rflags = 0;
+    refuse(c, r, format_args!("rflags-bit-1-clear"));
+    for b in [3u32, 5, 15, 22, 31, 32, 63] {
+        let mut r = base_resume(ResumeFlags::SET_RFLAGS);
+        r.regs.rflags = 2 | 1 << b;
+        refuse(c, r, format_args!("rflags-reserved-bit-{b}"));
+    }
+    // Events (APM vol. 2, 15.20): types 0 INTR, 2 NMI, 3 exception, 4 INTn.
+    for (vector, kind, has_error_code, reserved, why) in [
+        (0x20u8, 1u8, 0u8, 0u8, "reserved-type-1"),
+        (0x20, 5, 0, 0, "reserved-type-5"),
+        (0x20, 6, 0, 0, "reserved-type-6"),
+        (0x20, 7, 0, 0, "reserved-type-7"),
+        (0x20, 255, 0, 0, "type-255"),
+        (32, 3, 0, 0, "exception-vector-32"),
+        (255, 3, 0, 0, "exception-vector-255"),
+        (2, 3, 0, 0, "exception-vector-2"),
+        (3, 2, 0, 0, "nmi-vector-3"),
+        (6, 3, 1, 0, "error-code-on-ud"),
+        (3, 3, 1, 0, "error-code-on-bp"),
+        (0, 3, 1, 0, "error-code-on-de"),
+        (0x80, 4, 1, 0, "error-code-on-intn"),
+        (0x20, 0, 1, 0, "error-code-on-interrupt"),
+        (14, 3, 2, 0, "has-error-code-2"),
+        (13, 3, 1, 1, "reserved-1"),
+    ] {
+        let mut r = base_resume(ResumeFlags::INJECT_EVENT);
+        r.event = EventInjection {
+            vector,
+            kind,
+            has_error_code,
+            reserved,
+            error_code: 0,
+        };
+        refuse(c, r, format_args!("event {why}"));
+    }
+    // The paging flags are the mmu-server's.
+    for root in [0u32, 1, 2, 3] {
+        let mut r = base_resume(ResumeFlags::SET_PAGING);
+        r.paging = PagingState {
+            cr0: 0x8000_0011,
+            cr4: 0x20,
+            efer: 0,
+            root,
+            reserved: 0,
+        };
+        refuse(c, r, format_args!("set-paging-from-the-vmm-server root={root}"));
+        let mut r = base_resume(ResumeFlags::SET_NESTED_ROOT);
+        r.paging.root = root;
+        refuse(c, r, format_args!("set-nested-root-from-the-vmm-server root={root}"));
+    }
+}
+
+/// Destructive (its own boot): an external interrupt while the guest has
+/// IF=0 (the probe starts with interrupts off): the hardware delivers an
+/// injected event regardless of IF, so the stub must refuse it.
+pub fn vmm_destructive(c: &mut Campaign) {
+    let mut r = base_resume(ResumeFlags::INJECT_EVENT);
+    r.event = EventInjection {
+        vector: 0x20,
+        kind: 0,
+        has_error_code: 0,
+        reserved: 0,
+        error_code: 0,
+    };
+    c.attempt(Class::Resumes, Must::Refuse, format_args!("event external-interrupt-with-guest-if-0"), || {
+        resume(&r)
+    });
+}
+
+// ---------------------------------------------------------------------
+// Exhaustion
+
+/// Bad levels and handles: harmless, in the main boot.
+pub fn exhaustion_light(c: &mut Campaign) {
+    let cl = Class::Exhaustion;
+    for level in [0u64, 5, 255, 1 << 32 | 1, 1 << 8 | 1, u64::MAX] {
+        c.attempt(cl, Must::Refuse, format_args!("shadow-alloc-level {level:#x}"), || {
+            let h = shadow_alloc(level);
+            if let Some(h) = h {
+                // SAFETY: ShadowFree takes no pointer.
+                let _ = unsafe { raw_syscall(Syscall::ShadowFree as u64, u64::from(h), 0, 0) };
+            }
+            h.is_some()
+        });
+    }
+    for h in [u64::from(MAX_SHADOW_TABLES), u64::from(u32::MAX), 1 << 32, u64::MAX, 4000] {
+        c.attempt(cl, Must::Refuse, format_args!("shadow-free-unknown-handle {h:#x}"), || {
+            // SAFETY: ShadowFree takes no pointer.
+            ok(unsafe { raw_syscall(Syscall::ShadowFree as u64, h, 0, 0) })
+        });
+    }
+    let h = shadow_alloc(1);
+    if let Some(h) = h {
+        // SAFETY: ShadowFree takes no pointer.
+        let _ = unsafe { raw_syscall(Syscall::ShadowFree as u64, u64::from(h), 0, 0) };
+        c.attempt(cl, Must::Refuse, format_args!("shadow-free-twice {h}"), || {
+            // SAFETY: ShadowFree takes no pointer.
+            ok(unsafe { raw_syscall(Syscall::ShadowFree as u64, u64::from(h), 0, 0) })
+        });
+    }
+}
+
+/// Destructive: allocate level-1 tables until the stub says no, free them
+/// all, then every level must still be allocatable; freeing the table the
+/// hardware walks (`live_root`, shadow paging) must be refused.
+pub fn exhaustion(c: &mut Campaign, live_root: Option<u32>) {
+    let cl = Class::Exhaustion;
+    if let Some(root) = live_root {
+        c.attempt(cl, Must::Refuse, format_args!("shadow-free-of-the-live-root {root}"), || {
+            // SAFETY: ShadowFree takes no pointer.
+            ok(unsafe { raw_syscall(Syscall::ShadowFree as u64, u64::from(root), 0, 0) })
+        });
+    }
+    // Handles go 0..MAX_SHADOW_TABLES: a bitmap of what we hold.
+    let mut held = [0u64; MAX_SHADOW_TABLES as usize / 64];
+    let mut count = 0u32;
+    c.attempt(
+        cl,
+        Must::Refuse,
+        format_args!("shadow-alloc-level-1-beyond-{MAX_SHADOW_TABLES}-tables"),
+        || {
+            for _ in 0..MAX_SHADOW_TABLES + 64 {
+                let Some(h) = shadow_alloc(1) else {
+                    return false;
+                };
+                if h < MAX_SHADOW_TABLES {
+                    held[h as usize / 64] |= 1 << (h % 64);
+                }
+                count += 1;
+            }
+            true
+        },
+    );
+    line!("attack: exhaustion: held {count} level-1 tables");
+    for (i, w) in held.iter().enumerate() {
+        for b in 0..64 {
+            if w & 1 << b != 0 {
+                // SAFETY: ShadowFree takes no pointer.
+                let _ = unsafe { raw_syscall(Syscall::ShadowFree as u64, (i * 64 + b) as u64, 0, 0) };
+            }
+        }
+    }
+    for level in [2u64, 3, 4, 1] {
+        c.attempt(
+            cl,
+            Must::Accept,
+            format_args!("shadow-alloc-level-{level}-after-freeing-all"),
+            || match shadow_alloc(level) {
+                Some(h) => {
+                    // SAFETY: ShadowFree takes no pointer.
+                    let _ = unsafe { raw_syscall(Syscall::ShadowFree as u64, u64::from(h), 0, 0) };
+                    true
+                }
+                None => false,
+            },
+        );
+    }
+}
+
+// ---------------------------------------------------------------------
+// FPU
+
+/// The server executes x87 and SSE instructions: the stub must run servers
+/// with CR0.TS|EM so that they fault instead of reading the guest's (or
+/// another task's) FPU state. Each attempt that does not fault is an
+/// escape; one that faults ends the VM (`the ... faulted`), which
+/// `splitvisor attack` counts as refused.
+pub fn fpu(c: &mut Campaign) {
+    let cl = Class::Fpu;
+    c.attempt(cl, Must::Refuse, format_args!("x87-fnstenv"), || {
+        let mut env = [0u8; 28];
+        // SAFETY: FNSTENV stores 28 bytes at rdi, our buffer. Encoded as
+        // bytes: the target has no x87 feature for the assembler.
+        unsafe {
+            core::arch::asm!(".byte 0xd9, 0x37", in("rdi") env.as_mut_ptr(), options(nostack));
+        }
+        line!("attack: fpu: x87 environment read: fcw={:#x}", u16::from_le_bytes([env[0], env[1]]));
+        true
+    });
+    c.attempt(cl, Must::Refuse, format_args!("sse-movq-rax-xmm0"), || {
+        let v: u64;
+        // SAFETY: MOVQ rax, xmm0 (66 48 0F 7E C0) only reads xmm0.
+        unsafe {
+            core::arch::asm!(".byte 0x66, 0x48, 0x0f, 0x7e, 0xc0", out("rax") v, options(nostack, nomem));
+        }
+        line!("attack: fpu: xmm0 read: {v:#x}");
+        true
+    });
+}
