@@ -45,6 +45,41 @@ enum Command {
     /// `bench boot` (Debian's kernel to init: plain QEMU against splitvisor
     /// with nested and with shadow paging).
     Bench(bench::BenchArgs),
+    /// The attack campaign: hostile servers and guests against the stub.
+    ///
+    /// Builds a hostile mmu-server and vmm-server (crate attack/, never in
+    /// a normal image) that attack the stub with page-table installs,
+    /// resumes, system calls with hostile pointers and lengths, shadow-table
+    /// exhaustion and x87/SSE instructions, each attempt judged by an
+    /// oracle written from the ABI documentation and the manuals, and then
+    /// run the normal server logic so that the probe guest (hello) runs to
+    /// its end. Boots them in QEMU with emulated SVM, nested
+    /// (EPYC,+svm,+npt) and shadow (EPYC,+svm,-npt) paging, three boots per
+    /// mode (main, destructive, FPU) plus one more for each attempt that
+    /// ends a run; with the real servers, also boots the guest-side attacks
+    /// tssescape and efersvme when the image builder has them. Prints a
+    /// table (class, attempts, refused, accepted as allowed, stub faults,
+    /// escapes, denied controls) and lists every stub fault and escape.
+    /// Exits 0 when there are no stub faults and no escapes, else 1.
+    Attack(AttackArgs),
+}
+
+#[derive(Args)]
+struct AttackArgs {
+    /// Fewer random attempts (40 random installs instead of 400), as CI runs it.
+    #[arg(long)]
+    short: bool,
+    /// The MMU mode to attack: npt, shadow or both.
+    #[arg(long, value_name = "MODE", default_value = "both",
+          value_parser = clap::builder::PossibleValuesParser::new(["npt", "shadow", "both"]))]
+    mmu: String,
+    /// Kill a boot's emulator after this many seconds (it counts as a stub hang).
+    #[arg(long, value_name = "SECS", default_value_t = 180,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+    /// Copy every boot's console to stderr.
+    #[arg(long)]
+    verbose: bool,
 }
 
 #[derive(Args)]
@@ -249,6 +284,19 @@ fn main() -> ExitCode {
         }
         Command::Loc(a) => count_loc(&a),
         Command::Bench(a) => bench::bench(&a),
+        Command::Attack(a) => splitvisor::attack::run_cli(&splitvisor::attack::AttackOptions {
+            short: a.short,
+            modes: match a.mmu.as_str() {
+                "npt" => vec![ipc_proto::manifest::MmuMode::Nested],
+                "shadow" => vec![ipc_proto::manifest::MmuMode::Shadow],
+                _ => vec![
+                    ipc_proto::manifest::MmuMode::Nested,
+                    ipc_proto::manifest::MmuMode::Shadow,
+                ],
+            },
+            timeout: Duration::from_secs(a.timeout),
+            verbose: a.verbose,
+        }),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -239,6 +239,11 @@ impl Campaign {
             );
         }
         line!("attack: done {server}");
+        // The normal loop's first `VcpuRun` may leave the resume in the
+        // page as it is: leave one that asks for nothing.
+        let page = sys::vcpu_page();
+        // SAFETY: the stub maps the VCPU page read-write for exit handlers.
+        unsafe { (&raw mut (*page).resume).write_volatile(base_resume(ResumeFlags::empty())) };
     }
 }
 

@@ -262,6 +262,25 @@ pub struct SystemSpec {
     /// COM1 runs as a uart-server task, reached from the vmm-server over
     /// channel 0, instead of inside the vmm-server.
     pub uart_server: bool,
+    /// Replacement executables for the vmm-server and the mmu-server:
+    /// `splitvisor attack`'s hostile servers, and nothing else. `None` (the
+    /// default, and every image but the attack campaign's) packs the real
+    /// servers.
+    pub hostile_servers: Option<HostileServers>,
+}
+
+/// The hostile servers of `splitvisor attack` (crate `attack/`), packed in
+/// place of the real ones under the same task kinds. Only the attack
+/// campaign sets [`SystemSpec::hostile_servers`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostileServers {
+    /// Packed as the vmm-server.
+    pub vmm_server: PathBuf,
+    /// Packed as the mmu-server.
+    pub mmu_server: PathBuf,
+    /// Added to the image's file name (`<guest>-attack-<tag>.img`), so that
+    /// the campaign's images never replace an ordinary one.
+    pub tag: String,
 }
 
 impl SystemSpec {
@@ -275,6 +294,7 @@ impl SystemSpec {
             ram_mib: GUEST_RAM_MIB,
             initrd: None,
             uart_server: false,
+            hostile_servers: None,
         }
     }
 
@@ -294,6 +314,10 @@ impl SystemSpec {
         }
         if self.uart_server {
             name.push_str("-uart");
+        }
+        if let Some(h) = &self.hostile_servers {
+            name.push_str("-attack-");
+            name.push_str(&h.tag);
         }
         name + ".img"
     }
@@ -371,8 +395,10 @@ pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
     let elfs = build_target_crates()?;
     let read = |p: &Path| std::fs::read(p).map_err(|e| BuildError::io(p, e));
     let stub = read(&elfs.kernel_stub)?;
-    let vmm = read(&elfs.vmm_server)?;
-    let mmu = read(&elfs.mmu_server)?;
+    let (vmm, mmu) = match &spec.hostile_servers {
+        Some(h) => (read(&h.vmm_server)?, read(&h.mmu_server)?),
+        None => (read(&elfs.vmm_server)?, read(&elfs.mmu_server)?),
+    };
     let uart = read(&elfs.uart_server)?;
     let mut tasks = Vec::new();
     let mut channels = Vec::new();

@@ -1,0 +1,691 @@
+//! `splitvisor attack`: the attack campaign against the stub.
+//!
+//! Builds the hostile servers (crate `attack/`, package `attack-servers`:
+//! `hostile-mmu` takes the mmu-server's task kind, `hostile-vmm` the
+//! vmm-server's), packs them in place of the real ones with the `hello`
+//! guest as the probe (`images::SystemSpec::hostile_servers`; no other
+//! image ever has them), and boots the images in QEMU with emulated SVM,
+//! nested (`EPYC,+svm,+npt`) and shadow (`EPYC,+svm,-npt`) paging. Each
+//! mode gets three kinds of boot: the main one (system calls, installs,
+//! resumes, bad handles; the probe must then run to its end), the
+//! destructive one (shadow-table exhaustion, freeing the live root, an
+//! interrupt the guest cannot take) and the FPU one (x87/SSE in a server
+//! must fault). The guest-side attacks (`tssescape`, `efersvme`, when the
+//! image builder has them) boot with the real servers, once per mode.
+//!
+//! The servers print `attack: ...` lines (protocol in `attack/src/lib.rs`).
+//! When an attempt ends the run (the stub accepted something that made the
+//! VM fail, the stub faulted, or a server faulted as it must in the FPU
+//! boot), the last `try` line names it: it is counted, and the boot is
+//! repeated with that attempt skipped (a list patched into the servers'
+//! ELF at the `SPLTVSR-ATTACK-1` block), until a boot runs every other
+//! attempt to the servers' `done`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ipc_proto::manifest::MmuMode;
+
+use crate::run::{qemu_args, run_emulator, Capture, FinalLine, RunOptions, DEFAULT_EMULATOR};
+
+/// The probe guest the hostile servers boot after their campaign.
+pub const PROBE_GUEST: &str = "hello";
+/// The probe's own line.
+const PROBE_LINE: &str = "hello from the guest";
+/// The guests that attack from inside (another engineer's), used when the
+/// image builder has them.
+pub const GUEST_ATTACKS: &[&str] = &["tssescape", "efersvme"];
+/// What a guest-side attack prints when it got out.
+const ESCAPE_MARKER: &str = "ESCAPED";
+
+/// The configuration block of `attack/src/lib.rs` (`Config`): 16 bytes of
+/// magic, then `boot`, `short`, `nskip`, `reserved`, `skip[MAX_SKIPS]`,
+/// all little-endian `u32`.
+const CONFIG_MAGIC: &[u8; 16] = b"SPLTVSR-ATTACK-1";
+const MAX_SKIPS: usize = 128;
+const SERVER_MMU: u32 = 0;
+const SERVER_VMM: u32 = 1;
+
+/// Most boots one mode and kind may take (each run-ending attempt costs one).
+const MAX_ROUNDS: usize = MAX_SKIPS + 1;
+
+/// Rows of the table, in order.
+pub const CLASSES: &[&str] = &[
+    "installs",
+    "resumes",
+    "syscalls",
+    "exhaustion",
+    "fpu",
+    "guests",
+];
+
+/// The kinds of boot, with the number the servers know them by.
+const BOOTS: &[(&str, u32)] = &[("main", 0), ("destructive", 1), ("fpu", 2)];
+
+/// How to run the campaign.
+#[derive(Clone, Debug)]
+pub struct AttackOptions {
+    /// Fewer random attempts (CI).
+    pub short: bool,
+    /// The MMU modes to attack: nested and/or shadow.
+    pub modes: Vec<MmuMode>,
+    /// Wall-clock limit of one boot.
+    pub timeout: Duration,
+    /// Print every boot's console on stderr.
+    pub verbose: bool,
+}
+
+impl Default for AttackOptions {
+    fn default() -> Self {
+        Self {
+            short: false,
+            modes: vec![MmuMode::Nested, MmuMode::Shadow],
+            timeout: Duration::from_secs(180),
+            verbose: false,
+        }
+    }
+}
+
+/// One row of the table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Row {
+    /// Attempts made.
+    pub attempts: u64,
+    /// The stub refused (or, in the FPU class, the server faulted cleanly).
+    pub refused: u64,
+    /// The stub accepted something its oracle allows.
+    pub accepted_ok: u64,
+    /// Runs that ended with `[stub] vm failed: stub fault`, or hung.
+    pub stub_faults: u64,
+    /// The stub accepted something its oracle says it must refuse, or a
+    /// guest printed that it reached host memory.
+    pub escapes: u64,
+    /// Controls the stub refused (denial of service, not an escape).
+    pub denied: u64,
+}
+
+impl Row {
+    fn add(&mut self, o: &Row) {
+        self.attempts += o.attempts;
+        self.refused += o.refused;
+        self.accepted_ok += o.accepted_ok;
+        self.stub_faults += o.stub_faults;
+        self.escapes += o.escapes;
+        self.denied += o.denied;
+    }
+}
+
+/// What the campaign found.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Per class.
+    pub rows: BTreeMap<String, Row>,
+    /// One line per escape: mode, server, attempt.
+    pub escapes: Vec<String>,
+    /// One line per stub fault or hang.
+    pub stub_faults: Vec<String>,
+    /// One line per refused control.
+    pub denied: Vec<String>,
+    /// How each boot that ran its campaign to the end finished.
+    pub notes: Vec<String>,
+    /// Whether every main boot's probe guest ran to its end.
+    pub probe_ok: bool,
+    /// Boots made.
+    pub boots: u64,
+}
+
+impl Report {
+    fn row(&mut self, class: &str) -> &mut Row {
+        self.rows.entry(class.to_string()).or_default()
+    }
+
+    /// Total of every class.
+    pub fn total(&self) -> Row {
+        let mut t = Row::default();
+        for r in self.rows.values() {
+            t.add(r);
+        }
+        t
+    }
+
+    /// No stub fault and no escape.
+    pub fn clean(&self) -> bool {
+        let t = self.total();
+        t.stub_faults == 0 && t.escapes == 0
+    }
+
+    /// The table: class | attempts | refused | accepted | stub faults |
+    /// escapes | denied.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "| class      | attempts | refused | accepted (allowed) | stub faults | escapes | denied |"
+        );
+        let _ = writeln!(
+            s,
+            "|------------|---------:|--------:|-------------------:|------------:|--------:|-------:|"
+        );
+        let mut line = |name: &str, r: &Row| {
+            let _ = writeln!(
+                s,
+                "| {name:<10} | {:>8} | {:>7} | {:>18} | {:>11} | {:>7} | {:>6} |",
+                r.attempts, r.refused, r.accepted_ok, r.stub_faults, r.escapes, r.denied
+            );
+        };
+        for class in CLASSES {
+            if let Some(r) = self.rows.get(*class) {
+                line(class, r);
+            }
+        }
+        for (class, r) in &self.rows {
+            if !CLASSES.contains(&class.as_str()) {
+                line(class, r);
+            }
+        }
+        line("total", &self.total());
+        s
+    }
+}
+
+/// One `attack: try` line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Try {
+    server: u32,
+    index: u32,
+    class: String,
+    must: String,
+    name: String,
+}
+
+fn server_number(name: &str) -> Option<u32> {
+    match name {
+        "mmu" => Some(SERVER_MMU),
+        "vmm" => Some(SERVER_VMM),
+        _ => None,
+    }
+}
+
+fn server_name(n: u32) -> &'static str {
+    if n == SERVER_MMU {
+        "mmu"
+    } else {
+        "vmm"
+    }
+}
+
+/// What one boot's console says.
+#[derive(Debug, Default)]
+struct Parsed {
+    /// Per server: the last `try` (with its line number) and whether `done`.
+    last_try: BTreeMap<u32, (usize, Try)>,
+    done: Vec<u32>,
+    rows: BTreeMap<String, Row>,
+    escapes: Vec<String>,
+    denied: Vec<String>,
+}
+
+impl Parsed {
+    /// The attempt that ended the run: the latest `try` of a server that
+    /// did not say `done`.
+    fn culprit(&self) -> Option<&Try> {
+        self.last_try
+            .iter()
+            .filter(|(s, _)| !self.done.contains(s))
+            .max_by_key(|(_, (pos, _))| *pos)
+            .map(|(_, (_, t))| t)
+    }
+}
+
+fn parse(console: &str) -> Parsed {
+    let mut p = Parsed::default();
+    for (pos, line) in console.lines().enumerate() {
+        let Some(at) = line.find("attack: ") else {
+            continue;
+        };
+        let rest = &line[at + "attack: ".len()..];
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        match words.as_slice() {
+            ["try", server, index, class, must, name @ ..] => {
+                if let (Some(server), Ok(index)) = (server_number(server), index.parse()) {
+                    let t = Try {
+                        server,
+                        index,
+                        class: class.to_string(),
+                        must: must.to_string(),
+                        name: name.join(" "),
+                    };
+                    p.last_try.insert(server, (pos, t));
+                }
+            }
+            ["done", server] => {
+                if let Some(s) = server_number(server) {
+                    p.done.push(s);
+                }
+            }
+            ["escape", ..] => p.escapes.push(rest.to_string()),
+            ["denied", ..] => p.denied.push(rest.to_string()),
+            [server, class, figures @ ..]
+                if server_number(server).is_some()
+                    && figures.first().is_some_and(|f| f.starts_with("attempts=")) =>
+            {
+                let mut r = Row::default();
+                for f in figures {
+                    let Some((k, v)) = f.split_once('=') else {
+                        continue;
+                    };
+                    let v: u64 = v.parse().unwrap_or(0);
+                    match k {
+                        "attempts" => r.attempts = v,
+                        "refused" => r.refused = v,
+                        "accepted_ok" => r.accepted_ok = v,
+                        "escapes" => r.escapes = v,
+                        "denied" => r.denied = v,
+                        _ => {}
+                    }
+                }
+                p.rows.entry(class.to_string()).or_default().add(&r);
+            }
+            _ => {}
+        }
+    }
+    p
+}
+
+fn mode_name(m: MmuMode) -> &'static str {
+    match m {
+        MmuMode::Nested => "npt",
+        _ => "shadow",
+    }
+}
+
+fn cpu_of(m: MmuMode) -> &'static str {
+    match m {
+        MmuMode::Nested => "EPYC,+svm,+npt",
+        _ => "EPYC,+svm,-npt",
+    }
+}
+
+/// Builds the hostile servers for the bare target, in `target/image` as
+/// `images::build_target_crates` builds the real ones; returns (vmm, mmu).
+pub fn build_hostile_servers() -> Result<(PathBuf, PathBuf), String> {
+    let root = images::workspace_root();
+    let target_dir = images::image_dir();
+    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(&program)
+        .args(["build", "--release", "--target", images::TARGET])
+        .args(["-p", "attack-servers"])
+        .current_dir(&root)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(io::stderr()))
+        .status()
+        .map_err(|e| format!("could not start cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "building the hostile servers failed ({status}): see cargo's messages above"
+        ));
+    }
+    let out = target_dir.join(images::TARGET).join("release");
+    let (vmm, mmu) = (out.join("hostile-vmm"), out.join("hostile-mmu"));
+    for p in [&vmm, &mmu] {
+        if !p.is_file() {
+            return Err(format!("cargo reported success but {} does not exist", p.display()));
+        }
+    }
+    Ok((vmm, mmu))
+}
+
+/// `elf` with its configuration block set to `boot`, `short` and `skips`.
+fn patch(elf: &[u8], boot: u32, short: bool, skips: &[u32]) -> Result<Vec<u8>, String> {
+    let at = elf
+        .windows(CONFIG_MAGIC.len())
+        .position(|w| w == CONFIG_MAGIC)
+        .ok_or("the hostile server has no configuration block")?;
+    if skips.len() > MAX_SKIPS {
+        return Err(format!("more than {MAX_SKIPS} attempts to skip"));
+    }
+    let mut out = elf.to_vec();
+    let mut put = |i: usize, v: u32| {
+        let o = at + 16 + 4 * i;
+        out[o..o + 4].copy_from_slice(&v.to_le_bytes());
+    };
+    put(0, boot);
+    put(1, u32::from(short));
+    put(2, skips.len() as u32);
+    put(3, 0);
+    for i in 0..MAX_SKIPS {
+        put(4 + i, skips.get(i).copied().unwrap_or(0));
+    }
+    Ok(out)
+}
+
+struct BootOutcome {
+    final_line: Option<FinalLine>,
+    console: String,
+}
+
+fn boot_image(
+    system: images::SystemSpec,
+    cpu: &str,
+    opts: &AttackOptions,
+) -> Result<BootOutcome, String> {
+    let image = images::build_system_spec(&system).map_err(|e| e.to_string())?;
+    let run = RunOptions {
+        system,
+        cpu: cpu.to_string(),
+        arch: None,
+        emulator: DEFAULT_EMULATOR.to_string(),
+        timeout: opts.timeout,
+        memory_mib: 256,
+    };
+    let console = Capture::default();
+    let report = run_emulator(
+        DEFAULT_EMULATOR,
+        &qemu_args(&run, &image),
+        opts.timeout,
+        Box::new(console.clone()),
+    )
+    .map_err(|e| format!("{e} (scripts/install-deps installs QEMU)"))?;
+    let text = String::from_utf8_lossy(&console.0.lock().unwrap()).into_owned();
+    if opts.verbose {
+        eprintln!("{text}");
+    }
+    Ok(BootOutcome {
+        final_line: report.final_line,
+        console: text,
+    })
+}
+
+fn is_stub_fault(f: &Option<FinalLine>) -> bool {
+    match f {
+        None => true,
+        Some(FinalLine::Failed(r)) => r.starts_with("stub fault"),
+        _ => false,
+    }
+}
+
+fn describe(f: &Option<FinalLine>) -> String {
+    match f {
+        None => "no final line (timeout: the stub hung)".into(),
+        Some(FinalLine::Stopped(n)) => format!("vm stopped: guest status {n}"),
+        Some(FinalLine::Failed(r)) => format!("vm failed: {r}"),
+        Some(FinalLine::CannotRun(r)) => format!("cannot run: {r}"),
+    }
+}
+
+struct Campaign<'a> {
+    opts: &'a AttackOptions,
+    vmm_elf: Vec<u8>,
+    mmu_elf: Vec<u8>,
+    dir: PathBuf,
+    report: Report,
+}
+
+impl Campaign<'_> {
+    /// Boots one mode and kind until a boot runs both campaigns to `done`.
+    fn boots(&mut self, mode: MmuMode, boot_name: &str, boot: u32) -> Result<(), String> {
+        let how = format!("{} {boot_name}", mode_name(mode));
+        let mut skips: Vec<u32> = Vec::new();
+        for _ in 0..MAX_ROUNDS {
+            let tag = format!("{}-{}", std::process::id(), mode_name(mode));
+            let vmm_path = self.dir.join(format!("{tag}-hostile-vmm"));
+            let mmu_path = self.dir.join(format!("{tag}-hostile-mmu"));
+            let write = |p: &Path, elf: &[u8]| -> Result<(), String> {
+                let bytes = patch(elf, boot, self.opts.short, &skips)?;
+                images::write_atomic(p, &bytes).map_err(|e| e.to_string())
+            };
+            write(&vmm_path, &self.vmm_elf)?;
+            write(&mmu_path, &self.mmu_elf)?;
+            let system = images::SystemSpec {
+                mmu: mode,
+                hostile_servers: Some(images::HostileServers {
+                    vmm_server: vmm_path,
+                    mmu_server: mmu_path,
+                    tag,
+                }),
+                ..images::SystemSpec::new(PROBE_GUEST)
+            };
+            let start = Instant::now();
+            let out = boot_image(system, cpu_of(mode), self.opts)?;
+            self.report.boots += 1;
+            let parsed = parse(&out.console);
+            let secs = start.elapsed().as_secs_f64();
+            if let Some(t) = parsed.culprit() {
+                let what = format!(
+                    "{how}: {} #{} {} ({}) {}",
+                    server_name(t.server),
+                    t.index,
+                    t.class,
+                    t.must,
+                    t.name
+                );
+                let ended = describe(&out.final_line);
+                let mut row = Row {
+                    attempts: 1,
+                    ..Row::default()
+                };
+                let verdict;
+                if is_stub_fault(&out.final_line) {
+                    row.stub_faults += 1;
+                    verdict = "STUB FAULT";
+                    self.report.stub_faults.push(format!("{what}: {ended}"));
+                } else if t.class == "fpu"
+                    && matches!(&out.final_line, Some(FinalLine::Failed(r)) if r.contains("faulted"))
+                {
+                    row.refused += 1;
+                    verdict = "refused (the server faulted)";
+                } else if t.must == "refuse" {
+                    row.escapes += 1;
+                    verdict = "ESCAPE (accepted, and the run ended)";
+                    self.report.escapes.push(format!("{what}: {ended}"));
+                } else {
+                    row.accepted_ok += 1;
+                    verdict = "accepted (allowed), and the run ended";
+                }
+                self.report.row(&t.class).add(&row);
+                eprintln!("attack: {what}: {verdict}: {ended} ({secs:.1} s)");
+                skips.push(t.server << 24 | t.index);
+                if skips.len() > MAX_SKIPS {
+                    self.report
+                        .notes
+                        .push(format!("{how}: gave up after {MAX_SKIPS} run-ending attempts"));
+                    return Ok(());
+                }
+                continue;
+            }
+            // Both campaigns ran to `done` (or one never started).
+            for s in [SERVER_MMU, SERVER_VMM] {
+                if !parsed.done.contains(&s) {
+                    self.report.notes.push(format!(
+                        "{how}: the {} campaign did not run ({})",
+                        server_name(s),
+                        describe(&out.final_line)
+                    ));
+                }
+            }
+            for (class, r) in &parsed.rows {
+                self.report.row(class).add(r);
+            }
+            self.report
+                .escapes
+                .extend(parsed.escapes.iter().map(|e| format!("{how}: {e}")));
+            self.report
+                .denied
+                .extend(parsed.denied.iter().map(|e| format!("{how}: {e}")));
+            if is_stub_fault(&out.final_line) {
+                let row = self.report.row("after-campaign");
+                row.attempts += 1;
+                row.stub_faults += 1;
+                self.report.stub_faults.push(format!(
+                    "{how}: after both campaigns: {}",
+                    describe(&out.final_line)
+                ));
+            }
+            let probe = out.final_line == Some(FinalLine::Stopped(0))
+                && out.console.lines().any(|l| l == PROBE_LINE);
+            if boot == 0 && !probe {
+                self.report.probe_ok = false;
+            }
+            let ended = describe(&out.final_line);
+            let probe_note = if probe { "probe ran to its end" } else { "probe did not finish" };
+            eprintln!("attack: {how}: campaign complete: {ended}; {probe_note} ({secs:.1} s)");
+            self.report
+                .notes
+                .push(format!("{how}: {} boot(s); ended `{ended}`; {probe_note}", skips.len() + 1));
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    /// The guest-side attacks, with the real servers.
+    fn guests(&mut self, mode: MmuMode) -> Result<(), String> {
+        for g in GUEST_ATTACKS {
+            if !images::GUESTS.contains(g) {
+                continue;
+            }
+            let how = format!("{} guest {g}", mode_name(mode));
+            let system = images::SystemSpec {
+                mmu: mode,
+                ..images::SystemSpec::new(g)
+            };
+            let out = boot_image(system, cpu_of(mode), self.opts)?;
+            self.report.boots += 1;
+            let ended = describe(&out.final_line);
+            let mut row = Row {
+                attempts: 1,
+                ..Row::default()
+            };
+            let marker = out
+                .console
+                .lines()
+                .find(|l| l.contains(ESCAPE_MARKER))
+                .map(str::to_string);
+            if let Some(m) = &marker {
+                row.escapes += 1;
+                self.report.escapes.push(format!("{how}: {m}"));
+            }
+            if is_stub_fault(&out.final_line) {
+                row.stub_faults += 1;
+                self.report.stub_faults.push(format!("{how}: {ended}"));
+            } else if marker.is_none() {
+                row.refused += 1;
+            }
+            self.report.row("guests").add(&row);
+            eprintln!("attack: {how}: {ended}");
+            self.report.notes.push(format!("{how}: ended `{ended}`"));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the whole campaign.
+pub fn campaign(opts: &AttackOptions) -> Result<Report, String> {
+    let (vmm, mmu) = build_hostile_servers()?;
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let mut c = Campaign {
+        opts,
+        vmm_elf: read(&vmm)?,
+        mmu_elf: read(&mmu)?,
+        dir: images::image_dir().join("attack"),
+        report: Report {
+            probe_ok: true,
+            ..Report::default()
+        },
+    };
+    for &mode in &opts.modes {
+        for (name, boot) in BOOTS {
+            c.boots(mode, name, *boot)?;
+        }
+        c.guests(mode)?;
+    }
+    Ok(c.report)
+}
+
+/// `splitvisor attack`: runs the campaign, prints the table and the
+/// escapes and stub faults; 0 when there are none, 1 otherwise.
+pub fn run_cli(opts: &AttackOptions) -> i32 {
+    let start = Instant::now();
+    let report = match campaign(opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("splitvisor: attack: {e}");
+            return 1;
+        }
+    };
+    println!(
+        "attack campaign ({}; {}): {} boots in {:.0} s",
+        if opts.short { "short" } else { "full" },
+        opts.modes.iter().map(|m| mode_name(*m)).collect::<Vec<_>>().join(" and "),
+        report.boots,
+        start.elapsed().as_secs_f64()
+    );
+    print!("{}", report.table());
+    for (title, list) in [
+        ("stub faults", &report.stub_faults),
+        ("escapes", &report.escapes),
+        ("denied controls", &report.denied),
+        ("boots", &report.notes),
+    ] {
+        if !list.is_empty() {
+            println!("{title}:");
+            for l in list {
+                println!("  {l}");
+            }
+        }
+    }
+    println!(
+        "probe guest ({PROBE_GUEST}) after the main campaigns: {}",
+        if report.probe_ok { "ran to its end" } else { "did NOT run to its end" }
+    );
+    if report.clean() {
+        println!("no stub faults, no escapes");
+        0
+    } else {
+        let t = report.total();
+        println!("{} stub fault(s), {} escape(s)", t.stub_faults, t.escapes);
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_that_ends_in_an_attempt_names_it() {
+        let console = "\
+attack: try vmm 0 syscalls refuse unknown-number 0x0
+attack: try vmm 1 resumes refuse event reserved-type-1
+attack: vmm syscalls attempts=1 refused=1 accepted_ok=0 escapes=0 denied=0
+attack: done vmm
+attack: try mmu 3 resumes refuse set-paging cr4-bit-12
+[stub] vm failed: something
+";
+        let p = parse(console);
+        let t = p.culprit().unwrap();
+        assert_eq!((t.server, t.index, t.class.as_str()), (SERVER_MMU, 3, "resumes"));
+        assert_eq!(t.name, "set-paging cr4-bit-12");
+        assert_eq!(p.rows["syscalls"].attempts, 1);
+        let done = parse("attack: try mmu 0 fpu refuse x\nattack: done mmu\n");
+        assert!(done.culprit().is_none());
+    }
+
+    #[test]
+    fn the_config_block_is_patched_after_the_magic() {
+        let mut elf = vec![0u8; 8];
+        elf.extend_from_slice(CONFIG_MAGIC);
+        elf.extend(std::iter::repeat_n(0u8, 16 + 4 * MAX_SKIPS + 8));
+        let out = patch(&elf, 2, true, &[1 << 24 | 5]).unwrap();
+        let word = |i: usize| u32::from_le_bytes(out[24 + 4 * i..28 + 4 * i].try_into().unwrap());
+        assert_eq!((word(0), word(1), word(2), word(4)), (2, 1, 1, 1 << 24 | 5));
+        assert_eq!(out.len(), elf.len());
+    }
+}
