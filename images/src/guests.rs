@@ -31,6 +31,8 @@ pub const GUESTS: &[&str] = &[
     "badptpae",
     "badpt32",
     "badcr3",
+    "tssescape",
+    "efersvme",
 ];
 
 /// Where the test guests are loaded and linked.
