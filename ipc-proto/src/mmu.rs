@@ -127,9 +127,6 @@ pub enum InstallError {
     OutsideGuestMemory = 6,
     /// PS (bit 7) set at level 4, where it is reserved.
     BadPageSize = 7,
-    /// `ShadowFree` of the table the hardware walks from (the last root a
-    /// resume named).
-    RootInUse = 8,
 }
 
 impl InstallError {
@@ -143,7 +140,6 @@ impl InstallError {
             Self::BadChild,
             Self::OutsideGuestMemory,
             Self::BadPageSize,
-            Self::RootInUse,
         ]
         .into_iter()
         .find(|e| *e as u32 == raw)
@@ -159,7 +155,6 @@ impl InstallError {
             Self::BadChild => "non-leaf entry does not point to a shadow table one level down",
             Self::OutsideGuestMemory => "leaf entry maps memory outside the VM's RAM",
             Self::BadPageSize => "page-size bit set in a level-4 entry",
-            Self::RootInUse => "the table is the root the hardware walks from",
         }
     }
 }
@@ -181,7 +176,7 @@ mod tests {
 
     #[test]
     fn install_errors_round_trip() {
-        for raw in 1..=8 {
+        for raw in 1..=7 {
             assert_eq!(InstallError::from_raw(raw).map(|e| e as u32), Some(raw));
         }
         assert_eq!(InstallError::from_raw(0), None);

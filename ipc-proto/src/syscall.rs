@@ -116,9 +116,6 @@ pub enum ErrorCode {
     ResumeBadPaging = 13,
     /// `ShadowAlloc` of a level other than 1..=4.
     BadLevel = 14,
-    /// `ShadowFree` of the table the hardware walks from (the last root a
-    /// resume named): name another root first.
-    TableInUse = 15,
 }
 
 /// Longest write `ConsoleWrite` accepts in one call.
@@ -126,7 +123,7 @@ pub const CONSOLE_WRITE_MAX: u64 = 4096;
 
 impl ErrorCode {
     /// All codes, for lookups and tests.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 14] = [
         Self::UnknownSyscall,
         Self::NotPermitted,
         Self::BadPointer,
@@ -141,7 +138,6 @@ impl ErrorCode {
         Self::OutOfMemory,
         Self::ResumeBadPaging,
         Self::BadLevel,
-        Self::TableInUse,
     ];
 
     /// The value a failed call returns in `rax`.
@@ -177,7 +173,6 @@ impl ErrorCode {
                 "resume paging state has bits outside the allowlist, a combination the CPU refuses, or a root that would bypass the shadow or nested tables"
             }
             Self::BadLevel => "page-table level not 1..=4",
-            Self::TableInUse => "the table is the root the hardware walks from",
         }
     }
 }

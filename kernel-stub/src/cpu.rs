@@ -386,6 +386,21 @@ pub fn init() {
     }
 }
 
+/// Loads the GDT register again. A VMX exit sets its limit to 0xffff (SDM
+/// vol. 3C, 28.5.2), which would let ring 3 load selectors that name the
+/// stub's data past the 7-entry GDT as descriptors.
+pub fn reload_gdt() {
+    // SAFETY: the same GDT, with its real limit; the loaded segment
+    // registers keep their hidden parts.
+    unsafe {
+        let gdtp = DescriptorPointer {
+            limit: (core::mem::size_of::<[u64; 7]>() - 1) as u16,
+            base: (&raw const GDT) as u64,
+        };
+        asm!("lgdt [{}]", in(reg) &gdtp, options(readonly, nostack, preserves_flags));
+    }
+}
+
 /// Whether SMAP is on (then ring 0 reaches user pages only under STAC).
 static SMAP: KernelCell<bool> = KernelCell::new(false);
 

@@ -10,8 +10,10 @@
 //! into the guest. A handle is not bound to a level: when every handle has
 //! been used and none of the wanted level is free, a dead handle of
 //! another level gets a new frame and its old frame is retired, never
-//! written again. The table the hardware walks from (the root a resume
-//! named last) cannot be freed.
+//! written again. Freeing the table the hardware walks from (the root
+//! a resume named last) is harmless for the same reason: the hardware
+//! goes on reading a frame of the root's level, whose entries were checked
+//! for it, whatever table of that level it becomes next.
 //!
 //! The same checks hold for nested tables (NPT, EPT): every table of a VM
 //! has the one [`TableFormat`] the stub set before the first allocation,
@@ -55,8 +57,6 @@ pub enum AllocError {
 pub struct ShadowTables {
     slots: [Slot; MAX_SHADOW_TABLES as usize],
     format: TableFormat,
-    /// The table the hardware walks from now (shadow CR3 or nested root).
-    root: Option<TableHandle>,
 }
 
 /// Bytes mapped by a leaf at `level`.
@@ -80,7 +80,6 @@ impl ShadowTables {
                 live: false,
             }; MAX_SHADOW_TABLES as usize],
             format: TableFormat::X86,
-            root: None,
         }
     }
 
@@ -132,12 +131,8 @@ impl ShadowTables {
         Ok((i as TableHandle, self.slots[i].frame))
     }
 
-    /// Marks a table dead; its frame stays bound to its level. The root the
-    /// hardware walks from is refused.
+    /// Marks a table dead; its frame stays bound to its level.
     pub fn free(&mut self, h: TableHandle) -> Result<(), InstallError> {
-        if self.root == Some(h) {
-            return Err(InstallError::RootInUse);
-        }
         let s = self
             .slots
             .get_mut(h as usize)
@@ -145,12 +140,6 @@ impl ShadowTables {
             .ok_or(InstallError::UnknownTable)?;
         s.live = false;
         Ok(())
-    }
-
-    /// Notes that the hardware walks from table `h` from now on (a resume
-    /// named it as the root, after `get` found it live).
-    pub fn set_root(&mut self, h: TableHandle) {
-        self.root = Some(h);
     }
 
     /// Frame and level of a live table.
@@ -444,20 +433,19 @@ mod tests {
         assert_eq!(t.alloc(5, &mut f), Err(AllocError::BadLevel));
     }
 
-    /// Finding 9: freeing the table loaded as the root left the hardware
-    /// walking a dead table (the simulator panicked on it).
+    /// Finding 9: a server may free the table loaded as the root (the
+    /// 2006 baseline frees every table before it builds the next root);
+    /// the frame keeps its level, so whatever table of that level it
+    /// becomes, the hardware reads entries checked for that level.
     #[test]
-    fn the_root_in_use_cannot_be_freed() {
+    fn a_freed_root_is_only_ever_reused_as_a_root() {
         let mut t = ShadowTables::new();
         let mut f = frames();
-        let (a, _) = t.alloc(4, &mut f).unwrap();
-        let (b, _) = t.alloc(4, &mut f).unwrap();
-        t.set_root(a);
-        assert_eq!(t.free(a), Err(InstallError::RootInUse));
-        assert!(t.get(a).is_some());
-        t.set_root(b);
-        assert_eq!(t.free(a), Ok(()));
-        assert_eq!(t.free(b), Err(InstallError::RootInUse));
+        let (root, frame) = t.alloc(4, &mut f).unwrap();
+        t.free(root).unwrap();
+        assert_ne!(t.alloc(3, &mut f).unwrap().1, frame);
+        assert_ne!(t.alloc(1, &mut f).unwrap().1, frame);
+        assert_eq!(t.alloc(4, &mut f).unwrap().1, frame);
     }
 
     proptest! {

@@ -379,7 +379,6 @@ impl Kernel {
                 return Err(refused(ErrorCode::NotPermitted));
             }
             root = lookup(resume.paging.root).map(|(frame, _)| frame);
-            SHADOW_TABLES.with(|t| t.set_root(resume.paging.root));
             self.paging_set = true;
         }
         if flags.contains(ResumeFlags::SET_EXIT_DEADLINE) {
@@ -493,10 +492,9 @@ impl Kernel {
     fn shadow_free(&mut self, handle: u64) -> Result<u64, ErrorCode> {
         self.require(TaskKind::MmuServer)?;
         let handle = u32::try_from(handle).map_err(|_| ErrorCode::NotPermitted)?;
-        SHADOW_TABLES.with(|t| t.free(handle)).map_err(|e| match e {
-            ipc_proto::mmu::InstallError::RootInUse => ErrorCode::TableInUse,
-            _ => ErrorCode::NotPermitted,
-        })?;
+        SHADOW_TABLES
+            .with(|t| t.free(handle))
+            .map_err(|_| ErrorCode::NotPermitted)?;
         Ok(0)
     }
 

@@ -45,6 +45,11 @@ pub mod misc2 {
 pub const CR_SHADOWED: u16 = (1 << 0) | (1 << 3) | (1 << 4);
 /// #PF: a shadowed guest's page faults go to the mmu-server.
 pub const EXCEPTION_PF: u32 = 1 << 14;
+/// #DB and #AC, in every mode: a guest can make their delivery raise them
+/// again, which loops inside the CPU where no interrupt ends it (CVE-2015-
+/// 5307, CVE-2015-8104); intercepted, each delivery is an exit and the
+/// vmm-server injects them back.
+pub const EXCEPTION_DB_AC: u32 = (1 << 1) | (1 << 17);
 
 /// The intercept vectors of one VMCB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,7 +97,7 @@ impl Intercepts {
         if shadow {
             Self {
                 cr: (CR_SHADOWED as u32) << 16 | CR_SHADOWED as u32,
-                exceptions: EXCEPTION_PF,
+                exceptions: EXCEPTION_DB_AC | EXCEPTION_PF,
                 // A task switch loads CR3 from the TSS without a CR3
                 // intercept: under shadow paging that would be a
                 // guest-chosen host-physical root.
@@ -103,7 +108,7 @@ impl Intercepts {
         } else {
             Self {
                 cr: 0,
-                exceptions: 0,
+                exceptions: EXCEPTION_DB_AC,
                 misc1: always1,
                 misc2: always2,
                 nested: true,
@@ -178,6 +183,15 @@ mod tests {
         // Off in both modes (INVLPG runs natively; CR8 is not shadowed).
         assert!(!shadow.expects(svm_exit::INVLPG));
         assert!(!shadow.expects(svm_exit::CR_WRITE_BASE + 8));
+    }
+
+    /// A guest must not be able to loop the CPU in #DB or #AC delivery.
+    #[test]
+    fn debug_and_alignment_checks_always_exit() {
+        for shadow in [false, true] {
+            let i = Intercepts::for_mode(shadow);
+            assert!(i.expects(svm_exit::EXCP_BASE + 1) && i.expects(svm_exit::EXCP_BASE + 17));
+        }
     }
 
     /// Finding 1: the hardware task switch loaded a guest-chosen CR3.

@@ -408,13 +408,16 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         0x176,
     ];
     let msr_bitmap = msr_bitmap_passing(&GUEST_OWN_MSRS, nested)?;
+    // #DB and #AC always exit (a delivery that raises them again loops in
+    // the CPU, CVE-2015-5307/8104); #PF too under shadow paging.
+    let db_ac = (1 << 1) | (1 << 17);
     let (proc_paging, proc2, exceptions) = match nested {
         true => (
             PROC_SECONDARY_CONTROLS,
             PROC2_ENABLE_EPT | PROC2_UNRESTRICTED_GUEST,
-            0,
+            db_ac,
         ),
-        false => (PROC_CR3_LOAD_EXITING | PROC_CR3_STORE_EXITING, 0, 1 << 14),
+        false => (PROC_CR3_LOAD_EXITING | PROC_CR3_STORE_EXITING, 0, db_ac | 1 << 14),
     };
     v.controls = Controls {
         pin: caps
@@ -724,6 +727,7 @@ impl Vcpu {
         // `vmx_enter` preserves the callee-saved registers either way.
         let outcome = unsafe { vmx_enter(&mut self.frame, u64::from(self.launched)) };
         let launch = !self.launched;
+        crate::cpu::reload_gdt();
         match outcome {
             0 => self.launched = true,
             1 => {
