@@ -337,7 +337,10 @@ pub fn build_hostile_servers() -> Result<(PathBuf, PathBuf), String> {
     let (vmm, mmu) = (out.join("hostile-vmm"), out.join("hostile-mmu"));
     for p in [&vmm, &mmu] {
         if !p.is_file() {
-            return Err(format!("cargo reported success but {} does not exist", p.display()));
+            return Err(format!(
+                "cargo reported success but {} does not exist",
+                p.display()
+            ));
         }
     }
     Ok((vmm, mmu))
@@ -369,6 +372,9 @@ fn patch(elf: &[u8], boot: u32, short: bool, skips: &[u32]) -> Result<Vec<u8>, S
 
 struct BootOutcome {
     final_line: Option<FinalLine>,
+    /// Killed at the time limit (else, without a final line, the emulator
+    /// ended by itself: the host machine reset or stopped).
+    timed_out: bool,
     console: String,
 }
 
@@ -400,6 +406,7 @@ fn boot_image(
     }
     Ok(BootOutcome {
         final_line: report.final_line,
+        timed_out: report.timed_out,
         console: text,
     })
 }
@@ -412,9 +419,11 @@ fn is_stub_fault(f: &Option<FinalLine>) -> bool {
     }
 }
 
-fn describe(f: &Option<FinalLine>) -> String {
-    match f {
-        None => "no final line (timeout: the stub hung)".into(),
+fn describe(out: &BootOutcome) -> String {
+    match &out.final_line {
+        None if out.timed_out => "no final line: timed out (the stub hung)".into(),
+        None => "no final line: the emulator ended without it (the host machine reset or stopped)"
+            .into(),
         Some(FinalLine::Stopped(n)) => format!("vm stopped: guest status {n}"),
         Some(FinalLine::Failed(r)) => format!("vm failed: {r}"),
         Some(FinalLine::CannotRun(r)) => format!("cannot run: {r}"),
@@ -467,7 +476,7 @@ impl Campaign<'_> {
                     t.must,
                     t.name
                 );
-                let ended = describe(&out.final_line);
+                let ended = describe(&out);
                 let mut row = Row {
                     attempts: 1,
                     ..Row::default()
@@ -494,9 +503,9 @@ impl Campaign<'_> {
                 eprintln!("attack: {what}: {verdict}: {ended} ({secs:.1} s)");
                 skips.push(t.server << 24 | t.index);
                 if skips.len() > MAX_SKIPS {
-                    self.report
-                        .notes
-                        .push(format!("{how}: gave up after {MAX_SKIPS} run-ending attempts"));
+                    self.report.notes.push(format!(
+                        "{how}: gave up after {MAX_SKIPS} run-ending attempts"
+                    ));
                     return Ok(());
                 }
                 continue;
@@ -507,7 +516,7 @@ impl Campaign<'_> {
                     self.report.notes.push(format!(
                         "{how}: the {} campaign did not run ({})",
                         server_name(s),
-                        describe(&out.final_line)
+                        describe(&out)
                     ));
                 }
             }
@@ -524,22 +533,26 @@ impl Campaign<'_> {
                 let row = self.report.row("after-campaign");
                 row.attempts += 1;
                 row.stub_faults += 1;
-                self.report.stub_faults.push(format!(
-                    "{how}: after both campaigns: {}",
-                    describe(&out.final_line)
-                ));
+                self.report
+                    .stub_faults
+                    .push(format!("{how}: after both campaigns: {}", describe(&out)));
             }
             let probe = out.final_line == Some(FinalLine::Stopped(0))
                 && out.console.lines().any(|l| l == PROBE_LINE);
             if boot == 0 && !probe {
                 self.report.probe_ok = false;
             }
-            let ended = describe(&out.final_line);
-            let probe_note = if probe { "probe ran to its end" } else { "probe did not finish" };
+            let ended = describe(&out);
+            let probe_note = if probe {
+                "probe ran to its end"
+            } else {
+                "probe did not finish"
+            };
             eprintln!("attack: {how}: campaign complete: {ended}; {probe_note} ({secs:.1} s)");
-            self.report
-                .notes
-                .push(format!("{how}: {} boot(s); ended `{ended}`; {probe_note}", skips.len() + 1));
+            self.report.notes.push(format!(
+                "{how}: {} boot(s); ended `{ended}`; {probe_note}",
+                skips.len() + 1
+            ));
             return Ok(());
         }
         Ok(())
@@ -558,7 +571,7 @@ impl Campaign<'_> {
             };
             let out = boot_image(system, cpu_of(mode), self.opts)?;
             self.report.boots += 1;
-            let ended = describe(&out.final_line);
+            let ended = describe(&out);
             let mut row = Row {
                 attempts: 1,
                 ..Row::default()
@@ -623,7 +636,11 @@ pub fn run_cli(opts: &AttackOptions) -> i32 {
     println!(
         "attack campaign ({}; {}): {} boots in {:.0} s",
         if opts.short { "short" } else { "full" },
-        opts.modes.iter().map(|m| mode_name(*m)).collect::<Vec<_>>().join(" and "),
+        opts.modes
+            .iter()
+            .map(|m| mode_name(*m))
+            .collect::<Vec<_>>()
+            .join(" and "),
         report.boots,
         start.elapsed().as_secs_f64()
     );
@@ -643,7 +660,11 @@ pub fn run_cli(opts: &AttackOptions) -> i32 {
     }
     println!(
         "probe guest ({PROBE_GUEST}) after the main campaigns: {}",
-        if report.probe_ok { "ran to its end" } else { "did NOT run to its end" }
+        if report.probe_ok {
+            "ran to its end"
+        } else {
+            "did NOT run to its end"
+        }
     );
     if report.clean() {
         println!("no stub faults, no escapes");
@@ -671,7 +692,10 @@ attack: try mmu 3 resumes refuse set-paging cr4-bit-12
 ";
         let p = parse(console);
         let t = p.culprit().unwrap();
-        assert_eq!((t.server, t.index, t.class.as_str()), (SERVER_MMU, 3, "resumes"));
+        assert_eq!(
+            (t.server, t.index, t.class.as_str()),
+            (SERVER_MMU, 3, "resumes")
+        );
         assert_eq!(t.name, "set-paging cr4-bit-12");
         assert_eq!(p.rows["syscalls"].attempts, 1);
         let done = parse("attack: try mmu 0 fpu refuse x\nattack: done mmu\n");

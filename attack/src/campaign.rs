@@ -16,7 +16,9 @@ use ipc_proto::layout::{
 use ipc_proto::mmu::{Install, InstallPage, INSTALL_BATCH_MAX, MAX_SHADOW_TABLES};
 use ipc_proto::sys::{self, ConsoleLine};
 use ipc_proto::syscall::CONSOLE_WRITE_MAX;
-use ipc_proto::{EventInjection, GuestRegs, PagingState, Resume, ResumeFlags, Syscall, ABI_VERSION};
+use ipc_proto::{
+    EventInjection, GuestRegs, PagingState, Resume, ResumeFlags, Syscall, ABI_VERSION,
+};
 
 use crate::{Config, ATTACK_CONFIG, MAX_SKIPS, SERVER_MMU, SERVER_VMM};
 
@@ -203,18 +205,12 @@ impl Campaign {
             (false, Must::Accept) => {
                 t.refused += 1;
                 t.denied += 1;
-                line!(
-                    "attack: denied {server} {index} {} {name}",
-                    class.name()
-                );
+                line!("attack: denied {server} {index} {} {name}", class.name());
             }
             (false, _) => t.refused += 1,
             (true, Must::Refuse) => {
                 t.escapes += 1;
-                line!(
-                    "attack: escape {server} {index} {} {name}",
-                    class.name()
-                );
+                line!("attack: escape {server} {index} {} {name}", class.name());
             }
             (true, _) => t.accepted_ok += 1,
         }
@@ -256,11 +252,26 @@ pub fn syscalls(c: &mut Campaign, ram_bytes: u64) {
     let cl = Class::Syscalls;
     let server = c.server;
     // Unknown numbers; bit 32 and up must not be dropped (2 is ConsoleWrite).
-    for nr in [0u64, 14, 15, 16, 0x80, 0xff, 1 << 32 | 2, 1 << 63 | 2, u64::MAX] {
-        c.attempt(cl, Must::Refuse, format_args!("unknown-number {nr:#x}"), || {
-            // SAFETY: a refused call touches nothing; ConsoleWrite of 0 bytes neither.
-            ok(unsafe { raw_syscall(nr, 0, 0, 0) })
-        });
+    for nr in [
+        0u64,
+        14,
+        15,
+        16,
+        0x80,
+        0xff,
+        1 << 32 | 2,
+        1 << 63 | 2,
+        u64::MAX,
+    ] {
+        c.attempt(
+            cl,
+            Must::Refuse,
+            format_args!("unknown-number {nr:#x}"),
+            || {
+                // SAFETY: a refused call touches nothing; ConsoleWrite of 0 bytes neither.
+                ok(unsafe { raw_syscall(nr, 0, 0, 0) })
+            },
+        );
     }
     // ConsoleWrite: `[ptr, ptr+len)` must be readable by the caller in ring 3.
     // The stub identity-maps host 0..1 GiB supervisor-only in every space.
@@ -270,25 +281,70 @@ pub fn syscalls(c: &mut Campaign, ram_bytes: u64) {
         (0, 0, Must::Either, "len-0-at-null"),
         (0x1000, 16, Must::Refuse, "host-low-memory"),
         (0x10_0000, 16, Must::Refuse, "stub-image"),
-        (0x3fff_f000, 16, Must::Refuse, "last-page-of-the-stub-identity-map"),
-        (1 << 60 | image, 16, Must::Refuse, "non-canonical-(1<<60)|image"),
-        (1 << 63 | image, 16, Must::Refuse, "non-canonical-(1<<63)|image"),
-        (1 << 47 | image, 16, Must::Refuse, "non-canonical-(1<<47)|image"),
-        (0xffff_8000_0000_0000 | image, 16, Must::Refuse, "high-half-image-alias"),
+        (
+            0x3fff_f000,
+            16,
+            Must::Refuse,
+            "last-page-of-the-stub-identity-map",
+        ),
+        (
+            1 << 60 | image,
+            16,
+            Must::Refuse,
+            "non-canonical-(1<<60)|image",
+        ),
+        (
+            1 << 63 | image,
+            16,
+            Must::Refuse,
+            "non-canonical-(1<<63)|image",
+        ),
+        (
+            1 << 47 | image,
+            16,
+            Must::Refuse,
+            "non-canonical-(1<<47)|image",
+        ),
+        (
+            0xffff_8000_0000_0000 | image,
+            16,
+            Must::Refuse,
+            "high-half-image-alias",
+        ),
         (u64::MAX - 7, 16, Must::Refuse, "wrapping-ptr+len"),
         (image, u64::MAX, Must::Refuse, "len-u64-max"),
         (image, 1 << 63, Must::Refuse, "len-1<<63"),
-        (image, CONSOLE_WRITE_MAX + 1, Must::Refuse, "len-above-CONSOLE_WRITE_MAX"),
+        (
+            image,
+            CONSOLE_WRITE_MAX + 1,
+            Must::Refuse,
+            "len-above-CONSOLE_WRITE_MAX",
+        ),
         (STACK_TOP - 8, 16, Must::Refuse, "straddles-the-stack-top"),
-        (GUEST_RAM_WINDOW + ram_bytes - 8, 16, Must::Refuse, "straddles-the-end-of-guest-RAM"),
-        (GUEST_RAM_WINDOW + ram_bytes, 16, Must::Refuse, "past-guest-RAM"),
+        (
+            GUEST_RAM_WINDOW + ram_bytes - 8,
+            16,
+            Must::Refuse,
+            "straddles-the-end-of-guest-RAM",
+        ),
+        (
+            GUEST_RAM_WINDOW + ram_bytes,
+            16,
+            Must::Refuse,
+            "past-guest-RAM",
+        ),
         (0x5000_0000, 16, Must::Refuse, "server-window-end"),
     ];
     for (ptr, len, must, what) in writes {
-        c.attempt(cl, must, format_args!("console-write {what} ptr={ptr:#x} len={len:#x}"), || {
-            // SAFETY: hostile on purpose; the stub must check the range.
-            ok(unsafe { raw_syscall(Syscall::ConsoleWrite as u64, ptr, len, 0) })
-        });
+        c.attempt(
+            cl,
+            must,
+            format_args!("console-write {what} ptr={ptr:#x} len={len:#x}"),
+            || {
+                // SAFETY: hostile on purpose; the stub must check the range.
+                ok(unsafe { raw_syscall(Syscall::ConsoleWrite as u64, ptr, len, 0) })
+            },
+        );
     }
     // ConsoleRead writes: the range must be writable by the caller.
     let mut buf = [0u8; 16];
@@ -299,31 +355,66 @@ pub fn syscalls(c: &mut Campaign, ram_bytes: u64) {
         (0x10_0000, 16, Must::Refuse, "stub-image"),
         (image, 16, Must::Refuse, "own-text-read-only"),
         (BOOT_INFO_PAGE, 16, Must::Refuse, "boot-info-read-only"),
-        (VCPU_PAGE + PAGE_SIZE - 8, 16, Must::Refuse, "vcpu-page-into-boot-info"),
-        (1 << 60 | VCPU_PAGE, 16, Must::Refuse, "non-canonical-(1<<60)|vcpu-page"),
-        (1 << 63 | stack, 16, Must::Refuse, "non-canonical-(1<<63)|stack"),
+        (
+            VCPU_PAGE + PAGE_SIZE - 8,
+            16,
+            Must::Refuse,
+            "vcpu-page-into-boot-info",
+        ),
+        (
+            1 << 60 | VCPU_PAGE,
+            16,
+            Must::Refuse,
+            "non-canonical-(1<<60)|vcpu-page",
+        ),
+        (
+            1 << 63 | stack,
+            16,
+            Must::Refuse,
+            "non-canonical-(1<<63)|stack",
+        ),
         (u64::MAX - 7, 16, Must::Refuse, "wrapping-ptr+len"),
         (stack, u64::MAX, Must::Refuse, "len-u64-max"),
-        (stack, CONSOLE_WRITE_MAX + 1, Must::Refuse, "len-above-CONSOLE_WRITE_MAX"),
+        (
+            stack,
+            CONSOLE_WRITE_MAX + 1,
+            Must::Refuse,
+            "len-above-CONSOLE_WRITE_MAX",
+        ),
     ];
     for (ptr, len, must, what) in reads {
-        c.attempt(cl, must, format_args!("console-read {what} ptr={ptr:#x} len={len:#x}"), || {
-            // SAFETY: hostile on purpose; no input is pending, and the only
-            // valid target is `buf`, live here.
-            ok(unsafe { raw_syscall(Syscall::ConsoleRead as u64, ptr, len, 0) })
-        });
+        c.attempt(
+            cl,
+            must,
+            format_args!("console-read {what} ptr={ptr:#x} len={len:#x}"),
+            || {
+                // SAFETY: hostile on purpose; no input is pending, and the only
+                // valid target is `buf`, live here.
+                ok(unsafe { raw_syscall(Syscall::ConsoleRead as u64, ptr, len, 0) })
+            },
+        );
     }
     core::hint::black_box(&mut buf);
     // Channels: these images have none, so no task holds any.
     for ch in [0u64, 1, 15, 16, 1 << 32, u64::MAX] {
-        c.attempt(cl, Must::Refuse, format_args!("call-unheld-channel {ch:#x}"), || {
-            // SAFETY: Call takes no pointer.
-            ok(unsafe { raw_syscall(Syscall::Call as u64, ch, 0, 0) })
-        });
-        c.attempt(cl, Must::Refuse, format_args!("reply-recv-unheld-channel {ch:#x}"), || {
-            // SAFETY: ReplyRecv takes no pointer.
-            ok(unsafe { raw_syscall(Syscall::ReplyRecv as u64, ch, 0, 0) })
-        });
+        c.attempt(
+            cl,
+            Must::Refuse,
+            format_args!("call-unheld-channel {ch:#x}"),
+            || {
+                // SAFETY: Call takes no pointer.
+                ok(unsafe { raw_syscall(Syscall::Call as u64, ch, 0, 0) })
+            },
+        );
+        c.attempt(
+            cl,
+            Must::Refuse,
+            format_args!("reply-recv-unheld-channel {ch:#x}"),
+            || {
+                // SAFETY: ReplyRecv takes no pointer.
+                ok(unsafe { raw_syscall(Syscall::ReplyRecv as u64, ch, 0, 0) })
+            },
+        );
     }
     // Rights: the shadow-table calls are the mmu-server's.
     if server == SERVER_VMM {
@@ -336,10 +427,15 @@ pub fn syscalls(c: &mut Campaign, ram_bytes: u64) {
             (Syscall::VcpuForward, 0, "vcpu-forward"),
         ];
         for (nr, a0, what) in calls {
-            c.attempt(cl, Must::Refuse, format_args!("without-the-right {what}"), || {
-                // SAFETY: none of these takes a pointer from the caller.
-                ok(unsafe { raw_syscall(nr as u64, a0, 0, 0) })
-            });
+            c.attempt(
+                cl,
+                Must::Refuse,
+                format_args!("without-the-right {what}"),
+                || {
+                    // SAFETY: none of these takes a pointer from the caller.
+                    ok(unsafe { raw_syscall(nr as u64, a0, 0, 0) })
+                },
+            );
         }
     }
 }
@@ -516,7 +612,12 @@ pub fn installs(c: &mut Campaign, ram: u64) {
     let child = |h: u32| u64::from(h) << 12 | 7;
     // Leaves.
     one(c, &t, ins(l1, 1, 0, PRESENT | 2), "control-leaf-gpa-0");
-    one(c, &t, ins(l1, 1, 1, (ram - 0x1000) | 3), "control-leaf-last-page");
+    one(
+        c,
+        &t,
+        ins(l1, 1, 1, (ram - 0x1000) | 3),
+        "control-leaf-last-page",
+    );
     for (gpa, why) in [
         (ram, "leaf-at-end-of-ram"),
         (ram + 0x1000, "leaf-past-ram"),
@@ -527,15 +628,40 @@ pub fn installs(c: &mut Campaign, ram: u64) {
         one(c, &t, ins(l1, 1, 2, gpa | 3), why);
     }
     one(c, &t, ins(l2, 2, 0, PS | 3), "control-2m-leaf-0");
-    one(c, &t, ins(l2, 2, 1, (ram - (2 << 20)) | PS | 3), "control-2m-leaf-last");
+    one(
+        c,
+        &t,
+        ins(l2, 2, 1, (ram - (2 << 20)) | PS | 3),
+        "control-2m-leaf-last",
+    );
     one(c, &t, ins(l2, 2, 2, ram | PS | 3), "2m-leaf-at-end-of-ram");
-    one(c, &t, ins(l2, 2, 3, (ram - 0x1000) | PS | 3), "2m-leaf-low-bits-crossing-end");
-    one(c, &t, ins(l2, 2, 4, 0xffe0_0000 | PS | 3), "2m-leaf-below-4g");
+    one(
+        c,
+        &t,
+        ins(l2, 2, 3, (ram - 0x1000) | PS | 3),
+        "2m-leaf-low-bits-crossing-end",
+    );
+    one(
+        c,
+        &t,
+        ins(l2, 2, 4, 0xffe0_0000 | PS | 3),
+        "2m-leaf-below-4g",
+    );
     one(c, &t, ins(l3, 3, 0, PS | 3), "1g-leaf-0-crosses-end-of-ram");
     one(c, &t, ins(l3, 3, 1, (1 << 30) | PS | 3), "1g-leaf-1g");
-    one(c, &t, ins(l3, 3, 2, (ram - 0x1000) | PS | 3), "1g-leaf-low-bits");
+    one(
+        c,
+        &t,
+        ins(l3, 3, 2, (ram - 0x1000) | PS | 3),
+        "1g-leaf-low-bits",
+    );
     one(c, &t, ins(l4, 4, 0, PS | 3), "ps-at-level-4");
-    one(c, &t, ins(l4, 4, 1, child(l3) | PS), "ps-at-level-4-with-child");
+    one(
+        c,
+        &t,
+        ins(l4, 4, 1, child(l3) | PS),
+        "ps-at-level-4-with-child",
+    );
     // Non-leaves.
     one(c, &t, ins(l4, 4, 2, child(l3)), "control-non-leaf-l4-to-l3");
     one(c, &t, ins(l3, 3, 3, child(l2)), "control-non-leaf-l3-to-l2");
@@ -547,14 +673,29 @@ pub fn installs(c: &mut Campaign, ram: u64) {
         (l3, 3, u64::from(l1), "non-leaf-wrong-level-l3-to-l1"),
         (l2, 2, u64::from(l2), "non-leaf-l2-to-itself"),
         (l2, 2, u64::from(dead), "non-leaf-to-freed-table"),
-        (l2, 2, u64::from(MAX_SHADOW_TABLES - 1), "non-leaf-to-unallocated-handle"),
-        (l2, 2, u64::from(MAX_SHADOW_TABLES), "non-leaf-to-handle-max"),
+        (
+            l2,
+            2,
+            u64::from(MAX_SHADOW_TABLES - 1),
+            "non-leaf-to-unallocated-handle",
+        ),
+        (
+            l2,
+            2,
+            u64::from(MAX_SHADOW_TABLES),
+            "non-leaf-to-handle-max",
+        ),
         (l2, 2, 0x100, "non-leaf-to-raw-host-1m"),
         (l2, 2, 0xb8, "non-leaf-to-raw-host-vga"),
         (l2, 2, 0x1_0000, "non-leaf-to-raw-host-256m"),
         (l2, 2, 1 << 32, "non-leaf-handle-bit-32"),
         (l2, 2, 0xff_ffff_ffff, "non-leaf-max-address"),
-        (l4, 4, (u64::from(l3)) | 1 << 32, "non-leaf-handle-alias-bit-32"),
+        (
+            l4,
+            4,
+            (u64::from(l3)) | 1 << 32,
+            "non-leaf-handle-alias-bit-32",
+        ),
     ] {
         one(c, &t, ins(table, level, 6, h << 12 | 7), why);
     }
@@ -585,9 +726,12 @@ pub fn installs(c: &mut Campaign, ram: u64) {
     }
     // Batch counts.
     let full = [ins(l1, 1, 7, 0x2000 | 3); INSTALL_BATCH_MAX];
-    c.attempt(cl, Must::Accept, format_args!("control-batch-of-max"), || {
-        install(&full, None)
-    });
+    c.attempt(
+        cl,
+        Must::Accept,
+        format_args!("control-batch-of-max"),
+        || install(&full, None),
+    );
     for n in [INSTALL_BATCH_MAX as u32 + 1, 4096, 0x8000_0000, u32::MAX] {
         c.attempt(cl, Must::Refuse, format_args!("batch-count {n:#x}"), || {
             install(&full, Some(n))
@@ -596,9 +740,12 @@ pub fn installs(c: &mut Campaign, ram: u64) {
     // A bad entry in the middle of a batch: the batch stops there.
     let mut mixed = [ins(l1, 1, 8, 0x3000 | 3); 3];
     mixed[1].entry = ram | 3;
-    c.attempt(cl, Must::Refuse, format_args!("batch-with-bad-entry-in-the-middle"), || {
-        install(&mixed, None)
-    });
+    c.attempt(
+        cl,
+        Must::Refuse,
+        format_args!("batch-with-bad-entry-in-the-middle"),
+        || install(&mixed, None),
+    );
     // Every bit of an entry, alone, in a leaf, a non-leaf and a level-4 entry.
     for b in 0..64u32 {
         let bit = 1u64 << b;
@@ -633,7 +780,18 @@ pub fn installs(c: &mut Campaign, ram: u64) {
         };
         let flags = c.random() & !ADDR;
         let entry = (addr & ADDR) | flags | if x >> 60 == 0 { 0 } else { PRESENT };
-        one(c, &t, Install { table, index, level, reserved, entry }, "random");
+        one(
+            c,
+            &t,
+            Install {
+                table,
+                index,
+                level,
+                reserved,
+                entry,
+            },
+            "random",
+        );
     }
     t.free_all();
 }
@@ -667,11 +825,13 @@ fn base_resume(flags: ResumeFlags) -> Resume {
 const CR0_DEFINED: u64 = 0x1f | 1 << 5 | 1 << 16 | 1 << 18 | 1 << 29 | 1 << 30 | 1 << 31;
 /// CR4 bits the hardware may load for a guest without giving it more than
 /// its own paging (VME PVI TSD DE PSE PAE MCE PGE PCE OSFXSR OSXMMEXCPT
-/// UMIP FSGSBASE OSXSAVE). Not: LA57 (a five-level walk from a four-level
-/// root), VMXE/SMXE, PCIDE (needs long mode, changes TLB tagging), SMEP,
-/// SMAP, PKE, CET, PKS (the shadow tables do not carry what they check),
-/// nor anything reserved.
-const CR4_SAFE: u64 = 0x7ff | 1 << 16 | 1 << 18;
+/// UMIP FSGSBASE OSXSAVE, and SMEP SMAP: they only restrict the guest's
+/// supervisor accesses to its own user pages, and a guest that turns them
+/// on expects them). Not: LA57 (a five-level walk from a four-level root),
+/// VMXE/SMXE, PCIDE (needs long mode, changes TLB tagging), PKE, CET, PKS
+/// (keys and shadow stacks the shadow tables do not carry), nor anything
+/// reserved.
+const CR4_SAFE: u64 = 0x7ff | 1 << 16 | 1 << 18 | 1 << 20 | 1 << 21;
 /// EFER bits beside LME/LMA that only change the guest's own behaviour:
 /// SCE, NXE, SVME (forced on by the stub), LMSLE, FFXSR, TCE.
 const EFER_SAFE: u64 = 1 | 1 << 11 | 1 << 12 | 1 << 13 | 1 << 14 | 1 << 15;
@@ -723,31 +883,115 @@ pub fn mmu_resumes(c: &mut Campaign, shadow: bool) {
                 } else {
                     Must::Either
                 };
-                paging(c, must, PagingState { cr0: base.cr0 | bit, ..base }, format_args!("cr0-bit-{b}"));
+                paging(
+                    c,
+                    must,
+                    PagingState {
+                        cr0: base.cr0 | bit,
+                        ..base
+                    },
+                    format_args!("cr0-bit-{b}"),
+                );
             }
             if base.cr4 & bit == 0 {
-                let must = if CR4_SAFE & bit == 0 { Must::Refuse } else { Must::Either };
-                paging(c, must, PagingState { cr4: base.cr4 | bit, ..base }, format_args!("cr4-bit-{b}"));
+                let must = if CR4_SAFE & bit == 0 {
+                    Must::Refuse
+                } else {
+                    Must::Either
+                };
+                paging(
+                    c,
+                    must,
+                    PagingState {
+                        cr4: base.cr4 | bit,
+                        ..base
+                    },
+                    format_args!("cr4-bit-{b}"),
+                );
             }
-            let must = if EFER_SAFE & bit == 0 { Must::Refuse } else { Must::Either };
-            paging(c, must, PagingState { efer: bit, ..base }, format_args!("efer-bit-{b}"));
+            let must = if EFER_SAFE & bit == 0 {
+                Must::Refuse
+            } else {
+                Must::Either
+            };
+            paging(
+                c,
+                must,
+                PagingState { efer: bit, ..base },
+                format_args!("efer-bit-{b}"),
+            );
         }
         for (p, why) in [
             (PagingState { cr0: 0x11, ..base }, "cr0-pg-clear"),
-            (PagingState { cr0: 0x8000_0010, cr4: 0, ..base }, "cr4-pae-clear"),
+            (
+                PagingState {
+                    cr0: 0x8000_0010,
+                    cr4: 0,
+                    ..base
+                },
+                "cr4-pae-clear",
+            ),
             (PagingState { root: dead, ..base }, "root-freed-table"),
             (PagingState { root: l4, ..base }, "root-level-4-without-lme"),
             (PagingState { root: l2, ..base }, "root-level-2"),
             (PagingState { root: l1, ..base }, "root-level-1"),
-            (PagingState { root: u32::MAX, ..base }, "root-u32-max"),
-            (PagingState { root: MAX_SHADOW_TABLES, ..base }, "root-handle-max"),
-            (PagingState { reserved: 1, ..base }, "reserved-1"),
-            (PagingState { efer: 0x500, ..base }, "long-mode-on-level-3-root"),
-            (PagingState { efer: 0x100, root: l4, ..base }, "lme-without-lma"),
-            (PagingState { efer: 0x400, root: l4, ..base }, "lma-without-lme"),
-            (PagingState { cr0: base.cr0 | 1 << 29 | 1 << 30, ..base }, "control-cr0-cd-nw"),
+            (
+                PagingState {
+                    root: u32::MAX,
+                    ..base
+                },
+                "root-u32-max",
+            ),
+            (
+                PagingState {
+                    root: MAX_SHADOW_TABLES,
+                    ..base
+                },
+                "root-handle-max",
+            ),
+            (
+                PagingState {
+                    reserved: 1,
+                    ..base
+                },
+                "reserved-1",
+            ),
+            (
+                PagingState {
+                    efer: 0x500,
+                    ..base
+                },
+                "long-mode-on-level-3-root",
+            ),
+            (
+                PagingState {
+                    efer: 0x100,
+                    root: l4,
+                    ..base
+                },
+                "lme-without-lma",
+            ),
+            (
+                PagingState {
+                    efer: 0x400,
+                    root: l4,
+                    ..base
+                },
+                "lma-without-lme",
+            ),
+            (
+                PagingState {
+                    cr0: base.cr0 | 1 << 29 | 1 << 30,
+                    ..base
+                },
+                "control-cr0-cd-nw",
+            ),
         ] {
-            let must = if why.starts_with("control") { Must::Either } else { Must::Refuse };
+            let must = if why.starts_with("control") {
+                Must::Either
+            } else {
+                Must::Refuse
+            };
             paging(c, must, p, format_args!("{why}"));
         }
     }
@@ -767,16 +1011,22 @@ pub fn mmu_resumes(c: &mut Campaign, shadow: bool) {
             reserved,
             ..Default::default()
         };
-        c.attempt(cl, Must::Refuse, format_args!("set-nested-root {why} root={root}"), || {
-            resume(&r)
-        });
+        c.attempt(
+            cl,
+            Must::Refuse,
+            format_args!("set-nested-root {why} root={root}"),
+            || resume(&r),
+        );
     }
     if shadow {
         let mut r = base_resume(ResumeFlags::SET_NESTED_ROOT);
         r.paging.root = l4;
-        c.attempt(cl, Must::Refuse, format_args!("set-nested-root under-shadow-paging"), || {
-            resume(&r)
-        });
+        c.attempt(
+            cl,
+            Must::Refuse,
+            format_args!("set-nested-root under-shadow-paging"),
+            || resume(&r),
+        );
     }
     t.free_all();
 }
@@ -797,7 +1047,12 @@ pub fn vmm_resumes(c: &mut Campaign) {
         r.flags = 1 << bit;
         refuse(c, r, format_args!("unknown-flag-bit-{bit}"));
     }
-    for rip in [1u64 << 32, (1 << 60) | 0x10_0000, 0x0000_8000_0000_0000, u64::MAX] {
+    for rip in [
+        1u64 << 32,
+        (1 << 60) | 0x10_0000,
+        0x0000_8000_0000_0000,
+        u64::MAX,
+    ] {
         let mut r = base_resume(ResumeFlags::SET_RIP);
         r.regs.rip = rip;
         refuse(c, r, format_args!("rip-in-32-bit-mode {rip:#x}"));
@@ -850,10 +1105,18 @@ pub fn vmm_resumes(c: &mut Campaign) {
             root,
             reserved: 0,
         };
-        refuse(c, r, format_args!("set-paging-from-the-vmm-server root={root}"));
+        refuse(
+            c,
+            r,
+            format_args!("set-paging-from-the-vmm-server root={root}"),
+        );
         let mut r = base_resume(ResumeFlags::SET_NESTED_ROOT);
         r.paging.root = root;
-        refuse(c, r, format_args!("set-nested-root-from-the-vmm-server root={root}"));
+        refuse(
+            c,
+            r,
+            format_args!("set-nested-root-from-the-vmm-server root={root}"),
+        );
     }
 }
 
@@ -869,9 +1132,12 @@ pub fn vmm_destructive(c: &mut Campaign) {
         reserved: 0,
         error_code: 0,
     };
-    c.attempt(Class::Resumes, Must::Refuse, format_args!("event external-interrupt-with-guest-if-0"), || {
-        resume(&r)
-    });
+    c.attempt(
+        Class::Resumes,
+        Must::Refuse,
+        format_args!("event external-interrupt-with-guest-if-0"),
+        || resume(&r),
+    );
 }
 
 // ---------------------------------------------------------------------
@@ -881,29 +1147,50 @@ pub fn vmm_destructive(c: &mut Campaign) {
 pub fn exhaustion_light(c: &mut Campaign) {
     let cl = Class::Exhaustion;
     for level in [0u64, 5, 255, 1 << 32 | 1, 1 << 8 | 1, u64::MAX] {
-        c.attempt(cl, Must::Refuse, format_args!("shadow-alloc-level {level:#x}"), || {
-            let h = shadow_alloc(level);
-            if let Some(h) = h {
-                // SAFETY: ShadowFree takes no pointer.
-                let _ = unsafe { raw_syscall(Syscall::ShadowFree as u64, u64::from(h), 0, 0) };
-            }
-            h.is_some()
-        });
+        c.attempt(
+            cl,
+            Must::Refuse,
+            format_args!("shadow-alloc-level {level:#x}"),
+            || {
+                let h = shadow_alloc(level);
+                if let Some(h) = h {
+                    // SAFETY: ShadowFree takes no pointer.
+                    let _ = unsafe { raw_syscall(Syscall::ShadowFree as u64, u64::from(h), 0, 0) };
+                }
+                h.is_some()
+            },
+        );
     }
-    for h in [u64::from(MAX_SHADOW_TABLES), u64::from(u32::MAX), 1 << 32, u64::MAX, 4000] {
-        c.attempt(cl, Must::Refuse, format_args!("shadow-free-unknown-handle {h:#x}"), || {
-            // SAFETY: ShadowFree takes no pointer.
-            ok(unsafe { raw_syscall(Syscall::ShadowFree as u64, h, 0, 0) })
-        });
+    for h in [
+        u64::from(MAX_SHADOW_TABLES),
+        u64::from(u32::MAX),
+        1 << 32,
+        u64::MAX,
+        4000,
+    ] {
+        c.attempt(
+            cl,
+            Must::Refuse,
+            format_args!("shadow-free-unknown-handle {h:#x}"),
+            || {
+                // SAFETY: ShadowFree takes no pointer.
+                ok(unsafe { raw_syscall(Syscall::ShadowFree as u64, h, 0, 0) })
+            },
+        );
     }
     let h = shadow_alloc(1);
     if let Some(h) = h {
         // SAFETY: ShadowFree takes no pointer.
         let _ = unsafe { raw_syscall(Syscall::ShadowFree as u64, u64::from(h), 0, 0) };
-        c.attempt(cl, Must::Refuse, format_args!("shadow-free-twice {h}"), || {
-            // SAFETY: ShadowFree takes no pointer.
-            ok(unsafe { raw_syscall(Syscall::ShadowFree as u64, u64::from(h), 0, 0) })
-        });
+        c.attempt(
+            cl,
+            Must::Refuse,
+            format_args!("shadow-free-twice {h}"),
+            || {
+                // SAFETY: ShadowFree takes no pointer.
+                ok(unsafe { raw_syscall(Syscall::ShadowFree as u64, u64::from(h), 0, 0) })
+            },
+        );
     }
 }
 
@@ -913,10 +1200,15 @@ pub fn exhaustion_light(c: &mut Campaign) {
 pub fn exhaustion(c: &mut Campaign, live_root: Option<u32>) {
     let cl = Class::Exhaustion;
     if let Some(root) = live_root {
-        c.attempt(cl, Must::Refuse, format_args!("shadow-free-of-the-live-root {root}"), || {
-            // SAFETY: ShadowFree takes no pointer.
-            ok(unsafe { raw_syscall(Syscall::ShadowFree as u64, u64::from(root), 0, 0) })
-        });
+        c.attempt(
+            cl,
+            Must::Refuse,
+            format_args!("shadow-free-of-the-live-root {root}"),
+            || {
+                // SAFETY: ShadowFree takes no pointer.
+                ok(unsafe { raw_syscall(Syscall::ShadowFree as u64, u64::from(root), 0, 0) })
+            },
+        );
     }
     // Handles go 0..MAX_SHADOW_TABLES: a bitmap of what we hold.
     let mut held = [0u64; MAX_SHADOW_TABLES as usize / 64];
@@ -943,7 +1235,8 @@ pub fn exhaustion(c: &mut Campaign, live_root: Option<u32>) {
         for b in 0..64 {
             if w & 1 << b != 0 {
                 // SAFETY: ShadowFree takes no pointer.
-                let _ = unsafe { raw_syscall(Syscall::ShadowFree as u64, (i * 64 + b) as u64, 0, 0) };
+                let _ =
+                    unsafe { raw_syscall(Syscall::ShadowFree as u64, (i * 64 + b) as u64, 0, 0) };
             }
         }
     }
@@ -981,7 +1274,10 @@ pub fn fpu(c: &mut Campaign) {
         unsafe {
             core::arch::asm!(".byte 0xd9, 0x37", in("rdi") env.as_mut_ptr(), options(nostack));
         }
-        line!("attack: fpu: x87 environment read: fcw={:#x}", u16::from_le_bytes([env[0], env[1]]));
+        line!(
+            "attack: fpu: x87 environment read: fcw={:#x}",
+            u16::from_le_bytes([env[0], env[1]])
+        );
         true
     });
     c.attempt(cl, Must::Refuse, format_args!("sse-movq-rax-xmm0"), || {
