@@ -358,6 +358,8 @@ fn qemu_run(
         emulator: qemu.to_string(),
         timeout,
         memory_mib: 256,
+        // QEMU's TCG ignores the task-switch intercept; the guest is ours.
+        unsafe_shadow: mode.is_shadow(),
     };
     eprintln!("splitvisor: bench mmu: booting {guest} --mmu {mmu} -cpu {cpu}");
     let console = Capture::default();

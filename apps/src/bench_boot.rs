@@ -235,6 +235,7 @@ fn boot(
                 return b;
             }
         };
+        let unsafe_shadow = system.mmu.is_shadow();
         let opts = RunOptions {
             system,
             cpu: way.cpu().to_string(),
@@ -242,6 +243,9 @@ fn boot(
             emulator: qemu.to_string(),
             timeout,
             memory_mib: splitvisor::run::default_memory_mib(ram_mib),
+            // QEMU's TCG ignores the task-switch intercept; Debian's
+            // kernel is trusted here.
+            unsafe_shadow,
         };
         qemu_args(&opts, &image)
     };

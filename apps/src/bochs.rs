@@ -220,7 +220,11 @@ pub fn run(opts: &RunOptions, program: &Path) -> i32 {
     if let Some(dir) = iso.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    if let Err(e) = images::iso::build_iso(&image, &iso, &Arch::stub_cmdline(opts.arch)) {
+    if let Err(e) = images::iso::build_iso(
+        &image,
+        &iso,
+        &Arch::stub_cmdline(opts.arch, opts.unsafe_shadow),
+    ) {
         eprintln!("splitvisor: could not build the ISO: {e}");
         return EXIT_EMULATOR;
     }

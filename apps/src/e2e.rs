@@ -34,7 +34,9 @@ pub struct Boot {
 
 /// The options `splitvisor run` would use for `system` on `cpu` with
 /// [`TIMEOUT`].
+/// Shadow paging runs with `unsafe_shadow` (see [`RunOptions`]).
 pub fn options(system: images::SystemSpec, cpu: &str) -> RunOptions {
+    let system_is_shadow = system.mmu.is_shadow();
     RunOptions {
         system,
         cpu: cpu.to_string(),
@@ -42,6 +44,9 @@ pub fn options(system: images::SystemSpec, cpu: &str) -> RunOptions {
         emulator: DEFAULT_EMULATOR.to_string(),
         timeout: TIMEOUT,
         memory_mib: 256,
+        // QEMU's TCG ignores the task-switch intercept: the tests' guests
+        // are the project's own, so shadow paging may run there.
+        unsafe_shadow: system_is_shadow,
     }
 }
 
@@ -49,9 +54,14 @@ pub fn options(system: images::SystemSpec, cpu: &str) -> RunOptions {
 /// run in messages), as `splitvisor run` does; says on stderr how long it
 /// took.
 pub fn boot(system: images::SystemSpec, cpu: &str, how: &str) -> Boot {
-    let guest = system.guest.clone();
-    let image = images::build_system_spec(&system).unwrap_or_else(|e| panic!("{guest}: {e}"));
-    let opts = options(system, cpu);
+    boot_with(options(system, cpu), how)
+}
+
+/// [`boot`] with options of the caller's.
+pub fn boot_with(opts: RunOptions, how: &str) -> Boot {
+    let guest = opts.system.guest.clone();
+    let image =
+        images::build_system_spec(&opts.system).unwrap_or_else(|e| panic!("{guest}: {e}"));
     let console = Capture::default();
     let start = Instant::now();
     let report = run_emulator(

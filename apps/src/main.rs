@@ -230,6 +230,12 @@ struct RunArgs {
     #[arg(long, value_name = "ARCH",
           value_parser = clap::builder::PossibleValuesParser::new(["svm", "vmx"]))]
     arch: Option<String>,
+    /// Run shadow paging even on a CPU that ignores the SVM task-switch
+    /// intercept (QEMU's TCG does): there a guest can load any host-physical
+    /// page table and escape, so the stub refuses (`cannot run`) unless this
+    /// is given. Only for guests you trust, on QEMU.
+    #[arg(long)]
+    unsafe_shadow: bool,
     /// The emulator: a program on PATH or a path to one; a name starting
     /// with `bochs` boots a GRUB ISO in Bochs, anything else is QEMU.
     #[arg(long, value_name = "PROGRAM", default_value = DEFAULT_EMULATOR)]
@@ -280,6 +286,7 @@ fn main() -> ExitCode {
                 emulator: a.emulator,
                 timeout: Duration::from_secs(a.timeout),
                 memory_mib,
+                unsafe_shadow: a.unsafe_shadow,
             })
         }
         Command::Loc(a) => count_loc(&a),

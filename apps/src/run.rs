@@ -174,10 +174,14 @@ impl Arch {
         }
     }
 
-    /// The stub's boot command line that forces this arch.
-    pub fn stub_cmdline(arch: Option<Self>) -> String {
-        arch.map(|a| format!("arch={}", a.name()))
-            .unwrap_or_default()
+    /// The stub's boot command line: `arch=` when forced, and
+    /// `unsafe_shadow` when asked for.
+    pub fn stub_cmdline(arch: Option<Self>, unsafe_shadow: bool) -> String {
+        let words = [
+            arch.map(|a| format!("arch={}", a.name())),
+            unsafe_shadow.then(|| "unsafe_shadow".to_string()),
+        ];
+        words.into_iter().flatten().collect::<Vec<_>>().join(" ")
     }
 }
 
@@ -232,6 +236,10 @@ pub struct RunOptions {
     pub timeout: Duration,
     /// MiB of machine memory (QEMU `-m`, Bochs `megs:`).
     pub memory_mib: u32,
+    /// Let the stub run shadow paging on a CPU that ignores the SVM
+    /// task-switch intercept (QEMU's TCG), where a guest can escape (the
+    /// stub's `unsafe_shadow` boot option): for tests on QEMU only.
+    pub unsafe_shadow: bool,
 }
 
 impl RunOptions {
@@ -253,9 +261,10 @@ pub fn qemu_args(opts: &RunOptions, image: &Path) -> Vec<OsString> {
     let mut args = qemu_machine_args(&opts.cpu, opts.memory_mib);
     args.push("-kernel".into());
     args.push(image.as_os_str().to_owned());
-    if let Some(arch) = opts.arch {
+    let cmdline = Arch::stub_cmdline(opts.arch, opts.unsafe_shadow);
+    if !cmdline.is_empty() {
         args.push("-append".into());
-        args.push(Arch::stub_cmdline(Some(arch)).into());
+        args.push(cmdline.into());
     }
     args
 }
@@ -949,6 +958,7 @@ mod tests {
             emulator: DEFAULT_EMULATOR.into(),
             timeout: Duration::from_secs(60),
             memory_mib: 256,
+            unsafe_shadow: false,
         }
     }
 
@@ -1041,8 +1051,13 @@ mod tests {
         assert_eq!(EmulatorKind::Qemu.default_cpu(Some(Arch::Vmx)), DEFAULT_CPU);
         assert_eq!(Arch::from_name("vmx"), Some(Arch::Vmx));
         assert_eq!(Arch::from_name("VMX"), None);
-        assert_eq!(Arch::stub_cmdline(Some(Arch::Svm)), "arch=svm");
-        assert_eq!(Arch::stub_cmdline(None), "");
+        assert_eq!(Arch::stub_cmdline(Some(Arch::Svm), false), "arch=svm");
+        assert_eq!(Arch::stub_cmdline(None, false), "");
+        assert_eq!(Arch::stub_cmdline(None, true), "unsafe_shadow");
+        assert_eq!(
+            Arch::stub_cmdline(Some(Arch::Vmx), true),
+            "arch=vmx unsafe_shadow"
+        );
         assert!(emulator_missing_message("bochs").contains("apt-get install bochs bochsbios"));
     }
 

@@ -54,6 +54,7 @@ fn hello_through_the_uart_server_under_shadow_paging() {
         "--uart-server",
         "--mmu",
         "shadow",
+        "--unsafe-shadow",
         "--cpu",
         "EPYC,+svm",
     ]);

@@ -148,6 +148,8 @@ pub struct BootInfo {
     pub ram_top: u64,
     /// What the command line asks for (`arch=svm|vmx`).
     pub arch: crate::arch::Request,
+    /// `unsafe_shadow` is on the command line.
+    pub unsafe_shadow: bool,
 }
 
 /// Reads the multiboot information before anything can overwrite it
@@ -165,9 +167,11 @@ fn read_multiboot(magic: u32, mbi: u32) -> Result<BootInfo, &'static str> {
     if flags & 1 == 0 {
         return Err("the boot loader gave no memory size (multiboot flag 0)");
     }
+    let (arch, unsafe_shadow) = crate::arch::options_from_multiboot(mbi);
     Ok(BootInfo {
         ram_top: 0x10_0000 + u64::from(mem_upper) * 1024,
-        arch: crate::arch::request_from_multiboot(mbi),
+        arch,
+        unsafe_shadow,
     })
 }
 

@@ -677,7 +677,7 @@ pub fn start(boot: BootInfo) -> ! {
     let payload = payload();
     let manifest = read_manifest(payload).unwrap_or_else(|why| cannot_run(why));
     memory::init(boot::image_end(), boot.ram_top);
-    match build(arch, &manifest, payload) {
+    match build(arch, &manifest, payload, boot.unsafe_shadow) {
         Ok(()) => unreachable_after_start(),
         Err(why) => cannot_run(why),
     }
@@ -689,7 +689,12 @@ fn unreachable_after_start() -> ! {
     ))
 }
 
-fn build(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<(), &'static str> {
+fn build(
+    arch: Arch,
+    manifest: &Manifest,
+    payload: &[u8],
+    unsafe_shadow: bool,
+) -> Result<(), &'static str> {
     let g = &manifest.guest;
     if g.ram_mib == 0 || g.ram_mib % 2 != 0 || g.ram_mib > 512 {
         return Err("guest RAM must be an even number of MiB between 2 and 512");
@@ -726,6 +731,12 @@ fn build(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<(), &'static
         Paging::Nested
     };
     arch::check_paging(arch, shadow, g.entry_mode)?;
+    if shadow && arch == Arch::Svm && !arch::svm::task_switch_exits().map_err(|_| oom)? {
+        if !unsafe_shadow {
+            return Err("this CPU does not exit on task switches although the VMCB asks it to (QEMU's TCG ignores the SVM task-switch intercept): under shadow paging a guest could load any host-physical page table; use nested paging, Bochs or hardware (the boot option unsafe_shadow runs anyway, for tests)");
+        }
+        say!("UNSAFE: this CPU ignores the task-switch intercept; shadow paging runs only because the boot command line says unsafe_shadow: a guest can escape");
+    }
     // Every table of the VM is read in one format: EPT for a nested VMX guest.
     let ept = arch == Arch::Vmx && !shadow;
     SHADOW_TABLES.with(|t| {

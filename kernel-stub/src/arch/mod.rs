@@ -38,10 +38,10 @@ pub enum Paging {
     Shadow,
 }
 
-/// What the multiboot command line asks for (`arch=svm` or `arch=vmx`).
-/// Call before any frame is allocated: the loader may have put the command
-/// line where the stub's frames start.
-pub fn request_from_multiboot(mbi: u32) -> Request {
+/// What the multiboot command line asks for: `arch=svm` or `arch=vmx`,
+/// and `unsafe_shadow`. Call before any frame is allocated: the loader may
+/// have put the command line where the stub's frames start.
+pub fn options_from_multiboot(mbi: u32) -> (Request, bool) {
     // SAFETY: a multiboot loader passes a valid information structure, in
     // the identity-mapped first GiB; flags at +0, cmdline at +16 when flag
     // bit 2 is set (multiboot 0.6.96, 3.3).
@@ -53,7 +53,7 @@ pub fn request_from_multiboot(mbi: u32) -> Request {
         || cmdline == 0
         || u64::from(cmdline) >= crate::memory::IDENTITY_MAP_END
     {
-        return Request::Auto;
+        return (Request::Auto, false);
     }
     let mut buf = [0u8; 256];
     let mut len = 0;
@@ -67,7 +67,11 @@ pub fn request_from_multiboot(mbi: u32) -> Request {
         buf[len] = b;
         len += 1;
     }
-    kernel_stub::arch_select::parse_request(&buf[..len])
+    let words = &buf[..len];
+    (
+        kernel_stub::arch_select::parse_request(words),
+        kernel_stub::arch_select::allows_unsafe_shadow(words),
+    )
 }
 
 /// The extension to run with: the requested one, or what CPUID offers;

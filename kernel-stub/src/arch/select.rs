@@ -59,6 +59,18 @@ pub fn parse_request(cmdline: &[u8]) -> Request {
 /// (SVM: CPUID 8000_0001h ECX bit 2; VMX: CPUID 1 ECX bit 5). A forced one
 /// is taken even if the CPU lacks it: its support check then says why it
 /// cannot run.
+/// The boot option that lets shadow paging run on a CPU that does not exit
+/// on task switches (QEMU 7.2's TCG ignores the SVM task-switch intercept),
+/// where a guest can load any host-physical page table: for tests only.
+pub const UNSAFE_SHADOW: &[u8] = b"unsafe_shadow";
+
+/// Whether the command line has [`UNSAFE_SHADOW`] as a word.
+pub fn allows_unsafe_shadow(cmdline: &[u8]) -> bool {
+    cmdline
+        .split(|&b| b == b' ' || b == b'\t')
+        .any(|word| word == UNSAFE_SHADOW)
+}
+
 pub fn choose(request: Request, has_svm: bool, has_vmx: bool) -> Result<Arch, &'static str> {
     match request {
         Request::Force(arch) => Ok(arch),
@@ -88,6 +100,14 @@ mod tests {
         assert_eq!(parse_request(b"arch=VMX"), Request::Invalid);
         assert_eq!(parse_request(b"arch="), Request::Invalid);
         assert_eq!(parse_request(b"march=vmx"), Request::Auto);
+    }
+
+    #[test]
+    fn unsafe_shadow_is_a_whole_word() {
+        assert!(allows_unsafe_shadow(b"arch=svm unsafe_shadow"));
+        assert!(!allows_unsafe_shadow(b"arch=svm"));
+        assert!(!allows_unsafe_shadow(b"unsafe_shadow=0"));
+        assert!(!allows_unsafe_shadow(b"xunsafe_shadow"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::cpu;
 use crate::memory::{self, OutOfMemory};
 use core::arch::global_asm;
 use ipc_proto::manifest::EntryMode;
+use ipc_proto::vcpu::svm_exit;
 use ipc_proto::{ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch, ABI_VERSION};
 use kernel_stub::resume::GuestMode;
 use kernel_stub::svm_intercepts::{misc1, Intercepts};
@@ -171,6 +172,78 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         shadow,
         intercepts,
     })
+}
+
+/// Whether this CPU exits on a task switch when the intercept asks for it
+/// (APM vol. 2, 15.14.1). QEMU 7.2's TCG performs the switch instead, which
+/// under shadow paging loads a guest-chosen host-physical CR3. Probed with
+/// a guest of the stub's own, paging off, whose only instruction is a far
+/// jump to a second TSS (whose EIP is a HLT): a task-switch exit says yes,
+/// anything else no.
+pub fn task_switch_exits() -> Result<bool, OutOfMemory> {
+    let page = memory::alloc_frame()?;
+    let (gdt, tss_old, tss_new, hlt) = (page + 0x800, page + 0x900, page + 0xa00, page + 7);
+    let tss_descriptor = |base: u64, busy: bool| {
+        0x67 | (base & 0xff_ffff) << 16 | (if busy { 0x8b } else { 0x89 }) << 40 | (base >> 24) << 56
+    };
+    let descriptors = [
+        0,
+        0x00cf_9b00_0000_ffff, // 0x08: flat 32-bit code
+        0x00cf_9300_0000_ffff, // 0x10: flat data
+        tss_descriptor(tss_old, true),
+        tss_descriptor(tss_new, false),
+    ];
+    let code = [0xea, 0, 0, 0, 0, 0x20, 0x00, 0xf4]; // ljmp 0x20:0; hlt
+    // 32-bit TSS fields (APM vol. 2, 12.2.5): EIP, EFLAGS, ESP, ES..GS.
+    let tss_fields: [(u64, u32); 9] = [
+        (0x20, hlt as u32),
+        (0x24, 2),
+        (0x38, (page + 0xff0) as u32),
+        (0x48, 0x10),
+        (0x4c, 0x08),
+        (0x50, 0x10),
+        (0x54, 0x10),
+        (0x58, 0x10),
+        (0x5c, 0x10),
+    ];
+    // SAFETY: a fresh identity-mapped frame of the stub; every offset is
+    // inside it.
+    unsafe {
+        core::ptr::copy_nonoverlapping(code.as_ptr(), page as *mut u8, code.len());
+        for (i, d) in descriptors.iter().enumerate() {
+            ((gdt + 8 * i as u64) as *mut u64).write(*d);
+        }
+        for (off, v) in tss_fields {
+            ((tss_new + off) as *mut u32).write(v);
+        }
+    }
+    let entry = Entry {
+        mode: EntryMode::Flat32,
+        rip: page,
+        rax: 0,
+        rbx: 0,
+        rsi: 0,
+    };
+    let mut probe = create_vcpu(Paging::Shadow, &entry)?;
+    let v = &mut probe.vmcb;
+    v.write_segment(GDTR, seg(0, 0, 8 * descriptors.len() as u32 - 1));
+    // No IDT: a fault in the switch is a triple fault (a SHUTDOWN exit).
+    v.write_segment(IDTR, seg(0, 0, 0));
+    v.write_segment(
+        TR,
+        Segment {
+            base: tss_old,
+            ..seg(0x18, 0x8b, 0x67)
+        },
+    );
+    // A host interrupt may end the run first; then run it again.
+    for _ in 0..8 {
+        match probe.run().exit_code {
+            svm_exit::INTR => continue,
+            code => return Ok(code == svm_exit::TASK_SWITCH),
+        }
+    }
+    Ok(false)
 }
 
 /// A segment with base 0.
