@@ -384,6 +384,7 @@ fn boot_image(
     opts: &AttackOptions,
 ) -> Result<BootOutcome, String> {
     let image = images::build_system_spec(&system).map_err(|e| e.to_string())?;
+    let unsafe_shadow = system.mmu.is_shadow() && system.guest != "tssescape";
     let run = RunOptions {
         system,
         cpu: cpu.to_string(),
@@ -391,6 +392,9 @@ fn boot_image(
         emulator: DEFAULT_EMULATOR.to_string(),
         timeout: opts.timeout,
         memory_mib: 256,
+        // QEMU's TCG ignores the task-switch intercept: the hostile servers
+        // run beside a guest of ours; the task-switch guest must be refused.
+        unsafe_shadow,
     };
     let console = Capture::default();
     let report = run_emulator(
