@@ -215,8 +215,12 @@ pub fn validate_nested_root(
 const RFLAGS_RESERVED_ZERO: u64 = (1 << 3) | (1 << 5) | (1 << 15) | !((1 << 22) - 1);
 /// RFLAGS bit 1 reads as one.
 const RFLAGS_RESERVED_ONE: u64 = 1 << 1;
+/// RFLAGS.TF.
+const RFLAGS_TF: u64 = 1 << 8;
 /// RFLAGS.IF.
 const RFLAGS_IF: u64 = 1 << 9;
+/// RFLAGS.VM.
+const RFLAGS_VM: u64 = 1 << 17;
 
 /// Exceptions that push an error code (AMD APM vol. 2, 8.2).
 fn pushes_error_code(vector: u8) -> bool {
@@ -276,10 +280,23 @@ pub fn validate(
         }
     }
     let rflags = if flags.contains(ResumeFlags::SET_RFLAGS) {
-        if r.regs.rflags & RFLAGS_RESERVED_ZERO != 0 || r.regs.rflags & RFLAGS_RESERVED_ONE == 0 {
+        let new = r.regs.rflags;
+        let changed = new ^ mode.rflags;
+        // VM entry checks the segments against VM (virtual-8086 mode) and
+        // refuses VM in long mode; in an interrupt shadow it refuses IF
+        // clear under STI blocking and a TF that disagrees with the
+        // pending single-step (SDM vol. 3C, 27.3.1.4-5). A server never
+        // needs to change them there: emulation that ends the shadow sets
+        // RIP.
+        let in_shadow = mode.interrupt_shadow && rip.is_none();
+        if new & RFLAGS_RESERVED_ZERO != 0
+            || new & RFLAGS_RESERVED_ONE == 0
+            || changed & RFLAGS_VM != 0
+            || in_shadow && changed & (RFLAGS_TF | RFLAGS_IF) != 0
+        {
             return Err(ErrorCode::ResumeBadRflags);
         }
-        r.regs.rflags
+        new
     } else {
         mode.rflags
     };
@@ -482,6 +499,30 @@ mod tests {
             error_code: 0,
         };
         r
+    }
+
+    /// Finding 5: an accepted resume must enter. VM entry refuses a
+    /// changed RFLAGS.VM (the segments are not virtual-8086 ones) and, in
+    /// an interrupt shadow, a changed TF or IF.
+    #[test]
+    fn rflags_changes_vm_entry_refuses_are_refused() {
+        let mut r = resume(ResumeFlags::SET_RFLAGS);
+        r.regs.rflags = 0x202 | 1 << 17;
+        assert_eq!(check(&r, PROTECTED), Err(ErrorCode::ResumeBadRflags), "VM set");
+        let in_shadow = GuestMode {
+            interrupt_shadow: true,
+            ..PROTECTED
+        };
+        for changed in [0x2, 0x302] {
+            r.regs.rflags = changed;
+            assert_eq!(check(&r, in_shadow), Err(ErrorCode::ResumeBadRflags), "{changed:#x}");
+            assert!(check(&r, PROTECTED).is_ok(), "{changed:#x} outside a shadow");
+            let mut past = r;
+            past.flags |= ResumeFlags::SET_RIP.bits();
+            assert!(check(&past, in_shadow).is_ok(), "{changed:#x} with SET_RIP");
+        }
+        r.regs.rflags = 0x202 | 1 << 11; // OF: no entry rule
+        assert!(check(&r, in_shadow).is_ok());
     }
 
     #[test]
@@ -793,6 +834,10 @@ mod tests {
                 }
                 let rflags = if flags.contains(ResumeFlags::SET_RFLAGS) {
                     prop_assert!(r.regs.rflags & 2 != 0 && r.regs.rflags >> 22 == 0);
+                    prop_assert_eq!((r.regs.rflags ^ mode.rflags) & 1 << 17, 0);
+                    if mode.interrupt_shadow && !flags.contains(ResumeFlags::SET_RIP) {
+                        prop_assert_eq!((r.regs.rflags ^ mode.rflags) & 0x300, 0);
+                    }
                     r.regs.rflags
                 } else {
                     mode.rflags
