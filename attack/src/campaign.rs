@@ -825,10 +825,11 @@ fn base_resume(flags: ResumeFlags) -> Resume {
 const CR0_DEFINED: u64 = 0x1f | 1 << 5 | 1 << 16 | 1 << 18 | 1 << 29 | 1 << 30 | 1 << 31;
 /// CR4 bits the hardware may load for a guest without giving it more than
 /// its own paging (VME PVI TSD DE PSE PAE MCE PGE PCE OSFXSR OSXMMEXCPT
-/// UMIP FSGSBASE OSXSAVE, and SMEP SMAP: they only restrict the guest's
+/// FSGSBASE OSXSAVE, and SMEP SMAP: they only restrict the guest's
 /// supervisor accesses to its own user pages, and a guest that turns them
 /// on expects them). Not: LA57 (a five-level walk from a four-level root),
-/// VMXE/SMXE, PCIDE (needs long mode, changes TLB tagging), PKE, CET, PKS
+/// UMIP (not on every CPU: VMRUN refuses it where absent), VMXE/SMXE,
+/// PCIDE (needs long mode, changes TLB tagging), PKE, CET, PKS
 /// (keys and shadow stacks the shadow tables do not carry), nor anything
 /// reserved.
 const CR4_SAFE: u64 = 0x7ff | 1 << 16 | 1 << 18 | 1 << 20 | 1 << 21;
