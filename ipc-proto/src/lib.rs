@@ -19,6 +19,7 @@ pub mod stats;
 pub mod sys;
 pub mod syscall;
 pub mod vcpu;
+pub mod x86;
 
 /// Version of the stub ABI. The stub refuses a `Resume` from a server built
 /// against another version.

@@ -27,49 +27,18 @@ pub struct GuestMode {
 
 /// CR0 bits (AMD APM vol. 2, 3.1.1; Intel SDM vol. 3A, 2.5).
 pub mod cr0 {
-    pub const PE: u64 = 1 << 0;
-    pub const MP: u64 = 1 << 1;
-    pub const EM: u64 = 1 << 2;
-    pub const TS: u64 = 1 << 3;
-    pub const ET: u64 = 1 << 4;
-    pub const NE: u64 = 1 << 5;
-    pub const WP: u64 = 1 << 16;
-    pub const AM: u64 = 1 << 18;
-    pub const NW: u64 = 1 << 29;
-    pub const CD: u64 = 1 << 30;
-    pub const PG: u64 = 1 << 31;
-    /// Every bit a CR0 may hold; the rest are reserved (MBZ).
-    pub const DEFINED: u64 = PE | MP | EM | TS | ET | NE | WP | AM | NW | CD | PG;
+    pub use ipc_proto::x86::cr0::*;
 }
 
 /// CR4 bits (AMD APM vol. 2, 3.1.3; Intel SDM vol. 3A, 2.5).
 pub mod cr4 {
-    pub const VME: u64 = 1 << 0;
-    pub const PVI: u64 = 1 << 1;
-    pub const TSD: u64 = 1 << 2;
-    pub const DE: u64 = 1 << 3;
-    pub const PSE: u64 = 1 << 4;
-    pub const PAE: u64 = 1 << 5;
-    pub const MCE: u64 = 1 << 6;
-    pub const PGE: u64 = 1 << 7;
-    pub const PCE: u64 = 1 << 8;
-    pub const OSFXSR: u64 = 1 << 9;
-    pub const OSXMMEXCPT: u64 = 1 << 10;
-    pub const UMIP: u64 = 1 << 11;
-    pub const LA57: u64 = 1 << 12;
-    pub const VMXE: u64 = 1 << 13;
-    pub const FSGSBASE: u64 = 1 << 16;
-    pub const PCIDE: u64 = 1 << 17;
-    pub const OSXSAVE: u64 = 1 << 18;
-    pub const SMEP: u64 = 1 << 20;
-    pub const SMAP: u64 = 1 << 21;
-    pub const PKE: u64 = 1 << 22;
+    pub use ipc_proto::x86::cr4::*;
     /// The bits a shadowed guest's hardware CR4 may ever hold. Left out on
     /// purpose: LA57 (the hardware would walk every checked table one level
     /// higher than it was checked at), PCIDE (CR3 is the stub's root, no
-    /// PCIDs), PKE, CET and the rest (the shadow tables do not use them),
-    /// VMXE and SMXE (the host's). PSE is ignored with PAE, which is always
-    /// set, but no server needs it either.
+    /// PCIDs), PKE, PKS, CET and the rest (the shadow tables do not use
+    /// them), VMXE and SMXE (the host's). PSE is ignored with PAE, which is
+    /// always set, but no server needs it either.
     pub const SHADOW_ALLOWED: u64 = VME
         | PVI
         | TSD
@@ -87,16 +56,12 @@ pub mod cr4 {
         | SMAP;
 }
 
-/// EFER bits (AMD APM vol. 2, 3.1.7).
+/// EFER bits (AMD APM vol. 2, 3.1.7). SVME is set by the stub itself on
+/// SVM (VMRUN requires it), never by a server.
 pub mod efer {
-    pub const SCE: u64 = 1 << 0;
-    pub const LME: u64 = 1 << 8;
-    pub const LMA: u64 = 1 << 10;
-    pub const NXE: u64 = 1 << 11;
-    /// Set by the stub itself on SVM (VMRUN requires it), never by a server.
-    pub const SVME: u64 = 1 << 12;
+    pub use ipc_proto::x86::efer::*;
     /// The bits a shadowed guest's hardware EFER may hold.
-    pub const SHADOW_ALLOWED: u64 = SCE | LME | LMA | NXE;
+    pub const SHADOW_ALLOWED: u64 = SCE | LME | LMA | NXE | FFXSR;
 }
 
 /// The hardware paging state a server may ask for: an allowlist of bits,
@@ -155,7 +120,8 @@ impl PagingRules {
             | has(ebx7, 20, cr4::SMAP);
         let efer_features = efer::SCE
             | has(edx_ext, 29, efer::LME | efer::LMA)
-            | has(edx_ext, 20, efer::NXE);
+            | has(edx_ext, 20, efer::NXE)
+            | has(edx_ext, 25, efer::FFXSR);
         Self {
             cr0: cr0::DEFINED,
             cr4: cr4::SHADOW_ALLOWED & cr4_features,

@@ -5,72 +5,12 @@
 
 /// CR0 bits.
 pub mod cr0 {
-    /// Protection enable.
-    pub const PE: u64 = 1 << 0;
-    /// Monitor coprocessor.
-    pub const MP: u64 = 1 << 1;
-    /// Emulation.
-    pub const EM: u64 = 1 << 2;
-    /// Task switched.
-    pub const TS: u64 = 1 << 3;
-    /// Extension type (reads as one).
-    pub const ET: u64 = 1 << 4;
-    /// Numeric error.
-    pub const NE: u64 = 1 << 5;
-    /// Write protect: supervisor writes honour R/W.
-    pub const WP: u64 = 1 << 16;
-    /// Alignment mask.
-    pub const AM: u64 = 1 << 18;
-    /// Not write-through.
-    pub const NW: u64 = 1 << 29;
-    /// Cache disable.
-    pub const CD: u64 = 1 << 30;
-    /// Paging.
-    pub const PG: u64 = 1 << 31;
-    /// Every bit a MOV to CR0 may change; the others of 31..0 are ignored.
-    pub const DEFINED: u64 = PE | MP | EM | TS | ET | NE | WP | AM | NW | CD | PG;
+    pub use ipc_proto::x86::cr0::*;
 }
 
 /// CR4 bits.
 pub mod cr4 {
-    /// Virtual-8086 mode extensions.
-    pub const VME: u64 = 1 << 0;
-    /// Protected-mode virtual interrupts.
-    pub const PVI: u64 = 1 << 1;
-    /// Time-stamp disable.
-    pub const TSD: u64 = 1 << 2;
-    /// Debugging extensions.
-    pub const DE: u64 = 1 << 3;
-    /// Page-size extensions: 4 MiB pages in 32-bit paging.
-    pub const PSE: u64 = 1 << 4;
-    /// Physical-address extension.
-    pub const PAE: u64 = 1 << 5;
-    /// Machine-check enable.
-    pub const MCE: u64 = 1 << 6;
-    /// Page-global enable.
-    pub const PGE: u64 = 1 << 7;
-    /// Performance-counter enable.
-    pub const PCE: u64 = 1 << 8;
-    /// FXSAVE/FXRSTOR support.
-    pub const OSFXSR: u64 = 1 << 9;
-    /// Unmasked SIMD exceptions.
-    pub const OSXMMEXCPT: u64 = 1 << 10;
-    /// User-mode instruction prevention.
-    pub const UMIP: u64 = 1 << 11;
-    /// Five-level paging.
-    pub const LA57: u64 = 1 << 12;
-    /// RDFSBASE and friends.
-    pub const FSGSBASE: u64 = 1 << 16;
-    /// Process-context identifiers.
-    pub const PCIDE: u64 = 1 << 17;
-    /// XSAVE.
-    pub const OSXSAVE: u64 = 1 << 18;
-    /// Supervisor-mode execution prevention.
-    pub const SMEP: u64 = 1 << 20;
-    /// Supervisor-mode access prevention.
-    pub const SMAP: u64 = 1 << 21;
-    /// Protection keys.
-    pub const PKE: u64 = 1 << 22;
+    pub use ipc_proto::x86::cr4::*;
     /// The CR4 bits the mmu-server virtualizes by default. Features that
     /// change the page walk and that it does not model (SMEP, SMAP, PKE,
     /// LA57, PCIDE) are absent: a guest that sets them gets #GP, so the
@@ -92,20 +32,7 @@ pub mod cr4 {
 
 /// EFER (MSR `0xC000_0080`) bits.
 pub mod efer {
-    /// The MSR number.
-    pub const MSR: u32 = 0xC000_0080;
-    /// SYSCALL enable.
-    pub const SCE: u64 = 1 << 0;
-    /// Long mode enable.
-    pub const LME: u64 = 1 << 8;
-    /// Long mode active (read-only: LME and CR0.PG).
-    pub const LMA: u64 = 1 << 10;
-    /// No-execute enable.
-    pub const NXE: u64 = 1 << 11;
-    /// Secure virtual machine enable (not offered to guests).
-    pub const SVME: u64 = 1 << 12;
-    /// Fast FXSAVE/FXRSTOR.
-    pub const FFXSR: u64 = 1 << 14;
+    pub use ipc_proto::x86::efer::*;
     /// The EFER bits a guest may write by default.
     pub const SUPPORTED: u64 = SCE | LME | LMA | NXE | FFXSR;
 }
