@@ -1,15 +1,18 @@
 //! A hostile mmu-server: random allocations, frees, install batches and
-//! paging loads against the simulated stub. Whatever it does, the tables
-//! the hardware can reach must map only this VM's RAM and point only to
-//! shadow frames one level down ([`Sim::check_isolation`]), and the
-//! hardware walker must never find otherwise. The same holds for nested
-//! tables, in the x86 (NPT) and the EPT format ([`run_with`]).
+//! paging loads with arbitrary CR0, CR4 and EFER (every bit, reserved ones
+//! and LA57 included) against the simulated stub. Whatever it does, the
+//! tables the hardware can reach must map only this VM's RAM and point
+//! only to shadow frames one level down ([`Sim::check_isolation`]), and
+//! the hardware walker, which walks in whatever mode the accepted state
+//! selects, must never read a table at a level other than the one it was
+//! checked at, nor reach memory outside guest RAM. The same holds for
+//! nested tables, in the x86 (NPT) and the EPT format ([`run_with`]).
 
 use ipc_proto::mmu::{Install, TableFormat, TableHandle};
-use ipc_proto::PagingState;
-use mmu_server::walk::Access;
+use ipc_proto::{PagingState, ResumeFlags};
 use mmu_server::MmuPlatform;
 
+use crate::hw::{cr0, cr4, efer, HwAccess};
 use crate::platform::{Sim, SimConfig, Violation};
 
 /// One step of a hostile server.
@@ -21,19 +24,36 @@ pub enum HostileOp {
     Free(u32),
     /// Install one batch.
     Install(Vec<HostileInstall>),
-    /// Load the n-th handle as the root, four-level or PAE.
+    /// Load the n-th handle as the root with these control registers
+    /// (`SET_PAGING`; see [`HostileOp::load`] for the usual ones).
     Load {
         /// Which handle.
         root: u32,
-        /// Four-level (else PAE).
-        long: bool,
+        /// CR0.
+        cr0: u64,
+        /// CR4.
+        cr4: u64,
+        /// EFER.
+        efer: u64,
+        /// The reserved word of the paging state.
+        reserved: u32,
+        /// With `FLUSH_NON_GLOBAL`.
+        non_global: bool,
     },
     /// Let the hardware translate a linear address.
     Probe {
         /// The address.
         la: u64,
-        /// A write access at CPL 3.
-        write: bool,
+        /// The access (user or supervisor, read, write or fetch, implicit,
+        /// RFLAGS.AC).
+        access: HwAccess,
+    },
+    /// The guest writes PKRU (WRPKRU does not exit) and IA32_PKRS.
+    SetKeys {
+        /// PKRU.
+        pkru: u32,
+        /// IA32_PKRS.
+        pkrs: u32,
     },
     /// Name the n-th handle as the nested root (`SET_NESTED_ROOT`).
     LoadNested(u32),
@@ -83,6 +103,42 @@ pub enum HostileEntry {
     },
 }
 
+/// CR0 of a protected-mode guest with paging and WP.
+pub const BASE_CR0: u64 = cr0::PG | cr0::WP | cr0::ET | cr0::PE;
+/// CR4 with PAE.
+pub const BASE_CR4: u64 = cr4::PAE;
+
+/// EFER of a long-mode (else PAE) guest, with NXE.
+pub fn base_efer(long: bool) -> u64 {
+    efer::NXE | if long { efer::LME | efer::LMA } else { 0 }
+}
+
+impl HostileOp {
+    /// The paging state a correct server loads: four-level or PAE.
+    pub fn load(root: u32, long: bool) -> Self {
+        HostileOp::Load {
+            root,
+            cr0: BASE_CR0,
+            cr4: BASE_CR4,
+            efer: base_efer(long),
+            reserved: 0,
+            non_global: false,
+        }
+    }
+
+    /// A probe as before: a user write or a supervisor read.
+    pub fn probe(la: u64, write: bool) -> Self {
+        HostileOp::Probe {
+            la,
+            access: HwAccess {
+                write,
+                user: write,
+                ..HwAccess::default()
+            },
+        }
+    }
+}
+
 /// What a hostile run did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostileReport {
@@ -90,6 +146,16 @@ pub struct HostileReport {
     pub accepted: u64,
     /// Entries the stub refused.
     pub refused: u64,
+    /// Paging states the stub accepted and the hardware loaded.
+    pub loads: u64,
+    /// Paging states the stub refused.
+    pub loads_refused: u64,
+    /// Paging states the stub accepted that VM entry refuses on their
+    /// control registers (the guest cannot run: not a breach of
+    /// isolation, but a state the stub says it never lets through).
+    pub entry_failures: u64,
+    /// Probes the hardware translated.
+    pub translated: u64,
 }
 
 fn pick(handles: &[TableHandle], n: u32) -> TableHandle {
@@ -153,23 +219,42 @@ pub fn run_with(format: TableFormat, ops: &[HostileOp]) -> Result<HostileReport,
                 report.accepted += sim.counters.installs - before.installs;
                 report.refused += sim.counters.refused - before.refused;
             }
-            HostileOp::Load { root, long } if shadow_ok => {
-                let lme = if *long { (1 << 8) | (1 << 10) } else { 0 };
-                let _ = sim.load_paging(&PagingState {
-                    cr0: 0x8001_0001,
-                    cr4: 1 << 5,
-                    efer: lme | (1 << 11),
-                    root: pick(&handles, *root),
-                    reserved: 0,
-                });
-            }
-            HostileOp::Probe { la, write } if shadow_ok => {
-                let a = if *write {
-                    Access::write(true)
+            HostileOp::Load {
+                root,
+                cr0,
+                cr4,
+                efer,
+                reserved,
+                non_global,
+            } if shadow_ok => {
+                let before = sim.counters;
+                let flags = if *non_global {
+                    ResumeFlags::SET_PAGING | ResumeFlags::FLUSH_NON_GLOBAL
                 } else {
-                    Access::read(false)
+                    ResumeFlags::SET_PAGING
                 };
-                let _ = sim.translate(*la, a);
+                let _ = sim.load_paging_flags(
+                    &PagingState {
+                        cr0: *cr0,
+                        cr4: *cr4,
+                        efer: *efer,
+                        root: pick(&handles, *root),
+                        reserved: *reserved,
+                    },
+                    flags,
+                );
+                report.loads += sim.counters.loads - before.loads;
+                report.loads_refused += sim.counters.paging_refused - before.paging_refused;
+                report.entry_failures += sim.counters.entry_failures - before.entry_failures;
+            }
+            HostileOp::Probe { la, access } if shadow_ok => {
+                if sim.translate_hw(*la, *access).is_ok() {
+                    report.translated += 1;
+                }
+            }
+            HostileOp::SetKeys { pkru, pkrs } => {
+                sim.pkru = *pkru;
+                sim.pkrs = *pkrs;
             }
             HostileOp::Load { .. } | HostileOp::Probe { .. } => {}
             HostileOp::LoadNested(root) => sim.load_nested(pick(&handles, *root)),
@@ -185,15 +270,26 @@ pub fn run_with(format: TableFormat, ops: &[HostileOp]) -> Result<HostileReport,
     Ok(report)
 }
 
-/// Decodes fuzzer bytes into hostile steps and runs them; panics on a
-/// breach (the `sim/fuzz` target).
-pub fn fuzz_bytes(data: &[u8]) {
+/// Decodes fuzzer bytes into hostile steps: 12 bytes a step, and a
+/// `Load` takes 24 more, XORed into the usual state's CR0, CR4 and EFER
+/// (so zeros are a correct load and every bit can be flipped).
+pub fn decode_ops(data: &[u8]) -> Vec<HostileOp> {
     let mut ops = Vec::new();
-    let mut c = data.chunks_exact(12);
-    for ch in &mut c {
+    let mut rest = data;
+    let mut take = |n: usize| -> Option<Vec<u8>> {
+        if rest.is_empty() {
+            return None;
+        }
+        let k = n.min(rest.len());
+        let mut v = rest[..k].to_vec();
+        v.resize(n, 0);
+        rest = &rest[k..];
+        Some(v)
+    };
+    while let Some(ch) = take(12) {
         let w = u64::from_le_bytes(ch[4..12].try_into().expect("8 bytes"));
         let n = u32::from(ch[1]) | u32::from(ch[2]) << 8;
-        ops.push(match ch[0] % 8 {
+        ops.push(match ch[0] % 9 {
             0 => HostileOp::Alloc(ch[1] % 6),
             1 => HostileOp::Free(n),
             2 | 3 => HostileOp::Install(vec![HostileInstall {
@@ -201,7 +297,7 @@ pub fn fuzz_bytes(data: &[u8]) {
                 index: u16::from(ch[2]) | u16::from(ch[3] & 3) << 8,
                 level: ch[3] >> 2 & 7,
                 reserved: u8::from(ch[3] >> 5 == 7),
-                entry: match ch[0] >> 3 & 3 {
+                entry: match ch[0] >> 4 & 3 {
                     0 => HostileEntry::Raw(w),
                     1 => HostileEntry::Pointer {
                         handle: w as u32,
@@ -213,21 +309,47 @@ pub fn fuzz_bytes(data: &[u8]) {
                     },
                 },
             }]),
-            4 => HostileOp::Load {
-                root: n,
-                long: ch[3] & 1 != 0,
-            },
+            4 => {
+                let x = take(24).unwrap_or_else(|| vec![0; 24]);
+                let word = |i: usize| u64::from_le_bytes(x[i..i + 8].try_into().expect("8 bytes"));
+                let long = ch[3] & 1 != 0;
+                HostileOp::Load {
+                    root: n,
+                    cr0: BASE_CR0 ^ word(0),
+                    cr4: BASE_CR4 ^ word(8),
+                    efer: base_efer(long) ^ word(16),
+                    reserved: u32::from(ch[3] >> 2 == 0x3f),
+                    non_global: ch[3] & 2 != 0,
+                }
+            }
             5 => HostileOp::Probe {
                 la: w,
-                write: ch[3] & 1 != 0,
+                access: HwAccess {
+                    write: ch[3] & 1 != 0,
+                    fetch: ch[3] & 2 != 0,
+                    user: ch[3] & 4 != 0,
+                    implicit: ch[3] & 8 != 0,
+                    ac: ch[3] & 16 != 0,
+                },
             },
             6 => HostileOp::LoadNested(n),
-            _ => HostileOp::ProbeNested {
+            7 => HostileOp::ProbeNested {
                 gpa: w & 0x7fff_ffff,
                 write: ch[3] & 1 != 0,
             },
+            _ => HostileOp::SetKeys {
+                pkru: w as u32,
+                pkrs: (w >> 32) as u32,
+            },
         });
     }
+    ops
+}
+
+/// Decodes fuzzer bytes into hostile steps ([`decode_ops`]) and runs
+/// them; panics on a breach (the `sim/fuzz` target).
+pub fn fuzz_bytes(data: &[u8]) {
+    let ops = decode_ops(data);
     for format in [TableFormat::X86, TableFormat::Ept] {
         if let Err(v) = run_with(format, &ops) {
             panic!("isolation breached ({format:?} tables): {}", v.0);

@@ -10,7 +10,10 @@
 //!   `kernel_stub::resume::validate` and applied;
 //! - [`guest::GuestTables`]: builds guest page tables in every mode;
 //! - [`bench`]: the context-switch workload, cached against baseline;
-//! - [`isolation`]: a hostile mmu-server against the install path.
+//! - [`hw`]: the simulated host CPU: its paging features, VM entry's
+//!   checks, the paging modes and access rights the walker follows;
+//! - [`isolation`]: a hostile mmu-server against the install path and
+//!   the paging state.
 //!
 //! Everything is deterministic: no clocks (except the benchmark's timer),
 //! no hashing order that matters, no threads.
@@ -18,10 +21,13 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod fuzzing;
 pub mod guest;
+pub mod hw;
 pub mod isolation;
 pub mod machine;
 pub mod platform;
+pub mod stub;
 
 pub use machine::{Machine, Outcome};
 pub use platform::{Sim, SimConfig};

@@ -96,6 +96,9 @@ pub mod code {
     }
 }
 
+/// RFLAGS.AC: explicit supervisor accesses to user pages pass SMAP.
+const RFLAGS_AC: u64 = 1 << 18;
+
 /// Exits one operation may take before the machine calls it a livelock.
 const MAX_EXITS: usize = 32;
 
@@ -262,12 +265,19 @@ impl Machine {
 
     /// Applies a resume as the stub does, after its checks.
     fn apply(&mut self, r: &Resume) -> Step {
-        let c = self.ctl();
-        let mode = kernel_stub::resume::GuestMode {
-            long_mode_code: c.efer & efer::LMA != 0,
+        let cs = self.cs();
+        let hw_efer = self.sim.paging().map_or(self.ctl().efer, |p| p.efer);
+        let mode = crate::stub::GuestMode {
+            lma: hw_efer & efer::LMA != 0,
+            cs_l: cs.attrib & Segment::ATTR_L != 0,
+            cs_d: cs.attrib & Segment::ATTR_DB != 0,
+            rflags: self.regs.rflags,
+            interrupt_shadow: false,
             shadow: !self.nested(),
         };
-        let flags = match kernel_stub::resume::validate(r, mode) {
+        let rules = *self.sim.rules();
+        let sim = &self.sim;
+        let flags = match crate::stub::validate(r, &mode, &rules, |h| sim.table_level(h)) {
             Ok(f) => f,
             Err(e) => {
                 return Step::End(Outcome::Failed(format!(
@@ -315,7 +325,9 @@ impl Machine {
     /// The hardware translation of one access, in either MMU mode.
     fn hw(&mut self, la: u64, access: Access) -> Result<u64, HwFault> {
         if !self.nested() {
-            return self.sim.translate(la, access);
+            let mut a = crate::hw::HwAccess::from(access);
+            a.ac = self.regs.rflags & RFLAGS_AC != 0;
+            return self.sim.translate_hw(la, a);
         }
         let ctl = self.nested_ctl;
         let cpu = self.mmu.config().cpu;
@@ -333,7 +345,7 @@ impl Machine {
                 Ok(t.gpa)
             }
             Err(WalkError::PageFault { error_code }) => Err(HwFault::PageFault(error_code)),
-            Err(WalkError::NonCanonical) => Err(HwFault::PageFault(u32::MAX)),
+            Err(WalkError::NonCanonical) => Err(HwFault::GeneralProtection),
         }
     }
 
@@ -341,7 +353,7 @@ impl Machine {
     /// guest takes directly).
     fn fault(&mut self, f: HwFault, la: u64, insn: Option<&[u8]>) -> Step {
         match f {
-            HwFault::PageFault(u32::MAX) => Step::End(Outcome::GeneralProtection),
+            HwFault::GeneralProtection => Step::End(Outcome::GeneralProtection),
             HwFault::PageFault(ec) if self.nested() => {
                 self.cr2 = la;
                 Step::End(Outcome::PageFault {

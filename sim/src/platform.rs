@@ -4,15 +4,23 @@
 //! *installed* shadow (or nested) tables, with a TLB.
 //!
 //! The hardware walker here is written separately from the mmu-server's
-//! guest walker, from the manuals, for the two formats the hardware uses
-//! in shadow mode (PAE and four-level) and the nested (NPT) format.
+//! guest walker, from the manuals ([`crate::hw`]): it walks in whatever
+//! mode the state the stub *accepted* selects (paging off, 32-bit, PAE,
+//! four- and five-level), honouring every paging control, and in the
+//! nested (NPT, EPT) formats. Reading a table at a level (or an entry
+//! size) other than the one the stub checked it at is a violation: that
+//! is how a validator that accepts too much shows.
 
 use std::collections::HashMap;
 
 use ipc_proto::mmu::{ept, Install, TableFormat, TableHandle, PTE_ADDR_MASK};
 use ipc_proto::{PagingState, ResumeFlags};
 use kernel_stub::install::{GuestRam, ShadowTables};
-use mmu_server::walk::{pf, Access, GuestMemory};
+use mmu_server::walk::{Access, GuestMemory};
+
+use crate::hw::{canonical, cr4, entry_mode, pf, Controls, Rights};
+pub use crate::hw::{HwAccess, HwMode, SimCpu};
+use crate::stub::{self, PagingRules};
 use mmu_server::{Flush, MmuPlatform, PlatformError};
 
 const P: u64 = 1 << 0;
@@ -23,12 +31,8 @@ const D: u64 = 1 << 6;
 const PS: u64 = 1 << 7;
 const G: u64 = 1 << 8;
 const NX: u64 = 1 << 63;
-const CR0_WP: u64 = 1 << 16;
-const CR4_PGE: u64 = 1 << 7;
-const EFER_LME: u64 = 1 << 8;
-const EFER_NXE: u64 = 1 << 11;
 
-/// MAXPHYADDR of the simulated host CPU.
+/// MAXPHYADDR of the simulated host CPU (`SimCpu::ALL`).
 pub const HW_PHYS_BITS: u32 = 48;
 
 fn bits(lo: u32, hi: u32) -> u64 {
@@ -58,6 +62,12 @@ pub struct SimConfig {
     /// for the nested tables of a VMX guest). The nested walker reads
     /// this format; the shadow walker reads x86 entries.
     pub format: TableFormat,
+    /// The host CPU: the paging features it implements (the stub's
+    /// paging rules are derived from its CPUID, as on hardware).
+    pub cpu: SimCpu,
+    /// Host-physical address after which the stub hands out table frames
+    /// (below 4 GiB, as the native stub's: PAE paging reads CR3\[31:5\]).
+    pub table_base: u64,
 }
 
 impl Default for SimConfig {
@@ -68,17 +78,18 @@ impl Default for SimConfig {
             keep_globals_on_load: true,
             max_tables: ipc_proto::mmu::MAX_SHADOW_TABLES,
             format: TableFormat::X86,
+            cpu: SimCpu::ALL,
+            table_base: 0x8000_0000,
         }
     }
 }
 
-/// A translation the simulated TLB holds (4 KiB granularity).
+/// A translation the simulated TLB holds (4 KiB granularity), tagged with
+/// the PCID it was made under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TlbEntry {
     gpa_page: u64,
-    writable: bool,
-    user: bool,
-    exec: bool,
+    rights: Rights,
     dirty: bool,
     global: bool,
 }
@@ -88,6 +99,8 @@ struct TlbEntry {
 pub enum HwFault {
     /// #PF on the shadow tables, with the hardware error code.
     PageFault(u32),
+    /// #GP: a non-canonical linear address.
+    GeneralProtection,
     /// Nested page fault on guest-physical `gpa` (EXITINFO1 bits).
     NestedFault {
         /// The faulting guest-physical address.
@@ -123,6 +136,14 @@ pub struct SimCounters {
     pub tlb_hits: u64,
     /// TLB misses (hardware walks).
     pub tlb_misses: u64,
+    /// Paging states the stub's check refused.
+    pub paging_refused: u64,
+    /// Paging states the stub accepted whose control registers VM entry
+    /// refuses (reserved or inconsistent bits): the guest cannot run.
+    pub entry_failures: u64,
+    /// Paging states whose PAE PDPTEs VM entry refuses (reserved bits in
+    /// the root's first four entries).
+    pub pdpte_failures: u64,
 }
 
 /// The simulated stub and MMU of one VM.
@@ -131,6 +152,7 @@ pub struct Sim {
     pub ram: Vec<u8>,
     cfg: SimConfig,
     tables: Box<ShadowTables>,
+    rules: PagingRules,
     /// Shadow-table frames by host-physical address.
     frames: HashMap<u64, Box<[u64; 512]>>,
     /// The level each frame was first handed out at (frames are reused
@@ -141,9 +163,19 @@ pub struct Sim {
     next_frame: u64,
     live_tables: u32,
     paging: Option<PagingState>,
+    /// The mode the loaded state walks in.
+    mode: Option<HwMode>,
+    /// CR3 as the hardware holds it: the root's frame (and PCID 0). It
+    /// stays what was loaded when the server frees that table: the
+    /// hardware knows no handles.
+    cr3: u64,
     pdpte_regs: [u64; 4],
     nested_root: Option<u64>,
-    tlb: HashMap<u64, TlbEntry>,
+    tlb: HashMap<(u16, u64), TlbEntry>,
+    /// PKRU: the guest writes it with WRPKRU, which does not exit.
+    pub pkru: u32,
+    /// IA32_PKRS.
+    pub pkrs: u32,
     /// The stub's counters.
     pub counters: SimCounters,
     /// First violation seen by the hardware walker, if any.
@@ -155,19 +187,25 @@ impl Sim {
     pub fn new(cfg: SimConfig) -> Self {
         let mut tables = Box::new(ShadowTables::new());
         tables.set_format(cfg.format);
+        let cpu = cfg.cpu;
         Self {
             ram: vec![0; cfg.ram_bytes as usize],
             cfg,
             tables,
+            rules: stub::rules(&cpu),
             frames: HashMap::new(),
             frame_level: HashMap::new(),
             live_frames: std::collections::HashSet::new(),
-            next_frame: 0x100_0000_0000,
+            next_frame: cfg.table_base,
             live_tables: 0,
             paging: None,
+            mode: None,
+            cr3: 0,
             pdpte_regs: [0; 4],
             nested_root: None,
             tlb: HashMap::new(),
+            pkru: 0,
+            pkrs: 0,
             counters: SimCounters::default(),
             violation: None,
         }
@@ -176,6 +214,11 @@ impl Sim {
     /// The configuration.
     pub fn config(&self) -> &SimConfig {
         &self.cfg
+    }
+
+    /// The stub's paging rules for this CPU.
+    pub fn rules(&self) -> &PagingRules {
+        &self.rules
     }
 
     fn ram_desc(&self) -> GuestRam {
@@ -188,6 +231,11 @@ impl Sim {
     /// The hardware paging state loaded now.
     pub fn paging(&self) -> Option<PagingState> {
         self.paging
+    }
+
+    /// The mode the hardware walks in now.
+    pub fn hw_mode(&self) -> Option<HwMode> {
+        self.mode
     }
 
     /// Live tables the stub has handed out.
@@ -214,31 +262,59 @@ impl Sim {
 
     /// Loads a hardware paging state the way the stub applies
     /// `SET_PAGING`: checked with `kernel_stub::resume::validate_paging`;
-    /// in PAE format the four PDPTEs are read from the root now (as a CR3
-    /// load does) and must not have reserved bits, or the entry fails.
-    /// With `FLUSH_NON_GLOBAL` (and `keep_globals_on_load`) global
-    /// translations stay in the TLB, else the TLB is flushed.
+    /// then VM entry's own checks ([`entry_mode`]): a state the stub
+    /// accepts but the CPU refuses fails (the guest does not run; counted
+    /// in `entry_failures`). In PAE mode the four PDPTEs are read now (as
+    /// a CR3 load does) from CR3\[31:5\] and must not have reserved bits,
+    /// or the entry fails. With `FLUSH_NON_GLOBAL` (and
+    /// `keep_globals_on_load`) global translations stay in the TLB, else
+    /// the TLB is flushed.
     pub fn load_paging_flags(
         &mut self,
         ps: &PagingState,
         flags: ResumeFlags,
     ) -> Result<(), String> {
         let tables = &self.tables;
-        kernel_stub::resume::validate_paging(ps, |h| tables.get(h).map(|(_, l)| l))
-            .map_err(|e| format!("the stub refused the paging state: {}", e.describe()))?;
-        let (root_hpa, _) = self.tables.get(ps.root).expect("validated");
-        if ps.efer & EFER_LME == 0 {
-            let root = &self.frames[&root_hpa];
-            let rsvd = bits(1, 2) | bits(5, 8) | bits(HW_PHYS_BITS, 63);
-            for i in 0..4 {
-                if root[i] & P != 0 && root[i] & rsvd != 0 {
+        let checked = stub::validate_paging(ps, &self.rules, |h| tables.get(h).map(|(_, l)| l));
+        if let Err(e) = checked {
+            self.counters.paging_refused += 1;
+            return Err(format!(
+                "the stub refused the paging state: {}",
+                e.describe()
+            ));
+        }
+        let Some((root_hpa, _)) = self.tables.get(ps.root) else {
+            // The check let a dead handle through: the stub would load
+            // nothing sensible; the model refuses it rather than guess.
+            self.violate(format!("the stub accepted dead root handle {}", ps.root));
+            return Err("the stub accepted a dead root".into());
+        };
+        let mode = match entry_mode(&self.cfg.cpu, ps) {
+            Ok(m) => m,
+            Err(e) => {
+                self.counters.entry_failures += 1;
+                return Err(e);
+            }
+        };
+        if mode == HwMode::Pae {
+            // CR3[31:5] locates the PDPT (SDM vol. 3A, 4.4.1).
+            let pdpt = root_hpa & 0xffff_ffe0;
+            let rsvd = bits(1, 2) | bits(5, 8) | bits(self.cfg.cpu.max_phys_bits, 63);
+            let mut regs = [0; 4];
+            for (i, r) in regs.iter_mut().enumerate() {
+                let Some(e) = self.read_entry(pdpt + 8 * i as u64, 3, true) else {
+                    self.counters.pdpte_failures += 1;
+                    return Err(format!("VM entry failed: PDPTE {i} unreadable"));
+                };
+                if e & P != 0 && e & rsvd != 0 {
+                    self.counters.pdpte_failures += 1;
                     return Err(format!(
-                        "VMRUN failed: shadow PDPTE {i} = {:#x} has reserved bits",
-                        root[i]
+                        "VMRUN failed: shadow PDPTE {i} = {e:#x} has reserved bits"
                     ));
                 }
-                self.pdpte_regs[i] = root[i];
+                *r = e;
             }
+            self.pdpte_regs = regs;
         }
         if self.cfg.keep_globals_on_load && flags.contains(ResumeFlags::FLUSH_NON_GLOBAL) {
             self.tlb.retain(|_, e| e.global);
@@ -246,6 +322,8 @@ impl Sim {
             self.tlb.clear();
         }
         self.paging = Some(*ps);
+        self.mode = Some(mode);
+        self.cr3 = root_hpa;
         self.counters.loads += 1;
         if flags.contains(ResumeFlags::FLUSH_NON_GLOBAL) {
             self.counters.non_global_loads += 1;
@@ -253,22 +331,57 @@ impl Sim {
         Ok(())
     }
 
-    /// Reads entry `i` of the table at `hpa`; `None` when `hpa` is not a
-    /// shadow frame (a violation: the stub only lets non-leaves name
-    /// shadow frames).
-    fn entry(&mut self, hpa: u64, i: u64) -> Option<u64> {
-        let e = self.frames.get(&hpa).map(|t| t[i as usize]);
-        if e.is_none() {
-            self.violate(format!(
-                "the hardware walked into {hpa:#x}, not a shadow table"
-            ));
+    /// Reads the 8-byte (or, `!wide`, 4-byte) entry at host-physical
+    /// `hpa` as part of a walk that reads that table at `level`, the way
+    /// the hardware does: whatever memory is there. Reading anything but
+    /// a shadow table checked at that level with 8-byte entries is a
+    /// violation (the stub's install check never saw those entries as
+    /// such); guest RAM is read as the guest wrote it; other host memory
+    /// is not modelled (`None`).
+    fn read_entry(&mut self, hpa: u64, level: u8, wide: bool) -> Option<u64> {
+        let page = hpa & !0xfff;
+        let off = (hpa & 0xfff) as usize;
+        if let Some(t) = self.frames.get(&page) {
+            let q = t[off / 8];
+            let e = if wide {
+                q
+            } else {
+                (q >> (8 * (off % 8))) & 0xffff_ffff
+            };
+            let checked = self.frame_level.get(&page).copied().unwrap_or(0);
+            if !wide || checked != level {
+                let how = if wide {
+                    "8-byte"
+                } else {
+                    "4-byte (32-bit paging)"
+                };
+                self.violate(format!(
+                    "the hardware read table frame {page:#x}, checked as level {checked}, as a level-{level} table of {how} entries (entry {e:#x})"
+                ));
+            }
+            return Some(e);
         }
-        e
+        let base = self.cfg.hpa_base;
+        if hpa >= base && hpa < base + self.cfg.ram_bytes {
+            let gpa = (hpa - base) as usize;
+            let n = if wide { 8 } else { 4 };
+            let mut b = [0u8; 8];
+            b[..n].copy_from_slice(&self.ram[gpa..gpa + n]);
+            let e = u64::from_le_bytes(b);
+            self.violate(format!(
+                "the hardware walked a level-{level} table in guest RAM at host-physical {hpa:#x}: the guest writes its entries (entry {e:#x})"
+            ));
+            return Some(e);
+        }
+        self.violate(format!(
+            "the hardware walked into {hpa:#x}, not a shadow table"
+        ));
+        None
     }
 
-    fn set_bits(&mut self, hpa: u64, i: u64, b: u64) {
-        if let Some(t) = self.frames.get_mut(&hpa) {
-            t[i as usize] |= b;
+    fn set_bits(&mut self, hpa: u64, b: u64) {
+        if let Some(t) = self.frames.get_mut(&(hpa & !0xfff)) {
+            t[(hpa & 0xfff) as usize / 8] |= b;
         }
     }
 
@@ -276,7 +389,11 @@ impl Sim {
     /// that it lies in guest RAM.
     fn leaf_gpa(&mut self, hpa: u64, size: u64) -> Option<u64> {
         let base = self.cfg.hpa_base;
-        if hpa < base || hpa + size > base + self.cfg.ram_bytes {
+        let inside = hpa >= base
+            && hpa
+                .checked_add(size)
+                .is_some_and(|end| end <= base + self.cfg.ram_bytes);
+        if !inside {
             self.violate(format!(
                 "a leaf maps host-physical {hpa:#x} (+{size:#x}), outside guest RAM"
             ));
@@ -285,115 +402,163 @@ impl Sim {
         Some(hpa - base)
     }
 
-    /// Translates `la` for `access` the way the CPU does in shadow mode:
-    /// the TLB first, then a walk of the installed tables (setting A/D in
-    /// them). Errors are the #PF the hardware raises.
+    fn pcid(&self) -> u16 {
+        match self.paging {
+            Some(ps) if ps.cr4 & cr4::PCIDE != 0 => (self.cr3 & 0xfff) as u16,
+            _ => 0,
+        }
+    }
+
+    /// Translates `la` for `access` (an explicit access with RFLAGS.AC
+    /// clear) the way the CPU does in shadow mode; see
+    /// [`Sim::translate_hw`].
     pub fn translate(&mut self, la: u64, access: Access) -> Result<u64, HwFault> {
-        let Some(ps) = self.paging else {
+        self.translate_hw(la, access.into())
+    }
+
+    /// Translates `la` for `access` the way the CPU does in shadow mode,
+    /// in the mode the loaded state selects ([`HwMode`]): the TLB first
+    /// (entries of the current PCID, and global ones), then a walk of the
+    /// installed tables from CR3 (setting A/D in them). Errors are the
+    /// #PF (or #GP) the hardware raises.
+    pub fn translate_hw(&mut self, la: u64, access: HwAccess) -> Result<u64, HwFault> {
+        let (Some(ps), Some(mode)) = (self.paging, self.mode) else {
             return Err(HwFault::PageFault(0));
         };
+        let ctl = Controls::of(&ps, mode, self.pkru, self.pkrs);
+        let ec_base = ctl.base_error(access);
+        if mode == HwMode::Off {
+            // Paging off under shadow paging: the linear address is a
+            // host-physical one.
+            let hpa = la & 0xffff_ffff;
+            return match self.leaf_gpa(hpa, 1) {
+                Some(gpa) => Ok(gpa),
+                None => Err(HwFault::PageFault(ec_base | pf::P | pf::RSVD)),
+            };
+        }
+        let la = if mode.long() { la } else { la & 0xffff_ffff };
+        if mode.long() && !canonical(la, mode) {
+            return Err(HwFault::GeneralProtection);
+        }
         let vpn = la >> 12;
-        if let Some(e) = self.tlb.get(&vpn).copied() {
-            let wp = ps.cr0 & CR0_WP != 0;
-            let ok = (!access.user || e.user)
-                && (!access.write || ((e.writable || (!wp && !access.user)) && e.dirty))
-                && (!access.fetch || e.exec);
-            if ok {
+        let key = (self.pcid(), vpn);
+        let tlb_hit = self
+            .tlb
+            .get(&key)
+            .or_else(|| self.tlb.get(&(0, vpn)).filter(|e| e.global))
+            .copied();
+        if let Some(e) = tlb_hit {
+            if ctl.check(e.rights, access).is_ok() && (!access.write || e.dirty) {
                 self.counters.tlb_hits += 1;
                 return Ok((e.gpa_page << 12) | (la & 0xfff));
             }
             // A TLB entry that does not allow the access is dropped and the
             // tables are walked again (what AMD does; Intel faults and drops).
-            self.tlb.remove(&vpn);
+            self.tlb.remove(&key);
         }
         self.counters.tlb_misses += 1;
-        let long = ps.efer & EFER_LME != 0;
-        let nxe = ps.efer & EFER_NXE != 0;
-        let wp = ps.cr0 & CR0_WP != 0;
-        let nx_bit = if nxe { 0 } else { NX };
-        let ec_base = {
-            let mut ec = 0;
-            if access.write {
-                ec |= pf::W;
-            }
-            if access.user {
-                ec |= pf::U;
-            }
-            if access.fetch && nxe {
-                ec |= pf::ID;
-            }
-            ec
+        let max_phys = self.cfg.cpu.max_phys_bits;
+        let nx_rsvd = if ctl.nx { 0 } else { NX };
+        let mut rights = Rights {
+            writable: true,
+            user: true,
+            exec: true,
+            pkey: 0,
         };
-        let (mut w, mut u, mut x) = (true, true, true);
-        let (mut level, mut table) = if long {
-            if !mmu_server::walk::is_canonical(la) {
-                return Err(HwFault::PageFault(ec_base));
+        let wide = mode.wide();
+        let (mut level, mut table): (u8, u64) = match mode {
+            HwMode::Long5 => (5, self.cr3 & PTE_ADDR_MASK),
+            HwMode::Long4 => (4, self.cr3 & PTE_ADDR_MASK),
+            HwMode::Pae => {
+                let e = self.pdpte_regs[((la >> 30) & 3) as usize];
+                if e & P == 0 {
+                    return Err(HwFault::PageFault(ec_base));
+                }
+                (2, e & bits(12, max_phys - 1))
             }
-            let (root, _) = self.tables.get(ps.root).expect("loaded root is live");
-            (4u32, root)
-        } else {
-            let e = self.pdpte_regs[((la >> 30) & 3) as usize];
-            if e & P == 0 {
-                return Err(HwFault::PageFault(ec_base));
-            }
-            (2u32, e & PTE_ADDR_MASK)
+            HwMode::Bits32 => (2, self.cr3 & 0xffff_f000),
+            HwMode::Off => unreachable!("handled above"),
         };
         loop {
-            let i = (la >> (12 + 9 * (level - 1))) & 511;
-            let Some(e) = self.entry(table, i) else {
+            let shift = if wide {
+                12 + 9 * u32::from(level - 1)
+            } else {
+                12 + 10 * u32::from(level - 1)
+            };
+            let i = (la >> shift) & if wide { 511 } else { 1023 };
+            let at = table + i * if wide { 8 } else { 4 };
+            let Some(e) = self.read_entry(at, level, wide) else {
                 return Err(HwFault::PageFault(ec_base | pf::P | pf::RSVD));
             };
             if e & P == 0 {
                 return Err(HwFault::PageFault(ec_base));
             }
-            let ps_bit = e & PS != 0 && (level == 2 || level == 3);
-            let mut rsvd = if long {
-                bits(HW_PHYS_BITS, 51) | nx_bit
-            } else {
-                bits(HW_PHYS_BITS, 62) | nx_bit
+            // Bit 7: PS at levels 2 and 3 (3 only with 1 GiB pages) in
+            // PAE and IA-32e paging, at level 2 with CR4.PSE in 32-bit
+            // paging; reserved at levels 4 and 5; PAT at level 1.
+            let large = e & PS != 0
+                && match mode {
+                    HwMode::Bits32 => level == 2 && ps.cr4 & cr4::PSE != 0,
+                    _ => level == 2 || (level == 3 && self.cfg.cpu.gb_pages),
+                };
+            let mut rsvd = match mode {
+                // PSE-36: bits 20:13 hold physical bits 39:32.
+                HwMode::Bits32 if large => bits(13 + (max_phys.min(40) - 32), 21),
+                HwMode::Bits32 => 0,
+                HwMode::Pae => bits(max_phys, 62) | nx_rsvd,
+                _ => bits(max_phys, 51) | nx_rsvd,
             };
-            if level == 4 {
+            if mode.long() && (level >= 4 || (level == 3 && !self.cfg.cpu.gb_pages)) {
                 rsvd |= PS;
             }
-            if ps_bit {
-                rsvd |= bits(13, 12 + 9 * (level - 1) - 1);
+            if large && wide {
+                rsvd |= bits(13, shift - 1);
             }
             if e & rsvd != 0 {
                 return Err(HwFault::PageFault(ec_base | pf::P | pf::RSVD));
             }
-            w &= e & RW != 0;
-            u &= e & US != 0;
-            x &= !(nxe && e & NX != 0);
-            if level == 1 || ps_bit {
-                let user_ok = !access.user || u;
-                let write_ok = !access.write || w || (!access.user && !wp);
-                let fetch_ok = !access.fetch || x;
-                if !(user_ok && write_ok && fetch_ok) {
-                    return Err(HwFault::PageFault(ec_base | pf::P));
+            rights.writable &= e & RW != 0;
+            rights.user &= e & US != 0;
+            rights.exec &= !(ctl.nx && e & NX != 0);
+            if level == 1 || large {
+                if mode.long() {
+                    rights.pkey = ((e >> 59) & 0xf) as u8;
+                }
+                if let Err(ec) = ctl.check(rights, access) {
+                    return Err(HwFault::PageFault(ec));
                 }
                 let set = A | if access.write { D } else { 0 };
-                self.set_bits(table, i, set);
-                let size = 1u64 << (12 + 9 * (level - 1));
-                let page = (e & PTE_ADDR_MASK) & !(size - 1);
+                self.set_bits(at, set);
+                let size = 1u64 << shift;
+                let page = if wide {
+                    (e & bits(12, max_phys - 1)) & !(size - 1)
+                } else if large {
+                    // PSE-36: PDE bits 20:13 are physical bits 39:32.
+                    (e & 0xffc0_0000) | ((e >> 13) & 0xff) << 32
+                } else {
+                    e & 0xffff_f000
+                };
                 let Some(gpa_base) = self.leaf_gpa(page, size) else {
                     return Err(HwFault::PageFault(ec_base | pf::P | pf::RSVD));
                 };
                 let gpa = gpa_base + (la & (size - 1));
                 self.tlb.insert(
-                    vpn,
+                    key,
                     TlbEntry {
                         gpa_page: gpa >> 12,
-                        writable: w,
-                        user: u,
-                        exec: x,
+                        rights,
                         dirty: e & D != 0 || access.write,
-                        global: e & G != 0 && ps.cr4 & CR4_PGE != 0,
+                        global: e & G != 0 && ps.cr4 & cr4::PGE != 0,
                     },
                 );
                 return Ok(gpa);
             }
-            self.set_bits(table, i, A);
-            table = e & PTE_ADDR_MASK;
+            self.set_bits(at, A);
+            table = if wide {
+                e & bits(12, max_phys - 1)
+            } else {
+                e & 0xffff_f000
+            };
             level -= 1;
         }
     }
@@ -412,7 +577,7 @@ impl Sim {
         let mut level = 4u32;
         loop {
             let i = (gpa >> (12 + 9 * (level - 1))) & 511;
-            let Some(e) = self.entry(table, i) else {
+            let Some(e) = self.read_entry(table + 8 * i, level as u8, true) else {
                 return Err(HwFault::NestedFault {
                     gpa,
                     info: info(true),
@@ -562,7 +727,9 @@ impl MmuPlatform for Sim {
         for (index, ins) in batch.iter().enumerate() {
             match self.tables.check(ins, ram) {
                 Ok((frame, i, entry)) => {
-                    self.frames.get_mut(&frame).expect("live table frame")[i] = entry;
+                    if let Some(t) = self.frames.get_mut(&frame) {
+                        t[i] = entry;
+                    }
                     self.counters.installs += 1;
                 }
                 Err(error) => {
@@ -600,7 +767,9 @@ impl MmuPlatform for Sim {
                 self.tlb.clear();
             }
             Flush::Page(la) => {
-                self.tlb.remove(&(la >> 12));
+                // Every PCID's entry for the page (INVLPG drops the
+                // current PCID's and global ones; dropping more is allowed).
+                self.tlb.retain(|&(_, vpn), _| vpn != la >> 12);
             }
         }
     }
@@ -639,7 +808,7 @@ mod tests {
         s.load_paging(&PagingState {
             cr0: 0x8001_0001,
             cr4: 1 << 5,
-            efer: EFER_LME | (1 << 10),
+            efer: crate::hw::efer::LME | crate::hw::efer::LMA,
             root: l4,
             reserved: 0,
         })
