@@ -17,7 +17,7 @@ use ipc_proto::mmu::{Install, InstallPage, INSTALL_BATCH_MAX, MAX_SHADOW_TABLES}
 use ipc_proto::sys::{self, ConsoleLine};
 use ipc_proto::syscall::CONSOLE_WRITE_MAX;
 use ipc_proto::{
-    EventInjection, GuestRegs, PagingState, Resume, ResumeFlags, Syscall, ABI_VERSION,
+    EventInjection, ExitRecord, GuestRegs, PagingState, Resume, ResumeFlags, Syscall, ABI_VERSION,
 };
 
 use crate::{Config, ATTACK_CONFIG, MAX_SKIPS, SERVER_MMU, SERVER_VMM};
@@ -37,6 +37,14 @@ pub fn config() -> Config {
     // SAFETY: a static of this crate; volatile so that the patched bytes
     // are read, not the values the compiler saw.
     unsafe { core::ptr::read_volatile(&raw const ATTACK_CONFIG) }
+}
+
+/// splitmix64: spreads a small seed over all 64 bits (never 0 for xorshift).
+fn splitmix(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) | 1
 }
 
 /// A system call with any number, unlike `ipc_proto::sys::syscall3`.
@@ -70,14 +78,18 @@ pub enum Class {
     Exhaustion,
     /// x87/SSE in a server.
     Fpu,
+    /// Resumes drawn from a seeded generator, near-legal: an accepted one
+    /// must enter the guest.
+    RandomResumes,
 }
 
-const CLASSES: [Class; 5] = [
+const CLASSES: [Class; 6] = [
     Class::Installs,
     Class::Resumes,
     Class::Syscalls,
     Class::Exhaustion,
     Class::Fpu,
+    Class::RandomResumes,
 ];
 
 impl Class {
@@ -88,6 +100,7 @@ impl Class {
             Self::Syscalls => "syscalls",
             Self::Exhaustion => "exhaustion",
             Self::Fpu => "fpu",
+            Self::RandomResumes => "random-resumes",
         }
     }
 }
@@ -129,18 +142,47 @@ pub struct Campaign {
     next: u32,
     tallies: [Tally; CLASSES.len()],
     rng: u64,
+    /// The random class's generator, from the configured seed.
+    draws: u64,
 }
 
 impl Campaign {
     /// The campaign of server `server` ([`SERVER_MMU`] or [`SERVER_VMM`]).
     pub fn new(server: u32) -> Self {
+        let cfg = config();
         Self {
             server,
-            cfg: config(),
+            cfg,
             next: 0,
             tallies: [Tally::default(); CLASSES.len()],
             rng: 0x9e37_79b9_7f4a_7c15 ^ u64::from(server),
+            draws: splitmix(u64::from(cfg.seed) << 8 | u64::from(server)),
         }
+    }
+
+    /// The configured seed of the random class.
+    pub fn seed(&self) -> u32 {
+        self.cfg.seed
+    }
+
+    /// The random class's next number (xorshift64* from the seed).
+    pub fn draw(&mut self) -> u64 {
+        let mut x = self.draws;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.draws = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// True once in `n` draws.
+    fn one_in(&mut self, n: u64) -> bool {
+        self.draw().is_multiple_of(n)
+    }
+
+    /// A draw below `n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.draw() % n
     }
 
     /// [`crate::BOOT_MAIN`], [`crate::BOOT_DESTRUCTIVE`] or [`crate::BOOT_FPU`].
@@ -1294,4 +1336,553 @@ pub fn fpu(c: &mut Campaign) {
         line!("attack: fpu: xmm0 read: {v:#x}");
         true
     });
+}
+
+// ---------------------------------------------------------------------
+// Random resumes (their own boot, `BOOT_RANDOM`)
+//
+// The oracle: a draw the ABI forbids (ipc-proto's `Resume` documentation
+// and the manuals: reserved bits, a RIP the mode cannot hold, an event
+// type or vector that does not exist, an interrupt the guest masks, a
+// paging state off the allowlist) must be refused; any other may be
+// refused or accepted, but an accepted one must ENTER the guest. A server
+// that gets an exit back from `VcpuRun` knows the guest entered; when the
+// entry fails the stub ends the run (`vm failed: VMRUN failed its
+// consistency checks`, `... VM entry failed ...`), and `splitvisor attack`
+// counts that as an escape of this class: the validator accepted a resume
+// the CPU refuses. Every draw is made where the guest is pinned: at an
+// exit whose instruction exits again when it is re-run (a #PF the server
+// does not fix, an intercepted instruction), or at the harness's HLT.
+
+/// Draws per server (`--short`: fewer).
+fn random_draws(c: &Campaign) -> u32 {
+    if c.short() {
+        48
+    } else {
+        240
+    }
+}
+
+const CR0_PE: u64 = 1;
+const CR0_NW: u64 = 1 << 29;
+const CR0_CD: u64 = 1 << 30;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+
+/// CR0 bits a paging draw toggles (MP EM TS ET NE WP AM, and CD with or
+/// without NW below); PE and PG stay as the guest has them.
+const CR0_TOGGLES: [u64; 7] = [1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5, 1 << 16, 1 << 18];
+/// CR4 bits a paging draw toggles: VME PVI TSD DE PSE MCE PGE PCE OSFXSR
+/// OSXMMEXCPT UMIP FSGSBASE OSXSAVE SMEP SMAP (PAE stays).
+const CR4_TOGGLES: [u64; 15] = [
+    1 << 0,
+    1 << 1,
+    1 << 2,
+    1 << 3,
+    1 << 4,
+    1 << 6,
+    1 << 7,
+    1 << 8,
+    1 << 9,
+    1 << 10,
+    1 << 11,
+    1 << 16,
+    1 << 18,
+    1 << 20,
+    1 << 21,
+];
+/// CR4 bits no shadowed guest may have: LA57 VMXE SMXE 15 PCIDE KL PKE
+/// CET PKS (and 25..63, reserved).
+const CR4_FORBIDDEN: [u32; 9] = [12, 13, 14, 15, 17, 19, 22, 23, 24];
+/// EFER: SCE and NXE toggle.
+const EFER_TOGGLES: [u64; 2] = [1, 1 << 11];
+
+/// The guest-physical page where the vmm-server's harness lives: the
+/// stub's initial GDTR and IDTR both have base 0 (limit 0xffff), so a GDT
+/// with flat code (0x08) and data (0x10) descriptors and an IDT whose
+/// gates 0 and 3..=255 lead to `HARNESS_HANDLER` make every injected
+/// event deliverable (1 and 2 overlap the descriptors: their delivery
+/// raises #GP, which is deliverable).
+pub const HARNESS_HANDLER: u64 = 0x800;
+
+/// The harness bytes for guest-physical 0..0x803: GDT/IDT, then the
+/// handler `hlt; jmp $-3` (HLT exits).
+pub fn harness(write: &mut dyn FnMut(u64, &[u8])) {
+    let gate = |v: u64| -> u64 {
+        let off = HARNESS_HANDLER;
+        let low = (0x08 << 16) | (off & 0xffff);
+        let high = (off & 0xffff_0000) | 0xee00;
+        let _ = v;
+        low | high << 32
+    };
+    for v in 0..256u64 {
+        let d = match v {
+            1 => 0x00cf_9a00_0000_ffff,
+            2 => 0x00cf_9200_0000_ffff,
+            _ => gate(v),
+        };
+        write(v * 8, &d.to_le_bytes());
+    }
+    write(HARNESS_HANDLER, &[0xf4, 0xeb, 0xfd]);
+}
+
+/// The exit the stub wrote in this server's VCPU page.
+fn latest_exit() -> ExitRecord {
+    // SAFETY: the stub maps the VCPU page read-write for exit handlers
+    // and wrote the exit before `VcpuRun` returned.
+    unsafe { (&raw const (*sys::vcpu_page()).exit).read_volatile() }
+}
+
+/// The hostile mmu-server's draws, at its first exit under shadow
+/// paging: `SET_PAGING` states on the root the guest runs on (`base`,
+/// what the mmu-server last loaded), with allowlisted CR0/CR4/EFER bits
+/// toggled and now and then a forbidden one, and PAE PDPTEs with random
+/// flag bits in slot 3 of the root. Returns the latest exit (the guest
+/// is pinned: the server installs nothing, so its access faults again).
+pub fn mmu_random(c: &mut Campaign, base: PagingState, first: ExitRecord) -> ExitRecord {
+    let cl = Class::RandomResumes;
+    let n = random_draws(c);
+    line!(
+        "attack: random-resumes mmu seed={} draws={n} base cr0={:#x} cr4={:#x} efer={:#x} root={}",
+        c.seed(),
+        base.cr0,
+        base.cr4,
+        base.efer,
+        base.root
+    );
+    let mut t = Tables::new();
+    let pd = t.alloc(2);
+    let dead = t.alloc(3);
+    if let Some(d) = dead {
+        t.free(d);
+    }
+    let pae = base.efer & EFER_LME == 0;
+    let mut latest = first;
+    for _ in 0..n {
+        let mut p = base;
+        let mut forbidden: Option<&str> = None;
+        for b in CR0_TOGGLES {
+            if c.one_in(4) {
+                p.cr0 ^= b;
+            }
+        }
+        match c.below(8) {
+            0 => p.cr0 |= CR0_CD,
+            1 => p.cr0 |= CR0_CD | CR0_NW,
+            _ => {}
+        }
+        for b in CR4_TOGGLES {
+            if c.one_in(4) {
+                p.cr4 ^= b;
+            }
+        }
+        for b in EFER_TOGGLES {
+            if c.one_in(3) {
+                p.efer ^= b;
+            }
+        }
+        if c.one_in(6) {
+            let what = c.below(10);
+            let bit = c.below(64) as u32;
+            match what {
+                0 => {
+                    // A CR0 bit no manual defines.
+                    let b = [6u32, 7, 12, 15, 17, 19, 28, 32, 40, 63][(bit % 10) as usize];
+                    p.cr0 |= 1 << b;
+                    forbidden = Some("cr0-reserved");
+                }
+                1 => {
+                    p.cr0 = (p.cr0 & !CR0_CD) | CR0_NW;
+                    forbidden = Some("cr0-nw-without-cd");
+                }
+                2 | 3 => {
+                    p.cr4 |= 1 << CR4_FORBIDDEN[(bit % 9) as usize];
+                    forbidden = Some("cr4-off-the-allowlist");
+                }
+                4 => {
+                    p.cr4 |= 1 << (25 + bit % 39);
+                    forbidden = Some("cr4-reserved");
+                }
+                5 => {
+                    let b = [1u32, 2, 3, 4, 5, 6, 7, 9, 16, 20, 31, 48, 63][(bit % 13) as usize];
+                    p.efer |= 1 << b;
+                    forbidden = Some("efer-reserved");
+                }
+                6 => {
+                    p.cr0 &= !CR0_PG;
+                    forbidden = Some("pg-clear");
+                }
+                7 => {
+                    p.cr4 &= !CR4_PAE;
+                    forbidden = Some("pae-clear");
+                }
+                8 => {
+                    p.efer ^= if bit & 1 == 0 { EFER_LME } else { EFER_LMA };
+                    forbidden = Some("lme-lma-disagree");
+                }
+                _ => {
+                    p.root = match (bit % 3, pd, dead) {
+                        (0, Some(h), _) => h,
+                        (1, _, Some(h)) => h,
+                        _ => u32::MAX,
+                    };
+                    forbidden = Some("root-not-the-mode's-level");
+                }
+            }
+        }
+        if c.one_in(40) {
+            p.reserved = 1;
+            forbidden = Some("paging-reserved");
+        }
+        // The oracle, from the ABI: PG and PAE set, PE with LME, LMA =
+        // LME, NW only with CD, the root the mode's level (the root's own
+        // handle is).
+        if p.cr0 & CR0_PG == 0
+            || p.cr4 & CR4_PAE == 0
+            || (p.efer & EFER_LME != 0) != (p.efer & EFER_LMA != 0)
+            || p.efer & EFER_LME != 0 && p.cr0 & CR0_PE == 0
+            || p.cr0 & CR0_NW != 0 && p.cr0 & CR0_CD == 0
+        {
+            forbidden = forbidden.or(Some("paging-combination"));
+        }
+        let mut flags = ResumeFlags::SET_PAGING;
+        let mut r = base_resume(ResumeFlags::empty());
+        if c.one_in(2) {
+            flags |= ResumeFlags::FLUSH_NON_GLOBAL;
+        }
+        if c.one_in(4) {
+            flags |= ResumeFlags::SET_CR2;
+            r.cr2 = c.draw();
+        }
+        r.flags = flags.bits();
+        r.paging = p;
+        // A PAE PDPTE with random flags in the root's slot 3 (3-4 GiB,
+        // which the probe never touches): VM entry loads the four PDPTEs
+        // without EPT and checks their reserved bits.
+        let pdpte = match pd {
+            Some(h) if pae && forbidden.is_none() && c.one_in(4) => {
+                let mut e = u64::from(h) << 12 | 1;
+                for b in [1u32, 2, 3, 4, 5, 6, 8, 9, 10, 11, 63] {
+                    if c.one_in(4) {
+                        e |= 1 << b;
+                    }
+                }
+                if c.one_in(6) {
+                    e |= 1 << (52 + c.below(11));
+                }
+                Some(e)
+            }
+            _ => None,
+        };
+        let must = if forbidden.is_some() {
+            Must::Refuse
+        } else {
+            Must::Either
+        };
+        let mut entered = None;
+        c.attempt(
+            cl,
+            must,
+            format_args!(
+                "set-paging cr0={:#x} cr4={:#x} efer={:#x} root={} reserved={} flags={:#x} cr2={:#x} pdpte3={:#x} forbidden={}",
+                p.cr0,
+                p.cr4,
+                p.efer,
+                p.root,
+                p.reserved,
+                r.flags,
+                r.cr2,
+                pdpte.unwrap_or(0),
+                forbidden.unwrap_or("-")
+            ),
+            || {
+                if let Some(e) = pdpte {
+                    if !install(&[ins(base.root, 3, 3, e)], None) {
+                        return false;
+                    }
+                }
+                let ok = resume(&r);
+                if ok {
+                    entered = Some(latest_exit());
+                }
+                if pdpte.is_some() {
+                    install(&[ins(base.root, 3, 3, 0)], None);
+                }
+                ok
+            },
+        );
+        if let Some(e) = entered {
+            latest = e;
+        }
+    }
+    t.free_all();
+    latest
+}
+
+const RFLAGS_TF: u64 = 1 << 8;
+const RFLAGS_IF: u64 = 1 << 9;
+const RFLAGS_VM: u64 = 1 << 17;
+/// RFLAGS bits a draw may set: CF PF AF ZF SF TF IF DF OF IOPL NT RF AC
+/// VIF VIP ID (bit 1 always; VM as the guest has it).
+const RFLAGS_LEGAL: u64 =
+    1 | 1 << 2 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 9 | 1 << 10 | 1 << 11 | 3 << 12 | 1 << 14
+        | 1 << 16 | 1 << 18 | 1 << 19 | 1 << 20 | 1 << 21;
+
+/// Whether an exit says the guest shut down (SVM SHUTDOWN, VMX triple fault).
+fn shut_down(e: &ExitRecord) -> bool {
+    if e.arch == ipc_proto::VcpuArch::Vmx as u32 {
+        e.exit_code & 0xffff == 2
+    } else {
+        e.exit_code == ipc_proto::vcpu::svm_exit::SHUTDOWN
+    }
+}
+
+/// The hostile vmm-server's draws, at its first exit (`first`, pinned: an
+/// intercepted instruction it does not emulate): random `SET_RFLAGS`,
+/// `SET_RIP`, `INJECT_EVENT`, `REQUEST_INTERRUPT_WINDOW` and `SET_GPRS`,
+/// combined, each entry bounded by an exit deadline. The harness
+/// ([`harness`], written by the caller) makes injected events land on a
+/// HLT. Between draws the guest stays where its last exit left it, or a
+/// draw puts it back at `first`. Returns the latest exit.
+pub fn vmm_random(c: &mut Campaign, first: ExitRecord, tsc_hz: u64) -> ExitRecord {
+    let cl = Class::RandomResumes;
+    let n = random_draws(c);
+    line!(
+        "attack: random-resumes vmm seed={} draws={n} at exit {:#x} rip={:#x} rflags={:#x}",
+        c.seed(),
+        first.exit_code,
+        first.regs.rip,
+        first.regs.rflags
+    );
+    let slice = if tsc_hz == 0 { 1_000_000 } else { tsc_hz / 100 };
+    let mut cur = first;
+    for _ in 0..n {
+        let mut r = base_resume(ResumeFlags::empty());
+        let mut flags = ResumeFlags::SET_EXIT_DEADLINE;
+        r.regs = cur.regs;
+        let mut forbidden: Option<&str> = None;
+        let restore = c.one_in(3);
+        if restore {
+            flags |= ResumeFlags::SET_GPRS | ResumeFlags::SET_RIP | ResumeFlags::SET_RFLAGS;
+            r.regs = first.regs;
+        } else if c.one_in(6) {
+            flags |= ResumeFlags::SET_GPRS;
+            r.regs.rax = c.draw();
+        }
+        if c.one_in(2) {
+            flags |= ResumeFlags::SET_RIP;
+            let x = c.below(20);
+            r.regs.rip = match x {
+                0..=7 => first.regs.rip,
+                8..=11 => HARNESS_HANDLER,
+                12..=13 if first.next_rip != 0 => first.next_rip,
+                14 => 0xffff_fff0,
+                15 => first.regs.rip + 1,
+                16 => {
+                    forbidden = Some("rip-above-4g");
+                    1 << 32 | first.regs.rip
+                }
+                17 => {
+                    forbidden = Some("rip-non-canonical");
+                    0x8000_0000_0000_0000 | first.regs.rip
+                }
+                18 => {
+                    forbidden = Some("rip-high-half");
+                    0xffff_ffff_8000_0000 | first.regs.rip
+                }
+                _ => first.regs.rip,
+            };
+        }
+        if c.one_in(2) || restore {
+            flags |= ResumeFlags::SET_RFLAGS;
+            let mut f = 2 | c.draw() & RFLAGS_LEGAL | cur.regs.rflags & RFLAGS_VM;
+            if !c.one_in(6) {
+                f &= !RFLAGS_TF;
+            }
+            if c.one_in(12) {
+                match c.below(4) {
+                    0 => f &= !2,
+                    1 => f |= 1 << [3u64, 5, 15][c.below(3) as usize],
+                    2 => f ^= RFLAGS_VM,
+                    _ => f |= 1 << (22 + c.below(42)),
+                }
+                forbidden = Some("rflags");
+            }
+            r.regs.rflags = f;
+        }
+        if c.one_in(3) {
+            flags |= ResumeFlags::INJECT_EVENT;
+            let kind = match c.below(20) {
+                0..=4 => 0u8,
+                5..=6 => 2,
+                7..=15 => 3,
+                16..=18 => 4,
+                _ => [1u8, 5, 6, 7][c.below(4) as usize],
+            };
+            if kind == 0 && !c.one_in(4) {
+                if !flags.contains(ResumeFlags::SET_RFLAGS) {
+                    r.regs.rflags = cur.regs.rflags;
+                    flags |= ResumeFlags::SET_RFLAGS;
+                }
+                r.regs.rflags |= RFLAGS_IF;
+            }
+            let vector = match kind {
+                2 if !c.one_in(10) => 2,
+                3 if c.one_in(10) => [2u8, 32, 255][c.below(3) as usize],
+                3 => {
+                    let v = c.below(31) as u8;
+                    if v >= 2 {
+                        v + 1
+                    } else {
+                        v
+                    }
+                }
+                _ if c.one_in(8) => c.below(32) as u8,
+                _ => 32 + c.below(224) as u8,
+            };
+            let with_code = matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30) && kind == 3;
+            let has_error_code = match c.below(24) {
+                0 => 2,
+                1..=2 => 1,
+                _ if with_code && !c.one_in(4) => 1,
+                _ => 0,
+            };
+            let reserved = u8::from(c.one_in(30));
+            r.event = EventInjection {
+                vector,
+                kind,
+                has_error_code,
+                reserved,
+                error_code: c.draw() as u32,
+            };
+            let final_if = if flags.contains(ResumeFlags::SET_RFLAGS) {
+                r.regs.rflags
+            } else {
+                cur.regs.rflags
+            } & RFLAGS_IF
+                != 0;
+            let shadow = cur.interrupt_shadow != 0 && !flags.contains(ResumeFlags::SET_RIP);
+            let bad = match kind {
+                0 => (!final_if || shadow).then_some("interrupt-the-guest-masks"),
+                2 => (vector != 2 || shadow).then_some("nmi"),
+                3 => (vector >= 32 || vector == 2).then_some("exception-vector"),
+                4 => None,
+                _ => Some("event-type"),
+            }
+            .or((has_error_code > 1 || has_error_code == 1 && !with_code)
+                .then_some("error-code"))
+            .or((reserved != 0).then_some("event-reserved"));
+            forbidden = forbidden.or(bad);
+        }
+        // VM entry's interrupt-shadow rules (SDM vol. 3C, 27.3.1.5), as
+        // the ABI documents them: TF and IF stay while the shadow lasts.
+        let shadow = cur.interrupt_shadow != 0 && !flags.contains(ResumeFlags::SET_RIP);
+        if flags.contains(ResumeFlags::SET_RFLAGS)
+            && shadow
+            && (r.regs.rflags ^ cur.regs.rflags) & (RFLAGS_TF | RFLAGS_IF) != 0
+        {
+            forbidden = forbidden.or(Some("tf-if-change-in-interrupt-shadow"));
+        }
+        if c.one_in(4) {
+            flags |= ResumeFlags::REQUEST_INTERRUPT_WINDOW;
+        }
+        let mut bits = flags.bits();
+        if c.one_in(40) {
+            bits |= 1 << (10 + c.below(22));
+            forbidden = Some("unknown-flag");
+        } else if c.one_in(40) {
+            bits |= ResumeFlags::SET_PAGING.bits();
+            r.paging = PagingState {
+                cr0: 0x8000_0011,
+                cr4: 0x20,
+                efer: 0,
+                root: c.below(4) as u32,
+                reserved: 0,
+            };
+            forbidden = Some("set-paging-from-the-vmm-server");
+        }
+        r.flags = bits;
+        r.exit_deadline = rdtsc().wrapping_add(slice);
+        let must = if forbidden.is_some() {
+            Must::Refuse
+        } else {
+            Must::Either
+        };
+        let e = r.event;
+        let mut entered = None;
+        c.attempt(
+            cl,
+            must,
+            format_args!(
+                "flags={:#x} rip={:#x} rflags={:#x} event=type:{},vector:{},has-ec:{},ec:{:#x},reserved:{} rax={:#x} guest-rflags={:#x} shadow={} forbidden={}",
+                r.flags,
+                r.regs.rip,
+                r.regs.rflags,
+                e.kind,
+                e.vector,
+                e.has_error_code,
+                e.error_code,
+                e.reserved,
+                r.regs.rax,
+                cur.regs.rflags,
+                cur.interrupt_shadow,
+                forbidden.unwrap_or("-")
+            ),
+            || {
+                let ok = resume(&r);
+                if ok {
+                    entered = Some(latest_exit());
+                }
+                ok
+            },
+        );
+        if let Some(e) = entered {
+            if shut_down(&e) {
+                line!(
+                    "attack: random-resumes: the guest shut down (exit {:#x}, rip={:#x}) after an accepted draw: it entered; ending this boot",
+                    e.exit_code,
+                    e.regs.rip
+                );
+                sys::vm_fail();
+            }
+            cur = e;
+        }
+    }
+    cur
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no memory effects; the stub leaves CR4.TSD clear.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// The resume that puts the guest back at `first` (where the draws began)
+/// under `answer`, the server's own resume for `first`: registers, RIP and
+/// RFLAGS from `answer` where it sets them, from `first` otherwise, and no
+/// exit deadline unless `answer` names one.
+pub fn restore_after_draws(first: &ExitRecord, answer: &Resume) -> Resume {
+    let f = ResumeFlags::from_bits_truncate(answer.flags);
+    let mut r = *answer;
+    if !f.contains(ResumeFlags::SET_GPRS) {
+        r.regs = first.regs;
+    }
+    if !f.contains(ResumeFlags::SET_RIP) {
+        r.regs.rip = first.regs.rip;
+    }
+    if !f.contains(ResumeFlags::SET_RFLAGS) {
+        r.regs.rflags = first.regs.rflags;
+    }
+    if !f.contains(ResumeFlags::SET_EXIT_DEADLINE) {
+        r.exit_deadline = 0;
+    }
+    r.flags = (f
+        | ResumeFlags::SET_GPRS
+        | ResumeFlags::SET_RIP
+        | ResumeFlags::SET_RFLAGS
+        | ResumeFlags::SET_EXIT_DEADLINE)
+        .bits();
+    r.abi_version = ABI_VERSION;
+    r
 }

@@ -41,6 +41,12 @@ pub const BOOT_MAIN: u32 = 0;
 pub const BOOT_DESTRUCTIVE: u32 = 1;
 /// The servers execute x87/SSE instructions: the stub must make them fault.
 pub const BOOT_FPU: u32 = 2;
+/// The `random-resumes` class: at their first exit each server draws
+/// resumes from [`Config::seed`] (the mmu-server paging states under shadow
+/// paging, the vmm-server RFLAGS, RIP, events and interrupt windows) and
+/// makes each; an accepted one must enter the guest. Destructive: the
+/// vmm-server writes a GDT, an IDT and a handler at guest-physical 0.
+pub const BOOT_RANDOM: u32 = 3;
 
 /// Server number of the hostile mmu-server in skip entries.
 pub const SERVER_MMU: u32 = 0;
@@ -54,14 +60,15 @@ pub const SERVER_VMM: u32 = 1;
 pub struct Config {
     /// [`CONFIG_MAGIC`].
     pub magic: [u8; 16],
-    /// [`BOOT_MAIN`], [`BOOT_DESTRUCTIVE`] or [`BOOT_FPU`].
+    /// [`BOOT_MAIN`], [`BOOT_DESTRUCTIVE`], [`BOOT_FPU`] or [`BOOT_RANDOM`].
     pub boot: u32,
     /// 1: fewer random attempts (CI).
     pub short: u32,
     /// Valid entries of `skip`.
     pub nskip: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// The seed of the random draws ([`BOOT_RANDOM`]); each server mixes
+    /// in its own number.
+    pub seed: u32,
     /// Attempts not to make: `server << 24 | index`.
     pub skip: [u32; MAX_SKIPS],
 }
@@ -74,6 +81,6 @@ pub static ATTACK_CONFIG: Config = Config {
     boot: BOOT_MAIN,
     short: 0,
     nskip: 0,
-    reserved: 0,
+    seed: 0,
     skip: [0; MAX_SKIPS],
 };

@@ -32,7 +32,7 @@ mod ring3 {
     };
 
     use attack_servers::campaign::{self, Campaign};
-    use attack_servers::{BOOT_DESTRUCTIVE, BOOT_FPU, SERVER_MMU};
+    use attack_servers::{BOOT_DESTRUCTIVE, BOOT_FPU, BOOT_RANDOM, SERVER_MMU};
 
     ipc_proto::server_entry!(server_main);
 
@@ -197,11 +197,15 @@ mod ring3 {
         // at the first exit instead, once the stub walks a live root.
         let mut campaign = Campaign::new(SERVER_MMU);
         let shadow_mode = mode != mmu_server::MmuMode::Nested;
-        let at_first_exit = campaign.boot() == BOOT_DESTRUCTIVE && shadow_mode;
+        // The random draws too: they need the guest running on its root.
+        let at_first_exit =
+            matches!(campaign.boot(), BOOT_DESTRUCTIVE | BOOT_RANDOM) && shadow_mode;
         if !at_first_exit {
             match campaign.boot() {
                 BOOT_FPU => campaign::fpu(&mut campaign),
                 BOOT_DESTRUCTIVE => campaign::exhaustion(&mut campaign, None),
+                // Under nested paging the mmu-server has no paging state to draw.
+                BOOT_RANDOM => {}
                 _ => {
                     campaign::syscalls(&mut campaign, boot.guest_ram_bytes);
                     campaign::installs(&mut campaign, boot.guest_ram_bytes);
@@ -233,7 +237,10 @@ mod ring3 {
             (None, None) => fail("no shadow or nested root after start"),
         };
         let first_root = paging.root;
+        let first_paging = paging;
         let mut first_exit = at_first_exit;
+        // After the random draws: the next resume loads `first_paging` again.
+        let mut restore_paging = false;
         let mut resume = Resume {
             abi_version: ABI_VERSION,
             flags: flags.bits(),
@@ -266,10 +273,15 @@ mod ring3 {
                 ));
             }
             // SAFETY: as above; the stub wrote the exit before returning.
-            let exit = unsafe { (&raw const (*page).exit).read_volatile() };
+            let mut exit = unsafe { (&raw const (*page).exit).read_volatile() };
             if first_exit {
                 first_exit = false;
-                campaign::exhaustion(&mut campaign, Some(first_root));
+                if campaign.boot() == BOOT_RANDOM {
+                    exit = campaign::mmu_random(&mut campaign, first_paging, exit);
+                    restore_paging = true;
+                } else {
+                    campaign::exhaustion(&mut campaign, Some(first_root));
+                }
                 campaign.finish();
             }
             (resume, next_call) = match mmu.handle_exit(&mut platform, &exit) {
@@ -311,6 +323,13 @@ mod ring3 {
                     exit.exit_code, exit.regs.rip
                 )),
             };
+            if restore_paging {
+                restore_paging = false;
+                if resume.flags & ResumeFlags::SET_PAGING.bits() == 0 {
+                    resume.flags |= ResumeFlags::SET_PAGING.bits();
+                    resume.paging = first_paging;
+                }
+            }
         }
     }
 

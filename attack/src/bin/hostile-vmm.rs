@@ -44,7 +44,7 @@ mod ring3 {
     const RTC_EPOCH: i64 = 1_767_225_600;
 
     use attack_servers::campaign::{self, Campaign};
-    use attack_servers::{BOOT_DESTRUCTIVE, BOOT_FPU, SERVER_VMM};
+    use attack_servers::{BOOT_DESTRUCTIVE, BOOT_FPU, BOOT_RANDOM, SERVER_VMM};
 
     ipc_proto::server_entry!(server_main);
 
@@ -216,12 +216,53 @@ mod ring3 {
         }
     }
 
-    /// The VCPU and statistics calls of the native stub.
-    struct NativeStub;
+    /// The VCPU and statistics calls of the native stub; in the random
+    /// boot it makes the campaign's draws at the first exit, before the
+    /// server's own answer to it.
+    struct NativeStub {
+        /// The random campaign, until it has run.
+        random: Option<Campaign>,
+        /// The exit the server answers next.
+        last: Option<ExitRecord>,
+        tsc_hz: u64,
+        /// Guest RAM in this task: base and length.
+        ram: (u64, u64),
+    }
+
+    impl NativeStub {
+        /// Draws at `first`, then `answer` with the guest put back there.
+        fn draws(&mut self, mut c: Campaign, first: ExitRecord, answer: &Resume) -> Resume {
+            let (base, len) = self.ram;
+            campaign::harness(&mut |gpa, bytes| {
+                if gpa + bytes.len() as u64 <= len {
+                    // SAFETY: inside guest RAM, which the stub maps
+                    // read-write for this task; the guest is stopped.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            bytes.as_ptr(),
+                            (base + gpa) as *mut u8,
+                            bytes.len(),
+                        )
+                    };
+                }
+            });
+            campaign::vmm_random(&mut c, first, self.tsc_hz);
+            c.finish();
+            campaign::restore_after_draws(&first, answer)
+        }
+    }
 
     impl Stub for NativeStub {
         fn vcpu_run(&mut self, resume: Option<&Resume>) -> Result<ExitRecord, ErrorCode> {
             let page = vcpu_page();
+            let restored;
+            let mut resume = resume;
+            if let (Some(r), Some(first)) = (resume, self.last) {
+                if let Some(c) = self.random.take() {
+                    restored = self.draws(c, first, r);
+                    resume = Some(&restored);
+                }
+            }
             if let Some(r) = resume {
                 // SAFETY: the stub maps the VCPU page read-write at VCPU_PAGE
                 // for this task; `resume` is inside it and suitably aligned
@@ -233,7 +274,9 @@ mod ring3 {
             result(unsafe { syscall3(Syscall::VcpuRun, 0, 0, 0) })?;
             // SAFETY: as above; the stub wrote `exit` before returning, and
             // every bit pattern is a valid ExitRecord.
-            Ok(unsafe { addr_of!((*page).exit).read_volatile() })
+            let exit = unsafe { addr_of!((*page).exit).read_volatile() };
+            self.last = Some(exit);
+            Ok(exit)
         }
 
         fn stats_read(&mut self) -> Result<Stats, ErrorCode> {
@@ -273,15 +316,21 @@ mod ring3 {
         }
 
         let mut campaign = Campaign::new(SERVER_VMM);
-        match campaign.boot() {
-            BOOT_FPU => campaign::fpu(&mut campaign),
-            BOOT_DESTRUCTIVE => campaign::vmm_destructive(&mut campaign),
-            _ => {
-                campaign::syscalls(&mut campaign, boot.guest_ram_bytes);
-                campaign::vmm_resumes(&mut campaign);
+        // The random draws wait for the first exit (`NativeStub::vcpu_run`).
+        let random = if campaign.boot() == BOOT_RANDOM {
+            Some(campaign)
+        } else {
+            match campaign.boot() {
+                BOOT_FPU => campaign::fpu(&mut campaign),
+                BOOT_DESTRUCTIVE => campaign::vmm_destructive(&mut campaign),
+                _ => {
+                    campaign::syscalls(&mut campaign, boot.guest_ram_bytes);
+                    campaign::vmm_resumes(&mut campaign);
+                }
             }
-        }
-        campaign.finish();
+            campaign.finish();
+            None
+        };
 
         let board = Board::new();
         let mut ram = GuestRamWindow {
@@ -347,7 +396,13 @@ mod ring3 {
             .with_mmio(mmio)
             .with_config(config);
 
-        match vmm_server::run(&mut NativeStub, &mut vmm, &console) {
+        let mut stub = NativeStub {
+            random,
+            last: None,
+            tsc_hz: boot.tsc_hz,
+            ram: (boot.guest_ram_window, boot.guest_ram_bytes),
+        };
+        match vmm_server::run(&mut stub, &mut vmm, &console) {
             Ending::Stop { status } => vm_stop(status),
             // The stub has no reset yet: a reset ends the VM, as QEMU's
             // -no-reboot does.
