@@ -30,7 +30,10 @@ use std::time::{Duration, Instant};
 
 use ipc_proto::manifest::MmuMode;
 
-use crate::run::{qemu_args, run_emulator, Capture, FinalLine, RunOptions, DEFAULT_EMULATOR};
+use crate::run::{
+    find_program, qemu_args, run_command, run_emulator, Arch, Capture, Console, FinalLine,
+    RunOptions, DEFAULT_EMULATOR,
+};
 
 /// The probe guest the hostile servers boot after their campaign.
 pub const PROBE_GUEST: &str = "hello";
@@ -60,11 +63,101 @@ pub const CLASSES: &[&str] = &[
     "syscalls",
     "exhaustion",
     "fpu",
+    "random-resumes",
     "guests",
 ];
 
 /// The kinds of boot, with the number the servers know them by.
-const BOOTS: &[(&str, u32)] = &[("main", 0), ("destructive", 1), ("fpu", 2)];
+pub const BOOTS: &[(&str, u32)] = &[("main", 0), ("destructive", 1), ("fpu", 2), ("random", 3)];
+
+/// The emulator the campaign boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emulator {
+    /// QEMU (TCG) with emulated SVM: `EPYC,+svm,+npt` and `EPYC,+svm,-npt`.
+    Qemu,
+    /// Bochs from a GRUB ISO: `corei7_skylake_x` for VMX (EPT and shadow
+    /// paging), `ryzen` for SVM (NPT and shadow paging).
+    Bochs,
+}
+
+/// One machine the campaign boots: emulator, CPU, extension, MMU mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// `npt`, `shadow` (QEMU) or `vmx-ept`, `vmx-shadow`, `svm-npt`, `svm-shadow` (Bochs).
+    pub name: String,
+    /// The emulator.
+    pub emulator: Emulator,
+    /// QEMU's `-cpu` or Bochs's `cpu: model=`.
+    pub cpu: String,
+    /// The extension the stub is told to use (Bochs), or none (QEMU: SVM from CPUID).
+    pub arch: Option<Arch>,
+    /// Nested or shadow paging.
+    pub mode: MmuMode,
+}
+
+/// The machines for `emulator`, the `arches` (Bochs) and `modes`.
+pub fn targets(emulator: Emulator, arches: &[Arch], modes: &[MmuMode]) -> Vec<Target> {
+    let mut out = Vec::new();
+    match emulator {
+        Emulator::Qemu => {
+            for &mode in modes {
+                out.push(Target {
+                    name: mode_name(mode).to_string(),
+                    emulator,
+                    cpu: cpu_of(mode).to_string(),
+                    arch: None,
+                    mode,
+                });
+            }
+        }
+        Emulator::Bochs => {
+            for &arch in arches {
+                for &mode in modes {
+                    let (cpu, nested) = match arch {
+                        Arch::Vmx => (crate::bochs::DEFAULT_CPU_VMX, "ept"),
+                        Arch::Svm => (crate::bochs::DEFAULT_CPU_SVM, "npt"),
+                    };
+                    let paging = match mode {
+                        MmuMode::Nested => nested,
+                        _ => "shadow",
+                    };
+                    out.push(Target {
+                        name: format!("{}-{paging}", arch.name()),
+                        emulator,
+                        cpu: cpu.to_string(),
+                        arch: Some(arch),
+                        mode,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A seed for the random class when none is given: from the clock.
+pub fn fresh_seed() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (t.as_nanos() as u32 ^ (t.as_secs() as u32).rotate_left(16)) | 1
+}
+
+/// Whether a stub's `vm failed:` reason says the CPU refused to enter the
+/// guest (`arch::EntryFailure`): SVM's VMRUN consistency checks or an
+/// exit code no intercept gives, VMX's VMLAUNCH/VMRESUME failures and
+/// failed entries.
+pub fn is_entry_failure(reason: &str) -> bool {
+    [
+        "VMRUN failed its consistency checks",
+        "VMRUN ended with exit code",
+        "VMLAUNCH failed",
+        "VMRESUME failed",
+        "VM entry failed",
+    ]
+    .iter()
+    .any(|t| reason.contains(t))
+}
 
 /// How to run the campaign.
 #[derive(Clone, Debug)]
@@ -77,6 +170,16 @@ pub struct AttackOptions {
     pub timeout: Duration,
     /// Print every boot's console on stderr.
     pub verbose: bool,
+    /// QEMU or Bochs.
+    pub emulator: Emulator,
+    /// With Bochs: VMX (`corei7_skylake_x`) and/or SVM (`ryzen`).
+    pub arches: Vec<Arch>,
+    /// The random class's seed.
+    pub seed: u32,
+    /// The kinds of boot to make (names of [`BOOTS`]); empty: all.
+    pub boots: Vec<String>,
+    /// Boot the guest-side attacks too.
+    pub guests: bool,
 }
 
 impl Default for AttackOptions {
@@ -86,6 +189,11 @@ impl Default for AttackOptions {
             modes: vec![MmuMode::Nested, MmuMode::Shadow],
             timeout: Duration::from_secs(180),
             verbose: false,
+            emulator: Emulator::Qemu,
+            arches: vec![Arch::Vmx, Arch::Svm],
+            seed: 1,
+            boots: Vec::new(),
+            guests: true,
         }
     }
 }
@@ -134,6 +242,9 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Whether every main boot's probe guest ran to its end.
     pub probe_ok: bool,
+    /// Draws of the random class whose entry the CPU refused after the
+    /// stub accepted them: the draw and the stub's line.
+    pub disagreements: Vec<String>,
     /// Boots made.
     pub boots: u64,
 }
@@ -164,16 +275,16 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "| class      | attempts | refused | accepted (allowed) | stub faults | escapes | denied |"
+            "| class          | attempts | refused | accepted (allowed) | stub faults | escapes | denied |"
         );
         let _ = writeln!(
             s,
-            "|------------|---------:|--------:|-------------------:|------------:|--------:|-------:|"
+            "|----------------|---------:|--------:|-------------------:|------------:|--------:|-------:|"
         );
         let mut line = |name: &str, r: &Row| {
             let _ = writeln!(
                 s,
-                "| {name:<10} | {:>8} | {:>7} | {:>18} | {:>11} | {:>7} | {:>6} |",
+                "| {name:<14} | {:>8} | {:>7} | {:>18} | {:>11} | {:>7} | {:>6} |",
                 r.attempts, r.refused, r.accepted_ok, r.stub_faults, r.escapes, r.denied
             );
         };
@@ -347,7 +458,7 @@ pub fn build_hostile_servers() -> Result<(PathBuf, PathBuf), String> {
 }
 
 /// `elf` with its configuration block set to `boot`, `short` and `skips`.
-fn patch(elf: &[u8], boot: u32, short: bool, skips: &[u32]) -> Result<Vec<u8>, String> {
+fn patch(elf: &[u8], boot: u32, short: bool, seed: u32, skips: &[u32]) -> Result<Vec<u8>, String> {
     let at = elf
         .windows(CONFIG_MAGIC.len())
         .position(|w| w == CONFIG_MAGIC)
@@ -363,7 +474,7 @@ fn patch(elf: &[u8], boot: u32, short: bool, skips: &[u32]) -> Result<Vec<u8>, S
     put(0, boot);
     put(1, u32::from(short));
     put(2, skips.len() as u32);
-    put(3, 0);
+    put(3, seed);
     for i in 0..MAX_SKIPS {
         put(4 + i, skips.get(i).copied().unwrap_or(0));
     }
@@ -380,14 +491,17 @@ struct BootOutcome {
 
 fn boot_image(
     system: images::SystemSpec,
-    cpu: &str,
+    target: &Target,
     opts: &AttackOptions,
 ) -> Result<BootOutcome, String> {
+    if target.emulator == Emulator::Bochs {
+        return boot_bochs(system, target, opts);
+    }
     let image = images::build_system_spec(&system).map_err(|e| e.to_string())?;
     let unsafe_shadow = system.mmu.is_shadow() && system.guest != "tssescape";
     let run = RunOptions {
         system,
-        cpu: cpu.to_string(),
+        cpu: target.cpu.clone(),
         arch: None,
         emulator: DEFAULT_EMULATOR.to_string(),
         timeout: opts.timeout,
@@ -407,6 +521,75 @@ fn boot_image(
     let text = String::from_utf8_lossy(&console.0.lock().unwrap()).into_owned();
     if opts.verbose {
         eprintln!("{text}");
+    }
+    Ok(BootOutcome {
+        final_line: report.final_line,
+        timed_out: report.timed_out,
+        console: text,
+    })
+}
+
+/// One boot in Bochs: the image on a GRUB ISO with `arch=` on the stub's
+/// command line, COM1 in a file (as `splitvisor run --emulator bochs`).
+fn boot_bochs(
+    system: images::SystemSpec,
+    target: &Target,
+    opts: &AttackOptions,
+) -> Result<BootOutcome, String> {
+    use crate::bochs;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let files = bochs::bochs_files();
+    if let Some(m) = bochs::missing_files(&files) {
+        return Err(m);
+    }
+    let program = find_program("bochs").ok_or_else(|| bochs::PACKAGES_SENTENCE.to_string())?;
+    let image = images::build_system_spec(&system).map_err(|e| e.to_string())?;
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = images::image_dir()
+        .join("attack")
+        .join(format!("bochs-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let run_files = bochs::RunFiles {
+        iso: dir.join("attack.iso"),
+        com1: dir.join("com1.txt"),
+        log: dir.join("bochs.log"),
+    };
+    images::iso::build_iso(
+        &image,
+        &run_files.iso,
+        &Arch::stub_cmdline(target.arch, false),
+    )
+    .map_err(|e| format!("could not build the ISO: {e}"))?;
+    let rc = bochs::bochsrc(&target.cpu, 256, &files, &run_files)?;
+    let (rc_path, cmds_path) = (dir.join("bochsrc"), dir.join("rc"));
+    std::fs::write(&rc_path, rc)
+        .and_then(|()| std::fs::write(&cmds_path, bochs::DEBUGGER_COMMANDS))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut cmd = Command::new(&program);
+    cmd.args(bochs::bochs_args(&rc_path, &cmds_path))
+        .current_dir(&dir)
+        .env("TERM", "vt100");
+    let console = Capture::default();
+    let report = run_command(
+        cmd,
+        &program.to_string_lossy(),
+        opts.timeout,
+        Console::File(run_files.com1.clone()),
+        Box::new(console.clone()),
+    )
+    .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&console.0.lock().unwrap()).into_owned();
+    if opts.verbose {
+        eprintln!("{text}");
+    }
+    if report.final_line.is_some() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!(
+            "attack: Bochs's configuration, log and COM1 output are in {}",
+            dir.display()
+        );
     }
     Ok(BootOutcome {
         final_line: report.final_line,
@@ -444,15 +627,16 @@ struct Campaign<'a> {
 
 impl Campaign<'_> {
     /// Boots one mode and kind until a boot runs both campaigns to `done`.
-    fn boots(&mut self, mode: MmuMode, boot_name: &str, boot: u32) -> Result<(), String> {
-        let how = format!("{} {boot_name}", mode_name(mode));
+    fn boots(&mut self, target: &Target, boot_name: &str, boot: u32) -> Result<(), String> {
+        let mode = target.mode;
+        let how = format!("{} {boot_name}", target.name);
         let mut skips: Vec<u32> = Vec::new();
         for _ in 0..MAX_ROUNDS {
-            let tag = format!("{}-{}", std::process::id(), mode_name(mode));
+            let tag = format!("{}-{}", std::process::id(), target.name);
             let vmm_path = self.dir.join(format!("{tag}-hostile-vmm"));
             let mmu_path = self.dir.join(format!("{tag}-hostile-mmu"));
             let write = |p: &Path, elf: &[u8]| -> Result<(), String> {
-                let bytes = patch(elf, boot, self.opts.short, &skips)?;
+                let bytes = patch(elf, boot, self.opts.short, self.opts.seed, &skips)?;
                 images::write_atomic(p, &bytes).map_err(|e| e.to_string())
             };
             write(&vmm_path, &self.vmm_elf)?;
@@ -467,7 +651,7 @@ impl Campaign<'_> {
                 ..images::SystemSpec::new(PROBE_GUEST)
             };
             let start = Instant::now();
-            let out = boot_image(system, cpu_of(mode), self.opts)?;
+            let out = boot_image(system, target, self.opts)?;
             self.report.boots += 1;
             let parsed = parse(&out.console);
             let secs = start.elapsed().as_secs_f64();
@@ -486,10 +670,21 @@ impl Campaign<'_> {
                     ..Row::default()
                 };
                 let verdict;
+                let entry_failed = matches!(&out.final_line,
+                    Some(FinalLine::Failed(r)) if is_entry_failure(r));
                 if is_stub_fault(&out.final_line) {
                     row.stub_faults += 1;
                     verdict = "STUB FAULT";
                     self.report.stub_faults.push(format!("{what}: {ended}"));
+                } else if entry_failed && t.must != "refuse" {
+                    // Accepted, and the CPU refused to enter: the validator
+                    // and the CPU's consistency checks disagree.
+                    row.escapes += 1;
+                    verdict = "ESCAPE (accepted, and the CPU refused the entry)";
+                    self.report.escapes.push(format!("{what}: {ended}"));
+                    self.report
+                        .disagreements
+                        .push(format!("{what}\n      {ended}"));
                 } else if t.class == "fpu"
                     && matches!(&out.final_line, Some(FinalLine::Failed(r)) if r.contains("faulted"))
                 {
@@ -563,17 +758,17 @@ impl Campaign<'_> {
     }
 
     /// The guest-side attacks, with the real servers.
-    fn guests(&mut self, mode: MmuMode) -> Result<(), String> {
+    fn guests(&mut self, target: &Target) -> Result<(), String> {
         for g in GUEST_ATTACKS {
             if !images::GUESTS.contains(g) {
                 continue;
             }
-            let how = format!("{} guest {g}", mode_name(mode));
+            let how = format!("{} guest {g}", target.name);
             let system = images::SystemSpec {
-                mmu: mode,
+                mmu: target.mode,
                 ..images::SystemSpec::new(g)
             };
-            let out = boot_image(system, cpu_of(mode), self.opts)?;
+            let out = boot_image(system, target, self.opts)?;
             self.report.boots += 1;
             let ended = describe(&out);
             let mut row = Row {
@@ -617,11 +812,15 @@ pub fn campaign(opts: &AttackOptions) -> Result<Report, String> {
             ..Report::default()
         },
     };
-    for &mode in &opts.modes {
+    for target in targets(opts.emulator, &opts.arches, &opts.modes) {
         for (name, boot) in BOOTS {
-            c.boots(mode, name, *boot)?;
+            if opts.boots.is_empty() || opts.boots.iter().any(|b| b == name) {
+                c.boots(&target, name, *boot)?;
+            }
         }
-        c.guests(mode)?;
+        if opts.guests {
+            c.guests(&target)?;
+        }
     }
     Ok(c.report)
 }
@@ -630,6 +829,10 @@ pub fn campaign(opts: &AttackOptions) -> Result<Report, String> {
 /// escapes and stub faults; 0 when there are none, 1 otherwise.
 pub fn run_cli(opts: &AttackOptions) -> i32 {
     let start = Instant::now();
+    eprintln!(
+        "attack: seed {} (again with --seed {})",
+        opts.seed, opts.seed
+    );
     let report = match campaign(opts) {
         Ok(r) => r,
         Err(e) => {
@@ -638,13 +841,14 @@ pub fn run_cli(opts: &AttackOptions) -> i32 {
         }
     };
     println!(
-        "attack campaign ({}; {}): {} boots in {:.0} s",
+        "attack campaign ({}; {}; seed {}): {} boots in {:.0} s",
         if opts.short { "short" } else { "full" },
-        opts.modes
+        targets(opts.emulator, &opts.arches, &opts.modes)
             .iter()
-            .map(|m| mode_name(*m))
+            .map(|t| format!("{} {}", t.name, t.cpu))
             .collect::<Vec<_>>()
-            .join(" and "),
+            .join(", "),
+        opts.seed,
         report.boots,
         start.elapsed().as_secs_f64()
     );
@@ -652,6 +856,10 @@ pub fn run_cli(opts: &AttackOptions) -> i32 {
     for (title, list) in [
         ("stub faults", &report.stub_faults),
         ("escapes", &report.escapes),
+        (
+            "accepted resumes the CPU refused to enter",
+            &report.disagreements,
+        ),
         ("denied controls", &report.denied),
         ("boots", &report.notes),
     ] {
@@ -711,9 +919,12 @@ attack: try mmu 3 resumes refuse set-paging cr4-bit-12
         let mut elf = vec![0u8; 8];
         elf.extend_from_slice(CONFIG_MAGIC);
         elf.extend(std::iter::repeat_n(0u8, 16 + 4 * MAX_SKIPS + 8));
-        let out = patch(&elf, 2, true, &[1 << 24 | 5]).unwrap();
+        let out = patch(&elf, 2, true, 77, &[1 << 24 | 5]).unwrap();
         let word = |i: usize| u32::from_le_bytes(out[24 + 4 * i..28 + 4 * i].try_into().unwrap());
-        assert_eq!((word(0), word(1), word(2), word(4)), (2, 1, 1, 1 << 24 | 5));
+        assert_eq!(
+            (word(0), word(1), word(2), word(3), word(4)),
+            (2, 1, 1, 77, 1 << 24 | 5)
+        );
         assert_eq!(out.len(), elf.len());
     }
 }

@@ -80,6 +80,27 @@ struct AttackArgs {
     /// Copy every boot's console to stderr.
     #[arg(long)]
     verbose: bool,
+    /// The emulator: qemu (TCG, emulated SVM: EPYC,+svm,+npt and
+    /// EPYC,+svm,-npt) or bochs (a GRUB ISO; corei7_skylake_x for VMX with
+    /// EPT or shadow paging, ryzen for SVM; about 15 s a boot).
+    #[arg(long, value_name = "EMULATOR", default_value = "qemu",
+          value_parser = clap::builder::PossibleValuesParser::new(["qemu", "bochs"]))]
+    emulator: String,
+    /// With --emulator bochs: the extension, vmx, svm or both.
+    #[arg(long, value_name = "ARCH", default_value = "both",
+          value_parser = clap::builder::PossibleValuesParser::new(["vmx", "svm", "both"]))]
+    arch: String,
+    /// The seed of the random-resumes class (printed; default: from the clock).
+    #[arg(long, value_name = "N")]
+    seed: Option<u32>,
+    /// Only these kinds of boot (comma-separated: main, destructive, fpu,
+    /// random); default: all.
+    #[arg(long, value_name = "LIST", value_delimiter = ',',
+          value_parser = clap::builder::PossibleValuesParser::new(["main", "destructive", "fpu", "random"]))]
+    boots: Vec<String>,
+    /// Skip the guest-side attacks (tssescape, efersvme).
+    #[arg(long)]
+    no_guests: bool,
 }
 
 #[derive(Args)]
@@ -303,6 +324,19 @@ fn main() -> ExitCode {
             },
             timeout: Duration::from_secs(a.timeout),
             verbose: a.verbose,
+            emulator: if a.emulator == "bochs" {
+                splitvisor::attack::Emulator::Bochs
+            } else {
+                splitvisor::attack::Emulator::Qemu
+            },
+            arches: match a.arch.as_str() {
+                "vmx" => vec![splitvisor::run::Arch::Vmx],
+                "svm" => vec![splitvisor::run::Arch::Svm],
+                _ => vec![splitvisor::run::Arch::Vmx, splitvisor::run::Arch::Svm],
+            },
+            seed: a.seed.unwrap_or_else(splitvisor::attack::fresh_seed),
+            boots: a.boots,
+            guests: !a.no_guests,
         }),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))

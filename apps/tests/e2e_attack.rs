@@ -19,7 +19,7 @@ fn the_short_campaign_finds_no_stub_fault_and_no_escape() {
         short: true,
         modes: vec![MmuMode::Nested, MmuMode::Shadow],
         timeout: Duration::from_secs(240),
-        verbose: false,
+        ..AttackOptions::default()
     };
     let report = campaign(&opts).expect("the campaign runs (QEMU, gcc, binutils installed)");
     let table = report.table();

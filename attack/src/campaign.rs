@@ -1399,6 +1399,38 @@ const CR4_FORBIDDEN: [u32; 9] = [12, 13, 14, 15, 17, 19, 22, 23, 24];
 /// EFER: SCE and NXE toggle.
 const EFER_TOGGLES: [u64; 2] = [1, 1 << 11];
 
+/// The CR4 bits this CPU has, from CPUID (SDM vol. 2A, CPUID; APM vol. 3,
+/// E.3): VME/PVI, DE, MCE, PGE, OSFXSR, OSXMMEXCPT, OSXSAVE from leaf 1,
+/// FSGSBASE, SMEP, SMAP, UMIP from leaf 7; TSD and PCE always. PSE is left
+/// out: the shadow tables never need it.
+fn cpu_cr4_features() -> u64 {
+    let l1 = core::arch::x86_64::__cpuid(1);
+    let max = core::arch::x86_64::__cpuid(0).eax;
+    let l7 = if max >= 7 {
+        core::arch::x86_64::__cpuid_count(7, 0)
+    } else {
+        core::arch::x86_64::CpuidResult {
+            eax: 0,
+            ebx: 0,
+            ecx: 0,
+            edx: 0,
+        }
+    };
+    let has = |w: u32, bit: u32, f: u64| if w >> bit & 1 != 0 { f } else { 0 };
+    (1 << 2 | 1 << 8)
+        | has(l1.edx, 1, 1 | 1 << 1)
+        | has(l1.edx, 2, 1 << 3)
+        | has(l1.edx, 7, 1 << 6)
+        | has(l1.edx, 13, 1 << 7)
+        | has(l1.edx, 24, 1 << 9)
+        | has(l1.edx, 25, 1 << 10)
+        | has(l1.ecx, 26, 1 << 18)
+        | has(l7.ebx, 0, 1 << 16)
+        | has(l7.ebx, 7, 1 << 20)
+        | has(l7.ebx, 20, 1 << 21)
+        | has(l7.ecx, 2, 1 << 11)
+}
+
 /// The guest-physical page where the vmm-server's harness lives: the
 /// stub's initial GDTR and IDTR both have base 0 (limit 0xffff), so a GDT
 /// with flat code (0x08) and data (0x10) descriptors and an IDT whose
@@ -1459,6 +1491,7 @@ pub fn mmu_random(c: &mut Campaign, base: PagingState, first: ExitRecord) -> Exi
         t.free(d);
     }
     let pae = base.efer & EFER_LME == 0;
+    let have_cr4 = cpu_cr4_features();
     let mut latest = first;
     for _ in 0..n {
         let mut p = base;
@@ -1474,7 +1507,9 @@ pub fn mmu_random(c: &mut Campaign, base: PagingState, first: ExitRecord) -> Exi
             _ => {}
         }
         for b in CR4_TOGGLES {
-            if c.one_in(4) {
+            // Near-legal: a bit this CPU lacks (CPUID) is toggled rarely.
+            let odds = if have_cr4 & b != 0 { 4 } else { 24 };
+            if c.one_in(odds) {
                 p.cr4 ^= b;
             }
         }
