@@ -542,7 +542,10 @@ fn decode_vmx(rec: &ExitRecord) -> Exit {
             let vector = (info & 0x1f) as u8;
             Exit::Exception {
                 vector,
-                error_code: (info & (1 << 11) != 0).then_some((info >> 32) as u32),
+                // The CPU sets "error code valid" only for the vectors
+                // that push one; the decoder holds to the same rule.
+                error_code: (info & (1 << 11) != 0 && pushes_error_code(vector))
+                    .then_some((info >> 32) as u32),
                 address: (vector == 14).then_some(q),
             }
         }
