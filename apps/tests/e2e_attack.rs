@@ -19,6 +19,8 @@ fn the_short_campaign_finds_no_stub_fault_and_no_escape() {
         short: true,
         modes: vec![MmuMode::Nested, MmuMode::Shadow],
         timeout: Duration::from_secs(240),
+        // The random class has its own test (e2e_attack_random.rs).
+        boots: vec!["main".into(), "destructive".into(), "fpu".into()],
         ..AttackOptions::default()
     };
     let report = campaign(&opts).expect("the campaign runs (QEMU, gcc, binutils installed)");
