@@ -59,3 +59,19 @@ fn vmx_exception_error_code_only_for_vectors_that_push() {
         );
     }
 }
+
+/// The `install` target's seeds (`sim/fuzz/seeds/install`: a correct
+/// server's four-level and PAE set-up, load and probes) decode into runs
+/// that translate and stay isolated.
+#[test]
+fn install_seeds_are_correct_servers() {
+    for name in ["long-4-level", "pae"] {
+        let path = format!("{}/fuzz/seeds/install/{name}", env!("CARGO_MANIFEST_DIR"));
+        let data = std::fs::read(&path).unwrap();
+        let ops = sim::isolation::decode_ops(&data);
+        let report = sim::isolation::run(&ops).unwrap();
+        assert_eq!(report.loads, 1, "{name}: {report:?}");
+        assert!(report.translated >= 1, "{name}: {report:?}");
+        sim::isolation::fuzz_bytes(&data);
+    }
+}
