@@ -29,9 +29,8 @@ fn resume_pce_is_always_implemented() {
 /// with an error code, against the `Exit::Exception` documentation ("for
 /// the vectors that push one"); the SVM path follows the vector. Not
 /// reachable from hardware (the CPU sets bit 11 only for vectors that
-/// push), so a vmm-server consistency finding, reported, not fixed here.
+/// push), so a consistency finding; fixed in vmm-server by 78c5e73.
 #[test]
-#[ignore = "vmm-server finding (sim/fuzz/README.md): decode_vmx trusts bit 11"]
 fn vmx_exception_error_code_only_for_vectors_that_push() {
     use zerocopy::FromBytes;
     let data: &[u8] = &[
