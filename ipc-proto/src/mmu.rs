@@ -127,6 +127,10 @@ pub enum InstallError {
     OutsideGuestMemory = 6,
     /// PS (bit 7) set at level 4, where it is reserved.
     BadPageSize = 7,
+    /// A present entry 0-3 of the PAE root the hardware walks from sets a
+    /// bit reserved in PAE PDPTEs (1, 2, 5-8, 52-63): the next entry would
+    /// fail, as VM entry and VMRUN load the PDPTEs and check them.
+    ReservedPdpteBits = 8,
 }
 
 impl InstallError {
@@ -140,6 +144,7 @@ impl InstallError {
             Self::BadChild,
             Self::OutsideGuestMemory,
             Self::BadPageSize,
+            Self::ReservedPdpteBits,
         ]
         .into_iter()
         .find(|e| *e as u32 == raw)
@@ -155,6 +160,7 @@ impl InstallError {
             Self::BadChild => "non-leaf entry does not point to a shadow table one level down",
             Self::OutsideGuestMemory => "leaf entry maps memory outside the VM's RAM",
             Self::BadPageSize => "page-size bit set in a level-4 entry",
+            Self::ReservedPdpteBits => "PAE PDPTE of the live root with reserved bits set",
         }
     }
 }
@@ -176,7 +182,7 @@ mod tests {
 
     #[test]
     fn install_errors_round_trip() {
-        for raw in 1..=7 {
+        for raw in 1..=8 {
             assert_eq!(InstallError::from_raw(raw).map(|e| e as u32), Some(raw));
         }
         assert_eq!(InstallError::from_raw(0), None);

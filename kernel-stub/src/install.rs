@@ -59,6 +59,36 @@ pub struct ShadowTables {
     format: TableFormat,
 }
 
+/// Bits reserved in a present PAE PDPTE, the four entries of a PAE root
+/// that the CPU loads into registers with CR3 (and VM entry and VMRUN with
+/// it): 1, 2, 5-8 and 52-63 (Intel SDM vol. 3A, table 4-8; AMD APM vol. 2,
+/// figure 5-10). The same bits are legal in a level-3 table of four-level
+/// paging, so the check applies to the root of PAE paging only.
+pub const PAE_PDPTE_RESERVED: u64 = 0b1_1110_0110 | 0xfff0_0000_0000_0000;
+
+/// Whether the first four entries of a PAE root can be loaded as PDPTEs.
+pub fn pae_pdptes_ok(entries: &[u64]) -> bool {
+    entries
+        .iter()
+        .take(4)
+        .all(|&e| e & 1 == 0 || e & PAE_PDPTE_RESERVED == 0)
+}
+
+/// The PDPTEs of a PAE root about to be loaded again, as the hardware may
+/// have left them: QEMU 7.2 sets A (bit 5, reserved) in legacy PDPTEs it
+/// walked, which Bochs, VM entry and VMRUN would refuse; the stub clears
+/// it. `None` when another reserved bit is set (only a server can have put
+/// it there).
+pub fn pae_pdptes_reloaded(mut pdptes: [u64; 4]) -> Option<[u64; 4]> {
+    const A: u64 = 1 << 5;
+    for e in &mut pdptes {
+        if *e & 1 != 0 {
+            *e &= !A;
+        }
+    }
+    pae_pdptes_ok(&pdptes).then_some(pdptes)
+}
+
 /// Bytes mapped by a leaf at `level`.
 fn leaf_size(level: u8) -> u64 {
     1 << (12 + 9 * (u32::from(level) - 1))
@@ -431,6 +461,22 @@ mod tests {
         }
         assert_eq!(t.alloc(0, &mut f), Err(AllocError::BadLevel));
         assert_eq!(t.alloc(5, &mut f), Err(AllocError::BadLevel));
+    }
+
+    /// The attack campaign's random resumes: a PAE root whose PDPTEs set
+    /// reserved bits made VM entry fail (Bochs VMX, qualification 2) and
+    /// VMRUN fail (Bochs ryzen).
+    #[test]
+    fn pae_pdptes_with_reserved_bits_are_found() {
+        assert!(pae_pdptes_ok(&[0x1001, 0x1019, 0, 0x1e01]), "P, PWT, PCD, bits 9-11");
+        for bad in [0x1003, 0x1005, 0x1021, 0x1041, 0x1081, 0x1101, 1 << 52 | 1, 1 << 63 | 1] {
+            assert!(!pae_pdptes_ok(&[0, 0, 0, bad]), "{bad:#x}");
+        }
+        assert!(pae_pdptes_ok(&[0x1003 & !1, 0, 0, 0]), "not present: anything goes");
+        assert!(pae_pdptes_ok(&[0, 0, 0, 0, 0x1003]), "entry 4 is no PDPTE");
+        // On a reload, the A bit QEMU's walk set is cleared; others refuse.
+        assert_eq!(pae_pdptes_reloaded([0x1021, 0, 0x20, 0]), Some([0x1001, 0, 0x20, 0]));
+        assert_eq!(pae_pdptes_reloaded([0x1023, 0, 0, 0]), None);
     }
 
     /// Finding 9: a server may free the table loaded as the root (the

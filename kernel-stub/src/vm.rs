@@ -80,6 +80,9 @@ struct Kernel {
     deadline: ExitDeadline,
     /// The CR0/CR4/EFER bits a `SET_PAGING` may set on this CPU.
     paging_rules: PagingRules,
+    /// The frame of the PAE root the hardware walks from (shadow paging
+    /// without LME): its entries 0-3 are loaded as PDPTEs at every entry.
+    pae_root: Option<u64>,
 }
 
 static KERNEL: KernelCell<Option<Kernel>> = KernelCell::new(None);
@@ -379,6 +382,21 @@ impl Kernel {
                 return Err(refused(ErrorCode::NotPermitted));
             }
             root = lookup(resume.paging.root).map(|(frame, _)| frame);
+            let pae = resume.paging.efer & kernel_stub::resume::efer::LME == 0;
+            let pae_root = root.filter(|_| flags.contains(ResumeFlags::SET_PAGING) && pae);
+            if let Some(frame) = pae_root {
+                let pdptes = frame as *mut [u64; 4];
+                // SAFETY: a live shadow frame of the stub, identity-mapped.
+                let loaded = unsafe { core::ptr::read_volatile(pdptes) };
+                let Some(clean) = kernel_stub::install::pae_pdptes_reloaded(loaded) else {
+                    return Err(refused(ErrorCode::ResumeBadPaging));
+                };
+                // SAFETY: as above; only A bits the CPU set are cleared.
+                unsafe { core::ptr::write_volatile(pdptes, clean) };
+            }
+            if flags.contains(ResumeFlags::SET_PAGING) {
+                self.pae_root = pae_root;
+            }
             self.paging_set = true;
         }
         if flags.contains(ResumeFlags::SET_EXIT_DEADLINE) {
@@ -527,6 +545,9 @@ impl Kernel {
             let (table, index, entry) = SHADOW_TABLES
                 .with(|t| t.check(&ins, ram))
                 .map_err(|e| refuse(i, e))?;
+            if Some(table) == self.pae_root && !kernel_stub::install::pae_pdptes_ok(&[entry]) && index < 4 {
+                return Err(refuse(i, ipc_proto::mmu::InstallError::ReservedPdpteBits));
+            }
             // SAFETY: `table` is a live shadow frame of the stub and `index` < 512.
             unsafe { core::ptr::write_volatile((table as *mut u64).add(index), entry) };
         }
@@ -879,6 +900,7 @@ fn build(
             deadline: ExitDeadline::new(tsc_hz),
             ram,
             paging_rules: PagingRules::from_cpuid(cpu::cpuid_words),
+            pae_root: None,
         })
     });
     cpu::write_cr3(first.0);
