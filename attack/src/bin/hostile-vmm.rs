@@ -1,9 +1,10 @@
 //! The hostile vmm-server of `splitvisor attack` (never in a normal image):
 //! it takes the vmm-server's task kind, runs its campaign against the stub
 //! (`attack_servers::campaign`: system calls, resumes, an event the guest
-//! cannot take in the destructive boot, or x87/SSE in the FPU boot), then
-//! runs the vmm-server's own loop, copied from `vmm-server/src/main.rs`, so
-//! that the probe guest runs to its end on the stub it attacked.
+//! cannot take in the destructive boot, random resumes, or x87/SSE in the
+//! FPU boot) from the hooks of the vmm-server's own loop
+//! (`vmm-server/src/ring3.rs`), so that the probe guest runs to its end on
+//! the stub it attacked.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -15,223 +16,55 @@ fn main() {
     std::process::exit(2);
 }
 
+/// The vmm-server's ring-3 side, the very file its binary uses.
 #[cfg(target_os = "none")]
-mod ring3 {
-    use core::cell::RefCell;
-    use core::ptr::{addr_of, addr_of_mut};
-    use core::sync::atomic::{AtomicBool, Ordering};
+#[path = "../../../vmm-server/src/ring3.rs"]
+mod ring3;
 
-    use ipc_proto::device::{op, PortMessage};
-    use ipc_proto::layout::{BootInfo, BOOT_INFO_PAGE, CHANNEL_PAGE_BASE, PAGE_SIZE};
-    use ipc_proto::{ErrorCode, ExitRecord, Resume, Stats, Syscall, ABI_VERSION};
-    use vmm_server::board::Board;
-    use vmm_server::cpuid::HostCpuid;
-    use vmm_server::devices::debug_exit::{self, DebugExit};
-    use vmm_server::devices::i8042::{self, I8042};
-    use vmm_server::devices::pit::{self, Pit};
-    use vmm_server::devices::post::{self, PostCode};
-    use vmm_server::devices::remote::{PortChannel, RemotePort};
-    use vmm_server::devices::rtc::{self, Rtc};
-    use vmm_server::devices::uart16550::{self, Uart16550};
-    use vmm_server::emulate::{GuestMemory, NotRam};
-    use vmm_server::mmio::{MmioRouter, ScratchRegisters};
-    use vmm_server::{Ending, Host, HostConsole, HostWrite, PortDevice, Router, Stub, Vmm};
-
-    /// Where the page of scratch registers sits (the `mmio` test guest's
-    /// target): a hole in the PC's MMIO map, below the I/O APIC.
-    const SCRATCH_MMIO_BASE: u64 = 0xfeb0_0000;
-    /// The RTC's time at boot when the stub gives none: 2026-01-01 00:00 UTC.
-    const RTC_EPOCH: i64 = 1_767_225_600;
-
+#[cfg(target_os = "none")]
+mod hostile {
     use attack_servers::campaign::{self, Campaign};
     use attack_servers::{BOOT_DESTRUCTIVE, BOOT_FPU, BOOT_RANDOM, SERVER_VMM};
+    use ipc_proto::layout::BootInfo;
+    use ipc_proto::{ExitRecord, Resume};
 
     ipc_proto::server_entry!(server_main);
 
-    use ipc_proto::sys::{self, result, syscall3, vcpu_page};
-
-    /// Whether the last byte sent to the host console was '\n'; the panic
-    /// handler reads it because it cannot reach the shared console.
-    static AT_LINE_START: AtomicBool = AtomicBool::new(true);
-
-    fn console_write(bytes: &[u8]) {
-        sys::console_write(bytes);
-        if let Some(&last) = bytes.last() {
-            AT_LINE_START.store(last == b'\n', Ordering::Relaxed);
-        }
-    }
-
-    fn vm_stop(status: u8) -> ! {
-        // SAFETY: VmStop takes no pointer.
-        unsafe { syscall3(Syscall::VmStop, u64::from(status), 0, 0) };
-        halt()
-    }
-
-    fn vm_fail() -> ! {
-        sys::vm_fail()
-    }
-
-    /// VmStop does not return; if a stub ever does, spin.
-    fn halt() -> ! {
-        loop {
-            core::hint::spin_loop();
-        }
-    }
-
-    /// `ConsoleWrite` and `ConsoleRead` as the library's host console.
-    /// With a uart-server, the guest's output is that server's: it is asked
-    /// to send what it has buffered (and end its line) before each write.
-    struct ConsoleSyscall {
-        uart: Option<ChannelSyscall>,
-    }
-
-    impl HostWrite for ConsoleSyscall {
-        fn write_host(&mut self, bytes: &[u8]) {
-            if let Some(ch) = &mut self.uart {
-                let _ = ch.call(&PortMessage {
-                    op: op::FLUSH,
-                    ..PortMessage::default()
-                });
-            }
-            console_write(bytes);
-        }
-
-        fn read_host(&mut self, buf: &mut [u8]) -> usize {
-            // SAFETY: `buf` is a live, writable slice of our own memory.
-            let r = unsafe {
-                syscall3(
-                    Syscall::ConsoleRead,
-                    buf.as_mut_ptr() as u64,
-                    buf.len() as u64,
-                    0,
-                )
-            };
-            result(r).map_or(0, |n| (n as usize).min(buf.len()))
-        }
-    }
-
-    /// Guest RAM, mapped by the stub at `BootInfo::guest_ram_window`. It is
-    /// only touched through raw copies, never through a long-lived
-    /// reference: the guest changes it whenever it runs.
-    struct GuestRamWindow {
-        base: u64,
-        len: u64,
-    }
-
-    impl GuestRamWindow {
-        fn check(&self, gpa: u64, n: usize) -> Result<*mut u8, NotRam> {
-            let end = gpa.checked_add(n as u64).ok_or(NotRam)?;
-            if end > self.len {
-                return Err(NotRam);
-            }
-            Ok((self.base + gpa) as *mut u8)
-        }
-    }
-
-    impl GuestMemory for GuestRamWindow {
-        fn ram_bytes(&self) -> u64 {
-            self.len
-        }
-
-        fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), NotRam> {
-            let src = self.check(gpa, buf.len())?;
-            // SAFETY: `check` keeps the range inside the window the stub
-            // maps read-write for this task; the guest does not run while
-            // the server does, and `buf` is our own memory.
-            unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
-            Ok(())
-        }
-
-        fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), NotRam> {
-            let dst = self.check(gpa, data.len())?;
-            // SAFETY: as for `read_phys`.
-            unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
-            Ok(())
-        }
-    }
-
-    /// The host: the TSC as time source, the CPU's own CPUID, and console
-    /// input through `ConsoleRead`.
-    struct NativeHost {
-        tsc_hz: u64,
-    }
-
-    fn rdtsc() -> u64 {
-        // SAFETY: RDTSC has no memory effects; the stub leaves CR4.TSD
-        // clear, so ring 3 may execute it.
-        unsafe { core::arch::x86_64::_rdtsc() }
-    }
-
-    impl HostCpuid for NativeHost {
-        fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
-            let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
-            [r.eax, r.ebx, r.ecx, r.edx]
-        }
-    }
-
-    impl Host for NativeHost {
-        fn now(&mut self) -> u64 {
-            rdtsc()
-        }
-
-        fn ticks_per_second(&self) -> u64 {
-            self.tsc_hz
-        }
-
-        /// Spins for a millisecond: input may arrive at any time (the
-        /// UART takes it when it is polled next).
-        fn wait_for_input(&mut self) -> bool {
-            let wait = if self.tsc_hz == 0 {
-                1_000_000
-            } else {
-                self.tsc_hz / 1000
-            };
-            let start = rdtsc();
-            while rdtsc().wrapping_sub(start) < wait {
-                core::hint::spin_loop();
-            }
-            true
-        }
-    }
-
-    /// A channel to a device server: the message goes into the channel's
-    /// page, `Call` waits for the reply, which comes back in the same page.
-    struct ChannelSyscall {
-        channel: u64,
-    }
-
-    impl PortChannel for ChannelSyscall {
-        fn call(&mut self, request: &PortMessage) -> Result<PortMessage, ErrorCode> {
-            let page = (CHANNEL_PAGE_BASE + self.channel * PAGE_SIZE) as *mut PortMessage;
-            // SAFETY: the stub maps the page of every channel this task is
-            // an end of read-write at this address (`BootInfo::uart_channel`
-            // names one); its server does not run while we do, and every
-            // bit pattern is a valid PortMessage.
-            unsafe { page.write_volatile(*request) };
-            // SAFETY: Call takes no pointer; the asm's memory clobber orders
-            // the volatile accesses around it.
-            result(unsafe { syscall3(Syscall::Call, self.channel, 0, 0) })?;
-            // SAFETY: as above; the server answered in the page.
-            Ok(unsafe { page.read_volatile() })
-        }
-    }
-
-    /// The VCPU and statistics calls of the native stub; in the random
-    /// boot it makes the campaign's draws at the first exit, before the
-    /// server's own answer to it.
-    struct NativeStub {
-        /// The random campaign, until it has run.
+    /// The campaign around the vmm-server's loop.
+    #[derive(Default)]
+    struct Attack {
+        /// The random campaign, until it has run at the first exit.
         random: Option<Campaign>,
-        /// The exit the server answers next.
-        last: Option<ExitRecord>,
         tsc_hz: u64,
         /// Guest RAM in this task: base and length.
         ram: (u64, u64),
     }
 
-    impl NativeStub {
-        /// Draws at `first`, then `answer` with the guest put back there.
-        fn draws(&mut self, mut c: Campaign, first: ExitRecord, answer: &Resume) -> Resume {
+    impl crate::ring3::Hooks for Attack {
+        fn start(&mut self, boot: &BootInfo) {
+            self.tsc_hz = boot.tsc_hz;
+            self.ram = (boot.guest_ram_window, boot.guest_ram_bytes);
+            let mut c = Campaign::new(SERVER_VMM);
+            match c.boot() {
+                // The random draws wait for the first exit (`resume`).
+                BOOT_RANDOM => {
+                    self.random = Some(c);
+                    return;
+                }
+                BOOT_FPU => campaign::fpu(&mut c),
+                BOOT_DESTRUCTIVE => campaign::vmm_destructive(&mut c),
+                _ => {
+                    campaign::syscalls(&mut c, boot.guest_ram_bytes);
+                    campaign::vmm_resumes(&mut c);
+                }
+            }
+            c.finish();
+        }
+
+        /// In the random boot: the draws at the first exit, then the
+        /// server's own `answer` with the guest put back there.
+        fn resume(&mut self, first: &ExitRecord, answer: &Resume) -> Option<Resume> {
+            let mut c = self.random.take()?;
             let (base, len) = self.ram;
             campaign::harness(&mut |gpa, bytes| {
                 if gpa + bytes.len() as u64 <= len {
@@ -246,233 +79,13 @@ mod ring3 {
                     };
                 }
             });
-            campaign::vmm_random(&mut c, first, self.tsc_hz);
+            campaign::vmm_random(&mut c, *first, self.tsc_hz);
             c.finish();
-            campaign::restore_after_draws(&first, answer)
-        }
-    }
-
-    impl Stub for NativeStub {
-        fn vcpu_run(&mut self, resume: Option<&Resume>) -> Result<ExitRecord, ErrorCode> {
-            let page = vcpu_page();
-            let restored;
-            let mut resume = resume;
-            if let (Some(r), Some(first)) = (resume, self.last) {
-                if let Some(c) = self.random.take() {
-                    restored = self.draws(c, first, r);
-                    resume = Some(&restored);
-                }
-            }
-            if let Some(r) = resume {
-                // SAFETY: the stub maps the VCPU page read-write at VCPU_PAGE
-                // for this task; `resume` is inside it and suitably aligned
-                // (VcpuPage is repr(C), the page is page-aligned).
-                unsafe { addr_of_mut!((*page).resume).write_volatile(*r) };
-            }
-            // SAFETY: VcpuRun takes no pointer; the asm's memory clobber
-            // orders the volatile accesses around it.
-            result(unsafe { syscall3(Syscall::VcpuRun, 0, 0, 0) })?;
-            // SAFETY: as above; the stub wrote `exit` before returning, and
-            // every bit pattern is a valid ExitRecord.
-            let exit = unsafe { addr_of!((*page).exit).read_volatile() };
-            self.last = Some(exit);
-            Ok(exit)
-        }
-
-        fn stats_read(&mut self) -> Result<Stats, ErrorCode> {
-            // SAFETY: StatsRead takes no pointer.
-            result(unsafe { syscall3(Syscall::StatsRead, 0, 0, 0) })?;
-            // SAFETY: the VCPU page is mapped (see `vcpu_run`); every bit
-            // pattern is a valid Stats.
-            Ok(unsafe { addr_of!((*vcpu_page()).stats).read_volatile() })
-        }
-
-        fn mmu_stats(&mut self) -> Option<ipc_proto::stats::MmuStats> {
-            // SAFETY: as above; `StatsRead` copied the mmu-server's counters.
-            let mmu = unsafe { addr_of!((*vcpu_page()).mmu).read_volatile() };
-            (mmu != ipc_proto::stats::MmuStats::default()).then_some(mmu)
+            Some(campaign::restore_after_draws(first, answer))
         }
     }
 
     extern "C" fn server_main() -> ! {
-        // SAFETY: the stub maps the boot-info page read-only at
-        // BOOT_INFO_PAGE before starting the task; every bit pattern is a
-        // valid BootInfo.
-        let boot = unsafe { (BOOT_INFO_PAGE as *const BootInfo).read_volatile() };
-        // Channel number + 1 to the uart-server, 0 when COM1 is ours.
-        let uart_channel = boot.uart_channel.checked_sub(1);
-        let console = RefCell::new(HostConsole::new(
-            ConsoleSyscall {
-                uart: uart_channel.map(|channel| ChannelSyscall { channel }),
-            },
-            true,
-        ));
-        if boot.abi_version != ABI_VERSION {
-            console.borrow_mut().server_line(format_args!(
-                "the stub speaks ABI version {}, this server was built for version {ABI_VERSION}",
-                boot.abi_version
-            ));
-            vm_fail();
-        }
-
-        let mut campaign = Campaign::new(SERVER_VMM);
-        // The random draws wait for the first exit (`NativeStub::vcpu_run`).
-        let random = if campaign.boot() == BOOT_RANDOM {
-            Some(campaign)
-        } else {
-            match campaign.boot() {
-                BOOT_FPU => campaign::fpu(&mut campaign),
-                BOOT_DESTRUCTIVE => campaign::vmm_destructive(&mut campaign),
-                _ => {
-                    campaign::syscalls(&mut campaign, boot.guest_ram_bytes);
-                    campaign::vmm_resumes(&mut campaign);
-                }
-            }
-            campaign.finish();
-            None
-        };
-
-        let board = Board::new();
-        let mut ram = GuestRamWindow {
-            base: boot.guest_ram_window,
-            len: boot.guest_ram_bytes,
-        };
-        let mut host = NativeHost {
-            tsc_hz: boot.tsc_hz,
-        };
-        let poll_gap = match boot.tsc_hz {
-            0 => 1_000_000,
-            hz => hz / 1000,
-        };
-        let mut local_uart = Uart16550::new(&console).with_irq(board.irq.pin(4));
-        let mut remote_uart = uart_channel.map(|channel| {
-            RemotePort::new(ChannelSyscall { channel }, uart16550::COM1_BASE)
-                .with_irq(board.irq.pin(4))
-                // Host input is looked for once a millisecond at most: the
-                // exit handler polls several times per exit.
-                .with_poll_gap(&rdtsc, poll_gap)
-        });
-        let uart: &mut dyn PortDevice = match &mut remote_uart {
-            Some(r) => r,
-            None => &mut local_uart,
-        };
-        let mut timer = Pit::new(&board.clock, Some(board.irq.pin(0)));
-        let mut cmos = Rtc::new(&board.clock, Some(board.irq.pin(8)), RTC_EPOCH);
-        cmos.set_memory_size(boot.guest_ram_bytes);
-        let mut keyboard = I8042::new(Some(board.irq.pin(1)));
-        let mut post_code = PostCode::new();
-        let mut debug_exit = DebugExit::new();
-        let mut pci_host = vmm_server::devices::pci::PciHost::new();
-        let mut router = Router::new();
-        let registered = router
-            .register(uart16550::COM1_BASE, uart16550::LEN, uart)
-            .and_then(|()| router.register_ranges(&pit::RANGES, &mut timer))
-            .and_then(|()| router.register(rtc::BASE, rtc::LEN, &mut cmos))
-            .and_then(|()| router.register_ranges(&i8042::RANGES, &mut keyboard))
-            .and_then(|()| router.register(post::PORT, post::LEN, &mut post_code))
-            .and_then(|()| router.register(debug_exit::PORT, debug_exit::LEN, &mut debug_exit))
-            .and_then(|()| {
-                let pci = vmm_server::devices::pci::BASE;
-                router.register(pci, vmm_server::devices::pci::LEN, &mut pci_host)
-            });
-        if let Err(e) = registered {
-            console.borrow_mut().server_line(format_args!("{e}"));
-            vm_fail();
-        }
-        let mut scratch = ScratchRegisters::default();
-        let mut mmio = MmioRouter::new();
-        if let Err(e) = mmio.register(SCRATCH_MMIO_BASE, 0x1000, &mut scratch) {
-            console.borrow_mut().server_line(format_args!("{e}"));
-            vm_fail();
-        }
-        // Build iced's decoder tables now, so that running out of heap shows
-        // at start rather than at the first emulated instruction.
-        let _ = iced_x86::Decoder::new(64, &[0x90], 0).decode();
-        let config = vmm_server::vmm::VmmConfig {
-            shadow_paging: boot.mmu_mode != 0,
-            ..Default::default()
-        };
-        let mut vmm = Vmm::new(router, &board, &mut ram, &mut host)
-            .with_mmio(mmio)
-            .with_config(config);
-
-        let mut stub = NativeStub {
-            random,
-            last: None,
-            tsc_hz: boot.tsc_hz,
-            ram: (boot.guest_ram_window, boot.guest_ram_bytes),
-        };
-        match vmm_server::run(&mut stub, &mut vmm, &console) {
-            Ending::Stop { status } => vm_stop(status),
-            // The stub has no reset yet: a reset ends the VM, as QEMU's
-            // -no-reboot does.
-            Ending::Reset => vm_stop(0),
-            Ending::Fail => vm_fail(),
-        }
-    }
-
-    /// The heap: `iced-x86` builds its decoder tables (about 370 KiB, in
-    /// some 7700 allocations) on the first decode and never frees them, and
-    /// allocates nothing after that; the server itself allocates nothing.
-    /// A bump allocator over a static arena is all that needs.
-    const ARENA_SIZE: usize = 1 << 20;
-
-    #[repr(C, align(4096))]
-    struct Arena(core::cell::UnsafeCell<[u8; ARENA_SIZE]>);
-
-    // SAFETY: the arena is only handed out in disjoint pieces by `Bump`,
-    // whose cursor is atomic.
-    unsafe impl Sync for Arena {}
-
-    static ARENA: Arena = Arena(core::cell::UnsafeCell::new([0; ARENA_SIZE]));
-    static ARENA_USED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
-
-    struct Bump;
-
-    // SAFETY: every block handed out lies inside the arena, is aligned as
-    // asked, and never overlaps another (the cursor only moves forward, by
-    // compare-and-swap); a request that does not fit gets null.
-    unsafe impl core::alloc::GlobalAlloc for Bump {
-        unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
-            let base = ARENA.0.get() as usize;
-            let mut used = ARENA_USED.load(Ordering::Relaxed);
-            loop {
-                let start = (base + used).next_multiple_of(layout.align()) - base;
-                let Some(end) = start
-                    .checked_add(layout.size())
-                    .filter(|&e| e <= ARENA_SIZE)
-                else {
-                    return core::ptr::null_mut();
-                };
-                match ARENA_USED.compare_exchange(used, end, Ordering::Relaxed, Ordering::Relaxed) {
-                    Ok(_) => return (base + start) as *mut u8,
-                    Err(now) => used = now,
-                }
-            }
-        }
-
-        /// Nothing is given back: iced's tables live as long as the server.
-        unsafe fn dealloc(&self, _ptr: *mut u8, _layout: core::alloc::Layout) {}
-    }
-
-    #[global_allocator]
-    static ALLOCATOR: Bump = Bump;
-
-    #[panic_handler]
-    fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-        let mut c = HostConsole::new(
-            ConsoleSyscall { uart: None },
-            AT_LINE_START.load(Ordering::Relaxed),
-        );
-        match info.location() {
-            Some(l) => c.server_line(format_args!(
-                "panic: {} at {}:{}",
-                info.message(),
-                l.file(),
-                l.line()
-            )),
-            None => c.server_line(format_args!("panic: {}", info.message())),
-        }
-        vm_fail()
+        crate::ring3::run(&mut Attack::default())
     }
 }
