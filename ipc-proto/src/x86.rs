@@ -69,6 +69,8 @@ pub mod cr4 {
     pub const PCIDE: u64 = 1 << 17;
     /// XSAVE.
     pub const OSXSAVE: u64 = 1 << 18;
+    /// Key locker.
+    pub const KL: u64 = 1 << 19;
     /// Supervisor-mode execution prevention.
     pub const SMEP: u64 = 1 << 20;
     /// Supervisor-mode access prevention.
@@ -79,6 +81,10 @@ pub mod cr4 {
     pub const CET: u64 = 1 << 23;
     /// Protection keys for supervisor pages.
     pub const PKS: u64 = 1 << 24;
+    /// User interrupts.
+    pub const UINTR: u64 = 1 << 25;
+    /// Linear-address masking for supervisor pointers.
+    pub const LAM_SUP: u64 = 1 << 28;
 }
 
 /// EFER (MSR `0xC000_0080`) bits.
@@ -95,6 +101,10 @@ pub mod efer {
     pub const NXE: u64 = 1 << 11;
     /// Secure virtual machine enable (not offered to guests).
     pub const SVME: u64 = 1 << 12;
+    /// Long-mode segment limit enable.
+    pub const LMSLE: u64 = 1 << 13;
     /// Fast FXSAVE/FXRSTOR.
     pub const FFXSR: u64 = 1 << 14;
+    /// Translation-cache extension.
+    pub const TCE: u64 = 1 << 15;
 }
