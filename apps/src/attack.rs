@@ -64,6 +64,7 @@ pub const CLASSES: &[&str] = &[
     "exhaustion",
     "fpu",
     "random-resumes",
+    "leaks",
     "guests",
 ];
 

@@ -81,15 +81,18 @@ pub enum Class {
     /// Resumes drawn from a seeded generator, near-legal: an accepted one
     /// must enter the guest.
     RandomResumes,
+    /// Host addresses in what the stub hands a server.
+    Leaks,
 }
 
-const CLASSES: [Class; 6] = [
+const CLASSES: [Class; 7] = [
     Class::Installs,
     Class::Resumes,
     Class::Syscalls,
     Class::Exhaustion,
     Class::Fpu,
     Class::RandomResumes,
+    Class::Leaks,
 ];
 
 impl Class {
@@ -101,6 +104,7 @@ impl Class {
             Self::Exhaustion => "exhaustion",
             Self::Fpu => "fpu",
             Self::RandomResumes => "random-resumes",
+            Self::Leaks => "leaks",
         }
     }
 }
@@ -277,12 +281,32 @@ impl Campaign {
             );
         }
         line!("attack: done {server}");
-        // The normal loop's first `VcpuRun` may leave the resume in the
-        // page as it is: leave one that asks for nothing.
+        self.clear_resume();
+    }
+
+    /// The normal loop's first `VcpuRun` may leave the resume in the page
+    /// as it is: leave one that asks for nothing.
+    pub fn clear_resume(&self) {
         let page = sys::vcpu_page();
         // SAFETY: the stub maps the VCPU page read-write for exit handlers.
         unsafe { (&raw mut (*page).resume).write_volatile(base_resume(ResumeFlags::empty())) };
     }
+}
+
+// ---------------------------------------------------------------------
+// Leaks (both servers)
+
+/// The exit record a server got must not carry a host-physical address:
+/// under shadow paging the hardware CR3 is the shadow root's, and the
+/// stub hands every server the guest's own CR3 instead (the probe guest's
+/// is 0, without paging; a host address lies beyond guest RAM).
+pub fn leaks(c: &mut Campaign, exit: &ExitRecord, ram_bytes: u64) {
+    c.attempt(
+        Class::Leaks,
+        Must::Refuse,
+        format_args!("exit-{}-cr3-{:#x}-outside-guest-ram", exit.sequence, exit.cr3),
+        || exit.cr3 >= ram_bytes,
+    );
 }
 
 // ---------------------------------------------------------------------

@@ -37,6 +37,9 @@ mod hostile {
         at_first_exit: bool,
         /// After the random draws: the next resume loads this again.
         restore: Option<PagingState>,
+        /// The main boot under shadow paging looks at the first exit
+        /// record for host addresses (guest RAM's size) before it is done.
+        leak_check: Option<u64>,
     }
 
     impl crate::ring3::Hooks for Attack {
@@ -56,12 +59,22 @@ mod hostile {
                     campaign::installs(c, boot.guest_ram_bytes);
                     campaign::exhaustion_light(c);
                     campaign::mmu_resumes(c, shadow);
+                    // Under nested paging no exit comes to the mmu-server.
+                    if shadow {
+                        c.clear_resume();
+                        self.leak_check = Some(boot.guest_ram_bytes);
+                        return;
+                    }
                 }
             }
             c.finish();
         }
 
         fn exit(&mut self, first: &PagingState, exit: ExitRecord) -> ExitRecord {
+            if let (Some(ram), Some(c)) = (self.leak_check.take(), self.campaign.as_mut()) {
+                campaign::leaks(c, &exit, ram);
+                c.finish();
+            }
             let Some(c) = self.campaign.as_mut().filter(|_| self.at_first_exit) else {
                 return exit;
             };

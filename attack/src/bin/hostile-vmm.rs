@@ -38,6 +38,9 @@ mod hostile {
         tsc_hz: u64,
         /// Guest RAM in this task: base and length.
         ram: (u64, u64),
+        /// The main boot looks at the first exit record for host addresses
+        /// before it is done.
+        leak_check: Option<Campaign>,
     }
 
     impl crate::ring3::Hooks for Attack {
@@ -56,6 +59,9 @@ mod hostile {
                 _ => {
                     campaign::syscalls(&mut c, boot.guest_ram_bytes);
                     campaign::vmm_resumes(&mut c);
+                    c.clear_resume();
+                    self.leak_check = Some(c);
+                    return;
                 }
             }
             c.finish();
@@ -64,6 +70,11 @@ mod hostile {
         /// In the random boot: the draws at the first exit, then the
         /// server's own `answer` with the guest put back there.
         fn resume(&mut self, first: &ExitRecord, answer: &Resume) -> Option<Resume> {
+            if let Some(c) = self.leak_check.as_mut() {
+                campaign::leaks(c, first, self.ram.1);
+                c.finish();
+                self.leak_check = None;
+            }
             let mut c = self.random.take()?;
             let (base, len) = self.ram;
             campaign::harness(&mut |gpa, bytes| {
