@@ -772,7 +772,9 @@ pub fn conclude(report: &RunReport, opts: &RunOptions) -> Verdict {
                 FinalLine::CannotRun(reason) => {
                     let about_svm = reason.contains("SVM") || reason.contains("NPT");
                     let about_vmx = reason.contains("VMX") || reason.contains("EPT");
-                    let hint = if bochs && (about_svm || about_vmx) {
+                    let hint = if reason.contains("unsafe_shadow") {
+                        "; --unsafe-shadow runs anyway, for guests you trust".to_string()
+                    } else if bochs && (about_svm || about_vmx) {
                         format!(
                             "; Bochs emulates VMX with --cpu {} and SVM with --cpu {} (this run \
                              used `{}`)",
