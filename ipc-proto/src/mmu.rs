@@ -73,6 +73,12 @@ pub mod ept {
     pub const IGNORE_PAT: u64 = 1 << 6;
     /// A 2 MiB (level 2) or 1 GiB (level 3) leaf.
     pub const LARGE: u64 = 1 << 7;
+    /// The leaf's memory type, bits 3-5.
+    pub const MEMORY_TYPE: u64 = 7 << 3;
+    /// Accessed (with A/D flags in the EPTP; ignored otherwise).
+    pub const ACCESSED: u64 = 1 << 8;
+    /// Dirty, in a leaf (as for `ACCESSED`).
+    pub const DIRTY: u64 = 1 << 9;
 }
 
 wire! {
@@ -131,6 +137,10 @@ pub enum InstallError {
     /// bit reserved in PAE PDPTEs (1, 2, 5-8, 52-63): the next entry would
     /// fail, as VM entry and VMRUN load the PDPTEs and check them.
     ReservedPdpteBits = 8,
+    /// The entry sets a bit outside the allowlist of its format and kind
+    /// (leaf or not, level), or is an EPT misconfiguration (write without
+    /// read, a reserved memory type).
+    ReservedBits = 9,
 }
 
 impl InstallError {
@@ -145,6 +155,7 @@ impl InstallError {
             Self::OutsideGuestMemory,
             Self::BadPageSize,
             Self::ReservedPdpteBits,
+            Self::ReservedBits,
         ]
         .into_iter()
         .find(|e| *e as u32 == raw)
@@ -161,6 +172,7 @@ impl InstallError {
             Self::OutsideGuestMemory => "leaf entry maps memory outside the VM's RAM",
             Self::BadPageSize => "page-size bit set in a level-4 entry",
             Self::ReservedPdpteBits => "PAE PDPTE of the live root with reserved bits set",
+            Self::ReservedBits => "entry sets a bit outside its format's allowlist",
         }
     }
 }
@@ -182,7 +194,7 @@ mod tests {
 
     #[test]
     fn install_errors_round_trip() {
-        for raw in 1..=8 {
+        for raw in 1..=9 {
             assert_eq!(InstallError::from_raw(raw).map(|e| e as u32), Some(raw));
         }
         assert_eq!(InstallError::from_raw(0), None);

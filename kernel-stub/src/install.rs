@@ -22,7 +22,7 @@
 
 pub use ipc_proto::mmu::TableFormat;
 use ipc_proto::mmu::{
-    Install, InstallError, TableHandle, MAX_SHADOW_TABLES, PTE_ADDR_MASK, PTE_PS,
+    ept, Install, InstallError, TableHandle, MAX_SHADOW_TABLES, PTE_ADDR_MASK, PTE_PS,
 };
 
 /// This VM's RAM: guest-physical `[0, bytes)` at host-physical `hpa_base`.
@@ -87,6 +87,53 @@ pub fn pae_pdptes_reloaded(mut pdptes: [u64; 4]) -> Option<[u64; 4]> {
         }
     }
     pae_pdptes_ok(&pdptes).then_some(pdptes)
+}
+
+/// The bits besides the address an entry may carry, by format and kind: an
+/// allowlist, so that no bit the hardware gives a meaning to on some CPU
+/// (protection keys in 59-62, EPT's sub-page, shadow-stack and
+/// suppress-#VE bits, bits reserved today) reaches a table. x86 (AMD APM
+/// vol. 2, 5.4; Intel SDM vol. 3A, 4.5): P, R/W, U/S, PWT, PCD, A, the
+/// available 9-11 and NX; leaves add D and G, and PAT (bit 7 in a 4 KiB
+/// leaf; bit 12 of a large one, which the address check keeps) or PS.
+/// EPT (SDM vol. 3C, 29.3.2): R, W, X, A; leaves add the memory type, the
+/// ignore-PAT bit, D, and LARGE when large.
+fn allowed_bits(format: TableFormat, leaf: bool, large: bool) -> u64 {
+    const P: u64 = 1;
+    const RW: u64 = 1 << 1;
+    const US: u64 = 1 << 2;
+    const PWT: u64 = 1 << 3;
+    const PCD: u64 = 1 << 4;
+    const A: u64 = 1 << 5;
+    const D: u64 = 1 << 6;
+    const PAT_4K: u64 = 1 << 7;
+    const G: u64 = 1 << 8;
+    const AVL: u64 = 7 << 9;
+    const NX: u64 = 1 << 63;
+    match (format, leaf) {
+        (TableFormat::X86, false) => P | RW | US | PWT | PCD | A | AVL | NX,
+        (TableFormat::X86, true) => {
+            P | RW | US | PWT | PCD | A | D | G | AVL | NX | if large { PTE_PS } else { PAT_4K }
+        }
+        (TableFormat::Ept, false) => ept::PRESENT_MASK | ept::ACCESSED,
+        (TableFormat::Ept, true) => {
+            ept::PRESENT_MASK
+                | ept::MEMORY_TYPE
+                | ept::IGNORE_PAT
+                | ept::ACCESSED
+                | ept::DIRTY
+                | if large { ept::LARGE } else { 0 }
+        }
+    }
+}
+
+/// An EPT entry the CPU would call a misconfiguration (SDM vol. 3C,
+/// 29.3.3.1): write without read, or in a leaf a reserved memory type
+/// (2, 3 or 7).
+fn ept_misconfigured(entry: u64, leaf: bool) -> bool {
+    let write_only = entry & ept::WRITE != 0 && entry & ept::READ == 0;
+    let memory_type = (entry & ept::MEMORY_TYPE) >> 3;
+    write_only || leaf && matches!(memory_type, 2 | 3 | 7)
 }
 
 /// Bytes mapped by a leaf at `level`.
@@ -200,11 +247,21 @@ impl ShadowTables {
             return Err(InstallError::BadPageSize);
         }
         let large = (level == 2 || level == 3) && e & PTE_PS != 0;
+        let leaf = level == 1 || large;
         let addr = e & PTE_ADDR_MASK;
-        let translated = if level == 1 || large {
+        let attributes = e & !PTE_ADDR_MASK;
+        let misconfigured = self.format == TableFormat::Ept && ept_misconfigured(e, leaf);
+        if attributes & !allowed_bits(self.format, leaf, large) != 0 || misconfigured {
+            return Err(InstallError::ReservedBits);
+        }
+        let translated = if leaf {
             let size = leaf_size(level);
-            // Large pages keep the PAT bit (12) and reserved bits below
-            // the page size in the address field; only the frame moves.
+            // A large page's address field below the page size holds the
+            // PAT bit (12, x86 only); the rest of it is reserved.
+            let pat = if self.format == TableFormat::X86 { 1 << 12 } else { 0 };
+            if addr & (size - 1) & !pat != 0 {
+                return Err(InstallError::ReservedBits);
+            }
             let gpa = addr & !(size - 1);
             let inside = gpa.checked_add(size).is_some_and(|end| end <= ram.bytes);
             if !inside {
@@ -376,8 +433,15 @@ mod tests {
         let (pd, _) = t.alloc(2, &mut f).unwrap();
         let (pt, _) = t.alloc(1, &mut f).unwrap();
         assert!(!t.set_format(TableFormat::X86), "fixed once a table exists");
-        // Bit 0 clear but write or execute set: present in EPT, so checked.
-        for rights in [2u64, 4, 6] {
+        // Bit 0 clear but write or execute set: present in EPT, so checked;
+        // write without read is a misconfiguration, refused first.
+        for rights in [2u64, 6] {
+            assert_eq!(
+                t.check(&install(pt, 1, 0, 0x5000 | rights), RAM),
+                Err(InstallError::ReservedBits)
+            );
+        }
+        for rights in [4u64] {
             assert_eq!(
                 t.check(&install(pt, 1, 0, RAM.bytes | rights), RAM),
                 Err(InstallError::OutsideGuestMemory)
@@ -410,6 +474,60 @@ mod tests {
             t.check(&install(pt, 1, 0, 0xdead_b000 | 0x38), RAM),
             Ok((t.get(pt).unwrap().0, 0, 0xdead_b000 | 0x38))
         );
+    }
+
+    /// Every bit besides the address goes through an allowlist of its
+    /// format and kind: protection keys, EPT's sub-page and suppress-#VE
+    /// bits, reserved bits below a large page's size, reserved memory types.
+    #[test]
+    fn attribute_bits_outside_the_allowlist_are_refused() {
+        let mut t = ShadowTables::new();
+        let mut f = frames();
+        let (pt, _) = t.alloc(1, &mut f).unwrap();
+        let (pd, _) = t.alloc(2, &mut f).unwrap();
+        let (pml4, _) = t.alloc(4, &mut f).unwrap();
+        let (pdpt, _) = t.alloc(3, &mut f).unwrap();
+        let ok = |t: &ShadowTables, table, level, e| t.check(&install(table, level, 0, e), RAM);
+        // x86: a 4 KiB leaf with every allowed bit, then each other bit alone.
+        let leaf = 0x5000 | 0x1ff | 0xe00 | 1 << 63;
+        assert!(ok(&t, pt, 1, leaf).is_ok());
+        let non_leaf = (u64::from(pdpt) << 12) | 0x3f | 0xe00 | 1 << 63;
+        assert!(ok(&t, pml4, 4, non_leaf).is_ok());
+        for bit in (52..63).chain([6, 8]) {
+            assert_eq!(
+                ok(&t, pml4, 4, (u64::from(pdpt) << 12) | 1 | 1 << bit),
+                Err(InstallError::ReservedBits),
+                "non-leaf bit {bit}"
+            );
+        }
+        for bit in 52..63 {
+            assert_eq!(
+                ok(&t, pt, 1, 0x5001 | 1 << bit),
+                Err(InstallError::ReservedBits),
+                "leaf bit {bit}"
+            );
+        }
+        // A 2 MiB leaf: PAT (bit 12) is kept, bits 13-20 are reserved.
+        assert!(ok(&t, pd, 2, 0x20_0000 | 1 << 12 | 0x81).is_ok());
+        assert_eq!(
+            ok(&t, pd, 2, 0x20_0000 | 1 << 13 | 0x81),
+            Err(InstallError::ReservedBits)
+        );
+        // EPT: a leaf's reserved memory types and bits 10, 11, 52-63.
+        let mut e = ShadowTables::new();
+        assert!(e.set_format(TableFormat::Ept));
+        let (ept_pt, _) = e.alloc(1, &mut f).unwrap();
+        assert!(ok(&e, ept_pt, 1, 0x5000 | 7 | 6 << 3 | 1 << 6 | 3 << 8).is_ok());
+        for mt in [2u64, 3, 7] {
+            assert_eq!(ok(&e, ept_pt, 1, 0x5007 | mt << 3), Err(InstallError::ReservedBits));
+        }
+        for bit in [10, 11, 52, 57, 58, 60, 61, 63] {
+            assert_eq!(
+                ok(&e, ept_pt, 1, 0x5037 | 1 << bit),
+                Err(InstallError::ReservedBits),
+                "EPT bit {bit}"
+            );
+        }
     }
 
     #[test]
