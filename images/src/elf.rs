@@ -12,6 +12,8 @@ use object::Endianness;
 pub struct LoadSegment<'a> {
     /// Physical load address (`p_paddr`).
     pub paddr: u64,
+    /// Virtual address (`p_vaddr`): what `e_entry` may be given in.
+    pub vaddr: u64,
     /// Bytes in memory (`p_memsz`); the part past `bytes` is zero-filled.
     pub memsz: u64,
     /// The `p_filesz` bytes from the file.
@@ -80,6 +82,7 @@ fn parse_as<'a, Elf: FileHeader<Endian = Endianness>>(
             .map_err(|()| ElfError("a PT_LOAD segment lies outside the file".into()))?;
         segments.push(LoadSegment {
             paddr: ph.p_paddr(endian).into(),
+            vaddr: ph.p_vaddr(endian).into(),
             memsz: ph.p_memsz(endian).into(),
             bytes,
         });

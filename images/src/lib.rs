@@ -253,8 +253,15 @@ pub struct SystemSpec {
     pub with_vmm_server: bool,
     /// Nested or shadow paging.
     pub mmu: MmuMode,
-    /// The command line (multiboot and Linux kernels).
+    /// The command line (multiboot and Linux kernels). A multiboot kernel
+    /// given by path gets `<path> <cmdline>`, the kernel's path first, as
+    /// QEMU's `-kernel` and GRUB pass it (see [`multiboot_cmdline`]); a
+    /// built-in guest gets `cmdline` alone.
     pub cmdline: String,
+    /// Multiboot modules, each `<path> [args]` (QEMU's `-initrd`, GRUB's
+    /// `module`): the file at the path, with the whole string as the
+    /// module's command line.
+    pub modules: Vec<String>,
     /// Guest RAM in MiB (even, at most 512; the stub's limit).
     pub ram_mib: u32,
     /// An initrd (initramfs) for a Linux bzImage guest.
@@ -293,6 +300,7 @@ impl SystemSpec {
             cmdline: String::new(),
             ram_mib: GUEST_RAM_MIB,
             initrd: None,
+            modules: Vec::new(),
             uart_server: false,
             hostile_servers: None,
         }
@@ -351,7 +359,9 @@ fn load_guest(spec: &SystemSpec, dir: &Path) -> Result<loaders::LoadedGuest, Bui
         let g = guests::build_guest(&workspace_root(), &spec.guest, &dir.join("guests"))?;
         let elf = std::fs::read(&g.elf_path).map_err(|e| BuildError::io(&g.elf_path, e))?;
         if loaders::find_multiboot_header(&elf).is_some() {
-            return loaders::load_multiboot(&elf, spec.ram_mib, &spec.cmdline).map_err(bad);
+            let modules = read_modules(&spec.modules)?;
+            return loaders::load_multiboot(&elf, spec.ram_mib, &spec.cmdline, &modules.borrowed())
+                .map_err(bad);
         }
         if g.load_gpa == loaders::BOOT_SECTOR_GPA {
             return loaders::load_boot_sector(&g.flat).map_err(bad);
@@ -377,7 +387,9 @@ fn load_guest(spec: &SystemSpec, dir: &Path) -> Result<loaders::LoadedGuest, Bui
         };
         linux::load_linux(&bytes, initrd.as_deref(), &spec.cmdline, spec.ram_mib).map_err(bad)
     } else if loaders::find_multiboot_header(&bytes).is_some() {
-        loaders::load_multiboot(&bytes, spec.ram_mib, &spec.cmdline).map_err(bad)
+        let modules = read_modules(&spec.modules)?;
+        let cmdline = multiboot_cmdline(&spec.guest, &spec.cmdline);
+        loaders::load_multiboot(&bytes, spec.ram_mib, &cmdline, &modules.borrowed()).map_err(bad)
     } else {
         loaders::load_boot_sector(&bytes).map_err(|e| {
             bad(format!(
@@ -385,6 +397,37 @@ fn load_guest(spec: &SystemSpec, dir: &Path) -> Result<loaders::LoadedGuest, Bui
             ))
         })
     }
+}
+
+/// The multiboot command line of a kernel at `path`: `<path> <args>`, as
+/// QEMU's `-kernel` builds it (`"%s %s"`, so an empty `args` leaves a
+/// trailing space) and GRUB's `multiboot` passes it; GNU Mach and other
+/// kernels skip the first word.
+pub fn multiboot_cmdline(path: &str, args: &str) -> String {
+    format!("{path} {args}")
+}
+
+/// Files and strings of multiboot modules.
+struct Modules(Vec<(Vec<u8>, String)>);
+
+impl Modules {
+    fn borrowed(&self) -> Vec<loaders::MultibootModule<'_>> {
+        self.0
+            .iter()
+            .map(|(bytes, cmdline)| loaders::MultibootModule { bytes, cmdline })
+            .collect()
+    }
+}
+
+/// Reads each module's file: the first word of `<path> [args]`.
+fn read_modules(specs: &[String]) -> Result<Modules, BuildError> {
+    let mut out = Vec::new();
+    for m in specs {
+        let path = Path::new(m.split_whitespace().next().unwrap_or(""));
+        let bytes = std::fs::read(path).map_err(|e| BuildError::io(path, e))?;
+        out.push((bytes, m.clone()));
+    }
+    Ok(Modules(out))
 }
 
 /// Builds everything `spec` asks for and writes the image to

@@ -65,6 +65,9 @@ const EXT_CMD_LINE_PTR: usize = 0x0c8;
 const E820_ENTRIES: usize = 0x1e8;
 const E820_TABLE: usize = 0x2d0;
 
+/// syssize's unit, in bytes.
+const SYSSIZE_UNIT: u64 = 16;
+
 const LOADED_HIGH: u8 = 1 << 0;
 const CAN_USE_HEAP: u8 = 1 << 7;
 
@@ -153,14 +156,19 @@ pub fn parse_bzimage(file: &[u8]) -> Result<BzImageInfo, String> {
             file.len()
         ));
     }
-    // syssize (0x1f4, 16-byte units) says how long the protected-mode part is.
+    // syssize (0x1f4, 16-byte units) says how long the protected-mode part
+    // is. Neither QEMU nor GRUB checks it; a file ending less than one unit
+    // short is the rounding up of the last unit (Debian's memtest86+
+    // x64.bin ends 8 bytes short), and the missing bytes are taken as zero.
+    // A file more than one unit short is truncated.
     let syssize = u64::from(u32_at(file, 0x1f4)) * 16;
     let kernel_len = file.len() - kernel_off;
-    if (kernel_len as u64) < syssize {
+    if (kernel_len as u64) + SYSSIZE_UNIT <= syssize {
         return Err(format!(
             "the bzImage is truncated: its header says {syssize} bytes of protected-mode kernel, the file has {kernel_len}"
         ));
     }
+    let kernel_len = kernel_len.max(syssize as usize);
     let relocatable = protocol >= 0x0205 && file[RELOCATABLE_KERNEL] != 0;
     let pref_address = if protocol >= 0x020a {
         u64_at(file, PREF_ADDRESS)
@@ -227,7 +235,8 @@ pub fn load_linux(
         ));
     }
     let kernel_off = (info.setup_sects + 1) * 512;
-    let flat = file[kernel_off..].to_vec();
+    let mut flat = file[kernel_off..].to_vec();
+    flat.resize(info.kernel_len, 0);
 
     let mut bp = vec![0u8; 4096];
     let header_end = (JUMP + 2 + usize::from(file[JUMP + 1]))
@@ -464,6 +473,25 @@ mod tests {
     }
 
     #[test]
+    fn a_syssize_rounded_past_the_file_is_padded_not_refused() {
+        // memtest86+x64.bin: syssize * 16 is 8 bytes past the file's end.
+        let mut f = bzimage(0x020c, 2, 0x2008, false);
+        put32(&mut f, 0x1f4, 0x2010 / 16);
+        let g = load_linux(&f, None, "console=ttyS0,115200", 16).unwrap();
+        assert_eq!(g.flat.len(), 0x2010);
+        assert_eq!(g.flat[0x2007], 0xcc);
+        assert!(g.flat[0x2008..].iter().all(|&b| b == 0));
+        // 15 bytes short: still the last unit's rounding.
+        let short = &f[..f.len() - 7];
+        assert_eq!(load_linux(short, None, "", 16).unwrap().flat.len(), 0x2010);
+        // A whole unit short is a truncated file.
+        let short = &f[..f.len() - 8];
+        assert!(load_linux(short, None, "", 16)
+            .unwrap_err()
+            .contains("truncated"));
+    }
+
+    #[test]
     fn bad_input_gives_one_sentence() {
         let good = bzimage(0x020f, 4, 0x2000, true);
         let err = |f: &[u8]| load_linux(f, None, "", 64).unwrap_err();
@@ -492,6 +520,27 @@ mod tests {
         assert!(load_linux(&good, None, "", 4)
             .unwrap_err()
             .contains("--ram"));
+    }
+
+    proptest::proptest! {
+        /// Any file and any syssize: an error or a kernel at least as long
+        /// as syssize says and the file has, never a panic.
+        #[test]
+        fn any_syssize_loads_or_is_refused(
+            kernel_len in 1usize..0x3000,
+            syssize in 0u32..0x400,
+            cut in 0usize..64,
+        ) {
+            let mut f = bzimage(0x020f, 4, kernel_len, false);
+            put32(&mut f, 0x1f4, syssize);
+            let f = &f[..f.len().saturating_sub(cut)];
+            if let Ok(g) = load_linux(f, None, "", 32) {
+                let have = f.len() - 5 * 512;
+                proptest::prop_assert!(g.flat.len() >= have);
+                proptest::prop_assert!(g.flat.len() as u64 >= u64::from(syssize) * 16);
+                proptest::prop_assert!((have as u64) + 16 > u64::from(syssize) * 16);
+            }
+        }
     }
 
     #[test]
