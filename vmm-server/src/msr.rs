@@ -8,7 +8,14 @@
 //! type checks), MISC_ENABLE (fast strings; BTS and PEBS unavailable),
 //! the microcode revision, FEATURE_CONTROL (locked, VMX off), VM_CR (SVM
 //! disabled and locked), HWCR, and the AMD SYSCFG and NB_CFG (zero; NB_CFG
-//! writes ignored), which Linux reads and writes on AMD CPUs.
+//! writes ignored), which Linux reads and writes on AMD CPUs, and the AMD
+//! legacy performance counters PERF_CTL0-3 and PERF_CTR0-3
+//! (0xC0010000-0xC0010007): a PMU that never counts, reading zero and
+//! ignoring writes, as KVM answers without a virtual PMU (kernels built
+//! for QEMU program them whatever CPUID says).
+//!
+//! IA32_APIC_BASE refuses the x2APIC enable bit (10) with #GP: CPUID
+//! shows no x2APIC.
 //!
 //! EFER is read from the exit record; a write that changes it needs the
 //! stub (EFER lives in the VMCB), as do the MSRs whose values the
@@ -80,7 +87,19 @@ pub mod index {
     /// NB_CFG (AMD): reads zero, writes ignored (Linux sets the bit for
     /// extended PCI configuration through 0xCF8).
     pub const NB_CFG: u32 = 0xc001_001f;
+    /// AMD legacy PERF_CTL0 (event select); PERF_CTL1-3 follow.
+    pub const PERF_CTL0: u32 = 0xc001_0000;
+    /// AMD legacy PERF_CTR0 (counter); PERF_CTR1-3 follow.
+    pub const PERF_CTR0: u32 = 0xc001_0004;
 }
+
+/// The AMD legacy performance-counter MSRs (PERF_CTL0-3, PERF_CTR0-3).
+pub const fn is_legacy_perf(idx: u32) -> bool {
+    idx >= index::PERF_CTL0 && idx <= index::PERF_CTR0 + 3
+}
+
+/// IA32_APIC_BASE bit 10: x2APIC mode.
+pub const APIC_BASE_X2APIC: u64 = 1 << 10;
 
 /// The MSRs whose guest values the hardware keeps in the VMCB: a server
 /// cannot read or write them, the stub must let them through.
@@ -199,6 +218,8 @@ impl MsrState {
             // SVM disabled by the firmware, and locked.
             VM_CR => 1 << 3 | 1 << 4,
             SYSCFG | NB_CFG => 0,
+            // A PMU that never counts.
+            i if is_legacy_perf(i) => 0,
             i if VMCB_HELD.contains(&i) => return Err(MsrError::NeedsStub),
             _ => return Err(MsrError::Gp),
         })
@@ -213,9 +234,10 @@ impl MsrState {
             TSC | BIOS_SIGN_ID => {}
             APIC_BASE => {
                 // Base (page aligned, within the physical address width),
-                // BSP (8), x2APIC (10) and enable (11); bit 9 and the rest
-                // are reserved.
-                if v & !(phys_mask & !0xfff | 1 << 8 | 1 << 10 | 1 << 11) != 0 {
+                // BSP (8) and enable (11); bit 9 and the rest are reserved,
+                // and so is x2APIC (10): CPUID shows no x2APIC (KVM
+                // answers #GP the same way).
+                if v & !(phys_mask & !0xfff | 1 << 8 | 1 << 11) != 0 {
                     return Err(MsrError::Gp);
                 }
                 self.apic_base = v;
@@ -268,6 +290,8 @@ impl MsrState {
             }
             HWCR => self.hwcr = v,
             NB_CFG => {}
+            // Event selects and counters take any value and count nothing.
+            i if is_legacy_perf(i) => {}
             i if VMCB_HELD.contains(&i) => return Err(MsrError::NeedsStub),
             // Read-only MSRs and unknown ones.
             _ => return Err(MsrError::Gp),
@@ -304,6 +328,8 @@ impl fmt::Display for MsrName {
             SYSENTER_EIP => "SYSENTER_EIP",
             PAT => "PAT",
             MISC_ENABLE => "MISC_ENABLE",
+            i if (PERF_CTL0..PERF_CTR0).contains(&i) => "PERF_CTL",
+            i if is_legacy_perf(i) => "PERF_CTR",
             _ => "MSR",
         };
         write!(f, "{name} ({:#x})", self.0)
@@ -422,6 +448,39 @@ mod tests {
         assert_eq!(
             m.write(index::APIC_BASE, 0xfee0_0200, &c),
             Err(MsrError::Gp)
+        );
+    }
+
+    #[test]
+    fn the_x2apic_enable_bit_is_gp_without_x2apic_in_cpuid() {
+        let mut m = MsrState::new();
+        let c = ctx();
+        for v in [0xfee0_0d00, 0xfee0_0500, 0xfee0_0400] {
+            assert_eq!(m.write(index::APIC_BASE, v, &c), Err(MsrError::Gp), "{v:#x}");
+        }
+        assert_eq!(m.read(index::APIC_BASE, &c), Ok(0xfee0_0100), "unchanged");
+        assert_eq!(m.write(index::APIC_BASE, 0xfee0_0900, &c), Ok(()));
+        assert_eq!(m.read(index::APIC_BASE, &c), Ok(0xfee0_0900));
+    }
+
+    #[test]
+    fn amd_legacy_perf_counters_never_count() {
+        let mut m = MsrState::new();
+        let c = ctx();
+        for i in 0xc001_0000u32..=0xc001_0007 {
+            assert_eq!(m.read(i, &c), Ok(0), "{i:#x}");
+            // Enable, OS and USR, event 0x76 (cycles); a counter preset.
+            assert_eq!(m.write(i, 0x53_0076, &c), Ok(()), "{i:#x}");
+            assert_eq!(m.write(i, u64::MAX, &c), Ok(()), "{i:#x}");
+            assert_eq!(m.read(i, &c), Ok(0), "{i:#x} counts nothing");
+        }
+        for i in [0xc000_ffffu32, 0xc001_0008] {
+            assert_eq!(m.read(i, &c), Err(MsrError::Gp), "{i:#x}");
+            assert_eq!(m.write(i, 0, &c), Err(MsrError::Gp), "{i:#x}");
+        }
+        assert_eq!(
+            std::format!("{} {}", msr_name(0xc001_0001), msr_name(0xc001_0007)),
+            "PERF_CTL (0xc0010001) PERF_CTR (0xc0010007)"
         );
     }
 }
