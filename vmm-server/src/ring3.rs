@@ -16,6 +16,7 @@ use vmm_server::cpuid::HostCpuid;
 use vmm_server::devices::debug_exit::{self, DebugExit};
 use vmm_server::devices::i8042::{self, I8042};
 use vmm_server::devices::pit::{self, Pit};
+use vmm_server::devices::port92::{self, SystemControlA};
 use vmm_server::devices::post::{self, PostCode};
 use vmm_server::devices::remote::{PortChannel, RemotePort};
 use vmm_server::devices::rtc::{self, Rtc};
@@ -314,6 +315,7 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
     cmos.set_memory_size(boot.guest_ram_bytes);
     let mut keyboard = I8042::new(Some(board.irq.pin(1)));
     let mut post_code = PostCode::new();
+    let mut control_a = SystemControlA::new();
     let mut debug_exit = DebugExit::new();
     let mut pci_host = vmm_server::devices::pci::PciHost::new();
     let mut router = Router::new();
@@ -323,6 +325,7 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
         .and_then(|()| router.register(rtc::BASE, rtc::LEN, &mut cmos))
         .and_then(|()| router.register_ranges(&i8042::RANGES, &mut keyboard))
         .and_then(|()| router.register(post::PORT, post::LEN, &mut post_code))
+        .and_then(|()| router.register(port92::PORT, port92::LEN, &mut control_a))
         .and_then(|()| router.register(debug_exit::PORT, debug_exit::LEN, &mut debug_exit))
         .and_then(|()| {
             let pci = vmm_server::devices::pci::BASE;

@@ -11,6 +11,7 @@ pub mod i8042;
 pub mod pci;
 pub mod pic;
 pub mod pit;
+pub mod port92;
 pub mod post;
 pub mod remote;
 pub mod rtc;
@@ -30,7 +31,7 @@ pub enum WriteOutcome {
         status: u8,
     },
     /// The guest reset the machine (the keyboard controller's pulse of the
-    /// reset line, command 0xFE).
+    /// reset line, command 0xFE; port 0x92's fast reset).
     Reset,
 }
 
