@@ -456,7 +456,11 @@ mod tests {
         let mut m = MsrState::new();
         let c = ctx();
         for v in [0xfee0_0d00, 0xfee0_0500, 0xfee0_0400] {
-            assert_eq!(m.write(index::APIC_BASE, v, &c), Err(MsrError::Gp), "{v:#x}");
+            assert_eq!(
+                m.write(index::APIC_BASE, v, &c),
+                Err(MsrError::Gp),
+                "{v:#x}"
+            );
         }
         assert_eq!(m.read(index::APIC_BASE, &c), Ok(0xfee0_0100), "unchanged");
         assert_eq!(m.write(index::APIC_BASE, 0xfee0_0900, &c), Ok(()));

@@ -17,7 +17,9 @@
 //! Emulated: MOV (all forms with a memory operand, MOVNTI), MOVZX, MOVSX,
 //! MOVSXD, ADD, ADC, SUB, SBB, CMP, AND, OR, XOR, TEST, INC, DEC, NEG,
 //! NOT, XCHG, CMPXCHG, CMPXCHG8B, CMPXCHG16B, BT, BTS, BTR, BTC, and the
-//! string instructions STOS, LODS, MOVS, INS, OUTS with REP. A failed
+//! string instructions STOS, LODS, MOVS, INS, OUTS with REP, and CMPS and
+//! SCAS with REPE/REPNE (either CMPS operand may be MMIO; the flags are
+//! CMP's, the repeat ends on the count or on ZF). A failed
 //! CMPXCHG does not write its memory operand back (the manuals write the
 //! old value again; for a device register that write is not harmless), but
 //! it does check that the operand is writable.
@@ -338,6 +340,8 @@ enum StrKind {
     Movs,
     Ins,
     Outs,
+    Cmps,
+    Scas,
 }
 
 impl<'a> Emulator<'a> {
@@ -725,6 +729,8 @@ impl<'a> Emulator<'a> {
                 M::Movsb | M::Movsw | M::Movsd | M::Movsq => StrKind::Movs,
                 M::Insb | M::Insw | M::Insd => StrKind::Ins,
                 M::Outsb | M::Outsw | M::Outsd => StrKind::Outs,
+                M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq => StrKind::Cmps,
+                M::Scasb | M::Scasw | M::Scasd | M::Scasq => StrKind::Scas,
                 _ => return unsupported,
             };
             return self.string(insn, kind, bytes);
@@ -1035,16 +1041,49 @@ impl<'a> Emulator<'a> {
                     let v = self.load(&src, size);
                     self.io.port_write(port, io_size, v as u32)
                 }
+                // [rSI] - ES:[rDI], both checked before either is read.
+                StrKind::Cmps => {
+                    let a = self.prepare(si, size, false, bytes)?;
+                    let b = self.prepare(di, size, false, bytes)?;
+                    let x = self.load(&a, size);
+                    let y = self.load(&b, size);
+                    let (_, f) = alu::alu(AluOp::Cmp, size, x, y, self.cpu.regs.rflags);
+                    self.cpu.regs.rflags = f;
+                    WriteOutcome::Continue
+                }
+                // rAX - ES:[rDI].
+                StrKind::Scas => {
+                    let b = self.prepare(di, size, false, bytes)?;
+                    let y = self.load(&b, size);
+                    let x = self.cpu.gpr(0) & alu::mask(size);
+                    let (_, f) = alu::alu(AluOp::Cmp, size, x, y, self.cpu.regs.rflags);
+                    self.cpu.regs.rflags = f;
+                    WriteOutcome::Continue
+                }
             };
-            if matches!(kind, StrKind::Lods | StrKind::Movs | StrKind::Outs) {
+            if matches!(
+                kind,
+                StrKind::Lods | StrKind::Movs | StrKind::Outs | StrKind::Cmps
+            ) {
                 self.advance(6, step, asz);
             }
-            if matches!(kind, StrKind::Stos | StrKind::Movs | StrKind::Ins) {
+            if matches!(
+                kind,
+                StrKind::Stos | StrKind::Movs | StrKind::Ins | StrKind::Cmps | StrKind::Scas
+            ) {
                 self.advance(7, step, asz);
             }
             iterations += 1;
             if rep {
                 self.cpu.write_gpr_sized(1, asz, count.wrapping_sub(1) & am);
+            }
+            // REPE ends when the operands differ, REPNE when they are
+            // equal (after the count is decremented).
+            if rep && matches!(kind, StrKind::Cmps | StrKind::Scas) {
+                let zf = self.cpu.regs.rflags & alu::ZF != 0;
+                if zf == insn.has_repne_prefix() {
+                    break;
+                }
             }
             if r != WriteOutcome::Continue {
                 outcome = r;

@@ -672,3 +672,124 @@ fn rep_outsb_through_pae_tables() {
     assert!(d.is_ok(), "{d:?}");
     assert_eq!(r.bus.log.len(), 3);
 }
+
+#[test]
+fn repe_cmps_against_mmio_stops_at_the_first_difference() {
+    let mut r = Rig::new(flat32());
+    r.ram.bytes[0x3000..0x3008].copy_from_slice(b"splitvis");
+    r.bus.set(MMIO, 8, u64::from_le_bytes(*b"splitXis"));
+    r.cpu.regs.rsi = 0x3000;
+    r.cpu.regs.rdi = MMIO;
+    r.cpu.regs.rcx = 8;
+    let d = r.go(&[0xf3, 0xa6]); // repe cmpsb
+    assert!(d.completed);
+    // Six compared: the sixth ('v' - 'X') differs; both pointers and the
+    // count have moved past it.
+    assert_eq!(
+        (r.cpu.regs.rsi, r.cpu.regs.rdi, r.cpu.regs.rcx),
+        (0x3006, MMIO + 6, 2)
+    );
+    assert_eq!(r.cpu.regs.rip, CODE + 2);
+    let (_, f) = alu::alu(AluOp::Cmp, 1, u64::from(b'v'), u64::from(b'X'), 2);
+    assert_eq!(r.cpu.regs.rflags, f, "CMP's flags of the last pair");
+    assert_eq!(r.cpu.regs.rflags & alu::ZF, 0);
+    // Equal all the way: the count runs out with ZF set.
+    r.cpu.regs.rsi = 0x3000;
+    r.cpu.regs.rdi = MMIO;
+    r.cpu.regs.rcx = 4;
+    r.go(&[0xf3, 0xa6]);
+    assert_eq!((r.cpu.regs.rcx, r.cpu.regs.rsi), (0, 0x3004));
+    assert_ne!(r.cpu.regs.rflags & alu::ZF, 0);
+}
+
+#[test]
+fn repne_cmps_with_both_operands_mmio_and_backwards() {
+    let mut r = Rig::new(flat32());
+    r.bus.set(MMIO, 4, 0x0403_0201);
+    r.bus.set(MMIO + 0x100, 4, 0x0403_0909);
+    r.cpu.regs.rflags |= alu::DF;
+    r.cpu.regs.rsi = MMIO + 3;
+    r.cpu.regs.rdi = MMIO + 0x103;
+    r.cpu.regs.rcx = 100;
+    r.go(&[0xf2, 0xa6]); // repne cmpsb, downwards: the first pair is equal
+    assert_eq!(
+        (r.cpu.regs.rsi, r.cpu.regs.rdi, r.cpu.regs.rcx),
+        (MMIO + 2, MMIO + 0x102, 99)
+    );
+    assert_ne!(r.cpu.regs.rflags & alu::ZF, 0);
+    // Words, going down until two are equal: 0x0909 vs 0x0201 differ,
+    // then 0x0403 == 0x0403.
+    r.cpu.regs.rsi = MMIO;
+    r.cpu.regs.rdi = MMIO + 0x100;
+    r.cpu.regs.rflags &= !alu::DF;
+    r.cpu.regs.rcx = 10;
+    r.go(&[0x66, 0xf2, 0xa7]); // repne cmpsw
+    assert_eq!(
+        (r.cpu.regs.rsi, r.cpu.regs.rdi, r.cpu.regs.rcx),
+        (MMIO + 4, MMIO + 0x104, 8)
+    );
+    assert_ne!(r.cpu.regs.rflags & alu::ZF, 0);
+    // Every read went to the device, source first.
+    let reads: Vec<u64> = r.bus.log.iter().map(|e| e.1).collect();
+    assert_eq!(&reads[..4], &[MMIO + 3, MMIO + 0x103, MMIO, MMIO + 0x100]);
+}
+
+#[test]
+fn cmps_without_rep_scas_and_a_zero_count() {
+    let mut r = Rig::new(flat32());
+    r.bus.set(MMIO, 4, 5);
+    r.ram.bytes[0x3000..0x3004].copy_from_slice(&7u32.to_le_bytes());
+    r.cpu.regs.rsi = 0x3000;
+    r.cpu.regs.rdi = MMIO;
+    r.cpu.regs.rcx = 0x55;
+    r.go(&[0xa7]); // cmpsd: 7 - 5, no REP: RCX untouched
+    assert_eq!(
+        (r.cpu.regs.rsi, r.cpu.regs.rdi, r.cpu.regs.rcx),
+        (0x3004, MMIO + 4, 0x55)
+    );
+    let (_, f) = alu::alu(AluOp::Cmp, 4, 7, 5, 2);
+    assert_eq!(r.cpu.regs.rflags, f);
+    // repne scasb finds 0x33 at the third byte.
+    r.bus.set(MMIO + 0x10, 4, 0x4433_2211);
+    r.cpu.regs.rax = 0x33;
+    r.cpu.regs.rdi = MMIO + 0x10;
+    r.cpu.regs.rcx = 8;
+    r.go(&[0xf2, 0xae]);
+    assert_eq!((r.cpu.regs.rdi, r.cpu.regs.rcx), (MMIO + 0x13, 5));
+    assert_ne!(r.cpu.regs.rflags & alu::ZF, 0);
+    // A zero count touches nothing and keeps the flags.
+    let (n, flags) = (r.bus.log.len(), r.cpu.regs.rflags);
+    r.cpu.regs.rcx = 0;
+    let d = r.go(&[0xf3, 0xa6]);
+    assert!(d.completed);
+    assert_eq!((r.bus.log.len(), r.cpu.regs.rflags), (n, flags));
+}
+
+#[test]
+fn a_long_repe_cmps_resumes_and_a_fault_leaves_the_iteration_undone() {
+    let mut r = Rig::new(flat32());
+    r.max = 2;
+    r.cpu.regs.rsi = MMIO;
+    r.cpu.regs.rdi = MMIO + 0x100;
+    r.cpu.regs.rcx = 5;
+    r.code(&[0xf3, 0xa6]);
+    let d = r.run(Expect::Memory).unwrap();
+    assert!(!d.completed);
+    assert_eq!((r.cpu.regs.rcx, r.cpu.regs.rip), (3, CODE));
+    let d = r.run(Expect::Memory).unwrap();
+    assert!(!d.completed);
+    let d = r.run(Expect::Memory).unwrap();
+    assert!(d.completed, "all zero: equal until the count ends");
+    assert_eq!((r.cpu.regs.rcx, r.cpu.regs.rsi), (0, MMIO + 5));
+    // ES:rDI beyond a 16-bit segment limit: #GP, nothing advanced.
+    let mut r = Rig::new(real16());
+    r.cpu.regs.rsi = 0x10;
+    r.cpu.regs.rdi = 0xffff;
+    r.cpu.regs.rcx = 3;
+    let f = r.fault(&[0xf3, 0x66, 0xa7]); // repe cmpsd: di + 3 > limit
+    assert_eq!(f.vector, 13);
+    assert_eq!(
+        (r.cpu.regs.rsi, r.cpu.regs.rdi, r.cpu.regs.rcx),
+        (0x10, 0xffff, 3)
+    );
+}
