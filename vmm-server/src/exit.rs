@@ -237,8 +237,9 @@ pub enum Exit {
     TaskSwitch,
     /// An instruction the guest's CPUID does not announce and that the
     /// stub intercepts so that it never runs natively: MONITOR, MWAIT,
-    /// INVLPGA (SVM, whose instructions the guest does not have). It
-    /// raises #UD, as on such a CPU.
+    /// INVLPGA (SVM, whose instructions the guest does not have), XSETBV
+    /// (CPUID shows no XSAVE; XCR0 is not switched). It raises #UD, as on
+    /// such a CPU.
     Undefined,
     /// RDPMC: the guest has no performance counters (its CPUID shows
     /// none), so #GP(0), as for a counter that does not exist; the host's
@@ -340,7 +341,8 @@ fn decode_svm(rec: &ExitRecord) -> Exit {
         svm_exit::INVLPGA
         | svm_exit::MONITOR
         | svm_exit::MWAIT
-        | svm_exit::MWAIT_CONDITIONAL => Exit::Undefined,
+        | svm_exit::MWAIT_CONDITIONAL
+        | svm_exit::XSETBV => Exit::Undefined,
         svm_exit::RDPMC => Exit::Rdpmc,
         svm_exit::WBINVD | svm_exit::INVD => Exit::CacheFlush,
         // -1 (APM) or the 32-bit 0xffff_ffff QEMU writes; the stub stops
@@ -475,6 +477,8 @@ pub mod vmx_exit {
     pub const MONITOR: u64 = 39;
     /// WBINVD.
     pub const WBINVD: u64 = 54;
+    /// XSETBV.
+    pub const XSETBV: u64 = 55;
     /// Bit 31 of the full exit reason: VM-entry failure.
     pub const ENTRY_FAILURE_BIT: u64 = 1 << 31;
 }
@@ -506,7 +510,7 @@ fn decode_vmx(rec: &ExitRecord) -> Exit {
         },
         vmx_exit::EXTERNAL_INTERRUPT => Exit::ExternalInterrupt,
         vmx_exit::TASK_SWITCH => Exit::TaskSwitch,
-        vmx_exit::MWAIT | vmx_exit::MONITOR => Exit::Undefined,
+        vmx_exit::MWAIT | vmx_exit::MONITOR | vmx_exit::XSETBV => Exit::Undefined,
         vmx_exit::RDPMC => Exit::Rdpmc,
         vmx_exit::WBINVD | vmx_exit::INVD => Exit::CacheFlush,
         vmx_exit::INTERRUPT_WINDOW => Exit::InterruptWindow,

@@ -243,7 +243,7 @@ mod tests {
 
     #[test]
     fn a_failure_prints_its_reason_on_its_own_line() {
-        let mut cpuid = svm_record(0x8d, 0, 0);
+        let mut cpuid = svm_record(0x8e, 0, 0);
         cpuid.regs.rip = 0x10_0023;
         let mut exits = guest_printing(b"boot", out(0x80, 1, 0x3000));
         exits.push(cpuid);
@@ -254,7 +254,7 @@ mod tests {
         assert_eq!(lines[0], "boot");
         assert_eq!(
             lines[1],
-            "[vmm] unhandled exit xsetbv (code 0x8d) at rip=0x100023"
+            "[vmm] unhandled exit rdpru (code 0x8e) at rip=0x100023"
         );
         assert_eq!(lines[2], "[vmm] last exits, oldest first:");
         assert!(
@@ -263,7 +263,7 @@ mod tests {
             lines[3]
         );
         assert!(
-            lines[8].starts_with("[vmm]   #1 xsetbv (code 0x8d) rip=0x100023"),
+            lines[8].starts_with("[vmm]   #1 rdpru (code 0x8e) rip=0x100023"),
             "{}",
             lines[8]
         );

@@ -28,7 +28,7 @@ use crate::history::{Answer, History};
 use crate::mmio::MmioRouter;
 use crate::msr::{msr_name, MsrContext, MsrError, MsrState};
 use crate::router::{Router, UnknownPortCounts};
-use crate::vcpu::VcpuState;
+use crate::vcpu::{VcpuState, RFLAGS_TF};
 
 /// The host services the handler needs besides the exit record.
 pub trait Host: HostCpuid {
@@ -423,6 +423,9 @@ pub struct Vmm<'d> {
     irq_levels: u16,
     fault_streak: (u64, u8, u32),
     idle_halts: u64,
+    /// This exit's emulated REP string instruction did an iteration but
+    /// did not complete (single-stepped: one iteration per exit).
+    partial_step: bool,
 }
 
 impl<'d> Vmm<'d> {
@@ -452,6 +455,7 @@ impl<'d> Vmm<'d> {
             irq_levels: 0,
             fault_streak: (0, 0, 0),
             idle_halts: 0,
+            partial_step: false,
         }
     }
 
@@ -516,6 +520,7 @@ impl<'d> Vmm<'d> {
             return Action::Fail(FailReason::new(kind, exit, rec));
         }
         self.advance_time();
+        self.partial_step = false;
         let mut cpu = match segments {
             Some(s) => VcpuState::with_segments(rec, s),
             None => VcpuState::from_record(rec),
@@ -758,9 +763,15 @@ impl<'d> Vmm<'d> {
         };
         let mut e = Emulator::new(cpu, &mut *self.mem, &mut self.walker, &mut bus);
         e.max_iterations = self.config.max_string_iterations;
+        // Under RFLAGS.TF the CPU traps after each iteration of a REP
+        // string instruction.
+        if rec.regs.rflags & RFLAGS_TF != 0 {
+            e.max_iterations = 1;
+        }
         match e.step(hint, expect) {
             Ok(done) => {
                 self.stats.emulated += 1;
+                self.partial_step = !done.completed;
                 match done.outcome {
                     WriteOutcome::Stop { status } => Step::Stop(status),
                     WriteOutcome::Reset => Step::Reset,
@@ -912,6 +923,26 @@ impl<'d> Vmm<'d> {
         }
         if fault.is_none() {
             self.fault_streak = (0, 0, 0);
+        }
+        // The guest ran with RFLAGS.TF and the server finished its
+        // instruction (CPUID, IN/OUT, RDMSR/WRMSR, an emulated one, or an
+        // iteration of a REP string one): the CPU would take the
+        // single-step trap after it, before any external interrupt
+        // (SDM vol. 3A, 6.9). DR6.BS is not set: the ABI cannot.
+        if !flags.contains(ResumeFlags::INJECT_EVENT)
+            && fault.is_none()
+            && (completed || self.partial_step)
+            && rec.regs.rflags & RFLAGS_TF != 0
+        {
+            r.event = EventInjection {
+                vector: 1,
+                kind: EventKind::Exception as u8,
+                has_error_code: 0,
+                reserved: 0,
+                error_code: 0,
+            };
+            flags |= ResumeFlags::INJECT_EVENT;
+            self.stats.exceptions += 1;
         }
         if self.pic.interrupt_pending() {
             let shadow = rec.interrupt_shadow != 0 && !completed;

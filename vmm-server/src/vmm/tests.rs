@@ -236,13 +236,13 @@ fn hlt_without_interrupts_stops_and_with_nothing_to_wake_fails() {
 fn unhandled_exits_fail_with_their_code_and_rip() {
     let mut w = World::new();
     vmm!(vmm = w, Router::new());
-    let mut rec = flat(0x8d, 0, 0);
+    let mut rec = flat(0x8e, 0, 0);
     rec.regs.rip = 0x10_0023;
     let why = failed(vmm.handle(&rec));
     assert_eq!(why.kind, FailKind::Unhandled);
     assert_eq!(
         why.to_string(),
-        "unhandled exit xsetbv (code 0x8d) at rip=0x100023"
+        "unhandled exit rdpru (code 0x8e) at rip=0x100023"
     );
     rec.exit_code = svm_exit::NPF;
     rec.exit_info1 = 0x4;
@@ -559,7 +559,10 @@ fn intercepted_instructions_fault_complete_or_stop_as_documented() {
         assert!(!flags(&r).contains(ResumeFlags::SET_RIP), "{code:#x}");
     }
     let r = resumed(vmm.handle(&flat(svm_exit::RDPMC, 0, 0)));
-    assert_eq!((r.event.vector, r.event.has_error_code, r.event.error_code), (13, 1, 0));
+    assert_eq!(
+        (r.event.vector, r.event.has_error_code, r.event.error_code),
+        (13, 1, 0)
+    );
     for code in [svm_exit::WBINVD, svm_exit::INVD] {
         let mut rec = flat(code, 0, 0);
         rec.next_rip = RIP + 2;
@@ -894,4 +897,163 @@ fn resumes_name_the_next_tick_as_the_exit_deadline() {
     w.time.set(1000);
     let r = resumed(vmm.handle(&out(0x80, 0)));
     assert!(!flags(&r).contains(ResumeFlags::SET_EXIT_DEADLINE));
+}
+
+/// XSETBV is #UD: the guest's CPUID shows no XSAVE and the stub does not
+/// switch XCR0 (see the crate README, "CPU and MSRs").
+#[test]
+fn xsetbv_is_ud_without_xsave() {
+    let mut w = World::new();
+    vmm!(vmm = w, Router::new());
+    let mut rec = flat(svm_exit::XSETBV, 0, 0);
+    rec.next_rip = RIP + 3;
+    let r = resumed(vmm.handle(&rec));
+    assert_eq!(
+        (r.event.vector, r.event.kind, r.event.has_error_code),
+        (6, 3, 0)
+    );
+    assert_eq!(r.regs.rip, RIP);
+    let mut rec = rec;
+    rec.arch = ipc_proto::VcpuArch::Vmx as u32;
+    rec.exit_code = crate::exit::vmx_exit::XSETBV;
+    let r = resumed(vmm.handle(&rec));
+    assert_eq!((r.event.vector, r.event.kind), (6, 3));
+}
+
+const TF: u64 = RFLAGS_TF | 2;
+
+fn single_step_trap() -> EventInjection {
+    EventInjection {
+        vector: 1,
+        kind: EventKind::Exception as u8,
+        has_error_code: 0,
+        reserved: 0,
+        error_code: 0,
+    }
+}
+
+/// RFLAGS.TF: the instructions the server completes (CPUID, IN, OUT,
+/// RDMSR, WRMSR, an emulated MMIO access) end with the single-step #DB
+/// past them, as the CPU would raise it; a faulting one raises only its
+/// fault, and an exit that completed nothing (an interrupt window) none.
+#[test]
+fn trap_flag_single_steps_what_the_server_completes() {
+    let mut w = World::new();
+    w.ram.bytes[RIP as usize..RIP as usize + 3].copy_from_slice(&[0x8b, 0x4b, 0x08]);
+    let mut post_code = PostCode::new();
+    let mut r = Router::new();
+    r.register(post::PORT, post::LEN, &mut post_code).unwrap();
+    let mut scratch = ScratchRegisters::default();
+    let mut mmio = MmioRouter::new();
+    mmio.register(0xfeb0_0000, 0x1000, &mut scratch).unwrap();
+    vmm!(vmm = w, r);
+    let mut vmm = vmm.with_mmio(mmio);
+    let mut cpuid = flat(svm_exit::CPUID, 0, 0);
+    cpuid.next_rip = RIP + 2;
+    cpuid.regs.rflags = TF;
+    let mut rdmsr = flat(svm_exit::MSR, 0, 0);
+    rdmsr.next_rip = RIP + 2;
+    rdmsr.regs.rcx = 0xc001_0004;
+    rdmsr.regs.rflags = TF;
+    let mut wrmsr = rdmsr;
+    wrmsr.exit_info1 = 1;
+    let mut inb = io_record(ioio(0x80, SZ8, true), 0);
+    inb.regs.rflags = TF;
+    let mut outb = out(0x80, 0x55);
+    outb.regs.rflags = TF;
+    let mut load = flat(svm_exit::NPF, 0x4, 0xfeb0_0008);
+    load.regs.rbx = 0xfeb0_0000;
+    load.regs.rflags = TF;
+    for (rec, next) in [
+        (cpuid, RIP + 2),
+        (rdmsr, RIP + 2),
+        (wrmsr, RIP + 2),
+        (inb, RIP + 1),
+        (outb, RIP + 1),
+        (load, RIP + 3),
+    ] {
+        let r = resumed(vmm.handle(&rec));
+        assert_eq!(r.regs.rip, next, "{:#x}", rec.exit_code);
+        assert_eq!(r.event, single_step_trap(), "{:#x}", rec.exit_code);
+        assert!(flags(&r).contains(ResumeFlags::INJECT_EVENT));
+        // Without TF: no trap.
+        let mut plain = rec;
+        plain.regs.rflags = 2;
+        let r = resumed(vmm.handle(&plain));
+        assert!(
+            !flags(&r).contains(ResumeFlags::INJECT_EVENT),
+            "{:#x}",
+            rec.exit_code
+        );
+    }
+    // A #GP (an unknown MSR) is the only event: the instruction did not
+    // complete.
+    let mut bad = rdmsr;
+    bad.regs.rcx = 0xc001_0117;
+    let r = resumed(vmm.handle(&bad));
+    assert_eq!((r.event.vector, r.regs.rip), (13, RIP));
+    // An interrupt window completes no instruction.
+    let mut win = flat(svm_exit::VINTR, 0, 0);
+    win.regs.rflags = TF | RFLAGS_IF;
+    let r = resumed(vmm.handle(&win));
+    assert!(!flags(&r).contains(ResumeFlags::INJECT_EVENT));
+    // An event the exit interrupted is delivered again, with no trap.
+    let mut again = cpuid;
+    again.exit_int_info = EXITINTINFO_VALID | 3 << 8 | 14 | 1 << 11;
+    let r = resumed(vmm.handle(&again));
+    assert_eq!(r.event.vector, 14);
+}
+
+/// A REP string instruction under TF traps after every iteration: one
+/// iteration per exit, RIP kept until the count runs out.
+#[test]
+fn trap_flag_steps_a_rep_outsb_one_iteration_at_a_time() {
+    let mut w = World::new();
+    w.ram.bytes[RIP as usize..RIP as usize + 2].copy_from_slice(&[0xf3, 0x6e]);
+    w.ram.bytes[0x2000..0x2002].copy_from_slice(b"ok");
+    let mut post_code = PostCode::new();
+    let mut r = Router::new();
+    r.register(post::PORT, post::LEN, &mut post_code).unwrap();
+    vmm!(vmm = w, r);
+    let mut rec = io_record(ioio(0x80, SZ8, false) | STRING | REP, 0);
+    rec.regs.rsi = 0x2000;
+    rec.regs.rcx = 2;
+    rec.regs.rdx = 0x80;
+    rec.regs.rflags = TF;
+    let r = resumed(vmm.handle(&rec));
+    assert_eq!((r.regs.rsi, r.regs.rcx, r.regs.rip), (0x2001, 1, RIP));
+    assert_eq!(r.event, single_step_trap());
+    rec.regs = r.regs;
+    let r = resumed(vmm.handle(&rec));
+    assert_eq!((r.regs.rsi, r.regs.rcx, r.regs.rip), (0x2002, 0, RIP + 2));
+    assert_eq!(r.event, single_step_trap());
+    // With the count already 0 the instruction completes at once: a trap.
+    rec.regs = r.regs;
+    rec.regs.rip = RIP;
+    let r = resumed(vmm.handle(&rec));
+    assert_eq!((r.regs.rip, r.event), (RIP + 2, single_step_trap()));
+    drop(vmm);
+    assert_eq!(post_code.writes(), 2);
+    assert_eq!(post_code.last(), b'k');
+}
+
+/// A pending PIC interrupt waits for the window behind the single-step
+/// trap, which has the higher priority.
+#[test]
+fn the_single_step_trap_comes_before_an_external_interrupt() {
+    let mut w = World::new();
+    let mut pit = Pit::new(&w.board.clock, Some(w.board.irq.pin(0)));
+    let mut r = Router::new();
+    r.register_ranges(&pit::RANGES, &mut pit).unwrap();
+    vmm!(vmm = w, r);
+    program_timer(&mut vmm, 1193);
+    // A tick comes due during the next exit, a CPUID with IF and TF set.
+    w.time.set(2_000_000);
+    let mut cpuid = flat(svm_exit::CPUID, 0, 0);
+    cpuid.next_rip = RIP + 2;
+    cpuid.regs.rflags = 0x202 | RFLAGS_TF;
+    let r = resumed(vmm.handle(&cpuid));
+    assert_eq!((r.regs.rip, r.event), (RIP + 2, single_step_trap()));
+    assert!(flags(&r).contains(ResumeFlags::REQUEST_INTERRUPT_WINDOW));
+    assert_eq!(vmm.stats().irqs, 0);
 }
