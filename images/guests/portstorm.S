@@ -1,8 +1,10 @@
 /* portstorm: nonsense to every port, entered in flat protected mode.
  *
  * The guest writes a changing byte, word or dword to each of ports 0 to
- * 0xFFF and reads each back, sparing only the two that end the VM (0x64,
- * whose command 0xFE resets the machine, and 0xF4, the debug exit). Then
+ * 0xFFF and reads each back, sparing only those that end the VM (0x64,
+ * whose command 0xFE resets the machine, 0x92, whose bit 0 does (with
+ * 0x90-0x93, which wide writes would reach it through), and 0xF4, the
+ * debug exit). Then
  * it programs COM1 again -- the storm set its divisor latch and loopback
  * bits -- and says it is still running. A vmm-server that survives prints
  * the unclaimed-port counts in its statistics line. Ends with status 0 on
@@ -29,6 +31,10 @@ _start:
 1:  cmp dx, 0x64
     je 3f
     cmp dx, DEBUG_EXIT
+    je 3f
+    mov eax, edx              /* 0x90-0x93: port 0x92's fast reset */
+    and eax, ~3
+    cmp eax, 0x90
     je 3f
     mov eax, ebx
     test dl, 3
@@ -66,7 +72,7 @@ say:
 
     .section .rodata
 prefix:    .asciz "portstorm: "
-msg_start: .asciz "writing nonsense to ports 0x000-0xfff (but 0x64 and 0xf4), reading each back\n"
+msg_start: .asciz "writing nonsense to ports 0x000-0xfff (but 0x64, 0x90-0x93 and 0xf4), reading each back\n"
 msg_done:  .asciz "still running after the storm\n"
 
     .section .bss

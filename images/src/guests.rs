@@ -33,6 +33,7 @@ pub const GUESTS: &[&str] = &[
     "badcr3",
     "tssescape",
     "efersvme",
+    "qemupc",
 ];
 
 /// Where the test guests are loaded and linked.
