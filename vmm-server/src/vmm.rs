@@ -98,6 +98,10 @@ pub enum FailKind {
     /// HLT with interrupts enabled, with no timer armed and no input that
     /// could arrive: nothing will ever wake the guest.
     HaltedWithInterruptsEnabled,
+    /// HLT with interrupts disabled (`cli; hlt`): the guest stopped for
+    /// good without reporting a status on the debug-exit port, which is
+    /// not a pass.
+    HaltedWithInterruptsDisabled,
     /// The exit did not give the next instruction's address, and the
     /// instruction could not be decoded.
     NoNextRip,
@@ -202,6 +206,10 @@ impl fmt::Display for FailReason {
                 f,
                 "guest halted waiting for an interrupt, and nothing can raise one: no timer is armed and no input can arrive {at}"
             ),
+            FailKind::HaltedWithInterruptsDisabled => write!(
+                f,
+                "the guest halted with interrupts disabled (cli; hlt) without writing a status to port 0xf4: it can never run again, and a stop is a pass only when the guest says so {at}"
+            ),
             FailKind::NoNextRip => write!(
                 f,
                 "the exit does not give the next instruction's address and the instruction cannot be decoded {at}"
@@ -286,6 +294,12 @@ impl fmt::Display for VmmStats {
     }
 }
 
+/// [`VmmConfig::exit_cost`]'s default: 25 microseconds, so that a guest
+/// polling a timer through port exits (Linux's PIT calibration: at least
+/// 1000 reads of port 0x61 in 50 ms) sees it advance about as fast as
+/// QEMU's TCG makes those exits.
+pub const DEFAULT_EXIT_COST: Nanos = 25_000;
+
 /// Limits of the handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VmmConfig {
@@ -304,6 +318,11 @@ pub struct VmmConfig {
     /// paging features its walker does not model ([`crate::cpuid::SHADOW_HIDDEN_LEAF7_EBX`]),
     /// since it refuses their CR4 bits with #GP.
     pub shadow_paging: bool,
+    /// Virtual nanoseconds one exit caused by a guest instruction (port
+    /// I/O, MMIO, CPUID, ...) takes: the clock counts the guest's exits,
+    /// not the host's time, so that what the guest measures between its
+    /// exits does not depend on how fast or how loaded the host is.
+    pub exit_cost: Nanos,
 }
 
 impl Default for VmmConfig {
@@ -314,6 +333,7 @@ impl Default for VmmConfig {
             idle_limit: 1_000_000,
             max_warps_per_exit: 16,
             shadow_paging: false,
+            exit_cost: DEFAULT_EXIT_COST,
         }
     }
 }
@@ -420,6 +440,8 @@ pub struct Vmm<'d> {
     next_deadline: Option<Nanos>,
     /// The exit deadline the stub has (host ticks, 0: none).
     told_deadline: u64,
+    /// The last exit was a host-timer exit (see `advance_time`).
+    host_timer_run: bool,
     irq_levels: u16,
     fault_streak: (u64, u8, u32),
     idle_halts: u64,
@@ -452,6 +474,7 @@ impl<'d> Vmm<'d> {
             last_host: None,
             next_deadline: None,
             told_deadline: 0,
+            host_timer_run: false,
             irq_levels: 0,
             fault_streak: (0, 0, 0),
             idle_halts: 0,
@@ -519,7 +542,7 @@ impl<'d> Vmm<'d> {
             };
             return Action::Fail(FailReason::new(kind, exit, rec));
         }
-        self.advance_time();
+        self.advance_time(exit);
         self.partial_step = false;
         let mut cpu = match segments {
             Some(s) => VcpuState::with_segments(rec, s),
@@ -570,13 +593,36 @@ impl<'d> Vmm<'d> {
         self.irq_levels = levels;
     }
 
-    /// Moves the virtual clock by the host time since the last exit, but
-    /// never past the next device deadline: a slow exit cannot make the
-    /// guest miss a timer tick (see the README).
-    fn advance_time(&mut self) {
+    /// Moves the virtual clock, never past the next device deadline (a
+    /// slow exit cannot make the guest miss a timer tick; see the README):
+    /// by [`VmmConfig::exit_cost`] for an exit a guest instruction caused,
+    /// by nothing for an interrupt window, and by the host time since the
+    /// last exit only for the second host-timer exit in a row, when the
+    /// guest has run a whole exit deadline without an exit of its own (a
+    /// guest spinning on memory). A host that stalls the emulator between
+    /// two of the guest's exits changes nothing the guest can see.
+    fn advance_time(&mut self, exit: Exit) {
         self.poll_devices();
         let now = self.host.now();
-        if let Some(last) = self.last_host {
+        let host_run = match exit {
+            Exit::ExternalInterrupt => {
+                let again = self.host_timer_run;
+                self.host_timer_run = true;
+                again
+            }
+            Exit::InterruptWindow => false,
+            _ => {
+                self.host_timer_run = false;
+                let v = self.board.clock.now();
+                let mut target = v.saturating_add(self.config.exit_cost);
+                if let Some(d) = self.next_deadline {
+                    target = target.min(d.max(v));
+                }
+                self.board.clock.advance_to(target);
+                false
+            }
+        };
+        if let (Some(last), true) = (self.last_host, host_run) {
             let hz = match self.host.ticks_per_second() {
                 0 => SECOND,
                 hz => hz,
@@ -665,7 +711,7 @@ impl<'d> Vmm<'d> {
             Exit::Msr { write } => self.msr(rec, cpu, write),
             Exit::Hlt {
                 interrupts_enabled: false,
-            } => Step::Stop(0),
+            } => Step::Fail(FailKind::HaltedWithInterruptsDisabled),
             Exit::Hlt {
                 interrupts_enabled: true,
             } => self.halt(rec, cpu),
