@@ -23,7 +23,11 @@
  *     (not checked: under nested paging CR4 writes do not exit, see the
  *     e2e test), and with it set what XSETBV does (the vmm-server answers
  *     its exit with #UD; QEMU 7.2's TCG ignores the XSETBV intercept and
- *     runs it).
+ *     runs it);
+ *  7. in long mode (its own four-level tables, 0-8 MiB one to one): CPUID
+ *     hides PCID; whether CR4.PCIDE can be set anyway is printed (not
+ *     checked: under nested paging CR4 writes do not exit; the mmu-server
+ *     refuses it under shadow paging).
  * Then "all checks passed" and a fast reset through port 0x92 ends the VM
  * (the vmm-server says "the guest reset the machine"). A failed check
  * ends with its number as the status on port 0xF4. */
@@ -300,6 +304,79 @@ step_outs:
     and eax, ~(1 << 18)
     mov cr4, eax
 7:
+
+    /* 7. Long mode: CPUID hides PCID; whether CR4.PCIDE can be set. */
+    CHECK(9)
+    mov eax, 1
+    cpuid
+    test ecx, 1 << 17
+    jnz fail
+    mov eax, offset pdpt
+    or eax, 3
+    mov [pml4], eax
+    mov eax, offset pd0
+    or eax, 3
+    mov [pdpt], eax
+    mov edi, offset pd0
+    mov eax, 0x83
+    mov ecx, 4
+11: mov [edi], eax
+    add eax, 0x200000
+    add edi, 8
+    sub ecx, 1
+    jnz 11b
+    mov edi, offset idt64      /* every vector to `unexpected`, #GP */
+    mov ebx, offset unexpected
+    mov ecx, 32
+12: call set_gate64
+    add edi, 16
+    sub ecx, 1
+    jnz 12b
+    mov edi, offset idt64 + 13 * 16
+    mov ebx, offset gp64_handler
+    call set_gate64
+    mov eax, cr4
+    or eax, 0x20              /* PAE */
+    mov cr4, eax
+    mov eax, offset pml4
+    mov cr3, eax
+    mov ecx, 0xC0000080       /* EFER.LME */
+    rdmsr
+    or eax, 1 << 8
+    wrmsr
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+    ljmp 0x18, offset long64
+
+    .code64
+/* (An ELF32 object cannot relocate 64-bit code's absolute memory
+ * operands: addresses go through registers.) */
+long64:
+    mov eax, offset idt64_descriptor
+    lidt [rax]
+    mov esi, offset msg_long
+    call say
+    mov ebx, offset fault_vec
+    mov byte ptr [rbx], 0
+    mov ebx, offset recover
+    mov dword ptr [rbx], offset 13f
+    mov rax, cr4
+    or rax, 1 << 17
+    mov cr4, rax
+    mov dword ptr [rbx], 0
+13: mov esi, offset msg_pcide
+    call say
+    mov esi, offset msg_gp
+    mov ebx, offset fault_vec
+    cmp byte ptr [rbx], 13
+    je 14f
+    mov rax, cr4
+    and rax, ~(1 << 17)
+    mov cr4, rax
+    mov esi, offset msg_set
+14: call uart_puts
+
     mov esi, offset msg_pass
     call say
     mov esi, offset msg_reset
@@ -309,6 +386,23 @@ step_outs:
     mov al, 99                /* the reset did not happen */
     out DEBUG_EXIT, al
     jmp halt_forever
+
+gp64_handler:
+    add rsp, 8                /* the error code */
+    push rax
+    push rbx
+    mov ebx, offset fault_vec
+    mov byte ptr [rbx], 13
+    mov ebx, offset recover
+    mov eax, [rbx]
+    test eax, eax
+    jz unexpected
+    mov dword ptr [rbx], 0
+    mov [rsp + 16], rax       /* the frame's RIP */
+    pop rbx
+    pop rax
+    iretq
+    .code32
 
 fail_steps:
     mov esi, offset msg_steps_bad
@@ -349,6 +443,18 @@ set_gate:
     mov word ptr [edi + 4], 0x8e00
     shr eax, 16
     mov [edi + 6], ax
+    ret
+
+/* A 64-bit interrupt gate at EDI to the handler at EBX (selector 0x18). */
+set_gate64:
+    mov eax, ebx
+    mov [edi], ax
+    mov word ptr [edi + 2], 0x18
+    mov word ptr [edi + 4], 0x8e00
+    shr eax, 16
+    mov [edi + 6], ax
+    mov dword ptr [edi + 8], 0
+    mov dword ptr [edi + 12], 0
     ret
 
 gp_handler:
@@ -411,6 +517,7 @@ gdt:
     .quad 0
     .quad 0x00cf9a000000ffff      /* 0x08: 32-bit code */
     .quad 0x00cf92000000ffff      /* 0x10: data */
+    .quad 0x00af9a000000ffff      /* 0x18: 64-bit code */
 gdt_end:
 gdt_descriptor:
     .word gdt_end - gdt - 1
@@ -418,6 +525,9 @@ gdt_descriptor:
 idt_descriptor:
     .word 32 * 8 - 1
     .long idt
+idt64_descriptor:
+    .word 32 * 16 - 1
+    .long idt64, 0
 pattern:   .ascii "splitvisor"
 pattern_x: .ascii "splitXisor"
 prefix:        .asciz "qemupc: "
@@ -438,6 +548,8 @@ msg_set:       .asciz "set without #GP (not checked)\n"
 msg_xsetbv:    .asciz "xsetbv with cr4.osxsave set (not checked): "
 msg_ud:        .asciz "#UD\n"
 msg_native:    .asciz "no exit, no fault (the intercept did not fire)\n"
+msg_long:      .asciz "long mode; cpuid hides pcid\n"
+msg_pcide:     .asciz "cr4.pcide: "
 msg_pass:      .asciz "all checks passed\n"
 msg_reset:     .asciz "fast reset through port 0x92\n"
 msg_fail:      .asciz "FAILED check "
@@ -456,6 +568,12 @@ db_log:    .skip 32
     .section .bss
     .balign 8
 idt:  .skip 32 * 8
+    .balign 16
+idt64: .skip 32 * 16
+    .balign 4096
+pml4: .skip 4096
+pdpt: .skip 4096
+pd0:  .skip 4096
     .balign 16
     .skip 4096
 stack_top:
