@@ -175,10 +175,11 @@ fn guest_modes_under_shadow_paging_on_svm_without_npt() {
 /// nested paging and under shadow paging: the AMD legacy performance
 /// counters, the x2APIC enable bit's #GP, port 0x92, CMPS/SCAS on MMIO,
 /// the single-step #DB after instructions the vmm-server completes, and a
-/// fast reset through port 0x92 as the end. Whether CR4.OSXSAVE can be set
-/// although CPUID hides XSAVE is printed, not checked: under nested paging
-/// CR4 writes do not exit (the stub's business), under shadow paging the
-/// mmu-server allows the bit.
+/// fast reset through port 0x92 as the end. Whether CR4.OSXSAVE and (in
+/// long mode) CR4.PCIDE can be set although CPUID hides XSAVE and PCID is
+/// printed; only shadow paging's #GP on PCIDE is checked: under nested
+/// paging CR4 writes do not exit (the stub's business, see the README),
+/// and under shadow paging the mmu-server allows OSXSAVE.
 #[test]
 fn qemupc_guest_msrs_port92_cmps_single_step_and_fast_reset_on_svm() {
     for b in [boot("qemupc", ""), boot_shadow("qemupc")] {
@@ -192,13 +193,17 @@ fn qemupc_guest_msrs_port92_cmps_single_step_and_fast_reset_on_svm() {
             "qemupc: repne cmpsb with df=1, cmpsd, repne scasb on mmio",
             "qemupc: tf: #db past rdmsr, in, cpuid, two native movs, each rep outsb iteration",
             "qemupc: cpuid hides xsave",
+            "qemupc: long mode; cpuid hides pcid",
             "qemupc: fast reset through port 0x92",
             "[vmm] the guest reset the machine",
         ] {
             assert!(b.has_line(line), "{} no line `{line}`:\n{}", b.how, b.console);
         }
+        if b.how == "shadow" {
+            assert!(b.has_line("qemupc: cr4.pcide: #GP"), "{}", b.console);
+        }
         for l in b.console.lines().filter(|l| {
-            l.starts_with("qemupc: cr4.osxsave")
+            l.starts_with("qemupc: cr4.")
                 || l.starts_with("qemupc: dr6")
                 || l.starts_with("qemupc: xsetbv")
         }) {
