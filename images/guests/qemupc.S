@@ -24,6 +24,8 @@
  *     e2e test), and with it set what XSETBV does (the vmm-server answers
  *     its exit with #UD; QEMU 7.2's TCG ignores the XSETBV intercept and
  *     runs it);
+ *  RDTSCP: CPUID hides it and RDMSR of TSC_AUX raises #GP; what RDTSCP
+ *     itself does is printed (not checked: SVM does not intercept it);
  *  7. in long mode (its own four-level tables, 0-8 MiB one to one): CPUID
  *     hides PCID; whether CR4.PCIDE can be set anyway is printed (not
  *     checked: under nested paging CR4 writes do not exit; the mmu-server
@@ -305,6 +307,38 @@ step_outs:
     mov cr4, eax
 7:
 
+    /* RDTSCP is hidden and TSC_AUX is #GP; what RDTSCP does is printed. */
+    CHECK(10)
+    mov eax, 0x80000001
+    cpuid
+    test edx, 1 << 27
+    jnz fail
+    mov ecx, 0xC0000103
+    mov byte ptr [fault_vec], 0
+    mov dword ptr [recover], offset 15f
+    rdmsr
+    jmp fail
+15: cmp byte ptr [fault_vec], 13
+    jne fail
+    mov esi, offset msg_tscaux
+    call say
+    mov byte ptr [fault_vec], 0
+    mov dword ptr [recover], offset 16f
+    rdtscp
+    mov dword ptr [recover], 0
+16: mov ebx, ecx
+    mov esi, offset msg_rdtscp
+    call say
+    mov esi, offset msg_ud
+    cmp byte ptr [fault_vec], 6
+    je 17f
+    mov esi, offset msg_rdtscp_runs
+    call uart_puts
+    mov eax, ebx
+    call print_hex32
+    mov esi, offset msg_nl
+17: call uart_puts
+
     /* 7. Long mode: CPUID hides PCID; whether CR4.PCIDE can be set. */
     CHECK(9)
     mov eax, 1
@@ -548,6 +582,10 @@ msg_set:       .asciz "set without #GP (not checked)\n"
 msg_xsetbv:    .asciz "xsetbv with cr4.osxsave set (not checked): "
 msg_ud:        .asciz "#UD\n"
 msg_native:    .asciz "no exit, no fault (the intercept did not fire)\n"
+msg_tscaux:    .asciz "cpuid hides rdtscp; rdmsr tsc_aux: #GP\n"
+msg_rdtscp:    .asciz "rdtscp (not checked): "
+msg_rdtscp_runs: .asciz "runs, ecx = "
+msg_nl:        .asciz "\n"
 msg_long:      .asciz "long mode; cpuid hides pcid\n"
 msg_pcide:     .asciz "cr4.pcide: "
 msg_pass:      .asciz "all checks passed\n"

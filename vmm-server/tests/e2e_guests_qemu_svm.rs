@@ -193,6 +193,7 @@ fn qemupc_guest_msrs_port92_cmps_single_step_and_fast_reset_on_svm() {
             "qemupc: repne cmpsb with df=1, cmpsd, repne scasb on mmio",
             "qemupc: tf: #db past rdmsr, in, cpuid, two native movs, each rep outsb iteration",
             "qemupc: cpuid hides xsave",
+            "qemupc: cpuid hides rdtscp; rdmsr tsc_aux: #GP",
             "qemupc: long mode; cpuid hides pcid",
             "qemupc: fast reset through port 0x92",
             "[vmm] the guest reset the machine",
@@ -205,6 +206,7 @@ fn qemupc_guest_msrs_port92_cmps_single_step_and_fast_reset_on_svm() {
         for l in b.console.lines().filter(|l| {
             l.starts_with("qemupc: cr4.")
                 || l.starts_with("qemupc: dr6")
+                || l.starts_with("qemupc: rdtscp")
                 || l.starts_with("qemupc: xsetbv")
         }) {
             eprintln!("qemupc ({}): {l}", b.how);
