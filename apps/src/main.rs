@@ -32,8 +32,9 @@ enum Command {
     /// ISO in Bochs (emulated VMX or SVM) with --emulator bochs.
     ///
     /// The serial console (stub, vmm-server and guest output) goes to stdout
-    /// as it arrives; build progress and the verdict go to stderr.
-    #[command(after_help = EXIT_CODES_HELP)]
+    /// as it arrives; build progress and the verdict go to stderr. Keys go
+    /// to the guest, Ctrl-C included; Ctrl-A X quits (see below).
+    #[command(after_help = format!("{}\n\n{EXIT_CODES_HELP}", run::CONSOLE_HELP))]
     Run(RunArgs),
     /// Count the privileged code: Rust lines and unsafe blocks under
     /// kernel-stub/src.

@@ -16,6 +16,7 @@
 //! The stub then writes 0, 1 or 2 to the isa-debug-exit port, so QEMU ends
 //! with status 1, 3 or 5; a mismatch gets a warning.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -35,6 +36,119 @@ pub const EXIT_CANNOT_RUN: i32 = 102;
 pub const EXIT_EMULATOR: i32 = 103;
 /// Exit status when the run timed out (as timeout(1) does).
 pub const EXIT_TIMEOUT: i32 = 124;
+/// Exit status when the user quit the console with Ctrl-A X (as a shell
+/// reports a program ended by Ctrl-C).
+pub const EXIT_QUIT: i32 = 130;
+
+/// The console's keys, for `run --help` and the line printed when the
+/// console starts.
+pub const CONSOLE_HELP: &str = "\
+Console: when stdin is a terminal, `run` puts it in raw mode for the run
+and passes every key to the guest's COM1, Ctrl-C included (as QEMU's
+-nographic does). Escapes start with Ctrl-A:
+  Ctrl-A X         quit: kill the emulator and print what is known
+                   (exit status 130)
+  Ctrl-A Ctrl-A    send Ctrl-A to the guest
+  Ctrl-A H         show these keys
+The terminal is restored when the run ends, however it ends. With stdin
+not a terminal (a pipe, a file, CI), it goes to the guest as it is.";
+
+/// The line on stderr when an interactive console starts.
+pub const CONSOLE_START_LINE: &str = "splitvisor: console: keys go to the guest, Ctrl-C included; \
+Ctrl-A X quits, Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A H shows the keys";
+
+/// The console's escape key, Ctrl-A.
+pub const ESCAPE_KEY: u8 = 0x01;
+
+/// What one byte typed at the console does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleKey {
+    /// Send this byte to the guest.
+    Send(u8),
+    /// Ctrl-A X: quit.
+    Quit,
+    /// Ctrl-A H: show the keys.
+    Help,
+    /// Nothing (the escape key, or an unknown escape, which is dropped).
+    Nothing,
+}
+
+/// The console's escape parser: Ctrl-A starts an escape, the next byte
+/// says what it is ([`CONSOLE_HELP`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EscapeParser {
+    escaped: bool,
+}
+
+impl EscapeParser {
+    /// Feeds one typed byte.
+    pub fn feed(&mut self, b: u8) -> ConsoleKey {
+        if !self.escaped {
+            if b == ESCAPE_KEY {
+                self.escaped = true;
+                return ConsoleKey::Nothing;
+            }
+            return ConsoleKey::Send(b);
+        }
+        self.escaped = false;
+        match b {
+            b'x' | b'X' | 0x18 => ConsoleKey::Quit,
+            ESCAPE_KEY | b'a' => ConsoleKey::Send(ESCAPE_KEY),
+            b'h' | b'H' | b'?' | 0x08 => ConsoleKey::Help,
+            _ => ConsoleKey::Nothing,
+        }
+    }
+}
+
+/// What the console showed last, for a run that ends without a verdict.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsoleTail {
+    /// The last lines of the stub and the vmm-server (`[stub] `,
+    /// `[vmm] `), oldest first.
+    pub system_lines: VecDeque<String>,
+    /// The guest's last non-empty line (or its unfinished one).
+    pub guest_line: Option<String>,
+}
+
+/// How many stub and vmm-server lines a [`ConsoleTail`] keeps.
+const TAIL_LINES: usize = 8;
+
+impl ConsoleTail {
+    fn note(&mut self, line: &str) {
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.trim().is_empty() {
+            return;
+        }
+        if line.starts_with("[stub] ") || line.starts_with("[vmm] ") {
+            if self.system_lines.len() == TAIL_LINES {
+                self.system_lines.pop_front();
+            }
+            self.system_lines.push_back(line.to_string());
+        } else {
+            self.guest_line = Some(line.to_string());
+        }
+    }
+
+    /// What to say when no verdict came: that none came, the guest's last
+    /// line and the last stub and vmm-server lines.
+    pub fn no_verdict_messages(&self) -> Vec<String> {
+        let mut m = vec![
+            "splitvisor: no verdict: the stub printed no final line (so the guest wrote no \
+             status to port 0xf4), and no statistics (the stub and the vmm-server print them \
+             when the VM ends)"
+                .to_string(),
+        ];
+        match &self.guest_line {
+            Some(l) => m.push(format!("splitvisor: the guest's last output line: {l}")),
+            None => m.push("splitvisor: the guest printed nothing".to_string()),
+        }
+        if !self.system_lines.is_empty() {
+            m.push("splitvisor: the last stub and vmm-server lines:".to_string());
+            m.extend(self.system_lines.iter().map(|l| format!("  {l}")));
+        }
+        m
+    }
+}
 
 /// The default `--cpu`: an AMD model with SVM and nested paging.
 pub const DEFAULT_CPU: &str = "EPYC,+svm,+npt";
@@ -105,6 +219,7 @@ pub fn parse_final_line(line: &str) -> Option<FinalLine> {
 pub struct LineScanner {
     line: Vec<u8>,
     last: Option<FinalLine>,
+    tail: ConsoleTail,
 }
 
 impl LineScanner {
@@ -137,8 +252,17 @@ impl LineScanner {
         self.last.as_ref()
     }
 
+    /// What the console showed last, an unfinished line included.
+    pub fn tail(&self) -> ConsoleTail {
+        let mut t = self.tail.clone();
+        t.note(&String::from_utf8_lossy(&self.line));
+        t
+    }
+
     fn end_line(&mut self) -> Option<FinalLine> {
-        let parsed = parse_final_line(&String::from_utf8_lossy(&self.line));
+        let text = String::from_utf8_lossy(&self.line);
+        self.tail.note(&text);
+        let parsed = parse_final_line(&text);
         self.line.clear();
         if parsed.is_some() {
             self.last.clone_from(&parsed);
@@ -360,6 +484,10 @@ pub struct RunReport {
     pub killed_after_final_line: bool,
     /// The end of its stderr.
     pub stderr: String,
+    /// The user quit the console (Ctrl-A X) and it was killed.
+    pub quit: bool,
+    /// What the console showed last.
+    pub tail: ConsoleTail,
 }
 
 /// The emulator could not be started.
@@ -420,12 +548,77 @@ pub fn run_command(
 /// passes its own, so that what the user types reaches the guest's COM1
 /// (QEMU's `-serial stdio`).
 pub fn run_command_with_stdin(
+    cmd: Command,
+    program: &str,
+    timeout: Duration,
+    console: Console,
+    out: Box<dyn Write + Send>,
+    stdin: Stdio,
+) -> Result<RunReport, SpawnError> {
+    run_command_typed(cmd, program, timeout, console, out, stdin, None)
+}
+
+/// [`run_command`] with what the user types coming from `typed` through
+/// the console's [`EscapeParser`] into the emulator's stdin: Ctrl-A X
+/// kills the emulator and ends the run with [`RunReport::quit`].
+pub fn run_console(
+    cmd: Command,
+    program: &str,
+    timeout: Duration,
+    out: Box<dyn Write + Send>,
+    typed: Box<dyn Read + Send>,
+) -> Result<RunReport, SpawnError> {
+    run_command_typed(
+        cmd,
+        program,
+        timeout,
+        Console::Stdout,
+        out,
+        Stdio::piped(),
+        Some(typed),
+    )
+}
+
+/// Copies typed bytes through the escape parser to the emulator's stdin
+/// until Ctrl-A X (sets `quit`) or the end of either side.
+fn pass_keys(mut from: Box<dyn Read + Send>, mut to: impl Write, quit: &AtomicBool) {
+    let mut parser = EscapeParser::default();
+    let mut buf = [0u8; 256];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        let mut send = Vec::with_capacity(n);
+        for &b in &buf[..n] {
+            match parser.feed(b) {
+                ConsoleKey::Send(b) => send.push(b),
+                ConsoleKey::Quit => {
+                    let _ = to.write_all(&send).and_then(|()| to.flush());
+                    quit.store(true, Ordering::SeqCst);
+                    return;
+                }
+                // The terminal is raw: end lines with CR LF.
+                ConsoleKey::Help => eprint!("\r\n{}\r\n", CONSOLE_HELP.replace('\n', "\r\n")),
+                ConsoleKey::Nothing => {}
+            }
+        }
+        if to.write_all(&send).and_then(|()| to.flush()).is_err() {
+            return;
+        }
+    }
+}
+
+fn run_command_typed(
     mut cmd: Command,
     program: &str,
     timeout: Duration,
     console: Console,
     out: Box<dyn Write + Send>,
     stdin: Stdio,
+    typed: Option<Box<dyn Read + Send>>,
 ) -> Result<RunReport, SpawnError> {
     let mut child = cmd
         .stdin(stdin)
@@ -436,6 +629,13 @@ pub fn run_command_with_stdin(
             program: program.to_string(),
             source,
         })?;
+    let quit_asked = Arc::new(AtomicBool::new(false));
+    if let (Some(from), Some(to)) = (typed, child.stdin.take()) {
+        let quit = quit_asked.clone();
+        // Not joined: it may wait on the terminal after the run.
+        thread::spawn(move || pass_keys(from, to, &quit));
+    }
+    let shown = Arc::new(Mutex::new(ConsoleTail::default()));
     let (final_tx, final_rx) = mpsc::channel();
     let exited = Arc::new(AtomicBool::new(false));
     let (console_thread, stdout_tail) = match console {
@@ -443,13 +643,17 @@ pub fn run_command_with_stdin(
             child
                 .stdout
                 .take()
-                .map(|s| thread::spawn(move || copy_and_scan(s, out, final_tx))),
+                .map(|s| {
+                    let shown = shown.clone();
+                    thread::spawn(move || copy_and_scan(s, out, final_tx, shown))
+                }),
             None,
         ),
         Console::File(path) => {
             let file = StripEscapes::new(TailFile::new(path, exited.clone()));
+            let shown = shown.clone();
             (
-                Some(thread::spawn(move || copy_and_scan(file, out, final_tx))),
+                Some(thread::spawn(move || copy_and_scan(file, out, final_tx, shown))),
                 child.stdout.take().map(|s| thread::spawn(move || tail(s))),
             )
         }
@@ -462,6 +666,7 @@ pub fn run_command_with_stdin(
     let mut grace_deadline: Option<Instant> = None;
     let mut timed_out = false;
     let mut killed_after_final_line = false;
+    let mut quit = false;
     let status = loop {
         if let Ok(f) = final_rx.try_recv() {
             final_line = Some(f);
@@ -477,6 +682,11 @@ pub fn run_command_with_stdin(
         }
         if start.elapsed() >= timeout {
             timed_out = true;
+            kill(&mut child);
+            break None;
+        }
+        if quit_asked.load(Ordering::SeqCst) {
+            quit = true;
             kill(&mut child);
             break None;
         }
@@ -504,12 +714,15 @@ pub fn run_command_with_stdin(
     if let Some(t) = stdout_tail.and_then(|t| join_within(t, Duration::from_secs(2))) {
         stderr = t + &stderr;
     }
+    let tail = shown.lock().map(|t| t.clone()).unwrap_or_default();
     Ok(RunReport {
         final_line,
         status,
         timed_out,
         killed_after_final_line,
         stderr,
+        quit,
+        tail,
     })
 }
 
@@ -640,6 +853,7 @@ fn copy_and_scan(
     mut from: impl Read,
     mut out: Box<dyn Write + Send>,
     tx: mpsc::Sender<FinalLine>,
+    tail: Arc<Mutex<ConsoleTail>>,
 ) -> Option<FinalLine> {
     let mut scanner = LineScanner::default();
     let mut buf = [0u8; 4096];
@@ -657,6 +871,9 @@ fn copy_and_scan(
         }
         if let Some(f) = scanner.feed(&buf[..n]) {
             let _ = tx.send(f);
+        }
+        if let Ok(mut t) = tail.lock() {
+            *t = scanner.tail();
         }
     }
     if let Some(f) = scanner.finish() {
@@ -723,7 +940,18 @@ pub fn conclude(report: &RunReport, opts: &RunOptions) -> Verdict {
                 opts.timeout.as_secs(),
                 opts.emulator
             ));
+            if report.final_line.is_none() {
+                messages.extend(report.tail.no_verdict_messages());
+            }
             EXIT_TIMEOUT
+        }
+        (None, false) if report.quit => {
+            messages.push(format!(
+                "splitvisor: quit (Ctrl-A X): killed {}",
+                opts.emulator
+            ));
+            messages.extend(report.tail.no_verdict_messages());
+            EXIT_QUIT
         }
         (None, false) => {
             let how = match report.status {
@@ -735,6 +963,7 @@ pub fn conclude(report: &RunReport, opts: &RunOptions) -> Verdict {
                 opts.emulator,
                 stderr_tail()
             ));
+            messages.extend(report.tail.no_verdict_messages());
             EXIT_EMULATOR
         }
         (Some(f), false) => {
@@ -805,6 +1034,45 @@ pub fn conclude(report: &RunReport, opts: &RunOptions) -> Verdict {
     Verdict { code, messages }
 }
 
+/// The terminal on stdin in raw mode (no echo, no line editing, no signal
+/// keys: Ctrl-C is a byte for the guest; output still ends lines with CR
+/// LF) until dropped, which restores it: on every way out of `run`, a
+/// panic's unwinding included.
+struct RawTerminal {
+    saved: String,
+}
+
+impl RawTerminal {
+    /// `None` when stty cannot read or set the terminal.
+    fn enter() -> Option<Self> {
+        let out = Command::new("stty")
+            .arg("-g")
+            .stdin(Stdio::inherit())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let saved = String::from_utf8(out.stdout).ok()?.trim().to_string();
+        if !out.status.success() || saved.is_empty() {
+            return None;
+        }
+        let raw = Command::new("stty")
+            .args(["raw", "-echo", "opost"])
+            .stdin(Stdio::inherit())
+            .status()
+            .ok()?;
+        raw.success().then_some(Self { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = Command::new("stty")
+            .arg(&self.saved)
+            .stdin(Stdio::inherit())
+            .status();
+    }
+}
+
 /// `splitvisor run`: checks the emulator, builds the image, boots it and
 /// returns the exit status. Progress and verdicts go to stderr, the
 /// emulator's serial output to stdout.
@@ -833,17 +1101,37 @@ pub fn run(opts: &RunOptions) -> i32 {
     let program = emulator.to_string_lossy().into_owned();
     let mut cmd = Command::new(&program);
     cmd.args(&args);
-    let result = run_command_with_stdin(
-        cmd,
-        &program,
-        opts.timeout,
-        Console::Stdout,
-        Box::new(io::stdout()),
-        Stdio::inherit(),
-    );
-    // QEMU puts a terminal on its stdin into raw mode and cannot restore
-    // it when it is killed at the timeout.
-    if io::IsTerminal::is_terminal(&io::stdin()) {
+    let terminal = io::IsTerminal::is_terminal(&io::stdin());
+    let raw = if terminal {
+        RawTerminal::enter()
+    } else {
+        None
+    };
+    let result = if raw.is_some() {
+        // The line ends with CR LF: the terminal is raw now.
+        eprint!("{CONSOLE_START_LINE}\r\n");
+        run_console(
+            cmd,
+            &program,
+            opts.timeout,
+            Box::new(io::stdout()),
+            Box::new(io::stdin()),
+        )
+    } else {
+        run_command_with_stdin(
+            cmd,
+            &program,
+            opts.timeout,
+            Console::Stdout,
+            Box::new(io::stdout()),
+            Stdio::inherit(),
+        )
+    };
+    if raw.is_some() {
+        drop(raw);
+    } else if terminal {
+        // QEMU puts a terminal on its stdin into raw mode and cannot
+        // restore it when it is killed at the timeout.
         let _ = Command::new("stty").arg("sane").status();
     }
     let report = match result {
@@ -971,6 +1259,8 @@ mod tests {
             timed_out: false,
             killed_after_final_line: false,
             stderr: String::new(),
+            quit: false,
+            tail: ConsoleTail::default(),
         }
     }
 
@@ -1185,6 +1475,122 @@ mod tests {
         assert_eq!(out, "started\n");
         assert!(start.elapsed() < Duration::from_secs(10));
         assert_eq!(conclude(&r, &opts()).code, EXIT_TIMEOUT);
+    }
+
+    #[test]
+    fn a_timeout_says_what_it_knows() {
+        let (r, _) = sh(
+            "printf '[stub] svm: nested paging\\n[vmm] guest ram 16 MiB\\nguest: step 1\\n\\nguest: step 2'; \
+             exec sleep 30",
+            Duration::from_millis(500),
+        );
+        assert!(r.timed_out);
+        assert_eq!(r.tail.guest_line.as_deref(), Some("guest: step 2"));
+        let v = conclude(&r, &opts());
+        assert_eq!(v.code, EXIT_TIMEOUT);
+        let text = v.messages.join("\n");
+        assert!(text.contains("timed out after 60 s"), "{text}");
+        assert!(text.contains("no verdict"), "{text}");
+        assert!(
+            text.contains("the guest's last output line: guest: step 2"),
+            "{text}"
+        );
+        assert!(text.contains("  [stub] svm: nested paging\n  [vmm] guest ram 16 MiB"), "{text}");
+    }
+
+    #[test]
+    fn the_console_tail_keeps_the_last_system_lines_and_guest_line() {
+        let mut s = LineScanner::default();
+        for i in 0..20 {
+            s.feed(format!("[vmm] line {i}\r\n").as_bytes());
+        }
+        s.feed(b"guest says hi\n\n   \n[stub] x\npartial");
+        let t = s.tail();
+        assert_eq!(t.system_lines.len(), TAIL_LINES);
+        assert_eq!(t.system_lines.front().unwrap(), "[vmm] line 13");
+        assert_eq!(t.system_lines.back().unwrap(), "[stub] x");
+        assert_eq!(t.guest_line.as_deref(), Some("partial"));
+        let mut s = LineScanner::default();
+        s.feed(b"[stub] only\n");
+        let m = s.tail().no_verdict_messages();
+        assert!(m.iter().any(|l| l == "splitvisor: the guest printed nothing"), "{m:?}");
+    }
+
+    #[test]
+    fn the_escape_parser_passes_keys_and_quits_on_ctrl_a_x() {
+        let mut p = EscapeParser::default();
+        let keys: Vec<ConsoleKey> = b"a\x03\x01\x01b\x01qc\x01h\x01x"
+            .iter()
+            .map(|&b| p.feed(b))
+            .collect();
+        use ConsoleKey::*;
+        assert_eq!(
+            keys,
+            [
+                Send(b'a'),
+                Send(0x03), // Ctrl-C goes to the guest
+                Nothing,
+                Send(0x01), // Ctrl-A Ctrl-A sends Ctrl-A
+                Send(b'b'),
+                Nothing,
+                Nothing, // an unknown escape is dropped
+                Send(b'c'),
+                Nothing,
+                Help,
+                Nothing,
+                Quit,
+            ]
+        );
+        let mut p = EscapeParser::default();
+        assert_eq!((p.feed(0x01), p.feed(b'X')), (Nothing, Quit));
+        assert_eq!(p.feed(b'x'), Send(b'x'), "the escape ended");
+    }
+
+    /// Typed bytes reach the emulator's stdin, Ctrl-C as a byte; Ctrl-A X
+    /// kills it and the verdict says so.
+    #[test]
+    fn ctrl_a_x_quits_the_console_and_ctrl_c_reaches_the_guest() {
+        let buf = SharedBuf::default();
+        let mut cmd = Command::new("sh");
+        // Echo what arrives as hex, one byte a line, until stdin ends.
+        cmd.args(["-c", "echo ready; exec od -An -tx1 -v -w1"]);
+        let typed = Box::new(io::Cursor::new(b"\x03\x01\x01z\x01x ignored".to_vec()));
+        let start = Instant::now();
+        let r = run_console(
+            cmd,
+            "sh",
+            Duration::from_secs(20),
+            Box::new(buf.clone()),
+            typed,
+        )
+        .unwrap();
+        assert!(r.quit, "{r:?}");
+        assert!(!r.timed_out);
+        assert!(start.elapsed() < Duration::from_secs(10));
+        let v = conclude(&r, &opts());
+        assert_eq!(v.code, EXIT_QUIT);
+        assert!(v.messages[0].contains("quit (Ctrl-A X)"), "{:?}", v.messages);
+        assert!(v.messages.iter().any(|m| m.contains("no verdict")), "{:?}", v.messages);
+    }
+
+    #[test]
+    fn console_keys_reach_the_emulator_until_input_ends() {
+        let buf = SharedBuf::default();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "od -An -tx1 -v -w1"]);
+        let typed = Box::new(io::Cursor::new(b"\x03\x01\x01z".to_vec()));
+        let r = run_console(
+            cmd,
+            "sh",
+            Duration::from_secs(20),
+            Box::new(buf.clone()),
+            typed,
+        )
+        .unwrap();
+        assert!(!r.quit && !r.timed_out, "{r:?}");
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let bytes: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(bytes, ["03", "01", "7a"], "{out}");
     }
 
     #[test]
