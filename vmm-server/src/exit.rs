@@ -238,7 +238,9 @@ pub enum Exit {
     /// An instruction the guest's CPUID does not announce and that the
     /// stub intercepts so that it never runs natively: MONITOR, MWAIT,
     /// INVLPGA (SVM, whose instructions the guest does not have), XSETBV
-    /// (CPUID shows no XSAVE; XCR0 is not switched). It raises #UD, as on
+    /// (CPUID shows no XSAVE; XCR0 is not switched), RDTSCP (CPUID shows
+    /// none; TSC_AUX is not switched: today's stub does not intercept it on
+    /// SVM, where it runs, and leaves it #UD on VMX). It raises #UD, as on
     /// such a CPU.
     Undefined,
     /// RDPMC: the guest has no performance counters (its CPUID shows
@@ -289,6 +291,9 @@ impl Exit {
         }
     }
 }
+
+/// SVM RDTSCP intercept (APM vol. 2, appendix C).
+const SVM_RDTSCP: u64 = 0x87;
 
 fn decode_svm(rec: &ExitRecord) -> Exit {
     let code = rec.exit_code;
@@ -342,7 +347,8 @@ fn decode_svm(rec: &ExitRecord) -> Exit {
         | svm_exit::MONITOR
         | svm_exit::MWAIT
         | svm_exit::MWAIT_CONDITIONAL
-        | svm_exit::XSETBV => Exit::Undefined,
+        | svm_exit::XSETBV
+        | SVM_RDTSCP => Exit::Undefined,
         svm_exit::RDPMC => Exit::Rdpmc,
         svm_exit::WBINVD | svm_exit::INVD => Exit::CacheFlush,
         // -1 (APM) or the 32-bit 0xffff_ffff QEMU writes; the stub stops
@@ -479,6 +485,8 @@ pub mod vmx_exit {
     pub const WBINVD: u64 = 54;
     /// XSETBV.
     pub const XSETBV: u64 = 55;
+    /// RDTSCP (with "RDTSC exiting" and "enable RDTSCP").
+    pub const RDTSCP: u64 = 51;
     /// Bit 31 of the full exit reason: VM-entry failure.
     pub const ENTRY_FAILURE_BIT: u64 = 1 << 31;
 }
@@ -510,7 +518,9 @@ fn decode_vmx(rec: &ExitRecord) -> Exit {
         },
         vmx_exit::EXTERNAL_INTERRUPT => Exit::ExternalInterrupt,
         vmx_exit::TASK_SWITCH => Exit::TaskSwitch,
-        vmx_exit::MWAIT | vmx_exit::MONITOR | vmx_exit::XSETBV => Exit::Undefined,
+        vmx_exit::MWAIT | vmx_exit::MONITOR | vmx_exit::XSETBV | vmx_exit::RDTSCP => {
+            Exit::Undefined
+        }
         vmx_exit::RDPMC => Exit::Rdpmc,
         vmx_exit::WBINVD | vmx_exit::INVD => Exit::CacheFlush,
         vmx_exit::INTERRUPT_WINDOW => Exit::InterruptWindow,

@@ -956,8 +956,9 @@ fn resumes_name_the_next_tick_as_the_exit_deadline() {
     assert_eq!(r.exit_deadline, 1000 + 999_848 - DEFAULT_EXIT_COST);
 }
 
-/// XSETBV is #UD: the guest's CPUID shows no XSAVE and the stub does not
-/// switch XCR0 (see the crate README, "CPU and MSRs").
+/// XSETBV and RDTSCP are #UD: the guest's CPUID shows no XSAVE and no
+/// RDTSCP, and the stub switches neither XCR0 nor TSC_AUX (see the crate
+/// README, "CPU and MSRs").
 #[test]
 fn xsetbv_is_ud_without_xsave() {
     let mut w = World::new();
@@ -970,11 +971,16 @@ fn xsetbv_is_ud_without_xsave() {
         (6, 3, 0)
     );
     assert_eq!(r.regs.rip, RIP);
+    rec.exit_code = 0x87; // RDTSCP, should the stub intercept it
+    let r = resumed(vmm.handle(&rec));
+    assert_eq!((r.event.vector, r.regs.rip), (6, RIP));
     let mut rec = rec;
     rec.arch = ipc_proto::VcpuArch::Vmx as u32;
-    rec.exit_code = crate::exit::vmx_exit::XSETBV;
-    let r = resumed(vmm.handle(&rec));
-    assert_eq!((r.event.vector, r.event.kind), (6, 3));
+    for code in [crate::exit::vmx_exit::XSETBV, crate::exit::vmx_exit::RDTSCP] {
+        rec.exit_code = code;
+        let r = resumed(vmm.handle(&rec));
+        assert_eq!((r.event.vector, r.event.kind), (6, 3), "{code}");
+    }
 }
 
 const TF: u64 = RFLAGS_TF | 2;
