@@ -6,6 +6,7 @@
 
 pub mod attack;
 pub mod bochs;
+pub mod debian_guests;
 pub mod e2e;
 pub mod linux;
 pub mod loc;

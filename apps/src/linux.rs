@@ -219,7 +219,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
 
 /// The cached `.deb` of `package` for Debian architecture `arch`,
 /// downloading it if it is not there.
-fn fetch_deb(dir: &Path, package: &str, arch: &str) -> Result<PathBuf, String> {
+pub(crate) fn fetch_deb(dir: &Path, package: &str, arch: &str) -> Result<PathBuf, String> {
     let find = || -> Option<PathBuf> {
         let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
             .ok()?
@@ -277,7 +277,7 @@ fn kernel_package(meta: &Path) -> Result<String, String> {
         .ok_or_else(|| format!("{} depends on no linux-image-* package", meta.display()))
 }
 
-fn unpack(deb: &Path, into: &Path) -> Result<(), String> {
+pub(crate) fn unpack(deb: &Path, into: &Path) -> Result<(), String> {
     let stamp = into.join(".unpacked");
     if stamp.is_file() {
         return Ok(());

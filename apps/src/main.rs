@@ -134,11 +134,19 @@ struct GuestArgs {
     /// `console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 tsc=reliable
     /// tsc_early_khz=HOST`
     /// before it).
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     append: Option<String>,
-    /// The multiboot command line, for multiboot kernels.
-    #[arg(long, value_name = "TEXT", default_value = "")]
+    /// The multiboot command line, for multiboot kernels. A kernel given by
+    /// path gets `PATH TEXT`, its path first, as QEMU's -kernel and GRUB
+    /// pass it. May start with `-` (`--cmdline -s` or `--cmdline=-s`).
+    #[arg(long, value_name = "TEXT", default_value = "", allow_hyphen_values = true)]
     cmdline: String,
+    /// A multiboot module, `FILE [ARGS]` (QEMU's -initrd, GRUB's `module`):
+    /// placed page-aligned after the kernel, with the whole string as its
+    /// command line. Repeat for more, in order.
+    #[arg(long = "module", value_name = "FILE [ARGS]", allow_hyphen_values = true,
+          conflicts_with_all = ["kernel", "linux"])]
+    modules: Vec<String>,
     /// Guest RAM in MiB (even, 2 to 512); default 16, or 256 for Linux.
     #[arg(long, value_name = "MIB",
           value_parser = clap::value_parser!(u32).range(2..=512))]
@@ -227,6 +235,7 @@ impl GuestArgs {
                 _ => ipc_proto::manifest::MmuMode::Nested,
             },
             uart_server: self.uart_server,
+            modules: self.modules.clone(),
             ..images::SystemSpec::new(&guest.to_string_lossy())
         })
     }
@@ -390,5 +399,38 @@ fn count_loc(a: &LocArgs) -> i32 {
             eprintln!("splitvisor: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod guest_args_tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> GuestArgs {
+        let cli = Cli::try_parse_from([&["splitvisor", "build"][..], args].concat())
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match cli.command {
+            Command::Build(b) => b.guest,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_cmdline_may_start_with_a_dash() {
+        assert_eq!(run_args(&["--guest", "k", "--cmdline", "-s"]).cmdline, "-s");
+        assert_eq!(run_args(&["--guest", "k", "--cmdline=-s x"]).cmdline, "-s x");
+        assert_eq!(
+            run_args(&["--kernel", "b", "--append", "-v"]).append.as_deref(),
+            Some("-v")
+        );
+    }
+
+    #[test]
+    fn modules_repeat_in_order() {
+        let g = run_args(&[
+            "--guest", "k", "--module", "/m/one a=1", "--module", "/m/two",
+        ]);
+        assert_eq!(g.modules, ["/m/one a=1", "/m/two"]);
+        assert_eq!(g.spec(None).unwrap().modules, ["/m/one a=1", "/m/two"]);
     }
 }
