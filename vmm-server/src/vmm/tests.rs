@@ -974,7 +974,6 @@ fn xsetbv_is_ud_without_xsave() {
     rec.exit_code = 0x87; // RDTSCP, should the stub intercept it
     let r = resumed(vmm.handle(&rec));
     assert_eq!((r.event.vector, r.regs.rip), (6, RIP));
-    let mut rec = rec;
     rec.arch = ipc_proto::VcpuArch::Vmx as u32;
     for code in [crate::exit::vmx_exit::XSETBV, crate::exit::vmx_exit::RDTSCP] {
         rec.exit_code = code;
