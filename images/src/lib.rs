@@ -380,13 +380,20 @@ fn load_guest(spec: &SystemSpec, dir: &Path) -> Result<loaders::LoadedGuest, Bui
         return Err(BuildError::UnknownGuest(spec.guest.clone()));
     }
     let bytes = std::fs::read(path).map_err(|e| BuildError::io(path, e))?;
+    let multiboot = loaders::find_multiboot_header(&bytes).is_some();
+    if !spec.modules.is_empty() && (!multiboot || linux::looks_like_bzimage(&bytes)) {
+        return Err(bad(
+            "modules are for multiboot kernels; this is not one (a Linux kernel takes an initrd)"
+                .into(),
+        ));
+    }
     if linux::looks_like_bzimage(&bytes) || spec.initrd.is_some() {
         let initrd = match &spec.initrd {
             Some(p) => Some(std::fs::read(p).map_err(|e| BuildError::io(p, e))?),
             None => None,
         };
         linux::load_linux(&bytes, initrd.as_deref(), &spec.cmdline, spec.ram_mib).map_err(bad)
-    } else if loaders::find_multiboot_header(&bytes).is_some() {
+    } else if multiboot {
         let modules = read_modules(&spec.modules)?;
         let cmdline = multiboot_cmdline(&spec.guest, &spec.cmdline);
         loaders::load_multiboot(&bytes, spec.ram_mib, &cmdline, &modules.borrowed()).map_err(bad)
@@ -517,6 +524,65 @@ mod tests {
         write_atomic(&path, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn the_kernel_path_comes_first_on_a_multiboot_command_line() {
+        assert_eq!(multiboot_cmdline("/boot/k", "-s a=b"), "/boot/k -s a=b");
+        assert_eq!(multiboot_cmdline("/boot/k", ""), "/boot/k ");
+    }
+
+    #[test]
+    fn a_kernel_by_path_gets_its_path_first_and_its_modules() {
+        let dir = image_dir().join("test-modules");
+        std::fs::create_dir_all(&dir).unwrap();
+        let id = std::process::id();
+        let kernel = dir.join(format!("kernel{id}"));
+        let module = dir.join(format!("module{id}"));
+        // An a.out-kludge kernel at 1 MiB: magic, flags, checksum, fields.
+        let mut k = Vec::new();
+        let flags = 1u32 << 16;
+        for v in [0x1bad_b002u32, flags, 0u32.wrapping_sub(0x1bad_b002 + flags)] {
+            k.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [0x10_0000u32, 0x10_0000, 0, 0, 0x10_0000] {
+            k.extend_from_slice(&v.to_le_bytes());
+        }
+        std::fs::write(&kernel, &k).unwrap();
+        std::fs::write(&module, b"module bytes").unwrap();
+        let (kp, mp) = (kernel.to_string_lossy(), module.to_string_lossy());
+        let spec = SystemSpec {
+            cmdline: "-s".into(),
+            modules: vec![format!("{mp} arg")],
+            ..SystemSpec::new(&kp)
+        };
+        let g = load_guest(&spec, &dir).unwrap();
+        let (gpa, info) = &g.segments[0];
+        let text = String::from_utf8_lossy(info);
+        assert!(text.contains(&format!("{kp} -s\0")), "{text:?}");
+        assert!(text.contains(&format!("{mp} arg\0")));
+        assert_eq!(g.segments[1].1, b"module bytes");
+        assert!(g.segments[1].0 > *gpa);
+        std::fs::remove_file(&kernel).unwrap();
+        std::fs::remove_file(&module).unwrap();
+    }
+
+    #[test]
+    fn modules_need_a_multiboot_kernel() {
+        let dir = image_dir().join("test-modules");
+        std::fs::create_dir_all(&dir).unwrap();
+        let sector = dir.join(format!("sector{}", std::process::id()));
+        let mut s = vec![0u8; 512];
+        s[510] = 0x55;
+        s[511] = 0xaa;
+        std::fs::write(&sector, &s).unwrap();
+        let spec = SystemSpec {
+            modules: vec![sector.to_string_lossy().into_owned()],
+            ..SystemSpec::new(&sector.to_string_lossy())
+        };
+        let e = load_guest(&spec, &dir).unwrap_err().to_string();
+        assert!(e.contains("modules are for multiboot kernels"), "{e}");
+        std::fs::remove_file(&sector).unwrap();
     }
 
     #[test]

@@ -2,11 +2,15 @@
 //! registers, the work a boot loader does. The image is static, so loading
 //! happens when the image is built; the stub only copies the result.
 //!
-//! - **Multiboot v1** (what QEMU's `-kernel` accepts): an ELF32 kernel or
-//!   one using the header's address fields (the "a.out kludge"), entered in
+//! - **Multiboot v1** (what QEMU's `-kernel` and GRUB's `multiboot`
+//!   accept): an ELF kernel (32-bit, or 64-bit as GRUB takes it) or one
+//!   using the header's address fields (the "a.out kludge"), anywhere in
+//!   the guest's RAM, low memory included, its ELF entry point translated
+//!   from virtual to physical through its segment as GRUB does; entered in
 //!   flat 32-bit protected mode with EAX = 0x2BADB002 and EBX = the
 //!   multiboot information (memory sizes, memory map, command line, boot
-//!   loader name), as the Multiboot Specification 0.6.96 says.
+//!   loader name, modules), as the Multiboot Specification 0.6.96 says
+//!   (see [`load_multiboot`] for where each part goes).
 //! - **Boot sector**: raw bytes ending their first 512 with 0x55 0xAA,
 //!   loaded at 0x7c00 and entered in real mode at 0000:7C00 with DL = 0x80.
 //!   There is no BIOS: the interrupt vector table is zero, so a boot sector
@@ -36,7 +40,8 @@ pub struct LoadedGuest {
 pub const BOOT_SECTOR_GPA: u64 = 0x7c00;
 /// End of conventional memory (the EBDA starts here on a PC).
 const CONVENTIONAL_END: u64 = 0x9_fc00;
-/// Where the multiboot information and what it points to are placed.
+/// Where the multiboot information and what it points to are placed,
+/// unless the kernel covers it (then on the page after the kernel).
 pub const MULTIBOOT_INFO_GPA: u64 = 0x8000;
 const MULTIBOOT_HEADER_MAGIC: u32 = 0x1bad_b002;
 const MULTIBOOT_BOOT_MAGIC: u64 = 0x2bad_b002;
