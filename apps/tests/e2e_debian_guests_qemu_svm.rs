@@ -13,6 +13,9 @@
 //!   until the screen has moved past test #0 ("Address test, walking
 //!   ones") to a later test with `Errors: 0` and no other error count, then
 //!   stops QEMU.
+//! - A multiboot kernel linked at 0x8000 with a module, built here: its
+//!   command line (the kernel's path first, then a value starting with
+//!   `-`) and its module, as it prints them.
 //!
 //! The packages are fetched with `apt-get download` into
 //! `.cache/debian-guests/` (about 0.9 MB; the i386 one needs `dpkg
@@ -201,4 +204,89 @@ fn strip_escapes(console: &[u8]) -> String {
         }
     }
     out
+}
+
+/// A multiboot kernel linked at 0x8000 (as some test kernels are), built
+/// here with `as` and `ld` as a flat a.out-kludge binary, with one module:
+/// it checks EAX, prints its command line (the kernel's path first, then
+/// `-v`, a value starting with `-`), the module's bytes and the module's
+/// string, and ends with status 0. The multiboot information then goes on
+/// the page after the kernel instead of 0x8000. About 7 s, most of it
+/// the image build (the boot itself about 1 s).
+#[test]
+fn a_kernel_at_0x8000_gets_its_path_first_and_its_module() {
+    const LOW_KERNEL_S: &str = r#"
+    .code32
+    .globl _start
+_start:
+    jmp entry
+    .align 4
+mbh:
+    .long 0x1BADB002, 0x00010000, -(0x1BADB002 + 0x00010000)
+    .long mbh, _start, 0, 0, entry
+entry:
+    mov $0x7000, %esp
+    mov %ebx, %esi
+    cmp $0x2BADB002, %eax
+    jne fail
+    mov 16(%esi), %edi
+    call puts
+    cmpl $1, 20(%esi)
+    jne fail
+    mov 24(%esi), %ebp
+    mov 0(%ebp), %edi
+    call puts
+    mov 8(%ebp), %edi
+    call puts
+    mov $0, %al
+    out %al, $0xf4
+    hlt
+fail:
+    mov $1, %al
+    out %al, $0xf4
+    hlt
+puts:
+    mov $0x3f8, %dx
+1:  movb (%edi), %al
+    test %al, %al
+    jz 2f
+    out %al, %dx
+    inc %edi
+    jmp 1b
+2:  mov $10, %al
+    out %al, %dx
+    ret
+"#;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("low-kernel");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, obj, bin, module) = (
+        dir.join("low.S"),
+        dir.join("low.o"),
+        dir.join("low.bin"),
+        dir.join("module"),
+    );
+    std::fs::write(&src, LOW_KERNEL_S).unwrap();
+    std::fs::write(&module, b"module says hi\0").unwrap();
+    let ok = |c: &mut Command| assert!(c.status().expect("binutils").success(), "{c:?}");
+    ok(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(&src));
+    ok(Command::new("ld")
+        .args(["-m", "elf_i386", "-Ttext", "0x8000", "--oformat", "binary", "-o"])
+        .arg(&bin)
+        .arg(&obj));
+    let (bin_s, mod_s) = (bin.to_string_lossy(), module.to_string_lossy());
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_splitvisor"))
+        .args(["run", "--guest", &bin_s, "--cmdline", "-v"])
+        .args(["--module", &format!("{mod_s} x=1"), "--timeout", "60"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("the splitvisor binary starts");
+    eprintln!("low kernel: {:.1} s", start.elapsed().as_secs_f64());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let all = format!("{stdout}\n--- stderr ---\n{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
+    assert!(lines.contains(&format!("{bin_s} -v").as_str()), "{all}");
+    assert!(lines.contains(&"module says hi"), "{all}");
+    assert!(lines.contains(&format!("{mod_s} x=1").as_str()), "{all}");
+    assert_eq!(out.status.code(), Some(0), "{all}");
 }
