@@ -292,9 +292,6 @@ impl Exit {
     }
 }
 
-/// SVM RDTSCP intercept (APM vol. 2, appendix C).
-const SVM_RDTSCP: u64 = 0x87;
-
 fn decode_svm(rec: &ExitRecord) -> Exit {
     let code = rec.exit_code;
     let info1 = rec.exit_info1;
@@ -348,7 +345,7 @@ fn decode_svm(rec: &ExitRecord) -> Exit {
         | svm_exit::MWAIT
         | svm_exit::MWAIT_CONDITIONAL
         | svm_exit::XSETBV
-        | SVM_RDTSCP => Exit::Undefined,
+        | svm_exit::RDTSCP => Exit::Undefined,
         svm_exit::RDPMC => Exit::Rdpmc,
         svm_exit::WBINVD | svm_exit::INVD => Exit::CacheFlush,
         // -1 (APM) or the 32-bit 0xffff_ffff QEMU writes; the stub stops

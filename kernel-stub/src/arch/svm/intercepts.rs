@@ -34,6 +34,7 @@ pub mod misc2 {
     pub const STGI: u32 = 1 << 4;
     pub const CLGI: u32 = 1 << 5;
     pub const SKINIT: u32 = 1 << 6;
+    pub const RDTSCP: u32 = 1 << 7;
     pub const WBINVD: u32 = 1 << 9;
     pub const MONITOR: u32 = 1 << 10;
     pub const MWAIT: u32 = 1 << 11;
@@ -89,6 +90,7 @@ impl Intercepts {
             | STGI
             | CLGI
             | SKINIT
+            | RDTSCP
             | WBINVD
             | MONITOR
             | MWAIT
@@ -167,6 +169,7 @@ mod tests {
             svm_exit::MONITOR,
             svm_exit::MWAIT,
             svm_exit::XSETBV,
+            svm_exit::RDTSCP,
         ] {
             assert!(nested.expects(code) && shadow.expects(code), "{code:#x}");
         }
