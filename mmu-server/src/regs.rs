@@ -14,7 +14,8 @@ pub mod cr4 {
     /// The CR4 bits the mmu-server virtualizes by default. Features that
     /// change the page walk and that it does not model (SMEP, SMAP, PKE,
     /// LA57, PCIDE) are absent: a guest that sets them gets #GP, so the
-    /// vmm-server's CPUID must not announce them.
+    /// vmm-server's CPUID must not announce them. OSXSAVE is absent too:
+    /// the vmm-server's CPUID hides XSAVE (the stub does not switch XCR0).
     pub const SUPPORTED: u64 = VME
         | PVI
         | TSD
@@ -26,8 +27,7 @@ pub mod cr4 {
         | PCE
         | OSFXSR
         | OSXMMEXCPT
-        | FSGSBASE
-        | OSXSAVE;
+        | FSGSBASE;
 }
 
 /// EFER (MSR `0xC000_0080`) bits.
