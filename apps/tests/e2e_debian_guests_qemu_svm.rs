@@ -20,7 +20,7 @@
 //! The packages are fetched with `apt-get download` into
 //! `.cache/debian-guests/` (about 0.9 MB; the i386 one needs `dpkg
 //! --add-architecture i386`, which `scripts/install-deps` does). Run only
-//! these with
+//! these (about 50 s in all) with
 //!
 //! ```sh
 //! cargo test -p splitvisor --test e2e_debian_guests_qemu_svm -- --nocapture
@@ -44,8 +44,9 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// GNU Mach through `splitvisor run --guest PATH`, as a user would: it
 /// prints its banner and memory map, probes its drivers and panics for
 /// want of a bootstrap module; the panic resets the machine and the VM
-/// stops with status 0. About 15 s on a 2.6 GHz EPYC host with QEMU 7.2
-/// TCG (the image build adds a few seconds the first time).
+/// stops with status 0. About 30 s on a 2.6 GHz EPYC host with QEMU 7.2
+/// TCG (36 s beside another boot), most of it GNU Mach probing ISA SCSI
+/// and other drivers' ports, each access a VM exit.
 #[test]
 fn gnu_mach_reaches_its_no_bootstrap_panic() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -75,7 +76,7 @@ fn gnu_mach_reaches_its_no_bootstrap_panic() {
 }
 
 /// memtest86+ with a 64 MiB guest: the serial screen reaches a test after
-/// #0 with no errors counted. About 10 s on a 2.6 GHz EPYC host with QEMU
+/// #0 with no errors counted. About 11 s on a 2.6 GHz EPYC host with QEMU
 /// 7.2 TCG; QEMU is stopped as soon as the screen shows it.
 #[test]
 fn memtest86plus_passes_its_first_test() {
@@ -211,8 +212,8 @@ fn strip_escapes(console: &[u8]) -> String {
 /// it checks EAX, prints its command line (the kernel's path first, then
 /// `-v`, a value starting with `-`), the module's bytes and the module's
 /// string, and ends with status 0. The multiboot information then goes on
-/// the page after the kernel instead of 0x8000. About 7 s, most of it
-/// the image build (the boot itself about 1 s).
+/// the page after the kernel instead of 0x8000. About 1 s (7 s when it
+/// is the first to build the stub and the servers).
 #[test]
 fn a_kernel_at_0x8000_gets_its_path_first_and_its_module() {
     const LOW_KERNEL_S: &str = r#"
