@@ -78,7 +78,10 @@ pub fn prepare_memtest() -> Result<PathBuf, String> {
     let root = fetch_and_unpack("memtest86+", "amd64")?;
     let kernel = root.join("boot").join("memtest86+x64.bin");
     if !kernel.is_file() {
-        return Err(format!("the memtest86+ package has no {}", kernel.display()));
+        return Err(format!(
+            "the memtest86+ package has no {}",
+            kernel.display()
+        ));
     }
     Ok(kernel)
 }

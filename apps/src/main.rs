@@ -139,7 +139,12 @@ struct GuestArgs {
     /// The multiboot command line, for multiboot kernels. A kernel given by
     /// path gets `PATH TEXT`, its path first, as QEMU's -kernel and GRUB
     /// pass it. May start with `-` (`--cmdline -s` or `--cmdline=-s`).
-    #[arg(long, value_name = "TEXT", default_value = "", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "TEXT",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
     cmdline: String,
     /// A multiboot module, `FILE [ARGS]` (QEMU's -initrd, GRUB's `module`):
     /// placed page-aligned after the kernel, with the whole string as its
@@ -418,9 +423,14 @@ mod guest_args_tests {
     #[test]
     fn a_cmdline_may_start_with_a_dash() {
         assert_eq!(run_args(&["--guest", "k", "--cmdline", "-s"]).cmdline, "-s");
-        assert_eq!(run_args(&["--guest", "k", "--cmdline=-s x"]).cmdline, "-s x");
         assert_eq!(
-            run_args(&["--kernel", "b", "--append", "-v"]).append.as_deref(),
+            run_args(&["--guest", "k", "--cmdline=-s x"]).cmdline,
+            "-s x"
+        );
+        assert_eq!(
+            run_args(&["--kernel", "b", "--append", "-v"])
+                .append
+                .as_deref(),
             Some("-v")
         );
     }
@@ -428,7 +438,12 @@ mod guest_args_tests {
     #[test]
     fn modules_repeat_in_order() {
         let g = run_args(&[
-            "--guest", "k", "--module", "/m/one a=1", "--module", "/m/two",
+            "--guest",
+            "k",
+            "--module",
+            "/m/one a=1",
+            "--module",
+            "/m/two",
         ]);
         assert_eq!(g.modules, ["/m/one a=1", "/m/two"]);
         assert_eq!(g.spec(None).unwrap().modules, ["/m/one a=1", "/m/two"]);

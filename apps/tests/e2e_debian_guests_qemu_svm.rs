@@ -63,7 +63,10 @@ fn gnu_mach_reaches_its_no_bootstrap_panic() {
         .expect("the splitvisor binary starts");
     eprintln!("GNU Mach: {:.1} s", start.elapsed().as_secs_f64());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let all = format!("{stdout}\n--- stderr ---\n{}", String::from_utf8_lossy(&out.stderr));
+    let all = format!(
+        "{stdout}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         stdout.lines().any(|l| l.starts_with("GNU Mach 1.8")),
         "no GNU Mach banner:\n{all}"
@@ -271,7 +274,15 @@ puts:
     let ok = |c: &mut Command| assert!(c.status().expect("binutils").success(), "{c:?}");
     ok(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(&src));
     ok(Command::new("ld")
-        .args(["-m", "elf_i386", "-Ttext", "0x8000", "--oformat", "binary", "-o"])
+        .args([
+            "-m",
+            "elf_i386",
+            "-Ttext",
+            "0x8000",
+            "--oformat",
+            "binary",
+            "-o",
+        ])
         .arg(&bin)
         .arg(&obj));
     let (bin_s, mod_s) = (bin.to_string_lossy(), module.to_string_lossy());
@@ -284,7 +295,10 @@ puts:
         .expect("the splitvisor binary starts");
     eprintln!("low kernel: {:.1} s", start.elapsed().as_secs_f64());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let all = format!("{stdout}\n--- stderr ---\n{}", String::from_utf8_lossy(&out.stderr));
+    let all = format!(
+        "{stdout}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
     assert!(lines.contains(&format!("{bin_s} -v").as_str()), "{all}");
     assert!(lines.contains(&"module says hi"), "{all}");

@@ -426,7 +426,10 @@ mod tests {
         assert!(load_multiboot(&video, 16, "", &[])
             .unwrap_err()
             .contains("does not provide"));
-        let past_ram = header(MULTIBOOT_AOUT_KLUDGE, [0xff_f000, 0xff_f000, 0, 0x100_1000, 0xff_f000]);
+        let past_ram = header(
+            MULTIBOOT_AOUT_KLUDGE,
+            [0xff_f000, 0xff_f000, 0, 0x100_1000, 0xff_f000],
+        );
         assert!(load_multiboot(&past_ram, 16, "", &[])
             .unwrap_err()
             .contains("past the end of the guest's RAM"));
@@ -482,7 +485,8 @@ mod tests {
             body.extend_from_slice(bytes);
             data_off += bytes.len();
         }
-        let put16 = |f: &mut Vec<u8>, o: usize, v: u16| f[o..o + 2].copy_from_slice(&v.to_le_bytes());
+        let put16 =
+            |f: &mut Vec<u8>, o: usize, v: u16| f[o..o + 2].copy_from_slice(&v.to_le_bytes());
         put16(&mut f, 16, 2); // ET_EXEC
         put16(&mut f, 18, if wide { 62 } else { 3 });
         f[20] = 1;
@@ -532,10 +536,21 @@ mod tests {
         assert_eq!(g.flat.len(), 0x10_2000);
         assert_eq!(g.flat[0x10_0000], 1);
         // A physical entry point (in no segment's virtual range) stays.
-        let file = elf(false, 0x100_0010, &[(0xc100_0000, 0x100_0000, text(), 0x100)]);
-        assert_eq!(load_multiboot(&file, 32, "", &[]).unwrap().entry, 0x100_0010);
+        let file = elf(
+            false,
+            0x100_0010,
+            &[(0xc100_0000, 0x100_0000, text(), 0x100)],
+        );
+        assert_eq!(
+            load_multiboot(&file, 32, "", &[]).unwrap().entry,
+            0x100_0010
+        );
         // In neither: refused, naming the address.
-        let file = elf(false, 0x200_0000, &[(0xc100_0000, 0x100_0000, text(), 0x100)]);
+        let file = elf(
+            false,
+            0x200_0000,
+            &[(0xc100_0000, 0x100_0000, text(), 0x100)],
+        );
         assert!(load_multiboot(&file, 64, "", &[])
             .unwrap_err()
             .contains("entry point 0x2000000 lies outside"));
@@ -549,9 +564,18 @@ mod tests {
             &[(0xffff_ffff_8010_0000, 0x10_0000, text(), 0x1000)],
         );
         let g = load_multiboot(&file, 16, "", &[]).unwrap();
-        assert_eq!((g.load_gpa, g.entry, g.entry_mode), (0x10_0000, 0x10_0020, EntryMode::Flat32));
-        let high = elf(true, 0x1_0000_0000, &[(0x1_0000_0000, 0x1_0000_0000, text(), 0x100)]);
-        assert!(load_multiboot(&high, 16, "", &[]).unwrap_err().contains("past 4 GiB"));
+        assert_eq!(
+            (g.load_gpa, g.entry, g.entry_mode),
+            (0x10_0000, 0x10_0020, EntryMode::Flat32)
+        );
+        let high = elf(
+            true,
+            0x1_0000_0000,
+            &[(0x1_0000_0000, 0x1_0000_0000, text(), 0x100)],
+        );
+        assert!(load_multiboot(&high, 16, "", &[])
+            .unwrap_err()
+            .contains("past 4 GiB"));
     }
 
     #[test]
@@ -560,7 +584,10 @@ mod tests {
         let mut file = header(MULTIBOOT_AOUT_KLUDGE, [0x8000, 0x8000, 0, 0x9000, 0x8020]);
         file.resize(0x40, 0xcc);
         let g = load_multiboot(&file, 16, "k a=b", &[]).unwrap();
-        assert_eq!((g.load_gpa, g.entry, g.flat.len()), (0x8000, 0x8020, 0x1000));
+        assert_eq!(
+            (g.load_gpa, g.entry, g.flat.len()),
+            (0x8000, 0x8020, 0x1000)
+        );
         let (info_gpa, info) = &g.segments[0];
         assert_eq!(*info_gpa, 0x9000, "the page after the kernel");
         assert_eq!(g.entry_regs[1], 0x9000);
@@ -569,9 +596,15 @@ mod tests {
         // A kernel elsewhere in low memory leaves it at 0x8000.
         let mut file = header(MULTIBOOT_AOUT_KLUDGE, [0x1000, 0x1000, 0, 0x2000, 0x1000]);
         file.resize(0x40, 0);
-        assert_eq!(load_multiboot(&file, 16, "", &[]).unwrap().segments[0].0, MULTIBOOT_INFO_GPA);
+        assert_eq!(
+            load_multiboot(&file, 16, "", &[]).unwrap().segments[0].0,
+            MULTIBOOT_INFO_GPA
+        );
         // Filling the RAM to its end leaves no room for the information.
-        let full = header(MULTIBOOT_AOUT_KLUDGE, [0x1000, 0x1000, 0, 0x100_0000, 0x1000]);
+        let full = header(
+            MULTIBOOT_AOUT_KLUDGE,
+            [0x1000, 0x1000, 0, 0x100_0000, 0x1000],
+        );
         assert!(load_multiboot(&full, 16, "", &[])
             .unwrap_err()
             .contains("multiboot information"));
@@ -579,13 +612,22 @@ mod tests {
 
     #[test]
     fn modules_are_page_aligned_after_the_kernel_and_listed() {
-        let mut file = header(MULTIBOOT_AOUT_KLUDGE, [0x10_0000, 0x10_0000, 0, 0x10_1800, 0x10_0000]);
+        let mut file = header(
+            MULTIBOOT_AOUT_KLUDGE,
+            [0x10_0000, 0x10_0000, 0, 0x10_1800, 0x10_0000],
+        );
         file.resize(0x40, 0);
         let one = vec![7u8; 0x1234];
         let two = b"second".to_vec();
         let mods = [
-            MultibootModule { bytes: &one, cmdline: "/boot/one x=1" },
-            MultibootModule { bytes: &two, cmdline: "/boot/two" },
+            MultibootModule {
+                bytes: &one,
+                cmdline: "/boot/one x=1",
+            },
+            MultibootModule {
+                bytes: &two,
+                cmdline: "/boot/two",
+            },
         ];
         let g = load_multiboot(&file, 16, "/boot/kernel ", &mods).unwrap();
         let (gpa, info) = &g.segments[0];
@@ -601,8 +643,16 @@ mod tests {
         assert_eq!(g.segments[1], (0x10_2000, one.clone()));
         assert_eq!(g.segments[2], (0x10_4000, two));
         let big = vec![0u8; 16 << 20];
-        let e = load_multiboot(&file, 16, "", &[MultibootModule { bytes: &big, cmdline: "big" }])
-            .unwrap_err();
+        let e = load_multiboot(
+            &file,
+            16,
+            "",
+            &[MultibootModule {
+                bytes: &big,
+                cmdline: "big",
+            }],
+        )
+        .unwrap_err();
         assert!(e.contains("module 1"), "{e}");
     }
 
