@@ -88,3 +88,46 @@ fn hello_guest_without_vmm_server_fails_with_no_server() {
     assert!(r.all().contains("no server"), "{r}");
     assert!(!r.stdout.contains("hello from the guest"), "{r}");
 }
+
+/// A stop is a pass only when the guest says so (issue 11, defect 6): a
+/// guest that ends in `cli; hlt` without writing port 0xF4 fails, with a
+/// sentence and its RIP, instead of stopping with status 0.
+#[test]
+fn clihlt_guest_on_svm_fails_instead_of_passing() {
+    let r = splitvisor_run(&["--guest", "clihlt"]);
+    assert_eq!(r.code, Some(101), "{r}");
+    assert!(r.has_line("clihlt guest: cli; hlt with no status on port 0xf4"), "{r}");
+    let all = r.all();
+    assert!(
+        all.contains("the guest halted with interrupts disabled (cli; hlt)"),
+        "{r}"
+    );
+    assert!(all.contains("rip=0x"), "{r}");
+    assert!(!all.contains("guest status 0"), "{r}");
+}
+
+/// A run that hits --timeout says what it knows (issue 11, defect 6): the
+/// timeout, that no verdict came, the guest's last line and the last stub
+/// lines. `uartin` waits for a line that never comes (stdin is empty).
+#[test]
+fn a_timed_out_run_says_the_guests_last_line_and_that_no_verdict_came() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitvisor"))
+        .args(["run", "--guest", "uartin", "--timeout", "25"])
+        .output()
+        .expect("the splitvisor binary starts");
+    let r = Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_eq!(r.code, Some(124), "{r}");
+    for text in [
+        "splitvisor: timed out after 25 s",
+        "splitvisor: no verdict",
+        "splitvisor: the guest's last output line: uartin: waiting for a line on COM1",
+        "splitvisor: the last stub and vmm-server lines:",
+        "  [stub] svm: nested paging",
+    ] {
+        assert!(r.stderr.contains(text), "no `{text}`:\n{r}");
+    }
+}

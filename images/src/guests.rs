@@ -34,6 +34,7 @@ pub const GUESTS: &[&str] = &[
     "tssescape",
     "efersvme",
     "qemupc",
+    "clihlt",
 ];
 
 /// Where the test guests are loaded and linked.

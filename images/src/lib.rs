@@ -616,7 +616,7 @@ mod tests {
             Ok(g) => g,
             Err(e) => panic!("{name}: {e}"),
         };
-        if !matches!(name, "hello" | "status42" | "triple-fault") {
+        if !matches!(name, "hello" | "status42" | "triple-fault" | "clihlt") {
             // The vmm-server's guests (issue 4): a boot sector at 0x7c00
             // ending with 0x55 0xAA, or 32-bit code at 1 MiB; each ends
             // through the debug-exit port (`out 0xF4, al`, E6 F4).
@@ -635,11 +635,16 @@ mod tests {
         let expected = match name {
             "hello" => "hello from the guest\n",
             "status42" => "exiting with status 42\n",
+            "clihlt" => "clihlt guest: cli; hlt with no status on port 0xf4\n",
             _ => "triple-fault guest",
         };
         assert!(text.contains(expected), "{name}");
         // `out 0xF4, al` (E6 F4) ends the two well-behaved guests.
-        if name != "triple-fault" {
+        if name == "clihlt" {
+            // cli; hlt, and no `out 0xF4, al`.
+            assert!(g.flat.windows(2).any(|w| w == [0xFA, 0xF4]), "{name}");
+            assert!(!g.flat.windows(2).any(|w| w == [0xE6, 0xF4]), "{name}");
+        } else if name != "triple-fault" {
             assert!(g.flat.windows(2).any(|w| w == [0xE6, 0xF4]), "{name}");
         } else {
             assert!(g.flat.contains(&0xCC), "int3");
