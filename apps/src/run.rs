@@ -640,20 +640,19 @@ fn run_command_typed(
     let exited = Arc::new(AtomicBool::new(false));
     let (console_thread, stdout_tail) = match console {
         Console::Stdout => (
-            child
-                .stdout
-                .take()
-                .map(|s| {
-                    let shown = shown.clone();
-                    thread::spawn(move || copy_and_scan(s, out, final_tx, shown))
-                }),
+            child.stdout.take().map(|s| {
+                let shown = shown.clone();
+                thread::spawn(move || copy_and_scan(s, out, final_tx, shown))
+            }),
             None,
         ),
         Console::File(path) => {
             let file = StripEscapes::new(TailFile::new(path, exited.clone()));
             let shown = shown.clone();
             (
-                Some(thread::spawn(move || copy_and_scan(file, out, final_tx, shown))),
+                Some(thread::spawn(move || {
+                    copy_and_scan(file, out, final_tx, shown)
+                })),
                 child.stdout.take().map(|s| thread::spawn(move || tail(s))),
             )
         }
@@ -697,6 +696,9 @@ fn run_command_typed(
         }
         thread::sleep(Duration::from_millis(20));
     };
+
+    // Ctrl-A X closes the emulator's stdin, which may end it first.
+    quit |= quit_asked.load(Ordering::SeqCst);
 
     // The emulator is gone, so its pipes close; a child it left behind
     // could keep them open, so wait for the readers only a little.
@@ -1102,11 +1104,7 @@ pub fn run(opts: &RunOptions) -> i32 {
     let mut cmd = Command::new(&program);
     cmd.args(&args);
     let terminal = io::IsTerminal::is_terminal(&io::stdin());
-    let raw = if terminal {
-        RawTerminal::enter()
-    } else {
-        None
-    };
+    let raw = if terminal { RawTerminal::enter() } else { None };
     let result = if raw.is_some() {
         // The line ends with CR LF: the terminal is raw now.
         eprint!("{CONSOLE_START_LINE}\r\n");
@@ -1495,7 +1493,10 @@ mod tests {
             text.contains("the guest's last output line: guest: step 2"),
             "{text}"
         );
-        assert!(text.contains("  [stub] svm: nested paging\n  [vmm] guest ram 16 MiB"), "{text}");
+        assert!(
+            text.contains("  [stub] svm: nested paging\n  [vmm] guest ram 16 MiB"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1513,7 +1514,11 @@ mod tests {
         let mut s = LineScanner::default();
         s.feed(b"[stub] only\n");
         let m = s.tail().no_verdict_messages();
-        assert!(m.iter().any(|l| l == "splitvisor: the guest printed nothing"), "{m:?}");
+        assert!(
+            m.iter()
+                .any(|l| l == "splitvisor: the guest printed nothing"),
+            "{m:?}"
+        );
     }
 
     #[test]
@@ -1569,8 +1574,16 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(10));
         let v = conclude(&r, &opts());
         assert_eq!(v.code, EXIT_QUIT);
-        assert!(v.messages[0].contains("quit (Ctrl-A X)"), "{:?}", v.messages);
-        assert!(v.messages.iter().any(|m| m.contains("no verdict")), "{:?}", v.messages);
+        assert!(
+            v.messages[0].contains("quit (Ctrl-A X)"),
+            "{:?}",
+            v.messages
+        );
+        assert!(
+            v.messages.iter().any(|m| m.contains("no verdict")),
+            "{:?}",
+            v.messages
+        );
     }
 
     #[test]

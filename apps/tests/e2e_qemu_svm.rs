@@ -96,7 +96,10 @@ fn hello_guest_without_vmm_server_fails_with_no_server() {
 fn clihlt_guest_on_svm_fails_instead_of_passing() {
     let r = splitvisor_run(&["--guest", "clihlt"]);
     assert_eq!(r.code, Some(101), "{r}");
-    assert!(r.has_line("clihlt guest: cli; hlt with no status on port 0xf4"), "{r}");
+    assert!(
+        r.has_line("clihlt guest: cli; hlt with no status on port 0xf4"),
+        "{r}"
+    );
     let all = r.all();
     assert!(
         all.contains("the guest halted with interrupts disabled (cli; hlt)"),

@@ -198,7 +198,12 @@ fn qemupc_guest_msrs_port92_cmps_single_step_and_fast_reset_on_svm() {
             "qemupc: fast reset through port 0x92",
             "[vmm] the guest reset the machine",
         ] {
-            assert!(b.has_line(line), "{} no line `{line}`:\n{}", b.how, b.console);
+            assert!(
+                b.has_line(line),
+                "{} no line `{line}`:\n{}",
+                b.how,
+                b.console
+            );
         }
         if b.how == "shadow" {
             assert!(b.has_line("qemupc: cr4.pcide: #GP"), "{}", b.console);
