@@ -300,6 +300,10 @@ impl fmt::Display for VmmStats {
 /// QEMU's TCG makes those exits.
 pub const DEFAULT_EXIT_COST: Nanos = 25_000;
 
+/// The shortest exit deadline told to the stub, in virtual nanoseconds
+/// (host time at the same rate): see `Vmm::exit_deadline`.
+pub const MIN_HOST_RUN: Nanos = 200_000;
+
 /// Limits of the handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VmmConfig {
@@ -652,7 +656,13 @@ impl<'d> Vmm<'d> {
         if hz == 0 {
             return None;
         }
-        let ahead = deadline.saturating_sub(self.board.clock.now());
+        // At least MIN_HOST_RUN: a deadline closer than the emulator's own
+        // cost of entering the guest would fire before the guest ran an
+        // instruction, twice in a row, and host time would move the clock
+        // of a guest that is polling with exits of its own.
+        let ahead = deadline
+            .saturating_sub(self.board.clock.now())
+            .max(MIN_HOST_RUN);
         let ticks = u128::from(ahead) * u128::from(hz) / u128::from(SECOND);
         Some(
             last.saturating_add(ticks.min(u128::from(u64::MAX)) as u64)

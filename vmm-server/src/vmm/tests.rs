@@ -1122,3 +1122,33 @@ fn the_single_step_trap_comes_before_an_external_interrupt() {
     assert!(flags(&r).contains(ResumeFlags::REQUEST_INTERRUPT_WINDOW));
     assert_eq!(vmm.stats().irqs, 0);
 }
+
+/// An exit deadline closer than [`MIN_HOST_RUN`] is told as
+/// `MIN_HOST_RUN`: the stub's timer must not fire before a polling guest
+/// reaches its next exit, or host time would move its clock.
+#[test]
+fn the_exit_deadline_is_at_least_min_host_run_ahead() {
+    let mut w = World::new();
+    let mut pit = Pit::new(&w.board.clock, Some(w.board.irq.pin(0)));
+    let mut r = Router::new();
+    r.register_ranges(&pit::RANGES, &mut pit).unwrap();
+    vmm!(vmm = w, r);
+    program_timer(&mut vmm, 1193);
+    // 39 more exits: the tick is 24_848 ns of virtual time ahead.
+    let mut told = Vec::new();
+    for _ in 0..39 {
+        let r = resumed(vmm.handle(&out(0x80, 0)));
+        if flags(&r).contains(ResumeFlags::SET_EXIT_DEADLINE) {
+            told.push(r.exit_deadline);
+        }
+    }
+    assert_eq!(
+        w.board.clock.now(),
+        52 * DEFAULT_EXIT_COST,
+        "the clock counted the exits"
+    );
+    // Host time stood at 0: the deadline shrank by 25 us an exit down to
+    // MIN_HOST_RUN, and stayed there.
+    assert_eq!(told.last(), Some(&MIN_HOST_RUN), "{told:?}");
+    assert!(told.iter().all(|&t| t >= MIN_HOST_RUN), "{told:?}");
+}
