@@ -294,16 +294,6 @@ impl fmt::Display for VmmStats {
     }
 }
 
-/// [`VmmConfig::exit_cost`]'s default: 25 microseconds, so that a guest
-/// polling a timer through port exits (Linux's PIT calibration: at least
-/// 1000 reads of port 0x61 in 50 ms) sees it advance about as fast as
-/// QEMU's TCG makes those exits.
-pub const DEFAULT_EXIT_COST: Nanos = 25_000;
-
-/// The shortest exit deadline told to the stub, in virtual nanoseconds
-/// (host time at the same rate): see `Vmm::exit_deadline`.
-pub const MIN_HOST_RUN: Nanos = 200_000;
-
 /// Limits of the handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VmmConfig {
@@ -322,11 +312,6 @@ pub struct VmmConfig {
     /// paging features its walker does not model ([`crate::cpuid::SHADOW_HIDDEN_LEAF7_EBX`]),
     /// since it refuses their CR4 bits with #GP.
     pub shadow_paging: bool,
-    /// Virtual nanoseconds one exit caused by a guest instruction (port
-    /// I/O, MMIO, CPUID, ...) takes: the clock counts the guest's exits,
-    /// not the host's time, so that what the guest measures between its
-    /// exits does not depend on how fast or how loaded the host is.
-    pub exit_cost: Nanos,
 }
 
 impl Default for VmmConfig {
@@ -337,7 +322,6 @@ impl Default for VmmConfig {
             idle_limit: 1_000_000,
             max_warps_per_exit: 16,
             shadow_paging: false,
-            exit_cost: DEFAULT_EXIT_COST,
         }
     }
 }
@@ -444,8 +428,6 @@ pub struct Vmm<'d> {
     next_deadline: Option<Nanos>,
     /// The exit deadline the stub has (host ticks, 0: none).
     told_deadline: u64,
-    /// The last exit was a host-timer exit (see `advance_time`).
-    host_timer_run: bool,
     irq_levels: u16,
     fault_streak: (u64, u8, u32),
     idle_halts: u64,
@@ -478,7 +460,6 @@ impl<'d> Vmm<'d> {
             last_host: None,
             next_deadline: None,
             told_deadline: 0,
-            host_timer_run: false,
             irq_levels: 0,
             fault_streak: (0, 0, 0),
             idle_halts: 0,
@@ -546,7 +527,7 @@ impl<'d> Vmm<'d> {
             };
             return Action::Fail(FailReason::new(kind, exit, rec));
         }
-        self.advance_time(exit);
+        self.advance_time();
         self.partial_step = false;
         let mut cpu = match segments {
             Some(s) => VcpuState::with_segments(rec, s),
@@ -597,36 +578,13 @@ impl<'d> Vmm<'d> {
         self.irq_levels = levels;
     }
 
-    /// Moves the virtual clock, never past the next device deadline (a
-    /// slow exit cannot make the guest miss a timer tick; see the README):
-    /// by [`VmmConfig::exit_cost`] for an exit a guest instruction caused,
-    /// by nothing for an interrupt window, and by the host time since the
-    /// last exit only for the second host-timer exit in a row, when the
-    /// guest has run a whole exit deadline without an exit of its own (a
-    /// guest spinning on memory). A host that stalls the emulator between
-    /// two of the guest's exits changes nothing the guest can see.
-    fn advance_time(&mut self, exit: Exit) {
+    /// Moves the virtual clock by the host time since the last exit, but
+    /// never past the next device deadline: a slow exit cannot make the
+    /// guest miss a timer tick (see the README).
+    fn advance_time(&mut self) {
         self.poll_devices();
         let now = self.host.now();
-        let host_run = match exit {
-            Exit::ExternalInterrupt => {
-                let again = self.host_timer_run;
-                self.host_timer_run = true;
-                again
-            }
-            Exit::InterruptWindow => false,
-            _ => {
-                self.host_timer_run = false;
-                let v = self.board.clock.now();
-                let mut target = v.saturating_add(self.config.exit_cost);
-                if let Some(d) = self.next_deadline {
-                    target = target.min(d.max(v));
-                }
-                self.board.clock.advance_to(target);
-                false
-            }
-        };
-        if let (Some(last), true) = (self.last_host, host_run) {
+        if let Some(last) = self.last_host {
             let hz = match self.host.ticks_per_second() {
                 0 => SECOND,
                 hz => hz,
@@ -656,13 +614,7 @@ impl<'d> Vmm<'d> {
         if hz == 0 {
             return None;
         }
-        // At least MIN_HOST_RUN: a deadline closer than the emulator's own
-        // cost of entering the guest would fire before the guest ran an
-        // instruction, twice in a row, and host time would move the clock
-        // of a guest that is polling with exits of its own.
-        let ahead = deadline
-            .saturating_sub(self.board.clock.now())
-            .max(MIN_HOST_RUN);
+        let ahead = deadline.saturating_sub(self.board.clock.now());
         let ticks = u128::from(ahead) * u128::from(hz) / u128::from(SECOND);
         Some(
             last.saturating_add(ticks.min(u128::from(u64::MAX)) as u64)

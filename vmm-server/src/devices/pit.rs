@@ -204,16 +204,6 @@ impl Counter {
         }
     }
 
-    /// When OUT next rises after `now`, if it is counting.
-    fn next_edge(&self, now: Nanos) -> Option<Nanos> {
-        let (Some(s), None) = (self.start, self.paused_at) else {
-            return None;
-        };
-        let d = clocks(now.saturating_sub(s));
-        self.edge_clock(self.edges_after(d) + 1)
-            .map(|k| s.saturating_add(nanos(k)))
-    }
-
     /// The clock count at which rising edge number `k` (from 1) happens.
     fn edge_clock(&self, k: u64) -> Option<u64> {
         let n = self.period();
@@ -481,25 +471,10 @@ impl PortDevice for Pit<'_> {
     }
 
     /// Pulses IRQ 0 once if channel 0's output rose since the last poll
-    /// (counting the extra edges as lost), and returns the time of the
-    /// next rising edge of channel 0 or channel 2. Channel 2's output is
-    /// seen on port 0x61 (a guest measures time with it), so the clock
-    /// must stop at its edges as at IRQ 0's: otherwise one exit could
-    /// carry the clock past the end of a channel 2 count and on to the
-    /// next tick, and the guest would count that tick inside its window.
+    /// (counting the extra edges as lost), and returns the time of its next
+    /// rising edge.
     fn poll(&mut self) -> Option<Nanos> {
         let now = self.clock.now();
-        let ch0 = self.poll_channel0(now);
-        let ch2 = self.counters[2].next_edge(now);
-        match (ch0, ch2) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-}
-
-impl Pit<'_> {
-    fn poll_channel0(&mut self, now: Nanos) -> Option<Nanos> {
         let c = &mut self.counters[0];
         let (start, d) = match (c.start, c.paused_at) {
             (Some(s), None) => (s, clocks(now.saturating_sub(s))),
@@ -727,23 +702,6 @@ mod tests {
         b.clock.advance_to(50_000_000 + 1_000);
         assert_eq!(p.read_register(PORT_B) & port_b::OUT2, port_b::OUT2);
         assert_eq!(p.read_register(PORT_B) & 0x0f, 0x01);
-    }
-
-    /// The end of a channel 2 count is a deadline, so the exit handler's
-    /// clock stops there and the guest sees OUT2 rise before the next
-    /// channel 0 tick: both channels then agree on time.
-    #[test]
-    fn the_end_of_a_channel2_count_is_a_deadline() {
-        let b = Board::new();
-        let mut p = Pit::new(&b.clock, None);
-        program(&mut p, 0, 2, 1193);
-        assert_eq!(p.poll(), Some(nanos(1193)));
-        p.write_register(PORT_B, 0x01);
-        program(&mut p, 2, 0, 100);
-        assert_eq!(p.poll(), Some(nanos(100)), "channel 2 ends first");
-        b.clock.advance_to(nanos(100));
-        assert_eq!(p.read_register(PORT_B) & port_b::OUT2, port_b::OUT2);
-        assert_eq!(p.poll(), Some(nanos(1193)), "a one-shot count ends once");
     }
 
     #[test]
