@@ -60,8 +60,7 @@ pub fn boot(system: images::SystemSpec, cpu: &str, how: &str) -> Boot {
 /// [`boot`] with options of the caller's.
 pub fn boot_with(opts: RunOptions, how: &str) -> Boot {
     let guest = opts.system.guest.clone();
-    let image =
-        images::build_system_spec(&opts.system).unwrap_or_else(|e| panic!("{guest}: {e}"));
+    let image = images::build_system_spec(&opts.system).unwrap_or_else(|e| panic!("{guest}: {e}"));
     let console = Capture::default();
     let start = Instant::now();
     let report = run_emulator(

@@ -30,8 +30,16 @@ fn check(opts: &AttackOptions) {
     let report = campaign(opts).expect("the campaign runs (emulator, gcc, binutils installed)");
     let table = report.table();
     eprintln!("seed {}\n{table}", opts.seed);
-    let row = report.rows.get("random-resumes").copied().unwrap_or_default();
-    assert!(row.attempts > 0, "no random draw was made:\n{table}\n{:#?}", report.notes);
+    let row = report
+        .rows
+        .get("random-resumes")
+        .copied()
+        .unwrap_or_default();
+    assert!(
+        row.attempts > 0,
+        "no random draw was made:\n{table}\n{:#?}",
+        report.notes
+    );
     assert!(
         row.accepted_ok > row.attempts / 4,
         "too few draws were accepted for the class to mean anything:\n{table}"

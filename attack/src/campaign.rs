@@ -304,7 +304,10 @@ pub fn leaks(c: &mut Campaign, exit: &ExitRecord, ram_bytes: u64) {
     c.attempt(
         Class::Leaks,
         Must::Refuse,
-        format_args!("exit-{}-cr3-{:#x}-outside-guest-ram", exit.sequence, exit.cr3),
+        format_args!(
+            "exit-{}-cr3-{:#x}-outside-guest-ram",
+            exit.sequence, exit.cr3
+        ),
         || exit.cr3 >= ram_bytes,
     );
 }
@@ -1685,9 +1688,21 @@ const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_VM: u64 = 1 << 17;
 /// RFLAGS bits a draw may set: CF PF AF ZF SF TF IF DF OF IOPL NT RF AC
 /// VIF VIP ID (bit 1 always; VM as the guest has it).
-const RFLAGS_LEGAL: u64 =
-    1 | 1 << 2 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 9 | 1 << 10 | 1 << 11 | 3 << 12 | 1 << 14
-        | 1 << 16 | 1 << 18 | 1 << 19 | 1 << 20 | 1 << 21;
+const RFLAGS_LEGAL: u64 = 1
+    | 1 << 2
+    | 1 << 4
+    | 1 << 6
+    | 1 << 7
+    | 1 << 9
+    | 1 << 10
+    | 1 << 11
+    | 3 << 12
+    | 1 << 14
+    | 1 << 16
+    | 1 << 18
+    | 1 << 19
+    | 1 << 20
+    | 1 << 21;
 
 /// Whether an exit says the guest shut down (SVM SHUTDOWN, VMX triple fault).
 fn shut_down(e: &ExitRecord) -> bool {
@@ -1830,8 +1845,7 @@ pub fn vmm_random(c: &mut Campaign, first: ExitRecord, tsc_hz: u64) -> ExitRecor
                 4 => None,
                 _ => Some("event-type"),
             }
-            .or((has_error_code > 1 || has_error_code == 1 && !with_code)
-                .then_some("error-code"))
+            .or((has_error_code > 1 || has_error_code == 1 && !with_code).then_some("error-code"))
             .or((reserved != 0).then_some("event-reserved"));
             forbidden = forbidden.or(bad);
         }

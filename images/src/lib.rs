@@ -542,7 +542,11 @@ mod tests {
         // An a.out-kludge kernel at 1 MiB: magic, flags, checksum, fields.
         let mut k = Vec::new();
         let flags = 1u32 << 16;
-        for v in [0x1bad_b002u32, flags, 0u32.wrapping_sub(0x1bad_b002 + flags)] {
+        for v in [
+            0x1bad_b002u32,
+            flags,
+            0u32.wrapping_sub(0x1bad_b002 + flags),
+        ] {
             k.extend_from_slice(&v.to_le_bytes());
         }
         for v in [0x10_0000u32, 0x10_0000, 0, 0, 0x10_0000] {

@@ -369,8 +369,16 @@ pub fn init() {
     // server's memory only between `with_user_access`'s STAC and CLAC.
     const CR4_SMEP: u64 = 1 << 20;
     const CR4_SMAP: u64 = 1 << 21;
-    let leaf7_ebx = if cpuid(0).eax >= 7 { cpuid_words(7, 0)[1] } else { 0 };
-    let smep = if leaf7_ebx & (1 << 7) != 0 { CR4_SMEP } else { 0 };
+    let leaf7_ebx = if cpuid(0).eax >= 7 {
+        cpuid_words(7, 0)[1]
+    } else {
+        0
+    };
+    let smep = if leaf7_ebx & (1 << 7) != 0 {
+        CR4_SMEP
+    } else {
+        0
+    };
     let smap = leaf7_ebx & (1 << 20) != 0;
     SMAP.with(|s| *s = smap);
     // SAFETY: EM/TS only make FPU instructions fault, and nothing in ring 0

@@ -258,7 +258,11 @@ impl ShadowTables {
             let size = leaf_size(level);
             // A large page's address field below the page size holds the
             // PAT bit (12, x86 only); the rest of it is reserved.
-            let pat = if self.format == TableFormat::X86 { 1 << 12 } else { 0 };
+            let pat = if self.format == TableFormat::X86 {
+                1 << 12
+            } else {
+                0
+            };
             if addr & (size - 1) & !pat != 0 {
                 return Err(InstallError::ReservedBits);
             }
@@ -519,7 +523,10 @@ mod tests {
         let (ept_pt, _) = e.alloc(1, &mut f).unwrap();
         assert!(ok(&e, ept_pt, 1, 0x5000 | 7 | 6 << 3 | 1 << 6 | 3 << 8).is_ok());
         for mt in [2u64, 3, 7] {
-            assert_eq!(ok(&e, ept_pt, 1, 0x5007 | mt << 3), Err(InstallError::ReservedBits));
+            assert_eq!(
+                ok(&e, ept_pt, 1, 0x5007 | mt << 3),
+                Err(InstallError::ReservedBits)
+            );
         }
         for bit in [10, 11, 52, 57, 58, 60, 61, 63] {
             assert_eq!(
@@ -573,8 +580,13 @@ mod tests {
         }
         let level1: Vec<u64> = level1.into_iter().map(|(_, frame)| frame).collect();
         for level in [2, 3, 4] {
-            let (h, frame) = t.alloc(level, &mut f).expect("a dead handle takes a new frame");
-            assert!(!level1.contains(&frame), "a level-1 frame became level {level}");
+            let (h, frame) = t
+                .alloc(level, &mut f)
+                .expect("a dead handle takes a new frame");
+            assert!(
+                !level1.contains(&frame),
+                "a level-1 frame became level {level}"
+            );
             assert_eq!(t.get(h), Some((frame, level)));
         }
         assert_eq!(t.alloc(0, &mut f), Err(AllocError::BadLevel));
@@ -586,14 +598,32 @@ mod tests {
     /// VMRUN fail (Bochs ryzen).
     #[test]
     fn pae_pdptes_with_reserved_bits_are_found() {
-        assert!(pae_pdptes_ok(&[0x1001, 0x1019, 0, 0x1e01]), "P, PWT, PCD, bits 9-11");
-        for bad in [0x1003, 0x1005, 0x1021, 0x1041, 0x1081, 0x1101, 1 << 52 | 1, 1 << 63 | 1] {
+        assert!(
+            pae_pdptes_ok(&[0x1001, 0x1019, 0, 0x1e01]),
+            "P, PWT, PCD, bits 9-11"
+        );
+        for bad in [
+            0x1003,
+            0x1005,
+            0x1021,
+            0x1041,
+            0x1081,
+            0x1101,
+            1 << 52 | 1,
+            1 << 63 | 1,
+        ] {
             assert!(!pae_pdptes_ok(&[0, 0, 0, bad]), "{bad:#x}");
         }
-        assert!(pae_pdptes_ok(&[0x1003 & !1, 0, 0, 0]), "not present: anything goes");
+        assert!(
+            pae_pdptes_ok(&[0x1003 & !1, 0, 0, 0]),
+            "not present: anything goes"
+        );
         assert!(pae_pdptes_ok(&[0, 0, 0, 0, 0x1003]), "entry 4 is no PDPTE");
         // On a reload, the A bit QEMU's walk set is cleared; others refuse.
-        assert_eq!(pae_pdptes_reloaded([0x1021, 0, 0x20, 0]), Some([0x1001, 0, 0x20, 0]));
+        assert_eq!(
+            pae_pdptes_reloaded([0x1021, 0, 0x20, 0]),
+            Some([0x1001, 0, 0x20, 0])
+        );
         assert_eq!(pae_pdptes_reloaded([0x1023, 0, 0, 0]), None);
     }
 

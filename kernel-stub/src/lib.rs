@@ -8,12 +8,12 @@ pub mod install;
 pub mod resume;
 pub mod user_range;
 
-/// The SVM intercepts the stub turns on, and the exit codes they allow.
-#[path = "arch/svm/intercepts.rs"]
-pub mod svm_intercepts;
 /// Choosing SVM or VMX: the `arch=` boot option and the CPU's features.
 #[path = "arch/select.rs"]
 pub mod arch_select;
+/// The SVM intercepts the stub turns on, and the exit codes they allow.
+#[path = "arch/svm/intercepts.rs"]
+pub mod svm_intercepts;
 /// VMX rules from the Intel SDM: control settings, fixed bits, formats, and
 /// the checks that name the field a failed VM entry tripped on.
 #[path = "arch/vmx/rules.rs"]

@@ -222,8 +222,7 @@ pub fn validate(
     }
     let flags = ResumeFlags::from_bits(r.flags).ok_or(ErrorCode::ResumeUnknownFlags)?;
     let set_paging = flags.contains(ResumeFlags::SET_PAGING);
-    if set_paging && !mode.shadow || flags.contains(ResumeFlags::SET_NESTED_ROOT) && mode.shadow
-    {
+    if set_paging && !mode.shadow || flags.contains(ResumeFlags::SET_NESTED_ROOT) && mode.shadow {
         return Err(ErrorCode::ResumeBadPaging);
     }
     if set_paging {
@@ -481,15 +480,26 @@ mod tests {
     fn rflags_changes_vm_entry_refuses_are_refused() {
         let mut r = resume(ResumeFlags::SET_RFLAGS);
         r.regs.rflags = 0x202 | 1 << 17;
-        assert_eq!(check(&r, PROTECTED), Err(ErrorCode::ResumeBadRflags), "VM set");
+        assert_eq!(
+            check(&r, PROTECTED),
+            Err(ErrorCode::ResumeBadRflags),
+            "VM set"
+        );
         let in_shadow = GuestMode {
             interrupt_shadow: true,
             ..PROTECTED
         };
         for changed in [0x2, 0x302] {
             r.regs.rflags = changed;
-            assert_eq!(check(&r, in_shadow), Err(ErrorCode::ResumeBadRflags), "{changed:#x}");
-            assert!(check(&r, PROTECTED).is_ok(), "{changed:#x} outside a shadow");
+            assert_eq!(
+                check(&r, in_shadow),
+                Err(ErrorCode::ResumeBadRflags),
+                "{changed:#x}"
+            );
+            assert!(
+                check(&r, PROTECTED).is_ok(),
+                "{changed:#x} outside a shadow"
+            );
             let mut past = r;
             past.flags |= ResumeFlags::SET_RIP.bits();
             assert!(check(&past, in_shadow).is_ok(), "{changed:#x} with SET_RIP");
@@ -500,7 +510,8 @@ mod tests {
 
     #[test]
     fn events_are_checked_against_their_kind() {
-        let ev = |vector, kind, has_error_code| check(&event(vector, kind, has_error_code), PROTECTED);
+        let ev =
+            |vector, kind, has_error_code| check(&event(vector, kind, has_error_code), PROTECTED);
         assert!(ev(13, 3, 1).is_ok(), "#GP with error code");
         assert!(ev(6, 3, 0).is_ok(), "#UD");
         assert!(ev(0x20, 0, 0).is_ok(), "external interrupt");
@@ -509,7 +520,12 @@ mod tests {
             (6, 3, 1, "#UD has no error code"),
             (2, 3, 0, "vector 2 as an exception"),
             (32, 3, 0, "exception vector above 31"),
-            (31, 3, 0, "reserved exception vector 31 (QEMU's VMRUN fails it)"),
+            (
+                31,
+                3,
+                0,
+                "reserved exception vector 31 (QEMU's VMRUN fails it)",
+            ),
             (22, 3, 0, "reserved exception vector 22"),
             (15, 3, 0, "reserved exception vector 15"),
             (0x20, 1, 0, "reserved type 1"),
@@ -549,7 +565,10 @@ mod tests {
             check(&event(2, 2, 0), in_shadow),
             Err(ErrorCode::ResumeBadEvent)
         );
-        assert!(check(&event(14, 3, 1), in_shadow).is_ok(), "exceptions are not blocked");
+        assert!(
+            check(&event(14, 3, 1), in_shadow).is_ok(),
+            "exceptions are not blocked"
+        );
         let mut past = irq;
         past.flags |= ResumeFlags::SET_RIP.bits();
         past.regs.rip = 0x1000;
@@ -582,10 +601,7 @@ mod tests {
                 cr0: PAE.cr0 | 1 << 32,
                 ..PAE
             },
-            PagingState {
-                reserved: 1,
-                ..PAE
-            },
+            PagingState { reserved: 1, ..PAE },
         ] {
             assert_eq!(
                 paging(&bad, &SHADOW),
@@ -644,7 +660,11 @@ mod tests {
                 cr4: PAE.cr4 | bad,
                 ..PAE
             };
-            assert_eq!(paging(&p, &SHADOW), Err(ErrorCode::ResumeBadPaging), "{bad:#x}");
+            assert_eq!(
+                paging(&p, &SHADOW),
+                Err(ErrorCode::ResumeBadPaging),
+                "{bad:#x}"
+            );
         }
         let nw_cd = PagingState {
             cr0: PAE.cr0 | cr0::NW | cr0::CD,
@@ -667,8 +687,15 @@ mod tests {
             cs_d: true,
             ..SHADOW
         };
-        assert_eq!(paging(&LONG_PAGING, &cs_l_and_d), Err(ErrorCode::ResumeBadPaging));
-        assert_eq!(paging(&PAE, &cs_l_and_d), Ok(()), "L is ignored outside long mode");
+        assert_eq!(
+            paging(&LONG_PAGING, &cs_l_and_d),
+            Err(ErrorCode::ResumeBadPaging)
+        );
+        assert_eq!(
+            paging(&PAE, &cs_l_and_d),
+            Ok(()),
+            "L is ignored outside long mode"
+        );
     }
 
     /// A bit the CPU does not implement is reserved there: SMEP on a CPU
@@ -681,14 +708,23 @@ mod tests {
             0x8000_0000 => [0x8000_0001, 0, 0, 0],
             _ => [0; 4],
         });
-        assert_eq!(bare.cr4, cr4::TSD | cr4::PAE | cr4::PGE | cr4::PCE | cr4::OSFXSR | cr4::OSXMMEXCPT);
+        assert_eq!(
+            bare.cr4,
+            cr4::TSD | cr4::PAE | cr4::PGE | cr4::PCE | cr4::OSFXSR | cr4::OSXMMEXCPT
+        );
         assert_eq!(bare.efer, efer::SCE);
         let smep = PagingState {
             cr4: PAE.cr4 | cr4::SMEP,
             ..PAE
         };
-        assert_eq!(validate_paging(&smep, &bare, &SHADOW, level), Err(ErrorCode::ResumeBadPaging));
-        assert_eq!(validate_paging(&LONG_PAGING, &bare, &SHADOW, level), Err(ErrorCode::ResumeBadPaging));
+        assert_eq!(
+            validate_paging(&smep, &bare, &SHADOW, level),
+            Err(ErrorCode::ResumeBadPaging)
+        );
+        assert_eq!(
+            validate_paging(&LONG_PAGING, &bare, &SHADOW, level),
+            Err(ErrorCode::ResumeBadPaging)
+        );
         let full = PagingRules::from_cpuid(|leaf, _| match leaf {
             0 => [7, 0, 0, 0],
             1 => [0, 0, u32::MAX, u32::MAX],

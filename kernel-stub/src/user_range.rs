@@ -33,17 +33,29 @@ mod tests {
 
     #[test]
     fn ranges_in_the_lower_half_pass() {
-        assert_eq!(check(0x4000_0000, 16, 4096), Ok(Some((0x4000_0000, 0x4000_0010))));
-        assert_eq!(check(USER_END - 1, 1, 4096), Ok(Some((USER_END - 1, USER_END))));
+        assert_eq!(
+            check(0x4000_0000, 16, 4096),
+            Ok(Some((0x4000_0000, 0x4000_0010)))
+        );
+        assert_eq!(
+            check(USER_END - 1, 1, 4096),
+            Ok(Some((USER_END - 1, USER_END)))
+        );
     }
 
     /// Finding 4 and 10: non-canonical pointers, wrapping lengths and the
     /// null pointer with length 0 never reach the page walk or a slice.
     #[test]
     fn hostile_ranges_are_refused() {
-        assert_eq!(check((1 << 60) | 0x4000_0000, 1, 4096), Err(ErrorCode::BadPointer));
+        assert_eq!(
+            check((1 << 60) | 0x4000_0000, 1, 4096),
+            Err(ErrorCode::BadPointer)
+        );
         assert_eq!(check(USER_END - 1, 2, 4096), Err(ErrorCode::BadPointer));
-        assert_eq!(check(0xffff_8000_0000_0000, 1, 4096), Err(ErrorCode::BadPointer));
+        assert_eq!(
+            check(0xffff_8000_0000_0000, 1, 4096),
+            Err(ErrorCode::BadPointer)
+        );
         assert_eq!(check(u64::MAX, 1, 4096), Err(ErrorCode::BadPointer));
         assert_eq!(check(0x4000_0000, 4097, 4096), Err(ErrorCode::TooLong));
         assert_eq!(check(0, 0, 4096), Ok(None));

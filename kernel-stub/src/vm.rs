@@ -368,13 +368,11 @@ impl Kernel {
             e
         };
         let lookup = |h| SHADOW_TABLES.with(|t| t.get(h));
-        let flags = kernel_stub::resume::validate(
-            resume,
-            &self.vcpu.mode(),
-            &self.paging_rules,
-            |h| lookup(h).map(|(_, level)| level),
-        )
-        .map_err(refused)?;
+        let flags =
+            kernel_stub::resume::validate(resume, &self.vcpu.mode(), &self.paging_rules, |h| {
+                lookup(h).map(|(_, level)| level)
+            })
+            .map_err(refused)?;
         let mut root = None;
         let roots = ResumeFlags::SET_PAGING | ResumeFlags::SET_NESTED_ROOT;
         if flags.intersects(roots) {
@@ -545,7 +543,10 @@ impl Kernel {
             let (table, index, entry) = SHADOW_TABLES
                 .with(|t| t.check(&ins, ram))
                 .map_err(|e| refuse(i, e))?;
-            if Some(table) == self.pae_root && !kernel_stub::install::pae_pdptes_ok(&[entry]) && index < 4 {
+            if Some(table) == self.pae_root
+                && !kernel_stub::install::pae_pdptes_ok(&[entry])
+                && index < 4
+            {
                 return Err(refuse(i, ipc_proto::mmu::InstallError::ReservedPdpteBits));
             }
             // SAFETY: `table` is a live shadow frame of the stub and `index` < 512.

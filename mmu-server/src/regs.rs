@@ -16,18 +16,8 @@ pub mod cr4 {
     /// LA57, PCIDE) are absent: a guest that sets them gets #GP, so the
     /// vmm-server's CPUID must not announce them. OSXSAVE is absent too:
     /// the vmm-server's CPUID hides XSAVE (the stub does not switch XCR0).
-    pub const SUPPORTED: u64 = VME
-        | PVI
-        | TSD
-        | DE
-        | PSE
-        | PAE
-        | MCE
-        | PGE
-        | PCE
-        | OSFXSR
-        | OSXMMEXCPT
-        | FSGSBASE;
+    pub const SUPPORTED: u64 =
+        VME | PVI | TSD | DE | PSE | PAE | MCE | PGE | PCE | OSFXSR | OSXMMEXCPT | FSGSBASE;
 }
 
 /// EFER (MSR `0xC000_0080`) bits.

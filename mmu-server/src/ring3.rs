@@ -6,7 +6,6 @@
 
 extern crate alloc;
 
-
 use core::fmt::Write;
 use ipc_proto::layout::{GUEST_RAM_WINDOW, INSTALL_PAGE};
 use ipc_proto::manifest::MmuMode;
@@ -18,8 +17,7 @@ use ipc_proto::{
     ABI_VERSION,
 };
 use mmu_server::{
-    Action, Flush, GuestCtl, GuestMemory, Mmu, MmuConfig, MmuPlatform, NestedFormat,
-    PlatformError,
+    Action, Flush, GuestCtl, GuestMemory, Mmu, MmuConfig, MmuPlatform, NestedFormat, PlatformError,
 };
 
 /// The shadow cache's bookkeeping: about 4.2 KiB per table for the
@@ -260,7 +258,9 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
             ));
         }
         // SAFETY: as above; the stub wrote the exit before returning.
-        let exit = hooks.exit(&first_paging, unsafe { (&raw const (*page).exit).read_volatile() });
+        let exit = hooks.exit(&first_paging, unsafe {
+            (&raw const (*page).exit).read_volatile()
+        });
         (resume, next_call) = match mmu.handle_exit(&mut platform, &exit) {
             Action::Resume(r) => (r, Syscall::VcpuRun),
             Action::Mmio { gpa, write, .. } => {

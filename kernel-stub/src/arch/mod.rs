@@ -136,7 +136,9 @@ pub enum Vcpu {
 pub enum EntryFailure {
     /// VMRUN's consistency checks (SVM gives no detail), or an exit code
     /// the stub never asked for.
-    Svm { code: u64 },
+    Svm {
+        code: u64,
+    },
     Vmx(vmx::EntryFailure),
 }
 
@@ -144,7 +146,10 @@ impl core::fmt::Display for EntryFailure {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Svm { code } if *code == u64::MAX || *code == 0xffff_ffff => {
-                write!(f, "VMRUN failed its consistency checks (exit code {code:#x})")
+                write!(
+                    f,
+                    "VMRUN failed its consistency checks (exit code {code:#x})"
+                )
             }
             Self::Svm { code } => write!(
                 f,

@@ -71,18 +71,8 @@ impl Intercepts {
     pub const fn for_mode(shadow: bool) -> Self {
         use misc1::*;
         use misc2::*;
-        let always1 = INTR
-            | NMI
-            | SMI
-            | INIT
-            | RDPMC
-            | CPUID
-            | INVD
-            | HLT
-            | INVLPGA
-            | IOIO
-            | MSR
-            | SHUTDOWN;
+        let always1 =
+            INTR | NMI | SMI | INIT | RDPMC | CPUID | INVD | HLT | INVLPGA | IOIO | MSR | SHUTDOWN;
         let always2 = VMRUN
             | VMMCALL
             | VMLOAD
@@ -143,7 +133,14 @@ mod tests {
     fn a_failed_vmrun_is_never_an_expected_exit() {
         for shadow in [false, true] {
             let i = Intercepts::for_mode(shadow);
-            for code in [u64::MAX, 0xffff_ffff, u64::MAX - 1, 0xffff_fffe, 0x401, 0x1234] {
+            for code in [
+                u64::MAX,
+                0xffff_ffff,
+                u64::MAX - 1,
+                0xffff_fffe,
+                0x401,
+                0x1234,
+            ] {
                 assert!(!i.expects(code), "{code:#x}");
             }
         }

@@ -121,7 +121,7 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     v.write64(MSRPM_BASE_PA, msrpm);
     v.write32(GUEST_ASID, 1);
     v.write8(TLB_CONTROL, 1); // flush this ASID on the first VMRUN
-    // nCR3 comes with the mmu-server's SET_NESTED_ROOT.
+                              // nCR3 comes with the mmu-server's SET_NESTED_ROOT.
     v.write64(NP_ENABLE, u64::from(!shadow));
 
     let (code, data, cr0) = match entry.mode {
@@ -184,7 +184,9 @@ pub fn task_switch_exits() -> Result<bool, OutOfMemory> {
     let page = memory::alloc_frame()?;
     let (gdt, tss_old, tss_new, hlt) = (page + 0x800, page + 0x900, page + 0xa00, page + 7);
     let tss_descriptor = |base: u64, busy: bool| {
-        0x67 | (base & 0xff_ffff) << 16 | (if busy { 0x8b } else { 0x89 }) << 40 | (base >> 24) << 56
+        0x67 | (base & 0xff_ffff) << 16
+            | (if busy { 0x8b } else { 0x89 }) << 40
+            | (base >> 24) << 56
     };
     let descriptors = [
         0,
@@ -194,7 +196,7 @@ pub fn task_switch_exits() -> Result<bool, OutOfMemory> {
         tss_descriptor(tss_new, false),
     ];
     let code = [0xea, 0, 0, 0, 0, 0x20, 0x00, 0xf4]; // ljmp 0x20:0; hlt
-    // 32-bit TSS fields (APM vol. 2, 12.2.5): EIP, EFLAGS, ESP, ES..GS.
+                                                     // 32-bit TSS fields (APM vol. 2, 12.2.5): EIP, EFLAGS, ESP, ES..GS.
     let tss_fields: [(u64, u32); 9] = [
         (0x20, hlt as u32),
         (0x24, 2),

@@ -417,7 +417,11 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
             PROC2_ENABLE_EPT | PROC2_UNRESTRICTED_GUEST,
             db_ac,
         ),
-        false => (PROC_CR3_LOAD_EXITING | PROC_CR3_STORE_EXITING, 0, db_ac | 1 << 14),
+        false => (
+            PROC_CR3_LOAD_EXITING | PROC_CR3_STORE_EXITING,
+            0,
+            db_ac | 1 << 14,
+        ),
     };
     v.controls = Controls {
         pin: caps
