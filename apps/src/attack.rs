@@ -23,9 +23,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ipc_proto::manifest::MmuMode;
@@ -425,36 +424,8 @@ fn cpu_of(m: MmuMode) -> &'static str {
 /// Builds the hostile servers for the bare target, in `target/image` as
 /// `images::build_target_crates` builds the real ones; returns (vmm, mmu).
 pub fn build_hostile_servers() -> Result<(PathBuf, PathBuf), String> {
-    let root = images::workspace_root();
-    let target_dir = images::image_dir();
-    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(&program)
-        .args(["build", "--release", "--target", images::TARGET])
-        .args(["-p", "attack-servers"])
-        .current_dir(&root)
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(io::stderr()))
-        .status()
-        .map_err(|e| format!("could not start cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "building the hostile servers failed ({status}): see cargo's messages above"
-        ));
-    }
-    let out = target_dir.join(images::TARGET).join("release");
-    let (vmm, mmu) = (out.join("hostile-vmm"), out.join("hostile-mmu"));
-    for p in [&vmm, &mmu] {
-        if !p.is_file() {
-            return Err(format!(
-                "cargo reported success but {} does not exist",
-                p.display()
-            ));
-        }
-    }
+    let [vmm, mmu] = images::build_for_target(&["attack-servers"], ["hostile-vmm", "hostile-mmu"])
+        .map_err(|e| format!("building the hostile servers failed: {e}"))?;
     Ok((vmm, mmu))
 }
 

@@ -203,12 +203,31 @@ pub struct TargetElfs {
 /// replace the target's rustflags from `.cargo/config.toml`. Cargo's
 /// progress goes to stderr; stdout stays clean.
 pub fn build_target_crates() -> Result<TargetElfs, BuildError> {
+    let [kernel_stub, vmm_server, mmu_server, uart_server] = build_for_target(
+        &["kernel-stub", "vmm-server", "mmu-server"],
+        ["kernel-stub", "vmm-server", "mmu-server", "uart-server"],
+    )?;
+    Ok(TargetElfs {
+        kernel_stub,
+        vmm_server,
+        mmu_server,
+        uart_server,
+    })
+}
+
+/// Builds `packages` for [`TARGET`] in release mode, as
+/// [`build_target_crates`] says, and returns the paths of the executables
+/// named `bins`, each checked to exist.
+pub fn build_for_target<const N: usize>(
+    packages: &[&str],
+    bins: [&str; N],
+) -> Result<[PathBuf; N], BuildError> {
     let root = workspace_root();
     let target_dir = image_dir();
     let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(&program)
         .args(["build", "--release", "--target", TARGET])
-        .args(["-p", "kernel-stub", "-p", "vmm-server", "-p", "mmu-server"])
+        .args(packages.iter().flat_map(|p| ["-p", p]))
         .current_dir(&root)
         .env("CARGO_TARGET_DIR", &target_dir)
         .env_remove("RUSTFLAGS")
@@ -225,23 +244,11 @@ pub fn build_target_crates() -> Result<TargetElfs, BuildError> {
         return Err(BuildError::CargoFailed(status.to_string()));
     }
     let out = target_dir.join(TARGET).join("release");
-    let elfs = TargetElfs {
-        kernel_stub: out.join("kernel-stub"),
-        vmm_server: out.join("vmm-server"),
-        mmu_server: out.join("mmu-server"),
-        uart_server: out.join("uart-server"),
-    };
-    for p in [
-        &elfs.kernel_stub,
-        &elfs.vmm_server,
-        &elfs.mmu_server,
-        &elfs.uart_server,
-    ] {
-        if !p.is_file() {
-            return Err(BuildError::OutputMissing(p.clone()));
-        }
+    let paths = bins.map(|b| out.join(b));
+    if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
+        return Err(BuildError::OutputMissing(missing.clone()));
     }
-    Ok(elfs)
+    Ok(paths)
 }
 
 /// What goes into a system image.
