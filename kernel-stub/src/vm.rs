@@ -543,10 +543,8 @@ impl Kernel {
             let (table, index, entry) = SHADOW_TABLES
                 .with(|t| t.check(&ins, ram))
                 .map_err(|e| refuse(i, e))?;
-            if Some(table) == self.pae_root
-                && !kernel_stub::install::pae_pdptes_ok(&[entry])
-                && index < 4
-            {
+            let pdpte = index < 4 && Some(table) == self.pae_root;
+            if pdpte && !kernel_stub::install::pae_pdptes_ok(&[entry]) {
                 return Err(refuse(i, ipc_proto::mmu::InstallError::ReservedPdpteBits));
             }
             // SAFETY: `table` is a live shadow frame of the stub and `index` < 512.

@@ -113,8 +113,8 @@ impl Intercepts {
     pub fn expects(&self, code: u64) -> bool {
         let bit = |word: u32, n: u64| n < 32 && word & (1 << n) != 0;
         match code {
-            0x00..=0x0f => bit(self.cr, code),
-            0x10..=0x1f => bit(self.cr, code), // writes: bits 16-31
+            // CR reads are codes 0-15, writes 16-31: the word's own bits.
+            0x00..=0x1f => bit(self.cr, code),
             0x40..=0x5f => bit(self.exceptions, code - svm_exit::EXCP_BASE),
             svm_exit::VINTR => true,
             0x60..=0x7f => bit(self.misc1, code - 0x60),
