@@ -8,6 +8,7 @@
 
 pub mod debug_exit;
 pub mod i8042;
+pub mod interrupt;
 pub mod pci;
 pub mod pic;
 pub mod pit;
