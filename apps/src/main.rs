@@ -163,6 +163,13 @@ struct GuestArgs {
     #[arg(long, value_name = "MODE", default_value = "npt",
           value_parser = clap::builder::PossibleValuesParser::new(["npt", "shadow", "baseline"]))]
     mmu: String,
+    /// The machine around the guest: isa (8259 pair, 8254, RTC, 16550,
+    /// i8042: the first KVM's PC) or pc (those, plus a local APIC with
+    /// x2APIC and TSC-deadline, an I/O APIC, ACPI tables with the PM timer
+    /// and S5 power off, and QEMU's fw_cfg).
+    #[arg(long, value_name = "BOARD", default_value = "isa",
+          value_parser = clap::builder::PossibleValuesParser::new(["isa", "pc"]))]
+    board: String,
     /// Leave the vmm-server out of the image: the stub then has no server for
     /// the first exit and reports `vm failed`.
     #[arg(long)]
@@ -238,6 +245,10 @@ impl GuestArgs {
                 "shadow" => ipc_proto::manifest::MmuMode::Shadow,
                 "baseline" => ipc_proto::manifest::MmuMode::ShadowBaseline,
                 _ => ipc_proto::manifest::MmuMode::Nested,
+            },
+            board: match self.board.as_str() {
+                "pc" => ipc_proto::manifest::Board::Pc,
+                _ => ipc_proto::manifest::Board::Isa,
             },
             uart_server: self.uart_server,
             modules: self.modules.clone(),

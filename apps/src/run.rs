@@ -408,13 +408,24 @@ impl Write for Capture {
     }
 }
 
-/// QEMU's arguments for the machine every boot uses: TCG with `cpu` and
-/// `memory_mib`, no default devices or display, no reboot, COM1 on stdio,
-/// the debug-exit port at 0xF4; the kernel to boot comes after.
+/// QEMU's instruction clock under TCG (`-icount`): the emulated machine's
+/// time -- its TSC, which the vmm-server's virtual clock follows, and the
+/// PIT the stub measures the TSC against -- advances by 4 ns (2^2) per
+/// instruction instead of with the host's time, so that what a guest sees
+/// of time does not depend on how busy the host is (`sleep=off`: an idle
+/// CPU jumps to its next timer rather than waiting for it).
+pub const QEMU_ICOUNT: &str = "shift=2,align=off,sleep=off";
+
+/// QEMU's arguments for the machine every boot uses: TCG with its
+/// instruction clock ([`QEMU_ICOUNT`]), `cpu` and `memory_mib`, no default
+/// devices or display, no reboot, COM1 on stdio, the debug-exit port at
+/// 0xF4; the kernel to boot comes after.
 pub fn qemu_machine_args(cpu: &str, memory_mib: u32) -> Vec<OsString> {
     [
         "-accel",
         "tcg",
+        "-icount",
+        QEMU_ICOUNT,
         "-cpu",
         cpu,
         "-m",
@@ -1308,7 +1319,8 @@ mod tests {
         let args: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
         assert_eq!(
             args.join(" "),
-            "-accel tcg -cpu EPYC,+svm,+npt -m 256 -nodefaults -display none -no-reboot \
+            "-accel tcg -icount shift=2,align=off,sleep=off -cpu EPYC,+svm,+npt -m 256 \
+             -nodefaults -display none -no-reboot \
              -monitor none -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=1 \
              -kernel /x/hello.img"
         );

@@ -25,7 +25,7 @@
 use core::fmt;
 
 use ipc_proto::manifest::{
-    Blob, Channel, EntryMode, Guest, GuestSegment, Manifest, MmuMode, PayloadHeader, Task,
+    Blob, Board, Channel, EntryMode, Guest, GuestSegment, Manifest, MmuMode, PayloadHeader, Task,
     TaskKind, MANIFEST_MAX, MAX_CHANNELS, MAX_GUEST_SEGMENTS, MAX_TASKS, PAYLOAD_MAGIC,
 };
 use ipc_proto::ABI_VERSION;
@@ -87,6 +87,8 @@ pub struct GuestInput<'a> {
     pub segments: &'a [(u64, Vec<u8>)],
     /// Nested or shadow paging.
     pub mmu: MmuMode,
+    /// The devices around the guest.
+    pub board: Board,
 }
 
 impl<'a> GuestInput<'a> {
@@ -101,6 +103,7 @@ impl<'a> GuestInput<'a> {
             entry_regs: [0; 3],
             segments: &[],
             mmu: MmuMode::Nested,
+            board: Board::Isa,
         }
     }
 }
@@ -484,6 +487,7 @@ fn layout(
                 entry_rsi: guest.entry_regs[2],
                 segments,
                 mmu: guest.mmu,
+                board: guest.board,
                 ..Guest::flat32(
                     guest.ram_mib,
                     blobs[tasks.len()],

@@ -16,6 +16,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod acpi;
 pub mod elf;
 pub mod guests;
 pub mod image;
@@ -29,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ipc_proto::manifest::{Channel, EntryMode, MmuMode, TaskKind};
+use ipc_proto::manifest::{Board, Channel, EntryMode, MmuMode, TaskKind};
 
 pub use guests::{GUESTS, GUEST_LOAD_GPA, GUEST_RAM_MIB};
 pub use image::{build_image, GuestInput, ImageError, TaskInput};
@@ -260,6 +261,8 @@ pub struct SystemSpec {
     pub with_vmm_server: bool,
     /// Nested or shadow paging.
     pub mmu: MmuMode,
+    /// The devices around the guest.
+    pub board: Board,
     /// The command line (multiboot and Linux kernels). A multiboot kernel
     /// given by path gets `<path> <cmdline>`, the kernel's path first, as
     /// QEMU's `-kernel` and GRUB pass it (see [`multiboot_cmdline`]); a
@@ -304,6 +307,7 @@ impl SystemSpec {
             guest: guest.to_string(),
             with_vmm_server: true,
             mmu: MmuMode::Nested,
+            board: Board::default(),
             cmdline: String::new(),
             ram_mib: GUEST_RAM_MIB,
             initrd: None,
@@ -329,6 +333,12 @@ impl SystemSpec {
         }
         if self.uart_server {
             name.push_str("-uart");
+        }
+        if self.board != Board::default() {
+            name.push_str(match self.board {
+                Board::Isa => "-isa",
+                Board::Pc => "-pc",
+            });
         }
         if let Some(h) = &self.hostile_servers {
             name.push_str("-attack-");
@@ -488,6 +498,7 @@ pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
         entry_regs: guest.entry_regs,
         segments: &guest.segments,
         mmu: spec.mmu,
+        board: spec.board,
         ..GuestInput::flat32(&guest.flat, guest.load_gpa, guest.entry, spec.ram_mib)
     };
     let image = build_image(&stub, &tasks, &channels, &input)?;

@@ -77,6 +77,9 @@ pub struct BootInfo {
     /// VMX when IA32_VMX_EPT_VPID_CAP says so), else 0. Appended in ABI
     /// version 4.
     pub nested_large_pages: u64,
+    /// The devices the vmm-server emulates: a `manifest::Board` as 0 (ISA)
+    /// or 1 (PC). Appended in ABI version 8.
+    pub board: u64,
 }
 
 #[cfg(test)]
@@ -86,7 +89,8 @@ mod tests {
 
     #[test]
     fn boot_info_layout_is_pinned() {
-        assert_eq!(size_of::<BootInfo>(), 64);
+        assert_eq!(size_of::<BootInfo>(), 72);
+        assert_eq!(offset_of!(BootInfo, board), 64);
         assert_eq!(offset_of!(BootInfo, nested_large_pages), 56);
         assert_eq!(offset_of!(BootInfo, uart_channel), 48);
         assert_eq!(offset_of!(BootInfo, mmu_mode), 40);

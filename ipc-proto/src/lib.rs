@@ -23,7 +23,7 @@ pub mod x86;
 
 /// Version of the stub ABI. The stub refuses a `Resume` from a server built
 /// against another version.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 pub use stats::Stats;
 pub use syscall::{ErrorCode, Syscall};

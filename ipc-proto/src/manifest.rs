@@ -103,6 +103,18 @@ impl MmuMode {
     }
 }
 
+/// The machine around the guest: which devices the vmm-server emulates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Board {
+    /// The ISA PC of the first KVM: 8259 pair, 8254, RTC, 16550, i8042.
+    #[default]
+    Isa,
+    /// The PC that today's guests expect: the ISA devices, plus a local
+    /// APIC, an I/O APIC, ACPI (tables in guest RAM, PM timer, S5 power
+    /// off) and QEMU's fw_cfg.
+    Pc,
+}
+
 /// More bytes to place in guest RAM before the first entry (for example a
 /// multiboot information structure).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +162,8 @@ pub struct Guest {
     pub segments: heapless::Vec<GuestSegment, MAX_GUEST_SEGMENTS>,
     /// Nested or shadow paging.
     pub mmu: MmuMode,
+    /// The devices around the guest.
+    pub board: Board,
 }
 
 impl Guest {
@@ -167,6 +181,7 @@ impl Guest {
             entry_rsi: 0,
             segments: heapless::Vec::new(),
             mmu: MmuMode::Nested,
+            board: Board::Isa,
         }
     }
 }

@@ -805,6 +805,7 @@ fn build(
             .map_or(0, |n| n as u64 + 1),
         // SVM's nested tables always have 2 MiB pages; EPT says so in an MSR.
         nested_large_pages: u64::from(arch == Arch::Svm || arch::vmx::ept_large_pages()),
+        board: g.board as u64,
     };
     // SAFETY: a fresh identity-mapped frame, larger than `info`.
     unsafe {

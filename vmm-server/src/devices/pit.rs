@@ -215,6 +215,16 @@ impl Counter {
         }
     }
 
+    /// When a running one-shot count (modes 0, 1, 4, 5) raises OUT; `None`
+    /// for periodic modes or while not counting.
+    fn one_shot_end(&self) -> Option<Nanos> {
+        let start = self.start.filter(|_| self.paused_at.is_none())?;
+        if matches!(self.mode, 2 | 3) {
+            return None;
+        }
+        self.edge_clock(1).map(|k| start.saturating_add(nanos(k)))
+    }
+
     fn status(&self, now: Nanos) -> u8 {
         u8::from(self.out_at(now)) << 7
             | u8::from(self.null_count) << 6
@@ -471,14 +481,19 @@ impl PortDevice for Pit<'_> {
     }
 
     /// Pulses IRQ 0 once if channel 0's output rose since the last poll
-    /// (counting the extra edges as lost), and returns the time of its next
-    /// rising edge.
+    /// (counting the extra edges as lost), and returns the next deadline:
+    /// channel 0's next rising edge, or channel 2's one-shot end if that
+    /// comes first.
     fn poll(&mut self) -> Option<Nanos> {
         let now = self.clock.now();
+        // Channel 2's one-shot end is a deadline too: a guest that polls
+        // OUT2 on port B (how Linux and the `timer` guest calibrate) must
+        // see it rise at the count's end, not up to one exit later.
+        let out2 = self.counters[2].one_shot_end().filter(|&t| t > now);
         let c = &mut self.counters[0];
         let (start, d) = match (c.start, c.paused_at) {
             (Some(s), None) => (s, clocks(now.saturating_sub(s))),
-            _ => return None,
+            _ => return out2,
         };
         let edges = c.edges_after(d);
         if edges > c.edges_seen {
@@ -488,8 +503,13 @@ impl PortDevice for Pit<'_> {
                 p.pulse();
             }
         }
-        c.edge_clock(c.edges_seen + 1)
-            .map(|k| start.saturating_add(nanos(k)))
+        let tick = c
+            .edge_clock(c.edges_seen + 1)
+            .map(|k| start.saturating_add(nanos(k)));
+        match (tick, out2) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -546,6 +566,26 @@ mod tests {
         p.poll();
         assert_eq!(b.irq.take_pulses(), 1);
         assert_eq!(p.lost_ticks(), 999);
+    }
+
+    #[test]
+    fn channel2_one_shot_end_is_a_deadline() {
+        let b = Board::new();
+        let mut p = Pit::new(&b.clock, None);
+        program(&mut p, 2, 0, 59659);
+        assert_eq!(p.poll(), None, "the gate is low: channel 2 waits");
+        p.write_register(PORT_B, port_b::GATE2);
+        let end = nanos(59659);
+        assert_eq!(p.poll(), Some(end), "OUT2 rises at the count's end");
+        b.clock.advance_to(end - 1);
+        assert_eq!(p.read_register(PORT_B) & port_b::OUT2, 0);
+        b.clock.advance_to(end);
+        assert_ne!(p.read_register(PORT_B) & port_b::OUT2, 0);
+        assert_eq!(p.poll(), None, "nothing more to wait for");
+        // With channel 0 ticking too, the earlier of the two.
+        program(&mut p, 0, 2, 1193);
+        program(&mut p, 2, 0, 100);
+        assert_eq!(p.poll(), Some(end + nanos(100)));
     }
 
     #[test]
