@@ -493,10 +493,19 @@ pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
             });
         }
     }
+    // The PC board's ACPI tables go where firmware puts them: the BIOS
+    // area at 0xE0000, which every memory map here reserves.
+    let mut segments = guest.segments.clone();
+    if spec.board == Board::Pc {
+        segments.push((
+            acpi::ACPI_TABLES_GPA,
+            acpi::build(&acpi::AcpiConfig::default()),
+        ));
+    }
     let input = GuestInput {
         entry_mode: guest.entry_mode,
         entry_regs: guest.entry_regs,
-        segments: &guest.segments,
+        segments: &segments,
         mmu: spec.mmu,
         board: spec.board,
         ..GuestInput::flat32(&guest.flat, guest.load_gpa, guest.entry, spec.ram_mib)
