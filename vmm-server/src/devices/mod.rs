@@ -6,9 +6,12 @@
 //! [`crate::board::VirtualClock`] and interrupts leave through an
 //! [`crate::board::IrqPin`].
 
+pub mod acpi_pm;
 pub mod debug_exit;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod interrupt;
+pub mod ioapic;
 pub mod pci;
 pub mod pic;
 pub mod pit;
