@@ -12,6 +12,7 @@ pub mod fw_cfg;
 pub mod i8042;
 pub mod interrupt;
 pub mod ioapic;
+pub mod lapic;
 pub mod pci;
 pub mod pic;
 pub mod pit;
