@@ -9,9 +9,11 @@
 //!   Leaf 0x40000001 (features) is zero: no paravirtual interfaces.
 //! - One logical processor, APIC ID 0, no HTT, zero cores in the topology
 //!   leaves.
-//! - No local APIC, x2APIC or TSC-deadline timer (there is none: interrupts
-//!   come from the 8259 pair), no machine-check architecture, no MONITOR/
-//!   MWAIT, no performance counters, no thermal or power leaves.
+//! - On the ISA board, no local APIC, x2APIC or TSC-deadline timer (there
+//!   is none: interrupts come from the 8259 pair); on the PC board all
+//!   three, with the x2APIC topology leaf ([`with_local_apic`]). No
+//!   machine-check architecture, no MONITOR/MWAIT, no performance
+//!   counters, no thermal or power leaves.
 //! - No XSAVE and so no AVX family: the stub does not switch XCR0 between
 //!   host and guest, so the guest must not change it.
 //! - No RDTSCP/RDPID (TSC_AUX is not switched), no PCID/INVPCID, no
@@ -143,6 +145,40 @@ fn extended(host: &dyn HostCpuid, leaf: u32) -> [u32; 4] {
         // Address sizes kept; no extra features, one core.
         0x8000_0008 => [a & 0x00ff_ffff, 0, 0, 0],
         _ => [0; 4],
+    }
+}
+
+/// CPUID.1:EDX bit 9: an on-chip local APIC.
+pub const LEAF1_EDX_APIC: u32 = 1 << 9;
+/// CPUID.1:ECX bit 21: x2APIC.
+pub const LEAF1_ECX_X2APIC: u32 = 1 << 21;
+/// CPUID.1:ECX bit 24: the local APIC timer's TSC-deadline mode.
+pub const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// CPUID.80000001h:EDX bit 9: the local APIC (AMD's copy of the bit).
+pub const EXT1_EDX_APIC: u32 = 1 << 9;
+
+/// The leaves as the PC board changes them: its local APIC (xAPIC,
+/// x2APIC and TSC-deadline, APIC ID 0) in leaves 1 and 0x80000001, and
+/// the x2APIC topology leaf 0xB: one thread of one core, x2APIC ID 0
+/// (SDM vol. 2A, CPUID leaf 0BH).
+pub fn with_local_apic(leaf: u32, subleaf: u32, r: [u32; 4]) -> [u32; 4] {
+    let [a, b, c, d] = r;
+    match leaf {
+        1 => [
+            a,
+            b & 0x00ff_ffff,
+            c | LEAF1_ECX_X2APIC | LEAF1_ECX_TSC_DEADLINE,
+            d | LEAF1_EDX_APIC,
+        ],
+        0xb => match subleaf {
+            // Level 0: SMT, one logical processor; level 1: core, one.
+            0 => [0, 1, 1 << 8, 0],
+            1 => [0, 1, 2 << 8 | 1, 0],
+            // Past the last level: type 0 (invalid), ECX[7:0] echoes.
+            s => [0, 0, s & 0xff, 0],
+        },
+        0x8000_0001 => [a, b, c, d | EXT1_EDX_APIC],
+        _ => r,
     }
 }
 

@@ -58,6 +58,7 @@ pub mod devices;
 pub mod emulate;
 pub mod exit;
 pub mod history;
+pub mod irqchip;
 pub mod mmio;
 pub mod msr;
 pub mod router;

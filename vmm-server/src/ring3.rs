@@ -13,8 +13,12 @@ use ipc_proto::layout::{BootInfo, BOOT_INFO_PAGE, CHANNEL_PAGE_BASE, PAGE_SIZE};
 use ipc_proto::{ErrorCode, ExitRecord, Resume, Stats, Syscall, ABI_VERSION};
 use vmm_server::board::Board;
 use vmm_server::cpuid::HostCpuid;
+use vmm_server::devices::acpi_pm::{self, AcpiPm, ResetControl};
 use vmm_server::devices::debug_exit::{self, DebugExit};
+use vmm_server::devices::fw_cfg::{self, FwCfg};
 use vmm_server::devices::i8042::{self, I8042};
+use vmm_server::devices::ioapic::IoApic;
+use vmm_server::devices::lapic::LocalApic;
 use vmm_server::devices::pit::{self, Pit};
 use vmm_server::devices::port92::{self, SystemControlA};
 use vmm_server::devices::post::{self, PostCode};
@@ -22,6 +26,7 @@ use vmm_server::devices::remote::{PortChannel, RemotePort};
 use vmm_server::devices::rtc::{self, Rtc};
 use vmm_server::devices::uart16550::{self, Uart16550};
 use vmm_server::emulate::{GuestMemory, NotRam};
+use vmm_server::irqchip::IrqChip;
 use vmm_server::mmio::{MmioRouter, ScratchRegisters};
 use vmm_server::{Ending, Host, HostConsole, HostWrite, PortDevice, Router, Stub, Vmm};
 
@@ -159,6 +164,20 @@ impl Host for NativeHost {
 
     fn ticks_per_second(&self) -> u64 {
         self.tsc_hz
+    }
+
+    /// Spins until the TSC reaches `t`, a millisecond at a time at most
+    /// (the caller polls the devices and waits again).
+    fn wait_until(&mut self, t: u64) {
+        let most = if self.tsc_hz == 0 {
+            1_000_000
+        } else {
+            self.tsc_hz / 1000
+        };
+        let start = rdtsc();
+        while rdtsc() < t && rdtsc().wrapping_sub(start) < most {
+            core::hint::spin_loop();
+        }
     }
 
     /// Spins for a millisecond: input may arrive at any time (the
@@ -318,6 +337,12 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
     let mut control_a = SystemControlA::new();
     let mut debug_exit = DebugExit::new();
     let mut pci_host = vmm_server::devices::pci::PciHost::new();
+    // The PC board's ACPI hardware and firmware interface (BootInfo::board
+    // 1): registered only there, so the ISA board's ports stay empty.
+    let pc_board = boot.board == ipc_proto::manifest::Board::Pc as u64;
+    let mut acpi = AcpiPm::new(&board.clock, Some(board.irq.pin(acpi_pm::SCI_IRQ)));
+    let mut reset_control = ResetControl::new();
+    let mut firmware_config = FwCfg::new(boot.guest_ram_bytes, 1);
     let mut router = Router::new();
     let registered = router
         .register(uart16550::COM1_BASE, uart16550::LEN, uart)
@@ -328,8 +353,28 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
         .and_then(|()| router.register(port92::PORT, port92::LEN, &mut control_a))
         .and_then(|()| router.register(debug_exit::PORT, debug_exit::LEN, &mut debug_exit))
         .and_then(|()| {
-            let pci = vmm_server::devices::pci::BASE;
-            router.register(pci, vmm_server::devices::pci::LEN, &mut pci_host)
+            use vmm_server::devices::pci::{BASE, LEN};
+            // On the PC board the byte at 0xCF9 is the reset control
+            // register (as on the PIIX); 32-bit CONFIG_ADDRESS at 0xCF8
+            // still reaches the PCI host.
+            let around_reset = [(BASE, 1), (BASE + 2, LEN - 2)];
+            let ranges: &[(u16, u16)] = if pc_board {
+                &around_reset
+            } else {
+                &[(BASE, LEN)]
+            };
+            router.register_ranges(ranges, &mut pci_host)
+        })
+        .and_then(|()| {
+            if !pc_board {
+                return Ok(());
+            }
+            router
+                .register(acpi_pm::PM_BASE, acpi_pm::LEN, &mut acpi)
+                .and_then(|()| {
+                    router.register(acpi_pm::RESET_PORT, acpi_pm::RESET_LEN, &mut reset_control)
+                })
+                .and_then(|()| router.register(fw_cfg::BASE, fw_cfg::LEN, &mut firmware_config))
         });
     if let Err(e) = registered {
         console.borrow_mut().server_line(format_args!("{e}"));
@@ -348,8 +393,14 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
         shadow_paging: boot.mmu_mode != 0,
         ..Default::default()
     };
+    let irqchip = if pc_board {
+        IrqChip::pc(LocalApic::new(&board.clock), IoApic::new())
+    } else {
+        IrqChip::isa()
+    };
     let mut vmm = Vmm::new(router, &board, &mut ram, &mut host)
         .with_mmio(mmio)
+        .with_irqchip(irqchip)
         .with_config(config);
 
     let mut stub = NativeStub { hooks, last: None };

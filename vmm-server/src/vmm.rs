@@ -18,13 +18,14 @@ use ipc_proto::{
 
 use crate::board::{Board, Nanos, SECOND};
 use crate::cpuid::{guest_cpuid, HostCpuid};
-use crate::devices::pic::{self, DualPic};
+use crate::devices::pic;
 use crate::devices::WriteOutcome;
 use crate::emulate::{
     EmuError, Emulator, Expect, Fault, GuestMemory, IoBus, PageWalker, MAX_ITERATIONS,
 };
 use crate::exit::{exception_mnemonic, exit_name, Exit, IoAccess, IoDirection, IoSize, RFLAGS_IF};
 use crate::history::{Answer, History};
+use crate::irqchip::IrqChip;
 use crate::mmio::MmioRouter;
 use crate::msr::{msr_name, MsrContext, MsrError, MsrState};
 use crate::router::{Router, UnknownPortCounts};
@@ -46,6 +47,10 @@ pub trait Host: HostCpuid {
     fn wait_for_input(&mut self) -> bool {
         false
     }
+
+    /// Waits until [`Host::now`] reaches `t` (a halted guest waiting for
+    /// its TSC deadline). The default returns at once.
+    fn wait_until(&mut self, _t: u64) {}
 }
 
 /// A host with a clock that stands still, no CPU features and no input:
@@ -334,10 +339,11 @@ fn pic_offset(port: u16) -> Option<u16> {
         .then(|| port - pic::BASE)
 }
 
-/// Ports and MMIO as the emulator and the port-I/O path see them: the PIC
-/// (the handler's own), then the port router; the MMIO router.
+/// Ports and MMIO as the emulator and the port-I/O path see them: the
+/// interrupt controllers (the handler's own: the PIC's ports, the APICs'
+/// pages), then the port and MMIO routers.
 struct Bus<'a, 'd> {
-    pic: &'a mut DualPic,
+    irq: &'a mut IrqChip<'d>,
     router: &'a mut Router<'d>,
     mmio: &'a mut MmioRouter<'d>,
 }
@@ -345,24 +351,37 @@ struct Bus<'a, 'd> {
 impl IoBus for Bus<'_, '_> {
     fn port_read(&mut self, port: u16, size: IoSize) -> u32 {
         match pic_offset(port) {
-            Some(o) => crate::devices::PortDevice::read(self.pic, o, size) & size.mask(),
+            Some(o) => {
+                crate::devices::PortDevice::read(self.irq.pic_mut(), o, size) & size.mask()
+            }
             None => self.router.read(port, size),
         }
     }
 
     fn port_write(&mut self, port: u16, size: IoSize, value: u32) -> WriteOutcome {
         match pic_offset(port) {
-            Some(o) => crate::devices::PortDevice::write(self.pic, o, size, value & size.mask()),
+            Some(o) => crate::devices::PortDevice::write(
+                self.irq.pic_mut(),
+                o,
+                size,
+                value & size.mask(),
+            ),
             None => self.router.write(port, size, value),
         }
     }
 
     fn mmio_read(&mut self, gpa: u64, size: u8) -> u64 {
-        self.mmio.read(gpa, size)
+        match self.irq.mmio(gpa) {
+            Some((d, offset)) => d.read(offset, size) & crate::emulate::alu::mask(size),
+            None => self.mmio.read(gpa, size),
+        }
     }
 
     fn mmio_write(&mut self, gpa: u64, size: u8, value: u64) -> WriteOutcome {
-        self.mmio.write(gpa, size, value)
+        match self.irq.mmio(gpa) {
+            Some((d, offset)) => d.write(offset, size, value & crate::emulate::alu::mask(size)),
+            None => self.mmio.write(gpa, size, value),
+        }
     }
 }
 
@@ -419,7 +438,7 @@ pub struct Vmm<'d> {
     mem: &'d mut dyn GuestMemory,
     host: &'d mut dyn Host,
     walker: PageWalker,
-    pic: DualPic,
+    irq: IrqChip<'d>,
     msrs: MsrState,
     config: VmmConfig,
     history: History,
@@ -428,7 +447,6 @@ pub struct Vmm<'d> {
     next_deadline: Option<Nanos>,
     /// The exit deadline the stub has (host ticks, 0: none).
     told_deadline: u64,
-    irq_levels: u16,
     fault_streak: (u64, u8, u32),
     idle_halts: u64,
     /// This exit's emulated REP string instruction did an iteration but
@@ -452,7 +470,7 @@ impl<'d> Vmm<'d> {
             mem,
             host,
             walker: PageWalker,
-            pic: DualPic::new(),
+            irq: IrqChip::isa(),
             msrs: MsrState::new(),
             config: VmmConfig::default(),
             history: History::new(),
@@ -460,7 +478,6 @@ impl<'d> Vmm<'d> {
             last_host: None,
             next_deadline: None,
             told_deadline: 0,
-            irq_levels: 0,
             fault_streak: (0, 0, 0),
             idle_halts: 0,
             partial_step: false,
@@ -470,6 +487,13 @@ impl<'d> Vmm<'d> {
     /// The same handler with MMIO devices.
     pub fn with_mmio(mut self, mmio: MmioRouter<'d>) -> Self {
         self.mmio = mmio;
+        self
+    }
+
+    /// The same handler with other interrupt controllers (the PC board's
+    /// APICs; the default is the ISA board's 8259 pair).
+    pub fn with_irqchip(mut self, irq: IrqChip<'d>) -> Self {
+        self.irq = irq;
         self
     }
 
@@ -489,9 +513,9 @@ impl<'d> Vmm<'d> {
         &mut self.router
     }
 
-    /// The PIC pair.
-    pub fn pic(&self) -> &DualPic {
-        &self.pic
+    /// The interrupt controllers.
+    pub fn irqchip(&self) -> &IrqChip<'d> {
+        &self.irq
     }
 
     /// The last exits, for reports.
@@ -552,30 +576,18 @@ impl<'d> Vmm<'d> {
         self.finish(rec, exit, &cpu, completed, fault)
     }
 
-    /// Lets the devices catch up with the virtual clock, notes the next
-    /// deadline and feeds their interrupt lines into the PIC.
+    /// Lets the devices and the local APIC's timer catch up with the
+    /// virtual clock, notes the next deadline and feeds the interrupt
+    /// lines into the interrupt controllers.
     fn poll_devices(&mut self) {
-        self.next_deadline = self.router.poll();
-        let levels = self.board.irq.levels();
-        let changed = levels ^ self.irq_levels;
-        let pulses = self.board.irq.take_pulses();
-        for irq in 0..16u8 {
-            let bit = 1u16 << irq;
-            if changed & bit != 0 {
-                self.pic.set_irq(irq, levels & bit != 0);
-            }
-            if pulses & bit != 0 {
-                if levels & bit == 0 {
-                    self.pic.pulse_irq(irq);
-                } else if changed & bit == 0 {
-                    // Low and high again between two polls: the PIC must
-                    // see that rising edge too.
-                    self.pic.set_irq(irq, false);
-                    self.pic.set_irq(irq, true);
-                }
-            }
-        }
-        self.irq_levels = levels;
+        let devices = self.router.poll();
+        self.irq.sample(&self.board.irq);
+        let tsc = self.host.now();
+        let apic = self.irq.poll(tsc);
+        self.next_deadline = match (devices, apic) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 
     /// Moves the virtual clock by the host time since the last exit, but
@@ -609,22 +621,39 @@ impl<'d> Vmm<'d> {
     /// deadline or a host clock rate.
     fn exit_deadline(&mut self) -> Option<u64> {
         let deadline = self.next_deadline?;
-        let last = self.last_host?;
-        let hz = self.host.ticks_per_second();
-        if hz == 0 {
-            return None;
-        }
-        let ahead = deadline.saturating_sub(self.board.clock.now());
+        self.last_host?;
+        (self.host.ticks_per_second() != 0).then(|| self.virtual_to_tsc(deadline))
+    }
+
+    /// The host time ([`Host::now`] ticks) as far ahead of the last exit
+    /// as virtual time `t` is ahead of the clock (1 GHz when the host's
+    /// rate is unknown).
+    fn virtual_to_tsc(&self, t: Nanos) -> u64 {
+        let hz = match self.host.ticks_per_second() {
+            0 => SECOND,
+            hz => hz,
+        };
+        let ahead = t.saturating_sub(self.board.clock.now());
         let ticks = u128::from(ahead) * u128::from(hz) / u128::from(SECOND);
-        Some(
-            last.saturating_add(ticks.min(u128::from(u64::MAX)) as u64)
-                .max(1),
-        )
+        self.last_host
+            .unwrap_or(0)
+            .saturating_add(ticks.min(u128::from(u64::MAX)) as u64)
+            .max(1)
+    }
+
+    /// The stub's exit deadline: the devices' next deadline, or the local
+    /// APIC's TSC deadline (already in host ticks) if that comes first.
+    fn stub_deadline(&mut self) -> Option<u64> {
+        let devices = self.exit_deadline();
+        match (devices, self.irq.tsc_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b.max(1))),
+            (a, b) => a.or(b.map(|t| t.max(1))),
+        }
     }
 
     fn bus(&mut self) -> Bus<'_, 'd> {
         Bus {
-            pic: &mut self.pic,
+            irq: &mut self.irq,
             router: &mut self.router,
             mmio: &mut self.mmio,
         }
@@ -663,6 +692,9 @@ impl<'d> Vmm<'d> {
                 let mut r = guest_cpuid(&*self.host, leaf, subleaf);
                 if self.config.shadow_paging && leaf == 7 && subleaf == 0 {
                     r[1] &= !crate::cpuid::SHADOW_HIDDEN_LEAF7_EBX;
+                }
+                if self.irq.apics().is_some() {
+                    r = crate::cpuid::with_local_apic(leaf, subleaf, r);
                 }
                 cpu.regs.rax = u64::from(r[0]);
                 cpu.regs.rbx = u64::from(r[1]);
@@ -727,7 +759,7 @@ impl<'d> Vmm<'d> {
         }
         let mask = cpu.ip_mask();
         let mut bus = Bus {
-            pic: &mut self.pic,
+            irq: &mut self.irq,
             router: &mut self.router,
             mmio: &mut self.mmio,
         };
@@ -765,7 +797,7 @@ impl<'d> Vmm<'d> {
         let n = usize::from(rec.insn_len).min(rec.insn_bytes.len());
         let hint = (n > 0).then_some(&rec.insn_bytes[..n]);
         let mut bus = Bus {
-            pic: &mut self.pic,
+            irq: &mut self.irq,
             router: &mut self.router,
             mmio: &mut self.mmio,
         };
@@ -808,7 +840,18 @@ impl<'d> Vmm<'d> {
             efer: rec.efer,
             tsc: self.host.now(),
         };
-        let r = if write {
+        let r = if self.irq.owns_msr(index) {
+            let r = if write {
+                let v = (cpu.regs.rdx << 32) | (cpu.regs.rax & 0xffff_ffff);
+                self.irq.write_msr(index, v, ctx.tsc)
+            } else {
+                self.irq.read_msr(index).map(|v| {
+                    cpu.regs.rax = v & 0xffff_ffff;
+                    cpu.regs.rdx = v >> 32;
+                })
+            };
+            r.map_err(|_| MsrError::Gp)
+        } else if write {
             let v = (cpu.regs.rdx << 32) | (cpu.regs.rax & 0xffff_ffff);
             self.msrs.write(index, v, &ctx)
         } else {
@@ -835,17 +878,23 @@ impl<'d> Vmm<'d> {
             return Step::Fail(FailKind::NoNextRip);
         };
         for _ in 0..self.config.max_warps_per_exit.max(1) {
-            if self.pic.interrupt_pending() {
+            if self.irq.interrupt_pending() {
                 cpu.regs.rip = next;
                 return RESUME;
             }
-            match self.next_deadline {
-                Some(d) => {
+            match (self.next_deadline, self.irq.tsc_deadline()) {
+                // The TSC deadline comes before any virtual one: it is the
+                // host's TSC, which a warp of the virtual clock does not
+                // move, so wait for it.
+                (d, Some(tsc)) if d.is_none_or(|d| self.virtual_to_tsc(d) > tsc) => {
+                    self.host.wait_until(tsc);
+                }
+                (Some(d), _) => {
                     self.board.clock.advance_to(d);
                     self.stats.warps += 1;
                 }
-                None if self.host.wait_for_input() => {}
-                None => return Step::Fail(FailKind::HaltedWithInterruptsEnabled),
+                (None, _) if self.host.wait_for_input() => {}
+                (None, _) => return Step::Fail(FailKind::HaltedWithInterruptsEnabled),
             }
             self.poll_devices();
         }
@@ -952,14 +1001,24 @@ impl<'d> Vmm<'d> {
             flags |= ResumeFlags::INJECT_EVENT;
             self.stats.exceptions += 1;
         }
-        if self.pic.interrupt_pending() {
-            let shadow = rec.interrupt_shadow != 0 && !completed;
+        let shadow = rec.interrupt_shadow != 0 && !completed;
+        if !flags.contains(ResumeFlags::INJECT_EVENT) && !shadow && self.irq.take_nmi() {
+            r.event = EventInjection {
+                vector: 2,
+                kind: EventKind::Nmi as u8,
+                has_error_code: 0,
+                reserved: 0,
+                error_code: 0,
+            };
+            flags |= ResumeFlags::INJECT_EVENT;
+        }
+        if self.irq.interrupt_pending() {
             if !flags.contains(ResumeFlags::INJECT_EVENT)
                 && cpu.regs.rflags & RFLAGS_IF != 0
                 && !shadow
             {
                 r.event = EventInjection {
-                    vector: self.pic.acknowledge(),
+                    vector: self.irq.acknowledge().0,
                     kind: EventKind::ExternalInterrupt as u8,
                     has_error_code: 0,
                     reserved: 0,
@@ -975,7 +1034,7 @@ impl<'d> Vmm<'d> {
         }
         // The stub's timer ends a run without exits at the next deadline;
         // tell it when that moves.
-        let deadline = self.exit_deadline().unwrap_or(0);
+        let deadline = self.stub_deadline().unwrap_or(0);
         if deadline != self.told_deadline {
             r.exit_deadline = deadline;
             flags |= ResumeFlags::SET_EXIT_DEADLINE;
