@@ -207,7 +207,7 @@ fn boot(
         failure: None,
     };
     let args: Vec<OsString> = if way == Way::PlainQemu {
-        let mut args = qemu_machine_args(way.cpu(), ram_mib);
+        let mut args = qemu_machine_args(way.cpu(), ram_mib, splitvisor::run::Accel::Tcg);
         args.extend(["-append".into(), cmdline.into()]);
         args.extend(["-kernel".into(), guest.kernel.clone().into_os_string()]);
         args.extend(["-initrd".into(), guest.initrd.clone().into_os_string()]);

@@ -4,6 +4,7 @@
 //! testable without a terminal. `src/main.rs` only parses arguments.
 #![deny(missing_docs)]
 
+pub mod accel;
 pub mod attack;
 pub mod bochs;
 pub mod debian_guests;

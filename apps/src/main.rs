@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use splitvisor::accel::{self, AccelChoice, AccelError};
 use splitvisor::{loc, run, Arch, EmulatorKind, RunOptions, DEFAULT_EMULATOR, EXIT_CODES_HELP};
 
 /// A hypervisor built like a microkernel: a small ring-0 stub enters the
@@ -28,8 +29,9 @@ enum Command {
     /// in target/image), assembles the guest (gcc, ld) and writes
     /// target/image/GUEST.img (GUEST-no-vmm.img with --no-vmm-server).
     Build(BuildArgs),
-    /// Build the image and boot it in QEMU (TCG, emulated SVM), or its GRUB
-    /// ISO in Bochs (emulated VMX or SVM) with --emulator bochs.
+    /// Build the image and boot it in QEMU (TCG, emulated SVM; or KVM with
+    /// the host's SVM or VMX, --accel kvm), or its GRUB ISO in Bochs
+    /// (emulated VMX or SVM) with --emulator bochs.
     ///
     /// The serial console (stub, vmm-server and guest output) goes to stdout
     /// as it arrives; build progress and the verdict go to stderr. Keys go
@@ -267,8 +269,8 @@ struct BuildArgs {
 struct RunArgs {
     #[command(flatten)]
     guest: GuestArgs,
-    /// The CPU model: QEMU's -cpu (default EPYC,+svm,+npt; drop +npt to run
-    /// without nested paging), or Bochs's `cpu: model=` (default
+    /// The CPU model: QEMU's -cpu (default EPYC,+svm,+npt under TCG, host
+    /// under --accel kvm; drop +npt to run without nested paging), or Bochs's `cpu: model=` (default
     /// corei7_skylake_x for VMX, ryzen for SVM; `bochs -help cpu` lists them).
     #[arg(long, value_name = "MODEL")]
     cpu: Option<String>,
@@ -287,6 +289,28 @@ struct RunArgs {
     /// with `bochs` boots a GRUB ISO in Bochs, anything else is QEMU.
     #[arg(long, value_name = "PROGRAM", default_value = DEFAULT_EMULATOR)]
     emulator: String,
+    /// QEMU's accelerator: tcg (the default: QEMU emulates the CPU, SVM
+    /// included, with its instruction clock -icount, so the guest's time
+    /// does not follow a loaded host), kvm (-accel kvm -cpu host unless
+    /// --cpu is given, no -icount: the stub uses the host's own SVM or VMX
+    /// through the host KVM's nested virtualization) or auto (kvm when it
+    /// can work here, else tcg, with one line on stderr saying which and
+    /// why).
+    ///
+    /// KVM needs /dev/kvm to open read-write (else add the user to group
+    /// kvm) and nested virtualization on: /sys/module/kvm_amd/parameters/nested
+    /// or /sys/module/kvm_intel/parameters/nested reading 1 or Y (else
+    /// `modprobe -r kvm_amd; modprobe kvm_amd nested=1`, or kvm_intel). A
+    /// /dev/kvm without kvm_amd or kvm_intel (a paravirtual one, such as
+    /// kvm_pvm's, where QEMU's -cpu host fails) does not count. --accel kvm
+    /// where that is missing stops before QEMU starts (status 103) and says
+    /// what is missing. tcg stays the default so that a run means the same
+    /// on every host; auto is opt-in. Bochs has no KVM acceleration: with
+    /// --emulator bochs only tcg and auto (both Bochs's own emulation) are
+    /// accepted.
+    #[arg(long, value_name = "ACCEL", default_value = "tcg",
+          value_parser = clap::builder::PossibleValuesParser::new(AccelChoice::NAMES))]
+    accel: String,
     /// Kill the emulator after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -311,7 +335,25 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Build(a) => build(&a),
         Command::Run(a) => {
-            let bochs = EmulatorKind::of(&a.emulator) == EmulatorKind::Bochs;
+            let kind = EmulatorKind::of(&a.emulator);
+            let choice = AccelChoice::from_name(&a.accel).unwrap_or(AccelChoice::Tcg);
+            let accel = match accel::resolve(choice, kind, &accel::RootFs::host()) {
+                Ok(r) => {
+                    if let Some(line) = r.message {
+                        eprintln!("{line}");
+                    }
+                    r.accel
+                }
+                Err(e) => {
+                    eprintln!("splitvisor: {e}");
+                    let code = match e {
+                        AccelError::Bochs => 2,
+                        AccelError::Kvm(_) => splitvisor::EXIT_EMULATOR,
+                    };
+                    return ExitCode::from(code as u8);
+                }
+            };
+            let bochs = kind == EmulatorKind::Bochs;
             let system = match a.guest.spec(bochs.then_some(splitvisor::bochs::TSC_KHZ)) {
                 Ok(s) => s,
                 Err(e) => {
@@ -323,18 +365,19 @@ fn main() -> ExitCode {
                 .memory
                 .unwrap_or_else(|| splitvisor::run::default_memory_mib(system.ram_mib));
             let arch = a.arch.as_deref().and_then(Arch::from_name);
-            let cpu = a
-                .cpu
-                .unwrap_or_else(|| EmulatorKind::of(&a.emulator).default_cpu(arch).to_string());
-            run::run(&RunOptions {
-                system,
-                cpu,
-                arch,
-                emulator: a.emulator,
-                timeout: Duration::from_secs(a.timeout),
-                memory_mib,
-                unsafe_shadow: a.unsafe_shadow,
-            })
+            let cpu = a.cpu.unwrap_or_else(|| accel.default_cpu(kind, arch));
+            run::run_accel(
+                &RunOptions {
+                    system,
+                    cpu,
+                    arch,
+                    emulator: a.emulator,
+                    timeout: Duration::from_secs(a.timeout),
+                    memory_mib,
+                    unsafe_shadow: a.unsafe_shadow,
+                },
+                accel,
+            )
         }
         Command::Loc(a) => count_loc(&a),
         Command::Bench(a) => bench::bench(&a),
@@ -444,6 +487,23 @@ mod guest_args_tests {
                 .as_deref(),
             Some("-v")
         );
+    }
+
+    #[test]
+    fn accel_is_a_run_option_defaulting_to_tcg() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["splitvisor"][..], args].concat());
+        let accel = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Run(r) => r.accel,
+            _ => unreachable!(),
+        };
+        assert_eq!(accel(&["run", "--guest", "hello"]), "tcg");
+        assert_eq!(accel(&["run", "--guest", "hello", "--accel", "kvm"]), "kvm");
+        assert_eq!(
+            accel(&["run", "--guest", "hello", "--accel", "auto"]),
+            "auto"
+        );
+        assert!(parse(&["run", "--guest", "hello", "--accel", "hvf"]).is_err());
+        assert!(parse(&["build", "--guest", "hello", "--accel", "kvm"]).is_err());
     }
 
     #[test]

@@ -27,6 +27,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+pub use crate::accel::Accel;
+
 /// Exit status when the stub reports `vm failed`.
 pub const EXIT_VM_FAILED: i32 = 101;
 /// Exit status when the stub reports `cannot run`.
@@ -380,9 +382,16 @@ pub fn default_memory_mib(ram_mib: u32) -> u32 {
     (ram_mib * 4).max(256)
 }
 
-/// The emulator's arguments to boot `image`.
+/// The emulator's arguments to boot `image` under TCG.
 pub fn qemu_args(opts: &RunOptions, image: &Path) -> Vec<OsString> {
-    let mut args = qemu_machine_args(&opts.cpu, opts.memory_mib);
+    qemu_args_accel(opts, image, Accel::Tcg)
+}
+
+/// The emulator's arguments to boot `image` with `accel` (`--accel`; see
+/// [`crate::accel`]). `opts.cpu` is used as given: `host` under KVM is the
+/// caller's choice ([`Accel::default_cpu`]).
+pub fn qemu_args_accel(opts: &RunOptions, image: &Path, accel: Accel) -> Vec<OsString> {
+    let mut args = qemu_machine_args(&opts.cpu, opts.memory_mib, accel);
     args.push("-kernel".into());
     args.push(image.as_os_str().to_owned());
     let cmdline = Arch::stub_cmdline(opts.arch, opts.unsafe_shadow);
@@ -416,16 +425,14 @@ impl Write for Capture {
 /// CPU jumps to its next timer rather than waiting for it).
 pub const QEMU_ICOUNT: &str = "shift=2,align=off,sleep=off";
 
-/// QEMU's arguments for the machine every boot uses: TCG with its
-/// instruction clock ([`QEMU_ICOUNT`]), `cpu` and `memory_mib`, no default
-/// devices or display, no reboot, COM1 on stdio, the debug-exit port at
-/// 0xF4; the kernel to boot comes after.
-pub fn qemu_machine_args(cpu: &str, memory_mib: u32) -> Vec<OsString> {
-    [
-        "-accel",
-        "tcg",
-        "-icount",
-        QEMU_ICOUNT,
+/// QEMU's arguments for the machine every boot uses: `accel` (TCG with
+/// its instruction clock, [`QEMU_ICOUNT`], or KVM without it:
+/// [`Accel::qemu_args`]), `cpu` and `memory_mib`, no default devices or
+/// display, no reboot, COM1 on stdio, the debug-exit port at 0xF4; the
+/// kernel to boot comes after.
+pub fn qemu_machine_args(cpu: &str, memory_mib: u32, accel: Accel) -> Vec<OsString> {
+    let mut args: Vec<OsString> = accel.qemu_args().into_iter().map(OsString::from).collect();
+    let machine = [
         "-cpu",
         cpu,
         "-m",
@@ -440,10 +447,9 @@ pub fn qemu_machine_args(cpu: &str, memory_mib: u32) -> Vec<OsString> {
         "stdio",
         "-device",
         "isa-debug-exit,iobase=0xf4,iosize=1",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect()
+    ];
+    args.extend(machine.iter().map(OsString::from));
+    args
 }
 
 /// Finds a program the way a shell does: a name with a `/` is a path,
@@ -1088,8 +1094,14 @@ impl Drop for RawTerminal {
 
 /// `splitvisor run`: checks the emulator, builds the image, boots it and
 /// returns the exit status. Progress and verdicts go to stderr, the
-/// emulator's serial output to stdout.
+/// emulator's serial output to stdout. QEMU runs under TCG.
 pub fn run(opts: &RunOptions) -> i32 {
+    run_accel(opts, Accel::Tcg)
+}
+
+/// [`run`] with QEMU's accelerator `accel`, already resolved from
+/// `--accel` by [`crate::accel::resolve`] (Bochs ignores it).
+pub fn run_accel(opts: &RunOptions, accel: Accel) -> i32 {
     let Some(emulator) = find_program(&opts.emulator) else {
         eprintln!("splitvisor: {}", emulator_missing_message(&opts.emulator));
         return EXIT_EMULATOR;
@@ -1105,12 +1117,13 @@ pub fn run(opts: &RunOptions) -> i32 {
         }
     };
     eprintln!(
-        "splitvisor: booting {} in {} -cpu {}",
+        "splitvisor: booting {} in {} -accel {} -cpu {}",
         image.display(),
         opts.emulator,
+        accel.name(),
         opts.cpu
     );
-    let args = qemu_args(opts, &image);
+    let args = qemu_args_accel(opts, &image, accel);
     let program = emulator.to_string_lossy().into_owned();
     let mut cmd = Command::new(&program);
     cmd.args(&args);
@@ -1324,6 +1337,23 @@ mod tests {
              -monitor none -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=1 \
              -kernel /x/hello.img"
         );
+    }
+
+    #[test]
+    fn qemu_under_kvm_has_no_instruction_clock() {
+        let mut o = opts();
+        o.cpu = "host".into();
+        let args = qemu_args_accel(&o, Path::new("/x/hello.img"), Accel::Kvm);
+        let args: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(
+            args.join(" "),
+            "-accel kvm -cpu host -m 256 -nodefaults -display none -no-reboot \
+             -monitor none -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=1 \
+             -kernel /x/hello.img"
+        );
+        assert!(!args.iter().any(|a| a.contains("icount")));
+        let tcg = qemu_machine_args("EPYC", 64, Accel::Tcg);
+        assert_eq!(tcg[..4], ["-accel", "tcg", "-icount", QEMU_ICOUNT]);
     }
 
     #[test]
