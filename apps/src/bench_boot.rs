@@ -173,7 +173,11 @@ pub fn bench_boot(a: &BootArgs) -> i32 {
     } else {
         "splitvisor.exit"
     };
-    let cmdline = splitvisor::linux::default_append(Some(extra), None);
+    let cmdline = splitvisor::linux::default_append(
+        Some(extra),
+        Some(splitvisor::run::QEMU_TSC_KHZ),
+        ipc_proto::manifest::Board::Isa,
+    );
     let timeout = Duration::from_secs(a.timeout);
     let ram = splitvisor::linux::LINUX_RAM_MIB;
     let boots: Vec<Boot> = Way::ALL

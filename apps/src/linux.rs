@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use images::linux::Cpio;
+use ipc_proto::manifest::Board;
 
 /// Guest RAM for Linux guests unless `--ram` says otherwise.
 pub const LINUX_RAM_MIB: u32 = 256;
@@ -42,16 +43,27 @@ pub const LINUX_RAM_MIB: u32 = 256;
 pub const DEFAULT_APPEND: &str =
     "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 tsc=reliable";
 
-/// The full `--linux` command line: [`DEFAULT_APPEND`], `tsc_early_khz=`
-/// with the guest's TSC rate (`guest_tsc_khz`, or the host's: see
-/// [`tsc_option`]) and the user's `extra`.
-pub fn default_append(extra: Option<&str>, guest_tsc_khz: Option<u64>) -> String {
-    let mut s = DEFAULT_APPEND.to_string();
-    if let Some(t) = guest_tsc_khz
-        .map(|khz| format!("tsc_early_khz={khz}"))
-        .or_else(tsc_option)
-    {
-        s = format!("{s} {t}");
+/// What `--linux` puts before the user's command line on the PC board:
+/// the serial console and nothing else. The kernel finds its clocks (the
+/// ACPI PM timer, the local APIC timer) and calibrates the TSC itself.
+pub const PC_BOARD_APPEND: &str = "console=ttyS0";
+
+/// The full `--linux` command line. On the ISA board: [`DEFAULT_APPEND`],
+/// `tsc_early_khz=` with the guest's TSC rate (`guest_tsc_khz`, or the
+/// host's: see [`tsc_option`]) and the user's `extra`. On the PC board:
+/// [`PC_BOARD_APPEND`] and `extra`.
+pub fn default_append(extra: Option<&str>, guest_tsc_khz: Option<u64>, board: Board) -> String {
+    let mut s = match board {
+        Board::Pc => PC_BOARD_APPEND.to_string(),
+        Board::Isa => DEFAULT_APPEND.to_string(),
+    };
+    if board == Board::Isa {
+        if let Some(t) = guest_tsc_khz
+            .map(|khz| format!("tsc_early_khz={khz}"))
+            .or_else(tsc_option)
+        {
+            s = format!("{s} {t}");
+        }
     }
     if let Some(e) = extra.filter(|e| !e.is_empty()) {
         s = format!("{s} {e}");
@@ -60,9 +72,12 @@ pub fn default_append(extra: Option<&str>, guest_tsc_khz: Option<u64>) -> String
 }
 
 /// `tsc_early_khz=N` with the host's TSC frequency, which is the guest's
-/// under QEMU: its TCG reads the host TSC for RDTSC and the stub does not
-/// offset it (Bochs counts its own, [`crate::bochs::TSC_KHZ`]). Needed because the guest has no clock to calibrate the TSC against
-/// that it can read fast enough: Linux's PIT calibration needs thousands of
+/// where the emulator reads the host TSC for RDTSC (QEMU with KVM; the
+/// stub does not offset it) -- the callers pass the rate when they know
+/// it: 1 GHz under QEMU's TCG with its instruction clock
+/// ([`crate::run::QEMU_TSC_KHZ`]), Bochs's own ([`crate::bochs::TSC_KHZ`]).
+/// On the ISA board it is needed because the guest has no clock to
+/// calibrate the TSC against that it can read fast enough: Linux's PIT calibration needs thousands of
 /// port reads in 10 ms (each one is a VM exit costing tens to hundreds of
 /// microseconds here), and there is no HPET or ACPI PM timer. Without it
 /// the TSC is marked unstable and `calibrate_delay` spins on `jiffies`
@@ -152,8 +167,9 @@ pub const WORKLOAD_END: &str = "splitvisor-linux: workload exit status ";
 /// 0). With `splitvisor.workload` on the kernel command line it first runs
 /// `/bin/workload` (fork+exec, pipe ping-pong, mmap/munmap; see
 /// `apps/linux/workload.c`) and prints [`WORKLOAD_END`]; with
-/// `splitvisor.exit` it then ends the VM with status 0 instead of starting
-/// the shell, for tests and benchmarks.
+/// `splitvisor.platform` it prints `/proc/interrupts` and the clock source;
+/// with `splitvisor.exit` it then ends the VM with status 0 instead of
+/// starting the shell, for tests and benchmarks.
 pub const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
 /bin/busybox mount -t proc proc /proc
@@ -169,8 +185,14 @@ case " $(cat /proc/cmdline) " in
     ;;
 esac
 case " $(cat /proc/cmdline) " in
+*" splitvisor.platform "*)
+    echo "splitvisor-linux: /proc/interrupts"
+    cat /proc/interrupts
+    echo "splitvisor-linux: clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+    ;;
+esac
+case " $(cat /proc/cmdline) " in
 *" splitvisor.exit "*)
-    echo "splitvisor-linux: exiting through port 0xf4"
     /sbin/splitvisor-exit
     ;;
 esac
@@ -184,9 +206,15 @@ pub const INITTAB: &str = "ttyS0::respawn:-/bin/sh
 ::shutdown:/sbin/splitvisor-exit
 ";
 
-/// Ends the VM with status 0: the byte 0 to the debug-exit port 0xF4,
-/// through `/dev/port` (there is no ACPI to power off with).
+/// Ends the VM with status 0: with ACPI (the PC board) by powering off
+/// (the kernel enters S5 through the FADT's PM1a control block), else by
+/// the byte 0 to the debug-exit port 0xF4, through `/dev/port`.
 pub const EXIT_SCRIPT: &str = "#!/bin/sh
+if [ -e /sys/firmware/acpi/tables/FACP ]; then
+    echo 'splitvisor-linux: powering off through ACPI'
+    poweroff -f
+fi
+echo 'splitvisor-linux: exiting through port 0xf4'
 printf '\\000' | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null
 ";
 

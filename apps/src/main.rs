@@ -193,13 +193,24 @@ fn guest_help() -> String {
 }
 
 impl GuestArgs {
+    fn board(&self) -> ipc_proto::manifest::Board {
+        match self.board.as_str() {
+            "pc" => ipc_proto::manifest::Board::Pc,
+            _ => ipc_proto::manifest::Board::Isa,
+        }
+    }
+
     /// The system to build; for `--linux`, fetches and prepares the guest.
     /// `guest_tsc_khz`: the guest's TSC rate when it is not the host's
-    /// (Bochs), for Linux's `tsc_early_khz`.
+    /// (Bochs, QEMU's TCG), for Linux's `tsc_early_khz` on the ISA board.
     fn spec(&self, guest_tsc_khz: Option<u64>) -> Result<images::SystemSpec, String> {
         let (guest, initrd, cmdline, default_ram) = if let Some(flavour) = self.linux {
             let g = splitvisor::linux::prepare_debian_linux(flavour)?;
-            let cmdline = splitvisor::linux::default_append(self.append.as_deref(), guest_tsc_khz);
+            let cmdline = splitvisor::linux::default_append(
+                self.append.as_deref(),
+                guest_tsc_khz,
+                self.board(),
+            );
             (
                 g.kernel,
                 Some(g.initrd),
@@ -248,10 +259,7 @@ impl GuestArgs {
                 "baseline" => ipc_proto::manifest::MmuMode::ShadowBaseline,
                 _ => ipc_proto::manifest::MmuMode::Nested,
             },
-            board: match self.board.as_str() {
-                "pc" => ipc_proto::manifest::Board::Pc,
-                _ => ipc_proto::manifest::Board::Isa,
-            },
+            board: self.board(),
             uart_server: self.uart_server,
             modules: self.modules.clone(),
             ..images::SystemSpec::new(&guest.to_string_lossy())
@@ -354,7 +362,16 @@ fn main() -> ExitCode {
                 }
             };
             let bochs = kind == EmulatorKind::Bochs;
-            let system = match a.guest.spec(bochs.then_some(splitvisor::bochs::TSC_KHZ)) {
+            // The guest's TSC rate, for the ISA board's `tsc_early_khz`:
+            // Bochs's own, TCG's instruction clock, or (KVM) the host's.
+            let tsc_khz = if bochs {
+                Some(splitvisor::bochs::TSC_KHZ)
+            } else if accel == accel::Accel::Kvm {
+                None
+            } else {
+                Some(splitvisor::run::QEMU_TSC_KHZ)
+            };
+            let system = match a.guest.spec(tsc_khz) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("splitvisor: {e}");

@@ -425,6 +425,10 @@ impl Write for Capture {
 /// CPU jumps to its next timer rather than waiting for it).
 pub const QEMU_ICOUNT: &str = "shift=2,align=off,sleep=off";
 
+/// The TSC rate QEMU's TCG gives the guest under [`QEMU_ICOUNT`]: its TSC
+/// counts the virtual clock's nanoseconds (the stub measures 999 MHz).
+pub const QEMU_TSC_KHZ: u64 = 1_000_000;
+
 /// QEMU's arguments for the machine every boot uses: `accel` (TCG with
 /// its instruction clock, [`QEMU_ICOUNT`], or KVM without it:
 /// [`Accel::qemu_args`]), `cpu` and `memory_mib`, no default devices or

@@ -606,8 +606,10 @@ impl<'d> Vmm<'d> {
                 .min(u128::from(u64::MAX)) as u64;
             let v = self.board.clock.now();
             let mut target = v.saturating_add(ns);
-            if let Some(d) = self.next_deadline {
-                target = target.min(d.max(v));
+            // A deadline at or before now is one a device has not caught
+            // up with yet: it must not hold the clock still.
+            if let Some(d) = self.next_deadline.filter(|&d| d > v) {
+                target = target.min(d);
             }
             self.board.clock.advance_to(target);
         }

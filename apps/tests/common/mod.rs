@@ -53,6 +53,41 @@ pub fn splitvisor_run(args: &[&str], timeout_secs: u64) -> Run {
     }
 }
 
+/// The console with each kernel message that interrupted a line of a user
+/// program (`workload: [    9.61] clocksource: ...` then `fork+exec ...`
+/// on the next line) moved onto a line of its own, so that the program's
+/// line reads whole again.
+pub fn rejoin_interrupted_lines(console: &str) -> String {
+    let mut out = String::with_capacity(console.len());
+    let mut lines = console.split('\n').peekable();
+    while let Some(line) = lines.next() {
+        let kernel = line.find("[ ").filter(|&i| {
+            i > 0 && {
+                let rest = &line[i + 1..];
+                let stamp = rest.trim_start();
+                stamp.find("] ").is_some_and(|end| {
+                    let t = &stamp[..end];
+                    !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.')
+                })
+            }
+        });
+        match (kernel, lines.peek()) {
+            (Some(i), Some(_)) => {
+                let next = lines.next().unwrap_or_default();
+                out.push_str(&line[i..]);
+                out.push('\n');
+                out.push_str(&line[..i]);
+                out.push_str(next);
+            }
+            _ => out.push_str(line),
+        }
+        if lines.peek().is_some() {
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// The boots share `.cache/linux/` and the two cores: one at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -60,12 +95,26 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// through the workload, kills it after `timeout_secs`, and checks that the
 /// kernel started, `/init` printed its marker and `uname -a` of this kernel,
 /// the workload passed every part, and the VM ended with status 0.
-pub fn boot_linux(flavour: Flavour, mmu: &str, extra: &[&str], timeout_secs: u64) {
+pub fn boot_linux(flavour: Flavour, mmu: &str, extra: &[&str], timeout_secs: u64) -> Run {
+    boot_linux_appending(flavour, mmu, extra, "", timeout_secs)
+}
+
+/// [`boot_linux`] with more of the kernel command line, `append`, before
+/// `splitvisor.workload splitvisor.exit`; returns the run for more checks.
+pub fn boot_linux_appending(
+    flavour: Flavour,
+    mmu: &str,
+    extra: &[&str],
+    append: &str,
+    timeout_secs: u64,
+) -> Run {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut args = vec!["--linux", flavour.name(), "--mmu", mmu];
     args.extend_from_slice(extra);
-    args.extend(["--append", "splitvisor.workload splitvisor.exit"]);
-    let run = splitvisor_run(&args, timeout_secs);
+    let append = format!("{append} splitvisor.workload splitvisor.exit");
+    args.extend(["--append", append.trim_start()]);
+    let mut run = splitvisor_run(&args, timeout_secs);
+    run.stdout = rejoin_interrupted_lines(&run.stdout);
     let stdout = &run.stdout;
     let report = run.to_string();
     let lines: Vec<&str> = stdout.lines().collect();
@@ -119,4 +168,5 @@ pub fn boot_linux(flavour: Flavour, mmu: &str, extra: &[&str], timeout_secs: u64
         );
     }
     assert_eq!(run.code, Some(0), "{report}");
+    run
 }
