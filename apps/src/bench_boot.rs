@@ -40,6 +40,22 @@ pub struct BootArgs {
     #[arg(long, value_name = "SECS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
+    /// The board splitvisor's boots run on: isa (the kernel gets
+    /// `tsc=reliable tsc_early_khz=`) or pc (APICs, ACPI, fw_cfg; the
+    /// command line is `console=ttyS0` and the markers alone, as plain
+    /// QEMU's default PC gets too).
+    #[arg(long, value_name = "BOARD", default_value = "isa",
+          value_parser = clap::builder::PossibleValuesParser::new(["isa", "pc"]))]
+    board: String,
+}
+
+impl BootArgs {
+    fn board(&self) -> ipc_proto::manifest::Board {
+        match self.board.as_str() {
+            "pc" => ipc_proto::manifest::Board::Pc,
+            _ => ipc_proto::manifest::Board::Isa,
+        }
+    }
 }
 
 /// How one boot runs.
@@ -176,13 +192,13 @@ pub fn bench_boot(a: &BootArgs) -> i32 {
     let cmdline = splitvisor::linux::default_append(
         Some(extra),
         Some(splitvisor::run::QEMU_TSC_KHZ),
-        ipc_proto::manifest::Board::Isa,
+        a.board(),
     );
     let timeout = Duration::from_secs(a.timeout);
     let ram = splitvisor::linux::LINUX_RAM_MIB;
     let boots: Vec<Boot> = Way::ALL
         .iter()
-        .map(|&way| boot(&qemu, way, &guest, &cmdline, ram, timeout))
+        .map(|&way| boot(&qemu, way, &guest, &cmdline, ram, a.board(), timeout))
         .collect();
     print_tables(a, &cmdline, &boots);
     if boots.iter().all(|b| b.failure.is_none()) {
@@ -198,6 +214,7 @@ fn boot(
     guest: &splitvisor::linux::LinuxGuest,
     cmdline: &str,
     ram_mib: u32,
+    board: ipc_proto::manifest::Board,
     timeout: Duration,
 ) -> Boot {
     let mut b = Boot {
@@ -225,6 +242,7 @@ fn boot(
             },
             cmdline: cmdline.to_string(),
             ram_mib,
+            board,
             initrd: Some(guest.initrd.clone()),
             ..images::SystemSpec::new(&guest.kernel.to_string_lossy())
         };
@@ -289,10 +307,11 @@ fn boot(
             return b;
         }
     };
-    // Plain QEMU ends through isa-debug-exit (status 1 for the byte 0);
-    // splitvisor with the stub's final line.
+    // Plain QEMU ends through isa-debug-exit (status 1 for the byte 0) or,
+    // with ACPI, by powering off (status 0); splitvisor with the stub's
+    // final line.
     let ended = match way {
-        Way::PlainQemu => report.status.and_then(|s| s.code()) == Some(1),
+        Way::PlainQemu => matches!(report.status.and_then(|s| s.code()), Some(0 | 1)),
         _ => report.final_line == Some(FinalLine::Stopped(0)),
     };
     if b.to_marker.is_none() || !ended || report.timed_out {
