@@ -15,7 +15,9 @@
 //! for QEMU program them whatever CPUID says).
 //!
 //! IA32_APIC_BASE refuses the x2APIC enable bit (10) with #GP: CPUID
-//! shows no x2APIC.
+//! shows no x2APIC. That is the ISA board; on the PC board the local APIC
+//! answers IA32_APIC_BASE, the x2APIC MSRs 0x800-0x8FF and
+//! IA32_TSC_DEADLINE before this table is asked ([`crate::irqchip`]).
 //!
 //! EFER is read from the exit record; a write that changes it needs the
 //! stub (EFER lives in the VMCB), as do the MSRs whose values the
