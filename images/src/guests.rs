@@ -35,6 +35,10 @@ pub const GUESTS: &[&str] = &[
     "efersvme",
     "qemupc",
     "clihlt",
+    "apic",
+    "ioapic",
+    "acpi",
+    "fwcfg",
 ];
 
 /// Where the test guests are loaded and linked.
