@@ -39,6 +39,7 @@ pub const GUESTS: &[&str] = &[
     "ioapic",
     "acpi",
     "fwcfg",
+    "pcstorm",
 ];
 
 /// Where the test guests are loaded and linked.
