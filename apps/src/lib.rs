@@ -12,6 +12,7 @@ pub mod e2e;
 pub mod linux;
 pub mod loc;
 pub mod run;
+pub mod sel4;
 
 pub use run::{
     Arch, EmulatorKind, RunOptions, DEFAULT_CPU, DEFAULT_EMULATOR, EXIT_CANNOT_RUN, EXIT_EMULATOR,

@@ -181,6 +181,11 @@ struct GuestArgs {
     /// vmm-server.
     #[arg(long)]
     uart_server: bool,
+    /// The platform: native (the splitvisor stub) or sel4 (seL4 16.0.0
+    /// with a root task, booted from a GRUB ISO in Bochs; see sel4/README.md).
+    #[arg(long, value_name = "PLATFORM", default_value = "native",
+          value_parser = clap::builder::PossibleValuesParser::new(["native", "sel4"]))]
+    platform: String,
 }
 
 fn guest_help() -> String {
@@ -342,6 +347,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Build(a) => build(&a),
+        Command::Run(a) if a.guest.platform == "sel4" => run_sel4(a),
         Command::Run(a) => {
             let kind = EmulatorKind::of(&a.emulator);
             let choice = AccelChoice::from_name(&a.accel).unwrap_or(AccelChoice::Tcg);
@@ -436,6 +442,9 @@ fn build(a: &BuildArgs) -> i32 {
             return 1;
         }
     };
+    if a.guest.platform == "sel4" {
+        return splitvisor::sel4::build_cli(&spec);
+    }
     match images::build_system_spec(&spec) {
         Ok(path) => {
             println!("{}", path.display());
@@ -446,6 +455,35 @@ fn build(a: &BuildArgs) -> i32 {
             1
         }
     }
+}
+
+/// `run --platform sel4`: seL4 in Bochs (VMX with EPT: `corei7_skylake_x`).
+fn run_sel4(a: RunArgs) -> i32 {
+    let system = match a.guest.spec(Some(splitvisor::bochs::TSC_KHZ)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("splitvisor: {e}");
+            return splitvisor::EXIT_EMULATOR;
+        }
+    };
+    let emulator = if EmulatorKind::of(&a.emulator) == EmulatorKind::Bochs {
+        a.emulator
+    } else {
+        "bochs".to_string()
+    };
+    splitvisor::sel4::run(&RunOptions {
+        memory_mib: a
+            .memory
+            .unwrap_or_else(|| splitvisor::run::default_memory_mib(system.ram_mib)),
+        system,
+        cpu: a
+            .cpu
+            .unwrap_or_else(|| splitvisor::bochs::DEFAULT_CPU_VMX.to_string()),
+        arch: Some(Arch::Vmx),
+        emulator,
+        timeout: Duration::from_secs(a.timeout),
+        unsafe_shadow: false,
+    })
 }
 
 fn count_loc(a: &LocArgs) -> i32 {

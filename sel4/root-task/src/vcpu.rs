@@ -1,0 +1,527 @@
+//! The VCPU on seL4: `seL4_VMEnter` in, `ipc_proto::ExitRecord` out (the
+//! same record the native stub's VMX code writes, `arch` = VMX), and a
+//! `Resume` applied with the VCPU's WriteRegisters and WriteVMCS.
+//!
+//! What an exit costs: seL4 returns the reason, qualification, instruction
+//! length, guest-physical address, RFLAGS, interruptibility, CR3 and the
+//! general registers but RSP in message registers; the rest of the record
+//! takes one `ReadVMCS` call each (see [`Vcpu::record`]).
+
+use ipc_proto::{ErrorCode, ExitRecord, Resume, ResumeFlags, Segment, Stats, VcpuArch};
+use sel4_sys::{c, invoke, CPtr, VmEnter};
+use vmm_server::Stub;
+
+/// VMCS field encodings (Intel SDM vol. 3D, appendix B).
+#[allow(missing_docs)]
+pub mod field {
+    pub const GUEST_ES_SELECTOR: u64 = 0x0800;
+    pub const GUEST_EFER: u64 = 0x2806;
+    pub const PROC_CONTROLS: u64 = 0x4002;
+    pub const ENTRY_CONTROLS: u64 = 0x4012;
+    pub const ENTRY_EXCEPTION_ERROR_CODE: u64 = 0x4018;
+    pub const PROC2_CONTROLS: u64 = 0x401e;
+    pub const EXIT_INTERRUPTION_INFO: u64 = 0x4404;
+    pub const EXIT_INTERRUPTION_ERROR_CODE: u64 = 0x4406;
+    pub const IDT_VECTORING_INFO: u64 = 0x4408;
+    pub const IDT_VECTORING_ERROR_CODE: u64 = 0x440a;
+    pub const GUEST_ES_LIMIT: u64 = 0x4800;
+    pub const GUEST_GDTR_LIMIT: u64 = 0x4810;
+    pub const GUEST_IDTR_LIMIT: u64 = 0x4812;
+    pub const GUEST_ES_AR: u64 = 0x4814;
+    pub const GUEST_INTERRUPTIBILITY: u64 = 0x4824;
+    pub const GUEST_ACTIVITY: u64 = 0x4826;
+    pub const CR0_MASK: u64 = 0x6000;
+    pub const CR4_MASK: u64 = 0x6002;
+    pub const CR0_READ_SHADOW: u64 = 0x6004;
+    pub const CR4_READ_SHADOW: u64 = 0x6006;
+    pub const GUEST_LINEAR_ADDRESS: u64 = 0x640a;
+    pub const GUEST_CR0: u64 = 0x6800;
+    pub const GUEST_CR3: u64 = 0x6802;
+    pub const GUEST_CR4: u64 = 0x6804;
+    pub const GUEST_ES_BASE: u64 = 0x6806;
+    pub const GUEST_GDTR_BASE: u64 = 0x6816;
+    pub const GUEST_IDTR_BASE: u64 = 0x6818;
+    pub const GUEST_DR7: u64 = 0x681a;
+    pub const GUEST_RSP: u64 = 0x681c;
+    pub const GUEST_RFLAGS: u64 = 0x6820;
+    /// Segment register numbers: field = base + 2 * n.
+    pub const ES: u64 = 0;
+    pub const CS: u64 = 1;
+    pub const SS: u64 = 2;
+    pub const DS: u64 = 3;
+    pub const FS: u64 = 4;
+    pub const GS: u64 = 5;
+    pub const LDTR: u64 = 6;
+    pub const TR: u64 = 7;
+}
+
+/// Primary processor-based controls: interrupt-window exiting, HLT exiting.
+const PROC_INTERRUPT_WINDOW: u64 = 1 << 2;
+const PROC_HLT_EXITING: u64 = 1 << 7;
+/// Secondary controls: unrestricted guest.
+const PROC2_UNRESTRICTED_GUEST: u64 = 1 << 7;
+/// VM-entry controls: IA-32e mode guest, load IA32_EFER.
+const ENTRY_IA32E_MODE: u64 = 1 << 9;
+const ENTRY_LOAD_EFER: u64 = 1 << 15;
+const CR0_PE: u64 = 1;
+
+/// Access rights (SDM 24.4.1).
+const AR_CODE32: u64 = 0xc09b;
+const AR_DATA32: u64 = 0xc093;
+const AR_CODE16: u64 = 0x9b;
+const AR_DATA16: u64 = 0x93;
+const AR_TSS_BUSY: u64 = 0x8b;
+const AR_UNUSABLE: u64 = 1 << 16;
+
+/// Exit reasons with a valid instruction length (the native stub's
+/// `exit_has_instruction_length`, SDM vol. 3C, 28.2.4).
+const INSTRUCTION_EXITS: u64 = ((1 << 33) - (1 << 10))
+    | (1 << 36)
+    | (1 << 39)
+    | (1 << 40)
+    | (0b11 << 46)
+    | (0b11 << 50)
+    | (0b111 << 53)
+    | (0b11_1110 << 56)
+    | (1 << 63);
+
+/// A VCPU invocation failed.
+#[derive(Clone, Copy, Debug)]
+pub struct VcpuError {
+    /// What was invoked.
+    pub what: &'static str,
+    /// The VMCS field, when there is one.
+    pub field: u64,
+    /// seL4's error number.
+    pub code: u64,
+}
+
+impl core::fmt::Display for VcpuError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "seL4 refused {} (field {:#x}): error {}",
+            self.what, self.field, self.code
+        )
+    }
+}
+
+/// The VCPU capability with the state the root task keeps for it.
+pub struct Vcpu {
+    cap: CPtr,
+    /// Primary processor-based controls as seL4 set them, plus HLT exiting.
+    proc_controls: u64,
+    /// The CR0/CR4 bits the guest does not own, and what it reads for them.
+    cr0_mask: u64,
+    cr0_shadow: u64,
+    cr4_mask: u64,
+    /// RIP for the next VMEnter, and the entry's interruption information.
+    rip: u64,
+    entry_info: u64,
+    interrupt_window: bool,
+    /// The last exit's record (its registers decide what a resume changes).
+    last: ExitRecord,
+    /// The last exit's interruptibility (MR), to clear STI/MOV SS blocking.
+    interruptibility: u64,
+    sequence: u64,
+    stats: Stats,
+    /// ReadVMCS calls for the last exit, and in total.
+    pub reads_last: u64,
+    pub reads_total: u64,
+    pub writes_total: u64,
+    /// A failed entry or a refused invocation ends the run.
+    pub failure: Option<VcpuError>,
+}
+
+impl Vcpu {
+    /// `seL4_X86_VCPU_ReadVMCS`.
+    pub fn read(&mut self, field: u64) -> Result<u64, VcpuError> {
+        self.reads_last += 1;
+        self.reads_total += 1;
+        invoke(self.cap, c::X86_VCPU_READ_VMCS, &[], &[field])
+            .map(|r| r[0])
+            .map_err(|e| VcpuError {
+                what: "VCPU ReadVMCS",
+                field,
+                code: e.code,
+            })
+    }
+
+    /// `seL4_X86_VCPU_WriteVMCS`.
+    pub fn write(&mut self, field: u64, value: u64) -> Result<(), VcpuError> {
+        self.writes_total += 1;
+        invoke(self.cap, c::X86_VCPU_WRITE_VMCS, &[], &[field, value])
+            .map(|_| ())
+            .map_err(|e| VcpuError {
+                what: "VCPU WriteVMCS",
+                field,
+                code: e.code,
+            })
+    }
+
+    fn r(&mut self, field: u64) -> u64 {
+        match self.read(field) {
+            Ok(v) => v,
+            Err(e) => {
+                self.failure.get_or_insert(e);
+                0
+            }
+        }
+    }
+
+    /// Binds the VCPU `cap` to the root task's thread and sets the guest's
+    /// initial state as the native stub's VMX code does: flat 32-bit
+    /// protected mode or real mode, paging off, EPT and unrestricted guest,
+    /// registers from the manifest.
+    pub fn new(
+        cap: CPtr,
+        mode: ipc_proto::manifest::EntryMode,
+        rip: u64,
+        regs: [u64; 3],
+    ) -> Result<Self, VcpuError> {
+        use field::*;
+        use ipc_proto::manifest::EntryMode;
+        invoke(cap, c::X86_VCPU_SET_TCB, &[c::CAP_INIT_THREAD_TCB], &[]).map_err(|e| {
+            VcpuError {
+                what: "VCPU SetTCB",
+                field: 0,
+                code: e.code,
+            }
+        })?;
+        let mut v = Self {
+            cap,
+            proc_controls: 0,
+            cr0_mask: 0,
+            cr0_shadow: 0,
+            cr4_mask: 0,
+            rip,
+            entry_info: 0,
+            interrupt_window: false,
+            last: ExitRecord::default(),
+            interruptibility: 0,
+            sequence: 0,
+            stats: Stats::default(),
+            reads_last: 0,
+            reads_total: 0,
+            writes_total: 0,
+            failure: None,
+        };
+        v.proc_controls = v.read(PROC_CONTROLS)? | PROC_HLT_EXITING;
+        let proc2 = v.read(PROC2_CONTROLS)?;
+        v.write(PROC2_CONTROLS, proc2 | PROC2_UNRESTRICTED_GUEST)?;
+        let entry = v.read(ENTRY_CONTROLS)?;
+        v.write(
+            ENTRY_CONTROLS,
+            (entry & !ENTRY_IA32E_MODE) | ENTRY_LOAD_EFER,
+        )?;
+        // seL4 set CR0 and CR4 to their fixed bits (CR0 without PE and PG
+        // where the CPU has unrestricted guest): those stay the host's, and
+        // the guest reads its own values in the read shadows.
+        let cr0_fixed = v.read(GUEST_CR0)?;
+        let cr4_fixed = v.read(GUEST_CR4)?;
+        let (cs_ar, ds_ar, limit, cr0_seen, code_sel, data_sel) = match mode {
+            EntryMode::Flat32 => (AR_CODE32, AR_DATA32, 0xffff_ffff, 0x31, 0x08, 0x10),
+            EntryMode::Real16 => (AR_CODE16, AR_DATA16, 0xffff, 0x30, 0, 0),
+        };
+        v.cr0_mask = cr0_fixed;
+        v.cr0_shadow = cr0_seen;
+        v.cr4_mask = cr4_fixed;
+        for (seg, ar, sel, lim) in [
+            (ES, ds_ar, data_sel, limit),
+            (CS, cs_ar, code_sel, limit),
+            (SS, ds_ar, data_sel, limit),
+            (DS, ds_ar, data_sel, limit),
+            (FS, ds_ar, data_sel, limit),
+            (GS, ds_ar, data_sel, limit),
+            (LDTR, AR_UNUSABLE, 0, 0),
+            (TR, AR_TSS_BUSY, 0, 0xffff),
+        ] {
+            v.write(GUEST_ES_SELECTOR + 2 * seg, sel)?;
+            v.write(GUEST_ES_LIMIT + 2 * seg, lim)?;
+            v.write(GUEST_ES_AR + 2 * seg, ar)?;
+            v.write(GUEST_ES_BASE + 2 * seg, 0)?;
+        }
+        for (f, value) in [
+            (GUEST_GDTR_BASE, 0),
+            (GUEST_IDTR_BASE, 0),
+            (GUEST_GDTR_LIMIT, 0xffff),
+            (GUEST_IDTR_LIMIT, 0xffff),
+            (CR0_MASK, v.cr0_mask),
+            (CR4_MASK, v.cr4_mask),
+            (CR0_READ_SHADOW, cr0_seen),
+            (CR4_READ_SHADOW, 0),
+            (GUEST_CR0, cr0_seen | cr0_fixed),
+            (GUEST_CR3, 0),
+            (GUEST_CR4, cr4_fixed),
+            (GUEST_EFER, 0),
+            (GUEST_DR7, 0x400),
+            (GUEST_RSP, 0),
+            (GUEST_RFLAGS, 2),
+            (GUEST_INTERRUPTIBILITY, 0),
+            (GUEST_ACTIVITY, 0),
+        ] {
+            v.write(f, value)?;
+        }
+        v.write_gprs(&ipc_proto::GuestRegs {
+            rax: regs[0],
+            rbx: regs[1],
+            rsi: regs[2],
+            ..Default::default()
+        })?;
+        v.last.regs.rflags = 2;
+        Ok(v)
+    }
+
+    /// `seL4_X86_VCPU_WriteRegisters`: every general register but RSP.
+    fn write_gprs(&mut self, r: &ipc_proto::GuestRegs) -> Result<(), VcpuError> {
+        self.writes_total += 1;
+        let all = [
+            r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12,
+            r.r13, r.r14, r.r15,
+        ];
+        let n = if c::VTX_64BIT_GUESTS != 0 { 15 } else { 7 };
+        invoke(self.cap, c::X86_VCPU_WRITE_REGISTERS, &[], &all[..n])
+            .map(|_| ())
+            .map_err(|e| VcpuError {
+                what: "VCPU WriteRegisters",
+                field: 0,
+                code: e.code,
+            })
+    }
+
+    /// The exit record of the exit whose message registers are `mr`.
+    fn record(&mut self, mr: &[u64; 25]) -> ExitRecord {
+        use field::*;
+        self.reads_last = 0;
+        let reason = mr[c::VMENTER_FAULT_REASON_MR as usize];
+        // seL4 gives the basic reason (bits 15:0); a failed VMLAUNCH or
+        // VMRESUME comes as -1.
+        let exit_code = if reason as u32 == u32::MAX {
+            u64::MAX
+        } else {
+            reason & 0xffff
+        };
+        let normal = exit_code != u64::MAX;
+        let g = |i: u64| mr[(c::VMENTER_FAULT_EAX + i) as usize];
+        let wide = c::VTX_64BIT_GUESTS != 0;
+        let mut regs = ipc_proto::GuestRegs {
+            rax: g(0),
+            rbx: g(1),
+            rcx: g(2),
+            rdx: g(3),
+            rsi: g(4),
+            rdi: g(5),
+            rbp: g(6),
+            rip: mr[c::VMENTER_CALL_EIP_MR as usize],
+            rflags: mr[c::VMENTER_FAULT_RFLAGS_MR as usize],
+            ..Default::default()
+        };
+        if wide {
+            [
+                regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
+            ] = [g(7), g(8), g(9), g(10), g(11), g(12), g(13), g(14)];
+        }
+        regs.rsp = self.r(GUEST_RSP);
+        let basic = exit_code as u16;
+        let next_rip = if normal && basic < 64 && INSTRUCTION_EXITS & (1 << basic) != 0 {
+            regs.rip
+                .wrapping_add(mr[c::VMENTER_FAULT_INSTRUCTION_LEN_MR as usize])
+        } else {
+            0
+        };
+        let exit_info2 = match (normal, basic) {
+            (true, 48 | 49) => mr[c::VMENTER_FAULT_GUEST_PHYSICAL_MR as usize],
+            (true, 0) => {
+                self.r(EXIT_INTERRUPTION_INFO) | self.r(EXIT_INTERRUPTION_ERROR_CODE) << 32
+            }
+            (true, 30) => self.r(GUEST_LINEAR_ADDRESS),
+            _ => 0,
+        };
+        let idt = self.r(IDT_VECTORING_INFO) as u32;
+        let idt_error = if idt & (1 << 31 | 1 << 11) == (1 << 31 | 1 << 11) {
+            self.r(IDT_VECTORING_ERROR_CODE) as u32
+        } else {
+            0
+        };
+        let interruptibility = mr[c::VMENTER_FAULT_GUEST_INT_MR as usize];
+        self.interruptibility = interruptibility;
+        let cr0 = self.r(GUEST_CR0);
+        let cr4 = self.r(GUEST_CR4);
+        let cs_ar = self.r(GUEST_ES_AR + 2 * CS) as u32;
+        let ss_ar = self.r(GUEST_ES_AR + 2 * SS) as u32;
+        self.sequence += 1;
+        ExitRecord {
+            abi_version: ipc_proto::ABI_VERSION,
+            arch: VcpuArch::Vmx as u32,
+            sequence: self.sequence,
+            exit_code,
+            exit_info1: if normal {
+                mr[c::VMENTER_FAULT_QUALIFICATION_MR as usize]
+            } else {
+                0
+            },
+            exit_info2,
+            exit_int_info: exit_int_info(idt, idt_error),
+            next_rip,
+            regs,
+            cr0: (cr0 & !self.cr0_mask) | (self.cr0_shadow & self.cr0_mask),
+            // seL4 does not give the guest's CR2 (TODO: it is not switched).
+            cr2: 0,
+            cr3: mr[c::VMENTER_FAULT_CR3_MR as usize],
+            cr4: cr4 & !self.cr4_mask,
+            efer: self.r(GUEST_EFER),
+            cs: Segment {
+                selector: self.r(GUEST_ES_SELECTOR + 2 * CS) as u16,
+                attrib: ar_to_attrib(cs_ar),
+                limit: self.r(GUEST_ES_LIMIT + 2 * CS) as u32,
+                base: self.r(GUEST_ES_BASE + 2 * CS),
+            },
+            cpl: ((ss_ar >> 5) & 3) as u8,
+            interrupt_shadow: u8::from(interruptibility & 3 != 0),
+            insn_len: 0,
+            reserved: [0; 5],
+            insn_bytes: [0; 16],
+        }
+    }
+
+    /// Applies a resume: registers with WriteRegisters and WriteVMCS (only
+    /// what changed), RIP and the event through the next VMEnter's message
+    /// registers.
+    fn apply(&mut self, r: &Resume) -> Result<(), VcpuError> {
+        use field::*;
+        let Some(flags) = ResumeFlags::from_bits(r.flags) else {
+            self.stats.resumes_refused += 1;
+            return Ok(());
+        };
+        let last = self.last.regs;
+        if flags.contains(ResumeFlags::SET_GPRS) {
+            let mut a = r.regs;
+            let mut b = last;
+            (a.rsp, a.rip, a.rflags) = (0, 0, 0);
+            (b.rsp, b.rip, b.rflags) = (0, 0, 0);
+            if a != b {
+                self.write_gprs(&r.regs)?;
+            }
+            if r.regs.rsp != last.rsp {
+                self.write(GUEST_RSP, r.regs.rsp)?;
+            }
+        }
+        if flags.contains(ResumeFlags::SET_RIP) {
+            self.rip = r.regs.rip;
+            // The instruction that blocked interrupts (STI, MOV SS) is behind.
+            if self.interruptibility & 3 != 0 {
+                self.write(GUEST_INTERRUPTIBILITY, self.interruptibility & !3)?;
+            }
+        }
+        if flags.contains(ResumeFlags::SET_RFLAGS) && r.regs.rflags != last.rflags {
+            self.write(GUEST_RFLAGS, r.regs.rflags)?;
+        }
+        self.interrupt_window = flags.contains(ResumeFlags::REQUEST_INTERRUPT_WINDOW);
+        if flags.contains(ResumeFlags::INJECT_EVENT) {
+            let e = &r.event;
+            let protected = self.last.cr0 & CR0_PE != 0;
+            let deliver = e.kind == 3 && protected && matches!(e.vector, 8 | 10..=14 | 17);
+            // TODO: a software interrupt (kind 4) needs the VM-entry
+            // instruction length, which seL4's WriteVMCS does not accept.
+            self.entry_info = u64::from(e.vector)
+                | u64::from(e.kind & 7) << 8
+                | u64::from(deliver) << 11
+                | 1 << 31;
+            if deliver {
+                self.write(ENTRY_EXCEPTION_ERROR_CODE, u64::from(e.error_code & 0xffff))?;
+            }
+        }
+        // SET_PAGING, SET_NESTED_ROOT and SET_CR2 are the mmu-server's
+        // (shadow paging, which seL4 has not; the EPT is built at boot).
+        // TODO: SET_EXIT_DEADLINE (the VMX preemption timer).
+        Ok(())
+    }
+
+    /// Exits so far.
+    pub fn stats_total(&self) -> u64 {
+        self.stats.exits_total
+    }
+
+    fn count(&mut self, rec: &ExitRecord) {
+        let s = &mut self.stats;
+        s.exits_total += 1;
+        let counter = match rec.exit_code {
+            30 => &mut s.exits_ioio,
+            12 => &mut s.exits_hlt,
+            10 => &mut s.exits_cpuid,
+            31 | 32 => &mut s.exits_msr,
+            48 | 49 => &mut s.exits_npf,
+            0 => &mut s.exits_exception,
+            2 => &mut s.exits_shutdown,
+            1 => &mut s.exits_host_interrupt,
+            u64::MAX | 33 | 34 | 41 => &mut s.exits_invalid,
+            _ => &mut s.exits_other,
+        };
+        *counter += 1;
+    }
+}
+
+/// Access rights as SVM attributes (the record's `Segment::attrib`).
+fn ar_to_attrib(ar: u32) -> u16 {
+    if u64::from(ar) & AR_UNUSABLE != 0 {
+        return 0;
+    }
+    ((ar & 0xff) | ((ar >> 4) & 0xf00)) as u16
+}
+
+/// IDT-vectoring information in the SVM EXITINTINFO form of the record
+/// (the native stub's `rules::exit_int_info`).
+fn exit_int_info(idt_vectoring: u32, error_code: u32) -> u64 {
+    if idt_vectoring & (1 << 31) == 0 {
+        return 0;
+    }
+    let kind = match (idt_vectoring >> 8) & 7 {
+        5 | 6 => 3,
+        k => k,
+    };
+    let ev = idt_vectoring & (1 << 11);
+    let ec = if ev != 0 {
+        u64::from(error_code) << 32
+    } else {
+        0
+    };
+    u64::from(idt_vectoring & 0xff) | u64::from(kind << 8) | u64::from(ev) | (1 << 31) | ec
+}
+
+impl Stub for Vcpu {
+    fn vcpu_run(&mut self, resume: Option<&Resume>) -> Result<ExitRecord, ErrorCode> {
+        if let Some(r) = resume {
+            if let Err(e) = self.apply(r) {
+                self.failure.get_or_insert(e);
+                return Err(ErrorCode::NotPermitted);
+            }
+        }
+        let controls = self.proc_controls
+            | if self.interrupt_window {
+                PROC_INTERRUPT_WINDOW
+            } else {
+                0
+            };
+        let entry_info = core::mem::take(&mut self.entry_info);
+        let mr = loop {
+            match sel4_sys::vm_enter(self.rip, controls, entry_info) {
+                VmEnter::Exit(mr) => break mr,
+                // No notification is bound yet.
+                VmEnter::Notification(_) => continue,
+            }
+        };
+        let rec = self.record(&mr);
+        self.rip = rec.regs.rip;
+        self.last = rec;
+        self.count(&rec);
+        if let Some(e) = self.failure {
+            let _ = e;
+            return Err(ErrorCode::NotPermitted);
+        }
+        Ok(rec)
+    }
+
+    fn stats_read(&mut self) -> Result<Stats, ErrorCode> {
+        Ok(self.stats)
+    }
+}

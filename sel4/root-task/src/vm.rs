@@ -1,0 +1,443 @@
+//! The root task's main: the payload, the guest's RAM and EPT, the VCPU,
+//! the vmm-server's devices and exit loop, the final line.
+
+use core::cell::RefCell;
+
+use ipc_proto::manifest::{Blob, Board, Manifest, PayloadHeader, MANIFEST_MAX, PAYLOAD_MAGIC};
+use ipc_proto::ABI_VERSION;
+use sel4_sys::{c, invoke, CPtr};
+use vmm_server::board::Board as Devices;
+use vmm_server::cpuid::HostCpuid;
+use vmm_server::devices::debug_exit::{self, DebugExit};
+use vmm_server::devices::i8042::{self, I8042};
+use vmm_server::devices::pit::{self, Pit};
+use vmm_server::devices::port92::{self, SystemControlA};
+use vmm_server::devices::post::{self, PostCode};
+use vmm_server::devices::rtc::{self, Rtc};
+use vmm_server::devices::uart16550::{self, Uart16550};
+use vmm_server::emulate::{GuestMemory, NotRam};
+use vmm_server::mmio::{MmioRouter, ScratchRegisters};
+use vmm_server::{Ending, Host, HostConsole, Router, Vmm};
+use zerocopy::FromBytes;
+
+use crate::boot::{Allocator, BootInfo};
+use crate::console::{say, DebugConsole};
+use crate::vcpu::Vcpu;
+
+/// What the root task writes to the debug-exit port at the end, as the
+/// native stub does (QEMU's isa-debug-exit; Bochs ignores it).
+pub const HOST_EXIT_STOPPED: u8 = 0;
+pub const HOST_EXIT_FAILED: u8 = 1;
+pub const HOST_EXIT_CANNOT_RUN: u8 = 2;
+
+/// Where guest RAM is mapped in the root task's VSpace: PML4 slot 1.
+const GUEST_WINDOW: u64 = 0x80_0000_0000;
+const LARGE_PAGE: u64 = 1 << 21;
+/// The `mmio` test guest's scratch registers (as on the native stub).
+const SCRATCH_MMIO_BASE: u64 = 0xfeb0_0000;
+/// The RTC's time at boot: 2026-01-01 00:00 UTC.
+const RTC_EPOCH: i64 = 1_767_225_600;
+
+/// The 16 bytes in front of the payload in the `.payload` segment:
+/// `SPLTSEL4` and the payload's length (written by `splitvisor build
+/// --platform sel4`).
+const SEGMENT_MAGIC: [u8; 8] = *b"SPLTSEL4";
+
+extern "C" {
+    static __payload_start: u8;
+}
+
+#[used]
+#[link_section = ".splitvisor_payload"]
+static PLACEHOLDER: [u8; 4096] = [0; 4096];
+
+fn payload() -> Result<&'static [u8], &'static str> {
+    // SAFETY: the linker script puts the `.payload` segment at
+    // `__payload_start`; seL4 loaded the whole segment, whose length the
+    // build wrote in front of the payload; nothing writes to it.
+    unsafe {
+        let start = core::ptr::addr_of!(__payload_start);
+        let head = core::slice::from_raw_parts(start, 16);
+        if head[..8] != SEGMENT_MAGIC {
+            return Err("the root task carries no splitvisor payload (build the image with `splitvisor build --platform sel4`)");
+        }
+        let len = u64::from_le_bytes(head[8..16].try_into().unwrap_or([0; 8]));
+        Ok(core::slice::from_raw_parts(start.add(16), len as usize))
+    }
+}
+
+fn read_manifest(payload: &[u8]) -> Result<Manifest, &'static str> {
+    let (header, rest) = PayloadHeader::read_from_prefix(payload)
+        .map_err(|_| "the payload is shorter than its header")?;
+    if header.magic != PAYLOAD_MAGIC {
+        return Err("the image has no splitvisor payload (bad magic)");
+    }
+    if header.abi_version != ABI_VERSION {
+        return Err("the image was built for another ABI version");
+    }
+    let len = header.manifest_len as usize;
+    let bytes = rest
+        .get(..len)
+        .filter(|_| len <= MANIFEST_MAX)
+        .ok_or("the manifest is truncated or too large")?;
+    postcard::from_bytes(bytes).map_err(|_| "the manifest does not decode")
+}
+
+fn blob(payload: &[u8], b: Blob) -> Option<&[u8]> {
+    payload.get(b.offset as usize..(b.offset as usize).checked_add(b.len as usize)?)
+}
+
+/// Ends the run: the debug-exit byte, Bochs's `Shutdown` string on port
+/// 0x8900 (through an I/O port capability), then the thread stops.
+pub fn end(code: u8) -> ! {
+    let ports = [(0xf4u64, 0xf4u64), (0x8900, 0x8900)];
+    let mut slots = [0u64; 2];
+    // Slots far above what the allocator hands out: `end` may run from a
+    // panic, with the allocator out of reach.
+    for (i, (first, last)) in ports.iter().enumerate() {
+        let slot = END_SLOTS.load(core::sync::atomic::Ordering::Relaxed) + i as u64;
+        let ok = invoke(
+            c::CAP_IOPORT_CONTROL,
+            c::X86_IOPORT_CONTROL_ISSUE,
+            &[c::CAP_INIT_THREAD_CNODE],
+            &[*first, *last, slot, c::WORD_BITS],
+        );
+        slots[i] = if ok.is_ok() { slot } else { 0 };
+    }
+    // Bochs stops at once: give COM1 time to send the last line (the
+    // kernel owns the UART, so its line status cannot be read here).
+    let t = rdtsc();
+    while rdtsc().wrapping_sub(t) < 20_000_000 {
+        core::hint::spin_loop();
+    }
+    if slots[0] != 0 {
+        let _ = invoke(slots[0], c::X86_IOPORT_OUT8, &[], &[0xf4, u64::from(code)]);
+    }
+    if slots[1] != 0 {
+        for b in *b"Shutdown" {
+            let _ = invoke(slots[1], c::X86_IOPORT_OUT8, &[], &[0x8900, u64::from(b)]);
+        }
+    }
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// The first of two slots `end` uses for its I/O port capabilities.
+static END_SLOTS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+fn cannot_run(why: core::fmt::Arguments) -> ! {
+    say!("cannot run: {why}");
+    end(HOST_EXIT_CANNOT_RUN)
+}
+
+/// Guest RAM as the root task maps it: `len` bytes at [`GUEST_WINDOW`].
+struct GuestRam {
+    len: u64,
+}
+
+impl GuestRam {
+    fn check(&self, gpa: u64, n: usize) -> Result<*mut u8, NotRam> {
+        let end = gpa.checked_add(n as u64).ok_or(NotRam)?;
+        if end > self.len {
+            return Err(NotRam);
+        }
+        Ok((GUEST_WINDOW + gpa) as *mut u8)
+    }
+}
+
+impl GuestMemory for GuestRam {
+    fn ram_bytes(&self) -> u64 {
+        self.len
+    }
+
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), NotRam> {
+        let src = self.check(gpa, buf.len())?;
+        // SAFETY: `check` keeps the range inside the window, which is
+        // mapped read-write; the guest does not run while we do.
+        unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), NotRam> {
+        let dst = self.check(gpa, data.len())?;
+        // SAFETY: as for `read_phys`.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        Ok(())
+    }
+}
+
+/// The host: the TSC (seL4 leaves RDTSC to user level) and the CPU's CPUID.
+struct Sel4Host;
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no memory effects; seL4 leaves CR4.TSD clear.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+impl HostCpuid for Sel4Host {
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    }
+}
+
+impl Host for Sel4Host {
+    fn now(&mut self) -> u64 {
+        rdtsc()
+    }
+    /// Unknown: the vmm-server assumes 1 GHz. TODO: seL4's extra boot
+    /// information carries the TSC rate.
+    fn ticks_per_second(&self) -> u64 {
+        0
+    }
+}
+
+fn check<T, E: core::fmt::Display>(what: &str, r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| cannot_run(format_args!("{what}: {e}")))
+}
+
+fn kernel<T>(what: &str, r: Result<T, sel4_sys::Error>) -> T {
+    r.unwrap_or_else(|e| cannot_run(format_args!("seL4 refused {what}: error {}", e.code)))
+}
+
+/// Builds guest RAM: 2 MiB frames, each mapped into the EPT at its
+/// guest-physical address and (a copy of the capability) into the root
+/// task's window. Returns the EPT's PML4.
+fn build_ram(alloc: &mut Allocator, ram: u64) -> CPtr {
+    if ram > 1 << 30 {
+        cannot_run(format_args!(
+            "guest RAM above 1 GiB is not built yet on seL4"
+        ));
+    }
+    let ept = check(
+        "EPT PML4",
+        alloc.object(c::OBJ_X86_EPT_PML4, c::X86_EPT_PML4_BITS),
+    );
+    kernel(
+        "ASIDPool_Assign for the EPT",
+        invoke(
+            c::CAP_INIT_THREAD_ASID_POOL,
+            c::X86_ASID_POOL_ASSIGN,
+            &[ept],
+            &[],
+        ),
+    );
+    let pdpt = check(
+        "EPT PDPT",
+        alloc.object(c::OBJ_X86_EPT_PDPT, c::X86_EPT_PDPT_BITS),
+    );
+    kernel(
+        "EPTPDPT_Map",
+        invoke(
+            pdpt,
+            c::X86_EPT_PDPT_MAP,
+            &[ept],
+            &[0, c::X86_EPT_DEFAULT_VM_ATTRIBUTES],
+        ),
+    );
+    let pd = check(
+        "EPT PD",
+        alloc.object(c::OBJ_X86_EPT_PD, c::X86_EPT_PD_BITS),
+    );
+    kernel(
+        "EPTPD_Map",
+        invoke(
+            pd,
+            c::X86_EPT_PD_MAP,
+            &[ept],
+            &[0, c::X86_EPT_DEFAULT_VM_ATTRIBUTES],
+        ),
+    );
+    // The root task's window: a PDPT in PML4 slot 1 and a PD for its first GiB.
+    let vspace = c::CAP_INIT_THREAD_VSPACE;
+    let host_pdpt = check("PDPT", alloc.object(c::OBJ_X86_PDPT, c::X86_PDPT_BITS));
+    kernel(
+        "PDPT_Map",
+        invoke(
+            host_pdpt,
+            c::X86_PDPT_MAP,
+            &[vspace],
+            &[GUEST_WINDOW, c::X86_DEFAULT_VM_ATTRIBUTES],
+        ),
+    );
+    let host_pd = check(
+        "page directory",
+        alloc.object(c::OBJ_X86_PAGE_DIRECTORY, c::X86_PAGE_DIRECTORY_BITS),
+    );
+    kernel(
+        "PageDirectory_Map",
+        invoke(
+            host_pd,
+            c::X86_PAGE_DIRECTORY_MAP,
+            &[vspace],
+            &[GUEST_WINDOW, c::X86_DEFAULT_VM_ATTRIBUTES],
+        ),
+    );
+    let mut gpa = 0;
+    while gpa < ram {
+        let frame = check(
+            "guest RAM",
+            alloc.object(c::OBJ_X86_LARGE_PAGE, c::LARGE_PAGE_BITS),
+        );
+        kernel(
+            "Page_MapEPT",
+            invoke(
+                frame,
+                c::X86_PAGE_MAP_EPT,
+                &[ept],
+                &[gpa, c::ALL_RIGHTS, c::X86_EPT_DEFAULT_VM_ATTRIBUTES],
+            ),
+        );
+        let mine = check("a copy of a guest-RAM capability", alloc.copy(frame));
+        kernel(
+            "Page_Map",
+            invoke(
+                mine,
+                c::X86_PAGE_MAP,
+                &[vspace],
+                &[
+                    GUEST_WINDOW + gpa,
+                    c::ALL_RIGHTS,
+                    c::X86_DEFAULT_VM_ATTRIBUTES,
+                ],
+            ),
+        );
+        gpa += LARGE_PAGE;
+    }
+    ept
+}
+
+/// The root task's entry (from `_start`, RDI = the boot information).
+pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
+    // SAFETY: seL4 passes the boot information's address in RDI.
+    let bi = unsafe { BootInfo::new(bootinfo) };
+    sel4_sys::set_ipc_buffer(bi.ipc_buffer());
+    let (_, end_slot) = bi.empty();
+    END_SLOTS.store(end_slot - 2, core::sync::atomic::Ordering::Relaxed);
+    let t0 = rdtsc();
+    let payload = payload().unwrap_or_else(|why| cannot_run(format_args!("{why}")));
+    let manifest = read_manifest(payload).unwrap_or_else(|why| cannot_run(format_args!("{why}")));
+    let guest = &manifest.guest;
+    if guest.mmu.is_shadow() {
+        cannot_run(format_args!(
+            "shadow paging has no counterpart on seL4: its VCPUs always run on EPT"
+        ));
+    }
+    let mut alloc = Allocator::new(&bi);
+    // Keep the two slots `end` uses out of the allocator's reach.
+    alloc.reserve_top(2);
+    let ram = u64::from(guest.ram_mib) << 20;
+    say!(
+        "seL4 root task: guest RAM {} MiB in 2 MiB frames, {} MiB of untyped RAM",
+        guest.ram_mib,
+        alloc.ram_bytes >> 20
+    );
+    let ept = build_ram(&mut alloc, ram);
+    let mut mem = GuestRam { len: ram };
+    let image = blob(payload, guest.image)
+        .unwrap_or_else(|| cannot_run(format_args!("the guest image is outside the payload")));
+    if mem.write_phys(guest.load_gpa, image).is_err() {
+        cannot_run(format_args!("the guest image does not fit guest RAM"));
+    }
+    for s in &guest.segments {
+        let bytes = blob(payload, s.blob)
+            .unwrap_or_else(|| cannot_run(format_args!("a guest segment is outside the payload")));
+        if mem.write_phys(s.gpa, bytes).is_err() {
+            cannot_run(format_args!("a guest segment does not fit guest RAM"));
+        }
+    }
+    let vcpu_cap = check("VCPU", alloc.object(c::OBJ_X86_VCPU, c::X86_VCPU_BITS));
+    kernel(
+        "TCB_SetEPTRoot",
+        invoke(c::CAP_INIT_THREAD_TCB, c::TCB_SET_EPT_ROOT, &[ept], &[]),
+    );
+    let mut vcpu = Vcpu::new(
+        vcpu_cap,
+        guest.entry_mode,
+        guest.entry_rip,
+        [guest.entry_rax, guest.entry_rbx, guest.entry_rsi],
+    )
+    .unwrap_or_else(|e| cannot_run(format_args!("{e}")));
+    say!(
+        "VCPU and EPT ready in {} Mcycles; entering the guest at {:#x}",
+        (rdtsc() - t0) / 1_000_000,
+        guest.entry_rip
+    );
+
+    // TODO(issue 14): the vmm-server's devices and exit loop run here, in
+    // the root task; the final shape is a vmm-server component of its own.
+    let console = RefCell::new(HostConsole::new(DebugConsole, true));
+    let board = Devices::new();
+    let mut host = Sel4Host;
+    let mut uart = Uart16550::new(&console).with_irq(board.irq.pin(4));
+    let mut timer = Pit::new(&board.clock, Some(board.irq.pin(0)));
+    let mut cmos = Rtc::new(&board.clock, Some(board.irq.pin(8)), RTC_EPOCH);
+    cmos.set_memory_size(ram);
+    let mut keyboard = I8042::new(Some(board.irq.pin(1)));
+    let mut post_code = PostCode::new();
+    let mut control_a = SystemControlA::new();
+    let mut dbg = DebugExit::new();
+    let mut pci_host = vmm_server::devices::pci::PciHost::new();
+    if guest.board != Board::Isa {
+        cannot_run(format_args!(
+            "only the ISA board runs on seL4 yet (the PC board's APICs are not wired here)"
+        ));
+    }
+    let mut router = Router::new();
+    let registered = router
+        .register(uart16550::COM1_BASE, uart16550::LEN, &mut uart)
+        .and_then(|()| router.register_ranges(&pit::RANGES, &mut timer))
+        .and_then(|()| router.register(rtc::BASE, rtc::LEN, &mut cmos))
+        .and_then(|()| router.register_ranges(&i8042::RANGES, &mut keyboard))
+        .and_then(|()| router.register(post::PORT, post::LEN, &mut post_code))
+        .and_then(|()| router.register(port92::PORT, port92::LEN, &mut control_a))
+        .and_then(|()| router.register(debug_exit::PORT, debug_exit::LEN, &mut dbg))
+        .and_then(|()| {
+            use vmm_server::devices::pci::{BASE, LEN};
+            router.register(BASE, LEN, &mut pci_host)
+        });
+    if let Err(e) = registered {
+        cannot_run(format_args!("{e}"));
+    }
+    let mut scratch = ScratchRegisters::default();
+    let mut mmio = MmioRouter::new();
+    if let Err(e) = mmio.register(SCRATCH_MMIO_BASE, 0x1000, &mut scratch) {
+        cannot_run(format_args!("{e}"));
+    }
+    // iced's decoder tables, built now so that a short heap shows at start.
+    let _ = iced_x86::Decoder::new(64, &[0x90], 0).decode();
+    let mut vmm = Vmm::new(router, &board, &mut mem, &mut host).with_mmio(mmio);
+    let start = rdtsc();
+    let ending = vmm_server::run(&mut vcpu, &mut vmm, &console);
+    drop(vmm);
+    let cycles = rdtsc() - start;
+    let exits = vcpu.stats_total();
+    say!(
+        "seL4: {} exits in {} Mcycles, ReadVMCS {} ({} per exit), WriteVMCS/WriteRegisters {}",
+        exits,
+        cycles / 1_000_000,
+        vcpu.reads_total,
+        vcpu.reads_total / exits.max(1),
+        vcpu.writes_total
+    );
+    if let Some(e) = vcpu.failure {
+        say!("vm failed: {e}");
+        end(HOST_EXIT_FAILED);
+    }
+    match ending {
+        Ending::Stop { status } => {
+            say!("vm stopped: guest status {status}");
+            end(HOST_EXIT_STOPPED)
+        }
+        // A reset ends the VM, as QEMU's -no-reboot does.
+        Ending::Reset => {
+            say!("vm stopped: guest status 0");
+            end(HOST_EXIT_STOPPED)
+        }
+        Ending::Fail => {
+            say!("vm failed: the vmm-server could not go on (see its lines above)");
+            end(HOST_EXIT_FAILED)
+        }
+    }
+}
