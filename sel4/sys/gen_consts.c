@@ -77,6 +77,11 @@ int main(void)
     C("BI_UNTYPED", offsetof(seL4_BootInfo, untyped));
     C("BI_UNTYPED_LIST", offsetof(seL4_BootInfo, untypedList));
     C("BI_EXTRA_LEN", offsetof(seL4_BootInfo, extraLen));
+    C("BOOTINFO_FRAME_SIZE", seL4_BootInfoFrameSize);
+    C("BOOTINFO_HEADER_X86_TSC_FREQ", SEL4_BOOTINFO_HEADER_X86_TSC_FREQ);
+    C("BOOTINFO_HEADER_ID", offsetof(seL4_BootInfoHeader, id));
+    C("BOOTINFO_HEADER_LEN", offsetof(seL4_BootInfoHeader, len));
+    C("BOOTINFO_HEADER_SIZE", sizeof(seL4_BootInfoHeader));
     C("SLOT_REGION_START", offsetof(seL4_SlotRegion, start));
     C("SLOT_REGION_END", offsetof(seL4_SlotRegion, end));
     C("UNTYPED_DESC_SIZE", sizeof(seL4_UntypedDesc));

@@ -32,6 +32,32 @@ impl BootInfo {
         self.word(c::BI_IPC_BUFFER) as *mut u8
     }
 
+    /// The TSC rate in Hz from the extra boot information
+    /// (`SEL4_BOOTINFO_HEADER_X86_TSC_FREQ`, in MHz), 0 if absent.
+    pub fn tsc_hz(&self) -> u64 {
+        let extra = c::BOOTINFO_FRAME_SIZE;
+        let end = extra + self.word(c::BI_EXTRA_LEN);
+        let mut at = extra;
+        while at + c::BOOTINFO_HEADER_SIZE <= end {
+            let id = self.word(at + c::BOOTINFO_HEADER_ID);
+            let len = self.word(at + c::BOOTINFO_HEADER_LEN);
+            if id == c::BOOTINFO_HEADER_X86_TSC_FREQ && len >= c::BOOTINFO_HEADER_SIZE + 4 {
+                // SAFETY: inside the extra boot information seL4 mapped
+                // after the frame (`extraLen` bytes).
+                let mhz = unsafe {
+                    (self.base.add((at + c::BOOTINFO_HEADER_SIZE) as usize) as *const u32)
+                        .read_unaligned()
+                };
+                return u64::from(mhz) * 1_000_000;
+            }
+            if len == 0 {
+                break;
+            }
+            at += len;
+        }
+        0
+    }
+
     /// `empty`: the free slots of the root CNode.
     pub fn empty(&self) -> (u64, u64) {
         (

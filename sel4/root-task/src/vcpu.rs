@@ -16,6 +16,7 @@ use vmm_server::Stub;
 pub mod field {
     pub const GUEST_ES_SELECTOR: u64 = 0x0800;
     pub const GUEST_EFER: u64 = 0x2806;
+    pub const PIN_CONTROLS: u64 = 0x4000;
     pub const PROC_CONTROLS: u64 = 0x4002;
     pub const ENTRY_CONTROLS: u64 = 0x4012;
     pub const ENTRY_EXCEPTION_ERROR_CODE: u64 = 0x4018;
@@ -30,6 +31,7 @@ pub mod field {
     pub const GUEST_ES_AR: u64 = 0x4814;
     pub const GUEST_INTERRUPTIBILITY: u64 = 0x4824;
     pub const GUEST_ACTIVITY: u64 = 0x4826;
+    pub const GUEST_PREEMPTION_TIMER: u64 = 0x482e;
     pub const CR0_MASK: u64 = 0x6000;
     pub const CR4_MASK: u64 = 0x6002;
     pub const CR0_READ_SHADOW: u64 = 0x6004;
@@ -44,6 +46,9 @@ pub mod field {
     pub const GUEST_DR7: u64 = 0x681a;
     pub const GUEST_RSP: u64 = 0x681c;
     pub const GUEST_RFLAGS: u64 = 0x6820;
+    pub const GUEST_SYSENTER_CS: u64 = 0x482a;
+    pub const GUEST_SYSENTER_ESP: u64 = 0x6824;
+    pub const GUEST_SYSENTER_EIP: u64 = 0x6826;
     /// Segment register numbers: field = base + 2 * n.
     pub const ES: u64 = 0;
     pub const CS: u64 = 1;
@@ -58,6 +63,10 @@ pub mod field {
 /// Primary processor-based controls: interrupt-window exiting, HLT exiting.
 const PROC_INTERRUPT_WINDOW: u64 = 1 << 2;
 const PROC_HLT_EXITING: u64 = 1 << 7;
+/// Pin-based controls: activate the VMX-preemption timer.
+const PIN_PREEMPTION_TIMER: u64 = 1 << 6;
+/// Exit reason: the VMX-preemption timer expired.
+const REASON_PREEMPTION_TIMER: u64 = 52;
 /// Secondary controls: unrestricted guest.
 const PROC2_UNRESTRICTED_GUEST: u64 = 1 << 7;
 /// VM-entry controls: IA-32e mode guest, load IA32_EFER.
@@ -106,6 +115,17 @@ impl core::fmt::Display for VcpuError {
     }
 }
 
+/// The processor mode as the last full exit read it (see [`Vcpu::record`]).
+#[derive(Clone, Copy, Debug)]
+struct Mode {
+    rsp: u64,
+    cr0: u64,
+    cr4: u64,
+    efer: u64,
+    cs: Segment,
+    cpl: u8,
+}
+
 /// The VCPU capability with the state the root task keeps for it.
 pub struct Vcpu {
     cap: CPtr,
@@ -119,10 +139,24 @@ pub struct Vcpu {
     rip: u64,
     entry_info: u64,
     interrupt_window: bool,
+    /// The mode the fast path reuses; `None` until the first full exit and
+    /// after the root task writes RSP or EFER.
+    mode: Option<Mode>,
     /// The last exit's record (its registers decide what a resume changes).
     last: ExitRecord,
     /// The last exit's interruptibility (MR), to clear STI/MOV SS blocking.
     interruptibility: u64,
+    /// The exit deadline (host TSC, 0: none) and the VMX-preemption timer
+    /// that keeps it: pin controls, whether the timer is on, its rate
+    /// (TSC cycles per count = 2^shift, learnt from its exits; the rate
+    /// is in IA32_VMX_MISC, which user level cannot read), and the last
+    /// arming (TSC at entry, count).
+    deadline: u64,
+    pin_controls: u64,
+    timer_on: bool,
+    timer_shift: u32,
+    timer_missing: bool,
+    armed: (u64, u64),
     sequence: u64,
     stats: Stats,
     /// ReadVMCS calls for the last exit, and in total.
@@ -198,7 +232,14 @@ impl Vcpu {
             entry_info: 0,
             interrupt_window: false,
             last: ExitRecord::default(),
+            mode: None,
             interruptibility: 0,
+            deadline: 0,
+            pin_controls: 0,
+            timer_on: false,
+            timer_shift: 5,
+            timer_missing: false,
+            armed: (0, 0),
             sequence: 0,
             stats: Stats::default(),
             reads_last: 0,
@@ -207,6 +248,7 @@ impl Vcpu {
             failure: None,
         };
         v.proc_controls = v.read(PROC_CONTROLS)? | PROC_HLT_EXITING;
+        v.pin_controls = v.read(PIN_CONTROLS)?;
         let proc2 = v.read(PROC2_CONTROLS)?;
         v.write(PROC2_CONTROLS, proc2 | PROC2_UNRESTRICTED_GUEST)?;
         let entry = v.read(ENTRY_CONTROLS)?;
@@ -265,6 +307,8 @@ impl Vcpu {
         v.write_gprs(&ipc_proto::GuestRegs {
             rax: regs[0],
             rbx: regs[1],
+            // A boot sector gets DL = 0x80, the first hard disk.
+            rdx: if mode == EntryMode::Real16 { 0x80 } else { 0 },
             rsi: regs[2],
             ..Default::default()
         })?;
@@ -321,8 +365,44 @@ impl Vcpu {
                 regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
             ] = [g(7), g(8), g(9), g(10), g(11), g(12), g(13), g(14)];
         }
-        regs.rsp = self.r(GUEST_RSP);
         let basic = exit_code as u16;
+        // The fast path: exits at an instruction boundary that the
+        // vmm-server answers from the registers alone (port I/O but string
+        // I/O, interrupt window, host interrupt, CPUID, HLT) take the
+        // processor mode (RSP, CR0, CR4, EFER, CS, CPL) from the last
+        // exit that read it; every other exit reads it from the VMCS.
+        let fast = self.mode.is_some()
+            && normal
+            && match basic {
+                30 => mr[c::VMENTER_FAULT_QUALIFICATION_MR as usize] & (1 << 4) == 0,
+                1 | 7 | 10 | 12 => true,
+                _ => false,
+            };
+        let mode = match self.mode {
+            Some(m) if fast => m,
+            _ => {
+                let cr0 = self.r(GUEST_CR0);
+                let cr4 = self.r(GUEST_CR4);
+                let cs_ar = self.r(GUEST_ES_AR + 2 * CS) as u32;
+                let ss_ar = self.r(GUEST_ES_AR + 2 * SS) as u32;
+                let m = Mode {
+                    rsp: self.r(GUEST_RSP),
+                    cr0: (cr0 & !self.cr0_mask) | (self.cr0_shadow & self.cr0_mask),
+                    cr4: cr4 & !self.cr4_mask,
+                    efer: self.r(GUEST_EFER),
+                    cs: Segment {
+                        selector: self.r(GUEST_ES_SELECTOR + 2 * CS) as u16,
+                        attrib: ar_to_attrib(cs_ar),
+                        limit: self.r(GUEST_ES_LIMIT + 2 * CS) as u32,
+                        base: self.r(GUEST_ES_BASE + 2 * CS),
+                    },
+                    cpl: ((ss_ar >> 5) & 3) as u8,
+                };
+                self.mode = Some(m);
+                m
+            }
+        };
+        regs.rsp = mode.rsp;
         let next_rip = if normal && basic < 64 && INSTRUCTION_EXITS & (1 << basic) != 0 {
             regs.rip
                 .wrapping_add(mr[c::VMENTER_FAULT_INSTRUCTION_LEN_MR as usize])
@@ -337,7 +417,12 @@ impl Vcpu {
             (true, 30) => self.r(GUEST_LINEAR_ADDRESS),
             _ => 0,
         };
-        let idt = self.r(IDT_VECTORING_INFO) as u32;
+        // An instruction's exit never interrupts an event's delivery.
+        let idt = if fast {
+            0
+        } else {
+            self.r(IDT_VECTORING_INFO) as u32
+        };
         let idt_error = if idt & (1 << 31 | 1 << 11) == (1 << 31 | 1 << 11) {
             self.r(IDT_VECTORING_ERROR_CODE) as u32
         } else {
@@ -345,10 +430,6 @@ impl Vcpu {
         };
         let interruptibility = mr[c::VMENTER_FAULT_GUEST_INT_MR as usize];
         self.interruptibility = interruptibility;
-        let cr0 = self.r(GUEST_CR0);
-        let cr4 = self.r(GUEST_CR4);
-        let cs_ar = self.r(GUEST_ES_AR + 2 * CS) as u32;
-        let ss_ar = self.r(GUEST_ES_AR + 2 * SS) as u32;
         self.sequence += 1;
         ExitRecord {
             abi_version: ipc_proto::ABI_VERSION,
@@ -364,19 +445,14 @@ impl Vcpu {
             exit_int_info: exit_int_info(idt, idt_error),
             next_rip,
             regs,
-            cr0: (cr0 & !self.cr0_mask) | (self.cr0_shadow & self.cr0_mask),
+            cr0: mode.cr0,
             // seL4 does not give the guest's CR2 (TODO: it is not switched).
             cr2: 0,
             cr3: mr[c::VMENTER_FAULT_CR3_MR as usize],
-            cr4: cr4 & !self.cr4_mask,
-            efer: self.r(GUEST_EFER),
-            cs: Segment {
-                selector: self.r(GUEST_ES_SELECTOR + 2 * CS) as u16,
-                attrib: ar_to_attrib(cs_ar),
-                limit: self.r(GUEST_ES_LIMIT + 2 * CS) as u32,
-                base: self.r(GUEST_ES_BASE + 2 * CS),
-            },
-            cpl: ((ss_ar >> 5) & 3) as u8,
+            cr4: mode.cr4,
+            efer: mode.efer,
+            cs: mode.cs,
+            cpl: mode.cpl,
             interrupt_shadow: u8::from(interruptibility & 3 != 0),
             insn_len: 0,
             reserved: [0; 5],
@@ -404,6 +480,9 @@ impl Vcpu {
             }
             if r.regs.rsp != last.rsp {
                 self.write(GUEST_RSP, r.regs.rsp)?;
+                if let Some(m) = &mut self.mode {
+                    m.rsp = r.regs.rsp;
+                }
             }
         }
         if flags.contains(ResumeFlags::SET_RIP) {
@@ -431,9 +510,103 @@ impl Vcpu {
                 self.write(ENTRY_EXCEPTION_ERROR_CODE, u64::from(e.error_code & 0xffff))?;
             }
         }
+        if flags.contains(ResumeFlags::SET_EXIT_DEADLINE) {
+            self.deadline = r.exit_deadline;
+        }
         // SET_PAGING, SET_NESTED_ROOT and SET_CR2 are the mmu-server's
         // (shadow paging, which seL4 has not; the EPT is built at boot).
-        // TODO: SET_EXIT_DEADLINE (the VMX preemption timer).
+        Ok(())
+    }
+
+    /// RDMSR/WRMSR of an MSR whose value lives in the VMCS (the native
+    /// stub's VMX passes EFER through its MSR bitmap and keeps the rest in
+    /// the VMCS; seL4's MSR bitmap makes them all exit): EFER writes, the
+    /// SYSENTER MSRs, FS_BASE and GS_BASE. Returns `None` for every other
+    /// exit, which goes to the vmm-server.
+    fn vmcs_msr(&mut self, rec: &ExitRecord) -> Option<Result<(), VcpuError>> {
+        use field::*;
+        const EFER: u32 = 0xc000_0080;
+        const LMA: u64 = 1 << 10;
+        let write = match rec.exit_code {
+            31 => false,
+            32 => true,
+            _ => return None,
+        };
+        let index = rec.regs.rcx as u32;
+        let f = match index {
+            EFER if write => GUEST_EFER,
+            0x174 => GUEST_SYSENTER_CS,
+            0x175 => GUEST_SYSENTER_ESP,
+            0x176 => GUEST_SYSENTER_EIP,
+            0xc000_0100 => GUEST_ES_BASE + 2 * FS,
+            0xc000_0101 => GUEST_ES_BASE + 2 * GS,
+            _ => return None,
+        };
+        let value = (rec.regs.rdx << 32) | (rec.regs.rax & 0xffff_ffff);
+        let r = (|| {
+            if write {
+                let v = if f == GUEST_EFER {
+                    // Only SCE, LME and NXE are the guest's; LMA is the CPU's.
+                    if value & !(1 | 1 << 8 | 1 << 11 | LMA) != 0 {
+                        return self.inject_gp();
+                    }
+                    (value & !LMA) | (rec.efer & LMA)
+                } else {
+                    value
+                };
+                self.write(f, v)?;
+                self.mode = None;
+            } else {
+                let v = self.read(f)?;
+                let regs = ipc_proto::GuestRegs {
+                    rax: v & 0xffff_ffff,
+                    rdx: v >> 32,
+                    ..rec.regs
+                };
+                self.write_gprs(&regs)?;
+                self.last.regs = regs;
+            }
+            self.rip = rec.next_rip;
+            Ok(())
+        })();
+        Some(r)
+    }
+
+    /// Before an entry: the VMX-preemption timer towards the exit deadline
+    /// (one WriteVMCS per entry while a deadline is set).
+    fn arm_timer(&mut self) -> Result<(), VcpuError> {
+        use field::*;
+        let on = self.deadline != 0;
+        if on != self.timer_on {
+            let pin = if on {
+                self.pin_controls | PIN_PREEMPTION_TIMER
+            } else {
+                self.pin_controls
+            };
+            self.write(PIN_CONTROLS, pin)?;
+            self.timer_on = on;
+            if on && self.read(PIN_CONTROLS)? & PIN_PREEMPTION_TIMER == 0 && !self.timer_missing {
+                self.timer_missing = true;
+                crate::console::say!(
+                    "this CPU has no VMX-preemption timer: exit deadlines are not kept"
+                );
+            }
+        }
+        if on {
+            let now = rdtsc();
+            let count =
+                (self.deadline.saturating_sub(now) >> self.timer_shift).clamp(1, 0xffff_ffff);
+            self.write(GUEST_PREEMPTION_TIMER, count)?;
+            self.armed = (rdtsc(), count);
+        }
+        Ok(())
+    }
+
+    /// #GP(0) on the next entry.
+    fn inject_gp(&mut self) -> Result<(), VcpuError> {
+        self.entry_info = 13 | 3 << 8 | 1 << 11 | 1 << 31;
+        self.write(field::ENTRY_EXCEPTION_ERROR_CODE, 0)?;
+        self.rip = self.last.regs.rip;
         Ok(())
     }
 
@@ -459,6 +632,11 @@ impl Vcpu {
         };
         *counter += 1;
     }
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no memory effects; seL4 leaves CR4.TSD clear.
+    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// Access rights as SVM attributes (the record's `Segment::attrib`).
@@ -496,29 +674,52 @@ impl Stub for Vcpu {
                 return Err(ErrorCode::NotPermitted);
             }
         }
-        let controls = self.proc_controls
-            | if self.interrupt_window {
-                PROC_INTERRUPT_WINDOW
-            } else {
-                0
-            };
-        let entry_info = core::mem::take(&mut self.entry_info);
-        let mr = loop {
-            match sel4_sys::vm_enter(self.rip, controls, entry_info) {
-                VmEnter::Exit(mr) => break mr,
-                // No notification is bound yet.
-                VmEnter::Notification(_) => continue,
+        loop {
+            let controls = self.proc_controls
+                | if self.interrupt_window {
+                    PROC_INTERRUPT_WINDOW
+                } else {
+                    0
+                };
+            let entry_info = core::mem::take(&mut self.entry_info);
+            if let Err(e) = self.arm_timer() {
+                self.failure.get_or_insert(e);
+                return Err(ErrorCode::NotPermitted);
             }
-        };
-        let rec = self.record(&mr);
-        self.rip = rec.regs.rip;
-        self.last = rec;
-        self.count(&rec);
-        if let Some(e) = self.failure {
-            let _ = e;
-            return Err(ErrorCode::NotPermitted);
+            let mut mr = loop {
+                match sel4_sys::vm_enter(self.rip, controls, entry_info) {
+                    VmEnter::Exit(mr) => break mr,
+                    // No notification is bound yet.
+                    VmEnter::Notification(_) => continue,
+                }
+            };
+            let reason = c::VMENTER_FAULT_REASON_MR as usize;
+            if mr[reason] & 0xffff == REASON_PREEMPTION_TIMER {
+                // The exit deadline passed: to the vmm-server this is the
+                // host interrupt the native stub's deadline timer makes.
+                let (at, count) = self.armed;
+                let per_count = (rdtsc().wrapping_sub(at) / count.max(1)).max(1);
+                self.timer_shift = per_count.ilog2().min(31);
+                mr[reason] = 1;
+            }
+            let rec = self.record(&mr);
+            self.rip = rec.regs.rip;
+            self.last = rec;
+            self.count(&rec);
+            if self.failure.is_some() {
+                return Err(ErrorCode::NotPermitted);
+            }
+            // The stub's share of MSR exits is done here, as the native
+            // stub's hardware does it, and the guest goes on.
+            match self.vmcs_msr(&rec) {
+                None => return Ok(rec),
+                Some(Ok(())) => continue,
+                Some(Err(e)) => {
+                    self.failure.get_or_insert(e);
+                    return Err(ErrorCode::NotPermitted);
+                }
+            }
         }
-        Ok(rec)
     }
 
     fn stats_read(&mut self) -> Result<Stats, ErrorCode> {

@@ -168,7 +168,9 @@ impl GuestMemory for GuestRam {
 }
 
 /// The host: the TSC (seL4 leaves RDTSC to user level) and the CPU's CPUID.
-struct Sel4Host;
+struct Sel4Host {
+    tsc_hz: u64,
+}
 
 fn rdtsc() -> u64 {
     // SAFETY: RDTSC has no memory effects; seL4 leaves CR4.TSD clear.
@@ -186,10 +188,20 @@ impl Host for Sel4Host {
     fn now(&mut self) -> u64 {
         rdtsc()
     }
-    /// Unknown: the vmm-server assumes 1 GHz. TODO: seL4's extra boot
-    /// information carries the TSC rate.
+    /// seL4's measurement, from its extra boot information.
     fn ticks_per_second(&self) -> u64 {
-        0
+        self.tsc_hz
+    }
+
+    /// Spins until the TSC reaches `t`, a millisecond at a time at most
+    /// (the caller polls the devices and waits again), as the native
+    /// vmm-server does.
+    fn wait_until(&mut self, t: u64) {
+        let most = (self.tsc_hz / 1000).max(1);
+        let start = rdtsc();
+        while rdtsc() < t && rdtsc().wrapping_sub(start) < most {
+            core::hint::spin_loop();
+        }
     }
 }
 
@@ -329,9 +341,10 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
     alloc.reserve_top(2);
     let ram = u64::from(guest.ram_mib) << 20;
     say!(
-        "seL4 root task: guest RAM {} MiB in 2 MiB frames, {} MiB of untyped RAM",
+        "seL4 root task: guest RAM {} MiB in 2 MiB frames, {} MiB of untyped RAM, TSC {} MHz",
         guest.ram_mib,
-        alloc.ram_bytes >> 20
+        alloc.ram_bytes >> 20,
+        bi.tsc_hz() / 1_000_000
     );
     let ept = build_ram(&mut alloc, ram);
     let mut mem = GuestRam { len: ram };
@@ -369,7 +382,8 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
     // the root task; the final shape is a vmm-server component of its own.
     let console = RefCell::new(HostConsole::new(DebugConsole, true));
     let board = Devices::new();
-    let mut host = Sel4Host;
+    let host_hz = bi.tsc_hz();
+    let mut host = Sel4Host { tsc_hz: host_hz };
     let mut uart = Uart16550::new(&console).with_irq(board.irq.pin(4));
     let mut timer = Pit::new(&board.clock, Some(board.irq.pin(0)));
     let mut cmos = Rtc::new(&board.clock, Some(board.irq.pin(8)), RTC_EPOCH);
@@ -413,12 +427,21 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
     drop(vmm);
     let cycles = rdtsc() - start;
     let exits = vcpu.stats_total();
+    let tenths = |n: u64| {
+        let t = n * 10 / exits.max(1);
+        (t / 10, t % 10)
+    };
+    let (r, rt) = tenths(vcpu.reads_total);
+    let (w, wt) = tenths(vcpu.writes_total);
     say!(
-        "seL4: {} exits in {} Mcycles, ReadVMCS {} ({} per exit), WriteVMCS/WriteRegisters {}",
-        exits,
+        "seL4: {exits} exits in {} Mcycles ({} exits/s), ReadVMCS {} ({r}.{rt} per exit), \
+         WriteVMCS and WriteRegisters {} ({w}.{wt} per exit)",
         cycles / 1_000_000,
+        match host_hz {
+            0 => 0,
+            hz => u128::from(exits) * u128::from(hz) / u128::from(cycles.max(1)),
+        },
         vcpu.reads_total,
-        vcpu.reads_total / exits.max(1),
         vcpu.writes_total
     );
     if let Some(e) = vcpu.failure {
