@@ -214,26 +214,33 @@ impl Kernel {
 pub fn build_kernel() -> Result<Kernel, String> {
     let sources = find_sources()?;
     let hash = config_hash(&sources).map_err(|e| format!("reading the seL4 sources: {e}"))?;
-    let dir = images::workspace_root()
+    let final_dir = images::workspace_root()
         .join("target")
         .join("sel4")
         .join(format!("kernel-{hash:016x}"));
-    let prefix = dir.join("install");
-    let done = prefix.join("bin").join("kernel.elf");
-    if done.is_file()
-        && prefix
-            .join("libsel4")
-            .join("include")
-            .join("interfaces")
-            .join("sel4_client.h")
-            .is_file()
-    {
+    let installed = |dir: &Path| {
+        let prefix = dir.join("install");
+        let ok = prefix.join("bin").join("kernel.elf").is_file()
+            && prefix
+                .join("libsel4")
+                .join("include")
+                .join("interfaces")
+                .join("sel4_client.h")
+                .is_file();
+        ok.then_some(prefix)
+    };
+    if let Some(prefix) = installed(&final_dir) {
         return Ok(Kernel {
             prefix,
             built: false,
             seconds: 0.0,
         });
     }
+    // Built in a folder of this process's own and renamed into place, so
+    // that runs started together (the e2e tests) do not share a build.
+    let dir = final_dir.with_extension(format!("partial-{}", std::process::id()));
+    let prefix = dir.join("install");
+    let done = prefix.join("bin").join("kernel.elf");
     let venv = venv_bin();
     let python = venv
         .as_ref()
@@ -300,10 +307,22 @@ pub fn build_kernel() -> Result<Kernel, String> {
     if !done.is_file() {
         return Err(format!("the seL4 build made no {}", done.display()));
     }
+    let seconds = start.elapsed().as_secs_f64();
+    if std::fs::rename(&dir, &final_dir).is_err() {
+        if installed(&final_dir).is_none() {
+            // A broken leftover: replace it.
+            let _ = std::fs::remove_dir_all(&final_dir);
+            let _ = std::fs::rename(&dir, &final_dir);
+        }
+        // Else another run got there first: use its kernel, drop ours.
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let prefix = installed(&final_dir)
+        .ok_or_else(|| format!("the seL4 build did not land in {}", final_dir.display()))?;
     Ok(Kernel {
         prefix,
         built: true,
-        seconds: start.elapsed().as_secs_f64(),
+        seconds,
     })
 }
 

@@ -39,7 +39,8 @@ fn hello_guest_on_sel4_in_bochs_prints_its_line_and_exits_0() {
     };
     assert_eq!(r.code, Some(0), "{r}");
     assert!(
-        r.stdout.contains("Booting all finished, dropped to user space"),
+        r.stdout
+            .contains("Booting all finished, dropped to user space"),
         "seL4 did not reach user space\n{r}"
     );
     assert!(
@@ -67,6 +68,67 @@ fn status42_guest_on_sel4_exits_42() {
     assert_eq!(r.code, Some(42), "{r}");
     assert!(r.has_line("exiting with status 42"), "{r}");
     assert!(r.has_line("[stub] vm stopped: guest status 42"), "{r}");
+}
+
+/// VMX reports the guest's triple fault as exit reason 2; the vmm-server
+/// says so and the root task ends with `vm failed`.
+#[test]
+fn triple_fault_guest_on_sel4_fails_with_exit_reason_2() {
+    let Some(r) = sel4_run(&["--guest", "triple-fault"]) else {
+        return;
+    };
+    assert_eq!(r.code, Some(101), "{r}");
+    assert!(r.all().contains("triple fault, code 0x2"), "{r}");
+    assert!(r.all().contains("rip="), "guest RIP not mentioned\n{r}");
+}
+
+/// Each processor mode the guest can be in under EPT: real mode (a boot
+/// sector with DL = 0x80), the switch to protected mode, 32-bit and PAE
+/// paging, long mode (EFER.LME through the root task's share of MSR
+/// exits); each prints its checks and ends with status 0.
+fn mode_guest(guest: &str) {
+    let Some(r) = sel4_run(&["--guest", guest]) else {
+        return;
+    };
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(r.has_line(&format!("{guest}: all checks passed")), "{r}");
+}
+
+#[test]
+fn realmode_guest_on_sel4_passes() {
+    mode_guest("realmode");
+}
+
+#[test]
+fn pmode_guest_on_sel4_passes() {
+    mode_guest("pmode");
+}
+
+#[test]
+fn paging32_guest_on_sel4_passes() {
+    mode_guest("paging32");
+}
+
+#[test]
+fn pae_guest_on_sel4_passes() {
+    mode_guest("pae");
+}
+
+#[test]
+fn longmode_guest_on_sel4_passes() {
+    mode_guest("longmode");
+}
+
+/// The PIT through the 8259 at 1 kHz: ticks counted in a virtual second,
+/// HLT woken by ticks, and ticks while the guest spins without exits (the
+/// exit deadline, kept with the VMX-preemption timer).
+#[test]
+fn timer_guest_on_sel4_passes() {
+    let Some(r) = sel4_run(&["--guest", "timer"]) else {
+        return;
+    };
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(r.all().contains("timer: all checks passed"), "{r}");
 }
 
 #[test]
