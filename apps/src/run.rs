@@ -562,7 +562,13 @@ pub fn run_command(
     console: Console,
     out: Box<dyn Write + Send>,
 ) -> Result<RunReport, SpawnError> {
-    run_command_with_stdin(cmd, program, timeout, console, out, Stdio::null())
+    // QEMU's COM1 is its stdin: a pipe, so that a report can be asked for
+    // before a timeout kills it (`vmm_server::console::REPORT_REQUEST`).
+    let stdin = match console {
+        Console::Stdout => Stdio::piped(),
+        Console::File(_) => Stdio::null(),
+    };
+    run_command_with_stdin(cmd, program, timeout, console, out, stdin)
 }
 
 /// [`run_command`] with the emulator's stdin given: `splitvisor run`
@@ -577,6 +583,27 @@ pub fn run_command_with_stdin(
     stdin: Stdio,
 ) -> Result<RunReport, SpawnError> {
     run_command_typed(cmd, program, timeout, console, out, stdin, None)
+}
+
+/// [`run_command`] with `input` copied as it is into the emulator's stdin
+/// (QEMU's COM1), which stays a pipe of ours, so that a report can be asked
+/// for before a timeout kills it.
+pub fn run_command_piping(
+    cmd: Command,
+    program: &str,
+    timeout: Duration,
+    out: Box<dyn Write + Send>,
+    input: Box<dyn Read + Send>,
+) -> Result<RunReport, SpawnError> {
+    run_command_typed(
+        cmd,
+        program,
+        timeout,
+        Console::Stdout,
+        out,
+        Stdio::piped(),
+        Some(Typed::AsIs(input)),
+    )
 }
 
 /// [`run_command`] with what the user types coming from `typed` through
@@ -596,8 +623,69 @@ pub fn run_console(
         Console::Stdout,
         out,
         Stdio::piped(),
-        Some(typed),
+        Some(Typed::Keys(typed)),
     )
+}
+
+/// What the vmm-server takes as a request to end the VM with a report,
+/// typed on COM1 before a timeout or Ctrl-A X kills the emulator.
+use ipc_proto::CONSOLE_REPORT_REQUEST as REPORT_REQUEST;
+
+/// How long the vmm-server gets to print its report.
+const REPORT_GRACE: Duration = Duration::from_secs(5);
+
+/// The emulator's stdin, shared by the typed keys and the report request;
+/// closed when the typed input ends, as if the emulator had it alone.
+#[derive(Clone)]
+struct SharedStdin(Arc<Mutex<Option<std::process::ChildStdin>>>);
+
+impl SharedStdin {
+    fn with<T>(&self, f: impl FnOnce(&mut std::process::ChildStdin) -> io::Result<T>) -> io::Result<T> {
+        let mut g = self.0.lock().map_err(|_| io::Error::other("stdin lock"))?;
+        match g.as_mut() {
+            Some(s) => f(s),
+            None => Err(io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    fn close(&self) {
+        if let Ok(mut g) = self.0.lock() {
+            g.take();
+        }
+    }
+}
+
+impl Write for SharedStdin {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.with(|s| s.write(buf))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.with(|s| s.flush())
+    }
+}
+
+/// What goes into the emulator's stdin besides a report request.
+enum Typed {
+    /// Keys from a terminal, through the console's escapes.
+    Keys(Box<dyn Read + Send>),
+    /// Bytes from a pipe or a file, as they are.
+    AsIs(Box<dyn Read + Send>),
+}
+
+/// Copies bytes to the emulator's stdin as they are, until either side ends.
+fn pass_bytes(mut from: Box<dyn Read + Send>, mut to: impl Write) {
+    let mut buf = [0u8; 256];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        if to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
+            return;
+        }
+    }
 }
 
 /// Copies typed bytes through the escape parser to the emulator's stdin
@@ -639,7 +727,7 @@ fn run_command_typed(
     console: Console,
     out: Box<dyn Write + Send>,
     stdin: Stdio,
-    typed: Option<Box<dyn Read + Send>>,
+    typed: Option<Typed>,
 ) -> Result<RunReport, SpawnError> {
     let mut child = cmd
         .stdin(stdin)
@@ -651,10 +739,27 @@ fn run_command_typed(
             source,
         })?;
     let quit_asked = Arc::new(AtomicBool::new(false));
-    if let (Some(from), Some(to)) = (typed, child.stdin.take()) {
-        let quit = quit_asked.clone();
-        // Not joined: it may wait on the terminal after the run.
-        thread::spawn(move || pass_keys(from, to, &quit));
+    let stdin = child
+        .stdin
+        .take()
+        .map(|s| SharedStdin(Arc::new(Mutex::new(Some(s)))));
+    // Not joined: they may wait on the terminal or a pipe after the run.
+    match (typed, stdin.clone()) {
+        (Some(Typed::Keys(from)), Some(to)) => {
+            let quit = quit_asked.clone();
+            thread::spawn(move || {
+                pass_keys(from, to.clone(), &quit);
+                if !quit.load(Ordering::SeqCst) {
+                    to.close();
+                }
+            });
+        }
+        // A pipe or file that ends leaves the emulator's stdin open: the
+        // report request may still have to go through it.
+        (Some(Typed::AsIs(from)), Some(to)) => {
+            thread::spawn(move || pass_bytes(from, to));
+        }
+        _ => {}
     }
     let shown = Arc::new(Mutex::new(ConsoleTail::default()));
     let (final_tx, final_rx) = mpsc::channel();
@@ -687,6 +792,14 @@ fn run_command_typed(
     let mut timed_out = false;
     let mut killed_after_final_line = false;
     let mut quit = false;
+    // Before a timeout or Ctrl-A X kills the emulator, the vmm-server is
+    // asked for its report, and given REPORT_GRACE to end the VM with it.
+    let mut report_deadline: Option<Instant> = None;
+    let ask_report = |stdin: &Option<SharedStdin>| -> Option<Instant> {
+        let mut s = stdin.clone()?;
+        s.write_all(REPORT_REQUEST).and_then(|()| s.flush()).ok()?;
+        Some(Instant::now() + REPORT_GRACE)
+    };
     let status = loop {
         if let Ok(f) = final_rx.try_recv() {
             final_line = Some(f);
@@ -700,15 +813,25 @@ fn run_command_typed(
                 break None;
             }
         }
-        if start.elapsed() >= timeout {
-            timed_out = true;
+        if report_deadline.is_some_and(|d| Instant::now() >= d) {
             kill(&mut child);
             break None;
         }
-        if quit_asked.load(Ordering::SeqCst) {
+        if start.elapsed() >= timeout && !timed_out {
+            timed_out = true;
+            report_deadline = ask_report(&stdin).filter(|_| final_line.is_none());
+            if report_deadline.is_none() {
+                kill(&mut child);
+                break None;
+            }
+        }
+        if quit_asked.load(Ordering::SeqCst) && !quit {
             quit = true;
-            kill(&mut child);
-            break None;
+            report_deadline = ask_report(&stdin).filter(|_| final_line.is_none());
+            if report_deadline.is_none() {
+                kill(&mut child);
+                break None;
+            }
         }
         if grace_deadline.is_some_and(|d| Instant::now() >= d) {
             killed_after_final_line = true;
@@ -956,6 +1079,13 @@ pub fn conclude(report: &RunReport, opts: &RunOptions) -> Verdict {
         }
     };
     let code = match (&report.final_line, report.timed_out) {
+        (Some(_), false) if report.quit => {
+            messages.push(format!(
+                "splitvisor: quit (Ctrl-A X): the vmm-server's report is above; killed {}",
+                opts.emulator
+            ));
+            EXIT_QUIT
+        }
         (_, true) => {
             messages.push(format!(
                 "splitvisor: timed out after {} s: killed {} (raise --timeout if the guest needs \
@@ -965,6 +1095,16 @@ pub fn conclude(report: &RunReport, opts: &RunOptions) -> Verdict {
             ));
             if report.final_line.is_none() {
                 messages.extend(report.tail.no_verdict_messages());
+            } else {
+                messages.push(
+                    "splitvisor: no verdict from the guest; asked before the kill, the \
+                     vmm-server ended the VM with its report above (the guest's RIP, its last \
+                     exits, the statistics)"
+                        .to_string(),
+                );
+                if let Some(l) = &report.tail.guest_line {
+                    messages.push(format!("splitvisor: the guest's last output line: {l}"));
+                }
             }
             EXIT_TIMEOUT
         }
@@ -1144,13 +1284,12 @@ pub fn run_accel(opts: &RunOptions, accel: Accel) -> i32 {
             Box::new(io::stdin()),
         )
     } else {
-        run_command_with_stdin(
+        run_command_piping(
             cmd,
             &program,
             opts.timeout,
-            Console::Stdout,
             Box::new(io::stdout()),
-            Stdio::inherit(),
+            Box::new(io::stdin()),
         )
     };
     if raw.is_some() {

@@ -110,8 +110,10 @@ fn clihlt_guest_on_svm_fails_instead_of_passing() {
 }
 
 /// A run that hits --timeout says what it knows (issue 11, defect 6): the
-/// timeout, that no verdict came, the guest's last line and the last stub
-/// lines. `uartin` waits for a line that never comes (stdin is empty).
+/// timeout, that no verdict came, the guest's last line, and -- asked for
+/// on COM1 before the kill -- the vmm-server's report: the guest's RIP, the
+/// last exits and the statistics. `uartin` waits for a line that never
+/// comes (stdin is empty).
 #[test]
 fn a_timed_out_run_says_the_guests_last_line_and_that_no_verdict_came() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitvisor"))
@@ -128,9 +130,15 @@ fn a_timed_out_run_says_the_guests_last_line_and_that_no_verdict_came() {
         "splitvisor: timed out after 25 s",
         "splitvisor: no verdict",
         "splitvisor: the guest's last output line: uartin: waiting for a line on COM1",
-        "splitvisor: the last stub and vmm-server lines:",
-        "  [stub] svm: nested paging",
     ] {
         assert!(r.stderr.contains(text), "no `{text}`:\n{r}");
+    }
+    for text in [
+        "[vmm] the host asked for a report before killing the VM (a timeout, or Ctrl-A X): the guest is at rip=0x",
+        "[vmm] last exits, oldest first:",
+        "[vmm] exits: total=",
+        "[stub] vm failed: ",
+    ] {
+        assert!(r.stdout.contains(text), "no `{text}`:\n{r}");
     }
 }

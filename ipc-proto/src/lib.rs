@@ -21,6 +21,13 @@ pub mod syscall;
 pub mod vcpu;
 pub mod x86;
 
+/// Bytes the host types on the guest's console (COM1) to ask the
+/// vmm-server to end the VM with a report -- the guest's RIP, the last
+/// exits, the statistics line -- before it kills the emulator (`splitvisor
+/// run` at a timeout or Ctrl-A X). Nobody types them; the guest may see
+/// them too, which no longer matters.
+pub const CONSOLE_REPORT_REQUEST: &[u8; 8] = b"\0\x1bSVREP\0";
+
 /// Version of the stub ABI. The stub refuses a `Resume` from a server built
 /// against another version.
 pub const ABI_VERSION: u32 = 8;

@@ -84,6 +84,10 @@ impl ExitDeadline {
     /// After an exit for a host interrupt: the PIT has fired (at the
     /// deadline, or on the way to one more than 55 ms off).
     pub fn fired(&mut self) {
+        // OUT low again (a mode 0 control word) before the acknowledge:
+        // Bochs's 8259 keeps asking for IRQ 0 while the line stays high,
+        // and with no new deadline to arm, every entry would exit at once.
+        outb(PIT_CMD, 0x30);
         acknowledge();
         self.armed = None;
     }

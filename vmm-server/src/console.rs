@@ -69,7 +69,12 @@ pub trait HostWrite {
 }
 
 /// Bytes of host input read ahead.
-pub const INPUT_BUFFER: usize = 64;
+pub const INPUT_BUFFER: usize = 256;
+
+/// What `splitvisor run` types when it is about to kill the emulator (a
+/// timeout, Ctrl-A X): the server loop answers by ending the VM with a
+/// report, so that a run that did not end still says what it knows.
+pub use ipc_proto::CONSOLE_REPORT_REQUEST as REPORT_REQUEST;
 
 /// Bytes of guest output buffered before they are sent.
 pub const HOST_BUFFER: usize = 256;
@@ -86,6 +91,9 @@ pub struct HostConsole<W: HostWrite> {
     input: [u8; INPUT_BUFFER],
     input_at: usize,
     input_len: usize,
+    /// How much of [`REPORT_REQUEST`] the input has matched so far.
+    request_matched: usize,
+    report_requested: bool,
 }
 
 impl<W: HostWrite> HostConsole<W> {
@@ -100,15 +108,49 @@ impl<W: HostWrite> HostConsole<W> {
             input: [0; INPUT_BUFFER],
             input_at: 0,
             input_len: 0,
+            request_matched: 0,
+            report_requested: false,
         }
+    }
+
+    /// Reads what the host typed into the free end of the read-ahead
+    /// buffer, looking for [`REPORT_REQUEST`] in it. The exit loop calls
+    /// it after every exit, so the request is seen even while the guest
+    /// reads no input (until the buffer is full).
+    pub fn poll_input(&mut self) {
+        if self.input_at == self.input_len {
+            self.input_at = 0;
+            self.input_len = 0;
+        } else if self.input_at > 0 {
+            self.input.copy_within(self.input_at..self.input_len, 0);
+            self.input_len -= self.input_at;
+            self.input_at = 0;
+        }
+        let start = self.input_len.min(INPUT_BUFFER);
+        let n = self.out.read_host(&mut self.input[start..]);
+        self.input_len = (start + n).min(INPUT_BUFFER);
+        for i in start..self.input_len {
+            let b = self.input[i];
+            self.request_matched = match REPORT_REQUEST.get(self.request_matched) {
+                Some(&want) if want == b => self.request_matched + 1,
+                _ => usize::from(b == REPORT_REQUEST[0]),
+            };
+            if self.request_matched == REPORT_REQUEST.len() {
+                self.report_requested = true;
+                self.request_matched = 0;
+            }
+        }
+    }
+
+    /// Whether the host asked for a report ([`REPORT_REQUEST`]).
+    pub fn report_requested(&self) -> bool {
+        self.report_requested
     }
 
     /// One byte typed on the host, read ahead [`INPUT_BUFFER`] at a time.
     pub fn input_byte(&mut self) -> Option<u8> {
         if self.input_at == self.input_len {
-            let n = self.out.read_host(&mut self.input);
-            self.input_at = 0;
-            self.input_len = n.min(INPUT_BUFFER);
+            self.poll_input();
         }
         if self.input_at < self.input_len {
             self.input_at += 1;
@@ -241,6 +283,26 @@ pub(crate) mod tests {
             }
             n
         }
+    }
+
+    #[test]
+    fn the_report_request_is_seen_in_pieces_while_the_guest_reads_nothing() {
+        let mut c = HostConsole::new(Recorder::default(), true);
+        c.out_mut().typed.extend(b"ls\n\0\0");
+        c.out_mut().typed.extend(REPORT_REQUEST);
+        for _ in 0..5 {
+            c.poll_input(); // three bytes a call: the request spans calls
+        }
+        assert!(c.report_requested());
+        // What was typed before it is still there for the guest, in order.
+        assert_eq!(c.input_byte(), Some(b'l'));
+        assert_eq!(c.input_byte(), Some(b's'));
+        let mut other = HostConsole::new(Recorder::default(), true);
+        other.out_mut().typed.extend(b"\0\x1bSVRE\0P\0");
+        for _ in 0..5 {
+            other.poll_input();
+        }
+        assert!(!other.report_requested(), "not the whole request in a row");
     }
 
     #[test]

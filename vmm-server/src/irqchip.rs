@@ -89,6 +89,11 @@ impl<'d> IrqChip<'d> {
         self.apics.as_ref()
     }
 
+    /// The local APIC, on the PC board.
+    pub fn lapic_mut(&mut self) -> Option<&mut LocalApic<'d>> {
+        self.apics.as_mut().map(|a| &mut a.lapic)
+    }
+
     /// Feeds the ISA lines' levels and the edges sent since the last call
     /// into the 8259s and the I/O APIC, then lets the APICs talk: the I/O
     /// APIC's messages to the local APIC, the local APIC's EOIs of

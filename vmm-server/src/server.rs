@@ -81,7 +81,26 @@ pub fn run<S: Stub, W: HostWrite>(
             }
         };
         let segments = stub.segments();
-        match vmm.handle_with(&rec, segments) {
+        let action = vmm.handle_with(&rec, segments);
+        {
+            let mut c = console.borrow_mut();
+            c.poll_input();
+            if c.report_requested() && matches!(action, Action::Resume(_)) {
+                c.flush();
+                c.server_line(format_args!(
+                    "the host asked for a report before killing the VM (a timeout, or Ctrl-A X): the guest is at rip={:#x}",
+                    rec.regs.rip
+                ));
+                c.server_line(format_args!("last exits, oldest first:"));
+                for e in vmm.history().iter() {
+                    c.server_line(format_args!("  {e}"));
+                }
+                drop(c);
+                statistics_line(stub, vmm, console);
+                return Ending::Fail;
+            }
+        }
+        match action {
             Action::Resume(r) => resume = Some(r),
             Action::Stop { status } => {
                 console.borrow_mut().flush();

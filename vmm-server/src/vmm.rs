@@ -444,6 +444,11 @@ pub struct Vmm<'d> {
     history: History,
     stats: VmmStats,
     last_host: Option<u64>,
+    /// The host time this exit arrived at.
+    exit_host: u64,
+    /// Host time this exit spent waiting for a halted guest's TSC deadline
+    /// or input: the guest's idle time, which its clock keeps.
+    waited: u64,
     next_deadline: Option<Nanos>,
     /// The exit deadline the stub has (host ticks, 0: none).
     told_deadline: u64,
@@ -476,6 +481,8 @@ impl<'d> Vmm<'d> {
             history: History::new(),
             stats: VmmStats::default(),
             last_host: None,
+            exit_host: 0,
+            waited: 0,
             next_deadline: None,
             told_deadline: 0,
             fault_streak: (0, 0, 0),
@@ -614,7 +621,23 @@ impl<'d> Vmm<'d> {
             self.board.clock.advance_to(target);
         }
         self.last_host = Some(now);
+        self.exit_host = now;
+        self.waited = 0;
         self.poll_devices();
+    }
+
+    /// The server's own time on this exit is not the guest's: the next
+    /// exit's clock advance counts from when the guest runs again (but
+    /// keeps the time waited for a halted guest). Without it, every exit
+    /// would age the guest by the cost of handling it, and a guest that
+    /// measures time between its exits (a calibration loop) would see
+    /// more time pass than its timers did.
+    fn exclude_handling_time(&mut self) {
+        let end = self.host.now();
+        let spent = end
+            .saturating_sub(self.exit_host)
+            .saturating_sub(self.waited);
+        self.last_host = self.last_host.map(|l| l.saturating_add(spent));
     }
 
     /// The host time ([`Host::now`] ticks) by which the guest must exit so
@@ -889,13 +912,15 @@ impl<'d> Vmm<'d> {
                 // host's TSC, which a warp of the virtual clock does not
                 // move, so wait for it.
                 (d, Some(tsc)) if d.is_none_or(|d| self.virtual_to_tsc(d) > tsc) => {
+                    let t = self.host.now();
                     self.host.wait_until(tsc);
+                    self.waited += self.host.now().saturating_sub(t);
                 }
                 (Some(d), _) => {
                     self.board.clock.advance_to(d);
                     self.stats.warps += 1;
                 }
-                (None, _) if self.host.wait_for_input() => {}
+                (None, _) if self.waited_for_input() => {}
                 (None, _) => return Step::Fail(FailKind::HaltedWithInterruptsEnabled),
             }
             self.poll_devices();
@@ -913,6 +938,14 @@ impl<'d> Vmm<'d> {
         }
     }
 
+    /// [`Host::wait_for_input`], with the time waited kept.
+    fn waited_for_input(&mut self) -> bool {
+        let t = self.host.now();
+        let more = self.host.wait_for_input();
+        self.waited += self.host.now().saturating_sub(t);
+        more
+    }
+
     /// Builds the resume: the registers that changed, then at most one
     /// event, by priority: an event the exit interrupted (EXITINTINFO), a
     /// fault the exit raised, the PIC's interrupt if the guest can take it.
@@ -924,6 +957,7 @@ impl<'d> Vmm<'d> {
         completed: bool,
         fault: Option<Fault>,
     ) -> Action {
+        self.exclude_handling_time();
         let mut flags = ResumeFlags::empty();
         let (old, new) = (&rec.regs, &cpu.regs);
         if gprs_differ(old, new) {

@@ -686,6 +686,57 @@ fn a_slow_exit_does_not_jump_past_a_tick() {
     let _ = r;
 }
 
+/// The PC board's local APIC timer, one-shot and short (16 us), fires
+/// while the guest spins without exits of its own: only the stub's host
+/// timer ends its runs (`intr` exits), each late by a host-dependent
+/// amount (here: a 100 MHz TSC, as Bochs's, and exits 2.5 us to 2.5 ms
+/// apart).
+#[test]
+fn a_short_local_apic_timer_fires_through_host_timer_exits() {
+    use crate::devices::ioapic::IoApic;
+    use crate::devices::lapic::LocalApic;
+    use crate::mmio::MmioDevice;
+    struct Slow<'a>(&'a Cell<u64>);
+    impl HostCpuid for Slow<'_> {
+        fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+            EveryFeature.host_cpuid(leaf, subleaf)
+        }
+    }
+    impl Host for Slow<'_> {
+        fn now(&mut self) -> u64 {
+            self.0.get()
+        }
+        fn ticks_per_second(&self) -> u64 {
+            100_000_000
+        }
+    }
+    for step in [250, 2_500, 25_000, 250_000] {
+        let mut w = World::new();
+        let mut ram = w.ram.ram();
+        let mut host = Slow(&w.time);
+        let mut vmm = Vmm::new(Router::new(), &w.board, &mut ram, &mut host)
+            .with_irqchip(IrqChip::pc(LocalApic::new(&w.board.clock), IoApic::new()));
+        let mut tick = flat(svm_exit::INTR, 0, 0);
+        tick.regs.rflags = 0x202;
+        resumed(vmm.handle(&tick));
+        let lapic = vmm.irq.lapic_mut().unwrap();
+        lapic.write(0xf0, 4, 0x1ff); // software-enabled
+        lapic.write(0x3e0, 4, 0x3); // divide by 16
+        lapic.write(0x320, 4, 0x40); // one-shot, vector 0x40
+        lapic.write(0x380, 4, 1000); // 16 us
+        let mut injected = None;
+        for n in 1..=100 {
+            w.time.set(w.time.get() + step);
+            let r = resumed(vmm.handle(&tick));
+            if flags(&r).contains(ResumeFlags::INJECT_EVENT) {
+                injected = Some((n, r.event.vector));
+                break;
+            }
+        }
+        assert_eq!(injected.map(|i| i.1), Some(0x40), "step {step}: {injected:?}");
+    }
+}
+
 #[test]
 fn uart_input_interrupts_on_irq4() {
     struct Typed(std::collections::VecDeque<u8>);
