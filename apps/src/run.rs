@@ -640,7 +640,10 @@ const REPORT_GRACE: Duration = Duration::from_secs(5);
 struct SharedStdin(Arc<Mutex<Option<std::process::ChildStdin>>>);
 
 impl SharedStdin {
-    fn with<T>(&self, f: impl FnOnce(&mut std::process::ChildStdin) -> io::Result<T>) -> io::Result<T> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut std::process::ChildStdin) -> io::Result<T>,
+    ) -> io::Result<T> {
         let mut g = self.0.lock().map_err(|_| io::Error::other("stdin lock"))?;
         match g.as_mut() {
             Some(s) => f(s),

@@ -31,13 +31,8 @@ fn boot_on_pc_board(flavour: Flavour, mmu: &str) {
         ("EPYC,+svm", &["--unsafe-shadow"])
     };
     let args = [&["--board", "pc", "--cpu", cpu][..], unsafe_shadow].concat();
-    let run = common::boot_linux_appending(
-        flavour,
-        mmu,
-        &args,
-        "splitvisor.platform",
-        TIMEOUT_SECS,
-    );
+    let run =
+        common::boot_linux_appending(flavour, mmu, &args, "splitvisor.platform", TIMEOUT_SECS);
     let report = run.to_string();
     let out = &run.stdout;
     let has = |needle: &str| out.contains(needle);
@@ -78,7 +73,10 @@ fn boot_on_pc_board(flavour: Flavour, mmu: &str) {
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no LOC line in /proc/interrupts\n{report}"));
-    assert!(loc > 100, "only {loc} local APIC timer interrupts\n{report}");
+    assert!(
+        loc > 100,
+        "only {loc} local APIC timer interrupts\n{report}"
+    );
     eprintln!("{} {mmu}: LOC {loc}; {}", flavour.name(), timer.trim());
 }
 
@@ -109,5 +107,8 @@ fn a_kernel_message_inside_a_program_line_is_moved_out() {
         common::rejoin_interrupted_lines(console),
         "a\n[    9.611830] clocksource: Long readout\nworkload: fork+exec 300 ok\nb"
     );
-    assert_eq!(common::rejoin_interrupted_lines("[    1.0] x\ny"), "[    1.0] x\ny");
+    assert_eq!(
+        common::rejoin_interrupted_lines("[    1.0] x\ny"),
+        "[    1.0] x\ny"
+    );
 }

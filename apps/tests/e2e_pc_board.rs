@@ -98,10 +98,7 @@ fn fwcfg(how: &[&str]) {
 
 fn pcstorm(how: &[&str]) {
     let r = run("pcstorm", how);
-    assert!(
-        r.has_line("pcstorm: still running after the storm"),
-        "{r}"
-    );
+    assert!(r.has_line("pcstorm: still running after the storm"), "{r}");
     assert!(
         r.has_line("pcstorm: esr after an ipi to the absent apic id 0x0f: 0x00000004"),
         "{r}"

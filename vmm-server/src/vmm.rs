@@ -351,21 +351,16 @@ struct Bus<'a, 'd> {
 impl IoBus for Bus<'_, '_> {
     fn port_read(&mut self, port: u16, size: IoSize) -> u32 {
         match pic_offset(port) {
-            Some(o) => {
-                crate::devices::PortDevice::read(self.irq.pic_mut(), o, size) & size.mask()
-            }
+            Some(o) => crate::devices::PortDevice::read(self.irq.pic_mut(), o, size) & size.mask(),
             None => self.router.read(port, size),
         }
     }
 
     fn port_write(&mut self, port: u16, size: IoSize, value: u32) -> WriteOutcome {
         match pic_offset(port) {
-            Some(o) => crate::devices::PortDevice::write(
-                self.irq.pic_mut(),
-                o,
-                size,
-                value & size.mask(),
-            ),
+            Some(o) => {
+                crate::devices::PortDevice::write(self.irq.pic_mut(), o, size, value & size.mask())
+            }
             None => self.router.write(port, size, value),
         }
     }

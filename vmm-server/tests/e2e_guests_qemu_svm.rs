@@ -163,7 +163,10 @@ fn timer_guest_counts_the_same_ticks_with_busy_loops_beside_it_on_svm() {
     for l in loops {
         l.join().unwrap();
     }
-    assert_eq!(quiet, busy, "ticks without load {quiet}, with two busy loops {busy}");
+    assert_eq!(
+        quiet, busy,
+        "ticks without load {quiet}, with two busy loops {busy}"
+    );
 }
 
 #[test]

@@ -733,7 +733,11 @@ fn a_short_local_apic_timer_fires_through_host_timer_exits() {
                 break;
             }
         }
-        assert_eq!(injected.map(|i| i.1), Some(0x40), "step {step}: {injected:?}");
+        assert_eq!(
+            injected.map(|i| i.1),
+            Some(0x40),
+            "step {step}: {injected:?}"
+        );
     }
 }
 
