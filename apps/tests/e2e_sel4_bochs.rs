@@ -131,6 +131,28 @@ fn timer_guest_on_sel4_passes() {
     assert!(r.all().contains("timer: all checks passed"), "{r}");
 }
 
+/// The bad-page-table guest agrees with the native stub's EPT results in
+/// every case but those whose page-table walk leaves guest RAM: there the
+/// vmm-server injects the page fault with `SET_CR2`, and seL4 16.0.0 cannot
+/// set a guest's CR2 (a known gap, `sel4/README.md`), so the guest reads a
+/// stale CR2 and counts those cases (only those) as mismatches.
+#[test]
+fn badpt32_on_sel4_differs_only_where_seL4_cannot_set_cr2() {
+    let Some(r) = sel4_run(&["--guest", "badpt32"]) else {
+        return;
+    };
+    let mismatches: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("badpt32: ") && l.ends_with(" MISMATCH"))
+        .collect();
+    assert_eq!(mismatches.len(), 3, "{r}");
+    assert!(mismatches.iter().all(|l| l.contains("_beyond_ram_")), "{r}");
+    assert!(r.has_line("badpt32: done, 25 cases, 3 mismatches"), "{r}");
+    assert!(r.stdout.contains("seL4 cannot set the guest's CR2"), "{r}");
+    assert_eq!(r.code, Some(3), "{r}");
+}
+
 #[test]
 fn shadow_paging_on_sel4_is_refused_in_one_sentence() {
     // Refused before anything is built: no seL4 sources needed.

@@ -156,6 +156,7 @@ pub struct Vcpu {
     timer_on: bool,
     timer_shift: u32,
     timer_missing: bool,
+    cr2_said: bool,
     armed: (u64, u64),
     sequence: u64,
     stats: Stats,
@@ -239,6 +240,7 @@ impl Vcpu {
             timer_on: false,
             timer_shift: 5,
             timer_missing: false,
+            cr2_said: false,
             armed: (0, 0),
             sequence: 0,
             stats: Stats::default(),
@@ -512,6 +514,14 @@ impl Vcpu {
         }
         if flags.contains(ResumeFlags::SET_EXIT_DEADLINE) {
             self.deadline = r.exit_deadline;
+        }
+        if flags.contains(ResumeFlags::SET_CR2) && !self.cr2_said {
+            // seL4 16.0.0 neither saves nor loads a guest's CR2.
+            self.cr2_said = true;
+            crate::console::say!(
+                "seL4 cannot set the guest's CR2: the page fault injected at rip={:#x} carries a stale CR2 (said once)",
+                last.rip
+            );
         }
         // SET_PAGING, SET_NESTED_ROOT and SET_CR2 are the mmu-server's
         // (shadow paging, which seL4 has not; the EPT is built at boot).

@@ -8,14 +8,19 @@ use ipc_proto::ABI_VERSION;
 use sel4_sys::{c, invoke, CPtr};
 use vmm_server::board::Board as Devices;
 use vmm_server::cpuid::HostCpuid;
+use vmm_server::devices::acpi_pm::{self, AcpiPm, ResetControl};
 use vmm_server::devices::debug_exit::{self, DebugExit};
+use vmm_server::devices::fw_cfg::{self, FwCfg};
 use vmm_server::devices::i8042::{self, I8042};
+use vmm_server::devices::ioapic::IoApic;
+use vmm_server::devices::lapic::LocalApic;
 use vmm_server::devices::pit::{self, Pit};
 use vmm_server::devices::port92::{self, SystemControlA};
 use vmm_server::devices::post::{self, PostCode};
 use vmm_server::devices::rtc::{self, Rtc};
 use vmm_server::devices::uart16550::{self, Uart16550};
 use vmm_server::emulate::{GuestMemory, NotRam};
+use vmm_server::irqchip::IrqChip;
 use vmm_server::mmio::{MmioRouter, ScratchRegisters};
 use vmm_server::{Ending, Host, HostConsole, Router, Vmm};
 use zerocopy::FromBytes;
@@ -393,11 +398,12 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
     let mut control_a = SystemControlA::new();
     let mut dbg = DebugExit::new();
     let mut pci_host = vmm_server::devices::pci::PciHost::new();
-    if guest.board != Board::Isa {
-        cannot_run(format_args!(
-            "only the ISA board runs on seL4 yet (the PC board's APICs are not wired here)"
-        ));
-    }
+    // The PC board's ACPI hardware, reset control and firmware interface,
+    // registered only there, as the native vmm-server does.
+    let pc_board = guest.board == Board::Pc;
+    let mut acpi = AcpiPm::new(&board.clock, Some(board.irq.pin(acpi_pm::SCI_IRQ)));
+    let mut reset_control = ResetControl::new();
+    let mut firmware_config = FwCfg::new(ram, 1);
     let mut router = Router::new();
     let registered = router
         .register(uart16550::COM1_BASE, uart16550::LEN, &mut uart)
@@ -409,7 +415,25 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
         .and_then(|()| router.register(debug_exit::PORT, debug_exit::LEN, &mut dbg))
         .and_then(|()| {
             use vmm_server::devices::pci::{BASE, LEN};
-            router.register(BASE, LEN, &mut pci_host)
+            // On the PC board the byte at 0xCF9 is the reset control.
+            let around_reset = [(BASE, 1), (BASE + 2, LEN - 2)];
+            let ranges: &[(u16, u16)] = if pc_board {
+                &around_reset
+            } else {
+                &[(BASE, LEN)]
+            };
+            router.register_ranges(ranges, &mut pci_host)
+        })
+        .and_then(|()| {
+            if !pc_board {
+                return Ok(());
+            }
+            router
+                .register(acpi_pm::PM_BASE, acpi_pm::LEN, &mut acpi)
+                .and_then(|()| {
+                    router.register(acpi_pm::RESET_PORT, acpi_pm::RESET_LEN, &mut reset_control)
+                })
+                .and_then(|()| router.register(fw_cfg::BASE, fw_cfg::LEN, &mut firmware_config))
         });
     if let Err(e) = registered {
         cannot_run(format_args!("{e}"));
@@ -421,7 +445,14 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
     }
     // iced's decoder tables, built now so that a short heap shows at start.
     let _ = iced_x86::Decoder::new(64, &[0x90], 0).decode();
-    let mut vmm = Vmm::new(router, &board, &mut mem, &mut host).with_mmio(mmio);
+    let irqchip = if pc_board {
+        IrqChip::pc(LocalApic::new(&board.clock), IoApic::new())
+    } else {
+        IrqChip::isa()
+    };
+    let mut vmm = Vmm::new(router, &board, &mut mem, &mut host)
+        .with_mmio(mmio)
+        .with_irqchip(irqchip);
     let start = rdtsc();
     let ending = vmm_server::run(&mut vcpu, &mut vmm, &console);
     drop(vmm);
