@@ -35,6 +35,13 @@ int main(void)
     C("X86_EPT_PDPT_MAP", X86EPTPDPTMap);
     C("X86_EPT_PD_MAP", X86EPTPDMap);
     C("X86_EPT_PT_MAP", X86EPTPTMap);
+#ifdef CONFIG_X86_64_VTX_64BIT_GUESTS
+    C("X86_VCPU_READ_MSR", X86VCPUReadMSR);
+    C("X86_VCPU_WRITE_MSR", X86VCPUWriteMSR);
+#else
+    C("X86_VCPU_READ_MSR", 0);
+    C("X86_VCPU_WRITE_MSR", 0);
+#endif
     /* object types */
     C("OBJ_X86_4K", seL4_X86_4K);
     C("OBJ_X86_LARGE_PAGE", seL4_X86_LargePageObject);

@@ -156,6 +156,7 @@ pub struct Vcpu {
     timer_on: bool,
     timer_shift: u32,
     timer_missing: bool,
+    timer_rate_known: bool,
     cr2_said: bool,
     armed: (u64, u64),
     sequence: u64,
@@ -240,6 +241,7 @@ impl Vcpu {
             timer_on: false,
             timer_shift: 5,
             timer_missing: false,
+            timer_rate_known: false,
             cr2_said: false,
             armed: (0, 0),
             sequence: 0,
@@ -249,6 +251,14 @@ impl Vcpu {
             writes_total: 0,
             failure: None,
         };
+        // The VMX-preemption timer's rate: IA32_VMX_MISC bits 4:0, which
+        // seL4 lets a VCPU read (64-bit-guest kernels); else it is learnt.
+        if c::X86_VCPU_READ_MSR != 0 {
+            if let Ok(r) = invoke(cap, c::X86_VCPU_READ_MSR, &[], &[0x485]) {
+                v.timer_shift = (r[0] & 0x1f) as u32;
+                v.timer_rate_known = true;
+            }
+        }
         v.proc_controls = v.read(PROC_CONTROLS)? | PROC_HLT_EXITING;
         v.pin_controls = v.read(PIN_CONTROLS)?;
         let proc2 = v.read(PROC2_CONTROLS)?;
@@ -528,11 +538,12 @@ impl Vcpu {
         Ok(())
     }
 
-    /// RDMSR/WRMSR of an MSR whose value lives in the VMCS (the native
-    /// stub's VMX passes EFER through its MSR bitmap and keeps the rest in
-    /// the VMCS; seL4's MSR bitmap makes them all exit): EFER writes, the
-    /// SYSENTER MSRs, FS_BASE and GS_BASE. Returns `None` for every other
-    /// exit, which goes to the vmm-server.
+    /// RDMSR/WRMSR of an MSR whose value is the hardware's (the native stub
+    /// passes EFER through its MSR bitmap and keeps the others in the VMCB
+    /// or VMCS; seL4's MSR bitmap passes only the SYSENTER MSRs, FS_BASE,
+    /// GS_BASE and KERNEL_GS_BASE): EFER writes through the VMCS, STAR,
+    /// LSTAR, CSTAR and SFMASK through the VCPU's ReadMSR/WriteMSR. Returns
+    /// `None` for every other exit, which goes to the vmm-server.
     fn vmcs_msr(&mut self, rec: &ExitRecord) -> Option<Result<(), VcpuError>> {
         use field::*;
         const EFER: u32 = 0xc000_0080;
@@ -543,6 +554,9 @@ impl Vcpu {
             _ => return None,
         };
         let index = rec.regs.rcx as u32;
+        if matches!(index, 0xc000_0081..=0xc000_0084) && c::X86_VCPU_READ_MSR != 0 {
+            return Some(self.syscall_msr(rec, index, write));
+        }
         let f = match index {
             EFER if write => GUEST_EFER,
             0x174 => GUEST_SYSENTER_CS,
@@ -609,6 +623,40 @@ impl Vcpu {
             self.write(GUEST_PREEMPTION_TIMER, count)?;
             self.armed = (rdtsc(), count);
         }
+        Ok(())
+    }
+
+    /// STAR, LSTAR, CSTAR, SFMASK: seL4 keeps them in the VCPU and loads
+    /// them around each entry.
+    fn syscall_msr(&mut self, rec: &ExitRecord, index: u32, write: bool) -> Result<(), VcpuError> {
+        let err = |what, code| VcpuError {
+            what,
+            field: u64::from(index),
+            code,
+        };
+        if write {
+            let value = (rec.regs.rdx << 32) | (rec.regs.rax & 0xffff_ffff);
+            self.writes_total += 1;
+            invoke(
+                self.cap,
+                c::X86_VCPU_WRITE_MSR,
+                &[],
+                &[u64::from(index), value],
+            )
+            .map_err(|e| err("VCPU WriteMSR", e.code))?;
+        } else {
+            self.reads_total += 1;
+            let v = invoke(self.cap, c::X86_VCPU_READ_MSR, &[], &[u64::from(index)])
+                .map_err(|e| err("VCPU ReadMSR", e.code))?[0];
+            let regs = ipc_proto::GuestRegs {
+                rax: v & 0xffff_ffff,
+                rdx: v >> 32,
+                ..rec.regs
+            };
+            self.write_gprs(&regs)?;
+            self.last.regs = regs;
+        }
+        self.rip = rec.next_rip;
         Ok(())
     }
 
@@ -707,9 +755,11 @@ impl Stub for Vcpu {
             if mr[reason] & 0xffff == REASON_PREEMPTION_TIMER {
                 // The exit deadline passed: to the vmm-server this is the
                 // host interrupt the native stub's deadline timer makes.
-                let (at, count) = self.armed;
-                let per_count = (rdtsc().wrapping_sub(at) / count.max(1)).max(1);
-                self.timer_shift = per_count.ilog2().min(31);
+                if !self.timer_rate_known {
+                    let (at, count) = self.armed;
+                    let per_count = (rdtsc().wrapping_sub(at) / count.max(1)).max(1);
+                    self.timer_shift = per_count.ilog2().min(31);
+                }
                 mr[reason] = 1;
             }
             let rec = self.record(&mr);
