@@ -44,7 +44,7 @@ pub struct BootArgs {
     /// `tsc=reliable tsc_early_khz=`) or pc (APICs, ACPI, fw_cfg; the
     /// command line is `console=ttyS0` and the markers alone, as plain
     /// QEMU's default PC gets too).
-    #[arg(long, value_name = "BOARD", default_value = "isa",
+    #[arg(long, value_name = "BOARD", default_value = "pc",
           value_parser = clap::builder::PossibleValuesParser::new(["isa", "pc"]))]
     board: String,
 }

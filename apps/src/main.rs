@@ -165,11 +165,11 @@ struct GuestArgs {
     #[arg(long, value_name = "MODE", default_value = "npt",
           value_parser = clap::builder::PossibleValuesParser::new(["npt", "shadow", "baseline"]))]
     mmu: String,
-    /// The machine around the guest: isa (8259 pair, 8254, RTC, 16550,
-    /// i8042: the first KVM's PC) or pc (those, plus a local APIC with
-    /// x2APIC and TSC-deadline, an I/O APIC, ACPI tables with the PM timer
-    /// and S5 power off, and QEMU's fw_cfg).
-    #[arg(long, value_name = "BOARD", default_value = "isa",
+    /// The machine around the guest: pc (the default: 8259 pair, 8254,
+    /// RTC, 16550, i8042, plus a local APIC with x2APIC and TSC-deadline, an
+    /// I/O APIC, ACPI tables with the PM timer and S5 power off, and QEMU's
+    /// fw_cfg) or isa (the first KVM's PC: those ISA devices alone).
+    #[arg(long, value_name = "BOARD", default_value = "pc",
           value_parser = clap::builder::PossibleValuesParser::new(["isa", "pc"]))]
     board: String,
     /// Leave the vmm-server out of the image: the stub then has no server for

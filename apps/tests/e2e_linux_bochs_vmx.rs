@@ -1,8 +1,9 @@
 //! End-to-end: Debian's stock x86-64 kernel with the busybox initramfs
 //! under splitvisor on Bochs with emulated Intel VMX (`corei7_skylake_x`,
-//! EPT and unrestricted guest), through `splitvisor run --linux --emulator
-//! bochs --arch vmx`: boot, the MMU workload (see `e2e_linux_qemu_svm.rs`),
-//! status 0. About two minutes on a 2.6 GHz EPYC host (Bochs 2.7 at its
+//! EPT and unrestricted guest), on the default PC board (`console=ttyS0`
+//! alone; the kernel powers off through ACPI S5), through `splitvisor run
+//! --linux --emulator bochs --arch vmx`: boot, the MMU workload (see
+//! `e2e_linux_qemu_svm.rs`), status 0. About two minutes on a 2.6 GHz EPYC host (Bochs 2.7 at its
 //! default 100 M instructions per emulated second); the 686-pae kernel with
 //! shadow paging on VMX is an `--ignored` test (about 3 minutes). Run only
 //! these with

@@ -1,6 +1,6 @@
 //! End-to-end: Debian's stock kernels with a busybox initramfs under
-//! splitvisor in QEMU (TCG, emulated SVM), through `splitvisor run --linux
-//! FLAVOUR`: the x86-64 kernel with nested paging and with shadow paging,
+//! splitvisor in QEMU (TCG, emulated SVM), on the ISA board, through
+//! `splitvisor run --linux FLAVOUR --board isa`: the x86-64 kernel with nested paging and with shadow paging,
 //! the i386 `686` (two-level paging) and `686-pae` kernels with shadow
 //! paging.
 //!
@@ -43,7 +43,9 @@ fn boot_linux(flavour: Flavour, mmu: &str) {
     } else {
         &[]
     };
-    let args = [&["--cpu", cpu][..], unsafe_shadow].concat();
+    // The ISA board: the PC board's Linux tests are in
+    // e2e_linux_pc_board_qemu_svm.rs.
+    let args = [&["--board", "isa", "--cpu", cpu][..], unsafe_shadow].concat();
     common::boot_linux(flavour, mmu, &args, TIMEOUT_SECS);
 }
 

@@ -107,11 +107,11 @@ impl MmuMode {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Board {
     /// The ISA PC of the first KVM: 8259 pair, 8254, RTC, 16550, i8042.
-    #[default]
     Isa,
-    /// The PC that today's guests expect: the ISA devices, plus a local
-    /// APIC, an I/O APIC, ACPI (tables in guest RAM, PM timer, S5 power
-    /// off) and QEMU's fw_cfg.
+    /// The PC that today's guests expect (the default): the ISA devices,
+    /// plus a local APIC, an I/O APIC, ACPI (tables in guest RAM, PM timer,
+    /// S5 power off) and QEMU's fw_cfg.
+    #[default]
     Pc,
 }
 
