@@ -31,7 +31,8 @@ pub const SEL4_TARBALL: &str = "seL4-16.0.0.tar.gz";
 
 /// The kernel's cmake configuration: pc99, x86_64, VT-x with 64-bit
 /// guests, debug printing (`KernelVerificationBuild` defaults to ON and
-/// silently turns printing off), one CPU, no IOMMU, no PCID (Bochs).
+/// silently turns printing off), one CPU, no IOMMU, no PCID (Bochs), a
+/// root CNode of 2^16 slots.
 pub const KERNEL_CONFIG: &[&str] = &[
     "-DKernelPlatform=pc99",
     "-DKernelSel4Arch=x86_64",
@@ -43,6 +44,9 @@ pub const KERNEL_CONFIG: &[&str] = &[
     "-DKernelIOMMU=OFF",
     "-DKernelDebugBuild=ON",
     "-DKernelPrinting=ON",
+    // One slot per 4 KiB frame of the root task's image, whose payload
+    // carries the guest (a Linux kernel and initramfs: some 6,000 frames).
+    "-DKernelRootCNodeSizeBits=16",
 ];
 
 /// One sentence on what shadow paging is on seL4.
