@@ -146,3 +146,35 @@ fn guest_modes_on_bochs_vmx_and_svm_with_nested_paging() {
         }
     }
 }
+
+/// Issue 11, defect 7, on Bochs VMX with EPT (the QEMU SVM runs are in
+/// `vmm-server/tests/e2e_guests_qemu_svm.rs`): CR4 bits CPUID hides raise
+/// #GP although the guest owns CR4 under nested paging — the stub's CR4
+/// guest/host mask makes MOV to CR4 exit for every bit but the baseline
+/// ones and the vmm-server refuses OSXSAVE and PCIDE — while offered bits
+/// are set and cleared (FSGSBASE, which `corei7_skylake_x` has, through
+/// the vmm-server's `SET_PAGING` and the read shadow). ISA board: the
+/// guest checks that CPUID shows no x2APIC.
+#[test]
+fn qemupc_guest_on_bochs_vmx_refuses_hidden_cr4_bits() {
+    let args = [
+        "--emulator",
+        "bochs",
+        "--guest",
+        "qemupc",
+        "--arch",
+        "vmx",
+        "--board",
+        "isa",
+    ];
+    let r = common::splitvisor_run(&args, TIMEOUT_SECS);
+    assert_eq!(r.code, Some(0), "{r}");
+    for line in [
+        "qemupc: cr4.osxsave: #GP, cr4 unchanged",
+        "qemupc: cr4.pge, cr4.osfxsr (and cr4.fsgsbase if in cpuid): set and cleared",
+        "qemupc: cr4.pcide: #GP, cr4 unchanged",
+        "qemupc: all checks passed",
+    ] {
+        assert!(r.has_line(line), "no line `{line}`\n{r}");
+    }
+}

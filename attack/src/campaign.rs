@@ -902,6 +902,15 @@ const CR0_DEFINED: u64 = 0x1f | 1 << 5 | 1 << 16 | 1 << 18 | 1 << 29 | 1 << 30 |
 /// (keys and shadow stacks the shadow tables do not carry), nor anything
 /// reserved.
 const CR4_SAFE: u64 = 0x7ff | 1 << 16 | 1 << 18 | 1 << 20 | 1 << 21;
+/// CR4 bits no server may give a nested-paging guest: the stub's
+/// allowlist leaves them out (LA57, VMXE, PCIDE, PKE, a reserved bit).
+const NESTED_CR4_REFUSED: [(u64, &str); 5] = [
+    (1 << 12, "la57"),
+    (1 << 13, "vmxe"),
+    (1 << 17, "pcide"),
+    (1 << 22, "pke"),
+    (1 << 63, "bit-63"),
+];
 /// EFER bits beside LME/LMA that only change the guest's own behaviour:
 /// SCE, NXE, SVME (forced on by the stub), LMSLE, FFXSR, TCE.
 const EFER_SAFE: u64 = 1 | 1 << 11 | 1 << 12 | 1 << 13 | 1 << 14 | 1 << 15;
@@ -942,7 +951,20 @@ pub fn mmu_resumes(c: &mut Campaign, shadow: bool) {
     if shadow {
         paging(c, Must::Accept, base, format_args!("control-pae"));
     } else {
-        paging(c, Must::Refuse, base, format_args!("under-nested-paging"));
+        // Under nested paging SET_PAGING loads only the guest's CR4 (the
+        // answer to a MOV to CR4), through the allowlist.
+        for (bit, why) in NESTED_CR4_REFUSED {
+            let p = PagingState {
+                cr4: base.cr4 | bit,
+                ..base
+            };
+            paging(
+                c,
+                Must::Refuse,
+                p,
+                format_args!("under-nested-paging-cr4-{why}"),
+            );
+        }
     }
     if shadow {
         for b in 0..64u32 {
@@ -1104,7 +1126,7 @@ pub fn mmu_resumes(c: &mut Campaign, shadow: bool) {
 /// The vmm-server's resumes: flags, RIP, RFLAGS, events, and the paging
 /// flags that are the mmu-server's alone. The guest (the probe) is in
 /// 32-bit protected mode with interrupts off.
-pub fn vmm_resumes(c: &mut Campaign) {
+pub fn vmm_resumes(c: &mut Campaign, shadow: bool) {
     let cl = Class::Resumes;
     let refuse = |c: &mut Campaign, r: Resume, why: fmt::Arguments| {
         c.attempt(cl, Must::Refuse, why, || resume(&r));
@@ -1165,12 +1187,14 @@ pub fn vmm_resumes(c: &mut Campaign) {
         };
         refuse(c, r, format_args!("event {why}"));
     }
-    // The paging flags are the mmu-server's.
+    // The paging flags are the mmu-server's (under nested paging
+    // SET_PAGING loads the guest's CR4, through the allowlist).
     for root in [0u32, 1, 2, 3] {
         let mut r = base_resume(ResumeFlags::SET_PAGING);
+        let (bit, why) = NESTED_CR4_REFUSED[root as usize];
         r.paging = PagingState {
             cr0: 0x8000_0011,
-            cr4: 0x20,
+            cr4: if shadow { 0x20 } else { 0x20 | bit },
             efer: 0,
             root,
             reserved: 0,
@@ -1178,7 +1202,7 @@ pub fn vmm_resumes(c: &mut Campaign) {
         refuse(
             c,
             r,
-            format_args!("set-paging-from-the-vmm-server root={root}"),
+            format_args!("set-paging-from-the-vmm-server root={root} nested-cr4={why}"),
         );
         let mut r = base_resume(ResumeFlags::SET_NESTED_ROOT);
         r.paging.root = root;
@@ -1720,7 +1744,7 @@ fn shut_down(e: &ExitRecord) -> bool {
 /// ([`harness`], written by the caller) makes injected events land on a
 /// HLT. Between draws the guest stays where its last exit left it, or a
 /// draw puts it back at `first`. Returns the latest exit.
-pub fn vmm_random(c: &mut Campaign, first: ExitRecord, tsc_hz: u64) -> ExitRecord {
+pub fn vmm_random(c: &mut Campaign, first: ExitRecord, tsc_hz: u64, shadow: bool) -> ExitRecord {
     let cl = Class::RandomResumes;
     let n = random_draws(c);
     line!(
@@ -1867,9 +1891,11 @@ pub fn vmm_random(c: &mut Campaign, first: ExitRecord, tsc_hz: u64) -> ExitRecor
             forbidden = Some("unknown-flag");
         } else if c.one_in(40) {
             bits |= ResumeFlags::SET_PAGING.bits();
+            // Under nested paging only CR4 counts: one outside the allowlist.
+            let (bit, _) = NESTED_CR4_REFUSED[c.below(5) as usize];
             r.paging = PagingState {
                 cr0: 0x8000_0011,
-                cr4: 0x20,
+                cr4: if shadow { 0x20 } else { 0x20 | bit },
                 efer: 0,
                 root: c.below(4) as u32,
                 reserved: 0,

@@ -19,17 +19,15 @@
  *     the vmm-server completes), past native instructions, after each
  *     iteration of a REP OUTSB; DR6 at the first trap is printed (not
  *     checked: the server cannot set DR6.BS);
- *  6. CPUID hides XSAVE; whether CR4.OSXSAVE can be set anyway is printed
- *     (not checked: under nested paging CR4 writes do not exit, see the
- *     e2e test), and with it set what XSETBV does (the vmm-server answers
- *     its exit with #UD; QEMU 7.2's TCG ignores the XSETBV intercept and
- *     runs it);
+ *  6. CPUID hides XSAVE, and setting CR4.OSXSAVE raises #GP with CR4
+ *     unchanged (nested paging: the stub intercepts MOV to CR4 and the
+ *     vmm-server refuses bits CPUID hides; shadow paging: the
+ *     mmu-server); offered CR4 bits (PGE, OSFXSR, FSGSBASE where CPUID
+ *     shows it) are set, read back and cleared without a fault;
  *  RDTSCP: CPUID hides it and RDMSR of TSC_AUX raises #GP; what RDTSCP
  *     itself does is printed (not checked: SVM does not intercept it);
  *  7. in long mode (its own four-level tables, 0-8 MiB one to one): CPUID
- *     hides PCID; whether CR4.PCIDE can be set anyway is printed (not
- *     checked: under nested paging CR4 writes do not exit; the mmu-server
- *     refuses it under shadow paging).
+ *     hides PCID, and setting CR4.PCIDE raises #GP with CR4 unchanged.
  * Then "all checks passed" and a fast reset through port 0x92 ends the VM
  * (the vmm-server says "the guest reset the machine"). A failed check
  * ends with its number as the status on port 0xF4. */
@@ -262,7 +260,7 @@ step_outs:
     call print_hex32
     call print_nl
 
-    /* 6. XSAVE is hidden; CR4.OSXSAVE and XSETBV. */
+    /* 6. XSAVE is hidden: setting CR4.OSXSAVE is #GP and CR4 stays. */
     CHECK(8)
     mov eax, 1
     cpuid
@@ -276,36 +274,51 @@ step_outs:
     or eax, 1 << 18
     mov cr4, eax
     mov dword ptr [recover], 0
-5:  mov esi, offset msg_osxsave
-    call say
-    cmp byte ptr [fault_vec], 13
-    jne 6f
-    mov esi, offset msg_gp
-    call uart_puts
-    jmp 7f
-6:  mov esi, offset msg_set
-    call uart_puts
-    mov byte ptr [fault_vec], 0
-    mov dword ptr [recover], offset 8f
-    xor ecx, ecx
-    mov eax, 1
-    xor edx, edx
-    xsetbv
-    mov dword ptr [recover], 0
-8:  mov esi, offset msg_xsetbv
-    call say
-    mov esi, offset msg_ud
-    cmp byte ptr [fault_vec], 6
-    je 10f
-    mov esi, offset msg_gp
-    cmp byte ptr [fault_vec], 13
-    je 10f
-    mov esi, offset msg_native
-10: call uart_puts
+    jmp fail
+5:  cmp byte ptr [fault_vec], 13
+    jne fail
     mov eax, cr4
-    and eax, ~(1 << 18)
+    test eax, 1 << 18
+    jnz fail
+    mov esi, offset msg_osxsave
+    call say
+
+    /* 6b. Offered CR4 bits are set and cleared without a fault: PGE and
+     * OSFXSR, and FSGSBASE where CPUID shows it (a bit the vmm-server
+     * applies on VMX too). */
+    CHECK(11)
+    mov dword ptr [recover], offset fail
+    xor eax, eax
+    cpuid
+    mov edx, (1 << 7) | (1 << 9)
+    cmp eax, 7
+    jb 6f
+    mov eax, 7
+    xor ecx, ecx
+    cpuid
+    mov edx, (1 << 7) | (1 << 9)
+    test ebx, 1
+    jz 6f
+    or edx, 1 << 16
+6:  mov ebx, edx
+    mov eax, cr4
+    or eax, ebx
     mov cr4, eax
-7:
+    mov eax, cr4
+    mov ecx, eax
+    and ecx, ebx
+    cmp ecx, ebx
+    jne fail
+    not ebx
+    and eax, ebx
+    mov cr4, eax
+    mov eax, cr4
+    not ebx
+    test eax, ebx
+    jnz fail
+    mov dword ptr [recover], 0
+    mov esi, offset msg_offered
+    call say
 
     /* RDTSCP is hidden and TSC_AUX is #GP; what RDTSCP does is printed. */
     CHECK(10)
@@ -399,17 +412,15 @@ long64:
     or rax, 1 << 17
     mov cr4, rax
     mov dword ptr [rbx], 0
-13: mov esi, offset msg_pcide
-    call say
-    mov esi, offset msg_gp
-    mov ebx, offset fault_vec
+    jmp fail
+13: mov ebx, offset fault_vec
     cmp byte ptr [rbx], 13
-    je 14f
+    jne fail
     mov rax, cr4
-    and rax, ~(1 << 17)
-    mov cr4, rax
-    mov esi, offset msg_set
-14: call uart_puts
+    test eax, 1 << 17
+    jnz fail
+    mov esi, offset msg_pcide
+    call say
 
     mov esi, offset msg_pass
     call say
@@ -576,18 +587,15 @@ msg_steps:     .asciz "tf: #db past rdmsr, in, cpuid, two native movs, each rep 
 msg_dr6:       .asciz "dr6 at the rdmsr step (not checked): "
 msg_steps_bad: .asciz "tf: wrong single-step traps: "
 msg_noxsave:   .asciz "cpuid hides xsave\n"
-msg_osxsave:   .asciz "cr4.osxsave: "
-msg_gp:        .asciz "#GP\n"
-msg_set:       .asciz "set without #GP (not checked)\n"
-msg_xsetbv:    .asciz "xsetbv with cr4.osxsave set (not checked): "
+msg_osxsave:   .asciz "cr4.osxsave: #GP, cr4 unchanged\n"
+msg_offered:   .asciz "cr4.pge, cr4.osfxsr (and cr4.fsgsbase if in cpuid): set and cleared\n"
 msg_ud:        .asciz "#UD\n"
-msg_native:    .asciz "no exit, no fault (the intercept did not fire)\n"
 msg_tscaux:    .asciz "cpuid hides rdtscp; rdmsr tsc_aux: #GP\n"
 msg_rdtscp:    .asciz "rdtscp (not checked): "
 msg_rdtscp_runs: .asciz "runs, ecx = "
 msg_nl:        .asciz "\n"
 msg_long:      .asciz "long mode; cpuid hides pcid\n"
-msg_pcide:     .asciz "cr4.pcide: "
+msg_pcide:     .asciz "cr4.pcide: #GP, cr4 unchanged\n"
 msg_pass:      .asciz "all checks passed\n"
 msg_reset:     .asciz "fast reset through port 0x92\n"
 msg_fail:      .asciz "FAILED check "

@@ -243,8 +243,10 @@ bitflags::bitflags! {
         /// interrupt: RFLAGS.IF set and no interrupt shadow. Applies to this
         /// entry only; ask again on the next resume if still needed.
         const REQUEST_INTERRUPT_WINDOW = 1 << 4;
-        /// Load the hardware paging state from `paging` (shadow paging only:
-        /// the mmu-server's call).
+        /// Shadow paging, the mmu-server's call: load the hardware paging
+        /// state from `paging`. Nested paging, any VCPU task's (the
+        /// vmm-server's answer to a MOV to CR4): load the guest's CR4 from
+        /// `paging.cr4` alone, within the stub's allowlist.
         const SET_PAGING = 1 << 5;
         /// Write CR2 from `cr2` (SVM does not set it when a #PF is injected).
         const SET_CR2 = 1 << 6;

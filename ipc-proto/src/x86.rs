@@ -85,6 +85,14 @@ pub mod cr4 {
     pub const UINTR: u64 = 1 << 25;
     /// Linear-address masking for supervisor pointers.
     pub const LAM_SUP: u64 = 1 << 28;
+    /// The bits a nested-paging guest owns outright: those every x86-64
+    /// CPU has, but MCE (the VM's CPUID hides machine checks). On VMX a MOV
+    /// to CR4 that changes only these does not exit (the stub's CR4
+    /// guest/host mask covers every other bit); on SVM every MOV to CR4
+    /// exits. The vmm-server answers the exit with #GP(0) for a bit the
+    /// VM's CPUID does not offer, or applies the value with `SET_PAGING`.
+    pub const NESTED_GUEST_OWNED: u64 =
+        VME | PVI | TSD | DE | PSE | PAE | PGE | PCE | OSFXSR | OSXMMEXCPT;
 }
 
 /// EFER (MSR `0xC000_0080`) bits.

@@ -163,6 +163,23 @@ pub fn validate_paging(
     }
 }
 
+/// Checks the CR4 a server gives a nested-paging guest (`SET_PAGING`
+/// under nested paging, where only `cr4` counts: the vmm-server's answer
+/// to an intercepted MOV to CR4): the allowlist, plus PSE, which the
+/// guest's own 32-bit paging may use; PAE stays set in long mode, as
+/// VMRUN and VM entry require (APM vol. 2, 15.5.1; SDM vol. 3C, 26.3.1.1).
+pub fn validate_nested_cr4(
+    cr4: u64,
+    rules: &PagingRules,
+    mode: &GuestMode,
+) -> Result<(), ErrorCode> {
+    if cr4 & !(rules.cr4 | cr4::PSE) == 0 && (!mode.lma || cr4 & cr4::PAE != 0) {
+        Ok(())
+    } else {
+        Err(ErrorCode::ResumeBadPaging)
+    }
+}
+
 /// Checks the root of a nested-paging guest (`ResumeFlags::SET_NESTED_ROOT`):
 /// a live four-level table of the stub's (`root_level` looks a handle up),
 /// whose entries the install check passed in the VM's nested format.
@@ -222,18 +239,20 @@ pub fn validate(
     }
     let flags = ResumeFlags::from_bits(r.flags).ok_or(ErrorCode::ResumeUnknownFlags)?;
     let set_paging = flags.contains(ResumeFlags::SET_PAGING);
-    if set_paging && !mode.shadow || flags.contains(ResumeFlags::SET_NESTED_ROOT) && mode.shadow {
+    if flags.contains(ResumeFlags::SET_NESTED_ROOT) && mode.shadow {
         return Err(ErrorCode::ResumeBadPaging);
     }
-    if set_paging {
+    if set_paging && mode.shadow {
         validate_paging(&r.paging, rules, mode, &root_level)?;
+    } else if set_paging {
+        validate_nested_cr4(r.paging.cr4, rules, mode)?;
     }
     if flags.contains(ResumeFlags::SET_NESTED_ROOT) {
         validate_nested_root(&r.paging, &root_level)?;
     }
     // The entry checks RIP against the mode the guest enters in, which a
     // SET_PAGING in the same resume may change.
-    let lma = if set_paging {
+    let lma = if set_paging && mode.shadow {
         r.paging.efer & efer::LMA != 0
     } else {
         mode.lma
@@ -611,12 +630,57 @@ mod tests {
         }
         let mut r = resume(ResumeFlags::SET_PAGING);
         r.paging = PAE;
-        assert_eq!(
-            check(&r, PROTECTED),
-            Err(ErrorCode::ResumeBadPaging),
-            "not in shadow mode"
-        );
         assert!(check(&r, SHADOW).is_ok());
+        // Under nested paging only CR4 counts (the root is not looked at).
+        r.paging.root = 7;
+        assert_eq!(check(&r, PROTECTED), Ok(ResumeFlags::SET_PAGING));
+    }
+
+    /// Nested paging: the vmm-server's answer to a MOV to CR4 carries only
+    /// CR4, checked against the allowlist (with PSE); PAE stays in long
+    /// mode, or VMRUN and VM entry would fail.
+    #[test]
+    fn a_nested_guests_cr4_is_allowlisted() {
+        let cr4_only = |cr4: u64| {
+            let mut r = resume(ResumeFlags::SET_PAGING | ResumeFlags::SET_RIP);
+            r.regs.rip = 0x1000;
+            r.paging = PagingState {
+                cr4,
+                ..Default::default()
+            };
+            r
+        };
+        for ok in [
+            0,
+            cr4::PSE,
+            cr4::PGE | cr4::OSFXSR,
+            cr4::SMEP | cr4::FSGSBASE,
+        ] {
+            assert!(check(&cr4_only(ok), PROTECTED).is_ok(), "{ok:#x}");
+        }
+        for bit in 0..64 {
+            let b = 1u64 << bit;
+            assert_eq!(
+                check(&cr4_only(cr4::PAE | b), LONG).is_ok(),
+                (cr4::SHADOW_ALLOWED | cr4::PSE) & b != 0,
+                "CR4 bit {bit}"
+            );
+        }
+        for bad in [cr4::LA57, cr4::PCIDE, cr4::VMXE, cr4::PKE] {
+            assert_eq!(
+                check(&cr4_only(cr4::PAE | bad), LONG),
+                Err(ErrorCode::ResumeBadPaging)
+            );
+        }
+        assert_eq!(
+            check(&cr4_only(cr4::PGE), LONG),
+            Err(ErrorCode::ResumeBadPaging)
+        );
+        // The CR4 load does not change the mode RIP is checked against.
+        let mut far = cr4_only(cr4::PAE);
+        far.regs.rip = 1 << 40;
+        assert!(check(&far, LONG).is_ok());
+        assert_eq!(check(&far, PROTECTED), Err(ErrorCode::ResumeBadRip));
     }
 
     /// Finding 2: CR4.LA57 made the hardware walk every checked table one
@@ -824,8 +888,11 @@ mod tests {
             if let Ok(flags) = validate(&r, &mode, &RULES, level) {
                 prop_assert_eq!(r.abi_version, ABI_VERSION);
                 let p = r.paging;
-                let lma = if flags.contains(ResumeFlags::SET_PAGING) {
-                    prop_assert!(mode.shadow);
+                if flags.contains(ResumeFlags::SET_PAGING) && !mode.shadow {
+                    prop_assert_eq!(p.cr4 & !(cr4::SHADOW_ALLOWED | cr4::PSE), 0);
+                    prop_assert!(!mode.lma || p.cr4 & cr4::PAE != 0);
+                }
+                let lma = if flags.contains(ResumeFlags::SET_PAGING) && mode.shadow {
                     prop_assert_eq!(p.cr0 & !cr0::DEFINED, 0);
                     prop_assert_eq!(p.cr4 & !cr4::SHADOW_ALLOWED, 0);
                     prop_assert_eq!(p.cr4 & cr4::LA57, 0);

@@ -374,14 +374,16 @@ impl Kernel {
             })
             .map_err(refused)?;
         let mut root = None;
-        let roots = ResumeFlags::SET_PAGING | ResumeFlags::SET_NESTED_ROOT;
-        if flags.intersects(roots) {
+        // Under nested paging SET_PAGING only loads the guest's CR4 (the
+        // vmm-server's answer to a MOV to CR4): no root, any VCPU task.
+        let shadow_paging = self.shadow && flags.contains(ResumeFlags::SET_PAGING);
+        if shadow_paging || flags.contains(ResumeFlags::SET_NESTED_ROOT) {
             if self.task(from).kind != TaskKind::MmuServer {
                 return Err(refused(ErrorCode::NotPermitted));
             }
             root = lookup(resume.paging.root).map(|(frame, _)| frame);
             let pae = resume.paging.efer & kernel_stub::resume::efer::LME == 0;
-            let pae_root = root.filter(|_| flags.contains(ResumeFlags::SET_PAGING) && pae);
+            let pae_root = root.filter(|_| shadow_paging && pae);
             if let Some(frame) = pae_root {
                 let pdptes = frame as *mut [u64; 4];
                 // SAFETY: a live shadow frame of the stub, identity-mapped.
@@ -392,7 +394,7 @@ impl Kernel {
                 // SAFETY: as above; only A bits the CPU set are cleared.
                 unsafe { core::ptr::write_volatile(pdptes, clean) };
             }
-            if flags.contains(ResumeFlags::SET_PAGING) {
+            if shadow_paging {
                 self.pae_root = pae_root;
             }
             self.paging_set = true;

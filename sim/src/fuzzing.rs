@@ -103,8 +103,21 @@ pub fn resume_bytes(data: &[u8]) {
     );
     let set_paging = flags.contains(ResumeFlags::SET_PAGING);
     let p = &r.paging;
-    if set_paging {
-        assert!(mode.shadow, "SET_PAGING accepted for a nested guest");
+    if set_paging && !mode.shadow {
+        // Nested paging: only the guest's CR4 is loaded, within the
+        // allowlist (with PSE) and this CPU's features; PAE in long mode.
+        assert_eq!(
+            p.cr4 & !(rules.cr4 | hw::cr4::PSE),
+            0,
+            "nested CR4 {:#x} outside the allowlist",
+            p.cr4
+        );
+        assert!(
+            !mode.lma || p.cr4 & hw::cr4::PAE != 0,
+            "PAE cleared in long mode"
+        );
+    }
+    if set_paging && mode.shadow {
         assert_eq!(p.reserved, 0);
         let hw = entry_mode(&cpu, p).unwrap_or_else(|e| {
             panic!("accepted paging state {p:x?} fails VM entry on {cpu:x?}: {e}")
@@ -129,7 +142,7 @@ pub fn resume_bytes(data: &[u8]) {
         assert_eq!(root_level(p.root), Some(4));
         assert_eq!(p.reserved, 0);
     }
-    let lma = if set_paging {
+    let lma = if set_paging && mode.shadow {
         p.efer & efer::LMA != 0
     } else {
         mode.lma

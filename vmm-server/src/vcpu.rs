@@ -94,6 +94,21 @@ pub mod attr {
     pub const DB: u16 = 1 << 10;
 }
 
+/// MOV to CR4 under nested paging (the stub intercepts it; the vmm-server
+/// decides): the new CR4, or `None` for #GP(0). `offered` holds the bits
+/// the VM's CPUID offers ([`crate::cpuid::offered_cr4`]); a bit outside it
+/// is one the VM does not have or a reserved one. PAE cannot be cleared in
+/// long mode, and PCIDE can be set only in long mode with CR3[11:0] = 0
+/// (SDM vol. 3A, 4.10.1; APM vol. 2, 3.1.3).
+pub fn mov_to_cr4(old: &VcpuState, value: u64, offered: u64) -> Option<u64> {
+    use ipc_proto::x86::cr4::PCIDE;
+    let long = old.efer & EFER_LMA != 0;
+    let refused = value & !offered != 0
+        || long && value & CR4_PAE == 0
+        || value & !old.cr4 & PCIDE != 0 && (!long || old.cr3 & 0xfff != 0);
+    (!refused).then_some(value)
+}
+
 /// The processor state at one exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VcpuState {

@@ -133,8 +133,8 @@ pub enum FailKind {
         count: u32,
     },
     /// A CR access or INVLPG reached the vmm-server: with shadow paging they
-    /// are the mmu-server's, with nested paging the stub does not intercept
-    /// them.
+    /// are the mmu-server's, with nested paging the stub intercepts only
+    /// MOV to CR4.
     NotForVmm,
     /// The guest executes outside RAM.
     MmioFetch,
@@ -757,10 +757,59 @@ impl<'d> Vmm<'d> {
                     cr2: address,
                 }),
             },
+            // Under nested paging the stub intercepts writes to CR4 only.
+            Exit::CrAccess {
+                cr: 4,
+                write: true,
+                gpr,
+            } if !self.config.shadow_paging => self.mov_to_cr4(rec, cpu, gpr),
             Exit::CrAccess { .. } | Exit::Invlpg { .. } => Step::Fail(FailKind::NotForVmm),
             Exit::Shutdown => Step::Fail(FailKind::TripleFault),
             Exit::EntryFailed => Step::Fail(FailKind::EntryFailed),
             Exit::DrAccess { .. } | Exit::Other { .. } => Step::Fail(FailKind::Unhandled),
+        }
+    }
+
+    /// MOV to CR4 under nested paging: #GP(0) for a bit the VM does not
+    /// offer ([`crate::vcpu::mov_to_cr4`]), else the new value, which
+    /// [`Self::finish`] hands the stub with `SET_PAGING`. The source
+    /// register comes from the exit (SVM decode assists, the VMX
+    /// qualification) or from decoding the instruction.
+    fn mov_to_cr4(&mut self, rec: &ExitRecord, cpu: &mut VcpuState, gpr: Option<u8>) -> Step {
+        let n = match gpr {
+            Some(n) => Some(usize::from(n)),
+            None => {
+                let mut bus = Bus {
+                    irq: &mut self.irq,
+                    router: &mut self.router,
+                    mmio: &mut self.mmio,
+                };
+                let mut e = Emulator::new(cpu, &mut *self.mem, &mut self.walker, &mut bus);
+                e.decode(None).ok().and_then(|(i, _)| {
+                    use iced_x86::{Code, Register};
+                    let mov = matches!(i.code(), Code::Mov_cr_r32 | Code::Mov_cr_r64)
+                        && i.op0_register() == Register::CR4;
+                    mov.then(|| i.op1_register().full_register().number())
+                })
+            }
+        };
+        let Some(n) = n else {
+            return Step::Fail(FailKind::NoNextRip);
+        };
+        let mut value = cpu.gpr(n);
+        if !cpu.mode64() {
+            value &= 0xffff_ffff;
+        }
+        let offered = crate::cpuid::offered_cr4(&*self.host);
+        match crate::vcpu::mov_to_cr4(cpu, value, offered) {
+            Some(cr4) => {
+                cpu.cr4 = cr4;
+                self.complete(rec, cpu)
+            }
+            None => Step::Resume {
+                completed: false,
+                fault: Some(Fault::gp(0)),
+            },
         }
     }
 
@@ -965,6 +1014,12 @@ impl<'d> Vmm<'d> {
             flags |= ResumeFlags::SET_RFLAGS;
         }
         let mut r = resume(flags, cpu.regs);
+        // A MOV to CR4 the vmm-server completed (nested paging only: under
+        // shadow paging CR4 is the mmu-server's).
+        if cpu.cr4 != rec.cr4 && !self.config.shadow_paging {
+            r.paging.cr4 = cpu.cr4;
+            flags |= ResumeFlags::SET_PAGING;
+        }
         let pending = rec.exit_int_info & EXITINTINFO_VALID != 0;
         if pending {
             let info = rec.exit_int_info;

@@ -36,6 +36,8 @@ mod hostile {
         /// The random campaign, until it has run at the first exit.
         random: Option<Campaign>,
         tsc_hz: u64,
+        /// Shadow paging (else nested).
+        shadow: bool,
         /// Guest RAM in this task: base and length.
         ram: (u64, u64),
         /// The main boot looks at the first exit record for host addresses
@@ -46,6 +48,7 @@ mod hostile {
     impl crate::ring3::Hooks for Attack {
         fn start(&mut self, boot: &BootInfo) {
             self.tsc_hz = boot.tsc_hz;
+            self.shadow = boot.mmu_mode != 0;
             self.ram = (boot.guest_ram_window, boot.guest_ram_bytes);
             let mut c = Campaign::new(SERVER_VMM);
             match c.boot() {
@@ -58,7 +61,7 @@ mod hostile {
                 BOOT_DESTRUCTIVE => campaign::vmm_destructive(&mut c),
                 _ => {
                     campaign::syscalls(&mut c, boot.guest_ram_bytes);
-                    campaign::vmm_resumes(&mut c);
+                    campaign::vmm_resumes(&mut c, self.shadow);
                     c.clear_resume();
                     self.leak_check = Some(c);
                     return;
@@ -90,7 +93,7 @@ mod hostile {
                     };
                 }
             });
-            campaign::vmm_random(&mut c, *first, self.tsc_hz);
+            campaign::vmm_random(&mut c, *first, self.tsc_hz, self.shadow);
             c.finish();
             Some(campaign::restore_after_draws(first, answer))
         }

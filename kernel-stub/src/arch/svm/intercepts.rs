@@ -44,6 +44,9 @@ pub mod misc2 {
 
 /// CR0, CR3 and CR4: the registers a shadow MMU must see (reads and writes).
 pub const CR_SHADOWED: u16 = (1 << 0) | (1 << 3) | (1 << 4);
+/// CR4 writes under nested paging: the vmm-server refuses the bits the
+/// VM's CPUID hides (#GP) and applies the rest (`SET_PAGING`).
+pub const CR4_WRITE: u32 = 1 << (16 + 4);
 /// #PF: a shadowed guest's page faults go to the mmu-server.
 pub const EXCEPTION_PF: u32 = 1 << 14;
 /// #DB and #AC, in every mode: a guest can make their delivery raise them
@@ -99,7 +102,7 @@ impl Intercepts {
             }
         } else {
             Self {
-                cr: 0,
+                cr: CR4_WRITE,
                 exceptions: EXCEPTION_DB_AC,
                 misc1: always1,
                 misc2: always2,
@@ -171,10 +174,12 @@ mod tests {
             assert!(nested.expects(code) && shadow.expects(code), "{code:#x}");
         }
         assert!(nested.expects(svm_exit::NPF) && !shadow.expects(svm_exit::NPF));
+        assert!(shadow.expects(svm_exit::CR_WRITE_BASE + 4));
+        assert!(nested.expects(svm_exit::CR_WRITE_BASE + 4));
         for code in [
             svm_exit::CR_READ_BASE + 3,
+            svm_exit::CR_READ_BASE + 4,
             svm_exit::CR_WRITE_BASE,
-            svm_exit::CR_WRITE_BASE + 4,
             svm_exit::EXCP_BASE + 14,
             svm_exit::TASK_SWITCH,
         ] {

@@ -437,7 +437,14 @@ impl Vcpu {
     /// `resume::validate_paging` (`SET_PAGING`) or
     /// `resume::validate_nested_root` (`SET_NESTED_ROOT`).
     pub fn apply(&mut self, r: &Resume, flags: ResumeFlags, root: Option<u64>) {
-        if let (true, Some(root)) = (flags.contains(ResumeFlags::SET_PAGING), root) {
+        let set_paging = flags.contains(ResumeFlags::SET_PAGING);
+        if set_paging && !self.shadow {
+            // Nested: the guest's CR4 (`validate_nested_cr4`); a change of
+            // PGE, PSE, PAE or SMEP drops its translations.
+            self.vmcb.write64(CR4, r.paging.cr4);
+            self.flush_tlb();
+        }
+        if let (true, true, Some(root)) = (set_paging, self.shadow, root) {
             self.vmcb.write64(CR0, r.paging.cr0);
             self.vmcb.write64(CR4, r.paging.cr4);
             self.vmcb.write64(EFER, r.paging.efer | cpu::EFER_SVME);

@@ -650,7 +650,11 @@ impl Vcpu {
         // changes one exits.
         let exempt = if self.shadow { 0 } else { CR0_PE | CR0_PG };
         self.cr0_mask = ((caps.cr0_fixed0 & !exempt) | !caps.cr0_fixed1) & 0xffff_ffff;
-        self.cr4_mask = (caps.cr4_fixed0 | !caps.cr4_fixed1) & 0xffff_ffff;
+        // Nested: the guest owns only the CR4 bits every CPU has; a write
+        // that changes any other (OSXSAVE, PCIDE, SMEP...) exits to the
+        // vmm-server, which refuses it or applies it with `SET_PAGING`.
+        let cr4_owned = ipc_proto::x86::cr4::NESTED_GUEST_OWNED;
+        self.cr4_mask = (caps.cr4_fixed0 | !caps.cr4_fixed1 | !cr4_owned) & 0xffff_ffff;
         if self.shadow {
             (self.cr0_mask, self.cr4_mask) = (u64::MAX, u64::MAX);
         }
@@ -969,6 +973,16 @@ impl Vcpu {
                 invept(self.eptp, self.caps.ept);
             }
             _ => {}
+        }
+        if !self.shadow && flags.contains(ResumeFlags::SET_PAGING) {
+            // Nested: the guest's CR4 (`validate_nested_cr4`), which its
+            // reads of the masked bits see in the read shadow.
+            let caps = self.caps;
+            self.write(
+                GUEST_CR4,
+                (r.paging.cr4 | caps.cr4_fixed0) & caps.cr4_fixed1,
+            );
+            self.write(CR4_READ_SHADOW, r.paging.cr4);
         }
         if flags.contains(ResumeFlags::SET_CR2) {
             self.frame.cr2 = r.cr2;
