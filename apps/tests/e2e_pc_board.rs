@@ -190,3 +190,19 @@ fn isa_board_has_no_acpi_tables() {
     assert_ne!(r.code, Some(0), "{r}");
     assert!(!r.stdout.contains("acpi: rsdp at"), "{r}");
 }
+
+/// `qemupc` (what kernels written for QEMU's PC rely on) on the PC board:
+/// x2APIC is offered there, so its enable bit must take (and the APIC go
+/// back to xAPIC mode through disabled) rather than #GP as on the ISA board.
+#[test]
+fn qemupc_guest_on_the_pc_board_enables_x2apic() {
+    let r = run("qemupc", NPT);
+    assert!(
+        r.has_line(
+            "qemupc: x2apic in cpuid; apic_base takes the x2apic enable bit, and goes back to xapic through disabled"
+        ),
+        "{r}"
+    );
+    assert!(r.has_line("qemupc: all checks passed"), "{r}");
+    assert_eq!(r.code, Some(0), "{r}");
+}

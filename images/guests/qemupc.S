@@ -96,13 +96,37 @@ _start:
     mov esi, offset msg_perf
     call say
 
-    /* 2. x2APIC: hidden in CPUID, its enable bit is #GP. */
+    /* 2. x2APIC: hidden in CPUID (the ISA board), its enable bit is #GP;
+     * offered (the PC board), the enable bit takes, and the APIC goes back
+     * to xAPIC mode through disabled, as the SDM's state machine says. */
     CHECK(2)
     mov eax, 1
     cpuid
     test ecx, 1 << 21
-    jnz fail
+    jz 6f
     mov ecx, APIC_BASE
+    rdmsr
+    mov ebx, eax              /* xAPIC mode, to go back to */
+    or eax, 0xc00             /* EN and EXTD */
+    mov byte ptr [fault_vec], 0
+    mov dword ptr [recover], offset fail
+    wrmsr
+    rdmsr
+    test eax, 0x400
+    jz fail
+    mov eax, ebx
+    and eax, ~0xc00           /* x2APIC -> disabled */
+    wrmsr
+    mov eax, ebx              /* disabled -> xAPIC */
+    wrmsr
+    rdmsr
+    cmp eax, ebx
+    jne fail
+    mov dword ptr [recover], 0
+    mov esi, offset msg_x2apic_on
+    call say
+    jmp 7f
+6:  mov ecx, APIC_BASE
     rdmsr
     or eax, 0xc00             /* EN and EXTD */
     mov byte ptr [fault_vec], 0
@@ -116,6 +140,7 @@ _start:
     jnz fail
     mov esi, offset msg_x2apic
     call say
+7:
 
     /* 3. Port 0x92. */
     CHECK(3)
@@ -579,6 +604,7 @@ prefix:        .asciz "qemupc: "
 msg_start:     .asciz "flat protected mode, own GDT and IDT\n"
 msg_perf:      .asciz "perf_ctl0-3/perf_ctr0-3 (0xc0010000-7) take writes and read 0\n"
 msg_x2apic:    .asciz "no x2apic in cpuid; apic_base with the x2apic enable bit: #GP\n"
+msg_x2apic_on: .asciz "x2apic in cpuid; apic_base takes the x2apic enable bit, and goes back to xapic through disabled\n"
 msg_port92:    .asciz "port 0x92: a20 reads 1, writes read back\n"
 msg_cmps_ram:  .asciz "repe cmpsb ram against mmio: equal, esi/edi/ecx advanced\n"
 msg_cmps_mmio: .asciz "repe cmpsb mmio against mmio: stops past the difference, flags above\n"
