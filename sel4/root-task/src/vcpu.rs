@@ -18,6 +18,7 @@ pub mod field {
     pub const GUEST_EFER: u64 = 0x2806;
     pub const PIN_CONTROLS: u64 = 0x4000;
     pub const PROC_CONTROLS: u64 = 0x4002;
+    pub const EXIT_CONTROLS: u64 = 0x400c;
     pub const ENTRY_CONTROLS: u64 = 0x4012;
     pub const ENTRY_EXCEPTION_ERROR_CODE: u64 = 0x4018;
     pub const PROC2_CONTROLS: u64 = 0x401e;
@@ -67,6 +68,11 @@ const PROC_HLT_EXITING: u64 = 1 << 7;
 const PIN_PREEMPTION_TIMER: u64 = 1 << 6;
 /// Exit reason: the VMX-preemption timer expired.
 const REASON_PREEMPTION_TIMER: u64 = 52;
+/// VM-exit controls: save the VMX-preemption timer's value. seL4 handles
+/// host interrupts that exit the guest itself and re-enters it; without
+/// this each re-entry restarts the timer from the value written last, and
+/// a deadline further away than seL4's timer tick (2 ms) never comes.
+const EXIT_SAVE_PREEMPTION_TIMER: u64 = 1 << 22;
 /// Secondary controls: unrestricted guest.
 const PROC2_UNRESTRICTED_GUEST: u64 = 1 << 7;
 /// VM-entry controls: IA-32e mode guest, load IA32_EFER.
@@ -153,6 +159,7 @@ pub struct Vcpu {
     /// arming (TSC at entry, count).
     deadline: u64,
     pin_controls: u64,
+    exit_controls: u64,
     timer_on: bool,
     timer_shift: u32,
     timer_missing: bool,
@@ -238,6 +245,7 @@ impl Vcpu {
             interruptibility: 0,
             deadline: 0,
             pin_controls: 0,
+            exit_controls: 0,
             timer_on: false,
             timer_shift: 5,
             timer_missing: false,
@@ -263,6 +271,7 @@ impl Vcpu {
         v.pin_controls = v.read(PIN_CONTROLS)?;
         let proc2 = v.read(PROC2_CONTROLS)?;
         v.write(PROC2_CONTROLS, proc2 | PROC2_UNRESTRICTED_GUEST)?;
+        v.exit_controls = v.read(EXIT_CONTROLS)?;
         let entry = v.read(ENTRY_CONTROLS)?;
         v.write(
             ENTRY_CONTROLS,
@@ -607,7 +616,20 @@ impl Vcpu {
             } else {
                 self.pin_controls
             };
-            self.write(PIN_CONTROLS, pin)?;
+            // The exit control may be set only with the pin control.
+            let (first, second) = if on {
+                (
+                    (PIN_CONTROLS, pin),
+                    (
+                        EXIT_CONTROLS,
+                        self.exit_controls | EXIT_SAVE_PREEMPTION_TIMER,
+                    ),
+                )
+            } else {
+                ((EXIT_CONTROLS, self.exit_controls), (PIN_CONTROLS, pin))
+            };
+            self.write(first.0, first.1)?;
+            self.write(second.0, second.1)?;
             self.timer_on = on;
             if on && self.read(PIN_CONTROLS)? & PIN_PREEMPTION_TIMER == 0 && !self.timer_missing {
                 self.timer_missing = true;
