@@ -137,7 +137,7 @@ fn timer_guest_on_sel4_passes() {
 /// set a guest's CR2 (a known gap, `sel4/README.md`), so the guest reads a
 /// stale CR2 and counts those cases (only those) as mismatches.
 #[test]
-fn badpt32_on_sel4_differs_only_where_seL4_cannot_set_cr2() {
+fn badpt32_on_sel4_differs_only_where_sel4_cannot_set_cr2() {
     let Some(r) = sel4_run(&["--guest", "badpt32"]) else {
         return;
     };
