@@ -459,6 +459,10 @@ fn build(a: &BuildArgs) -> i32 {
 
 /// `run --platform sel4`: seL4 in Bochs (VMX with EPT: `corei7_skylake_x`).
 fn run_sel4(a: RunArgs) -> i32 {
+    if a.arch.as_deref() == Some("svm") {
+        eprintln!("splitvisor: seL4 supports Intel VT-x only (no AMD SVM): drop --arch svm");
+        return splitvisor::EXIT_CANNOT_RUN;
+    }
     let system = match a.guest.spec(Some(splitvisor::bochs::TSC_KHZ)) {
         Ok(s) => s,
         Err(e) => {
