@@ -119,6 +119,13 @@ fn longmode_guest_on_sel4_passes() {
     mode_guest("longmode");
 }
 
+/// The PC board's checks from inside the guest, and CR4 bits the VM's
+/// CPUID hides raising #GP (the root task's CR4 mask and SET_PAGING).
+#[test]
+fn qemupc_guest_on_sel4_passes() {
+    mode_guest("qemupc");
+}
+
 /// The PIT through the 8259 at 1 kHz: ticks counted in a virtual second,
 /// HLT woken by ticks, and ticks while the guest spins without exits (the
 /// exit deadline, kept with the VMX-preemption timer).

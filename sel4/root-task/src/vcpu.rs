@@ -141,6 +141,8 @@ pub struct Vcpu {
     cr0_mask: u64,
     cr0_shadow: u64,
     cr4_mask: u64,
+    cr4_shadow: u64,
+    cr4_fixed: u64,
     /// RIP for the next VMEnter, and the entry's interruption information.
     rip: u64,
     entry_info: u64,
@@ -237,6 +239,8 @@ impl Vcpu {
             cr0_mask: 0,
             cr0_shadow: 0,
             cr4_mask: 0,
+            cr4_shadow: 0,
+            cr4_fixed: 0,
             rip,
             entry_info: 0,
             interrupt_window: false,
@@ -288,7 +292,14 @@ impl Vcpu {
         };
         v.cr0_mask = cr0_fixed;
         v.cr0_shadow = cr0_seen;
-        v.cr4_mask = cr4_fixed;
+        // As the native stub: the guest owns the CR4 bits every x86-64 CPU
+        // has; a MOV to CR4 that changes any other exits to the vmm-server,
+        // which raises #GP for what the VM's CPUID hides or applies the
+        // value with SET_PAGING. The guest reads its own value in the
+        // read shadow (0 at start: VMXE reads as 0).
+        v.cr4_mask = (cr4_fixed | !ipc_proto::x86::cr4::NESTED_GUEST_OWNED) & 0xffff_ffff;
+        v.cr4_shadow = 0;
+        v.cr4_fixed = cr4_fixed;
         for (seg, ar, sel, lim) in [
             (ES, ds_ar, data_sel, limit),
             (CS, cs_ar, code_sel, limit),
@@ -409,7 +420,7 @@ impl Vcpu {
                 let m = Mode {
                     rsp: self.r(GUEST_RSP),
                     cr0: (cr0 & !self.cr0_mask) | (self.cr0_shadow & self.cr0_mask),
-                    cr4: cr4 & !self.cr4_mask,
+                    cr4: (cr4 & !self.cr4_mask) | (self.cr4_shadow & self.cr4_mask),
                     efer: self.r(GUEST_EFER),
                     cs: Segment {
                         selector: self.r(GUEST_ES_SELECTOR + 2 * CS) as u16,
@@ -533,6 +544,34 @@ impl Vcpu {
         }
         if flags.contains(ResumeFlags::SET_EXIT_DEADLINE) {
             self.deadline = r.exit_deadline;
+        }
+        if flags.contains(ResumeFlags::SET_PAGING) {
+            // Under nested paging SET_PAGING carries the guest's CR4 alone
+            // (the native stub's `validate_nested_cr4`): an allowlist, and
+            // PAE stays set in long mode.
+            use ipc_proto::x86::cr4;
+            let allowed = cr4::NESTED_GUEST_OWNED
+                | cr4::MCE
+                | cr4::FSGSBASE
+                | cr4::PCIDE
+                | cr4::OSXSAVE
+                | cr4::SMEP
+                | cr4::SMAP
+                | cr4::UMIP;
+            let v = r.paging.cr4;
+            let lma = self.last.efer & (1 << 10) != 0;
+            if v & !allowed != 0 || (lma && v & cr4::PAE == 0) {
+                self.stats.resumes_refused += 1;
+                return Err(VcpuError {
+                    what: "a resume's CR4 (SET_PAGING) outside the allowlist",
+                    field: v,
+                    code: 0,
+                });
+            }
+            self.write(GUEST_CR4, v | self.cr4_fixed)?;
+            self.write(CR4_READ_SHADOW, v)?;
+            self.cr4_shadow = v;
+            self.mode = None;
         }
         if flags.contains(ResumeFlags::SET_CR2) && !self.cr2_said {
             // seL4 16.0.0 neither saves nor loads a guest's CR2.
