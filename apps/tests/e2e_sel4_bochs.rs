@@ -119,6 +119,24 @@ fn longmode_guest_on_sel4_passes() {
     mode_guest("longmode");
 }
 
+/// The PC board's devices from inside the guest: the local APIC (MMIO
+/// through EPT violations, its timer on the exit deadline), the I/O APIC,
+/// the ACPI tables and PM block.
+#[test]
+fn apic_guest_on_sel4_passes() {
+    mode_guest("apic");
+}
+
+#[test]
+fn ioapic_guest_on_sel4_passes() {
+    mode_guest("ioapic");
+}
+
+#[test]
+fn acpi_guest_on_sel4_passes() {
+    mode_guest("acpi");
+}
+
 /// The PC board's checks from inside the guest, and CR4 bits the VM's
 /// CPUID hides raising #GP (the root task's CR4 mask and SET_PAGING).
 #[test]
