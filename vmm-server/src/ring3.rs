@@ -85,6 +85,11 @@ impl HostWrite for ConsoleSyscall {
     }
 
     fn read_host(&mut self, buf: &mut [u8]) -> usize {
+        // With a uart-server, host input is that server's (it reads it for
+        // COM1); reading it here would take it from the guest.
+        if self.uart.is_some() {
+            return 0;
+        }
         // SAFETY: `buf` is a live, writable slice of our own memory.
         let r = unsafe {
             syscall3(
