@@ -36,6 +36,10 @@ _start:
     and eax, ~3
     cmp eax, 0x90
     je 3f
+    cmp eax, 0x604            /* the PC board's ACPI PM1a_CNT (SLP_EN: off) */
+    je 3f
+    cmp eax, 0xcf8            /* and its reset control at 0xCF9 */
+    je 3f
     mov eax, ebx
     test dl, 3
     jz 2f
@@ -72,7 +76,7 @@ say:
 
     .section .rodata
 prefix:    .asciz "portstorm: "
-msg_start: .asciz "writing nonsense to ports 0x000-0xfff (but 0x64, 0x90-0x93 and 0xf4), reading each back\n"
+msg_start: .asciz "writing nonsense to ports 0x000-0xfff (but 0x64, 0x90-0x93, 0xf4, 0x604-0x607 and 0xcf8-0xcfb), reading each back\n"
 msg_done:  .asciz "still running after the storm\n"
 
     .section .bss
