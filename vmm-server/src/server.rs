@@ -91,10 +91,7 @@ pub fn run<S: Stub, W: HostWrite>(
                     "the host asked for a report before killing the VM (a timeout, or Ctrl-A X): the guest is at rip={:#x}",
                     rec.regs.rip
                 ));
-                c.server_line(format_args!("last exits, oldest first:"));
-                for e in vmm.history().iter() {
-                    c.server_line(format_args!("  {e}"));
-                }
+                last_exits(vmm, &mut c);
                 drop(c);
                 statistics_line(stub, vmm, console);
                 return Ending::Fail;
@@ -118,15 +115,20 @@ pub fn run<S: Stub, W: HostWrite>(
                 {
                     let mut c = console.borrow_mut();
                     c.server_line(format_args!("{why}"));
-                    c.server_line(format_args!("last exits, oldest first:"));
-                    for e in vmm.history().iter() {
-                        c.server_line(format_args!("  {e}"));
-                    }
+                    last_exits(vmm, &mut c);
                 }
                 statistics_line(stub, vmm, console);
                 return Ending::Fail;
             }
         }
+    }
+}
+
+/// Prints the last exits, oldest first (after a failure or on a report).
+fn last_exits<W: HostWrite>(vmm: &Vmm<'_>, c: &mut HostConsole<W>) {
+    c.server_line(format_args!("last exits, oldest first:"));
+    for e in vmm.history().iter() {
+        c.server_line(format_args!("  {e}"));
     }
 }
 
