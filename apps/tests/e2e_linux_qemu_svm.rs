@@ -64,13 +64,10 @@ fn debian_686_runs_the_workload_with_shadow_paging() {
     boot_linux(Flavour::I686, "shadow");
 }
 
-/// REGRESSION, open (session of 2026-12-05): on the ISA board this kernel
-/// now hangs after `i8042: Probing ports directly` (it passed at b8c51c2;
-/// the PC board's 686-pae shadow-paging test passes). Ignored so that the
-/// rest lands; the first thing to bisect next session (suspects: 26d4dd2,
-/// the CR4 intercepts, and bdadb26, the stub's #DB).
+/// This kernel found QEMU delivering an EVENTINJ interrupt twice, the second
+/// time with IF clear (see the stub's `Vcpu::apply`): it hung after
+/// `i8042: Probing ports directly` on a loaded host.
 #[test]
-#[ignore = "regression under investigation: hangs at i8042 probing on the ISA board"]
 fn debian_686_pae_runs_the_workload_with_shadow_paging() {
     boot_linux(Flavour::I686Pae, "shadow");
 }

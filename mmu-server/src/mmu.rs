@@ -261,8 +261,9 @@ pub enum Failure {
     UnsupportedPageTableWrite {
         /// Guest RIP.
         rip: u64,
-        /// The instruction.
-        code: Code,
+        /// The instruction, or `None` for the CPU's own write delivering
+        /// an event.
+        code: Option<Code>,
     },
     /// An operand's segment base is not known (see `flat_segments`).
     UnknownSegmentBase {
@@ -321,9 +322,13 @@ impl fmt::Display for Failure {
                 f,
                 "the instruction at {rip:#x} ({code:?}) does not match the exit"
             ),
-            Self::UnsupportedPageTableWrite { rip, code } => write!(
+            Self::UnsupportedPageTableWrite { rip, code: Some(code) } => write!(
                 f,
                 "{code:?} at {rip:#x} writes a page table used to translate its own operand; only MOV, XCHG, CMPXCHG, AND/OR/XOR and BTS/BTR/BTC are emulated"
+            ),
+            Self::UnsupportedPageTableWrite { rip, code: None } => write!(
+                f,
+                "delivering an event at {rip:#x} writes a page table used to translate the event's own stack"
             ),
             Self::UnknownSegmentBase { rip } => write!(
                 f,
@@ -743,6 +748,15 @@ impl Mmu {
         if protected_write {
             self.cache.stats.wp_faults += 1;
             self.spurious = (0, 0);
+            if rec.exit_int_info & EXITINTINFO_VALID != 0 {
+                // The CPU itself wrote, pushing an event's frame on a stack
+                // that shares a frame with a guest page table: the
+                // instruction at RIP has not run, so there is nothing to
+                // emulate (emulating it stored its value in the frame's
+                // place and lost the event; Debian's i386 kernel then took
+                // an interrupt with IF clear and deadlocked on a spinlock).
+                return self.unprotect_and_retry(p, rec, la, &t, ec, None);
+            }
             return self.emulate_pt_write(p, rec, la, &t, ec);
         }
         if changed {
@@ -826,7 +840,6 @@ impl Mmu {
         ec: u64,
     ) -> Result<Action, Failure> {
         let i = self.decode(p, rec)?;
-        let gfn = t.gpa >> 12;
         if let Some(store) = insn::store_size(&i) {
             let size = u64::from(store.size);
             if la.is_multiple_of(size) {
@@ -856,10 +869,26 @@ impl Mmu {
         if let Some(action) = self.emulate_stos_pt_write(p, rec, la, t, &i)? {
             return Ok(action);
         }
+        self.unprotect_and_retry(p, rec, la, t, ec, Some(i.code()))
+    }
+
+    /// Drops the shadows of the written frame so that the write (by the
+    /// instruction, `code`, or by an event's delivery) runs again
+    /// natively; a frame on the write's own translation path cannot be.
+    fn unprotect_and_retry<P: MmuPlatform + ?Sized>(
+        &mut self,
+        p: &mut P,
+        rec: &ExitRecord,
+        la: u64,
+        t: &Translation,
+        ec: u64,
+        code: Option<iced_x86::Code>,
+    ) -> Result<Action, Failure> {
+        let gfn = t.gpa >> 12;
         if t.table_frames().any(|f| f == gfn) {
             return Err(Failure::UnsupportedPageTableWrite {
                 rip: rec.regs.rip,
-                code: i.code(),
+                code,
             });
         }
         self.cache.unprotect(p, gfn)?;

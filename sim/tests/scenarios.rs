@@ -229,6 +229,54 @@ fn instructions_it_does_not_emulate_unprotect_the_frame_and_retry() {
 }
 
 #[test]
+fn an_event_frame_pushed_on_a_protected_table_is_not_taken_for_the_instruction() {
+    // Regression: an external interrupt injected at a store instruction
+    // faulted pushing its frame on a stack page that was also a guest page
+    // table. The mmu-server emulated the store at RIP instead: the value
+    // went to the frame's address, RIP moved on and the interrupt was lost
+    // (Debian's 686-pae kernel then deadlocked at i8042 probing).
+    let (mut m, mut gt, cr3s) = long_world(shadow(), 1, 2);
+    let la = 0x40_0000;
+    assert!(matches!(m.access(la, Access::read(true)), Outcome::Ok(_)));
+    let pt = gt.entry(&mut m.sim, cr3s[0], la, 1, None).unwrap().gpa & !0xfff;
+    assert!(matches!(
+        m.access(KERNEL + pt, Access::read(false)),
+        Outcome::Ok(_)
+    ));
+    assert!(m.mmu.cache().is_protected(pt >> 12));
+    use mmu_server::GuestMemory;
+    let mut before = [0u8; 8];
+    m.sim.read(pt + 0xff8, &mut before);
+    // mov [rax], rbx: a store the emulator knows, at RIP.
+    let mut rec = pf_record(&m, KERNEL + pt + 0xff8, pf::P | pf::W, &[0x48, 0x89, 0x18]);
+    rec.regs.rax = KERNEL + pt + 0x800;
+    rec.regs.rbx = 0xdead_beef;
+    rec.exit_int_info = (1 << 31) | 0x30;
+    let emulated = m.mmu.stats().emulated_writes;
+    match m.mmu.handle_exit(&mut m.sim, &rec) {
+        Action::Resume(r) => {
+            let flags = ResumeFlags::from_bits_truncate(r.flags);
+            assert!(
+                !flags.contains(ResumeFlags::SET_RIP),
+                "the instruction has not run"
+            );
+            assert!(
+                flags.contains(ResumeFlags::INJECT_EVENT),
+                "the interrupt is delivered again"
+            );
+            assert_eq!((r.event.vector, r.event.kind), (0x30, 0));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(m.mmu.stats().emulated_writes, emulated);
+    let mut after = [0u8; 8];
+    m.sim.read(pt + 0xff8, &mut after);
+    assert_eq!(after, before, "nothing was stored in the frame's place");
+    // The frame lost its protection, so the delivery now pushes natively.
+    assert!(!m.mmu.cache().is_protected(pt >> 12));
+}
+
+#[test]
 fn an_unemulated_write_to_a_table_on_its_own_path_fails_clearly() {
     let (mut m, _, cr3s) = long_world(shadow(), 1, 1);
     // The PML4 is on every walk; rep stosq into it cannot be retried.

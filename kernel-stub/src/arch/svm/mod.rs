@@ -9,7 +9,9 @@ use crate::memory::{self, OutOfMemory};
 use core::arch::global_asm;
 use ipc_proto::manifest::EntryMode;
 use ipc_proto::vcpu::svm_exit;
-use ipc_proto::{ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch, ABI_VERSION};
+use ipc_proto::{
+    EventKind, ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch, ABI_VERSION,
+};
 use kernel_stub::resume::GuestMode;
 use kernel_stub::svm_intercepts::{misc1, Intercepts};
 use vmcb::*;
@@ -376,7 +378,7 @@ impl Vcpu {
             exit_code,
             exit_info1: v.read64(EXITINFO1),
             exit_info2: v.read64(EXITINFO2),
-            exit_int_info: v.read64(EXITINTINFO),
+            exit_int_info: self.undelivered_event(),
             next_rip: match (self.nrips, exit_code) {
                 (true, _) => v.read64(NRIP),
                 // Without NRIPS, an IOIO exit still gives the next RIP in EXITINFO2 (APM 15.10.2).
@@ -396,6 +398,21 @@ impl Vcpu {
             reserved: [0; 5],
             insn_bytes,
         }
+    }
+
+    /// EXITINTINFO, or else an external interrupt `apply` offered as a
+    /// virtual interrupt that the guest has not taken yet (an exit came
+    /// first): to the servers both are an event whose delivery the exit
+    /// interrupted, which they inject again.
+    fn undelivered_event(&self) -> u64 {
+        let v = &self.vmcb;
+        let info = v.read64(EXITINTINFO);
+        let v_intr = v.read64(V_INTR);
+        let window = v.read32(INTERCEPT_MISC1) & misc1::VINTR != 0;
+        if info & EVENT_VALID == 0 && v_intr & V_IRQ != 0 && !window {
+            return EVENT_VALID | (v_intr >> V_INTR_VECTOR_SHIFT) & 0xff;
+        }
+        info
     }
 
     /// What the resume check needs to know of the guest's state.
@@ -478,9 +495,20 @@ impl Vcpu {
         if flags.contains(ResumeFlags::SET_RFLAGS) {
             v.write64(RFLAGS, r.regs.rflags);
         }
-        // A virtual interrupt that the guest takes as soon as it can makes
-        // the VINTR intercept fire at the start of the interrupt window.
-        let window = flags.contains(ResumeFlags::REQUEST_INTERRUPT_WINDOW);
+        // An external interrupt goes in as a virtual interrupt, which the
+        // guest takes at once (`validate` checked IF and the shadow), not
+        // through EVENTINJ: QEMU's VMRUN (7.2, TCG) leaves an EVENTINJ
+        // interrupt's vector as its pending exception, and delivers it a
+        // second time, IF clear, when its I/O thread interrupts the vCPU
+        // before the guest's next exception or exit (Debian's i386 kernel
+        // deadlocked in its timer handler).
+        let inject = flags.contains(ResumeFlags::INJECT_EVENT);
+        let irq = (inject && r.event.kind == EventKind::ExternalInterrupt as u8)
+            .then_some(r.event.vector);
+        // Without one, a virtual interrupt that the guest takes as soon as
+        // it can makes the VINTR intercept fire at the start of the
+        // interrupt window.
+        let window = flags.contains(ResumeFlags::REQUEST_INTERRUPT_WINDOW) && irq.is_none();
         let misc1 = v.read32(INTERCEPT_MISC1) & !misc1::VINTR;
         v.write32(
             INTERCEPT_MISC1,
@@ -488,22 +516,23 @@ impl Vcpu {
         );
         // V_INTR_MASKING: the guest's IF masks only virtual interrupts;
         // physical ones stay with the host (whose IF is clear).
-        let v_irq = if window {
-            V_IRQ | V_INTR_PRIO_MAX | V_IGN_TPR
-        } else {
-            0
+        let v_irq = match irq {
+            Some(vector) => {
+                V_IRQ | V_INTR_PRIO_MAX | V_IGN_TPR | u64::from(vector) << V_INTR_VECTOR_SHIFT
+            }
+            None if window => V_IRQ | V_INTR_PRIO_MAX | V_IGN_TPR,
+            None => 0,
         };
         v.write64(V_INTR, V_INTR_MASKING | v_irq);
-        if flags.contains(ResumeFlags::INJECT_EVENT) {
+        if inject && irq.is_none() {
             let e = &r.event;
-            let valid = 1u64 << 31;
             let ev = u64::from(e.has_error_code & 1) << 11;
             v.write64(
                 EVENTINJ,
                 u64::from(e.vector)
                     | u64::from(e.kind) << 8
                     | ev
-                    | valid
+                    | EVENT_VALID
                     | u64::from(e.error_code) << 32,
             );
         }

@@ -36,6 +36,10 @@ pub const V_IRQ: u64 = 1 << 8;
 pub const V_INTR_PRIO_MAX: u64 = 0xf << 16;
 pub const V_IGN_TPR: u64 = 1 << 20;
 pub const V_INTR_MASKING: u64 = 1 << 24;
+/// V_INTR_VECTOR, bits 39:32.
+pub const V_INTR_VECTOR_SHIFT: u32 = 32;
+/// EXITINTINFO/EVENTINJ valid bit; type 0 is an external interrupt.
+pub const EVENT_VALID: u64 = 1 << 31;
 
 // State save area: segments (selector, attrib, limit, base; 16 bytes each).
 pub const ES: usize = 0x400;
