@@ -154,7 +154,8 @@ fn guest_modes_on_bochs_vmx_and_svm_with_nested_paging() {
 /// ones and the vmm-server refuses OSXSAVE and PCIDE — while offered bits
 /// are set and cleared (FSGSBASE, which `corei7_skylake_x` has, through
 /// the vmm-server's `SET_PAGING` and the read shadow). ISA board: the
-/// guest checks that CPUID shows no x2APIC.
+/// guest checks that CPUID shows no x2APIC. RDTSCP, which the model has,
+/// runs with "enable RDTSCP" and returns the TSC_AUX the guest wrote.
 #[test]
 fn qemupc_guest_on_bochs_vmx_refuses_hidden_cr4_bits() {
     let args = [
@@ -173,17 +174,22 @@ fn qemupc_guest_on_bochs_vmx_refuses_hidden_cr4_bits() {
         "qemupc: cr4.osxsave: #GP, cr4 unchanged",
         "qemupc: cr4.pge, cr4.osfxsr (and cr4.fsgsbase if in cpuid): set and cleared",
         "qemupc: cr4.pcide: #GP, cr4 unchanged",
+        RDTSCP_SHOWN,
         "qemupc: all checks passed",
     ] {
         assert!(r.has_line(line), "no line `{line}`\n{r}");
     }
 }
 
+const RDTSCP_SHOWN: &str =
+    "qemupc: cpuid shows rdtscp; tsc_aux takes 0x5a17c0de, rdtscp returns it in ecx";
+
 /// The same guest on Bochs's SVM (`ryzen`): its single-step checks (TF
 /// over CPUID, IN and REP string I/O) once made Bochs deliver the guest's
 /// single-step trap after VMRUN on the host side, a stub fault that ended
 /// the machine. The stub now takes a #DB of its own as the spurious trap
-/// it is, and the guest gets its #DB from the vmm-server.
+/// it is, and the guest gets its #DB from the vmm-server. RDTSCP, which
+/// `ryzen` has, runs unintercepted with the guest's TSC_AUX.
 #[test]
 fn qemupc_guest_single_steps_on_bochs_svm_without_faulting_the_stub() {
     let args = [
@@ -199,5 +205,6 @@ fn qemupc_guest_single_steps_on_bochs_svm_without_faulting_the_stub() {
     let r = common::splitvisor_run(&args, TIMEOUT_SECS);
     assert!(!r.stdout.contains("stub fault"), "{r}");
     assert_eq!(r.code, Some(0), "{r}");
+    assert!(r.has_line(RDTSCP_SHOWN), "{r}");
     assert!(r.has_line("qemupc: all checks passed"), "{r}");
 }

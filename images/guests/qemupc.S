@@ -24,8 +24,10 @@
  *     vmm-server refuses bits CPUID hides; shadow paging: the
  *     mmu-server); offered CR4 bits (PGE, OSFXSR, FSGSBASE where CPUID
  *     shows it) are set, read back and cleared without a fault;
- *  RDTSCP: CPUID hides it and RDMSR of TSC_AUX raises #GP; what RDTSCP
- *     itself does is printed (not checked: SVM does not intercept it);
+ *  RDTSCP: where CPUID shows it (the host has it), WRMSR to TSC_AUX
+ *     (0xC0000103) takes a value, RDMSR reads it back and RDTSCP returns it
+ *     in ECX; where CPUID hides it, RDMSR of TSC_AUX raises #GP and RDTSCP
+ *     raises #UD;
  *  7. in long mode (its own four-level tables, 0-8 MiB one to one): CPUID
  *     hides PCID, and setting CR4.PCIDE raises #GP with CR4 unchanged.
  * Then "all checks passed" and a fast reset through port 0x92 ends the VM
@@ -345,37 +347,48 @@ step_outs:
     mov esi, offset msg_offered
     call say
 
-    /* RDTSCP is hidden and TSC_AUX is #GP; what RDTSCP does is printed. */
+    /* RDTSCP: where CPUID shows it, TSC_AUX takes a WRMSR and reads back,
+       and RDTSCP returns it in ECX; where CPUID hides it, RDMSR of
+       TSC_AUX is #GP and RDTSCP is #UD. */
     CHECK(10)
     mov eax, 0x80000001
     cpuid
     test edx, 1 << 27
-    jnz fail
+    jz 15f
     mov ecx, 0xC0000103
+    mov eax, 0x5a17c0de
+    xor edx, edx
+    mov dword ptr [recover], offset fail
+    wrmsr
+    xor eax, eax
+    rdmsr
+    cmp eax, 0x5a17c0de
+    jne fail
+    xor ecx, ecx
+    rdtscp
+    mov dword ptr [recover], 0
+    cmp ecx, 0x5a17c0de
+    jne fail
+    mov esi, offset msg_rdtscp_offered
+    call say
+    jmp 17f
+15: mov ecx, 0xC0000103
     mov byte ptr [fault_vec], 0
-    mov dword ptr [recover], offset 15f
+    mov dword ptr [recover], offset 16f
     rdmsr
     jmp fail
-15: cmp byte ptr [fault_vec], 13
+16: cmp byte ptr [fault_vec], 13
+    jne fail
+    mov byte ptr [fault_vec], 0
+    mov dword ptr [recover], offset 18f
+    rdtscp
+    jmp fail
+18: mov dword ptr [recover], 0
+    cmp byte ptr [fault_vec], 6
     jne fail
     mov esi, offset msg_tscaux
     call say
-    mov byte ptr [fault_vec], 0
-    mov dword ptr [recover], offset 16f
-    rdtscp
-    mov dword ptr [recover], 0
-16: mov ebx, ecx
-    mov esi, offset msg_rdtscp
-    call say
-    mov esi, offset msg_ud
-    cmp byte ptr [fault_vec], 6
-    je 17f
-    mov esi, offset msg_rdtscp_runs
-    call uart_puts
-    mov eax, ebx
-    call print_hex32
-    mov esi, offset msg_nl
-17: call uart_puts
+17:
 
     /* 7. Long mode: CPUID hides PCID; whether CR4.PCIDE can be set. */
     CHECK(9)
@@ -616,9 +629,8 @@ msg_noxsave:   .asciz "cpuid hides xsave\n"
 msg_osxsave:   .asciz "cr4.osxsave: #GP, cr4 unchanged\n"
 msg_offered:   .asciz "cr4.pge, cr4.osfxsr (and cr4.fsgsbase if in cpuid): set and cleared\n"
 msg_ud:        .asciz "#UD\n"
-msg_tscaux:    .asciz "cpuid hides rdtscp; rdmsr tsc_aux: #GP\n"
-msg_rdtscp:    .asciz "rdtscp (not checked): "
-msg_rdtscp_runs: .asciz "runs, ecx = "
+msg_tscaux:    .asciz "cpuid hides rdtscp; rdmsr tsc_aux: #GP, rdtscp: #UD\n"
+msg_rdtscp_offered: .asciz "cpuid shows rdtscp; tsc_aux takes 0x5a17c0de, rdtscp returns it in ecx\n"
 msg_nl:        .asciz "\n"
 msg_long:      .asciz "long mode; cpuid hides pcid\n"
 msg_pcide:     .asciz "cr4.pcide: #GP, cr4 unchanged\n"

@@ -73,7 +73,7 @@ pub mod svm_exit {
     pub const INVLPGA: u64 = 0x7a;
     /// A hardware task switch (the guest's CR3 would be loaded from a TSS).
     pub const TASK_SWITCH: u64 = 0x7d;
-    /// RDTSCP (the guest's CPUID hides it: it must not read the host's TSC_AUX).
+    /// RDTSCP (intercepted only where the host lacks it; CPUID then hides it).
     pub const RDTSCP: u64 = 0x87;
     /// WBINVD.
     pub const WBINVD: u64 = 0x89;

@@ -82,6 +82,14 @@ pub fn write_cr3(root: u64) {
 }
 
 pub const MSR_EFER: u32 = 0xc000_0080;
+/// TSC_AUX, which RDTSCP returns in ECX: the guest's own where the host has
+/// RDTSCP (neither the stub nor a server reads it; one VM: INTERCEPTS.md).
+pub const MSR_TSC_AUX: u32 = 0xc000_0103;
+
+/// Whether the host has RDTSCP and TSC_AUX (CPUID 8000_0001 EDX bit 27).
+pub fn has_rdtscp() -> bool {
+    cpuid(0x8000_0001).edx & (1 << 27) != 0
+}
 pub const EFER_NXE: u64 = 1 << 11;
 pub const EFER_SVME: u64 = 1 << 12;
 

@@ -16,8 +16,14 @@
 //!   counters, no thermal or power leaves.
 //! - No XSAVE and so no AVX family: the stub does not switch XCR0 between
 //!   host and guest, so the guest must not change it.
-//! - No RDTSCP/RDPID (TSC_AUX is not switched), no PCID/INVPCID, no
-//!   speculation-control MSRs.
+//! - RDTSCP (CPUID.80000001h:EDX bit 27) where the host has it and the
+//!   platform gives the guest RDTSCP and TSC_AUX
+//!   ([`HostCpuid::offers_rdtscp`]): the native stub lets RDTSCP run
+//!   natively (no SVM intercept; VMX "enable RDTSCP") and passes TSC_AUX
+//!   (MSR 0xC0000103) through, so the guest owns it; neither the stub nor
+//!   a server uses it (see `kernel-stub/INTERCEPTS.md`). Where it is
+//!   hidden, RDTSCP is #UD and TSC_AUX #GP. No RDPID (leaf 7 ECX bit 22:
+//!   leaf 7 ECX is zero), no PCID/INVPCID, no speculation-control MSRs.
 //!
 //! Everything else comes from an allowlist of the host's bits, so a new
 //! host feature stays hidden until someone decides the VM offers it.
@@ -80,7 +86,16 @@ const EXT1_EDX: u32 = (LEAF1_EDX & 0x0183_f3ff) | 1 << 11 | 1 << 20 | 1 << 22 | 
 pub trait HostCpuid {
     /// EAX, EBX, ECX, EDX of `leaf`/`subleaf` on the host.
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
+    /// Whether the platform runs RDTSCP natively and lets the guest own
+    /// TSC_AUX wherever the host's CPUID shows RDTSCP (the native stub
+    /// does); only then does the guest's CPUID show it. Default: no.
+    fn offers_rdtscp(&self) -> bool {
+        false
+    }
 }
+
+/// CPUID.80000001h:EDX bit 27: RDTSCP and TSC_AUX.
+pub const EXT1_EDX_RDTSCP: u32 = 1 << 27;
 
 /// The guest's CPUID for `leaf`/`subleaf`; `guest_cr4` gives the OSXSAVE
 /// bit (always clear here, since XSAVE is hidden).
@@ -137,7 +152,14 @@ fn basic(host: &dyn HostCpuid, leaf: u32, subleaf: u32) -> [u32; 4] {
 fn extended(host: &dyn HostCpuid, leaf: u32) -> [u32; 4] {
     let [a, b, c, d] = host.host_cpuid(leaf, 0);
     match leaf {
-        0x8000_0001 => [a, 0, c & EXT1_ECX, d & EXT1_EDX],
+        0x8000_0001 => {
+            let rdtscp = if host.offers_rdtscp() {
+                EXT1_EDX_RDTSCP
+            } else {
+                0
+            };
+            [a, 0, c & EXT1_ECX, d & (EXT1_EDX | rdtscp)]
+        }
         // Brand string, L1 and L2/L3 cache and TLB information.
         0x8000_0002..=0x8000_0006 => [a, b, c, d],
         // Power management: only the invariant TSC.
@@ -256,6 +278,37 @@ pub(crate) mod tests {
         assert_ne!(edx & (1 << 20), 0, "NX");
         assert_eq!(edx & (1 << 27), 0, "no RDTSCP");
         assert_eq!(guest_cpuid(&h, 0x8000_000a, 0), [0; 4], "no SVM leaf");
+    }
+
+    /// RDTSCP is shown only where the host has it and the platform
+    /// offers it; RDPID stays hidden.
+    #[test]
+    fn rdtscp_where_the_host_has_it_and_the_platform_offers_it() {
+        struct Offering(u32);
+        impl HostCpuid for Offering {
+            fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+                let [a, b, c, d] = EveryFeature.host_cpuid(leaf, subleaf);
+                match leaf {
+                    0x8000_0001 => [a, b, c, d & self.0],
+                    _ => [a, b, c, d],
+                }
+            }
+            fn offers_rdtscp(&self) -> bool {
+                true
+            }
+        }
+        let rdtscp = |h: &dyn HostCpuid| guest_cpuid(h, 0x8000_0001, 0)[3] & EXT1_EDX_RDTSCP;
+        assert_eq!(rdtscp(&Offering(u32::MAX)), EXT1_EDX_RDTSCP);
+        assert_eq!(rdtscp(&Offering(!EXT1_EDX_RDTSCP)), 0, "the host lacks it");
+        assert_eq!(rdtscp(&EveryFeature), 0, "the platform does not offer it");
+        let [_, _, ecx7, _] = guest_cpuid(&Offering(u32::MAX), 7, 0);
+        assert_eq!(ecx7 & (1 << 22), 0, "no RDPID");
+        // Nothing else in the leaf changes.
+        let [a, b, c, d] = guest_cpuid(&Offering(u32::MAX), 0x8000_0001, 0);
+        assert_eq!(
+            [a, b, c, d & !EXT1_EDX_RDTSCP],
+            guest_cpuid(&EveryFeature, 0x8000_0001, 0)
+        );
     }
 
     /// Issue 11, defect 7: CPUID hides XSAVE and PCID, so CR4.OSXSAVE and

@@ -238,10 +238,9 @@ pub enum Exit {
     /// An instruction the guest's CPUID does not announce and that the
     /// stub intercepts so that it never runs natively: MONITOR, MWAIT,
     /// INVLPGA (SVM, whose instructions the guest does not have), XSETBV
-    /// (CPUID shows no XSAVE; XCR0 is not switched), RDTSCP (CPUID shows
-    /// none; TSC_AUX is not switched: today's stub does not intercept it on
-    /// SVM, where it runs, and leaves it #UD on VMX). It raises #UD, as on
-    /// such a CPU.
+    /// (CPUID shows no XSAVE; XCR0 is not switched), RDTSCP (intercepted
+    /// only where the host lacks it, and CPUID then hides it). It raises
+    /// #UD, as on such a CPU.
     Undefined,
     /// RDPMC: the guest has no performance counters (its CPUID shows
     /// none), so #GP(0), as for a counter that does not exist; the host's

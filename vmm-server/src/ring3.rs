@@ -160,6 +160,11 @@ impl HostCpuid for NativeHost {
         let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
         [r.eax, r.ebx, r.ecx, r.edx]
     }
+    /// The stub passes TSC_AUX through and lets RDTSCP run wherever the
+    /// host has it (`kernel-stub/INTERCEPTS.md`).
+    fn offers_rdtscp(&self) -> bool {
+        true
+    }
 }
 
 impl Host for NativeHost {

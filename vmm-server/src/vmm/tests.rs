@@ -959,9 +959,9 @@ fn resumes_name_the_next_tick_as_the_exit_deadline() {
     assert!(!flags(&r).contains(ResumeFlags::SET_EXIT_DEADLINE));
 }
 
-/// XSETBV and RDTSCP are #UD: the guest's CPUID shows no XSAVE and no
-/// RDTSCP, and the stub switches neither XCR0 nor TSC_AUX (see the crate
-/// README, "CPU and MSRs").
+/// XSETBV and RDTSCP exits are #UD: the guest's CPUID shows no XSAVE, and
+/// RDTSCP exits only where the host lacks it and CPUID hides it (see the
+/// crate README, "CPU and MSRs").
 #[test]
 fn xsetbv_is_ud_without_xsave() {
     let mut w = World::new();

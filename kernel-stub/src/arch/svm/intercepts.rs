@@ -70,8 +70,11 @@ pub struct Intercepts {
 
 impl Intercepts {
     /// The intercepts for nested (`shadow == false`) or shadow paging.
-    /// VINTR is off here: a resume turns it on for one entry.
-    pub const fn for_mode(shadow: bool) -> Self {
+    /// VINTR is off here: a resume turns it on for one entry. RDTSCP runs
+    /// natively where the host has it (`host_rdtscp`, CPUID 8000_0001
+    /// EDX bit 27: the guest owns TSC_AUX and its CPUID shows RDTSCP);
+    /// elsewhere it exits and the vmm-server raises #UD.
+    pub const fn for_mode(shadow: bool, host_rdtscp: bool) -> Self {
         use misc1::*;
         use misc2::*;
         let always1 =
@@ -83,7 +86,7 @@ impl Intercepts {
             | STGI
             | CLGI
             | SKINIT
-            | RDTSCP
+            | if host_rdtscp { 0 } else { RDTSCP }
             | WBINVD
             | MONITOR
             | MWAIT
@@ -135,7 +138,7 @@ mod tests {
     #[test]
     fn a_failed_vmrun_is_never_an_expected_exit() {
         for shadow in [false, true] {
-            let i = Intercepts::for_mode(shadow);
+            let i = Intercepts::for_mode(shadow, false);
             for code in [
                 u64::MAX,
                 0xffff_ffff,
@@ -151,8 +154,8 @@ mod tests {
 
     #[test]
     fn the_exits_the_servers_handle_are_expected() {
-        let nested = Intercepts::for_mode(false);
-        let shadow = Intercepts::for_mode(true);
+        let nested = Intercepts::for_mode(false, false);
+        let shadow = Intercepts::for_mode(true, false);
         for code in [
             svm_exit::IOIO,
             svm_exit::MSR,
@@ -194,14 +197,33 @@ mod tests {
     #[test]
     fn debug_and_alignment_checks_always_exit() {
         for shadow in [false, true] {
-            let i = Intercepts::for_mode(shadow);
+            let i = Intercepts::for_mode(shadow, false);
             assert!(i.expects(svm_exit::EXCP_BASE + 1) && i.expects(svm_exit::EXCP_BASE + 17));
+        }
+    }
+
+    /// RDTSCP exits (and is then an expected exit) only where the host
+    /// lacks it; nothing else depends on the host's RDTSCP.
+    #[test]
+    fn rdtscp_runs_natively_only_where_the_host_has_it() {
+        for shadow in [false, true] {
+            let hidden = Intercepts::for_mode(shadow, false);
+            let offered = Intercepts::for_mode(shadow, true);
+            assert!(hidden.misc2 & misc2::RDTSCP != 0 && hidden.expects(svm_exit::RDTSCP));
+            assert!(offered.misc2 & misc2::RDTSCP == 0 && !offered.expects(svm_exit::RDTSCP));
+            assert_eq!(
+                Intercepts {
+                    misc2: offered.misc2 | misc2::RDTSCP,
+                    ..offered
+                },
+                hidden
+            );
         }
     }
 
     /// Finding 1: the hardware task switch loaded a guest-chosen CR3.
     #[test]
     fn shadow_paging_intercepts_task_switches() {
-        assert!(Intercepts::for_mode(true).misc1 & misc1::TASK_SWITCH != 0);
+        assert!(Intercepts::for_mode(true, false).misc1 & misc1::TASK_SWITCH != 0);
     }
 }

@@ -99,7 +99,7 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     // Every port is intercepted; so is every MSR but those the VMCB holds
     // (loaded and saved with the guest: nothing of the host's to protect)
     // and, with nested paging, EFER (the VMCB holds it too; a shadow MMU
-    // must see its writes).
+    // must see its writes), and TSC_AUX where the host has RDTSCP.
     let iopm = memory::alloc(3, memory::PAGE)?;
     let msrpm = memory::alloc(2, memory::PAGE)?;
     // SAFETY: both ranges were just allocated for these bitmaps.
@@ -108,12 +108,17 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         core::ptr::write_bytes(msrpm as *mut u8, 0xff, 2 * 4096);
     }
     let nested = matches!(paging, Paging::Nested);
-    for msr in VMCB_MSRS.iter().copied().chain(nested.then_some(MSR_EFER)) {
+    let rdtscp = cpu::has_rdtscp();
+    let own = [
+        nested.then_some(MSR_EFER),
+        rdtscp.then_some(cpu::MSR_TSC_AUX),
+    ];
+    for msr in VMCB_MSRS.iter().copied().chain(own.into_iter().flatten()) {
         pass_through_msr(msrpm, msr);
     }
 
     let shadow = matches!(paging, Paging::Shadow);
-    let intercepts = Intercepts::for_mode(shadow);
+    let intercepts = Intercepts::for_mode(shadow, rdtscp);
     let mut v = Vmcb::new(memory::alloc_frame()?);
     v.write32(INTERCEPT_CR, intercepts.cr);
     v.write32(INTERCEPT_EXCEPTIONS, intercepts.exceptions);

@@ -394,8 +394,9 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     // those that are the guest's own state: the VMCS holds FS/GS base and
     // SYSENTER_*, the host does not use STAR/LSTAR/CSTAR/SFMASK/KernelGSBase,
     // and with EPT, EFER is saved and loaded at exit and entry (a shadow
-    // MMU must see EFER writes).
-    const GUEST_OWN_MSRS: [u32; 10] = [
+    // MMU must see EFER writes). TSC_AUX, last, is the guest's with RDTSCP.
+    let (rdtscp_proc, rdtscp_proc2) = rules::rdtscp_controls(cpu::has_rdtscp(), &caps);
+    const GUEST_OWN_MSRS: [u32; 11] = [
         0xc000_0081,
         0xc000_0082,
         0xc000_0083,
@@ -406,8 +407,10 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         0x174,
         0x175,
         0x176,
+        cpu::MSR_TSC_AUX,
     ];
-    let msr_bitmap = msr_bitmap_passing(&GUEST_OWN_MSRS, nested)?;
+    let own = &GUEST_OWN_MSRS[..10 + (rdtscp_proc2 != 0) as usize];
+    let msr_bitmap = msr_bitmap_passing(own, nested)?;
     // #DB and #AC always exit (a delivery that raises them again loops in
     // the CPU, CVE-2015-5307/8104); #PF too under shadow paging.
     let db_ac = (1 << 1) | (1 << 17);
@@ -434,9 +437,10 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
                 | PROC_MONITOR_EXITING
                 | PROC_RDPMC_EXITING
                 | proc_paging
+                | rdtscp_proc
                 | PROC_USE_MSR_BITMAPS,
         ) & !PROC_USE_IO_BITMAPS,
-        proc2: caps.proc2.adjust(proc2),
+        proc2: caps.proc2.adjust(proc2 | rdtscp_proc2),
         exit: caps
             .exit
             .adjust(EXIT_HOST_ADDRESS_SPACE_SIZE | EXIT_SAVE_EFER | EXIT_LOAD_EFER),

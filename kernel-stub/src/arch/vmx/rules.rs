@@ -75,6 +75,18 @@ pub const PROC_MONITOR_EXITING: u32 = 1 << 29;
 pub const PROC_SECONDARY_CONTROLS: u32 = 1 << 31;
 pub const PROC2_ENABLE_EPT: u32 = 1 << 1;
 pub const PROC2_UNRESTRICTED_GUEST: u32 = 1 << 7;
+pub const PROC2_ENABLE_RDTSCP: u32 = 1 << 3;
+
+/// The primary and secondary control bits that give the guest RDTSCP
+/// (its TSC_AUX is its own): where the host has it and both bits may be
+/// 1; else none, and RDTSCP is #UD (SDM 25.3).
+pub fn rdtscp_controls(host_rdtscp: bool, caps: &Caps) -> (u32, u32) {
+    let ok = caps.proc.allows(PROC_SECONDARY_CONTROLS) && caps.proc2.allows(PROC2_ENABLE_RDTSCP);
+    match host_rdtscp && ok {
+        true => (PROC_SECONDARY_CONTROLS, PROC2_ENABLE_RDTSCP),
+        false => (0, 0),
+    }
+}
 pub const EXIT_HOST_ADDRESS_SPACE_SIZE: u32 = 1 << 9;
 pub const EXIT_SAVE_EFER: u32 = 1 << 20;
 pub const EXIT_LOAD_EFER: u32 = 1 << 21;
@@ -708,6 +720,27 @@ mod tests {
             ept: EPT_CAP_WALK_LENGTH_4 | EPT_CAP_MEMORY_TYPE_WB,
             misc: 4 << 16 | MISC_ZERO_LENGTH_INJECTION,
         }
+    }
+
+    #[test]
+    fn rdtscp_is_enabled_only_where_the_host_and_the_caps_allow() {
+        let on = (PROC_SECONDARY_CONTROLS, PROC2_ENABLE_RDTSCP);
+        assert_eq!(rdtscp_controls(true, &caps()), on);
+        assert_eq!(rdtscp_controls(false, &caps()), (0, 0));
+        let no = |bit: u32| Allowed {
+            must_be_one: 0,
+            may_be_one: !bit,
+        };
+        let c = Caps {
+            proc2: no(PROC2_ENABLE_RDTSCP),
+            ..caps()
+        };
+        assert_eq!(rdtscp_controls(true, &c), (0, 0));
+        let c = Caps {
+            proc: no(PROC_SECONDARY_CONTROLS),
+            ..caps()
+        };
+        assert_eq!(rdtscp_controls(true, &c), (0, 0));
     }
 
     fn controls() -> Controls {
