@@ -163,7 +163,15 @@ impl core::fmt::Display for EntryFailure {
 /// Builds a VCPU of `arch`.
 pub fn create_vcpu(arch: Arch, paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     Ok(match arch {
-        Arch::Svm => Vcpu::Svm(svm::create_vcpu(paging, entry)?),
+        Arch::Svm => {
+            let virtual_interrupts = svm::virtual_interrupts_delivered()?;
+            if !virtual_interrupts {
+                crate::console::say!("svm: this CPU holds back virtual interrupts (Bochs does): external interrupts go in through EVENTINJ");
+            }
+            let mut vcpu = svm::create_vcpu(paging, entry)?;
+            vcpu.virtual_interrupts = virtual_interrupts;
+            Vcpu::Svm(vcpu)
+        }
         Arch::Vmx => Vcpu::Vmx(vmx::create_vcpu(paging, entry)?),
     })
 }

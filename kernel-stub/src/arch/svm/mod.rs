@@ -84,6 +84,8 @@ pub struct Vcpu {
     shadow: bool,
     /// What `create_vcpu` intercepts: any other exit code is a failed entry.
     intercepts: Intercepts,
+    /// External interrupts go in as virtual interrupts (see `apply`).
+    pub virtual_interrupts: bool,
 }
 
 /// Enables SVM and builds a VCPU translating guest memory as `paging`
@@ -178,7 +180,66 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         sequence: 0,
         shadow,
         intercepts,
+        virtual_interrupts: false,
     })
+}
+
+/// Whether a virtual interrupt offered at VMRUN (V_IRQ, APM vol. 2 15.21.4)
+/// reaches a guest with IF set. Bochs 2.7 holds it back until the guest
+/// sets IF itself (it unmasks the event only on an IF change in guest
+/// mode); there external interrupts go through EVENTINJ. Probed with a
+/// guest whose IDT sends vector 0x20 to a HLT of its own, beside the HLT it
+/// starts at: the HLT exit's RIP says which ran.
+pub fn virtual_interrupts_delivered() -> Result<bool, OutOfMemory> {
+    let page = memory::alloc_frame()?;
+    let (handler, idt, gdt) = (page + 8, page + 0xc00, page + 0x800);
+    let gate = (handler & 0xffff) | 0x08 << 16 | 0x8e00 << 32 | (handler >> 16 & 0xffff) << 48;
+    // SAFETY: a fresh identity-mapped frame of the stub; every offset is
+    // inside it.
+    unsafe {
+        (page as *mut u8).write(0xf4); // hlt
+        (handler as *mut u8).write(0xf4); // hlt
+        ((gdt + 8) as *mut u64).write(0x00cf_9b00_0000_ffff); // 0x08: flat 32-bit code
+        ((idt + 8 * 0x20) as *mut u64).write(gate);
+    }
+    let entry = Entry {
+        mode: EntryMode::Flat32,
+        rip: page,
+        rax: 0,
+        rbx: 0,
+        rsi: 0,
+    };
+    let mut probe = create_vcpu(Paging::Shadow, &entry)?;
+    let v = &mut probe.vmcb;
+    v.write_segment(
+        GDTR,
+        Segment {
+            base: gdt,
+            ..seg(0, 0, 15)
+        },
+    );
+    v.write_segment(
+        IDTR,
+        Segment {
+            base: idt,
+            ..seg(0, 0, 8 * 0x21 - 1)
+        },
+    );
+    v.write64(RSP, page + 0xff0);
+    v.write64(RFLAGS, 0x202);
+    v.write64(
+        V_INTR,
+        V_INTR_MASKING | V_IRQ | V_INTR_PRIO_MAX | V_IGN_TPR | 0x20 << V_INTR_VECTOR_SHIFT,
+    );
+    // A host interrupt may end the run first; then run it again.
+    for _ in 0..8 {
+        let rec = probe.run();
+        match rec.exit_code {
+            svm_exit::INTR => continue,
+            code => return Ok(code == svm_exit::HLT && rec.regs.rip == handler),
+        }
+    }
+    Ok(false)
 }
 
 /// Whether this CPU exits on a task switch when the intercept asks for it
@@ -235,7 +296,13 @@ pub fn task_switch_exits() -> Result<bool, OutOfMemory> {
     };
     let mut probe = create_vcpu(Paging::Shadow, &entry)?;
     let v = &mut probe.vmcb;
-    v.write_segment(GDTR, seg(0, 0, 8 * descriptors.len() as u32 - 1));
+    v.write_segment(
+        GDTR,
+        Segment {
+            base: gdt,
+            ..seg(0, 0, 8 * descriptors.len() as u32 - 1)
+        },
+    );
     // No IDT: a fault in the switch is a triple fault (a SHUTDOWN exit).
     v.write_segment(IDTR, seg(0, 0, 0));
     v.write_segment(
@@ -349,6 +416,7 @@ impl Vcpu {
         self.vmcb.write64(EFER, efer | cpu::EFER_SVME);
         // SAFETY: any value may be written to CR2; the host reads it only in fault messages.
         unsafe { core::arch::asm!("mov cr2, {}", in(reg) cr2, options(nostack, preserves_flags)) };
+        let entered_at = (self.vmcb.read64(RIP), self.vmcb.read64(RSP));
         // SAFETY: the VMCB, the host areas and the bitmaps are frames this
         // VCPU owns; `svm_vmrun` preserves every callee-saved register and
         // returns on #VMEXIT (a failed consistency check is an exit too).
@@ -356,10 +424,11 @@ impl Vcpu {
         self.vmcb.write8(TLB_CONTROL, 0);
         self.vmcb.write64(EVENTINJ, 0);
         self.sequence += 1;
-        self.exit_record()
+        self.exit_record(entered_at)
     }
 
-    fn exit_record(&self) -> ExitRecord {
+    /// The exit, for a run entered at `entered_at` (RIP, RSP).
+    fn exit_record(&self, entered_at: (u64, u64)) -> ExitRecord {
         let v = &self.vmcb;
         let mut regs = self.gprs;
         regs.rax = v.read64(RAX);
@@ -383,7 +452,7 @@ impl Vcpu {
             exit_code,
             exit_info1: v.read64(EXITINFO1),
             exit_info2: v.read64(EXITINFO2),
-            exit_int_info: self.undelivered_event(),
+            exit_int_info: self.undelivered_event(exit_code, entered_at),
             next_rip: match (self.nrips, exit_code) {
                 (true, _) => v.read64(NRIP),
                 // Without NRIPS, an IOIO exit still gives the next RIP in EXITINFO2 (APM 15.10.2).
@@ -406,15 +475,22 @@ impl Vcpu {
     }
 
     /// EXITINTINFO, or else an external interrupt `apply` offered as a
-    /// virtual interrupt that the guest has not taken yet (an exit came
-    /// first): to the servers both are an event whose delivery the exit
-    /// interrupted, which they inject again.
-    fn undelivered_event(&self) -> u64 {
+    /// virtual interrupt that the guest has not taken (an exit came first):
+    /// to the servers both are an event whose delivery the exit
+    /// interrupted, which they inject again. Not taken means V_IRQ still
+    /// set, an exit that comes between instructions (a physical interrupt,
+    /// NMI, SMI or INIT: any other needs an instruction, and the interrupt
+    /// comes before the first) and the guest still where it was entered (a
+    /// delivery moves RSP). Bochs 2.7 leaves V_IRQ set once taken, so
+    /// V_IRQ alone cannot tell.
+    fn undelivered_event(&self, exit_code: u64, entered_at: (u64, u64)) -> u64 {
         let v = &self.vmcb;
         let info = v.read64(EXITINTINFO);
         let v_intr = v.read64(V_INTR);
-        let window = v.read32(INTERCEPT_MISC1) & misc1::VINTR != 0;
-        if info & EVENT_VALID == 0 && v_intr & V_IRQ != 0 && !window {
+        let offered = v_intr & V_IRQ != 0 && v.read32(INTERCEPT_MISC1) & misc1::VINTR == 0;
+        let between_instructions = (svm_exit::INTR..=svm_exit::INTR + 3).contains(&exit_code);
+        let unmoved = (v.read64(RIP), v.read64(RSP)) == entered_at;
+        if info & EVENT_VALID == 0 && offered && between_instructions && unmoved {
             return EVENT_VALID | (v_intr >> V_INTR_VECTOR_SHIFT) & 0xff;
         }
         info
@@ -508,7 +584,9 @@ impl Vcpu {
         // before the guest's next exception or exit (Debian's i386 kernel
         // deadlocked in its timer handler).
         let inject = flags.contains(ResumeFlags::INJECT_EVENT);
-        let irq = (inject && r.event.kind == EventKind::ExternalInterrupt as u8)
+        let irq = (inject
+            && self.virtual_interrupts
+            && r.event.kind == EventKind::ExternalInterrupt as u8)
             .then_some(r.event.vector);
         // Without one, a virtual interrupt that the guest takes as soon as
         // it can makes the VINTR intercept fire at the start of the
