@@ -78,6 +78,11 @@ pub struct ExitsArgs {
     #[arg(long, value_name = "KIND", value_delimiter = ',',
           value_parser = clap::builder::PossibleValuesParser::new(KINDS))]
     kind: Vec<String>,
+    /// Boot every kind this many times each way, alternated, and report
+    /// the median wall time.
+    #[arg(long, value_name = "R", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=50))]
+    rounds: u32,
     /// Kill a boot after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -208,15 +213,32 @@ impl Row {
     }
 }
 
-/// The row of `kind` from its boots and the reference boots of each way.
-pub(crate) fn row(
-    kind: &str,
-    n: u64,
-    split: &Run,
-    split_ref: &Run,
-    plain: &Run,
-    plain_ref: &Run,
-) -> Row {
+/// The median cost over rounds, each a boot and its reference boot.
+pub(crate) fn median_cost(pairs: &[(&Run, &Run)], kind: &str) -> Option<Cost> {
+    let costs: Vec<Cost> = pairs
+        .iter()
+        .filter_map(|(run, reference)| cost(run, reference, kind))
+        .collect();
+    // A failed round leaves no figure rather than a skewed one.
+    if costs.is_empty() || costs.len() < pairs.len() {
+        return None;
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[(v.len() - 1) / 2]
+    };
+    Some(Cost {
+        n: costs[0].n,
+        us_per_op: median(costs.iter().map(|c| c.us_per_op).collect()),
+        tsc_per_op: median(costs.iter().map(|c| c.tsc_per_op).collect()),
+    })
+}
+
+/// The row of `kind` from its boots and the reference boots of each way,
+/// one pair per round; the exits come from the first round.
+pub(crate) fn row(kind: &str, n: u64, splits: &[(&Run, &Run)], plains: &[(&Run, &Run)]) -> Row {
+    let empty = Run::default();
+    let (split, split_ref) = splits.first().copied().unwrap_or((&empty, &empty));
     // Each character the guest prints costs two port exits (LSR, THR): the
     // kind's lines are not as long as the reference's.
     let uart = 2 * (split.guest_chars as i64 - split_ref.guest_chars as i64);
@@ -241,8 +263,8 @@ pub(crate) fn row(
         kind: kind.to_string(),
         n,
         exits,
-        split: cost(split, split_ref, kind),
-        plain: cost(plain, plain_ref, kind),
+        split: median_cost(splits, kind),
+        plain: median_cost(plains, kind),
     }
 }
 
@@ -360,35 +382,66 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
         timeout,
         plain_elf: &plain_elf,
     };
-    let split_ref = bench.boot(Way::Splitvisor, REFERENCE, n);
-    // Plain QEMU's reference boots, by count.
-    let mut plain_refs: Vec<(u64, Run)> = vec![(n, bench.boot(Way::Plain, REFERENCE, n))];
-    let mut runs: Vec<(&str, Run, Run)> = Vec::new();
-    for kind in &kinds {
-        let split = bench.boot(Way::Splitvisor, kind, n);
-        // An exit on plain QEMU may be a few instructions: raise its count
-        // tenfold until the loop takes long enough to time by the lines.
-        let mut pn = n;
-        let plain = loop {
-            let plain = bench.boot(Way::Plain, kind, pn);
-            let long_enough = plain
-                .the_loop(kind)
-                .is_none_or(|l| l.wall >= PLAIN_LOOP_MIN);
-            if long_enough || plain.failure.is_some() || pn >= n * PLAIN_SCALE_MAX {
-                break plain;
-            }
-            pn *= 10;
-        };
-        if !plain_refs.iter().any(|(c, _)| *c == pn) {
-            plain_refs.push((pn, bench.boot(Way::Plain, REFERENCE, pn)));
+    // Plain QEMU's count per kind, found in the first round.
+    let mut plain_counts: Vec<u64> = Vec::new();
+    let mut rounds: Vec<Round> = Vec::new();
+    for round in 0..a.rounds {
+        if a.rounds > 1 {
+            eprintln!(
+                "splitvisor: bench exits: round {} of {}",
+                round + 1,
+                a.rounds
+            );
         }
-        runs.push((kind, split, plain));
+        let split_ref = bench.boot(Way::Splitvisor, REFERENCE, n);
+        let mut plain_refs: Vec<(u64, Run)> = vec![(n, bench.boot(Way::Plain, REFERENCE, n))];
+        let mut runs: Vec<(&str, Run, Run)> = Vec::new();
+        for (i, kind) in kinds.iter().enumerate() {
+            let split = bench.boot(Way::Splitvisor, kind, n);
+            let plain = if let Some(&pn) = plain_counts.get(i) {
+                bench.boot(Way::Plain, kind, pn)
+            } else {
+                // An exit on plain QEMU may be a few instructions: raise its
+                // count tenfold until the loop takes long enough to time by
+                // the lines.
+                let mut pn = n;
+                let plain = loop {
+                    let plain = bench.boot(Way::Plain, kind, pn);
+                    let long_enough = plain
+                        .the_loop(kind)
+                        .is_none_or(|l| l.wall >= PLAIN_LOOP_MIN);
+                    if long_enough || plain.failure.is_some() || pn >= n * PLAIN_SCALE_MAX {
+                        break plain;
+                    }
+                    pn *= 10;
+                };
+                plain_counts.push(pn);
+                plain
+            };
+            let pn = plain_counts[i];
+            if !plain_refs.iter().any(|(c, _)| *c == pn) {
+                plain_refs.push((pn, bench.boot(Way::Plain, REFERENCE, pn)));
+            }
+            runs.push((kind, split, plain));
+        }
+        rounds.push(Round {
+            split_ref,
+            plain_refs,
+            runs,
+        });
     }
-    let plain_ref = |pn: u64| &plain_refs.iter().find(|(c, _)| *c == pn).unwrap().1;
     let mut rows = Vec::new();
-    for (kind, split, plain) in &runs {
-        let pn = plain.the_loop(kind).map_or(n, |l| l.n);
-        rows.push(row(kind, n, split, &split_ref, plain, plain_ref(pn)));
+    for (i, kind) in kinds.iter().enumerate() {
+        let pn = plain_counts.get(i).copied().unwrap_or(n);
+        let splits: Vec<(&Run, &Run)> = rounds
+            .iter()
+            .map(|r| (&r.runs[i].1, &r.split_ref))
+            .collect();
+        let plains: Vec<(&Run, &Run)> = rounds
+            .iter()
+            .map(|r| (&r.runs[i].2, r.plain_ref(pn)))
+            .collect();
+        rows.push(row(kind, n, &splits, &plains));
     }
 
     let (mmu, cpu) = bench.split_cpu();
@@ -399,10 +452,23 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
          TSC per op (virtual time: 4 ns per instruction)",
         splitvisor::run::QEMU_ICOUNT
     );
+    if a.rounds > 1 {
+        println!(
+            "Wall times: the median of {} rounds, alternated (splitvisor, plain QEMU, ...)",
+            a.rounds
+        );
+    }
     print!("{}", table(&rows));
-    println!("The guest's own lines (splitvisor | plain QEMU):");
-    let reference = (REFERENCE, split_ref, Run::default());
-    for (_, split, plain) in std::iter::once(&reference).chain(runs.iter()) {
+    // The first round's lines and failures of every round.
+    let Round {
+        split_ref,
+        plain_refs,
+        runs,
+    } = &rounds[0];
+    println!("The guest's own lines (splitvisor | plain QEMU), first round:");
+    let reference = (REFERENCE, split_ref, &Run::default());
+    let first = runs.iter().map(|(k, s, p)| (*k, s, p));
+    for (_, split, plain) in std::iter::once(reference).chain(first) {
         for (i, l) in split.end_lines.iter().enumerate() {
             println!(
                 "  {l} | {}",
@@ -410,15 +476,24 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
             );
         }
     }
-    for (pn, r) in &plain_refs {
+    for (pn, r) in plain_refs {
         for l in &r.end_lines {
             println!("  (plain QEMU's reference, n={pn}) {l}");
         }
     }
     let mut ok = true;
-    let refs = plain_refs.iter().map(|(_, r)| (REFERENCE, &reference.1, r));
-    for (kind, split, plain) in refs.chain(runs.iter().map(|(k, s, p)| (*k, s, p))) {
-        for (way, r) in [("splitvisor", split), ("plain QEMU", plain)] {
+    for round in &rounds {
+        let refs = std::iter::once((REFERENCE, &round.split_ref, "splitvisor")).chain(
+            round
+                .plain_refs
+                .iter()
+                .map(|(_, r)| (REFERENCE, r, "plain QEMU")),
+        );
+        let kinds = round
+            .runs
+            .iter()
+            .flat_map(|(k, s, p)| [(*k, s, "splitvisor"), (*k, p, "plain QEMU")]);
+        for (kind, r, way) in refs.chain(kinds) {
             if let Some(why) = &r.failure {
                 ok = false;
                 println!("{kind} ({way}): FAILED: {why}");
@@ -429,6 +504,25 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
         0
     } else {
         1
+    }
+}
+
+/// One round: the reference boots and one boot of each kind each way.
+struct Round<'k> {
+    split_ref: Run,
+    /// Plain QEMU's reference boots, by count.
+    plain_refs: Vec<(u64, Run)>,
+    runs: Vec<(&'k str, Run, Run)>,
+}
+
+impl Round<'_> {
+    fn plain_ref(&self, n: u64) -> &Run {
+        &self
+            .plain_refs
+            .iter()
+            .find(|(c, _)| *c == n)
+            .expect("a reference boot for every count")
+            .1
     }
 }
 
@@ -626,7 +720,7 @@ mod tests {
         s.guest_chars = 2;
         let pr = run("none", 1, 36, "");
         let p = run("cpuid", 1, 4036, "");
-        let r = row("cpuid", 100, &s, &sr, &p, &pr);
+        let r = row("cpuid", 100, &[(&s, &sr)], &[(&p, &pr)]);
         assert_eq!(r.total_exits(), 100);
         assert_eq!(r.exits_per_op(), Some(1.0));
         let c = r.split.unwrap();
@@ -657,14 +751,29 @@ mod tests {
     #[test]
     fn a_failed_boot_gives_dashes() {
         let empty = Run::default();
-        let r = row("io", 100, &empty, &empty, &empty, &empty);
+        let r = row("io", 100, &[(&empty, &empty)], &[(&empty, &empty)]);
         assert!(r.split.is_none() && r.plain.is_none() && r.exits.is_empty());
         let t = table(&[r]);
         let line = t.lines().find(|l| l.starts_with("io ")).unwrap();
         assert!(line.split_whitespace().skip(2).all(|c| c == "-"), "{line}");
         let plain = run("io", 50, 4036, "");
         let plain_ref = run("none", 10, 36, "");
-        let r = row("io", 100, &empty, &empty, &plain, &plain_ref);
+        let r = row("io", 100, &[(&empty, &empty)], &[(&plain, &plain_ref)]);
         assert_eq!(r.plain.map(|c| c.us_per_op), Some(400.0));
+        // A failed round among good ones: no figure.
+        let r = row("io", 100, &[], &[(&plain, &plain_ref), (&empty, &empty)]);
+        assert!(r.plain.is_none() && r.split.is_none());
+    }
+
+    #[test]
+    fn the_median_of_rounds() {
+        let reference = run("none", 10, 36, "");
+        let slow = run("io", 110, 4036, "");
+        let fast = run("io", 20, 4036, "");
+        let mid = run("io", 50, 4036, "");
+        let pairs = [(&slow, &reference), (&fast, &reference), (&mid, &reference)];
+        let c = median_cost(&pairs, "io").unwrap();
+        assert_eq!(c.us_per_op, 400.0);
+        assert_eq!(c.tsc_per_op, 40.0);
     }
 }
