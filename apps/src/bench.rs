@@ -56,15 +56,21 @@ enum BenchWhat {
     /// there): the exitbench guest makes N exits of each kind (port I/O,
     /// CPUID, RDMSR, HLT wake-up by the local APIC timer, MMIO, and
     /// shadow #PFs under --mmu shadow), with wall time per op, ops per
-    /// second, the ratio splitvisor/plain, and the exits by reason.
+    /// second, the ratio splitvisor/plain, the exits by reason and the
+    /// servers' syscalls per exit.
     ///
     /// How it times: each kind runs in a boot of its own (one per way),
     /// and the guest prints a line before and after its loop; the loop's
     /// wall time is between the two lines' arrival on the host, less that
     /// of a reference boot's empty loop (the cost of printing the end
-    /// line), so boot time does not count. The exits of a kind are its
-    /// boot's `[vmm] exits:` counters less the reference boot's. Both ways
-    /// run TCG with the same -icount; run it on an otherwise idle machine.
+    /// line), so boot time does not count. Plain QEMU's count is raised
+    /// tenfold (up to 1000 N) until its loop takes 100 ms: the lines'
+    /// arrival is good to about a millisecond. The exits of a kind are its
+    /// boot's `[vmm] exits:` counters less the reference boot's, less two
+    /// port exits per character the guest printed beyond the reference's.
+    /// Both ways run TCG with the same -icount; run it on an otherwise
+    /// idle machine, or with --rounds. Not yet measured: the in-stub
+    /// handler (the lower bound) and instructions per exit path.
     Exits(crate::bench_exits::ExitsArgs),
 }
 

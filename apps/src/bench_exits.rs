@@ -197,6 +197,8 @@ pub(crate) struct Row {
     /// Exits by reason of the kind's boot less the reference boot's, then
     /// "total".
     pub exits: Vec<(String, i64)>,
+    /// The servers' syscalls (IPC) in the kind's boot less the reference's.
+    pub syscalls: Option<i64>,
     pub split: Option<Cost>,
     pub plain: Option<Cost>,
 }
@@ -259,10 +261,13 @@ pub(crate) fn row(kind: &str, n: u64, splits: &[(&Run, &Run)], plains: &[(&Run, 
     if split.exits.is_empty() {
         exits.clear();
     }
+    let syscalls = (!split.exits.is_empty())
+        .then(|| split.exit("syscalls") as i64 - split_ref.exit("syscalls") as i64);
     Row {
         kind: kind.to_string(),
         n,
         exits,
+        syscalls,
         split: median_cost(splits, kind),
         plain: median_cost(plains, kind),
     }
@@ -274,16 +279,16 @@ pub(crate) fn table(rows: &[Row]) -> String {
     let f = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
     let _ = writeln!(
         s,
-        "{:<6} {:>8} {:>9} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "{:<6} {:>8} {:>9} {:>8} {:>10} {:>11} {:>8} {:>10} {:>11} {:>10} {:>10} {:>10}",
         "kind",
         "ops",
         "plain ops",
         "exits/op",
         "sv us/op",
-        "plain us",
-        "ratio",
+        "plain us/op",
+        "sv/plain",
         "sv ops/s",
-        "plain/s",
+        "plain ops/s",
         "sv us/exit",
         "sv tsc/op",
         "plain tsc"
@@ -302,7 +307,7 @@ pub(crate) fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<6} {:>8} {:>9} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "{:<6} {:>8} {:>9} {:>8} {:>10} {:>11} {:>8} {:>10} {:>11} {:>10} {:>10} {:>10}",
             r.kind,
             r.n,
             r.plain.map_or("-".to_string(), |c| c.n.to_string()),
@@ -322,13 +327,13 @@ pub(crate) fn table(rows: &[Row]) -> String {
         s,
         "Exits by reason under splitvisor (the kind's boot less the reference boot's \
          `[vmm] exits:`, and less two port exits per character the guest printed beyond the \
-         reference's):"
+         reference's), and the servers' syscalls per exit:"
     );
     let _ = write!(s, "{:<6} {:>8}", "kind", "total");
     for r in REASONS {
         let _ = write!(s, " {r:>9}");
     }
-    let _ = writeln!(s);
+    let _ = writeln!(s, " {:>13}", "syscalls/exit");
     for r in rows {
         let get = |k: &str| {
             r.exits
@@ -340,7 +345,11 @@ pub(crate) fn table(rows: &[Row]) -> String {
         for reason in REASONS {
             let _ = write!(s, " {:>9}", get(reason));
         }
-        let _ = writeln!(s);
+        let per_exit = match (r.syscalls, r.total_exits()) {
+            (Some(sys), e) if e > 0 => format!("{:.2}", sys as f64 / e as f64),
+            _ => "-".to_string(),
+        };
+        let _ = writeln!(s, " {per_exit:>13}");
     }
     s
 }
@@ -714,8 +723,18 @@ mod tests {
 
     #[test]
     fn rows_subtract_the_reference() {
-        let sr = run("none", 2, 36, "total=500 ioio=400 cpuid=0 hlt=1");
-        let mut s = run("cpuid", 7, 2_000_036, "total=604 ioio=404 cpuid=100 hlt=1");
+        let sr = run(
+            "none",
+            2,
+            36,
+            "total=500 ioio=400 cpuid=0 hlt=1 syscalls=2500",
+        );
+        let mut s = run(
+            "cpuid",
+            7,
+            2_000_036,
+            "total=604 ioio=404 cpuid=100 hlt=1 syscalls=3000",
+        );
         // Two characters more in the guest's lines: four port exits.
         s.guest_chars = 2;
         let pr = run("none", 1, 36, "");
@@ -746,6 +765,7 @@ mod tests {
         let cells: Vec<&str> = by_reason.split_whitespace().collect();
         // kind, total, ioio, cpuid, ...
         assert_eq!(&cells[..4], ["cpuid", "100", "0", "100"]);
+        assert_eq!(cells.last(), Some(&"5.00"), "{by_reason}");
     }
 
     #[test]
