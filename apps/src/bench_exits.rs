@@ -55,6 +55,9 @@ const GUEST: &str = "exitbench";
 const PLAIN_LOOP_MIN: Duration = Duration::from_millis(100);
 /// ...up to this many times splitvisor's count.
 const PLAIN_SCALE_MAX: u64 = 1000;
+/// What the lines' arrival times can tell apart on a busy host: a loop
+/// less than this longer than the reference's gives only a bound.
+const RESOLUTION: Duration = Duration::from_millis(10);
 const LINE: &str = "exitbench: ";
 
 #[derive(Args)]
@@ -171,6 +174,13 @@ pub(crate) struct Cost {
     pub n: u64,
     pub us_per_op: f64,
     pub tsc_per_op: f64,
+}
+
+impl Cost {
+    /// The smallest cost per op the lines' arrival times can tell.
+    pub fn resolution_us(&self) -> f64 {
+        RESOLUTION.as_secs_f64() * 1e6 / self.n.max(1) as f64
+    }
 }
 
 /// The cost of `kind` in `run`, less the reference loop of `reference`.
@@ -295,15 +305,27 @@ pub(crate) fn table(rows: &[Row]) -> String {
     );
     for r in rows {
         let sv = r.split.map(|c| c.us_per_op);
+        // A loop less than RESOLUTION longer than the reference's says only
+        // that an op costs less than RESOLUTION / n.
+        let bound = |c: Cost| (c.us_per_op < c.resolution_us()).then(|| c.resolution_us());
+        let pl_bound = r.plain.and_then(bound);
         let pl = r.plain.map(|c| c.us_per_op);
-        let per_s = |us: Option<f64>| us.filter(|&u| u > 0.0).map(|u| 1e6 / u);
-        let ratio = match (sv, pl) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-            _ => None,
-        };
         let per_exit = match (sv, r.exits_per_op()) {
             (Some(us), Some(e)) if e > 0.0 => Some(us / e),
             _ => None,
+        };
+        let (pl_us, pl_per_s, ratio) = match (sv, pl, pl_bound) {
+            (_, None, _) => ("-".to_string(), "-".to_string(), "-".to_string()),
+            (sv, _, Some(b)) => (
+                format!("<{b:.4}"),
+                format!(">{:.0}", 1e6 / b),
+                sv.map_or("-".to_string(), |a| format!(">{:.0}x", a / b)),
+            ),
+            (sv, Some(p), None) => (
+                format!("{p:.4}"),
+                format!("{:.0}", 1e6 / p),
+                sv.map_or("-".to_string(), |a| format!("{:.0}x", a / p)),
+            ),
         };
         let _ = writeln!(
             s,
@@ -313,10 +335,10 @@ pub(crate) fn table(rows: &[Row]) -> String {
             r.plain.map_or("-".to_string(), |c| c.n.to_string()),
             f(r.exits_per_op(), 2),
             f(sv, 2),
-            f(pl, 3),
-            ratio.map_or("-".to_string(), |v| format!("{v:.0}x")),
-            f(per_s(sv), 0),
-            f(per_s(pl), 0),
+            pl_us,
+            ratio,
+            f(sv.filter(|&u| u > 0.0).map(|u| 1e6 / u), 0),
+            pl_per_s,
             f(per_exit, 2),
             f(r.split.map(|c| c.tsc_per_op), 0),
             f(r.plain.map(|c| c.tsc_per_op), 0),
@@ -752,9 +774,20 @@ mod tests {
         let line = t.lines().find(|l| l.starts_with("cpuid ")).unwrap();
         let cells: Vec<&str> = line.split_whitespace().collect();
         // kind, ops, plain ops, exits/op, sv us/op, plain us, ratio (none: plain 0)
+        // (plain QEMU's loop is no longer than the reference's: a bound)
         assert_eq!(
-            &cells[..7],
-            ["cpuid", "100", "100", "1.00", "50.00", "0.000", "-"]
+            &cells[..9],
+            [
+                "cpuid",
+                "100",
+                "100",
+                "1.00",
+                "50.00",
+                "<100.0000",
+                ">0x",
+                "20000",
+                ">10000"
+            ]
         );
         assert!(t.contains("Exits by reason"));
         let by_reason = t
@@ -780,6 +813,10 @@ mod tests {
         let plain_ref = run("none", 10, 36, "");
         let r = row("io", 100, &[(&empty, &empty)], &[(&plain, &plain_ref)]);
         assert_eq!(r.plain.map(|c| c.us_per_op), Some(400.0));
+        let t = table(&[r]);
+        let line = t.lines().find(|l| l.starts_with("io ")).unwrap();
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells[5], "400.0000", "{line}");
         // A failed round among good ones: no figure.
         let r = row("io", 100, &[], &[(&plain, &plain_ref), (&empty, &empty)]);
         assert!(r.plain.is_none() && r.split.is_none());
