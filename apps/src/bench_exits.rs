@@ -148,6 +148,8 @@ pub(crate) struct Run {
     pub loops: Vec<Loop>,
     /// splitvisor's `[vmm] exits:` counters (none on plain QEMU).
     pub exits: Vec<(String, u64)>,
+    /// The mmu-server's `[vmm] mmu:` figures (shadow paging).
+    pub mmu: Vec<(String, u64)>,
     /// The guest's `end` lines, as printed.
     pub end_lines: Vec<String>,
     /// Characters of the guest's own lines, newlines included.
@@ -376,6 +378,45 @@ pub(crate) fn table(rows: &[Row]) -> String {
     s
 }
 
+/// The mmu-server's figures shown under shadow paging.
+const MMU_FIGURES: [&str; 7] = [
+    "faults",
+    "wp_faults",
+    "emulated",
+    "unprotects",
+    "misses",
+    "installs",
+    "batches",
+];
+
+/// The mmu-server's figures of each kind's boot less the reference boot's.
+pub(crate) fn mmu_table(runs: &[(&str, &Run)], reference: &Run) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "The mmu-server's figures under splitvisor (`[vmm] mmu:`, the kind's boot less the \
+         reference boot's):"
+    );
+    let _ = write!(s, "{:<6}", "kind");
+    for k in MMU_FIGURES {
+        let _ = write!(s, " {k:>10}");
+    }
+    let _ = writeln!(s);
+    let get = |r: &Run, k: &str| r.mmu.iter().find(|(key, _)| key == k).map(|(_, v)| *v);
+    for (kind, r) in runs {
+        let _ = write!(s, "{kind:<6}");
+        for k in MMU_FIGURES {
+            let cell = match (get(r, k), get(reference, k)) {
+                (Some(a), Some(b)) => (a as i64 - b as i64).to_string(),
+                _ => "-".to_string(),
+            };
+            let _ = write!(s, " {cell:>10}");
+        }
+        let _ = writeln!(s);
+    }
+    s
+}
+
 /// Runs `splitvisor bench exits`; returns the exit status.
 pub fn bench_exits(a: &ExitsArgs) -> i32 {
     let Some(qemu) = find_program(DEFAULT_EMULATOR) else {
@@ -490,6 +531,14 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
         );
     }
     print!("{}", table(&rows));
+    if shadow {
+        let first: Vec<(&str, &Run)> = kinds
+            .iter()
+            .zip(&rounds[0].runs)
+            .map(|(k, (_, split, _))| (*k, split))
+            .collect();
+        print!("{}", mmu_table(&first, &rounds[0].split_ref));
+    }
     // The first round's lines and failures of every round.
     let Round {
         split_ref,
@@ -637,6 +686,8 @@ impl Bench<'_> {
             for (_, line) in &g.lines {
                 if let Some(rest) = line.strip_prefix("[vmm] exits: ") {
                     run.exits = key_values(rest);
+                } else if let Some(rest) = line.strip_prefix("[vmm] mmu: ") {
+                    run.mmu = key_values(rest);
                 } else if line.starts_with("exitbench: end ") {
                     run.end_lines.push(line.clone());
                 }
@@ -820,6 +871,19 @@ mod tests {
         // A failed round among good ones: no figure.
         let r = row("io", 100, &[], &[(&plain, &plain_ref), (&empty, &empty)]);
         assert!(r.plain.is_none() && r.split.is_none());
+    }
+
+    #[test]
+    fn mmu_figures_less_the_reference() {
+        let mut reference = Run::default();
+        reference.mmu = key_values("faults=8 wp_faults=0 misses=8 installs=40 batches=8");
+        let mut pf = Run::default();
+        pf.mmu = key_values("faults=208 wp_faults=100 misses=108 installs=340 batches=208");
+        let t = mmu_table(&[("pf", &pf)], &reference);
+        let line = t.lines().find(|l| l.starts_with("pf ")).unwrap();
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        // faults, wp_faults, emulated (absent), unprotects (absent), misses
+        assert_eq!(&cells[1..6], ["200", "100", "-", "-", "100"]);
     }
 
     #[test]
