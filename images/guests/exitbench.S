@@ -13,7 +13,9 @@
  *           nested paging, a #PF exit under shadow paging);
  *  - pf:    a PTE write (flipping a page between two frames), INVLPG and a
  *           read through it: under shadow paging the write hits a
- *           write-protected guest page table (a shadow #PF).
+ *           write-protected guest page table (a shadow #PF; the
+ *           mmu-server emulates it, and every third write with no walk
+ *           between unprotects the table, so the read after it misses).
  *
  * The command line picks them: `kind=NAME` (one kind; default every kind
  * in the order above) and `n=N` (decimal, default 10000). Per kind it
@@ -209,9 +211,10 @@ k_mmio:
 k_pf:
     test ecx, ecx
     jz 2f
-1:  mov eax, [pf_pt]
+    mov edx, offset pf_pt
+1:  mov eax, [edx]
     xor eax, [pf_flip]
-    mov [pf_pt], eax
+    mov [edx], eax                   /* through a register, as kernels do (not A3 moffs) */
     invlpg [PF_VA]
     mov eax, [PF_VA]
     sub ecx, 1
