@@ -875,10 +875,14 @@ mod tests {
 
     #[test]
     fn mmu_figures_less_the_reference() {
-        let mut reference = Run::default();
-        reference.mmu = key_values("faults=8 wp_faults=0 misses=8 installs=40 batches=8");
-        let mut pf = Run::default();
-        pf.mmu = key_values("faults=208 wp_faults=100 misses=108 installs=340 batches=208");
+        let reference = Run {
+            mmu: key_values("faults=8 wp_faults=0 misses=8 installs=40 batches=8"),
+            ..Run::default()
+        };
+        let pf = Run {
+            mmu: key_values("faults=208 wp_faults=100 misses=108 installs=340 batches=208"),
+            ..Run::default()
+        };
         let t = mmu_table(&[("pf", &pf)], &reference);
         let line = t.lines().find(|l| l.starts_with("pf ")).unwrap();
         let cells: Vec<&str> = line.split_whitespace().collect();
