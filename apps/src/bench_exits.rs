@@ -9,7 +9,11 @@
 //! loop), are the exits the kind made. The loop's wall time is the time
 //! between the arrival of its `begin` and `end` lines on the host, less the
 //! reference loop's (which is the cost of printing the `end` line). Boot
-//! time is outside the two lines and does not count.
+//! time is outside the two lines and does not count. The guest's own
+//! printing costs two port exits a character, taken out of the counts.
+//! Plain QEMU's count is raised tenfold until its loop is long enough to
+//! time; `--rounds` alternates the boots and takes the median. Under
+//! shadow paging the mmu-server's figures per kind are shown too.
 //!
 //! TODO(bench exits, part 2): the in-stub handler variant (a stub built
 //! for this benchmark that answers these exits itself: the lower bound of
