@@ -51,6 +51,27 @@ enum BenchWhat {
     /// Fetches the kernel like `run --linux` does. Takes about a minute for
     /// amd64 (QEMU 7.2 TCG, 2.6 GHz EPYC).
     Boot(crate::bench_boot::BootArgs),
+    /// What an exit costs through the ring-3 servers against the same
+    /// guest on plain QEMU TCG (no splitvisor; its exits are not exits
+    /// there): the exitbench guest makes N exits of each kind (port I/O,
+    /// CPUID, RDMSR, HLT wake-up by the local APIC timer, MMIO, and
+    /// shadow #PFs under --mmu shadow), with wall time per op, ops per
+    /// second, the ratio splitvisor/plain, the exits by reason and the
+    /// servers' syscalls per exit.
+    ///
+    /// How it times: each kind runs in a boot of its own (one per way),
+    /// and the guest prints a line before and after its loop; the loop's
+    /// wall time is between the two lines' arrival on the host, less that
+    /// of a reference boot's empty loop (the cost of printing the end
+    /// line), so boot time does not count. Plain QEMU's count is raised
+    /// tenfold (up to 1000 N) until its loop takes 100 ms: the lines'
+    /// arrival is good to about a millisecond. The exits of a kind are its
+    /// boot's `[vmm] exits:` counters less the reference boot's, less two
+    /// port exits per character the guest printed beyond the reference's.
+    /// Both ways run TCG with the same -icount; run it on an otherwise
+    /// idle machine, or with --rounds. Not yet measured: the in-stub
+    /// handler (the lower bound) and instructions per exit path.
+    Exits(crate::bench_exits::ExitsArgs),
 }
 
 #[derive(Args)]
@@ -101,6 +122,7 @@ pub fn bench(a: &BenchArgs) -> i32 {
     match &a.what {
         BenchWhat::Mmu(m) => bench_mmu(m),
         BenchWhat::Boot(b) => crate::bench_boot::bench_boot(b),
+        BenchWhat::Exits(e) => crate::bench_exits::bench_exits(e),
     }
 }
 

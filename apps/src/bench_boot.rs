@@ -122,18 +122,18 @@ fn find(kv: &[(String, u64)], key: &str) -> Option<u64> {
 
 /// The console, kept, with the time each line was complete.
 #[derive(Clone)]
-struct TimedConsole {
-    start: Instant,
-    inner: Arc<Mutex<TimedText>>,
+pub(crate) struct TimedConsole {
+    pub(crate) start: Instant,
+    pub(crate) inner: Arc<Mutex<TimedText>>,
 }
 
 #[derive(Default)]
-struct TimedText {
-    bytes: Vec<u8>,
+pub(crate) struct TimedText {
+    pub(crate) bytes: Vec<u8>,
     /// Where the line being written starts.
     line_start: usize,
     /// Each complete line and when its newline arrived.
-    lines: Vec<(Duration, String)>,
+    pub(crate) lines: Vec<(Duration, String)>,
 }
 
 impl TimedText {

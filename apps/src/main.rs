@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_boot;
+mod bench_exits;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,7 +47,8 @@ enum Command {
     /// Benchmarks: `bench mmu` (the shadow MMU's context-switch benchmark,
     /// cached against the 2006 baseline, in the simulator and on QEMU) and
     /// `bench boot` (Debian's kernel to init: plain QEMU against splitvisor
-    /// with nested and with shadow paging).
+    /// with nested and with shadow paging) and `bench exits` (the cost of
+    /// one exit of each kind against plain QEMU).
     Bench(bench::BenchArgs),
     /// The attack campaign: hostile servers and guests against the stub.
     ///

@@ -40,6 +40,7 @@ pub const GUESTS: &[&str] = &[
     "acpi",
     "fwcfg",
     "pcstorm",
+    "exitbench",
 ];
 
 /// Where the test guests are loaded and linked.
