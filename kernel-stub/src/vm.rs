@@ -753,6 +753,9 @@ fn build(
         Paging::Nested
     };
     arch::check_paging(arch, shadow, g.entry_mode)?;
+    // The host's timer quiet before the probes below run guests of their
+    // own (a firmware tick pending at each entry would end every run).
+    deadline::init();
     if shadow && arch == Arch::Svm && !arch::svm::task_switch_exits().map_err(|_| oom)? {
         if !unsafe_shadow {
             return Err("this CPU does not exit on task switches although the VMCB asks it to (QEMU's TCG ignores the SVM task-switch intercept): under shadow paging a guest could load any host-physical page table; use nested paging, Bochs or hardware (the boot option unsafe_shadow runs anyway, for tests)");
@@ -777,7 +780,6 @@ fn build(
     };
     let vcpu = arch::create_vcpu(arch, paging, &entry).map_err(|_| oom)?;
     let tsc_hz = cpu::tsc_hz();
-    deadline::init();
     say!(
         "{}: {} paging, guest RAM {} MiB, entry {:#x}, tsc {} MHz",
         arch.name(),

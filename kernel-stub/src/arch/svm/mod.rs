@@ -86,6 +86,8 @@ pub struct Vcpu {
     intercepts: Intercepts,
     /// External interrupts go in as virtual interrupts (see `apply`).
     pub virtual_interrupts: bool,
+    /// The vector `apply` offered as a virtual interrupt for the next run.
+    offered_irq: Option<u8>,
 }
 
 /// Enables SVM and builds a VCPU translating guest memory as `paging`
@@ -181,6 +183,7 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         shadow,
         intercepts,
         virtual_interrupts: false,
+        offered_irq: None,
     })
 }
 
@@ -235,7 +238,9 @@ pub fn virtual_interrupts_delivered() -> Result<bool, OutOfMemory> {
     for _ in 0..8 {
         let rec = probe.run();
         match rec.exit_code {
-            svm_exit::INTR => continue,
+            svm_exit::INTR => {
+                crate::deadline::acknowledge();
+            }
             code => return Ok(code == svm_exit::HLT && rec.regs.rip == handler),
         }
     }
@@ -315,7 +320,9 @@ pub fn task_switch_exits() -> Result<bool, OutOfMemory> {
     // A host interrupt may end the run first; then run it again.
     for _ in 0..8 {
         match probe.run().exit_code {
-            svm_exit::INTR => continue,
+            svm_exit::INTR => {
+                crate::deadline::acknowledge();
+            }
             code => return Ok(code == svm_exit::TASK_SWITCH),
         }
     }
@@ -424,7 +431,9 @@ impl Vcpu {
         self.vmcb.write8(TLB_CONTROL, 0);
         self.vmcb.write64(EVENTINJ, 0);
         self.sequence += 1;
-        self.exit_record(entered_at)
+        let rec = self.exit_record(entered_at);
+        self.offered_irq = None;
+        rec
     }
 
     /// The exit, for a run entered at `entered_at` (RIP, RSP).
@@ -481,19 +490,27 @@ impl Vcpu {
     /// set, an exit that comes between instructions (a physical interrupt,
     /// NMI, SMI or INIT: any other needs an instruction, and the interrupt
     /// comes before the first) and the guest still where it was entered (a
-    /// delivery moves RSP). Bochs 2.7 leaves V_IRQ set once taken, so
-    /// V_IRQ alone cannot tell.
+    /// delivery moves RSP).
     fn undelivered_event(&self, exit_code: u64, entered_at: (u64, u64)) -> u64 {
         let v = &self.vmcb;
         let info = v.read64(EXITINTINFO);
-        let v_intr = v.read64(V_INTR);
-        let offered = v_intr & V_IRQ != 0 && v.read32(INTERCEPT_MISC1) & misc1::VINTR == 0;
+        let Some(vector) = self.offered_irq.map(u64::from) else {
+            return info;
+        };
+        if info & EVENT_VALID != 0 {
+            // QEMU 7.2 records the interrupted delivery of a virtual
+            // interrupt as an exception (type 3) of its vector.
+            let ours = (info >> 8) & 7 == 3 && info & 0xff == vector;
+            return if ours { EVENT_VALID | vector } else { info };
+        }
+        let taken = v.read64(V_INTR) & V_IRQ == 0;
         let between_instructions = (svm_exit::INTR..=svm_exit::INTR + 3).contains(&exit_code);
         let unmoved = (v.read64(RIP), v.read64(RSP)) == entered_at;
-        if info & EVENT_VALID == 0 && offered && between_instructions && unmoved {
-            return EVENT_VALID | (v_intr >> V_INTR_VECTOR_SHIFT) & 0xff;
+        if !taken && between_instructions && unmoved {
+            EVENT_VALID | vector
+        } else {
+            0
         }
-        info
     }
 
     /// What the resume check needs to know of the guest's state.
@@ -591,6 +608,7 @@ impl Vcpu {
         // Without one, a virtual interrupt that the guest takes as soon as
         // it can makes the VINTR intercept fire at the start of the
         // interrupt window.
+        self.offered_irq = irq;
         let window = flags.contains(ResumeFlags::REQUEST_INTERRUPT_WINDOW) && irq.is_none();
         let misc1 = v.read32(INTERCEPT_MISC1) & !misc1::VINTR;
         v.write32(
