@@ -406,6 +406,37 @@ pub fn init() {
         let cr4 = cr4 | smep | if smap { CR4_SMAP } else { 0 };
         asm!("mov cr4, {}", in(reg) cr4, options(nostack, preserves_flags));
     }
+    // OSXSAVE where the CPU has XSAVE, so that the stub can load the
+    // guest's XCR0 (XSETBV #UDs without it); XCR0 starts as the guest's
+    // reset value, x87 only. Neither stub nor servers use extended state.
+    if has_xsave() {
+        const CR4_OSXSAVE: u64 = 1 << 18;
+        // SAFETY: the CPU has XSAVE (CPUID.1:ECX bit 26), so OSXSAVE is
+        // no reserved bit; it only enables XSAVE instructions.
+        unsafe {
+            let cr4: u64;
+            asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags));
+            asm!("mov cr4, {}", in(reg) cr4 | CR4_OSXSAVE, options(nostack, preserves_flags));
+        }
+        xsetbv(1);
+    }
+}
+
+/// Whether the CPU has XSAVE and XCR0 (CPUID.1:ECX bit 26).
+pub fn has_xsave() -> bool {
+    cpuid_words(1, 0)[2] & (1 << 26) != 0
+}
+
+/// Loads XCR0 with `value`, which `resume::validate_xcr0` (or the reset
+/// value 1) vouches XSETBV takes without #GP; CR4.OSXSAVE is set.
+pub fn xsetbv(value: u64) {
+    // SAFETY: ring 0 with CR4.OSXSAVE set (`init`) and a value the CPU
+    // supports (x87 set, AVX only with SSE, bits from CPUID 0xD.0): no
+    // #GP. XCR0 only selects the state XSAVE covers; the host uses none.
+    unsafe {
+        asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") (value >> 32) as u32,
+            options(nomem, nostack, preserves_flags));
+    }
 }
 
 /// Loads the GDT register again. A VMX exit sets its limit to 0xffff (SDM

@@ -14,8 +14,15 @@
 //!   three, with the x2APIC topology leaf ([`with_local_apic`]). No
 //!   machine-check architecture, no MONITOR/MWAIT, no performance
 //!   counters, no thermal or power leaves.
-//! - No XSAVE and so no AVX family: the stub does not switch XCR0 between
-//!   host and guest, so the guest must not change it.
+//! - XSAVE (CPUID.1:ECX bit 26) where the host has it and the platform
+//!   lets the guest own XCR0 ([`HostCpuid::offers_xsave`]): VMRUN and VM
+//!   entry do not switch XCR0 and neither the stub nor a server uses
+//!   extended state, so the guest's XCR0 stays in the hardware; XSETBV
+//!   exits, the vmm-server checks it and the stub loads it (`SET_XCR0`).
+//!   OSXSAVE (bit 27) reads as the guest's CR4.OSXSAVE. XCR0 offers x87,
+//!   SSE and, where the host has AVX, AVX (CPUID.1:ECX bit 28, shown with
+//!   it); no MPX, AVX-512, PKRU, AMX; no XSAVES (IA32_XSS is not the
+//!   guest's). FMA, F16C and AVX2 stay hidden.
 //! - RDTSCP (CPUID.80000001h:EDX bit 27) where the host has it and the
 //!   platform gives the guest RDTSCP and TSC_AUX
 //!   ([`HostCpuid::offers_rdtscp`]): the native stub lets RDTSCP run
@@ -92,14 +99,126 @@ pub trait HostCpuid {
     fn offers_rdtscp(&self) -> bool {
         false
     }
+    /// Whether the platform lets the guest own XCR0 (loaded by the stub on
+    /// a checked `SET_XCR0`, never switched) wherever the host has XSAVE;
+    /// only then does the guest's CPUID show XSAVE. Default: no.
+    fn offers_xsave(&self) -> bool {
+        false
+    }
+    /// The XCR0 the hardware holds now (the guest's), where the platform
+    /// can read it: the vmm-server's own record misses XSETBVs an
+    /// emulator runs without an exit (QEMU 7.2 TCG ignores the SVM
+    /// intercept). Default: unknown.
+    fn current_xcr0(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// CPUID.80000001h:EDX bit 27: RDTSCP and TSC_AUX.
 pub const EXT1_EDX_RDTSCP: u32 = 1 << 27;
+/// CPUID.1:ECX bit 26: XSAVE, XRSTOR, XSETBV, XGETBV and XCR0.
+pub const LEAF1_ECX_XSAVE: u32 = 1 << 26;
+/// CPUID.1:ECX bit 27: CR4.OSXSAVE is set.
+pub const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
+/// CPUID.1:ECX bit 28: AVX.
+pub const LEAF1_ECX_AVX: u32 = 1 << 28;
+/// CPUID.0Dh.1:EAX bits offered: XSAVEOPT, XSAVEC, XGETBV with ECX = 1.
+/// Not XSAVES (bit 3): IA32_XSS is not the guest's.
+const LEAF_D1_EAX: u32 = 1 << 0 | 1 << 1 | 1 << 2;
+/// Size of the legacy XSAVE area and the XSAVE header.
+const XSAVE_LEGACY_AND_HEADER: u32 = 576;
 
-/// The guest's CPUID for `leaf`/`subleaf`; `guest_cr4` gives the OSXSAVE
-/// bit (always clear here, since XSAVE is hidden).
+/// The guest's CPUID for `leaf`/`subleaf` with CR4.OSXSAVE clear and XCR0
+/// at its reset value (x87 only); see [`guest_cpuid_now`].
 pub fn guest_cpuid(host: &dyn HostCpuid, leaf: u32, subleaf: u32) -> [u32; 4] {
+    guest_cpuid_now(host, leaf, subleaf, 0, ipc_proto::x86::xcr0::X87)
+}
+
+/// The XCR0 bits the VM offers: none without XSAVE; else x87, SSE and,
+/// where AVX is offered, AVX, within the host's CPUID 0xD.0.
+pub fn offered_xcr0(host: &dyn HostCpuid) -> u64 {
+    use ipc_proto::x86::xcr0::*;
+    if !xsave_offered(host) {
+        return 0;
+    }
+    let avx = if host.host_cpuid(1, 0)[2] & LEAF1_ECX_AVX != 0 {
+        AVX
+    } else {
+        0
+    };
+    u64::from(host.host_cpuid(0xd, 0)[0]) & (X87 | SSE | avx)
+}
+
+/// Whether the guest sees XSAVE: the platform offers it, the host has it
+/// and its leaf 0xD.
+fn xsave_offered(host: &dyn HostCpuid) -> bool {
+    host.offers_xsave()
+        && host.host_cpuid(0, 0)[0] >= 0xd
+        && host.host_cpuid(1, 0)[2] & LEAF1_ECX_XSAVE != 0
+        && host.host_cpuid(0xd, 0)[0] & 3 == 3
+}
+
+/// Whether XSETBV may load `value` into XCR0 for a VM offering `offered`
+/// (SDM vol. 2C, XSETBV: #GP(0) for x87 clear, AVX without SSE, or a bit
+/// not supported; here "supported" is what the VM offers).
+pub fn xcr0_valid(value: u64, offered: u64) -> bool {
+    use ipc_proto::x86::xcr0::*;
+    value & !offered == 0 && value & X87 != 0 && (value & AVX == 0 || value & SSE != 0)
+}
+
+/// The XSAVE area's size for the components in `xcr0`: the legacy area
+/// and header, and each enabled component's offset plus size (CPUID
+/// 0xD.i, i >= 2).
+fn xsave_size(host: &dyn HostCpuid, xcr0: u64) -> u32 {
+    (2..63u32)
+        .filter(|i| xcr0 >> i & 1 != 0)
+        .map(|i| {
+            let [size, offset, _, _] = host.host_cpuid(0xd, i);
+            size.saturating_add(offset)
+        })
+        .fold(XSAVE_LEGACY_AND_HEADER, u32::max)
+}
+
+/// The guest's CPUID for `leaf`/`subleaf` when its CR4 is `cr4` and its
+/// XCR0 `xcr0` (CPUID.1:ECX.OSXSAVE and CPUID.0Dh.0:EBX depend on them).
+pub fn guest_cpuid_now(
+    host: &dyn HostCpuid,
+    leaf: u32,
+    subleaf: u32,
+    cr4: u64,
+    xcr0: u64,
+) -> [u32; 4] {
+    let mut r = guest_cpuid_base(host, leaf, subleaf);
+    let offered = offered_xcr0(host);
+    if offered == 0 {
+        return r;
+    }
+    match (leaf, subleaf) {
+        (1, _) => {
+            r[2] |= LEAF1_ECX_XSAVE;
+            if offered & ipc_proto::x86::xcr0::AVX != 0 {
+                r[2] |= LEAF1_ECX_AVX;
+            }
+            if cr4 & ipc_proto::x86::cr4::OSXSAVE != 0 {
+                r[2] |= LEAF1_ECX_OSXSAVE;
+            }
+        }
+        (0xd, 0) => {
+            let size = xsave_size(host, xcr0 & offered);
+            r = [offered as u32, size, xsave_size(host, offered), 0];
+        }
+        (0xd, 1) => r = [host.host_cpuid(0xd, 1)[0] & LEAF_D1_EAX, 0, 0, 0],
+        (0xd, i) if i < 64 && offered >> i & 1 != 0 => {
+            let [a, b, c, _] = host.host_cpuid(0xd, i);
+            // ECX bit 0 (supervisor state) is clear for user components.
+            r = [a, b, c & 2, 0];
+        }
+        _ => {}
+    }
+    r
+}
+
+fn guest_cpuid_base(host: &dyn HostCpuid, leaf: u32, subleaf: u32) -> [u32; 4] {
     let h = |l, s| host.host_cpuid(l, s);
     let basic_max = h(0, 0)[0].min(BASIC_MAX);
     let ext_max = h(0x8000_0000, 0)[0].min(EXTENDED_MAX);
