@@ -430,6 +430,86 @@ pub(crate) mod tests {
         );
     }
 
+    /// A host with XSAVE that offers it: x87, SSE, AVX, MPX, AVX-512 and
+    /// PKRU in its XCR0 (0x2e7 without MPX), XSAVEOPT, XSAVEC, XGETBV1,
+    /// XSAVES; `avx` says whether leaf 1 shows AVX.
+    pub(crate) struct XsaveHost {
+        pub avx: bool,
+    }
+
+    impl HostCpuid for XsaveHost {
+        fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+            match (leaf, subleaf) {
+                (1, _) => {
+                    let [a, b, c, d] = EveryFeature.host_cpuid(1, 0);
+                    let c = if self.avx { c } else { c & !LEAF1_ECX_AVX };
+                    [a, b, c, d]
+                }
+                (0xd, 0) => [0x2e7, 0x988, 0xa88, 0],
+                (0xd, 1) => [0xf, 0x988, 0x1800, 0],
+                (0xd, 2) => [256, 576, 0, 0],
+                (0xd, 5) => [64, 1088, 0, 0],
+                (0xd, 6) => [512, 1152, 0, 0],
+                (0xd, 7) => [1024, 1664, 0, 0],
+                (0xd, 9) => [8, 2688, 0, 0],
+                (0xd, 11) => [16, 0, 1, 0],
+                (0xd, _) => [0; 4],
+                _ => EveryFeature.host_cpuid(leaf, subleaf),
+            }
+        }
+        fn offers_xsave(&self) -> bool {
+            true
+        }
+    }
+
+    /// Issue 11, defect 7: XSAVE where the host has it and the platform
+    /// offers it, with x87, SSE and AVX only; OSXSAVE follows CR4.OSXSAVE,
+    /// 0xD.0 EBX the current XCR0; no XSAVES; hidden components read 0.
+    #[test]
+    fn xsave_where_the_host_has_it_and_the_platform_offers_it() {
+        use ipc_proto::x86::cr4::OSXSAVE;
+        let h = XsaveHost { avx: true };
+        assert_eq!(offered_xcr0(&h), 7);
+        let [_, _, ecx, _] = guest_cpuid_now(&h, 1, 0, 0, 1);
+        assert_eq!(
+            ecx & (LEAF1_ECX_XSAVE | LEAF1_ECX_OSXSAVE | LEAF1_ECX_AVX),
+            LEAF1_ECX_XSAVE | LEAF1_ECX_AVX
+        );
+        let [_, _, ecx, _] = guest_cpuid_now(&h, 1, 0, OSXSAVE, 1);
+        assert_ne!(ecx & LEAF1_ECX_OSXSAVE, 0);
+        assert_eq!(guest_cpuid_now(&h, 0xd, 0, OSXSAVE, 1), [7, 576, 832, 0]);
+        assert_eq!(guest_cpuid_now(&h, 0xd, 0, OSXSAVE, 3), [7, 576, 832, 0]);
+        assert_eq!(guest_cpuid_now(&h, 0xd, 0, OSXSAVE, 7), [7, 832, 832, 0]);
+        // An XCR0 the guest could not have set counts only what is offered.
+        assert_eq!(guest_cpuid_now(&h, 0xd, 0, OSXSAVE, 0x2e7)[1], 832);
+        assert_eq!(guest_cpuid_now(&h, 0xd, 1, 0, 1), [7, 0, 0, 0], "no XSAVES");
+        assert_eq!(guest_cpuid_now(&h, 0xd, 2, 0, 1), [256, 576, 0, 0]);
+        for hidden in [3, 4, 5, 6, 7, 9, 11, 17, 63, 64, 100] {
+            assert_eq!(guest_cpuid_now(&h, 0xd, hidden, 0, 1), [0; 4], "{hidden}");
+        }
+        // Without AVX in leaf 1: x87 and SSE, no YMM.
+        let h = XsaveHost { avx: false };
+        assert_eq!(offered_xcr0(&h), 3);
+        assert_eq!(guest_cpuid_now(&h, 1, 0, 0, 1)[2] & LEAF1_ECX_AVX, 0);
+        assert_eq!(guest_cpuid_now(&h, 0xd, 0, 0, 1), [3, 576, 576, 0]);
+        assert_eq!(guest_cpuid_now(&h, 0xd, 2, 0, 1), [0; 4]);
+        // A platform that does not offer it (seL4): hidden, as before.
+        assert_eq!(offered_xcr0(&EveryFeature), 0);
+        assert_eq!(guest_cpuid_now(&EveryFeature, 0xd, 0, OSXSAVE, 7), [0; 4]);
+        assert_eq!(offered_cr4(&XsaveHost { avx: true }) & OSXSAVE, OSXSAVE);
+    }
+
+    #[test]
+    fn xcr0_values_follow_xsetbv() {
+        for ok in [1, 3, 7] {
+            assert!(xcr0_valid(ok, 7), "{ok}");
+        }
+        for bad in [0, 2, 4, 5, 6, 8, 0x203, 1 << 32 | 1] {
+            assert!(!xcr0_valid(bad, 7), "{bad:#x}");
+        }
+        assert!(!xcr0_valid(7, 3));
+    }
+
     /// Issue 11, defect 7: CPUID hides XSAVE and PCID, so CR4.OSXSAVE and
     /// CR4.PCIDE are not offered; nor is MCE (no machine checks). What is
     /// offered lies within the bits a nested guest owns outright and those
