@@ -183,6 +183,30 @@ fn qemupc_guest_on_bochs_vmx_refuses_hidden_cr4_bits() {
     }
 }
 
+/// XSAVE under VMX shadow paging: CR4.OSXSAVE is the mmu-server's (its CPU
+/// model offers it where the host has XSAVE) and reaches the hardware
+/// through `SET_PAGING`; XSETBV exits to the vmm-server as with EPT.
+#[test]
+fn qemupc_guest_xsave_on_bochs_vmx_with_shadow_paging() {
+    let args = [
+        "--emulator",
+        "bochs",
+        "--guest",
+        "qemupc",
+        "--arch",
+        "vmx",
+        "--mmu",
+        "shadow",
+        "--board",
+        "isa",
+    ];
+    let r = common::splitvisor_run(&args, TIMEOUT_SECS);
+    assert_eq!(r.code, Some(0), "{r}");
+    for line in XSAVE_SHOWN.iter().chain(&["qemupc: all checks passed"]) {
+        assert!(r.has_line(line), "no line `{line}`\n{r}");
+    }
+}
+
 const RDTSCP_SHOWN: &str =
     "qemupc: cpuid shows rdtscp; tsc_aux takes 0x5a17c0de, rdtscp returns it in ecx";
 
