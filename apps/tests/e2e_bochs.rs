@@ -210,8 +210,8 @@ fn qemupc_guest_xsave_on_bochs_vmx_with_shadow_paging() {
 const RDTSCP_SHOWN: &str =
     "qemupc: cpuid shows rdtscp; tsc_aux takes 0x5a17c0de, rdtscp returns it in ecx";
 
-/// The qemupc guest's XSAVE lines where CPUID shows XSAVE and AVX (both
-/// Bochs models have them).
+/// The qemupc guest's XSAVE lines where CPUID shows XSAVE, AVX and XSAVEC
+/// (both Bochs models have them; QEMU's TCG has no XSAVEC).
 const XSAVE_SHOWN: &[&str] = &[
     "qemupc: cpuid shows xsave, osxsave clear",
     "qemupc: cr4.osxsave set; cpuid osxsave 1; xgetbv: 1",
@@ -219,6 +219,7 @@ const XSAVE_SHOWN: &[&str] = &[
     "qemupc: xsetbv #GP: pkru (hidden), x87 clear, xcr1, avx without sse; xcr0 stays 3",
     "qemupc: xsave/xrstor round-trip xmm0",
     "qemupc: cpuid shows avx: xsetbv 7, xgetbv 7, cpuid 0xd ebx >= 832",
+    "qemupc: cpuid shows xsavec (no xsaves): 0xd.1 ebx 576",
 ];
 
 /// The same guest on Bochs's SVM (`ryzen`): its single-step checks (TF

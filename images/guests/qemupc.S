@@ -19,7 +19,14 @@
  *     the vmm-server completes), past native instructions, after each
  *     iteration of a REP OUTSB; DR6 at the first trap is printed (not
  *     checked: the server cannot set DR6.BS);
- *  6. CPUID hides XSAVE, and setting CR4.OSXSAVE raises #GP with CR4
+ *  6. XSAVE where CPUID shows it (check 12): CPUID.1:ECX.OSXSAVE reads
+ *     CR4.OSXSAVE (0, then 1 once set), XGETBV returns the reset value 1,
+ *     XSETBV 3 loads XCR0 and CPUID 0xD.0 EBX is 576 (0xD.1 EBX too where
+ *     XSAVEC is shown; XSAVES never is), XSETBV raises #GP for PKRU
+ *     (hidden), x87 clear, XCR1 and AVX without SSE, XSAVE/XRSTOR of the
+ *     SSE state round-trip XMM0, and where CPUID shows AVX XSETBV 7 loads
+ *     XCR0; XCR0 goes back to 1. Where CPUID hides XSAVE, setting
+ *     CR4.OSXSAVE raises #GP with CR4
  *     unchanged (nested paging: the stub intercepts MOV to CR4 and the
  *     vmm-server refuses bits CPUID hides; shadow paging: the
  *     mmu-server); offered CR4 bits (PGE, OSFXSR, FSGSBASE where CPUID
@@ -356,6 +363,18 @@ xsave_offered:
     jne fail
     mov esi, offset msg_xsetbv3
     call say
+    mov eax, 0xd                  /* XSAVEC: 0xD.1 EBX, the compacted size */
+    mov ecx, 1
+    cpuid
+    test eax, 1 << 3
+    jnz fail                      /* never XSAVES */
+    test eax, 1 << 1
+    jz 4f
+    cmp ebx, 576
+    jne fail
+    mov esi, offset msg_xsavec
+    call say
+4:
     mov esi, offset msg_xcr0_offered
     call say
     mov eax, 0xd
@@ -423,7 +442,14 @@ xsave_offered:
     cpuid
     cmp ebx, 576 + 256
     jb fail
-    mov esi, offset msg_avx
+    mov eax, 0xd
+    mov ecx, 1
+    cpuid
+    test eax, 1 << 1
+    jz 4f
+    cmp ebx, 576 + 256            /* compacted: AVX right after the header */
+    jne fail
+4:  mov esi, offset msg_avx
     call say
 3:  mov eax, 1                    /* back to x87 for what follows */
     xor edx, edx
@@ -763,6 +789,7 @@ msg_osxsave:   .asciz "cr4.osxsave: #GP, cr4 unchanged\n"
 msg_xsave:     .asciz "cpuid shows xsave, osxsave clear\n"
 msg_osxsave_on: .asciz "cr4.osxsave set; cpuid osxsave 1; xgetbv: 1\n"
 msg_xsetbv3:   .asciz "xsetbv 3: xgetbv 3, cpuid 0xd ebx 576\n"
+msg_xsavec:    .asciz "cpuid shows xsavec (no xsaves): 0xd.1 ebx 576\n"
 msg_xcr0_offered: .asciz "cpuid 0xd.0 eax (not checked): "
 msg_xsetbv_gp: .asciz "xsetbv #GP: pkru (hidden), x87 clear, xcr1, avx without sse; xcr0 stays 3\n"
 msg_xsave_rt:  .asciz "xsave/xrstor round-trip xmm0\n"

@@ -179,6 +179,24 @@ fn xsave_size(host: &dyn HostCpuid, xcr0: u64) -> u32 {
         .fold(XSAVE_LEGACY_AND_HEADER, u32::max)
 }
 
+/// The compacted XSAVE area's size (XSAVEC) for the components in `xcr0`:
+/// after the legacy area and header, each enabled component in order,
+/// 64-byte aligned where CPUID 0xD.i ECX bit 1 says so (SDM vol. 1,
+/// 13.4.3). Linux sizes its buffers from it where XSAVEC is shown.
+fn xsave_compacted_size(host: &dyn HostCpuid, xcr0: u64) -> u32 {
+    (2..63u32)
+        .filter(|i| xcr0 >> i & 1 != 0)
+        .fold(XSAVE_LEGACY_AND_HEADER, |at, i| {
+            let [size, _, ecx, _] = host.host_cpuid(0xd, i);
+            let at = if ecx & 2 != 0 {
+                at.saturating_add(63) & !63
+            } else {
+                at
+            };
+            at.saturating_add(size)
+        })
+}
+
 /// The guest's CPUID for `leaf`/`subleaf` when its CR4 is `cr4` and its
 /// XCR0 `xcr0` (CPUID.1:ECX.OSXSAVE and CPUID.0Dh.0:EBX depend on them).
 pub fn guest_cpuid_now(
@@ -207,7 +225,11 @@ pub fn guest_cpuid_now(
             let size = xsave_size(host, xcr0 & offered);
             r = [offered as u32, size, xsave_size(host, offered), 0];
         }
-        (0xd, 1) => r = [host.host_cpuid(0xd, 1)[0] & LEAF_D1_EAX, 0, 0, 0],
+        // EBX: the compacted size for XCR0 (IA32_XSS is 0 for the guest).
+        (0xd, 1) => {
+            let size = xsave_compacted_size(host, xcr0 & offered);
+            r = [host.host_cpuid(0xd, 1)[0] & LEAF_D1_EAX, size, 0, 0];
+        }
         (0xd, i) if i < 64 && offered >> i & 1 != 0 => {
             let [a, b, c, _] = host.host_cpuid(0xd, i);
             // ECX bit 0 (supervisor state) is clear for user components.
@@ -482,7 +504,14 @@ pub(crate) mod tests {
         assert_eq!(guest_cpuid_now(&h, 0xd, 0, OSXSAVE, 7), [7, 832, 832, 0]);
         // An XCR0 the guest could not have set counts only what is offered.
         assert_eq!(guest_cpuid_now(&h, 0xd, 0, OSXSAVE, 0x2e7)[1], 832);
-        assert_eq!(guest_cpuid_now(&h, 0xd, 1, 0, 1), [7, 0, 0, 0], "no XSAVES");
+        assert_eq!(
+            guest_cpuid_now(&h, 0xd, 1, 0, 1),
+            [7, 576, 0, 0],
+            "no XSAVES"
+        );
+        // EBX: the compacted (XSAVEC) size for the current XCR0 (Linux
+        // checks it against its own sum where XSAVEC is shown).
+        assert_eq!(guest_cpuid_now(&h, 0xd, 1, OSXSAVE, 7)[1], 832);
         assert_eq!(guest_cpuid_now(&h, 0xd, 2, 0, 1), [256, 576, 0, 0]);
         for hidden in [3, 4, 5, 6, 7, 9, 11, 17, 63, 64, 100] {
             assert_eq!(guest_cpuid_now(&h, 0xd, hidden, 0, 1), [0; 4], "{hidden}");
