@@ -151,11 +151,14 @@ fn guest_modes_on_bochs_vmx_and_svm_with_nested_paging() {
 /// `vmm-server/tests/e2e_guests_qemu_svm.rs`): CR4 bits CPUID hides raise
 /// #GP although the guest owns CR4 under nested paging — the stub's CR4
 /// guest/host mask makes MOV to CR4 exit for every bit but the baseline
-/// ones and the vmm-server refuses OSXSAVE and PCIDE — while offered bits
+/// ones and the vmm-server refuses PCIDE — while offered bits
 /// are set and cleared (FSGSBASE, which `corei7_skylake_x` has, through
 /// the vmm-server's `SET_PAGING` and the read shadow). ISA board: the
 /// guest checks that CPUID shows no x2APIC. RDTSCP, which the model has,
 /// runs with "enable RDTSCP" and returns the TSC_AUX the guest wrote.
+/// XSAVE, which the model has: CR4.OSXSAVE is offered, every XSETBV exits
+/// (reason 55), the vmm-server refuses PKRU (hidden, the model has it) and
+/// the stub loads the rest (`SET_XCR0`).
 #[test]
 fn qemupc_guest_on_bochs_vmx_refuses_hidden_cr4_bits() {
     let args = [
@@ -170,19 +173,54 @@ fn qemupc_guest_on_bochs_vmx_refuses_hidden_cr4_bits() {
     ];
     let r = common::splitvisor_run(&args, TIMEOUT_SECS);
     assert_eq!(r.code, Some(0), "{r}");
-    for line in [
-        "qemupc: cr4.osxsave: #GP, cr4 unchanged",
+    for line in XSAVE_SHOWN.iter().chain(&[
         "qemupc: cr4.pge, cr4.osfxsr (and cr4.fsgsbase if in cpuid): set and cleared",
         "qemupc: cr4.pcide: #GP, cr4 unchanged",
         RDTSCP_SHOWN,
         "qemupc: all checks passed",
-    ] {
+    ]) {
+        assert!(r.has_line(line), "no line `{line}`\n{r}");
+    }
+}
+
+/// XSAVE under VMX shadow paging: CR4.OSXSAVE is the mmu-server's (its CPU
+/// model offers it where the host has XSAVE) and reaches the hardware
+/// through `SET_PAGING`; XSETBV exits to the vmm-server as with EPT.
+#[test]
+fn qemupc_guest_xsave_on_bochs_vmx_with_shadow_paging() {
+    let args = [
+        "--emulator",
+        "bochs",
+        "--guest",
+        "qemupc",
+        "--arch",
+        "vmx",
+        "--mmu",
+        "shadow",
+        "--board",
+        "isa",
+    ];
+    let r = common::splitvisor_run(&args, TIMEOUT_SECS);
+    assert_eq!(r.code, Some(0), "{r}");
+    for line in XSAVE_SHOWN.iter().chain(&["qemupc: all checks passed"]) {
         assert!(r.has_line(line), "no line `{line}`\n{r}");
     }
 }
 
 const RDTSCP_SHOWN: &str =
     "qemupc: cpuid shows rdtscp; tsc_aux takes 0x5a17c0de, rdtscp returns it in ecx";
+
+/// The qemupc guest's XSAVE lines where CPUID shows XSAVE, AVX and XSAVEC
+/// (both Bochs models have them; QEMU's TCG has no XSAVEC).
+const XSAVE_SHOWN: &[&str] = &[
+    "qemupc: cpuid shows xsave, osxsave clear",
+    "qemupc: cr4.osxsave set; cpuid osxsave 1; xgetbv: 1",
+    "qemupc: xsetbv 3: xgetbv 3, cpuid 0xd ebx 576",
+    "qemupc: xsetbv #GP: pkru (hidden), x87 clear, xcr1, avx without sse; xcr0 stays 3",
+    "qemupc: xsave/xrstor round-trip xmm0",
+    "qemupc: cpuid shows avx: xsetbv 7, xgetbv 7, cpuid 0xd ebx >= 832",
+    "qemupc: cpuid shows xsavec (no xsaves): 0xd.1 ebx 576",
+];
 
 /// The same guest on Bochs's SVM (`ryzen`): its single-step checks (TF
 /// over CPUID, IN and REP string I/O) once made Bochs deliver the guest's
@@ -206,5 +244,8 @@ fn qemupc_guest_single_steps_on_bochs_svm_without_faulting_the_stub() {
     assert!(!r.stdout.contains("stub fault"), "{r}");
     assert_eq!(r.code, Some(0), "{r}");
     assert!(r.has_line(RDTSCP_SHOWN), "{r}");
+    for line in XSAVE_SHOWN {
+        assert!(r.has_line(line), "no line `{line}`\n{r}");
+    }
     assert!(r.has_line("qemupc: all checks passed"), "{r}");
 }

@@ -1134,7 +1134,7 @@ pub fn vmm_resumes(c: &mut Campaign, shadow: bool) {
     let mut r = base_resume(ResumeFlags::empty());
     r.abi_version = ABI_VERSION + 1;
     refuse(c, r, format_args!("abi-version+1"));
-    for bit in [10u32, 16, 31] {
+    for bit in [11u32, 16, 31] {
         let mut r = base_resume(ResumeFlags::empty());
         r.flags = 1 << bit;
         refuse(c, r, format_args!("unknown-flag-bit-{bit}"));
@@ -1186,6 +1186,21 @@ pub fn vmm_resumes(c: &mut Campaign, shadow: bool) {
             error_code: 0,
         };
         refuse(c, r, format_args!("event {why}"));
+    }
+    // XCR0 (SET_XCR0): x87 clear, AVX without SSE, state the stub has not
+    // reviewed (MPX, AVX-512, PKRU), reserved bits; none without XSAVE.
+    for (value, why) in [
+        (0u64, "zero"),
+        (2, "x87-clear"),
+        (5, "avx-without-sse"),
+        (1 << 3 | 1 << 4 | 3, "mpx"),
+        (0xe7, "avx-512"),
+        (1 << 9 | 3, "pkru"),
+        (1 << 63 | 1, "bit-63"),
+    ] {
+        let mut r = base_resume(ResumeFlags::SET_XCR0);
+        r.xcr0 = value;
+        refuse(c, r, format_args!("xcr0-{why} {value:#x}"));
     }
     // The paging flags are the mmu-server's (under nested paging
     // SET_PAGING loads the guest's CR4, through the allowlist).
@@ -1885,9 +1900,20 @@ pub fn vmm_random(c: &mut Campaign, first: ExitRecord, tsc_hz: u64, shadow: bool
         if c.one_in(4) {
             flags |= ResumeFlags::REQUEST_INTERRUPT_WINDOW;
         }
+        if c.one_in(10) {
+            // XCR0: x87, SSE, AVX in every combination, or one other bit.
+            flags |= ResumeFlags::SET_XCR0;
+            r.xcr0 = match c.below(10) {
+                0..=7 => c.below(8),
+                _ => 1 << c.below(64) | 3,
+            };
+            if !xcr0_loadable(r.xcr0) {
+                forbidden = forbidden.or(Some("xcr0"));
+            }
+        }
         let mut bits = flags.bits();
         if c.one_in(40) {
-            bits |= 1 << (10 + c.below(22));
+            bits |= 1 << (11 + c.below(21));
             forbidden = Some("unknown-flag");
         } else if c.one_in(40) {
             bits |= ResumeFlags::SET_PAGING.bits();
@@ -1950,6 +1976,20 @@ pub fn vmm_random(c: &mut Campaign, first: ExitRecord, tsc_hz: u64, shadow: bool
         }
     }
     cur
+}
+
+/// Whether the stub must take `value` for XCR0: x87 set, AVX only with
+/// SSE, every bit among x87, SSE and AVX and in this CPU's CPUID 0xD.0
+/// (SDM vol. 2C, XSETBV); nothing without XSAVE.
+fn xcr0_loadable(value: u64) -> bool {
+    use core::arch::x86_64::__cpuid_count;
+    let xsave = __cpuid_count(0, 0).eax >= 0xd && __cpuid_count(1, 0).ecx & (1 << 26) != 0;
+    let supported = if xsave {
+        u64::from(__cpuid_count(0xd, 0).eax) & 7
+    } else {
+        0
+    };
+    value & !supported == 0 && value & 1 != 0 && (value & 4 == 0 || value & 2 != 0)
 }
 
 fn rdtsc() -> u64 {

@@ -19,7 +19,14 @@
  *     the vmm-server completes), past native instructions, after each
  *     iteration of a REP OUTSB; DR6 at the first trap is printed (not
  *     checked: the server cannot set DR6.BS);
- *  6. CPUID hides XSAVE, and setting CR4.OSXSAVE raises #GP with CR4
+ *  6. XSAVE where CPUID shows it (check 12): CPUID.1:ECX.OSXSAVE reads
+ *     CR4.OSXSAVE (0, then 1 once set), XGETBV returns the reset value 1,
+ *     XSETBV 3 loads XCR0 and CPUID 0xD.0 EBX is 576 (0xD.1 EBX too where
+ *     XSAVEC is shown; XSAVES never is), XSETBV raises #GP for PKRU
+ *     (hidden), x87 clear, XCR1 and AVX without SSE, XSAVE/XRSTOR of the
+ *     SSE state round-trip XMM0, and where CPUID shows AVX XSETBV 7 loads
+ *     XCR0; XCR0 goes back to 1. Where CPUID hides XSAVE, setting
+ *     CR4.OSXSAVE raises #GP with CR4
  *     unchanged (nested paging: the stub intercepts MOV to CR4 and the
  *     vmm-server refuses bits CPUID hides; shadow paging: the
  *     mmu-server); offered CR4 bits (PGE, OSFXSR, FSGSBASE where CPUID
@@ -287,12 +294,13 @@ step_outs:
     call print_hex32
     call print_nl
 
-    /* 6. XSAVE is hidden: setting CR4.OSXSAVE is #GP and CR4 stays. */
+    /* 6. XSAVE: where CPUID shows it, the guest owns XCR0 (check 12);
+     * where it is hidden, setting CR4.OSXSAVE is #GP and CR4 stays. */
     CHECK(8)
     mov eax, 1
     cpuid
     test ecx, 1 << 26
-    jnz fail
+    jnz xsave_offered
     mov esi, offset msg_noxsave
     call say
     mov byte ptr [fault_vec], 0
@@ -309,6 +317,146 @@ step_outs:
     jnz fail
     mov esi, offset msg_osxsave
     call say
+    jmp xsave_done
+
+xsave_offered:
+    CHECK(12)
+    test ecx, 1 << 27             /* OSXSAVE reads CR4.OSXSAVE: clear */
+    jnz fail
+    mov esi, offset msg_xsave
+    call say
+    mov dword ptr [recover], offset fail
+    mov eax, cr0                  /* SSE: EM and TS clear, MP set */
+    and eax, ~0xc
+    or eax, 2
+    mov cr0, eax
+    mov eax, cr4
+    or eax, (1 << 18) | (1 << 9)  /* OSXSAVE, OSFXSR */
+    mov cr4, eax
+    mov eax, cr4
+    test eax, 1 << 18
+    jz fail
+    mov eax, 1
+    cpuid
+    test ecx, 1 << 27
+    jz fail
+    xor ecx, ecx
+    xgetbv
+    cmp eax, 1                    /* the reset value: x87 */
+    jne fail
+    test edx, edx
+    jnz fail
+    mov esi, offset msg_osxsave_on
+    call say
+    mov eax, 3
+    xor edx, edx
+    xor ecx, ecx
+    xsetbv
+    xor ecx, ecx
+    xgetbv
+    cmp eax, 3
+    jne fail
+    mov eax, 0xd                  /* EBX: the area for x87|SSE */
+    xor ecx, ecx
+    cpuid
+    cmp ebx, 576
+    jne fail
+    mov esi, offset msg_xsetbv3
+    call say
+    mov eax, 0xd                  /* XSAVEC: 0xD.1 EBX, the compacted size */
+    mov ecx, 1
+    cpuid
+    test eax, 1 << 3
+    jnz fail                      /* never XSAVES */
+    test eax, 1 << 1
+    jz 4f
+    cmp ebx, 576
+    jne fail
+    mov esi, offset msg_xsavec
+    call say
+4:
+    mov esi, offset msg_xcr0_offered
+    call say
+    mov eax, 0xd
+    xor ecx, ecx
+    cpuid
+    call print_hex32
+    call print_nl
+    /* #GP: a bit CPUID hides (PKRU), x87 clear, XCR1, AVX without SSE;
+     * XCR0 stays 3. */
+    mov eax, 0x203
+    xor ecx, ecx
+    call xsetbv_gp
+    mov eax, 2
+    xor ecx, ecx
+    call xsetbv_gp
+    mov eax, 3
+    mov ecx, 1
+    call xsetbv_gp
+    mov eax, 5
+    xor ecx, ecx
+    call xsetbv_gp
+    mov dword ptr [recover], offset fail
+    xor ecx, ecx
+    xgetbv
+    cmp eax, 3
+    jne fail
+    mov esi, offset msg_xsetbv_gp
+    call say
+    /* XSAVE and XRSTOR of the SSE state round-trip XMM0. */
+    mov edi, offset xsave_area
+    xor eax, eax
+    mov ecx, 1024 / 4
+    rep stosd
+    mov eax, 0x600dcafe
+    movd xmm0, eax
+    mov eax, 3
+    xor edx, edx
+    xsave [xsave_area]
+    pxor xmm0, xmm0
+    cmp dword ptr [xsave_area + 160], 0x600dcafe  /* XMM0 in the legacy area */
+    jne fail
+    mov eax, 3
+    xor edx, edx
+    xrstor [xsave_area]
+    movd eax, xmm0
+    cmp eax, 0x600dcafe
+    jne fail
+    mov esi, offset msg_xsave_rt
+    call say
+    /* AVX where CPUID shows it: XCR0 = 7 and a larger area. */
+    mov eax, 1
+    cpuid
+    test ecx, 1 << 28
+    jz 3f
+    mov eax, 7
+    xor edx, edx
+    xor ecx, ecx
+    xsetbv
+    xor ecx, ecx
+    xgetbv
+    cmp eax, 7
+    jne fail
+    mov eax, 0xd
+    xor ecx, ecx
+    cpuid
+    cmp ebx, 576 + 256
+    jb fail
+    mov eax, 0xd
+    mov ecx, 1
+    cpuid
+    test eax, 1 << 1
+    jz 4f
+    cmp ebx, 576 + 256            /* compacted: AVX right after the header */
+    jne fail
+4:  mov esi, offset msg_avx
+    call say
+3:  mov eax, 1                    /* back to x87 for what follows */
+    xor edx, edx
+    xor ecx, ecx
+    xsetbv
+    mov dword ptr [recover], 0
+xsave_done:
 
     /* 6b. Offered CR4 bits are set and cleared without a fault: PGE and
      * OSFXSR, and FSGSBASE where CPUID shows it (a bit the vmm-server
@@ -540,6 +688,17 @@ set_gate64:
     mov dword ptr [edi + 12], 0
     ret
 
+/* XSETBV of EAX into XCR[ECX] must raise #GP. */
+xsetbv_gp:
+    mov byte ptr [fault_vec], 0
+    mov dword ptr [recover], offset 1f
+    xor edx, edx
+    xsetbv
+    jmp fail
+1:  cmp byte ptr [fault_vec], 13
+    jne fail
+    ret
+
 gp_handler:
     add esp, 4                /* the error code */
     mov byte ptr [fault_vec], 13
@@ -627,6 +786,14 @@ msg_dr6:       .asciz "dr6 at the rdmsr step (not checked): "
 msg_steps_bad: .asciz "tf: wrong single-step traps: "
 msg_noxsave:   .asciz "cpuid hides xsave\n"
 msg_osxsave:   .asciz "cr4.osxsave: #GP, cr4 unchanged\n"
+msg_xsave:     .asciz "cpuid shows xsave, osxsave clear\n"
+msg_osxsave_on: .asciz "cr4.osxsave set; cpuid osxsave 1; xgetbv: 1\n"
+msg_xsetbv3:   .asciz "xsetbv 3: xgetbv 3, cpuid 0xd ebx 576\n"
+msg_xsavec:    .asciz "cpuid shows xsavec (no xsaves): 0xd.1 ebx 576\n"
+msg_xcr0_offered: .asciz "cpuid 0xd.0 eax (not checked): "
+msg_xsetbv_gp: .asciz "xsetbv #GP: pkru (hidden), x87 clear, xcr1, avx without sse; xcr0 stays 3\n"
+msg_xsave_rt:  .asciz "xsave/xrstor round-trip xmm0\n"
+msg_avx:       .asciz "cpuid shows avx: xsetbv 7, xgetbv 7, cpuid 0xd ebx >= 832\n"
 msg_offered:   .asciz "cr4.pge, cr4.osfxsr (and cr4.fsgsbase if in cpuid): set and cleared\n"
 msg_ud:        .asciz "#UD\n"
 msg_tscaux:    .asciz "cpuid hides rdtscp; rdmsr tsc_aux: #GP, rdtscp: #UD\n"
@@ -650,6 +817,8 @@ db_dr6:    .long 0
 db_log:    .skip 32
 
     .section .bss
+    .balign 64
+xsave_area: .skip 1024
     .balign 8
 idt:  .skip 32 * 8
     .balign 16

@@ -116,6 +116,9 @@ pub enum ErrorCode {
     ResumeBadPaging = 13,
     /// `ShadowAlloc` of a level other than 1..=4.
     BadLevel = 14,
+    /// `SET_XCR0` with a value outside the stub's allowlist or the host's
+    /// CPUID 0xD, x87 clear, or AVX without SSE.
+    ResumeBadXcr0 = 15,
 }
 
 /// Longest write `ConsoleWrite` accepts in one call.
@@ -123,7 +126,7 @@ pub const CONSOLE_WRITE_MAX: u64 = 4096;
 
 impl ErrorCode {
     /// All codes, for lookups and tests.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         Self::UnknownSyscall,
         Self::NotPermitted,
         Self::BadPointer,
@@ -138,6 +141,7 @@ impl ErrorCode {
         Self::OutOfMemory,
         Self::ResumeBadPaging,
         Self::BadLevel,
+        Self::ResumeBadXcr0,
     ];
 
     /// The value a failed call returns in `rax`.
@@ -173,6 +177,7 @@ impl ErrorCode {
                 "resume paging state has bits outside the allowlist, a combination the CPU refuses, or a root that would bypass the shadow or nested tables"
             }
             Self::BadLevel => "page-table level not 1..=4",
+            Self::ResumeBadXcr0 => "resume XCR0 has bits outside the allowlist or breaks XSETBV's rules",
         }
     }
 }

@@ -271,6 +271,12 @@ bitflags::bitflags! {
         /// vmm-server names its next timer deadline so that a guest spinning
         /// without exits (`while (jiffies == j);`) still sees its tick.
         const SET_EXIT_DEADLINE = 1 << 9;
+        /// Load XCR0 from `xcr0` (the vmm-server's answer to an XSETBV
+        /// exit). XCR0 is not switched by VMRUN or VM entry, so the
+        /// guest's value stays in the hardware; the stub checks it
+        /// against its allowlist (x87, SSE, AVX), the host's CPUID 0xD
+        /// and XSETBV's rules (x87 set, AVX only with SSE).
+        const SET_XCR0 = 1 << 10;
     }
 }
 
@@ -355,6 +361,8 @@ wire! {
         pub cr2: u64,
         /// A host TSC value when `SET_EXIT_DEADLINE` is set (0: none).
         pub exit_deadline: u64,
+        /// XCR0 when `SET_XCR0` is set.
+        pub xcr0: u64,
     }
 }
 
@@ -458,7 +466,8 @@ mod tests {
         assert_eq!(offset_of!(Resume, paging), 160);
         assert_eq!(offset_of!(Resume, cr2), 192);
         assert_eq!(offset_of!(Resume, exit_deadline), 200);
-        assert_eq!(size_of::<Resume>(), 208);
+        assert_eq!(offset_of!(Resume, xcr0), 208);
+        assert_eq!(size_of::<Resume>(), 216);
         assert_eq!(size_of::<PagingState>(), 32);
         assert_eq!(offset_of!(PagingState, cr0), 0);
         assert_eq!(offset_of!(PagingState, cr4), 8);
@@ -470,13 +479,13 @@ mod tests {
     fn vcpu_page_layout_is_pinned_and_fits_a_page() {
         assert_eq!(offset_of!(VcpuPage, exit), 0);
         assert_eq!(offset_of!(VcpuPage, resume), 280);
-        assert_eq!(offset_of!(VcpuPage, stats), 488);
+        assert_eq!(offset_of!(VcpuPage, stats), 496);
         assert!(size_of::<VcpuPage>() <= crate::layout::PAGE_SIZE as usize);
     }
 
     #[test]
     fn resume_flags_and_event_kinds_round_trip() {
-        assert_eq!(ResumeFlags::all().bits(), 0b11_1111_1111);
+        assert_eq!(ResumeFlags::all().bits(), 0b111_1111_1111);
         for k in [
             EventKind::ExternalInterrupt,
             EventKind::Nmi,

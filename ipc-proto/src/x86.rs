@@ -116,3 +116,16 @@ pub mod efer {
     /// Translation-cache extension.
     pub const TCE: u64 = 1 << 15;
 }
+
+/// XCR0 bits (Intel SDM vol. 1, 13.3; AMD APM vol. 2, 11.5.2).
+pub mod xcr0 {
+    /// x87 state: always set (XSETBV #GP otherwise).
+    pub const X87: u64 = 1 << 0;
+    /// SSE state (XMM registers, MXCSR).
+    pub const SSE: u64 = 1 << 1;
+    /// AVX state (the upper halves of the YMM registers); needs SSE.
+    pub const AVX: u64 = 1 << 2;
+    /// The bits a guest may ever hold: no MPX, AVX-512, PKRU, AMX or
+    /// later state, which the stub has not reviewed.
+    pub const ALLOWED: u64 = X87 | SSE | AVX;
+}

@@ -395,16 +395,37 @@ pub fn init() {
     };
     let smap = leaf7_ebx & (1 << 20) != 0;
     SMAP.with(|s| *s = smap);
+    // OSXSAVE where the CPU has XSAVE, so that the stub can load the
+    // guest's XCR0 (XSETBV #UDs without it).
+    let xsave = cpuid_words(1, 0)[2] & (1 << 26) != 0;
+    let osxsave = if xsave { 1 << 18 } else { 0 };
     // SAFETY: EM/TS only make FPU instructions fault, and nothing in ring 0
-    // uses them; SMEP/SMAP are set only where CPUID reports them, and the
-    // stub executes no user page and reads user pages only under STAC.
+    // uses them; SMEP/SMAP/OSXSAVE are set only where CPUID reports them,
+    // and the stub executes no user page and reads user pages only under
+    // STAC; OSXSAVE only enables the XSAVE instructions.
     unsafe {
         let (cr0, cr4): (u64, u64);
         asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack, preserves_flags));
         asm!("mov cr0, {}", in(reg) cr0 | CR0_EM | CR0_TS, options(nostack, preserves_flags));
         asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags));
-        let cr4 = cr4 | smep | if smap { CR4_SMAP } else { 0 };
+        let cr4 = cr4 | smep | if smap { CR4_SMAP } else { 0 } | osxsave;
         asm!("mov cr4, {}", in(reg) cr4, options(nostack, preserves_flags));
+    }
+    // The guest starts from XCR0's reset value, x87 only.
+    if xsave {
+        xsetbv(1);
+    }
+}
+
+/// Loads XCR0 with `value`, which `resume::validate_xcr0` (or the reset
+/// value 1) vouches XSETBV takes without #GP; CR4.OSXSAVE is set.
+pub fn xsetbv(value: u64) {
+    // SAFETY: ring 0 with CR4.OSXSAVE set (`init`) and a value the CPU
+    // supports (x87 set, AVX only with SSE, bits from CPUID 0xD.0): no
+    // #GP. XCR0 only selects the state XSAVE covers; the host uses none.
+    unsafe {
+        asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") (value >> 32) as u32,
+            options(nomem, nostack, preserves_flags));
     }
 }
 

@@ -56,6 +56,11 @@ pub mod cr4 {
         | SMAP;
 }
 
+/// XCR0 bits (SDM vol. 1, 13.3).
+pub mod xcr0 {
+    pub use ipc_proto::x86::xcr0::*;
+}
+
 /// EFER bits (AMD APM vol. 2, 3.1.7). SVME is set by the stub itself on
 /// SVM (VMRUN requires it), never by a server.
 pub mod efer {
@@ -75,6 +80,8 @@ pub struct PagingRules {
     pub cr4: u64,
     /// EFER bits that may be set.
     pub efer: u64,
+    /// XCR0 bits a `SET_XCR0` may set: none without XSAVE.
+    pub xcr0: u64,
 }
 
 impl PagingRules {
@@ -83,6 +90,7 @@ impl PagingRules {
         cr0: cr0::DEFINED,
         cr4: cr4::SHADOW_ALLOWED,
         efer: efer::SHADOW_ALLOWED,
+        xcr0: xcr0::ALLOWED,
     };
 
     /// The allowlists narrowed to what `cpuid(leaf, subleaf)` says the CPU
@@ -122,10 +130,17 @@ impl PagingRules {
             | has(edx_ext, 29, efer::LME | efer::LMA)
             | has(edx_ext, 20, efer::NXE)
             | has(edx_ext, 25, efer::FFXSR);
+        // XCR0: what CPUID 0xD.0 EAX says the CPU supports.
+        let xcr0_features = if max >= 0xd && ecx1 & (1 << 26) != 0 {
+            u64::from(cpuid(0xd, 0)[0])
+        } else {
+            0
+        };
         Self {
             cr0: cr0::DEFINED,
             cr4: cr4::SHADOW_ALLOWED & cr4_features,
             efer: efer::SHADOW_ALLOWED & efer_features,
+            xcr0: xcr0::ALLOWED & xcr0_features,
         }
     }
 }
@@ -177,6 +192,21 @@ pub fn validate_nested_cr4(
         Ok(())
     } else {
         Err(ErrorCode::ResumeBadPaging)
+    }
+}
+
+/// Checks the XCR0 a server gives the guest (`SET_XCR0`, the answer to
+/// an XSETBV exit): only allowed bits the CPU supports, x87 set, AVX only
+/// with SSE, so the stub's XSETBV cannot #GP (SDM vol. 2C, XSETBV). The
+/// host uses no extended state, so any such value is safe to keep.
+pub fn validate_xcr0(value: u64, rules: &PagingRules) -> Result<(), ErrorCode> {
+    let ok = value & !rules.xcr0 == 0
+        && value & xcr0::X87 != 0
+        && (value & xcr0::AVX == 0 || value & xcr0::SSE != 0);
+    if ok {
+        Ok(())
+    } else {
+        Err(ErrorCode::ResumeBadXcr0)
     }
 }
 
@@ -249,6 +279,9 @@ pub fn validate(
     }
     if flags.contains(ResumeFlags::SET_NESTED_ROOT) {
         validate_nested_root(&r.paging, &root_level)?;
+    }
+    if flags.contains(ResumeFlags::SET_XCR0) {
+        validate_xcr0(r.xcr0, rules)?;
     }
     // The entry checks RIP against the mode the guest enters in, which a
     // SET_PAGING in the same resume may change.
@@ -790,7 +823,7 @@ mod tests {
             Err(ErrorCode::ResumeBadPaging)
         );
         let full = PagingRules::from_cpuid(|leaf, _| match leaf {
-            0 => [7, 0, 0, 0],
+            0 => [0xd, 0, 0, 0],
             1 => [0, 0, u32::MAX, u32::MAX],
             7 => [0, u32::MAX, u32::MAX, 0],
             0x8000_0000 => [0x8000_0008, 0, 0, 0],
@@ -878,7 +911,67 @@ mod tests {
         )
     }
 
+    /// XSETBV's #GP(0) conditions for XCR0 on a CPU whose CPUID 0xD.0
+    /// shows `supported` (SDM vol. 2C, XSETBV; vol. 1, 13.3), with the
+    /// stub's allowlist on top.
+    fn xsetbv_accepts(value: u64, supported: u64) -> bool {
+        value & !supported == 0
+            && value & 1 != 0
+            && !(value & 4 != 0 && value & 2 == 0)
+            && value & !xcr0::ALLOWED == 0
+    }
+
+    #[test]
+    fn xcr0_values() {
+        let rules = |xcr0| PagingRules { xcr0, ..RULES };
+        for ok in [1, 3, 7] {
+            assert_eq!(validate_xcr0(ok, &rules(7)), Ok(()));
+        }
+        for bad in [0, 2, 5, 6, 8, 1 << 9 | 7, 0xe7, 1 << 63 | 1] {
+            assert_eq!(validate_xcr0(bad, &rules(7)), Err(ErrorCode::ResumeBadXcr0));
+        }
+        assert_eq!(validate_xcr0(7, &rules(3)), Err(ErrorCode::ResumeBadXcr0));
+        assert_eq!(
+            validate_xcr0(1, &rules(0)),
+            Err(ErrorCode::ResumeBadXcr0),
+            "no XSAVE"
+        );
+        // From CPUID: AVX-512 and PKRU on the host stay out.
+        let r = PagingRules::from_cpuid(|leaf, _| match leaf {
+            0 => [0xd, 0, 0, 0],
+            1 => [0, 0, 1 << 26, 0],
+            0xd => [0x2e7, 0, 0, 0],
+            _ => [0; 4],
+        });
+        assert_eq!(r.xcr0, 7);
+        let r = PagingRules::from_cpuid(|leaf, _| match leaf {
+            0 => [0xd, 0, 0, 0],
+            0xd => [0x7, 0, 0, 0],
+            _ => [0; 4],
+        });
+        assert_eq!(r.xcr0, 0, "no XSAVE in leaf 1");
+    }
+
     proptest! {
+        /// A `SET_XCR0` the stub accepts is one XSETBV takes without #GP on
+        /// the CPU the rules came from, and within the allowlist.
+        #[test]
+        fn accepted_xcr0_never_faults(
+            value in prop_oneof![0u64..16, any::<u64>(), (0u32..64).prop_map(|b| 1u64 << b | 3)],
+            supported in prop_oneof![Just(0u64), Just(3u64), Just(7u64), any::<u32>().prop_map(u64::from)],
+        ) {
+            let rules = PagingRules::from_cpuid(|leaf, _| match leaf {
+                0 => [0xd, 0, 0, 0],
+                1 => [0, 0, if supported != 0 { 1 << 26 } else { 0 }, 0],
+                0xd => [supported as u32, 0, 0, 0],
+                _ => [0; 4],
+            });
+            let mut r = resume(ResumeFlags::SET_XCR0);
+            r.xcr0 = value;
+            let accepted = validate(&r, &PROTECTED, &rules, level).is_ok();
+            prop_assert_eq!(accepted, xsetbv_accepts(value, supported));
+        }
+
         /// Whatever a server writes, an accepted resume is one VMRUN and VM
         /// entry can run: known flags, a RIP the resulting mode can hold,
         /// legal RFLAGS, a legal deliverable event, and a paging state of

@@ -402,6 +402,10 @@ impl Kernel {
         if flags.contains(ResumeFlags::SET_EXIT_DEADLINE) {
             self.deadline.at = resume.exit_deadline;
         }
+        // XCR0 is not switched by VMRUN or VM entry: the guest's stays.
+        if flags.contains(ResumeFlags::SET_XCR0) {
+            cpu::xsetbv(resume.xcr0);
+        }
         self.vcpu.apply(resume, flags, root);
         if self.shadow && self.task(from).kind == TaskKind::MmuServer {
             if let Some(c) = self.guest_control() {

@@ -15,7 +15,8 @@ pub mod cr4 {
     /// change the page walk and that it does not model (SMEP, SMAP, PKE,
     /// LA57, PCIDE) are absent: a guest that sets them gets #GP, so the
     /// vmm-server's CPUID must not announce them. OSXSAVE is absent too:
-    /// the vmm-server's CPUID hides XSAVE (the stub does not switch XCR0).
+    /// the server binary adds it where the vmm-server's CPUID offers XSAVE
+    /// (the host has it; the guest owns XCR0).
     pub const SUPPORTED: u64 =
         VME | PVI | TSD | DE | PSE | PAE | MCE | PGE | PCE | OSFXSR | OSXMMEXCPT | FSGSBASE;
 }

@@ -188,6 +188,7 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
     // keep the registers (see `CpuModel::pdptes_on_walk`).
     let cpu = mmu_server::CpuModel {
         pdptes_on_walk: mode == mmu_server::MmuMode::Nested && nested == NestedFormat::Npt,
+        cr4_supported: mmu_server::regs::cr4::SUPPORTED | xsave_cr4(),
         ..mmu_server::CpuModel::default()
     };
     let cfg = MmuConfig {
@@ -306,4 +307,18 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     fail(info.message())
+}
+
+/// CR4.OSXSAVE where the vmm-server's CPUID offers XSAVE (the host has it
+/// and its leaf 0xD shows x87 and SSE: `vmm_server::cpuid::offered_xcr0`);
+/// the guest then owns XCR0, loaded by the stub on a checked XSETBV.
+fn xsave_cr4() -> u64 {
+    let cpuid = |leaf, sub| core::arch::x86_64::__cpuid_count(leaf, sub);
+    let offered =
+        cpuid(0, 0).eax >= 0xd && cpuid(1, 0).ecx & (1 << 26) != 0 && cpuid(0xd, 0).eax & 3 == 3;
+    if offered {
+        mmu_server::regs::cr4::OSXSAVE
+    } else {
+        0
+    }
 }

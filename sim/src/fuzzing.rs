@@ -86,6 +86,9 @@ pub fn resume_bytes(data: &[u8]) {
         cpu.efer &= !(efer::LME | efer::LMA);
     }
     cpu.gb_pages = lacks_efer & 4 == 0;
+    if lacks_efer & 8 != 0 {
+        cpu.xcr0 &= !4; // no AVX
+    }
     let levels = bytes::<8>(t, 14);
     let root_level = |h: u32| -> Option<u8> {
         let l = *levels.get(h as usize)? % 6;
@@ -132,6 +135,18 @@ pub fn resume_bytes(data: &[u8]) {
         assert!(
             !(lme && mode.cs_l && mode.cs_d),
             "CS.L and CS.D with long mode"
+        );
+    }
+    if flags.contains(ResumeFlags::SET_XCR0) {
+        // XSETBV's rules on this CPU (SDM vol. 2C), and only x87, SSE, AVX.
+        let v = r.xcr0;
+        assert!(
+            cpu.cr4 & hw::cr4::OSXSAVE != 0
+                && v & !cpu.xcr0 == 0
+                && v & !7 == 0
+                && v & 1 != 0
+                && (v & 4 == 0 || v & 2 != 0),
+            "XCR0 {v:#x} accepted on {cpu:x?}"
         );
     }
     if flags.contains(ResumeFlags::SET_NESTED_ROOT) {

@@ -50,6 +50,9 @@ pub struct SimCpu {
     pub efer: u64,
     /// 1 GiB pages (PS in a PDPTE).
     pub gb_pages: bool,
+    /// XCR0 bits the CPU supports (CPUID 0xD.0 EAX); XSAVE itself is
+    /// `cr4`'s OSXSAVE.
+    pub xcr0: u64,
 }
 
 impl SimCpu {
@@ -87,6 +90,8 @@ impl SimCpu {
             | efer::FFXSR
             | efer::TCE,
         gb_pages: true,
+        // x87, SSE, AVX, MPX, AVX-512, PKRU: more than a guest may get.
+        xcr0: 0x2ff,
     };
 
     /// What CPUID reports for this CPU (EAX, EBX, ECX, EDX), for the
@@ -107,7 +112,7 @@ impl SimCpu {
             }
         };
         match leaf {
-            0 => [7, 0, 0, 0],
+            0 => [0xd, 0, 0, 0],
             1 => [
                 0,
                 0,
@@ -127,6 +132,7 @@ impl SimCpu {
                 has(cr4::UMIP, 2) | has(cr4::PKE, 3) | has(cr4::LA57, 16) | has(cr4::PKS, 31),
                 0,
             ],
+            0xd if _subleaf == 0 => [self.xcr0 as u32, 0, 0, 0],
             0x8000_0000 => [0x8000_0008, 0, 0, 0],
             0x8000_0001 => [
                 0,

@@ -14,8 +14,15 @@
 //!   three, with the x2APIC topology leaf ([`with_local_apic`]). No
 //!   machine-check architecture, no MONITOR/MWAIT, no performance
 //!   counters, no thermal or power leaves.
-//! - No XSAVE and so no AVX family: the stub does not switch XCR0 between
-//!   host and guest, so the guest must not change it.
+//! - XSAVE (CPUID.1:ECX bit 26) where the host has it and the platform
+//!   lets the guest own XCR0 ([`HostCpuid::offers_xsave`]): VMRUN and VM
+//!   entry do not switch XCR0 and neither the stub nor a server uses
+//!   extended state, so the guest's XCR0 stays in the hardware; XSETBV
+//!   exits, the vmm-server checks it and the stub loads it (`SET_XCR0`).
+//!   OSXSAVE (bit 27) reads as the guest's CR4.OSXSAVE. XCR0 offers x87,
+//!   SSE and, where the host has AVX, AVX (CPUID.1:ECX bit 28, shown with
+//!   it); no MPX, AVX-512, PKRU, AMX; no XSAVES (IA32_XSS is not the
+//!   guest's). FMA, F16C and AVX2 stay hidden.
 //! - RDTSCP (CPUID.80000001h:EDX bit 27) where the host has it and the
 //!   platform gives the guest RDTSCP and TSC_AUX
 //!   ([`HostCpuid::offers_rdtscp`]): the native stub lets RDTSCP run
@@ -92,14 +99,148 @@ pub trait HostCpuid {
     fn offers_rdtscp(&self) -> bool {
         false
     }
+    /// Whether the platform lets the guest own XCR0 (loaded by the stub on
+    /// a checked `SET_XCR0`, never switched) wherever the host has XSAVE;
+    /// only then does the guest's CPUID show XSAVE. Default: no.
+    fn offers_xsave(&self) -> bool {
+        false
+    }
+    /// The XCR0 the hardware holds now (the guest's), where the platform
+    /// can read it: the vmm-server's own record misses XSETBVs an
+    /// emulator runs without an exit (QEMU 7.2 TCG ignores the SVM
+    /// intercept). Default: unknown.
+    fn current_xcr0(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// CPUID.80000001h:EDX bit 27: RDTSCP and TSC_AUX.
 pub const EXT1_EDX_RDTSCP: u32 = 1 << 27;
+/// CPUID.1:ECX bit 26: XSAVE, XRSTOR, XSETBV, XGETBV and XCR0.
+pub const LEAF1_ECX_XSAVE: u32 = 1 << 26;
+/// CPUID.1:ECX bit 27: CR4.OSXSAVE is set.
+pub const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
+/// CPUID.1:ECX bit 28: AVX.
+pub const LEAF1_ECX_AVX: u32 = 1 << 28;
+/// CPUID.0Dh.1:EAX bits offered: XSAVEOPT, XSAVEC, XGETBV with ECX = 1.
+/// Not XSAVES (bit 3): IA32_XSS is not the guest's.
+const LEAF_D1_EAX: u32 = 1 << 0 | 1 << 1 | 1 << 2;
+/// Size of the legacy XSAVE area and the XSAVE header.
+const XSAVE_LEGACY_AND_HEADER: u32 = 576;
 
-/// The guest's CPUID for `leaf`/`subleaf`; `guest_cr4` gives the OSXSAVE
-/// bit (always clear here, since XSAVE is hidden).
+/// The guest's CPUID for `leaf`/`subleaf` with CR4.OSXSAVE clear and XCR0
+/// at its reset value (x87 only); see [`guest_cpuid_now`].
 pub fn guest_cpuid(host: &dyn HostCpuid, leaf: u32, subleaf: u32) -> [u32; 4] {
+    guest_cpuid_now(host, leaf, subleaf, 0, ipc_proto::x86::xcr0::X87)
+}
+
+/// The XCR0 bits the VM offers: none without XSAVE; else x87, SSE and,
+/// where AVX is offered, AVX, within the host's CPUID 0xD.0.
+pub fn offered_xcr0(host: &dyn HostCpuid) -> u64 {
+    use ipc_proto::x86::xcr0::*;
+    if !xsave_offered(host) {
+        return 0;
+    }
+    let avx = if host.host_cpuid(1, 0)[2] & LEAF1_ECX_AVX != 0 {
+        AVX
+    } else {
+        0
+    };
+    u64::from(host.host_cpuid(0xd, 0)[0]) & (X87 | SSE | avx)
+}
+
+/// Whether the guest sees XSAVE: the platform offers it, the host has it
+/// and its leaf 0xD.
+fn xsave_offered(host: &dyn HostCpuid) -> bool {
+    host.offers_xsave()
+        && host.host_cpuid(0, 0)[0] >= 0xd
+        && host.host_cpuid(1, 0)[2] & LEAF1_ECX_XSAVE != 0
+        && host.host_cpuid(0xd, 0)[0] & 3 == 3
+}
+
+/// Whether XSETBV may load `value` into XCR0 for a VM offering `offered`
+/// (SDM vol. 2C, XSETBV: #GP(0) for x87 clear, AVX without SSE, or a bit
+/// not supported; here "supported" is what the VM offers).
+pub fn xcr0_valid(value: u64, offered: u64) -> bool {
+    use ipc_proto::x86::xcr0::*;
+    value & !offered == 0 && value & X87 != 0 && (value & AVX == 0 || value & SSE != 0)
+}
+
+/// The XSAVE area's size for the components in `xcr0`: the legacy area
+/// and header, and each enabled component's offset plus size (CPUID
+/// 0xD.i, i >= 2).
+fn xsave_size(host: &dyn HostCpuid, xcr0: u64) -> u32 {
+    (2..63u32)
+        .filter(|i| xcr0 >> i & 1 != 0)
+        .map(|i| {
+            let [size, offset, _, _] = host.host_cpuid(0xd, i);
+            size.saturating_add(offset)
+        })
+        .fold(XSAVE_LEGACY_AND_HEADER, u32::max)
+}
+
+/// The compacted XSAVE area's size (XSAVEC) for the components in `xcr0`:
+/// after the legacy area and header, each enabled component in order,
+/// 64-byte aligned where CPUID 0xD.i ECX bit 1 says so (SDM vol. 1,
+/// 13.4.3). Linux sizes its buffers from it where XSAVEC is shown.
+fn xsave_compacted_size(host: &dyn HostCpuid, xcr0: u64) -> u32 {
+    (2..63u32)
+        .filter(|i| xcr0 >> i & 1 != 0)
+        .fold(XSAVE_LEGACY_AND_HEADER, |at, i| {
+            let [size, _, ecx, _] = host.host_cpuid(0xd, i);
+            let at = if ecx & 2 != 0 {
+                at.saturating_add(63) & !63
+            } else {
+                at
+            };
+            at.saturating_add(size)
+        })
+}
+
+/// The guest's CPUID for `leaf`/`subleaf` when its CR4 is `cr4` and its
+/// XCR0 `xcr0` (CPUID.1:ECX.OSXSAVE and CPUID.0Dh.0:EBX depend on them).
+pub fn guest_cpuid_now(
+    host: &dyn HostCpuid,
+    leaf: u32,
+    subleaf: u32,
+    cr4: u64,
+    xcr0: u64,
+) -> [u32; 4] {
+    let mut r = guest_cpuid_base(host, leaf, subleaf);
+    let offered = offered_xcr0(host);
+    if offered == 0 {
+        return r;
+    }
+    match (leaf, subleaf) {
+        (1, _) => {
+            r[2] |= LEAF1_ECX_XSAVE;
+            if offered & ipc_proto::x86::xcr0::AVX != 0 {
+                r[2] |= LEAF1_ECX_AVX;
+            }
+            if cr4 & ipc_proto::x86::cr4::OSXSAVE != 0 {
+                r[2] |= LEAF1_ECX_OSXSAVE;
+            }
+        }
+        (0xd, 0) => {
+            let size = xsave_size(host, xcr0 & offered);
+            r = [offered as u32, size, xsave_size(host, offered), 0];
+        }
+        // EBX: the compacted size for XCR0 (IA32_XSS is 0 for the guest).
+        (0xd, 1) => {
+            let size = xsave_compacted_size(host, xcr0 & offered);
+            r = [host.host_cpuid(0xd, 1)[0] & LEAF_D1_EAX, size, 0, 0];
+        }
+        (0xd, i) if i < 64 && offered >> i & 1 != 0 => {
+            let [a, b, c, _] = host.host_cpuid(0xd, i);
+            // ECX bit 0 (supervisor state) is clear for user components.
+            r = [a, b, c & 2, 0];
+        }
+        _ => {}
+    }
+    r
+}
+
+fn guest_cpuid_base(host: &dyn HostCpuid, leaf: u32, subleaf: u32) -> [u32; 4] {
     let h = |l, s| host.host_cpuid(l, s);
     let basic_max = h(0, 0)[0].min(BASIC_MAX);
     let ext_max = h(0x8000_0000, 0)[0].min(EXTENDED_MAX);
@@ -309,6 +450,93 @@ pub(crate) mod tests {
             [a, b, c, d & !EXT1_EDX_RDTSCP],
             guest_cpuid(&EveryFeature, 0x8000_0001, 0)
         );
+    }
+
+    /// A host with XSAVE that offers it: x87, SSE, AVX, MPX, AVX-512 and
+    /// PKRU in its XCR0 (0x2e7 without MPX), XSAVEOPT, XSAVEC, XGETBV1,
+    /// XSAVES; `avx` says whether leaf 1 shows AVX.
+    pub(crate) struct XsaveHost {
+        pub avx: bool,
+    }
+
+    impl HostCpuid for XsaveHost {
+        fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+            match (leaf, subleaf) {
+                (1, _) => {
+                    let [a, b, c, d] = EveryFeature.host_cpuid(1, 0);
+                    let c = if self.avx { c } else { c & !LEAF1_ECX_AVX };
+                    [a, b, c, d]
+                }
+                (0xd, 0) => [0x2e7, 0x988, 0xa88, 0],
+                (0xd, 1) => [0xf, 0x988, 0x1800, 0],
+                (0xd, 2) => [256, 576, 0, 0],
+                (0xd, 5) => [64, 1088, 0, 0],
+                (0xd, 6) => [512, 1152, 0, 0],
+                (0xd, 7) => [1024, 1664, 0, 0],
+                (0xd, 9) => [8, 2688, 0, 0],
+                (0xd, 11) => [16, 0, 1, 0],
+                (0xd, _) => [0; 4],
+                _ => EveryFeature.host_cpuid(leaf, subleaf),
+            }
+        }
+        fn offers_xsave(&self) -> bool {
+            true
+        }
+    }
+
+    /// Issue 11, defect 7: XSAVE where the host has it and the platform
+    /// offers it, with x87, SSE and AVX only; OSXSAVE follows CR4.OSXSAVE,
+    /// 0xD.0 EBX the current XCR0; no XSAVES; hidden components read 0.
+    #[test]
+    fn xsave_where_the_host_has_it_and_the_platform_offers_it() {
+        use ipc_proto::x86::cr4::OSXSAVE;
+        let h = XsaveHost { avx: true };
+        assert_eq!(offered_xcr0(&h), 7);
+        let [_, _, ecx, _] = guest_cpuid_now(&h, 1, 0, 0, 1);
+        assert_eq!(
+            ecx & (LEAF1_ECX_XSAVE | LEAF1_ECX_OSXSAVE | LEAF1_ECX_AVX),
+            LEAF1_ECX_XSAVE | LEAF1_ECX_AVX
+        );
+        let [_, _, ecx, _] = guest_cpuid_now(&h, 1, 0, OSXSAVE, 1);
+        assert_ne!(ecx & LEAF1_ECX_OSXSAVE, 0);
+        assert_eq!(guest_cpuid_now(&h, 0xd, 0, OSXSAVE, 1), [7, 576, 832, 0]);
+        assert_eq!(guest_cpuid_now(&h, 0xd, 0, OSXSAVE, 3), [7, 576, 832, 0]);
+        assert_eq!(guest_cpuid_now(&h, 0xd, 0, OSXSAVE, 7), [7, 832, 832, 0]);
+        // An XCR0 the guest could not have set counts only what is offered.
+        assert_eq!(guest_cpuid_now(&h, 0xd, 0, OSXSAVE, 0x2e7)[1], 832);
+        assert_eq!(
+            guest_cpuid_now(&h, 0xd, 1, 0, 1),
+            [7, 576, 0, 0],
+            "no XSAVES"
+        );
+        // EBX: the compacted (XSAVEC) size for the current XCR0 (Linux
+        // checks it against its own sum where XSAVEC is shown).
+        assert_eq!(guest_cpuid_now(&h, 0xd, 1, OSXSAVE, 7)[1], 832);
+        assert_eq!(guest_cpuid_now(&h, 0xd, 2, 0, 1), [256, 576, 0, 0]);
+        for hidden in [3, 4, 5, 6, 7, 9, 11, 17, 63, 64, 100] {
+            assert_eq!(guest_cpuid_now(&h, 0xd, hidden, 0, 1), [0; 4], "{hidden}");
+        }
+        // Without AVX in leaf 1: x87 and SSE, no YMM.
+        let h = XsaveHost { avx: false };
+        assert_eq!(offered_xcr0(&h), 3);
+        assert_eq!(guest_cpuid_now(&h, 1, 0, 0, 1)[2] & LEAF1_ECX_AVX, 0);
+        assert_eq!(guest_cpuid_now(&h, 0xd, 0, 0, 1), [3, 576, 576, 0]);
+        assert_eq!(guest_cpuid_now(&h, 0xd, 2, 0, 1), [0; 4]);
+        // A platform that does not offer it (seL4): hidden, as before.
+        assert_eq!(offered_xcr0(&EveryFeature), 0);
+        assert_eq!(guest_cpuid_now(&EveryFeature, 0xd, 0, OSXSAVE, 7), [0; 4]);
+        assert_eq!(offered_cr4(&XsaveHost { avx: true }) & OSXSAVE, OSXSAVE);
+    }
+
+    #[test]
+    fn xcr0_values_follow_xsetbv() {
+        for ok in [1, 3, 7] {
+            assert!(xcr0_valid(ok, 7), "{ok}");
+        }
+        for bad in [0, 2, 4, 5, 6, 8, 0x203, 1 << 32 | 1] {
+            assert!(!xcr0_valid(bad, 7), "{bad:#x}");
+        }
+        assert!(!xcr0_valid(7, 3));
     }
 
     /// Issue 11, defect 7: CPUID hides XSAVE and PCID, so CR4.OSXSAVE and

@@ -237,11 +237,14 @@ pub enum Exit {
     TaskSwitch,
     /// An instruction the guest's CPUID does not announce and that the
     /// stub intercepts so that it never runs natively: MONITOR, MWAIT,
-    /// INVLPGA (SVM, whose instructions the guest does not have), XSETBV
-    /// (CPUID shows no XSAVE; XCR0 is not switched), RDTSCP (intercepted
-    /// only where the host lacks it, and CPUID then hides it). It raises
-    /// #UD, as on such a CPU.
+    /// INVLPGA (SVM, whose instructions the guest does not have), RDTSCP
+    /// (intercepted only where the host lacks it, and CPUID then hides
+    /// it). It raises #UD, as on such a CPU.
     Undefined,
+    /// XSETBV (SVM exit 0x8D; VMX exit reason 55, unconditional): ECX
+    /// names the XCR, EDX:EAX the value. XCR0 is not switched, so the
+    /// vmm-server checks the value and the stub loads it (`SET_XCR0`).
+    Xsetbv,
     /// RDPMC: the guest has no performance counters (its CPUID shows
     /// none), so #GP(0), as for a counter that does not exist; the host's
     /// counters never reach it.
@@ -343,8 +346,8 @@ fn decode_svm(rec: &ExitRecord) -> Exit {
         | svm_exit::MONITOR
         | svm_exit::MWAIT
         | svm_exit::MWAIT_CONDITIONAL
-        | svm_exit::XSETBV
         | svm_exit::RDTSCP => Exit::Undefined,
+        svm_exit::XSETBV => Exit::Xsetbv,
         svm_exit::RDPMC => Exit::Rdpmc,
         svm_exit::WBINVD | svm_exit::INVD => Exit::CacheFlush,
         // -1 (APM) or the 32-bit 0xffff_ffff QEMU writes; the stub stops
@@ -514,9 +517,8 @@ fn decode_vmx(rec: &ExitRecord) -> Exit {
         },
         vmx_exit::EXTERNAL_INTERRUPT => Exit::ExternalInterrupt,
         vmx_exit::TASK_SWITCH => Exit::TaskSwitch,
-        vmx_exit::MWAIT | vmx_exit::MONITOR | vmx_exit::XSETBV | vmx_exit::RDTSCP => {
-            Exit::Undefined
-        }
+        vmx_exit::MWAIT | vmx_exit::MONITOR | vmx_exit::RDTSCP => Exit::Undefined,
+        vmx_exit::XSETBV => Exit::Xsetbv,
         vmx_exit::RDPMC => Exit::Rdpmc,
         vmx_exit::WBINVD | vmx_exit::INVD => Exit::CacheFlush,
         vmx_exit::INTERRUPT_WINDOW => Exit::InterruptWindow,

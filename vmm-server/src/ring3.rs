@@ -165,6 +165,25 @@ impl HostCpuid for NativeHost {
     fn offers_rdtscp(&self) -> bool {
         true
     }
+    /// The stub sets CR4.OSXSAVE where the host has XSAVE and loads the
+    /// guest's checked XCR0 (`SET_XCR0`), which stays in the hardware.
+    fn offers_xsave(&self) -> bool {
+        true
+    }
+    fn current_xcr0(&self) -> Option<u64> {
+        // CPUID.1:ECX.OSXSAVE: the stub set CR4.OSXSAVE, so XGETBV works.
+        if self.host_cpuid(1, 0)[2] & (1 << 27) == 0 {
+            return None;
+        }
+        let (lo, hi): (u32, u32);
+        // SAFETY: XGETBV with ECX = 0 reads XCR0; with CR4.OSXSAVE set it
+        // runs at any privilege level and touches no memory.
+        unsafe {
+            core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi,
+                options(nomem, nostack, preserves_flags));
+        }
+        Some(u64::from(hi) << 32 | u64::from(lo))
+    }
 }
 
 impl Host for NativeHost {

@@ -17,7 +17,7 @@ use ipc_proto::{
 };
 
 use crate::board::{Board, Nanos, SECOND};
-use crate::cpuid::{guest_cpuid, HostCpuid};
+use crate::cpuid::{guest_cpuid_now, HostCpuid};
 use crate::devices::pic;
 use crate::devices::WriteOutcome;
 use crate::emulate::{
@@ -447,6 +447,10 @@ pub struct Vmm<'d> {
     next_deadline: Option<Nanos>,
     /// The exit deadline the stub has (host ticks, 0: none).
     told_deadline: u64,
+    /// The guest's XCR0 as its last XSETBV set it (reset: x87 only).
+    xcr0: u64,
+    /// An XSETBV completed: the next resume loads `xcr0`.
+    load_xcr0: bool,
     fault_streak: (u64, u8, u32),
     idle_halts: u64,
     /// This exit's emulated REP string instruction did an iteration but
@@ -480,6 +484,8 @@ impl<'d> Vmm<'d> {
             waited: 0,
             next_deadline: None,
             told_deadline: 0,
+            xcr0: ipc_proto::x86::xcr0::X87,
+            load_xcr0: false,
             fault_streak: (0, 0, 0),
             idle_halts: 0,
             partial_step: false,
@@ -709,7 +715,8 @@ impl<'d> Vmm<'d> {
             Exit::NestedPageFault { .. } => Step::Fail(FailKind::NpfInRam),
             Exit::Cpuid => {
                 let (leaf, subleaf) = (cpu.regs.rax as u32, cpu.regs.rcx as u32);
-                let mut r = guest_cpuid(&*self.host, leaf, subleaf);
+                let xcr0 = self.host.current_xcr0().unwrap_or(self.xcr0);
+                let mut r = guest_cpuid_now(&*self.host, leaf, subleaf, cpu.cr4, xcr0);
                 if self.config.shadow_paging && leaf == 7 && subleaf == 0 {
                     r[1] &= !crate::cpuid::SHADOW_HIDDEN_LEAF7_EBX;
                 }
@@ -738,6 +745,7 @@ impl<'d> Vmm<'d> {
                 completed: false,
                 fault: Some(Fault::ud()),
             },
+            Exit::Xsetbv => self.xsetbv(rec, cpu),
             Exit::Rdpmc => Step::Resume {
                 completed: false,
                 fault: Some(Fault::gp(0)),
@@ -768,6 +776,32 @@ impl<'d> Vmm<'d> {
             Exit::EntryFailed => Step::Fail(FailKind::EntryFailed),
             Exit::DrAccess { .. } | Exit::Other { .. } => Step::Fail(FailKind::Unhandled),
         }
+    }
+
+    /// XSETBV: #UD without XSAVE or with CR4.OSXSAVE clear; #GP(0) at
+    /// CPL > 0, for an XCR other than 0 or a value XSETBV refuses on a CPU
+    /// with what the VM offers (SDM vol. 2C, XSETBV); else the value,
+    /// which [`Self::finish`] hands the stub with `SET_XCR0`.
+    fn xsetbv(&mut self, rec: &ExitRecord, cpu: &mut VcpuState) -> Step {
+        let offered = crate::cpuid::offered_xcr0(&*self.host);
+        if offered == 0 || cpu.cr4 & crate::vcpu::CR4_OSXSAVE == 0 {
+            return Step::Resume {
+                completed: false,
+                fault: Some(Fault::ud()),
+            };
+        }
+        let value = (cpu.regs.rdx & 0xffff_ffff) << 32 | (cpu.regs.rax & 0xffff_ffff);
+        let ok =
+            rec.cpl == 0 && cpu.regs.rcx as u32 == 0 && crate::cpuid::xcr0_valid(value, offered);
+        if !ok {
+            return Step::Resume {
+                completed: false,
+                fault: Some(Fault::gp(0)),
+            };
+        }
+        self.xcr0 = value;
+        self.load_xcr0 = true;
+        self.complete(rec, cpu)
     }
 
     /// MOV to CR4 under nested paging: #GP(0) for a bit the VM does not
@@ -1020,6 +1054,11 @@ impl<'d> Vmm<'d> {
             r.paging.cr4 = cpu.cr4;
             flags |= ResumeFlags::SET_PAGING;
         }
+        // An XSETBV the vmm-server completed.
+        if core::mem::take(&mut self.load_xcr0) {
+            r.xcr0 = self.xcr0;
+            flags |= ResumeFlags::SET_XCR0;
+        }
         let pending = rec.exit_int_info & EXITINTINFO_VALID != 0;
         if pending {
             let info = rec.exit_int_info;
@@ -1172,6 +1211,7 @@ pub fn resume(flags: ResumeFlags, regs: GuestRegs) -> Resume {
         paging: Default::default(),
         cr2: 0,
         exit_deadline: 0,
+        xcr0: 0,
     }
 }
 

@@ -217,7 +217,10 @@ fn guest_modes_under_shadow_paging_on_svm_without_npt() {
 /// through port 0x92 as the end. On the ISA board: the guest checks that
 /// CPUID shows no x2APIC, which the PC board's local APIC has. RDTSCP both
 /// ways: EPYC has it (CPUID shows it, RDTSCP returns the TSC_AUX the guest
-/// wrote), the third boot's CPU lacks it (RDTSCP #UD, TSC_AUX #GP).
+/// wrote), the third boot's CPU lacks it (RDTSCP #UD, TSC_AUX #GP). XSAVE
+/// both ways too: EPYC has it (CR4.OSXSAVE sets, XSETBV 3 and 7 load XCR0,
+/// bad values #GP, XSAVE/XRSTOR round-trip XMM0), the third boot's CPU
+/// lacks it (CR4.OSXSAVE #GP).
 #[test]
 fn qemupc_guest_msrs_port92_cmps_single_step_and_fast_reset_on_svm() {
     let isa = |mmu, cpu, how| {
@@ -231,12 +234,33 @@ fn qemupc_guest_msrs_port92_cmps_single_step_and_fast_reset_on_svm() {
     const SHOWN: &str =
         "qemupc: cpuid shows rdtscp; tsc_aux takes 0x5a17c0de, rdtscp returns it in ecx";
     const HIDDEN: &str = "qemupc: cpuid hides rdtscp; rdmsr tsc_aux: #GP, rdtscp: #UD";
-    for (b, rdtscp) in [
-        (isa(MmuMode::Nested, DEFAULT_CPU, "npt"), SHOWN),
-        (isa(MmuMode::Shadow, "EPYC,+svm,-npt", "shadow"), SHOWN),
+    const XSAVE_SHOWN: &[&str] = &[
+        "qemupc: cpuid shows xsave, osxsave clear",
+        "qemupc: cr4.osxsave set; cpuid osxsave 1; xgetbv: 1",
+        "qemupc: xsetbv 3: xgetbv 3, cpuid 0xd ebx 576",
+        "qemupc: xsetbv #GP: pkru (hidden), x87 clear, xcr1, avx without sse; xcr0 stays 3",
+        "qemupc: xsave/xrstor round-trip xmm0",
+        "qemupc: cpuid shows avx: xsetbv 7, xgetbv 7, cpuid 0xd ebx >= 832",
+    ];
+    const XSAVE_HIDDEN: &[&str] = &[
+        "qemupc: cpuid hides xsave",
+        "qemupc: cr4.osxsave: #GP, cr4 unchanged",
+    ];
+    for (b, rdtscp, xsave) in [
+        (isa(MmuMode::Nested, DEFAULT_CPU, "npt"), SHOWN, XSAVE_SHOWN),
         (
-            isa(MmuMode::Nested, "EPYC,+svm,+npt,-rdtscp", "npt, no rdtscp"),
+            isa(MmuMode::Shadow, "EPYC,+svm,-npt", "shadow"),
+            SHOWN,
+            XSAVE_SHOWN,
+        ),
+        (
+            isa(
+                MmuMode::Nested,
+                "EPYC,+svm,+npt,-rdtscp,-xsave",
+                "npt, no rdtscp, no xsave",
+            ),
             HIDDEN,
+            XSAVE_HIDDEN,
         ),
     ] {
         b.assert_passed();
@@ -248,15 +272,16 @@ fn qemupc_guest_msrs_port92_cmps_single_step_and_fast_reset_on_svm() {
             "qemupc: repe cmpsb mmio against mmio: stops past the difference, flags above",
             "qemupc: repne cmpsb with df=1, cmpsd, repne scasb on mmio",
             "qemupc: tf: #db past rdmsr, in, cpuid, two native movs, each rep outsb iteration",
-            "qemupc: cpuid hides xsave",
-            "qemupc: cr4.osxsave: #GP, cr4 unchanged",
             "qemupc: cr4.pge, cr4.osfxsr (and cr4.fsgsbase if in cpuid): set and cleared",
             rdtscp,
             "qemupc: long mode; cpuid hides pcid",
             "qemupc: cr4.pcide: #GP, cr4 unchanged",
             "qemupc: fast reset through port 0x92",
             "[vmm] the guest reset the machine",
-        ] {
+        ]
+        .iter()
+        .chain(xsave)
+        {
             assert!(
                 b.has_line(line),
                 "{} no line `{line}`:\n{}",
@@ -264,7 +289,8 @@ fn qemupc_guest_msrs_port92_cmps_single_step_and_fast_reset_on_svm() {
                 b.console
             );
         }
-        for l in b.console.lines().filter(|l| l.starts_with("qemupc: dr6")) {
+        let printed = |l: &&str| l.starts_with("qemupc: dr6") || l.starts_with("qemupc: cpuid 0xd");
+        for l in b.console.lines().filter(printed) {
             eprintln!("qemupc ({}): {l}", b.how);
         }
     }

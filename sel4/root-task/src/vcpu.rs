@@ -501,6 +501,16 @@ impl Vcpu {
             self.stats.resumes_refused += 1;
             return Ok(());
         };
+        // seL4 keeps XSAVE hidden (`Sel4Host` does not offer it: XCR0 is
+        // the kernel's), so no server has a reason to load XCR0.
+        if flags.contains(ResumeFlags::SET_XCR0) {
+            self.stats.resumes_refused += 1;
+            return Err(VcpuError {
+                what: "a resume's SET_XCR0 (seL4 keeps XSAVE hidden)",
+                field: r.xcr0,
+                code: 0,
+            });
+        }
         let last = self.last.regs;
         if flags.contains(ResumeFlags::SET_GPRS) {
             let mut a = r.regs;

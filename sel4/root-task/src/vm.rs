@@ -182,6 +182,8 @@ fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+/// XSAVE stays hidden (`offers_xsave` is the default no): XCR0 is seL4's
+/// own, which this root task cannot load for the guest.
 impl HostCpuid for Sel4Host {
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);

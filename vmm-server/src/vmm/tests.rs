@@ -4,7 +4,7 @@
 use core::cell::Cell;
 
 use super::*;
-use crate::cpuid::tests::EveryFeature;
+use crate::cpuid::tests::{EveryFeature, XsaveHost};
 use crate::devices::debug_exit::{self, DebugExit};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::pit::{self, Pit};
@@ -23,11 +23,20 @@ use std::vec::Vec;
 struct TestHost<'a> {
     time: &'a Cell<u64>,
     input: bool,
+    /// The platform offers XSAVE (with AVX): `cpuid::tests::XsaveHost`.
+    xsave: bool,
 }
 
 impl HostCpuid for TestHost<'_> {
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        EveryFeature.host_cpuid(leaf, subleaf)
+        if self.xsave {
+            XsaveHost { avx: true }.host_cpuid(leaf, subleaf)
+        } else {
+            EveryFeature.host_cpuid(leaf, subleaf)
+        }
+    }
+    fn offers_xsave(&self) -> bool {
+        self.xsave
     }
 }
 
@@ -110,10 +119,14 @@ impl World {
 /// `$router`'s devices.
 macro_rules! vmm {
     ($vmm:ident = $w:ident, $router:expr) => {
+        vmm!($vmm = $w, $router, false);
+    };
+    ($vmm:ident = $w:ident, $router:expr, $xsave:expr) => {
         let mut ram = $w.ram.ram();
         let mut host = TestHost {
             time: &$w.time,
             input: false,
+            xsave: $xsave,
         };
         #[allow(unused_mut)]
         let mut $vmm = Vmm::new($router, &$w.board, &mut ram, &mut host);
@@ -983,6 +996,70 @@ fn xsetbv_is_ud_without_xsave() {
         let r = resumed(vmm.handle(&rec));
         assert_eq!((r.event.vector, r.event.kind), (6, 3), "{code}");
     }
+}
+
+/// XSETBV where XSAVE is offered (SVM exit 0x8D, VMX reason 55): #UD
+/// with CR4.OSXSAVE clear; #GP(0) at CPL 3, for XCR1, x87 clear, AVX
+/// without SSE and a hidden component (PKRU, which the host has);
+/// otherwise completed with `SET_XCR0`, and CPUID 0xD.0 EBX follows.
+#[test]
+fn xsetbv_is_checked_and_completed_with_set_xcr0() {
+    use ipc_proto::x86::cr4::OSXSAVE;
+    let mut w = World::new();
+    vmm!(vmm = w, Router::new(), true);
+    let xsetbv = |arch: ipc_proto::VcpuArch, ecx: u64, value: u64, cpl: u8| {
+        let mut rec = flat(svm_exit::XSETBV, 0, 0);
+        if arch == ipc_proto::VcpuArch::Vmx {
+            rec.arch = arch as u32;
+            rec.exit_code = crate::exit::vmx_exit::XSETBV;
+        }
+        rec.next_rip = RIP + 3;
+        rec.cr4 = OSXSAVE;
+        rec.cpl = cpl;
+        rec.regs.rcx = ecx;
+        rec.regs.rax = value & 0xffff_ffff | 0xdead_0000_0000_0000;
+        rec.regs.rdx = value >> 32;
+        rec
+    };
+    for arch in [ipc_proto::VcpuArch::Svm, ipc_proto::VcpuArch::Vmx] {
+        let mut rec = xsetbv(arch, 0, 7, 0);
+        rec.cr4 = 0;
+        let r = resumed(vmm.handle(&rec));
+        assert_eq!(
+            (r.event.vector, r.regs.rip),
+            (6, RIP),
+            "#UD without OSXSAVE"
+        );
+        for (ecx, value, cpl) in [(0, 7, 3), (1, 7, 0), (0, 2, 0), (0, 5, 0), (0, 0x203, 0)] {
+            let r = resumed(vmm.handle(&xsetbv(arch, ecx, value, cpl)));
+            assert_eq!(
+                (r.event.vector, r.event.has_error_code, r.event.error_code),
+                (13, 1, 0),
+                "{ecx} {value:#x} {cpl}"
+            );
+            assert!(!flags(&r).contains(ResumeFlags::SET_XCR0));
+        }
+        for value in [3, 7, 1] {
+            let r = resumed(vmm.handle(&xsetbv(arch, 0, value, 0)));
+            assert_eq!(
+                flags(&r),
+                ResumeFlags::SET_RIP | ResumeFlags::SET_XCR0,
+                "{value}"
+            );
+            assert_eq!((r.xcr0, r.regs.rip), (value, RIP + 3));
+        }
+    }
+    // CPUID 0xD.0 EBX: the area for the XCR0 the guest set last.
+    let r = resumed(vmm.handle(&xsetbv(ipc_proto::VcpuArch::Svm, 0, 7, 0)));
+    assert_eq!(r.xcr0, 7);
+    let mut rec = flat(svm_exit::CPUID, 0, 0);
+    rec.next_rip = RIP + 2;
+    rec.cr4 = OSXSAVE;
+    rec.regs.rax = 0xd;
+    rec.regs.rcx = 0;
+    let r = resumed(vmm.handle(&rec));
+    assert_eq!((r.regs.rax, r.regs.rbx, r.regs.rcx), (7, 832, 832));
+    assert!(!flags(&r).contains(ResumeFlags::SET_XCR0), "loaded once");
 }
 
 const TF: u64 = RFLAGS_TF | 2;
