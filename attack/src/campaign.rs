@@ -1876,10 +1876,11 @@ pub fn vmm_random(c: &mut Campaign, first: ExitRecord, tsc_hz: u64, shadow: bool
                 cur.regs.rflags
             } & RFLAGS_IF
                 != 0;
-            let shadow = cur.interrupt_shadow != 0 && !flags.contains(ResumeFlags::SET_RIP);
+            let in_interrupt_shadow =
+                cur.interrupt_shadow != 0 && !flags.contains(ResumeFlags::SET_RIP);
             let bad = match kind {
-                0 => (!final_if || shadow).then_some("interrupt-the-guest-masks"),
-                2 => (vector != 2 || shadow).then_some("nmi"),
+                0 => (!final_if || in_interrupt_shadow).then_some("interrupt-the-guest-masks"),
+                2 => (vector != 2 || in_interrupt_shadow).then_some("nmi"),
                 3 => (vector >= 32 || vector == 2).then_some("exception-vector"),
                 4 => None,
                 _ => Some("event-type"),
@@ -1890,9 +1891,10 @@ pub fn vmm_random(c: &mut Campaign, first: ExitRecord, tsc_hz: u64, shadow: bool
         }
         // VM entry's interrupt-shadow rules (SDM vol. 3C, 27.3.1.5), as
         // the ABI documents them: TF and IF stay while the shadow lasts.
-        let shadow = cur.interrupt_shadow != 0 && !flags.contains(ResumeFlags::SET_RIP);
+        let in_interrupt_shadow =
+            cur.interrupt_shadow != 0 && !flags.contains(ResumeFlags::SET_RIP);
         if flags.contains(ResumeFlags::SET_RFLAGS)
-            && shadow
+            && in_interrupt_shadow
             && (r.regs.rflags ^ cur.regs.rflags) & (RFLAGS_TF | RFLAGS_IF) != 0
         {
             forbidden = forbidden.or(Some("tf-if-change-in-interrupt-shadow"));
