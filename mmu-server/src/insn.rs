@@ -214,6 +214,10 @@ pub fn store_size(insn: &Instruction) -> Option<Store> {
             | Mov_rm16_imm16
             | Mov_rm32_imm32
             | Mov_rm64_imm32
+            | Mov_moffs8_AL
+            | Mov_moffs16_AX
+            | Mov_moffs32_EAX
+            | Mov_moffs64_RAX
             | Xchg_rm8_r8
             | Xchg_rm16_r16
             | Xchg_rm32_r32
@@ -295,7 +299,8 @@ pub fn execute_store(insn: &Instruction, regs: &mut GuestRegs, old: u64) -> Opti
     };
     match insn.code() {
         Mov_rm8_r8 | Mov_rm16_r16 | Mov_rm32_r32 | Mov_rm64_r64 | Mov_rm8_imm8 | Mov_rm16_imm16
-        | Mov_rm32_imm32 | Mov_rm64_imm32 => Some(src()? & m),
+        | Mov_rm32_imm32 | Mov_rm64_imm32 | Mov_moffs8_AL | Mov_moffs16_AX | Mov_moffs32_EAX
+        | Mov_moffs64_RAX => Some(src()? & m),
         Xchg_rm8_r8 | Xchg_rm16_r16 | Xchg_rm32_r32 | Xchg_rm64_r64 => {
             let v = src()? & m;
             write_reg(regs, insn.op1_register(), old)?;
@@ -556,6 +561,10 @@ mod tests {
         let i = d64(&[0xf0, 0x80, 0x27, 0xfd]);
         assert_eq!(store_size(&i).unwrap().size, 1);
         assert_eq!(execute_store(&i, &mut r, 0x67), Some(0x65));
+        // mov [0x1000], eax in 32-bit code (the moffs form, A3)
+        let i = decode(&[0xa3, 0, 0x10, 0, 0], 32, 0).unwrap();
+        assert_eq!(store_size(&i).unwrap().size, 4);
+        assert_eq!(execute_store(&i, &mut r, 0), Some(8));
         // mov dword [edi], 0x1003 in 32-bit code
         let i = decode(&[0xc7, 0x07, 0x03, 0x10, 0, 0], 32, 0).unwrap();
         assert_eq!(execute_store(&i, &mut r, 0), Some(0x1003));
