@@ -11,7 +11,10 @@
  * that second; ten HLTs are each woken by a tick; ten ticks arrive while
  * the guest spins on its tick counter in memory, making no exit of its own
  * (the stub's exit deadline must end such a run at each tick; the spin
- * gives up after 2^36 TSC cycles). Ends with status 0 on port 0xF4, or 1. */
+ * gives up after 2^36 TSC cycles); and no tick arrived while IF was clear
+ * (its handler reads the interrupted EFLAGS: QEMU 7.2 once delivered an
+ * injected interrupt a second time inside its own handler). Ends with
+ * status 0 on port 0xF4, or 1. */
     .intel_syntax noprefix
     .code32
 
@@ -168,6 +171,19 @@ window:
     mov esi, offset msg_spin
     call say
 
+    mov ebx, [masked]
+    test ebx, ebx
+    jz 7f
+    mov esi, offset prefix
+    call uart_puts
+    mov eax, ebx
+    call print_dec32
+    mov esi, offset msg_masked_bad
+    call uart_puts
+    jmp fail
+7:  mov esi, offset msg_masked
+    call say
+
     mov esi, offset msg_pass
     call say
     xor al, al
@@ -191,7 +207,10 @@ say:
 
 irq0:
     push eax
-    add dword ptr [ticks], 1
+    test dword ptr [esp + 12], 0x200  /* the interrupted EFLAGS.IF */
+    jnz 1f
+    add dword ptr [masked], 1
+1:  add dword ptr [ticks], 1
     mov al, 0x20              /* non-specific EOI */
     out PIC1_CMD, al
     pop eax
@@ -232,6 +251,8 @@ msg_pit:       .asciz "pit channel 0: mode 2, count 1193 (1000.15 Hz)\n"
 msg_count:     .asciz " ticks of irq 0 in one virtual second (20 x 50 ms on pit channel 2)\n"
 msg_hlt:       .asciz "hlt: 10 halts, each woken by a tick\n"
 msg_spin:      .asciz "spin: 10 ticks while spinning without exits\n"
+msg_masked:    .asciz "if: no tick arrived while interrupts were disabled\n"
+msg_masked_bad: .asciz " ticks arrived while interrupts were disabled\n"
 msg_exception: .asciz "unexpected exception\n"
 msg_pass:      .asciz "all checks passed\n"
 msg_fail:      .asciz "FAILED\n"
@@ -240,6 +261,7 @@ msg_fail:      .asciz "FAILED\n"
     .balign 4
 ticks:       .long 0
 start_ticks: .long 0
+masked:      .long 0
 
     .section .bss
     .balign 8
