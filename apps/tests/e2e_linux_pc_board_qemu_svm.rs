@@ -112,3 +112,33 @@ fn a_kernel_message_inside_a_program_line_is_moved_out() {
         "[    1.0] x\ny"
     );
 }
+
+/// KNOWN DEFECT (issue 11, open): the guest's TSC is the host's, which
+/// includes the time the stub and the servers spend on each exit, while the
+/// board's clocks (PIT, PM timer, LAPIC timer) exclude it. Debian calibrates
+/// its TSC at about 1770 MHz against the PM timer (QEMU's TSC is 1 GHz), and
+/// the clocksource watchdog then marks the TSC unstable ("most likely due to
+/// broken BIOS") and switches to acpi_pm. The fix is a guest TSC offset that
+/// follows the virtual clock (a resume field the stub writes to the VMCB's
+/// TSC_OFFSET / the VMCS's TSC offset); this test then passes.
+#[test]
+#[ignore = "known defect: the guest's TSC counts the servers' handling time (see the comment)"]
+fn debian_amd64_tsc_agrees_with_the_board_clocks() {
+    let args = ["--board", "pc", "--cpu", "EPYC,+svm,+npt"];
+    let run = common::boot_linux_appending(Flavour::Amd64, "npt", &args, "", TIMEOUT_SECS);
+    let out = &run.stdout;
+    let mhz: f64 = out
+        .lines()
+        .find_map(|l| l.split("tsc: Detected ").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `tsc: Detected` line\n{run}"));
+    assert!(
+        (995.0..=1005.0).contains(&mhz),
+        "TSC calibrated at {mhz} MHz\n{run}"
+    );
+    assert!(
+        !out.contains("Marking TSC unstable"),
+        "the TSC was marked unstable\n{run}"
+    );
+}
