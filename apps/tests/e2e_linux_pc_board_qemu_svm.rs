@@ -113,16 +113,12 @@ fn a_kernel_message_inside_a_program_line_is_moved_out() {
     );
 }
 
-/// KNOWN DEFECT (issue 11, open): the guest's TSC is the host's, which
-/// includes the time the stub and the servers spend on each exit, while the
-/// board's clocks (PIT, PM timer, LAPIC timer) exclude it. Debian calibrates
-/// its TSC at about 1770 MHz against the PM timer (QEMU's TSC is 1 GHz), and
-/// the clocksource watchdog then marks the TSC unstable ("most likely due to
-/// broken BIOS") and switches to acpi_pm. The fix is a guest TSC offset that
-/// follows the virtual clock (a resume field the stub writes to the VMCB's
-/// TSC_OFFSET / the VMCS's TSC offset); this test then passes.
+/// The guest's TSC follows the board's virtual clock (a TSC offset that
+/// leaves out the time spent handling exits, as the PIT, PM timer and LAPIC
+/// timer do): Debian calibrates it at QEMU's 1 GHz against the PM timer and
+/// keeps it as its clocksource. With the guest's TSC the host's it read
+/// 1770 MHz, and the watchdog marked it unstable ("broken BIOS").
 #[test]
-#[ignore = "known defect: the guest's TSC counts the servers' handling time (see the comment)"]
 fn debian_amd64_tsc_agrees_with_the_board_clocks() {
     let args = ["--board", "pc", "--cpu", "EPYC,+svm,+npt"];
     let run = common::boot_linux_appending(Flavour::Amd64, "npt", &args, "", TIMEOUT_SECS);

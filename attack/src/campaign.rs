@@ -1134,7 +1134,7 @@ pub fn vmm_resumes(c: &mut Campaign, shadow: bool) {
     let mut r = base_resume(ResumeFlags::empty());
     r.abi_version = ABI_VERSION + 1;
     refuse(c, r, format_args!("abi-version+1"));
-    for bit in [11u32, 16, 31] {
+    for bit in [12u32, 16, 31] {
         let mut r = base_resume(ResumeFlags::empty());
         r.flags = 1 << bit;
         refuse(c, r, format_args!("unknown-flag-bit-{bit}"));
@@ -1915,7 +1915,7 @@ pub fn vmm_random(c: &mut Campaign, first: ExitRecord, tsc_hz: u64, shadow: bool
         }
         let mut bits = flags.bits();
         if c.one_in(40) {
-            bits |= 1 << (11 + c.below(21));
+            bits |= 1 << (12 + c.below(20));
             forbidden = Some("unknown-flag");
         } else if c.one_in(40) {
             bits |= ResumeFlags::SET_PAGING.bits();

@@ -277,6 +277,11 @@ bitflags::bitflags! {
         /// against its allowlist (x87, SSE, AVX), the host's CPUID 0xD
         /// and XSETBV's rules (x87 set, AVX only with SSE).
         const SET_XCR0 = 1 << 10;
+        /// Run the guest with `tsc_offset` added to the host's TSC (SVM
+        /// TSC_OFFSET, VMX "use TSC offsetting"): the vmm-server keeps the
+        /// guest's TSC on the board's virtual clock, which leaves out the
+        /// time spent handling exits. Guest-visible only.
+        const SET_TSC_OFFSET = 1 << 11;
     }
 }
 
@@ -363,6 +368,9 @@ wire! {
         pub exit_deadline: u64,
         /// XCR0 when `SET_XCR0` is set.
         pub xcr0: u64,
+        /// The guest's TSC offset (two's complement) when `SET_TSC_OFFSET`
+        /// is set.
+        pub tsc_offset: u64,
     }
 }
 
@@ -467,7 +475,8 @@ mod tests {
         assert_eq!(offset_of!(Resume, cr2), 192);
         assert_eq!(offset_of!(Resume, exit_deadline), 200);
         assert_eq!(offset_of!(Resume, xcr0), 208);
-        assert_eq!(size_of::<Resume>(), 216);
+        assert_eq!(offset_of!(Resume, tsc_offset), 216);
+        assert_eq!(size_of::<Resume>(), 224);
         assert_eq!(size_of::<PagingState>(), 32);
         assert_eq!(offset_of!(PagingState, cr0), 0);
         assert_eq!(offset_of!(PagingState, cr4), 8);
@@ -479,13 +488,13 @@ mod tests {
     fn vcpu_page_layout_is_pinned_and_fits_a_page() {
         assert_eq!(offset_of!(VcpuPage, exit), 0);
         assert_eq!(offset_of!(VcpuPage, resume), 280);
-        assert_eq!(offset_of!(VcpuPage, stats), 496);
+        assert_eq!(offset_of!(VcpuPage, stats), 504);
         assert!(size_of::<VcpuPage>() <= crate::layout::PAGE_SIZE as usize);
     }
 
     #[test]
     fn resume_flags_and_event_kinds_round_trip() {
-        assert_eq!(ResumeFlags::all().bits(), 0b111_1111_1111);
+        assert_eq!(ResumeFlags::all().bits(), 0b1111_1111_1111);
         for k in [
             EventKind::ExternalInterrupt,
             EventKind::Nmi,

@@ -420,6 +420,7 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
     let _ = iced_x86::Decoder::new(64, &[0x90], 0).decode();
     let config = vmm_server::vmm::VmmConfig {
         shadow_paging: boot.mmu_mode != 0,
+        tsc_offsetting: true,
         ..Default::default()
     };
     let irqchip = if pc_board {

@@ -317,6 +317,11 @@ pub struct VmmConfig {
     /// paging features its walker does not model ([`crate::cpuid::SHADOW_HIDDEN_LEAF7_EBX`]),
     /// since it refuses their CR4 bits with #GP.
     pub shadow_paging: bool,
+    /// The platform offsets the guest's TSC (`ResumeFlags::SET_TSC_OFFSET`):
+    /// the guest's TSC then follows the virtual clock, leaving out the time
+    /// spent handling exits, as the board's other clocks do. Without it the
+    /// guest's TSC is the host's.
+    pub tsc_offsetting: bool,
 }
 
 impl Default for VmmConfig {
@@ -327,6 +332,7 @@ impl Default for VmmConfig {
             idle_limit: 1_000_000,
             max_warps_per_exit: 16,
             shadow_paging: false,
+            tsc_offsetting: false,
         }
     }
 }
@@ -447,6 +453,9 @@ pub struct Vmm<'d> {
     next_deadline: Option<Nanos>,
     /// The exit deadline the stub has (host ticks, 0: none).
     told_deadline: u64,
+    /// Added to the host's TSC, the guest's (`VmmConfig::tsc_offsetting`).
+    tsc_offset: u64,
+    told_tsc_offset: u64,
     /// The guest's XCR0 as its last XSETBV set it (reset: x87 only).
     xcr0: u64,
     /// An XSETBV completed: the next resume loads `xcr0`.
@@ -484,6 +493,8 @@ impl<'d> Vmm<'d> {
             waited: 0,
             next_deadline: None,
             told_deadline: 0,
+            tsc_offset: 0,
+            told_tsc_offset: 0,
             xcr0: ipc_proto::x86::xcr0::X87,
             load_xcr0: false,
             fault_streak: (0, 0, 0),
@@ -590,7 +601,7 @@ impl<'d> Vmm<'d> {
     fn poll_devices(&mut self) {
         let devices = self.router.poll();
         self.irq.sample(&self.board.irq);
-        let tsc = self.host.now();
+        let tsc = self.guest_tsc();
         let apic = self.irq.poll(tsc);
         self.next_deadline = match (devices, apic) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -639,6 +650,21 @@ impl<'d> Vmm<'d> {
             .saturating_sub(self.exit_host)
             .saturating_sub(self.waited);
         self.last_host = self.last_host.map(|l| l.saturating_add(spent));
+        // The guest's TSC leaves it out too: never backwards, since the
+        // guest last read it at the exit, `spent` ago or earlier.
+        if self.config.tsc_offsetting {
+            self.tsc_offset = self.tsc_offset.wrapping_sub(spent);
+        }
+    }
+
+    /// The guest's TSC now.
+    fn guest_tsc(&mut self) -> u64 {
+        self.host.now().wrapping_add(self.tsc_offset)
+    }
+
+    /// The host's TSC when the guest's reads `t`.
+    fn host_tsc(&self, guest_tsc: u64) -> u64 {
+        guest_tsc.wrapping_sub(self.tsc_offset)
     }
 
     /// The host time ([`Host::now`] ticks) by which the guest must exit so
@@ -655,23 +681,28 @@ impl<'d> Vmm<'d> {
     /// as virtual time `t` is ahead of the clock (1 GHz when the host's
     /// rate is unknown).
     fn virtual_to_tsc(&self, t: Nanos) -> u64 {
+        let ahead = t.saturating_sub(self.board.clock.now());
+        self.last_host
+            .unwrap_or(0)
+            .saturating_add(self.virtual_to_ticks(ahead))
+            .max(1)
+    }
+
+    /// `ns` of virtual time in host TSC ticks (1 GHz when the rate is unknown).
+    fn virtual_to_ticks(&self, ns: Nanos) -> u64 {
         let hz = match self.host.ticks_per_second() {
             0 => SECOND,
             hz => hz,
         };
-        let ahead = t.saturating_sub(self.board.clock.now());
-        let ticks = u128::from(ahead) * u128::from(hz) / u128::from(SECOND);
-        self.last_host
-            .unwrap_or(0)
-            .saturating_add(ticks.min(u128::from(u64::MAX)) as u64)
-            .max(1)
+        (u128::from(ns) * u128::from(hz) / u128::from(SECOND)).min(u128::from(u64::MAX)) as u64
     }
 
     /// The stub's exit deadline: the devices' next deadline, or the local
     /// APIC's TSC deadline (already in host ticks) if that comes first.
     fn stub_deadline(&mut self) -> Option<u64> {
         let devices = self.exit_deadline();
-        match (devices, self.irq.tsc_deadline()) {
+        let tsc_deadline = self.irq.tsc_deadline().map(|t| self.host_tsc(t));
+        match (devices, tsc_deadline) {
             (Some(a), Some(b)) => Some(a.min(b.max(1))),
             (a, b) => a.or(b.map(|t| t.max(1))),
         }
@@ -941,7 +972,7 @@ impl<'d> Vmm<'d> {
         let index = cpu.regs.rcx as u32;
         let ctx = MsrContext {
             efer: rec.efer,
-            tsc: self.host.now(),
+            tsc: self.guest_tsc(),
         };
         let r = if self.irq.owns_msr(index) {
             let r = if write {
@@ -989,14 +1020,21 @@ impl<'d> Vmm<'d> {
                 // The TSC deadline comes before any virtual one: it is the
                 // host's TSC, which a warp of the virtual clock does not
                 // move, so wait for it.
-                (d, Some(tsc)) if d.is_none_or(|d| self.virtual_to_tsc(d) > tsc) => {
+                (d, Some(tsc)) if d.is_none_or(|d| self.virtual_to_tsc(d) > self.host_tsc(tsc)) => {
                     let t = self.host.now();
-                    self.host.wait_until(tsc);
+                    self.host.wait_until(self.host_tsc(tsc));
                     self.waited += self.host.now().saturating_sub(t);
                 }
                 (Some(d), _) => {
+                    let before = self.board.clock.now();
                     self.board.clock.advance_to(d);
                     self.stats.warps += 1;
+                    // The guest's TSC skips ahead with the clock.
+                    if self.config.tsc_offsetting {
+                        let ns = self.board.clock.now().saturating_sub(before);
+                        let ticks = self.virtual_to_ticks(ns);
+                        self.tsc_offset = self.tsc_offset.wrapping_add(ticks);
+                    }
                 }
                 (None, _) if self.waited_for_input() => {}
                 (None, _) => return Step::Fail(FailKind::HaltedWithInterruptsEnabled),
@@ -1160,6 +1198,11 @@ impl<'d> Vmm<'d> {
         // The stub's timer ends a run without exits at the next deadline;
         // tell it when that moves.
         let deadline = self.stub_deadline().unwrap_or(0);
+        if self.tsc_offset != self.told_tsc_offset {
+            r.tsc_offset = self.tsc_offset;
+            flags |= ResumeFlags::SET_TSC_OFFSET;
+            self.told_tsc_offset = self.tsc_offset;
+        }
         if deadline != self.told_deadline {
             r.exit_deadline = deadline;
             flags |= ResumeFlags::SET_EXIT_DEADLINE;
@@ -1212,6 +1255,7 @@ pub fn resume(flags: ResumeFlags, regs: GuestRegs) -> Resume {
         cr2: 0,
         exit_deadline: 0,
         xcr0: 0,
+        tsc_offset: 0,
     }
 }
 

@@ -511,6 +511,16 @@ impl Vcpu {
                 code: 0,
             });
         }
+        // The seL4 platform keeps the guest's TSC the host's (its
+        // vmm-server does not offset it).
+        if flags.contains(ResumeFlags::SET_TSC_OFFSET) {
+            self.stats.resumes_refused += 1;
+            return Err(VcpuError {
+                what: "a resume's SET_TSC_OFFSET (seL4 keeps the guest's TSC the host's)",
+                field: r.tsc_offset,
+                code: 0,
+            });
+        }
         let last = self.last.regs;
         if flags.contains(ResumeFlags::SET_GPRS) {
             let mut a = r.regs;

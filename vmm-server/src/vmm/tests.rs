@@ -1292,3 +1292,58 @@ fn mov_to_cr4_keeps_pae_in_long_mode_and_pcide_needs_long_mode() {
         Some(cr4::PAE | cr4::PGE)
     );
 }
+
+/// The guest's TSC leaves out the time the servers spend on each exit, as
+/// the board's virtual clock does (Debian calibrated a host-TSC guest at
+/// 1770 MHz against the PM timer): each resume moves the offset back by
+/// the exit's handling time, so the guest's TSC never goes backwards.
+#[test]
+fn the_guest_tsc_leaves_out_the_time_spent_on_exits() {
+    /// A host whose clock moves 100 ticks at every read.
+    struct Ticking<'a>(&'a Cell<u64>);
+    impl HostCpuid for Ticking<'_> {
+        fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+            EveryFeature.host_cpuid(leaf, subleaf)
+        }
+    }
+    impl Host for Ticking<'_> {
+        fn now(&mut self) -> u64 {
+            self.0.set(self.0.get() + 100);
+            self.0.get()
+        }
+        fn ticks_per_second(&self) -> u64 {
+            SECOND
+        }
+    }
+    let mut w = World::new();
+    let mut ram = w.ram.ram();
+    let mut host = Ticking(&w.time);
+    let config = VmmConfig {
+        tsc_offsetting: true,
+        ..Default::default()
+    };
+    let mut vmm = Vmm::new(Router::new(), &w.board, &mut ram, &mut host).with_config(config);
+    let mut offset = 0u64;
+    for _ in 0..3 {
+        let exit_tsc = w.time.get();
+        let r = resumed(vmm.handle(&flat(svm_exit::CPUID, 0, 0)));
+        assert!(flags(&r).contains(ResumeFlags::SET_TSC_OFFSET), "{r:?}");
+        let spent = offset.wrapping_sub(r.tsc_offset);
+        assert!(spent > 0, "the offset moves back by the handling time");
+        // The guest reads its TSC at the next entry no earlier than now.
+        let entry_tsc = w.time.get().wrapping_add(r.tsc_offset);
+        assert!(
+            entry_tsc >= exit_tsc.wrapping_add(offset),
+            "backwards: {entry_tsc} < {}",
+            exit_tsc.wrapping_add(offset)
+        );
+        offset = r.tsc_offset;
+        w.time.set(w.time.get() + 10_000); // the guest runs
+    }
+    drop(vmm);
+    // Without the platform's offsetting, no offset is ever sent.
+    let mut host = Ticking(&w.time);
+    let mut vmm = Vmm::new(Router::new(), &w.board, &mut ram, &mut host);
+    let r = resumed(vmm.handle(&flat(svm_exit::CPUID, 0, 0)));
+    assert!(!flags(&r).contains(ResumeFlags::SET_TSC_OFFSET));
+}

@@ -577,6 +577,9 @@ impl Vcpu {
         if flags.contains(ResumeFlags::SET_CR2) {
             self.vmcb.write64(CR2, r.cr2);
         }
+        if flags.contains(ResumeFlags::SET_TSC_OFFSET) {
+            self.vmcb.write64(TSC_OFFSET, r.tsc_offset);
+        }
         let v = &mut self.vmcb;
         if flags.contains(ResumeFlags::SET_GPRS) {
             let rip = self.gprs.rip;

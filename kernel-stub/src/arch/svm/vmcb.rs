@@ -13,6 +13,7 @@ pub const IOPM_BASE_PA: usize = 0x040;
 pub const MSRPM_BASE_PA: usize = 0x048;
 pub const GUEST_ASID: usize = 0x058;
 pub const TLB_CONTROL: usize = 0x05c;
+pub const TSC_OFFSET: usize = 0x050;
 pub const V_INTR: usize = 0x060;
 pub const INTERRUPT_SHADOW: usize = 0x068;
 pub const EXITCODE: usize = 0x070;

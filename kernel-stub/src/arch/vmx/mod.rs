@@ -436,6 +436,7 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
                 | PROC_MWAIT_EXITING
                 | PROC_MONITOR_EXITING
                 | PROC_RDPMC_EXITING
+                | PROC_USE_TSC_OFFSETTING
                 | proc_paging
                 | rdtscp_proc
                 | PROC_USE_MSR_BITMAPS,
@@ -990,6 +991,9 @@ impl Vcpu {
         }
         if flags.contains(ResumeFlags::SET_CR2) {
             self.frame.cr2 = r.cr2;
+        }
+        if flags.contains(ResumeFlags::SET_TSC_OFFSET) {
+            self.write(TSC_OFFSET, r.tsc_offset);
         }
         if flags.contains(ResumeFlags::SET_GPRS) {
             let keep = (self.frame.regs.rip, self.frame.regs.rflags);

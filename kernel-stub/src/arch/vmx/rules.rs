@@ -62,6 +62,7 @@ pub const RFLAGS_VM: u64 = 1 << 17;
 pub const PIN_EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
 pub const PIN_NMI_EXITING: u32 = 1 << 3;
 pub const PROC_INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
+pub const PROC_USE_TSC_OFFSETTING: u32 = 1 << 3;
 pub const PROC_HLT_EXITING: u32 = 1 << 7;
 pub const PROC_INVLPG_EXITING: u32 = 1 << 9;
 pub const PROC_MWAIT_EXITING: u32 = 1 << 10;

@@ -28,6 +28,7 @@ pub const HOST_TR_SELECTOR: u32 = 0x0c0c;
 // 64-bit fields.
 pub const EPT_POINTER: u32 = 0x201a;
 pub const MSR_BITMAP: u32 = 0x2004;
+pub const TSC_OFFSET: u32 = 0x2010;
 pub const GUEST_PHYSICAL_ADDRESS: u32 = 0x2400;
 pub const VMCS_LINK_POINTER: u32 = 0x2800;
 pub const GUEST_IA32_EFER: u32 = 0x2806;
