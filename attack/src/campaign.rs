@@ -209,9 +209,7 @@ impl Campaign {
 
     fn skipped(&self, index: u32) -> bool {
         let n = (self.cfg.nskip as usize).min(MAX_SKIPS);
-        self.cfg.skip[..n]
-            .iter()
-            .any(|&s| s == (self.server << 24 | index))
+        self.cfg.skip[..n].contains(&(self.server << 24 | index))
     }
 
     /// A deterministic pseudo-random number (xorshift64*).

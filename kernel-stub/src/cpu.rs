@@ -315,7 +315,8 @@ pub fn init() {
         (*tss).rsp0 = (&raw const TRAP_STACK) as u64 + core::mem::size_of::<Stack>() as u64;
         let base = tss as u64;
         let limit = core::mem::size_of::<Tss>() as u64 - 1;
-        let gdt = &mut *(&raw mut GDT);
+        let gdt = &raw mut GDT;
+        let gdt = &mut *gdt;
         gdt[5] = (limit & 0xffff)
             | ((base & 0xff_ffff) << 16)
             | (0x89 << 40) // present, 64-bit TSS (available)
@@ -323,8 +324,9 @@ pub fn init() {
             | (((base >> 24) & 0xff) << 56);
         gdt[6] = base >> 32;
 
-        let idt = &mut *(&raw mut IDT);
-        let table = &*(&raw const trap_table);
+        let idt = &raw mut IDT;
+        let idt = &mut *idt;
+        let table = &trap_table;
         for (i, &addr) in table.iter().enumerate() {
             let vector = if i == 32 { 0x80 } else { i };
             // 0x8e: present interrupt gate, DPL 0; 0xee: DPL 3 (callable from ring 3).

@@ -445,7 +445,8 @@ mod tests {
                 Err(InstallError::ReservedBits)
             );
         }
-        for rights in [4u64] {
+        {
+            let rights = 4u64;
             assert_eq!(
                 t.check(&install(pt, 1, 0, RAM.bytes | rights), RAM),
                 Err(InstallError::OutsideGuestMemory)

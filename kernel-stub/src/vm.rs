@@ -722,7 +722,7 @@ fn build(
     unsafe_shadow: bool,
 ) -> Result<(), &'static str> {
     let g = &manifest.guest;
-    if g.ram_mib == 0 || g.ram_mib % 2 != 0 || g.ram_mib > 512 {
+    if g.ram_mib == 0 || !g.ram_mib.is_multiple_of(2) || g.ram_mib > 512 {
         return Err("guest RAM must be an even number of MiB between 2 and 512");
     }
     let ram_bytes = u64::from(g.ram_mib) << 20;
