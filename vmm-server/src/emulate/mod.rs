@@ -312,9 +312,9 @@ fn is_imm(k: OpKind) -> bool {
 
 fn sign_extend(v: u64, size: u8) -> u64 {
     match size {
-        1 => v as u8 as i8 as i64 as u64,
-        2 => v as u16 as i16 as i64 as u64,
-        4 => v as u32 as i32 as i64 as u64,
+        1 => i64::from(v as u8 as i8) as u64,
+        2 => i64::from(v as u16 as i16) as u64,
+        4 => i64::from(v as u32 as i32) as u64,
         _ => v,
     }
 }

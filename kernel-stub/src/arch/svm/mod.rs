@@ -60,7 +60,7 @@ fn pass_through_msr(msrpm: u64, msr: u32) {
         0xc000_0000..=0xc000_1fff => (1, 0xc000_0000),
         _ => (2, 0xc001_0000),
     };
-    let bit = range * 2048 * 8 + (msr - base) as u64 * 2;
+    let bit = range * 2048 * 8 + u64::from(msr - base) * 2;
     let byte = (msrpm + bit / 8) as *mut u8;
     // SAFETY: `msrpm` is the VCPU's 8 KiB permission map; `bit` < 6 KiB * 8.
     unsafe { byte.write(byte.read() & !(0b11 << (bit % 8))) };

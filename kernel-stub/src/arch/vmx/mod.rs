@@ -409,7 +409,7 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         0x176,
         cpu::MSR_TSC_AUX,
     ];
-    let own = &GUEST_OWN_MSRS[..10 + (rdtscp_proc2 != 0) as usize];
+    let own = &GUEST_OWN_MSRS[..10 + usize::from(rdtscp_proc2 != 0)];
     let msr_bitmap = msr_bitmap_passing(own, nested)?;
     // #DB and #AC always exit (a delivery that raises them again loops in
     // the CPU, CVE-2015-5307/8104); #PF too under shadow paging.
