@@ -62,7 +62,7 @@ pub unsafe fn raw_syscall(nr: u64, a0: u64, a1: u64, a2: u64) -> u64 {
 
 /// Whether a return value is a refusal (negative).
 fn ok(rax: u64) -> bool {
-    (rax as i64) >= 0
+    rax.cast_signed() >= 0
 }
 
 /// Attack classes, as the table's rows.
