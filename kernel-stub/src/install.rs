@@ -205,7 +205,9 @@ impl ShadowTables {
             }
         };
         self.slots[i].live = true;
-        Ok((i as TableHandle, self.slots[i].frame))
+        // `i` < MAX_SHADOW_TABLES, a TableHandle itself: never the error.
+        let handle = TableHandle::try_from(i).map_err(|_| AllocError::NoHandles)?;
+        Ok((handle, self.slots[i].frame))
     }
 
     /// Marks a table dead; its frame stays bound to its level.

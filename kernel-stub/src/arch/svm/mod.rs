@@ -253,6 +253,10 @@ pub fn virtual_interrupts_delivered() -> Result<bool, OutOfMemory> {
 /// a guest of the stub's own, paging off, whose only instruction is a far
 /// jump to a second TSS (whose EIP is a HLT): a task-switch exit says yes,
 /// anything else no.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the probe's page is a stub frame, in the first GiB; five descriptors"
+)]
 pub fn task_switch_exits() -> Result<bool, OutOfMemory> {
     let page = memory::alloc_frame()?;
     let (gdt, tss_old, tss_new, hlt) = (page + 0x800, page + 0x900, page + 0xa00, page + 7);
