@@ -259,12 +259,12 @@ pub(crate) fn row(kind: &str, n: u64, splits: &[(&Run, &Run)], plains: &[(&Run, 
     let (split, split_ref) = splits.first().copied().unwrap_or((&empty, &empty));
     // Each character the guest prints costs two port exits (LSR, THR): the
     // kind's lines are not as long as the reference's.
-    let uart = 2 * (split.guest_chars as i64 - split_ref.guest_chars as i64);
+    let uart = 2 * (split.guest_chars.cast_signed() - split_ref.guest_chars.cast_signed());
     let mut exits: Vec<(String, i64)> = REASONS
         .iter()
         .chain(["total"].iter())
         .map(|r| {
-            let d = split.exit(r) as i64 - split_ref.exit(r) as i64;
+            let d = split.exit(r).cast_signed() - split_ref.exit(r).cast_signed();
             let d = if matches!(*r, "ioio" | "total") {
                 d - uart
             } else {
@@ -278,7 +278,7 @@ pub(crate) fn row(kind: &str, n: u64, splits: &[(&Run, &Run)], plains: &[(&Run, 
         exits.clear();
     }
     let syscalls = (!split.exits.is_empty())
-        .then(|| split.exit("syscalls") as i64 - split_ref.exit("syscalls") as i64);
+        .then(|| split.exit("syscalls").cast_signed() - split_ref.exit("syscalls").cast_signed());
     Row {
         kind: kind.to_string(),
         n,
@@ -411,7 +411,7 @@ pub(crate) fn mmu_table(runs: &[(&str, &Run)], reference: &Run) -> String {
         let _ = write!(s, "{kind:<6}");
         for k in MMU_FIGURES {
             let cell = match (get(r, k), get(reference, k)) {
-                (Some(a), Some(b)) => (a as i64 - b as i64).to_string(),
+                (Some(a), Some(b)) => (a.cast_signed() - b.cast_signed()).to_string(),
                 _ => "-".to_string(),
             };
             let _ = write!(s, " {cell:>10}");

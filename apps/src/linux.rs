@@ -97,6 +97,10 @@ pub fn host_tsc_khz() -> Option<u64> {
     std::thread::sleep(std::time::Duration::from_millis(100));
     let c1 = rdtsc();
     let secs = t0.elapsed().as_secs_f64();
+    #[allow(
+        clippy::cast_sign_loss,
+        reason = "ticks over elapsed time are not negative (and `as` saturates at 0)"
+    )]
     let khz = (c1.wrapping_sub(c0) as f64 / secs / 1000.0) as u64;
     (khz > 1000).then_some(khz)
 }

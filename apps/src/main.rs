@@ -366,7 +366,7 @@ fn main() -> ExitCode {
                         AccelError::Bochs => 2,
                         AccelError::Kvm(_) => splitvisor::EXIT_EMULATOR,
                     };
-                    return ExitCode::from(code as u8);
+                    return ExitCode::from(u8::try_from(code).unwrap_or(1));
                 }
             };
             let bochs = kind == EmulatorKind::Bochs;

@@ -62,7 +62,7 @@ pub unsafe fn raw_syscall(nr: u64, a0: u64, a1: u64, a2: u64) -> u64 {
 
 /// Whether a return value is a refusal (negative).
 fn ok(rax: u64) -> bool {
-    (rax as i64) >= 0
+    rax.cast_signed() >= 0
 }
 
 /// Attack classes, as the table's rows.
@@ -209,9 +209,7 @@ impl Campaign {
 
     fn skipped(&self, index: u32) -> bool {
         let n = (self.cfg.nskip as usize).min(MAX_SKIPS);
-        self.cfg.skip[..n]
-            .iter()
-            .any(|&s| s == (self.server << 24 | index))
+        self.cfg.skip[..n].contains(&(self.server << 24 | index))
     }
 
     /// A deterministic pseudo-random number (xorshift64*).

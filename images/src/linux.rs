@@ -410,7 +410,7 @@ mod tests {
         put32(&mut f, CODE32_START, 0x10_0000);
         put32(&mut f, INITRD_ADDR_MAX, 0x7fff_ffff);
         put32(&mut f, KERNEL_ALIGNMENT, 0x20_0000);
-        f[RELOCATABLE_KERNEL] = relocatable as u8;
+        f[RELOCATABLE_KERNEL] = u8::from(relocatable);
         put32(&mut f, CMDLINE_SIZE, 2047);
         f[PREF_ADDRESS..PREF_ADDRESS + 8].copy_from_slice(&0x100_0000u64.to_le_bytes());
         put32(&mut f, INIT_SIZE, 0x80_0000);
@@ -436,7 +436,7 @@ mod tests {
         assert_eq!(bp[TYPE_OF_LOADER], 0xff);
         assert_eq!(bp[SETUP_SECTS], 0x1b);
         assert_eq!(u32_at(bp, CODE32_START), 0x100_0000);
-        assert_eq!(u32_at(bp, CMD_LINE_PTR) as u64, CMDLINE_GPA);
+        assert_eq!(u64::from(u32_at(bp, CMD_LINE_PTR)), CMDLINE_GPA);
         let (cgpa, cl) = &g.segments[1];
         assert_eq!(
             (*cgpa, cl.as_slice()),
@@ -444,7 +444,7 @@ mod tests {
         );
         // The initrd: page aligned, ending below 64 MiB.
         let (igpa, ibytes) = &g.segments[2];
-        assert_eq!(u32_at(bp, RAMDISK_IMAGE) as u64, *igpa);
+        assert_eq!(u64::from(u32_at(bp, RAMDISK_IMAGE)), *igpa);
         assert_eq!(u32_at(bp, RAMDISK_SIZE), 10_000);
         assert_eq!(*igpa % 4096, 0);
         assert!(*igpa + 10_000 <= 64 << 20 && *igpa > (64 << 20) - 16384);

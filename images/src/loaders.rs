@@ -409,7 +409,7 @@ mod tests {
         let word = |off: usize| u32::from_le_bytes(info[off..off + 4].try_into().unwrap());
         assert_eq!(word(0), 1 | 1 << 2 | 1 << 6 | 1 << 9);
         assert_eq!(word(8), 15 * 1024, "mem_upper in KiB above 1 MiB");
-        let cmdline = (word(16) as u64 - MULTIBOOT_INFO_GPA) as usize;
+        let cmdline = (u64::from(word(16)) - MULTIBOOT_INFO_GPA) as usize;
         assert_eq!(&info[cmdline..cmdline + 14], b"console=ttyS0\0");
         assert_eq!(word(44), 3 * 24, "three memory map entries");
     }
@@ -591,7 +591,7 @@ mod tests {
         let (info_gpa, info) = &g.segments[0];
         assert_eq!(*info_gpa, 0x9000, "the page after the kernel");
         assert_eq!(g.entry_regs[1], 0x9000);
-        let cl = (word(info, 16) as u64 - info_gpa) as usize;
+        let cl = (u64::from(word(info, 16)) - info_gpa) as usize;
         assert_eq!(&info[cl..cl + 6], b"k a=b\0");
         // A kernel elsewhere in low memory leaves it at 0x8000.
         let mut file = header(MULTIBOOT_AOUT_KLUDGE, [0x1000, 0x1000, 0, 0x2000, 0x1000]);
@@ -634,11 +634,11 @@ mod tests {
         assert_eq!(*gpa, MULTIBOOT_INFO_GPA);
         assert_eq!(word(info, 0) & 1 << 3, 1 << 3, "mods_* valid");
         assert_eq!(word(info, 20), 2);
-        let list = (word(info, 24) as u64 - gpa) as usize;
+        let list = (u64::from(word(info, 24)) - gpa) as usize;
         let entry = |i: usize, k: usize| word(info, list + 16 * i + 4 * k);
         assert_eq!((entry(0, 0), entry(0, 1)), (0x10_2000, 0x10_3234));
         assert_eq!((entry(1, 0), entry(1, 1)), (0x10_4000, 0x10_4006));
-        let s = (entry(0, 2) as u64 - gpa) as usize;
+        let s = (u64::from(entry(0, 2)) - gpa) as usize;
         assert_eq!(&info[s..s + 14], b"/boot/one x=1\0");
         assert_eq!(g.segments[1], (0x10_2000, one.clone()));
         assert_eq!(g.segments[2], (0x10_4000, two));

@@ -115,12 +115,15 @@ mod tests {
         ] {
             assert_eq!(a % PAGE_SIZE, 0, "{a:#x}");
         }
-        assert!(SERVER_IMAGE_END <= STACK_TOP - STACK_SIZE);
-        assert!(STACK_TOP <= VCPU_PAGE);
-        assert!(BOOT_INFO_PAGE < INSTALL_PAGE && INSTALL_PAGE < CHANNEL_PAGE_BASE);
-        let channels_end = CHANNEL_PAGE_BASE + crate::manifest::MAX_CHANNELS as u64 * PAGE_SIZE;
-        assert!(channels_end <= GUEST_RAM_WINDOW);
-        // Above the stub's supervisor identity map of the first GiB.
-        assert!(SERVER_IMAGE_BASE >= 1 << 30);
+        // Constants: checked when the test compiles.
+        const {
+            assert!(SERVER_IMAGE_END <= STACK_TOP - STACK_SIZE);
+            assert!(STACK_TOP <= VCPU_PAGE);
+            assert!(BOOT_INFO_PAGE < INSTALL_PAGE && INSTALL_PAGE < CHANNEL_PAGE_BASE);
+            let channels_end = CHANNEL_PAGE_BASE + crate::manifest::MAX_CHANNELS as u64 * PAGE_SIZE;
+            assert!(channels_end <= GUEST_RAM_WINDOW);
+            // Above the stub's supervisor identity map of the first GiB.
+            assert!(SERVER_IMAGE_BASE >= 1 << 30);
+        }
     }
 }

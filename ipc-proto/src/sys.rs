@@ -48,7 +48,7 @@ pub unsafe fn syscall3(nr: Syscall, a0: u64, a1: u64, a2: u64) -> u64 {
 pub fn result(rax: u64) -> Result<u64, ErrorCode> {
     match ErrorCode::from_return_value(rax) {
         Some(e) => Err(e),
-        None if (rax as i64) < 0 => Err(ErrorCode::UnknownSyscall),
+        None if rax.cast_signed() < 0 => Err(ErrorCode::UnknownSyscall),
         None => Ok(rax),
     }
 }

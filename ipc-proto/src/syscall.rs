@@ -146,12 +146,12 @@ impl ErrorCode {
 
     /// The value a failed call returns in `rax`.
     pub fn to_return_value(self) -> u64 {
-        (-(self as i64)) as u64
+        (-(self as i64)).cast_unsigned()
     }
 
     /// The error a raw `rax` carries, or `None` for success.
     pub fn from_return_value(rax: u64) -> Option<Self> {
-        let v = rax as i64;
+        let v = rax.cast_signed();
         if v >= 0 {
             return None;
         }

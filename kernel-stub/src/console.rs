@@ -64,7 +64,7 @@ pub fn stub_line(args: fmt::Arguments) {
     if !CONSOLE.with(|c| c.at_line_start) {
         write_bytes(b"\n");
     }
-    let _ = write!(LineWriter, "[stub] {args}\n");
+    let _ = writeln!(LineWriter, "[stub] {args}");
 }
 
 /// `println!` for the stub's own messages.

@@ -50,6 +50,7 @@ pub fn rdmsr(msr: u32) -> u64 {
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
+#[allow(clippy::cast_possible_truncation, reason = "EDX:EAX halves")]
 pub fn wrmsr(msr: u32, val: u64) {
     // SAFETY: as for `rdmsr`; the values written are the architectural ones the callers document.
     unsafe {
@@ -138,6 +139,7 @@ static mut TSS: Tss = Tss {
     reserved2: 0,
     reserved3: 0,
     // No I/O permission bitmap: every port access from ring 3 faults.
+    #[allow(clippy::cast_possible_truncation, reason = "the TSS is 104 bytes")]
     iomap_base: core::mem::size_of::<Tss>() as u16,
 };
 
@@ -307,6 +309,10 @@ pub fn rdtsc() -> u64 {
 }
 
 /// Installs the stub's GDT, TSS and IDT.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "gates split handler addresses into their fields; table limits are small constants"
+)]
 pub fn init() {
     // SAFETY: runs once at boot before anything else uses these tables; the
     // addresses are of statics that live forever.
@@ -315,7 +321,8 @@ pub fn init() {
         (*tss).rsp0 = (&raw const TRAP_STACK) as u64 + core::mem::size_of::<Stack>() as u64;
         let base = tss as u64;
         let limit = core::mem::size_of::<Tss>() as u64 - 1;
-        let gdt = &mut *(&raw mut GDT);
+        let gdt = &raw mut GDT;
+        let gdt = &mut *gdt;
         gdt[5] = (limit & 0xffff)
             | ((base & 0xff_ffff) << 16)
             | (0x89 << 40) // present, 64-bit TSS (available)
@@ -323,8 +330,9 @@ pub fn init() {
             | (((base >> 24) & 0xff) << 56);
         gdt[6] = base >> 32;
 
-        let idt = &mut *(&raw mut IDT);
-        let table = &*(&raw const trap_table);
+        let idt = &raw mut IDT;
+        let idt = &mut *idt;
+        let table = &trap_table;
         for (i, &addr) in table.iter().enumerate() {
             let vector = if i == 32 { 0x80 } else { i };
             // 0x8e: present interrupt gate, DPL 0; 0xee: DPL 3 (callable from ring 3).
@@ -419,6 +427,7 @@ pub fn init() {
 
 /// Loads XCR0 with `value`, which `resume::validate_xcr0` (or the reset
 /// value 1) vouches XSETBV takes without #GP; CR4.OSXSAVE is set.
+#[allow(clippy::cast_possible_truncation, reason = "EDX:EAX halves")]
 pub fn xsetbv(value: u64) {
     // SAFETY: ring 0 with CR4.OSXSAVE set (`init`) and a value the CPU
     // supports (x87 set, AVX only with SSE, bits from CPUID 0xD.0): no
@@ -432,6 +441,7 @@ pub fn xsetbv(value: u64) {
 /// Loads the GDT register again. A VMX exit sets its limit to 0xffff (SDM
 /// vol. 3C, 28.5.2), which would let ring 3 load selectors that name the
 /// stub's data past the 7-entry GDT as descriptors.
+#[allow(clippy::cast_possible_truncation, reason = "the GDT limit is 55")]
 pub fn reload_gdt() {
     // SAFETY: the same GDT, with its real limit; the loaded segment
     // registers keep their hidden parts.
@@ -508,8 +518,9 @@ pub fn tsc_hz() -> u64 {
     const COUNT: u64 = PIT_HZ / 100;
     outb(0x61, (inb(0x61) & !0x02) | 0x01); // gate channel 2 on, speaker off
     outb(0x43, 0xb0); // channel 2, lobyte/hibyte, mode 0 (interrupt on terminal count)
-    outb(0x42, COUNT as u8);
-    outb(0x42, (COUNT >> 8) as u8);
+    let [lo, hi, ..] = COUNT.to_le_bytes();
+    outb(0x42, lo);
+    outb(0x42, hi);
     let start = rdtsc();
     // OUT2 (port 0x61 bit 5) goes high at terminal count; give up after ~1 s of spinning.
     let mut spins = 0u64;

@@ -76,8 +76,9 @@ impl ExitDeadline {
         let ticks = (u128::from(left) * u128::from(PIT_HZ) / u128::from(self.tsc_hz))
             .clamp(1, 0xffff) as u16;
         outb(PIT_CMD, 0x30);
-        outb(PIT_CH0, ticks as u8);
-        outb(PIT_CH0, (ticks >> 8) as u8);
+        let [lo, hi] = ticks.to_le_bytes();
+        outb(PIT_CH0, lo);
+        outb(PIT_CH0, hi);
         self.armed = Some(self.at);
     }
 

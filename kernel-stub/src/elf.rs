@@ -101,7 +101,8 @@ impl<'a> Elf<'a> {
         let elf = Elf {
             file,
             entry,
-            phoff: phoff as usize,
+            // Fits: the table ends inside `file` (checked above).
+            phoff: usize::try_from(phoff).map_err(|_| ElfError::BadProgramHeaders)?,
             phnum: usize::from(phnum),
         };
         for i in 0..elf.phnum {
@@ -156,7 +157,7 @@ mod tests {
         f[24..32].copy_from_slice(&entry.to_le_bytes());
         f[32..40].copy_from_slice(&64u64.to_le_bytes());
         f[54..56].copy_from_slice(&56u16.to_le_bytes());
-        f[56..58].copy_from_slice(&(segs.len() as u16).to_le_bytes());
+        f[56..58].copy_from_slice(&u16::try_from(segs.len()).unwrap().to_le_bytes());
         let mut data_off = 64 + 56 * segs.len() as u64;
         let mut tail = Vec::new();
         for (vaddr, bytes, mem, flags) in segs {

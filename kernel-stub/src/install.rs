@@ -205,7 +205,9 @@ impl ShadowTables {
             }
         };
         self.slots[i].live = true;
-        Ok((i as TableHandle, self.slots[i].frame))
+        // `i` < MAX_SHADOW_TABLES, a TableHandle itself: never the error.
+        let handle = TableHandle::try_from(i).map_err(|_| AllocError::NoHandles)?;
+        Ok((handle, self.slots[i].frame))
     }
 
     /// Marks a table dead; its frame stays bound to its level.
@@ -445,7 +447,8 @@ mod tests {
                 Err(InstallError::ReservedBits)
             );
         }
-        for rights in [4u64] {
+        {
+            let rights = 4u64;
             assert_eq!(
                 t.check(&install(pt, 1, 0, RAM.bytes | rights), RAM),
                 Err(InstallError::OutsideGuestMemory)

@@ -2,6 +2,8 @@
 //! them on the bare machine, and `sim` uses the very same code on the host,
 //! so a property test of the simulator exercises the real checks.
 #![cfg_attr(not(test), no_std)]
+// Every narrowing cast is checked or says why (see main.rs).
+#![deny(clippy::cast_possible_truncation)]
 
 pub mod elf;
 pub mod install;
@@ -18,3 +20,12 @@ pub mod svm_intercepts;
 /// the checks that name the field a failed VM entry tripped on.
 #[path = "arch/vmx/rules.rs"]
 pub mod vmx_rules;
+
+/// `v` as a `usize`: the stub runs on x86_64 only, where both are 64 bits
+/// (asserted at compile time), so this never truncates and cannot fail.
+#[inline(always)]
+#[allow(clippy::cast_possible_truncation, reason = "usize is 64 bits here")]
+pub const fn usize_from(v: u64) -> usize {
+    const { assert!(usize::BITS == u64::BITS) };
+    v as usize
+}

@@ -51,7 +51,7 @@ pub fn alloc(count: u64, align: u64) -> Result<u64, OutOfMemory> {
         Ok(start)
     })?;
     // SAFETY: the range is free RAM inside the identity map that nothing else uses.
-    unsafe { core::ptr::write_bytes(addr as *mut u8, 0, (count * PAGE) as usize) };
+    unsafe { core::ptr::write_bytes(addr as *mut u8, 0, kernel_stub::usize_from(count * PAGE)) };
     Ok(addr)
 }
 

@@ -963,7 +963,7 @@ mod tests {
             let rules = PagingRules::from_cpuid(|leaf, _| match leaf {
                 0 => [0xd, 0, 0, 0],
                 1 => [0, 0, if supported != 0 { 1 << 26 } else { 0 }, 0],
-                0xd => [supported as u32, 0, 0, 0],
+                0xd => [u32::try_from(supported).unwrap(), 0, 0, 0],
                 _ => [0; 4],
             });
             let mut r = resume(ResumeFlags::SET_XCR0);

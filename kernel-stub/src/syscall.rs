@@ -42,7 +42,7 @@ fn user_buffer(ptr: u64, len: u64, write: bool) -> Result<Option<(u64, usize)>, 
     if !crate::memory::user_range_ok(vm::current_root(), start, end - start, write) {
         return Err(ErrorCode::BadPointer);
     }
-    Ok(Some((start, (end - start) as usize)))
+    Ok(Some((start, kernel_stub::usize_from(end - start))))
 }
 
 fn console_write(ptr: u64, len: u64) -> Result<u64, ErrorCode> {

@@ -71,7 +71,7 @@ pub fn load(file: &[u8], maps: &SharedMaps) -> Result<Task, LoadError> {
         if !seg.executable {
             flags |= nx;
         }
-        for page in (first..end).step_by(PAGE as usize) {
+        for page in (first..end).step_by(kernel_stub::usize_from(PAGE)) {
             if memory::lookup(root, page).is_some() {
                 return Err(LoadError::SharedPage(page));
             }
@@ -80,7 +80,8 @@ pub fn load(file: &[u8], maps: &SharedMaps) -> Result<Task, LoadError> {
             let from = page.max(seg.vaddr);
             let to = (page + PAGE).min(seg.vaddr + seg.data.len() as u64);
             if from < to {
-                let src = &seg.data[(from - seg.vaddr) as usize..(to - seg.vaddr) as usize];
+                let src = &seg.data[kernel_stub::usize_from(from - seg.vaddr)
+                    ..kernel_stub::usize_from(to - seg.vaddr)];
                 // SAFETY: `frame` is a fresh identity-mapped frame; the copy
                 // stays inside it because `from..to` lies inside `page..page+PAGE`.
                 unsafe {
@@ -96,7 +97,7 @@ pub fn load(file: &[u8], maps: &SharedMaps) -> Result<Task, LoadError> {
     }
 
     let data = PTE_PRESENT | PTE_USER | PTE_WRITABLE | nx;
-    for page in (STACK_TOP - STACK_SIZE..STACK_TOP).step_by(PAGE as usize) {
+    for page in (STACK_TOP - STACK_SIZE..STACK_TOP).step_by(kernel_stub::usize_from(PAGE)) {
         map(page, memory::alloc_frame()?, data)?;
     }
     map(BOOT_INFO_PAGE, maps.boot_info, PTE_PRESENT | PTE_USER | nx)?;
@@ -110,7 +111,7 @@ pub fn load(file: &[u8], maps: &SharedMaps) -> Result<Task, LoadError> {
         map(CHANNEL_PAGE_BASE + n as u64 * PAGE, pa, data)?;
     }
     if let Some((base, bytes)) = maps.guest_ram {
-        for off in (0..bytes).step_by(memory::LARGE_PAGE as usize) {
+        for off in (0..bytes).step_by(kernel_stub::usize_from(memory::LARGE_PAGE)) {
             map(GUEST_RAM_WINDOW + off, base + off, data | PTE_LARGE)?;
         }
     }

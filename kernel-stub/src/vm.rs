@@ -507,7 +507,9 @@ impl Kernel {
                 AllocError::NoHandles | AllocError::OutOfMemory => ErrorCode::OutOfMemory,
             })?;
         // SAFETY: a shadow frame the stub owns; a reused one holds old entries.
-        unsafe { core::ptr::write_bytes(frame as *mut u8, 0, memory::PAGE as usize) };
+        unsafe {
+            core::ptr::write_bytes(frame as *mut u8, 0, kernel_stub::usize_from(memory::PAGE))
+        };
         Ok(u64::from(handle))
     }
 
@@ -533,9 +535,11 @@ impl Kernel {
         let count = unsafe { core::ptr::read_volatile(&raw const (*page).count) } as usize;
         let refuse = |index: usize, e: ipc_proto::mmu::InstallError| {
             STATS.with(|s| s.installs_refused += 1);
+            // `index` < INSTALL_BATCH_MAX: never the fallback.
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
             // SAFETY: as above.
             unsafe {
-                core::ptr::write_volatile(&raw mut (*page).count, index as u32);
+                core::ptr::write_volatile(&raw mut (*page).count, index);
                 core::ptr::write_volatile(&raw mut (*page).reserved, e as u32);
             }
             ErrorCode::InstallRefused
@@ -673,7 +677,7 @@ fn payload() -> &'static [u8] {
     let len = boot::image_end().saturating_sub(start);
     // SAFETY: the loader placed the whole image, payload included, in
     // identity-mapped memory, and nothing writes to it.
-    unsafe { core::slice::from_raw_parts(start as *const u8, len as usize) }
+    unsafe { core::slice::from_raw_parts(start as *const u8, kernel_stub::usize_from(len)) }
 }
 
 fn read_manifest(payload: &[u8]) -> Result<Manifest, &'static str> {
@@ -722,7 +726,7 @@ fn build(
     unsafe_shadow: bool,
 ) -> Result<(), &'static str> {
     let g = &manifest.guest;
-    if g.ram_mib == 0 || g.ram_mib % 2 != 0 || g.ram_mib > 512 {
+    if g.ram_mib == 0 || !g.ram_mib.is_multiple_of(2) || g.ram_mib > 512 {
         return Err("guest RAM must be an even number of MiB between 2 and 512");
     }
     let ram_bytes = u64::from(g.ram_mib) << 20;

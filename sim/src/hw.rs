@@ -379,7 +379,7 @@ impl Controls {
 /// `la` is canonical for a walk of `levels` (48 or 57 bits).
 pub fn canonical(la: u64, mode: HwMode) -> bool {
     let bits = if mode == HwMode::Long5 { 57 } else { 48 };
-    let top = (la as i64) >> (bits - 1);
+    let top = la.cast_signed() >> (bits - 1);
     top == 0 || top == -1
 }
 

@@ -42,9 +42,9 @@ fn ipc_word(offset: u64) -> *mut u64 {
 
 /// Message register `i` (`i` >= 4 lives in the IPC buffer).
 pub fn get_mr(i: usize) -> u64 {
-    // SAFETY: the IPC buffer is mapped for this thread and `msg` has
-    // MSG_MAX_LENGTH words; the index is checked.
     assert!((i as u64) < c::MSG_MAX_LENGTH);
+    // SAFETY: the IPC buffer is mapped for this thread and `msg` has
+    // MSG_MAX_LENGTH words; the index is checked above.
     unsafe { ipc_word(c::IPC_MSG + 8 * i as u64).read_volatile() }
 }
 

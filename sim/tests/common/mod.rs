@@ -254,7 +254,7 @@ impl World {
 
     pub fn canonical(&self, la: u64) -> u64 {
         if self.start.table_mode() == PagingMode::Long {
-            ((la << 16) as i64 >> 16) as u64
+            ((la << 16).cast_signed() >> 16).cast_unsigned()
         } else {
             la & 0xffff_ffff
         }

@@ -111,6 +111,10 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 }
 
 /// The date of a day count since 1970-01-01 (H. Hinnant's `civil_from_days`).
+#[allow(
+    clippy::cast_sign_loss,
+    reason = "the algorithm keeps the day in 1..=31 and the month in 1..=12"
+)]
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
@@ -261,8 +265,15 @@ impl<'b> Rtc<'b> {
             (reg::DAY_OF_WEEK, self.encode(t.weekday + 1)),
             (reg::DAY_OF_MONTH, self.encode(t.day)),
             (reg::MONTH, self.encode(t.month)),
-            (reg::YEAR, self.encode(t.year.rem_euclid(100) as u32)),
-            (reg::CENTURY, self.encode(t.year.div_euclid(100) as u32)),
+            // Not negative: the guest sets centuries 0..=255 at most.
+            (
+                reg::YEAR,
+                self.encode(u32::try_from(t.year.rem_euclid(100)).unwrap_or(0)),
+            ),
+            (
+                reg::CENTURY,
+                self.encode(u32::try_from(t.year.div_euclid(100)).unwrap_or(0)),
+            ),
         ]
     }
 

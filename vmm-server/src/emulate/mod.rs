@@ -312,9 +312,9 @@ fn is_imm(k: OpKind) -> bool {
 
 fn sign_extend(v: u64, size: u8) -> u64 {
     match size {
-        1 => v as u8 as i8 as i64 as u64,
-        2 => v as u16 as i16 as i64 as u64,
-        4 => v as u32 as i32 as i64 as u64,
+        1 => i64::from((v as u8).cast_signed()).cast_unsigned(),
+        2 => i64::from((v as u16).cast_signed()).cast_unsigned(),
+        4 => i64::from((v as u32).cast_signed()).cast_unsigned(),
         _ => v,
     }
 }
@@ -570,7 +570,7 @@ impl<'a> Emulator<'a> {
             };
             let lin = base.wrapping_add(offset);
             let last = lin.wrapping_add(size - 1);
-            let canonical = |a: u64| ((a as i64) << 16 >> 16) as u64 == a;
+            let canonical = |a: u64| (a.cast_signed() << 16 >> 16).cast_unsigned() == a;
             if !canonical(lin) || !canonical(last) {
                 return fault;
             }
@@ -864,13 +864,13 @@ impl<'a> Emulator<'a> {
                     };
                     // A register bit offset is signed and may reach outside
                     // the operand: it selects an operand-sized unit first.
-                    let off = sign_extend(v, size) as i64;
-                    let unit = off.div_euclid(bits as i64);
+                    let off = sign_extend(v, size).cast_signed();
+                    let unit = off.div_euclid(i64::from(size) * 8);
                     m.offset = m
                         .offset
-                        .wrapping_add((unit as u64).wrapping_mul(u64::from(size)))
+                        .wrapping_add(unit.cast_unsigned().wrapping_mul(u64::from(size)))
                         & addr_mask(m.asz);
-                    off.rem_euclid(bits as i64) as u64
+                    off.rem_euclid(i64::from(size) * 8).cast_unsigned()
                 };
                 let p = self.prepare(m, size, op.writes_result(), bytes)?;
                 let v = self.load(&p, size);

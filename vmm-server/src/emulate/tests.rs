@@ -288,7 +288,7 @@ fn alu_forms_on_mmio_set_flags_like_the_alu() {
     assert_eq!(r.bus.get(MMIO, 4), 5);
     // xor [edi], edi
     r.go(&[0x31, 0x3f]);
-    assert_eq!(r.bus.get(MMIO, 4), 5 ^ MMIO as u32 as u64);
+    assert_eq!(r.bus.get(MMIO, 4), 5 ^ u64::from(MMIO as u32));
 }
 
 #[test]
@@ -351,7 +351,7 @@ fn bit_tests_with_register_offsets_reach_other_units() {
     r.cpu.regs.rcx = 33; // bit 1 of the next dword
     r.go(&[0x0f, 0xab, 0x0b]); // bts [ebx], ecx
     assert_eq!(r.bus.get(MMIO + 12, 4), 2);
-    r.cpu.regs.rcx = (-31i32) as u32 as u64; // bit 1 of the dword before
+    r.cpu.regs.rcx = u64::from((-31i32).cast_unsigned()); // bit 1 of the dword before
     r.go(&[0x0f, 0xab, 0x0b]);
     assert_eq!(r.bus.get(MMIO + 4, 4), 2);
     assert_eq!(r.cpu.regs.rflags & alu::CF, 0);
@@ -525,7 +525,7 @@ fn canonical_addresses_in_64_bit_mode() {
 fn rip_relative_and_64_bit_operands() {
     let mut r = Rig::long();
     // mov rax, [rip + disp32]: RIP-relative from the next instruction.
-    let disp = (0x5000i64 - (CODE as i64 + 7)) as i32;
+    let disp = (0x5000i64 - (CODE.cast_signed() + 7)) as i32;
     let d = disp.to_le_bytes();
     r.ram.put64(0x5000, 0x0123_4567_89ab_cdef);
     r.go(&[0x48, 0x8b, 0x05, d[0], d[1], d[2], d[3]]);

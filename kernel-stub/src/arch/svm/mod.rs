@@ -60,7 +60,7 @@ fn pass_through_msr(msrpm: u64, msr: u32) {
         0xc000_0000..=0xc000_1fff => (1, 0xc000_0000),
         _ => (2, 0xc001_0000),
     };
-    let bit = range * 2048 * 8 + (msr - base) as u64 * 2;
+    let bit = range * 2048 * 8 + u64::from(msr - base) * 2;
     let byte = (msrpm + bit / 8) as *mut u8;
     // SAFETY: `msrpm` is the VCPU's 8 KiB permission map; `bit` < 6 KiB * 8.
     unsafe { byte.write(byte.read() & !(0b11 << (bit % 8))) };
@@ -253,6 +253,10 @@ pub fn virtual_interrupts_delivered() -> Result<bool, OutOfMemory> {
 /// a guest of the stub's own, paging off, whose only instruction is a far
 /// jump to a second TSS (whose EIP is a HLT): a task-switch exit says yes,
 /// anything else no.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the probe's page is a stub frame, in the first GiB; five descriptors"
+)]
 pub fn task_switch_exits() -> Result<bool, OutOfMemory> {
     let page = memory::alloc_frame()?;
     let (gdt, tss_old, tss_new, hlt) = (page + 0x800, page + 0x900, page + 0xa00, page + 7);

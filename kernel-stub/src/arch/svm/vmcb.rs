@@ -78,12 +78,12 @@ macro_rules! accessors {
             debug_assert!(off + core::mem::size_of::<$t>() <= 4096);
             // SAFETY: `pa` is a page this VMCB owns, identity-mapped; the
             // offsets are the constants above, inside the page.
-            unsafe { core::ptr::read_volatile((self.pa as usize + off) as *const $t) }
+            unsafe { core::ptr::read_volatile((kernel_stub::usize_from(self.pa) + off) as *const $t) }
         }
         pub fn $write(&mut self, off: usize, v: $t) {
             debug_assert!(off + core::mem::size_of::<$t>() <= 4096);
             // SAFETY: as for reads.
-            unsafe { core::ptr::write_volatile((self.pa as usize + off) as *mut $t, v) }
+            unsafe { core::ptr::write_volatile((kernel_stub::usize_from(self.pa) + off) as *mut $t, v) }
         }
     )*};
 }

@@ -284,6 +284,10 @@ macro_rules! vmx_pa_insn {
 }
 
 /// A zeroed frame that starts with the VMCS revision identifier.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the revision identifier is bits 30:0 of IA32_VMX_BASIC"
+)]
 fn vmx_region(basic: u64) -> Result<u64, OutOfMemory> {
     let pa = memory::alloc_frame()?;
     // SAFETY: a fresh identity-mapped frame of ours.
@@ -409,7 +413,7 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         0x176,
         cpu::MSR_TSC_AUX,
     ];
-    let own = &GUEST_OWN_MSRS[..10 + (rdtscp_proc2 != 0) as usize];
+    let own = &GUEST_OWN_MSRS[..10 + usize::from(rdtscp_proc2 != 0)];
     let msr_bitmap = msr_bitmap_passing(own, nested)?;
     // #DB and #AC always exit (a delivery that raises them again loops in
     // the CPU, CVE-2015-5307/8104); #PF too under shadow paging.
@@ -767,6 +771,10 @@ impl Vcpu {
             self.controls.proc &= !PROC_INTERRUPT_WINDOW_EXITING;
             self.write(PROC_CONTROLS, u64::from(self.controls.proc));
         }
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "the exit reason is a 32-bit field"
+        )]
         let reason = vmcs::read(EXIT_REASON).unwrap_or(0) as u32;
         if reason & (1 << 31) != 0 {
             let culprit = if reason & 0xffff == 33 {
@@ -789,6 +797,10 @@ impl Vcpu {
         self.failure
     }
 
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "16- and 32-bit VMCS fields: VMREAD zero-extends them"
+    )]
     fn read_controls(&self) -> Controls {
         let r = |f| vmcs::read(f).unwrap_or(0) as u32;
         Controls {
@@ -805,6 +817,10 @@ impl Vcpu {
         }
     }
 
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "16- and 32-bit VMCS fields: VMREAD zero-extends them"
+    )]
     fn read_host(&self) -> HostState {
         let r = |f| vmcs::read(f).unwrap_or(0);
         let s = |f| r(f) as u16;
@@ -824,6 +840,10 @@ impl Vcpu {
         }
     }
 
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "16- and 32-bit VMCS fields: VMREAD zero-extends them"
+    )]
     fn read_guest(&self) -> GuestState {
         let r = |f| vmcs::read(f).unwrap_or(0);
         let ar = |seg| r(GUEST_AR + 2 * seg) as u32;
@@ -843,6 +863,10 @@ impl Vcpu {
         }
     }
 
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "16- and 32-bit VMCS fields: VMREAD zero-extends them; the basic exit reason is bits 15:0"
+    )]
     fn record(&self, exit_code: u64) -> ExitRecord {
         let r = |f| vmcs::read(f).unwrap_or(0);
         let mut regs = self.frame.regs;
@@ -897,6 +921,10 @@ impl Vcpu {
     }
 
     /// What the resume check needs to know of the guest's state.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "16- and 32-bit VMCS fields: VMREAD zero-extends them"
+    )]
     pub fn mode(&self) -> GuestMode {
         const AR_DB: u32 = 1 << 14;
         let cs = vmcs::read(GUEST_AR + 2 * CS).unwrap_or(0) as u32;

@@ -19,6 +19,7 @@ pub struct Allowed {
 
 impl Allowed {
     /// Decodes a capability MSR.
+    #[allow(clippy::cast_possible_truncation, reason = "the MSR's two halves")]
     pub fn from_msr(msr: u64) -> Self {
         Self {
             must_be_one: msr as u32,
@@ -135,7 +136,9 @@ pub fn ar_to_attrib(ar: u32) -> u16 {
     if ar & AR_UNUSABLE != 0 {
         return 0;
     }
-    ((ar & 0xff) | ((ar >> 4) & 0xf00)) as u16
+    #[allow(clippy::cast_possible_truncation, reason = "masked to 12 bits")]
+    let attrib = ((ar & 0xff) | ((ar >> 4) & 0xf00)) as u16;
+    attrib
 }
 
 /// The reverse of [`ar_to_attrib`]; a not-present attribute becomes unusable.
