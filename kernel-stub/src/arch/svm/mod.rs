@@ -205,14 +205,7 @@ pub fn virtual_interrupts_delivered() -> Result<bool, OutOfMemory> {
         ((gdt + 8) as *mut u64).write(0x00cf_9b00_0000_ffff); // 0x08: flat 32-bit code
         ((idt + 8 * 0x20) as *mut u64).write(gate);
     }
-    let entry = Entry {
-        mode: EntryMode::Flat32,
-        rip: page,
-        rax: 0,
-        rbx: 0,
-        rsi: 0,
-    };
-    let mut probe = create_vcpu(Paging::Shadow, &entry)?;
+    let mut probe = probe_vcpu(page)?;
     let v = &mut probe.vmcb;
     v.write_segment(
         GDTR,
@@ -234,17 +227,9 @@ pub fn virtual_interrupts_delivered() -> Result<bool, OutOfMemory> {
         V_INTR,
         V_INTR_MASKING | V_IRQ | V_INTR_PRIO_MAX | V_IGN_TPR | 0x20 << V_INTR_VECTOR_SHIFT,
     );
-    // A host interrupt may end the run first; then run it again.
-    for _ in 0..8 {
-        let rec = probe.run();
-        match rec.exit_code {
-            svm_exit::INTR => {
-                crate::deadline::acknowledge();
-            }
-            code => return Ok(code == svm_exit::HLT && rec.regs.rip == handler),
-        }
-    }
-    Ok(false)
+    Ok(probe
+        .run_probe()
+        .is_some_and(|rec| rec.exit_code == svm_exit::HLT && rec.regs.rip == handler))
 }
 
 /// Whether this CPU exits on a task switch when the intercept asks for it
@@ -296,14 +281,7 @@ pub fn task_switch_exits() -> Result<bool, OutOfMemory> {
             ((tss_new + off) as *mut u32).write(v);
         }
     }
-    let entry = Entry {
-        mode: EntryMode::Flat32,
-        rip: page,
-        rax: 0,
-        rbx: 0,
-        rsi: 0,
-    };
-    let mut probe = create_vcpu(Paging::Shadow, &entry)?;
+    let mut probe = probe_vcpu(page)?;
     let v = &mut probe.vmcb;
     v.write_segment(
         GDTR,
@@ -321,16 +299,22 @@ pub fn task_switch_exits() -> Result<bool, OutOfMemory> {
             ..seg(0x18, 0x8b, 0x67)
         },
     );
-    // A host interrupt may end the run first; then run it again.
-    for _ in 0..8 {
-        match probe.run().exit_code {
-            svm_exit::INTR => {
-                crate::deadline::acknowledge();
-            }
-            code => return Ok(code == svm_exit::TASK_SWITCH),
-        }
-    }
-    Ok(false)
+    Ok(probe
+        .run_probe()
+        .is_some_and(|rec| rec.exit_code == svm_exit::TASK_SWITCH))
+}
+
+/// A VCPU for a boot probe's own guest: flat 32-bit at `page`, paging off
+/// (the stub's frames, identity-mapped).
+fn probe_vcpu(page: u64) -> Result<Vcpu, OutOfMemory> {
+    let entry = Entry {
+        mode: EntryMode::Flat32,
+        rip: page,
+        rax: 0,
+        rbx: 0,
+        rsi: 0,
+    };
+    create_vcpu(Paging::Shadow, &entry)
 }
 
 /// A segment with base 0.
@@ -416,6 +400,19 @@ extern "C" {
 }
 
 impl Vcpu {
+    /// Runs a boot probe's guest to its first exit that is not a host
+    /// interrupt (each acknowledged and run again); `None` after eight.
+    fn run_probe(&mut self) -> Option<ExitRecord> {
+        for _ in 0..8 {
+            let rec = self.run();
+            if rec.exit_code != svm_exit::INTR {
+                return Some(rec);
+            }
+            crate::deadline::acknowledge();
+        }
+        None
+    }
+
     /// Runs the guest until its next exit and describes the exit.
     pub fn run(&mut self) -> ExitRecord {
         // Bochs 2.7's VMRUN reads the VMCB's CR2 and drops it (APM vol. 2,
