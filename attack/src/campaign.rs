@@ -1911,6 +1911,11 @@ pub fn vmm_random(c: &mut Campaign, first: ExitRecord, tsc_hz: u64, shadow: bool
                 forbidden = forbidden.or(Some("xcr0"));
             }
         }
+        if c.one_in(10) {
+            // Any TSC offset: guest-visible time only, nothing to refuse.
+            flags |= ResumeFlags::SET_TSC_OFFSET;
+            r.tsc_offset = c.draw();
+        }
         let mut bits = flags.bits();
         if c.one_in(40) {
             bits |= 1 << (12 + c.below(20));
