@@ -123,6 +123,40 @@ pub fn bochsrc(
     files: &BochsFiles,
     run: &RunFiles,
 ) -> Result<String, String> {
+    bochsrc_with_disk(cpu, memory_mib, files, run, None)
+}
+
+/// The ATA lines: the CD alone as `ata0-master`; with a disk image (`--disk`),
+/// the image as `ata0-master`, where the disk-driver server looks for it
+/// (ports 0x1f0-0x1f7, 0x3f6, IRQ 14), and the CD on the second channel.
+fn ata_lines(iso: &str, disk: Option<(&crate::disk::Disk, &Path)>) -> Result<String, String> {
+    let ata0 = "ata0: enabled=1, ioaddr1=0x1f0, ioaddr2=0x3f0, irq=14\n";
+    let Some((disk, journal)) = disk else {
+        return Ok(format!(
+            "{ata0}ata0-master: type=cdrom, path={iso}, status=inserted\n"
+        ));
+    };
+    let master = crate::disk::bochs_ata0_master(
+        &config_path(&disk.spec().path)?,
+        disk.sectors(),
+        disk.spec().read_only,
+        &config_path(journal)?,
+    )?;
+    Ok(format!(
+        "{ata0}{master}ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15\n\
+         ata1-master: type=cdrom, path={iso}, status=inserted\n"
+    ))
+}
+
+/// [`bochsrc`] with the disk image of `--disk`, if any, and the journal
+/// Bochs keeps a read-only image's writes in.
+pub fn bochsrc_with_disk(
+    cpu: &str,
+    memory_mib: u32,
+    files: &BochsFiles,
+    run: &RunFiles,
+    disk: Option<(&crate::disk::Disk, &Path)>,
+) -> Result<String, String> {
     if cpu.is_empty() || !cpu.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!(
             "`{cpu}` is not a Bochs CPU model (`bochs -help cpu` lists them)"
@@ -134,8 +168,7 @@ pub fn bochsrc(
          cpu: model={cpu}, count=1, ips={IPS}, reset_on_triple_fault=0\n\
          romimage: file={bios}\n\
          vgaromimage: file={vga}\n\
-         ata0: enabled=1, ioaddr1=0x1f0, ioaddr2=0x3f0, irq=14\n\
-         ata0-master: type=cdrom, path={iso}, status=inserted\n\
+         {ata}\
          boot: cdrom\n\
          com1: enabled=1, mode=file, dev={com1}\n\
          port_e9_hack: enabled=1\n\
@@ -151,7 +184,7 @@ pub fn bochsrc(
          debug: action=ignore\n",
         bios = config_path(&files.bios)?,
         vga = config_path(&files.vga_bios)?,
-        iso = config_path(&run.iso)?,
+        ata = ata_lines(&config_path(&run.iso)?, disk)?,
         com1 = config_path(&run.com1)?,
         log = config_path(&run.log)?,
     ))
@@ -197,6 +230,11 @@ pub fn iso_path(image: &Path, arch: Option<Arch>) -> PathBuf {
 /// `splitvisor run` with Bochs at `program`: build the image and its ISO,
 /// write the run's files, boot, follow COM1, conclude.
 pub fn run(opts: &RunOptions, program: &Path) -> i32 {
+    run_with_disk(opts, program, None)
+}
+
+/// [`run`] with the checked and locked image of `--disk` as `ata0-master`.
+pub fn run_with_disk(opts: &RunOptions, program: &Path, disk: Option<&crate::disk::Disk>) -> i32 {
     let files = bochs_files();
     if let Some(m) = missing_files(&files) {
         eprintln!("splitvisor: {m}");
@@ -240,7 +278,14 @@ pub fn run(opts: &RunOptions, program: &Path) -> i32 {
         com1: dir.join("com1.txt"),
         log: dir.join("bochs.log"),
     };
-    let rc_text = match bochsrc(&opts.cpu, opts.memory_mib, &files, &run_files) {
+    let journal = dir.join("disk.redolog");
+    let rc_text = match bochsrc_with_disk(
+        &opts.cpu,
+        opts.memory_mib,
+        &files,
+        &run_files,
+        disk.map(|d| (d, journal.as_path())),
+    ) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("splitvisor: {e}");
@@ -340,6 +385,41 @@ mod tests {
         ] {
             assert!(rc.contains(line), "{line}");
         }
+    }
+
+    #[test]
+    fn a_disk_image_becomes_ata0_master_and_the_cd_moves_to_ata1() {
+        let (f, r) = files();
+        let dir = std::env::temp_dir().join(format!("sv-bochs-disk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("d.img");
+        std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+        let disk =
+            crate::disk::Disk::open(&crate::disk::DiskSpec::parse(&img.to_string_lossy()).unwrap())
+                .unwrap();
+        let rc = bochsrc_with_disk(
+            "corei7_skylake_x",
+            256,
+            &f,
+            &r,
+            Some((&disk, Path::new("/w/run/j"))),
+        )
+        .unwrap();
+        for line in [
+            "ata0: enabled=1, ioaddr1=0x1f0, ioaddr2=0x3f0, irq=14\n",
+            &format!(
+                "ata0-master: type=disk, path={}, mode=flat, cylinders=4, heads=16, spt=32\n",
+                img.display()
+            ),
+            "ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15\n",
+            "ata1-master: type=cdrom, path=/w/target/image/iso/hello-vmx.iso, status=inserted\n",
+            "boot: cdrom\n",
+        ] {
+            assert!(rc.contains(line), "{line}\n{rc}");
+        }
+        assert!(!rc.contains("ata0-master: type=cdrom"));
+        drop(disk);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

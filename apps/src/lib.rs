@@ -8,6 +8,7 @@ pub mod accel;
 pub mod attack;
 pub mod bochs;
 pub mod debian_guests;
+pub mod disk;
 pub mod e2e;
 pub mod linux;
 pub mod loc;
@@ -22,6 +23,8 @@ pub use run::{
 /// Exit statuses of `splitvisor`, as `--help` shows them.
 pub const EXIT_CODES_HELP: &str = "\
 Exit status of `splitvisor run`:
+  2    bad arguments, or a --disk image that cannot be used (one
+       sentence says why, before anything is built or booted)
   N    the guest stopped with status N (it wrote N to port 0xF4);
        note that a guest may itself choose 101, 102, 103 or 124;
        a guest that resets the machine (`[vmm] the guest reset the

@@ -336,6 +336,38 @@ struct RunArgs {
     #[arg(long, value_name = "MIB",
           value_parser = clap::value_parser!(u32).range(32..))]
     memory: Option<u32>,
+    /// A disk image, FILE or FILE,ro: a raw image of whole 512-byte
+    /// sectors, attached as the machine's primary IDE master (QEMU -drive
+    /// ...,if=ide,index=0; Bochs ata0-master), for the disk-driver server
+    /// to drive by ATA PIO. With ,ro the file is opened read-only and
+    /// never written: QEMU gets snapshot=on (its IDE disk cannot be
+    /// read-only) and Bochs mode=volatile, both keeping the machine's
+    /// writes in a temporary overlay dropped at exit. Before anything is built, the file must exist, be a regular
+    /// file of a non-zero whole number of sectors, be readable (and
+    /// writable unless ,ro), and not be in use: run takes an advisory lock
+    /// on it for the whole run (exclusive; shared with ,ro) and refuses an
+    /// image another process has locked, a QEMU included; otherwise it
+    /// says what is wrong in one sentence and exits 2.
+    ///
+    /// The guest does not see the disk yet: the disk-driver server and the
+    /// virtio-blk device that will show it to the guest are not in the
+    /// image yet (issue 12). Not with --platform sel4.
+    #[arg(long, value_name = "FILE[,ro]", value_parser = splitvisor::disk::DiskSpec::parse)]
+    disk: Option<splitvisor::disk::DiskSpec>,
+}
+
+/// `--disk`: the checked and locked image, held until the run ends; or
+/// the one sentence saying why it cannot be used (exit status 2).
+fn open_disk(
+    spec: Option<&splitvisor::disk::DiskSpec>,
+) -> Result<Option<splitvisor::disk::Disk>, ExitCode> {
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    splitvisor::disk::Disk::open(spec).map(Some).map_err(|e| {
+        eprintln!("splitvisor: {e}");
+        ExitCode::from(2)
+    })
 }
 
 #[derive(Args)]
@@ -351,6 +383,10 @@ fn main() -> ExitCode {
         Command::Build(a) => build(&a),
         Command::Run(a) if a.guest.platform == "sel4" => run_sel4(a),
         Command::Run(a) => {
+            let disk = match open_disk(a.disk.as_ref()) {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
             let kind = EmulatorKind::of(&a.emulator);
             let choice = AccelChoice::from_name(&a.accel).unwrap_or(AccelChoice::Tcg);
             let accel = match accel::resolve(choice, kind, &accel::RootFs::host()) {
@@ -391,7 +427,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| splitvisor::run::default_memory_mib(system.ram_mib));
             let arch = a.arch.as_deref().and_then(Arch::from_name);
             let cpu = a.cpu.unwrap_or_else(|| accel.default_cpu(kind, arch));
-            run::run_accel(
+            run::run_with_disk(
                 &RunOptions {
                     system,
                     cpu,
@@ -402,6 +438,7 @@ fn main() -> ExitCode {
                     unsafe_shadow: a.unsafe_shadow,
                 },
                 accel,
+                disk.as_ref(),
             )
         }
         Command::Loc(a) => count_loc(&a),
@@ -464,6 +501,10 @@ fn run_sel4(a: RunArgs) -> i32 {
     if a.arch.as_deref() == Some("svm") {
         eprintln!("splitvisor: seL4 supports Intel VT-x only (no AMD SVM): drop --arch svm");
         return splitvisor::EXIT_CANNOT_RUN;
+    }
+    if a.disk.is_some() {
+        eprintln!("splitvisor: --disk is not available with --platform sel4 yet");
+        return 2;
     }
     let system = match a.guest.spec(Some(splitvisor::bochs::TSC_KHZ)) {
         Ok(s) => s,

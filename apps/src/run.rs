@@ -1249,12 +1249,18 @@ pub fn run(opts: &RunOptions) -> i32 {
 /// [`run`] with QEMU's accelerator `accel`, already resolved from
 /// `--accel` by [`crate::accel::resolve`] (Bochs ignores it).
 pub fn run_accel(opts: &RunOptions, accel: Accel) -> i32 {
+    run_with_disk(opts, accel, None)
+}
+
+/// [`run_accel`] with the image of `--disk`, checked and locked by
+/// [`crate::disk::Disk::open`], as the machine's primary IDE master.
+pub fn run_with_disk(opts: &RunOptions, accel: Accel, disk: Option<&crate::disk::Disk>) -> i32 {
     let Some(emulator) = find_program(&opts.emulator) else {
         eprintln!("splitvisor: {}", emulator_missing_message(&opts.emulator));
         return EXIT_EMULATOR;
     };
     if opts.emulator_kind() == EmulatorKind::Bochs {
-        return crate::bochs::run(opts, &emulator);
+        return crate::bochs::run_with_disk(opts, &emulator, disk);
     }
     let image = match images::build_system_spec(&opts.system) {
         Ok(p) => p,
@@ -1270,7 +1276,10 @@ pub fn run_accel(opts: &RunOptions, accel: Accel) -> i32 {
         accel.name(),
         opts.cpu
     );
-    let args = qemu_args_accel(opts, &image, accel);
+    let mut args = qemu_args_accel(opts, &image, accel);
+    if let Some(d) = disk {
+        args.extend(d.qemu_args());
+    }
     let program = emulator.to_string_lossy().into_owned();
     let mut cmd = Command::new(&program);
     cmd.args(&args);
