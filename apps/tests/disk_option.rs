@@ -1,0 +1,258 @@
+//! `splitvisor run --disk FILE[,ro]`: an image that cannot be used is one
+//! sentence on stderr and exit status 2, before anything is built or any
+//! emulator starts (the emulator here is a script that leaves a mark if it
+//! is started); an image that can is attached, and splitvisor's own lock
+//! does not stop QEMU from taking its own (`hello` boots with the disk
+//! under QEMU TCG with emulated SVM and nested paging).
+
+mod common;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::splitvisor_run;
+
+/// A fresh folder for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("splitvisor-disk-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An emulator that only leaves a mark that it ran.
+fn fake_emulator(dir: &Path) -> (PathBuf, PathBuf) {
+    let mark = dir.join("emulator-started");
+    let script = dir.join("qemu-system-x86_64");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\ntouch {}\nexit 1\n", mark.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, mark)
+}
+
+/// Runs `splitvisor run --guest hello --disk DISK` with the fake emulator
+/// and checks the refusal: status 2, nothing started, and stderr exactly
+/// `splitvisor: SENTENCE`.
+fn refused(dir: &Path, disk: &str, sentence: &str) {
+    let (emulator, mark) = fake_emulator(dir);
+    let run = splitvisor_run(
+        &[
+            "--guest",
+            "hello",
+            "--emulator",
+            &emulator.to_string_lossy(),
+            "--disk",
+            disk,
+        ],
+        30,
+    );
+    assert_eq!(run.code, Some(2), "{run}");
+    assert_eq!(run.stderr, format!("splitvisor: {sentence}\n"), "{run}");
+    assert!(run.stdout.is_empty(), "{run}");
+    assert!(!mark.exists(), "the emulator was started: {run}");
+}
+
+#[test]
+fn a_missing_image_is_refused_before_boot() {
+    let dir = scratch("missing");
+    let img = dir.join("nope.img");
+    refused(
+        &dir,
+        &img.to_string_lossy(),
+        &format!("the disk image {} does not exist", img.display()),
+    );
+}
+
+#[test]
+fn a_directory_is_refused_before_boot() {
+    let dir = scratch("dir");
+    refused(
+        &dir,
+        &dir.to_string_lossy(),
+        &format!(
+            "the disk image {} is a directory; give an image file (create one with `truncate -s \
+             1M disk.img`)",
+            dir.display()
+        ),
+    );
+}
+
+#[test]
+fn a_device_is_refused_before_boot() {
+    let dir = scratch("device");
+    refused(
+        &dir,
+        "/dev/null,ro",
+        "the disk image /dev/null is not a regular file (a device, a FIFO or a socket); give an \
+         image file",
+    );
+}
+
+#[test]
+fn an_image_of_a_wrong_size_is_refused_before_boot() {
+    let dir = scratch("size");
+    let img = dir.join("odd.img");
+    std::fs::write(&img, vec![0u8; 1000]).unwrap();
+    refused(
+        &dir,
+        &img.to_string_lossy(),
+        &format!(
+            "the disk image {0} is 1000 bytes, not a whole number of 512-byte sectors; round it \
+             up with `truncate -s %512 {0}`",
+            img.display()
+        ),
+    );
+    std::fs::write(&img, b"").unwrap();
+    refused(
+        &dir,
+        &format!("{},ro", img.display()),
+        &format!(
+            "the disk image {0} is empty; give it a size, e.g. `truncate -s 1M {0}`",
+            img.display()
+        ),
+    );
+}
+
+#[test]
+fn an_unwritable_image_is_refused_unless_read_only() {
+    let dir = scratch("unwritable");
+    let img = dir.join("ro.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o444)).unwrap();
+    if File::options().write(true).open(&img).is_ok() {
+        eprintln!("skipped: this user (root?) writes a file of mode 0444 anyway");
+        return;
+    }
+    refused(
+        &dir,
+        &img.to_string_lossy(),
+        &format!(
+            "the disk image {0} cannot be opened for writing (Permission denied (os error 13)); \
+             give it as --disk {0},ro to attach it read-only",
+            img.display()
+        ),
+    );
+}
+
+/// Takes `op` (LOCK_EX, LOCK_SH) on `path` as another process would.
+fn flock(path: &Path, op: i32) -> File {
+    let f = File::open(path).unwrap();
+    // SAFETY: the descriptor is open; flock takes an advisory lock only.
+    let r = unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    f
+}
+
+#[test]
+fn a_locked_image_is_refused_before_boot() {
+    let dir = scratch("locked");
+    let img = dir.join("locked.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let rw = img.to_string_lossy().into_owned();
+    let ro = format!("{rw},ro");
+    let exclusive = flock(&img, libc::LOCK_EX);
+    refused(
+        &dir,
+        &rw,
+        &format!("the disk image {rw} is locked by another process; stop it or attach a copy"),
+    );
+    refused(
+        &dir,
+        &ro,
+        &format!(
+            "the disk image {rw} is locked for writing by another process; stop it or attach a \
+             copy"
+        ),
+    );
+    drop(exclusive);
+    // A reader shares with readers only.
+    let shared = flock(&img, libc::LOCK_SH);
+    refused(
+        &dir,
+        &rw,
+        &format!("the disk image {rw} is locked by another process; stop it or attach a copy"),
+    );
+    let disk = splitvisor::disk::Disk::open(&splitvisor::disk::DiskSpec::parse(&ro).unwrap());
+    assert!(disk.is_ok(), "{:?}", disk.err());
+    drop(shared);
+}
+
+/// Whether a process holds a record lock on `path`'s byte `at` (QEMU's
+/// lock bytes).
+fn record_locked(path: &Path, at: i64) -> bool {
+    let f = File::open(path).unwrap();
+    // SAFETY: an all-zero flock is a valid value of the plain C struct.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = at;
+    fl.l_len = 1;
+    // SAFETY: the descriptor is open and `fl` is live for the call.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    r == 0 && fl.l_type != libc::F_UNLCK as libc::c_short
+}
+
+#[test]
+fn an_image_a_qemu_has_open_is_refused_before_boot() {
+    let dir = scratch("qemu");
+    let img = dir.join("busy.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let rw = img.to_string_lossy().into_owned();
+    // A stopped QEMU (-S) with the image as its IDE disk, read-write.
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-nodefaults", "-display", "none", "-S", "-monitor", "none"])
+        .args(splitvisor::disk::qemu_drive_args(
+            &splitvisor::disk::DiskSpec::parse(&rw).unwrap(),
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("QEMU starts (scripts/install-deps installs it)");
+    let start = Instant::now();
+    while !record_locked(&img, 101) && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let held = record_locked(&img, 101);
+    if held {
+        refused(
+            &dir,
+            &rw,
+            &format!("the disk image {rw} is locked by a QEMU process; stop it or attach a copy"),
+        );
+        refused(
+            &dir,
+            &format!("{rw},ro"),
+            &format!(
+                "the disk image {rw} is locked for writing by a QEMU process; stop it or attach \
+                 a copy"
+            ),
+        );
+    }
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    assert!(held, "QEMU did not lock byte 101 of the image within 30 s");
+}
+
+#[test]
+fn e2e_hello_qemu_svm_npt_boots_with_a_disk_while_splitvisor_holds_its_lock() {
+    let dir = scratch("boot");
+    let img = dir.join("disk.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    for disk in [
+        img.to_string_lossy().into_owned(),
+        format!("{},ro", img.display()),
+    ] {
+        let run = splitvisor_run(&["--guest", "hello", "--disk", &disk], 240);
+        assert_eq!(run.code, Some(0), "--disk {disk}: {run}");
+        assert!(run.has_line("hello from the guest"), "{run}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
