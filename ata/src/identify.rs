@@ -155,41 +155,43 @@ impl core::fmt::Display for DiskInfo {
     }
 }
 
+/// Test data for the model (feature `model`).
+#[cfg(any(test, feature = "model"))]
+/// An IDENTIFY DEVICE answer as QEMU's `ide_identify` (hw/ide/core.c)
+/// builds it for a disk of `sectors` sectors.
+pub fn qemu_like(model: &str, sectors: u64, lba48: bool) -> [u8; 512] {
+    let mut w = [0u16; 256];
+    w[0] = 0x0040;
+    let mut m = [b' '; MODEL_LEN];
+    m[..model.len()].copy_from_slice(model.as_bytes());
+    for i in 0..20 {
+        w[27 + i] = u16::from_be_bytes([m[2 * i], m[2 * i + 1]]);
+    }
+    w[49] = (1 << 11) | (1 << 9) | (1 << 8);
+    let s28 = u32::try_from(sectors.min(0x0fff_ffff)).unwrap();
+    w[60] = (s28 & 0xffff) as u16;
+    w[61] = (s28 >> 16) as u16;
+    w[82] = (1 << 14) | (1 << 5) | 1;
+    w[83] = (1 << 14) | (1 << 13) | (1 << 12) | if lba48 { 1 << 10 } else { 0 };
+    w[84] = 1 << 14;
+    w[85] = (1 << 14) | (1 << 5) | 1;
+    w[86] = (1 << 13) | (1 << 12) | if lba48 { 1 << 10 } else { 0 };
+    w[87] = 1 << 14;
+    for i in 0..4 {
+        w[100 + i] = ((sectors >> (16 * i)) & 0xffff) as u16;
+    }
+    let mut out = [0u8; 512];
+    for (i, v) in w.iter().enumerate() {
+        out[2 * i..2 * i + 2].copy_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     extern crate std;
     use std::string::ToString;
-
-    /// An IDENTIFY DEVICE answer as QEMU's `ide_identify` (hw/ide/core.c)
-    /// builds it for a disk of `sectors` sectors.
-    pub(crate) fn qemu_like(model: &str, sectors: u64, lba48: bool) -> [u8; 512] {
-        let mut w = [0u16; 256];
-        w[0] = 0x0040;
-        let mut m = [b' '; MODEL_LEN];
-        m[..model.len()].copy_from_slice(model.as_bytes());
-        for i in 0..20 {
-            w[27 + i] = u16::from_be_bytes([m[2 * i], m[2 * i + 1]]);
-        }
-        w[49] = (1 << 11) | (1 << 9) | (1 << 8);
-        let s28 = u32::try_from(sectors.min(0x0fff_ffff)).unwrap();
-        w[60] = (s28 & 0xffff) as u16;
-        w[61] = (s28 >> 16) as u16;
-        w[82] = (1 << 14) | (1 << 5) | 1;
-        w[83] = (1 << 14) | (1 << 13) | (1 << 12) | if lba48 { 1 << 10 } else { 0 };
-        w[84] = 1 << 14;
-        w[85] = (1 << 14) | (1 << 5) | 1;
-        w[86] = (1 << 13) | (1 << 12) | if lba48 { 1 << 10 } else { 0 };
-        w[87] = 1 << 14;
-        for i in 0..4 {
-            w[100 + i] = ((sectors >> (16 * i)) & 0xffff) as u16;
-        }
-        let mut out = [0u8; 512];
-        for (i, v) in w.iter().enumerate() {
-            out[2 * i..2 * i + 2].copy_from_slice(&v.to_le_bytes());
-        }
-        out
-    }
 
     #[test]
     fn qemus_answer_reads_as_qemu_reads_it() {

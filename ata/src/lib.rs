@@ -845,5 +845,7 @@ impl<P: PortIo, W: Wait> Ata<P, W> {
     }
 }
 
+#[cfg(any(test, feature = "model"))]
+pub mod model;
 #[cfg(test)]
-mod model;
+mod tests;
