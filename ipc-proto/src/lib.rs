@@ -10,6 +10,7 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod block;
 pub mod device;
 pub mod layout;
 pub mod manifest;
