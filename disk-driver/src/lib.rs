@@ -1,0 +1,244 @@
+//! The disk-driver server as a library: block requests
+//! ([`ipc_proto::block`]) served from the machine's IDE disk by ATA PIO
+//! (crate `ata`), with the data moved straight between the disk's Data
+//! register and guest RAM -- `rep insw` into the guest's buffer, `rep
+//! outsw` out of it, no bounce buffer (zero copy).
+//!
+//! Nothing here touches the machine: the ring-3 binary (`src/main.rs`)
+//! supplies port I/O ([`ata::PortIo`]), the wait ([`ata::Wait`]), guest
+//! RAM ([`GuestMemory`]) and the channel ([`Transport`]); the tests supply
+//! `ata::model`'s disk and a `Vec` for RAM.
+//!
+//! ```
+//! use ata::model::Device;
+//! use ata::{Ata, Drive, Spin, PRIMARY};
+//! use disk_driver::{DiskServer, Ram};
+//! use ipc_proto::block::{op, status, BlockRequest};
+//!
+//! let ata = Ata::new(Device::disk(2048), Spin::new(1000), PRIMARY, Drive::Master);
+//! let mut server = DiskServer::start(ata, false);
+//! assert_eq!(
+//!     server.console_line().to_string(),
+//!     "disk: QEMU HARDDISK, 2048 sectors (1 MiB), write cache flush supported"
+//! );
+//! let mut ram = vec![0xaau8; 4096];
+//! let read = BlockRequest { op: op::READ, sectors: 2, lba: 7, gpa: 1024 };
+//! let reply = server.handle(&read, &mut Ram(&mut ram));
+//! assert_eq!((reply.status, reply.sectors), (status::OK, 2));
+//! assert!(ram[1024..2048].iter().all(|&b| b == 0));
+//! ```
+#![no_std]
+#![deny(missing_docs)]
+
+use core::fmt;
+
+use ata::{Ata, DiskInfo, Flush, PortIo, Wait, SECTOR_SIZE};
+use ipc_proto::block::{flags, op, status, BlockReply, BlockRequest, MAX_SECTORS};
+
+/// Guest RAM as the server sees it.
+pub trait GuestMemory {
+    /// The `len` bytes of guest RAM from guest-physical `gpa`, if they are
+    /// all guest RAM.
+    fn bytes_mut(&mut self, gpa: u64, len: usize) -> Option<&mut [u8]>;
+}
+
+/// Guest RAM as one slice from guest-physical 0: what the ring-3 task has
+/// mapped at `layout::GUEST_RAM_WINDOW`, or a test's `Vec`.
+pub struct Ram<'a>(pub &'a mut [u8]);
+
+impl GuestMemory for Ram<'_> {
+    fn bytes_mut(&mut self, gpa: u64, len: usize) -> Option<&mut [u8]> {
+        let start = usize::try_from(gpa).ok()?;
+        let end = start.checked_add(len)?;
+        self.0.get_mut(start..end)
+    }
+}
+
+/// The channel, as the platform offers it.
+pub trait Transport {
+    /// Answers the pending request with `reply` (none the first time) and
+    /// waits for the next; `None` ends the loop (tests, or a channel the
+    /// platform closed).
+    fn reply_recv(&mut self, reply: Option<&BlockReply>) -> Option<BlockRequest>;
+}
+
+/// The server: the disk, what IDENTIFY DEVICE said of it, or why there is
+/// no usable disk.
+pub struct DiskServer<P, W> {
+    ata: Ata<P, W>,
+    disk: Result<DiskInfo, ata::Error>,
+    read_only: bool,
+}
+
+/// The line the server prints at start: `disk: MODEL, N sectors (SIZE),
+/// write cache flush supported`, or `disk: no usable disk: REASON`.
+pub struct ConsoleLine<'a>(&'a Result<DiskInfo, ata::Error>, bool);
+
+impl fmt::Display for ConsoleLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Ok(info) => {
+                write!(f, "disk: {info}")?;
+                if self.1 {
+                    f.write_str(", read-only")?;
+                }
+                Ok(())
+            }
+            Err(e) => write!(f, "disk: no usable disk: {e}"),
+        }
+    }
+}
+
+/// A reply with `status` and nothing else.
+fn reply(status: u32) -> BlockReply {
+    BlockReply {
+        status,
+        ..BlockReply::default()
+    }
+}
+
+impl<P: PortIo, W: Wait> DiskServer<P, W> {
+    /// Identifies the disk (IDENTIFY DEVICE); a disk that does not answer
+    /// leaves a server that answers every request [`status::NO_DISK`].
+    /// `read_only`: refuse writes (`--disk FILE,ro`).
+    pub fn start(mut ata: Ata<P, W>, read_only: bool) -> Self {
+        let disk = ata.identify();
+        Self {
+            ata,
+            disk,
+            read_only,
+        }
+    }
+
+    /// What the disk is, for the console at start.
+    pub fn console_line(&self) -> ConsoleLine<'_> {
+        ConsoleLine(&self.disk, self.read_only)
+    }
+
+    /// The identified disk.
+    pub fn info(&self) -> Option<&DiskInfo> {
+        self.disk.as_ref().ok()
+    }
+
+    /// The driver.
+    pub fn ata(&mut self) -> &mut Ata<P, W> {
+        &mut self.ata
+    }
+
+    /// Serves one request.
+    pub fn handle(&mut self, req: &BlockRequest, ram: &mut impl GuestMemory) -> BlockReply {
+        let Ok(info) = self.disk else {
+            return reply(status::NO_DISK);
+        };
+        match req.op {
+            op::INFO => BlockReply {
+                status: status::OK,
+                flags: if info.flush == Flush::None {
+                    0
+                } else {
+                    flags::FLUSH
+                } | if self.read_only { flags::READ_ONLY } else { 0 },
+                capacity: info.sectors,
+                ..BlockReply::default()
+            },
+            op::FLUSH if self.read_only => reply(status::OK),
+            op::FLUSH => match self.ata.flush() {
+                Ok(()) => reply(status::OK),
+                Err(e) => self.failed(req, e),
+            },
+            op::READ | op::WRITE => self.transfer(req, &info, ram),
+            _ => reply(status::UNSUPPORTED),
+        }
+    }
+
+    fn transfer(
+        &mut self,
+        req: &BlockRequest,
+        info: &DiskInfo,
+        ram: &mut impl GuestMemory,
+    ) -> BlockReply {
+        if req.op == op::WRITE && self.read_only {
+            return reply(status::READ_ONLY);
+        }
+        if req.sectors == 0
+            || req.sectors > MAX_SECTORS
+            || req
+                .lba
+                .checked_add(u64::from(req.sectors))
+                .is_none_or(|end| end > info.sectors)
+        {
+            return reply(status::OUT_OF_RANGE);
+        }
+        // At most MAX_SECTORS x 512 bytes: fits any usize.
+        let len = req.sectors as usize * SECTOR_SIZE;
+        let Some(buf) = ram.bytes_mut(req.gpa, len) else {
+            return reply(status::BAD_BUFFER);
+        };
+        let done = if req.op == op::READ {
+            self.ata.read(req.lba, buf)
+        } else {
+            self.ata.write(req.lba, buf)
+        };
+        match done {
+            Ok(()) => BlockReply {
+                status: status::OK,
+                sectors: req.sectors,
+                ..BlockReply::default()
+            },
+            Err(e) => self.failed(req, e),
+        }
+    }
+
+    /// The reply for a driver error; after a timeout or a broken
+    /// protocol, a software reset so that the next request has a chance.
+    fn failed(&mut self, req: &BlockRequest, e: ata::Error) -> BlockReply {
+        let moved = |lba: u64| {
+            u32::try_from(lba.saturating_sub(req.lba))
+                .unwrap_or(0)
+                .min(req.sectors)
+        };
+        let io_error = |ata_status: u8, ata_error: u8, sectors: u32| BlockReply {
+            status: status::IO_ERROR,
+            ata_status,
+            ata_error,
+            sectors,
+            ..BlockReply::default()
+        };
+        match e {
+            ata::Error::Device {
+                lba,
+                status: s,
+                error,
+                ..
+            } => io_error(s, error, moved(lba)),
+            ata::Error::Fault { lba, status: s, .. } => io_error(s, 0, moved(lba)),
+            ata::Error::Timeout { status: s, .. } => {
+                let _ = self.ata.reset();
+                io_error(s, 0, 0)
+            }
+            ata::Error::Protocol { lba, status: s, .. } => {
+                let _ = self.ata.reset();
+                io_error(s, 0, moved(lba))
+            }
+            ata::Error::OutOfRange { .. } | ata::Error::BadLength { .. } => {
+                reply(status::OUT_OF_RANGE)
+            }
+            ata::Error::FlushUnsupported => reply(status::UNSUPPORTED),
+            ata::Error::NoDevice { .. }
+            | ata::Error::NotAta { .. }
+            | ata::Error::NoLba
+            | ata::Error::NotIdentified => reply(status::NO_DISK),
+        }
+    }
+
+    /// The request loop: answer, wait, serve, until the transport ends it.
+    pub fn serve(&mut self, transport: &mut impl Transport, ram: &mut impl GuestMemory) {
+        let mut last: Option<BlockReply> = None;
+        while let Some(req) = transport.reply_recv(last.as_ref()) {
+            last = Some(self.handle(&req, ram));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,244 @@
+//! The server against `ata::model`'s disk and a `Vec` for guest RAM.
+extern crate std;
+
+use std::string::ToString;
+use std::vec;
+use std::vec::Vec;
+
+use ata::model::{Attached, Device};
+use ata::{Drive, Spin, PRIMARY};
+
+use super::*;
+
+type Server = DiskServer<Device, Spin>;
+
+fn server(dev: Device, read_only: bool) -> Server {
+    DiskServer::start(
+        Ata::new(dev, Spin::new(100), PRIMARY, Drive::Master).with_max_polls(1000),
+        read_only,
+    )
+}
+
+fn req(op: u32, lba: u64, sectors: u32, gpa: u64) -> BlockRequest {
+    BlockRequest {
+        op,
+        sectors,
+        lba,
+        gpa,
+    }
+}
+
+#[test]
+fn the_console_line_says_what_the_disk_is() {
+    let s = server(Device::disk(2048), false);
+    assert_eq!(
+        s.console_line().to_string(),
+        "disk: QEMU HARDDISK, 2048 sectors (1 MiB), write cache flush supported"
+    );
+    let s = server(Device::disk(4096), true);
+    assert_eq!(
+        s.console_line().to_string(),
+        "disk: QEMU HARDDISK, 4096 sectors (2 MiB), write cache flush supported, read-only"
+    );
+    let s = server(Device::new(Attached::FloatingBus, 0, false), false);
+    assert!(
+        s.console_line()
+            .to_string()
+            .starts_with("disk: no usable disk: no ATA device answers"),
+        "{}",
+        s.console_line()
+    );
+}
+
+#[test]
+fn info_gives_capacity_and_flags() {
+    let mut ram = vec![0u8; 4096];
+    let mut s = server(Device::disk(2048), false);
+    let r = s.handle(&req(op::INFO, 0, 0, 0), &mut Ram(&mut ram));
+    assert_eq!(
+        (r.status, r.capacity, r.flags),
+        (status::OK, 2048, flags::FLUSH)
+    );
+    let mut s = server(Device::disk(2048), true);
+    let r = s.handle(&req(op::INFO, 0, 0, 0), &mut Ram(&mut ram));
+    assert_eq!(r.flags, flags::FLUSH | flags::READ_ONLY);
+}
+
+#[test]
+fn sectors_move_straight_between_the_disk_and_guest_ram() {
+    let mut ram = vec![0u8; 64 * 1024];
+    for (i, b) in ram[0x1001..0x1001 + 3 * 512].iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    let mut s = server(Device::disk(2048), false);
+    // An odd guest-physical address: PIO needs no alignment.
+    let w = s.handle(&req(op::WRITE, 40, 3, 0x1001), &mut Ram(&mut ram));
+    assert_eq!((w.status, w.sectors), (status::OK, 3));
+    assert_eq!(s.ata().io().sector(41)[..], ram[0x1201..0x1401]);
+    let before = ram.clone();
+    let r = s.handle(&req(op::READ, 40, 3, 0x8000), &mut Ram(&mut ram));
+    assert_eq!((r.status, r.sectors), (status::OK, 3));
+    assert_eq!(ram[0x8000..0x8000 + 1536], before[0x1001..0x1001 + 1536]);
+    // Nothing outside the buffer changed.
+    assert_eq!(ram[..0x8000], before[..0x8000]);
+    assert_eq!(ram[0x8000 + 1536..], before[0x8000 + 1536..]);
+    let f = s.handle(&req(op::FLUSH, 0, 0, 0), &mut Ram(&mut ram));
+    assert_eq!(f.status, status::OK);
+    assert_eq!(s.ata().io().flushes, 1);
+}
+
+#[test]
+fn bad_requests_are_refused_before_the_disk_sees_them() {
+    let mut ram = vec![0u8; 8192];
+    let mut s = server(Device::disk(100), false);
+    for (r, want) in [
+        (req(op::READ, 99, 2, 0), status::OUT_OF_RANGE),
+        (req(op::READ, u64::MAX, 1, 0), status::OUT_OF_RANGE),
+        (req(op::READ, 0, 0, 0), status::OUT_OF_RANGE),
+        (req(op::WRITE, 0, MAX_SECTORS + 1, 0), status::OUT_OF_RANGE),
+        (req(op::READ, 0, 1, 8192 - 511), status::BAD_BUFFER),
+        (req(op::WRITE, 0, 1, u64::MAX - 10), status::BAD_BUFFER),
+        (req(op::READ, 0, 17, 0), status::BAD_BUFFER),
+        (req(0, 0, 1, 0), status::UNSUPPORTED),
+        (req(99, 0, 1, 0), status::UNSUPPORTED),
+    ] {
+        assert_eq!(s.handle(&r, &mut Ram(&mut ram)).status, want, "{r:?}");
+    }
+    assert_eq!(s.ata().io().commands, [ata::regs::command::IDENTIFY_DEVICE]);
+}
+
+#[test]
+fn a_read_only_disk_refuses_writes_and_has_nothing_to_flush() {
+    let mut ram = vec![0u8; 4096];
+    let mut s = server(Device::disk(100), true);
+    let r = s.handle(&req(op::WRITE, 0, 1, 0), &mut Ram(&mut ram));
+    assert_eq!(r.status, status::READ_ONLY);
+    assert_eq!(
+        s.handle(&req(op::FLUSH, 0, 0, 0), &mut Ram(&mut ram))
+            .status,
+        status::OK
+    );
+    assert_eq!(
+        s.handle(&req(op::READ, 0, 1, 0), &mut Ram(&mut ram)).status,
+        status::OK
+    );
+    assert_eq!(s.ata().io().flushes, 0);
+}
+
+#[test]
+fn a_bad_sector_is_an_io_error_with_the_registers_and_the_sectors_moved() {
+    let mut dev = Device::disk(100);
+    dev.bad_sector = Some(12);
+    let mut s = server(dev, false);
+    let mut ram = vec![0u8; 8192];
+    let r = s.handle(&req(op::READ, 10, 4, 0), &mut Ram(&mut ram));
+    assert_eq!(r.status, status::IO_ERROR);
+    assert_eq!(r.sectors, 2);
+    assert_eq!(
+        r.ata_status & ata::regs::status::ERR,
+        ata::regs::status::ERR
+    );
+    assert_eq!(r.ata_error, ata::regs::error::UNC);
+}
+
+#[test]
+fn a_stuck_disk_times_out_is_reset_and_serves_again() {
+    let mut s = server(Device::disk(100), false);
+    let mut ram = vec![0u8; 4096];
+    s.ata().io_mut().stuck = true;
+    let r = s.handle(&req(op::READ, 0, 1, 0), &mut Ram(&mut ram));
+    assert_eq!((r.status, r.ata_status), (status::IO_ERROR, 0x80));
+    // The reset cleared the model's stuck state, as SRST would a real disk's.
+    let r = s.handle(&req(op::READ, 0, 1, 0), &mut Ram(&mut ram));
+    assert_eq!(r.status, status::OK);
+}
+
+#[test]
+fn without_a_disk_every_request_says_so() {
+    let mut s = server(Device::new(Attached::Atapi, 0, false), false);
+    let mut ram = vec![0u8; 4096];
+    for o in [op::INFO, op::READ, op::WRITE, op::FLUSH, 77] {
+        assert_eq!(
+            s.handle(&req(o, 0, 1, 0), &mut Ram(&mut ram)).status,
+            status::NO_DISK
+        );
+    }
+    assert!(s.console_line().to_string().contains("ATAPI"));
+}
+
+/// Requests from a list; the replies kept.
+struct Script {
+    requests: Vec<BlockRequest>,
+    replies: Vec<BlockReply>,
+}
+
+impl Transport for Script {
+    fn reply_recv(&mut self, reply: Option<&BlockReply>) -> Option<BlockRequest> {
+        if let Some(r) = reply {
+            self.replies.push(*r);
+        }
+        if self.requests.is_empty() {
+            None
+        } else {
+            Some(self.requests.remove(0))
+        }
+    }
+}
+
+#[test]
+fn the_loop_answers_each_request_in_turn() {
+    let mut s = server(Device::disk(100), false);
+    let mut ram = vec![0u8; 4096];
+    let mut t = Script {
+        requests: vec![
+            req(op::INFO, 0, 0, 0),
+            req(op::WRITE, 1, 1, 0),
+            req(op::FLUSH, 0, 0, 0),
+            req(op::READ, 100, 1, 0),
+        ],
+        replies: Vec::new(),
+    };
+    s.serve(&mut t, &mut Ram(&mut ram));
+    let st: Vec<u32> = t.replies.iter().map(|r| r.status).collect();
+    assert_eq!(
+        st,
+        [status::OK, status::OK, status::OK, status::OUT_OF_RANGE]
+    );
+}
+
+mod random_requests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Any request gets a reply with a defined status, and guest RAM
+        /// changes only inside the request's buffer.
+        #[test]
+        fn any_request_is_answered_and_stays_in_its_buffer(
+            op in prop_oneof![Just(op::READ), Just(op::WRITE), Just(op::FLUSH), Just(op::INFO), any::<u32>()],
+            lba in prop_oneof![0u64..80, any::<u64>()],
+            sectors in prop_oneof![0u32..24, any::<u32>()],
+            gpa in prop_oneof![0u64..12288, any::<u64>()],
+            bad in proptest::option::of(0u64..100),
+            read_only in any::<bool>(),
+        ) {
+            let mut dev = Device::disk(100);
+            for lba in 0..100u64 {
+                dev.data.insert(lba, [lba as u8 ^ 0x5a; 512]);
+            }
+            dev.bad_sector = bad;
+            let mut s = server(dev, read_only);
+            let mut ram = vec![0x11u8; 12288];
+            let r = s.handle(&req(op, lba, sectors, gpa), &mut Ram(&mut ram));
+            prop_assert!(r.status <= status::NO_DISK, "{r:?}");
+            let len = u64::from(sectors) * 512;
+            for (i, b) in ram.iter().enumerate() {
+                let i = i as u64;
+                if *b != 0x11 {
+                    prop_assert!(op == op::READ && i >= gpa && i - gpa < len, "byte {i} changed");
+                }
+            }
+        }
+    }
+}
