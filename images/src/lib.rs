@@ -23,6 +23,7 @@ pub mod image;
 pub mod iso;
 pub mod linux;
 pub mod loaders;
+pub mod rights;
 
 use std::fmt;
 use std::io;
@@ -30,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ipc_proto::manifest::{Board, Channel, EntryMode, MmuMode, TaskKind};
+use ipc_proto::manifest::{Board, Channel, EntryMode, MmuMode, Rights};
 
 pub use guests::{GUESTS, GUEST_LOAD_GPA, GUEST_RAM_MIB};
 pub use image::{build_image, GuestInput, ImageError, TaskInput};
@@ -454,6 +455,37 @@ fn read_modules(specs: &[String]) -> Result<Modules, BuildError> {
     Ok(Modules(out))
 }
 
+/// The tasks of the image `spec` asks for, by name with their rights, and
+/// the channels between them (by task index).
+pub fn system_tasks(spec: &SystemSpec) -> (Vec<(&'static str, Rights)>, Vec<Channel>) {
+    let mut tasks = Vec::new();
+    let mut channels = Vec::new();
+    if spec.with_vmm_server {
+        tasks.push(("vmm-server", rights::vmm_server()));
+    }
+    // Every image has the mmu-server: it builds the shadow tables, or the
+    // nested tables (NPT, EPT) under nested paging.
+    tasks.push(("mmu-server", rights::mmu_server()));
+    if spec.uart_server {
+        tasks.push(("uart-server", rights::uart_server()));
+        if spec.with_vmm_server {
+            channels.push(Channel {
+                client: 0,
+                server: (tasks.len() - 1) as u8,
+            });
+        }
+    }
+    (tasks, channels)
+}
+
+/// `splitvisor build --show-rights`: who may do what in the image `spec`
+/// asks for.
+pub fn rights_table(spec: &SystemSpec) -> String {
+    let (tasks, channels) = system_tasks(spec);
+    let named: Vec<(&str, &Rights)> = tasks.iter().map(|(n, r)| (*n, r)).collect();
+    rights::table(&named, &channels)
+}
+
 /// Builds everything `spec` asks for and writes the image to
 /// `<root>/target/image/`; returns its path.
 pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
@@ -467,32 +499,19 @@ pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
         None => (read(&elfs.vmm_server)?, read(&elfs.mmu_server)?),
     };
     let uart = read(&elfs.uart_server)?;
-    let mut tasks = Vec::new();
-    let mut channels = Vec::new();
-    if spec.with_vmm_server {
-        tasks.push(TaskInput {
-            kind: TaskKind::VmmServer,
-            elf: &vmm,
-        });
-    }
-    // Every image has the mmu-server: it builds the shadow tables, or the
-    // nested tables (NPT, EPT) under nested paging.
-    tasks.push(TaskInput {
-        kind: TaskKind::MmuServer,
-        elf: &mmu,
-    });
-    if spec.uart_server {
-        tasks.push(TaskInput {
-            kind: TaskKind::UartServer,
-            elf: &uart,
-        });
-        if spec.with_vmm_server {
-            channels.push(Channel {
-                client: TaskKind::VmmServer,
-                server: TaskKind::UartServer,
-            });
-        }
-    }
+    let (named, channels) = system_tasks(spec);
+    let tasks: Vec<TaskInput> = named
+        .into_iter()
+        .map(|(name, rights)| TaskInput {
+            name,
+            rights,
+            elf: match name {
+                "vmm-server" => &vmm,
+                "mmu-server" => &mmu,
+                _ => &uart,
+            },
+        })
+        .collect();
     // The PC board's ACPI tables go where firmware puts them: the BIOS
     // area at 0xE0000, which every memory map here reserves.
     let mut segments = guest.segments.clone();

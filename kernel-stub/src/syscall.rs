@@ -13,14 +13,20 @@ pub fn dispatch(frame: &mut TrapFrame) {
         Some(Syscall::VcpuForward) => return vm::vcpu_forward(frame),
         Some(Syscall::Call) => return vm::call(frame),
         Some(Syscall::ReplyRecv) => return vm::reply_recv(frame),
-        Some(Syscall::ConsoleWrite) => console_write(frame.rdi, frame.rsi),
-        Some(Syscall::ConsoleRead) => console_read(frame.rdi, frame.rsi),
+        Some(Syscall::ConsoleWrite) => {
+            vm::require(|r| r.console).and_then(|()| console_write(frame.rdi, frame.rsi))
+        }
+        Some(Syscall::ConsoleRead) => {
+            vm::require(|r| r.console).and_then(|()| console_read(frame.rdi, frame.rsi))
+        }
         Some(Syscall::StatsRead) => vm::stats_read(),
         Some(Syscall::ShadowAlloc) => vm::shadow_alloc(frame.rdi),
         Some(Syscall::ShadowFree) => vm::shadow_free(frame.rdi),
         Some(Syscall::MmuInstall) => vm::mmu_install(),
         Some(Syscall::MmuFlush) => vm::mmu_flush(),
-        Some(Syscall::VmStop) => vm::stop_by_server(frame.rdi),
+        Some(Syscall::VmStop) => {
+            vm::require(|r| r.vcpu).and_then(|()| vm::stop_by_server(frame.rdi))
+        }
         Some(Syscall::VmFail) => vm::fail(format_args!(
             "the {} gave up (its reason is above)",
             vm::current_task_name()

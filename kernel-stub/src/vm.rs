@@ -18,8 +18,8 @@ use crate::memory::{self, LARGE_PAGE};
 use crate::task;
 use ipc_proto::layout::{BootInfo as ServerBootInfo, GUEST_RAM_WINDOW, STACK_TOP};
 use ipc_proto::manifest::{
-    Blob, EntryMode, Manifest, PayloadHeader, TaskKind, MANIFEST_MAX, MAX_CHANNELS, MAX_TASKS,
-    PAYLOAD_MAGIC,
+    Blob, EntryMode, ExitClasses, GuestRam as RamRight, Manifest, PayloadHeader, Rights,
+    MANIFEST_MAX, MAX_CHANNELS, MAX_TASKS, PAYLOAD_MAGIC, TASK_NAME_MAX,
 };
 use ipc_proto::mmu::{InstallPage, INSTALL_BATCH_MAX};
 use ipc_proto::stats::MmuStats;
@@ -48,7 +48,9 @@ enum State {
 }
 
 struct Task {
-    kind: TaskKind,
+    name: heapless::String<TASK_NAME_MAX>,
+    /// What the manifest lets it do; checked at every system call.
+    rights: Rights,
     root: u64,
     /// Saved registers while the task does not run.
     frame: TrapFrame,
@@ -114,7 +116,7 @@ enum Stop {
         rip: u64,
     },
     NoServer {
-        class: ExitClass,
+        class: &'static str,
         code: u64,
         rip: u64,
     },
@@ -130,8 +132,7 @@ impl core::fmt::Display for Stop {
             Self::EntryFailed { why, rip } => write!(f, "{why} at rip={rip:#x}"),
             Self::NoServer { class, code, rip } => write!(
                 f,
-                "exit {} (code {code:#x}) at rip={rip:#x} has no server: the image has no task for it",
-                class.name()
+                "exit {class} (code {code:#x}) at rip={rip:#x} has no server: the image has no task for it",
             ),
             Self::NoPagingRoot { shadow: true } => f.write_str("the mmu-server let the guest run without a shadow root"),
             Self::NoPagingRoot { shadow: false } => f.write_str(
@@ -230,10 +231,16 @@ impl Kernel {
             .expect("task indices come from the table")
     }
 
-    fn find(&self, kind: TaskKind) -> Option<usize> {
+    /// The first task whose rights pass `f`.
+    fn find(&self, f: impl Fn(&Rights) -> bool) -> Option<usize> {
         self.tasks
             .iter()
-            .position(|t| t.as_ref().is_some_and(|t| t.kind == kind))
+            .position(|t| t.as_ref().is_some_and(|t| f(&t.rights)))
+    }
+
+    /// The task that receives exits of `class`.
+    fn handler(&self, class: ExitClasses) -> Option<usize> {
+        self.find(|r| r.exits.contains(class))
     }
 
     /// Parks the current task (its new state already set) and resumes `next`
@@ -285,31 +292,31 @@ impl Kernel {
                 rip: rec.regs.rip,
             });
         }
-        let kind = self.route(&rec);
-        self.deliver(frame, kind, rec)
+        let class = self.route(&rec);
+        self.deliver(frame, class, rec)
     }
 
-    /// Writes `rec` into the VCPU page of the `kind` task and resumes it.
-    /// Under shadow paging every task but the mmu-server sees the guest's
-    /// own control registers, which the mmu-server keeps in its page.
+    /// Writes `rec` into the VCPU page of the task that receives `class`
+    /// and resumes it. Under shadow paging every task but the shadow MMU's
+    /// sees the guest's own control registers, which that task keeps in its page.
     fn deliver(
         &mut self,
         frame: &mut TrapFrame,
-        kind: TaskKind,
+        class: ExitClasses,
         mut rec: ExitRecord,
     ) -> Result<(), Stop> {
         let no_server = Stop::NoServer {
-            class: ExitClass::of(&rec),
+            class: ExitClass::of(&rec).name(),
             code: rec.exit_code,
             rip: rec.regs.rip,
         };
-        let handler = self.find(kind).ok_or(no_server)?;
+        let handler = self.handler(class).ok_or(no_server)?;
         if self.shadow {
             // The hardware CR3 is the shadow root's host-physical address,
             // which no server may learn: every task sees the guest's own.
             let c = self.guest_control().unwrap_or_default();
             rec.cr3 = c.cr3;
-            if kind != TaskKind::MmuServer {
+            if class != ExitClasses::SHADOW_MMU {
                 (rec.cr0, rec.cr4, rec.efer) = (c.cr0, c.cr4, c.efer);
             }
         }
@@ -320,21 +327,31 @@ impl Kernel {
         Ok(())
     }
 
-    /// The guest's control registers as the mmu-server publishes them.
+    /// The guest's control registers as the shadow MMU's task publishes them.
     fn guest_control(&self) -> Option<ipc_proto::GuestControl> {
         let page = self
-            .find(TaskKind::MmuServer)
+            .handler(ExitClasses::SHADOW_MMU)
             .and_then(|i| self.task(i).vcpu_page)?;
         // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
         Some(unsafe { core::ptr::read_volatile(&raw const (*vcpu_page(page)).guest_control) })
     }
 
-    /// Which task handles an exit.
-    fn route(&self, rec: &ExitRecord) -> TaskKind {
+    /// The routing class of an exit (`Rights::exits` says who gets it).
+    fn route(&self, rec: &ExitRecord) -> ExitClasses {
         if self.shadow && arch::is_shadow_mmu_exit(rec) {
-            TaskKind::MmuServer
-        } else {
-            TaskKind::VmmServer
+            return ExitClasses::SHADOW_MMU;
+        }
+        match ExitClass::of(rec) {
+            ExitClass::Ioio => ExitClasses::IOIO,
+            ExitClass::Hlt => ExitClasses::HLT,
+            ExitClass::Cpuid => ExitClasses::CPUID,
+            ExitClass::Msr => ExitClasses::MSR,
+            ExitClass::Npf => ExitClasses::NPF,
+            ExitClass::Exception => ExitClasses::EXCEPTION,
+            ExitClass::Shutdown => ExitClasses::SHUTDOWN,
+            ExitClass::Invalid => ExitClasses::INVALID,
+            ExitClass::HostInterrupt => ExitClasses::HOST_INTERRUPT,
+            ExitClass::Other => ExitClasses::OTHER,
         }
     }
 
@@ -362,7 +379,7 @@ impl Kernel {
             STATS.with(|s| s.resumes_refused += 1);
             say!(
                 "refused a resume from the {}: {}",
-                task_name(self.task(from).kind),
+                self.task(from).name,
                 e.describe()
             );
             e
@@ -378,7 +395,7 @@ impl Kernel {
         // vmm-server's answer to a MOV to CR4): no root, any VCPU task.
         let shadow_paging = self.shadow && flags.contains(ResumeFlags::SET_PAGING);
         if shadow_paging || flags.contains(ResumeFlags::SET_NESTED_ROOT) {
-            if self.task(from).kind != TaskKind::MmuServer {
+            if !self.task(from).rights.install {
                 return Err(refused(ErrorCode::NotPermitted));
             }
             root = lookup(resume.paging.root).map(|(frame, _)| frame);
@@ -407,7 +424,7 @@ impl Kernel {
             cpu::xsetbv(resume.xcr0);
         }
         self.vcpu.apply(resume, flags, root);
-        if self.shadow && self.task(from).kind == TaskKind::MmuServer {
+        if self.shadow && self.task(from).rights.exits.contains(ExitClasses::SHADOW_MMU) {
             if let Some(c) = self.guest_control() {
                 self.vcpu.show_guest(c.cr0, c.cr4);
             }
@@ -419,7 +436,7 @@ impl Kernel {
     /// apply its resume (paging state only matters), hand its rewritten
     /// exit record to the vmm-server, and wait like `VcpuRun`.
     fn vcpu_forward(&mut self, frame: &mut TrapFrame) -> Result<Result<(), Stop>, ErrorCode> {
-        self.require(TaskKind::MmuServer)?;
+        self.require(|r| r.install)?;
         let cur = self.current;
         let page = self.task(cur).vcpu_page.ok_or(ErrorCode::NotPermitted)?;
         // SAFETY: the VCPU page is ours and identity-mapped; copied once.
@@ -438,7 +455,7 @@ impl Kernel {
             self.apply_resume(cur, &only_paging)?;
         }
         self.task_mut(cur).state = State::WaitExit;
-        Ok(self.deliver(frame, TaskKind::VmmServer, rec))
+        Ok(self.deliver(frame, ExitClasses::NPF, rec))
     }
 
     /// Channel `ch` of a `Call` or `ReplyRecv`, with its index.
@@ -489,8 +506,9 @@ impl Kernel {
         Ok(self.schedule(frame))
     }
 
-    fn require(&self, kind: TaskKind) -> Result<(), ErrorCode> {
-        if self.task(self.current).kind == kind {
+    /// The current task's rights must pass `f`.
+    fn require(&self, f: impl Fn(&Rights) -> bool) -> Result<(), ErrorCode> {
+        if f(&self.task(self.current).rights) {
             Ok(())
         } else {
             Err(ErrorCode::NotPermitted)
@@ -498,7 +516,7 @@ impl Kernel {
     }
 
     fn shadow_alloc(&mut self, level: u64) -> Result<u64, ErrorCode> {
-        self.require(TaskKind::MmuServer)?;
+        self.require(|r| r.install)?;
         let level = u8::try_from(level).map_err(|_| ErrorCode::BadLevel)?;
         let (handle, frame) = SHADOW_TABLES
             .with(|t| t.alloc(level, || memory::alloc_frame().ok()))
@@ -514,7 +532,7 @@ impl Kernel {
     }
 
     fn shadow_free(&mut self, handle: u64) -> Result<u64, ErrorCode> {
-        self.require(TaskKind::MmuServer)?;
+        self.require(|r| r.install)?;
         let handle = u32::try_from(handle).map_err(|_| ErrorCode::NotPermitted)?;
         SHADOW_TABLES
             .with(|t| t.free(handle))
@@ -524,7 +542,7 @@ impl Kernel {
 
     /// `MmuInstall`: check and write the batch in the install page.
     fn mmu_install(&mut self) -> Result<u64, ErrorCode> {
-        self.require(TaskKind::MmuServer)?;
+        self.require(|r| r.install)?;
         let page = self
             .task(self.current)
             .install_page
@@ -565,17 +583,9 @@ impl Kernel {
     }
 
     fn mmu_flush(&mut self) -> Result<u64, ErrorCode> {
-        self.require(TaskKind::MmuServer)?;
+        self.require(|r| r.install)?;
         self.vcpu.flush_tlb();
         Ok(0)
-    }
-}
-
-fn task_name(kind: TaskKind) -> &'static str {
-    match kind {
-        TaskKind::VmmServer => "vmm-server",
-        TaskKind::MmuServer => "mmu-server",
-        TaskKind::UartServer => "uart-server",
     }
 }
 
@@ -619,6 +629,11 @@ fn with_kernel(f: impl FnOnce(&mut Kernel) -> Result<u64, ErrorCode>) -> Result<
     KERNEL.with(|k| k.as_mut().map_or(Err(ErrorCode::NotReady), f))
 }
 
+/// Whether the calling task's rights pass `f`: `NotPermitted` if not.
+pub fn require(f: impl Fn(&Rights) -> bool) -> Result<(), ErrorCode> {
+    with_kernel(|k| k.require(f).map(|()| 0)).map(|_| ())
+}
+
 pub fn shadow_alloc(level: u64) -> Result<u64, ErrorCode> {
     with_kernel(|k| k.shadow_alloc(level))
 }
@@ -652,7 +667,7 @@ pub fn stats_read() -> Result<u64, ErrorCode> {
 fn mmu_stats() -> Option<MmuStats> {
     let page = KERNEL.with(|k| {
         let k = k.as_ref()?;
-        k.task(k.find(TaskKind::MmuServer)?).vcpu_page
+        k.task(k.find(|r| r.install)?).vcpu_page
     })?;
     // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
     Some(unsafe { core::ptr::read_volatile(&raw const (*vcpu_page(page)).mmu) })
@@ -664,10 +679,12 @@ pub fn current_root() -> u64 {
 }
 
 /// Name of the task that runs now, for fault reports.
-pub fn current_task_name() -> &'static str {
+pub fn current_task_name() -> heapless::String<TASK_NAME_MAX> {
     KERNEL.with(|k| {
-        k.as_ref()
-            .map_or("stub", |k| task_name(k.task(k.current).kind))
+        k.as_ref().map_or_else(
+            || heapless::String::try_from("stub").unwrap_or_default(),
+            |k| k.task(k.current).name.clone(),
+        )
     })
 }
 
@@ -752,7 +769,8 @@ fn build(
     }
 
     let shadow = g.mmu.is_shadow();
-    if manifest.task(TaskKind::MmuServer).is_none() {
+    manifest.check_rights()?;
+    if !manifest.tasks.iter().any(|t| t.rights.install) {
         return Err("the image has no mmu-server: it builds the shadow or nested page tables");
     }
     let paging = if shadow {
@@ -810,11 +828,7 @@ fn build(
             0x11
         },
         mmu_mode: g.mmu as u64,
-        uart_channel: manifest
-            .channels
-            .iter()
-            .position(|c| c.client == TaskKind::VmmServer && c.server == TaskKind::UartServer)
-            .map_or(0, |n| n as u64 + 1),
+        uart_channel: u64::from(manifest.uart_channel),
         // SVM's nested tables always have 2 MiB pages; EPT says so in an MSR.
         nested_large_pages: u64::from(arch == Arch::Svm || arch::vmx::ept_large_pages()),
         board: g.board as u64,
@@ -828,29 +842,23 @@ fn build(
         )
     };
 
-    let index_of = |kind| manifest.tasks.iter().position(|t| t.kind == kind);
     let mut channels: [Option<Channel>; MAX_CHANNELS] = Default::default();
     let mut channel_pages = [0u64; MAX_CHANNELS];
     for (n, c) in manifest.channels.iter().enumerate() {
-        let (Some(client), Some(server)) = (index_of(c.client), index_of(c.server)) else {
-            return Err("a channel names a task the image does not have");
-        };
+        // `check_rights` found both ends in the task table.
+        let (client, server) = (usize::from(c.client), usize::from(c.server));
         channels[n] = Some(Channel { client, server });
         channel_pages[n] = memory::alloc_frame().map_err(|_| oom)?;
     }
 
     let mut tasks: [Option<Task>; MAX_TASKS] = Default::default();
     for (i, t) in manifest.tasks.iter().enumerate() {
-        if index_of(t.kind) != Some(i) {
-            return Err("the image has two tasks of the same kind");
-        }
-        let handles_exits = matches!(t.kind, TaskKind::VmmServer | TaskKind::MmuServer);
-        let vcpu_page = if handles_exits {
+        let vcpu_page = if t.rights.vcpu {
             Some(memory::alloc_frame().map_err(|_| oom)?)
         } else {
             None
         };
-        let install_page = if t.kind == TaskKind::MmuServer {
+        let install_page = if t.rights.install {
             Some(memory::alloc_frame().map_err(|_| oom)?)
         } else {
             None
@@ -867,20 +875,21 @@ fn build(
             boot_info,
             vcpu_page,
             install_page,
-            guest_ram: if handles_exits {
-                Some((ram, ram_bytes))
-            } else {
-                None
+            guest_ram: match t.rights.guest_ram {
+                RamRight::None => None,
+                RamRight::ReadOnly => Some((ram, ram_bytes, false)),
+                RamRight::ReadWrite => Some((ram, ram_bytes, true)),
             },
             channels: &ends[..n_ends],
         };
         let elf = blob(payload, t.elf).ok_or("a server's ELF lies outside the payload")?;
         let loaded = task::load(elf, &maps).map_err(|e| {
-            say!("cannot load the {}: {e}", task_name(t.kind));
+            say!("cannot load the {}: {e}", t.name);
             "a server could not be loaded"
         })?;
         tasks[i] = Some(Task {
-            kind: t.kind,
+            name: t.name.clone(),
+            rights: t.rights.clone(),
             root: loaded.root,
             frame: TrapFrame::user_start(loaded.entry, STACK_TOP),
             state: State::NotStarted,
