@@ -5,24 +5,66 @@ use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
 
 /// State shared by the stub's code paths. The stub runs on one core with
-/// interrupts disabled, so there is never a second accessor at a time.
-pub struct KernelCell<T>(UnsafeCell<T>);
+/// interrupts disabled, so there is never a second accessor at a time --
+/// unless a fault or trap inside the stub reaches code that borrows the
+/// same cell again: the borrow is checked (Hubris's task table does the
+/// same), and such a re-entry ends the VM with a line instead of aliasing
+/// a `&mut`.
+pub struct KernelCell<T> {
+    value: UnsafeCell<T>,
+    borrowed: UnsafeCell<bool>,
+}
 
 // SAFETY: single core, interrupts always off in ring 0 and in ring 3: no
-// two contexts ever run `with` at the same time.
+// two contexts ever run `with` at the same time; a nested `with` (a fault
+// inside `f`) is caught by the borrow flag.
 unsafe impl<T> Sync for KernelCell<T> {}
 
 impl<T> KernelCell<T> {
     /// A cell holding `v`.
     pub const fn new(v: T) -> Self {
-        Self(UnsafeCell::new(v))
+        Self {
+            value: UnsafeCell::new(v),
+            borrowed: UnsafeCell::new(false),
+        }
     }
 
-    /// Runs `f` with exclusive access. `f` must not call `with` on the same cell.
-    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        // SAFETY: see the `Sync` impl; callers do not nest `with` on one cell.
-        f(unsafe { &mut *self.0.get() })
+    /// Runs `f` with exclusive access; `None` if the cell is borrowed
+    /// already (a fault inside the stub while `f` of an outer call ran).
+    pub fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        let flag = self.borrowed.get();
+        // SAFETY: one core, no interrupts: nothing else touches the flag
+        // between this read and the write; no reference to it is held.
+        if unsafe { flag.read() } {
+            return None;
+        }
+        // SAFETY: as above.
+        unsafe { flag.write(true) };
+        // SAFETY: the flag was clear, so no other `&mut` to the value
+        // exists; a re-entry while `f` runs finds the flag set.
+        let r = f(unsafe { &mut *self.value.get() });
+        // SAFETY: as above; the `&mut` given to `f` is dead.
+        unsafe { flag.write(false) };
+        Some(r)
     }
+
+    /// Runs `f` with exclusive access; a re-entry ends the VM with a line.
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        match self.try_with(f) {
+            Some(r) => r,
+            None => reentered(),
+        }
+    }
+}
+
+/// A cell was borrowed twice: the stub faulted inside itself. Says so on
+/// COM1 without touching any cell, then ends the VM.
+fn reentered() -> ! {
+    for &b in b"\n[stub] vm failed: stub fault: the stub re-entered its own state (a fault inside the stub)\n" {
+        while inb(0x3fd) & 0x20 == 0 {}
+        outb(0x3f8, b);
+    }
+    crate::vm::end(crate::vm::HOST_EXIT_FAILED)
 }
 
 pub fn outb(port: u16, val: u8) {

@@ -15,6 +15,7 @@ use crate::console::say;
 use crate::cpu::{self, KernelCell, TrapFrame};
 use crate::deadline::{self, ExitDeadline};
 use crate::memory::{self, LARGE_PAGE};
+use crate::syscall;
 use crate::task;
 use ipc_proto::layout::{BootInfo as ServerBootInfo, GUEST_RAM_WINDOW, STACK_TOP};
 use ipc_proto::manifest::{
@@ -23,7 +24,7 @@ use ipc_proto::manifest::{
 };
 use ipc_proto::mmu::{InstallPage, INSTALL_BATCH_MAX};
 use ipc_proto::stats::MmuStats;
-use ipc_proto::{ErrorCode, ExitRecord, ResumeFlags, Stats, VcpuPage, ABI_VERSION};
+use ipc_proto::{ErrorCode, ExitRecord, ResumeFlags, Stats, Syscall, VcpuPage, ABI_VERSION};
 use kernel_stub::install::{AllocError, GuestRam, ShadowTables, TableFormat};
 use kernel_stub::resume::PagingRules;
 use zerocopy::{FromBytes, IntoBytes};
@@ -32,7 +33,7 @@ use zerocopy::{FromBytes, IntoBytes};
 /// stub's way to end QEMU. On hardware the write is harmless.
 const DEBUG_EXIT_PORT: u16 = 0xf4;
 const HOST_EXIT_STOPPED: u8 = 0;
-const HOST_EXIT_FAILED: u8 = 1;
+pub const HOST_EXIT_FAILED: u8 = 1;
 const HOST_EXIT_CANNOT_RUN: u8 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +69,7 @@ struct Channel {
     server: usize,
 }
 
-struct Kernel {
+struct Vm {
     tasks: [Option<Task>; MAX_TASKS],
     channels: [Option<Channel>; MAX_CHANNELS],
     current: usize,
@@ -87,26 +88,80 @@ struct Kernel {
     pae_root: Option<u64>,
 }
 
-static KERNEL: KernelCell<Option<Kernel>> = KernelCell::new(None);
-static SHADOW_TABLES: KernelCell<ShadowTables> = KernelCell::new(ShadowTables::new());
-static STATS: KernelCell<Stats> = KernelCell::new(Stats {
-    exits_total: 0,
-    exits_ioio: 0,
-    exits_hlt: 0,
-    exits_cpuid: 0,
-    exits_msr: 0,
-    exits_npf: 0,
-    exits_exception: 0,
-    exits_shutdown: 0,
-    exits_invalid: 0,
-    exits_other: 0,
-    exits_host_interrupt: 0,
-    syscalls: 0,
-    resumes_refused: 0,
-    installs: 0,
-    installs_refused: 0,
-    channel_calls: [0; MAX_CHANNELS],
+/// The stub's state besides the VM's tasks: the shadow tables it handed
+/// out and the counters.
+struct Shared {
+    tables: ShadowTables,
+    stats: Stats,
+}
+
+/// All the stub's state, in one cell whose borrow is checked: a fault
+/// inside the stub while it is borrowed reports instead of aliasing it.
+struct Kernel {
+    /// The VM and its tasks, once `start` has built them.
+    vm: Option<Vm>,
+    shared: Shared,
+}
+
+static KERNEL: KernelCell<Kernel> = KernelCell::new(Kernel {
+    vm: None,
+    shared: Shared {
+        tables: ShadowTables::new(),
+        stats: Stats {
+            exits_total: 0,
+            exits_ioio: 0,
+            exits_hlt: 0,
+            exits_cpuid: 0,
+            exits_msr: 0,
+            exits_npf: 0,
+            exits_exception: 0,
+            exits_shutdown: 0,
+            exits_invalid: 0,
+            exits_other: 0,
+            exits_host_interrupt: 0,
+            syscalls: 0,
+            resumes_refused: 0,
+            installs: 0,
+            installs_refused: 0,
+            channel_calls: [0; MAX_CHANNELS],
+        },
+    },
 });
+
+/// What a system call did, when it did not fail.
+enum Next {
+    /// Return this value to the caller.
+    Return(u64),
+    /// The caller blocked: another task's frame, its result set, is loaded.
+    Switched,
+}
+
+/// Why a system call returns no value: an error code for the caller, or
+/// the end of the VM (reported once the kernel state is not borrowed).
+enum SysError {
+    Code(ErrorCode),
+    Stop(Stop),
+}
+
+impl From<ErrorCode> for SysError {
+    fn from(e: ErrorCode) -> Self {
+        Self::Code(e)
+    }
+}
+
+impl From<Stop> for SysError {
+    fn from(s: Stop) -> Self {
+        Self::Stop(s)
+    }
+}
+
+/// Every system call's result.
+type SysResult = Result<Next, SysError>;
+
+/// A value for the caller.
+fn ret(r: Result<u64, ErrorCode>) -> SysResult {
+    Ok(Next::Return(r?))
+}
 
 /// Why the VM cannot go on, found while the kernel state is borrowed;
 /// reported (with `fail`) once it is not.
@@ -124,6 +179,12 @@ enum Stop {
         shadow: bool,
     },
     Deadlock,
+    /// `VmStop`: the guest ended with this status.
+    Stopped(u8),
+    /// `VmStop` with a status that is not a byte.
+    BadStatus(u64),
+    /// `VmFail` from this task.
+    GaveUp(heapless::String<TASK_NAME_MAX>),
 }
 
 impl core::fmt::Display for Stop {
@@ -139,18 +200,25 @@ impl core::fmt::Display for Stop {
                 "the guest cannot run before the mmu-server names its nested page table root (SET_NESTED_ROOT)",
             ),
             Self::Deadlock => f.write_str("every task waits and the guest cannot run: the servers deadlocked"),
+            Self::Stopped(status) => write!(f, "stopped with guest status {status}"),
+            Self::BadStatus(status) => write!(f, "the vmm-server stopped the VM with status {status}, which is not a byte"),
+            Self::GaveUp(name) => write!(f, "the {name} gave up (its reason is above)"),
         }
     }
 }
 
 fn stop_now(stop: Stop) -> ! {
+    if let Stop::Stopped(status) = stop {
+        say!("vm stopped: guest status {status}");
+        end(HOST_EXIT_STOPPED)
+    }
     fail(format_args!("{stop}"))
 }
 
 /// Bochs's shutdown port: writing the string `Shutdown` ends Bochs.
 const BOCHS_SHUTDOWN_PORT: u16 = 0x8900;
 
-fn end(code: u8) -> ! {
+pub fn end(code: u8) -> ! {
     cpu::outb(DEBUG_EXIT_PORT, code);
     // Bochs stops at once: let COM1 send its last bytes first (LSR.TEMT).
     let mut spins = 0u32;
@@ -172,31 +240,24 @@ pub fn cannot_run(why: &str) -> ! {
 /// The VM cannot go on: the reason, the statistics, then off.
 pub fn fail(why: core::fmt::Arguments) -> ! {
     say!("vm failed: {why}");
-    let stats = STATS.with(|s| *s);
-    say!("{stats}");
-    if let Some(mmu) = mmu_stats() {
-        say!("{mmu}");
+    let counters = KERNEL.try_with(|k| {
+        let mmu = k.vm.as_ref().and_then(Vm::mmu_stats);
+        (k.shared.stats, mmu)
+    });
+    match counters {
+        Some((stats, mmu)) => {
+            say!("{stats}");
+            if let Some(mmu) = mmu {
+                say!("{mmu}");
+            }
+        }
+        None => say!("(no statistics: the stub faulted while it held its own state)"),
     }
     end(HOST_EXIT_FAILED)
 }
 
-/// `VmStop`: the vmm-server says the guest ended with `status`.
-pub fn stop_by_server(status: u64) -> Result<u64, ErrorCode> {
-    let Ok(status) = u8::try_from(status) else {
-        fail(format_args!(
-            "the vmm-server stopped the VM with status {status}, which is not a byte"
-        ));
-    };
-    say!("vm stopped: guest status {status}");
-    end(HOST_EXIT_STOPPED)
-}
-
-pub fn count_syscall() {
-    STATS.with(|s| s.syscalls += 1);
-}
-
-fn count_exit(rec: &ExitRecord) {
-    STATS.with(|s| {
+fn count_exit(s: &mut Stats, rec: &ExitRecord) {
+    {
         s.exits_total += 1;
         let counter = match ExitClass::of(rec) {
             ExitClass::Ioio => &mut s.exits_ioio,
@@ -211,14 +272,14 @@ fn count_exit(rec: &ExitRecord) {
             ExitClass::HostInterrupt => &mut s.exits_host_interrupt,
         };
         *counter += 1;
-    });
+    }
 }
 
 fn vcpu_page(pa: u64) -> *mut VcpuPage {
     pa as *mut VcpuPage
 }
 
-impl Kernel {
+impl Vm {
     fn task(&self, i: usize) -> &Task {
         self.tasks[i]
             .as_ref()
@@ -258,14 +319,14 @@ impl Kernel {
 
     /// The current task has blocked: start a task that has not run yet, or,
     /// when all wait, run the guest and hand the exit to its handler.
-    fn schedule(&mut self, frame: &mut TrapFrame) -> Result<(), Stop> {
+    fn schedule(&mut self, frame: &mut TrapFrame, sh: &mut Shared) -> SysResult {
         if let Some(i) = self
             .tasks
             .iter()
             .position(|t| t.as_ref().is_some_and(|t| t.state == State::NotStarted))
         {
             self.switch(frame, i, 0);
-            return Ok(());
+            return Ok(Next::Switched);
         }
         let handlers_ready = self
             .tasks
@@ -273,16 +334,17 @@ impl Kernel {
             .flatten()
             .all(|t| t.vcpu_page.is_none() || t.state == State::WaitExit);
         if !handlers_ready {
-            return Err(Stop::Deadlock);
+            return Err(Stop::Deadlock.into());
         }
         if !self.paging_set {
             return Err(Stop::NoPagingRoot {
                 shadow: self.shadow,
-            });
+            }
+            .into());
         }
         self.deadline.arm(cpu::rdtsc());
         let rec = self.vcpu.run();
-        count_exit(&rec);
+        count_exit(&mut sh.stats, &rec);
         if ExitClass::of(&rec) == ExitClass::HostInterrupt {
             self.deadline.fired();
         }
@@ -290,7 +352,8 @@ impl Kernel {
             return Err(Stop::EntryFailed {
                 why,
                 rip: rec.regs.rip,
-            });
+            }
+            .into());
         }
         let class = self.route(&rec);
         self.deliver(frame, class, rec)
@@ -304,7 +367,7 @@ impl Kernel {
         frame: &mut TrapFrame,
         class: ExitClasses,
         mut rec: ExitRecord,
-    ) -> Result<(), Stop> {
+    ) -> SysResult {
         let no_server = Stop::NoServer {
             class: ExitClass::of(&rec).name(),
             code: rec.exit_code,
@@ -321,10 +384,10 @@ impl Kernel {
             }
         }
         let page = self.task(handler).vcpu_page.ok_or(Stop::Deadlock)?;
-        // SAFETY: as above.
+        // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
         unsafe { core::ptr::write_volatile(&raw mut (*vcpu_page(page)).exit, rec) };
         self.switch(frame, handler, 0);
-        Ok(())
+        Ok(Next::Switched)
     }
 
     /// The guest's control registers as the shadow MMU's task publishes them.
@@ -357,7 +420,7 @@ impl Kernel {
 
     /// `VcpuRun`: check and apply the caller's resume, then block until the
     /// next exit this caller handles.
-    fn vcpu_run(&mut self, frame: &mut TrapFrame) -> Result<Result<(), Stop>, ErrorCode> {
+    fn vcpu_run(&mut self, frame: &mut TrapFrame, sh: &mut Shared) -> SysResult {
         let cur = self.current;
         let page = self.task(cur).vcpu_page.ok_or(ErrorCode::NotPermitted)?;
         // SAFETY: the VCPU page is ours and identity-mapped; the copy is
@@ -365,18 +428,23 @@ impl Kernel {
         let resume = unsafe { core::ptr::read_volatile(&raw const (*vcpu_page(page)).resume) };
         // Before a task's first entry, a resume with ABI version 0 means "nothing to set".
         if self.task(cur).ran_vcpu || resume.abi_version != 0 {
-            self.apply_resume(cur, &resume)?;
+            self.apply_resume(cur, &resume, sh)?;
         }
         let t = self.task_mut(cur);
         t.ran_vcpu = true;
         t.state = State::WaitExit;
-        Ok(self.schedule(frame))
+        self.schedule(frame, sh)
     }
 
     /// Checks `resume` from task `from` and applies it to the VCPU.
-    fn apply_resume(&mut self, from: usize, resume: &ipc_proto::Resume) -> Result<(), ErrorCode> {
-        let refused = |e: ErrorCode| {
-            STATS.with(|s| s.resumes_refused += 1);
+    fn apply_resume(
+        &mut self,
+        from: usize,
+        resume: &ipc_proto::Resume,
+        sh: &mut Shared,
+    ) -> Result<(), ErrorCode> {
+        let mut refused = |e: ErrorCode| {
+            sh.stats.resumes_refused += 1;
             say!(
                 "refused a resume from the {}: {}",
                 self.task(from).name,
@@ -384,12 +452,13 @@ impl Kernel {
             );
             e
         };
-        let lookup = |h| SHADOW_TABLES.with(|t| t.get(h));
+        let tables = &sh.tables;
+        let lookup = |h| tables.get(h);
         let flags =
             kernel_stub::resume::validate(resume, &self.vcpu.mode(), &self.paging_rules, |h| {
                 lookup(h).map(|(_, level)| level)
             })
-            .map_err(refused)?;
+            .map_err(&mut refused)?;
         let mut root = None;
         // Under nested paging SET_PAGING only loads the guest's CR4 (the
         // vmm-server's answer to a MOV to CR4): no root, any VCPU task.
@@ -424,7 +493,13 @@ impl Kernel {
             cpu::xsetbv(resume.xcr0);
         }
         self.vcpu.apply(resume, flags, root);
-        if self.shadow && self.task(from).rights.exits.contains(ExitClasses::SHADOW_MMU) {
+        if self.shadow
+            && self
+                .task(from)
+                .rights
+                .exits
+                .contains(ExitClasses::SHADOW_MMU)
+        {
             if let Some(c) = self.guest_control() {
                 self.vcpu.show_guest(c.cr0, c.cr4);
             }
@@ -435,7 +510,7 @@ impl Kernel {
     /// `VcpuForward`: the mmu-server found an access outside guest RAM;
     /// apply its resume (paging state only matters), hand its rewritten
     /// exit record to the vmm-server, and wait like `VcpuRun`.
-    fn vcpu_forward(&mut self, frame: &mut TrapFrame) -> Result<Result<(), Stop>, ErrorCode> {
+    fn vcpu_forward(&mut self, frame: &mut TrapFrame, sh: &mut Shared) -> SysResult {
         self.require(|r| r.install)?;
         let cur = self.current;
         let page = self.task(cur).vcpu_page.ok_or(ErrorCode::NotPermitted)?;
@@ -452,10 +527,10 @@ impl Kernel {
                 flags: resume.flags & paging.bits(),
                 ..resume
             };
-            self.apply_resume(cur, &only_paging)?;
+            self.apply_resume(cur, &only_paging, sh)?;
         }
         self.task_mut(cur).state = State::WaitExit;
-        Ok(self.deliver(frame, ExitClasses::NPF, rec))
+        self.deliver(frame, ExitClasses::NPF, rec)
     }
 
     /// Channel `ch` of a `Call` or `ReplyRecv`, with its index.
@@ -470,40 +545,36 @@ impl Kernel {
     }
 
     /// `Call`: hand the request in the channel page to the channel's server.
-    fn call(&mut self, frame: &mut TrapFrame, ch: u64) -> Result<(), ErrorCode> {
+    fn call(&mut self, frame: &mut TrapFrame, sh: &mut Shared, ch: u64) -> SysResult {
         let cur = self.current;
         let (ch, c) = self.channel(ch)?;
         if c.client != cur {
-            return Err(ErrorCode::NotPermitted);
+            return Err(ErrorCode::NotPermitted.into());
         }
         let server = c.server;
         if self.task(server).state != State::WaitRecv {
-            return Err(ErrorCode::NotReady);
+            return Err(ErrorCode::NotReady.into());
         }
-        STATS.with(|s| s.channel_calls[ch] += 1);
+        sh.stats.channel_calls[ch] += 1;
         self.task_mut(cur).state = State::WaitReply(ch);
         self.switch(frame, server, ch as u64);
-        Ok(())
+        Ok(Next::Switched)
     }
 
     /// `ReplyRecv`: answer the pending call on `ch`, if any, and wait for the next.
-    fn reply_recv(
-        &mut self,
-        frame: &mut TrapFrame,
-        ch: u64,
-    ) -> Result<Result<(), Stop>, ErrorCode> {
+    fn reply_recv(&mut self, frame: &mut TrapFrame, sh: &mut Shared, ch: u64) -> SysResult {
         let cur = self.current;
         let (ch, c) = self.channel(ch)?;
         if c.server != cur {
-            return Err(ErrorCode::NotPermitted);
+            return Err(ErrorCode::NotPermitted.into());
         }
         let client = c.client;
         self.task_mut(cur).state = State::WaitRecv;
         if self.task(client).state == State::WaitReply(ch) {
             self.switch(frame, client, 0);
-            return Ok(Ok(()));
+            return Ok(Next::Switched);
         }
-        Ok(self.schedule(frame))
+        self.schedule(frame, sh)
     }
 
     /// The current task's rights must pass `f`.
@@ -515,11 +586,12 @@ impl Kernel {
         }
     }
 
-    fn shadow_alloc(&mut self, level: u64) -> Result<u64, ErrorCode> {
+    fn shadow_alloc(&mut self, sh: &mut Shared, level: u64) -> Result<u64, ErrorCode> {
         self.require(|r| r.install)?;
         let level = u8::try_from(level).map_err(|_| ErrorCode::BadLevel)?;
-        let (handle, frame) = SHADOW_TABLES
-            .with(|t| t.alloc(level, || memory::alloc_frame().ok()))
+        let (handle, frame) = sh
+            .tables
+            .alloc(level, || memory::alloc_frame().ok())
             .map_err(|e| match e {
                 AllocError::BadLevel => ErrorCode::BadLevel,
                 AllocError::NoHandles | AllocError::OutOfMemory => ErrorCode::OutOfMemory,
@@ -531,17 +603,17 @@ impl Kernel {
         Ok(u64::from(handle))
     }
 
-    fn shadow_free(&mut self, handle: u64) -> Result<u64, ErrorCode> {
+    fn shadow_free(&mut self, sh: &mut Shared, handle: u64) -> Result<u64, ErrorCode> {
         self.require(|r| r.install)?;
         let handle = u32::try_from(handle).map_err(|_| ErrorCode::NotPermitted)?;
-        SHADOW_TABLES
-            .with(|t| t.free(handle))
+        sh.tables
+            .free(handle)
             .map_err(|_| ErrorCode::NotPermitted)?;
         Ok(0)
     }
 
     /// `MmuInstall`: check and write the batch in the install page.
-    fn mmu_install(&mut self) -> Result<u64, ErrorCode> {
+    fn mmu_install(&mut self, sh: &mut Shared) -> Result<u64, ErrorCode> {
         self.require(|r| r.install)?;
         let page = self
             .task(self.current)
@@ -551,8 +623,9 @@ impl Kernel {
         // SAFETY: the install page is a frame the stub owns; every field
         // is read once (volatile) before it is checked.
         let count = unsafe { core::ptr::read_volatile(&raw const (*page).count) } as usize;
-        let refuse = |index: usize, e: ipc_proto::mmu::InstallError| {
-            STATS.with(|s| s.installs_refused += 1);
+        let Shared { tables, stats } = sh;
+        let mut refuse = |index: usize, e: ipc_proto::mmu::InstallError| {
+            stats.installs_refused += 1;
             // `index` < INSTALL_BATCH_MAX: never the fallback.
             let index = u32::try_from(index).unwrap_or(u32::MAX);
             // SAFETY: as above.
@@ -568,9 +641,7 @@ impl Kernel {
         for i in 0..count {
             // SAFETY: as above; `i` < INSTALL_BATCH_MAX.
             let ins = unsafe { core::ptr::read_volatile(&raw const (*page).entries[i]) };
-            let (table, index, entry) = SHADOW_TABLES
-                .with(|t| t.check(&ins, ram))
-                .map_err(|e| refuse(i, e))?;
+            let (table, index, entry) = tables.check(&ins, ram).map_err(|e| refuse(i, e))?;
             let pdpte = index < 4 && Some(table) == self.pae_root;
             if pdpte && !kernel_stub::install::pae_pdptes_ok(&[entry]) {
                 return Err(refuse(i, ipc_proto::mmu::InstallError::ReservedPdpteBits));
@@ -578,7 +649,7 @@ impl Kernel {
             // SAFETY: `table` is a live shadow frame of the stub and `index` < 512.
             unsafe { core::ptr::write_volatile((table as *mut u64).add(index), entry) };
         }
-        STATS.with(|s| s.installs += count as u64);
+        stats.installs += count as u64;
         Ok(count as u64)
     }
 
@@ -587,105 +658,87 @@ impl Kernel {
         self.vcpu.flush_tlb();
         Ok(0)
     }
+
+    /// `StatsRead`: copy the counters into the caller's VCPU page.
+    fn stats_read(&self, sh: &Shared) -> Result<u64, ErrorCode> {
+        let page = self
+            .task(self.current)
+            .vcpu_page
+            .ok_or(ErrorCode::NotPermitted)?;
+        let mmu = self.mmu_stats().unwrap_or_default();
+        // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*vcpu_page(page)).stats, sh.stats);
+            core::ptr::write_volatile(&raw mut (*vcpu_page(page)).mmu, mmu);
+        }
+        Ok(0)
+    }
+
+    /// The counters the page-table task keeps in its VCPU page, if there is one.
+    fn mmu_stats(&self) -> Option<MmuStats> {
+        let page = self.task(self.find(|r| r.install)?).vcpu_page?;
+        // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
+        Some(unsafe { core::ptr::read_volatile(&raw const (*vcpu_page(page)).mmu) })
+    }
+
+    /// One system call of the current task: checks its rights and runs it.
+    fn syscall(&mut self, frame: &mut TrapFrame, sh: &mut Shared) -> SysResult {
+        let (a0, a1) = (frame.rdi, frame.rsi);
+        let root = self.task(self.current).root;
+        match Syscall::from_raw(frame.rax) {
+            Some(Syscall::VcpuRun) => self.vcpu_run(frame, sh),
+            Some(Syscall::VcpuForward) => self.vcpu_forward(frame, sh),
+            Some(Syscall::Call) => self.call(frame, sh, a0),
+            Some(Syscall::ReplyRecv) => self.reply_recv(frame, sh, a0),
+            Some(Syscall::ConsoleWrite) => {
+                self.require(|r| r.console)?;
+                ret(syscall::console_write(root, a0, a1))
+            }
+            Some(Syscall::ConsoleRead) => {
+                self.require(|r| r.console)?;
+                ret(syscall::console_read(root, a0, a1))
+            }
+            Some(Syscall::StatsRead) => ret(self.stats_read(sh)),
+            Some(Syscall::ShadowAlloc) => ret(self.shadow_alloc(sh, a0)),
+            Some(Syscall::ShadowFree) => ret(self.shadow_free(sh, a0)),
+            Some(Syscall::MmuInstall) => ret(self.mmu_install(sh)),
+            Some(Syscall::MmuFlush) => ret(self.mmu_flush()),
+            Some(Syscall::VmStop) => {
+                self.require(|r| r.vcpu)?;
+                Err(u8::try_from(a0)
+                    .map_or(Stop::BadStatus(a0), Stop::Stopped)
+                    .into())
+            }
+            Some(Syscall::VmFail) => Err(Stop::GaveUp(self.task(self.current).name.clone()).into()),
+            None => Err(ErrorCode::UnknownSyscall.into()),
+        }
+    }
 }
 
-/// Runs a system call that may block: `f` gets the kernel and the trap
-/// frame, and either switched tasks itself or returns the caller's result.
-fn blocking(
-    frame: &mut TrapFrame,
-    f: impl FnOnce(&mut Kernel, &mut TrapFrame) -> Result<Result<(), Stop>, ErrorCode>,
-) {
-    let outcome = KERNEL.with(|k| match k.as_mut() {
-        Some(k) => f(k, frame),
-        None => Err(ErrorCode::NotReady),
+/// A system call from ring 3 (`int 0x80`): run it with the kernel state
+/// borrowed, then set the caller's result or end the VM.
+pub fn syscall(frame: &mut TrapFrame) {
+    let outcome = KERNEL.with(|k| {
+        k.shared.stats.syscalls += 1;
+        match k.vm.as_mut() {
+            Some(vm) => vm.syscall(frame, &mut k.shared),
+            None => Err(ErrorCode::NotReady.into()),
+        }
     });
     match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(stop)) => stop_now(stop),
-        Err(e) => frame.rax = e.to_return_value(),
+        Ok(Next::Return(v)) => frame.rax = v,
+        Ok(Next::Switched) => {}
+        Err(SysError::Code(e)) => frame.rax = e.to_return_value(),
+        Err(SysError::Stop(stop)) => stop_now(stop),
     }
-}
-
-pub fn vcpu_run(frame: &mut TrapFrame) {
-    blocking(frame, |k, f| k.vcpu_run(f));
-}
-
-pub fn vcpu_forward(frame: &mut TrapFrame) {
-    blocking(frame, |k, f| k.vcpu_forward(f));
-}
-
-pub fn call(frame: &mut TrapFrame) {
-    let ch = frame.rdi;
-    blocking(frame, |k, f| k.call(f, ch).map(Ok));
-}
-
-pub fn reply_recv(frame: &mut TrapFrame) {
-    let ch = frame.rdi;
-    blocking(frame, |k, f| k.reply_recv(f, ch));
-}
-
-/// Runs a system call that returns to its caller.
-fn with_kernel(f: impl FnOnce(&mut Kernel) -> Result<u64, ErrorCode>) -> Result<u64, ErrorCode> {
-    KERNEL.with(|k| k.as_mut().map_or(Err(ErrorCode::NotReady), f))
-}
-
-/// Whether the calling task's rights pass `f`: `NotPermitted` if not.
-pub fn require(f: impl Fn(&Rights) -> bool) -> Result<(), ErrorCode> {
-    with_kernel(|k| k.require(f).map(|()| 0)).map(|_| ())
-}
-
-pub fn shadow_alloc(level: u64) -> Result<u64, ErrorCode> {
-    with_kernel(|k| k.shadow_alloc(level))
-}
-
-pub fn shadow_free(handle: u64) -> Result<u64, ErrorCode> {
-    with_kernel(|k| k.shadow_free(handle))
-}
-
-pub fn mmu_install() -> Result<u64, ErrorCode> {
-    with_kernel(Kernel::mmu_install)
-}
-
-pub fn mmu_flush() -> Result<u64, ErrorCode> {
-    with_kernel(Kernel::mmu_flush)
-}
-
-/// `StatsRead`: copy the counters into the caller's VCPU page.
-pub fn stats_read() -> Result<u64, ErrorCode> {
-    let stats = STATS.with(|s| *s);
-    let page = with_kernel(|k| k.task(k.current).vcpu_page.ok_or(ErrorCode::NotPermitted))?;
-    let mmu = mmu_stats().unwrap_or_default();
-    // SAFETY: the VCPU page is ours and identity-mapped.
-    unsafe {
-        core::ptr::write_volatile(&raw mut (*vcpu_page(page)).stats, stats);
-        core::ptr::write_volatile(&raw mut (*vcpu_page(page)).mmu, mmu);
-    }
-    Ok(0)
-}
-
-/// The counters the mmu-server keeps in its VCPU page, if there is one.
-fn mmu_stats() -> Option<MmuStats> {
-    let page = KERNEL.with(|k| {
-        let k = k.as_ref()?;
-        k.task(k.find(|r| r.install)?).vcpu_page
-    })?;
-    // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
-    Some(unsafe { core::ptr::read_volatile(&raw const (*vcpu_page(page)).mmu) })
-}
-
-/// Address space and kind of the task that made the current system call.
-pub fn current_root() -> u64 {
-    KERNEL.with(|k| k.as_ref().map_or(0, |k| k.task(k.current).root))
 }
 
 /// Name of the task that runs now, for fault reports.
 pub fn current_task_name() -> heapless::String<TASK_NAME_MAX> {
-    KERNEL.with(|k| {
-        k.as_ref().map_or_else(
-            || heapless::String::try_from("stub").unwrap_or_default(),
-            |k| k.task(k.current).name.clone(),
-        )
-    })
+    KERNEL
+        .try_with(|k| k.vm.as_ref().map(|vm| vm.task(vm.current).name.clone()))
+        .flatten()
+        .unwrap_or_else(|| heapless::String::try_from("stub").unwrap_or_default())
 }
 
 /// The payload the image builder appended after the stub.
@@ -790,8 +843,8 @@ fn build(
     }
     // Every table of the VM is read in one format: EPT for a nested VMX guest.
     let ept = arch == Arch::Vmx && !shadow;
-    SHADOW_TABLES.with(|t| {
-        t.set_format(if ept {
+    KERNEL.with(|k| {
+        k.shared.tables.set_format(if ept {
             TableFormat::Ept
         } else {
             TableFormat::X86
@@ -911,7 +964,7 @@ fn build(
         bytes: ram_bytes,
     };
     KERNEL.with(|k| {
-        *k = Some(Kernel {
+        k.vm = Some(Vm {
             tasks,
             channels,
             current: 0,
