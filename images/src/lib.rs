@@ -285,6 +285,23 @@ pub struct SystemSpec {
     /// default, and every image but the attack campaign's) packs the real
     /// servers.
     pub hostile_servers: Option<HostileServers>,
+    /// More servers, after the vmm-server, mmu-server and uart-server:
+    /// device servers with the rights their driver needs (ports, IRQ
+    /// lines, guest RAM). Empty by default.
+    pub device_servers: Vec<DeviceServer>,
+}
+
+/// A device server to pack into the image: its name, its ELF (built for
+/// the bare target, linked with `ipc-proto/server.ld`) and its rights.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceServer {
+    /// Its name in the manifest (at most 16 bytes), for messages and
+    /// `--show-rights`.
+    pub name: String,
+    /// Its executable.
+    pub elf: PathBuf,
+    /// What the stub lets it do.
+    pub rights: Rights,
 }
 
 /// The hostile servers of `splitvisor attack` (crate `attack/`), packed in
@@ -315,6 +332,7 @@ impl SystemSpec {
             modules: Vec::new(),
             uart_server: false,
             hostile_servers: None,
+            device_servers: Vec::new(),
         }
     }
 
@@ -344,6 +362,10 @@ impl SystemSpec {
         if let Some(h) = &self.hostile_servers {
             name.push_str("-attack-");
             name.push_str(&h.tag);
+        }
+        for d in &self.device_servers {
+            name.push('-');
+            name.push_str(&d.name);
         }
         name + ".img"
     }
@@ -457,7 +479,7 @@ fn read_modules(specs: &[String]) -> Result<Modules, BuildError> {
 
 /// The tasks of the image `spec` asks for, by name with their rights, and
 /// the channels between them (by task index).
-pub fn system_tasks(spec: &SystemSpec) -> (Vec<(&'static str, Rights)>, Vec<Channel>) {
+pub fn system_tasks(spec: &SystemSpec) -> (Vec<(&str, Rights)>, Vec<Channel>) {
     let mut tasks = Vec::new();
     let mut channels = Vec::new();
     if spec.with_vmm_server {
@@ -474,6 +496,9 @@ pub fn system_tasks(spec: &SystemSpec) -> (Vec<(&'static str, Rights)>, Vec<Chan
                 server: (tasks.len() - 1) as u8,
             });
         }
+    }
+    for d in &spec.device_servers {
+        tasks.push((d.name.as_str(), d.rights.clone()));
     }
     (tasks, channels)
 }
@@ -499,17 +524,27 @@ pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
         None => (read(&elfs.vmm_server)?, read(&elfs.mmu_server)?),
     };
     let uart = read(&elfs.uart_server)?;
+    let devices = spec
+        .device_servers
+        .iter()
+        .map(|d| read(&d.elf))
+        .collect::<Result<Vec<_>, _>>()?;
     let (named, channels) = system_tasks(spec);
     let tasks: Vec<TaskInput> = named
         .into_iter()
         .map(|(name, rights)| TaskInput {
             name,
-            rights,
             elf: match name {
                 "vmm-server" => &vmm,
                 "mmu-server" => &mmu,
-                _ => &uart,
+                "uart-server" => &uart,
+                _ => spec
+                    .device_servers
+                    .iter()
+                    .position(|d| d.name == name)
+                    .map_or(&uart, |i| &devices[i]),
             },
+            rights,
         })
         .collect();
     // The PC board's ACPI tables go where firmware puts them: the BIOS

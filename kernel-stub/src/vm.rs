@@ -4,10 +4,26 @@
 //! `splitvisor` command reads.
 //!
 //! A task runs until it blocks: in `VcpuRun` (waiting for an exit), in
-//! `ReplyRecv` (waiting for a call) or in `Call` (waiting for a reply). When
-//! every task is blocked, the guest runs, and its exit goes to the task
-//! that handles it: page-fault, CR and EFER exits of a shadowed
-//! guest to the mmu-server, everything else to the vmm-server.
+//! `ReplyRecv` (waiting for a call or a notification) or in `Call`
+//! (waiting for a reply). What a task may do follows from its rights in
+//! the manifest (`ipc_proto::manifest::Rights`), checked at every call.
+//!
+//! Scheduling, when the running task blocks (servers above the guest):
+//! 1. a task that has not started yet starts;
+//! 2. a task waiting in `ReplyRecv` whose notification word is not zero
+//!    (a `Signal` from the other end of a channel, or a host IRQ it owns)
+//!    runs, with the word as its result;
+//! 3. otherwise, once every task with a VCPU waits for an exit, the guest
+//!    runs, and its exit goes to the task whose `Rights::exits` holds its
+//!    class (the shadow MMU's exits to the mmu-server, the rest to the
+//!    vmm-server).
+//!
+//! So a device server runs before the guest is entered again: when the
+//! vmm-server calls `VcpuRun` and the device server was signalled, or after
+//! an exit for its IRQ (a host interrupt: the exit goes to the vmm-server,
+//! whose next `VcpuRun` lets the device server run first), or when the
+//! guest exits for HLT or the exit deadline. Host IRQs arrive only while
+//! the guest runs (the stub and the servers run with interrupts off).
 
 use crate::arch::{self, Arch, Entry, EntryFailure, ExitClass, Paging, Vcpu};
 use crate::boot::{self, BootInfo};
@@ -24,8 +40,10 @@ use ipc_proto::manifest::{
 };
 use ipc_proto::mmu::{InstallPage, INSTALL_BATCH_MAX};
 use ipc_proto::stats::MmuStats;
+use ipc_proto::syscall::NO_REPLY;
 use ipc_proto::{ErrorCode, ExitRecord, ResumeFlags, Stats, Syscall, VcpuPage, ABI_VERSION};
 use kernel_stub::install::{AllocError, GuestRam, ShadowTables, TableFormat};
+use kernel_stub::notify::Notifications;
 use kernel_stub::resume::PagingRules;
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -62,6 +80,8 @@ struct Task {
     install_page: Option<u64>,
     /// Whether it has called `VcpuRun` before (its first resume is optional).
     ran_vcpu: bool,
+    /// Its notification word.
+    notes: Notifications,
 }
 
 struct Channel {
@@ -309,6 +329,9 @@ impl Vm {
     fn switch(&mut self, frame: &mut TrapFrame, next: usize, rax: u64) {
         let cur = self.current;
         self.task_mut(cur).frame = *frame;
+        if cur != next {
+            cpu::grant_ports(&self.task(cur).rights.ports, &self.task(next).rights.ports);
+        }
         let t = self.task_mut(next);
         *frame = t.frame;
         frame.rax = rax;
@@ -326,6 +349,15 @@ impl Vm {
             .position(|t| t.as_ref().is_some_and(|t| t.state == State::NotStarted))
         {
             self.switch(frame, i, 0);
+            return Ok(Next::Switched);
+        }
+        let notified = self.tasks.iter().position(|t| {
+            t.as_ref()
+                .is_some_and(|t| t.state == State::WaitRecv && t.notes.pending())
+        });
+        if let Some(i) = notified {
+            let bits = self.task_mut(i).notes.take().unwrap_or(0);
+            self.switch(frame, i, bits);
             return Ok(Next::Switched);
         }
         let handlers_ready = self
@@ -346,7 +378,8 @@ impl Vm {
         let rec = self.vcpu.run();
         count_exit(&mut sh.stats, &rec);
         if ExitClass::of(&rec) == ExitClass::HostInterrupt {
-            self.deadline.fired();
+            let lines = self.deadline.fired();
+            self.notify_irqs(lines);
         }
         if let Some(why) = self.vcpu.entry_failure(&rec) {
             return Err(Stop::EntryFailed {
@@ -561,20 +594,74 @@ impl Vm {
         Ok(Next::Switched)
     }
 
-    /// `ReplyRecv`: answer the pending call on `ch`, if any, and wait for the next.
+    /// `ReplyRecv`: answer the pending call on `ch`, if any, and wait for
+    /// the next call or a notification.
     fn reply_recv(&mut self, frame: &mut TrapFrame, sh: &mut Shared, ch: u64) -> SysResult {
         let cur = self.current;
-        let (ch, c) = self.channel(ch)?;
-        if c.server != cur {
-            return Err(ErrorCode::NotPermitted.into());
-        }
-        let client = c.client;
+        let reply_to = if ch == NO_REPLY {
+            // Nobody could ever wake a task that is on no channel and owns
+            // no IRQ: refuse rather than deadlock the VM.
+            let on_channel = self
+                .channels
+                .iter()
+                .flatten()
+                .any(|c| c.client == cur || c.server == cur);
+            if !on_channel && self.task(cur).rights.irqs == 0 {
+                return Err(ErrorCode::NotPermitted.into());
+            }
+            None
+        } else {
+            let (n, c) = self.channel(ch)?;
+            if c.server != cur {
+                return Err(ErrorCode::NotPermitted.into());
+            }
+            Some((n, c.client))
+        };
         self.task_mut(cur).state = State::WaitRecv;
-        if self.task(client).state == State::WaitReply(ch) {
-            self.switch(frame, client, 0);
-            return Ok(Next::Switched);
+        if let Some((n, client)) = reply_to {
+            if self.task(client).state == State::WaitReply(n) {
+                self.switch(frame, client, 0);
+                return Ok(Next::Switched);
+            }
+        }
+        if let Some(bits) = self.task_mut(cur).notes.take() {
+            self.task_mut(cur).state = State::Running;
+            return Ok(Next::Return(bits));
         }
         self.schedule(frame, sh)
+    }
+
+    /// `Signal`: OR `bits` into the other end of channel `ch`.
+    fn signal(&mut self, ch: u64, bits: u64) -> Result<u64, ErrorCode> {
+        let cur = self.current;
+        let (_, c) = self.channel(ch)?;
+        let other = match (c.client == cur, c.server == cur) {
+            (true, _) => c.server,
+            (_, true) => c.client,
+            _ => return Err(ErrorCode::NotPermitted),
+        };
+        self.task_mut(other).notes.signal(bits)?;
+        Ok(0)
+    }
+
+    /// `IrqAck`: unmask a line the caller owns.
+    fn irq_ack(&mut self, line: u64) -> Result<u64, ErrorCode> {
+        let line = u8::try_from(line)
+            .ok()
+            .filter(|l| *l < 16)
+            .ok_or(ErrorCode::NotPermitted)?;
+        self.require(|r| r.irqs & (1 << line) != 0)?;
+        deadline::set_masked(line, false);
+        Ok(0)
+    }
+
+    /// Host IRQ lines that fired (masked now): set each in its owner's word.
+    fn notify_irqs(&mut self, lines: u16) {
+        for line in (0..16u8).filter(|l| lines & (1 << l) != 0) {
+            if let Some(owner) = self.find(|r| r.irqs & (1 << line) != 0) {
+                self.task_mut(owner).notes.irq(line);
+            }
+        }
     }
 
     /// The current task's rights must pass `f`.
@@ -699,6 +786,8 @@ impl Vm {
                 ret(syscall::console_read(root, a0, a1))
             }
             Some(Syscall::StatsRead) => ret(self.stats_read(sh)),
+            Some(Syscall::Signal) => ret(self.signal(a0, a1)),
+            Some(Syscall::IrqAck) => ret(self.irq_ack(a0)),
             Some(Syscall::ShadowAlloc) => ret(self.shadow_alloc(sh, a0)),
             Some(Syscall::ShadowFree) => ret(self.shadow_free(sh, a0)),
             Some(Syscall::MmuInstall) => ret(self.mmu_install(sh)),
@@ -949,6 +1038,7 @@ fn build(
             vcpu_page,
             install_page,
             ran_vcpu: false,
+            notes: Notifications::default(),
         });
     }
 
@@ -956,6 +1046,15 @@ fn build(
         .as_ref()
         .map(|t| (t.root, t.frame.rip))
         .ok_or(oom)?;
+    if let Some(t) = tasks[0].as_ref() {
+        cpu::grant_ports(&[], &t.rights.ports);
+    }
+    // The device servers' IRQ lines, unmasked from the start.
+    for t in &manifest.tasks {
+        for line in (0..16u8).filter(|l| t.rights.irqs & (1 << l) != 0) {
+            deadline::set_masked(line, false);
+        }
+    }
     if let Some(t) = tasks[0].as_mut() {
         t.state = State::Running;
     }
