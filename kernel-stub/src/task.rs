@@ -40,13 +40,13 @@ impl core::fmt::Display for LoadError {
 }
 
 /// The shared pages a task gets besides its own image and stack, by
-/// physical address; what a task gets follows from its kind.
+/// physical address; what a task gets follows from its rights.
 pub struct SharedMaps<'a> {
     pub boot_info: u64,
     pub vcpu_page: Option<u64>,
     pub install_page: Option<u64>,
-    /// Guest RAM (physical base, bytes), mapped at `GUEST_RAM_WINDOW`.
-    pub guest_ram: Option<(u64, u64)>,
+    /// Guest RAM (physical base, bytes, writable), mapped at `GUEST_RAM_WINDOW`.
+    pub guest_ram: Option<(u64, u64, bool)>,
     /// (channel number, page) for every channel the task is an end of.
     pub channels: &'a [(usize, u64)],
 }
@@ -110,9 +110,10 @@ pub fn load(file: &[u8], maps: &SharedMaps) -> Result<Task, LoadError> {
     for &(n, pa) in maps.channels {
         map(CHANNEL_PAGE_BASE + n as u64 * PAGE, pa, data)?;
     }
-    if let Some((base, bytes)) = maps.guest_ram {
+    if let Some((base, bytes, writable)) = maps.guest_ram {
+        let flags = if writable { data } else { data & !PTE_WRITABLE };
         for off in (0..bytes).step_by(kernel_stub::usize_from(memory::LARGE_PAGE)) {
-            map(GUEST_RAM_WINDOW + off, base + off, data | PTE_LARGE)?;
+            map(GUEST_RAM_WINDOW + off, base + off, flags | PTE_LARGE)?;
         }
     }
     Ok(Task {

@@ -1,0 +1,151 @@
+//! A device server for the stub's own tests (never in a normal image):
+//! it shows that the rights the manifest grants a device server work. It
+//! is granted the CMOS/RTC ports 0x70-0x71 and host IRQ 8 (the RTC, on
+//! the second 8259: the cascade path), turns on the RTC's periodic
+//! interrupt, waits in `ReplyRecv(NO_REPLY)` for the notification bit of
+//! IRQ 8, acknowledges the RTC (register C) and the line (`IrqAck`) three
+//! times, then turns the interrupt off and says so:
+//! `probe-device: 3 interrupts on IRQ 8 (ports and notifications work)`.
+//! It also checks that what it was not granted is refused.
+//!
+//! The template for a real device server (the disk driver): give it a
+//! name, its ports, its IRQ lines and guest RAM in the image builder
+//! (`images::SystemSpec::device_servers`), loop on `ReplyRecv`.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("probe-device is a ring-3 task of the stub's tests; it runs under the stub only.");
+    std::process::exit(2);
+}
+
+#[cfg(target_os = "none")]
+mod ring3 {
+    use core::fmt::Write;
+
+    use ipc_proto::sys::{self, ConsoleLine};
+    use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION};
+    use ipc_proto::{ErrorCode, Syscall};
+
+    ipc_proto::server_entry!(server_main);
+
+    /// The RTC's IRQ line, and how many interrupts to take.
+    const IRQ: u8 = 8;
+    const WANTED: u32 = 3;
+
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            let mut line = ConsoleLine::new();
+            let _ = write!(line, "\nprobe-device: ");
+            let _ = write!(line, $($arg)*);
+            let _ = line.write_str("\n");
+            line.flush();
+        }};
+    }
+
+    fn outb(port: u16, v: u8) {
+        // SAFETY: port I/O has no memory effects; the stub granted this
+        // task ports 0x70-0x71 (anything else would #GP).
+        unsafe {
+            core::arch::asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack))
+        };
+    }
+
+    fn inb(port: u16) -> u8 {
+        let v: u8;
+        // SAFETY: as for `outb`.
+        unsafe {
+            core::arch::asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack))
+        };
+        v
+    }
+
+    /// CMOS register `r` (NMI stays disabled: bit 7 of the index).
+    fn cmos(r: u8) -> u8 {
+        outb(0x70, 0x80 | r);
+        inb(0x71)
+    }
+
+    fn set_cmos(r: u8, v: u8) {
+        outb(0x70, 0x80 | r);
+        outb(0x71, v);
+    }
+
+    extern "C" fn server_main() -> ! {
+        // What was not granted must be refused.
+        let refused = |r: Result<u64, ErrorCode>| r.is_err();
+        let checks = [
+            (
+                "Signal on a channel it is not on",
+                refused(sys::call(Syscall::Signal, 0)),
+            ),
+            (
+                "IrqAck of line 4, not its own",
+                refused(sys::call(Syscall::IrqAck, 4)),
+            ),
+            (
+                "VcpuRun without a VCPU",
+                refused(sys::call(Syscall::VcpuRun, 0)),
+            ),
+            (
+                "MmuFlush without the install right",
+                refused(sys::call(Syscall::MmuFlush, 0)),
+            ),
+        ];
+        for (what, ok) in checks {
+            if !ok {
+                say!("ESCAPE: the stub accepted {what}");
+                sys::vm_fail();
+            }
+        }
+        // Register A: rate 6 (1024 Hz); register B: periodic interrupt on.
+        set_cmos(0x0a, (cmos(0x0a) & 0xf0) | 6);
+        set_cmos(0x0b, cmos(0x0b) | 0x40);
+        let _ = cmos(0x0c);
+        say!("RTC periodic interrupt on, waiting for IRQ {IRQ}");
+        let mut seen = 0;
+        loop {
+            let r = sys::call(Syscall::ReplyRecv, NO_REPLY);
+            let Ok(v) = r else {
+                say!("ReplyRecv failed: {r:?}");
+                sys::vm_fail();
+            };
+            if v & RECV_NOTIFICATION == 0 || v & u64::from(irq_bit(IRQ)) == 0 {
+                continue;
+            }
+            let _ = cmos(0x0c); // the RTC's own acknowledge
+            seen += 1;
+            if seen == WANTED {
+                set_cmos(0x0b, cmos(0x0b) & !0x40);
+                say!("{WANTED} interrupts on IRQ {IRQ} (ports and notifications work)");
+            }
+            if let Err(e) = sys::call(Syscall::IrqAck, u64::from(IRQ)) {
+                say!("IrqAck of its own line refused: {e:?}");
+                sys::vm_fail();
+            }
+        }
+    }
+
+    /// The attack crate's library links `alloc`: an allocator with nothing to give.
+    struct NoHeap;
+
+    // SAFETY: `alloc` always fails (null), which the trait allows;
+    // `dealloc` is never given a pointer `alloc` returned.
+    unsafe impl core::alloc::GlobalAlloc for NoHeap {
+        unsafe fn alloc(&self, _layout: core::alloc::Layout) -> *mut u8 {
+            core::ptr::null_mut()
+        }
+
+        unsafe fn dealloc(&self, _ptr: *mut u8, _layout: core::alloc::Layout) {}
+    }
+
+    #[global_allocator]
+    static HEAP: NoHeap = NoHeap;
+
+    #[panic_handler]
+    fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+        say!("panic: {}", info.message());
+        sys::vm_fail()
+    }
+}
