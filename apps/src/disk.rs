@@ -334,6 +334,50 @@ impl Disk {
     }
 }
 
+/// The disk-driver server's rights: the primary IDE channel's ports
+/// (0x1f0-0x1f7 and 0x3f6), its IRQ line 14, guest RAM read-write (it
+/// moves sectors straight into and out of guest buffers) and the console
+/// (its start line).
+pub fn disk_driver_rights() -> ipc_proto::manifest::Rights {
+    ipc_proto::manifest::Rights {
+        ports: images::rights::ports(&[(0x1f0, 0x1f7), (0x3f6, 0x3f6)]),
+        irqs: 1 << 14,
+        guest_ram: ipc_proto::manifest::GuestRam::ReadWrite,
+        console: true,
+        ..ipc_proto::manifest::Rights::default()
+    }
+}
+
+/// Builds the disk-driver server (crate `disk-driver`) for the bare
+/// target and returns it as a device server for the image, told with its
+/// configuration byte (`disk_driver::CONFIG_MAGIC`) whether the disk is
+/// read-only: `disk-driver`, or `disk-driver-ro` (a patched copy beside
+/// it).
+pub fn disk_driver_server(read_only: bool) -> Result<images::DeviceServer, String> {
+    let [elf] = images::build_for_target(&["disk-driver"], ["disk-driver"])
+        .map_err(|e| format!("building the disk-driver server failed: {e}"))?;
+    let (name, elf) = if read_only {
+        let mut bytes =
+            std::fs::read(&elf).map_err(|e| format!("cannot read {}: {e}", elf.display()))?;
+        let magic = disk_driver::CONFIG_MAGIC;
+        let at = bytes
+            .windows(magic.len())
+            .position(|w| w == magic)
+            .ok_or("the disk-driver server has no configuration block")?;
+        bytes[at + magic.len()] |= disk_driver::CONFIG_READ_ONLY;
+        let ro = elf.with_file_name("disk-driver-ro");
+        std::fs::write(&ro, bytes).map_err(|e| format!("cannot write {}: {e}", ro.display()))?;
+        ("disk-driver-ro", ro)
+    } else {
+        ("disk-driver", elf)
+    };
+    Ok(images::DeviceServer {
+        name: name.into(),
+        elf,
+        rights: disk_driver_rights(),
+    })
+}
+
 /// `-drive file=FILE,format=raw,if=ide,index=0,media=disk`, with the
 /// commas of FILE doubled as QEMU's option syntax wants; for a read-only
 /// image `snapshot=on`: QEMU 7.2's IDE disk (`ide-hd`) refuses a read-only

@@ -356,9 +356,11 @@ struct RunArgs {
     /// image another process has locked, a QEMU included; otherwise it
     /// says what is wrong in one sentence and exits 2.
     ///
-    /// The guest does not see the disk yet: the disk-driver server and the
-    /// virtio-blk device that will show it to the guest are not in the
-    /// image yet (issue 12). Not with --platform sel4.
+    /// The image gets the disk-driver server (ports 0x1f0-0x1f7 and 0x3f6,
+    /// IRQ 14, guest RAM read-write), which identifies the disk at start
+    /// and prints `disk: MODEL, N sectors (SIZE), ...`. The guest does not
+    /// see the disk yet: the virtio-blk device that will show it to the
+    /// guest is not in the image yet (issue 12). Not with --platform sel4.
     #[arg(long, value_name = "FILE[,ro]", value_parser = splitvisor::disk::DiskSpec::parse)]
     disk: Option<splitvisor::disk::DiskSpec>,
 }
@@ -422,13 +424,22 @@ fn main() -> ExitCode {
             } else {
                 Some(splitvisor::run::QEMU_TSC_KHZ)
             };
-            let system = match a.guest.spec(tsc_khz) {
+            let mut system = match a.guest.spec(tsc_khz) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("splitvisor: {e}");
                     return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
                 }
             };
+            if let Some(d) = &disk {
+                match splitvisor::disk::disk_driver_server(d.spec().read_only) {
+                    Ok(server) => system.device_servers.push(server),
+                    Err(e) => {
+                        eprintln!("splitvisor: {e}");
+                        return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
+                    }
+                }
+            }
             let memory_mib = a
                 .memory
                 .unwrap_or_else(|| splitvisor::run::default_memory_mib(system.ram_mib));

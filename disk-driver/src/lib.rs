@@ -54,6 +54,16 @@ impl GuestMemory for Ram<'_> {
     }
 }
 
+/// The bytes in front of the ring-3 task's configuration byte: the image
+/// builder finds them in the ELF and sets the byte after them
+/// ([`CONFIG_READ_ONLY`]), as `splitvisor attack` configures its hostile
+/// servers, since the manifest has no per-task arguments.
+pub const CONFIG_MAGIC: [u8; 12] = *b"SVDISKCONFIG";
+
+/// The configuration byte's bit for a disk attached read-only (`--disk
+/// FILE,ro`).
+pub const CONFIG_READ_ONLY: u8 = 1;
+
 /// The channel, as the platform offers it.
 pub trait Transport {
     /// Answers the pending request with `reply` (none the first time) and

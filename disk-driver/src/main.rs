@@ -1,26 +1,29 @@
 //! The disk-driver ring-3 task: the machine's IDE disk (the primary
-//! channel's master, `splitvisor run --disk FILE`) served over a channel
-//! by the library's [`disk_driver::DiskServer`], with port I/O by `in`,
-//! `out`, `rep insw` and `rep outsw` on ports the stub grants it.
+//! channel's master, `splitvisor run --disk FILE`) driven by ATA PIO with
+//! `in`, `out`, `rep insw` and `rep outsw` on the ports the stub grants it
+//! (0x1f0-0x1f7, 0x3f6: the manifest's `Rights::ports`, an I/O permission
+//! bitmap), owning host IRQ 14, with guest RAM mapped read-write.
 //!
-//! TODO(issue 12): not in any image yet. It waits for the stub's
-//! `stub-rights` work to land on main: the manifest's `Rights::ports`
-//! made real (an I/O permission bitmap granting 0x1f0-0x1f7 and 0x3f6 to
-//! this task while it runs), `Rights::irqs` with `Syscall::IrqAck` and
-//! `ReplyRecv` returning `RECV_NOTIFICATION` | `irq_bit(14)` (for an
-//! interrupt-driven `ata::Wait`; polling needs only the ports),
-//! `Rights::guest_ram = ReadWrite` (guest RAM at `GUEST_RAM_WINDOW`), and
-//! a way for the task to find its channel; then the image builder adds
-//! this task when `--disk` is given. Until then `server_main` below is the
-//! whole task but for those calls, and the host build only says where it
-//! belongs.
+//! At start it identifies the disk (IDENTIFY DEVICE) and prints one line,
+//! `disk: QEMU HARDDISK, 2048 sectors (1 MiB), write cache flush
+//! supported` (or `disk: no usable disk: REASON`). It waits for the disk
+//! by polling the status with a deadline in TSC ticks (nIEN set), so a
+//! disk that never answers ends a request with a timeout instead of
+//! blocking the task: `ReplyRecv` has no timeout to wait for IRQ 14 with.
+//!
+//! TODO(issue 12): serve block requests. No task calls it yet: the
+//! virtio-blk device (crate `virtio/`, its `BlockBackend`) will be its
+//! client over a channel, and the task then loops on
+//! `DiskServer::serve` with a `Transport` over that channel's page
+//! (`ipc_proto::block`). Until then it waits in `ReplyRecv(NO_REPLY)` and
+//! acknowledges IRQ 14 if it ever fires.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]
 fn main() {
     eprintln!(
-        "disk-driver is a ring-3 task of the splitvisor image; it runs under the stub only \
-         (and is not in an image yet: see the TODO in disk-driver/src/main.rs)."
+        "disk-driver is a ring-3 task of the splitvisor image; it runs under the stub only. \
+         `splitvisor run --disk FILE` adds it."
     );
     std::process::exit(2);
 }
@@ -29,16 +32,31 @@ fn main() {
 mod ring3 {
     use core::fmt::Write;
 
-    use ata::{Ata, Drive, PortIo, Spin, PRIMARY};
-    use disk_driver::DiskServer;
+    use ata::{Ata, Drive, PortIo, Wait, PRIMARY};
+    use disk_driver::{DiskServer, CONFIG_MAGIC, CONFIG_READ_ONLY};
     use ipc_proto::sys::{self, ConsoleLine};
-    use ipc_proto::ABI_VERSION;
+    use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION};
+    use ipc_proto::{Syscall, ABI_VERSION};
 
     ipc_proto::server_entry!(server_main);
+
+    /// The configuration block the image builder patches: the magic, then
+    /// the flags ([`CONFIG_READ_ONLY`]).
+    #[used]
+    static CONFIG: [u8; 16] = {
+        let mut c = [0u8; 16];
+        let mut i = 0;
+        while i < CONFIG_MAGIC.len() {
+            c[i] = CONFIG_MAGIC[i];
+            i += 1;
+        }
+        c
+    };
 
     macro_rules! say {
         ($($arg:tt)*) => {{
             let mut line = ConsoleLine::new();
+            let _ = line.write_str("\n");
             let _ = write!(line, $($arg)*);
             let _ = line.write_str("\n");
             line.flush();
@@ -55,39 +73,38 @@ mod ring3 {
             let v: u8;
             // SAFETY: a port read touches no memory of this task.
             unsafe {
-                core::arch::asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags))
-            };
+                core::arch::asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags));
+            }
             v
         }
 
         fn outb(&mut self, port: u16, value: u8) {
             // SAFETY: a port write touches no memory of this task.
             unsafe {
-                core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
-            };
+                core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags));
+            }
         }
 
         fn inw(&mut self, port: u16) -> u16 {
             let v: u16;
             // SAFETY: a port read touches no memory of this task.
             unsafe {
-                core::arch::asm!("in ax, dx", out("ax") v, in("dx") port, options(nomem, nostack, preserves_flags))
-            };
+                core::arch::asm!("in ax, dx", out("ax") v, in("dx") port, options(nomem, nostack, preserves_flags));
+            }
             v
         }
 
         fn outw(&mut self, port: u16, value: u16) {
             // SAFETY: a port write touches no memory of this task.
             unsafe {
-                core::arch::asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
-            };
+                core::arch::asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags));
+            }
         }
 
         fn insw(&mut self, port: u16, buf: &mut [u8]) {
-            // SAFETY: `rep insw` writes exactly 2 x rcx = buf.len() (even,
-            // as the trait requires; the odd byte, if any, is left) bytes
-            // from rdi upwards (DF is clear under the SysV ABI), all inside
-            // the live, writable `buf`.
+            // SAFETY: `rep insw` writes exactly 2 x rcx bytes (buf.len()
+            // rounded down to even) from rdi upwards (DF is clear under the
+            // SysV ABI), all inside the live, writable `buf`.
             unsafe {
                 core::arch::asm!(
                     "rep insw",
@@ -101,7 +118,7 @@ mod ring3 {
 
         fn outsw(&mut self, port: u16, buf: &[u8]) {
             // SAFETY: `rep outsw` reads exactly 2 x rcx bytes of the live
-            // `buf` from rsi upwards (DF clear) and writes none.
+            // `buf` from rsi upwards (DF clear) and writes no memory.
             unsafe {
                 core::arch::asm!(
                     "rep outsw",
@@ -114,6 +131,54 @@ mod ring3 {
         }
     }
 
+    fn rdtsc() -> u64 {
+        let (lo, hi): (u32, u32);
+        // SAFETY: RDTSC reads the time-stamp counter (the stub lets ring 3
+        // read it: BootInfo::tsc_hz) and touches no memory.
+        unsafe {
+            core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags));
+        }
+        (u64::from(hi) << 32) | u64::from(lo)
+    }
+
+    /// Polls until a TSC deadline: ATA/ATAPI-6 allows a reset 31 s; any
+    /// one command here gets `ms` milliseconds.
+    struct TscWait {
+        ticks: u64,
+        deadline: u64,
+    }
+
+    impl TscWait {
+        fn new(tsc_hz: u64, ms: u64) -> Self {
+            // Without a measured TSC, a guess of 1 GHz (QEMU's TCG rate).
+            let hz = if tsc_hz == 0 { 1_000_000_000 } else { tsc_hz };
+            Self {
+                ticks: hz / 1000 * ms,
+                deadline: 0,
+            }
+        }
+    }
+
+    impl Wait for TscWait {
+        fn start(&mut self) {
+            self.deadline = rdtsc().saturating_add(self.ticks);
+        }
+
+        fn pause(&mut self) -> bool {
+            core::hint::spin_loop();
+            rdtsc() < self.deadline
+        }
+    }
+
+    /// The configuration byte, read as the image builder left it.
+    fn config() -> u8 {
+        // SAFETY: CONFIG is a live static; the volatile read keeps the
+        // compiler from assuming the value it was built with.
+        unsafe { core::ptr::read_volatile(&CONFIG[CONFIG_MAGIC.len()]) }
+    }
+
+    const IRQ: u8 = 14;
+
     extern "C" fn server_main() -> ! {
         let boot = sys::boot_info();
         if boot.abi_version != ABI_VERSION {
@@ -123,16 +188,26 @@ mod ring3 {
             );
             sys::vm_fail();
         }
-        // Polling until the IRQ notification is wired: ~10^6 status reads
-        // per wait, each an exit-free port read here (the task owns them).
-        let ata = Ata::new(Ports, Spin::new(1 << 20), PRIMARY, Drive::Master);
-        let server = DiskServer::start(ata, false);
+        let read_only = config() & CONFIG_READ_ONLY != 0;
+        let wait = TscWait::new(boot.tsc_hz, 5000);
+        let ata = Ata::new(Ports, wait, PRIMARY, Drive::Master);
+        let server = DiskServer::start(ata, read_only);
         say!("{}", server.console_line());
-        // TODO(issue 12): serve the channel with `server.serve(&mut
-        // transport, &mut Ram(guest RAM at GUEST_RAM_WINDOW))` once the
-        // task can find its channel and has guest RAM mapped (see the
-        // module documentation).
-        sys::vm_fail();
+        loop {
+            match sys::call(Syscall::ReplyRecv, NO_REPLY) {
+                Ok(v) if v & RECV_NOTIFICATION != 0 && v & u64::from(irq_bit(IRQ)) != 0 => {
+                    // nIEN is set, so the disk should not interrupt; if it
+                    // did, Status acknowledges it and IrqAck the line.
+                    let _ = Ports.inb(PRIMARY.base + ata::regs::STATUS);
+                    let _ = sys::call(Syscall::IrqAck, u64::from(IRQ));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    say!("disk: ReplyRecv refused: {}", e.describe());
+                    sys::vm_fail();
+                }
+            }
+        }
     }
 
     #[panic_handler]
