@@ -1,9 +1,11 @@
 //! `splitvisor run --disk FILE[,ro]`: an image that cannot be used is one
 //! sentence on stderr and exit status 2, before anything is built or any
 //! emulator starts (the emulator here is a script that leaves a mark if it
-//! is started); an image that can is attached, and splitvisor's own lock
-//! does not stop QEMU from taking its own (`hello` boots with the disk
-//! under QEMU TCG with emulated SVM and nested paging).
+//! is started); an image that can is attached, splitvisor's own lock does
+//! not stop QEMU from taking its own, and the disk-driver server
+//! identifies the disk by ATA PIO and says so on the console (`hello`
+//! boots with the disk under QEMU TCG with emulated SVM and nested
+//! paging).
 
 mod common;
 
@@ -242,17 +244,53 @@ fn an_image_a_qemu_has_open_is_refused_before_boot() {
 }
 
 #[test]
-fn e2e_hello_qemu_svm_npt_boots_with_a_disk_while_splitvisor_holds_its_lock() {
+fn e2e_hello_qemu_svm_npt_with_a_disk_the_disk_driver_identifies_it() {
     let dir = scratch("boot");
     let img = dir.join("disk.img");
     std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
-    for disk in [
-        img.to_string_lossy().into_owned(),
-        format!("{},ro", img.display()),
+    for (disk, line) in [
+        (
+            img.to_string_lossy().into_owned(),
+            "disk: QEMU HARDDISK, 2048 sectors (1 MiB), write cache flush supported",
+        ),
+        (
+            format!("{},ro", img.display()),
+            "disk: QEMU HARDDISK, 2048 sectors (1 MiB), write cache flush supported, read-only",
+        ),
     ] {
+        // splitvisor holds its flock on the image while QEMU takes its own.
         let run = splitvisor_run(&["--guest", "hello", "--disk", &disk], 240);
         assert_eq!(run.code, Some(0), "--disk {disk}: {run}");
+        assert!(run.has_line(line), "--disk {disk}: {run}");
         assert!(run.has_line("hello from the guest"), "{run}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn e2e_hello_bochs_vmx_with_a_disk_the_disk_driver_identifies_it() {
+    let dir = scratch("bochs");
+    let img = dir.join("disk.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let run = splitvisor_run(
+        &[
+            "--guest",
+            "hello",
+            "--emulator",
+            "bochs",
+            "--arch",
+            "vmx",
+            "--disk",
+            &img.to_string_lossy(),
+        ],
+        400,
+    );
+    assert_eq!(run.code, Some(0), "{run}");
+    // Bochs's disks are "Generic 1234" unless the bochsrc names them.
+    assert!(
+        run.has_line("disk: Generic 1234, 2048 sectors (1 MiB), write cache flush supported"),
+        "{run}"
+    );
+    assert!(run.has_line("hello from the guest"), "{run}");
     let _ = std::fs::remove_dir_all(&dir);
 }
