@@ -348,15 +348,36 @@ pub fn disk_driver_rights() -> ipc_proto::manifest::Rights {
     }
 }
 
+/// The environment variable that turns on the disk-driver's self-test.
+pub const SELF_TEST_ENV: &str = "SPLITVISOR_DISK_SELF_TEST";
+
 /// Builds the disk-driver server (crate `disk-driver`) for the bare
 /// target and returns it as a device server for the image, told with its
 /// configuration byte (`disk_driver::CONFIG_MAGIC`) whether the disk is
 /// read-only: `disk-driver`, or `disk-driver-ro` (a patched copy beside
 /// it).
+///
+/// With `SPLITVISOR_DISK_SELF_TEST=1` in the environment (the end-to-end
+/// tests), the server also runs its self-test at start, which **writes the
+/// image's last sector** (`disk_driver::self_test`): `disk-driver-t`,
+/// `disk-driver-ro-t` (task names have at most 16 bytes).
 pub fn disk_driver_server(read_only: bool) -> Result<images::DeviceServer, String> {
     let [elf] = images::build_for_target(&["disk-driver"], ["disk-driver"])
         .map_err(|e| format!("building the disk-driver server failed: {e}"))?;
-    let (name, elf) = if read_only {
+    let self_test = std::env::var_os(SELF_TEST_ENV).is_some_and(|v| v == "1");
+    let mut config = 0;
+    let mut name = String::from("disk-driver");
+    if read_only {
+        config |= disk_driver::CONFIG_READ_ONLY;
+        name.push_str("-ro");
+    }
+    if self_test {
+        config |= disk_driver::CONFIG_SELF_TEST;
+        name.push_str("-t");
+    }
+    let elf = if config == 0 {
+        elf
+    } else {
         let mut bytes =
             std::fs::read(&elf).map_err(|e| format!("cannot read {}: {e}", elf.display()))?;
         let magic = disk_driver::CONFIG_MAGIC;
@@ -364,15 +385,14 @@ pub fn disk_driver_server(read_only: bool) -> Result<images::DeviceServer, Strin
             .windows(magic.len())
             .position(|w| w == magic)
             .ok_or("the disk-driver server has no configuration block")?;
-        bytes[at + magic.len()] |= disk_driver::CONFIG_READ_ONLY;
-        let ro = elf.with_file_name("disk-driver-ro");
-        std::fs::write(&ro, bytes).map_err(|e| format!("cannot write {}: {e}", ro.display()))?;
-        ("disk-driver-ro", ro)
-    } else {
-        ("disk-driver", elf)
+        bytes[at + magic.len()] = config;
+        let patched = elf.with_file_name(&name);
+        std::fs::write(&patched, bytes)
+            .map_err(|e| format!("cannot write {}: {e}", patched.display()))?;
+        patched
     };
     Ok(images::DeviceServer {
-        name: name.into(),
+        name,
         elf,
         rights: disk_driver_rights(),
     })

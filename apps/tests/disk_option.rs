@@ -294,3 +294,67 @@ fn e2e_hello_bochs_vmx_with_a_disk_the_disk_driver_identifies_it() {
     assert!(run.has_line("hello from the guest"), "{run}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `splitvisor run ARGS` with the disk-driver's self-test on.
+fn run_self_test(args: &[&str]) -> common::Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_splitvisor"))
+        .arg("run")
+        .args(args)
+        .args(["--timeout", "240"])
+        .env(splitvisor::disk::SELF_TEST_ENV, "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the splitvisor binary starts");
+    common::Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn e2e_hello_qemu_svm_npt_the_disk_driver_reads_writes_and_flushes_the_image() {
+    let dir = scratch("selftest");
+    let img = dir.join("disk.img");
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..16].copy_from_slice(b"SPLITVISOR-DISK!");
+    std::fs::write(&img, &bytes).unwrap();
+    let disk = img.to_string_lossy().into_owned();
+    let run = run_self_test(&["--guest", "hello", "--disk", &disk]);
+    assert_eq!(run.code, Some(0), "{run}");
+    for line in [
+        "disk: QEMU HARDDISK, 2048 sectors (1 MiB), write cache flush supported",
+        "disk: self-test: sector 0 begins \"SPLITVISOR-DISK!\"",
+        "disk: self-test: wrote, flushed and read back sector 2047",
+        "hello from the guest",
+    ] {
+        assert!(run.has_line(line), "{line}: {run}");
+    }
+    // What the ring-3 driver wrote by PIO is in the user's file.
+    let after = std::fs::read(&img).unwrap();
+    let last = &after[(1 << 20) - 512..];
+    for (i, &b) in last.iter().enumerate() {
+        assert_eq!(
+            b,
+            disk_driver_pattern()[i % 32],
+            "byte {i} of the last sector"
+        );
+    }
+    assert_eq!(after[..(1 << 20) - 512], bytes[..(1 << 20) - 512]);
+
+    // Read-only: the server refuses the write and the file stays as it was.
+    std::fs::write(&img, &bytes).unwrap();
+    let run = run_self_test(&["--guest", "hello", "--disk", &format!("{disk},ro")]);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(
+        run.has_line("disk: self-test: writing sector 2047: status 5"),
+        "{run}"
+    );
+    assert_eq!(std::fs::read(&img).unwrap(), bytes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `disk_driver::SELF_TEST_PATTERN`, as the test sees it.
+fn disk_driver_pattern() -> &'static [u8; 32] {
+    b"splitvisor disk-driver was here\n"
+}

@@ -64,6 +64,13 @@ pub const CONFIG_MAGIC: [u8; 12] = *b"SVDISKCONFIG";
 /// FILE,ro`).
 pub const CONFIG_READ_ONLY: u8 = 1;
 
+/// The configuration byte's bit for the self-test at start ([`self_test`]):
+/// for the end-to-end tests only, since it writes the disk's last sector.
+pub const CONFIG_SELF_TEST: u8 = 2;
+
+/// What a self-test writes into the disk's last sector, repeated.
+pub const SELF_TEST_PATTERN: &[u8; 32] = b"splitvisor disk-driver was here\n";
+
 /// The channel, as the platform offers it.
 pub trait Transport {
     /// Answers the pending request with `reply` (none the first time) and
@@ -248,6 +255,98 @@ impl<P: PortIo, W: Wait> DiskServer<P, W> {
             last = Some(self.handle(&req, ram));
         }
     }
+}
+
+/// The end-to-end tests' self-test, through the same requests a client
+/// makes: READ sector 0 into guest RAM at `gpa` (4 KiB the guest does not
+/// use) and show its first 16 bytes, then WRITE [`SELF_TEST_PATTERN`]
+/// over the last sector, FLUSH, READ it back and compare. One line each
+/// on `out`, starting `disk: self-test: `.
+pub fn self_test<P: PortIo, W: Wait>(
+    server: &mut DiskServer<P, W>,
+    ram: &mut impl GuestMemory,
+    gpa: u64,
+    out: &mut impl fmt::Write,
+) -> fmt::Result {
+    let one = |op, lba| BlockRequest {
+        op,
+        sectors: 1,
+        lba,
+        gpa,
+    };
+    let info = server.handle(
+        &BlockRequest {
+            op: op::INFO,
+            ..BlockRequest::default()
+        },
+        ram,
+    );
+    if info.status != status::OK {
+        return writeln!(out, "disk: self-test: INFO answered status {}", info.status);
+    }
+    let r = server.handle(&one(op::READ, 0), ram);
+    if r.status != status::OK {
+        return writeln!(
+            out,
+            "disk: self-test: reading sector 0: status {}",
+            r.status
+        );
+    }
+    let Some(sector) = ram.bytes_mut(gpa, SECTOR_SIZE) else {
+        return writeln!(out, "disk: self-test: no guest RAM at {gpa:#x}");
+    };
+    out.write_str("disk: self-test: sector 0 begins \"")?;
+    for &b in &sector[..16] {
+        let c = if b.is_ascii_graphic() || b == b' ' {
+            char::from(b)
+        } else {
+            '.'
+        };
+        out.write_char(c)?;
+    }
+    out.write_str("\"\n")?;
+    let last = info.capacity - 1;
+    for (i, b) in sector.iter_mut().enumerate() {
+        *b = SELF_TEST_PATTERN[i % SELF_TEST_PATTERN.len()];
+    }
+    let w = server.handle(&one(op::WRITE, last), ram);
+    if w.status != status::OK {
+        return writeln!(
+            out,
+            "disk: self-test: writing sector {last}: status {}",
+            w.status
+        );
+    }
+    let f = server.handle(
+        &BlockRequest {
+            op: op::FLUSH,
+            ..BlockRequest::default()
+        },
+        ram,
+    );
+    if f.status != status::OK {
+        return writeln!(out, "disk: self-test: FLUSH: status {}", f.status);
+    }
+    if let Some(sector) = ram.bytes_mut(gpa, SECTOR_SIZE) {
+        sector.fill(0);
+    }
+    let r = server.handle(&one(op::READ, last), ram);
+    let same = ram.bytes_mut(gpa, SECTOR_SIZE).is_some_and(|s| {
+        s.iter()
+            .enumerate()
+            .all(|(i, &b)| b == SELF_TEST_PATTERN[i % SELF_TEST_PATTERN.len()])
+    });
+    if r.status != status::OK || !same {
+        return writeln!(
+            out,
+            "disk: self-test: sector {last} read back wrong (status {})",
+            r.status
+        );
+    }
+    writeln!(
+        out,
+        "disk: self-test: wrote, flushed and read back sector {last}"
+    )
 }
 
 #[cfg(test)]

@@ -11,6 +11,11 @@
 //! disk that never answers ends a request with a timeout instead of
 //! blocking the task: `ReplyRecv` has no timeout to wait for IRQ 14 with.
 //!
+//! With the self-test bit in its configuration (`splitvisor run --disk`
+//! with `SPLITVISOR_DISK_SELF_TEST=1`, for the end-to-end tests only) it
+//! then reads sector 0 and writes, flushes and reads back the last
+//! sector through guest RAM (`disk_driver::self_test`).
+//!
 //! TODO(issue 12): serve block requests. No task calls it yet: the
 //! virtio-blk device (crate `virtio/`, its `BlockBackend`) will be its
 //! client over a channel, and the task then loops on
@@ -33,7 +38,7 @@ mod ring3 {
     use core::fmt::Write;
 
     use ata::{Ata, Drive, PortIo, Wait, PRIMARY};
-    use disk_driver::{DiskServer, CONFIG_MAGIC, CONFIG_READ_ONLY};
+    use disk_driver::{DiskServer, Ram, CONFIG_MAGIC, CONFIG_READ_ONLY, CONFIG_SELF_TEST};
     use ipc_proto::sys::{self, ConsoleLine};
     use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION};
     use ipc_proto::{Syscall, ABI_VERSION};
@@ -191,8 +196,28 @@ mod ring3 {
         let read_only = config() & CONFIG_READ_ONLY != 0;
         let wait = TscWait::new(boot.tsc_hz, 5000);
         let ata = Ata::new(Ports, wait, PRIMARY, Drive::Master);
-        let server = DiskServer::start(ata, read_only);
+        let mut server = DiskServer::start(ata, read_only);
         say!("{}", server.console_line());
+        if config() & CONFIG_SELF_TEST != 0 && boot.guest_ram_bytes >= 4096 {
+            let Ok(len) = usize::try_from(boot.guest_ram_bytes) else {
+                sys::vm_fail();
+            };
+            // SAFETY: the manifest grants this task guest RAM read-write,
+            // which the stub maps at `guest_ram_window` for
+            // `guest_ram_bytes`; the guest does not run while this task
+            // does (one CPU), and nothing else in this task refers to it.
+            let ram =
+                unsafe { core::slice::from_raw_parts_mut(boot.guest_ram_window as *mut u8, len) };
+            let mut text = ConsoleLine::new();
+            // The last 4 KiB of guest RAM: the test guests do not use it.
+            let _ = disk_driver::self_test(
+                &mut server,
+                &mut Ram(ram),
+                boot.guest_ram_bytes - 4096,
+                &mut text,
+            );
+            text.flush();
+        }
         loop {
             match sys::call(Syscall::ReplyRecv, NO_REPLY) {
                 Ok(v) if v & RECV_NOTIFICATION != 0 && v & u64::from(irq_bit(IRQ)) != 0 => {

@@ -1,7 +1,7 @@
 //! The server against `ata::model`'s disk and a `Vec` for guest RAM.
 extern crate std;
 
-use std::string::ToString;
+use std::string::{String, ToString};
 use std::vec;
 use std::vec::Vec;
 
@@ -241,4 +241,28 @@ mod random_requests {
             }
         }
     }
+}
+
+#[test]
+fn the_self_test_reads_sector_0_and_writes_the_last_one() {
+    let mut dev = Device::disk(64);
+    dev.data.insert(0, [b'M'; 512]);
+    let mut s = server(dev, false);
+    let mut ram = vec![0u8; 8192];
+    let mut out = String::new();
+    self_test(&mut s, &mut Ram(&mut ram), 4096, &mut out).unwrap();
+    assert_eq!(
+        out,
+        "disk: self-test: sector 0 begins \"MMMMMMMMMMMMMMMM\"\n\
+         disk: self-test: wrote, flushed and read back sector 63\n"
+    );
+    assert_eq!(s.ata().io().sector(63)[..32], SELF_TEST_PATTERN[..]);
+    assert_eq!(s.ata().io().flushes, 1);
+    let mut ro = server(Device::disk(64), true);
+    let mut out = String::new();
+    self_test(&mut ro, &mut Ram(&mut ram), 4096, &mut out).unwrap();
+    assert!(
+        out.ends_with("disk: self-test: writing sector 63: status 5\n"),
+        "{out}"
+    );
 }
