@@ -130,7 +130,10 @@ mod tests {
     fn the_first_statuses_are_virtio_blks() {
         // VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP (virtio
         // 1.2, 5.2.6).
-        assert_eq!((status::OK, status::IO_ERROR, status::UNSUPPORTED), (0, 1, 2));
+        assert_eq!(
+            (status::OK, status::IO_ERROR, status::UNSUPPORTED),
+            (0, 1, 2)
+        );
     }
 
     #[test]
