@@ -4,7 +4,8 @@
 //! (`attack/src/bin/probe-device.rs`) turns on the RTC's periodic
 //! interrupt, takes three IRQ 8 notifications through `ReplyRecv` and
 //! acknowledges each with `IrqAck`, and checks that what it was not
-//! granted is refused; the guest still runs to its end. On QEMU with SVM
+//! granted is refused; then it faults on purpose, and the stub restarts it
+//! from its image (fresh data); the guest still runs to its end. On QEMU with SVM
 //! and on Bochs with VMX (where a VM exit cuts TR's limit, and with it the
 //! TSS's I/O permission bitmap, until the stub reloads TR).
 //!
@@ -37,6 +38,15 @@ fn system() -> images::SystemSpec {
 fn check(console: &str) {
     assert!(
         console.contains("probe-device: 3 interrupts on IRQ 8 (ports and notifications work)"),
+        "{console}"
+    );
+    assert!(
+        console.contains("the probe-device faulted: exception 6")
+            && console.contains("restarting it (generation 1)"),
+        "{console}"
+    );
+    assert!(
+        console.contains("probe-device: restarted with fresh data"),
         "{console}"
     );
     assert!(console.contains("vm stopped: guest status 0"), "{console}");

@@ -27,7 +27,9 @@ pub enum Syscall {
     /// Does not return.
     VmFail = 5,
     /// Send the request in channel `rdi`'s page to the channel's server and
-    /// wait for its reply (in the same page). Returns 0.
+    /// wait for its reply (in the same page). Returns 0, or
+    /// `ServerRestarted` if the server faulted (and was restarted) before
+    /// it replied.
     Call = 6,
     /// Serve channel `rdi`: reply to the pending call on it (if any; `rdi`
     /// = [`NO_REPLY`] replies to nobody), then wait for the next call on
@@ -157,6 +159,10 @@ pub enum ErrorCode {
     /// An argument is out of its range: `Signal` bits outside
     /// [`SIGNAL_BITS`].
     BadArgument = 16,
+    /// The server of the channel faulted while the caller waited in `Call`
+    /// and was restarted from its image (the channel's generation moved
+    /// on): the request was lost; retry or give up on purpose.
+    ServerRestarted = 17,
 }
 
 /// Longest write `ConsoleWrite` accepts in one call.
@@ -164,7 +170,7 @@ pub const CONSOLE_WRITE_MAX: u64 = 4096;
 
 impl ErrorCode {
     /// All codes, for lookups and tests.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         Self::UnknownSyscall,
         Self::NotPermitted,
         Self::BadPointer,
@@ -181,6 +187,7 @@ impl ErrorCode {
         Self::BadLevel,
         Self::ResumeBadXcr0,
         Self::BadArgument,
+        Self::ServerRestarted,
     ];
 
     /// The value a failed call returns in `rax`.
@@ -218,6 +225,7 @@ impl ErrorCode {
             Self::BadLevel => "page-table level not 1..=4",
             Self::ResumeBadXcr0 => "resume XCR0 has bits outside the allowlist or breaks XSETBV's rules",
             Self::BadArgument => "an argument is outside the range the call allows",
+            Self::ServerRestarted => "the server faulted and was restarted: the call was lost",
         }
     }
 }

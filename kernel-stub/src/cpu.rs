@@ -200,7 +200,9 @@ pub fn grant_ports(prev: &[PortRange], next: &[PortRange]) {
     // SAFETY: one core, interrupts off; the CPU reads the bitmap only on
     // an IN/OUT in ring 3, which cannot run now. No other reference to
     // the TSS is live (`init` ran at boot).
-    let iopb = unsafe { &mut *(&raw mut TSS.iopb) };
+    let tss = &raw mut TSS;
+    // SAFETY: as above; the bitmap is bytes, aligned in the packed TSS.
+    let iopb = unsafe { &mut (*tss).iopb };
     kernel_stub::iopb::switch(iopb, prev, next);
 }
 
@@ -363,14 +365,8 @@ extern "C" fn trap_handler(frame: &mut TrapFrame) {
         // (VM exits leave DR7 at 0x400) and never runs with TF. A trap:
         // carry on after the instruction it follows.
         (1, false) => {}
-        (_, true) => crate::vm::fail(format_args!(
-            "the {} faulted: exception {} (error code {:#x}) at rip={:#x}, cr2={:#x}; stopping the VM",
-            crate::vm::current_task_name(),
-            frame.vector,
-            frame.error_code,
-            frame.rip,
-            read_cr2()
-        )),
+        // A server's fault: restarted, or the VM stops (`vm::user_fault`).
+        (_, true) => crate::vm::user_fault(frame, read_cr2()),
         (_, false) => crate::vm::fail(format_args!(
             "stub fault: exception {} (error code {:#x}) at rip={:#x}, cr2={:#x}",
             frame.vector,

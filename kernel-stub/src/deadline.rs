@@ -71,6 +71,16 @@ fn take_line() -> Option<u8> {
     Some(line)
 }
 
+/// The unmasked lines whose request bit (IRR, OCW3 read-register
+/// command) is set, bit n for line n.
+fn requests() -> u16 {
+    outb(PIC1_CMD, 0x0a);
+    outb(PIC2_CMD, 0x0a);
+    let irr = u16::from_le_bytes([inb(PIC1_CMD), inb(PIC2_CMD)]);
+    let imr = u16::from_le_bytes([inb(PIC1_DATA), inb(PIC2_DATA)]);
+    irr & !imr
+}
+
 /// Masks (`mask`) or unmasks 8259 line `line` (0-15); unmasking a slave
 /// line unmasks the cascade too.
 pub fn set_masked(line: u8, mask: bool) {
@@ -131,10 +141,10 @@ impl ExitDeadline {
 
     /// After an exit for a host interrupt: the PIT has fired (at the
     /// deadline, or on the way to one more than 55 ms off), or a device
-    /// server's line. Takes every pending interrupt; returns the lines
-    /// other than the PIT's that fired (bit n: line n), each now masked.
-    /// The PIT is re-armed at the next entry either way.
-    pub fn fired(&mut self) -> u16 {
+    /// server's line (`granted`: bit n for line n). Takes every pending
+    /// interrupt; returns the lines other than the PIT's that fired, each
+    /// now masked. The PIT is re-armed at the next entry either way.
+    pub fn fired(&mut self, granted: u16) -> u16 {
         // OUT low again (a mode 0 control word) before the acknowledge:
         // Bochs's 8259 keeps asking for IRQ 0 while the line stays high,
         // and with no new deadline to arm, every entry would exit at once.
@@ -146,11 +156,16 @@ impl ExitDeadline {
                 None => break,
                 // The PIT, or the cascade with nothing behind it.
                 Some(0 | CASCADE) => {}
-                Some(line) => {
-                    set_masked(line, true);
-                    lines |= 1 << line;
-                }
+                Some(line) => lines |= 1 << line,
             }
+        }
+        // Bochs's poll is no INTA and returns no "pending" bit (its 8259
+        // drops a request when the line falls, not at an acknowledge):
+        // the request registers say which granted lines ask. Masking the
+        // line stops the exits until the owner quiets its device.
+        lines |= requests() & granted;
+        for line in (0..16).filter(|l| lines & (1 << l) != 0) {
+            set_masked(line, true);
         }
         lines
     }

@@ -18,15 +18,16 @@ pub fn set_range(bitmap: &mut [u8; IOPB_BYTES], r: &PortRange, allow: bool) {
     }
     let (first, last) = (usize::from(r.first), usize::from(r.last));
     let (first_byte, last_byte) = (first / 8, last / 8);
-    for byte in first_byte..=last_byte {
+    let bytes = bitmap[first_byte..=last_byte].iter_mut();
+    for (byte, b) in (first_byte..).zip(bytes) {
         let lo = if byte == first_byte { first % 8 } else { 0 };
         let hi = if byte == last_byte { last % 8 } else { 7 };
         // Bits lo..=hi of this byte.
         let mask = (0xffu8 >> (7 - hi)) & (0xffu8 << lo);
         if allow {
-            bitmap[byte] &= !mask;
+            *b &= !mask;
         } else {
-            bitmap[byte] |= mask;
+            *b |= mask;
         }
     }
 }

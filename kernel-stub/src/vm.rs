@@ -64,7 +64,13 @@ enum State {
     WaitRecv,
     /// In `Call` on this channel, waiting for the reply.
     WaitReply(usize),
+    /// May run again, its result already in its saved `rax` (a `Call`
+    /// whose server was restarted).
+    Ready,
 }
+
+/// Restarts of one task before a fault of its stops the VM instead.
+const MAX_RESTARTS: u32 = 8;
 
 struct Task {
     name: heapless::String<TASK_NAME_MAX>,
@@ -82,6 +88,11 @@ struct Task {
     ran_vcpu: bool,
     /// Its notification word.
     notes: Notifications,
+    /// Its ELF in the payload, to restart it from.
+    elf: Blob,
+    /// How often it was restarted: a `Call` in flight when it moves on
+    /// fails with `ServerRestarted`.
+    generation: u32,
 }
 
 struct Channel {
@@ -205,6 +216,13 @@ enum Stop {
     BadStatus(u64),
     /// `VmFail` from this task.
     GaveUp(heapless::String<TASK_NAME_MAX>),
+    /// A task faulted in ring 3 and is not restarted (`why`).
+    Faulted {
+        name: heapless::String<TASK_NAME_MAX>,
+        /// Vector, error code, RIP and CR2.
+        fault: [u64; 4],
+        why: &'static str,
+    },
 }
 
 impl core::fmt::Display for Stop {
@@ -223,6 +241,14 @@ impl core::fmt::Display for Stop {
             Self::Stopped(status) => write!(f, "stopped with guest status {status}"),
             Self::BadStatus(status) => write!(f, "the vmm-server stopped the VM with status {status}, which is not a byte"),
             Self::GaveUp(name) => write!(f, "the {name} gave up (its reason is above)"),
+            Self::Faulted {
+                name,
+                fault: [vector, error, rip, cr2],
+                why,
+            } => write!(
+                f,
+                "the {name} faulted: exception {vector} (error code {error:#x}) at rip={rip:#x}, cr2={cr2:#x}; stopping the VM{why}",
+            ),
         }
     }
 }
@@ -351,6 +377,15 @@ impl Vm {
             self.switch(frame, i, 0);
             return Ok(Next::Switched);
         }
+        let ready = self
+            .tasks
+            .iter()
+            .position(|t| t.as_ref().is_some_and(|t| t.state == State::Ready));
+        if let Some(i) = ready {
+            let rax = self.task(i).frame.rax;
+            self.switch(frame, i, rax);
+            return Ok(Next::Switched);
+        }
         let notified = self.tasks.iter().position(|t| {
             t.as_ref()
                 .is_some_and(|t| t.state == State::WaitRecv && t.notes.pending())
@@ -378,7 +413,12 @@ impl Vm {
         let rec = self.vcpu.run();
         count_exit(&mut sh.stats, &rec);
         if ExitClass::of(&rec) == ExitClass::HostInterrupt {
-            let lines = self.deadline.fired();
+            let granted = self
+                .tasks
+                .iter()
+                .flatten()
+                .fold(0, |m, t| m | t.rights.irqs);
+            let lines = self.deadline.fired(granted);
             self.notify_irqs(lines);
         }
         if let Some(why) = self.vcpu.entry_failure(&rec) {
@@ -655,6 +695,66 @@ impl Vm {
         Ok(0)
     }
 
+    /// The running task faulted in ring 3 (`frame` holds the fault). A task
+    /// with the VCPU right (the vmm-server, the mmu-server) stops the VM;
+    /// another is restarted from its image in its own address space (its
+    /// writable segments copied again, its stack zeroed, its notification
+    /// word cleared, its IRQ lines unmasked), and a caller blocked in
+    /// `Call` on it gets `ServerRestarted`.
+    fn fault(&mut self, frame: &mut TrapFrame, cr2: u64, sh: &mut Shared) -> SysResult {
+        let cur = self.current;
+        let fault = [frame.vector, frame.error_code, frame.rip, cr2];
+        let stop = |vm: &Self, why| Stop::Faulted {
+            name: vm.task(cur).name.clone(),
+            fault,
+            why,
+        };
+        let t = self.task(cur);
+        if t.rights.vcpu {
+            return Err(stop(self, "").into());
+        }
+        if t.generation >= MAX_RESTARTS {
+            return Err(stop(self, " (it was restarted too often)").into());
+        }
+        let entry = blob(payload(), t.elf)
+            .and_then(|file| task::reload(file, t.root).ok())
+            .ok_or_else(|| stop(self, " (it could not be restarted)"))?;
+        say!(
+            "the {} faulted: exception {} (error code {:#x}) at rip={:#x}, cr2={cr2:#x}; restarting it (generation {})",
+            t.name,
+            frame.vector,
+            frame.error_code,
+            frame.rip,
+            t.generation + 1
+        );
+        let irqs = t.rights.irqs;
+        let t = self.task_mut(cur);
+        t.generation += 1;
+        t.notes = Notifications::default();
+        t.state = State::NotStarted;
+        t.frame = TrapFrame::user_start(entry, STACK_TOP);
+        // What `schedule` saves as the task's frame: its fresh start.
+        *frame = t.frame;
+        for line in (0..16u8).filter(|l| irqs & (1 << l) != 0) {
+            deadline::set_masked(line, false);
+        }
+        for n in 0..MAX_CHANNELS {
+            let Some(client) = self.channels[n]
+                .as_ref()
+                .filter(|c| c.server == cur)
+                .map(|c| c.client)
+            else {
+                continue;
+            };
+            let c = self.task_mut(client);
+            if c.state == State::WaitReply(n) {
+                c.frame.rax = ErrorCode::ServerRestarted.to_return_value();
+                c.state = State::Ready;
+            }
+        }
+        self.schedule(frame, sh)
+    }
+
     /// Host IRQ lines that fired (masked now): set each in its owner's word.
     fn notify_irqs(&mut self, lines: u16) {
         for line in (0..16u8).filter(|l| lines & (1 << l) != 0) {
@@ -814,20 +914,30 @@ pub fn syscall(frame: &mut TrapFrame) {
             None => Err(ErrorCode::NotReady.into()),
         }
     });
+    finish(frame, outcome);
+}
+
+/// A fault in ring 3 (`frame` holds it): the task is restarted or the VM
+/// stops (`Vm::fault`).
+pub fn user_fault(frame: &mut TrapFrame, cr2: u64) {
+    let outcome = KERNEL.with(|k| match k.vm.as_mut() {
+        Some(vm) => vm.fault(frame, cr2, &mut k.shared),
+        None => Err(ErrorCode::NotReady.into()),
+    });
+    if let Err(SysError::Code(_)) = outcome {
+        fail(format_args!("a server faulted before the VM was built"));
+    }
+    finish(frame, outcome);
+}
+
+/// After a system call or a fault: the caller's result, or the VM's end.
+fn finish(frame: &mut TrapFrame, outcome: SysResult) {
     match outcome {
         Ok(Next::Return(v)) => frame.rax = v,
         Ok(Next::Switched) => {}
         Err(SysError::Code(e)) => frame.rax = e.to_return_value(),
         Err(SysError::Stop(stop)) => stop_now(stop),
     }
-}
-
-/// Name of the task that runs now, for fault reports.
-pub fn current_task_name() -> heapless::String<TASK_NAME_MAX> {
-    KERNEL
-        .try_with(|k| k.vm.as_ref().map(|vm| vm.task(vm.current).name.clone()))
-        .flatten()
-        .unwrap_or_else(|| heapless::String::try_from("stub").unwrap_or_default())
 }
 
 /// The payload the image builder appended after the stub.
@@ -1039,6 +1149,8 @@ fn build(
             install_page,
             ran_vcpu: false,
             notes: Notifications::default(),
+            elf: t.elf,
+            generation: 0,
         });
     }
 

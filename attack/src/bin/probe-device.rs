@@ -6,7 +6,11 @@
 //! IRQ 8, acknowledges the RTC (register C) and the line (`IrqAck`) three
 //! times, then turns the interrupt off and says so:
 //! `probe-device: 3 interrupts on IRQ 8 (ports and notifications work)`.
-//! It also checks that what it was not granted is refused.
+//! It also checks that what it was not granted is refused. Then it
+//! faults on purpose (UD2): the stub must restart it from its image, and
+//! its second life (it leaves a mark in CMOS bytes 0x7e-0x7f) checks that
+//! its data segment is the image's again:
+//! `probe-device: restarted with fresh data`.
 //!
 //! The template for a real device server (the disk driver): give it a
 //! name, its ports, its IRQ lines and guest RAM in the image builder
@@ -29,6 +33,9 @@ mod ring3 {
     use ipc_proto::{ErrorCode, Syscall};
 
     ipc_proto::server_entry!(server_main);
+
+    /// In .data: 7 in the image; the first life changes it before it faults.
+    static mut LIFE_MARK: u32 = 7;
 
     /// The RTC's IRQ line, and how many interrupts to take.
     const IRQ: u8 = 8;
@@ -72,7 +79,25 @@ mod ring3 {
         outb(0x71, v);
     }
 
+    /// Waits for good (its IRQ line is off now).
+    fn idle() -> ! {
+        loop {
+            let _ = sys::call(Syscall::ReplyRecv, NO_REPLY);
+        }
+    }
+
     extern "C" fn server_main() -> ! {
+        if cmos(0x7e) == 0xa5 && cmos(0x7f) == 0x5a {
+            // SAFETY: one thread; a volatile read of our own static.
+            let mark = unsafe { core::ptr::read_volatile(&raw const LIFE_MARK) };
+            if mark == 7 {
+                say!("restarted with fresh data");
+            } else {
+                say!("ESCAPE: restarted with the old data ({mark})");
+                sys::vm_fail();
+            }
+            idle();
+        }
         // What was not granted must be refused.
         let refused = |r: Result<u64, ErrorCode>| r.is_err();
         let checks = [
@@ -119,6 +144,13 @@ mod ring3 {
             if seen == WANTED {
                 set_cmos(0x0b, cmos(0x0b) & !0x40);
                 say!("{WANTED} interrupts on IRQ {IRQ} (ports and notifications work)");
+                // SAFETY: one thread; a volatile write of our own static.
+                unsafe { core::ptr::write_volatile(&raw mut LIFE_MARK, 8) };
+                set_cmos(0x7e, 0xa5);
+                set_cmos(0x7f, 0x5a);
+                say!("faulting on purpose (UD2)");
+                // SAFETY: UD2 raises #UD, which the stub turns into a restart.
+                unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
             }
             if let Err(e) = sys::call(Syscall::IrqAck, u64::from(IRQ)) {
                 say!("IrqAck of its own line refused: {e:?}");
