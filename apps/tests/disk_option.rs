@@ -5,7 +5,11 @@
 //! not stop QEMU from taking its own, and the disk-driver server
 //! identifies the disk by ATA PIO and says so on the console (`hello`
 //! boots with the disk under QEMU TCG with emulated SVM and nested
-//! paging).
+//! paging, and under Bochs VMX); with its self-test on, the server reads,
+//! writes and flushes the image (its writes land in the file), and reads
+//! waiting for IRQ 14's notifications (QEMU: next to the `timer` guest,
+//! which runs long enough for the server's start; Bochs: not yet, see the
+//! TODO there).
 
 mod common;
 
@@ -268,30 +272,41 @@ fn e2e_hello_qemu_svm_npt_with_a_disk_the_disk_driver_identifies_it() {
 }
 
 #[test]
-fn e2e_hello_bochs_vmx_with_a_disk_the_disk_driver_identifies_it() {
+fn e2e_hello_bochs_vmx_with_a_disk_the_disk_driver_identifies_writes_and_flushes_it() {
     let dir = scratch("bochs");
     let img = dir.join("disk.img");
-    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
-    let run = splitvisor_run(
-        &[
-            "--guest",
-            "hello",
-            "--emulator",
-            "bochs",
-            "--arch",
-            "vmx",
-            "--disk",
-            &img.to_string_lossy(),
-        ],
-        400,
-    );
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..16].copy_from_slice(b"SPLITVISOR-BOCHS");
+    std::fs::write(&img, &bytes).unwrap();
+    let run = run_self_test(&[
+        "--guest",
+        "hello",
+        "--emulator",
+        "bochs",
+        "--arch",
+        "vmx",
+        "--disk",
+        &img.to_string_lossy(),
+    ]);
     assert_eq!(run.code, Some(0), "{run}");
-    // Bochs's disks are "Generic 1234" unless the bochsrc names them.
-    assert!(
-        run.has_line("disk: Generic 1234, 2048 sectors (1 MiB), write cache flush supported"),
-        "{run}"
+    for line in [
+        // Bochs's disks are "Generic 1234" unless the bochsrc names them.
+        "disk: Generic 1234, 2048 sectors (1 MiB), write cache flush supported",
+        "disk: self-test: sector 0 begins \"SPLITVISOR-BOCHS\"",
+        "disk: self-test: wrote, flushed and read back sector 2047",
+        "hello from the guest",
+    ] {
+        assert!(run.has_line(line), "{line}: {run}");
+    }
+    // TODO(issue 12): on Bochs VMX the self-test's interrupt-mode read
+    // gets no IRQ 14 notification (the task then waits for good; with
+    // `timer` the run times out), where QEMU gives one per sector: find
+    // out why before the server waits for interrupts outside its self-test.
+    let after = std::fs::read(&img).unwrap();
+    assert_eq!(
+        after[(1 << 20) - 512..(1 << 20) - 480],
+        disk_driver_pattern()[..]
     );
-    assert!(run.has_line("hello from the guest"), "{run}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -313,23 +328,24 @@ fn run_self_test(args: &[&str]) -> common::Run {
 }
 
 #[test]
-fn e2e_hello_qemu_svm_npt_the_disk_driver_reads_writes_and_flushes_the_image() {
+fn e2e_timer_qemu_svm_npt_the_disk_driver_reads_writes_and_flushes_the_image() {
     let dir = scratch("selftest");
     let img = dir.join("disk.img");
     let mut bytes = vec![0u8; 1 << 20];
     bytes[..16].copy_from_slice(b"SPLITVISOR-DISK!");
     std::fs::write(&img, &bytes).unwrap();
     let disk = img.to_string_lossy().into_owned();
-    let run = run_self_test(&["--guest", "hello", "--disk", &disk]);
+    let run = run_self_test(&["--guest", "timer", "--disk", &disk]);
     assert_eq!(run.code, Some(0), "{run}");
     for line in [
         "disk: QEMU HARDDISK, 2048 sectors (1 MiB), write cache flush supported",
         "disk: self-test: sector 0 begins \"SPLITVISOR-DISK!\"",
         "disk: self-test: wrote, flushed and read back sector 2047",
-        "hello from the guest",
+        "timer: all checks passed",
     ] {
         assert!(run.has_line(line), "{line}: {run}");
     }
+    assert_irq_notifications(&run);
     // What the ring-3 driver wrote by PIO is in the user's file.
     let after = std::fs::read(&img).unwrap();
     let last = &after[(1 << 20) - 512..];
@@ -344,7 +360,7 @@ fn e2e_hello_qemu_svm_npt_the_disk_driver_reads_writes_and_flushes_the_image() {
 
     // Read-only: the server refuses the write and the file stays as it was.
     std::fs::write(&img, &bytes).unwrap();
-    let run = run_self_test(&["--guest", "hello", "--disk", &format!("{disk},ro")]);
+    let run = run_self_test(&["--guest", "timer", "--disk", &format!("{disk},ro")]);
     assert_eq!(run.code, Some(0), "{run}");
     assert!(
         run.has_line("disk: self-test: writing sector 2047: status 5"),
@@ -352,6 +368,22 @@ fn e2e_hello_qemu_svm_npt_the_disk_driver_reads_writes_and_flushes_the_image() {
     );
     assert_eq!(std::fs::read(&img).unwrap(), bytes);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The self-test's read in interrupt mode succeeded, woken by at least one
+/// IRQ 14 notification (one per sector, as QEMU and Bochs raise INTRQ).
+fn assert_irq_notifications(run: &common::Run) {
+    let prefix = "disk: self-test: read 4 sectors waiting for IRQ 14: status 0, ";
+    let line = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no line {prefix:?}: {run}"));
+    let n: u32 = line
+        .strip_suffix(" notifications")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line:?}: {run}"));
+    assert!(n >= 1, "{run}");
 }
 
 /// `disk_driver::SELF_TEST_PATTERN`, as the test sees it.

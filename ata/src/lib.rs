@@ -81,6 +81,14 @@ pub trait Wait {
     fn uses_irq(&self) -> bool {
         false
     }
+    /// With [`Wait::uses_irq`]: the device is due to assert INTRQ now (a
+    /// data-in block or a command's end is coming, ATA/ATAPI-6 9.6-9.8):
+    /// wait for that interrupt before the status is read. The driver calls
+    /// it once per interrupt the protocol promises, so an interrupt that
+    /// came early (latched as a notification) ends the wait at once and
+    /// none is left over. The default does nothing; the status is polled
+    /// after it either way, so it may also return early.
+    fn wait_irq(&mut self) {}
     /// A new wait begins (a command was issued, a sector moved): restart
     /// the time budget.
     fn start(&mut self);
@@ -502,6 +510,12 @@ impl<P: PortIo, W: Wait> Ata<P, W> {
         &mut self.io
     }
 
+    /// The wait, mutably (a platform may switch it between polling and
+    /// the interrupt between commands).
+    pub fn wait_mut(&mut self) -> &mut W {
+        &mut self.wait
+    }
+
     /// The channel.
     pub fn channel(&self) -> Channel {
         self.channel
@@ -641,6 +655,14 @@ impl<P: PortIo, W: Wait> Ata<P, W> {
         Ok(())
     }
 
+    /// Waits for the interrupt the protocol promises next, in interrupt
+    /// mode.
+    fn irq_due(&mut self) {
+        if self.wait.uses_irq() {
+            self.wait.wait_irq();
+        }
+    }
+
     /// Waits for the device to ask for a sector's data (BSY clear, DRQ
     /// set), acknowledging its interrupt.
     fn wait_drq(&mut self, command: Command, lba: u64) -> Result<(), Error> {
@@ -684,6 +706,7 @@ impl<P: PortIo, W: Wait> Ata<P, W> {
         }
         self.select(command, 0)?;
         self.issue(command, 0, 0);
+        self.irq_due();
         let st = self.alt_status();
         if st == 0 || st == 0xff {
             return Err(Error::NoDevice { status: st });
@@ -768,6 +791,11 @@ impl<P: PortIo, W: Wait> Ata<P, W> {
             // A count of 0 in the register means 256 (65536 with EXT).
             self.issue(command, start, (n % per_command) as u32);
             for i in 0..n {
+                // PIO data-in interrupts before each block; data-out after
+                // each block, not before the first (ATA/ATAPI-6 9.7, 9.8).
+                if dir == Dir::Read {
+                    self.irq_due();
+                }
                 self.wait_drq(command, start + i)?;
                 let port = self.reg(regs::DATA);
                 each(
@@ -775,6 +803,9 @@ impl<P: PortIo, W: Wait> Ata<P, W> {
                     &mut self.io,
                     port,
                 );
+                if dir == Dir::Write {
+                    self.irq_due();
+                }
             }
             self.finish(command, start + n - 1)?;
             done += n;
@@ -817,6 +848,7 @@ impl<P: PortIo, W: Wait> Ata<P, W> {
             self.io.outb(port, code);
         }
         self.delay_400ns();
+        self.irq_due();
         self.finish(command, 0)
     }
 

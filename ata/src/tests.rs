@@ -100,10 +100,13 @@ fn a_command_of_exactly_256_or_65536_sectors_writes_a_count_of_zero() {
 
 #[test]
 fn slow_devices_are_waited_for_and_irq_mode_leaves_nien_clear() {
-    struct IrqWait(u32);
+    struct IrqWait(u32, u32);
     impl Wait for IrqWait {
         fn uses_irq(&self) -> bool {
             true
+        }
+        fn wait_irq(&mut self) {
+            self.1 += 1;
         }
         fn start(&mut self) {
             self.0 = 50;
@@ -115,13 +118,17 @@ fn slow_devices_are_waited_for_and_irq_mode_leaves_nien_clear() {
     }
     let mut dev = Device::disk(64);
     dev.latency = 5;
-    let mut d = Ata::new(dev, IrqWait(0), PRIMARY, Drive::Master);
+    let mut d = Ata::new(dev, IrqWait(0, 0), PRIMARY, Drive::Master);
     d.identify().unwrap();
     let data = pattern(4, 1);
     d.write(8, &data).unwrap();
     let mut back = std::vec![0u8; data.len()];
     d.read(8, &mut back).unwrap();
     assert_eq!(back, data);
+    d.flush().unwrap();
+    // One interrupt awaited per promise: IDENTIFY's block, 4 written
+    // blocks, 4 read blocks, the flush's end.
+    assert_eq!(d.wait_mut().1, 1 + 4 + 4 + 1);
     assert_eq!(d.io().control & control::NIEN, 0);
     // Every interrupt was acknowledged by a read of Status.
     assert!(!d.io().irq_pending);

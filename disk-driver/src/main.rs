@@ -39,6 +39,7 @@ mod ring3 {
 
     use ata::{Ata, Drive, PortIo, Wait, PRIMARY};
     use disk_driver::{DiskServer, Ram, CONFIG_MAGIC, CONFIG_READ_ONLY, CONFIG_SELF_TEST};
+    use ipc_proto::block::{op, BlockRequest};
     use ipc_proto::sys::{self, ConsoleLine};
     use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION};
     use ipc_proto::{Syscall, ABI_VERSION};
@@ -146,27 +147,60 @@ mod ring3 {
         (u64::from(hi) << 32) | u64::from(lo)
     }
 
-    /// Polls until a TSC deadline: ATA/ATAPI-6 allows a reset 31 s; any
-    /// one command here gets `ms` milliseconds.
-    struct TscWait {
+    /// Waits for the disk by polling the status until a TSC deadline
+    /// (ATA/ATAPI-6 allows a reset 31 s; each wait here gets `ms`
+    /// milliseconds), nIEN set; with `irq`, nIEN clear and each interrupt
+    /// the protocol promises awaited first by blocking in `ReplyRecv` for
+    /// IRQ 14's notification. `ReplyRecv` has no timeout, so a disk that
+    /// never interrupts would block the task for good: the interrupt is
+    /// only used by the self-test until the stub offers a wait with a
+    /// deadline.
+    struct TaskWait {
         ticks: u64,
         deadline: u64,
+        irq: bool,
+        notifications: u32,
     }
 
-    impl TscWait {
+    impl TaskWait {
         fn new(tsc_hz: u64, ms: u64) -> Self {
             // Without a measured TSC, a guess of 1 GHz (QEMU's TCG rate).
             let hz = if tsc_hz == 0 { 1_000_000_000 } else { tsc_hz };
             Self {
                 ticks: hz / 1000 * ms,
                 deadline: 0,
+                irq: false,
+                notifications: 0,
             }
         }
     }
 
-    impl Wait for TscWait {
+    impl Wait for TaskWait {
+        fn uses_irq(&self) -> bool {
+            self.irq
+        }
+
         fn start(&mut self) {
             self.deadline = rdtsc().saturating_add(self.ticks);
+        }
+
+        fn wait_irq(&mut self) {
+            // Blocks until IRQ 14's notification (one latched earlier
+            // returns at once).
+            loop {
+                match sys::call(Syscall::ReplyRecv, NO_REPLY) {
+                    Ok(v) if v & RECV_NOTIFICATION != 0 && v & u64::from(irq_bit(IRQ)) != 0 => {
+                        self.notifications += 1;
+                        // The line is edge-triggered: unmasking it before
+                        // the driver reads Status (which lowers INTRQ)
+                        // loses no interrupt.
+                        let _ = sys::call(Syscall::IrqAck, u64::from(IRQ));
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
         }
 
         fn pause(&mut self) -> bool {
@@ -194,7 +228,7 @@ mod ring3 {
             sys::vm_fail();
         }
         let read_only = config() & CONFIG_READ_ONLY != 0;
-        let wait = TscWait::new(boot.tsc_hz, 5000);
+        let wait = TaskWait::new(boot.tsc_hz, 5000);
         let ata = Ata::new(Ports, wait, PRIMARY, Drive::Master);
         let mut server = DiskServer::start(ata, read_only);
         say!("{}", server.console_line());
@@ -210,13 +244,26 @@ mod ring3 {
                 unsafe { core::slice::from_raw_parts_mut(boot.guest_ram_window as *mut u8, len) };
             let mut text = ConsoleLine::new();
             // The last 4 KiB of guest RAM: the test guests do not use it.
-            let _ = disk_driver::self_test(
-                &mut server,
-                &mut Ram(ram),
-                boot.guest_ram_bytes - 4096,
-                &mut text,
-            );
+            let gpa = boot.guest_ram_bytes - 4096;
+            let mut ram = Ram(ram);
+            let _ = disk_driver::self_test(&mut server, &mut ram, gpa, &mut text);
             text.flush();
+            // The same read once more, waiting for IRQ 14's notifications.
+            server.ata().wait_mut().irq = true;
+            let read = BlockRequest {
+                op: op::READ,
+                sectors: 4,
+                lba: 0,
+                gpa,
+            };
+            let r = server.handle(&read, &mut ram);
+            let w = server.ata().wait_mut();
+            w.irq = false;
+            say!(
+                "disk: self-test: read 4 sectors waiting for IRQ 14: status {}, {} notifications",
+                r.status,
+                w.notifications
+            );
         }
         loop {
             match sys::call(Syscall::ReplyRecv, NO_REPLY) {
