@@ -22,7 +22,6 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 
 /// Bytes in a sector.
@@ -38,9 +37,9 @@ pub struct DiskSpec {
 }
 
 impl DiskSpec {
-    /// Parses `FILE` or `FILE,ro` (the last `,ro` counts; a file whose
-    /// name itself ends in `,ro` is given as `FILE,ro,rw`... no: give it
-    /// as `./NAME,ro,ro`). `FILE,rw` is accepted too.
+    /// Parses `FILE`, `FILE,ro` or `FILE,rw`: only the last suffix counts,
+    /// so a file whose name itself ends in `,ro` is given as `NAME,ro,rw`
+    /// (or `NAME,ro,ro`).
     pub fn parse(arg: &str) -> Result<Self, String> {
         let (path, read_only) = if let Some(p) = arg.strip_suffix(",ro") {
             (p, true)
@@ -243,7 +242,7 @@ impl Disk {
         if kind.is_dir() {
             return Err(DiskError::Directory(path.clone()));
         }
-        if !kind.is_file() || kind.is_block_device() {
+        if !kind.is_file() {
             return Err(DiskError::NotRegular(path.clone()));
         }
         // Readable at all first, so that an unreadable image is not
@@ -386,8 +385,12 @@ pub fn disk_driver_server(read_only: bool) -> Result<images::DeviceServer, Strin
             .position(|w| w == magic)
             .ok_or("the disk-driver server has no configuration block")?;
         bytes[at + magic.len()] = config;
+        // Written aside and renamed: runs in parallel (the tests) read a
+        // whole file, never one being written.
         let patched = elf.with_file_name(&name);
-        std::fs::write(&patched, bytes)
+        let aside = elf.with_file_name(format!("{name}.{}.tmp", std::process::id()));
+        std::fs::write(&aside, bytes)
+            .and_then(|()| std::fs::rename(&aside, &patched))
             .map_err(|e| format!("cannot write {}: {e}", patched.display()))?;
         patched
     };

@@ -349,12 +349,13 @@ struct RunArgs {
     /// to drive by ATA PIO. With ,ro the file is opened read-only and
     /// never written: QEMU gets snapshot=on (its IDE disk cannot be
     /// read-only) and Bochs mode=volatile, both keeping the machine's
-    /// writes in a temporary overlay dropped at exit. Before anything is built, the file must exist, be a regular
-    /// file of a non-zero whole number of sectors, be readable (and
-    /// writable unless ,ro), and not be in use: run takes an advisory lock
-    /// on it for the whole run (exclusive; shared with ,ro) and refuses an
-    /// image another process has locked, a QEMU included; otherwise it
-    /// says what is wrong in one sentence and exits 2.
+    /// writes in a temporary overlay dropped at exit. Before anything is
+    /// built, the file must exist, be a regular file of a non-zero whole
+    /// number of sectors, be readable (and writable unless ,ro), and not be
+    /// in use: run takes an advisory lock on it for the whole run
+    /// (exclusive; shared with ,ro) and refuses an image another process
+    /// has locked, a QEMU included; otherwise it says what is wrong in one
+    /// sentence and exits 2.
     ///
     /// The image gets the disk-driver server (ports 0x1f0-0x1f7 and 0x3f6,
     /// IRQ 14, guest RAM read-write), which identifies the disk at start
