@@ -192,6 +192,17 @@ pub const DISK_TEXT: &str = "splitvisor disk check: written by the first boot";
 /// Either disk check's line when it fails, before the reason.
 pub const DISK_FAILED: &str = "splitvisor-linux: disk check failed: ";
 
+/// With `console=hvc0`: the line before `/init` copies the kernel's log so
+/// far (`dmesg`) to hvc0. virtio_console registers the console before it
+/// can write to the port (`hvc_alloc` before the port is on the driver's
+/// console list: `put_chars` fails with `-EPIPE` and `hvc_console_print`
+/// throws the characters away), so the kernel's replay of its log to a
+/// console that registers late is lost; what the kernel prints after it
+/// reaches hvc0 itself.
+pub const HVC_LOG_BEGIN: &str = "splitvisor-linux: the kernel's log before hvc0";
+/// See [`HVC_LOG_BEGIN`].
+pub const HVC_LOG_END: &str = "splitvisor-linux: end of the kernel's log before hvc0";
+
 /// The initramfs's `/init`: mounts proc, sys and devtmpfs, loads the
 /// kernel modules the initramfs carries (listed in load order in
 /// `/lib/modules/$(uname -r)/splitvisor.modules`, see
@@ -199,8 +210,9 @@ pub const DISK_FAILED: &str = "splitvisor-linux: disk check failed: ";
 /// [`MODULE_FAILED`] and its name) so that `/dev/vda` and `/dev/hvc0` appear
 /// when the machine has virtio-blk and virtio-console devices; with
 /// `console=hvc0` on the command line it waits (5 s at most) for
-/// `/dev/hvc0` and reopens `/dev/console`, which is then hvc0, for its own
-/// output; prints the marker and `uname -a`, then hands over to busybox
+/// `/dev/hvc0`, reopens `/dev/console`, which is then hvc0, for its own
+/// output and copies the kernel's log so far there (between
+/// [`HVC_LOG_BEGIN`] and [`HVC_LOG_END`]); prints the marker and `uname -a`, then hands over to busybox
 /// `init` ([`INITTAB`]:
 /// a shell on ttyS0; `poweroff`, `halt` and `reboot` end the VM with status
 /// 0). With `splitvisor.workload` on the kernel command line it first runs
@@ -238,6 +250,9 @@ case " $(cat /proc/cmdline) " in
     done
     if [ -e /dev/hvc0 ]; then
         exec </dev/console >/dev/console 2>&1
+        echo "splitvisor-linux: the kernel's log before hvc0"
+        dmesg
+        echo "splitvisor-linux: end of the kernel's log before hvc0"
     else
         echo "splitvisor-linux: console=hvc0 but no /dev/hvc0"
     fi
@@ -555,7 +570,10 @@ mod tests {
         }
         assert!(text.contains(INIT_MARKER));
         assert!(INIT.starts_with("#!/bin/busybox sh\n"));
-        assert!(!text.contains("modules.dep\0"), "modules without being given any");
+        assert!(
+            !text.contains("modules.dep\0"),
+            "modules without being given any"
+        );
     }
 
     #[test]
@@ -569,6 +587,8 @@ mod tests {
             DISK_READ,
             DISK_TEXT,
             DISK_FAILED,
+            HVC_LOG_BEGIN,
+            HVC_LOG_END,
         ] {
             assert!(INIT.contains(marker.trim_end()), "{marker}");
         }
@@ -581,7 +601,10 @@ mod tests {
         let m = Modules {
             version: "6.1.0-57-amd64".into(),
             files: vec![
-                ("kernel/drivers/virtio/virtio_ring.ko".into(), b"ring".to_vec()),
+                (
+                    "kernel/drivers/virtio/virtio_ring.ko".into(),
+                    b"ring".to_vec(),
+                ),
                 ("kernel/drivers/virtio/virtio.ko".into(), b"virtio".to_vec()),
                 ("kernel/fs/ext4/ext4.ko".into(), b"ext4".to_vec()),
             ],

@@ -273,7 +273,11 @@ fn read_module(p: &Path) -> Result<Vec<u8>, String> {
         .output()
         .map_err(|e| format!("could not run {tool} to decompress {}: {e}", p.display()))?;
     if !out.status.success() {
-        return Err(format!("{tool} -dc {} failed ({})", p.display(), out.status));
+        return Err(format!(
+            "{tool} -dc {} failed ({})",
+            p.display(),
+            out.status
+        ));
     }
     Ok(out.stdout)
 }
@@ -283,7 +287,12 @@ fn read_module(p: &Path) -> Result<Vec<u8>, String> {
 pub fn collect(root: &Path) -> Result<Modules, String> {
     let base = root.join("lib").join("modules");
     let version = std::fs::read_dir(&base)
-        .map_err(|e| format!("the kernel package has no lib/modules ({}: {e})", base.display()))?
+        .map_err(|e| {
+            format!(
+                "the kernel package has no lib/modules ({}: {e})",
+                base.display()
+            )
+        })?
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_dir())
         .filter_map(|e| e.file_name().to_str().map(str::to_string))
@@ -347,8 +356,13 @@ mod tests {
             "virtio_blk" | "virtio_console" | "virtio_rng" => &["virtio", "virtio_ring"],
             "virtio" => &["virtio_ring"],
             "ext4" => &["jbd2", "mbcache", "crc16"],
-            "virtio_ring" | "virtio_pci_modern_dev" | "virtio_pci_legacy_dev" | "jbd2"
-            | "mbcache" | "crc16" | "crc32c_generic" => &[],
+            "virtio_ring"
+            | "virtio_pci_modern_dev"
+            | "virtio_pci_legacy_dev"
+            | "jbd2"
+            | "mbcache"
+            | "crc16"
+            | "crc32c_generic" => &[],
             _ => return Err(format!("no module {name}")),
         };
         Ok(d.iter().map(|s| s.to_string()).collect())
@@ -456,7 +470,10 @@ mod tests {
     fn modinfo_reads_depends() {
         let elf = elf64_with_modinfo(b"license=GPL\0depends=jbd2,mbcache,crc16\0name=ext4\0");
         let info = modinfo(&elf).unwrap();
-        assert_eq!(info, ["license=GPL", "depends=jbd2,mbcache,crc16", "name=ext4"]);
+        assert_eq!(
+            info,
+            ["license=GPL", "depends=jbd2,mbcache,crc16", "name=ext4"]
+        );
         assert_eq!(depends_of(&info), ["jbd2", "mbcache", "crc16"]);
         let none = elf64_with_modinfo(b"depends=\0name=crc16\0");
         assert!(depends_of(&modinfo(&none).unwrap()).is_empty());

@@ -374,11 +374,17 @@ mod tests {
         let mut b = boot();
         b.append = "splitvisor.exit".into();
         let a = joined(&b);
-        assert!(a.contains("-serial stdio -chardev file,id=hvc0,path=/tmp/other"), "{a}");
+        assert!(
+            a.contains("-serial stdio -chardev file,id=hvc0,path=/tmp/other"),
+            "{a}"
+        );
         assert!(a.contains("-device virtio-serial-pci -device virtconsole,chardev=hvc0"));
         assert!(a.contains("-append console=hvc0 console=ttyS0 splitvisor.exit -kernel"));
         assert!(a.contains("-icount shift=2,align=off,sleep=off"), "{a}");
-        assert!(!a.contains("virtio-blk") && !a.contains("virtio-rng"), "{a}");
+        assert!(
+            !a.contains("virtio-blk") && !a.contains("virtio-rng"),
+            "{a}"
+        );
         b.console = GuestConsole::Hvc;
         let a = joined(&b);
         assert!(a.contains("-serial file:/tmp/other -chardev stdio,id=hvc0,signal=off"));
@@ -392,7 +398,9 @@ mod tests {
         b.rng = true;
         let a = joined(&b);
         assert!(
-            a.contains("-drive if=none,id=d0,format=raw,file=/d/a,,b.img -device virtio-blk-pci,drive=d0"),
+            a.contains(
+                "-drive if=none,id=d0,format=raw,file=/d/a,,b.img -device virtio-blk-pci,drive=d0"
+            ),
             "{a}"
         );
         assert!(a.contains("-device virtio-rng-pci"), "{a}");
