@@ -66,6 +66,9 @@ fn plain(console: GuestConsole, append: &str, disk: Option<PathBuf>) -> PlainVir
             .map_or("-".to_string(), |d| format!("{:.2} s", d.as_secs_f64())),
         run.wall.as_secs_f64()
     );
+    if std::env::var_os("SPLITVISOR_SHOW_CONSOLES").is_some() {
+        eprintln!("{run}");
+    }
     assert!(!run.timed_out, "timed out\n{run}");
     assert_eq!(run.status, Some(0), "not powered off\n{run}");
     for (name, text) in [("ttyS0", &run.serial), ("hvc0", &run.hvc)] {
@@ -82,6 +85,18 @@ fn after<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     text.lines()
         .find_map(|l| l.strip_prefix(prefix))
         .map(str::trim)
+}
+
+/// The kernel's timestamp (guest time, seconds) of its first message
+/// ending with `message`: under `-icount` it counts the machine's
+/// instructions (4 ns each) and idle time, not the host's load.
+fn guest_stamp(console: &str, message: &str) -> String {
+    console
+        .lines()
+        .find(|l| l.ends_with(message))
+        .and_then(|l| l.strip_prefix('['))
+        .and_then(|l| l.split(']').next())
+        .map_or("-".to_string(), |t| t.trim().to_string())
 }
 
 /// A temporary file removed when dropped.
@@ -203,4 +218,60 @@ fn the_boot_log_and_init_appear_on_hvc0() {
         "{run}"
     );
     assert!(!run.serial.contains(INIT_MARKER), "{run}");
+}
+
+/// The figures the README shows: QEMU's start to the init marker on the
+/// console the kernel prefers and to the disk check's line, ttyS0 then
+/// hvc0, without and with a disk (`splitvisor.exit`; the disk boot
+/// writes), and the kernel's own timestamps (guest time) of running /init
+/// and of the power-off. Not run
+/// by default (four boots):
+/// `cargo test -p splitvisor --test e2e_linux_virtio_plain_qemu -- --ignored --nocapture`.
+#[test]
+#[ignore = "figures for the README, four boots"]
+fn figures_to_the_marker_with_ttys0_and_hvc0() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let img = TempImage(std::env::temp_dir().join(format!(
+        "splitvisor-e2e-virtio-figures-{}.img",
+        std::process::id()
+    )));
+    let mut rows = Vec::new();
+    for console in [GuestConsole::Serial, GuestConsole::Hvc] {
+        for disk in [false, true] {
+            let (append, disk) = if disk {
+                make_ext4_image(&img.0, 64).unwrap_or_else(|e| panic!("{e}"));
+                ("splitvisor.disk=write", Some(img.0.clone()))
+            } else {
+                ("splitvisor.exit", None)
+            };
+            let run = plain(console, append, disk);
+            let to = |prefix: &str| {
+                run.when(prefix)
+                    .map_or("-".to_string(), |d| format!("{:.2}", d.as_secs_f64()))
+            };
+            rows.push(format!(
+                "{:<7} {:<22} {:>9} {:>12} {:>11.2} {:>12} {:>14}",
+                console.name(),
+                append,
+                to(INIT_MARKER),
+                to(DISK_WRITTEN),
+                run.wall.as_secs_f64(),
+                guest_stamp(&run.serial, "Run /init as init process"),
+                guest_stamp(&run.serial, "reboot: Power down"),
+            ));
+        }
+    }
+    println!(
+        "{:<7} {:<22} {:>9} {:>12} {:>11} {:>12} {:>14}",
+        "console",
+        "append",
+        "marker s",
+        "disk done s",
+        "QEMU end s",
+        "guest /init",
+        "guest poweroff"
+    );
+    for r in rows {
+        println!("{r}");
+    }
 }
