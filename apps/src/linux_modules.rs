@@ -445,7 +445,7 @@ mod tests {
         f.extend_from_slice(info);
         let str_off = f.len();
         f.extend_from_slice(shstr);
-        while f.len() % 8 != 0 {
+        while !f.len().is_multiple_of(8) {
             f.push(0);
         }
         let shoff = f.len();
