@@ -21,7 +21,7 @@
 //! ```
 
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use splitvisor::linux::{
@@ -37,21 +37,32 @@ const TIMEOUT_SECS: u64 = 90;
 /// The boots share `.cache/linux/` and the two cores: one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// The kernel and initramfs, prepared once for the file's tests.
-fn guest() -> LinuxGuest {
-    static GUEST: OnceLock<LinuxGuest> = OnceLock::new();
-    GUEST
-        .get_or_init(|| {
-            splitvisor::linux::prepare_debian_linux(Flavour::Amd64)
-                .unwrap_or_else(|e| panic!("could not prepare Debian's kernel: {e}"))
-        })
-        .clone()
+/// `flavour`'s kernel and initramfs, prepared once for the file's tests.
+fn guest(flavour: Flavour) -> LinuxGuest {
+    static GUESTS: Mutex<Vec<(Flavour, LinuxGuest)>> = Mutex::new(Vec::new());
+    let mut g = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, guest)) = g.iter().find(|(f, _)| *f == flavour) {
+        return guest.clone();
+    }
+    let guest = splitvisor::linux::prepare_debian_linux(flavour)
+        .unwrap_or_else(|e| panic!("could not prepare Debian's {} kernel: {e}", flavour.name()));
+    g.push((flavour, guest.clone()));
+    guest
 }
 
 fn plain(console: GuestConsole, append: &str, disk: Option<PathBuf>) -> PlainVirtioRun {
+    plain_flavour(Flavour::Amd64, console, append, disk)
+}
+
+fn plain_flavour(
+    flavour: Flavour,
+    console: GuestConsole,
+    append: &str,
+    disk: Option<PathBuf>,
+) -> PlainVirtioRun {
     let qemu = splitvisor::run::find_program(splitvisor::DEFAULT_EMULATOR)
         .expect("qemu-system-x86_64 is installed (scripts/install-deps)");
-    let mut b = PlainVirtio::new(qemu, guest());
+    let mut b = PlainVirtio::new(qemu, guest(flavour));
     b.console = console;
     b.append = append.to_string();
     b.disk = disk;
@@ -59,7 +70,8 @@ fn plain(console: GuestConsole, append: &str, disk: Option<PathBuf>) -> PlainVir
     b.timeout = Duration::from_secs(TIMEOUT_SECS);
     let run = b.run().unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
-        "plain QEMU, console {}, `{}`: init marker after {}, QEMU ended after {:.2} s",
+        "plain QEMU, {}, console {}, `{}`: init marker after {}, QEMU ended after {:.2} s",
+        flavour.name(),
         console.name(),
         b.cmdline(),
         run.to_marker
@@ -110,13 +122,28 @@ impl Drop for TempImage {
 
 #[test]
 fn what_one_boot_writes_to_the_virtio_disk_the_next_reads_back() {
+    disk_round_trip(Flavour::Amd64);
+}
+
+/// The 32-bit kernels' modules work too (`--ignored`: four more boots).
+#[test]
+#[ignore = "four more boots"]
+fn the_i386_kernels_read_back_what_they_wrote() {
+    disk_round_trip(Flavour::I686);
+    disk_round_trip(Flavour::I686Pae);
+}
+
+fn disk_round_trip(flavour: Flavour) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let img = TempImage(
-        std::env::temp_dir().join(format!("splitvisor-e2e-virtio-{}.img", std::process::id())),
-    );
+    let img = TempImage(std::env::temp_dir().join(format!(
+        "splitvisor-e2e-virtio-{}-{}.img",
+        flavour.name(),
+        std::process::id()
+    )));
     make_ext4_image(&img.0, 64).unwrap_or_else(|e| panic!("{e}"));
 
-    let write = plain(
+    let write = plain_flavour(
+        flavour,
         GuestConsole::Serial,
         "splitvisor.disk=write",
         Some(img.0.clone()),
@@ -136,7 +163,8 @@ fn what_one_boot_writes_to_the_virtio_disk_the_next_reads_back() {
         .to_string();
     assert_eq!(written.len(), 32, "not an MD5: {written}");
 
-    let read = plain(
+    let read = plain_flavour(
+        flavour,
         GuestConsole::Serial,
         "splitvisor.disk=read",
         Some(img.0.clone()),
@@ -273,5 +301,56 @@ fn figures_to_the_marker_with_ttys0_and_hvc0() {
     );
     for r in rows {
         println!("{r}");
+    }
+}
+
+/// Each of Debian's kernels gets its own initramfs with its own modules
+/// (686 and 686-pae share busybox and the workload, not their modules),
+/// all of [`splitvisor::linux_modules::WANTED`] and their dependencies in
+/// load order, found in the kernel's package (no boot).
+#[test]
+fn every_flavour_carries_its_own_modules() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    for flavour in Flavour::ALL {
+        let g = splitvisor::linux::prepare_debian_linux(flavour)
+            .unwrap_or_else(|e| panic!("{}: {e}", flavour.name()));
+        let name = g.initrd.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(name, format!("initramfs-{}.cpio", flavour.name()));
+        let cpio = std::fs::read(&g.initrd).unwrap();
+        let text = String::from_utf8_lossy(&cpio);
+        let version = format!("-{}", flavour.name());
+        let list_name = format!("{version}/{}\0", splitvisor::linux_modules::LOAD_LIST);
+        let at = text
+            .find(&list_name)
+            .unwrap_or_else(|| panic!("{}: no load list", flavour.name()));
+        // The list's contents follow its name in the archive.
+        let list = &text[at + list_name.len()..];
+        let list = list.trim_start_matches('\0');
+        let list = &list[..list.find('\0').unwrap_or(list.len())];
+        let names: Vec<String> = list
+            .lines()
+            .map(|p| {
+                let file = p.rsplit('/').next().unwrap();
+                splitvisor::linux_modules::module_name(file).unwrap()
+            })
+            .collect();
+        for w in splitvisor::linux_modules::WANTED {
+            assert!(
+                names.iter().any(|n| n == w),
+                "{}: no {w} in {names:?}",
+                flavour.name()
+            );
+        }
+        assert_eq!(names.last().map(String::as_str), Some("ext4"), "{names:?}");
+        let ring = names.iter().position(|n| n == "virtio_ring").unwrap();
+        let pci = names.iter().position(|n| n == "virtio_pci").unwrap();
+        assert!(ring < pci, "{names:?}");
+        eprintln!(
+            "{}: {} bytes of initramfs, {} modules: {}",
+            flavour.name(),
+            cpio.len(),
+            names.len(),
+            names.join(" ")
+        );
     }
 }
