@@ -210,12 +210,12 @@ pub const HVC_LOG_END: &str = "splitvisor-linux: end of the kernel's log before 
 /// [`MODULE_FAILED`] and its name) so that `/dev/vda` and `/dev/hvc0` appear
 /// when the machine has virtio-blk and virtio-console devices; with
 /// `console=hvc0` on the command line it waits (5 s at most) for
-/// `/dev/hvc0`, reopens `/dev/console`, which is then hvc0, for its own
+/// `/dev/hvc0` and, if hvc0 is then the console `/dev/console` opens (the
+/// last `console=`: `C` in `/proc/consoles`), reopens it for its own
 /// output and copies the kernel's log so far there (between
-/// [`HVC_LOG_BEGIN`] and [`HVC_LOG_END`]); prints the marker and `uname -a`, then hands over to busybox
-/// `init` ([`INITTAB`]:
-/// a shell on ttyS0; `poweroff`, `halt` and `reboot` end the VM with status
-/// 0). With `splitvisor.workload` on the kernel command line it first runs
+/// [`HVC_LOG_BEGIN`] and [`HVC_LOG_END`]); prints the marker and
+/// `uname -a`, then hands over to busybox `init` ([`INITTAB`]: a shell on
+/// ttyS0; `poweroff`, `halt` and `reboot` end the VM with status 0). With `splitvisor.workload` on the kernel command line it first runs
 /// `/bin/workload` (fork+exec, pipe ping-pong, mmap/munmap; see
 /// `apps/linux/workload.c`) and prints [`WORKLOAD_END`]; with
 /// `splitvisor.platform` it prints `/proc/interrupts` and the clock source;
@@ -248,13 +248,13 @@ case " $(cat /proc/cmdline) " in
         usleep 100000
         i=$((i + 1))
     done
-    if [ -e /dev/hvc0 ]; then
+    if [ ! -e /dev/hvc0 ]; then
+        echo "splitvisor-linux: console=hvc0 but no /dev/hvc0"
+    elif grep -q '^hvc0 .*(EC' /proc/consoles; then
         exec </dev/console >/dev/console 2>&1
         echo "splitvisor-linux: the kernel's log before hvc0"
         dmesg
         echo "splitvisor-linux: end of the kernel's log before hvc0"
-    else
-        echo "splitvisor-linux: console=hvc0 but no /dev/hvc0"
     fi
     ;;
 esac
