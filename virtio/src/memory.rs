@@ -34,7 +34,10 @@ impl fmt::Display for MemoryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::Wraps { gpa, len } => {
-                write!(f, "guest range {gpa:#x}+{len:#x} wraps around the address space")
+                write!(
+                    f,
+                    "guest range {gpa:#x}+{len:#x} wraps around the address space"
+                )
             }
             Self::OutOfRam { gpa, len, ram_size } => write!(
                 f,
@@ -46,8 +49,14 @@ impl fmt::Display for MemoryError {
 
 /// Checks that `[gpa, gpa + len)` lies in `[0, ram_size)` and returns it as
 /// host offsets.
-pub fn check_range(ram_size: u64, gpa: u64, len: u64) -> Result<core::ops::Range<usize>, MemoryError> {
-    let end = gpa.checked_add(len).ok_or(MemoryError::Wraps { gpa, len })?;
+pub fn check_range(
+    ram_size: u64,
+    gpa: u64,
+    len: u64,
+) -> Result<core::ops::Range<usize>, MemoryError> {
+    let end = gpa
+        .checked_add(len)
+        .ok_or(MemoryError::Wraps { gpa, len })?;
     if end > ram_size {
         return Err(MemoryError::OutOfRam { gpa, len, ram_size });
     }
@@ -78,7 +87,8 @@ pub trait GuestMemory {
 
     /// Copies `data` to `gpa`.
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
-        self.slice_mut(gpa, data.len() as u64)?.copy_from_slice(data);
+        self.slice_mut(gpa, data.len() as u64)?
+            .copy_from_slice(data);
         Ok(())
     }
 
@@ -166,7 +176,11 @@ mod tests {
         assert_eq!(m.read_u32(60).unwrap(), 0xdead_beef);
         assert_eq!(m.read_u16(62).unwrap(), 0xdead);
         assert_eq!(m.slice(0, 64).unwrap().len(), 64);
-        assert_eq!(m.slice(64, 0).unwrap().len(), 0, "an empty range at the end is in RAM");
+        assert_eq!(
+            m.slice(64, 0).unwrap().len(),
+            0,
+            "an empty range at the end is in RAM"
+        );
         m.slice_mut(1, 2).unwrap().copy_from_slice(&[7, 8]);
         assert_eq!(m.read_u16(1).unwrap(), 0x0807);
     }
@@ -177,11 +191,18 @@ mod tests {
         let mut m = SliceMemory::new(&mut ram);
         assert_eq!(
             m.read_u32(61).unwrap_err(),
-            MemoryError::OutOfRam { gpa: 61, len: 4, ram_size: 64 }
+            MemoryError::OutOfRam {
+                gpa: 61,
+                len: 4,
+                ram_size: 64
+            }
         );
         assert_eq!(
             m.slice(u64::MAX, 2).unwrap_err(),
-            MemoryError::Wraps { gpa: u64::MAX, len: 2 }
+            MemoryError::Wraps {
+                gpa: u64::MAX,
+                len: 2
+            }
         );
         assert!(m.write(0xfee0_0000, &[1]).is_err(), "MMIO is not RAM");
         assert!(m.slice_mut(65, 0).is_err());

@@ -666,15 +666,28 @@ impl Queue {
     }
 
     /// Takes the next available chain, checked, or `None` when the driver
-    /// has made none available.
+    /// has made none available. With VIRTIO_F_EVENT_IDX, finding the ring
+    /// empty also sets `avail_event` to the next index, so the driver
+    /// notifies the next buffer (2.7.10), and looks once more for a buffer
+    /// that came meanwhile.
     pub fn pop<M: GuestMemory + ?Sized>(
         &mut self,
-        mem: &M,
+        mem: &mut M,
     ) -> Result<Option<DescriptorChain>, QueueError> {
         if !self.ready {
             return Err(QueueError::NotReady);
         }
-        let avail_idx = self.avail_idx(mem)?;
+        let mut avail_idx = self.avail_idx(mem)?;
+        if avail_idx == self.next_avail && self.event_idx {
+            let at = self.used_ring.wrapping_add(4 + 8 * u64::from(self.size));
+            mem.write_u16(at, self.next_avail)
+                .map_err(|error| QueueError::Ring {
+                    area: Area::UsedRing,
+                    error,
+                })?;
+            fence(Ordering::SeqCst);
+            avail_idx = self.avail_idx(mem)?;
+        }
         let pending = avail_idx.wrapping_sub(self.next_avail);
         if pending == 0 {
             return Ok(None);
@@ -770,8 +783,7 @@ impl Queue {
             let used_event = Self::ring_read(
                 mem,
                 Area::AvailableRing,
-                self.avail_ring
-                    .wrapping_add(4 + 2 * u64::from(self.size)),
+                self.avail_ring.wrapping_add(4 + 2 * u64::from(self.size)),
             )?;
             match self.signalled_used {
                 None => true,
@@ -825,7 +837,15 @@ mod tests {
     const USED: u64 = 0x800;
     const RAM: usize = 0x4000;
 
-    fn desc(mem: &mut SliceMemory<'_>, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+    fn desc(
+        mem: &mut SliceMemory<'_>,
+        table: u64,
+        i: u16,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) {
         let at = table + 16 * u64::from(i);
         mem.write(at, &addr.to_le_bytes()).unwrap();
         mem.write(at + 8, &len.to_le_bytes()).unwrap();
@@ -836,7 +856,8 @@ mod tests {
     /// Publishes `head` in the next slot of the available ring.
     fn publish(mem: &mut SliceMemory<'_>, size: u16, head: u16) {
         let idx = mem.read_u16(AVAIL + 2).unwrap();
-        mem.write_u16(AVAIL + 4 + 2 * u64::from(idx % size), head).unwrap();
+        mem.write_u16(AVAIL + 4 + 2 * u64::from(idx % size), head)
+            .unwrap();
         mem.write_u16(AVAIL + 2, idx.wrapping_add(1)).unwrap();
     }
 
@@ -862,27 +883,51 @@ mod tests {
         let mut q = Queue::new(256);
         for bad in [0, 3, 512] {
             q.set_size(bad);
-            assert_eq!(q.enable(), Err(QueueError::BadSize { size: bad, max: 256 }));
+            assert_eq!(
+                q.enable(),
+                Err(QueueError::BadSize {
+                    size: bad,
+                    max: 256
+                })
+            );
             assert!(!q.ready());
         }
         q.set_size(16);
         q.set_desc_table(8);
         assert_eq!(
             q.enable(),
-            Err(QueueError::Misaligned { area: Area::DescriptorTable, gpa: 8 })
+            Err(QueueError::Misaligned {
+                area: Area::DescriptorTable,
+                gpa: 8
+            })
         );
         q.set_desc_table(16);
         q.set_avail_ring(1);
-        assert!(matches!(q.enable(), Err(QueueError::Misaligned { area: Area::AvailableRing, .. })));
+        assert!(matches!(
+            q.enable(),
+            Err(QueueError::Misaligned {
+                area: Area::AvailableRing,
+                ..
+            })
+        ));
         q.set_avail_ring(2);
         q.set_used_ring(2);
-        assert!(matches!(q.enable(), Err(QueueError::Misaligned { area: Area::UsedRing, .. })));
+        assert!(matches!(
+            q.enable(),
+            Err(QueueError::Misaligned {
+                area: Area::UsedRing,
+                ..
+            })
+        ));
         q.set_used_ring(4);
         q.enable().unwrap();
         q.reset();
         assert!(!q.ready());
         assert_eq!(q.size(), 256);
-        assert_eq!(q.pop(&SliceMemory::new(&mut [])), Err(QueueError::NotReady));
+        assert_eq!(
+            q.pop(&mut SliceMemory::new(&mut [])),
+            Err(QueueError::NotReady)
+        );
     }
 
     #[test]
@@ -901,21 +946,44 @@ mod tests {
         let mut m = SliceMemory::new(&mut ram);
         let mut q = queue(8);
         desc(&mut m, DESC, 3, 0x1000, 16, desc_flags::NEXT, 5);
-        desc(&mut m, DESC, 5, 0x1100, 100, desc_flags::NEXT | desc_flags::WRITE, 0);
+        desc(
+            &mut m,
+            DESC,
+            5,
+            0x1100,
+            100,
+            desc_flags::NEXT | desc_flags::WRITE,
+            0,
+        );
         desc(&mut m, DESC, 0, 0x1200, 1, desc_flags::WRITE, 0);
         publish(&mut m, 8, 3);
-        let c = q.pop(&m).unwrap().unwrap();
+        let c = q.pop(&mut m).unwrap().unwrap();
         assert_eq!(c.head(), 3);
-        assert_eq!((c.readable_len(), c.writable_len(), c.buffer_count()), (16, 101, 3));
+        assert_eq!(
+            (c.readable_len(), c.writable_len(), c.buffer_count()),
+            (16, 101, 3)
+        );
         assert_eq!(
             collect(&c, &m).unwrap(),
             [
-                Buffer { gpa: 0x1000, len: 16, writable: false },
-                Buffer { gpa: 0x1100, len: 100, writable: true },
-                Buffer { gpa: 0x1200, len: 1, writable: true },
+                Buffer {
+                    gpa: 0x1000,
+                    len: 16,
+                    writable: false
+                },
+                Buffer {
+                    gpa: 0x1100,
+                    len: 100,
+                    writable: true
+                },
+                Buffer {
+                    gpa: 0x1200,
+                    len: 1,
+                    writable: true
+                },
             ]
         );
-        assert_eq!(q.pop(&m).unwrap(), None);
+        assert_eq!(q.pop(&mut m).unwrap(), None);
         // Streams across buffers.
         m.write(0x1000, b"0123456789abcdef").unwrap();
         let mut b = [0; 4];
@@ -941,18 +1009,37 @@ mod tests {
         let mut ram = vec![0u8; RAM];
         let mut m = SliceMemory::new(&mut ram);
         let mut q = queue(4);
-        desc(&mut m, DESC, 0, 0x2000, 48, desc_flags::INDIRECT | desc_flags::WRITE, 0);
+        desc(
+            &mut m,
+            DESC,
+            0,
+            0x2000,
+            48,
+            desc_flags::INDIRECT | desc_flags::WRITE,
+            0,
+        );
         desc(&mut m, 0x2000, 0, 0x3000, 16, desc_flags::NEXT, 2);
-        desc(&mut m, 0x2000, 2, 0x3100, 512, desc_flags::NEXT | desc_flags::WRITE, 1);
+        desc(
+            &mut m,
+            0x2000,
+            2,
+            0x3100,
+            512,
+            desc_flags::NEXT | desc_flags::WRITE,
+            1,
+        );
         desc(&mut m, 0x2000, 1, 0x3400, 1, desc_flags::WRITE, 0);
         publish(&mut m, 4, 0);
-        let c = q.pop(&m).unwrap().unwrap();
-        assert_eq!((c.readable_len(), c.writable_len(), c.buffer_count()), (16, 513, 3));
+        let c = q.pop(&mut m).unwrap().unwrap();
+        assert_eq!(
+            (c.readable_len(), c.writable_len(), c.buffer_count()),
+            (16, 513, 3)
+        );
         // A direct descriptor may precede the indirect one (without NEXT on it).
         desc(&mut m, DESC, 1, 0x3000, 8, desc_flags::NEXT, 2);
         desc(&mut m, DESC, 2, 0x2000, 48, desc_flags::INDIRECT, 0);
         publish(&mut m, 4, 1);
-        assert_eq!(q.pop(&m).unwrap().unwrap().buffer_count(), 4);
+        assert_eq!(q.pop(&mut m).unwrap().unwrap().buffer_count(), 4);
     }
 
     /// Runs one chain at head 0 built by `build` and returns pop's answer.
@@ -967,7 +1054,7 @@ mod tests {
         q.set_features(false, indirect);
         build(&mut m);
         publish(&mut m, size, 0);
-        q.pop(&m)
+        q.pop(&mut m)
     }
 
     #[test]
@@ -993,23 +1080,52 @@ mod tests {
         );
         assert_eq!(
             e(pop_one(4, true, |m| desc(m, DESC, 0, 0x1000, 1, NEXT, 4))),
-            QueueError::NextOutOfRange { next: 4, table_len: 4 }
+            QueueError::NextOutOfRange {
+                next: 4,
+                table_len: 4
+            }
         );
         assert_eq!(
             e(pop_one(4, true, |m| {
                 desc(m, DESC, 0, 0x2000, 16, INDIRECT, 0);
                 desc(m, 0x2000, 0, 0x1000, 1, NEXT, 1);
             })),
-            QueueError::NextOutOfRange { next: 1, table_len: 1 }
+            QueueError::NextOutOfRange {
+                next: 1,
+                table_len: 1
+            }
         );
         // Lengths that wrap, buffers beyond RAM, MMIO.
         assert_eq!(
-            e(pop_one(4, true, |m| desc(m, DESC, 0, u64::MAX - 4, 16, 0, 0))),
-            QueueError::Buffer(MemoryError::Wraps { gpa: u64::MAX - 4, len: 16 })
+            e(pop_one(4, true, |m| desc(
+                m,
+                DESC,
+                0,
+                u64::MAX - 4,
+                16,
+                0,
+                0
+            ))),
+            QueueError::Buffer(MemoryError::Wraps {
+                gpa: u64::MAX - 4,
+                len: 16
+            })
         );
         assert_eq!(
-            e(pop_one(4, true, |m| desc(m, DESC, 0, RAM as u64 - 4, 5, WRITE, 0))),
-            QueueError::Buffer(MemoryError::OutOfRam { gpa: RAM as u64 - 4, len: 5, ram_size: RAM as u64 })
+            e(pop_one(4, true, |m| desc(
+                m,
+                DESC,
+                0,
+                RAM as u64 - 4,
+                5,
+                WRITE,
+                0
+            ))),
+            QueueError::Buffer(MemoryError::OutOfRam {
+                gpa: RAM as u64 - 4,
+                len: 5,
+                ram_size: RAM as u64
+            })
         );
         assert!(matches!(
             e(pop_one(4, true, |m| desc(m, DESC, 0, 0xfee0_0000, 4, 0, 0))),
@@ -1017,7 +1133,9 @@ mod tests {
         ));
         // Indirect rules.
         assert_eq!(
-            e(pop_one(4, false, |m| desc(m, DESC, 0, 0x2000, 16, INDIRECT, 0))),
+            e(pop_one(4, false, |m| desc(
+                m, DESC, 0, 0x2000, 16, INDIRECT, 0
+            ))),
             QueueError::IndirectNotNegotiated
         );
         assert_eq!(
@@ -1028,22 +1146,51 @@ mod tests {
             QueueError::NestedIndirect
         );
         assert_eq!(
-            e(pop_one(4, true, |m| desc(m, DESC, 0, 0x2000, 16, INDIRECT | NEXT, 1))),
+            e(pop_one(4, true, |m| desc(
+                m,
+                DESC,
+                0,
+                0x2000,
+                16,
+                INDIRECT | NEXT,
+                1
+            ))),
             QueueError::IndirectWithNext
         );
         for len in [0, 15, 17] {
             assert_eq!(
-                e(pop_one(4, true, |m| desc(m, DESC, 0, 0x2000, len, INDIRECT, 0))),
+                e(pop_one(4, true, |m| desc(
+                    m, DESC, 0, 0x2000, len, INDIRECT, 0
+                ))),
                 QueueError::IndirectTableLength { len }
             );
         }
         assert_eq!(
-            e(pop_one(4, true, |m| desc(m, DESC, 0, 0x2000, 16 * 32769, INDIRECT, 0))),
+            e(pop_one(4, true, |m| desc(
+                m,
+                DESC,
+                0,
+                0x2000,
+                16 * 32769,
+                INDIRECT,
+                0
+            ))),
             QueueError::IndirectTableLength { len: 16 * 32769 }
         );
         assert!(matches!(
-            e(pop_one(4, true, |m| desc(m, DESC, 0, RAM as u64 - 16, 32, INDIRECT, 0))),
-            QueueError::Ring { area: Area::DescriptorTable, error: MemoryError::OutOfRam { .. } }
+            e(pop_one(4, true, |m| desc(
+                m,
+                DESC,
+                0,
+                RAM as u64 - 16,
+                32,
+                INDIRECT,
+                0
+            ))),
+            QueueError::Ring {
+                area: Area::DescriptorTable,
+                error: MemoryError::OutOfRam { .. }
+            }
         ));
         assert_eq!(
             e(pop_one(4, true, |m| {
@@ -1061,33 +1208,49 @@ mod tests {
         let mut q = queue(4);
         m.write_u16(AVAIL + 2, 5).unwrap();
         assert_eq!(
-            q.pop(&m),
-            Err(QueueError::AvailIdxJump { next_avail: 0, avail_idx: 5, size: 4 })
+            q.pop(&mut m),
+            Err(QueueError::AvailIdxJump {
+                next_avail: 0,
+                avail_idx: 5,
+                size: 4
+            })
         );
         m.write_u16(AVAIL + 2, 1).unwrap();
         m.write_u16(AVAIL + 4, 4).unwrap();
-        assert_eq!(q.pop(&m), Err(QueueError::HeadOutOfRange { head: 4, size: 4 }));
+        assert_eq!(
+            q.pop(&mut m),
+            Err(QueueError::HeadOutOfRange { head: 4, size: 4 })
+        );
         // Rings outside RAM.
         let mut q = queue(4);
         q.set_avail_ring(RAM as u64);
         assert!(matches!(
-            q.pop(&m),
-            Err(QueueError::Ring { area: Area::AvailableRing, .. })
+            q.pop(&mut m),
+            Err(QueueError::Ring {
+                area: Area::AvailableRing,
+                ..
+            })
         ));
         assert!(q.check_areas(&m).is_err());
         let mut q = queue(4);
         q.set_used_ring(RAM as u64 - 4);
         assert!(matches!(
             q.add_used(&mut m, 0, 0),
-            Err(QueueError::Ring { area: Area::UsedRing, .. })
+            Err(QueueError::Ring {
+                area: Area::UsedRing,
+                ..
+            })
         ));
         let mut q = queue(4);
         q.set_desc_table(RAM as u64 - 16);
         desc(&mut m, DESC, 0, 0, 0, 0, 0);
         m.write_u16(AVAIL + 4, 1).unwrap();
         assert!(matches!(
-            q.pop(&m),
-            Err(QueueError::Ring { area: Area::DescriptorTable, .. })
+            q.pop(&mut m),
+            Err(QueueError::Ring {
+                area: Area::DescriptorTable,
+                ..
+            })
         ));
         assert!(queue(4).check_areas(&m).is_ok());
     }
@@ -1102,7 +1265,7 @@ mod tests {
         }
         // Without EVENT_IDX: the NO_INTERRUPT flag.
         publish(&mut m, 4, 0);
-        let c = q.pop(&m).unwrap().unwrap();
+        let c = q.pop(&mut m).unwrap().unwrap();
         q.add_used(&mut m, c.head(), 0).unwrap();
         assert!(q.needs_notification(&m).unwrap());
         assert!(!q.needs_notification(&m).unwrap(), "nothing new");
@@ -1126,15 +1289,26 @@ mod tests {
             publish(&mut m, 4, h);
         }
         let mut got = Vec::new();
-        while let Some(c) = q.pop(&m).unwrap() {
+        while let Some(c) = q.pop(&mut m).unwrap() {
             q.add_used(&mut m, c.head(), 0).unwrap();
             got.push(q.needs_notification(&m).unwrap());
         }
-        assert_eq!(got, [true, true, false], "first always, then idx 2 crosses 1, then not");
+        assert_eq!(
+            got,
+            [true, true, false],
+            "first always, then idx 2 crosses 1, then not"
+        );
         assert!(!q.enable_notification(&mut m).unwrap());
-        assert_eq!(m.read_u16(USED + 4 + 8 * 4).unwrap(), 3, "avail_event = next avail");
+        assert_eq!(
+            m.read_u16(USED + 4 + 8 * 4).unwrap(),
+            3,
+            "avail_event = next avail"
+        );
         publish(&mut m, 4, 3);
-        assert!(q.enable_notification(&mut m).unwrap(), "a buffer arrived meanwhile");
+        assert!(
+            q.enable_notification(&mut m).unwrap(),
+            "a buffer arrived meanwhile"
+        );
     }
 
     mod prop {
@@ -1154,7 +1328,9 @@ mod tests {
                 self.inner.ram_size()
             }
             fn slice(&self, gpa: u64, len: u64) -> Result<&[u8], MemoryError> {
-                self.inner.slice(gpa, len).inspect_err(|_| self.refused.set(self.refused.get() + 1))
+                self.inner
+                    .slice(gpa, len)
+                    .inspect_err(|_| self.refused.set(self.refused.get() + 1))
             }
             fn slice_mut(&mut self, gpa: u64, len: u64) -> Result<&mut [u8], MemoryError> {
                 if self.inner.check(gpa, len).is_err() {
@@ -1207,7 +1383,7 @@ mod tests {
                 q.enable().unwrap();
                 for _ in 0..40 {
                     let before = m.refused.get();
-                    match q.pop(&m) {
+                    match q.pop(&mut m) {
                         Err(_) => break,
                         Ok(None) => {
                             prop_assert_eq!(m.refused.get(), before);
