@@ -589,7 +589,7 @@ impl<D: VirtioDevice, I: InterruptSink> VirtioPci<D, I> {
                 NOTIFY_OFFSET.. => {
                     let rel = offset - NOTIFY_OFFSET;
                     let m = u64::from(NOTIFY_OFF_MULTIPLIER);
-                    if rel % m == 0 && rel / m < u64::from(self.num_queues) {
+                    if rel.is_multiple_of(m) && rel / m < u64::from(self.num_queues) {
                         let q = (rel / m) as u16;
                         if self.queues[usize::from(q)].ready() {
                             return BarWriteOutcome::QueueNotify(q);
@@ -851,9 +851,9 @@ impl<D: VirtioDevice, I: InterruptSink> VirtioPci<D, I> {
             *b = q.indices().1;
         }
         let r = f(&mut self.device, &mut self.queues[..n], mem);
-        for i in 0..n {
+        for (i, &was) in before.iter().enumerate().take(n) {
             let q = &mut self.queues[i];
-            if !q.ready() || q.indices().1 == before[i] {
+            if !q.ready() || q.indices().1 == was {
                 continue;
             }
             match q.needs_notification(mem) {

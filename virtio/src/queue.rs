@@ -476,7 +476,7 @@ impl ChainWalk {
             return Err(QueueError::IndirectWithNext);
         }
         let entries = d.len / 16;
-        if d.len == 0 || d.len % 16 != 0 || entries > MAX_INDIRECT_DESCRIPTORS {
+        if d.len == 0 || !d.len.is_multiple_of(16) || entries > MAX_INDIRECT_DESCRIPTORS {
             return Err(QueueError::IndirectTableLength { len: d.len });
         }
         mem.check(d.addr, u64::from(d.len))

@@ -185,7 +185,7 @@ impl<B: BlockBackend> Block<B> {
     /// Whether `[sector, sector + len bytes)` is inside the disk and `len`
     /// is whole sectors; the byte offset if so.
     fn data_range(&self, sector: u64, len: u64) -> Option<u64> {
-        if len % SECTOR_SIZE != 0 {
+        if !len.is_multiple_of(SECTOR_SIZE) {
             return None;
         }
         let offset = sector.checked_mul(SECTOR_SIZE)?;
