@@ -946,11 +946,16 @@ impl<D: VirtioDevice, I: InterruptSink> VirtioPci<D, I> {
     fn msix_read(&self, offset: u64, size: u8) -> u64 {
         let n = u64::from(self.msix_vectors());
         if offset >= MSIX_PBA_OFFSET {
-            return if offset == MSIX_PBA_OFFSET {
-                u64::from(self.pending)
-            } else {
-                0
-            };
+            // The pending bits, read-only; 9 vectors fit in the first qword.
+            let pba = u64::from(self.pending).to_le_bytes();
+            return (0..u64::from(size)).fold(0, |v, i| {
+                let b = usize::try_from(offset - MSIX_PBA_OFFSET + i)
+                    .ok()
+                    .and_then(|at| pba.get(at))
+                    .copied()
+                    .unwrap_or(0);
+                v | u64::from(b) << (8 * i)
+            });
         }
         (0..u64::from(size)).fold(0, |v, i| {
             let at = offset + i;
@@ -995,5 +1000,512 @@ impl<D: VirtioDevice, I: InterruptSink> VirtioPci<D, I> {
             }
         }
         self.deliver_pending();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::read_config_bytes;
+    use crate::memory::SliceMemory;
+    use std::vec::Vec;
+
+    /// Two queues (8 and 4 entries), 8 bytes of configuration that the
+    /// driver can write, features bit 0 and bit 40.
+    #[derive(Default, Debug)]
+    struct Fake {
+        config: [u8; 8],
+        resets: u32,
+        processed: Vec<u16>,
+        refuse: bool,
+        fail: Option<DeviceError>,
+    }
+
+    impl VirtioDevice for Fake {
+        fn device_type(&self) -> u16 {
+            9
+        }
+        fn features(&self) -> u64 {
+            1 | 1 << 40
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[8, 4]
+        }
+        fn config_len(&self) -> u64 {
+            8
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            read_config_bytes(&self.config, offset, data);
+        }
+        fn write_config(&mut self, offset: u64, data: &[u8]) {
+            for (i, &b) in data.iter().enumerate() {
+                if let Some(c) = self.config.get_mut(offset as usize + i) {
+                    *c = b;
+                }
+            }
+        }
+        fn ack_features(&mut self, _features: u64) -> bool {
+            !self.refuse
+        }
+        fn reset(&mut self) {
+            self.resets += 1;
+        }
+        fn process_queue<M: GuestMemory + ?Sized>(
+            &mut self,
+            index: u16,
+            queues: &mut [Queue],
+            mem: &mut M,
+        ) -> Result<(), DeviceError> {
+            self.processed.push(index);
+            if let Some(e) = self.fail {
+                return Err(e);
+            }
+            let q = &mut queues[usize::from(index)];
+            while let Some(c) = q.pop(mem)? {
+                q.add_used(mem, c.head(), 0)?;
+            }
+            Ok(())
+        }
+    }
+
+    #[derive(Default, Debug)]
+    struct Irqs {
+        msis: Vec<(u64, u32)>,
+        intx: bool,
+    }
+
+    impl InterruptSink for Irqs {
+        fn send_msi(&mut self, address: u64, data: u32) {
+            self.msis.push((address, data));
+        }
+        fn set_intx(&mut self, asserted: bool) {
+            self.intx = asserted;
+        }
+    }
+
+    type Pci = VirtioPci<Fake, Irqs>;
+
+    fn pci() -> Pci {
+        VirtioPci::new(Fake::default(), Irqs::default())
+    }
+
+    fn cr(p: &mut Pci, reg: u64, size: u8) -> u64 {
+        p.bar_read(VIRTIO_BAR, COMMON_OFFSET + reg, size)
+    }
+
+    fn cw(p: &mut Pci, reg: u64, size: u8, v: u64) {
+        assert_eq!(
+            p.bar_write(VIRTIO_BAR, COMMON_OFFSET + reg, size, v),
+            BarWriteOutcome::Done
+        );
+    }
+
+    /// ACKNOWLEDGE, DRIVER, features, FEATURES_OK.
+    fn negotiate(p: &mut Pci, features: u64) -> bool {
+        cw(p, common::DEVICE_STATUS, 1, 3);
+        for sel in 0..2 {
+            cw(p, common::DRIVER_FEATURE_SELECT, 4, sel);
+            cw(
+                p,
+                common::DRIVER_FEATURE,
+                4,
+                (features >> (32 * sel)) & 0xffff_ffff,
+            );
+        }
+        cw(p, common::DEVICE_STATUS, 1, 0xb);
+        cr(p, common::DEVICE_STATUS, 1) & 8 != 0
+    }
+
+    /// Queue `q` at fixed addresses, size 4, enabled.
+    fn setup_queue(p: &mut Pci, q: u16) {
+        let base = 0x1000 * (u64::from(q) + 1);
+        cw(p, common::QUEUE_SELECT, 2, u64::from(q));
+        cw(p, common::QUEUE_SIZE, 2, 4);
+        cw(p, common::QUEUE_DESC, 8, base);
+        cw(p, common::QUEUE_DRIVER, 8, base + 0x100);
+        cw(p, common::QUEUE_DEVICE, 8, base + 0x200);
+        cw(p, common::QUEUE_ENABLE, 2, 1);
+    }
+
+    fn running(p: &mut Pci) {
+        assert!(negotiate(p, VIRTIO_F_VERSION_1));
+        setup_queue(p, 0);
+        setup_queue(p, 1);
+        cw(p, common::DEVICE_STATUS, 1, 0xf);
+    }
+
+    #[test]
+    fn header_and_capability_chain() {
+        let mut p = pci();
+        assert_eq!(p.config_read(0, 4), 0x1049_1af4);
+        assert_eq!(p.config_read(8, 4), 0xff_0000 << 8 | 1);
+        assert_eq!(p.config_read(0x2c, 4), 9 << 16 | 0x1af4);
+        assert_eq!(p.config_read(0x3d, 1), 1, "INTA#");
+        assert_eq!(p.config_read(0x06, 2), 0x10, "capability list");
+        assert_eq!(p.config_read(0x34, 1), cap::MSIX as u32);
+        // vndr, next, len, type, bar, offset, length.
+        let expect = [
+            (cap::COMMON, cap::NOTIFY, 16, 1, 0, COMMON_LEN),
+            (cap::NOTIFY, cap::ISR, 20, 2, NOTIFY_OFFSET, 8),
+            (cap::ISR, cap::DEVICE, 16, 3, ISR_OFFSET, 1),
+            (cap::DEVICE, cap::PCI_CFG, 16, 4, DEVICE_OFFSET, 8),
+            (cap::PCI_CFG, 0, 20, 5, 0, 0),
+        ];
+        assert_eq!(
+            p.config_read(cap::MSIX as u16, 2),
+            0x11 | (cap::COMMON as u32) << 8
+        );
+        for (at, next, len, ty, off, length) in expect {
+            let at = at as u16;
+            assert_eq!(
+                p.config_read(at, 4),
+                9 | (next as u32) << 8 | len << 16 | ty << 24
+            );
+            assert_eq!(p.config_read(at + 4, 1), 0);
+            assert_eq!(u64::from(p.config_read(at + 8, 4)), off);
+            assert_eq!(u64::from(p.config_read(at + 12, 4)), length);
+        }
+        assert_eq!(
+            p.config_read(cap::NOTIFY as u16 + 16, 4),
+            NOTIFY_OFF_MULTIPLIER
+        );
+        // MSI-X: 3 vectors, table in BAR 1 at 0, PBA at 0x800.
+        assert_eq!(p.config_read(cap::MSIX as u16 + 2, 2), 2);
+        assert_eq!(p.config_read(cap::MSIX as u16 + 4, 4), 1);
+        assert_eq!(p.config_read(cap::MSIX as u16 + 8, 4), 0x801);
+        // Read-only: IDs, capabilities; other sizes; extended space.
+        p.config_write(0, 4, 0);
+        p.config_write(cap::COMMON as u16, 4, 0);
+        assert_eq!(p.config_read(0, 2), 0x1af4);
+        assert_eq!(p.config_read(cap::COMMON as u16, 1), 9);
+        assert_eq!(p.config_read(0, 3), u32::MAX);
+        assert_eq!(p.config_read(0x100, 4), 0);
+        assert_eq!(p.config_read(0xfe, 4), 0);
+    }
+
+    #[test]
+    fn bars_size_assign_and_decode() {
+        let mut p = pci();
+        p.config_write(0x10, 4, u32::MAX);
+        assert_eq!(p.config_read(0x10, 4), 0xffff_c000, "16 KiB, 32-bit memory");
+        p.config_write(0x14, 4, u32::MAX);
+        assert_eq!(p.config_read(0x14, 4), 0xffff_f000, "4 KiB");
+        for bar in 2..6u16 {
+            p.config_write(0x10 + 4 * bar, 4, u32::MAX);
+            assert_eq!(p.config_read(0x10 + 4 * bar, 4), 0, "no BAR {bar}");
+        }
+        p.config_write(0x10, 4, 0xfebf_0123);
+        p.config_write(0x14, 4, 0xfebe_0000);
+        assert_eq!(p.config_read(0x10, 4), 0xfebf_0000);
+        assert_eq!(p.decode(0xfebf_0000), None, "memory decoding is off");
+        p.config_write(4, 2, 0xffff);
+        assert_eq!(
+            p.config_read(4, 2),
+            0x406,
+            "memory, bus master, INTx disable"
+        );
+        assert_eq!(p.decode(0xfebf_3fff), Some((VIRTIO_BAR, 0x3fff)));
+        assert_eq!(p.decode(0xfebf_4000), None);
+        assert_eq!(p.decode(0xfebe_0010), Some((MSIX_BAR, 0x10)));
+        assert_eq!(p.bar_read(5, 0, 4), u64::from(u32::MAX));
+        p.config_write(0x3c, 1, 11);
+        assert_eq!(p.config_read(0x3c, 2), 0x10b, "line RW, pin RO");
+    }
+
+    #[test]
+    fn features_select_and_negotiation() {
+        let mut p = pci();
+        assert_eq!(cr(&mut p, common::DEVICE_FEATURE, 4), 1 | 3 << 28);
+        cw(&mut p, common::DEVICE_FEATURE_SELECT, 4, 1);
+        assert_eq!(cr(&mut p, common::DEVICE_FEATURE_SELECT, 4), 1);
+        assert_eq!(cr(&mut p, common::DEVICE_FEATURE, 4), 1 | 1 << 8);
+        cw(&mut p, common::DEVICE_FEATURE_SELECT, 4, 2);
+        assert_eq!(cr(&mut p, common::DEVICE_FEATURE, 4), 0);
+        cw(&mut p, common::DEVICE_FEATURE, 4, 0x1234);
+        // Driver features: per 32-bit half; other selects drop writes.
+        cw(&mut p, common::DRIVER_FEATURE_SELECT, 4, 5);
+        cw(&mut p, common::DRIVER_FEATURE, 4, 0xffff_ffff);
+        assert_eq!(cr(&mut p, common::DRIVER_FEATURE, 4), 0);
+        // Not offered: refused; no VERSION_1: refused; device refuses.
+        assert!(!negotiate(&mut p, VIRTIO_F_VERSION_1 | 2));
+        assert!(!negotiate(&mut p, 1));
+        p.device_mut().refuse = true;
+        assert!(!negotiate(&mut p, VIRTIO_F_VERSION_1));
+        p.device_mut().refuse = false;
+        assert!(negotiate(
+            &mut p,
+            VIRTIO_F_VERSION_1 | 1 | VIRTIO_F_EVENT_IDX
+        ));
+        assert_eq!(
+            p.negotiated_features(),
+            VIRTIO_F_VERSION_1 | 1 | VIRTIO_F_EVENT_IDX
+        );
+        // Frozen after FEATURES_OK.
+        cw(&mut p, common::DRIVER_FEATURE_SELECT, 4, 0);
+        cw(&mut p, common::DRIVER_FEATURE, 4, 0);
+        assert_eq!(cr(&mut p, common::DRIVER_FEATURE, 4), 1 | 1 << 29);
+    }
+
+    #[test]
+    fn status_rules_and_reset() {
+        let mut p = pci();
+        cw(&mut p, common::DEVICE_STATUS, 1, 0x44);
+        assert_eq!(
+            cr(&mut p, common::DEVICE_STATUS, 1),
+            0,
+            "no NEEDS_RESET, no DRIVER_OK without FEATURES_OK"
+        );
+        cw(&mut p, common::DEVICE_STATUS, 1, 1);
+        cw(&mut p, common::DEVICE_STATUS, 1, 2);
+        assert_eq!(
+            cr(&mut p, common::DEVICE_STATUS, 1),
+            3,
+            "bits are not cleared but by reset"
+        );
+        running(&mut p);
+        assert_eq!(p.status(), 0xf);
+        cw(&mut p, common::CONFIG_MSIX_VECTOR, 2, 1);
+        cw(&mut p, common::QUEUE_SELECT, 2, 1);
+        cw(&mut p, common::QUEUE_MSIX_VECTOR, 2, 2);
+        let resets = p.device().resets;
+        cw(&mut p, common::DEVICE_STATUS, 1, 0);
+        assert_eq!(p.device().resets, resets + 1);
+        assert_eq!(cr(&mut p, common::DEVICE_STATUS, 1), 0);
+        assert_eq!(
+            cr(&mut p, common::CONFIG_MSIX_VECTOR, 2),
+            u64::from(NO_VECTOR)
+        );
+        assert_eq!(cr(&mut p, common::QUEUE_SELECT, 2), 0);
+        assert_eq!(cr(&mut p, common::QUEUE_ENABLE, 2), 0);
+        assert_eq!(cr(&mut p, common::QUEUE_SIZE, 2), 8);
+        assert_eq!(cr(&mut p, common::QUEUE_DESC, 8), 0);
+        assert_eq!(
+            cr(&mut p, common::QUEUE_MSIX_VECTOR, 2),
+            u64::from(NO_VECTOR)
+        );
+        assert_eq!(p.negotiated_features(), 0);
+        cw(&mut p, common::DEVICE_STATUS, 1, 0x80);
+        assert_eq!(p.status(), 0x80, "FAILED");
+    }
+
+    #[test]
+    fn queue_registers() {
+        let mut p = pci();
+        assert_eq!(cr(&mut p, common::NUM_QUEUES, 2), 2);
+        cw(&mut p, common::NUM_QUEUES, 2, 7);
+        assert_eq!(cr(&mut p, common::NUM_QUEUES, 2), 2, "read-only");
+        cw(&mut p, common::QUEUE_SELECT, 2, 1);
+        assert_eq!(cr(&mut p, common::QUEUE_SIZE, 2), 4);
+        assert_eq!(cr(&mut p, common::QUEUE_NOTIFY_OFF, 2), 1);
+        cw(&mut p, common::QUEUE_SIZE, 2, 2);
+        assert_eq!(cr(&mut p, common::QUEUE_SIZE, 2), 2);
+        // 64-bit addresses in halves and whole.
+        cw(&mut p, common::QUEUE_DESC, 4, 0x5000);
+        cw(&mut p, common::QUEUE_DESC + 4, 4, 1);
+        assert_eq!(cr(&mut p, common::QUEUE_DESC, 8), 0x1_0000_5000);
+        assert_eq!(cr(&mut p, common::QUEUE_DESC + 4, 4), 1);
+        cw(&mut p, common::QUEUE_DRIVER, 8, 0x6000);
+        cw(&mut p, common::QUEUE_DEVICE, 8, 0x7000);
+        assert_eq!(cr(&mut p, common::QUEUE_DRIVER, 8), 0x6000);
+        assert_eq!(cr(&mut p, common::QUEUE_DEVICE, 8), 0x7000);
+        cw(&mut p, common::QUEUE_ENABLE, 2, 1);
+        assert_eq!(cr(&mut p, common::QUEUE_ENABLE, 2), 1);
+        // Frozen while enabled; 0 does not disable.
+        cw(&mut p, common::QUEUE_SIZE, 2, 1);
+        cw(&mut p, common::QUEUE_DESC, 8, 0);
+        cw(&mut p, common::QUEUE_ENABLE, 2, 0);
+        assert_eq!(cr(&mut p, common::QUEUE_SIZE, 2), 2);
+        assert_eq!(cr(&mut p, common::QUEUE_DESC, 8), 0x1_0000_5000);
+        assert_eq!(cr(&mut p, common::QUEUE_ENABLE, 2), 1);
+        // Queue 0 untouched.
+        cw(&mut p, common::QUEUE_SELECT, 2, 0);
+        assert_eq!(
+            (
+                cr(&mut p, common::QUEUE_SIZE, 2),
+                cr(&mut p, common::QUEUE_ENABLE, 2)
+            ),
+            (8, 0)
+        );
+        // A queue that does not exist.
+        cw(&mut p, common::QUEUE_SELECT, 2, 2);
+        assert_eq!(cr(&mut p, common::QUEUE_SELECT, 2), 2);
+        for reg in [common::QUEUE_SIZE, common::QUEUE_ENABLE, common::QUEUE_DESC] {
+            cw(&mut p, reg, 2, 1);
+            assert_eq!(cr(&mut p, reg, 2), 0);
+        }
+        assert_eq!(
+            cr(&mut p, common::QUEUE_MSIX_VECTOR, 2),
+            u64::from(NO_VECTOR)
+        );
+        // Past the structure.
+        assert_eq!(cr(&mut p, COMMON_LEN, 4), 0);
+        // A 64-bit read across two 32-bit registers.
+        assert_eq!(
+            cr(&mut p, common::DEVICE_FEATURE_SELECT, 8),
+            u64::from(1u32 | 3 << 28) << 32
+        );
+        assert_eq!(p.config_read(0, 4) >> 16, 0x1049);
+    }
+
+    #[test]
+    fn enabling_a_bad_queue_needs_reset() {
+        let mut p = pci();
+        assert!(negotiate(&mut p, VIRTIO_F_VERSION_1));
+        cw(&mut p, common::DEVICE_STATUS, 1, 0xf);
+        cw(&mut p, common::QUEUE_SIZE, 2, 3);
+        cw(&mut p, common::QUEUE_ENABLE, 2, 1);
+        assert_eq!(
+            p.status() & status::DEVICE_NEEDS_RESET,
+            status::DEVICE_NEEDS_RESET
+        );
+        assert_eq!(cr(&mut p, common::QUEUE_ENABLE, 2), 0);
+        assert_eq!(
+            p.last_error(),
+            Some(TransportError::QueueEnable {
+                queue: 0,
+                error: QueueError::BadSize { size: 3, max: 8 }
+            })
+        );
+        assert!(p.interrupt_sink().intx, "configuration change over INTx");
+        assert_eq!(p.bar_read(VIRTIO_BAR, ISR_OFFSET, 1), 2);
+        cw(&mut p, common::QUEUE_SIZE, 2, 4);
+        cw(&mut p, common::QUEUE_DESC, 8, 0x1008);
+        cw(&mut p, common::QUEUE_ENABLE, 2, 1);
+        assert!(matches!(
+            p.last_error(),
+            Some(TransportError::QueueEnable {
+                error: QueueError::Misaligned { .. },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn msix_vectors_masking_and_pending() {
+        let mut ram = std::vec![0u8; 0x4000];
+        let mut p = pci();
+        running(&mut p);
+        // Vector numbers beyond the table read back as NO_VECTOR.
+        cw(&mut p, common::CONFIG_MSIX_VECTOR, 2, 3);
+        assert_eq!(
+            cr(&mut p, common::CONFIG_MSIX_VECTOR, 2),
+            u64::from(NO_VECTOR)
+        );
+        cw(&mut p, common::CONFIG_MSIX_VECTOR, 2, 0);
+        cw(&mut p, common::QUEUE_SELECT, 2, 0);
+        cw(&mut p, common::QUEUE_MSIX_VECTOR, 2, 1);
+        assert_eq!(cr(&mut p, common::QUEUE_MSIX_VECTOR, 2), 1);
+        // Table: entries start masked.
+        assert_eq!(p.bar_read(MSIX_BAR, 12, 4), 1);
+        p.bar_write(MSIX_BAR, 16, 8, 0xfee0_1000);
+        p.bar_write(MSIX_BAR, 24, 4, 0x51);
+        assert_eq!(p.bar_read(MSIX_BAR, 16, 8), 0xfee0_1000);
+        assert_eq!(p.bar_read(MSIX_BAR, 24, 4), 0x51);
+        p.bar_write(MSIX_BAR, 0x30, 4, 1);
+        assert_eq!(p.bar_read(MSIX_BAR, 0x30, 4), 0, "past the table");
+        // MSI-X enabled, function masked; a used buffer on queue 0.
+        p.config_write(cap::MSIX as u16 + 2, 2, 0xc000);
+        assert_eq!(p.config_read(cap::MSIX as u16 + 2, 2), 0xc002);
+        let mut m = SliceMemory::new(&mut ram);
+        m.write_u16(0x1000 + 8, 16).unwrap(); // descriptor 0: 16 bytes at 0
+        m.write_u16(0x1100 + 2, 1).unwrap(); // avail idx 1, head 0
+        let notify = p.bar_write(VIRTIO_BAR, NOTIFY_OFFSET, 2, 0);
+        assert_eq!(notify, BarWriteOutcome::QueueNotify(0));
+        p.process_queue(0, &mut m);
+        assert_eq!(p.device().processed, [0]);
+        assert!(p.interrupt_sink().msis.is_empty());
+        assert!(!p.interrupt_sink().intx, "no INTx with MSI-X on");
+        assert_eq!(
+            p.bar_read(MSIX_BAR, MSIX_PBA_OFFSET, 8),
+            2,
+            "vector 1 pending"
+        );
+        // Function unmasked: the entry itself is still masked.
+        p.config_write(cap::MSIX as u16 + 2, 2, 0x8000);
+        assert!(p.interrupt_sink().msis.is_empty());
+        p.bar_write(MSIX_BAR, MSIX_PBA_OFFSET, 8, 0);
+        assert_eq!(
+            p.bar_read(MSIX_BAR, MSIX_PBA_OFFSET, 1),
+            2,
+            "PBA is read-only"
+        );
+        // Entry unmasked: delivered, pending bit cleared.
+        p.bar_write(MSIX_BAR, 28, 4, 0);
+        assert_eq!(p.interrupt_sink().msis, [(0xfee0_1000, 0x51)]);
+        assert_eq!(p.bar_read(MSIX_BAR, MSIX_PBA_OFFSET, 8), 0);
+        // A configuration change on vector 0 (masked): pending.
+        p.config_changed();
+        assert_eq!(cr(&mut p, common::CONFIG_GENERATION, 1), 1);
+        assert_eq!(p.bar_read(MSIX_BAR, MSIX_PBA_OFFSET, 8), 1);
+        // Notify addresses: only enabled queues, exact offsets.
+        assert_eq!(
+            p.bar_write(VIRTIO_BAR, NOTIFY_OFFSET + 4, 2, 1),
+            BarWriteOutcome::QueueNotify(1)
+        );
+        assert_eq!(
+            p.bar_write(VIRTIO_BAR, NOTIFY_OFFSET + 2, 2, 0),
+            BarWriteOutcome::Done
+        );
+        assert_eq!(
+            p.bar_write(VIRTIO_BAR, NOTIFY_OFFSET + 8, 2, 2),
+            BarWriteOutcome::Done
+        );
+    }
+
+    #[test]
+    fn device_configuration_and_the_access_window() {
+        let mut p = pci();
+        p.bar_write(VIRTIO_BAR, DEVICE_OFFSET + 2, 2, 0xbeef);
+        assert_eq!(p.bar_read(VIRTIO_BAR, DEVICE_OFFSET, 4), 0xbeef_0000);
+        assert_eq!(
+            p.bar_read(VIRTIO_BAR, DEVICE_OFFSET + 6, 4),
+            0,
+            "past the end"
+        );
+        // The VIRTIO_PCI_CAP_PCI_CFG window: bar 0, offset, length.
+        let at = cap::PCI_CFG as u16;
+        p.config_write(at + 4, 1, 0);
+        p.config_write(at + 8, 4, (DEVICE_OFFSET + 2) as u32);
+        p.config_write(at + 12, 4, 2);
+        assert_eq!(p.config_read(at + 16, 2), 0xbeef);
+        p.config_write(at + 16, 2, 0x1234);
+        assert_eq!(p.bar_read(VIRTIO_BAR, DEVICE_OFFSET + 2, 2), 0x1234);
+        // Misaligned or odd lengths do nothing.
+        p.config_write(at + 12, 4, 3);
+        assert_eq!(p.config_read(at + 16, 4), 0);
+        // Notifications through the window come out of config_write.
+        running(&mut p);
+        p.config_write(at + 8, 4, NOTIFY_OFFSET as u32 + 4);
+        p.config_write(at + 12, 4, 2);
+        assert_eq!(
+            p.config_write(at + 16, 2, 1),
+            BarWriteOutcome::QueueNotify(1)
+        );
+    }
+
+    #[test]
+    fn device_errors_need_reset_and_stop_processing() {
+        let mut ram = std::vec![0u8; 0x4000];
+        let mut m = SliceMemory::new(&mut ram);
+        let mut p = pci();
+        // Before DRIVER_OK nothing is processed.
+        p.process_queue(0, &mut m);
+        assert!(p.device().processed.is_empty());
+        running(&mut p);
+        p.device_mut().fail = Some(DeviceError::BadRequest("test"));
+        p.process_queue(1, &mut m);
+        assert_eq!(p.status(), 0x4f);
+        assert_eq!(
+            p.last_error(),
+            Some(TransportError::Device(DeviceError::BadRequest("test")))
+        );
+        assert!(p.interrupt_sink().intx);
+        p.process_queue(1, &mut m);
+        p.poll(&mut m);
+        assert_eq!(p.device().processed, [1], "stopped");
+        // The driver resets: all clear.
+        cw(&mut p, common::DEVICE_STATUS, 1, 0);
+        assert_eq!((p.status(), p.last_error()), (0, None));
+        assert!(!p.interrupt_sink().intx);
     }
 }
