@@ -1,4 +1,4 @@
-//! The device side of virtio 1.2, platform-free.
+#![doc = include_str!("../README.md")]
 #![no_std]
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]

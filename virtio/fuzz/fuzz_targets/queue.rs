@@ -68,12 +68,20 @@ fuzz_target!(|data: &[u8]| {
         let chain = match q.pop(&mut m) {
             Err(_) => return,
             Ok(None) => {
-                assert_eq!(m.refused.get(), before, "an empty ring after a refused access");
+                assert_eq!(
+                    m.refused.get(),
+                    before,
+                    "an empty ring after a refused access"
+                );
                 return;
             }
             Ok(Some(c)) => c,
         };
-        assert_eq!(m.refused.get(), before, "a chain accepted after a refused access");
+        assert_eq!(
+            m.refused.get(),
+            before,
+            "a chain accepted after a refused access"
+        );
         let mut total = 0u64;
         for b in chain.buffers(&m) {
             let b = b.expect("RAM did not change: the second walk agrees");
@@ -83,7 +91,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(total, chain.readable_len() + chain.writable_len());
         // Stream copies stay in the chain's buffers.
         let mut buf = [0u8; 64];
-        let r = chain.read_at(&mut m, u64::from(flags) % 32, &mut buf).unwrap();
+        let r = chain
+            .read_at(&mut m, u64::from(flags) % 32, &mut buf)
+            .unwrap();
         assert!(r as u64 <= chain.readable_len());
         let w = chain.write_at(&mut m, 0, &buf[..r]).unwrap();
         assert!(w as u64 <= chain.writable_len());

@@ -13,8 +13,8 @@ use core::cell::Cell;
 
 use libfuzzer_sys::fuzz_target;
 use virtio::devices::blk::{Block, MemDisk};
-use virtio::memory::{GuestMemory, MemoryError, SliceMemory};
 use virtio::features::VIRTIO_F_VERSION_1;
+use virtio::memory::{GuestMemory, MemoryError, SliceMemory};
 use virtio::pci::{common, BarWriteOutcome, NoInterrupts, NOTIFY_OFFSET};
 use virtio::status::DEVICE_NEEDS_RESET;
 use virtio::VirtioPci;
@@ -118,7 +118,12 @@ fuzz_target!(|data: &[u8]| {
             pci.process_queue(q, &mut m);
         }
         if m.refused.get() != before {
-            assert_ne!(pci.status() & DEVICE_NEEDS_RESET, 0, "{:?}", pci.last_error());
+            assert_ne!(
+                pci.status() & DEVICE_NEEDS_RESET,
+                0,
+                "{:?}",
+                pci.last_error()
+            );
         }
     }
 });
