@@ -571,9 +571,12 @@ impl Queue {
         self.size
     }
 
-    /// Sets the size (checked by [`Queue::enable`]).
+    /// Sets the size (checked by [`Queue::enable`]); ignored while the
+    /// queue is enabled.
     pub fn set_size(&mut self, size: u16) {
-        self.size = size;
+        if !self.ready {
+            self.size = size;
+        }
     }
 
     /// Enabled by the driver.
@@ -586,19 +589,28 @@ impl Queue {
         (self.desc_table, self.avail_ring, self.used_ring)
     }
 
-    /// Sets the descriptor table address.
+    /// Sets the descriptor table address; ignored while the queue is
+    /// enabled.
     pub fn set_desc_table(&mut self, gpa: u64) {
-        self.desc_table = gpa;
+        if !self.ready {
+            self.desc_table = gpa;
+        }
     }
 
-    /// Sets the available ring (driver area) address.
+    /// Sets the available ring (driver area) address; ignored while the
+    /// queue is enabled.
     pub fn set_avail_ring(&mut self, gpa: u64) {
-        self.avail_ring = gpa;
+        if !self.ready {
+            self.avail_ring = gpa;
+        }
     }
 
-    /// Sets the used ring (device area) address.
+    /// Sets the used ring (device area) address; ignored while the queue
+    /// is enabled.
     pub fn set_used_ring(&mut self, gpa: u64) {
-        self.used_ring = gpa;
+        if !self.ready {
+            self.used_ring = gpa;
+        }
     }
 
     /// Which negotiated features the queue honours:
@@ -862,10 +874,14 @@ mod tests {
     }
 
     fn queue(size: u16) -> Queue {
+        queue_at(size, DESC, AVAIL, USED)
+    }
+
+    fn queue_at(size: u16, desc: u64, avail: u64, used: u64) -> Queue {
         let mut q = Queue::new(size);
-        q.set_desc_table(DESC);
-        q.set_avail_ring(AVAIL);
-        q.set_used_ring(USED);
+        q.set_desc_table(desc);
+        q.set_avail_ring(avail);
+        q.set_used_ring(used);
         q.set_features(false, true);
         q.enable().unwrap();
         q
@@ -921,6 +937,15 @@ mod tests {
         ));
         q.set_used_ring(4);
         q.enable().unwrap();
+        q.set_size(0);
+        q.set_desc_table(1);
+        q.set_avail_ring(1);
+        q.set_used_ring(1);
+        assert_eq!(
+            (q.size(), q.addresses()),
+            (16, (16, 2, 4)),
+            "frozen while enabled"
+        );
         q.reset();
         assert!(!q.ready());
         assert_eq!(q.size(), 256);
@@ -1222,8 +1247,7 @@ mod tests {
             Err(QueueError::HeadOutOfRange { head: 4, size: 4 })
         );
         // Rings outside RAM.
-        let mut q = queue(4);
-        q.set_avail_ring(RAM as u64);
+        let mut q = queue_at(4, DESC, RAM as u64, USED);
         assert!(matches!(
             q.pop(&mut m),
             Err(QueueError::Ring {
@@ -1232,8 +1256,7 @@ mod tests {
             })
         ));
         assert!(q.check_areas(&m).is_err());
-        let mut q = queue(4);
-        q.set_used_ring(RAM as u64 - 4);
+        let mut q = queue_at(4, DESC, AVAIL, RAM as u64 - 4);
         assert!(matches!(
             q.add_used(&mut m, 0, 0),
             Err(QueueError::Ring {
@@ -1241,8 +1264,7 @@ mod tests {
                 ..
             })
         ));
-        let mut q = queue(4);
-        q.set_desc_table(RAM as u64 - 16);
+        let mut q = queue_at(4, RAM as u64 - 16, AVAIL, USED);
         desc(&mut m, DESC, 0, 0, 0, 0, 0);
         m.write_u16(AVAIL + 4, 1).unwrap();
         assert!(matches!(
