@@ -161,7 +161,6 @@ proptest! {
         let mut pci = VirtioPci::new(Block::new(MemDisk::new(&mut disk), read_only), NoInterrupts);
         let mut m = Watched { inner: SliceMemory::new(&mut ram), refused: Cell::new(0) };
         drive(&mut pci, &mut m, &ops)?;
-        drop(pci);
         if read_only {
             prop_assert!(disk.iter().all(|&b| b == 0x5a), "a read-only disk was written");
         }
