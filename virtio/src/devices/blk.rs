@@ -30,6 +30,9 @@ pub const ID_BYTES: usize = 20;
 
 /// Feature bits (5.2.3).
 pub mod features {
+    /// `seg_max` in the configuration says how many data buffers a request
+    /// may have (without it Linux sends one per request).
+    pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
     /// The device is read-only.
     pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
     /// Cache flush command support.
@@ -137,6 +140,10 @@ pub struct Block<B: BlockBackend> {
     id: [u8; ID_BYTES],
 }
 
+/// Data buffers per request: the queue size less the header and status
+/// (for direct chains; indirect tables are bounded by their own length).
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+
 /// Bytes of configuration modelled: capacity through num_queues (5.2.4).
 const CONFIG_LEN: usize = 36;
 
@@ -175,6 +182,7 @@ impl<B: BlockBackend> Block<B> {
     fn config(&self) -> [u8; CONFIG_LEN] {
         let mut c = [0u8; CONFIG_LEN];
         c[..8].copy_from_slice(&self.backend.capacity().to_le_bytes());
+        c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         // blk_size (offered only with VIRTIO_BLK_F_BLK_SIZE, which is not)
         // still reads as 512 for the curious.
         c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
@@ -283,7 +291,7 @@ impl<B: BlockBackend> VirtioDevice for Block<B> {
         } else {
             0
         };
-        features::VIRTIO_BLK_F_FLUSH | ro
+        features::VIRTIO_BLK_F_FLUSH | features::VIRTIO_BLK_F_SEG_MAX | ro
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -322,5 +330,51 @@ impl<B: BlockBackend> VirtioDevice for Block<B> {
             q.add_used(mem, chain.head(), u32::try_from(n + 1).unwrap_or(u32::MAX))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec;
+
+    #[test]
+    fn mem_disk_bounds() {
+        let mut data = vec![0u8; 1000];
+        let mut d = MemDisk::new(&mut data);
+        assert_eq!(d.capacity(), 1, "a partial sector is not part of the disk");
+        let mut buf = [1u8; 512];
+        d.write(0, &buf).unwrap();
+        assert_eq!(d.write(1, &buf), Err(BlockError));
+        assert_eq!(d.read(u64::MAX, &mut buf), Err(BlockError));
+        d.read(256, &mut buf[..256]).unwrap();
+        d.flush().unwrap();
+    }
+
+    #[test]
+    fn configuration_features_and_ranges() {
+        let mut data = vec![0u8; 4 * 512];
+        let b = Block::new(MemDisk::new(&mut data), false);
+        let mut c = [0u8; 16];
+        b.read_config(0, &mut c);
+        assert_eq!(u64::from_le_bytes(c[..8].try_into().unwrap()), 4);
+        assert_eq!(u32::from_le_bytes(c[12..16].try_into().unwrap()), SEG_MAX);
+        let mut past = [9u8; 4];
+        b.read_config(CONFIG_LEN as u64, &mut past);
+        assert_eq!(past, [0; 4]);
+        assert_eq!(b.features() & features::VIRTIO_BLK_F_RO, 0);
+        assert_eq!(b.data_range(3, 512), Some(3 * 512));
+        assert_eq!(b.data_range(3, 1024), None, "past the end");
+        assert_eq!(b.data_range(0, 100), None, "not whole sectors");
+        assert_eq!(
+            b.data_range(u64::MAX / 256, 512),
+            None,
+            "sector * 512 overflows"
+        );
+        assert_eq!(b.data_range(4, 0), Some(4 * 512), "empty at the end");
+        let mut one = [0u8; 512];
+        let ro = Block::new(MemDisk::new(&mut one), true).with_id(&[b'x'; 30]);
+        assert_ne!(ro.features() & features::VIRTIO_BLK_F_RO, 0);
+        assert_eq!(ro.id, [b'x'; ID_BYTES], "ids are cut at 20 bytes");
     }
 }
