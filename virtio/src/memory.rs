@@ -6,6 +6,16 @@
 //! in-place slices for bulk data, so a block backend can read straight
 //! into a guest buffer. An adapter to the servers' own guest-memory trait
 //! can implement it in a few lines.
+//!
+//! A note for that adapter: while the guest runs on another CPU it may
+//! write the same bytes the device reads. The queue code never trusts a
+//! value twice (each is checked where it is used), so a racing guest only
+//! hurts itself; but Rust references (`slice`, `slice_mut`) to memory
+//! another agent writes concurrently are formally a data race. A live
+//! mapping's adapter should make `read`/`write` volatile copies, and the
+//! in-place slices are best replaced by a volatile slice type then (as
+//! vm-memory's `VolatileSlice`) — a change of this trait, not of its
+//! callers' logic.
 
 use core::fmt;
 
