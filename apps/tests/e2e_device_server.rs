@@ -5,7 +5,8 @@
 //! interrupt, takes three IRQ 8 notifications through `ReplyRecv` and
 //! acknowledges each with `IrqAck`, and checks that what it was not
 //! granted is refused; then it faults on purpose, and the stub restarts it
-//! from its image (fresh data); the guest still runs to its end. On QEMU with SVM
+//! from its image (fresh data), and a second instance, blocked in a `Call`
+//! to it, gets `ServerRestarted`; the guest still runs to its end. On QEMU with SVM
 //! and on Bochs with VMX (where a VM exit cuts TR's limit, and with it the
 //! TSS's I/O permission bitmap, until the stub reloads TR).
 //!
@@ -20,17 +21,28 @@ use splitvisor::run::Arch;
 fn system() -> images::SystemSpec {
     let elf = build_probe_device().expect("the probe device server builds");
     images::SystemSpec {
-        device_servers: vec![images::DeviceServer {
-            name: "probe-device".into(),
-            elf,
-            rights: Rights {
-                ports: images::rights::ports(&[(0x70, 0x71)]),
-                irqs: 1 << 8,
-                guest_ram: GuestRam::ReadOnly,
-                console: true,
-                ..Rights::default()
+        device_servers: vec![
+            images::DeviceServer {
+                name: "probe-device".into(),
+                elf: elf.clone(),
+                rights: Rights {
+                    ports: images::rights::ports(&[(0x70, 0x71)]),
+                    irqs: 1 << 8,
+                    guest_ram: GuestRam::ReadOnly,
+                    console: true,
+                    ..Rights::default()
+                },
             },
-        }],
+            images::DeviceServer {
+                name: "probe-client".into(),
+                elf,
+                rights: Rights {
+                    console: true,
+                    ..Rights::default()
+                },
+            },
+        ],
+        device_channels: vec![("probe-client".into(), "probe-device".into())],
         ..images::SystemSpec::new("timer")
     }
 }
@@ -47,6 +59,10 @@ fn check(console: &str) {
     );
     assert!(
         console.contains("probe-device: restarted with fresh data"),
+        "{console}"
+    );
+    assert!(
+        console.contains("probe-client: the call came back with ServerRestarted"),
         "{console}"
     );
     assert!(console.contains("vm stopped: guest status 0"), "{console}");
