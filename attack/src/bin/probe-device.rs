@@ -12,6 +12,12 @@
 //! its data segment is the image's again:
 //! `probe-device: restarted with fresh data`.
 //!
+//! A second instance of the same ELF, without the IRQ (its `IrqAck` is
+//! refused: that is how it knows), is the client of channel 0 to the
+//! first: it calls, the first never replies and faults, and the call must
+//! come back with `ServerRestarted`, never hang:
+//! `probe-client: the call came back with ServerRestarted`.
+//!
 //! The template for a real device server (the disk driver): give it a
 //! name, its ports, its IRQ lines and guest RAM in the image builder
 //! (`images::SystemSpec::device_servers`), loop on `ReplyRecv`.
@@ -86,7 +92,33 @@ mod ring3 {
         }
     }
 
+    /// The client instance: one call that the server never answers.
+    fn client() -> ! {
+        match sys::call(Syscall::Call, 0) {
+            Err(ErrorCode::ServerRestarted) => {
+                let mut line = ConsoleLine::new();
+                let _ = write!(
+                    line,
+                    "\nprobe-client: the call came back with ServerRestarted\n"
+                );
+                line.flush();
+            }
+            r => {
+                let mut line = ConsoleLine::new();
+                let _ = write!(line, "\nprobe-client: ESCAPE: the call returned {r:?}\n");
+                line.flush();
+                sys::vm_fail();
+            }
+        }
+        loop {
+            let _ = sys::call(Syscall::ReplyRecv, NO_REPLY);
+        }
+    }
+
     extern "C" fn server_main() -> ! {
+        if sys::call(Syscall::IrqAck, u64::from(IRQ)).is_err() {
+            client();
+        }
         if cmos(0x7e) == 0xa5 && cmos(0x7f) == 0x5a {
             // SAFETY: one thread; a volatile read of our own static.
             let mark = unsafe { core::ptr::read_volatile(&raw const LIFE_MARK) };
@@ -103,7 +135,7 @@ mod ring3 {
         let checks = [
             (
                 "Signal on a channel it is not on",
-                refused(sys::call(Syscall::Signal, 0)),
+                refused(sys::call(Syscall::Signal, 5)),
             ),
             (
                 "IrqAck of line 4, not its own",
@@ -136,6 +168,7 @@ mod ring3 {
                 say!("ReplyRecv failed: {r:?}");
                 sys::vm_fail();
             };
+            // A call (from the client instance) is never answered.
             if v & RECV_NOTIFICATION == 0 || v & u64::from(irq_bit(IRQ)) == 0 {
                 continue;
             }
