@@ -16,12 +16,11 @@
 //! then reads sector 0 and writes, flushes and reads back the last
 //! sector through guest RAM (`disk_driver::self_test`).
 //!
-//! TODO(issue 12): serve block requests. No task calls it yet: the
-//! virtio-blk device (crate `virtio/`, its `BlockBackend`) will be its
-//! client over a channel, and the task then loops on
-//! `DiskServer::serve` with a `Transport` over that channel's page
-//! (`ipc_proto::block`). Until then it waits in `ReplyRecv(NO_REPLY)` and
-//! acknowledges IRQ 14 if it ever fires.
+//! Then it serves block requests (`ipc_proto::block`) on every channel it
+//! is the server of (`images::SystemSpec::device_channels`), in
+//! `ReplyRecv`, moving sectors straight between the disk and guest RAM.
+//! TODO(issue 12): no image gives it a client yet; the virtio-blk device
+//! (crate `virtio/`, its `BlockBackend`) in the vmm-server will be one.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]
@@ -38,8 +37,12 @@ mod ring3 {
     use core::fmt::Write;
 
     use ata::{Ata, Drive, PortIo, Wait, PRIMARY};
-    use disk_driver::{DiskServer, Ram, CONFIG_MAGIC, CONFIG_READ_ONLY, CONFIG_SELF_TEST};
-    use ipc_proto::block::{op, BlockRequest};
+    use disk_driver::{
+        DiskServer, Ram, Transport, CONFIG_MAGIC, CONFIG_READ_ONLY, CONFIG_SELF_TEST,
+    };
+    use ipc_proto::block::{op, BlockReply, BlockRequest};
+    use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
+    use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::sys::{self, ConsoleLine};
     use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION};
     use ipc_proto::{Syscall, ABI_VERSION};
@@ -160,6 +163,8 @@ mod ring3 {
         deadline: u64,
         irq: bool,
         notifications: u32,
+        /// A channel whose call arrived while `wait_irq` waited.
+        deferred: Option<u64>,
     }
 
     impl TaskWait {
@@ -171,6 +176,7 @@ mod ring3 {
                 deadline: 0,
                 irq: false,
                 notifications: 0,
+                deferred: None,
             }
         }
     }
@@ -197,6 +203,8 @@ mod ring3 {
                         let _ = sys::call(Syscall::IrqAck, u64::from(IRQ));
                         return;
                     }
+                    // A call: served after the self-test.
+                    Ok(v) if v & RECV_NOTIFICATION == 0 => self.deferred = Some(v),
                     Ok(_) => {}
                     Err(_) => return,
                 }
@@ -218,6 +226,58 @@ mod ring3 {
 
     const IRQ: u8 = 14;
 
+    /// The channels this task serves, through `ReplyRecv`: a call's
+    /// request is read from its channel's page and the reply written over
+    /// it (`ipc_proto::block`). IRQ 14 notifications in between (the disk
+    /// should raise none: nIEN is set outside the self-test) are
+    /// acknowledged.
+    struct Channels {
+        /// The channel whose call is being served.
+        pending: Option<u64>,
+    }
+
+    /// Channel `ch`'s shared page.
+    fn channel_page(ch: u64) -> *mut u8 {
+        (CHANNEL_PAGE_BASE + ch * PAGE_SIZE) as *mut u8
+    }
+
+    impl Transport for Channels {
+        fn reply_recv(&mut self, reply: Option<&BlockReply>) -> Option<BlockRequest> {
+            let mut arg = NO_REPLY;
+            if let (Some(ch), Some(r)) = (self.pending.take(), reply) {
+                // SAFETY: the stub maps the page of a channel this task
+                // serves read-write in both ends, and the client waits in
+                // `Call` while its call is served; a BlockReply fits the page.
+                unsafe { channel_page(ch).cast::<BlockReply>().write_volatile(*r) };
+                arg = ch;
+            }
+            loop {
+                let v = match sys::call(Syscall::ReplyRecv, arg) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        say!("disk: ReplyRecv refused: {}", e.describe());
+                        sys::vm_fail();
+                    }
+                };
+                arg = NO_REPLY;
+                if v & RECV_NOTIFICATION != 0 {
+                    if v & u64::from(irq_bit(IRQ)) != 0 {
+                        let _ = Ports.inb(PRIMARY.base + ata::regs::STATUS);
+                        let _ = sys::call(Syscall::IrqAck, u64::from(IRQ));
+                    }
+                    continue;
+                }
+                if v >= MAX_CHANNELS as u64 {
+                    continue;
+                }
+                self.pending = Some(v);
+                // SAFETY: as above; every bit pattern is a valid
+                // BlockRequest, read once (volatile) from the shared page.
+                return Some(unsafe { channel_page(v).cast::<BlockRequest>().read_volatile() });
+            }
+        }
+    }
+
     extern "C" fn server_main() -> ! {
         let boot = sys::boot_info();
         if boot.abi_version != ABI_VERSION {
@@ -232,20 +292,21 @@ mod ring3 {
         let ata = Ata::new(Ports, wait, PRIMARY, Drive::Master);
         let mut server = DiskServer::start(ata, read_only);
         say!("{}", server.console_line());
+        let Ok(len) = usize::try_from(boot.guest_ram_bytes) else {
+            sys::vm_fail();
+        };
+        // SAFETY: the manifest grants this task guest RAM read-write, which
+        // the stub maps at `guest_ram_window` for `guest_ram_bytes`; the
+        // guest does not run while this task does (one CPU), and nothing
+        // else in this task refers to it. (A hostile guest's buffers are
+        // still only guest RAM: the server checks every request's range.)
+        let ram = unsafe { core::slice::from_raw_parts_mut(boot.guest_ram_window as *mut u8, len) };
+        let mut ram = Ram(ram);
+        let mut channels = Channels { pending: None };
         if config() & CONFIG_SELF_TEST != 0 && boot.guest_ram_bytes >= 4096 {
-            let Ok(len) = usize::try_from(boot.guest_ram_bytes) else {
-                sys::vm_fail();
-            };
-            // SAFETY: the manifest grants this task guest RAM read-write,
-            // which the stub maps at `guest_ram_window` for
-            // `guest_ram_bytes`; the guest does not run while this task
-            // does (one CPU), and nothing else in this task refers to it.
-            let ram =
-                unsafe { core::slice::from_raw_parts_mut(boot.guest_ram_window as *mut u8, len) };
             let mut text = ConsoleLine::new();
             // The last 4 KiB of guest RAM: the test guests do not use it.
             let gpa = boot.guest_ram_bytes - 4096;
-            let mut ram = Ram(ram);
             let _ = disk_driver::self_test(&mut server, &mut ram, gpa, &mut text);
             text.flush();
             // The same read once more, waiting for IRQ 14's notifications.
@@ -264,21 +325,17 @@ mod ring3 {
                 r.status,
                 w.notifications
             );
+            // A call that came while it waited for the interrupt.
+            if let Some(ch) = w.deferred.take() {
+                channels.pending = Some(ch);
+                // SAFETY: as in `Channels::reply_recv`.
+                let req = unsafe { channel_page(ch).cast::<BlockRequest>().read_volatile() };
+                let reply = server.handle(&req, &mut ram);
+                let _ = channels.reply_recv(Some(&reply));
+            }
         }
         loop {
-            match sys::call(Syscall::ReplyRecv, NO_REPLY) {
-                Ok(v) if v & RECV_NOTIFICATION != 0 && v & u64::from(irq_bit(IRQ)) != 0 => {
-                    // nIEN is set, so the disk should not interrupt; if it
-                    // did, Status acknowledges it and IrqAck the line.
-                    let _ = Ports.inb(PRIMARY.base + ata::regs::STATUS);
-                    let _ = sys::call(Syscall::IrqAck, u64::from(IRQ));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    say!("disk: ReplyRecv refused: {}", e.describe());
-                    sys::vm_fail();
-                }
-            }
+            server.serve(&mut channels, &mut ram);
         }
     }
 

@@ -1,0 +1,144 @@
+//! A client of the disk-driver server for the end-to-end tests (never in
+//! a normal image): the block requests the virtio-blk device will make,
+//! over channel 0 (the only channel of its test image), with buffers in
+//! guest RAM (the last 8 KiB, which the test guests do not use). It asks
+//! INFO, WRITEs two sectors from an odd guest address, FLUSHes, READs
+//! them back elsewhere and compares, then sends requests the server must
+//! refuse, and says what it got in lines starting `disk-client: `.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!(
+        "disk-client is a ring-3 task of the disk-driver's tests; it runs under the stub only."
+    );
+    std::process::exit(2);
+}
+
+#[cfg(target_os = "none")]
+mod ring3 {
+    use core::fmt::Write;
+
+    use ipc_proto::block::{op, status, BlockReply, BlockRequest};
+    use ipc_proto::layout::CHANNEL_PAGE_BASE;
+    use ipc_proto::sys::{self, ConsoleLine};
+    use ipc_proto::syscall::NO_REPLY;
+    use ipc_proto::Syscall;
+
+    ipc_proto::server_entry!(client_main);
+
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            let mut line = ConsoleLine::new();
+            let _ = line.write_str("\ndisk-client: ");
+            let _ = write!(line, $($arg)*);
+            let _ = line.write_str("\n");
+            line.flush();
+        }};
+    }
+
+    /// Channel 0: sends `req`, returns the server's reply.
+    fn call(req: BlockRequest) -> BlockReply {
+        let page = CHANNEL_PAGE_BASE as *mut u8;
+        // SAFETY: the stub maps channel 0's page read-write in both ends;
+        // the server reads it only while this task waits in `Call`.
+        unsafe { page.cast::<BlockRequest>().write_volatile(req) };
+        if let Err(e) = sys::call(Syscall::Call, 0) {
+            say!("Call refused: {}", e.describe());
+            sys::vm_fail();
+        }
+        // SAFETY: as above; every bit pattern is a valid BlockReply.
+        unsafe { page.cast::<BlockReply>().read_volatile() }
+    }
+
+    extern "C" fn client_main() -> ! {
+        let boot = sys::boot_info();
+        let Ok(len) = usize::try_from(boot.guest_ram_bytes) else {
+            sys::vm_fail();
+        };
+        // SAFETY: the test image grants this task guest RAM read-write at
+        // `guest_ram_window`; the guest does not run while it does.
+        let ram = unsafe { core::slice::from_raw_parts_mut(boot.guest_ram_window as *mut u8, len) };
+        let base = len - 8192;
+        let info = call(BlockRequest {
+            op: op::INFO,
+            ..BlockRequest::default()
+        });
+        say!(
+            "INFO: status {}, {} sectors, flags {:#x}",
+            info.status,
+            info.capacity,
+            info.flags
+        );
+        // Two sectors from an odd address, each byte its offset's.
+        let out = base + 1;
+        for (i, b) in ram[out..out + 1024].iter_mut().enumerate() {
+            *b = (i * 7 % 251) as u8;
+        }
+        let w = call(BlockRequest {
+            op: op::WRITE,
+            sectors: 2,
+            lba: 1,
+            gpa: out as u64,
+        });
+        let f = call(BlockRequest {
+            op: op::FLUSH,
+            ..BlockRequest::default()
+        });
+        let back = base + 4096;
+        ram[back..back + 1024].fill(0);
+        let r = call(BlockRequest {
+            op: op::READ,
+            sectors: 2,
+            lba: 1,
+            gpa: back as u64,
+        });
+        let same = ram[back..back + 1024] == ram[out..out + 1024];
+        say!(
+            "WRITE {}, FLUSH {}, READ {}: {}",
+            w.status,
+            f.status,
+            r.status,
+            if same {
+                "the sectors read back as written"
+            } else {
+                "the sectors read back WRONG"
+            }
+        );
+        let past_end = call(BlockRequest {
+            op: op::READ,
+            sectors: 1,
+            lba: info.capacity,
+            gpa: back as u64,
+        });
+        let outside = call(BlockRequest {
+            op: op::WRITE,
+            sectors: 1,
+            lba: 0,
+            gpa: boot.guest_ram_bytes - 100,
+        });
+        let unknown = call(BlockRequest {
+            op: 77,
+            ..BlockRequest::default()
+        });
+        say!(
+            "refusals: past the end {}, outside guest RAM {}, unknown op {} (want {} {} {})",
+            past_end.status,
+            outside.status,
+            unknown.status,
+            status::OUT_OF_RANGE,
+            status::BAD_BUFFER,
+            status::UNSUPPORTED
+        );
+        loop {
+            // Nothing left to do: wait for good (a Signal nobody sends).
+            let _ = sys::call(Syscall::ReplyRecv, NO_REPLY);
+        }
+    }
+
+    #[panic_handler]
+    fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+        say!("panic: {}", info.message());
+        sys::vm_fail()
+    }
+}
