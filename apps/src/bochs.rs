@@ -326,6 +326,13 @@ pub fn run_with_disk(opts: &RunOptions, program: &Path, disk: Option<&crate::dis
             return EXIT_EMULATOR;
         }
     };
+    // Bochs leaves its lock file beside the image when it is killed (a
+    // timeout): Disk::open found none before the run and the image is
+    // ours (flock) until the caller drops it, so any lock file now is this
+    // Bochs's.
+    if let Some(d) = disk {
+        let _ = std::fs::remove_file(crate::disk::bochs_lock_path(&d.spec().path));
+    }
     let mut verdict = conclude(&report, opts);
     if report
         .stderr

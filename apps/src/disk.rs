@@ -13,7 +13,8 @@
 //! it looks for the byte-range locks QEMU itself takes (open file
 //! description locks on bytes 100-299, QEMU's `raw_apply_lock_bytes`), so
 //! an image another QEMU has open is refused in one sentence too rather
-//! than by QEMU's own message after the build. `flock` and QEMU's
+//! than by QEMU's own message after the build; so is an image with Bochs's
+//! lock file beside it (`FILE.lock`, [`bochs_lock_path`]). `flock` and QEMU's
 //! `fcntl` locks are independent on Linux, so our lock never stops our own
 //! QEMU (`apps/tests/disk_option.rs` checks that).
 
@@ -95,6 +96,14 @@ pub enum DiskError {
         /// The lock is QEMU's (a byte-range lock) rather than a `flock`.
         qemu: bool,
     },
+    /// Bochs's lock file `FILE.lock` exists: a Bochs has the image open,
+    /// or one was killed and left it.
+    BochsLock {
+        /// The file.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
     /// Something else went wrong reading its metadata or locking it.
     Io {
         /// The file.
@@ -170,6 +179,13 @@ impl fmt::Display for DiskError {
                     path.display()
                 )
             }
+            DiskError::BochsLock { path, lock } => write!(
+                f,
+                "the disk image {} is locked by Bochs ({} exists); stop that Bochs, or delete \
+                 the lock file if no Bochs runs",
+                path.display(),
+                lock.display()
+            ),
             DiskError::Io { path, source } => {
                 write!(
                     f,
@@ -289,6 +305,15 @@ impl Disk {
                 source: e,
             });
         }
+        // Bochs marks an image it has open with FILE.lock (and refuses an
+        // image that has one: "could not open hard drive image file").
+        let lock = bochs_lock_path(path);
+        if lock.exists() {
+            return Err(DiskError::BochsLock {
+                path: path.clone(),
+                lock,
+            });
+        }
         // A QEMU that has the image open holds shared locks among bytes
         // 100-299; one that writes it holds byte 101. Our flock does not see
         // them.
@@ -399,6 +424,16 @@ pub fn disk_driver_server(read_only: bool) -> Result<images::DeviceServer, Strin
         elf,
         rights: disk_driver_rights(),
     })
+}
+
+/// Bochs's lock file for a disk image: `FILE.lock`, which Bochs 2.7
+/// creates beside an image it opens and removes when it exits cleanly (a
+/// Bochs killed at a timeout leaves it, and every later Bochs refuses the
+/// image).
+pub fn bochs_lock_path(path: &std::path::Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
 }
 
 /// `-drive file=FILE,format=raw,if=ide,index=0,media=disk`, with the

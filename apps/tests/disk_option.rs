@@ -22,12 +22,26 @@ use std::time::{Duration, Instant};
 
 use common::splitvisor_run;
 
-/// A fresh folder for one test.
-fn scratch(name: &str) -> PathBuf {
+/// A fresh folder for one test, removed when the test ends.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("splitvisor-disk-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 /// An emulator that only leaves a mark that it ran.
@@ -190,6 +204,25 @@ fn a_locked_image_is_refused_before_boot() {
     drop(shared);
 }
 
+#[test]
+fn an_image_with_a_bochs_lock_file_is_refused_before_boot() {
+    let dir = scratch("bochslock");
+    let img = dir.join("b.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    let lock = dir.join("b.img.lock");
+    std::fs::write(&lock, b"").unwrap();
+    refused(
+        &dir,
+        &img.to_string_lossy(),
+        &format!(
+            "the disk image {} is locked by Bochs ({} exists); stop that Bochs, or delete the \
+             lock file if no Bochs runs",
+            img.display(),
+            lock.display()
+        ),
+    );
+}
+
 /// Whether a process holds a record lock on `path`'s byte `at` (QEMU's
 /// lock bytes).
 fn record_locked(path: &Path, at: i64) -> bool {
@@ -268,7 +301,6 @@ fn e2e_hello_qemu_svm_npt_with_a_disk_the_disk_driver_identifies_it() {
         assert!(run.has_line(line), "--disk {disk}: {run}");
         assert!(run.has_line("hello from the guest"), "{run}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -299,15 +331,20 @@ fn e2e_hello_bochs_vmx_with_a_disk_the_disk_driver_identifies_writes_and_flushes
         assert!(run.has_line(line), "{line}: {run}");
     }
     // TODO(issue 12): on Bochs VMX the self-test's interrupt-mode read
-    // gets no IRQ 14 notification (the task then waits for good; with
-    // `timer` the run times out), where QEMU gives one per sector: find
-    // out why before the server waits for interrupts outside its self-test.
+    // succeeds with fewer notifications than QEMU's 4 (Bochs completes
+    // most blocks inside the port access, so the driver does not wait),
+    // but afterwards the `timer` guest stops making progress (a 60 s
+    // timeout; 9 s without that read): the host IRQ 14 path on Bochs
+    // wants a look (the stub's deadline.rs) before the server waits for
+    // interrupts outside its self-test. Hence `hello`, and no check of
+    // that line here.
     let after = std::fs::read(&img).unwrap();
     assert_eq!(
         after[(1 << 20) - 512..(1 << 20) - 480],
         disk_driver_pattern()[..]
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    // Bochs's lock file is gone with it.
+    assert!(!splitvisor::disk::bochs_lock_path(&img).exists(), "{run}");
 }
 
 /// `splitvisor run ARGS` with the disk-driver's self-test on.
@@ -367,11 +404,11 @@ fn e2e_timer_qemu_svm_npt_the_disk_driver_reads_writes_and_flushes_the_image() {
         "{run}"
     );
     assert_eq!(std::fs::read(&img).unwrap(), bytes);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The self-test's read in interrupt mode succeeded, woken by at least one
-/// IRQ 14 notification (one per sector, as QEMU and Bochs raise INTRQ).
+/// IRQ 14 notification (QEMU: one per sector; one latched when the disk
+/// finished before the driver looked, which the self-test then takes).
 fn assert_irq_notifications(run: &common::Run) {
     let prefix = "disk: self-test: read 4 sectors waiting for IRQ 14: status 0, ";
     let line = run

@@ -81,13 +81,13 @@ pub trait Wait {
     fn uses_irq(&self) -> bool {
         false
     }
-    /// With [`Wait::uses_irq`]: the device is due to assert INTRQ now (a
-    /// data-in block or a command's end is coming, ATA/ATAPI-6 9.6-9.8):
-    /// wait for that interrupt before the status is read. The driver calls
-    /// it once per interrupt the protocol promises, so an interrupt that
-    /// came early (latched as a notification) ends the wait at once and
-    /// none is left over. The default does nothing; the status is polled
-    /// after it either way, so it may also return early.
+    /// With [`Wait::uses_irq`]: the device is busy and due to assert INTRQ
+    /// when it is done (a data-in block or a command's end is coming,
+    /// ATA/ATAPI-6 9.6-9.8): wait for that interrupt before the status is
+    /// read. The driver calls it at most once per interrupt the protocol
+    /// promises, so an interrupt that came early (latched as a
+    /// notification) ends the wait at once. The default does nothing; the
+    /// status is polled after it either way, so it may also return early.
     fn wait_irq(&mut self) {}
     /// A new wait begins (a command was issued, a sector moved): restart
     /// the time budget.
@@ -656,9 +656,13 @@ impl<P: PortIo, W: Wait> Ata<P, W> {
     }
 
     /// Waits for the interrupt the protocol promises next, in interrupt
-    /// mode.
+    /// mode, if the device is still busy: a device that finished at once
+    /// (Bochs completes PIO commands inside the port write) may have
+    /// raised and dropped its request before anyone saw it, so its status
+    /// is believed instead. The interrupt may then stay latched and end a
+    /// later wait early, which the status polls after it make harmless.
     fn irq_due(&mut self) {
-        if self.wait.uses_irq() {
+        if self.wait.uses_irq() && self.alt_status() & status::BSY != 0 {
             self.wait.wait_irq();
         }
     }
