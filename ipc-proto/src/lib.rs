@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod device;
+pub mod exit;
 pub mod layout;
 pub mod manifest;
 pub mod mmu;
@@ -32,6 +33,7 @@ pub const CONSOLE_REPORT_REQUEST: &[u8; 8] = b"\0\x1bSVREP\0";
 /// against another version.
 pub const ABI_VERSION: u32 = 10;
 
+pub use exit::ExitKind;
 pub use stats::Stats;
 pub use syscall::{ErrorCode, Syscall};
 pub use vcpu::{

@@ -7,11 +7,11 @@
 extern crate alloc;
 
 use core::fmt::Write;
+use ipc_proto::exit::{svm_exit, vmx_exit};
 use ipc_proto::layout::{GUEST_RAM_WINDOW, INSTALL_PAGE};
 use ipc_proto::manifest::MmuMode;
 use ipc_proto::mmu::{Install, InstallError, InstallPage, TableHandle};
 use ipc_proto::sys::{self, ConsoleLine};
-use ipc_proto::vcpu::svm_exit;
 use ipc_proto::{
     ErrorCode, ExitRecord, GuestControl, PagingState, Resume, ResumeFlags, Syscall, VcpuArch,
     ABI_VERSION,
@@ -270,10 +270,7 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
                 // 1 = write) or an EPT violation (VMX reason 48: bit 0
                 // read, bit 1 write); EXITINFO2 = the guest-physical address.
                 let (exit_code, access) = if exit.arch == VcpuArch::Vmx as u32 {
-                    (
-                        mmu_server::mmu::vmx_exit::EPT_VIOLATION,
-                        if write { 2 } else { 1 },
-                    )
+                    (vmx_exit::EPT_VIOLATION, if write { 2 } else { 1 })
                 } else {
                     (svm_exit::NPF, if write { 2 } else { 0 })
                 };

@@ -302,7 +302,7 @@ pub fn mmu_exit_bytes(data: &[u8]) {
         rec.abi_version ^= ABI_VERSION;
         rec.arch ^= VcpuArch::Svm as u32;
         rec.sequence = seq;
-        rec.exit_code ^= mmu_server::mmu::exit_code::PF;
+        rec.exit_code ^= ipc_proto::exit::svm_exit::EXCP_BASE + 14;
         rec.regs = GuestRegs {
             rip: regs.rip ^ x.regs.rip,
             rflags: regs.rflags ^ x.regs.rflags,

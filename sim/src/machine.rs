@@ -4,8 +4,8 @@
 //! stub would route it, and the resume it answers is checked with the
 //! stub's own `kernel_stub::resume::validate` and applied.
 
+use ipc_proto::exit::svm_exit;
 use ipc_proto::{ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch};
-use mmu_server::mmu::exit_code;
 use mmu_server::regs::{cr0, efer};
 use mmu_server::walk::{Access, GuestMemory, WalkError};
 use mmu_server::{ctl, Action, Flush, GuestCtl, Mmu, MmuConfig, MmuMode, MmuPlatform, PagingMode};
@@ -362,11 +362,11 @@ impl Machine {
                 })
             }
             HwFault::PageFault(ec) => {
-                let rec = self.record(exit_code::PF, u64::from(ec), la, insn);
+                let rec = self.record(svm_exit::EXCP_BASE + 14, u64::from(ec), la, insn);
                 self.exit(&rec)
             }
             HwFault::NestedFault { gpa, info } => {
-                let rec = self.record(exit_code::NPF, info, gpa, insn);
+                let rec = self.record(svm_exit::NPF, info, gpa, insn);
                 self.exit(&rec)
             }
         }
@@ -502,7 +502,7 @@ impl Machine {
         let info1 = if self.decode_assists { 1 << 63 } else { 0 };
         self.intercepted(
             code::MOV_TO_CR + code::cr_slot(n),
-            exit_code::CR_WRITE + u64::from(n),
+            svm_exit::CR_WRITE_BASE + u64::from(n),
             info1,
         )
     }
@@ -520,7 +520,7 @@ impl Machine {
         let info1 = if self.decode_assists { 1 << 63 } else { 0 };
         match self.intercepted(
             code::MOV_FROM_CR + code::cr_slot(n),
-            exit_code::CR_READ + u64::from(n),
+            svm_exit::CR_READ_BASE + u64::from(n),
             info1,
         ) {
             Outcome::Done => Outcome::Value(self.regs.rax),
@@ -552,7 +552,7 @@ impl Machine {
             return Outcome::Done;
         }
         let info1 = if self.decode_assists { la } else { 0 };
-        self.intercepted(offset, exit_code::INVLPG, info1)
+        self.intercepted(offset, svm_exit::INVLPG, info1)
     }
 
     /// `wrmsr` to EFER (an MSR exit the stub routes to the mmu-server).
@@ -569,7 +569,7 @@ impl Machine {
         self.regs.rcx = u64::from(efer::MSR);
         self.regs.rax = value & 0xffff_ffff;
         self.regs.rdx = value >> 32;
-        self.intercepted(code::WRMSR, exit_code::MSR, 1)
+        self.intercepted(code::WRMSR, svm_exit::MSR, 1)
     }
 
     /// The guest's paging mode.

@@ -1,8 +1,7 @@
 //! The mmu-server's behaviours one at a time, on the simulated platform.
 
-use ipc_proto::vcpu::svm_exit;
+use ipc_proto::exit::svm_exit;
 use ipc_proto::{ExitRecord, ResumeFlags, Segment, VcpuArch};
-use mmu_server::mmu::exit_code;
 use mmu_server::regs::{cr0, cr4, efer};
 use mmu_server::walk::{pf, pte, Access};
 use mmu_server::{Action, Failure, GuestCtl, MmuConfig, MmuMode, PagingMode};
@@ -182,7 +181,7 @@ fn pf_record(m: &Machine, la: u64, ec: u32, insn: &[u8]) -> ExitRecord {
     let mut rec = ExitRecord {
         abi_version: ipc_proto::ABI_VERSION,
         arch: VcpuArch::Svm as u32,
-        exit_code: exit_code::PF,
+        exit_code: svm_exit::EXCP_BASE + 14,
         exit_info1: u64::from(ec),
         exit_info2: la,
         cs: Segment {

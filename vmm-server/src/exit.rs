@@ -13,8 +13,9 @@
 
 use core::fmt;
 
-use ipc_proto::vcpu::{svm_exit, svm_ioio};
-use ipc_proto::{ExitRecord, VcpuArch};
+use ipc_proto::exit::{svm_exit, vmx_exit};
+use ipc_proto::vcpu::svm_ioio;
+use ipc_proto::{ExitKind, ExitRecord, VcpuArch};
 
 /// RFLAGS.IF, the interrupt enable flag (APM vol. 2, 3.1.6).
 pub const RFLAGS_IF: u64 = 1 << 9;
@@ -269,12 +270,84 @@ pub const fn pushes_error_code(vector: u8) -> bool {
 }
 
 impl Exit {
-    /// Decodes a record from the stub.
+    /// Decodes a record from the stub: [`ExitKind`] says what it is, the
+    /// arch-specific fields give the operands.
     pub fn decode(rec: &ExitRecord) -> Self {
-        match VcpuArch::from_raw(rec.arch) {
-            Some(VcpuArch::Svm) => decode_svm(rec),
-            Some(VcpuArch::Vmx) => decode_vmx(rec),
-            None => Self::Other { raw: rec.exit_code },
+        let raw = rec.exit_code;
+        let vmx = VcpuArch::from_raw(rec.arch) == Some(VcpuArch::Vmx);
+        let (info1, info2) = (rec.exit_info1, rec.exit_info2);
+        match ExitKind::of(rec) {
+            ExitKind::Io => {
+                let io = if vmx {
+                    decode_vmx_io(info1, rec.regs.rax)
+                } else {
+                    decode_svm_ioio(info1, rec.regs.rax)
+                };
+                io.map_or(Self::Other { raw }, Self::Io)
+            }
+            ExitKind::CrAccess { cr, write } => Self::CrAccess {
+                cr,
+                write,
+                gpr: if vmx {
+                    // Table 28-3: a MOV (type 0 or 1) names its GPR in bits 11:8.
+                    ((info1 >> 4) & 3 <= 1).then_some(((info1 >> 8) & 0xf) as u8)
+                } else {
+                    svm_assisted_gpr(info1)
+                },
+            },
+            // SVM DR exits put the GPR in EXITINFO1 bits 3:0 with decode
+            // assists, without a valid bit; QEMU's TCG leaves EXITINFO1
+            // zero. VMX: table 28-4, bits 11:8.
+            ExitKind::DrAccess { dr, write } => Self::DrAccess {
+                dr,
+                write,
+                gpr: vmx.then_some(((info1 >> 8) & 0xf) as u8),
+            },
+            ExitKind::Exception {
+                vector: Some(vector),
+            } => Self::Exception {
+                vector,
+                // VMX: the stub puts the interruption information's error
+                // code in EXITINFO2 bits 63:32, valid if bit 11; the CPU sets
+                // it only for the vectors that push one, and so does this.
+                // SVM: EXITINFO1. A #PF's address: SVM EXITINFO2, VMX the
+                // exit qualification.
+                error_code: match vmx {
+                    true => (info2 & (1 << 11) != 0 && pushes_error_code(vector))
+                        .then_some((info2 >> 32) as u32),
+                    false => pushes_error_code(vector).then_some(info1 as u32),
+                },
+                address: (vector == 14).then_some(if vmx { info1 } else { info2 }),
+            },
+            ExitKind::Exception { vector: None } => Self::Other { raw },
+            ExitKind::Hlt => Self::Hlt {
+                interrupts_enabled: rec.regs.rflags & RFLAGS_IF != 0,
+            },
+            ExitKind::Msr { write } => Self::Msr { write },
+            // SVM: with decode assists EXITINFO1 holds the linear address;
+            // without (QEMU's TCG) it is zero and the instruction must be
+            // decoded. VMX: always the qualification.
+            ExitKind::Invlpg => Self::Invlpg {
+                linear: (vmx || rec.insn_len != 0 || info1 != 0).then_some(info1),
+            },
+            // SVM: EXITINFO1 = #PF-style error code, EXITINFO2 = faulting
+            // GPA (APM vol. 2, 15.25.6); VMX: qualification and GPA.
+            ExitKind::NestedPageFault => Self::NestedPageFault {
+                gpa: info2,
+                error_code: info1,
+            },
+            ExitKind::Cpuid => Self::Cpuid,
+            ExitKind::Shutdown => Self::Shutdown,
+            ExitKind::InterruptWindow => Self::InterruptWindow,
+            ExitKind::ExternalInterrupt => Self::ExternalInterrupt,
+            ExitKind::Vmmcall => Self::Vmmcall,
+            ExitKind::TaskSwitch => Self::TaskSwitch,
+            ExitKind::Undefined => Self::Undefined,
+            ExitKind::Xsetbv => Self::Xsetbv,
+            ExitKind::Rdpmc => Self::Rdpmc,
+            ExitKind::CacheFlush => Self::CacheFlush,
+            ExitKind::EntryFailed => Self::EntryFailed,
+            ExitKind::NestedMisconfig | ExitKind::Other => Self::Other { raw },
         }
     }
 
@@ -294,83 +367,10 @@ impl Exit {
     }
 }
 
-fn decode_svm(rec: &ExitRecord) -> Exit {
-    let code = rec.exit_code;
-    let info1 = rec.exit_info1;
-    // With decode assists, EXITINFO1 bit 63 says a MOV CR/DR left its GPR
-    // number in bits 3:0 (APM vol. 2, 15.8.1).
-    let assisted_gpr = (info1 & (1 << 63) != 0).then_some((info1 & 0xf) as u8);
-    match code {
-        svm_exit::IOIO => match decode_svm_ioio(info1, rec.regs.rax) {
-            Some(io) => Exit::Io(io),
-            None => Exit::Other { raw: code },
-        },
-        0x00..=0x0f => Exit::CrAccess {
-            cr: code as u8,
-            write: false,
-            gpr: assisted_gpr,
-        },
-        0x10..=0x1f => Exit::CrAccess {
-            cr: (code - 0x10) as u8,
-            write: true,
-            gpr: assisted_gpr,
-        },
-        // DR exits put the GPR in EXITINFO1 bits 3:0 with decode assists,
-        // without a valid bit; QEMU's TCG leaves EXITINFO1 zero.
-        0x20..=0x2f => Exit::DrAccess {
-            dr: (code - 0x20) as u8,
-            write: false,
-            gpr: None,
-        },
-        0x30..=0x3f => Exit::DrAccess {
-            dr: (code - 0x30) as u8,
-            write: true,
-            gpr: None,
-        },
-        c if (svm_exit::EXCP_BASE..svm_exit::EXCP_BASE + 32).contains(&c) => {
-            let vector = (c - svm_exit::EXCP_BASE) as u8;
-            Exit::Exception {
-                vector,
-                error_code: pushes_error_code(vector).then_some(info1 as u32),
-                address: (vector == 14).then_some(rec.exit_info2),
-            }
-        }
-        svm_exit::INTR => Exit::ExternalInterrupt,
-        svm_exit::VINTR => Exit::InterruptWindow,
-        svm_exit::HLT => Exit::Hlt {
-            interrupts_enabled: rec.regs.rflags & RFLAGS_IF != 0,
-        },
-        svm_exit::SHUTDOWN => Exit::Shutdown,
-        svm_exit::TASK_SWITCH => Exit::TaskSwitch,
-        svm_exit::INVLPGA
-        | svm_exit::MONITOR
-        | svm_exit::MWAIT
-        | svm_exit::MWAIT_CONDITIONAL
-        | svm_exit::RDTSCP => Exit::Undefined,
-        svm_exit::XSETBV => Exit::Xsetbv,
-        svm_exit::RDPMC => Exit::Rdpmc,
-        svm_exit::WBINVD | svm_exit::INVD => Exit::CacheFlush,
-        // -1 (APM) or the 32-bit 0xffff_ffff QEMU writes; the stub stops
-        // the VM on either before any server sees it.
-        c if c == svm_exit::INVALID || c == 0xffff_ffff => Exit::EntryFailed,
-        svm_exit::CPUID => Exit::Cpuid,
-        // EXITINFO1 bit 0: 0 = RDMSR, 1 = WRMSR (APM vol. 2, 15.11).
-        svm_exit::MSR => Exit::Msr {
-            write: info1 & 1 != 0,
-        },
-        // With decode assists EXITINFO1 holds the linear address; without
-        // (QEMU's TCG) it is zero and the instruction must be decoded.
-        svm_exit::INVLPG => Exit::Invlpg {
-            linear: (rec.insn_len != 0 || info1 != 0).then_some(info1),
-        },
-        svm_exit::VMMCALL => Exit::Vmmcall,
-        // EXITINFO1 = #PF-style error code, EXITINFO2 = faulting GPA (APM vol. 2, 15.25.6).
-        svm_exit::NPF => Exit::NestedPageFault {
-            gpa: rec.exit_info2,
-            error_code: info1,
-        },
-        raw => Exit::Other { raw },
-    }
+/// With decode assists, EXITINFO1 bit 63 says a MOV CR left its GPR
+/// number in bits 3:0 (APM vol. 2, 15.8.1).
+fn svm_assisted_gpr(info1: u64) -> Option<u8> {
+    (info1 & (1 << 63) != 0).then_some((info1 & 0xf) as u8)
 }
 
 /// Decodes an SVM IOIO EXITINFO1 (APM vol. 2, 15.10.2); `rax` supplies the
@@ -429,139 +429,6 @@ fn io_access(
         value,
         address_size: None,
         segment: None,
-    }
-}
-
-/// VMX basic exit reasons (Intel SDM vol. 3C, appendix C) that the decoder
-/// knows.
-pub mod vmx_exit {
-    /// Exception or NMI (the vector is in the VM-exit interruption
-    /// information, which the record does not carry).
-    pub const EXCEPTION_OR_NMI: u64 = 0;
-    /// External interrupt.
-    pub const EXTERNAL_INTERRUPT: u64 = 1;
-    /// Triple fault.
-    pub const TRIPLE_FAULT: u64 = 2;
-    /// Interrupt window.
-    pub const INTERRUPT_WINDOW: u64 = 7;
-    /// CPUID.
-    pub const CPUID: u64 = 10;
-    /// HLT.
-    pub const HLT: u64 = 12;
-    /// INVLPG; the qualification is the linear address.
-    pub const INVLPG: u64 = 14;
-    /// VMCALL.
-    pub const VMCALL: u64 = 18;
-    /// Control-register access; the qualification says which (table 28-3).
-    pub const CR_ACCESS: u64 = 28;
-    /// MOV DR; the qualification says which (table 28-4).
-    pub const DR_ACCESS: u64 = 29;
-    /// I/O instruction; the exit qualification holds the access.
-    pub const IO: u64 = 30;
-    /// RDMSR.
-    pub const RDMSR: u64 = 31;
-    /// WRMSR.
-    pub const WRMSR: u64 = 32;
-    /// VM-entry failure due to invalid guest state.
-    pub const ENTRY_INVALID_GUEST_STATE: u64 = 33;
-    /// VM-entry failure due to MSR loading.
-    pub const ENTRY_MSR_LOADING: u64 = 34;
-    /// VM-entry failure due to a machine-check event.
-    pub const ENTRY_MACHINE_CHECK: u64 = 41;
-    /// EPT violation.
-    pub const EPT_VIOLATION: u64 = 48;
-    /// Task switch.
-    pub const TASK_SWITCH: u64 = 9;
-    /// INVD.
-    pub const INVD: u64 = 13;
-    /// RDPMC.
-    pub const RDPMC: u64 = 15;
-    /// MWAIT.
-    pub const MWAIT: u64 = 36;
-    /// MONITOR.
-    pub const MONITOR: u64 = 39;
-    /// WBINVD.
-    pub const WBINVD: u64 = 54;
-    /// XSETBV.
-    pub const XSETBV: u64 = 55;
-    /// RDTSCP (with "RDTSC exiting" and "enable RDTSCP").
-    pub const RDTSCP: u64 = 51;
-    /// Bit 31 of the full exit reason: VM-entry failure.
-    pub const ENTRY_FAILURE_BIT: u64 = 1 << 31;
-}
-
-fn decode_vmx(rec: &ExitRecord) -> Exit {
-    let code = rec.exit_code;
-    let q = rec.exit_info1;
-    if code & vmx_exit::ENTRY_FAILURE_BIT != 0 {
-        return Exit::EntryFailed;
-    }
-    match code {
-        vmx_exit::IO => match decode_vmx_io(q, rec.regs.rax) {
-            Some(io) => Exit::Io(io),
-            None => Exit::Other { raw: code },
-        },
-        vmx_exit::HLT => Exit::Hlt {
-            interrupts_enabled: rec.regs.rflags & RFLAGS_IF != 0,
-        },
-        vmx_exit::TRIPLE_FAULT => Exit::Shutdown,
-        vmx_exit::ENTRY_INVALID_GUEST_STATE
-        | vmx_exit::ENTRY_MSR_LOADING
-        | vmx_exit::ENTRY_MACHINE_CHECK => Exit::EntryFailed,
-        vmx_exit::CPUID => Exit::Cpuid,
-        vmx_exit::RDMSR => Exit::Msr { write: false },
-        vmx_exit::WRMSR => Exit::Msr { write: true },
-        vmx_exit::EPT_VIOLATION => Exit::NestedPageFault {
-            gpa: rec.exit_info2,
-            error_code: q,
-        },
-        vmx_exit::EXTERNAL_INTERRUPT => Exit::ExternalInterrupt,
-        vmx_exit::TASK_SWITCH => Exit::TaskSwitch,
-        vmx_exit::MWAIT | vmx_exit::MONITOR | vmx_exit::RDTSCP => Exit::Undefined,
-        vmx_exit::XSETBV => Exit::Xsetbv,
-        vmx_exit::RDPMC => Exit::Rdpmc,
-        vmx_exit::WBINVD | vmx_exit::INVD => Exit::CacheFlush,
-        vmx_exit::INTERRUPT_WINDOW => Exit::InterruptWindow,
-        vmx_exit::INVLPG => Exit::Invlpg { linear: Some(q) },
-        vmx_exit::VMCALL => Exit::Vmmcall,
-        // Table 28-3: bits 3:0 CR, 5:4 type (0 MOV to CR, 1 MOV from CR,
-        // 2 CLTS, 3 LMSW), 11:8 GPR of a MOV.
-        vmx_exit::CR_ACCESS => {
-            let kind = (q >> 4) & 3;
-            Exit::CrAccess {
-                cr: (q & 0xf) as u8,
-                write: kind != 1,
-                gpr: (kind <= 1).then_some(((q >> 8) & 0xf) as u8),
-            }
-        }
-        // Table 28-4: bits 2:0 DR, bit 4 direction (1 = MOV from DR), 11:8 GPR.
-        vmx_exit::DR_ACCESS => Exit::DrAccess {
-            dr: (q & 7) as u8,
-            write: q & (1 << 4) == 0,
-            gpr: Some(((q >> 8) & 0xf) as u8),
-        },
-        // The stub puts the VM-exit interruption information in EXITINFO2
-        // bits 31:0 and its error code in bits 63:32 (SDM vol. 3C, 25.9.2):
-        // vector 7:0, type 10:8 (3 hardware exception, 6 software
-        // exception), error code valid 11, valid 31. A #PF's address is the
-        // exit qualification.
-        vmx_exit::EXCEPTION_OR_NMI => {
-            let info = rec.exit_info2;
-            let kind = (info >> 8) & 7;
-            if info & (1 << 31) == 0 || !matches!(kind, 3 | 6) {
-                return Exit::Other { raw: code };
-            }
-            let vector = (info & 0x1f) as u8;
-            Exit::Exception {
-                vector,
-                // The CPU sets "error code valid" only for the vectors
-                // that push one; the decoder holds to the same rule.
-                error_code: (info & (1 << 11) != 0 && pushes_error_code(vector))
-                    .then_some((info >> 32) as u32),
-                address: (vector == 14).then_some(q),
-            }
-        }
-        raw => Exit::Other { raw },
     }
 }
 
