@@ -749,7 +749,7 @@ impl Mmu {
                 break;
             };
             let take = (0x1000 - (la & 0xfff)).min(15 - got as u64) as usize;
-            if !p.read(t.gpa, &mut buf[got..got + take]) {
+            if p.read_phys(t.gpa, &mut buf[got..got + take]).is_err() {
                 break;
             }
             got += take;
@@ -784,13 +784,15 @@ impl Mmu {
             let size = u64::from(store.size);
             if la.is_multiple_of(size) {
                 let mut old = [0u8; 8];
-                if !p.read(t.gpa, &mut old[..size as usize]) {
+                if p.read_phys(t.gpa, &mut old[..size as usize]).is_err() {
                     return Err(Failure::Inconsistent);
                 }
                 let mut regs = rec.regs;
                 let new = insn::execute_store(&i, &mut regs, u64::from_le_bytes(old));
                 if let Some(v) = new {
-                    if !p.write(t.gpa, &v.to_le_bytes()[..size as usize]) {
+                    if p.write_phys(t.gpa, &v.to_le_bytes()[..size as usize])
+                        .is_err()
+                    {
                         return Err(Failure::Inconsistent);
                     }
                     let keep = self.root_gfn();
@@ -879,7 +881,9 @@ impl Mmu {
         }
         let value = regs.rax.to_le_bytes();
         for k in 0..n {
-            if !p.write(t.gpa + k * size, &value[..size as usize]) {
+            if p.write_phys(t.gpa + k * size, &value[..size as usize])
+                .is_err()
+            {
                 return Err(Failure::Inconsistent);
             }
         }

@@ -17,7 +17,8 @@ use ipc_proto::{
     ABI_VERSION,
 };
 use mmu_server::{
-    Action, Flush, GuestCtl, GuestMemory, Mmu, MmuConfig, MmuPlatform, NestedFormat, PlatformError,
+    Action, Flush, GuestCtl, GuestMemory, Mmu, MmuConfig, MmuPlatform, NestedFormat, NotRam,
+    PlatformError,
 };
 
 /// The shadow cache's bookkeeping: about 4.2 KiB per table for the
@@ -54,23 +55,23 @@ impl Native {
 }
 
 impl GuestMemory for Native {
-    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
-        let Some(p) = self.ram(gpa, buf.len()) else {
-            return false;
-        };
+    fn ram_bytes(&self) -> u64 {
+        self.ram_bytes
+    }
+
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), NotRam> {
+        let p = self.ram(gpa, buf.len()).ok_or(NotRam)?;
         // SAFETY: the range lies inside guest RAM, which the stub maps
         // read-write at GUEST_RAM_WINDOW; the guest is stopped.
         unsafe { core::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
-        true
+        Ok(())
     }
 
-    fn write(&mut self, gpa: u64, data: &[u8]) -> bool {
-        let Some(p) = self.ram(gpa, data.len()) else {
-            return false;
-        };
-        // SAFETY: as for `read`.
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), NotRam> {
+        let p = self.ram(gpa, data.len()).ok_or(NotRam)?;
+        // SAFETY: as for `read_phys`.
         unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
-        true
+        Ok(())
     }
 }
 

@@ -261,7 +261,7 @@ pub fn mmu_exit_bytes(data: &[u8]) {
     });
     let mem_end = (1 + MMU_TABLE_BYTES).min(data.len());
     if mem_end > 1 {
-        sim.write(0x1000, &data[1..mem_end]);
+        let _ = sim.write_phys(0x1000, &data[1..mem_end]);
     }
     let mut mmu = Mmu::new(
         MmuConfig {

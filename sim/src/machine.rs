@@ -7,7 +7,7 @@
 use ipc_proto::exit::svm_exit;
 use ipc_proto::{ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch};
 use mmu_server::regs::{cr0, efer};
-use mmu_server::walk::{Access, GuestMemory, WalkError};
+use mmu_server::walk::{Access, GuestMemory, NotRam, WalkError};
 use mmu_server::{ctl, Action, Flush, GuestCtl, Mmu, MmuConfig, MmuMode, MmuPlatform, PagingMode};
 
 use crate::platform::{HwFault, Sim, SimConfig};
@@ -204,7 +204,7 @@ impl Machine {
     /// Writes the instruction table of [`code`] at guest-physical `gpa`.
     pub fn place_code(&mut self, gpa: u64) {
         for (off, bytes) in code::BYTES {
-            assert!(self.sim.write(gpa + off, bytes));
+            assert!(self.sim.write_phys(gpa + off, bytes).is_ok());
         }
     }
 
@@ -395,7 +395,8 @@ impl Machine {
             Outcome::Ok(gpa) => {
                 let want = code::at(offset);
                 let mut got = [0u8; 4];
-                let ok = self.sim.read(gpa, &mut got[..want.len()]) && &got[..want.len()] == want;
+                let ok = self.sim.read_phys(gpa, &mut got[..want.len()]).is_ok()
+                    && &got[..want.len()] == want;
                 (!ok).then_some(Outcome::StrayCode)
             }
             other => Some(other),
@@ -431,7 +432,7 @@ impl Machine {
             match self.hw(la, access) {
                 Ok(gpa) => {
                     let bytes = value.to_le_bytes();
-                    if !self.sim.write(gpa, &bytes[..size as usize]) {
+                    if self.sim.write_phys(gpa, &bytes[..size as usize]).is_err() {
                         return Outcome::Failed(format!("store to {gpa:#x} outside RAM"));
                     }
                     return Outcome::Stored;
@@ -586,25 +587,29 @@ struct NestedMem<'a> {
 }
 
 impl GuestMemory for NestedMem<'_> {
-    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
+    fn ram_bytes(&self) -> u64 {
+        self.sim.ram_bytes()
+    }
+
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), NotRam> {
         if self.fault.is_some() {
-            return false;
+            return Err(NotRam);
         }
         match self.sim.translate_nested(gpa, false) {
-            Ok(g) => self.sim.read(g, buf),
+            Ok(g) => self.sim.read_phys(g, buf),
             Err(_) => {
                 self.fault = Some(gpa);
-                false
+                Err(NotRam)
             }
         }
     }
 
-    fn write(&mut self, gpa: u64, data: &[u8]) -> bool {
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), NotRam> {
         match self.sim.translate_nested(gpa, true) {
-            Ok(g) => self.sim.write(g, data),
+            Ok(g) => self.sim.write_phys(g, data),
             Err(_) => {
                 self.fault = Some(gpa);
-                false
+                Err(NotRam)
             }
         }
     }

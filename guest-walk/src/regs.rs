@@ -89,7 +89,7 @@ impl CpuModel {
 }
 
 /// Bits `lo..=hi` set (empty when `lo > hi`).
-pub(crate) const fn bits(lo: u32, hi: u32) -> u64 {
+pub const fn bits(lo: u32, hi: u32) -> u64 {
     if lo > hi || lo > 63 {
         return 0;
     }
