@@ -36,6 +36,7 @@ pub mod platform;
 // old paths stay.
 pub use guest_walk::regs;
 pub use guest_walk::walk::{self};
+pub mod server;
 pub mod shadow;
 pub mod stats;
 
@@ -43,6 +44,7 @@ pub use mmu::{Action, EferError, Failure, Mmu, MmuConfig, MmuMode};
 pub use nested::NestedFormat;
 pub use platform::{Flush, MmuPlatform, PlatformError, ShadowFormat};
 pub use regs::{CpuModel, GuestCtl, PagingMode};
+pub use server::{Hooks, MmuStub, Reply, Stopped};
 pub use shadow::{Role, ShadowKey, TableKind};
 pub use stats::MmuStats;
 pub use walk::{walk, Access, GuestMemory, NotRam, Translation, WalkError};

@@ -17,6 +17,7 @@ use crate::regs::{cr0, cr4, efer, CpuModel, GuestCtl, PagingMode};
 use crate::shadow::{root_key, CacheError, ShadowCache, TableKind};
 use crate::stats::MmuStats;
 use crate::walk::{self, pf, Access, Translation, WalkError};
+use ipc_proto::mmu::TableHandle;
 
 /// What an exit asks of the mmu-server, decoded from either extension's record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -428,6 +429,12 @@ impl Mmu {
         self.cache.take_root_changed();
         self.cache.finish(p)?;
         Ok(())
+    }
+
+    /// The root of the nested tables, once [`Self::start`] built them
+    /// (nested mode).
+    pub fn nested_root(&self) -> Option<TableHandle> {
+        self.nested.as_ref().map(|n| n.root)
     }
 
     /// The hardware paging state for the current root and guest controls:
