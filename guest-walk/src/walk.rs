@@ -231,10 +231,8 @@ pub fn reserved_bits(mode: PagingMode, level: u8, ps: bool, nxe: bool, cpu: &Cpu
             }
         }
         PagingMode::Pae => match level {
-            // Bits 8:5 are reserved in Intel's PDPTE registers; a CPU that
-            // reads PDPTEs on each walk (AMD with nested paging) ignores
-            // them, and QEMU sets A (bit 5) there.
-            3 if cpu.pdptes_on_walk => bits(1, 2) | bits(m, 63),
+            // QEMU's walker ignores bits 8:5 and sets A (bit 5) there.
+            3 if cpu.pdpte_bits_8_5_ignored => bits(1, 2) | bits(m, 63),
             3 => bits(1, 2) | bits(5, 8) | bits(m, 63),
             2 if ps => bits(m, 62) | nx | bits(13, 20),
             _ => bits(m, 62) | nx,
@@ -541,6 +539,7 @@ pub(crate) mod tests {
         cr4_supported: cr4::SUPPORTED,
         efer_supported: efer::SUPPORTED,
         pdptes_on_walk: false,
+        pdpte_bits_8_5_ignored: false,
     };
 
     fn long_ctl(cr3: u64) -> GuestCtl {
@@ -818,7 +817,7 @@ pub(crate) mod tests {
             walk(&mut ram, &ctl, &cpu, la, Access::write(false), true),
             Err(WalkError::PageFault { error_code: pf::W })
         );
-        for bit in [1, 2, 40, 52, 62, 63] {
+        for bit in [1, 2, 5, 6, 7, 8, 40, 52, 62, 63] {
             ram.put64(0x1020 + 16, 0x2000 | pte::P | 1 << bit);
             assert_eq!(
                 walk(&mut ram, &ctl, &cpu, la, Access::write(true), true),
@@ -828,10 +827,17 @@ pub(crate) mod tests {
                 "bit {bit}"
             );
         }
-        // Ignored bits 11:9, PWT and PCD; 8:5 too, read on each walk
-        // (QEMU's SVM sets A there).
-        ram.put64(0x1020 + 16, 0x2000 | pte::P | 0xff8);
+        // Ignored bits 11:9, PWT and PCD.
+        ram.put64(0x1020 + 16, 0x2000 | pte::P | 0xe18);
         assert!(walk(&mut ram, &ctl, &cpu, la, Access::read(false), true).is_ok());
+        // QEMU's walker ignores 8:5 too (it sets A there).
+        let qemu = CpuModel {
+            pdpte_bits_8_5_ignored: true,
+            ..cpu
+        };
+        ram.put64(0x1020 + 16, 0x2000 | pte::P | 0x1e0);
+        assert!(walk(&mut ram, &ctl, &qemu, la, Access::read(false), true).is_ok());
+        assert!(walk(&mut ram, &ctl, &cpu, la, Access::read(false), true).is_err());
         // A reserved bit in a PDPTE that is not present does not matter.
         ram.put64(0x1020 + 16, 0x2000 | 1 << 1);
         assert_eq!(
@@ -894,8 +900,8 @@ pub(crate) mod tests {
         /// PAE PDPTEs, read on each walk (AMD with nested paging) or held
         /// in registers loaded by MOV CR3 (Intel's PDPTE registers), against
         /// the format tables (SDM vol. 3, table 4-8; APM vol. 2, legacy-mode
-        /// PDPE): P; 2:1 must be zero, and 8:5 in the registers; PWT, PCD
-        /// and 11:9 are free; 63:MAXPHYADDR must be zero.
+        /// PDPE): P; 2:1 and 8:5 must be zero; PWT, PCD and 11:9 are free;
+        /// 63:MAXPHYADDR must be zero.
         #[test]
         fn pae_pdpte_matches_the_format(
             flags in any::<u64>(), write in any::<bool>(), user in any::<bool>(),
@@ -915,8 +921,7 @@ pub(crate) mod tests {
             };
             let loaded = load_pdptes(&mut ram, ctl.cr3, &cpu);
             let present = pdpte & 1 != 0;
-            let low = if on_walk { 0x6 } else { 0x1e6 };
-            let reserved = pdpte & (low | bits(40, 63)) != 0;
+            let reserved = pdpte & (0x1e6 | bits(40, 63)) != 0;
             if on_walk {
                 prop_assert_eq!(loaded, Ok([0; 4]));
             } else if present && reserved {

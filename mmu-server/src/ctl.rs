@@ -181,6 +181,7 @@ mod tests {
         cr4_supported: cr4::SUPPORTED,
         efer_supported: efer::SUPPORTED,
         pdptes_on_walk: false,
+        pdpte_bits_8_5_ignored: false,
     };
 
     /// AMD with nested paging loads no PDPTE registers: a reserved bit in a

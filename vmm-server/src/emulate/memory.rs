@@ -76,7 +76,8 @@ pub trait Translate {
 pub struct PageWalker;
 
 /// The CPU the walk models: the PDPTEs are read from memory at each walk
-/// (the emulator has no PDPTE registers to look at), 1 GiB pages, and no
+/// (the emulator has no PDPTE registers to look at) with bits 8:5 free,
+/// as QEMU's walker has them (it sets A there), 1 GiB pages, and no
 /// physical-address bits reserved below the architectural 52.
 const CPU: CpuModel = CpuModel {
     max_phys_bits: 52,
@@ -84,6 +85,7 @@ const CPU: CpuModel = CpuModel {
     cr4_supported: u64::MAX,
     efer_supported: u64::MAX,
     pdptes_on_walk: true,
+    pdpte_bits_8_5_ignored: true,
 };
 
 impl Translate for PageWalker {
