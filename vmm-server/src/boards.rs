@@ -1,14 +1,14 @@
-//! The boards as tables: which port devices a board has, the ports each
-//! decodes and the ISA line it drives. The router is built from the table
-//! ([`Devices::router`]), the devices take their lines from it, and the
-//! interrupt controllers follow the board ([`irqchip`]); the native
-//! vmm-server and the seL4 root task build the same machine from it.
+//! The boards as tables: which devices a board has, the port or MMIO
+//! ranges each decodes and the ISA line it drives. The routers are built
+//! from the table ([`Devices::routers`]), the devices take their lines from
+//! it, and the interrupt controllers follow the board ([`irqchip`]); the
+//! native vmm-server and the seL4 root task build the same machine from it.
 //!
-//! A new port device is one [`Slot`], one field of [`Devices`] and one row
-//! per board that has it. The 8259s' ports are not in the tables: the exit
-//! handler gives them to the interrupt controllers itself
-//! ([`crate::devices::pic::RANGES`]); MMIO devices (the APICs, the
-//! `mmio` guest's scratch page) are not port devices.
+//! A new device is one [`Slot`], one field of [`Devices`] and one row per
+//! board that has it. The interrupt controllers' own ranges are not in the
+//! tables: the exit handler gives the 8259s' ports
+//! ([`crate::devices::pic::RANGES`]) and the APICs' pages to
+//! [`IrqChip`] itself.
 
 use ipc_proto::manifest::Board as Kind;
 
@@ -27,7 +27,12 @@ use crate::devices::rtc::{self, Rtc};
 use crate::devices::uart16550;
 use crate::devices::PortDevice;
 use crate::irqchip::IrqChip;
+use crate::mmio::{MmioDevice, MmioError, MmioRouter, ScratchRegisters};
 use crate::router::{Router, RouterError};
+
+/// Where the page of scratch registers sits (the `mmio` test guest's
+/// target): a hole in the PC's MMIO map, below the I/O APIC.
+pub const SCRATCH_BASE: u64 = 0xfeb0_0000;
 
 /// A port device of the PC family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +59,24 @@ pub enum Slot {
     ResetControl,
     /// QEMU's firmware configuration interface.
     FwCfg,
+    /// A page of scratch registers (MMIO), which the `mmio` test guest
+    /// reads and writes.
+    Scratch,
+}
+
+/// What a device decodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decode {
+    /// These `(base, len)` port ranges; the device sees offsets from the
+    /// first range's base.
+    Ports(&'static [(u16, u16)]),
+    /// `[base, base + len)` of guest-physical memory outside RAM.
+    Mmio {
+        /// The first address.
+        base: u64,
+        /// Bytes.
+        len: u64,
+    },
 }
 
 /// One row of a board's table.
@@ -61,16 +84,28 @@ pub enum Slot {
 pub struct Row {
     /// The device.
     pub slot: Slot,
-    /// The `(base, len)` port ranges it decodes; it sees offsets from the
-    /// first range's base.
-    pub ports: &'static [(u16, u16)],
+    /// The ranges it decodes.
+    pub decode: Decode,
     /// The ISA line it drives, if any.
     pub irq: Option<u8>,
 }
 
 const fn row(slot: Slot, ports: &'static [(u16, u16)], irq: Option<u8>) -> Row {
-    Row { slot, ports, irq }
+    Row {
+        slot,
+        decode: Decode::Ports(ports),
+        irq,
+    }
 }
+
+const SCRATCH: Row = Row {
+    slot: Slot::Scratch,
+    decode: Decode::Mmio {
+        base: SCRATCH_BASE,
+        len: 0x1000,
+    },
+    irq: None,
+};
 
 /// The ISA board of the first KVM: 8254, RTC, 16550, i8042 and the PCI
 /// configuration ports (an empty bus behind a host bridge).
@@ -91,6 +126,7 @@ pub const ISA: &[Row] = &[
         None,
     ),
     row(Slot::PciHost, &[(pci::BASE, pci::LEN)], None),
+    SCRATCH,
 ];
 
 /// The PC board: the ISA board's devices, with the byte at 0xCF9 the
@@ -128,6 +164,7 @@ pub const PC: &[Row] = &[
         None,
     ),
     row(Slot::FwCfg, &[(fw_cfg::BASE, fw_cfg::LEN)], None),
+    SCRATCH,
 ];
 
 /// The table of `kind`.
@@ -162,8 +199,39 @@ pub fn pin<'b>(board: &'b Board, table: &[Row], slot: Slot) -> IrqPin<'b> {
     board.irq.pin(irq.unwrap_or(u8::MAX))
 }
 
-/// The board's port devices but COM1, which the caller makes (a local
-/// 16550 or the uart-server's), with the lines the table gives them.
+/// Why the routers could not be built from a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WiringError {
+    /// A port range (or a device named twice, or an MMIO device on ports:
+    /// `RouterError::Full`).
+    Ports(RouterError),
+    /// An MMIO range (or a port device on MMIO: `MmioError::Full`).
+    Mmio(MmioError),
+}
+
+impl From<RouterError> for WiringError {
+    fn from(e: RouterError) -> Self {
+        Self::Ports(e)
+    }
+}
+
+impl From<MmioError> for WiringError {
+    fn from(e: MmioError) -> Self {
+        Self::Mmio(e)
+    }
+}
+
+impl core::fmt::Display for WiringError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Ports(e) => e.fmt(f),
+            Self::Mmio(e) => e.fmt(f),
+        }
+    }
+}
+
+/// The board's devices but COM1, which the caller makes (a local 16550
+/// or the uart-server's), with the lines the table gives them.
 pub struct Devices<'b> {
     /// The 8254.
     pub pit: Pit<'b>,
@@ -185,6 +253,8 @@ pub struct Devices<'b> {
     pub reset: ResetControl,
     /// fw_cfg.
     pub fw_cfg: FwCfg,
+    /// The scratch page.
+    pub scratch: ScratchRegisters,
 }
 
 impl<'b> Devices<'b> {
@@ -205,16 +275,17 @@ impl<'b> Devices<'b> {
             acpi: AcpiPm::new(&board.clock, line(Slot::AcpiPm)),
             reset: ResetControl::new(),
             fw_cfg: FwCfg::new(ram_bytes, 1),
+            scratch: ScratchRegisters::default(),
         }
     }
 
-    /// The router of `table`: each row's ports to its device, in the
-    /// table's order; `com1` is COM1.
-    pub fn router<'r>(
+    /// The port and MMIO routers of `table`: each row's ranges to its
+    /// device, in the table's order; `com1` is COM1.
+    pub fn routers<'r>(
         &'r mut self,
         table: &[Row],
         com1: &'r mut dyn PortDevice,
-    ) -> Result<Router<'r>, RouterError> {
+    ) -> Result<(Router<'r>, MmioRouter<'r>), WiringError> {
         let Self {
             pit,
             rtc,
@@ -226,9 +297,9 @@ impl<'b> Devices<'b> {
             acpi,
             reset,
             fw_cfg,
+            scratch,
         } = self;
-        // Each device can be lent once; a table that names one twice gets
-        // `RouterError::Full` for the second row.
+        // Each device can be lent once: a second row of it finds `None`.
         let mut com1 = Some(com1);
         let mut pit = Some(pit);
         let mut rtc = Some(rtc);
@@ -240,24 +311,38 @@ impl<'b> Devices<'b> {
         let mut acpi = Some(acpi);
         let mut reset = Some(reset);
         let mut fw_cfg = Some(fw_cfg);
-        let mut router = Router::new();
+        let mut scratch = Some(scratch);
+        let mut ports = Router::new();
+        let mut mmio = MmioRouter::new();
         for r in table {
-            let device: Option<&'r mut dyn PortDevice> = match r.slot {
-                Slot::Com1 => com1.take(),
-                Slot::Pit => pit.take().map(|d| d as _),
-                Slot::Rtc => rtc.take().map(|d| d as _),
-                Slot::I8042 => i8042.take().map(|d| d as _),
-                Slot::Post => post.take().map(|d| d as _),
-                Slot::Port92 => port92.take().map(|d| d as _),
-                Slot::DebugExit => debug_exit.take().map(|d| d as _),
-                Slot::PciHost => pci.take().map(|d| d as _),
-                Slot::AcpiPm => acpi.take().map(|d| d as _),
-                Slot::ResetControl => reset.take().map(|d| d as _),
-                Slot::FwCfg => fw_cfg.take().map(|d| d as _),
-            };
-            router.register_ranges(r.ports, device.ok_or(RouterError::Full)?)?;
+            match r.decode {
+                Decode::Ports(ranges) => {
+                    let device: Option<&'r mut dyn PortDevice> = match r.slot {
+                        Slot::Com1 => com1.take(),
+                        Slot::Pit => pit.take().map(|d| d as _),
+                        Slot::Rtc => rtc.take().map(|d| d as _),
+                        Slot::I8042 => i8042.take().map(|d| d as _),
+                        Slot::Post => post.take().map(|d| d as _),
+                        Slot::Port92 => port92.take().map(|d| d as _),
+                        Slot::DebugExit => debug_exit.take().map(|d| d as _),
+                        Slot::PciHost => pci.take().map(|d| d as _),
+                        Slot::AcpiPm => acpi.take().map(|d| d as _),
+                        Slot::ResetControl => reset.take().map(|d| d as _),
+                        Slot::FwCfg => fw_cfg.take().map(|d| d as _),
+                        Slot::Scratch => None,
+                    };
+                    ports.register_ranges(ranges, device.ok_or(RouterError::Full)?)?;
+                }
+                Decode::Mmio { base, len } => {
+                    let device: Option<&'r mut dyn MmioDevice> = match r.slot {
+                        Slot::Scratch => scratch.take().map(|d| d as _),
+                        _ => None,
+                    };
+                    mmio.register(base, len, device.ok_or(MmioError::Full)?)?;
+                }
+            }
         }
-        Ok(router)
+        Ok((ports, mmio))
     }
 }
 
@@ -283,7 +368,9 @@ mod tests {
             let t = table(kind);
             let mut devices = Devices::new(&board, t, 1 << 20, 0);
             let mut com1 = Nothing;
-            let router = devices.router(t, &mut com1).unwrap();
+            let (router, mut mmio) = devices.routers(t, &mut com1).unwrap();
+            mmio.write(SCRATCH_BASE + 8, 1, 0x5a);
+            assert_eq!(mmio.read(SCRATCH_BASE + 8, 1), 0x5a, "the scratch page");
             assert!(router.claims(uart16550::COM1_BASE));
             assert!(router.claims(0x40) && router.claims(0x61) && router.claims(0xcf8));
             assert_eq!(router.claims(acpi_pm::PM_BASE), acpi, "{kind:?}");
@@ -312,8 +399,8 @@ mod tests {
         let mut devices = Devices::new(&board, &twice, 1 << 20, 0);
         let mut com1 = Nothing;
         assert!(matches!(
-            devices.router(&twice, &mut com1),
-            Err(RouterError::Full)
+            devices.routers(&twice, &mut com1),
+            Err(WiringError::Ports(RouterError::Full))
         ));
     }
 }

@@ -17,12 +17,8 @@ use vmm_server::cpuid::HostCpuid;
 use vmm_server::devices::remote::{PortChannel, RemotePort};
 use vmm_server::devices::uart16550::{self, Uart16550};
 use vmm_server::emulate::{GuestMemory, NotRam};
-use vmm_server::mmio::{MmioRouter, ScratchRegisters};
 use vmm_server::{Ending, Host, HostConsole, HostWrite, PortDevice, Stub, Vmm};
 
-/// Where the page of scratch registers sits (the `mmio` test guest's
-/// target): a hole in the PC's MMIO map, below the I/O APIC.
-const SCRATCH_MMIO_BASE: u64 = 0xfeb0_0000;
 /// The RTC's time at boot when the stub gives none: 2026-01-01 00:00 UTC.
 const RTC_EPOCH: i64 = 1_767_225_600;
 
@@ -353,19 +349,13 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
         None => &mut local_uart,
     };
     let mut devices = boards::Devices::new(&board, table, boot.guest_ram_bytes, RTC_EPOCH);
-    let router = match devices.router(table, uart) {
-        Ok(router) => router,
+    let (router, mmio) = match devices.routers(table, uart) {
+        Ok(routers) => routers,
         Err(e) => {
             console.borrow_mut().server_line(format_args!("{e}"));
             vm_fail();
         }
     };
-    let mut scratch = ScratchRegisters::default();
-    let mut mmio = MmioRouter::new();
-    if let Err(e) = mmio.register(SCRATCH_MMIO_BASE, 0x1000, &mut scratch) {
-        console.borrow_mut().server_line(format_args!("{e}"));
-        vm_fail();
-    }
     // Build iced's decoder tables now, so that running out of heap shows
     // at start rather than at the first emulated instruction.
     let _ = iced_x86::Decoder::new(64, &[0x90], 0).decode();

@@ -11,7 +11,6 @@ use vmm_server::boards;
 use vmm_server::cpuid::HostCpuid;
 use vmm_server::devices::uart16550::Uart16550;
 use vmm_server::emulate::{GuestMemory, NotRam};
-use vmm_server::mmio::{MmioRouter, ScratchRegisters};
 use vmm_server::{Ending, Host, HostConsole, Vmm};
 use zerocopy::FromBytes;
 
@@ -28,8 +27,6 @@ pub const HOST_EXIT_CANNOT_RUN: u8 = 2;
 /// Where guest RAM is mapped in the root task's VSpace: PML4 slot 1.
 const GUEST_WINDOW: u64 = 0x80_0000_0000;
 const LARGE_PAGE: u64 = 1 << 21;
-/// The `mmio` test guest's scratch registers (as on the native stub).
-const SCRATCH_MMIO_BASE: u64 = 0xfeb0_0000;
 /// The RTC's time at boot: 2026-01-01 00:00 UTC.
 const RTC_EPOCH: i64 = 1_767_225_600;
 
@@ -386,14 +383,9 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
     let mut uart =
         Uart16550::new(&console).with_irq(boards::pin(&board, table, boards::Slot::Com1));
     let mut devices = boards::Devices::new(&board, table, ram, RTC_EPOCH);
-    let router = devices
-        .router(table, &mut uart)
+    let (router, mmio) = devices
+        .routers(table, &mut uart)
         .unwrap_or_else(|e| cannot_run(format_args!("{e}")));
-    let mut scratch = ScratchRegisters::default();
-    let mut mmio = MmioRouter::new();
-    if let Err(e) = mmio.register(SCRATCH_MMIO_BASE, 0x1000, &mut scratch) {
-        cannot_run(format_args!("{e}"));
-    }
     // iced's decoder tables, built now so that a short heap shows at start.
     let _ = iced_x86::Decoder::new(64, &[0x90], 0).decode();
     let mut vmm = Vmm::new(router, &board, &mut mem, &mut host)
