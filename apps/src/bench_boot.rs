@@ -47,6 +47,13 @@ pub struct BootArgs {
     #[arg(long, value_name = "BOARD", default_value = "pc",
           value_parser = clap::builder::PossibleValuesParser::new(["isa", "pc"]))]
     board: String,
+    /// Also boot plain QEMU with virtio devices (virtio-blk on a fresh
+    /// ext4 image, virtio-serial with a virtconsole, virtio-rng; see
+    /// `splitvisor::linux_virtio`) twice, ttyS0 then hvc0 the console, to
+    /// the init marker, and with `splitvisor.disk=write` to the disk
+    /// check's line.
+    #[arg(long)]
+    virtio: bool,
 }
 
 impl BootArgs {
@@ -201,11 +208,79 @@ pub fn bench_boot(a: &BootArgs) -> i32 {
         .map(|&way| boot(&qemu, way, &guest, &cmdline, ram, a.board(), timeout))
         .collect();
     print_tables(a, &cmdline, &boots);
-    if boots.iter().all(|b| b.failure.is_none()) {
+    let virtio_ok = !a.virtio || virtio_boots(&qemu, &guest, timeout);
+    if boots.iter().all(|b| b.failure.is_none()) && virtio_ok {
         0
     } else {
         1
     }
+}
+
+/// `--virtio`: plain QEMU with virtio devices, each console preferred in
+/// turn, with `splitvisor.exit` and with `splitvisor.disk=write`; prints a
+/// table of the wall times and returns whether every boot ended well.
+fn virtio_boots(qemu: &str, guest: &splitvisor::linux::LinuxGuest, timeout: Duration) -> bool {
+    use splitvisor::linux::DISK_WRITTEN;
+    use splitvisor::linux_virtio::{make_ext4_image, GuestConsole, PlainVirtio};
+    let img = std::env::temp_dir().join(format!(
+        "splitvisor-bench-virtio-{}.img",
+        std::process::id()
+    ));
+    let mut rows = Vec::new();
+    let mut ok = true;
+    for console in [GuestConsole::Serial, GuestConsole::Hvc] {
+        for append in ["splitvisor.exit", "splitvisor.disk=write"] {
+            let mut b = PlainVirtio::new(qemu.into(), guest.clone());
+            b.console = console;
+            b.append = append.to_string();
+            b.rng = true;
+            b.timeout = timeout;
+            if append.starts_with("splitvisor.disk") {
+                if let Err(e) = make_ext4_image(&img, 64) {
+                    eprintln!("splitvisor: bench boot: {e}");
+                    ok = false;
+                    continue;
+                }
+                b.disk = Some(img.clone());
+            }
+            eprintln!(
+                "splitvisor: bench boot: booting (plain QEMU with virtio, console {}, {append})",
+                console.name()
+            );
+            match b.run() {
+                Ok(r) => {
+                    let ended = r.status == Some(0) && !r.timed_out && r.to_marker.is_some();
+                    ok &= ended;
+                    rows.push(format!(
+                        "{:<8} {:<24} {:>10} {:>12} {:>11.2}{}",
+                        console.name(),
+                        append,
+                        secs(r.to_marker),
+                        secs(r.when(DISK_WRITTEN)),
+                        r.wall.as_secs_f64(),
+                        if ended { "" } else { "  FAILED" }
+                    ));
+                }
+                Err(e) => {
+                    eprintln!("splitvisor: bench boot: {e}");
+                    ok = false;
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&img);
+    println!(
+        "Plain QEMU with virtio-blk, virtio-serial (virtconsole) and virtio-rng, the console the \
+         kernel prefers (the last console=) timed:"
+    );
+    println!(
+        "{:<8} {:<24} {:>10} {:>12} {:>11}",
+        "console", "command line", "marker s", "disk done s", "QEMU end s"
+    );
+    for r in rows {
+        println!("{r}");
+    }
+    ok
 }
 
 fn boot(

@@ -10,6 +10,8 @@ pub mod bochs;
 pub mod debian_guests;
 pub mod e2e;
 pub mod linux;
+pub mod linux_modules;
+pub mod linux_virtio;
 pub mod loc;
 pub mod run;
 pub mod sel4;

@@ -13,7 +13,8 @@
 //! 3. `gcc` builds the MMU workload (`apps/linux/workload.c`, no libc) for
 //!    the kernel's architecture.
 //! 4. The initramfs is an uncompressed cpio (newc) archive
-//!    ([`images::linux::Cpio`]): busybox, the workload, `/dev/console`, and
+//!    ([`images::linux::Cpio`]): busybox, the workload, `/dev/console`,
+//!    the kernel's virtio and ext4 modules ([`crate::linux_modules`]) and
 //!    [`INIT`].
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,8 @@ use std::process::{Command, Stdio};
 
 use images::linux::Cpio;
 use ipc_proto::manifest::Board;
+
+use crate::linux_modules::Modules;
 
 /// Guest RAM for Linux guests unless `--ram` says otherwise.
 pub const LINUX_RAM_MIB: u32 = 256;
@@ -165,21 +168,96 @@ pub const INIT_MARKER: &str = "splitvisor-linux: init started";
 /// number of parts that failed).
 pub const WORKLOAD_END: &str = "splitvisor-linux: workload exit status ";
 
-/// The initramfs's `/init`: mounts proc, sys and devtmpfs, prints the
-/// marker and `uname -a`, then hands over to busybox `init` ([`INITTAB`]:
-/// a shell on ttyS0; `poweroff`, `halt` and `reboot` end the VM with status
-/// 0). With `splitvisor.workload` on the kernel command line it first runs
+/// The line `/init` prints for a module `insmod` could not load, before
+/// the module's file name.
+pub const MODULE_FAILED: &str = "splitvisor-linux: could not load module ";
+
+/// With `splitvisor.disk=write`: the line after the disk check wrote its
+/// files, before the MD5 of the random one.
+pub const DISK_WRITTEN: &str = "splitvisor-linux: disk written, md5 ";
+
+/// With `splitvisor.disk=read`: the lines around the text file's content.
+pub const DISK_CONTENT_BEGIN: &str = "splitvisor-linux: disk content begin";
+/// See [`DISK_CONTENT_BEGIN`].
+pub const DISK_CONTENT_END: &str = "splitvisor-linux: disk content end";
+
+/// With `splitvisor.disk=read`: the line before the MD5 of the random file
+/// read back.
+pub const DISK_READ: &str = "splitvisor-linux: disk read, md5 ";
+
+/// The text `splitvisor.disk=write` writes to `/splitvisor-disk-check.txt`
+/// on the disk (one line).
+pub const DISK_TEXT: &str = "splitvisor disk check: written by the first boot";
+
+/// Either disk check's line when it fails, before the reason.
+pub const DISK_FAILED: &str = "splitvisor-linux: disk check failed: ";
+
+/// With `console=hvc0`: the line before `/init` copies the kernel's log so
+/// far (`dmesg`) to hvc0. virtio_console registers the console before it
+/// can write to the port (`hvc_alloc` before the port is on the driver's
+/// console list: `put_chars` fails with `-EPIPE` and `hvc_console_print`
+/// throws the characters away), so the kernel's replay of its log to a
+/// console that registers late is lost; what the kernel prints after it
+/// reaches hvc0 itself.
+pub const HVC_LOG_BEGIN: &str = "splitvisor-linux: the kernel's log before hvc0";
+/// See [`HVC_LOG_BEGIN`].
+pub const HVC_LOG_END: &str = "splitvisor-linux: end of the kernel's log before hvc0";
+
+/// The initramfs's `/init`: mounts proc, sys and devtmpfs, loads the
+/// kernel modules the initramfs carries (listed in load order in
+/// `/lib/modules/$(uname -r)/splitvisor.modules`, see
+/// [`crate::linux_modules`]; quietly, a module that fails prints
+/// [`MODULE_FAILED`] and its name) so that `/dev/vda` and `/dev/hvc0` appear
+/// when the machine has virtio-blk and virtio-console devices; with
+/// `console=hvc0` on the command line it waits (5 s at most) for
+/// `/dev/hvc0` and, if hvc0 is then the console `/dev/console` opens (the
+/// last `console=`: `C` in `/proc/consoles`), reopens it for its own
+/// output and copies the kernel's log so far there (between
+/// [`HVC_LOG_BEGIN`] and [`HVC_LOG_END`]); prints the marker and
+/// `uname -a`, then hands over to busybox `init` ([`INITTAB`]: a shell on
+/// ttyS0; `poweroff`, `halt` and `reboot` end the VM with status 0). With `splitvisor.workload` on the kernel command line it first runs
 /// `/bin/workload` (fork+exec, pipe ping-pong, mmap/munmap; see
 /// `apps/linux/workload.c`) and prints [`WORKLOAD_END`]; with
 /// `splitvisor.platform` it prints `/proc/interrupts` and the clock source;
-/// with `splitvisor.exit` it then ends the VM with status 0 instead of
-/// starting the shell, for tests and benchmarks.
+/// with `splitvisor.disk=write` it mounts `/dev/vda` (ext4) at `/mnt`, writes
+/// [`DISK_TEXT`] to `splitvisor-disk-check.txt` and 4 MiB from
+/// `/dev/urandom` to `splitvisor-disk-check.bin`, syncs, unmounts, prints
+/// [`DISK_WRITTEN`] with the MD5 of the random file and ends the VM; with
+/// `splitvisor.disk=read` it mounts it read-only, prints the text file
+/// between [`DISK_CONTENT_BEGIN`] and [`DISK_CONTENT_END`] and
+/// [`DISK_READ`] with the random file's MD5, and ends the VM (a failure:
+/// [`DISK_FAILED`] and the reason, and the VM ends too); with
+/// `splitvisor.exit` it ends the VM with status 0 instead of starting the
+/// shell, for tests and benchmarks.
 pub const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
 /bin/busybox mount -t proc proc /proc
 /bin/busybox --install -s
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+mods=/lib/modules/$(uname -r)
+if [ -f $mods/splitvisor.modules ]; then
+    for m in $(cat $mods/splitvisor.modules); do
+        insmod $mods/$m 2>/dev/null || echo "splitvisor-linux: could not load module ${m##*/}"
+    done
+fi
+case " $(cat /proc/cmdline) " in
+*" console=hvc0 "*)
+    i=0
+    while [ ! -e /dev/hvc0 ] && [ $i -lt 50 ]; do
+        usleep 100000
+        i=$((i + 1))
+    done
+    if [ ! -e /dev/hvc0 ]; then
+        echo "splitvisor-linux: console=hvc0 but no /dev/hvc0"
+    elif grep -q '^hvc0 .*(EC' /proc/consoles; then
+        exec </dev/console >/dev/console 2>&1
+        echo "splitvisor-linux: the kernel's log before hvc0"
+        dmesg
+        echo "splitvisor-linux: end of the kernel's log before hvc0"
+    fi
+    ;;
+esac
 echo "splitvisor-linux: init started"
 uname -a
 case " $(cat /proc/cmdline) " in
@@ -193,6 +271,36 @@ case " $(cat /proc/cmdline) " in
     echo "splitvisor-linux: /proc/interrupts"
     cat /proc/interrupts
     echo "splitvisor-linux: clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+    ;;
+esac
+case " $(cat /proc/cmdline) " in
+*" splitvisor.disk=write "*)
+    mkdir -p /mnt
+    if mount -t ext4 /dev/vda /mnt; then
+        echo "splitvisor disk check: written by the first boot" >/mnt/splitvisor-disk-check.txt
+        dd if=/dev/urandom of=/mnt/splitvisor-disk-check.bin bs=65536 count=64 2>/dev/null
+        set -- $(md5sum /mnt/splitvisor-disk-check.bin)
+        sync
+        umount /mnt
+        echo "splitvisor-linux: disk written, md5 $1"
+    else
+        echo "splitvisor-linux: disk check failed: cannot mount /dev/vda as ext4"
+    fi
+    /sbin/splitvisor-exit
+    ;;
+*" splitvisor.disk=read "*)
+    mkdir -p /mnt
+    if mount -t ext4 -o ro /dev/vda /mnt; then
+        echo "splitvisor-linux: disk content begin"
+        cat /mnt/splitvisor-disk-check.txt
+        echo "splitvisor-linux: disk content end"
+        set -- $(md5sum /mnt/splitvisor-disk-check.bin)
+        umount /mnt
+        echo "splitvisor-linux: disk read, md5 $1"
+    else
+        echo "splitvisor-linux: disk check failed: cannot mount /dev/vda as ext4"
+    fi
+    /sbin/splitvisor-exit
     ;;
 esac
 case " $(cat /proc/cmdline) " in
@@ -323,13 +431,51 @@ pub(crate) fn unpack(deb: &Path, into: &Path) -> Result<(), String> {
 }
 
 /// The initramfs: busybox, `/bin/workload`, `/dev/console`, `/init`,
-/// `/etc/inittab` and `/sbin/splitvisor-exit`.
+/// `/etc/inittab` and `/sbin/splitvisor-exit`, without kernel modules.
 pub fn initramfs(busybox: &[u8], workload: &[u8]) -> Vec<u8> {
+    initramfs_with_modules(busybox, workload, &Modules::default())
+}
+
+/// [`initramfs`] with `modules` under `lib/modules/VERSION/` (each
+/// directory on their paths, `modules.dep` and the load list `/init`
+/// reads: [`crate::linux_modules::LOAD_LIST`]); none when `modules` has no
+/// files.
+pub fn initramfs_with_modules(busybox: &[u8], workload: &[u8], modules: &Modules) -> Vec<u8> {
     let mut c = Cpio::new();
     for d in [
-        "bin", "dev", "etc", "proc", "sys", "tmp", "sbin", "usr", "usr/bin", "usr/sbin",
+        "bin", "dev", "etc", "proc", "sys", "tmp", "sbin", "usr", "usr/bin", "usr/sbin", "mnt",
     ] {
         c.dir(d);
+    }
+    if !modules.files.is_empty() {
+        let base = format!("lib/modules/{}", modules.version);
+        let mut dirs = std::collections::BTreeSet::new();
+        let mut add_dirs = |c: &mut Cpio, path: &str| {
+            let mut at = 0;
+            while let Some(i) = path[at..].find('/') {
+                let d = &path[..at + i];
+                if dirs.insert(d.to_string()) {
+                    c.dir(d);
+                }
+                at += i + 1;
+            }
+        };
+        add_dirs(&mut c, &format!("{base}/"));
+        for (rel, data) in &modules.files {
+            let p = format!("{base}/{rel}");
+            add_dirs(&mut c, &p);
+            c.file(&p, 0o644, data);
+        }
+        c.file(
+            &format!("{base}/modules.dep"),
+            0o644,
+            modules.modules_dep.as_bytes(),
+        );
+        c.file(
+            &format!("{base}/{}", crate::linux_modules::LOAD_LIST),
+            0o644,
+            modules.load_list().as_bytes(),
+        );
     }
     c.chardev("dev/console", 5, 1);
     c.file("bin/busybox", 0o755, busybox);
@@ -391,8 +537,15 @@ pub fn prepare_debian_linux(flavour: Flavour) -> Result<LinuxGuest, String> {
     let busybox = std::fs::read(&bb)
         .map_err(|e| format!("busybox-static has no bin/busybox ({}: {e})", bb.display()))?;
     let workload = build_workload(&dir, flavour)?;
-    let initrd = dir.join(format!("initramfs-{arch}.cpio"));
-    images::write_atomic(&initrd, &initramfs(&busybox, &workload)).map_err(|e| e.to_string())?;
+    let modules = crate::linux_modules::collect(&kroot)?;
+    // One per flavour: the modules are the kernel's own (686 and 686-pae
+    // share busybox and the workload, not their modules).
+    let initrd = dir.join(format!("initramfs-{}.cpio", flavour.name()));
+    images::write_atomic(
+        &initrd,
+        &initramfs_with_modules(&busybox, &workload, &modules),
+    )
+    .map_err(|e| e.to_string())?;
     Ok(LinuxGuest { kernel, initrd })
 }
 
@@ -417,5 +570,73 @@ mod tests {
         }
         assert!(text.contains(INIT_MARKER));
         assert!(INIT.starts_with("#!/bin/busybox sh\n"));
+        assert!(
+            !text.contains("modules.dep\0"),
+            "modules without being given any"
+        );
+    }
+
+    #[test]
+    fn init_prints_the_markers_the_tests_read() {
+        for marker in [
+            INIT_MARKER,
+            MODULE_FAILED,
+            DISK_WRITTEN,
+            DISK_CONTENT_BEGIN,
+            DISK_CONTENT_END,
+            DISK_READ,
+            DISK_TEXT,
+            DISK_FAILED,
+            HVC_LOG_BEGIN,
+            HVC_LOG_END,
+        ] {
+            assert!(INIT.contains(marker.trim_end()), "{marker}");
+        }
+        assert!(INIT.contains(WORKLOAD_END.trim_end()));
+        assert!(INIT.contains(crate::linux_modules::LOAD_LIST));
+    }
+
+    #[test]
+    fn the_modules_go_under_lib_modules_with_every_directory() {
+        let m = Modules {
+            version: "6.1.0-57-amd64".into(),
+            files: vec![
+                (
+                    "kernel/drivers/virtio/virtio_ring.ko".into(),
+                    b"ring".to_vec(),
+                ),
+                ("kernel/drivers/virtio/virtio.ko".into(), b"virtio".to_vec()),
+                ("kernel/fs/ext4/ext4.ko".into(), b"ext4".to_vec()),
+            ],
+            modules_dep: "kernel/drivers/virtio/virtio_ring.ko:\n".into(),
+        };
+        let a = initramfs_with_modules(b"bb", b"wl", &m);
+        let text = String::from_utf8_lossy(&a);
+        let base = "lib/modules/6.1.0-57-amd64";
+        let mut at = 0;
+        for name in [
+            "lib",
+            "lib/modules",
+            base,
+            &format!("{base}/kernel"),
+            &format!("{base}/kernel/drivers"),
+            &format!("{base}/kernel/drivers/virtio"),
+            &format!("{base}/kernel/drivers/virtio/virtio_ring.ko"),
+            &format!("{base}/kernel/drivers/virtio/virtio.ko"),
+            &format!("{base}/kernel/fs"),
+            &format!("{base}/kernel/fs/ext4"),
+            &format!("{base}/kernel/fs/ext4/ext4.ko"),
+            &format!("{base}/modules.dep"),
+            &format!("{base}/splitvisor.modules"),
+        ] {
+            let i = text[at..]
+                .find(&format!("{name}\0"))
+                .unwrap_or_else(|| panic!("no {name} after offset {at}"));
+            at += i + name.len();
+        }
+        assert_eq!(
+            m.load_list(),
+            "kernel/drivers/virtio/virtio_ring.ko\nkernel/drivers/virtio/virtio.ko\nkernel/fs/ext4/ext4.ko\n"
+        );
     }
 }

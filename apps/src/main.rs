@@ -278,6 +278,13 @@ impl GuestArgs {
 struct BuildArgs {
     #[command(flatten)]
     guest: GuestArgs,
+    /// Also print, on stderr, a table of who may do what in this image:
+    /// each task's rights from the boot manifest (runs the VCPU, which exit
+    /// classes it receives, installs page tables, guest RAM none/ro/rw,
+    /// console, host I/O ports, host IRQ lines) and the channels between
+    /// tasks. The stub checks each right at every system call.
+    #[arg(long)]
+    show_rights: bool,
 }
 
 #[derive(Args)]
@@ -446,6 +453,9 @@ fn build(a: &BuildArgs) -> i32 {
     };
     if a.guest.platform == "sel4" {
         return splitvisor::sel4::build_cli(&spec);
+    }
+    if a.show_rights {
+        eprint!("{}", images::rights_table(&spec));
     }
     match images::build_system_spec(&spec) {
         Ok(path) => {

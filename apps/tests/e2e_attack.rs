@@ -26,7 +26,14 @@ fn the_short_campaign_finds_no_stub_fault_and_no_escape() {
     let report = campaign(&opts).expect("the campaign runs (QEMU, gcc, binutils installed)");
     let table = report.table();
     eprintln!("{table}");
-    for class in ["installs", "resumes", "syscalls", "exhaustion", "fpu"] {
+    for class in [
+        "installs",
+        "resumes",
+        "syscalls",
+        "exhaustion",
+        "fpu",
+        "portio",
+    ] {
         let row = report.rows.get(class).copied().unwrap_or_default();
         assert!(row.attempts > 0, "class {class} made no attempt:\n{table}");
     }

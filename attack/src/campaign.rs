@@ -78,6 +78,8 @@ pub enum Class {
     Exhaustion,
     /// x87/SSE in a server.
     Fpu,
+    /// IN/OUT on host ports the task was not granted.
+    PortIo,
     /// Resumes drawn from a seeded generator, near-legal: an accepted one
     /// must enter the guest.
     RandomResumes,
@@ -85,12 +87,13 @@ pub enum Class {
     Leaks,
 }
 
-const CLASSES: [Class; 7] = [
+const CLASSES: [Class; 8] = [
     Class::Installs,
     Class::Resumes,
     Class::Syscalls,
     Class::Exhaustion,
     Class::Fpu,
+    Class::PortIo,
     Class::RandomResumes,
     Class::Leaks,
 ];
@@ -103,6 +106,7 @@ impl Class {
             Self::Syscalls => "syscalls",
             Self::Exhaustion => "exhaustion",
             Self::Fpu => "fpu",
+            Self::PortIo => "portio",
             Self::RandomResumes => "random-resumes",
             Self::Leaks => "leaks",
         }
@@ -321,9 +325,9 @@ pub fn syscalls(c: &mut Campaign, ram_bytes: u64) {
     // Unknown numbers; bit 32 and up must not be dropped (2 is ConsoleWrite).
     for nr in [
         0u64,
-        14,
-        15,
         16,
+        17,
+        0x7f,
         0x80,
         0xff,
         1 << 32 | 2,
@@ -480,6 +484,48 @@ pub fn syscalls(c: &mut Campaign, ram_bytes: u64) {
             || {
                 // SAFETY: ReplyRecv takes no pointer.
                 ok(unsafe { raw_syscall(Syscall::ReplyRecv as u64, ch, 0, 0) })
+            },
+        );
+    }
+    // Notifications: these servers are on no channel and own no IRQ line
+    // (`manifest::Rights`), so every Signal, IrqAck and ReplyRecv must be
+    // refused: a channel the caller is not on, a line it does not own,
+    // ReplyRecv(NO_REPLY) with nothing that could ever wake it.
+    for ch in [0u64, 1, 15, 16, 1 << 32, u64::MAX] {
+        c.attempt(
+            cl,
+            Must::Refuse,
+            format_args!("signal-unheld-channel {ch:#x}"),
+            || {
+                // SAFETY: Signal takes no pointer.
+                ok(unsafe { raw_syscall(Syscall::Signal as u64, ch, 1, 0) })
+            },
+        );
+    }
+    for line in [0u64, 1, 2, 4, 14, 15, 16, 1 << 32, u64::MAX] {
+        c.attempt(
+            cl,
+            Must::Refuse,
+            format_args!("irq-ack-unowned-line {line:#x}"),
+            || {
+                // SAFETY: IrqAck takes no pointer.
+                ok(unsafe { raw_syscall(Syscall::IrqAck as u64, line, 0, 0) })
+            },
+        );
+    }
+    // Random arguments to the three.
+    let calls = [Syscall::Signal, Syscall::IrqAck, Syscall::ReplyRecv];
+    for _ in 0..24 {
+        let r = c.random();
+        let nr = calls[(r % 3) as usize];
+        let (a0, a1) = (c.random() >> (r >> 8 & 63), c.random());
+        c.attempt(
+            cl,
+            Must::Refuse,
+            format_args!("random {nr:?} {a0:#x} {a1:#x}"),
+            || {
+                // SAFETY: none of the three takes a pointer.
+                ok(unsafe { raw_syscall(nr as u64, a0, a1, 0) })
             },
         );
     }
@@ -1400,6 +1446,39 @@ pub fn fpu(c: &mut Campaign) {
         line!("attack: fpu: xmm0 read: {v:#x}");
         true
     });
+}
+
+/// IN and OUT on host ports: the hostile servers are granted none (the
+/// manifest's `Rights::ports`), so each must #GP through the TSS's I/O
+/// permission bitmap (SDM vol. 1, 19.5.2) and the stub must stop the VM
+/// with the fault, not let the access through. The ports are the stub's
+/// own (console, PIC, PIT, debug-exit) and a disk controller's that some
+/// other task could be granted. Part of the hostile vmm-server's FPU boot:
+/// each ends the run.
+pub fn port_io(c: &mut Campaign) {
+    let cl = Class::PortIo;
+    // IN from the stub's console, OUT to the 8259's mask, IN from an ATA
+    // status port some disk server may own.
+    for (port, out) in [(0x3fdu16, false), (0x21, true), (0x1f7, false)] {
+        c.attempt(cl, Must::Refuse, format_args!("{}-{port:#x}", if out { "out" } else { "in" }), || {
+            if out {
+                // SAFETY: OUT has no memory effects; without the grant it
+                // faults. 0xff would mask every host IRQ.
+                unsafe {
+                    core::arch::asm!("out dx, al", in("dx") port, in("al") 0xffu8, options(nomem, nostack))
+                };
+                line!("attack: portio: wrote port {port:#x}");
+            } else {
+                let v: u8;
+                // SAFETY: IN has no memory effects; without the grant it faults.
+                unsafe {
+                    core::arch::asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack))
+                };
+                line!("attack: portio: read {v:#x} from port {port:#x}");
+            }
+            true
+        });
+    }
 }
 
 // ---------------------------------------------------------------------

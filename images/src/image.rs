@@ -25,8 +25,8 @@
 use core::fmt;
 
 use ipc_proto::manifest::{
-    Blob, Board, Channel, EntryMode, Guest, GuestSegment, Manifest, MmuMode, PayloadHeader, Task,
-    TaskKind, MANIFEST_MAX, MAX_CHANNELS, MAX_GUEST_SEGMENTS, MAX_TASKS, PAYLOAD_MAGIC,
+    Blob, Board, Channel, EntryMode, Guest, GuestSegment, Manifest, MmuMode, PayloadHeader, Rights,
+    Task, MANIFEST_MAX, MAX_CHANNELS, MAX_GUEST_SEGMENTS, MAX_TASKS, PAYLOAD_MAGIC, TASK_NAME_MAX,
 };
 use ipc_proto::ABI_VERSION;
 use zerocopy::IntoBytes;
@@ -60,10 +60,12 @@ const MB_ENTRY_ADDR: usize = 28;
 const PAYLOAD_HEADER_LEN: usize = core::mem::size_of::<PayloadHeader>();
 
 /// A server to put in the image.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct TaskInput<'a> {
-    /// Its role.
-    pub kind: TaskKind,
+    /// Its name (at most [`TASK_NAME_MAX`] bytes), for messages.
+    pub name: &'a str,
+    /// What the stub lets it do.
+    pub rights: Rights,
     /// Its ELF executable; copied verbatim.
     pub elf: &'a [u8],
 }
@@ -169,8 +171,8 @@ pub enum ImageError {
     TooManySegments(usize),
     /// A task's executable is not a readable ELF file.
     TaskNotElf {
-        /// Its role.
-        kind: TaskKind,
+        /// Its name.
+        name: String,
         /// What is wrong.
         reason: String,
     },
@@ -200,6 +202,9 @@ pub enum ImageError {
     },
     /// The whole image does not fit below 4 GiB.
     ImageTooLarge(u64),
+    /// The tasks' rights are ones the stub refuses (see
+    /// `Manifest::check_rights`), or a name is too long.
+    BadRights(String),
 }
 
 impl fmt::Display for ImageError {
@@ -272,10 +277,11 @@ impl fmt::Display for ImageError {
                 f,
                 "{n} extra guest segments given; an image holds at most {MAX_GUEST_SEGMENTS}"
             ),
-            TaskNotElf { kind, reason } => {
+            BadRights(why) => write!(f, "the image's rights are wrong: {why}"),
+            TaskNotElf { name, reason } => {
                 write!(
                     f,
-                    "the {kind:?} executable is not a readable ELF file: {reason}"
+                    "the {name} executable is not a readable ELF file: {reason}"
                 )
             }
             BadGuestRam(m) => write!(
@@ -429,7 +435,7 @@ fn layout(
 ) -> Result<(Vec<u8>, Vec<usize>), ImageError> {
     let lens: Vec<(String, usize)> = tasks
         .iter()
-        .map(|t| (format!("the {:?} executable", t.kind), t.elf.len()))
+        .map(|t| (format!("the {} executable", t.name), t.elf.len()))
         .chain([("the guest image".to_string(), guest.image.len())])
         .chain(
             guest
@@ -460,10 +466,17 @@ fn layout(
         }
         let mut manifest_tasks = heapless::Vec::new();
         for (t, elf) in tasks.iter().zip(&blobs) {
+            let name = heapless::String::try_from(t.name).map_err(|_| {
+                ImageError::BadRights(format!(
+                    "the task name {:?} is longer than {TASK_NAME_MAX} bytes",
+                    t.name
+                ))
+            })?;
             manifest_tasks
                 .push(Task {
-                    kind: t.kind,
+                    name,
                     elf: *elf,
+                    rights: t.rights.clone(),
                 })
                 .map_err(|_| ImageError::TooManyTasks(tasks.len()))?;
         }
@@ -476,7 +489,16 @@ fn layout(
                 })
                 .map_err(|_| ImageError::TooManySegments(guest.segments.len()))?;
         }
+        let named = |c: &Channel, client: &str, server: &str| {
+            let name = |i: u8| tasks.get(usize::from(i)).map(|t| t.name);
+            name(c.client) == Some(client) && name(c.server) == Some(server)
+        };
+        let uart_channel = channels
+            .iter()
+            .position(|c| named(c, "vmm-server", "uart-server"))
+            .map_or(0, |n| n as u8 + 1);
         let manifest = Manifest {
+            uart_channel,
             tasks: manifest_tasks,
             channels: heapless::Vec::from_slice(channels)
                 .map_err(|_| ImageError::TooManyChannels(channels.len()))?,
@@ -496,6 +518,9 @@ fn layout(
                 )
             },
         };
+        manifest
+            .check_rights()
+            .map_err(|why| ImageError::BadRights(why.to_string()))?;
         let bytes = postcard::to_allocvec(&manifest)
             .map_err(|e| ImageError::ManifestEncode(e.to_string()))?;
         if bytes.len() > MANIFEST_MAX {
@@ -520,7 +545,7 @@ pub fn build_payload(
     }
     for t in tasks {
         ElfImage::parse(t.elf).map_err(|e| ImageError::TaskNotElf {
-            kind: t.kind,
+            name: t.name.to_string(),
             reason: e.0,
         })?;
     }
@@ -774,7 +799,8 @@ pub(crate) mod tests {
         let server = server_elf();
         let g = guest_bytes();
         let tasks = [TaskInput {
-            kind: TaskKind::VmmServer,
+            name: "vmm-server",
+            rights: Rights::default(),
             elf: &server,
         }];
         let image = build_image(&good_stub(), &tasks, &[], &guest(&g)).unwrap();
@@ -784,7 +810,7 @@ pub(crate) mod tests {
         assert_eq!(header.magic, PAYLOAD_MAGIC);
         assert_eq!(header.abi_version, ABI_VERSION);
         assert_eq!(manifest.tasks.len(), 1);
-        let task = manifest.task(TaskKind::VmmServer).unwrap();
+        let task = manifest.task("vmm-server").unwrap();
         assert_eq!(
             task.elf.offset as usize, PAGE_SIZE,
             "a small manifest fits page 0"
@@ -941,16 +967,33 @@ pub(crate) mod tests {
         let stub = good_stub();
         let server = server_elf();
         let task = TaskInput {
-            kind: TaskKind::VmmServer,
+            name: "vmm-server",
+            rights: Rights::default(),
             elf: &server,
         };
         assert_eq!(
-            build_image(&stub, &[task; MAX_TASKS + 1], &[], &guest(&g)),
+            build_image(&stub, &vec![task.clone(); MAX_TASKS + 1], &[], &guest(&g)),
             Err(ImageError::TooManyTasks(MAX_TASKS + 1))
         );
-        assert!(build_image(&stub, &[task; MAX_TASKS], &[], &guest(&g)).is_ok());
+        assert!(build_image(&stub, &vec![task.clone(); MAX_TASKS], &[], &guest(&g)).is_ok());
+        let stubs_port = TaskInput {
+            rights: Rights {
+                ports: heapless::Vec::from_slice(&[ipc_proto::manifest::PortRange {
+                    first: 0x3f8,
+                    last: 0x3f8,
+                }])
+                .unwrap(),
+                ..Rights::default()
+            },
+            ..task.clone()
+        };
+        assert!(matches!(
+            build_image(&stub, &[stubs_port], &[], &guest(&g)),
+            Err(ImageError::BadRights(_))
+        ));
         let not_elf = TaskInput {
-            kind: TaskKind::VmmServer,
+            name: "vmm-server",
+            rights: Rights::default(),
             elf: b"#!/bin/sh",
         };
         assert!(matches!(
@@ -980,10 +1023,14 @@ pub(crate) mod tests {
     #[test]
     fn blobs_follow_the_manifest_page_by_page() {
         let server = server_elf();
-        let tasks = [TaskInput {
-            kind: TaskKind::VmmServer,
-            elf: &server,
-        }; MAX_TASKS];
+        let tasks = vec![
+            TaskInput {
+                name: "vmm-server",
+                rights: Rights::default(),
+                elf: &server,
+            };
+            MAX_TASKS
+        ];
         let g = guest_bytes();
         let (manifest, offsets) = layout(&tasks, &[], &guest(&g)).unwrap();
         assert!(PAYLOAD_HEADER_LEN + manifest.len() <= offsets[0]);

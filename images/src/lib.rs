@@ -23,6 +23,7 @@ pub mod image;
 pub mod iso;
 pub mod linux;
 pub mod loaders;
+pub mod rights;
 
 use std::fmt;
 use std::io;
@@ -30,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ipc_proto::manifest::{Board, Channel, EntryMode, MmuMode, TaskKind};
+use ipc_proto::manifest::{Board, Channel, EntryMode, MmuMode, Rights};
 
 pub use guests::{GUESTS, GUEST_LOAD_GPA, GUEST_RAM_MIB};
 pub use image::{build_image, GuestInput, ImageError, TaskInput};
@@ -284,6 +285,28 @@ pub struct SystemSpec {
     /// default, and every image but the attack campaign's) packs the real
     /// servers.
     pub hostile_servers: Option<HostileServers>,
+    /// More servers, after the vmm-server, mmu-server and uart-server:
+    /// device servers with the rights their driver needs (ports, IRQ
+    /// lines, guest RAM). Empty by default.
+    pub device_servers: Vec<DeviceServer>,
+    /// Channels to or between device servers, as (client, server) task
+    /// names ("vmm-server" and the device servers' names); numbered after
+    /// the uart-server's channel, in this order. Either end may `Signal`
+    /// the other.
+    pub device_channels: Vec<(String, String)>,
+}
+
+/// A device server to pack into the image: its name, its ELF (built for
+/// the bare target, linked with `ipc-proto/server.ld`) and its rights.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceServer {
+    /// Its name in the manifest (at most 16 bytes), for messages and
+    /// `--show-rights`.
+    pub name: String,
+    /// Its executable.
+    pub elf: PathBuf,
+    /// What the stub lets it do.
+    pub rights: Rights,
 }
 
 /// The hostile servers of `splitvisor attack` (crate `attack/`), packed in
@@ -314,6 +337,8 @@ impl SystemSpec {
             modules: Vec::new(),
             uart_server: false,
             hostile_servers: None,
+            device_servers: Vec::new(),
+            device_channels: Vec::new(),
         }
     }
 
@@ -343,6 +368,10 @@ impl SystemSpec {
         if let Some(h) = &self.hostile_servers {
             name.push_str("-attack-");
             name.push_str(&h.tag);
+        }
+        for d in &self.device_servers {
+            name.push('-');
+            name.push_str(&d.name);
         }
         name + ".img"
     }
@@ -454,6 +483,50 @@ fn read_modules(specs: &[String]) -> Result<Modules, BuildError> {
     Ok(Modules(out))
 }
 
+/// The tasks of the image `spec` asks for, by name with their rights, and
+/// the channels between them (by task index).
+pub fn system_tasks(spec: &SystemSpec) -> (Vec<(&str, Rights)>, Vec<Channel>) {
+    let mut tasks = Vec::new();
+    let mut channels = Vec::new();
+    if spec.with_vmm_server {
+        tasks.push(("vmm-server", rights::vmm_server()));
+    }
+    // Every image has the mmu-server: it builds the shadow tables, or the
+    // nested tables (NPT, EPT) under nested paging.
+    tasks.push(("mmu-server", rights::mmu_server()));
+    if spec.uart_server {
+        tasks.push(("uart-server", rights::uart_server()));
+        if spec.with_vmm_server {
+            channels.push(Channel {
+                client: 0,
+                server: (tasks.len() - 1) as u8,
+            });
+        }
+    }
+    for d in &spec.device_servers {
+        tasks.push((d.name.as_str(), d.rights.clone()));
+    }
+    for (client, server) in &spec.device_channels {
+        let index = |name: &str| tasks.iter().position(|(n, _)| *n == name);
+        // A name that is not a task: the channel names task 255, which
+        // the manifest check refuses with its reason.
+        let (c, s) = (index(client), index(server));
+        channels.push(Channel {
+            client: c.map_or(u8::MAX, |i| i as u8),
+            server: s.map_or(u8::MAX, |i| i as u8),
+        });
+    }
+    (tasks, channels)
+}
+
+/// `splitvisor build --show-rights`: who may do what in the image `spec`
+/// asks for.
+pub fn rights_table(spec: &SystemSpec) -> String {
+    let (tasks, channels) = system_tasks(spec);
+    let named: Vec<(&str, &Rights)> = tasks.iter().map(|(n, r)| (*n, r)).collect();
+    rights::table(&named, &channels)
+}
+
 /// Builds everything `spec` asks for and writes the image to
 /// `<root>/target/image/`; returns its path.
 pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
@@ -467,32 +540,29 @@ pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
         None => (read(&elfs.vmm_server)?, read(&elfs.mmu_server)?),
     };
     let uart = read(&elfs.uart_server)?;
-    let mut tasks = Vec::new();
-    let mut channels = Vec::new();
-    if spec.with_vmm_server {
-        tasks.push(TaskInput {
-            kind: TaskKind::VmmServer,
-            elf: &vmm,
-        });
-    }
-    // Every image has the mmu-server: it builds the shadow tables, or the
-    // nested tables (NPT, EPT) under nested paging.
-    tasks.push(TaskInput {
-        kind: TaskKind::MmuServer,
-        elf: &mmu,
-    });
-    if spec.uart_server {
-        tasks.push(TaskInput {
-            kind: TaskKind::UartServer,
-            elf: &uart,
-        });
-        if spec.with_vmm_server {
-            channels.push(Channel {
-                client: TaskKind::VmmServer,
-                server: TaskKind::UartServer,
-            });
-        }
-    }
+    let devices = spec
+        .device_servers
+        .iter()
+        .map(|d| read(&d.elf))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (named, channels) = system_tasks(spec);
+    let tasks: Vec<TaskInput> = named
+        .into_iter()
+        .map(|(name, rights)| TaskInput {
+            name,
+            elf: match name {
+                "vmm-server" => &vmm,
+                "mmu-server" => &mmu,
+                "uart-server" => &uart,
+                _ => spec
+                    .device_servers
+                    .iter()
+                    .position(|d| d.name == name)
+                    .map_or(&uart, |i| &devices[i]),
+            },
+            rights,
+        })
+        .collect();
     // The PC board's ACPI tables go where firmware puts them: the BIOS
     // area at 0xE0000, which every memory map here reserves.
     let mut segments = guest.segments.clone();

@@ -22,7 +22,7 @@ pub const PAYLOAD_MAGIC: [u8; 8] = *b"SPLTVSR1";
 pub const MANIFEST_MAX: usize = 4096;
 
 /// Most tasks an image may hold.
-pub const MAX_TASKS: usize = 8;
+pub const MAX_TASKS: usize = 16;
 
 /// The fixed header in front of the manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -45,31 +45,155 @@ pub struct Blob {
     pub len: u32,
 }
 
-/// What a task is for; decides the rights the stub gives it.
+/// Longest task name, in bytes.
+pub const TASK_NAME_MAX: usize = 16;
+
+/// Most I/O port ranges one task may be granted.
+pub const MAX_PORT_RANGES: usize = 4;
+
+bitflags::bitflags! {
+    /// Classes of VM exits, as routing data: each exit goes to the one task
+    /// whose [`Rights::exits`] holds its class. (The stub's statistics
+    /// classes, plus the shadow MMU's exits.)
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ExitClasses: u32 {
+        /// A shadowed guest's page faults, CR accesses and EFER
+        /// RDMSR/WRMSR (never under nested paging): the mmu-server's.
+        const SHADOW_MMU = 1 << 0;
+        /// IN/OUT/INS/OUTS.
+        const IOIO = 1 << 1;
+        /// HLT.
+        const HLT = 1 << 2;
+        /// CPUID.
+        const CPUID = 1 << 3;
+        /// RDMSR/WRMSR (other than a shadowed guest's EFER).
+        const MSR = 1 << 4;
+        /// Nested page faults (NPF, EPT violation and misconfiguration).
+        const NPF = 1 << 5;
+        /// Intercepted exceptions (other than a shadowed guest's #PF).
+        const EXCEPTION = 1 << 6;
+        /// Shutdown (triple fault).
+        const SHUTDOWN = 1 << 7;
+        /// A failed entry.
+        const INVALID = 1 << 8;
+        /// A host interrupt: the exit deadline's timer or a device IRQ.
+        const HOST_INTERRUPT = 1 << 9;
+        /// Every other exit.
+        const OTHER = 1 << 10;
+    }
+}
+
+/// How guest RAM is mapped into a task at `layout::GUEST_RAM_WINDOW`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GuestRam {
+    /// Not mapped.
+    #[default]
+    None,
+    /// Mapped without write permission.
+    ReadOnly,
+    /// Mapped read-write.
+    ReadWrite,
+}
+
+/// An inclusive range of host I/O ports, `first..=last`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TaskKind {
-    /// Handles VM exits: may run the VCPU; guest RAM is mapped into it.
-    VmmServer,
-    /// Builds the VM's page tables, in every MMU mode: installs shadow
-    /// entries and handles the page-fault, CR, INVLPG and EFER exits of a
-    /// shadowed guest, or installs the nested tables (NPT, EPT) and names
-    /// their root; guest RAM is mapped into it. Every image has one.
-    MmuServer,
-    /// The 16550 UART as a server of its own, reached over a channel.
-    UartServer,
+pub struct PortRange {
+    /// First port.
+    pub first: u16,
+    /// Last port (inclusive).
+    pub last: u16,
+}
+
+/// Host I/O ports the stub itself drives (COM1 console, PIT, both 8259s,
+/// port 0x61 (PIT channel 2 gate), QEMU's debug-exit, Bochs's shutdown
+/// port and port 0xE9): no task may be granted any of them; the stub
+/// refuses a manifest that tries.
+pub const STUB_PORTS: [PortRange; 8] = [
+    PortRange {
+        first: 0x20,
+        last: 0x21,
+    },
+    PortRange {
+        first: 0x40,
+        last: 0x43,
+    },
+    PortRange {
+        first: 0x61,
+        last: 0x61,
+    },
+    PortRange {
+        first: 0xa0,
+        last: 0xa1,
+    },
+    PortRange {
+        first: 0xe9,
+        last: 0xe9,
+    },
+    PortRange {
+        first: 0xf4,
+        last: 0xf4,
+    },
+    PortRange {
+        first: 0x3f8,
+        last: 0x3ff,
+    },
+    PortRange {
+        first: 0x8900,
+        last: 0x8900,
+    },
+];
+
+/// Host 8259 IRQ lines the stub keeps: 0 (the PIT, its exit deadline) and 2
+/// (the cascade to the second 8259).
+pub const STUB_IRQS: u16 = (1 << 0) | (1 << 2);
+
+impl PortRange {
+    /// Whether the two ranges share a port.
+    pub fn overlaps(&self, other: &PortRange) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
+
+    /// Whether the range names a port the stub drives, or is empty.
+    pub fn is_forbidden(&self) -> bool {
+        self.first > self.last || STUB_PORTS.iter().any(|s| s.overlaps(self))
+    }
+}
+
+/// What one task may do: every system call checks the caller's rights.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rights {
+    /// Runs the VCPU and receives exits: gets a VCPU page
+    /// (`layout::VCPU_PAGE`); may call `VcpuRun`, `StatsRead`, `VmStop`.
+    pub vcpu: bool,
+    /// The exits it receives (needs `vcpu`); no two tasks share a class.
+    pub exits: ExitClasses,
+    /// Builds the VM's page tables: an install page; may call
+    /// `ShadowAlloc`, `ShadowFree`, `MmuInstall`, `MmuFlush`,
+    /// `VcpuForward`, and resume with `SET_PAGING` (shadow) or
+    /// `SET_NESTED_ROOT`.
+    pub install: bool,
+    /// Guest RAM in its address space.
+    pub guest_ram: GuestRam,
+    /// Host I/O ports it may use with IN/OUT while it runs.
+    pub ports: heapless::Vec<PortRange, MAX_PORT_RANGES>,
+    /// Host 8259 IRQ lines (bit n: line n) it owns: each sets a bit in its
+    /// notification word (`syscall::irq_bit`), `IrqAck` unmasks it again.
+    pub irqs: u16,
+    /// May write to and read from the host console.
+    pub console: bool,
 }
 
 /// Most channels an image may have.
-pub const MAX_CHANNELS: usize = 8;
+pub const MAX_CHANNELS: usize = 16;
 
-/// A call/reply channel between two tasks; its number is its index in
-/// [`Manifest::channels`].
+/// A call/reply channel between two tasks (by their index in
+/// [`Manifest::tasks`]); its number is its index in [`Manifest::channels`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Channel {
     /// The task that calls.
-    pub client: TaskKind,
+    pub client: u8,
     /// The task that serves.
-    pub server: TaskKind,
+    pub server: u8,
 }
 
 /// The processor state the guest starts in.
@@ -129,12 +253,14 @@ pub struct GuestSegment {
 pub const MAX_GUEST_SEGMENTS: usize = 8;
 
 /// One ring-3 server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
-    /// Its role.
-    pub kind: TaskKind,
+    /// Its name, for messages ("vmm-server").
+    pub name: heapless::String<TASK_NAME_MAX>,
     /// Its ELF executable, linked inside the server image window.
     pub elf: Blob,
+    /// What it may do.
+    pub rights: Rights,
 }
 
 /// The guest's initial memory and registers: the stub copies `image` and
@@ -195,12 +321,49 @@ pub struct Manifest {
     pub guest: Guest,
     /// Call/reply channels between tasks.
     pub channels: heapless::Vec<Channel, MAX_CHANNELS>,
+    /// The vmm-server's channel to the UART server as its number + 1 (0:
+    /// none), copied into `layout::BootInfo::uart_channel`.
+    pub uart_channel: u8,
 }
 
 impl Manifest {
-    /// The task of a kind, if the image has one.
-    pub fn task(&self, kind: TaskKind) -> Option<&Task> {
-        self.tasks.iter().find(|t| t.kind == kind)
+    /// The task called `name`, if the image has one.
+    pub fn task(&self, name: &str) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.name == name)
+    }
+
+    /// Why the stub must refuse this manifest's rights, if it must: a port
+    /// or IRQ the stub keeps, an exit class two tasks receive, exits
+    /// without a VCPU, or a channel naming a task that does not exist.
+    pub fn check_rights(&self) -> Result<(), &'static str> {
+        let mut exits = ExitClasses::empty();
+        for t in &self.tasks {
+            let r = &t.rights;
+            if r.ports.iter().any(PortRange::is_forbidden) {
+                return Err("a task is granted a host I/O port the stub drives (console, PIT, 8259, debug-exit, Bochs, 0xe9) or an empty range");
+            }
+            if r.irqs & STUB_IRQS != 0 {
+                return Err(
+                    "a task is granted host IRQ 0 (the stub's timer) or 2 (the 8259 cascade)",
+                );
+            }
+            if r.exits.intersects(exits) {
+                return Err("two tasks receive the same class of exits");
+            }
+            if !r.exits.is_empty() && !r.vcpu {
+                return Err("a task receives exits but has no VCPU right");
+            }
+            exits |= r.exits;
+        }
+        let n = self.tasks.len();
+        if self
+            .channels
+            .iter()
+            .any(|c| usize::from(c.client) >= n || usize::from(c.server) >= n)
+        {
+            return Err("a channel names a task the image does not have");
+        }
+        Ok(())
     }
 }
 
@@ -217,25 +380,57 @@ mod tests {
         assert_eq!(offset_of!(PayloadHeader, manifest_len), 12);
     }
 
+    fn task(name: &str, rights: Rights) -> Task {
+        Task {
+            name: heapless::String::try_from(name).unwrap(),
+            elf: Blob {
+                offset: 4096,
+                len: 1000,
+            },
+            rights,
+        }
+    }
+
+    fn device_rights() -> Rights {
+        Rights {
+            guest_ram: GuestRam::ReadWrite,
+            ports: heapless::Vec::from_slice(&[
+                PortRange {
+                    first: 0x1f0,
+                    last: 0x1f7,
+                },
+                PortRange {
+                    first: 0x3f6,
+                    last: 0x3f6,
+                },
+            ])
+            .unwrap(),
+            irqs: 1 << 14,
+            console: true,
+            ..Rights::default()
+        }
+    }
+
     #[test]
     fn manifest_round_trips_through_postcard() {
         let mut tasks = heapless::Vec::new();
-        tasks
-            .push(Task {
-                kind: TaskKind::VmmServer,
-                elf: Blob {
-                    offset: 4096,
-                    len: 1000,
-                },
-            })
-            .unwrap();
+        let vmm = Rights {
+            vcpu: true,
+            exits: ExitClasses::all() - ExitClasses::SHADOW_MMU,
+            guest_ram: GuestRam::ReadWrite,
+            console: true,
+            ..Rights::default()
+        };
+        tasks.push(task("vmm-server", vmm.clone())).unwrap();
+        tasks.push(task("disk", device_rights())).unwrap();
         let m = Manifest {
             tasks,
             channels: heapless::Vec::from_slice(&[Channel {
-                client: TaskKind::VmmServer,
-                server: TaskKind::UartServer,
+                client: 0,
+                server: 1,
             }])
             .unwrap(),
+            uart_channel: 0,
             guest: Guest {
                 entry_mode: EntryMode::Real16,
                 mmu: MmuMode::Shadow,
@@ -254,14 +449,140 @@ mod tests {
         assert!(bytes.len() <= MANIFEST_MAX);
         let back: Manifest = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, m);
-        assert_eq!(back.task(TaskKind::VmmServer).unwrap().elf.len, 1000);
+        assert_eq!(back.task("vmm-server").unwrap().elf.len, 1000);
+        assert_eq!(back.task("vmm-server").unwrap().rights, vmm);
+        assert_eq!(back.task("disk").unwrap().rights.irqs, 1 << 14);
+        assert_eq!(back.check_rights(), Ok(()));
+    }
+
+    /// MAX_TASKS tasks with long names and every right, MAX_CHANNELS
+    /// channels and every guest segment still fit in MANIFEST_MAX.
+    #[test]
+    fn the_largest_manifest_fits() {
+        let mut rights = device_rights();
+        rights
+            .ports
+            .push(PortRange {
+                first: 0xfff0,
+                last: 0xffff,
+            })
+            .unwrap();
+        rights
+            .ports
+            .push(PortRange {
+                first: 0xeee0,
+                last: 0xeeef,
+            })
+            .unwrap();
+        rights.irqs = u16::MAX;
+        rights.exits = ExitClasses::all();
+        let mut m = Manifest {
+            tasks: heapless::Vec::new(),
+            channels: heapless::Vec::new(),
+            uart_channel: 255,
+            guest: Guest::flat32(
+                512,
+                Blob {
+                    offset: u32::MAX,
+                    len: u32::MAX,
+                },
+                u64::MAX,
+                u64::MAX,
+            ),
+        };
+        for n in 0..MAX_TASKS {
+            let mut t = task("0123456789abcdef", rights.clone());
+            t.elf = Blob {
+                offset: u32::MAX - n as u32,
+                len: u32::MAX,
+            };
+            m.tasks.push(t).unwrap();
+        }
+        for n in 0..MAX_CHANNELS {
+            m.channels
+                .push(Channel {
+                    client: n as u8,
+                    server: 255,
+                })
+                .unwrap();
+        }
+        for _ in 0..MAX_GUEST_SEGMENTS {
+            m.guest
+                .segments
+                .push(GuestSegment {
+                    blob: Blob {
+                        offset: u32::MAX,
+                        len: u32::MAX,
+                    },
+                    gpa: u64::MAX,
+                })
+                .unwrap();
+        }
+        let bytes = postcard::to_allocvec(&m).unwrap();
+        assert!(bytes.len() <= MANIFEST_MAX, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn rights_the_stub_keeps_are_refused() {
+        let m = |rights: Rights| Manifest {
+            tasks: heapless::Vec::from_slice(&[task("x", rights)]).unwrap(),
+            channels: heapless::Vec::new(),
+            uart_channel: 0,
+            guest: Guest::flat32(2, Blob::default(), 0, 0),
+        };
+        assert_eq!(m(device_rights()).check_rights(), Ok(()));
+        for (first, last) in [
+            (0x3f8, 0x3f8),
+            (0x3f0, 0x3f8),
+            (0x40, 0x40),
+            (0x21, 0x30),
+            (0xa1, 0xa1),
+            (0xe9, 0xe9),
+            (0xf4, 0xf4),
+            (0x8900, 0x8900),
+            (0, 0xffff),
+            (0x300, 0x2ff),
+        ] {
+            let mut r = device_rights();
+            r.ports.push(PortRange { first, last }).unwrap();
+            assert!(m(r).check_rights().is_err(), "{first:#x}..={last:#x}");
+        }
+        for line in [0, 2] {
+            let r = Rights {
+                irqs: 1 << line,
+                ..device_rights()
+            };
+            assert!(m(r).check_rights().is_err());
+        }
+        let r = Rights {
+            exits: ExitClasses::HLT,
+            ..device_rights()
+        };
+        assert!(m(r).check_rights().is_err(), "exits without a VCPU");
+        let mut two = m(Rights {
+            vcpu: true,
+            exits: ExitClasses::HLT,
+            ..Rights::default()
+        });
+        two.tasks.push(two.tasks[0].clone()).unwrap();
+        assert!(two.check_rights().is_err(), "one class, two tasks");
+        let mut bad_channel = m(device_rights());
+        bad_channel
+            .channels
+            .push(Channel {
+                client: 0,
+                server: 1,
+            })
+            .unwrap();
+        assert!(bad_channel.check_rights().is_err());
     }
 
     #[test]
     fn truncated_manifest_is_an_error_not_a_panic() {
         let m = Manifest {
-            tasks: heapless::Vec::new(),
+            tasks: heapless::Vec::from_slice(&[task("t", device_rights())]).unwrap(),
             channels: heapless::Vec::new(),
+            uart_channel: 0,
             guest: Guest::flat32(2, Blob::default(), 0, 0),
         };
         let bytes = postcard::to_allocvec(&m).unwrap();

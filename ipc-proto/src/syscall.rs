@@ -27,10 +27,18 @@ pub enum Syscall {
     /// Does not return.
     VmFail = 5,
     /// Send the request in channel `rdi`'s page to the channel's server and
-    /// wait for its reply (in the same page). Returns 0.
+    /// wait for its reply (in the same page). Returns 0, or
+    /// `ServerRestarted` if the server faulted (and was restarted) before
+    /// it replied.
     Call = 6,
-    /// Serve channel `rdi`: reply to the pending call (if any) and wait for
-    /// the next one. Returns the channel number of the new call.
+    /// Serve channel `rdi`: reply to the pending call on it (if any; `rdi`
+    /// = [`NO_REPLY`] replies to nobody), then wait for the next call on
+    /// any channel it serves or for a notification. Returns the channel
+    /// number of the new call (below 2^32), or [`RECV_NOTIFICATION`] | the
+    /// task's notification word, which the stub reads and clears at once
+    /// (pending bits are returned at once, without waiting). A task that
+    /// serves no channel, is on none and owns no IRQ cannot be woken:
+    /// `NotPermitted`.
     ReplyRecv = 7,
     /// Allocate a zeroed shadow (or nested) page table of level `rdi`
     /// (1..=4); returns its `TableHandle`. mmu-server only.
@@ -53,6 +61,33 @@ pub enum Syscall {
     /// access outside guest RAM, rewritten as a nested page fault at the
     /// guest-physical address), and wait for the next exit, like `VcpuRun`.
     VcpuForward = 13,
+    /// OR `rsi` (bits within [`SIGNAL_BITS`]) into the notification word
+    /// of the other end of channel `rdi`, of which the caller must be an
+    /// end; wakes that task if it waits in `ReplyRecv` (it runs before the
+    /// guest is entered again). Returns 0.
+    Signal = 14,
+    /// Unmask host IRQ line `rdi`, which the caller must own
+    /// (`manifest::Rights::irqs`): the stub masked it when it set the
+    /// line's bit ([`irq_bit`]) in the caller's notification word.
+    /// Returns 0.
+    IrqAck = 15,
+}
+
+/// `ReplyRecv`'s channel argument that replies to nobody: only wait.
+pub const NO_REPLY: u64 = u64::MAX;
+
+/// Set in `ReplyRecv`'s result when it returns notification bits (in the
+/// low 32 bits) instead of a call's channel number.
+pub const RECV_NOTIFICATION: u64 = 1 << 32;
+
+/// The notification bits `Signal` may set: the low 16. The high 16 are
+/// the host IRQ lines' ([`irq_bit`]).
+pub const SIGNAL_BITS: u64 = 0xffff;
+
+/// The notification bit the stub sets when host IRQ line `line` (0-15)
+/// fires for the task that owns it.
+pub const fn irq_bit(line: u8) -> u32 {
+    1 << (16 + (line & 15))
 }
 
 impl Syscall {
@@ -72,6 +107,8 @@ impl Syscall {
             11 => Some(Self::MmuFlush),
             12 => Some(Self::ConsoleRead),
             13 => Some(Self::VcpuForward),
+            14 => Some(Self::Signal),
+            15 => Some(Self::IrqAck),
             _ => None,
         }
     }
@@ -119,6 +156,13 @@ pub enum ErrorCode {
     /// `SET_XCR0` with a value outside the stub's allowlist or the host's
     /// CPUID 0xD, x87 clear, or AVX without SSE.
     ResumeBadXcr0 = 15,
+    /// An argument is out of its range: `Signal` bits outside
+    /// [`SIGNAL_BITS`].
+    BadArgument = 16,
+    /// The server of the channel faulted while the caller waited in `Call`
+    /// and was restarted from its image (the channel's generation moved
+    /// on): the request was lost; retry or give up on purpose.
+    ServerRestarted = 17,
 }
 
 /// Longest write `ConsoleWrite` accepts in one call.
@@ -126,7 +170,7 @@ pub const CONSOLE_WRITE_MAX: u64 = 4096;
 
 impl ErrorCode {
     /// All codes, for lookups and tests.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 17] = [
         Self::UnknownSyscall,
         Self::NotPermitted,
         Self::BadPointer,
@@ -142,6 +186,8 @@ impl ErrorCode {
         Self::ResumeBadPaging,
         Self::BadLevel,
         Self::ResumeBadXcr0,
+        Self::BadArgument,
+        Self::ServerRestarted,
     ];
 
     /// The value a failed call returns in `rax`.
@@ -178,6 +224,8 @@ impl ErrorCode {
             }
             Self::BadLevel => "page-table level not 1..=4",
             Self::ResumeBadXcr0 => "resume XCR0 has bits outside the allowlist or breaks XSETBV's rules",
+            Self::BadArgument => "an argument is outside the range the call allows",
+            Self::ServerRestarted => "the server faulted and was restarted: the call was lost",
         }
     }
 }
@@ -194,10 +242,21 @@ mod tests {
         assert_eq!(Syscall::StatsRead as u64, 3);
         assert_eq!(Syscall::VmStop as u64, 4);
         assert_eq!(Syscall::VmFail as u64, 5);
-        for n in 1..=13 {
+        for n in 1..=15 {
             assert_eq!(Syscall::from_raw(n).unwrap() as u64, n);
         }
         assert_eq!(Syscall::from_raw(0), None);
+        assert_eq!(Syscall::from_raw(16), None);
+    }
+
+    #[test]
+    fn notification_results_never_look_like_channels_or_errors() {
+        let all = RECV_NOTIFICATION | u64::from(u32::MAX);
+        assert!(all > crate::manifest::MAX_CHANNELS as u64);
+        assert_eq!(ErrorCode::from_return_value(all), None);
+        assert_eq!(irq_bit(0), 1 << 16);
+        assert_eq!(irq_bit(15), 1 << 31);
+        assert_eq!(u64::from(irq_bit(1)) & SIGNAL_BITS, 0);
     }
 
     #[test]

@@ -3,26 +3,70 @@
 
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
+use ipc_proto::manifest::PortRange;
+use kernel_stub::iopb::IOPB_BYTES;
 
 /// State shared by the stub's code paths. The stub runs on one core with
-/// interrupts disabled, so there is never a second accessor at a time.
-pub struct KernelCell<T>(UnsafeCell<T>);
+/// interrupts disabled, so there is never a second accessor at a time --
+/// unless a fault or trap inside the stub reaches code that borrows the
+/// same cell again: the borrow is checked (Hubris's task table does the
+/// same), and such a re-entry ends the VM with a line instead of aliasing
+/// a `&mut`.
+pub struct KernelCell<T> {
+    value: UnsafeCell<T>,
+    borrowed: UnsafeCell<bool>,
+}
 
 // SAFETY: single core, interrupts always off in ring 0 and in ring 3: no
-// two contexts ever run `with` at the same time.
+// two contexts ever run `with` at the same time; a nested `with` (a fault
+// inside `f`) is caught by the borrow flag.
 unsafe impl<T> Sync for KernelCell<T> {}
 
 impl<T> KernelCell<T> {
     /// A cell holding `v`.
     pub const fn new(v: T) -> Self {
-        Self(UnsafeCell::new(v))
+        Self {
+            value: UnsafeCell::new(v),
+            borrowed: UnsafeCell::new(false),
+        }
     }
 
-    /// Runs `f` with exclusive access. `f` must not call `with` on the same cell.
-    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        // SAFETY: see the `Sync` impl; callers do not nest `with` on one cell.
-        f(unsafe { &mut *self.0.get() })
+    /// Runs `f` with exclusive access; `None` if the cell is borrowed
+    /// already (a fault inside the stub while `f` of an outer call ran).
+    pub fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        let flag = self.borrowed.get();
+        // SAFETY: one core, no interrupts: nothing else touches the flag
+        // between this read and the write; no reference to it is held.
+        if unsafe { flag.read() } {
+            return None;
+        }
+        // SAFETY: as above.
+        unsafe { flag.write(true) };
+        // SAFETY: the flag was clear, so no other `&mut` to the value
+        // exists; a re-entry while `f` runs finds the flag set.
+        let r = f(unsafe { &mut *self.value.get() });
+        // SAFETY: as above; the `&mut` given to `f` is dead.
+        unsafe { flag.write(false) };
+        Some(r)
     }
+
+    /// Runs `f` with exclusive access; a re-entry ends the VM with a line.
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        match self.try_with(f) {
+            Some(r) => r,
+            None => reentered(),
+        }
+    }
+}
+
+/// A cell was borrowed twice: the stub faulted inside itself. Says so on
+/// COM1 without touching any cell, then ends the VM.
+fn reentered() -> ! {
+    for &b in b"\n[stub] vm failed: stub fault: the stub re-entered its own state (a fault inside the stub)\n" {
+        while inb(0x3fd) & 0x20 == 0 {}
+        outb(0x3f8, b);
+    }
+    crate::vm::end(crate::vm::HOST_EXIT_FAILED)
 }
 
 pub fn outb(port: u16, val: u8) {
@@ -117,7 +161,8 @@ extern "C" {
     pub static KERNEL_STACK_TOP: u8;
 }
 
-/// The 64-bit TSS: only RSP0 matters (the stack for traps from ring 3).
+/// The 64-bit TSS: RSP0 (the stack for traps from ring 3) and the I/O
+/// permission bitmap, which lets the running task use its granted ports.
 #[repr(C, packed(4))]
 struct Tss {
     reserved0: u32,
@@ -128,6 +173,9 @@ struct Tss {
     reserved2: u64,
     reserved3: u16,
     iomap_base: u16,
+    iopb: [u8; IOPB_BYTES],
+    /// All ones: the CPU may read the byte after the last one it needs.
+    iopb_end: u8,
 }
 
 static mut TSS: Tss = Tss {
@@ -138,10 +186,43 @@ static mut TSS: Tss = Tss {
     ist: [0; 7],
     reserved2: 0,
     reserved3: 0,
-    // No I/O permission bitmap: every port access from ring 3 faults.
-    #[allow(clippy::cast_possible_truncation, reason = "the TSS is 104 bytes")]
-    iomap_base: core::mem::size_of::<Tss>() as u16,
+    // The bitmap follows the 104 bytes of the TSS proper; all ones: every
+    // port access from ring 3 faults until `grant_ports` opens some.
+    #[allow(clippy::cast_possible_truncation, reason = "104")]
+    iomap_base: core::mem::offset_of!(Tss, iopb) as u16,
+    iopb: [0xff; IOPB_BYTES],
+    iopb_end: 0xff,
 };
+
+/// A task switch: the ports of `prev` are closed to ring 3 again and those
+/// of `next` opened (`kernel_stub::iopb`).
+pub fn grant_ports(prev: &[PortRange], next: &[PortRange]) {
+    // SAFETY: one core, interrupts off; the CPU reads the bitmap only on
+    // an IN/OUT in ring 3, which cannot run now. No other reference to
+    // the TSS is live (`init` ran at boot).
+    let tss = &raw mut TSS;
+    // SAFETY: as above; the bitmap is bytes, aligned in the packed TSS.
+    let iopb = unsafe { &mut (*tss).iopb };
+    kernel_stub::iopb::switch(iopb, prev, next);
+}
+
+/// The TSS descriptor's type: available (0x9) and busy (0xB) 64-bit TSS.
+const TSS_AVAILABLE: u64 = 0x89 << 40;
+const TSS_BUSY_BIT: u64 = 0x2 << 40;
+
+/// Loads TR again. A VMX exit leaves TR's limit at 0x67 (SDM vol. 3C,
+/// 28.5.2), which cuts the I/O permission bitmap off: every IN/OUT of a
+/// server would #GP. LTR wants the descriptor marked available.
+pub fn reload_tr() {
+    // SAFETY: the GDT's TSS descriptor, written by `init`; clearing its
+    // busy bit and loading it again changes nothing but TR's hidden limit
+    // (back to the TSS's full size); no other reference to the GDT is live.
+    unsafe {
+        let gdt = &raw mut GDT;
+        (*gdt)[5] &= !TSS_BUSY_BIT;
+        asm!("ltr {0:x}", in(reg) TSS_SEL, options(nostack, preserves_flags));
+    }
+}
 
 static mut GDT: [u64; 7] = [
     0,
@@ -284,14 +365,8 @@ extern "C" fn trap_handler(frame: &mut TrapFrame) {
         // (VM exits leave DR7 at 0x400) and never runs with TF. A trap:
         // carry on after the instruction it follows.
         (1, false) => {}
-        (_, true) => crate::vm::fail(format_args!(
-            "the {} faulted: exception {} (error code {:#x}) at rip={:#x}, cr2={:#x}; stopping the VM",
-            crate::vm::current_task_name(),
-            frame.vector,
-            frame.error_code,
-            frame.rip,
-            read_cr2()
-        )),
+        // A server's fault: restarted, or the VM stops (`vm::user_fault`).
+        (_, true) => crate::vm::user_fault(frame, read_cr2()),
         (_, false) => crate::vm::fail(format_args!(
             "stub fault: exception {} (error code {:#x}) at rip={:#x}, cr2={:#x}",
             frame.vector,
@@ -325,7 +400,7 @@ pub fn init() {
         let gdt = &mut *gdt;
         gdt[5] = (limit & 0xffff)
             | ((base & 0xff_ffff) << 16)
-            | (0x89 << 40) // present, 64-bit TSS (available)
+            | TSS_AVAILABLE // present, 64-bit TSS (available)
             | (((limit >> 16) & 0xf) << 48)
             | (((base >> 24) & 0xff) << 56);
         gdt[6] = base >> 32;

@@ -11,6 +11,12 @@
 //! 8259's poll command (OCW3 P=1, which is an INTA by port I/O) and an EOI.
 //! The PIT counts at 1.193182 MHz, 16 bits: one arming covers at most 55 ms;
 //! a deadline further away takes several.
+//!
+//! The 8259 lines that the manifest grants to device servers
+//! (`Rights::irqs`) are unmasked too (with the cascade, line 2, for lines
+//! 8-15): their interrupts also end the guest's run, and the same poll
+//! finds them. The stub masks such a line, and `vm` sets its bit in the
+//! owner's notification word; the owner's `IrqAck` unmasks it again.
 
 use crate::cpu::{inb, outb};
 
@@ -19,7 +25,10 @@ const PIT_CH0: u16 = 0x40;
 const PIT_CMD: u16 = 0x43;
 const PIC1_CMD: u16 = 0x20;
 const PIC1_DATA: u16 = 0x21;
+const PIC2_CMD: u16 = 0xa0;
 const PIC2_DATA: u16 = 0xa1;
+/// The master's line the slave 8259 cascades into.
+const CASCADE: u8 = 2;
 
 /// Masks every host IRQ but the PIT's and clears what the firmware left
 /// pending. The PIT waits in mode 0 for its first count.
@@ -37,13 +46,61 @@ pub fn init() {
 /// Takes a pending interrupt off the 8259 (poll command, then EOI); false
 /// when none was pending.
 pub fn acknowledge() -> bool {
+    take_line().is_some()
+}
+
+/// Takes the highest-priority pending interrupt off the 8259 pair with the
+/// poll command (OCW3 P=1, an INTA by port I/O) and EOIs it: its line
+/// (0-15), or `None` when nothing was pending.
+fn take_line() -> Option<u8> {
     outb(PIC1_CMD, 0x0c); // OCW3: poll
-    let level = inb(PIC1_CMD);
-    if level & 0x80 == 0 {
-        return false;
+    let v = inb(PIC1_CMD);
+    if v & 0x80 == 0 {
+        return None;
+    }
+    let mut line = v & 7;
+    if line == CASCADE {
+        outb(PIC2_CMD, 0x0c);
+        let v2 = inb(PIC2_CMD);
+        if v2 & 0x80 != 0 {
+            line = 8 + (v2 & 7);
+            outb(PIC2_CMD, 0x20); // non-specific EOI
+        }
     }
     outb(PIC1_CMD, 0x20); // non-specific EOI
-    true
+    Some(line)
+}
+
+/// The unmasked lines whose request bit (IRR, OCW3 read-register
+/// command) is set, bit n for line n.
+fn requests() -> u16 {
+    outb(PIC1_CMD, 0x0a);
+    outb(PIC2_CMD, 0x0a);
+    let irr = u16::from_le_bytes([inb(PIC1_CMD), inb(PIC2_CMD)]);
+    let imr = u16::from_le_bytes([inb(PIC1_DATA), inb(PIC2_DATA)]);
+    irr & !imr
+}
+
+/// Masks (`mask`) or unmasks 8259 line `line` (0-15); unmasking a slave
+/// line unmasks the cascade too.
+pub fn set_masked(line: u8, mask: bool) {
+    let (port, bit) = if line < 8 {
+        (PIC1_DATA, line)
+    } else {
+        (PIC2_DATA, line & 7)
+    };
+    let imr = inb(port);
+    outb(
+        port,
+        if mask {
+            imr | 1 << bit
+        } else {
+            imr & !(1 << bit)
+        },
+    );
+    if line >= 8 && !mask {
+        outb(PIC1_DATA, inb(PIC1_DATA) & !(1 << CASCADE));
+    }
 }
 
 /// The deadline's state between entries.
@@ -83,13 +140,33 @@ impl ExitDeadline {
     }
 
     /// After an exit for a host interrupt: the PIT has fired (at the
-    /// deadline, or on the way to one more than 55 ms off).
-    pub fn fired(&mut self) {
+    /// deadline, or on the way to one more than 55 ms off), or a device
+    /// server's line (`granted`: bit n for line n). Takes every pending
+    /// interrupt; returns the lines other than the PIT's that fired, each
+    /// now masked. The PIT is re-armed at the next entry either way.
+    pub fn fired(&mut self, granted: u16) -> u16 {
         // OUT low again (a mode 0 control word) before the acknowledge:
         // Bochs's 8259 keeps asking for IRQ 0 while the line stays high,
         // and with no new deadline to arm, every entry would exit at once.
         outb(PIT_CMD, 0x30);
-        acknowledge();
         self.armed = None;
+        let mut lines = 0u16;
+        for _ in 0..16 {
+            match take_line() {
+                None => break,
+                // The PIT, or the cascade with nothing behind it.
+                Some(0 | CASCADE) => {}
+                Some(line) => lines |= 1 << line,
+            }
+        }
+        // Bochs's poll is no INTA and returns no "pending" bit (its 8259
+        // drops a request when the line falls, not at an acknowledge):
+        // the request registers say which granted lines ask. Masking the
+        // line stops the exits until the owner quiets its device.
+        lines |= requests() & granted;
+        for line in (0..16).filter(|l| lines & (1 << l) != 0) {
+            set_masked(line, true);
+        }
+        lines
     }
 }

@@ -7,6 +7,8 @@
 
 pub mod elf;
 pub mod install;
+pub mod iopb;
+pub mod notify;
 pub mod resume;
 pub mod user_range;
 

@@ -17,7 +17,7 @@ pub const PTE_WRITABLE: u64 = 1 << 1;
 pub const PTE_USER: u64 = 1 << 2;
 pub const PTE_LARGE: u64 = 1 << 7;
 pub const PTE_NX: u64 = 1 << 63;
-const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
+pub const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
 
 /// A bump allocator: the stub's memory is static, nothing is ever freed.
 struct Frames {

@@ -26,6 +26,52 @@ pub fn check(ptr: u64, len: u64, max: u64) -> Result<Option<(u64, u64)>, ErrorCo
     }
 }
 
+/// A range of a server's memory the stub checked: inside the lower
+/// canonical half, not empty, at most the call's limit, and mapped for
+/// ring 3 in the caller's address space (writable if it was asked for).
+/// Only [`UserSlice::check`] builds one, so a pointer argument cannot reach
+/// a slice without the check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserSlice {
+    addr: u64,
+    len: u64,
+}
+
+impl UserSlice {
+    /// Checks `[ptr, ptr + len)` with [`check`], then asks `mapped(start,
+    /// len, write)` (the walk of the caller's page tables); `None` for an
+    /// empty range.
+    pub fn check(
+        ptr: u64,
+        len: u64,
+        max: u64,
+        write: bool,
+        mapped: impl FnOnce(u64, u64, bool) -> bool,
+    ) -> Result<Option<Self>, ErrorCode> {
+        let Some((start, end)) = check(ptr, len, max)? else {
+            return Ok(None);
+        };
+        if !mapped(start, end - start, write) {
+            return Err(ErrorCode::BadPointer);
+        }
+        Ok(Some(Self {
+            addr: start,
+            len: end - start,
+        }))
+    }
+
+    /// The first byte's address in the caller's address space.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// The length in bytes (at most the call's limit).
+    #[allow(clippy::len_without_is_empty, reason = "never empty")]
+    pub fn len(&self) -> usize {
+        crate::usize_from(self.len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +106,25 @@ mod tests {
         assert_eq!(check(0x4000_0000, 4097, 4096), Err(ErrorCode::TooLong));
         assert_eq!(check(0, 0, 4096), Ok(None));
         assert_eq!(check(u64::MAX, 0, 4096), Ok(None));
+    }
+
+    #[test]
+    fn a_user_slice_needs_the_page_walk_too() {
+        let walk = |ok| move |_, _, _| ok;
+        assert_eq!(
+            UserSlice::check(0x4000_0000, 8, 4096, false, walk(false)),
+            Err(ErrorCode::BadPointer)
+        );
+        let s = UserSlice::check(0x4000_0000, 8, 4096, true, walk(true))
+            .unwrap()
+            .unwrap();
+        assert_eq!((s.addr(), s.len()), (0x4000_0000, 8));
+        assert_eq!(UserSlice::check(0, 0, 4096, true, walk(false)), Ok(None));
+        let never = |_, _, _| -> bool { panic!("a non-canonical range reached the walk") };
+        assert_eq!(
+            UserSlice::check(1 << 60, 1, 4096, false, never),
+            Err(ErrorCode::BadPointer)
+        );
     }
 
     proptest! {

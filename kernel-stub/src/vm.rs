@@ -4,10 +4,26 @@
 //! `splitvisor` command reads.
 //!
 //! A task runs until it blocks: in `VcpuRun` (waiting for an exit), in
-//! `ReplyRecv` (waiting for a call) or in `Call` (waiting for a reply). When
-//! every task is blocked, the guest runs, and its exit goes to the task
-//! that handles it: page-fault, CR and EFER exits of a shadowed
-//! guest to the mmu-server, everything else to the vmm-server.
+//! `ReplyRecv` (waiting for a call or a notification) or in `Call`
+//! (waiting for a reply). What a task may do follows from its rights in
+//! the manifest (`ipc_proto::manifest::Rights`), checked at every call.
+//!
+//! Scheduling, when the running task blocks (servers above the guest):
+//! 1. a task that has not started yet starts;
+//! 2. a task waiting in `ReplyRecv` whose notification word is not zero
+//!    (a `Signal` from the other end of a channel, or a host IRQ it owns)
+//!    runs, with the word as its result;
+//! 3. otherwise, once every task with a VCPU waits for an exit, the guest
+//!    runs, and its exit goes to the task whose `Rights::exits` holds its
+//!    class (the shadow MMU's exits to the mmu-server, the rest to the
+//!    vmm-server).
+//!
+//! So a device server runs before the guest is entered again: when the
+//! vmm-server calls `VcpuRun` and the device server was signalled, or after
+//! an exit for its IRQ (a host interrupt: the exit goes to the vmm-server,
+//! whose next `VcpuRun` lets the device server run first), or when the
+//! guest exits for HLT or the exit deadline. Host IRQs arrive only while
+//! the guest runs (the stub and the servers run with interrupts off).
 
 use crate::arch::{self, Arch, Entry, EntryFailure, ExitClass, Paging, Vcpu};
 use crate::boot::{self, BootInfo};
@@ -15,16 +31,19 @@ use crate::console::say;
 use crate::cpu::{self, KernelCell, TrapFrame};
 use crate::deadline::{self, ExitDeadline};
 use crate::memory::{self, LARGE_PAGE};
+use crate::syscall;
 use crate::task;
 use ipc_proto::layout::{BootInfo as ServerBootInfo, GUEST_RAM_WINDOW, STACK_TOP};
 use ipc_proto::manifest::{
-    Blob, EntryMode, Manifest, PayloadHeader, TaskKind, MANIFEST_MAX, MAX_CHANNELS, MAX_TASKS,
-    PAYLOAD_MAGIC,
+    Blob, EntryMode, ExitClasses, GuestRam as RamRight, Manifest, PayloadHeader, Rights,
+    MANIFEST_MAX, MAX_CHANNELS, MAX_TASKS, PAYLOAD_MAGIC, TASK_NAME_MAX,
 };
 use ipc_proto::mmu::{InstallPage, INSTALL_BATCH_MAX};
 use ipc_proto::stats::MmuStats;
-use ipc_proto::{ErrorCode, ExitRecord, ResumeFlags, Stats, VcpuPage, ABI_VERSION};
+use ipc_proto::syscall::NO_REPLY;
+use ipc_proto::{ErrorCode, ExitRecord, ResumeFlags, Stats, Syscall, VcpuPage, ABI_VERSION};
 use kernel_stub::install::{AllocError, GuestRam, ShadowTables, TableFormat};
+use kernel_stub::notify::Notifications;
 use kernel_stub::resume::PagingRules;
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -32,7 +51,7 @@ use zerocopy::{FromBytes, IntoBytes};
 /// stub's way to end QEMU. On hardware the write is harmless.
 const DEBUG_EXIT_PORT: u16 = 0xf4;
 const HOST_EXIT_STOPPED: u8 = 0;
-const HOST_EXIT_FAILED: u8 = 1;
+pub const HOST_EXIT_FAILED: u8 = 1;
 const HOST_EXIT_CANNOT_RUN: u8 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,10 +64,18 @@ enum State {
     WaitRecv,
     /// In `Call` on this channel, waiting for the reply.
     WaitReply(usize),
+    /// May run again, its result already in its saved `rax` (a `Call`
+    /// whose server was restarted).
+    Ready,
 }
 
+/// Restarts of one task before a fault of its stops the VM instead.
+const MAX_RESTARTS: u32 = 8;
+
 struct Task {
-    kind: TaskKind,
+    name: heapless::String<TASK_NAME_MAX>,
+    /// What the manifest lets it do; checked at every system call.
+    rights: Rights,
     root: u64,
     /// Saved registers while the task does not run.
     frame: TrapFrame,
@@ -59,6 +86,13 @@ struct Task {
     install_page: Option<u64>,
     /// Whether it has called `VcpuRun` before (its first resume is optional).
     ran_vcpu: bool,
+    /// Its notification word.
+    notes: Notifications,
+    /// Its ELF in the payload, to restart it from.
+    elf: Blob,
+    /// How often it was restarted: a `Call` in flight when it moves on
+    /// fails with `ServerRestarted`.
+    generation: u32,
 }
 
 struct Channel {
@@ -66,7 +100,7 @@ struct Channel {
     server: usize,
 }
 
-struct Kernel {
+struct Vm {
     tasks: [Option<Task>; MAX_TASKS],
     channels: [Option<Channel>; MAX_CHANNELS],
     current: usize,
@@ -85,26 +119,80 @@ struct Kernel {
     pae_root: Option<u64>,
 }
 
-static KERNEL: KernelCell<Option<Kernel>> = KernelCell::new(None);
-static SHADOW_TABLES: KernelCell<ShadowTables> = KernelCell::new(ShadowTables::new());
-static STATS: KernelCell<Stats> = KernelCell::new(Stats {
-    exits_total: 0,
-    exits_ioio: 0,
-    exits_hlt: 0,
-    exits_cpuid: 0,
-    exits_msr: 0,
-    exits_npf: 0,
-    exits_exception: 0,
-    exits_shutdown: 0,
-    exits_invalid: 0,
-    exits_other: 0,
-    exits_host_interrupt: 0,
-    syscalls: 0,
-    resumes_refused: 0,
-    installs: 0,
-    installs_refused: 0,
-    channel_calls: [0; MAX_CHANNELS],
+/// The stub's state besides the VM's tasks: the shadow tables it handed
+/// out and the counters.
+struct Shared {
+    tables: ShadowTables,
+    stats: Stats,
+}
+
+/// All the stub's state, in one cell whose borrow is checked: a fault
+/// inside the stub while it is borrowed reports instead of aliasing it.
+struct Kernel {
+    /// The VM and its tasks, once `start` has built them.
+    vm: Option<Vm>,
+    shared: Shared,
+}
+
+static KERNEL: KernelCell<Kernel> = KernelCell::new(Kernel {
+    vm: None,
+    shared: Shared {
+        tables: ShadowTables::new(),
+        stats: Stats {
+            exits_total: 0,
+            exits_ioio: 0,
+            exits_hlt: 0,
+            exits_cpuid: 0,
+            exits_msr: 0,
+            exits_npf: 0,
+            exits_exception: 0,
+            exits_shutdown: 0,
+            exits_invalid: 0,
+            exits_other: 0,
+            exits_host_interrupt: 0,
+            syscalls: 0,
+            resumes_refused: 0,
+            installs: 0,
+            installs_refused: 0,
+            channel_calls: [0; MAX_CHANNELS],
+        },
+    },
 });
+
+/// What a system call did, when it did not fail.
+enum Next {
+    /// Return this value to the caller.
+    Return(u64),
+    /// The caller blocked: another task's frame, its result set, is loaded.
+    Switched,
+}
+
+/// Why a system call returns no value: an error code for the caller, or
+/// the end of the VM (reported once the kernel state is not borrowed).
+enum SysError {
+    Code(ErrorCode),
+    Stop(Stop),
+}
+
+impl From<ErrorCode> for SysError {
+    fn from(e: ErrorCode) -> Self {
+        Self::Code(e)
+    }
+}
+
+impl From<Stop> for SysError {
+    fn from(s: Stop) -> Self {
+        Self::Stop(s)
+    }
+}
+
+/// Every system call's result.
+type SysResult = Result<Next, SysError>;
+
+/// A value for the caller.
+fn ret(r: Result<u64, ErrorCode>) -> SysResult {
+    Ok(Next::Return(r?))
+}
 
 /// Why the VM cannot go on, found while the kernel state is borrowed;
 /// reported (with `fail`) once it is not.
@@ -114,7 +202,7 @@ enum Stop {
         rip: u64,
     },
     NoServer {
-        class: ExitClass,
+        class: &'static str,
         code: u64,
         rip: u64,
     },
@@ -122,6 +210,19 @@ enum Stop {
         shadow: bool,
     },
     Deadlock,
+    /// `VmStop`: the guest ended with this status.
+    Stopped(u8),
+    /// `VmStop` with a status that is not a byte.
+    BadStatus(u64),
+    /// `VmFail` from this task.
+    GaveUp(heapless::String<TASK_NAME_MAX>),
+    /// A task faulted in ring 3 and is not restarted (`why`).
+    Faulted {
+        name: heapless::String<TASK_NAME_MAX>,
+        /// Vector, error code, RIP and CR2.
+        fault: [u64; 4],
+        why: &'static str,
+    },
 }
 
 impl core::fmt::Display for Stop {
@@ -130,26 +231,40 @@ impl core::fmt::Display for Stop {
             Self::EntryFailed { why, rip } => write!(f, "{why} at rip={rip:#x}"),
             Self::NoServer { class, code, rip } => write!(
                 f,
-                "exit {} (code {code:#x}) at rip={rip:#x} has no server: the image has no task for it",
-                class.name()
+                "exit {class} (code {code:#x}) at rip={rip:#x} has no server: the image has no task for it",
             ),
             Self::NoPagingRoot { shadow: true } => f.write_str("the mmu-server let the guest run without a shadow root"),
             Self::NoPagingRoot { shadow: false } => f.write_str(
                 "the guest cannot run before the mmu-server names its nested page table root (SET_NESTED_ROOT)",
             ),
             Self::Deadlock => f.write_str("every task waits and the guest cannot run: the servers deadlocked"),
+            Self::Stopped(status) => write!(f, "stopped with guest status {status}"),
+            Self::BadStatus(status) => write!(f, "the vmm-server stopped the VM with status {status}, which is not a byte"),
+            Self::GaveUp(name) => write!(f, "the {name} gave up (its reason is above)"),
+            Self::Faulted {
+                name,
+                fault: [vector, error, rip, cr2],
+                why,
+            } => write!(
+                f,
+                "the {name} faulted: exception {vector} (error code {error:#x}) at rip={rip:#x}, cr2={cr2:#x}; stopping the VM{why}",
+            ),
         }
     }
 }
 
 fn stop_now(stop: Stop) -> ! {
+    if let Stop::Stopped(status) = stop {
+        say!("vm stopped: guest status {status}");
+        end(HOST_EXIT_STOPPED)
+    }
     fail(format_args!("{stop}"))
 }
 
 /// Bochs's shutdown port: writing the string `Shutdown` ends Bochs.
 const BOCHS_SHUTDOWN_PORT: u16 = 0x8900;
 
-fn end(code: u8) -> ! {
+pub fn end(code: u8) -> ! {
     cpu::outb(DEBUG_EXIT_PORT, code);
     // Bochs stops at once: let COM1 send its last bytes first (LSR.TEMT).
     let mut spins = 0u32;
@@ -171,31 +286,24 @@ pub fn cannot_run(why: &str) -> ! {
 /// The VM cannot go on: the reason, the statistics, then off.
 pub fn fail(why: core::fmt::Arguments) -> ! {
     say!("vm failed: {why}");
-    let stats = STATS.with(|s| *s);
-    say!("{stats}");
-    if let Some(mmu) = mmu_stats() {
-        say!("{mmu}");
+    let counters = KERNEL.try_with(|k| {
+        let mmu = k.vm.as_ref().and_then(Vm::mmu_stats);
+        (k.shared.stats, mmu)
+    });
+    match counters {
+        Some((stats, mmu)) => {
+            say!("{stats}");
+            if let Some(mmu) = mmu {
+                say!("{mmu}");
+            }
+        }
+        None => say!("(no statistics: the stub faulted while it held its own state)"),
     }
     end(HOST_EXIT_FAILED)
 }
 
-/// `VmStop`: the vmm-server says the guest ended with `status`.
-pub fn stop_by_server(status: u64) -> Result<u64, ErrorCode> {
-    let Ok(status) = u8::try_from(status) else {
-        fail(format_args!(
-            "the vmm-server stopped the VM with status {status}, which is not a byte"
-        ));
-    };
-    say!("vm stopped: guest status {status}");
-    end(HOST_EXIT_STOPPED)
-}
-
-pub fn count_syscall() {
-    STATS.with(|s| s.syscalls += 1);
-}
-
-fn count_exit(rec: &ExitRecord) {
-    STATS.with(|s| {
+fn count_exit(s: &mut Stats, rec: &ExitRecord) {
+    {
         s.exits_total += 1;
         let counter = match ExitClass::of(rec) {
             ExitClass::Ioio => &mut s.exits_ioio,
@@ -210,14 +318,14 @@ fn count_exit(rec: &ExitRecord) {
             ExitClass::HostInterrupt => &mut s.exits_host_interrupt,
         };
         *counter += 1;
-    });
+    }
 }
 
 fn vcpu_page(pa: u64) -> *mut VcpuPage {
     pa as *mut VcpuPage
 }
 
-impl Kernel {
+impl Vm {
     fn task(&self, i: usize) -> &Task {
         self.tasks[i]
             .as_ref()
@@ -230,10 +338,16 @@ impl Kernel {
             .expect("task indices come from the table")
     }
 
-    fn find(&self, kind: TaskKind) -> Option<usize> {
+    /// The first task whose rights pass `f`.
+    fn find(&self, f: impl Fn(&Rights) -> bool) -> Option<usize> {
         self.tasks
             .iter()
-            .position(|t| t.as_ref().is_some_and(|t| t.kind == kind))
+            .position(|t| t.as_ref().is_some_and(|t| f(&t.rights)))
+    }
+
+    /// The task that receives exits of `class`.
+    fn handler(&self, class: ExitClasses) -> Option<usize> {
+        self.find(|r| r.exits.contains(class))
     }
 
     /// Parks the current task (its new state already set) and resumes `next`
@@ -241,6 +355,9 @@ impl Kernel {
     fn switch(&mut self, frame: &mut TrapFrame, next: usize, rax: u64) {
         let cur = self.current;
         self.task_mut(cur).frame = *frame;
+        if cur != next {
+            cpu::grant_ports(&self.task(cur).rights.ports, &self.task(next).rights.ports);
+        }
         let t = self.task_mut(next);
         *frame = t.frame;
         frame.rax = rax;
@@ -251,14 +368,32 @@ impl Kernel {
 
     /// The current task has blocked: start a task that has not run yet, or,
     /// when all wait, run the guest and hand the exit to its handler.
-    fn schedule(&mut self, frame: &mut TrapFrame) -> Result<(), Stop> {
+    fn schedule(&mut self, frame: &mut TrapFrame, sh: &mut Shared) -> SysResult {
         if let Some(i) = self
             .tasks
             .iter()
             .position(|t| t.as_ref().is_some_and(|t| t.state == State::NotStarted))
         {
             self.switch(frame, i, 0);
-            return Ok(());
+            return Ok(Next::Switched);
+        }
+        let ready = self
+            .tasks
+            .iter()
+            .position(|t| t.as_ref().is_some_and(|t| t.state == State::Ready));
+        if let Some(i) = ready {
+            let rax = self.task(i).frame.rax;
+            self.switch(frame, i, rax);
+            return Ok(Next::Switched);
+        }
+        let notified = self.tasks.iter().position(|t| {
+            t.as_ref()
+                .is_some_and(|t| t.state == State::WaitRecv && t.notes.pending())
+        });
+        if let Some(i) = notified {
+            let bits = self.task_mut(i).notes.take().unwrap_or(0);
+            self.switch(frame, i, bits);
+            return Ok(Next::Switched);
         }
         let handlers_ready = self
             .tasks
@@ -266,81 +401,99 @@ impl Kernel {
             .flatten()
             .all(|t| t.vcpu_page.is_none() || t.state == State::WaitExit);
         if !handlers_ready {
-            return Err(Stop::Deadlock);
+            return Err(Stop::Deadlock.into());
         }
         if !self.paging_set {
             return Err(Stop::NoPagingRoot {
                 shadow: self.shadow,
-            });
+            }
+            .into());
         }
         self.deadline.arm(cpu::rdtsc());
         let rec = self.vcpu.run();
-        count_exit(&rec);
+        count_exit(&mut sh.stats, &rec);
         if ExitClass::of(&rec) == ExitClass::HostInterrupt {
-            self.deadline.fired();
+            let granted = self
+                .tasks
+                .iter()
+                .flatten()
+                .fold(0, |m, t| m | t.rights.irqs);
+            let lines = self.deadline.fired(granted);
+            self.notify_irqs(lines);
         }
         if let Some(why) = self.vcpu.entry_failure(&rec) {
             return Err(Stop::EntryFailed {
                 why,
                 rip: rec.regs.rip,
-            });
+            }
+            .into());
         }
-        let kind = self.route(&rec);
-        self.deliver(frame, kind, rec)
+        let class = self.route(&rec);
+        self.deliver(frame, class, rec)
     }
 
-    /// Writes `rec` into the VCPU page of the `kind` task and resumes it.
-    /// Under shadow paging every task but the mmu-server sees the guest's
-    /// own control registers, which the mmu-server keeps in its page.
+    /// Writes `rec` into the VCPU page of the task that receives `class`
+    /// and resumes it. Under shadow paging every task but the shadow MMU's
+    /// sees the guest's own control registers, which that task keeps in its page.
     fn deliver(
         &mut self,
         frame: &mut TrapFrame,
-        kind: TaskKind,
+        class: ExitClasses,
         mut rec: ExitRecord,
-    ) -> Result<(), Stop> {
+    ) -> SysResult {
         let no_server = Stop::NoServer {
-            class: ExitClass::of(&rec),
+            class: ExitClass::of(&rec).name(),
             code: rec.exit_code,
             rip: rec.regs.rip,
         };
-        let handler = self.find(kind).ok_or(no_server)?;
+        let handler = self.handler(class).ok_or(no_server)?;
         if self.shadow {
             // The hardware CR3 is the shadow root's host-physical address,
             // which no server may learn: every task sees the guest's own.
             let c = self.guest_control().unwrap_or_default();
             rec.cr3 = c.cr3;
-            if kind != TaskKind::MmuServer {
+            if class != ExitClasses::SHADOW_MMU {
                 (rec.cr0, rec.cr4, rec.efer) = (c.cr0, c.cr4, c.efer);
             }
         }
         let page = self.task(handler).vcpu_page.ok_or(Stop::Deadlock)?;
-        // SAFETY: as above.
+        // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
         unsafe { core::ptr::write_volatile(&raw mut (*vcpu_page(page)).exit, rec) };
         self.switch(frame, handler, 0);
-        Ok(())
+        Ok(Next::Switched)
     }
 
-    /// The guest's control registers as the mmu-server publishes them.
+    /// The guest's control registers as the shadow MMU's task publishes them.
     fn guest_control(&self) -> Option<ipc_proto::GuestControl> {
         let page = self
-            .find(TaskKind::MmuServer)
+            .handler(ExitClasses::SHADOW_MMU)
             .and_then(|i| self.task(i).vcpu_page)?;
         // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
         Some(unsafe { core::ptr::read_volatile(&raw const (*vcpu_page(page)).guest_control) })
     }
 
-    /// Which task handles an exit.
-    fn route(&self, rec: &ExitRecord) -> TaskKind {
+    /// The routing class of an exit (`Rights::exits` says who gets it).
+    fn route(&self, rec: &ExitRecord) -> ExitClasses {
         if self.shadow && arch::is_shadow_mmu_exit(rec) {
-            TaskKind::MmuServer
-        } else {
-            TaskKind::VmmServer
+            return ExitClasses::SHADOW_MMU;
+        }
+        match ExitClass::of(rec) {
+            ExitClass::Ioio => ExitClasses::IOIO,
+            ExitClass::Hlt => ExitClasses::HLT,
+            ExitClass::Cpuid => ExitClasses::CPUID,
+            ExitClass::Msr => ExitClasses::MSR,
+            ExitClass::Npf => ExitClasses::NPF,
+            ExitClass::Exception => ExitClasses::EXCEPTION,
+            ExitClass::Shutdown => ExitClasses::SHUTDOWN,
+            ExitClass::Invalid => ExitClasses::INVALID,
+            ExitClass::HostInterrupt => ExitClasses::HOST_INTERRUPT,
+            ExitClass::Other => ExitClasses::OTHER,
         }
     }
 
     /// `VcpuRun`: check and apply the caller's resume, then block until the
     /// next exit this caller handles.
-    fn vcpu_run(&mut self, frame: &mut TrapFrame) -> Result<Result<(), Stop>, ErrorCode> {
+    fn vcpu_run(&mut self, frame: &mut TrapFrame, sh: &mut Shared) -> SysResult {
         let cur = self.current;
         let page = self.task(cur).vcpu_page.ok_or(ErrorCode::NotPermitted)?;
         // SAFETY: the VCPU page is ours and identity-mapped; the copy is
@@ -348,37 +501,43 @@ impl Kernel {
         let resume = unsafe { core::ptr::read_volatile(&raw const (*vcpu_page(page)).resume) };
         // Before a task's first entry, a resume with ABI version 0 means "nothing to set".
         if self.task(cur).ran_vcpu || resume.abi_version != 0 {
-            self.apply_resume(cur, &resume)?;
+            self.apply_resume(cur, &resume, sh)?;
         }
         let t = self.task_mut(cur);
         t.ran_vcpu = true;
         t.state = State::WaitExit;
-        Ok(self.schedule(frame))
+        self.schedule(frame, sh)
     }
 
     /// Checks `resume` from task `from` and applies it to the VCPU.
-    fn apply_resume(&mut self, from: usize, resume: &ipc_proto::Resume) -> Result<(), ErrorCode> {
-        let refused = |e: ErrorCode| {
-            STATS.with(|s| s.resumes_refused += 1);
+    fn apply_resume(
+        &mut self,
+        from: usize,
+        resume: &ipc_proto::Resume,
+        sh: &mut Shared,
+    ) -> Result<(), ErrorCode> {
+        let mut refused = |e: ErrorCode| {
+            sh.stats.resumes_refused += 1;
             say!(
                 "refused a resume from the {}: {}",
-                task_name(self.task(from).kind),
+                self.task(from).name,
                 e.describe()
             );
             e
         };
-        let lookup = |h| SHADOW_TABLES.with(|t| t.get(h));
+        let tables = &sh.tables;
+        let lookup = |h| tables.get(h);
         let flags =
             kernel_stub::resume::validate(resume, &self.vcpu.mode(), &self.paging_rules, |h| {
                 lookup(h).map(|(_, level)| level)
             })
-            .map_err(refused)?;
+            .map_err(&mut refused)?;
         let mut root = None;
         // Under nested paging SET_PAGING only loads the guest's CR4 (the
         // vmm-server's answer to a MOV to CR4): no root, any VCPU task.
         let shadow_paging = self.shadow && flags.contains(ResumeFlags::SET_PAGING);
         if shadow_paging || flags.contains(ResumeFlags::SET_NESTED_ROOT) {
-            if self.task(from).kind != TaskKind::MmuServer {
+            if !self.task(from).rights.install {
                 return Err(refused(ErrorCode::NotPermitted));
             }
             root = lookup(resume.paging.root).map(|(frame, _)| frame);
@@ -407,7 +566,13 @@ impl Kernel {
             cpu::xsetbv(resume.xcr0);
         }
         self.vcpu.apply(resume, flags, root);
-        if self.shadow && self.task(from).kind == TaskKind::MmuServer {
+        if self.shadow
+            && self
+                .task(from)
+                .rights
+                .exits
+                .contains(ExitClasses::SHADOW_MMU)
+        {
             if let Some(c) = self.guest_control() {
                 self.vcpu.show_guest(c.cr0, c.cr4);
             }
@@ -418,8 +583,8 @@ impl Kernel {
     /// `VcpuForward`: the mmu-server found an access outside guest RAM;
     /// apply its resume (paging state only matters), hand its rewritten
     /// exit record to the vmm-server, and wait like `VcpuRun`.
-    fn vcpu_forward(&mut self, frame: &mut TrapFrame) -> Result<Result<(), Stop>, ErrorCode> {
-        self.require(TaskKind::MmuServer)?;
+    fn vcpu_forward(&mut self, frame: &mut TrapFrame, sh: &mut Shared) -> SysResult {
+        self.require(|r| r.install)?;
         let cur = self.current;
         let page = self.task(cur).vcpu_page.ok_or(ErrorCode::NotPermitted)?;
         // SAFETY: the VCPU page is ours and identity-mapped; copied once.
@@ -435,10 +600,10 @@ impl Kernel {
                 flags: resume.flags & paging.bits(),
                 ..resume
             };
-            self.apply_resume(cur, &only_paging)?;
+            self.apply_resume(cur, &only_paging, sh)?;
         }
         self.task_mut(cur).state = State::WaitExit;
-        Ok(self.deliver(frame, TaskKind::VmmServer, rec))
+        self.deliver(frame, ExitClasses::NPF, rec)
     }
 
     /// Channel `ch` of a `Call` or `ReplyRecv`, with its index.
@@ -453,55 +618,167 @@ impl Kernel {
     }
 
     /// `Call`: hand the request in the channel page to the channel's server.
-    fn call(&mut self, frame: &mut TrapFrame, ch: u64) -> Result<(), ErrorCode> {
+    fn call(&mut self, frame: &mut TrapFrame, sh: &mut Shared, ch: u64) -> SysResult {
         let cur = self.current;
         let (ch, c) = self.channel(ch)?;
         if c.client != cur {
-            return Err(ErrorCode::NotPermitted);
+            return Err(ErrorCode::NotPermitted.into());
         }
         let server = c.server;
         if self.task(server).state != State::WaitRecv {
-            return Err(ErrorCode::NotReady);
+            return Err(ErrorCode::NotReady.into());
         }
-        STATS.with(|s| s.channel_calls[ch] += 1);
+        sh.stats.channel_calls[ch] += 1;
         self.task_mut(cur).state = State::WaitReply(ch);
         self.switch(frame, server, ch as u64);
-        Ok(())
+        Ok(Next::Switched)
     }
 
-    /// `ReplyRecv`: answer the pending call on `ch`, if any, and wait for the next.
-    fn reply_recv(
-        &mut self,
-        frame: &mut TrapFrame,
-        ch: u64,
-    ) -> Result<Result<(), Stop>, ErrorCode> {
+    /// `ReplyRecv`: answer the pending call on `ch`, if any, and wait for
+    /// the next call or a notification.
+    fn reply_recv(&mut self, frame: &mut TrapFrame, sh: &mut Shared, ch: u64) -> SysResult {
         let cur = self.current;
-        let (ch, c) = self.channel(ch)?;
-        if c.server != cur {
-            return Err(ErrorCode::NotPermitted);
-        }
-        let client = c.client;
+        let reply_to = if ch == NO_REPLY {
+            // Nobody could ever wake a task that is on no channel and owns
+            // no IRQ: refuse rather than deadlock the VM.
+            let on_channel = self
+                .channels
+                .iter()
+                .flatten()
+                .any(|c| c.client == cur || c.server == cur);
+            if !on_channel && self.task(cur).rights.irqs == 0 {
+                return Err(ErrorCode::NotPermitted.into());
+            }
+            None
+        } else {
+            let (n, c) = self.channel(ch)?;
+            if c.server != cur {
+                return Err(ErrorCode::NotPermitted.into());
+            }
+            Some((n, c.client))
+        };
         self.task_mut(cur).state = State::WaitRecv;
-        if self.task(client).state == State::WaitReply(ch) {
-            self.switch(frame, client, 0);
-            return Ok(Ok(()));
+        if let Some((n, client)) = reply_to {
+            if self.task(client).state == State::WaitReply(n) {
+                self.switch(frame, client, 0);
+                return Ok(Next::Switched);
+            }
         }
-        Ok(self.schedule(frame))
+        if let Some(bits) = self.task_mut(cur).notes.take() {
+            self.task_mut(cur).state = State::Running;
+            return Ok(Next::Return(bits));
+        }
+        self.schedule(frame, sh)
     }
 
-    fn require(&self, kind: TaskKind) -> Result<(), ErrorCode> {
-        if self.task(self.current).kind == kind {
+    /// `Signal`: OR `bits` into the other end of channel `ch`.
+    fn signal(&mut self, ch: u64, bits: u64) -> Result<u64, ErrorCode> {
+        let cur = self.current;
+        let (_, c) = self.channel(ch)?;
+        let other = match (c.client == cur, c.server == cur) {
+            (true, _) => c.server,
+            (_, true) => c.client,
+            _ => return Err(ErrorCode::NotPermitted),
+        };
+        self.task_mut(other).notes.signal(bits)?;
+        Ok(0)
+    }
+
+    /// `IrqAck`: unmask a line the caller owns.
+    fn irq_ack(&mut self, line: u64) -> Result<u64, ErrorCode> {
+        let line = u8::try_from(line)
+            .ok()
+            .filter(|l| *l < 16)
+            .ok_or(ErrorCode::NotPermitted)?;
+        self.require(|r| r.irqs & (1 << line) != 0)?;
+        deadline::set_masked(line, false);
+        Ok(0)
+    }
+
+    /// The running task faulted in ring 3 (`frame` holds the fault). A task
+    /// with the VCPU right (the vmm-server, the mmu-server) stops the VM;
+    /// another is restarted from its image in its own address space (its
+    /// writable segments copied again, its stack zeroed, its notification
+    /// word cleared, its IRQ lines unmasked), and a caller blocked in
+    /// `Call` on it gets `ServerRestarted`.
+    fn fault(&mut self, frame: &mut TrapFrame, cr2: u64, sh: &mut Shared) -> SysResult {
+        let cur = self.current;
+        let fault = [frame.vector, frame.error_code, frame.rip, cr2];
+        let stop = |vm: &Self, why| Stop::Faulted {
+            name: vm.task(cur).name.clone(),
+            fault,
+            why,
+        };
+        let t = self.task(cur);
+        if t.rights.vcpu {
+            return Err(stop(self, "").into());
+        }
+        if t.generation >= MAX_RESTARTS {
+            return Err(stop(self, " (it was restarted too often)").into());
+        }
+        let entry = blob(payload(), t.elf)
+            .and_then(|file| task::reload(file, t.root).ok())
+            .ok_or_else(|| stop(self, " (it could not be restarted)"))?;
+        say!(
+            "the {} faulted: exception {} (error code {:#x}) at rip={:#x}, cr2={cr2:#x}; restarting it (generation {})",
+            t.name,
+            frame.vector,
+            frame.error_code,
+            frame.rip,
+            t.generation + 1
+        );
+        let irqs = t.rights.irqs;
+        let t = self.task_mut(cur);
+        t.generation += 1;
+        t.notes = Notifications::default();
+        t.state = State::NotStarted;
+        t.frame = TrapFrame::user_start(entry, STACK_TOP);
+        // What `schedule` saves as the task's frame: its fresh start.
+        *frame = t.frame;
+        for line in (0..16u8).filter(|l| irqs & (1 << l) != 0) {
+            deadline::set_masked(line, false);
+        }
+        for n in 0..MAX_CHANNELS {
+            let Some(client) = self.channels[n]
+                .as_ref()
+                .filter(|c| c.server == cur)
+                .map(|c| c.client)
+            else {
+                continue;
+            };
+            let c = self.task_mut(client);
+            if c.state == State::WaitReply(n) {
+                c.frame.rax = ErrorCode::ServerRestarted.to_return_value();
+                c.state = State::Ready;
+            }
+        }
+        self.schedule(frame, sh)
+    }
+
+    /// Host IRQ lines that fired (masked now): set each in its owner's word.
+    fn notify_irqs(&mut self, lines: u16) {
+        for line in (0..16u8).filter(|l| lines & (1 << l) != 0) {
+            if let Some(owner) = self.find(|r| r.irqs & (1 << line) != 0) {
+                self.task_mut(owner).notes.irq(line);
+            }
+        }
+    }
+
+    /// The current task's rights must pass `f`.
+    fn require(&self, f: impl Fn(&Rights) -> bool) -> Result<(), ErrorCode> {
+        if f(&self.task(self.current).rights) {
             Ok(())
         } else {
             Err(ErrorCode::NotPermitted)
         }
     }
 
-    fn shadow_alloc(&mut self, level: u64) -> Result<u64, ErrorCode> {
-        self.require(TaskKind::MmuServer)?;
+    fn shadow_alloc(&mut self, sh: &mut Shared, level: u64) -> Result<u64, ErrorCode> {
+        self.require(|r| r.install)?;
         let level = u8::try_from(level).map_err(|_| ErrorCode::BadLevel)?;
-        let (handle, frame) = SHADOW_TABLES
-            .with(|t| t.alloc(level, || memory::alloc_frame().ok()))
+        let (handle, frame) = sh
+            .tables
+            .alloc(level, || memory::alloc_frame().ok())
             .map_err(|e| match e {
                 AllocError::BadLevel => ErrorCode::BadLevel,
                 AllocError::NoHandles | AllocError::OutOfMemory => ErrorCode::OutOfMemory,
@@ -513,18 +790,18 @@ impl Kernel {
         Ok(u64::from(handle))
     }
 
-    fn shadow_free(&mut self, handle: u64) -> Result<u64, ErrorCode> {
-        self.require(TaskKind::MmuServer)?;
+    fn shadow_free(&mut self, sh: &mut Shared, handle: u64) -> Result<u64, ErrorCode> {
+        self.require(|r| r.install)?;
         let handle = u32::try_from(handle).map_err(|_| ErrorCode::NotPermitted)?;
-        SHADOW_TABLES
-            .with(|t| t.free(handle))
+        sh.tables
+            .free(handle)
             .map_err(|_| ErrorCode::NotPermitted)?;
         Ok(0)
     }
 
     /// `MmuInstall`: check and write the batch in the install page.
-    fn mmu_install(&mut self) -> Result<u64, ErrorCode> {
-        self.require(TaskKind::MmuServer)?;
+    fn mmu_install(&mut self, sh: &mut Shared) -> Result<u64, ErrorCode> {
+        self.require(|r| r.install)?;
         let page = self
             .task(self.current)
             .install_page
@@ -533,8 +810,9 @@ impl Kernel {
         // SAFETY: the install page is a frame the stub owns; every field
         // is read once (volatile) before it is checked.
         let count = unsafe { core::ptr::read_volatile(&raw const (*page).count) } as usize;
-        let refuse = |index: usize, e: ipc_proto::mmu::InstallError| {
-            STATS.with(|s| s.installs_refused += 1);
+        let Shared { tables, stats } = sh;
+        let mut refuse = |index: usize, e: ipc_proto::mmu::InstallError| {
+            stats.installs_refused += 1;
             // `index` < INSTALL_BATCH_MAX: never the fallback.
             let index = u32::try_from(index).unwrap_or(u32::MAX);
             // SAFETY: as above.
@@ -550,9 +828,7 @@ impl Kernel {
         for i in 0..count {
             // SAFETY: as above; `i` < INSTALL_BATCH_MAX.
             let ins = unsafe { core::ptr::read_volatile(&raw const (*page).entries[i]) };
-            let (table, index, entry) = SHADOW_TABLES
-                .with(|t| t.check(&ins, ram))
-                .map_err(|e| refuse(i, e))?;
+            let (table, index, entry) = tables.check(&ins, ram).map_err(|e| refuse(i, e))?;
             let pdpte = index < 4 && Some(table) == self.pae_root;
             if pdpte && !kernel_stub::install::pae_pdptes_ok(&[entry]) {
                 return Err(refuse(i, ipc_proto::mmu::InstallError::ReservedPdpteBits));
@@ -560,115 +836,108 @@ impl Kernel {
             // SAFETY: `table` is a live shadow frame of the stub and `index` < 512.
             unsafe { core::ptr::write_volatile((table as *mut u64).add(index), entry) };
         }
-        STATS.with(|s| s.installs += count as u64);
+        stats.installs += count as u64;
         Ok(count as u64)
     }
 
     fn mmu_flush(&mut self) -> Result<u64, ErrorCode> {
-        self.require(TaskKind::MmuServer)?;
+        self.require(|r| r.install)?;
         self.vcpu.flush_tlb();
         Ok(0)
     }
-}
 
-fn task_name(kind: TaskKind) -> &'static str {
-    match kind {
-        TaskKind::VmmServer => "vmm-server",
-        TaskKind::MmuServer => "mmu-server",
-        TaskKind::UartServer => "uart-server",
+    /// `StatsRead`: copy the counters into the caller's VCPU page.
+    fn stats_read(&self, sh: &Shared) -> Result<u64, ErrorCode> {
+        let page = self
+            .task(self.current)
+            .vcpu_page
+            .ok_or(ErrorCode::NotPermitted)?;
+        let mmu = self.mmu_stats().unwrap_or_default();
+        // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*vcpu_page(page)).stats, sh.stats);
+            core::ptr::write_volatile(&raw mut (*vcpu_page(page)).mmu, mmu);
+        }
+        Ok(0)
+    }
+
+    /// The counters the page-table task keeps in its VCPU page, if there is one.
+    fn mmu_stats(&self) -> Option<MmuStats> {
+        let page = self.task(self.find(|r| r.install)?).vcpu_page?;
+        // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
+        Some(unsafe { core::ptr::read_volatile(&raw const (*vcpu_page(page)).mmu) })
+    }
+
+    /// One system call of the current task: checks its rights and runs it.
+    fn syscall(&mut self, frame: &mut TrapFrame, sh: &mut Shared) -> SysResult {
+        let (a0, a1) = (frame.rdi, frame.rsi);
+        let root = self.task(self.current).root;
+        match Syscall::from_raw(frame.rax) {
+            Some(Syscall::VcpuRun) => self.vcpu_run(frame, sh),
+            Some(Syscall::VcpuForward) => self.vcpu_forward(frame, sh),
+            Some(Syscall::Call) => self.call(frame, sh, a0),
+            Some(Syscall::ReplyRecv) => self.reply_recv(frame, sh, a0),
+            Some(Syscall::ConsoleWrite) => {
+                self.require(|r| r.console)?;
+                ret(syscall::console_write(root, a0, a1))
+            }
+            Some(Syscall::ConsoleRead) => {
+                self.require(|r| r.console)?;
+                ret(syscall::console_read(root, a0, a1))
+            }
+            Some(Syscall::StatsRead) => ret(self.stats_read(sh)),
+            Some(Syscall::Signal) => ret(self.signal(a0, a1)),
+            Some(Syscall::IrqAck) => ret(self.irq_ack(a0)),
+            Some(Syscall::ShadowAlloc) => ret(self.shadow_alloc(sh, a0)),
+            Some(Syscall::ShadowFree) => ret(self.shadow_free(sh, a0)),
+            Some(Syscall::MmuInstall) => ret(self.mmu_install(sh)),
+            Some(Syscall::MmuFlush) => ret(self.mmu_flush()),
+            Some(Syscall::VmStop) => {
+                self.require(|r| r.vcpu)?;
+                Err(u8::try_from(a0)
+                    .map_or(Stop::BadStatus(a0), Stop::Stopped)
+                    .into())
+            }
+            Some(Syscall::VmFail) => Err(Stop::GaveUp(self.task(self.current).name.clone()).into()),
+            None => Err(ErrorCode::UnknownSyscall.into()),
+        }
     }
 }
 
-/// Runs a system call that may block: `f` gets the kernel and the trap
-/// frame, and either switched tasks itself or returns the caller's result.
-fn blocking(
-    frame: &mut TrapFrame,
-    f: impl FnOnce(&mut Kernel, &mut TrapFrame) -> Result<Result<(), Stop>, ErrorCode>,
-) {
-    let outcome = KERNEL.with(|k| match k.as_mut() {
-        Some(k) => f(k, frame),
-        None => Err(ErrorCode::NotReady),
+/// A system call from ring 3 (`int 0x80`): run it with the kernel state
+/// borrowed, then set the caller's result or end the VM.
+pub fn syscall(frame: &mut TrapFrame) {
+    let outcome = KERNEL.with(|k| {
+        k.shared.stats.syscalls += 1;
+        match k.vm.as_mut() {
+            Some(vm) => vm.syscall(frame, &mut k.shared),
+            None => Err(ErrorCode::NotReady.into()),
+        }
     });
+    finish(frame, outcome);
+}
+
+/// A fault in ring 3 (`frame` holds it): the task is restarted or the VM
+/// stops (`Vm::fault`).
+pub fn user_fault(frame: &mut TrapFrame, cr2: u64) {
+    let outcome = KERNEL.with(|k| match k.vm.as_mut() {
+        Some(vm) => vm.fault(frame, cr2, &mut k.shared),
+        None => Err(ErrorCode::NotReady.into()),
+    });
+    if let Err(SysError::Code(_)) = outcome {
+        fail(format_args!("a server faulted before the VM was built"));
+    }
+    finish(frame, outcome);
+}
+
+/// After a system call or a fault: the caller's result, or the VM's end.
+fn finish(frame: &mut TrapFrame, outcome: SysResult) {
     match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(stop)) => stop_now(stop),
-        Err(e) => frame.rax = e.to_return_value(),
+        Ok(Next::Return(v)) => frame.rax = v,
+        Ok(Next::Switched) => {}
+        Err(SysError::Code(e)) => frame.rax = e.to_return_value(),
+        Err(SysError::Stop(stop)) => stop_now(stop),
     }
-}
-
-pub fn vcpu_run(frame: &mut TrapFrame) {
-    blocking(frame, |k, f| k.vcpu_run(f));
-}
-
-pub fn vcpu_forward(frame: &mut TrapFrame) {
-    blocking(frame, |k, f| k.vcpu_forward(f));
-}
-
-pub fn call(frame: &mut TrapFrame) {
-    let ch = frame.rdi;
-    blocking(frame, |k, f| k.call(f, ch).map(Ok));
-}
-
-pub fn reply_recv(frame: &mut TrapFrame) {
-    let ch = frame.rdi;
-    blocking(frame, |k, f| k.reply_recv(f, ch));
-}
-
-/// Runs a system call that returns to its caller.
-fn with_kernel(f: impl FnOnce(&mut Kernel) -> Result<u64, ErrorCode>) -> Result<u64, ErrorCode> {
-    KERNEL.with(|k| k.as_mut().map_or(Err(ErrorCode::NotReady), f))
-}
-
-pub fn shadow_alloc(level: u64) -> Result<u64, ErrorCode> {
-    with_kernel(|k| k.shadow_alloc(level))
-}
-
-pub fn shadow_free(handle: u64) -> Result<u64, ErrorCode> {
-    with_kernel(|k| k.shadow_free(handle))
-}
-
-pub fn mmu_install() -> Result<u64, ErrorCode> {
-    with_kernel(Kernel::mmu_install)
-}
-
-pub fn mmu_flush() -> Result<u64, ErrorCode> {
-    with_kernel(Kernel::mmu_flush)
-}
-
-/// `StatsRead`: copy the counters into the caller's VCPU page.
-pub fn stats_read() -> Result<u64, ErrorCode> {
-    let stats = STATS.with(|s| *s);
-    let page = with_kernel(|k| k.task(k.current).vcpu_page.ok_or(ErrorCode::NotPermitted))?;
-    let mmu = mmu_stats().unwrap_or_default();
-    // SAFETY: the VCPU page is ours and identity-mapped.
-    unsafe {
-        core::ptr::write_volatile(&raw mut (*vcpu_page(page)).stats, stats);
-        core::ptr::write_volatile(&raw mut (*vcpu_page(page)).mmu, mmu);
-    }
-    Ok(0)
-}
-
-/// The counters the mmu-server keeps in its VCPU page, if there is one.
-fn mmu_stats() -> Option<MmuStats> {
-    let page = KERNEL.with(|k| {
-        let k = k.as_ref()?;
-        k.task(k.find(TaskKind::MmuServer)?).vcpu_page
-    })?;
-    // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
-    Some(unsafe { core::ptr::read_volatile(&raw const (*vcpu_page(page)).mmu) })
-}
-
-/// Address space and kind of the task that made the current system call.
-pub fn current_root() -> u64 {
-    KERNEL.with(|k| k.as_ref().map_or(0, |k| k.task(k.current).root))
-}
-
-/// Name of the task that runs now, for fault reports.
-pub fn current_task_name() -> &'static str {
-    KERNEL.with(|k| {
-        k.as_ref()
-            .map_or("stub", |k| task_name(k.task(k.current).kind))
-    })
 }
 
 /// The payload the image builder appended after the stub.
@@ -752,7 +1021,8 @@ fn build(
     }
 
     let shadow = g.mmu.is_shadow();
-    if manifest.task(TaskKind::MmuServer).is_none() {
+    manifest.check_rights()?;
+    if !manifest.tasks.iter().any(|t| t.rights.install) {
         return Err("the image has no mmu-server: it builds the shadow or nested page tables");
     }
     let paging = if shadow {
@@ -772,8 +1042,8 @@ fn build(
     }
     // Every table of the VM is read in one format: EPT for a nested VMX guest.
     let ept = arch == Arch::Vmx && !shadow;
-    SHADOW_TABLES.with(|t| {
-        t.set_format(if ept {
+    KERNEL.with(|k| {
+        k.shared.tables.set_format(if ept {
             TableFormat::Ept
         } else {
             TableFormat::X86
@@ -810,11 +1080,7 @@ fn build(
             0x11
         },
         mmu_mode: g.mmu as u64,
-        uart_channel: manifest
-            .channels
-            .iter()
-            .position(|c| c.client == TaskKind::VmmServer && c.server == TaskKind::UartServer)
-            .map_or(0, |n| n as u64 + 1),
+        uart_channel: u64::from(manifest.uart_channel),
         // SVM's nested tables always have 2 MiB pages; EPT says so in an MSR.
         nested_large_pages: u64::from(arch == Arch::Svm || arch::vmx::ept_large_pages()),
         board: g.board as u64,
@@ -828,29 +1094,23 @@ fn build(
         )
     };
 
-    let index_of = |kind| manifest.tasks.iter().position(|t| t.kind == kind);
     let mut channels: [Option<Channel>; MAX_CHANNELS] = Default::default();
     let mut channel_pages = [0u64; MAX_CHANNELS];
     for (n, c) in manifest.channels.iter().enumerate() {
-        let (Some(client), Some(server)) = (index_of(c.client), index_of(c.server)) else {
-            return Err("a channel names a task the image does not have");
-        };
+        // `check_rights` found both ends in the task table.
+        let (client, server) = (usize::from(c.client), usize::from(c.server));
         channels[n] = Some(Channel { client, server });
         channel_pages[n] = memory::alloc_frame().map_err(|_| oom)?;
     }
 
     let mut tasks: [Option<Task>; MAX_TASKS] = Default::default();
     for (i, t) in manifest.tasks.iter().enumerate() {
-        if index_of(t.kind) != Some(i) {
-            return Err("the image has two tasks of the same kind");
-        }
-        let handles_exits = matches!(t.kind, TaskKind::VmmServer | TaskKind::MmuServer);
-        let vcpu_page = if handles_exits {
+        let vcpu_page = if t.rights.vcpu {
             Some(memory::alloc_frame().map_err(|_| oom)?)
         } else {
             None
         };
-        let install_page = if t.kind == TaskKind::MmuServer {
+        let install_page = if t.rights.install {
             Some(memory::alloc_frame().map_err(|_| oom)?)
         } else {
             None
@@ -867,26 +1127,30 @@ fn build(
             boot_info,
             vcpu_page,
             install_page,
-            guest_ram: if handles_exits {
-                Some((ram, ram_bytes))
-            } else {
-                None
+            guest_ram: match t.rights.guest_ram {
+                RamRight::None => None,
+                RamRight::ReadOnly => Some((ram, ram_bytes, false)),
+                RamRight::ReadWrite => Some((ram, ram_bytes, true)),
             },
             channels: &ends[..n_ends],
         };
         let elf = blob(payload, t.elf).ok_or("a server's ELF lies outside the payload")?;
         let loaded = task::load(elf, &maps).map_err(|e| {
-            say!("cannot load the {}: {e}", task_name(t.kind));
+            say!("cannot load the {}: {e}", t.name);
             "a server could not be loaded"
         })?;
         tasks[i] = Some(Task {
-            kind: t.kind,
+            name: t.name.clone(),
+            rights: t.rights.clone(),
             root: loaded.root,
             frame: TrapFrame::user_start(loaded.entry, STACK_TOP),
             state: State::NotStarted,
             vcpu_page,
             install_page,
             ran_vcpu: false,
+            notes: Notifications::default(),
+            elf: t.elf,
+            generation: 0,
         });
     }
 
@@ -894,6 +1158,15 @@ fn build(
         .as_ref()
         .map(|t| (t.root, t.frame.rip))
         .ok_or(oom)?;
+    if let Some(t) = tasks[0].as_ref() {
+        cpu::grant_ports(&[], &t.rights.ports);
+    }
+    // The device servers' IRQ lines, unmasked from the start.
+    for t in &manifest.tasks {
+        for line in (0..16u8).filter(|l| t.rights.irqs & (1 << l) != 0) {
+            deadline::set_masked(line, false);
+        }
+    }
     if let Some(t) = tasks[0].as_mut() {
         t.state = State::Running;
     }
@@ -902,7 +1175,7 @@ fn build(
         bytes: ram_bytes,
     };
     KERNEL.with(|k| {
-        *k = Some(Kernel {
+        k.vm = Some(Vm {
             tasks,
             channels,
             current: 0,

@@ -57,7 +57,10 @@ mod hostile {
                     self.random = Some(c);
                     return;
                 }
-                BOOT_FPU => campaign::fpu(&mut c),
+                BOOT_FPU => {
+                    campaign::fpu(&mut c);
+                    campaign::port_io(&mut c);
+                }
                 BOOT_DESTRUCTIVE => campaign::vmm_destructive(&mut c),
                 _ => {
                     campaign::syscalls(&mut c, boot.guest_ram_bytes);

@@ -745,6 +745,7 @@ impl Vcpu {
         let outcome = unsafe { vmx_enter(&mut self.frame, u64::from(self.launched)) };
         let launch = !self.launched;
         crate::cpu::reload_gdt();
+        crate::cpu::reload_tr();
         match outcome {
             0 => self.launched = true,
             1 => {
