@@ -94,6 +94,14 @@ impl IrqLines {
         Msi { lines: self }
     }
 
+    /// What a PCI function on ISA line `intx` interrupts with.
+    pub fn pci(&self, intx: u8) -> PciInterrupts<'_> {
+        PciInterrupts {
+            intx: self.pin(intx),
+            msi: self.msi(),
+        }
+    }
+
     /// Takes the oldest message sent since the last sample.
     pub fn take_msi(&self) -> Option<InterruptMessage> {
         self.msis.borrow_mut().pop_front()
@@ -185,6 +193,30 @@ impl Msi<'_> {
     }
 }
 
+/// What a PCI function interrupts with: its INTx line (a level, INTA#)
+/// and its MSI or MSI-X messages. The two calls are
+/// `virtio::pci::InterruptSink`'s, so a virtio-pci function plugs in with
+/// an impl that forwards them.
+#[derive(Clone, Copy, Debug)]
+pub struct PciInterrupts<'a> {
+    /// The INTx line.
+    pub intx: IrqPin<'a>,
+    /// The messages.
+    pub msi: Msi<'a>,
+}
+
+impl PciInterrupts<'_> {
+    /// Writes an MSI/MSI-X message (lost when it is none, see [`Msi::write`]).
+    pub fn send_msi(&mut self, address: u64, data: u32) {
+        self.msi.write(address, data);
+    }
+
+    /// INTA# asserted or deasserted.
+    pub fn set_intx(&mut self, asserted: bool) {
+        self.intx.set_level(asserted);
+    }
+}
+
 /// The shared state of one VM's devices.
 #[derive(Debug, Default)]
 pub struct Board {
@@ -251,5 +283,16 @@ mod tests {
         assert_eq!(b.irq.take_msi().map(|m| m.vector), Some(0x40));
         let rest = core::iter::from_fn(|| b.irq.take_msi()).count();
         assert_eq!(rest, MSI_MAILBOX - 1);
+    }
+
+    #[test]
+    fn a_pci_function_drives_its_line_and_sends_messages() {
+        let b = Board::new();
+        let mut f = b.irq.pci(11);
+        f.set_intx(true);
+        assert_eq!(b.irq.levels(), 1 << 11);
+        f.set_intx(false);
+        f.send_msi(0xfee0_0000, 0x45);
+        assert_eq!(b.irq.take_msi().map(|m| m.vector), Some(0x45));
     }
 }
