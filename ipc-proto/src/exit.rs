@@ -5,6 +5,8 @@
 //! each then reads the operands it needs (ports, addresses, error codes)
 //! from the record itself.
 
+use core::fmt;
+
 use crate::vcpu::{ExitRecord, VcpuArch};
 
 /// Raw SVM exit codes (AMD APM vol. 2, appendix C, "SVM Intercept Exit Codes").
@@ -313,6 +315,195 @@ impl ExitKind {
             WBINVD | INVD => Self::CacheFlush,
             _ => Self::Other,
         }
+    }
+}
+
+/// The manuals' short name of a raw exit code (`cpuid`, `ioio`, `npf`,
+/// `exception #UD`, ...), for messages. `arch` is the record's raw `arch`.
+pub fn exit_name(arch: u32, code: u64) -> ExitName {
+    ExitName { arch, code }
+}
+
+/// Displays the name of an exit code; see [`exit_name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitName {
+    arch: u32,
+    code: u64,
+}
+
+impl fmt::Display for ExitName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match VcpuArch::from_raw(self.arch) {
+            Some(VcpuArch::Svm) => {
+                let c = self.code;
+                if (svm_exit::EXCP_BASE..svm_exit::EXCP_BASE + 32).contains(&c) {
+                    let v = (c - svm_exit::EXCP_BASE) as u8;
+                    write!(f, "exception {}", exception_mnemonic(v))
+                } else if c < 0x10 {
+                    write!(f, "read cr{c}")
+                } else if c < 0x20 {
+                    write!(f, "write cr{}", c - 0x10)
+                } else if c < 0x30 {
+                    write!(f, "read dr{}", c - 0x20)
+                } else if c < 0x40 {
+                    write!(f, "write dr{}", c - 0x30)
+                } else if (0x90..0xa0).contains(&c) {
+                    write!(f, "cr{} write trap", c - 0x90)
+                } else {
+                    f.write_str(svm_name(c))
+                }
+            }
+            Some(VcpuArch::Vmx) => f.write_str(vmx_name(self.code)),
+            None => write!(f, "unknown-arch({})", self.arch),
+        }
+    }
+}
+
+/// `#UD`, `#GP`, ... for an exception vector (APM vol. 2, 8.2).
+pub fn exception_mnemonic(vector: u8) -> &'static str {
+    const NAMES: [&str; 32] = [
+        "#DE",
+        "#DB",
+        "NMI",
+        "#BP",
+        "#OF",
+        "#BR",
+        "#UD",
+        "#NM",
+        "#DF",
+        "vector 9",
+        "#TS",
+        "#NP",
+        "#SS",
+        "#GP",
+        "#PF",
+        "vector 15",
+        "#MF",
+        "#AC",
+        "#MC",
+        "#XF",
+        "#VE",
+        "#CP",
+        "vector 22",
+        "vector 23",
+        "vector 24",
+        "vector 25",
+        "vector 26",
+        "vector 27",
+        "#HV",
+        "#VC",
+        "#SX",
+        "vector 31",
+    ];
+    NAMES
+        .get(usize::from(vector))
+        .copied()
+        .unwrap_or("vector >31")
+}
+
+/// SVM exit code names (APM vol. 2, appendix C, table C-1).
+fn svm_name(code: u64) -> &'static str {
+    match code {
+        0x60 => "intr",
+        0x61 => "nmi",
+        0x62 => "smi",
+        0x63 => "init",
+        0x64 => "vintr",
+        0x65 => "cr0_sel_write",
+        0x66 => "idtr_read",
+        0x67 => "gdtr_read",
+        0x68 => "ldtr_read",
+        0x69 => "tr_read",
+        0x6a => "idtr_write",
+        0x6b => "gdtr_write",
+        0x6c => "ldtr_write",
+        0x6d => "tr_write",
+        0x6e => "rdtsc",
+        0x6f => "rdpmc",
+        0x70 => "pushf",
+        0x71 => "popf",
+        0x72 => "cpuid",
+        0x73 => "rsm",
+        0x74 => "iret",
+        0x75 => "swint",
+        0x76 => "invd",
+        0x77 => "pause",
+        0x78 => "hlt",
+        0x79 => "invlpg",
+        0x7a => "invlpga",
+        0x7b => "ioio",
+        0x7c => "msr",
+        0x7d => "task_switch",
+        0x7e => "ferr_freeze",
+        0x7f => "shutdown",
+        0x80 => "vmrun",
+        0x81 => "vmmcall",
+        0x82 => "vmload",
+        0x83 => "vmsave",
+        0x84 => "stgi",
+        0x85 => "clgi",
+        0x86 => "skinit",
+        0x87 => "rdtscp",
+        0x88 => "icebp",
+        0x89 => "wbinvd",
+        0x8a => "monitor",
+        0x8b => "mwait",
+        0x8c => "mwait_conditional",
+        0x8d => "xsetbv",
+        0x8e => "rdpru",
+        0x8f => "efer_write_trap",
+        0xa0 => "invlpgb",
+        0xa1 => "invlpgb_illegal",
+        0xa2 => "invpcid",
+        0xa3 => "mcommit",
+        0xa4 => "tlbsync",
+        0x400 => "npf",
+        0x401 => "avic_incomplete_ipi",
+        0x402 => "avic_noaccel",
+        0x403 => "vmgexit",
+        svm_exit::INVALID => "invalid",
+        0xffff_ffff_ffff_fffe => "busy",
+        _ => "unknown",
+    }
+}
+
+/// VMX basic exit reason names (SDM vol. 3C, appendix C).
+fn vmx_name(code: u64) -> &'static str {
+    if code & vmx_exit::ENTRY_FAILURE_BIT != 0 {
+        return "entry failure";
+    }
+    match code {
+        0 => "exception or nmi",
+        1 => "external interrupt",
+        2 => "triple fault",
+        3 => "init",
+        4 => "sipi",
+        7 => "interrupt window",
+        8 => "nmi window",
+        9 => "task switch",
+        10 => "cpuid",
+        12 => "hlt",
+        13 => "invd",
+        14 => "invlpg",
+        15 => "rdpmc",
+        16 => "rdtsc",
+        18 => "vmcall",
+        28 => "cr access",
+        29 => "mov dr",
+        30 => "io",
+        31 => "rdmsr",
+        32 => "wrmsr",
+        33 => "entry failure: invalid guest state",
+        34 => "entry failure: msr loading",
+        36 => "mwait",
+        39 => "monitor",
+        40 => "pause",
+        41 => "entry failure: machine check",
+        48 => "ept violation",
+        49 => "ept misconfiguration",
+        54 => "wbinvd",
+        55 => "xsetbv",
+        _ => "unknown",
     }
 }
 
