@@ -12,6 +12,7 @@
 
 pub mod block;
 pub mod device;
+pub mod exit;
 pub mod layout;
 pub mod manifest;
 pub mod mmu;
@@ -33,6 +34,7 @@ pub const CONSOLE_REPORT_REQUEST: &[u8; 8] = b"\0\x1bSVREP\0";
 /// against another version.
 pub const ABI_VERSION: u32 = 11;
 
+pub use exit::ExitKind;
 pub use stats::Stats;
 pub use syscall::{ErrorCode, Syscall};
 pub use vcpu::{

@@ -36,63 +36,9 @@ impl VcpuArch {
     }
 }
 
-/// Raw SVM exit codes (AMD APM vol. 2, appendix C, "SVM Intercept Exit Codes").
-pub mod svm_exit {
-    /// An exception intercept is `EXCP_BASE + vector`.
-    pub const EXCP_BASE: u64 = 0x40;
-    /// A read of CR`n` is `CR_READ_BASE + n`.
-    pub const CR_READ_BASE: u64 = 0x00;
-    /// A write of CR`n` is `CR_WRITE_BASE + n`.
-    pub const CR_WRITE_BASE: u64 = 0x10;
-    /// Physical interrupt.
-    pub const INTR: u64 = 0x60;
-    /// Virtual interrupt: the interrupt window asked for with
-    /// `ResumeFlags::REQUEST_INTERRUPT_WINDOW` is open.
-    pub const VINTR: u64 = 0x64;
-    /// CPUID.
-    pub const CPUID: u64 = 0x72;
-    /// HLT.
-    pub const HLT: u64 = 0x78;
-    /// INVLPG.
-    pub const INVLPG: u64 = 0x79;
-    /// IN/OUT/INS/OUTS; EXITINFO1 holds the decoded access.
-    pub const IOIO: u64 = 0x7b;
-    /// RDMSR/WRMSR.
-    pub const MSR: u64 = 0x7c;
-    /// Shutdown: the guest triple-faulted.
-    pub const SHUTDOWN: u64 = 0x7f;
-    /// VMRUN executed by the guest.
-    pub const VMRUN: u64 = 0x80;
-    /// VMMCALL.
-    pub const VMMCALL: u64 = 0x81;
-    /// RDPMC.
-    pub const RDPMC: u64 = 0x6f;
-    /// INVD.
-    pub const INVD: u64 = 0x76;
-    /// INVLPGA.
-    pub const INVLPGA: u64 = 0x7a;
-    /// A hardware task switch (the guest's CR3 would be loaded from a TSS).
-    pub const TASK_SWITCH: u64 = 0x7d;
-    /// RDTSCP (intercepted only where the host lacks it; CPUID then hides it).
-    pub const RDTSCP: u64 = 0x87;
-    /// WBINVD.
-    pub const WBINVD: u64 = 0x89;
-    /// MONITOR.
-    pub const MONITOR: u64 = 0x8a;
-    /// MWAIT.
-    pub const MWAIT: u64 = 0x8b;
-    /// MWAIT with a wake-up condition armed.
-    pub const MWAIT_CONDITIONAL: u64 = 0x8c;
-    /// XSETBV.
-    pub const XSETBV: u64 = 0x8d;
-    /// Nested page fault.
-    pub const NPF: u64 = 0x400;
-    /// VMRUN failed its consistency checks: the guest never ran. The APM
-    /// defines it as -1 in the 64-bit EXITCODE; QEMU writes the 32-bit
-    /// 0xffff_ffff. The stub treats every code it did not ask for as a
-    /// failed entry, whatever its width (`kernel_stub::exits`).
-    pub const INVALID: u64 = u64::MAX;
-}
+// The exit codes moved to `crate::exit`, beside the VMX exit reasons; the
+// old path stays for the stub's back ends.
+pub use crate::exit::svm_exit;
 
 /// IOIO EXITINFO1 bits (AMD APM vol. 2, 15.10.2, figure 15-2).
 pub mod svm_ioio {

@@ -13,39 +13,8 @@
 //! nor checks them there; its walks read them.
 
 use crate::regs::{cr0, cr4, efer, CpuModel, GuestCtl, PagingMode};
-use crate::walk::{pte, reserved_bits, GuestMemory};
-
-/// The instruction raises #GP(0) and changes nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GeneralProtection;
-
-/// Reads the four PDPTEs at `cr3` (bits 31:5). A PDPT outside guest RAM
-/// reads as zeros. Without PDPTE registers (`cpu.pdptes_on_walk`) there
-/// is nothing to load: zeros, never #GP.
-pub fn load_pdptes<M: GuestMemory + ?Sized>(
-    mem: &mut M,
-    cr3: u64,
-    cpu: &CpuModel,
-) -> Result<[u64; 4], GeneralProtection> {
-    if cpu.pdptes_on_walk {
-        return Ok([0; 4]);
-    }
-    let base = cr3 & 0xffff_ffe0;
-    let mut raw = [0u8; 32];
-    if !mem.read(base, &mut raw) {
-        raw = [0; 32];
-    }
-    let mut out = [0u64; 4];
-    for (i, e) in out.iter_mut().enumerate() {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&raw[i * 8..i * 8 + 8]);
-        *e = u64::from_le_bytes(b);
-        if *e & pte::P != 0 && *e & reserved_bits(PagingMode::Pae, 3, false, false, cpu) != 0 {
-            return Err(GeneralProtection);
-        }
-    }
-    Ok(out)
-}
+use crate::walk::GuestMemory;
+pub use crate::walk::{load_pdptes, GeneralProtection};
 
 /// Loads the PDPTE registers if `n` is in PAE mode, clears them otherwise.
 fn refresh_pdptes<M: GuestMemory + ?Sized>(
@@ -180,7 +149,31 @@ pub fn write_efer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::walk::tests::Ram;
+    use crate::walk::NotRam;
+
+    /// Flat test memory.
+    struct Ram(Vec<u8>);
+
+    impl Ram {
+        fn new(bytes: usize) -> Self {
+            Self(vec![0; bytes])
+        }
+        fn put64(&mut self, gpa: u64, v: u64) {
+            self.write_phys(gpa, &v.to_le_bytes()).unwrap();
+        }
+    }
+
+    impl GuestMemory for Ram {
+        fn ram_bytes(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), NotRam> {
+            guest_walk::Ram::new(&mut self.0).read_phys(gpa, buf)
+        }
+        fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), NotRam> {
+            guest_walk::Ram::new(&mut self.0).write_phys(gpa, data)
+        }
+    }
 
     const CPU: CpuModel = CpuModel {
         max_phys_bits: 40,
@@ -188,6 +181,7 @@ mod tests {
         cr4_supported: cr4::SUPPORTED,
         efer_supported: efer::SUPPORTED,
         pdptes_on_walk: false,
+        pdpte_bits_8_5_ignored: false,
     };
 
     /// AMD with nested paging loads no PDPTE registers: a reserved bit in a

@@ -32,15 +32,19 @@ pub mod insn;
 pub mod mmu;
 pub mod nested;
 pub mod platform;
-pub mod regs;
+// The walker and the paging controls are shared with the vmm-server; the
+// old paths stay.
+pub use guest_walk::regs;
+pub use guest_walk::walk::{self};
+pub mod server;
 pub mod shadow;
 pub mod stats;
-pub mod walk;
 
 pub use mmu::{Action, EferError, Failure, Mmu, MmuConfig, MmuMode};
 pub use nested::NestedFormat;
 pub use platform::{Flush, MmuPlatform, PlatformError, ShadowFormat};
 pub use regs::{CpuModel, GuestCtl, PagingMode};
+pub use server::{Hooks, MmuStub, Reply, Stopped};
 pub use shadow::{Role, ShadowKey, TableKind};
 pub use stats::MmuStats;
-pub use walk::{walk, Access, GuestMemory, Translation, WalkError};
+pub use walk::{walk, Access, GuestMemory, NotRam, Translation, WalkError};

@@ -4,9 +4,9 @@
 use core::fmt;
 
 use iced_x86::Code;
-use ipc_proto::vcpu::svm_exit;
 use ipc_proto::{
-    EventInjection, EventKind, ExitRecord, GuestRegs, PagingState, Resume, ResumeFlags, VcpuArch,
+    EventInjection, EventKind, ExitKind, ExitRecord, GuestRegs, PagingState, Resume, ResumeFlags,
+    VcpuArch,
 };
 
 use crate::ctl::{self, GeneralProtection};
@@ -17,44 +17,7 @@ use crate::regs::{cr0, cr4, efer, CpuModel, GuestCtl, PagingMode};
 use crate::shadow::{root_key, CacheError, ShadowCache, TableKind};
 use crate::stats::MmuStats;
 use crate::walk::{self, pf, Access, Translation, WalkError};
-
-/// SVM exit codes the mmu-server handles (AMD APM vol. 2, appendix C).
-pub mod exit_code {
-    /// Reads of CR0..CR15 are `CR_READ + n`.
-    pub const CR_READ: u64 = 0x00;
-    /// Writes of CR0..CR15 are `CR_WRITE + n`.
-    pub const CR_WRITE: u64 = 0x10;
-    /// #PF intercept: EXITINFO1 = error code, EXITINFO2 = faulting address.
-    pub const PF: u64 = super::svm_exit::EXCP_BASE + 14;
-    /// Selective CR0 write (CR0 bits other than TS and MP changed).
-    pub const CR0_SEL_WRITE: u64 = 0x65;
-    /// INVLPG; with decode assists EXITINFO1 = the linear address.
-    pub const INVLPG: u64 = 0x79;
-    /// Nested page fault: EXITINFO1 = error code, EXITINFO2 = guest-physical address.
-    pub const NPF: u64 = super::svm_exit::NPF;
-    /// RDMSR (EXITINFO1 = 0) / WRMSR (EXITINFO1 = 1); the mmu-server takes EFER's.
-    pub const MSR: u64 = super::svm_exit::MSR;
-}
-
-/// VMX basic exit reasons the mmu-server handles (Intel SDM vol. 3D,
-/// appendix C). The stub's VMX record: `exit_info1` = the exit
-/// qualification, `exit_info2` = the VM-exit interruption information
-/// (bits 31:0) and its error code (bits 63:32) for exception exits, the
-/// guest-physical address for EPT violations; `next_rip` for instructions.
-pub mod vmx_exit {
-    /// Exception or NMI; a #PF's qualification is the faulting address.
-    pub const EXCEPTION_OR_NMI: u64 = 0;
-    /// INVLPG; the qualification is the linear address.
-    pub const INVLPG: u64 = 14;
-    /// Control-register access (SDM vol. 3C, table 28-3).
-    pub const CR_ACCESS: u64 = 28;
-    /// RDMSR.
-    pub const RDMSR: u64 = 31;
-    /// WRMSR.
-    pub const WRMSR: u64 = 32;
-    /// EPT violation: qualification bit 1 = write, `exit_info2` = address.
-    pub const EPT_VIOLATION: u64 = 48;
-}
+use ipc_proto::mmu::TableHandle;
 
 /// What an exit asks of the mmu-server, decoded from either extension's record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,74 +53,53 @@ enum CrOp {
 }
 
 impl MmuExit {
-    /// An SVM record (AMD APM vol. 2, appendix C and 15.33 for decode assists).
-    fn from_svm(rec: &ExitRecord, decode_assists: bool) -> Self {
+    /// What `rec` asks of the mmu-server: [`ExitKind`] says which exit it
+    /// is, the arch's fields give the operands (AMD APM vol. 2, appendix C
+    /// and 15.33 for decode assists; Intel SDM vol. 3C, 28.2.1).
+    fn decode(rec: &ExitRecord, decode_assists: bool) -> Self {
+        let vmx = VcpuArch::from_raw(rec.arch) == Some(VcpuArch::Vmx);
+        let (info1, info2) = (rec.exit_info1, rec.exit_info2);
+        // SVM gives decoded operands only with decode assists, and only
+        // for an instruction it stopped at.
         let assisted = decode_assists && rec.next_rip != 0;
-        match rec.exit_code {
-            exit_code::PF => Self::PageFault {
-                error_code: rec.exit_info1,
-                address: rec.exit_info2,
+        match ExitKind::of(rec) {
+            // SVM: EXITINFO1 = error code, EXITINFO2 = address. VMX: the
+            // error code in EXITINFO2 bits 63:32, the address is the
+            // qualification.
+            ExitKind::Exception { vector: Some(14) } => match vmx {
+                true => Self::PageFault {
+                    error_code: info2 >> 32,
+                    address: info1,
+                },
+                false => Self::PageFault {
+                    error_code: info1,
+                    address: info2,
+                },
             },
-            c @ (0x00..=0x1f | exit_code::CR0_SEL_WRITE) => {
-                let (write, cr) = if c == exit_code::CR0_SEL_WRITE {
-                    (true, 0)
+            ExitKind::CrAccess { cr, write } => {
+                let op = if vmx {
+                    // Bits 5:4 type (0 MOV to CR, 1 MOV from CR, 2 CLTS, 3
+                    // LMSW), 11:8 GPR, 31:16 LMSW source data.
+                    Some(match (info1 >> 4) & 3 {
+                        0 | 1 => CrOp::Mov((info1 >> 8) & 0xf),
+                        2 => CrOp::Clts,
+                        _ => CrOp::Lmsw((info1 >> 16) as u16),
+                    })
                 } else {
-                    (c >= exit_code::CR_WRITE, (c & 0xf) as u8)
+                    // A MOV with its GPR in bits 3:0 when bit 63 is set.
+                    (assisted && info1 >> 63 == 1).then_some(CrOp::Mov(info1 & 0xf))
                 };
-                let op = (assisted && rec.exit_info1 >> 63 == 1)
-                    .then_some(CrOp::Mov(rec.exit_info1 & 0xf));
                 Self::Cr { write, cr, op }
             }
-            exit_code::INVLPG => Self::Invlpg {
-                address: assisted.then_some(rec.exit_info1),
+            ExitKind::Invlpg => Self::Invlpg {
+                address: (vmx || assisted).then_some(info1),
             },
-            exit_code::MSR if rec.regs.rcx as u32 == efer::MSR => Self::Efer {
-                write: rec.exit_info1 & 1 != 0,
-            },
-            exit_code::NPF => Self::Npf {
-                gpa: rec.exit_info2,
-                write: rec.exit_info1 & u64::from(pf::W) != 0,
-            },
-            _ => Self::Other,
-        }
-    }
-
-    /// A VMX record (Intel SDM vol. 3C, 28.2.1 for the qualifications).
-    fn from_vmx(rec: &ExitRecord) -> Self {
-        let q = rec.exit_info1;
-        match rec.exit_code {
-            // Interruption information: vector 7:0, type 10:8 (3 =
-            // hardware exception), error code valid 11, valid 31.
-            vmx_exit::EXCEPTION_OR_NMI if rec.exit_info2 & 0x8000_07ff == 0x8000_030e => {
-                Self::PageFault {
-                    error_code: rec.exit_info2 >> 32,
-                    address: q,
-                }
-            }
-            // Bits 3:0 CR, 5:4 type (0 MOV to CR, 1 MOV from CR, 2 CLTS,
-            // 3 LMSW), 11:8 GPR, 31:16 LMSW source data.
-            vmx_exit::CR_ACCESS => {
-                let kind = (q >> 4) & 3;
-                let op = match kind {
-                    0 | 1 => CrOp::Mov((q >> 8) & 0xf),
-                    2 => CrOp::Clts,
-                    _ => CrOp::Lmsw((q >> 16) as u16),
-                };
-                Self::Cr {
-                    write: kind != 1,
-                    cr: (q & 0xf) as u8,
-                    op: Some(op),
-                }
-            }
-            vmx_exit::INVLPG => Self::Invlpg { address: Some(q) },
-            c @ (vmx_exit::RDMSR | vmx_exit::WRMSR) if rec.regs.rcx as u32 == efer::MSR => {
-                Self::Efer {
-                    write: c == vmx_exit::WRMSR,
-                }
-            }
-            vmx_exit::EPT_VIOLATION => Self::Npf {
-                gpa: rec.exit_info2,
-                write: q & (1 << 1) != 0,
+            ExitKind::Msr { write } if rec.regs.rcx as u32 == efer::MSR => Self::Efer { write },
+            // Bit 1 is W in both SVM's #PF-style error code and VMX's
+            // qualification.
+            ExitKind::NestedPageFault => Self::Npf {
+                gpa: info2,
+                write: info1 & u64::from(pf::W) != 0,
             },
             _ => Self::Other,
         }
@@ -489,6 +431,12 @@ impl Mmu {
         Ok(())
     }
 
+    /// The root of the nested tables, once [`Self::start`] built them
+    /// (nested mode).
+    pub fn nested_root(&self) -> Option<TableHandle> {
+        self.nested.as_ref().map(|n| n.root)
+    }
+
     /// The hardware paging state for the current root and guest controls:
     /// the guest's CR0 with PG and WP forced on (PE stays the guest's:
     /// "paged real mode"), its CR4 with PAE forced on, PSE off and PGE
@@ -598,11 +546,10 @@ impl Mmu {
         p: &mut P,
         rec: &ExitRecord,
     ) -> Result<Action, Failure> {
-        let exit = match VcpuArch::from_raw(rec.arch) {
-            Some(VcpuArch::Svm) => MmuExit::from_svm(rec, self.cfg.decode_assists),
-            Some(VcpuArch::Vmx) => MmuExit::from_vmx(rec),
-            None => return Err(Failure::UnsupportedArch(rec.arch)),
-        };
+        if VcpuArch::from_raw(rec.arch).is_none() {
+            return Err(Failure::UnsupportedArch(rec.arch));
+        }
+        let exit = MmuExit::decode(rec, self.cfg.decode_assists);
         let code = rec.exit_code;
         if !self.shadowing() {
             return match exit {
@@ -809,7 +756,7 @@ impl Mmu {
                 break;
             };
             let take = (0x1000 - (la & 0xfff)).min(15 - got as u64) as usize;
-            if !p.read(t.gpa, &mut buf[got..got + take]) {
+            if p.read_phys(t.gpa, &mut buf[got..got + take]).is_err() {
                 break;
             }
             got += take;
@@ -844,13 +791,15 @@ impl Mmu {
             let size = u64::from(store.size);
             if la.is_multiple_of(size) {
                 let mut old = [0u8; 8];
-                if !p.read(t.gpa, &mut old[..size as usize]) {
+                if p.read_phys(t.gpa, &mut old[..size as usize]).is_err() {
                     return Err(Failure::Inconsistent);
                 }
                 let mut regs = rec.regs;
                 let new = insn::execute_store(&i, &mut regs, u64::from_le_bytes(old));
                 if let Some(v) = new {
-                    if !p.write(t.gpa, &v.to_le_bytes()[..size as usize]) {
+                    if p.write_phys(t.gpa, &v.to_le_bytes()[..size as usize])
+                        .is_err()
+                    {
                         return Err(Failure::Inconsistent);
                     }
                     let keep = self.root_gfn();
@@ -939,7 +888,9 @@ impl Mmu {
         }
         let value = regs.rax.to_le_bytes();
         for k in 0..n {
-            if !p.write(t.gpa + k * size, &value[..size as usize]) {
+            if p.write_phys(t.gpa + k * size, &value[..size as usize])
+                .is_err()
+            {
                 return Err(Failure::Inconsistent);
             }
         }

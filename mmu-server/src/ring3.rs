@@ -1,23 +1,22 @@
 //! The mmu-server's ring-3 side on the native stub: the platform (system
-//! calls, the guest-RAM window, the install page), the heap, the panic
-//! handler and the loop. A file of its own so that the attack campaign's
-//! hostile mmu-server (`attack/src/bin/hostile-mmu.rs`) runs this very loop
-//! through [`Hooks`] instead of a copy.
+//! calls, the guest-RAM window, the install page, the VCPU page), the heap
+//! and the panic handler; the loop is the library's
+//! ([`mmu_server::server`]). A file of its own so that the attack
+//! campaign's hostile mmu-server (`attack/src/bin/hostile-mmu.rs`) runs
+//! this very platform through [`Hooks`] instead of a copy.
 
 extern crate alloc;
 
 use core::fmt::Write;
 use ipc_proto::layout::{GUEST_RAM_WINDOW, INSTALL_PAGE};
-use ipc_proto::manifest::MmuMode;
 use ipc_proto::mmu::{Install, InstallError, InstallPage, TableHandle};
 use ipc_proto::sys::{self, ConsoleLine};
-use ipc_proto::vcpu::svm_exit;
-use ipc_proto::{
-    ErrorCode, ExitRecord, GuestControl, PagingState, Resume, ResumeFlags, Syscall, VcpuArch,
-    ABI_VERSION,
-};
+use ipc_proto::{ErrorCode, ExitRecord, GuestControl, Syscall};
+// The hostile mmu-server (`attack/`) names these as `ring3::Hooks`.
+#[allow(unused_imports)]
+pub use mmu_server::server::{Hooks, Plain};
 use mmu_server::{
-    Action, Flush, GuestCtl, GuestMemory, Mmu, MmuConfig, MmuPlatform, NestedFormat, PlatformError,
+    Flush, GuestMemory, MmuPlatform, MmuStats, MmuStub, NotRam, PlatformError, Reply,
 };
 
 /// The shadow cache's bookkeeping: about 4.2 KiB per table for the
@@ -39,11 +38,10 @@ macro_rules! say {
     }};
 }
 
-/// The native platform: system calls and the guest-RAM window.
+/// The native platform: system calls, the guest-RAM window and the VCPU
+/// page.
 struct Native {
     ram_bytes: u64,
-    /// The nested root, for the first resume (nested mode).
-    nested_root: Option<TableHandle>,
 }
 
 impl Native {
@@ -54,23 +52,23 @@ impl Native {
 }
 
 impl GuestMemory for Native {
-    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
-        let Some(p) = self.ram(gpa, buf.len()) else {
-            return false;
-        };
+    fn ram_bytes(&self) -> u64 {
+        self.ram_bytes
+    }
+
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), NotRam> {
+        let p = self.ram(gpa, buf.len()).ok_or(NotRam)?;
         // SAFETY: the range lies inside guest RAM, which the stub maps
         // read-write at GUEST_RAM_WINDOW; the guest is stopped.
         unsafe { core::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
-        true
+        Ok(())
     }
 
-    fn write(&mut self, gpa: u64, data: &[u8]) -> bool {
-        let Some(p) = self.ram(gpa, data.len()) else {
-            return false;
-        };
-        // SAFETY: as for `read`.
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), NotRam> {
+        let p = self.ram(gpa, data.len()).ok_or(NotRam)?;
+        // SAFETY: as for `read_phys`.
         unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
-        true
+        Ok(())
     }
 }
 
@@ -121,8 +119,8 @@ impl MmuPlatform for Native {
         }
     }
 
-    fn load_nested(&mut self, root: TableHandle) {
-        self.nested_root = Some(root);
+    fn load_nested(&mut self, _root: TableHandle) {
+        // The loop names the root in its first resume (`SET_NESTED_ROOT`).
     }
 
     fn flush_tlb(&mut self, _what: Flush) {
@@ -135,173 +133,49 @@ fn fail(why: impl core::fmt::Display) -> ! {
     sys::vm_fail()
 }
 
-/// What a variant of this server adds to its loop: the attack campaign's
-/// hostile mmu-server (`attack/`) runs its attempts from these; the
-/// mmu-server itself adds nothing ([`Plain`]).
-pub trait Hooks {
-    /// After the heap and the boot information, before the MMU starts;
-    /// `shadow`: the guest runs on shadow tables.
-    fn start(&mut self, _boot: &ipc_proto::layout::BootInfo, _shadow: bool) {}
-    /// Each exit the stub hands over, before the MMU handles it (`first`:
-    /// the paging state of the first resume).
-    fn exit(&mut self, _first: &PagingState, exit: ExitRecord) -> ExitRecord {
-        exit
+impl MmuStub for Native {
+    fn reply(
+        &mut self,
+        reply: &Reply,
+        control: &GuestControl,
+        stats: &MmuStats,
+    ) -> Result<ExitRecord, ErrorCode> {
+        let page = sys::vcpu_page();
+        // `VcpuRun` resumes the guest, `VcpuForward` gives the rewritten
+        // exit to the vmm-server first.
+        let (call, resume) = match reply {
+            Reply::Run(r) => (Syscall::VcpuRun, r),
+            Reply::Forward { exit, resume } => {
+                // SAFETY: the stub maps this task's VCPU page read-write
+                // at VCPU_PAGE.
+                unsafe { (&raw mut (*page).exit).write_volatile(*exit) };
+                (Syscall::VcpuForward, resume)
+            }
+        };
+        // SAFETY: as above.
+        unsafe {
+            (&raw mut (*page).mmu).write_volatile(*stats);
+            (&raw mut (*page).guest_control).write_volatile(*control);
+            (&raw mut (*page).resume).write_volatile(*resume);
+        }
+        sys::call(call, 0)?;
+        // SAFETY: as above; the stub wrote the exit before returning.
+        Ok(unsafe { (&raw const (*page).exit).read_volatile() })
     }
-    /// Each resume before it goes to the stub.
-    fn resume(&mut self, _resume: &mut Resume) {}
 }
 
-/// No additions: the mmu-server as it is (unused by the hostile one).
-#[allow(dead_code)]
-pub struct Plain;
-
-impl Hooks for Plain {}
-
-/// The server: starts the MMU from the boot information, names the first
-/// root, then handles the exits the stub routes to it, for ever.
+/// The server: the library's loop ([`mmu_server::server::run`]) on the
+/// native platform, with `hooks`.
 pub fn run(hooks: &mut dyn Hooks) -> ! {
     let boot = sys::boot_info();
-    if boot.abi_version != ABI_VERSION {
-        fail(format_args!(
-            "the stub speaks ABI version {}, this server was built for {ABI_VERSION}",
-            boot.abi_version
-        ));
-    }
     // SAFETY: the arena is used by the allocator only, from here on.
     unsafe { HEAP.lock().init((&raw mut ARENA).cast::<u8>(), HEAP_BYTES) };
-
     let decode_assists = core::arch::x86_64::__cpuid(0x8000_000a).edx & (1 << 7) != 0;
-    let mode = match boot.mmu_mode {
-        m if m == MmuMode::ShadowBaseline as u64 => mmu_server::MmuMode::Baseline,
-        m if m == MmuMode::Shadow as u64 => mmu_server::MmuMode::Shadow,
-        _ => mmu_server::MmuMode::Nested,
-    };
-    let nested = if boot.arch == VcpuArch::Vmx as u32 {
-        NestedFormat::Ept {
-            large_pages: boot.nested_large_pages != 0,
-        }
-    } else {
-        NestedFormat::Npt
-    };
-    // An AMD CPU walking a nested-paging guest's tables reads its PAE
-    // PDPTEs on each walk (no PDPTE registers); shadow paging and VMX
-    // keep the registers (see `CpuModel::pdptes_on_walk`).
-    let cpu = mmu_server::CpuModel {
-        pdptes_on_walk: mode == mmu_server::MmuMode::Nested && nested == NestedFormat::Npt,
-        cr4_supported: mmu_server::regs::cr4::SUPPORTED | xsave_cr4(),
-        ..mmu_server::CpuModel::default()
-    };
-    let cfg = MmuConfig {
-        decode_assists,
-        mode,
-        nested,
-        cpu,
-        ..MmuConfig::default()
-    };
+    let cfg = mmu_server::server::config(&boot, decode_assists, xsave_cr4());
     let mut platform = Native {
         ram_bytes: boot.guest_ram_bytes,
-        nested_root: None,
     };
-    hooks.start(&boot, mode != mmu_server::MmuMode::Nested);
-    let mut mmu = Mmu::new(cfg, boot.guest_ram_bytes);
-    if let Err(f) = mmu.start(
-        &mut platform,
-        GuestCtl {
-            cr0: boot.guest_cr0,
-            ..GuestCtl::RESET
-        },
-    ) {
-        fail(f);
-    }
-    let (flags, paging) = match (mmu.take_paging(), platform.nested_root) {
-        (Some(paging), _) => (ResumeFlags::SET_PAGING, paging),
-        (None, Some(root)) => (
-            ResumeFlags::SET_NESTED_ROOT,
-            PagingState {
-                root,
-                ..Default::default()
-            },
-        ),
-        (None, None) => fail("no shadow or nested root after start"),
-    };
-    let first_paging = paging;
-    let mut resume = Resume {
-        abi_version: ABI_VERSION,
-        flags: flags.bits(),
-        paging,
-        ..Default::default()
-    };
-
-    let page = sys::vcpu_page();
-    // Hands the exit to the stub: `VcpuRun` resumes the guest,
-    // `VcpuForward` gives the exit to the vmm-server first.
-    let mut next_call = Syscall::VcpuRun;
-    loop {
-        let c = mmu.ctl();
-        let guest_control = GuestControl {
-            cr0: c.cr0,
-            cr3: c.cr3,
-            cr4: c.cr4,
-            efer: c.efer,
-        };
-        // SAFETY: the stub maps this task's VCPU page read-write at VCPU_PAGE.
-        unsafe {
-            (&raw mut (*page).mmu).write_volatile(mmu.stats());
-            (&raw mut (*page).guest_control).write_volatile(guest_control);
-        }
-        hooks.resume(&mut resume);
-        // SAFETY: as above.
-        unsafe { (&raw mut (*page).resume).write_volatile(resume) };
-        if let Err(e) = sys::call(next_call, 0) {
-            fail(format_args!(
-                "the stub refused the resume: {}",
-                ErrorCode::describe(e)
-            ));
-        }
-        // SAFETY: as above; the stub wrote the exit before returning.
-        let exit = hooks.exit(&first_paging, unsafe {
-            (&raw const (*page).exit).read_volatile()
-        });
-        (resume, next_call) = match mmu.handle_exit(&mut platform, &exit) {
-            Action::Resume(r) => (r, Syscall::VcpuRun),
-            Action::Mmio { gpa, write, .. } => {
-                // Device memory: the vmm-server emulates the access as
-                // it would a nested page fault (SVM NPF: EXITINFO1 bit
-                // 1 = write) or an EPT violation (VMX reason 48: bit 0
-                // read, bit 1 write); EXITINFO2 = the guest-physical address.
-                let (exit_code, access) = if exit.arch == VcpuArch::Vmx as u32 {
-                    (
-                        mmu_server::mmu::vmx_exit::EPT_VIOLATION,
-                        if write { 2 } else { 1 },
-                    )
-                } else {
-                    (svm_exit::NPF, if write { 2 } else { 0 })
-                };
-                let npf = ExitRecord {
-                    exit_code,
-                    exit_info1: access,
-                    exit_info2: gpa,
-                    ..exit
-                };
-                // SAFETY: as above.
-                unsafe { (&raw mut (*page).exit).write_volatile(npf) };
-                let (paging, flags) = mmu
-                    .take_paging_flags()
-                    .unwrap_or((PagingState::default(), ResumeFlags::empty()));
-                let r = Resume {
-                    abi_version: ABI_VERSION,
-                    flags: flags.bits(),
-                    paging,
-                    ..Default::default()
-                };
-                (r, Syscall::VcpuForward)
-            }
-            Action::Fail(f) => fail(format_args!(
-                "{f} (exit code {:#x}, rip={:#x})",
-                exit.exit_code, exit.regs.rip
-            )),
-        };
-    }
+    fail(mmu_server::server::run(&mut platform, &boot, cfg, hooks))
 }
 
 #[panic_handler]

@@ -982,7 +982,10 @@ impl ShadowCache {
             };
             for gi in (off / es)..end.div_ceil(es) {
                 let mut b = [0u8; 8];
-                let ge = if p.read((gfn << 12) + gi * es, &mut b[..es as usize]) {
+                let ge = if p
+                    .read_phys((gfn << 12) + gi * es, &mut b[..es as usize])
+                    .is_ok()
+                {
                     u64::from_le_bytes(b)
                 } else {
                     0
@@ -1137,7 +1140,8 @@ impl ShadowCache {
             _ => (8u64, idx),
         };
         let mut b = [0u8; 8];
-        p.read((key.gfn << 12) + gi as u64 * es, &mut b[..es as usize])
+        p.read_phys((key.gfn << 12) + gi as u64 * es, &mut b[..es as usize])
+            .is_ok()
             .then(|| u64::from_le_bytes(b))
     }
 

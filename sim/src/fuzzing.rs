@@ -261,7 +261,7 @@ pub fn mmu_exit_bytes(data: &[u8]) {
     });
     let mem_end = (1 + MMU_TABLE_BYTES).min(data.len());
     if mem_end > 1 {
-        sim.write(0x1000, &data[1..mem_end]);
+        let _ = sim.write_phys(0x1000, &data[1..mem_end]);
     }
     let mut mmu = Mmu::new(
         MmuConfig {
@@ -302,7 +302,7 @@ pub fn mmu_exit_bytes(data: &[u8]) {
         rec.abi_version ^= ABI_VERSION;
         rec.arch ^= VcpuArch::Svm as u32;
         rec.sequence = seq;
-        rec.exit_code ^= mmu_server::mmu::exit_code::PF;
+        rec.exit_code ^= ipc_proto::exit::svm_exit::EXCP_BASE + 14;
         rec.regs = GuestRegs {
             rip: regs.rip ^ x.regs.rip,
             rflags: regs.rflags ^ x.regs.rflags,

@@ -42,7 +42,7 @@ impl GuestTables {
         assert!(self.next < self.end, "out of table frames");
         let f = self.next;
         self.next += 4096;
-        assert!(mem.write(f, &[0u8; 4096]));
+        assert!(mem.write_phys(f, &[0u8; 4096]).is_ok());
         self.frames.push(f);
         f
     }
@@ -88,13 +88,17 @@ impl GuestTables {
 
     fn read<M: GuestMemory + ?Sized>(&self, mem: &mut M, gpa: u64) -> u64 {
         let mut b = [0u8; 8];
-        assert!(mem.read(gpa, &mut b[..self.entry_size() as usize]));
+        assert!(mem
+            .read_phys(gpa, &mut b[..self.entry_size() as usize])
+            .is_ok());
         u64::from_le_bytes(b)
     }
 
     /// Writes an entry.
     pub fn write<M: GuestMemory + ?Sized>(&self, mem: &mut M, gpa: u64, e: u64) {
-        assert!(mem.write(gpa, &e.to_le_bytes()[..self.entry_size() as usize]));
+        assert!(mem
+            .write_phys(gpa, &e.to_le_bytes()[..self.entry_size() as usize])
+            .is_ok());
     }
 
     /// A non-leaf entry pointing to `table` with `flags` (PAE PDPTEs keep

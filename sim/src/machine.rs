@@ -4,10 +4,10 @@
 //! stub would route it, and the resume it answers is checked with the
 //! stub's own `kernel_stub::resume::validate` and applied.
 
+use ipc_proto::exit::svm_exit;
 use ipc_proto::{ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch};
-use mmu_server::mmu::exit_code;
 use mmu_server::regs::{cr0, efer};
-use mmu_server::walk::{Access, GuestMemory, WalkError};
+use mmu_server::walk::{Access, GuestMemory, NotRam, WalkError};
 use mmu_server::{ctl, Action, Flush, GuestCtl, Mmu, MmuConfig, MmuMode, MmuPlatform, PagingMode};
 
 use crate::platform::{HwFault, Sim, SimConfig};
@@ -204,7 +204,7 @@ impl Machine {
     /// Writes the instruction table of [`code`] at guest-physical `gpa`.
     pub fn place_code(&mut self, gpa: u64) {
         for (off, bytes) in code::BYTES {
-            assert!(self.sim.write(gpa + off, bytes));
+            assert!(self.sim.write_phys(gpa + off, bytes).is_ok());
         }
     }
 
@@ -362,11 +362,11 @@ impl Machine {
                 })
             }
             HwFault::PageFault(ec) => {
-                let rec = self.record(exit_code::PF, u64::from(ec), la, insn);
+                let rec = self.record(svm_exit::EXCP_BASE + 14, u64::from(ec), la, insn);
                 self.exit(&rec)
             }
             HwFault::NestedFault { gpa, info } => {
-                let rec = self.record(exit_code::NPF, info, gpa, insn);
+                let rec = self.record(svm_exit::NPF, info, gpa, insn);
                 self.exit(&rec)
             }
         }
@@ -395,7 +395,8 @@ impl Machine {
             Outcome::Ok(gpa) => {
                 let want = code::at(offset);
                 let mut got = [0u8; 4];
-                let ok = self.sim.read(gpa, &mut got[..want.len()]) && &got[..want.len()] == want;
+                let ok = self.sim.read_phys(gpa, &mut got[..want.len()]).is_ok()
+                    && &got[..want.len()] == want;
                 (!ok).then_some(Outcome::StrayCode)
             }
             other => Some(other),
@@ -431,7 +432,7 @@ impl Machine {
             match self.hw(la, access) {
                 Ok(gpa) => {
                     let bytes = value.to_le_bytes();
-                    if !self.sim.write(gpa, &bytes[..size as usize]) {
+                    if self.sim.write_phys(gpa, &bytes[..size as usize]).is_err() {
                         return Outcome::Failed(format!("store to {gpa:#x} outside RAM"));
                     }
                     return Outcome::Stored;
@@ -502,7 +503,7 @@ impl Machine {
         let info1 = if self.decode_assists { 1 << 63 } else { 0 };
         self.intercepted(
             code::MOV_TO_CR + code::cr_slot(n),
-            exit_code::CR_WRITE + u64::from(n),
+            svm_exit::CR_WRITE_BASE + u64::from(n),
             info1,
         )
     }
@@ -520,7 +521,7 @@ impl Machine {
         let info1 = if self.decode_assists { 1 << 63 } else { 0 };
         match self.intercepted(
             code::MOV_FROM_CR + code::cr_slot(n),
-            exit_code::CR_READ + u64::from(n),
+            svm_exit::CR_READ_BASE + u64::from(n),
             info1,
         ) {
             Outcome::Done => Outcome::Value(self.regs.rax),
@@ -552,7 +553,7 @@ impl Machine {
             return Outcome::Done;
         }
         let info1 = if self.decode_assists { la } else { 0 };
-        self.intercepted(offset, exit_code::INVLPG, info1)
+        self.intercepted(offset, svm_exit::INVLPG, info1)
     }
 
     /// `wrmsr` to EFER (an MSR exit the stub routes to the mmu-server).
@@ -569,7 +570,7 @@ impl Machine {
         self.regs.rcx = u64::from(efer::MSR);
         self.regs.rax = value & 0xffff_ffff;
         self.regs.rdx = value >> 32;
-        self.intercepted(code::WRMSR, exit_code::MSR, 1)
+        self.intercepted(code::WRMSR, svm_exit::MSR, 1)
     }
 
     /// The guest's paging mode.
@@ -586,25 +587,29 @@ struct NestedMem<'a> {
 }
 
 impl GuestMemory for NestedMem<'_> {
-    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
+    fn ram_bytes(&self) -> u64 {
+        self.sim.ram_bytes()
+    }
+
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), NotRam> {
         if self.fault.is_some() {
-            return false;
+            return Err(NotRam);
         }
         match self.sim.translate_nested(gpa, false) {
-            Ok(g) => self.sim.read(g, buf),
+            Ok(g) => self.sim.read_phys(g, buf),
             Err(_) => {
                 self.fault = Some(gpa);
-                false
+                Err(NotRam)
             }
         }
     }
 
-    fn write(&mut self, gpa: u64, data: &[u8]) -> bool {
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), NotRam> {
         match self.sim.translate_nested(gpa, true) {
-            Ok(g) => self.sim.write(g, data),
+            Ok(g) => self.sim.write_phys(g, data),
             Err(_) => {
                 self.fault = Some(gpa);
-                false
+                Err(NotRam)
             }
         }
     }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use ipc_proto::mmu::{ept, Install, TableFormat, TableHandle, PTE_ADDR_MASK};
 use ipc_proto::{PagingState, ResumeFlags};
 use kernel_stub::install::{GuestRam, ShadowTables};
-use mmu_server::walk::{Access, GuestMemory};
+use mmu_server::walk::{Access, GuestMemory, NotRam, Ram};
 
 use crate::hw::{canonical, cr4, entry_mode, pf, Controls, Rights};
 pub use crate::hw::{HwAccess, HwMode, SimCpu};
@@ -658,26 +658,16 @@ impl Sim {
 }
 
 impl GuestMemory for Sim {
-    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
-        let Some(end) = gpa.checked_add(buf.len() as u64) else {
-            return false;
-        };
-        if end > self.ram.len() as u64 {
-            return false;
-        }
-        buf.copy_from_slice(&self.ram[gpa as usize..end as usize]);
-        true
+    fn ram_bytes(&self) -> u64 {
+        self.ram.len() as u64
     }
 
-    fn write(&mut self, gpa: u64, data: &[u8]) -> bool {
-        let Some(end) = gpa.checked_add(data.len() as u64) else {
-            return false;
-        };
-        if end > self.ram.len() as u64 {
-            return false;
-        }
-        self.ram[gpa as usize..end as usize].copy_from_slice(data);
-        true
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), NotRam> {
+        Ram::new(&mut self.ram).read_phys(gpa, buf)
+    }
+
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), NotRam> {
+        Ram::new(&mut self.ram).write_phys(gpa, data)
     }
 }
 

@@ -1,8 +1,7 @@
 //! The mmu-server's behaviours one at a time, on the simulated platform.
 
-use ipc_proto::vcpu::svm_exit;
+use ipc_proto::exit::svm_exit;
 use ipc_proto::{ExitRecord, ResumeFlags, Segment, VcpuArch};
-use mmu_server::mmu::exit_code;
 use mmu_server::regs::{cr0, cr4, efer};
 use mmu_server::walk::{pf, pte, Access};
 use mmu_server::{Action, Failure, GuestCtl, MmuConfig, MmuMode, PagingMode};
@@ -48,8 +47,8 @@ fn long_world(mmu: MmuConfig, n: usize, pages: u64) -> (Machine, GuestTables, Ve
         } else {
             let mut e = [0u8; 8];
             use mmu_server::GuestMemory;
-            m.sim.read(cr3s[0] + 256 * 8, &mut e);
-            m.sim.write(cr3 + 256 * 8, &e);
+            m.sim.read_phys(cr3s[0] + 256 * 8, &mut e).unwrap();
+            m.sim.write_phys(cr3 + 256 * 8, &e).unwrap();
         }
         for i in 0..pages {
             gt.map(&mut m.sim, cr3, 0x40_0000 + i * 4096, 1, frame, URW, URW);
@@ -141,11 +140,11 @@ fn guest_pte_writes_are_emulated_and_the_shadow_follows_at_once() {
     // The guest saw A set by the walk, then its own value, then A again.
     use mmu_server::GuestMemory;
     let mut b = [0u8; 8];
-    m.sim.read(pte_gpa, &mut b);
+    m.sim.read_phys(pte_gpa, &mut b).unwrap();
     assert_eq!(u64::from_le_bytes(b), 0x70_0000 | URW | pte::A);
     // A write to a clean page faults once in the shadow to set D.
     assert_eq!(m.store(la, 7, 8, true), Outcome::Stored);
-    m.sim.read(pte_gpa, &mut b);
+    m.sim.read_phys(pte_gpa, &mut b).unwrap();
     assert_eq!(u64::from_le_bytes(b), 0x70_0000 | URW | pte::A | pte::D);
 }
 
@@ -182,7 +181,7 @@ fn pf_record(m: &Machine, la: u64, ec: u32, insn: &[u8]) -> ExitRecord {
     let mut rec = ExitRecord {
         abi_version: ipc_proto::ABI_VERSION,
         arch: VcpuArch::Svm as u32,
-        exit_code: exit_code::PF,
+        exit_code: svm_exit::EXCP_BASE + 14,
         exit_info1: u64::from(ec),
         exit_info2: la,
         cs: Segment {
@@ -246,7 +245,7 @@ fn an_event_frame_pushed_on_a_protected_table_is_not_taken_for_the_instruction()
     assert!(m.mmu.cache().is_protected(pt >> 12));
     use mmu_server::GuestMemory;
     let mut before = [0u8; 8];
-    m.sim.read(pt + 0xff8, &mut before);
+    m.sim.read_phys(pt + 0xff8, &mut before).unwrap();
     // mov [rax], rbx: a store the emulator knows, at RIP.
     let mut rec = pf_record(&m, KERNEL + pt + 0xff8, pf::P | pf::W, &[0x48, 0x89, 0x18]);
     rec.regs.rax = KERNEL + pt + 0x800;
@@ -270,7 +269,7 @@ fn an_event_frame_pushed_on_a_protected_table_is_not_taken_for_the_instruction()
     }
     assert_eq!(m.mmu.stats().emulated_writes, emulated);
     let mut after = [0u8; 8];
-    m.sim.read(pt + 0xff8, &mut after);
+    m.sim.read_phys(pt + 0xff8, &mut after).unwrap();
     assert_eq!(after, before, "nothing was stored in the frame's place");
     // The frame lost its protection, so the delivery now pushes natively.
     assert!(!m.mmu.cache().is_protected(pt >> 12));
@@ -339,7 +338,7 @@ fn rep_stos_into_a_table_on_its_own_path_is_emulated_page_by_page() {
     assert_eq!((r.regs.rdi, r.regs.rcx), (la + 0x800, 0x200));
     assert_eq!(m.mmu.stats().emulated_writes, before + 1);
     let mut b = [0xffu8; 8];
-    assert!(m.sim.read(pml4 + 0xff8, &mut b));
+    assert!(m.sim.read_phys(pml4 + 0xff8, &mut b).is_ok());
     assert_eq!(b, [0; 8], "the page's last entry was cleared");
     assert!(m.mmu.cache().is_protected(pml4 >> 12), "still a table");
 }
@@ -489,7 +488,7 @@ fn pae_mov_cr3_checks_pdptes_and_only_reloads_on_cr3_load() {
     );
     // Clear PDPTE 0 in memory: the registers still hold it.
     use mmu_server::GuestMemory;
-    m.sim.write(cr3, &[0u8; 8]);
+    m.sim.write_phys(cr3, &[0u8; 8]).unwrap();
     assert_eq!(
         m.access(0x40_1000, Access::read(true)),
         Outcome::PageFault {
@@ -510,7 +509,9 @@ fn pae_mov_cr3_checks_pdptes_and_only_reloads_on_cr3_load() {
         }
     );
     // A PDPTE with a reserved bit (R/W) makes MOV CR3 fault and keeps the old CR3.
-    m.sim.write(cr3 + 8, &(0x20_0000u64 | 3).to_le_bytes());
+    m.sim
+        .write_phys(cr3 + 8, &(0x20_0000u64 | 3).to_le_bytes())
+        .unwrap();
     assert_eq!(m.mov_to_cr(3, cr3), Outcome::GeneralProtection);
 }
 
@@ -572,11 +573,13 @@ fn garbage_tables_fault_and_never_hang() {
     let pml4 = 0x10_0000u64;
     // PML4[0] points to itself (a loop), PML4[1] to a table outside RAM,
     // and PML4[2] has a reserved bit.
-    m.sim.write(pml4, &(pml4 | URW).to_le_bytes());
+    m.sim.write_phys(pml4, &(pml4 | URW).to_le_bytes()).unwrap();
     m.sim
-        .write(pml4 + 8, &(0x80_0000_0000u64 | URW).to_le_bytes());
+        .write_phys(pml4 + 8, &(0x80_0000_0000u64 | URW).to_le_bytes())
+        .unwrap();
     m.sim
-        .write(pml4 + 16, &(0x20_0000 | URW | (1 << 45)).to_le_bytes());
+        .write_phys(pml4 + 16, &(0x20_0000 | URW | (1 << 45)).to_le_bytes())
+        .unwrap();
     m.start(long_ctl(pml4)).unwrap();
     // The self-map: la 0 walks PML4 four times and lands on the PML4 itself.
     assert_eq!(m.access(0x10, Access::read(true)), Outcome::Ok(pml4 + 0x10));
@@ -751,7 +754,8 @@ fn atomic_pte_updates_are_emulated_with_their_register_effects() {
     // lock btr qword [rdi], 1 on a fresh PTE clears R/W; CF = the old bit.
     use mmu_server::GuestMemory;
     m.sim
-        .write(pte_gpa, &(0x40_0000 | URW | pte::A).to_le_bytes());
+        .write_phys(pte_gpa, &(0x40_0000 | URW | pte::A).to_le_bytes())
+        .unwrap();
     assert!(matches!(m.store(la, 1, 8, true), Outcome::Stored));
     let rec = pf_record(
         &m,
@@ -783,7 +787,7 @@ fn efer_msr_exits_are_handled() {
     .unwrap();
     use mmu_server::GuestMemory;
     // wrmsr; rdmsr at 0x7000 (fetched through the identity shadow).
-    m.sim.write(0x7000, &[0x0f, 0x30, 0x0f, 0x32]);
+    m.sim.write_phys(0x7000, &[0x0f, 0x30, 0x0f, 0x32]).unwrap();
     let mut rec = pf_record(&m, 0, 0, &[]);
     rec.cs = Segment {
         attrib: Segment::ATTR_DB | 0x9b,
@@ -903,7 +907,7 @@ fn prefetch_fills_accessed_neighbours_and_keeps_a_d_exact() {
     }
     let entry = |m: &mut Machine, i: u64| {
         let mut b = [0u8; 8];
-        assert!(m.sim.read(pt + i * 8, &mut b));
+        assert!(m.sim.read_phys(pt + i * 8, &mut b).is_ok());
         u64::from_le_bytes(b)
     };
     let la = |i: u64| base + i * 4096;
@@ -1078,7 +1082,7 @@ fn emulated_pte_writes_fill_the_shadow_and_unprotected_frames_are_writable_again
     );
     assert_eq!(faults(&m), f + 1);
     let mut b = [0u8; 8];
-    assert!(m.sim.read(pt + 6 * 8, &mut b));
+    assert!(m.sim.read_phys(pt + 6 * 8, &mut b).is_ok());
     assert_eq!(u64::from_le_bytes(b), 0x66_0000 | URW | pte::A);
 
     // Three writes to the frame as data: unprotected; the kernel's
@@ -1110,7 +1114,7 @@ fn emulated_pte_writes_fill_the_shadow_and_unprotected_frames_are_writable_again
         Outcome::Stored
     );
     assert_eq!(faults(&m), f + 1);
-    assert!(m.sim.read(pt + 7 * 8, &mut b));
+    assert!(m.sim.read_phys(pt + 7 * 8, &mut b).is_ok());
     assert_eq!(u64::from_le_bytes(b), pt2 | URW | pte::A | pte::D);
     m.mmu.cache().check_invariants().unwrap();
 }

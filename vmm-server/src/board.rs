@@ -1,11 +1,21 @@
 //! What the devices of one VM share: the virtual clock they count time
-//! from, and the interrupt request lines they drive into the PIC.
+//! from, and the interrupt request lines and message mailbox they drive
+//! into the interrupt controllers.
 //!
-//! Both are plain cells: a device holds `&Board` (or a pin of it), the exit
-//! handler advances the clock and samples the lines between exits. Nothing
-//! here can panic, and nothing needs an allocator.
+//! All are plain cells: a device holds `&Board` (or a pin of it), the exit
+//! handler advances the clock and samples the lines and messages between
+//! exits into the board's controllers
+//! ([`crate::irqchip::InterruptController`]): a device never knows whether
+//! 8259s alone (ISA board) or the APICs too (PC board) are behind its
+//! line. Nothing here can panic, and nothing needs an allocator.
 
-use core::cell::Cell;
+use core::cell::{Cell, RefCell};
+
+use crate::devices::interrupt::{decode_msi, InterruptMessage};
+
+/// Messages (MSI) the mailbox holds between two samples; more are dropped
+/// and counted, as a bus that cannot take a write.
+pub const MSI_MAILBOX: usize = 16;
 
 /// Nanoseconds of virtual time since the VM started.
 pub type Nanos = u64;
@@ -44,25 +54,32 @@ impl VirtualClock {
 /// Number of ISA interrupt lines (IRQ 0-15 on the PIC pair).
 pub const IRQ_LINES: u8 = 16;
 
-/// The ISA interrupt request lines.
+/// The ISA interrupt request lines, and the mailbox of message-signalled
+/// interrupts.
 ///
 /// A device either holds its line at a level ([`IrqPin::set_level`], for
 /// the UART and the keyboard controller, whose line stays up while an
 /// interrupt is pending) or sends a rising edge ([`IrqPin::pulse`], for the
-/// PIT, whose output edges are what the PIC latches). The exit handler
-/// collects both after every exit and feeds them into the PIC.
+/// PIT, whose output edges are what the PIC latches); a PCI device with
+/// MSI or MSI-X writes a message instead ([`Msi::write`]). The exit handler
+/// collects all of them after every exit and feeds them into the
+/// interrupt controllers.
 #[derive(Debug, Default)]
 pub struct IrqLines {
     levels: Cell<u16>,
     pulses: Cell<u16>,
+    msis: RefCell<heapless::Deque<InterruptMessage, MSI_MAILBOX>>,
+    msis_dropped: Cell<u64>,
 }
 
 impl IrqLines {
-    /// All lines low, no edges.
+    /// All lines low, no edges, no messages.
     pub const fn new() -> Self {
         Self {
             levels: Cell::new(0),
             pulses: Cell::new(0),
+            msis: RefCell::new(heapless::Deque::new()),
+            msis_dropped: Cell::new(0),
         }
     }
 
@@ -70,6 +87,29 @@ impl IrqLines {
     /// nothing).
     pub fn pin(&self, irq: u8) -> IrqPin<'_> {
         IrqPin { lines: self, irq }
+    }
+
+    /// Where a device writes its message-signalled interrupts.
+    pub fn msi(&self) -> Msi<'_> {
+        Msi { lines: self }
+    }
+
+    /// What a PCI function on ISA line `intx` interrupts with.
+    pub fn pci(&self, intx: u8) -> PciInterrupts<'_> {
+        PciInterrupts {
+            intx: self.pin(intx),
+            msi: self.msi(),
+        }
+    }
+
+    /// Takes the oldest message sent since the last sample.
+    pub fn take_msi(&self) -> Option<InterruptMessage> {
+        self.msis.borrow_mut().pop_front()
+    }
+
+    /// Messages dropped because the mailbox was full.
+    pub fn msis_dropped(&self) -> u64 {
+        self.msis_dropped.get()
     }
 
     /// The current levels, one bit per line.
@@ -126,6 +166,57 @@ impl IrqPin<'_> {
     }
 }
 
+/// A device's message-signalled interrupts (MSI, MSI-X): the message
+/// goes to whatever controllers the board has (the local APIC on the PC
+/// board; nowhere on the ISA board, as on a PC without an APIC).
+#[derive(Clone, Copy, Debug)]
+pub struct Msi<'a> {
+    lines: &'a IrqLines,
+}
+
+impl Msi<'_> {
+    /// The device writes `data` at `address`, as its MSI capability or
+    /// MSI-X table entry says (see
+    /// [`crate::devices::interrupt::decode_msi`]). False when the write
+    /// is no interrupt message (outside the APICs' window, a reserved
+    /// delivery mode) or the mailbox is full; either way it is lost.
+    pub fn write(&self, address: u64, data: u32) -> bool {
+        let Some(m) = decode_msi(address, data) else {
+            return false;
+        };
+        let queued = self.lines.msis.borrow_mut().push_back(m).is_ok();
+        if !queued {
+            let d = &self.lines.msis_dropped;
+            d.set(d.get().saturating_add(1));
+        }
+        queued
+    }
+}
+
+/// What a PCI function interrupts with: its INTx line (a level, INTA#)
+/// and its MSI or MSI-X messages. The two calls are
+/// `virtio::pci::InterruptSink`'s, so a virtio-pci function plugs in with
+/// an impl that forwards them.
+#[derive(Clone, Copy, Debug)]
+pub struct PciInterrupts<'a> {
+    /// The INTx line.
+    pub intx: IrqPin<'a>,
+    /// The messages.
+    pub msi: Msi<'a>,
+}
+
+impl PciInterrupts<'_> {
+    /// Writes an MSI/MSI-X message (lost when it is none, see [`Msi::write`]).
+    pub fn send_msi(&mut self, address: u64, data: u32) {
+        self.msi.write(address, data);
+    }
+
+    /// INTA# asserted or deasserted.
+    pub fn set_intx(&mut self, asserted: bool) {
+        self.intx.set_level(asserted);
+    }
+}
+
 /// The shared state of one VM's devices.
 #[derive(Debug, Default)]
 pub struct Board {
@@ -178,5 +269,30 @@ mod tests {
         bad.set_level(true);
         bad.pulse();
         assert_eq!((b.irq.levels(), b.irq.take_pulses()), (0, 0));
+    }
+
+    #[test]
+    fn messages_queue_until_sampled_and_overflow_is_counted() {
+        let b = Board::new();
+        let msi = b.irq.msi();
+        assert!(!msi.write(0xfed0_0000, 0x41), "not the APICs' window");
+        for v in 0..MSI_MAILBOX as u32 + 1 {
+            msi.write(0xfee0_0000, 0x40 + v);
+        }
+        assert_eq!(b.irq.msis_dropped(), 1);
+        assert_eq!(b.irq.take_msi().map(|m| m.vector), Some(0x40));
+        let rest = core::iter::from_fn(|| b.irq.take_msi()).count();
+        assert_eq!(rest, MSI_MAILBOX - 1);
+    }
+
+    #[test]
+    fn a_pci_function_drives_its_line_and_sends_messages() {
+        let b = Board::new();
+        let mut f = b.irq.pci(11);
+        f.set_intx(true);
+        assert_eq!(b.irq.levels(), 1 << 11);
+        f.set_intx(false);
+        f.send_msi(0xfee0_0000, 0x45);
+        assert_eq!(b.irq.take_msi().map(|m| m.vector), Some(0x45));
     }
 }

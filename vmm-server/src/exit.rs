@@ -11,10 +11,8 @@
 //! (an unknown `arch`, an IOIO record without exactly one operand size)
 //! decodes to [`Exit::Other`], and the caller still has the raw record.
 
-use core::fmt;
-
-use ipc_proto::vcpu::{svm_exit, svm_ioio};
-use ipc_proto::{ExitRecord, VcpuArch};
+use ipc_proto::vcpu::svm_ioio;
+use ipc_proto::{ExitKind, ExitRecord, VcpuArch};
 
 /// RFLAGS.IF, the interrupt enable flag (APM vol. 2, 3.1.6).
 pub const RFLAGS_IF: u64 = 1 << 9;
@@ -269,12 +267,84 @@ pub const fn pushes_error_code(vector: u8) -> bool {
 }
 
 impl Exit {
-    /// Decodes a record from the stub.
+    /// Decodes a record from the stub: [`ExitKind`] says what it is, the
+    /// arch-specific fields give the operands.
     pub fn decode(rec: &ExitRecord) -> Self {
-        match VcpuArch::from_raw(rec.arch) {
-            Some(VcpuArch::Svm) => decode_svm(rec),
-            Some(VcpuArch::Vmx) => decode_vmx(rec),
-            None => Self::Other { raw: rec.exit_code },
+        let raw = rec.exit_code;
+        let vmx = VcpuArch::from_raw(rec.arch) == Some(VcpuArch::Vmx);
+        let (info1, info2) = (rec.exit_info1, rec.exit_info2);
+        match ExitKind::of(rec) {
+            ExitKind::Io => {
+                let io = if vmx {
+                    decode_vmx_io(info1, rec.regs.rax)
+                } else {
+                    decode_svm_ioio(info1, rec.regs.rax)
+                };
+                io.map_or(Self::Other { raw }, Self::Io)
+            }
+            ExitKind::CrAccess { cr, write } => Self::CrAccess {
+                cr,
+                write,
+                gpr: if vmx {
+                    // Table 28-3: a MOV (type 0 or 1) names its GPR in bits 11:8.
+                    ((info1 >> 4) & 3 <= 1).then_some(((info1 >> 8) & 0xf) as u8)
+                } else {
+                    svm_assisted_gpr(info1)
+                },
+            },
+            // SVM DR exits put the GPR in EXITINFO1 bits 3:0 with decode
+            // assists, without a valid bit; QEMU's TCG leaves EXITINFO1
+            // zero. VMX: table 28-4, bits 11:8.
+            ExitKind::DrAccess { dr, write } => Self::DrAccess {
+                dr,
+                write,
+                gpr: vmx.then_some(((info1 >> 8) & 0xf) as u8),
+            },
+            ExitKind::Exception {
+                vector: Some(vector),
+            } => Self::Exception {
+                vector,
+                // VMX: the stub puts the interruption information's error
+                // code in EXITINFO2 bits 63:32, valid if bit 11; the CPU sets
+                // it only for the vectors that push one, and so does this.
+                // SVM: EXITINFO1. A #PF's address: SVM EXITINFO2, VMX the
+                // exit qualification.
+                error_code: match vmx {
+                    true => (info2 & (1 << 11) != 0 && pushes_error_code(vector))
+                        .then_some((info2 >> 32) as u32),
+                    false => pushes_error_code(vector).then_some(info1 as u32),
+                },
+                address: (vector == 14).then_some(if vmx { info1 } else { info2 }),
+            },
+            ExitKind::Exception { vector: None } => Self::Other { raw },
+            ExitKind::Hlt => Self::Hlt {
+                interrupts_enabled: rec.regs.rflags & RFLAGS_IF != 0,
+            },
+            ExitKind::Msr { write } => Self::Msr { write },
+            // SVM: with decode assists EXITINFO1 holds the linear address;
+            // without (QEMU's TCG) it is zero and the instruction must be
+            // decoded. VMX: always the qualification.
+            ExitKind::Invlpg => Self::Invlpg {
+                linear: (vmx || rec.insn_len != 0 || info1 != 0).then_some(info1),
+            },
+            // SVM: EXITINFO1 = #PF-style error code, EXITINFO2 = faulting
+            // GPA (APM vol. 2, 15.25.6); VMX: qualification and GPA.
+            ExitKind::NestedPageFault => Self::NestedPageFault {
+                gpa: info2,
+                error_code: info1,
+            },
+            ExitKind::Cpuid => Self::Cpuid,
+            ExitKind::Shutdown => Self::Shutdown,
+            ExitKind::InterruptWindow => Self::InterruptWindow,
+            ExitKind::ExternalInterrupt => Self::ExternalInterrupt,
+            ExitKind::Vmmcall => Self::Vmmcall,
+            ExitKind::TaskSwitch => Self::TaskSwitch,
+            ExitKind::Undefined => Self::Undefined,
+            ExitKind::Xsetbv => Self::Xsetbv,
+            ExitKind::Rdpmc => Self::Rdpmc,
+            ExitKind::CacheFlush => Self::CacheFlush,
+            ExitKind::EntryFailed => Self::EntryFailed,
+            ExitKind::NestedMisconfig | ExitKind::Other => Self::Other { raw },
         }
     }
 
@@ -294,83 +364,10 @@ impl Exit {
     }
 }
 
-fn decode_svm(rec: &ExitRecord) -> Exit {
-    let code = rec.exit_code;
-    let info1 = rec.exit_info1;
-    // With decode assists, EXITINFO1 bit 63 says a MOV CR/DR left its GPR
-    // number in bits 3:0 (APM vol. 2, 15.8.1).
-    let assisted_gpr = (info1 & (1 << 63) != 0).then_some((info1 & 0xf) as u8);
-    match code {
-        svm_exit::IOIO => match decode_svm_ioio(info1, rec.regs.rax) {
-            Some(io) => Exit::Io(io),
-            None => Exit::Other { raw: code },
-        },
-        0x00..=0x0f => Exit::CrAccess {
-            cr: code as u8,
-            write: false,
-            gpr: assisted_gpr,
-        },
-        0x10..=0x1f => Exit::CrAccess {
-            cr: (code - 0x10) as u8,
-            write: true,
-            gpr: assisted_gpr,
-        },
-        // DR exits put the GPR in EXITINFO1 bits 3:0 with decode assists,
-        // without a valid bit; QEMU's TCG leaves EXITINFO1 zero.
-        0x20..=0x2f => Exit::DrAccess {
-            dr: (code - 0x20) as u8,
-            write: false,
-            gpr: None,
-        },
-        0x30..=0x3f => Exit::DrAccess {
-            dr: (code - 0x30) as u8,
-            write: true,
-            gpr: None,
-        },
-        c if (svm_exit::EXCP_BASE..svm_exit::EXCP_BASE + 32).contains(&c) => {
-            let vector = (c - svm_exit::EXCP_BASE) as u8;
-            Exit::Exception {
-                vector,
-                error_code: pushes_error_code(vector).then_some(info1 as u32),
-                address: (vector == 14).then_some(rec.exit_info2),
-            }
-        }
-        svm_exit::INTR => Exit::ExternalInterrupt,
-        svm_exit::VINTR => Exit::InterruptWindow,
-        svm_exit::HLT => Exit::Hlt {
-            interrupts_enabled: rec.regs.rflags & RFLAGS_IF != 0,
-        },
-        svm_exit::SHUTDOWN => Exit::Shutdown,
-        svm_exit::TASK_SWITCH => Exit::TaskSwitch,
-        svm_exit::INVLPGA
-        | svm_exit::MONITOR
-        | svm_exit::MWAIT
-        | svm_exit::MWAIT_CONDITIONAL
-        | svm_exit::RDTSCP => Exit::Undefined,
-        svm_exit::XSETBV => Exit::Xsetbv,
-        svm_exit::RDPMC => Exit::Rdpmc,
-        svm_exit::WBINVD | svm_exit::INVD => Exit::CacheFlush,
-        // -1 (APM) or the 32-bit 0xffff_ffff QEMU writes; the stub stops
-        // the VM on either before any server sees it.
-        c if c == svm_exit::INVALID || c == 0xffff_ffff => Exit::EntryFailed,
-        svm_exit::CPUID => Exit::Cpuid,
-        // EXITINFO1 bit 0: 0 = RDMSR, 1 = WRMSR (APM vol. 2, 15.11).
-        svm_exit::MSR => Exit::Msr {
-            write: info1 & 1 != 0,
-        },
-        // With decode assists EXITINFO1 holds the linear address; without
-        // (QEMU's TCG) it is zero and the instruction must be decoded.
-        svm_exit::INVLPG => Exit::Invlpg {
-            linear: (rec.insn_len != 0 || info1 != 0).then_some(info1),
-        },
-        svm_exit::VMMCALL => Exit::Vmmcall,
-        // EXITINFO1 = #PF-style error code, EXITINFO2 = faulting GPA (APM vol. 2, 15.25.6).
-        svm_exit::NPF => Exit::NestedPageFault {
-            gpa: rec.exit_info2,
-            error_code: info1,
-        },
-        raw => Exit::Other { raw },
-    }
+/// With decode assists, EXITINFO1 bit 63 says a MOV CR left its GPR
+/// number in bits 3:0 (APM vol. 2, 15.8.1).
+fn svm_assisted_gpr(info1: u64) -> Option<u8> {
+    (info1 & (1 << 63) != 0).then_some((info1 & 0xf) as u8)
 }
 
 /// Decodes an SVM IOIO EXITINFO1 (APM vol. 2, 15.10.2); `rax` supplies the
@@ -432,139 +429,6 @@ fn io_access(
     }
 }
 
-/// VMX basic exit reasons (Intel SDM vol. 3C, appendix C) that the decoder
-/// knows.
-pub mod vmx_exit {
-    /// Exception or NMI (the vector is in the VM-exit interruption
-    /// information, which the record does not carry).
-    pub const EXCEPTION_OR_NMI: u64 = 0;
-    /// External interrupt.
-    pub const EXTERNAL_INTERRUPT: u64 = 1;
-    /// Triple fault.
-    pub const TRIPLE_FAULT: u64 = 2;
-    /// Interrupt window.
-    pub const INTERRUPT_WINDOW: u64 = 7;
-    /// CPUID.
-    pub const CPUID: u64 = 10;
-    /// HLT.
-    pub const HLT: u64 = 12;
-    /// INVLPG; the qualification is the linear address.
-    pub const INVLPG: u64 = 14;
-    /// VMCALL.
-    pub const VMCALL: u64 = 18;
-    /// Control-register access; the qualification says which (table 28-3).
-    pub const CR_ACCESS: u64 = 28;
-    /// MOV DR; the qualification says which (table 28-4).
-    pub const DR_ACCESS: u64 = 29;
-    /// I/O instruction; the exit qualification holds the access.
-    pub const IO: u64 = 30;
-    /// RDMSR.
-    pub const RDMSR: u64 = 31;
-    /// WRMSR.
-    pub const WRMSR: u64 = 32;
-    /// VM-entry failure due to invalid guest state.
-    pub const ENTRY_INVALID_GUEST_STATE: u64 = 33;
-    /// VM-entry failure due to MSR loading.
-    pub const ENTRY_MSR_LOADING: u64 = 34;
-    /// VM-entry failure due to a machine-check event.
-    pub const ENTRY_MACHINE_CHECK: u64 = 41;
-    /// EPT violation.
-    pub const EPT_VIOLATION: u64 = 48;
-    /// Task switch.
-    pub const TASK_SWITCH: u64 = 9;
-    /// INVD.
-    pub const INVD: u64 = 13;
-    /// RDPMC.
-    pub const RDPMC: u64 = 15;
-    /// MWAIT.
-    pub const MWAIT: u64 = 36;
-    /// MONITOR.
-    pub const MONITOR: u64 = 39;
-    /// WBINVD.
-    pub const WBINVD: u64 = 54;
-    /// XSETBV.
-    pub const XSETBV: u64 = 55;
-    /// RDTSCP (with "RDTSC exiting" and "enable RDTSCP").
-    pub const RDTSCP: u64 = 51;
-    /// Bit 31 of the full exit reason: VM-entry failure.
-    pub const ENTRY_FAILURE_BIT: u64 = 1 << 31;
-}
-
-fn decode_vmx(rec: &ExitRecord) -> Exit {
-    let code = rec.exit_code;
-    let q = rec.exit_info1;
-    if code & vmx_exit::ENTRY_FAILURE_BIT != 0 {
-        return Exit::EntryFailed;
-    }
-    match code {
-        vmx_exit::IO => match decode_vmx_io(q, rec.regs.rax) {
-            Some(io) => Exit::Io(io),
-            None => Exit::Other { raw: code },
-        },
-        vmx_exit::HLT => Exit::Hlt {
-            interrupts_enabled: rec.regs.rflags & RFLAGS_IF != 0,
-        },
-        vmx_exit::TRIPLE_FAULT => Exit::Shutdown,
-        vmx_exit::ENTRY_INVALID_GUEST_STATE
-        | vmx_exit::ENTRY_MSR_LOADING
-        | vmx_exit::ENTRY_MACHINE_CHECK => Exit::EntryFailed,
-        vmx_exit::CPUID => Exit::Cpuid,
-        vmx_exit::RDMSR => Exit::Msr { write: false },
-        vmx_exit::WRMSR => Exit::Msr { write: true },
-        vmx_exit::EPT_VIOLATION => Exit::NestedPageFault {
-            gpa: rec.exit_info2,
-            error_code: q,
-        },
-        vmx_exit::EXTERNAL_INTERRUPT => Exit::ExternalInterrupt,
-        vmx_exit::TASK_SWITCH => Exit::TaskSwitch,
-        vmx_exit::MWAIT | vmx_exit::MONITOR | vmx_exit::RDTSCP => Exit::Undefined,
-        vmx_exit::XSETBV => Exit::Xsetbv,
-        vmx_exit::RDPMC => Exit::Rdpmc,
-        vmx_exit::WBINVD | vmx_exit::INVD => Exit::CacheFlush,
-        vmx_exit::INTERRUPT_WINDOW => Exit::InterruptWindow,
-        vmx_exit::INVLPG => Exit::Invlpg { linear: Some(q) },
-        vmx_exit::VMCALL => Exit::Vmmcall,
-        // Table 28-3: bits 3:0 CR, 5:4 type (0 MOV to CR, 1 MOV from CR,
-        // 2 CLTS, 3 LMSW), 11:8 GPR of a MOV.
-        vmx_exit::CR_ACCESS => {
-            let kind = (q >> 4) & 3;
-            Exit::CrAccess {
-                cr: (q & 0xf) as u8,
-                write: kind != 1,
-                gpr: (kind <= 1).then_some(((q >> 8) & 0xf) as u8),
-            }
-        }
-        // Table 28-4: bits 2:0 DR, bit 4 direction (1 = MOV from DR), 11:8 GPR.
-        vmx_exit::DR_ACCESS => Exit::DrAccess {
-            dr: (q & 7) as u8,
-            write: q & (1 << 4) == 0,
-            gpr: Some(((q >> 8) & 0xf) as u8),
-        },
-        // The stub puts the VM-exit interruption information in EXITINFO2
-        // bits 31:0 and its error code in bits 63:32 (SDM vol. 3C, 25.9.2):
-        // vector 7:0, type 10:8 (3 hardware exception, 6 software
-        // exception), error code valid 11, valid 31. A #PF's address is the
-        // exit qualification.
-        vmx_exit::EXCEPTION_OR_NMI => {
-            let info = rec.exit_info2;
-            let kind = (info >> 8) & 7;
-            if info & (1 << 31) == 0 || !matches!(kind, 3 | 6) {
-                return Exit::Other { raw: code };
-            }
-            let vector = (info & 0x1f) as u8;
-            Exit::Exception {
-                vector,
-                // The CPU sets "error code valid" only for the vectors
-                // that push one; the decoder holds to the same rule.
-                error_code: (info & (1 << 11) != 0 && pushes_error_code(vector))
-                    .then_some((info >> 32) as u32),
-                address: (vector == 14).then_some(q),
-            }
-        }
-        raw => Exit::Other { raw },
-    }
-}
-
 /// Decodes a VMX I/O exit qualification (SDM vol. 3C, table 28-5): bits 2:0
 /// size - 1 (0, 1 or 3), bit 3 IN, bit 4 string, bit 5 REP, bits 31:16 port.
 pub fn decode_vmx_io(qualification: u64, rax: u64) -> Option<IoAccess> {
@@ -589,198 +453,13 @@ pub fn decode_vmx_io(qualification: u64, rax: u64) -> Option<IoAccess> {
     ))
 }
 
-/// The manuals' short name of a raw exit code (`cpuid`, `ioio`, `npf`,
-/// `exception #UD`, ...), for messages. `arch` is the record's raw `arch`.
-pub fn exit_name(arch: u32, code: u64) -> ExitName {
-    ExitName { arch, code }
-}
-
-/// Displays the name of an exit code; see [`exit_name`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExitName {
-    arch: u32,
-    code: u64,
-}
-
-impl fmt::Display for ExitName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match VcpuArch::from_raw(self.arch) {
-            Some(VcpuArch::Svm) => {
-                let c = self.code;
-                if (svm_exit::EXCP_BASE..svm_exit::EXCP_BASE + 32).contains(&c) {
-                    let v = (c - svm_exit::EXCP_BASE) as u8;
-                    write!(f, "exception {}", exception_mnemonic(v))
-                } else if c < 0x10 {
-                    write!(f, "read cr{c}")
-                } else if c < 0x20 {
-                    write!(f, "write cr{}", c - 0x10)
-                } else if c < 0x30 {
-                    write!(f, "read dr{}", c - 0x20)
-                } else if c < 0x40 {
-                    write!(f, "write dr{}", c - 0x30)
-                } else if (0x90..0xa0).contains(&c) {
-                    write!(f, "cr{} write trap", c - 0x90)
-                } else {
-                    f.write_str(svm_name(c))
-                }
-            }
-            Some(VcpuArch::Vmx) => f.write_str(vmx_name(self.code)),
-            None => write!(f, "unknown-arch({})", self.arch),
-        }
-    }
-}
-
-/// `#UD`, `#GP`, ... for an exception vector (APM vol. 2, 8.2).
-pub fn exception_mnemonic(vector: u8) -> &'static str {
-    const NAMES: [&str; 32] = [
-        "#DE",
-        "#DB",
-        "NMI",
-        "#BP",
-        "#OF",
-        "#BR",
-        "#UD",
-        "#NM",
-        "#DF",
-        "vector 9",
-        "#TS",
-        "#NP",
-        "#SS",
-        "#GP",
-        "#PF",
-        "vector 15",
-        "#MF",
-        "#AC",
-        "#MC",
-        "#XF",
-        "#VE",
-        "#CP",
-        "vector 22",
-        "vector 23",
-        "vector 24",
-        "vector 25",
-        "vector 26",
-        "vector 27",
-        "#HV",
-        "#VC",
-        "#SX",
-        "vector 31",
-    ];
-    NAMES
-        .get(usize::from(vector))
-        .copied()
-        .unwrap_or("vector >31")
-}
-
-/// SVM exit code names (APM vol. 2, appendix C, table C-1).
-fn svm_name(code: u64) -> &'static str {
-    match code {
-        0x60 => "intr",
-        0x61 => "nmi",
-        0x62 => "smi",
-        0x63 => "init",
-        0x64 => "vintr",
-        0x65 => "cr0_sel_write",
-        0x66 => "idtr_read",
-        0x67 => "gdtr_read",
-        0x68 => "ldtr_read",
-        0x69 => "tr_read",
-        0x6a => "idtr_write",
-        0x6b => "gdtr_write",
-        0x6c => "ldtr_write",
-        0x6d => "tr_write",
-        0x6e => "rdtsc",
-        0x6f => "rdpmc",
-        0x70 => "pushf",
-        0x71 => "popf",
-        0x72 => "cpuid",
-        0x73 => "rsm",
-        0x74 => "iret",
-        0x75 => "swint",
-        0x76 => "invd",
-        0x77 => "pause",
-        0x78 => "hlt",
-        0x79 => "invlpg",
-        0x7a => "invlpga",
-        0x7b => "ioio",
-        0x7c => "msr",
-        0x7d => "task_switch",
-        0x7e => "ferr_freeze",
-        0x7f => "shutdown",
-        0x80 => "vmrun",
-        0x81 => "vmmcall",
-        0x82 => "vmload",
-        0x83 => "vmsave",
-        0x84 => "stgi",
-        0x85 => "clgi",
-        0x86 => "skinit",
-        0x87 => "rdtscp",
-        0x88 => "icebp",
-        0x89 => "wbinvd",
-        0x8a => "monitor",
-        0x8b => "mwait",
-        0x8c => "mwait_conditional",
-        0x8d => "xsetbv",
-        0x8e => "rdpru",
-        0x8f => "efer_write_trap",
-        0xa0 => "invlpgb",
-        0xa1 => "invlpgb_illegal",
-        0xa2 => "invpcid",
-        0xa3 => "mcommit",
-        0xa4 => "tlbsync",
-        0x400 => "npf",
-        0x401 => "avic_incomplete_ipi",
-        0x402 => "avic_noaccel",
-        0x403 => "vmgexit",
-        svm_exit::INVALID => "invalid",
-        0xffff_ffff_ffff_fffe => "busy",
-        _ => "unknown",
-    }
-}
-
-/// VMX basic exit reason names (SDM vol. 3C, appendix C).
-fn vmx_name(code: u64) -> &'static str {
-    if code & vmx_exit::ENTRY_FAILURE_BIT != 0 {
-        return "entry failure";
-    }
-    match code {
-        0 => "exception or nmi",
-        1 => "external interrupt",
-        2 => "triple fault",
-        3 => "init",
-        4 => "sipi",
-        7 => "interrupt window",
-        8 => "nmi window",
-        9 => "task switch",
-        10 => "cpuid",
-        12 => "hlt",
-        13 => "invd",
-        14 => "invlpg",
-        15 => "rdpmc",
-        16 => "rdtsc",
-        18 => "vmcall",
-        28 => "cr access",
-        29 => "mov dr",
-        30 => "io",
-        31 => "rdmsr",
-        32 => "wrmsr",
-        33 => "entry failure: invalid guest state",
-        34 => "entry failure: msr loading",
-        36 => "mwait",
-        39 => "monitor",
-        40 => "pause",
-        41 => "entry failure: machine check",
-        48 => "ept violation",
-        49 => "ept misconfiguration",
-        54 => "wbinvd",
-        55 => "xsetbv",
-        _ => "unknown",
-    }
-}
+// The names live with the codes, in the one exit vocabulary.
+pub use ipc_proto::exit::{exception_mnemonic, exit_name, ExitName};
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use ipc_proto::exit::{svm_exit, vmx_exit};
     use ipc_proto::vcpu::svm_ioio::*;
     use ipc_proto::ABI_VERSION;
     use proptest::prelude::*;

@@ -13,6 +13,12 @@
 //!
 //! Who goes first: the local APIC's highest vector above its PPR, then the
 //! 8259s through LINT0, as QEMU's `cpu_get_pic_interrupt` does.
+//!
+//! Both boards are an [`InterruptController`]: the 8259 pair alone
+//! ([`DualPic`]) and [`IrqChip`], which wires in the APICs on the PC
+//! board. Devices never see either: they drive the [`IrqLines`] of the
+//! board (a line, or a message for MSI), which [`IrqChip::sample`] feeds
+//! in through the trait.
 
 use crate::board::{IrqLines, Nanos, IRQ_LINES};
 use crate::devices::interrupt::InterruptMessage;
@@ -30,6 +36,55 @@ pub const MSR_APIC_BASE: u32 = 0x1b;
 pub const MSR_TSC_DEADLINE: u32 = 0x6e0;
 /// The x2APIC registers' MSRs (SDM vol. 3A, table 11-6).
 pub const MSR_X2APIC: core::ops::RangeInclusive<u32> = 0x800..=0x8ff;
+
+/// Interrupt controllers as the lines and the vCPU see them, whatever the
+/// board has behind them.
+pub trait InterruptController {
+    /// Holds ISA line `irq` (0..16) high or low.
+    fn set_line(&mut self, irq: u8, high: bool);
+    /// A rising edge on ISA line `irq` while it is held low (the line goes
+    /// high and low again).
+    fn pulse_line(&mut self, irq: u8);
+    /// Delivers an interrupt message (a device's MSI or MSI-X write); a
+    /// board without a local APIC drops it.
+    fn deliver(&mut self, m: &InterruptMessage);
+    /// Whether an interrupt waits for the vCPU (RFLAGS.IF decides whether
+    /// it can take it now).
+    fn interrupt_pending(&self) -> bool;
+    /// The interrupt acknowledge cycle: the vector the vCPU takes now, and
+    /// where it came from. Call only when
+    /// [`InterruptController::interrupt_pending`].
+    fn acknowledge(&mut self) -> (u8, Source);
+    /// The end of a level-triggered `vector` the local APIC broadcasts:
+    /// the I/O APIC delivers again a pin still asserted. The 8259s take
+    /// their EOIs as port writes, so the ISA board ignores it.
+    fn eoi(&mut self, vector: u8);
+}
+
+/// The ISA board: the 8259 pair alone.
+impl InterruptController for DualPic {
+    fn set_line(&mut self, irq: u8, high: bool) {
+        self.set_irq(irq, high);
+    }
+
+    fn pulse_line(&mut self, irq: u8) {
+        self.pulse_irq(irq);
+    }
+
+    fn deliver(&mut self, _m: &InterruptMessage) {
+        // No local APIC: dropped, as on a PC without one.
+    }
+
+    fn interrupt_pending(&self) -> bool {
+        DualPic::interrupt_pending(self)
+    }
+
+    fn acknowledge(&mut self) -> (u8, Source) {
+        (DualPic::acknowledge(self), Source::Pic)
+    }
+
+    fn eoi(&mut self, _vector: u8) {}
+}
 
 /// The local APIC and the I/O APIC of the PC board.
 pub struct Apics<'d> {
@@ -94,9 +149,9 @@ impl<'d> IrqChip<'d> {
         self.apics.as_mut().map(|a| &mut a.lapic)
     }
 
-    /// Feeds the ISA lines' levels and the edges sent since the last call
-    /// into the 8259s and the I/O APIC, then lets the APICs talk: the I/O
-    /// APIC's messages to the local APIC, the local APIC's EOIs of
+    /// Feeds the ISA lines' levels, the edges and the messages sent since
+    /// the last call into the controllers, then lets the APICs talk: the
+    /// I/O APIC's messages to the local APIC, the local APIC's EOIs of
     /// level-triggered vectors back to the I/O APIC.
     pub fn sample(&mut self, lines: &IrqLines) {
         let levels = lines.levels();
@@ -106,31 +161,23 @@ impl<'d> IrqChip<'d> {
             let bit = 1u16 << irq;
             let high = levels & bit != 0;
             if changed & bit != 0 {
-                self.pic.set_irq(irq, high);
-                if let Some(a) = &mut self.apics {
-                    a.ioapic.set_pin(ioapic::isa_irq_to_pin(irq), high);
-                }
+                self.set_line(irq, high);
             }
             if pulses & bit != 0 {
-                let pin = ioapic::isa_irq_to_pin(irq);
                 if !high {
-                    self.pic.pulse_irq(irq);
-                    if let Some(a) = &mut self.apics {
-                        a.ioapic.pulse_pin(pin);
-                    }
+                    self.pulse_line(irq);
                 } else if changed & bit == 0 {
                     // Low and high again between two samples: the
                     // controllers must see that rising edge too.
-                    self.pic.set_irq(irq, false);
-                    self.pic.set_irq(irq, true);
-                    if let Some(a) = &mut self.apics {
-                        a.ioapic.set_pin(pin, false);
-                        a.ioapic.set_pin(pin, true);
-                    }
+                    self.set_line(irq, false);
+                    self.set_line(irq, true);
                 }
             }
         }
         self.levels = levels;
+        while let Some(m) = lines.take_msi() {
+            self.deliver(&m);
+        }
         self.route();
     }
 
@@ -156,14 +203,6 @@ impl<'d> IrqChip<'d> {
         }
     }
 
-    /// Delivers a message written by a device (MSI) to the local APIC.
-    /// Without one (ISA board) it is dropped, as on a PC without an APIC.
-    pub fn deliver(&mut self, m: &InterruptMessage) {
-        if let Some(a) = &mut self.apics {
-            a.lapic.deliver(m);
-        }
-    }
-
     /// Brings the local APIC's timer up to the virtual clock and the
     /// host's TSC (`tsc`, for the TSC-deadline mode); returns its next
     /// deadline in virtual time.
@@ -185,28 +224,6 @@ impl<'d> IrqChip<'d> {
         self.apics
             .as_ref()
             .is_none_or(|a| a.lapic.lint0_accepts_pic())
-    }
-
-    /// Whether an interrupt waits for the vCPU (RFLAGS.IF decides whether
-    /// it can take it now).
-    pub fn interrupt_pending(&self) -> bool {
-        self.apics
-            .as_ref()
-            .is_some_and(|a| a.lapic.pending_vector().is_some())
-            || (self.pic_connected() && self.pic.interrupt_pending())
-    }
-
-    /// The interrupt acknowledge cycle: the vector the vCPU takes now, and
-    /// where it came from. Call only when [`IrqChip::interrupt_pending`].
-    pub fn acknowledge(&mut self) -> (u8, Source) {
-        if let Some(a) = &mut self.apics {
-            if a.lapic.pending_vector().is_some() {
-                if let Some(v) = a.lapic.acknowledge() {
-                    return (v, Source::LocalApic);
-                }
-            }
-        }
-        (self.pic.acknowledge(), Source::Pic)
     }
 
     /// Takes a pending NMI (from the local APIC: ICR, LINT1, an I/O APIC
@@ -269,6 +286,58 @@ impl<'d> IrqChip<'d> {
     }
 }
 
+/// The board's wiring: on the PC board every ISA line goes to the 8259s
+/// and an I/O APIC pin, messages to the local APIC, which goes before the
+/// 8259s; on the ISA board, the 8259s alone.
+impl InterruptController for IrqChip<'_> {
+    fn set_line(&mut self, irq: u8, high: bool) {
+        self.pic.set_line(irq, high);
+        if let Some(a) = &mut self.apics {
+            a.ioapic.set_pin(ioapic::isa_irq_to_pin(irq), high);
+        }
+    }
+
+    fn pulse_line(&mut self, irq: u8) {
+        self.pic.pulse_line(irq);
+        if let Some(a) = &mut self.apics {
+            a.ioapic.pulse_pin(ioapic::isa_irq_to_pin(irq));
+        }
+    }
+
+    fn deliver(&mut self, m: &InterruptMessage) {
+        match &mut self.apics {
+            Some(a) => {
+                a.lapic.deliver(m);
+            }
+            None => self.pic.deliver(m),
+        }
+    }
+
+    fn interrupt_pending(&self) -> bool {
+        self.apics
+            .as_ref()
+            .is_some_and(|a| a.lapic.pending_vector().is_some())
+            || (self.pic_connected() && self.pic.interrupt_pending())
+    }
+
+    fn acknowledge(&mut self) -> (u8, Source) {
+        if let Some(a) = &mut self.apics {
+            if a.lapic.pending_vector().is_some() {
+                if let Some(v) = a.lapic.acknowledge() {
+                    return (v, Source::LocalApic);
+                }
+            }
+        }
+        InterruptController::acknowledge(&mut self.pic)
+    }
+
+    fn eoi(&mut self, vector: u8) {
+        if let Some(a) = &mut self.apics {
+            a.ioapic.eoi(vector);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +361,23 @@ mod tests {
         ] {
             pic.write_register(offset, value);
         }
+    }
+
+    #[test]
+    fn a_device_message_reaches_the_local_apic_on_the_pc_board_only() {
+        let b = Board::new();
+        let mut pc = IrqChip::pc(LocalApic::new(&b.clock), IoApic::new());
+        // Software-enable the local APIC (SVR bit 8), as a guest does.
+        MmioDevice::write(pc.lapic_mut().unwrap(), 0xf0, 4, 0x1ff);
+        b.irq.msi().write(0xfee0_0000, 0x41);
+        pc.sample(&b.irq);
+        assert!(pc.interrupt_pending());
+        assert_eq!(pc.acknowledge(), (0x41, Source::LocalApic));
+        let mut isa = IrqChip::isa();
+        b.irq.msi().write(0xfee0_0000, 0x41);
+        isa.sample(&b.irq);
+        assert!(!isa.interrupt_pending(), "no APIC: dropped");
+        assert_eq!(b.irq.take_msi(), None);
     }
 
     #[test]

@@ -52,6 +52,7 @@
 #![forbid(unsafe_code)]
 
 pub mod board;
+pub mod boards;
 pub mod console;
 pub mod cpuid;
 pub mod devices;

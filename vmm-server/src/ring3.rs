@@ -12,27 +12,13 @@ use ipc_proto::device::{op, PortMessage};
 use ipc_proto::layout::{BootInfo, BOOT_INFO_PAGE, CHANNEL_PAGE_BASE, PAGE_SIZE};
 use ipc_proto::{ErrorCode, ExitRecord, Resume, Stats, Syscall, ABI_VERSION};
 use vmm_server::board::Board;
+use vmm_server::boards;
 use vmm_server::cpuid::HostCpuid;
-use vmm_server::devices::acpi_pm::{self, AcpiPm, ResetControl};
-use vmm_server::devices::debug_exit::{self, DebugExit};
-use vmm_server::devices::fw_cfg::{self, FwCfg};
-use vmm_server::devices::i8042::{self, I8042};
-use vmm_server::devices::ioapic::IoApic;
-use vmm_server::devices::lapic::LocalApic;
-use vmm_server::devices::pit::{self, Pit};
-use vmm_server::devices::port92::{self, SystemControlA};
-use vmm_server::devices::post::{self, PostCode};
 use vmm_server::devices::remote::{PortChannel, RemotePort};
-use vmm_server::devices::rtc::{self, Rtc};
 use vmm_server::devices::uart16550::{self, Uart16550};
 use vmm_server::emulate::{GuestMemory, NotRam};
-use vmm_server::irqchip::IrqChip;
-use vmm_server::mmio::{MmioRouter, ScratchRegisters};
-use vmm_server::{Ending, Host, HostConsole, HostWrite, PortDevice, Router, Stub, Vmm};
+use vmm_server::{Ending, Host, HostConsole, HostWrite, PortDevice, Stub, Vmm};
 
-/// Where the page of scratch registers sits (the `mmio` test guest's
-/// target): a hole in the PC's MMIO map, below the I/O APIC.
-const SCRATCH_MMIO_BASE: u64 = 0xfeb0_0000;
 /// The RTC's time at boot when the stub gives none: 2026-01-01 00:00 UTC.
 const RTC_EPOCH: i64 = 1_767_225_600;
 
@@ -346,10 +332,14 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
         0 => 1_000_000,
         hz => hz / 1000,
     };
-    let mut local_uart = Uart16550::new(&console).with_irq(board.irq.pin(4));
+    // The board's devices and their ports, from its table.
+    let kind = boards::kind_of(boot.board);
+    let table = boards::table(kind);
+    let com1_irq = boards::pin(&board, table, boards::Slot::Com1);
+    let mut local_uart = Uart16550::new(&console).with_irq(com1_irq);
     let mut remote_uart = uart_channel.map(|channel| {
         RemotePort::new(ChannelSyscall { channel }, uart16550::COM1_BASE)
-            .with_irq(board.irq.pin(4))
+            .with_irq(com1_irq)
             // Host input is looked for once a millisecond at most: the
             // exit handler polls several times per exit.
             .with_poll_gap(&rdtsc, poll_gap)
@@ -358,63 +348,14 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
         Some(r) => r,
         None => &mut local_uart,
     };
-    let mut timer = Pit::new(&board.clock, Some(board.irq.pin(0)));
-    let mut cmos = Rtc::new(&board.clock, Some(board.irq.pin(8)), RTC_EPOCH);
-    cmos.set_memory_size(boot.guest_ram_bytes);
-    let mut keyboard = I8042::new(Some(board.irq.pin(1)));
-    let mut post_code = PostCode::new();
-    let mut control_a = SystemControlA::new();
-    let mut debug_exit = DebugExit::new();
-    let mut pci_host = vmm_server::devices::pci::PciHost::new();
-    // The PC board's ACPI hardware and firmware interface (BootInfo::board
-    // 1): registered only there, so the ISA board's ports stay empty.
-    let pc_board = boot.board == ipc_proto::manifest::Board::Pc as u64;
-    let mut acpi = AcpiPm::new(&board.clock, Some(board.irq.pin(acpi_pm::SCI_IRQ)));
-    let mut reset_control = ResetControl::new();
-    let mut firmware_config = FwCfg::new(boot.guest_ram_bytes, 1);
-    let mut router = Router::new();
-    let registered = router
-        .register(uart16550::COM1_BASE, uart16550::LEN, uart)
-        .and_then(|()| router.register_ranges(&pit::RANGES, &mut timer))
-        .and_then(|()| router.register(rtc::BASE, rtc::LEN, &mut cmos))
-        .and_then(|()| router.register_ranges(&i8042::RANGES, &mut keyboard))
-        .and_then(|()| router.register(post::PORT, post::LEN, &mut post_code))
-        .and_then(|()| router.register(port92::PORT, port92::LEN, &mut control_a))
-        .and_then(|()| router.register(debug_exit::PORT, debug_exit::LEN, &mut debug_exit))
-        .and_then(|()| {
-            use vmm_server::devices::pci::{BASE, LEN};
-            // On the PC board the byte at 0xCF9 is the reset control
-            // register (as on the PIIX); 32-bit CONFIG_ADDRESS at 0xCF8
-            // still reaches the PCI host.
-            let around_reset = [(BASE, 1), (BASE + 2, LEN - 2)];
-            let ranges: &[(u16, u16)] = if pc_board {
-                &around_reset
-            } else {
-                &[(BASE, LEN)]
-            };
-            router.register_ranges(ranges, &mut pci_host)
-        })
-        .and_then(|()| {
-            if !pc_board {
-                return Ok(());
-            }
-            router
-                .register(acpi_pm::PM_BASE, acpi_pm::LEN, &mut acpi)
-                .and_then(|()| {
-                    router.register(acpi_pm::RESET_PORT, acpi_pm::RESET_LEN, &mut reset_control)
-                })
-                .and_then(|()| router.register(fw_cfg::BASE, fw_cfg::LEN, &mut firmware_config))
-        });
-    if let Err(e) = registered {
-        console.borrow_mut().server_line(format_args!("{e}"));
-        vm_fail();
-    }
-    let mut scratch = ScratchRegisters::default();
-    let mut mmio = MmioRouter::new();
-    if let Err(e) = mmio.register(SCRATCH_MMIO_BASE, 0x1000, &mut scratch) {
-        console.borrow_mut().server_line(format_args!("{e}"));
-        vm_fail();
-    }
+    let mut devices = boards::Devices::new(&board, table, boot.guest_ram_bytes, RTC_EPOCH);
+    let (router, mmio) = match devices.routers(table, uart) {
+        Ok(routers) => routers,
+        Err(e) => {
+            console.borrow_mut().server_line(format_args!("{e}"));
+            vm_fail();
+        }
+    };
     // Build iced's decoder tables now, so that running out of heap shows
     // at start rather than at the first emulated instruction.
     let _ = iced_x86::Decoder::new(64, &[0x90], 0).decode();
@@ -423,14 +364,9 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
         tsc_offsetting: true,
         ..Default::default()
     };
-    let irqchip = if pc_board {
-        IrqChip::pc(LocalApic::new(&board.clock), IoApic::new())
-    } else {
-        IrqChip::isa()
-    };
     let mut vmm = Vmm::new(router, &board, &mut ram, &mut host)
         .with_mmio(mmio)
-        .with_irqchip(irqchip)
+        .with_irqchip(boards::irqchip(kind, &board))
         .with_config(config);
 
     let mut stub = NativeStub { hooks, last: None };

@@ -25,7 +25,7 @@ use crate::emulate::{
 };
 use crate::exit::{exception_mnemonic, exit_name, Exit, IoAccess, IoDirection, IoSize, RFLAGS_IF};
 use crate::history::{Answer, History};
-use crate::irqchip::IrqChip;
+use crate::irqchip::{InterruptController, IrqChip};
 use crate::mmio::MmioRouter;
 use crate::msr::{msr_name, MsrContext, MsrError, MsrState};
 use crate::router::{Router, UnknownPortCounts};

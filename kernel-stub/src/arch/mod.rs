@@ -10,8 +10,7 @@ pub mod vmx;
 
 use crate::memory::OutOfMemory;
 use ipc_proto::manifest::EntryMode;
-use ipc_proto::vcpu::svm_exit;
-use ipc_proto::{ExitRecord, Resume, ResumeFlags};
+use ipc_proto::{ExitKind, ExitRecord, Resume, ResumeFlags};
 pub use kernel_stub::arch_select::{Arch, Request};
 use kernel_stub::resume::GuestMode;
 
@@ -104,23 +103,11 @@ pub fn check_paging(arch: Arch, shadow: bool, entry: EntryMode) -> Result<(), &'
 }
 
 /// Whether a shadowed guest's exit goes to the mmu-server: #PF, CR
-/// accesses, RDMSR/WRMSR of EFER (SVM exit codes or VMX basic
-/// exit reasons).
+/// reads and writes, RDMSR/WRMSR of EFER.
 pub fn is_shadow_mmu_exit(rec: &ExitRecord) -> bool {
-    const MSR_EFER: u64 = 0xc000_0080;
-    if ipc_proto::VcpuArch::from_raw(rec.arch) == Some(ipc_proto::VcpuArch::Vmx) {
-        return match rec.exit_code {
-            // Exception: interruption information valid, hardware exception, vector 14.
-            0 => rec.exit_info2 & 0x8000_07ff == 0x8000_030e,
-            28 => true, // CR access
-            31 | 32 => rec.regs.rcx & 0xffff_ffff == MSR_EFER,
-            _ => false,
-        };
-    }
-    match rec.exit_code {
-        c if c == svm_exit::EXCP_BASE + 14 => true,
-        c if c < svm_exit::CR_WRITE_BASE + 16 => true,
-        svm_exit::MSR => rec.regs.rcx & 0xffff_ffff == MSR_EFER,
+    match ExitKind::of(rec) {
+        ExitKind::Exception { vector: Some(14) } | ExitKind::CrAccess { .. } => true,
+        ExitKind::Msr { .. } => rec.regs.rcx & 0xffff_ffff == 0xc000_0080, // EFER
         _ => false,
     }
 }
@@ -257,34 +244,18 @@ impl ExitClass {
         }
     }
 
-    /// Classifies a record (SVM exit codes or VMX basic exit reasons).
+    /// Classifies a record by `ipc_proto::ExitKind`, the servers' decoder.
     pub fn of(rec: &ExitRecord) -> Self {
-        let c = rec.exit_code;
-        if ipc_proto::VcpuArch::from_raw(rec.arch) == Some(ipc_proto::VcpuArch::Vmx) {
-            return match c {
-                30 => Self::Ioio,
-                12 => Self::Hlt,
-                10 => Self::Cpuid,
-                31 | 32 => Self::Msr,
-                48 | 49 => Self::Npf,
-                0 => Self::Exception,
-                2 => Self::Shutdown,
-                1 => Self::HostInterrupt,
-                c if c & (1 << 31) != 0 => Self::Invalid,
-                _ => Self::Other,
-            };
-        }
-        match c {
-            svm_exit::IOIO => Self::Ioio,
-            svm_exit::HLT => Self::Hlt,
-            svm_exit::CPUID => Self::Cpuid,
-            svm_exit::MSR => Self::Msr,
-            svm_exit::NPF => Self::Npf,
-            svm_exit::SHUTDOWN => Self::Shutdown,
-            // -1 (the APM), 0xffff_ffff (QEMU), and the other negative codes.
-            c if c >= 0xffff_0000 => Self::Invalid,
-            svm_exit::INTR => Self::HostInterrupt,
-            c if (svm_exit::EXCP_BASE..svm_exit::EXCP_BASE + 32).contains(&c) => Self::Exception,
+        match ExitKind::of(rec) {
+            ExitKind::Io => Self::Ioio,
+            ExitKind::Hlt => Self::Hlt,
+            ExitKind::Cpuid => Self::Cpuid,
+            ExitKind::Msr { .. } => Self::Msr,
+            ExitKind::NestedPageFault | ExitKind::NestedMisconfig => Self::Npf,
+            ExitKind::Exception { .. } => Self::Exception,
+            ExitKind::Shutdown => Self::Shutdown,
+            ExitKind::EntryFailed => Self::Invalid,
+            ExitKind::ExternalInterrupt => Self::HostInterrupt,
             _ => Self::Other,
         }
     }

@@ -7,7 +7,8 @@
 //! general registers but RSP in message registers; the rest of the record
 //! takes one `ReadVMCS` call each (see [`Vcpu::record`]).
 
-use ipc_proto::{ErrorCode, ExitRecord, Resume, ResumeFlags, Segment, Stats, VcpuArch};
+use ipc_proto::exit::vmx_exit;
+use ipc_proto::{ErrorCode, ExitKind, ExitRecord, Resume, ResumeFlags, Segment, Stats, VcpuArch};
 use sel4_sys::{c, invoke, CPtr, VmEnter};
 use vmm_server::Stub;
 
@@ -405,9 +406,12 @@ impl Vcpu {
         // exit that read it; every other exit reads it from the VMCS.
         let fast = self.mode.is_some()
             && normal
-            && match basic {
-                30 => mr[c::VMENTER_FAULT_QUALIFICATION_MR as usize] & (1 << 4) == 0,
-                1 | 7 | 10 | 12 => true,
+            && match exit_code {
+                vmx_exit::IO => mr[c::VMENTER_FAULT_QUALIFICATION_MR as usize] & (1 << 4) == 0,
+                vmx_exit::EXTERNAL_INTERRUPT
+                | vmx_exit::INTERRUPT_WINDOW
+                | vmx_exit::CPUID
+                | vmx_exit::HLT => true,
                 _ => false,
             };
         let mode = match self.mode {
@@ -441,12 +445,14 @@ impl Vcpu {
         } else {
             0
         };
-        let exit_info2 = match (normal, basic) {
-            (true, 48 | 49) => mr[c::VMENTER_FAULT_GUEST_PHYSICAL_MR as usize],
-            (true, 0) => {
+        let exit_info2 = match (normal, exit_code) {
+            (true, vmx_exit::EPT_VIOLATION | vmx_exit::EPT_MISCONFIG) => {
+                mr[c::VMENTER_FAULT_GUEST_PHYSICAL_MR as usize]
+            }
+            (true, vmx_exit::EXCEPTION_OR_NMI) => {
                 self.r(EXIT_INTERRUPTION_INFO) | self.r(EXIT_INTERRUPTION_ERROR_CODE) << 32
             }
-            (true, 30) => self.r(GUEST_LINEAR_ADDRESS),
+            (true, vmx_exit::IO) => self.r(GUEST_LINEAR_ADDRESS),
             _ => 0,
         };
         // An instruction's exit never interrupts an event's delivery.
@@ -617,8 +623,8 @@ impl Vcpu {
         const EFER: u32 = 0xc000_0080;
         const LMA: u64 = 1 << 10;
         let write = match rec.exit_code {
-            31 => false,
-            32 => true,
+            vmx_exit::RDMSR => false,
+            vmx_exit::WRMSR => true,
             _ => return None,
         };
         let index = rec.regs.rcx as u32;
@@ -757,16 +763,17 @@ impl Vcpu {
     fn count(&mut self, rec: &ExitRecord) {
         let s = &mut self.stats;
         s.exits_total += 1;
-        let counter = match rec.exit_code {
-            30 => &mut s.exits_ioio,
-            12 => &mut s.exits_hlt,
-            10 => &mut s.exits_cpuid,
-            31 | 32 => &mut s.exits_msr,
-            48 | 49 => &mut s.exits_npf,
-            0 => &mut s.exits_exception,
-            2 => &mut s.exits_shutdown,
-            1 => &mut s.exits_host_interrupt,
-            u64::MAX | 33 | 34 | 41 => &mut s.exits_invalid,
+        // The native stub's classes (`kernel-stub/src/arch/mod.rs`).
+        let counter = match ExitKind::of(rec) {
+            ExitKind::Io => &mut s.exits_ioio,
+            ExitKind::Hlt => &mut s.exits_hlt,
+            ExitKind::Cpuid => &mut s.exits_cpuid,
+            ExitKind::Msr { .. } => &mut s.exits_msr,
+            ExitKind::NestedPageFault | ExitKind::NestedMisconfig => &mut s.exits_npf,
+            ExitKind::Exception { .. } => &mut s.exits_exception,
+            ExitKind::Shutdown => &mut s.exits_shutdown,
+            ExitKind::ExternalInterrupt => &mut s.exits_host_interrupt,
+            ExitKind::EntryFailed => &mut s.exits_invalid,
             _ => &mut s.exits_other,
         };
         *counter += 1;

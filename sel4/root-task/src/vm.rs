@@ -3,26 +3,15 @@
 
 use core::cell::RefCell;
 
-use ipc_proto::manifest::{Blob, Board, Manifest, PayloadHeader, MANIFEST_MAX, PAYLOAD_MAGIC};
+use ipc_proto::manifest::{Blob, Manifest, PayloadHeader, MANIFEST_MAX, PAYLOAD_MAGIC};
 use ipc_proto::ABI_VERSION;
 use sel4_sys::{c, invoke, CPtr};
 use vmm_server::board::Board as Devices;
+use vmm_server::boards;
 use vmm_server::cpuid::HostCpuid;
-use vmm_server::devices::acpi_pm::{self, AcpiPm, ResetControl};
-use vmm_server::devices::debug_exit::{self, DebugExit};
-use vmm_server::devices::fw_cfg::{self, FwCfg};
-use vmm_server::devices::i8042::{self, I8042};
-use vmm_server::devices::ioapic::IoApic;
-use vmm_server::devices::lapic::LocalApic;
-use vmm_server::devices::pit::{self, Pit};
-use vmm_server::devices::port92::{self, SystemControlA};
-use vmm_server::devices::post::{self, PostCode};
-use vmm_server::devices::rtc::{self, Rtc};
-use vmm_server::devices::uart16550::{self, Uart16550};
+use vmm_server::devices::uart16550::Uart16550;
 use vmm_server::emulate::{GuestMemory, NotRam};
-use vmm_server::irqchip::IrqChip;
-use vmm_server::mmio::{MmioRouter, ScratchRegisters};
-use vmm_server::{Ending, Host, HostConsole, Router, Vmm};
+use vmm_server::{Ending, Host, HostConsole, Vmm};
 use zerocopy::FromBytes;
 
 use crate::boot::{Allocator, BootInfo};
@@ -38,8 +27,6 @@ pub const HOST_EXIT_CANNOT_RUN: u8 = 2;
 /// Where guest RAM is mapped in the root task's VSpace: PML4 slot 1.
 const GUEST_WINDOW: u64 = 0x80_0000_0000;
 const LARGE_PAGE: u64 = 1 << 21;
-/// The `mmio` test guest's scratch registers (as on the native stub).
-const SCRATCH_MMIO_BASE: u64 = 0xfeb0_0000;
 /// The RTC's time at boot: 2026-01-01 00:00 UTC.
 const RTC_EPOCH: i64 = 1_767_225_600;
 
@@ -391,70 +378,19 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
     let board = Devices::new();
     let host_hz = bi.tsc_hz();
     let mut host = Sel4Host { tsc_hz: host_hz };
-    let mut uart = Uart16550::new(&console).with_irq(board.irq.pin(4));
-    let mut timer = Pit::new(&board.clock, Some(board.irq.pin(0)));
-    let mut cmos = Rtc::new(&board.clock, Some(board.irq.pin(8)), RTC_EPOCH);
-    cmos.set_memory_size(ram);
-    let mut keyboard = I8042::new(Some(board.irq.pin(1)));
-    let mut post_code = PostCode::new();
-    let mut control_a = SystemControlA::new();
-    let mut dbg = DebugExit::new();
-    let mut pci_host = vmm_server::devices::pci::PciHost::new();
-    // The PC board's ACPI hardware, reset control and firmware interface,
-    // registered only there, as the native vmm-server does.
-    let pc_board = guest.board == Board::Pc;
-    let mut acpi = AcpiPm::new(&board.clock, Some(board.irq.pin(acpi_pm::SCI_IRQ)));
-    let mut reset_control = ResetControl::new();
-    let mut firmware_config = FwCfg::new(ram, 1);
-    let mut router = Router::new();
-    let registered = router
-        .register(uart16550::COM1_BASE, uart16550::LEN, &mut uart)
-        .and_then(|()| router.register_ranges(&pit::RANGES, &mut timer))
-        .and_then(|()| router.register(rtc::BASE, rtc::LEN, &mut cmos))
-        .and_then(|()| router.register_ranges(&i8042::RANGES, &mut keyboard))
-        .and_then(|()| router.register(post::PORT, post::LEN, &mut post_code))
-        .and_then(|()| router.register(port92::PORT, port92::LEN, &mut control_a))
-        .and_then(|()| router.register(debug_exit::PORT, debug_exit::LEN, &mut dbg))
-        .and_then(|()| {
-            use vmm_server::devices::pci::{BASE, LEN};
-            // On the PC board the byte at 0xCF9 is the reset control.
-            let around_reset = [(BASE, 1), (BASE + 2, LEN - 2)];
-            let ranges: &[(u16, u16)] = if pc_board {
-                &around_reset
-            } else {
-                &[(BASE, LEN)]
-            };
-            router.register_ranges(ranges, &mut pci_host)
-        })
-        .and_then(|()| {
-            if !pc_board {
-                return Ok(());
-            }
-            router
-                .register(acpi_pm::PM_BASE, acpi_pm::LEN, &mut acpi)
-                .and_then(|()| {
-                    router.register(acpi_pm::RESET_PORT, acpi_pm::RESET_LEN, &mut reset_control)
-                })
-                .and_then(|()| router.register(fw_cfg::BASE, fw_cfg::LEN, &mut firmware_config))
-        });
-    if let Err(e) = registered {
-        cannot_run(format_args!("{e}"));
-    }
-    let mut scratch = ScratchRegisters::default();
-    let mut mmio = MmioRouter::new();
-    if let Err(e) = mmio.register(SCRATCH_MMIO_BASE, 0x1000, &mut scratch) {
-        cannot_run(format_args!("{e}"));
-    }
+    // The board's devices and their ports, from its table (as natively).
+    let table = boards::table(guest.board);
+    let mut uart =
+        Uart16550::new(&console).with_irq(boards::pin(&board, table, boards::Slot::Com1));
+    let mut devices = boards::Devices::new(&board, table, ram, RTC_EPOCH);
+    let (router, mmio) = devices
+        .routers(table, &mut uart)
+        .unwrap_or_else(|e| cannot_run(format_args!("{e}")));
     // iced's decoder tables, built now so that a short heap shows at start.
     let _ = iced_x86::Decoder::new(64, &[0x90], 0).decode();
-    let irqchip = if pc_board {
-        IrqChip::pc(LocalApic::new(&board.clock), IoApic::new())
-    } else {
-        IrqChip::isa()
-    };
     let mut vmm = Vmm::new(router, &board, &mut mem, &mut host)
         .with_mmio(mmio)
-        .with_irqchip(irqchip);
+        .with_irqchip(boards::irqchip(guest.board, &board));
     let start = rdtsc();
     let ending = vmm_server::run(&mut vcpu, &mut vmm, &console);
     drop(vmm);

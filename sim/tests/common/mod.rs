@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use mmu_server::regs::{cr0, cr4, efer};
-use mmu_server::walk::{pte, Access, GuestMemory, WalkError};
+use mmu_server::walk::{pte, Access, GuestMemory, NotRam, WalkError};
 use mmu_server::{ctl, walk, CpuModel, GuestCtl, MmuConfig, MmuMode, PagingMode};
 use sim::guest::GuestTables;
 use sim::machine::code;
@@ -39,25 +39,14 @@ impl Rng {
 pub struct Ram(pub Vec<u8>);
 
 impl GuestMemory for Ram {
-    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
-        let Some(end) = gpa.checked_add(buf.len() as u64) else {
-            return false;
-        };
-        if end > self.0.len() as u64 {
-            return false;
-        }
-        buf.copy_from_slice(&self.0[gpa as usize..end as usize]);
-        true
+    fn ram_bytes(&self) -> u64 {
+        self.0.len() as u64
     }
-    fn write(&mut self, gpa: u64, data: &[u8]) -> bool {
-        let Some(end) = gpa.checked_add(data.len() as u64) else {
-            return false;
-        };
-        if end > self.0.len() as u64 {
-            return false;
-        }
-        self.0[gpa as usize..end as usize].copy_from_slice(data);
-        true
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), NotRam> {
+        walk::Ram::new(&mut self.0).read_phys(gpa, buf)
+    }
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), NotRam> {
+        walk::Ram::new(&mut self.0).write_phys(gpa, data)
     }
 }
 
@@ -104,7 +93,8 @@ impl Reference {
             Outcome::Ok(gpa) => {
                 let want = code::at(offset);
                 let mut got = [0u8; 4];
-                let ok = self.mem.read(gpa, &mut got[..want.len()]) && &got[..want.len()] == want;
+                let ok = self.mem.read_phys(gpa, &mut got[..want.len()]).is_ok()
+                    && &got[..want.len()] == want;
                 (!ok).then_some(Outcome::StrayCode)
             }
             o => Some(o),
@@ -124,7 +114,10 @@ impl Reference {
         }
         match self.access(la, Access::write(user)) {
             Outcome::Ok(gpa) => {
-                assert!(self.mem.write(gpa, &value.to_le_bytes()[..size as usize]));
+                assert!(self
+                    .mem
+                    .write_phys(gpa, &value.to_le_bytes()[..size as usize])
+                    .is_ok());
                 Outcome::Stored
             }
             o => o,
@@ -363,18 +356,18 @@ fn build_inner(start: Start, seed: u64, mmio_large: bool, dense: bool) -> World 
         match mode {
             PagingMode::Long => {
                 let mut e = [0u8; 8];
-                mem.read(first + 256 * 8, &mut e);
-                mem.write((cr3 & !0xfff) + 256 * 8, &e);
+                mem.read_phys(first + 256 * 8, &mut e).unwrap();
+                mem.write_phys((cr3 & !0xfff) + 256 * 8, &e).unwrap();
             }
             PagingMode::Pae => {
                 let mut e = [0u8; 8];
-                mem.read(first + 3 * 8, &mut e);
-                mem.write(cr3 + 3 * 8, &e);
+                mem.read_phys(first + 3 * 8, &mut e).unwrap();
+                mem.write_phys(cr3 + 3 * 8, &e).unwrap();
             }
             _ => {
                 let mut e = [0u8; 8];
-                mem.read(first + 768 * 4, &mut e);
-                mem.write(cr3 + 768 * 4, &e);
+                mem.read_phys(first + 768 * 4, &mut e).unwrap();
+                mem.write_phys(cr3 + 768 * 4, &e).unwrap();
             }
         }
         cr3s.push(cr3);
@@ -501,7 +494,7 @@ fn build_inner(start: Start, seed: u64, mmio_large: bool, dense: bool) -> World 
         gt.map(&mut mem, cr3, CODE_GPA, 1, CODE_GPA, sup, sup);
     }
     for (off, bytes) in code::BYTES {
-        mem.write(CODE_GPA + off, bytes);
+        mem.write_phys(CODE_GPA + off, bytes).unwrap();
     }
     let ctl = match start {
         Start::Long => GuestCtl {

@@ -1,86 +1,24 @@
 //! Guest memory as the emulator sees it: guest-physical RAM behind
 //! [`GuestMemory`], and the linear-to-physical translation behind
-//! [`Translate`], with [`PageWalker`], a walker of the guest's own page
-//! tables for every paging mode.
+//! [`Translate`], with [`PageWalker`] over the shared walker of the
+//! guest's own page tables (`guest_walk`, which the mmu-server uses too).
 //!
 //! On the native stub, guest RAM is mapped zero-copy into the vmm-server at
 //! `ipc_proto::layout::GUEST_RAM_WINDOW`; [`Ram`] wraps that window (or any
 //! byte slice in tests). A guest-physical address outside RAM is not an
 //! error of the guest: it is MMIO, which the emulator sends to the devices.
 //!
-//! The mmu-server keeps a walker of its own for shadow paging; it can stand
-//! in for [`PageWalker`] through [`Translate`], and see every emulated write
-//! to RAM (protected page-table writes) by implementing [`GuestMemory`].
+//! The mmu-server can stand in for [`PageWalker`] through [`Translate`],
+//! and see every emulated write to RAM (protected page-table writes) by
+//! implementing [`GuestMemory`].
 
-use crate::vcpu::{
-    CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PSE, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_NXE, RFLAGS_AC,
-};
+use guest_walk::walk::{acc, walk, WalkError};
+use guest_walk::{CpuModel, GuestCtl};
 
-/// The address is not guest RAM (it is MMIO, or nothing).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NotRam;
+use crate::vcpu::{CR0_PG, CR4_SMAP, CR4_SMEP, RFLAGS_AC};
 
-/// Guest-physical memory.
-pub trait GuestMemory {
-    /// Bytes of RAM from guest-physical 0.
-    fn ram_bytes(&self) -> u64;
-
-    /// Reads `buf.len()` bytes at `gpa`; [`NotRam`] when any byte lies
-    /// outside RAM (nothing is read then).
-    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), NotRam>;
-
-    /// Writes `data` at `gpa`; [`NotRam`] when any byte lies outside RAM
-    /// (nothing is written then).
-    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), NotRam>;
-}
-
-/// Guest RAM in one byte slice: guest-physical `gpa` is `bytes[gpa]`.
-#[derive(Debug)]
-pub struct Ram<'a> {
-    bytes: &'a mut [u8],
-}
-
-impl<'a> Ram<'a> {
-    /// RAM over `bytes`.
-    pub fn new(bytes: &'a mut [u8]) -> Self {
-        Self { bytes }
-    }
-
-    fn range(&self, gpa: u64, len: usize) -> Option<core::ops::Range<usize>> {
-        let start = usize::try_from(gpa).ok()?;
-        let end = start.checked_add(len)?;
-        (end <= self.bytes.len()).then_some(start..end)
-    }
-}
-
-impl GuestMemory for Ram<'_> {
-    fn ram_bytes(&self) -> u64 {
-        self.bytes.len() as u64
-    }
-
-    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), NotRam> {
-        let r = self.range(gpa, buf.len()).ok_or(NotRam)?;
-        buf.copy_from_slice(&self.bytes[r]);
-        Ok(())
-    }
-
-    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), NotRam> {
-        let r = self.range(gpa, data.len()).ok_or(NotRam)?;
-        self.bytes[r].copy_from_slice(data);
-        Ok(())
-    }
-}
-
-/// How memory is accessed, for the permission checks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Access {
-    /// A write.
-    pub write: bool,
-    /// An instruction fetch.
-    pub fetch: bool,
-    /// A user-mode access (CPL 3).
-    pub user: bool,
-}
+pub use guest_walk::walk::pf;
+pub use guest_walk::{Access, GuestMemory, NotRam, Ram};
 
 /// The registers that decide how linear addresses translate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -89,7 +27,7 @@ pub struct Paging {
     pub cr0: u64,
     /// CR3: the root table.
     pub cr3: u64,
-    /// CR4 (PSE, PAE, LA57, SMEP, SMAP).
+    /// CR4 (PSE, PAE, SMEP, SMAP).
     pub cr4: u64,
     /// EFER (LMA, NXE).
     pub efer: u64,
@@ -111,6 +49,9 @@ pub struct PageFault {
 pub enum TranslateError {
     /// The guest takes a page fault.
     Fault(PageFault),
+    /// A non-canonical address: #GP(0) (the emulator checks canonical
+    /// addresses before it translates, so this is a second line).
+    NonCanonical,
 }
 
 /// Linear-to-physical translation.
@@ -126,71 +67,26 @@ pub trait Translate {
     ) -> Result<u64, TranslateError>;
 }
 
-/// #PF error code bits.
-pub mod pf {
-    /// The page was present (a protection violation).
-    pub const P: u32 = 1 << 0;
-    /// A write.
-    pub const W: u32 = 1 << 1;
-    /// A user-mode access.
-    pub const U: u32 = 1 << 2;
-    /// A reserved bit was set in an entry.
-    pub const RSVD: u32 = 1 << 3;
-    /// An instruction fetch.
-    pub const ID: u32 = 1 << 4;
-}
-
-const PRESENT: u64 = 1 << 0;
-const RW: u64 = 1 << 1;
-const US: u64 = 1 << 2;
-const ACCESSED: u64 = 1 << 5;
-const DIRTY: u64 = 1 << 6;
-const PS: u64 = 1 << 7;
-const XD: u64 = 1 << 63;
-/// Address bits of a 64-bit entry (bits 12..=51).
-const ADDR: u64 = 0x000f_ffff_ffff_f000;
-
-/// A walker of the guest's page tables, as the CPU walks them: no paging,
-/// 32-bit paging (with PSE and PSE-36 4 MiB pages), PAE (with 2 MiB pages;
-/// the four PDPTEs are read from memory at each walk), four- and five-level
-/// paging (2 MiB and 1 GiB pages); U/S, R/W with CR0.WP, NX with EFER.NXE,
-/// SMEP and SMAP; reserved-bit faults for XD without NXE and for a page
-/// size bit where none may be; accessed and dirty bits.
+/// The guest's own page tables walked as the CPU walks them, by the shared
+/// walker (no paging, 32-bit with PSE-36, PAE, four-level; U/S, R/W with
+/// CR0.WP, NX, reserved bits, A/D), plus SMEP and SMAP, which the guest
+/// may use under nested paging (the mmu-server refuses them under shadow
+/// paging, so the shared walker leaves them out).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PageWalker;
 
-/// One entry read during a walk.
-#[derive(Clone, Copy)]
-struct Entry {
-    gpa: u64,
-    value: u64,
-    wide: bool,
-}
-
-/// Reads one entry. An entry outside guest RAM reads as zero, not
-/// present, as in the mmu-server's walker (and KVM's): the guest takes a
-/// #PF without P, under shadow and nested paging alike.
-fn read_entry(mem: &mut dyn GuestMemory, gpa: u64, wide: bool) -> Result<Entry, TranslateError> {
-    let mut b = [0u8; 8];
-    let n = if wide { 8 } else { 4 };
-    if mem.read_phys(gpa, &mut b[..n]).is_err() {
-        b = [0; 8];
-    }
-    Ok(Entry {
-        gpa,
-        value: u64::from_le_bytes(b),
-        wide,
-    })
-}
-
-fn set_bits(mem: &mut dyn GuestMemory, e: &Entry, bits: u64) {
-    if e.value & bits != bits {
-        let v = e.value | bits;
-        let n = if e.wide { 8 } else { 4 };
-        // The entry was just read from RAM, so it can be written.
-        let _ = mem.write_phys(e.gpa, &v.to_le_bytes()[..n]);
-    }
-}
+/// The CPU the walk models: the PDPTEs are read from memory at each walk
+/// (the emulator has no PDPTE registers to look at) with bits 8:5 free,
+/// as QEMU's walker has them (it sets A there), 1 GiB pages, and no
+/// physical-address bits reserved below the architectural 52.
+const CPU: CpuModel = CpuModel {
+    max_phys_bits: 52,
+    gb_pages: true,
+    cr4_supported: u64::MAX,
+    efer_supported: u64::MAX,
+    pdptes_on_walk: true,
+    pdpte_bits_8_5_ignored: true,
+};
 
 impl Translate for PageWalker {
     fn translate(
@@ -198,163 +94,49 @@ impl Translate for PageWalker {
         mem: &mut dyn GuestMemory,
         p: &Paging,
         linear: u64,
-        acc: Access,
+        access: Access,
     ) -> Result<u64, TranslateError> {
-        if p.cr0 & CR0_PG == 0 {
-            return Ok(if p.efer & EFER_LMA != 0 {
-                linear
-            } else {
-                linear & 0xffff_ffff
-            });
-        }
-        let fault = |present: bool, rsvd: bool| {
-            let mut code = 0;
-            if present {
-                code |= pf::P;
-            }
-            if acc.write {
-                code |= pf::W;
-            }
-            if acc.user {
-                code |= pf::U;
-            }
-            if rsvd {
-                code |= pf::RSVD | pf::P;
-            }
-            // I/D: a fetch with SMEP, or with NX enabled, which takes
-            // EFER.NXE and PAE or four-level paging (SDM vol. 3, 4.7).
-            let nx = p.efer & EFER_NXE != 0 && p.cr4 & CR4_PAE != 0;
-            if acc.fetch && (nx || p.cr4 & CR4_SMEP != 0) {
-                code |= pf::ID;
-            }
+        let ctl = GuestCtl {
+            cr0: p.cr0,
+            cr3: p.cr3,
+            cr4: p.cr4,
+            efer: p.efer,
+            pdptes: [0; 4],
+        };
+        let smep = p.cr4 & CR4_SMEP != 0;
+        // With SMEP a fetch's #PF carries I/D even without NX (SDM vol. 3A, 4.7).
+        let fault = |code: u32| {
+            let id = if access.fetch && smep { pf::ID } else { 0 };
             TranslateError::Fault(PageFault {
                 address: linear,
-                error_code: code,
+                error_code: code | id,
             })
         };
-        let nxe = p.efer & EFER_NXE != 0;
-        let mut walked: [Option<Entry>; 5] = [None; 5];
-        let mut depth = 0;
-        // Accumulated permissions across the levels.
-        let (mut rw, mut us, mut xd) = (true, true, false);
-        let (pa, leaf) = if p.efer & EFER_LMA == 0 && p.cr4 & CR4_PAE == 0 {
-            // 32-bit paging.
-            let pde = read_entry(
-                mem,
-                (p.cr3 & 0xffff_f000) | (((linear >> 22) & 0x3ff) * 4),
-                false,
-            )?;
-            if pde.value & PRESENT == 0 {
-                return Err(fault(false, false));
+        // SMEP and SMAP (SDM vol. 3A, 4.6): a supervisor access to a user
+        // page, found by a walk that sets no A/D bit, as the CPU sets none
+        // on an access it refuses.
+        let smap = p.cr4 & CR4_SMAP != 0 && p.rflags & RFLAGS_AC == 0;
+        let paged = p.cr0 & CR0_PG != 0;
+        if paged && !access.user && (smep && access.fetch || smap && !access.fetch) {
+            if let Ok(t) = walk(mem, &ctl, &CPU, linear, access, false) {
+                if t.access & acc::U != 0 {
+                    return Err(fault(pf::P | access.error_code_bits(ctl.nx_enabled())));
+                }
             }
-            walked[depth] = Some(pde);
-            depth += 1;
-            rw &= pde.value & RW != 0;
-            us &= pde.value & US != 0;
-            if pde.value & PS != 0 && p.cr4 & CR4_PSE != 0 {
-                let high = ((pde.value >> 13) & 0xff) << 32;
-                let pa = (pde.value & 0xffc0_0000) | high | (linear & 0x3f_ffff);
-                (pa, pde)
-            } else {
-                let pte = read_entry(
-                    mem,
-                    (pde.value & 0xffff_f000) | (((linear >> 12) & 0x3ff) * 4),
-                    false,
-                )?;
-                if pte.value & PRESENT == 0 {
-                    return Err(fault(false, false));
-                }
-                walked[depth] = Some(pte);
-                depth += 1;
-                rw &= pte.value & RW != 0;
-                us &= pte.value & US != 0;
-                ((pte.value & 0xffff_f000) | (linear & 0xfff), pte)
-            }
-        } else {
-            // PAE, four-level or five-level: 64-bit entries, 9 bits a level.
-            let (mut table, mut level) = if p.efer & EFER_LMA == 0 {
-                let pdpte = read_entry(
-                    mem,
-                    (p.cr3 & 0xffff_ffe0) | (((linear >> 30) & 3) * 8),
-                    true,
-                )?;
-                if pdpte.value & PRESENT == 0 {
-                    return Err(fault(false, false));
-                }
-                // Legacy PDPTEs have no R/W, U/S or XD: bits 1, 2 and 63 are
-                // reserved. (Intel reserves 5-8 too; AMD, and QEMU, set the
-                // accessed bit 5 in them.)
-                if pdpte.value & (0x6 | XD) != 0 {
-                    return Err(fault(true, true));
-                }
-                (pdpte.value & ADDR, 2u32)
-            } else if p.cr4 & CR4_LA57 != 0 {
-                (p.cr3 & ADDR, 5)
-            } else {
-                (p.cr3 & ADDR, 4)
-            };
-            loop {
-                let index = (linear >> (12 + 9 * (level - 1))) & 0x1ff;
-                let e = read_entry(mem, table + index * 8, true)?;
-                if e.value & PRESENT == 0 {
-                    return Err(fault(false, false));
-                }
-                if e.value & XD != 0 && !nxe {
-                    return Err(fault(true, true));
-                }
-                if depth < walked.len() {
-                    walked[depth] = Some(e);
-                    depth += 1;
-                }
-                rw &= e.value & RW != 0;
-                us &= e.value & US != 0;
-                xd |= e.value & XD != 0;
-                let large = e.value & PS != 0 && level > 1;
-                if large && level > 3 {
-                    // No page-size bit in a PML4E or PML5E.
-                    return Err(fault(true, true));
-                }
-                if level == 1 || large {
-                    let page_mask = (1u64 << (12 + 9 * (level - 1))) - 1;
-                    let base = if large {
-                        // Bit 12 of a large page entry is PAT.
-                        e.value & ADDR & !page_mask
-                    } else {
-                        e.value & ADDR
-                    };
-                    break (base | (linear & page_mask), e);
-                }
-                table = e.value & ADDR;
-                level -= 1;
-            }
-        };
-        // Permission checks (APM vol. 2, 5.6; SDM vol. 3A, 4.6).
-        let smap =
-            !acc.user && !acc.fetch && us && p.cr4 & CR4_SMAP != 0 && p.rflags & RFLAGS_AC == 0;
-        let denied = (acc.user && !us)
-            || (acc.write && !rw && (acc.user || p.cr0 & CR0_WP != 0))
-            || (acc.fetch && xd && nxe)
-            || (acc.fetch && !acc.user && us && p.cr4 & CR4_SMEP != 0)
-            || smap;
-        if denied {
-            return Err(fault(true, false));
         }
-        for e in walked.iter().take(depth).flatten() {
-            set_bits(mem, e, ACCESSED);
+        match walk(mem, &ctl, &CPU, linear, access, true) {
+            Ok(t) => Ok(t.gpa),
+            Err(WalkError::PageFault { error_code }) => Err(fault(error_code)),
+            Err(WalkError::NonCanonical) => Err(TranslateError::NonCanonical),
         }
-        if acc.write {
-            // Re-read: the accessed bit may just have been set in the same entry.
-            let leaf = read_entry(mem, leaf.gpa, leaf.wide)?;
-            set_bits(mem, &leaf, DIRTY);
-        }
-        Ok(pa)
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::vcpu::{CR0_PE, EFER_LME};
+    use crate::vcpu::{CR0_PE, CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, EFER_LMA, EFER_LME, EFER_NXE};
+    use guest_walk::walk::pte::NX as XD;
     use std::vec;
     use std::vec::Vec;
 
@@ -403,17 +185,6 @@ pub(crate) mod tests {
             address: lin,
             error_code: code,
         }))
-    }
-
-    #[test]
-    fn ram_bounds() {
-        let mut t = TestRam::new(16);
-        let mut r = t.ram();
-        let mut b = [0u8; 4];
-        assert!(r.read_phys(12, &mut b).is_ok());
-        assert_eq!(r.read_phys(13, &mut b), Err(NotRam));
-        assert_eq!(r.write_phys(u64::MAX, &[1]), Err(NotRam));
-        assert_eq!(r.ram_bytes(), 16);
     }
 
     #[test]
@@ -580,7 +351,8 @@ pub(crate) mod tests {
             write: false,
         };
         assert_eq!(tr(&mut t, &p, lin, user_fetch), pf(lin, pf::U | pf::ID));
-        // Nothing is written outside RAM, and nothing below is marked accessed.
-        assert_eq!(t.get64(0x3000 + 3 * 8), 0xc000_0000 | 0x7);
+        // Nothing is written outside RAM; the PDE the walk passed is marked
+        // accessed, as QEMU's walker marks it (the shared walker's rule).
+        assert_eq!(t.get64(0x3000 + 3 * 8), 0xc000_0000 | 0x7 | 0x20);
     }
 }

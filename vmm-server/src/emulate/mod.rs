@@ -377,6 +377,7 @@ impl<'a> Emulator<'a> {
             .translate(self.mem, &p, linear, acc)
             .map_err(|e| match e {
                 TranslateError::Fault(f) => EmuError::Fault(Fault::page(f)),
+                TranslateError::NonCanonical => EmuError::Fault(Fault::gp(0)),
             })
     }
 

@@ -991,7 +991,10 @@ fn xsetbv_is_ud_without_xsave() {
     let r = resumed(vmm.handle(&rec));
     assert_eq!((r.event.vector, r.regs.rip), (6, RIP));
     rec.arch = ipc_proto::VcpuArch::Vmx as u32;
-    for code in [crate::exit::vmx_exit::XSETBV, crate::exit::vmx_exit::RDTSCP] {
+    for code in [
+        ipc_proto::exit::vmx_exit::XSETBV,
+        ipc_proto::exit::vmx_exit::RDTSCP,
+    ] {
         rec.exit_code = code;
         let r = resumed(vmm.handle(&rec));
         assert_eq!((r.event.vector, r.event.kind), (6, 3), "{code}");
@@ -1011,7 +1014,7 @@ fn xsetbv_is_checked_and_completed_with_set_xcr0() {
         let mut rec = flat(svm_exit::XSETBV, 0, 0);
         if arch == ipc_proto::VcpuArch::Vmx {
             rec.arch = arch as u32;
-            rec.exit_code = crate::exit::vmx_exit::XSETBV;
+            rec.exit_code = ipc_proto::exit::vmx_exit::XSETBV;
         }
         rec.next_rip = RIP + 3;
         rec.cr4 = OSXSAVE;
@@ -1254,7 +1257,7 @@ fn mov_to_cr4_refuses_hidden_bits_and_applies_offered_ones() {
     // VMX: qualification CR 4, MOV to CR, GPR in bits 11:8 (RBX).
     let mut rec = write(4 | 3 << 8, 0, 0);
     rec.arch = ipc_proto::VcpuArch::Vmx as u32;
-    rec.exit_code = crate::exit::vmx_exit::CR_ACCESS;
+    rec.exit_code = ipc_proto::exit::vmx_exit::CR_ACCESS;
     rec.next_rip = RIP + 3;
     rec.cr4 = cr4::PSE | cr4::PGE;
     let r = resumed(vmm.handle(&rec));

@@ -33,18 +33,8 @@
 //! An entry that lies outside guest RAM reads as zero (not present); no
 //! write goes there.
 
+pub use crate::mem::{GuestMemory, NotRam, Ram};
 use crate::regs::{bits, CpuModel, GuestCtl, PagingMode};
-
-/// Guest-physical memory as the mmu-server sees it: on the native stub a
-/// window onto the VM's RAM (zero-copy), in `sim` a byte vector.
-pub trait GuestMemory {
-    /// Reads `buf.len()` bytes at `gpa`; false (and `buf` unspecified) when
-    /// any byte lies outside guest RAM.
-    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> bool;
-    /// Writes `data` at `gpa`; false (and nothing written) when any byte
-    /// lies outside guest RAM.
-    fn write(&mut self, gpa: u64, data: &[u8]) -> bool;
-}
 
 /// Bits of a #PF error code (AMD APM vol. 2, 8.4.2; Intel SDM vol. 3, 4.7).
 pub mod pf {
@@ -241,6 +231,8 @@ pub fn reserved_bits(mode: PagingMode, level: u8, ps: bool, nxe: bool, cpu: &Cpu
             }
         }
         PagingMode::Pae => match level {
+            // QEMU's walker ignores bits 8:5 and sets A (bit 5) there.
+            3 if cpu.pdpte_bits_8_5_ignored => bits(1, 2) | bits(m, 63),
             3 => bits(1, 2) | bits(5, 8) | bits(m, 63),
             2 if ps => bits(m, 62) | nx | bits(13, 20),
             _ => bits(m, 62) | nx,
@@ -318,7 +310,7 @@ pub fn leaf_size(mode: PagingMode, level: u8) -> u64 {
 
 fn read_entry<M: GuestMemory + ?Sized>(mem: &mut M, gpa: u64, size: usize) -> u64 {
     let mut b = [0u8; 8];
-    if !mem.read(gpa, &mut b[..size]) {
+    if mem.read_phys(gpa, &mut b[..size]).is_err() {
         return 0;
     }
     u64::from_le_bytes(b)
@@ -326,7 +318,39 @@ fn read_entry<M: GuestMemory + ?Sized>(mem: &mut M, gpa: u64, size: usize) -> u6
 
 fn write_entry<M: GuestMemory + ?Sized>(mem: &mut M, gpa: u64, size: usize, value: u64) {
     // Outside RAM the entry read as zero and the walk stopped; nothing to do.
-    let _ = mem.write(gpa, &value.to_le_bytes()[..size]);
+    let _ = mem.write_phys(gpa, &value.to_le_bytes()[..size]);
+}
+
+/// The instruction raises #GP(0) and changes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GeneralProtection;
+
+/// Reads the four PDPTEs at `cr3` (bits 31:5). A PDPT outside guest RAM
+/// reads as zeros. Without PDPTE registers (`cpu.pdptes_on_walk`) there
+/// is nothing to load: zeros, never #GP.
+pub fn load_pdptes<M: GuestMemory + ?Sized>(
+    mem: &mut M,
+    cr3: u64,
+    cpu: &CpuModel,
+) -> Result<[u64; 4], GeneralProtection> {
+    if cpu.pdptes_on_walk {
+        return Ok([0; 4]);
+    }
+    let base = cr3 & 0xffff_ffe0;
+    let mut raw = [0u8; 32];
+    if mem.read_phys(base, &mut raw).is_err() {
+        raw = [0; 32];
+    }
+    let mut out = [0u64; 4];
+    for (i, e) in out.iter_mut().enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&raw[i * 8..i * 8 + 8]);
+        *e = u64::from_le_bytes(b);
+        if *e & pte::P != 0 && *e & reserved_bits(PagingMode::Pae, 3, false, false, cpu) != 0 {
+            return Err(GeneralProtection);
+        }
+    }
+    Ok(out)
 }
 
 /// Walks the guest's tables for `la` with the access `acc`.
@@ -466,6 +490,7 @@ pub fn walk<M: GuestMemory + ?Sized>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::mem::NotRam;
     use crate::regs::{cr0, cr4, efer};
     use proptest::prelude::*;
     use std::vec;
@@ -475,25 +500,14 @@ pub(crate) mod tests {
     pub struct Ram(pub Vec<u8>);
 
     impl GuestMemory for Ram {
-        fn read(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
-            let Some(end) = gpa.checked_add(buf.len() as u64) else {
-                return false;
-            };
-            if end > self.0.len() as u64 {
-                return false;
-            }
-            buf.copy_from_slice(&self.0[gpa as usize..end as usize]);
-            true
+        fn ram_bytes(&self) -> u64 {
+            self.0.len() as u64
         }
-        fn write(&mut self, gpa: u64, data: &[u8]) -> bool {
-            let Some(end) = gpa.checked_add(data.len() as u64) else {
-                return false;
-            };
-            if end > self.0.len() as u64 {
-                return false;
-            }
-            self.0[gpa as usize..end as usize].copy_from_slice(data);
-            true
+        fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), NotRam> {
+            crate::mem::Ram::new(&mut self.0).read_phys(gpa, buf)
+        }
+        fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), NotRam> {
+            crate::mem::Ram::new(&mut self.0).write_phys(gpa, data)
         }
     }
 
@@ -502,19 +516,19 @@ pub(crate) mod tests {
             Self(vec![0; bytes])
         }
         pub fn put64(&mut self, gpa: u64, v: u64) {
-            assert!(self.write(gpa, &v.to_le_bytes()));
+            self.write_phys(gpa, &v.to_le_bytes()).unwrap();
         }
         pub fn put32(&mut self, gpa: u64, v: u32) {
-            assert!(self.write(gpa, &v.to_le_bytes()));
+            self.write_phys(gpa, &v.to_le_bytes()).unwrap();
         }
         pub fn get64(&mut self, gpa: u64) -> u64 {
             let mut b = [0; 8];
-            assert!(self.read(gpa, &mut b));
+            self.read_phys(gpa, &mut b).unwrap();
             u64::from_le_bytes(b)
         }
         pub fn get32(&mut self, gpa: u64) -> u32 {
             let mut b = [0; 4];
-            assert!(self.read(gpa, &mut b));
+            self.read_phys(gpa, &mut b).unwrap();
             u32::from_le_bytes(b)
         }
     }
@@ -525,6 +539,7 @@ pub(crate) mod tests {
         cr4_supported: cr4::SUPPORTED,
         efer_supported: efer::SUPPORTED,
         pdptes_on_walk: false,
+        pdpte_bits_8_5_ignored: false,
     };
 
     fn long_ctl(cr3: u64) -> GuestCtl {
@@ -815,6 +830,14 @@ pub(crate) mod tests {
         // Ignored bits 11:9, PWT and PCD.
         ram.put64(0x1020 + 16, 0x2000 | pte::P | 0xe18);
         assert!(walk(&mut ram, &ctl, &cpu, la, Access::read(false), true).is_ok());
+        // QEMU's walker ignores 8:5 too (it sets A there).
+        let qemu = CpuModel {
+            pdpte_bits_8_5_ignored: true,
+            ..cpu
+        };
+        ram.put64(0x1020 + 16, 0x2000 | pte::P | 0x1e0);
+        assert!(walk(&mut ram, &ctl, &qemu, la, Access::read(false), true).is_ok());
+        assert!(walk(&mut ram, &ctl, &cpu, la, Access::read(false), true).is_err());
         // A reserved bit in a PDPTE that is not present does not matter.
         ram.put64(0x1020 + 16, 0x2000 | 1 << 1);
         assert_eq!(
@@ -896,7 +919,7 @@ pub(crate) mod tests {
                 cr4: cr4::PAE,
                 ..Default::default()
             };
-            let loaded = crate::ctl::load_pdptes(&mut ram, ctl.cr3, &cpu);
+            let loaded = load_pdptes(&mut ram, ctl.cr3, &cpu);
             let present = pdpte & 1 != 0;
             let reserved = pdpte & (0x1e6 | bits(40, 63)) != 0;
             if on_walk {

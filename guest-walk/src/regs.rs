@@ -65,6 +65,11 @@ pub struct CpuModel {
     /// (SDM vol. 3, 4.4.1), which AMD's host-only legacy PAE mode and
     /// Intel VMX with and without EPT have too.
     pub pdptes_on_walk: bool,
+    /// A PDPTE read on a walk has bits 8:5 free, which the SDM and AMD
+    /// (Bochs's `ryzen`) reserve: QEMU 7.2's TCG walker ignores them and
+    /// sets A (bit 5) in the guest's PDPTEs, so a walker that must agree
+    /// with the CPU under QEMU (the vmm-server's emulator) ignores them too.
+    pub pdpte_bits_8_5_ignored: bool,
 }
 
 impl Default for CpuModel {
@@ -77,6 +82,7 @@ impl Default for CpuModel {
             cr4_supported: cr4::SUPPORTED,
             efer_supported: efer::SUPPORTED,
             pdptes_on_walk: false,
+            pdpte_bits_8_5_ignored: false,
         }
     }
 }
@@ -89,7 +95,7 @@ impl CpuModel {
 }
 
 /// Bits `lo..=hi` set (empty when `lo > hi`).
-pub(crate) const fn bits(lo: u32, hi: u32) -> u64 {
+pub const fn bits(lo: u32, hi: u32) -> u64 {
     if lo > hi || lo > 63 {
         return 0;
     }

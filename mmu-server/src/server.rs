@@ -1,0 +1,263 @@
+//! The server loop: start the MMU from the boot information, name the
+//! first root, then answer the exits the stub routes to this server, for
+//! ever.
+//!
+//! The loop sees the stub only through [`MmuPlatform`] and [`MmuStub`], so
+//! the same code runs as the ring-3 task (`src/ring3.rs`: system calls and
+//! the VCPU page), and can run in `sim` or under seL4 with their own
+//! platform. A variant of the server (the attack campaign's hostile one)
+//! adds its own steps through [`Hooks`].
+
+use core::fmt;
+
+use ipc_proto::exit::{svm_exit, vmx_exit};
+use ipc_proto::layout::BootInfo;
+use ipc_proto::manifest;
+use ipc_proto::{
+    ErrorCode, ExitRecord, GuestControl, PagingState, Resume, ResumeFlags, VcpuArch, ABI_VERSION,
+};
+
+use crate::mmu::{Action, Failure, Mmu, MmuConfig, MmuMode};
+use crate::nested::NestedFormat;
+use crate::platform::MmuPlatform;
+use crate::regs::{cr4, CpuModel, GuestCtl};
+use crate::stats::MmuStats;
+
+/// What the server hands the stub after an exit.
+// One at a time, on the stack: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// `VcpuRun`: resume the guest.
+    Run(Resume),
+    /// `VcpuForward`: the exit was an access to device memory; the
+    /// vmm-server gets `exit` (rewritten as the nested page fault or EPT
+    /// violation it emulates) and resumes the guest itself, with this
+    /// resume's paging.
+    Forward {
+        /// The exit for the vmm-server.
+        exit: ExitRecord,
+        /// The paging state to pass on.
+        resume: Resume,
+    },
+}
+
+impl Reply {
+    /// The resume the reply carries.
+    pub fn resume_mut(&mut self) -> &mut Resume {
+        match self {
+            Self::Run(r) | Self::Forward { resume: r, .. } => r,
+        }
+    }
+}
+
+/// The stub's calls the loop makes, besides [`MmuPlatform`]'s.
+pub trait MmuStub {
+    /// Publishes what the stub shows of this server (the guest's own
+    /// control registers, the statistics), hands the stub `reply` and
+    /// returns the next exit routed to this server.
+    fn reply(
+        &mut self,
+        reply: &Reply,
+        control: &GuestControl,
+        stats: &MmuStats,
+    ) -> Result<ExitRecord, ErrorCode>;
+}
+
+/// What a variant of this server adds to its loop: the attack campaign's
+/// hostile mmu-server (`attack/`) runs its attempts from these; the
+/// mmu-server itself adds nothing ([`Plain`]).
+pub trait Hooks {
+    /// After the boot information, before the MMU starts; `shadow`: the
+    /// guest runs on shadow tables.
+    fn start(&mut self, _boot: &BootInfo, _shadow: bool) {}
+    /// Each exit the stub hands over, before the MMU handles it (`first`:
+    /// the paging state of the first resume).
+    fn exit(&mut self, _first: &PagingState, exit: ExitRecord) -> ExitRecord {
+        exit
+    }
+    /// Each resume before it goes to the stub.
+    fn resume(&mut self, _resume: &mut Resume) {}
+}
+
+/// No additions: the mmu-server as it is.
+pub struct Plain;
+
+impl Hooks for Plain {}
+
+/// Why the loop ended; the caller says it and fails the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The stub speaks another ABI version.
+    AbiVersion(u32),
+    /// The MMU could not start.
+    Start(Failure),
+    /// Neither a shadow nor a nested root after start.
+    NoRoot,
+    /// The stub refused a reply.
+    Refused(ErrorCode),
+    /// The MMU could not handle an exit.
+    Exit {
+        /// Why.
+        failure: Failure,
+        /// The exit's raw code.
+        code: u64,
+        /// The guest's RIP at the exit.
+        rip: u64,
+    },
+}
+
+impl fmt::Display for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AbiVersion(v) => write!(
+                f,
+                "the stub speaks ABI version {v}, this server was built for {ABI_VERSION}"
+            ),
+            Self::Start(why) => why.fmt(f),
+            Self::NoRoot => f.write_str("no shadow or nested root after start"),
+            Self::Refused(e) => write!(f, "the stub refused the resume: {}", e.describe()),
+            Self::Exit { failure, code, rip } => {
+                write!(f, "{failure} (exit code {code:#x}, rip={rip:#x})")
+            }
+        }
+    }
+}
+
+/// The configuration the boot information asks for. `decode_assists`:
+/// the CPU's SVM decode assists; `extra_cr4`: CR4 bits the guest may set
+/// beyond [`cr4::SUPPORTED`] (OSXSAVE where the vmm-server's CPUID offers
+/// XSAVE).
+pub fn config(boot: &BootInfo, decode_assists: bool, extra_cr4: u64) -> MmuConfig {
+    let mode = match boot.mmu_mode {
+        m if m == manifest::MmuMode::ShadowBaseline as u64 => MmuMode::Baseline,
+        m if m == manifest::MmuMode::Shadow as u64 => MmuMode::Shadow,
+        _ => MmuMode::Nested,
+    };
+    let nested = if boot.arch == VcpuArch::Vmx as u32 {
+        NestedFormat::Ept {
+            large_pages: boot.nested_large_pages != 0,
+        }
+    } else {
+        NestedFormat::Npt
+    };
+    // An AMD CPU walking a nested-paging guest's tables reads its PAE
+    // PDPTEs on each walk (no PDPTE registers); shadow paging and VMX
+    // keep the registers (see `CpuModel::pdptes_on_walk`).
+    let cpu = CpuModel {
+        pdptes_on_walk: mode == MmuMode::Nested && nested == NestedFormat::Npt,
+        cr4_supported: cr4::SUPPORTED | extra_cr4,
+        ..CpuModel::default()
+    };
+    MmuConfig {
+        decode_assists,
+        mode,
+        nested,
+        cpu,
+        ..MmuConfig::default()
+    }
+}
+
+/// Starts the MMU from the boot information and runs the server until the
+/// stub refuses a reply or the MMU fails.
+pub fn run<P: MmuPlatform + MmuStub + ?Sized>(
+    platform: &mut P,
+    boot: &BootInfo,
+    cfg: MmuConfig,
+    hooks: &mut dyn Hooks,
+) -> Stopped {
+    if boot.abi_version != ABI_VERSION {
+        return Stopped::AbiVersion(boot.abi_version);
+    }
+    hooks.start(boot, cfg.mode != MmuMode::Nested);
+    let mut mmu = Mmu::new(cfg, boot.guest_ram_bytes);
+    let ctl = GuestCtl {
+        cr0: boot.guest_cr0,
+        ..GuestCtl::RESET
+    };
+    if let Err(f) = mmu.start(platform, ctl) {
+        return Stopped::Start(f);
+    }
+    let (flags, paging) = match (mmu.take_paging(), mmu.nested_root()) {
+        (Some(paging), _) => (ResumeFlags::SET_PAGING, paging),
+        (None, Some(root)) => (
+            ResumeFlags::SET_NESTED_ROOT,
+            PagingState {
+                root,
+                ..Default::default()
+            },
+        ),
+        (None, None) => return Stopped::NoRoot,
+    };
+    let first_paging = paging;
+    let mut reply = Reply::Run(Resume {
+        abi_version: ABI_VERSION,
+        flags: flags.bits(),
+        paging,
+        ..Default::default()
+    });
+    loop {
+        let c = mmu.ctl();
+        let control = GuestControl {
+            cr0: c.cr0,
+            cr3: c.cr3,
+            cr4: c.cr4,
+            efer: c.efer,
+        };
+        hooks.resume(reply.resume_mut());
+        let exit = match platform.reply(&reply, &control, &mmu.stats()) {
+            Ok(exit) => hooks.exit(&first_paging, exit),
+            Err(e) => return Stopped::Refused(e),
+        };
+        reply = match answer(&mut mmu, platform, &exit) {
+            Ok(r) => r,
+            Err(failure) => {
+                return Stopped::Exit {
+                    failure,
+                    code: exit.exit_code,
+                    rip: exit.regs.rip,
+                }
+            }
+        };
+    }
+}
+
+/// The reply to one exit.
+pub fn answer<P: MmuPlatform + ?Sized>(
+    mmu: &mut Mmu,
+    platform: &mut P,
+    exit: &ExitRecord,
+) -> Result<Reply, Failure> {
+    match mmu.handle_exit(platform, exit) {
+        Action::Resume(r) => Ok(Reply::Run(r)),
+        Action::Mmio { gpa, write, .. } => {
+            // Device memory: the vmm-server emulates the access as it
+            // would a nested page fault (SVM NPF: EXITINFO1 bit 1 =
+            // write) or an EPT violation (VMX: bit 0 read, bit 1 write);
+            // EXITINFO2 = the guest-physical address.
+            let (exit_code, access) = if exit.arch == VcpuArch::Vmx as u32 {
+                (vmx_exit::EPT_VIOLATION, if write { 2 } else { 1 })
+            } else {
+                (svm_exit::NPF, if write { 2 } else { 0 })
+            };
+            let (paging, flags) = mmu
+                .take_paging_flags()
+                .unwrap_or((PagingState::default(), ResumeFlags::empty()));
+            Ok(Reply::Forward {
+                exit: ExitRecord {
+                    exit_code,
+                    exit_info1: access,
+                    exit_info2: gpa,
+                    ..*exit
+                },
+                resume: Resume {
+                    abi_version: ABI_VERSION,
+                    flags: flags.bits(),
+                    paging,
+                    ..Default::default()
+                },
+            })
+        }
+        Action::Fail(f) => Err(f),
+    }
+}
