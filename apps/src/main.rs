@@ -138,7 +138,8 @@ struct GuestArgs {
     /// `console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 tsc=reliable
     /// tsc_early_khz=HOST`
     /// before it on the ISA board, `console=ttyS0` alone on the PC board;
-    /// `console=hvc0` in place of `console=ttyS0` with --console hvc0).
+    /// `console=hvc0` in place of `console=ttyS0`, and `pci=lastbus=1`,
+    /// with --console hvc0).
     #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     append: Option<String>,
     /// The multiboot command line, for multiboot kernels. A kernel given by
@@ -189,7 +190,8 @@ struct GuestArgs {
     /// server of its own, the virtio-console task, which writes the
     /// guest's output to the host console and takes host input). With
     /// --linux, hvc0 also puts `console=hvc0` on the kernel command line in
-    /// place of `console=ttyS0`.
+    /// place of `console=ttyS0`, and `pci=lastbus=1` (the DSDT has no PCI
+    /// root bridge yet, so Linux scans bus 0 only when told).
     #[arg(long, value_name = "CONSOLE", default_value = "ttyS0",
           value_parser = clap::builder::PossibleValuesParser::new(["ttyS0", "hvc0"]))]
     console: String,
@@ -230,6 +232,7 @@ impl GuestArgs {
             );
             if self.guest_console() == splitvisor::virtio::GuestConsole::Hvc0 {
                 cmdline = splitvisor::linux::with_console(&cmdline, "console=hvc0");
+                cmdline = format!("{cmdline} {}", splitvisor::linux::SCAN_PCI_BUS);
             }
             (
                 g.kernel,
