@@ -118,14 +118,14 @@ impl<'f> Slots<'f> {
         self.s[..self.len].iter_mut().flatten()
     }
 
-    fn push(&mut self, slot: Slot<'f>) -> Result<(), Slot<'f>> {
+    fn push(&mut self, slot: Slot<'f>) -> Result<(), BusError> {
         match self.s.get_mut(self.len) {
             Some(free) => {
                 *free = Some(slot);
                 self.len += 1;
                 Ok(())
             }
-            None => Err(slot),
+            None => Err(BusError::Full),
         }
     }
 }
@@ -204,6 +204,12 @@ pub struct PciBus<'f> {
     next: core::cell::Cell<u64>,
 }
 
+impl Default for PciBus<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<'f> PciBus<'f> {
     /// No functions.
     pub fn new() -> Self {
@@ -244,8 +250,11 @@ impl<'f> PciBus<'f> {
             memory: false,
             assigned: false,
         };
+        if slots.len == MAX_FUNCTIONS {
+            return Err(BusError::Full);
+        }
         self.assign(&mut slot)?;
-        slots.push(slot).map_err(|_| BusError::Full)
+        slots.push(slot)
     }
 
     /// Assigns the functions whose server did not answer before (a
