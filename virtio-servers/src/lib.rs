@@ -189,7 +189,7 @@ mod tests {
             Collected::default(),
         );
         let mut mem = SliceMemory::new(&mut ram);
-        let mut ask = |pci: &mut VirtioPci<_, _>, mem: &mut SliceMemory<'_>, m| serve(pci, mem, &m);
+        let ask = |pci: &mut VirtioPci<_, _>, mem: &mut SliceMemory<'_>, m| serve(pci, mem, &m);
         // Firmware's BARs and memory decoding, MSI-X on (capability 0x40).
         ask(
             &mut pci,
