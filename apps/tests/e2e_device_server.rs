@@ -54,7 +54,7 @@ fn check(console: &str) {
     );
     assert!(
         console.contains("the probe-device faulted: exception 6")
-            && console.contains("restarting it (generation 1)"),
+            && console.contains("probe-device restarted (generation 1)"),
         "{console}"
     );
     assert!(

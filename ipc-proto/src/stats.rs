@@ -40,6 +40,9 @@ wire! {
         /// Exits for a host interrupt: the exit deadline's timer
         /// (`ResumeFlags::SET_EXIT_DEADLINE`). Not in `exits_other`.
         pub exits_host_interrupt: u64,
+        /// Servers restarted from their image after a fault (the
+        /// mmu-server's and the device servers').
+        pub restarts: u64,
     }
 }
 
@@ -69,6 +72,9 @@ impl core::fmt::Display for Stats {
                 " installs={} installs_refused={}",
                 self.installs, self.installs_refused
             )?;
+        }
+        if self.restarts != 0 {
+            write!(f, " restarts={}", self.restarts)?;
         }
         for (n, calls) in self
             .channel_calls

@@ -221,6 +221,14 @@ impl ShadowTables {
         Ok(())
     }
 
+    /// Marks every table dead (the mmu-server restarts): no handle it was
+    /// given names a table any more.
+    pub fn free_all(&mut self) {
+        for s in &mut self.slots {
+            s.live = false;
+        }
+    }
+
     /// Frame and level of a live table.
     pub fn get(&self, h: TableHandle) -> Option<(u64, u8)> {
         self.slots

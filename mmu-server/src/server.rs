@@ -62,6 +62,38 @@ pub trait MmuStub {
         control: &GuestControl,
         stats: &MmuStats,
     ) -> Result<ExitRecord, ErrorCode>;
+
+    /// The guest's control registers the stub kept from this server's last
+    /// instance (it restarted after a fault), or `None` at the first start.
+    /// Untrusted: [`restored_ctl`] checks them before the MMU uses them.
+    fn restored_control(&mut self) -> Option<GuestControl> {
+        None
+    }
+}
+
+/// The paging state a restarted server goes on from: `c`, the guest's
+/// control registers its last instance published (shadow paging), checked
+/// as a `MOV CR`/`WRMSR` of the guest would be: only bits the MMU
+/// virtualizes, paging only with protection, long mode only with PAE, LMA
+/// only as LME and PG make it.
+pub fn restored_ctl(c: &GuestControl, cfg: &MmuConfig) -> Result<GuestCtl, Failure> {
+    use crate::regs::{cr0, efer};
+    let bad = c.cr0 & !cr0::DEFINED != 0
+        || c.cr4 & !cfg.cpu.cr4_supported != 0
+        || c.efer & !cfg.cpu.efer_supported != 0
+        || (c.cr0 & cr0::PG != 0 && c.cr0 & cr0::PE == 0)
+        || (c.cr0 & cr0::PG != 0 && c.efer & efer::LME != 0 && c.cr4 & cr4::PAE == 0)
+        || (c.efer & efer::LMA != 0) != (c.cr0 & cr0::PG != 0 && c.efer & efer::LME != 0);
+    if bad {
+        return Err(Failure::BadInitialState);
+    }
+    Ok(GuestCtl {
+        cr0: c.cr0,
+        cr3: c.cr3,
+        cr4: c.cr4,
+        efer: c.efer,
+        pdptes: [0; 4],
+    })
 }
 
 /// What a variant of this server adds to its loop: the attack campaign's
@@ -94,6 +126,9 @@ pub enum Stopped {
     Start(Failure),
     /// Neither a shadow nor a nested root after start.
     NoRoot,
+    /// Restarted, with guest control registers in the VCPU page that no
+    /// guest could have set ([`restored_ctl`]).
+    BadRestore(GuestControl),
     /// The stub refused a reply.
     Refused(ErrorCode),
     /// The MMU could not handle an exit.
@@ -116,6 +151,11 @@ impl fmt::Display for Stopped {
             ),
             Self::Start(why) => why.fmt(f),
             Self::NoRoot => f.write_str("no shadow or nested root after start"),
+            Self::BadRestore(c) => write!(
+                f,
+                "restarted with guest registers no guest can set (cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x})",
+                c.cr0, c.cr3, c.cr4, c.efer
+            ),
             Self::Refused(e) => write!(f, "the stub refused the resume: {}", e.describe()),
             Self::Exit { failure, code, rip } => {
                 write!(f, "{failure} (exit code {code:#x}, rip={rip:#x})")
@@ -170,11 +210,20 @@ pub fn run<P: MmuPlatform + MmuStub + ?Sized>(
         return Stopped::AbiVersion(boot.abi_version);
     }
     hooks.start(boot, cfg.mode != MmuMode::Nested);
-    let mut mmu = Mmu::new(cfg, boot.guest_ram_bytes);
-    let ctl = GuestCtl {
-        cr0: boot.guest_cr0,
-        ..GuestCtl::RESET
+    let restored = platform
+        .restored_control()
+        .filter(|_| cfg.mode != MmuMode::Nested);
+    let ctl = match restored {
+        None => GuestCtl {
+            cr0: boot.guest_cr0,
+            ..GuestCtl::RESET
+        },
+        Some(c) => match restored_ctl(&c, &cfg) {
+            Ok(ctl) => ctl,
+            Err(_) => return Stopped::BadRestore(c),
+        },
     };
+    let mut mmu = Mmu::new(cfg, boot.guest_ram_bytes);
     if let Err(f) = mmu.start(platform, ctl) {
         return Stopped::Start(f);
     }
