@@ -183,6 +183,15 @@ struct GuestArgs {
     /// vmm-server.
     #[arg(long)]
     uart_server: bool,
+    /// Inject a fault on purpose, for the isolation experiments:
+    /// `SERVER:crash@N` (the task named SERVER, e.g. mmu-server,
+    /// uart-server, vmm-server, executes ud2 at its N-th exit or request),
+    /// `SERVER:corrupt@N` (writes garbage over the shared state its restart
+    /// reads, then ud2), `SERVER:hang@N` (spins; no watchdog yet: the run
+    /// ends at its time limit); `@everyN` repeats every N within an
+    /// instance. Patched into the server's ELF; repeat for more servers.
+    #[arg(long, value_name = "SERVER:FAULT@N")]
+    inject: Vec<String>,
     /// The platform: native (the splitvisor stub) or sel4 (seL4 16.0.0
     /// with a root task, booted from a GRUB ISO in Bochs; see sel4/README.md).
     #[arg(long, value_name = "PLATFORM", default_value = "native",
@@ -269,6 +278,15 @@ impl GuestArgs {
             board: self.board(),
             uart_server: self.uart_server,
             modules: self.modules.clone(),
+            inject: self
+                .inject
+                .iter()
+                .map(|a| {
+                    ipc_proto::inject::Injection::parse(a)
+                        .map(|(task, inj)| (task.to_string(), inj))
+                        .map_err(|e| format!("--inject {a}: {e}"))
+                })
+                .collect::<Result<_, _>>()?,
             ..images::SystemSpec::new(&guest.to_string_lossy())
         })
     }

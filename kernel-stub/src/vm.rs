@@ -69,10 +69,13 @@ enum State {
     Ready,
 }
 
-/// Restarts of one task within one second (of host TSC) before a fault
-/// of its stops the VM instead: a server that faults at once every time
-/// cannot keep the VM busy restarting it for ever.
+/// Restarts of one task in a row, without an answer (to an exit or a
+/// call) from it in between, before a fault of its stops the VM instead:
+/// a server that faults at once every time cannot keep the VM restarting
+/// it for ever. (A cap in host time would depend on the emulator's speed.)
 const MAX_RESTARTS: u32 = 8;
+/// Restarts of one task in all before a fault of its stops the VM.
+const MAX_RESTARTS_TOTAL: u32 = 1000;
 
 struct Task {
     name: heapless::String<TASK_NAME_MAX>,
@@ -95,9 +98,8 @@ struct Task {
     /// How often it was restarted: a `Call` in flight when it moves on
     /// fails with `ServerRestarted`.
     generation: u32,
-    /// The TSC at the first restart of the current one-second window,
-    /// and the restarts in it ([`MAX_RESTARTS`]).
-    restart_window: (u64, u32),
+    /// Restarts since it last answered an exit or a call ([`MAX_RESTARTS`]).
+    restarts_in_a_row: u32,
 }
 
 struct Channel {
@@ -130,7 +132,6 @@ struct Vm {
     /// last accepted resume (shadow paging): written back into its VCPU
     /// page when it restarts, over whatever the faulting instance left.
     mmu_control: ipc_proto::GuestControl,
-    tsc_hz: u64,
 }
 
 /// The stub's state besides the VM's tasks: the shadow tables it handed
@@ -524,6 +525,9 @@ impl Vm {
             self.apply_resume(cur, &resume, sh)?;
         }
         let t = self.task_mut(cur);
+        if !fresh {
+            t.restarts_in_a_row = 0;
+        }
         t.ran_vcpu = true;
         t.state = State::WaitExit;
         // A restarted mmu-server, its tables built again, gets the exit its
@@ -692,6 +696,7 @@ impl Vm {
         self.task_mut(cur).state = State::WaitRecv;
         if let Some((n, client)) = reply_to {
             if self.task(client).state == State::WaitReply(n) {
+                self.task_mut(cur).restarts_in_a_row = 0;
                 self.switch(frame, client, 0);
                 return Ok(Next::Switched);
             }
@@ -749,11 +754,11 @@ impl Vm {
         if t.rights.vcpu && !mmu {
             return Err(stop(self, "").into());
         }
-        let now = cpu::rdtsc();
-        let (since, n) = t.restart_window;
-        let n = if now.wrapping_sub(since) > self.tsc_hz { 0 } else { n };
-        if n >= MAX_RESTARTS {
-            return Err(stop(self, " (restarted 8 times within a second)").into());
+        if t.restarts_in_a_row >= MAX_RESTARTS {
+            return Err(stop(self, " (restarted 8 times in a row, answering nothing)").into());
+        }
+        if t.generation >= MAX_RESTARTS_TOTAL {
+            return Err(stop(self, " (restarted 1000 times)").into());
         }
         let entry = blob(payload(), t.elf)
             .and_then(|file| task::reload(file, t.root).ok())
@@ -769,7 +774,7 @@ impl Vm {
             self.forget_tables(cur, sh);
         }
         let t = self.task_mut(cur);
-        t.restart_window = (if n == 0 { now } else { since }, n + 1);
+        t.restarts_in_a_row += 1;
         t.generation += 1;
         t.ran_vcpu = false;
         t.notes = Notifications::default();
@@ -1214,7 +1219,7 @@ fn build(
             notes: Notifications::default(),
             elf: t.elf,
             generation: 0,
-            restart_window: (0, 0),
+            restarts_in_a_row: 0,
         });
     }
 
@@ -1252,7 +1257,6 @@ fn build(
             pae_root: None,
             mmu_exit: None,
             mmu_control: ipc_proto::GuestControl::default(),
-            tsc_hz,
         })
     });
     cpu::write_cr3(first.0);
