@@ -99,9 +99,9 @@ struct AttackArgs {
     #[arg(long, value_name = "N")]
     seed: Option<u32>,
     /// Only these kinds of boot (comma-separated: main, destructive, fpu,
-    /// random); default: all.
+    /// random, restart); default: all.
     #[arg(long, value_name = "LIST", value_delimiter = ',',
-          value_parser = clap::builder::PossibleValuesParser::new(["main", "destructive", "fpu", "random"]))]
+          value_parser = clap::builder::PossibleValuesParser::new(["main", "destructive", "fpu", "random", "restart"]))]
     boots: Vec<String>,
     /// Skip the guest-side attacks (tssescape, efersvme).
     #[arg(long)]
