@@ -59,9 +59,10 @@ enum Command {
     /// oracle written from the ABI documentation and the manuals, and then
     /// run the normal server logic so that the probe guest (hello) runs to
     /// its end. Boots them in QEMU with emulated SVM, nested
-    /// (EPYC,+svm,+npt) and shadow (EPYC,+svm,-npt) paging, three boots per
-    /// mode (main, destructive, FPU) plus one more for each attempt that
-    /// ends a run; with the real servers, also boots the guest-side attacks
+    /// (EPYC,+svm,+npt) and shadow (EPYC,+svm,-npt) paging, five boots per
+    /// mode (main, destructive, FPU, random, and restart: the mmu-server
+    /// faults on purpose and its next instance uses the freed handles) plus
+    /// one more for each attempt that ends a run; with the real servers, also boots the guest-side attacks
     /// tssescape and efersvme when the image builder has them. Prints a
     /// table (class, attempts, refused, accepted as allowed, stub faults,
     /// escapes, denied controls) and lists every stub fault and escape.

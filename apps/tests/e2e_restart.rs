@@ -12,7 +12,10 @@
 //!   VCPU page before it crashes: the stub writes back those of its last
 //!   accepted resume, and the guest does not notice;
 //! - the uart-server crashes: the guest keeps running and its console
-//!   goes on (the line being buffered in the lost instance is lost).
+//!   goes on (the line being buffered in the lost instance is lost);
+//! - the attack campaign's restart boot (`splitvisor attack --boots
+//!   restart`): a hostile mmu-server faults on purpose at seeded points,
+//!   and each next instance's use of the freed handles is refused.
 //!
 //! Shadow paging on QEMU's TCG needs `--unsafe-shadow` (it ignores the
 //! task-switch intercept); these guests are trusted. Run only these with
@@ -23,7 +26,11 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::Run;
+use ipc_proto::manifest::MmuMode;
+use splitvisor::attack::{campaign, AttackOptions};
 use splitvisor::linux::Flavour;
 
 /// Generous: the first run also builds the image, and several tests may
@@ -80,7 +87,8 @@ fn cr3switch64_on_qemu_svm_shadow_survives_mmu_server_crashes() {
     assert!(n >= 10, "only {n} restarts of the mmu-server\n{r}");
     assert_eq!(counted_restarts(&r), Some(n), "{r}");
     assert!(
-        r.stdout.contains("[stub] mmu-server restarted (generation 1): exception 6 "),
+        r.stdout
+            .contains("[stub] mmu-server restarted (generation 1): exception 6 "),
         "the restart line does not name the #UD\n{r}"
     );
 }
@@ -151,4 +159,45 @@ fn debian_amd64_runs_the_workload_with_shadow_paging_while_the_mmu_server_crashe
     eprintln!("amd64 shadow: {n} mmu-server restarts");
     assert!(n >= 10, "only {n} restarts of the mmu-server\n{run}");
     assert_eq!(counted_restarts(&run), Some(n), "{run}");
+}
+
+/// Part 4: the hostile mmu-server faults on purpose three times (at start
+/// with tables of its own, or at its first or second resume, drawn from
+/// the seed); each next instance installs into, frees, and names as its
+/// root the handles the last one held: all refused, the guest never
+/// entered on a freed table, and the probe guest runs to its end.
+#[test]
+fn the_restart_attack_finds_every_freed_handle_refused() {
+    let opts = AttackOptions {
+        short: true,
+        modes: vec![MmuMode::Nested, MmuMode::Shadow],
+        timeout: Duration::from_secs(240),
+        boots: vec!["restart".into()],
+        guests: false,
+        seed: 7,
+        ..AttackOptions::default()
+    };
+    let report = campaign(&opts).expect("the campaign runs (QEMU, gcc, binutils installed)");
+    let table = report.table();
+    eprintln!("{table}");
+    let row = report.rows.get("restart").copied().unwrap_or_default();
+    assert!(row.attempts >= 60, "too few restart attempts:\n{table}");
+    assert_eq!(row.refused, row.attempts, "{table}");
+    let total = report.total();
+    assert_eq!(
+        (total.stub_faults, total.escapes),
+        (0, 0),
+        "{table}\n{:#?}",
+        report.escapes
+    );
+    for mode in ["npt", "shadow"] {
+        let note = format!(
+            "{mode} restart: 1 boot(s); ended `vm stopped: guest status 0`; probe ran to its end"
+        );
+        assert!(
+            report.notes.contains(&note),
+            "no `{note}`:\n{:#?}",
+            report.notes
+        );
+    }
 }

@@ -17,7 +17,8 @@ use ipc_proto::mmu::{Install, InstallPage, INSTALL_BATCH_MAX, MAX_SHADOW_TABLES}
 use ipc_proto::sys::{self, ConsoleLine};
 use ipc_proto::syscall::CONSOLE_WRITE_MAX;
 use ipc_proto::{
-    EventInjection, ExitRecord, GuestControl, GuestRegs, PagingState, Resume, ResumeFlags, Syscall, ABI_VERSION,
+    EventInjection, ExitRecord, GuestControl, GuestRegs, PagingState, Resume, ResumeFlags, Syscall,
+    ABI_VERSION,
 };
 
 use crate::{Config, ATTACK_CONFIG, MAX_SKIPS, SERVER_MMU, SERVER_VMM};

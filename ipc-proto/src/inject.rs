@@ -240,7 +240,10 @@ mod tests {
             }
         );
         let (s, i) = Injection::parse("uart-server:corrupt@3").unwrap();
-        assert_eq!((s, i.fault, i.at, i.every), ("uart-server", Fault::Corrupt, 3, false));
+        assert_eq!(
+            (s, i.fault, i.at, i.every),
+            ("uart-server", Fault::Corrupt, 3, false)
+        );
         assert!(Injection::parse("mmu-server:crash@0").is_err());
         assert!(Injection::parse("mmu-server:explode@1").is_err());
         assert!(Injection::parse("crash@1").is_err());
@@ -266,10 +269,21 @@ mod tests {
         let fired: [_; 7] = core::array::from_fn(|_| i.tick());
         assert_eq!(
             fired,
-            [None, None, Some(Fault::Hang), None, None, Some(Fault::Hang), None]
+            [
+                None,
+                None,
+                Some(Fault::Hang),
+                None,
+                None,
+                Some(Fault::Hang),
+                None
+            ]
         );
         let mut once = Injector::new(&patched);
-        once.inj = Some(Injection { every: false, ..inj });
+        once.inj = Some(Injection {
+            every: false,
+            ..inj
+        });
         let n = (0..10).filter(|_| once.tick().is_some()).count();
         assert_eq!(n, 1);
     }

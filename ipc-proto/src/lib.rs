@@ -12,8 +12,8 @@
 
 pub mod block;
 pub mod device;
-pub mod inject;
 pub mod exit;
+pub mod inject;
 pub mod layout;
 pub mod manifest;
 pub mod mmu;
