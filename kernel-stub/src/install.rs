@@ -575,6 +575,23 @@ mod tests {
         ]
     }
 
+    /// An mmu-server restart: every handle the old instance held is dead
+    /// (an install into it is refused), and the new instance's tables reuse
+    /// the frames.
+    #[test]
+    fn free_all_kills_every_handle() {
+        let mut t = ShadowTables::new();
+        let mut f = frames();
+        let held: Vec<_> = (1..=4).map(|l| t.alloc(l, &mut f).unwrap()).collect();
+        t.free_all();
+        for &(h, _) in &held {
+            assert_eq!(t.get(h), None);
+            assert_eq!(t.free(h), Err(InstallError::UnknownTable));
+        }
+        let (_, frame) = t.alloc(1, &mut f).unwrap();
+        assert_eq!(frame, held[0].1, "a dead level-1 frame is reused");
+    }
+
     /// Finding 8: after every handle was used at level 1 and freed, tables
     /// of the other levels could not be had any more.
     #[test]

@@ -310,3 +310,49 @@ pub fn answer<P: MmuPlatform + ?Sized>(
         Action::Fail(f) => Err(f),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::regs::{cr0, efer};
+
+    fn cfg() -> MmuConfig {
+        MmuConfig {
+            mode: MmuMode::Shadow,
+            ..MmuConfig::default()
+        }
+    }
+
+    fn control(cr0: u64, cr4: u64, efer: u64) -> GuestControl {
+        GuestControl {
+            cr0,
+            cr3: 0x1000,
+            cr4,
+            efer,
+        }
+    }
+
+    /// What a restarted instance accepts from its VCPU page: the states a
+    /// guest can reach, not garbage.
+    #[test]
+    fn restored_registers_are_checked() {
+        let long = control(cr0::PG | cr0::PE | cr0::ET, cr4::PAE, efer::LME | efer::LMA);
+        assert_eq!(restored_ctl(&long, &cfg()).map(|c| c.cr3), Ok(0x1000));
+        assert!(restored_ctl(&control(cr0::PE | cr0::ET, 0, 0), &cfg()).is_ok());
+        let garbage = 0xdead_beef_dead_beef;
+        for bad in [
+            control(garbage, garbage, garbage),
+            control(cr0::PG | cr0::ET, 0, 0),
+            control(cr0::PG | cr0::PE, 0, efer::LME | efer::LMA),
+            control(cr0::PE, 0, efer::LMA),
+            control(cr0::PE | 1 << 40, 0, 0),
+            control(cr0::PE, 1 << 22, 0),
+        ] {
+            assert_eq!(
+                restored_ctl(&bad, &cfg()),
+                Err(Failure::BadInitialState),
+                "{bad:?}"
+            );
+        }
+    }
+}
