@@ -175,7 +175,7 @@ impl Injector {
         let inj = self.inj?;
         self.count = self.count.saturating_add(1);
         let now = if inj.every {
-            self.count % inj.at == 0
+            self.count.is_multiple_of(inj.at)
         } else {
             self.count == inj.at
         };
