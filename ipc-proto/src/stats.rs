@@ -187,8 +187,9 @@ mod tests {
 
     #[test]
     fn stats_layout_is_pinned() {
-        assert_eq!(size_of::<Stats>(), 31 * 8);
+        assert_eq!(size_of::<Stats>(), 32 * 8);
         assert_eq!(offset_of!(Stats, exits_host_interrupt), 30 * 8);
+        assert_eq!(offset_of!(Stats, restarts), 31 * 8);
         assert_eq!(offset_of!(Stats, installs), 96);
         assert_eq!(offset_of!(Stats, installs_refused), 104);
         assert_eq!(offset_of!(Stats, channel_calls), 112);
