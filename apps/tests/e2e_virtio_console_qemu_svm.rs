@@ -42,6 +42,10 @@ fn boot(console: &str, mmu: &str) -> common::Run {
     } else {
         ("EPYC,+svm", &["--unsafe-shadow"])
     };
+    boot_with(console, mmu, &[&["--cpu", cpu][..], unsafe_shadow].concat())
+}
+
+fn boot_with(console: &str, mmu: &str, extra: &[&str]) -> common::Run {
     let args = [
         &[
             "--linux",
@@ -50,21 +54,22 @@ fn boot(console: &str, mmu: &str) -> common::Run {
             mmu,
             "--board",
             "pc",
-            "--cpu",
-            cpu,
             "--console",
             console,
             "--append",
             "splitvisor.exit",
         ][..],
-        unsafe_shadow,
+        extra,
     ]
     .concat();
     common::splitvisor_run(&args, TIMEOUT_SECS)
 }
 
 fn check_hvc0_boot(mmu: &str) -> u64 {
-    let run = boot("hvc0", mmu);
+    check_hvc0_run(boot("hvc0", mmu))
+}
+
+fn check_hvc0_run(run: common::Run) -> u64 {
     let out = &run.stdout;
     let has = |needle: &str| out.contains(needle);
     for needle in [
@@ -121,6 +126,18 @@ fn debian_amd64_boots_on_hvc0_with_shadow_paging() {
         .unwrap_or_else(|e| e.into_inner());
     let hvc0 = check_hvc0_boot("shadow");
     eprintln!("debian amd64 shadow, boot to splitvisor.exit: hvc0 {hvc0} exits");
+}
+
+/// One Bochs VMX run (EPT): about 5 minutes, so not in CI's run.
+#[test]
+#[ignore = "about 5 minutes on Bochs; run with --ignored"]
+fn debian_amd64_boots_on_hvc0_on_bochs_vmx_with_ept() {
+    let _one = common::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let run = boot_with("hvc0", "npt", &["--emulator", "bochs", "--arch", "vmx"]);
+    let hvc0 = check_hvc0_run(run);
+    eprintln!("debian amd64 bochs vmx ept, boot to splitvisor.exit: hvc0 {hvc0} exits");
 }
 
 #[test]
