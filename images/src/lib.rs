@@ -682,6 +682,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_pci_function_table_gets_each_slots_channel() {
+        use ipc_proto::pci::{FUNCTIONS_MAGIC, FUNCTION_SLOTS, TAKES_HOST_INPUT};
+        let mut vmm = vec![0xaa; 8];
+        vmm.extend_from_slice(&FUNCTIONS_MAGIC);
+        vmm.extend_from_slice(&[0; FUNCTION_SLOTS + 4]);
+        let mut spec = SystemSpec {
+            board: Board::Pc,
+            uart_server: true,
+            ..SystemSpec::new("hello")
+        };
+        assert_eq!(patch_pci_functions(&spec, vmm.clone()).unwrap(), vmm);
+        spec.device_servers.push(DeviceServer {
+            name: "virtio-console".into(),
+            elf: "unused".into(),
+            rights: Rights::default(),
+        });
+        spec.device_channels
+            .push(("vmm-server".into(), "virtio-console".into()));
+        spec.pci_functions.push("virtio-console".into());
+        spec.pci_takes_host_input = true;
+        let out = patch_pci_functions(&spec, vmm.clone()).unwrap();
+        let at = 8 + FUNCTIONS_MAGIC.len();
+        // Channel 0 is the uart-server's: the virtio console's is 1, + 1.
+        assert_eq!(
+            out[at..at + FUNCTION_SLOTS + 1],
+            [2, 0, 0, 0, TAKES_HOST_INPUT]
+        );
+        spec.board = Board::Isa;
+        assert!(
+            patch_pci_functions(&spec, vmm.clone()).is_err(),
+            "ISA has no PCI functions"
+        );
+        spec.board = Board::Pc;
+        spec.device_channels.clear();
+        assert!(patch_pci_functions(&spec, vmm).is_err(), "no channel");
+    }
+
+    #[test]
     fn workspace_root_holds_the_workspace_manifest() {
         let root = workspace_root();
         assert!(root.join("Cargo.toml").is_file());
