@@ -189,6 +189,11 @@ pub const DISK_READ: &str = "splitvisor-linux: disk read, md5 ";
 /// on the disk (one line).
 pub const DISK_TEXT: &str = "splitvisor disk check: written by the first boot";
 
+/// With `splitvisor.disk=readonly` (a disk attached `,ro`): after the
+/// read check, `/init` writes one block straight to `/dev/vda` with `dd`
+/// and prints this line, then `refused: ` and dd's message or `succeeded`.
+pub const DISK_RAW_WRITE: &str = "splitvisor-linux: raw write to /dev/vda ";
+
 /// Either disk check's line when it fails, before the reason.
 pub const DISK_FAILED: &str = "splitvisor-linux: disk check failed: ";
 
@@ -226,7 +231,9 @@ pub const HVC_LOG_END: &str = "splitvisor-linux: end of the kernel's log before 
 /// `splitvisor.disk=read` it mounts it read-only, prints the text file
 /// between [`DISK_CONTENT_BEGIN`] and [`DISK_CONTENT_END`] and
 /// [`DISK_READ`] with the random file's MD5, and ends the VM (a failure:
-/// [`DISK_FAILED`] and the reason, and the VM ends too); with
+/// [`DISK_FAILED`] and the reason, and the VM ends too);
+/// `splitvisor.disk=readonly` does the same read check and then tries to
+/// write a block to `/dev/vda` ([`DISK_RAW_WRITE`]); with
 /// `splitvisor.exit` it ends the VM with status 0 instead of starting the
 /// shell, for tests and benchmarks.
 pub const INIT: &str = r#"#!/bin/busybox sh
@@ -288,7 +295,7 @@ case " $(cat /proc/cmdline) " in
     fi
     /sbin/splitvisor-exit
     ;;
-*" splitvisor.disk=read "*)
+*" splitvisor.disk=read "*|*" splitvisor.disk=readonly "*)
     mkdir -p /mnt
     if mount -t ext4 -o ro /dev/vda /mnt; then
         echo "splitvisor-linux: disk content begin"
@@ -300,6 +307,15 @@ case " $(cat /proc/cmdline) " in
     else
         echo "splitvisor-linux: disk check failed: cannot mount /dev/vda as ext4"
     fi
+    case " $(cat /proc/cmdline) " in
+    *" splitvisor.disk=readonly "*)
+        if err=$(dd if=/dev/zero of=/dev/vda bs=4096 count=1 conv=fsync 2>&1); then
+            echo "splitvisor-linux: raw write to /dev/vda succeeded"
+        else
+            echo "splitvisor-linux: raw write to /dev/vda refused: $(echo "$err" | head -n 1)"
+        fi
+        ;;
+    esac
     /sbin/splitvisor-exit
     ;;
 esac
@@ -587,6 +603,7 @@ mod tests {
             DISK_READ,
             DISK_TEXT,
             DISK_FAILED,
+            DISK_RAW_WRITE,
             HVC_LOG_BEGIN,
             HVC_LOG_END,
         ] {

@@ -285,6 +285,11 @@ struct BuildArgs {
     /// tasks. The stub checks each right at every system call.
     #[arg(long)]
     show_rights: bool,
+    /// Build the image `run --disk FILE[,ro]` boots: with the disk-driver,
+    /// the virtio-blk server and their channels (the file itself is not
+    /// opened; `,ro` makes the disk-driver read-only).
+    #[arg(long, value_name = "FILE[,ro]", value_parser = splitvisor::disk::DiskSpec::parse)]
+    disk: Option<splitvisor::disk::DiskSpec>,
 }
 
 #[derive(Args)]
@@ -357,11 +362,14 @@ struct RunArgs {
     /// has locked, a QEMU included; otherwise it says what is wrong in one
     /// sentence and exits 2.
     ///
+    /// The guest sees the disk as a virtio-blk disk (`/dev/vda` in Linux;
+    /// read-only, VIRTIO_BLK_F_RO, with ,ro) on the PC board's PCI bus.
     /// The image gets the disk-driver server (ports 0x1f0-0x1f7 and 0x3f6,
     /// IRQ 14, guest RAM read-write), which identifies the disk at start
-    /// and prints `disk: MODEL, N sectors (SIZE), ...`. The guest does not
-    /// see the disk yet: the virtio-blk device that will show it to the
-    /// guest is not in the image yet (issue 12). Not with --platform sel4.
+    /// and prints `disk: MODEL, N sectors (SIZE), ...`, and the virtio-blk
+    /// server (guest RAM read-write, no ports), which asks the disk-driver
+    /// to move each request's sectors straight between the disk and the
+    /// guest's buffers. Not with --platform sel4.
     #[arg(long, value_name = "FILE[,ro]", value_parser = splitvisor::disk::DiskSpec::parse)]
     disk: Option<splitvisor::disk::DiskSpec>,
 }
@@ -433,12 +441,10 @@ fn main() -> ExitCode {
                 }
             };
             if let Some(d) = &disk {
-                match splitvisor::disk::disk_driver_server(d.spec().read_only) {
-                    Ok(server) => system.device_servers.push(server),
-                    Err(e) => {
-                        eprintln!("splitvisor: {e}");
-                        return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
-                    }
+                if let Err(e) = splitvisor::disk::add_disk_servers(&mut system, d.spec().read_only)
+                {
+                    eprintln!("splitvisor: {e}");
+                    return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
                 }
             }
             let memory_mib = a
@@ -493,7 +499,7 @@ fn main() -> ExitCode {
 }
 
 fn build(a: &BuildArgs) -> i32 {
-    let spec = match a.guest.spec(None) {
+    let mut spec = match a.guest.spec(None) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("splitvisor: {e}");
@@ -502,6 +508,12 @@ fn build(a: &BuildArgs) -> i32 {
     };
     if a.guest.platform == "sel4" {
         return splitvisor::sel4::build_cli(&spec);
+    }
+    if let Some(d) = &a.disk {
+        if let Err(e) = splitvisor::disk::add_disk_servers(&mut spec, d.read_only) {
+            eprintln!("splitvisor: {e}");
+            return 1;
+        }
     }
     if a.show_rights {
         eprint!("{}", images::rights_table(&spec));

@@ -52,6 +52,18 @@ use ipc_proto::syscall::ErrorCode;
 use virtio::devices::blk::{BlockBackend, BlockError, GuestRange};
 use virtio::GuestMemory;
 
+/// The start of the configuration block in the server's executable, which
+/// the image builder finds and patches: the byte after it is the disk
+/// channel's number + 1 (0: not configured, the server says so and ends
+/// the VM).
+pub const CONFIG_MAGIC: [u8; 12] = *b"SVVBLKCONFIG";
+
+/// The disk channel's number from the configuration byte after
+/// [`CONFIG_MAGIC`], if one was set.
+pub fn disk_channel_from_config(byte: u8) -> Option<u64> {
+    byte.checked_sub(1).map(u64::from)
+}
+
 /// Why a call on the disk channel brought no reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChannelError {
