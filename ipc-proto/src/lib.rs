@@ -16,6 +16,7 @@ pub mod exit;
 pub mod layout;
 pub mod manifest;
 pub mod mmu;
+pub mod pci;
 pub mod stats;
 #[cfg(target_os = "none")]
 pub mod sys;

@@ -19,7 +19,7 @@ use crate::devices::fw_cfg::{self, FwCfg};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::ioapic::IoApic;
 use crate::devices::lapic::LocalApic;
-use crate::devices::pci::{self, PciHost};
+use crate::devices::pci::{self, PciBus, PciHole, PciHost};
 use crate::devices::pit::{self, Pit};
 use crate::devices::port92::{self, SystemControlA};
 use crate::devices::post::{self, PostCode};
@@ -62,6 +62,9 @@ pub enum Slot {
     /// A page of scratch registers (MMIO), which the `mmio` test guest
     /// reads and writes.
     Scratch,
+    /// The PCI MMIO window, where the PCI functions' BARs are
+    /// ([`pci::PciHole`]).
+    PciHole,
 }
 
 /// What a device decodes.
@@ -165,7 +168,22 @@ pub const PC: &[Row] = &[
     ),
     row(Slot::FwCfg, &[(fw_cfg::BASE, fw_cfg::LEN)], None),
     SCRATCH,
+    PCI_HOLE,
 ];
+
+const PCI_HOLE: Row = Row {
+    slot: Slot::PciHole,
+    decode: Decode::Mmio {
+        base: pci::MMIO_WINDOW_BASE,
+        len: pci::MMIO_WINDOW_LEN,
+    },
+    irq: None,
+};
+
+/// The PC board's PCI functions besides the host bridge: device number
+/// (on bus 0, function 0) and INTx line of each, in the order the
+/// vmm-server puts them on the bus. The ISA board has none.
+pub const PC_PCI_SLOTS: &[(u8, u8)] = &[(3, 10), (4, 11)];
 
 /// The table of `kind`.
 pub fn table(kind: Kind) -> &'static [Row] {
@@ -245,8 +263,10 @@ pub struct Devices<'b> {
     pub port92: SystemControlA,
     /// The debug-exit port.
     pub debug_exit: DebugExit,
-    /// The PCI host bridge.
-    pub pci: PciHost,
+    /// The PCI host bridge (and the bus behind it, [`Devices::with_pci_bus`]).
+    pub pci: PciHost<'b, 'b>,
+    /// The PCI MMIO window.
+    pub pci_hole: PciHole<'b, 'b>,
     /// The ACPI PM registers.
     pub acpi: AcpiPm<'b>,
     /// The reset control register.
@@ -272,11 +292,20 @@ impl<'b> Devices<'b> {
             port92: SystemControlA::new(),
             debug_exit: DebugExit::new(),
             pci: PciHost::new(),
+            pci_hole: PciHole::default(),
             acpi: AcpiPm::new(&board.clock, line(Slot::AcpiPm)),
             reset: ResetControl::new(),
             fw_cfg: FwCfg::new(ram_bytes, 1),
             scratch: ScratchRegisters::default(),
         }
+    }
+
+    /// The same devices with `bus`'s functions behind the PCI host and its
+    /// window (on a board whose table has [`Slot::PciHole`]).
+    pub fn with_pci_bus(mut self, bus: &'b PciBus<'b>) -> Self {
+        self.pci = self.pci.with_bus(bus);
+        self.pci_hole = PciHole::new(bus);
+        self
     }
 
     /// The port and MMIO routers of `table`: each row's ranges to its
@@ -294,6 +323,7 @@ impl<'b> Devices<'b> {
             port92,
             debug_exit,
             pci,
+            pci_hole,
             acpi,
             reset,
             fw_cfg,
@@ -312,6 +342,7 @@ impl<'b> Devices<'b> {
         let mut reset = Some(reset);
         let mut fw_cfg = Some(fw_cfg);
         let mut scratch = Some(scratch);
+        let mut pci_hole = Some(pci_hole);
         let mut ports = Router::new();
         let mut mmio = MmioRouter::new();
         for r in table {
@@ -329,13 +360,14 @@ impl<'b> Devices<'b> {
                         Slot::AcpiPm => acpi.take().map(|d| d as _),
                         Slot::ResetControl => reset.take().map(|d| d as _),
                         Slot::FwCfg => fw_cfg.take().map(|d| d as _),
-                        Slot::Scratch => None,
+                        Slot::Scratch | Slot::PciHole => None,
                     };
                     ports.register_ranges(ranges, device.ok_or(RouterError::Full)?)?;
                 }
                 Decode::Mmio { base, len } => {
                     let device: Option<&'r mut dyn MmioDevice> = match r.slot {
                         Slot::Scratch => scratch.take().map(|d| d as _),
+                        Slot::PciHole => pci_hole.take().map(|d| d as _),
                         _ => None,
                     };
                     mmio.register(base, len, device.ok_or(MmioError::Full)?)?;

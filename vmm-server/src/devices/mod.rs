@@ -19,6 +19,7 @@ pub mod pit;
 pub mod port92;
 pub mod post;
 pub mod remote;
+pub mod remote_pci;
 pub mod rtc;
 pub mod uart16550;
 

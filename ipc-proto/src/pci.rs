@@ -1,0 +1,93 @@
+//! Messages on a PCI function's channel: the vmm-server forwards each
+//! configuration-space access and each BAR access of a PCI function that
+//! runs as a server of its own (a virtio device server), in the channel's
+//! shared page. Synchronous: the server does the work an access asks for
+//! (a queue notification processes the queue) before it replies, and the
+//! reply carries the interrupts that work raised.
+
+use crate::vcpu::wire;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// `PciMessage::op` values.
+pub mod op {
+    /// Read `size` (1, 2, 4) bytes of configuration space at `offset`;
+    /// the reply's `value` holds them.
+    pub const CONFIG_READ: u32 = 1;
+    /// Write the low `size` bytes of `value` at `offset` of configuration
+    /// space.
+    pub const CONFIG_WRITE: u32 = 2;
+    /// Read `size` (1, 2, 4, 8) bytes at `offset` of BAR `bar`.
+    pub const BAR_READ: u32 = 3;
+    /// Write the low `size` bytes of `value` at `offset` of BAR `bar`.
+    pub const BAR_WRITE: u32 = 4;
+    /// No access: let the device take host input (console input) and
+    /// report its interrupts.
+    pub const POLL: u32 = 5;
+}
+
+/// Most MSI messages one reply carries.
+pub const MAX_MSIS: usize = 8;
+
+wire! {
+    /// One message-signalled interrupt: write `data` at `address`.
+    pub struct MsiMessage {
+        /// The address (0xFEEx_xxxx for the local APICs).
+        pub address: u64,
+        /// The data.
+        pub data: u32,
+        /// Zero.
+        pub reserved: u32,
+    }
+}
+
+wire! {
+    /// One access to a PCI function and its answer, in the channel page.
+    /// The client fills `op`, `size`, `bar`, `offset` and (for writes)
+    /// `value`, then calls; the server answers in the same page.
+    pub struct PciMessage {
+        /// [`op`].
+        pub op: u32,
+        /// 1, 2, 4 (or 8 for BAR accesses).
+        pub size: u8,
+        /// The BAR of a BAR access (0..6).
+        pub bar: u8,
+        /// Reply: 1 when the function's INTx line (INTA#) is asserted.
+        pub intx: u8,
+        /// Reply: how many of `msis` are valid (at most [`MAX_MSIS`]).
+        pub msi_count: u8,
+        /// The register (configuration space) or the offset in the BAR.
+        pub offset: u64,
+        /// Write: the value; reply to a read: the value read.
+        pub value: u64,
+        /// Reply: messages raised that did not fit in `msis` (lost).
+        pub msis_dropped: u32,
+        /// Zero.
+        pub reserved: u32,
+        /// Reply: the MSI/MSI-X messages the access raised, oldest first.
+        pub msis: [MsiMessage; MAX_MSIS],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn pci_message_layout_is_pinned() {
+        assert_eq!(size_of::<MsiMessage>(), 16);
+        assert_eq!(offset_of!(MsiMessage, address), 0);
+        assert_eq!(offset_of!(MsiMessage, data), 8);
+        assert_eq!(size_of::<PciMessage>(), 32 + 16 * MAX_MSIS);
+        assert_eq!(offset_of!(PciMessage, op), 0);
+        assert_eq!(offset_of!(PciMessage, size), 4);
+        assert_eq!(offset_of!(PciMessage, bar), 5);
+        assert_eq!(offset_of!(PciMessage, intx), 6);
+        assert_eq!(offset_of!(PciMessage, msi_count), 7);
+        assert_eq!(offset_of!(PciMessage, offset), 8);
+        assert_eq!(offset_of!(PciMessage, value), 16);
+        assert_eq!(offset_of!(PciMessage, msis_dropped), 24);
+        assert_eq!(offset_of!(PciMessage, msis), 32);
+        assert!(size_of::<PciMessage>() <= 4096, "fits the channel page");
+    }
+}
