@@ -16,6 +16,7 @@ pub mod linux_virtio;
 pub mod loc;
 pub mod run;
 pub mod sel4;
+pub mod virtio;
 
 pub use run::{
     Arch, EmulatorKind, RunOptions, DEFAULT_CPU, DEFAULT_EMULATOR, EXIT_CANNOT_RUN, EXIT_EMULATOR,

@@ -51,6 +51,32 @@ pub const DEFAULT_APPEND: &str =
 /// ACPI PM timer, the local APIC timer) and calibrates the TSC itself.
 pub const PC_BOARD_APPEND: &str = "console=ttyS0";
 
+/// `cmdline` with its `console=ttyS0` options replaced by `console`
+/// (`console=hvc0` for `--console hvc0`), or `console` put first when it
+/// has none.
+pub fn with_console(cmdline: &str, console: &str) -> String {
+    let mut replaced = false;
+    let words: Vec<&str> = cmdline
+        .split_whitespace()
+        .map(|w| {
+            if w == "console=ttyS0" || w.starts_with("console=ttyS0,") {
+                replaced = true;
+                console
+            } else {
+                w
+            }
+        })
+        .collect();
+    let s = words.join(" ");
+    if replaced {
+        s
+    } else if s.is_empty() {
+        console.to_string()
+    } else {
+        format!("{console} {s}")
+    }
+}
+
 /// The full `--linux` command line. On the ISA board: [`DEFAULT_APPEND`],
 /// `tsc_early_khz=` with the guest's TSC rate (`guest_tsc_khz`, or the
 /// host's: see [`tsc_option`]) and the user's `extra`. On the PC board:
@@ -568,6 +594,20 @@ pub fn prepare_debian_linux(flavour: Flavour) -> Result<LinuxGuest, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_console_option_is_replaced_or_put_first() {
+        assert_eq!(
+            with_console("console=ttyS0 splitvisor.exit", "console=hvc0"),
+            "console=hvc0 splitvisor.exit"
+        );
+        assert_eq!(
+            with_console("quiet console=ttyS0,115200", "console=hvc0"),
+            "quiet console=hvc0"
+        );
+        assert_eq!(with_console("quiet", "console=hvc0"), "console=hvc0 quiet");
+        assert_eq!(with_console("", "console=hvc0"), "console=hvc0");
+    }
 
     #[test]
     fn the_initramfs_holds_init_busybox_and_a_console() {

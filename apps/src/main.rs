@@ -137,7 +137,8 @@ struct GuestArgs {
     /// The kernel command line (for --kernel and --linux; --linux puts
     /// `console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 tsc=reliable
     /// tsc_early_khz=HOST`
-    /// before it).
+    /// before it on the ISA board, `console=ttyS0` alone on the PC board;
+    /// `console=hvc0` in place of `console=ttyS0` with --console hvc0).
     #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     append: Option<String>,
     /// The multiboot command line, for multiboot kernels. A kernel given by
@@ -183,6 +184,15 @@ struct GuestArgs {
     /// vmm-server.
     #[arg(long)]
     uart_server: bool,
+    /// The guest's console: ttyS0 (COM1's 16550, the default) or hvc0 (a
+    /// virtio-pci console at PCI 00:03.0, PC board only, run as a ring-3
+    /// server of its own, the virtio-console task, which writes the
+    /// guest's output to the host console and takes host input). With
+    /// --linux, hvc0 also puts `console=hvc0` on the kernel command line in
+    /// place of `console=ttyS0`.
+    #[arg(long, value_name = "CONSOLE", default_value = "ttyS0",
+          value_parser = clap::builder::PossibleValuesParser::new(["ttyS0", "hvc0"]))]
+    console: String,
     /// The platform: native (the splitvisor stub) or sel4 (seL4 16.0.0
     /// with a root task, booted from a GRUB ISO in Bochs; see sel4/README.md).
     #[arg(long, value_name = "PLATFORM", default_value = "native",
@@ -213,11 +223,14 @@ impl GuestArgs {
     fn spec(&self, guest_tsc_khz: Option<u64>) -> Result<images::SystemSpec, String> {
         let (guest, initrd, cmdline, default_ram) = if let Some(flavour) = self.linux {
             let g = splitvisor::linux::prepare_debian_linux(flavour)?;
-            let cmdline = splitvisor::linux::default_append(
+            let mut cmdline = splitvisor::linux::default_append(
                 self.append.as_deref(),
                 guest_tsc_khz,
                 self.board(),
             );
+            if self.guest_console() == splitvisor::virtio::GuestConsole::Hvc0 {
+                cmdline = splitvisor::linux::with_console(&cmdline, "console=hvc0");
+            }
             (
                 g.kernel,
                 Some(g.initrd),
@@ -256,7 +269,7 @@ impl GuestArgs {
                     .map_err(|e| format!("{}: {e}", guest.display()))?;
             }
         }
-        Ok(images::SystemSpec {
+        let mut spec = images::SystemSpec {
             ram_mib,
             initrd,
             cmdline,
@@ -270,7 +283,15 @@ impl GuestArgs {
             uart_server: self.uart_server,
             modules: self.modules.clone(),
             ..images::SystemSpec::new(&guest.to_string_lossy())
-        })
+        };
+        if self.guest_console() == splitvisor::virtio::GuestConsole::Hvc0 {
+            splitvisor::virtio::add_virtio_console(&mut spec)?;
+        }
+        Ok(spec)
+    }
+
+    fn guest_console(&self) -> splitvisor::virtio::GuestConsole {
+        splitvisor::virtio::GuestConsole::from_name(&self.console).unwrap_or_default()
     }
 }
 

@@ -294,6 +294,15 @@ pub struct SystemSpec {
     /// the uart-server's channel, in this order. Either end may `Signal`
     /// the other.
     pub device_channels: Vec<(String, String)>,
+    /// Device servers that are PCI functions on the PC board, by name, in
+    /// slot order (00:03.0, 00:04.0, ...: `vmm_server::boards::PC_PCI_SLOTS`);
+    /// each needs a channel from the vmm-server in `device_channels`. The
+    /// image builder writes their channels into the vmm-server's PCI
+    /// function table (`ipc_proto::pci::FUNCTIONS_MAGIC`). Empty by default.
+    pub pci_functions: Vec<String>,
+    /// A PCI function's server reads host console input (a virtio
+    /// console): the vmm-server's COM1 then gets none.
+    pub pci_takes_host_input: bool,
 }
 
 /// A device server to pack into the image: its name, its ELF (built for
@@ -339,6 +348,8 @@ impl SystemSpec {
             hostile_servers: None,
             device_servers: Vec::new(),
             device_channels: Vec::new(),
+            pci_functions: Vec::new(),
+            pci_takes_host_input: false,
         }
     }
 
@@ -532,6 +543,47 @@ pub fn system_tasks(spec: &SystemSpec) -> (Vec<(&str, Rights)>, Vec<Channel>) {
     (tasks, channels)
 }
 
+/// The vmm-server `vmm` with its PCI function table filled from
+/// `spec.pci_functions` (unchanged when there are none).
+pub fn patch_pci_functions(spec: &SystemSpec, mut vmm: Vec<u8>) -> Result<Vec<u8>, BuildError> {
+    use ipc_proto::pci::{FUNCTIONS_MAGIC, FUNCTION_SLOTS, TAKES_HOST_INPUT};
+    if spec.pci_functions.is_empty() {
+        return Ok(vmm);
+    }
+    let bad = |why: String| BuildError::BadGuest(spec.guest.clone(), why);
+    if spec.board != Board::Pc {
+        return Err(bad(
+            "PCI functions (virtio devices) need the PC board".into()
+        ));
+    }
+    if spec.pci_functions.len() > FUNCTION_SLOTS {
+        return Err(bad(format!(
+            "{} PCI functions; the board has {FUNCTION_SLOTS} slots",
+            spec.pci_functions.len()
+        )));
+    }
+    let (tasks, channels) = system_tasks(spec);
+    let name = |i: u8| tasks.get(usize::from(i)).map(|t| t.0);
+    let at = vmm
+        .windows(FUNCTIONS_MAGIC.len())
+        .position(|w| w == FUNCTIONS_MAGIC)
+        .ok_or_else(|| bad("the vmm-server has no PCI function table".into()))?
+        + FUNCTIONS_MAGIC.len();
+    for (slot, f) in spec.pci_functions.iter().enumerate() {
+        let ch = channels
+            .iter()
+            .position(|c| name(c.client) == Some("vmm-server") && name(c.server) == Some(f))
+            .ok_or_else(|| bad(format!("no channel from the vmm-server to {f}")))?;
+        vmm[at + slot] = u8::try_from(ch + 1).map_err(|_| bad("too many channels".into()))?;
+    }
+    vmm[at + FUNCTION_SLOTS] = if spec.pci_takes_host_input {
+        TAKES_HOST_INPUT
+    } else {
+        0
+    };
+    Ok(vmm)
+}
+
 /// `splitvisor build --show-rights`: who may do what in the image `spec`
 /// asks for.
 pub fn rights_table(spec: &SystemSpec) -> String {
@@ -552,6 +604,7 @@ pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
         Some(h) => (read(&h.vmm_server)?, read(&h.mmu_server)?),
         None => (read(&elfs.vmm_server)?, read(&elfs.mmu_server)?),
     };
+    let vmm = patch_pci_functions(spec, vmm)?;
     let uart = read(&elfs.uart_server)?;
     let devices = spec
         .device_servers

@@ -25,6 +25,20 @@ pub mod op {
     pub const POLL: u32 = 5;
 }
 
+/// The vmm-server's PCI function table, a block in its executable that the
+/// image builder patches (the stub knows nothing of PCI): this magic, then
+/// [`FUNCTION_SLOTS`] bytes, the channel number + 1 of the server of each
+/// of the board's PCI slots in order (0: the slot is empty), then a flags
+/// byte ([`TAKES_HOST_INPUT`]) and three zero bytes.
+pub const FUNCTIONS_MAGIC: [u8; 12] = *b"SVPCIFUNCS\0\0";
+/// Slots in the function table.
+pub const FUNCTION_SLOTS: usize = 4;
+/// Flag: a function's server reads host console input (a virtio console);
+/// the vmm-server then leaves it to that server.
+pub const TAKES_HOST_INPUT: u8 = 1;
+/// The whole block: the magic, the slots, the flags, padding.
+pub const FUNCTIONS_BLOCK_LEN: usize = FUNCTIONS_MAGIC.len() + FUNCTION_SLOTS + 4;
+
 /// Most MSI messages one reply carries.
 pub const MAX_MSIS: usize = 8;
 

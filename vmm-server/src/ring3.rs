@@ -14,7 +14,9 @@ use ipc_proto::{ErrorCode, ExitRecord, Resume, Stats, Syscall, ABI_VERSION};
 use vmm_server::board::Board;
 use vmm_server::boards;
 use vmm_server::cpuid::HostCpuid;
+use vmm_server::devices::pci::PciBus;
 use vmm_server::devices::remote::{PortChannel, RemotePort};
+use vmm_server::devices::remote_pci::{PciChannel, RemotePci};
 use vmm_server::devices::uart16550::{self, Uart16550};
 use vmm_server::emulate::{GuestMemory, NotRam};
 use vmm_server::{Ending, Host, HostConsole, HostWrite, PortDevice, Stub, Vmm};
@@ -23,6 +25,32 @@ use vmm_server::{Ending, Host, HostConsole, HostWrite, PortDevice, Stub, Vmm};
 const RTC_EPOCH: i64 = 1_767_225_600;
 
 use ipc_proto::sys::{self, result, syscall3, vcpu_page};
+
+/// The PCI function table (`ipc_proto::pci::FUNCTIONS_MAGIC`): the image
+/// builder writes the channel of each PCI slot's server after the magic.
+#[used]
+static PCI_FUNCTIONS: [u8; ipc_proto::pci::FUNCTIONS_BLOCK_LEN] = {
+    let mut b = [0u8; ipc_proto::pci::FUNCTIONS_BLOCK_LEN];
+    let m = ipc_proto::pci::FUNCTIONS_MAGIC;
+    let mut i = 0;
+    while i < m.len() {
+        b[i] = m[i];
+        i += 1;
+    }
+    b
+};
+
+/// The table's slots (channel + 1, 0 for none) and flags, read as the
+/// image left them.
+fn pci_functions() -> ([u8; ipc_proto::pci::FUNCTION_SLOTS], u8) {
+    // SAFETY: a static of this task; a volatile read so the compiler
+    // does not fold the bytes the image builder patched.
+    let b = unsafe { core::ptr::addr_of!(PCI_FUNCTIONS).read_volatile() };
+    let at = ipc_proto::pci::FUNCTIONS_MAGIC.len();
+    let mut slots = [0u8; ipc_proto::pci::FUNCTION_SLOTS];
+    slots.copy_from_slice(&b[at..at + ipc_proto::pci::FUNCTION_SLOTS]);
+    (slots, b[at + ipc_proto::pci::FUNCTION_SLOTS])
+}
 
 /// Whether the last byte sent to the host console was '\n'; the panic
 /// handler reads it because it cannot reach the shared console.
@@ -57,15 +85,20 @@ fn halt() -> ! {
 /// to send what it has buffered (and end its line) before each write.
 struct ConsoleSyscall {
     uart: Option<ChannelSyscall>,
+    /// A PCI function's server (a virtio console) reads host input.
+    input_elsewhere: bool,
 }
 
 impl HostWrite for ConsoleSyscall {
     fn write_host(&mut self, bytes: &[u8]) {
         if let Some(ch) = &mut self.uart {
-            let _ = ch.call(&PortMessage {
-                op: op::FLUSH,
-                ..PortMessage::default()
-            });
+            let _ = PortChannel::call(
+                ch,
+                &PortMessage {
+                    op: op::FLUSH,
+                    ..PortMessage::default()
+                },
+            );
         }
         console_write(bytes);
     }
@@ -73,7 +106,7 @@ impl HostWrite for ConsoleSyscall {
     fn read_host(&mut self, buf: &mut [u8]) -> usize {
         // With a uart-server, host input is that server's (it reads it for
         // COM1); reading it here would take it from the guest.
-        if self.uart.is_some() {
+        if self.uart.is_some() || self.input_elsewhere {
             return 0;
         }
         // SAFETY: `buf` is a live, writable slice of our own memory.
@@ -233,6 +266,31 @@ impl PortChannel for ChannelSyscall {
     }
 }
 
+impl ChannelSyscall {
+    fn page<T>(&self) -> *mut T {
+        (CHANNEL_PAGE_BASE + self.channel * PAGE_SIZE) as *mut T
+    }
+}
+
+impl PciChannel for ChannelSyscall {
+    fn call(
+        &mut self,
+        request: &ipc_proto::pci::PciMessage,
+    ) -> Result<ipc_proto::pci::PciMessage, ErrorCode> {
+        let page = self.page::<ipc_proto::pci::PciMessage>();
+        // SAFETY: the stub maps the page of every channel this task is an
+        // end of read-write at this address (the PCI function table names
+        // it); a PciMessage fits the page; its server does not run while
+        // we do, and every bit pattern is a valid PciMessage.
+        unsafe { page.write_volatile(*request) };
+        // SAFETY: Call takes no pointer; the asm's memory clobber orders
+        // the volatile accesses around it.
+        result(unsafe { syscall3(Syscall::Call, self.channel, 0, 0) })?;
+        // SAFETY: as above; the server answered in the page.
+        Ok(unsafe { page.read_volatile() })
+    }
+}
+
 /// What a variant of this server adds to its loop: the attack campaign's
 /// hostile vmm-server (`attack/`) runs its attempts from these; the
 /// vmm-server itself adds nothing ([`Plain`]).
@@ -305,9 +363,11 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
     let boot = unsafe { (BOOT_INFO_PAGE as *const BootInfo).read_volatile() };
     // Channel number + 1 to the uart-server, 0 when COM1 is ours.
     let uart_channel = boot.uart_channel.checked_sub(1);
+    let (pci_slots, pci_flags) = pci_functions();
     let console = RefCell::new(HostConsole::new(
         ConsoleSyscall {
             uart: uart_channel.map(|channel| ChannelSyscall { channel }),
+            input_elsewhere: pci_flags & ipc_proto::pci::TAKES_HOST_INPUT != 0,
         },
         true,
     ));
@@ -348,7 +408,32 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
         Some(r) => r,
         None => &mut local_uart,
     };
-    let mut devices = boards::Devices::new(&board, table, boot.guest_ram_bytes, RTC_EPOCH);
+    // The PCI functions that run as servers of their own, on the PC
+    // board's slots; the ISA board has none.
+    let mut functions: [Option<RemotePci<'_, ChannelSyscall>>; ipc_proto::pci::FUNCTION_SLOTS] =
+        core::array::from_fn(|i| {
+            let channel = u64::from(pci_slots[i].checked_sub(1)?);
+            let &(_, intx) = boards::PC_PCI_SLOTS.get(i)?;
+            (kind == ipc_proto::manifest::Board::Pc).then(|| {
+                RemotePci::new(ChannelSyscall { channel })
+                    .with_irq(board.irq.pci(intx))
+                    .with_poll_gap(&rdtsc, poll_gap)
+            })
+        });
+    let bus = PciBus::new();
+    for (i, f) in functions.iter_mut().enumerate() {
+        let (Some(f), Some(&(device, intx))) = (f, boards::PC_PCI_SLOTS.get(i)) else {
+            continue;
+        };
+        if let Err(e) = bus.add(device, 0, intx, f) {
+            console
+                .borrow_mut()
+                .server_line(format_args!("PCI 00:{device:02x}.0: {e}"));
+            vm_fail();
+        }
+    }
+    let mut devices =
+        boards::Devices::new(&board, table, boot.guest_ram_bytes, RTC_EPOCH).with_pci_bus(&bus);
     let (router, mmio) = match devices.routers(table, uart) {
         Ok(routers) => routers,
         Err(e) => {
@@ -429,7 +514,10 @@ static ALLOCATOR: Bump = Bump;
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let mut c = HostConsole::new(
-        ConsoleSyscall { uart: None },
+        ConsoleSyscall {
+            uart: None,
+            input_elsewhere: false,
+        },
         AT_LINE_START.load(Ordering::Relaxed),
     );
     match info.location() {

@@ -103,6 +103,33 @@ struct MemBar {
     wide: bool,
 }
 
+/// The functions, packed at the front.
+struct Slots<'f> {
+    s: [Option<Slot<'f>>; MAX_FUNCTIONS],
+    len: usize,
+}
+
+impl<'f> Slots<'f> {
+    fn iter<'a>(&'a self) -> impl Iterator<Item = &'a Slot<'f>> + 'a {
+        self.s[..self.len].iter().flatten()
+    }
+
+    fn iter_mut<'a>(&'a mut self) -> impl Iterator<Item = &'a mut Slot<'f>> + 'a {
+        self.s[..self.len].iter_mut().flatten()
+    }
+
+    fn push(&mut self, slot: Slot<'f>) -> Result<(), Slot<'f>> {
+        match self.s.get_mut(self.len) {
+            Some(free) => {
+                *free = Some(slot);
+                self.len += 1;
+                Ok(())
+            }
+            None => Err(slot),
+        }
+    }
+}
+
 struct Slot<'f> {
     device: u8,
     function: u8,
@@ -167,9 +194,10 @@ impl core::fmt::Display for BusError {
 
 /// The functions on bus 0 besides the host bridge, shared by the
 /// configuration ports ([`PciHost`]) and the MMIO window ([`PciHole`]).
-#[derive(Default)]
+/// (Plain arrays, no drop glue: the board borrows the bus for as long as
+/// the functions it holds live.)
 pub struct PciBus<'f> {
-    slots: RefCell<heapless::Vec<Slot<'f>, MAX_FUNCTIONS>>,
+    slots: RefCell<Slots<'f>>,
     /// The next free address of the window.
     next: core::cell::Cell<u64>,
 }
@@ -178,7 +206,10 @@ impl<'f> PciBus<'f> {
     /// No functions.
     pub fn new() -> Self {
         Self {
-            slots: RefCell::new(heapless::Vec::new()),
+            slots: RefCell::new(Slots {
+                s: [const { None }; MAX_FUNCTIONS],
+                len: 0,
+            }),
             next: core::cell::Cell::new(MMIO_WINDOW_BASE),
         }
     }
@@ -269,7 +300,7 @@ impl<'f> PciBus<'f> {
 
     /// Functions on the bus.
     pub fn len(&self) -> usize {
-        self.slots.borrow().len()
+        self.slots.borrow().len
     }
 
     /// Whether the bus has no function.
@@ -289,10 +320,10 @@ impl<'f> PciBus<'f> {
         let Ok(mut slots) = self.slots.try_borrow_mut() else {
             return;
         };
-        if let Some(s) = slots
+        let found = slots
             .iter_mut()
-            .find(|s| (s.device, s.function) == (device, function))
-        {
+            .find(|s| (s.device, s.function) == (device, function));
+        if let Some(s) = found {
             s.f.config_write(offset, size, value);
             let end = offset + u16::from(size);
             // The command register or a BAR: where the function decodes
