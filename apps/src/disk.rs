@@ -468,13 +468,19 @@ pub fn virtio_blk_server(disk_channel: u8) -> Result<images::DeviceServer, Strin
 }
 
 /// What `--disk` adds to `system`: the disk-driver (read-only with
-/// `read_only`), the virtio-blk server the guest sees the disk through,
-/// the vmm-server's channel to the virtio-blk server (a PCI function of
-/// the PC board) and the virtio-blk server's channel to the disk-driver.
+/// `read_only`) and, on the PC board, the virtio-blk server the guest sees
+/// the disk through (the next free PCI slot: 00:03.0, or 00:04.0 after a
+/// virtio console), the vmm-server's channel to it and its channel to the
+/// disk-driver. The ISA board has no PCI bus: the disk-driver alone, which
+/// the guest does not see.
 pub fn add_disk_servers(system: &mut images::SystemSpec, read_only: bool) -> Result<(), String> {
     let driver = disk_driver_server(read_only)?;
     let driver_name = driver.name.clone();
     system.device_servers.push(driver);
+    if system.board != ipc_proto::manifest::Board::Pc {
+        return Ok(());
+    }
+    system.pci_functions.push(VIRTIO_BLK.into());
     system
         .device_channels
         .push(("vmm-server".into(), VIRTIO_BLK.into()));

@@ -384,7 +384,8 @@ struct RunArgs {
     /// sentence and exits 2.
     ///
     /// The guest sees the disk as a virtio-blk disk (`/dev/vda` in Linux;
-    /// read-only, VIRTIO_BLK_F_RO, with ,ro) on the PC board's PCI bus.
+    /// read-only, VIRTIO_BLK_F_RO, with ,ro) on the PC board's PCI bus
+    /// (00:03.0, or 00:04.0 with --console hvc0; not on the ISA board).
     /// The image gets the disk-driver server (ports 0x1f0-0x1f7 and 0x3f6,
     /// IRQ 14, guest RAM read-write), which identifies the disk at start
     /// and prints `disk: MODEL, N sectors (SIZE), ...`, and the virtio-blk
