@@ -137,6 +137,11 @@ struct Slot<'f> {
     f: &'f mut dyn PciFunction,
     bars: [MemBar; 6],
     memory: bool,
+    /// Whether the firmware's work ([`PciBus::assign`]) is done: a
+    /// function whose server had not started when it joined the bus (its
+    /// vendor ID read all ones) is assigned at the first configuration
+    /// access instead, when the guest runs and every server waits.
+    assigned: bool,
 }
 
 impl Slot<'_> {
@@ -240,9 +245,20 @@ impl<'f> PciBus<'f> {
             f,
             bars: [MemBar::default(); 6],
             memory: false,
+            assigned: false,
         };
-        self.assign(&mut slot)?;
+        self.assign_if_present(&mut slot)?;
         slots.push(slot).map_err(|_| BusError::Full)
+    }
+
+    /// [`Self::assign`] once the function answers (its vendor ID is not
+    /// all ones).
+    fn assign_if_present(&self, s: &mut Slot<'_>) -> Result<(), BusError> {
+        if s.assigned || s.f.config_read(0, 2) & 0xffff == 0xffff {
+            return Ok(());
+        }
+        s.assigned = true;
+        self.assign(s)
     }
 
     /// What firmware does for one function: sizes each BAR (all ones
@@ -313,6 +329,9 @@ impl<'f> PciBus<'f> {
         let s = slots
             .iter_mut()
             .find(|s| (s.device, s.function) == (device, function))?;
+        // A window too small leaves the function unassigned, as firmware
+        // would; `add` reported it for functions present then.
+        let _ = self.assign_if_present(s);
         Some(s.f.config_read(offset, size))
     }
 
@@ -324,6 +343,7 @@ impl<'f> PciBus<'f> {
             .iter_mut()
             .find(|s| (s.device, s.function) == (device, function));
         if let Some(s) = found {
+            let _ = self.assign_if_present(s);
             s.f.config_write(offset, size, value);
             let end = offset + u16::from(size);
             // The command register or a BAR: where the function decodes
@@ -589,6 +609,52 @@ mod tests {
         // Function 1 of a present device: nothing.
         p.write(0, IoSize::Dword, addr(3, 0) | 1 << 8);
         assert_eq!(p.read(4, IoSize::Word), 0xffff);
+    }
+
+    /// A function whose server has not started yet: all ones until it is.
+    struct Late<'a> {
+        up: &'a core::cell::Cell<bool>,
+        f: Local,
+    }
+
+    impl PciFunction for Late<'_> {
+        fn config_read(&mut self, offset: u16, size: u8) -> u32 {
+            if self.up.get() {
+                self.f.config_read(offset, size)
+            } else {
+                u32::MAX
+            }
+        }
+        fn config_write(&mut self, offset: u16, size: u8, value: u32) {
+            if self.up.get() {
+                self.f.config_write(offset, size, value);
+            }
+        }
+        fn bar_read(&mut self, bar: u8, offset: u64, size: u8) -> u64 {
+            self.f.bar_read(bar, offset, size)
+        }
+        fn bar_write(&mut self, bar: u8, offset: u64, size: u8, value: u64) {
+            self.f.bar_write(bar, offset, size, value);
+        }
+    }
+
+    #[test]
+    fn a_function_whose_server_starts_late_is_assigned_at_the_first_access() {
+        let up = core::cell::Cell::new(false);
+        let mut late = Late {
+            up: &up,
+            f: Local::new(),
+        };
+        let bus = PciBus::new();
+        bus.add(3, 0, 10, &mut late).unwrap();
+        assert_eq!(bus.bar_base(3, 0, 0), None, "not assigned while absent");
+        up.set(true);
+        let mut p = PciHost::new().with_bus(&bus);
+        p.write(0, IoSize::Dword, addr(3, 0));
+        assert_eq!(p.read(4, IoSize::Dword), 0x1043_1af4);
+        assert_eq!(bus.bar_base(3, 0, 0), Some(MMIO_WINDOW_BASE));
+        p.write(0, IoSize::Dword, addr(3, 4));
+        assert_eq!(p.read(4, IoSize::Word) & 6, 6, "memory and bus master on");
     }
 
     #[test]
