@@ -4,6 +4,7 @@
 mod bench;
 mod bench_boot;
 mod bench_exits;
+mod bench_io;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
