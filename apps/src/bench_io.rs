@@ -8,13 +8,14 @@
 //! [`splitvisor::linux::IO_LINE`]); the guest's clock is the host's in both
 //! (TCG without `-icount`), so the figures compare.
 
+use std::io::BufRead;
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use splitvisor::linux::{Flavour, IO_LINE};
+use splitvisor::linux::{Flavour, IO_BEGIN, IO_LINE};
 use splitvisor::linux_virtio::PlainVirtio;
 
 /// `splitvisor bench io`.
@@ -26,36 +27,61 @@ pub struct IoArgs {
     timeout: u64,
 }
 
-/// One timed part: its name, bytes moved and guest seconds.
+/// One timed part: its name, bytes moved and host seconds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IoFigure {
     /// `seq-write`, `seq-read`, `rand-read-4k`.
     pub name: String,
     /// Bytes moved.
     pub bytes: u64,
-    /// Guest seconds it took.
+    /// Host seconds between the part's two lines.
     pub seconds: f64,
 }
 
-/// The [`IO_LINE`] lines of a console (anywhere in a line: a kernel
-/// message may come first).
-pub fn parse_io_lines(console: &str) -> Vec<IoFigure> {
-    console
-        .lines()
-        .filter_map(|l| {
-            let rest = &l[l.find(IO_LINE)? + IO_LINE.len()..];
+/// The parts timed in `lines` (each console line with when it arrived):
+/// from each [`IO_BEGIN`] line to its [`IO_LINE`] line (found anywhere in
+/// a line: a kernel message may come first).
+pub fn parse_io_lines(lines: &[(Duration, String)]) -> Vec<IoFigure> {
+    let after = |l: &str, p: &str| l.find(p).map(|i| l[i + p.len()..].to_string());
+    let mut begun: Vec<(String, Duration)> = Vec::new();
+    let mut out = Vec::new();
+    for (t, l) in lines {
+        if let Some(name) = after(l, IO_BEGIN) {
+            begun.push((name.trim().to_string(), *t));
+        } else if let Some(rest) = after(l, IO_LINE) {
             let mut w = rest.split_whitespace();
-            let name = w.next()?.to_string();
-            let bytes = w.next()?.parse().ok()?;
-            let a: f64 = w.next()?.parse().ok()?;
-            let b: f64 = w.next()?.parse().ok()?;
-            Some(IoFigure {
-                name,
-                bytes,
-                seconds: b - a,
-            })
-        })
-        .collect()
+            let (Some(name), Some(bytes)) = (w.next(), w.next().and_then(|b| b.parse().ok()))
+            else {
+                continue;
+            };
+            if let Some((_, t0)) = begun.iter().find(|(n, _)| n == name) {
+                out.push(IoFigure {
+                    name: name.to_string(),
+                    bytes,
+                    seconds: t.saturating_sub(*t0).as_secs_f64(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Runs `cmd` and returns its stdout's lines, each with when it arrived.
+fn timed_lines(mut cmd: Command) -> Result<Vec<(Duration, String)>, String> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = Vec::new();
+    for l in std::io::BufReader::new(stdout).split(b'\n') {
+        let l = l.map_err(|e| e.to_string())?;
+        lines.push((start.elapsed(), String::from_utf8_lossy(&l).into_owned()));
+    }
+    let _ = child.wait();
+    Ok(lines)
 }
 
 fn scratch_image(path: &Path) -> Result<(), String> {
@@ -96,21 +122,20 @@ fn run(a: &IoArgs) -> Result<(), String> {
         scratch_image(&img)?;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         eprintln!("bench io: splitvisor (npt, virtio-blk server + disk-driver) ...");
-        let out = Command::new(exe)
-            .args(["run", "--linux", "amd64", "--board", "pc", "--mmu", "npt"])
+        let mut cmd = Command::new(exe);
+        cmd.args(["run", "--linux", "amd64", "--board", "pc", "--mmu", "npt"])
             .args(["--cpu", "EPYC,+svm,+npt", "--disk"])
             .arg(&img)
             .args(["--append", "pci=lastbus=1 splitvisor.disk=bench"])
-            .args(["--timeout", &a.timeout.to_string()])
-            .output()
-            .map_err(|e| e.to_string())?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let ours = parse_io_lines(&stdout);
+            .args(["--timeout", &a.timeout.to_string()]);
+        let lines = timed_lines(cmd)?;
+        let ours = parse_io_lines(&lines);
         if ours.len() != 3 {
+            let text: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
             return Err(format!(
-                "the splitvisor boot printed {} of 3 io lines:\n{stdout}\n{}",
+                "the splitvisor boot printed {} of 3 io lines:\n{}",
                 ours.len(),
-                String::from_utf8_lossy(&out.stderr)
+                text.join("\n")
             ));
         }
         scratch_image(&img)?;
@@ -123,7 +148,7 @@ fn run(a: &IoArgs) -> Result<(), String> {
         p.icount = None;
         p.timeout = Duration::from_secs(a.timeout);
         let plain_run = p.run()?;
-        let plain = parse_io_lines(&plain_run.serial);
+        let plain = parse_io_lines(&plain_run.lines);
         if plain.len() != 3 {
             return Err(format!(
                 "the plain QEMU boot printed {} of 3 io lines\n{plain_run}",
@@ -149,7 +174,7 @@ fn run(a: &IoArgs) -> Result<(), String> {
                 ratio
             );
         }
-        println!("(guest seconds by /proc/uptime, 10 ms resolution; ratio: splitvisor's time over plain QEMU's)");
+        println!("(host time between the guest's lines before and after each part; ratio: splitvisor's time over plain QEMU's)");
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&dir);
@@ -161,10 +186,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn io_lines_are_found_after_kernel_messages() {
-        let text = "x\n[  1.0] foo splitvisor-linux: io seq-write 16777216 10.50 12.50\nsplitvisor-linux: io rand-read-4k 819200 3 3.5\nsplitvisor-linux: io bad\n";
-        let f = parse_io_lines(text);
-        assert_eq!(f.len(), 2);
+    fn io_lines_are_timed_from_begin_to_end() {
+        let at = |ms: u64, l: &str| (Duration::from_millis(ms), l.to_string());
+        let lines = [
+            at(100, "splitvisor-linux: io-begin seq-write"),
+            at(
+                2100,
+                "[  1.0] foo splitvisor-linux: io seq-write 16777216 10.50 12.50",
+            ),
+            at(2200, "splitvisor-linux: io-begin rand-read-4k"),
+            at(2700, "splitvisor-linux: io rand-read-4k 819200 3 3.5"),
+            at(2800, "splitvisor-linux: io seq-read 100 1 2"),
+        ];
+        let f = parse_io_lines(&lines);
+        assert_eq!(f.len(), 2, "no begin, no figure");
         assert_eq!(f[0].name, "seq-write");
         assert!((f[0].seconds - 2.0).abs() < 1e-9);
         assert_eq!(rate(&f[0]), "8.39 MB/s");

@@ -220,12 +220,15 @@ pub const DISK_TEXT: &str = "splitvisor disk check: written by the first boot";
 /// and prints this line, then `refused: ` and dd's message or `succeeded`.
 pub const DISK_RAW_WRITE: &str = "splitvisor-linux: raw write to /dev/vda ";
 
-/// With `splitvisor.disk=bench`: `IO_LINE NAME BYTES START END`, the
+/// With `splitvisor.disk=bench`: `IO_BEGIN NAME` before each part and
+/// `IO_LINE NAME BYTES START END` after it, the
 /// guest's uptime in seconds before and after moving BYTES (`seq-write`:
 /// 16 MiB in 64 KiB blocks with `conv=fsync`; `seq-read`: the same back,
 /// caches dropped; `rand-read-4k`: 200 single-block `dd` reads at
 /// scattered offsets, read-ahead off).
 pub const IO_LINE: &str = "splitvisor-linux: io ";
+/// See [`IO_LINE`].
+pub const IO_BEGIN: &str = "splitvisor-linux: io-begin ";
 
 /// Either disk check's line when it fails, before the reason.
 pub const DISK_FAILED: &str = "splitvisor-linux: disk check failed: ";
@@ -334,12 +337,15 @@ case " $(cat /proc/cmdline) " in
 *" splitvisor.disk=bench "*)
     up() { read u _ </proc/uptime; echo $u; }
     blockdev --setra 0 /dev/vda 2>/dev/null
+    echo "splitvisor-linux: io-begin seq-write"
     a=$(up); dd if=/dev/zero of=/dev/vda bs=65536 count=256 conv=fsync 2>/dev/null; b=$(up)
     echo "splitvisor-linux: io seq-write 16777216 $a $b"
     echo 3 >/proc/sys/vm/drop_caches
+    echo "splitvisor-linux: io-begin seq-read"
     a=$(up); dd if=/dev/vda of=/dev/null bs=65536 count=256 2>/dev/null; b=$(up)
     echo "splitvisor-linux: io seq-read 16777216 $a $b"
     echo 3 >/proc/sys/vm/drop_caches
+    echo "splitvisor-linux: io-begin rand-read-4k"
     a=$(up); i=0
     while [ $i -lt 200 ]; do
         dd if=/dev/vda of=/dev/null bs=4096 count=1 skip=$(( (i * 7919) % 16384 )) 2>/dev/null
@@ -673,6 +679,7 @@ mod tests {
             DISK_FAILED,
             DISK_RAW_WRITE,
             IO_LINE,
+            IO_BEGIN,
             HVC_LOG_BEGIN,
             HVC_LOG_END,
         ] {
