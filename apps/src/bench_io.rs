@@ -126,7 +126,7 @@ fn run(a: &IoArgs) -> Result<(), String> {
         cmd.args(["run", "--linux", "amd64", "--board", "pc", "--mmu", "npt"])
             .args(["--cpu", "EPYC,+svm,+npt", "--disk"])
             .arg(&img)
-            .args(["--append", "pci=lastbus=1 splitvisor.disk=bench"])
+            .args(["--append", "splitvisor.disk=bench"])
             .args(["--timeout", &a.timeout.to_string()]);
         let lines = timed_lines(cmd)?;
         let ours = parse_io_lines(&lines);

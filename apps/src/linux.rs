@@ -51,6 +51,16 @@ pub const DEFAULT_APPEND: &str =
 /// ACPI PM timer, the local APIC timer) and calibrates the TSC itself.
 pub const PC_BOARD_APPEND: &str = "console=ttyS0";
 
+/// What `--console hvc0` adds to the `--linux` command line so that Linux
+/// finds the PCI functions: with ACPI, x86 Linux scans PCI buses only
+/// from the DSDT's root bridges (`pci_acpi_init`, then
+/// `pcibios_fixup_peer_bridges` scans buses 0..=`pcibios_last_bus` only
+/// when that is above 0), and the DSDT here has no `PCI0`; the function's
+/// BARs, which the board assigned in the PCI window, are then kept.
+/// TODO(issue 12): a `PCI0` device (`PNP0A03`, `_CRS` with the window,
+/// `_PRT`) in the DSDT, and this goes.
+pub const SCAN_PCI_BUS: &str = "pci=lastbus=1";
+
 /// `cmdline` with its `console=ttyS0` options replaced by `console`
 /// (`console=hvc0` for `--console hvc0`), or `console` put first when it
 /// has none.

@@ -139,7 +139,8 @@ struct GuestArgs {
     /// `console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 tsc=reliable
     /// tsc_early_khz=HOST`
     /// before it on the ISA board, `console=ttyS0` alone on the PC board;
-    /// `console=hvc0` in place of `console=ttyS0` with --console hvc0).
+    /// `console=hvc0` in place of `console=ttyS0`, and `pci=lastbus=1`,
+    /// with --console hvc0).
     #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     append: Option<String>,
     /// The multiboot command line, for multiboot kernels. A kernel given by
@@ -190,7 +191,8 @@ struct GuestArgs {
     /// server of its own, the virtio-console task, which writes the
     /// guest's output to the host console and takes host input). With
     /// --linux, hvc0 also puts `console=hvc0` on the kernel command line in
-    /// place of `console=ttyS0`.
+    /// place of `console=ttyS0`, and `pci=lastbus=1` (the DSDT has no PCI
+    /// root bridge yet, so Linux scans bus 0 only when told).
     #[arg(long, value_name = "CONSOLE", default_value = "ttyS0",
           value_parser = clap::builder::PossibleValuesParser::new(["ttyS0", "hvc0"]))]
     console: String,
@@ -231,6 +233,7 @@ impl GuestArgs {
             );
             if self.guest_console() == splitvisor::virtio::GuestConsole::Hvc0 {
                 cmdline = splitvisor::linux::with_console(&cmdline, "console=hvc0");
+                cmdline = format!("{cmdline} {}", splitvisor::linux::SCAN_PCI_BUS);
             }
             (
                 g.kernel,
@@ -386,7 +389,9 @@ struct RunArgs {
     ///
     /// The guest sees the disk as a virtio-blk disk (`/dev/vda` in Linux;
     /// read-only, VIRTIO_BLK_F_RO, with ,ro) on the PC board's PCI bus
-    /// (00:03.0, or 00:04.0 with --console hvc0; not on the ISA board).
+    /// (00:03.0, or 00:04.0 with --console hvc0; not on the ISA board);
+    /// with --linux, `pci=lastbus=1` joins the command line (the DSDT has
+    /// no PCI root bridge yet, so Linux scans bus 0 only when told).
     /// The image gets the disk-driver server (ports 0x1f0-0x1f7 and 0x3f6,
     /// IRQ 14, guest RAM read-write), which identifies the disk at start
     /// and prints `disk: MODEL, N sectors (SIZE), ...`, and the virtio-blk
@@ -395,6 +400,19 @@ struct RunArgs {
     /// guest's buffers. Not with --platform sel4.
     #[arg(long, value_name = "FILE[,ro]", value_parser = splitvisor::disk::DiskSpec::parse)]
     disk: Option<splitvisor::disk::DiskSpec>,
+}
+
+/// With --linux and a PCI function on the board (the virtio-blk disk):
+/// `pci=lastbus=1` on the command line, once, so that Linux scans bus 0
+/// (`splitvisor::linux::SCAN_PCI_BUS`).
+fn scan_pci_bus(guest: &GuestArgs, system: &mut images::SystemSpec) {
+    let scan = splitvisor::linux::SCAN_PCI_BUS;
+    if guest.linux.is_some()
+        && !system.pci_functions.is_empty()
+        && !system.cmdline.split_whitespace().any(|w| w == scan)
+    {
+        system.cmdline = format!("{} {scan}", system.cmdline);
+    }
 }
 
 /// `--disk`: the checked and locked image, held until the run ends; or
@@ -469,6 +487,7 @@ fn main() -> ExitCode {
                     eprintln!("splitvisor: {e}");
                     return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
                 }
+                scan_pci_bus(&a.guest, &mut system);
             }
             let memory_mib = a
                 .memory
@@ -537,6 +556,7 @@ fn build(a: &BuildArgs) -> i32 {
             eprintln!("splitvisor: {e}");
             return 1;
         }
+        scan_pci_bus(&a.guest, &mut spec);
     }
     if a.show_rights {
         eprint!("{}", images::rights_table(&spec));

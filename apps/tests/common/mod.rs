@@ -89,7 +89,7 @@ pub fn rejoin_interrupted_lines(console: &str) -> String {
 }
 
 /// The boots share `.cache/linux/` and the two cores: one at a time.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Boots `flavour` with `--mmu mmu` and `extra` arguments (emulator, CPU)
 /// through the workload, kills it after `timeout_secs`, and checks that the

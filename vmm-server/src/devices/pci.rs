@@ -137,10 +137,7 @@ struct Slot<'f> {
     f: &'f mut dyn PciFunction,
     bars: [MemBar; 6],
     memory: bool,
-    /// Whether the firmware's work ([`PciBus::assign`]) is done: a
-    /// function whose server had not started when it joined the bus (its
-    /// vendor ID read all ones) is assigned at the first configuration
-    /// access instead, when the guest runs and every server waits.
+    /// The board's assignment is done (or given up: the window is full).
     assigned: bool,
 }
 
@@ -247,25 +244,33 @@ impl<'f> PciBus<'f> {
             memory: false,
             assigned: false,
         };
-        self.assign_if_present(&mut slot)?;
+        self.assign(&mut slot)?;
         slots.push(slot).map_err(|_| BusError::Full)
     }
 
-    /// [`Self::assign`] once the function answers (its vendor ID is not
-    /// all ones).
-    fn assign_if_present(&self, s: &mut Slot<'_>) -> Result<(), BusError> {
-        if s.assigned || s.f.config_read(0, 2) & 0xffff == 0xffff {
-            return Ok(());
+    /// Assigns the functions whose server did not answer before (a
+    /// device server that had not reached its loop when the board was
+    /// made): before any access reaches them.
+    fn settle(&self, slots: &mut Slots<'f>) {
+        for s in slots.iter_mut().filter(|s| !s.assigned) {
+            if self.assign(s).is_err() {
+                s.assigned = true;
+            }
         }
-        s.assigned = true;
-        self.assign(s)
     }
 
     /// What firmware does for one function: sizes each BAR (all ones
     /// written, the read-back's writable bits), places the memory BARs in
     /// the window, naturally aligned (I/O BARs stay unassigned), enables
     /// memory decoding and bus mastering, writes the interrupt line.
+    ///
+    /// A function whose vendor ID reads all ones (its server is not
+    /// answering yet) is left for later ([`Self::settle`]).
     fn assign(&self, s: &mut Slot<'_>) -> Result<(), BusError> {
+        if s.f.config_read(0, 2) & 0xffff == 0xffff {
+            return Ok(());
+        }
+        s.assigned = true;
         let mut i = 0u16;
         while i < 6 {
             let reg = BAR0 + 4 * i;
@@ -326,12 +331,10 @@ impl<'f> PciBus<'f> {
 
     fn config_read(&self, device: u8, function: u8, offset: u16, size: u8) -> Option<u32> {
         let mut slots = self.slots.try_borrow_mut().ok()?;
+        self.settle(&mut slots);
         let s = slots
             .iter_mut()
             .find(|s| (s.device, s.function) == (device, function))?;
-        // A window too small leaves the function unassigned, as firmware
-        // would; `add` reported it for functions present then.
-        let _ = self.assign_if_present(s);
         Some(s.f.config_read(offset, size))
     }
 
@@ -339,11 +342,11 @@ impl<'f> PciBus<'f> {
         let Ok(mut slots) = self.slots.try_borrow_mut() else {
             return;
         };
+        self.settle(&mut slots);
         let found = slots
             .iter_mut()
             .find(|s| (s.device, s.function) == (device, function));
         if let Some(s) = found {
-            let _ = self.assign_if_present(s);
             s.f.config_write(offset, size, value);
             let end = offset + u16::from(size);
             // The command register or a BAR: where the function decodes
@@ -611,52 +614,6 @@ mod tests {
         assert_eq!(p.read(4, IoSize::Word), 0xffff);
     }
 
-    /// A function whose server has not started yet: all ones until it is.
-    struct Late<'a> {
-        up: &'a core::cell::Cell<bool>,
-        f: Local,
-    }
-
-    impl PciFunction for Late<'_> {
-        fn config_read(&mut self, offset: u16, size: u8) -> u32 {
-            if self.up.get() {
-                self.f.config_read(offset, size)
-            } else {
-                u32::MAX
-            }
-        }
-        fn config_write(&mut self, offset: u16, size: u8, value: u32) {
-            if self.up.get() {
-                self.f.config_write(offset, size, value);
-            }
-        }
-        fn bar_read(&mut self, bar: u8, offset: u64, size: u8) -> u64 {
-            self.f.bar_read(bar, offset, size)
-        }
-        fn bar_write(&mut self, bar: u8, offset: u64, size: u8, value: u64) {
-            self.f.bar_write(bar, offset, size, value);
-        }
-    }
-
-    #[test]
-    fn a_function_whose_server_starts_late_is_assigned_at_the_first_access() {
-        let up = core::cell::Cell::new(false);
-        let mut late = Late {
-            up: &up,
-            f: Local::new(),
-        };
-        let bus = PciBus::new();
-        bus.add(3, 0, 10, &mut late).unwrap();
-        assert_eq!(bus.bar_base(3, 0, 0), None, "not assigned while absent");
-        up.set(true);
-        let mut p = PciHost::new().with_bus(&bus);
-        p.write(0, IoSize::Dword, addr(3, 0));
-        assert_eq!(p.read(4, IoSize::Dword), 0x1043_1af4);
-        assert_eq!(bus.bar_base(3, 0, 0), Some(MMIO_WINDOW_BASE));
-        p.write(0, IoSize::Dword, addr(3, 4));
-        assert_eq!(p.read(4, IoSize::Word) & 6, 6, "memory and bus master on");
-    }
-
     #[test]
     fn bars_are_assigned_in_the_window_and_sized_like_firmware_does() {
         let (mut a, mut b) = (Local::new(), Local::new());
@@ -687,6 +644,46 @@ mod tests {
         assert!(bus.decodes(b1) && bus.decodes(c0) && !bus.decodes(c0 + 0x4000 + 0x1000));
         // Outside every BAR: an empty bus.
         assert_eq!(hole.read(0xa0_0000, 4), u64::MAX);
+    }
+
+    /// A function whose server is not answering until `up` is set.
+    struct Late<'a>(Local, &'a core::cell::Cell<bool>);
+
+    impl PciFunction for Late<'_> {
+        fn config_read(&mut self, offset: u16, size: u8) -> u32 {
+            if self.1.get() {
+                self.0.config_read(offset, size)
+            } else {
+                u32::MAX
+            }
+        }
+        fn config_write(&mut self, offset: u16, size: u8, value: u32) {
+            if self.1.get() {
+                self.0.config_write(offset, size, value);
+            }
+        }
+        fn bar_read(&mut self, bar: u8, offset: u64, size: u8) -> u64 {
+            self.0.bar_read(bar, offset, size)
+        }
+        fn bar_write(&mut self, bar: u8, offset: u64, size: u8, value: u64) {
+            self.0.bar_write(bar, offset, size, value)
+        }
+    }
+
+    #[test]
+    fn a_function_whose_server_starts_late_is_assigned_at_the_first_access() {
+        let up = core::cell::Cell::new(false);
+        let mut f = Late(Local::new(), &up);
+        let bus = PciBus::new();
+        bus.add(3, 0, 10, &mut f).unwrap();
+        assert_eq!(bus.bar_base(3, 0, 0), None, "not sized yet");
+        up.set(true);
+        let mut p = PciHost::new().with_bus(&bus);
+        p.write(0, IoSize::Dword, addr(3, 0x10));
+        assert_eq!(p.read(4, IoSize::Dword), MMIO_WINDOW_BASE as u32);
+        assert_eq!(bus.bar_base(3, 0, 0), Some(MMIO_WINDOW_BASE));
+        p.write(0, IoSize::Dword, addr(3, 0x3c));
+        assert_eq!(p.read(4, IoSize::Byte), 10);
     }
 
     #[test]
