@@ -152,3 +152,122 @@ impl GuestMemory for RamWindow {
         Ok(unsafe { core::slice::from_raw_parts_mut(self.base.add(r.start), r.len()) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::console::{Console, ConsoleOutput, InputBuffer};
+    use super::*;
+    use virtio::devices::console::RECEIVEQ;
+    use virtio::pci::{common, MSIX_BAR, VIRTIO_BAR};
+    use virtio::status::{ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK};
+    use virtio::SliceMemory;
+
+    #[derive(Default)]
+    struct Out(Vec<u8>);
+    impl ConsoleOutput for Out {
+        fn write(&mut self, data: &[u8]) {
+            self.0.extend_from_slice(data);
+        }
+    }
+
+    fn msg(op: u32, bar: u8, offset: u64, size: u8, value: u64) -> PciMessage {
+        PciMessage {
+            op,
+            bar,
+            offset,
+            size,
+            value,
+            ..PciMessage::default()
+        }
+    }
+
+    #[test]
+    fn host_input_reaches_the_receive_queue_on_a_poll_with_its_msi() {
+        let mut ram = vec![0u8; 1 << 16];
+        let mut pci = VirtioPci::new(
+            Console::new(Out::default(), InputBuffer::new()),
+            Collected::default(),
+        );
+        let mut mem = SliceMemory::new(&mut ram);
+        let ask = |pci: &mut VirtioPci<_, _>, mem: &mut SliceMemory<'_>, m| serve(pci, mem, &m);
+        // Firmware's BARs and memory decoding, MSI-X on (capability 0x40).
+        ask(
+            &mut pci,
+            &mut mem,
+            msg(op::CONFIG_WRITE, 0, 0x10, 4, 0xfe00_0000),
+        );
+        ask(
+            &mut pci,
+            &mut mem,
+            msg(op::CONFIG_WRITE, 0, 0x14, 4, 0xfe00_4000),
+        );
+        ask(&mut pci, &mut mem, msg(op::CONFIG_WRITE, 0, 0x04, 2, 6));
+        ask(
+            &mut pci,
+            &mut mem,
+            msg(op::CONFIG_WRITE, 0, 0x42, 2, 0x8000),
+        );
+        // Vector 0: 0xFEE00000, data 0x42, unmasked.
+        ask(
+            &mut pci,
+            &mut mem,
+            msg(op::BAR_WRITE, MSIX_BAR, 0, 4, 0xfee0_0000),
+        );
+        ask(&mut pci, &mut mem, msg(op::BAR_WRITE, MSIX_BAR, 8, 4, 0x42));
+        ask(&mut pci, &mut mem, msg(op::BAR_WRITE, MSIX_BAR, 12, 4, 0));
+        let w = |pci: &mut VirtioPci<_, _>, mem: &mut SliceMemory<'_>, reg, size, v| {
+            serve(pci, mem, &msg(op::BAR_WRITE, VIRTIO_BAR, reg, size, v))
+        };
+        w(
+            &mut pci,
+            &mut mem,
+            common::DEVICE_STATUS,
+            1,
+            u64::from(ACKNOWLEDGE | DRIVER),
+        );
+        w(&mut pci, &mut mem, common::DRIVER_FEATURE_SELECT, 4, 1);
+        w(&mut pci, &mut mem, common::DRIVER_FEATURE, 4, 1);
+        let ok = ACKNOWLEDGE | DRIVER | FEATURES_OK;
+        w(&mut pci, &mut mem, common::DEVICE_STATUS, 1, u64::from(ok));
+        w(
+            &mut pci,
+            &mut mem,
+            common::QUEUE_SELECT,
+            2,
+            u64::from(RECEIVEQ),
+        );
+        w(&mut pci, &mut mem, common::QUEUE_SIZE, 2, 4);
+        w(&mut pci, &mut mem, common::QUEUE_MSIX_VECTOR, 2, 0);
+        w(&mut pci, &mut mem, common::QUEUE_DESC, 8, 0x1000);
+        w(&mut pci, &mut mem, common::QUEUE_DRIVER, 8, 0x2000);
+        w(&mut pci, &mut mem, common::QUEUE_DEVICE, 8, 0x3000);
+        w(&mut pci, &mut mem, common::QUEUE_ENABLE, 2, 1);
+        w(
+            &mut pci,
+            &mut mem,
+            common::DEVICE_STATUS,
+            1,
+            u64::from(ok | DRIVER_OK),
+        );
+        // One writable 16-byte buffer at 0x4000 on the receive queue.
+        mem.write(0x1000, &0x4000u64.to_le_bytes()).unwrap();
+        mem.write(0x1008, &16u32.to_le_bytes()).unwrap();
+        mem.write(0x100c, &2u16.to_le_bytes()).unwrap(); // VIRTQ_DESC_F_WRITE
+        mem.write(0x2004, &0u16.to_le_bytes()).unwrap();
+        mem.write(0x2002, &1u16.to_le_bytes()).unwrap();
+        // A poll with no input: nothing.
+        let r = ask(&mut pci, &mut mem, msg(op::POLL, 0, 0, 0, 0));
+        assert_eq!(r.msi_count, 0);
+        // Keys typed on the host, read before the poll as the server does.
+        pci.device_mut().input_mut().fill(|buf| {
+            buf[..3].copy_from_slice(b"ls\r");
+            3
+        });
+        let r = ask(&mut pci, &mut mem, msg(op::POLL, 0, 0, 0, 0));
+        assert_eq!(r.msi_count, 1);
+        assert_eq!((r.msis[0].address, r.msis[0].data), (0xfee0_0000, 0x42));
+        assert_eq!(mem.slice(0x4000, 3).unwrap(), b"ls\r");
+        assert_eq!(mem.read_u16(0x3002).unwrap(), 1, "used index");
+        assert_eq!(mem.read_u32(0x3008).unwrap(), 3, "used length");
+    }
+}

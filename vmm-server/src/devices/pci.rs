@@ -118,14 +118,14 @@ impl<'f> Slots<'f> {
         self.s[..self.len].iter_mut().flatten()
     }
 
-    fn push(&mut self, slot: Slot<'f>) -> Result<(), Slot<'f>> {
+    fn push(&mut self, slot: Slot<'f>) -> Result<(), BusError> {
         match self.s.get_mut(self.len) {
             Some(free) => {
                 *free = Some(slot);
                 self.len += 1;
                 Ok(())
             }
-            None => Err(slot),
+            None => Err(BusError::Full),
         }
     }
 }
@@ -204,6 +204,12 @@ pub struct PciBus<'f> {
     next: core::cell::Cell<u64>,
 }
 
+impl Default for PciBus<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<'f> PciBus<'f> {
     /// No functions.
     pub fn new() -> Self {
@@ -244,8 +250,11 @@ impl<'f> PciBus<'f> {
             memory: false,
             assigned: false,
         };
+        if slots.len == MAX_FUNCTIONS {
+            return Err(BusError::Full);
+        }
         self.assign(&mut slot)?;
-        slots.push(slot).map_err(|_| BusError::Full)
+        slots.push(slot)
     }
 
     /// Assigns the functions whose server did not answer before (a
@@ -296,10 +305,16 @@ impl<'f> PciBus<'f> {
                 i += if wide { 2 } else { 1 };
                 continue;
             }
-            let base = self.next.get().next_multiple_of(size);
-            if base + size > MMIO_WINDOW_BASE + MMIO_WINDOW_LEN {
-                return Err(BusError::WindowFull);
-            }
+            // The sizes come from a server: checked arithmetic only.
+            let base = self
+                .next
+                .get()
+                .checked_next_multiple_of(size)
+                .filter(|b| {
+                    b.checked_add(size)
+                        .is_some_and(|end| end <= MMIO_WINDOW_BASE + MMIO_WINDOW_LEN)
+                })
+                .ok_or(BusError::WindowFull)?;
             self.next.set(base + size);
             s.f.config_write(reg, 4, base as u32);
             if wide && i < 5 {
@@ -684,6 +699,32 @@ mod tests {
         assert_eq!(bus.bar_base(3, 0, 0), Some(MMIO_WINDOW_BASE));
         p.write(0, IoSize::Dword, addr(3, 0x3c));
         assert_eq!(p.read(4, IoSize::Byte), 10);
+    }
+
+    /// A function whose BAR 0 claims 2^63 bytes (a hostile server).
+    struct Huge;
+
+    impl PciFunction for Huge {
+        fn config_read(&mut self, offset: u16, _size: u8) -> u32 {
+            match offset {
+                0 => 0x1234_5678,
+                0x10 => 0x4, // 64-bit memory BAR, all address bits fixed low
+                0x14 => 0x8000_0000,
+                _ => 0,
+            }
+        }
+        fn config_write(&mut self, _: u16, _: u8, _: u32) {}
+        fn bar_read(&mut self, _: u8, _: u64, _: u8) -> u64 {
+            0
+        }
+        fn bar_write(&mut self, _: u8, _: u64, _: u8, _: u64) {}
+    }
+
+    #[test]
+    fn a_bar_larger_than_the_window_is_refused_without_overflow() {
+        let bus = PciBus::new();
+        let mut f = Huge;
+        assert_eq!(bus.add(3, 0, 10, &mut f), Err(BusError::WindowFull));
     }
 
     #[test]

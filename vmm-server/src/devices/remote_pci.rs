@@ -283,7 +283,6 @@ mod tests {
                 .expect("an MSI-X capability");
             host.write(0, IoSize::Dword, 0x8000_1800 | cap);
             host.write(6, IoSize::Word, 0x8000);
-            drop(bus);
             // The ring, in the server's RAM.
             let ram = &mut proxy.channel.ram;
             put(ram, 0x4000, b"hello\n");
