@@ -569,6 +569,36 @@ mod tests {
     use std::path::Path;
 
     #[test]
+    fn the_virtio_blk_server_gets_ram_console_and_its_two_channels_only() {
+        let r = virtio_blk_rights();
+        assert!(!r.vcpu && !r.install && r.ports.is_empty() && r.irqs == 0);
+        let mut spec = images::SystemSpec::new("hello");
+        for (name, rights) in [
+            ("disk-driver", disk_driver_rights()),
+            (VIRTIO_BLK, virtio_blk_rights()),
+        ] {
+            spec.device_servers.push(images::DeviceServer {
+                name: name.into(),
+                elf: "unused".into(),
+                rights,
+            });
+        }
+        spec.device_channels = vec![
+            ("vmm-server".into(), VIRTIO_BLK.into()),
+            (VIRTIO_BLK.into(), "disk-driver".into()),
+        ];
+        let table = images::rights_table(&spec);
+        let line = table
+            .lines()
+            .find(|l| l.contains(VIRTIO_BLK) && !l.starts_with("channel"))
+            .expect("a line for the server");
+        assert!(line.contains(" rw ") && line.contains("yes"), "{line}");
+        assert!(table.contains("vmm-server calls virtio-blk"), "{table}");
+        assert!(table.contains("virtio-blk calls disk-driver"), "{table}");
+        assert_eq!(spec.channel_number(VIRTIO_BLK, "disk-driver"), Some(1));
+    }
+
+    #[test]
     fn specs_parse() {
         assert_eq!(
             DiskSpec::parse("d.img").unwrap(),
