@@ -23,7 +23,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Bytes in a sector.
 pub const SECTOR_SIZE: u64 = 512;
@@ -402,28 +402,96 @@ pub fn disk_driver_server(read_only: bool) -> Result<images::DeviceServer, Strin
     let elf = if config == 0 {
         elf
     } else {
-        let mut bytes =
-            std::fs::read(&elf).map_err(|e| format!("cannot read {}: {e}", elf.display()))?;
-        let magic = disk_driver::CONFIG_MAGIC;
-        let at = bytes
-            .windows(magic.len())
-            .position(|w| w == magic)
-            .ok_or("the disk-driver server has no configuration block")?;
-        bytes[at + magic.len()] = config;
-        // Written aside and renamed: runs in parallel (the tests) read a
-        // whole file, never one being written.
-        let patched = elf.with_file_name(&name);
-        let aside = elf.with_file_name(format!("{name}.{}.tmp", std::process::id()));
-        std::fs::write(&aside, bytes)
-            .and_then(|()| std::fs::rename(&aside, &patched))
-            .map_err(|e| format!("cannot write {}: {e}", patched.display()))?;
-        patched
+        patch_config(&elf, &disk_driver::CONFIG_MAGIC, config, &name)?
     };
     Ok(images::DeviceServer {
         name,
         elf,
         rights: disk_driver_rights(),
     })
+}
+
+/// A copy of the server `elf` named `name` beside it, with the byte after
+/// its configuration block's `magic` set to `config`.
+fn patch_config(elf: &Path, magic: &[u8], config: u8, name: &str) -> Result<PathBuf, String> {
+    let mut bytes =
+        std::fs::read(elf).map_err(|e| format!("cannot read {}: {e}", elf.display()))?;
+    let at = bytes
+        .windows(magic.len())
+        .position(|w| w == magic)
+        .ok_or_else(|| format!("the server {} has no configuration block", elf.display()))?;
+    bytes[at + magic.len()] = config;
+    // Written aside and renamed: runs in parallel (the tests) read a
+    // whole file, never one being written.
+    let patched = elf.with_file_name(name);
+    let aside = elf.with_file_name(format!("{name}.{}.tmp", std::process::id()));
+    std::fs::write(&aside, bytes)
+        .and_then(|()| std::fs::rename(&aside, &patched))
+        .map_err(|e| format!("cannot write {}: {e}", patched.display()))?;
+    Ok(patched)
+}
+
+/// The virtio-blk server's rights: guest RAM read-write (the virtqueues
+/// are there; the data it never touches) and the console (its start
+/// line). Its two channels come from the image's channel list; no ports,
+/// no IRQs.
+pub fn virtio_blk_rights() -> ipc_proto::manifest::Rights {
+    ipc_proto::manifest::Rights {
+        guest_ram: ipc_proto::manifest::GuestRam::ReadWrite,
+        console: true,
+        ..ipc_proto::manifest::Rights::default()
+    }
+}
+
+/// The virtio-blk server's task name.
+pub const VIRTIO_BLK: &str = "virtio-blk";
+
+/// Builds the virtio-blk device server (crate `virtio-blk`) for the bare
+/// target, told the number of its channel to the disk-driver.
+pub fn virtio_blk_server(disk_channel: u8) -> Result<images::DeviceServer, String> {
+    let [elf] = images::build_for_target(&["virtio-blk"], ["virtio-blk"])
+        .map_err(|e| format!("building the virtio-blk server failed: {e}"))?;
+    let config = disk_channel
+        .checked_add(1)
+        .ok_or("the disk channel's number is too large")?;
+    let elf = patch_config(
+        &elf,
+        &virtio_blk::CONFIG_MAGIC,
+        config,
+        "virtio-blk-patched",
+    )?;
+    Ok(images::DeviceServer {
+        name: VIRTIO_BLK.into(),
+        elf,
+        rights: virtio_blk_rights(),
+    })
+}
+
+/// What `--disk` adds to `system`: the disk-driver (read-only with
+/// `read_only`) and, on the PC board, the virtio-blk server the guest sees
+/// the disk through (the next free PCI slot: 00:03.0, or 00:04.0 after a
+/// virtio console), the vmm-server's channel to it and its channel to the
+/// disk-driver. The ISA board has no PCI bus: the disk-driver alone, which
+/// the guest does not see.
+pub fn add_disk_servers(system: &mut images::SystemSpec, read_only: bool) -> Result<(), String> {
+    let driver = disk_driver_server(read_only)?;
+    let driver_name = driver.name.clone();
+    system.device_servers.push(driver);
+    if system.board != ipc_proto::manifest::Board::Pc {
+        return Ok(());
+    }
+    system.pci_functions.push(VIRTIO_BLK.into());
+    system
+        .device_channels
+        .push(("vmm-server".into(), VIRTIO_BLK.into()));
+    system
+        .device_channels
+        .push((VIRTIO_BLK.into(), driver_name.clone()));
+    let disk_channel = system
+        .channel_number(VIRTIO_BLK, &driver_name)
+        .ok_or("the disk channel has no number")?;
+    system.device_servers.push(virtio_blk_server(disk_channel)?);
+    Ok(())
 }
 
 /// Bochs's lock file for a disk image: `FILE.lock`, which Bochs 2.7
@@ -499,6 +567,36 @@ pub fn bochs_ata0_master(
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn the_virtio_blk_server_gets_ram_console_and_its_two_channels_only() {
+        let r = virtio_blk_rights();
+        assert!(!r.vcpu && !r.install && r.ports.is_empty() && r.irqs == 0);
+        let mut spec = images::SystemSpec::new("hello");
+        for (name, rights) in [
+            ("disk-driver", disk_driver_rights()),
+            (VIRTIO_BLK, virtio_blk_rights()),
+        ] {
+            spec.device_servers.push(images::DeviceServer {
+                name: name.into(),
+                elf: "unused".into(),
+                rights,
+            });
+        }
+        spec.device_channels = vec![
+            ("vmm-server".into(), VIRTIO_BLK.into()),
+            (VIRTIO_BLK.into(), "disk-driver".into()),
+        ];
+        let table = images::rights_table(&spec);
+        let line = table
+            .lines()
+            .find(|l| l.contains(VIRTIO_BLK) && !l.starts_with("channel"))
+            .expect("a line for the server");
+        assert!(line.contains(" rw ") && line.contains("yes"), "{line}");
+        assert!(table.contains("vmm-server calls virtio-blk"), "{table}");
+        assert!(table.contains("virtio-blk calls disk-driver"), "{table}");
+        assert_eq!(spec.channel_number(VIRTIO_BLK, "disk-driver"), Some(1));
+    }
 
     #[test]
     fn specs_parse() {

@@ -225,6 +225,21 @@ pub const DISK_READ: &str = "splitvisor-linux: disk read, md5 ";
 /// on the disk (one line).
 pub const DISK_TEXT: &str = "splitvisor disk check: written by the first boot";
 
+/// With `splitvisor.disk=readonly` (a disk attached `,ro`): after the
+/// read check, `/init` writes one block straight to `/dev/vda` with `dd`
+/// and prints this line, then `refused: ` and dd's message or `succeeded`.
+pub const DISK_RAW_WRITE: &str = "splitvisor-linux: raw write to /dev/vda ";
+
+/// With `splitvisor.disk=bench`: `IO_BEGIN NAME` before each part and
+/// `IO_LINE NAME BYTES START END` after it, the
+/// guest's uptime in seconds before and after moving BYTES (`seq-write`:
+/// 16 MiB in 64 KiB blocks with `conv=fsync`; `seq-read`: the same back,
+/// caches dropped; `rand-read-4k`: 200 single-block `dd` reads at
+/// scattered offsets, read-ahead off).
+pub const IO_LINE: &str = "splitvisor-linux: io ";
+/// See [`IO_LINE`].
+pub const IO_BEGIN: &str = "splitvisor-linux: io-begin ";
+
 /// Either disk check's line when it fails, before the reason.
 pub const DISK_FAILED: &str = "splitvisor-linux: disk check failed: ";
 
@@ -262,7 +277,12 @@ pub const HVC_LOG_END: &str = "splitvisor-linux: end of the kernel's log before 
 /// `splitvisor.disk=read` it mounts it read-only, prints the text file
 /// between [`DISK_CONTENT_BEGIN`] and [`DISK_CONTENT_END`] and
 /// [`DISK_READ`] with the random file's MD5, and ends the VM (a failure:
-/// [`DISK_FAILED`] and the reason, and the VM ends too); with
+/// [`DISK_FAILED`] and the reason, and the VM ends too);
+/// `splitvisor.disk=readonly` does the same read check and then tries to
+/// write a block to `/dev/vda` ([`DISK_RAW_WRITE`]);
+/// `splitvisor.disk=bench` (a scratch disk of 64 MiB at least: it is
+/// overwritten) times sequential writes and reads and 4 KiB random reads
+/// on `/dev/vda` and prints [`IO_LINE`] lines (`splitvisor bench io`); with
 /// `splitvisor.exit` it ends the VM with status 0 instead of starting the
 /// shell, for tests and benchmarks.
 pub const INIT: &str = r#"#!/bin/busybox sh
@@ -324,7 +344,28 @@ case " $(cat /proc/cmdline) " in
     fi
     /sbin/splitvisor-exit
     ;;
-*" splitvisor.disk=read "*)
+*" splitvisor.disk=bench "*)
+    up() { read u _ </proc/uptime; echo $u; }
+    blockdev --setra 0 /dev/vda 2>/dev/null
+    echo "splitvisor-linux: io-begin seq-write"
+    a=$(up); dd if=/dev/zero of=/dev/vda bs=65536 count=256 conv=fsync 2>/dev/null; b=$(up)
+    echo "splitvisor-linux: io seq-write 16777216 $a $b"
+    echo 3 >/proc/sys/vm/drop_caches
+    echo "splitvisor-linux: io-begin seq-read"
+    a=$(up); dd if=/dev/vda of=/dev/null bs=65536 count=256 2>/dev/null; b=$(up)
+    echo "splitvisor-linux: io seq-read 16777216 $a $b"
+    echo 3 >/proc/sys/vm/drop_caches
+    echo "splitvisor-linux: io-begin rand-read-4k"
+    a=$(up); i=0
+    while [ $i -lt 200 ]; do
+        dd if=/dev/vda of=/dev/null bs=4096 count=1 skip=$(( (i * 7919) % 16384 )) 2>/dev/null
+        i=$((i + 1))
+    done
+    b=$(up)
+    echo "splitvisor-linux: io rand-read-4k 819200 $a $b"
+    /sbin/splitvisor-exit
+    ;;
+*" splitvisor.disk=read "*|*" splitvisor.disk=readonly "*)
     mkdir -p /mnt
     if mount -t ext4 -o ro /dev/vda /mnt; then
         echo "splitvisor-linux: disk content begin"
@@ -336,6 +377,15 @@ case " $(cat /proc/cmdline) " in
     else
         echo "splitvisor-linux: disk check failed: cannot mount /dev/vda as ext4"
     fi
+    case " $(cat /proc/cmdline) " in
+    *" splitvisor.disk=readonly "*)
+        if err=$(dd if=/dev/zero of=/dev/vda bs=4096 count=1 conv=fsync 2>&1); then
+            echo "splitvisor-linux: raw write to /dev/vda succeeded"
+        else
+            echo "splitvisor-linux: raw write to /dev/vda refused: $(echo "$err" | head -n 1)"
+        fi
+        ;;
+    esac
     /sbin/splitvisor-exit
     ;;
 esac
@@ -637,6 +687,9 @@ mod tests {
             DISK_READ,
             DISK_TEXT,
             DISK_FAILED,
+            DISK_RAW_WRITE,
+            IO_LINE,
+            IO_BEGIN,
             HVC_LOG_BEGIN,
             HVC_LOG_END,
         ] {

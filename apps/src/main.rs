@@ -4,6 +4,7 @@
 mod bench;
 mod bench_boot;
 mod bench_exits;
+mod bench_io;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -328,6 +329,11 @@ struct BuildArgs {
     /// tasks. The stub checks each right at every system call.
     #[arg(long)]
     show_rights: bool,
+    /// Build the image `run --disk FILE[,ro]` boots: with the disk-driver,
+    /// the virtio-blk server and their channels (the file itself is not
+    /// opened; `,ro` makes the disk-driver read-only).
+    #[arg(long, value_name = "FILE[,ro]", value_parser = splitvisor::disk::DiskSpec::parse)]
+    disk: Option<splitvisor::disk::DiskSpec>,
 }
 
 #[derive(Args)]
@@ -400,13 +406,32 @@ struct RunArgs {
     /// has locked, a QEMU included; otherwise it says what is wrong in one
     /// sentence and exits 2.
     ///
+    /// The guest sees the disk as a virtio-blk disk (`/dev/vda` in Linux;
+    /// read-only, VIRTIO_BLK_F_RO, with ,ro) on the PC board's PCI bus
+    /// (00:03.0, or 00:04.0 with --console hvc0; not on the ISA board);
+    /// with --linux, `pci=lastbus=1` joins the command line (the DSDT has
+    /// no PCI root bridge yet, so Linux scans bus 0 only when told).
     /// The image gets the disk-driver server (ports 0x1f0-0x1f7 and 0x3f6,
     /// IRQ 14, guest RAM read-write), which identifies the disk at start
-    /// and prints `disk: MODEL, N sectors (SIZE), ...`. The guest does not
-    /// see the disk yet: the virtio-blk device that will show it to the
-    /// guest is not in the image yet (issue 12). Not with --platform sel4.
+    /// and prints `disk: MODEL, N sectors (SIZE), ...`, and the virtio-blk
+    /// server (guest RAM read-write, no ports), which asks the disk-driver
+    /// to move each request's sectors straight between the disk and the
+    /// guest's buffers. Not with --platform sel4.
     #[arg(long, value_name = "FILE[,ro]", value_parser = splitvisor::disk::DiskSpec::parse)]
     disk: Option<splitvisor::disk::DiskSpec>,
+}
+
+/// With --linux and a PCI function on the board (the virtio-blk disk):
+/// `pci=lastbus=1` on the command line, once, so that Linux scans bus 0
+/// (`splitvisor::linux::SCAN_PCI_BUS`).
+fn scan_pci_bus(guest: &GuestArgs, system: &mut images::SystemSpec) {
+    let scan = splitvisor::linux::SCAN_PCI_BUS;
+    if guest.linux.is_some()
+        && !system.pci_functions.is_empty()
+        && !system.cmdline.split_whitespace().any(|w| w == scan)
+    {
+        system.cmdline = format!("{} {scan}", system.cmdline);
+    }
 }
 
 /// `--disk`: the checked and locked image, held until the run ends; or
@@ -476,13 +501,12 @@ fn main() -> ExitCode {
                 }
             };
             if let Some(d) = &disk {
-                match splitvisor::disk::disk_driver_server(d.spec().read_only) {
-                    Ok(server) => system.device_servers.push(server),
-                    Err(e) => {
-                        eprintln!("splitvisor: {e}");
-                        return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
-                    }
+                if let Err(e) = splitvisor::disk::add_disk_servers(&mut system, d.spec().read_only)
+                {
+                    eprintln!("splitvisor: {e}");
+                    return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
                 }
+                scan_pci_bus(&a.guest, &mut system);
             }
             let memory_mib = a
                 .memory
@@ -536,7 +560,7 @@ fn main() -> ExitCode {
 }
 
 fn build(a: &BuildArgs) -> i32 {
-    let spec = match a.guest.spec(None) {
+    let mut spec = match a.guest.spec(None) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("splitvisor: {e}");
@@ -545,6 +569,13 @@ fn build(a: &BuildArgs) -> i32 {
     };
     if a.guest.platform == "sel4" {
         return splitvisor::sel4::build_cli(&spec);
+    }
+    if let Some(d) = &a.disk {
+        if let Err(e) = splitvisor::disk::add_disk_servers(&mut spec, d.read_only) {
+            eprintln!("splitvisor: {e}");
+            return 1;
+        }
+        scan_pci_bus(&a.guest, &mut spec);
     }
     if a.show_rights {
         eprint!("{}", images::rights_table(&spec));

@@ -19,8 +19,8 @@
 //! Then it serves block requests (`ipc_proto::block`) on every channel it
 //! is the server of (`images::SystemSpec::device_channels`), in
 //! `ReplyRecv`, moving sectors straight between the disk and guest RAM.
-//! TODO(issue 12): no image gives it a client yet; the virtio-blk device
-//! (crate `virtio/`, its `BlockBackend`) in the vmm-server will be one.
+//! Its client in an image is the virtio-blk server (crate `virtio-blk`,
+//! `splitvisor run --disk` on the PC board).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]

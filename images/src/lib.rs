@@ -363,6 +363,19 @@ impl SystemSpec {
         }
     }
 
+    /// The number of the channel from `client` to `server` in the image
+    /// (the uart-server's channel first, then [`SystemSpec::device_channels`]
+    /// in order), as the stub numbers them: what a device server is told
+    /// to `Call`.
+    pub fn channel_number(&self, client: &str, server: &str) -> Option<u8> {
+        let first = usize::from(self.uart_server && self.with_vmm_server);
+        let at = self
+            .device_channels
+            .iter()
+            .position(|(c, s)| c == client && s == server)?;
+        u8::try_from(first + at).ok()
+    }
+
     /// The image's file name: the guest's name (or file stem) and what differs from the default.
     pub fn image_file_name(&self) -> String {
         let stem = Path::new(&self.guest)
@@ -717,6 +730,31 @@ mod tests {
         spec.board = Board::Pc;
         spec.device_channels.clear();
         assert!(patch_pci_functions(&spec, vmm).is_err(), "no channel");
+    }
+
+    #[test]
+    fn channel_numbers_follow_the_manifests_channels() {
+        let mut spec = SystemSpec::new("hello");
+        spec.device_channels = vec![
+            ("vmm-server".into(), "virtio-blk".into()),
+            ("virtio-blk".into(), "disk-driver".into()),
+        ];
+        for d in ["disk-driver", "virtio-blk"] {
+            spec.device_servers.push(DeviceServer {
+                name: d.into(),
+                elf: PathBuf::new(),
+                rights: Rights::default(),
+            });
+        }
+        for uart in [false, true] {
+            spec.uart_server = uart;
+            let (tasks, channels) = system_tasks(&spec);
+            let n = spec.channel_number("virtio-blk", "disk-driver").unwrap();
+            let c = channels[usize::from(n)];
+            assert_eq!(tasks[usize::from(c.client)].0, "virtio-blk");
+            assert_eq!(tasks[usize::from(c.server)].0, "disk-driver");
+        }
+        assert_eq!(spec.channel_number("disk-driver", "virtio-blk"), None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Block requests on a disk channel: a client (the virtio-blk device to
-//! come) asks the disk-driver server to move whole sectors between the
+//! Block requests on a disk channel: a client (the virtio-blk server,
+//! crate `virtio-blk`) asks the disk-driver server to move whole sectors between the
 //! disk and guest RAM, or to flush the disk's write cache.
 //!
 //! The client writes a [`BlockRequest`] at the start of the channel page

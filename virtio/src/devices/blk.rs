@@ -6,8 +6,12 @@
 //! reserved: le32, sector: le64`), the data (device-readable for OUT,
 //! device-writable for IN and GET_ID), and a device-writable status byte
 //! at the very end. The data moves between the [`BlockBackend`] and the
-//! guest's buffers in place: the backend reads into, and writes from,
-//! slices of guest RAM.
+//! guest's buffers in place: the device hands the backend each buffer as a
+//! guest-physical range (checked inside guest RAM) together with guest
+//! memory, and the backend either reads into and writes from that memory
+//! itself ([`MemDisk`]) or passes the range on to whoever moves the data
+//! (a disk server with guest RAM mapped, which writes the guest's buffers
+//! in place: no copy in this device).
 //!
 //! A chain without room for the status byte, or with a header shorter
 //! than 16 bytes, cannot be answered: DEVICE_NEEDS_RESET (as QEMU does).
@@ -18,7 +22,7 @@
 use core::fmt;
 
 use crate::device::{read_config_bytes, DeviceError, VirtioDevice};
-use crate::memory::GuestMemory;
+use crate::memory::{GuestMemory, MemoryError};
 use crate::queue::{DescriptorChain, Queue};
 
 /// Sector size of the virtio-blk protocol.
@@ -71,17 +75,40 @@ impl fmt::Display for BlockError {
     }
 }
 
+/// One guest buffer of a request: `len` bytes of guest RAM at `gpa`.
+/// The device passes only ranges inside guest RAM ([`GuestMemory::check`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestRange {
+    /// Guest-physical address of the first byte.
+    pub gpa: u64,
+    /// Bytes (the request's data is whole sectors; one buffer of it need
+    /// not be).
+    pub len: u64,
+}
+
 /// The disk behind the device. Offsets are in bytes from the start of
 /// the disk; the device checks every request against
-/// [`BlockBackend::capacity`] first, so `offset + buf.len()` never passes
-/// the end.
+/// [`BlockBackend::capacity`] first, so `offset + range.len` never passes
+/// the end. Buffers are guest-physical ranges, so a backend that does not
+/// touch guest RAM itself (it asks a server that has it mapped) moves no
+/// byte through this device.
 pub trait BlockBackend {
     /// Size in 512-byte sectors.
     fn capacity(&self) -> u64;
-    /// Reads the disk at `offset` into `buf` (a slice of guest RAM).
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError>;
-    /// Writes `data` (a slice of guest RAM) to the disk at `offset`.
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), BlockError>;
+    /// Reads the disk at `offset` into the guest buffer `range` of `mem`.
+    fn read<M: GuestMemory + ?Sized>(
+        &mut self,
+        offset: u64,
+        mem: &mut M,
+        range: GuestRange,
+    ) -> Result<(), BlockError>;
+    /// Writes the guest buffer `range` of `mem` to the disk at `offset`.
+    fn write<M: GuestMemory + ?Sized>(
+        &mut self,
+        offset: u64,
+        mem: &M,
+        range: GuestRange,
+    ) -> Result<(), BlockError>;
     /// Makes the writes so far durable.
     fn flush(&mut self) -> Result<(), BlockError>;
 }
@@ -115,13 +142,27 @@ impl BlockBackend for MemDisk<'_> {
         self.data.len() as u64 / SECTOR_SIZE
     }
 
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+    fn read<M: GuestMemory + ?Sized>(
+        &mut self,
+        offset: u64,
+        mem: &mut M,
+        range: GuestRange,
+    ) -> Result<(), BlockError> {
+        let buf = mem
+            .slice_mut(range.gpa, range.len)
+            .map_err(|_| BlockError)?;
         let r = self.range(offset, buf.len())?;
         buf.copy_from_slice(&self.data[r]);
         Ok(())
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), BlockError> {
+    fn write<M: GuestMemory + ?Sized>(
+        &mut self,
+        offset: u64,
+        mem: &M,
+        range: GuestRange,
+    ) -> Result<(), BlockError> {
+        let data = mem.slice(range.gpa, range.len).map_err(|_| BlockError)?;
         let r = self.range(offset, data.len())?;
         self.data[r].copy_from_slice(data);
         Ok(())
@@ -229,9 +270,9 @@ impl<B: BlockBackend> Block<B> {
                 let mut failed = false;
                 let n = chain.for_each_segment(mem, true, 0, writable_data, |m, b| {
                     if !failed {
-                        let buf = m.slice_mut(b.gpa, u64::from(b.len))?;
-                        failed = backend.read(offset, buf).is_err();
-                        offset += u64::from(b.len);
+                        let range = guest_range(m, b.gpa, b.len)?;
+                        failed = backend.read(offset, m, range).is_err();
+                        offset += range.len;
                     }
                     Ok::<(), DeviceError>(())
                 })?;
@@ -253,9 +294,9 @@ impl<B: BlockBackend> Block<B> {
                 let mut failed = false;
                 chain.for_each_segment(mem, false, 16, data_len, |m, b| {
                     if !failed {
-                        let data = m.slice(b.gpa, u64::from(b.len))?;
-                        failed = backend.write(offset, data).is_err();
-                        offset += u64::from(b.len);
+                        let range = guest_range(m, b.gpa, b.len)?;
+                        failed = backend.write(offset, m, range).is_err();
+                        offset += range.len;
                     }
                     Ok::<(), DeviceError>(())
                 })?;
@@ -274,6 +315,19 @@ impl<B: BlockBackend> Block<B> {
             _ => (status::UNSUPP, 0),
         })
     }
+}
+
+/// A chain's buffer as a [`GuestRange`], once it is known to be inside
+/// guest RAM (the queue checks its buffers too; a backend that passes the
+/// range on relies on this).
+fn guest_range<M: GuestMemory + ?Sized>(
+    mem: &M,
+    gpa: u64,
+    len: u32,
+) -> Result<GuestRange, MemoryError> {
+    let len = u64::from(len);
+    mem.check(gpa, len)?;
+    Ok(GuestRange { gpa, len })
 }
 
 impl<B: BlockBackend> VirtioDevice for Block<B> {
@@ -343,11 +397,17 @@ mod tests {
         let mut data = vec![0u8; 1000];
         let mut d = MemDisk::new(&mut data);
         assert_eq!(d.capacity(), 1, "a partial sector is not part of the disk");
-        let mut buf = [1u8; 512];
-        d.write(0, &buf).unwrap();
-        assert_eq!(d.write(1, &buf), Err(BlockError));
-        assert_eq!(d.read(u64::MAX, &mut buf), Err(BlockError));
-        d.read(256, &mut buf[..256]).unwrap();
+        let mut ram = [1u8; 1024];
+        let mut mem = crate::SliceMemory::new(&mut ram);
+        let sector = GuestRange { gpa: 0, len: 512 };
+        d.write(0, &mem, sector).unwrap();
+        assert_eq!(d.write(1, &mem, sector), Err(BlockError));
+        assert_eq!(d.read(u64::MAX, &mut mem, sector), Err(BlockError));
+        let outside = GuestRange { gpa: 768, len: 512 };
+        assert_eq!(d.write(0, &mem, outside), Err(BlockError));
+        d.read(256, &mut mem, GuestRange { gpa: 512, len: 256 })
+            .unwrap();
+        assert_eq!(mem.as_slice()[512..768], [1u8; 256]);
         d.flush().unwrap();
     }
 

@@ -1,0 +1,319 @@
+//! The virtio-blk device server as a library: virtio's
+//! [`Block`](virtio::devices::blk::Block) device on a [`ChannelBackend`],
+//! which turns every buffer of a guest request into block requests
+//! ([`ipc_proto::block`]) to the disk-driver server over a channel.
+//!
+//! Zero copy: a request names the guest's own buffer by its guest-physical
+//! address, and the disk-driver (guest RAM mapped read-write) moves the
+//! sectors between the disk and that buffer in place; this server never
+//! touches the data.
+//!
+//! Everything the guest can get wrong ends in VIRTIO_BLK_S_IOERR for that
+//! request, never a hang or a panic: a buffer that is not whole sectors,
+//! sectors past the end (the device checks), a disk-driver that answers an
+//! error, a refused call, or a disk-driver that faulted and was restarted
+//! during the call (`ServerRestarted`: the request is lost and not
+//! retried, a write may or may not have reached the disk).
+//!
+//! Nothing here touches the machine: the ring-3 binary supplies the
+//! channel ([`DiskChannel`]); the tests supply a disk-driver in memory.
+//!
+//! ```
+//! use ipc_proto::block::{flags, op, status, BlockReply, BlockRequest};
+//! use virtio::devices::blk::Block;
+//! use virtio_blk::{ChannelBackend, ChannelError, DiskChannel};
+//!
+//! /// A disk-driver with 8 sectors of nothing.
+//! struct Empty;
+//! impl DiskChannel for Empty {
+//!     fn call(&mut self, r: BlockRequest) -> Result<BlockReply, ChannelError> {
+//!         Ok(match r.op {
+//!             op::INFO => BlockReply { capacity: 8, flags: flags::FLUSH, ..BlockReply::default() },
+//!             _ => BlockReply { sectors: r.sectors, ..BlockReply::default() },
+//!         })
+//!     }
+//! }
+//!
+//! let Ok(backend) = ChannelBackend::connect(Empty) else { panic!("no disk") };
+//! let read_only = backend.read_only();
+//! let device = Block::new(backend, read_only);
+//! assert_eq!(device.backend().info().capacity, 8);
+//! ```
+#![no_std]
+#![deny(missing_docs)]
+
+#[cfg(test)]
+extern crate std;
+
+use core::fmt;
+
+use ipc_proto::block::{self, op, BlockReply, BlockRequest, MAX_SECTORS, SECTOR_SIZE};
+use ipc_proto::syscall::ErrorCode;
+use virtio::devices::blk::{BlockBackend, BlockError, GuestRange};
+use virtio::GuestMemory;
+
+/// The start of the configuration block in the server's executable, which
+/// the image builder finds and patches: the byte after it is the disk
+/// channel's number + 1 (0: not configured, the server says so and ends
+/// the VM).
+pub const CONFIG_MAGIC: [u8; 12] = *b"SVVBLKCONFIG";
+
+/// The disk channel's number from the configuration byte after
+/// [`CONFIG_MAGIC`], if one was set.
+pub fn disk_channel_from_config(byte: u8) -> Option<u64> {
+    byte.checked_sub(1).map(u64::from)
+}
+
+/// Why a call on the disk channel brought no reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelError {
+    /// The disk-driver faulted during the call and was restarted: the
+    /// request was lost.
+    ServerRestarted,
+    /// The stub refused the call.
+    Refused(ErrorCode),
+}
+
+impl From<ErrorCode> for ChannelError {
+    fn from(e: ErrorCode) -> Self {
+        match e {
+            ErrorCode::ServerRestarted => Self::ServerRestarted,
+            e => Self::Refused(e),
+        }
+    }
+}
+
+impl fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ServerRestarted => write!(
+                f,
+                "the disk-driver faulted and was restarted during the request"
+            ),
+            Self::Refused(e) => write!(
+                f,
+                "the call to the disk-driver was refused: {}",
+                e.describe()
+            ),
+        }
+    }
+}
+
+/// The channel to the disk-driver: one synchronous call per request (the
+/// request and the reply share the channel page).
+pub trait DiskChannel {
+    /// Sends `request` and waits for the disk-driver's reply.
+    fn call(&mut self, request: BlockRequest) -> Result<BlockReply, ChannelError>;
+}
+
+/// What the disk-driver says about its disk ([`op::INFO`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskInfo {
+    /// Size in 512-byte sectors.
+    pub capacity: u64,
+    /// [`block::flags`].
+    pub flags: u32,
+}
+
+/// Why [`ChannelBackend::connect`] found no disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectError {
+    /// The INFO call brought no reply.
+    Channel(ChannelError),
+    /// The disk-driver answered INFO with this [`block::status`] (e.g.
+    /// [`block::status::NO_DISK`]).
+    Status(u32),
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Channel(e) => write!(f, "{e}"),
+            Self::Status(s) => write!(f, "the disk-driver answered INFO with status {s}"),
+        }
+    }
+}
+
+/// Counters of what went to the disk-driver, for the server's log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Calls made (INFO included).
+    pub calls: u64,
+    /// Requests the guest saw fail because of the disk-driver or the
+    /// channel (not the device's own range checks).
+    pub errors: u64,
+    /// Calls that ended with `ServerRestarted`.
+    pub restarts: u64,
+}
+
+/// A [`BlockBackend`] that asks the disk-driver over a channel to move
+/// the sectors between the disk and the guest's buffers.
+#[derive(Debug)]
+pub struct ChannelBackend<C: DiskChannel> {
+    channel: C,
+    info: DiskInfo,
+    counters: Counters,
+}
+
+impl<C: DiskChannel> ChannelBackend<C> {
+    /// Asks the disk-driver for its disk (INFO). On failure the channel
+    /// comes back with the reason, for [`ChannelBackend::absent`].
+    pub fn connect(mut channel: C) -> Result<Self, (C, ConnectError)> {
+        let request = BlockRequest {
+            op: op::INFO,
+            ..BlockRequest::default()
+        };
+        match channel.call(request) {
+            Ok(r) if r.status == block::status::OK => Ok(Self {
+                channel,
+                info: DiskInfo {
+                    capacity: r.capacity,
+                    flags: r.flags,
+                },
+                counters: Counters {
+                    calls: 1,
+                    ..Counters::default()
+                },
+            }),
+            Ok(r) => Err((channel, ConnectError::Status(r.status))),
+            Err(e) => Err((channel, ConnectError::Channel(e))),
+        }
+    }
+
+    /// A backend for a disk-driver without a disk: capacity 0, so every
+    /// read and write is IOERR (the guest still sees a device and can say
+    /// so).
+    pub fn absent(channel: C) -> Self {
+        Self {
+            channel,
+            info: DiskInfo::default(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The disk as INFO described it.
+    pub fn info(&self) -> DiskInfo {
+        self.info
+    }
+
+    /// Whether the disk is attached read-only (offer VIRTIO_BLK_F_RO).
+    pub fn read_only(&self) -> bool {
+        self.info.flags & block::flags::READ_ONLY != 0
+    }
+
+    /// What went to the disk-driver so far.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The channel.
+    pub fn channel_mut(&mut self) -> &mut C {
+        &mut self.channel
+    }
+
+    /// One call; any failure is a [`BlockError`] (IOERR to the guest).
+    fn call(&mut self, request: BlockRequest) -> Result<BlockReply, BlockError> {
+        self.counters.calls += 1;
+        let reply = match self.channel.call(request) {
+            Ok(r) => r,
+            Err(e) => {
+                if e == ChannelError::ServerRestarted {
+                    self.counters.restarts += 1;
+                }
+                self.counters.errors += 1;
+                return Err(BlockError);
+            }
+        };
+        if reply.status != block::status::OK {
+            self.counters.errors += 1;
+            return Err(BlockError);
+        }
+        Ok(reply)
+    }
+
+    /// Moves the disk bytes at `offset` to or from the guest buffer `range`
+    /// with `op` (READ or WRITE): whole sectors only, at most
+    /// [`MAX_SECTORS`] a call. The guest's buffer is handed over by
+    /// address; the device has checked it is inside guest RAM and inside
+    /// the disk, and checks here that it is whole sectors.
+    fn transfer(&mut self, op: u32, offset: u64, range: GuestRange) -> Result<(), BlockError> {
+        // A buffer that splits a sector cannot be named by whole-sector
+        // requests (Linux sends whole sectors: its default DMA alignment
+        // and logical block size are 512).
+        // TODO(issue 12): a scatter list in `block.rs` would take these too.
+        if !offset.is_multiple_of(SECTOR_SIZE) || !range.len.is_multiple_of(SECTOR_SIZE) {
+            self.counters.errors += 1;
+            return Err(BlockError);
+        }
+        let end = offset.checked_add(range.len).ok_or(BlockError)?;
+        if end > self.info.capacity.saturating_mul(SECTOR_SIZE) {
+            self.counters.errors += 1;
+            return Err(BlockError);
+        }
+        let mut lba = offset / SECTOR_SIZE;
+        let mut gpa = range.gpa;
+        let mut left = range.len / SECTOR_SIZE;
+        while left > 0 {
+            let sectors = left.min(u64::from(MAX_SECTORS));
+            // sectors <= MAX_SECTORS, a u32.
+            let n = u32::try_from(sectors).map_err(|_| BlockError)?;
+            let reply = self.call(BlockRequest {
+                op,
+                sectors: n,
+                lba,
+                gpa,
+            })?;
+            if reply.sectors != n {
+                self.counters.errors += 1;
+                return Err(BlockError);
+            }
+            lba += sectors;
+            gpa = gpa.checked_add(sectors * SECTOR_SIZE).ok_or(BlockError)?;
+            left -= sectors;
+        }
+        Ok(())
+    }
+}
+
+impl<C: DiskChannel> BlockBackend for ChannelBackend<C> {
+    fn capacity(&self) -> u64 {
+        self.info.capacity
+    }
+
+    fn read<M: GuestMemory + ?Sized>(
+        &mut self,
+        offset: u64,
+        _mem: &mut M,
+        range: GuestRange,
+    ) -> Result<(), BlockError> {
+        self.transfer(op::READ, offset, range)
+    }
+
+    fn write<M: GuestMemory + ?Sized>(
+        &mut self,
+        offset: u64,
+        _mem: &M,
+        range: GuestRange,
+    ) -> Result<(), BlockError> {
+        if self.read_only() {
+            self.counters.errors += 1;
+            return Err(BlockError);
+        }
+        self.transfer(op::WRITE, offset, range)
+    }
+
+    fn flush(&mut self) -> Result<(), BlockError> {
+        // A disk without FLUSH CACHE has no write cache to flush.
+        if self.info.flags & block::flags::FLUSH == 0 {
+            return Ok(());
+        }
+        self.call(BlockRequest {
+            op: op::FLUSH,
+            ..BlockRequest::default()
+        })
+        .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! The virtio-blk device server, a ring-3 task: a virtio-pci block
+//! function the vmm-server's PCI proxy (`vmm_server::devices::remote_pci`)
+//! forwards every configuration and BAR access of to this task
+//! (`ipc_proto::pci::PciMessage` on its channel from the vmm-server), and
+//! whose sectors the disk-driver server moves straight between the disk
+//! and the guest's buffers (block requests on this task's channel to the
+//! disk-driver, `virtio_blk::ChannelBackend`: zero copy).
+//!
+//! Rights: guest RAM read-write (the virtqueues live there), the console
+//! (its start line), the channel from the vmm-server and the channel to
+//! the disk-driver; no ports, no IRQs. The image builder patches the
+//! disk channel's number into [`CONFIG`] (`splitvisor run --disk`).
+//!
+//! At start it asks the disk-driver for its disk (INFO) and prints
+//! `virtio-blk: N sectors (SIZE) on channel C[, read-only]` (or the reason
+//! there is no disk: the guest then sees a disk of 0 sectors). Then it
+//! serves the vmm-server in `ReplyRecv`: a queue notification processes
+//! the queue during the call, one disk-driver call per guest buffer, and
+//! the reply carries the MSI-X messages raised.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!(
+        "virtio-blk is a ring-3 task of the splitvisor image; it runs under the stub only. \
+         `splitvisor run --disk FILE` adds it."
+    );
+    std::process::exit(2);
+}
+
+#[cfg(target_os = "none")]
+mod ring3 {
+    use core::fmt::Write;
+
+    use ipc_proto::block::{BlockReply, BlockRequest};
+    use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
+    use ipc_proto::manifest::MAX_CHANNELS;
+    use ipc_proto::pci::PciMessage;
+    use ipc_proto::sys::{self, ConsoleLine};
+    use ipc_proto::syscall::{NO_REPLY, RECV_NOTIFICATION};
+    use ipc_proto::{Syscall, ABI_VERSION};
+    use virtio::devices::blk::Block;
+    use virtio::pci::VirtioPci;
+    use virtio_blk::{
+        disk_channel_from_config, ChannelBackend, ChannelError, DiskChannel, CONFIG_MAGIC,
+    };
+    use virtio_servers::{serve, Collected, RamWindow};
+
+    ipc_proto::server_entry!(server_main);
+
+    /// The configuration block the image builder patches: the magic, then
+    /// the disk channel's number + 1.
+    #[used]
+    static CONFIG: [u8; 16] = {
+        let mut c = [0u8; 16];
+        let mut i = 0;
+        while i < CONFIG_MAGIC.len() {
+            c[i] = CONFIG_MAGIC[i];
+            i += 1;
+        }
+        c
+    };
+
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            let mut line = ConsoleLine::new();
+            let _ = line.write_str("\n");
+            let _ = write!(line, $($arg)*);
+            let _ = line.write_str("\n");
+            line.flush();
+        }};
+    }
+
+    /// Channel `ch`'s shared page.
+    fn channel_page(ch: u64) -> *mut u8 {
+        (CHANNEL_PAGE_BASE + ch * PAGE_SIZE) as *mut u8
+    }
+
+    /// The channel to the disk-driver: this task is its client.
+    struct Disk(u64);
+
+    impl DiskChannel for Disk {
+        fn call(&mut self, request: BlockRequest) -> Result<BlockReply, ChannelError> {
+            let page = channel_page(self.0);
+            // SAFETY: the stub maps the page of a channel this task is the
+            // client of read-write in both ends; the disk-driver reads it
+            // only while this task waits in `Call`.
+            unsafe { page.cast::<BlockRequest>().write_volatile(request) };
+            sys::call(Syscall::Call, self.0)?;
+            // SAFETY: as above; every bit pattern is a valid BlockReply,
+            // read once.
+            Ok(unsafe { page.cast::<BlockReply>().read_volatile() })
+        }
+    }
+
+    extern "C" fn server_main() -> ! {
+        let boot = sys::boot_info();
+        if boot.abi_version != ABI_VERSION {
+            say!(
+                "virtio-blk: the stub speaks ABI version {}, this server was built for version {ABI_VERSION}",
+                boot.abi_version
+            );
+            sys::vm_fail();
+        }
+        // SAFETY: CONFIG is a live static; the volatile read keeps the
+        // compiler from assuming the value it was built with.
+        let byte = unsafe { core::ptr::read_volatile(&CONFIG[CONFIG_MAGIC.len()]) };
+        let Some(disk) = disk_channel_from_config(byte).filter(|&c| c < MAX_CHANNELS as u64) else {
+            say!("virtio-blk: no disk channel configured (the image builder sets it)");
+            sys::vm_fail();
+        };
+        let backend = match ChannelBackend::connect(Disk(disk)) {
+            Ok(b) => {
+                let info = b.info();
+                say!(
+                    "virtio-blk: {} sectors ({} MiB) on channel {disk}{}",
+                    info.capacity,
+                    info.capacity / 2048,
+                    if b.read_only() { ", read-only" } else { "" }
+                );
+                b
+            }
+            Err((channel, e)) => {
+                say!("virtio-blk: no disk: {e}; the guest sees 0 sectors");
+                ChannelBackend::absent(channel)
+            }
+        };
+        let read_only = backend.read_only();
+        let mut pci = VirtioPci::new(Block::new(backend, read_only), Collected::default());
+        // SAFETY: the manifest grants this task guest RAM read-write, which
+        // the stub maps at `guest_ram_window` for `guest_ram_bytes`; the
+        // guest does not run while this task handles a message (the
+        // vmm-server waits in `Call`), and nothing else in this task
+        // refers to the window.
+        let mut ram =
+            unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) };
+        let mut reply_to = NO_REPLY;
+        loop {
+            let v = match sys::call(Syscall::ReplyRecv, reply_to) {
+                Ok(v) => v,
+                Err(e) => {
+                    say!("virtio-blk: ReplyRecv refused: {}", e.describe());
+                    sys::vm_fail();
+                }
+            };
+            reply_to = NO_REPLY;
+            if v & RECV_NOTIFICATION != 0 || v >= MAX_CHANNELS as u64 || v == disk {
+                continue;
+            }
+            let page = channel_page(v);
+            // SAFETY: `v` is a channel this task serves (the stub returns
+            // only those from ReplyRecv); its page is mapped read-write in
+            // both ends and the vmm-server waits in `Call`. Every bit
+            // pattern is a valid PciMessage, read once.
+            let request = unsafe { page.cast::<PciMessage>().read_volatile() };
+            let reply = serve(&mut pci, &mut ram, &request);
+            // SAFETY: as above; the reply fits the page.
+            unsafe { page.cast::<PciMessage>().write_volatile(reply) };
+            reply_to = v;
+        }
+    }
+
+    #[panic_handler]
+    fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+        say!("virtio-blk: panic: {}", info.message());
+        sys::vm_fail()
+    }
+}
