@@ -13,10 +13,18 @@
 //! 2. a task waiting in `ReplyRecv` whose notification word is not zero
 //!    (a `Signal` from the other end of a channel, or a host IRQ it owns)
 //!    runs, with the word as its result;
-//! 3. otherwise, once every task with a VCPU waits for an exit, the guest
-//!    runs, and its exit goes to the task whose `Rights::exits` holds its
-//!    class (the shadow MMU's exits to the mmu-server, the rest to the
-//!    vmm-server).
+//! 3. otherwise, once every task with a VCPU waits for an exit: a VCPU
+//!    task whose notification word is not zero, and that had no
+//!    notification exit since the guest last ran, gets the word as a
+//!    notification exit (`ipc_proto::exit::stub_exit::NOTIFICATION`, the
+//!    word read and cleared at once; the guest is not entered, its state
+//!    stays as at the last exit, the task's resume was applied and its
+//!    next `VcpuRun`'s applies as usual). At most one such exit per task
+//!    between two entries: a server signalling a VCPU task in a loop
+//!    delays the guest, never starves it;
+//! 4. otherwise the guest runs, and its exit goes to the task whose
+//!    `Rights::exits` holds its class (the shadow MMU's exits to the
+//!    mmu-server, the rest to the vmm-server).
 //!
 //! So a device server runs before the guest is entered again: when the
 //! vmm-server calls `VcpuRun` and the device server was signalled, or after
@@ -43,7 +51,7 @@ use ipc_proto::stats::MmuStats;
 use ipc_proto::syscall::NO_REPLY;
 use ipc_proto::{ErrorCode, ExitRecord, ResumeFlags, Stats, Syscall, VcpuPage, ABI_VERSION};
 use kernel_stub::install::{AllocError, GuestRam, ShadowTables, TableFormat};
-use kernel_stub::notify::Notifications;
+use kernel_stub::notify::{ExitGate, Notifications};
 use kernel_stub::resume::PagingRules;
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -88,6 +96,8 @@ struct Task {
     ran_vcpu: bool,
     /// Its notification word.
     notes: Notifications,
+    /// A VCPU task's notification exits (one between two entries).
+    gate: ExitGate,
     /// Its ELF in the payload, to restart it from.
     elf: Blob,
     /// How often it was restarted: a `Call` in flight when it moves on
@@ -403,6 +413,15 @@ impl Vm {
         if !handlers_ready {
             return Err(Stop::Deadlock.into());
         }
+        for i in 0..MAX_TASKS {
+            let word = self.tasks[i]
+                .as_mut()
+                .filter(|t| t.vcpu_page.is_some())
+                .and_then(|t| t.gate.take(&mut t.notes));
+            if let Some(word) = word {
+                return self.hand(frame, i, ExitRecord::notification(word));
+            }
+        }
         if !self.paging_set {
             return Err(Stop::NoPagingRoot {
                 shadow: self.shadow,
@@ -410,6 +429,7 @@ impl Vm {
             .into());
         }
         self.deadline.arm(cpu::rdtsc());
+        self.tasks.iter_mut().flatten().for_each(|t| t.gate.entered());
         let rec = self.vcpu.run();
         count_exit(&mut sh.stats, &rec);
         if ExitClass::of(&rec) == ExitClass::HostInterrupt {
@@ -456,10 +476,15 @@ impl Vm {
                 (rec.cr0, rec.cr4, rec.efer) = (c.cr0, c.cr4, c.efer);
             }
         }
-        let page = self.task(handler).vcpu_page.ok_or(Stop::Deadlock)?;
+        self.hand(frame, handler, rec)
+    }
+
+    /// Writes `rec` into the VCPU page of task `to` and resumes it.
+    fn hand(&mut self, frame: &mut TrapFrame, to: usize, rec: ExitRecord) -> SysResult {
+        let page = self.task(to).vcpu_page.ok_or(Stop::Deadlock)?;
         // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
         unsafe { core::ptr::write_volatile(&raw mut (*vcpu_page(page)).exit, rec) };
-        self.switch(frame, handler, 0);
+        self.switch(frame, to, 0);
         Ok(Next::Switched)
     }
 
@@ -1149,6 +1174,7 @@ fn build(
             install_page,
             ran_vcpu: false,
             notes: Notifications::default(),
+            gate: ExitGate::default(),
             elf: t.elf,
             generation: 0,
         });
