@@ -583,7 +583,11 @@ mod tests {
             let r = rec(arch, stub_exit::NOTIFICATION, 1, 0);
             assert_eq!(ExitKind::of(&r), ExitKind::Notification);
             let mut name = heapless::String::<16>::new();
-            core::fmt::write(&mut name, format_args!("{}", exit_name(arch as u32, r.exit_code))).unwrap();
+            core::fmt::write(
+                &mut name,
+                format_args!("{}", exit_name(arch as u32, r.exit_code)),
+            )
+            .unwrap();
             assert_eq!(name, "notification");
         }
         // Out of both ranges: no SVM code (negative ones included) and no

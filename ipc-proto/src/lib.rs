@@ -13,6 +13,7 @@
 pub mod block;
 pub mod device;
 pub mod exit;
+pub mod guest_writes;
 pub mod layout;
 pub mod manifest;
 pub mod mmu;

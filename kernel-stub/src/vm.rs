@@ -429,7 +429,10 @@ impl Vm {
             .into());
         }
         self.deadline.arm(cpu::rdtsc());
-        self.tasks.iter_mut().flatten().for_each(|t| t.gate.entered());
+        self.tasks
+            .iter_mut()
+            .flatten()
+            .for_each(|t| t.gate.entered());
         let rec = self.vcpu.run();
         count_exit(&mut sh.stats, &rec);
         if ExitClass::of(&rec) == ExitClass::HostInterrupt {
@@ -1109,6 +1112,7 @@ fn build(
         // SVM's nested tables always have 2 MiB pages; EPT says so in an MSR.
         nested_large_pages: u64::from(arch == Arch::Svm || arch::vmx::ept_large_pages()),
         board: g.board as u64,
+        guest_write_channels: u64::from(manifest.guest_write_channels),
     };
     // SAFETY: a fresh identity-mapped frame, larger than `info`.
     unsafe {
