@@ -38,7 +38,7 @@ mod ring3 {
 
     use ata::{Ata, Drive, PortIo, Wait, PRIMARY};
     use disk_driver::{
-        DiskServer, Ram, Transport, CONFIG_MAGIC, CONFIG_READ_ONLY, CONFIG_SELF_TEST,
+        DiskServer, GuestMemory, Ram, Transport, CONFIG_MAGIC, CONFIG_READ_ONLY, CONFIG_SELF_TEST,
     };
     use ipc_proto::block::{op, BlockReply, BlockRequest};
     use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
@@ -301,7 +301,10 @@ mod ring3 {
         // else in this task refers to it. (A hostile guest's buffers are
         // still only guest RAM: the server checks every request's range.)
         let ram = unsafe { core::slice::from_raw_parts_mut(boot.guest_ram_window as *mut u8, len) };
-        let mut ram = Ram(ram);
+        let mut ram = Recorded {
+            ram: Ram(ram),
+            writes: sys::GuestWrites::find(),
+        };
         let mut channels = Channels { pending: None };
         if config() & CONFIG_SELF_TEST != 0 && boot.guest_ram_bytes >= 4096 {
             let mut text = ConsoleLine::new();
@@ -347,6 +350,24 @@ mod ring3 {
         }
         loop {
             server.serve(&mut channels, &mut ram);
+        }
+    }
+
+    /// Guest RAM whose writes the shadow MMU hears of.
+    struct Recorded<'a> {
+        ram: Ram<'a>,
+        writes: Option<sys::GuestWrites>,
+    }
+
+    impl GuestMemory for Recorded<'_> {
+        fn bytes_mut(&mut self, gpa: u64, len: usize) -> Option<&mut [u8]> {
+            self.ram.bytes_mut(gpa, len)
+        }
+
+        fn wrote(&mut self, gpa: u64, len: u64) {
+            if let Some(w) = &self.writes {
+                w.wrote(gpa, len);
+            }
         }
     }
 

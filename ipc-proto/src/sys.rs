@@ -174,7 +174,10 @@ impl GuestWrites {
         // task is blocked (one CPU, no preemption).
         let signal_now = unsafe { (*page).record(gpa, len) };
         if signal_now {
-            let _ = signal(self.channel, crate::guest_writes::signal_bit(self.channel as usize));
+            let _ = signal(
+                self.channel,
+                crate::guest_writes::signal_bit(self.channel as usize),
+            );
         }
     }
 }

@@ -154,7 +154,6 @@ impl MmuStub for Native {
         overflow
     }
 
-
     fn reply(
         &mut self,
         reply: &Reply,

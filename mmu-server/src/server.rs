@@ -14,7 +14,8 @@ use ipc_proto::exit::{svm_exit, vmx_exit};
 use ipc_proto::layout::BootInfo;
 use ipc_proto::manifest;
 use ipc_proto::{
-    ErrorCode, ExitKind, ExitRecord, GuestControl, PagingState, Resume, ResumeFlags, VcpuArch, ABI_VERSION,
+    ErrorCode, ExitKind, ExitRecord, GuestControl, PagingState, Resume, ResumeFlags, VcpuArch,
+    ABI_VERSION,
 };
 
 use crate::mmu::{Action, Failure, Mmu, MmuConfig, MmuMode};
