@@ -265,12 +265,25 @@ pub fn guest_writes<P: MmuPlatform + MmuStub + ?Sized>(
 ) -> Result<Reply, Failure> {
     let word = (exit.exit_info1 & 0xffff_ffff) as u32;
     let mut frames = heapless::Vec::<u64, WRITES_MAX>::new();
-    let mut all = platform.take_guest_writes(word, &mut |f| {
+    let all = platform.take_guest_writes(word, &mut |f| {
         if !frames.contains(&f) && frames.push(f).is_err() {
-            // Counted below as all of RAM.
+            // Counted in `resync` as all of RAM (the vector is full).
         }
     });
-    all |= frames.is_full();
+    let all = all || frames.is_full();
+    resync(mmu, platform, &frames, all, resume)
+}
+
+/// Resyncs the shadows of guest frames `frames` (all guest RAM when
+/// `all`), which a server wrote in place, and reruns `resume` with the
+/// paging state the resync queued, if any.
+pub fn resync<P: MmuPlatform + ?Sized>(
+    mmu: &mut Mmu,
+    platform: &mut P,
+    frames: &[u64],
+    all: bool,
+    resume: Resume,
+) -> Result<Reply, Failure> {
     let ram = platform.guest_ram_bytes();
     if all {
         mmu.notify_guest_write(platform, 0, ram)?;
