@@ -81,6 +81,20 @@ fn requests() -> u16 {
     irr & !imr
 }
 
+/// Makes both 8259s look at their requests again: each IMR is written
+/// back unchanged, the slave's first. Bochs's 8259 drops its INT output
+/// only when it looks (an IMR write, an EOI, its own poll; not when a line
+/// falls): a disk that raised IRQ 14 while the guest did not run and whose
+/// line fell at its driver's status read leaves the slave's INT, the
+/// master's cascade request and the CPU's INTR up, and every entry would
+/// exit at once, for ever (the poll never reaches the slave: Bochs's
+/// master answers it without the "pending" bit). Real 8259s and QEMU's
+/// follow their lines and ignore the rewrite.
+fn settle() {
+    outb(PIC2_DATA, inb(PIC2_DATA));
+    outb(PIC1_DATA, inb(PIC1_DATA));
+}
+
 /// Masks (`mask`) or unmasks 8259 line `line` (0-15); unmasking a slave
 /// line unmasks the cascade too.
 pub fn set_masked(line: u8, mask: bool) {
@@ -167,6 +181,7 @@ impl ExitDeadline {
         for line in (0..16).filter(|l| lines & (1 << l) != 0) {
             set_masked(line, true);
         }
+        settle();
         lines
     }
 }
