@@ -163,6 +163,11 @@ impl GuestWrites {
             .map(|channel| Self { channel })
     }
 
+    /// The channel's number.
+    pub fn channel(&self) -> u64 {
+        self.channel
+    }
+
     /// `len` bytes at guest-physical `gpa` were written: records their
     /// frames and, when the page was empty, signals the mmu-server (it
     /// hears it before the guest is entered again).

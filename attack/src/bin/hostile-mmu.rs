@@ -21,7 +21,7 @@ mod ring3;
 #[cfg(target_os = "none")]
 mod hostile {
     use attack_servers::campaign::{self, Campaign};
-    use attack_servers::{BOOT_DESTRUCTIVE, BOOT_FPU, BOOT_RANDOM, SERVER_MMU};
+    use attack_servers::{BOOT_DESTRUCTIVE, BOOT_FPU, BOOT_MAIN, BOOT_RANDOM, SERVER_MMU};
     use ipc_proto::layout::BootInfo;
     use ipc_proto::{ExitRecord, PagingState, Resume, ResumeFlags};
 
@@ -40,11 +40,18 @@ mod hostile {
         /// The main boot under shadow paging looks at the first exit
         /// record for host addresses (guest RAM's size) before it is done.
         leak_check: Option<u64>,
+        /// The main boot under shadow paging: its guest-writes channel to
+        /// the vmm-server, on which it signals before every resume (see
+        /// hostile-vmm's `notify_loop`).
+        notify_loop: Option<u64>,
     }
 
     impl crate::ring3::Hooks for Attack {
         fn start(&mut self, boot: &BootInfo, shadow: bool) {
             let c = self.campaign.insert(Campaign::new(SERVER_MMU));
+            if c.boot() == BOOT_MAIN && shadow {
+                self.notify_loop = ipc_proto::sys::GuestWrites::find().map(|w| w.channel());
+            }
             self.at_first_exit = matches!(c.boot(), BOOT_DESTRUCTIVE | BOOT_RANDOM) && shadow;
             if self.at_first_exit {
                 return;
@@ -91,6 +98,9 @@ mod hostile {
         }
 
         fn resume(&mut self, resume: &mut Resume) {
+            if let Some(ch) = self.notify_loop {
+                let _ = ipc_proto::sys::signal(ch, 1);
+            }
             if let Some(first) = self.restore.take() {
                 if resume.flags & ResumeFlags::SET_PAGING.bits() == 0 {
                     resume.flags |= ResumeFlags::SET_PAGING.bits();
