@@ -44,7 +44,7 @@ mod ring3 {
     use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::sys::{self, ConsoleLine};
-    use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION};
+    use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION, RECV_TIMEOUT};
     use ipc_proto::{Syscall, ABI_VERSION};
 
     ipc_proto::server_entry!(server_main);
@@ -192,9 +192,17 @@ mod ring3 {
 
         fn wait_irq(&mut self) {
             // Blocks until IRQ 14's notification (one latched earlier
-            // returns at once).
+            // returns at once), or for one wait's budget: a disk that
+            // never interrupts ends in the status polls' timeout instead
+            // of blocking this server for good.
+            let until = rdtsc().saturating_add(self.ticks);
             loop {
-                match sys::call(Syscall::ReplyRecv, NO_REPLY) {
+                let left = until.saturating_sub(rdtsc());
+                if left == 0 {
+                    return;
+                }
+                match sys::reply_recv(NO_REPLY, left) {
+                    Ok(RECV_TIMEOUT) => return,
                     Ok(v) if v & RECV_NOTIFICATION != 0 && v & u64::from(irq_bit(IRQ)) != 0 => {
                         self.notifications += 1;
                         // The line is edge-triggered: unmasking it before

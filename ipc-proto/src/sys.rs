@@ -186,3 +186,10 @@ impl GuestWrites {
         }
     }
 }
+
+/// `ReplyRecv(channel)` with a timeout of `ticks` TSC ticks (0: none):
+/// a channel number, `RECV_NOTIFICATION | word`, or `RECV_TIMEOUT`.
+pub fn reply_recv(channel: u64, ticks: u64) -> Result<u64, ErrorCode> {
+    // SAFETY: ReplyRecv takes no pointer.
+    result(unsafe { syscall3(Syscall::ReplyRecv, channel, ticks, 0) })
+}

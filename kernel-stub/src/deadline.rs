@@ -95,6 +95,17 @@ fn settle() {
     outb(PIC1_DATA, inb(PIC1_DATA));
 }
 
+/// Which of `lines` ask now (unmasked, request bit set): the stub's idle
+/// loop polls this instead of taking interrupts through its IDT.
+pub fn asking(lines: u16) -> u16 {
+    requests() & lines
+}
+
+/// Which of `lines` are unmasked (could interrupt).
+pub fn unmasked(lines: u16) -> u16 {
+    !u16::from_le_bytes([inb(PIC1_DATA), inb(PIC2_DATA)]) & lines
+}
+
 /// Masks (`mask`) or unmasks 8259 line `line` (0-15); unmasking a slave
 /// line unmasks the cascade too.
 pub fn set_masked(line: u8, mask: bool) {
@@ -137,20 +148,25 @@ impl ExitDeadline {
         }
     }
 
-    /// Before an entry: starts the PIT towards the deadline unless it
-    /// already counts towards it.
-    pub fn arm(&mut self, now_tsc: u64) {
-        if self.at == 0 || self.tsc_hz == 0 || self.armed == Some(self.at) {
+    /// Before an entry: starts the PIT towards the deadline, or towards
+    /// `task`'s (the earliest `ReplyRecv` timeout) when that is earlier,
+    /// unless it already counts towards it.
+    pub fn arm(&mut self, now_tsc: u64, task: Option<u64>) {
+        let own = (self.at != 0).then_some(self.at);
+        let Some(at) = kernel_stub::notify::WakeAt::earliest(own, task) else {
+            return;
+        };
+        if self.tsc_hz == 0 || self.armed == Some(at) {
             return;
         }
-        let left = self.at.saturating_sub(now_tsc);
+        let left = at.saturating_sub(now_tsc);
         let ticks = (u128::from(left) * u128::from(PIT_HZ) / u128::from(self.tsc_hz))
             .clamp(1, 0xffff) as u16;
         outb(PIT_CMD, 0x30);
         let [lo, hi] = ticks.to_le_bytes();
         outb(PIT_CH0, lo);
         outb(PIT_CH0, hi);
-        self.armed = Some(self.at);
+        self.armed = Some(at);
     }
 
     /// After an exit for a host interrupt: the PIT has fired (at the

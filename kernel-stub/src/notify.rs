@@ -45,6 +45,40 @@ impl Notifications {
     }
 }
 
+/// A `ReplyRecv` timeout: the TSC value a waiting task is woken at
+/// (`RECV_TIMEOUT`) when nothing else woke it first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WakeAt(u64);
+
+impl WakeAt {
+    /// `ticks` TSC ticks after `now` (0: never).
+    pub fn after(now: u64, ticks: u64) -> Self {
+        Self(if ticks == 0 {
+            0
+        } else {
+            now.saturating_add(ticks).max(1)
+        })
+    }
+
+    /// The TSC value, if any.
+    pub fn at(self) -> Option<u64> {
+        (self.0 != 0).then_some(self.0)
+    }
+
+    /// The deadline passed at `now`.
+    pub fn due(self, now: u64) -> bool {
+        self.at().is_some_and(|at| at <= now)
+    }
+
+    /// The earlier of two deadlines (`None` is never).
+    pub fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 /// A VCPU task's notification exits (`ipc_proto::exit::stub_exit`): when
 /// the guest would be entered and the task waits for an exit with a
 /// non-zero word, it gets the word as an exit instead -- at most once
@@ -98,6 +132,23 @@ mod tests {
         assert_eq!(n.signal(1 << 16), Err(ErrorCode::BadArgument));
         assert_eq!(n.signal(u64::MAX), Err(ErrorCode::BadArgument));
         assert_eq!(n, Notifications::default(), "a refused signal sets nothing");
+    }
+
+    #[test]
+    fn timeouts_fall_due_and_the_earliest_wins() {
+        assert_eq!(WakeAt::after(100, 0).at(), None, "0: no timeout");
+        assert!(!WakeAt::after(100, 0).due(u64::MAX));
+        let w = WakeAt::after(100, 50);
+        assert_eq!(w.at(), Some(150));
+        assert!(!w.due(149) && w.due(150) && w.due(151));
+        assert_eq!(
+            WakeAt::after(u64::MAX - 1, 5).at(),
+            Some(u64::MAX),
+            "saturates"
+        );
+        assert_eq!(WakeAt::earliest(Some(7), Some(3)), Some(3));
+        assert_eq!(WakeAt::earliest(None, Some(3)), Some(3));
+        assert_eq!(WakeAt::earliest(None, None), None);
     }
 
     #[test]

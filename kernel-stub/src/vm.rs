@@ -13,7 +13,9 @@
 //! 2. a task waiting in `ReplyRecv` whose notification word is not zero
 //!    (a `Signal` from the other end of a channel, or a host IRQ it owns)
 //!    runs, with the word as its result;
-//! 3. otherwise, once every task with a VCPU waits for an exit: a VCPU
+//! 3. a task waiting in `ReplyRecv` whose timeout passed runs, with
+//!    `RECV_TIMEOUT` as its result;
+//! 4. otherwise, once every task with a VCPU waits for an exit: a VCPU
 //!    task whose notification word is not zero, and that had no
 //!    notification exit since the guest last ran, gets the word as a
 //!    notification exit (`ipc_proto::exit::stub_exit::NOTIFICATION`, the
@@ -22,9 +24,17 @@
 //!    next `VcpuRun`'s applies as usual). At most one such exit per task
 //!    between two entries: a server signalling a VCPU task in a loop
 //!    delays the guest, never starves it;
-//! 4. otherwise the guest runs, and its exit goes to the task whose
+//! 5. otherwise the guest runs, and its exit goes to the task whose
 //!    `Rights::exits` holds its class (the shadow MMU's exits to the
-//!    mmu-server, the rest to the vmm-server).
+//!    mmu-server, the rest to the vmm-server). The exit deadline's timer
+//!    counts towards the vmm-server's deadline or the earliest
+//!    `ReplyRecv` timeout, whichever comes first.
+//!
+//! When every task waits and the guest cannot run (a VCPU task blocked
+//! in a `Call`), the stub idles: it polls the 8259s for an IRQ line a
+//! waiting task owns and the TSC for the earliest timeout (it takes no
+//! interrupt through its IDT), then schedules again. Only when neither
+//! can come does it report the servers deadlocked.
 //!
 //! So a device server runs before the guest is entered again: when the
 //! vmm-server calls `VcpuRun` and the device server was signalled, or after
@@ -48,10 +58,10 @@ use ipc_proto::manifest::{
 };
 use ipc_proto::mmu::{InstallPage, INSTALL_BATCH_MAX};
 use ipc_proto::stats::MmuStats;
-use ipc_proto::syscall::NO_REPLY;
+use ipc_proto::syscall::{NO_REPLY, RECV_TIMEOUT};
 use ipc_proto::{ErrorCode, ExitRecord, ResumeFlags, Stats, Syscall, VcpuPage, ABI_VERSION};
 use kernel_stub::install::{AllocError, GuestRam, ShadowTables, TableFormat};
-use kernel_stub::notify::{ExitGate, Notifications};
+use kernel_stub::notify::{ExitGate, Notifications, WakeAt};
 use kernel_stub::resume::PagingRules;
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -98,6 +108,8 @@ struct Task {
     notes: Notifications,
     /// A VCPU task's notification exits (one between two entries).
     gate: ExitGate,
+    /// Its `ReplyRecv` timeout, while it waits there.
+    wake: WakeAt,
     /// Its ELF in the payload, to restart it from.
     elf: Blob,
     /// How often it was restarted: a `Call` in flight when it moves on
@@ -405,13 +417,24 @@ impl Vm {
             self.switch(frame, i, bits);
             return Ok(Next::Switched);
         }
+        let now = cpu::rdtsc();
+        let due = self.tasks.iter().position(|t| {
+            t.as_ref()
+                .is_some_and(|t| t.state == State::WaitRecv && t.wake.due(now))
+        });
+        if let Some(i) = due {
+            self.task_mut(i).wake = WakeAt::default();
+            self.switch(frame, i, RECV_TIMEOUT);
+            return Ok(Next::Switched);
+        }
         let handlers_ready = self
             .tasks
             .iter()
             .flatten()
             .all(|t| t.vcpu_page.is_none() || t.state == State::WaitExit);
         if !handlers_ready {
-            return Err(Stop::Deadlock.into());
+            self.idle()?;
+            return self.schedule(frame, sh);
         }
         for i in 0..MAX_TASKS {
             let word = self.tasks[i]
@@ -428,7 +451,8 @@ impl Vm {
             }
             .into());
         }
-        self.deadline.arm(cpu::rdtsc());
+        let wake = self.earliest_wake();
+        self.deadline.arm(cpu::rdtsc(), wake);
         self.tasks
             .iter_mut()
             .flatten()
@@ -453,6 +477,45 @@ impl Vm {
         }
         let class = self.route(&rec);
         self.deliver(frame, class, rec)
+    }
+
+    /// The earliest `ReplyRecv` timeout of a waiting task.
+    fn earliest_wake(&self) -> Option<u64> {
+        self.tasks
+            .iter()
+            .flatten()
+            .filter(|t| t.state == State::WaitRecv)
+            .fold(None, |e, t| WakeAt::earliest(e, t.wake.at()))
+    }
+
+    /// Every task waits and the guest cannot run: wait for a host IRQ of
+    /// a waiting owner or the earliest timeout, polling the 8259s (the
+    /// stub takes no interrupt through its IDT). When neither can come,
+    /// nothing can ever wake anyone: the deadlock report.
+    fn idle(&mut self) -> Result<(), Stop> {
+        let waiting = |t: &&Task| t.state == State::WaitRecv;
+        let owned = self
+            .tasks
+            .iter()
+            .flatten()
+            .filter(waiting)
+            .fold(0, |m, t| m | t.rights.irqs);
+        let lines = deadline::unmasked(owned);
+        let wake = self.earliest_wake();
+        if lines == 0 && wake.is_none() {
+            return Err(Stop::Deadlock);
+        }
+        while deadline::asking(lines) == 0 && wake.is_none_or(|at| at > cpu::rdtsc()) {
+            core::hint::spin_loop();
+        }
+        let granted = self
+            .tasks
+            .iter()
+            .flatten()
+            .fold(0, |m, t| m | t.rights.irqs);
+        let fired = self.deadline.fired(granted);
+        self.notify_irqs(fired);
+        Ok(())
     }
 
     /// Writes `rec` into the VCPU page of the task that receives `class`
@@ -664,7 +727,13 @@ impl Vm {
 
     /// `ReplyRecv`: answer the pending call on `ch`, if any, and wait for
     /// the next call or a notification.
-    fn reply_recv(&mut self, frame: &mut TrapFrame, sh: &mut Shared, ch: u64) -> SysResult {
+    fn reply_recv(
+        &mut self,
+        frame: &mut TrapFrame,
+        sh: &mut Shared,
+        ch: u64,
+        timeout: u64,
+    ) -> SysResult {
         let cur = self.current;
         let reply_to = if ch == NO_REPLY {
             // Nobody could ever wake a task that is on no channel and owns
@@ -685,7 +754,9 @@ impl Vm {
             }
             Some((n, c.client))
         };
-        self.task_mut(cur).state = State::WaitRecv;
+        let t = self.task_mut(cur);
+        t.state = State::WaitRecv;
+        t.wake = WakeAt::after(cpu::rdtsc(), timeout);
         if let Some((n, client)) = reply_to {
             if self.task(client).state == State::WaitReply(n) {
                 self.switch(frame, client, 0);
@@ -904,7 +975,7 @@ impl Vm {
             Some(Syscall::VcpuRun) => self.vcpu_run(frame, sh),
             Some(Syscall::VcpuForward) => self.vcpu_forward(frame, sh),
             Some(Syscall::Call) => self.call(frame, sh, a0),
-            Some(Syscall::ReplyRecv) => self.reply_recv(frame, sh, a0),
+            Some(Syscall::ReplyRecv) => self.reply_recv(frame, sh, a0, a1),
             Some(Syscall::ConsoleWrite) => {
                 self.require(|r| r.console)?;
                 ret(syscall::console_write(root, a0, a1))
@@ -1179,6 +1250,7 @@ fn build(
             ran_vcpu: false,
             notes: Notifications::default(),
             gate: ExitGate::default(),
+            wake: WakeAt::default(),
             elf: t.elf,
             generation: 0,
         });
