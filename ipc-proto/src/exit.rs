@@ -592,8 +592,10 @@ mod tests {
         }
         // Out of both ranges: no SVM code (negative ones included) and no
         // VMX reason (16 bits and bit 31) is the notification's.
-        assert!(stub_exit::NOTIFICATION > u64::from(u32::MAX));
-        assert!(stub_exit::NOTIFICATION < u64::MAX - 0xffff);
+        const {
+            assert!(stub_exit::NOTIFICATION > u32::MAX as u64);
+            assert!(stub_exit::NOTIFICATION < u64::MAX - 0xffff);
+        }
     }
 
     #[test]
