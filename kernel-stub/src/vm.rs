@@ -492,30 +492,38 @@ impl Vm {
     /// a waiting owner or the earliest timeout, polling the 8259s (the
     /// stub takes no interrupt through its IDT). When neither can come,
     /// nothing can ever wake anyone: the deadlock report.
+    /// Returns once a waiting task can run (so the caller's next
+    /// `schedule` switches to it, never idling again at once).
     fn idle(&mut self) -> Result<(), Stop> {
-        let waiting = |t: &&Task| t.state == State::WaitRecv;
-        let owned = self
-            .tasks
-            .iter()
-            .flatten()
-            .filter(waiting)
-            .fold(0, |m, t| m | t.rights.irqs);
-        let lines = deadline::unmasked(owned);
-        let wake = self.earliest_wake();
-        if lines == 0 && wake.is_none() {
-            return Err(Stop::Deadlock);
-        }
-        while deadline::asking(lines) == 0 && wake.is_none_or(|at| at > cpu::rdtsc()) {
-            core::hint::spin_loop();
-        }
         let granted = self
             .tasks
             .iter()
             .flatten()
             .fold(0, |m, t| m | t.rights.irqs);
-        let fired = self.deadline.fired(granted);
-        self.notify_irqs(fired);
-        Ok(())
+        loop {
+            let waiting = |t: &&Task| t.state == State::WaitRecv;
+            let owned = self
+                .tasks
+                .iter()
+                .flatten()
+                .filter(waiting)
+                .fold(0, |m, t| m | t.rights.irqs);
+            let lines = deadline::unmasked(owned);
+            let wake = self.earliest_wake();
+            if lines == 0 && wake.is_none() {
+                return Err(Stop::Deadlock);
+            }
+            while deadline::asking(lines) == 0 && wake.is_none_or(|at| at > cpu::rdtsc()) {
+                core::hint::spin_loop();
+            }
+            let fired = self.deadline.fired(granted);
+            self.notify_irqs(fired);
+            let now = cpu::rdtsc();
+            let mut waiters = self.tasks.iter().flatten().filter(waiting);
+            if waiters.any(|t| t.notes.pending() || t.wake.due(now)) {
+                return Ok(());
+            }
+        }
     }
 
     /// Writes `rec` into the VCPU page of the task that receives `class`
