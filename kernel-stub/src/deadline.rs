@@ -17,6 +17,13 @@
 //! 8-15): their interrupts also end the guest's run, and the same poll
 //! finds them. The stub masks such a line, and `vm` sets its bit in the
 //! owner's notification word; the owner's `IrqAck` unmasks it again.
+//! After each host interrupt both IMRs are written back unchanged
+//! ([`settle`]): Bochs's 8259 lowers its INT output only when it looks
+//! again, and a device line that fell while the guest was out would keep
+//! every later entry exiting at once.
+//!
+//! The stub's idle loop (`vm`, when the guest cannot run) polls the
+//! request registers ([`asking`]) instead of taking interrupts.
 
 use crate::cpu::{inb, outb};
 
