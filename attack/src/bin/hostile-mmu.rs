@@ -23,7 +23,7 @@ mod hostile {
     use attack_servers::campaign::{self, Campaign};
     use attack_servers::{BOOT_DESTRUCTIVE, BOOT_FPU, BOOT_MAIN, BOOT_RANDOM, SERVER_MMU};
     use ipc_proto::layout::BootInfo;
-    use ipc_proto::{ExitRecord, PagingState, Resume, ResumeFlags};
+    use ipc_proto::{ExitKind, ExitRecord, PagingState, Resume, ResumeFlags};
 
     ipc_proto::server_entry!(server_main);
 
@@ -78,6 +78,12 @@ mod hostile {
         }
 
         fn exit(&mut self, first: &PagingState, exit: ExitRecord) -> ExitRecord {
+            // The attempts "at the first exit" wait for a guest exit: a
+            // notification exit (the vmm-server's loader writes, reported
+            // before the first entry) is no exit of the guest's.
+            if ExitKind::of(&exit) == ExitKind::Notification {
+                return exit;
+            }
             if let (Some(ram), Some(c)) = (self.leak_check.take(), self.campaign.as_mut()) {
                 campaign::leaks(c, &exit, ram);
                 c.finish();
