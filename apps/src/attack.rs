@@ -65,11 +65,18 @@ pub const CLASSES: &[&str] = &[
     "portio",
     "random-resumes",
     "leaks",
+    "restart",
     "guests",
 ];
 
 /// The kinds of boot, with the number the servers know them by.
-pub const BOOTS: &[(&str, u32)] = &[("main", 0), ("destructive", 1), ("fpu", 2), ("random", 3)];
+pub const BOOTS: &[(&str, u32)] = &[
+    ("main", 0),
+    ("destructive", 1),
+    ("fpu", 2),
+    ("random", 3),
+    ("restart", 4),
+];
 
 /// The emulator the campaign boots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -59,9 +59,10 @@ enum Command {
     /// oracle written from the ABI documentation and the manuals, and then
     /// run the normal server logic so that the probe guest (hello) runs to
     /// its end. Boots them in QEMU with emulated SVM, nested
-    /// (EPYC,+svm,+npt) and shadow (EPYC,+svm,-npt) paging, three boots per
-    /// mode (main, destructive, FPU) plus one more for each attempt that
-    /// ends a run; with the real servers, also boots the guest-side attacks
+    /// (EPYC,+svm,+npt) and shadow (EPYC,+svm,-npt) paging, five boots per
+    /// mode (main, destructive, FPU, random, and restart: the mmu-server
+    /// faults on purpose and its next instance uses the freed handles) plus
+    /// one more for each attempt that ends a run; with the real servers, also boots the guest-side attacks
     /// tssescape and efersvme when the image builder has them. Prints a
     /// table (class, attempts, refused, accepted as allowed, stub faults,
     /// escapes, denied controls) and lists every stub fault and escape.
@@ -99,9 +100,9 @@ struct AttackArgs {
     #[arg(long, value_name = "N")]
     seed: Option<u32>,
     /// Only these kinds of boot (comma-separated: main, destructive, fpu,
-    /// random); default: all.
+    /// random, restart); default: all.
     #[arg(long, value_name = "LIST", value_delimiter = ',',
-          value_parser = clap::builder::PossibleValuesParser::new(["main", "destructive", "fpu", "random"]))]
+          value_parser = clap::builder::PossibleValuesParser::new(["main", "destructive", "fpu", "random", "restart"]))]
     boots: Vec<String>,
     /// Skip the guest-side attacks (tssescape, efersvme).
     #[arg(long)]
@@ -183,6 +184,15 @@ struct GuestArgs {
     /// vmm-server.
     #[arg(long)]
     uart_server: bool,
+    /// Inject a fault on purpose, for the isolation experiments:
+    /// `SERVER:crash@N` (the task named SERVER, e.g. mmu-server,
+    /// uart-server, vmm-server, executes ud2 at its N-th exit or request),
+    /// `SERVER:corrupt@N` (writes garbage over the shared state its restart
+    /// reads, then ud2), `SERVER:hang@N` (spins; no watchdog yet: the run
+    /// ends at its time limit); `@everyN` repeats every N within an
+    /// instance. Patched into the server's ELF; repeat for more servers.
+    #[arg(long, value_name = "SERVER:FAULT@N")]
+    inject: Vec<String>,
     /// The platform: native (the splitvisor stub) or sel4 (seL4 16.0.0
     /// with a root task, booted from a GRUB ISO in Bochs; see sel4/README.md).
     #[arg(long, value_name = "PLATFORM", default_value = "native",
@@ -269,6 +279,15 @@ impl GuestArgs {
             board: self.board(),
             uart_server: self.uart_server,
             modules: self.modules.clone(),
+            inject: self
+                .inject
+                .iter()
+                .map(|a| {
+                    ipc_proto::inject::Injection::parse(a)
+                        .map(|(task, inj)| (task.to_string(), inj))
+                        .map_err(|e| format!("--inject {a}: {e}"))
+                })
+                .collect::<Result<_, _>>()?,
             ..images::SystemSpec::new(&guest.to_string_lossy())
         })
     }

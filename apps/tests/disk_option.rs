@@ -164,12 +164,27 @@ fn an_unwritable_image_is_refused_unless_read_only() {
 }
 
 /// Takes `op` (LOCK_EX, LOCK_SH) on `path` as another process would.
+///
+/// Retries for a while: a lock this test dropped lives on in a child that
+/// another test of this binary forks at that moment (the child holds a
+/// copy of every descriptor until its exec closes them), which a loaded
+/// machine can stretch to a noticeable time.
 fn flock(path: &Path, op: i32) -> File {
     let f = File::open(path).unwrap();
-    // SAFETY: the descriptor is open; flock takes an advisory lock only.
-    let r = unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) };
-    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
-    f
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        // SAFETY: the descriptor is open; flock takes an advisory lock only.
+        let r = unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) };
+        if r == 0 {
+            return f;
+        }
+        let e = std::io::Error::last_os_error();
+        assert!(
+            e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline,
+            "{e}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -201,7 +216,15 @@ fn a_locked_image_is_refused_before_boot() {
         &rw,
         &format!("the disk image {rw} is locked by another process; stop it or attach a copy"),
     );
-    let disk = splitvisor::disk::Disk::open(&splitvisor::disk::DiskSpec::parse(&ro).unwrap());
+    // splitvisor shares the reader's lock (retried for the same reason as
+    // `flock`'s: the refused runs above were children of this process too).
+    let spec = splitvisor::disk::DiskSpec::parse(&ro).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut disk = splitvisor::disk::Disk::open(&spec);
+    while disk.is_err() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        disk = splitvisor::disk::Disk::open(&spec);
+    }
     assert!(disk.is_ok(), "{:?}", disk.err());
     drop(shared);
 }

@@ -17,7 +17,8 @@ use ipc_proto::mmu::{Install, InstallPage, INSTALL_BATCH_MAX, MAX_SHADOW_TABLES}
 use ipc_proto::sys::{self, ConsoleLine};
 use ipc_proto::syscall::CONSOLE_WRITE_MAX;
 use ipc_proto::{
-    EventInjection, ExitRecord, GuestRegs, PagingState, Resume, ResumeFlags, Syscall, ABI_VERSION,
+    EventInjection, ExitRecord, GuestControl, GuestRegs, PagingState, Resume, ResumeFlags, Syscall,
+    ABI_VERSION,
 };
 
 use crate::{Config, ATTACK_CONFIG, MAX_SKIPS, SERVER_MMU, SERVER_VMM};
@@ -85,9 +86,13 @@ pub enum Class {
     RandomResumes,
     /// Host addresses in what the stub hands a server.
     Leaks,
+    /// The handles of an mmu-server that faulted, used by its next
+    /// instance: every one must be refused, and the guest never entered
+    /// on a freed table.
+    Restart,
 }
 
-const CLASSES: [Class; 8] = [
+const CLASSES: [Class; 9] = [
     Class::Installs,
     Class::Resumes,
     Class::Syscalls,
@@ -96,6 +101,7 @@ const CLASSES: [Class; 8] = [
     Class::PortIo,
     Class::RandomResumes,
     Class::Leaks,
+    Class::Restart,
 ];
 
 impl Class {
@@ -109,6 +115,7 @@ impl Class {
             Self::PortIo => "portio",
             Self::RandomResumes => "random-resumes",
             Self::Leaks => "leaks",
+            Self::Restart => "restart",
         }
     }
 }
@@ -2123,4 +2130,112 @@ pub fn restore_after_draws(first: &ExitRecord, answer: &Resume) -> Resume {
         .bits();
     r.abi_version = ABI_VERSION;
     r
+}
+
+// ---------------------------------------------------------------------
+// Restart (the mmu-server)
+
+/// Marks what a hostile mmu-server leaves for its next instance in the
+/// statistics part of its VCPU page (which the stub keeps across a restart
+/// and the next instance overwrites only with its first resume).
+const RESTART_MARK: u64 = 0x5254_5352_5456_5353; // "SSVTRSTR"
+
+/// Most handles a faulting instance hands on ([`restart_mark`]).
+pub const RESTART_HANDLES: usize = 6;
+
+/// What the last instance left: how many instances faulted before this
+/// one, and the handles they held (their paging root first).
+pub fn restart_mark() -> (u64, [u64; RESTART_HANDLES]) {
+    let page = sys::vcpu_page();
+    // SAFETY: only the address of a field of the mapped VCPU page is taken.
+    let words = unsafe { &raw const (*page).mmu }.cast::<u64>();
+    let read = |i: usize| {
+        // SAFETY: the VCPU page is mapped read-write for this task; the
+        // statistics part holds more than 2 + RESTART_HANDLES words.
+        unsafe { words.add(i).read_volatile() }
+    };
+    if read(0) != RESTART_MARK {
+        return (0, [u64::MAX; RESTART_HANDLES]);
+    }
+    (read(1), core::array::from_fn(|i| read(2 + i)))
+}
+
+/// Leaves `generation` and `handles` for the next instance, then faults
+/// (UD2): the stub restarts this server.
+pub fn fault_with_mark(generation: u64, handles: &[u64]) -> ! {
+    let page = sys::vcpu_page();
+    // SAFETY: as in `restart_mark`.
+    let words = unsafe { &raw mut (*page).mmu }.cast::<u64>();
+    let put = |i: usize, v: u64| {
+        // SAFETY: as in `restart_mark`.
+        unsafe { words.add(i).write_volatile(v) }
+    };
+    put(0, RESTART_MARK);
+    put(1, generation);
+    for i in 0..RESTART_HANDLES {
+        put(2 + i, handles.get(i).copied().unwrap_or(u64::MAX));
+    }
+    line!("attack: mmu faults on purpose (instance {generation})");
+    // SAFETY: UD2 raises #UD, which the stub turns into a restart.
+    unsafe { core::arch::asm!("ud2", options(noreturn)) }
+}
+
+/// A few tables of its own, for [`fault_with_mark`] to hand on.
+pub fn restart_tables() -> [u64; 3] {
+    core::array::from_fn(|i| shadow_alloc(1 + i as u64).map_or(u64::MAX, u64::from))
+}
+
+/// The restarted instance, before it builds tables of its own: the old
+/// instance's handles (`old`, its root first) and the first few handles
+/// must all be dead -- an install into one, a free of one, a resume that
+/// names one as the root are refused; `control`: the guest's registers
+/// the stub kept, for a resume that would otherwise be accepted; `shadow`:
+/// the root is a shadow root (`SET_PAGING`), else the nested one.
+pub fn restart(c: &mut Campaign, old: &[u64], control: GuestControl, shadow: bool) {
+    let cl = Class::Restart;
+    let mut handles: [u64; 16 + RESTART_HANDLES] = [u64::MAX; 16 + RESTART_HANDLES];
+    for (slot, h) in handles.iter_mut().zip(old.iter().copied().chain(0..16u64)) {
+        *slot = h;
+    }
+    for (i, &h) in handles.iter().enumerate() {
+        let Ok(table) = u32::try_from(h) else {
+            continue;
+        };
+        if handles[..i].contains(&h) {
+            continue;
+        }
+        c.attempt(
+            cl,
+            Must::Refuse,
+            format_args!("install-into-freed-handle-{table}"),
+            || install(&[ins(table, 1, 0, 0)], None),
+        );
+        c.attempt(
+            cl,
+            Must::Refuse,
+            format_args!("free-freed-handle-{table}"),
+            // SAFETY: ShadowFree takes no pointer.
+            || ok(unsafe { raw_syscall(Syscall::ShadowFree as u64, h, 0, 0) }),
+        );
+    }
+    if let Some(&root) = old.first().filter(|h| **h != u64::MAX) {
+        let mut r = base_resume(if shadow {
+            ResumeFlags::SET_PAGING
+        } else {
+            ResumeFlags::SET_NESTED_ROOT
+        });
+        r.paging = PagingState {
+            cr0: control.cr0,
+            cr4: control.cr4,
+            efer: control.efer,
+            root: u32::try_from(root).unwrap_or(u32::MAX),
+            reserved: 0,
+        };
+        c.attempt(
+            cl,
+            Must::Refuse,
+            format_args!("enter-the-guest-on-the-freed-root-{root}"),
+            || resume(&r),
+        );
+    }
 }

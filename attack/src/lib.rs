@@ -47,6 +47,12 @@ pub const BOOT_FPU: u32 = 2;
 /// makes each; an accepted one must enter the guest. Destructive: the
 /// vmm-server writes a GDT, an IDT and a handler at guest-physical 0.
 pub const BOOT_RANDOM: u32 = 3;
+/// The `restart` class: the mmu-server faults on purpose at a point drawn
+/// from [`Config::seed`] (at start with tables of its own, or at one of
+/// its first resumes), up to three times; each next instance first uses
+/// the old instance's handles, which the stub must refuse, and must never
+/// enter the guest on a freed table. The probe guest then runs to its end.
+pub const BOOT_RESTART: u32 = 4;
 
 /// Server number of the hostile mmu-server in skip entries.
 pub const SERVER_MMU: u32 = 0;

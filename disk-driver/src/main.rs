@@ -41,6 +41,7 @@ mod ring3 {
         DiskServer, GuestMemory, Ram, Transport, CONFIG_MAGIC, CONFIG_READ_ONLY, CONFIG_SELF_TEST,
     };
     use ipc_proto::block::{op, BlockReply, BlockRequest};
+    use ipc_proto::inject::{self, Fault, Injector, GARBAGE};
     use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::sys::{self, ConsoleLine};
@@ -242,7 +243,12 @@ mod ring3 {
     struct Channels {
         /// The channel whose call is being served.
         pending: Option<u64>,
+        /// Faults injected on purpose (`--inject disk-driver:crash@N`), at
+        /// the N-th request.
+        injector: Injector,
     }
+
+    ipc_proto::inject_block!(INJECT);
 
     /// Channel `ch`'s shared page.
     fn channel_page(ch: u64) -> *mut u8 {
@@ -279,6 +285,18 @@ mod ring3 {
                     continue;
                 }
                 self.pending = Some(v);
+                match self.injector.tick() {
+                    None => {}
+                    Some(Fault::Crash) => inject::crash(),
+                    Some(Fault::Hang) => inject::hang(),
+                    Some(Fault::Corrupt) => {
+                        for i in 0..(PAGE_SIZE / 8) as usize {
+                            // SAFETY: as above; the page is PAGE_SIZE bytes.
+                            unsafe { channel_page(v).cast::<u64>().add(i).write_volatile(GARBAGE) };
+                        }
+                        inject::crash()
+                    }
+                }
                 // SAFETY: as above; every bit pattern is a valid
                 // BlockRequest, read once (volatile) from the shared page.
                 return Some(unsafe { channel_page(v).cast::<BlockRequest>().read_volatile() });
@@ -313,7 +331,10 @@ mod ring3 {
             ram: Ram(ram),
             writes: sys::GuestWrites::find(),
         };
-        let mut channels = Channels { pending: None };
+        let mut channels = Channels {
+            pending: None,
+            injector: Injector::new(&inject::read_block(&INJECT)),
+        };
         if config() & CONFIG_SELF_TEST != 0 && boot.guest_ram_bytes >= 4096 {
             let mut text = ConsoleLine::new();
             // The last 4 KiB of guest RAM: the test guests do not use it.

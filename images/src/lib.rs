@@ -75,6 +75,9 @@ pub enum BuildError {
         /// What went wrong.
         source: io::Error,
     },
+    /// `--inject` names a task the image lacks, or one that takes no
+    /// injected faults.
+    Inject(String),
 }
 
 impl BuildError {
@@ -122,6 +125,7 @@ impl fmt::Display for BuildError {
             ),
             BuildError::Image(e) => write!(f, "{e}"),
             BuildError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            BuildError::Inject(why) => write!(f, "--inject: {why}"),
         }
     }
 }
@@ -294,6 +298,11 @@ pub struct SystemSpec {
     /// the uart-server's channel, in this order. Either end may `Signal`
     /// the other.
     pub device_channels: Vec<(String, String)>,
+    /// Faults injected on purpose (`splitvisor run --inject`): a task's
+    /// name and what it does at its N-th exit or request, patched into the
+    /// configuration block of that task's ELF (`ipc_proto::inject`).
+    /// Empty by default.
+    pub inject: Vec<(String, ipc_proto::inject::Injection)>,
 }
 
 /// A device server to pack into the image: its name, its ELF (built for
@@ -339,6 +348,7 @@ impl SystemSpec {
             hostile_servers: None,
             device_servers: Vec::new(),
             device_channels: Vec::new(),
+            inject: Vec::new(),
         }
     }
 
@@ -372,6 +382,9 @@ impl SystemSpec {
         for d in &self.device_servers {
             name.push('-');
             name.push_str(&d.name);
+        }
+        for (task, inj) in &self.inject {
+            name.push_str(&format!("-{task}-{inj}").replace('@', "-"));
         }
         name + ".img"
     }
@@ -562,11 +575,36 @@ pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
         .map(|d| read(&d.elf))
         .collect::<Result<Vec<_>, _>>()?;
     let (named, channels) = system_tasks(spec);
+    // Each injected fault patched into a copy of its task's ELF.
+    let mut patched: Vec<(&str, Vec<u8>)> = Vec::new();
+    for (task, inj) in &spec.inject {
+        let (name, _) = named
+            .iter()
+            .find(|(n, _)| n == task)
+            .ok_or_else(|| BuildError::Inject(format!("the image has no task {task}")))?;
+        let mut elf = match *name {
+            "vmm-server" => vmm.clone(),
+            "mmu-server" => mmu.clone(),
+            "uart-server" => uart.clone(),
+            _ => spec
+                .device_servers
+                .iter()
+                .position(|d| d.name == *name)
+                .map_or_else(|| uart.clone(), |i| devices[i].clone()),
+        };
+        ipc_proto::inject::patch(&mut elf, inj)
+            .map_err(|e| BuildError::Inject(format!("{task}: {e}")))?;
+        patched.push((name, elf));
+    }
     let tasks: Vec<TaskInput> = named
         .into_iter()
         .map(|(name, rights)| TaskInput {
             name,
             elf: match name {
+                _ if patched.iter().any(|(n, _)| *n == name) => patched
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(&uart, |(_, e)| e),
                 "vmm-server" => &vmm,
                 "mmu-server" => &mmu,
                 "uart-server" => &uart,

@@ -40,6 +40,9 @@ wire! {
         /// Exits for a host interrupt: the exit deadline's timer
         /// (`ResumeFlags::SET_EXIT_DEADLINE`). Not in `exits_other`.
         pub exits_host_interrupt: u64,
+        /// Servers restarted from their image after a fault (the
+        /// mmu-server's and the device servers').
+        pub restarts: u64,
     }
 }
 
@@ -69,6 +72,9 @@ impl core::fmt::Display for Stats {
                 " installs={} installs_refused={}",
                 self.installs, self.installs_refused
             )?;
+        }
+        if self.restarts != 0 {
+            write!(f, " restarts={}", self.restarts)?;
         }
         for (n, calls) in self
             .channel_calls
@@ -181,8 +187,9 @@ mod tests {
 
     #[test]
     fn stats_layout_is_pinned() {
-        assert_eq!(size_of::<Stats>(), 31 * 8);
+        assert_eq!(size_of::<Stats>(), 32 * 8);
         assert_eq!(offset_of!(Stats, exits_host_interrupt), 30 * 8);
+        assert_eq!(offset_of!(Stats, restarts), 31 * 8);
         assert_eq!(offset_of!(Stats, installs), 96);
         assert_eq!(offset_of!(Stats, installs_refused), 104);
         assert_eq!(offset_of!(Stats, channel_calls), 112);

@@ -221,6 +221,14 @@ impl ShadowTables {
         Ok(())
     }
 
+    /// Marks every table dead (the mmu-server restarts): no handle it was
+    /// given names a table any more.
+    pub fn free_all(&mut self) {
+        for s in &mut self.slots {
+            s.live = false;
+        }
+    }
+
     /// Frame and level of a live table.
     pub fn get(&self, h: TableHandle) -> Option<(u64, u8)> {
         self.slots
@@ -565,6 +573,23 @@ mod tests {
             (any::<u16>(), 0u8..=5, any::<u16>(), any::<u64>())
                 .prop_map(|(h, l, i, e)| Op::Install(h % 16, l, i % 600, e)),
         ]
+    }
+
+    /// An mmu-server restart: every handle the old instance held is dead
+    /// (an install into it is refused), and the new instance's tables reuse
+    /// the frames.
+    #[test]
+    fn free_all_kills_every_handle() {
+        let mut t = ShadowTables::new();
+        let mut f = frames();
+        let held: Vec<_> = (1..=4).map(|l| t.alloc(l, &mut f).unwrap()).collect();
+        t.free_all();
+        for &(h, _) in &held {
+            assert_eq!(t.get(h), None);
+            assert_eq!(t.free(h), Err(InstallError::UnknownTable));
+        }
+        let (_, frame) = t.alloc(1, &mut f).unwrap();
+        assert_eq!(frame, held[0].1, "a dead level-1 frame is reused");
     }
 
     /// Finding 8: after every handle was used at level 1 and freed, tables

@@ -87,8 +87,13 @@ enum State {
     Ready,
 }
 
-/// Restarts of one task before a fault of its stops the VM instead.
+/// Restarts of one task in a row, without an answer (to an exit or a
+/// call) from it in between, before a fault of its stops the VM instead:
+/// a server that faults at once every time cannot keep the VM restarting
+/// it for ever. (A cap in host time would depend on the emulator's speed.)
 const MAX_RESTARTS: u32 = 8;
+/// Restarts of one task in all before a fault of its stops the VM.
+const MAX_RESTARTS_TOTAL: u32 = 1000;
 
 struct Task {
     name: heapless::String<TASK_NAME_MAX>,
@@ -115,6 +120,8 @@ struct Task {
     /// How often it was restarted: a `Call` in flight when it moves on
     /// fails with `ServerRestarted`.
     generation: u32,
+    /// Restarts since it last answered an exit or a call ([`MAX_RESTARTS`]).
+    restarts_in_a_row: u32,
 }
 
 struct Channel {
@@ -139,6 +146,14 @@ struct Vm {
     /// The frame of the PAE root the hardware walks from (shadow paging
     /// without LME): its entries 0-3 are loaded as PDPTEs at every entry.
     pae_root: Option<u64>,
+    /// The exit the mmu-server handles now (class, record as the
+    /// hardware gave it): delivered again to its next instance when it
+    /// faults before it answers.
+    mmu_exit: Option<(ExitClasses, ExitRecord)>,
+    /// The guest's control registers the mmu-server published with its
+    /// last accepted resume (shadow paging): written back into its VCPU
+    /// page when it restarts, over whatever the faulting instance left.
+    mmu_control: ipc_proto::GuestControl,
 }
 
 /// The stub's state besides the VM's tasks: the shadow tables it handed
@@ -172,6 +187,7 @@ static KERNEL: KernelCell<Kernel> = KernelCell::new(Kernel {
             exits_invalid: 0,
             exits_other: 0,
             exits_host_interrupt: 0,
+            restarts: 0,
             syscalls: 0,
             resumes_refused: 0,
             installs: 0,
@@ -541,6 +557,7 @@ impl Vm {
             rip: rec.regs.rip,
         };
         let handler = self.handler(class).ok_or(no_server)?;
+        let raw = rec;
         if self.shadow {
             // The hardware CR3 is the shadow root's host-physical address,
             // which no server may learn: every task sees the guest's own.
@@ -549,6 +566,9 @@ impl Vm {
             if class != ExitClasses::SHADOW_MMU {
                 (rec.cr0, rec.cr4, rec.efer) = (c.cr0, c.cr4, c.efer);
             }
+        }
+        if self.task(handler).rights.install {
+            self.mmu_exit = Some((class, raw));
         }
         self.hand(frame, handler, rec)
     }
@@ -599,13 +619,27 @@ impl Vm {
         // taken once, so the server cannot change it after the check.
         let resume = unsafe { core::ptr::read_volatile(&raw const (*vcpu_page(page)).resume) };
         // Before a task's first entry, a resume with ABI version 0 means "nothing to set".
-        if self.task(cur).ran_vcpu || resume.abi_version != 0 {
+        let fresh = !self.task(cur).ran_vcpu;
+        if !fresh || resume.abi_version != 0 {
             self.apply_resume(cur, &resume, sh)?;
         }
         let t = self.task_mut(cur);
+        if !fresh {
+            t.restarts_in_a_row = 0;
+        }
         t.ran_vcpu = true;
         t.state = State::WaitExit;
-        self.schedule(frame, sh)
+        // A restarted mmu-server, its tables built again, gets the exit its
+        // last instance faulted on; otherwise that exit is answered.
+        let pending = if t.rights.install {
+            self.mmu_exit.take()
+        } else {
+            None
+        };
+        match pending.filter(|_| fresh) {
+            Some((class, rec)) => self.deliver(frame, class, rec),
+            None => self.schedule(frame, sh),
+        }
     }
 
     /// Checks `resume` from task `from` and applies it to the VCPU.
@@ -674,6 +708,7 @@ impl Vm {
         {
             if let Some(c) = self.guest_control() {
                 self.vcpu.show_guest(c.cr0, c.cr4);
+                self.mmu_control = c;
             }
         }
         Ok(())
@@ -702,6 +737,7 @@ impl Vm {
             self.apply_resume(cur, &only_paging, sh)?;
         }
         self.task_mut(cur).state = State::WaitExit;
+        self.mmu_exit = None;
         self.deliver(frame, ExitClasses::NPF, rec)
     }
 
@@ -767,6 +803,7 @@ impl Vm {
         t.wake = WakeAt::after(cpu::rdtsc(), timeout);
         if let Some((n, client)) = reply_to {
             if self.task(client).state == State::WaitReply(n) {
+                self.task_mut(cur).restarts_in_a_row = 0;
                 self.switch(frame, client, 0);
                 return Ok(Next::Switched);
             }
@@ -802,41 +839,51 @@ impl Vm {
         Ok(0)
     }
 
-    /// The running task faulted in ring 3 (`frame` holds the fault). A task
-    /// with the VCPU right (the vmm-server, the mmu-server) stops the VM;
-    /// another is restarted from its image in its own address space (its
-    /// writable segments copied again, its stack zeroed, its notification
-    /// word cleared, its IRQ lines unmasked), and a caller blocked in
-    /// `Call` on it gets `ServerRestarted`.
+    /// The running task faulted in ring 3 (`frame` holds the fault). The
+    /// vmm-server stops the VM; another task is restarted from its image in
+    /// its own address space (its writable segments copied again, its stack
+    /// zeroed, its notification word cleared, its IRQ lines unmasked), and
+    /// a caller blocked in `Call` on it gets `ServerRestarted`. The
+    /// mmu-server's tables are a cache: every handle it held is freed and
+    /// the guest is not entered until its next instance names a root; that
+    /// instance gets the exit this one was handling again.
     fn fault(&mut self, frame: &mut TrapFrame, cr2: u64, sh: &mut Shared) -> SysResult {
         let cur = self.current;
         let fault = [frame.vector, frame.error_code, frame.rip, cr2];
+        let [vector, error_code, rip, _] = fault;
         let stop = |vm: &Self, why| Stop::Faulted {
             name: vm.task(cur).name.clone(),
             fault,
             why,
         };
         let t = self.task(cur);
-        if t.rights.vcpu {
+        let mmu = t.rights.install;
+        if t.rights.vcpu && !mmu {
             return Err(stop(self, "").into());
         }
-        if t.generation >= MAX_RESTARTS {
-            return Err(stop(self, " (it was restarted too often)").into());
+        if t.restarts_in_a_row >= MAX_RESTARTS {
+            return Err(stop(self, " (restarted 8 times in a row, answering nothing)").into());
+        }
+        if t.generation >= MAX_RESTARTS_TOTAL {
+            return Err(stop(self, " (restarted 1000 times)").into());
         }
         let entry = blob(payload(), t.elf)
             .and_then(|file| task::reload(file, t.root).ok())
             .ok_or_else(|| stop(self, " (it could not be restarted)"))?;
         say!(
-            "the {} faulted: exception {} (error code {:#x}) at rip={:#x}, cr2={cr2:#x}; restarting it (generation {})",
+            "{} restarted (generation {}): exception {vector} (error code {error_code:#x}) at rip={rip:#x}, cr2={cr2:#x}",
             t.name,
-            frame.vector,
-            frame.error_code,
-            frame.rip,
             t.generation + 1
         );
         let irqs = t.rights.irqs;
+        sh.stats.restarts += 1;
+        if mmu {
+            self.forget_tables(cur, sh);
+        }
         let t = self.task_mut(cur);
+        t.restarts_in_a_row += 1;
         t.generation += 1;
+        t.ran_vcpu = false;
         t.notes = Notifications::default();
         t.state = State::NotStarted;
         t.frame = TrapFrame::user_start(entry, STACK_TOP);
@@ -860,6 +907,27 @@ impl Vm {
             }
         }
         self.schedule(frame, sh)
+    }
+
+    /// The mmu-server `task` restarts: every table it held is freed (its
+    /// handles refused from now on), the guest is not entered before the
+    /// next instance names a root, and that instance finds in its VCPU
+    /// page the guest's control registers of the last resume the stub
+    /// accepted, which it checks before it builds tables for them.
+    fn forget_tables(&mut self, task: usize, sh: &mut Shared) {
+        sh.tables.free_all();
+        self.paging_set = false;
+        self.pae_root = None;
+        self.vcpu.flush_tlb();
+        if let Some(page) = self.task(task).vcpu_page {
+            // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
+            unsafe {
+                core::ptr::write_volatile(
+                    &raw mut (*vcpu_page(page)).guest_control,
+                    self.mmu_control,
+                )
+            };
+        }
     }
 
     /// Host IRQ lines that fired (masked now): set each in its owner's word.
@@ -1261,6 +1329,7 @@ fn build(
             wake: WakeAt::default(),
             elf: t.elf,
             generation: 0,
+            restarts_in_a_row: 0,
         });
     }
 
@@ -1296,6 +1365,8 @@ fn build(
             ram,
             paging_rules: PagingRules::from_cpuid(cpu::cpuid_words),
             pae_root: None,
+            mmu_exit: None,
+            mmu_control: ipc_proto::GuestControl::default(),
         })
     });
     cpu::write_cr3(first.0);

@@ -182,6 +182,14 @@ impl MmuStub for Native {
         // SAFETY: as above; the stub wrote the exit before returning.
         Ok(unsafe { (&raw const (*page).exit).read_volatile() })
     }
+
+    fn restored_control(&mut self) -> Option<GuestControl> {
+        // SAFETY: the stub maps this task's VCPU page read-write at
+        // VCPU_PAGE; it is zero until an instance of this server published
+        // the guest's registers with an accepted resume.
+        let c = unsafe { (&raw const (*sys::vcpu_page()).guest_control).read_volatile() };
+        (c != GuestControl::default()).then_some(c)
+    }
 }
 
 /// The server: the library's loop ([`mmu_server::server::run`]) on the

@@ -73,6 +73,38 @@ pub trait MmuStub {
         let _ = (word, frame);
         false
     }
+
+    /// The guest's control registers the stub kept from this server's last
+    /// instance (it restarted after a fault), or `None` at the first start.
+    /// Untrusted: [`restored_ctl`] checks them before the MMU uses them.
+    fn restored_control(&mut self) -> Option<GuestControl> {
+        None
+    }
+}
+
+/// The paging state a restarted server goes on from: `c`, the guest's
+/// control registers its last instance published (shadow paging), checked
+/// as a `MOV CR`/`WRMSR` of the guest would be: only bits the MMU
+/// virtualizes, paging only with protection, long mode only with PAE, LMA
+/// only as LME and PG make it.
+pub fn restored_ctl(c: &GuestControl, cfg: &MmuConfig) -> Result<GuestCtl, Failure> {
+    use crate::regs::{cr0, efer};
+    let bad = c.cr0 & !cr0::DEFINED != 0
+        || c.cr4 & !cfg.cpu.cr4_supported != 0
+        || c.efer & !cfg.cpu.efer_supported != 0
+        || (c.cr0 & cr0::PG != 0 && c.cr0 & cr0::PE == 0)
+        || (c.cr0 & cr0::PG != 0 && c.efer & efer::LME != 0 && c.cr4 & cr4::PAE == 0)
+        || (c.efer & efer::LMA != 0) != (c.cr0 & cr0::PG != 0 && c.efer & efer::LME != 0);
+    if bad {
+        return Err(Failure::BadInitialState);
+    }
+    Ok(GuestCtl {
+        cr0: c.cr0,
+        cr3: c.cr3,
+        cr4: c.cr4,
+        efer: c.efer,
+        pdptes: [0; 4],
+    })
 }
 
 /// What a variant of this server adds to its loop: the attack campaign's
@@ -105,6 +137,9 @@ pub enum Stopped {
     Start(Failure),
     /// Neither a shadow nor a nested root after start.
     NoRoot,
+    /// Restarted, with guest control registers in the VCPU page that no
+    /// guest could have set ([`restored_ctl`]).
+    BadRestore(GuestControl),
     /// The stub refused a reply.
     Refused(ErrorCode),
     /// The MMU could not handle an exit.
@@ -127,6 +162,11 @@ impl fmt::Display for Stopped {
             ),
             Self::Start(why) => why.fmt(f),
             Self::NoRoot => f.write_str("no shadow or nested root after start"),
+            Self::BadRestore(c) => write!(
+                f,
+                "restarted with guest registers no guest can set (cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x})",
+                c.cr0, c.cr3, c.cr4, c.efer
+            ),
             Self::Refused(e) => write!(f, "the stub refused the resume: {}", e.describe()),
             Self::Exit { failure, code, rip } => {
                 write!(f, "{failure} (exit code {code:#x}, rip={rip:#x})")
@@ -181,11 +221,20 @@ pub fn run<P: MmuPlatform + MmuStub + ?Sized>(
         return Stopped::AbiVersion(boot.abi_version);
     }
     hooks.start(boot, cfg.mode != MmuMode::Nested);
-    let mut mmu = Mmu::new(cfg, boot.guest_ram_bytes);
-    let ctl = GuestCtl {
-        cr0: boot.guest_cr0,
-        ..GuestCtl::RESET
+    let restored = platform
+        .restored_control()
+        .filter(|_| cfg.mode != MmuMode::Nested);
+    let ctl = match restored {
+        None => GuestCtl {
+            cr0: boot.guest_cr0,
+            ..GuestCtl::RESET
+        },
+        Some(c) => match restored_ctl(&c, &cfg) {
+            Ok(ctl) => ctl,
+            Err(_) => return Stopped::BadRestore(c),
+        },
     };
+    let mut mmu = Mmu::new(cfg, boot.guest_ram_bytes);
     if let Err(f) = mmu.start(platform, ctl) {
         return Stopped::Start(f);
     }
@@ -337,5 +386,51 @@ pub fn answer<P: MmuPlatform + ?Sized>(
             })
         }
         Action::Fail(f) => Err(f),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::regs::{cr0, efer};
+
+    fn cfg() -> MmuConfig {
+        MmuConfig {
+            mode: MmuMode::Shadow,
+            ..MmuConfig::default()
+        }
+    }
+
+    fn control(cr0: u64, cr4: u64, efer: u64) -> GuestControl {
+        GuestControl {
+            cr0,
+            cr3: 0x1000,
+            cr4,
+            efer,
+        }
+    }
+
+    /// What a restarted instance accepts from its VCPU page: the states a
+    /// guest can reach, not garbage.
+    #[test]
+    fn restored_registers_are_checked() {
+        let long = control(cr0::PG | cr0::PE | cr0::ET, cr4::PAE, efer::LME | efer::LMA);
+        assert_eq!(restored_ctl(&long, &cfg()).map(|c| c.cr3), Ok(0x1000));
+        assert!(restored_ctl(&control(cr0::PE | cr0::ET, 0, 0), &cfg()).is_ok());
+        let garbage = 0xdead_beef_dead_beef;
+        for bad in [
+            control(garbage, garbage, garbage),
+            control(cr0::PG | cr0::ET, 0, 0),
+            control(cr0::PG | cr0::PE, 0, efer::LME | efer::LMA),
+            control(cr0::PE, 0, efer::LMA),
+            control(cr0::PE | 1 << 40, 0, 0),
+            control(cr0::PE, 1 << 22, 0),
+        ] {
+            assert_eq!(
+                restored_ctl(&bad, &cfg()),
+                Err(Failure::BadInitialState),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -4,6 +4,11 @@
 //! `rsp = ipc_proto::layout::STACK_TOP` and every other register zero. It
 //! talks to the stub with `int 0x80` system calls ([`ipc_proto::syscall`])
 //! and through the VCPU page ([`ipc_proto::layout::VCPU_PAGE`]).
+//!
+//! Faults injected on purpose (`splitvisor run --inject
+//! vmm-server:crash@N`, `ipc_proto::inject`) fire at its N-th exit; the
+//! stub does not restart the vmm-server (it holds the guest's device
+//! state), so the VM stops with the fault.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -23,6 +28,40 @@ mod ring3;
 ipc_proto::server_entry!(server_main);
 
 #[cfg(target_os = "none")]
+ipc_proto::inject_block!(INJECT);
+
+#[cfg(target_os = "none")]
 extern "C" fn server_main() -> ! {
-    ring3::run(&mut ring3::Plain)
+    let injector = ipc_proto::inject::Injector::new(&ipc_proto::inject::read_block(&INJECT));
+    ring3::run(&mut Inject(injector))
+}
+
+/// The injected faults, as a hook before each resume (one per exit).
+#[cfg(target_os = "none")]
+struct Inject(ipc_proto::inject::Injector);
+
+#[cfg(target_os = "none")]
+impl ring3::Hooks for Inject {
+    fn resume(
+        &mut self,
+        _exit: &ipc_proto::ExitRecord,
+        _resume: &ipc_proto::Resume,
+    ) -> Option<ipc_proto::Resume> {
+        use ipc_proto::inject::{self, Fault, GARBAGE};
+        match self.0.tick()? {
+            Fault::Crash => inject::crash(),
+            Fault::Hang => inject::hang(),
+            Fault::Corrupt => {
+                let page = ipc_proto::sys::vcpu_page();
+                // SAFETY: the stub maps this task's VCPU page read-write at
+                // VCPU_PAGE; the resume in it is plain data.
+                let resume = unsafe { &raw mut (*page).resume }.cast::<u64>();
+                for i in 0..core::mem::size_of::<ipc_proto::Resume>() / 8 {
+                    // SAFETY: as above; `i` stays inside the resume.
+                    unsafe { resume.add(i).write_volatile(GARBAGE) };
+                }
+                inject::crash()
+            }
+        }
+    }
 }

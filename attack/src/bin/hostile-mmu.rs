@@ -21,9 +21,11 @@ mod ring3;
 #[cfg(target_os = "none")]
 mod hostile {
     use attack_servers::campaign::{self, Campaign};
-    use attack_servers::{BOOT_DESTRUCTIVE, BOOT_FPU, BOOT_MAIN, BOOT_RANDOM, SERVER_MMU};
+    use attack_servers::{
+        BOOT_DESTRUCTIVE, BOOT_FPU, BOOT_MAIN, BOOT_RANDOM, BOOT_RESTART, SERVER_MMU,
+    };
     use ipc_proto::layout::BootInfo;
-    use ipc_proto::{ExitKind, ExitRecord, PagingState, Resume, ResumeFlags};
+    use ipc_proto::{ExitKind, ExitRecord, GuestControl, PagingState, Resume, ResumeFlags};
 
     ipc_proto::server_entry!(server_main);
 
@@ -44,13 +46,47 @@ mod hostile {
         /// the vmm-server, on which it signals before every resume (see
         /// hostile-vmm's `notify_loop`).
         notify_loop: Option<u64>,
+        /// The restart boot: this instance's number (how many faulted
+        /// before it) and the resume it faults at, with the root it named.
+        restart: Option<(u64, u64, u64)>,
+        resumes: u64,
     }
+
+    /// Instances that fault on purpose in the restart boot; the next one
+    /// serves the probe guest to its end.
+    const RESTART_FAULTS: u64 = 3;
 
     impl crate::ring3::Hooks for Attack {
         fn start(&mut self, boot: &BootInfo, shadow: bool) {
             let c = self.campaign.insert(Campaign::new(SERVER_MMU));
             if c.boot() == BOOT_MAIN && shadow {
                 self.notify_loop = ipc_proto::sys::GuestWrites::find().map(|w| w.channel());
+            }
+            if c.boot() == BOOT_RESTART {
+                let (generation, old) = campaign::restart_mark();
+                if generation > 0 {
+                    // SAFETY: the stub maps the VCPU page read-write.
+                    let control: GuestControl = unsafe {
+                        (&raw const (*ipc_proto::sys::vcpu_page()).guest_control).read_volatile()
+                    };
+                    campaign::restart(c, &old, control, shadow);
+                }
+                c.finish();
+                if generation >= RESTART_FAULTS {
+                    return;
+                }
+                // Where this instance faults, drawn from the seed: at start
+                // with tables of its own, or at its first or (under shadow
+                // paging, after an exit) second resume.
+                for _ in 0..generation {
+                    c.draw();
+                }
+                let point = c.draw() % if shadow { 3 } else { 2 };
+                if point == 0 {
+                    campaign::fault_with_mark(generation + 1, &campaign::restart_tables());
+                }
+                self.restart = Some((generation, point, u64::MAX));
+                return;
             }
             self.at_first_exit = matches!(c.boot(), BOOT_DESTRUCTIVE | BOOT_RANDOM) && shadow;
             if self.at_first_exit {
@@ -106,6 +142,16 @@ mod hostile {
         fn resume(&mut self, resume: &mut Resume) {
             if let Some(ch) = self.notify_loop {
                 let _ = ipc_proto::sys::signal(ch, 1);
+            }
+            if let Some((generation, at, root)) = self.restart.as_mut() {
+                self.resumes += 1;
+                let named = ResumeFlags::SET_PAGING | ResumeFlags::SET_NESTED_ROOT;
+                if *root == u64::MAX && resume.flags & named.bits() != 0 {
+                    *root = u64::from(resume.paging.root);
+                }
+                if self.resumes == *at {
+                    campaign::fault_with_mark(*generation + 1, &[*root]);
+                }
             }
             if let Some(first) = self.restore.take() {
                 if resume.flags & ResumeFlags::SET_PAGING.bits() == 0 {

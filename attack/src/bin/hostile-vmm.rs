@@ -24,7 +24,9 @@ mod ring3;
 #[cfg(target_os = "none")]
 mod hostile {
     use attack_servers::campaign::{self, Campaign};
-    use attack_servers::{BOOT_DESTRUCTIVE, BOOT_FPU, BOOT_MAIN, BOOT_RANDOM, SERVER_VMM};
+    use attack_servers::{
+        BOOT_DESTRUCTIVE, BOOT_FPU, BOOT_MAIN, BOOT_RANDOM, BOOT_RESTART, SERVER_VMM,
+    };
     use ipc_proto::layout::BootInfo;
     use ipc_proto::{ExitRecord, Resume};
 
@@ -71,6 +73,8 @@ mod hostile {
                     campaign::port_io(&mut c);
                 }
                 BOOT_DESTRUCTIVE => campaign::vmm_destructive(&mut c),
+                // The mmu-server's boot: the vmm-server only serves the probe.
+                BOOT_RESTART => {}
                 _ => {
                     campaign::syscalls(&mut c, boot.guest_ram_bytes);
                     campaign::vmm_resumes(&mut c, self.shadow);

@@ -24,6 +24,7 @@ mod ring3 {
     use core::fmt::Write;
 
     use ipc_proto::device::{op, PortMessage};
+    use ipc_proto::inject::{self, Fault, Injector, GARBAGE};
     use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
     use ipc_proto::sys::{self, ConsoleLine};
     use ipc_proto::{Syscall, ABI_VERSION};
@@ -32,6 +33,7 @@ mod ring3 {
     use vmm_server::devices::uart16550::{self, Uart16550};
 
     ipc_proto::server_entry!(server_main);
+    ipc_proto::inject_block!(INJECT);
 
     macro_rules! say {
         ($($arg:tt)*) => {{
@@ -80,6 +82,9 @@ mod ring3 {
         };
         let page = (CHANNEL_PAGE_BASE + ch * PAGE_SIZE) as *mut PortMessage;
         let mut uart = Uart16550::new(HostConsole::new(Console, true));
+        // Faults injected on purpose (`--inject uart-server:crash@N`), at
+        // the N-th request.
+        let mut injector = Injector::new(&inject::read_block(&INJECT));
         loop {
             // Replies to the call before (none the first time) and waits
             // for the next one.
@@ -91,6 +96,21 @@ mod ring3 {
             // address in both ends; the client waits while we run, and
             // every bit pattern is a valid PortMessage.
             let request = unsafe { page.read_volatile() };
+            match injector.tick() {
+                None => {}
+                Some(Fault::Crash) => inject::crash(),
+                Some(Fault::Hang) => inject::hang(),
+                Some(Fault::Corrupt) => {
+                    // The channel page, the state shared with the
+                    // vmm-server, filled with garbage.
+                    let words = (PAGE_SIZE / 8) as usize;
+                    for i in 0..words {
+                        // SAFETY: as above; the page is PAGE_SIZE bytes.
+                        unsafe { page.cast::<u64>().add(i).write_volatile(GARBAGE) };
+                    }
+                    inject::crash()
+                }
+            }
             let reply = remote::serve(
                 &mut uart,
                 uart16550::COM1_BASE,
