@@ -82,7 +82,7 @@ pub struct BootInfo {
     pub board: u64,
     /// The guest-writes channels (`crate::guest_writes`), bit n for
     /// channel n: copied from `manifest::Manifest::guest_write_channels`.
-    /// Appended in ABI version 12.
+    /// Appended in ABI version 13.
     pub guest_write_channels: u64,
 }
 

@@ -40,7 +40,7 @@ pub enum Syscall {
     /// serves no channel, is on none and owns no IRQ cannot be woken:
     /// `NotPermitted`. `rsi` is a timeout in TSC ticks from now (0: none):
     /// when it passes with no call and no notification, the call returns
-    /// [`RECV_TIMEOUT`] (ABI 12).
+    /// [`RECV_TIMEOUT`] (ABI 13).
     ReplyRecv = 7,
     /// Allocate a zeroed shadow (or nested) page table of level `rdi`
     /// (1..=4); returns its `TableHandle`. mmu-server only.
