@@ -146,8 +146,11 @@ pub mod stub_exit {
     /// bits, as `ReplyRecv` returns them without `RECV_NOTIFICATION`),
     /// which the stub read and cleared at once. The guest did not run:
     /// its state is as at the previous exit, and the resume the task gave
-    /// with the `VcpuRun` that returned this record was applied. Every
-    /// other field but `abi_version` is zero.
+    /// with the `VcpuRun` that returned this record was applied (perhaps
+    /// before the guest ran for other tasks' exits). The task's next
+    /// `VcpuRun` with an empty resume (`flags` 0) changes nothing; a
+    /// non-empty one applies as usual. Every other field but
+    /// `abi_version` is zero.
     pub const NOTIFICATION: u64 = 1 << 40;
 }
 

@@ -20,8 +20,9 @@
 //!    notification exit since the guest last ran, gets the word as a
 //!    notification exit (`ipc_proto::exit::stub_exit::NOTIFICATION`, the
 //!    word read and cleared at once; the guest is not entered, its state
-//!    stays as at the last exit, the task's resume was applied and its
-//!    next `VcpuRun`'s applies as usual). At most one such exit per task
+//!    stays as at the last exit, the task's resume was applied; its next
+//!    `VcpuRun` with an empty resume changes nothing, a non-empty one
+//!    applies as usual). At most one such exit per task
 //!    between two entries: a server signalling a VCPU task in a loop
 //!    delays the guest, never starves it;
 //! 5. otherwise the guest runs, and its exit goes to the task whose
@@ -113,6 +114,9 @@ struct Task {
     notes: Notifications,
     /// A VCPU task's notification exits (one between two entries).
     gate: ExitGate,
+    /// It got a notification exit: its next `VcpuRun` with an empty
+    /// resume changes nothing (its last one was applied already).
+    noted: bool,
     /// Its `ReplyRecv` timeout, while it waits there.
     wake: WakeAt,
     /// Its ELF in the payload, to restart it from.
@@ -458,6 +462,7 @@ impl Vm {
                 .filter(|t| t.vcpu_page.is_some())
                 .and_then(|t| t.gate.take(&mut t.notes));
             if let Some(word) = word {
+                self.task_mut(i).noted = true;
                 return self.hand(frame, i, ExitRecord::notification(word));
             }
         }
@@ -618,9 +623,12 @@ impl Vm {
         // SAFETY: the VCPU page is ours and identity-mapped; the copy is
         // taken once, so the server cannot change it after the check.
         let resume = unsafe { core::ptr::read_volatile(&raw const (*vcpu_page(page)).resume) };
-        // Before a task's first entry, a resume with ABI version 0 means "nothing to set".
+        // Before a task's first entry, a resume with ABI version 0 means
+        // "nothing to set"; after a notification exit, so does an empty one.
         let fresh = !self.task(cur).ran_vcpu;
-        if !fresh || resume.abi_version != 0 {
+        let noted = core::mem::take(&mut self.task_mut(cur).noted);
+        let nothing = noted && resume.flags == 0 && resume.abi_version == ABI_VERSION;
+        if !nothing && (!fresh || resume.abi_version != 0) {
             self.apply_resume(cur, &resume, sh)?;
         }
         let t = self.task_mut(cur);
@@ -1326,6 +1334,7 @@ fn build(
             ran_vcpu: false,
             notes: Notifications::default(),
             gate: ExitGate::default(),
+            noted: false,
             wake: WakeAt::default(),
             elf: t.elf,
             generation: 0,

@@ -270,9 +270,13 @@ pub fn run<P: MmuPlatform + MmuStub + ?Sized>(
             Err(e) => return Stopped::Refused(e),
         };
         if ExitKind::of(&exit) == ExitKind::Notification {
-            // The guest did not run: resync what other servers wrote,
-            // then rerun with the same resume (a forward's paging only).
-            let resume = *reply.resume_mut();
+            // The guest did not run: resync what other servers wrote, then
+            // rerun with an empty resume (the last one was applied; the
+            // stub applies an empty one as nothing) plus any paging.
+            let resume = Resume {
+                abi_version: ABI_VERSION,
+                ..Default::default()
+            };
             reply = match guest_writes(&mut mmu, platform, &exit, resume) {
                 Ok(r) => r,
                 Err(failure) => {

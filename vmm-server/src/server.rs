@@ -81,9 +81,14 @@ pub fn run<S: Stub, W: HostWrite>(
             }
         };
         if let crate::exit::Exit::Notification { word } = crate::exit::Exit::decode(&rec) {
-            // The guest did not run: rerun with the same resume (every
-            // part of it is idempotent), the word noted.
+            // The guest did not run, and the last resume was applied
+            // (perhaps before the guest ran for exits of the mmu-server's):
+            // rerun with an empty one, which the stub applies as nothing.
             vmm.notified(word);
+            resume = Some(Resume {
+                abi_version: ipc_proto::ABI_VERSION,
+                ..Resume::default()
+            });
             continue;
         }
         let segments = stub.segments();
@@ -278,11 +283,14 @@ mod tests {
         assert_eq!(end, Ending::Stop { status: 0 });
         assert!(text.starts_with("ab\n"), "{text}");
         assert!(text.contains("notifications=2"), "{text}");
-        // The `a` exit's resume (skip the OUT), then the same twice more.
+        // The `a` exit's resume (skip the OUT), then empty ones, which
+        // the stub applies as nothing after a notification exit.
         let after_a = s.resumes[1].unwrap();
         assert_eq!(after_a.regs.rip, 0x1001);
-        assert_eq!(s.resumes[2], Some(after_a));
-        assert_eq!(s.resumes[3], Some(after_a));
+        for r in &s.resumes[2..4] {
+            assert_eq!(r.unwrap().flags, 0);
+            assert_eq!(r.unwrap().abi_version, ipc_proto::ABI_VERSION);
+        }
         assert_eq!(s.resumes[4].unwrap().regs.rip, 0x1002);
     }
 
