@@ -3,7 +3,12 @@
 //! and shadow paging in QEMU (TCG) with emulated SVM, and the guest-side
 //! attacks when the image builder has them. No stub fault and no escape;
 //! and every class ran, and the probe guest ran to its end after the main
-//! campaigns (the stub was still intact).
+//! campaigns (the stub was still intact). In the main boot under shadow
+//! paging the two hostile servers also signal each other before every
+//! `VcpuRun` (over the vmm-server's guest-writes channel): each signal is
+//! a notification exit for the other, and only the stub's rule of one
+//! notification exit per task between two guest entries lets the probe
+//! guest run to its end (`kernel_stub::notify::ExitGate`).
 //!
 //! Needs `qemu-system-x86_64`, gcc and binutils (`scripts/install-deps`);
 //! fails without them.

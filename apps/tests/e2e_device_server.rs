@@ -1,7 +1,9 @@
 //! End-to-end: a device server with rights a vmm-server does not have --
 //! host ports 0x70-0x71 (the RTC) and host IRQ 8 (on the second 8259) --
 //! next to the `timer` guest: the probe device server
-//! (`attack/src/bin/probe-device.rs`) turns on the RTC's periodic
+//! (`attack/src/bin/probe-device.rs`) waits in `ReplyRecv` with a 10 ms
+//! timeout and gets `RECV_TIMEOUT` (the stub's exit deadline fires for
+//! it while the guest runs), turns on the RTC's periodic
 //! interrupt, takes three IRQ 8 notifications through `ReplyRecv` and
 //! acknowledges each with `IrqAck`, and checks that what it was not
 //! granted is refused; then it faults on purpose, and the stub restarts it
@@ -48,6 +50,10 @@ fn system() -> images::SystemSpec {
 }
 
 fn check(console: &str) {
+    assert!(
+        console.contains("probe-device: a ReplyRecv timeout of 10 ms came back as RECV_TIMEOUT"),
+        "{console}"
+    );
     assert!(
         console.contains("probe-device: 3 interrupts on IRQ 8 (ports and notifications work)"),
         "{console}"

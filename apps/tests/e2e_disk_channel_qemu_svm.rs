@@ -5,17 +5,31 @@
 //! requests the server must refuse; the sectors it wrote are in the image
 //! file afterwards. Next to the `hello` guest, on QEMU TCG with emulated
 //! SVM and nested paging, with the image as QEMU's IDE disk as `splitvisor
-//! run --disk` attaches it.
+//! run --disk` attaches it; and the same under shadow paging, where the
+//! disk-driver reports each READ's buffer to the mmu-server over its
+//! guest-writes channel (`ipc_proto::guest_writes`).
 //!
 //! Needs QEMU, gcc and binutils (`scripts/install-deps`).
 
-use ipc_proto::manifest::{GuestRam, Rights};
+use ipc_proto::manifest::{GuestRam, MmuMode, Rights};
 use splitvisor::disk::{disk_driver_server, Disk, DiskSpec};
 use splitvisor::run::{qemu_args, run_emulator, Capture, DEFAULT_CPU, DEFAULT_EMULATOR};
 
 #[test]
 fn disk_driver_serves_a_client_over_a_channel_on_qemu_svm_npt() {
-    let dir = std::env::temp_dir().join(format!("splitvisor-disk-channel-{}", std::process::id()));
+    serves(MmuMode::Nested, DEFAULT_CPU, "npt");
+}
+
+#[test]
+fn disk_driver_serves_a_client_over_a_channel_on_qemu_svm_shadow() {
+    serves(MmuMode::Shadow, "EPYC,+svm,-npt", "shadow");
+}
+
+fn serves(mmu: MmuMode, cpu: &str, how: &str) {
+    let dir = std::env::temp_dir().join(format!(
+        "splitvisor-disk-channel-{how}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let img = dir.join("disk.img");
@@ -40,9 +54,10 @@ fn disk_driver_serves_a_client_over_a_channel_on_qemu_svm_npt() {
         ],
         // Channel 0: the client's (no uart-server in this image).
         device_channels: vec![("disk-client".into(), "disk-driver".into())],
+        mmu,
         ..images::SystemSpec::new("hello")
     };
-    let opts = splitvisor::e2e::options(system, DEFAULT_CPU);
+    let opts = splitvisor::e2e::options(system, cpu);
     let image = images::build_system_spec(&opts.system).expect("the image builds");
     let mut args = qemu_args(&opts, &image);
     args.extend(disk.qemu_args());

@@ -40,6 +40,13 @@ pub trait GuestMemory {
     /// The `len` bytes of guest RAM from guest-physical `gpa`, if they are
     /// all guest RAM.
     fn bytes_mut(&mut self, gpa: u64, len: usize) -> Option<&mut [u8]>;
+
+    /// `len` bytes at `gpa` were written (a READ's buffer, also when the
+    /// read failed part-way): the ring-3 task tells the shadow MMU
+    /// (`ipc_proto::guest_writes`). The default: nobody to tell.
+    fn wrote(&mut self, gpa: u64, len: u64) {
+        let _ = (gpa, len);
+    }
 }
 
 /// Guest RAM as one slice from guest-physical 0: what the ring-3 task has
@@ -192,7 +199,9 @@ impl<P: PortIo, W: Wait> DiskServer<P, W> {
             return reply(status::BAD_BUFFER);
         };
         let done = if req.op == op::READ {
-            self.ata.read(req.lba, buf)
+            let done = self.ata.read(req.lba, buf);
+            ram.wrote(req.gpa, len as u64);
+            done
         } else {
             self.ata.write(req.lba, buf)
         };

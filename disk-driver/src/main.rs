@@ -38,14 +38,14 @@ mod ring3 {
 
     use ata::{Ata, Drive, PortIo, Wait, PRIMARY};
     use disk_driver::{
-        DiskServer, Ram, Transport, CONFIG_MAGIC, CONFIG_READ_ONLY, CONFIG_SELF_TEST,
+        DiskServer, GuestMemory, Ram, Transport, CONFIG_MAGIC, CONFIG_READ_ONLY, CONFIG_SELF_TEST,
     };
     use ipc_proto::block::{op, BlockReply, BlockRequest};
     use ipc_proto::inject::{self, Fault, Injector, GARBAGE};
     use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::sys::{self, ConsoleLine};
-    use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION};
+    use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION, RECV_TIMEOUT};
     use ipc_proto::{Syscall, ABI_VERSION};
 
     ipc_proto::server_entry!(server_main);
@@ -193,9 +193,17 @@ mod ring3 {
 
         fn wait_irq(&mut self) {
             // Blocks until IRQ 14's notification (one latched earlier
-            // returns at once).
+            // returns at once), or for one wait's budget: a disk that
+            // never interrupts ends in the status polls' timeout instead
+            // of blocking this server for good.
+            let until = rdtsc().saturating_add(self.ticks);
             loop {
-                match sys::call(Syscall::ReplyRecv, NO_REPLY) {
+                let left = until.saturating_sub(rdtsc());
+                if left == 0 {
+                    return;
+                }
+                match sys::reply_recv(NO_REPLY, left) {
+                    Ok(RECV_TIMEOUT) => return,
                     Ok(v) if v & RECV_NOTIFICATION != 0 && v & u64::from(irq_bit(IRQ)) != 0 => {
                         self.notifications += 1;
                         // The line is edge-triggered: unmasking it before
@@ -319,7 +327,10 @@ mod ring3 {
         // else in this task refers to it. (A hostile guest's buffers are
         // still only guest RAM: the server checks every request's range.)
         let ram = unsafe { core::slice::from_raw_parts_mut(boot.guest_ram_window as *mut u8, len) };
-        let mut ram = Ram(ram);
+        let mut ram = Recorded {
+            ram: Ram(ram),
+            writes: sys::GuestWrites::find(),
+        };
         let mut channels = Channels {
             pending: None,
             injector: Injector::new(&inject::read_block(&INJECT)),
@@ -368,6 +379,24 @@ mod ring3 {
         }
         loop {
             server.serve(&mut channels, &mut ram);
+        }
+    }
+
+    /// Guest RAM whose writes the shadow MMU hears of.
+    struct Recorded<'a> {
+        ram: Ram<'a>,
+        writes: Option<sys::GuestWrites>,
+    }
+
+    impl GuestMemory for Recorded<'_> {
+        fn bytes_mut(&mut self, gpa: u64, len: usize) -> Option<&mut [u8]> {
+            self.ram.bytes_mut(gpa, len)
+        }
+
+        fn wrote(&mut self, gpa: u64, len: u64) {
+            if let Some(w) = &self.writes {
+                w.wrote(gpa, len);
+            }
         }
     }
 

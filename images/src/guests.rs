@@ -41,6 +41,7 @@ pub const GUESTS: &[&str] = &[
     "fwcfg",
     "pcstorm",
     "exitbench",
+    "insbpte",
 ];
 
 /// Where the test guests are loaded and linked.

@@ -497,8 +497,15 @@ fn layout(
             .iter()
             .position(|c| named(c, "vmm-server", "uart-server"))
             .map_or(0, |n| n as u8 + 1);
+        // Every channel the mmu-server serves carries guest writes.
+        let guest_write_channels = channels
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| tasks.get(usize::from(c.server)).map(|t| t.name) == Some("mmu-server"))
+            .fold(0u16, |m, (i, _)| m | 1 << i);
         let manifest = Manifest {
             uart_channel,
+            guest_write_channels,
             tasks: manifest_tasks,
             channels: heapless::Vec::from_slice(channels)
                 .map_err(|_| ImageError::TooManyChannels(channels.len()))?,

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ipc_proto::manifest::{Board, Channel, EntryMode, MmuMode, Rights};
+use ipc_proto::manifest::{Board, Channel, EntryMode, GuestRam, MmuMode, Rights};
 
 pub use guests::{GUESTS, GUEST_LOAD_GPA, GUEST_RAM_MIB};
 pub use image::{build_image, GuestInput, ImageError, TaskInput};
@@ -552,6 +552,22 @@ pub fn system_tasks(spec: &SystemSpec) -> (Vec<(&str, Rights)>, Vec<Channel>) {
             client: c.map_or(u8::MAX, |i| i as u8),
             server: s.map_or(u8::MAX, |i| i as u8),
         });
+    }
+    // Shadow paging: every task that writes guest RAM in place (the
+    // vmm-server, device servers granted it read-write) tells the
+    // mmu-server which frames it wrote over a channel of its own
+    // (`ipc_proto::guest_writes`), numbered after all the others.
+    let shadow = matches!(spec.mmu, MmuMode::Shadow | MmuMode::ShadowBaseline);
+    if let (true, Some(mmu)) = (shadow, tasks.iter().position(|(n, _)| *n == "mmu-server")) {
+        for (i, (_, r)) in tasks.iter().enumerate() {
+            let writes = r.guest_ram == GuestRam::ReadWrite;
+            if writes && i != mmu {
+                channels.push(Channel {
+                    client: i as u8,
+                    server: mmu as u8,
+                });
+            }
+        }
     }
     (tasks, channels)
 }

@@ -136,6 +136,24 @@ pub mod vmx_exit {
     pub const ENTRY_FAILURE_BIT: u64 = 1 << 31;
 }
 
+/// Exits the stub writes without entering the guest: the same codes
+/// whatever the extension (out of both the SVM and the VMX ranges), so
+/// [`ExitKind::of`] tells them first.
+pub mod stub_exit {
+    /// A notification exit: the guest would have been entered while the
+    /// VCPU task waiting for this exit had a non-zero notification word
+    /// (`ipc_proto::syscall`). `exit_info1` holds the word (its low 32
+    /// bits, as `ReplyRecv` returns them without `RECV_NOTIFICATION`),
+    /// which the stub read and cleared at once. The guest did not run:
+    /// its state is as at the previous exit, and the resume the task gave
+    /// with the `VcpuRun` that returned this record was applied (perhaps
+    /// before the guest ran for other tasks' exits). The task's next
+    /// `VcpuRun` with an empty resume (`flags` 0) changes nothing; a
+    /// non-empty one applies as usual. Every other field but
+    /// `abi_version` is zero.
+    pub const NOTIFICATION: u64 = 1 << 40;
+}
+
 /// What an exit is, whatever the extension: the exit code classified, with
 /// the few numbers that name it (which CR, which vector). Operands (ports,
 /// addresses, error codes) stay in the record for the server that needs
@@ -204,6 +222,9 @@ pub enum ExitKind {
     /// in the APM, the 32-bit 0xffff_ffff from QEMU), a VMX exit reason
     /// with bit 31 set or one of the VM-entry failure reasons.
     EntryFailed,
+    /// Not a guest exit: the stub's notification exit
+    /// ([`stub_exit::NOTIFICATION`], the word in `exit_info1`).
+    Notification,
     /// Any other exit, or a record of an unknown `arch`.
     Other,
 }
@@ -212,6 +233,9 @@ impl ExitKind {
     /// Classifies a record by its `arch` and exit code. Never fails: what
     /// it does not know is [`ExitKind::Other`].
     pub fn of(rec: &ExitRecord) -> Self {
+        if rec.exit_code == stub_exit::NOTIFICATION {
+            return Self::Notification;
+        }
         match VcpuArch::from_raw(rec.arch) {
             Some(VcpuArch::Svm) => Self::of_svm(rec),
             Some(VcpuArch::Vmx) => Self::of_vmx(rec),
@@ -333,6 +357,9 @@ pub struct ExitName {
 
 impl fmt::Display for ExitName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.code == stub_exit::NOTIFICATION {
+            return f.write_str("notification");
+        }
         match VcpuArch::from_raw(self.arch) {
             Some(VcpuArch::Svm) => {
                 let c = self.code;
@@ -547,6 +574,31 @@ mod tests {
             ExitKind::of(&ExitRecord { arch: 7, ..unknown }),
             ExitKind::Other
         );
+    }
+
+    #[test]
+    fn notification_exits_classify_whatever_the_arch() {
+        let n = ExitRecord::notification(0x4001);
+        assert_eq!(ExitKind::of(&n), ExitKind::Notification);
+        assert_eq!(n.exit_info1, 0x4001);
+        assert_eq!(n.abi_version, crate::ABI_VERSION);
+        for arch in [VcpuArch::Svm, VcpuArch::Vmx] {
+            let r = rec(arch, stub_exit::NOTIFICATION, 1, 0);
+            assert_eq!(ExitKind::of(&r), ExitKind::Notification);
+            let mut name = heapless::String::<16>::new();
+            core::fmt::write(
+                &mut name,
+                format_args!("{}", exit_name(arch as u32, r.exit_code)),
+            )
+            .unwrap();
+            assert_eq!(name, "notification");
+        }
+        // Out of both ranges: no SVM code (negative ones included) and no
+        // VMX reason (16 bits and bit 31) is the notification's.
+        const {
+            assert!(stub_exit::NOTIFICATION > u32::MAX as u64);
+            assert!(stub_exit::NOTIFICATION < u64::MAX - 0xffff);
+        }
     }
 
     #[test]

@@ -80,6 +80,10 @@ pub struct BootInfo {
     /// The devices the vmm-server emulates: a `manifest::Board` as 0 (ISA)
     /// or 1 (PC). Appended in ABI version 8.
     pub board: u64,
+    /// The guest-writes channels (`crate::guest_writes`), bit n for
+    /// channel n: copied from `manifest::Manifest::guest_write_channels`.
+    /// Appended in ABI version 13.
+    pub guest_write_channels: u64,
 }
 
 #[cfg(test)]
@@ -89,7 +93,8 @@ mod tests {
 
     #[test]
     fn boot_info_layout_is_pinned() {
-        assert_eq!(size_of::<BootInfo>(), 72);
+        assert_eq!(size_of::<BootInfo>(), 80);
+        assert_eq!(offset_of!(BootInfo, guest_write_channels), 72);
         assert_eq!(offset_of!(BootInfo, board), 64);
         assert_eq!(offset_of!(BootInfo, nested_large_pages), 56);
         assert_eq!(offset_of!(BootInfo, uart_channel), 48);

@@ -13,6 +13,7 @@
 pub mod block;
 pub mod device;
 pub mod exit;
+pub mod guest_writes;
 pub mod inject;
 pub mod layout;
 pub mod manifest;
@@ -34,7 +35,7 @@ pub const CONSOLE_REPORT_REQUEST: &[u8; 8] = b"\0\x1bSVREP\0";
 
 /// Version of the stub ABI. The stub refuses a `Resume` from a server built
 /// against another version.
-pub const ABI_VERSION: u32 = 12;
+pub const ABI_VERSION: u32 = 13;
 
 pub use exit::ExitKind;
 pub use stats::Stats;

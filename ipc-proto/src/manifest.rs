@@ -324,6 +324,11 @@ pub struct Manifest {
     /// The vmm-server's channel to the UART server as its number + 1 (0:
     /// none), copied into `layout::BootInfo::uart_channel`.
     pub uart_channel: u8,
+    /// The guest-writes channels (`crate::guest_writes`), bit n for
+    /// channel n, copied into `layout::BootInfo::guest_write_channels`:
+    /// each is served by the task with the install right (the
+    /// mmu-server).
+    pub guest_write_channels: u16,
 }
 
 impl Manifest {
@@ -362,6 +367,15 @@ impl Manifest {
             .any(|c| usize::from(c.client) >= n || usize::from(c.server) >= n)
         {
             return Err("a channel names a task the image does not have");
+        }
+        let to_mmu = |(i, c): (usize, &Channel)| {
+            self.guest_write_channels & (1 << i) == 0
+                || self.tasks[usize::from(c.server)].rights.install
+        };
+        let named =
+            (0..16).all(|i| self.guest_write_channels & (1 << i) == 0 || i < self.channels.len());
+        if !named || !self.channels.iter().enumerate().all(to_mmu) {
+            return Err("a guest-writes channel does not exist or is not served by the mmu-server");
         }
         Ok(())
     }
@@ -431,6 +445,7 @@ mod tests {
             }])
             .unwrap(),
             uart_channel: 0,
+            guest_write_channels: 0,
             guest: Guest {
                 entry_mode: EntryMode::Real16,
                 mmu: MmuMode::Shadow,
@@ -480,6 +495,7 @@ mod tests {
             tasks: heapless::Vec::new(),
             channels: heapless::Vec::new(),
             uart_channel: 255,
+            guest_write_channels: 0,
             guest: Guest::flat32(
                 512,
                 Blob {
@@ -528,6 +544,7 @@ mod tests {
             tasks: heapless::Vec::from_slice(&[task("x", rights)]).unwrap(),
             channels: heapless::Vec::new(),
             uart_channel: 0,
+            guest_write_channels: 0,
             guest: Guest::flat32(2, Blob::default(), 0, 0),
         };
         assert_eq!(m(device_rights()).check_rights(), Ok(()));
@@ -583,6 +600,7 @@ mod tests {
             tasks: heapless::Vec::from_slice(&[task("t", device_rights())]).unwrap(),
             channels: heapless::Vec::new(),
             uart_channel: 0,
+            guest_write_channels: 0,
             guest: Guest::flat32(2, Blob::default(), 0, 0),
         };
         let bytes = postcard::to_allocvec(&m).unwrap();

@@ -135,3 +135,61 @@ impl core::fmt::Write for ConsoleLine {
         Ok(())
     }
 }
+
+/// `Signal(channel, bits)`.
+pub fn signal(channel: u64, bits: u64) -> Result<u64, ErrorCode> {
+    // SAFETY: Signal takes no pointer.
+    result(unsafe { syscall3(Syscall::Signal, channel, bits, 0) })
+}
+
+/// A writer's end of its guest-writes channel to the mmu-server
+/// ([`crate::guest_writes`]): records the guest frames this task writes
+/// in place and signals the mmu-server, so that it resyncs the shadows of
+/// any page table among them before the guest runs again.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestWrites {
+    channel: u64,
+}
+
+impl GuestWrites {
+    /// This task's guest-writes channel, if the image gives it one: the
+    /// first of `BootInfo::guest_write_channels` that `Signal(ch, 0)`
+    /// accepts (it sets no bit; only an end of the channel may call it).
+    pub fn find() -> Option<Self> {
+        let mask = boot_info().guest_write_channels;
+        (0..16u64)
+            .filter(|ch| mask & (1 << ch) != 0)
+            .find(|ch| signal(*ch, 0).is_ok())
+            .map(|channel| Self { channel })
+    }
+
+    /// The channel's number.
+    pub fn channel(&self) -> u64 {
+        self.channel
+    }
+
+    /// `len` bytes at guest-physical `gpa` were written: records their
+    /// frames and, when the page was empty, signals the mmu-server (it
+    /// hears it before the guest is entered again).
+    pub fn wrote(&self, gpa: u64, len: u64) {
+        let page = (crate::layout::CHANNEL_PAGE_BASE + self.channel * crate::layout::PAGE_SIZE)
+            as *mut crate::guest_writes::GuestWritesPage;
+        // SAFETY: the stub maps this channel's page read-write at that
+        // address in both ends; the mmu-server only reads it while this
+        // task is blocked (one CPU, no preemption).
+        let signal_now = unsafe { (*page).record(gpa, len) };
+        if signal_now {
+            let _ = signal(
+                self.channel,
+                crate::guest_writes::signal_bit(self.channel as usize),
+            );
+        }
+    }
+}
+
+/// `ReplyRecv(channel)` with a timeout of `ticks` TSC ticks (0: none):
+/// a channel number, `RECV_NOTIFICATION | word`, or `RECV_TIMEOUT`.
+pub fn reply_recv(channel: u64, ticks: u64) -> Result<u64, ErrorCode> {
+    // SAFETY: ReplyRecv takes no pointer.
+    result(unsafe { syscall3(Syscall::ReplyRecv, channel, ticks, 0) })
+}

@@ -38,7 +38,9 @@ pub enum Syscall {
     /// task's notification word, which the stub reads and clears at once
     /// (pending bits are returned at once, without waiting). A task that
     /// serves no channel, is on none and owns no IRQ cannot be woken:
-    /// `NotPermitted`.
+    /// `NotPermitted`. `rsi` is a timeout in TSC ticks from now (0: none):
+    /// when it passes with no call and no notification, the call returns
+    /// [`RECV_TIMEOUT`] (ABI 13).
     ReplyRecv = 7,
     /// Allocate a zeroed shadow (or nested) page table of level `rdi`
     /// (1..=4); returns its `TableHandle`. mmu-server only.
@@ -79,6 +81,11 @@ pub const NO_REPLY: u64 = u64::MAX;
 /// Set in `ReplyRecv`'s result when it returns notification bits (in the
 /// low 32 bits) instead of a call's channel number.
 pub const RECV_NOTIFICATION: u64 = 1 << 32;
+
+/// `ReplyRecv`'s result when its timeout passed with no call and no
+/// notification: neither a channel number, nor a notification, nor an
+/// error.
+pub const RECV_TIMEOUT: u64 = 1 << 33;
 
 /// The notification bits `Signal` may set: the low 16. The high 16 are
 /// the host IRQ lines' ([`irq_bit`]).
@@ -257,6 +264,8 @@ mod tests {
         assert_eq!(irq_bit(0), 1 << 16);
         assert_eq!(irq_bit(15), 1 << 31);
         assert_eq!(u64::from(irq_bit(1)) & SIGNAL_BITS, 0);
+        assert_eq!(RECV_TIMEOUT & (RECV_NOTIFICATION | u64::from(u32::MAX)), 0);
+        assert_eq!(ErrorCode::from_return_value(RECV_TIMEOUT), None);
     }
 
     #[test]

@@ -173,6 +173,19 @@ wire! {
     }
 }
 
+impl ExitRecord {
+    /// The stub's notification exit carrying notification word `word`
+    /// ([`crate::exit::stub_exit::NOTIFICATION`]).
+    pub fn notification(word: u32) -> Self {
+        Self {
+            abi_version: crate::ABI_VERSION,
+            exit_code: crate::exit::stub_exit::NOTIFICATION,
+            exit_info1: u64::from(word),
+            ..Self::default()
+        }
+    }
+}
+
 bitflags::bitflags! {
     /// Which parts of a [`Resume`] the stub applies.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,6 +17,13 @@
 //! 8-15): their interrupts also end the guest's run, and the same poll
 //! finds them. The stub masks such a line, and `vm` sets its bit in the
 //! owner's notification word; the owner's `IrqAck` unmasks it again.
+//! After each host interrupt both IMRs are written back unchanged
+//! ([`settle`]): Bochs's 8259 lowers its INT output only when it looks
+//! again, and a device line that fell while the guest was out would keep
+//! every later entry exiting at once.
+//!
+//! The stub's idle loop (`vm`, when the guest cannot run) polls the
+//! request registers ([`asking`]) instead of taking interrupts.
 
 use crate::cpu::{inb, outb};
 
@@ -81,6 +88,31 @@ fn requests() -> u16 {
     irr & !imr
 }
 
+/// Makes both 8259s look at their requests again: each IMR is written
+/// back unchanged, the slave's first. Bochs's 8259 drops its INT output
+/// only when it looks (an IMR write, an EOI, its own poll; not when a line
+/// falls): a disk that raised IRQ 14 while the guest did not run and whose
+/// line fell at its driver's status read leaves the slave's INT, the
+/// master's cascade request and the CPU's INTR up, and every entry would
+/// exit at once, for ever (the poll never reaches the slave: Bochs's
+/// master answers it without the "pending" bit). Real 8259s and QEMU's
+/// follow their lines and ignore the rewrite.
+fn settle() {
+    outb(PIC2_DATA, inb(PIC2_DATA));
+    outb(PIC1_DATA, inb(PIC1_DATA));
+}
+
+/// Which of `lines` ask now (unmasked, request bit set): the stub's idle
+/// loop polls this instead of taking interrupts through its IDT.
+pub fn asking(lines: u16) -> u16 {
+    requests() & lines
+}
+
+/// Which of `lines` are unmasked (could interrupt).
+pub fn unmasked(lines: u16) -> u16 {
+    !u16::from_le_bytes([inb(PIC1_DATA), inb(PIC2_DATA)]) & lines
+}
+
 /// Masks (`mask`) or unmasks 8259 line `line` (0-15); unmasking a slave
 /// line unmasks the cascade too.
 pub fn set_masked(line: u8, mask: bool) {
@@ -123,20 +155,25 @@ impl ExitDeadline {
         }
     }
 
-    /// Before an entry: starts the PIT towards the deadline unless it
-    /// already counts towards it.
-    pub fn arm(&mut self, now_tsc: u64) {
-        if self.at == 0 || self.tsc_hz == 0 || self.armed == Some(self.at) {
+    /// Before an entry: starts the PIT towards the deadline, or towards
+    /// `task`'s (the earliest `ReplyRecv` timeout) when that is earlier,
+    /// unless it already counts towards it.
+    pub fn arm(&mut self, now_tsc: u64, task: Option<u64>) {
+        let own = (self.at != 0).then_some(self.at);
+        let Some(at) = kernel_stub::notify::WakeAt::earliest(own, task) else {
+            return;
+        };
+        if self.tsc_hz == 0 || self.armed == Some(at) {
             return;
         }
-        let left = self.at.saturating_sub(now_tsc);
+        let left = at.saturating_sub(now_tsc);
         let ticks = (u128::from(left) * u128::from(PIT_HZ) / u128::from(self.tsc_hz))
             .clamp(1, 0xffff) as u16;
         outb(PIT_CMD, 0x30);
         let [lo, hi] = ticks.to_le_bytes();
         outb(PIT_CH0, lo);
         outb(PIT_CH0, hi);
-        self.armed = Some(self.at);
+        self.armed = Some(at);
     }
 
     /// After an exit for a host interrupt: the PIT has fired (at the
@@ -167,6 +204,7 @@ impl ExitDeadline {
         for line in (0..16).filter(|l| lines & (1 << l) != 0) {
             set_masked(line, true);
         }
+        settle();
         lines
     }
 }

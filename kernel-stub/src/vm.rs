@@ -13,10 +13,29 @@
 //! 2. a task waiting in `ReplyRecv` whose notification word is not zero
 //!    (a `Signal` from the other end of a channel, or a host IRQ it owns)
 //!    runs, with the word as its result;
-//! 3. otherwise, once every task with a VCPU waits for an exit, the guest
-//!    runs, and its exit goes to the task whose `Rights::exits` holds its
-//!    class (the shadow MMU's exits to the mmu-server, the rest to the
-//!    vmm-server).
+//! 3. a task waiting in `ReplyRecv` whose timeout passed runs, with
+//!    `RECV_TIMEOUT` as its result;
+//! 4. otherwise, once every task with a VCPU waits for an exit: a VCPU
+//!    task whose notification word is not zero, and that had no
+//!    notification exit since the guest last ran, gets the word as a
+//!    notification exit (`ipc_proto::exit::stub_exit::NOTIFICATION`, the
+//!    word read and cleared at once; the guest is not entered, its state
+//!    stays as at the last exit, the task's resume was applied; its next
+//!    `VcpuRun` with an empty resume changes nothing, a non-empty one
+//!    applies as usual). At most one such exit per task
+//!    between two entries: a server signalling a VCPU task in a loop
+//!    delays the guest, never starves it;
+//! 5. otherwise the guest runs, and its exit goes to the task whose
+//!    `Rights::exits` holds its class (the shadow MMU's exits to the
+//!    mmu-server, the rest to the vmm-server). The exit deadline's timer
+//!    counts towards the vmm-server's deadline or the earliest
+//!    `ReplyRecv` timeout, whichever comes first.
+//!
+//! When every task waits and the guest cannot run (a VCPU task blocked
+//! in a `Call`), the stub idles: it polls the 8259s for an IRQ line a
+//! waiting task owns and the TSC for the earliest timeout (it takes no
+//! interrupt through its IDT), then schedules again. Only when neither
+//! can come does it report the servers deadlocked.
 //!
 //! So a device server runs before the guest is entered again: when the
 //! vmm-server calls `VcpuRun` and the device server was signalled, or after
@@ -40,10 +59,10 @@ use ipc_proto::manifest::{
 };
 use ipc_proto::mmu::{InstallPage, INSTALL_BATCH_MAX};
 use ipc_proto::stats::MmuStats;
-use ipc_proto::syscall::NO_REPLY;
+use ipc_proto::syscall::{NO_REPLY, RECV_TIMEOUT};
 use ipc_proto::{ErrorCode, ExitRecord, ResumeFlags, Stats, Syscall, VcpuPage, ABI_VERSION};
 use kernel_stub::install::{AllocError, GuestRam, ShadowTables, TableFormat};
-use kernel_stub::notify::Notifications;
+use kernel_stub::notify::{ExitGate, Notifications, WakeAt};
 use kernel_stub::resume::PagingRules;
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -93,6 +112,13 @@ struct Task {
     ran_vcpu: bool,
     /// Its notification word.
     notes: Notifications,
+    /// A VCPU task's notification exits (one between two entries).
+    gate: ExitGate,
+    /// It got a notification exit: its next `VcpuRun` with an empty
+    /// resume changes nothing (its last one was applied already).
+    noted: bool,
+    /// Its `ReplyRecv` timeout, while it waits there.
+    wake: WakeAt,
     /// Its ELF in the payload, to restart it from.
     elf: Blob,
     /// How often it was restarted: a `Call` in flight when it moves on
@@ -411,13 +437,34 @@ impl Vm {
             self.switch(frame, i, bits);
             return Ok(Next::Switched);
         }
+        let now = cpu::rdtsc();
+        let due = self.tasks.iter().position(|t| {
+            t.as_ref()
+                .is_some_and(|t| t.state == State::WaitRecv && t.wake.due(now))
+        });
+        if let Some(i) = due {
+            self.task_mut(i).wake = WakeAt::default();
+            self.switch(frame, i, RECV_TIMEOUT);
+            return Ok(Next::Switched);
+        }
         let handlers_ready = self
             .tasks
             .iter()
             .flatten()
             .all(|t| t.vcpu_page.is_none() || t.state == State::WaitExit);
         if !handlers_ready {
-            return Err(Stop::Deadlock.into());
+            self.idle()?;
+            return self.schedule(frame, sh);
+        }
+        for i in 0..MAX_TASKS {
+            let word = self.tasks[i]
+                .as_mut()
+                .filter(|t| t.vcpu_page.is_some())
+                .and_then(|t| t.gate.take(&mut t.notes));
+            if let Some(word) = word {
+                self.task_mut(i).noted = true;
+                return self.hand(frame, i, ExitRecord::notification(word));
+            }
         }
         if !self.paging_set {
             return Err(Stop::NoPagingRoot {
@@ -425,7 +472,12 @@ impl Vm {
             }
             .into());
         }
-        self.deadline.arm(cpu::rdtsc());
+        let wake = self.earliest_wake();
+        self.deadline.arm(cpu::rdtsc(), wake);
+        self.tasks
+            .iter_mut()
+            .flatten()
+            .for_each(|t| t.gate.entered());
         let rec = self.vcpu.run();
         count_exit(&mut sh.stats, &rec);
         if ExitClass::of(&rec) == ExitClass::HostInterrupt {
@@ -446,6 +498,53 @@ impl Vm {
         }
         let class = self.route(&rec);
         self.deliver(frame, class, rec)
+    }
+
+    /// The earliest `ReplyRecv` timeout of a waiting task.
+    fn earliest_wake(&self) -> Option<u64> {
+        self.tasks
+            .iter()
+            .flatten()
+            .filter(|t| t.state == State::WaitRecv)
+            .fold(None, |e, t| WakeAt::earliest(e, t.wake.at()))
+    }
+
+    /// Every task waits and the guest cannot run: wait for a host IRQ of
+    /// a waiting owner or the earliest timeout, polling the 8259s (the
+    /// stub takes no interrupt through its IDT). When neither can come,
+    /// nothing can ever wake anyone: the deadlock report.
+    /// Returns once a waiting task can run (so the caller's next
+    /// `schedule` switches to it, never idling again at once).
+    fn idle(&mut self) -> Result<(), Stop> {
+        let granted = self
+            .tasks
+            .iter()
+            .flatten()
+            .fold(0, |m, t| m | t.rights.irqs);
+        loop {
+            let waiting = |t: &&Task| t.state == State::WaitRecv;
+            let owned = self
+                .tasks
+                .iter()
+                .flatten()
+                .filter(waiting)
+                .fold(0, |m, t| m | t.rights.irqs);
+            let lines = deadline::unmasked(owned);
+            let wake = self.earliest_wake();
+            if lines == 0 && wake.is_none() {
+                return Err(Stop::Deadlock);
+            }
+            while deadline::asking(lines) == 0 && wake.is_none_or(|at| at > cpu::rdtsc()) {
+                core::hint::spin_loop();
+            }
+            let fired = self.deadline.fired(granted);
+            self.notify_irqs(fired);
+            let now = cpu::rdtsc();
+            let mut waiters = self.tasks.iter().flatten().filter(waiting);
+            if waiters.any(|t| t.notes.pending() || t.wake.due(now)) {
+                return Ok(());
+            }
+        }
     }
 
     /// Writes `rec` into the VCPU page of the task that receives `class`
@@ -476,10 +575,15 @@ impl Vm {
         if self.task(handler).rights.install {
             self.mmu_exit = Some((class, raw));
         }
-        let page = self.task(handler).vcpu_page.ok_or(Stop::Deadlock)?;
+        self.hand(frame, handler, rec)
+    }
+
+    /// Writes `rec` into the VCPU page of task `to` and resumes it.
+    fn hand(&mut self, frame: &mut TrapFrame, to: usize, rec: ExitRecord) -> SysResult {
+        let page = self.task(to).vcpu_page.ok_or(Stop::Deadlock)?;
         // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
         unsafe { core::ptr::write_volatile(&raw mut (*vcpu_page(page)).exit, rec) };
-        self.switch(frame, handler, 0);
+        self.switch(frame, to, 0);
         Ok(Next::Switched)
     }
 
@@ -519,9 +623,12 @@ impl Vm {
         // SAFETY: the VCPU page is ours and identity-mapped; the copy is
         // taken once, so the server cannot change it after the check.
         let resume = unsafe { core::ptr::read_volatile(&raw const (*vcpu_page(page)).resume) };
-        // Before a task's first entry, a resume with ABI version 0 means "nothing to set".
+        // Before a task's first entry, a resume with ABI version 0 means
+        // "nothing to set"; after a notification exit, so does an empty one.
         let fresh = !self.task(cur).ran_vcpu;
-        if !fresh || resume.abi_version != 0 {
+        let noted = core::mem::take(&mut self.task_mut(cur).noted);
+        let nothing = noted && resume.flags == 0 && resume.abi_version == ABI_VERSION;
+        if !nothing && (!fresh || resume.abi_version != 0) {
             self.apply_resume(cur, &resume, sh)?;
         }
         let t = self.task_mut(cur);
@@ -672,7 +779,13 @@ impl Vm {
 
     /// `ReplyRecv`: answer the pending call on `ch`, if any, and wait for
     /// the next call or a notification.
-    fn reply_recv(&mut self, frame: &mut TrapFrame, sh: &mut Shared, ch: u64) -> SysResult {
+    fn reply_recv(
+        &mut self,
+        frame: &mut TrapFrame,
+        sh: &mut Shared,
+        ch: u64,
+        timeout: u64,
+    ) -> SysResult {
         let cur = self.current;
         let reply_to = if ch == NO_REPLY {
             // Nobody could ever wake a task that is on no channel and owns
@@ -693,7 +806,9 @@ impl Vm {
             }
             Some((n, c.client))
         };
-        self.task_mut(cur).state = State::WaitRecv;
+        let t = self.task_mut(cur);
+        t.state = State::WaitRecv;
+        t.wake = WakeAt::after(cpu::rdtsc(), timeout);
         if let Some((n, client)) = reply_to {
             if self.task(client).state == State::WaitReply(n) {
                 self.task_mut(cur).restarts_in_a_row = 0;
@@ -944,7 +1059,7 @@ impl Vm {
             Some(Syscall::VcpuRun) => self.vcpu_run(frame, sh),
             Some(Syscall::VcpuForward) => self.vcpu_forward(frame, sh),
             Some(Syscall::Call) => self.call(frame, sh, a0),
-            Some(Syscall::ReplyRecv) => self.reply_recv(frame, sh, a0),
+            Some(Syscall::ReplyRecv) => self.reply_recv(frame, sh, a0, a1),
             Some(Syscall::ConsoleWrite) => {
                 self.require(|r| r.console)?;
                 ret(syscall::console_write(root, a0, a1))
@@ -1152,6 +1267,7 @@ fn build(
         // SVM's nested tables always have 2 MiB pages; EPT says so in an MSR.
         nested_large_pages: u64::from(arch == Arch::Svm || arch::vmx::ept_large_pages()),
         board: g.board as u64,
+        guest_write_channels: u64::from(manifest.guest_write_channels),
     };
     // SAFETY: a fresh identity-mapped frame, larger than `info`.
     unsafe {
@@ -1217,6 +1333,9 @@ fn build(
             install_page,
             ran_vcpu: false,
             notes: Notifications::default(),
+            gate: ExitGate::default(),
+            noted: false,
+            wake: WakeAt::default(),
             elf: t.elf,
             generation: 0,
             restarts_in_a_row: 0,

@@ -42,6 +42,8 @@ macro_rules! say {
 /// page.
 struct Native {
     ram_bytes: u64,
+    /// `BootInfo::guest_write_channels`.
+    guest_write_channels: u64,
 }
 
 impl Native {
@@ -134,6 +136,24 @@ fn fail(why: impl core::fmt::Display) -> ! {
 }
 
 impl MmuStub for Native {
+    fn take_guest_writes(&mut self, word: u32, frame: &mut dyn FnMut(u64)) -> bool {
+        use ipc_proto::guest_writes::{signal_bit, GuestWritesPage};
+        use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
+        // Only the channels the manifest names: a signaller cannot make
+        // this server read a page it does not have.
+        let mask = self.guest_write_channels;
+        let mut overflow = false;
+        for ch in (0..16usize).filter(|ch| mask & signal_bit(*ch) & u64::from(word) != 0) {
+            let page = (CHANNEL_PAGE_BASE + ch as u64 * PAGE_SIZE) as *mut GuestWritesPage;
+            // SAFETY: the stub maps the page of every channel this task
+            // is an end of (the manifest's check: the mmu-server serves
+            // each guest-writes channel) read-write there; its writer is
+            // blocked while this task runs.
+            overflow |= unsafe { (*page).drain(&mut *frame) };
+        }
+        overflow
+    }
+
     fn reply(
         &mut self,
         reply: &Reply,
@@ -182,6 +202,7 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
     let cfg = mmu_server::server::config(&boot, decode_assists, xsave_cr4());
     let mut platform = Native {
         ram_bytes: boot.guest_ram_bytes,
+        guest_write_channels: boot.guest_write_channels,
     };
     fail(mmu_server::server::run(&mut platform, &boot, cfg, hooks))
 }

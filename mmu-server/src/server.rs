@@ -14,7 +14,8 @@ use ipc_proto::exit::{svm_exit, vmx_exit};
 use ipc_proto::layout::BootInfo;
 use ipc_proto::manifest;
 use ipc_proto::{
-    ErrorCode, ExitRecord, GuestControl, PagingState, Resume, ResumeFlags, VcpuArch, ABI_VERSION,
+    ErrorCode, ExitKind, ExitRecord, GuestControl, PagingState, Resume, ResumeFlags, VcpuArch,
+    ABI_VERSION,
 };
 
 use crate::mmu::{Action, Failure, Mmu, MmuConfig, MmuMode};
@@ -62,6 +63,16 @@ pub trait MmuStub {
         control: &GuestControl,
         stats: &MmuStats,
     ) -> Result<ExitRecord, ErrorCode>;
+
+    /// A notification exit brought `word`: for each guest-writes channel
+    /// whose bit it has (`ipc_proto::guest_writes`), reads and clears the
+    /// frames its writer recorded, calling `frame` with each guest frame
+    /// number; returns whether a page overflowed (all guest RAM counts as
+    /// written). The default: no such channels.
+    fn take_guest_writes(&mut self, word: u32, frame: &mut dyn FnMut(u64)) -> bool {
+        let _ = (word, frame);
+        false
+    }
 
     /// The guest's control registers the stub kept from this server's last
     /// instance (it restarted after a fault), or `None` at the first start.
@@ -258,6 +269,26 @@ pub fn run<P: MmuPlatform + MmuStub + ?Sized>(
             Ok(exit) => hooks.exit(&first_paging, exit),
             Err(e) => return Stopped::Refused(e),
         };
+        if ExitKind::of(&exit) == ExitKind::Notification {
+            // The guest did not run: resync what other servers wrote, then
+            // rerun with an empty resume (the last one was applied; the
+            // stub applies an empty one as nothing) plus any paging.
+            let resume = Resume {
+                abi_version: ABI_VERSION,
+                ..Default::default()
+            };
+            reply = match guest_writes(&mut mmu, platform, &exit, resume) {
+                Ok(r) => r,
+                Err(failure) => {
+                    return Stopped::Exit {
+                        failure,
+                        code: exit.exit_code,
+                        rip: exit.regs.rip,
+                    }
+                }
+            };
+            continue;
+        }
         reply = match answer(&mut mmu, platform, &exit) {
             Ok(r) => r,
             Err(failure) => {
@@ -269,6 +300,57 @@ pub fn run<P: MmuPlatform + MmuStub + ?Sized>(
             }
         };
     }
+}
+
+/// Most frames one notification resyncs one by one; more count as all
+/// guest RAM.
+const WRITES_MAX: usize = 2 * ipc_proto::guest_writes::GUEST_WRITE_FRAMES;
+
+/// A notification exit: the frames the guest-writes channels in its word
+/// recorded are resynced ([`Mmu::notify_guest_write`]: a page table among
+/// them loses its stale shadows); the reply reruns `resume` with the
+/// paging state the resync queued, if any.
+pub fn guest_writes<P: MmuPlatform + MmuStub + ?Sized>(
+    mmu: &mut Mmu,
+    platform: &mut P,
+    exit: &ExitRecord,
+    resume: Resume,
+) -> Result<Reply, Failure> {
+    let word = (exit.exit_info1 & 0xffff_ffff) as u32;
+    let mut frames = heapless::Vec::<u64, WRITES_MAX>::new();
+    let all = platform.take_guest_writes(word, &mut |f| {
+        if !frames.contains(&f) && frames.push(f).is_err() {
+            // Counted in `resync` as all of RAM (the vector is full).
+        }
+    });
+    let all = all || frames.is_full();
+    resync(mmu, platform, &frames, all, resume)
+}
+
+/// Resyncs the shadows of guest frames `frames` (all guest RAM when
+/// `all`), which a server wrote in place, and reruns `resume` with the
+/// paging state the resync queued, if any.
+pub fn resync<P: MmuPlatform + ?Sized>(
+    mmu: &mut Mmu,
+    platform: &mut P,
+    frames: &[u64],
+    all: bool,
+    resume: Resume,
+) -> Result<Reply, Failure> {
+    let ram = platform.guest_ram_bytes();
+    if all {
+        mmu.notify_guest_write(platform, 0, ram)?;
+    } else {
+        for f in frames.iter().filter(|f| **f < ram >> 12) {
+            mmu.notify_guest_write(platform, f << 12, 0x1000)?;
+        }
+    }
+    let mut resume = resume;
+    if let Some((paging, flags)) = mmu.take_paging_flags() {
+        resume.paging = paging;
+        resume.flags |= flags.bits();
+    }
+    Ok(Reply::Run(resume))
 }
 
 /// The reply to one exit.

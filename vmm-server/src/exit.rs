@@ -253,6 +253,13 @@ pub enum Exit {
     /// The CPU refused to enter the guest (SVM VMRUN consistency checks,
     /// VMX VM-entry failure): the guest did not run.
     EntryFailed,
+    /// Not a guest exit: the stub's notification exit
+    /// (`ipc_proto::exit::stub_exit::NOTIFICATION`). The guest did not
+    /// run; the server loop reruns with the resume it gave before.
+    Notification {
+        /// The notification word (`Signal` bits, host IRQ bits).
+        word: u32,
+    },
     /// Any other exit; `raw` is the record's exit code.
     Other {
         /// The raw exit code.
@@ -344,6 +351,9 @@ impl Exit {
             ExitKind::Rdpmc => Self::Rdpmc,
             ExitKind::CacheFlush => Self::CacheFlush,
             ExitKind::EntryFailed => Self::EntryFailed,
+            ExitKind::Notification => Self::Notification {
+                word: (info1 & 0xffff_ffff) as u32,
+            },
             ExitKind::NestedMisconfig | ExitKind::Other => Self::Other { raw },
         }
     }

@@ -128,6 +128,9 @@ impl HostWrite for ConsoleSyscall {
 struct GuestRamWindow {
     base: u64,
     len: u64,
+    /// Shadow paging: the channel that tells the mmu-server which frames
+    /// this server wrote (`ipc_proto::guest_writes`).
+    writes: Option<ipc_proto::sys::GuestWrites>,
 }
 
 impl GuestRamWindow {
@@ -158,6 +161,10 @@ impl GuestMemory for GuestRamWindow {
         let dst = self.check(gpa, data.len())?;
         // SAFETY: as for `read_phys`.
         unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        // A page table among them must not keep stale shadows.
+        if let Some(w) = &self.writes {
+            w.wrote(gpa, data.len() as u64);
+        }
         Ok(())
     }
 }
@@ -384,6 +391,7 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
     let mut ram = GuestRamWindow {
         base: boot.guest_ram_window,
         len: boot.guest_ram_bytes,
+        writes: ipc_proto::sys::GuestWrites::find(),
     };
     let mut host = NativeHost {
         tsc_hz: boot.tsc_hz,

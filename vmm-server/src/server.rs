@@ -57,7 +57,7 @@ pub enum Ending {
 /// `[vmm] <reason>` and the last exits as `[vmm]   #<seq> <exit> ...` lines;
 /// a reset says `[vmm] the guest reset the machine`; then comes the
 /// statistics line `[vmm] <Stats> unknown_port_reads=N
-/// unknown_port_writes=N emulated=N irqs=N exceptions=N windows=N warps=N`.
+/// unknown_port_writes=N emulated=N irqs=N exceptions=N windows=N warps=N notifications=N`.
 pub fn run<S: Stub, W: HostWrite>(
     stub: &mut S,
     vmm: &mut Vmm<'_>,
@@ -80,6 +80,17 @@ pub fn run<S: Stub, W: HostWrite>(
                 return Ending::Fail;
             }
         };
+        if let crate::exit::Exit::Notification { word } = crate::exit::Exit::decode(&rec) {
+            // The guest did not run, and the last resume was applied
+            // (perhaps before the guest ran for exits of the mmu-server's):
+            // rerun with an empty one, which the stub applies as nothing.
+            vmm.notified(word);
+            resume = Some(Resume {
+                abi_version: ipc_proto::ABI_VERSION,
+                ..Resume::default()
+            });
+            continue;
+        }
         let segments = stub.segments();
         let action = vmm.handle_with(&rec, segments);
         {
@@ -133,7 +144,7 @@ fn last_exits<W: HostWrite>(vmm: &Vmm<'_>, c: &mut HostConsole<W>) {
 }
 
 /// Prints `[vmm] <Stats> unknown_port_reads=N unknown_port_writes=N
-/// emulated=N irqs=N exceptions=N windows=N warps=N`.
+/// emulated=N irqs=N exceptions=N windows=N warps=N notifications=N`.
 pub fn statistics_line<S: Stub, W: HostWrite>(
     stub: &mut S,
     vmm: &Vmm<'_>,
@@ -251,7 +262,7 @@ mod tests {
             "hello\nbye\n[vmm] exits: total=10 ioio=0 hlt=0 cpuid=0 msr=0 npf=0 exception=0 \
              shutdown=0 invalid=0 intr=0 other=0 syscalls=0 resumes_refused=0 \
              unknown_port_reads=0 unknown_port_writes=0 \
-             emulated=0 irqs=0 exceptions=0 windows=0 warps=0\n"
+             emulated=0 irqs=0 exceptions=0 windows=0 warps=0 notifications=0\n"
         );
         assert_eq!(s.resumes[0], None, "the first run carries no resume");
         let second = s.resumes[1].unwrap();
@@ -260,6 +271,27 @@ mod tests {
             ResumeFlags::from_bits(second.flags),
             Some(ResumeFlags::SET_RIP)
         );
+    }
+
+    #[test]
+    fn a_notification_exit_reruns_with_the_same_resume() {
+        let mut exits = guest_printing(b"ab", out(0xf4, 0, 0x2000));
+        exits.insert(1, ExitRecord::notification(1 << 30));
+        exits.insert(2, ExitRecord::notification(1));
+        let mut s = Script::new(exits);
+        let (end, text) = run_script(&mut s);
+        assert_eq!(end, Ending::Stop { status: 0 });
+        assert!(text.starts_with("ab\n"), "{text}");
+        assert!(text.contains("notifications=2"), "{text}");
+        // The `a` exit's resume (skip the OUT), then empty ones, which
+        // the stub applies as nothing after a notification exit.
+        let after_a = s.resumes[1].unwrap();
+        assert_eq!(after_a.regs.rip, 0x1001);
+        for r in &s.resumes[2..4] {
+            assert_eq!(r.unwrap().flags, 0);
+            assert_eq!(r.unwrap().abi_version, ipc_proto::ABI_VERSION);
+        }
+        assert_eq!(s.resumes[4].unwrap().regs.rip, 0x1002);
     }
 
     #[test]

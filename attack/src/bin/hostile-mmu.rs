@@ -21,9 +21,11 @@ mod ring3;
 #[cfg(target_os = "none")]
 mod hostile {
     use attack_servers::campaign::{self, Campaign};
-    use attack_servers::{BOOT_DESTRUCTIVE, BOOT_FPU, BOOT_RANDOM, BOOT_RESTART, SERVER_MMU};
+    use attack_servers::{
+        BOOT_DESTRUCTIVE, BOOT_FPU, BOOT_MAIN, BOOT_RANDOM, BOOT_RESTART, SERVER_MMU,
+    };
     use ipc_proto::layout::BootInfo;
-    use ipc_proto::{ExitRecord, GuestControl, PagingState, Resume, ResumeFlags};
+    use ipc_proto::{ExitKind, ExitRecord, GuestControl, PagingState, Resume, ResumeFlags};
 
     ipc_proto::server_entry!(server_main);
 
@@ -40,6 +42,10 @@ mod hostile {
         /// The main boot under shadow paging looks at the first exit
         /// record for host addresses (guest RAM's size) before it is done.
         leak_check: Option<u64>,
+        /// The main boot under shadow paging: its guest-writes channel to
+        /// the vmm-server, on which it signals before every resume (see
+        /// hostile-vmm's `notify_loop`).
+        notify_loop: Option<u64>,
         /// The restart boot: this instance's number (how many faulted
         /// before it) and the resume it faults at, with the root it named.
         restart: Option<(u64, u64, u64)>,
@@ -53,6 +59,9 @@ mod hostile {
     impl crate::ring3::Hooks for Attack {
         fn start(&mut self, boot: &BootInfo, shadow: bool) {
             let c = self.campaign.insert(Campaign::new(SERVER_MMU));
+            if c.boot() == BOOT_MAIN && shadow {
+                self.notify_loop = ipc_proto::sys::GuestWrites::find().map(|w| w.channel());
+            }
             if c.boot() == BOOT_RESTART {
                 let (generation, old) = campaign::restart_mark();
                 if generation > 0 {
@@ -105,6 +114,12 @@ mod hostile {
         }
 
         fn exit(&mut self, first: &PagingState, exit: ExitRecord) -> ExitRecord {
+            // The attempts "at the first exit" wait for a guest exit: a
+            // notification exit (the vmm-server's loader writes, reported
+            // before the first entry) is no exit of the guest's.
+            if ExitKind::of(&exit) == ExitKind::Notification {
+                return exit;
+            }
             if let (Some(ram), Some(c)) = (self.leak_check.take(), self.campaign.as_mut()) {
                 campaign::leaks(c, &exit, ram);
                 c.finish();
@@ -125,6 +140,9 @@ mod hostile {
         }
 
         fn resume(&mut self, resume: &mut Resume) {
+            if let Some(ch) = self.notify_loop {
+                let _ = ipc_proto::sys::signal(ch, 1);
+            }
             if let Some((generation, at, root)) = self.restart.as_mut() {
                 self.resumes += 1;
                 let named = ResumeFlags::SET_PAGING | ResumeFlags::SET_NESTED_ROOT;

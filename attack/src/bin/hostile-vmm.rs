@@ -24,7 +24,9 @@ mod ring3;
 #[cfg(target_os = "none")]
 mod hostile {
     use attack_servers::campaign::{self, Campaign};
-    use attack_servers::{BOOT_DESTRUCTIVE, BOOT_FPU, BOOT_RANDOM, BOOT_RESTART, SERVER_VMM};
+    use attack_servers::{
+        BOOT_DESTRUCTIVE, BOOT_FPU, BOOT_MAIN, BOOT_RANDOM, BOOT_RESTART, SERVER_VMM,
+    };
     use ipc_proto::layout::BootInfo;
     use ipc_proto::{ExitRecord, Resume};
 
@@ -43,6 +45,12 @@ mod hostile {
         /// The main boot looks at the first exit record for host addresses
         /// before it is done.
         leak_check: Option<Campaign>,
+        /// The main boot under shadow paging: the channel to the
+        /// mmu-server, on which it signals before every `VcpuRun` (the
+        /// hostile mmu-server does the same back), so that without the
+        /// stub's one notification exit per task between two entries the
+        /// two would wake each other for ever and the guest never run.
+        notify_loop: Option<u64>,
     }
 
     impl crate::ring3::Hooks for Attack {
@@ -51,6 +59,9 @@ mod hostile {
             self.shadow = boot.mmu_mode != 0;
             self.ram = (boot.guest_ram_window, boot.guest_ram_bytes);
             let mut c = Campaign::new(SERVER_VMM);
+            if c.boot() == BOOT_MAIN && self.shadow {
+                self.notify_loop = ipc_proto::sys::GuestWrites::find().map(|w| w.channel());
+            }
             match c.boot() {
                 // The random draws wait for the first exit (`resume`).
                 BOOT_RANDOM => {
@@ -78,6 +89,9 @@ mod hostile {
         /// In the random boot: the draws at the first exit, then the
         /// server's own `answer` with the guest put back there.
         fn resume(&mut self, first: &ExitRecord, answer: &Resume) -> Option<Resume> {
+            if let Some(ch) = self.notify_loop {
+                let _ = ipc_proto::sys::signal(ch, 1);
+            }
             if let Some(c) = self.leak_check.as_mut() {
                 campaign::leaks(c, first, self.ram.1);
                 c.finish();

@@ -35,7 +35,7 @@ mod ring3 {
     use core::fmt::Write;
 
     use ipc_proto::sys::{self, ConsoleLine};
-    use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION};
+    use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION, RECV_TIMEOUT};
     use ipc_proto::{ErrorCode, Syscall};
 
     ipc_proto::server_entry!(server_main);
@@ -156,6 +156,25 @@ mod ring3 {
                 sys::vm_fail();
             }
         }
+        // A ReplyRecv timeout (ABI 12): 10 ms, with nothing due to wake it
+        // (a call from the client is never answered; a stale IRQ 8 is
+        // acknowledged), comes back as RECV_TIMEOUT.
+        let ticks = sys::boot_info().tsc_hz.max(1_000_000) / 100;
+        loop {
+            match sys::reply_recv(NO_REPLY, ticks) {
+                Ok(RECV_TIMEOUT) => break,
+                Ok(v) if v & RECV_NOTIFICATION != 0 => {
+                    let _ = cmos(0x0c);
+                    let _ = sys::call(Syscall::IrqAck, u64::from(IRQ));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    say!("ReplyRecv with a timeout failed: {e:?}");
+                    sys::vm_fail();
+                }
+            }
+        }
+        say!("a ReplyRecv timeout of 10 ms came back as RECV_TIMEOUT");
         // Register A: rate 6 (1024 Hz); register B: periodic interrupt on.
         set_cmos(0x0a, (cmos(0x0a) & 0xf0) | 6);
         set_cmos(0x0b, cmos(0x0b) | 0x40);
