@@ -34,7 +34,6 @@ fn main() {
 
 #[cfg(target_os = "none")]
 mod ring3 {
-    use core::fmt::Write;
 
     use ata::{Ata, Drive, PortIo, Wait, PRIMARY};
     use disk_driver::{
@@ -42,7 +41,7 @@ mod ring3 {
     };
     use ipc_proto::block::{op, BlockReply, BlockRequest};
     use ipc_proto::inject::{self, Fault, Injector, GARBAGE};
-    use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
+    use ipc_proto::layout::PAGE_SIZE;
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::sys::{self, ConsoleLine};
     use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION, RECV_TIMEOUT};
@@ -53,24 +52,12 @@ mod ring3 {
     /// The configuration block the image builder patches: the magic, then
     /// the flags ([`CONFIG_READ_ONLY`]).
     #[used]
-    static CONFIG: [u8; 16] = {
-        let mut c = [0u8; 16];
-        let mut i = 0;
-        while i < CONFIG_MAGIC.len() {
-            c[i] = CONFIG_MAGIC[i];
-            i += 1;
-        }
-        c
-    };
+    static CONFIG: [u8; 16] = sys::config_block(&CONFIG_MAGIC);
 
     macro_rules! say {
-        ($($arg:tt)*) => {{
-            let mut line = ConsoleLine::new();
-            let _ = line.write_str("\n");
-            let _ = write!(line, $($arg)*);
-            let _ = line.write_str("\n");
-            line.flush();
-        }};
+        ($($arg:tt)*) => {
+            ipc_proto::sys::say_line("", format_args!($($arg)*))
+        };
     }
 
     /// Port I/O by the instructions themselves: the stub's I/O permission
@@ -250,11 +237,6 @@ mod ring3 {
 
     ipc_proto::inject_block!(INJECT);
 
-    /// Channel `ch`'s shared page.
-    fn channel_page(ch: u64) -> *mut u8 {
-        (CHANNEL_PAGE_BASE + ch * PAGE_SIZE) as *mut u8
-    }
-
     impl Transport for Channels {
         fn reply_recv(&mut self, reply: Option<&BlockReply>) -> Option<BlockRequest> {
             let mut arg = NO_REPLY;
@@ -262,7 +244,11 @@ mod ring3 {
                 // SAFETY: the stub maps the page of a channel this task
                 // serves read-write in both ends, and the client waits in
                 // `Call` while its call is served; a BlockReply fits the page.
-                unsafe { channel_page(ch).cast::<BlockReply>().write_volatile(*r) };
+                unsafe {
+                    sys::channel_page(ch)
+                        .cast::<BlockReply>()
+                        .write_volatile(*r)
+                };
                 arg = ch;
             }
             loop {
@@ -292,14 +278,21 @@ mod ring3 {
                     Some(Fault::Corrupt) => {
                         for i in 0..(PAGE_SIZE / 8) as usize {
                             // SAFETY: as above; the page is PAGE_SIZE bytes.
-                            unsafe { channel_page(v).cast::<u64>().add(i).write_volatile(GARBAGE) };
+                            unsafe {
+                                sys::channel_page(v)
+                                    .cast::<u64>()
+                                    .add(i)
+                                    .write_volatile(GARBAGE)
+                            };
                         }
                         inject::crash()
                     }
                 }
                 // SAFETY: as above; every bit pattern is a valid
                 // BlockRequest, read once (volatile) from the shared page.
-                return Some(unsafe { channel_page(v).cast::<BlockRequest>().read_volatile() });
+                return Some(unsafe {
+                    sys::channel_page(v).cast::<BlockRequest>().read_volatile()
+                });
             }
         }
     }
@@ -372,7 +365,7 @@ mod ring3 {
             if let Some(ch) = w.deferred.take() {
                 channels.pending = Some(ch);
                 // SAFETY: as in `Channels::reply_recv`.
-                let req = unsafe { channel_page(ch).cast::<BlockRequest>().read_volatile() };
+                let req = unsafe { sys::channel_page(ch).cast::<BlockRequest>().read_volatile() };
                 let reply = server.handle(&req, &mut ram);
                 let _ = channels.reply_recv(Some(&reply));
             }

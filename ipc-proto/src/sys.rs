@@ -2,7 +2,7 @@
 //! [`crate::syscall`] and safe wrappers for the calls every server makes.
 //! Compiled for the bare target only.
 
-use crate::layout::{BootInfo, BOOT_INFO_PAGE, VCPU_PAGE};
+use crate::layout::{BootInfo, BOOT_INFO_PAGE, CHANNEL_PAGE_BASE, PAGE_SIZE, VCPU_PAGE};
 use crate::syscall::CONSOLE_WRITE_MAX;
 use crate::{ErrorCode, Syscall, VcpuPage};
 
@@ -134,6 +134,36 @@ impl core::fmt::Write for ConsoleLine {
         }
         Ok(())
     }
+}
+
+/// Prints one line on the host console: a newline (so that the line never
+/// continues the guest's output), `prefix`, the arguments, a newline.
+/// What each server's `say!` macro expands to.
+pub fn say_line(prefix: &str, args: core::fmt::Arguments) {
+    use core::fmt::Write;
+    let mut line = ConsoleLine::new();
+    let _ = line.write_str("\n");
+    let _ = line.write_str(prefix);
+    let _ = line.write_fmt(args);
+    let _ = line.write_str("\n");
+    line.flush();
+}
+
+/// Channel `ch`'s shared page in this task (`layout::CHANNEL_PAGE_BASE`).
+pub fn channel_page(ch: u64) -> *mut u8 {
+    (CHANNEL_PAGE_BASE + ch * PAGE_SIZE) as *mut u8
+}
+
+/// A server's configuration block, which the image builder finds by its
+/// `magic` and patches: the magic, then zeros (nothing configured).
+pub const fn config_block<const N: usize>(magic: &[u8]) -> [u8; N] {
+    let mut c = [0u8; N];
+    let mut i = 0;
+    while i < magic.len() && i < N {
+        c[i] = magic[i];
+        i += 1;
+    }
+    c
 }
 
 /// `Signal(channel, bits)`.

@@ -7,10 +7,9 @@
 
 extern crate alloc;
 
-use core::fmt::Write;
 use ipc_proto::layout::{GUEST_RAM_WINDOW, INSTALL_PAGE};
 use ipc_proto::mmu::{Install, InstallError, InstallPage, TableHandle};
-use ipc_proto::sys::{self, ConsoleLine};
+use ipc_proto::sys;
 use ipc_proto::{ErrorCode, ExitRecord, GuestControl, Syscall};
 // The hostile mmu-server (`attack/`) names these as `ring3::Hooks`.
 #[allow(unused_imports)]
@@ -29,13 +28,9 @@ static mut ARENA: [u8; HEAP_BYTES] = [0; HEAP_BYTES];
 static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
 
 macro_rules! say {
-    ($($arg:tt)*) => {{
-        let mut line = ConsoleLine::new();
-        let _ = write!(line, "\n[mmu] ");
-        let _ = write!(line, $($arg)*);
-        let _ = line.write_str("\n");
-        line.flush();
-    }};
+    ($($arg:tt)*) => {
+        ipc_proto::sys::say_line("[mmu] ", format_args!($($arg)*))
+    };
 }
 
 /// The native platform: system calls, the guest-RAM window and the VCPU

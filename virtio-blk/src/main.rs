@@ -30,13 +30,12 @@ fn main() {
 
 #[cfg(target_os = "none")]
 mod ring3 {
-    use core::fmt::Write;
 
     use ipc_proto::block::{BlockReply, BlockRequest};
-    use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
+
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::pci::PciMessage;
-    use ipc_proto::sys::{self, ConsoleLine};
+    use ipc_proto::sys;
     use ipc_proto::syscall::{NO_REPLY, RECV_NOTIFICATION};
     use ipc_proto::{Syscall, ABI_VERSION};
     use virtio::devices::blk::Block;
@@ -51,29 +50,12 @@ mod ring3 {
     /// The configuration block the image builder patches: the magic, then
     /// the disk channel's number + 1.
     #[used]
-    static CONFIG: [u8; 16] = {
-        let mut c = [0u8; 16];
-        let mut i = 0;
-        while i < CONFIG_MAGIC.len() {
-            c[i] = CONFIG_MAGIC[i];
-            i += 1;
-        }
-        c
-    };
+    static CONFIG: [u8; 16] = sys::config_block(&CONFIG_MAGIC);
 
     macro_rules! say {
-        ($($arg:tt)*) => {{
-            let mut line = ConsoleLine::new();
-            let _ = line.write_str("\n");
-            let _ = write!(line, $($arg)*);
-            let _ = line.write_str("\n");
-            line.flush();
-        }};
-    }
-
-    /// Channel `ch`'s shared page.
-    fn channel_page(ch: u64) -> *mut u8 {
-        (CHANNEL_PAGE_BASE + ch * PAGE_SIZE) as *mut u8
+        ($($arg:tt)*) => {
+            ipc_proto::sys::say_line("", format_args!($($arg)*))
+        };
     }
 
     /// The channel to the disk-driver: this task is its client.
@@ -81,7 +63,7 @@ mod ring3 {
 
     impl DiskChannel for Disk {
         fn call(&mut self, request: BlockRequest) -> Result<BlockReply, ChannelError> {
-            let page = channel_page(self.0);
+            let page = sys::channel_page(self.0);
             // SAFETY: the stub maps the page of a channel this task is the
             // client of read-write in both ends; the disk-driver reads it
             // only while this task waits in `Call`.
@@ -147,7 +129,7 @@ mod ring3 {
             if v & RECV_NOTIFICATION != 0 || v >= MAX_CHANNELS as u64 || v == disk {
                 continue;
             }
-            let page = channel_page(v);
+            let page = sys::channel_page(v);
             // SAFETY: `v` is a channel this task serves (the stub returns
             // only those from ReplyRecv); its page is mapped read-write in
             // both ends and the vmm-server waits in `Call`. Every bit

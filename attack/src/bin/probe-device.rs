@@ -48,13 +48,9 @@ mod ring3 {
     const WANTED: u32 = 3;
 
     macro_rules! say {
-        ($($arg:tt)*) => {{
-            let mut line = ConsoleLine::new();
-            let _ = write!(line, "\nprobe-device: ");
-            let _ = write!(line, $($arg)*);
-            let _ = line.write_str("\n");
-            line.flush();
-        }};
+        ($($arg:tt)*) => {
+            ipc_proto::sys::say_line("probe-device: ", format_args!($($arg)*))
+        };
     }
 
     fn outb(port: u16, v: u8) {

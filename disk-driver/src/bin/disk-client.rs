@@ -17,24 +17,19 @@ fn main() {
 
 #[cfg(target_os = "none")]
 mod ring3 {
-    use core::fmt::Write;
 
     use ipc_proto::block::{op, status, BlockReply, BlockRequest};
     use ipc_proto::layout::CHANNEL_PAGE_BASE;
-    use ipc_proto::sys::{self, ConsoleLine};
+    use ipc_proto::sys;
     use ipc_proto::syscall::NO_REPLY;
     use ipc_proto::Syscall;
 
     ipc_proto::server_entry!(client_main);
 
     macro_rules! say {
-        ($($arg:tt)*) => {{
-            let mut line = ConsoleLine::new();
-            let _ = line.write_str("\ndisk-client: ");
-            let _ = write!(line, $($arg)*);
-            let _ = line.write_str("\n");
-            line.flush();
-        }};
+        ($($arg:tt)*) => {
+            ipc_proto::sys::say_line("disk-client: ", format_args!($($arg)*))
+        };
     }
 
     /// Channel 0: sends `req`, returns the server's reply.

@@ -24,12 +24,11 @@ fn main() {
 
 #[cfg(target_os = "none")]
 mod ring3 {
-    use core::fmt::Write;
 
     use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::pci::{op, PciMessage};
-    use ipc_proto::sys::{self, ConsoleLine};
+    use ipc_proto::sys;
     use ipc_proto::syscall::{NO_REPLY, RECV_NOTIFICATION};
     use ipc_proto::{Syscall, ABI_VERSION};
     use virtio::VirtioPci;
@@ -39,13 +38,9 @@ mod ring3 {
     ipc_proto::server_entry!(server_main);
 
     macro_rules! say {
-        ($($arg:tt)*) => {{
-            let mut line = ConsoleLine::new();
-            let _ = write!(line, "\n[virtio-console] ");
-            let _ = write!(line, $($arg)*);
-            let _ = line.write_str("\n");
-            line.flush();
-        }};
+        ($($arg:tt)*) => {
+            ipc_proto::sys::say_line("[virtio-console] ", format_args!($($arg)*))
+        };
     }
 
     /// The guest's output: straight to the host console.

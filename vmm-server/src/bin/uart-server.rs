@@ -21,12 +21,11 @@ fn main() {
 
 #[cfg(target_os = "none")]
 mod ring3 {
-    use core::fmt::Write;
 
     use ipc_proto::device::{op, PortMessage};
     use ipc_proto::inject::{self, Fault, Injector, GARBAGE};
     use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
-    use ipc_proto::sys::{self, ConsoleLine};
+    use ipc_proto::sys;
     use ipc_proto::{Syscall, ABI_VERSION};
     use vmm_server::console::{HostConsole, HostWrite};
     use vmm_server::devices::remote;
@@ -36,13 +35,9 @@ mod ring3 {
     ipc_proto::inject_block!(INJECT);
 
     macro_rules! say {
-        ($($arg:tt)*) => {{
-            let mut line = ConsoleLine::new();
-            let _ = write!(line, "\n[uart] ");
-            let _ = write!(line, $($arg)*);
-            let _ = line.write_str("\n");
-            line.flush();
-        }};
+        ($($arg:tt)*) => {
+            ipc_proto::sys::say_line("[uart] ", format_args!($($arg)*))
+        };
     }
 
     /// `ConsoleWrite` and `ConsoleRead`.
