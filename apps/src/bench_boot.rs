@@ -10,14 +10,14 @@
 //! The tables go to stdout, progress to stderr.
 
 use std::ffi::OsString;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use ipc_proto::manifest::MmuMode as SystemMmu;
 use splitvisor::linux::{Flavour, INIT_MARKER, WORKLOAD_END};
 use splitvisor::run::emulator_missing_message as emulator_missing;
+use splitvisor::run::TimedConsole;
 use splitvisor::run::{
     find_program, qemu_args, qemu_machine_args, run_emulator, FinalLine, RunOptions,
 };
@@ -125,52 +125,6 @@ impl Boot {
 
 fn find(kv: &[(String, u64)], key: &str) -> Option<u64> {
     kv.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
-}
-
-/// The console, kept, with the time each line was complete.
-#[derive(Clone)]
-pub(crate) struct TimedConsole {
-    pub(crate) start: Instant,
-    pub(crate) inner: Arc<Mutex<TimedText>>,
-}
-
-#[derive(Default)]
-pub(crate) struct TimedText {
-    pub(crate) bytes: Vec<u8>,
-    /// Where the line being written starts.
-    line_start: usize,
-    /// Each complete line and when its newline arrived.
-    pub(crate) lines: Vec<(Duration, String)>,
-}
-
-impl TimedText {
-    /// When the first line starting with `prefix` was complete.
-    fn when(&self, prefix: &str) -> Option<Duration> {
-        self.lines
-            .iter()
-            .find(|(_, l)| l.starts_with(prefix))
-            .map(|(t, _)| *t)
-    }
-}
-
-impl Write for TimedConsole {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let now = self.start.elapsed();
-        let mut g = self.inner.lock().unwrap();
-        g.bytes.extend_from_slice(buf);
-        while let Some(n) = g.bytes[g.line_start..].iter().position(|&b| b == b'\n') {
-            let end = g.line_start + n;
-            let line = String::from_utf8_lossy(&g.bytes[g.line_start..end])
-                .trim_end_matches('\r')
-                .to_string();
-            g.lines.push((now, line));
-            g.line_start = end + 1;
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Runs `splitvisor bench boot`; returns the exit status.

@@ -36,7 +36,7 @@ use splitvisor::run::{
 use splitvisor::DEFAULT_EMULATOR;
 
 use crate::bench::key_values;
-use crate::bench_boot::TimedConsole;
+use splitvisor::run::TimedConsole;
 
 /// The exit kinds of the guest, in its order.
 pub(crate) const KINDS: [&str; 6] = ["io", "cpuid", "msr", "hlt", "mmio", "pf"];

@@ -11,13 +11,13 @@
 //! to a file read after the run. Both carry the kernel's messages.
 
 use std::ffi::OsString;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::linux::{LinuxGuest, INIT_MARKER};
+use crate::run::TimedConsole;
 use crate::run::{find_program, run_command, Console};
 
 /// Which console the guest's kernel and `/init` prefer.
@@ -196,7 +196,7 @@ impl PlainVirtio {
         let mut cmd = Command::new(&self.qemu);
         cmd.args(self.args());
         let start = Instant::now();
-        let timed = Timed {
+        let timed = TimedConsole {
             start,
             inner: Arc::default(),
         };
@@ -277,49 +277,6 @@ impl std::fmt::Display for PlainVirtioRun {
             self.hvc,
             self.stderr
         )
-    }
-}
-
-/// The console on stdout, kept, with the time each line was complete.
-#[derive(Clone)]
-struct Timed {
-    start: Instant,
-    inner: Arc<Mutex<TimedText>>,
-}
-
-#[derive(Default)]
-struct TimedText {
-    bytes: Vec<u8>,
-    line_start: usize,
-    lines: Vec<(Duration, String)>,
-}
-
-impl TimedText {
-    fn when(&self, prefix: &str) -> Option<Duration> {
-        self.lines
-            .iter()
-            .find(|(_, l)| l.starts_with(prefix))
-            .map(|(t, _)| *t)
-    }
-}
-
-impl Write for Timed {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let now = self.start.elapsed();
-        let mut g = self.inner.lock().unwrap();
-        g.bytes.extend_from_slice(buf);
-        while let Some(n) = g.bytes[g.line_start..].iter().position(|&b| b == b'\n') {
-            let end = g.line_start + n;
-            let line = String::from_utf8_lossy(&g.bytes[g.line_start..end])
-                .trim_end_matches('\r')
-                .to_string();
-            g.lines.push((now, line));
-            g.line_start = end + 1;
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

@@ -1814,3 +1814,55 @@ mod tests {
         assert!(r.is_err());
     }
 }
+
+/// A console sink that keeps what it is given and the time each line was
+/// complete (from `start`): what the benchmarks and the plain-QEMU
+/// reference runs time the guest's lines with.
+#[derive(Clone)]
+pub struct TimedConsole {
+    /// Time zero of the line times.
+    pub start: Instant,
+    /// What was kept, shared with the clones given to the console reader.
+    pub inner: Arc<Mutex<TimedText>>,
+}
+
+/// What a [`TimedConsole`] kept.
+#[derive(Default)]
+pub struct TimedText {
+    /// Every byte so far.
+    pub bytes: Vec<u8>,
+    /// Where the line being written starts.
+    line_start: usize,
+    /// Each complete line and when its newline arrived.
+    pub lines: Vec<(Duration, String)>,
+}
+
+impl TimedText {
+    /// When the first line starting with `prefix` was complete.
+    pub fn when(&self, prefix: &str) -> Option<Duration> {
+        self.lines
+            .iter()
+            .find(|(_, l)| l.starts_with(prefix))
+            .map(|(t, _)| *t)
+    }
+}
+
+impl Write for TimedConsole {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let now = self.start.elapsed();
+        let mut g = self.inner.lock().unwrap();
+        g.bytes.extend_from_slice(buf);
+        while let Some(n) = g.bytes[g.line_start..].iter().position(|&b| b == b'\n') {
+            let end = g.line_start + n;
+            let line = String::from_utf8_lossy(&g.bytes[g.line_start..end])
+                .trim_end_matches('\r')
+                .to_string();
+            g.lines.push((now, line));
+            g.line_start = end + 1;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
