@@ -172,14 +172,22 @@ pub struct ChannelBackend<C: DiskChannel> {
 }
 
 impl<C: DiskChannel> ChannelBackend<C> {
-    /// Asks the disk-driver for its disk (INFO). On failure the channel
-    /// comes back with the reason, for [`ChannelBackend::absent`].
+    /// Asks the disk-driver for its disk (INFO; sent again after a
+    /// restart, as every call). On failure the channel comes back with the
+    /// reason, for [`ChannelBackend::absent`].
     pub fn connect(mut channel: C) -> Result<Self, (C, ConnectError)> {
         let request = BlockRequest {
             op: op::INFO,
             ..BlockRequest::default()
         };
-        match channel.call(request) {
+        let mut retries = 0;
+        let reply = loop {
+            match channel.call(request) {
+                Err(ChannelError::ServerRestarted) if retries < RESTART_RETRIES => retries += 1,
+                r => break r,
+            }
+        };
+        match reply {
             Ok(r) if r.status == block::status::OK => Ok(Self {
                 channel,
                 info: DiskInfo {
@@ -187,7 +195,9 @@ impl<C: DiskChannel> ChannelBackend<C> {
                     flags: r.flags,
                 },
                 counters: Counters {
-                    calls: 1,
+                    calls: 1 + u64::from(retries),
+                    restarts: u64::from(retries),
+                    retries: u64::from(retries),
                     ..Counters::default()
                 },
             }),

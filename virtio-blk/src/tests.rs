@@ -347,7 +347,11 @@ fn a_request_lost_in_a_disk_driver_restart_is_sent_again() {
         rig.request(request::OUT, 8, &[(DATA, 512), (DATA, 512)]),
         status::OK
     );
-    assert_eq!(rig.fake().disk[9 * SECTOR], 0xab, "the retried write landed");
+    assert_eq!(
+        rig.fake().disk[9 * SECTOR],
+        0xab,
+        "the retried write landed"
+    );
     rig.fake().script = vec![restarted];
     assert_eq!(rig.request(request::FLUSH, 0, &[]), status::OK);
     let c = rig.dev.backend().counters();
@@ -355,6 +359,24 @@ fn a_request_lost_in_a_disk_driver_restart_is_sent_again() {
     assert_eq!((c.restarts, c.retries), (4, 4));
     // Read 1 + 1, write 1 + 3, flush 1 + 1.
     assert_eq!(c.calls - before.calls, 2 + 4 + 2);
+}
+
+#[test]
+fn info_lost_in_a_restart_is_asked_again_but_not_forever() {
+    let restarted = Next::Fail(ChannelError::ServerRestarted);
+    let mut fake = Fake::new(64, flags::FLUSH);
+    fake.script = vec![restarted, restarted];
+    let backend = ChannelBackend::connect(&mut fake)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    assert_eq!(backend.info().capacity, 64);
+    let c = backend.counters();
+    assert_eq!((c.calls, c.restarts, c.retries), (3, 2, 2));
+    fake.script = vec![restarted; 3];
+    let Err((_, e)) = ChannelBackend::connect(&mut fake) else {
+        panic!("a disk-driver that dies at every INFO is no disk");
+    };
+    assert_eq!(e, ConnectError::Channel(ChannelError::ServerRestarted));
 }
 
 #[test]
@@ -405,8 +427,9 @@ fn no_disk_is_a_connect_error_and_an_absent_disk_fails_every_request() {
     assert_eq!(backend.read(0, &mut mem, one), Err(BlockError));
     assert_eq!(backend.write(0, &mem, one), Err(BlockError));
 
+    // A disk-driver that dies at every try (the first and the retries).
     let mut gone = Fake::new(64, 0);
-    gone.script = vec![Next::Fail(ChannelError::ServerRestarted)];
+    gone.script = vec![Next::Fail(ChannelError::ServerRestarted); 3];
     let e = ChannelBackend::connect(&mut gone)
         .map(|_| ())
         .unwrap_err()
