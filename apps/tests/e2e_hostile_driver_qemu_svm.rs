@@ -2,7 +2,7 @@
 //! `hostile-driver` guest, `images/guests/hostile-driver.S`) against the
 //! virtio-console function (`--console hvc0`) and the virtio-blk function
 //! (`--disk`), each a ring-3 server, in QEMU (TCG, emulated SVM) on the PC
-//! board.
+//! board (and once on Bochs with VMX and EPT).
 //!
 //! The guest finds the functions on PCI bus 0, sets each up as a driver
 //! does, and attacks it twelve ways (descriptor loops, a chain longer than
@@ -143,6 +143,22 @@ fn virtio_console_and_blk_contain_a_hostile_driver_under_shadow_paging() {
         "--cpu",
         "EPYC,+svm",
         "--unsafe-shadow",
+    ]);
+    assert_all_contained(&r, &["virtio-console", "virtio-blk"]);
+}
+
+/// The same on Bochs with emulated Intel VMX and EPT (about 15 s): the
+/// functions' MMIO through the VMX path, the disk as `ata0-master`.
+#[test]
+fn virtio_console_and_blk_contain_a_hostile_driver_on_bochs_vmx_with_ept() {
+    let disk = scratch_disk("bochs");
+    let r = run(&[
+        "--disk",
+        &disk.0.to_string_lossy(),
+        "--emulator",
+        "bochs",
+        "--arch",
+        "vmx",
     ]);
     assert_all_contained(&r, &["virtio-console", "virtio-blk"]);
 }
