@@ -11,7 +11,10 @@
 //! destructive one (shadow-table exhaustion, freeing the live root, an
 //! interrupt the guest cannot take) and the FPU one (x87/SSE in a server
 //! must fault). The guest-side attacks (`tssescape`, `efersvme`, when the
-//! image builder has them) boot with the real servers, once per mode.
+//! image builder has them) boot with the real servers, once per mode, and
+//! so does the hostile virtio driver (`hostile-driver`, the `virtio` row:
+//! its attacks on the virtio-console function and, on QEMU, the
+//! virtio-blk function of a scratch disk).
 //!
 //! The servers print `attack: ...` lines (protocol in `attack/src/lib.rs`).
 //! When an attempt ends the run (the stub accepted something that made the
@@ -41,6 +44,8 @@ const PROBE_LINE: &str = "hello from the guest";
 /// The guests that attack from inside (another engineer's), used when the
 /// image builder has them.
 pub const GUEST_ATTACKS: &[&str] = &["tssescape", "efersvme"];
+/// The hostile virtio driver guest (`images/guests/hostile-driver.S`).
+pub const VIRTIO_ATTACK: &str = "hostile-driver";
 /// What a guest-side attack prints when it got out.
 const ESCAPE_MARKER: &str = "ESCAPED";
 
@@ -67,6 +72,7 @@ pub const CLASSES: &[&str] = &[
     "leaks",
     "restart",
     "guests",
+    "virtio",
 ];
 
 /// The kinds of boot, with the number the servers know them by.
@@ -495,6 +501,16 @@ fn boot_image(
     target: &Target,
     opts: &AttackOptions,
 ) -> Result<BootOutcome, String> {
+    boot_image_with_disk(system, target, opts, None)
+}
+
+/// [`boot_image`] with `disk` as QEMU's IDE disk (QEMU only).
+fn boot_image_with_disk(
+    system: images::SystemSpec,
+    target: &Target,
+    opts: &AttackOptions,
+    disk: Option<&crate::disk::Disk>,
+) -> Result<BootOutcome, String> {
     if target.emulator == Emulator::Bochs {
         return boot_bochs(system, target, opts);
     }
@@ -512,9 +528,13 @@ fn boot_image(
         unsafe_shadow,
     };
     let console = Capture::default();
+    let mut args = qemu_args(&run, &image);
+    if let Some(d) = disk {
+        args.extend(d.qemu_args());
+    }
     let report = run_emulator(
         DEFAULT_EMULATOR,
-        &qemu_args(&run, &image),
+        &args,
         opts.timeout,
         Box::new(console.clone()),
     )
@@ -799,6 +819,121 @@ impl Campaign<'_> {
     }
 }
 
+impl Campaign<'_> {
+    /// The hostile virtio driver guest against the virtio-console function
+    /// and (QEMU: a scratch disk) the virtio-blk function: each attack the
+    /// device must contain is an attempt; one it did not contain, or a
+    /// server restart (a server crashed on guest input), is an escape.
+    fn virtio(&mut self, target: &Target) -> Result<(), String> {
+        if !images::GUESTS.contains(&VIRTIO_ATTACK) {
+            return Ok(());
+        }
+        let how = format!("{} guest {VIRTIO_ATTACK}", target.name);
+        let mut system = images::SystemSpec {
+            mmu: target.mode,
+            board: ipc_proto::manifest::Board::Pc,
+            ..images::SystemSpec::new(VIRTIO_ATTACK)
+        };
+        crate::virtio::add_virtio_console(&mut system)?;
+        let disk = if target.emulator == Emulator::Qemu {
+            std::fs::create_dir_all(&self.dir)
+                .map_err(|e| format!("{}: {e}", self.dir.display()))?;
+            let path = self
+                .dir
+                .join(format!("hostile-driver-{}.img", std::process::id()));
+            let f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            f.set_len(1 << 20)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let spec = crate::disk::DiskSpec {
+                path,
+                read_only: false,
+            };
+            crate::disk::add_disk_servers(&mut system, false)?;
+            Some(crate::disk::Disk::open(&spec).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        let out = boot_image_with_disk(system, target, self.opts, disk.as_ref());
+        if let Some(d) = disk {
+            let path = d.spec().path.clone();
+            drop(d);
+            let _ = std::fs::remove_file(path);
+        }
+        let out = out?;
+        self.report.boots += 1;
+        let ended = describe(&out);
+        let mut row = Row::default();
+        for l in out.console.lines() {
+            let Some(rest) = l.strip_prefix("hostile-driver: ") else {
+                continue;
+            };
+            if !rest.contains(": status ") {
+                continue;
+            }
+            row.attempts += 1;
+            if rest.ends_with(": contained") {
+                row.refused += 1;
+            } else {
+                row.escapes += 1;
+                self.report.escapes.push(format!("{how}: {l}"));
+            }
+        }
+        for l in out
+            .console
+            .lines()
+            .filter(|l| l.contains(" restarted (generation "))
+        {
+            row.escapes += 1;
+            self.report
+                .escapes
+                .push(format!("{how}: a server crashed on guest input: {l}"));
+        }
+        if is_stub_fault(&out.final_line) {
+            row.stub_faults += 1;
+            self.report.stub_faults.push(format!("{how}: {ended}"));
+        } else if !out.console.lines().any(|l| {
+            l.starts_with("hostile-driver: ")
+                && l.ends_with(" contained")
+                && l.contains(" attacks, ")
+        }) {
+            row.escapes += 1;
+            self.report
+                .escapes
+                .push(format!("{how}: no summary line: {ended}"));
+        }
+        self.report.row("virtio").add(&row);
+        eprintln!(
+            "attack: {how}: {} attacks, {} contained; {ended}",
+            row.attempts, row.refused
+        );
+        self.report.notes.push(format!(
+            "{how}: {} attacks, {} contained; ended `{ended}`",
+            row.attempts, row.refused
+        ));
+        Ok(())
+    }
+}
+
+/// Only the hostile virtio driver's boots (the `virtio` row), one per
+/// target of `opts`: what `campaign` runs for it, without the hostile
+/// servers.
+pub fn virtio_campaign(opts: &AttackOptions) -> Result<Report, String> {
+    let mut c = Campaign {
+        opts,
+        vmm_elf: Vec::new(),
+        mmu_elf: Vec::new(),
+        dir: images::image_dir().join("attack"),
+        report: Report {
+            probe_ok: true,
+            ..Report::default()
+        },
+    };
+    for target in targets(opts.emulator, &opts.arches, &opts.modes) {
+        c.virtio(&target)?;
+    }
+    Ok(c.report)
+}
+
 /// Runs the whole campaign.
 pub fn campaign(opts: &AttackOptions) -> Result<Report, String> {
     let (vmm, mmu) = build_hostile_servers()?;
@@ -821,6 +956,7 @@ pub fn campaign(opts: &AttackOptions) -> Result<Report, String> {
         }
         if opts.guests {
             c.guests(&target)?;
+            c.virtio(&target)?;
         }
     }
     Ok(c.report)

@@ -105,7 +105,8 @@ struct AttackArgs {
     #[arg(long, value_name = "LIST", value_delimiter = ',',
           value_parser = clap::builder::PossibleValuesParser::new(["main", "destructive", "fpu", "random", "restart"]))]
     boots: Vec<String>,
-    /// Skip the guest-side attacks (tssescape, efersvme).
+    /// Skip the guest-side attacks (tssescape, efersvme, and the hostile
+    /// virtio driver hostile-driver: the `virtio` row).
     #[arg(long)]
     no_guests: bool,
 }

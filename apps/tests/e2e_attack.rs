@@ -38,6 +38,7 @@ fn the_short_campaign_finds_no_stub_fault_and_no_escape() {
         "exhaustion",
         "fpu",
         "portio",
+        "virtio",
     ] {
         let row = report.rows.get(class).copied().unwrap_or_default();
         assert!(row.attempts > 0, "class {class} made no attempt:\n{table}");

@@ -42,6 +42,7 @@ pub const GUESTS: &[&str] = &[
     "pcstorm",
     "exitbench",
     "insbpte",
+    "hostile-driver",
 ];
 
 /// Where the test guests are loaded and linked.

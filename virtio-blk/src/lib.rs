@@ -12,8 +12,16 @@
 //! request, never a hang or a panic: a buffer that is not whole sectors,
 //! sectors past the end (the device checks), a disk-driver that answers an
 //! error, a refused call, or a disk-driver that faulted and was restarted
-//! during the call (`ServerRestarted`: the request is lost and not
-//! retried, a write may or may not have reached the disk).
+//! during the call more than [`RESTART_RETRIES`] times in a row.
+//!
+//! A disk-driver restart is transient: the new instance identifies the
+//! disk again at its start and serves the next call, so a call that ended
+//! in `ServerRestarted` is sent again, at most [`RESTART_RETRIES`] times
+//! (a driver that dies on every call gives IOERR, not a loop). Sending a
+//! block request again is safe: a READ or WRITE names whole sectors and
+//! the guest's own buffer, which the guest does not touch while the
+//! request is in flight, so a repeat moves the same bytes to the same
+//! place; a FLUSH is idempotent.
 //!
 //! Nothing here touches the machine: the ring-3 binary supplies the
 //! channel ([`DiskChannel`]); the tests supply a disk-driver in memory.
@@ -63,6 +71,11 @@ pub const CONFIG_MAGIC: [u8; 12] = *b"SVVBLKCONFIG";
 pub fn disk_channel_from_config(byte: u8) -> Option<u64> {
     byte.checked_sub(1).map(u64::from)
 }
+
+/// How many times one block request is sent again after the disk-driver
+/// was restarted during it: one restart is a fault; three in a row for the
+/// same request is a driver that cannot serve it.
+pub const RESTART_RETRIES: u32 = 2;
 
 /// Why a call on the disk channel brought no reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,6 +157,9 @@ pub struct Counters {
     pub errors: u64,
     /// Calls that ended with `ServerRestarted`.
     pub restarts: u64,
+    /// Requests sent again after a `ServerRestarted` (each counted in
+    /// `calls` too).
+    pub retries: u64,
 }
 
 /// A [`BlockBackend`] that asks the disk-driver over a channel to move
@@ -156,14 +172,22 @@ pub struct ChannelBackend<C: DiskChannel> {
 }
 
 impl<C: DiskChannel> ChannelBackend<C> {
-    /// Asks the disk-driver for its disk (INFO). On failure the channel
-    /// comes back with the reason, for [`ChannelBackend::absent`].
+    /// Asks the disk-driver for its disk (INFO; sent again after a
+    /// restart, as every call). On failure the channel comes back with the
+    /// reason, for [`ChannelBackend::absent`].
     pub fn connect(mut channel: C) -> Result<Self, (C, ConnectError)> {
         let request = BlockRequest {
             op: op::INFO,
             ..BlockRequest::default()
         };
-        match channel.call(request) {
+        let mut retries = 0;
+        let reply = loop {
+            match channel.call(request) {
+                Err(ChannelError::ServerRestarted) if retries < RESTART_RETRIES => retries += 1,
+                r => break r,
+            }
+        };
+        match reply {
             Ok(r) if r.status == block::status::OK => Ok(Self {
                 channel,
                 info: DiskInfo {
@@ -171,7 +195,9 @@ impl<C: DiskChannel> ChannelBackend<C> {
                     flags: r.flags,
                 },
                 counters: Counters {
-                    calls: 1,
+                    calls: 1 + u64::from(retries),
+                    restarts: u64::from(retries),
+                    retries: u64::from(retries),
                     ..Counters::default()
                 },
             }),
@@ -211,17 +237,27 @@ impl<C: DiskChannel> ChannelBackend<C> {
         &mut self.channel
     }
 
-    /// One call; any failure is a [`BlockError`] (IOERR to the guest).
+    /// One call, sent again after a disk-driver restart (at most
+    /// [`RESTART_RETRIES`] times); any failure is a [`BlockError`] (IOERR
+    /// to the guest).
     fn call(&mut self, request: BlockRequest) -> Result<BlockReply, BlockError> {
-        self.counters.calls += 1;
-        let reply = match self.channel.call(request) {
-            Ok(r) => r,
-            Err(e) => {
-                if e == ChannelError::ServerRestarted {
+        let mut attempt = 0;
+        let reply = loop {
+            self.counters.calls += 1;
+            match self.channel.call(request) {
+                Ok(r) => break r,
+                Err(ChannelError::ServerRestarted) if attempt < RESTART_RETRIES => {
                     self.counters.restarts += 1;
+                    self.counters.retries += 1;
+                    attempt += 1;
                 }
-                self.counters.errors += 1;
-                return Err(BlockError);
+                Err(e) => {
+                    if e == ChannelError::ServerRestarted {
+                        self.counters.restarts += 1;
+                    }
+                    self.counters.errors += 1;
+                    return Err(BlockError);
+                }
             }
         };
         if reply.status != block::status::OK {

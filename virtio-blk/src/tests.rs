@@ -301,13 +301,20 @@ fn misaligned_or_out_of_range_requests_are_ioerr_without_a_call() {
 fn disk_driver_errors_and_restarts_are_ioerr_and_the_device_goes_on() {
     let mut fake = Fake::new(64, flags::FLUSH);
     let mut rig = Rig::new(&mut fake);
+    let restarted = Next::Fail(ChannelError::ServerRestarted);
     rig.fake().script = vec![
         Next::Answer(bstatus::IO_ERROR),
-        Next::Fail(ChannelError::ServerRestarted),
+        // A driver that dies on every try of a request: IOERR after the
+        // retries.
+        restarted,
+        restarted,
+        restarted,
         Next::Fail(ChannelError::Refused(ErrorCode::NotReady)),
         Next::Answer(bstatus::BAD_BUFFER),
         Next::Short,
-        Next::Fail(ChannelError::ServerRestarted),
+        restarted,
+        restarted,
+        restarted,
     ];
     assert_eq!(rig.request(request::IN, 1, &[(DATA, 512)]), status::IOERR);
     assert_eq!(rig.request(request::OUT, 1, &[(DATA, 512)]), status::IOERR);
@@ -316,10 +323,60 @@ fn disk_driver_errors_and_restarts_are_ioerr_and_the_device_goes_on() {
     assert_eq!(rig.request(request::IN, 1, &[(DATA, 1024)]), status::IOERR);
     assert_eq!(rig.request(request::FLUSH, 0, &[]), status::IOERR);
     let c = rig.dev.backend().counters();
-    assert_eq!((c.errors, c.restarts), (6, 2));
+    assert_eq!((c.errors, c.restarts, c.retries), (6, 6, 4));
     // A restarted disk-driver serves the next request.
     assert_eq!(rig.request(request::IN, 2, &[(DATA, 512)]), status::OK);
     assert_eq!(rig.ram[DATA as usize], 2);
+}
+
+#[test]
+fn a_request_lost_in_a_disk_driver_restart_is_sent_again() {
+    let mut fake = Fake::new(64, flags::FLUSH);
+    let mut rig = Rig::new(&mut fake);
+    let before = rig.dev.backend().counters();
+    let restarted = Next::Fail(ChannelError::ServerRestarted);
+    // A read lost once, a write lost twice in a row, a flush lost once:
+    // each completes, as if nothing happened.
+    rig.fake().script = vec![restarted];
+    assert_eq!(rig.request(request::IN, 5, &[(DATA, 512)]), status::OK);
+    assert_eq!(rig.ram[DATA as usize], 5);
+    rig.ram[DATA as usize..DATA as usize + 512].fill(0xab);
+    // The first buffer of the write is served, the second one lost twice.
+    rig.fake().script = vec![Next::Serve, restarted, restarted];
+    assert_eq!(
+        rig.request(request::OUT, 8, &[(DATA, 512), (DATA, 512)]),
+        status::OK
+    );
+    assert_eq!(
+        rig.fake().disk[9 * SECTOR],
+        0xab,
+        "the retried write landed"
+    );
+    rig.fake().script = vec![restarted];
+    assert_eq!(rig.request(request::FLUSH, 0, &[]), status::OK);
+    let c = rig.dev.backend().counters();
+    assert_eq!(c.errors, before.errors);
+    assert_eq!((c.restarts, c.retries), (4, 4));
+    // Read 1 + 1, write 1 + 3, flush 1 + 1.
+    assert_eq!(c.calls - before.calls, 2 + 4 + 2);
+}
+
+#[test]
+fn info_lost_in_a_restart_is_asked_again_but_not_forever() {
+    let restarted = Next::Fail(ChannelError::ServerRestarted);
+    let mut fake = Fake::new(64, flags::FLUSH);
+    fake.script = vec![restarted, restarted];
+    let backend = ChannelBackend::connect(&mut fake)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    assert_eq!(backend.info().capacity, 64);
+    let c = backend.counters();
+    assert_eq!((c.calls, c.restarts, c.retries), (3, 2, 2));
+    fake.script = vec![restarted; 3];
+    let Err((_, e)) = ChannelBackend::connect(&mut fake) else {
+        panic!("a disk-driver that dies at every INFO is no disk");
+    };
+    assert_eq!(e, ConnectError::Channel(ChannelError::ServerRestarted));
 }
 
 #[test]
@@ -370,8 +427,9 @@ fn no_disk_is_a_connect_error_and_an_absent_disk_fails_every_request() {
     assert_eq!(backend.read(0, &mut mem, one), Err(BlockError));
     assert_eq!(backend.write(0, &mem, one), Err(BlockError));
 
+    // A disk-driver that dies at every try (the first and the retries).
     let mut gone = Fake::new(64, 0);
-    gone.script = vec![Next::Fail(ChannelError::ServerRestarted)];
+    gone.script = vec![Next::Fail(ChannelError::ServerRestarted); 3];
     let e = ChannelBackend::connect(&mut gone)
         .map(|_| ())
         .unwrap_err()

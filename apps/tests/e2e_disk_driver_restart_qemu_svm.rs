@@ -1,0 +1,198 @@
+//! End-to-end: the disk-driver server restarted while Debian's amd64
+//! kernel writes to its virtio-blk disk (issue 12), in QEMU (TCG, emulated
+//! SVM, NPT, PC board), with `splitvisor run --disk IMG --inject
+//! disk-driver:FAULT@everyN`:
+//!
+//! - the disk-driver executes `ud2` at every N-th block request (`crash`),
+//!   or first writes garbage over its channel page (`corrupt`); the stub
+//!   restarts it from its image, the new instance identifies the disk
+//!   again, and the virtio-blk server's call comes back `ServerRestarted`;
+//! - the virtio-blk server sends the lost request again (at most
+//!   `virtio_blk::RESTART_RETRIES` times), so the guest sees no error:
+//!   `/init` (`splitvisor.disk=write`) mounts the ext4 image, writes a
+//!   text file and 4 MiB of random bytes, syncs, unmounts and powers off;
+//! - on the host the image is consistent (`e2fsck -fn`), and the files
+//!   in it are what the guest wrote (the text, and the MD5 the guest
+//!   printed of the random file).
+//!
+//! ```sh
+//! cargo test -p splitvisor --test e2e_disk_driver_restart_qemu_svm -- --nocapture
+//! ```
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use splitvisor::linux::{DISK_FAILED, DISK_TEXT, DISK_WRITTEN, INIT_MARKER};
+use splitvisor::linux_virtio::make_ext4_image;
+
+/// Seconds one boot may take (4 MiB by PIO, on a shared TCG host).
+const TIMEOUT_SECS: u64 = 900;
+
+/// A scratch folder removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "splitvisor-e2e-disk-restart-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// e2fsprogs's TOOL (in /sbin, often not on a user's PATH).
+fn sbin(tool: &str) -> PathBuf {
+    ["/sbin", "/usr/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(tool))
+}
+
+/// `debugfs -R 'dump /NAME OUT' img`, then OUT's bytes.
+fn file_in_image(img: &Path, name: &str, out: &Path) -> Vec<u8> {
+    let r = Command::new(sbin("debugfs"))
+        .arg("-R")
+        .arg(format!("dump /{name} {}", out.display()))
+        .arg(img)
+        .output()
+        .expect("debugfs runs (e2fsprogs)");
+    assert!(r.status.success(), "{r:?}");
+    std::fs::read(out).unwrap_or_else(|e| panic!("{name} not dumped: {e}"))
+}
+
+fn md5(path: &Path) -> String {
+    let out = Command::new("md5sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The `[stub] disk-driver restarted (generation G): ...` lines.
+fn restarts(r: &common::Run) -> usize {
+    r.stdout
+        .lines()
+        .filter(|l| l.starts_with("[stub] disk-driver restarted (generation "))
+        .count()
+}
+
+/// The stub's statistics line says `restarts=N`.
+fn counted_restarts(r: &common::Run) -> Option<usize> {
+    let line = r.stdout.lines().find(|l| l.contains("] exits: total="))?;
+    let field = line.split(' ').find_map(|f| f.strip_prefix("restarts="))?;
+    field.parse().ok()
+}
+
+/// Boots the write check on a fresh image with `inject`; checks what the
+/// guest said, the restarts, and the image on the host. Returns the
+/// number of restarts.
+fn write_through_restarts(inject: &str, at_least: usize) -> usize {
+    let dir = Scratch::new(&inject.replace([':', '@'], "-"));
+    let img = dir.0.join("disk.img");
+    make_ext4_image(&img, 64).unwrap_or_else(|e| panic!("{e}"));
+    let disk = img.to_string_lossy().into_owned();
+    let start = Instant::now();
+    let run = {
+        let _one = common::ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut run = common::splitvisor_run(
+            &[
+                "--linux",
+                "amd64",
+                "--board",
+                "pc",
+                "--mmu",
+                "npt",
+                "--cpu",
+                "EPYC,+svm,+npt",
+                "--disk",
+                &disk,
+                "--append",
+                "splitvisor.disk=write",
+                "--inject",
+                inject,
+            ],
+            TIMEOUT_SECS,
+        );
+        run.stdout = common::rejoin_interrupted_lines(&run.stdout);
+        run
+    };
+    let secs = start.elapsed().as_secs_f64();
+    let out = &run.stdout;
+    assert!(out.contains(INIT_MARKER), "no init marker\n{run}");
+    assert!(!out.contains(DISK_FAILED), "{run}");
+    assert!(!out.contains("virtio-blk: panic"), "{run}");
+    // What the guest saw: no I/O error, the files written.
+    for bad in ["I/O error", "blk_update_request", "EXT4-fs error"] {
+        assert!(!out.contains(bad), "the guest saw `{bad}`\n{run}");
+    }
+    let written = out
+        .lines()
+        .find_map(|l| l.strip_prefix(DISK_WRITTEN))
+        .unwrap_or_else(|| panic!("no `{DISK_WRITTEN}` line\n{run}"))
+        .trim()
+        .to_string();
+    assert!(run.has_line("[stub] vm stopped: guest status 0"), "{run}");
+    assert_eq!(run.code, Some(0), "{run}");
+
+    let n = restarts(&run);
+    assert!(n >= at_least, "only {n} disk-driver restarts\n{run}");
+    assert_eq!(counted_restarts(&run), Some(n), "{run}");
+    // Each new instance identified the disk again.
+    let identified = out
+        .lines()
+        .filter(|l| l.starts_with("disk: QEMU HARDDISK, 131072 sectors"))
+        .count();
+    assert_eq!(identified, n + 1, "{run}");
+
+    // The image on the host: consistent, and holding what was written.
+    let fsck = Command::new(sbin("e2fsck"))
+        .args(["-f", "-n"])
+        .arg(&img)
+        .output()
+        .expect("e2fsck runs (e2fsprogs)");
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn found problems:\n{}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let text = file_in_image(&img, "splitvisor-disk-check.txt", &dir.0.join("text"));
+    assert_eq!(String::from_utf8_lossy(&text).trim_end(), DISK_TEXT);
+    let bin = dir.0.join("bin");
+    let bytes = file_in_image(&img, "splitvisor-disk-check.bin", &bin);
+    assert_eq!(bytes.len(), 4 << 20);
+    assert_eq!(md5(&bin), written, "the random file in the image differs");
+    eprintln!("{inject}: {n} disk-driver restarts, {secs:.1} s, md5 {written}, e2fsck clean");
+    n
+}
+
+/// `ud2` at every 10th request: the lost requests are sent again, the
+/// guest sees no error, the image is consistent.
+#[test]
+fn debian_writes_its_disk_while_the_disk_driver_crashes() {
+    write_through_restarts("disk-driver:crash@every10", 4);
+}
+
+/// The same with garbage written over the channel page before each
+/// crash: the retry writes the request again, so the garbage is never
+/// read as one.
+#[test]
+fn debian_writes_its_disk_while_the_disk_driver_corrupts_its_channel() {
+    write_through_restarts("disk-driver:corrupt@every15", 3);
+}
