@@ -104,7 +104,13 @@ fn bad_requests_are_refused_before_the_disk_sees_them() {
     ] {
         assert_eq!(s.handle(&r, &mut Ram(&mut ram)).status, want, "{r:?}");
     }
-    assert_eq!(s.ata().io().commands, [ata::regs::command::IDENTIFY_DEVICE]);
+    assert_eq!(
+        s.ata().io().commands,
+        [
+            ata::regs::command::IDENTIFY_DEVICE,
+            ata::regs::command::SET_MULTIPLE_MODE
+        ]
+    );
 }
 
 #[test]
@@ -129,6 +135,8 @@ fn a_read_only_disk_refuses_writes_and_has_nothing_to_flush() {
 fn a_bad_sector_is_an_io_error_with_the_registers_and_the_sectors_moved() {
     let mut dev = Device::disk(100);
     dev.bad_sector = Some(12);
+    // DRQ blocks of 2: sectors 10 and 11 arrive, the block of 12 fails.
+    dev.max_multiple = 2;
     let mut s = server(dev, false);
     let mut ram = vec![0u8; 8192];
     let r = s.handle(&req(op::READ, 10, 4, 0), &mut Ram(&mut ram));
