@@ -40,10 +40,11 @@ fn main() {
 mod ring3 {
 
     use ata::{Ata, Drive, PortIo, Wait, PRIMARY};
+    use disk_driver::RequestPage;
     use disk_driver::{
         DiskServer, GuestMemory, Ram, Transport, CONFIG_MAGIC, CONFIG_READ_ONLY, CONFIG_SELF_TEST,
     };
-    use ipc_proto::block::{op, BlockReply, BlockRequest};
+    use ipc_proto::block::{op, BlockReply, BlockRequest, ListRequest, Segment, MAX_SEGMENTS};
     use ipc_proto::inject::{self, Fault, Injector, GARBAGE};
     use ipc_proto::layout::PAGE_SIZE;
     use ipc_proto::manifest::MAX_CHANNELS;
@@ -287,7 +288,7 @@ mod ring3 {
     ipc_proto::inject_block!(INJECT);
 
     impl Transport for Channels {
-        fn reply_recv(&mut self, reply: Option<&BlockReply>) -> Option<BlockRequest> {
+        fn reply_recv(&mut self, reply: Option<&BlockReply>) -> Option<RequestPage> {
             let mut arg = NO_REPLY;
             if let (Some(ch), Some(r)) = (self.pending.take(), reply) {
                 // SAFETY: the stub maps the page of a channel this task
@@ -337,13 +338,36 @@ mod ring3 {
                         inject::crash()
                     }
                 }
-                // SAFETY: as above; every bit pattern is a valid
-                // BlockRequest, read once (volatile) from the shared page.
-                return Some(unsafe {
-                    sys::channel_page(v).cast::<BlockRequest>().read_volatile()
-                });
+                return Some(copy_request(v));
             }
         }
+    }
+
+    /// The request on channel `ch`'s page, copied once (volatile) so that
+    /// the client cannot change it while it is served: the request, and
+    /// for a scatter list as many segments as it names (at most
+    /// `MAX_SEGMENTS`; `block::Request::parse` checks the count).
+    fn copy_request(ch: u64) -> RequestPage {
+        let mut page = [0u8; PAGE_SIZE as usize];
+        let base = sys::channel_page(ch).cast::<u64>();
+        // SAFETY: the stub maps the page of a channel this task serves
+        // read-write in both ends; every bit pattern is a valid
+        // ListRequest, read once.
+        let head = unsafe { base.cast::<ListRequest>().read_volatile() };
+        let segments = if matches!(head.op, op::READ_LIST | op::WRITE_LIST) {
+            (head.segments as usize).min(MAX_SEGMENTS)
+        } else {
+            0
+        };
+        let bytes =
+            core::mem::size_of::<ListRequest>() + segments * core::mem::size_of::<Segment>();
+        for (i, word) in page.chunks_exact_mut(8).take(bytes / 8).enumerate() {
+            // SAFETY: as above; `bytes` is at most the page's 4096
+            // (24 + 254 x 16), so word `i` lies inside it.
+            let w = unsafe { base.add(i).read_volatile() };
+            word.copy_from_slice(&w.to_le_bytes());
+        }
+        page
     }
 
     extern "C" fn server_main() -> ! {
@@ -422,9 +446,7 @@ mod ring3 {
             // A call that came while it waited for the interrupt.
             if let Some(ch) = w.deferred.take() {
                 channels.pending = Some(ch);
-                // SAFETY: as in `Channels::reply_recv`.
-                let req = unsafe { sys::channel_page(ch).cast::<BlockRequest>().read_volatile() };
-                let reply = server.handle(&req, &mut ram);
+                let reply = server.handle_page(&copy_request(ch), &mut ram);
                 let _ = channels.reply_recv(Some(&reply));
             }
         }
