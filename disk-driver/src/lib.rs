@@ -349,7 +349,17 @@ impl<P: PortIo, W: Wait> DiskServer<P, W> {
 
     /// The request loop: answer, wait, serve, until the transport ends it.
     pub fn serve(&mut self, transport: &mut impl Transport, ram: &mut impl GuestMemory) {
-        let mut last: Option<BlockReply> = None;
+        self.serve_after(transport, ram, None);
+    }
+
+    /// [`DiskServer::serve`] with `last` the reply to a request the
+    /// transport handed out before (sent first).
+    pub fn serve_after(
+        &mut self,
+        transport: &mut impl Transport,
+        ram: &mut impl GuestMemory,
+        mut last: Option<BlockReply>,
+    ) {
         while let Some(page) = transport.reply_recv(last.as_ref()) {
             last = Some(self.handle_page(&page, ram));
         }

@@ -410,6 +410,7 @@ mod ring3 {
             pending: None,
             injector: Injector::new(&inject::read_block(&INJECT)),
         };
+        let mut first = None;
         if config() & CONFIG_SELF_TEST != 0 && boot.guest_ram_bytes >= 4096 {
             let mut text = ConsoleLine::new();
             // The last 4 KiB of guest RAM: the test guests do not use it.
@@ -443,15 +444,15 @@ mod ring3 {
                 r.status,
                 w.notifications
             );
-            // A call that came while it waited for the interrupt.
+            // A call that came while it waited for the interrupt: served
+            // now, its reply the first the loop sends.
             if let Some(ch) = w.deferred.take() {
                 channels.pending = Some(ch);
-                let reply = server.handle_page(&copy_request(ch), &mut ram);
-                let _ = channels.reply_recv(Some(&reply));
+                first = Some(server.handle_page(&copy_request(ch), &mut ram));
             }
         }
         loop {
-            server.serve(&mut channels, &mut ram);
+            server.serve_after(&mut channels, &mut ram, first.take());
         }
     }
 

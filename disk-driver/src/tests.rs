@@ -215,6 +215,23 @@ fn the_loop_answers_each_request_in_turn() {
     );
 }
 
+#[test]
+fn a_reply_owed_from_before_the_loop_goes_out_first() {
+    let mut s = server(Device::disk(100), false);
+    let mut ram = vec![0u8; 4096];
+    let mut t = Script {
+        requests: vec![req(op::INFO, 0, 0, 0)],
+        replies: Vec::new(),
+    };
+    let owed = BlockReply {
+        status: status::NO_DISK,
+        ..BlockReply::default()
+    };
+    s.serve_after(&mut t, &mut Ram(&mut ram), Some(owed));
+    let st: Vec<u32> = t.replies.iter().map(|r| r.status).collect();
+    assert_eq!(st, [status::NO_DISK, status::OK]);
+}
+
 mod random_requests {
     use super::*;
     use proptest::prelude::*;
