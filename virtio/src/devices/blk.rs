@@ -6,9 +6,10 @@
 //! reserved: le32, sector: le64`), the data (device-readable for OUT,
 //! device-writable for IN and GET_ID), and a device-writable status byte
 //! at the very end. The data moves between the [`BlockBackend`] and the
-//! guest's buffers in place: the device hands the backend each buffer as a
-//! guest-physical range (checked inside guest RAM) together with guest
-//! memory, and the backend either reads into and writes from that memory
+//! guest's buffers in place: the device hands the backend a request's
+//! buffers together ([`BlockBackend::read_ranges`]), each a guest-physical
+//! range (checked inside guest RAM), with guest memory, and the backend
+//! either reads into and writes from that memory
 //! itself ([`MemDisk`]) or passes the range on to whoever moves the data
 //! (a disk server with guest RAM mapped, which writes the guest's buffers
 //! in place: no copy in this device).
