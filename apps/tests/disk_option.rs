@@ -349,6 +349,8 @@ fn e2e_timer_bochs_vmx_with_a_disk_the_disk_driver_identifies_writes_flushes_and
     for line in [
         // Bochs's disks are "Generic 1234" unless the bochsrc names them.
         "disk: Generic 1234, 2048 sectors (1 MiB), write cache flush supported",
+        // Bochs's harddrv: 32-bit data accesses and READ/WRITE MULTIPLE too.
+        "disk: PIO 32-bit, 16 sectors per interrupt",
         "disk: self-test: sector 0 begins \"SPLITVISOR-BOCHS\"",
         "disk: self-test: wrote, flushed and read back sector 2047",
         "timer: all checks passed",
@@ -400,6 +402,8 @@ fn e2e_timer_qemu_svm_npt_the_disk_driver_reads_writes_and_flushes_the_image() {
     assert_eq!(run.code, Some(0), "{run}");
     for line in [
         "disk: QEMU HARDDISK, 2048 sectors (1 MiB), write cache flush supported",
+        // QEMU's IDE: word 48 0001h, word 47 8010h.
+        "disk: PIO 32-bit, 16 sectors per interrupt",
         "disk: self-test: sector 0 begins \"SPLITVISOR-DISK!\"",
         "disk: self-test: wrote, flushed and read back sector 2047",
         "timer: all checks passed",

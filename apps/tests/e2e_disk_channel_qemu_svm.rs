@@ -75,7 +75,9 @@ fn serves(mmu: MmuMode, cpu: &str, how: &str) {
     for line in [
         "disk: QEMU HARDDISK, 2048 sectors (1 MiB), write cache flush supported",
         "disk-client: INFO: status 0, 2048 sectors, flags 0x1",
+        "disk: PIO 32-bit, 16 sectors per interrupt",
         "disk-client: WRITE 0, FLUSH 0, READ 0: the sectors read back as written",
+        "disk-client: READ_LIST of 3 pieces 0: the sectors read back as written; a list 512 bytes short 7 (want 7)",
         "disk-client: refusals: past the end 3, outside guest RAM 4, unknown op 2 (want 3 4 2)",
         "hello from the guest",
     ] {

@@ -31,6 +31,17 @@ pub struct DiskInfo {
     /// The write cache is enabled (word 85 bit 5), when the device says it
     /// has one (word 82 bit 5).
     pub write_cache: Option<bool>,
+    /// The most sectors a DRQ block of READ/WRITE MULTIPLE may hold (word
+    /// 47 bits 7:0, ATA8-ACS 7.16.7.17; 0: no MULTIPLE commands). Bits
+    /// 15:8 should read 80h; they are not checked (older Bochs leaves them
+    /// 0), but a value that is not a power of two counts as 0.
+    pub max_multiple: u8,
+    /// The Data register takes 32-bit accesses (word 48 reads 0001h,
+    /// ATA-1's "can perform doubleword I/O", which QEMU's and Bochs's IDE
+    /// disks answer). ATA-2 on made the word reserved and ATA8-ACS gave it
+    /// to the Trusted Computing feature set with bits 15:14 = 01, so any
+    /// other value means 16-bit transfers only.
+    pub dword_io: bool,
 }
 
 /// Why an IDENTIFY DEVICE answer cannot be used.
@@ -103,6 +114,8 @@ impl DiskInfo {
             Flush::None
         };
         let write_cache = (valid && w82 & (1 << 5) != 0).then_some(w85 & (1 << 5) != 0);
+        let max = (word(data, 47) & 0xff) as u8;
+        let max_multiple = if max.is_power_of_two() { max } else { 0 };
         Ok(Self {
             model,
             model_len: u8::try_from(len).unwrap_or(0),
@@ -110,6 +123,8 @@ impl DiskInfo {
             lba48,
             flush,
             write_cache,
+            max_multiple,
+            dword_io: word(data, 48) == 0x0001,
         })
     }
 
@@ -167,6 +182,8 @@ pub fn qemu_like(model: &str, sectors: u64, lba48: bool) -> [u8; 512] {
     for i in 0..20 {
         w[27 + i] = u16::from_be_bytes([m[2 * i], m[2 * i + 1]]);
     }
+    w[47] = 0x8000 | 16; // MAX_MULT_SECTORS
+    w[48] = 1; // "dword I/O"
     w[49] = (1 << 11) | (1 << 9) | (1 << 8);
     let s28 = u32::try_from(sectors.min(0x0fff_ffff)).unwrap();
     w[60] = (s28 & 0xffff) as u16;
@@ -201,6 +218,8 @@ mod tests {
         assert!(info.lba48);
         assert_eq!(info.flush, Flush::CacheExt);
         assert_eq!(info.write_cache, Some(true));
+        assert_eq!(info.max_multiple, 16);
+        assert!(info.dword_io);
         assert_eq!(
             info.to_string(),
             "QEMU HARDDISK, 2048 sectors (1 MiB), write cache flush supported"
@@ -237,6 +256,34 @@ mod tests {
         let mut d = qemu_like("X", 100, false);
         d[1] = 0x85;
         assert_eq!(DiskInfo::parse(&d), Err(IdentifyError::NotAta));
+    }
+
+    #[test]
+    fn word_48_means_doubleword_io_only_as_ata_1_wrote_it() {
+        let set = |v: u16| {
+            let mut d = qemu_like("X", 100, true);
+            d[96..98].copy_from_slice(&v.to_le_bytes());
+            DiskInfo::parse(&d).unwrap().dword_io
+        };
+        assert!(set(0x0001));
+        assert!(!set(0x0000));
+        // ATA8-ACS: Trusted Computing supported, not doubleword I/O.
+        assert!(!set(0x4001));
+        assert!(!set(0x0003));
+    }
+
+    #[test]
+    fn word_47_gives_the_multiple_maximum_if_a_power_of_two() {
+        let max = |v: u16| {
+            let mut d = qemu_like("X", 100, true);
+            d[94..96].copy_from_slice(&v.to_le_bytes());
+            DiskInfo::parse(&d).unwrap().max_multiple
+        };
+        assert_eq!(max(0x8010), 16);
+        assert_eq!(max(0x0010), 16);
+        assert_eq!(max(0x8080), 128);
+        assert_eq!(max(0x8000), 0);
+        assert_eq!(max(0x800c), 0);
     }
 
     #[test]

@@ -1,10 +1,19 @@
-//! An ATA PIO disk driver for one IDE channel: IDENTIFY DEVICE, READ
-//! SECTORS (EXT), WRITE SECTORS (EXT), FLUSH CACHE (EXT) and a software
-//! reset, after ATA/ATAPI-6 (T13/1410D), over a port-I/O trait.
+//! An ATA PIO disk driver for one IDE channel: IDENTIFY DEVICE, SET
+//! MULTIPLE MODE, READ/WRITE MULTIPLE (EXT) or READ/WRITE SECTORS (EXT),
+//! FLUSH CACHE (EXT) and a software reset, after ATA/ATAPI-6 (T13/1410D)
+//! and ATA8-ACS, over a port-I/O trait.
 //!
-//! The driver touches the machine only through [`PortIo`] (byte and word
-//! port accesses, and `rep insw`/`rep outsw`-style string transfers
-//! straight into and out of a caller's buffer) and lets time pass only
+//! Two things make PIO cheaper where each port access is an emulated one
+//! (QEMU's and Bochs's IDE): 32-bit Data register accesses when IDENTIFY
+//! DEVICE word 48 offers them ([`DataWidth`]), half the accesses of
+//! 16-bit ones; and the MULTIPLE commands with the largest DRQ block word
+//! 47 allows (16 sectors on QEMU), so that the device asks for data, and
+//! its status is polled, once a block instead of once a sector.
+//!
+//! The driver touches the machine only through [`PortIo`] (byte, word and
+//! doubleword port accesses, and `rep insw`/`rep insd`-style string
+//! transfers straight into and out of a caller's buffers, which may be a
+//! scatter list: [`Sink`], [`Source`]) and lets time pass only
 //! through [`Wait`] (spin a bounded number of times with [`Spin`], or
 //! block on the channel's interrupt). Every wait is bounded twice: by the
 //! `Wait` giving up and by the driver's own poll limit, so no device answer
@@ -71,6 +80,216 @@ pub trait PortIo {
             self.outw(port, u16::from_le_bytes([pair[0], pair[1]]));
         }
     }
+    /// Reads a 32-bit doubleword from `port`. The default is what a host
+    /// adapter without 32-bit cycles does with one: two word reads, the
+    /// low word first.
+    fn inl(&mut self, port: u16) -> u32 {
+        let lo = self.inw(port);
+        let hi = self.inw(port);
+        u32::from(lo) | u32::from(hi) << 16
+    }
+    /// Writes a 32-bit doubleword to `port` (by default two words, the low
+    /// one first).
+    fn outl(&mut self, port: u16, value: u32) {
+        self.outw(port, value as u16);
+        self.outw(port, (value >> 16) as u16);
+    }
+    /// `rep insd`: reads `buf.len() / 4` little-endian doublewords from
+    /// `port` into `buf` (`buf.len()` a multiple of 4, any alignment).
+    fn insl(&mut self, port: u16, buf: &mut [u8]) {
+        for quad in buf.chunks_exact_mut(4) {
+            quad.copy_from_slice(&self.inl(port).to_le_bytes());
+        }
+    }
+    /// `rep outsd`: writes `buf.len() / 4` little-endian doublewords from
+    /// `buf` to `port`.
+    fn outsl(&mut self, port: u16, buf: &[u8]) {
+        for quad in buf.chunks_exact(4) {
+            self.outl(
+                port,
+                u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]),
+            );
+        }
+    }
+}
+
+/// How wide the driver's Data register accesses are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataWidth {
+    /// 16 bits (`insw`/`outsw`): what every ATA device takes.
+    Word,
+    /// 32 bits (`insd`/`outsd`): used when IDENTIFY DEVICE word 48 reads
+    /// 0001h ([`DiskInfo::dword_io`]) and [`Ata::with_word_io_only`] did
+    /// not forbid it. The device sees the same 16-bit words either way;
+    /// the saving is in port accesses, each an emulated I/O on QEMU.
+    Dword,
+}
+
+impl DataWidth {
+    /// Bytes one access moves.
+    pub const fn bytes(self) -> usize {
+        match self {
+            DataWidth::Word => 2,
+            DataWidth::Dword => 4,
+        }
+    }
+
+    fn ins(self, io: &mut impl PortIo, port: u16, buf: &mut [u8]) {
+        match self {
+            DataWidth::Word => io.insw(port, buf),
+            DataWidth::Dword => io.insl(port, buf),
+        }
+    }
+
+    fn outs(self, io: &mut impl PortIo, port: u16, buf: &[u8]) {
+        match self {
+            DataWidth::Word => io.outsw(port, buf),
+            DataWidth::Dword => io.outsl(port, buf),
+        }
+    }
+}
+
+/// Where a read's bytes go: memory addressed by the byte offset in the
+/// transfer, such as one slice or a scatter list of guest buffers.
+pub trait Sink {
+    /// The memory for bytes `at..` of the transfer: at most `max` bytes
+    /// (and at least 1), contiguous; `None` if nothing holds byte `at`.
+    fn chunk_mut(&mut self, at: usize, max: usize) -> Option<&mut [u8]>;
+}
+
+/// Where a write's bytes come from, as [`Sink`].
+pub trait Source {
+    /// The memory of bytes `at..` of the transfer: at most `max` bytes
+    /// (and at least 1); `None` if nothing holds byte `at`.
+    fn chunk(&mut self, at: usize, max: usize) -> Option<&[u8]>;
+}
+
+/// One slice as a [`Sink`].
+struct SliceSink<'a>(&'a mut [u8]);
+
+impl Sink for SliceSink<'_> {
+    fn chunk_mut(&mut self, at: usize, max: usize) -> Option<&mut [u8]> {
+        let rest = self.0.get_mut(at..)?;
+        let n = rest.len().min(max);
+        rest.get_mut(..n).filter(|c| !c.is_empty())
+    }
+}
+
+/// One slice as a [`Source`].
+struct SliceSource<'a>(&'a [u8]);
+
+impl Source for SliceSource<'_> {
+    fn chunk(&mut self, at: usize, max: usize) -> Option<&[u8]> {
+        let rest = self.0.get(at..)?;
+        let n = rest.len().min(max);
+        rest.get(..n).filter(|c| !c.is_empty())
+    }
+}
+
+/// Whether `len` bytes from 0 on are all held by chunks of `chunk`.
+fn covered(len: usize, mut chunk: impl FnMut(usize, usize) -> Option<usize>) -> bool {
+    let mut at = 0;
+    while at < len {
+        match chunk(at, len - at) {
+            Some(n) if n > 0 => at += n.min(len - at),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Reads `n` bytes (a multiple of the width) from the Data register into
+/// bytes `at..at + n` of `sink`: string reads straight into each chunk,
+/// and one access split across two chunks where a boundary cuts it.
+/// Bytes nothing holds are read and dropped, so that the device's protocol
+/// stays whole; returns whether every byte found a home.
+fn pio_in<P: PortIo>(
+    io: &mut P,
+    port: u16,
+    width: DataWidth,
+    at: usize,
+    n: usize,
+    sink: &mut impl Sink,
+) -> bool {
+    let unit = width.bytes();
+    let end = at + n;
+    let mut pos = at;
+    let mut whole = true;
+    while pos < end {
+        if let Some(chunk) = sink.chunk_mut(pos, end - pos) {
+            let run = chunk.len().min(end - pos);
+            let run = run - run % unit;
+            if run > 0 {
+                width.ins(io, port, &mut chunk[..run]);
+                pos += run;
+                continue;
+            }
+        }
+        // One access whose bytes belong to two chunks (or to none).
+        let mut tmp = [0u8; 4];
+        width.ins(io, port, &mut tmp[..unit]);
+        let mut i = 0;
+        while i < unit {
+            match sink.chunk_mut(pos + i, unit - i) {
+                Some(c) => {
+                    let k = c.len().min(unit - i);
+                    c[..k].copy_from_slice(&tmp[i..i + k]);
+                    i += k;
+                }
+                None => {
+                    whole = false;
+                    i += 1;
+                }
+            }
+        }
+        pos += unit;
+    }
+    whole
+}
+
+/// Writes bytes `at..at + n` of `source` to the Data register, as
+/// [`pio_in`] reads (bytes nothing holds are sent as zeros).
+fn pio_out<P: PortIo>(
+    io: &mut P,
+    port: u16,
+    width: DataWidth,
+    at: usize,
+    n: usize,
+    source: &mut impl Source,
+) -> bool {
+    let unit = width.bytes();
+    let end = at + n;
+    let mut pos = at;
+    let mut whole = true;
+    while pos < end {
+        if let Some(chunk) = source.chunk(pos, end - pos) {
+            let run = chunk.len().min(end - pos);
+            let run = run - run % unit;
+            if run > 0 {
+                width.outs(io, port, &chunk[..run]);
+                pos += run;
+                continue;
+            }
+        }
+        let mut tmp = [0u8; 4];
+        let mut i = 0;
+        while i < unit {
+            match source.chunk(pos + i, unit - i) {
+                Some(c) => {
+                    let k = c.len().min(unit - i);
+                    tmp[i..i + k].copy_from_slice(&c[..k]);
+                    i += k;
+                }
+                None => {
+                    whole = false;
+                    i += 1;
+                }
+            }
+        }
+        width.outs(io, port, &tmp[..unit]);
+        pos += unit;
+    }
+    whole
 }
 
 /// How the driver lets time pass while the device is busy.
@@ -179,6 +398,16 @@ pub enum Command {
     WriteSectors,
     /// WRITE SECTORS EXT (48-bit).
     WriteSectorsExt,
+    /// READ MULTIPLE (28-bit).
+    ReadMultiple,
+    /// READ MULTIPLE EXT (48-bit).
+    ReadMultipleExt,
+    /// WRITE MULTIPLE (28-bit).
+    WriteMultiple,
+    /// WRITE MULTIPLE EXT (48-bit).
+    WriteMultipleExt,
+    /// SET MULTIPLE MODE.
+    SetMultipleMode,
     /// FLUSH CACHE.
     FlushCache,
     /// FLUSH CACHE EXT.
@@ -196,6 +425,11 @@ impl Command {
             Command::ReadSectorsExt => "READ SECTORS EXT",
             Command::WriteSectors => "WRITE SECTORS",
             Command::WriteSectorsExt => "WRITE SECTORS EXT",
+            Command::ReadMultiple => "READ MULTIPLE",
+            Command::ReadMultipleExt => "READ MULTIPLE EXT",
+            Command::WriteMultiple => "WRITE MULTIPLE",
+            Command::WriteMultipleExt => "WRITE MULTIPLE EXT",
+            Command::SetMultipleMode => "SET MULTIPLE MODE",
             Command::FlushCache => "FLUSH CACHE",
             Command::FlushCacheExt => "FLUSH CACHE EXT",
             Command::SoftwareReset => "a software reset",
@@ -210,6 +444,11 @@ impl Command {
             Command::ReadSectorsExt => cmd::READ_SECTORS_EXT,
             Command::WriteSectors => cmd::WRITE_SECTORS,
             Command::WriteSectorsExt => cmd::WRITE_SECTORS_EXT,
+            Command::ReadMultiple => cmd::READ_MULTIPLE,
+            Command::ReadMultipleExt => cmd::READ_MULTIPLE_EXT,
+            Command::WriteMultiple => cmd::WRITE_MULTIPLE,
+            Command::WriteMultipleExt => cmd::WRITE_MULTIPLE_EXT,
+            Command::SetMultipleMode => cmd::SET_MULTIPLE_MODE,
             Command::FlushCache => cmd::FLUSH_CACHE,
             Command::FlushCacheExt => cmd::FLUSH_CACHE_EXT,
             Command::SoftwareReset => return None,
@@ -219,7 +458,11 @@ impl Command {
     fn is_ext(self) -> bool {
         matches!(
             self,
-            Command::ReadSectorsExt | Command::WriteSectorsExt | Command::FlushCacheExt
+            Command::ReadSectorsExt
+                | Command::WriteSectorsExt
+                | Command::ReadMultipleExt
+                | Command::WriteMultipleExt
+                | Command::FlushCacheExt
         )
     }
 }
@@ -298,7 +541,8 @@ pub enum Error {
         /// The disk's sectors.
         sectors: u64,
     },
-    /// A buffer that is not a whole number of sectors.
+    /// A buffer that is not a whole number of sectors, or a scatter list
+    /// with a hole.
     BadLength {
         /// Its length in bytes.
         len: usize,
@@ -395,9 +639,14 @@ impl fmt::Display for Error {
                 error,
             } => {
                 write!(f, "the disk ended {command} ")?;
-                if !matches!(command, Command::IdentifyDevice | Command::SoftwareReset)
-                    && !matches!(command, Command::FlushCache | Command::FlushCacheExt)
-                {
+                if !matches!(
+                    command,
+                    Command::IdentifyDevice
+                        | Command::SoftwareReset
+                        | Command::SetMultipleMode
+                        | Command::FlushCache
+                        | Command::FlushCacheExt
+                ) {
                     write!(f, "at sector {lba} ")?;
                 }
                 f.write_str("with an error: ")?;
@@ -465,6 +714,13 @@ pub struct Ata<P, W> {
     drive: Drive,
     info: Option<DiskInfo>,
     max_polls: u32,
+    /// Sectors per DRQ block that SET MULTIPLE MODE set (0: none, READ/
+    /// WRITE SECTORS are used).
+    multiple: u8,
+    /// The Data register's width for transfers.
+    width: DataWidth,
+    /// [`Ata::with_word_io_only`].
+    word_only: bool,
 }
 
 /// A sector transfer's direction.
@@ -485,7 +741,29 @@ impl<P: PortIo, W: Wait> Ata<P, W> {
             drive,
             info: None,
             max_polls: DEFAULT_MAX_POLLS,
+            multiple: 0,
+            width: DataWidth::Word,
+            word_only: false,
         }
+    }
+
+    /// Never uses 32-bit Data register accesses, whatever IDENTIFY DEVICE
+    /// says (for a host adapter known to split them wrongly).
+    pub fn with_word_io_only(mut self) -> Self {
+        self.word_only = true;
+        self.width = DataWidth::Word;
+        self
+    }
+
+    /// The Data register's width the transfers use.
+    pub fn data_width(&self) -> DataWidth {
+        self.width
+    }
+
+    /// Sectors per interrupt (per DRQ block): SET MULTIPLE MODE's setting,
+    /// or 1 when the MULTIPLE commands are not in use.
+    pub fn sectors_per_block(&self) -> u8 {
+        self.multiple.max(1)
     }
 
     /// Bounds every wait to `polls` reads of the status register, whatever
@@ -737,7 +1015,38 @@ impl<P: PortIo, W: Wait> Ata<P, W> {
             IdentifyError::NotAta => not_ata,
         })?;
         self.info = Some(info);
+        self.width = if info.dword_io && !self.word_only {
+            DataWidth::Dword
+        } else {
+            DataWidth::Word
+        };
+        self.multiple = 0;
+        if info.max_multiple > 1 {
+            self.set_multiple(info.max_multiple);
+        }
         Ok(info)
+    }
+
+    /// SET MULTIPLE MODE (ATA8-ACS 7.51, a non-data command) with `count`
+    /// sectors per DRQ block. A device that refuses leaves the driver on
+    /// READ/WRITE SECTORS, which every ATA disk has; one that does not
+    /// answer is reset.
+    fn set_multiple(&mut self, count: u8) {
+        let command = Command::SetMultipleMode;
+        let done = self.select(command, 0).and_then(|()| {
+            self.issue(command, 0, u32::from(count));
+            self.irq_due();
+            self.finish(command, 0)
+        });
+        self.multiple = match done {
+            Ok(()) => count,
+            Err(Error::Timeout { .. } | Error::Protocol { .. }) => {
+                self.multiple = 0;
+                let _ = self.reset();
+                0
+            }
+            Err(_) => 0,
+        };
     }
 
     /// The identified disk, and the range check of a transfer.
@@ -757,24 +1066,36 @@ impl<P: PortIo, W: Wait> Ata<P, W> {
         Ok((info, count))
     }
 
-    /// Moves `count` sectors at `lba` through `transfer(sector index,
-    /// io, data port)`, in as few commands as the address size allows.
+    /// Moves the sectors at `lba`, `len` bytes, through `each(byte offset
+    /// in the transfer, bytes, io, data port, width)` -- one call per DRQ
+    /// block -- in as few commands as the address size allows. `each`
+    /// answers whether every byte had a home in the caller's buffers.
     fn transfer(
         &mut self,
         dir: Dir,
         lba: u64,
         len: usize,
-        mut each: impl FnMut(usize, &mut P, u16),
+        mut each: impl FnMut(usize, usize, &mut P, u16, DataWidth) -> bool,
     ) -> Result<(), Error> {
         let (info, count) = self.prepare(lba, len)?;
         // 48-bit commands when the disk has them (up to 65536 sectors
-        // each), else 28-bit ones (up to 256, below sector 2^28).
-        let (command, per_command) = match (dir, info.lba48) {
-            (Dir::Read, true) => (Command::ReadSectorsExt, 65536),
-            (Dir::Write, true) => (Command::WriteSectorsExt, 65536),
-            (Dir::Read, false) => (Command::ReadSectors, 256),
-            (Dir::Write, false) => (Command::WriteSectors, 256),
+        // each), else 28-bit ones (up to 256, below sector 2^28); the
+        // MULTIPLE ones once SET MULTIPLE MODE took (a DRQ block of
+        // `multiple` sectors, the last one shorter: ATA8-ACS 7.26).
+        let multiple = self.multiple > 0;
+        let (command, per_command) = match (dir, info.lba48, multiple) {
+            (Dir::Read, true, false) => (Command::ReadSectorsExt, 65536),
+            (Dir::Write, true, false) => (Command::WriteSectorsExt, 65536),
+            (Dir::Read, false, false) => (Command::ReadSectors, 256),
+            (Dir::Write, false, false) => (Command::WriteSectors, 256),
+            (Dir::Read, true, true) => (Command::ReadMultipleExt, 65536),
+            (Dir::Write, true, true) => (Command::WriteMultipleExt, 65536),
+            (Dir::Read, false, true) => (Command::ReadMultiple, 256),
+            (Dir::Write, false, true) => (Command::WriteMultiple, 256),
         };
+        let block = u64::from(self.multiple.max(1));
+        let width = self.width;
+        let mut whole = true;
         let mut done = 0u64;
         while done < count {
             let n = (count - done).min(per_command);
@@ -794,7 +1115,9 @@ impl<P: PortIo, W: Wait> Ata<P, W> {
             self.select(command, head)?;
             // A count of 0 in the register means 256 (65536 with EXT).
             self.issue(command, start, (n % per_command) as u32);
-            for i in 0..n {
+            let mut i = 0;
+            while i < n {
+                let b = (n - i).min(block);
                 // PIO data-in interrupts before each block; data-out after
                 // each block, not before the first (ATA/ATAPI-6 9.7, 9.8).
                 if dir == Dir::Read {
@@ -802,38 +1125,62 @@ impl<P: PortIo, W: Wait> Ata<P, W> {
                 }
                 self.wait_drq(command, start + i)?;
                 let port = self.reg(regs::DATA);
-                each(
-                    usize::try_from(done + i).unwrap_or(usize::MAX),
-                    &mut self.io,
-                    port,
-                );
+                // At most 65536 sectors from the start of a buffer that
+                // is `len` bytes: fits a usize.
+                let at = ((done + i) as usize) * SECTOR_SIZE;
+                whole &= each(at, b as usize * SECTOR_SIZE, &mut self.io, port, width);
                 if dir == Dir::Write {
                     self.irq_due();
                 }
+                i += b;
             }
             self.finish(command, start + n - 1)?;
             done += n;
         }
+        if !whole {
+            return Err(Error::BadLength { len });
+        }
         Ok(())
     }
 
-    /// READ SECTORS (EXT): fills `buf` (a whole number of sectors) from
-    /// sector `lba` on, by PIO straight into `buf`.
+    /// READ SECTORS (EXT) or READ MULTIPLE (EXT): fills `buf` (a whole
+    /// number of sectors) from sector `lba` on, by PIO straight into `buf`.
     pub fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), Error> {
         let len = buf.len();
-        self.transfer(Dir::Read, lba, len, |i, io, port| {
-            let s = i * SECTOR_SIZE;
-            io.insw(port, &mut buf[s..s + SECTOR_SIZE]);
+        self.read_into(lba, len, &mut SliceSink(buf))
+    }
+
+    /// As [`Ata::read`], into the `len` bytes of `sink` (a scatter list:
+    /// its chunks may split a sector or a Data register access). A `sink`
+    /// with a hole is refused before the device is asked.
+    pub fn read_into(&mut self, lba: u64, len: usize, sink: &mut impl Sink) -> Result<(), Error> {
+        if !covered(len, |at, max| sink.chunk_mut(at, max).map(|c| c.len())) {
+            return Err(Error::BadLength { len });
+        }
+        self.transfer(Dir::Read, lba, len, |at, n, io, port, width| {
+            pio_in(io, port, width, at, n, sink)
         })
     }
 
-    /// WRITE SECTORS (EXT): writes `buf` (a whole number of sectors) from
-    /// sector `lba` on. The data may sit in the disk's write cache until
-    /// [`Ata::flush`].
+    /// WRITE SECTORS (EXT) or WRITE MULTIPLE (EXT): writes `buf` (a whole
+    /// number of sectors) from sector `lba` on. The data may sit in the
+    /// disk's write cache until [`Ata::flush`].
     pub fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), Error> {
-        self.transfer(Dir::Write, lba, buf.len(), |i, io, port| {
-            let s = i * SECTOR_SIZE;
-            io.outsw(port, &buf[s..s + SECTOR_SIZE]);
+        self.write_from(lba, buf.len(), &mut SliceSource(buf))
+    }
+
+    /// As [`Ata::write`], from the `len` bytes of `source`.
+    pub fn write_from(
+        &mut self,
+        lba: u64,
+        len: usize,
+        source: &mut impl Source,
+    ) -> Result<(), Error> {
+        if !covered(len, |at, max| source.chunk(at, max).map(|c| c.len())) {
+            return Err(Error::BadLength { len });
+        }
+        self.transfer(Dir::Write, lba, len, |at, n, io, port, width| {
+            pio_out(io, port, width, at, n, source)
         })
     }
 
@@ -877,6 +1224,12 @@ impl<P: PortIo, W: Wait> Ata<P, W> {
         }
         // Acknowledge any interrupt of the reset.
         self.status();
+        // A device may forget the DRQ block size in a reset (ATA8-ACS
+        // leaves it to the device); set it again.
+        let multiple = core::mem::take(&mut self.multiple);
+        if multiple > 0 {
+            self.set_multiple(multiple);
+        }
         Ok(())
     }
 }

@@ -1,6 +1,10 @@
 //! A model of an ATA disk's register behaviour on the primary channel,
 //! after ATA/ATAPI-6's PIO protocols (9.7 PIO data-in, 9.8 PIO data-out,
-//! 9.6 non-data) and how QEMU's `hw/ide/core.c` answers: a [`PortIo`] for
+//! 9.6 non-data), ATA8-ACS's MULTIPLE commands (SET MULTIPLE MODE 7.51,
+//! READ/WRITE MULTIPLE (EXT) 7.26-7.27, 7.64-7.65: DRQ blocks of the set
+//! number of sectors, the last one shorter, one interrupt a block) and
+//! how QEMU's `hw/ide/core.c` answers (32-bit Data register accesses as
+//! two words when IDENTIFY word 48 says so): a [`PortIo`] for
 //! tests of this driver and of the servers built on it (feature `model`;
 //! it needs `std`).
 extern crate std;
@@ -37,6 +41,8 @@ pub enum Phase {
         lba: u64,
         /// Sectors to go, this one included.
         left: u32,
+        /// Sectors to go in this DRQ block, this one included.
+        block: u32,
     },
     /// PIO data-out.
     DataOut {
@@ -44,6 +50,8 @@ pub enum Phase {
         lba: u64,
         /// Sectors to go, this one included.
         left: u32,
+        /// Sectors to go in this DRQ block, this one included.
+        block: u32,
     },
 }
 
@@ -118,6 +126,20 @@ pub struct Device {
     pub flushes: u32,
     /// Port accesses so far.
     pub port_ops: u64,
+    /// 32-bit Data register accesses so far (in `port_ops` too).
+    pub dword_ops: u64,
+    /// IDENTIFY word 47's maximum sectors per DRQ block (0: no MULTIPLE
+    /// commands; QEMU's is 16).
+    pub max_multiple: u8,
+    /// The current DRQ block size (SET MULTIPLE MODE; 0: not set, the
+    /// MULTIPLE commands abort). Power-on and a software reset clear it.
+    pub multiple: u8,
+    /// IDENTIFY word 48 reads 0001h and 32-bit Data accesses move two
+    /// words. Without it the model is a 16-bit bus: a 32-bit access moves
+    /// one word, and a read's high half floats (0xffff).
+    pub dword_io: bool,
+    /// Interrupts raised so far (with nIEN clear).
+    pub irqs: u64,
 }
 
 impl Device {
@@ -150,6 +172,11 @@ impl Device {
             commands: Vec::new(),
             flushes: 0,
             port_ops: 0,
+            dword_ops: 0,
+            max_multiple: 16,
+            multiple: 0,
+            dword_io: true,
+            irqs: 0,
         }
     }
 
@@ -170,6 +197,7 @@ impl Device {
     fn raise(&mut self) {
         if self.control & control::NIEN == 0 {
             self.irq_pending = true;
+            self.irqs += 1;
         }
     }
 
@@ -199,9 +227,15 @@ impl Device {
         self.status
     }
 
-    /// Loads sector `lba` for PIO data-in, or ends with UNC.
-    fn load(&mut self, lba: u64) {
-        if self.bad_sector == Some(lba) {
+    /// Loads the DRQ block of `block` sectors from `lba` for PIO data-in
+    /// (its first sector into the buffer), or ends with UNC if one of them
+    /// is bad: the device reads a whole block before it asks the host to
+    /// take it.
+    fn load(&mut self, lba: u64, block: u32) {
+        if self
+            .bad_sector
+            .is_some_and(|b| (lba..lba + u64::from(block)).contains(&b))
+        {
             self.abort(err::UNC);
             return;
         }
@@ -210,6 +244,18 @@ impl Device {
         self.status = status::DRDY | status::DRQ;
         self.busy_reads = self.latency;
         self.raise();
+    }
+
+    /// The DRQ block size of a data command: 1 for READ/WRITE SECTORS,
+    /// the set size for the MULTIPLE ones.
+    fn block_of(&self, code: u8) -> u32 {
+        match code {
+            cmd::READ_MULTIPLE
+            | cmd::READ_MULTIPLE_EXT
+            | cmd::WRITE_MULTIPLE
+            | cmd::WRITE_MULTIPLE_EXT => u32::from(self.multiple),
+            _ => 1,
+        }
     }
 
     /// The 28- or 48-bit address and count the registers hold.
@@ -262,18 +308,61 @@ impl Device {
                 if !self.flush_bits {
                     id[2 * 83 + 1] &= !0x30; // bits 13, 12
                 }
+                let w47: u16 = if self.max_multiple == 0 {
+                    0
+                } else {
+                    0x8000 | u16::from(self.max_multiple)
+                };
+                id[94..96].copy_from_slice(&w47.to_le_bytes());
+                id[96..98].copy_from_slice(&u16::from(self.dword_io).to_le_bytes());
+                // Word 59: bit 8, the setting is valid; 7:0, the setting.
+                let w59: u16 = if self.multiple == 0 {
+                    0
+                } else {
+                    0x100 | u16::from(self.multiple)
+                };
+                id[118..120].copy_from_slice(&w59.to_le_bytes());
                 self.buf = id;
                 self.pos = 0;
                 self.status = status::DRDY | status::DRQ;
-                self.phase = Phase::DataIn { lba: 0, left: 1 };
+                self.phase = Phase::DataIn {
+                    lba: 0,
+                    left: 1,
+                    block: 1,
+                };
+                self.raise();
+            }
+            cmd::SET_MULTIPLE_MODE => {
+                // A size the device does not have aborts (ATA8-ACS 7.51:
+                // up to word 47's maximum; QEMU and Bochs also want a
+                // power of two), and the old setting stays.
+                let n = self.count.cur;
+                if n == 0 || n > self.max_multiple || !n.is_power_of_two() {
+                    self.abort(err::ABRT);
+                    return;
+                }
+                self.multiple = n;
+                self.status = status::DRDY;
                 self.raise();
             }
             cmd::READ_SECTORS
             | cmd::READ_SECTORS_EXT
             | cmd::WRITE_SECTORS
-            | cmd::WRITE_SECTORS_EXT => {
-                let ext = code == cmd::READ_SECTORS_EXT || code == cmd::WRITE_SECTORS_EXT;
-                if ext && !self.lba48 {
+            | cmd::WRITE_SECTORS_EXT
+            | cmd::READ_MULTIPLE
+            | cmd::READ_MULTIPLE_EXT
+            | cmd::WRITE_MULTIPLE
+            | cmd::WRITE_MULTIPLE_EXT => {
+                let ext = matches!(
+                    code,
+                    cmd::READ_SECTORS_EXT
+                        | cmd::WRITE_SECTORS_EXT
+                        | cmd::READ_MULTIPLE_EXT
+                        | cmd::WRITE_MULTIPLE_EXT
+                );
+                let size = self.block_of(code);
+                // A MULTIPLE command before SET MULTIPLE MODE aborts.
+                if (ext && !self.lba48) || size == 0 {
                     self.abort(err::ABRT);
                     return;
                 }
@@ -282,13 +371,28 @@ impl Device {
                     self.abort(err::IDNF);
                     return;
                 }
-                if code == cmd::READ_SECTORS || code == cmd::READ_SECTORS_EXT {
-                    self.phase = Phase::DataIn { lba, left: n };
-                    self.load(lba);
+                let block = n.min(size);
+                if matches!(
+                    code,
+                    cmd::READ_SECTORS
+                        | cmd::READ_SECTORS_EXT
+                        | cmd::READ_MULTIPLE
+                        | cmd::READ_MULTIPLE_EXT
+                ) {
+                    self.phase = Phase::DataIn {
+                        lba,
+                        left: n,
+                        block,
+                    };
+                    self.load(lba, block);
                 } else {
-                    // PIO data-out: DRQ for the first sector without an
+                    // PIO data-out: DRQ for the first block without an
                     // interrupt (9.8).
-                    self.phase = Phase::DataOut { lba, left: n };
+                    self.phase = Phase::DataOut {
+                        lba,
+                        left: n,
+                        block,
+                    };
                     self.pos = 0;
                     self.status = status::DRDY | status::DRQ;
                 }
@@ -307,7 +411,7 @@ impl Device {
     }
 
     fn data_in(&mut self) -> u16 {
-        let Phase::DataIn { lba, left } = self.phase else {
+        let Phase::DataIn { lba, left, block } = self.phase else {
             return 0xffff;
         };
         if self.status & status::DRQ == 0 || self.busy_reads > 0 {
@@ -316,12 +420,24 @@ impl Device {
         let w = u16::from_le_bytes([self.buf[self.pos], self.buf[self.pos + 1]]);
         self.pos += 2;
         if self.pos == SECTOR_SIZE {
-            if left > 1 {
+            if left > 1 && block > 1 {
+                // The next sector of the same DRQ block: DRQ stays set.
                 self.phase = Phase::DataIn {
                     lba: lba + 1,
                     left: left - 1,
+                    block: block - 1,
                 };
-                self.load(lba + 1);
+                self.buf = self.sector(lba + 1);
+                self.pos = 0;
+            } else if left > 1 {
+                let size = self.block_of(*self.commands.last().unwrap_or(&0));
+                let next = (left - 1).min(size.max(1));
+                self.phase = Phase::DataIn {
+                    lba: lba + 1,
+                    left: left - 1,
+                    block: next,
+                };
+                self.load(lba + 1, next);
             } else {
                 self.phase = Phase::Idle;
                 self.status = status::DRDY;
@@ -331,7 +447,7 @@ impl Device {
     }
 
     fn data_out(&mut self, v: u16) {
-        let Phase::DataOut { lba, left } = self.phase else {
+        let Phase::DataOut { lba, left, block } = self.phase else {
             return;
         };
         if self.status & status::DRQ == 0 || self.busy_reads > 0 {
@@ -348,11 +464,22 @@ impl Device {
         }
         self.data.insert(lba, self.buf);
         self.pos = 0;
-        self.busy_reads = self.latency;
-        if left > 1 {
+        if left > 1 && block > 1 {
+            // The next sector of the same DRQ block: no interrupt.
             self.phase = Phase::DataOut {
                 lba: lba + 1,
                 left: left - 1,
+                block: block - 1,
+            };
+            return;
+        }
+        self.busy_reads = self.latency;
+        if left > 1 {
+            let size = self.block_of(*self.commands.last().unwrap_or(&0));
+            self.phase = Phase::DataOut {
+                lba: lba + 1,
+                left: left - 1,
+                block: (left - 1).min(size.max(1)),
             };
             self.status = status::DRDY | status::DRQ;
         } else {
@@ -379,6 +506,7 @@ impl Device {
         self.busy_reads = self.latency;
         self.stuck = false;
         self.fault = false;
+        self.multiple = 0;
     }
 }
 
@@ -466,6 +594,32 @@ impl PortIo for Device {
         self.port_ops += 1;
         if port == BASE + regs::DATA {
             self.data_out(value);
+        }
+    }
+
+    fn inl(&mut self, port: u16) -> u32 {
+        self.port_ops += 1;
+        if self.attached == Attached::FloatingBus || port != BASE + regs::DATA {
+            return 0xffff_ffff;
+        }
+        self.dword_ops += 1;
+        let lo = self.data_in();
+        let hi = if self.dword_io {
+            self.data_in()
+        } else {
+            0xffff
+        };
+        u32::from(lo) | u32::from(hi) << 16
+    }
+
+    fn outl(&mut self, port: u16, value: u32) {
+        self.port_ops += 1;
+        if port == BASE + regs::DATA {
+            self.dword_ops += 1;
+            self.data_out(value as u16);
+            if self.dword_io {
+                self.data_out((value >> 16) as u16);
+            }
         }
     }
 }

@@ -2,7 +2,10 @@
 //! the Command Block registers at `base + offset` and the Control Block
 //! register at `control`.
 
-/// Data register (16 bits, PIO data in and out).
+/// Data register (16 bits, PIO data in and out). A host adapter that
+/// takes 32-bit accesses of it splits each into two 16-bit cycles, the low
+/// word first (what QEMU's and Bochs's IDE do, and what IDENTIFY DEVICE
+/// word 48 announces: [`crate::DataWidth`]).
 pub const DATA: u16 = 0;
 /// Error register (read) / Features register (write).
 pub const ERROR: u16 = 1;
@@ -100,6 +103,18 @@ pub mod command {
     pub const FLUSH_CACHE: u8 = 0xe7;
     /// FLUSH CACHE EXT (8.11).
     pub const FLUSH_CACHE_EXT: u8 = 0xea;
+    /// READ MULTIPLE, 28-bit (ATA8-ACS 7.26): PIO data-in in DRQ blocks
+    /// of the sectors SET MULTIPLE MODE chose, one interrupt a block.
+    pub const READ_MULTIPLE: u8 = 0xc4;
+    /// READ MULTIPLE EXT, 48-bit (ATA8-ACS 7.27).
+    pub const READ_MULTIPLE_EXT: u8 = 0x29;
+    /// WRITE MULTIPLE, 28-bit (ATA8-ACS 7.64).
+    pub const WRITE_MULTIPLE: u8 = 0xc5;
+    /// WRITE MULTIPLE EXT, 48-bit (ATA8-ACS 7.65).
+    pub const WRITE_MULTIPLE_EXT: u8 = 0x39;
+    /// SET MULTIPLE MODE (ATA8-ACS 7.51): the Sector Count register holds
+    /// the sectors per DRQ block of the MULTIPLE commands.
+    pub const SET_MULTIPLE_MODE: u8 = 0xc6;
 }
 
 /// The signature an ATAPI device leaves in LBA Mid and LBA High after a

@@ -1,8 +1,10 @@
 //! The disk-driver server as a library: block requests
 //! ([`ipc_proto::block`]) served from the machine's IDE disk by ATA PIO
 //! (crate `ata`), with the data moved straight between the disk's Data
-//! register and guest RAM -- `rep insw` into the guest's buffer, `rep
-//! outsw` out of it, no bounce buffer (zero copy).
+//! register and guest RAM -- `rep insd` into the guest's buffers, `rep
+//! outsd` out of them, no bounce buffer (zero copy). A request names one
+//! buffer or a scatter list of up to 254 ([`ipc_proto::block::Request`]),
+//! moved in one ATA command; a segment may end inside a sector.
 //!
 //! Nothing here touches the machine: the ring-3 binary (`src/main.rs`)
 //! supplies port I/O ([`ata::PortIo`]), the wait ([`ata::Wait`]), guest
@@ -32,8 +34,10 @@
 
 use core::fmt;
 
-use ata::{Ata, DiskInfo, Flush, PortIo, Wait, SECTOR_SIZE};
-use ipc_proto::block::{flags, op, status, BlockReply, BlockRequest, MAX_SECTORS};
+use ata::{Ata, DiskInfo, Flush, PortIo, Sink, Source, Wait, SECTOR_SIZE};
+use ipc_proto::block::{flags, op, status, BlockReply, BlockRequest, Parsed, Request, Segment};
+use ipc_proto::layout::PAGE_SIZE;
+use zerocopy::IntoBytes;
 
 /// Guest RAM as the server sees it.
 pub trait GuestMemory {
@@ -78,12 +82,75 @@ pub const CONFIG_SELF_TEST: u8 = 2;
 /// What a self-test writes into the disk's last sector, repeated.
 pub const SELF_TEST_PATTERN: &[u8; 32] = b"splitvisor disk-driver was here\n";
 
+/// A copy of a request's page: the [`BlockRequest`] or
+/// [`ipc_proto::block::ListRequest`] and its segments.
+pub type RequestPage = [u8; PAGE_SIZE as usize];
+
+/// `req` as the page a client would have written.
+pub fn request_page(req: &BlockRequest) -> RequestPage {
+    let mut page = [0u8; PAGE_SIZE as usize];
+    page[..core::mem::size_of::<BlockRequest>()].copy_from_slice(req.as_bytes());
+    page
+}
+
 /// The channel, as the platform offers it.
 pub trait Transport {
     /// Answers the pending request with `reply` (none the first time) and
-    /// waits for the next; `None` ends the loop (tests, or a channel the
-    /// platform closed).
-    fn reply_recv(&mut self, reply: Option<&BlockReply>) -> Option<BlockRequest>;
+    /// waits for the next, copied out of the channel page (the client
+    /// cannot change it while it is served); `None` ends the loop (tests,
+    /// or a channel the platform closed).
+    fn reply_recv(&mut self, reply: Option<&BlockReply>) -> Option<RequestPage>;
+}
+
+/// A request's segments in guest RAM as one byte stream, for the ATA
+/// driver ([`Sink`], [`Source`]): byte `at` of the transfer is in the
+/// segment whose lengths before it add up to at most `at`.
+struct Segments<'a, G> {
+    ram: &'a mut G,
+    segs: &'a [Segment],
+    /// The segment the last chunk came from and its first byte's offset
+    /// in the stream (the driver asks in order, so the search resumes).
+    cursor: (usize, usize),
+}
+
+impl<G: GuestMemory> Segments<'_, G> {
+    /// The guest address and bytes left of the segment holding byte `at`.
+    fn locate(&mut self, at: usize) -> Option<(u64, usize)> {
+        let (mut i, mut base) = self.cursor;
+        if at < base {
+            (i, base) = (0, 0);
+        }
+        while let Some(s) = self.segs.get(i) {
+            let len = s.len as usize;
+            if at < base + len {
+                self.cursor = (i, base);
+                let off = at - base;
+                return Some((s.gpa + off as u64, len - off));
+            }
+            base += len;
+            i += 1;
+        }
+        None
+    }
+}
+
+impl<G: GuestMemory> Sink for Segments<'_, G> {
+    fn chunk_mut(&mut self, at: usize, max: usize) -> Option<&mut [u8]> {
+        let (gpa, left) = self.locate(at)?;
+        self.ram
+            .bytes_mut(gpa, left.min(max))
+            .filter(|c| !c.is_empty())
+    }
+}
+
+impl<G: GuestMemory> Source for Segments<'_, G> {
+    fn chunk(&mut self, at: usize, max: usize) -> Option<&[u8]> {
+        let (gpa, left) = self.locate(at)?;
+        self.ram
+            .bytes_mut(gpa, left.min(max))
+            .filter(|c| !c.is_empty())
+            .map(|c| &*c)
+    }
 }
 
 /// The server: the disk, what IDENTIFY DEVICE said of it, or why there is
@@ -149,10 +216,21 @@ impl<P: PortIo, W: Wait> DiskServer<P, W> {
         &mut self.ata
     }
 
-    /// Serves one request.
+    /// Serves one request of one buffer (or FLUSH, INFO).
     pub fn handle(&mut self, req: &BlockRequest, ram: &mut impl GuestMemory) -> BlockReply {
+        self.handle_page(&request_page(req), ram)
+    }
+
+    /// Serves the request on `page` (a copy of the channel page): any
+    /// [`BlockRequest`], or a scatter list.
+    pub fn handle_page(&mut self, page: &[u8], ram: &mut impl GuestMemory) -> BlockReply {
         let Ok(info) = self.disk else {
             return reply(status::NO_DISK);
+        };
+        let req = match Request::parse(page) {
+            Ok(Parsed::Transfer(r)) => return self.transfer(&r, &info, ram),
+            Ok(Parsed::Other(req)) => req,
+            Err(s) => return reply(s),
         };
         match req.op {
             op::INFO => BlockReply {
@@ -168,42 +246,53 @@ impl<P: PortIo, W: Wait> DiskServer<P, W> {
             op::FLUSH if self.read_only => reply(status::OK),
             op::FLUSH => match self.ata.flush() {
                 Ok(()) => reply(status::OK),
-                Err(e) => self.failed(req, e),
+                Err(e) => self.failed(&req, e),
             },
-            op::READ | op::WRITE => self.transfer(req, &info, ram),
             _ => reply(status::UNSUPPORTED),
         }
     }
 
     fn transfer(
         &mut self,
-        req: &BlockRequest,
+        req: &Request,
         info: &DiskInfo,
         ram: &mut impl GuestMemory,
     ) -> BlockReply {
         if req.op == op::WRITE && self.read_only {
             return reply(status::READ_ONLY);
         }
-        if req.sectors == 0
-            || req.sectors > MAX_SECTORS
-            || req
-                .lba
-                .checked_add(u64::from(req.sectors))
-                .is_none_or(|end| end > info.sectors)
+        // `Request::parse` checked 1..=MAX_SECTORS sectors and segments
+        // that add up to them; the disk's end and guest RAM are checked
+        // here.
+        if req
+            .lba
+            .checked_add(u64::from(req.sectors))
+            .is_none_or(|end| end > info.sectors)
         {
             return reply(status::OUT_OF_RANGE);
         }
+        let segs = req.segments();
+        if segs
+            .iter()
+            .any(|s| ram.bytes_mut(s.gpa, s.len as usize).is_none())
+        {
+            return reply(status::BAD_BUFFER);
+        }
         // At most MAX_SECTORS x 512 bytes: fits any usize.
         let len = req.sectors as usize * SECTOR_SIZE;
-        let Some(buf) = ram.bytes_mut(req.gpa, len) else {
-            return reply(status::BAD_BUFFER);
+        let mut stream = Segments {
+            ram,
+            segs,
+            cursor: (0, 0),
         };
         let done = if req.op == op::READ {
-            let done = self.ata.read(req.lba, buf);
-            ram.wrote(req.gpa, len as u64);
+            let done = self.ata.read_into(req.lba, len, &mut stream);
+            for s in segs {
+                ram.wrote(s.gpa, u64::from(s.len));
+            }
             done
         } else {
-            self.ata.write(req.lba, buf)
+            self.ata.write_from(req.lba, len, &mut stream)
         };
         match done {
             Ok(()) => BlockReply {
@@ -217,11 +306,12 @@ impl<P: PortIo, W: Wait> DiskServer<P, W> {
 
     /// The reply for a driver error; after a timeout or a broken
     /// protocol, a software reset so that the next request has a chance.
-    fn failed(&mut self, req: &BlockRequest, e: ata::Error) -> BlockReply {
+    fn failed(&mut self, req: &impl Moved, e: ata::Error) -> BlockReply {
+        let (first, sectors) = req.span();
         let moved = |lba: u64| {
-            u32::try_from(lba.saturating_sub(req.lba))
+            u32::try_from(lba.saturating_sub(first))
                 .unwrap_or(0)
-                .min(req.sectors)
+                .min(sectors)
         };
         let io_error = |ata_status: u8, ata_error: u8, sectors: u32| BlockReply {
             status: status::IO_ERROR,
@@ -259,10 +349,37 @@ impl<P: PortIo, W: Wait> DiskServer<P, W> {
 
     /// The request loop: answer, wait, serve, until the transport ends it.
     pub fn serve(&mut self, transport: &mut impl Transport, ram: &mut impl GuestMemory) {
-        let mut last: Option<BlockReply> = None;
-        while let Some(req) = transport.reply_recv(last.as_ref()) {
-            last = Some(self.handle(&req, ram));
+        self.serve_after(transport, ram, None);
+    }
+
+    /// [`DiskServer::serve`] with `last` the reply to a request the
+    /// transport handed out before (sent first).
+    pub fn serve_after(
+        &mut self,
+        transport: &mut impl Transport,
+        ram: &mut impl GuestMemory,
+        mut last: Option<BlockReply>,
+    ) {
+        while let Some(page) = transport.reply_recv(last.as_ref()) {
+            last = Some(self.handle_page(&page, ram));
         }
+    }
+}
+
+/// The sectors a failed request asked for: (first, how many).
+trait Moved {
+    fn span(&self) -> (u64, u32);
+}
+
+impl Moved for BlockRequest {
+    fn span(&self) -> (u64, u32) {
+        (self.lba, self.sectors)
+    }
+}
+
+impl Moved for Request {
+    fn span(&self) -> (u64, u32) {
+        (self.lba, self.sectors)
     }
 }
 

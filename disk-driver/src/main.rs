@@ -1,15 +1,19 @@
 //! The disk-driver ring-3 task: the machine's IDE disk (the primary
 //! channel's master, `splitvisor run --disk FILE`) driven by ATA PIO with
-//! `in`, `out`, `rep insw` and `rep outsw` on the ports the stub grants it
+//! `in`, `out`, `rep insd`/`rep outsd` (or `insw`/`outsw`) on the ports the stub grants it
 //! (0x1f0-0x1f7, 0x3f6: the manifest's `Rights::ports`, an I/O permission
 //! bitmap), owning host IRQ 14, with guest RAM mapped read-write.
 //!
-//! At start it identifies the disk (IDENTIFY DEVICE) and prints one line,
-//! `disk: QEMU HARDDISK, 2048 sectors (1 MiB), write cache flush
-//! supported` (or `disk: no usable disk: REASON`). It waits for the disk
-//! by polling the status with a deadline in TSC ticks (nIEN set), so a
-//! disk that never answers ends a request with a timeout instead of
-//! blocking the task: `ReplyRecv` has no timeout to wait for IRQ 14 with.
+//! At start it identifies the disk (IDENTIFY DEVICE), sets the largest
+//! DRQ block of READ/WRITE MULTIPLE the disk offers (SET MULTIPLE MODE)
+//! and prints `disk: QEMU HARDDISK, 2048 sectors (1 MiB), write cache
+//! flush supported` (or `disk: no usable disk: REASON`) and `disk: PIO
+//! 32-bit, 16 sectors per interrupt` (`rep insd`/`rep outsd` when IDENTIFY
+//! word 48 offers 32-bit data, else `rep insw`/`rep outsw`).
+//!
+//! It waits for the disk by polling the status with a deadline in TSC
+//! ticks (nIEN set), so a disk that never answers ends a request with a
+//! timeout instead of blocking the task.
 //!
 //! With the self-test bit in its configuration (`splitvisor run --disk`
 //! with `SPLITVISOR_DISK_SELF_TEST=1`, for the end-to-end tests only) it
@@ -36,10 +40,11 @@ fn main() {
 mod ring3 {
 
     use ata::{Ata, Drive, PortIo, Wait, PRIMARY};
+    use disk_driver::RequestPage;
     use disk_driver::{
         DiskServer, GuestMemory, Ram, Transport, CONFIG_MAGIC, CONFIG_READ_ONLY, CONFIG_SELF_TEST,
     };
-    use ipc_proto::block::{op, BlockReply, BlockRequest};
+    use ipc_proto::block::{op, BlockReply, BlockRequest, ListRequest, Segment, MAX_SEGMENTS};
     use ipc_proto::inject::{self, Fault, Injector, GARBAGE};
     use ipc_proto::layout::PAGE_SIZE;
     use ipc_proto::manifest::MAX_CHANNELS;
@@ -122,6 +127,51 @@ mod ring3 {
                     in("dx") port,
                     inout("rsi") buf.as_ptr() => _,
                     inout("rcx") buf.len() / 2 => _,
+                    options(nostack, preserves_flags, readonly)
+                );
+            }
+        }
+
+        fn inl(&mut self, port: u16) -> u32 {
+            let v: u32;
+            // SAFETY: a port read touches no memory of this task.
+            unsafe {
+                core::arch::asm!("in eax, dx", out("eax") v, in("dx") port, options(nomem, nostack, preserves_flags));
+            }
+            v
+        }
+
+        fn outl(&mut self, port: u16, value: u32) {
+            // SAFETY: a port write touches no memory of this task.
+            unsafe {
+                core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags));
+            }
+        }
+
+        fn insl(&mut self, port: u16, buf: &mut [u8]) {
+            // SAFETY: `rep insd` writes exactly 4 x rcx bytes (buf.len()
+            // rounded down to a multiple of 4) from rdi upwards (DF is
+            // clear under the SysV ABI), all inside the live, writable `buf`.
+            unsafe {
+                core::arch::asm!(
+                    "rep insd",
+                    in("dx") port,
+                    inout("rdi") buf.as_mut_ptr() => _,
+                    inout("rcx") buf.len() / 4 => _,
+                    options(nostack, preserves_flags)
+                );
+            }
+        }
+
+        fn outsl(&mut self, port: u16, buf: &[u8]) {
+            // SAFETY: `rep outsd` reads exactly 4 x rcx bytes of the live
+            // `buf` from rsi upwards (DF clear) and writes no memory.
+            unsafe {
+                core::arch::asm!(
+                    "rep outsd",
+                    in("dx") port,
+                    inout("rsi") buf.as_ptr() => _,
+                    inout("rcx") buf.len() / 4 => _,
                     options(nostack, preserves_flags, readonly)
                 );
             }
@@ -238,7 +288,7 @@ mod ring3 {
     ipc_proto::inject_block!(INJECT);
 
     impl Transport for Channels {
-        fn reply_recv(&mut self, reply: Option<&BlockReply>) -> Option<BlockRequest> {
+        fn reply_recv(&mut self, reply: Option<&BlockReply>) -> Option<RequestPage> {
             let mut arg = NO_REPLY;
             if let (Some(ch), Some(r)) = (self.pending.take(), reply) {
                 // SAFETY: the stub maps the page of a channel this task
@@ -288,13 +338,36 @@ mod ring3 {
                         inject::crash()
                     }
                 }
-                // SAFETY: as above; every bit pattern is a valid
-                // BlockRequest, read once (volatile) from the shared page.
-                return Some(unsafe {
-                    sys::channel_page(v).cast::<BlockRequest>().read_volatile()
-                });
+                return Some(copy_request(v));
             }
         }
+    }
+
+    /// The request on channel `ch`'s page, copied once (volatile) so that
+    /// the client cannot change it while it is served: the request, and
+    /// for a scatter list as many segments as it names (at most
+    /// `MAX_SEGMENTS`; `block::Request::parse` checks the count).
+    fn copy_request(ch: u64) -> RequestPage {
+        let mut page = [0u8; PAGE_SIZE as usize];
+        let base = sys::channel_page(ch).cast::<u64>();
+        // SAFETY: the stub maps the page of a channel this task serves
+        // read-write in both ends; every bit pattern is a valid
+        // ListRequest, read once.
+        let head = unsafe { base.cast::<ListRequest>().read_volatile() };
+        let segments = if matches!(head.op, op::READ_LIST | op::WRITE_LIST) {
+            (head.segments as usize).min(MAX_SEGMENTS)
+        } else {
+            0
+        };
+        let bytes =
+            core::mem::size_of::<ListRequest>() + segments * core::mem::size_of::<Segment>();
+        for (i, word) in page.chunks_exact_mut(8).take(bytes / 8).enumerate() {
+            // SAFETY: as above; `bytes` is at most the page's 4096
+            // (24 + 254 x 16), so word `i` lies inside it.
+            let w = unsafe { base.add(i).read_volatile() };
+            word.copy_from_slice(&w.to_le_bytes());
+        }
+        page
     }
 
     extern "C" fn server_main() -> ! {
@@ -311,6 +384,15 @@ mod ring3 {
         let ata = Ata::new(Ports, wait, PRIMARY, Drive::Master);
         let mut server = DiskServer::start(ata, read_only);
         say!("{}", server.console_line());
+        if server.info().is_some() {
+            // How the data moves: `ata::DataWidth`, SET MULTIPLE MODE.
+            let ata = server.ata();
+            say!(
+                "disk: PIO {}-bit, {} sectors per interrupt",
+                ata.data_width().bytes() * 8,
+                ata.sectors_per_block()
+            );
+        }
         let Ok(len) = usize::try_from(boot.guest_ram_bytes) else {
             sys::vm_fail();
         };
@@ -328,6 +410,7 @@ mod ring3 {
             pending: None,
             injector: Injector::new(&inject::read_block(&INJECT)),
         };
+        let mut first = None;
         if config() & CONFIG_SELF_TEST != 0 && boot.guest_ram_bytes >= 4096 {
             let mut text = ConsoleLine::new();
             // The last 4 KiB of guest RAM: the test guests do not use it.
@@ -361,17 +444,15 @@ mod ring3 {
                 r.status,
                 w.notifications
             );
-            // A call that came while it waited for the interrupt.
+            // A call that came while it waited for the interrupt: served
+            // now, its reply the first the loop sends.
             if let Some(ch) = w.deferred.take() {
                 channels.pending = Some(ch);
-                // SAFETY: as in `Channels::reply_recv`.
-                let req = unsafe { sys::channel_page(ch).cast::<BlockRequest>().read_volatile() };
-                let reply = server.handle(&req, &mut ram);
-                let _ = channels.reply_recv(Some(&reply));
+                first = Some(server.handle_page(&copy_request(ch), &mut ram));
             }
         }
         loop {
-            server.serve(&mut channels, &mut ram);
+            server.serve_after(&mut channels, &mut ram, first.take());
         }
     }
 

@@ -9,6 +9,7 @@ use ata::model::{Attached, Device};
 use ata::{Drive, Spin, PRIMARY};
 
 use super::*;
+use ipc_proto::block::{ListRequest, MAX_SECTORS, MAX_SEGMENTS};
 
 type Server = DiskServer<Device, Spin>;
 
@@ -104,7 +105,13 @@ fn bad_requests_are_refused_before_the_disk_sees_them() {
     ] {
         assert_eq!(s.handle(&r, &mut Ram(&mut ram)).status, want, "{r:?}");
     }
-    assert_eq!(s.ata().io().commands, [ata::regs::command::IDENTIFY_DEVICE]);
+    assert_eq!(
+        s.ata().io().commands,
+        [
+            ata::regs::command::IDENTIFY_DEVICE,
+            ata::regs::command::SET_MULTIPLE_MODE
+        ]
+    );
 }
 
 #[test]
@@ -129,6 +136,8 @@ fn a_read_only_disk_refuses_writes_and_has_nothing_to_flush() {
 fn a_bad_sector_is_an_io_error_with_the_registers_and_the_sectors_moved() {
     let mut dev = Device::disk(100);
     dev.bad_sector = Some(12);
+    // DRQ blocks of 2: sectors 10 and 11 arrive, the block of 12 fails.
+    dev.max_multiple = 2;
     let mut s = server(dev, false);
     let mut ram = vec![0u8; 8192];
     let r = s.handle(&req(op::READ, 10, 4, 0), &mut Ram(&mut ram));
@@ -173,14 +182,14 @@ struct Script {
 }
 
 impl Transport for Script {
-    fn reply_recv(&mut self, reply: Option<&BlockReply>) -> Option<BlockRequest> {
+    fn reply_recv(&mut self, reply: Option<&BlockReply>) -> Option<RequestPage> {
         if let Some(r) = reply {
             self.replies.push(*r);
         }
         if self.requests.is_empty() {
             None
         } else {
-            Some(self.requests.remove(0))
+            Some(request_page(&self.requests.remove(0)))
         }
     }
 }
@@ -204,6 +213,23 @@ fn the_loop_answers_each_request_in_turn() {
         st,
         [status::OK, status::OK, status::OK, status::OUT_OF_RANGE]
     );
+}
+
+#[test]
+fn a_reply_owed_from_before_the_loop_goes_out_first() {
+    let mut s = server(Device::disk(100), false);
+    let mut ram = vec![0u8; 4096];
+    let mut t = Script {
+        requests: vec![req(op::INFO, 0, 0, 0)],
+        replies: Vec::new(),
+    };
+    let owed = BlockReply {
+        status: status::NO_DISK,
+        ..BlockReply::default()
+    };
+    s.serve_after(&mut t, &mut Ram(&mut ram), Some(owed));
+    let st: Vec<u32> = t.replies.iter().map(|r| r.status).collect();
+    assert_eq!(st, [status::NO_DISK, status::OK]);
 }
 
 mod random_requests {
@@ -265,4 +291,179 @@ fn the_self_test_reads_sector_0_and_writes_the_last_one() {
         out.ends_with("disk: self-test: writing sector 63: status 5\n"),
         "{out}"
     );
+}
+
+/// The page of a scatter-list request.
+fn list_page(op: u32, lba: u64, segs: &[(u64, u32)]) -> RequestPage {
+    let total: u64 = segs.iter().map(|&(_, l)| u64::from(l)).sum();
+    let head = ListRequest {
+        op,
+        sectors: (total / 512) as u32,
+        lba,
+        segments: segs.len() as u32,
+        reserved: 0,
+    };
+    let mut page = [0u8; 4096];
+    page[..24].copy_from_slice(head.as_bytes());
+    for (i, &(gpa, len)) in segs.iter().enumerate() {
+        let s = Segment {
+            gpa,
+            len,
+            reserved: 0,
+        };
+        page[24 + 16 * i..][..16].copy_from_slice(s.as_bytes());
+    }
+    page
+}
+
+#[test]
+fn a_scatter_list_is_one_command_even_when_its_buffers_split_sectors() {
+    let mut s = server(Device::disk(100), false);
+    let mut ram = vec![0u8; 16384];
+    // 3 sectors from five buffers: 100 + 700 + 3 + 333 + 400 bytes.
+    let segs = [
+        (8000, 100),
+        (1000, 700),
+        (5003, 3),
+        (9001, 333),
+        (12000, 400),
+    ];
+    let data: Vec<u8> = (0..1536u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut at = 0;
+    for &(gpa, len) in &segs {
+        ram[gpa as usize..][..len as usize].copy_from_slice(&data[at..at + len as usize]);
+        at += len as usize;
+    }
+    let r = s.handle_page(&list_page(op::WRITE_LIST, 40, &segs), &mut Ram(&mut ram));
+    assert_eq!((r.status, r.sectors), (status::OK, 3));
+    for i in 0..3 {
+        assert_eq!(
+            s.ata().io().sector(40 + i)[..],
+            data[i as usize * 512..][..512]
+        );
+    }
+    // Read back into other buffers, also split.
+    let back = [(100, 1), (2000, 1023), (15000, 512)];
+    let r = s.handle_page(&list_page(op::READ_LIST, 40, &back), &mut Ram(&mut ram));
+    assert_eq!((r.status, r.sectors), (status::OK, 3));
+    let mut got = Vec::new();
+    for &(gpa, len) in &back {
+        got.extend_from_slice(&ram[gpa as usize..][..len as usize]);
+    }
+    assert_eq!(got, data);
+    // One READ MULTIPLE EXT and one WRITE MULTIPLE EXT.
+    assert_eq!(
+        &s.ata().io().commands[2..],
+        [
+            ata::regs::command::WRITE_MULTIPLE_EXT,
+            ata::regs::command::READ_MULTIPLE_EXT
+        ]
+    );
+}
+
+#[test]
+fn bad_lists_are_refused_before_the_disk_sees_them() {
+    let mut s = server(Device::disk(100), false);
+    let mut ram = vec![0u8; 8192];
+    let cases: [(RequestPage, u32); 5] = [
+        // A segment past the end of guest RAM.
+        (
+            list_page(op::READ_LIST, 0, &[(0, 256), (8000, 256)]),
+            status::BAD_BUFFER,
+        ),
+        // Lengths that do not make whole sectors.
+        (
+            list_page(op::READ_LIST, 0, &[(0, 256), (1000, 257)]),
+            status::BAD_LIST,
+        ),
+        // Past the disk's end.
+        (
+            list_page(op::WRITE_LIST, 99, &[(0, 1024)]),
+            status::OUT_OF_RANGE,
+        ),
+        // No segments at all.
+        (list_page(op::READ_LIST, 0, &[]), status::OUT_OF_RANGE),
+        // A zero-length segment.
+        (
+            list_page(op::READ_LIST, 0, &[(0, 512), (0, 0)]),
+            status::BAD_LIST,
+        ),
+    ];
+    for (page, want) in cases {
+        assert_eq!(s.handle_page(&page, &mut Ram(&mut ram)).status, want);
+    }
+    let mut too_many = list_page(op::READ_LIST, 0, &[(0, 512)]);
+    too_many[16..20].copy_from_slice(&(MAX_SEGMENTS as u32 + 1).to_le_bytes());
+    assert_eq!(
+        s.handle_page(&too_many, &mut Ram(&mut ram)).status,
+        status::BAD_LIST
+    );
+    assert_eq!(
+        s.ata().io().commands.len(),
+        2,
+        "only IDENTIFY, SET MULTIPLE"
+    );
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any split of a transfer into segments, any DRQ block size:
+        /// what a list writes, a list reads back, and the disk holds it.
+        #[test]
+        fn any_split_round_trips(
+            sectors in 1u32..20,
+            cuts in proptest::collection::vec(1u32..2000, 0..30),
+            max in prop::sample::select(vec![0u8, 2, 16]),
+            word_only in any::<bool>(),
+        ) {
+            let mut dev = Device::disk(64);
+            dev.max_multiple = max;
+            let mut ata = Ata::new(dev, Spin::new(100), PRIMARY, Drive::Master).with_max_polls(1000);
+            if word_only {
+                ata = ata.with_word_io_only();
+            }
+            let mut s = DiskServer::start(ata, false);
+            let total = sectors * 512;
+            // Segment lengths from the cuts, in 64 KiB of RAM, 4 KiB apart... or less.
+            let mut segs = Vec::new();
+            let mut left = total;
+            let mut gpa = 3u64;
+            for c in cuts {
+                if left == 0 { break; }
+                let len = c.min(left);
+                segs.push((gpa, len));
+                gpa += u64::from(len) + 5;
+                left -= len;
+            }
+            if left > 0 {
+                segs.push((gpa, left));
+            }
+            let mut ram = vec![0u8; 1 << 17];
+            let data: Vec<u8> = (0..total).map(|i| (i * 13 % 253) as u8).collect();
+            let mut at = 0usize;
+            for &(g, l) in &segs {
+                ram[g as usize..][..l as usize].copy_from_slice(&data[at..at + l as usize]);
+                at += l as usize;
+            }
+            let w = s.handle_page(&list_page(op::WRITE_LIST, 5, &segs), &mut Ram(&mut ram));
+            prop_assert_eq!(w.status, status::OK);
+            for &(g, l) in &segs {
+                ram[g as usize..][..l as usize].fill(0);
+            }
+            let r = s.handle_page(&list_page(op::READ_LIST, 5, &segs), &mut Ram(&mut ram));
+            prop_assert_eq!(r.status, status::OK);
+            let mut got = Vec::new();
+            for &(g, l) in &segs {
+                got.extend_from_slice(&ram[g as usize..][..l as usize]);
+            }
+            prop_assert_eq!(&got, &data);
+            for i in 0..sectors {
+                prop_assert_eq!(&s.ata().io().sector(5 + u64::from(i))[..], &data[i as usize * 512..][..512]);
+            }
+        }
+    }
 }

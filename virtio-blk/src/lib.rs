@@ -1,7 +1,9 @@
 //! The virtio-blk device server as a library: virtio's
 //! [`Block`](virtio::devices::blk::Block) device on a [`ChannelBackend`],
-//! which turns every buffer of a guest request into block requests
-//! ([`ipc_proto::block`]) to the disk-driver server over a channel.
+//! which turns a guest request's buffers into block requests
+//! ([`ipc_proto::block`]) to the disk-driver server over a channel: one
+//! request of one buffer, or one scatter list of all of them (up to 254
+//! buffers and 1 MiB a call; buffers may split a sector).
 //!
 //! Zero copy: a request names the guest's own buffer by its guest-physical
 //! address, and the disk-driver (guest RAM mapped read-write) moves the
@@ -9,7 +11,7 @@
 //! touches the data.
 //!
 //! Everything the guest can get wrong ends in VIRTIO_BLK_S_IOERR for that
-//! request, never a hang or a panic: a buffer that is not whole sectors,
+//! request, never a hang or a panic: data that is not whole sectors,
 //! sectors past the end (the device checks), a disk-driver that answers an
 //! error, a refused call, or a disk-driver that faulted and was restarted
 //! during the call more than [`RESTART_RETRIES`] times in a row.
@@ -27,7 +29,7 @@
 //! channel ([`DiskChannel`]); the tests supply a disk-driver in memory.
 //!
 //! ```
-//! use ipc_proto::block::{flags, op, status, BlockReply, BlockRequest};
+//! use ipc_proto::block::{flags, op, status, BlockReply, BlockRequest, ListRequest, Segment};
 //! use virtio::devices::blk::Block;
 //! use virtio_blk::{ChannelBackend, ChannelError, DiskChannel};
 //!
@@ -39,6 +41,9 @@
 //!             op::INFO => BlockReply { capacity: 8, flags: flags::FLUSH, ..BlockReply::default() },
 //!             _ => BlockReply { sectors: r.sectors, ..BlockReply::default() },
 //!         })
+//!     }
+//!     fn call_list(&mut self, r: ListRequest, _: &[Segment]) -> Result<BlockReply, ChannelError> {
+//!         Ok(BlockReply { sectors: r.sectors, ..BlockReply::default() })
 //!     }
 //! }
 //!
@@ -55,7 +60,10 @@ extern crate std;
 
 use core::fmt;
 
-use ipc_proto::block::{self, op, BlockReply, BlockRequest, MAX_SECTORS, SECTOR_SIZE};
+use ipc_proto::block::{
+    self, op, BlockReply, BlockRequest, ListRequest, Segment, MAX_SECTORS, MAX_SEGMENTS,
+    SECTOR_SIZE,
+};
 use ipc_proto::syscall::ErrorCode;
 use virtio::devices::blk::{BlockBackend, BlockError, GuestRange};
 use virtio::GuestMemory;
@@ -117,6 +125,14 @@ impl fmt::Display for ChannelError {
 pub trait DiskChannel {
     /// Sends `request` and waits for the disk-driver's reply.
     fn call(&mut self, request: BlockRequest) -> Result<BlockReply, ChannelError>;
+    /// Sends a scatter list (`request.segments` of `segments`, at most
+    /// [`MAX_SEGMENTS`], written after it on the page) and waits for the
+    /// reply.
+    fn call_list(
+        &mut self,
+        request: ListRequest,
+        segments: &[Segment],
+    ) -> Result<BlockReply, ChannelError>;
 }
 
 /// What the disk-driver says about its disk ([`op::INFO`]).
@@ -241,10 +257,20 @@ impl<C: DiskChannel> ChannelBackend<C> {
     /// [`RESTART_RETRIES`] times); any failure is a [`BlockError`] (IOERR
     /// to the guest).
     fn call(&mut self, request: BlockRequest) -> Result<BlockReply, BlockError> {
+        self.call_with(|c| c.call(request))
+    }
+
+    /// One call made by `f`, counted and checked as [`Self::call`]; `f` is
+    /// called again after a disk-driver restart (it rewrites the request
+    /// page each time).
+    fn call_with(
+        &mut self,
+        mut f: impl FnMut(&mut C) -> Result<BlockReply, ChannelError>,
+    ) -> Result<BlockReply, BlockError> {
         let mut attempt = 0;
         let reply = loop {
             self.counters.calls += 1;
-            match self.channel.call(request) {
+            match f(&mut self.channel) {
                 Ok(r) => break r,
                 Err(ChannelError::ServerRestarted) if attempt < RESTART_RETRIES => {
                     self.counters.restarts += 1;
@@ -267,45 +293,102 @@ impl<C: DiskChannel> ChannelBackend<C> {
         Ok(reply)
     }
 
-    /// Moves the disk bytes at `offset` to or from the guest buffer `range`
-    /// with `op` (READ or WRITE): whole sectors only, at most
-    /// [`MAX_SECTORS`] a call. The guest's buffer is handed over by
-    /// address; the device has checked it is inside guest RAM and inside
-    /// the disk, and checks here that it is whole sectors.
-    fn transfer(&mut self, op: u32, offset: u64, range: GuestRange) -> Result<(), BlockError> {
-        // A buffer that splits a sector cannot be named by whole-sector
-        // requests (Linux sends whole sectors: its default DMA alignment
-        // and logical block size are 512).
-        // TODO(issue 12): a scatter list in `block.rs` would take these too.
-        if !offset.is_multiple_of(SECTOR_SIZE) || !range.len.is_multiple_of(SECTOR_SIZE) {
+    /// Moves the disk bytes from `offset` on to or from the guest buffers
+    /// `ranges`, in order, with `op` (READ or WRITE): whole sectors in
+    /// all, in as few calls as the limits allow ([`MAX_SECTORS`] and
+    /// [`MAX_SEGMENTS`] a call; a call of one buffer is a plain
+    /// [`BlockRequest`], of more a scatter list). A buffer may split a
+    /// sector; the buffers are handed over by address (the device checked
+    /// they are guest RAM, and the sectors inside the disk).
+    fn transfer(&mut self, op: u32, offset: u64, ranges: &[GuestRange]) -> Result<(), BlockError> {
+        let total = ranges
+            .iter()
+            .try_fold(0u64, |t, r| t.checked_add(r.len))
+            .ok_or(BlockError)?;
+        let end = offset.checked_add(total).ok_or(BlockError)?;
+        if !offset.is_multiple_of(SECTOR_SIZE)
+            || !total.is_multiple_of(SECTOR_SIZE)
+            || end > self.info.capacity.saturating_mul(SECTOR_SIZE)
+        {
             self.counters.errors += 1;
             return Err(BlockError);
         }
-        let end = offset.checked_add(range.len).ok_or(BlockError)?;
-        if end > self.info.capacity.saturating_mul(SECTOR_SIZE) {
-            self.counters.errors += 1;
-            return Err(BlockError);
-        }
-        let mut lba = offset / SECTOR_SIZE;
-        let mut gpa = range.gpa;
-        let mut left = range.len / SECTOR_SIZE;
-        while left > 0 {
-            let sectors = left.min(u64::from(MAX_SECTORS));
-            // sectors <= MAX_SECTORS, a u32.
-            let n = u32::try_from(sectors).map_err(|_| BlockError)?;
-            let reply = self.call(BlockRequest {
-                op,
-                sectors: n,
-                lba,
-                gpa,
-            })?;
-            if reply.sectors != n {
+        let limit = u64::from(MAX_SECTORS) * SECTOR_SIZE;
+        let mut pos = 0u64;
+        while pos < total {
+            // The next call: segments from stream position `pos` on.
+            let mut segs = [Segment::default(); MAX_SEGMENTS];
+            let mut n = 0;
+            let mut bytes = 0u64;
+            let mut base = 0u64;
+            for r in ranges {
+                let (lo, hi) = (base, base + r.len);
+                base = hi;
+                if hi <= pos + bytes {
+                    continue;
+                }
+                let off = pos + bytes - lo;
+                let take = (r.len - off).min(limit - bytes);
+                segs[n] = Segment {
+                    gpa: r.gpa.checked_add(off).ok_or(BlockError)?,
+                    // take <= limit (1 MiB): a u32.
+                    len: u32::try_from(take).map_err(|_| BlockError)?,
+                    reserved: 0,
+                };
+                n += 1;
+                bytes += take;
+                if n == MAX_SEGMENTS || bytes == limit {
+                    break;
+                }
+            }
+            // A call ends on a sector boundary: give back the bytes past
+            // the last one (the next call starts with them).
+            let mut trim = bytes % SECTOR_SIZE;
+            bytes -= trim;
+            while trim > 0 && n > 0 {
+                let last = &mut segs[n - 1];
+                if u64::from(last.len) > trim {
+                    last.len -= trim as u32;
+                    trim = 0;
+                } else {
+                    trim -= u64::from(last.len);
+                    n -= 1;
+                }
+            }
+            // Only 254 buffers of under a sector each make no progress.
+            if bytes == 0 {
                 self.counters.errors += 1;
                 return Err(BlockError);
             }
-            lba += sectors;
-            gpa = gpa.checked_add(sectors * SECTOR_SIZE).ok_or(BlockError)?;
-            left -= sectors;
+            // bytes <= limit: at most MAX_SECTORS sectors.
+            let sectors = (bytes / SECTOR_SIZE) as u32;
+            let lba = (offset + pos) / SECTOR_SIZE;
+            let reply = if n == 1 {
+                self.call(BlockRequest {
+                    op,
+                    sectors,
+                    lba,
+                    gpa: segs[0].gpa,
+                })?
+            } else {
+                let request = ListRequest {
+                    op: if op == op::READ {
+                        op::READ_LIST
+                    } else {
+                        op::WRITE_LIST
+                    },
+                    sectors,
+                    lba,
+                    segments: n as u32,
+                    reserved: 0,
+                };
+                self.call_with(|c| c.call_list(request, &segs[..n]))?
+            };
+            if reply.sectors != sectors {
+                self.counters.errors += 1;
+                return Err(BlockError);
+            }
+            pos += bytes;
         }
         Ok(())
     }
@@ -322,7 +405,29 @@ impl<C: DiskChannel> BlockBackend for ChannelBackend<C> {
         _mem: &mut M,
         range: GuestRange,
     ) -> Result<(), BlockError> {
-        self.transfer(op::READ, offset, range)
+        self.transfer(op::READ, offset, &[range])
+    }
+
+    fn read_ranges<M: GuestMemory + ?Sized>(
+        &mut self,
+        offset: u64,
+        _mem: &mut M,
+        ranges: &[GuestRange],
+    ) -> Result<(), BlockError> {
+        self.transfer(op::READ, offset, ranges)
+    }
+
+    fn write_ranges<M: GuestMemory + ?Sized>(
+        &mut self,
+        offset: u64,
+        _mem: &M,
+        ranges: &[GuestRange],
+    ) -> Result<(), BlockError> {
+        if self.read_only() {
+            self.counters.errors += 1;
+            return Err(BlockError);
+        }
+        self.transfer(op::WRITE, offset, ranges)
     }
 
     fn write<M: GuestMemory + ?Sized>(
@@ -335,7 +440,7 @@ impl<C: DiskChannel> BlockBackend for ChannelBackend<C> {
             self.counters.errors += 1;
             return Err(BlockError);
         }
-        self.transfer(op::WRITE, offset, range)
+        self.transfer(op::WRITE, offset, &[range])
     }
 
     fn flush(&mut self) -> Result<(), BlockError> {

@@ -15,7 +15,8 @@
 //! `virtio-blk: N sectors (SIZE) on channel C[, read-only]` (or the reason
 //! there is no disk: the guest then sees a disk of 0 sectors). Then it
 //! serves the vmm-server in `ReplyRecv`: a queue notification processes
-//! the queue during the call, one disk-driver call per guest buffer, and
+//! the queue during the call, one disk-driver call per guest request (a
+//! scatter list of its buffers), and
 //! the reply carries the MSI-X messages raised.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
@@ -31,7 +32,9 @@ fn main() {
 #[cfg(target_os = "none")]
 mod ring3 {
 
-    use ipc_proto::block::{BlockReply, BlockRequest};
+    use ipc_proto::block::{
+        BlockReply, BlockRequest, ListRequest, Segment, MAX_SEGMENTS, SEGMENTS_OFFSET,
+    };
 
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::pci::PciMessage;
@@ -71,6 +74,27 @@ mod ring3 {
             sys::call(Syscall::Call, self.0)?;
             // SAFETY: as above; every bit pattern is a valid BlockReply,
             // read once.
+            Ok(unsafe { page.cast::<BlockReply>().read_volatile() })
+        }
+
+        fn call_list(
+            &mut self,
+            request: ListRequest,
+            segments: &[Segment],
+        ) -> Result<BlockReply, ChannelError> {
+            let page = sys::channel_page(self.0);
+            // SAFETY: as in `call`; the request and at most MAX_SEGMENTS
+            // segments after it fit the page (`block::MAX_SEGMENTS`), and
+            // SEGMENTS_OFFSET (24) keeps each segment 8-aligned.
+            unsafe {
+                page.cast::<ListRequest>().write_volatile(request);
+                let table = page.cast::<u8>().add(SEGMENTS_OFFSET).cast::<Segment>();
+                for (i, s) in segments.iter().take(MAX_SEGMENTS).enumerate() {
+                    table.add(i).write_volatile(*s);
+                }
+            }
+            sys::call(Syscall::Call, self.0)?;
+            // SAFETY: as in `call`.
             Ok(unsafe { page.cast::<BlockReply>().read_volatile() })
         }
     }

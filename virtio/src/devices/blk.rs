@@ -6,9 +6,10 @@
 //! reserved: le32, sector: le64`), the data (device-readable for OUT,
 //! device-writable for IN and GET_ID), and a device-writable status byte
 //! at the very end. The data moves between the [`BlockBackend`] and the
-//! guest's buffers in place: the device hands the backend each buffer as a
-//! guest-physical range (checked inside guest RAM) together with guest
-//! memory, and the backend either reads into and writes from that memory
+//! guest's buffers in place: the device hands the backend a request's
+//! buffers together ([`BlockBackend::read_ranges`]), each a guest-physical
+//! range (checked inside guest RAM), with guest memory, and the backend
+//! either reads into and writes from that memory
 //! itself ([`MemDisk`]) or passes the range on to whoever moves the data
 //! (a disk server with guest RAM mapped, which writes the guest's buffers
 //! in place: no copy in this device).
@@ -77,7 +78,7 @@ impl fmt::Display for BlockError {
 
 /// One guest buffer of a request: `len` bytes of guest RAM at `gpa`.
 /// The device passes only ranges inside guest RAM ([`GuestMemory::check`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GuestRange {
     /// Guest-physical address of the first byte.
     pub gpa: u64,
@@ -111,6 +112,38 @@ pub trait BlockBackend {
     ) -> Result<(), BlockError>;
     /// Makes the writes so far durable.
     fn flush(&mut self) -> Result<(), BlockError>;
+    /// Reads the disk at `offset` into the guest buffers `ranges`, one
+    /// after another: all the data buffers of a request (up to
+    /// [`SEG_MAX`] at a time), for a backend that moves them in one go.
+    /// The default reads each with [`BlockBackend::read`].
+    fn read_ranges<M: GuestMemory + ?Sized>(
+        &mut self,
+        offset: u64,
+        mem: &mut M,
+        ranges: &[GuestRange],
+    ) -> Result<(), BlockError> {
+        let mut at = offset;
+        for &r in ranges {
+            self.read(at, mem, r)?;
+            at += r.len;
+        }
+        Ok(())
+    }
+    /// Writes the guest buffers `ranges`, one after another, to the disk
+    /// at `offset`, as [`BlockBackend::read_ranges`].
+    fn write_ranges<M: GuestMemory + ?Sized>(
+        &mut self,
+        offset: u64,
+        mem: &M,
+        ranges: &[GuestRange],
+    ) -> Result<(), BlockError> {
+        let mut at = offset;
+        for &r in ranges {
+            self.write(at, mem, r)?;
+            at += r.len;
+        }
+        Ok(())
+    }
 }
 
 /// A disk held in memory (a whole number of sectors; a partial last
@@ -268,14 +301,25 @@ impl<B: BlockBackend> Block<B> {
                 };
                 let backend = &mut self.backend;
                 let mut failed = false;
+                // The buffers go to the backend together (SEG_MAX at most
+                // at a time: more only from a chain longer than the queue).
+                let mut ranges = [GuestRange::default(); SEG_MAX as usize];
+                let mut held = 0;
                 let n = chain.for_each_segment(mem, true, 0, writable_data, |m, b| {
                     if !failed {
-                        let range = guest_range(m, b.gpa, b.len)?;
-                        failed = backend.read(offset, m, range).is_err();
-                        offset += range.len;
+                        ranges[held] = guest_range(m, b.gpa, b.len)?;
+                        held += 1;
+                        if held == ranges.len() {
+                            failed = backend.read_ranges(offset, m, &ranges).is_err();
+                            offset += ranges.iter().map(|r| r.len).sum::<u64>();
+                            held = 0;
+                        }
                     }
                     Ok::<(), DeviceError>(())
                 })?;
+                if !failed && held > 0 {
+                    failed = backend.read_ranges(offset, mem, &ranges[..held]).is_err();
+                }
                 if failed {
                     (status::IOERR, 0)
                 } else {
@@ -292,14 +336,23 @@ impl<B: BlockBackend> Block<B> {
                 };
                 let backend = &mut self.backend;
                 let mut failed = false;
+                let mut ranges = [GuestRange::default(); SEG_MAX as usize];
+                let mut held = 0;
                 chain.for_each_segment(mem, false, 16, data_len, |m, b| {
                     if !failed {
-                        let range = guest_range(m, b.gpa, b.len)?;
-                        failed = backend.write(offset, m, range).is_err();
-                        offset += range.len;
+                        ranges[held] = guest_range(m, b.gpa, b.len)?;
+                        held += 1;
+                        if held == ranges.len() {
+                            failed = backend.write_ranges(offset, m, &ranges).is_err();
+                            offset += ranges.iter().map(|r| r.len).sum::<u64>();
+                            held = 0;
+                        }
                     }
                     Ok::<(), DeviceError>(())
                 })?;
+                if !failed && held > 0 {
+                    failed = backend.write_ranges(offset, mem, &ranges[..held]).is_err();
+                }
                 (if failed { status::IOERR } else { status::OK }, 0)
             }
             request::FLUSH => match backend.flush() {
