@@ -14,7 +14,7 @@
 ///
 /// At 2^28 bytes or more, which AML cannot encode (nothing here comes near).
 pub fn pkg_length(content: usize) -> Vec<u8> {
-    if content + 1 <= 0x3f {
+    if content < 0x3f {
         return vec![(content + 1) as u8];
     }
     for extra in 1..=3usize {
