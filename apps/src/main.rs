@@ -569,6 +569,10 @@ fn build(a: &BuildArgs) -> i32 {
         }
     };
     if a.guest.platform == "sel4" {
+        if a.guest.rng {
+            eprintln!("splitvisor: --rng is not available with --platform sel4 yet");
+            return 2;
+        }
         return splitvisor::sel4::build_cli(&spec);
     }
     if let Some(d) = &a.disk {
