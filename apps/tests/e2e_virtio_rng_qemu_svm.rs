@@ -20,8 +20,9 @@ use splitvisor::linux::{INIT_MARKER, RNG_LINE};
 /// Seconds one boot may take.
 const TIMEOUT_SECS: u64 = 900;
 
-#[test]
-fn debian_amd64_reads_the_virtio_rng_with_npt() {
+/// Boots with `--rng` and `append`, checks both reads of /dev/hwrng, and
+/// returns the console.
+fn read_rng(append: &str) -> String {
     let _one = common::ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
@@ -37,7 +38,7 @@ fn debian_amd64_reads_the_virtio_rng_with_npt() {
             "EPYC,+svm,+npt",
             "--rng",
             "--append",
-            "splitvisor.rng splitvisor.exit",
+            append,
         ],
         TIMEOUT_SECS,
     );
@@ -72,4 +73,38 @@ fn debian_amd64_reads_the_virtio_rng_with_npt() {
     assert_ne!(md5s[0], md5s[1], "the two reads were the same\n{run}");
     assert!(!out.contains("virtio-rng] panic"), "{run}");
     assert_eq!(run.code, Some(0), "{run}");
+    out
+}
+
+/// The line of `/proc/interrupts` (printed by `splitvisor.platform`) of
+/// the virtio function's interrupt that has all of `words`.
+fn interrupt_line<'a>(out: &'a str, words: &[&str]) -> Option<&'a str> {
+    out.lines()
+        .find(|l| l.contains("virtio0") && words.iter().all(|w| l.contains(w)))
+}
+
+#[test]
+fn debian_amd64_reads_the_virtio_rng_with_npt() {
+    let out = read_rng("splitvisor.platform splitvisor.rng splitvisor.exit");
+    assert!(
+        interrupt_line(&out, &["PCI-MSI"]).is_some(),
+        "no MSI-X interrupt of virtio0 in /proc/interrupts\n{out}"
+    );
+}
+
+/// Without MSI (`pci=nomsi`) the function interrupts through INTA#, which
+/// Linux routes by the DSDT's `_PRT` to the link `LNK3`, line 10, level
+/// and active high: the reads complete only if that routing is right.
+#[test]
+fn debian_amd64_reads_the_virtio_rng_through_inta_and_the_prt() {
+    let out = read_rng("pci=nomsi splitvisor.platform splitvisor.rng splitvisor.exit");
+    assert!(
+        out.contains("ACPI: \\_SB_.LNK3: Enabled at IRQ 10"),
+        "{out}"
+    );
+    // Level-triggered (fasteoi) on I/O APIC pin 10.
+    assert!(
+        interrupt_line(&out, &["IO-APIC", "10-fasteoi"]).is_some(),
+        "virtio0 is not on IO-APIC 10-fasteoi\n{out}"
+    );
 }
