@@ -20,9 +20,9 @@ use splitvisor::linux::{INIT_MARKER, RNG_LINE};
 /// Seconds one boot may take.
 const TIMEOUT_SECS: u64 = 900;
 
-/// Boots with `--rng` and `append`, checks both reads of /dev/hwrng, and
-/// returns the console.
-fn read_rng(append: &str) -> String {
+/// Boots with `--rng`, `extra` options and `append`, checks both reads of
+/// /dev/hwrng, and returns the console.
+fn read_rng(extra: &[&str], append: &str) -> String {
     let _one = common::ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
@@ -39,7 +39,11 @@ fn read_rng(append: &str) -> String {
             "--rng",
             "--append",
             append,
-        ],
+        ]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect::<Vec<_>>(),
         TIMEOUT_SECS,
     );
     let out = common::rejoin_interrupted_lines(&run.stdout);
@@ -48,8 +52,6 @@ fn read_rng(append: &str) -> String {
     }
     for needle in [
         "ACPI: PCI Root Bridge [PCI0] (domain 0000 [bus 00])",
-        // Device ID 0x1040 + 4 (entropy), VIRTIO 1.2 §4.1.2.1.
-        "pci 0000:00:03.0: [1af4:1044]",
         INIT_MARKER,
         "splitvisor-linux: powering off through ACPI",
     ] {
@@ -85,7 +87,9 @@ fn interrupt_line<'a>(out: &'a str, words: &[&str]) -> Option<&'a str> {
 
 #[test]
 fn debian_amd64_reads_the_virtio_rng_with_npt() {
-    let out = read_rng("splitvisor.platform splitvisor.rng splitvisor.exit");
+    let out = read_rng(&[], "splitvisor.platform splitvisor.rng splitvisor.exit");
+    // Device ID 0x1040 + 4 (entropy), VIRTIO 1.2 §4.1.2.1.
+    assert!(out.contains("pci 0000:00:03.0: [1af4:1044]"), "{out}");
     assert!(
         interrupt_line(&out, &["PCI-MSI"]).is_some(),
         "no MSI-X interrupt of virtio0 in /proc/interrupts\n{out}"
@@ -97,7 +101,10 @@ fn debian_amd64_reads_the_virtio_rng_with_npt() {
 /// and active high: the reads complete only if that routing is right.
 #[test]
 fn debian_amd64_reads_the_virtio_rng_through_inta_and_the_prt() {
-    let out = read_rng("pci=nomsi splitvisor.platform splitvisor.rng splitvisor.exit");
+    let out = read_rng(
+        &[],
+        "pci=nomsi splitvisor.platform splitvisor.rng splitvisor.exit",
+    );
     assert!(
         out.contains("ACPI: \\_SB_.LNK3: Enabled at IRQ 10"),
         "{out}"
@@ -106,5 +113,36 @@ fn debian_amd64_reads_the_virtio_rng_through_inta_and_the_prt() {
     assert!(
         interrupt_line(&out, &["IO-APIC", "10-fasteoi"]).is_some(),
         "virtio0 is not on IO-APIC 10-fasteoi\n{out}"
+    );
+}
+
+/// All three slots: hvc0 at 00:03.0, the disk at 00:04.0, the entropy
+/// device at 00:05.0, each on its own link and line (10, 11, 5), level, on
+/// the I/O APIC (`pci=nomsi`).
+#[test]
+fn debian_amd64_reads_the_virtio_rng_in_the_third_slot_through_lnk5() {
+    let dir = std::env::temp_dir().join(format!("splitvisor-rng-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("disk.img");
+    splitvisor::linux_virtio::make_ext4_image(&img, 64).unwrap_or_else(|e| panic!("{e}"));
+    let disk = img.to_string_lossy().into_owned();
+    let out = read_rng(
+        &["--console", "hvc0", "--disk", &disk],
+        "pci=nomsi splitvisor.platform splitvisor.rng splitvisor.exit",
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    for needle in [
+        "pci 0000:00:03.0: [1af4:1043]",
+        "pci 0000:00:04.0: [1af4:1042]",
+        "pci 0000:00:05.0: [1af4:1044]",
+        "ACPI: \\_SB_.LNK5: Enabled at IRQ 5",
+    ] {
+        assert!(out.contains(needle), "no `{needle}`\n{out}");
+    }
+    // virtio2 (the third function to probe) is the entropy device.
+    assert!(
+        out.lines()
+            .any(|l| l.contains("virtio2") && l.contains("IO-APIC") && l.contains(" 5-fasteoi")),
+        "virtio2 is not on IO-APIC 5-fasteoi\n{out}"
     );
 }
