@@ -51,16 +51,6 @@ pub const DEFAULT_APPEND: &str =
 /// ACPI PM timer, the local APIC timer) and calibrates the TSC itself.
 pub const PC_BOARD_APPEND: &str = "console=ttyS0";
 
-/// What `--console hvc0` adds to the `--linux` command line so that Linux
-/// finds the PCI functions: with ACPI, x86 Linux scans PCI buses only
-/// from the DSDT's root bridges (`pci_acpi_init`, then
-/// `pcibios_fixup_peer_bridges` scans buses 0..=`pcibios_last_bus` only
-/// when that is above 0), and the DSDT here has no `PCI0`; the function's
-/// BARs, which the board assigned in the PCI window, are then kept.
-/// TODO(issue 12): a `PCI0` device (`PNP0A03`, `_CRS` with the window,
-/// `_PRT`) in the DSDT, and this goes.
-pub const SCAN_PCI_BUS: &str = "pci=lastbus=1";
-
 /// `cmdline` with its `console=ttyS0` options replaced by `console`
 /// (`console=hvc0` for `--console hvc0`), or `console` put first when it
 /// has none.
@@ -221,6 +211,10 @@ pub const DISK_CONTENT_END: &str = "splitvisor-linux: disk content end";
 /// read back.
 pub const DISK_READ: &str = "splitvisor-linux: disk read, md5 ";
 
+/// With `splitvisor.rng`: the start of the line after each read of
+/// `/dev/hwrng` (`rng: CURRENT N bytes, md5 HEX`; `rng failed: ...` if
+/// the read failed).
+pub const RNG_LINE: &str = "splitvisor-linux: rng: ";
 /// The text `splitvisor.disk=write` writes to `/splitvisor-disk-check.txt`
 /// on the disk (one line).
 pub const DISK_TEXT: &str = "splitvisor disk check: written by the first boot";
@@ -270,6 +264,9 @@ pub const HVC_LOG_END: &str = "splitvisor-linux: end of the kernel's log before 
 /// `/bin/workload` (fork+exec, pipe ping-pong, mmap/munmap; see
 /// `apps/linux/workload.c`) and prints [`WORKLOAD_END`]; with
 /// `splitvisor.platform` it prints `/proc/interrupts` and the clock source;
+/// with `splitvisor.rng` it waits (5 s at most) for the virtio entropy
+/// device to be the hardware RNG and reads 4096 bytes from `/dev/hwrng`
+/// twice, printing [`RNG_LINE`] `virtio_rng.0 4096 bytes, md5 ...` for each;
 /// with `splitvisor.disk=write` it mounts `/dev/vda` (ext4) at `/mnt`, writes
 /// [`DISK_TEXT`] to `splitvisor-disk-check.txt` and 4 MiB from
 /// `/dev/urandom` to `splitvisor-disk-check.bin`, syncs, unmounts, prints
@@ -327,6 +324,24 @@ case " $(cat /proc/cmdline) " in
     echo "splitvisor-linux: /proc/interrupts"
     cat /proc/interrupts
     echo "splitvisor-linux: clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+    ;;
+esac
+case " $(cat /proc/cmdline) " in
+*" splitvisor.rng "*)
+    i=0
+    while [ "$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)" != virtio_rng.0 ] && [ $i -lt 50 ]; do
+        usleep 100000
+        i=$((i + 1))
+    done
+    rng=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)
+    for pass in 1 2; do
+        if head -c 4096 /dev/hwrng >/tmp/rng; then
+            set -- $(md5sum /tmp/rng)
+            echo "splitvisor-linux: rng: $rng $(wc -c </tmp/rng) bytes, md5 $1"
+        else
+            echo "splitvisor-linux: rng failed: cannot read /dev/hwrng (current: $rng)"
+        fi
+    done
     ;;
 esac
 case " $(cat /proc/cmdline) " in

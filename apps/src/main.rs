@@ -141,8 +141,7 @@ struct GuestArgs {
     /// `console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 tsc=reliable
     /// tsc_early_khz=HOST`
     /// before it on the ISA board, `console=ttyS0` alone on the PC board;
-    /// `console=hvc0` in place of `console=ttyS0`, and `pci=lastbus=1`,
-    /// with --console hvc0).
+    /// `console=hvc0` in place of `console=ttyS0` with --console hvc0).
     #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     append: Option<String>,
     /// The multiboot command line, for multiboot kernels. A kernel given by
@@ -193,11 +192,23 @@ struct GuestArgs {
     /// server of its own, the virtio-console task, which writes the
     /// guest's output to the host console and takes host input). With
     /// --linux, hvc0 also puts `console=hvc0` on the kernel command line in
-    /// place of `console=ttyS0`, and `pci=lastbus=1` (the DSDT has no PCI
-    /// root bridge yet, so Linux scans bus 0 only when told).
+    /// place of `console=ttyS0` (Linux finds the function through the
+    /// DSDT's PCI root bridge).
     #[arg(long, value_name = "CONSOLE", default_value = "ttyS0",
           value_parser = clap::builder::PossibleValuesParser::new(["ttyS0", "hvc0"]))]
     console: String,
+    /// Give the guest a virtio-rng entropy device (PC board only): a
+    /// virtio-pci function at the next free slot after --console hvc0's
+    /// and --disk's (00:03.0 alone), run as a ring-3 server of its own, the
+    /// virtio-rng task (guest RAM read-write and its channel; no console,
+    /// no ports). Its bytes come from the CPU's RDRAND; on a CPU without
+    /// RDRAND from a xorshift64* generator seeded from the TSC, which is
+    /// NOT cryptographic (QEMU 7.2 TCG's EPYC model has RDRAND). Linux
+    /// sees it as /dev/hwrng (`virtio_rng.0`); with --linux,
+    /// `splitvisor.rng` on the command line makes /init read it and print
+    /// `splitvisor-linux: rng: virtio_rng.0 N bytes, md5 ...`.
+    #[arg(long)]
+    rng: bool,
     /// Inject a fault on purpose, for the isolation experiments:
     /// `SERVER:crash@N` (the task named SERVER, e.g. mmu-server,
     /// uart-server, vmm-server, executes ud2 at its N-th exit or request),
@@ -244,7 +255,6 @@ impl GuestArgs {
             );
             if self.guest_console() == splitvisor::virtio::GuestConsole::Hvc0 {
                 cmdline = splitvisor::linux::with_console(&cmdline, "console=hvc0");
-                cmdline = format!("{cmdline} {}", splitvisor::linux::SCAN_PCI_BUS);
             }
             (
                 g.kernel,
@@ -409,9 +419,8 @@ struct RunArgs {
     ///
     /// The guest sees the disk as a virtio-blk disk (`/dev/vda` in Linux;
     /// read-only, VIRTIO_BLK_F_RO, with ,ro) on the PC board's PCI bus
-    /// (00:03.0, or 00:04.0 with --console hvc0; not on the ISA board);
-    /// with --linux, `pci=lastbus=1` joins the command line (the DSDT has
-    /// no PCI root bridge yet, so Linux scans bus 0 only when told).
+    /// (00:03.0, or 00:04.0 with --console hvc0; not on the ISA board),
+    /// which Linux finds through the DSDT's PCI root bridge.
     /// The image gets the disk-driver server (ports 0x1f0-0x1f7 and 0x3f6,
     /// IRQ 14, guest RAM read-write), which identifies the disk at start
     /// and prints `disk: MODEL, N sectors (SIZE), ...`, and the virtio-blk
@@ -420,19 +429,6 @@ struct RunArgs {
     /// guest's buffers. Not with --platform sel4.
     #[arg(long, value_name = "FILE[,ro]", value_parser = splitvisor::disk::DiskSpec::parse)]
     disk: Option<splitvisor::disk::DiskSpec>,
-}
-
-/// With --linux and a PCI function on the board (the virtio-blk disk):
-/// `pci=lastbus=1` on the command line, once, so that Linux scans bus 0
-/// (`splitvisor::linux::SCAN_PCI_BUS`).
-fn scan_pci_bus(guest: &GuestArgs, system: &mut images::SystemSpec) {
-    let scan = splitvisor::linux::SCAN_PCI_BUS;
-    if guest.linux.is_some()
-        && !system.pci_functions.is_empty()
-        && !system.cmdline.split_whitespace().any(|w| w == scan)
-    {
-        system.cmdline = format!("{} {scan}", system.cmdline);
-    }
 }
 
 /// `--disk`: the checked and locked image, held until the run ends; or
@@ -507,7 +503,12 @@ fn main() -> ExitCode {
                     eprintln!("splitvisor: {e}");
                     return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
                 }
-                scan_pci_bus(&a.guest, &mut system);
+            }
+            if a.guest.rng {
+                if let Err(e) = splitvisor::virtio::add_virtio_rng(&mut system) {
+                    eprintln!("splitvisor: {e}");
+                    return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
+                }
             }
             let memory_mib = a
                 .memory
@@ -569,6 +570,10 @@ fn build(a: &BuildArgs) -> i32 {
         }
     };
     if a.guest.platform == "sel4" {
+        if a.guest.rng {
+            eprintln!("splitvisor: --rng is not available with --platform sel4 yet");
+            return 2;
+        }
         return splitvisor::sel4::build_cli(&spec);
     }
     if let Some(d) = &a.disk {
@@ -576,7 +581,12 @@ fn build(a: &BuildArgs) -> i32 {
             eprintln!("splitvisor: {e}");
             return 1;
         }
-        scan_pci_bus(&a.guest, &mut spec);
+    }
+    if a.guest.rng {
+        if let Err(e) = splitvisor::virtio::add_virtio_rng(&mut spec) {
+            eprintln!("splitvisor: {e}");
+            return 1;
+        }
     }
     if a.show_rights {
         eprint!("{}", images::rights_table(&spec));
@@ -601,6 +611,10 @@ fn run_sel4(a: RunArgs) -> i32 {
     }
     if a.disk.is_some() {
         eprintln!("splitvisor: --disk is not available with --platform sel4 yet");
+        return 2;
+    }
+    if a.guest.rng {
+        eprintln!("splitvisor: --rng is not available with --platform sel4 yet");
         return 2;
     }
     let system = match a.guest.spec(Some(splitvisor::bochs::TSC_KHZ)) {

@@ -1,5 +1,5 @@
 //! virtio-pci device servers for the image (`splitvisor run --console
-//! hvc0`): each is a ring-3 task of crate `virtio-servers`, a PCI function
+//! hvc0`, `--rng`): each is a ring-3 task of crate `virtio-servers`, a PCI function
 //! on the PC board reached from the vmm-server over a channel
 //! (`ipc_proto::pci`).
 
@@ -78,6 +78,41 @@ pub fn add_virtio_console(spec: &mut images::SystemSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// The virtio-rng task's name in the manifest.
+pub const VIRTIO_RNG: &str = "virtio-rng";
+
+/// The virtio-rng server's rights: guest RAM read-write (the queue and the
+/// buffers it fills, in place); no console, no ports; its channel from the
+/// vmm-server is the image's.
+pub fn virtio_rng_rights() -> Rights {
+    Rights {
+        guest_ram: GuestRam::ReadWrite,
+        ..Rights::default()
+    }
+}
+
+/// Adds the virtio entropy device to `spec` (`--rng`): its server, the
+/// channel to it, the next free PCI slot (after `--console hvc0`'s and
+/// `--disk`'s functions).
+pub fn add_virtio_rng(spec: &mut images::SystemSpec) -> Result<(), String> {
+    if spec.board != ipc_proto::manifest::Board::Pc {
+        return Err(
+            "--rng needs the PC board (--board pc): the ISA board has no PCI functions".into(),
+        );
+    }
+    let [elf] = images::build_for_target(&["virtio-servers"], [VIRTIO_RNG])
+        .map_err(|e| format!("building the virtio-rng server failed: {e}"))?;
+    spec.device_servers.push(images::DeviceServer {
+        name: VIRTIO_RNG.into(),
+        elf,
+        rights: virtio_rng_rights(),
+    });
+    spec.device_channels
+        .push(("vmm-server".into(), VIRTIO_RNG.into()));
+    spec.pci_functions.push(VIRTIO_RNG.into());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +137,34 @@ mod tests {
         assert!(!r.vcpu && !r.install && r.ports.is_empty() && r.irqs == 0);
         assert_eq!(GuestConsole::from_name("hvc0"), Some(GuestConsole::Hvc0));
         assert_eq!(GuestConsole::Hvc0.kernel_option(), "console=hvc0");
+    }
+
+    #[test]
+    fn the_virtio_rng_gets_ram_and_its_channel_only() {
+        let mut spec = images::SystemSpec::new("hello");
+        spec.device_servers.push(images::DeviceServer {
+            name: VIRTIO_RNG.into(),
+            elf: "unused".into(),
+            rights: virtio_rng_rights(),
+        });
+        spec.device_channels
+            .push(("vmm-server".into(), VIRTIO_RNG.into()));
+        let table = images::rights_table(&spec);
+        let line = table
+            .lines()
+            .find(|l| l.contains(VIRTIO_RNG))
+            .expect("a line for the server");
+        assert!(line.contains(" rw "), "{line}");
+        let r = virtio_rng_rights();
+        assert!(!r.vcpu && !r.install && !r.console && r.ports.is_empty() && r.irqs == 0);
+    }
+
+    #[test]
+    fn rng_is_refused_on_the_isa_board() {
+        let mut spec = images::SystemSpec::new("hello");
+        spec.board = ipc_proto::manifest::Board::Isa;
+        let e = add_virtio_rng(&mut spec).unwrap_err();
+        assert!(e.contains("--board pc"), "{e}");
+        assert!(spec.pci_functions.is_empty());
     }
 }

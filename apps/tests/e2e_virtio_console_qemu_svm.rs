@@ -75,8 +75,12 @@ fn check_hvc0_run(run: common::Run) -> u64 {
     for needle in [
         HVC_LOG_BEGIN,
         "Linux version 6.",
-        "Kernel command line: console=hvc0 splitvisor.exit pci=lastbus=1",
+        // Linux finds the function through the DSDT's root bridge, and
+        // routes its INTA# through the slot's interrupt link (`_PRT`).
+        "ACPI: PCI Root Bridge [PCI0] (domain 0000 [bus 00])",
+        "pci_bus 0000:00: root bus resource [mem 0xfe000000-0xfeafffff window]",
         "pci 0000:00:03.0: [1af4:1043]",
+        "ACPI: \\_SB_.LNK3: Enabled at IRQ 10",
         HVC_LOG_END,
         INIT_MARKER,
         "Linux (none) 6.1.0-",
@@ -89,6 +93,13 @@ fn check_hvc0_run(run: common::Run) -> u64 {
         has("pci 0000:00:03.0: BAR 0 [mem 0xfe000000-0xfe003fff]")
             && has("pci 0000:00:03.0: BAR 1 [mem 0xfe004000-0xfe004fff]"),
         "the BARs are not the board's\n{run}"
+    );
+    // The command line is the test's alone (no `pci=lastbus=1`).
+    assert!(
+        out.lines().any(|l| l
+            .trim_end()
+            .ends_with("Kernel command line: console=hvc0 splitvisor.exit")),
+        "{run}"
     );
     assert!(
         !has("splitvisor-linux: console=hvc0 but no /dev/hvc0"),

@@ -16,7 +16,9 @@
 //! | MADT: processor local APIC, I/O APIC, interrupt source override, local APIC NMI | 5.2.12, 5.2.12.2, 5.2.12.3, 5.2.12.5, 5.2.12.7 |
 //! | the fixed hardware the FADT points at: PM1 event and control blocks, PM timer | 4.8.3 |
 //! | `\_S5` (soft off) and the `SLP_TYP` values it gives | 7.4.2 |
-//! | the AML encoding of the DSDT (NameOp, PackageOp, PkgLength, ZeroOp) | 20.2 |
+//! | the AML encoding of the DSDT (`crate::aml`) | 20.2 |
+//! | the PCI root bridge: `_HID` PNP0A03, `_BBN`, `_CRS`, `_PRT` | 6.1.5, 6.5.5, 6.2.2, 6.2.13 |
+//! | PCI interrupt links (PNP0C0F): `_PRS`, `_CRS`, `_SRS`; resource descriptors | 6.2.12, 6.2.13, 6.2.16, 6.4 |
 //!
 //! The platform described is the one the vmm-server emulates, with QEMU's
 //! PC (`hw/i386/acpi-common.c`, PIIX4 PM) as the model for every choice the
@@ -27,8 +29,9 @@
 //! command port (the platform is always in ACPI mode).
 //!
 //! Left out: HPET, MCFG (PCI Express ECAM), SRAT/SLIT (NUMA), SSDTs, a
-//! processor or any other device object in the namespace, PCI interrupt
-//! routing (`_PRT`), `_S1`..`_S4` (no sleep state but soft off), GPE
+//! processor or any device object but the PCI root bridge and its
+//! interrupt links (no `PNP0501` for COM1 etc.: Linux probes the legacy
+//! devices itself), `_S1`..`_S4` (no sleep state but soft off), GPE
 //! blocks, a hardware-reduced profile, x2APIC entries (APIC IDs stay below
 //! 255) and the FADT's `SLEEP_CONTROL_REG`/`SLEEP_STATUS_REG` (only for
 //! hardware-reduced platforms).
@@ -467,8 +470,8 @@ pub struct MadtLocalApicNmi {
     pub lint: u8,
 }
 
-/// The DSDT's AML: one object in the root scope, `Name (_S5, Package () {
-/// 0, 0, 0, 0 })`, hand-encoded (ACPI 6.5 §20.2):
+/// `Name (_S5, Package () { 0, 0, 0, 0 })` in the root scope, hand-encoded
+/// (ACPI 6.5 §20.2):
 ///
 /// ```text
 /// 08                DefName := NameOp (0x08) NameString DataRefObject
@@ -482,11 +485,124 @@ pub struct MadtLocalApicNmi {
 ///
 /// So `\_S5` gives SLP_TYPa = SLP_TYPb = [`S5_SLP_TYP`] (0), as QEMU's
 /// DSDT does (ACPICA and Linux read the first two elements).
-pub const DSDT_AML: [u8; 12] = [
+pub const S5_AML: [u8; 12] = [
     0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00,
 ];
 
-const _: () = assert!(S5_SLP_TYP == 0, "DSDT_AML encodes SLP_TYP as ZeroOp");
+const _: () = assert!(S5_SLP_TYP == 0, "S5_AML encodes SLP_TYP as ZeroOp");
+
+/// PCI configuration mechanism #1's ports (CONFIG_ADDRESS, CONFIG_DATA),
+/// which `\_SB.PCI0` consumes.
+pub const PCI_CONFIG_PORTS: (u16, u8) = (0xcf8, 8);
+/// The PCI MMIO window the board routes to the functions' BARs
+/// (`vmm_server::devices::pci::MMIO_WINDOW_BASE` and `_LEN`), which
+/// `\_SB.PCI0` produces.
+pub const PCI_MMIO_WINDOW: (u32, u32) = (0xfe00_0000, 0xb0_0000);
+/// The PCI slots of the board, device number on bus 0 and the ISA line
+/// (= GSI, through the MADT's identity mapping) its INTA# drives, as
+/// `vmm_server::boards::PC_PCI_SLOTS`. The functions are single-function
+/// and use INTA# only (their Interrupt Pin register reads 1), so INTB#-INTD#
+/// are not routed.
+pub const PCI_SLOTS: &[(u8, u8)] = &[(3, 10), (4, 11), (5, 5)];
+
+/// The DSDT's AML: `\_S5` ([`S5_AML`]) and the PCI host bridge with the
+/// interrupt links of its slots:
+///
+/// ```text
+/// Scope (\_SB) {
+///   Device (LNK3) {                      // one per slot, named by its device number
+///     Name (_HID, EisaId ("PNP0C0F"))    // PCI interrupt link
+///     Name (_UID, 3)
+///     Name (_PRS, ResourceTemplate () { Interrupt (ResourceConsumer, Level, ActiveHigh, Exclusive) { 10 } })
+///     Name (_CRS, <the same>)
+///     Method (_SRS, 1) { }              // the line is wired: nothing to set
+///   }
+///   ...
+///   Device (PCI0) {
+///     Name (_HID, EisaId ("PNP0A03"))    // PCI host bridge, mechanism #1 (no MCFG, no PNP0A08)
+///     Name (_ADR, 0)
+///     Name (_BBN, 0)
+///     Name (_UID, 0)
+///     Name (_CRS, ResourceTemplate () {
+///       WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode, 0, 0, 0, 0, 1)
+///       IO (Decode16, 0x0CF8, 0x0CF8, 1, 8)
+///       DWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite,
+///                    0, 0xFE000000, 0xFEAFFFFF, 0, 0x00B00000)
+///     })
+///     Name (_PRT, Package () { Package () { 0x0003FFFF, 0, LNK3, 0 }, ... })
+///   }
+/// }
+/// ```
+///
+/// Links rather than GSIs in `_PRT`: a GSI there means level-triggered,
+/// active low (ACPI 6.5 §6.2.13), while the board drives a PCI line high
+/// when asserted, as QEMU's does; a link's `Interrupt` descriptor says so
+/// (QEMU's PIIX DSDT does the same with LNKA-LNKD). The bus range is bus 0
+/// alone (the board has no bridges); there is no I/O window (the board
+/// assigns no I/O BARs and routes no ports to the functions).
+pub fn dsdt_aml() -> Vec<u8> {
+    use crate::aml::{
+        device, dword_memory, eisa_id, integer, interrupt_level_high, io, method, name, package,
+        resource_template, scope, word_bus_number,
+    };
+    let link_name = |dev: u8| {
+        [
+            b'L',
+            b'N',
+            b'K',
+            b"0123456789ABCDEFGHIJKLMNOPQRSTUV"[usize::from(dev)],
+        ]
+    };
+    let mut sb = Vec::new();
+    for &(dev, gsi) in PCI_SLOTS {
+        let irq = resource_template(&[interrupt_level_high(u32::from(gsi))]);
+        sb.extend(device(
+            &link_name(dev),
+            &[
+                name(b"_HID", &integer(u64::from(eisa_id(b"PNP0C0F")))),
+                name(b"_UID", &integer(u64::from(dev))),
+                name(b"_PRS", &irq),
+                name(b"_CRS", &irq),
+                method(b"_SRS", 1, &[]),
+            ]
+            .concat(),
+        ));
+    }
+    let (io_base, io_len) = PCI_CONFIG_PORTS;
+    let (mem_base, mem_len) = PCI_MMIO_WINDOW;
+    let prt: Vec<Vec<u8>> = PCI_SLOTS
+        .iter()
+        .map(|&(dev, _)| {
+            package(&[
+                // _ADR form: device in the high word, 0xFFFF = any function.
+                integer((u64::from(dev) << 16) | 0xffff),
+                integer(0), // INTA#
+                link_name(dev).to_vec(),
+                integer(0),
+            ])
+        })
+        .collect();
+    sb.extend(device(
+        b"PCI0",
+        &[
+            name(b"_HID", &integer(u64::from(eisa_id(b"PNP0A03")))),
+            name(b"_ADR", &integer(0)),
+            name(b"_BBN", &integer(0)),
+            name(b"_UID", &integer(0)),
+            name(
+                b"_CRS",
+                &resource_template(&[
+                    word_bus_number(0, 0),
+                    io(io_base, io_len),
+                    dword_memory(mem_base, mem_len),
+                ]),
+            ),
+            name(b"_PRT", &package(&prt)),
+        ]
+        .concat(),
+    ));
+    [S5_AML.to_vec(), scope(b"\\_SB_", &sb)].concat()
+}
 
 /// The byte that makes `bytes` sum to 0 (mod 256) when added to them.
 fn checksum(bytes: &[u8]) -> u8 {
@@ -682,7 +798,7 @@ struct Layout {
 const ROOT_ENTRIES: usize = 2;
 const SDT_HEADER_LEN: usize = size_of::<SdtHeader>();
 
-fn layout(madt_len: usize) -> Layout {
+fn layout(dsdt_len: usize, madt_len: usize) -> Layout {
     let mut end = size_of::<Rsdp>();
     let mut place = |len: usize, align: usize| {
         let at = align_up(end, align);
@@ -690,7 +806,7 @@ fn layout(madt_len: usize) -> Layout {
         at
     };
     let facs = place(size_of::<Facs>(), 64);
-    let dsdt = place(SDT_HEADER_LEN + DSDT_AML.len(), 16);
+    let dsdt = place(SDT_HEADER_LEN + dsdt_len, 16);
     let fadt = place(size_of::<Fadt>(), 16);
     let madt = place(madt_len, 16);
     let rsdt = place(SDT_HEADER_LEN + 4 * ROOT_ENTRIES, 16);
@@ -709,7 +825,7 @@ fn layout(madt_len: usize) -> Layout {
 /// Builds the RSDP and the tables: the bytes to place at
 /// [`ACPI_TABLES_GPA`], the RSDP at offset 0, every address inside them
 /// the guest-physical one of that placement. At most [`ACPI_TABLES_MAX`]
-/// bytes (0x294 for one CPU, 8 more for each further CPU).
+/// bytes (0x414 for one CPU, 8 more for each further CPU).
 ///
 /// Layout: RSDP (0x00), FACS (0x40, 64-byte aligned), DSDT, FADT, MADT,
 /// RSDT, XSDT, each 16-byte aligned. The RSDT and XSDT list the FADT and
@@ -726,12 +842,13 @@ pub fn build(config: &AcpiConfig) -> Vec<u8> {
         config.cpus
     );
     let madt = madt(config);
-    let at = layout(madt.len());
+    let aml = dsdt_aml();
+    let at = layout(aml.len(), madt.len());
     assert!(at.end <= ACPI_TABLES_MAX, "ACPI tables too big");
     let gpa = |offset: usize| ACPI_TABLES_GPA + offset as u64;
 
     let mut dsdt = header(b"DSDT", 2).as_bytes().to_vec();
-    dsdt.extend_from_slice(&DSDT_AML);
+    dsdt.extend_from_slice(&aml);
     let dsdt = seal(dsdt);
     let fadt = fadt(gpa(at.facs), gpa(at.dsdt));
     let listed = [gpa(at.fadt), gpa(at.madt)];
@@ -988,19 +1105,109 @@ mod tests {
         assert_eq!(facs % 64, 0);
     }
 
+    fn dsdt_of(blob: &[u8]) -> &[u8] {
+        let d = tables(blob).dsdt().unwrap();
+        let o = d.address - ACPI_TABLES_GPA as usize;
+        &blob[o..o + d.length as usize]
+    }
+
     #[test]
     fn the_dsdt_holds_s5() {
         let blob = one_cpu();
-        let aml = tables(&blob).dsdt().unwrap();
-        let o = aml.address - ACPI_TABLES_GPA as usize;
-        let aml = &blob[o..o + aml.length as usize];
+        let aml = dsdt_of(&blob);
+        assert_eq!(aml, dsdt_aml());
         assert!(aml.windows(4).any(|w| w == b"_S5_"));
-        assert_eq!(aml, DSDT_AML);
         // Name(_S5_, Package, 4 elements, the first (SLP_TYPa) Zero.
+        assert_eq!(aml[..S5_AML.len()], S5_AML);
         assert_eq!(aml[0], 0x08);
         assert_eq!(aml[5], 0x12);
-        assert_eq!(aml[6] as usize, aml.len() - 6, "PkgLength covers the rest");
+        assert_eq!(
+            aml[6] as usize,
+            S5_AML.len() - 6,
+            "PkgLength covers the package"
+        );
         assert_eq!(aml[8], S5_SLP_TYP, "ZeroOp is the value 0");
+    }
+
+    #[test]
+    fn the_dsdt_has_a_pci_root_bridge_with_its_windows_and_links() {
+        let aml = dsdt_aml();
+        let scope = &aml[S5_AML.len()..];
+        assert_eq!(scope[0], 0x10, "ScopeOp");
+        // Two-byte PkgLength (the scope is over 63 bytes) covering the rest.
+        assert_eq!(scope[1] >> 6, 1);
+        let len = usize::from(scope[1] & 0xf) | usize::from(scope[2]) << 4;
+        assert_eq!(len, scope.len() - 1, "the scope's PkgLength");
+        assert_eq!(&scope[3..8], b"\\_SB_");
+        let has = |b: &[u8]| aml.windows(b.len()).any(|w| w == b);
+        // Device(PCI0) with _HID EisaId("PNP0A03") as a DWordConst.
+        assert!(has(&[0x5b, 0x82]));
+        assert!(has(b"PCI0"));
+        assert!(has(&[b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0a, 0x03]));
+        // The MMIO window: min 0xFE000000, max 0xFEAFFFFF, length 0xB00000.
+        let mut window = 0xfe00_0000u32.to_le_bytes().to_vec();
+        window.extend(0xfeaf_ffffu32.to_le_bytes());
+        window.extend(0u32.to_le_bytes());
+        window.extend(0xb0_0000u32.to_le_bytes());
+        assert!(has(&window));
+        // Bus 0 only: min 0, max 0, translation 0, length 1.
+        assert!(has(&[
+            0x88, 13, 0, 2, 0x0c, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0
+        ]));
+        for &(dev, gsi) in PCI_SLOTS {
+            // _PRT entry: Package(4) { 0x00ddFFFF, Zero, LNKd, Zero }.
+            let link = [b'L', b'N', b'K', b'0' + dev];
+            let entry = [&[0x12, 13, 4, 0x0c, 0xff, 0xff, dev, 0, 0][..], &link, &[0]].concat();
+            assert!(has(&entry), "the _PRT entry of slot {dev}");
+            // The link's Interrupt descriptor: consumer, level, active high.
+            assert!(has(&[0x89, 6, 0, 1, 1, gsi, 0, 0, 0]));
+        }
+    }
+
+    /// iasl (acpica-tools, `scripts/install-deps`) disassembles the DSDT
+    /// without errors and finds what the AML should say.
+    #[test]
+    fn iasl_disassembles_the_dsdt() {
+        let dir = std::env::temp_dir().join(format!("splitvisor-dsdt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let blob = one_cpu();
+        // The whole table, header and all: iasl checks the signature.
+        let body = tables(&blob).dsdt().unwrap();
+        let dsdt = table_at(&blob, (body.address - SDT_HEADER_LEN) as u64);
+        std::fs::write(dir.join("dsdt.dat"), dsdt).unwrap();
+        let out = match std::process::Command::new("iasl")
+            .args(["-d", "dsdt.dat"])
+            .current_dir(&dir)
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("iasl is not installed (acpica-tools): not disassembling");
+                return;
+            }
+            Err(e) => panic!("iasl: {e}"),
+        };
+        let log = String::from_utf8_lossy(&[out.stdout, out.stderr].concat()).into_owned();
+        let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap_or_default();
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(out.status.success(), "iasl -d failed:\n{log}");
+        assert!(!log.contains("Error"), "{log}");
+        for want in [
+            "Name (_S5, Package (0x04)",
+            "Device (PCI0)",
+            "Name (_HID, EisaId (\"PNP0A03\")",
+            "WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode,",
+            "IO (Decode16,",
+            "0xFEAFFFFF,",
+            "Package (0x04)",
+            "LNK3,",
+            "Device (LNK4)",
+            "Name (_HID, EisaId (\"PNP0C0F\")",
+            "Interrupt (ResourceConsumer, Level, ActiveHigh, Exclusive, ,, )",
+            "Method (_SRS, 1, NotSerialized)",
+        ] {
+            assert!(dsl.contains(want), "no {want:?} in\n{dsl}");
+        }
     }
 
     #[test]
@@ -1019,7 +1226,7 @@ mod tests {
 
     #[test]
     fn the_blob_is_small_and_stays_below_one_mib_for_every_cpu_count() {
-        assert_eq!(one_cpu().len(), 0x294);
+        assert_eq!(one_cpu().len(), 0x414);
         for cpus in [1, 2, 254] {
             let blob = build(&AcpiConfig { cpus });
             assert!(blob.len() <= ACPI_TABLES_MAX);

@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod acpi;
+pub mod aml;
 pub mod elf;
 pub mod guests;
 pub mod image;

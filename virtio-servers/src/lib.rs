@@ -19,6 +19,7 @@ use virtio::pci::{BarWriteOutcome, InterruptSink, VirtioPci};
 use virtio::{GuestMemory, MemoryError, VirtioDevice};
 
 pub mod console;
+pub mod rng;
 
 /// The interrupts a function raised since the last reply: MSI messages
 /// (up to [`MAX_MSIS`], the rest counted) and INTA#'s level.

@@ -182,8 +182,10 @@ const PCI_HOLE: Row = Row {
 
 /// The PC board's PCI functions besides the host bridge: device number
 /// (on bus 0, function 0) and INTx line of each, in the order the
-/// vmm-server puts them on the bus. The ISA board has none.
-pub const PC_PCI_SLOTS: &[(u8, u8)] = &[(3, 10), (4, 11)];
+/// vmm-server puts them on the bus (lines 10, 11 and 5: free ISA lines, as
+/// QEMU's PIIX interrupt links use). The ISA board has none. The DSDT's
+/// `_PRT` routes each slot's INTA# to its line (`images::acpi::PCI_SLOTS`).
+pub const PC_PCI_SLOTS: &[(u8, u8)] = &[(3, 10), (4, 11), (5, 5)];
 
 /// The table of `kind`.
 pub fn table(kind: Kind) -> &'static [Row] {
@@ -422,6 +424,22 @@ mod tests {
             u8::MAX,
             "no such device"
         );
+    }
+
+    /// The DSDT (built by the image builder) describes this board's PCI
+    /// slots, their lines and the MMIO window as they are here.
+    #[test]
+    fn the_dsdt_describes_the_pc_boards_pci_slots_and_window() {
+        assert_eq!(images::acpi::PCI_SLOTS, PC_PCI_SLOTS);
+        let (base, len) = images::acpi::PCI_MMIO_WINDOW;
+        assert_eq!(u64::from(base), pci::MMIO_WINDOW_BASE);
+        assert_eq!(u64::from(len), pci::MMIO_WINDOW_LEN);
+        assert_eq!(images::acpi::PCI_CONFIG_PORTS, (pci::BASE, pci::LEN as u8));
+        assert!(PC.iter().any(|r| r.decode
+            == Decode::Mmio {
+                base: pci::MMIO_WINDOW_BASE,
+                len: pci::MMIO_WINDOW_LEN
+            }));
     }
 
     #[test]

@@ -21,10 +21,11 @@
 //! sizes every BAR, places the memory BARs in the window
 //! [`MMIO_WINDOW_BASE`]..+[`MMIO_WINDOW_LEN`], naturally aligned, turns on
 //! memory decoding and bus mastering, and writes the interrupt line
-//! register). Linux, finding no PCI root bridge in the DSDT, scans bus 0
-//! itself (`pci_legacy_init`) and keeps assigned BARs that conflict with
-//! nothing (`pcibios_resource_survey`); the e820 map names RAM only below
-//! the guest's RAM size, so the window is free. The guest may move a BAR:
+//! register). Linux finds the bus through the DSDT's root bridge
+//! (`\_SB.PCI0`, `images/src/acpi.rs`, whose `_CRS` gives this window) and
+//! keeps assigned BARs that conflict with nothing
+//! (`pcibios_resource_survey`); the e820 map names RAM only below the
+//! guest's RAM size, so the window is free. The guest may move a BAR:
 //! the bus watches every configuration write that touches the command
 //! register or a BAR and re-reads them, and [`PciHole`], which the board
 //! routes the whole window to, decodes an access by the BARs as they are

@@ -1,0 +1,105 @@
+//! The virtio-rng ring-3 task: a virtio-pci entropy function (the
+//! `virtio` crate's `VirtioPci<Rng>`) as a server of its own.
+//!
+//! The vmm-server's proxy (`vmm_server::devices::remote_pci`) forwards each
+//! configuration-space and BAR access of the function, and a poll after
+//! exits, as an `ipc_proto::pci::PciMessage` on its channel to this task.
+//! This task loops on `ReplyRecv`: it applies each message with
+//! `virtio_servers::serve` (a queue notification fills the guest's buffers
+//! there, in guest RAM mapped into this task) and answers with the
+//! interrupts raised (MSI-X messages, INTA#'s level). The bytes come from
+//! RDRAND, or, on a CPU without it, from a PRNG seeded from the TSC that is
+//! not cryptographic (`virtio_servers::rng`).
+//! Rights: guest RAM read-write, its channel (no console: its `say!` lines,
+//! a refused `ReplyRecv` or a panic, are dropped, and the stub reports the
+//! VM's failure).
+#![cfg_attr(target_os = "none", no_std, no_main)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!(
+        "virtio-rng is a ring-3 task of the splitvisor image; it runs under the stub only. \
+         `splitvisor run --rng` adds it."
+    );
+    std::process::exit(2);
+}
+
+#[cfg(target_os = "none")]
+mod ring3 {
+
+    use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
+    use ipc_proto::manifest::MAX_CHANNELS;
+    use ipc_proto::pci::PciMessage;
+    use ipc_proto::sys;
+    use ipc_proto::syscall::{NO_REPLY, RECV_NOTIFICATION};
+    use ipc_proto::{Syscall, ABI_VERSION};
+    use virtio::VirtioPci;
+    use virtio_servers::rng::{Entropy, Rng};
+    use virtio_servers::{serve, Collected, RamWindow};
+
+    ipc_proto::server_entry!(server_main);
+
+    macro_rules! say {
+        ($($arg:tt)*) => {
+            ipc_proto::sys::say_line("[virtio-rng] ", format_args!($($arg)*))
+        };
+    }
+
+    fn channel_page(ch: u64) -> *mut PciMessage {
+        (CHANNEL_PAGE_BASE + ch * PAGE_SIZE) as *mut PciMessage
+    }
+
+    extern "C" fn server_main() -> ! {
+        let boot = sys::boot_info();
+        if boot.abi_version != ABI_VERSION {
+            say!(
+                "the stub speaks ABI version {}, this server was built for version {ABI_VERSION}",
+                boot.abi_version
+            );
+            sys::vm_fail();
+        }
+        // SAFETY: the manifest grants this task guest RAM read-write, which
+        // the stub maps at `guest_ram_window` for `guest_ram_bytes`; nothing
+        // else in this task refers to it.
+        let mut ram =
+            unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) };
+        // No console right to say which: `--help` and the README do.
+        let mut pci = VirtioPci::new(Rng::new(Entropy::from_cpu()), Collected::default());
+        let mut reply_to = NO_REPLY;
+        loop {
+            // Replies to the call before (none the first time) and waits
+            // for the next one.
+            let v = match sys::call(Syscall::ReplyRecv, reply_to) {
+                Ok(v) => v,
+                Err(e) => {
+                    say!("ReplyRecv refused: {}", e.describe());
+                    sys::vm_fail();
+                }
+            };
+            reply_to = NO_REPLY;
+            if v & RECV_NOTIFICATION != 0 || v >= MAX_CHANNELS as u64 {
+                continue;
+            }
+            let page = channel_page(v);
+            // SAFETY: the stub maps the page of a channel this task serves
+            // read-write at this address in both ends; the client waits in
+            // `Call` while we run, and every bit pattern is a valid
+            // PciMessage (it fits the page).
+            let request = unsafe { page.read_volatile() };
+            let reply = serve(&mut pci, &mut ram, &request);
+            // SAFETY: as above.
+            unsafe { page.write_volatile(reply) };
+            reply_to = v;
+        }
+    }
+
+    #[panic_handler]
+    fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+        match info.location() {
+            Some(l) => say!("panic: {} at {}:{}", info.message(), l.file(), l.line()),
+            None => say!("panic: {}", info.message()),
+        }
+        sys::vm_fail()
+    }
+}
