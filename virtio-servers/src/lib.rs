@@ -2,20 +2,29 @@
 //! own: [`serve`] applies one `ipc_proto::pci::PciMessage` from the
 //! vmm-server's proxy (`vmm_server::devices::remote_pci`) to a
 //! [`VirtioPci`] and builds the reply, with the interrupts the access
-//! raised ([`Collected`]). A queue notification is processed before the
-//! reply (synchronous), in guest RAM mapped into this server
+//! raised ([`Collected`]), in guest RAM mapped into this server
 //! ([`RamWindow`]).
 //!
+//! Queue notifications are asynchronous: [`serve`] answers `DOORBELL` with
+//! the notification addresses, the proxy `Signal`s this server for a
+//! guest's write there, and [`Server::notified`] processes those queues
+//! and says whether to `Signal` the proxy back ([`Server`] keeps the
+//! channel; the interrupts wait in [`Collected`] for the proxy's `POLL`).
+//! A notification that comes through a message (the PCI configuration
+//! window) is processed before the reply.
+//!
 //! Any `virtio::VirtioDevice` works: a device server is a thin loop of
-//! `ReplyRecv` around [`serve`] (`src/bin/virtio-console.rs`). Nothing here
+//! `ReplyRecv` around [`Server`] (`src/bin/virtio-console.rs`). Nothing here
 //! panics on what the guest or the vmm-server sends: bad sizes and
 //! registers read all ones or are dropped (the virtio crate checks them),
 //! and a queue the guest corrupted puts the device into NEEDS_RESET.
 #![cfg_attr(not(test), no_std)]
 #![deny(missing_docs)]
 
-use ipc_proto::pci::{op, MsiMessage, PciMessage, MAX_MSIS};
-use virtio::pci::{BarWriteOutcome, InterruptSink, VirtioPci};
+use ipc_proto::pci::{doorbell_bit, op, served_bit, MsiMessage, PciMessage, MAX_MSIS};
+use virtio::pci::{
+    BarWriteOutcome, InterruptSink, VirtioPci, NOTIFY_OFFSET, NOTIFY_OFF_MULTIPLIER, VIRTIO_BAR,
+};
 use virtio::{GuestMemory, MemoryError, VirtioDevice};
 
 pub mod console;
@@ -28,15 +37,24 @@ pub struct Collected {
     count: u8,
     dropped: u32,
     intx: bool,
+    /// The INTx level the last reply reported.
+    intx_reported: bool,
 }
 
 impl Collected {
+    /// Whether the proxy has not heard of something yet: a message, a
+    /// lost one, or a change of INTA#'s level.
+    pub fn has_news(&self) -> bool {
+        self.count != 0 || self.dropped != 0 || self.intx != self.intx_reported
+    }
+
     /// Moves the messages into `reply` and reports the INTx level.
     pub fn drain_into(&mut self, reply: &mut PciMessage) {
         reply.msis = self.msis;
         reply.msi_count = self.count;
         reply.msis_dropped = self.dropped;
         reply.intx = u8::from(self.intx);
+        self.intx_reported = self.intx;
         self.count = 0;
         self.dropped = 0;
         self.msis = [MsiMessage::default(); MAX_MSIS];
@@ -97,6 +115,16 @@ pub fn serve<D: VirtioDevice, M: GuestMemory + ?Sized>(
             pci.poll(mem);
             BarWriteOutcome::Done
         }
+        (op::DOORBELL, _) => {
+            // Queue n's notification address is NOTIFY_OFFSET + n *
+            // NOTIFY_OFF_MULTIPLIER (the notify capability says so).
+            let queues = pci.device().queue_max_sizes().len() as u64;
+            reply.bar = VIRTIO_BAR;
+            reply.offset = NOTIFY_OFFSET;
+            reply.size = NOTIFY_OFF_MULTIPLIER as u8;
+            reply.value = queues.max(1) * u64::from(NOTIFY_OFF_MULTIPLIER);
+            BarWriteOutcome::Done
+        }
         _ => {
             reply.value = u64::MAX;
             BarWriteOutcome::Done
@@ -109,13 +137,94 @@ pub fn serve<D: VirtioDevice, M: GuestMemory + ?Sized>(
     reply
 }
 
+/// Processes the queues whose doorbell bits (`ipc_proto::pci::doorbell_bit`)
+/// are set in `bits`; the last bit stands for every queue from
+/// `ipc_proto::pci::DOORBELLS - 1` on. The interrupts raised stay in the sink.
+pub fn serve_doorbells<D: VirtioDevice, M: GuestMemory + ?Sized>(
+    pci: &mut VirtioPci<D, Collected>,
+    mem: &mut M,
+    bits: u64,
+) {
+    let queues = pci.device().queue_max_sizes().len() as u64;
+    for q in 0..queues {
+        if bits & doorbell_bit(q) != 0 {
+            pci.process_queue(q as u16, mem);
+        }
+    }
+}
+
+/// A device server's state between `ReplyRecv`s: the function, and the
+/// channel of the proxy it serves (learned from the first message).
+pub struct Server<D: VirtioDevice> {
+    /// The function.
+    pub pci: VirtioPci<D, Collected>,
+    client: Option<u64>,
+    /// The proxy's doorbell count when this server last took its word.
+    doorbells_seen: u64,
+}
+
+impl<D: VirtioDevice> Server<D> {
+    /// A server for `device`.
+    pub fn new(device: D) -> Self {
+        Self {
+            pci: VirtioPci::new(device, Collected::default()),
+            client: None,
+            doorbells_seen: 0,
+        }
+    }
+
+    /// The proxy's channel, once a message came on it.
+    pub fn client(&self) -> Option<u64> {
+        self.client
+    }
+
+    /// Answers `request`, which came on channel `ch` (see [`serve`]).
+    pub fn message<M: GuestMemory + ?Sized>(
+        &mut self,
+        ch: u64,
+        mem: &mut M,
+        request: &PciMessage,
+    ) -> PciMessage {
+        self.client = Some(ch);
+        let mut reply = serve(&mut self.pci, mem, request);
+        if request.op == op::POLL {
+            reply.value = self.doorbells_seen;
+        }
+        reply
+    }
+
+    /// A notification word from `ReplyRecv`, with the proxy's doorbell
+    /// count read from the channel page at that moment
+    /// (`ipc_proto::pci::DOORBELL_COUNT_OFFSET`): processes the rung
+    /// doorbells (the low 16 bits; the rest are host IRQs, not ours) and
+    /// returns the channel and bits to `Signal` when the proxy has
+    /// interrupts to fetch.
+    pub fn notified<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        word: u64,
+        doorbells: u64,
+    ) -> Option<(u64, u64)> {
+        if word & 0xffff != 0 {
+            self.doorbells_seen = doorbells;
+        }
+        serve_doorbells(&mut self.pci, mem, word & 0xffff);
+        let ch = self.client?;
+        // Signal even without interrupts when doorbells were processed: the
+        // proxy's POLL then learns that they were.
+        (word & 0xffff != 0 || self.pci.interrupt_sink().has_news()).then_some((ch, served_bit(ch)))
+    }
+}
+
 /// Guest RAM `[0, len)` mapped into this server at `base` (the stub maps
 /// the guest's RAM window into a task with that right), as
 /// [`GuestMemory`].
 ///
-/// The guest does not run while this server handles a message (one vCPU,
-/// synchronous calls), so the bytes do not change under a slice this
-/// server holds.
+/// The guest runs only while this server is blocked in a system call (one
+/// CPU, no preemption of ring-3 tasks): a device reads what it needs into
+/// locals and holds no slice across a `Call` (virtio-blk hands the disk
+/// driver addresses, not slices), so the bytes do not change under a
+/// slice this server holds.
 pub struct RamWindow {
     base: *mut u8,
     len: u64,

@@ -5,11 +5,19 @@
 //! the function would be: every configuration-space access and every BAR
 //! access becomes one [`PciMessage`] on the channel, and every poll one
 //! `POLL` message (at most one per poll gap). The device server does the
-//! work an access asks for before it replies (a write to a queue's
-//! notification address processes that queue), so the reply carries the
+//! work an access asks for before it replies, so the reply carries the
 //! interrupts it raised: the INTx level, which the proxy holds on the
 //! function's line, and MSI/MSI-X messages, which it writes to the board's
 //! MSI mailbox (the interrupt controllers deliver them to the local APIC).
+//!
+//! Doorbells are asynchronous: at its first BAR write the proxy asks the
+//! server which BAR range is doorbells (`DOORBELL`); a write there becomes
+//! a `Signal` of the doorbell's bit and the guest runs on. The server does
+//! the work when the stub schedules it and `Signal`s back; at the
+//! vmm-server's notification exit [`PciFunction::notified`] sends a `POLL`
+//! whose reply carries the interrupts. Bits coalesce, and the server
+//! processes a whole queue for a bit, so a doorbell rung while the server
+//! is busy is not lost: it is seen at the server's next `ReplyRecv`.
 //!
 //! The proxy knows nothing of virtio: any function a server models speaks
 //! this protocol (the device side for any `virtio::VirtioDevice` is
@@ -19,7 +27,7 @@
 //! [`RemotePci::failures`]: reads see an empty bus (all ones), writes are
 //! dropped and the interrupt line keeps its level.
 
-use ipc_proto::pci::{op, PciMessage, MAX_MSIS};
+use ipc_proto::pci::{doorbell_bit, op, PciMessage, MAX_MSIS};
 use ipc_proto::ErrorCode;
 
 use super::pci::PciFunction;
@@ -29,11 +37,42 @@ use crate::board::PciInterrupts;
 pub trait PciChannel {
     /// Sends `request` and waits for the server's reply.
     fn call(&mut self, request: &PciMessage) -> Result<PciMessage, ErrorCode>;
+    /// Writes `count` at `ipc_proto::pci::DOORBELL_COUNT_OFFSET` of the
+    /// channel page, then ORs `bits` into the server's notification word
+    /// (`Signal`).
+    fn signal(&mut self, bits: u64, count: u64) -> Result<(), ErrorCode>;
+    /// The bit the server sets in the vmm-server's word when it has
+    /// interrupts for this proxy (`ipc_proto::pci::served_bit`).
+    fn served_bit(&self) -> u32;
 }
 
 impl<C: PciChannel + ?Sized> PciChannel for &mut C {
     fn call(&mut self, request: &PciMessage) -> Result<PciMessage, ErrorCode> {
         (**self).call(request)
+    }
+    fn signal(&mut self, bits: u64, count: u64) -> Result<(), ErrorCode> {
+        (**self).signal(bits, count)
+    }
+    fn served_bit(&self) -> u32 {
+        (**self).served_bit()
+    }
+}
+
+/// A function's doorbell registers: `len` bytes of BAR `bar` from
+/// `offset`, one doorbell every `stride` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Doorbells {
+    bar: u8,
+    offset: u64,
+    len: u64,
+    stride: u64,
+}
+
+impl Doorbells {
+    /// The doorbell a write at `offset` of `bar` rings.
+    fn index(&self, bar: u8, offset: u64) -> Option<u64> {
+        let rel = offset.checked_sub(self.offset)?;
+        (bar == self.bar && rel < self.len).then(|| rel / self.stride)
     }
 }
 
@@ -49,6 +88,13 @@ pub struct RemotePci<'b, C: PciChannel> {
     msis: u64,
     msis_dropped: u64,
     last_error: Option<ErrorCode>,
+    /// `None` until the server was asked; then its answer.
+    doorbells: Option<Option<Doorbells>>,
+    /// Doorbells signalled, and how many of them the server had seen at
+    /// its last answer to a poll.
+    rung: u64,
+    seen: u64,
+    notified: u64,
 }
 
 impl<'b, C: PciChannel> RemotePci<'b, C> {
@@ -64,12 +110,23 @@ impl<'b, C: PciChannel> RemotePci<'b, C> {
             msis: 0,
             msis_dropped: 0,
             last_error: None,
+            doorbells: None,
+            rung: 0,
+            seen: 0,
+            notified: 0,
         }
     }
 
     /// The same proxy raising the interrupts each reply reports on `irq`.
     pub fn with_irq(mut self, irq: PciInterrupts<'b>) -> Self {
         self.irq = Some(irq);
+        self
+    }
+
+    /// The same proxy sending doorbell writes as calls too (no `Signal`):
+    /// the vmm-server does so under shadow paging (see `Vmm::notified`).
+    pub fn synchronous(mut self) -> Self {
+        self.doorbells = Some(None);
         self
     }
 
@@ -95,9 +152,57 @@ impl<'b, C: PciChannel> RemotePci<'b, C> {
         (self.msis, self.msis_dropped)
     }
 
+    /// Doorbell writes signalled, and the server's notifications answered
+    /// with a poll.
+    pub fn doorbells(&self) -> (u64, u64) {
+        (self.rung, self.notified)
+    }
+
     /// The error of the last failed call.
     pub fn last_error(&self) -> Option<ErrorCode> {
         self.last_error
+    }
+
+    /// The function's doorbells, asked for once (a server that does not
+    /// know the op answers all ones: no doorbells).
+    fn doorbells_of(&mut self) -> Option<Doorbells> {
+        if let Some(d) = self.doorbells {
+            return d;
+        }
+        self.calls += 1;
+        let request = PciMessage {
+            op: op::DOORBELL,
+            ..PciMessage::default()
+        };
+        let d = match self.channel.call(&request) {
+            Ok(r) if r.op == op::DOORBELL && r.value != 0 && (1..=128).contains(&r.size) => {
+                Some(Doorbells {
+                    bar: r.bar,
+                    offset: r.offset,
+                    len: r.value,
+                    stride: u64::from(r.size),
+                })
+            }
+            Ok(_) => None,
+            Err(e) => {
+                // Asked again at the next BAR write.
+                self.failures += 1;
+                self.last_error = Some(e);
+                return None;
+            }
+        };
+        self.doorbells = Some(d);
+        d
+    }
+
+    /// Sends a poll now; its reply also says how many doorbells the
+    /// server has taken.
+    fn poll_now(&mut self) {
+        if let Some(seen) = self.send(op::POLL, 0, 0, 0, 0) {
+            if self.doorbells.is_some_and(|d| d.is_some()) {
+                self.seen = seen.min(self.rung);
+            }
+        }
     }
 
     fn send(&mut self, op: u32, bar: u8, offset: u64, size: u8, value: u64) -> Option<u64> {
@@ -157,7 +262,31 @@ impl<C: PciChannel> PciFunction for RemotePci<'_, C> {
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, size: u8, value: u64) {
+        if let Some(i) = self.doorbells_of().and_then(|d| d.index(bar, offset)) {
+            match self.channel.signal(doorbell_bit(i), self.rung + 1) {
+                Ok(()) => {
+                    self.rung += 1;
+                    return;
+                }
+                // The server cannot be signalled: ring it the slow way.
+                Err(e) => {
+                    self.failures += 1;
+                    self.last_error = Some(e);
+                }
+            }
+        }
         let _ = self.send(op::BAR_WRITE, bar, offset, size, value & mask(size));
+    }
+
+    fn notified(&mut self, word: u32) {
+        if word & self.channel.served_bit() != 0 {
+            self.notified += 1;
+            self.poll_now();
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.seen < self.rung
     }
 
     fn poll(&mut self) {
@@ -171,7 +300,7 @@ impl<C: PciChannel> PciFunction for RemotePci<'_, C> {
             }
             self.last_poll = Some(t);
         }
-        let _ = self.send(op::POLL, 0, 0, 0, 0);
+        self.poll_now();
     }
 }
 
@@ -181,13 +310,14 @@ mod tests {
     use crate::board::Board;
     use crate::devices::pci::{PciBus, PciHole, MMIO_WINDOW_BASE};
     use crate::mmio::MmioDevice;
+    use ipc_proto::syscall::RECV_NOTIFICATION;
     use std::vec::Vec;
     use virtio::devices::console::{Console, ConsoleOutput, TRANSMITQ};
-    use virtio::pci::{common, VirtioPci, NOTIFY_OFFSET, NOTIFY_OFF_MULTIPLIER};
+    use virtio::pci::{common, NOTIFY_OFFSET, NOTIFY_OFF_MULTIPLIER};
     use virtio::status::{ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK};
     use virtio::SliceMemory;
     use virtio_servers::console::InputBuffer;
-    use virtio_servers::{serve, Collected};
+    use virtio_servers::Server;
 
     #[derive(Default)]
     struct Out(Vec<u8>);
@@ -200,11 +330,19 @@ mod tests {
     /// A channel whose server is a virtio console in the same process:
     /// what the virtio-console server does, without the stub in between.
     struct Loopback {
-        pci: VirtioPci<Console<Out, InputBuffer>, Collected>,
+        server: Server<Console<Out, InputBuffer>>,
         ram: Vec<u8>,
         seen: Vec<PciMessage>,
         broken: bool,
+        /// The server's notification word (what `Signal` sets).
+        word: u64,
+        /// The vmm-server's word (what the server's `Signal` sets).
+        back: u32,
+        /// The doorbell count in the channel page.
+        count: u64,
     }
+
+    const CH: u64 = 2;
 
     impl PciChannel for Loopback {
         fn call(&mut self, request: &PciMessage) -> Result<PciMessage, ErrorCode> {
@@ -212,23 +350,59 @@ mod tests {
                 return Err(ErrorCode::NotReady);
             }
             self.seen.push(*request);
-            Ok(serve(
-                &mut self.pci,
-                &mut SliceMemory::new(&mut self.ram),
-                request,
-            ))
+            Ok(self
+                .server
+                .message(CH, &mut SliceMemory::new(&mut self.ram), request))
+        }
+        fn signal(&mut self, bits: u64, count: u64) -> Result<(), ErrorCode> {
+            if self.broken {
+                return Err(ErrorCode::NotReady);
+            }
+            self.count = count;
+            self.word |= bits;
+            Ok(())
+        }
+        fn served_bit(&self) -> u32 {
+            ipc_proto::pci::served_bit(CH) as u32
+        }
+    }
+
+    impl Loopback {
+        /// The stub schedules the server: it takes its word, as
+        /// `ReplyRecv` returns it, and signals back if it has news.
+        fn schedule(&mut self) {
+            let word = core::mem::take(&mut self.word);
+            if word == 0 {
+                return;
+            }
+            let mut mem = SliceMemory::new(&mut self.ram);
+            if let Some((ch, bits)) =
+                self.server
+                    .notified(&mut mem, RECV_NOTIFICATION | word, self.count)
+            {
+                assert_eq!(ch, CH);
+                self.back |= bits as u32;
+            }
+        }
+
+        fn take_back(&mut self) -> u32 {
+            core::mem::take(&mut self.back)
+        }
+
+        fn output(&self) -> &[u8] {
+            &self.server.pci.device().output().0
         }
     }
 
     fn loopback() -> Loopback {
         Loopback {
-            pci: VirtioPci::new(
-                Console::new(Out::default(), InputBuffer::new()),
-                Collected::default(),
-            ),
+            server: Server::new(Console::new(Out::default(), InputBuffer::new())),
             ram: vec![0; 1 << 16],
             seen: Vec::new(),
             broken: false,
+            word: 0,
+            back: 0,
+            count: 0,
         }
     }
 
@@ -236,70 +410,200 @@ mod tests {
         ram[gpa..gpa + bytes.len()].copy_from_slice(bytes);
     }
 
+    /// A guest driver's set-up of the console's transmit queue (size 4
+    /// at 0x1000/0x2000/0x3000, MSI-X vector 1 = 0xFEE00000 data 0x41)
+    /// through `proxy` on a bus, as Linux does it.
+    fn set_up_transmitq(proxy: &mut RemotePci<'_, &mut Loopback>) {
+        let bus = PciBus::new();
+        bus.add(3, 0, 10, &mut *proxy).unwrap();
+        let cfg = bus.bar_base(3, 0, 0).unwrap();
+        let msix = bus.bar_base(3, 0, 1).unwrap();
+        let mut hole = PciHole::new(&bus);
+        let mut w = |gpa: u64, size: u8, v: u64| {
+            hole.write(gpa - MMIO_WINDOW_BASE, size, v);
+        };
+        // MSI-X entry 1 (the transmit queue's vector): 0xFEE00000, vector 0x41.
+        w(msix + 16, 4, 0xfee0_0000);
+        w(msix + 16 + 8, 4, 0x41);
+        w(msix + 16 + 12, 4, 0);
+        w(
+            cfg + common::DEVICE_STATUS,
+            1,
+            u64::from(ACKNOWLEDGE | DRIVER),
+        );
+        w(cfg + common::DRIVER_FEATURE_SELECT, 4, 1);
+        w(cfg + common::DRIVER_FEATURE, 4, 1);
+        let ok = ACKNOWLEDGE | DRIVER | FEATURES_OK;
+        w(cfg + common::DEVICE_STATUS, 1, u64::from(ok));
+        w(cfg + common::QUEUE_SELECT, 2, u64::from(TRANSMITQ));
+        w(cfg + common::QUEUE_SIZE, 2, 4);
+        w(cfg + common::QUEUE_MSIX_VECTOR, 2, 1);
+        w(cfg + common::QUEUE_DESC, 8, 0x1000);
+        w(cfg + common::QUEUE_DRIVER, 8, 0x2000);
+        w(cfg + common::QUEUE_DEVICE, 8, 0x3000);
+        w(cfg + common::QUEUE_ENABLE, 2, 1);
+        w(cfg + common::DEVICE_STATUS, 1, u64::from(ok | DRIVER_OK));
+        // MSI-X enable (message control, capability at 0x40).
+        let mut host = crate::devices::pci::PciHost::new().with_bus(&bus);
+        use crate::devices::{IoSize, PortDevice};
+        let cap = (0x40..0x100)
+            .step_by(4)
+            .find(|&r| {
+                host.write(0, IoSize::Dword, 0x8000_1800 | r);
+                host.read(4, IoSize::Byte) == 0x11
+            })
+            .expect("an MSI-X capability");
+        host.write(0, IoSize::Dword, 0x8000_1800 | cap);
+        host.write(6, IoSize::Word, 0x8000);
+    }
+
+    /// The driver puts `text` in descriptor `slot` (at 0x4000 + slot *
+    /// 0x100) and makes it available as the `n`-th buffer.
+    fn offer(ram: &mut [u8], slot: u16, n: u16, text: &[u8]) {
+        let buf = 0x4000 + usize::from(slot) * 0x100;
+        let desc = 0x1000 + usize::from(slot) * 16;
+        put(ram, buf, text);
+        put(ram, desc, &(buf as u64).to_le_bytes());
+        put(ram, desc + 8, &(text.len() as u32).to_le_bytes());
+        put(ram, 0x2004 + 2 * usize::from(n % 4), &slot.to_le_bytes());
+        put(ram, 0x2002, &(n + 1).to_le_bytes());
+    }
+
+    const TX_NOTIFY: u64 = NOTIFY_OFFSET + TRANSMITQ as u64 * NOTIFY_OFF_MULTIPLIER as u64;
+
     #[test]
-    fn a_driver_sends_output_through_the_proxy_and_gets_an_msi() {
+    fn a_doorbell_signals_and_the_msi_comes_at_the_notification() {
         let board = Board::new();
         let mut ch = loopback();
         {
             let mut proxy = RemotePci::new(&mut ch).with_irq(board.irq.pci(10));
-            let bus = PciBus::new();
-            bus.add(3, 0, 10, &mut proxy).unwrap();
-            let cfg = bus.bar_base(3, 0, 0).unwrap();
-            let msix = bus.bar_base(3, 0, 1).unwrap();
-            let mut hole = PciHole::new(&bus);
-            let mut w = |gpa: u64, size: u8, v: u64| {
-                hole.write(gpa - MMIO_WINDOW_BASE, size, v);
-            };
-            // MSI-X entry 1 (the transmit queue's vector): 0xFEE00000, vector 0x41.
-            w(msix + 16, 4, 0xfee0_0000);
-            w(msix + 16 + 8, 4, 0x41);
-            w(msix + 16 + 12, 4, 0);
-            w(
-                cfg + common::DEVICE_STATUS,
-                1,
-                u64::from(ACKNOWLEDGE | DRIVER),
-            );
-            w(cfg + common::DRIVER_FEATURE_SELECT, 4, 1);
-            w(cfg + common::DRIVER_FEATURE, 4, 1);
-            let ok = ACKNOWLEDGE | DRIVER | FEATURES_OK;
-            w(cfg + common::DEVICE_STATUS, 1, u64::from(ok));
-            w(cfg + common::QUEUE_SELECT, 2, u64::from(TRANSMITQ));
-            w(cfg + common::QUEUE_SIZE, 2, 4);
-            w(cfg + common::QUEUE_MSIX_VECTOR, 2, 1);
-            w(cfg + common::QUEUE_DESC, 8, 0x1000);
-            w(cfg + common::QUEUE_DRIVER, 8, 0x2000);
-            w(cfg + common::QUEUE_DEVICE, 8, 0x3000);
-            w(cfg + common::QUEUE_ENABLE, 2, 1);
-            w(cfg + common::DEVICE_STATUS, 1, u64::from(ok | DRIVER_OK));
-            // MSI-X enable (message control, capability at 0x40).
-            let mut host = crate::devices::pci::PciHost::new().with_bus(&bus);
-            use crate::devices::{IoSize, PortDevice};
-            let cap = (0x40..0x100)
-                .step_by(4)
-                .find(|&r| {
-                    host.write(0, IoSize::Dword, 0x8000_1800 | r);
-                    host.read(4, IoSize::Byte) == 0x11
-                })
-                .expect("an MSI-X capability");
-            host.write(0, IoSize::Dword, 0x8000_1800 | cap);
-            host.write(6, IoSize::Word, 0x8000);
-            // The ring, in the server's RAM.
-            let ram = &mut proxy.channel.ram;
-            put(ram, 0x4000, b"hello\n");
-            put(ram, 0x1000, &0x4000u64.to_le_bytes());
-            put(ram, 0x1008, &6u32.to_le_bytes());
-            put(ram, 0x2004, &0u16.to_le_bytes());
-            put(ram, 0x2002, &1u16.to_le_bytes());
-            let notify = NOTIFY_OFFSET + u64::from(TRANSMITQ) * u64::from(NOTIFY_OFF_MULTIPLIER);
-            proxy.bar_write(0, notify, 2, u64::from(TRANSMITQ));
+            set_up_transmitq(&mut proxy);
+            offer(&mut proxy.channel.ram, 0, 0, b"hello\n");
+            let calls = proxy.calls();
+            proxy.bar_write(0, TX_NOTIFY, 2, u64::from(TRANSMITQ));
+            // The guest runs on: no call, the server only signalled.
+            assert_eq!(proxy.calls(), calls);
+            assert_eq!(proxy.channel.word, 1 << TRANSMITQ);
+            assert!(proxy.busy());
+            assert!(proxy.channel.output().is_empty());
+            assert_eq!(proxy.msis(), (0, 0));
+            // The stub schedules the server; it signals the proxy's end.
+            proxy.channel.schedule();
+            assert_eq!(proxy.channel.output(), b"hello\n");
+            let back = proxy.channel.take_back();
+            assert_eq!(back, 1 << CH);
+            assert!(board.irq.take_msi().is_none(), "not before the poll");
+            // A word without this function's bit changes nothing.
+            proxy.notified(1 << (CH + 1));
+            assert!(proxy.busy());
+            // The vmm-server's notification exit.
+            proxy.notified(back);
+            assert!(!proxy.busy());
             assert_eq!(proxy.msis(), (1, 0));
+            assert_eq!(proxy.doorbells(), (1, 1));
             assert_eq!(proxy.failures(), 0);
         }
-        assert_eq!(ch.pci.device().output().0, b"hello\n");
         let m = board.irq.take_msi().expect("the queue's MSI-X message");
         assert_eq!(m.vector, 0x41);
         let last = ch.seen.last().unwrap();
-        assert_eq!((last.op, last.bar, last.size), (op::BAR_WRITE, 0, 2));
+        assert_eq!(last.op, op::POLL);
+        assert_eq!(
+            ch.seen.iter().filter(|m| m.op == op::DOORBELL).count(),
+            1,
+            "asked once"
+        );
+        assert!(
+            !ch.seen
+                .iter()
+                .any(|m| m.op == op::BAR_WRITE && m.offset == TX_NOTIFY),
+            "the doorbell never became a call"
+        );
+    }
+
+    #[test]
+    fn doorbells_rung_while_the_server_is_busy_are_not_lost() {
+        let board = Board::new();
+        let mut ch = loopback();
+        let mut proxy = RemotePci::new(&mut ch).with_irq(board.irq.pci(10));
+        set_up_transmitq(&mut proxy);
+        // Two doorbells before the server runs: one bit, both buffers.
+        offer(&mut proxy.channel.ram, 0, 0, b"a");
+        proxy.bar_write(0, TX_NOTIFY, 2, 1);
+        offer(&mut proxy.channel.ram, 1, 1, b"b");
+        proxy.bar_write(0, TX_NOTIFY, 2, 1);
+        proxy.channel.schedule();
+        assert_eq!(proxy.channel.output(), b"ab");
+        // The server has done its work and signalled, but the proxy has not
+        // polled yet: a third doorbell comes.
+        offer(&mut proxy.channel.ram, 2, 2, b"c");
+        proxy.bar_write(0, TX_NOTIFY, 2, 1);
+        let back = proxy.channel.take_back();
+        proxy.notified(back);
+        assert!(proxy.busy(), "the third doorbell is still to be answered");
+        proxy.channel.schedule();
+        assert_eq!(proxy.channel.output(), b"abc");
+        let back = proxy.channel.take_back();
+        proxy.notified(back);
+        assert!(!proxy.busy());
+        assert_eq!(proxy.doorbells(), (3, 2));
+        assert_eq!(proxy.channel.count, 3);
+        let mut vectors = Vec::new();
+        while let Some(m) = board.irq.take_msi() {
+            vectors.push(m.vector);
+        }
+        assert!(!vectors.is_empty() && vectors.iter().all(|&v| v == 0x41));
+        // The used ring holds all three.
+        let ram = &proxy.channel.ram;
+        assert_eq!(u16::from_le_bytes([ram[0x3002], ram[0x3003]]), 3);
+    }
+
+    #[test]
+    fn a_synchronous_proxy_processes_the_queue_in_the_call() {
+        let board = Board::new();
+        let mut ch = loopback();
+        {
+            let mut proxy = RemotePci::new(&mut ch)
+                .with_irq(board.irq.pci(10))
+                .synchronous();
+            set_up_transmitq(&mut proxy);
+            offer(&mut proxy.channel.ram, 0, 0, b"hello\n");
+            proxy.bar_write(0, TX_NOTIFY, 2, u64::from(TRANSMITQ));
+            assert_eq!(proxy.msis(), (1, 0));
+            assert!(!proxy.busy());
+            assert_eq!(proxy.channel.word, 0);
+        }
+        assert_eq!(ch.output(), b"hello\n");
+        assert_eq!(board.irq.take_msi().map(|m| m.vector), Some(0x41));
+        assert!(!ch.seen.iter().any(|m| m.op == op::DOORBELL));
+    }
+
+    #[test]
+    fn a_doorbell_that_cannot_be_signalled_is_a_call() {
+        let board = Board::new();
+        let mut ch = loopback();
+        let mut proxy = RemotePci::new(&mut ch).with_irq(board.irq.pci(10));
+        set_up_transmitq(&mut proxy);
+        offer(&mut proxy.channel.ram, 0, 0, b"x");
+        // The function's doorbells are known; now Signal fails but calls
+        // go through (a stub that refuses the bits, say).
+        struct NoSignal<'a>(&'a mut Loopback);
+        impl PciChannel for NoSignal<'_> {
+            fn call(&mut self, r: &PciMessage) -> Result<PciMessage, ErrorCode> {
+                self.0.call(r)
+            }
+            fn signal(&mut self, _: u64, _: u64) -> Result<(), ErrorCode> {
+                Err(ErrorCode::BadArgument)
+            }
+            fn served_bit(&self) -> u32 {
+                self.0.served_bit()
+            }
+        }
+        let mut p2 = RemotePci::new(NoSignal(proxy.channel));
+        p2.bar_write(0, TX_NOTIFY, 2, 1);
+        assert_eq!(p2.failures(), 1);
+        assert!(!p2.busy());
+        assert_eq!(p2.msis(), (1, 0));
+        assert_eq!(p2.channel.0.output(), b"x");
     }
 
     #[test]
@@ -313,7 +617,8 @@ mod tests {
         assert_eq!(p.bar_read(0, 0, 8), u64::MAX);
         p.bar_write(0, 0, 4, 1);
         p.poll();
-        assert_eq!(p.failures(), 4);
+        // The BAR write first asked for the doorbells, in vain.
+        assert_eq!(p.failures(), 5);
         assert_eq!(p.last_error(), Some(ErrorCode::NotReady));
         assert!(board.irq.pin(10).is_high(), "the line keeps its level");
     }
