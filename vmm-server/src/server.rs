@@ -57,7 +57,7 @@ pub enum Ending {
 /// `[vmm] <reason>` and the last exits as `[vmm]   #<seq> <exit> ...` lines;
 /// a reset says `[vmm] the guest reset the machine`; then comes the
 /// statistics line `[vmm] <Stats> unknown_port_reads=N
-/// unknown_port_writes=N emulated=N irqs=N exceptions=N windows=N warps=N notifications=N busy_halts=N`.
+/// unknown_port_writes=N emulated=N irqs=N exceptions=N windows=N warps=N notifications=N busy_halts=N busy_exits=N`.
 pub fn run<S: Stub, W: HostWrite>(
     stub: &mut S,
     vmm: &mut Vmm<'_>,
@@ -141,7 +141,7 @@ fn last_exits<W: HostWrite>(vmm: &Vmm<'_>, c: &mut HostConsole<W>) {
 }
 
 /// Prints `[vmm] <Stats> unknown_port_reads=N unknown_port_writes=N
-/// emulated=N irqs=N exceptions=N windows=N warps=N notifications=N busy_halts=N`.
+/// emulated=N irqs=N exceptions=N windows=N warps=N notifications=N busy_halts=N busy_exits=N`.
 pub fn statistics_line<S: Stub, W: HostWrite>(
     stub: &mut S,
     vmm: &Vmm<'_>,
@@ -259,7 +259,7 @@ mod tests {
             "hello\nbye\n[vmm] exits: total=10 ioio=0 hlt=0 cpuid=0 msr=0 npf=0 exception=0 \
              shutdown=0 invalid=0 intr=0 other=0 syscalls=0 resumes_refused=0 \
              unknown_port_reads=0 unknown_port_writes=0 \
-             emulated=0 irqs=0 exceptions=0 windows=0 warps=0 notifications=0 busy_halts=0\n"
+             emulated=0 irqs=0 exceptions=0 windows=0 warps=0 notifications=0 busy_halts=0 busy_exits=0\n"
         );
         assert_eq!(s.resumes[0], None, "the first run carries no resume");
         let second = s.resumes[1].unwrap();

@@ -291,22 +291,26 @@ pub struct VmmStats {
     /// HLT exits that let the guest halt again because a device server
     /// was busy for it.
     pub busy_halts: u64,
+    /// Exits while a device server was busy for the guest: the guest ran
+    /// while the server worked (or waited for its disk).
+    pub busy_exits: u64,
 }
 
 impl fmt::Display for VmmStats {
     /// ` emulated=N irqs=N exceptions=N windows=N warps=N
-    /// notifications=N busy_halts=N` (with the leading space).
+    /// notifications=N busy_halts=N busy_exits=N` (with the leading space).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            " emulated={} irqs={} exceptions={} windows={} warps={} notifications={} busy_halts={}",
+            " emulated={} irqs={} exceptions={} windows={} warps={} notifications={} busy_halts={} busy_exits={}",
             self.emulated,
             self.irqs,
             self.exceptions,
             self.windows,
             self.warps,
             self.notifications,
-            self.busy_halts
+            self.busy_halts,
+            self.busy_exits
         )
     }
 }
@@ -654,6 +658,9 @@ impl<'d> Vmm<'d> {
     /// gives them.
     pub fn handle_with(&mut self, rec: &ExitRecord, segments: Option<[Segment; 6]>) -> Action {
         self.history.push(rec);
+        if self.pci.is_some_and(|b| b.busy()) {
+            self.stats.busy_exits += 1;
+        }
         let exit = Exit::decode_in(rec, self.mem.ram_bytes());
         if rec.abi_version != ipc_proto::ABI_VERSION {
             let kind = FailKind::AbiMismatch {

@@ -1465,11 +1465,13 @@ fn a_halt_while_a_function_is_busy_does_not_skip_time() {
     hlt.next_rip = RIP + 1;
     hlt.regs.rflags = 0x202;
     let before = w.board.clock.now();
+    let busy_exits = vmm.stats().busy_exits;
     let r = resumed(vmm.handle(&hlt));
     assert_eq!(r.regs.rip, RIP, "the HLT runs again");
     assert!(!flags(&r).contains(ResumeFlags::SET_RIP));
     assert_eq!(w.board.clock.now(), before, "no warp");
     assert_eq!(vmm.stats().busy_halts, 1);
+    assert_eq!(vmm.stats().busy_exits, busy_exits + 1);
     assert_eq!(vmm.stats().warps, 0);
     // Done: the next HLT skips to the timer as before.
     bus.notified(1);
