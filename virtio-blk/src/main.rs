@@ -36,8 +36,9 @@ mod ring3 {
 
     use ipc_proto::block::{BlockReply, BlockRequest};
 
+    use ipc_proto::inject::{self, Injector};
     use ipc_proto::manifest::MAX_CHANNELS;
-    use ipc_proto::pci::{PciMessage, DOORBELL_COUNT_OFFSET};
+    use ipc_proto::pci::{op, PciMessage, DOORBELL_COUNT_OFFSET};
     use ipc_proto::sys;
     use ipc_proto::syscall::{NO_REPLY, RECV_NOTIFICATION};
     use ipc_proto::{Syscall, ABI_VERSION};
@@ -45,9 +46,23 @@ mod ring3 {
     use virtio_blk::{
         disk_channel_from_config, ChannelBackend, ChannelError, DiskChannel, CONFIG_MAGIC,
     };
-    use virtio_servers::{RamWindow, Server};
+    use virtio_servers::{inject_at_request, RamWindow, Server};
 
     ipc_proto::server_entry!(server_main);
+
+    // Faults injected on purpose (`--inject virtio-blk:crash@N`), at the N-th
+    // request: a message other than a poll, or a doorbell notification.
+    ipc_proto::inject_block!(INJECT);
+
+    /// `GARBAGE` over channel `ch`'s page (an injected `corrupt`).
+    fn scribble(ch: u64) {
+        let page = sys::channel_page(ch).cast::<u64>();
+        for i in 0..(ipc_proto::layout::PAGE_SIZE / 8) as usize {
+            // SAFETY: the page of a channel this task is an end of is
+            // mapped read-write here, PAGE_SIZE bytes.
+            unsafe { page.add(i).write_volatile(ipc_proto::inject::GARBAGE) };
+        }
+    }
 
     /// The configuration block the image builder patches: the magic, then
     /// the disk channel's number + 1.
@@ -117,6 +132,7 @@ mod ring3 {
         // task waits for the disk-driver; see `RamWindow`).
         let mut ram =
             unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) };
+        let mut injector = Injector::new(&inject::read_block(&INJECT));
         let mut reply_to = NO_REPLY;
         loop {
             let v = match sys::call(Syscall::ReplyRecv, reply_to) {
@@ -128,6 +144,14 @@ mod ring3 {
             };
             reply_to = NO_REPLY;
             if v & RECV_NOTIFICATION != 0 {
+                if v & 0xffff != 0 {
+                    inject_at_request(&mut injector, || {
+                        if let Some(ch) = server.client() {
+                            scribble(ch);
+                        }
+                        scribble(disk);
+                    });
+                }
                 let count = server.client().map_or(0, |ch| {
                     let at = sys::channel_page(ch).wrapping_add(DOORBELL_COUNT_OFFSET);
                     // SAFETY: the page of the channel this task serves is
@@ -150,6 +174,12 @@ mod ring3 {
             // both ends and the vmm-server waits in `Call`. Every bit
             // pattern is a valid PciMessage, read once.
             let request = unsafe { page.cast::<PciMessage>().read_volatile() };
+            if request.op != op::POLL {
+                inject_at_request(&mut injector, || {
+                    scribble(v);
+                    scribble(disk);
+                });
+            }
             let reply = server.message(v, &mut ram, &request);
             // SAFETY: as above; the reply fits the page.
             unsafe { page.cast::<PciMessage>().write_volatile(reply) };

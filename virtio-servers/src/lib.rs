@@ -216,6 +216,24 @@ impl<D: VirtioDevice> Server<D> {
     }
 }
 
+/// What an injected fault (`splitvisor run --inject SERVER:FAULT@N`) does
+/// at a request: ticks `injector` once, and crashes or hangs when it says
+/// so; a `corrupt` first has `scribble` write `ipc_proto::inject::GARBAGE`
+/// over the server's channel pages. A request is a message or a
+/// notification word (a doorbell).
+pub fn inject_at_request(injector: &mut ipc_proto::inject::Injector, scribble: impl FnOnce()) {
+    use ipc_proto::inject::{crash, hang, Fault};
+    match injector.tick() {
+        None => {}
+        Some(Fault::Crash) => crash(),
+        Some(Fault::Hang) => hang(),
+        Some(Fault::Corrupt) => {
+            scribble();
+            crash()
+        }
+    }
+}
+
 /// Guest RAM `[0, len)` mapped into this server at `base` (the stub maps
 /// the guest's RAM window into a task with that right), as
 /// [`GuestMemory`].

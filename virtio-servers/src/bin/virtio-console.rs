@@ -26,6 +26,7 @@ fn main() {
 #[cfg(target_os = "none")]
 mod ring3 {
 
+    use ipc_proto::inject::{self, Injector};
     use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::pci::{op, PciMessage, DOORBELL_COUNT_OFFSET};
@@ -33,9 +34,23 @@ mod ring3 {
     use ipc_proto::syscall::{NO_REPLY, RECV_NOTIFICATION};
     use ipc_proto::{Syscall, ABI_VERSION};
     use virtio_servers::console::{Console, ConsoleOutput, InputBuffer};
-    use virtio_servers::{RamWindow, Server};
+    use virtio_servers::{inject_at_request, RamWindow, Server};
 
     ipc_proto::server_entry!(server_main);
+
+    // Faults injected on purpose (`--inject virtio-console:crash@N`), at the
+    // N-th request: a message other than a poll, or a doorbell notification.
+    ipc_proto::inject_block!(INJECT);
+
+    /// `GARBAGE` over channel `ch`'s page (an injected `corrupt`).
+    fn scribble(ch: u64) {
+        let page = sys::channel_page(ch).cast::<u64>();
+        for i in 0..(ipc_proto::layout::PAGE_SIZE / 8) as usize {
+            // SAFETY: the page of a channel this task is an end of is
+            // mapped read-write here, PAGE_SIZE bytes.
+            unsafe { page.add(i).write_volatile(ipc_proto::inject::GARBAGE) };
+        }
+    }
 
     macro_rules! say {
         ($($arg:tt)*) => {
@@ -85,6 +100,7 @@ mod ring3 {
         let mut ram =
             unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) };
         let mut server = Server::new(Console::new(HostOutput, InputBuffer::new()));
+        let mut injector = Injector::new(&inject::read_block(&INJECT));
         let mut reply_to = NO_REPLY;
         loop {
             // Replies to the call before (none the first time) and waits
@@ -98,6 +114,13 @@ mod ring3 {
             };
             reply_to = NO_REPLY;
             if v & RECV_NOTIFICATION != 0 {
+                if v & 0xffff != 0 {
+                    inject_at_request(&mut injector, || {
+                        if let Some(ch) = server.client() {
+                            scribble(ch);
+                        }
+                    });
+                }
                 let count = server.client().map_or(0, |ch| {
                     let at = sys::channel_page(ch).wrapping_add(DOORBELL_COUNT_OFFSET);
                     // SAFETY: the page of the channel this task serves is
@@ -120,6 +143,11 @@ mod ring3 {
             // `Call` while we run, and every bit pattern is a valid
             // PciMessage (it fits the page).
             let request = unsafe { page.read_volatile() };
+            if request.op != op::POLL {
+                inject_at_request(&mut injector, || {
+                    scribble(v);
+                });
+            }
             if request.op == op::POLL {
                 server.pci.device_mut().input_mut().fill(read_host);
             }
