@@ -35,6 +35,12 @@ pub mod op {
     /// first doorbell's offset in the BAR), `value` (the range's length in
     /// bytes, 0: no doorbells) and `size` (bytes per doorbell, 1..=128).
     pub const DOORBELL: u32 = 6;
+    /// No access: the proxy has replayed the guest's writes into a new
+    /// instance of the server (it saw `instance` change); continue from
+    /// the device's state in guest memory (a virtio function: each
+    /// enabled queue from its used ring's `idx`, so requests in flight
+    /// are processed again).
+    pub const RESUME: u32 = 7;
 }
 
 /// Where in the channel page the proxy keeps the number of doorbells it
@@ -115,8 +121,10 @@ wire! {
         pub value: u64,
         /// Reply: messages raised that did not fit in `msis` (lost).
         pub msis_dropped: u32,
-        /// Zero.
-        pub reserved: u32,
+        /// Reply: the server instance's id, non-zero and different in each
+        /// instance (a restarted server's is new), so the proxy sees a
+        /// restart; 0 from a server that does not say.
+        pub instance: u32,
         /// Reply: the MSI/MSI-X messages the access raised, oldest first.
         pub msis: [MsiMessage; MAX_MSIS],
     }
@@ -141,6 +149,7 @@ mod tests {
         assert_eq!(offset_of!(PciMessage, offset), 8);
         assert_eq!(offset_of!(PciMessage, value), 16);
         assert_eq!(offset_of!(PciMessage, msis_dropped), 24);
+        assert_eq!(offset_of!(PciMessage, instance), 28);
         assert_eq!(offset_of!(PciMessage, msis), 32);
         assert!(size_of::<PciMessage>() <= 4096, "fits the channel page");
         assert!(

@@ -54,6 +54,13 @@ mod ring3 {
     // request: a message other than a poll, or a doorbell notification.
     ipc_proto::inject_block!(INJECT);
 
+    /// This instance's id: the TSC's low bits at its start, so a restarted
+    /// instance answers with another (`PciMessage::instance`).
+    fn instance_id() -> u32 {
+        // SAFETY: RDTSC reads a counter; ring 3 may (CR4.TSD is clear).
+        unsafe { core::arch::x86_64::_rdtsc() as u32 }
+    }
+
     /// `GARBAGE` over channel `ch`'s page (an injected `corrupt`).
     fn scribble(ch: u64) {
         let page = sys::channel_page(ch).cast::<u64>();
@@ -125,7 +132,7 @@ mod ring3 {
             }
         };
         let read_only = backend.read_only();
-        let mut server = Server::new(Block::new(backend, read_only));
+        let mut server = Server::new(Block::new(backend, read_only)).with_instance(instance_id());
         // SAFETY: the manifest grants this task guest RAM read-write, which
         // the stub maps at `guest_ram_window` for `guest_ram_bytes`; nothing
         // else in this task refers to the window (the guest runs while this

@@ -161,6 +161,8 @@ pub struct Server<D: VirtioDevice> {
     client: Option<u64>,
     /// The proxy's doorbell count when this server last took its word.
     doorbells_seen: u64,
+    /// This instance's id in every reply (`PciMessage::instance`).
+    instance: u32,
 }
 
 impl<D: VirtioDevice> Server<D> {
@@ -170,7 +172,16 @@ impl<D: VirtioDevice> Server<D> {
             pci: VirtioPci::new(device, Collected::default()),
             client: None,
             doorbells_seen: 0,
+            instance: 1,
         }
+    }
+
+    /// The same server answering with `id` as its instance id (made
+    /// non-zero): the binaries take the TSC at start, so a restarted
+    /// instance's differs.
+    pub fn with_instance(mut self, id: u32) -> Self {
+        self.instance = id.max(1);
+        self
     }
 
     /// The proxy's channel, once a message came on it.
@@ -187,9 +198,15 @@ impl<D: VirtioDevice> Server<D> {
     ) -> PciMessage {
         self.client = Some(ch);
         let mut reply = serve(&mut self.pci, mem, request);
-        if request.op == op::POLL {
-            reply.value = self.doorbells_seen;
+        match request.op {
+            op::POLL => reply.value = self.doorbells_seen,
+            op::RESUME => {
+                self.pci.resume_queues(mem);
+                reply.value = 0;
+            }
+            _ => {}
         }
+        reply.instance = self.instance;
         reply
     }
 

@@ -42,6 +42,13 @@ mod ring3 {
     // N-th request: a message other than a poll, or a doorbell notification.
     ipc_proto::inject_block!(INJECT);
 
+    /// This instance's id: the TSC's low bits at its start, so a restarted
+    /// instance answers with another (`PciMessage::instance`).
+    fn instance_id() -> u32 {
+        // SAFETY: RDTSC reads a counter; ring 3 may (CR4.TSD is clear).
+        unsafe { core::arch::x86_64::_rdtsc() as u32 }
+    }
+
     /// `GARBAGE` over channel `ch`'s page (an injected `corrupt`).
     fn scribble(ch: u64) {
         let page = sys::channel_page(ch).cast::<u64>();
@@ -99,7 +106,8 @@ mod ring3 {
         // else in this task refers to it.
         let mut ram =
             unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) };
-        let mut server = Server::new(Console::new(HostOutput, InputBuffer::new()));
+        let mut server =
+            Server::new(Console::new(HostOutput, InputBuffer::new())).with_instance(instance_id());
         let mut injector = Injector::new(&inject::read_block(&INJECT));
         let mut reply_to = NO_REPLY;
         loop {

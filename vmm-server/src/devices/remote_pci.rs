@@ -23,6 +23,16 @@
 //! this protocol (the device side for any `virtio::VirtioDevice` is
 //! `virtio_servers::serve`).
 //!
+//! A server that restarts (the stub reloads a faulting one from its image)
+//! comes back with its device reset. Each reply names the server's
+//! instance; the proxy keeps the guest's writes (configuration and BAR
+//! writes, in order, up to [`LOG_LEN`]) and, when the instance changes,
+//! replays them into the new one, sends `RESUME` (a virtio function then
+//! continues each queue from its used ring's `idx` in guest memory, so
+//! requests in flight are processed again) and rings every doorbell. The
+//! guest sees a slow request, not a reset. A log that overflowed is not
+//! replayed: the guest then meets a reset function.
+//!
 //! A call that fails (the server is gone or not waiting) is counted in
 //! [`RemotePci::failures`]: reads see an empty bus (all ones), writes are
 //! dropped and the interrupt line keeps its level.
@@ -58,6 +68,13 @@ impl<C: PciChannel + ?Sized> PciChannel for &mut C {
     }
 }
 
+/// The most guest writes kept for a replay (Linux's set-up of a
+/// virtio-pci function, BAR sizing included, is about a hundred).
+pub const LOG_LEN: usize = 512;
+
+/// One write the guest made: `op`, `bar`, `offset`, `size`, `value`.
+type Write = (u32, u8, u64, u8, u64);
+
 /// A function's doorbell registers: `len` bytes of BAR `bar` from
 /// `offset`, one doorbell every `stride` bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,11 +107,19 @@ pub struct RemotePci<'b, C: PciChannel> {
     last_error: Option<ErrorCode>,
     /// `None` until the server was asked; then its answer.
     doorbells: Option<Option<Doorbells>>,
+    /// Doorbell writes are calls too.
+    synchronous: bool,
     /// Doorbells signalled, and how many of them the server had seen at
     /// its last answer to a poll.
     rung: u64,
     seen: u64,
     notified: u64,
+    /// The guest's writes, for a replay into a restarted server.
+    log: heapless::Vec<Write, LOG_LEN>,
+    log_overflowed: bool,
+    /// The server instance of the last reply.
+    instance: Option<u32>,
+    restarts: u64,
 }
 
 impl<'b, C: PciChannel> RemotePci<'b, C> {
@@ -111,9 +136,14 @@ impl<'b, C: PciChannel> RemotePci<'b, C> {
             msis_dropped: 0,
             last_error: None,
             doorbells: None,
+            synchronous: false,
             rung: 0,
             seen: 0,
             notified: 0,
+            log: heapless::Vec::new(),
+            log_overflowed: false,
+            instance: None,
+            restarts: 0,
         }
     }
 
@@ -126,7 +156,7 @@ impl<'b, C: PciChannel> RemotePci<'b, C> {
     /// The same proxy sending doorbell writes as calls too (no `Signal`):
     /// the vmm-server does so under shadow paging (see `Vmm::notified`).
     pub fn synchronous(mut self) -> Self {
-        self.doorbells = Some(None);
+        self.synchronous = true;
         self
     }
 
@@ -156,6 +186,12 @@ impl<'b, C: PciChannel> RemotePci<'b, C> {
     /// with a poll.
     pub fn doorbells(&self) -> (u64, u64) {
         (self.rung, self.notified)
+    }
+
+    /// Restarts of the server seen, and whether the guest's writes could
+    /// be replayed into it (the log did not overflow).
+    pub fn restarts(&self) -> (u64, bool) {
+        (self.restarts, !self.log_overflowed)
     }
 
     /// The error of the last failed call.
@@ -199,13 +235,82 @@ impl<'b, C: PciChannel> RemotePci<'b, C> {
     /// server has taken.
     fn poll_now(&mut self) {
         if let Some(seen) = self.send(op::POLL, 0, 0, 0, 0) {
-            if self.doorbells.is_some_and(|d| d.is_some()) {
+            if self.doorbells.is_some_and(|d| d.is_some()) && !self.synchronous {
                 self.seen = seen.min(self.rung);
             }
         }
     }
 
     fn send(&mut self, op: u32, bar: u8, offset: u64, size: u8, value: u64) -> Option<u64> {
+        self.send_logged(op, bar, offset, size, value, true)
+    }
+
+    /// [`Self::send`], keeping a write in the replay log only if `log`
+    /// (doorbell writes stay out: a replay rings every doorbell anyway).
+    fn send_logged(
+        &mut self,
+        op: u32,
+        bar: u8,
+        offset: u64,
+        size: u8,
+        value: u64,
+        log: bool,
+    ) -> Option<u64> {
+        if log
+            && matches!(op, op::CONFIG_WRITE | op::BAR_WRITE)
+            && self.log.push((op, bar, offset, size, value)).is_err()
+        {
+            self.log_overflowed = true;
+        }
+        let reply = self.exchange(op, bar, offset, size, value)?;
+        let restarted = reply.instance != 0 && self.instance.is_some_and(|i| i != reply.instance);
+        if reply.instance != 0 {
+            self.instance = Some(reply.instance);
+        }
+        if !restarted {
+            return Some(reply.value);
+        }
+        // The answer came from a new instance with a reset device: bring
+        // it to where the guest left it, then ask again.
+        self.restarts += 1;
+        self.replay();
+        self.exchange(op, bar, offset, size, value).map(|r| r.value)
+    }
+
+    /// Replays the guest's writes into a restarted server, lets it resume
+    /// from guest memory and rings every doorbell (the ones rung before
+    /// died with the old instance's notification word).
+    fn replay(&mut self) {
+        if self.log_overflowed {
+            return;
+        }
+        let log = self.log.clone();
+        for &(op, bar, offset, size, value) in &log {
+            let _ = self.exchange(op, bar, offset, size, value);
+        }
+        let _ = self.exchange(op::RESUME, 0, 0, 0, 0);
+        if self.doorbells.is_some_and(|d| d.is_some()) && !self.synchronous {
+            let all = ipc_proto::syscall::SIGNAL_BITS;
+            match self.channel.signal(all, self.rung + 1) {
+                Ok(()) => self.rung += 1,
+                Err(e) => {
+                    self.failures += 1;
+                    self.last_error = Some(e);
+                }
+            }
+        }
+    }
+
+    /// One message and its reply; the interrupts the reply carries are
+    /// raised.
+    fn exchange(
+        &mut self,
+        op: u32,
+        bar: u8,
+        offset: u64,
+        size: u8,
+        value: u64,
+    ) -> Option<PciMessage> {
         let request = PciMessage {
             op,
             size,
@@ -226,7 +331,7 @@ impl<'b, C: PciChannel> RemotePci<'b, C> {
                     }
                     irq.set_intx(reply.intx != 0);
                 }
-                Some(reply.value)
+                Some(reply)
             }
             Err(e) => {
                 self.failures += 1;
@@ -262,7 +367,8 @@ impl<C: PciChannel> PciFunction for RemotePci<'_, C> {
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, size: u8, value: u64) {
-        if let Some(i) = self.doorbells_of().and_then(|d| d.index(bar, offset)) {
+        let doorbell = self.doorbells_of().and_then(|d| d.index(bar, offset));
+        if let Some(i) = doorbell.filter(|_| !self.synchronous) {
             match self.channel.signal(doorbell_bit(i), self.rung + 1) {
                 Ok(()) => {
                     self.rung += 1;
@@ -275,7 +381,8 @@ impl<C: PciChannel> PciFunction for RemotePci<'_, C> {
                 }
             }
         }
-        let _ = self.send(op::BAR_WRITE, bar, offset, size, value & mask(size));
+        let value = value & mask(size);
+        let _ = self.send_logged(op::BAR_WRITE, bar, offset, size, value, doorbell.is_none());
     }
 
     fn notified(&mut self, word: u32) {
@@ -383,6 +490,14 @@ mod tests {
                 assert_eq!(ch, CH);
                 self.back |= bits as u32;
             }
+        }
+
+        /// The stub restarts the server from its image: a fresh device, a
+        /// new instance id, the notification word cleared.
+        fn restart(&mut self, instance: u32) {
+            self.server = Server::new(Console::new(Out::default(), InputBuffer::new()))
+                .with_instance(instance);
+            self.word = 0;
         }
 
         fn take_back(&mut self) -> u32 {
@@ -558,6 +673,43 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_server_gets_the_guests_writes_and_retries_what_was_in_flight() {
+        let board = Board::new();
+        let mut ch = loopback();
+        let mut proxy = RemotePci::new(&mut ch).with_irq(board.irq.pci(10));
+        set_up_transmitq(&mut proxy);
+        offer(&mut proxy.channel.ram, 0, 0, b"a");
+        proxy.bar_write(0, TX_NOTIFY, 2, 1);
+        proxy.channel.schedule();
+        let back = proxy.channel.take_back();
+        proxy.notified(back);
+        assert_eq!(proxy.channel.output(), b"a");
+        while board.irq.take_msi().is_some() {}
+        // "b" is made available and rung; the server dies before it runs.
+        offer(&mut proxy.channel.ram, 1, 1, b"b");
+        proxy.bar_write(0, TX_NOTIFY, 2, 1);
+        proxy.channel.restart(7);
+        assert!(proxy.busy());
+        // The next poll meets the new instance: the proxy replays the
+        // set-up, resumes it and rings its doorbells.
+        proxy.poll();
+        assert_eq!(proxy.restarts(), (1, true));
+        let seen = &proxy.channel.seen;
+        assert!(seen.iter().any(|m| m.op == op::RESUME));
+        let status = &proxy.channel.server.pci;
+        assert_ne!(status.status() & DRIVER_OK, 0, "the set-up replayed");
+        proxy.channel.schedule();
+        // Only "b": the new instance went on from the used ring's idx.
+        assert_eq!(proxy.channel.output(), b"b");
+        let back = proxy.channel.take_back();
+        proxy.notified(back);
+        assert!(!proxy.busy());
+        assert_eq!(board.irq.take_msi().map(|m| m.vector), Some(0x41));
+        let ram = &proxy.channel.ram;
+        assert_eq!(u16::from_le_bytes([ram[0x3002], ram[0x3003]]), 2);
+    }
+
+    #[test]
     fn a_synchronous_proxy_processes_the_queue_in_the_call() {
         let board = Board::new();
         let mut ch = loopback();
@@ -571,10 +723,17 @@ mod tests {
             assert_eq!(proxy.msis(), (1, 0));
             assert!(!proxy.busy());
             assert_eq!(proxy.channel.word, 0);
+            assert!(
+                !proxy.log.iter().any(|w| w.2 == TX_NOTIFY),
+                "doorbells stay out of the replay log"
+            );
         }
         assert_eq!(ch.output(), b"hello\n");
         assert_eq!(board.irq.take_msi().map(|m| m.vector), Some(0x41));
-        assert!(!ch.seen.iter().any(|m| m.op == op::DOORBELL));
+        assert!(ch
+            .seen
+            .iter()
+            .any(|m| m.op == op::BAR_WRITE && m.offset == TX_NOTIFY));
     }
 
     #[test]
