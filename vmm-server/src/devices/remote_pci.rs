@@ -114,8 +114,10 @@ pub struct RemotePci<'b, C: PciChannel> {
     rung: u64,
     seen: u64,
     notified: u64,
-    /// The guest's writes, for a replay into a restarted server.
-    log: heapless::Vec<Write, LOG_LEN>,
+    /// The guest's writes, for a replay into a restarted server (on the
+    /// heap, allocated once at the first write: the ring-3 vmm-server's
+    /// stack is small and its allocator never frees).
+    log: alloc::vec::Vec<Write>,
     log_overflowed: bool,
     /// The server instance of the last reply.
     instance: Option<u32>,
@@ -140,7 +142,7 @@ impl<'b, C: PciChannel> RemotePci<'b, C> {
             rung: 0,
             seen: 0,
             notified: 0,
-            log: heapless::Vec::new(),
+            log: alloc::vec::Vec::new(),
             log_overflowed: false,
             instance: None,
             restarts: 0,
@@ -256,11 +258,15 @@ impl<'b, C: PciChannel> RemotePci<'b, C> {
         value: u64,
         log: bool,
     ) -> Option<u64> {
-        if log
-            && matches!(op, op::CONFIG_WRITE | op::BAR_WRITE)
-            && self.log.push((op, bar, offset, size, value)).is_err()
-        {
-            self.log_overflowed = true;
+        if log && matches!(op, op::CONFIG_WRITE | op::BAR_WRITE) {
+            if self.log.len() < LOG_LEN {
+                if self.log.capacity() == 0 {
+                    self.log.reserve_exact(LOG_LEN);
+                }
+                self.log.push((op, bar, offset, size, value));
+            } else {
+                self.log_overflowed = true;
+            }
         }
         let reply = self.exchange(op, bar, offset, size, value)?;
         let restarted = reply.instance != 0 && self.instance.is_some_and(|i| i != reply.instance);
@@ -284,8 +290,8 @@ impl<'b, C: PciChannel> RemotePci<'b, C> {
         if self.log_overflowed {
             return;
         }
-        let log = self.log.clone();
-        for &(op, bar, offset, size, value) in &log {
+        for i in 0..self.log.len() {
+            let (op, bar, offset, size, value) = self.log[i];
             let _ = self.exchange(op, bar, offset, size, value);
         }
         let _ = self.exchange(op::RESUME, 0, 0, 0, 0);
