@@ -38,7 +38,7 @@ mod ring3 {
 
     use ipc_proto::inject::{self, Injector};
     use ipc_proto::manifest::MAX_CHANNELS;
-    use ipc_proto::pci::{op, PciMessage, DOORBELL_COUNT_OFFSET};
+    use ipc_proto::pci::{PciMessage, DOORBELL_COUNT_OFFSET};
     use ipc_proto::sys;
     use ipc_proto::syscall::{NO_REPLY, RECV_NOTIFICATION};
     use ipc_proto::{Syscall, ABI_VERSION};
@@ -51,7 +51,7 @@ mod ring3 {
     ipc_proto::server_entry!(server_main);
 
     // Faults injected on purpose (`--inject virtio-blk:crash@N`), at the N-th
-    // request: a message other than a poll, or a doorbell notification.
+    // request: a queue notification (a doorbell).
     ipc_proto::inject_block!(INJECT);
 
     /// This instance's id: the TSC's low bits at its start, so a restarted
@@ -181,7 +181,7 @@ mod ring3 {
             // both ends and the vmm-server waits in `Call`. Every bit
             // pattern is a valid PciMessage, read once.
             let request = unsafe { page.cast::<PciMessage>().read_volatile() };
-            if request.op != op::POLL {
+            if server.is_doorbell(&request) {
                 inject_at_request(&mut injector, || {
                     scribble(v);
                     scribble(disk);

@@ -184,6 +184,20 @@ impl<D: VirtioDevice> Server<D> {
         self
     }
 
+    /// Whether `request` writes a queue's notification address (a doorbell
+    /// sent as a call: the proxy's synchronous mode, or the PCI
+    /// configuration window's access is not counted).
+    pub fn is_doorbell(&self, request: &PciMessage) -> bool {
+        let queues = self.pci.device().queue_max_sizes().len() as u64;
+        let len = queues.max(1) * u64::from(NOTIFY_OFF_MULTIPLIER);
+        request.op == op::BAR_WRITE
+            && request.bar == VIRTIO_BAR
+            && request
+                .offset
+                .checked_sub(NOTIFY_OFFSET)
+                .is_some_and(|o| o < len)
+    }
+
     /// The proxy's channel, once a message came on it.
     pub fn client(&self) -> Option<u64> {
         self.client
@@ -236,8 +250,9 @@ impl<D: VirtioDevice> Server<D> {
 /// What an injected fault (`splitvisor run --inject SERVER:FAULT@N`) does
 /// at a request: ticks `injector` once, and crashes or hangs when it says
 /// so; a `corrupt` first has `scribble` write `ipc_proto::inject::GARBAGE`
-/// over the server's channel pages. A request is a message or a
-/// notification word (a doorbell).
+/// over the server's channel pages. A request is a queue notification: a
+/// notification word with doorbell bits, or a message that writes a
+/// notification address ([`Server::is_doorbell`]).
 pub fn inject_at_request(injector: &mut ipc_proto::inject::Injector, scribble: impl FnOnce()) {
     use ipc_proto::inject::{crash, hang, Fault};
     match injector.tick() {

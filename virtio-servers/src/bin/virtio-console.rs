@@ -39,7 +39,7 @@ mod ring3 {
     ipc_proto::server_entry!(server_main);
 
     // Faults injected on purpose (`--inject virtio-console:crash@N`), at the
-    // N-th request: a message other than a poll, or a doorbell notification.
+    // N-th request: a queue notification (a doorbell).
     ipc_proto::inject_block!(INJECT);
 
     /// This instance's id: the TSC's low bits at its start, so a restarted
@@ -151,7 +151,7 @@ mod ring3 {
             // `Call` while we run, and every bit pattern is a valid
             // PciMessage (it fits the page).
             let request = unsafe { page.read_volatile() };
-            if request.op != op::POLL {
+            if server.is_doorbell(&request) {
                 inject_at_request(&mut injector, || {
                     scribble(v);
                 });
