@@ -138,7 +138,8 @@ mod ring3 {
         // else in this task refers to the window (the guest runs while this
         // task waits for the disk-driver; see `RamWindow`).
         let mut ram =
-            unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) };
+            unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) }
+                .with_guest_writes(sys::GuestWrites::find());
         let mut injector = Injector::new(&inject::read_block(&INJECT));
         let mut reply_to = NO_REPLY;
         loop {

@@ -275,9 +275,35 @@ pub fn inject_at_request(injector: &mut ipc_proto::inject::Injector, scribble: i
 /// locals and holds no slice across a `Call` (virtio-blk hands the disk
 /// driver addresses, not slices), so the bytes do not change under a
 /// slice this server holds.
-pub struct RamWindow {
+///
+/// Under shadow paging the window reports each range it lends for writing
+/// (used rings, console input, block status bytes) on the task's
+/// guest-writes channel to the mmu-server ([`RamWindow::with_guest_writes`];
+/// `ipc_proto::guest_writes`), so a shadowed page table the device writes
+/// is resynced before the guest runs again.
+pub struct RamWindow<W: GuestWriteSink = ()> {
     base: *mut u8,
     len: u64,
+    writes: Option<W>,
+}
+
+/// Where a [`RamWindow`] reports the guest ranges it lends for writing.
+pub trait GuestWriteSink {
+    /// `len` bytes at `gpa` are (about to be) written.
+    fn wrote(&self, gpa: u64, len: u64);
+}
+
+/// No reports.
+impl GuestWriteSink for () {
+    fn wrote(&self, _gpa: u64, _len: u64) {}
+}
+
+/// The task's guest-writes channel to the mmu-server.
+#[cfg(target_os = "none")]
+impl GuestWriteSink for ipc_proto::sys::GuestWrites {
+    fn wrote(&self, gpa: u64, len: u64) {
+        ipc_proto::sys::GuestWrites::wrote(self, gpa, len);
+    }
 }
 
 impl RamWindow {
@@ -288,11 +314,25 @@ impl RamWindow {
     /// `[base, base + len)` is mapped read-write in this task for as long
     /// as the window lives, and nothing else in this task refers to it.
     pub unsafe fn new(base: *mut u8, len: u64) -> Self {
-        Self { base, len }
+        Self {
+            base,
+            len,
+            writes: None,
+        }
+    }
+
+    /// The same window reporting its writes on `writes` (`None`: the image
+    /// gives this task no guest-writes channel, as under nested paging).
+    pub fn with_guest_writes<W: GuestWriteSink>(self, writes: Option<W>) -> RamWindow<W> {
+        RamWindow {
+            base: self.base,
+            len: self.len,
+            writes,
+        }
     }
 }
 
-impl GuestMemory for RamWindow {
+impl<W: GuestWriteSink> GuestMemory for RamWindow<W> {
     fn ram_size(&self) -> u64 {
         self.len
     }
@@ -306,6 +346,11 @@ impl GuestMemory for RamWindow {
 
     fn slice_mut(&mut self, gpa: u64, len: u64) -> Result<&mut [u8], MemoryError> {
         let r = virtio::memory::check_range(self.len, gpa, len)?;
+        // Reported before the write: the mmu-server reads the report only
+        // once this task blocks, after it.
+        if let Some(w) = &self.writes {
+            w.wrote(gpa, len);
+        }
         // SAFETY: as in `slice`; the slice borrows self mutably, so no
         // other slice of the window is live.
         Ok(unsafe { core::slice::from_raw_parts_mut(self.base.add(r.start), r.len()) })
@@ -428,5 +473,29 @@ mod tests {
         assert_eq!(mem.slice(0x4000, 3).unwrap(), b"ls\r");
         assert_eq!(mem.read_u16(0x3002).unwrap(), 1, "used index");
         assert_eq!(mem.read_u32(0x3008).unwrap(), 3, "used length");
+    }
+
+    #[test]
+    fn a_ram_window_reports_what_it_lends_for_writing() {
+        struct Seen(std::cell::RefCell<Vec<(u64, u64)>>);
+        impl GuestWriteSink for &Seen {
+            fn wrote(&self, gpa: u64, len: u64) {
+                self.0.borrow_mut().push((gpa, len));
+            }
+        }
+        let mut ram = vec![0u8; 0x3000];
+        let seen = Seen(Default::default());
+        // SAFETY: `ram` outlives the window and is not used while it lives.
+        let mut w =
+            unsafe { RamWindow::new(ram.as_mut_ptr(), 0x3000) }.with_guest_writes(Some(&seen));
+        w.write(0x1ffe, &[1, 2, 3, 4]).unwrap();
+        let _ = w.slice(0x2000, 16).unwrap();
+        assert!(w.slice_mut(0x2ff0, 0x20).is_err(), "past the end");
+        assert_eq!(
+            *seen.0.borrow(),
+            [(0x1ffe, 4)],
+            "reads and refusals are not writes"
+        );
+        assert_eq!(w.slice(0x1ffe, 4).unwrap(), &[1, 2, 3, 4]);
     }
 }

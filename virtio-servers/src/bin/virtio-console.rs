@@ -105,7 +105,8 @@ mod ring3 {
         // the stub maps at `guest_ram_window` for `guest_ram_bytes`; nothing
         // else in this task refers to it.
         let mut ram =
-            unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) };
+            unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) }
+                .with_guest_writes(sys::GuestWrites::find());
         let mut server =
             Server::new(Console::new(HostOutput, InputBuffer::new())).with_instance(instance_id());
         let mut injector = Injector::new(&inject::read_block(&INJECT));
