@@ -295,14 +295,24 @@ impl<'b, C: PciChannel> RemotePci<'b, C> {
             let _ = self.exchange(op, bar, offset, size, value);
         }
         let _ = self.exchange(op::RESUME, 0, 0, 0, 0);
-        if self.doorbells.is_some_and(|d| d.is_some()) && !self.synchronous {
-            let all = ipc_proto::syscall::SIGNAL_BITS;
-            match self.channel.signal(all, self.rung + 1) {
-                Ok(()) => self.rung += 1,
-                Err(e) => {
-                    self.failures += 1;
-                    self.last_error = Some(e);
-                }
+        let Some(Some(d)) = self.doorbells else {
+            return;
+        };
+        if self.synchronous {
+            // Doorbells are calls here: write each (the first 16), the
+            // value its index, as a driver's notification would be.
+            let size = if d.stride >= 2 { 2 } else { 1 };
+            for i in 0..(d.len / d.stride).min(u64::from(ipc_proto::pci::DOORBELLS)) {
+                let _ = self.exchange(op::BAR_WRITE, d.bar, d.offset + i * d.stride, size, i);
+            }
+            return;
+        }
+        let all = ipc_proto::syscall::SIGNAL_BITS;
+        match self.channel.signal(all, self.rung + 1) {
+            Ok(()) => self.rung += 1,
+            Err(e) => {
+                self.failures += 1;
+                self.last_error = Some(e);
             }
         }
     }
@@ -713,6 +723,25 @@ mod tests {
         assert_eq!(board.irq.take_msi().map(|m| m.vector), Some(0x41));
         let ram = &proxy.channel.ram;
         assert_eq!(u16::from_le_bytes([ram[0x3002], ram[0x3003]]), 2);
+    }
+
+    #[test]
+    fn a_synchronous_proxy_rings_the_doorbells_as_calls_after_a_restart() {
+        let board = Board::new();
+        let mut ch = loopback();
+        let mut proxy = RemotePci::new(&mut ch)
+            .with_irq(board.irq.pci(10))
+            .synchronous();
+        set_up_transmitq(&mut proxy);
+        offer(&mut proxy.channel.ram, 0, 0, b"a");
+        proxy.bar_write(0, TX_NOTIFY, 2, 1);
+        offer(&mut proxy.channel.ram, 1, 1, b"b");
+        // Made available; the server restarts before the guest notifies.
+        proxy.channel.restart(9);
+        proxy.poll();
+        assert_eq!(proxy.restarts(), (1, true));
+        assert_eq!(proxy.channel.output(), b"b", "went on from the used idx");
+        assert_eq!(proxy.channel.word, 0, "no Signal in this mode");
     }
 
     #[test]
