@@ -744,6 +744,23 @@ mod tests {
         assert_eq!(proxy.channel.word, 0, "no Signal in this mode");
     }
 
+    /// A server that signals the vmm-server for ever costs one poll per
+    /// notification exit, never a loop in the proxy; the stub's `ExitGate`
+    /// allows one such exit between two guest entries
+    /// (`kernel_stub::notify`'s `a_signalling_loop_never_starves_the_guest`).
+    #[test]
+    fn a_server_that_signals_for_ever_costs_one_poll_per_notification() {
+        let mut ch = loopback();
+        let mut proxy = RemotePci::new(&mut ch);
+        let bit = proxy.channel.served_bit();
+        for _ in 0..100 {
+            proxy.notified(bit | 1 << 30);
+        }
+        assert_eq!(proxy.calls(), 100);
+        assert_eq!(proxy.doorbells(), (0, 100));
+        assert!(proxy.channel.seen.iter().all(|m| m.op == op::POLL));
+    }
+
     #[test]
     fn a_synchronous_proxy_processes_the_queue_in_the_call() {
         let board = Board::new();
