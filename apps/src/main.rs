@@ -211,7 +211,9 @@ struct GuestArgs {
     rng: bool,
     /// Inject a fault on purpose, for the isolation experiments:
     /// `SERVER:crash@N` (the task named SERVER, e.g. mmu-server,
-    /// uart-server, vmm-server, executes ud2 at its N-th exit or request),
+    /// uart-server, vmm-server, disk-driver, virtio-blk, virtio-console,
+    /// executes ud2 at its N-th exit or request; for the virtio servers a
+    /// request is a queue notification),
     /// `SERVER:corrupt@N` (writes garbage over the shared state its restart
     /// reads, then ud2), `SERVER:hang@N` (spins; no watchdog yet: the run
     /// ends at its time limit); `@everyN` repeats every N within an

@@ -1,9 +1,17 @@
 //! Messages on a PCI function's channel: the vmm-server forwards each
 //! configuration-space access and each BAR access of a PCI function that
 //! runs as a server of its own (a virtio device server), in the channel's
-//! shared page. Synchronous: the server does the work an access asks for
-//! (a queue notification processes the queue) before it replies, and the
-//! reply carries the interrupts that work raised.
+//! shared page. Every message is synchronous: the server does the work an
+//! access asks for before it replies, and the reply carries the interrupts
+//! that work raised.
+//!
+//! Doorbells are not messages: a function may name a range of one BAR as
+//! doorbell registers ([`op::DOORBELL`]; a virtio function's queue
+//! notification addresses). The proxy turns a write there into
+//! `Signal(channel, doorbell_bit(i))` for doorbell `i` and the guest runs
+//! on; the server does the work when it is scheduled, keeps the interrupts
+//! it raised and `Signal`s the proxy's end with [`served_bit`] of its
+//! channel; the proxy then sends a `POLL`, whose reply carries them.
 
 use crate::vcpu::wire;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -23,6 +31,44 @@ pub mod op {
     /// No access: let the device take host input (console input) and
     /// report its interrupts.
     pub const POLL: u32 = 5;
+    /// No access: which writes are doorbells. Reply: `bar`, `offset` (the
+    /// first doorbell's offset in the BAR), `value` (the range's length in
+    /// bytes, 0: no doorbells) and `size` (bytes per doorbell, 1..=128).
+    pub const DOORBELL: u32 = 6;
+    /// No access: the proxy has replayed the guest's writes into a new
+    /// instance of the server (it saw `instance` change); continue from
+    /// the device's state in guest memory (a virtio function: each
+    /// enabled queue from its used ring's `idx`, so requests in flight
+    /// are processed again).
+    pub const RESUME: u32 = 7;
+}
+
+/// Where in the channel page the proxy keeps the number of doorbells it
+/// has rung so far (a `u64`), written before each `Signal`. The server
+/// reads it when it takes its notification word, and answers a `POLL`
+/// with the number it read last in `value`: while that is behind, the
+/// proxy knows a doorbell is still to be processed (bits coalesce, so
+/// the word cannot say).
+pub const DOORBELL_COUNT_OFFSET: usize = 2048;
+
+/// Doorbells that have a `Signal` bit of their own; doorbell
+/// `DOORBELLS - 1` and every later one share the last bit.
+pub const DOORBELLS: u32 = 16;
+
+/// The `Signal` bit of doorbell `i` (see [`DOORBELLS`]).
+pub const fn doorbell_bit(i: u64) -> u64 {
+    if i >= DOORBELLS as u64 - 1 {
+        1 << (DOORBELLS - 1)
+    } else {
+        1 << i
+    }
+}
+
+/// The `Signal` bit a function's server sets in the proxy's word when it
+/// has interrupts for it: channel `ch`'s number modulo 16 (a vmm-server has
+/// fewer channels than that, so the bit names the function).
+pub const fn served_bit(ch: u64) -> u64 {
+    1 << (ch % 16)
 }
 
 /// The vmm-server's PCI function table, a block in its executable that the
@@ -75,8 +121,10 @@ wire! {
         pub value: u64,
         /// Reply: messages raised that did not fit in `msis` (lost).
         pub msis_dropped: u32,
-        /// Zero.
-        pub reserved: u32,
+        /// Reply: the server instance's id, non-zero and different in each
+        /// instance (a restarted server's is new), so the proxy sees a
+        /// restart; 0 from a server that does not say.
+        pub instance: u32,
         /// Reply: the MSI/MSI-X messages the access raised, oldest first.
         pub msis: [MsiMessage; MAX_MSIS],
     }
@@ -101,7 +149,22 @@ mod tests {
         assert_eq!(offset_of!(PciMessage, offset), 8);
         assert_eq!(offset_of!(PciMessage, value), 16);
         assert_eq!(offset_of!(PciMessage, msis_dropped), 24);
+        assert_eq!(offset_of!(PciMessage, instance), 28);
         assert_eq!(offset_of!(PciMessage, msis), 32);
         assert!(size_of::<PciMessage>() <= 4096, "fits the channel page");
+        assert!(
+            size_of::<PciMessage>() <= DOORBELL_COUNT_OFFSET,
+            "apart from the count"
+        );
+    }
+
+    #[test]
+    fn doorbell_bits_stay_in_the_signal_bits() {
+        assert_eq!(doorbell_bit(0), 1);
+        assert_eq!(doorbell_bit(14), 1 << 14);
+        assert_eq!(doorbell_bit(15), 1 << 15);
+        assert_eq!(doorbell_bit(u64::MAX), 1 << 15);
+        assert_eq!(served_bit(3), 1 << 3);
+        assert_eq!(served_bit(19), 1 << 3);
     }
 }

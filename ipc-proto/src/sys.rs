@@ -154,6 +154,23 @@ pub fn channel_page(ch: u64) -> *mut u8 {
     (CHANNEL_PAGE_BASE + ch * PAGE_SIZE) as *mut u8
 }
 
+/// `inject::GARBAGE` over channel `ch`'s page (an injected `corrupt`).
+pub fn scribble_channel_page(ch: u64) {
+    let page = channel_page(ch).cast::<u64>();
+    for i in 0..(PAGE_SIZE / 8) as usize {
+        // SAFETY: the page of a channel this task is an end of is mapped
+        // read-write here, PAGE_SIZE bytes.
+        unsafe { page.add(i).write_volatile(crate::inject::GARBAGE) };
+    }
+}
+
+/// This server instance's id: the TSC's low bits at its start, so a
+/// restarted instance answers with another (`pci::PciMessage::instance`).
+pub fn instance_id() -> u32 {
+    // SAFETY: RDTSC reads a counter; ring 3 may (CR4.TSD is clear).
+    unsafe { core::arch::x86_64::_rdtsc() as u32 }
+}
+
 /// A server's configuration block, which the image builder finds by its
 /// `magic` and patches: the magic, then zeros (nothing configured).
 pub const fn config_block<const N: usize>(magic: &[u8]) -> [u8; N] {

@@ -14,10 +14,12 @@
 //! At start it asks the disk-driver for its disk (INFO) and prints
 //! `virtio-blk: N sectors (SIZE) on channel C[, read-only]` (or the reason
 //! there is no disk: the guest then sees a disk of 0 sectors). Then it
-//! serves the vmm-server in `ReplyRecv`: a queue notification processes
-//! the queue during the call, one disk-driver call per guest request (a
-//! scatter list of its buffers), and
-//! the reply carries the MSI-X messages raised.
+//! serves the vmm-server in `ReplyRecv`: configuration and BAR accesses
+//! as calls; a queue notification as a `Signal` from the vmm-server's
+//! proxy (the guest runs on, also while this task waits for the
+//! disk-driver), processed with one disk-driver call per guest request (a
+//! scatter list of its buffers), after which this task `Signal`s the
+//! proxy, whose `POLL` fetches the MSI-X messages raised.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]
@@ -36,19 +38,23 @@ mod ring3 {
         BlockReply, BlockRequest, ListRequest, Segment, MAX_SEGMENTS, SEGMENTS_OFFSET,
     };
 
+    use ipc_proto::inject::{self, Injector};
     use ipc_proto::manifest::MAX_CHANNELS;
-    use ipc_proto::pci::PciMessage;
+    use ipc_proto::pci::{PciMessage, DOORBELL_COUNT_OFFSET};
     use ipc_proto::sys;
     use ipc_proto::syscall::{NO_REPLY, RECV_NOTIFICATION};
     use ipc_proto::{Syscall, ABI_VERSION};
     use virtio::devices::blk::Block;
-    use virtio::pci::VirtioPci;
     use virtio_blk::{
         disk_channel_from_config, ChannelBackend, ChannelError, DiskChannel, CONFIG_MAGIC,
     };
-    use virtio_servers::{serve, Collected, RamWindow};
+    use virtio_servers::{inject_at_request, RamWindow, Server};
 
     ipc_proto::server_entry!(server_main);
+
+    // Faults injected on purpose (`--inject virtio-blk:crash@N`), at the N-th
+    // request: a queue notification (a doorbell).
+    ipc_proto::inject_block!(INJECT);
 
     /// The configuration block the image builder patches: the magic, then
     /// the disk channel's number + 1.
@@ -132,14 +138,16 @@ mod ring3 {
             }
         };
         let read_only = backend.read_only();
-        let mut pci = VirtioPci::new(Block::new(backend, read_only), Collected::default());
+        let mut server =
+            Server::new(Block::new(backend, read_only)).with_instance(sys::instance_id());
         // SAFETY: the manifest grants this task guest RAM read-write, which
-        // the stub maps at `guest_ram_window` for `guest_ram_bytes`; the
-        // guest does not run while this task handles a message (the
-        // vmm-server waits in `Call`), and nothing else in this task
-        // refers to the window.
+        // the stub maps at `guest_ram_window` for `guest_ram_bytes`; nothing
+        // else in this task refers to the window (the guest runs while this
+        // task waits for the disk-driver; see `RamWindow`).
         let mut ram =
-            unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) };
+            unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) }
+                .with_guest_writes(sys::GuestWrites::find());
+        let mut injector = Injector::new(&inject::read_block(&INJECT));
         let mut reply_to = NO_REPLY;
         loop {
             let v = match sys::call(Syscall::ReplyRecv, reply_to) {
@@ -150,7 +158,29 @@ mod ring3 {
                 }
             };
             reply_to = NO_REPLY;
-            if v & RECV_NOTIFICATION != 0 || v >= MAX_CHANNELS as u64 || v == disk {
+            if v & RECV_NOTIFICATION != 0 {
+                if v & 0xffff != 0 {
+                    inject_at_request(&mut injector, || {
+                        if let Some(ch) = server.client() {
+                            sys::scribble_channel_page(ch);
+                        }
+                        sys::scribble_channel_page(disk);
+                    });
+                }
+                let count = server.client().map_or(0, |ch| {
+                    let at = sys::channel_page(ch).wrapping_add(DOORBELL_COUNT_OFFSET);
+                    // SAFETY: the page of the channel this task serves is
+                    // mapped read-write here; the proxy wrote the count
+                    // before its Signal and does not run while we do.
+                    unsafe { at.cast::<u64>().read_volatile() }
+                });
+                // Doorbells: the requests are done when this returns.
+                if let Some((ch, bits)) = server.notified(&mut ram, v, count) {
+                    let _ = sys::signal(ch, bits);
+                }
+                continue;
+            }
+            if v >= MAX_CHANNELS as u64 || v == disk {
                 continue;
             }
             let page = sys::channel_page(v);
@@ -159,7 +189,13 @@ mod ring3 {
             // both ends and the vmm-server waits in `Call`. Every bit
             // pattern is a valid PciMessage, read once.
             let request = unsafe { page.cast::<PciMessage>().read_volatile() };
-            let reply = serve(&mut pci, &mut ram, &request);
+            if server.is_doorbell(&request) {
+                inject_at_request(&mut injector, || {
+                    sys::scribble_channel_page(v);
+                    sys::scribble_channel_page(disk);
+                });
+            }
+            let reply = server.message(v, &mut ram, &request);
             // SAFETY: as above; the reply fits the page.
             unsafe { page.cast::<PciMessage>().write_volatile(reply) };
             reply_to = v;

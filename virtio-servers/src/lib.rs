@@ -2,20 +2,29 @@
 //! own: [`serve`] applies one `ipc_proto::pci::PciMessage` from the
 //! vmm-server's proxy (`vmm_server::devices::remote_pci`) to a
 //! [`VirtioPci`] and builds the reply, with the interrupts the access
-//! raised ([`Collected`]). A queue notification is processed before the
-//! reply (synchronous), in guest RAM mapped into this server
+//! raised ([`Collected`]), in guest RAM mapped into this server
 //! ([`RamWindow`]).
 //!
+//! Queue notifications are asynchronous: [`serve`] answers `DOORBELL` with
+//! the notification addresses, the proxy `Signal`s this server for a
+//! guest's write there, and [`Server::notified`] processes those queues
+//! and says whether to `Signal` the proxy back ([`Server`] keeps the
+//! channel; the interrupts wait in [`Collected`] for the proxy's `POLL`).
+//! A notification that comes through a message (the PCI configuration
+//! window) is processed before the reply.
+//!
 //! Any `virtio::VirtioDevice` works: a device server is a thin loop of
-//! `ReplyRecv` around [`serve`] (`src/bin/virtio-console.rs`). Nothing here
+//! `ReplyRecv` around [`Server`] (`src/bin/virtio-console.rs`). Nothing here
 //! panics on what the guest or the vmm-server sends: bad sizes and
 //! registers read all ones or are dropped (the virtio crate checks them),
 //! and a queue the guest corrupted puts the device into NEEDS_RESET.
 #![cfg_attr(not(test), no_std)]
 #![deny(missing_docs)]
 
-use ipc_proto::pci::{op, MsiMessage, PciMessage, MAX_MSIS};
-use virtio::pci::{BarWriteOutcome, InterruptSink, VirtioPci};
+use ipc_proto::pci::{doorbell_bit, op, served_bit, MsiMessage, PciMessage, MAX_MSIS};
+use virtio::pci::{
+    BarWriteOutcome, InterruptSink, VirtioPci, NOTIFY_OFFSET, NOTIFY_OFF_MULTIPLIER, VIRTIO_BAR,
+};
 use virtio::{GuestMemory, MemoryError, VirtioDevice};
 
 pub mod console;
@@ -29,15 +38,24 @@ pub struct Collected {
     count: u8,
     dropped: u32,
     intx: bool,
+    /// The INTx level the last reply reported.
+    intx_reported: bool,
 }
 
 impl Collected {
+    /// Whether the proxy has not heard of something yet: a message, a
+    /// lost one, or a change of INTA#'s level.
+    pub fn has_news(&self) -> bool {
+        self.count != 0 || self.dropped != 0 || self.intx != self.intx_reported
+    }
+
     /// Moves the messages into `reply` and reports the INTx level.
     pub fn drain_into(&mut self, reply: &mut PciMessage) {
         reply.msis = self.msis;
         reply.msi_count = self.count;
         reply.msis_dropped = self.dropped;
         reply.intx = u8::from(self.intx);
+        self.intx_reported = self.intx;
         self.count = 0;
         self.dropped = 0;
         self.msis = [MsiMessage::default(); MAX_MSIS];
@@ -98,6 +116,16 @@ pub fn serve<D: VirtioDevice, M: GuestMemory + ?Sized>(
             pci.poll(mem);
             BarWriteOutcome::Done
         }
+        (op::DOORBELL, _) => {
+            // Queue n's notification address is NOTIFY_OFFSET + n *
+            // NOTIFY_OFF_MULTIPLIER (the notify capability says so).
+            let queues = pci.device().queue_max_sizes().len() as u64;
+            reply.bar = VIRTIO_BAR;
+            reply.offset = NOTIFY_OFFSET;
+            reply.size = NOTIFY_OFF_MULTIPLIER as u8;
+            reply.value = queues.max(1) * u64::from(NOTIFY_OFF_MULTIPLIER);
+            BarWriteOutcome::Done
+        }
         _ => {
             reply.value = u64::MAX;
             BarWriteOutcome::Done
@@ -110,16 +138,173 @@ pub fn serve<D: VirtioDevice, M: GuestMemory + ?Sized>(
     reply
 }
 
+/// Processes the queues whose doorbell bits (`ipc_proto::pci::doorbell_bit`)
+/// are set in `bits`; the last bit stands for every queue from
+/// `ipc_proto::pci::DOORBELLS - 1` on. The interrupts raised stay in the sink.
+pub fn serve_doorbells<D: VirtioDevice, M: GuestMemory + ?Sized>(
+    pci: &mut VirtioPci<D, Collected>,
+    mem: &mut M,
+    bits: u64,
+) {
+    let queues = pci.device().queue_max_sizes().len() as u64;
+    for q in 0..queues {
+        if bits & doorbell_bit(q) != 0 {
+            pci.process_queue(q as u16, mem);
+        }
+    }
+}
+
+/// A device server's state between `ReplyRecv`s: the function, and the
+/// channel of the proxy it serves (learned from the first message).
+pub struct Server<D: VirtioDevice> {
+    /// The function.
+    pub pci: VirtioPci<D, Collected>,
+    client: Option<u64>,
+    /// The proxy's doorbell count when this server last took its word.
+    doorbells_seen: u64,
+    /// This instance's id in every reply (`PciMessage::instance`).
+    instance: u32,
+}
+
+impl<D: VirtioDevice> Server<D> {
+    /// A server for `device`.
+    pub fn new(device: D) -> Self {
+        Self {
+            pci: VirtioPci::new(device, Collected::default()),
+            client: None,
+            doorbells_seen: 0,
+            instance: 1,
+        }
+    }
+
+    /// The same server answering with `id` as its instance id (made
+    /// non-zero): the binaries take the TSC at start, so a restarted
+    /// instance's differs.
+    pub fn with_instance(mut self, id: u32) -> Self {
+        self.instance = id.max(1);
+        self
+    }
+
+    /// Whether `request` writes a queue's notification address (a doorbell
+    /// sent as a call: the proxy's synchronous mode, or the PCI
+    /// configuration window's access is not counted).
+    pub fn is_doorbell(&self, request: &PciMessage) -> bool {
+        let queues = self.pci.device().queue_max_sizes().len() as u64;
+        let len = queues.max(1) * u64::from(NOTIFY_OFF_MULTIPLIER);
+        request.op == op::BAR_WRITE
+            && request.bar == VIRTIO_BAR
+            && request
+                .offset
+                .checked_sub(NOTIFY_OFFSET)
+                .is_some_and(|o| o < len)
+    }
+
+    /// The proxy's channel, once a message came on it.
+    pub fn client(&self) -> Option<u64> {
+        self.client
+    }
+
+    /// Answers `request`, which came on channel `ch` (see [`serve`]).
+    pub fn message<M: GuestMemory + ?Sized>(
+        &mut self,
+        ch: u64,
+        mem: &mut M,
+        request: &PciMessage,
+    ) -> PciMessage {
+        self.client = Some(ch);
+        let mut reply = serve(&mut self.pci, mem, request);
+        match request.op {
+            op::POLL => reply.value = self.doorbells_seen,
+            op::RESUME => {
+                self.pci.resume_queues(mem);
+                reply.value = 0;
+            }
+            _ => {}
+        }
+        reply.instance = self.instance;
+        reply
+    }
+
+    /// A notification word from `ReplyRecv`, with the proxy's doorbell
+    /// count read from the channel page at that moment
+    /// (`ipc_proto::pci::DOORBELL_COUNT_OFFSET`): processes the rung
+    /// doorbells (the low 16 bits; the rest are host IRQs, not ours) and
+    /// returns the channel and bits to `Signal` when the proxy has
+    /// interrupts to fetch.
+    pub fn notified<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        word: u64,
+        doorbells: u64,
+    ) -> Option<(u64, u64)> {
+        if word & 0xffff != 0 {
+            self.doorbells_seen = doorbells;
+        }
+        serve_doorbells(&mut self.pci, mem, word & 0xffff);
+        let ch = self.client?;
+        // Signal even without interrupts when doorbells were processed: the
+        // proxy's POLL then learns that they were.
+        (word & 0xffff != 0 || self.pci.interrupt_sink().has_news()).then_some((ch, served_bit(ch)))
+    }
+}
+
+/// What an injected fault (`splitvisor run --inject SERVER:FAULT@N`) does
+/// at a request: ticks `injector` once, and crashes or hangs when it says
+/// so; a `corrupt` first has `scribble` write `ipc_proto::inject::GARBAGE`
+/// over the server's channel pages. A request is a queue notification: a
+/// notification word with doorbell bits, or a message that writes a
+/// notification address ([`Server::is_doorbell`]).
+pub fn inject_at_request(injector: &mut ipc_proto::inject::Injector, scribble: impl FnOnce()) {
+    use ipc_proto::inject::{crash, hang, Fault};
+    match injector.tick() {
+        None => {}
+        Some(Fault::Crash) => crash(),
+        Some(Fault::Hang) => hang(),
+        Some(Fault::Corrupt) => {
+            scribble();
+            crash()
+        }
+    }
+}
+
 /// Guest RAM `[0, len)` mapped into this server at `base` (the stub maps
 /// the guest's RAM window into a task with that right), as
 /// [`GuestMemory`].
 ///
-/// The guest does not run while this server handles a message (one vCPU,
-/// synchronous calls), so the bytes do not change under a slice this
-/// server holds.
-pub struct RamWindow {
+/// The guest runs only while this server is blocked in a system call (one
+/// CPU, no preemption of ring-3 tasks): a device reads what it needs into
+/// locals and holds no slice across a `Call` (virtio-blk hands the disk
+/// driver addresses, not slices), so the bytes do not change under a
+/// slice this server holds.
+///
+/// Under shadow paging the window reports each range it lends for writing
+/// (used rings, console input, block status bytes) on the task's
+/// guest-writes channel to the mmu-server ([`RamWindow::with_guest_writes`];
+/// `ipc_proto::guest_writes`), so a shadowed page table the device writes
+/// is resynced before the guest runs again.
+pub struct RamWindow<W: GuestWriteSink = ()> {
     base: *mut u8,
     len: u64,
+    writes: Option<W>,
+}
+
+/// Where a [`RamWindow`] reports the guest ranges it lends for writing.
+pub trait GuestWriteSink {
+    /// `len` bytes at `gpa` are (about to be) written.
+    fn wrote(&self, gpa: u64, len: u64);
+}
+
+/// No reports.
+impl GuestWriteSink for () {
+    fn wrote(&self, _gpa: u64, _len: u64) {}
+}
+
+/// The task's guest-writes channel to the mmu-server.
+#[cfg(target_os = "none")]
+impl GuestWriteSink for ipc_proto::sys::GuestWrites {
+    fn wrote(&self, gpa: u64, len: u64) {
+        ipc_proto::sys::GuestWrites::wrote(self, gpa, len);
+    }
 }
 
 impl RamWindow {
@@ -130,11 +315,25 @@ impl RamWindow {
     /// `[base, base + len)` is mapped read-write in this task for as long
     /// as the window lives, and nothing else in this task refers to it.
     pub unsafe fn new(base: *mut u8, len: u64) -> Self {
-        Self { base, len }
+        Self {
+            base,
+            len,
+            writes: None,
+        }
+    }
+
+    /// The same window reporting its writes on `writes` (`None`: the image
+    /// gives this task no guest-writes channel, as under nested paging).
+    pub fn with_guest_writes<W: GuestWriteSink>(self, writes: Option<W>) -> RamWindow<W> {
+        RamWindow {
+            base: self.base,
+            len: self.len,
+            writes,
+        }
     }
 }
 
-impl GuestMemory for RamWindow {
+impl<W: GuestWriteSink> GuestMemory for RamWindow<W> {
     fn ram_size(&self) -> u64 {
         self.len
     }
@@ -148,6 +347,11 @@ impl GuestMemory for RamWindow {
 
     fn slice_mut(&mut self, gpa: u64, len: u64) -> Result<&mut [u8], MemoryError> {
         let r = virtio::memory::check_range(self.len, gpa, len)?;
+        // Reported before the write: the mmu-server reads the report only
+        // once this task blocks, after it.
+        if let Some(w) = &self.writes {
+            w.wrote(gpa, len);
+        }
         // SAFETY: as in `slice`; the slice borrows self mutably, so no
         // other slice of the window is live.
         Ok(unsafe { core::slice::from_raw_parts_mut(self.base.add(r.start), r.len()) })
@@ -270,5 +474,29 @@ mod tests {
         assert_eq!(mem.slice(0x4000, 3).unwrap(), b"ls\r");
         assert_eq!(mem.read_u16(0x3002).unwrap(), 1, "used index");
         assert_eq!(mem.read_u32(0x3008).unwrap(), 3, "used length");
+    }
+
+    #[test]
+    fn a_ram_window_reports_what_it_lends_for_writing() {
+        struct Seen(std::cell::RefCell<Vec<(u64, u64)>>);
+        impl GuestWriteSink for &Seen {
+            fn wrote(&self, gpa: u64, len: u64) {
+                self.0.borrow_mut().push((gpa, len));
+            }
+        }
+        let mut ram = vec![0u8; 0x3000];
+        let seen = Seen(Default::default());
+        // SAFETY: `ram` outlives the window and is not used while it lives.
+        let mut w =
+            unsafe { RamWindow::new(ram.as_mut_ptr(), 0x3000) }.with_guest_writes(Some(&seen));
+        w.write(0x1ffe, &[1, 2, 3, 4]).unwrap();
+        let _ = w.slice(0x2000, 16).unwrap();
+        assert!(w.slice_mut(0x2ff0, 0x20).is_err(), "past the end");
+        assert_eq!(
+            *seen.0.borrow(),
+            [(0x1ffe, 4)],
+            "reads and refusals are not writes"
+        );
+        assert_eq!(w.slice(0x1ffe, 4).unwrap(), &[1, 2, 3, 4]);
     }
 }

@@ -833,6 +833,21 @@ impl<D: VirtioDevice, I: InterruptSink> VirtioPci<D, I> {
         self.run(mem, |d, qs, m| d.process_queue(queue, qs, m));
     }
 
+    /// Continues every enabled queue from its used ring's `idx` in guest
+    /// memory ([`Queue::resume_from_used`]): for a function whose
+    /// transport state was replayed into a new instance. A ring outside
+    /// RAM puts the device into NEEDS_RESET, as at any other use.
+    pub fn resume_queues<M: GuestMemory + ?Sized>(&mut self, mem: &M) {
+        let n = usize::from(self.num_queues);
+        let mut failed = false;
+        for q in self.queues[..n].iter_mut().filter(|q| q.ready()) {
+            failed |= q.resume_from_used(mem).is_err();
+        }
+        if failed {
+            self.status |= crate::status::DEVICE_NEEDS_RESET;
+        }
+    }
+
     /// Lets the device do work it starts itself (console input, ...).
     pub fn poll<M: GuestMemory + ?Sized>(&mut self, mem: &mut M) {
         if self.can_process() {

@@ -620,6 +620,21 @@ impl Queue {
         self.indirect = indirect;
     }
 
+    /// Continues an enabled queue from its used ring's `idx` in guest
+    /// memory, as a device that restarted without its own indices does:
+    /// buffers the driver made available past it (requests in flight when
+    /// the device stopped) are processed again. Returns the index.
+    pub fn resume_from_used<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+    ) -> Result<u16, MemoryError> {
+        let idx = mem.read_u16(self.used_ring.wrapping_add(2))?;
+        self.next_avail = idx;
+        self.next_used = idx;
+        self.signalled_used = None;
+        Ok(idx)
+    }
+
     /// The device's next available and used indices.
     pub fn indices(&self) -> (u16, u16) {
         (self.next_avail, self.next_used)

@@ -51,6 +51,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
 pub mod board;
 pub mod boards;
 pub mod console;

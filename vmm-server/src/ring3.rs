@@ -296,6 +296,21 @@ impl PciChannel for ChannelSyscall {
         // SAFETY: as above; the server answered in the page.
         Ok(unsafe { page.read_volatile() })
     }
+
+    fn signal(&mut self, bits: u64, count: u64) -> Result<(), ErrorCode> {
+        let at = self
+            .page::<u8>()
+            .wrapping_add(ipc_proto::pci::DOORBELL_COUNT_OFFSET);
+        // SAFETY: the channel page is mapped read-write here (see `call`)
+        // and the offset is inside it, 8-aligned; the server reads the
+        // count only when it runs, which it does not while we do.
+        unsafe { at.cast::<u64>().write_volatile(count) };
+        ipc_proto::sys::signal(self.channel, bits).map(|_| ())
+    }
+
+    fn served_bit(&self) -> u32 {
+        ipc_proto::pci::served_bit(self.channel) as u32
+    }
 }
 
 /// What a variant of this server adds to its loop: the attack campaign's
@@ -423,9 +438,16 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
             let channel = u64::from(pci_slots[i].checked_sub(1)?);
             let &(_, intx) = boards::PC_PCI_SLOTS.get(i)?;
             (kind == ipc_proto::manifest::Board::Pc).then(|| {
-                RemotePci::new(ChannelSyscall { channel })
+                let f = RemotePci::new(ChannelSyscall { channel })
                     .with_irq(board.irq.pci(intx))
-                    .with_poll_gap(&rdtsc, poll_gap)
+                    .with_poll_gap(&rdtsc, poll_gap);
+                // Doorbells signal the server under nested paging only
+                // (see `Vmm::notified`).
+                if boot.mmu_mode != 0 {
+                    f.synchronous()
+                } else {
+                    f
+                }
             })
         });
     let bus = PciBus::new();
@@ -460,6 +482,7 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
     let mut vmm = Vmm::new(router, &board, &mut ram, &mut host)
         .with_mmio(mmio)
         .with_irqchip(boards::irqchip(kind, &board))
+        .with_pci_bus(&bus)
         .with_config(config);
 
     let mut stub = NativeStub { hooks, last: None };

@@ -57,7 +57,7 @@ pub enum Ending {
 /// `[vmm] <reason>` and the last exits as `[vmm]   #<seq> <exit> ...` lines;
 /// a reset says `[vmm] the guest reset the machine`; then comes the
 /// statistics line `[vmm] <Stats> unknown_port_reads=N
-/// unknown_port_writes=N emulated=N irqs=N exceptions=N windows=N warps=N notifications=N`.
+/// unknown_port_writes=N emulated=N irqs=N exceptions=N windows=N warps=N notifications=N busy_halts=N busy_exits=N`.
 pub fn run<S: Stub, W: HostWrite>(
     stub: &mut S,
     vmm: &mut Vmm<'_>,
@@ -83,12 +83,9 @@ pub fn run<S: Stub, W: HostWrite>(
         if let crate::exit::Exit::Notification { word } = crate::exit::Exit::decode(&rec) {
             // The guest did not run, and the last resume was applied
             // (perhaps before the guest ran for exits of the mmu-server's):
-            // rerun with an empty one, which the stub applies as nothing.
-            vmm.notified(word);
-            resume = Some(Resume {
-                abi_version: ipc_proto::ABI_VERSION,
-                ..Resume::default()
-            });
+            // rerun with the interrupts the notification brought (and the
+            // last resume's, which the stub would otherwise withdraw).
+            resume = Some(vmm.notified(word));
             continue;
         }
         let segments = stub.segments();
@@ -144,7 +141,7 @@ fn last_exits<W: HostWrite>(vmm: &Vmm<'_>, c: &mut HostConsole<W>) {
 }
 
 /// Prints `[vmm] <Stats> unknown_port_reads=N unknown_port_writes=N
-/// emulated=N irqs=N exceptions=N windows=N warps=N notifications=N`.
+/// emulated=N irqs=N exceptions=N windows=N warps=N notifications=N busy_halts=N busy_exits=N`.
 pub fn statistics_line<S: Stub, W: HostWrite>(
     stub: &mut S,
     vmm: &Vmm<'_>,
@@ -262,7 +259,7 @@ mod tests {
             "hello\nbye\n[vmm] exits: total=10 ioio=0 hlt=0 cpuid=0 msr=0 npf=0 exception=0 \
              shutdown=0 invalid=0 intr=0 other=0 syscalls=0 resumes_refused=0 \
              unknown_port_reads=0 unknown_port_writes=0 \
-             emulated=0 irqs=0 exceptions=0 windows=0 warps=0 notifications=0\n"
+             emulated=0 irqs=0 exceptions=0 windows=0 warps=0 notifications=0 busy_halts=0 busy_exits=0\n"
         );
         assert_eq!(s.resumes[0], None, "the first run carries no resume");
         let second = s.resumes[1].unwrap();

@@ -18,6 +18,7 @@ use ipc_proto::{
 
 use crate::board::{Board, Nanos, SECOND};
 use crate::cpuid::{guest_cpuid_now, HostCpuid};
+use crate::devices::pci::PciBus;
 use crate::devices::pic;
 use crate::devices::WriteOutcome;
 use crate::emulate::{
@@ -287,16 +288,29 @@ pub struct VmmStats {
     pub warps: u64,
     /// Notification exits (the guest did not run).
     pub notifications: u64,
+    /// HLT exits that let the guest halt again because a device server
+    /// was busy for it.
+    pub busy_halts: u64,
+    /// Exits while a device server was busy for the guest: the guest ran
+    /// while the server worked (or waited for its disk).
+    pub busy_exits: u64,
 }
 
 impl fmt::Display for VmmStats {
     /// ` emulated=N irqs=N exceptions=N windows=N warps=N
-    /// notifications=N` (with the leading space).
+    /// notifications=N busy_halts=N busy_exits=N` (with the leading space).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            " emulated={} irqs={} exceptions={} windows={} warps={} notifications={}",
-            self.emulated, self.irqs, self.exceptions, self.windows, self.warps, self.notifications
+            " emulated={} irqs={} exceptions={} windows={} warps={} notifications={} busy_halts={} busy_exits={}",
+            self.emulated,
+            self.irqs,
+            self.exceptions,
+            self.windows,
+            self.warps,
+            self.notifications,
+            self.busy_halts,
+            self.busy_exits
         )
     }
 }
@@ -467,6 +481,21 @@ pub struct Vmm<'d> {
     /// This exit's emulated REP string instruction did an iteration but
     /// did not complete (single-stepped: one iteration per exit).
     partial_step: bool,
+    /// The PCI functions served elsewhere: told of notifications, asked
+    /// whether they are busy.
+    pci: Option<&'d PciBus<'d>>,
+    /// The interrupt part of the last resume, for a notification exit.
+    last_delivery: Delivery,
+}
+
+/// What the last resume asked of the next guest entry about interrupts,
+/// and whether the guest could take one then.
+#[derive(Clone, Copy, Debug, Default)]
+struct Delivery {
+    event: Option<EventInjection>,
+    window: bool,
+    /// RFLAGS.IF set and no interrupt shadow.
+    open: bool,
 }
 
 impl<'d> Vmm<'d> {
@@ -502,7 +531,16 @@ impl<'d> Vmm<'d> {
             fault_streak: (0, 0, 0),
             idle_halts: 0,
             partial_step: false,
+            pci: None,
+            last_delivery: Delivery::default(),
         }
+    }
+
+    /// The same handler telling `bus`'s functions of notification exits
+    /// and not skipping time on a HLT while one of them is busy.
+    pub fn with_pci_bus(mut self, bus: &'d PciBus<'d>) -> Self {
+        self.pci = Some(bus);
+        self
     }
 
     /// The same handler with MMIO devices.
@@ -544,12 +582,59 @@ impl<'d> Vmm<'d> {
         &self.history
     }
 
-    /// A notification exit with word `word`: nobody signals the
-    /// vmm-server for a reason yet, so it is counted and otherwise
-    /// ignored (the caller reruns with its previous resume).
-    pub fn notified(&mut self, word: u32) {
-        let _ = word;
+    /// A notification exit with word `word` (the guest did not run): the
+    /// PCI functions whose servers signalled fetch their interrupts, and
+    /// the answer is the resume to rerun with.
+    ///
+    /// The stub applies each resume's interrupt part afresh (an empty one
+    /// withdraws a virtual interrupt offered before), so under nested
+    /// paging, where the guest runs for this server's exits only and so
+    /// has not run since the last resume, the last resume's event and
+    /// window request go again, and a new interrupt is injected when the
+    /// guest could take one then (else a window is asked for). Under
+    /// shadow paging the guest may have run for the mmu-server's exits
+    /// since: only a window is asked for (TODO: the notification record
+    /// does not say whether the guest ran, so an interrupt offered by the
+    /// last resume may be withdrawn; the functions stay synchronous there,
+    /// see `RemotePci::synchronous`).
+    pub fn notified(&mut self, word: u32) -> Resume {
         self.stats.notifications += 1;
+        if let Some(bus) = self.pci {
+            bus.notified(word);
+        }
+        self.irq.sample(&self.board.irq);
+        let mut flags = ResumeFlags::empty();
+        let mut r = resume(flags, GuestRegs::default());
+        let last = self.last_delivery;
+        let repeat = !self.config.shadow_paging;
+        if let Some(e) = last.event.filter(|_| repeat) {
+            r.event = e;
+            flags |= ResumeFlags::INJECT_EVENT;
+        }
+        if last.window && repeat {
+            flags |= ResumeFlags::REQUEST_INTERRUPT_WINDOW;
+        }
+        if self.irq.interrupt_pending() {
+            if repeat && last.open && !flags.contains(ResumeFlags::INJECT_EVENT) {
+                r.event = EventInjection {
+                    vector: self.irq.acknowledge().0,
+                    kind: EventKind::ExternalInterrupt as u8,
+                    has_error_code: 0,
+                    reserved: 0,
+                    error_code: 0,
+                };
+                flags |= ResumeFlags::INJECT_EVENT;
+                self.stats.irqs += 1;
+                self.idle_halts = 0;
+                self.last_delivery.event = Some(r.event);
+            } else {
+                flags |= ResumeFlags::REQUEST_INTERRUPT_WINDOW;
+                self.stats.windows += 1;
+                self.last_delivery.window = true;
+            }
+        }
+        r.flags = flags.bits();
+        r
     }
 
     /// The handler's counters.
@@ -573,6 +658,9 @@ impl<'d> Vmm<'d> {
     /// gives them.
     pub fn handle_with(&mut self, rec: &ExitRecord, segments: Option<[Segment; 6]>) -> Action {
         self.history.push(rec);
+        if self.pci.is_some_and(|b| b.busy()) {
+            self.stats.busy_exits += 1;
+        }
         let exit = Exit::decode_in(rec, self.mem.ram_bytes());
         if rec.abi_version != ipc_proto::ABI_VERSION {
             let kind = FailKind::AbiMismatch {
@@ -1032,6 +1120,14 @@ impl<'d> Vmm<'d> {
                 cpu.regs.rip = next;
                 return RESUME;
             }
+            // A device server works for the guest and will notify: let
+            // the stub run it (servers go before the guest) and the guest
+            // halt again, on the host's clock, rather than skip time or
+            // spin here.
+            if self.pci.is_some_and(|b| b.busy()) {
+                self.stats.busy_halts += 1;
+                break;
+            }
             match (self.next_deadline, self.irq.tsc_deadline()) {
                 // The TSC deadline comes before any virtual one: it is the
                 // host's TSC, which a warp of the virtual clock does not
@@ -1225,6 +1321,11 @@ impl<'d> Vmm<'d> {
             self.told_deadline = deadline;
         }
         r.flags = flags.bits();
+        self.last_delivery = Delivery {
+            event: flags.contains(ResumeFlags::INJECT_EVENT).then_some(r.event),
+            window: flags.contains(ResumeFlags::REQUEST_INTERRUPT_WINDOW),
+            open: cpu.regs.rflags & RFLAGS_IF != 0 && !shadow,
+        };
         self.history
             .answer(if flags.contains(ResumeFlags::INJECT_EVENT) {
                 Answer::Injected {

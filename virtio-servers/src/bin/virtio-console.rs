@@ -5,10 +5,11 @@
 //! configuration-space and BAR access of the function, and a poll after
 //! exits, as an `ipc_proto::pci::PciMessage` on its channel to this task.
 //! This task loops on `ReplyRecv`: it applies each message with
-//! `virtio_servers::serve` (a queue notification is processed there, in
-//! guest RAM mapped into this task), writes the guest's output to the host
+//! `virtio_servers::Server` and processes the queues whose doorbells the
+//! proxy signalled (in guest RAM mapped into this task), writes the guest's output to the host
 //! console (`ConsoleWrite`), reads host input (`ConsoleRead`) when polled,
-//! and answers with the interrupts raised (MSI-X messages, INTA#'s level).
+//! and hands the proxy the interrupts raised (MSI-X messages, INTA#'s
+//! level): in a reply, or after a `Signal` that makes it poll.
 //! Rights: guest RAM read-write, the console, its channel.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -25,17 +26,21 @@ fn main() {
 #[cfg(target_os = "none")]
 mod ring3 {
 
+    use ipc_proto::inject::{self, Injector};
     use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
     use ipc_proto::manifest::MAX_CHANNELS;
-    use ipc_proto::pci::{op, PciMessage};
+    use ipc_proto::pci::{op, PciMessage, DOORBELL_COUNT_OFFSET};
     use ipc_proto::sys;
     use ipc_proto::syscall::{NO_REPLY, RECV_NOTIFICATION};
     use ipc_proto::{Syscall, ABI_VERSION};
-    use virtio::VirtioPci;
     use virtio_servers::console::{Console, ConsoleOutput, InputBuffer};
-    use virtio_servers::{serve, Collected, RamWindow};
+    use virtio_servers::{inject_at_request, RamWindow, Server};
 
     ipc_proto::server_entry!(server_main);
+
+    // Faults injected on purpose (`--inject virtio-console:crash@N`), at the
+    // N-th request: a queue notification (a doorbell).
+    ipc_proto::inject_block!(INJECT);
 
     macro_rules! say {
         ($($arg:tt)*) => {
@@ -83,15 +88,15 @@ mod ring3 {
         // the stub maps at `guest_ram_window` for `guest_ram_bytes`; nothing
         // else in this task refers to it.
         let mut ram =
-            unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) };
-        let mut pci = VirtioPci::new(
-            Console::new(HostOutput, InputBuffer::new()),
-            Collected::default(),
-        );
+            unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) }
+                .with_guest_writes(sys::GuestWrites::find());
+        let mut server = Server::new(Console::new(HostOutput, InputBuffer::new()))
+            .with_instance(sys::instance_id());
+        let mut injector = Injector::new(&inject::read_block(&INJECT));
         let mut reply_to = NO_REPLY;
         loop {
             // Replies to the call before (none the first time) and waits
-            // for the next one.
+            // for the next one or for a doorbell.
             let v = match sys::call(Syscall::ReplyRecv, reply_to) {
                 Ok(v) => v,
                 Err(e) => {
@@ -100,7 +105,28 @@ mod ring3 {
                 }
             };
             reply_to = NO_REPLY;
-            if v & RECV_NOTIFICATION != 0 || v >= MAX_CHANNELS as u64 {
+            if v & RECV_NOTIFICATION != 0 {
+                if v & 0xffff != 0 {
+                    inject_at_request(&mut injector, || {
+                        if let Some(ch) = server.client() {
+                            sys::scribble_channel_page(ch);
+                        }
+                    });
+                }
+                let count = server.client().map_or(0, |ch| {
+                    let at = sys::channel_page(ch).wrapping_add(DOORBELL_COUNT_OFFSET);
+                    // SAFETY: the page of the channel this task serves is
+                    // mapped read-write here; the proxy wrote the count
+                    // before its Signal and does not run while we do.
+                    unsafe { at.cast::<u64>().read_volatile() }
+                });
+                if let Some((ch, bits)) = server.notified(&mut ram, v, count) {
+                    // The proxy fetches the interrupts with a POLL.
+                    let _ = sys::signal(ch, bits);
+                }
+                continue;
+            }
+            if v >= MAX_CHANNELS as u64 {
                 continue;
             }
             let page = channel_page(v);
@@ -109,10 +135,15 @@ mod ring3 {
             // `Call` while we run, and every bit pattern is a valid
             // PciMessage (it fits the page).
             let request = unsafe { page.read_volatile() };
-            if request.op == op::POLL {
-                pci.device_mut().input_mut().fill(read_host);
+            if server.is_doorbell(&request) {
+                inject_at_request(&mut injector, || {
+                    sys::scribble_channel_page(v);
+                });
             }
-            let reply = serve(&mut pci, &mut ram, &request);
+            if request.op == op::POLL {
+                server.pci.device_mut().input_mut().fill(read_host);
+            }
+            let reply = server.message(v, &mut ram, &request);
             // SAFETY: as above.
             unsafe { page.write_volatile(reply) };
             reply_to = v;

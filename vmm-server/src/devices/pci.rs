@@ -75,6 +75,14 @@ pub trait PciFunction {
     /// Lets the function catch up (take host input); the exit handler
     /// calls it after exits.
     fn poll(&mut self) {}
+    /// The vmm-server's notification word: a function whose server
+    /// signalled fetches what it has (its interrupts).
+    fn notified(&mut self, _word: u32) {}
+    /// Whether the function works on something the guest asked for and
+    /// will notify when done (the guest's HLT should not skip time then).
+    fn busy(&self) -> bool {
+        false
+    }
 }
 
 impl<F: PciFunction + ?Sized> PciFunction for &mut F {
@@ -92,6 +100,12 @@ impl<F: PciFunction + ?Sized> PciFunction for &mut F {
     }
     fn poll(&mut self) {
         (**self).poll()
+    }
+    fn notified(&mut self, word: u32) {
+        (**self).notified(word)
+    }
+    fn busy(&self) -> bool {
+        (**self).busy()
     }
 }
 
@@ -408,6 +422,22 @@ impl<'f> PciBus<'f> {
                 s.f.poll();
             }
         }
+    }
+
+    /// Hands every function the vmm-server's notification word.
+    pub fn notified(&self, word: u32) {
+        if let Ok(mut slots) = self.slots.try_borrow_mut() {
+            for s in slots.iter_mut() {
+                s.f.notified(word);
+            }
+        }
+    }
+
+    /// Whether a function is busy ([`PciFunction::busy`]).
+    pub fn busy(&self) -> bool {
+        self.slots
+            .try_borrow()
+            .is_ok_and(|slots| slots.iter().any(|s| s.f.busy()))
     }
 }
 

@@ -1350,3 +1350,131 @@ fn the_guest_tsc_leaves_out_the_time_spent_on_exits() {
     let r = resumed(vmm.handle(&flat(svm_exit::CPUID, 0, 0)));
     assert!(!flags(&r).contains(ResumeFlags::SET_TSC_OFFSET));
 }
+
+/// A PCI function whose server signals bit 0 and then has an MSI-X
+/// message (vector 0x45) for each notification.
+struct Signalling<'b> {
+    irq: crate::board::PciInterrupts<'b>,
+    busy: bool,
+}
+
+impl crate::devices::pci::PciFunction for Signalling<'_> {
+    fn config_read(&mut self, _: u16, _: u8) -> u32 {
+        0
+    }
+    fn config_write(&mut self, _: u16, _: u8, _: u32) {}
+    fn bar_read(&mut self, _: u8, _: u64, _: u8) -> u64 {
+        0
+    }
+    fn bar_write(&mut self, _: u8, _: u64, _: u8, _: u64) {}
+    fn notified(&mut self, word: u32) {
+        if word & 1 != 0 {
+            self.irq.send_msi(0xfee0_0000, 0x45);
+            self.busy = false;
+        }
+    }
+    fn busy(&self) -> bool {
+        self.busy
+    }
+}
+
+/// A notification exit: the server's interrupt is injected at once when
+/// the guest could take one at its last exit, else a window is asked for;
+/// the last resume's event goes again (the stub applies each resume's
+/// interrupt part afresh); under shadow paging only a window.
+#[test]
+fn a_notification_exit_delivers_the_servers_msi() {
+    use crate::devices::ioapic::IoApic;
+    use crate::devices::lapic::LocalApic;
+    use crate::devices::pci::PciBus;
+    use crate::mmio::MmioDevice;
+    for shadow in [false, true] {
+        let mut w = World::new();
+        let mut f = Signalling {
+            irq: w.board.irq.pci(10),
+            busy: true,
+        };
+        let bus = PciBus::new();
+        bus.add(3, 0, 10, &mut f).unwrap();
+        let mut ram = w.ram.ram();
+        let mut host = TestHost {
+            time: &w.time,
+            input: false,
+            xsave: false,
+        };
+        let mut vmm = Vmm::new(Router::new(), &w.board, &mut ram, &mut host)
+            .with_irqchip(IrqChip::pc(LocalApic::new(&w.board.clock), IoApic::new()))
+            .with_pci_bus(&bus)
+            .with_config(VmmConfig {
+                shadow_paging: shadow,
+                ..Default::default()
+            });
+        vmm.irq.lapic_mut().unwrap().write(0xf0, 4, 0x1ff);
+        // An exit with interrupts open.
+        let mut tick = flat(svm_exit::INTR, 0, 0);
+        tick.regs.rflags = 0x202;
+        let r = resumed(vmm.handle(&tick));
+        assert!(!flags(&r).contains(ResumeFlags::INJECT_EVENT));
+        // A word for another function: nothing to deliver, nothing asked.
+        let r = vmm.notified(1 << 4);
+        assert_eq!(r.flags, 0);
+        let r = vmm.notified(1);
+        if shadow {
+            assert_eq!(flags(&r), ResumeFlags::REQUEST_INTERRUPT_WINDOW);
+            continue;
+        }
+        assert_eq!(flags(&r), ResumeFlags::INJECT_EVENT);
+        assert_eq!(
+            (r.event.vector, r.event.kind),
+            (0x45, EventKind::ExternalInterrupt as u8)
+        );
+        // Another notification before the guest ran: the same event again.
+        let again = vmm.notified(0);
+        assert_eq!(flags(&again), ResumeFlags::INJECT_EVENT);
+        assert_eq!(again.event.vector, 0x45);
+        // Interrupts closed at the last exit: a window.
+        vmm.irq.lapic_mut().unwrap().write(0xb0, 4, 0); // EOI
+        let mut closed = flat(svm_exit::INTR, 0, 0);
+        closed.regs.rflags = 0x2;
+        resumed(vmm.handle(&closed));
+        let r = vmm.notified(1);
+        assert_eq!(flags(&r), ResumeFlags::REQUEST_INTERRUPT_WINDOW);
+        assert_eq!(vmm.stats().notifications, 4);
+    }
+}
+
+/// A HLT while a PCI function works for the guest neither warps the clock
+/// nor waits: the guest halts again and the server runs meanwhile.
+#[test]
+fn a_halt_while_a_function_is_busy_does_not_skip_time() {
+    use crate::devices::pci::PciBus;
+    let mut w = World::new();
+    let mut f = Signalling {
+        irq: w.board.irq.pci(10),
+        busy: true,
+    };
+    let bus = PciBus::new();
+    bus.add(3, 0, 10, &mut f).unwrap();
+    let mut pit = Pit::new(&w.board.clock, Some(w.board.irq.pin(0)));
+    let mut r = Router::new();
+    r.register_ranges(&pit::RANGES, &mut pit).unwrap();
+    vmm!(vmm = w, r);
+    let mut vmm = vmm.with_pci_bus(&bus);
+    program_timer(&mut vmm, 0xffff);
+    let mut hlt = flat(svm_exit::HLT, 0, 0);
+    hlt.next_rip = RIP + 1;
+    hlt.regs.rflags = 0x202;
+    let before = w.board.clock.now();
+    let busy_exits = vmm.stats().busy_exits;
+    let r = resumed(vmm.handle(&hlt));
+    assert_eq!(r.regs.rip, RIP, "the HLT runs again");
+    assert!(!flags(&r).contains(ResumeFlags::SET_RIP));
+    assert_eq!(w.board.clock.now(), before, "no warp");
+    assert_eq!(vmm.stats().busy_halts, 1);
+    assert_eq!(vmm.stats().busy_exits, busy_exits + 1);
+    assert_eq!(vmm.stats().warps, 0);
+    // Done: the next HLT skips to the timer as before.
+    bus.notified(1);
+    resumed(vmm.handle(&hlt));
+    assert!(vmm.stats().warps > 0);
+}
