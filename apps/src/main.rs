@@ -335,6 +335,9 @@ struct BuildArgs {
     /// opened; `,ro` makes the disk-driver read-only).
     #[arg(long, value_name = "FILE[,ro]", value_parser = splitvisor::disk::DiskSpec::parse)]
     disk: Option<splitvisor::disk::DiskSpec>,
+    /// Build the image `run --nic user` boots: with the nic-driver server.
+    #[arg(long, value_name = "NET", value_parser = splitvisor::nic::NicSpec::parse)]
+    nic: Option<splitvisor::nic::NicSpec>,
 }
 
 #[derive(Args)]
@@ -420,6 +423,27 @@ struct RunArgs {
     /// guest's buffers. Not with --platform sel4.
     #[arg(long, value_name = "FILE[,ro]", value_parser = splitvisor::disk::DiskSpec::parse)]
     disk: Option<splitvisor::disk::DiskSpec>,
+    /// A network card for the machine itself (not for the guest, which
+    /// does not see it): `user`, QEMU's user-mode network restricted to
+    /// the machine (-netdev user,id=n0,restrict=on) behind an NE2000 ISA
+    /// card (-device ne2k_isa,iobase=0x300,irq=9). The image gets the
+    /// nic-driver server (ports 0x300-0x31f, IRQ 9, no guest RAM), which
+    /// prints `nic: NE2000 at 0x300 irq 9, mac ...` and asks for an address
+    /// by DHCP (`nic: dhcp offer 10.0.2.15 from 10.0.2.2`). QEMU only: not
+    /// with Bochs or --platform sel4 yet.
+    #[arg(long, value_name = "NET", value_parser = splitvisor::nic::NicSpec::parse)]
+    nic: Option<splitvisor::nic::NicSpec>,
+}
+
+/// `--nic`: the nic-driver in `system`, or the sentence saying why not.
+fn add_nic(
+    nic: Option<splitvisor::nic::NicSpec>,
+    system: &mut images::SystemSpec,
+) -> Result<(), String> {
+    match nic {
+        Some(splitvisor::nic::NicSpec::User) => splitvisor::nic::add_nic_server(system),
+        None => Ok(()),
+    }
 }
 
 /// With --linux and a PCI function on the board (the virtio-blk disk):
@@ -485,6 +509,10 @@ fn main() -> ExitCode {
                 }
             };
             let bochs = kind == EmulatorKind::Bochs;
+            if bochs && a.nic.is_some() {
+                eprintln!("splitvisor: --nic is for QEMU only yet (Bochs's ne2k: line is a TODO)");
+                return ExitCode::from(2);
+            }
             // The guest's TSC rate, for the ISA board's `tsc_early_khz`:
             // Bochs's own, TCG's instruction clock, or (KVM) the host's.
             let tsc_khz = if bochs {
@@ -508,6 +536,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
                 }
                 scan_pci_bus(&a.guest, &mut system);
+            }
+            if let Err(e) = add_nic(a.nic, &mut system) {
+                eprintln!("splitvisor: {e}");
+                return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
             }
             let memory_mib = a
                 .memory
@@ -569,6 +601,10 @@ fn build(a: &BuildArgs) -> i32 {
         }
     };
     if a.guest.platform == "sel4" {
+        if a.nic.is_some() {
+            eprintln!("splitvisor: --nic is not available with --platform sel4 yet");
+            return 2;
+        }
         return splitvisor::sel4::build_cli(&spec);
     }
     if let Some(d) = &a.disk {
@@ -577,6 +613,10 @@ fn build(a: &BuildArgs) -> i32 {
             return 1;
         }
         scan_pci_bus(&a.guest, &mut spec);
+    }
+    if let Err(e) = add_nic(a.nic, &mut spec) {
+        eprintln!("splitvisor: {e}");
+        return 1;
     }
     if a.show_rights {
         eprint!("{}", images::rights_table(&spec));
@@ -601,6 +641,10 @@ fn run_sel4(a: RunArgs) -> i32 {
     }
     if a.disk.is_some() {
         eprintln!("splitvisor: --disk is not available with --platform sel4 yet");
+        return 2;
+    }
+    if a.nic.is_some() {
+        eprintln!("splitvisor: --nic is not available with --platform sel4 yet");
         return 2;
     }
     let system = match a.guest.spec(Some(splitvisor::bochs::TSC_KHZ)) {
