@@ -2,7 +2,8 @@
 //! `ne2k_isa` behind its user-mode network, restricted to the machine, as
 //! `splitvisor run --nic user` attaches it): it reads the card's station
 //! address, sends a DHCPDISCOVER and prints QEMU's DHCPOFFER, next to the
-//! `hello` guest, on QEMU TCG with emulated SVM and nested paging.
+//! `hello` guest on the PC and on the ISA board, on QEMU TCG with
+//! emulated SVM and nested paging.
 //!
 //! Needs QEMU, gcc and binutils (`scripts/install-deps`).
 
@@ -10,7 +11,20 @@ use splitvisor::run::{qemu_args, run_emulator, Capture, DEFAULT_CPU, DEFAULT_EMU
 
 #[test]
 fn nic_driver_gets_a_dhcp_offer_on_qemu_svm_npt() {
-    let mut system = images::SystemSpec::new("hello");
+    offer(images::SystemSpec::new("hello"));
+}
+
+/// The card is the machine's, not the guest's: the ISA board (no PCI bus
+/// in the guest) changes nothing for it.
+#[test]
+fn nic_driver_gets_a_dhcp_offer_beside_the_isa_board_on_qemu_svm_npt() {
+    offer(images::SystemSpec {
+        board: ipc_proto::manifest::Board::Isa,
+        ..images::SystemSpec::new("hello")
+    });
+}
+
+fn offer(mut system: images::SystemSpec) {
     splitvisor::nic::add_nic_server(&mut system).expect("the nic-driver builds");
     assert!(splitvisor::nic::wants_nic(&system));
     let opts = splitvisor::e2e::options(system, DEFAULT_CPU);
