@@ -424,13 +424,14 @@ struct RunArgs {
     #[arg(long, value_name = "FILE[,ro]", value_parser = splitvisor::disk::DiskSpec::parse)]
     disk: Option<splitvisor::disk::DiskSpec>,
     /// A network card for the machine itself (not for the guest, which
-    /// does not see it): `user`, QEMU's user-mode network restricted to
-    /// the machine (-netdev user,id=n0,restrict=on) behind an NE2000 ISA
-    /// card (-device ne2k_isa,iobase=0x300,irq=9). The image gets the
-    /// nic-driver server (ports 0x300-0x31f, IRQ 9, no guest RAM), which
-    /// prints `nic: NE2000 at 0x300 irq 9, mac ...` and asks for an address
-    /// by DHCP (`nic: dhcp offer 10.0.2.15 from 10.0.2.2`). QEMU only: not
-    /// with Bochs or --platform sel4 yet.
+    /// does not see it): `user`, a user-mode network restricted to the
+    /// machine behind an NE2000 ISA card at port 0x300, IRQ 5 (QEMU:
+    /// -netdev user,id=n0,restrict=on -device
+    /// ne2k_isa,netdev=n0,iobase=0x300,irq=5; Bochs: an `ne2k:` line with
+    /// its slirp, `restricted = 1`). The image gets the nic-driver server
+    /// (ports 0x300-0x31f, IRQ 5, no guest RAM), which prints `nic: NE2000
+    /// at 0x300 irq 5, mac ...` and asks for an address by DHCP (`nic: dhcp
+    /// offer 10.0.2.15 from 10.0.2.2`). Not with --platform sel4 yet.
     #[arg(long, value_name = "NET", value_parser = splitvisor::nic::NicSpec::parse)]
     nic: Option<splitvisor::nic::NicSpec>,
 }
@@ -509,10 +510,6 @@ fn main() -> ExitCode {
                 }
             };
             let bochs = kind == EmulatorKind::Bochs;
-            if bochs && a.nic.is_some() {
-                eprintln!("splitvisor: --nic is for QEMU only yet (Bochs's ne2k: line is a TODO)");
-                return ExitCode::from(2);
-            }
             // The guest's TSC rate, for the ISA board's `tsc_early_khz`:
             // Bochs's own, TCG's instruction clock, or (KVM) the host's.
             let tsc_khz = if bochs {

@@ -1,6 +1,6 @@
 //! `--nic user`: the machine's own network card, an NE2000 on the ISA
-//! bus (QEMU's `ne2k_isa`) behind QEMU's user-mode network, restricted to
-//! the machine itself; the unprivileged nic-driver server (crate
+//! bus (QEMU's `ne2k_isa`, Bochs's `ne2k:`) behind the emulator's
+//! user-mode network (slirp), restricted to the machine itself; the unprivileged nic-driver server (crate
 //! `nic-driver`, over the `ne2k` driver) drives it with its 32 ports and
 //! its IRQ line. The guest does not see this card.
 use std::ffi::OsString;
@@ -79,6 +79,24 @@ pub fn qemu_args() -> Vec<OsString> {
     .collect()
 }
 
+/// Bochs's slirp configuration (the `ne2k:` line's `script=`; Bochs
+/// ignores a file whose first line does not start `# slirp config`): no route
+/// off the machine, as QEMU's `restrict=on`. Its other defaults are
+/// QEMU's: the host at 10.0.2.2, DHCP from 10.0.2.15.
+pub const BOCHS_SLIRP_CONF: &str =
+    "# slirp config, made by `splitvisor run --nic user` for one run\nrestricted = 1\n";
+
+/// Bochs's `ne2k:` line: the same card as QEMU's (QEMU's first MAC too),
+/// behind Bochs's slirp configured by the file `script`
+/// ([`BOCHS_SLIRP_CONF`]).
+pub fn bochs_line(script: &str) -> String {
+    format!(
+        "ne2k: ioaddr={:#x}, irq={}, mac=52:54:00:12:34:56, ethmod=slirp, script={script}\n",
+        nic_driver::BASE,
+        nic_driver::IRQ
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,7 +109,7 @@ mod tests {
         assert_eq!(r.ports.len(), 1);
         assert_eq!((r.ports[0].first, r.ports[0].last), (0x300, 0x31f));
         assert!(!r.ports[0].is_forbidden());
-        assert_eq!(r.irqs, 1 << 9);
+        assert_eq!(r.irqs, 1 << 5);
         assert_eq!(r.irqs & ipc_proto::manifest::STUB_IRQS, 0);
         // Apart from the disk-driver's.
         let disk = crate::disk::disk_driver_rights();
@@ -106,7 +124,7 @@ mod tests {
         assert!(wants_nic(&spec));
         let table = images::rights_table(&spec);
         let line = table.lines().find(|l| l.contains(NIC_DRIVER)).unwrap();
-        assert!(line.contains(" 300-31f ") && line.ends_with(" 9"), "{line}");
+        assert!(line.contains(" 300-31f ") && line.ends_with(" 5"), "{line}");
     }
 
     #[test]
@@ -125,7 +143,7 @@ mod tests {
                 "-netdev",
                 "user,id=n0,restrict=on",
                 "-device",
-                "ne2k_isa,netdev=n0,iobase=0x300,irq=9"
+                "ne2k_isa,netdev=n0,iobase=0x300,irq=5"
             ]
         );
     }

@@ -12,8 +12,13 @@ use core::fmt;
 /// The card's I/O base: QEMU's `ne2k_isa` default (`iobase=0x300`), also
 /// Bochs's usual `ne2k: ioaddr=0x300`.
 pub const BASE: u16 = 0x300;
-/// The card's IRQ line: QEMU's `ne2k_isa` default (`irq=9`).
-pub const IRQ: u8 = 9;
+/// The card's IRQ line. Not QEMU's `ne2k_isa` default, 9: on QEMU's `pc`
+/// machine IRQ 9 is also the host's ACPI SCI, and Bochs's BIOS routes
+/// PCI interrupts to it (Bochs then refuses the card: "IRQ 9 conflict,
+/// NE2000 ethernet NIC with PIIX3 IRQ routing"). IRQ 5, one an NE2000
+/// can be jumpered to, is free on both (no sound card, no LPT2), and
+/// neither the stub (0, 2) nor the disk-driver (14) uses it.
+pub const IRQ: u8 = 5;
 
 /// A station address written the usual way, `52:54:00:12:34:56`.
 pub struct Mac(pub [u8; 6]);

@@ -1,14 +1,15 @@
 //! The nic-driver ring-3 task: the machine's own NE2000 (QEMU's
-//! `ne2k_isa` at 0x300, IRQ 9; `splitvisor run --nic user`) driven with
+//! `ne2k_isa` or Bochs's `ne2k:` at 0x300, IRQ 5: `nic_driver::IRQ`;
+//! `splitvisor run --nic user`) driven with
 //! `in`, `out`, `rep insw` and `rep outsw` on the 32 ports the stub grants
-//! it (the manifest's `Rights::ports`), owning host IRQ 9, with no guest
+//! it (the manifest's `Rights::ports`), owning host IRQ 5, with no guest
 //! RAM: the card moves frames by remote DMA through its data port only.
 //!
-//! At start it resets the card and prints `nic: NE2000 at 0x300 irq 9,
+//! At start it resets the card and prints `nic: NE2000 at 0x300 irq 5,
 //! mac 52:54:00:12:34:56` (or `nic: no usable NE2000 at 0x300: REASON`),
 //! then asks the network for an address: it sends a DHCPDISCOVER and
 //! prints the first DHCPOFFER, `nic: dhcp offer 10.0.2.15 from 10.0.2.2`,
-//! waiting for frames on IRQ 9's notification (`ReplyRecv` with a
+//! waiting for frames on IRQ 5's notification (`ReplyRecv` with a
 //! timeout; the discover is sent again after each second without an
 //! offer, four times in all), and how long after the first discover it
 //! came. Then it waits on its IRQ forever, dropping
@@ -119,7 +120,7 @@ mod ring3 {
     }
 
     /// Handles the card's pending events: an overflowed ring is reset,
-    /// the events are acknowledged (so that the line drops before IRQ 9
+    /// the events are acknowledged (so that the line drops before IRQ 5
     /// is unmasked), then every frame in the ring is handed to `frame`
     /// (at most one per ring page: the loop is bounded).
     fn service(nic: &mut Ne2k<Ports>, buf: &mut [u8; MAX_FRAME], mut frame: impl FnMut(&[u8])) {
@@ -142,7 +143,7 @@ mod ring3 {
         }
     }
 
-    /// Waits up to `ticks` TSC ticks for IRQ 9: true if it came.
+    /// Waits up to `ticks` TSC ticks for the IRQ: true if it came.
     fn wait_irq(ticks: u64) -> bool {
         match sys::reply_recv(NO_REPLY, ticks) {
             Ok(RECV_TIMEOUT) => false,
