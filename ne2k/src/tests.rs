@@ -218,6 +218,25 @@ fn a_bad_length_or_status_skips_the_frame_only() {
 }
 
 #[test]
+fn an_overflow_recovery_empties_the_ring_and_receiving_goes_on() {
+    let mut nic = started();
+    for i in 0..5u8 {
+        assert!(nic.io_mut().deliver(&frame(700, i)));
+    }
+    nic.reset_ring();
+    assert_eq!(nic.ring_resets(), 1);
+    let card = nic.io();
+    assert_eq!((card.boundary, card.curpag), (RX_START, RX_START + 1));
+    // Started again, normal transmit configuration, OVW acknowledged.
+    assert_eq!(card.cmd & (regs::cr::STA | regs::cr::STP), regs::cr::STA);
+    assert_eq!(card.isr & regs::isr::OVW, 0);
+    assert_eq!(receive(&mut nic).unwrap(), None);
+    let f = frame(900, 42);
+    assert!(nic.io_mut().deliver(&f));
+    assert_eq!(receive(&mut nic).unwrap(), Some(f));
+}
+
+#[test]
 fn a_curr_outside_the_ring_resets_the_ring() {
     let mut nic = started();
     nic.io_mut().curpag = 0x10;
