@@ -7,7 +7,8 @@
 //! IRQ line only.
 //!
 //! Everything the card returns is checked before use: a ring header whose
-//! next-page pointer leaves the ring or disagrees with its length makes
+//! next-page pointer leaves the ring, disagrees with its length or
+//! points past the card's write pointer (CURR) makes
 //! the driver reset the ring (the DP8390 datasheet's overflow recovery),
 //! a frame of an impossible length is skipped, and every wait is a
 //! bounded number of polls.
@@ -178,6 +179,13 @@ fn ring_add(page: u8, pages: u16) -> u8 {
     let off = (u16::from(page - RX_START) + pages) % ring;
     // Less than the ring's 58 pages: fits.
     RX_START + off as u8
+}
+
+/// Pages from `from` forward to `to` (both in the ring), wrapping at
+/// [`RX_STOP`].
+fn ring_distance(from: u8, to: u8) -> u16 {
+    let ring = u16::from(RX_STOP - RX_START);
+    (u16::from(to - RX_START) + ring - u16::from(from - RX_START)) % ring
 }
 
 fn in_ring(page: u8) -> bool {
@@ -415,9 +423,15 @@ impl<P: PortIo> Ne2k<P> {
         let [status, next, lo, hi] = hdr;
         let len = u16::from_le_bytes([lo, hi]);
         // The page after the frame: its header and data rounded up to
-        // pages, or one more (QEMU counts 4 bytes more than it stores).
+        // pages, or one more (QEMU counts 4 bytes more than it stores);
+        // past this page and no further than CURR, so that every frame
+        // taken brings the driver closer to CURR and a drain ends.
         let pages = len.div_ceil(256);
-        if !in_ring(next) || (next != ring_add(page, pages) && next != ring_add(page, pages + 1)) {
+        if !in_ring(next)
+            || (next != ring_add(page, pages) && next != ring_add(page, pages + 1))
+            || ring_distance(page, next) == 0
+            || ring_distance(page, next) > ring_distance(page, curr)
+        {
             self.reset_ring();
             return Err(Error::RingReset { page, next });
         }
@@ -487,5 +501,8 @@ mod ring_tests {
         assert_eq!(ring_add(RX_STOP - 1, 1), RX_START);
         assert_eq!(ring_add(RX_START, 58), RX_START);
         assert_eq!(ring_add(0x7e, 6), 0x4a);
+        assert_eq!(ring_distance(0x7e, 0x4a), 6);
+        assert_eq!(ring_distance(0x4a, 0x7e), 52);
+        assert_eq!(ring_distance(0x50, 0x50), 0);
     }
 }

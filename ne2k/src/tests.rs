@@ -192,6 +192,31 @@ fn a_next_page_that_disagrees_with_the_length_resets_the_ring() {
 }
 
 #[test]
+fn a_header_that_goes_nowhere_or_past_curr_resets_the_ring() {
+    // A next page equal to its own page (length 0: no progress, the
+    // driver would read the same header for ever).
+    let mut nic = started();
+    assert!(nic.io_mut().deliver(&frame(100, 1)));
+    let at = usize::from(RX_START + 1) << 8;
+    nic.io_mut().mem[at + 1] = RX_START + 1;
+    nic.io_mut().mem[at + 2] = 0;
+    nic.io_mut().mem[at + 3] = 0;
+    assert!(matches!(
+        receive(&mut nic),
+        Err(Error::RingReset { next, .. }) if next == RX_START + 1
+    ));
+    // A frame that agrees with its next page but runs past CURR (the
+    // card wrote one page; the header claims six).
+    let mut nic = started();
+    assert!(nic.io_mut().deliver(&frame(100, 1)));
+    nic.io_mut().mem[at + 1] = RX_START + 7;
+    nic.io_mut().mem[at + 2] = 0xf0;
+    nic.io_mut().mem[at + 3] = 0x05;
+    assert!(matches!(receive(&mut nic), Err(Error::RingReset { .. })));
+    assert_eq!(receive(&mut nic).unwrap(), None);
+}
+
+#[test]
 fn a_bad_length_or_status_skips_the_frame_only() {
     let mut nic = started();
     assert!(nic.io_mut().deliver(&frame(100, 1)));
@@ -291,6 +316,57 @@ proptest! {
         nic.reset_ring();
         // Each call polls at most 50 times per wait and reads a frame once.
         prop_assert!(nic.io().reads < 100_000);
+    }
+
+    /// A card whose ring memory holds garbage (any header, any pointer)
+    /// costs the driver at most one ring reset per call and never a
+    /// panic; it returns only whole frames of a possible length, and the
+    /// ring works again afterwards.
+    #[test]
+    fn a_corrupted_ring_never_panics(
+        writes in proptest::collection::vec((0usize..0x3a00, any::<u8>()), 1..200),
+        curr in any::<u8>(),
+    ) {
+        let mut nic = started();
+        for i in 0..4u8 {
+            prop_assert!(nic.io_mut().deliver(&frame(300 + 200 * usize::from(i), i)));
+        }
+        let ring = usize::from(RX_START) << 8;
+        for (at, v) in writes {
+            nic.io_mut().mem[ring + at] = v;
+        }
+        nic.io_mut().curpag = curr;
+        let mut buf = [0u8; MAX_FRAME];
+        let mut emptied = false;
+        for _ in RX_START..RX_STOP {
+            match nic.receive(&mut buf) {
+                Ok(Some(n)) => prop_assert!((MIN_FRAME..=MAX_FRAME).contains(&n)),
+                Ok(None) => {
+                    emptied = true;
+                    break;
+                }
+                Err(Error::BadFrame { .. }) => {}
+                Err(Error::RingReset { .. }) => {}
+                Err(e) => prop_assert!(false, "{e}"),
+            }
+        }
+        // Every call took the driver at least a page closer to CURR, or
+        // reset the ring: a drain of RX_STOP - RX_START calls ends empty.
+        prop_assert!(emptied);
+        let f = frame(500, 77);
+        prop_assert!(nic.io_mut().deliver(&f));
+        let mut got = None;
+        for _ in RX_START..RX_STOP {
+            match nic.receive(&mut buf) {
+                Ok(Some(n)) if buf[..n] == f[..] => {
+                    got = Some(n);
+                    break;
+                }
+                Ok(None) => break,
+                _ => {}
+            }
+        }
+        prop_assert_eq!(got, Some(f.len()));
     }
 
     /// Any sequence of frames of any length goes through the model's ring
