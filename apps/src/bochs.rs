@@ -292,6 +292,24 @@ pub fn run_with_disk(opts: &RunOptions, program: &Path, disk: Option<&crate::dis
             return EXIT_EMULATOR;
         }
     };
+    // The card exactly when the image has its driver (`--nic`).
+    let rc_text = if crate::nic::wants_nic(&opts.system) {
+        let conf = dir.join("slirp.conf");
+        let line = config_path(&conf).map(|c| crate::nic::bochs_line(&c));
+        match line.and_then(|l| {
+            std::fs::write(&conf, crate::nic::BOCHS_SLIRP_CONF)
+                .map(|()| rc_text + &l)
+                .map_err(|e| format!("cannot write {}: {e}", conf.display()))
+        }) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("splitvisor: {e}");
+                return EXIT_EMULATOR;
+            }
+        }
+    } else {
+        rc_text
+    };
     let (rc_path, cmds_path) = (dir.join("bochsrc"), dir.join("rc"));
     let written = std::fs::write(&rc_path, rc_text)
         .and_then(|()| std::fs::write(&cmds_path, DEBUGGER_COMMANDS));

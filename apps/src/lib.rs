@@ -14,6 +14,7 @@ pub mod linux;
 pub mod linux_modules;
 pub mod linux_virtio;
 pub mod loc;
+pub mod nic;
 pub mod run;
 pub mod sel4;
 pub mod virtio;

@@ -347,6 +347,9 @@ struct BuildArgs {
     /// opened; `,ro` makes the disk-driver read-only).
     #[arg(long, value_name = "FILE[,ro]", value_parser = splitvisor::disk::DiskSpec::parse)]
     disk: Option<splitvisor::disk::DiskSpec>,
+    /// Build the image `run --nic user` boots: with the nic-driver server.
+    #[arg(long, value_name = "NET", value_parser = splitvisor::nic::NicSpec::parse)]
+    nic: Option<splitvisor::nic::NicSpec>,
 }
 
 #[derive(Args)]
@@ -431,6 +434,28 @@ struct RunArgs {
     /// guest's buffers. Not with --platform sel4.
     #[arg(long, value_name = "FILE[,ro]", value_parser = splitvisor::disk::DiskSpec::parse)]
     disk: Option<splitvisor::disk::DiskSpec>,
+    /// A network card for the machine itself (not for the guest, which
+    /// does not see it): `user`, a user-mode network restricted to the
+    /// machine behind an NE2000 ISA card at port 0x300, IRQ 5 (QEMU:
+    /// -netdev user,id=n0,restrict=on -device
+    /// ne2k_isa,netdev=n0,iobase=0x300,irq=5; Bochs: an `ne2k:` line with
+    /// its slirp, `restricted = 1`). The image gets the nic-driver server
+    /// (ports 0x300-0x31f, IRQ 5, no guest RAM), which prints `nic: NE2000
+    /// at 0x300 irq 5, mac ...` and asks for an address by DHCP (`nic: dhcp
+    /// offer 10.0.2.15 from 10.0.2.2`). Not with --platform sel4 yet.
+    #[arg(long, value_name = "NET", value_parser = splitvisor::nic::NicSpec::parse)]
+    nic: Option<splitvisor::nic::NicSpec>,
+}
+
+/// `--nic`: the nic-driver in `system`, or the sentence saying why not.
+fn add_nic(
+    nic: Option<splitvisor::nic::NicSpec>,
+    system: &mut images::SystemSpec,
+) -> Result<(), String> {
+    match nic {
+        Some(splitvisor::nic::NicSpec::User) => splitvisor::nic::add_nic_server(system),
+        None => Ok(()),
+    }
 }
 
 /// `--disk`: the checked and locked image, held until the run ends; or
@@ -512,6 +537,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
                 }
             }
+            if let Err(e) = add_nic(a.nic, &mut system) {
+                eprintln!("splitvisor: {e}");
+                return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
+            }
             let memory_mib = a
                 .memory
                 .unwrap_or_else(|| splitvisor::run::default_memory_mib(system.ram_mib));
@@ -576,6 +605,10 @@ fn build(a: &BuildArgs) -> i32 {
             eprintln!("splitvisor: --rng is not available with --platform sel4 yet");
             return 2;
         }
+        if a.nic.is_some() {
+            eprintln!("splitvisor: --nic is not available with --platform sel4 yet");
+            return 2;
+        }
         return splitvisor::sel4::build_cli(&spec);
     }
     if let Some(d) = &a.disk {
@@ -589,6 +622,10 @@ fn build(a: &BuildArgs) -> i32 {
             eprintln!("splitvisor: {e}");
             return 1;
         }
+    }
+    if let Err(e) = add_nic(a.nic, &mut spec) {
+        eprintln!("splitvisor: {e}");
+        return 1;
     }
     if a.show_rights {
         eprint!("{}", images::rights_table(&spec));
@@ -617,6 +654,10 @@ fn run_sel4(a: RunArgs) -> i32 {
     }
     if a.guest.rng {
         eprintln!("splitvisor: --rng is not available with --platform sel4 yet");
+        return 2;
+    }
+    if a.nic.is_some() {
+        eprintln!("splitvisor: --nic is not available with --platform sel4 yet");
         return 2;
     }
     let system = match a.guest.spec(Some(splitvisor::bochs::TSC_KHZ)) {

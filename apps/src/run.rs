@@ -1280,6 +1280,10 @@ pub fn run_with_disk(opts: &RunOptions, accel: Accel, disk: Option<&crate::disk:
     if let Some(d) = disk {
         args.extend(d.qemu_args());
     }
+    // The card exactly when the image has its driver (`--nic`).
+    if crate::nic::wants_nic(&opts.system) {
+        args.extend(crate::nic::qemu_args());
+    }
     let program = emulator.to_string_lossy().into_owned();
     let mut cmd = Command::new(&program);
     cmd.args(&args);

@@ -1,0 +1,239 @@
+//! The nic-driver ring-3 task: the machine's own NE2000 (QEMU's
+//! `ne2k_isa` or Bochs's `ne2k:` at 0x300, IRQ 5: `nic_driver::IRQ`;
+//! `splitvisor run --nic user`) driven with
+//! `in`, `out`, `rep insw` and `rep outsw` on the 32 ports the stub grants
+//! it (the manifest's `Rights::ports`), owning host IRQ 5, with no guest
+//! RAM: the card moves frames by remote DMA through its data port only.
+//!
+//! At start it resets the card and prints `nic: NE2000 at 0x300 irq 5,
+//! mac 52:54:00:12:34:56` (or `nic: no usable NE2000 at 0x300: REASON`),
+//! then asks the network for an address: it sends a DHCPDISCOVER and
+//! prints the first DHCPOFFER, `nic: dhcp offer 10.0.2.15 from 10.0.2.2`,
+//! waiting for frames on IRQ 5's notification (`ReplyRecv` with a
+//! timeout; the discover is sent again after each second without an
+//! offer, four times in all), and how long after the first discover it
+//! came. Then it waits on its IRQ forever, dropping
+//! what arrives: there is no switch to hand frames to yet (issue 13).
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!(
+        "nic-driver is a ring-3 task of the splitvisor image; it runs under the stub only. \
+         `splitvisor run --nic user` adds it."
+    );
+    std::process::exit(2);
+}
+
+#[cfg(target_os = "none")]
+mod ring3 {
+    use ipc_proto::sys;
+    use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION, RECV_TIMEOUT};
+    use ipc_proto::{Syscall, ABI_VERSION};
+    use ne2k::{regs::isr, Error, Ne2k, PortIo, MAX_FRAME, RX_START, RX_STOP};
+    use nic_driver::{dhcp_discover, parse_offer, Mac, BASE, IRQ};
+
+    ipc_proto::server_entry!(server_main);
+
+    macro_rules! say {
+        ($($arg:tt)*) => {
+            ipc_proto::sys::say_line("", format_args!($($arg)*))
+        };
+    }
+
+    /// Port I/O by the instructions themselves: the stub's I/O permission
+    /// bitmap lets this task reach its granted ports from ring 3 and
+    /// nothing else (any other port faults, and the stub ends the task).
+    struct Ports;
+
+    impl PortIo for Ports {
+        fn inb(&mut self, port: u16) -> u8 {
+            let v: u8;
+            // SAFETY: a port read touches no memory of this task.
+            unsafe {
+                core::arch::asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags));
+            }
+            v
+        }
+
+        fn outb(&mut self, port: u16, value: u8) {
+            // SAFETY: a port write touches no memory of this task.
+            unsafe {
+                core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags));
+            }
+        }
+
+        fn inw(&mut self, port: u16) -> u16 {
+            let v: u16;
+            // SAFETY: a port read touches no memory of this task.
+            unsafe {
+                core::arch::asm!("in ax, dx", out("ax") v, in("dx") port, options(nomem, nostack, preserves_flags));
+            }
+            v
+        }
+
+        fn outw(&mut self, port: u16, value: u16) {
+            // SAFETY: a port write touches no memory of this task.
+            unsafe {
+                core::arch::asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags));
+            }
+        }
+
+        fn insw(&mut self, port: u16, buf: &mut [u8]) {
+            // SAFETY: `rep insw` writes exactly 2 x rcx bytes (buf.len()
+            // rounded down to even) from rdi upwards (DF is clear under the
+            // SysV ABI), all inside the live, writable `buf`.
+            unsafe {
+                core::arch::asm!(
+                    "rep insw",
+                    in("dx") port,
+                    inout("rdi") buf.as_mut_ptr() => _,
+                    inout("rcx") buf.len() / 2 => _,
+                    options(nostack, preserves_flags)
+                );
+            }
+        }
+
+        fn outsw(&mut self, port: u16, buf: &[u8]) {
+            // SAFETY: `rep outsw` reads exactly 2 x rcx bytes of the live
+            // `buf` from rsi upwards (DF clear) and writes no memory.
+            unsafe {
+                core::arch::asm!(
+                    "rep outsw",
+                    in("dx") port,
+                    inout("rsi") buf.as_ptr() => _,
+                    inout("rcx") buf.len() / 2 => _,
+                    options(nostack, preserves_flags, readonly)
+                );
+            }
+        }
+    }
+
+    fn rdtsc() -> u64 {
+        let (lo, hi): (u32, u32);
+        // SAFETY: RDTSC reads the time-stamp counter (the stub lets ring 3
+        // read it: BootInfo::tsc_hz) and touches no memory.
+        unsafe {
+            core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags));
+        }
+        (u64::from(hi) << 32) | u64::from(lo)
+    }
+
+    /// Handles the card's pending events: an overflowed ring is reset,
+    /// the events are acknowledged (so that the line drops before IRQ 5
+    /// is unmasked), then every frame in the ring is handed to `frame`
+    /// (at most one per ring page: the loop is bounded).
+    fn service(nic: &mut Ne2k<Ports>, buf: &mut [u8; MAX_FRAME], mut frame: impl FnMut(&[u8])) {
+        let pending = nic.interrupts();
+        if pending & isr::OVW != 0 {
+            nic.reset_ring();
+            say!("nic: receive ring overflowed; reset");
+        }
+        nic.ack(pending & !isr::RDC);
+        for _ in RX_START..RX_STOP {
+            match nic.receive(buf) {
+                Ok(Some(n)) => frame(&buf[..n]),
+                Ok(None) => break,
+                Err(e @ Error::BadFrame { .. }) => say!("nic: {e}"),
+                Err(e) => {
+                    say!("nic: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Waits up to `ticks` TSC ticks for the IRQ: true if it came.
+    fn wait_irq(ticks: u64) -> bool {
+        match sys::reply_recv(NO_REPLY, ticks) {
+            Ok(RECV_TIMEOUT) => false,
+            Ok(v) => v & RECV_NOTIFICATION != 0 && v & u64::from(irq_bit(IRQ)) != 0,
+            Err(e) => {
+                say!("nic: ReplyRecv refused: {}", e.describe());
+                sys::vm_fail();
+            }
+        }
+    }
+
+    fn irq_ack() {
+        let _ = sys::call(Syscall::IrqAck, u64::from(IRQ));
+    }
+
+    extern "C" fn server_main() -> ! {
+        let boot = sys::boot_info();
+        if boot.abi_version != ABI_VERSION {
+            say!(
+                "nic: the stub speaks ABI version {}, this server was built for version {ABI_VERSION}",
+                boot.abi_version
+            );
+            sys::vm_fail();
+        }
+        let mut nic = Ne2k::new(Ports, BASE);
+        let mac = match nic.reset() {
+            Ok(m) => m,
+            Err(e) => {
+                say!("nic: no usable NE2000 at {BASE:#x}: {e}");
+                loop {
+                    let _ = wait_irq(0);
+                    irq_ack();
+                }
+            }
+        };
+        say!("nic: NE2000 at {BASE:#x} irq {IRQ}, mac {}", Mac(mac));
+        // Without a measured TSC, a guess of 1 GHz (QEMU's TCG rate).
+        let second = if boot.tsc_hz == 0 {
+            1_000_000_000
+        } else {
+            boot.tsc_hz
+        };
+        let xid = 0x5356_0000 | (rdtsc() & 0xffff) as u32;
+        let discover = dhcp_discover(mac, xid);
+        let mut buf = [0u8; MAX_FRAME];
+        let mut offered = false;
+        let start = rdtsc();
+        for tries in 1..=4 {
+            if let Err(e) = nic.transmit(&discover) {
+                say!("nic: sending the DHCPDISCOVER failed: {e}");
+                break;
+            }
+            let until = rdtsc().saturating_add(second);
+            while !offered {
+                let left = until.saturating_sub(rdtsc());
+                if left == 0 || !wait_irq(left) {
+                    break;
+                }
+                service(&mut nic, &mut buf, |f| {
+                    if let Some(o) = parse_offer(f, mac, xid) {
+                        if !offered {
+                            say!("nic: {o}");
+                        }
+                        offered = true;
+                    }
+                });
+                irq_ack();
+            }
+            if offered {
+                // A figure for the README, in the machine's own time.
+                let us = rdtsc().saturating_sub(start).saturating_mul(1_000_000) / second;
+                say!("nic: the offer came {us} us after the first discover ({tries} sent)");
+                break;
+            }
+        }
+        if !offered {
+            say!("nic: no DHCP offer after 4 tries");
+        }
+        // No switch yet: frames are taken off the ring and dropped.
+        loop {
+            if wait_irq(0) {
+                service(&mut nic, &mut buf, |_| {});
+                irq_ack();
+            }
+        }
+    }
+
+    #[panic_handler]
+    fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+        say!("nic: panic: {}", info.message());
+        sys::vm_fail()
+    }
+}
