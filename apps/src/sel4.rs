@@ -381,15 +381,31 @@ pub fn extract_payload(image: &[u8]) -> Option<&[u8]> {
     })
 }
 
-/// The 16 bytes in front of the payload in the root task's `.payload`
-/// segment: `SPLTSEL4` and the payload's length (little endian).
+/// The 24 bytes in front of the payload in the root task's `.payload`
+/// segment: `SPLTSEL4`, the payload's length and [`Flags`] (little endian).
 pub const SEGMENT_MAGIC: &[u8; 8] = b"SPLTSEL4";
+
+/// What the root task is told besides the payload (the segment's flags
+/// word).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// The hostile case of issue 14: the vmm-server component invokes a
+    /// capability of the root task's that it was not given (for tests).
+    pub hostile_vmm: bool,
+}
+
+impl Flags {
+    fn word(self) -> u64 {
+        u64::from(self.hostile_vmm)
+    }
+}
 
 /// A copy of the root task ELF with `payload` as its last PT_LOAD segment:
 /// the segment the linker script reserves (`.payload`, one page) is
-/// pointed at `SPLTSEL4`, the length and the payload, appended to the file
-/// at an offset congruent to its address, and widened over them.
-pub fn attach_payload(elf: &[u8], payload: &[u8]) -> Result<Vec<u8>, String> {
+/// pointed at `SPLTSEL4`, the length, the flags and the payload, appended
+/// to the file at an offset congruent to its address, and widened over
+/// them.
+pub fn attach_payload(elf: &[u8], payload: &[u8], flags: Flags) -> Result<Vec<u8>, String> {
     let bad = |why: &str| format!("the root task ELF {why}");
     let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]);
     let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap_or([0; 8]));
@@ -418,8 +434,9 @@ pub fn attach_payload(elf: &[u8], payload: &[u8]) -> Result<Vec<u8>, String> {
     out.resize(offset as usize, 0);
     out.extend_from_slice(SEGMENT_MAGIC);
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&flags.word().to_le_bytes());
     out.extend_from_slice(payload);
-    let size = (16 + payload.len()) as u64;
+    let size = (24 + payload.len()) as u64;
     out[last + 8..last + 16].copy_from_slice(&offset.to_le_bytes());
     out[last + 32..last + 40].copy_from_slice(&size.to_le_bytes());
     out[last + 40..last + 48].copy_from_slice(&size.to_le_bytes());
@@ -455,7 +472,7 @@ pub struct Built {
 
 /// Builds the kernel (cached), the root task, the system image and the
 /// GRUB ISO for `spec`.
-pub fn build(spec: &images::SystemSpec) -> Result<Built, String> {
+pub fn build(spec: &images::SystemSpec, flags: Flags) -> Result<Built, String> {
     if spec.mmu.is_shadow() {
         return Err(NO_SHADOW.to_string());
     }
@@ -473,10 +490,13 @@ pub fn build(spec: &images::SystemSpec) -> Result<Built, String> {
     let payload = extract_payload(&image_bytes)
         .ok_or_else(|| format!("{} has no splitvisor payload", image.display()))?;
     let elf = std::fs::read(&root_task).map_err(|e| format!("{}: {e}", root_task.display()))?;
-    let combined = attach_payload(&elf, payload)?;
-    let stem = image
+    let combined = attach_payload(&elf, payload, flags)?;
+    let mut stem = image
         .file_stem()
         .map_or("guest".into(), |s| s.to_string_lossy().into_owned());
+    if flags.hostile_vmm {
+        stem.push_str("-hostile-vmm");
+    }
     let out_dir = images::image_dir().join("sel4");
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     let task_path = out_dir.join(format!("{stem}-roottask.elf"));
@@ -532,7 +552,7 @@ fn make_iso(kernel: &Path, root_task: &Path, iso: &Path) -> Result<(), String> {
 
 /// `splitvisor build --platform sel4`: prints the ISO's path.
 pub fn build_cli(spec: &images::SystemSpec) -> i32 {
-    match build(spec) {
+    match build(spec, Flags::default()) {
         Ok(b) => {
             println!("{}", b.iso.display());
             0
@@ -547,7 +567,7 @@ pub fn build_cli(spec: &images::SystemSpec) -> i32 {
 /// `splitvisor run --platform sel4`: builds, boots the ISO in Bochs, streams
 /// COM1 (seL4's and the root task's console) and concludes as the native
 /// platform does.
-pub fn run(opts: &RunOptions) -> i32 {
+pub fn run(opts: &RunOptions, flags: Flags) -> i32 {
     if opts.system.mmu.is_shadow() {
         eprintln!("splitvisor: {NO_SHADOW}");
         return EXIT_CANNOT_RUN;
@@ -557,7 +577,7 @@ pub fn run(opts: &RunOptions) -> i32 {
         eprintln!("splitvisor: {m}");
         return EXIT_EMULATOR;
     }
-    let built = match build(&opts.system) {
+    let built = match build(&opts.system, flags) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("splitvisor: could not build the seL4 image: {e}");
@@ -656,14 +676,17 @@ mod tests {
             elf[h + 16..h + 24].copy_from_slice(&vaddr.to_le_bytes());
             elf[h + 48..h + 56].copy_from_slice(&0x1000u64.to_le_bytes());
         }
-        let out = attach_payload(&elf, b"payload").unwrap();
+        let flags = Flags { hostile_vmm: true };
+        let out = attach_payload(&elf, b"payload", flags).unwrap();
         let h = 64 + 56;
         let off = u64::from_le_bytes(out[h + 8..h + 16].try_into().unwrap()) as usize;
         assert_eq!(off % 0x1000, 0x59_4000 % 0x1000);
         assert_eq!(&out[off..off + 8], SEGMENT_MAGIC);
-        assert_eq!(&out[off + 16..], b"payload");
+        assert_eq!(&out[off + 8..off + 16], &7u64.to_le_bytes());
+        assert_eq!(&out[off + 16..off + 24], &1u64.to_le_bytes());
+        assert_eq!(&out[off + 24..], b"payload");
         let filesz = u64::from_le_bytes(out[h + 32..h + 40].try_into().unwrap());
-        assert_eq!(filesz, 16 + 7);
+        assert_eq!(filesz, 24 + 7);
     }
 
     #[test]

@@ -66,6 +66,15 @@ impl BootInfo {
         )
     }
 
+    /// `userImageFrames`: the capabilities of the root task's image frames,
+    /// one per 4 KiB page from its lowest address up.
+    pub fn user_image_frames(&self) -> (CPtr, CPtr) {
+        (
+            self.word(c::BI_USER_IMAGE_FRAMES + c::SLOT_REGION_START),
+            self.word(c::BI_USER_IMAGE_FRAMES + c::SLOT_REGION_END),
+        )
+    }
+
     /// `untyped` and `untypedList`: (cap, physical address, size bits, device).
     pub fn untypeds(&self) -> impl Iterator<Item = (CPtr, u64, u8, bool)> + '_ {
         let start = self.word(c::BI_UNTYPED + c::SLOT_REGION_START);
@@ -158,6 +167,17 @@ impl Allocator {
     /// Retypes one object of `object_type`, `bits` bytes large (log2), into
     /// a fresh slot.
     pub fn object(&mut self, object_type: u64, bits: u64) -> Result<CPtr, AllocError> {
+        self.object_sized(object_type, 0, bits)
+    }
+
+    /// Retypes one object whose size the type leaves open (a CNode:
+    /// `size_arg` its radix bits), `bits` bytes large (log2).
+    pub fn object_sized(
+        &mut self,
+        object_type: u64,
+        size_arg: u64,
+        bits: u64,
+    ) -> Result<CPtr, AllocError> {
         let slot = self.slot()?;
         let size = 1u64 << bits;
         for (cap, ut_bits, used) in self.untyped.iter_mut() {
@@ -173,7 +193,7 @@ impl Allocator {
                 *cap,
                 c::UNTYPED_RETYPE,
                 &[c::CAP_INIT_THREAD_CNODE],
-                &[object_type, 0, 0, 0, slot, 1],
+                &[object_type, size_arg, 0, 0, slot, 1],
             )
             .map_err(AllocError::Kernel)?;
             *used = start + size;

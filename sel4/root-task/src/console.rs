@@ -39,6 +39,16 @@ pub fn stub_line(args: fmt::Arguments) {
     write_bytes(b"\n");
 }
 
+/// One line of the vmm-server component's own, `[vmm] ...`.
+pub fn vmm_line(args: fmt::Arguments) {
+    if !AT_LINE_START.load(Ordering::Relaxed) {
+        write_bytes(b"\n");
+    }
+    let _ = Out.write_str("[vmm] ");
+    let _ = Out.write_fmt(args);
+    write_bytes(b"\n");
+}
+
 macro_rules! say {
     ($($arg:tt)*) => { $crate::console::stub_line(format_args!($($arg)*)) };
 }
@@ -55,14 +65,19 @@ impl HostWrite for DebugConsole {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let who = if crate::vmm::IN_VMM.load(Ordering::Relaxed) {
+        "vmm-server"
+    } else {
+        "root task"
+    };
     match info.location() {
         Some(l) => say!(
-            "vm failed: root task panic: {} at {}:{}",
+            "vm failed: {who} panic: {} at {}:{}",
             info.message(),
             l.file(),
             l.line()
         ),
-        None => say!("vm failed: root task panic: {}", info.message()),
+        None => say!("vm failed: {who} panic: {}", info.message()),
     }
     crate::vm::end(crate::vm::HOST_EXIT_FAILED)
 }

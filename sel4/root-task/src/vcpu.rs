@@ -215,8 +215,8 @@ impl Vcpu {
         }
     }
 
-    /// Binds the VCPU `cap` to the root task's thread and sets the guest's
-    /// initial state as the native stub's VMX code does: flat 32-bit
+    /// Sets the guest's initial state in the VCPU `cap` (bound to the
+    /// calling thread by the root task) as the native stub's VMX code does: flat 32-bit
     /// protected mode or real mode, paging off, EPT and unrestricted guest,
     /// registers from the manifest.
     pub fn new(
@@ -227,13 +227,6 @@ impl Vcpu {
     ) -> Result<Self, VcpuError> {
         use field::*;
         use ipc_proto::manifest::EntryMode;
-        invoke(cap, c::X86_VCPU_SET_TCB, &[c::CAP_INIT_THREAD_TCB], &[]).map_err(|e| {
-            VcpuError {
-                what: "VCPU SetTCB",
-                field: 0,
-                code: e.code,
-            }
-        })?;
         let mut v = Self {
             cap,
             proc_controls: 0,

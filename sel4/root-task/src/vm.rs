@@ -1,22 +1,17 @@
 //! The root task's main: the payload, the guest's RAM and EPT, the VCPU,
-//! the vmm-server's devices and exit loop, the final line.
-
-use core::cell::RefCell;
+//! the vmm-server component, and the end of the run.
 
 use ipc_proto::manifest::{Blob, Manifest, PayloadHeader, MANIFEST_MAX, PAYLOAD_MAGIC};
 use ipc_proto::ABI_VERSION;
 use sel4_sys::{c, invoke, CPtr};
-use vmm_server::board::Board as Devices;
-use vmm_server::boards;
 use vmm_server::cpuid::HostCpuid;
-use vmm_server::devices::uart16550::Uart16550;
 use vmm_server::emulate::{GuestMemory, NotRam};
-use vmm_server::{Ending, Host, HostConsole, Vmm};
+use vmm_server::Host;
 use zerocopy::FromBytes;
 
 use crate::boot::{Allocator, BootInfo};
-use crate::console::{say, DebugConsole};
-use crate::vcpu::Vcpu;
+use crate::component;
+use crate::console::say;
 
 /// What the root task writes to the debug-exit port at the end, as the
 /// native stub does (QEMU's isa-debug-exit; Bochs ignores it).
@@ -24,16 +19,21 @@ pub const HOST_EXIT_STOPPED: u8 = 0;
 pub const HOST_EXIT_FAILED: u8 = 1;
 pub const HOST_EXIT_CANNOT_RUN: u8 = 2;
 
-/// Where guest RAM is mapped in the root task's VSpace: PML4 slot 1.
-const GUEST_WINDOW: u64 = 0x80_0000_0000;
-const LARGE_PAGE: u64 = 1 << 21;
+/// Where guest RAM is mapped in the root task's and the vmm-server's
+/// VSpaces: PML4 slot 1.
+pub const GUEST_WINDOW: u64 = 0x80_0000_0000;
+pub const LARGE_PAGE: u64 = 1 << 21;
 /// The RTC's time at boot: 2026-01-01 00:00 UTC.
-const RTC_EPOCH: i64 = 1_767_225_600;
+pub const RTC_EPOCH: i64 = 1_767_225_600;
 
-/// The 16 bytes in front of the payload in the `.payload` segment:
-/// `SPLTSEL4` and the payload's length (written by `splitvisor build
-/// --platform sel4`).
+/// The 24 bytes in front of the payload in the `.payload` segment:
+/// `SPLTSEL4`, the payload's length and the flags (written by `splitvisor
+/// build --platform sel4`).
 const SEGMENT_MAGIC: [u8; 8] = *b"SPLTSEL4";
+const SEGMENT_HEAD: usize = 24;
+/// Flag: the vmm-server component is to invoke a capability it was not
+/// given (the hostile case of issue 14's tests).
+const FLAG_HOSTILE_VMM: u64 = 1;
 
 extern "C" {
     static __payload_start: u8;
@@ -49,13 +49,27 @@ fn payload() -> Result<&'static [u8], &'static str> {
     // build wrote in front of the payload; nothing writes to it.
     unsafe {
         let start = core::ptr::addr_of!(__payload_start);
-        let head = core::slice::from_raw_parts(start, 16);
+        let head = core::slice::from_raw_parts(start, SEGMENT_HEAD);
         if head[..8] != SEGMENT_MAGIC {
             return Err("the root task carries no splitvisor payload (build the image with `splitvisor build --platform sel4`)");
         }
         let len = u64::from_le_bytes(head[8..16].try_into().unwrap_or([0; 8]));
-        Ok(core::slice::from_raw_parts(start.add(16), len as usize))
+        Ok(core::slice::from_raw_parts(
+            start.add(SEGMENT_HEAD),
+            len as usize,
+        ))
     }
+}
+
+fn hostile_flag() -> bool {
+    // SAFETY: as for `payload`, which checked the magic before this runs.
+    let flags = unsafe {
+        core::ptr::addr_of!(__payload_start)
+            .add(16)
+            .cast::<u64>()
+            .read_unaligned()
+    };
+    flags & FLAG_HOSTILE_VMM != 0
 }
 
 fn read_manifest(payload: &[u8]) -> Result<Manifest, &'static str> {
@@ -82,6 +96,9 @@ fn blob(payload: &[u8], b: Blob) -> Option<&[u8]> {
 /// Ends the run: the debug-exit byte, Bochs's `Shutdown` string on port
 /// 0x8900 (through an I/O port capability), then the thread stops.
 pub fn end(code: u8) -> ! {
+    if crate::vmm::IN_VMM.load(core::sync::atomic::Ordering::Relaxed) {
+        crate::vmm::report(code);
+    }
     let ports = [(0xf4u64, 0xf4u64), (0x8900, 0x8900)];
     let mut slots = [0u64; 2];
     // Slots far above what the allocator hands out: `end` may run from a
@@ -118,14 +135,14 @@ pub fn end(code: u8) -> ! {
 /// The first of two slots `end` uses for its I/O port capabilities.
 static END_SLOTS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
-fn cannot_run(why: core::fmt::Arguments) -> ! {
+pub fn cannot_run(why: core::fmt::Arguments) -> ! {
     say!("cannot run: {why}");
     end(HOST_EXIT_CANNOT_RUN)
 }
 
 /// Guest RAM as the root task maps it: `len` bytes at [`GUEST_WINDOW`].
-struct GuestRam {
-    len: u64,
+pub struct GuestRam {
+    pub len: u64,
 }
 
 impl GuestRam {
@@ -160,11 +177,11 @@ impl GuestMemory for GuestRam {
 }
 
 /// The host: the TSC (seL4 leaves RDTSC to user level) and the CPU's CPUID.
-struct Sel4Host {
-    tsc_hz: u64,
+pub struct Sel4Host {
+    pub tsc_hz: u64,
 }
 
-fn rdtsc() -> u64 {
+pub fn rdtsc() -> u64 {
     // SAFETY: RDTSC has no memory effects; seL4 leaves CR4.TSD clear.
     unsafe { core::arch::x86_64::_rdtsc() }
 }
@@ -199,18 +216,20 @@ impl Host for Sel4Host {
     }
 }
 
-fn check<T, E: core::fmt::Display>(what: &str, r: Result<T, E>) -> T {
+pub fn check<T, E: core::fmt::Display>(what: &str, r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| cannot_run(format_args!("{what}: {e}")))
 }
 
-fn kernel<T>(what: &str, r: Result<T, sel4_sys::Error>) -> T {
+pub fn kernel<T>(what: &str, r: Result<T, sel4_sys::Error>) -> T {
     r.unwrap_or_else(|e| cannot_run(format_args!("seL4 refused {what}: error {}", e.code)))
 }
 
 /// Builds guest RAM: 2 MiB frames, each mapped into the EPT at its
 /// guest-physical address and (a copy of the capability) into the root
-/// task's window. Returns the EPT's PML4.
-fn build_ram(alloc: &mut Allocator, ram: u64) -> CPtr {
+/// task's window. Returns the EPT's PML4 and the frames.
+///
+/// TODO(issue 14): the mmu-server's job, as its own component.
+fn build_ram(alloc: &mut Allocator, ram: u64) -> (CPtr, heapless::Vec<CPtr, 512>) {
     if ram > 1 << 30 {
         cannot_run(format_args!(
             "guest RAM above 1 GiB is not built yet on seL4"
@@ -280,6 +299,7 @@ fn build_ram(alloc: &mut Allocator, ram: u64) -> CPtr {
             &[GUEST_WINDOW, c::X86_DEFAULT_VM_ATTRIBUTES],
         ),
     );
+    let mut frames = heapless::Vec::new();
     let mut gpa = 0;
     while gpa < ram {
         let frame = check(
@@ -309,9 +329,10 @@ fn build_ram(alloc: &mut Allocator, ram: u64) -> CPtr {
                 ],
             ),
         );
+        let _ = frames.push(frame);
         gpa += LARGE_PAGE;
     }
-    ept
+    (ept, frames)
 }
 
 /// The root task's entry (from `_start`, RDI = the boot information).
@@ -340,7 +361,7 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
         alloc.ram_bytes >> 20,
         bi.tsc_hz() / 1_000_000
     );
-    let ept = build_ram(&mut alloc, ram);
+    let (ept, frames) = build_ram(&mut alloc, ram);
     let mut mem = GuestRam { len: ram };
     let image = blob(payload, guest.image)
         .unwrap_or_else(|| cannot_run(format_args!("the guest image is outside the payload")));
@@ -354,82 +375,61 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
             cannot_run(format_args!("a guest segment does not fit guest RAM"));
         }
     }
-    let vcpu_cap = check("VCPU", alloc.object(c::OBJ_X86_VCPU, c::X86_VCPU_BITS));
-    kernel(
-        "TCB_SetEPTRoot",
-        invoke(c::CAP_INIT_THREAD_TCB, c::TCB_SET_EPT_ROOT, &[ept], &[]),
-    );
-    let mut vcpu = Vcpu::new(
-        vcpu_cap,
-        guest.entry_mode,
-        guest.entry_rip,
-        [guest.entry_rax, guest.entry_rbx, guest.entry_rsi],
-    )
-    .unwrap_or_else(|e| cannot_run(format_args!("{e}")));
+    let vcpu = check("VCPU", alloc.object(c::OBJ_X86_VCPU, c::X86_VCPU_BITS));
+    let hostile = hostile_flag();
+    crate::vmm::ARGS.set(crate::vmm::Args {
+        entry_mode: guest.entry_mode,
+        entry_rip: guest.entry_rip,
+        entry_regs: [guest.entry_rax, guest.entry_rbx, guest.entry_rsi],
+        board: guest.board,
+        ram,
+        tsc_hz: bi.tsc_hz(),
+        hostile_target: if hostile { ept } else { 0 },
+    });
+    let started = component::start_vmm(&mut alloc, &bi, ept, vcpu, &frames);
     say!(
-        "VCPU and EPT ready in {} Mcycles; entering the guest at {:#x}",
+        "EPT and VCPU ready, vmm-server component started in {} Mcycles \
+         ({} pages shared read-only, {} copied; 3 capabilities); entering the guest at {:#x}",
         (rdtsc() - t0) / 1_000_000,
+        started.shared_pages,
+        started.copied_pages,
         guest.entry_rip
     );
+    wait_for_vmm(started.endpoint)
+}
 
-    // TODO(issue 14): the vmm-server's devices and exit loop run here, in
-    // the root task; the final shape is a vmm-server component of its own.
-    let console = RefCell::new(HostConsole::new(DebugConsole, true));
-    let board = Devices::new();
-    let host_hz = bi.tsc_hz();
-    let mut host = Sel4Host { tsc_hz: host_hz };
-    // The board's devices and their ports, from its table (as natively).
-    let table = boards::table(guest.board);
-    let mut uart =
-        Uart16550::new(&console).with_irq(boards::pin(&board, table, boards::Slot::Com1));
-    let mut devices = boards::Devices::new(&board, table, ram, RTC_EPOCH);
-    let (router, mmio) = devices
-        .routers(table, &mut uart)
-        .unwrap_or_else(|e| cannot_run(format_args!("{e}")));
-    // iced's decoder tables, built now so that a short heap shows at start.
-    let _ = iced_x86::Decoder::new(64, &[0x90], 0).decode();
-    let mut vmm = Vmm::new(router, &board, &mut mem, &mut host)
-        .with_mmio(mmio)
-        .with_irqchip(boards::irqchip(guest.board, &board));
-    let start = rdtsc();
-    let ending = vmm_server::run(&mut vcpu, &mut vmm, &console);
-    drop(vmm);
-    let cycles = rdtsc() - start;
-    let exits = vcpu.stats_total();
-    let tenths = |n: u64| {
-        let t = n * 10 / exits.max(1);
-        (t / 10, t % 10)
-    };
-    let (r, rt) = tenths(vcpu.reads_total);
-    let (w, wt) = tenths(vcpu.writes_total);
-    say!(
-        "seL4: {exits} exits in {} Mcycles ({} exits/s), ReadVMCS {} ({r}.{rt} per exit), \
-         WriteVMCS and WriteRegisters {} ({w}.{wt} per exit)",
-        cycles / 1_000_000,
-        match host_hz {
-            0 => 0,
-            hz => u128::from(exits) * u128::from(hz) / u128::from(cycles.max(1)),
-        },
-        vcpu.reads_total,
-        vcpu.writes_total
-    );
-    if let Some(e) = vcpu.failure {
-        say!("vm failed: {e}");
-        end(HOST_EXIT_FAILED);
-    }
-    match ending {
-        Ending::Stop { status } => {
-            say!("vm stopped: guest status {status}");
-            end(HOST_EXIT_STOPPED)
-        }
-        // A reset ends the VM, as QEMU's -no-reboot does.
-        Ending::Reset => {
-            say!("vm stopped: guest status 0");
-            end(HOST_EXIT_STOPPED)
-        }
-        Ending::Fail => {
-            say!("vm failed: the vmm-server could not go on (see its lines above)");
-            end(HOST_EXIT_FAILED)
+/// Waits for the vmm-server component's ending (it printed the final line
+/// already) or a fault of its (seL4 sends it on its fault endpoint), and
+/// ends the run.
+fn wait_for_vmm(endpoint: CPtr) -> ! {
+    loop {
+        let m = sel4_sys::recv(endpoint);
+        match (m.badge, m.label) {
+            (component::BADGE_REPORT, component::REPORT_LABEL) => end(m.mrs[0] as u8),
+            (component::BADGE_FAULT, c::FAULT_CAP) => {
+                say!(
+                    "vm failed: seL4 refused the vmm-server's use of capability {:#x}, \
+                     which it was not given (capability fault at rip {:#x}, lookup failure {})",
+                    m.mrs[c::CAP_FAULT_ADDR as usize],
+                    m.mrs[c::CAP_FAULT_IP as usize],
+                    m.mrs[c::CAP_FAULT_LOOKUP_FAILURE_TYPE as usize]
+                );
+                end(HOST_EXIT_FAILED)
+            }
+            (component::BADGE_FAULT, c::FAULT_VM) => {
+                say!(
+                    "vm failed: the vmm-server faulted: page fault at {:#x}, rip {:#x}",
+                    m.mrs[c::VM_FAULT_ADDR as usize],
+                    m.mrs[c::VM_FAULT_IP as usize]
+                );
+                end(HOST_EXIT_FAILED)
+            }
+            (component::BADGE_FAULT, label) => {
+                say!("vm failed: the vmm-server faulted (seL4 fault type {label})");
+                end(HOST_EXIT_FAILED)
+            }
+            // Nothing else holds a capability to this endpoint.
+            _ => {}
         }
     }
 }
