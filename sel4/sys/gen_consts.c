@@ -121,6 +121,10 @@ int main(void)
     C("CAP_FAULT_IP", seL4_CapFault_IP);
     C("CAP_FAULT_ADDR", seL4_CapFault_Addr);
     C("CAP_FAULT_LOOKUP_FAILURE_TYPE", seL4_CapFault_LookupFailureType);
+    C("LOOKUP_INVALID_ROOT", seL4_InvalidRoot);
+    C("LOOKUP_MISSING_CAPABILITY", seL4_MissingCapability);
+    C("LOOKUP_DEPTH_MISMATCH", seL4_DepthMismatch);
+    C("LOOKUP_GUARD_MISMATCH", seL4_GuardMismatch);
     C("VM_FAULT_IP", seL4_VMFault_IP);
     C("VM_FAULT_ADDR", seL4_VMFault_Addr);
     /* IPC buffer */

@@ -398,6 +398,17 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
     wait_for_vmm(started.endpoint)
 }
 
+/// seL4's lookup failure types, in words.
+fn lookup_failure(kind: u64) -> &'static str {
+    match kind {
+        c::LOOKUP_INVALID_ROOT => "invalid CSpace root",
+        c::LOOKUP_MISSING_CAPABILITY => "missing capability",
+        c::LOOKUP_DEPTH_MISMATCH => "depth mismatch",
+        c::LOOKUP_GUARD_MISMATCH => "guard mismatch: the address is outside its CSpace",
+        _ => "lookup failure",
+    }
+}
+
 /// Waits for the vmm-server component's ending (it printed the final line
 /// already) or a fault of its (seL4 sends it on its fault endpoint), and
 /// ends the run.
@@ -409,10 +420,10 @@ fn wait_for_vmm(endpoint: CPtr) -> ! {
             (component::BADGE_FAULT, c::FAULT_CAP) => {
                 say!(
                     "vm failed: seL4 refused the vmm-server's use of capability {:#x}, \
-                     which it was not given (capability fault at rip {:#x}, lookup failure {})",
+                     which it was not given (capability fault at rip {:#x}: {})",
                     m.mrs[c::CAP_FAULT_ADDR as usize],
                     m.mrs[c::CAP_FAULT_IP as usize],
-                    m.mrs[c::CAP_FAULT_LOOKUP_FAILURE_TYPE as usize]
+                    lookup_failure(m.mrs[c::CAP_FAULT_LOOKUP_FAILURE_TYPE as usize])
                 );
                 end(HOST_EXIT_FAILED)
             }
