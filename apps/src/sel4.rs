@@ -330,8 +330,9 @@ pub fn build_kernel() -> Result<Kernel, String> {
     })
 }
 
-/// Builds the root task against `kernel`; returns its ELF.
-pub fn build_root_task(kernel: &Kernel) -> Result<PathBuf, String> {
+/// Builds the root task and the vmm-server component against `kernel`;
+/// returns their ELFs.
+pub fn build_root_task(kernel: &Kernel) -> Result<(PathBuf, PathBuf), String> {
     let root = images::workspace_root();
     let target_dir = root.join("target").join("sel4").join("cargo");
     let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -343,6 +344,8 @@ pub fn build_root_task(kernel: &Kernel) -> Result<PathBuf, String> {
             images::TARGET,
             "-p",
             "sel4-root-task",
+            "-p",
+            "sel4-vmm-server",
         ])
         .current_dir(&root)
         .env("CARGO_TARGET_DIR", &target_dir)
@@ -357,14 +360,14 @@ pub fn build_root_task(kernel: &Kernel) -> Result<PathBuf, String> {
     if !status.success() {
         return Err(format!("building the seL4 root task failed ({status})"));
     }
-    let elf = target_dir
-        .join(images::TARGET)
-        .join("release")
-        .join("sel4-root-task");
-    if !elf.is_file() {
-        return Err(format!("cargo made no {}", elf.display()));
+    let dir = target_dir.join(images::TARGET).join("release");
+    let (elf, vmm) = (dir.join("sel4-root-task"), dir.join("sel4-vmm-server"));
+    for f in [&elf, &vmm] {
+        if !f.is_file() {
+            return Err(format!("cargo made no {}", f.display()));
+        }
     }
-    Ok(elf)
+    Ok((elf, vmm))
 }
 
 /// The payload of a native system image: from the first page boundary
@@ -381,8 +384,10 @@ pub fn extract_payload(image: &[u8]) -> Option<&[u8]> {
     })
 }
 
-/// The 24 bytes in front of the payload in the root task's `.payload`
-/// segment: `SPLTSEL4`, the payload's length and [`Flags`] (little endian).
+/// The 32 bytes in front of the payload in the root task's `.payload`
+/// segment: `SPLTSEL4`, the payload's length, [`Flags`] and the length of
+/// the vmm-server component's ELF, which follows the payload (little
+/// endian).
 pub const SEGMENT_MAGIC: &[u8; 8] = b"SPLTSEL4";
 
 /// What the root task is told besides the payload (the segment's flags
@@ -402,10 +407,15 @@ impl Flags {
 
 /// A copy of the root task ELF with `payload` as its last PT_LOAD segment:
 /// the segment the linker script reserves (`.payload`, one page) is
-/// pointed at `SPLTSEL4`, the length, the flags and the payload, appended
-/// to the file at an offset congruent to its address, and widened over
-/// them.
-pub fn attach_payload(elf: &[u8], payload: &[u8], flags: Flags) -> Result<Vec<u8>, String> {
+/// pointed at `SPLTSEL4`, the lengths, the flags, the payload and the
+/// vmm-server ELF, appended to the file at an offset congruent to its
+/// address, and widened over them.
+pub fn attach_payload(
+    elf: &[u8],
+    payload: &[u8],
+    flags: Flags,
+    vmm_elf: &[u8],
+) -> Result<Vec<u8>, String> {
     let bad = |why: &str| format!("the root task ELF {why}");
     let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]);
     let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap_or([0; 8]));
@@ -435,8 +445,10 @@ pub fn attach_payload(elf: &[u8], payload: &[u8], flags: Flags) -> Result<Vec<u8
     out.extend_from_slice(SEGMENT_MAGIC);
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(&flags.word().to_le_bytes());
+    out.extend_from_slice(&(vmm_elf.len() as u64).to_le_bytes());
     out.extend_from_slice(payload);
-    let size = (24 + payload.len()) as u64;
+    out.extend_from_slice(vmm_elf);
+    let size = (32 + payload.len() + vmm_elf.len()) as u64;
     out[last + 8..last + 16].copy_from_slice(&offset.to_le_bytes());
     out[last + 32..last + 40].copy_from_slice(&size.to_le_bytes());
     out[last + 40..last + 48].copy_from_slice(&size.to_le_bytes());
@@ -484,13 +496,14 @@ pub fn build(spec: &images::SystemSpec, flags: Flags) -> Result<Built, String> {
             kernel.prefix.display()
         );
     }
-    let root_task = build_root_task(&kernel)?;
+    let (root_task, vmm_server) = build_root_task(&kernel)?;
     let image = images::build_system_spec(spec).map_err(|e| e.to_string())?;
     let image_bytes = std::fs::read(&image).map_err(|e| format!("{}: {e}", image.display()))?;
     let payload = extract_payload(&image_bytes)
         .ok_or_else(|| format!("{} has no splitvisor payload", image.display()))?;
     let elf = std::fs::read(&root_task).map_err(|e| format!("{}: {e}", root_task.display()))?;
-    let combined = attach_payload(&elf, payload, flags)?;
+    let vmm = std::fs::read(&vmm_server).map_err(|e| format!("{}: {e}", vmm_server.display()))?;
+    let combined = attach_payload(&elf, payload, flags, &vmm)?;
     let mut stem = image
         .file_stem()
         .map_or("guest".into(), |s| s.to_string_lossy().into_owned());
@@ -677,16 +690,17 @@ mod tests {
             elf[h + 48..h + 56].copy_from_slice(&0x1000u64.to_le_bytes());
         }
         let flags = Flags { hostile_vmm: true };
-        let out = attach_payload(&elf, b"payload", flags).unwrap();
+        let out = attach_payload(&elf, b"payload", flags, b"vmm").unwrap();
         let h = 64 + 56;
         let off = u64::from_le_bytes(out[h + 8..h + 16].try_into().unwrap()) as usize;
         assert_eq!(off % 0x1000, 0x59_4000 % 0x1000);
         assert_eq!(&out[off..off + 8], SEGMENT_MAGIC);
         assert_eq!(&out[off + 8..off + 16], &7u64.to_le_bytes());
         assert_eq!(&out[off + 16..off + 24], &1u64.to_le_bytes());
-        assert_eq!(&out[off + 24..], b"payload");
+        assert_eq!(&out[off + 24..off + 32], &3u64.to_le_bytes());
+        assert_eq!(&out[off + 32..], b"payloadvmm");
         let filesz = u64::from_le_bytes(out[h + 32..h + 40].try_into().unwrap());
-        assert_eq!(filesz, 24 + 7);
+        assert_eq!(filesz, 32 + 7 + 3);
     }
 
     #[test]

@@ -50,7 +50,7 @@ fn hello_guest_on_sel4_in_bochs_prints_its_line_and_exits_0() {
     );
     assert!(
         r.stdout.lines().any(|l| l
-            .starts_with("[stub] EPT and VCPU ready, vmm-server component started")
+            .starts_with("[stub] EPT and VCPU ready, vmm-server component loaded and started")
             && l.contains("; 3 capabilities)")),
         "the vmm-server did not run as a component of its own\n{r}"
     );

@@ -99,7 +99,6 @@ int main(void)
     C("BI_EMPTY", offsetof(seL4_BootInfo, empty));
     C("BI_UNTYPED", offsetof(seL4_BootInfo, untyped));
     C("BI_UNTYPED_LIST", offsetof(seL4_BootInfo, untypedList));
-    C("BI_USER_IMAGE_FRAMES", offsetof(seL4_BootInfo, userImageFrames));
     C("BI_EXTRA_LEN", offsetof(seL4_BootInfo, extraLen));
     C("BOOTINFO_FRAME_SIZE", seL4_BootInfoFrameSize);
     C("BOOTINFO_HEADER_X86_TSC_FREQ", SEL4_BOOTINFO_HEADER_X86_TSC_FREQ);

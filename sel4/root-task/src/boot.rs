@@ -66,15 +66,6 @@ impl BootInfo {
         )
     }
 
-    /// `userImageFrames`: the capabilities of the root task's image frames,
-    /// one per 4 KiB page from its lowest address up.
-    pub fn user_image_frames(&self) -> (CPtr, CPtr) {
-        (
-            self.word(c::BI_USER_IMAGE_FRAMES + c::SLOT_REGION_START),
-            self.word(c::BI_USER_IMAGE_FRAMES + c::SLOT_REGION_END),
-        )
-    }
-
     /// `untyped` and `untypedList`: (cap, physical address, size bits, device).
     pub fn untypeds(&self) -> impl Iterator<Item = (CPtr, u64, u8, bool)> + '_ {
         let start = self.word(c::BI_UNTYPED + c::SLOT_REGION_START);

@@ -1,34 +1,27 @@
-//! The vmm-server as a component of its own: a thread with its own VSpace
-//! and CSpace, built and started by the root task.
+//! The vmm-server as a component of its own (milestone 2 of issue 14): the
+//! root task loads the `sel4-vmm-server` ELF carried in its payload into a
+//! VSpace of its own, builds it a CSpace with exactly the capabilities of
+//! `sel4_vmm_server`'s contract and starts its thread.
 //!
-//! Milestone 2, first stage (issue 14): the component runs this same
-//! image (its `vmm::vmm_main`), not yet the vmm-server ELF of the payload.
-//! Its VSpace holds the image's code and read-only data (the root task's
-//! frames, mapped read-only), a private copy of the writable data
-//! (`.data`, `.bss`: the heap, the stack and the arguments the root task
-//! left in [`crate::vmm::ARGS`]), its IPC buffer and guest RAM; not the
-//! payload, the boot information or anything else of the root task's.
-//! Its CSpace holds exactly three capabilities: the VCPU (bound to its
-//! thread) and two badged endpoint capabilities to the root task, one to
-//! report its ending and one seL4 sends its faults to.
+//! Its VSpace holds the ELF's segments (in fresh frames: code and
+//! read-only data mapped read-only), its IPC buffer, a read-only page with
+//! its arguments and guest RAM; nothing of the root task's. Its CSpace
+//! holds three capabilities: the VCPU (bound to its thread) and two badged
+//! endpoint capabilities to the root task, one to report its ending and
+//! one seL4 sends its faults to. It gets no capability to a guest-RAM
+//! frame, the EPT, an I/O port or a page table: what it may touch is
+//! mapped for it.
 
 use sel4_sys::{c, invoke, CPtr};
 
-use crate::boot::{Allocator, BootInfo};
-use crate::vm::{check, kernel, GUEST_WINDOW, LARGE_PAGE};
+use sel4_vmm_server::{
+    Args, ARGS_MAX, BADGE_FAULT, BADGE_REPORT, CNODE_BITS, GUEST_WINDOW, SLOT_FAULT, SLOT_REPORT,
+    SLOT_VCPU,
+};
 
-/// The component's CSpace: one CNode of 2^4 slots, with a guard that
-/// makes every other 64-bit capability address fail to resolve.
-pub const CNODE_BITS: u64 = 4;
-pub const SLOT_VCPU: CPtr = 1;
-pub const SLOT_REPORT: CPtr = 2;
-pub const SLOT_FAULT: CPtr = 3;
-/// The badges the root task tells the two endpoint capabilities apart by.
-pub const BADGE_REPORT: u64 = 1;
-pub const BADGE_FAULT: u64 = 2;
-/// The label of the component's ending report (MR0: the debug-exit code);
-/// fault labels are seL4's small fault numbers.
-pub const REPORT_LABEL: u64 = 0x5650;
+use crate::boot::Allocator;
+use crate::vm::{check, kernel, LARGE_PAGE};
+
 /// Below the root task's 255: the root task runs whenever it can.
 const PRIORITY: u64 = 254;
 const PAGE: u64 = 1 << 12;
@@ -36,45 +29,105 @@ const PAGE: u64 = 1 << 12;
 /// slot 2, away from its image and its guest-RAM window.
 const SCRATCH: u64 = 0x100_0000_0000;
 
-extern "C" {
-    static __image_start: u8;
-    static __data_start: u8;
-    static __data_end: u8;
-    static __stack_top: u8;
+/// The component's segments must lie in the first GiB (one PDPT and one
+/// page directory), above the null page.
+const IMAGE_LOW: u64 = 0x1000;
+const IMAGE_HIGH: u64 = 1 << 30;
+
+/// One PT_LOAD segment of the component's ELF.
+#[derive(Clone, Copy)]
+struct Segment<'a> {
+    vaddr: u64,
+    mem_size: u64,
+    data: &'a [u8],
+    writable: bool,
 }
 
-core::arch::global_asm!(
-    ".section .text._vmm_start, \"ax\"",
-    ".global _vmm_start",
-    "_vmm_start:",
-    "    and rsp, -16",
-    "    call {main}",
-    "    ud2",
-    main = sym crate::vmm::vmm_main,
-);
-
-extern "C" {
-    fn _vmm_start() -> !;
+fn u16_at(b: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(off..off + 2)?.try_into().ok()?))
+}
+fn u32_at(b: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
+}
+fn u64_at(b: &[u8], off: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
 }
 
-fn addr(s: &u8) -> u64 {
-    s as *const u8 as u64
+/// The entry point and PT_LOAD segments of an ELF64 x86-64 executable,
+/// every field checked: segments inside the file and inside
+/// [`IMAGE_LOW`]..[`IMAGE_HIGH`], page-aligned starts (each page belongs
+/// to one segment).
+fn parse_elf(file: &[u8]) -> Result<(u64, heapless::Vec<Segment<'_>, 8>), &'static str> {
+    if file.get(0..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..])
+        || u16_at(file, 18) != Some(0x3e)
+        || u16_at(file, 16) != Some(2)
+    {
+        return Err("is not an ELF64 x86-64 executable");
+    }
+    let bad = "has bad program headers";
+    let entry = u64_at(file, 24).ok_or(bad)?;
+    let phoff = u64_at(file, 32).ok_or(bad)? as usize;
+    if u16_at(file, 54) != Some(56) {
+        return Err(bad);
+    }
+    let phnum = usize::from(u16_at(file, 56).ok_or(bad)?);
+    let mut segments = heapless::Vec::new();
+    for i in 0..phnum {
+        let h = phoff.checked_add(i * 56).ok_or(bad)?;
+        if u32_at(file, h).ok_or(bad)? != 1 {
+            continue;
+        }
+        let flags = u32_at(file, h + 4).ok_or(bad)?;
+        let field = |o| u64_at(file, h + o).ok_or(bad);
+        let (offset, vaddr, file_size, mem_size) = (field(8)?, field(16)?, field(32)?, field(40)?);
+        let data = offset
+            .checked_add(file_size)
+            .filter(|_| file_size <= mem_size)
+            .and_then(|end| file.get(offset as usize..end as usize))
+            .ok_or("has a segment outside the file")?;
+        let end = vaddr.checked_add(mem_size).ok_or(bad)?;
+        if vaddr < IMAGE_LOW || end > IMAGE_HIGH || vaddr % PAGE != 0 {
+            return Err("has a segment outside its window or not page-aligned");
+        }
+        segments
+            .push(Segment {
+                vaddr,
+                mem_size,
+                data,
+                writable: flags & 2 != 0,
+            })
+            .map_err(|_| "has more than 8 segments")?;
+    }
+    if !segments
+        .iter()
+        .any(|s| s.vaddr <= entry && entry < s.vaddr + s.mem_size)
+    {
+        return Err("has its entry point outside its segments");
+    }
+    Ok((entry, segments))
 }
 
-/// The component's IPC buffer: the page after its writable data (where
-/// the root task has its payload, which the component does not see).
-pub fn ipc_buffer_va() -> u64 {
-    // SAFETY: only the symbol's address is taken.
-    addr(unsafe { &__data_end })
+/// A fresh 4 KiB frame holding `bytes` (zeros after them), filled through
+/// the root task's scratch mapping.
+fn filled_frame(alloc: &mut Allocator, bytes: &[u8]) -> CPtr {
+    let frame = check("a frame", alloc.object(c::OBJ_X86_4K, c::PAGE_BITS));
+    map_page(frame, c::CAP_INIT_THREAD_VSPACE, SCRATCH, c::ALL_RIGHTS);
+    let n = bytes.len().min(PAGE as usize);
+    // SAFETY: SCRATCH is the fresh frame just mapped read-write (new frames
+    // are zeroed by seL4); `n` is at most its size; `bytes` is root-task
+    // memory elsewhere.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), SCRATCH as *mut u8, n) };
+    kernel("Page_Unmap", invoke(frame, c::X86_PAGE_UNMAP, &[], &[]));
+    frame
 }
 
 /// What the root task learns from starting the component.
 pub struct Started {
     /// The endpoint the component reports and faults to.
     pub endpoint: CPtr,
-    /// Pages of its image: shared read-only, copied.
-    pub shared_pages: u64,
-    pub copied_pages: u64,
+    /// Pages of its image: read-only, writable.
+    pub read_only_pages: u64,
+    pub writable_pages: u64,
 }
 
 fn map_tables(alloc: &mut Allocator, vspace: CPtr, va: u64, end: u64, leaf: bool) {
@@ -135,30 +188,33 @@ fn map_page(frame: CPtr, vspace: CPtr, va: u64, rights: u64) {
     );
 }
 
-/// Builds the vmm-server component around `vcpu` and `ept` and starts it
-/// at `vmm::vmm_main`. `ram` are the guest-RAM frames (2 MiB each, from
+/// Loads the vmm-server ELF `elf` as a component around `vcpu` and `ept`
+/// and starts it. `ram` are the guest-RAM frames (2 MiB each, from
 /// guest-physical 0); the component gets a mapping of each, not the
 /// capabilities.
 pub fn start_vmm(
     alloc: &mut Allocator,
-    bi: &BootInfo,
+    elf: &[u8],
+    args: &Args,
     ept: CPtr,
     vcpu: CPtr,
     ram: &[CPtr],
-) -> Started {
-    // SAFETY: only the symbols' addresses are taken.
-    let (image, data, data_end, stack_top) = unsafe {
-        (
-            addr(&__image_start),
-            addr(&__data_start),
-            addr(&__data_end),
-            addr(&__stack_top),
-        )
-    };
-    let ipc_va = data_end;
+) -> Result<Started, &'static str> {
+    let (entry, segments) = parse_elf(elf)?;
+    let low = segments.iter().map(|s| s.vaddr).min().unwrap_or(IMAGE_LOW);
+    let high = segments
+        .iter()
+        .map(|s| (s.vaddr + s.mem_size).next_multiple_of(PAGE))
+        .max()
+        .unwrap_or(IMAGE_LOW);
+    // The IPC buffer and the argument page follow the last segment.
+    let (ipc_va, args_va) = (high, high + PAGE);
+    if args_va + PAGE > IMAGE_HIGH {
+        return Err("leaves no room for its IPC buffer");
+    }
 
-    // The VSpace: a PML4 with an ASID, tables for the image and its IPC
-    // buffer, and for the guest-RAM window.
+    // The VSpace: a PML4 with an ASID, tables for the image and for the
+    // guest-RAM window.
     let pml4 = check("PML4", alloc.object(c::OBJ_X86_PML4, c::X86_PML4_BITS));
     kernel(
         "ASIDPool_Assign for the vmm-server",
@@ -169,22 +225,8 @@ pub fn start_vmm(
             &[],
         ),
     );
-    map_tables(alloc, pml4, image, ipc_va + PAGE, true);
+    map_tables(alloc, pml4, low, args_va + PAGE, true);
     map_tables(alloc, pml4, GUEST_WINDOW, GUEST_WINDOW, false);
-
-    // Code and read-only data: the root task's own frames, read-only.
-    let (frames, _) = bi.user_image_frames();
-    let mut shared_pages = 0;
-    let mut va = image;
-    while va < data {
-        let mine = frames + (va - image) / PAGE;
-        let copy = check("a copy of an image frame", alloc.copy(mine));
-        map_page(copy, pml4, va, c::CAN_READ);
-        shared_pages += 1;
-        va += PAGE;
-    }
-    // Writable data: fresh frames, filled through a scratch mapping with
-    // what the root task's data holds now.
     map_tables(
         alloc,
         c::CAP_INIT_THREAD_VSPACE,
@@ -192,23 +234,34 @@ pub fn start_vmm(
         SCRATCH + PAGE,
         true,
     );
-    let mut copied_pages = 0;
-    while va < data_end {
-        let frame = check("a data frame", alloc.object(c::OBJ_X86_4K, c::PAGE_BITS));
-        map_page(frame, c::CAP_INIT_THREAD_VSPACE, SCRATCH, c::ALL_RIGHTS);
-        // SAFETY: `va` is a page of the root task's mapped .data/.bss
-        // (between the linker's `__data_start` and `__data_end`) and
-        // SCRATCH the fresh frame just mapped; they do not overlap.
-        unsafe {
-            core::ptr::copy_nonoverlapping(va as *const u8, SCRATCH as *mut u8, PAGE as usize)
-        };
-        kernel("Page_Unmap", invoke(frame, c::X86_PAGE_UNMAP, &[], &[]));
-        map_page(frame, pml4, va, c::ALL_RIGHTS);
-        copied_pages += 1;
-        va += PAGE;
+
+    // The segments, page by page into fresh frames.
+    let (mut read_only_pages, mut writable_pages) = (0, 0);
+    for s in &segments {
+        let mut off = 0;
+        while off < s.mem_size {
+            let bytes = s.data.get(off as usize..).unwrap_or(&[]);
+            let frame = filled_frame(alloc, bytes);
+            let rights = if s.writable {
+                writable_pages += 1;
+                c::ALL_RIGHTS
+            } else {
+                read_only_pages += 1;
+                c::CAN_READ
+            };
+            map_page(frame, pml4, s.vaddr + off, rights);
+            off += PAGE;
+        }
     }
-    let ipc_frame = check("IPC buffer", alloc.object(c::OBJ_X86_4K, c::PAGE_BITS));
+    let ipc_frame = filled_frame(alloc, &[]);
     map_page(ipc_frame, pml4, ipc_va, c::ALL_RIGHTS);
+    let mut page = [0u8; 8 + ARGS_MAX];
+    let len = postcard::to_slice(args, &mut page[8..])
+        .map_err(|_| "arguments do not encode")?
+        .len();
+    page[..8].copy_from_slice(&(len as u64).to_le_bytes());
+    let args_frame = filled_frame(alloc, &page);
+    map_page(args_frame, pml4, args_va, c::CAN_READ);
     for (i, &frame) in ram.iter().enumerate() {
         let copy = check("a copy of a guest-RAM capability", alloc.copy(frame));
         map_page(
@@ -218,7 +271,6 @@ pub fn start_vmm(
             c::ALL_RIGHTS,
         );
     }
-
     // The CSpace: the VCPU and the two endpoint capabilities.
     let cnode = check(
         "CNode",
@@ -286,20 +338,20 @@ pub fn start_vmm(
         "VCPU_SetTCB",
         invoke(vcpu, c::X86_VCPU_SET_TCB, &[tcb], &[]),
     );
-    // seL4_TCB_WriteRegisters(resume, flags, count 3: RIP, RSP, RFLAGS).
-    let entry = _vmm_start as *const () as u64;
+    // seL4_TCB_WriteRegisters(resume, flags, count 9: RIP, RSP, RFLAGS,
+    // RAX, RBX, RCX, RDX, RSI, RDI): the component sets its own stack.
     kernel(
         "TCB_WriteRegisters",
         invoke(
             tcb,
             c::TCB_WRITE_REGISTERS,
             &[],
-            &[1, 3, entry, stack_top, 0],
+            &[1, 9, entry, 0, 0, 0, 0, 0, 0, ipc_va, args_va],
         ),
     );
-    Started {
+    Ok(Started {
         endpoint,
-        shared_pages,
-        copied_pages,
-    }
+        read_only_pages,
+        writable_pages,
+    })
 }

@@ -4,8 +4,6 @@
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use vmm_server::HostWrite;
-
 /// Whether the last byte written was '\n'.
 static AT_LINE_START: AtomicBool = AtomicBool::new(true);
 
@@ -39,45 +37,21 @@ pub fn stub_line(args: fmt::Arguments) {
     write_bytes(b"\n");
 }
 
-/// One line of the vmm-server component's own, `[vmm] ...`.
-pub fn vmm_line(args: fmt::Arguments) {
-    if !AT_LINE_START.load(Ordering::Relaxed) {
-        write_bytes(b"\n");
-    }
-    let _ = Out.write_str("[vmm] ");
-    let _ = Out.write_fmt(args);
-    write_bytes(b"\n");
-}
-
 macro_rules! say {
     ($($arg:tt)*) => { $crate::console::stub_line(format_args!($($arg)*)) };
 }
 pub(crate) use say;
 
-/// The vmm-server's host console on seL4: the same serial port.
-pub struct DebugConsole;
-
-impl HostWrite for DebugConsole {
-    fn write_host(&mut self, bytes: &[u8]) {
-        write_bytes(bytes);
-    }
-}
-
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    let who = if crate::vmm::IN_VMM.load(Ordering::Relaxed) {
-        "vmm-server"
-    } else {
-        "root task"
-    };
     match info.location() {
         Some(l) => say!(
-            "vm failed: {who} panic: {} at {}:{}",
+            "vm failed: root task panic: {} at {}:{}",
             info.message(),
             l.file(),
             l.line()
         ),
-        None => say!("vm failed: {who} panic: {}", info.message()),
+        None => say!("vm failed: root task panic: {}", info.message()),
     }
     crate::vm::end(crate::vm::HOST_EXIT_FAILED)
 }

@@ -5,15 +5,15 @@
 //! (the same header, manifest and blobs the native stub boots, appended to
 //! this ELF by `splitvisor build --platform sel4`), builds the guest's RAM
 //! from 2 MiB frames mapped into an EPT and into its own VSpace, copies the
-//! guest image, creates a VCPU and starts the vmm-server as a component of
-//! its own (`component.rs`: its own VSpace and CSpace, the VCPU bound to
-//! its thread), which runs the guest with `seL4_VMEnter` and handles its
-//! exits with `vmm_server::Vmm`, the library the native ring-3 vmm-server
-//! runs. The root task waits for its ending or its fault.
+//! guest image, creates a VCPU and loads the vmm-server ELF (`sel4/vmm-server`,
+//! carried after the payload) as a component of its own (`component.rs`:
+//! its own VSpace and CSpace, the VCPU bound to its thread), which runs the
+//! guest with `seL4_VMEnter` and handles its exits with `vmm_server::Vmm`,
+//! the library the native ring-3 vmm-server runs. The root task waits for
+//! its ending or its fault.
 //!
-//! TODO(issue 14, milestone 2): the component runs this image's
-//! `vmm::vmm_main`, not yet the vmm-server ELF of the payload, and the root
-//! task still builds the EPT (the mmu-server's job); see `sel4/README.md`.
+//! TODO(issue 14, milestone 2): the root task still builds the EPT (the
+//! mmu-server's job, as a component of its own); see `sel4/README.md`.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]
@@ -32,13 +32,7 @@ mod component;
 #[cfg(target_os = "none")]
 mod console;
 #[cfg(target_os = "none")]
-mod heap;
-#[cfg(target_os = "none")]
-mod vcpu;
-#[cfg(target_os = "none")]
 mod vm;
-#[cfg(target_os = "none")]
-mod vmm;
 
 #[cfg(target_os = "none")]
 core::arch::global_asm!(

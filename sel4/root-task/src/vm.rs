@@ -4,9 +4,7 @@
 use ipc_proto::manifest::{Blob, Manifest, PayloadHeader, MANIFEST_MAX, PAYLOAD_MAGIC};
 use ipc_proto::ABI_VERSION;
 use sel4_sys::{c, invoke, CPtr};
-use vmm_server::cpuid::HostCpuid;
-use vmm_server::emulate::{GuestMemory, NotRam};
-use vmm_server::Host;
+use sel4_vmm_server::{BADGE_FAULT, BADGE_REPORT, GUEST_WINDOW, REPORT_LABEL};
 use zerocopy::FromBytes;
 
 use crate::boot::{Allocator, BootInfo};
@@ -14,23 +12,19 @@ use crate::component;
 use crate::console::say;
 
 /// What the root task writes to the debug-exit port at the end, as the
-/// native stub does (QEMU's isa-debug-exit; Bochs ignores it).
-pub const HOST_EXIT_STOPPED: u8 = 0;
+/// native stub does (QEMU's isa-debug-exit; Bochs ignores it): 0 stopped
+/// (from the vmm-server's report), 1 failed, 2 cannot run.
 pub const HOST_EXIT_FAILED: u8 = 1;
 pub const HOST_EXIT_CANNOT_RUN: u8 = 2;
 
-/// Where guest RAM is mapped in the root task's and the vmm-server's
-/// VSpaces: PML4 slot 1.
-pub const GUEST_WINDOW: u64 = 0x80_0000_0000;
 pub const LARGE_PAGE: u64 = 1 << 21;
-/// The RTC's time at boot: 2026-01-01 00:00 UTC.
-pub const RTC_EPOCH: i64 = 1_767_225_600;
 
-/// The 24 bytes in front of the payload in the `.payload` segment:
-/// `SPLTSEL4`, the payload's length and the flags (written by `splitvisor
-/// build --platform sel4`).
+/// The 32 bytes in front of the payload in the `.payload` segment:
+/// `SPLTSEL4`, the payload's length, the flags and the length of the
+/// vmm-server ELF that follows the payload (written by `splitvisor build
+/// --platform sel4`).
 const SEGMENT_MAGIC: [u8; 8] = *b"SPLTSEL4";
-const SEGMENT_HEAD: usize = 24;
+const SEGMENT_HEAD: usize = 32;
 /// Flag: the vmm-server component is to invoke a capability it was not
 /// given (the hostile case of issue 14's tests).
 const FLAG_HOSTILE_VMM: u64 = 1;
@@ -43,7 +37,8 @@ extern "C" {
 #[link_section = ".splitvisor_payload"]
 static PLACEHOLDER: [u8; 4096] = [0; 4096];
 
-fn payload() -> Result<&'static [u8], &'static str> {
+/// The payload and the vmm-server ELF.
+fn payload() -> Result<(&'static [u8], &'static [u8]), &'static str> {
     // SAFETY: the linker script puts the `.payload` segment at
     // `__payload_start`; seL4 loaded the whole segment, whose length the
     // build wrote in front of the payload; nothing writes to it.
@@ -53,11 +48,11 @@ fn payload() -> Result<&'static [u8], &'static str> {
         if head[..8] != SEGMENT_MAGIC {
             return Err("the root task carries no splitvisor payload (build the image with `splitvisor build --platform sel4`)");
         }
-        let len = u64::from_le_bytes(head[8..16].try_into().unwrap_or([0; 8]));
-        Ok(core::slice::from_raw_parts(
-            start.add(SEGMENT_HEAD),
-            len as usize,
-        ))
+        let word = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().unwrap_or([0; 8]));
+        let (len, elf_len) = (word(8) as usize, word(24) as usize);
+        let payload = core::slice::from_raw_parts(start.add(SEGMENT_HEAD), len);
+        let elf = core::slice::from_raw_parts(start.add(SEGMENT_HEAD + len), elf_len);
+        Ok((payload, elf))
     }
 }
 
@@ -96,9 +91,6 @@ fn blob(payload: &[u8], b: Blob) -> Option<&[u8]> {
 /// Ends the run: the debug-exit byte, Bochs's `Shutdown` string on port
 /// 0x8900 (through an I/O port capability), then the thread stops.
 pub fn end(code: u8) -> ! {
-    if crate::vmm::IN_VMM.load(core::sync::atomic::Ordering::Relaxed) {
-        crate::vmm::report(code);
-    }
     let ports = [(0xf4u64, 0xf4u64), (0x8900, 0x8900)];
     let mut slots = [0u64; 2];
     // Slots far above what the allocator hands out: `end` may run from a
@@ -141,79 +133,33 @@ pub fn cannot_run(why: core::fmt::Arguments) -> ! {
 }
 
 /// Guest RAM as the root task maps it: `len` bytes at [`GUEST_WINDOW`].
-pub struct GuestRam {
-    pub len: u64,
+struct GuestRam {
+    len: u64,
 }
 
 impl GuestRam {
-    fn check(&self, gpa: u64, n: usize) -> Result<*mut u8, NotRam> {
-        let end = gpa.checked_add(n as u64).ok_or(NotRam)?;
+    /// Copies `data` to guest-physical `gpa`; `None` if it does not fit.
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Option<()> {
+        let end = gpa.checked_add(data.len() as u64)?;
         if end > self.len {
-            return Err(NotRam);
+            return None;
         }
-        Ok((GUEST_WINDOW + gpa) as *mut u8)
+        // SAFETY: the range lies inside the window, which `build_ram`
+        // mapped read-write; the guest does not run yet.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (GUEST_WINDOW + gpa) as *mut u8,
+                data.len(),
+            )
+        };
+        Some(())
     }
-}
-
-impl GuestMemory for GuestRam {
-    fn ram_bytes(&self) -> u64 {
-        self.len
-    }
-
-    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), NotRam> {
-        let src = self.check(gpa, buf.len())?;
-        // SAFETY: `check` keeps the range inside the window, which is
-        // mapped read-write; the guest does not run while we do.
-        unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
-        Ok(())
-    }
-
-    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), NotRam> {
-        let dst = self.check(gpa, data.len())?;
-        // SAFETY: as for `read_phys`.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
-        Ok(())
-    }
-}
-
-/// The host: the TSC (seL4 leaves RDTSC to user level) and the CPU's CPUID.
-pub struct Sel4Host {
-    pub tsc_hz: u64,
 }
 
 pub fn rdtsc() -> u64 {
     // SAFETY: RDTSC has no memory effects; seL4 leaves CR4.TSD clear.
     unsafe { core::arch::x86_64::_rdtsc() }
-}
-
-/// XSAVE stays hidden (`offers_xsave` is the default no): XCR0 is seL4's
-/// own, which this root task cannot load for the guest.
-impl HostCpuid for Sel4Host {
-    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
-        [r.eax, r.ebx, r.ecx, r.edx]
-    }
-}
-
-impl Host for Sel4Host {
-    fn now(&mut self) -> u64 {
-        rdtsc()
-    }
-    /// seL4's measurement, from its extra boot information.
-    fn ticks_per_second(&self) -> u64 {
-        self.tsc_hz
-    }
-
-    /// Spins until the TSC reaches `t`, a millisecond at a time at most
-    /// (the caller polls the devices and waits again), as the native
-    /// vmm-server does.
-    fn wait_until(&mut self, t: u64) {
-        let most = (self.tsc_hz / 1000).max(1);
-        let start = rdtsc();
-        while rdtsc() < t && rdtsc().wrapping_sub(start) < most {
-            core::hint::spin_loop();
-        }
-    }
 }
 
 pub fn check<T, E: core::fmt::Display>(what: &str, r: Result<T, E>) -> T {
@@ -343,7 +289,7 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
     let (_, end_slot) = bi.empty();
     END_SLOTS.store(end_slot - 2, core::sync::atomic::Ordering::Relaxed);
     let t0 = rdtsc();
-    let payload = payload().unwrap_or_else(|why| cannot_run(format_args!("{why}")));
+    let (payload, vmm_elf) = payload().unwrap_or_else(|why| cannot_run(format_args!("{why}")));
     let manifest = read_manifest(payload).unwrap_or_else(|why| cannot_run(format_args!("{why}")));
     let guest = &manifest.guest;
     if guest.mmu.is_shadow() {
@@ -365,19 +311,19 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
     let mut mem = GuestRam { len: ram };
     let image = blob(payload, guest.image)
         .unwrap_or_else(|| cannot_run(format_args!("the guest image is outside the payload")));
-    if mem.write_phys(guest.load_gpa, image).is_err() {
+    if mem.write_phys(guest.load_gpa, image).is_none() {
         cannot_run(format_args!("the guest image does not fit guest RAM"));
     }
     for s in &guest.segments {
         let bytes = blob(payload, s.blob)
             .unwrap_or_else(|| cannot_run(format_args!("a guest segment is outside the payload")));
-        if mem.write_phys(s.gpa, bytes).is_err() {
+        if mem.write_phys(s.gpa, bytes).is_none() {
             cannot_run(format_args!("a guest segment does not fit guest RAM"));
         }
     }
     let vcpu = check("VCPU", alloc.object(c::OBJ_X86_VCPU, c::X86_VCPU_BITS));
     let hostile = hostile_flag();
-    crate::vmm::ARGS.set(crate::vmm::Args {
+    let args = sel4_vmm_server::Args {
         entry_mode: guest.entry_mode,
         entry_rip: guest.entry_rip,
         entry_regs: [guest.entry_rax, guest.entry_rbx, guest.entry_rsi],
@@ -385,14 +331,15 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
         ram,
         tsc_hz: bi.tsc_hz(),
         hostile_target: if hostile { ept } else { 0 },
-    });
-    let started = component::start_vmm(&mut alloc, &bi, ept, vcpu, &frames);
+    };
+    let started = component::start_vmm(&mut alloc, vmm_elf, &args, ept, vcpu, &frames)
+        .unwrap_or_else(|why| cannot_run(format_args!("the vmm-server ELF {why}")));
     say!(
-        "EPT and VCPU ready, vmm-server component started in {} Mcycles \
-         ({} pages shared read-only, {} copied; 3 capabilities); entering the guest at {:#x}",
+        "EPT and VCPU ready, vmm-server component loaded and started in {} Mcycles \
+         ({} pages read-only, {} writable; 3 capabilities); entering the guest at {:#x}",
         (rdtsc() - t0) / 1_000_000,
-        started.shared_pages,
-        started.copied_pages,
+        started.read_only_pages,
+        started.writable_pages,
         guest.entry_rip
     );
     wait_for_vmm(started.endpoint)
@@ -416,8 +363,8 @@ fn wait_for_vmm(endpoint: CPtr) -> ! {
     loop {
         let m = sel4_sys::recv(endpoint);
         match (m.badge, m.label) {
-            (component::BADGE_REPORT, component::REPORT_LABEL) => end(m.mrs[0] as u8),
-            (component::BADGE_FAULT, c::FAULT_CAP) => {
+            (BADGE_REPORT, REPORT_LABEL) => end(m.mrs[0] as u8),
+            (BADGE_FAULT, c::FAULT_CAP) => {
                 say!(
                     "vm failed: seL4 refused the vmm-server's use of capability {:#x}, \
                      which it was not given (capability fault at rip {:#x}: {})",
@@ -427,7 +374,7 @@ fn wait_for_vmm(endpoint: CPtr) -> ! {
                 );
                 end(HOST_EXIT_FAILED)
             }
-            (component::BADGE_FAULT, c::FAULT_VM) => {
+            (BADGE_FAULT, c::FAULT_VM) => {
                 say!(
                     "vm failed: the vmm-server faulted: page fault at {:#x}, rip {:#x}",
                     m.mrs[c::VM_FAULT_ADDR as usize],
@@ -435,7 +382,7 @@ fn wait_for_vmm(endpoint: CPtr) -> ! {
                 );
                 end(HOST_EXIT_FAILED)
             }
-            (component::BADGE_FAULT, label) => {
+            (BADGE_FAULT, label) => {
                 say!("vm failed: the vmm-server faulted (seL4 fault type {label})");
                 end(HOST_EXIT_FAILED)
             }

@@ -1,91 +1,68 @@
-//! The vmm-server component's main (milestone 2, first stage): the thread
-//! the root task starts in a VSpace and CSpace of its own (see
-//! `component.rs`). It is the VCPU's thread: it sets the guest's initial
-//! state, builds the board's devices and runs `vmm_server::run` with
-//! `seL4_VMEnter` itself, then prints the final line and reports its
-//! ending to the root task, which ends the run.
-//!
-//! TODO(issue 14): this is still the root task's image; the final shape
-//! loads the vmm-server ELF of the payload (a thin seL4 main of the
-//! `vmm_server` library) instead.
+//! The component's main: arguments, the hostile case, the VCPU, the
+//! devices, the exit loop, the final line and the report to the root task.
 
-use core::cell::{RefCell, UnsafeCell};
+use core::cell::RefCell;
 
-use ipc_proto::manifest::{Board, EntryMode};
-use sel4_sys::{c, invoke, CPtr};
+use sel4_sys::{c, invoke};
+use sel4_vmm_server::{Args, ARGS_MAX, REPORT_LABEL, SLOT_REPORT, SLOT_VCPU};
 use vmm_server::board::Board as Devices;
 use vmm_server::boards;
 use vmm_server::devices::uart16550::Uart16550;
 use vmm_server::{Ending, HostConsole, Vmm};
 
-use crate::component;
 use crate::console::{say, vmm_line, DebugConsole};
+use crate::host::{rdtsc, GuestRam, Sel4Host};
 use crate::vcpu::Vcpu;
-use crate::vm::{
-    cannot_run, end, rdtsc, GuestRam, Sel4Host, HOST_EXIT_FAILED, HOST_EXIT_STOPPED, RTC_EPOCH,
-};
 
-/// What the root task tells the component: written before the component's
-/// data is copied, read by the component from its copy.
-#[derive(Clone, Copy)]
-pub struct Args {
-    pub entry_mode: EntryMode,
-    pub entry_rip: u64,
-    /// RAX, RBX, RSI at entry.
-    pub entry_regs: [u64; 3],
-    pub board: Board,
-    pub ram: u64,
-    pub tsc_hz: u64,
-    /// The hostile case (`run --sel4-hostile-vmm`): a capability address
-    /// of the root task's (its EPT) that the component invokes although it
-    /// was not given it; 0 normally.
-    pub hostile_target: CPtr,
+/// The debug-exit byte the root task writes at the end, as the native
+/// stub does (QEMU's isa-debug-exit; Bochs ignores it).
+pub const HOST_EXIT_STOPPED: u8 = 0;
+pub const HOST_EXIT_FAILED: u8 = 1;
+pub const HOST_EXIT_CANNOT_RUN: u8 = 2;
+/// The RTC's time at boot: 2026-01-01 00:00 UTC.
+const RTC_EPOCH: i64 = 1_767_225_600;
+
+/// Ends the run: the root task does the rest.
+pub fn end(code: u8) -> ! {
+    report(code)
 }
 
-pub struct ArgsCell(UnsafeCell<Option<Args>>);
-
-// SAFETY: written once by the root task before the component exists;
-// afterwards each of the two reads only its own copy.
-unsafe impl Sync for ArgsCell {}
-
-impl ArgsCell {
-    pub fn set(&self, args: Args) {
-        // SAFETY: see `Sync`: the root task's one thread, no reader yet.
-        unsafe { *self.0.get() = Some(args) };
-    }
-
-    fn get(&self) -> Option<Args> {
-        // SAFETY: see `Sync`: nobody writes the component's copy.
-        unsafe { *self.0.get() }
-    }
+fn cannot_run(why: core::fmt::Arguments) -> ! {
+    say!("cannot run: {why}");
+    end(HOST_EXIT_CANNOT_RUN)
 }
 
-pub static ARGS: ArgsCell = ArgsCell(UnsafeCell::new(None));
-
-/// Whether this thread is the vmm-server component (set in its copy of
-/// the data only): its ending goes to the root task, not to the ports.
-pub static IN_VMM: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// The arguments: a length (u64) and postcard bytes in the page at `page`.
+fn args(page: *const u8) -> Option<Args> {
+    // SAFETY: the root task mapped the argument page read-only at `page`
+    // (RDI at entry); the length is checked before the bytes are read.
+    let bytes = unsafe {
+        let len = (page as *const u64).read_volatile() as usize;
+        if len > ARGS_MAX {
+            return None;
+        }
+        core::slice::from_raw_parts(page.add(8), len)
+    };
+    postcard::from_bytes(bytes).ok()
+}
 
 /// Tells the root task how the run ends (`code`: the debug-exit byte) and
 /// stops: the root task never replies.
 pub fn report(code: u8) -> ! {
-    let _ = invoke(
-        component::SLOT_REPORT,
-        component::REPORT_LABEL,
-        &[],
-        &[u64::from(code)],
-    );
+    let _ = invoke(SLOT_REPORT, REPORT_LABEL, &[], &[u64::from(code)]);
     loop {
         core::hint::spin_loop();
     }
 }
 
-/// The component's entry (from `_vmm_start`).
-pub extern "C" fn vmm_main() -> ! {
-    sel4_sys::set_ipc_buffer(component::ipc_buffer_va() as *mut u8);
-    IN_VMM.store(true, core::sync::atomic::Ordering::Relaxed);
-    let Some(args) = ARGS.get() else {
-        cannot_run(format_args!("the vmm-server component has no arguments"))
+/// The component's entry (from `_start`): RDI its argument page, RSI its
+/// IPC buffer.
+pub extern "C" fn vmm_main(args_page: *const u8, ipc_buffer: *mut u8) -> ! {
+    sel4_sys::set_ipc_buffer(ipc_buffer);
+    let Some(args) = args(args_page) else {
+        cannot_run(format_args!(
+            "the vmm-server component's arguments do not decode"
+        ))
     };
     if args.hostile_target != 0 {
         vmm_line(format_args!(
@@ -97,13 +74,8 @@ pub extern "C" fn vmm_main() -> ! {
         // capability fault, which seL4 sends to the root task: not here.
         vmm_line(format_args!("hostile: seL4 answered {r:?}"));
     }
-    let mut vcpu = Vcpu::new(
-        component::SLOT_VCPU,
-        args.entry_mode,
-        args.entry_rip,
-        args.entry_regs,
-    )
-    .unwrap_or_else(|e| cannot_run(format_args!("{e}")));
+    let mut vcpu = Vcpu::new(SLOT_VCPU, args.entry_mode, args.entry_rip, args.entry_regs)
+        .unwrap_or_else(|e| cannot_run(format_args!("{e}")));
     let mut mem = GuestRam { len: args.ram };
     let console = RefCell::new(HostConsole::new(DebugConsole, true));
     let board = Devices::new();

@@ -133,7 +133,7 @@ struct Mode {
     cpl: u8,
 }
 
-/// The VCPU capability with the state the root task keeps for it.
+/// The VCPU capability with the state the vmm-server keeps for it.
 pub struct Vcpu {
     cap: CPtr,
     /// Primary processor-based controls as seL4 set them, plus HLT exiting.
@@ -149,7 +149,7 @@ pub struct Vcpu {
     entry_info: u64,
     interrupt_window: bool,
     /// The mode the fast path reuses; `None` until the first full exit and
-    /// after the root task writes RSP or EFER.
+    /// after a resume writes RSP or EFER.
     mode: Option<Mode>,
     /// The last exit's record (its registers decide what a resume changes).
     last: ExitRecord,
