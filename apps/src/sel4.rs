@@ -330,9 +330,19 @@ pub fn build_kernel() -> Result<Kernel, String> {
     })
 }
 
-/// Builds the root task and the vmm-server component against `kernel`;
-/// returns their ELFs.
-pub fn build_root_task(kernel: &Kernel) -> Result<(PathBuf, PathBuf), String> {
+/// The ELFs of the seL4 image: the root task and the two components.
+pub struct Elfs {
+    /// The root task (before the payload is attached).
+    pub root_task: PathBuf,
+    /// The vmm-server component.
+    pub vmm_server: PathBuf,
+    /// The mmu-server component.
+    pub mmu_server: PathBuf,
+}
+
+/// Builds the root task and the vmm-server and mmu-server components
+/// against `kernel`; returns their ELFs.
+pub fn build_root_task(kernel: &Kernel) -> Result<Elfs, String> {
     let root = images::workspace_root();
     let target_dir = root.join("target").join("sel4").join("cargo");
     let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -346,6 +356,8 @@ pub fn build_root_task(kernel: &Kernel) -> Result<(PathBuf, PathBuf), String> {
             "sel4-root-task",
             "-p",
             "sel4-vmm-server",
+            "-p",
+            "sel4-mmu-server",
         ])
         .current_dir(&root)
         .env("CARGO_TARGET_DIR", &target_dir)
@@ -361,13 +373,17 @@ pub fn build_root_task(kernel: &Kernel) -> Result<(PathBuf, PathBuf), String> {
         return Err(format!("building the seL4 root task failed ({status})"));
     }
     let dir = target_dir.join(images::TARGET).join("release");
-    let (elf, vmm) = (dir.join("sel4-root-task"), dir.join("sel4-vmm-server"));
-    for f in [&elf, &vmm] {
+    let elfs = Elfs {
+        root_task: dir.join("sel4-root-task"),
+        vmm_server: dir.join("sel4-vmm-server"),
+        mmu_server: dir.join("sel4-mmu-server"),
+    };
+    for f in [&elfs.root_task, &elfs.vmm_server, &elfs.mmu_server] {
         if !f.is_file() {
             return Err(format!("cargo made no {}", f.display()));
         }
     }
-    Ok((elf, vmm))
+    Ok(elfs)
 }
 
 /// The payload of a native system image: from the first page boundary
@@ -384,10 +400,10 @@ pub fn extract_payload(image: &[u8]) -> Option<&[u8]> {
     })
 }
 
-/// The 32 bytes in front of the payload in the root task's `.payload`
-/// segment: `SPLTSEL4`, the payload's length, [`Flags`] and the length of
-/// the vmm-server component's ELF, which follows the payload (little
-/// endian).
+/// The 40 bytes in front of the payload in the root task's `.payload`
+/// segment: `SPLTSEL4`, the payload's length, [`Flags`] and the lengths of
+/// the vmm-server and mmu-server components' ELFs, which follow the
+/// payload in that order (little endian).
 pub const SEGMENT_MAGIC: &[u8; 8] = b"SPLTSEL4";
 
 /// What the root task is told besides the payload (the segment's flags
@@ -408,13 +424,14 @@ impl Flags {
 /// A copy of the root task ELF with `payload` as its last PT_LOAD segment:
 /// the segment the linker script reserves (`.payload`, one page) is
 /// pointed at `SPLTSEL4`, the lengths, the flags, the payload and the
-/// vmm-server ELF, appended to the file at an offset congruent to its
-/// address, and widened over them.
+/// components' ELFs (`components`: the vmm-server's, the mmu-server's),
+/// appended to the file at an offset congruent to its address, and widened
+/// over them.
 pub fn attach_payload(
     elf: &[u8],
     payload: &[u8],
     flags: Flags,
-    vmm_elf: &[u8],
+    components: [&[u8]; 2],
 ) -> Result<Vec<u8>, String> {
     let bad = |why: &str| format!("the root task ELF {why}");
     let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]);
@@ -445,10 +462,14 @@ pub fn attach_payload(
     out.extend_from_slice(SEGMENT_MAGIC);
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(&flags.word().to_le_bytes());
-    out.extend_from_slice(&(vmm_elf.len() as u64).to_le_bytes());
+    for c in components {
+        out.extend_from_slice(&(c.len() as u64).to_le_bytes());
+    }
     out.extend_from_slice(payload);
-    out.extend_from_slice(vmm_elf);
-    let size = (32 + payload.len() + vmm_elf.len()) as u64;
+    for c in components {
+        out.extend_from_slice(c);
+    }
+    let size = (40 + payload.len() + components.iter().map(|c| c.len()).sum::<usize>()) as u64;
     out[last + 8..last + 16].copy_from_slice(&offset.to_le_bytes());
     out[last + 32..last + 40].copy_from_slice(&size.to_le_bytes());
     out[last + 40..last + 48].copy_from_slice(&size.to_le_bytes());
@@ -496,14 +517,16 @@ pub fn build(spec: &images::SystemSpec, flags: Flags) -> Result<Built, String> {
             kernel.prefix.display()
         );
     }
-    let (root_task, vmm_server) = build_root_task(&kernel)?;
+    let elfs = build_root_task(&kernel)?;
+    let root_task = elfs.root_task;
     let image = images::build_system_spec(spec).map_err(|e| e.to_string())?;
     let image_bytes = std::fs::read(&image).map_err(|e| format!("{}: {e}", image.display()))?;
     let payload = extract_payload(&image_bytes)
         .ok_or_else(|| format!("{} has no splitvisor payload", image.display()))?;
     let elf = std::fs::read(&root_task).map_err(|e| format!("{}: {e}", root_task.display()))?;
-    let vmm = std::fs::read(&vmm_server).map_err(|e| format!("{}: {e}", vmm_server.display()))?;
-    let combined = attach_payload(&elf, payload, flags, &vmm)?;
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let (vmm, mmu) = (read(&elfs.vmm_server)?, read(&elfs.mmu_server)?);
+    let combined = attach_payload(&elf, payload, flags, [&vmm, &mmu])?;
     let mut stem = image
         .file_stem()
         .map_or("guest".into(), |s| s.to_string_lossy().into_owned());
@@ -690,7 +713,7 @@ mod tests {
             elf[h + 48..h + 56].copy_from_slice(&0x1000u64.to_le_bytes());
         }
         let flags = Flags { hostile_vmm: true };
-        let out = attach_payload(&elf, b"payload", flags, b"vmm").unwrap();
+        let out = attach_payload(&elf, b"payload", flags, [b"vmm", b"mmu!"]).unwrap();
         let h = 64 + 56;
         let off = u64::from_le_bytes(out[h + 8..h + 16].try_into().unwrap()) as usize;
         assert_eq!(off % 0x1000, 0x59_4000 % 0x1000);
@@ -698,9 +721,10 @@ mod tests {
         assert_eq!(&out[off + 8..off + 16], &7u64.to_le_bytes());
         assert_eq!(&out[off + 16..off + 24], &1u64.to_le_bytes());
         assert_eq!(&out[off + 24..off + 32], &3u64.to_le_bytes());
-        assert_eq!(&out[off + 32..], b"payloadvmm");
+        assert_eq!(&out[off + 32..off + 40], &4u64.to_le_bytes());
+        assert_eq!(&out[off + 40..], b"payloadvmmmmu!");
         let filesz = u64::from_le_bytes(out[h + 32..h + 40].try_into().unwrap());
-        assert_eq!(filesz, 32 + 7 + 3);
+        assert_eq!(filesz, 40 + 7 + 3 + 4);
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! End-to-end on seL4 (issue 14): `splitvisor run --platform sel4` builds
 //! the seL4 kernel (cached under `target/sel4/`), the root task and a GRUB
 //! ISO, and boots it in Bochs (`corei7_skylake_x`: VMX with EPT and
-//! unrestricted guest). The root task starts the vmm-server as a component
-//! of its own (VSpace, CSpace, the VCPU's thread), which runs the exit
-//! handler; each test reads the guest's own output and the final line.
+//! unrestricted guest). The root task starts the mmu-server (it builds the
+//! EPT) and the vmm-server (the VCPU's thread, it runs the exit handler) as
+//! components of their own (ELF, VSpace, CSpace); each test reads the guest's own output and the final line.
 //!
 //! Needs the seL4 sources (`SEL4_SRC`, or `../shared/sel4/seL4-16.0.0.tar.gz`
 //! beside the workspace): without them each test prints why and returns.
@@ -49,10 +49,15 @@ fn hello_guest_on_sel4_in_bochs_prints_its_line_and_exits_0() {
         "no exact guest line\n{r}"
     );
     assert!(
-        r.stdout.lines().any(|l| l
-            .starts_with("[stub] EPT and VCPU ready, vmm-server component loaded and started")
-            && l.contains("; 3 capabilities)")),
-        "the vmm-server did not run as a component of its own\n{r}"
+        r.stdout.lines().any(
+            |l| l.starts_with("[stub] EPT built by the mmu-server component")
+                && l.contains("; 3 capabilities)")
+        ),
+        "the servers did not run as components of their own\n{r}"
+    );
+    assert!(
+        r.has_line("[mmu] EPT: 16 MiB of guest RAM in 8 2 MiB pages"),
+        "the mmu-server did not map guest RAM\n{r}"
     );
     assert!(
         r.stdout

@@ -20,6 +20,7 @@ int main(void)
     C("UNTYPED_RETYPE", UntypedRetype);
     C("CNODE_COPY", CNodeCopy);
     C("CNODE_MINT", CNodeMint);
+    C("CNODE_MOVE", CNodeMove);
     C("TCB_CONFIGURE", TCBConfigure);
     C("TCB_WRITE_REGISTERS", TCBWriteRegisters);
     C("TCB_SET_PRIORITY", TCBSetPriority);

@@ -1,23 +1,23 @@
-//! The vmm-server as a component of its own (milestone 2 of issue 14): the
-//! root task loads the `sel4-vmm-server` ELF carried in its payload into a
-//! VSpace of its own, builds it a CSpace with exactly the capabilities of
-//! `sel4_vmm_server`'s contract and starts its thread.
+//! The servers as components of their own (milestone 2 of issue 14): the
+//! root task loads the `sel4-mmu-server` and `sel4-vmm-server` ELFs carried
+//! in its payload, each into a VSpace of its own, builds each a CSpace with
+//! exactly the capabilities of its contract (the crates' libs) and starts
+//! its thread.
 //!
-//! Its VSpace holds the ELF's segments (in fresh frames: code and
-//! read-only data mapped read-only), its IPC buffer, a read-only page with
-//! its arguments and guest RAM; nothing of the root task's. Its CSpace
-//! holds three capabilities: the VCPU (bound to its thread) and two badged
-//! endpoint capabilities to the root task, one to report its ending and
-//! one seL4 sends its faults to. It gets no capability to a guest-RAM
-//! frame, the EPT, an I/O port or a page table: what it may touch is
-//! mapped for it.
+//! A VSpace holds the ELF's segments (in fresh frames: code and read-only
+//! data mapped read-only), the IPC buffer, a read-only page with the
+//! arguments and, for the vmm-server, guest RAM; nothing of the root
+//! task's. The vmm-server's CSpace holds three capabilities: the VCPU
+//! (bound to its thread) and two badged endpoint capabilities to the root
+//! task, one to report its ending and one seL4 sends its faults to; it gets
+//! no capability to a guest-RAM frame, the EPT, an I/O port or a page
+//! table: what it may touch is mapped for it. The mmu-server's holds the
+//! EPT objects and the guest-RAM frames, which it maps with
+//! `Page_MapEPT`, and the same two endpoint capabilities.
 
 use sel4_sys::{c, invoke, CPtr};
 
-use sel4_vmm_server::{
-    Args, ARGS_MAX, BADGE_FAULT, BADGE_REPORT, CNODE_BITS, GUEST_WINDOW, SLOT_FAULT, SLOT_REPORT,
-    SLOT_VCPU,
-};
+use sel4_vmm_server::GUEST_WINDOW;
 
 use crate::boot::Allocator;
 use crate::vm::{check, kernel, LARGE_PAGE};
@@ -121,10 +121,15 @@ fn filled_frame(alloc: &mut Allocator, bytes: &[u8]) -> CPtr {
     frame
 }
 
-/// What the root task learns from starting the component.
-pub struct Started {
-    /// The endpoint the component reports and faults to.
-    pub endpoint: CPtr,
+/// A component loaded and configured, not yet running.
+pub struct Loaded {
+    /// Its thread and its CNode (in the root task's CSpace).
+    pub tcb: CPtr,
+    cnode: CPtr,
+    cnode_bits: u64,
+    entry: u64,
+    ipc_va: u64,
+    args_va: u64,
     /// Pages of its image: read-only, writable.
     pub read_only_pages: u64,
     pub writable_pages: u64,
@@ -188,18 +193,32 @@ fn map_page(frame: CPtr, vspace: CPtr, va: u64, rights: u64) {
     );
 }
 
-/// Loads the vmm-server ELF `elf` as a component around `vcpu` and `ept`
-/// and starts it. `ram` are the guest-RAM frames (2 MiB each, from
-/// guest-physical 0); the component gets a mapping of each, not the
-/// capabilities.
-pub fn start_vmm(
+/// Maps the page tables of the root task's scratch page (once, before the
+/// first `load`).
+pub fn map_scratch(alloc: &mut Allocator) {
+    map_tables(
+        alloc,
+        c::CAP_INIT_THREAD_VSPACE,
+        SCRATCH,
+        SCRATCH + PAGE,
+        true,
+    );
+}
+
+/// Loads the component ELF `elf` into a VSpace of its own with its
+/// arguments `args` (postcard) in a read-only page and `ram` (2 MiB
+/// frames, from guest-physical 0; empty for none) mapped at
+/// [`GUEST_WINDOW`], and configures its thread: an empty CNode of
+/// 2^`cnode_bits` slots as its CSpace, `fault_slot` its fault endpoint.
+/// [`grant`] fills the CNode, [`resume`] starts it.
+pub fn load(
     alloc: &mut Allocator,
     elf: &[u8],
-    args: &Args,
-    ept: CPtr,
-    vcpu: CPtr,
+    args: &[u8],
     ram: &[CPtr],
-) -> Result<Started, &'static str> {
+    cnode_bits: u64,
+    fault_slot: CPtr,
+) -> Result<Loaded, &'static str> {
     let (entry, segments) = parse_elf(elf)?;
     let low = segments.iter().map(|s| s.vaddr).min().unwrap_or(IMAGE_LOW);
     let high = segments
@@ -212,12 +231,15 @@ pub fn start_vmm(
     if args_va + PAGE > IMAGE_HIGH {
         return Err("leaves no room for its IPC buffer");
     }
+    if args.len() + 8 > PAGE as usize {
+        return Err("has arguments longer than a page");
+    }
 
     // The VSpace: a PML4 with an ASID, tables for the image and for the
     // guest-RAM window.
     let pml4 = check("PML4", alloc.object(c::OBJ_X86_PML4, c::X86_PML4_BITS));
     kernel(
-        "ASIDPool_Assign for the vmm-server",
+        "ASIDPool_Assign for a component",
         invoke(
             c::CAP_INIT_THREAD_ASID_POOL,
             c::X86_ASID_POOL_ASSIGN,
@@ -226,14 +248,6 @@ pub fn start_vmm(
         ),
     );
     map_tables(alloc, pml4, low, args_va + PAGE, true);
-    map_tables(alloc, pml4, GUEST_WINDOW, GUEST_WINDOW, false);
-    map_tables(
-        alloc,
-        c::CAP_INIT_THREAD_VSPACE,
-        SCRATCH,
-        SCRATCH + PAGE,
-        true,
-    );
 
     // The segments, page by page into fresh frames.
     let (mut read_only_pages, mut writable_pages) = (0, 0);
@@ -255,13 +269,14 @@ pub fn start_vmm(
     }
     let ipc_frame = filled_frame(alloc, &[]);
     map_page(ipc_frame, pml4, ipc_va, c::ALL_RIGHTS);
-    let mut page = [0u8; 8 + ARGS_MAX];
-    let len = postcard::to_slice(args, &mut page[8..])
-        .map_err(|_| "arguments do not encode")?
-        .len();
-    page[..8].copy_from_slice(&(len as u64).to_le_bytes());
+    let mut page = [0u8; PAGE as usize];
+    page[..8].copy_from_slice(&(args.len() as u64).to_le_bytes());
+    page[8..8 + args.len()].copy_from_slice(args);
     let args_frame = filled_frame(alloc, &page);
     map_page(args_frame, pml4, args_va, c::CAN_READ);
+    if !ram.is_empty() {
+        map_tables(alloc, pml4, GUEST_WINDOW, GUEST_WINDOW, false);
+    }
     for (i, &frame) in ram.iter().enumerate() {
         let copy = check("a copy of a guest-RAM capability", alloc.copy(frame));
         map_page(
@@ -271,54 +286,24 @@ pub fn start_vmm(
             c::ALL_RIGHTS,
         );
     }
-    // The CSpace: the VCPU and the two endpoint capabilities.
-    let cnode = check(
-        "CNode",
-        alloc.object_sized(c::OBJ_CNODE, CNODE_BITS, CNODE_BITS + c::SLOT_BITS),
-    );
-    let endpoint = check("endpoint", alloc.object(c::OBJ_ENDPOINT, c::ENDPOINT_BITS));
-    // seL4_CNode_Copy(dest cnode, index, depth, src root, src, depth, rights)
-    kernel(
-        "CNode_Copy of the VCPU",
-        invoke(
-            cnode,
-            c::CNODE_COPY,
-            &[c::CAP_INIT_THREAD_CNODE],
-            &[SLOT_VCPU, CNODE_BITS, vcpu, c::WORD_BITS, c::ALL_RIGHTS],
-        ),
-    );
-    for (slot, badge) in [(SLOT_REPORT, BADGE_REPORT), (SLOT_FAULT, BADGE_FAULT)] {
-        // Send and be replied to (a fault needs the reply right), not receive.
-        kernel(
-            "CNode_Mint of an endpoint",
-            invoke(
-                cnode,
-                c::CNODE_MINT,
-                &[c::CAP_INIT_THREAD_CNODE],
-                &[
-                    slot,
-                    CNODE_BITS,
-                    endpoint,
-                    c::WORD_BITS,
-                    c::CAN_WRITE_GRANT_REPLY,
-                    badge,
-                ],
-            ),
-        );
-    }
 
     // The thread: its fault endpoint is a slot of its own CSpace; the
-    // CNode's guard (64 - 4 bits of zeros, seL4_CNode_CapData's guard
-    // size in bits 5:0) makes a capability address resolve in one level.
+    // CNode's guard (zeros, 64 - cnode_bits of them: seL4_CNode_CapData's
+    // guard size in bits 5:0) makes a capability address resolve in one
+    // level and every larger one fail.
+    let cnode = check(
+        "CNode",
+        alloc.object_sized(c::OBJ_CNODE, cnode_bits, cnode_bits + c::SLOT_BITS),
+    );
     let tcb = check("TCB", alloc.object(c::OBJ_TCB, c::TCB_BITS));
-    let guard = c::WORD_BITS - CNODE_BITS;
+    let guard = c::WORD_BITS - cnode_bits;
     kernel(
         "TCB_Configure",
         invoke(
             tcb,
             c::TCB_CONFIGURE,
             &[cnode, pml4, ipc_frame],
-            &[SLOT_FAULT, guard, 0, ipc_va],
+            &[fault_slot, guard, 0, ipc_va],
         ),
     );
     kernel(
@@ -330,28 +315,148 @@ pub fn start_vmm(
             &[PRIORITY],
         ),
     );
-    kernel(
-        "TCB_SetEPTRoot",
-        invoke(tcb, c::TCB_SET_EPT_ROOT, &[ept], &[]),
-    );
-    kernel(
-        "VCPU_SetTCB",
-        invoke(vcpu, c::X86_VCPU_SET_TCB, &[tcb], &[]),
-    );
-    // seL4_TCB_WriteRegisters(resume, flags, count 9: RIP, RSP, RFLAGS,
-    // RAX, RBX, RCX, RDX, RSI, RDI): the component sets its own stack.
-    kernel(
-        "TCB_WriteRegisters",
-        invoke(
-            tcb,
-            c::TCB_WRITE_REGISTERS,
-            &[],
-            &[1, 9, entry, 0, 0, 0, 0, 0, 0, ipc_va, args_va],
-        ),
-    );
-    Ok(Started {
-        endpoint,
+    Ok(Loaded {
+        tcb,
+        cnode,
+        cnode_bits,
+        entry,
+        ipc_va,
+        args_va,
         read_only_pages,
         writable_pages,
     })
+}
+
+/// How a capability goes into a component's CSpace.
+#[derive(Clone, Copy)]
+pub enum How {
+    /// A copy with these rights.
+    Copy(u64),
+    /// A copy with these rights and this badge (endpoints).
+    Mint(u64, u64),
+    /// The capability itself: the root task keeps none.
+    Move,
+}
+
+/// Puts the root task's capability `src` into `slot` of the component's
+/// CSpace.
+pub fn grant(l: &Loaded, slot: CPtr, src: CPtr, how: How) {
+    let root = c::CAP_INIT_THREAD_CNODE;
+    let depth = l.cnode_bits;
+    // seL4_CNode_Copy/Mint/Move(dest cnode, index, depth, src root, src,
+    // depth[, rights[, badge]])
+    let r = match how {
+        How::Copy(rights) => invoke(
+            l.cnode,
+            c::CNODE_COPY,
+            &[root],
+            &[slot, depth, src, c::WORD_BITS, rights],
+        ),
+        How::Mint(rights, badge) => invoke(
+            l.cnode,
+            c::CNODE_MINT,
+            &[root],
+            &[slot, depth, src, c::WORD_BITS, rights, badge],
+        ),
+        How::Move => invoke(
+            l.cnode,
+            c::CNODE_MOVE,
+            &[root],
+            &[slot, depth, src, c::WORD_BITS],
+        ),
+    };
+    kernel("a capability for a component", r);
+}
+
+/// Starts the component: `TCB_WriteRegisters` (resume, count 9: RIP, RSP,
+/// RFLAGS, RAX, RBX, RCX, RDX, RSI, RDI) with RIP its entry, RDI its
+/// argument page and RSI its IPC buffer; it sets its own stack.
+pub fn resume(l: &Loaded) {
+    kernel(
+        "TCB_WriteRegisters",
+        invoke(
+            l.tcb,
+            c::TCB_WRITE_REGISTERS,
+            &[],
+            &[1, 9, l.entry, 0, 0, 0, 0, 0, 0, l.ipc_va, l.args_va],
+        ),
+    );
+}
+
+/// The vmm-server component (`sel4_vmm_server`'s contract): its ELF with
+/// `args`, guest RAM mapped, the VCPU bound to its thread, `ept` its EPT,
+/// and two badged capabilities to the root task's `endpoint`. Not started:
+/// [`resume`] it once the EPT is built.
+pub fn start_vmm(
+    alloc: &mut Allocator,
+    elf: &[u8],
+    args: &sel4_vmm_server::Args,
+    endpoint: CPtr,
+    ept: CPtr,
+    vcpu: CPtr,
+    ram: &[CPtr],
+) -> Result<Loaded, &'static str> {
+    use sel4_vmm_server as v;
+    let mut buf = [0u8; v::ARGS_MAX];
+    let args = postcard::to_slice(args, &mut buf).map_err(|_| "arguments do not encode")?;
+    let l = load(alloc, elf, args, ram, v::CNODE_BITS, v::SLOT_FAULT)?;
+    grant(&l, v::SLOT_VCPU, vcpu, How::Copy(c::ALL_RIGHTS));
+    // Send and be replied to (a fault needs the reply right), not receive.
+    let send = c::CAN_WRITE_GRANT_REPLY;
+    grant(
+        &l,
+        v::SLOT_REPORT,
+        endpoint,
+        How::Mint(send, v::BADGE_REPORT),
+    );
+    grant(&l, v::SLOT_FAULT, endpoint, How::Mint(send, v::BADGE_FAULT));
+    kernel(
+        "TCB_SetEPTRoot",
+        invoke(l.tcb, c::TCB_SET_EPT_ROOT, &[ept], &[]),
+    );
+    kernel(
+        "VCPU_SetTCB",
+        invoke(vcpu, c::X86_VCPU_SET_TCB, &[l.tcb], &[]),
+    );
+    Ok(l)
+}
+
+/// The mmu-server component (`sel4_mmu_server`'s contract): its ELF, the
+/// EPT's PML4 (a copy: the root task binds it to the vmm-server's thread),
+/// PDPT and page directory and the guest-RAM frames (moved: the root task
+/// keeps only its own mapped copies), two badged capabilities to the root
+/// task's `endpoint`. Started: it maps the EPT and reports.
+pub fn start_mmu(
+    alloc: &mut Allocator,
+    elf: &[u8],
+    endpoint: CPtr,
+    ept: [CPtr; 3],
+    ram: &[CPtr],
+) -> Result<Loaded, &'static str> {
+    use sel4_mmu_server as m;
+    let args = m::Args {
+        frames: ram.len() as u64,
+    };
+    let mut buf = [0u8; m::ARGS_MAX];
+    let args = postcard::to_slice(&args, &mut buf).map_err(|_| "arguments do not encode")?;
+    if ram.len() as u64 > (1 << m::CNODE_BITS) - m::SLOT_FRAMES {
+        return Err("gets more frames than its CNode holds");
+    }
+    let l = load(alloc, elf, args, &[], m::CNODE_BITS, m::SLOT_FAULT)?;
+    let send = c::CAN_WRITE_GRANT_REPLY;
+    grant(
+        &l,
+        m::SLOT_REPORT,
+        endpoint,
+        How::Mint(send, m::BADGE_REPORT),
+    );
+    grant(&l, m::SLOT_FAULT, endpoint, How::Mint(send, m::BADGE_FAULT));
+    grant(&l, m::SLOT_EPT_PML4, ept[0], How::Copy(c::ALL_RIGHTS));
+    grant(&l, m::SLOT_EPT_PDPT, ept[1], How::Move);
+    grant(&l, m::SLOT_EPT_PD, ept[2], How::Move);
+    for (i, &frame) in ram.iter().enumerate() {
+        grant(&l, m::SLOT_FRAMES + i as u64, frame, How::Move);
+    }
+    resume(&l);
+    Ok(l)
 }

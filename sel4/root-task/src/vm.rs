@@ -4,7 +4,7 @@
 use ipc_proto::manifest::{Blob, Manifest, PayloadHeader, MANIFEST_MAX, PAYLOAD_MAGIC};
 use ipc_proto::ABI_VERSION;
 use sel4_sys::{c, invoke, CPtr};
-use sel4_vmm_server::{BADGE_FAULT, BADGE_REPORT, GUEST_WINDOW, REPORT_LABEL};
+use sel4_vmm_server::GUEST_WINDOW;
 use zerocopy::FromBytes;
 
 use crate::boot::{Allocator, BootInfo};
@@ -19,12 +19,12 @@ pub const HOST_EXIT_CANNOT_RUN: u8 = 2;
 
 pub const LARGE_PAGE: u64 = 1 << 21;
 
-/// The 32 bytes in front of the payload in the `.payload` segment:
-/// `SPLTSEL4`, the payload's length, the flags and the length of the
-/// vmm-server ELF that follows the payload (written by `splitvisor build
-/// --platform sel4`).
+/// The 40 bytes in front of the payload in the `.payload` segment:
+/// `SPLTSEL4`, the payload's length, the flags and the lengths of the
+/// vmm-server and mmu-server ELFs that follow the payload (written by
+/// `splitvisor build --platform sel4`).
 const SEGMENT_MAGIC: [u8; 8] = *b"SPLTSEL4";
-const SEGMENT_HEAD: usize = 32;
+const SEGMENT_HEAD: usize = 40;
 /// Flag: the vmm-server component is to invoke a capability it was not
 /// given (the hostile case of issue 14's tests).
 const FLAG_HOSTILE_VMM: u64 = 1;
@@ -37,8 +37,10 @@ extern "C" {
 #[link_section = ".splitvisor_payload"]
 static PLACEHOLDER: [u8; 4096] = [0; 4096];
 
-/// The payload and the vmm-server ELF.
-fn payload() -> Result<(&'static [u8], &'static [u8]), &'static str> {
+/// The payload and the vmm-server and mmu-server ELFs.
+type Payload = (&'static [u8], &'static [u8], &'static [u8]);
+
+fn payload() -> Result<Payload, &'static str> {
     // SAFETY: the linker script puts the `.payload` segment at
     // `__payload_start`; seL4 loaded the whole segment, whose length the
     // build wrote in front of the payload; nothing writes to it.
@@ -49,10 +51,11 @@ fn payload() -> Result<(&'static [u8], &'static [u8]), &'static str> {
             return Err("the root task carries no splitvisor payload (build the image with `splitvisor build --platform sel4`)");
         }
         let word = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().unwrap_or([0; 8]));
-        let (len, elf_len) = (word(8) as usize, word(24) as usize);
+        let (len, vmm_len, mmu_len) = (word(8) as usize, word(24) as usize, word(32) as usize);
         let payload = core::slice::from_raw_parts(start.add(SEGMENT_HEAD), len);
-        let elf = core::slice::from_raw_parts(start.add(SEGMENT_HEAD + len), elf_len);
-        Ok((payload, elf))
+        let vmm = core::slice::from_raw_parts(start.add(SEGMENT_HEAD + len), vmm_len);
+        let mmu = core::slice::from_raw_parts(start.add(SEGMENT_HEAD + len + vmm_len), mmu_len);
+        Ok((payload, vmm, mmu))
     }
 }
 
@@ -170,12 +173,12 @@ pub fn kernel<T>(what: &str, r: Result<T, sel4_sys::Error>) -> T {
     r.unwrap_or_else(|e| cannot_run(format_args!("seL4 refused {what}: error {}", e.code)))
 }
 
-/// Builds guest RAM: 2 MiB frames, each mapped into the EPT at its
-/// guest-physical address and (a copy of the capability) into the root
-/// task's window. Returns the EPT's PML4 and the frames.
-///
-/// TODO(issue 14): the mmu-server's job, as its own component.
-fn build_ram(alloc: &mut Allocator, ram: u64) -> (CPtr, heapless::Vec<CPtr, 512>) {
+/// Builds guest RAM: 2 MiB frames, each mapped (a copy of the
+/// capability) into the root task's window, and the EPT's objects, empty:
+/// its PML4 (with an ASID), one PDPT and one page directory, which the
+/// mmu-server component puts together and fills. Returns the EPT objects
+/// and the frames.
+fn build_ram(alloc: &mut Allocator, ram: u64) -> ([CPtr; 3], heapless::Vec<CPtr, 512>) {
     if ram > 1 << 30 {
         cannot_run(format_args!(
             "guest RAM above 1 GiB is not built yet on seL4"
@@ -198,27 +201,9 @@ fn build_ram(alloc: &mut Allocator, ram: u64) -> (CPtr, heapless::Vec<CPtr, 512>
         "EPT PDPT",
         alloc.object(c::OBJ_X86_EPT_PDPT, c::X86_EPT_PDPT_BITS),
     );
-    kernel(
-        "EPTPDPT_Map",
-        invoke(
-            pdpt,
-            c::X86_EPT_PDPT_MAP,
-            &[ept],
-            &[0, c::X86_EPT_DEFAULT_VM_ATTRIBUTES],
-        ),
-    );
     let pd = check(
         "EPT PD",
         alloc.object(c::OBJ_X86_EPT_PD, c::X86_EPT_PD_BITS),
-    );
-    kernel(
-        "EPTPD_Map",
-        invoke(
-            pd,
-            c::X86_EPT_PD_MAP,
-            &[ept],
-            &[0, c::X86_EPT_DEFAULT_VM_ATTRIBUTES],
-        ),
     );
     // The root task's window: a PDPT in PML4 slot 1 and a PD for its first GiB.
     let vspace = c::CAP_INIT_THREAD_VSPACE;
@@ -252,15 +237,6 @@ fn build_ram(alloc: &mut Allocator, ram: u64) -> (CPtr, heapless::Vec<CPtr, 512>
             "guest RAM",
             alloc.object(c::OBJ_X86_LARGE_PAGE, c::LARGE_PAGE_BITS),
         );
-        kernel(
-            "Page_MapEPT",
-            invoke(
-                frame,
-                c::X86_PAGE_MAP_EPT,
-                &[ept],
-                &[gpa, c::ALL_RIGHTS, c::X86_EPT_DEFAULT_VM_ATTRIBUTES],
-            ),
-        );
         let mine = check("a copy of a guest-RAM capability", alloc.copy(frame));
         kernel(
             "Page_Map",
@@ -278,7 +254,7 @@ fn build_ram(alloc: &mut Allocator, ram: u64) -> (CPtr, heapless::Vec<CPtr, 512>
         let _ = frames.push(frame);
         gpa += LARGE_PAGE;
     }
-    (ept, frames)
+    ([ept, pdpt, pd], frames)
 }
 
 /// The root task's entry (from `_start`, RDI = the boot information).
@@ -289,7 +265,8 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
     let (_, end_slot) = bi.empty();
     END_SLOTS.store(end_slot - 2, core::sync::atomic::Ordering::Relaxed);
     let t0 = rdtsc();
-    let (payload, vmm_elf) = payload().unwrap_or_else(|why| cannot_run(format_args!("{why}")));
+    let (payload, vmm_elf, mmu_elf) =
+        payload().unwrap_or_else(|why| cannot_run(format_args!("{why}")));
     let manifest = read_manifest(payload).unwrap_or_else(|why| cannot_run(format_args!("{why}")));
     let guest = &manifest.guest;
     if guest.mmu.is_shadow() {
@@ -330,19 +307,40 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
         board: guest.board,
         ram,
         tsc_hz: bi.tsc_hz(),
-        hostile_target: if hostile { ept } else { 0 },
+        hostile_target: if hostile { ept[0] } else { 0 },
     };
-    let started = component::start_vmm(&mut alloc, vmm_elf, &args, ept, vcpu, &frames)
+    let endpoint = check("endpoint", alloc.object(c::OBJ_ENDPOINT, c::ENDPOINT_BITS));
+    component::map_scratch(&mut alloc);
+    // The vmm-server first (its guest-RAM mappings are copies of the frame
+    // capabilities, which then move to the mmu-server); it runs once the
+    // mmu-server has built the EPT.
+    let vmm = component::start_vmm(&mut alloc, vmm_elf, &args, endpoint, ept[0], vcpu, &frames)
         .unwrap_or_else(|why| cannot_run(format_args!("the vmm-server ELF {why}")));
+    let mmu = component::start_mmu(&mut alloc, mmu_elf, endpoint, ept, &frames)
+        .unwrap_or_else(|why| cannot_run(format_args!("the mmu-server ELF {why}")));
+    let mapped = wait(endpoint, Waiting::Mmu);
+    if mapped != frames.len() as u64 {
+        say!(
+            "vm failed: the mmu-server mapped {mapped} of {} guest-RAM frames (see its line above)",
+            frames.len()
+        );
+        end(HOST_EXIT_FAILED);
+    }
     say!(
-        "EPT and VCPU ready, vmm-server component loaded and started in {} Mcycles \
-         ({} pages read-only, {} writable; 3 capabilities); entering the guest at {:#x}",
+        "EPT built by the mmu-server component ({} pages read-only, {} writable; {} capabilities); \
+         vmm-server component loaded in {} Mcycles ({} pages read-only, {} writable; 3 capabilities); \
+         entering the guest at {:#x}",
+        mmu.read_only_pages,
+        mmu.writable_pages,
+        frames.len() + 5,
         (rdtsc() - t0) / 1_000_000,
-        started.read_only_pages,
-        started.writable_pages,
+        vmm.read_only_pages,
+        vmm.writable_pages,
         guest.entry_rip
     );
-    wait_for_vmm(started.endpoint)
+    component::resume(&vmm);
+    wait(endpoint, Waiting::Vmm);
+    end(HOST_EXIT_FAILED)
 }
 
 /// seL4's lookup failure types, in words.
@@ -356,37 +354,54 @@ fn lookup_failure(kind: u64) -> &'static str {
     }
 }
 
-/// Waits for the vmm-server component's ending (it printed the final line
-/// already) or a fault of its (seL4 sends it on its fault endpoint), and
-/// ends the run.
-fn wait_for_vmm(endpoint: CPtr) -> ! {
+/// Which component's report the root task waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Mmu,
+    Vmm,
+}
+
+/// Waits on `endpoint` for the mmu-server's report (returns the frames it
+/// mapped) or the vmm-server's ending (it printed the final line already;
+/// ends the run), or a fault of either (seL4 sends it on the component's
+/// fault endpoint: ends the run).
+fn wait(endpoint: CPtr, waiting: Waiting) -> u64 {
+    use sel4_mmu_server as m;
+    use sel4_vmm_server as v;
     loop {
-        let m = sel4_sys::recv(endpoint);
-        match (m.badge, m.label) {
-            (BADGE_REPORT, REPORT_LABEL) => end(m.mrs[0] as u8),
-            (BADGE_FAULT, c::FAULT_CAP) => {
+        let r = sel4_sys::recv(endpoint);
+        let who = match r.badge {
+            v::BADGE_FAULT => "vmm-server",
+            m::BADGE_FAULT => "mmu-server",
+            _ => "",
+        };
+        match (r.badge, r.label) {
+            (v::BADGE_REPORT, v::REPORT_LABEL) if waiting == Waiting::Vmm => end(r.mrs[0] as u8),
+            (m::BADGE_REPORT, m::REPORT_LABEL) if waiting == Waiting::Mmu => return r.mrs[0],
+            (_, c::FAULT_CAP) if !who.is_empty() => {
                 say!(
-                    "vm failed: seL4 refused the vmm-server's use of capability {:#x}, \
+                    "vm failed: seL4 refused the {who}'s use of capability {:#x}, \
                      which it was not given (capability fault at rip {:#x}: {})",
-                    m.mrs[c::CAP_FAULT_ADDR as usize],
-                    m.mrs[c::CAP_FAULT_IP as usize],
-                    lookup_failure(m.mrs[c::CAP_FAULT_LOOKUP_FAILURE_TYPE as usize])
+                    r.mrs[c::CAP_FAULT_ADDR as usize],
+                    r.mrs[c::CAP_FAULT_IP as usize],
+                    lookup_failure(r.mrs[c::CAP_FAULT_LOOKUP_FAILURE_TYPE as usize])
                 );
                 end(HOST_EXIT_FAILED)
             }
-            (BADGE_FAULT, c::FAULT_VM) => {
+            (_, c::FAULT_VM) if !who.is_empty() => {
                 say!(
-                    "vm failed: the vmm-server faulted: page fault at {:#x}, rip {:#x}",
-                    m.mrs[c::VM_FAULT_ADDR as usize],
-                    m.mrs[c::VM_FAULT_IP as usize]
+                    "vm failed: the {who} faulted: page fault at {:#x}, rip {:#x}",
+                    r.mrs[c::VM_FAULT_ADDR as usize],
+                    r.mrs[c::VM_FAULT_IP as usize]
                 );
                 end(HOST_EXIT_FAILED)
             }
-            (BADGE_FAULT, label) => {
-                say!("vm failed: the vmm-server faulted (seL4 fault type {label})");
+            (_, label) if !who.is_empty() => {
+                say!("vm failed: the {who} faulted (seL4 fault type {label})");
                 end(HOST_EXIT_FAILED)
             }
-            // Nothing else holds a capability to this endpoint.
+            // Nothing else holds a capability to this endpoint, and each
+            // component reports once.
             _ => {}
         }
     }
