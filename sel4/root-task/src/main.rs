@@ -4,16 +4,17 @@
 //! address in RDI. It takes the stub's role: reads the splitvisor payload
 //! (the same header, manifest and blobs the native stub boots, appended to
 //! this ELF by `splitvisor build --platform sel4`), builds the guest's RAM
-//! from 2 MiB frames mapped into an EPT and into its own VSpace, copies the
-//! guest image, creates a VCPU and loads the vmm-server ELF (`sel4/vmm-server`,
-//! carried after the payload) as a component of its own (`component.rs`:
-//! its own VSpace and CSpace, the VCPU bound to its thread), which runs the
-//! guest with `seL4_VMEnter` and handles its exits with `vmm_server::Vmm`,
-//! the library the native ring-3 vmm-server runs. The root task waits for
-//! its ending or its fault.
+//! from 2 MiB frames mapped into its own VSpace and the EPT's objects,
+//! copies the guest image, creates a VCPU and loads the two server ELFs
+//! carried after the payload as components of their own (`component.rs`:
+//! each its own VSpace and CSpace): the mmu-server, which maps guest RAM
+//! into the EPT with `Page_MapEPT`, then the vmm-server, the VCPU's thread,
+//! which runs the guest with `seL4_VMEnter` and handles its exits with
+//! `vmm_server::Vmm`, the library the native ring-3 vmm-server runs. The
+//! root task waits for their reports and faults.
 //!
-//! TODO(issue 14, milestone 2): the root task still builds the EPT (the
-//! mmu-server's job, as a component of its own); see `sel4/README.md`.
+//! TODO(issue 14): the mmu-server's exits over an endpoint; see
+//! `sel4/README.md`.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]
