@@ -466,6 +466,10 @@ fn main() -> ExitCode {
         Command::Build(a) => build(&a),
         Command::Run(a) if a.guest.platform == "sel4" => run_sel4(a),
         Command::Run(a) => {
+            if a.sel4_hostile_vmm {
+                eprintln!("splitvisor: --sel4-hostile-vmm needs --platform sel4");
+                return ExitCode::from(2);
+            }
             let disk = match open_disk(a.disk.as_ref()) {
                 Ok(d) => d,
                 Err(code) => return code,
