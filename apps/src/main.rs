@@ -372,6 +372,11 @@ struct RunArgs {
     /// is given. Only for guests you trust, on QEMU.
     #[arg(long)]
     unsafe_shadow: bool,
+    /// With --platform sel4: the vmm-server component invokes a capability
+    /// of the root task's that it was not given (issue 14's hostile case);
+    /// seL4 refuses it and the root task says so (`vm failed`). For tests.
+    #[arg(long, hide = true)]
+    sel4_hostile_vmm: bool,
     /// The emulator: a program on PATH or a path to one; a name starting
     /// with `bochs` boots a GRUB ISO in Bochs, anything else is QEMU.
     #[arg(long, value_name = "PROGRAM", default_value = DEFAULT_EMULATOR)]
@@ -485,6 +490,10 @@ fn main() -> ExitCode {
         Command::Build(a) => build(&a),
         Command::Run(a) if a.guest.platform == "sel4" => run_sel4(a),
         Command::Run(a) => {
+            if a.sel4_hostile_vmm {
+                eprintln!("splitvisor: --sel4-hostile-vmm needs --platform sel4");
+                return ExitCode::from(2);
+            }
             let disk = match open_disk(a.disk.as_ref()) {
                 Ok(d) => d,
                 Err(code) => return code,
@@ -672,19 +681,24 @@ fn run_sel4(a: RunArgs) -> i32 {
     } else {
         "bochs".to_string()
     };
-    splitvisor::sel4::run(&RunOptions {
-        memory_mib: a
-            .memory
-            .unwrap_or_else(|| splitvisor::run::default_memory_mib(system.ram_mib)),
-        system,
-        cpu: a
-            .cpu
-            .unwrap_or_else(|| splitvisor::bochs::DEFAULT_CPU_VMX.to_string()),
-        arch: Some(Arch::Vmx),
-        emulator,
-        timeout: Duration::from_secs(a.timeout),
-        unsafe_shadow: false,
-    })
+    splitvisor::sel4::run(
+        &RunOptions {
+            memory_mib: a
+                .memory
+                .unwrap_or_else(|| splitvisor::run::default_memory_mib(system.ram_mib)),
+            system,
+            cpu: a
+                .cpu
+                .unwrap_or_else(|| splitvisor::bochs::DEFAULT_CPU_VMX.to_string()),
+            arch: Some(Arch::Vmx),
+            emulator,
+            timeout: Duration::from_secs(a.timeout),
+            unsafe_shadow: false,
+        },
+        splitvisor::sel4::Flags {
+            hostile_vmm: a.sel4_hostile_vmm,
+        },
+    )
 }
 
 fn count_loc(a: &LocArgs) -> i32 {

@@ -330,8 +330,19 @@ pub fn build_kernel() -> Result<Kernel, String> {
     })
 }
 
-/// Builds the root task against `kernel`; returns its ELF.
-pub fn build_root_task(kernel: &Kernel) -> Result<PathBuf, String> {
+/// The ELFs of the seL4 image: the root task and the two components.
+pub struct Elfs {
+    /// The root task (before the payload is attached).
+    pub root_task: PathBuf,
+    /// The vmm-server component.
+    pub vmm_server: PathBuf,
+    /// The mmu-server component.
+    pub mmu_server: PathBuf,
+}
+
+/// Builds the root task and the vmm-server and mmu-server components
+/// against `kernel`; returns their ELFs.
+pub fn build_root_task(kernel: &Kernel) -> Result<Elfs, String> {
     let root = images::workspace_root();
     let target_dir = root.join("target").join("sel4").join("cargo");
     let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -343,6 +354,10 @@ pub fn build_root_task(kernel: &Kernel) -> Result<PathBuf, String> {
             images::TARGET,
             "-p",
             "sel4-root-task",
+            "-p",
+            "sel4-vmm-server",
+            "-p",
+            "sel4-mmu-server",
         ])
         .current_dir(&root)
         .env("CARGO_TARGET_DIR", &target_dir)
@@ -357,14 +372,18 @@ pub fn build_root_task(kernel: &Kernel) -> Result<PathBuf, String> {
     if !status.success() {
         return Err(format!("building the seL4 root task failed ({status})"));
     }
-    let elf = target_dir
-        .join(images::TARGET)
-        .join("release")
-        .join("sel4-root-task");
-    if !elf.is_file() {
-        return Err(format!("cargo made no {}", elf.display()));
+    let dir = target_dir.join(images::TARGET).join("release");
+    let elfs = Elfs {
+        root_task: dir.join("sel4-root-task"),
+        vmm_server: dir.join("sel4-vmm-server"),
+        mmu_server: dir.join("sel4-mmu-server"),
+    };
+    for f in [&elfs.root_task, &elfs.vmm_server, &elfs.mmu_server] {
+        if !f.is_file() {
+            return Err(format!("cargo made no {}", f.display()));
+        }
     }
-    Ok(elf)
+    Ok(elfs)
 }
 
 /// The payload of a native system image: from the first page boundary
@@ -381,15 +400,39 @@ pub fn extract_payload(image: &[u8]) -> Option<&[u8]> {
     })
 }
 
-/// The 16 bytes in front of the payload in the root task's `.payload`
-/// segment: `SPLTSEL4` and the payload's length (little endian).
+/// The 40 bytes in front of the payload in the root task's `.payload`
+/// segment: `SPLTSEL4`, the payload's length, [`Flags`] and the lengths of
+/// the vmm-server and mmu-server components' ELFs, which follow the
+/// payload in that order (little endian).
 pub const SEGMENT_MAGIC: &[u8; 8] = b"SPLTSEL4";
+
+/// What the root task is told besides the payload (the segment's flags
+/// word).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// The hostile case of issue 14: the vmm-server component invokes a
+    /// capability of the root task's that it was not given (for tests).
+    pub hostile_vmm: bool,
+}
+
+impl Flags {
+    fn word(self) -> u64 {
+        u64::from(self.hostile_vmm)
+    }
+}
 
 /// A copy of the root task ELF with `payload` as its last PT_LOAD segment:
 /// the segment the linker script reserves (`.payload`, one page) is
-/// pointed at `SPLTSEL4`, the length and the payload, appended to the file
-/// at an offset congruent to its address, and widened over them.
-pub fn attach_payload(elf: &[u8], payload: &[u8]) -> Result<Vec<u8>, String> {
+/// pointed at `SPLTSEL4`, the lengths, the flags, the payload and the
+/// components' ELFs (`components`: the vmm-server's, the mmu-server's),
+/// appended to the file at an offset congruent to its address, and widened
+/// over them.
+pub fn attach_payload(
+    elf: &[u8],
+    payload: &[u8],
+    flags: Flags,
+    components: [&[u8]; 2],
+) -> Result<Vec<u8>, String> {
     let bad = |why: &str| format!("the root task ELF {why}");
     let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]);
     let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap_or([0; 8]));
@@ -418,8 +461,15 @@ pub fn attach_payload(elf: &[u8], payload: &[u8]) -> Result<Vec<u8>, String> {
     out.resize(offset as usize, 0);
     out.extend_from_slice(SEGMENT_MAGIC);
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&flags.word().to_le_bytes());
+    for c in components {
+        out.extend_from_slice(&(c.len() as u64).to_le_bytes());
+    }
     out.extend_from_slice(payload);
-    let size = (16 + payload.len()) as u64;
+    for c in components {
+        out.extend_from_slice(c);
+    }
+    let size = (40 + payload.len() + components.iter().map(|c| c.len()).sum::<usize>()) as u64;
     out[last + 8..last + 16].copy_from_slice(&offset.to_le_bytes());
     out[last + 32..last + 40].copy_from_slice(&size.to_le_bytes());
     out[last + 40..last + 48].copy_from_slice(&size.to_le_bytes());
@@ -455,7 +505,7 @@ pub struct Built {
 
 /// Builds the kernel (cached), the root task, the system image and the
 /// GRUB ISO for `spec`.
-pub fn build(spec: &images::SystemSpec) -> Result<Built, String> {
+pub fn build(spec: &images::SystemSpec, flags: Flags) -> Result<Built, String> {
     if spec.mmu.is_shadow() {
         return Err(NO_SHADOW.to_string());
     }
@@ -467,16 +517,22 @@ pub fn build(spec: &images::SystemSpec) -> Result<Built, String> {
             kernel.prefix.display()
         );
     }
-    let root_task = build_root_task(&kernel)?;
+    let elfs = build_root_task(&kernel)?;
+    let root_task = elfs.root_task;
     let image = images::build_system_spec(spec).map_err(|e| e.to_string())?;
     let image_bytes = std::fs::read(&image).map_err(|e| format!("{}: {e}", image.display()))?;
     let payload = extract_payload(&image_bytes)
         .ok_or_else(|| format!("{} has no splitvisor payload", image.display()))?;
     let elf = std::fs::read(&root_task).map_err(|e| format!("{}: {e}", root_task.display()))?;
-    let combined = attach_payload(&elf, payload)?;
-    let stem = image
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let (vmm, mmu) = (read(&elfs.vmm_server)?, read(&elfs.mmu_server)?);
+    let combined = attach_payload(&elf, payload, flags, [&vmm, &mmu])?;
+    let mut stem = image
         .file_stem()
         .map_or("guest".into(), |s| s.to_string_lossy().into_owned());
+    if flags.hostile_vmm {
+        stem.push_str("-hostile-vmm");
+    }
     let out_dir = images::image_dir().join("sel4");
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     let task_path = out_dir.join(format!("{stem}-roottask.elf"));
@@ -532,7 +588,7 @@ fn make_iso(kernel: &Path, root_task: &Path, iso: &Path) -> Result<(), String> {
 
 /// `splitvisor build --platform sel4`: prints the ISO's path.
 pub fn build_cli(spec: &images::SystemSpec) -> i32 {
-    match build(spec) {
+    match build(spec, Flags::default()) {
         Ok(b) => {
             println!("{}", b.iso.display());
             0
@@ -547,7 +603,7 @@ pub fn build_cli(spec: &images::SystemSpec) -> i32 {
 /// `splitvisor run --platform sel4`: builds, boots the ISO in Bochs, streams
 /// COM1 (seL4's and the root task's console) and concludes as the native
 /// platform does.
-pub fn run(opts: &RunOptions) -> i32 {
+pub fn run(opts: &RunOptions, flags: Flags) -> i32 {
     if opts.system.mmu.is_shadow() {
         eprintln!("splitvisor: {NO_SHADOW}");
         return EXIT_CANNOT_RUN;
@@ -557,7 +613,7 @@ pub fn run(opts: &RunOptions) -> i32 {
         eprintln!("splitvisor: {m}");
         return EXIT_EMULATOR;
     }
-    let built = match build(&opts.system) {
+    let built = match build(&opts.system, flags) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("splitvisor: could not build the seL4 image: {e}");
@@ -656,14 +712,19 @@ mod tests {
             elf[h + 16..h + 24].copy_from_slice(&vaddr.to_le_bytes());
             elf[h + 48..h + 56].copy_from_slice(&0x1000u64.to_le_bytes());
         }
-        let out = attach_payload(&elf, b"payload").unwrap();
+        let flags = Flags { hostile_vmm: true };
+        let out = attach_payload(&elf, b"payload", flags, [b"vmm", b"mmu!"]).unwrap();
         let h = 64 + 56;
         let off = u64::from_le_bytes(out[h + 8..h + 16].try_into().unwrap()) as usize;
         assert_eq!(off % 0x1000, 0x59_4000 % 0x1000);
         assert_eq!(&out[off..off + 8], SEGMENT_MAGIC);
-        assert_eq!(&out[off + 16..], b"payload");
+        assert_eq!(&out[off + 8..off + 16], &7u64.to_le_bytes());
+        assert_eq!(&out[off + 16..off + 24], &1u64.to_le_bytes());
+        assert_eq!(&out[off + 24..off + 32], &3u64.to_le_bytes());
+        assert_eq!(&out[off + 32..off + 40], &4u64.to_le_bytes());
+        assert_eq!(&out[off + 40..], b"payloadvmmmmu!");
         let filesz = u64::from_le_bytes(out[h + 32..h + 40].try_into().unwrap());
-        assert_eq!(filesz, 16 + 7);
+        assert_eq!(filesz, 40 + 7 + 3 + 4);
     }
 
     #[test]

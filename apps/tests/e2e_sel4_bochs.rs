@@ -1,8 +1,9 @@
 //! End-to-end on seL4 (issue 14): `splitvisor run --platform sel4` builds
 //! the seL4 kernel (cached under `target/sel4/`), the root task and a GRUB
 //! ISO, and boots it in Bochs (`corei7_skylake_x`: VMX with EPT and
-//! unrestricted guest). The root task runs the vmm-server's exit handler;
-//! each test reads the guest's own output and the final line.
+//! unrestricted guest). The root task starts the mmu-server (it builds the
+//! EPT) and the vmm-server (the VCPU's thread, it runs the exit handler) as
+//! components of their own (ELF, VSpace, CSpace); each test reads the guest's own output and the final line.
 //!
 //! Needs the seL4 sources (`SEL4_SRC`, or `../shared/sel4/seL4-16.0.0.tar.gz`
 //! beside the workspace): without them each test prints why and returns.
@@ -46,6 +47,17 @@ fn hello_guest_on_sel4_in_bochs_prints_its_line_and_exits_0() {
     assert!(
         r.has_line("hello from the guest"),
         "no exact guest line\n{r}"
+    );
+    assert!(
+        r.stdout.lines().any(
+            |l| l.starts_with("[stub] EPT built by the mmu-server component")
+                && l.contains("; 3 capabilities)")
+        ),
+        "the servers did not run as components of their own\n{r}"
+    );
+    assert!(
+        r.has_line("[mmu] EPT: 16 MiB of guest RAM in 8 2 MiB pages"),
+        "the mmu-server did not map guest RAM\n{r}"
     );
     assert!(
         r.stdout
@@ -231,4 +243,36 @@ fn shadow_paging_on_sel4_is_refused_in_one_sentence() {
             .contains("seL4 has no counterpart of shadow paging"),
         "{r}"
     );
+}
+
+/// Issue 14's hostile case: the vmm-server component invokes a capability
+/// address of the root task's (its EPT's), which is not in its CSpace.
+/// seL4 refuses the lookup and sends a capability fault to the root task,
+/// which ends the run with `vm failed` naming the address; the guest never
+/// runs.
+#[test]
+fn hostile_vmm_server_invoking_a_capability_it_was_not_given_is_refused() {
+    let Some(r) = sel4_run(&["--guest", "hello", "--sel4-hostile-vmm"]) else {
+        return;
+    };
+    assert_eq!(r.code, Some(101), "{r}");
+    let tried = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("[vmm] hostile: invoking capability "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the hostile server did not say what it invokes\n{r}"))
+        .to_string();
+    assert!(
+        r.stdout.lines().any(|l| l.starts_with(&format!(
+            "[stub] vm failed: seL4 refused the vmm-server's use of capability {tried}, \
+             which it was not given (capability fault"
+        ))),
+        "the root task did not report the refused capability {tried}\n{r}"
+    );
+    assert!(
+        !r.stdout.contains("[vmm] hostile: seL4 answered"),
+        "the invocation returned to the server instead of faulting\n{r}"
+    );
+    assert!(!r.stdout.contains("hello from the guest"), "{r}");
 }

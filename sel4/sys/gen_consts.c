@@ -19,6 +19,12 @@ int main(void)
     /* invocation labels */
     C("UNTYPED_RETYPE", UntypedRetype);
     C("CNODE_COPY", CNodeCopy);
+    C("CNODE_MINT", CNodeMint);
+    C("CNODE_MOVE", CNodeMove);
+    C("TCB_CONFIGURE", TCBConfigure);
+    C("TCB_WRITE_REGISTERS", TCBWriteRegisters);
+    C("TCB_SET_PRIORITY", TCBSetPriority);
+    C("X86_PAGE_UNMAP", X86PageUnmap);
     C("TCB_SET_EPT_ROOT", TCBSetEPTRoot);
     C("X86_PDPT_MAP", X86PDPTMap);
     C("X86_PAGE_DIRECTORY_MAP", X86PageDirectoryMap);
@@ -44,6 +50,10 @@ int main(void)
 #endif
     /* object types */
     C("OBJ_X86_4K", seL4_X86_4K);
+    C("OBJ_TCB", seL4_TCBObject);
+    C("OBJ_ENDPOINT", seL4_EndpointObject);
+    C("OBJ_CNODE", seL4_CapTableObject);
+    C("OBJ_X86_PML4", seL4_X64_PML4Object);
     C("OBJ_X86_LARGE_PAGE", seL4_X86_LargePageObject);
     C("OBJ_X86_PAGE_TABLE", seL4_X86_PageTableObject);
     C("OBJ_X86_PAGE_DIRECTORY", seL4_X86_PageDirectoryObject);
@@ -55,6 +65,7 @@ int main(void)
     C("OBJ_X86_EPT_PT", seL4_X86_EPTPTObject);
     /* syscalls */
     S("SYS_CALL", seL4_SysCall);
+    S("SYS_RECV", seL4_SysRecv);
     S("SYS_DEBUG_PUT_CHAR", seL4_SysDebugPutChar);
     S("SYS_VM_ENTER", seL4_SysVMEnter);
     /* initial capabilities */
@@ -65,6 +76,12 @@ int main(void)
     C("CAP_INIT_THREAD_ASID_POOL", seL4_CapInitThreadASIDPool);
     C("WORD_BITS", seL4_WordBits);
     C("ALL_RIGHTS", seL4_AllRights.words[0]);
+    C("CAN_READ", seL4_CanRead.words[0]);
+    C("CAN_WRITE_GRANT_REPLY", seL4_CapRights_new(1, 0, 0, 1).words[0]);
+    C("TCB_BITS", seL4_TCBBits);
+    C("ENDPOINT_BITS", seL4_EndpointBits);
+    C("SLOT_BITS", seL4_SlotBits);
+    C("X86_PML4_BITS", seL4_PML4Bits);
     C("X86_DEFAULT_VM_ATTRIBUTES", seL4_X86_Default_VMAttributes);
     C("X86_EPT_DEFAULT_VM_ATTRIBUTES", seL4_X86_EPT_Default_VMAttributes);
     C("LARGE_PAGE_BITS", seL4_LargePageBits);
@@ -96,6 +113,20 @@ int main(void)
     C("UNTYPED_DESC_SIZE_BITS", offsetof(seL4_UntypedDesc, sizeBits));
     C("UNTYPED_DESC_IS_DEVICE", offsetof(seL4_UntypedDesc, isDevice));
     C("MAX_UNTYPED_CAPS", CONFIG_MAX_NUM_BOOTINFO_UNTYPED_CAPS);
+    /* faults: labels and message registers */
+    C("FAULT_CAP", seL4_Fault_CapFault);
+    C("FAULT_UNKNOWN_SYSCALL", seL4_Fault_UnknownSyscall);
+    C("FAULT_USER_EXCEPTION", seL4_Fault_UserException);
+    C("FAULT_VM", seL4_Fault_VMFault);
+    C("CAP_FAULT_IP", seL4_CapFault_IP);
+    C("CAP_FAULT_ADDR", seL4_CapFault_Addr);
+    C("CAP_FAULT_LOOKUP_FAILURE_TYPE", seL4_CapFault_LookupFailureType);
+    C("LOOKUP_INVALID_ROOT", seL4_InvalidRoot);
+    C("LOOKUP_MISSING_CAPABILITY", seL4_MissingCapability);
+    C("LOOKUP_DEPTH_MISMATCH", seL4_DepthMismatch);
+    C("LOOKUP_GUARD_MISMATCH", seL4_GuardMismatch);
+    C("VM_FAULT_IP", seL4_VMFault_IP);
+    C("VM_FAULT_ADDR", seL4_VMFault_Addr);
     /* IPC buffer */
     C("IPC_MSG", offsetof(seL4_IPCBuffer, msg));
     C("IPC_CAPS_OR_BADGES", offsetof(seL4_IPCBuffer, caps_or_badges));

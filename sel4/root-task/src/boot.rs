@@ -158,6 +158,17 @@ impl Allocator {
     /// Retypes one object of `object_type`, `bits` bytes large (log2), into
     /// a fresh slot.
     pub fn object(&mut self, object_type: u64, bits: u64) -> Result<CPtr, AllocError> {
+        self.object_sized(object_type, 0, bits)
+    }
+
+    /// Retypes one object whose size the type leaves open (a CNode:
+    /// `size_arg` its radix bits), `bits` bytes large (log2).
+    pub fn object_sized(
+        &mut self,
+        object_type: u64,
+        size_arg: u64,
+        bits: u64,
+    ) -> Result<CPtr, AllocError> {
         let slot = self.slot()?;
         let size = 1u64 << bits;
         for (cap, ut_bits, used) in self.untyped.iter_mut() {
@@ -173,7 +184,7 @@ impl Allocator {
                 *cap,
                 c::UNTYPED_RETYPE,
                 &[c::CAP_INIT_THREAD_CNODE],
-                &[object_type, 0, 0, 0, slot, 1],
+                &[object_type, size_arg, 0, 0, slot, 1],
             )
             .map_err(AllocError::Kernel)?;
             *used = start + size;

@@ -4,8 +4,6 @@
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use vmm_server::HostWrite;
-
 /// Whether the last byte written was '\n'.
 static AT_LINE_START: AtomicBool = AtomicBool::new(true);
 
@@ -43,15 +41,6 @@ macro_rules! say {
     ($($arg:tt)*) => { $crate::console::stub_line(format_args!($($arg)*)) };
 }
 pub(crate) use say;
-
-/// The vmm-server's host console on seL4: the same serial port.
-pub struct DebugConsole;
-
-impl HostWrite for DebugConsole {
-    fn write_host(&mut self, bytes: &[u8]) {
-        write_bytes(bytes);
-    }
-}
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {

@@ -4,16 +4,17 @@
 //! address in RDI. It takes the stub's role: reads the splitvisor payload
 //! (the same header, manifest and blobs the native stub boots, appended to
 //! this ELF by `splitvisor build --platform sel4`), builds the guest's RAM
-//! from 2 MiB frames mapped into an EPT and into its own VSpace, copies the
-//! guest image, creates a VCPU bound to its own thread and runs the guest
-//! with `seL4_VMEnter`.
+//! from 2 MiB frames mapped into its own VSpace and the EPT's objects,
+//! copies the guest image, creates a VCPU and loads the two server ELFs
+//! carried after the payload as components of their own (`component.rs`:
+//! each its own VSpace and CSpace): the mmu-server, which maps guest RAM
+//! into the EPT with `Page_MapEPT`, then the vmm-server, the VCPU's thread,
+//! which runs the guest with `seL4_VMEnter` and handles its exits with
+//! `vmm_server::Vmm`, the library the native ring-3 vmm-server runs. The
+//! root task waits for their reports and faults.
 //!
-//! TODO(issue 14, milestone 2): the vmm-server's exit handler
-//! (`vmm_server::Vmm`, the same library the native ring-3 vmm-server runs)
-//! is linked into this root task and runs on its thread. The final shape is
-//! a separate vmm-server component with its own VSpace and CSpace holding
-//! exactly the capabilities its rights say (the VCPU, guest-RAM frames),
-//! and the mmu-server building the EPT; see `sel4/README.md`.
+//! TODO(issue 14): the mmu-server's exits over an endpoint; see
+//! `sel4/README.md`.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]
@@ -28,11 +29,9 @@ fn main() {
 #[cfg(target_os = "none")]
 mod boot;
 #[cfg(target_os = "none")]
+mod component;
+#[cfg(target_os = "none")]
 mod console;
-#[cfg(target_os = "none")]
-mod heap;
-#[cfg(target_os = "none")]
-mod vcpu;
 #[cfg(target_os = "none")]
 mod vm;
 

@@ -1,39 +1,33 @@
 //! The root task's main: the payload, the guest's RAM and EPT, the VCPU,
-//! the vmm-server's devices and exit loop, the final line.
-
-use core::cell::RefCell;
+//! the vmm-server component, and the end of the run.
 
 use ipc_proto::manifest::{Blob, Manifest, PayloadHeader, MANIFEST_MAX, PAYLOAD_MAGIC};
 use ipc_proto::ABI_VERSION;
 use sel4_sys::{c, invoke, CPtr};
-use vmm_server::board::Board as Devices;
-use vmm_server::boards;
-use vmm_server::cpuid::HostCpuid;
-use vmm_server::devices::uart16550::Uart16550;
-use vmm_server::emulate::{GuestMemory, NotRam};
-use vmm_server::{Ending, Host, HostConsole, Vmm};
+use sel4_vmm_server::GUEST_WINDOW;
 use zerocopy::FromBytes;
 
 use crate::boot::{Allocator, BootInfo};
-use crate::console::{say, DebugConsole};
-use crate::vcpu::Vcpu;
+use crate::component;
+use crate::console::say;
 
 /// What the root task writes to the debug-exit port at the end, as the
-/// native stub does (QEMU's isa-debug-exit; Bochs ignores it).
-pub const HOST_EXIT_STOPPED: u8 = 0;
+/// native stub does (QEMU's isa-debug-exit; Bochs ignores it): 0 stopped
+/// (from the vmm-server's report), 1 failed, 2 cannot run.
 pub const HOST_EXIT_FAILED: u8 = 1;
 pub const HOST_EXIT_CANNOT_RUN: u8 = 2;
 
-/// Where guest RAM is mapped in the root task's VSpace: PML4 slot 1.
-const GUEST_WINDOW: u64 = 0x80_0000_0000;
-const LARGE_PAGE: u64 = 1 << 21;
-/// The RTC's time at boot: 2026-01-01 00:00 UTC.
-const RTC_EPOCH: i64 = 1_767_225_600;
+pub const LARGE_PAGE: u64 = 1 << 21;
 
-/// The 16 bytes in front of the payload in the `.payload` segment:
-/// `SPLTSEL4` and the payload's length (written by `splitvisor build
-/// --platform sel4`).
+/// The 40 bytes in front of the payload in the `.payload` segment:
+/// `SPLTSEL4`, the payload's length, the flags and the lengths of the
+/// vmm-server and mmu-server ELFs that follow the payload (written by
+/// `splitvisor build --platform sel4`).
 const SEGMENT_MAGIC: [u8; 8] = *b"SPLTSEL4";
+const SEGMENT_HEAD: usize = 40;
+/// Flag: the vmm-server component is to invoke a capability it was not
+/// given (the hostile case of issue 14's tests).
+const FLAG_HOSTILE_VMM: u64 = 1;
 
 extern "C" {
     static __payload_start: u8;
@@ -43,19 +37,37 @@ extern "C" {
 #[link_section = ".splitvisor_payload"]
 static PLACEHOLDER: [u8; 4096] = [0; 4096];
 
-fn payload() -> Result<&'static [u8], &'static str> {
+/// The payload and the vmm-server and mmu-server ELFs.
+type Payload = (&'static [u8], &'static [u8], &'static [u8]);
+
+fn payload() -> Result<Payload, &'static str> {
     // SAFETY: the linker script puts the `.payload` segment at
     // `__payload_start`; seL4 loaded the whole segment, whose length the
     // build wrote in front of the payload; nothing writes to it.
     unsafe {
         let start = core::ptr::addr_of!(__payload_start);
-        let head = core::slice::from_raw_parts(start, 16);
+        let head = core::slice::from_raw_parts(start, SEGMENT_HEAD);
         if head[..8] != SEGMENT_MAGIC {
             return Err("the root task carries no splitvisor payload (build the image with `splitvisor build --platform sel4`)");
         }
-        let len = u64::from_le_bytes(head[8..16].try_into().unwrap_or([0; 8]));
-        Ok(core::slice::from_raw_parts(start.add(16), len as usize))
+        let word = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().unwrap_or([0; 8]));
+        let (len, vmm_len, mmu_len) = (word(8) as usize, word(24) as usize, word(32) as usize);
+        let payload = core::slice::from_raw_parts(start.add(SEGMENT_HEAD), len);
+        let vmm = core::slice::from_raw_parts(start.add(SEGMENT_HEAD + len), vmm_len);
+        let mmu = core::slice::from_raw_parts(start.add(SEGMENT_HEAD + len + vmm_len), mmu_len);
+        Ok((payload, vmm, mmu))
     }
+}
+
+fn hostile_flag() -> bool {
+    // SAFETY: as for `payload`, which checked the magic before this runs.
+    let flags = unsafe {
+        core::ptr::addr_of!(__payload_start)
+            .add(16)
+            .cast::<u64>()
+            .read_unaligned()
+    };
+    flags & FLAG_HOSTILE_VMM != 0
 }
 
 fn read_manifest(payload: &[u8]) -> Result<Manifest, &'static str> {
@@ -118,7 +130,7 @@ pub fn end(code: u8) -> ! {
 /// The first of two slots `end` uses for its I/O port capabilities.
 static END_SLOTS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
-fn cannot_run(why: core::fmt::Arguments) -> ! {
+pub fn cannot_run(why: core::fmt::Arguments) -> ! {
     say!("cannot run: {why}");
     end(HOST_EXIT_CANNOT_RUN)
 }
@@ -129,88 +141,44 @@ struct GuestRam {
 }
 
 impl GuestRam {
-    fn check(&self, gpa: u64, n: usize) -> Result<*mut u8, NotRam> {
-        let end = gpa.checked_add(n as u64).ok_or(NotRam)?;
+    /// Copies `data` to guest-physical `gpa`; `None` if it does not fit.
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Option<()> {
+        let end = gpa.checked_add(data.len() as u64)?;
         if end > self.len {
-            return Err(NotRam);
+            return None;
         }
-        Ok((GUEST_WINDOW + gpa) as *mut u8)
+        // SAFETY: the range lies inside the window, which `build_ram`
+        // mapped read-write; the guest does not run yet.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (GUEST_WINDOW + gpa) as *mut u8,
+                data.len(),
+            )
+        };
+        Some(())
     }
 }
 
-impl GuestMemory for GuestRam {
-    fn ram_bytes(&self) -> u64 {
-        self.len
-    }
-
-    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), NotRam> {
-        let src = self.check(gpa, buf.len())?;
-        // SAFETY: `check` keeps the range inside the window, which is
-        // mapped read-write; the guest does not run while we do.
-        unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
-        Ok(())
-    }
-
-    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), NotRam> {
-        let dst = self.check(gpa, data.len())?;
-        // SAFETY: as for `read_phys`.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
-        Ok(())
-    }
-}
-
-/// The host: the TSC (seL4 leaves RDTSC to user level) and the CPU's CPUID.
-struct Sel4Host {
-    tsc_hz: u64,
-}
-
-fn rdtsc() -> u64 {
+pub fn rdtsc() -> u64 {
     // SAFETY: RDTSC has no memory effects; seL4 leaves CR4.TSD clear.
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// XSAVE stays hidden (`offers_xsave` is the default no): XCR0 is seL4's
-/// own, which this root task cannot load for the guest.
-impl HostCpuid for Sel4Host {
-    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
-        [r.eax, r.ebx, r.ecx, r.edx]
-    }
-}
-
-impl Host for Sel4Host {
-    fn now(&mut self) -> u64 {
-        rdtsc()
-    }
-    /// seL4's measurement, from its extra boot information.
-    fn ticks_per_second(&self) -> u64 {
-        self.tsc_hz
-    }
-
-    /// Spins until the TSC reaches `t`, a millisecond at a time at most
-    /// (the caller polls the devices and waits again), as the native
-    /// vmm-server does.
-    fn wait_until(&mut self, t: u64) {
-        let most = (self.tsc_hz / 1000).max(1);
-        let start = rdtsc();
-        while rdtsc() < t && rdtsc().wrapping_sub(start) < most {
-            core::hint::spin_loop();
-        }
-    }
-}
-
-fn check<T, E: core::fmt::Display>(what: &str, r: Result<T, E>) -> T {
+pub fn check<T, E: core::fmt::Display>(what: &str, r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| cannot_run(format_args!("{what}: {e}")))
 }
 
-fn kernel<T>(what: &str, r: Result<T, sel4_sys::Error>) -> T {
+pub fn kernel<T>(what: &str, r: Result<T, sel4_sys::Error>) -> T {
     r.unwrap_or_else(|e| cannot_run(format_args!("seL4 refused {what}: error {}", e.code)))
 }
 
-/// Builds guest RAM: 2 MiB frames, each mapped into the EPT at its
-/// guest-physical address and (a copy of the capability) into the root
-/// task's window. Returns the EPT's PML4.
-fn build_ram(alloc: &mut Allocator, ram: u64) -> CPtr {
+/// Builds guest RAM: 2 MiB frames, each mapped (a copy of the
+/// capability) into the root task's window, and the EPT's objects, empty:
+/// its PML4 (with an ASID), one PDPT and one page directory, which the
+/// mmu-server component puts together and fills. Returns the EPT objects
+/// and the frames.
+fn build_ram(alloc: &mut Allocator, ram: u64) -> ([CPtr; 3], heapless::Vec<CPtr, 512>) {
     if ram > 1 << 30 {
         cannot_run(format_args!(
             "guest RAM above 1 GiB is not built yet on seL4"
@@ -233,27 +201,9 @@ fn build_ram(alloc: &mut Allocator, ram: u64) -> CPtr {
         "EPT PDPT",
         alloc.object(c::OBJ_X86_EPT_PDPT, c::X86_EPT_PDPT_BITS),
     );
-    kernel(
-        "EPTPDPT_Map",
-        invoke(
-            pdpt,
-            c::X86_EPT_PDPT_MAP,
-            &[ept],
-            &[0, c::X86_EPT_DEFAULT_VM_ATTRIBUTES],
-        ),
-    );
     let pd = check(
         "EPT PD",
         alloc.object(c::OBJ_X86_EPT_PD, c::X86_EPT_PD_BITS),
-    );
-    kernel(
-        "EPTPD_Map",
-        invoke(
-            pd,
-            c::X86_EPT_PD_MAP,
-            &[ept],
-            &[0, c::X86_EPT_DEFAULT_VM_ATTRIBUTES],
-        ),
     );
     // The root task's window: a PDPT in PML4 slot 1 and a PD for its first GiB.
     let vspace = c::CAP_INIT_THREAD_VSPACE;
@@ -280,20 +230,12 @@ fn build_ram(alloc: &mut Allocator, ram: u64) -> CPtr {
             &[GUEST_WINDOW, c::X86_DEFAULT_VM_ATTRIBUTES],
         ),
     );
+    let mut frames = heapless::Vec::new();
     let mut gpa = 0;
     while gpa < ram {
         let frame = check(
             "guest RAM",
             alloc.object(c::OBJ_X86_LARGE_PAGE, c::LARGE_PAGE_BITS),
-        );
-        kernel(
-            "Page_MapEPT",
-            invoke(
-                frame,
-                c::X86_PAGE_MAP_EPT,
-                &[ept],
-                &[gpa, c::ALL_RIGHTS, c::X86_EPT_DEFAULT_VM_ATTRIBUTES],
-            ),
         );
         let mine = check("a copy of a guest-RAM capability", alloc.copy(frame));
         kernel(
@@ -309,9 +251,10 @@ fn build_ram(alloc: &mut Allocator, ram: u64) -> CPtr {
                 ],
             ),
         );
+        let _ = frames.push(frame);
         gpa += LARGE_PAGE;
     }
-    ept
+    ([ept, pdpt, pd], frames)
 }
 
 /// The root task's entry (from `_start`, RDI = the boot information).
@@ -322,7 +265,8 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
     let (_, end_slot) = bi.empty();
     END_SLOTS.store(end_slot - 2, core::sync::atomic::Ordering::Relaxed);
     let t0 = rdtsc();
-    let payload = payload().unwrap_or_else(|why| cannot_run(format_args!("{why}")));
+    let (payload, vmm_elf, mmu_elf) =
+        payload().unwrap_or_else(|why| cannot_run(format_args!("{why}")));
     let manifest = read_manifest(payload).unwrap_or_else(|why| cannot_run(format_args!("{why}")));
     let guest = &manifest.guest;
     if guest.mmu.is_shadow() {
@@ -340,96 +284,125 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
         alloc.ram_bytes >> 20,
         bi.tsc_hz() / 1_000_000
     );
-    let ept = build_ram(&mut alloc, ram);
+    let (ept, frames) = build_ram(&mut alloc, ram);
     let mut mem = GuestRam { len: ram };
     let image = blob(payload, guest.image)
         .unwrap_or_else(|| cannot_run(format_args!("the guest image is outside the payload")));
-    if mem.write_phys(guest.load_gpa, image).is_err() {
+    if mem.write_phys(guest.load_gpa, image).is_none() {
         cannot_run(format_args!("the guest image does not fit guest RAM"));
     }
     for s in &guest.segments {
         let bytes = blob(payload, s.blob)
             .unwrap_or_else(|| cannot_run(format_args!("a guest segment is outside the payload")));
-        if mem.write_phys(s.gpa, bytes).is_err() {
+        if mem.write_phys(s.gpa, bytes).is_none() {
             cannot_run(format_args!("a guest segment does not fit guest RAM"));
         }
     }
-    let vcpu_cap = check("VCPU", alloc.object(c::OBJ_X86_VCPU, c::X86_VCPU_BITS));
-    kernel(
-        "TCB_SetEPTRoot",
-        invoke(c::CAP_INIT_THREAD_TCB, c::TCB_SET_EPT_ROOT, &[ept], &[]),
-    );
-    let mut vcpu = Vcpu::new(
-        vcpu_cap,
-        guest.entry_mode,
-        guest.entry_rip,
-        [guest.entry_rax, guest.entry_rbx, guest.entry_rsi],
-    )
-    .unwrap_or_else(|e| cannot_run(format_args!("{e}")));
-    say!(
-        "VCPU and EPT ready in {} Mcycles; entering the guest at {:#x}",
-        (rdtsc() - t0) / 1_000_000,
-        guest.entry_rip
-    );
-
-    // TODO(issue 14): the vmm-server's devices and exit loop run here, in
-    // the root task; the final shape is a vmm-server component of its own.
-    let console = RefCell::new(HostConsole::new(DebugConsole, true));
-    let board = Devices::new();
-    let host_hz = bi.tsc_hz();
-    let mut host = Sel4Host { tsc_hz: host_hz };
-    // The board's devices and their ports, from its table (as natively).
-    let table = boards::table(guest.board);
-    let mut uart =
-        Uart16550::new(&console).with_irq(boards::pin(&board, table, boards::Slot::Com1));
-    let mut devices = boards::Devices::new(&board, table, ram, RTC_EPOCH);
-    let (router, mmio) = devices
-        .routers(table, &mut uart)
-        .unwrap_or_else(|e| cannot_run(format_args!("{e}")));
-    // iced's decoder tables, built now so that a short heap shows at start.
-    let _ = iced_x86::Decoder::new(64, &[0x90], 0).decode();
-    let mut vmm = Vmm::new(router, &board, &mut mem, &mut host)
-        .with_mmio(mmio)
-        .with_irqchip(boards::irqchip(guest.board, &board));
-    let start = rdtsc();
-    let ending = vmm_server::run(&mut vcpu, &mut vmm, &console);
-    drop(vmm);
-    let cycles = rdtsc() - start;
-    let exits = vcpu.stats_total();
-    let tenths = |n: u64| {
-        let t = n * 10 / exits.max(1);
-        (t / 10, t % 10)
+    let vcpu = check("VCPU", alloc.object(c::OBJ_X86_VCPU, c::X86_VCPU_BITS));
+    let hostile = hostile_flag();
+    let args = sel4_vmm_server::Args {
+        entry_mode: guest.entry_mode,
+        entry_rip: guest.entry_rip,
+        entry_regs: [guest.entry_rax, guest.entry_rbx, guest.entry_rsi],
+        board: guest.board,
+        ram,
+        tsc_hz: bi.tsc_hz(),
+        hostile_target: if hostile { ept[0] } else { 0 },
     };
-    let (r, rt) = tenths(vcpu.reads_total);
-    let (w, wt) = tenths(vcpu.writes_total);
-    say!(
-        "seL4: {exits} exits in {} Mcycles ({} exits/s), ReadVMCS {} ({r}.{rt} per exit), \
-         WriteVMCS and WriteRegisters {} ({w}.{wt} per exit)",
-        cycles / 1_000_000,
-        match host_hz {
-            0 => 0,
-            hz => u128::from(exits) * u128::from(hz) / u128::from(cycles.max(1)),
-        },
-        vcpu.reads_total,
-        vcpu.writes_total
-    );
-    if let Some(e) = vcpu.failure {
-        say!("vm failed: {e}");
+    let endpoint = check("endpoint", alloc.object(c::OBJ_ENDPOINT, c::ENDPOINT_BITS));
+    component::map_scratch(&mut alloc);
+    // The vmm-server first (its guest-RAM mappings are copies of the frame
+    // capabilities, which then move to the mmu-server); it runs once the
+    // mmu-server has built the EPT.
+    let vmm = component::start_vmm(&mut alloc, vmm_elf, &args, endpoint, ept[0], vcpu, &frames)
+        .unwrap_or_else(|why| cannot_run(format_args!("the vmm-server ELF {why}")));
+    let mmu = component::start_mmu(&mut alloc, mmu_elf, endpoint, ept, &frames)
+        .unwrap_or_else(|why| cannot_run(format_args!("the mmu-server ELF {why}")));
+    let mapped = wait(endpoint, Waiting::Mmu);
+    if mapped != frames.len() as u64 {
+        say!(
+            "vm failed: the mmu-server mapped {mapped} of {} guest-RAM frames (see its line above)",
+            frames.len()
+        );
         end(HOST_EXIT_FAILED);
     }
-    match ending {
-        Ending::Stop { status } => {
-            say!("vm stopped: guest status {status}");
-            end(HOST_EXIT_STOPPED)
-        }
-        // A reset ends the VM, as QEMU's -no-reboot does.
-        Ending::Reset => {
-            say!("vm stopped: guest status 0");
-            end(HOST_EXIT_STOPPED)
-        }
-        Ending::Fail => {
-            say!("vm failed: the vmm-server could not go on (see its lines above)");
-            end(HOST_EXIT_FAILED)
+    say!(
+        "EPT built by the mmu-server component ({} pages read-only, {} writable; {} capabilities); \
+         vmm-server component loaded in {} Mcycles ({} pages read-only, {} writable; 3 capabilities); \
+         entering the guest at {:#x}",
+        mmu.read_only_pages,
+        mmu.writable_pages,
+        frames.len() + 5,
+        (rdtsc() - t0) / 1_000_000,
+        vmm.read_only_pages,
+        vmm.writable_pages,
+        guest.entry_rip
+    );
+    component::resume(&vmm);
+    wait(endpoint, Waiting::Vmm);
+    end(HOST_EXIT_FAILED)
+}
+
+/// seL4's lookup failure types, in words.
+fn lookup_failure(kind: u64) -> &'static str {
+    match kind {
+        c::LOOKUP_INVALID_ROOT => "invalid CSpace root",
+        c::LOOKUP_MISSING_CAPABILITY => "missing capability",
+        c::LOOKUP_DEPTH_MISMATCH => "depth mismatch",
+        c::LOOKUP_GUARD_MISMATCH => "guard mismatch: the address is outside its CSpace",
+        _ => "lookup failure",
+    }
+}
+
+/// Which component's report the root task waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Mmu,
+    Vmm,
+}
+
+/// Waits on `endpoint` for the mmu-server's report (returns the frames it
+/// mapped) or the vmm-server's ending (it printed the final line already;
+/// ends the run), or a fault of either (seL4 sends it on the component's
+/// fault endpoint: ends the run).
+fn wait(endpoint: CPtr, waiting: Waiting) -> u64 {
+    use sel4_mmu_server as m;
+    use sel4_vmm_server as v;
+    loop {
+        let r = sel4_sys::recv(endpoint);
+        let who = match r.badge {
+            v::BADGE_FAULT => "vmm-server",
+            m::BADGE_FAULT => "mmu-server",
+            _ => "",
+        };
+        match (r.badge, r.label) {
+            (v::BADGE_REPORT, v::REPORT_LABEL) if waiting == Waiting::Vmm => end(r.mrs[0] as u8),
+            (m::BADGE_REPORT, m::REPORT_LABEL) if waiting == Waiting::Mmu => return r.mrs[0],
+            (_, c::FAULT_CAP) if !who.is_empty() => {
+                say!(
+                    "vm failed: seL4 refused the {who}'s use of capability {:#x}, \
+                     which it was not given (capability fault at rip {:#x}: {})",
+                    r.mrs[c::CAP_FAULT_ADDR as usize],
+                    r.mrs[c::CAP_FAULT_IP as usize],
+                    lookup_failure(r.mrs[c::CAP_FAULT_LOOKUP_FAILURE_TYPE as usize])
+                );
+                end(HOST_EXIT_FAILED)
+            }
+            (_, c::FAULT_VM) if !who.is_empty() => {
+                say!(
+                    "vm failed: the {who} faulted: page fault at {:#x}, rip {:#x}",
+                    r.mrs[c::VM_FAULT_ADDR as usize],
+                    r.mrs[c::VM_FAULT_IP as usize]
+                );
+                end(HOST_EXIT_FAILED)
+            }
+            (_, label) if !who.is_empty() => {
+                say!("vm failed: the {who} faulted (seL4 fault type {label})");
+                end(HOST_EXIT_FAILED)
+            }
+            // Nothing else holds a capability to this endpoint, and each
+            // component reports once.
+            _ => {}
         }
     }
 }

@@ -164,3 +164,28 @@ pub fn vm_enter(rip: u64, controls: u64, entry_info: u64) -> VmEnter {
     }
     VmEnter::Exit(mrs)
 }
+
+/// What `seL4_Recv` returned: the sender's badge, the message's label and
+/// its MR0-3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// The badge of the capability the sender used.
+    pub badge: u64,
+    /// The message label (a fault's type for fault messages).
+    pub label: u64,
+    /// MR0-3.
+    pub mrs: [u64; 4],
+}
+
+/// `seL4_Recv` on the endpoint `ep`: blocks until a message (or a fault
+/// message) arrives.
+pub fn recv(ep: CPtr) -> Received {
+    // SAFETY: a receive; the kernel writes R10, R8, R9, R15 and the IPC
+    // buffer.
+    let (badge, info, mrs) = unsafe { syscall(c::SYS_RECV, ep, 0, [0; 4]) };
+    Received {
+        badge,
+        label: info >> 12,
+        mrs,
+    }
+}

@@ -133,7 +133,7 @@ struct Mode {
     cpl: u8,
 }
 
-/// The VCPU capability with the state the root task keeps for it.
+/// The VCPU capability with the state the vmm-server keeps for it.
 pub struct Vcpu {
     cap: CPtr,
     /// Primary processor-based controls as seL4 set them, plus HLT exiting.
@@ -149,7 +149,7 @@ pub struct Vcpu {
     entry_info: u64,
     interrupt_window: bool,
     /// The mode the fast path reuses; `None` until the first full exit and
-    /// after the root task writes RSP or EFER.
+    /// after a resume writes RSP or EFER.
     mode: Option<Mode>,
     /// The last exit's record (its registers decide what a resume changes).
     last: ExitRecord,
@@ -215,8 +215,8 @@ impl Vcpu {
         }
     }
 
-    /// Binds the VCPU `cap` to the root task's thread and sets the guest's
-    /// initial state as the native stub's VMX code does: flat 32-bit
+    /// Sets the guest's initial state in the VCPU `cap` (bound to the
+    /// calling thread by the root task) as the native stub's VMX code does: flat 32-bit
     /// protected mode or real mode, paging off, EPT and unrestricted guest,
     /// registers from the manifest.
     pub fn new(
@@ -227,13 +227,6 @@ impl Vcpu {
     ) -> Result<Self, VcpuError> {
         use field::*;
         use ipc_proto::manifest::EntryMode;
-        invoke(cap, c::X86_VCPU_SET_TCB, &[c::CAP_INIT_THREAD_TCB], &[]).map_err(|e| {
-            VcpuError {
-                what: "VCPU SetTCB",
-                field: 0,
-                code: e.code,
-            }
-        })?;
         let mut v = Self {
             cap,
             proc_controls: 0,
