@@ -101,7 +101,8 @@ fn idles(console: &str) -> Option<u64> {
 #[test]
 fn the_stub_idles_while_a_vcpu_task_waits_on_a_device_server_on_qemu_svm() {
     let target = &targets(Emulator::Qemu, &[], &[MmuMode::Nested])[0];
-    let console = boot_once(system_with(true), target, Duration::from_secs(120)).expect("QEMU runs");
+    let console =
+        boot_once(system_with(true), target, Duration::from_secs(120)).expect("QEMU runs");
     check(&console);
     assert!(console.contains("timer: all checks passed"), "{console}");
     let n = idles(&console).expect("a scheduler line");
@@ -114,7 +115,8 @@ fn the_stub_idles_while_a_vcpu_task_waits_on_a_device_server_on_qemu_svm() {
 #[test]
 fn the_stub_idles_while_a_vcpu_task_waits_on_a_device_server_on_bochs_vmx() {
     let target = &targets(Emulator::Bochs, &[Arch::Vmx], &[MmuMode::Nested])[0];
-    let console = boot_once(system_with(true), target, Duration::from_secs(400)).expect("Bochs runs");
+    let console =
+        boot_once(system_with(true), target, Duration::from_secs(400)).expect("Bochs runs");
     check(&console);
     assert!(console.contains("timer: all checks passed"), "{console}");
     let n = idles(&console).expect("a scheduler line");

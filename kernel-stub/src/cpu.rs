@@ -364,8 +364,7 @@ extern "C" {
 }
 
 /// The host IRQs' vectors (`deadline::init` programs the 8259s so).
-const IRQ_VECTORS: core::ops::Range<u64> =
-    IRQ_BASE..IRQ_BASE + 16;
+const IRQ_VECTORS: core::ops::Range<u64> = IRQ_BASE..IRQ_BASE + 16;
 const IRQ_BASE: u64 = crate::deadline::IRQ_VECTOR_BASE as u64;
 
 /// Every trap lands here: system calls and host interrupts from ring 3,

@@ -1222,7 +1222,9 @@ pub fn interrupt(frame: &mut TrapFrame, line: u64) {
         None => Err(ErrorCode::NotReady.into()),
     });
     if let Err(SysError::Code(_)) = outcome {
-        fail(format_args!("a host interrupt came before the VM was built"));
+        fail(format_args!(
+            "a host interrupt came before the VM was built"
+        ));
     }
     finish(frame, outcome);
 }
