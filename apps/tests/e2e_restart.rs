@@ -324,8 +324,8 @@ fn a_hanging_vmm_server_stops_the_vm_on_qemu_svm() {
     assert!(!r.has_line(CR3SWITCH64_CHECKSUM), "{r}");
 }
 
-/// The disk-driver spins on the second request of each instance (first
-/// the client's WRITE, `disk-driver/src/bin/disk-client.rs`), next to the
+/// The disk-driver spins on the fourth request of each instance (first
+/// the client's READ, `disk-driver/src/bin/disk-client.rs`), next to the
 /// `hello` guest: the watchdog restarts it (it identifies the disk
 /// again), the client's call comes back with `ServerRestarted` and it
 /// asks again, and the sectors read back as written.
@@ -364,7 +364,7 @@ fn the_disk_driver_hanging_in_a_request_is_restarted_on_qemu_svm() {
             driver.clone(),
             Injection {
                 fault: Fault::Hang,
-                at: 2,
+                at: 4,
                 every: false,
             },
         )],
@@ -384,12 +384,12 @@ fn the_disk_driver_hanging_in_a_request_is_restarted_on_qemu_svm() {
     .expect("QEMU starts (scripts/install-deps installs it)");
     let text = String::from_utf8_lossy(&console.0.lock().unwrap()).into_owned();
     let has = |l: &str| text.lines().any(|x| x == l);
-    // Each instance serves one request and hangs at its second; the
-    // client asks each call again once.
+    // The first instance hangs at the READ, the second (READ again, then
+    // the three refusals) at the unknown op, the third serves that.
     let n = hung(&text, &driver);
     assert!(
-        n >= 3,
-        "only {n} watchdog restarts of the disk-driver\n{text}\n{report:?}"
+        n == 2,
+        "{n} watchdog restarts of the disk-driver, not 2\n{text}\n{report:?}"
     );
     for line in [
         "disk-client: the disk-driver was restarted: asking again",

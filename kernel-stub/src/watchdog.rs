@@ -132,8 +132,14 @@ mod tests {
             let bitten = w.expired(now, hz).is_some();
             prop_assert_eq!(bitten, budget != 0 && now.saturating_sub(since) >= budget);
             prop_assert_eq!(w.longest(), longest);
+            // The timer armed for `at` finds the budget spent there, and
+            // not a tick before (unless the sum saturated).
+            prop_assert_eq!(w.at().is_some(), budget != 0);
             if let Some(at) = w.at() {
-                prop_assert!(budget != 0 && at >= since.min(at));
+                prop_assert!(w.expired(at, hz).is_some() || at == u64::MAX);
+                if at > since.saturating_add(1) && at != u64::MAX {
+                    prop_assert!(w.expired(at - 1, hz).is_none());
+                }
             }
         }
     }
