@@ -995,17 +995,17 @@ impl Vm {
         if let Some(ms) = self.watch.expired(cpu::rdtsc(), self.tsc_hz) {
             let rip = frame.rip;
             let outcome = self.restart(frame, Cause::Watchdog { ms, rip }, sh);
-            self.to_user(true);
+            self.enter_ring3(true);
             return outcome;
         }
-        self.to_user(false);
+        self.enter_ring3(false);
         Ok(Next::Switched)
     }
 
     /// The stub returns to ring 3: the timer counts (towards the earliest
     /// of the exit deadline, a `ReplyRecv` timeout and the watchdog's
     /// bite), and with `fresh` the server's run starts now.
-    fn to_user(&mut self, fresh: bool) {
+    fn enter_ring3(&mut self, fresh: bool) {
         let now = cpu::rdtsc();
         if fresh {
             self.watch.ran(now);
@@ -1202,7 +1202,7 @@ pub fn syscall(frame: &mut TrapFrame) {
             Some(vm) => {
                 vm.watch.ended(vm.current, now);
                 let outcome = vm.syscall(frame, &mut k.shared);
-                vm.to_user(true);
+                vm.enter_ring3(true);
                 outcome
             }
             None => Err(ErrorCode::NotReady.into()),
@@ -1241,7 +1241,7 @@ pub fn user_fault(frame: &mut TrapFrame, cr2: u64) {
     let outcome = KERNEL.with(|k| match k.vm.as_mut() {
         Some(vm) => {
             let outcome = vm.restart(frame, cause, &mut k.shared);
-            vm.to_user(true);
+            vm.enter_ring3(true);
             outcome
         }
         None => Err(ErrorCode::NotReady.into()),
@@ -1520,7 +1520,7 @@ fn build(
             idles: 0,
         });
         if let Some(vm) = k.vm.as_mut() {
-            vm.to_user(true);
+            vm.enter_ring3(true);
         }
     });
     cpu::write_cr3(first.0);
