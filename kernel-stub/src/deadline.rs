@@ -207,14 +207,14 @@ impl ExitDeadline {
     }
 
     /// Before the stub hands the CPU to a server: starts the PIT towards
-    /// the deadline, `task`'s or the watchdog's (`watchdog`), the earliest,
-    /// unless it counts already (it then interrupts within 55 ms, and the
-    /// tick arms it again).
-    pub fn arm_for_server(&mut self, now_tsc: u64, task: Option<u64>, watchdog: Option<u64>) {
-        let own = (self.at != 0).then_some(self.at);
-        let task = kernel_stub::notify::WakeAt::earliest(own, task);
-        let at = kernel_stub::notify::WakeAt::earliest(task, watchdog);
-        if let (None, Some(at)) = (self.armed, at) {
+    /// the watchdog's bite (`watchdog`), unless it counts already (it then
+    /// interrupts within 55 ms, and the tick arms it again). Only the
+    /// watchdog: the exit deadline and the `ReplyRecv` timeouts matter
+    /// when the guest would run or a task could, not while a server runs
+    /// (no preemption), and one already past would interrupt the server
+    /// at every PIT tick.
+    pub fn arm_for_server(&mut self, now_tsc: u64, watchdog: Option<u64>) {
+        if let (None, Some(at)) = (self.armed, watchdog) {
             self.arm_at(now_tsc, at);
         }
     }

@@ -1002,16 +1002,15 @@ impl Vm {
         Ok(Next::Switched)
     }
 
-    /// The stub returns to ring 3: the timer counts (towards the earliest
-    /// of the exit deadline, a `ReplyRecv` timeout and the watchdog's
-    /// bite), and with `fresh` the server's run starts now.
+    /// The stub returns to ring 3: the timer counts (towards the
+    /// watchdog's bite at the latest), and with `fresh` the server's run
+    /// starts now.
     fn enter_ring3(&mut self, fresh: bool) {
         let now = cpu::rdtsc();
         if fresh {
             self.watch.ran(now);
         }
-        let wake = self.earliest_wake();
-        self.deadline.arm_for_server(now, wake, self.watch.at());
+        self.deadline.arm_for_server(now, self.watch.at());
     }
 
     /// Every host IRQ line a task owns.
