@@ -10,12 +10,13 @@
 //! restart, a task's start): what the guest or the stub did in between is
 //! not charged to the server.
 //!
-//! The budget is host time, which under QEMU's TCG follows the host's
-//! clock: a loaded host slows a server down in TSC terms. It is therefore
-//! far above the longest healthy run measured (README "Isolation
-//! experiments": about 5 ms under QEMU, 1 ms under Bochs, in a Linux boot)
-//! and above the disk-driver's own 5 s wait for a disk that does not
-//! answer, which ends in a status timeout, not a watchdog restart.
+//! The budget is TSC time. Under QEMU (`-icount`) and Bochs (`ips`) the
+//! TSC counts instructions, so a loaded host cannot make a healthy server
+//! look slow; on hardware it is real time. It is far above the longest
+//! healthy run measured (README "Isolation experiments": 7.4 ms, the
+//! vmm-server loading the guest, up to 22 ms, the mmu-server under shadow
+//! paging) and above the disk-driver's own 5 s wait for a disk that does
+//! not answer, which ends in a status timeout, not a watchdog restart.
 
 /// The budget of one server run without a system call, in milliseconds.
 pub const BUDGET_MS: u64 = 8000;
