@@ -6,9 +6,11 @@
 //! terminal count) on IRQ 0 of the host's 8259, the one line left unmasked.
 //! While the guest runs, that interrupt is a VM exit (SVM INTR intercept
 //! with the host's IF set at VMRUN, APM vol. 2 15.21; VMX external-interrupt
-//! exiting, SDM vol. 3 25.2). The stub never takes it through its IDT
-//! (outside the guest IF or GIF is clear): it acknowledges it with the
-//! 8259's poll command (OCW3 P=1, which is an INTA by port I/O) and an EOI.
+//! exiting, SDM vol. 3 25.2). The stub itself never takes it through its
+//! IDT (in ring 0 IF or GIF is clear): after an exit it acknowledges it
+//! with the 8259's poll command (OCW3 P=1, which is an INTA by port I/O)
+//! and an EOI. Only a server (ring 3, IF set) is interrupted by it: the
+//! watchdog's tick (below).
 //! The PIT counts at 1.193182 MHz, 16 bits: one arming covers at most 55 ms;
 //! a deadline further away takes several.
 //!
