@@ -215,8 +215,9 @@ struct GuestArgs {
     /// executes ud2 at its N-th exit or request; for the virtio servers a
     /// request is a queue notification),
     /// `SERVER:corrupt@N` (writes garbage over the shared state its restart
-    /// reads, then ud2), `SERVER:hang@N` (spins; no watchdog yet: the run
-    /// ends at its time limit); `@everyN` repeats every N within an
+    /// reads, then ud2), `SERVER:hang@N` (spins without system calls: the
+    /// stub's watchdog restarts it after 8 s of its TSC, or stops the VM
+    /// for the vmm-server); `@everyN` repeats every N within an
     /// instance. Patched into the server's ELF; repeat for more servers.
     #[arg(long, value_name = "SERVER:FAULT@N")]
     inject: Vec<String>,

@@ -12,6 +12,13 @@
 //! and on Bochs with VMX (where a VM exit cuts TR's limit, and with it the
 //! TSS's I/O permission bitmap, until the stub reloads TR).
 //!
+//! The stub's idle loop: with the client given the `vcpu` right, a VCPU
+//! task is blocked in a `Call` on a server that waits for its timeout and
+//! its IRQ, so neither the guest nor any task can run: the stub idles,
+//! polling the 8259s and the TSC, and its scheduler line counts it
+//! (`[stub] scheduler: idle=N`); without it the guest runs instead and the
+//! count stays 0.
+//!
 //! Needs QEMU, Bochs, gcc and binutils (`scripts/install-deps`).
 
 use std::time::Duration;
@@ -21,6 +28,11 @@ use splitvisor::attack::{boot_once, build_probe_device, targets, Emulator};
 use splitvisor::run::Arch;
 
 fn system() -> images::SystemSpec {
+    system_with(false)
+}
+
+/// The probe device and its client; `vcpu_client` gives the client a VCPU.
+fn system_with(vcpu_client: bool) -> images::SystemSpec {
     let elf = build_probe_device().expect("the probe device server builds");
     images::SystemSpec {
         device_servers: vec![
@@ -40,6 +52,7 @@ fn system() -> images::SystemSpec {
                 elf,
                 rights: Rights {
                     console: true,
+                    vcpu: vcpu_client,
                     ..Rights::default()
                 },
             },
@@ -74,10 +87,50 @@ fn check(console: &str) {
     assert!(!console.contains("ESCAPE"), "{console}");
 }
 
+/// How often the stub idled: `[stub] scheduler: idle=N ...`.
+fn idles(console: &str) -> Option<u64> {
+    let line = console
+        .lines()
+        .find_map(|l| l.split("[stub] scheduler: idle=").nth(1))?;
+    line.split(' ').next()?.parse().ok()
+}
+
+/// The probe device's waits (its 10 ms timeout, three IRQ 8s) while its
+/// client, a VCPU task, waits in a `Call`: the stub idles for each, and
+/// the guest still runs to its end.
+#[test]
+fn the_stub_idles_while_a_vcpu_task_waits_on_a_device_server_on_qemu_svm() {
+    let target = &targets(Emulator::Qemu, &[], &[MmuMode::Nested])[0];
+    let console =
+        boot_once(system_with(true), target, Duration::from_secs(120)).expect("QEMU runs");
+    check(&console);
+    assert!(console.contains("timer: all checks passed"), "{console}");
+    let n = idles(&console).expect("a scheduler line");
+    eprintln!("the stub idled {n} times");
+    assert!(n >= 2, "the stub idled {n} times\n{console}");
+}
+
+/// The same on Bochs's VMX, whose 8259 answers the idle loop's polls its
+/// own way (`deadline::fired`).
+#[test]
+fn the_stub_idles_while_a_vcpu_task_waits_on_a_device_server_on_bochs_vmx() {
+    let target = &targets(Emulator::Bochs, &[Arch::Vmx], &[MmuMode::Nested])[0];
+    let console =
+        boot_once(system_with(true), target, Duration::from_secs(400)).expect("Bochs runs");
+    check(&console);
+    assert!(console.contains("timer: all checks passed"), "{console}");
+    let n = idles(&console).expect("a scheduler line");
+    eprintln!("the stub idled {n} times");
+    assert!(n >= 2, "the stub idled {n} times\n{console}");
+}
+
 #[test]
 fn device_server_takes_irq8_notifications_on_qemu_svm() {
     let target = &targets(Emulator::Qemu, &[], &[MmuMode::Nested])[0];
-    check(&boot_once(system(), target, Duration::from_secs(120)).expect("QEMU runs"));
+    let console = boot_once(system(), target, Duration::from_secs(120)).expect("QEMU runs");
+    check(&console);
+    // No VCPU task blocked in a call: the guest runs whenever all wait.
+    assert_eq!(idles(&console), Some(0), "{console}");
 }
 
 #[test]

@@ -16,7 +16,13 @@
 //!   goes on (the line being buffered in the lost instance is lost);
 //! - the attack campaign's restart boot (`splitvisor attack --boots
 //!   restart`): a hostile mmu-server faults on purpose at seeded points,
-//!   and each next instance's use of the freed handles is refused.
+//!   and each next instance's use of the freed handles is refused;
+//! - the watchdog (`kernel_stub::watchdog`): a server that spins without a
+//!   system call (`hang`) for the budget (8 s of the emulated TSC) is
+//!   restarted like a faulting one: the mmu-server (QEMU's SVM and
+//!   Bochs's VMX), the uart-server, the disk-driver in the middle of a
+//!   request (its client asks again); a hanging vmm-server stops the VM
+//!   with `vm failed: the vmm-server hung: ...` and status 101.
 //!
 //! Shadow paging on QEMU's TCG needs `--unsafe-shadow` (it ignores the
 //! task-switch intercept); these guests are trusted. Run only these with
@@ -56,6 +62,14 @@ fn counted_restarts(r: &Run) -> Option<usize> {
     let line = r.stdout.lines().find(|l| l.contains("] exits: total="))?;
     let field = line.split(' ').find_map(|f| f.strip_prefix("restarts="))?;
     field.parse().ok()
+}
+
+/// The `[stub] NAME restarted (generation G): watchdog: ...` lines.
+fn hung(text: &str, name: &str) -> usize {
+    let prefix = format!("[stub] {name} restarted (generation ");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains("): watchdog: it ran "))
+        .count()
 }
 
 fn assert_ends_well(r: &Run, guest: &str) {
@@ -240,4 +254,159 @@ fn the_restart_attack_finds_every_freed_handle_refused() {
             report.notes
         );
     }
+}
+
+/// The mmu-server spins at its 500th exit: the watchdog restarts it after
+/// its budget, the new instance takes that exit again, and the guest's
+/// results are those of a run without it.
+#[test]
+fn cr3switch64_on_qemu_svm_shadow_survives_a_hanging_mmu_server() {
+    let r = cr3switch64_shadow("mmu-server:hang@500");
+    assert_ends_well(&r, "cr3switch64");
+    assert!(r.has_line(CR3SWITCH64_CHECKSUM), "another checksum\n{r}");
+    assert_eq!(hung(&r.stdout, "mmu-server"), 1, "{r}");
+    assert_eq!(counted_restarts(&r), Some(1), "{r}");
+}
+
+/// The same on Bochs's VMX (host interrupts taken in ring 3 after VM
+/// exits, whose host state leaves IF clear).
+#[test]
+fn cr3switch64_on_bochs_vmx_shadow_survives_a_hanging_mmu_server() {
+    let r = run(&[
+        "--emulator",
+        "bochs",
+        "--arch",
+        "vmx",
+        "--mmu",
+        "shadow",
+        "--guest",
+        "cr3switch64",
+        "--inject",
+        "mmu-server:hang@500",
+    ]);
+    assert_ends_well(&r, "cr3switch64");
+    assert!(r.has_line(CR3SWITCH64_CHECKSUM), "another checksum\n{r}");
+    assert_eq!(hung(&r.stdout, "mmu-server"), 1, "{r}");
+}
+
+/// COM1's server spins at its 150th request (each instance): restarted,
+/// the vmm-server's call comes back with `ServerRestarted`, and the
+/// console goes on.
+#[test]
+fn cr3switch64_on_qemu_svm_keeps_its_console_when_the_uart_server_hangs() {
+    let r = run(&[
+        "--guest",
+        "cr3switch64",
+        "--uart-server",
+        "--inject",
+        "uart-server:hang@150",
+    ]);
+    assert_ends_well(&r, "cr3switch64");
+    assert!(r.has_line(CR3SWITCH64_CHECKSUM), "{r}");
+    // Each new instance hangs at its own 150th request again.
+    let n = hung(&r.stdout, "uart-server");
+    assert!(n >= 2, "only {n} watchdog restarts of the uart-server\n{r}");
+    assert_eq!(counted_restarts(&r), Some(n), "{r}");
+}
+
+/// The vmm-server holds the guest's devices: its hang stops the VM, with
+/// one line saying so and the failure's status (101).
+#[test]
+fn a_hanging_vmm_server_stops_the_vm_on_qemu_svm() {
+    let r = run(&["--guest", "cr3switch64", "--inject", "vmm-server:hang@100"]);
+    assert_eq!(r.code, Some(101), "{r}");
+    assert!(
+        r.stdout.lines().any(|l| l
+            .starts_with("[stub] vm failed: the vmm-server hung: watchdog: it ran ")
+            && l.ends_with("; stopping the VM")),
+        "{r}"
+    );
+    assert!(!r.has_line(CR3SWITCH64_CHECKSUM), "{r}");
+}
+
+/// The disk-driver spins on the fourth request of each instance (first
+/// the client's READ, `disk-driver/src/bin/disk-client.rs`), next to the
+/// `hello` guest: the watchdog restarts it (it identifies the disk
+/// again), the client's call comes back with `ServerRestarted` and it
+/// asks again, and the sectors read back as written.
+#[test]
+fn the_disk_driver_hanging_in_a_request_is_restarted_on_qemu_svm() {
+    use ipc_proto::inject::{Fault, Injection};
+    use ipc_proto::manifest::{GuestRam, Rights};
+    use splitvisor::disk::{disk_driver_server, Disk, DiskSpec};
+    use splitvisor::run::{qemu_args, run_emulator, Capture, DEFAULT_CPU, DEFAULT_EMULATOR};
+
+    let dir = std::env::temp_dir().join(format!("splitvisor-disk-hang-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("disk.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let disk = Disk::open(&DiskSpec::parse(&img.to_string_lossy()).unwrap()).unwrap();
+    let server = disk_driver_server(false).expect("the disk-driver builds");
+    let driver = server.name.clone();
+    let [client] = images::build_for_target(&["disk-driver"], ["disk-client"])
+        .expect("the disk client builds");
+    let system = images::SystemSpec {
+        device_servers: vec![
+            server,
+            images::DeviceServer {
+                name: "disk-client".into(),
+                elf: client,
+                rights: Rights {
+                    guest_ram: GuestRam::ReadWrite,
+                    console: true,
+                    ..Rights::default()
+                },
+            },
+        ],
+        device_channels: vec![("disk-client".into(), driver.clone())],
+        inject: vec![(
+            driver.clone(),
+            Injection {
+                fault: Fault::Hang,
+                at: 4,
+                every: false,
+            },
+        )],
+        ..images::SystemSpec::new("hello")
+    };
+    let opts = splitvisor::e2e::options(system, DEFAULT_CPU);
+    let image = images::build_system_spec(&opts.system).expect("the image builds");
+    let mut args = qemu_args(&opts, &image);
+    args.extend(disk.qemu_args());
+    let console = Capture::default();
+    let report = run_emulator(
+        DEFAULT_EMULATOR,
+        &args,
+        Duration::from_secs(TIMEOUT_SECS),
+        Box::new(console.clone()),
+    )
+    .expect("QEMU starts (scripts/install-deps installs it)");
+    let text = String::from_utf8_lossy(&console.0.lock().unwrap()).into_owned();
+    let has = |l: &str| text.lines().any(|x| x == l);
+    // The first instance hangs at the READ, the second (READ again, then
+    // the three refusals) at the unknown op, the third serves that.
+    let n = hung(&text, &driver);
+    assert!(
+        n == 2,
+        "{n} watchdog restarts of the disk-driver, not 2\n{text}\n{report:?}"
+    );
+    for line in [
+        "disk-client: the disk-driver was restarted: asking again",
+        "disk-client: WRITE 0, FLUSH 0, READ 0: the sectors read back as written",
+        "hello from the guest",
+        "[stub] vm stopped: guest status 0",
+    ] {
+        assert!(has(line), "{line}:\n{text}\n{report:?}");
+    }
+    // Every instance identified the disk again.
+    let identified = text
+        .lines()
+        .filter(|l| l.starts_with("disk: QEMU HARDDISK"))
+        .count();
+    assert_eq!(identified, n + 1, "{text}");
+    let asked = text.lines().filter(|l| l.contains("asking again")).count();
+    assert_eq!(asked, n, "{text}");
+    drop(disk);
+    let _ = std::fs::remove_dir_all(&dir);
 }

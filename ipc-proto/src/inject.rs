@@ -14,9 +14,9 @@
 //! (`hang` and `corrupt`, which need not restart the server, are where
 //! `every` matters). What each fault does:
 //! - `crash`: `ud2` (#UD in ring 3);
-//! - `hang`: spins with interrupts off. TODO(watchdog): the stub runs
-//!   servers with IF=0 and has no watchdog yet, so a hang hangs the VM
-//!   until the host's time limit; the design is in README ("Isolation").
+//! - `hang`: spins without system calls; the stub's watchdog
+//!   (`kernel_stub::watchdog`) takes the CPU back after its budget and
+//!   handles the server like one that faulted.
 //! - `corrupt`: the server scribbles [`GARBAGE`] over the shared state a
 //!   restart reads (the mmu-server: the guest's control registers in its
 //!   VCPU page; a device server: its channel pages), then executes `ud2`,
@@ -39,7 +39,7 @@ pub enum Fault {
     /// `ud2`: the stub restarts the server (or stops the VM for the
     /// vmm-server).
     Crash = 1,
-    /// Spin for ever.
+    /// Spin for ever (until the stub's watchdog ends it).
     Hang = 2,
     /// Write [`GARBAGE`] over the shared state a restart reads, then `ud2`.
     Corrupt = 3,
@@ -216,10 +216,13 @@ pub fn crash() -> ! {
     unsafe { core::arch::asm!("ud2", options(noreturn)) }
 }
 
-/// Spins for ever: the fault a `hang` injects.
+/// Spins for ever: the fault a `hang` injects. No PAUSE in the loop: QEMU's
+/// TCG leaves its translated code at every PAUSE, so under `-icount` (the
+/// emulated clock counts instructions) a PAUSE loop moves the clock, and
+/// with it the watchdog, a hundred times slower than a plain jump.
 pub fn hang() -> ! {
     loop {
-        core::hint::spin_loop();
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
     }
 }
 

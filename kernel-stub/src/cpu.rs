@@ -17,8 +17,10 @@ pub struct KernelCell<T> {
     borrowed: UnsafeCell<bool>,
 }
 
-// SAFETY: single core, interrupts always off in ring 0 and in ring 3: no
-// two contexts ever run `with` at the same time; a nested `with` (a fault
+// SAFETY: single core, interrupts always off in ring 0 (every gate is an
+// interrupt gate; servers run with IF set, but an interrupt from ring 3
+// enters the stub like a system call, with no cell borrowed): no two
+// contexts ever run `with` at the same time; a nested `with` (a fault
 // inside `f`) is caught by the borrow flag.
 unsafe impl<T> Sync for KernelCell<T> {}
 
@@ -294,12 +296,13 @@ pub struct TrapFrame {
 
 impl TrapFrame {
     /// A ring-3 task about to run its first instruction at `rip` with
-    /// `rsp`, all other registers zero, interrupts off.
+    /// `rsp`, all other registers zero, interrupts on (IOPL 0: it cannot
+    /// turn them off).
     pub fn user_start(rip: u64, rsp: u64) -> Self {
         Self {
             rip,
             cs: u64::from(USER_CS),
-            rflags: 2,
+            rflags: USER_RFLAGS,
             rsp,
             ss: u64::from(USER_DS),
             ..Self::default()
@@ -307,7 +310,12 @@ impl TrapFrame {
     }
 }
 
-// One entry stub per vector we install: exceptions 0-31 and the system call.
+/// A server's RFLAGS at its start: IF set (the watchdog's timer and the
+/// device servers' IRQs interrupt it), IOPL 0 (CLI and STI #GP), bit 1.
+const USER_RFLAGS: u64 = 0x202;
+
+// One entry stub per vector we install: exceptions 0-31, the 8259s' 16
+// lines (`deadline::IRQ_VECTOR_BASE`) and the system call.
 // Vectors where the CPU pushes an error code skip the dummy push.
 macro_rules! trap_stubs {
     ($($vec:literal $err:literal),* $(,)?) => {
@@ -333,6 +341,7 @@ macro_rules! trap_stubs {
 trap_stubs!(
     0 0, 1 0, 2 0, 3 0, 4 0, 5 0, 6 0, 7 0, 8 1, 9 0, 10 1, 11 1, 12 1, 13 1, 14 1, 15 0,
     16 0, 17 1, 18 0, 19 0, 20 0, 21 1, 22 0, 23 0, 24 0, 25 0, 26 0, 27 0, 28 0, 29 1, 30 1, 31 0,
+    32 0, 33 0, 34 0, 35 0, 36 0, 37 0, 38 0, 39 0, 40 0, 41 0, 42 0, 43 0, 44 0, 45 0, 46 0, 47 0,
     128 0,
 );
 
@@ -351,14 +360,21 @@ global_asm!(
 );
 
 extern "C" {
-    static trap_table: [u64; 33];
+    static trap_table: [u64; 49];
 }
 
-/// Every trap lands here: system calls from ring 3, and exceptions.
+/// The host IRQs' vectors (`deadline::init` programs the 8259s so).
+const IRQ_VECTORS: core::ops::Range<u64> = IRQ_BASE..IRQ_BASE + 16;
+const IRQ_BASE: u64 = crate::deadline::IRQ_VECTOR_BASE as u64;
+
+/// Every trap lands here: system calls and host interrupts from ring 3,
+/// and exceptions.
 extern "C" fn trap_handler(frame: &mut TrapFrame) {
     let from_user = frame.cs & 3 == 3;
     match (frame.vector, from_user) {
         (0x80, true) => crate::syscall::dispatch(frame),
+        // A host IRQ while a server ran (the watchdog, a device's line).
+        (v, true) if IRQ_VECTORS.contains(&v) => crate::vm::interrupt(frame, v - IRQ_BASE),
         // A #DB in the stub can only be a guest's single-step trap that the
         // emulator delivered after VMRUN on the host side (Bochs's SVM
         // does, for a guest with RFLAGS.TF): the stub sets no breakpoints
@@ -409,8 +425,11 @@ pub fn init() {
         let idt = &mut *idt;
         let table = &trap_table;
         for (i, &addr) in table.iter().enumerate() {
-            let vector = if i == 32 { 0x80 } else { i };
-            // 0x8e: present interrupt gate, DPL 0; 0xee: DPL 3 (callable from ring 3).
+            let vector = if i == 48 { 0x80 } else { i };
+            // 0x8e: present interrupt gate, DPL 0; 0xee: DPL 3 (callable
+            // from ring 3). An interrupt gate clears IF: the stub runs
+            // with interrupts off whatever it entered from. A host IRQ
+            // ignores the DPL; an `int 0x20` from ring 3 #GPs.
             let type_attr = if vector == 0x80 { 0xee } else { 0x8e };
             idt[vector] = IdtEntry {
                 offset_lo: addr as u16,
@@ -553,7 +572,8 @@ pub fn nx_enabled() -> bool {
     rdmsr(MSR_EFER) & EFER_NXE != 0
 }
 
-/// Enters ring 3 at `rip` with `rsp`, all other registers zero, interrupts off.
+/// Enters ring 3 at `rip` with `rsp`, all other registers zero, interrupts
+/// on ([`USER_RFLAGS`]).
 pub fn enter_user(rip: u64, rsp: u64) -> ! {
     // SAFETY: the caller loaded an address space in which `rip` and `rsp`
     // are mapped for ring 3; the selectors are the GDT's user ones.
@@ -561,7 +581,7 @@ pub fn enter_user(rip: u64, rsp: u64) -> ! {
         asm!(
             "push {ss}",
             "push {rsp}",
-            "push 0x2",          // RFLAGS: IF clear, IOPL 0
+            "push {rflags}",
             "push {cs}",
             "push {rip}",
             "xor eax, eax", "xor ebx, ebx", "xor ecx, ecx", "xor edx, edx",
@@ -571,6 +591,7 @@ pub fn enter_user(rip: u64, rsp: u64) -> ! {
             "iretq",
             ss = in(reg) u64::from(USER_DS),
             rsp = in(reg) rsp,
+            rflags = const USER_RFLAGS,
             cs = in(reg) u64::from(USER_CS),
             rip = in(reg) rip,
             options(noreturn)

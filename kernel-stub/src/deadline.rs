@@ -6,9 +6,11 @@
 //! terminal count) on IRQ 0 of the host's 8259, the one line left unmasked.
 //! While the guest runs, that interrupt is a VM exit (SVM INTR intercept
 //! with the host's IF set at VMRUN, APM vol. 2 15.21; VMX external-interrupt
-//! exiting, SDM vol. 3 25.2). The stub never takes it through its IDT
-//! (outside the guest IF or GIF is clear): it acknowledges it with the
-//! 8259's poll command (OCW3 P=1, which is an INTA by port I/O) and an EOI.
+//! exiting, SDM vol. 3 25.2). The stub itself never takes it through its
+//! IDT (in ring 0 IF or GIF is clear): after an exit it acknowledges it
+//! with the 8259's poll command (OCW3 P=1, which is an INTA by port I/O)
+//! and an EOI. Only a server (ring 3, IF set) is interrupted by it: the
+//! watchdog's tick (below).
 //! The PIT counts at 1.193182 MHz, 16 bits: one arming covers at most 55 ms;
 //! a deadline further away takes several.
 //!
@@ -24,6 +26,12 @@
 //!
 //! The stub's idle loop (`vm`, when the guest cannot run) polls the
 //! request registers ([`asking`]) instead of taking interrupts.
+//!
+//! Servers run with RFLAGS.IF set (the watchdog, `kernel_stub::watchdog`):
+//! an interrupt that comes while one runs is taken through the stub's IDT
+//! at [`IRQ_VECTOR_BASE`] + line ([`init`] moves the 8259s' vectors above
+//! the exceptions), ended with [`end_of_interrupt`], and then handled as
+//! after a guest exit ([`ExitDeadline::fired`]).
 
 use crate::cpu::{inb, outb};
 
@@ -37,9 +45,26 @@ const PIC2_DATA: u16 = 0xa1;
 /// The master's line the slave 8259 cascades into.
 const CASCADE: u8 = 2;
 
-/// Masks every host IRQ but the PIT's and clears what the firmware left
-/// pending. The PIT waits in mode 0 for its first count.
+/// The vector of host IRQ line 0 when it interrupts a server; lines 1-15
+/// follow. The firmware's bases (8 and 0x70) put the master's lines on
+/// exception vectors.
+pub const IRQ_VECTOR_BASE: u8 = 0x20;
+
+/// Programs both 8259s again (vectors from [`IRQ_VECTOR_BASE`]), masks
+/// every host IRQ but the PIT's and clears what the firmware left pending.
+/// The PIT waits in mode 0 for its first count.
 pub fn init() {
+    // ICW1 (edge-triggered, cascaded, ICW4 follows), ICW2 (vector base),
+    // ICW3 (the slave on line 2), ICW4 (8086 mode, normal EOI); 8259A
+    // datasheet, "Initialization command words".
+    outb(PIC1_CMD, 0x11);
+    outb(PIC2_CMD, 0x11);
+    outb(PIC1_DATA, IRQ_VECTOR_BASE);
+    outb(PIC2_DATA, IRQ_VECTOR_BASE + 8);
+    outb(PIC1_DATA, 1 << CASCADE);
+    outb(PIC2_DATA, CASCADE);
+    outb(PIC1_DATA, 0x01);
+    outb(PIC2_DATA, 0x01);
     outb(PIC1_DATA, 0xfe);
     outb(PIC2_DATA, 0xff);
     outb(PIT_CMD, 0x30); // channel 0, lobyte/hibyte, mode 0, binary: OUT low
@@ -76,6 +101,19 @@ fn take_line() -> Option<u8> {
     }
     outb(PIC1_CMD, 0x20); // non-specific EOI
     Some(line)
+}
+
+/// Ends line `line`'s interrupt that the CPU took through the IDT (its
+/// INTA set the in-service bit): a specific EOI (OCW2), to the master's
+/// cascade line too for a slave line. A spurious 7 or 15 has no in-service
+/// bit of its own, and the specific EOI clears nothing there.
+pub fn end_of_interrupt(line: u8) {
+    if line >= 8 {
+        outb(PIC2_CMD, 0x60 | (line & 7));
+        outb(PIC1_CMD, 0x60 | CASCADE);
+    } else {
+        outb(PIC1_CMD, 0x60 | (line & 7));
+    }
 }
 
 /// The unmasked lines whose request bit (IRR, OCW3 read-register
@@ -157,12 +195,33 @@ impl ExitDeadline {
 
     /// Before an entry: starts the PIT towards the deadline, or towards
     /// `task`'s (the earliest `ReplyRecv` timeout) when that is earlier,
-    /// unless it already counts towards it.
+    /// unless it already counts towards it. With neither, a count the
+    /// watchdog started is stopped (it would only end the guest's run).
     pub fn arm(&mut self, now_tsc: u64, task: Option<u64>) {
         let own = (self.at != 0).then_some(self.at);
         let Some(at) = kernel_stub::notify::WakeAt::earliest(own, task) else {
+            if self.armed.take().is_some() {
+                outb(PIT_CMD, 0x30); // a new mode word stops the count
+            }
             return;
         };
+        self.arm_at(now_tsc, at);
+    }
+
+    /// Before the stub hands the CPU to a server: starts the PIT towards
+    /// the watchdog's bite (`watchdog`), unless it counts already (it then
+    /// interrupts within 55 ms, and the tick arms it again). Only the
+    /// watchdog: the exit deadline and the `ReplyRecv` timeouts matter
+    /// when the guest would run or a task could, not while a server runs
+    /// (no preemption), and one already past would interrupt the server
+    /// at every PIT tick.
+    pub fn arm_for_server(&mut self, now_tsc: u64, watchdog: Option<u64>) {
+        if let (None, Some(at)) = (self.armed, watchdog) {
+            self.arm_at(now_tsc, at);
+        }
+    }
+
+    fn arm_at(&mut self, now_tsc: u64, at: u64) {
         if self.tsc_hz == 0 || self.armed == Some(at) {
             return;
         }

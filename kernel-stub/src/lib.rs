@@ -11,6 +11,7 @@ pub mod iopb;
 pub mod notify;
 pub mod resume;
 pub mod user_range;
+pub mod watchdog;
 
 /// Choosing SVM or VMX: the `arch=` boot option and the CPU's features.
 #[path = "arch/select.rs"]

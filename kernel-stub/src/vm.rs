@@ -41,8 +41,14 @@
 //! vmm-server calls `VcpuRun` and the device server was signalled, or after
 //! an exit for its IRQ (a host interrupt: the exit goes to the vmm-server,
 //! whose next `VcpuRun` lets the device server run first), or when the
-//! guest exits for HLT or the exit deadline. Host IRQs arrive only while
-//! the guest runs (the stub and the servers run with interrupts off).
+//! guest exits for HLT or the exit deadline.
+//!
+//! Servers run with interrupts on (the stub with them off): a host IRQ
+//! that comes while a server runs is taken through the IDT
+//! ([`interrupt`]), noted in its owner's word as after a guest exit, and
+//! the same server goes on: no preemption. The timer's ticks there are the
+//! watchdog's (`kernel_stub::watchdog`): a server that has had the CPU for
+//! its budget without a system call is handled like one that faulted.
 
 use crate::arch::{self, Arch, Entry, EntryFailure, ExitClass, Paging, Vcpu};
 use crate::boot::{self, BootInfo};
@@ -64,6 +70,7 @@ use ipc_proto::{ErrorCode, ExitRecord, ResumeFlags, Stats, Syscall, VcpuPage, AB
 use kernel_stub::install::{AllocError, GuestRam, ShadowTables, TableFormat};
 use kernel_stub::notify::{ExitGate, Notifications, WakeAt};
 use kernel_stub::resume::PagingRules;
+use kernel_stub::watchdog::{Watchdog, BUDGET_MS};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// QEMU's isa-debug-exit port (`-device isa-debug-exit,iobase=0xf4`): the
@@ -158,6 +165,11 @@ struct Vm {
     /// last accepted resume (shadow paging): written back into its VCPU
     /// page when it restarts, over whatever the faulting instance left.
     mmu_control: ipc_proto::GuestControl,
+    /// How long the running server has had the CPU.
+    watch: Watchdog,
+    tsc_hz: u64,
+    /// Times the stub idled (every task waiting, the guest unable to run).
+    idles: u64,
 }
 
 /// The stub's state besides the VM's tasks: the shadow tables it handed
@@ -258,13 +270,46 @@ enum Stop {
     BadStatus(u64),
     /// `VmFail` from this task.
     GaveUp(heapless::String<TASK_NAME_MAX>),
-    /// A task faulted in ring 3 and is not restarted (`why`).
+    /// A task faulted in ring 3 (or hung) and is not restarted (`why`).
     Faulted {
         name: heapless::String<TASK_NAME_MAX>,
-        /// Vector, error code, RIP and CR2.
-        fault: [u64; 4],
+        cause: Cause,
         why: &'static str,
     },
+}
+
+/// Why a server is restarted, or the VM stops.
+#[derive(Clone, Copy, Debug)]
+enum Cause {
+    /// An exception in ring 3.
+    Exception {
+        vector: u64,
+        error_code: u64,
+        rip: u64,
+        cr2: u64,
+    },
+    /// The watchdog: it ran `ms` milliseconds without a system call.
+    Watchdog { ms: u64, rip: u64 },
+}
+
+impl core::fmt::Display for Cause {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Self::Exception {
+                vector,
+                error_code,
+                rip,
+                cr2,
+            } => write!(
+                f,
+                "exception {vector} (error code {error_code:#x}) at rip={rip:#x}, cr2={cr2:#x}"
+            ),
+            Self::Watchdog { ms, rip } => write!(
+                f,
+                "watchdog: it ran {ms} ms without a system call (budget {BUDGET_MS} ms), at rip={rip:#x}"
+            ),
+        }
+    }
 }
 
 impl core::fmt::Display for Stop {
@@ -283,20 +328,20 @@ impl core::fmt::Display for Stop {
             Self::Stopped(status) => write!(f, "stopped with guest status {status}"),
             Self::BadStatus(status) => write!(f, "the vmm-server stopped the VM with status {status}, which is not a byte"),
             Self::GaveUp(name) => write!(f, "the {name} gave up (its reason is above)"),
-            Self::Faulted {
-                name,
-                fault: [vector, error, rip, cr2],
-                why,
-            } => write!(
-                f,
-                "the {name} faulted: exception {vector} (error code {error:#x}) at rip={rip:#x}, cr2={cr2:#x}; stopping the VM{why}",
-            ),
+            Self::Faulted { name, cause, why } => {
+                let what = match cause {
+                    Cause::Exception { .. } => "faulted",
+                    Cause::Watchdog { .. } => "hung",
+                };
+                write!(f, "the {name} {what}: {cause}; stopping the VM{why}")
+            }
         }
     }
 }
 
 fn stop_now(stop: Stop) -> ! {
     if let Stop::Stopped(status) = stop {
+        scheduler_line();
         say!("vm stopped: guest status {status}");
         end(HOST_EXIT_STOPPED)
     }
@@ -327,6 +372,7 @@ pub fn cannot_run(why: &str) -> ! {
 
 /// The VM cannot go on: the reason, the statistics, then off.
 pub fn fail(why: core::fmt::Arguments) -> ! {
+    scheduler_line();
     say!("vm failed: {why}");
     let counters = KERNEL.try_with(|k| {
         let mmu = k.vm.as_ref().and_then(Vm::mmu_stats);
@@ -342,6 +388,21 @@ pub fn fail(why: core::fmt::Arguments) -> ! {
         None => say!("(no statistics: the stub faulted while it held its own state)"),
     }
     end(HOST_EXIT_FAILED)
+}
+
+/// The scheduler's figures, before the final line: `[stub] scheduler:
+/// idle=N longest_run_us=U (NAME) watchdog_ms=B` (the idle loop's entries,
+/// the longest server run that ended in a system call).
+fn scheduler_line() {
+    let figures = KERNEL.try_with(|k| {
+        let vm = k.vm.as_ref()?;
+        let (ticks, task) = vm.watch.longest();
+        let us = ticks / (vm.tsc_hz / 1_000_000).max(1);
+        Some((vm.idles, us, vm.task(task).name.clone()))
+    });
+    if let Some(Some((idles, us, name))) = figures {
+        say!("scheduler: idle={idles} longest_run_us={us} ({name}) watchdog_ms={BUDGET_MS}");
+    }
 }
 
 fn count_exit(s: &mut Stats, rec: &ExitRecord) {
@@ -516,6 +577,7 @@ impl Vm {
     /// Returns once a waiting task can run (so the caller's next
     /// `schedule` switches to it, never idling again at once).
     fn idle(&mut self) -> Result<(), Stop> {
+        self.idles += 1;
         let granted = self
             .tasks
             .iter()
@@ -847,7 +909,8 @@ impl Vm {
         Ok(0)
     }
 
-    /// The running task faulted in ring 3 (`frame` holds the fault). The
+    /// The running task faulted in ring 3 (`frame` holds the fault), or
+    /// hung (the watchdog: `frame` holds where it was). The
     /// vmm-server stops the VM; another task is restarted from its image in
     /// its own address space (its writable segments copied again, its stack
     /// zeroed, its notification word cleared, its IRQ lines unmasked), and
@@ -855,13 +918,11 @@ impl Vm {
     /// mmu-server's tables are a cache: every handle it held is freed and
     /// the guest is not entered until its next instance names a root; that
     /// instance gets the exit this one was handling again.
-    fn fault(&mut self, frame: &mut TrapFrame, cr2: u64, sh: &mut Shared) -> SysResult {
+    fn restart(&mut self, frame: &mut TrapFrame, cause: Cause, sh: &mut Shared) -> SysResult {
         let cur = self.current;
-        let fault = [frame.vector, frame.error_code, frame.rip, cr2];
-        let [vector, error_code, rip, _] = fault;
         let stop = |vm: &Self, why| Stop::Faulted {
             name: vm.task(cur).name.clone(),
-            fault,
+            cause,
             why,
         };
         let t = self.task(cur);
@@ -879,7 +940,7 @@ impl Vm {
             .and_then(|file| task::reload(file, t.root).ok())
             .ok_or_else(|| stop(self, " (it could not be restarted)"))?;
         say!(
-            "{} restarted (generation {}): exception {vector} (error code {error_code:#x}) at rip={rip:#x}, cr2={cr2:#x}",
+            "{} restarted (generation {}): {cause}",
             t.name,
             t.generation + 1
         );
@@ -915,6 +976,49 @@ impl Vm {
             }
         }
         self.schedule(frame, sh)
+    }
+
+    /// A host IRQ `line` interrupted the running server (`frame`): ended,
+    /// noted in its owner's word (the line masked) as after a guest exit,
+    /// and the server goes on, unless the watchdog says its budget is
+    /// spent: then it is restarted like a faulting one (the vmm-server's
+    /// hang stops the VM).
+    fn interrupt(&mut self, frame: &mut TrapFrame, line: u8, sh: &mut Shared) -> SysResult {
+        deadline::end_of_interrupt(line);
+        let granted = self.granted_irqs();
+        let mut lines = self.deadline.fired(granted);
+        if granted & (1 << line) != 0 {
+            deadline::set_masked(line, true);
+            lines |= 1 << line;
+        }
+        self.notify_irqs(lines);
+        if let Some(ms) = self.watch.expired(cpu::rdtsc(), self.tsc_hz) {
+            let rip = frame.rip;
+            let outcome = self.restart(frame, Cause::Watchdog { ms, rip }, sh);
+            self.enter_ring3(true);
+            return outcome;
+        }
+        self.enter_ring3(false);
+        Ok(Next::Switched)
+    }
+
+    /// The stub returns to ring 3: the timer counts (towards the
+    /// watchdog's bite at the latest), and with `fresh` the server's run
+    /// starts now.
+    fn enter_ring3(&mut self, fresh: bool) {
+        let now = cpu::rdtsc();
+        if fresh {
+            self.watch.ran(now);
+        }
+        self.deadline.arm_for_server(now, self.watch.at());
+    }
+
+    /// Every host IRQ line a task owns.
+    fn granted_irqs(&self) -> u16 {
+        self.tasks
+            .iter()
+            .flatten()
+            .fold(0, |m, t| m | t.rights.irqs)
     }
 
     /// The mmu-server `task` restarts: every table it held is freed (its
@@ -1090,21 +1194,55 @@ impl Vm {
 /// A system call from ring 3 (`int 0x80`): run it with the kernel state
 /// borrowed, then set the caller's result or end the VM.
 pub fn syscall(frame: &mut TrapFrame) {
+    let now = cpu::rdtsc();
     let outcome = KERNEL.with(|k| {
         k.shared.stats.syscalls += 1;
         match k.vm.as_mut() {
-            Some(vm) => vm.syscall(frame, &mut k.shared),
+            Some(vm) => {
+                vm.watch.ended(vm.current, now);
+                let outcome = vm.syscall(frame, &mut k.shared);
+                vm.enter_ring3(true);
+                outcome
+            }
             None => Err(ErrorCode::NotReady.into()),
         }
     });
     finish(frame, outcome);
 }
 
+/// A host IRQ `line` while a server ran (`frame`): noted for its owner,
+/// and the server goes on, or is restarted by the watchdog
+/// (`Vm::interrupt`).
+pub fn interrupt(frame: &mut TrapFrame, line: u64) {
+    // `line` < 16: the trap entry's vector range.
+    let line = u8::try_from(line & 15).unwrap_or(0);
+    let outcome = KERNEL.with(|k| match k.vm.as_mut() {
+        Some(vm) => vm.interrupt(frame, line, &mut k.shared),
+        None => Err(ErrorCode::NotReady.into()),
+    });
+    if let Err(SysError::Code(_)) = outcome {
+        fail(format_args!(
+            "a host interrupt came before the VM was built"
+        ));
+    }
+    finish(frame, outcome);
+}
+
 /// A fault in ring 3 (`frame` holds it): the task is restarted or the VM
 /// stops (`Vm::fault`).
 pub fn user_fault(frame: &mut TrapFrame, cr2: u64) {
+    let cause = Cause::Exception {
+        vector: frame.vector,
+        error_code: frame.error_code,
+        rip: frame.rip,
+        cr2,
+    };
     let outcome = KERNEL.with(|k| match k.vm.as_mut() {
-        Some(vm) => vm.fault(frame, cr2, &mut k.shared),
+        Some(vm) => {
+            let outcome = vm.restart(frame, cause, &mut k.shared);
+            vm.enter_ring3(true);
+            outcome
+        }
         None => Err(ErrorCode::NotReady.into()),
     });
     if let Err(SysError::Code(_)) = outcome {
@@ -1376,7 +1514,13 @@ fn build(
             pae_root: None,
             mmu_exit: None,
             mmu_control: ipc_proto::GuestControl::default(),
-        })
+            watch: Watchdog::new(tsc_hz),
+            tsc_hz,
+            idles: 0,
+        });
+        if let Some(vm) = k.vm.as_mut() {
+            vm.enter_ring3(true);
+        }
     });
     cpu::write_cr3(first.0);
     cpu::enter_user(first.1, STACK_TOP)

@@ -17,6 +17,11 @@
 //! first: it calls, the first never replies and faults, and the call must
 //! come back with `ServerRestarted`, never hang:
 //! `probe-client: the call came back with ServerRestarted`.
+//! Given the `vcpu` right (and no exit classes), the client is a VCPU task
+//! blocked in a `Call`, so the guest cannot run while it waits: the stub
+//! idles until the server's IRQ or timeout (`apps/tests/e2e_device_server.rs`);
+//! afterwards it waits in `VcpuRun` for exits it never gets, which lets
+//! the guest run again.
 //!
 //! The template for a real device server (the disk driver): give it a
 //! name, its ports, its IRQ lines and guest RAM in the image builder
@@ -106,6 +111,9 @@ mod ring3 {
                 sys::vm_fail();
             }
         }
+        // With the `vcpu` right: blocks for good (no exit class is its);
+        // without it: refused at once.
+        let _ = sys::call(Syscall::VcpuRun, 0);
         loop {
             let _ = sys::call(Syscall::ReplyRecv, NO_REPLY);
         }

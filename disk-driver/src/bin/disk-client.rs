@@ -34,15 +34,27 @@ mod ring3 {
         };
     }
 
-    /// Channel 0: sends `req`, returns the server's reply.
+    /// Channel 0: sends `req`, returns the server's reply. A server that
+    /// was restarted during the call (a fault, the stub's watchdog) is
+    /// asked once more, as a client of a restarted server does on purpose.
     fn call(req: BlockRequest) -> BlockReply {
         let page = CHANNEL_PAGE_BASE as *mut u8;
-        // SAFETY: the stub maps channel 0's page read-write in both ends;
-        // the server reads it only while this task waits in `Call`.
-        unsafe { page.cast::<BlockRequest>().write_volatile(req) };
-        if let Err(e) = sys::call(Syscall::Call, 0) {
-            say!("Call refused: {}", e.describe());
-            sys::vm_fail();
+        let mut retried = false;
+        loop {
+            // SAFETY: the stub maps channel 0's page read-write in both
+            // ends; the server reads it only while this task waits in `Call`.
+            unsafe { page.cast::<BlockRequest>().write_volatile(req) };
+            match sys::call(Syscall::Call, 0) {
+                Ok(_) => break,
+                Err(ipc_proto::ErrorCode::ServerRestarted) if !retried => {
+                    say!("the disk-driver was restarted: asking again");
+                    retried = true;
+                }
+                Err(e) => {
+                    say!("Call refused: {}", e.describe());
+                    sys::vm_fail();
+                }
+            }
         }
         // SAFETY: as above; every bit pattern is a valid BlockReply.
         unsafe { page.cast::<BlockReply>().read_volatile() }
