@@ -14,7 +14,7 @@
 //! (`hang` and `corrupt`, which need not restart the server, are where
 //! `every` matters). What each fault does:
 //! - `crash`: `ud2` (#UD in ring 3);
-//! - `hang`: spins without system calls; the stub's watchdog
+//! - `hang`: spins, with only system calls that return at once; the stub's watchdog
 //!   (`kernel_stub::watchdog`) takes the CPU back after its budget and
 //!   handles the server like one that faulted.
 //! - `corrupt`: the server scribbles [`GARBAGE`] over the shared state a
@@ -216,13 +216,21 @@ pub fn crash() -> ! {
     unsafe { core::arch::asm!("ud2", options(noreturn)) }
 }
 
-/// Spins for ever: the fault a `hang` injects. No PAUSE in the loop: QEMU's
-/// TCG leaves its translated code at every PAUSE, so under `-icount` (the
-/// emulated clock counts instructions) a PAUSE loop moves the clock, and
-/// with it the watchdog, a hundred times slower than a plain jump.
+/// Spins for ever: the fault a `hang` injects. Every 2^20 turns it makes a
+/// system call that returns at once (a `Signal` on no channel, refused),
+/// as a server stuck in a loop around `Signal` or `StatsRead` would: the
+/// watchdog counts from the server's last *blocking* call, so these do not
+/// save it. No PAUSE in the loop: QEMU's TCG leaves its translated code at
+/// every PAUSE, so under `-icount` (the emulated clock counts instructions)
+/// a PAUSE loop moves the clock, and with it the watchdog, a hundred times
+/// slower than a plain jump.
 pub fn hang() -> ! {
     loop {
-        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        for _ in 0..1u32 << 20 {
+            core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        }
+        #[cfg(target_os = "none")]
+        let _ = crate::sys::signal(u64::MAX, 0);
     }
 }
 

@@ -48,7 +48,7 @@
 //! ([`interrupt`]), noted in its owner's word as after a guest exit, and
 //! the same server goes on: no preemption. The timer's ticks there are the
 //! watchdog's (`kernel_stub::watchdog`): a server that has had the CPU for
-//! its budget without a system call is handled like one that faulted.
+//! its budget without blocking is handled like one that faulted.
 
 use crate::arch::{self, Arch, Entry, EntryFailure, ExitClass, Paging, Vcpu};
 use crate::boot::{self, BootInfo};
@@ -288,7 +288,7 @@ enum Cause {
         rip: u64,
         cr2: u64,
     },
-    /// The watchdog: it ran `ms` milliseconds without a system call.
+    /// The watchdog: it ran `ms` milliseconds without blocking.
     Watchdog { ms: u64, rip: u64 },
 }
 
@@ -306,7 +306,7 @@ impl core::fmt::Display for Cause {
             ),
             Self::Watchdog { ms, rip } => write!(
                 f,
-                "watchdog: it ran {ms} ms without a system call (budget {BUDGET_MS} ms), at rip={rip:#x}"
+                "watchdog: it ran {ms} ms without blocking (budget {BUDGET_MS} ms), at rip={rip:#x}"
             ),
         }
     }
@@ -1201,7 +1201,11 @@ pub fn syscall(frame: &mut TrapFrame) {
             Some(vm) => {
                 vm.watch.ended(vm.current, now);
                 let outcome = vm.syscall(frame, &mut k.shared);
-                vm.enter_ring3(true);
+                // A call that returns at once (StatsRead, Signal, a
+                // ReplyRecv with bits pending) does not restart the
+                // server's run: only one that blocked, so a server that
+                // loops on such calls is still a hung one.
+                vm.enter_ring3(matches!(outcome, Ok(Next::Switched)));
                 outcome
             }
             None => Err(ErrorCode::NotReady.into()),

@@ -1,14 +1,17 @@
-//! The watchdog: a server that keeps the CPU for [`BUDGET_MS`] without a
-//! system call is treated like one that faulted (restarted from its image,
+//! The watchdog: a server that keeps the CPU for [`BUDGET_MS`] without
+//! blocking is treated like one that faulted (restarted from its image,
 //! or the VM stops for the vmm-server).
 //!
 //! Servers run with RFLAGS.IF set, so the host timer (the exit deadline's
 //! PIT, `deadline.rs`) interrupts them; the stub arms it whenever it hands
 //! the CPU to a server and nothing else keeps it counting, and at each tick
 //! taken from ring 3 asks [`Watchdog::expired`]. The clock is the TSC from
-//! the moment the stub last returned to ring 3 (a system call's end, a
-//! restart, a task's start): what the guest or the stub did in between is
-//! not charged to the server.
+//! the moment the stub last handed the CPU to the server after it blocked
+//! (a `Call`, `VcpuRun` or `ReplyRecv` that waited), a restart or its
+//! start: what the guest or other tasks did in between is not charged to
+//! the server. A call that returns at once (`Signal`, `StatsRead`, a
+//! `ReplyRecv` with bits pending) does not reset it, so a server that
+//! loops on such calls starves the guest no longer than one that spins.
 //!
 //! The budget is TSC time. Under QEMU (`-icount`) and Bochs (`ips`) the
 //! TSC counts instructions, so a loaded host cannot make a healthy server
@@ -18,7 +21,7 @@
 //! paging) and above the disk-driver's own 5 s wait for a disk that does
 //! not answer, which ends in a status timeout, not a watchdog restart.
 
-/// The budget of one server run without a system call, in milliseconds.
+/// The budget of one server run without blocking, in milliseconds.
 pub const BUDGET_MS: u64 = 8000;
 
 /// The TSC since the stub last handed the CPU to a server, and the longest
