@@ -58,6 +58,8 @@
 
 #include "virtio-pci.inc"
 
+#define RAM_GPA   0x500000   /* where bar-over-ram moves BAR 0 */
+
 /* One attack: name, procedure, whether it must end in NEEDS_RESET. */
 .macro ATTACK name, proc, nr
     .pushsection .rodata.names
