@@ -43,6 +43,7 @@ pub const GUESTS: &[&str] = &[
     "exitbench",
     "insbpte",
     "hostile-driver",
+    "blkpte",
 ];
 
 /// Where the test guests are loaded and linked.
