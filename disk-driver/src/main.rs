@@ -48,7 +48,7 @@ mod ring3 {
     use ipc_proto::inject::{self, Fault, Injector, GARBAGE};
     use ipc_proto::layout::PAGE_SIZE;
     use ipc_proto::manifest::MAX_CHANNELS;
-    use ipc_proto::sys::{self, ConsoleLine};
+    use ipc_proto::sys::{self, port, ConsoleLine};
     use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION, RECV_TIMEOUT};
     use ipc_proto::{Syscall, ABI_VERSION};
 
@@ -72,120 +72,44 @@ mod ring3 {
 
     impl PortIo for Ports {
         fn inb(&mut self, port: u16) -> u8 {
-            let v: u8;
-            // SAFETY: a port read touches no memory of this task.
-            unsafe {
-                core::arch::asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags));
-            }
-            v
+            port::inb(port)
         }
 
         fn outb(&mut self, port: u16, value: u8) {
-            // SAFETY: a port write touches no memory of this task.
-            unsafe {
-                core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags));
-            }
+            port::outb(port, value);
         }
 
         fn inw(&mut self, port: u16) -> u16 {
-            let v: u16;
-            // SAFETY: a port read touches no memory of this task.
-            unsafe {
-                core::arch::asm!("in ax, dx", out("ax") v, in("dx") port, options(nomem, nostack, preserves_flags));
-            }
-            v
+            port::inw(port)
         }
 
         fn outw(&mut self, port: u16, value: u16) {
-            // SAFETY: a port write touches no memory of this task.
-            unsafe {
-                core::arch::asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags));
-            }
+            port::outw(port, value);
         }
 
         fn insw(&mut self, port: u16, buf: &mut [u8]) {
-            // SAFETY: `rep insw` writes exactly 2 x rcx bytes (buf.len()
-            // rounded down to even) from rdi upwards (DF is clear under the
-            // SysV ABI), all inside the live, writable `buf`.
-            unsafe {
-                core::arch::asm!(
-                    "rep insw",
-                    in("dx") port,
-                    inout("rdi") buf.as_mut_ptr() => _,
-                    inout("rcx") buf.len() / 2 => _,
-                    options(nostack, preserves_flags)
-                );
-            }
+            port::insw(port, buf);
         }
 
         fn outsw(&mut self, port: u16, buf: &[u8]) {
-            // SAFETY: `rep outsw` reads exactly 2 x rcx bytes of the live
-            // `buf` from rsi upwards (DF clear) and writes no memory.
-            unsafe {
-                core::arch::asm!(
-                    "rep outsw",
-                    in("dx") port,
-                    inout("rsi") buf.as_ptr() => _,
-                    inout("rcx") buf.len() / 2 => _,
-                    options(nostack, preserves_flags, readonly)
-                );
-            }
+            port::outsw(port, buf);
         }
 
         fn inl(&mut self, port: u16) -> u32 {
-            let v: u32;
-            // SAFETY: a port read touches no memory of this task.
-            unsafe {
-                core::arch::asm!("in eax, dx", out("eax") v, in("dx") port, options(nomem, nostack, preserves_flags));
-            }
-            v
+            port::inl(port)
         }
 
         fn outl(&mut self, port: u16, value: u32) {
-            // SAFETY: a port write touches no memory of this task.
-            unsafe {
-                core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags));
-            }
+            port::outl(port, value);
         }
 
         fn insl(&mut self, port: u16, buf: &mut [u8]) {
-            // SAFETY: `rep insd` writes exactly 4 x rcx bytes (buf.len()
-            // rounded down to a multiple of 4) from rdi upwards (DF is
-            // clear under the SysV ABI), all inside the live, writable `buf`.
-            unsafe {
-                core::arch::asm!(
-                    "rep insd",
-                    in("dx") port,
-                    inout("rdi") buf.as_mut_ptr() => _,
-                    inout("rcx") buf.len() / 4 => _,
-                    options(nostack, preserves_flags)
-                );
-            }
+            port::insl(port, buf);
         }
 
         fn outsl(&mut self, port: u16, buf: &[u8]) {
-            // SAFETY: `rep outsd` reads exactly 4 x rcx bytes of the live
-            // `buf` from rsi upwards (DF clear) and writes no memory.
-            unsafe {
-                core::arch::asm!(
-                    "rep outsd",
-                    in("dx") port,
-                    inout("rsi") buf.as_ptr() => _,
-                    inout("rcx") buf.len() / 4 => _,
-                    options(nostack, preserves_flags, readonly)
-                );
-            }
+            port::outsl(port, buf);
         }
-    }
-
-    fn rdtsc() -> u64 {
-        let (lo, hi): (u32, u32);
-        // SAFETY: RDTSC reads the time-stamp counter (the stub lets ring 3
-        // read it: BootInfo::tsc_hz) and touches no memory.
-        unsafe {
-            core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags));
-        }
-        (u64::from(hi) << 32) | u64::from(lo)
     }
 
     /// Waits for the disk by polling the status until a TSC deadline
@@ -225,7 +149,7 @@ mod ring3 {
         }
 
         fn start(&mut self) {
-            self.deadline = rdtsc().saturating_add(self.ticks);
+            self.deadline = sys::rdtsc().saturating_add(self.ticks);
         }
 
         fn wait_irq(&mut self) {
@@ -233,9 +157,9 @@ mod ring3 {
             // returns at once), or for one wait's budget: a disk that
             // never interrupts ends in the status polls' timeout instead
             // of blocking this server for good.
-            let until = rdtsc().saturating_add(self.ticks);
+            let until = sys::rdtsc().saturating_add(self.ticks);
             loop {
-                let left = until.saturating_sub(rdtsc());
+                let left = until.saturating_sub(sys::rdtsc());
                 if left == 0 {
                     return;
                 }
@@ -259,7 +183,7 @@ mod ring3 {
 
         fn pause(&mut self) -> bool {
             core::hint::spin_loop();
-            rdtsc() < self.deadline
+            sys::rdtsc() < self.deadline
         }
     }
 

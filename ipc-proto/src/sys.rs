@@ -164,11 +164,17 @@ pub fn scribble_channel_page(ch: u64) {
     }
 }
 
+/// The time-stamp counter (ring 3 may read it: CR4.TSD is clear;
+/// `BootInfo::tsc_hz` is its rate).
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC reads a counter and touches no memory.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
 /// This server instance's id: the TSC's low bits at its start, so a
 /// restarted instance answers with another (`pci::PciMessage::instance`).
 pub fn instance_id() -> u32 {
-    // SAFETY: RDTSC reads a counter; ring 3 may (CR4.TSD is clear).
-    unsafe { core::arch::x86_64::_rdtsc() as u32 }
+    rdtsc() as u32
 }
 
 /// A server's configuration block, which the image builder finds by its
@@ -239,4 +245,126 @@ impl GuestWrites {
 pub fn reply_recv(channel: u64, ticks: u64) -> Result<u64, ErrorCode> {
     // SAFETY: ReplyRecv takes no pointer.
     result(unsafe { syscall3(Syscall::ReplyRecv, channel, ticks, 0) })
+}
+
+/// Port I/O from ring 3 by the instructions themselves: the stub's I/O
+/// permission bitmap lets a task reach the ports its rights grant and
+/// nothing else (any other port faults, and the stub ends the task). What
+/// the drivers' `PortIo` implementations call (disk-driver, nic-driver).
+pub mod port {
+    /// `in al, dx`.
+    pub fn inb(port: u16) -> u8 {
+        let v: u8;
+        // SAFETY: a port read touches no memory of this task.
+        unsafe {
+            core::arch::asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags));
+        }
+        v
+    }
+
+    /// `out dx, al`.
+    pub fn outb(port: u16, value: u8) {
+        // SAFETY: a port write touches no memory of this task.
+        unsafe {
+            core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags));
+        }
+    }
+
+    /// `in ax, dx`.
+    pub fn inw(port: u16) -> u16 {
+        let v: u16;
+        // SAFETY: a port read touches no memory of this task.
+        unsafe {
+            core::arch::asm!("in ax, dx", out("ax") v, in("dx") port, options(nomem, nostack, preserves_flags));
+        }
+        v
+    }
+
+    /// `out dx, ax`.
+    pub fn outw(port: u16, value: u16) {
+        // SAFETY: a port write touches no memory of this task.
+        unsafe {
+            core::arch::asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags));
+        }
+    }
+
+    /// `rep insw` into `buf` (its length rounded down to even).
+    pub fn insw(port: u16, buf: &mut [u8]) {
+        // SAFETY: `rep insw` writes exactly 2 x rcx bytes (buf.len()
+        // rounded down to even) from rdi upwards (DF is clear under the
+        // SysV ABI), all inside the live, writable `buf`.
+        unsafe {
+            core::arch::asm!(
+                "rep insw",
+                in("dx") port,
+                inout("rdi") buf.as_mut_ptr() => _,
+                inout("rcx") buf.len() / 2 => _,
+                options(nostack, preserves_flags)
+            );
+        }
+    }
+
+    /// `rep outsw` from `buf` (its length rounded down to even).
+    pub fn outsw(port: u16, buf: &[u8]) {
+        // SAFETY: `rep outsw` reads exactly 2 x rcx bytes of the live
+        // `buf` from rsi upwards (DF clear) and writes no memory.
+        unsafe {
+            core::arch::asm!(
+                "rep outsw",
+                in("dx") port,
+                inout("rsi") buf.as_ptr() => _,
+                inout("rcx") buf.len() / 2 => _,
+                options(nostack, preserves_flags, readonly)
+            );
+        }
+    }
+
+    /// `in eax, dx`.
+    pub fn inl(port: u16) -> u32 {
+        let v: u32;
+        // SAFETY: a port read touches no memory of this task.
+        unsafe {
+            core::arch::asm!("in eax, dx", out("eax") v, in("dx") port, options(nomem, nostack, preserves_flags));
+        }
+        v
+    }
+
+    /// `out dx, eax`.
+    pub fn outl(port: u16, value: u32) {
+        // SAFETY: a port write touches no memory of this task.
+        unsafe {
+            core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags));
+        }
+    }
+
+    /// `rep insd` into `buf` (its length rounded down to a multiple of 4).
+    pub fn insl(port: u16, buf: &mut [u8]) {
+        // SAFETY: `rep insd` writes exactly 4 x rcx bytes (buf.len()
+        // rounded down to a multiple of 4) from rdi upwards (DF is
+        // clear under the SysV ABI), all inside the live, writable `buf`.
+        unsafe {
+            core::arch::asm!(
+                "rep insd",
+                in("dx") port,
+                inout("rdi") buf.as_mut_ptr() => _,
+                inout("rcx") buf.len() / 4 => _,
+                options(nostack, preserves_flags)
+            );
+        }
+    }
+
+    /// `rep outsd` from `buf` (its length rounded down to a multiple of 4).
+    pub fn outsl(port: u16, buf: &[u8]) {
+        // SAFETY: `rep outsd` reads exactly 4 x rcx bytes of the live
+        // `buf` from rsi upwards (DF clear) and writes no memory.
+        unsafe {
+            core::arch::asm!(
+                "rep outsd",
+                in("dx") port,
+                inout("rsi") buf.as_ptr() => _,
+                inout("rcx") buf.len() / 4 => _,
+                options(nostack, preserves_flags, readonly)
+            );
+        }
+    }
 }

@@ -124,6 +124,10 @@ struct Task {
     /// It got a notification exit: its next `VcpuRun` with an empty
     /// resume changes nothing (its last one was applied already).
     noted: bool,
+    /// A device server (no VCPU page) was signalled since the guest was
+    /// last entered: it waits for the guest's next exit when the guest can
+    /// run (`schedule`), so the guest does not wait for its work.
+    signalled_since_entry: bool,
     /// Its `ReplyRecv` timeout, while it waits there.
     wake: WakeAt,
     /// Its ELF in the payload, to restart it from.
@@ -489,9 +493,26 @@ impl Vm {
             self.switch(frame, i, rax);
             return Ok(Next::Switched);
         }
+        let handlers_ready = self
+            .tasks
+            .iter()
+            .flatten()
+            .all(|t| t.vcpu_page.is_none() || t.state == State::WaitExit);
+        // The guest before device work: a device server signalled since
+        // the guest was last entered (a doorbell) runs at the guest's next
+        // exit -- a halt, the exit deadline, any exit -- unless the guest
+        // cannot run now. Exit handlers (VCPU tasks) and IRQ-woken drivers
+        // are never deferred: the mmu-server resyncs before the guest runs.
+        let guest_can_run = handlers_ready && self.paging_set;
         let notified = self.tasks.iter().position(|t| {
-            t.as_ref()
-                .is_some_and(|t| t.state == State::WaitRecv && t.notes.pending())
+            t.as_ref().is_some_and(|t| {
+                t.state == State::WaitRecv
+                    && t.notes.pending()
+                    && !(guest_can_run
+                        && t.vcpu_page.is_none()
+                        && t.signalled_since_entry
+                        && !t.notes.has_irq())
+            })
         });
         if let Some(i) = notified {
             let bits = self.task_mut(i).notes.take().unwrap_or(0);
@@ -508,11 +529,6 @@ impl Vm {
             self.switch(frame, i, RECV_TIMEOUT);
             return Ok(Next::Switched);
         }
-        let handlers_ready = self
-            .tasks
-            .iter()
-            .flatten()
-            .all(|t| t.vcpu_page.is_none() || t.state == State::WaitExit);
         if !handlers_ready {
             self.idle()?;
             return self.schedule(frame, sh);
@@ -535,10 +551,10 @@ impl Vm {
         }
         let wake = self.earliest_wake();
         self.deadline.arm(cpu::rdtsc(), wake);
-        self.tasks
-            .iter_mut()
-            .flatten()
-            .for_each(|t| t.gate.entered());
+        self.tasks.iter_mut().flatten().for_each(|t| {
+            t.gate.entered();
+            t.signalled_since_entry = false;
+        });
         let rec = self.vcpu.run();
         count_exit(&mut sh.stats, &rec);
         if ExitClass::of(&rec) == ExitClass::HostInterrupt {
@@ -894,7 +910,9 @@ impl Vm {
             (_, true) => c.client,
             _ => return Err(ErrorCode::NotPermitted),
         };
-        self.task_mut(other).notes.signal(bits)?;
+        let t = self.task_mut(other);
+        t.notes.signal(bits)?;
+        t.signalled_since_entry = true;
         Ok(0)
     }
 
@@ -1477,6 +1495,7 @@ fn build(
             notes: Notifications::default(),
             gate: ExitGate::default(),
             noted: false,
+            signalled_since_entry: false,
             wake: WakeAt::default(),
             elf: t.elf,
             generation: 0,

@@ -27,7 +27,7 @@ fn main() {
 
 #[cfg(target_os = "none")]
 mod ring3 {
-    use ipc_proto::sys;
+    use ipc_proto::sys::{self, port};
     use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION, RECV_TIMEOUT};
     use ipc_proto::{Syscall, ABI_VERSION};
     use ne2k::{regs::isr, Error, Ne2k, PortIo, MAX_FRAME, RX_START, RX_STOP};
@@ -48,75 +48,28 @@ mod ring3 {
 
     impl PortIo for Ports {
         fn inb(&mut self, port: u16) -> u8 {
-            let v: u8;
-            // SAFETY: a port read touches no memory of this task.
-            unsafe {
-                core::arch::asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags));
-            }
-            v
+            port::inb(port)
         }
 
         fn outb(&mut self, port: u16, value: u8) {
-            // SAFETY: a port write touches no memory of this task.
-            unsafe {
-                core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags));
-            }
+            port::outb(port, value);
         }
 
         fn inw(&mut self, port: u16) -> u16 {
-            let v: u16;
-            // SAFETY: a port read touches no memory of this task.
-            unsafe {
-                core::arch::asm!("in ax, dx", out("ax") v, in("dx") port, options(nomem, nostack, preserves_flags));
-            }
-            v
+            port::inw(port)
         }
 
         fn outw(&mut self, port: u16, value: u16) {
-            // SAFETY: a port write touches no memory of this task.
-            unsafe {
-                core::arch::asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags));
-            }
+            port::outw(port, value);
         }
 
         fn insw(&mut self, port: u16, buf: &mut [u8]) {
-            // SAFETY: `rep insw` writes exactly 2 x rcx bytes (buf.len()
-            // rounded down to even) from rdi upwards (DF is clear under the
-            // SysV ABI), all inside the live, writable `buf`.
-            unsafe {
-                core::arch::asm!(
-                    "rep insw",
-                    in("dx") port,
-                    inout("rdi") buf.as_mut_ptr() => _,
-                    inout("rcx") buf.len() / 2 => _,
-                    options(nostack, preserves_flags)
-                );
-            }
+            port::insw(port, buf);
         }
 
         fn outsw(&mut self, port: u16, buf: &[u8]) {
-            // SAFETY: `rep outsw` reads exactly 2 x rcx bytes of the live
-            // `buf` from rsi upwards (DF clear) and writes no memory.
-            unsafe {
-                core::arch::asm!(
-                    "rep outsw",
-                    in("dx") port,
-                    inout("rsi") buf.as_ptr() => _,
-                    inout("rcx") buf.len() / 2 => _,
-                    options(nostack, preserves_flags, readonly)
-                );
-            }
+            port::outsw(port, buf);
         }
-    }
-
-    fn rdtsc() -> u64 {
-        let (lo, hi): (u32, u32);
-        // SAFETY: RDTSC reads the time-stamp counter (the stub lets ring 3
-        // read it: BootInfo::tsc_hz) and touches no memory.
-        unsafe {
-            core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags));
-        }
-        (u64::from(hi) << 32) | u64::from(lo)
     }
 
     /// Handles the card's pending events: an overflowed ring is reset,
@@ -186,19 +139,19 @@ mod ring3 {
         } else {
             boot.tsc_hz
         };
-        let xid = 0x5356_0000 | (rdtsc() & 0xffff) as u32;
+        let xid = 0x5356_0000 | (sys::rdtsc() & 0xffff) as u32;
         let discover = dhcp_discover(mac, xid);
         let mut buf = [0u8; MAX_FRAME];
         let mut offered = false;
-        let start = rdtsc();
+        let start = sys::rdtsc();
         for tries in 1..=4 {
             if let Err(e) = nic.transmit(&discover) {
                 say!("nic: sending the DHCPDISCOVER failed: {e}");
                 break;
             }
-            let until = rdtsc().saturating_add(second);
+            let until = sys::rdtsc().saturating_add(second);
             while !offered {
-                let left = until.saturating_sub(rdtsc());
+                let left = until.saturating_sub(sys::rdtsc());
                 if left == 0 || !wait_irq(left) {
                     break;
                 }
@@ -214,7 +167,7 @@ mod ring3 {
             }
             if offered {
                 // A figure for the README, in the machine's own time.
-                let us = rdtsc().saturating_sub(start).saturating_mul(1_000_000) / second;
+                let us = sys::rdtsc().saturating_sub(start).saturating_mul(1_000_000) / second;
                 say!("nic: the offer came {us} us after the first discover ({tries} sent)");
                 break;
             }

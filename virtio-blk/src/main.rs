@@ -40,15 +40,13 @@ mod ring3 {
 
     use ipc_proto::inject::{self, Injector};
     use ipc_proto::manifest::MAX_CHANNELS;
-    use ipc_proto::pci::{PciMessage, DOORBELL_COUNT_OFFSET};
     use ipc_proto::sys;
-    use ipc_proto::syscall::{NO_REPLY, RECV_NOTIFICATION};
     use ipc_proto::{Syscall, ABI_VERSION};
     use virtio::devices::blk::Block;
     use virtio_blk::{
         disk_channel_from_config, ChannelBackend, ChannelError, DiskChannel, CONFIG_MAGIC,
     };
-    use virtio_servers::{inject_at_request, RamWindow, Server};
+    use virtio_servers::{RamWindow, Server};
 
     ipc_proto::server_entry!(server_main);
 
@@ -138,68 +136,22 @@ mod ring3 {
             }
         };
         let read_only = backend.read_only();
-        let mut server =
-            Server::new(Block::new(backend, read_only)).with_instance(sys::instance_id());
+        let server = Server::new(Block::new(backend, read_only)).with_instance(sys::instance_id());
         // SAFETY: the manifest grants this task guest RAM read-write, which
         // the stub maps at `guest_ram_window` for `guest_ram_bytes`; nothing
         // else in this task refers to the window (the guest runs while this
         // task waits for the disk-driver; see `RamWindow`).
-        let mut ram =
-            unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) }
-                .with_guest_writes(sys::GuestWrites::find());
-        let mut injector = Injector::new(&inject::read_block(&INJECT));
-        let mut reply_to = NO_REPLY;
-        loop {
-            let v = match sys::call(Syscall::ReplyRecv, reply_to) {
-                Ok(v) => v,
-                Err(e) => {
-                    say!("virtio-blk: ReplyRecv refused: {}", e.describe());
-                    sys::vm_fail();
-                }
-            };
-            reply_to = NO_REPLY;
-            if v & RECV_NOTIFICATION != 0 {
-                if v & 0xffff != 0 {
-                    inject_at_request(&mut injector, || {
-                        if let Some(ch) = server.client() {
-                            sys::scribble_channel_page(ch);
-                        }
-                        sys::scribble_channel_page(disk);
-                    });
-                }
-                let count = server.client().map_or(0, |ch| {
-                    let at = sys::channel_page(ch).wrapping_add(DOORBELL_COUNT_OFFSET);
-                    // SAFETY: the page of the channel this task serves is
-                    // mapped read-write here; the proxy wrote the count
-                    // before its Signal and does not run while we do.
-                    unsafe { at.cast::<u64>().read_volatile() }
-                });
-                // Doorbells: the requests are done when this returns.
-                if let Some((ch, bits)) = server.notified(&mut ram, v, count) {
-                    let _ = sys::signal(ch, bits);
-                }
-                continue;
-            }
-            if v >= MAX_CHANNELS as u64 || v == disk {
-                continue;
-            }
-            let page = sys::channel_page(v);
-            // SAFETY: `v` is a channel this task serves (the stub returns
-            // only those from ReplyRecv); its page is mapped read-write in
-            // both ends and the vmm-server waits in `Call`. Every bit
-            // pattern is a valid PciMessage, read once.
-            let request = unsafe { page.cast::<PciMessage>().read_volatile() };
-            if server.is_doorbell(&request) {
-                inject_at_request(&mut injector, || {
-                    sys::scribble_channel_page(v);
-                    sys::scribble_channel_page(disk);
-                });
-            }
-            let reply = server.message(v, &mut ram, &request);
-            // SAFETY: as above; the reply fits the page.
-            unsafe { page.cast::<PciMessage>().write_volatile(reply) };
-            reply_to = v;
-        }
+        let ram = unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) }
+            .with_guest_writes(sys::GuestWrites::find());
+        let injector = Injector::new(&inject::read_block(&INJECT));
+        virtio_servers::ring3::serve_forever(
+            server,
+            ram,
+            injector,
+            "virtio-blk: ",
+            Some(disk),
+            |_, _| {},
+        )
     }
 
     #[panic_handler]

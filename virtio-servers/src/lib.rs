@@ -28,6 +28,8 @@ use virtio::pci::{
 use virtio::{GuestMemory, MemoryError, VirtioDevice};
 
 pub mod console;
+#[cfg(target_os = "none")]
+pub mod ring3;
 pub mod rng;
 
 /// The interrupts a function raised since the last reply: MSI messages

@@ -27,14 +27,11 @@ fn main() {
 mod ring3 {
 
     use ipc_proto::inject::{self, Injector};
-    use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
-    use ipc_proto::manifest::MAX_CHANNELS;
-    use ipc_proto::pci::{op, PciMessage, DOORBELL_COUNT_OFFSET};
+    use ipc_proto::pci::op;
     use ipc_proto::sys;
-    use ipc_proto::syscall::{NO_REPLY, RECV_NOTIFICATION};
     use ipc_proto::{Syscall, ABI_VERSION};
     use virtio_servers::console::{Console, ConsoleOutput, InputBuffer};
-    use virtio_servers::{inject_at_request, RamWindow, Server};
+    use virtio_servers::{RamWindow, Server};
 
     ipc_proto::server_entry!(server_main);
 
@@ -71,10 +68,6 @@ mod ring3 {
         sys::result(r).map_or(0, |n| (n as usize).min(buf.len()))
     }
 
-    fn channel_page(ch: u64) -> *mut PciMessage {
-        (CHANNEL_PAGE_BASE + ch * PAGE_SIZE) as *mut PciMessage
-    }
-
     extern "C" fn server_main() -> ! {
         let boot = sys::boot_info();
         if boot.abi_version != ABI_VERSION {
@@ -87,67 +80,23 @@ mod ring3 {
         // SAFETY: the manifest grants this task guest RAM read-write, which
         // the stub maps at `guest_ram_window` for `guest_ram_bytes`; nothing
         // else in this task refers to it.
-        let mut ram =
-            unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) }
-                .with_guest_writes(sys::GuestWrites::find());
-        let mut server = Server::new(Console::new(HostOutput, InputBuffer::new()))
+        let ram = unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) }
+            .with_guest_writes(sys::GuestWrites::find());
+        let server = Server::new(Console::new(HostOutput, InputBuffer::new()))
             .with_instance(sys::instance_id());
-        let mut injector = Injector::new(&inject::read_block(&INJECT));
-        let mut reply_to = NO_REPLY;
-        loop {
-            // Replies to the call before (none the first time) and waits
-            // for the next one or for a doorbell.
-            let v = match sys::call(Syscall::ReplyRecv, reply_to) {
-                Ok(v) => v,
-                Err(e) => {
-                    say!("ReplyRecv refused: {}", e.describe());
-                    sys::vm_fail();
+        let injector = Injector::new(&inject::read_block(&INJECT));
+        virtio_servers::ring3::serve_forever(
+            server,
+            ram,
+            injector,
+            "[virtio-console] ",
+            None,
+            |server, request| {
+                if request.op == op::POLL {
+                    server.pci.device_mut().input_mut().fill(read_host);
                 }
-            };
-            reply_to = NO_REPLY;
-            if v & RECV_NOTIFICATION != 0 {
-                if v & 0xffff != 0 {
-                    inject_at_request(&mut injector, || {
-                        if let Some(ch) = server.client() {
-                            sys::scribble_channel_page(ch);
-                        }
-                    });
-                }
-                let count = server.client().map_or(0, |ch| {
-                    let at = sys::channel_page(ch).wrapping_add(DOORBELL_COUNT_OFFSET);
-                    // SAFETY: the page of the channel this task serves is
-                    // mapped read-write here; the proxy wrote the count
-                    // before its Signal and does not run while we do.
-                    unsafe { at.cast::<u64>().read_volatile() }
-                });
-                if let Some((ch, bits)) = server.notified(&mut ram, v, count) {
-                    // The proxy fetches the interrupts with a POLL.
-                    let _ = sys::signal(ch, bits);
-                }
-                continue;
-            }
-            if v >= MAX_CHANNELS as u64 {
-                continue;
-            }
-            let page = channel_page(v);
-            // SAFETY: the stub maps the page of a channel this task serves
-            // read-write at this address in both ends; the client waits in
-            // `Call` while we run, and every bit pattern is a valid
-            // PciMessage (it fits the page).
-            let request = unsafe { page.read_volatile() };
-            if server.is_doorbell(&request) {
-                inject_at_request(&mut injector, || {
-                    sys::scribble_channel_page(v);
-                });
-            }
-            if request.op == op::POLL {
-                server.pci.device_mut().input_mut().fill(read_host);
-            }
-            let reply = server.message(v, &mut ram, &request);
-            // SAFETY: as above.
-            unsafe { page.write_volatile(reply) };
-            reply_to = v;
-        }
+            },
+        )
     }
 
     #[panic_handler]
