@@ -126,10 +126,6 @@ struct Task {
     /// It got a notification exit: its next `VcpuRun` with an empty
     /// resume changes nothing (its last one was applied already).
     noted: bool,
-    /// A device server (no VCPU page) was signalled since the guest was
-    /// last entered: it waits for the guest's next exit when the guest can
-    /// run (`schedule`), so the guest does not wait for its work.
-    signalled_since_entry: bool,
     /// Its `ReplyRecv` timeout, while it waits there.
     wake: WakeAt,
     /// Its ELF in the payload, to restart it from.
@@ -495,26 +491,9 @@ impl Vm {
             self.switch(frame, i, rax);
             return Ok(Next::Switched);
         }
-        let handlers_ready = self
-            .tasks
-            .iter()
-            .flatten()
-            .all(|t| t.vcpu_page.is_none() || t.state == State::WaitExit);
-        // The guest before device work: a device server signalled since
-        // the guest was last entered (a doorbell) runs at the guest's next
-        // exit -- a halt, the exit deadline, any exit -- unless the guest
-        // cannot run now. Exit handlers (VCPU tasks) and IRQ-woken drivers
-        // are never deferred: the mmu-server resyncs before the guest runs.
-        let guest_can_run = handlers_ready && self.paging_set;
         let notified = self.tasks.iter().position(|t| {
-            t.as_ref().is_some_and(|t| {
-                t.state == State::WaitRecv
-                    && t.notes.pending()
-                    && !(guest_can_run
-                        && t.vcpu_page.is_none()
-                        && t.signalled_since_entry
-                        && !t.notes.has_irq())
-            })
+            t.as_ref()
+                .is_some_and(|t| t.state == State::WaitRecv && t.notes.pending())
         });
         if let Some(i) = notified {
             let bits = self.task_mut(i).notes.take().unwrap_or(0);
@@ -531,6 +510,11 @@ impl Vm {
             self.switch(frame, i, RECV_TIMEOUT);
             return Ok(Next::Switched);
         }
+        let handlers_ready = self
+            .tasks
+            .iter()
+            .flatten()
+            .all(|t| t.vcpu_page.is_none() || t.state == State::WaitExit);
         if !handlers_ready {
             self.idle()?;
             return self.schedule(frame, sh);
@@ -553,10 +537,10 @@ impl Vm {
         }
         let wake = self.earliest_wake();
         self.deadline.arm(cpu::rdtsc(), wake);
-        self.tasks.iter_mut().flatten().for_each(|t| {
-            t.gate.entered();
-            t.signalled_since_entry = false;
-        });
+        self.tasks
+            .iter_mut()
+            .flatten()
+            .for_each(|t| t.gate.entered());
         let rec = self.vcpu.run();
         count_exit(&mut sh.stats, &rec);
         if ExitClass::of(&rec) == ExitClass::HostInterrupt {
@@ -912,9 +896,7 @@ impl Vm {
             (_, true) => c.client,
             _ => return Err(ErrorCode::NotPermitted),
         };
-        let t = self.task_mut(other);
-        t.notes.signal(bits)?;
-        t.signalled_since_entry = true;
+        self.task_mut(other).notes.signal(bits)?;
         Ok(0)
     }
 
@@ -1497,7 +1479,6 @@ fn build(
             notes: Notifications::default(),
             gate: ExitGate::default(),
             noted: false,
-            signalled_since_entry: false,
             wake: WakeAt::default(),
             elf: t.elf,
             generation: 0,
