@@ -12,10 +12,7 @@
 //! 1. a task that has not started yet starts;
 //! 2. a task waiting in `ReplyRecv` whose notification word is not zero
 //!    (a `Signal` from the other end of a channel, or a host IRQ it owns)
-//!    runs, with the word as its result -- except a device server (no
-//!    VCPU page) `Signal`led since the guest was last entered, without an
-//!    IRQ bit, while the guest can run: the guest goes first, and the
-//!    server runs at its next exit (the guest before device work);
+//!    runs, with the word as its result;
 //! 3. a task waiting in `ReplyRecv` whose timeout passed runs, with
 //!    `RECV_TIMEOUT` as its result;
 //! 4. otherwise, once every task with a VCPU waits for an exit: a VCPU
@@ -40,10 +37,11 @@
 //! interrupt through its IDT), then schedules again. Only when neither
 //! can come does it report the servers deadlocked.
 //!
-//! So a device server signalled by a doorbell runs at the guest's next
-//! exit (HLT, the exit deadline, any other), one woken by its IRQ before
-//! the guest is entered again (a host interrupt: the exit goes to the
-//! vmm-server, whose next `VcpuRun` lets the device server run first).
+//! So a device server runs before the guest is entered again: when the
+//! vmm-server calls `VcpuRun` and the device server was signalled, or after
+//! an exit for its IRQ (a host interrupt: the exit goes to the vmm-server,
+//! whose next `VcpuRun` lets the device server run first), or when the
+//! guest exits for HLT or the exit deadline.
 //!
 //! Servers run with interrupts on (the stub with them off): a host IRQ
 //! that comes while a server runs is taken through the IDT
