@@ -212,10 +212,10 @@ struct GuestArgs {
     /// Inject a fault on purpose, for the isolation experiments:
     /// `SERVER:crash@N` (the task named SERVER, e.g. mmu-server,
     /// uart-server, vmm-server, disk-driver, virtio-blk, virtio-console,
-    /// executes ud2 at its N-th exit or request; for the virtio servers a
+    /// virtio-rng, executes ud2 at its N-th exit or request; for the virtio servers a
     /// request is a queue notification),
     /// `SERVER:corrupt@N` (writes garbage over the shared state its restart
-    /// reads, then ud2), `SERVER:hang@N` (spins without system calls: the
+    /// reads, then ud2), `SERVER:hang@N` (spins without blocking: the
     /// stub's watchdog restarts it after 8 s of its TSC, or stops the VM
     /// for the vmm-server); `@everyN` repeats every N within an
     /// instance. Patched into the server's ELF; repeat for more servers.
