@@ -17,8 +17,8 @@
 //! - the attack campaign's restart boot (`splitvisor attack --boots
 //!   restart`): a hostile mmu-server faults on purpose at seeded points,
 //!   and each next instance's use of the freed handles is refused;
-//! - the watchdog (`kernel_stub::watchdog`): a server that spins without a
-//!   system call (`hang`) for the budget (8 s of the emulated TSC) is
+//! - the watchdog (`kernel_stub::watchdog`): a server that spins without
+//!   blocking (`hang`) for the budget (8 s of the emulated TSC) is
 //!   restarted like a faulting one: the mmu-server (QEMU's SVM and
 //!   Bochs's VMX), the uart-server, the disk-driver in the middle of a
 //!   request (its client asks again); a hanging vmm-server stops the VM
