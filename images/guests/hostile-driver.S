@@ -130,8 +130,7 @@ legal_request:
     DESC 2, STAT_GPA, 0, 1, D_WRITE, 0
 3:  xor eax, eax
     call submit
-    /* The server answers during the notification's exit; the loop is
-     * for a device that completes later. */
+    /* The device completes it later: at the guest's next exit or PAUSE. */
     mov ecx, 0x100000
 4:  movzx eax, word ptr [USED_GPA + 2]
     cmp eax, [avail_next]
@@ -175,9 +174,19 @@ run_attack:
     test eax, eax
     jnz 2f
     mov dword ptr [verdict], 0
+    /* A device works on a notification after it, as the guest goes on
+     * (splitvisor: at the guest's next exit or PAUSE). Poll the status
+     * with PAUSE, as drivers spin, until NEEDS_RESET or 16 turns (each
+     * read of the status is an exit already). */
 2:  mov ecx, [dev_common]
-    movzx eax, byte ptr [ecx + C_STATUS]
-    mov [status_seen], eax
+    mov edx, 16
+15: movzx eax, byte ptr [ecx + C_STATUS]
+    test eax, NEEDS_RESET
+    jnz 16f
+    pause
+    sub edx, 1
+    jnz 15b
+16: mov [status_seen], eax
     and eax, NEEDS_RESET
     setnz al
     movzx eax, al

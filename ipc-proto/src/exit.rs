@@ -48,6 +48,8 @@ pub mod svm_exit {
     pub const RDPMC: u64 = 0x6f;
     /// INVD.
     pub const INVD: u64 = 0x76;
+    /// PAUSE (intercepted only while device work waits for the guest).
+    pub const PAUSE: u64 = 0x77;
     /// INVLPGA.
     pub const INVLPGA: u64 = 0x7a;
     /// A hardware task switch (the guest's CR3 would be loaded from a TSS).
@@ -120,6 +122,8 @@ pub mod vmx_exit {
     pub const MWAIT: u64 = 36;
     /// MONITOR.
     pub const MONITOR: u64 = 39;
+    /// PAUSE (with "PAUSE exiting", only while device work waits).
+    pub const PAUSE: u64 = 40;
     /// VM-entry failure due to a machine-check event.
     pub const ENTRY_MACHINE_CHECK: u64 = 41;
     /// EPT violation: qualification bit 1 = write, `exit_info2` = address.
@@ -222,6 +226,11 @@ pub enum ExitKind {
     /// in the APM, the 32-bit 0xffff_ffff from QEMU), a VMX exit reason
     /// with bit 31 set or one of the VM-entry failure reasons.
     EntryFailed,
+    /// PAUSE, a spin-wait hint: the stub's own, never a server's. The
+    /// stub intercepts it only while a device server's work waits for the
+    /// guest's next exit, and then runs that server and enters the guest
+    /// again, which executes the PAUSE.
+    Pause,
     /// Not a guest exit: the stub's notification exit
     /// ([`stub_exit::NOTIFICATION`], the word in `exit_info1`).
     Notification,
@@ -282,6 +291,7 @@ impl ExitKind {
             XSETBV => Self::Xsetbv,
             RDPMC => Self::Rdpmc,
             WBINVD | INVD => Self::CacheFlush,
+            PAUSE => Self::Pause,
             VMMCALL => Self::Vmmcall,
             NPF => Self::NestedPageFault,
             // -1 (the APM), 0xffff_ffff (QEMU), and the other negative codes.
@@ -337,6 +347,7 @@ impl ExitKind {
             XSETBV => Self::Xsetbv,
             RDPMC => Self::Rdpmc,
             WBINVD | INVD => Self::CacheFlush,
+            PAUSE => Self::Pause,
             _ => Self::Other,
         }
     }
@@ -569,6 +580,7 @@ mod tests {
         assert_eq!(svm(svm_exit::INVALID, 0), ExitKind::EntryFailed);
         assert_eq!(svm(0xffff_ffff, 0), ExitKind::EntryFailed);
         assert_eq!(svm(0x61, 0), ExitKind::Other);
+        assert_eq!(svm(svm_exit::PAUSE, 0), ExitKind::Pause);
         let unknown = rec(VcpuArch::Svm, svm_exit::HLT, 0, 0);
         assert_eq!(
             ExitKind::of(&ExitRecord { arch: 7, ..unknown }),
@@ -605,6 +617,7 @@ mod tests {
     fn vmx_reasons_classify() {
         let vmx = |c, q, i2| ExitKind::of(&rec(VcpuArch::Vmx, c, q, i2));
         assert_eq!(vmx(vmx_exit::IO, 0, 0), ExitKind::Io);
+        assert_eq!(vmx(vmx_exit::PAUSE, 0, 0), ExitKind::Pause);
         // MOV from CR3 (type 1), LMSW (type 3) is a write of CR0.
         assert_eq!(
             vmx(vmx_exit::CR_ACCESS, 0x13, 0),

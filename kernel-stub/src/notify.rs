@@ -32,6 +32,11 @@ impl Notifications {
         self.0 != 0
     }
 
+    /// Whether a host IRQ's bit is among the pending ones.
+    pub fn has_irq(&self) -> bool {
+        u64::from(self.0) & !SIGNAL_BITS != 0
+    }
+
     /// `ReplyRecv`'s result for the pending bits, which are cleared; `None`
     /// when there are none.
     pub fn take(&mut self) -> Option<u64> {
@@ -120,7 +125,9 @@ mod tests {
         assert_eq!(n.take(), None);
         n.signal(0b101).unwrap();
         n.signal(0b010).unwrap();
+        assert!(!n.has_irq());
         n.irq(14);
+        assert!(n.has_irq());
         assert!(n.pending());
         assert_eq!(n.take(), Some(RECV_NOTIFICATION | 0b111 | 1 << 30));
         assert_eq!(n.take(), None, "taking clears the word");

@@ -66,7 +66,9 @@ use ipc_proto::manifest::{
 use ipc_proto::mmu::{InstallPage, INSTALL_BATCH_MAX};
 use ipc_proto::stats::MmuStats;
 use ipc_proto::syscall::{NO_REPLY, RECV_TIMEOUT};
-use ipc_proto::{ErrorCode, ExitRecord, ResumeFlags, Stats, Syscall, VcpuPage, ABI_VERSION};
+use ipc_proto::{
+    ErrorCode, ExitKind, ExitRecord, ResumeFlags, Stats, Syscall, VcpuPage, ABI_VERSION,
+};
 use kernel_stub::install::{AllocError, GuestRam, ShadowTables, TableFormat};
 use kernel_stub::notify::{ExitGate, Notifications, WakeAt};
 use kernel_stub::resume::PagingRules;
@@ -100,6 +102,9 @@ enum State {
 /// a server that faults at once every time cannot keep the VM restarting
 /// it for ever. (A cap in host time would depend on the emulator's speed.)
 const MAX_RESTARTS: u32 = 8;
+/// While a device server's work is deferred (`Vm::pick_task`), the guest
+/// runs at most 1/this of a second before the exit deadline lets it run.
+const DEFERRED_SLICE_PER_S: u64 = 1000;
 /// Restarts of one task in all before a fault of its stops the VM.
 const MAX_RESTARTS_TOTAL: u32 = 1000;
 
@@ -124,6 +129,10 @@ struct Task {
     /// It got a notification exit: its next `VcpuRun` with an empty
     /// resume changes nothing (its last one was applied already).
     noted: bool,
+    /// A device server (no VCPU page) was signalled since the guest was
+    /// last entered: it waits for the guest's next exit when the guest can
+    /// run (`schedule`), so the guest does not wait for its work.
+    signalled_since_entry: bool,
     /// Its `ReplyRecv` timeout, while it waits there.
     wake: WakeAt,
     /// Its ELF in the payload, to restart it from.
@@ -170,6 +179,8 @@ struct Vm {
     tsc_hz: u64,
     /// Times the stub idled (every task waiting, the guest unable to run).
     idles: u64,
+    /// PAUSE exits taken to run deferred device servers (`schedule`).
+    yields: u64,
 }
 
 /// The stub's state besides the VM's tasks: the shadow tables it handed
@@ -391,17 +402,18 @@ pub fn fail(why: core::fmt::Arguments) -> ! {
 }
 
 /// The scheduler's figures, before the final line: `[stub] scheduler:
-/// idle=N longest_run_us=U (NAME) watchdog_ms=B` (the idle loop's entries,
-/// the longest server run that ended in a system call).
+/// idle=N yields=Y longest_run_us=U (NAME) watchdog_ms=B` (the idle loop's
+/// entries, the PAUSE exits that ran deferred device work, the longest
+/// server run that ended in a system call).
 fn scheduler_line() {
     let figures = KERNEL.try_with(|k| {
         let vm = k.vm.as_ref()?;
         let (ticks, task) = vm.watch.longest();
         let us = ticks / (vm.tsc_hz / 1_000_000).max(1);
-        Some((vm.idles, us, vm.task(task).name.clone()))
+        Some((vm.idles, vm.yields, us, vm.task(task).name.clone()))
     });
-    if let Some(Some((idles, us, name))) = figures {
-        say!("scheduler: idle={idles} longest_run_us={us} ({name}) watchdog_ms={BUDGET_MS}");
+    if let Some(Some((idles, yields, us, name))) = figures {
+        say!("scheduler: idle={idles} yields={yields} longest_run_us={us} ({name}) watchdog_ms={BUDGET_MS}");
     }
 }
 
@@ -472,93 +484,130 @@ impl Vm {
     /// The current task has blocked: start a task that has not run yet, or,
     /// when all wait, run the guest and hand the exit to its handler.
     fn schedule(&mut self, frame: &mut TrapFrame, sh: &mut Shared) -> SysResult {
-        if let Some(i) = self
-            .tasks
-            .iter()
-            .position(|t| t.as_ref().is_some_and(|t| t.state == State::NotStarted))
-        {
-            self.switch(frame, i, 0);
-            return Ok(Next::Switched);
+        loop {
+            if let Some((i, rax)) = self.pick_task() {
+                self.switch(frame, i, rax);
+                return Ok(Next::Switched);
+            }
+            let handlers_ready = self
+                .tasks
+                .iter()
+                .flatten()
+                .all(|t| t.vcpu_page.is_none() || t.state == State::WaitExit);
+            if !handlers_ready {
+                self.idle()?;
+                continue;
+            }
+            for i in 0..MAX_TASKS {
+                let word = self.tasks[i]
+                    .as_mut()
+                    .filter(|t| t.vcpu_page.is_some())
+                    .and_then(|t| t.gate.take(&mut t.notes));
+                if let Some(word) = word {
+                    self.task_mut(i).noted = true;
+                    return self.hand(frame, i, ExitRecord::notification(word));
+                }
+            }
+            if !self.paging_set {
+                return Err(Stop::NoPagingRoot {
+                    shadow: self.shadow,
+                }
+                .into());
+            }
+            // A waiting task with pending bits here is a deferred device
+            // server (`pick_task`): the guest's next PAUSE (a spin-wait
+            // hint: Linux's cpu_relax, a driver polling its used ring)
+            // exits at once, and a slice of the exit deadline ends a run
+            // that has none.
+            let deferred = self
+                .tasks
+                .iter()
+                .flatten()
+                .any(|t| t.state == State::WaitRecv && t.notes.pending());
+            self.vcpu.set_pause_exiting(deferred);
+            let now = cpu::rdtsc();
+            let slice = deferred.then(|| now.saturating_add(self.tsc_hz / DEFERRED_SLICE_PER_S));
+            self.deadline
+                .arm(now, WakeAt::earliest(self.earliest_wake(), slice));
+            self.tasks.iter_mut().flatten().for_each(|t| {
+                t.gate.entered();
+                t.signalled_since_entry = false;
+            });
+            let rec = self.vcpu.run();
+            if let Some(why) = self.vcpu.entry_failure(&rec) {
+                count_exit(&mut sh.stats, &rec);
+                return Err(Stop::EntryFailed {
+                    why,
+                    rip: rec.regs.rip,
+                }
+                .into());
+            }
+            if ExitKind::of(&rec) == ExitKind::Pause {
+                // The scheduler's own exit: the deferred servers run now.
+                self.yields += 1;
+                continue;
+            }
+            count_exit(&mut sh.stats, &rec);
+            if ExitClass::of(&rec) == ExitClass::HostInterrupt {
+                let granted = self
+                    .tasks
+                    .iter()
+                    .flatten()
+                    .fold(0, |m, t| m | t.rights.irqs);
+                let lines = self.deadline.fired(granted);
+                self.notify_irqs(lines);
+            }
+            let class = self.route(&rec);
+            return self.deliver(frame, class, rec);
         }
-        let ready = self
-            .tasks
-            .iter()
-            .position(|t| t.as_ref().is_some_and(|t| t.state == State::Ready));
-        if let Some(i) = ready {
-            let rax = self.task(i).frame.rax;
-            self.switch(frame, i, rax);
-            return Ok(Next::Switched);
+    }
+
+    /// The task to run now, if any, and the result of its pending system
+    /// call: one not started yet, one a reply made ready, one whose
+    /// notification word is not zero (the word, now taken), one whose
+    /// `ReplyRecv` timeout passed.
+    ///
+    /// The guest before device work: a device server signalled since the
+    /// guest was last entered (a doorbell) waits for the guest's next
+    /// exit -- a PAUSE, a halt, the exit deadline, any exit -- unless the
+    /// guest cannot run now. Exit handlers (VCPU tasks) and IRQ-woken
+    /// drivers are never deferred: the mmu-server resyncs before the
+    /// guest runs, and a driver's device waits for it.
+    fn pick_task(&mut self) -> Option<(usize, u64)> {
+        let state = |s| move |t: &Option<Task>| t.as_ref().is_some_and(|t| t.state == s);
+        if let Some(i) = self.tasks.iter().position(state(State::NotStarted)) {
+            return Some((i, 0));
         }
+        if let Some(i) = self.tasks.iter().position(state(State::Ready)) {
+            return Some((i, self.task(i).frame.rax));
+        }
+        let guest_can_run = self.paging_set
+            && self
+                .tasks
+                .iter()
+                .flatten()
+                .all(|t| t.vcpu_page.is_none() || t.state == State::WaitExit);
         let notified = self.tasks.iter().position(|t| {
-            t.as_ref()
-                .is_some_and(|t| t.state == State::WaitRecv && t.notes.pending())
+            t.as_ref().is_some_and(|t| {
+                t.state == State::WaitRecv
+                    && t.notes.pending()
+                    && !(guest_can_run
+                        && t.vcpu_page.is_none()
+                        && t.signalled_since_entry
+                        && !t.notes.has_irq())
+            })
         });
         if let Some(i) = notified {
-            let bits = self.task_mut(i).notes.take().unwrap_or(0);
-            self.switch(frame, i, bits);
-            return Ok(Next::Switched);
+            return Some((i, self.task_mut(i).notes.take().unwrap_or(0)));
         }
         let now = cpu::rdtsc();
         let due = self.tasks.iter().position(|t| {
             t.as_ref()
                 .is_some_and(|t| t.state == State::WaitRecv && t.wake.due(now))
         });
-        if let Some(i) = due {
-            self.task_mut(i).wake = WakeAt::default();
-            self.switch(frame, i, RECV_TIMEOUT);
-            return Ok(Next::Switched);
-        }
-        let handlers_ready = self
-            .tasks
-            .iter()
-            .flatten()
-            .all(|t| t.vcpu_page.is_none() || t.state == State::WaitExit);
-        if !handlers_ready {
-            self.idle()?;
-            return self.schedule(frame, sh);
-        }
-        for i in 0..MAX_TASKS {
-            let word = self.tasks[i]
-                .as_mut()
-                .filter(|t| t.vcpu_page.is_some())
-                .and_then(|t| t.gate.take(&mut t.notes));
-            if let Some(word) = word {
-                self.task_mut(i).noted = true;
-                return self.hand(frame, i, ExitRecord::notification(word));
-            }
-        }
-        if !self.paging_set {
-            return Err(Stop::NoPagingRoot {
-                shadow: self.shadow,
-            }
-            .into());
-        }
-        let wake = self.earliest_wake();
-        self.deadline.arm(cpu::rdtsc(), wake);
-        self.tasks
-            .iter_mut()
-            .flatten()
-            .for_each(|t| t.gate.entered());
-        let rec = self.vcpu.run();
-        count_exit(&mut sh.stats, &rec);
-        if ExitClass::of(&rec) == ExitClass::HostInterrupt {
-            let granted = self
-                .tasks
-                .iter()
-                .flatten()
-                .fold(0, |m, t| m | t.rights.irqs);
-            let lines = self.deadline.fired(granted);
-            self.notify_irqs(lines);
-        }
-        if let Some(why) = self.vcpu.entry_failure(&rec) {
-            return Err(Stop::EntryFailed {
-                why,
-                rip: rec.regs.rip,
-            }
-            .into());
-        }
-        let class = self.route(&rec);
-        self.deliver(frame, class, rec)
+        let i = due?;
+        self.task_mut(i).wake = WakeAt::default();
+        Some((i, RECV_TIMEOUT))
     }
 
     /// The earliest `ReplyRecv` timeout of a waiting task.
@@ -894,7 +943,9 @@ impl Vm {
             (_, true) => c.client,
             _ => return Err(ErrorCode::NotPermitted),
         };
-        self.task_mut(other).notes.signal(bits)?;
+        let t = self.task_mut(other);
+        t.notes.signal(bits)?;
+        t.signalled_since_entry = true;
         Ok(0)
     }
 
@@ -1477,6 +1528,7 @@ fn build(
             notes: Notifications::default(),
             gate: ExitGate::default(),
             noted: false,
+            signalled_since_entry: false,
             wake: WakeAt::default(),
             elf: t.elf,
             generation: 0,
@@ -1521,6 +1573,7 @@ fn build(
             watch: Watchdog::new(tsc_hz),
             tsc_hz,
             idles: 0,
+            yields: 0,
         });
         if let Some(vm) = k.vm.as_mut() {
             vm.enter_ring3(true);

@@ -354,7 +354,8 @@ impl Exit {
             ExitKind::Notification => Self::Notification {
                 word: (info1 & 0xffff_ffff) as u32,
             },
-            ExitKind::NestedMisconfig | ExitKind::Other => Self::Other { raw },
+            // PAUSE is the stub's (its scheduler's yield), never delivered.
+            ExitKind::NestedMisconfig | ExitKind::Pause | ExitKind::Other => Self::Other { raw },
         }
     }
 

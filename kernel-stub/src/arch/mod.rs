@@ -188,6 +188,15 @@ impl Vcpu {
         }
     }
 
+    /// PAUSE exits on or off for the next entries: on while a device
+    /// server's work waits for the guest's next exit (`vm::schedule`).
+    pub fn set_pause_exiting(&mut self, on: bool) {
+        match self {
+            Self::Svm(v) => v.set_pause_exiting(on),
+            Self::Vmx(v) => v.set_pause_exiting(on),
+        }
+    }
+
     pub fn flush_tlb(&mut self) {
         match self {
             Self::Svm(v) => v.flush_tlb(),

@@ -539,6 +539,19 @@ impl Vcpu {
         self.flush(TLB_FLUSH_GUEST);
     }
 
+    /// Turns the PAUSE intercept on or off for the next entries (the
+    /// scheduler's, `vm`). An intercepted PAUSE exits before it executes
+    /// (APM vol. 2, 15.14.4 with a pause filter count of 0), so the
+    /// guest is entered again as it was.
+    pub fn set_pause_exiting(&mut self, on: bool) {
+        let bits = if on { misc1::PAUSE } else { 0 };
+        if self.intercepts.misc1 & misc1::PAUSE != bits {
+            self.intercepts.misc1 = self.intercepts.misc1 & !misc1::PAUSE | bits;
+            let other = self.vmcb.read32(INTERCEPT_MISC1) & !misc1::PAUSE;
+            self.vmcb.write32(INTERCEPT_MISC1, other | bits);
+        }
+    }
+
     /// Asks for a `kind` flush at the next entry; a wider one already
     /// asked for stays (1 everything, 3 this guest, 7 its non-global entries).
     fn flush(&mut self, kind: u8) {

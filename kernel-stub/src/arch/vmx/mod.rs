@@ -767,16 +767,20 @@ impl Vcpu {
                 return self.record(u64::MAX);
             }
         }
-        // Interrupt-window exiting was for this entry only.
-        if self.controls.proc & PROC_INTERRUPT_WINDOW_EXITING != 0 {
-            self.controls.proc &= !PROC_INTERRUPT_WINDOW_EXITING;
-            self.write(PROC_CONTROLS, u64::from(self.controls.proc));
-        }
         #[allow(
             clippy::cast_possible_truncation,
             reason = "the exit reason is a 32-bit field"
         )]
         let reason = vmcs::read(EXIT_REASON).unwrap_or(0) as u32;
+        // Interrupt-window exiting was for this entry only -- unless the
+        // exit is a PAUSE, the scheduler's yield: the guest is entered
+        // again as it was, with the window it asked for.
+        if self.controls.proc & PROC_INTERRUPT_WINDOW_EXITING != 0
+            && u64::from(reason) != ipc_proto::exit::vmx_exit::PAUSE
+        {
+            self.controls.proc &= !PROC_INTERRUPT_WINDOW_EXITING;
+            self.write(PROC_CONTROLS, u64::from(self.controls.proc));
+        }
         if reason & (1 << 31) != 0 {
             let culprit = if reason & 0xffff == 33 {
                 guest_culprit(&self.read_guest(), &self.read_controls(), &self.caps)
@@ -791,6 +795,22 @@ impl Vcpu {
             return self.record(u64::from(reason));
         }
         self.record(u64::from(reason & 0xffff))
+    }
+
+    /// Turns PAUSE exiting on or off for the next entries (the
+    /// scheduler's, `vm`), where the CPU allows it. The exit comes
+    /// instead of the PAUSE (SDM vol. 3C, 26.1.3), so the guest is
+    /// entered again as it was.
+    pub fn set_pause_exiting(&mut self, on: bool) {
+        let bit = if on && self.caps.proc.allows(PROC_PAUSE_EXITING) {
+            PROC_PAUSE_EXITING
+        } else {
+            0
+        };
+        if self.failure.is_none() && self.controls.proc & PROC_PAUSE_EXITING != bit {
+            self.controls.proc = self.controls.proc & !PROC_PAUSE_EXITING | bit;
+            self.write(PROC_CONTROLS, u64::from(self.controls.proc));
+        }
     }
 
     /// What went wrong with the last entry, if it failed.

@@ -74,6 +74,7 @@ pub const PROC_UNCONDITIONAL_IO_EXITING: u32 = 1 << 24;
 pub const PROC_USE_IO_BITMAPS: u32 = 1 << 25;
 pub const PROC_USE_MSR_BITMAPS: u32 = 1 << 28;
 pub const PROC_MONITOR_EXITING: u32 = 1 << 29;
+pub const PROC_PAUSE_EXITING: u32 = 1 << 30;
 pub const PROC_SECONDARY_CONTROLS: u32 = 1 << 31;
 pub const PROC2_ENABLE_EPT: u32 = 1 << 1;
 pub const PROC2_UNRESTRICTED_GUEST: u32 = 1 << 7;
