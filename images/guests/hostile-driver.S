@@ -130,8 +130,19 @@ legal_request:
     DESC 2, STAT_GPA, 0, 1, D_WRITE, 0
 3:  xor eax, eax
     call submit
-    /* The device completes it later: at the guest's next exit or PAUSE. */
     mov ecx, 0x100000
+    /* The device completes it later: at the guest's next exit or PAUSE.
+     * The first time, say whether it had done so already, before this
+     * instruction (the reads of RAM here make no exit). */
+    cmp dword ptr [async_told], 0
+    jne 4f
+    mov dword ptr [async_told], 1
+    movzx eax, word ptr [USED_GPA + 2]
+    cmp eax, [avail_next]
+    jne 1f
+    SAY "the first request was done before the guest's next instruction: yes\n"
+    jmp 4f
+1:  SAY "the first request was done before the guest's next instruction: no\n"
 4:  movzx eax, word ptr [USED_GPA + 2]
     cmp eax, [avail_next]
     je 5f
@@ -429,5 +440,6 @@ dev_kind:     .long 0
 dev_name:     .long 0
 n_attacks:    .long 0
 n_contained:  .long 0
+async_told:   .long 0
 verdict:      .long 0
 status_seen:  .long 0

@@ -37,11 +37,14 @@
 //! interrupt through its IDT), then schedules again. Only when neither
 //! can come does it report the servers deadlocked.
 //!
-//! So a device server runs before the guest is entered again: when the
-//! vmm-server calls `VcpuRun` and the device server was signalled, or after
-//! an exit for its IRQ (a host interrupt: the exit goes to the vmm-server,
-//! whose next `VcpuRun` lets the device server run first), or when the
-//! guest exits for HLT or the exit deadline.
+//! The guest before device work: a device server signalled since the
+//! guest was last entered (a queue doorbell) waits for the guest's next
+//! exit when the guest can run, so the guest goes on while its request
+//! is pending. While one waits, the guest's PAUSE exits at once (a
+//! spin-wait hint: Linux's `cpu_relax`, a driver polling its used ring)
+//! and a 1 ms slice of the exit deadline bounds a run that has none; a
+//! PAUSE exit is the scheduler's own, no server sees it. Exit handlers
+//! (VCPU tasks) and drivers woken by their IRQ are never deferred.
 //!
 //! Servers run with interrupts on (the stub with them off): a host IRQ
 //! that comes while a server runs is taken through the IDT
