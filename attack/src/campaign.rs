@@ -79,7 +79,8 @@ pub enum Class {
     Exhaustion,
     /// x87/SSE in a server.
     Fpu,
-    /// IN/OUT on host ports the task was not granted.
+    /// IN/OUT on host ports the task was not granted; CLI, POPF and
+    /// `int` on the host's IRQ vectors.
     PortIo,
     /// Resumes drawn from a seeded generator, near-legal: an accepted one
     /// must enter the guest.
@@ -1501,6 +1502,53 @@ pub fn port_io(c: &mut Campaign) {
             true
         });
     }
+    interrupt_flag(c);
+}
+
+/// Servers run with interrupts on (the watchdog's tick): a server must not
+/// turn them off or forge a host interrupt. `int 0x20` (the timer's vector
+/// since the stub moved the 8259s) must #GP on the gate's DPL 0, CLI must
+/// #GP at IOPL 0 (SDM vol. 1, 18.3); each ends the run. POPF with IF clear
+/// leaves IF unchanged at CPL 3 > IOPL, without a fault: refused when IF
+/// is still set afterwards.
+fn interrupt_flag(c: &mut Campaign) {
+    let cl = Class::PortIo;
+    c.attempt(cl, Must::Refuse, format_args!("int-0x20"), || {
+        // SAFETY: an interrupt gate the stub gives DPL 0; from ring 3 it
+        // faults before anything runs.
+        unsafe { core::arch::asm!("int 0x20", options(nomem, nostack)) };
+        line!("attack: portio: int 0x20 reached the timer's handler");
+        true
+    });
+    c.attempt(cl, Must::Refuse, format_args!("cli"), || {
+        // SAFETY: CLI only changes IF; at CPL 3 > IOPL it faults.
+        unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+        line!("attack: portio: cli ran");
+        true
+    });
+    c.attempt(cl, Must::Refuse, format_args!("popf-if-clear"), || {
+        let flags: u64;
+        // SAFETY: pushes and pops one word of the server's own stack; POPF
+        // with IF clear changes only IF, and only where IOPL allows.
+        unsafe {
+            core::arch::asm!(
+                "pushfq",
+                "and qword ptr [rsp], ~0x200",
+                "popfq",
+                "pushfq",
+                "pop {}",
+                out(reg) flags,
+            );
+        }
+        let cleared = flags & 0x200 == 0;
+        if cleared {
+            line!("attack: portio: popf cleared IF");
+            // Back on, if the attempt worked: the run goes on.
+            // SAFETY: STI only sets IF.
+            unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
+        }
+        cleared
+    });
 }
 
 // ---------------------------------------------------------------------
