@@ -119,16 +119,13 @@ fn assert_all_contained(r: &Run, devices: &[&str]) {
     assert_eq!(legal, ATTACKS.len() + keep_working, "{r}");
 }
 
-/// The guest before device work: whether the first request was done
-/// before the guest's next instruction after its doorbell (the guest's own
-/// line), and the PAUSE exits that ran the deferred servers (the stub's
-/// `[stub] scheduler: ... yields=Y` line).
-fn assert_guest_ran_first(r: &Run, first: bool) {
-    let said = if first { "no" } else { "yes" };
-    let line = format!(
-        "hostile-driver: the first request was done before the guest's next instruction: {said}"
-    );
-    assert!(r.has_line(&line), "no `{line}`\n{r}");
+/// The guest before device work: the first request was not done before
+/// the guest's next instruction after its doorbell (the guest's own line),
+/// and PAUSE exits ran the deferred servers (the stub's `[stub] scheduler:
+/// ... yields=Y` line).
+fn assert_guest_ran_first(r: &Run) {
+    let line = "hostile-driver: the first request was done before the guest's next instruction: no";
+    assert!(r.has_line(line), "no `{line}`\n{r}");
     let yields: u64 = r
         .stdout
         .lines()
@@ -136,7 +133,7 @@ fn assert_guest_ran_first(r: &Run, first: bool) {
         .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("yields=")))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no `yields=` in the scheduler line\n{r}"));
-    assert_eq!(yields > 0, first, "yields={yields}\n{r}");
+    assert!(yields > 0, "yields={yields}\n{r}");
 }
 
 #[test]
@@ -145,7 +142,7 @@ fn the_virtio_console_contains_a_hostile_driver_on_npt() {
     assert_all_contained(&r, &["virtio-console"]);
     // The doorbell is a `Signal`: the console server runs at the guest's
     // next exit or PAUSE, not before the guest's next instruction.
-    assert_guest_ran_first(&r, true);
+    assert_guest_ran_first(&r);
 }
 
 #[test]
@@ -168,9 +165,9 @@ fn virtio_console_and_blk_contain_a_hostile_driver_under_shadow_paging() {
         "--unsafe-shadow",
     ]);
     assert_all_contained(&r, &["virtio-console", "virtio-blk"]);
-    // Under shadow paging the proxy calls the server at the doorbell (a
-    // device's writes to guest RAM must reach the mmu-server first).
-    assert_guest_ran_first(&r, false);
+    // Under shadow paging too: a device's writes to guest RAM reach the
+    // mmu-server (a notification exit) before the guest runs again.
+    assert_guest_ran_first(&r);
 }
 
 /// The same on Bochs with emulated Intel VMX and EPT (about 15 s): the
@@ -187,7 +184,7 @@ fn virtio_console_and_blk_contain_a_hostile_driver_on_bochs_vmx_with_ept() {
         "vmx",
     ]);
     assert_all_contained(&r, &["virtio-console", "virtio-blk"]);
-    assert_guest_ran_first(&r, true);
+    assert_guest_ran_first(&r);
 }
 
 /// `splitvisor attack`'s `virtio` row: the same guest with both functions,

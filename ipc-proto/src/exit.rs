@@ -153,9 +153,16 @@ pub mod stub_exit {
     /// with the `VcpuRun` that returned this record was applied (perhaps
     /// before the guest ran for other tasks' exits). The task's next
     /// `VcpuRun` with an empty resume (`flags` 0) changes nothing; a
-    /// non-empty one applies as usual. Every other field but
-    /// `abi_version` is zero.
+    /// non-empty one applies as usual. `exit_info2` holds [`GUEST_RAN`]
+    /// or 0. Every other field but `abi_version` is zero.
     pub const NOTIFICATION: u64 = 1 << 40;
+    /// A notification exit's `exit_info2` bit: the guest was entered
+    /// since the task's last resume was applied (for exits of another
+    /// task's, under shadow paging the mmu-server's), so that resume's
+    /// event or interrupt window was used up. Clear: the guest has not run
+    /// since, and the stub will apply the interrupt part of the task's next
+    /// resume afresh (an empty one withdraws the last one's).
+    pub const GUEST_RAN: u64 = 1;
 }
 
 /// What an exit is, whatever the extension: the exit code classified, with
@@ -590,9 +597,12 @@ mod tests {
 
     #[test]
     fn notification_exits_classify_whatever_the_arch() {
-        let n = ExitRecord::notification(0x4001);
+        let n = ExitRecord::notification(0x4001, false);
         assert_eq!(ExitKind::of(&n), ExitKind::Notification);
         assert_eq!(n.exit_info1, 0x4001);
+        assert_eq!(n.exit_info2, 0);
+        let ran = ExitRecord::notification(1, true);
+        assert_eq!(ran.exit_info2, stub_exit::GUEST_RAN);
         assert_eq!(n.abi_version, crate::ABI_VERSION);
         for arch in [VcpuArch::Svm, VcpuArch::Vmx] {
             let r = rec(arch, stub_exit::NOTIFICATION, 1, 0);

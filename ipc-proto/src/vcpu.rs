@@ -175,12 +175,19 @@ wire! {
 
 impl ExitRecord {
     /// The stub's notification exit carrying notification word `word`
-    /// ([`crate::exit::stub_exit::NOTIFICATION`]).
-    pub fn notification(word: u32) -> Self {
+    /// ([`crate::exit::stub_exit::NOTIFICATION`]); `guest_ran`: the guest
+    /// was entered since the task's last resume was applied
+    /// ([`crate::exit::stub_exit::GUEST_RAN`] in `exit_info2`).
+    pub fn notification(word: u32, guest_ran: bool) -> Self {
         Self {
             abi_version: crate::ABI_VERSION,
             exit_code: crate::exit::stub_exit::NOTIFICATION,
             exit_info1: u64::from(word),
+            exit_info2: if guest_ran {
+                crate::exit::stub_exit::GUEST_RAN
+            } else {
+                0
+            },
             ..Self::default()
         }
     }

@@ -132,6 +132,9 @@ struct Task {
     /// It got a notification exit: its next `VcpuRun` with an empty
     /// resume changes nothing (its last one was applied already).
     noted: bool,
+    /// The guest was entered since its last resume was applied (its
+    /// notification exits say so: `stub_exit::GUEST_RAN`).
+    entered_since_resume: bool,
     /// A device server (no VCPU page) was signalled since the guest was
     /// last entered: it waits for the guest's next exit when the guest can
     /// run (`schedule`), so the guest does not wait for its work.
@@ -507,8 +510,10 @@ impl Vm {
                     .filter(|t| t.vcpu_page.is_some())
                     .and_then(|t| t.gate.take(&mut t.notes));
                 if let Some(word) = word {
-                    self.task_mut(i).noted = true;
-                    return self.hand(frame, i, ExitRecord::notification(word));
+                    let t = self.task_mut(i);
+                    t.noted = true;
+                    let ran = t.entered_since_resume;
+                    return self.hand(frame, i, ExitRecord::notification(word, ran));
                 }
             }
             if !self.paging_set {
@@ -535,6 +540,7 @@ impl Vm {
             self.tasks.iter_mut().flatten().for_each(|t| {
                 t.gate.entered();
                 t.signalled_since_entry = false;
+                t.entered_since_resume = true;
             });
             let rec = self.vcpu.run();
             if let Some(why) = self.vcpu.entry_failure(&rec) {
@@ -744,6 +750,7 @@ impl Vm {
         let nothing = noted && resume.flags == 0 && resume.abi_version == ABI_VERSION;
         if !nothing && (!fresh || resume.abi_version != 0) {
             self.apply_resume(cur, &resume, sh)?;
+            self.task_mut(cur).entered_since_resume = false;
         }
         let t = self.task_mut(cur);
         if !fresh {
@@ -1531,6 +1538,7 @@ fn build(
             notes: Notifications::default(),
             gate: ExitGate::default(),
             noted: false,
+            entered_since_resume: false,
             signalled_since_entry: false,
             wake: WakeAt::default(),
             elf: t.elf,

@@ -254,11 +254,14 @@ pub enum Exit {
     /// VMX VM-entry failure): the guest did not run.
     EntryFailed,
     /// Not a guest exit: the stub's notification exit
-    /// (`ipc_proto::exit::stub_exit::NOTIFICATION`). The guest did not
-    /// run; the server loop reruns with the resume it gave before.
+    /// (`ipc_proto::exit::stub_exit::NOTIFICATION`). The guest was not
+    /// entered for it; the server loop reruns with the resume it gave before.
     Notification {
         /// The notification word (`Signal` bits, host IRQ bits).
         word: u32,
+        /// The guest ran (for another task's exits) since this server's
+        /// last resume was applied (`stub_exit::GUEST_RAN`).
+        guest_ran: bool,
     },
     /// Any other exit; `raw` is the record's exit code.
     Other {
@@ -353,6 +356,7 @@ impl Exit {
             ExitKind::EntryFailed => Self::EntryFailed,
             ExitKind::Notification => Self::Notification {
                 word: (info1 & 0xffff_ffff) as u32,
+                guest_ran: info2 & ipc_proto::exit::stub_exit::GUEST_RAN != 0,
             },
             // PAUSE is the stub's (its scheduler's yield), never delivered.
             ExitKind::NestedMisconfig | ExitKind::Pause | ExitKind::Other => Self::Other { raw },

@@ -438,16 +438,9 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
             let channel = u64::from(pci_slots[i].checked_sub(1)?);
             let &(_, intx) = boards::PC_PCI_SLOTS.get(i)?;
             (kind == ipc_proto::manifest::Board::Pc).then(|| {
-                let f = RemotePci::new(ChannelSyscall { channel })
+                RemotePci::new(ChannelSyscall { channel })
                     .with_irq(board.irq.pci(intx))
-                    .with_poll_gap(&rdtsc, poll_gap);
-                // Doorbells signal the server under nested paging only
-                // (see `Vmm::notified`).
-                if boot.mmu_mode != 0 {
-                    f.synchronous()
-                } else {
-                    f
-                }
+                    .with_poll_gap(&rdtsc, poll_gap)
             })
         });
     let bus = PciBus::new();

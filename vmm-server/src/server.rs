@@ -80,12 +80,14 @@ pub fn run<S: Stub, W: HostWrite>(
                 return Ending::Fail;
             }
         };
-        if let crate::exit::Exit::Notification { word } = crate::exit::Exit::decode(&rec) {
-            // The guest did not run, and the last resume was applied
-            // (perhaps before the guest ran for exits of the mmu-server's):
-            // rerun with the interrupts the notification brought (and the
-            // last resume's, which the stub would otherwise withdraw).
-            resume = Some(vmm.notified(word));
+        if let crate::exit::Exit::Notification { word, guest_ran } = crate::exit::Exit::decode(&rec)
+        {
+            // The guest was not entered for it, and the last resume was
+            // applied (perhaps before the guest ran for exits of the
+            // mmu-server's): rerun with the interrupts the notification
+            // brought (and the last resume's, which the stub would
+            // otherwise withdraw, unless the guest ran since).
+            resume = Some(vmm.notified(word, guest_ran));
             continue;
         }
         let segments = stub.segments();
@@ -273,8 +275,8 @@ mod tests {
     #[test]
     fn a_notification_exit_reruns_with_the_same_resume() {
         let mut exits = guest_printing(b"ab", out(0xf4, 0, 0x2000));
-        exits.insert(1, ExitRecord::notification(1 << 30));
-        exits.insert(2, ExitRecord::notification(1));
+        exits.insert(1, ExitRecord::notification(1 << 30, false));
+        exits.insert(2, ExitRecord::notification(1, false));
         let mut s = Script::new(exits);
         let (end, text) = run_script(&mut s);
         assert_eq!(end, Ending::Stop { status: 0 });

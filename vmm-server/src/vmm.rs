@@ -582,22 +582,21 @@ impl<'d> Vmm<'d> {
         &self.history
     }
 
-    /// A notification exit with word `word` (the guest did not run): the
-    /// PCI functions whose servers signalled fetch their interrupts, and
-    /// the answer is the resume to rerun with.
+    /// A notification exit with word `word` (the guest was not entered
+    /// for it): the PCI functions whose servers signalled fetch their
+    /// interrupts, and the answer is the resume to rerun with.
     ///
     /// The stub applies each resume's interrupt part afresh (an empty one
-    /// withdraws a virtual interrupt offered before), so under nested
-    /// paging, where the guest runs for this server's exits only and so
-    /// has not run since the last resume, the last resume's event and
-    /// window request go again, and a new interrupt is injected when the
-    /// guest could take one then (else a window is asked for). Under
-    /// shadow paging the guest may have run for the mmu-server's exits
-    /// since: only a window is asked for (TODO: the notification record
-    /// does not say whether the guest ran, so an interrupt offered by the
-    /// last resume may be withdrawn; the functions stay synchronous there,
-    /// see `RemotePci::synchronous`).
-    pub fn notified(&mut self, word: u32) -> Resume {
+    /// withdraws a virtual interrupt offered before). When the guest has
+    /// not run since the last resume (`guest_ran` clear: always under
+    /// nested paging, where the guest runs for this server's exits only),
+    /// the last resume's event and window request go again, and a new
+    /// interrupt is injected when the guest could take one then (else a
+    /// window is asked for). When it has run since (for the mmu-server's
+    /// exits under shadow paging), that resume's interrupt part was used
+    /// and the guest's state then is unknown here: only a window is asked
+    /// for.
+    pub fn notified(&mut self, word: u32, guest_ran: bool) -> Resume {
         self.stats.notifications += 1;
         if let Some(bus) = self.pci {
             bus.notified(word);
@@ -606,7 +605,7 @@ impl<'d> Vmm<'d> {
         let mut flags = ResumeFlags::empty();
         let mut r = resume(flags, GuestRegs::default());
         let last = self.last_delivery;
-        let repeat = !self.config.shadow_paging;
+        let repeat = !guest_ran;
         if let Some(e) = last.event.filter(|_| repeat) {
             r.event = e;
             flags |= ResumeFlags::INJECT_EVENT;

@@ -107,8 +107,6 @@ pub struct RemotePci<'b, C: PciChannel> {
     last_error: Option<ErrorCode>,
     /// `None` until the server was asked; then its answer.
     doorbells: Option<Option<Doorbells>>,
-    /// Doorbell writes are calls too.
-    synchronous: bool,
     /// Doorbells signalled, and how many of them the server had seen at
     /// its last answer to a poll.
     rung: u64,
@@ -138,7 +136,6 @@ impl<'b, C: PciChannel> RemotePci<'b, C> {
             msis_dropped: 0,
             last_error: None,
             doorbells: None,
-            synchronous: false,
             rung: 0,
             seen: 0,
             notified: 0,
@@ -152,13 +149,6 @@ impl<'b, C: PciChannel> RemotePci<'b, C> {
     /// The same proxy raising the interrupts each reply reports on `irq`.
     pub fn with_irq(mut self, irq: PciInterrupts<'b>) -> Self {
         self.irq = Some(irq);
-        self
-    }
-
-    /// The same proxy sending doorbell writes as calls too (no `Signal`):
-    /// the vmm-server does so under shadow paging (see `Vmm::notified`).
-    pub fn synchronous(mut self) -> Self {
-        self.synchronous = true;
         self
     }
 
@@ -237,7 +227,7 @@ impl<'b, C: PciChannel> RemotePci<'b, C> {
     /// server has taken.
     fn poll_now(&mut self) {
         if let Some(seen) = self.send(op::POLL, 0, 0, 0, 0) {
-            if self.doorbells.is_some_and(|d| d.is_some()) && !self.synchronous {
+            if self.doorbells.is_some_and(|d| d.is_some()) {
                 self.seen = seen.min(self.rung);
             }
         }
@@ -295,18 +285,9 @@ impl<'b, C: PciChannel> RemotePci<'b, C> {
             let _ = self.exchange(op, bar, offset, size, value);
         }
         let _ = self.exchange(op::RESUME, 0, 0, 0, 0);
-        let Some(Some(d)) = self.doorbells else {
+        let Some(Some(_)) = self.doorbells else {
             return;
         };
-        if self.synchronous {
-            // Doorbells are calls here: write each (the first 16), the
-            // value its index, as a driver's notification would be.
-            let size = if d.stride >= 2 { 2 } else { 1 };
-            for i in 0..(d.len / d.stride).min(u64::from(ipc_proto::pci::DOORBELLS)) {
-                let _ = self.exchange(op::BAR_WRITE, d.bar, d.offset + i * d.stride, size, i);
-            }
-            return;
-        }
         let all = ipc_proto::syscall::SIGNAL_BITS;
         match self.channel.signal(all, self.rung + 1) {
             Ok(()) => self.rung += 1,
@@ -384,7 +365,7 @@ impl<C: PciChannel> PciFunction for RemotePci<'_, C> {
 
     fn bar_write(&mut self, bar: u8, offset: u64, size: u8, value: u64) {
         let doorbell = self.doorbells_of().and_then(|d| d.index(bar, offset));
-        if let Some(i) = doorbell.filter(|_| !self.synchronous) {
+        if let Some(i) = doorbell {
             match self.channel.signal(doorbell_bit(i), self.rung + 1) {
                 Ok(()) => {
                     self.rung += 1;
@@ -725,25 +706,6 @@ mod tests {
         assert_eq!(u16::from_le_bytes([ram[0x3002], ram[0x3003]]), 2);
     }
 
-    #[test]
-    fn a_synchronous_proxy_rings_the_doorbells_as_calls_after_a_restart() {
-        let board = Board::new();
-        let mut ch = loopback();
-        let mut proxy = RemotePci::new(&mut ch)
-            .with_irq(board.irq.pci(10))
-            .synchronous();
-        set_up_transmitq(&mut proxy);
-        offer(&mut proxy.channel.ram, 0, 0, b"a");
-        proxy.bar_write(0, TX_NOTIFY, 2, 1);
-        offer(&mut proxy.channel.ram, 1, 1, b"b");
-        // Made available; the server restarts before the guest notifies.
-        proxy.channel.restart(9);
-        proxy.poll();
-        assert_eq!(proxy.restarts(), (1, true));
-        assert_eq!(proxy.channel.output(), b"b", "went on from the used idx");
-        assert_eq!(proxy.channel.word, 0, "no Signal in this mode");
-    }
-
     /// A server that signals the vmm-server for ever costs one poll per
     /// notification exit, never a loop in the proxy; the stub's `ExitGate`
     /// allows one such exit between two guest entries
@@ -759,33 +721,6 @@ mod tests {
         assert_eq!(proxy.calls(), 100);
         assert_eq!(proxy.doorbells(), (0, 100));
         assert!(proxy.channel.seen.iter().all(|m| m.op == op::POLL));
-    }
-
-    #[test]
-    fn a_synchronous_proxy_processes_the_queue_in_the_call() {
-        let board = Board::new();
-        let mut ch = loopback();
-        {
-            let mut proxy = RemotePci::new(&mut ch)
-                .with_irq(board.irq.pci(10))
-                .synchronous();
-            set_up_transmitq(&mut proxy);
-            offer(&mut proxy.channel.ram, 0, 0, b"hello\n");
-            proxy.bar_write(0, TX_NOTIFY, 2, u64::from(TRANSMITQ));
-            assert_eq!(proxy.msis(), (1, 0));
-            assert!(!proxy.busy());
-            assert_eq!(proxy.channel.word, 0);
-            assert!(
-                !proxy.log.iter().any(|w| w.2 == TX_NOTIFY),
-                "doorbells stay out of the replay log"
-            );
-        }
-        assert_eq!(ch.output(), b"hello\n");
-        assert_eq!(board.irq.take_msi().map(|m| m.vector), Some(0x41));
-        assert!(ch
-            .seen
-            .iter()
-            .any(|m| m.op == op::BAR_WRITE && m.offset == TX_NOTIFY));
     }
 
     #[test]

@@ -1381,14 +1381,15 @@ impl crate::devices::pci::PciFunction for Signalling<'_> {
 /// A notification exit: the server's interrupt is injected at once when
 /// the guest could take one at its last exit, else a window is asked for;
 /// the last resume's event goes again (the stub applies each resume's
-/// interrupt part afresh); under shadow paging only a window.
+/// interrupt part afresh); when the guest ran since (for the mmu-server's
+/// exits under shadow paging) only a window.
 #[test]
 fn a_notification_exit_delivers_the_servers_msi() {
     use crate::devices::ioapic::IoApic;
     use crate::devices::lapic::LocalApic;
     use crate::devices::pci::PciBus;
     use crate::mmio::MmioDevice;
-    for shadow in [false, true] {
+    for guest_ran in [false, true] {
         let mut w = World::new();
         let mut f = Signalling {
             irq: w.board.irq.pci(10),
@@ -1405,10 +1406,7 @@ fn a_notification_exit_delivers_the_servers_msi() {
         let mut vmm = Vmm::new(Router::new(), &w.board, &mut ram, &mut host)
             .with_irqchip(IrqChip::pc(LocalApic::new(&w.board.clock), IoApic::new()))
             .with_pci_bus(&bus)
-            .with_config(VmmConfig {
-                shadow_paging: shadow,
-                ..Default::default()
-            });
+            .with_config(VmmConfig::default());
         vmm.irq.lapic_mut().unwrap().write(0xf0, 4, 0x1ff);
         // An exit with interrupts open.
         let mut tick = flat(svm_exit::INTR, 0, 0);
@@ -1416,10 +1414,10 @@ fn a_notification_exit_delivers_the_servers_msi() {
         let r = resumed(vmm.handle(&tick));
         assert!(!flags(&r).contains(ResumeFlags::INJECT_EVENT));
         // A word for another function: nothing to deliver, nothing asked.
-        let r = vmm.notified(1 << 4);
+        let r = vmm.notified(1 << 4, guest_ran);
         assert_eq!(r.flags, 0);
-        let r = vmm.notified(1);
-        if shadow {
+        let r = vmm.notified(1, guest_ran);
+        if guest_ran {
             assert_eq!(flags(&r), ResumeFlags::REQUEST_INTERRUPT_WINDOW);
             continue;
         }
@@ -1429,7 +1427,7 @@ fn a_notification_exit_delivers_the_servers_msi() {
             (0x45, EventKind::ExternalInterrupt as u8)
         );
         // Another notification before the guest ran: the same event again.
-        let again = vmm.notified(0);
+        let again = vmm.notified(0, guest_ran);
         assert_eq!(flags(&again), ResumeFlags::INJECT_EVENT);
         assert_eq!(again.event.vector, 0x45);
         // Interrupts closed at the last exit: a window.
@@ -1437,7 +1435,7 @@ fn a_notification_exit_delivers_the_servers_msi() {
         let mut closed = flat(svm_exit::INTR, 0, 0);
         closed.regs.rflags = 0x2;
         resumed(vmm.handle(&closed));
-        let r = vmm.notified(1);
+        let r = vmm.notified(1, guest_ran);
         assert_eq!(flags(&r), ResumeFlags::REQUEST_INTERRUPT_WINDOW);
         assert_eq!(vmm.stats().notifications, 4);
     }
