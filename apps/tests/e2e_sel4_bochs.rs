@@ -1,9 +1,11 @@
 //! End-to-end on seL4 (issue 14): `splitvisor run --platform sel4` builds
 //! the seL4 kernel (cached under `target/sel4/`), the root task and a GRUB
 //! ISO, and boots it in Bochs (`corei7_skylake_x`: VMX with EPT and
-//! unrestricted guest). The root task starts the mmu-server (it builds the
-//! EPT) and the vmm-server (the VCPU's thread, it runs the exit handler) as
-//! components of their own (ELF, VSpace, CSpace); each test reads the guest's own output and the final line.
+//! unrestricted guest). The root task starts the mmu-server (it owns the
+//! EPT and maps guest RAM into it as the vmm-server forwards it the guest's
+//! EPT violations) and the vmm-server (the VCPU's thread, it runs the exit
+//! handler) as components of their own (ELF, VSpace, CSpace); each test
+//! reads the guest's own output and the final line.
 //!
 //! Needs the seL4 sources (`SEL4_SRC`, or `../shared/sel4/seL4-16.0.0.tar.gz`
 //! beside the workspace): without them each test prints why and returns.
@@ -273,7 +275,8 @@ fn shadow_paging_on_sel4_is_refused_in_one_sentence() {
 }
 
 /// Issue 14's hostile case: the vmm-server component invokes a capability
-/// address of the root task's (its EPT's), which is not in its CSpace.
+/// address of the root task's (where it held the EPT), which is not in its
+/// CSpace.
 /// seL4 refuses the lookup and sends a capability fault to the root task,
 /// which ends the run with `vm failed` naming the address; the guest never
 /// runs.
