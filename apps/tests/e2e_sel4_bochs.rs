@@ -279,7 +279,8 @@ fn shadow_paging_on_sel4_is_refused_in_one_sentence() {
 /// CSpace.
 /// seL4 refuses the lookup and sends a capability fault to the root task,
 /// which ends the run with `vm failed` naming the address; the guest never
-/// runs.
+/// runs. Before that it asks the mmu-server to map addresses outside guest
+/// RAM, which the mmu-server refuses.
 #[test]
 fn hostile_vmm_server_invoking_a_capability_it_was_not_given_is_refused() {
     let Some(r) = sel4_run(&["--guest", "hello", "--sel4-hostile-vmm"]) else {
@@ -300,6 +301,15 @@ fn hostile_vmm_server_invoking_a_capability_it_was_not_given_is_refused() {
         ))),
         "the root task did not report the refused capability {tried}\n{r}"
     );
+    // Before that, the mmu-server refused to map what is not guest RAM
+    // (1: `REPLY_NOT_RAM`) and a message that is not an EPT violation (3).
+    for line in [
+        "[vmm] hostile: the mmu-server answered Ok(1) to label 0x4550 for guest-physical 0xfee00000",
+        "[vmm] hostile: the mmu-server answered Ok(1) to label 0x4550 for guest-physical 0xffffffffffffffff",
+        "[vmm] hostile: the mmu-server answered Ok(3) to label 0x4551 for guest-physical 0x0",
+    ] {
+        assert!(r.has_line(line), "no `{line}`\n{r}");
+    }
     assert!(
         !r.stdout.contains("[vmm] hostile: seL4 answered"),
         "the invocation returned to the server instead of faulting\n{r}"
@@ -423,5 +433,10 @@ fn figures_linux_boot_on_sel4_against_the_native_stub_under_bochs_vmx() {
             "{name}: {wall:.0} s wall (build and Bochs), /init at {:?} s of guest time\n  {exits}",
             init_time(&stdout)
         );
+        for l in r.all().lines().filter(|l| {
+            l.starts_with("[stub] seL4: ") || l.starts_with("splitvisor: seL4 run took")
+        }) {
+            println!("  {l}");
+        }
     }
 }

@@ -65,6 +65,21 @@ pub extern "C" fn vmm_main(args_page: *const u8, ipc_buffer: *mut u8) -> ! {
         ))
     };
     if args.hostile_target != 0 {
+        // First the mmu-server: asked to map what is not guest RAM (the
+        // local APIC, the top of the address space) or with a message that
+        // is not an EPT violation, it maps nothing and says why.
+        use sel4_mmu_server as m;
+        for (label, gpa) in [
+            (m::EPT_VIOLATION_LABEL, 0xfee0_0000),
+            (m::EPT_VIOLATION_LABEL, u64::MAX),
+            (m::EPT_VIOLATION_LABEL + 1, 0),
+        ] {
+            let r = invoke(SLOT_MMU, label, &[], &[gpa, 0]);
+            vmm_line(format_args!(
+                "hostile: the mmu-server answered {:?} to label {label:#x} for guest-physical {gpa:#x}",
+                r.map(|mrs| mrs[0])
+            ));
+        }
         vmm_line(format_args!(
             "hostile: invoking capability {:#x} of the root task's (where it held the EPT), which this server was not given",
             args.hostile_target
