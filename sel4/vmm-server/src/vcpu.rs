@@ -407,7 +407,15 @@ impl Vcpu {
         // qualification, NMI unblocking by IRET, matters only with virtual
         // NMIs, which this VCPU does not use.)
         let info = rec.exit_int_info;
-        if info & (1 << 31) == 0 {
+        // An INT n, INT3 or INTO (software interrupt, kind 4; #BP and #OF
+        // come only from those) is not injected again: that needs the
+        // VM-entry instruction length, which seL4's WriteVMCS refuses, and
+        // RIP still points at the instruction (SDM vol. 3C, "Information
+        // for VM Exits Due to Instruction Execution": the exit's length is
+        // given for this case), so the guest executes it again, now with
+        // the page mapped.
+        let software = matches!(((info >> 8) & 7, info as u8), (4, _) | (3, 3 | 4));
+        if info & (1 << 31) == 0 || software {
             return Some(Ok(()));
         }
         Some(self.inject(&ipc_proto::EventInjection {
