@@ -21,6 +21,7 @@ int main(void)
     C("CNODE_COPY", CNodeCopy);
     C("CNODE_MINT", CNodeMint);
     C("CNODE_MOVE", CNodeMove);
+    C("CNODE_DELETE", CNodeDelete);
     C("TCB_CONFIGURE", TCBConfigure);
     C("TCB_WRITE_REGISTERS", TCBWriteRegisters);
     C("TCB_SET_PRIORITY", TCBSetPriority);
@@ -66,6 +67,8 @@ int main(void)
     /* syscalls */
     S("SYS_CALL", seL4_SysCall);
     S("SYS_RECV", seL4_SysRecv);
+    S("SYS_SEND", seL4_SysSend);
+    S("SYS_REPLY_RECV", seL4_SysReplyRecv);
     S("SYS_DEBUG_PUT_CHAR", seL4_SysDebugPutChar);
     S("SYS_VM_ENTER", seL4_SysVMEnter);
     /* initial capabilities */

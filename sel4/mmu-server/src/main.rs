@@ -5,13 +5,12 @@
 //! (`sel4_mmu_server`'s contract); RDI is its argument page, RSI its IPC
 //! buffer. It builds the guest-physical map the way the native mmu-server
 //! installs checked mappings, here with seL4's EPT invocations: the PDPT
-//! and page directory into the PML4, each 2 MiB frame with `Page_MapEPT`;
-//! then it reports to the root task, which starts the vmm-server on that
-//! EPT, and stays blocked.
-//!
-//! TODO(issue 14): the EPT violations the mmu-server owns (none on seL4
-//! today: all guest RAM is mapped before the guest runs) reaching it over
-//! an endpoint from the vmm-server; the native mmu-server's statistics.
+//! and page directory into the PML4, then it reports to the root task,
+//! which starts the vmm-server on that EPT. Guest RAM is mapped on demand:
+//! the vmm-server component forwards each EPT violation on guest RAM to
+//! this component's endpoint (`seL4_Call`), which maps the 2 MiB frame
+//! holding the address with `Page_MapEPT` and replies; the guest retries
+//! the access. An address outside guest RAM is never mapped.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]

@@ -7,13 +7,15 @@
 //! A VSpace holds the ELF's segments (in fresh frames: code and read-only
 //! data mapped read-only), the IPC buffer, a read-only page with the
 //! arguments and, for the vmm-server, guest RAM; nothing of the root
-//! task's. The vmm-server's CSpace holds three capabilities: the VCPU
-//! (bound to its thread) and two badged endpoint capabilities to the root
-//! task, one to report its ending and one seL4 sends its faults to; it gets
-//! no capability to a guest-RAM frame, the EPT, an I/O port or a page
+//! task's. The vmm-server's CSpace holds four capabilities: the VCPU
+//! (bound to its thread), two badged endpoint capabilities to the root
+//! task, one to report its ending and one seL4 sends its faults to, and a
+//! send capability to the mmu-server's endpoint for its EPT violations; it
+//! gets no capability to a guest-RAM frame, the EPT, an I/O port or a page
 //! table: what it may touch is mapped for it. The mmu-server's holds the
-//! EPT objects and the guest-RAM frames, which it maps with
-//! `Page_MapEPT`, and the same two endpoint capabilities.
+//! EPT objects and the guest-RAM frames, which it maps with `Page_MapEPT`
+//! as EPT violations ask, the receive side of its endpoint and the same
+//! two endpoint capabilities to the root task.
 
 use sel4_sys::{c, invoke, CPtr};
 
@@ -385,13 +387,14 @@ pub fn resume(l: &Loaded) {
 
 /// The vmm-server component (`sel4_vmm_server`'s contract): its ELF with
 /// `args`, guest RAM mapped, the VCPU bound to its thread, `ept` its EPT,
-/// and two badged capabilities to the root task's `endpoint`. Not started:
-/// [`resume`] it once the EPT is built.
+/// two badged capabilities to the root task's endpoint and one to the
+/// mmu-server's (`endpoints`). Not started: [`resume`] it once the EPT's
+/// tables are in place.
 pub fn start_vmm(
     alloc: &mut Allocator,
     elf: &[u8],
     args: &sel4_vmm_server::Args,
-    endpoint: CPtr,
+    [endpoint, exits]: [CPtr; 2],
     ept: CPtr,
     vcpu: CPtr,
     ram: &[CPtr],
@@ -410,6 +413,14 @@ pub fn start_vmm(
         How::Mint(send, v::BADGE_REPORT),
     );
     grant(&l, v::SLOT_FAULT, endpoint, How::Mint(send, v::BADGE_FAULT));
+    grant(
+        &l,
+        v::SLOT_MMU,
+        exits,
+        How::Mint(send, sel4_mmu_server::BADGE_VMM),
+    );
+    // seL4 keeps a derived copy of the PML4 capability in the thread
+    // (`performSetEPTRoot`), so the original can move to the mmu-server.
     kernel(
         "TCB_SetEPTRoot",
         invoke(l.tcb, c::TCB_SET_EPT_ROOT, &[ept], &[]),
@@ -422,14 +433,15 @@ pub fn start_vmm(
 }
 
 /// The mmu-server component (`sel4_mmu_server`'s contract): its ELF, the
-/// EPT's PML4 (a copy: the root task binds it to the vmm-server's thread),
-/// PDPT and page directory and the guest-RAM frames (moved: the root task
-/// keeps only its own mapped copies), two badged capabilities to the root
-/// task's `endpoint`. Started: it maps the EPT and reports.
+/// EPT's PML4 (bound to the vmm-server's thread already), PDPT and page
+/// directory, the guest-RAM frames and the endpoint the vmm-server's EPT
+/// violations come on (`exits`), all moved: the root task keeps none; two
+/// badged capabilities to the root task's `endpoint`. Started: it puts the
+/// EPT's tables together, reports and serves the EPT violations.
 pub fn start_mmu(
     alloc: &mut Allocator,
     elf: &[u8],
-    endpoint: CPtr,
+    [endpoint, exits]: [CPtr; 2],
     ept: [CPtr; 3],
     ram: &[CPtr],
 ) -> Result<Loaded, &'static str> {
@@ -451,9 +463,10 @@ pub fn start_mmu(
         How::Mint(send, m::BADGE_REPORT),
     );
     grant(&l, m::SLOT_FAULT, endpoint, How::Mint(send, m::BADGE_FAULT));
-    grant(&l, m::SLOT_EPT_PML4, ept[0], How::Copy(c::ALL_RIGHTS));
+    grant(&l, m::SLOT_EPT_PML4, ept[0], How::Move);
     grant(&l, m::SLOT_EPT_PDPT, ept[1], How::Move);
     grant(&l, m::SLOT_EPT_PD, ept[2], How::Move);
+    grant(&l, m::SLOT_EXITS, exits, How::Move);
     for (i, &frame) in ram.iter().enumerate() {
         grant(&l, m::SLOT_FRAMES + i as u64, frame, How::Move);
     }

@@ -173,12 +173,15 @@ pub fn kernel<T>(what: &str, r: Result<T, sel4_sys::Error>) -> T {
     r.unwrap_or_else(|e| cannot_run(format_args!("seL4 refused {what}: error {}", e.code)))
 }
 
+/// Guest-RAM frames (up to a GiB of 2 MiB frames).
+type Frames = heapless::Vec<CPtr, 512>;
+
 /// Builds guest RAM: 2 MiB frames, each mapped (a copy of the
 /// capability) into the root task's window, and the EPT's objects, empty:
 /// its PML4 (with an ASID), one PDPT and one page directory, which the
-/// mmu-server component puts together and fills. Returns the EPT objects
-/// and the frames.
-fn build_ram(alloc: &mut Allocator, ram: u64) -> ([CPtr; 3], heapless::Vec<CPtr, 512>) {
+/// mmu-server component puts together and fills. Returns the EPT objects,
+/// the frames and the root task's mapped copies.
+fn build_ram(alloc: &mut Allocator, ram: u64) -> ([CPtr; 3], Frames, Frames) {
     if ram > 1 << 30 {
         cannot_run(format_args!(
             "guest RAM above 1 GiB is not built yet on seL4"
@@ -230,7 +233,7 @@ fn build_ram(alloc: &mut Allocator, ram: u64) -> ([CPtr; 3], heapless::Vec<CPtr,
             &[GUEST_WINDOW, c::X86_DEFAULT_VM_ATTRIBUTES],
         ),
     );
-    let mut frames = heapless::Vec::new();
+    let (mut frames, mut copies) = (Frames::new(), Frames::new());
     let mut gpa = 0;
     while gpa < ram {
         let frame = check(
@@ -252,9 +255,10 @@ fn build_ram(alloc: &mut Allocator, ram: u64) -> ([CPtr; 3], heapless::Vec<CPtr,
             ),
         );
         let _ = frames.push(frame);
+        let _ = copies.push(mine);
         gpa += LARGE_PAGE;
     }
-    ([ept, pdpt, pd], frames)
+    ([ept, pdpt, pd], frames, copies)
 }
 
 /// The root task's entry (from `_start`, RDI = the boot information).
@@ -284,7 +288,7 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
         alloc.ram_bytes >> 20,
         bi.tsc_hz() / 1_000_000
     );
-    let (ept, frames) = build_ram(&mut alloc, ram);
+    let (ept, frames, copies) = build_ram(&mut alloc, ram);
     let mut mem = GuestRam { len: ram };
     let image = blob(payload, guest.image)
         .unwrap_or_else(|| cannot_run(format_args!("the guest image is outside the payload")));
@@ -298,6 +302,19 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
             cannot_run(format_args!("a guest segment does not fit guest RAM"));
         }
     }
+    // The image is in place: the root task drops its mapped copies of the
+    // frames (deleting a frame capability unmaps it).
+    for &copy in &copies {
+        kernel(
+            "CNode_Delete of a guest-RAM copy",
+            invoke(
+                c::CAP_INIT_THREAD_CNODE,
+                c::CNODE_DELETE,
+                &[],
+                &[copy, c::WORD_BITS],
+            ),
+        );
+    }
     let vcpu = check("VCPU", alloc.object(c::OBJ_X86_VCPU, c::X86_VCPU_BITS));
     let hostile = hostile_flag();
     let args = sel4_vmm_server::Args {
@@ -310,32 +327,45 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
         hostile_target: if hostile { ept[0] } else { 0 },
     };
     let endpoint = check("endpoint", alloc.object(c::OBJ_ENDPOINT, c::ENDPOINT_BITS));
+    // The mmu-server's: the vmm-server's EPT violations come on it.
+    let exits = check("endpoint", alloc.object(c::OBJ_ENDPOINT, c::ENDPOINT_BITS));
     component::map_scratch(&mut alloc);
     // The vmm-server first (its guest-RAM mappings are copies of the frame
-    // capabilities, which then move to the mmu-server); it runs once the
-    // mmu-server has built the EPT.
-    let vmm = component::start_vmm(&mut alloc, vmm_elf, &args, endpoint, ept[0], vcpu, &frames)
-        .unwrap_or_else(|why| cannot_run(format_args!("the vmm-server ELF {why}")));
-    let mmu = component::start_mmu(&mut alloc, mmu_elf, endpoint, ept, &frames)
+    // capabilities, its EPT root is bound to the PML4, its endpoint
+    // capability to the mmu-server is minted; the originals then move to
+    // the mmu-server); it runs once the mmu-server has the EPT's tables in
+    // place.
+    let vmm = component::start_vmm(
+        &mut alloc,
+        vmm_elf,
+        &args,
+        [endpoint, exits],
+        ept[0],
+        vcpu,
+        &frames,
+    )
+    .unwrap_or_else(|why| cannot_run(format_args!("the vmm-server ELF {why}")));
+    let mmu = component::start_mmu(&mut alloc, mmu_elf, [endpoint, exits], ept, &frames)
         .unwrap_or_else(|why| cannot_run(format_args!("the mmu-server ELF {why}")));
-    let mapped = wait(endpoint, Waiting::Mmu);
-    if mapped != frames.len() as u64 {
+    let served = wait(endpoint, Waiting::Mmu);
+    if served != frames.len() as u64 {
         say!(
-            "vm failed: the mmu-server mapped {mapped} of {} guest-RAM frames (see its line above)",
+            "vm failed: the mmu-server could not set up the EPT for {} guest-RAM frames (see its line above)",
             frames.len()
         );
         end(HOST_EXIT_FAILED);
     }
     say!(
-        "EPT built by the mmu-server component ({} pages read-only, {} writable; {} capabilities); \
-         vmm-server component loaded in {} Mcycles ({} pages read-only, {} writable; 3 capabilities); \
+        "EPT handed to the mmu-server component ({} pages read-only, {} writable; {} capabilities); \
+         vmm-server component loaded in {} Mcycles ({} pages read-only, {} writable; {} capabilities); \
          entering the guest at {:#x}",
         mmu.read_only_pages,
         mmu.writable_pages,
-        frames.len() + 5,
+        frames.len() + 6,
         (rdtsc() - t0) / 1_000_000,
         vmm.read_only_pages,
         vmm.writable_pages,
+        sel4_vmm_server::CAPABILITIES,
         guest.entry_rip
     );
     component::resume(&vmm);

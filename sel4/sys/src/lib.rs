@@ -189,3 +189,33 @@ pub fn recv(ep: CPtr) -> Received {
         mrs,
     }
 }
+
+/// `seL4_Send` on the endpoint `ep` with `label` and up to four message
+/// registers: blocks until a receiver takes the message, expects no reply.
+pub fn send(ep: CPtr, label: u64, mrs: &[u64]) {
+    let mut regs = [0u64; 4];
+    let n = mrs.len().min(4);
+    regs[..n].copy_from_slice(&mrs[..n]);
+    let info = message_info(label, 0, n as u64);
+    // SAFETY: a send; the kernel reads the registers and writes none of
+    // this thread's memory.
+    unsafe { syscall(c::SYS_SEND, ep, info, regs) };
+}
+
+/// `seL4_ReplyRecv` (non-MCS): replies to the thread this one last
+/// received a call from (`label`, up to four message registers), then
+/// waits on `ep` for the next message.
+pub fn reply_recv(ep: CPtr, label: u64, mrs: &[u64]) -> Received {
+    let mut regs = [0u64; 4];
+    let n = mrs.len().min(4);
+    regs[..n].copy_from_slice(&mrs[..n]);
+    let info = message_info(label, 0, n as u64);
+    // SAFETY: a reply and a receive; the kernel writes R10, R8, R9, R15
+    // and the IPC buffer.
+    let (badge, info, mrs) = unsafe { syscall(c::SYS_REPLY_RECV, ep, info, regs) };
+    Received {
+        badge,
+        label: info >> 12,
+        mrs,
+    }
+}

@@ -17,6 +17,11 @@ pub const SLOT_REPORT: u64 = 2;
 /// The same endpoint (badge [`BADGE_FAULT`]): seL4 sends the component's
 /// faults there.
 pub const SLOT_FAULT: u64 = 3;
+/// A send capability to the mmu-server component's endpoint (its badge
+/// `sel4_mmu_server::BADGE_VMM`): the EPT violations on guest RAM go there.
+pub const SLOT_MMU: u64 = 4;
+/// How many capabilities the CSpace holds.
+pub const CAPABILITIES: u64 = 4;
 pub const BADGE_REPORT: u64 = 1;
 pub const BADGE_FAULT: u64 = 2;
 /// The label of the ending report (MR0: the debug-exit code); fault labels
@@ -39,8 +44,9 @@ pub struct Args {
     pub ram: u64,
     pub tsc_hz: u64,
     /// The hostile case (`run --sel4-hostile-vmm`): a capability address of
-    /// the root task's (its EPT's) that the component invokes although it
-    /// was not given it; 0 normally.
+    /// the root task's (where it held the EPT before handing it to the
+    /// mmu-server) that the component invokes although it was not given
+    /// it; 0 normally.
     pub hostile_target: u64,
 }
 

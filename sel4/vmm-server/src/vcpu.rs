@@ -177,6 +177,12 @@ pub struct Vcpu {
     pub writes_total: u64,
     /// A failed entry or a refused invocation ends the run.
     pub failure: Option<VcpuError>,
+    /// The mmu-server component's endpoint and the guest RAM it serves
+    /// (see [`Vcpu::forward_ept`]); 0 bytes: nothing is forwarded.
+    mmu: CPtr,
+    ram: u64,
+    /// EPT violations forwarded to the mmu-server.
+    pub ept_forwarded: u64,
 }
 
 impl Vcpu {
@@ -256,6 +262,9 @@ impl Vcpu {
             reads_total: 0,
             writes_total: 0,
             failure: None,
+            mmu: 0,
+            ram: 0,
+            ept_forwarded: 0,
         };
         // The VMX-preemption timer's rate: IA32_VMX_MISC bits 4:0, which
         // seL4 lets a VCPU read (64-bit-guest kernels); else it is learnt.
@@ -340,6 +349,82 @@ impl Vcpu {
         })?;
         v.last.regs.rflags = 2;
         Ok(v)
+    }
+
+    /// Forwards the EPT violations on the `ram` bytes of guest RAM to the
+    /// mmu-server component's endpoint `mmu`.
+    pub fn with_mmu(mut self, mmu: CPtr, ram: u64) -> Self {
+        (self.mmu, self.ram) = (mmu, ram);
+        self
+    }
+
+    /// An EPT violation on guest RAM goes to the mmu-server component
+    /// (`seL4_Call`, as the native stub routes these exits to the
+    /// mmu-server), which maps the 2 MiB frame that holds the address; the
+    /// guest then retries the access, with the event whose delivery the
+    /// exit interrupted injected again (the native mmu-server's `retry`).
+    /// An address outside guest RAM goes on to the vmm-server: MMIO, or
+    /// the failure it reports; nothing maps it. `None` for other exits.
+    fn forward_ept(&mut self, rec: &ExitRecord) -> Option<Result<(), VcpuError>> {
+        use sel4_mmu_server as m;
+        if rec.exit_code != vmx_exit::EPT_VIOLATION || rec.exit_info2 >= self.ram {
+            return None;
+        }
+        self.ept_forwarded += 1;
+        let gpa = rec.exit_info2;
+        let err = |what, code| VcpuError {
+            what,
+            field: gpa,
+            code,
+        };
+        let reply = match invoke(
+            self.mmu,
+            m::EPT_VIOLATION_LABEL,
+            &[],
+            &[gpa, rec.exit_info1],
+        ) {
+            Ok(r) => r,
+            Err(e) => return Some(Err(err("the call to the mmu-server", e.code))),
+        };
+        match reply[0] {
+            m::REPLY_MAPPED => {}
+            m::REPLY_REFUSED => {
+                return Some(Err(err(
+                    "the mmu-server's Page_MapEPT of the frame holding guest-physical",
+                    reply[2],
+                )))
+            }
+            code => {
+                return Some(Err(err(
+                    "the mmu-server's mapping of guest-physical (its answer as the error)",
+                    code,
+                )))
+            }
+        }
+        self.stats.installs = reply[1];
+        // The guest retries at the same RIP with the same registers, the
+        // interrupt window and exit deadline as they were. (Bit 12 of the
+        // qualification, NMI unblocking by IRET, matters only with virtual
+        // NMIs, which this VCPU does not use.)
+        let info = rec.exit_int_info;
+        // An INT n, INT3 or INTO (software interrupt, kind 4; #BP and #OF
+        // come only from those) is not injected again: that needs the
+        // VM-entry instruction length, which seL4's WriteVMCS refuses, and
+        // RIP still points at the instruction (SDM vol. 3C, "Information
+        // for VM Exits Due to Instruction Execution": the exit's length is
+        // given for this case), so the guest executes it again, now with
+        // the page mapped.
+        let software = matches!(((info >> 8) & 7, info as u8), (4, _) | (3, 3 | 4));
+        if info & (1 << 31) == 0 || software {
+            return Some(Ok(()));
+        }
+        Some(self.inject(&ipc_proto::EventInjection {
+            vector: info as u8,
+            kind: ((info >> 8) & 7) as u8,
+            has_error_code: u8::from(info & (1 << 11) != 0),
+            reserved: 0,
+            error_code: (info >> 32) as u32,
+        }))
     }
 
     /// `seL4_X86_VCPU_WriteRegisters`: every general register but RSP.
@@ -491,6 +576,24 @@ impl Vcpu {
         }
     }
 
+    /// The event for the next entry, in the VM-entry interruption
+    /// information (MR2 of `VMEnter`) and its error code.
+    fn inject(&mut self, e: &ipc_proto::EventInjection) -> Result<(), VcpuError> {
+        let protected = self.last.cr0 & CR0_PE != 0;
+        let deliver = e.kind == 3 && protected && matches!(e.vector, 8 | 10..=14 | 17);
+        // TODO: a software interrupt (kind 4) needs the VM-entry
+        // instruction length, which seL4's WriteVMCS does not accept.
+        self.entry_info =
+            u64::from(e.vector) | u64::from(e.kind & 7) << 8 | u64::from(deliver) << 11 | 1 << 31;
+        if deliver {
+            self.write(
+                field::ENTRY_EXCEPTION_ERROR_CODE,
+                u64::from(e.error_code & 0xffff),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Applies a resume: registers with WriteRegisters and WriteVMCS (only
     /// what changed), RIP and the event through the next VMEnter's message
     /// registers.
@@ -548,18 +651,7 @@ impl Vcpu {
         }
         self.interrupt_window = flags.contains(ResumeFlags::REQUEST_INTERRUPT_WINDOW);
         if flags.contains(ResumeFlags::INJECT_EVENT) {
-            let e = &r.event;
-            let protected = self.last.cr0 & CR0_PE != 0;
-            let deliver = e.kind == 3 && protected && matches!(e.vector, 8 | 10..=14 | 17);
-            // TODO: a software interrupt (kind 4) needs the VM-entry
-            // instruction length, which seL4's WriteVMCS does not accept.
-            self.entry_info = u64::from(e.vector)
-                | u64::from(e.kind & 7) << 8
-                | u64::from(deliver) << 11
-                | 1 << 31;
-            if deliver {
-                self.write(ENTRY_EXCEPTION_ERROR_CODE, u64::from(e.error_code & 0xffff))?;
-            }
+            self.inject(&r.event)?;
         }
         if flags.contains(ResumeFlags::SET_EXIT_DEADLINE) {
             self.deadline = r.exit_deadline;
@@ -850,9 +942,10 @@ impl Stub for Vcpu {
             if self.failure.is_some() {
                 return Err(ErrorCode::NotPermitted);
             }
-            // The stub's share of MSR exits is done here, as the native
-            // stub's hardware does it, and the guest goes on.
-            match self.vmcs_msr(&rec) {
+            // The mmu-server's exits go to it, the stub's share of MSR
+            // exits is done here, as the native stub's hardware does it,
+            // and the guest goes on.
+            match self.forward_ept(&rec).or_else(|| self.vmcs_msr(&rec)) {
                 None => return Ok(rec),
                 Some(Ok(())) => continue,
                 Some(Err(e)) => {

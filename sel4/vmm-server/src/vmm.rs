@@ -4,7 +4,7 @@
 use core::cell::RefCell;
 
 use sel4_sys::{c, invoke};
-use sel4_vmm_server::{Args, ARGS_MAX, REPORT_LABEL, SLOT_REPORT, SLOT_VCPU};
+use sel4_vmm_server::{Args, ARGS_MAX, REPORT_LABEL, SLOT_MMU, SLOT_REPORT, SLOT_VCPU};
 use vmm_server::board::Board as Devices;
 use vmm_server::boards;
 use vmm_server::devices::uart16550::Uart16550;
@@ -65,8 +65,23 @@ pub extern "C" fn vmm_main(args_page: *const u8, ipc_buffer: *mut u8) -> ! {
         ))
     };
     if args.hostile_target != 0 {
+        // First the mmu-server: asked to map what is not guest RAM (the
+        // local APIC, the top of the address space) or with a message that
+        // is not an EPT violation, it maps nothing and says why.
+        use sel4_mmu_server as m;
+        for (label, gpa) in [
+            (m::EPT_VIOLATION_LABEL, 0xfee0_0000),
+            (m::EPT_VIOLATION_LABEL, u64::MAX),
+            (m::EPT_VIOLATION_LABEL + 1, 0),
+        ] {
+            let r = invoke(SLOT_MMU, label, &[], &[gpa, 0]);
+            vmm_line(format_args!(
+                "hostile: the mmu-server answered {:?} to label {label:#x} for guest-physical {gpa:#x}",
+                r.map(|mrs| mrs[0])
+            ));
+        }
         vmm_line(format_args!(
-            "hostile: invoking capability {:#x} of the root task's (its EPT), which this server was not given",
+            "hostile: invoking capability {:#x} of the root task's (where it held the EPT), which this server was not given",
             args.hostile_target
         ));
         let r = invoke(args.hostile_target, c::TCB_SET_EPT_ROOT, &[], &[]);
@@ -75,7 +90,8 @@ pub extern "C" fn vmm_main(args_page: *const u8, ipc_buffer: *mut u8) -> ! {
         vmm_line(format_args!("hostile: seL4 answered {r:?}"));
     }
     let mut vcpu = Vcpu::new(SLOT_VCPU, args.entry_mode, args.entry_rip, args.entry_regs)
-        .unwrap_or_else(|e| cannot_run(format_args!("{e}")));
+        .unwrap_or_else(|e| cannot_run(format_args!("{e}")))
+        .with_mmu(SLOT_MMU, args.ram);
     let mut mem = GuestRam { len: args.ram };
     let console = RefCell::new(HostConsole::new(DebugConsole, true));
     let board = Devices::new();
@@ -107,14 +123,16 @@ pub extern "C" fn vmm_main(args_page: *const u8, ipc_buffer: *mut u8) -> ! {
     let (w, wt) = tenths(vcpu.writes_total);
     say!(
         "seL4: {exits} exits in {} Mcycles ({} exits/s), ReadVMCS {} ({r}.{rt} per exit), \
-         WriteVMCS and WriteRegisters {} ({w}.{wt} per exit)",
+         WriteVMCS and WriteRegisters {} ({w}.{wt} per exit), \
+         EPT violations on guest RAM to the mmu-server {}",
         cycles / 1_000_000,
         match host_hz {
             0 => 0,
             hz => u128::from(exits) * u128::from(hz) / u128::from(cycles.max(1)),
         },
         vcpu.reads_total,
-        vcpu.writes_total
+        vcpu.writes_total,
+        vcpu.ept_forwarded
     );
     if let Some(e) = vcpu.failure {
         say!("vm failed: {e}");
