@@ -1120,12 +1120,17 @@ impl<'d> Vmm<'d> {
                 return RESUME;
             }
             // A device server works for the guest and will notify: let
-            // the stub run it (servers go before the guest) and the guest
-            // halt again, on the host's clock, rather than skip time or
-            // spin here.
+            // the stub run it and the guest go on past the HLT (a wake-up
+            // without an interrupt, as after an SMI; an idle loop halts
+            // again), on the host's clock, rather than skip time or spin
+            // here. Not back to the HLT itself: the interrupt that ends
+            // the work would then be delivered before the HLT, and a
+            // guest's `sti; hlt` after its last check would sleep through
+            // it until its next timer tick.
             if self.pci.is_some_and(|b| b.busy()) {
                 self.stats.busy_halts += 1;
-                break;
+                cpu.regs.rip = next;
+                return RESUME;
             }
             match (self.next_deadline, self.irq.tsc_deadline()) {
                 // The TSC deadline comes before any virtual one: it is the
