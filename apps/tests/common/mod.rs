@@ -1,9 +1,11 @@
 //! What the end-to-end tests of the `splitvisor` command share: one
 //! `splitvisor run` and what it printed ([`splitvisor_run`]), and for the
 //! Linux tests one boot of `splitvisor run --linux FLAVOUR` with the MMU
-//! workload and the checks of its serial output ([`boot_linux`]). Each test
-//! file uses a part of it.
+//! workload and the checks of its serial output ([`boot_linux`]); for the
+//! disk tests [`disk`]. Each test file uses a part of it.
 #![allow(dead_code)]
+
+pub mod disk;
 
 use std::process::Command;
 
