@@ -1,11 +1,16 @@
 //! What the disk tests share: a scratch folder, e2fsprogs on the host
 //! (`debugfs`, `e2fsck`) to look into an image file, digests of files,
-//! and the disk check's lines in a guest's console.
+//! the disk check's lines in a guest's console, and the disk-driver with
+//! its test client in QEMU.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
+use ipc_proto::manifest::{GuestRam, Rights};
+use splitvisor::disk::{disk_driver_server, Disk, DiskSpec};
 use splitvisor::linux::{DISK_CONTENT_BEGIN, DISK_CONTENT_END};
+use splitvisor::run::{qemu_args, run_emulator, Capture, RunReport, DEFAULT_EMULATOR};
 
 /// A scratch folder, `splitvisor-e2e-TAG-PID` in the temporary folder,
 /// removed when dropped.
@@ -18,10 +23,12 @@ impl Scratch {
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
     }
+}
 
-    /// `name` in the folder.
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
     }
 }
 
@@ -29,6 +36,17 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A scratch folder holding the image file `disk.img`: `content`, then
+/// zeros (a hole) up to `len` bytes; the folder and the image's path.
+pub fn scratch_image(tag: &str, content: &[u8], len: u64) -> (Scratch, String) {
+    let dir = Scratch::new(tag);
+    let img = dir.join("disk.img");
+    std::fs::write(&img, content).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.set_len(len.max(content.len() as u64)).unwrap();
+    (dir, img.to_string_lossy().into_owned())
 }
 
 /// An e2fsprogs tool (in /sbin, often not on a user's PATH).
@@ -113,4 +131,66 @@ pub fn disk_content(console: &str) -> Vec<&str> {
         .skip(1)
         .take_while(|l| *l != DISK_CONTENT_END)
         .collect()
+}
+
+/// The disk-driver beside its test client (`disk-driver/src/bin/disk-client.rs`,
+/// never in a normal image; channel 0 is the client's, no uart-server) and
+/// the `hello` guest, on a 1 MiB image of zeros.
+pub struct DiskClient {
+    /// The image file, `disk.img` in the scratch folder.
+    pub img: PathBuf,
+    /// The image, opened and locked as `--disk` does.
+    pub disk: Disk,
+    /// The system: a test changes its `mmu` or `inject`.
+    pub system: images::SystemSpec,
+    /// The disk-driver's task name.
+    pub driver: String,
+}
+
+impl DiskClient {
+    pub fn new(dir: &Scratch) -> Self {
+        let img = dir.join("disk.img");
+        std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+        let disk = Disk::open(&DiskSpec::parse(&img.to_string_lossy()).unwrap()).unwrap();
+        let server = disk_driver_server(false).expect("the disk-driver builds");
+        let driver = server.name.clone();
+        let [client] = images::build_for_target(&["disk-driver"], ["disk-client"])
+            .expect("the disk client builds");
+        let system = images::SystemSpec {
+            device_servers: vec![
+                server,
+                images::DeviceServer {
+                    name: "disk-client".into(),
+                    elf: client,
+                    rights: Rights {
+                        guest_ram: GuestRam::ReadWrite,
+                        console: true,
+                        ..Rights::default()
+                    },
+                },
+            ],
+            device_channels: vec![("disk-client".into(), driver.clone())],
+            ..images::SystemSpec::new("hello")
+        };
+        Self {
+            img,
+            disk,
+            system,
+            driver,
+        }
+    }
+
+    /// Boots the system in QEMU on `cpu` with the image as its IDE disk
+    /// for `timeout` at most: the console and QEMU's report.
+    pub fn run(&self, cpu: &str, timeout: Duration) -> (String, RunReport) {
+        let opts = splitvisor::e2e::options(self.system.clone(), cpu);
+        let image = images::build_system_spec(&opts.system).expect("the image builds");
+        let mut args = qemu_args(&opts, &image);
+        args.extend(self.disk.qemu_args());
+        let console = Capture::default();
+        let report = run_emulator(DEFAULT_EMULATOR, &args, timeout, Box::new(console.clone()))
+            .expect("QEMU starts (scripts/install-deps installs it)");
+        let text = String::from_utf8_lossy(&console.0.lock().unwrap()).into_owned();
+        (text, report)
+    }
 }
