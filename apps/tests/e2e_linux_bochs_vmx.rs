@@ -21,12 +21,12 @@
 mod common;
 
 use common::disk::{
-    after, assert_fsck_clean, cat_in_image, disk_content, file_in_image, md5, Scratch,
+    after, assert_fsck_clean, cat_in_image, disk_content, file_in_image, image_with_check_files,
+    md5, Scratch,
 };
 use splitvisor::linux::{
     Flavour, DISK_FAILED, DISK_GUEST_TEXT, DISK_READ, DISK_WRITTEN, HVC_LOG_BEGIN, HVC_LOG_END,
 };
-use splitvisor::linux_virtio::make_ext4_image_holding;
 
 /// The text file the host puts in the image for the guest to read.
 const HOST_TEXT: &str = "splitvisor disk check: written by the host";
@@ -50,17 +50,7 @@ fn host_bytes() -> Vec<u8> {
 #[test]
 fn debian_amd64_runs_the_workload_and_a_disk_round_trip_on_hvc0_on_bochs_vmx_with_ept() {
     let dir = Scratch::new("linux-bochs-vmx");
-    let files = dir.join("files");
-    std::fs::create_dir(&files).unwrap();
-    std::fs::write(
-        files.join("splitvisor-disk-check.txt"),
-        format!("{HOST_TEXT}\n"),
-    )
-    .unwrap();
-    std::fs::write(files.join("splitvisor-disk-check.bin"), host_bytes()).unwrap();
-    let host_md5 = md5(&files.join("splitvisor-disk-check.bin"));
-    let img = dir.join("disk.img");
-    make_ext4_image_holding(&img, 64, &files).unwrap_or_else(|e| panic!("{e}"));
+    let (img, host_md5) = image_with_check_files(&dir, HOST_TEXT, &host_bytes());
     let disk = img.to_string_lossy().into_owned();
 
     let run = common::boot_linux_appending(
@@ -136,6 +126,9 @@ fn debian_amd64_runs_the_workload_and_a_disk_round_trip_on_hvc0_on_bochs_vmx_wit
         "the guest's random file in the image differs"
     );
     eprintln!("bochs vmx: read the host's md5 {host_md5}, wrote md5 {written}, e2fsck clean");
+    if let Some(exits) = out.lines().find(|l| l.starts_with("[vmm] exits: total=")) {
+        eprintln!("bochs vmx: {exits}");
+    }
 }
 
 /// Shadow paging on VMX with a 32-bit PAE kernel: about 3 minutes, so not

@@ -27,11 +27,11 @@ mod common;
 
 use std::time::Instant;
 
-use common::disk::{after, cat_in_image, disk_content, md5, sha256, Scratch};
+use common::disk::{after, cat_in_image, disk_content, image_with_check_files, sha256, Scratch};
 use splitvisor::linux::{
     DISK_FAILED, DISK_RAW_WRITE, DISK_READ, DISK_TEXT, DISK_WRITTEN, INIT_MARKER, MODULE_FAILED,
 };
-use splitvisor::linux_virtio::{make_ext4_image, make_ext4_image_holding};
+use splitvisor::linux_virtio::make_ext4_image;
 
 /// Seconds one boot may take (the write boot moves 4 MiB by PIO).
 const TIMEOUT_SECS: u64 = 600;
@@ -144,16 +144,7 @@ fn what_one_boot_writes_the_next_reads_back_under_shadow_paging() {
 fn a_read_only_disk_mounts_read_only_and_refuses_writes() {
     let dir = Scratch::new("linux-disk-ro");
     // The files to read: made on the host (mkfs.ext4 -d), not by a boot.
-    let files = dir.join("files");
-    std::fs::create_dir(&files).unwrap();
-    std::fs::write(
-        files.join("splitvisor-disk-check.txt"),
-        format!("{DISK_TEXT}\n"),
-    )
-    .unwrap();
-    std::fs::write(files.join("splitvisor-disk-check.bin"), vec![7u8; 4096]).unwrap();
-    let img = dir.join("disk.img");
-    make_ext4_image_holding(&img, 64, &files).unwrap_or_else(|e| panic!("{e}"));
+    let (img, bin_md5) = image_with_check_files(&dir, DISK_TEXT, &[7; 4096]);
     let before = sha256(&img);
     let run = boot(
         "npt",
@@ -169,7 +160,7 @@ fn a_read_only_disk_mounts_read_only_and_refuses_writes() {
     assert_eq!(disk_content(out), [DISK_TEXT], "not read back\n{run}");
     assert_eq!(
         after(out, DISK_READ),
-        Some(md5(&files.join("splitvisor-disk-check.bin")).as_str()),
+        Some(bin_md5.as_str()),
         "not the bytes made\n{run}"
     );
     let raw = after(out, DISK_RAW_WRITE).unwrap_or_else(|| panic!("no raw write line\n{run}"));

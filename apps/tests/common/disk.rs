@@ -10,6 +10,7 @@ use std::time::Duration;
 use ipc_proto::manifest::{GuestRam, Rights};
 use splitvisor::disk::{disk_driver_server, Disk, DiskSpec};
 use splitvisor::linux::{DISK_CONTENT_BEGIN, DISK_CONTENT_END};
+use splitvisor::linux_virtio::make_ext4_image_holding;
 use splitvisor::run::{qemu_args, run_emulator, Capture, RunReport, DEFAULT_EMULATOR};
 
 /// A scratch folder, `splitvisor-e2e-TAG-PID` in the temporary folder,
@@ -47,6 +48,21 @@ pub fn scratch_image(tag: &str, content: &[u8], len: u64) -> (Scratch, String) {
     let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
     f.set_len(len.max(content.len() as u64)).unwrap();
     (dir, img.to_string_lossy().into_owned())
+}
+
+/// A 64 MiB ext4 image `disk.img` in `dir` made on the host (`mkfs.ext4
+/// -d`) holding the files the disk check reads:
+/// `splitvisor-disk-check.txt` (`text` and a newline) and
+/// `splitvisor-disk-check.bin` (`bytes`); the image and the MD5 of `bytes`.
+pub fn image_with_check_files(dir: &Scratch, text: &str, bytes: &[u8]) -> (PathBuf, String) {
+    let files = dir.join("files");
+    std::fs::create_dir(&files).unwrap();
+    std::fs::write(files.join("splitvisor-disk-check.txt"), format!("{text}\n")).unwrap();
+    let bin = files.join("splitvisor-disk-check.bin");
+    std::fs::write(&bin, bytes).unwrap();
+    let img = dir.join("disk.img");
+    make_ext4_image_holding(&img, 64, &files).unwrap_or_else(|e| panic!("{e}"));
+    (img, md5(&bin))
 }
 
 /// An e2fsprogs tool (in /sbin, often not on a user's PATH).
