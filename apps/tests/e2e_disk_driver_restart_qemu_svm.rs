@@ -58,25 +58,13 @@ fn write_through_restarts(inject: &str, at_least: usize) -> usize {
         let _one = common::ONE_AT_A_TIME
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let mut run = common::splitvisor_run(
-            &[
-                "--linux",
-                "amd64",
-                "--board",
-                "pc",
-                "--mmu",
-                "npt",
-                "--cpu",
-                "EPYC,+svm,+npt",
-                "--disk",
-                &disk,
-                "--append",
-                "splitvisor.disk=write",
-                "--inject",
-                inject,
-            ],
-            TIMEOUT_SECS,
-        );
+        let args = [
+            &common::AMD64_PC_NPT[..],
+            &["--disk", &disk, "--append", "splitvisor.disk=write"],
+            &["--inject", inject],
+        ]
+        .concat();
+        let mut run = common::splitvisor_run(&args, TIMEOUT_SECS);
         run.stdout = common::rejoin_interrupted_lines(&run.stdout);
         run
     };

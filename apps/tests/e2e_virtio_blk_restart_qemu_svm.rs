@@ -27,20 +27,8 @@ use splitvisor::linux_virtio::make_ext4_image;
 const TIMEOUT_SECS: u64 = 600;
 
 fn boot(disk: &str, append: &str, inject: Option<&str>) -> common::Run {
-    let mut args = vec![
-        "--linux",
-        "amd64",
-        "--board",
-        "pc",
-        "--mmu",
-        "npt",
-        "--cpu",
-        "EPYC,+svm,+npt",
-        "--disk",
-        disk,
-        "--append",
-        append,
-    ];
+    let mut args = common::AMD64_PC_NPT.to_vec();
+    args.extend(["--disk", disk, "--append", append]);
     if let Some(i) = inject {
         args.extend(["--inject", i]);
     }

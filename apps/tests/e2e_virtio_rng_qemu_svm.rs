@@ -28,22 +28,11 @@ fn read_rng(extra: &[&str], append: &str) -> String {
         .unwrap_or_else(|e| e.into_inner());
     let run = common::splitvisor_run(
         &[
-            "--linux",
-            "amd64",
-            "--board",
-            "pc",
-            "--mmu",
-            "npt",
-            "--cpu",
-            "EPYC,+svm,+npt",
-            "--rng",
-            "--append",
-            append,
+            &common::AMD64_PC_NPT[..],
+            &["--rng", "--append", append],
+            extra,
         ]
-        .iter()
-        .chain(extra)
-        .copied()
-        .collect::<Vec<_>>(),
+        .concat(),
         TIMEOUT_SECS,
     );
     let out = common::rejoin_interrupted_lines(&run.stdout);

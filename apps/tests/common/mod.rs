@@ -11,6 +11,19 @@ use std::process::Command;
 
 use splitvisor::linux::{Flavour, INIT_MARKER, WORKLOAD_END};
 
+/// `splitvisor run` options for Debian's amd64 kernel on the PC board
+/// under QEMU's TCG with emulated SVM and nested paging.
+pub const AMD64_PC_NPT: [&str; 8] = [
+    "--linux",
+    "amd64",
+    "--board",
+    "pc",
+    "--mmu",
+    "npt",
+    "--cpu",
+    "EPYC,+svm,+npt",
+];
+
 /// One `splitvisor run`: its exit status and output.
 pub struct Run {
     pub code: Option<i32>,
