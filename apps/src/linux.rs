@@ -198,17 +198,18 @@ pub const WORKLOAD_END: &str = "splitvisor-linux: workload exit status ";
 /// the module's file name.
 pub const MODULE_FAILED: &str = "splitvisor-linux: could not load module ";
 
-/// With `splitvisor.disk=write`: the line after the disk check wrote its
-/// files, before the MD5 of the random one.
+/// With `splitvisor.disk=write` and `update`: the line after the disk
+/// check wrote its files, before the MD5 of the random one.
 pub const DISK_WRITTEN: &str = "splitvisor-linux: disk written, md5 ";
 
-/// With `splitvisor.disk=read`: the lines around the text file's content.
+/// With `splitvisor.disk=read`, `readonly` and `update`: the lines around
+/// the text file's content.
 pub const DISK_CONTENT_BEGIN: &str = "splitvisor-linux: disk content begin";
 /// See [`DISK_CONTENT_BEGIN`].
 pub const DISK_CONTENT_END: &str = "splitvisor-linux: disk content end";
 
-/// With `splitvisor.disk=read`: the line before the MD5 of the random file
-/// read back.
+/// With `splitvisor.disk=read`, `readonly` and `update`: the line before
+/// the MD5 of the random file read back.
 pub const DISK_READ: &str = "splitvisor-linux: disk read, md5 ";
 
 /// With `splitvisor.rng`: the start of the line after each read of
@@ -218,6 +219,10 @@ pub const RNG_LINE: &str = "splitvisor-linux: rng: ";
 /// The text `splitvisor.disk=write` writes to `/splitvisor-disk-check.txt`
 /// on the disk (one line).
 pub const DISK_TEXT: &str = "splitvisor disk check: written by the first boot";
+
+/// The text `splitvisor.disk=update` writes to
+/// `/splitvisor-disk-guest.txt` on the disk (one line).
+pub const DISK_GUEST_TEXT: &str = "splitvisor disk check: written by the guest";
 
 /// With `splitvisor.disk=readonly` (a disk attached `,ro`): after the
 /// read check, `/init` writes one block straight to `/dev/vda` with `dd`
@@ -277,6 +282,12 @@ pub const HVC_LOG_END: &str = "splitvisor-linux: end of the kernel's log before 
 /// [`DISK_FAILED`] and the reason, and the VM ends too);
 /// `splitvisor.disk=readonly` does the same read check and then tries to
 /// write a block to `/dev/vda` ([`DISK_RAW_WRITE`]);
+/// `splitvisor.disk=update` mounts it read-write, does the same read
+/// check, writes [`DISK_GUEST_TEXT`] to `splitvisor-disk-guest.txt` and
+/// 1 MiB from `/dev/urandom` to `splitvisor-disk-guest.bin`, syncs,
+/// prints [`DISK_WRITTEN`] with that file's MD5, unmounts and ends the VM
+/// (one boot, both directions: the host made the files it reads and
+/// checks the ones it writes);
 /// `splitvisor.disk=bench` (a scratch disk of 64 MiB at least: it is
 /// overwritten) times sequential writes and reads and 4 KiB random reads
 /// on `/dev/vda` and prints [`IO_LINE`] lines (`splitvisor bench io`); with
@@ -380,15 +391,26 @@ case " $(cat /proc/cmdline) " in
     echo "splitvisor-linux: io rand-read-4k 819200 $a $b"
     /sbin/splitvisor-exit
     ;;
-*" splitvisor.disk=read "*|*" splitvisor.disk=readonly "*)
+*" splitvisor.disk=read "*|*" splitvisor.disk=readonly "*|*" splitvisor.disk=update "*)
     mkdir -p /mnt
-    if mount -t ext4 -o ro /dev/vda /mnt; then
+    case " $(cat /proc/cmdline) " in
+    *" splitvisor.disk=update "*) how=rw ;;
+    *) how=ro ;;
+    esac
+    if mount -t ext4 -o $how /dev/vda /mnt; then
         echo "splitvisor-linux: disk content begin"
         cat /mnt/splitvisor-disk-check.txt
         echo "splitvisor-linux: disk content end"
         set -- $(md5sum /mnt/splitvisor-disk-check.bin)
-        umount /mnt
         echo "splitvisor-linux: disk read, md5 $1"
+        if [ $how = rw ]; then
+            echo "splitvisor disk check: written by the guest" >/mnt/splitvisor-disk-guest.txt
+            dd if=/dev/urandom of=/mnt/splitvisor-disk-guest.bin bs=65536 count=16 2>/dev/null
+            set -- $(md5sum /mnt/splitvisor-disk-guest.bin)
+            sync
+            echo "splitvisor-linux: disk written, md5 $1"
+        fi
+        umount /mnt
     else
         echo "splitvisor-linux: disk check failed: cannot mount /dev/vda as ext4"
     fi
@@ -701,6 +723,7 @@ mod tests {
             DISK_CONTENT_END,
             DISK_READ,
             DISK_TEXT,
+            DISK_GUEST_TEXT,
             DISK_FAILED,
             DISK_RAW_WRITE,
             IO_LINE,

@@ -294,6 +294,16 @@ pub fn find_mkfs_ext4() -> Option<PathBuf> {
 /// Makes `path` a fresh raw image of `mib` MiB holding an empty ext4 file
 /// system (`mkfs.ext4 -F -q`, from e2fsprogs, on the host).
 pub fn make_ext4_image(path: &Path, mib: u64) -> Result<(), String> {
+    make_ext4_image_of(path, mib, None)
+}
+
+/// [`make_ext4_image`] whose file system holds a copy of the folder `root`
+/// (`mkfs.ext4 -d root`): files a guest reads without a boot writing them.
+pub fn make_ext4_image_holding(path: &Path, mib: u64, root: &Path) -> Result<(), String> {
+    make_ext4_image_of(path, mib, Some(root))
+}
+
+fn make_ext4_image_of(path: &Path, mib: u64, root: Option<&Path>) -> Result<(), String> {
     let mkfs = find_mkfs_ext4().ok_or_else(|| {
         "mkfs.ext4 not found: install e2fsprogs (scripts/install-deps does)".to_string()
     })?;
@@ -303,6 +313,7 @@ pub fn make_ext4_image(path: &Path, mib: u64) -> Result<(), String> {
     drop(f);
     let out = Command::new(&mkfs)
         .args(["-F", "-q"])
+        .args(root.iter().flat_map(|r| [Path::new("-d"), r]))
         .arg(path)
         .output()
         .map_err(|e| format!("could not run {}: {e}", mkfs.display()))?;

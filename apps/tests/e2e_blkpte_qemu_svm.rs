@@ -22,8 +22,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
+use common::disk::scratch_image;
 use common::Run;
 
 /// A page table whose entry 0 maps `frame` (present, writable), the rest
@@ -45,34 +44,9 @@ fn disk_image() -> Vec<u8> {
     bytes
 }
 
-/// A scratch disk image removed when dropped.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn scratch_disk(tag: &str) -> Scratch {
-    let path = std::env::temp_dir().join(format!(
-        "splitvisor-e2e-blkpte-{tag}-{}.img",
-        std::process::id()
-    ));
-    std::fs::write(&path, disk_image()).unwrap();
-    Scratch(path)
-}
-
 fn run(tag: &str, extra: &[&str]) -> Run {
-    let disk = scratch_disk(tag);
-    let mut args = vec![
-        "--guest",
-        "blkpte",
-        "--board",
-        "pc",
-        "--disk",
-        disk.0.to_str().unwrap(),
-    ];
+    let (_dir, disk) = scratch_image(&format!("blkpte-{tag}"), &disk_image(), 0);
+    let mut args = vec!["--guest", "blkpte", "--board", "pc", "--disk", &disk];
     args.extend(extra);
     common::splitvisor_run(&args, 300)
 }

@@ -11,9 +11,11 @@
 //!
 //! Needs QEMU, gcc and binutils (`scripts/install-deps`).
 
-use ipc_proto::manifest::{GuestRam, MmuMode, Rights};
-use splitvisor::disk::{disk_driver_server, Disk, DiskSpec};
-use splitvisor::run::{qemu_args, run_emulator, Capture, DEFAULT_CPU, DEFAULT_EMULATOR};
+mod common;
+
+use common::disk::{DiskClient, Scratch};
+use ipc_proto::manifest::MmuMode;
+use splitvisor::run::DEFAULT_CPU;
 
 #[test]
 fn disk_driver_serves_a_client_over_a_channel_on_qemu_svm_npt() {
@@ -26,50 +28,10 @@ fn disk_driver_serves_a_client_over_a_channel_on_qemu_svm_shadow() {
 }
 
 fn serves(mmu: MmuMode, cpu: &str, how: &str) {
-    let dir = std::env::temp_dir().join(format!(
-        "splitvisor-disk-channel-{how}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let img = dir.join("disk.img");
-    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
-    let disk = Disk::open(&DiskSpec::parse(&img.to_string_lossy()).unwrap()).unwrap();
-
-    let server = disk_driver_server(false).expect("the disk-driver builds");
-    let [client] = images::build_for_target(&["disk-driver"], ["disk-client"])
-        .expect("the disk client builds");
-    let system = images::SystemSpec {
-        device_servers: vec![
-            server,
-            images::DeviceServer {
-                name: "disk-client".into(),
-                elf: client,
-                rights: Rights {
-                    guest_ram: GuestRam::ReadWrite,
-                    console: true,
-                    ..Rights::default()
-                },
-            },
-        ],
-        // Channel 0: the client's (no uart-server in this image).
-        device_channels: vec![("disk-client".into(), "disk-driver".into())],
-        mmu,
-        ..images::SystemSpec::new("hello")
-    };
-    let opts = splitvisor::e2e::options(system, cpu);
-    let image = images::build_system_spec(&opts.system).expect("the image builds");
-    let mut args = qemu_args(&opts, &image);
-    args.extend(disk.qemu_args());
-    let console = Capture::default();
-    let report = run_emulator(
-        DEFAULT_EMULATOR,
-        &args,
-        splitvisor::e2e::TIMEOUT,
-        Box::new(console.clone()),
-    )
-    .expect("QEMU starts (scripts/install-deps installs it)");
-    let text = String::from_utf8_lossy(&console.0.lock().unwrap()).into_owned();
+    let dir = Scratch::new(&format!("disk-channel-{how}"));
+    let mut client = DiskClient::new(&dir);
+    client.system.mmu = mmu;
+    let (text, report) = client.run(cpu, splitvisor::e2e::TIMEOUT);
     eprintln!("{text}");
     let has = |l: &str| text.lines().any(|x| x == l);
     for line in [
@@ -83,11 +45,9 @@ fn serves(mmu: MmuMode, cpu: &str, how: &str) {
     ] {
         assert!(has(line), "{line}:\n{text}\n{report:?}");
     }
-    drop(disk);
     // Sectors 1 and 2 of the file hold what the client wrote.
-    let bytes = std::fs::read(&img).unwrap();
+    let bytes = std::fs::read(&client.img).unwrap();
     for i in 0..1024 {
         assert_eq!(bytes[512 + i], (i * 7 % 251) as u8, "byte {i} of sector 1");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

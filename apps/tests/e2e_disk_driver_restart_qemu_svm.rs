@@ -21,66 +21,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
+use common::disk::{after, assert_fsck_clean, cat_in_image, file_in_image, md5, Scratch};
 use splitvisor::linux::{DISK_FAILED, DISK_TEXT, DISK_WRITTEN, INIT_MARKER};
 use splitvisor::linux_virtio::make_ext4_image;
 
 /// Seconds one boot may take (4 MiB by PIO, on a shared TCG host).
 const TIMEOUT_SECS: u64 = 900;
-
-/// A scratch folder removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "splitvisor-e2e-disk-restart-{tag}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// e2fsprogs's TOOL (in /sbin, often not on a user's PATH).
-fn sbin(tool: &str) -> PathBuf {
-    ["/sbin", "/usr/sbin"]
-        .iter()
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(tool))
-}
-
-/// `debugfs -R 'dump /NAME OUT' img`, then OUT's bytes.
-fn file_in_image(img: &Path, name: &str, out: &Path) -> Vec<u8> {
-    let r = Command::new(sbin("debugfs"))
-        .arg("-R")
-        .arg(format!("dump /{name} {}", out.display()))
-        .arg(img)
-        .output()
-        .expect("debugfs runs (e2fsprogs)");
-    assert!(r.status.success(), "{r:?}");
-    std::fs::read(out).unwrap_or_else(|e| panic!("{name} not dumped: {e}"))
-}
-
-fn md5(path: &Path) -> String {
-    let out = Command::new("md5sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
 
 /// The `[stub] disk-driver restarted (generation G): ...` lines.
 fn restarts(r: &common::Run) -> usize {
@@ -101,8 +49,8 @@ fn counted_restarts(r: &common::Run) -> Option<usize> {
 /// guest said, the restarts, and the image on the host. Returns the
 /// number of restarts.
 fn write_through_restarts(inject: &str, at_least: usize) -> usize {
-    let dir = Scratch::new(&inject.replace([':', '@'], "-"));
-    let img = dir.0.join("disk.img");
+    let dir = Scratch::new(&format!("disk-restart-{}", inject.replace([':', '@'], "-")));
+    let img = dir.join("disk.img");
     make_ext4_image(&img, 64).unwrap_or_else(|e| panic!("{e}"));
     let disk = img.to_string_lossy().into_owned();
     let start = Instant::now();
@@ -110,25 +58,13 @@ fn write_through_restarts(inject: &str, at_least: usize) -> usize {
         let _one = common::ONE_AT_A_TIME
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let mut run = common::splitvisor_run(
-            &[
-                "--linux",
-                "amd64",
-                "--board",
-                "pc",
-                "--mmu",
-                "npt",
-                "--cpu",
-                "EPYC,+svm,+npt",
-                "--disk",
-                &disk,
-                "--append",
-                "splitvisor.disk=write",
-                "--inject",
-                inject,
-            ],
-            TIMEOUT_SECS,
-        );
+        let args = [
+            &common::AMD64_PC_NPT[..],
+            &["--disk", &disk, "--append", "splitvisor.disk=write"],
+            &["--inject", inject],
+        ]
+        .concat();
+        let mut run = common::splitvisor_run(&args, TIMEOUT_SECS);
         run.stdout = common::rejoin_interrupted_lines(&run.stdout);
         run
     };
@@ -141,11 +77,8 @@ fn write_through_restarts(inject: &str, at_least: usize) -> usize {
     for bad in ["I/O error", "blk_update_request", "EXT4-fs error"] {
         assert!(!out.contains(bad), "the guest saw `{bad}`\n{run}");
     }
-    let written = out
-        .lines()
-        .find_map(|l| l.strip_prefix(DISK_WRITTEN))
+    let written = after(out, DISK_WRITTEN)
         .unwrap_or_else(|| panic!("no `{DISK_WRITTEN}` line\n{run}"))
-        .trim()
         .to_string();
     assert!(run.has_line("[stub] vm stopped: guest status 0"), "{run}");
     assert_eq!(run.code, Some(0), "{run}");
@@ -161,20 +94,12 @@ fn write_through_restarts(inject: &str, at_least: usize) -> usize {
     assert_eq!(identified, n + 1, "{run}");
 
     // The image on the host: consistent, and holding what was written.
-    let fsck = Command::new(sbin("e2fsck"))
-        .args(["-f", "-n"])
-        .arg(&img)
-        .output()
-        .expect("e2fsck runs (e2fsprogs)");
-    assert!(
-        fsck.status.success(),
-        "e2fsck -fn found problems:\n{}{}",
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
+    assert_fsck_clean(&img);
+    assert_eq!(
+        cat_in_image(&img, "splitvisor-disk-check.txt").trim_end(),
+        DISK_TEXT
     );
-    let text = file_in_image(&img, "splitvisor-disk-check.txt", &dir.0.join("text"));
-    assert_eq!(String::from_utf8_lossy(&text).trim_end(), DISK_TEXT);
-    let bin = dir.0.join("bin");
+    let bin = dir.join("bin");
     let bytes = file_in_image(&img, "splitvisor-disk-check.bin", &bin);
     assert_eq!(bytes.len(), 4 << 20);
     assert_eq!(md5(&bin), written, "the random file in the image differs");

@@ -25,9 +25,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use common::disk::scratch_image;
 use common::Run;
 use ipc_proto::manifest::MmuMode;
 use splitvisor::attack::{virtio_campaign, AttackOptions};
@@ -47,25 +47,6 @@ const ATTACKS: [(&str, bool); 12] = [
     ("msix-range", false),
     ("bar-over-ram", false),
 ];
-
-/// A scratch disk image removed when dropped.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn scratch_disk(tag: &str) -> Scratch {
-    let path = std::env::temp_dir().join(format!(
-        "splitvisor-e2e-hostile-{tag}-{}.img",
-        std::process::id()
-    ));
-    let f = std::fs::File::create(&path).unwrap();
-    f.set_len(8 << 20).unwrap();
-    Scratch(path)
-}
 
 fn run(extra: &[&str]) -> Run {
     let mut args = vec![
@@ -147,17 +128,17 @@ fn the_virtio_console_contains_a_hostile_driver_on_npt() {
 
 #[test]
 fn virtio_console_and_blk_contain_a_hostile_driver_on_npt() {
-    let disk = scratch_disk("npt");
-    let r = run(&["--disk", &disk.0.to_string_lossy()]);
+    let (_dir, disk) = scratch_image("hostile-npt", &[], 8 << 20);
+    let r = run(&["--disk", &disk]);
     assert_all_contained(&r, &["virtio-console", "virtio-blk"]);
 }
 
 #[test]
 fn virtio_console_and_blk_contain_a_hostile_driver_under_shadow_paging() {
-    let disk = scratch_disk("shadow");
+    let (_dir, disk) = scratch_image("hostile-shadow", &[], 8 << 20);
     let r = run(&[
         "--disk",
-        &disk.0.to_string_lossy(),
+        &disk,
         "--mmu",
         "shadow",
         "--cpu",
@@ -174,15 +155,8 @@ fn virtio_console_and_blk_contain_a_hostile_driver_under_shadow_paging() {
 /// functions' MMIO through the VMX path, the disk as `ata0-master`.
 #[test]
 fn virtio_console_and_blk_contain_a_hostile_driver_on_bochs_vmx_with_ept() {
-    let disk = scratch_disk("bochs");
-    let r = run(&[
-        "--disk",
-        &disk.0.to_string_lossy(),
-        "--emulator",
-        "bochs",
-        "--arch",
-        "vmx",
-    ]);
+    let (_dir, disk) = scratch_image("hostile-bochs", &[], 8 << 20);
+    let r = run(&["--disk", &disk, "--emulator", "bochs", "--arch", "vmx"]);
     assert_all_contained(&r, &["virtio-console", "virtio-blk"]);
     assert_guest_ran_first(&r);
 }

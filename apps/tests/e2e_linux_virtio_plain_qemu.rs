@@ -20,22 +20,23 @@
 //! cargo test -p splitvisor --test e2e_linux_virtio_plain_qemu -- --nocapture
 //! ```
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use common::disk::{after, disk_content, Scratch};
+use common::ONE_AT_A_TIME;
 use splitvisor::linux::{
-    Flavour, LinuxGuest, DISK_CONTENT_BEGIN, DISK_CONTENT_END, DISK_FAILED, DISK_READ, DISK_TEXT,
-    DISK_WRITTEN, HVC_LOG_BEGIN, HVC_LOG_END, INIT_MARKER, MODULE_FAILED,
+    Flavour, LinuxGuest, DISK_FAILED, DISK_READ, DISK_TEXT, DISK_WRITTEN, HVC_LOG_BEGIN,
+    HVC_LOG_END, INIT_MARKER, MODULE_FAILED,
 };
 use splitvisor::linux_virtio::{make_ext4_image, GuestConsole, PlainVirtio, PlainVirtioRun};
 
 /// Seconds one boot may take (about 10-20 s each on a loaded 2-core
 /// machine).
 const TIMEOUT_SECS: u64 = 90;
-
-/// The boots share `.cache/linux/` and the two cores: one at a time.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// `flavour`'s kernel and initramfs, prepared once for the file's tests.
 fn guest(flavour: Flavour) -> LinuxGuest {
@@ -99,12 +100,6 @@ fn plain_flavour(
 }
 
 /// The value after `prefix` on the line starting with it.
-fn after<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .map(str::trim)
-}
-
 /// The kernel's timestamp (guest time, seconds) of its first message
 /// ending with `message`: under `-icount` it counts the machine's
 /// instructions (4 ns each) and idle time, not the host's load.
@@ -115,15 +110,6 @@ fn guest_stamp(console: &str, message: &str) -> String {
         .and_then(|l| l.strip_prefix('['))
         .and_then(|l| l.split(']').next())
         .map_or("-".to_string(), |t| t.trim().to_string())
-}
-
-/// A temporary file removed when dropped.
-struct TempImage(PathBuf);
-
-impl Drop for TempImage {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 #[test]
@@ -141,18 +127,15 @@ fn the_i386_kernels_read_back_what_they_wrote() {
 
 fn disk_round_trip(flavour: Flavour) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let img = TempImage(std::env::temp_dir().join(format!(
-        "splitvisor-e2e-virtio-{}-{}.img",
-        flavour.name(),
-        std::process::id()
-    )));
-    make_ext4_image(&img.0, 64).unwrap_or_else(|e| panic!("{e}"));
+    let dir = Scratch::new(&format!("virtio-plain-{}", flavour.name()));
+    let img = dir.join("disk.img");
+    make_ext4_image(&img, 64).unwrap_or_else(|e| panic!("{e}"));
 
     let write = plain_flavour(
         flavour,
         GuestConsole::Serial,
         "splitvisor.disk=write",
-        Some(img.0.clone()),
+        Some(img.clone()),
     );
     let out = &write.serial;
     assert!(
@@ -173,17 +156,15 @@ fn disk_round_trip(flavour: Flavour) {
         flavour,
         GuestConsole::Serial,
         "splitvisor.disk=read",
-        Some(img.0.clone()),
+        Some(img.clone()),
     );
     let out = &read.serial;
     assert!(!out.contains(DISK_FAILED), "{read}");
-    let content: Vec<&str> = out
-        .lines()
-        .skip_while(|l| *l != DISK_CONTENT_BEGIN)
-        .skip(1)
-        .take_while(|l| *l != DISK_CONTENT_END)
-        .collect();
-    assert_eq!(content, [DISK_TEXT], "not the text written\n{read}");
+    assert_eq!(
+        disk_content(out),
+        [DISK_TEXT],
+        "not the text written\n{read}"
+    );
     let back = after(out, DISK_READ).unwrap_or_else(|| panic!("no `{DISK_READ}` line\n{read}"));
     assert_eq!(back, written, "the random file read back differs\n{read}");
     eprintln!(
@@ -196,15 +177,13 @@ fn disk_round_trip(flavour: Flavour) {
 #[test]
 fn the_boot_log_and_init_appear_on_hvc0() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let img = TempImage(std::env::temp_dir().join(format!(
-        "splitvisor-e2e-virtio-hvc-{}.img",
-        std::process::id()
-    )));
-    make_ext4_image(&img.0, 64).unwrap_or_else(|e| panic!("{e}"));
+    let dir = Scratch::new("virtio-plain-hvc");
+    let img = dir.join("disk.img");
+    make_ext4_image(&img, 64).unwrap_or_else(|e| panic!("{e}"));
     let run = plain(
         GuestConsole::Hvc,
         "splitvisor.disk=write",
-        Some(img.0.clone()),
+        Some(img.clone()),
     );
     let lines: Vec<&str> = run.hvc.lines().collect();
     let at = |what: &str, line: &dyn Fn(&str) -> bool| {
@@ -265,16 +244,14 @@ fn the_boot_log_and_init_appear_on_hvc0() {
 #[ignore = "figures for the README, four boots"]
 fn figures_to_the_marker_with_ttys0_and_hvc0() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let img = TempImage(std::env::temp_dir().join(format!(
-        "splitvisor-e2e-virtio-figures-{}.img",
-        std::process::id()
-    )));
+    let dir = Scratch::new("virtio-plain-figures");
+    let img = dir.join("disk.img");
     let mut rows = Vec::new();
     for console in [GuestConsole::Serial, GuestConsole::Hvc] {
         for disk in [false, true] {
             let (append, disk) = if disk {
-                make_ext4_image(&img.0, 64).unwrap_or_else(|e| panic!("{e}"));
-                ("splitvisor.disk=write", Some(img.0.clone()))
+                make_ext4_image(&img, 64).unwrap_or_else(|e| panic!("{e}"));
+                ("splitvisor.disk=write", Some(img.clone()))
             } else {
                 ("splitvisor.exit", None)
             };

@@ -331,58 +331,22 @@ fn a_hanging_vmm_server_stops_the_vm_on_qemu_svm() {
 /// asks again, and the sectors read back as written.
 #[test]
 fn the_disk_driver_hanging_in_a_request_is_restarted_on_qemu_svm() {
+    use common::disk::{DiskClient, Scratch};
     use ipc_proto::inject::{Fault, Injection};
-    use ipc_proto::manifest::{GuestRam, Rights};
-    use splitvisor::disk::{disk_driver_server, Disk, DiskSpec};
-    use splitvisor::run::{qemu_args, run_emulator, Capture, DEFAULT_CPU, DEFAULT_EMULATOR};
+    use splitvisor::run::DEFAULT_CPU;
 
-    let dir = std::env::temp_dir().join(format!("splitvisor-disk-hang-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let img = dir.join("disk.img");
-    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
-    let disk = Disk::open(&DiskSpec::parse(&img.to_string_lossy()).unwrap()).unwrap();
-    let server = disk_driver_server(false).expect("the disk-driver builds");
-    let driver = server.name.clone();
-    let [client] = images::build_for_target(&["disk-driver"], ["disk-client"])
-        .expect("the disk client builds");
-    let system = images::SystemSpec {
-        device_servers: vec![
-            server,
-            images::DeviceServer {
-                name: "disk-client".into(),
-                elf: client,
-                rights: Rights {
-                    guest_ram: GuestRam::ReadWrite,
-                    console: true,
-                    ..Rights::default()
-                },
-            },
-        ],
-        device_channels: vec![("disk-client".into(), driver.clone())],
-        inject: vec![(
-            driver.clone(),
-            Injection {
-                fault: Fault::Hang,
-                at: 4,
-                every: false,
-            },
-        )],
-        ..images::SystemSpec::new("hello")
-    };
-    let opts = splitvisor::e2e::options(system, DEFAULT_CPU);
-    let image = images::build_system_spec(&opts.system).expect("the image builds");
-    let mut args = qemu_args(&opts, &image);
-    args.extend(disk.qemu_args());
-    let console = Capture::default();
-    let report = run_emulator(
-        DEFAULT_EMULATOR,
-        &args,
-        Duration::from_secs(TIMEOUT_SECS),
-        Box::new(console.clone()),
-    )
-    .expect("QEMU starts (scripts/install-deps installs it)");
-    let text = String::from_utf8_lossy(&console.0.lock().unwrap()).into_owned();
+    let dir = Scratch::new("disk-hang");
+    let mut client = DiskClient::new(&dir);
+    let driver = client.driver.clone();
+    client.system.inject = vec![(
+        driver.clone(),
+        Injection {
+            fault: Fault::Hang,
+            at: 4,
+            every: false,
+        },
+    )];
+    let (text, report) = client.run(DEFAULT_CPU, Duration::from_secs(TIMEOUT_SECS));
     let has = |l: &str| text.lines().any(|x| x == l);
     // The first instance hangs at the READ, the second (READ again, then
     // the three refusals) at the unknown op, the third serves that.
@@ -407,6 +371,4 @@ fn the_disk_driver_hanging_in_a_request_is_restarted_on_qemu_svm() {
     assert_eq!(identified, n + 1, "{text}");
     let asked = text.lines().filter(|l| l.contains("asking again")).count();
     assert_eq!(asked, n, "{text}");
-    drop(disk);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -19,39 +19,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
+use common::disk::{after, assert_fsck_clean, cat_in_image, Scratch};
 use splitvisor::linux::{DISK_READ, DISK_TEXT, DISK_WRITTEN, INIT_MARKER};
 use splitvisor::linux_virtio::make_ext4_image;
 
 /// Seconds one boot may take.
 const TIMEOUT_SECS: u64 = 600;
 
-/// A scratch folder removed when dropped.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn boot(disk: &str, append: &str, inject: Option<&str>) -> common::Run {
-    let mut args = vec![
-        "--linux",
-        "amd64",
-        "--board",
-        "pc",
-        "--mmu",
-        "npt",
-        "--cpu",
-        "EPYC,+svm,+npt",
-        "--disk",
-        disk,
-        "--append",
-        append,
-    ];
+    let mut args = common::AMD64_PC_NPT.to_vec();
+    args.extend(["--disk", disk, "--append", append]);
     if let Some(i) = inject {
         args.extend(["--inject", i]);
     }
@@ -60,31 +37,10 @@ fn boot(disk: &str, append: &str, inject: Option<&str>) -> common::Run {
     run
 }
 
-fn after<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .map(str::trim)
-}
-
-/// An e2fsprogs tool (in /sbin, often not on a user's PATH).
-fn sbin(tool: &str) -> String {
-    ["/sbin", "/usr/sbin"]
-        .into_iter()
-        .map(|d| format!("{d}/{tool}"))
-        .find(|p| Path::new(p).is_file())
-        .unwrap_or_else(|| tool.to_string())
-}
-
 #[test]
 fn debian_writes_its_disk_through_a_virtio_blk_crash() {
-    let dir = std::env::temp_dir().join(format!(
-        "splitvisor-e2e-virtio-blk-restart-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let dir = Scratch(dir);
-    let img = dir.0.join("disk.img");
+    let dir = Scratch::new("virtio-blk-restart");
+    let img = dir.join("disk.img");
     make_ext4_image(&img, 64).unwrap_or_else(|e| panic!("{e}"));
     let disk = img.to_string_lossy().into_owned();
 
@@ -108,24 +64,11 @@ fn debian_writes_its_disk_through_a_virtio_blk_crash() {
     assert_eq!(write.code, Some(0), "not powered off\n{write}");
 
     // On the host: the file system is consistent and holds the text.
-    let fsck = Command::new(sbin("e2fsck"))
-        .arg("-fn")
-        .arg(&img)
-        .output()
-        .expect("e2fsck runs (e2fsprogs)");
-    assert!(
-        fsck.status.success(),
-        "e2fsck -fn: {}\n{}",
-        fsck.status,
-        String::from_utf8_lossy(&fsck.stdout)
+    assert_fsck_clean(&img);
+    assert_eq!(
+        cat_in_image(&img, "splitvisor-disk-check.txt").trim_end(),
+        DISK_TEXT
     );
-    let cat = Command::new(sbin("debugfs"))
-        .arg("-R")
-        .arg("cat /splitvisor-disk-check.txt")
-        .arg(&img)
-        .output()
-        .expect("debugfs runs");
-    assert_eq!(String::from_utf8_lossy(&cat.stdout).trim_end(), DISK_TEXT);
 
     let read = boot(&disk, "splitvisor.disk=read", None);
     let back =

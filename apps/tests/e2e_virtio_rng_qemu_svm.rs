@@ -28,22 +28,11 @@ fn read_rng(extra: &[&str], append: &str) -> String {
         .unwrap_or_else(|e| e.into_inner());
     let run = common::splitvisor_run(
         &[
-            "--linux",
-            "amd64",
-            "--board",
-            "pc",
-            "--mmu",
-            "npt",
-            "--cpu",
-            "EPYC,+svm,+npt",
-            "--rng",
-            "--append",
-            append,
+            &common::AMD64_PC_NPT[..],
+            &["--rng", "--append", append],
+            extra,
         ]
-        .iter()
-        .chain(extra)
-        .copied()
-        .collect::<Vec<_>>(),
+        .concat(),
         TIMEOUT_SECS,
     );
     let out = common::rejoin_interrupted_lines(&run.stdout);
@@ -121,8 +110,7 @@ fn debian_amd64_reads_the_virtio_rng_through_inta_and_the_prt() {
 /// the I/O APIC (`pci=nomsi`).
 #[test]
 fn debian_amd64_reads_the_virtio_rng_in_the_third_slot_through_lnk5() {
-    let dir = std::env::temp_dir().join(format!("splitvisor-rng-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::disk::Scratch::new("rng");
     let img = dir.join("disk.img");
     splitvisor::linux_virtio::make_ext4_image(&img, 64).unwrap_or_else(|e| panic!("{e}"));
     let disk = img.to_string_lossy().into_owned();
@@ -130,7 +118,6 @@ fn debian_amd64_reads_the_virtio_rng_in_the_third_slot_through_lnk5() {
         &["--console", "hvc0", "--disk", &disk],
         "pci=nomsi splitvisor.platform splitvisor.rng splitvisor.exit",
     );
-    std::fs::remove_dir_all(&dir).ok();
     for needle in [
         "pci 0000:00:03.0: [1af4:1043]",
         "pci 0000:00:04.0: [1af4:1042]",

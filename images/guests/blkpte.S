@@ -36,6 +36,7 @@
 #include "print.inc"
 #include "pcboard.inc"
 #include "virtio-pci.inc"
+#include "paging32.inc"
 
 #define TEST_VA    0x00800000
 #define FRAME_A    0x00300000
@@ -45,9 +46,6 @@
 #define FRAME_C    0x00306000
 #define MARK_C     0xcccc3333
 #define SCRATCH_FILL 0x5a5a5a5a
-#define PRESENT_RW 0x003
-#define LARGE_RW   0x083          /* a 4 MiB page: PS, RW, P */
-#define CR4_PSE    0x10
 
     .section .text.start, "ax"
     .globl _start
@@ -74,28 +72,10 @@ _start:
     mov dword ptr [FRAME_C], MARK_C
     /* 4 GiB one to one in 4 MiB pages, but 0x00800000-0x00bfffff through
      * pt_test. */
-    mov edi, offset pd
-    mov eax, LARGE_RW
-    mov ecx, 1024
-3:  mov [edi], eax
-    add eax, 0x400000
-    add edi, 4
-    loop 3b
+    FILL_ENTRIES pd, LARGE_RW, 0x400000, 1024
     mov dword ptr [pt_test], FRAME_A | PRESENT_RW
-    mov eax, offset pt_test
-    or eax, PRESENT_RW
-    mov [pd + (TEST_VA >> 22) * 4], eax
-
-    mov eax, cr4
-    or eax, CR4_PSE
-    mov cr4, eax
-    mov eax, offset pd
-    mov cr3, eax
-    mov eax, cr0
-    or eax, 0x80000000                /* PG */
-    mov cr0, eax
-    jmp paged
-paged:
+    PDE_TO pd, TEST_VA, pt_test
+    PAGING_ON pd, CR4_PSE
     mov eax, [TEST_VA]
     cmp eax, MARK_A
     je 4f

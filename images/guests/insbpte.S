@@ -19,13 +19,13 @@
 
 #include "com1.inc"
 #include "print.inc"
+#include "paging32.inc"
 
 #define TEST_VA    0x00800000
 #define FRAME_A    0x00300000
 #define FRAME_B    0x00303000
 #define MARK_A     0xaaaa1111
 #define MARK_B     0xbbbb2222
-#define PRESENT_RW 0x003
 #define COM1_SCR   0x3ff
 
     .section .text.start, "ax"
@@ -41,28 +41,11 @@ _start:
     mov dword ptr [FRAME_B], MARK_B
 
     /* 0-4 MiB, one to one. */
-    mov edi, offset pt_low
-    mov eax, PRESENT_RW
-    mov ecx, 1024
-1:  mov [edi], eax
-    add eax, 0x1000
-    add edi, 4
-    loop 1b
+    FILL_ENTRIES pt_low, PRESENT_RW, 0x1000, 1024
     mov dword ptr [pt_test], FRAME_A | PRESENT_RW
-    mov eax, offset pt_low
-    or eax, PRESENT_RW
-    mov [pd], eax
-    mov eax, offset pt_test
-    or eax, PRESENT_RW
-    mov [pd + (TEST_VA >> 22) * 4], eax
-
-    mov eax, offset pd
-    mov cr3, eax
-    mov eax, cr0
-    or eax, 0x80000000        /* PG */
-    mov cr0, eax
-    jmp paged
-paged:
+    PDE_TO pd, 0, pt_low
+    PDE_TO pd, TEST_VA, pt_test
+    PAGING_ON pd, 0
     cmp dword ptr [TEST_VA], MARK_A
     jne fail_a
     mov esi, offset msg_a

@@ -14,13 +14,12 @@
 
 #include "com1.inc"
 #include "print.inc"
+#include "paging32.inc"
 
 #define SCRATCH  0xFEB00000   /* the vmm-server's scratch registers */
 #define ALIAS    0xC0000000   /* the image again */
 #define MMIO_VA  0xD0000000   /* the scratch registers, paged */
 #define IMAGE    0x00100000
-#define PRESENT_RW 0x003
-#define PAGE_4M    0x083      /* present, writable, PS */
 
     .section .text.start, "ax"
     .globl _start
@@ -32,44 +31,16 @@ _start:
     call say
 
     /* 0-4 MiB, one to one, 4 KiB pages. */
-    mov edi, offset pt_low
-    mov eax, PRESENT_RW
-    mov ecx, 1024
-1:  mov [edi], eax
-    add eax, 0x1000
-    add edi, 4
-    loop 1b
+    FILL_ENTRIES pt_low, PRESENT_RW, 0x1000, 1024
     /* The image (1 MiB of it) again at ALIAS. */
-    mov edi, offset pt_alias
-    mov eax, IMAGE | PRESENT_RW
-    mov ecx, 256
-2:  mov [edi], eax
-    add eax, 0x1000
-    add edi, 4
-    loop 2b
+    FILL_ENTRIES pt_alias, IMAGE | PRESENT_RW, 0x1000, 256
     mov dword ptr [pt_mmio], SCRATCH | PRESENT_RW
 
-    mov eax, offset pt_low
-    or eax, PRESENT_RW
-    mov [pd], eax
-    mov dword ptr [pd + 4], 0x400000 | PAGE_4M
-    mov eax, offset pt_alias
-    or eax, PRESENT_RW
-    mov [pd + (ALIAS >> 22) * 4], eax
-    mov eax, offset pt_mmio
-    or eax, PRESENT_RW
-    mov [pd + (MMIO_VA >> 22) * 4], eax
-
-    mov eax, offset pd
-    mov cr3, eax
-    mov eax, cr4
-    or eax, 0x10              /* PSE */
-    mov cr4, eax
-    mov eax, cr0
-    or eax, 0x80000000        /* PG */
-    mov cr0, eax
-    jmp paged
-paged:
+    PDE_TO pd, 0, pt_low
+    mov dword ptr [pd + 4], 0x400000 | LARGE_RW
+    PDE_TO pd, ALIAS, pt_alias
+    PDE_TO pd, MMIO_VA, pt_mmio
+    PAGING_ON pd, CR4_PSE
     mov esi, offset msg_paging
     call say
     mov eax, cr3

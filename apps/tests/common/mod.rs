@@ -1,13 +1,28 @@
 //! What the end-to-end tests of the `splitvisor` command share: one
 //! `splitvisor run` and what it printed ([`splitvisor_run`]), and for the
 //! Linux tests one boot of `splitvisor run --linux FLAVOUR` with the MMU
-//! workload and the checks of its serial output ([`boot_linux`]). Each test
-//! file uses a part of it.
+//! workload and the checks of its serial output ([`boot_linux`]); for the
+//! disk tests [`disk`]. Each test file uses a part of it.
 #![allow(dead_code)]
+
+pub mod disk;
 
 use std::process::Command;
 
 use splitvisor::linux::{Flavour, INIT_MARKER, WORKLOAD_END};
+
+/// `splitvisor run` options for Debian's amd64 kernel on the PC board
+/// under QEMU's TCG with emulated SVM and nested paging.
+pub const AMD64_PC_NPT: [&str; 8] = [
+    "--linux",
+    "amd64",
+    "--board",
+    "pc",
+    "--mmu",
+    "npt",
+    "--cpu",
+    "EPYC,+svm,+npt",
+];
 
 /// One `splitvisor run`: its exit status and output.
 pub struct Run {

@@ -583,13 +583,37 @@ mod tests {
 
     const TX_NOTIFY: u64 = NOTIFY_OFFSET + TRANSMITQ as u64 * NOTIFY_OFF_MULTIPLIER as u64;
 
+    type Proxy<'b, 'c> = RemotePci<'b, &'c mut Loopback>;
+
+    /// The console's proxy on `board`'s line 10, with the transmit queue
+    /// set up.
+    fn console<'b, 'c>(board: &'b Board, ch: &'c mut Loopback) -> Proxy<'b, 'c> {
+        let mut proxy = RemotePci::new(ch).with_irq(board.irq.pci(10));
+        set_up_transmitq(&mut proxy);
+        proxy
+    }
+
+    /// The driver offers `text` ([`offer`]) and rings the transmit
+    /// queue's doorbell.
+    fn ring(proxy: &mut Proxy<'_, '_>, slot: u16, n: u16, text: &[u8]) {
+        offer(&mut proxy.channel.ram, slot, n, text);
+        proxy.bar_write(0, TX_NOTIFY, 2, u64::from(TRANSMITQ));
+    }
+
+    /// The stub runs the signalled server, and the vmm-server takes the
+    /// notification exit that follows.
+    fn serve(proxy: &mut Proxy<'_, '_>) {
+        proxy.channel.schedule();
+        let back = proxy.channel.take_back();
+        proxy.notified(back);
+    }
+
     #[test]
     fn a_doorbell_signals_and_the_msi_comes_at_the_notification() {
         let board = Board::new();
         let mut ch = loopback();
         {
-            let mut proxy = RemotePci::new(&mut ch).with_irq(board.irq.pci(10));
-            set_up_transmitq(&mut proxy);
+            let mut proxy = console(&board, &mut ch);
             offer(&mut proxy.channel.ram, 0, 0, b"hello\n");
             let calls = proxy.calls();
             proxy.bar_write(0, TX_NOTIFY, 2, u64::from(TRANSMITQ));
@@ -636,26 +660,20 @@ mod tests {
     fn doorbells_rung_while_the_server_is_busy_are_not_lost() {
         let board = Board::new();
         let mut ch = loopback();
-        let mut proxy = RemotePci::new(&mut ch).with_irq(board.irq.pci(10));
-        set_up_transmitq(&mut proxy);
+        let mut proxy = console(&board, &mut ch);
         // Two doorbells before the server runs: one bit, both buffers.
-        offer(&mut proxy.channel.ram, 0, 0, b"a");
-        proxy.bar_write(0, TX_NOTIFY, 2, 1);
-        offer(&mut proxy.channel.ram, 1, 1, b"b");
-        proxy.bar_write(0, TX_NOTIFY, 2, 1);
+        ring(&mut proxy, 0, 0, b"a");
+        ring(&mut proxy, 1, 1, b"b");
         proxy.channel.schedule();
         assert_eq!(proxy.channel.output(), b"ab");
         // The server has done its work and signalled, but the proxy has not
         // polled yet: a third doorbell comes.
-        offer(&mut proxy.channel.ram, 2, 2, b"c");
-        proxy.bar_write(0, TX_NOTIFY, 2, 1);
+        ring(&mut proxy, 2, 2, b"c");
         let back = proxy.channel.take_back();
         proxy.notified(back);
         assert!(proxy.busy(), "the third doorbell is still to be answered");
-        proxy.channel.schedule();
+        serve(&mut proxy);
         assert_eq!(proxy.channel.output(), b"abc");
-        let back = proxy.channel.take_back();
-        proxy.notified(back);
         assert!(!proxy.busy());
         assert_eq!(proxy.doorbells(), (3, 2));
         assert_eq!(proxy.channel.count, 3);
@@ -673,18 +691,13 @@ mod tests {
     fn a_restarted_server_gets_the_guests_writes_and_retries_what_was_in_flight() {
         let board = Board::new();
         let mut ch = loopback();
-        let mut proxy = RemotePci::new(&mut ch).with_irq(board.irq.pci(10));
-        set_up_transmitq(&mut proxy);
-        offer(&mut proxy.channel.ram, 0, 0, b"a");
-        proxy.bar_write(0, TX_NOTIFY, 2, 1);
-        proxy.channel.schedule();
-        let back = proxy.channel.take_back();
-        proxy.notified(back);
+        let mut proxy = console(&board, &mut ch);
+        ring(&mut proxy, 0, 0, b"a");
+        serve(&mut proxy);
         assert_eq!(proxy.channel.output(), b"a");
         while board.irq.take_msi().is_some() {}
         // "b" is made available and rung; the server dies before it runs.
-        offer(&mut proxy.channel.ram, 1, 1, b"b");
-        proxy.bar_write(0, TX_NOTIFY, 2, 1);
+        ring(&mut proxy, 1, 1, b"b");
         proxy.channel.restart(7);
         assert!(proxy.busy());
         // The next poll meets the new instance: the proxy replays the
@@ -695,11 +708,9 @@ mod tests {
         assert!(seen.iter().any(|m| m.op == op::RESUME));
         let status = &proxy.channel.server.pci;
         assert_ne!(status.status() & DRIVER_OK, 0, "the set-up replayed");
-        proxy.channel.schedule();
+        serve(&mut proxy);
         // Only "b": the new instance went on from the used ring's idx.
         assert_eq!(proxy.channel.output(), b"b");
-        let back = proxy.channel.take_back();
-        proxy.notified(back);
         assert!(!proxy.busy());
         assert_eq!(board.irq.take_msi().map(|m| m.vector), Some(0x41));
         let ram = &proxy.channel.ram;
@@ -727,8 +738,7 @@ mod tests {
     fn a_doorbell_that_cannot_be_signalled_is_a_call() {
         let board = Board::new();
         let mut ch = loopback();
-        let mut proxy = RemotePci::new(&mut ch).with_irq(board.irq.pci(10));
-        set_up_transmitq(&mut proxy);
+        let proxy = console(&board, &mut ch);
         offer(&mut proxy.channel.ram, 0, 0, b"x");
         // The function's doorbells are known; now Signal fails but calls
         // go through (a stub that refuses the bits, say).
