@@ -40,6 +40,11 @@
 #define APIC_TDCR  (LAPIC + 0x3e0)
 #define V_TIMER    0x40
 #define PF_VA      0x02000000        /* the pf kind's page: PDE 8, PTE 0 */
+/* The pf kind's page table, at a fixed address so that the stub built
+ * with `bench-inline-exits` (kernel-stub/src/bench_inline.rs) knows its
+ * writes; inside the 0-16 MiB identity map, above the kernel and the
+ * multiboot information. */
+#define PF_PT      0x00800000
 #define KINDS      7
 
     .section .text.start, "ax"
@@ -211,7 +216,7 @@ k_mmio:
 k_pf:
     test ecx, ecx
     jz 2f
-    mov edx, offset pf_pt
+    mov edx, PF_PT
 1:  mov eax, [edx]
     xor eax, [pf_flip]
     mov [edx], eax                   /* through a register, as kernels do (not A3 moffs) */
@@ -234,12 +239,16 @@ paging_on:
     cmp eax, 4
     jb 1b
     mov dword ptr [pd + 0x3fb * 4], 0xfec00000 | 0x9b   /* P RW PWT PCD PS */
-    mov eax, offset pf_pt
-    or eax, 3
+    cld
+    mov edi, PF_PT                   /* RAM that nobody cleared */
+    mov ecx, 1024
+    xor eax, eax
+    rep stosd
+    mov eax, PF_PT | 3
     mov [pd + (PF_VA >> 22) * 4], eax
     mov eax, offset pf_frame_a
     or eax, 3
-    mov [pf_pt], eax
+    mov [PF_PT], eax
     mov eax, offset pf_frame_a
     xor eax, offset pf_frame_b
     mov [pf_flip], eax
@@ -358,6 +367,5 @@ pf_flip:   .long 0
     .section .bss
     .balign 4096
 pd:          .skip 4096
-pf_pt:       .skip 4096
 pf_frame_a:  .skip 4096
 pf_frame_b:  .skip 4096
