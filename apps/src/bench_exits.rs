@@ -94,6 +94,11 @@ pub struct ExitsArgs {
     #[arg(long, value_name = "R", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=50))]
     rounds: u32,
+    /// Plain QEMU's count for every kind. Default: N, raised tenfold (up
+    /// to 1000 N) until the loop takes 100 ms, in the first round.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000_000))]
+    plain_count: Option<u32>,
     /// Kill a boot after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -225,6 +230,8 @@ pub(crate) struct Row {
     pub syscalls: Option<i64>,
     /// The exits of the in-stub way's boot less its reference's.
     pub stub_exits: Option<i64>,
+    /// The servers' syscalls in the in-stub way's boot less its reference's.
+    pub stub_syscalls: Option<i64>,
     pub split: Option<Cost>,
     pub stub: Option<Cost>,
     pub plain: Option<Cost>,
@@ -310,19 +317,24 @@ pub(crate) fn row(
     }
     let (split, split_ref) = first(splits, &empty);
     let exits = exits_less(split, split_ref);
-    let syscalls = (!split.exits.is_empty())
-        .then(|| split.exit("syscalls").cast_signed() - split_ref.exit("syscalls").cast_signed());
+    let syscalls_less = |run: &Run, reference: &Run| {
+        (!run.exits.is_empty())
+            .then(|| run.exit("syscalls").cast_signed() - reference.exit("syscalls").cast_signed())
+    };
+    let syscalls = syscalls_less(split, split_ref);
     let (stub, stub_ref) = first(stubs, &empty);
     let stub_exits = exits_less(stub, stub_ref)
         .into_iter()
         .find(|(k, _)| k == "total")
         .map(|(_, v)| v);
+    let stub_syscalls = syscalls_less(stub, stub_ref);
     Row {
         kind: kind.to_string(),
         n,
         exits,
         syscalls,
         stub_exits,
+        stub_syscalls,
         split: median_cost(splits, kind),
         stub: median_cost(stubs, kind),
         plain: median_cost(plains, kind),
@@ -430,13 +442,14 @@ pub(crate) fn table(rows: &[Row]) -> String {
         s,
         "Exits by reason through the ring-3 servers (the kind's boot less the reference boot's \
          `[vmm] exits:`, and less two port exits per character the guest printed beyond the \
-         reference's), and the servers' syscalls per exit:"
+         reference's), and the servers' syscalls per exit, through the ring-3 servers and with \
+         the in-stub handler:"
     );
     let _ = write!(s, "{:<6} {:>8}", "kind", "total");
     for r in REASONS {
         let _ = write!(s, " {r:>9}");
     }
-    let _ = writeln!(s, " {:>13}", "syscalls/exit");
+    let _ = writeln!(s, " {:>13} {:>13}", "syscalls/exit", "in-stub sys/e");
     for r in rows {
         let get = |k: &str| {
             r.exits
@@ -448,11 +461,16 @@ pub(crate) fn table(rows: &[Row]) -> String {
         for reason in REASONS {
             let _ = write!(s, " {:>9}", get(reason));
         }
-        let per_exit = match (r.syscalls, r.total_exits()) {
-            (Some(sys), e) if e > 0 => format!("{:.2}", sys as f64 / e as f64),
+        let per_exit = |sys: Option<i64>, e: Option<i64>| match (sys, e) {
+            (Some(sys), Some(e)) if e > 0 => format!("{:.2}", sys as f64 / e as f64),
             _ => "-".to_string(),
         };
-        let _ = writeln!(s, " {per_exit:>13}");
+        let _ = writeln!(
+            s,
+            " {:>13} {:>13}",
+            per_exit(r.syscalls, Some(r.total_exits())),
+            per_exit(r.stub_syscalls, r.stub_exits)
+        );
     }
     s
 }
@@ -534,10 +552,13 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
         plain_elf: &plain_elf,
         // Three reference boots and three per kind, each round (plain
         // QEMU's count raised in the first round boots more).
-        boots: (a.rounds as usize * 3 * (kinds.len() + 1), Cell::new(0)),
+        boots: Cell::new((0, a.rounds as usize * 3 * (kinds.len() + 1))),
     };
     // Plain QEMU's count per kind, found in the first round.
-    let mut plain_counts: Vec<u64> = Vec::new();
+    let mut plain_counts: Vec<u64> = a
+        .plain_count
+        .map(|c| vec![u64::from(c); kinds.len()])
+        .unwrap_or_default();
     let mut rounds: Vec<Round> = Vec::new();
     for round in 0..a.rounds {
         if a.rounds > 1 {
@@ -570,12 +591,14 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
                         break plain;
                     }
                     pn *= 10;
+                    bench.plan_more();
                 };
                 plain_counts.push(pn);
                 plain
             };
             let pn = plain_counts[i];
             if !plain_refs.iter().any(|(c, _)| *c == pn) {
+                bench.plan_more();
                 plain_refs.push((pn, bench.boot(Way::Plain, REFERENCE, pn)));
             }
             runs.push(KindRuns {
@@ -726,11 +749,17 @@ struct Bench<'a> {
     shadow: bool,
     timeout: Duration,
     plain_elf: &'a std::path::Path,
-    /// The boots planned, and those started (for the progress lines).
-    boots: (usize, Cell<usize>),
+    /// The boots started and planned, for the progress lines.
+    boots: Cell<(usize, usize)>,
 }
 
 impl Bench<'_> {
+    /// One boot more than planned: a raised plain QEMU count.
+    fn plan_more(&self) {
+        let (started, planned) = self.boots.get();
+        self.boots.set((started, planned + 1));
+    }
+
     fn split_cpu(&self) -> (&'static str, &'static str) {
         if self.shadow {
             ("shadow", "EPYC,+svm")
@@ -786,12 +815,11 @@ impl Bench<'_> {
             Way::Plain => way.name().to_string(),
             Way::Splitvisor | Way::InStub => format!("{} {mmu}", way.name()),
         };
-        let (planned, started) = &self.boots;
-        started.set(started.get() + 1);
+        let (started, planned) = self.boots.get();
+        self.boots.set((started + 1, planned));
         eprintln!(
-            "splitvisor: bench exits: [{}/{}] {name}: {cmdline}",
-            started.get(),
-            planned.max(&started.get())
+            "splitvisor: bench exits: [{}/{planned}] {name}: {cmdline}",
+            started + 1
         );
         let start = Instant::now();
         let console = TimedConsole {
@@ -979,7 +1007,8 @@ mod tests {
         let by_reason = cells(&t, "cpuid", 2);
         // kind, total, ioio, cpuid, ...
         assert_eq!(&by_reason[..4], ["cpuid", "10000", "0", "10000"]);
-        assert_eq!(by_reason.last(), Some(&"5.00"), "{by_reason:?}");
+        // Syscalls per exit: ring-3, in-stub (2500 less 2500: none).
+        assert_eq!(by_reason[by_reason.len() - 2..], ["5.00", "0.00"]);
     }
 
     #[test]

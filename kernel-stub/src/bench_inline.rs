@@ -41,25 +41,35 @@ const MTRRCAP: u64 = 1 << 10 | 1 << 8 | 8;
 const RFLAGS_IF: u64 = 1 << 9;
 /// EXITINTINFO's valid bit (the record's format on both extensions).
 const EVENT_VALID: u64 = 1 << 31;
-/// A fault's write bit: SVM EXITINFO1 bit 1 (#PF error code, NPF), VMX
-/// EPT-violation qualification bit 1 (SDM table 28-7).
+/// A guest memory access that exited.
+enum Access {
+    /// An NPF or EPT violation: the guest-physical address, a write.
+    Nested(u64, bool),
+    /// A #PF under shadow paging: the linear address (the guest maps its
+    /// APIC one to one), and its error code.
+    Page(u64, u64),
+}
+
+/// #PF error code bits (SDM vol. 3A, 4.7): P, W.
+const PRESENT: u64 = 1;
 const WRITE: u64 = 1 << 1;
 
-/// A guest memory access that exited: (address, write). Under nested
-/// paging the guest-physical address, under shadow paging the linear one
-/// (the guest maps both regions one to one).
-fn fault(rec: &ExitRecord) -> Option<(u64, bool)> {
+fn access(rec: &ExitRecord) -> Option<Access> {
     let arch = VcpuArch::from_raw(rec.arch)?;
     match (ExitKind::of(rec), arch) {
-        (ExitKind::NestedPageFault, _) => Some((rec.exit_info2, rec.exit_info1 & WRITE != 0)),
+        // SVM EXITINFO1 bit 1 (APM vol. 2, 15.25.6), VMX qualification
+        // bit 1 (SDM table 28-7): a write.
+        (ExitKind::NestedPageFault, _) => {
+            Some(Access::Nested(rec.exit_info2, rec.exit_info1 & WRITE != 0))
+        }
         // SVM: error code in EXITINFO1, CR2 in EXITINFO2 (APM vol. 2, 15.12).
         (ExitKind::Exception { vector: Some(14) }, VcpuArch::Svm) => {
-            Some((rec.exit_info2, rec.exit_info1 & WRITE != 0))
+            Some(Access::Page(rec.exit_info2, rec.exit_info1))
         }
         // VMX: the linear address is the qualification, the error code
         // bits 63:32 of exit_info2 (the stub's record, vmx/mod.rs).
         (ExitKind::Exception { vector: Some(14) }, VcpuArch::Vmx) => {
-            Some((rec.exit_info1, (rec.exit_info2 >> 32) & WRITE != 0))
+            Some(Access::Page(rec.exit_info1, rec.exit_info2 >> 32))
         }
         _ => None,
     }
@@ -113,16 +123,25 @@ pub fn resume_for(rec: &ExitRecord) -> Option<(Resume, ResumeFlags)> {
             flags |= ResumeFlags::INJECT_EVENT;
             next(1)
         }
-        _ => match fault(rec)? {
-            (APIC_VER, false) => {
-                // The version register of QEMU's local APIC.
-                regs.rax = 0x0005_0014;
-                regs.rip.wrapping_add(5)
+        _ => {
+            // (address, write, a write to a present page: under shadow
+            // paging a write-protected guest page table, not a shadow miss
+            // such as the guest's own writes that fill the table).
+            let (address, write, protected) = match access(rec)? {
+                Access::Nested(a, write) => (a, write, false),
+                Access::Page(a, e) => (a, e & WRITE != 0, e & PRESENT != 0),
+            };
+            match (address, write) {
+                (APIC_VER, false) => {
+                    // The version register of QEMU's local APIC.
+                    regs.rax = 0x0005_0014;
+                    regs.rip.wrapping_add(5)
+                }
+                (APIC_EOI | APIC_TICR, true) => regs.rip.wrapping_add(10),
+                (a, true) if protected && a & !0xfff == PF_PT => regs.rip.wrapping_add(2),
+                _ => return None,
             }
-            (APIC_EOI | APIC_TICR, true) => regs.rip.wrapping_add(10),
-            (a, true) if a & !0xfff == PF_PT => regs.rip.wrapping_add(2),
-            _ => return None,
-        },
+        }
     };
     let resume = Resume {
         abi_version: ABI_VERSION,
@@ -231,6 +250,10 @@ mod tests {
         let pf = svm_exit::EXCP_BASE + 14;
         assert!(resume_for(&svm(svm_exit::NPF, 0b111, APIC_VER)).is_none());
         assert!(resume_for(&svm(pf, 0b001, PF_PT)).is_none());
+        // A write that misses the shadow tables (P clear), and a write
+        // to the page table under nested paging (no exit there).
+        assert!(resume_for(&svm(pf, 0b010, PF_PT)).is_none());
+        assert!(resume_for(&svm(svm_exit::NPF, 0b111, PF_PT)).is_none());
         assert!(resume_for(&svm(pf, 0b011, PF_PT + 0x1000)).is_none());
         assert!(resume_for(&svm(svm_exit::EXCP_BASE + 13, 0, APIC_EOI)).is_none());
         let mut odd = svm(svm_exit::CPUID, 0, 0);
