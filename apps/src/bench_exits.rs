@@ -462,7 +462,8 @@ pub(crate) fn table(rows: &[Row]) -> String {
             let _ = write!(s, " {:>9}", get(reason));
         }
         let per_exit = |sys: Option<i64>, e: Option<i64>| match (sys, e) {
-            (Some(sys), Some(e)) if e > 0 => format!("{:.2}", sys as f64 / e as f64),
+            // (no "-0.00" for a few syscalls fewer than the reference's)
+            (Some(sys), Some(e)) if e > 0 => format!("{:.2}", (sys as f64 / e as f64).max(0.0)),
             _ => "-".to_string(),
         };
         let _ = writeln!(

@@ -830,6 +830,12 @@ mod tests {
             ..SystemSpec::new("hello")
         };
         assert_eq!(spec.image_file_name(), "hello-shadow-uart.img");
+        // The in-stub benchmark's image never takes a shipped image's name.
+        let spec = SystemSpec {
+            bench_inline_stub: true,
+            ..SystemSpec::new("exitbench")
+        };
+        assert_eq!(spec.image_file_name(), "exitbench-bench-inline.img");
     }
 
     #[test]
