@@ -26,8 +26,9 @@
 //! The tables go to stdout, progress to stderr.
 
 use std::cell::Cell;
-use std::ffi::OsString;
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,8 @@ use clap::Args;
 use ipc_proto::manifest::MmuMode as SystemMmu;
 use splitvisor::run::emulator_missing_message as emulator_missing;
 use splitvisor::run::{
-    find_program, qemu_args, qemu_machine_args, run_emulator, FinalLine, RunOptions,
+    find_program, qemu_args, qemu_machine_args, run_command, Console, EmulatorKind, FinalLine,
+    RunOptions,
 };
 use splitvisor::DEFAULT_EMULATOR;
 
@@ -99,6 +101,11 @@ pub struct ExitsArgs {
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000_000))]
     plain_count: Option<u32>,
+    /// The emulator: QEMU (TCG, emulated SVM) by default; a program whose
+    /// name starts with `bochs` boots GRUB ISOs in Bochs with VMX
+    /// (corei7_skylake_x; --mmu npt then means EPT), plain Bochs too.
+    #[arg(long, value_name = "PROGRAM", default_value = DEFAULT_EMULATOR)]
+    emulator: String,
     /// Kill a boot after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -354,8 +361,9 @@ fn shown(c: Option<Cost>) -> Option<(f64, bool)> {
 }
 
 /// The main table (wall time and ratios), the rates and instructions
-/// table, and the exits-by-reason table.
-pub(crate) fn table(rows: &[Row]) -> String {
+/// table, and the exits-by-reason table. `tsc_per_ins`: the guest's TSC
+/// ticks per instruction (4 under QEMU's -icount shift 2, 1 in Bochs).
+pub(crate) fn table(rows: &[Row], tsc_per_ins: f64) -> String {
     let mut s = String::new();
     let f = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
     let us = |v: Option<(f64, bool)>| match v {
@@ -414,9 +422,9 @@ pub(crate) fn table(rows: &[Row]) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "Exits per second (plain QEMU: ops per second, its ops are no exits) and the \
-         instructions per op of the emulated machine (the guest's TSC per op / 4 under -icount: \
-         guest, stub and servers together):"
+        "Exits per second (plain: ops per second, its ops are no exits) and the \
+         instructions per op of the emulated machine (from the guest's TSC per op: 4 ticks an \
+         instruction under QEMU's -icount, 1 in Bochs; guest, stub and servers together):"
     );
     let _ = writeln!(
         s,
@@ -424,7 +432,7 @@ pub(crate) fn table(rows: &[Row]) -> String {
         "kind", "ring-3 e/s", "in-stub e/s", "plain op/s", "ring-3 ins", "in-stub ins", "plain ins"
     );
     for r in rows {
-        let ins = |c: Option<Cost>| f(c.map(|c| c.tsc_per_op / 4.0), 0);
+        let ins = |c: Option<Cost>| f(c.map(|c| c.tsc_per_op / tsc_per_ins), 0);
         let _ = writeln!(
             s,
             "{:<6} {:>12} {:>12} {:>12} {:>11} {:>11} {:>11}",
@@ -517,11 +525,19 @@ pub(crate) fn mmu_table(runs: &[(&str, &Run)], reference: &Run) -> String {
 
 /// Runs `splitvisor bench exits`; returns the exit status.
 pub fn bench_exits(a: &ExitsArgs) -> i32 {
-    let Some(qemu) = find_program(DEFAULT_EMULATOR) else {
-        eprintln!("splitvisor: {}", emulator_missing(DEFAULT_EMULATOR));
+    let Some(program) = find_program(&a.emulator) else {
+        eprintln!("splitvisor: {}", emulator_missing(&a.emulator));
         return 1;
     };
-    let qemu = qemu.to_string_lossy().into_owned();
+    let program = program.to_string_lossy().into_owned();
+    let bochs = EmulatorKind::of(&program) == EmulatorKind::Bochs;
+    if let Some(missing) = Some(images::iso::missing_tools()).filter(|m| bochs && !m.is_empty()) {
+        eprintln!(
+            "splitvisor: {}",
+            images::iso::IsoError::ToolsMissing(missing)
+        );
+        return 1;
+    }
     let shadow = a.mmu == "shadow";
     let kinds: Vec<&str> = if a.kind.is_empty() {
         KINDS
@@ -547,7 +563,8 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
             }
         };
     let bench = Bench {
-        qemu: &qemu,
+        program: &program,
+        bochs,
         shadow,
         timeout,
         plain_elf: &plain_elf,
@@ -637,25 +654,34 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
     let (mmu, cpu) = bench.split_cpu();
     println!(
         "Exits, {n} per kind: through splitvisor's ring-3 servers, through its stub built with \
-         bench-inline-exits (the exits answered in ring 0; --mmu {mmu}, -cpu {cpu}), and on plain \
-         QEMU (-cpu EPYC), all TCG with -icount {}; wall time from the arrival of the guest's \
-         begin/end lines, less the reference loop's",
-        splitvisor::run::QEMU_ICOUNT
+         bench-inline-exits (the exits answered in ring 0; --mmu {mmu}, cpu {cpu}), and on plain \
+         {}; wall time from the arrival of the guest's begin/end lines, less the reference loop's",
+        if bochs {
+            "Bochs (the same cpu), all Bochs from GRUB ISOs".to_string()
+        } else {
+            format!(
+                "QEMU (-cpu EPYC), all TCG with -icount {}",
+                splitvisor::run::QEMU_ICOUNT
+            )
+        }
     );
     if a.rounds > 1 {
         println!(
-            "Wall times: the median of {} rounds, alternated (ring-3, in-stub, plain QEMU, ...)",
+            "Wall times: the median of {} rounds, alternated (ring-3, in-stub, plain, ...)",
             a.rounds
         );
     }
-    print!("{}", table(&rows));
+    print!("{}", table(&rows, if bochs { 1.0 } else { 4.0 }));
     if shadow {
         let first: Vec<(&str, &Run)> = rounds[0].runs.iter().map(|k| (k.kind, &k.split)).collect();
         print!("{}", mmu_table(&first, &rounds[0].split_ref));
     }
     // The first round's lines and failures of every round.
     let first = &rounds[0];
-    println!("The guest's own lines (ring-3 | in-stub | plain QEMU), first round:");
+    println!(
+        "The guest's own lines (ring-3 | in-stub | {}), first round:",
+        Way::Plain.name(bochs)
+    );
     let reference = (&first.split_ref, &first.stub_ref, &Run::default());
     let kinds_first = first.runs.iter().map(|k| (&k.split, &k.stub, &k.plain));
     for (split, stub, plain) in std::iter::once(reference).chain(kinds_first) {
@@ -666,7 +692,7 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
     }
     for (pn, r) in &first.plain_refs {
         for l in &r.end_lines {
-            println!("  (plain QEMU's reference, n={pn}) {l}");
+            println!("  ({}'s reference, n={pn}) {l}", Way::Plain.name(bochs));
         }
     }
     let mut ok = true;
@@ -692,7 +718,7 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
         for (kind, r, way) in refs.chain(kinds) {
             if let Some(why) = &r.failure {
                 ok = false;
-                println!("{kind} ({}): FAILED: {why}", way.name());
+                println!("{kind} ({}): FAILED: {why}", way.name(bochs));
             }
         }
     }
@@ -732,10 +758,11 @@ impl Round<'_> {
 }
 
 impl Way {
-    fn name(self) -> &'static str {
+    fn name(self, bochs: bool) -> &'static str {
         match self {
             Way::Splitvisor => "ring-3",
             Way::InStub => "in-stub",
+            Way::Plain if bochs => "plain Bochs",
             Way::Plain => "plain QEMU",
         }
     }
@@ -745,8 +772,14 @@ fn plain_dir() -> std::path::PathBuf {
     images::image_dir().join("plain")
 }
 
+/// An emulator's command, where its COM1 comes out, and a folder to
+/// remove after the run.
+type Launch = (Command, Console, Option<PathBuf>);
+
 struct Bench<'a> {
-    qemu: &'a str,
+    /// QEMU or Bochs.
+    program: &'a str,
+    bochs: bool,
     shadow: bool,
     timeout: Duration,
     plain_elf: &'a std::path::Path,
@@ -761,26 +794,93 @@ impl Bench<'_> {
         self.boots.set((started, planned + 1));
     }
 
+    /// The MMU mode's name and the CPU of splitvisor's ways.
     fn split_cpu(&self) -> (&'static str, &'static str) {
-        if self.shadow {
-            ("shadow", "EPYC,+svm")
-        } else {
-            ("npt", "EPYC,+svm,+npt")
+        match (self.bochs, self.shadow) {
+            (true, true) => ("shadow", splitvisor::bochs::DEFAULT_CPU_VMX),
+            (true, false) => ("ept", splitvisor::bochs::DEFAULT_CPU_VMX),
+            (false, true) => ("shadow", "EPYC,+svm"),
+            (false, false) => ("npt", "EPYC,+svm,+npt"),
         }
+    }
+
+    /// QEMU with the system image, or plain QEMU with the guest.
+    fn qemu_launch(&self, way: Way, image: &Path, cmdline: &str) -> Launch {
+        let (_, cpu) = self.split_cpu();
+        let args = match way {
+            Way::Plain => {
+                let mut args = qemu_machine_args("EPYC", 256, splitvisor::run::Accel::Tcg);
+                args.extend(["-kernel".into(), image.as_os_str().to_owned()]);
+                args.extend(["-append".into(), cmdline.into()]);
+                args
+            }
+            Way::Splitvisor | Way::InStub => {
+                let opts = RunOptions {
+                    system: images::SystemSpec::new(GUEST),
+                    cpu: cpu.to_string(),
+                    arch: None,
+                    emulator: self.program.to_string(),
+                    timeout: self.timeout,
+                    memory_mib: 256,
+                    // QEMU's TCG ignores the task-switch intercept; the guest is ours.
+                    unsafe_shadow: self.shadow,
+                };
+                qemu_args(&opts, image)
+            }
+        };
+        let mut cmd = Command::new(self.program);
+        cmd.args(args);
+        (cmd, Console::Stdout, None)
+    }
+
+    /// Bochs (VMX) booting a GRUB ISO of the system image with
+    /// `arch=vmx`, or of the bare guest with `cmdline` (GRUB puts the
+    /// image's path first; the guest skips that word).
+    fn bochs_launch(&self, way: Way, image: &Path, cmdline: &str) -> Result<Launch, String> {
+        use splitvisor::bochs;
+        let files = bochs::bochs_files();
+        if let Some(m) = bochs::missing_files(&files) {
+            return Err(m);
+        }
+        let (grub_cmdline, tag) = match way {
+            Way::Plain => (cmdline.to_string(), "plain"),
+            Way::Splitvisor => ("arch=vmx".to_string(), "ring3"),
+            Way::InStub => ("arch=vmx".to_string(), "in-stub"),
+        };
+        let dir = images::image_dir()
+            .join("bochs")
+            .join(format!("bench-exits-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let run_files = bochs::RunFiles {
+            iso: dir.join("exitbench.iso"),
+            com1: dir.join("com1.txt"),
+            log: dir.join("bochs.log"),
+        };
+        images::iso::build_iso(image, &run_files.iso, &grub_cmdline)
+            .map_err(|e| format!("could not build the ISO: {e}"))?;
+        let (_, cpu) = self.split_cpu();
+        let rc = bochs::bochsrc(cpu, 256, &files, &run_files)?;
+        let (rc_path, cmds_path) = (dir.join("bochsrc"), dir.join("rc"));
+        std::fs::write(&rc_path, rc)
+            .and_then(|()| std::fs::write(&cmds_path, bochs::DEBUGGER_COMMANDS))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut cmd = Command::new(self.program);
+        cmd.args(bochs::bochs_args(&rc_path, &cmds_path))
+            .current_dir(&dir)
+            // The term display needs a terminal type; it draws on its own pty.
+            .env("TERM", "vt100");
+        Ok((cmd, Console::File(run_files.com1), Some(dir)))
     }
 
     /// One boot running `kind` `n` times.
     fn boot(&self, way: Way, kind: &str, n: u64) -> Run {
         let cmdline = format!("kind={kind} n={n}");
         let mut run = Run::default();
-        let (mmu, cpu) = self.split_cpu();
-        let args: Vec<OsString> = match way {
-            Way::Plain => {
-                let mut args = qemu_machine_args("EPYC", 256, splitvisor::run::Accel::Tcg);
-                args.extend(["-kernel".into(), self.plain_elf.as_os_str().to_owned()]);
-                args.extend(["-append".into(), cmdline.clone().into()]);
-                args
-            }
+        let (mmu, _) = self.split_cpu();
+        // The system image (splitvisor's ways) or the bare guest (plain).
+        let image = match way {
+            Way::Plain => self.plain_elf.to_path_buf(),
             Way::Splitvisor | Way::InStub => {
                 let system = images::SystemSpec {
                     mmu: if self.shadow {
@@ -792,29 +892,30 @@ impl Bench<'_> {
                     bench_inline_stub: way == Way::InStub,
                     ..images::SystemSpec::new(GUEST)
                 };
-                let image = match images::build_system_spec(&system) {
+                match images::build_system_spec(&system) {
                     Ok(p) => p,
                     Err(e) => {
                         run.failure = Some(format!("could not build the image: {e}"));
                         return run;
                     }
-                };
-                let opts = RunOptions {
-                    system,
-                    cpu: cpu.to_string(),
-                    arch: None,
-                    emulator: self.qemu.to_string(),
-                    timeout: self.timeout,
-                    memory_mib: 256,
-                    // QEMU's TCG ignores the task-switch intercept; the guest is ours.
-                    unsafe_shadow: self.shadow,
-                };
-                qemu_args(&opts, &image)
+                }
+            }
+        };
+        let launch = if self.bochs {
+            self.bochs_launch(way, &image, &cmdline)
+        } else {
+            Ok(self.qemu_launch(way, &image, &cmdline))
+        };
+        let (cmd, console_kind, run_dir) = match launch {
+            Ok(l) => l,
+            Err(e) => {
+                run.failure = Some(e);
+                return run;
             }
         };
         let name = match way {
-            Way::Plain => way.name().to_string(),
-            Way::Splitvisor | Way::InStub => format!("{} {mmu}", way.name()),
+            Way::Plain => way.name(self.bochs).to_string(),
+            Way::Splitvisor | Way::InStub => format!("{} {mmu}", way.name(self.bochs)),
         };
         let (started, planned) = self.boots.get();
         self.boots.set((started + 1, planned));
@@ -827,8 +928,17 @@ impl Bench<'_> {
             start,
             inner: Arc::default(),
         };
-        let report = run_emulator(self.qemu, &args, self.timeout, Box::new(console.clone()));
+        let report = run_command(
+            cmd,
+            self.program,
+            self.timeout,
+            console_kind,
+            Box::new(console.clone()),
+        );
         let wall = start.elapsed();
+        if let Some(dir) = run_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         let text = {
             let g = console.inner.lock().unwrap();
             run.loops = loops(&g.lines);
@@ -853,9 +963,11 @@ impl Bench<'_> {
                 return run;
             }
         };
-        // Plain QEMU exits with (0 << 1) | 1 through isa-debug-exit;
-        // splitvisor with the stub's final line.
+        // Plain QEMU exits with (0 << 1) | 1 through isa-debug-exit, plain
+        // Bochs at the guest's shutdown after `done`; splitvisor with the
+        // stub's final line.
         let ended = match way {
+            Way::Plain if self.bochs => true,
             Way::Plain => report.status.and_then(|s| s.code()) == Some(1),
             Way::Splitvisor | Way::InStub => report.final_line == Some(FinalLine::Stopped(0)),
         };
@@ -867,7 +979,7 @@ impl Bench<'_> {
                 format!("timed out after {} s", self.timeout.as_secs())
             } else {
                 format!(
-                    "ended with {:?} (QEMU status {:?})",
+                    "ended with {:?} (emulator status {:?})",
                     report.final_line, report.status
                 )
             };
@@ -988,7 +1100,7 @@ mod tests {
         let p = r.plain.unwrap();
         assert_eq!(p.us_per_op, 0.0);
         assert!((p.tsc_per_op - 4.0).abs() < 1e-9);
-        let t = table(&[r]);
+        let t = table(&[r], 4.0);
         // kind, ops, plain ops, exits/op, stub exits/op, ring-3 us,
         // in-stub us, plain us, ring-3/in-stub, ring-3/plain (plain QEMU's
         // loop is no longer than the reference's: a bound).
@@ -1019,7 +1131,7 @@ mod tests {
         let r = row("io", 100, &none, &none, &none);
         assert!(r.split.is_none() && r.plain.is_none() && r.exits.is_empty());
         assert!(r.stub.is_none() && r.stub_exits.is_none());
-        let t = table(&[r]);
+        let t = table(&[r], 4.0);
         for table in 0..3 {
             let line = cells(&t, "io", table);
             assert!(line.iter().skip(2).all(|c| *c == "-"), "{line:?}");
@@ -1028,7 +1140,7 @@ mod tests {
         let plain_ref = run("none", 10, 36, "");
         let r = row("io", 10_000, &none, &none, &[(&plain, &plain_ref)]);
         assert_eq!(r.plain.map(|c| c.us_per_op), Some(4.0));
-        let t = table(&[r]);
+        let t = table(&[r], 4.0);
         assert_eq!(cells(&t, "io", 0)[7], "4.0000");
         // A failed round among good ones: no figure.
         let r = row(

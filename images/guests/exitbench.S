@@ -24,8 +24,9 @@
  * virtual time under QEMU's -icount, so instructions rather than wall
  * time), so the host times the loop by the lines' arrival. It runs on
  * plain QEMU as well (`-kernel exitbench.elf`), where none of this exits:
- * the baseline. Ends with status 0 on port 0xF4, or 1 for a bad command
- * line, 2 for an unexpected exception. */
+ * the baseline, and from a GRUB ISO on plain Bochs. Ends with status 0 on
+ * port 0xF4, or 1 for a bad command line, 2 for an unexpected exception;
+ * then, for Bochs, "Shutdown" on port 0x8900. */
 
     .intel_syntax noprefix
     .code32
@@ -70,13 +71,33 @@ _start:
     SAY "done\n"
     xor al, al
     out DEBUG_EXIT, al
-    jmp halt_forever
+    jmp bochs_shutdown
 
 bad_cmdline:
     SAY "bad command line (want kind=none|io|cpuid|msr|hlt|mmio|pf n=DECIMAL)\n"
     mov al, 1
     out DEBUG_EXIT, al
-    jmp halt_forever
+    /* fall through */
+
+/* Plain Bochs has no debug-exit port (QEMU and splitvisor stop at it):
+ * "Shutdown" on port 0x8900 ends Bochs, once COM1 has sent the last
+ * line (LSR.TEMT; Bochs writes a character out when it is sent). */
+bochs_shutdown:
+    mov dx, COM1 + 5
+    mov ecx, 0x100000
+3:  in al, dx
+    test al, 0x40
+    jnz 4f
+    loop 3b
+4:  cld
+    mov dx, 0x8900
+    mov esi, offset s_shutdown
+1:  lodsb
+    test al, al
+    jz 2f
+    out dx, al
+    jmp 1b
+2:  jmp halt_forever
 
 /* Runs kind EBX [count] times between its begin and end lines. Keeps
  * EBX. */
@@ -353,6 +374,7 @@ s_msr:   .asciz "msr"
 s_hlt:   .asciz "hlt"
 s_mmio:  .asciz "mmio"
 s_pf:    .asciz "pf"
+s_shutdown: .asciz "Shutdown"
     .balign 4
 kind_names: .long s_none, s_io, s_cpuid, s_msr, s_hlt, s_mmio, s_pf
 kind_fns:   .long k_none, k_io, k_cpuid, k_msr, k_hlt, k_mmio, k_pf
