@@ -73,8 +73,9 @@ enum BenchWhat {
     /// The exits of a kind are its boot's `[vmm] exits:` counters less the
     /// reference boot's, less two port exits per character the guest
     /// printed beyond the reference's. All ways run TCG with the same
-    /// -icount; run it on an otherwise idle machine, or with --rounds.
-    /// Builds the in-stub stub once, in target/image/bench-inline.
+    /// -icount (or, with --emulator bochs, Bochs with VMX from GRUB ISOs);
+    /// run it on an otherwise idle machine, or with --rounds. Builds the
+    /// in-stub stub once, in target/image/bench-inline.
     Exits(crate::bench_exits::ExitsArgs),
     /// The guest's disk through splitvisor (`--disk`: the virtio-blk
     /// server and the disk-driver) against plain QEMU's own virtio-blk on
