@@ -18,10 +18,12 @@
 //! enough to time; `--rounds` alternates the boots and takes the median.
 //! Under shadow paging the mmu-server's figures per kind are shown too.
 //!
-//! TODO(bench exits): the same on Bochs VMX (the in-stub handler decodes
-//! VMX records too, untried there), and instructions per part of the exit
-//! path (stub entry, server, IPC, return): today only the whole path's,
-//! from the guest's TSC under -icount.
+//! With `--emulator bochs` the three ways run on Bochs with VMX, from GRUB
+//! ISOs (plain Bochs boots the guest's ELF).
+//!
+//! TODO(bench exits): instructions per part of the exit path (stub entry,
+//! server, IPC, return): today only the whole path's, from the guest's TSC
+//! (QEMU's -icount, Bochs's instruction ticks).
 //!
 //! The tables go to stdout, progress to stderr.
 
