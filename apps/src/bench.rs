@@ -51,26 +51,31 @@ enum BenchWhat {
     /// Fetches the kernel like `run --linux` does. Takes about a minute for
     /// amd64 (QEMU 7.2 TCG, 2.6 GHz EPYC).
     Boot(crate::bench_boot::BootArgs),
-    /// What an exit costs through the ring-3 servers against the same
-    /// guest on plain QEMU TCG (no splitvisor; its exits are not exits
-    /// there): the exitbench guest makes N exits of each kind (port I/O,
-    /// CPUID, RDMSR, HLT wake-up by the local APIC timer, MMIO, and
-    /// shadow #PFs under --mmu shadow), with wall time per op, ops per
-    /// second, the ratio splitvisor/plain, the exits by reason and the
-    /// servers' syscalls per exit.
+    /// What an exit costs, three ways in one run: through the ring-3
+    /// servers as shipped; through a stub built with its
+    /// `bench-inline-exits` feature, which answers the guest's exits in
+    /// ring 0 (the lower bound of this design; never a shipped stub); and
+    /// the same guest on plain QEMU TCG (no splitvisor; its exits are not
+    /// exits there). The exitbench guest makes N exits of each kind (port
+    /// I/O, CPUID, RDMSR, HLT woken by the local APIC timer, MMIO, and
+    /// shadow #PFs under --mmu shadow); the tables give the wall time per
+    /// op each way and the ratios ring-3/in-stub and ring-3/plain, exits
+    /// per second, instructions per op (the guest's TSC under -icount),
+    /// the exits by reason and the servers' syscalls per exit.
     ///
     /// How it times: each kind runs in a boot of its own (one per way),
     /// and the guest prints a line before and after its loop; the loop's
     /// wall time is between the two lines' arrival on the host, less that
     /// of a reference boot's empty loop (the cost of printing the end
     /// line), so boot time does not count. Plain QEMU's count is raised
-    /// tenfold (up to 1000 N) until its loop takes 100 ms: the lines'
-    /// arrival is good to about a millisecond. The exits of a kind are its
-    /// boot's `[vmm] exits:` counters less the reference boot's, less two
-    /// port exits per character the guest printed beyond the reference's.
-    /// Both ways run TCG with the same -icount; run it on an otherwise
-    /// idle machine, or with --rounds. Not yet measured: the in-stub
-    /// handler (the lower bound) and instructions per exit path.
+    /// tenfold (up to 1000 N) until its loop takes 100 ms (or fixed with
+    /// --plain-count): the lines' arrival is good to about a millisecond.
+    /// The exits of a kind are its boot's `[vmm] exits:` counters less the
+    /// reference boot's, less two port exits per character the guest
+    /// printed beyond the reference's. All ways run TCG with the same
+    /// -icount (or, with --emulator bochs, Bochs with VMX from GRUB ISOs);
+    /// run it on an otherwise idle machine, or with --rounds. Builds the
+    /// in-stub stub once, in target/image/bench-inline.
     Exits(crate::bench_exits::ExitsArgs),
     /// The guest's disk through splitvisor (`--disk`: the virtio-blk
     /// server and the disk-driver) against plain QEMU's own virtio-blk on

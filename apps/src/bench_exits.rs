@@ -1,29 +1,36 @@
-//! `splitvisor bench exits`: what one exit costs through the ring-3
-//! servers, against the same guest on plain QEMU TCG (where its exits are
-//! not exits at all). The guest is `images/guests/exitbench.S`: N
-//! iterations of one kind of exit between a `begin` and an `end` line.
+//! `splitvisor bench exits`: what one exit costs, three ways in one run:
+//! through the ring-3 servers as shipped; through a stub built with
+//! `bench-inline-exits`, whose handler answers the guest's exits in ring 0
+//! (`kernel-stub/src/bench_inline.rs`: the lower bound of this design);
+//! and the same guest on plain QEMU TCG (where its exits are not exits at
+//! all). The guest is `images/guests/exitbench.S`: N iterations of one
+//! kind of exit between a `begin` and an `end` line.
 //!
 //! Each kind runs in a boot of its own (`kind=K n=N` on the multiboot
-//! command line), so that the vmm-server's exit counters of that boot, less
-//! those of a reference boot (`kind=none`: the same lines around an empty
-//! loop), are the exits the kind made. The loop's wall time is the time
-//! between the arrival of its `begin` and `end` lines on the host, less the
-//! reference loop's (which is the cost of printing the `end` line). Boot
-//! time is outside the two lines and does not count. The guest's own
-//! printing costs two port exits a character, taken out of the counts.
-//! Plain QEMU's count is raised tenfold until its loop is long enough to
-//! time; `--rounds` alternates the boots and takes the median. Under
-//! shadow paging the mmu-server's figures per kind are shown too.
+//! command line), so that the exit counters of that boot, less those of a
+//! reference boot of the same way (`kind=none`: the same lines around an
+//! empty loop), are the exits the kind made. The loop's wall time is the
+//! time between the arrival of its `begin` and `end` lines on the host,
+//! less the reference loop's (which is the cost of printing the `end`
+//! line). Boot time is outside the two lines and does not count. The
+//! guest's own printing costs two port exits a character, taken out of
+//! the counts. Plain QEMU's count is raised tenfold until its loop is long
+//! enough to time; `--rounds` alternates the boots and takes the median.
+//! Under shadow paging the mmu-server's figures per kind are shown too.
 //!
-//! TODO(bench exits, part 2): the in-stub handler variant (a stub built
-//! for this benchmark that answers these exits itself: the lower bound of
-//! the design), and instructions per exit path (stub entry, server, IPC,
-//! return) counted through QEMU's -icount.
+//! With `--emulator bochs` the three ways run on Bochs with VMX, from GRUB
+//! ISOs (plain Bochs boots the guest's ELF).
+//!
+//! TODO(bench exits): instructions per part of the exit path (stub entry,
+//! server, IPC, return): today only the whole path's, from the guest's TSC
+//! (QEMU's -icount, Bochs's instruction ticks).
 //!
 //! The tables go to stdout, progress to stderr.
 
-use std::ffi::OsString;
+use std::cell::Cell;
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +38,8 @@ use clap::Args;
 use ipc_proto::manifest::MmuMode as SystemMmu;
 use splitvisor::run::emulator_missing_message as emulator_missing;
 use splitvisor::run::{
-    find_program, qemu_args, qemu_machine_args, run_emulator, FinalLine, RunOptions,
+    find_program, qemu_args, qemu_machine_args, run_command, Console, EmulatorKind, FinalLine,
+    RunOptions,
 };
 use splitvisor::DEFAULT_EMULATOR;
 
@@ -90,6 +98,16 @@ pub struct ExitsArgs {
     #[arg(long, value_name = "R", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=50))]
     rounds: u32,
+    /// Plain QEMU's count for every kind. Default: N, raised tenfold (up
+    /// to 1000 N) until the loop takes 100 ms, in the first round.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000_000))]
+    plain_count: Option<u32>,
+    /// The emulator: QEMU (TCG, emulated SVM) by default; a program whose
+    /// name starts with `bochs` boots GRUB ISOs in Bochs with VMX
+    /// (corei7_skylake_x; --mmu npt then means EPT), plain Bochs too.
+    #[arg(long, value_name = "PROGRAM", default_value = DEFAULT_EMULATOR)]
+    emulator: String,
     /// Kill a boot after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -99,7 +117,11 @@ pub struct ExitsArgs {
 /// How the guest runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Way {
+    /// Through the ring-3 servers, as shipped.
     Splitvisor,
+    /// On the stub built with `bench-inline-exits`.
+    InStub,
+    /// On plain QEMU, no splitvisor.
     Plain,
 }
 
@@ -211,11 +233,16 @@ pub(crate) struct Row {
     pub kind: String,
     pub n: u64,
     /// Exits by reason of the kind's boot less the reference boot's, then
-    /// "total".
+    /// "total" (through the servers).
     pub exits: Vec<(String, i64)>,
     /// The servers' syscalls (IPC) in the kind's boot less the reference's.
     pub syscalls: Option<i64>,
+    /// The exits of the in-stub way's boot less its reference's.
+    pub stub_exits: Option<i64>,
+    /// The servers' syscalls in the in-stub way's boot less its reference's.
+    pub stub_syscalls: Option<i64>,
     pub split: Option<Cost>,
+    pub stub: Option<Cost>,
     pub plain: Option<Cost>,
 }
 
@@ -228,6 +255,11 @@ impl Row {
     }
     fn exits_per_op(&self) -> Option<f64> {
         (self.n > 0 && !self.exits.is_empty()).then(|| self.total_exits() as f64 / self.n as f64)
+    }
+    fn stub_exits_per_op(&self) -> Option<f64> {
+        self.stub_exits
+            .filter(|_| self.n > 0)
+            .map(|e| e as f64 / self.n as f64)
     }
 }
 
@@ -252,19 +284,20 @@ pub(crate) fn median_cost(pairs: &[(&Run, &Run)], kind: &str) -> Option<Cost> {
     })
 }
 
-/// The row of `kind` from its boots and the reference boots of each way,
-/// one pair per round; the exits come from the first round.
-pub(crate) fn row(kind: &str, n: u64, splits: &[(&Run, &Run)], plains: &[(&Run, &Run)]) -> Row {
-    let empty = Run::default();
-    let (split, split_ref) = splits.first().copied().unwrap_or((&empty, &empty));
-    // Each character the guest prints costs two port exits (LSR, THR): the
-    // kind's lines are not as long as the reference's.
-    let uart = 2 * (split.guest_chars.cast_signed() - split_ref.guest_chars.cast_signed());
-    let mut exits: Vec<(String, i64)> = REASONS
+/// Exits by reason (then "total") of `run` less `reference`'s, less two
+/// port exits per character the guest printed beyond the reference's (LSR
+/// and THR: the kind's lines are not as long as the reference's); empty
+/// without counters.
+fn exits_less(run: &Run, reference: &Run) -> Vec<(String, i64)> {
+    if run.exits.is_empty() {
+        return Vec::new();
+    }
+    let uart = 2 * (run.guest_chars.cast_signed() - reference.guest_chars.cast_signed());
+    REASONS
         .iter()
         .chain(["total"].iter())
         .map(|r| {
-            let d = split.exit(r).cast_signed() - split_ref.exit(r).cast_signed();
+            let d = run.exit(r).cast_signed() - reference.exit(r).cast_signed();
             let d = if matches!(*r, "ioio" | "total") {
                 d - uart
             } else {
@@ -272,96 +305,161 @@ pub(crate) fn row(kind: &str, n: u64, splits: &[(&Run, &Run)], plains: &[(&Run, 
             };
             (r.to_string(), d)
         })
-        .collect();
-    // Without counters there is nothing to subtract.
-    if split.exits.is_empty() {
-        exits.clear();
+        .collect()
+}
+
+/// The boots of one way: one (kind's boot, reference boot) pair per round.
+pub(crate) type Pairs<'a> = [(&'a Run, &'a Run)];
+
+/// The row of `kind` from its boots and the reference boots of each way,
+/// one pair per round; the exits come from the first round.
+pub(crate) fn row(
+    kind: &str,
+    n: u64,
+    splits: &Pairs<'_>,
+    stubs: &Pairs<'_>,
+    plains: &Pairs<'_>,
+) -> Row {
+    let empty = Run::default();
+    fn first<'a>(pairs: &Pairs<'a>, empty: &'a Run) -> (&'a Run, &'a Run) {
+        pairs.first().copied().unwrap_or((empty, empty))
     }
-    let syscalls = (!split.exits.is_empty())
-        .then(|| split.exit("syscalls").cast_signed() - split_ref.exit("syscalls").cast_signed());
+    let (split, split_ref) = first(splits, &empty);
+    let exits = exits_less(split, split_ref);
+    let syscalls_less = |run: &Run, reference: &Run| {
+        (!run.exits.is_empty())
+            .then(|| run.exit("syscalls").cast_signed() - reference.exit("syscalls").cast_signed())
+    };
+    let syscalls = syscalls_less(split, split_ref);
+    let (stub, stub_ref) = first(stubs, &empty);
+    let stub_exits = exits_less(stub, stub_ref)
+        .into_iter()
+        .find(|(k, _)| k == "total")
+        .map(|(_, v)| v);
+    let stub_syscalls = syscalls_less(stub, stub_ref);
     Row {
         kind: kind.to_string(),
         n,
         exits,
         syscalls,
+        stub_exits,
+        stub_syscalls,
         split: median_cost(splits, kind),
+        stub: median_cost(stubs, kind),
         plain: median_cost(plains, kind),
     }
 }
 
-/// The main table and the exits-by-reason table.
-pub(crate) fn table(rows: &[Row]) -> String {
+/// A way's wall time per op as shown: the figure, or `<bound` when the
+/// loop was less than [`RESOLUTION`] longer than the reference's. Returns
+/// (the figure used for rates and ratios, whether it is an upper bound).
+fn shown(c: Option<Cost>) -> Option<(f64, bool)> {
+    let c = c?;
+    if c.us_per_op < c.resolution_us() {
+        Some((c.resolution_us(), true))
+    } else {
+        Some((c.us_per_op, false))
+    }
+}
+
+/// The main table (wall time and ratios), the rates and instructions
+/// table, and the exits-by-reason table. `tsc_per_ins`: the guest's TSC
+/// ticks per instruction (4 under QEMU's -icount shift 2, 1 in Bochs).
+pub(crate) fn table(rows: &[Row], tsc_per_ins: f64) -> String {
     let mut s = String::new();
     let f = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
+    let us = |v: Option<(f64, bool)>| match v {
+        None => "-".to_string(),
+        Some((u, true)) => format!("<{u:.4}"),
+        Some((u, false)) => format!("{u:.4}"),
+    };
+    // a / b, a bound when b is one (a smaller b: a larger ratio).
+    let ratio = |a: Option<(f64, bool)>, b: Option<(f64, bool)>| match (a, b) {
+        (Some((a, false)), Some((b, bound))) if b > 0.0 => {
+            format!("{}{:.1}x", if bound { ">" } else { "" }, a / b)
+        }
+        _ => "-".to_string(),
+    };
+    let per_s = |v: Option<(f64, bool)>, per_op: Option<f64>| match (v, per_op) {
+        (Some((u, bound)), Some(e)) if u > 0.0 => {
+            format!("{}{:.0}", if bound { ">" } else { "" }, e * 1e6 / u)
+        }
+        _ => "-".to_string(),
+    };
     let _ = writeln!(
         s,
-        "{:<6} {:>8} {:>9} {:>8} {:>10} {:>11} {:>8} {:>10} {:>11} {:>10} {:>10} {:>10}",
+        "Wall time per op (one iteration of the kind's loop), microseconds:"
+    );
+    let _ = writeln!(
+        s,
+        "{:<6} {:>8} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11} {:>10} {:>11}",
         "kind",
         "ops",
         "plain ops",
         "exits/op",
-        "sv us/op",
-        "plain us/op",
-        "sv/plain",
-        "sv ops/s",
-        "plain ops/s",
-        "sv us/exit",
-        "sv tsc/op",
-        "plain tsc"
+        "stub e/op",
+        "ring-3 us",
+        "in-stub us",
+        "plain us",
+        "r3/stub",
+        "r3/plain"
     );
     for r in rows {
-        let sv = r.split.map(|c| c.us_per_op);
-        // A loop less than RESOLUTION longer than the reference's says only
-        // that an op costs less than RESOLUTION / n.
-        let bound = |c: Cost| (c.us_per_op < c.resolution_us()).then(|| c.resolution_us());
-        let pl_bound = r.plain.and_then(bound);
-        let pl = r.plain.map(|c| c.us_per_op);
-        let per_exit = match (sv, r.exits_per_op()) {
-            (Some(us), Some(e)) if e > 0.0 => Some(us / e),
-            _ => None,
-        };
-        let (pl_us, pl_per_s, ratio) = match (sv, pl, pl_bound) {
-            (_, None, _) => ("-".to_string(), "-".to_string(), "-".to_string()),
-            (sv, _, Some(b)) => (
-                format!("<{b:.4}"),
-                format!(">{:.0}", 1e6 / b),
-                sv.map_or("-".to_string(), |a| format!(">{:.0}x", a / b)),
-            ),
-            (sv, Some(p), None) => (
-                format!("{p:.4}"),
-                format!("{:.0}", 1e6 / p),
-                sv.map_or("-".to_string(), |a| format!("{:.0}x", a / p)),
-            ),
-        };
+        let (sv, st, pl) = (shown(r.split), shown(r.stub), shown(r.plain));
         let _ = writeln!(
             s,
-            "{:<6} {:>8} {:>9} {:>8} {:>10} {:>11} {:>8} {:>10} {:>11} {:>10} {:>10} {:>10}",
+            "{:<6} {:>8} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11} {:>10} {:>11}",
             r.kind,
             r.n,
             r.plain.map_or("-".to_string(), |c| c.n.to_string()),
             f(r.exits_per_op(), 2),
-            f(sv, 2),
-            pl_us,
-            ratio,
-            f(sv.filter(|&u| u > 0.0).map(|u| 1e6 / u), 0),
-            pl_per_s,
-            f(per_exit, 2),
-            f(r.split.map(|c| c.tsc_per_op), 0),
-            f(r.plain.map(|c| c.tsc_per_op), 0),
+            f(r.stub_exits_per_op(), 2),
+            us(sv),
+            us(st),
+            us(pl),
+            ratio(sv, st),
+            ratio(sv, pl),
         );
     }
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "Exits by reason under splitvisor (the kind's boot less the reference boot's \
+        "Exits per second (plain: ops per second, its ops are no exits) and the \
+         instructions per op of the emulated machine (from the guest's TSC per op: 4 ticks an \
+         instruction under QEMU's -icount, 1 in Bochs; guest, stub and servers together):"
+    );
+    let _ = writeln!(
+        s,
+        "{:<6} {:>12} {:>12} {:>12} {:>11} {:>11} {:>11}",
+        "kind", "ring-3 e/s", "in-stub e/s", "plain op/s", "ring-3 ins", "in-stub ins", "plain ins"
+    );
+    for r in rows {
+        let ins = |c: Option<Cost>| f(c.map(|c| c.tsc_per_op / tsc_per_ins), 0);
+        let _ = writeln!(
+            s,
+            "{:<6} {:>12} {:>12} {:>12} {:>11} {:>11} {:>11}",
+            r.kind,
+            per_s(shown(r.split), r.exits_per_op()),
+            per_s(shown(r.stub), r.stub_exits_per_op()),
+            per_s(shown(r.plain), Some(1.0)),
+            ins(r.split),
+            ins(r.stub),
+            ins(r.plain),
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "Exits by reason through the ring-3 servers (the kind's boot less the reference boot's \
          `[vmm] exits:`, and less two port exits per character the guest printed beyond the \
-         reference's), and the servers' syscalls per exit:"
+         reference's), and the servers' syscalls per exit, through the ring-3 servers and with \
+         the in-stub handler:"
     );
     let _ = write!(s, "{:<6} {:>8}", "kind", "total");
     for r in REASONS {
         let _ = write!(s, " {r:>9}");
     }
-    let _ = writeln!(s, " {:>13}", "syscalls/exit");
+    let _ = writeln!(s, " {:>13} {:>13}", "syscalls/exit", "in-stub sys/e");
     for r in rows {
         let get = |k: &str| {
             r.exits
@@ -373,11 +471,17 @@ pub(crate) fn table(rows: &[Row]) -> String {
         for reason in REASONS {
             let _ = write!(s, " {:>9}", get(reason));
         }
-        let per_exit = match (r.syscalls, r.total_exits()) {
-            (Some(sys), e) if e > 0 => format!("{:.2}", sys as f64 / e as f64),
+        let per_exit = |sys: Option<i64>, e: Option<i64>| match (sys, e) {
+            // (no "-0.00" for a few syscalls fewer than the reference's)
+            (Some(sys), Some(e)) if e > 0 => format!("{:.2}", (sys as f64 / e as f64).max(0.0)),
             _ => "-".to_string(),
         };
-        let _ = writeln!(s, " {per_exit:>13}");
+        let _ = writeln!(
+            s,
+            " {:>13} {:>13}",
+            per_exit(r.syscalls, Some(r.total_exits())),
+            per_exit(r.stub_syscalls, r.stub_exits)
+        );
     }
     s
 }
@@ -423,11 +527,19 @@ pub(crate) fn mmu_table(runs: &[(&str, &Run)], reference: &Run) -> String {
 
 /// Runs `splitvisor bench exits`; returns the exit status.
 pub fn bench_exits(a: &ExitsArgs) -> i32 {
-    let Some(qemu) = find_program(DEFAULT_EMULATOR) else {
-        eprintln!("splitvisor: {}", emulator_missing(DEFAULT_EMULATOR));
+    let Some(program) = find_program(&a.emulator) else {
+        eprintln!("splitvisor: {}", emulator_missing(&a.emulator));
         return 1;
     };
-    let qemu = qemu.to_string_lossy().into_owned();
+    let program = program.to_string_lossy().into_owned();
+    let bochs = EmulatorKind::of(&program) == EmulatorKind::Bochs;
+    if let Some(missing) = Some(images::iso::missing_tools()).filter(|m| bochs && !m.is_empty()) {
+        eprintln!(
+            "splitvisor: {}",
+            images::iso::IsoError::ToolsMissing(missing)
+        );
+        return 1;
+    }
     let shadow = a.mmu == "shadow";
     let kinds: Vec<&str> = if a.kind.is_empty() {
         KINDS
@@ -453,13 +565,20 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
             }
         };
     let bench = Bench {
-        qemu: &qemu,
+        program: &program,
+        bochs,
         shadow,
         timeout,
         plain_elf: &plain_elf,
+        // Three reference boots and three per kind, each round (plain
+        // QEMU's count raised in the first round boots more).
+        boots: Cell::new((0, a.rounds as usize * 3 * (kinds.len() + 1))),
     };
     // Plain QEMU's count per kind, found in the first round.
-    let mut plain_counts: Vec<u64> = Vec::new();
+    let mut plain_counts: Vec<u64> = a
+        .plain_count
+        .map(|c| vec![u64::from(c); kinds.len()])
+        .unwrap_or_default();
     let mut rounds: Vec<Round> = Vec::new();
     for round in 0..a.rounds {
         if a.rounds > 1 {
@@ -470,10 +589,12 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
             );
         }
         let split_ref = bench.boot(Way::Splitvisor, REFERENCE, n);
+        let stub_ref = bench.boot(Way::InStub, REFERENCE, n);
         let mut plain_refs: Vec<(u64, Run)> = vec![(n, bench.boot(Way::Plain, REFERENCE, n))];
-        let mut runs: Vec<(&str, Run, Run)> = Vec::new();
+        let mut runs: Vec<KindRuns> = Vec::new();
         for (i, kind) in kinds.iter().enumerate() {
             let split = bench.boot(Way::Splitvisor, kind, n);
+            let stub = bench.boot(Way::InStub, kind, n);
             let plain = if let Some(&pn) = plain_counts.get(i) {
                 bench.boot(Way::Plain, kind, pn)
             } else {
@@ -490,18 +611,26 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
                         break plain;
                     }
                     pn *= 10;
+                    bench.plan_more();
                 };
                 plain_counts.push(pn);
                 plain
             };
             let pn = plain_counts[i];
             if !plain_refs.iter().any(|(c, _)| *c == pn) {
+                bench.plan_more();
                 plain_refs.push((pn, bench.boot(Way::Plain, REFERENCE, pn)));
             }
-            runs.push((kind, split, plain));
+            runs.push(KindRuns {
+                kind,
+                split,
+                stub,
+                plain,
+            });
         }
         rounds.push(Round {
             split_ref,
+            stub_ref,
             plain_refs,
             runs,
         });
@@ -511,76 +640,87 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
         let pn = plain_counts.get(i).copied().unwrap_or(n);
         let splits: Vec<(&Run, &Run)> = rounds
             .iter()
-            .map(|r| (&r.runs[i].1, &r.split_ref))
+            .map(|r| (&r.runs[i].split, &r.split_ref))
+            .collect();
+        let stubs: Vec<(&Run, &Run)> = rounds
+            .iter()
+            .map(|r| (&r.runs[i].stub, &r.stub_ref))
             .collect();
         let plains: Vec<(&Run, &Run)> = rounds
             .iter()
-            .map(|r| (&r.runs[i].2, r.plain_ref(pn)))
+            .map(|r| (&r.runs[i].plain, r.plain_ref(pn)))
             .collect();
-        rows.push(row(kind, n, &splits, &plains));
+        rows.push(row(kind, n, &splits, &stubs, &plains));
     }
 
     let (mmu, cpu) = bench.split_cpu();
     println!(
-        "Exits, {n} per kind: splitvisor (--mmu {mmu}, -cpu {cpu}) against plain QEMU (-cpu EPYC), \
-         both TCG with -icount {}; wall time per op (one iteration of the kind's loop) from the \
-         arrival of the guest's begin/end lines, less the reference loop's; tsc: the guest's own \
-         TSC per op (virtual time: 4 ns per instruction)",
-        splitvisor::run::QEMU_ICOUNT
+        "Exits, {n} per kind: through splitvisor's ring-3 servers, through its stub built with \
+         bench-inline-exits (the exits answered in ring 0; --mmu {mmu}, cpu {cpu}), and on plain \
+         {}; wall time from the arrival of the guest's begin/end lines, less the reference loop's",
+        if bochs {
+            "Bochs (the same cpu), all Bochs from GRUB ISOs".to_string()
+        } else {
+            format!(
+                "QEMU (-cpu EPYC), all TCG with -icount {}",
+                splitvisor::run::QEMU_ICOUNT
+            )
+        }
     );
     if a.rounds > 1 {
         println!(
-            "Wall times: the median of {} rounds, alternated (splitvisor, plain QEMU, ...)",
+            "Wall times: the median of {} rounds, alternated (ring-3, in-stub, plain, ...)",
             a.rounds
         );
     }
-    print!("{}", table(&rows));
+    print!("{}", table(&rows, if bochs { 1.0 } else { 4.0 }));
     if shadow {
-        let first: Vec<(&str, &Run)> = kinds
-            .iter()
-            .zip(&rounds[0].runs)
-            .map(|(k, (_, split, _))| (*k, split))
-            .collect();
+        let first: Vec<(&str, &Run)> = rounds[0].runs.iter().map(|k| (k.kind, &k.split)).collect();
         print!("{}", mmu_table(&first, &rounds[0].split_ref));
     }
     // The first round's lines and failures of every round.
-    let Round {
-        split_ref,
-        plain_refs,
-        runs,
-    } = &rounds[0];
-    println!("The guest's own lines (splitvisor | plain QEMU), first round:");
-    let reference = (REFERENCE, split_ref, &Run::default());
-    let first = runs.iter().map(|(k, s, p)| (*k, s, p));
-    for (_, split, plain) in std::iter::once(reference).chain(first) {
+    let first = &rounds[0];
+    println!(
+        "The guest's own lines (ring-3 | in-stub | {}), first round:",
+        Way::Plain.name(bochs)
+    );
+    let reference = (&first.split_ref, &first.stub_ref, &Run::default());
+    let kinds_first = first.runs.iter().map(|k| (&k.split, &k.stub, &k.plain));
+    for (split, stub, plain) in std::iter::once(reference).chain(kinds_first) {
         for (i, l) in split.end_lines.iter().enumerate() {
-            println!(
-                "  {l} | {}",
-                plain.end_lines.get(i).map_or("-", String::as_str)
-            );
+            let other = |r: &Run| r.end_lines.get(i).map_or("-".to_string(), String::clone);
+            println!("  {l} | {} | {}", other(stub), other(plain));
         }
     }
-    for (pn, r) in plain_refs {
+    for (pn, r) in &first.plain_refs {
         for l in &r.end_lines {
-            println!("  (plain QEMU's reference, n={pn}) {l}");
+            println!("  ({}'s reference, n={pn}) {l}", Way::Plain.name(bochs));
         }
     }
     let mut ok = true;
     for round in &rounds {
-        let refs = std::iter::once((REFERENCE, &round.split_ref, "splitvisor")).chain(
+        let refs = [
+            (REFERENCE, &round.split_ref, Way::Splitvisor),
+            (REFERENCE, &round.stub_ref, Way::InStub),
+        ]
+        .into_iter()
+        .chain(
             round
                 .plain_refs
                 .iter()
-                .map(|(_, r)| (REFERENCE, r, "plain QEMU")),
+                .map(|(_, r)| (REFERENCE, r, Way::Plain)),
         );
-        let kinds = round
-            .runs
-            .iter()
-            .flat_map(|(k, s, p)| [(*k, s, "splitvisor"), (*k, p, "plain QEMU")]);
+        let kinds = round.runs.iter().flat_map(|k| {
+            [
+                (k.kind, &k.split, Way::Splitvisor),
+                (k.kind, &k.stub, Way::InStub),
+                (k.kind, &k.plain, Way::Plain),
+            ]
+        });
         for (kind, r, way) in refs.chain(kinds) {
             if let Some(why) = &r.failure {
                 ok = false;
-                println!("{kind} ({way}): FAILED: {why}");
+                println!("{kind} ({}): FAILED: {why}", way.name(bochs));
             }
         }
     }
@@ -591,12 +731,21 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
     }
 }
 
+/// One kind's boots in one round, one each way.
+struct KindRuns<'k> {
+    kind: &'k str,
+    split: Run,
+    stub: Run,
+    plain: Run,
+}
+
 /// One round: the reference boots and one boot of each kind each way.
 struct Round<'k> {
     split_ref: Run,
+    stub_ref: Run,
     /// Plain QEMU's reference boots, by count.
     plain_refs: Vec<(u64, Run)>,
-    runs: Vec<(&'k str, Run, Run)>,
+    runs: Vec<KindRuns<'k>>,
 }
 
 impl Round<'_> {
@@ -610,39 +759,131 @@ impl Round<'_> {
     }
 }
 
+impl Way {
+    fn name(self, bochs: bool) -> &'static str {
+        match self {
+            Way::Splitvisor => "ring-3",
+            Way::InStub => "in-stub",
+            Way::Plain if bochs => "plain Bochs",
+            Way::Plain => "plain QEMU",
+        }
+    }
+}
+
 fn plain_dir() -> std::path::PathBuf {
     images::image_dir().join("plain")
 }
 
+/// An emulator's command, where its COM1 comes out, and a folder to
+/// remove after the run.
+type Launch = (Command, Console, Option<PathBuf>);
+
 struct Bench<'a> {
-    qemu: &'a str,
+    /// QEMU or Bochs.
+    program: &'a str,
+    bochs: bool,
     shadow: bool,
     timeout: Duration,
     plain_elf: &'a std::path::Path,
+    /// The boots started and planned, for the progress lines.
+    boots: Cell<(usize, usize)>,
 }
 
 impl Bench<'_> {
+    /// One boot more than planned: a raised plain QEMU count.
+    fn plan_more(&self) {
+        let (started, planned) = self.boots.get();
+        self.boots.set((started, planned + 1));
+    }
+
+    /// The MMU mode's name and the CPU of splitvisor's ways.
     fn split_cpu(&self) -> (&'static str, &'static str) {
-        if self.shadow {
-            ("shadow", "EPYC,+svm")
-        } else {
-            ("npt", "EPYC,+svm,+npt")
+        match (self.bochs, self.shadow) {
+            (true, true) => ("shadow", splitvisor::bochs::DEFAULT_CPU_VMX),
+            (true, false) => ("ept", splitvisor::bochs::DEFAULT_CPU_VMX),
+            (false, true) => ("shadow", "EPYC,+svm"),
+            (false, false) => ("npt", "EPYC,+svm,+npt"),
         }
+    }
+
+    /// QEMU with the system image, or plain QEMU with the guest.
+    fn qemu_launch(&self, way: Way, image: &Path, cmdline: &str) -> Launch {
+        let (_, cpu) = self.split_cpu();
+        let args = match way {
+            Way::Plain => {
+                let mut args = qemu_machine_args("EPYC", 256, splitvisor::run::Accel::Tcg);
+                args.extend(["-kernel".into(), image.as_os_str().to_owned()]);
+                args.extend(["-append".into(), cmdline.into()]);
+                args
+            }
+            Way::Splitvisor | Way::InStub => {
+                let opts = RunOptions {
+                    system: images::SystemSpec::new(GUEST),
+                    cpu: cpu.to_string(),
+                    arch: None,
+                    emulator: self.program.to_string(),
+                    timeout: self.timeout,
+                    memory_mib: 256,
+                    // QEMU's TCG ignores the task-switch intercept; the guest is ours.
+                    unsafe_shadow: self.shadow,
+                };
+                qemu_args(&opts, image)
+            }
+        };
+        let mut cmd = Command::new(self.program);
+        cmd.args(args);
+        (cmd, Console::Stdout, None)
+    }
+
+    /// Bochs (VMX) booting a GRUB ISO of the system image with
+    /// `arch=vmx`, or of the bare guest with `cmdline` (GRUB puts the
+    /// image's path first; the guest skips that word).
+    fn bochs_launch(&self, way: Way, image: &Path, cmdline: &str) -> Result<Launch, String> {
+        use splitvisor::bochs;
+        let files = bochs::bochs_files();
+        if let Some(m) = bochs::missing_files(&files) {
+            return Err(m);
+        }
+        let (grub_cmdline, tag) = match way {
+            Way::Plain => (cmdline.to_string(), "plain"),
+            Way::Splitvisor => ("arch=vmx".to_string(), "ring3"),
+            Way::InStub => ("arch=vmx".to_string(), "in-stub"),
+        };
+        let dir = images::image_dir()
+            .join("bochs")
+            .join(format!("bench-exits-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let run_files = bochs::RunFiles {
+            iso: dir.join("exitbench.iso"),
+            com1: dir.join("com1.txt"),
+            log: dir.join("bochs.log"),
+        };
+        images::iso::build_iso(image, &run_files.iso, &grub_cmdline)
+            .map_err(|e| format!("could not build the ISO: {e}"))?;
+        let (_, cpu) = self.split_cpu();
+        let rc = bochs::bochsrc(cpu, 256, &files, &run_files)?;
+        let (rc_path, cmds_path) = (dir.join("bochsrc"), dir.join("rc"));
+        std::fs::write(&rc_path, rc)
+            .and_then(|()| std::fs::write(&cmds_path, bochs::DEBUGGER_COMMANDS))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut cmd = Command::new(self.program);
+        cmd.args(bochs::bochs_args(&rc_path, &cmds_path))
+            .current_dir(&dir)
+            // The term display needs a terminal type; it draws on its own pty.
+            .env("TERM", "vt100");
+        Ok((cmd, Console::File(run_files.com1), Some(dir)))
     }
 
     /// One boot running `kind` `n` times.
     fn boot(&self, way: Way, kind: &str, n: u64) -> Run {
         let cmdline = format!("kind={kind} n={n}");
         let mut run = Run::default();
-        let (mmu, cpu) = self.split_cpu();
-        let args: Vec<OsString> = match way {
-            Way::Plain => {
-                let mut args = qemu_machine_args("EPYC", 256, splitvisor::run::Accel::Tcg);
-                args.extend(["-kernel".into(), self.plain_elf.as_os_str().to_owned()]);
-                args.extend(["-append".into(), cmdline.clone().into()]);
-                args
-            }
-            Way::Splitvisor => {
+        let (mmu, _) = self.split_cpu();
+        // The system image (splitvisor's ways) or the bare guest (plain).
+        let image = match way {
+            Way::Plain => self.plain_elf.to_path_buf(),
+            Way::Splitvisor | Way::InStub => {
                 let system = images::SystemSpec {
                     mmu: if self.shadow {
                         SystemMmu::Shadow
@@ -650,40 +891,56 @@ impl Bench<'_> {
                         SystemMmu::Nested
                     },
                     cmdline: cmdline.clone(),
+                    bench_inline_stub: way == Way::InStub,
                     ..images::SystemSpec::new(GUEST)
                 };
-                let image = match images::build_system_spec(&system) {
+                match images::build_system_spec(&system) {
                     Ok(p) => p,
                     Err(e) => {
                         run.failure = Some(format!("could not build the image: {e}"));
                         return run;
                     }
-                };
-                let opts = RunOptions {
-                    system,
-                    cpu: cpu.to_string(),
-                    arch: None,
-                    emulator: self.qemu.to_string(),
-                    timeout: self.timeout,
-                    memory_mib: 256,
-                    // QEMU's TCG ignores the task-switch intercept; the guest is ours.
-                    unsafe_shadow: self.shadow,
-                };
-                qemu_args(&opts, &image)
+                }
+            }
+        };
+        let launch = if self.bochs {
+            self.bochs_launch(way, &image, &cmdline)
+        } else {
+            Ok(self.qemu_launch(way, &image, &cmdline))
+        };
+        let (cmd, console_kind, run_dir) = match launch {
+            Ok(l) => l,
+            Err(e) => {
+                run.failure = Some(e);
+                return run;
             }
         };
         let name = match way {
-            Way::Plain => "plain QEMU".to_string(),
-            Way::Splitvisor => format!("splitvisor {mmu}"),
+            Way::Plain => way.name(self.bochs).to_string(),
+            Way::Splitvisor | Way::InStub => format!("{} {mmu}", way.name(self.bochs)),
         };
-        eprintln!("splitvisor: bench exits: {name}: {cmdline}");
+        let (started, planned) = self.boots.get();
+        self.boots.set((started + 1, planned));
+        eprintln!(
+            "splitvisor: bench exits: [{}/{planned}] {name}: {cmdline}",
+            started + 1
+        );
         let start = Instant::now();
         let console = TimedConsole {
             start,
             inner: Arc::default(),
         };
-        let report = run_emulator(self.qemu, &args, self.timeout, Box::new(console.clone()));
+        let report = run_command(
+            cmd,
+            self.program,
+            self.timeout,
+            console_kind,
+            Box::new(console.clone()),
+        );
         let wall = start.elapsed();
+        if let Some(dir) = run_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         let text = {
             let g = console.inner.lock().unwrap();
             run.loops = loops(&g.lines);
@@ -708,11 +965,13 @@ impl Bench<'_> {
                 return run;
             }
         };
-        // Plain QEMU exits with (0 << 1) | 1 through isa-debug-exit;
-        // splitvisor with the stub's final line.
+        // Plain QEMU exits with (0 << 1) | 1 through isa-debug-exit, plain
+        // Bochs at the guest's shutdown after `done`; splitvisor with the
+        // stub's final line.
         let ended = match way {
+            Way::Plain if self.bochs => true,
             Way::Plain => report.status.and_then(|s| s.code()) == Some(1),
-            Way::Splitvisor => report.final_line == Some(FinalLine::Stopped(0)),
+            Way::Splitvisor | Way::InStub => report.final_line == Some(FinalLine::Stopped(0)),
         };
         let done = text.lines().any(|l| l == "exitbench: done");
         if !ended || !done || report.timed_out || run.the_loop(kind).is_none() {
@@ -722,7 +981,7 @@ impl Bench<'_> {
                 format!("timed out after {} s", self.timeout.as_secs())
             } else {
                 format!(
-                    "ended with {:?} (QEMU status {:?})",
+                    "ended with {:?} (emulator status {:?})",
                     report.final_line, report.status
                 )
             };
@@ -789,13 +1048,22 @@ mod tests {
         Run {
             loops: vec![Loop {
                 kind: kind.into(),
-                n: 100,
+                n: 10_000,
                 tsc,
                 wall: ms(wall),
             }],
             exits: key_values(exits),
             ..Run::default()
         }
+    }
+
+    fn cells<'t>(t: &'t str, kind: &str, table: usize) -> Vec<&'t str> {
+        t.lines()
+            .filter(|l| l.split_whitespace().next() == Some(kind))
+            .nth(table)
+            .unwrap_or_else(|| panic!("no row {table} for {kind}:\n{t}"))
+            .split_whitespace()
+            .collect()
     }
 
     #[test]
@@ -808,72 +1076,82 @@ mod tests {
         );
         let mut s = run(
             "cpuid",
-            7,
+            502,
             2_000_036,
-            "total=604 ioio=404 cpuid=100 hlt=1 syscalls=3000",
+            "total=10504 ioio=404 cpuid=10000 hlt=1 syscalls=52500",
         );
         // Two characters more in the guest's lines: four port exits.
         s.guest_chars = 2;
+        let tr = run("none", 2, 36, "total=500 ioio=400 syscalls=2500");
+        let t = run(
+            "cpuid",
+            102,
+            400_036,
+            "total=10500 ioio=400 cpuid=10000 syscalls=2500",
+        );
         let pr = run("none", 1, 36, "");
-        let p = run("cpuid", 1, 4036, "");
-        let r = row("cpuid", 100, &[(&s, &sr)], &[(&p, &pr)]);
-        assert_eq!(r.total_exits(), 100);
+        let p = run("cpuid", 1, 40_036, "");
+        let r = row("cpuid", 10_000, &[(&s, &sr)], &[(&t, &tr)], &[(&p, &pr)]);
+        assert_eq!(r.total_exits(), 10_000);
         assert_eq!(r.exits_per_op(), Some(1.0));
+        assert_eq!(r.stub_exits, Some(10_000));
         let c = r.split.unwrap();
         assert!((c.us_per_op - 50.0).abs() < 1e-9, "{c:?}");
-        assert!((c.tsc_per_op - 20000.0).abs() < 1e-9);
+        assert!((c.tsc_per_op - 200.0).abs() < 1e-9);
+        assert!((r.stub.unwrap().us_per_op - 10.0).abs() < 1e-9);
         let p = r.plain.unwrap();
         assert_eq!(p.us_per_op, 0.0);
-        assert!((p.tsc_per_op - 40.0).abs() < 1e-9);
-        let t = table(&[r]);
-        let line = t.lines().find(|l| l.starts_with("cpuid ")).unwrap();
-        let cells: Vec<&str> = line.split_whitespace().collect();
-        // kind, ops, plain ops, exits/op, sv us/op, plain us, ratio (none: plain 0)
-        // (plain QEMU's loop is no longer than the reference's: a bound)
+        assert!((p.tsc_per_op - 4.0).abs() < 1e-9);
+        let t = table(&[r], 4.0);
+        // kind, ops, plain ops, exits/op, stub exits/op, ring-3 us,
+        // in-stub us, plain us, ring-3/in-stub, ring-3/plain (plain QEMU's
+        // loop is no longer than the reference's: a bound).
         assert_eq!(
-            &cells[..9],
+            cells(&t, "cpuid", 0),
             [
-                "cpuid",
-                "100",
-                "100",
-                "1.00",
-                "50.00",
-                "<100.0000",
-                ">0x",
-                "20000",
-                ">10000"
+                "cpuid", "10000", "10000", "1.00", "1.00", "50.0000", "10.0000", "<1.0000", "5.0x",
+                ">50.0x"
             ]
         );
+        // Exits (ops) per second each way, instructions per op each way.
+        assert_eq!(
+            cells(&t, "cpuid", 1),
+            ["cpuid", "20000", "100000", ">1000000", "50", "10", "1"]
+        );
         assert!(t.contains("Exits by reason"));
-        let by_reason = t
-            .lines()
-            .filter(|l| l.starts_with("cpuid "))
-            .nth(1)
-            .unwrap();
-        let cells: Vec<&str> = by_reason.split_whitespace().collect();
+        let by_reason = cells(&t, "cpuid", 2);
         // kind, total, ioio, cpuid, ...
-        assert_eq!(&cells[..4], ["cpuid", "100", "0", "100"]);
-        assert_eq!(cells.last(), Some(&"5.00"), "{by_reason}");
+        assert_eq!(&by_reason[..4], ["cpuid", "10000", "0", "10000"]);
+        // Syscalls per exit: ring-3, in-stub (2500 less 2500: none).
+        assert_eq!(by_reason[by_reason.len() - 2..], ["5.00", "0.00"]);
     }
 
     #[test]
     fn a_failed_boot_gives_dashes() {
         let empty = Run::default();
-        let r = row("io", 100, &[(&empty, &empty)], &[(&empty, &empty)]);
+        let none = [(&empty, &empty)];
+        let r = row("io", 100, &none, &none, &none);
         assert!(r.split.is_none() && r.plain.is_none() && r.exits.is_empty());
-        let t = table(&[r]);
-        let line = t.lines().find(|l| l.starts_with("io ")).unwrap();
-        assert!(line.split_whitespace().skip(2).all(|c| c == "-"), "{line}");
+        assert!(r.stub.is_none() && r.stub_exits.is_none());
+        let t = table(&[r], 4.0);
+        for table in 0..3 {
+            let line = cells(&t, "io", table);
+            assert!(line.iter().skip(2).all(|c| *c == "-"), "{line:?}");
+        }
         let plain = run("io", 50, 4036, "");
         let plain_ref = run("none", 10, 36, "");
-        let r = row("io", 100, &[(&empty, &empty)], &[(&plain, &plain_ref)]);
-        assert_eq!(r.plain.map(|c| c.us_per_op), Some(400.0));
-        let t = table(&[r]);
-        let line = t.lines().find(|l| l.starts_with("io ")).unwrap();
-        let cells: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(cells[5], "400.0000", "{line}");
+        let r = row("io", 10_000, &none, &none, &[(&plain, &plain_ref)]);
+        assert_eq!(r.plain.map(|c| c.us_per_op), Some(4.0));
+        let t = table(&[r], 4.0);
+        assert_eq!(cells(&t, "io", 0)[7], "4.0000");
         // A failed round among good ones: no figure.
-        let r = row("io", 100, &[], &[(&plain, &plain_ref), (&empty, &empty)]);
+        let r = row(
+            "io",
+            100,
+            &[],
+            &[],
+            &[(&plain, &plain_ref), (&empty, &empty)],
+        );
         assert!(r.plain.is_none() && r.split.is_none());
     }
 
@@ -902,7 +1180,7 @@ mod tests {
         let mid = run("io", 50, 4036, "");
         let pairs = [(&slow, &reference), (&fast, &reference), (&mid, &reference)];
         let c = median_cost(&pairs, "io").unwrap();
-        assert_eq!(c.us_per_op, 400.0);
-        assert_eq!(c.tsc_per_op, 40.0);
+        assert_eq!(c.us_per_op, 4.0);
+        assert!((c.tsc_per_op - 0.4).abs() < 1e-9);
     }
 }

@@ -24,8 +24,9 @@
  * virtual time under QEMU's -icount, so instructions rather than wall
  * time), so the host times the loop by the lines' arrival. It runs on
  * plain QEMU as well (`-kernel exitbench.elf`), where none of this exits:
- * the baseline. Ends with status 0 on port 0xF4, or 1 for a bad command
- * line, 2 for an unexpected exception. */
+ * the baseline, and from a GRUB ISO on plain Bochs. Ends with status 0 on
+ * port 0xF4, or 1 for a bad command line, 2 for an unexpected exception;
+ * then, for Bochs, "Shutdown" on port 0x8900. */
 
     .intel_syntax noprefix
     .code32
@@ -40,6 +41,11 @@
 #define APIC_TDCR  (LAPIC + 0x3e0)
 #define V_TIMER    0x40
 #define PF_VA      0x02000000        /* the pf kind's page: PDE 8, PTE 0 */
+/* The pf kind's page table, at a fixed address so that the stub built
+ * with `bench-inline-exits` (kernel-stub/src/bench_inline.rs) knows its
+ * writes; inside the 0-16 MiB identity map, above the kernel and the
+ * multiboot information. */
+#define PF_PT      0x00800000
 #define KINDS      7
 
     .section .text.start, "ax"
@@ -65,13 +71,33 @@ _start:
     SAY "done\n"
     xor al, al
     out DEBUG_EXIT, al
-    jmp halt_forever
+    jmp bochs_shutdown
 
 bad_cmdline:
     SAY "bad command line (want kind=none|io|cpuid|msr|hlt|mmio|pf n=DECIMAL)\n"
     mov al, 1
     out DEBUG_EXIT, al
-    jmp halt_forever
+    /* fall through */
+
+/* Plain Bochs has no debug-exit port (QEMU and splitvisor stop at it):
+ * "Shutdown" on port 0x8900 ends Bochs, once COM1 has sent the last
+ * line (LSR.TEMT; Bochs writes a character out when it is sent). */
+bochs_shutdown:
+    mov dx, COM1 + 5
+    mov ecx, 0x100000
+3:  in al, dx
+    test al, 0x40
+    jnz 4f
+    loop 3b
+4:  cld
+    mov dx, 0x8900
+    mov esi, offset s_shutdown
+1:  lodsb
+    test al, al
+    jz 2f
+    out dx, al
+    jmp 1b
+2:  jmp halt_forever
 
 /* Runs kind EBX [count] times between its begin and end lines. Keeps
  * EBX. */
@@ -211,7 +237,7 @@ k_mmio:
 k_pf:
     test ecx, ecx
     jz 2f
-    mov edx, offset pf_pt
+    mov edx, PF_PT
 1:  mov eax, [edx]
     xor eax, [pf_flip]
     mov [edx], eax                   /* through a register, as kernels do (not A3 moffs) */
@@ -234,12 +260,16 @@ paging_on:
     cmp eax, 4
     jb 1b
     mov dword ptr [pd + 0x3fb * 4], 0xfec00000 | 0x9b   /* P RW PWT PCD PS */
-    mov eax, offset pf_pt
-    or eax, 3
+    cld
+    mov edi, PF_PT                   /* RAM that nobody cleared */
+    mov ecx, 1024
+    xor eax, eax
+    rep stosd
+    mov eax, PF_PT | 3
     mov [pd + (PF_VA >> 22) * 4], eax
     mov eax, offset pf_frame_a
     or eax, 3
-    mov [pf_pt], eax
+    mov [PF_PT], eax
     mov eax, offset pf_frame_a
     xor eax, offset pf_frame_b
     mov [pf_flip], eax
@@ -344,6 +374,7 @@ s_msr:   .asciz "msr"
 s_hlt:   .asciz "hlt"
 s_mmio:  .asciz "mmio"
 s_pf:    .asciz "pf"
+s_shutdown: .asciz "Shutdown"
     .balign 4
 kind_names: .long s_none, s_io, s_cpuid, s_msr, s_hlt, s_mmio, s_pf
 kind_fns:   .long k_none, k_io, k_cpuid, k_msr, k_hlt, k_mmio, k_pf
@@ -358,6 +389,5 @@ pf_flip:   .long 0
     .section .bss
     .balign 4096
 pd:          .skip 4096
-pf_pt:       .skip 4096
 pf_frame_a:  .skip 4096
 pf_frame_b:  .skip 4096

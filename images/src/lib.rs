@@ -229,14 +229,38 @@ pub fn build_for_target<const N: usize>(
     packages: &[&str],
     bins: [&str; N],
 ) -> Result<[PathBuf; N], BuildError> {
+    cargo_build(packages, bins, None, &image_dir())
+}
+
+/// The stub built with its `bench-inline-exits` feature, which answers
+/// the `exitbench` guest's exits in ring 0: `splitvisor bench exits`'s
+/// lower bound, never a shipped stub. Built as [`build_target_crates`]
+/// says, in a target folder of its own (`target/image/bench-inline`), so
+/// the two stubs never replace each other.
+pub fn build_bench_inline_stub() -> Result<PathBuf, BuildError> {
+    let [stub] = cargo_build(
+        &["kernel-stub"],
+        ["kernel-stub"],
+        Some("kernel-stub/bench-inline-exits"),
+        &image_dir().join("bench-inline"),
+    )?;
+    Ok(stub)
+}
+
+fn cargo_build<const N: usize>(
+    packages: &[&str],
+    bins: [&str; N],
+    features: Option<&str>,
+    target_dir: &Path,
+) -> Result<[PathBuf; N], BuildError> {
     let root = workspace_root();
-    let target_dir = image_dir();
     let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(&program)
         .args(["build", "--release", "--target", TARGET])
         .args(packages.iter().flat_map(|p| ["-p", p]))
+        .args(features.iter().flat_map(|f| ["--features", f]))
         .current_dir(&root)
-        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("CARGO_TARGET_DIR", target_dir)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
@@ -313,6 +337,9 @@ pub struct SystemSpec {
     /// configuration block of that task's ELF (`ipc_proto::inject`).
     /// Empty by default.
     pub inject: Vec<(String, ipc_proto::inject::Injection)>,
+    /// The stub built with `bench-inline-exits` ([`build_bench_inline_stub`]):
+    /// `splitvisor bench exits`'s in-stub handler. False by default.
+    pub bench_inline_stub: bool,
 }
 
 /// A device server to pack into the image: its name, its ELF (built for
@@ -361,6 +388,7 @@ impl SystemSpec {
             pci_functions: Vec::new(),
             pci_takes_host_input: false,
             inject: Vec::new(),
+            bench_inline_stub: false,
         }
     }
 
@@ -410,6 +438,9 @@ impl SystemSpec {
         }
         for (task, inj) in &self.inject {
             name.push_str(&format!("-{task}-{inj}").replace('@', "-"));
+        }
+        if self.bench_inline_stub {
+            name.push_str("-bench-inline");
         }
         name + ".img"
     }
@@ -629,7 +660,11 @@ pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
     let guest = load_guest(spec, &dir)?;
     let elfs = build_target_crates()?;
     let read = |p: &Path| std::fs::read(p).map_err(|e| BuildError::io(p, e));
-    let stub = read(&elfs.kernel_stub)?;
+    let stub = if spec.bench_inline_stub {
+        read(&build_bench_inline_stub()?)?
+    } else {
+        read(&elfs.kernel_stub)?
+    };
     let (vmm, mmu) = match &spec.hostile_servers {
         Some(h) => (read(&h.vmm_server)?, read(&h.mmu_server)?),
         None => (read(&elfs.vmm_server)?, read(&elfs.mmu_server)?),
@@ -795,6 +830,12 @@ mod tests {
             ..SystemSpec::new("hello")
         };
         assert_eq!(spec.image_file_name(), "hello-shadow-uart.img");
+        // The in-stub benchmark's image never takes a shipped image's name.
+        let spec = SystemSpec {
+            bench_inline_stub: true,
+            ..SystemSpec::new("exitbench")
+        };
+        assert_eq!(spec.image_file_name(), "exitbench-bench-inline.img");
     }
 
     #[test]

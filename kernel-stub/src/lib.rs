@@ -5,6 +5,10 @@
 // Every narrowing cast is checked or says why (see main.rs).
 #![deny(clippy::cast_possible_truncation)]
 
+/// The in-stub exit handler of `splitvisor bench exits` (feature
+/// `bench-inline-exits`; compiled for the host's tests too).
+#[cfg(any(test, feature = "bench-inline-exits"))]
+pub mod bench_inline;
 pub mod elf;
 pub mod install;
 pub mod iopb;

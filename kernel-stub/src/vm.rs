@@ -543,6 +543,12 @@ impl Vm {
                 t.entered_since_resume = true;
             });
             let rec = self.vcpu.run();
+            #[cfg(feature = "bench-inline-exits")] // splitvisor bench exits only
+            let rec = kernel_stub::bench_inline::answer_all(rec, |r, resume, f| {
+                count_exit(&mut sh.stats, r);
+                self.vcpu.apply(resume, f, None);
+                self.vcpu.run()
+            });
             if let Some(why) = self.vcpu.entry_failure(&rec) {
                 count_exit(&mut sh.stats, &rec);
                 return Err(Stop::EntryFailed {
