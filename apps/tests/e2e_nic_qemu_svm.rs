@@ -33,7 +33,7 @@ fn offer(mut system: images::SystemSpec) {
     let opts = splitvisor::e2e::options(system, DEFAULT_CPU);
     let image = images::build_system_spec(&opts.system).expect("the image builds");
     let mut args = qemu_args(&opts, &image);
-    args.extend(splitvisor::nic::qemu_args());
+    args.extend(splitvisor::nic::qemu_args(&[]));
     let console = Capture::default();
     let report = run_emulator(
         DEFAULT_EMULATOR,

@@ -313,6 +313,10 @@ pub struct SystemSpec {
     /// configuration block of that task's ELF (`ipc_proto::inject`).
     /// Empty by default.
     pub inject: Vec<(String, ipc_proto::inject::Injection)>,
+    /// Forward rules of the machine's user-mode network (`--net
+    /// user,guestfwd=...`): for the emulator's command line, not part of
+    /// the image. Empty by default.
+    pub net_forwards: Vec<String>,
 }
 
 /// A device server to pack into the image: its name, its ELF (built for
@@ -361,6 +365,7 @@ impl SystemSpec {
             pci_functions: Vec::new(),
             pci_takes_host_input: false,
             inject: Vec::new(),
+            net_forwards: Vec::new(),
         }
     }
 
