@@ -11,7 +11,12 @@
 //!   finds the text in the image file.
 //! - `--disk IMG,ro` (`splitvisor.disk=readonly`): the disk mounts
 //!   read-only and reads back, a raw write to `/dev/vda` fails in the
-//!   guest, and the image file is unchanged.
+//!   guest, and the image file is unchanged. The same boot has a network
+//!   (`--net user,guestfwd=...`, the virtio-net server over the
+//!   nic-driver's NE2000 and QEMU's restricted user network): eth0 gets
+//!   an address by DHCP, two 3042-byte frames the guest sends are dropped
+//!   and counted by the virtio-net server, which goes on, and the guest
+//!   fetches a page from an HTTP server this test runs on 127.0.0.1.
 //!
 //! `--ignored` adds the round trip under shadow paging and on Bochs VMX.
 //!
@@ -23,13 +28,15 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use splitvisor::linux::{
     DISK_CONTENT_BEGIN, DISK_CONTENT_END, DISK_FAILED, DISK_RAW_WRITE, DISK_READ, DISK_TEXT,
-    DISK_WRITTEN, INIT_MARKER, MODULE_FAILED,
+    DISK_WRITTEN, INIT_MARKER, MODULE_FAILED, NET_FAILED, NET_LINE, NET_PAGE_BEGIN, NET_PAGE_END,
 };
 use splitvisor::linux_virtio::make_ext4_image;
 
@@ -66,11 +73,6 @@ fn mmu_args(mmu: &str) -> Vec<&'static str> {
         // shadow paging there only when told (Debian's kernel is trusted).
         vec!["--cpu", "EPYC,+svm", "--unsafe-shadow"]
     }
-}
-
-/// One boot of Debian's amd64 kernel with `disk` and `append` on QEMU.
-fn boot(mmu: &str, disk: &str, append: &str) -> common::Run {
-    boot_on(mmu, &mmu_args(mmu), disk, append)
 }
 
 /// One boot of Debian's amd64 kernel with `disk` and `append`, with
@@ -221,6 +223,35 @@ fn what_one_boot_writes_the_next_reads_back_on_bochs_vmx_with_ept() {
     round_trip_on("npt", &["--emulator", "bochs", "--arch", "vmx"]);
 }
 
+/// An HTTP server on 127.0.0.1 for one connection (QEMU's `guestfwd`
+/// connects its chardev once, at start, and carries the guest's
+/// connection over it): answers the first request with `page`, then holds
+/// the connection until QEMU closes it. Returns the port.
+fn serve_one_page(page: String) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let mut request = Vec::new();
+        let mut b = [0u8; 512];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&b[..n]),
+            }
+        }
+        let _ = write!(
+            s,
+            "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{page}",
+            page.len()
+        );
+        while matches!(s.read(&mut b), Ok(n) if n > 0) {}
+    });
+    port
+}
+
 #[test]
 fn a_read_only_disk_mounts_read_only_and_refuses_writes() {
     let dir = Scratch::new("ro");
@@ -244,12 +275,48 @@ fn a_read_only_disk_mounts_read_only_and_refuses_writes() {
         assert!(status.status.success(), "{status:?}");
     }
     let before = sha256(&img);
-    let run = boot(
+    // The network in the same boot: a page from the host's loopback.
+    let page = format!(
+        "splitvisor net check: served on the host's loopback to test {}",
+        std::process::id()
+    );
+    let port = serve_one_page(format!("{page}\n"));
+    let net = format!("user,guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:{port}");
+    let mut emulator = mmu_args("npt");
+    emulator.extend(["--net", &net]);
+    let run = boot_on(
         "npt",
+        &emulator,
         &format!("{},ro", img.display()),
-        "splitvisor.disk=readonly",
+        "splitvisor.net splitvisor.net.oversize splitvisor.net.url=http://10.0.2.100/ splitvisor.disk=readonly",
     );
     let out = &run.stdout;
+    assert!(!out.contains(NET_FAILED), "{run}");
+    assert!(!out.contains("virtio-net: panic"), "{run}");
+    let lease = out
+        .lines()
+        .find(|l| l.starts_with(&format!("{NET_LINE}eth0 02:53:56:00:00:01 address 10.0.2.")))
+        .unwrap_or_else(|| panic!("no DHCP lease on eth0\n{run}"));
+    let fetched: Vec<&str> = out
+        .lines()
+        .skip_while(|l| *l != NET_PAGE_BEGIN)
+        .skip(1)
+        .take_while(|l| *l != NET_PAGE_END)
+        .collect();
+    assert_eq!(fetched, [page.as_str()], "not the page served\n{run}");
+    // Both oversized frames dropped and counted; the server went on (the
+    // page came after them).
+    assert!(
+        out.contains(
+            "virtio-net: 2 oversized frames from the guest (longer than 1514 bytes) dropped"
+        ),
+        "the oversized frames were not counted\n{run}"
+    );
+    let counts = out
+        .lines()
+        .find(|l| l.starts_with(&format!("{NET_LINE}eth0 tx_packets ")))
+        .unwrap_or_else(|| panic!("no packet counts\n{run}"));
+    eprintln!("net: {lease}; {counts}");
     assert!(
         out.lines()
             .any(|l| l.starts_with("virtio-blk: ") && l.ends_with(", read-only")),
