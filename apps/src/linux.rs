@@ -242,6 +242,9 @@ pub const NET_FAILED: &str = "splitvisor-linux: net failed: ";
 pub const NET_PAGE_BEGIN: &str = "splitvisor-linux: net page begin";
 /// See [`NET_PAGE_BEGIN`].
 pub const NET_PAGE_END: &str = "splitvisor-linux: net page end";
+/// With `splitvisor.net.bench=URL`: the bytes fetched, the guest's uptime
+/// before and after, and their MD5.
+pub const NET_BENCH: &str = "splitvisor-linux: net bench ";
 
 /// Either disk check's line when it fails, before the reason.
 pub const DISK_FAILED: &str = "splitvisor-linux: disk check failed: ";
@@ -282,7 +285,9 @@ pub const HVC_LOG_END: &str = "splitvisor-linux: end of the kernel's log before 
 /// pings of 3042-byte frames with the MTU raised to 4000 (frames the
 /// device drops) and for each `splitvisor.net.url=URL` fetches URL with
 /// busybox `wget` and prints it between [`NET_PAGE_BEGIN`] and
-/// [`NET_PAGE_END`], and last `eth0`'s packet counts;
+/// [`NET_PAGE_END`], for each `splitvisor.net.bench=URL` fetches URL
+/// into `/tmp` and prints [`NET_BENCH`] `BYTES UPTIME0 UPTIME1 md5 MD5`,
+/// and last `eth0`'s packet counts;
 /// with `splitvisor.disk=write` it mounts `/dev/vda` (ext4) at `/mnt`, writes
 /// [`DISK_TEXT`] to `splitvisor-disk-check.txt` and 4 MiB from
 /// `/dev/urandom` to `splitvisor-disk-check.bin`, syncs, unmounts, prints
@@ -393,6 +398,14 @@ END
             ping -c 2 -s 3000 -W 1 ${2:-10.0.2.2} >/dev/null 2>&1
             ip link set eth0 mtu 1500
             echo "splitvisor-linux: net: sent 2 frames of 3042 bytes"
+            ;;
+        splitvisor.net.bench=*)
+            read t0 _ </proc/uptime
+            timeout 600 wget -q -O /tmp/bench "${a#splitvisor.net.bench=}"
+            read t1 _ </proc/uptime
+            md5=$(md5sum /tmp/bench)
+            echo "splitvisor-linux: net bench $(wc -c </tmp/bench) $t0 $t1 md5 ${md5%% *}"
+            rm -f /tmp/bench
             ;;
         splitvisor.net.url=*)
             # (busybox 1.35's wget -T crashes: timeout instead)
@@ -777,6 +790,7 @@ mod tests {
             NET_FAILED,
             NET_PAGE_BEGIN,
             NET_PAGE_END,
+            NET_BENCH,
         ] {
             assert!(INIT.contains(marker.trim_end()), "{marker}");
         }
