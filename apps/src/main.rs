@@ -225,7 +225,10 @@ struct GuestArgs {
     /// `user,hostfwd=tcp:127.0.0.1:2222-:22`. QEMU only for rules; not with
     /// --platform sel4. With --linux, `splitvisor.net` on the command line
     /// makes /init bring eth0 up by DHCP (and `splitvisor.net.url=URL`
-    /// fetch URL and print it).
+    /// fetch URL and print it; `.oversize` and `.bench=URL`: see the
+    /// README). The virtio-net server prints the frames it drops (a
+    /// header asking for an offload, shorter than 14 or longer than 1514
+    /// bytes) at 1, 2, 4, ... drops.
     #[arg(long, value_name = "user[,RULE...]", value_parser = splitvisor::nic::NetSpec::parse)]
     net: Option<splitvisor::nic::NetSpec>,
     /// Inject a fault on purpose, for the isolation experiments:
@@ -468,6 +471,7 @@ struct RunArgs {
     /// (ports 0x300-0x31f, IRQ 5, no guest RAM), which prints `nic: NE2000
     /// at 0x300 irq 5, mac ...` and asks for an address by DHCP (`nic: dhcp
     /// offer 10.0.2.15 from 10.0.2.2`). Not with --platform sel4 yet.
+    /// --net user gives the guest a network through this card.
     #[arg(long, value_name = "NET", value_parser = splitvisor::nic::NicSpec::parse)]
     nic: Option<splitvisor::nic::NicSpec>,
 }
