@@ -93,22 +93,23 @@ impl Link {
         };
         reply.status = match nic {
             None => status::NO_CARD,
-            Some(nic) => match request.op {
-                op::INFO => {
-                    if self.client.is_none() {
-                        nic.set_promiscuous(true);
+            Some(nic) => {
+                // Any request makes its sender the client: a restarted
+                // nic-driver learns it again from the next SEND.
+                if self.client.is_none() {
+                    nic.set_promiscuous(true);
+                }
+                self.client = Some(ch);
+                match request.op {
+                    op::INFO => {
+                        reply.mac[..6].copy_from_slice(&nic.mac());
+                        status::OK
                     }
-                    self.client = Some(ch);
-                    reply.mac[..6].copy_from_slice(&nic.mac());
-                    status::OK
+                    op::SEND => self.send(nic, request, page),
+                    op::RECEIVE => self.receive(nic, page, &mut reply),
+                    _ => status::UNSUPPORTED,
                 }
-                op::SEND => self.send(nic, request, page),
-                op::RECEIVE => {
-                    self.client = Some(ch);
-                    self.receive(nic, page, &mut reply)
-                }
-                _ => status::UNSUPPORTED,
-            },
+            }
         };
         reply.tx_frames = self.tx_frames;
         reply.rx_frames = self.rx_frames;
@@ -251,6 +252,26 @@ mod tests {
             ask(&mut link, &mut nic, op_only(99), &mut page).status,
             status::UNSUPPORTED
         );
+    }
+
+    #[test]
+    fn any_request_makes_the_client_known_as_after_a_restart() {
+        let mut nic = Ne2k::new(Card::new(MAC), BASE);
+        nic.reset().unwrap();
+        let mut link = Link::default();
+        let mut page: Page = [0; 4096];
+        page[TX_OFFSET..TX_OFFSET + 60].copy_from_slice(&frame([0xff; 6], 60));
+        let send = LinkMessage {
+            op: op::SEND,
+            len: 60,
+            ..LinkMessage::default()
+        };
+        assert_eq!(ask(&mut link, &mut nic, send, &mut page).status, status::OK);
+        assert_eq!(link.client, Some(3));
+        assert!(nic.io_mut().deliver(&frame(GUEST, 80)));
+        assert_eq!(link.interrupt(&mut nic), Interrupt::SignalClient(3));
+        let r = ask(&mut link, &mut nic, op_only(op::RECEIVE), &mut page);
+        assert_eq!(r.received_len(), Some(80), "promiscuous without an INFO");
     }
 
     #[test]
