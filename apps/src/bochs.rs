@@ -292,6 +292,10 @@ pub fn run_with_disk(opts: &RunOptions, program: &Path, disk: Option<&crate::dis
             return EXIT_EMULATOR;
         }
     };
+    if !opts.system.net_forwards.is_empty() {
+        eprintln!("splitvisor: --net forward rules need QEMU (not passed to Bochs's slirp yet)");
+        return EXIT_EMULATOR;
+    }
     // The card exactly when the image has its driver (`--nic`).
     let rc_text = if crate::nic::wants_nic(&opts.system) {
         let conf = dir.join("slirp.conf");

@@ -413,7 +413,12 @@ pub fn disk_driver_server(read_only: bool) -> Result<images::DeviceServer, Strin
 
 /// A copy of the server `elf` named `name` beside it, with the byte after
 /// its configuration block's `magic` set to `config`.
-fn patch_config(elf: &Path, magic: &[u8], config: u8, name: &str) -> Result<PathBuf, String> {
+pub(crate) fn patch_config(
+    elf: &Path,
+    magic: &[u8],
+    config: u8,
+    name: &str,
+) -> Result<PathBuf, String> {
     let mut bytes =
         std::fs::read(elf).map_err(|e| format!("cannot read {}: {e}", elf.display()))?;
     let at = bytes

@@ -239,6 +239,18 @@ pub const IO_LINE: &str = "splitvisor-linux: io ";
 /// See [`IO_LINE`].
 pub const IO_BEGIN: &str = "splitvisor-linux: io-begin ";
 
+/// With `splitvisor.net`: `eth0`'s address and counters after this.
+pub const NET_LINE: &str = "splitvisor-linux: net: ";
+/// With `splitvisor.net`: a failure (no lease, a page not fetched).
+pub const NET_FAILED: &str = "splitvisor-linux: net failed: ";
+/// With `splitvisor.net.url=URL`: the lines around the page fetched.
+pub const NET_PAGE_BEGIN: &str = "splitvisor-linux: net page begin";
+/// See [`NET_PAGE_BEGIN`].
+pub const NET_PAGE_END: &str = "splitvisor-linux: net page end";
+/// With `splitvisor.net.bench=URL`: the bytes fetched, the guest's uptime
+/// before and after, and their MD5.
+pub const NET_BENCH: &str = "splitvisor-linux: net bench ";
+
 /// Either disk check's line when it fails, before the reason.
 pub const DISK_FAILED: &str = "splitvisor-linux: disk check failed: ";
 
@@ -272,6 +284,15 @@ pub const HVC_LOG_END: &str = "splitvisor-linux: end of the kernel's log before 
 /// with `splitvisor.rng` it waits (5 s at most) for the virtio entropy
 /// device to be the hardware RNG and reads 4096 bytes from `/dev/hwrng`
 /// twice, printing [`RNG_LINE`] `virtio_rng.0 4096 bytes, md5 ...` for each;
+/// with `splitvisor.net` it brings `eth0` up by DHCP (busybox `udhcpc`)
+/// and prints [`NET_LINE`] `eth0 MAC address IP router IP by dhcp` (or
+/// [`NET_FAILED`]), then for each `splitvisor.net.oversize` sends two
+/// pings of 3042-byte frames with the MTU raised to 4000 (frames the
+/// device drops) and for each `splitvisor.net.url=URL` fetches URL with
+/// busybox `wget` and prints it between [`NET_PAGE_BEGIN`] and
+/// [`NET_PAGE_END`], for each `splitvisor.net.bench=URL` fetches URL
+/// into `/tmp` and prints [`NET_BENCH`] `BYTES UPTIME0 UPTIME1 md5 MD5`,
+/// and last `eth0`'s packet counts;
 /// with `splitvisor.disk=write` it mounts `/dev/vda` (ext4) at `/mnt`, writes
 /// [`DISK_TEXT`] to `splitvisor-disk-check.txt` and 4 MiB from
 /// `/dev/urandom` to `splitvisor-disk-check.bin`, syncs, unmounts, prints
@@ -353,6 +374,68 @@ case " $(cat /proc/cmdline) " in
             echo "splitvisor-linux: rng failed: cannot read /dev/hwrng (current: $rng)"
         fi
     done
+    ;;
+esac
+case " $(cat /proc/cmdline) " in
+*" splitvisor.net "*)
+    cat >/tmp/udhcpc.sh <<'END'
+#!/bin/sh
+case "$1" in
+deconfig) ifconfig $interface 0.0.0.0 up ;;
+bound|renew)
+    ifconfig $interface $ip netmask ${subnet:-255.255.255.0} up
+    [ -n "$router" ] && route add default gw ${router%% *} dev $interface
+    echo "$ip ${router%% *}" >/tmp/lease
+    ;;
+esac
+END
+    chmod +x /tmp/udhcpc.sh
+    i=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 50 ]; do
+        usleep 100000
+        i=$((i + 1))
+    done
+    ifconfig lo 127.0.0.1 up
+    if udhcpc -i eth0 -n -q -t 5 -T 2 -s /tmp/udhcpc.sh >/dev/null 2>&1 && [ -f /tmp/lease ]; then
+        set -- $(cat /tmp/lease)
+        echo "splitvisor-linux: net: eth0 $(cat /sys/class/net/eth0/address) address $1 router ${2:-none} by dhcp"
+    else
+        echo "splitvisor-linux: net failed: no DHCP lease on eth0"
+    fi
+    for a in $(cat /proc/cmdline); do
+        case $a in
+        splitvisor.net.oversize)
+            # No echo comes back: ping is not waited for (an idle guest
+            # second costs about ten of QEMU's under TCG).
+            ip link set eth0 mtu 4000
+            ping -c 2 -i 0.05 -s 3000 ${2:-10.0.2.2} >/dev/null 2>&1 &
+            usleep 300000
+            kill $! 2>/dev/null
+            ip link set eth0 mtu 1500
+            echo "splitvisor-linux: net: sent 2 frames of 3042 bytes"
+            ;;
+        splitvisor.net.bench=*)
+            read t0 _ </proc/uptime
+            timeout 600 wget -q -O /tmp/bench "${a#splitvisor.net.bench=}"
+            read t1 _ </proc/uptime
+            md5=$(md5sum /tmp/bench)
+            echo "splitvisor-linux: net bench $(wc -c </tmp/bench) $t0 $t1 md5 ${md5%% *}"
+            rm -f /tmp/bench
+            ;;
+        splitvisor.net.url=*)
+            # (busybox 1.35's wget -T crashes: timeout instead)
+            if timeout 60 wget -q -O /tmp/page "${a#splitvisor.net.url=}"; then
+                echo "splitvisor-linux: net page begin"
+                cat /tmp/page
+                echo "splitvisor-linux: net page end"
+            else
+                echo "splitvisor-linux: net failed: cannot fetch ${a#splitvisor.net.url=}"
+            fi
+            ;;
+        esac
+    done
+    s=/sys/class/net/eth0/statistics
+    echo "splitvisor-linux: net: eth0 tx_packets $(cat $s/tx_packets) rx_packets $(cat $s/rx_packets) rx_length_errors $(cat $s/rx_length_errors)"
     ;;
 esac
 case " $(cat /proc/cmdline) " in
@@ -730,6 +813,11 @@ mod tests {
             IO_BEGIN,
             HVC_LOG_BEGIN,
             HVC_LOG_END,
+            NET_LINE,
+            NET_FAILED,
+            NET_PAGE_BEGIN,
+            NET_PAGE_END,
+            NET_BENCH,
         ] {
             assert!(INIT.contains(marker.trim_end()), "{marker}");
         }

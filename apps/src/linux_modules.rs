@@ -29,14 +29,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The modules the initramfs carries, by name, before their dependencies:
-/// the virtio-pci transport, the block, console and entropy devices, the
+/// the virtio-pci transport, the block, console, entropy and network devices, the
 /// crc32c hash ext4's checksums need (a soft dependency: see the module
 /// documentation), and ext4.
-pub const WANTED: [&str; 6] = [
+pub const WANTED: [&str; 7] = [
     "virtio_pci",
     "virtio_blk",
     "virtio_console",
     "virtio_rng",
+    "virtio_net",
     "crc32c_generic",
     "ext4",
 ];
@@ -354,6 +355,8 @@ mod tests {
                 "virtio",
             ],
             "virtio_blk" | "virtio_console" | "virtio_rng" => &["virtio", "virtio_ring"],
+            "virtio_net" => &["virtio_ring", "virtio", "net_failover"],
+            "net_failover" => &["failover"],
             "virtio" => &["virtio_ring"],
             "ext4" => &["jbd2", "mbcache", "crc16"],
             "virtio_ring"
@@ -362,7 +365,8 @@ mod tests {
             | "jbd2"
             | "mbcache"
             | "crc16"
-            | "crc32c_generic" => &[],
+            | "crc32c_generic"
+            | "failover" => &[],
             _ => return Err(format!("no module {name}")),
         };
         Ok(d.iter().map(|s| s.to_string()).collect())
@@ -382,6 +386,9 @@ mod tests {
                 "virtio_blk",
                 "virtio_console",
                 "virtio_rng",
+                "failover",
+                "net_failover",
+                "virtio_net",
                 "crc32c_generic",
                 "jbd2",
                 "mbcache",

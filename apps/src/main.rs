@@ -209,6 +209,28 @@ struct GuestArgs {
     /// `splitvisor-linux: rng: virtio_rng.0 N bytes, md5 ...`.
     #[arg(long)]
     rng: bool,
+    /// Give the guest a network (PC board only): `user`, QEMU's user-mode
+    /// network restricted to the machine (`restrict=on`: DHCP from
+    /// 10.0.2.2, no route off the machine), reached through the machine's
+    /// NE2000 as with --nic user, which this implies. The guest sees a
+    /// virtio-net function (`eth0` in Linux, station address
+    /// 02:53:56:00:00:01) at the next free slot after --console hvc0's,
+    /// --disk's and --rng's, run as the virtio-net task (guest RAM
+    /// read-write, the console, its channel from the vmm-server and a link
+    /// channel to the nic-driver, which sends and receives its frames).
+    /// Forward rules to the host's loopback may follow, QEMU's syntax,
+    /// the host side always 127.0.0.1:
+    /// `user,guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:8080` (a connection
+    /// from the guest to 10.0.2.100:80 reaches 127.0.0.1:8080),
+    /// `user,hostfwd=tcp:127.0.0.1:2222-:22`. QEMU only for rules; not with
+    /// --platform sel4. With --linux, `splitvisor.net` on the command line
+    /// makes /init bring eth0 up by DHCP (and `splitvisor.net.url=URL`
+    /// fetch URL and print it; `.oversize` and `.bench=URL`: see the
+    /// README). The virtio-net server prints the frames it drops (a
+    /// header asking for an offload, shorter than 14 or longer than 1514
+    /// bytes) at 1, 2, 4, ... drops.
+    #[arg(long, value_name = "user[,RULE...]", value_parser = splitvisor::nic::NetSpec::parse)]
+    net: Option<splitvisor::nic::NetSpec>,
     /// Inject a fault on purpose, for the isolation experiments:
     /// `SERVER:crash@N` (the task named SERVER, e.g. mmu-server,
     /// uart-server, vmm-server, disk-driver, virtio-blk, virtio-console,
@@ -449,17 +471,23 @@ struct RunArgs {
     /// (ports 0x300-0x31f, IRQ 5, no guest RAM), which prints `nic: NE2000
     /// at 0x300 irq 5, mac ...` and asks for an address by DHCP (`nic: dhcp
     /// offer 10.0.2.15 from 10.0.2.2`). Not with --platform sel4 yet.
+    /// --net user gives the guest a network through this card.
     #[arg(long, value_name = "NET", value_parser = splitvisor::nic::NicSpec::parse)]
     nic: Option<splitvisor::nic::NicSpec>,
 }
 
-/// `--nic`: the nic-driver in `system`, or the sentence saying why not.
+/// `--nic` and `--net`: the nic-driver (and for `--net` the virtio-net
+/// server) in `system`, or the sentence saying why not.
 fn add_nic(
     nic: Option<splitvisor::nic::NicSpec>,
+    net: Option<&splitvisor::nic::NetSpec>,
     system: &mut images::SystemSpec,
 ) -> Result<(), String> {
-    match nic {
-        Some(splitvisor::nic::NicSpec::User) => splitvisor::nic::add_nic_server(system),
+    if let Some(splitvisor::nic::NicSpec::User) = nic {
+        splitvisor::nic::add_nic_server(system)?;
+    }
+    match net {
+        Some(n) => splitvisor::nic::add_net_servers(system, n),
         None => Ok(()),
     }
 }
@@ -547,7 +575,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
                 }
             }
-            if let Err(e) = add_nic(a.nic, &mut system) {
+            if let Err(e) = add_nic(a.nic, a.guest.net.as_ref(), &mut system) {
                 eprintln!("splitvisor: {e}");
                 return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
             }
@@ -619,6 +647,10 @@ fn build(a: &BuildArgs) -> i32 {
             eprintln!("splitvisor: --nic is not available with --platform sel4 yet");
             return 2;
         }
+        if a.guest.net.is_some() {
+            eprintln!("splitvisor: --net is not available with --platform sel4 yet");
+            return 2;
+        }
         return splitvisor::sel4::build_cli(&spec);
     }
     if let Some(d) = &a.disk {
@@ -633,7 +665,7 @@ fn build(a: &BuildArgs) -> i32 {
             return 1;
         }
     }
-    if let Err(e) = add_nic(a.nic, &mut spec) {
+    if let Err(e) = add_nic(a.nic, a.guest.net.as_ref(), &mut spec) {
         eprintln!("splitvisor: {e}");
         return 1;
     }
@@ -668,6 +700,10 @@ fn run_sel4(a: RunArgs) -> i32 {
     }
     if a.nic.is_some() {
         eprintln!("splitvisor: --nic is not available with --platform sel4 yet");
+        return 2;
+    }
+    if a.guest.net.is_some() {
+        eprintln!("splitvisor: --net is not available with --platform sel4 yet");
         return 2;
     }
     let system = match a.guest.spec(Some(splitvisor::bochs::TSC_KHZ)) {

@@ -3,6 +3,12 @@
 //! user-mode network (slirp), restricted to the machine itself; the unprivileged nic-driver server (crate
 //! `nic-driver`, over the `ne2k` driver) drives it with its 32 ports and
 //! its IRQ line. The guest does not see this card.
+//!
+//! `--net user`: the same card and network as the guest's uplink. The
+//! guest gets a virtio-net function (the virtio-net server, PC board),
+//! whose link channel to the nic-driver carries its frames both ways;
+//! forward rules (`guestfwd`, `hostfwd`) may join the network to services
+//! on the host's loopback, and nothing else.
 use std::ffi::OsString;
 
 /// The nic-driver server's task name.
@@ -26,6 +32,116 @@ impl NicSpec {
             )),
         }
     }
+}
+
+/// The virtio-net server's task name.
+pub const VIRTIO_NET: &str = "virtio-net";
+
+/// What `--net` takes: `user`, then forward rules, comma-separated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetSpec {
+    /// QEMU `-netdev user` forward rules, each `guestfwd=...` or
+    /// `hostfwd=...`, their host side 127.0.0.1.
+    pub forwards: Vec<String>,
+}
+
+/// The host address every forward rule must name: the machine reaches
+/// only the host's loopback.
+const LOOPBACK: &str = "127.0.0.1";
+
+impl NetSpec {
+    /// Parses `--net`'s value: `user[,guestfwd=tcp:ADDR:PORT-tcp:127.0.0.1:PORT]...[,hostfwd=tcp:127.0.0.1:PORT-:PORT]...`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        if parts.next() != Some("user") {
+            return Err(format!(
+                "`{s}` is not a network: the only one is `user` (QEMU's user-mode network, restricted to the machine), optionally with `,guestfwd=...` or `,hostfwd=...` rules to {LOOPBACK}"
+            ));
+        }
+        let mut forwards = Vec::new();
+        for rule in parts {
+            let ok = if let Some(r) = rule.strip_prefix("guestfwd=") {
+                // [tcp]:SERVER:PORT-DEV, DEV a TCP connection to the loopback.
+                r.split_once('-').is_some_and(|(guest, dev)| {
+                    guest.split(':').count() == 3
+                        && dev
+                            .strip_prefix(&format!("tcp:{LOOPBACK}:"))
+                            .is_some_and(|p| p.parse::<u16>().is_ok())
+                })
+            } else if let Some(r) = rule.strip_prefix("hostfwd=") {
+                // [tcp|udp]:HOSTADDR:HOSTPORT-[GUESTADDR]:GUESTPORT.
+                let host = r.split('-').next().unwrap_or("");
+                let fields: Vec<&str> = host.split(':').collect();
+                fields.len() == 3
+                    && matches!(fields[0], "tcp" | "udp")
+                    && fields[1] == LOOPBACK
+                    && r.contains('-')
+            } else {
+                false
+            };
+            if !ok {
+                return Err(format!(
+                    "`{rule}` is not a forward rule this network takes: `guestfwd=tcp:ADDR:PORT-tcp:{LOOPBACK}:PORT` or `hostfwd=tcp:{LOOPBACK}:PORT-:PORT` (the host side is always {LOOPBACK})"
+                ));
+            }
+            forwards.push(rule.to_string());
+        }
+        Ok(Self { forwards })
+    }
+}
+
+/// The virtio-net server's rights: guest RAM read-write (the virtqueues
+/// and frames are there) and the console (its lines); no ports, no IRQs.
+/// Its two channels come from the image's channel list.
+pub fn virtio_net_rights() -> ipc_proto::manifest::Rights {
+    ipc_proto::manifest::Rights {
+        guest_ram: ipc_proto::manifest::GuestRam::ReadWrite,
+        console: true,
+        ..ipc_proto::manifest::Rights::default()
+    }
+}
+
+/// What `--net user` adds to `system`: the nic-driver (unless `--nic`
+/// added it), the virtio-net server at the next free PCI slot, the
+/// vmm-server's channel to it and its link channel to the nic-driver, and
+/// the forward rules for the emulator. PC board only.
+pub fn add_net_servers(system: &mut images::SystemSpec, net: &NetSpec) -> Result<(), String> {
+    if system.board != ipc_proto::manifest::Board::Pc {
+        return Err(
+            "--net needs the PC board (--board pc): the ISA board has no PCI functions".into(),
+        );
+    }
+    if !wants_nic(system) {
+        add_nic_server(system)?;
+    }
+    system.pci_functions.push(VIRTIO_NET.into());
+    system
+        .device_channels
+        .push(("vmm-server".into(), VIRTIO_NET.into()));
+    system
+        .device_channels
+        .push((VIRTIO_NET.into(), NIC_DRIVER.into()));
+    let link = system
+        .channel_number(VIRTIO_NET, NIC_DRIVER)
+        .ok_or("the link channel has no number")?;
+    let [elf] = images::build_for_target(&["virtio-servers"], [VIRTIO_NET])
+        .map_err(|e| format!("building the virtio-net server failed: {e}"))?;
+    let config = link
+        .checked_add(1)
+        .ok_or("the link channel's number is too large")?;
+    let elf = crate::disk::patch_config(
+        &elf,
+        &virtio_servers::net::CONFIG_MAGIC,
+        config,
+        "virtio-net-patched",
+    )?;
+    system.device_servers.push(images::DeviceServer {
+        name: VIRTIO_NET.into(),
+        elf,
+        rights: virtio_net_rights(),
+    });
+    system.net_forwards = net.forwards.clone();
+    Ok(())
 }
 
 /// The nic-driver's rights: the card's ports (base..=base+0x1f: the
@@ -61,12 +177,18 @@ pub fn wants_nic(system: &images::SystemSpec) -> bool {
 }
 
 /// QEMU's arguments for the card: user-mode networking with
-/// `restrict=on` (the machine reaches nothing outside QEMU), an
+/// `restrict=on` (the machine reaches nothing outside QEMU) and the
+/// `forwards` rules (`--net user,...`), an
 /// `ne2k_isa` at the port and IRQ the nic-driver is built for.
-pub fn qemu_args() -> Vec<OsString> {
+pub fn qemu_args(forwards: &[String]) -> Vec<OsString> {
+    let mut netdev = String::from("user,id=n0,restrict=on");
+    for f in forwards {
+        netdev.push(',');
+        netdev.push_str(f);
+    }
     [
         "-netdev",
-        "user,id=n0,restrict=on",
+        &netdev,
         "-device",
         &format!(
             "ne2k_isa,netdev=n0,iobase={:#x},irq={}",
@@ -133,7 +255,7 @@ mod tests {
         assert!(NicSpec::parse("tap")
             .unwrap_err()
             .contains("only one is `user`"));
-        let args: Vec<String> = qemu_args()
+        let args: Vec<String> = qemu_args(&[])
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect();
@@ -146,5 +268,37 @@ mod tests {
                 "ne2k_isa,netdev=n0,iobase=0x300,irq=5"
             ]
         );
+    }
+
+    #[test]
+    fn net_takes_forward_rules_to_the_loopback_only() {
+        let ok = NetSpec::parse(
+            "user,guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:8080,hostfwd=tcp:127.0.0.1:2222-:22",
+        )
+        .unwrap();
+        assert_eq!(ok.forwards.len(), 2);
+        assert_eq!(NetSpec::parse("user"), Ok(NetSpec::default()));
+        for bad in [
+            "tap",
+            "user,guestfwd=tcp:10.0.2.100:80-tcp:10.1.1.1:80",
+            "user,guestfwd=tcp:10.0.2.100:80-cmd:nc example.org 80",
+            "user,hostfwd=tcp::2222-:22",
+            "user,hostfwd=tcp:0.0.0.0:2222-:22",
+            "user,restrict=off",
+            "user,",
+        ] {
+            assert!(NetSpec::parse(bad).is_err(), "{bad}");
+        }
+        let args: Vec<String> = qemu_args(&ok.forwards)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            args[1],
+            "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:8080,hostfwd=tcp:127.0.0.1:2222-:22"
+        );
+        let r = virtio_net_rights();
+        assert!(!r.vcpu && !r.install && r.ports.is_empty() && r.irqs == 0 && r.console);
+        assert_eq!(r.guest_ram, ipc_proto::manifest::GuestRam::ReadWrite);
     }
 }

@@ -1282,7 +1282,7 @@ pub fn run_with_disk(opts: &RunOptions, accel: Accel, disk: Option<&crate::disk:
     }
     // The card exactly when the image has its driver (`--nic`).
     if crate::nic::wants_nic(&opts.system) {
-        args.extend(crate::nic::qemu_args());
+        args.extend(crate::nic::qemu_args(&opts.system.net_forwards));
     }
     let program = emulator.to_string_lossy().into_owned();
     let mut cmd = Command::new(&program);

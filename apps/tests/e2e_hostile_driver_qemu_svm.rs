@@ -61,22 +61,43 @@ fn run(extra: &[&str]) -> Run {
     common::splitvisor_run(&args, 300)
 }
 
+/// The frames that are data, not queue rules, on virtio-net's transmitq:
+/// never NEEDS_RESET.
+const NET_ATTACKS: [(&str, bool); 6] = [
+    ("hdr-csum", false),
+    ("hdr-gso", false),
+    ("short-frame", false),
+    ("hdr-only", false),
+    ("writable-tx", false),
+    ("oversized", false),
+];
+
+/// Each of `attacks` on `device` has its line, contained.
+fn assert_attack_lines(r: &Run, device: &str, attacks: &[(&str, bool)]) {
+    for &(attack, needs_reset) in attacks {
+        let want = if needs_reset { "yes" } else { "no" };
+        let line = format!("hostile-driver: {device} {attack}: status ");
+        let Some(l) = r.stdout.lines().find(|l| l.starts_with(&line)) else {
+            panic!("no `{line}...` line\n{r}");
+        };
+        assert!(
+            l.ends_with(&format!("needs-reset {want} (expected {want}): contained")),
+            "{l}\n{r}"
+        );
+    }
+}
+
 /// Every attack on each of `devices` contained, no server restarted.
 fn assert_all_contained(r: &Run, devices: &[&str]) {
+    assert_all_contained_plus(r, devices, 0);
+}
+
+/// The same, with `more` attacks besides ATTACKS on each device.
+fn assert_all_contained_plus(r: &Run, devices: &[&str], more: usize) {
     for device in devices {
-        for (attack, needs_reset) in ATTACKS {
-            let want = if needs_reset { "yes" } else { "no" };
-            let line = format!("hostile-driver: {device} {attack}: status ");
-            let Some(l) = r.stdout.lines().find(|l| l.starts_with(&line)) else {
-                panic!("no `{line}...` line\n{r}");
-            };
-            assert!(
-                l.ends_with(&format!("needs-reset {want} (expected {want}): contained")),
-                "{l}\n{r}"
-            );
-        }
+        assert_attack_lines(r, device, &ATTACKS);
     }
-    let n = ATTACKS.len() * devices.len();
+    let n = ATTACKS.len() * devices.len() + more;
     let summary = format!("hostile-driver: {n} attacks, {n} contained");
     assert!(r.has_line(&summary), "no `{summary}`\n{r}");
     assert!(!r.stdout.contains("NOT CONTAINED"), "{r}");
@@ -152,13 +173,54 @@ fn virtio_console_and_blk_contain_a_hostile_driver_under_shadow_paging() {
 }
 
 /// The same on Bochs with emulated Intel VMX and EPT (about 15 s): the
-/// functions' MMIO through the VMX path, the disk as `ata0-master`.
+/// functions' MMIO through the VMX path, the disk as `ata0-master`, and
+/// virtio-net's frames through Bochs's `ne2k:` card (`--net user`).
 #[test]
-fn virtio_console_and_blk_contain_a_hostile_driver_on_bochs_vmx_with_ept() {
+fn virtio_console_blk_and_net_contain_a_hostile_driver_on_bochs_vmx_with_ept() {
     let (_dir, disk) = scratch_image("hostile-bochs", &[], 8 << 20);
-    let r = run(&["--disk", &disk, "--emulator", "bochs", "--arch", "vmx"]);
-    assert_all_contained(&r, &["virtio-console", "virtio-blk"]);
+    let r = run(&[
+        "--disk",
+        &disk,
+        "--net",
+        "user",
+        "--emulator",
+        "bochs",
+        "--arch",
+        "vmx",
+    ]);
+    assert_all_contained_plus(
+        &r,
+        &["virtio-console", "virtio-blk", "virtio-net"],
+        NET_ATTACKS.len(),
+    );
+    assert_net_attacks_counted(&r);
     assert_guest_ran_first(&r);
+}
+
+/// The network's transmitq (`--net user`): the twelve queue attacks, and
+/// six frames that are data (a header asking for offloads never
+/// negotiated, frames too short, a device-writable buffer, a frame of
+/// 2000 bytes): no NEEDS_RESET, the device sends the legal frame after
+/// each, and the virtio-net server counts what it dropped (at 1, 2, 4:
+/// five malformed, one oversized).
+#[test]
+fn virtio_net_contains_a_hostile_driver_and_counts_bad_frames_on_npt() {
+    let r = run(&["--net", "user"]);
+    assert_all_contained_plus(&r, &["virtio-console", "virtio-net"], NET_ATTACKS.len());
+    assert_net_attacks_counted(&r);
+}
+
+/// virtio-net's six bad frames contained, and counted by its server.
+fn assert_net_attacks_counted(r: &Run) {
+    assert_attack_lines(r, "virtio-net", &NET_ATTACKS);
+    for line in [
+        "virtio-net: 4 malformed frames from the guest dropped",
+        "virtio-net: 1 oversized frames from the guest (longer than 1514 bytes) dropped",
+    ] {
+        assert!(r.has_line(line), "no `{line}`\n{r}");
+    }
+    assert!(!r.stdout.contains("virtio-net: 8 malformed"), "{r}");
+    assert!(!r.stdout.contains("virtio-net: 2 oversized"), "{r}");
 }
 
 /// `splitvisor attack`'s `virtio` row: the same guest with both functions,

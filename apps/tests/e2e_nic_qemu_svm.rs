@@ -33,7 +33,7 @@ fn offer(mut system: images::SystemSpec) {
     let opts = splitvisor::e2e::options(system, DEFAULT_CPU);
     let image = images::build_system_spec(&opts.system).expect("the image builds");
     let mut args = qemu_args(&opts, &image);
-    args.extend(splitvisor::nic::qemu_args());
+    args.extend(splitvisor::nic::qemu_args(&[]));
     let console = Capture::default();
     let report = run_emulator(
         DEFAULT_EMULATOR,
@@ -106,4 +106,38 @@ fn run_nic_refuses_sel4_and_other_networks_before_booting() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("the only one is `user`"));
+    // `--net`: forward rules to the host's loopback only; the PC board
+    // (the guest's virtio-net is a PCI function); not on seL4.
+    for (args, says) in [
+        (
+            &["--net", "user,hostfwd=tcp:0.0.0.0:2222-:22"][..],
+            "the host side is always 127.0.0.1",
+        ),
+        (
+            &[
+                "--net",
+                "user,guestfwd=tcp:10.0.2.100:80-cmd:nc example.org 80",
+            ],
+            "the host side is always 127.0.0.1",
+        ),
+        (&["--net", "tap"], "the only one is `user`"),
+        (
+            &["--net", "user", "--board", "isa"],
+            "--net needs the PC board",
+        ),
+        (
+            &["--net", "user", "--platform", "sel4"],
+            "--net is not available with --platform sel4",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitvisor"))
+            .args(["run", "--guest", "hello"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
 }

@@ -3,8 +3,9 @@
  * protected mode, paging off, interrupts off).
  *
  * It finds the virtio-console function (`--console hvc0`: vendor 0x1af4,
- * device 0x1043) and, when there is one, the virtio-blk function
- * (`--disk`: device 0x1042) by scanning bus 0 through 0xCF8/0xCFC, reads
+ * device 0x1043) and, when there are, the virtio-blk function
+ * (`--disk`: device 0x1042) and the virtio-net function (`--net user`:
+ * device 0x1041, its transmitq attacked) by scanning bus 0 through 0xCF8/0xCFC, reads
  * their BARs and capabilities (common and notify configuration, the MSI-X
  * table), and for each attack:
  *  1. resets the device and sets it up as a driver does (VIRTIO 1.2,
@@ -19,7 +20,8 @@
  *  4. resets the device (status 0 must read back 0), sets it up again and
  *     sends a legal request (the console: a line of text, which the
  *     virtio-console server prints; the disk: a read of sector 0 whose
- *     status byte must be OK), which must complete.
+ *     status byte must be OK; the network: a 60-byte broadcast frame),
+ *     which must complete.
  * An attack is contained when all of that holds. Each prints
  * `hostile-driver: DEVICE ATTACK: status 0xSS, needs-reset yes|no
  * (expected yes|no), alive: contained` (or `NOT CONTAINED`); at the end
@@ -48,7 +50,15 @@
  *                 pattern reads back, and a write of 0 where the status
  *                 register would be does not reset the device); BAR 0
  *                 put back, the device answers there again: no
- *                 NEEDS_RESET */
+ *                 NEEDS_RESET
+ * and on the network's transmitq frames that are data, not queue rules
+ * (dropped and counted by the device; no NEEDS_RESET, the device goes on):
+ *  hdr-csum       virtio_net_hdr flags NEEDS_CSUM, never negotiated
+ *  hdr-gso        gso_type TCPV4, never negotiated
+ *  short-frame    10 bytes of frame: no Ethernet header
+ *  hdr-only       the header alone
+ *  writable-tx    a device-writable buffer after the frame
+ *  oversized      a frame of 2000 bytes, more than 1514 */
     .intel_syntax noprefix
     .code32
 
@@ -57,6 +67,9 @@
 #include "pcboard.inc"
 
 #include "virtio-pci.inc"
+
+#define ID_NET     0x1041
+#define NET_FRAME  (12 + 60)                /* header and a short frame */
 
 #define RAM_GPA   0x500000   /* where bar-over-ram moves BAR 0 */
 
@@ -94,7 +107,18 @@ _start:
     mov dword ptr [dev_kind], 1
     mov dword ptr [dev_name], offset name_blk
     call run_attacks
-2:  mov esi, offset prefix
+2:  mov eax, ID_NET
+    call find_device
+    test eax, eax
+    jz 3f
+    mov dword ptr [dev_queue], 1      /* transmitq */
+    mov dword ptr [dev_kind], 2
+    mov dword ptr [dev_name], offset name_net
+    call run_attacks
+    mov dword ptr [table_start], offset net_attack_table
+    mov dword ptr [table_end], offset net_attack_table_end
+    call run_attacks
+3:  mov esi, offset prefix
     call uart_puts
     mov eax, [n_attacks]
     call print_dec32
@@ -111,7 +135,12 @@ _start:
  * used index reached the available one; the disk's status byte OK). */
 legal_request:
     push ecx
-    cmp dword ptr [dev_kind], 0
+    cmp dword ptr [dev_kind], 2
+    jne 1f
+    call net_frame
+    DESC 0, BUF_GPA, 0, NET_FRAME, 0, 0
+    jmp 3f
+1:  cmp dword ptr [dev_kind], 0
     jne 2f
     mov esi, offset alive_text
     mov edi, BUF_GPA
@@ -152,19 +181,20 @@ legal_request:
     xor eax, eax
     jmp 9f
 5:  mov eax, 1
-    cmp dword ptr [dev_kind], 0
-    je 9f
+    cmp dword ptr [dev_kind], 1
+    jne 9f
     cmp byte ptr [STAT_GPA], 0
     je 9f
     xor eax, eax
 9:  pop ecx
     ret
 
-/* Runs every attack of attack_table against the device found. */
+/* Runs every attack of the table at [table_start, table_end) against
+ * the device found. */
 run_attacks:
     push ebx
-    mov ebx, offset attack_table
-1:  cmp ebx, offset attack_table_end
+    mov ebx, [table_start]
+1:  cmp ebx, [table_end]
     jae 9f
     call run_attack
     add ebx, 12
@@ -273,8 +303,62 @@ print_hex8:
     add al, 'a' - '9' - 1
 2:  jmp uart_putc
 
+/* A virtio_net_hdr of zeros and a 60-byte broadcast frame from
+ * 02:53:56:00:00:01, type 0x88b5 (local experimental), at BUF_GPA; the
+ * rest of the page zero. Keeps registers. */
+net_frame:
+    push eax
+    push ecx
+    push edi
+    mov edi, BUF_GPA
+    mov ecx, 1024
+    xor eax, eax
+    rep stosd
+    mov dword ptr [BUF_GPA + 12], 0xffffffff
+    mov word ptr [BUF_GPA + 16], 0xffff
+    mov dword ptr [BUF_GPA + 18], 0x00565302
+    mov word ptr [BUF_GPA + 22], 0x0100
+    mov word ptr [BUF_GPA + 24], 0xb588
+    pop edi
+    pop ecx
+    pop eax
+    ret
+
 /* ---- the attacks: each returns EAX = 1 unless a check of its own
  * failed ---- */
+
+a_hdr_csum:
+    call net_frame
+    mov byte ptr [BUF_GPA], 1               /* VIRTIO_NET_HDR_F_NEEDS_CSUM */
+    DESC 0, BUF_GPA, 0, NET_FRAME, 0, 0
+    jmp submit_head0
+
+a_hdr_gso:
+    call net_frame
+    mov byte ptr [BUF_GPA + 1], 1           /* VIRTIO_NET_HDR_GSO_TCPV4 */
+    DESC 0, BUF_GPA, 0, NET_FRAME, 0, 0
+    jmp submit_head0
+
+a_short_frame:
+    call net_frame
+    DESC 0, BUF_GPA, 0, (12 + 10), 0, 0
+    jmp submit_head0
+
+a_hdr_only:
+    call net_frame
+    DESC 0, BUF_GPA, 0, 12, 0, 0
+    jmp submit_head0
+
+a_writable_tx:
+    call net_frame
+    DESC 0, BUF_GPA, 0, NET_FRAME, D_NEXT, 1
+    DESC 1, DATA_GPA, 0, 64, D_WRITE, 0
+    jmp submit_head0
+
+a_oversized:
+    call net_frame
+    DESC 0, BUF_GPA, 0, (12 + 2000), 0, 0
+    jmp submit_head0
 
 a_desc_loop:
     DESC 0, BUF_GPA, 0, 1, D_NEXT, 0
@@ -415,6 +499,7 @@ a_bar_over_ram:
 prefix: .asciz "hostile-driver: "
 name_console: .asciz "virtio-console "
 name_blk: .asciz "virtio-blk "
+name_net: .asciz "virtio-net "
 alive_text: .ascii "hostile-driver: a legal request\n"
 alive_text_end:
     /* The table (its names go to .rodata.names, not between entries). */
@@ -433,10 +518,20 @@ attack_table:
     ATTACK "msix-range", a_msix_range, 0
     ATTACK "bar-over-ram", a_bar_over_ram, 0
 attack_table_end:
+net_attack_table:
+    ATTACK "hdr-csum", a_hdr_csum, 0
+    ATTACK "hdr-gso", a_hdr_gso, 0
+    ATTACK "short-frame", a_short_frame, 0
+    ATTACK "hdr-only", a_hdr_only, 0
+    ATTACK "writable-tx", a_writable_tx, 0
+    ATTACK "oversized", a_oversized, 0
+net_attack_table_end:
 
     .section .data
     .balign 4
-dev_kind:     .long 0
+dev_kind:     .long 0                     /* 0 console, 1 blk, 2 net */
+table_start:  .long attack_table
+table_end:    .long attack_table_end
 dev_name:     .long 0
 n_attacks:    .long 0
 n_contained:  .long 0

@@ -340,6 +340,10 @@ pub struct SystemSpec {
     /// The stub built with `bench-inline-exits` ([`build_bench_inline_stub`]):
     /// `splitvisor bench exits`'s in-stub handler. False by default.
     pub bench_inline_stub: bool,
+    /// Forward rules of the machine's user-mode network (`--net
+    /// user,guestfwd=...`): for the emulator's command line, not part of
+    /// the image. Empty by default.
+    pub net_forwards: Vec<String>,
 }
 
 /// A device server to pack into the image: its name, its ELF (built for
@@ -389,6 +393,7 @@ impl SystemSpec {
             pci_takes_host_input: false,
             inject: Vec::new(),
             bench_inline_stub: false,
+            net_forwards: Vec::new(),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod inject;
 pub mod layout;
 pub mod manifest;
 pub mod mmu;
+pub mod net;
 pub mod pci;
 pub mod stats;
 #[cfg(target_os = "none")]

@@ -382,6 +382,15 @@ impl<P: PortIo> Ne2k<P> {
         Ok(())
     }
 
+    /// Stores every frame on the wire (RCR.PRO), or, with `on` false, only
+    /// broadcast frames and those to the station address (as after
+    /// [`reset`](Self::reset)): an uplink for guests with addresses of
+    /// their own needs the first.
+    pub fn set_promiscuous(&mut self, on: bool) {
+        let pro = if on { regs::RCR_PROMISCUOUS } else { 0 };
+        self.out(regs::RCR, regs::RCR_BROADCAST | pro);
+    }
+
     /// The interrupt status (ISR): which events are pending.
     pub fn interrupts(&mut self) -> u8 {
         self.inp(regs::ISR)

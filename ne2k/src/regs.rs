@@ -96,6 +96,9 @@ pub const DCR_WORD: u8 = 0x49;
 /// Receive configuration: accept broadcast frames (AB) besides those to
 /// the station address.
 pub const RCR_BROADCAST: u8 = 0x04;
+/// Receive configuration: promiscuous (PRO), every frame on the wire
+/// stored, whatever its destination.
+pub const RCR_PROMISCUOUS: u8 = 0x10;
 /// Receive configuration: monitor mode, frames checked but not stored.
 pub const RCR_MONITOR: u8 = 0x20;
 /// Transmit configuration: internal loopback (LB0), used while the ring

@@ -1,5 +1,7 @@
 //! The nic-driver server's logic, host-testable: the card's start line,
-//! and a DHCPDISCOVER built and a DHCPOFFER parsed by hand (RFC 2131 /
+//! the link channel's requests ([`link`]: frames sent and received for a
+//! client, the virtio-net server), and a DHCPDISCOVER built and a
+//! DHCPOFFER parsed by hand (RFC 2131 /
 //! RFC 2132 over UDP over IPv4 over Ethernet), every length checked: a
 //! frame from the network is input from outside, and a short or odd one
 //! is ignored, never a panic.
@@ -200,6 +202,8 @@ pub fn parse_offer(frame: &[u8], mac: [u8; 6], xid: u32) -> Option<Offer> {
     }
     (msg_type == Some(DHCPOFFER)).then_some(Offer { address, server })
 }
+
+pub mod link;
 
 #[cfg(test)]
 mod tests;

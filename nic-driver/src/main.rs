@@ -12,8 +12,10 @@
 //! waiting for frames on IRQ 5's notification (`ReplyRecv` with a
 //! timeout; the discover is sent again after each second without an
 //! offer, four times in all), and how long after the first discover it
-//! came. Then it waits on its IRQ forever, dropping
-//! what arrives: there is no switch to hand frames to yet (issue 13).
+//! came. Then it serves its link channel (`splitvisor run --net user`):
+//! the virtio-net server's frames go out through the card, and frames the
+//! card receives wait in its ring until the virtio-net server, signalled,
+//! asks for them (`nic_driver::link`); without a client it drops them.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]
@@ -27,10 +29,13 @@ fn main() {
 
 #[cfg(target_os = "none")]
 mod ring3 {
+    use ipc_proto::manifest::MAX_CHANNELS;
+    use ipc_proto::net::RX_BIT;
     use ipc_proto::sys::{self, port};
     use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION, RECV_TIMEOUT};
     use ipc_proto::{Syscall, ABI_VERSION};
     use ne2k::{regs::isr, Error, Ne2k, PortIo, MAX_FRAME, RX_START, RX_STOP};
+    use nic_driver::link::{Interrupt, Link, Page};
     use nic_driver::{dhcp_discover, parse_offer, Mac, BASE, IRQ};
 
     ipc_proto::server_entry!(server_main);
@@ -96,11 +101,17 @@ mod ring3 {
         }
     }
 
-    /// Waits up to `ticks` TSC ticks for the IRQ: true if it came.
-    fn wait_irq(ticks: u64) -> bool {
+    /// Waits up to `ticks` TSC ticks for the IRQ: true if it came. A call
+    /// that comes meanwhile (the link's client starting) is kept in
+    /// `call`, answered once the DHCP exchange is over.
+    fn wait_irq(ticks: u64, call: &mut Option<u64>) -> bool {
         match sys::reply_recv(NO_REPLY, ticks) {
             Ok(RECV_TIMEOUT) => false,
-            Ok(v) => v & RECV_NOTIFICATION != 0 && v & u64::from(irq_bit(IRQ)) != 0,
+            Ok(v) if v & RECV_NOTIFICATION == 0 => {
+                *call = Some(v);
+                false
+            }
+            Ok(v) => v & u64::from(irq_bit(IRQ)) != 0,
             Err(e) => {
                 say!("nic: ReplyRecv refused: {}", e.describe());
                 sys::vm_fail();
@@ -122,14 +133,12 @@ mod ring3 {
             sys::vm_fail();
         }
         let mut nic = Ne2k::new(Ports, BASE);
+        let mut call = None;
         let mac = match nic.reset() {
             Ok(m) => m,
             Err(e) => {
                 say!("nic: no usable NE2000 at {BASE:#x}: {e}");
-                loop {
-                    let _ = wait_irq(0);
-                    irq_ack();
-                }
+                serve_link(None, call)
             }
         };
         say!("nic: NE2000 at {BASE:#x} irq {IRQ}, mac {}", Mac(mac));
@@ -152,7 +161,7 @@ mod ring3 {
             let until = sys::rdtsc().saturating_add(second);
             while !offered {
                 let left = until.saturating_sub(sys::rdtsc());
-                if left == 0 || !wait_irq(left) {
+                if left == 0 || !wait_irq(left, &mut call) {
                     break;
                 }
                 service(&mut nic, &mut buf, |f| {
@@ -175,11 +184,56 @@ mod ring3 {
         if !offered {
             say!("nic: no DHCP offer after 4 tries");
         }
-        // No switch yet: frames are taken off the ring and dropped.
+        serve_link(Some(nic), call)
+    }
+
+    /// Serves the link channel's client (the virtio-net server) for ever:
+    /// its SEND, RECEIVE and INFO requests (`nic_driver::link`, starting
+    /// with `call` if one came during the DHCP exchange), and the card's
+    /// IRQ: frames wait in the card's ring and the client is signalled.
+    fn serve_link(mut nic: Option<Ne2k<Ports>>, call: Option<u64>) -> ! {
+        let mut link = Link::default();
+        let mut dropped_said = 0;
+        let mut next = call;
+        let mut reply_to = NO_REPLY;
         loop {
-            if wait_irq(0) {
-                service(&mut nic, &mut buf, |_| {});
-                irq_ack();
+            let v = match next.take() {
+                Some(ch) => ch,
+                None => match sys::reply_recv(reply_to, 0) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        say!("nic: ReplyRecv refused: {}", e.describe());
+                        sys::vm_fail();
+                    }
+                },
+            };
+            reply_to = NO_REPLY;
+            if v & RECV_NOTIFICATION != 0 {
+                if v & u64::from(irq_bit(IRQ)) != 0 {
+                    if let Some(nic) = nic.as_mut() {
+                        if let Interrupt::SignalClient(ch) = link.interrupt(nic) {
+                            let _ = sys::signal(ch, RX_BIT);
+                        }
+                    }
+                    irq_ack();
+                }
+            } else if v < MAX_CHANNELS as u64 {
+                let page = sys::channel_page(v).cast::<Page>();
+                // SAFETY: `v` is a channel this task serves (ReplyRecv
+                // returns only those); its page is mapped read-write here
+                // for good, and the client waits in `Call` while this task
+                // uses it. Every bit pattern is a valid byte array.
+                let page = unsafe { &mut *page };
+                link.serve(nic.as_mut(), v, page);
+                reply_to = v;
+            }
+            // Drops said at 1, 2, 4, 8, ...: visible, never a flood.
+            if link.rx_dropped > dropped_said && link.rx_dropped.is_power_of_two() {
+                dropped_said = link.rx_dropped;
+                say!(
+                    "nic: {} received frames dropped (bad, overflowed or no client)",
+                    link.rx_dropped
+                );
             }
         }
     }

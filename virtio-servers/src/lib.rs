@@ -28,6 +28,7 @@ use virtio::pci::{
 use virtio::{GuestMemory, MemoryError, VirtioDevice};
 
 pub mod console;
+pub mod net;
 #[cfg(target_os = "none")]
 pub mod ring3;
 pub mod rng;

@@ -7,6 +7,8 @@ use crate::queue::{Queue, QueueError};
 
 /// Device types (VIRTIO 1.2, 5).
 pub mod device_type {
+    /// Network card (5.1).
+    pub const NET: u16 = 1;
     /// Block device (5.2).
     pub const BLOCK: u16 = 2;
     /// Console (5.3).
@@ -56,7 +58,7 @@ impl fmt::Display for DeviceError {
 /// feature negotiation, and calls [`VirtioDevice::process_queue`] when the
 /// driver notifies a queue.
 pub trait VirtioDevice {
-    /// The device type (5): 2 block, 3 console, 4 entropy.
+    /// The device type (5): 1 network, 2 block, 3 console, 4 entropy.
     fn device_type(&self) -> u16;
 
     /// The PCI class code (class, subclass, programming interface in bits

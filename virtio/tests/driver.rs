@@ -9,6 +9,7 @@ use std::vec::Vec;
 
 use virtio::devices::blk::{self, Block, MemDisk};
 use virtio::devices::console::{Console, ConsoleInput, ConsoleOutput};
+use virtio::devices::net;
 use virtio::devices::rng::{EntropySource, Rng};
 use virtio::features::*;
 use virtio::pci::{common, BarWriteOutcome, TransportError, NO_VECTOR};
@@ -756,4 +757,167 @@ fn rng_fills_buffers() {
         d.common_read(common::CONFIG_MSIX_VECTOR, 2),
         u64::from(NO_VECTOR)
     );
+}
+
+/// An uplink in memory: frames sent, and frames waiting to be received.
+#[derive(Default, Debug)]
+struct Wire {
+    tx: Vec<u8>,
+    sent: Vec<Vec<u8>>,
+    incoming: VecDeque<Vec<u8>>,
+}
+
+impl net::NetBackend for Wire {
+    fn tx_buffer(&mut self) -> &mut [u8] {
+        self.tx.resize(net::MAX_FRAME_LEN, 0);
+        &mut self.tx
+    }
+    fn transmit(&mut self, len: usize) {
+        self.sent.push(self.tx[..len].to_vec());
+    }
+    fn peek(&mut self) -> Option<&[u8]> {
+        self.incoming.front().map(Vec::as_slice)
+    }
+    fn consume(&mut self) {
+        self.incoming.pop_front();
+    }
+}
+
+const MAC: [u8; 6] = [0x02, 0x53, 0x56, 0, 0, 1];
+
+fn net_driver() -> Driver<net::Net<Wire>> {
+    let mut d = Driver::new(net::Net::new(MAC, Wire::default()));
+    d.probe();
+    d.setup_msix();
+    assert!(d.init(ALL | net::features::VIRTIO_NET_F_MAC | 1 << 0 | 1 << 11));
+    d
+}
+
+/// A frame of `len` bytes: broadcast, from MAC, type 0x0800, a pattern.
+fn frame(len: usize) -> Vec<u8> {
+    let mut f: Vec<u8> = (0..len).map(|i| i as u8).collect();
+    f[..6].fill(0xff);
+    f[6..12].copy_from_slice(&MAC);
+    f[12..14].copy_from_slice(&[8, 0]);
+    f
+}
+
+/// Puts `hdr` + `frame` on the transmit queue in `pieces` buffers (the
+/// header in its own, as Linux does).
+fn net_send(d: &mut Driver<net::Net<Wire>>, hdr: [u8; 12], frame: &[u8], pieces: usize) {
+    let at = d.alloc(12 + frame.len() as u64, 16);
+    d.ram[at as usize..at as usize + 12].copy_from_slice(&hdr);
+    d.ram[at as usize + 12..at as usize + 12 + frame.len()].copy_from_slice(frame);
+    let mut bufs = vec![(at, 12, false)];
+    let step = frame.len().div_ceil(pieces).max(1);
+    let mut off = 0;
+    while off < frame.len() {
+        let n = step.min(frame.len() - off);
+        bufs.push((at + 12 + off as u64, n as u32, false));
+        off += n;
+    }
+    d.add(1, &bufs, pieces > 2);
+}
+
+#[test]
+fn net_offers_only_its_mac_and_no_offloads() {
+    let mut d = net_driver();
+    assert_eq!(
+        d.pci.negotiated_features(),
+        ALL | net::features::VIRTIO_NET_F_MAC,
+        "CSUM (0) and HOST_TSO4 (11) are not offered"
+    );
+    assert_eq!(d.pci.config_read(2, 2), 0x1041, "modern virtio-net");
+    assert_eq!(d.pci.config_read(0xa, 2), 0x0200, "Ethernet controller");
+    let cfg = d.bar_base(0) + d.layout.device.unwrap();
+    let mac: Vec<u8> = (0..6).map(|i| d.mmio_read(cfg + i, 1) as u8).collect();
+    assert_eq!(mac, MAC);
+}
+
+#[test]
+fn net_sends_gathered_frames_and_receives_into_buffers() {
+    let mut d = net_driver();
+    let f = frame(342);
+    net_send(&mut d, [0; 12], &f, 1);
+    net_send(&mut d, [0; 12], &frame(1514), 3);
+    assert_eq!(d.used(1).len(), 2);
+    let wire = d.pci.device().backend();
+    assert_eq!(wire.sent, [f.clone(), frame(1514)]);
+    assert_eq!(d.msis(), [(MSI_ADDR, 0x42)], "transmitq's vector 2");
+
+    // Two frames arrive before the driver has buffers: they wait.
+    d.pci
+        .device_mut()
+        .backend_mut()
+        .incoming
+        .extend([frame(60), frame(1518)]);
+    d.poll();
+    assert!(d.msis().is_empty());
+    let rx = d.alloc(2 * 1526, 16);
+    d.add(0, &[(rx, 12, true), (rx + 12, 1514, true)], false);
+    assert_eq!(d.used(0), [(0, 72)]);
+    assert_eq!(&d.ram[rx as usize..rx as usize + 12], &net::RX_HDR);
+    assert_eq!(&d.ram[rx as usize + 12..rx as usize + 72], &frame(60)[..]);
+    assert_eq!(d.msis(), [(MSI_ADDR, 0x41)]);
+    // The second waits for a buffer large enough, then comes.
+    d.add(0, &[(rx + 1526, 1530, true)], true);
+    assert_eq!(d.used(0), [(2, 1530)]);
+    assert_eq!(
+        &d.ram[rx as usize + 1538..rx as usize + 1538 + 1518],
+        &frame(1518)[..]
+    );
+    let s = d.pci.device().stats();
+    assert_eq!((s.tx_frames, s.tx_bytes), (2, 342 + 1514));
+    assert_eq!((s.rx_frames, s.rx_bytes), (2, 60 + 1518));
+    assert_eq!(s.tx_malformed + s.tx_oversized + s.rx_dropped, 0);
+    assert_eq!(d.pci.status() & DEVICE_NEEDS_RESET, 0);
+}
+
+#[test]
+fn net_drops_and_counts_bad_frames_and_goes_on() {
+    let mut d = net_driver();
+    net_send(&mut d, [0; 12], &frame(1515), 2);
+    net_send(&mut d, [0; 12], &frame(9000), 4);
+    net_send(&mut d, [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], &frame(100), 1);
+    net_send(&mut d, [0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], &frame(100), 1);
+    net_send(&mut d, [0; 12], &frame(100)[..13], 1);
+    // A header alone, shorter than a header, and a writable buffer.
+    let at = d.alloc(64, 16);
+    d.add(1, &[(at, 12, false)], false);
+    d.add(1, &[(at, 5, false)], false);
+    d.add(
+        1,
+        &[(at, 12, false), (at + 12, 20, false), (at + 32, 8, true)],
+        false,
+    );
+    assert_eq!(d.used(1).len(), 8, "every chain returned");
+    let s = d.pci.device().stats();
+    assert_eq!((s.tx_oversized, s.tx_malformed, s.tx_frames), (2, 6, 0));
+    assert!(d.pci.device().backend().sent.is_empty());
+    // A good frame still goes.
+    net_send(&mut d, [0; 12], &frame(60), 1);
+    assert_eq!(d.pci.device().backend().sent.len(), 1);
+
+    // Received frames too short, too long or larger than the buffer.
+    d.pci.device_mut().backend_mut().incoming.extend([
+        frame(14)[..13].to_vec(),
+        frame(2000),
+        frame(200),
+        frame(100),
+    ]);
+    let rx = d.alloc(4096, 16);
+    d.add(0, &[(rx, 100, true)], false);
+    d.add(0, &[(rx + 100, 1526, true)], false);
+    assert_eq!(d.used(0), [(0, 0), (1, 112)]);
+    let s = d.pci.device().stats();
+    assert_eq!((s.rx_dropped, s.rx_frames), (3, 1));
+    assert_eq!(d.pci.status() & DEVICE_NEEDS_RESET, 0);
+}
+
+#[test]
+fn net_transmit_buffer_outside_ram_needs_reset() {
+    let mut d = net_driver();
+    d.add(1, &[(0, 12, false), (RAM as u64 - 8, 64, false)], false);
+    assert_ne!(d.status() & DEVICE_NEEDS_RESET, 0);
+    assert!(d.pci.device().backend().sent.is_empty());
 }

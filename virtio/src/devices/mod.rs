@@ -3,4 +3,5 @@
 
 pub mod blk;
 pub mod console;
+pub mod net;
 pub mod rng;

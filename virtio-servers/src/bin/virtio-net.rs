@@ -1,0 +1,213 @@
+//! The virtio-net ring-3 task: a virtio-pci network function (the
+//! `virtio` crate's `VirtioPci<Net>`) as a server of its own, whose
+//! uplink is its channel to the nic-driver (`splitvisor run --net user`).
+//!
+//! Like the other virtio servers it serves the vmm-server's proxy on one
+//! channel (configuration and BAR accesses, doorbells by `Signal`), and it
+//! is the client of a link channel to the nic-driver
+//! (`ipc_proto::net`): each frame the guest sends is gathered from its
+//! buffers into that channel's page and sent with one call; when the
+//! nic-driver signals `RX_BIT` this task asks for the waiting frames and
+//! writes them into the guest's receive buffers, then signals the proxy
+//! to fetch the interrupt. Frames the guest gets wrong (a header asking
+//! for an offload, too short, longer than 1514 bytes) are dropped and
+//! counted; the counts are printed at 1, 2, 4, 8, ... drops.
+//! Rights: guest RAM read-write, the console, its two channels.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!(
+        "virtio-net is a ring-3 task of the splitvisor image; it runs under the stub only. \
+         `splitvisor run --net user` adds it."
+    );
+    std::process::exit(2);
+}
+
+#[cfg(target_os = "none")]
+mod ring3 {
+    use ipc_proto::manifest::MAX_CHANNELS;
+    use ipc_proto::net::RX_BIT;
+    use ipc_proto::pci::{PciMessage, DOORBELL_COUNT_OFFSET};
+    use ipc_proto::syscall::{NO_REPLY, RECV_NOTIFICATION};
+    use ipc_proto::{sys, Syscall, ABI_VERSION};
+    use virtio::devices::net::{Net, NetStats};
+    use virtio_servers::net::{
+        link_channel_from_config, LinkChannel, LinkError, Page, Uplink, CONFIG_MAGIC, GUEST_MAC,
+    };
+    use virtio_servers::{RamWindow, Server};
+
+    ipc_proto::server_entry!(server_main);
+
+    #[used]
+    static CONFIG: [u8; 16] = sys::config_block(&CONFIG_MAGIC);
+
+    macro_rules! say {
+        ($($arg:tt)*) => {
+            ipc_proto::sys::say_line("virtio-net: ", format_args!($($arg)*))
+        };
+    }
+
+    /// The link channel to the nic-driver.
+    struct Link {
+        ch: u64,
+        page: &'static mut Page,
+    }
+
+    impl LinkChannel for Link {
+        fn page(&mut self) -> &mut Page {
+            self.page
+        }
+
+        fn call(&mut self) -> Result<(), LinkError> {
+            sys::call(Syscall::Call, self.ch)
+                .map(|_| ())
+                .map_err(LinkError)
+        }
+    }
+
+    /// Says what was dropped when a count reaches a power of two.
+    fn report(now: &NetStats, said: &mut NetStats) {
+        let news = |n: u64, said: &mut u64, what: &str| {
+            if n > *said && n.is_power_of_two() {
+                *said = n;
+                say!("{n} {what} dropped");
+            }
+        };
+        news(
+            now.tx_malformed,
+            &mut said.tx_malformed,
+            "malformed frames from the guest",
+        );
+        news(
+            now.tx_oversized,
+            &mut said.tx_oversized,
+            "oversized frames from the guest (longer than 1514 bytes)",
+        );
+        news(
+            now.rx_dropped,
+            &mut said.rx_dropped,
+            "frames for the guest (too long for its buffer)",
+        );
+    }
+
+    extern "C" fn server_main() -> ! {
+        let boot = sys::boot_info();
+        if boot.abi_version != ABI_VERSION {
+            say!(
+                "the stub speaks ABI version {}, this server was built for version {ABI_VERSION}",
+                boot.abi_version
+            );
+            sys::vm_fail();
+        }
+        // SAFETY: the image builder patches this byte; read once, volatile
+        // so the compiler does not fold the zero it was built with.
+        let byte = unsafe { core::ptr::read_volatile(&CONFIG[CONFIG_MAGIC.len()]) };
+        let Some(ch) = link_channel_from_config(byte).filter(|&c| c < MAX_CHANNELS as u64) else {
+            say!("no link channel configured (the image builder sets it)");
+            sys::vm_fail();
+        };
+        // SAFETY: this task is the client of channel `ch` (the manifest
+        // says so), whose page the stub maps read-write here for good; the
+        // nic-driver touches it only while this task waits in `Call`, and
+        // nothing else in this task refers to it.
+        let page = unsafe { &mut *sys::channel_page(ch).cast::<Page>() };
+        let mut uplink = Uplink::new(Link { ch, page });
+        match uplink.info() {
+            Ok(r) if r.status == ipc_proto::net::status::OK => {
+                let m = r.mac;
+                say!(
+                    "mac {}, uplink on channel {ch}: the nic-driver's card {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                    mac_text(GUEST_MAC),
+                    m[0], m[1], m[2], m[3], m[4], m[5]
+                );
+            }
+            Ok(r) => say!(
+                "the uplink has no card (status {}): frames go nowhere",
+                r.status
+            ),
+            Err(e) => say!("{e}: frames go nowhere"),
+        }
+        let server = Server::new(Net::new(GUEST_MAC, uplink)).with_instance(sys::instance_id());
+        // SAFETY: the manifest grants this task guest RAM read-write, which
+        // the stub maps at `guest_ram_window` for `guest_ram_bytes`; nothing
+        // else in this task refers to it.
+        let ram = unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) }
+            .with_guest_writes(sys::GuestWrites::find());
+        serve(server, ram, ch)
+    }
+
+    /// A station address as the usual text.
+    fn mac_text(m: [u8; 6]) -> impl core::fmt::Display {
+        struct Mac([u8; 6]);
+        impl core::fmt::Display for Mac {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let m = self.0;
+                write!(
+                    f,
+                    "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                    m[0], m[1], m[2], m[3], m[4], m[5]
+                )
+            }
+        }
+        Mac(m)
+    }
+
+    /// `virtio_servers::ring3::serve_forever`'s loop, with the link's
+    /// signal besides the doorbells: received frames are moved into the
+    /// guest's buffers at once, not at the proxy's next poll.
+    fn serve<W: virtio_servers::GuestWriteSink>(
+        mut server: Server<Net<Uplink<Link>>>,
+        mut ram: RamWindow<W>,
+        link: u64,
+    ) -> ! {
+        let mut said = NetStats::default();
+        let mut reply_to = NO_REPLY;
+        loop {
+            let v = match sys::call(Syscall::ReplyRecv, reply_to) {
+                Ok(v) => v,
+                Err(e) => {
+                    say!("ReplyRecv refused: {}", e.describe());
+                    sys::vm_fail();
+                }
+            };
+            reply_to = NO_REPLY;
+            if v & RECV_NOTIFICATION != 0 {
+                if v & RX_BIT != 0 {
+                    server.pci.device_mut().backend_mut().frames_arrived();
+                    server.pci.poll(&mut ram);
+                }
+                let doorbells = v & 0xffff & !RX_BIT;
+                let count = server.client().map_or(0, |ch| {
+                    let at = sys::channel_page(ch).wrapping_add(DOORBELL_COUNT_OFFSET);
+                    // SAFETY: the page of the channel this task serves is
+                    // mapped read-write here; the proxy wrote the count
+                    // before its Signal and does not run while we do.
+                    unsafe { at.cast::<u64>().read_volatile() }
+                });
+                let word = (v & !0xffff) | doorbells;
+                if let Some((ch, bits)) = server.notified(&mut ram, word, count) {
+                    let _ = sys::signal(ch, bits);
+                }
+            } else if v < MAX_CHANNELS as u64 && v != link {
+                let page = sys::channel_page(v).cast::<PciMessage>();
+                // SAFETY: `v` is a channel this task serves (the stub
+                // returns only those from ReplyRecv); its page is mapped
+                // read-write in both ends and the proxy waits in `Call`.
+                // Every bit pattern is a valid PciMessage, read once.
+                let request = unsafe { page.read_volatile() };
+                let reply = server.message(v, &mut ram, &request);
+                // SAFETY: as above; the reply fits the page.
+                unsafe { page.write_volatile(reply) };
+                reply_to = v;
+            }
+            report(&server.pci.device().stats(), &mut said);
+        }
+    }
+
+    #[panic_handler]
+    fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+        say!("panic: {}", info.message());
+        sys::vm_fail()
+    }
+}
