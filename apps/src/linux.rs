@@ -744,14 +744,22 @@ pub fn prepare_debian_linux(flavour: Flavour) -> Result<LinuxGuest, String> {
         .map_err(|e| format!("busybox-static has no bin/busybox ({}: {e})", bb.display()))?;
     let workload = build_workload(&dir, flavour)?;
     let modules = crate::linux_modules::collect(&kroot)?;
-    // One per flavour: the modules are the kernel's own (686 and 686-pae
-    // share busybox and the workload, not their modules).
-    let initrd = dir.join(format!("initramfs-{}.cpio", flavour.name()));
-    images::write_atomic(
-        &initrd,
-        &initramfs_with_modules(&busybox, &workload, &modules),
-    )
-    .map_err(|e| e.to_string())?;
+    // One per flavour (the modules are the kernel's own: 686 and 686-pae
+    // share busybox and the workload, not their modules) and per content:
+    // the cache is shared by every checkout of the project on the machine,
+    // and a run must boot its own `/init`, not one another checkout wrote
+    // in between.
+    let bytes = initramfs_with_modules(&busybox, &workload, &modules);
+    let mut hash = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&bytes, &mut hash);
+    let initrd = dir.join(format!(
+        "initramfs-{}-{:016x}.cpio",
+        flavour.name(),
+        std::hash::Hasher::finish(&hash)
+    ));
+    if !initrd.exists() {
+        images::write_atomic(&initrd, &bytes).map_err(|e| e.to_string())?;
+    }
     Ok(LinuxGuest { kernel, initrd })
 }
 
