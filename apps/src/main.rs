@@ -217,7 +217,9 @@ struct GuestArgs {
     /// 02:53:56:00:00:01) at the next free slot after --console hvc0's,
     /// --disk's and --rng's, run as the virtio-net task (guest RAM
     /// read-write, the console, its channel from the vmm-server and a link
-    /// channel to the nic-driver, which sends and receives its frames).
+    /// channel to the switch task, a learning switch with the console as
+    /// its only right, whose uplink is its link channel to the
+    /// nic-driver, which sends and receives the frames).
     /// Forward rules to the host's loopback may follow, QEMU's syntax,
     /// the host side always 127.0.0.1:
     /// `user,guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:8080` (a connection
@@ -228,7 +230,9 @@ struct GuestArgs {
     /// fetch URL and print it; `.oversize` and `.bench=URL`: see the
     /// README). The virtio-net server prints the frames it drops (a
     /// header asking for an offload, shorter than 14 or longer than 1514
-    /// bytes) at 1, 2, 4, ... drops.
+    /// bytes) at 1, 2, 4, ... drops; the switch prints each port's
+    /// counters (frames and bytes in and out, drops by reason) when the
+    /// frames into it reach 1, 2, 4, ...
     #[arg(long, value_name = "user[,RULE...]", value_parser = splitvisor::nic::NetSpec::parse)]
     net: Option<splitvisor::nic::NetSpec>,
     /// Inject a fault on purpose, for the isolation experiments:

@@ -6,7 +6,8 @@
 //!
 //! `--net user`: the same card and network as the guest's uplink. The
 //! guest gets a virtio-net function (the virtio-net server, PC board),
-//! whose link channel to the nic-driver carries its frames both ways;
+//! whose link channel to the switch server carries its frames both ways;
+//! the switch's uplink is its link channel to the nic-driver;
 //! forward rules (`guestfwd`, `hostfwd`) may join the network to services
 //! on the host's loopback, and nothing else.
 use std::ffi::OsString;
@@ -36,6 +37,9 @@ impl NicSpec {
 
 /// The virtio-net server's task name.
 pub const VIRTIO_NET: &str = "virtio-net";
+
+/// The switch server's task name.
+pub const SWITCH: &str = "switch";
 
 /// What `--net` takes: `user`, then forward rules, comma-separated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -101,10 +105,21 @@ pub fn virtio_net_rights() -> ipc_proto::manifest::Rights {
     }
 }
 
+/// The switch server's rights: the console (its lines) and nothing
+/// else: no guest RAM (frames come through its channels' pages), no
+/// ports, no IRQs. Its channels come from the image's channel list.
+pub fn switch_rights() -> ipc_proto::manifest::Rights {
+    ipc_proto::manifest::Rights {
+        console: true,
+        ..ipc_proto::manifest::Rights::default()
+    }
+}
+
 /// What `--net user` adds to `system`: the nic-driver (unless `--nic`
-/// added it), the virtio-net server at the next free PCI slot, the
-/// vmm-server's channel to it and its link channel to the nic-driver, and
-/// the forward rules for the emulator. PC board only.
+/// added it), the switch server, the virtio-net server at the next free
+/// PCI slot, the vmm-server's channel to it, its link channel to the
+/// switch and the switch's uplink channel to the nic-driver, and the
+/// forward rules for the emulator. PC board only.
 pub fn add_net_servers(system: &mut images::SystemSpec, net: &NetSpec) -> Result<(), String> {
     if system.board != ipc_proto::manifest::Board::Pc {
         return Err(
@@ -120,9 +135,27 @@ pub fn add_net_servers(system: &mut images::SystemSpec, net: &NetSpec) -> Result
         .push(("vmm-server".into(), VIRTIO_NET.into()));
     system
         .device_channels
-        .push((VIRTIO_NET.into(), NIC_DRIVER.into()));
+        .push((VIRTIO_NET.into(), SWITCH.into()));
+    system
+        .device_channels
+        .push((SWITCH.into(), NIC_DRIVER.into()));
+    let uplink = system
+        .channel_number(SWITCH, NIC_DRIVER)
+        .ok_or("the uplink channel has no number")?;
+    let [elf] = images::build_for_target(&["switch"], [SWITCH])
+        .map_err(|e| format!("building the switch server failed: {e}"))?;
+    let config = uplink
+        .checked_add(1)
+        .ok_or("the uplink channel's number is too large")?;
+    let elf = crate::disk::patch_config(&elf, &switch::CONFIG_MAGIC, config, "switch-patched")?;
+    // After the nic-driver, before virtio-net: each calls the one before.
+    system.device_servers.push(images::DeviceServer {
+        name: SWITCH.into(),
+        elf,
+        rights: switch_rights(),
+    });
     let link = system
-        .channel_number(VIRTIO_NET, NIC_DRIVER)
+        .channel_number(VIRTIO_NET, SWITCH)
         .ok_or("the link channel has no number")?;
     let [elf] = images::build_for_target(&["virtio-servers"], [VIRTIO_NET])
         .map_err(|e| format!("building the virtio-net server failed: {e}"))?;
@@ -300,5 +333,8 @@ mod tests {
         let r = virtio_net_rights();
         assert!(!r.vcpu && !r.install && r.ports.is_empty() && r.irqs == 0 && r.console);
         assert_eq!(r.guest_ram, ipc_proto::manifest::GuestRam::ReadWrite);
+        let r = switch_rights();
+        assert!(!r.vcpu && !r.install && r.ports.is_empty() && r.irqs == 0 && r.console);
+        assert_eq!(r.guest_ram, ipc_proto::manifest::GuestRam::None);
     }
 }
