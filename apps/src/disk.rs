@@ -411,7 +411,7 @@ pub fn disk_driver_server(read_only: bool) -> Result<images::DeviceServer, Strin
     })
 }
 
-/// A copy of the server `elf` named `name` beside it, with the byte after
+/// A copy of the server `elf` named `name-cCONFIG` beside it, with the byte after
 /// its configuration block's `magic` set to `config`.
 pub(crate) fn patch_config(
     elf: &Path,
@@ -427,8 +427,10 @@ pub(crate) fn patch_config(
         .ok_or_else(|| format!("the server {} has no configuration block", elf.display()))?;
     bytes[at + magic.len()] = config;
     // Written aside and renamed: runs in parallel (the tests) read a
-    // whole file, never one being written.
-    let patched = elf.with_file_name(name);
+    // whole file, never one being written. One file per configuration:
+    // parallel runs whose channels are numbered differently must not
+    // take each other's.
+    let patched = elf.with_file_name(format!("{name}-c{config}"));
     let aside = elf.with_file_name(format!("{name}.{}.tmp", std::process::id()));
     std::fs::write(&aside, bytes)
         .and_then(|()| std::fs::rename(&aside, &patched))

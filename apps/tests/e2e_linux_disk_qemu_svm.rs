@@ -235,9 +235,10 @@ fn a_read_only_disk_mounts_read_only_and_refuses_writes() {
     // Through the switch: frames went both ways between the VM's port and
     // the uplink, and the oversized frames never reached it (virtio-net
     // dropped them); nothing malformed came in from either side.
-    let vm = switch_counters(out, "port 1 vm ").unwrap_or_else(|| panic!("no VM port line\n{run}"));
-    let up =
-        switch_counters(out, "port 0 uplink ").unwrap_or_else(|| panic!("no uplink line\n{run}"));
+    let vm = common::switch_counters(out, "port 1 vm ")
+        .unwrap_or_else(|| panic!("no VM port line\n{run}"));
+    let up = common::switch_counters(out, "port 0 uplink ")
+        .unwrap_or_else(|| panic!("no uplink line\n{run}"));
     for (port, c) in [("vm", &vm), ("uplink", &up)] {
         assert!(c["in"] > 0 && c["out"] > 0, "{port}: {c:?}\n{run}");
         for drop in ["runt", "giant", "srcmc"] {
@@ -263,20 +264,6 @@ fn a_read_only_disk_mounts_read_only_and_refuses_writes() {
     );
     eprintln!("read-only: {DISK_RAW_WRITE}{raw}");
     assert_eq!(sha256(&img), before, "the image file changed");
-}
-
-/// The counters on the switch's last line for a port (`switch: port 1 vm
-/// ch 1 in=9/1580B out=7/2474B runt=0 ...`): frame counts by name.
-fn switch_counters(out: &str, port: &str) -> Option<std::collections::HashMap<String, u64>> {
-    let line = out
-        .lines()
-        .filter_map(|l| l.strip_prefix("switch: "))
-        .filter(|l| l.starts_with(port))
-        .last()?;
-    line.split_whitespace()
-        .filter_map(|w| w.split_once('='))
-        .map(|(k, v)| Some((k.to_string(), v.split('/').next()?.parse().ok()?)))
-        .collect()
 }
 
 /// A figure for the README, not a check of speed: Debian fetches 4 MiB

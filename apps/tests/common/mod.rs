@@ -185,3 +185,17 @@ pub fn boot_linux_appending(
     assert_eq!(run.code, Some(0), "{report}");
     run
 }
+
+/// The counters on the switch's last line for a port (`switch: port 1 vm
+/// ch 1 in=9/1580B out=7/2474B runt=0 ...`): frame counts by name.
+pub fn switch_counters(out: &str, port: &str) -> Option<std::collections::HashMap<String, u64>> {
+    let line = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("switch: "))
+        .filter(|l| l.starts_with(port))
+        .last()?;
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| Some((k.to_string(), v.split('/').next()?.parse().ok()?)))
+        .collect()
+}
