@@ -144,6 +144,8 @@ mod ring3 {
                     self.uplink_waiting = false;
                     return;
                 };
+                // Copied off the uplink's page: `switch` may not read it
+                // while a frame could be sent through it.
                 let n = n.min(buf.len());
                 buf[..n].copy_from_slice(&page(self.uplink)[RX_OFFSET..RX_OFFSET + n]);
                 self.switch(UPLINK, &buf[..n]);
@@ -182,9 +184,9 @@ mod ring3 {
                 }
                 (Some(port), op::SEND) => match request.send_len() {
                     Some(n) => {
-                        let mut frame = [0u8; MAX_SEND];
-                        frame[..n].copy_from_slice(&p[TX_OFFSET..TX_OFFSET + n]);
-                        self.switch(port, &frame[..n]);
+                        // Straight from the port's page (never the
+                        // uplink's, which `switch` writes).
+                        self.switch(port, &p[TX_OFFSET..TX_OFFSET + n]);
                         status::OK
                     }
                     None => {
