@@ -191,9 +191,9 @@ pub fn boot_linux_appending(
 pub fn switch_counters(out: &str, port: &str) -> Option<std::collections::HashMap<String, u64>> {
     let line = out
         .lines()
+        .rev()
         .filter_map(|l| l.strip_prefix("switch: "))
-        .filter(|l| l.starts_with(port))
-        .last()?;
+        .find(|l| l.starts_with(port))?;
     line.split_whitespace()
         .filter_map(|w| w.split_once('='))
         .map(|(k, v)| Some((k.to_string(), v.split('/').next()?.parse().ok()?)))
