@@ -210,8 +210,10 @@ fn virtio_net_contains_a_hostile_driver_and_counts_bad_frames_on_npt() {
     assert_net_attacks_counted(&r);
     // The legal frames (broadcasts from 02:53:56:00:00:01) crossed the
     // switch to the uplink; the bad ones never reached it.
-    let vm = common::switch_counters(&r.stdout, "port 1 vm ").unwrap_or_else(|| panic!("{r}"));
-    let up = common::switch_counters(&r.stdout, "port 0 uplink ").unwrap_or_else(|| panic!("{r}"));
+    let vm = common::switch_counters(&r.stdout, "at the VM's end: port 1 vm ")
+        .unwrap_or_else(|| panic!("{r}"));
+    let up = common::switch_counters(&r.stdout, "at the VM's end: port 0 uplink ")
+        .unwrap_or_else(|| panic!("{r}"));
     assert!(vm["in"] > 0, "{vm:?}\n{r}");
     assert_eq!((up["out"], up["full"]), (vm["in"], 0), "{up:?}\n{r}");
     for drop in ["runt", "giant", "srcmc", "filtered"] {

@@ -235,9 +235,9 @@ fn a_read_only_disk_mounts_read_only_and_refuses_writes() {
     // Through the switch: frames went both ways between the VM's port and
     // the uplink, and the oversized frames never reached it (virtio-net
     // dropped them); nothing malformed came in from either side.
-    let vm = common::switch_counters(out, "port 1 vm ")
+    let vm = common::switch_counters(out, "at the VM's end: port 1 vm ")
         .unwrap_or_else(|| panic!("no VM port line\n{run}"));
-    let up = common::switch_counters(out, "port 0 uplink ")
+    let up = common::switch_counters(out, "at the VM's end: port 0 uplink ")
         .unwrap_or_else(|| panic!("no uplink line\n{run}"));
     for (port, c) in [("vm", &vm), ("uplink", &up)] {
         assert!(c["in"] > 0 && c["out"] > 0, "{port}: {c:?}\n{run}");

@@ -25,6 +25,9 @@ pub mod op {
     pub const SEND: u32 = 2;
     /// The next frame received, at [`super::RX_OFFSET`], `len` bytes.
     pub const RECEIVE: u32 = 3;
+    /// The VM ends: the server prints its counters (the switch's
+    /// statistics lines). The nic-driver answers [`super::status::UNSUPPORTED`].
+    pub const STATS: u32 = 4;
 }
 
 /// [`LinkMessage::status`] values.

@@ -41,6 +41,10 @@ pub mod op {
     /// enabled queue from its used ring's `idx`, so requests in flight
     /// are processed again).
     pub const RESUME: u32 = 7;
+    /// No access: the VM ends (the vmm-server is about to `VmStop`); a
+    /// server with counters prints them. Servers without answer as for
+    /// any unknown op.
+    pub const END: u32 = 8;
 }
 
 /// Where in the channel page the proxy keeps the number of doorbells it

@@ -15,7 +15,9 @@
 //! waiting in the card while every VM port has room for them (the card's
 //! ring holds the rest, as it did for virtio-net). The counters are
 //! printed (`switch: port 0 uplink in=... out=...`, one line a port) when
-//! the frames in reach 1, 2, 4, 8, ...
+//! the frames in reach 1, 2, 4, 8, ..., and at STATS, which virtio-net
+//! sends when the vmm-server tells it that the VM ends (`switch: at the
+//! VM's end: port 0 uplink ...`).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]
@@ -194,6 +196,11 @@ mod ring3 {
                         status::BAD_LENGTH
                     }
                 },
+                (Some(_), op::STATS) => {
+                    self.said = u64::MAX;
+                    self.print("at the VM's end: ");
+                    status::OK
+                }
                 (Some(port), op::RECEIVE) => match self.queues[port].as_mut() {
                     Some(q) => match q.front() {
                         Some(f) => {
@@ -239,10 +246,15 @@ mod ring3 {
                 return;
             }
             self.said = n;
-            say!("port 0 uplink {}", self.sw.stats[UPLINK]);
+            self.print("");
+        }
+
+        /// One line a port, each starting `at`.
+        fn print(&self, at: &str) {
+            say!("{at}port 0 uplink {}", self.sw.stats[UPLINK]);
             for (i, ch) in self.vms.iter().enumerate() {
                 if let Some(ch) = ch {
-                    say!("port {} vm ch {ch} {}", i + 1, self.sw.stats[i + 1]);
+                    say!("{at}port {} vm ch {ch} {}", i + 1, self.sw.stats[i + 1]);
                 }
             }
         }

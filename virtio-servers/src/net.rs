@@ -90,6 +90,14 @@ impl<L: LinkChannel> Uplink<L> {
         })
     }
 
+    /// Tells the server that the VM ends: the switch prints its counters.
+    pub fn stats(&mut self) -> Result<LinkMessage, LinkError> {
+        self.ask(LinkMessage {
+            op: op::STATS,
+            ..LinkMessage::default()
+        })
+    }
+
     /// The server signalled that frames arrived.
     pub fn frames_arrived(&mut self) {
         self.maybe_more = true;

@@ -273,6 +273,25 @@ impl PortChannel for ChannelSyscall {
     }
 }
 
+/// Tells each PCI function's server that the VM ends
+/// (`ipc_proto::pci::op::END`), so that servers with counters print them
+/// (virtio-net asks the switch for its lines). A server that is not
+/// waiting for a call is skipped (`NotReady`).
+fn tell_functions_the_end(slots: &[u8; ipc_proto::pci::FUNCTION_SLOTS]) {
+    let end = ipc_proto::pci::PciMessage {
+        op: ipc_proto::pci::op::END,
+        ..Default::default()
+    };
+    for ch in slots.iter().filter_map(|s| s.checked_sub(1)) {
+        let _ = PciChannel::call(
+            &mut ChannelSyscall {
+                channel: u64::from(ch),
+            },
+            &end,
+        );
+    }
+}
+
 impl ChannelSyscall {
     fn page<T>(&self) -> *mut T {
         (CHANNEL_PAGE_BASE + self.channel * PAGE_SIZE) as *mut T
@@ -480,7 +499,10 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
 
     let mut stub = NativeStub { hooks, last: None };
     match vmm_server::run(&mut stub, &mut vmm, &console) {
-        Ending::Stop { status } => vm_stop(status),
+        Ending::Stop { status } => {
+            tell_functions_the_end(&pci_slots);
+            vm_stop(status)
+        }
         // The stub has no reset yet: a reset ends the VM, as QEMU's
         // -no-reboot does.
         Ending::Reset => vm_stop(0),

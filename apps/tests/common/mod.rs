@@ -186,8 +186,9 @@ pub fn boot_linux_appending(
     run
 }
 
-/// The counters on the switch's last line for a port (`switch: port 1 vm
-/// ch 1 in=9/1580B out=7/2474B runt=0 ...`): frame counts by name.
+/// The counters on the switch's last line for a port that starts with
+/// `port` (`switch: at the VM's end: port 1 vm ch 1 in=9/1580B
+/// out=7/2474B runt=0 ...`): frame counts by name.
 pub fn switch_counters(out: &str, port: &str) -> Option<std::collections::HashMap<String, u64>> {
     let line = out
         .lines()

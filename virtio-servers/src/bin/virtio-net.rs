@@ -196,6 +196,10 @@ mod ring3 {
                 // read-write in both ends and the proxy waits in `Call`.
                 // Every bit pattern is a valid PciMessage, read once.
                 let request = unsafe { page.read_volatile() };
+                if request.op == ipc_proto::pci::op::END {
+                    // The VM ends: the switch prints its counters.
+                    let _ = server.pci.device_mut().backend_mut().stats();
+                }
                 let reply = server.message(v, &mut ram, &request);
                 // SAFETY: as above; the reply fits the page.
                 unsafe { page.write_volatile(reply) };
