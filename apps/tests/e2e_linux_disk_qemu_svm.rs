@@ -245,7 +245,12 @@ fn a_read_only_disk_mounts_read_only_and_refuses_writes() {
             assert_eq!(c[drop], 0, "{port}: {drop}\n{run}");
         }
     }
-    eprintln!("switch: vm {vm:?}; uplink {up:?}");
+    for l in out
+        .lines()
+        .filter(|l| l.starts_with("switch: at the VM's end: "))
+    {
+        eprintln!("{l}");
+    }
     assert!(
         out.lines()
             .any(|l| l.starts_with("virtio-blk: ") && l.ends_with(", read-only")),
