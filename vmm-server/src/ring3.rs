@@ -505,7 +505,10 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
         }
         // The stub has no reset yet: a reset ends the VM, as QEMU's
         // -no-reboot does.
-        Ending::Reset => vm_stop(0),
+        Ending::Reset => {
+            tell_functions_the_end(&pci_slots);
+            vm_stop(0)
+        }
         Ending::Fail => vm_fail(),
     }
 }
