@@ -6,8 +6,8 @@
 //! length, guest-physical address, RFLAGS, interruptibility, CR3 and the
 //! general registers but RSP in message registers; the rest of the record
 //! takes one `ReadVMCS` call each, made only for the exits whose handling
-//! needs the field (`sel4_vmm_server::exit_reads`), at most once per exit
-//! ([`Vcpu::field`]; see [`Vcpu::record`]).
+//! needs the field (`sel4_vmm_server::exit_reads`; see [`Vcpu::record`]),
+//! CR0 at most once per exit ([`Vcpu::cr0`]).
 
 use ipc_proto::exit::vmx_exit;
 use ipc_proto::{ErrorCode, ExitKind, ExitRecord, Resume, ResumeFlags, Segment, Stats, VcpuArch};
@@ -128,14 +128,6 @@ impl core::fmt::Display for VcpuError {
     }
 }
 
-/// The VMCS fields read for the current exit, each at most once
-/// ([`Vcpu::field`]); `record` empties it.
-#[derive(Clone, Copy, Default)]
-struct ExitFields {
-    len: usize,
-    read: [(u64, u64); 16],
-}
-
 /// The processor mode as the last full exit read it (see [`Vcpu::record`]).
 #[derive(Clone, Copy, Debug)]
 struct Mode {
@@ -165,8 +157,10 @@ pub struct Vcpu {
     /// The mode the fast path reuses; `None` until the first full exit and
     /// after a resume writes RSP or EFER.
     mode: Option<Mode>,
-    /// The VMCS fields this exit has read.
-    fields: ExitFields,
+    /// GUEST_CR0 if this exit has read it (`record` forgets it): the one
+    /// field read in more than one place (the mode, EFER.LMA, whether an
+    /// injected exception pushes an error code).
+    exit_cr0: Option<u64>,
     /// EFER as last written (SCE, LME, NXE): only a WRMSR exit changes
     /// them; LMA is LME and CR0.PG (see [`Vcpu::record`]).
     efer: u64,
@@ -230,32 +224,34 @@ impl Vcpu {
             })
     }
 
-    /// A VMCS field of the current exit: read on first use, then from
-    /// this exit's cache. A refused read ends the run (`failure`), 0.
+    /// A VMCS field of the current exit; a refused read ends the run
+    /// (`failure`), 0.
     fn field(&mut self, field: u64) -> u64 {
-        let f = &self.fields;
-        if let Some(&(_, v)) = f.read[..f.len].iter().find(|(k, _)| *k == field) {
-            return v;
-        }
-        let v = match self.read(field) {
+        match self.read(field) {
             Ok(v) => v,
             Err(e) => {
                 self.failure.get_or_insert(e);
                 0
             }
-        };
-        let f = &mut self.fields;
-        if f.len < f.read.len() {
-            f.read[f.len] = (field, v);
-            f.len += 1;
         }
-        v
+    }
+
+    /// GUEST_CR0 at this exit: read on first use, then kept for the exit.
+    fn guest_cr0(&mut self) -> u64 {
+        match self.exit_cr0 {
+            Some(v) => v,
+            None => {
+                let v = self.field(field::GUEST_CR0);
+                self.exit_cr0 = Some(v);
+                v
+            }
+        }
     }
 
     /// The guest's CR0 at this exit (its view: the read shadow's bits
     /// where it does not own them).
     fn cr0(&mut self) -> u64 {
-        let cr0 = self.field(field::GUEST_CR0);
+        let cr0 = self.guest_cr0();
         (cr0 & !self.cr0_mask) | (self.cr0_shadow & self.cr0_mask)
     }
 
@@ -264,7 +260,7 @@ impl Vcpu {
     /// when paging is turned on with LME, and LME cannot change while
     /// paging is on), so it costs no `ReadVMCS` of its own.
     fn efer_now(&mut self) -> u64 {
-        let pg = self.field(field::GUEST_CR0) & CR0_PG != 0;
+        let pg = self.guest_cr0() & CR0_PG != 0;
         let lma = if pg && self.efer & EFER_LME != 0 {
             EFER_LMA
         } else {
@@ -298,7 +294,7 @@ impl Vcpu {
             interrupt_window: false,
             last: ExitRecord::default(),
             mode: None,
-            fields: ExitFields::default(),
+            exit_cr0: None,
             efer: 0,
             interruptibility: 0,
             deadline: 0,
@@ -502,7 +498,7 @@ impl Vcpu {
     fn record(&mut self, mr: &[u64; 25]) -> ExitRecord {
         use field::*;
         self.reads_last = 0;
-        self.fields.len = 0;
+        self.exit_cr0 = None;
         let reason = mr[c::VMENTER_FAULT_REASON_MR as usize];
         // seL4 gives the basic reason (bits 15:0); a failed VMLAUNCH or
         // VMRESUME comes as -1.
