@@ -60,9 +60,10 @@ pub const ARGS_MAX: usize = 256;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExitReads {
     /// The processor mode the vmm-server decodes and checks with: CR0,
-    /// CR4, RSP, CS (selector, base, limit, access rights) and SS's access
-    /// rights (CPL); EFER is derived (see `vcpu.rs`). Otherwise the record
-    /// carries the mode of the last exit that read it.
+    /// CR4, RSP, CS (base, limit, access rights; not the selector, which
+    /// the vmm-server does not use) and SS's access rights (CPL); EFER is
+    /// derived (see `vcpu.rs`). Otherwise the record carries the mode of
+    /// the last exit that read it.
     pub mode: bool,
     /// The IDT-vectoring information: whether the exit interrupted an
     /// event's delivery. An instruction's exit never does.

@@ -561,7 +561,11 @@ impl Vcpu {
                     cr4: (cr4 & !self.cr4_mask) | (self.cr4_shadow & self.cr4_mask),
                     efer: self.efer_now(),
                     cs: Segment {
-                        selector: self.field(GUEST_ES_SELECTOR + 2 * CS) as u16,
+                        // Not read (a `ReadVMCS` saved on every exit
+                        // that reads the mode): no part of the vmm-server
+                        // looks at CS's selector (its emulator fetches and
+                        // decodes with CS's base, limit and attributes).
+                        selector: 0,
                         attrib: ar_to_attrib(cs_ar),
                         limit: self.field(GUEST_ES_LIMIT + 2 * CS) as u32,
                         base: self.field(GUEST_ES_BASE + 2 * CS),
