@@ -128,7 +128,7 @@ impl core::fmt::Display for VcpuError {
     }
 }
 
-/// The processor mode as the last full exit read it (see [`Vcpu::record`]).
+/// The processor mode as the last exit that read it did (see [`Vcpu::record`]).
 #[derive(Clone, Copy, Debug)]
 struct Mode {
     rsp: u64,
@@ -154,8 +154,8 @@ pub struct Vcpu {
     rip: u64,
     entry_info: u64,
     interrupt_window: bool,
-    /// The mode the fast path reuses; `None` until the first full exit and
-    /// after a resume writes RSP or EFER.
+    /// The mode the exits that need none reuse; `None` until the first
+    /// exit and after a resume writes RSP, EFER or CR4.
     mode: Option<Mode>,
     /// GUEST_CR0 if this exit has read it (`record` forgets it): the one
     /// field read in more than one place (the mode, EFER.LMA, whether an
