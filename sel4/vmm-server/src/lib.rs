@@ -53,9 +53,115 @@ pub struct Args {
 /// The largest encoded [`Args`] (the page holds it with its length).
 pub const ARGS_MAX: usize = 256;
 
+/// What a VMX exit's handling needs read from the VMCS beyond what
+/// `seL4_VMEnter`'s message registers carry (each `ReadVMCS` is a
+/// `seL4_Call`, about 600 instructions in Bochs): decided per exit kind
+/// from the message registers, so the cheap exits read nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitReads {
+    /// The processor mode the vmm-server decodes and checks with: CR0,
+    /// CR4, RSP, CS (base, limit, access rights; not the selector, which
+    /// the vmm-server does not use) and SS's access rights (CPL); EFER is
+    /// derived (see `vcpu.rs`). Otherwise the record carries the mode of
+    /// the last exit that read it.
+    pub mode: bool,
+    /// The IDT-vectoring information: whether the exit interrupted an
+    /// event's delivery. An instruction's exit never does.
+    pub idt: bool,
+}
+
+/// [`ExitReads`] for the exit with basic reason `exit_code`, qualification
+/// `qualification`, guest-physical address `gpa` and RCX `rcx`, on a VM
+/// with `ram` bytes of guest RAM (whose EPT violations go to the
+/// mmu-server component), for an instruction exit when `instruction`.
+pub fn exit_reads(
+    exit_code: u64,
+    qualification: u64,
+    gpa: u64,
+    rcx: u64,
+    ram: u64,
+    instruction: bool,
+) -> ExitReads {
+    use ipc_proto::exit::vmx_exit;
+    const EFER: u32 = 0xc000_0080;
+    let mode = match exit_code {
+        // Answered from the registers (port I/O but string I/O, CPUID,
+        // HLT) or from nothing (interrupt window, host interrupt).
+        vmx_exit::IO => qualification & (1 << 4) != 0,
+        vmx_exit::EXTERNAL_INTERRUPT
+        | vmx_exit::INTERRUPT_WINDOW
+        | vmx_exit::CPUID
+        | vmx_exit::HLT => false,
+        // MSR exits are answered from RCX, RAX and RDX (RDMSR and WRMSR
+        // raise #GP outside ring 0 before they exit); RDMSR of EFER is
+        // answered from the mode.
+        vmx_exit::RDMSR => rcx as u32 == EFER,
+        vmx_exit::WRMSR => false,
+        // The mmu-server maps guest RAM from the address alone.
+        vmx_exit::EPT_VIOLATION => gpa >= ram,
+        _ => true,
+    };
+    let idt = !instruction
+        && !matches!(
+            exit_code,
+            vmx_exit::EXTERNAL_INTERRUPT | vmx_exit::INTERRUPT_WINDOW
+        );
+    ExitReads { mode, idt }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exits_read_only_what_their_handling_needs() {
+        use ipc_proto::exit::vmx_exit::*;
+        let ram = 16 << 20;
+        let r = |code, q, gpa, rcx, insn| exit_reads(code, q, gpa, rcx, ram, insn);
+        let nothing = ExitReads {
+            mode: false,
+            idt: false,
+        };
+        assert_eq!(r(IO, 0x3f8 << 16, 0, 0, true), nothing);
+        assert!(r(IO, 1 << 4, 0, 0, true).mode, "string I/O decodes");
+        assert_eq!(r(CPUID, 0, 0, 0, true), nothing);
+        assert_eq!(r(HLT, 0, 0, 0, true), nothing);
+        assert_eq!(r(INTERRUPT_WINDOW, 0, 0, 0, false), nothing);
+        assert_eq!(r(EXTERNAL_INTERRUPT, 0, 0, 0, false), nothing);
+        assert_eq!(r(RDMSR, 0, 0, 0x1b, true), nothing);
+        assert_eq!(r(WRMSR, 0, 0, 0xc000_0080, true), nothing);
+        assert!(r(RDMSR, 0, 0, 0xc000_0080, true).mode);
+        // Guest RAM: the mmu-server's, which re-injects an interrupted event.
+        assert_eq!(
+            r(EPT_VIOLATION, 0, 0x10_0000, 0, false),
+            ExitReads {
+                mode: false,
+                idt: true
+            }
+        );
+        // Outside it: MMIO, decoded.
+        assert_eq!(
+            r(EPT_VIOLATION, 0, 0xfee0_0000, 0, false),
+            ExitReads {
+                mode: true,
+                idt: true
+            }
+        );
+        assert_eq!(
+            r(CR_ACCESS, 0, 0, 0, true),
+            ExitReads {
+                mode: true,
+                idt: false
+            }
+        );
+        assert_eq!(
+            r(EXCEPTION_OR_NMI, 0, 0, 0, false),
+            ExitReads {
+                mode: true,
+                idt: true
+            }
+        );
+    }
 
     #[test]
     fn args_fit_their_page_and_decode() {

@@ -5,7 +5,9 @@
 //! What an exit costs: seL4 returns the reason, qualification, instruction
 //! length, guest-physical address, RFLAGS, interruptibility, CR3 and the
 //! general registers but RSP in message registers; the rest of the record
-//! takes one `ReadVMCS` call each (see [`Vcpu::record`]).
+//! takes one `ReadVMCS` call each, made only for the exits whose handling
+//! needs the field (`sel4_vmm_server::exit_reads`; see [`Vcpu::record`]),
+//! CR0 at most once per exit ([`Vcpu::cr0`]).
 
 use ipc_proto::exit::vmx_exit;
 use ipc_proto::{ErrorCode, ExitKind, ExitRecord, Resume, ResumeFlags, Segment, Stats, VcpuArch};
@@ -80,6 +82,10 @@ const PROC2_UNRESTRICTED_GUEST: u64 = 1 << 7;
 const ENTRY_IA32E_MODE: u64 = 1 << 9;
 const ENTRY_LOAD_EFER: u64 = 1 << 15;
 const CR0_PE: u64 = 1;
+const CR0_PG: u64 = 1 << 31;
+/// EFER: LME, LMA.
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
 
 /// Access rights (SDM 24.4.1).
 const AR_CODE32: u64 = 0xc09b;
@@ -122,7 +128,7 @@ impl core::fmt::Display for VcpuError {
     }
 }
 
-/// The processor mode as the last full exit read it (see [`Vcpu::record`]).
+/// The processor mode as the last exit that read it did (see [`Vcpu::record`]).
 #[derive(Clone, Copy, Debug)]
 struct Mode {
     rsp: u64,
@@ -148,9 +154,16 @@ pub struct Vcpu {
     rip: u64,
     entry_info: u64,
     interrupt_window: bool,
-    /// The mode the fast path reuses; `None` until the first full exit and
-    /// after a resume writes RSP or EFER.
+    /// The mode the exits that need none reuse; `None` until the first
+    /// exit and after a resume writes RSP, EFER or CR4.
     mode: Option<Mode>,
+    /// GUEST_CR0 if this exit has read it (`record` forgets it): the one
+    /// field read in more than one place (the mode, EFER.LMA, whether an
+    /// injected exception pushes an error code).
+    exit_cr0: Option<u64>,
+    /// EFER as last written (SCE, LME, NXE): only a WRMSR exit changes
+    /// them; LMA is LME and CR0.PG (see [`Vcpu::record`]).
+    efer: u64,
     /// The last exit's record (its registers decide what a resume changes).
     last: ExitRecord,
     /// The last exit's interruptibility (MR), to clear STI/MOV SS blocking.
@@ -211,7 +224,9 @@ impl Vcpu {
             })
     }
 
-    fn r(&mut self, field: u64) -> u64 {
+    /// A VMCS field of the current exit; a refused read ends the run
+    /// (`failure`), 0.
+    fn field(&mut self, field: u64) -> u64 {
         match self.read(field) {
             Ok(v) => v,
             Err(e) => {
@@ -219,6 +234,39 @@ impl Vcpu {
                 0
             }
         }
+    }
+
+    /// GUEST_CR0 at this exit: read on first use, then kept for the exit.
+    fn guest_cr0(&mut self) -> u64 {
+        match self.exit_cr0 {
+            Some(v) => v,
+            None => {
+                let v = self.field(field::GUEST_CR0);
+                self.exit_cr0 = Some(v);
+                v
+            }
+        }
+    }
+
+    /// The guest's CR0 at this exit (its view: the read shadow's bits
+    /// where it does not own them).
+    fn cr0(&mut self) -> u64 {
+        let cr0 = self.guest_cr0();
+        (cr0 & !self.cr0_mask) | (self.cr0_shadow & self.cr0_mask)
+    }
+
+    /// EFER at this exit: seL4 saves it on exit, but its bits but LMA are
+    /// the last WRMSR's and LMA is LME and CR0.PG (the processor sets it
+    /// when paging is turned on with LME, and LME cannot change while
+    /// paging is on), so it costs no `ReadVMCS` of its own.
+    fn efer_now(&mut self) -> u64 {
+        let pg = self.guest_cr0() & CR0_PG != 0;
+        let lma = if pg && self.efer & EFER_LME != 0 {
+            EFER_LMA
+        } else {
+            0
+        };
+        (self.efer & !EFER_LMA) | lma
     }
 
     /// Sets the guest's initial state in the VCPU `cap` (bound to the
@@ -246,6 +294,8 @@ impl Vcpu {
             interrupt_window: false,
             last: ExitRecord::default(),
             mode: None,
+            exit_cr0: None,
+            efer: 0,
             interruptibility: 0,
             deadline: 0,
             pin_controls: 0,
@@ -448,6 +498,7 @@ impl Vcpu {
     fn record(&mut self, mr: &[u64; 25]) -> ExitRecord {
         use field::*;
         self.reads_last = 0;
+        self.exit_cr0 = None;
         let reason = mr[c::VMENTER_FAULT_REASON_MR as usize];
         // seL4 gives the basic reason (bits 15:0); a failed VMLAUNCH or
         // VMRESUME comes as -1.
@@ -477,38 +528,47 @@ impl Vcpu {
             ] = [g(7), g(8), g(9), g(10), g(11), g(12), g(13), g(14)];
         }
         let basic = exit_code as u16;
-        // The fast path: exits at an instruction boundary that the
-        // vmm-server answers from the registers alone (port I/O but string
-        // I/O, interrupt window, host interrupt, CPUID, HLT) take the
-        // processor mode (RSP, CR0, CR4, EFER, CS, CPL) from the last
-        // exit that read it; every other exit reads it from the VMCS.
-        let fast = self.mode.is_some()
-            && normal
-            && match exit_code {
-                vmx_exit::IO => mr[c::VMENTER_FAULT_QUALIFICATION_MR as usize] & (1 << 4) == 0,
-                vmx_exit::EXTERNAL_INTERRUPT
-                | vmx_exit::INTERRUPT_WINDOW
-                | vmx_exit::CPUID
-                | vmx_exit::HLT => true,
-                _ => false,
-            };
+        let instruction = normal && basic < 64 && INSTRUCTION_EXITS & (1 << basic) != 0;
+        // Only what the exit's handling needs (`exit_reads`, in the lib
+        // and unit-tested there): the others take the processor mode (RSP,
+        // CR0, CR4, EFER, CS, CPL) from the last exit that read it, and
+        // an instruction's exit never interrupts an event's delivery.
+        let reads = if normal {
+            sel4_vmm_server::exit_reads(
+                exit_code,
+                mr[c::VMENTER_FAULT_QUALIFICATION_MR as usize],
+                mr[c::VMENTER_FAULT_GUEST_PHYSICAL_MR as usize],
+                regs.rcx,
+                self.ram,
+                instruction,
+            )
+        } else {
+            sel4_vmm_server::ExitReads {
+                mode: true,
+                idt: true,
+            }
+        };
         let mode = match self.mode {
-            Some(m) if fast => m,
+            Some(m) if !reads.mode => m,
             _ => {
-                let cr0 = self.r(GUEST_CR0);
-                let cr4 = self.r(GUEST_CR4);
-                let cs_ar = self.r(GUEST_ES_AR + 2 * CS) as u32;
-                let ss_ar = self.r(GUEST_ES_AR + 2 * SS) as u32;
+                let cr0 = self.cr0();
+                let cr4 = self.field(GUEST_CR4);
+                let cs_ar = self.field(GUEST_ES_AR + 2 * CS) as u32;
+                let ss_ar = self.field(GUEST_ES_AR + 2 * SS) as u32;
                 let m = Mode {
-                    rsp: self.r(GUEST_RSP),
-                    cr0: (cr0 & !self.cr0_mask) | (self.cr0_shadow & self.cr0_mask),
+                    rsp: self.field(GUEST_RSP),
+                    cr0,
                     cr4: (cr4 & !self.cr4_mask) | (self.cr4_shadow & self.cr4_mask),
-                    efer: self.r(GUEST_EFER),
+                    efer: self.efer_now(),
                     cs: Segment {
-                        selector: self.r(GUEST_ES_SELECTOR + 2 * CS) as u16,
+                        // Not read (a `ReadVMCS` saved on every exit
+                        // that reads the mode): no part of the vmm-server
+                        // looks at CS's selector (its emulator fetches and
+                        // decodes with CS's base, limit and attributes).
+                        selector: 0,
                         attrib: ar_to_attrib(cs_ar),
-                        limit: self.r(GUEST_ES_LIMIT + 2 * CS) as u32,
-                        base: self.r(GUEST_ES_BASE + 2 * CS),
+                        limit: self.field(GUEST_ES_LIMIT + 2 * CS) as u32,
+                        base: self.field(GUEST_ES_BASE + 2 * CS),
                     },
                     cpl: ((ss_ar >> 5) & 3) as u8,
                 };
@@ -517,7 +577,7 @@ impl Vcpu {
             }
         };
         regs.rsp = mode.rsp;
-        let next_rip = if normal && basic < 64 && INSTRUCTION_EXITS & (1 << basic) != 0 {
+        let next_rip = if instruction {
             regs.rip
                 .wrapping_add(mr[c::VMENTER_FAULT_INSTRUCTION_LEN_MR as usize])
         } else {
@@ -528,19 +588,19 @@ impl Vcpu {
                 mr[c::VMENTER_FAULT_GUEST_PHYSICAL_MR as usize]
             }
             (true, vmx_exit::EXCEPTION_OR_NMI) => {
-                self.r(EXIT_INTERRUPTION_INFO) | self.r(EXIT_INTERRUPTION_ERROR_CODE) << 32
+                self.field(EXIT_INTERRUPTION_INFO) | self.field(EXIT_INTERRUPTION_ERROR_CODE) << 32
             }
-            (true, vmx_exit::IO) => self.r(GUEST_LINEAR_ADDRESS),
+            // The guest-linear address only string I/O uses.
+            (true, vmx_exit::IO) if reads.mode => self.field(GUEST_LINEAR_ADDRESS),
             _ => 0,
         };
-        // An instruction's exit never interrupts an event's delivery.
-        let idt = if fast {
-            0
+        let idt = if reads.idt {
+            self.field(IDT_VECTORING_INFO) as u32
         } else {
-            self.r(IDT_VECTORING_INFO) as u32
+            0
         };
         let idt_error = if idt & (1 << 31 | 1 << 11) == (1 << 31 | 1 << 11) {
-            self.r(IDT_VECTORING_ERROR_CODE) as u32
+            self.field(IDT_VECTORING_ERROR_CODE) as u32
         } else {
             0
         };
@@ -579,8 +639,10 @@ impl Vcpu {
     /// The event for the next entry, in the VM-entry interruption
     /// information (MR2 of `VMEnter`) and its error code.
     fn inject(&mut self, e: &ipc_proto::EventInjection) -> Result<(), VcpuError> {
-        let protected = self.last.cr0 & CR0_PE != 0;
-        let deliver = e.kind == 3 && protected && matches!(e.vector, 8 | 10..=14 | 17);
+        // CR0.PE only for an exception that may push an error code (the
+        // exits that did not read the mode read it now).
+        let deliver =
+            e.kind == 3 && matches!(e.vector, 8 | 10..=14 | 17) && self.cr0() & CR0_PE != 0;
         // TODO: a software interrupt (kind 4) needs the VM-entry
         // instruction length, which seL4's WriteVMCS does not accept.
         self.entry_info =
@@ -733,11 +795,14 @@ impl Vcpu {
                     if value & !(1 | 1 << 8 | 1 << 11 | LMA) != 0 {
                         return self.inject_gp();
                     }
-                    (value & !LMA) | (rec.efer & LMA)
+                    (value & !LMA) | (self.efer_now() & LMA)
                 } else {
                     value
                 };
                 self.write(f, v)?;
+                if f == GUEST_EFER {
+                    self.efer = v;
+                }
                 self.mode = None;
             } else {
                 let v = self.read(f)?;
