@@ -96,10 +96,10 @@ fn check(emulator: &str, mmu: &str, kinds: &[(&str, &str)]) {
         .unwrap();
         let n: u64 = by_reason[2 + col].parse().unwrap_or(0);
         assert!(n >= COUNT, "{kind}: {reason} exits {n}\n{b}");
-        // The servers answer an exit with several syscalls; the in-stub
-        // handler with none (the loop's setup and end may make a few).
+        // The servers answer an exit with at least its `VcpuRun`; the
+        // in-stub handler with none (the loop's setup and end may make a few).
         let sys = |col: usize| by_reason[col].parse::<f64>().unwrap_or(f64::NAN);
-        assert!(sys(10) >= 2.0, "{kind}: ring-3 syscalls/exit\n{b}");
+        assert!(sys(10) >= 0.99, "{kind}: ring-3 syscalls/exit\n{b}");
         assert!(sys(11).abs() < 0.5, "{kind}: in-stub syscalls/exit\n{b}");
         // The guest's own lines, from splitvisor and from plain QEMU.
         let prefix = format!("  exitbench: end {kind} n={COUNT} tsc=");

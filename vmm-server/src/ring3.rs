@@ -87,6 +87,12 @@ struct ConsoleSyscall {
     uart: Option<ChannelSyscall>,
     /// A PCI function's server (a virtio console) reads host input.
     input_elsewhere: bool,
+    /// TSC ticks between two `ConsoleRead`s that found nothing (0: no
+    /// limit). The loop and the UART's polls look for input three or four
+    /// times per exit; a system call each was four of five per exit.
+    read_gap: u64,
+    /// The TSC at the last `ConsoleRead` that found nothing.
+    last_empty: Option<u64>,
 }
 
 impl HostWrite for ConsoleSyscall {
@@ -109,6 +115,15 @@ impl HostWrite for ConsoleSyscall {
         if self.uart.is_some() || self.input_elsewhere {
             return 0;
         }
+        // Input typed within the gap waits for the next read (a
+        // millisecond at most); a read that found some does not wait.
+        let now = rdtsc();
+        if self
+            .last_empty
+            .is_some_and(|t| now.wrapping_sub(t) < self.read_gap)
+        {
+            return 0;
+        }
         // SAFETY: `buf` is a live, writable slice of our own memory.
         let r = unsafe {
             syscall3(
@@ -118,7 +133,9 @@ impl HostWrite for ConsoleSyscall {
                 0,
             )
         };
-        result(r).map_or(0, |n| (n as usize).min(buf.len()))
+        let n = result(r).map_or(0, |n| (n as usize).min(buf.len()));
+        self.last_empty = (n == 0).then_some(now);
+        n
     }
 }
 
@@ -405,10 +422,16 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
     // Channel number + 1 to the uart-server, 0 when COM1 is ours.
     let uart_channel = boot.uart_channel.checked_sub(1);
     let (pci_slots, pci_flags) = pci_functions();
+    let poll_gap = match boot.tsc_hz {
+        0 => 1_000_000,
+        hz => hz / 1000,
+    };
     let console = RefCell::new(HostConsole::new(
         ConsoleSyscall {
             uart: uart_channel.map(|channel| ChannelSyscall { channel }),
             input_elsewhere: pci_flags & ipc_proto::pci::TAKES_HOST_INPUT != 0,
+            read_gap: poll_gap,
+            last_empty: None,
         },
         true,
     ));
@@ -429,10 +452,6 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
     };
     let mut host = NativeHost {
         tsc_hz: boot.tsc_hz,
-    };
-    let poll_gap = match boot.tsc_hz {
-        0 => 1_000_000,
-        hz => hz / 1000,
     };
     // The board's devices and their ports, from its table.
     let kind = boards::kind_of(boot.board);
@@ -566,6 +585,8 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         ConsoleSyscall {
             uart: None,
             input_elsewhere: false,
+            read_gap: 0,
+            last_empty: None,
         },
         AT_LINE_START.load(Ordering::Relaxed),
     );

@@ -467,6 +467,10 @@ pub struct Vmm<'d> {
     /// or input: the guest's idle time, which its clock keeps.
     waited: u64,
     next_deadline: Option<Nanos>,
+    /// Whether the devices were polled at the clock's present reading and
+    /// nothing reached them since: the last exit's final poll, which the
+    /// next exit's first poll would only repeat.
+    polled: bool,
     /// The exit deadline the stub has (host ticks, 0: none).
     told_deadline: u64,
     /// Added to the host's TSC, the guest's (`VmmConfig::tsc_offsetting`).
@@ -523,6 +527,7 @@ impl<'d> Vmm<'d> {
             exit_host: 0,
             waited: 0,
             next_deadline: None,
+            polled: false,
             told_deadline: 0,
             tsc_offset: 0,
             told_tsc_offset: 0,
@@ -569,6 +574,7 @@ impl<'d> Vmm<'d> {
 
     /// The port router, to register more devices.
     pub fn router_mut(&mut self) -> &mut Router<'d> {
+        self.polled = false;
         &mut self.router
     }
 
@@ -598,6 +604,7 @@ impl<'d> Vmm<'d> {
     /// for.
     pub fn notified(&mut self, word: u32, guest_ran: bool) -> Resume {
         self.stats.notifications += 1;
+        self.polled = false;
         if let Some(bus) = self.pci {
             bus.notified(word);
         }
@@ -704,13 +711,17 @@ impl<'d> Vmm<'d> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        self.polled = true;
     }
 
     /// Moves the virtual clock by the host time since the last exit, but
     /// never past the next device deadline: a slow exit cannot make the
     /// guest miss a timer tick (see the README).
     fn advance_time(&mut self) {
-        self.poll_devices();
+        // The deadline must be the devices' at the present clock reading.
+        if !self.polled {
+            self.poll_devices();
+        }
         let now = self.host.now();
         if let Some(last) = self.last_host {
             let hz = match self.host.ticks_per_second() {

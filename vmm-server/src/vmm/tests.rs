@@ -674,6 +674,46 @@ fn the_timer_interrupts_through_the_pic_as_the_guest_allows() {
     assert!(vmm.stats().irqs >= 2 && vmm.stats().warps >= 1);
 }
 
+/// A port device that counts its polls.
+struct PollCounter<'a>(&'a Cell<u32>);
+
+impl crate::PortDevice for PollCounter<'_> {
+    fn read(&mut self, _offset: u16, _size: IoSize) -> u32 {
+        0
+    }
+    fn write(&mut self, _offset: u16, _size: IoSize, _value: u32) -> WriteOutcome {
+        WriteOutcome::Continue
+    }
+    fn poll(&mut self) -> Option<Nanos> {
+        self.0.set(self.0.get() + 1);
+        None
+    }
+}
+
+#[test]
+fn devices_are_polled_twice_an_exit_and_again_after_a_notification() {
+    let mut w = World::new();
+    let polls = Cell::new(0);
+    let mut dev = PollCounter(&polls);
+    let mut r = Router::new();
+    r.register(0x80, 1, &mut dev).unwrap();
+    vmm!(vmm = w, r);
+    let exit = |vmm: &mut Vmm<'_>| {
+        let before = polls.get();
+        w.time.set(w.time.get() + 1000);
+        resumed(vmm.handle(&out(0x80, 1)));
+        polls.get() - before
+    };
+    // The first exit has no earlier poll to go by.
+    assert_eq!(exit(&mut vmm), 3);
+    assert_eq!(exit(&mut vmm), 2, "the last exit's final poll stands");
+    assert_eq!(exit(&mut vmm), 2);
+    // A notification may have raised a line: polled afresh.
+    let _ = vmm.notified(0, false);
+    assert_eq!(exit(&mut vmm), 3);
+    assert_eq!(exit(&mut vmm), 2);
+}
+
 #[test]
 fn a_slow_exit_does_not_jump_past_a_tick() {
     let mut w = World::new();
