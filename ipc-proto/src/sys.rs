@@ -29,6 +29,46 @@ macro_rules! server_entry {
     };
 }
 
+/// A ring-3 task's start-up and its last words, the same in every
+/// server: `_start` ([`server_entry!`]) checks the stub's ABI version
+/// ([`checked_boot_info`]) and calls `$main(boot)`; `say!` prints a line
+/// starting with `$prefix` ([`say_line`]); the panic handler says the
+/// panic and ends the VM ([`say_panic`]). `PREFIX` is `$prefix`.
+#[macro_export]
+macro_rules! ring3_task {
+    ($main:path, $prefix:expr) => {
+        $crate::__ring3_task!($main, $prefix, $);
+    };
+}
+
+/// [`ring3_task!`]'s body; `$d` is a `$` for the `say!` it defines.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __ring3_task {
+    ($main:path, $prefix:expr, $d:tt) => {
+        /// Starts each line this task prints.
+        const PREFIX: &str = $prefix;
+
+        extern "C" fn ring3_start() -> ! {
+            $main($crate::sys::checked_boot_info(PREFIX))
+        }
+        $crate::server_entry!(ring3_start);
+
+        /// Prints a line on the host console, after [`PREFIX`].
+        #[allow(unused_macros)]
+        macro_rules! say {
+                    ($d($d arg:tt)*) => {
+                        $crate::sys::say_line(PREFIX, format_args!($d($d arg)*))
+                    };
+                }
+
+        #[panic_handler]
+        fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+            $crate::sys::say_panic(PREFIX, info)
+        }
+    };
+}
+
 /// Makes one system call.
 ///
 /// # Safety
@@ -149,6 +189,37 @@ pub fn say_line(prefix: &str, args: core::fmt::Arguments) {
     line.flush();
 }
 
+/// The boot-info page, or the VM's end (said after `prefix`) when the
+/// stub speaks another ABI version than this server was built for.
+pub fn checked_boot_info(prefix: &str) -> BootInfo {
+    let boot = boot_info();
+    if boot.abi_version != crate::ABI_VERSION {
+        say_line(
+            prefix,
+            format_args!(
+                "the stub speaks ABI version {}, this server was built for version {}",
+                boot.abi_version,
+                crate::ABI_VERSION
+            ),
+        );
+        vm_fail();
+    }
+    boot
+}
+
+/// A server's panic: `panic: MESSAGE at FILE:LINE` after `prefix`, then
+/// the VM's end.
+pub fn say_panic(prefix: &str, info: &core::panic::PanicInfo<'_>) -> ! {
+    match info.location() {
+        Some(l) => say_line(
+            prefix,
+            format_args!("panic: {} at {}:{}", info.message(), l.file(), l.line()),
+        ),
+        None => say_line(prefix, format_args!("panic: {}", info.message())),
+    }
+    vm_fail()
+}
+
 /// Channel `ch`'s shared page in this task (`layout::CHANNEL_PAGE_BASE`).
 pub fn channel_page(ch: u64) -> *mut u8 {
     (CHANNEL_PAGE_BASE + ch * PAGE_SIZE) as *mut u8
@@ -187,6 +258,17 @@ pub const fn config_block<const N: usize>(magic: &[u8]) -> [u8; N] {
         i += 1;
     }
     c
+}
+
+/// Byte `at` of a configuration block ([`config_block`]) as the image
+/// builder patched it (0 past its end).
+pub fn config_byte<const N: usize>(block: &[u8; N], at: usize) -> u8 {
+    block.get(at).map_or(0, |b| {
+        // SAFETY: a reference to a live static is valid for a read; the
+        // volatile read keeps the compiler from folding the value it was
+        // built with.
+        unsafe { core::ptr::read_volatile(b) }
+    })
 }
 
 /// `Signal(channel, bits)`.
