@@ -27,14 +27,10 @@
 //! `splitvisor run --disk` on the PC board).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!(
-        "disk-driver is a ring-3 task of the splitvisor image; it runs under the stub only. \
-         `splitvisor run --disk FILE` adds it."
-    );
-    std::process::exit(2);
-}
+ipc_proto::host_main!(
+    "disk-driver is a ring-3 task of the splitvisor image; it runs under the stub only. \
+     `splitvisor run --disk FILE` adds it."
+);
 
 #[cfg(target_os = "none")]
 mod ring3 {
@@ -49,7 +45,7 @@ mod ring3 {
     use ipc_proto::layout::BootInfo;
     use ipc_proto::layout::PAGE_SIZE;
     use ipc_proto::manifest::MAX_CHANNELS;
-    use ipc_proto::sys::{self, port, ConsoleLine};
+    use ipc_proto::sys::{self, ConsoleLine};
     use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION, RECV_TIMEOUT};
     use ipc_proto::Syscall;
 
@@ -66,45 +62,7 @@ mod ring3 {
     struct Ports;
 
     impl PortIo for Ports {
-        fn inb(&mut self, port: u16) -> u8 {
-            port::inb(port)
-        }
-
-        fn outb(&mut self, port: u16, value: u8) {
-            port::outb(port, value);
-        }
-
-        fn inw(&mut self, port: u16) -> u16 {
-            port::inw(port)
-        }
-
-        fn outw(&mut self, port: u16, value: u16) {
-            port::outw(port, value);
-        }
-
-        fn insw(&mut self, port: u16, buf: &mut [u8]) {
-            port::insw(port, buf);
-        }
-
-        fn outsw(&mut self, port: u16, buf: &[u8]) {
-            port::outsw(port, buf);
-        }
-
-        fn inl(&mut self, port: u16) -> u32 {
-            port::inl(port)
-        }
-
-        fn outl(&mut self, port: u16, value: u32) {
-            port::outl(port, value);
-        }
-
-        fn insl(&mut self, port: u16, buf: &mut [u8]) {
-            port::insl(port, buf);
-        }
-
-        fn outsl(&mut self, port: u16, buf: &[u8]) {
-            port::outsl(port, buf);
-        }
+        ipc_proto::port_io!(inb, outb, inw, outw, insw, outsw, inl, outl, insl, outsl);
     }
 
     /// Waits for the disk by polling the status until a TSC deadline

@@ -57,10 +57,10 @@ macro_rules! __ring3_task {
         /// Prints a line on the host console, after [`PREFIX`].
         #[allow(unused_macros)]
         macro_rules! say {
-                    ($d($d arg:tt)*) => {
-                        $crate::sys::say_line(PREFIX, format_args!($d($d arg)*))
-                    };
-                }
+                                    ($d($d arg:tt)*) => {
+                                        $crate::sys::say_line(PREFIX, format_args!($d($d arg)*))
+                                    };
+                                }
 
         #[panic_handler]
         fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
@@ -327,6 +327,67 @@ impl GuestWrites {
 pub fn reply_recv(channel: u64, ticks: u64) -> Result<u64, ErrorCode> {
     // SAFETY: ReplyRecv takes no pointer.
     result(unsafe { syscall3(Syscall::ReplyRecv, channel, ticks, 0) })
+}
+
+/// The methods of a driver crate's `PortIo` trait (`ata`'s and `ne2k`'s
+/// have the same names and signatures) by the instructions themselves
+/// ([`port`]), for a task the stub's I/O permission bitmap lets reach its
+/// granted ports from ring 3: `impl PortIo for Ports { ipc_proto::port_io!(inb, outb); }`.
+#[macro_export]
+macro_rules! port_io {
+    ($($name:ident),* $(,)?) => {
+        $($crate::port_io!(@ $name);)*
+    };
+    (@inb) => {
+        fn inb(&mut self, port: u16) -> u8 {
+            $crate::sys::port::inb(port)
+        }
+    };
+    (@outb) => {
+        fn outb(&mut self, port: u16, value: u8) {
+            $crate::sys::port::outb(port, value);
+        }
+    };
+    (@inw) => {
+        fn inw(&mut self, port: u16) -> u16 {
+            $crate::sys::port::inw(port)
+        }
+    };
+    (@outw) => {
+        fn outw(&mut self, port: u16, value: u16) {
+            $crate::sys::port::outw(port, value);
+        }
+    };
+    (@inl) => {
+        fn inl(&mut self, port: u16) -> u32 {
+            $crate::sys::port::inl(port)
+        }
+    };
+    (@outl) => {
+        fn outl(&mut self, port: u16, value: u32) {
+            $crate::sys::port::outl(port, value);
+        }
+    };
+    (@insw) => {
+        fn insw(&mut self, port: u16, buf: &mut [u8]) {
+            $crate::sys::port::insw(port, buf);
+        }
+    };
+    (@outsw) => {
+        fn outsw(&mut self, port: u16, buf: &[u8]) {
+            $crate::sys::port::outsw(port, buf);
+        }
+    };
+    (@insl) => {
+        fn insl(&mut self, port: u16, buf: &mut [u8]) {
+            $crate::sys::port::insl(port, buf);
+        }
+    };
+    (@outsl) => {
+        fn outsl(&mut self, port: u16, buf: &[u8]) {
+            $crate::sys::port::outsl(port, buf);
+        }
+    };
 }
 
 /// Port I/O from ring 3 by the instructions themselves: the stub's I/O

@@ -18,21 +18,17 @@
 //! asks for them (`nic_driver::link`); without a client it drops them.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!(
-        "nic-driver is a ring-3 task of the splitvisor image; it runs under the stub only. \
-         `splitvisor run --nic user` adds it."
-    );
-    std::process::exit(2);
-}
+ipc_proto::host_main!(
+    "nic-driver is a ring-3 task of the splitvisor image; it runs under the stub only. \
+     `splitvisor run --nic user` adds it."
+);
 
 #[cfg(target_os = "none")]
 mod ring3 {
     use ipc_proto::layout::BootInfo;
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::net::RX_BIT;
-    use ipc_proto::sys::{self, port};
+    use ipc_proto::sys;
     use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION, RECV_TIMEOUT};
     use ipc_proto::Syscall;
     use ne2k::{regs::isr, Error, Ne2k, PortIo, MAX_FRAME, RX_START, RX_STOP};
@@ -47,29 +43,7 @@ mod ring3 {
     struct Ports;
 
     impl PortIo for Ports {
-        fn inb(&mut self, port: u16) -> u8 {
-            port::inb(port)
-        }
-
-        fn outb(&mut self, port: u16, value: u8) {
-            port::outb(port, value);
-        }
-
-        fn inw(&mut self, port: u16) -> u16 {
-            port::inw(port)
-        }
-
-        fn outw(&mut self, port: u16, value: u16) {
-            port::outw(port, value);
-        }
-
-        fn insw(&mut self, port: u16, buf: &mut [u8]) {
-            port::insw(port, buf);
-        }
-
-        fn outsw(&mut self, port: u16, buf: &[u8]) {
-            port::outsw(port, buf);
-        }
+        ipc_proto::port_io!(inb, outb, inw, outw, insw, outsw);
     }
 
     /// Handles the card's pending events: an overflowed ring is reset,

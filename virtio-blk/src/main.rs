@@ -22,14 +22,10 @@
 //! proxy, whose `POLL` fetches the MSI-X messages raised.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!(
-        "virtio-blk is a ring-3 task of the splitvisor image; it runs under the stub only. \
-         `splitvisor run --disk FILE` adds it."
-    );
-    std::process::exit(2);
-}
+ipc_proto::host_main!(
+    "virtio-blk is a ring-3 task of the splitvisor image; it runs under the stub only. \
+     `splitvisor run --disk FILE` adds it."
+);
 
 #[cfg(target_os = "none")]
 mod ring3 {

@@ -14,14 +14,10 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!(
-        "virtio-console is a ring-3 task of the splitvisor image; it runs under the stub only. \
-         `splitvisor run --console hvc0` adds it."
-    );
-    std::process::exit(2);
-}
+ipc_proto::host_main!(
+    "virtio-console is a ring-3 task of the splitvisor image; it runs under the stub only. \
+     `splitvisor run --console hvc0` adds it."
+);
 
 #[cfg(target_os = "none")]
 mod ring3 {

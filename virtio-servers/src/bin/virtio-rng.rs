@@ -18,14 +18,10 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!(
-        "virtio-rng is a ring-3 task of the splitvisor image; it runs under the stub only. \
-         `splitvisor run --rng` adds it."
-    );
-    std::process::exit(2);
-}
+ipc_proto::host_main!(
+    "virtio-rng is a ring-3 task of the splitvisor image; it runs under the stub only. \
+     `splitvisor run --rng` adds it."
+);
 
 #[cfg(target_os = "none")]
 mod ring3 {

@@ -10,14 +10,10 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!(
-        "uart-server is a ring-3 task of the splitvisor image; it runs under the stub only. \
-         Build the image with `splitvisor build --uart-server`."
-    );
-    std::process::exit(2);
-}
+ipc_proto::host_main!(
+    "uart-server is a ring-3 task of the splitvisor image; it runs under the stub only. \
+     Build the image with `splitvisor build --uart-server`."
+);
 
 #[cfg(target_os = "none")]
 mod ring3 {
