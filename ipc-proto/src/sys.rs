@@ -114,6 +114,21 @@ pub fn console_write(bytes: &[u8]) {
     }
 }
 
+/// Reads host console input into `buf` without waiting: the bytes read
+/// (0 when there are none or the task has no console right).
+pub fn console_read(buf: &mut [u8]) -> usize {
+    // SAFETY: `buf` is a live, writable slice of this task's memory.
+    let r = unsafe {
+        syscall3(
+            Syscall::ConsoleRead,
+            buf.as_mut_ptr() as u64,
+            buf.len() as u64,
+            0,
+        )
+    };
+    result(r).map_or(0, |n| (n as usize).min(buf.len()))
+}
+
 /// Ends the VM because it cannot go on; the reason was printed before.
 pub fn vm_fail() -> ! {
     let _ = call(Syscall::VmFail, 0);

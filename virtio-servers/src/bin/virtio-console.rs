@@ -26,7 +26,6 @@ mod ring3 {
     use ipc_proto::layout::BootInfo;
     use ipc_proto::pci::{op, PciMessage};
     use ipc_proto::sys;
-    use ipc_proto::Syscall;
     use virtio_servers::console::{Console, ConsoleOutput, InputBuffer};
     use virtio_servers::ring3::Hooks;
     use virtio_servers::{GuestWriteSink, Server};
@@ -46,20 +45,6 @@ mod ring3 {
         }
     }
 
-    /// `ConsoleRead`: host input, without waiting.
-    fn read_host(buf: &mut [u8]) -> usize {
-        // SAFETY: `buf` is a live, writable slice of this task's memory.
-        let r = unsafe {
-            sys::syscall3(
-                Syscall::ConsoleRead,
-                buf.as_mut_ptr() as u64,
-                buf.len() as u64,
-                0,
-            )
-        };
-        sys::result(r).map_or(0, |n| (n as usize).min(buf.len()))
-    }
-
     type Device = Console<HostOutput, InputBuffer>;
 
     /// Host input read at each `POLL`, into the input buffer.
@@ -68,7 +53,7 @@ mod ring3 {
     impl<W: GuestWriteSink> Hooks<Device, W> for ReadAtPoll {
         fn before(&mut self, server: &mut Server<Device>, request: &PciMessage) {
             if request.op == op::POLL {
-                server.pci.device_mut().input_mut().fill(read_host);
+                server.pci.device_mut().input_mut().fill(sys::console_read);
             }
         }
     }

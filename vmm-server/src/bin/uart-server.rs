@@ -40,16 +40,7 @@ mod ring3 {
         }
 
         fn read_host(&mut self, buf: &mut [u8]) -> usize {
-            // SAFETY: `buf` is a live, writable slice of this task's memory.
-            let r = unsafe {
-                sys::syscall3(
-                    Syscall::ConsoleRead,
-                    buf.as_mut_ptr() as u64,
-                    buf.len() as u64,
-                    0,
-                )
-            };
-            sys::result(r).map_or(0, |n| (n as usize).min(buf.len()))
+            sys::console_read(buf)
         }
     }
 
