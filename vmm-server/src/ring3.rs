@@ -109,16 +109,7 @@ impl HostWrite for ConsoleSyscall {
         if self.uart.is_some() || self.input_elsewhere {
             return 0;
         }
-        // SAFETY: `buf` is a live, writable slice of our own memory.
-        let r = unsafe {
-            syscall3(
-                Syscall::ConsoleRead,
-                buf.as_mut_ptr() as u64,
-                buf.len() as u64,
-                0,
-            )
-        };
-        result(r).map_or(0, |n| (n as usize).min(buf.len()))
+        sys::console_read(buf)
     }
 }
 
