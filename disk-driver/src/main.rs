@@ -27,14 +27,10 @@
 //! `splitvisor run --disk` on the PC board).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!(
-        "disk-driver is a ring-3 task of the splitvisor image; it runs under the stub only. \
-         `splitvisor run --disk FILE` adds it."
-    );
-    std::process::exit(2);
-}
+ipc_proto::host_main!(
+    "disk-driver is a ring-3 task of the splitvisor image; it runs under the stub only. \
+     `splitvisor run --disk FILE` adds it."
+);
 
 #[cfg(target_os = "none")]
 mod ring3 {
@@ -46,24 +42,19 @@ mod ring3 {
     };
     use ipc_proto::block::{op, BlockReply, BlockRequest, ListRequest, Segment, MAX_SEGMENTS};
     use ipc_proto::inject::{self, Fault, Injector, GARBAGE};
+    use ipc_proto::layout::BootInfo;
     use ipc_proto::layout::PAGE_SIZE;
     use ipc_proto::manifest::MAX_CHANNELS;
-    use ipc_proto::sys::{self, port, ConsoleLine};
+    use ipc_proto::sys::{self, ConsoleLine};
     use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION, RECV_TIMEOUT};
-    use ipc_proto::{Syscall, ABI_VERSION};
+    use ipc_proto::Syscall;
 
-    ipc_proto::server_entry!(server_main);
+    ipc_proto::ring3_task!(server_main, "disk: ");
 
     /// The configuration block the image builder patches: the magic, then
     /// the flags ([`CONFIG_READ_ONLY`]).
     #[used]
     static CONFIG: [u8; 16] = sys::config_block(&CONFIG_MAGIC);
-
-    macro_rules! say {
-        ($($arg:tt)*) => {
-            ipc_proto::sys::say_line("", format_args!($($arg)*))
-        };
-    }
 
     /// Port I/O by the instructions themselves: the stub's I/O permission
     /// bitmap lets this task reach its granted ports from ring 3 and
@@ -71,45 +62,7 @@ mod ring3 {
     struct Ports;
 
     impl PortIo for Ports {
-        fn inb(&mut self, port: u16) -> u8 {
-            port::inb(port)
-        }
-
-        fn outb(&mut self, port: u16, value: u8) {
-            port::outb(port, value);
-        }
-
-        fn inw(&mut self, port: u16) -> u16 {
-            port::inw(port)
-        }
-
-        fn outw(&mut self, port: u16, value: u16) {
-            port::outw(port, value);
-        }
-
-        fn insw(&mut self, port: u16, buf: &mut [u8]) {
-            port::insw(port, buf);
-        }
-
-        fn outsw(&mut self, port: u16, buf: &[u8]) {
-            port::outsw(port, buf);
-        }
-
-        fn inl(&mut self, port: u16) -> u32 {
-            port::inl(port)
-        }
-
-        fn outl(&mut self, port: u16, value: u32) {
-            port::outl(port, value);
-        }
-
-        fn insl(&mut self, port: u16, buf: &mut [u8]) {
-            port::insl(port, buf);
-        }
-
-        fn outsl(&mut self, port: u16, buf: &[u8]) {
-            port::outsl(port, buf);
-        }
+        ipc_proto::port_io!(inb, outb, inw, outw, insw, outsw, inl, outl, insl, outsl);
     }
 
     /// Waits for the disk by polling the status until a TSC deadline
@@ -189,9 +142,7 @@ mod ring3 {
 
     /// The configuration byte, read as the image builder left it.
     fn config() -> u8 {
-        // SAFETY: CONFIG is a live static; the volatile read keeps the
-        // compiler from assuming the value it was built with.
-        unsafe { core::ptr::read_volatile(&CONFIG[CONFIG_MAGIC.len()]) }
+        sys::config_byte(&CONFIG, CONFIG_MAGIC.len())
     }
 
     const IRQ: u8 = 14;
@@ -229,7 +180,7 @@ mod ring3 {
                 let v = match sys::call(Syscall::ReplyRecv, arg) {
                     Ok(v) => v,
                     Err(e) => {
-                        say!("disk: ReplyRecv refused: {}", e.describe());
+                        say!("ReplyRecv refused: {}", e.describe());
                         sys::vm_fail();
                     }
                 };
@@ -294,25 +245,18 @@ mod ring3 {
         page
     }
 
-    extern "C" fn server_main() -> ! {
-        let boot = sys::boot_info();
-        if boot.abi_version != ABI_VERSION {
-            say!(
-                "disk: the stub speaks ABI version {}, this server was built for version {ABI_VERSION}",
-                boot.abi_version
-            );
-            sys::vm_fail();
-        }
+    fn server_main(boot: BootInfo) -> ! {
         let read_only = config() & CONFIG_READ_ONLY != 0;
         let wait = TaskWait::new(boot.tsc_hz, 5000);
         let ata = Ata::new(Ports, wait, PRIMARY, Drive::Master);
         let mut server = DiskServer::start(ata, read_only);
-        say!("{}", server.console_line());
+        // The line starts `disk: ` itself (`DiskServer::console_line`).
+        sys::say_line("", format_args!("{}", server.console_line()));
         if server.info().is_some() {
             // How the data moves: `ata::DataWidth`, SET MULTIPLE MODE.
             let ata = server.ata();
             say!(
-                "disk: PIO {}-bit, {} sectors per interrupt",
+                "PIO {}-bit, {} sectors per interrupt",
                 ata.data_width().bytes() * 8,
                 ata.sectors_per_block()
             );
@@ -332,7 +276,7 @@ mod ring3 {
         };
         let mut channels = Channels {
             pending: None,
-            injector: Injector::new(&inject::read_block(&INJECT)),
+            injector: Injector::from_block(&INJECT),
         };
         let mut first = None;
         if config() & CONFIG_SELF_TEST != 0 && boot.guest_ram_bytes >= 4096 {
@@ -364,7 +308,7 @@ mod ring3 {
             Ports.outb(PRIMARY.control, ata::regs::control::NIEN);
             let _ = Ports.inb(PRIMARY.base + ata::regs::STATUS);
             say!(
-                "disk: self-test: read 4 sectors waiting for IRQ 14: status {}, {} notifications",
+                "self-test: read 4 sectors waiting for IRQ 14: status {}, {} notifications",
                 r.status,
                 w.notifications
             );
@@ -396,11 +340,5 @@ mod ring3 {
                 w.wrote(gpa, len);
             }
         }
-    }
-
-    #[panic_handler]
-    fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-        say!("disk: panic: {}", info.message());
-        sys::vm_fail()
     }
 }

@@ -488,13 +488,7 @@ user_fx:
     ud2
     .code32
 
-/* Prints GUEST_NAME, ": " and the string at ESI (callable from 64-bit code). */
-say:
-    push esi
-    mov esi, offset prefix
-    call uart_puts
-    pop esi
-    jmp uart_puts
+#include "say.inc"
 
     .section .rodata
     .balign 8

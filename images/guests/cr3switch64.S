@@ -87,14 +87,7 @@ long64:
     jmp cs_run
     .code32
 
-/* Prints GUEST_NAME, ": " and the string at ESI (callable from 64-bit code:
- * its instructions mean the same there). */
-say:
-    push esi
-    mov esi, offset prefix
-    call uart_puts
-    pop esi
-    jmp uart_puts
+#include "say.inc"
 
     .section .rodata
     .balign 8

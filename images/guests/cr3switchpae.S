@@ -66,13 +66,7 @@ paged:
     call say
     jmp cs_run
 
-/* Prints "cr3switchpae: " and the string at ESI. */
-say:
-    push esi
-    mov esi, offset prefix
-    call uart_puts
-    pop esi
-    jmp uart_puts
+#include "say.inc"
 
     .section .rodata
 prefix:     .asciz "cr3switchpae: "

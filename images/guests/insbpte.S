@@ -104,13 +104,7 @@ fail:
     out DEBUG_EXIT, al
     jmp halt_forever
 
-/* Prints "insbpte: " and the string at ESI. */
-say:
-    push esi
-    mov esi, offset prefix
-    call uart_puts
-    pop esi
-    jmp uart_puts
+#include "say.inc"
 
     .section .rodata
 prefix:        .asciz "insbpte: "

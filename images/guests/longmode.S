@@ -145,28 +145,10 @@ long64:
     call uart_puts
     call print_nl
 
-    mov esi, offset msg_pass
-    call say
-    xor al, al
-    out DEBUG_EXIT, al
-    jmp halt_forever
-
     .code32
-fail:
-    mov esi, offset msg_fail
-    call say
-    mov al, 1
-    out DEBUG_EXIT, al
-    jmp halt_forever
+#include "pass-fail.inc"
 
-/* Prints "longmode: " and the string at ESI (callable from 64-bit code:
- * its instructions mean the same there). */
-say:
-    push esi
-    mov esi, offset prefix
-    call uart_puts
-    pop esi
-    jmp uart_puts
+#include "say.inc"
 
     .section .rodata
     .balign 8

@@ -216,13 +216,7 @@ fail:
     out DEBUG_EXIT, al
     jmp halt_forever
 
-/* Prints "mmio: " and the string at ESI. */
-say:
-    push esi
-    mov esi, offset prefix
-    call uart_puts
-    pop esi
-    jmp uart_puts
+#include "say.inc"
 
     .section .rodata
 prefix:        .asciz "mmio: "

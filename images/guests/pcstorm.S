@@ -265,13 +265,7 @@ on_interrupt:
     mov dword ptr [LAPIC_EOI], 0
     iretd
 
-/* Prints "pcstorm: " and the string at ESI. */
-say:
-    push esi
-    mov esi, offset prefix
-    call uart_puts
-    pop esi
-    jmp uart_puts
+#include "say.inc"
 
     .section .rodata
 gdt:

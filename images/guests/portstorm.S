@@ -66,13 +66,7 @@ _start:
     out DEBUG_EXIT, al
     jmp halt_forever
 
-/* Prints "portstorm: " and the string at ESI. */
-say:
-    push esi
-    mov esi, offset prefix
-    call uart_puts
-    pop esi
-    jmp uart_puts
+#include "say.inc"
 
     .section .rodata
 prefix:    .asciz "portstorm: "

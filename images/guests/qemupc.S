@@ -745,13 +745,7 @@ unexpected:
     out DEBUG_EXIT, al
     jmp halt_forever
 
-/* Prints "qemupc: " and the string at ESI. */
-say:
-    push esi
-    mov esi, offset prefix
-    call uart_puts
-    pop esi
-    jmp uart_puts
+#include "say.inc"
 
     .section .rodata
     .balign 8

@@ -80,26 +80,9 @@ _start:
     mov esi, offset msg_irq
     call say
 
-    mov esi, offset msg_pass
-    call say
-    xor al, al
-    out DEBUG_EXIT, al
-    jmp halt_forever
+#include "pass-fail.inc"
 
-fail:
-    mov esi, offset msg_fail
-    call say
-    mov al, 1
-    out DEBUG_EXIT, al
-    jmp halt_forever
-
-/* Prints "uartin: " and the string at ESI. */
-say:
-    push esi
-    mov esi, offset prefix
-    call uart_puts
-    pop esi
-    jmp uart_puts
+#include "say.inc"
 
     .section .rodata
 prefix:    .asciz "uartin: "

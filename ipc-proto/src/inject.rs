@@ -160,6 +160,12 @@ impl Injector {
         }
     }
 
+    /// From the block [`inject_block!`] declared, as the image builder
+    /// patched it ([`read_block`]).
+    pub fn from_block(block: &[u8; BLOCK_LEN]) -> Self {
+        Self::new(&read_block(block))
+    }
+
     /// The injection configured, if any.
     pub fn injection(&self) -> Option<Injection> {
         self.inj

@@ -12,6 +12,20 @@
 
 pub mod block;
 pub mod device;
+/// A ring-3 task's `main` where it cannot run (built for the host, as
+/// `cargo test` and `cargo clippy` do): prints `$why` and exits with
+/// status 2.
+#[macro_export]
+macro_rules! host_main {
+    ($why:expr) => {
+        #[cfg(not(target_os = "none"))]
+        fn main() {
+            eprintln!("{}", $why);
+            std::process::exit(2);
+        }
+    };
+}
+
 pub mod exit;
 pub mod guest_writes;
 pub mod inject;

@@ -29,6 +29,46 @@ macro_rules! server_entry {
     };
 }
 
+/// A ring-3 task's start-up and its last words, the same in every
+/// server: `_start` ([`server_entry!`]) checks the stub's ABI version
+/// ([`checked_boot_info`]) and calls `$main(boot)`; `say!` prints a line
+/// starting with `$prefix` ([`say_line`]); the panic handler says the
+/// panic and ends the VM ([`say_panic`]). `PREFIX` is `$prefix`.
+#[macro_export]
+macro_rules! ring3_task {
+    ($main:path, $prefix:expr) => {
+        $crate::__ring3_task!($main, $prefix, $);
+    };
+}
+
+/// [`ring3_task!`]'s body; `$d` is a `$` for the `say!` it defines.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __ring3_task {
+    ($main:path, $prefix:expr, $d:tt) => {
+        /// Starts each line this task prints.
+        const PREFIX: &str = $prefix;
+
+        extern "C" fn ring3_start() -> ! {
+            $main($crate::sys::checked_boot_info(PREFIX))
+        }
+        $crate::server_entry!(ring3_start);
+
+        /// Prints a line on the host console, after [`PREFIX`].
+        #[allow(unused_macros)]
+        macro_rules! say {
+                                    ($d($d arg:tt)*) => {
+                                        $crate::sys::say_line(PREFIX, format_args!($d($d arg)*))
+                                    };
+                                }
+
+        #[panic_handler]
+        fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+            $crate::sys::say_panic(PREFIX, info)
+        }
+    };
+}
+
 /// Makes one system call.
 ///
 /// # Safety
@@ -72,6 +112,21 @@ pub fn console_write(bytes: &[u8]) {
             )
         };
     }
+}
+
+/// Reads host console input into `buf` without waiting: the bytes read
+/// (0 when there are none or the task has no console right).
+pub fn console_read(buf: &mut [u8]) -> usize {
+    // SAFETY: `buf` is a live, writable slice of this task's memory.
+    let r = unsafe {
+        syscall3(
+            Syscall::ConsoleRead,
+            buf.as_mut_ptr() as u64,
+            buf.len() as u64,
+            0,
+        )
+    };
+    result(r).map_or(0, |n| (n as usize).min(buf.len()))
 }
 
 /// Ends the VM because it cannot go on; the reason was printed before.
@@ -149,6 +204,37 @@ pub fn say_line(prefix: &str, args: core::fmt::Arguments) {
     line.flush();
 }
 
+/// The boot-info page, or the VM's end (said after `prefix`) when the
+/// stub speaks another ABI version than this server was built for.
+pub fn checked_boot_info(prefix: &str) -> BootInfo {
+    let boot = boot_info();
+    if boot.abi_version != crate::ABI_VERSION {
+        say_line(
+            prefix,
+            format_args!(
+                "the stub speaks ABI version {}, this server was built for version {}",
+                boot.abi_version,
+                crate::ABI_VERSION
+            ),
+        );
+        vm_fail();
+    }
+    boot
+}
+
+/// A server's panic: `panic: MESSAGE at FILE:LINE` after `prefix`, then
+/// the VM's end.
+pub fn say_panic(prefix: &str, info: &core::panic::PanicInfo<'_>) -> ! {
+    match info.location() {
+        Some(l) => say_line(
+            prefix,
+            format_args!("panic: {} at {}:{}", info.message(), l.file(), l.line()),
+        ),
+        None => say_line(prefix, format_args!("panic: {}", info.message())),
+    }
+    vm_fail()
+}
+
 /// Channel `ch`'s shared page in this task (`layout::CHANNEL_PAGE_BASE`).
 pub fn channel_page(ch: u64) -> *mut u8 {
     (CHANNEL_PAGE_BASE + ch * PAGE_SIZE) as *mut u8
@@ -187,6 +273,17 @@ pub const fn config_block<const N: usize>(magic: &[u8]) -> [u8; N] {
         i += 1;
     }
     c
+}
+
+/// Byte `at` of a configuration block ([`config_block`]) as the image
+/// builder patched it (0 past its end).
+pub fn config_byte<const N: usize>(block: &[u8; N], at: usize) -> u8 {
+    block.get(at).map_or(0, |b| {
+        // SAFETY: a reference to a live static is valid for a read; the
+        // volatile read keeps the compiler from folding the value it was
+        // built with.
+        unsafe { core::ptr::read_volatile(b) }
+    })
 }
 
 /// `Signal(channel, bits)`.
@@ -245,6 +342,67 @@ impl GuestWrites {
 pub fn reply_recv(channel: u64, ticks: u64) -> Result<u64, ErrorCode> {
     // SAFETY: ReplyRecv takes no pointer.
     result(unsafe { syscall3(Syscall::ReplyRecv, channel, ticks, 0) })
+}
+
+/// The methods of a driver crate's `PortIo` trait (`ata`'s and `ne2k`'s
+/// have the same names and signatures) by the instructions themselves
+/// ([`port`]), for a task the stub's I/O permission bitmap lets reach its
+/// granted ports from ring 3: `impl PortIo for Ports { ipc_proto::port_io!(inb, outb); }`.
+#[macro_export]
+macro_rules! port_io {
+    ($($name:ident),* $(,)?) => {
+        $($crate::port_io!(@ $name);)*
+    };
+    (@inb) => {
+        fn inb(&mut self, port: u16) -> u8 {
+            $crate::sys::port::inb(port)
+        }
+    };
+    (@outb) => {
+        fn outb(&mut self, port: u16, value: u8) {
+            $crate::sys::port::outb(port, value);
+        }
+    };
+    (@inw) => {
+        fn inw(&mut self, port: u16) -> u16 {
+            $crate::sys::port::inw(port)
+        }
+    };
+    (@outw) => {
+        fn outw(&mut self, port: u16, value: u16) {
+            $crate::sys::port::outw(port, value);
+        }
+    };
+    (@inl) => {
+        fn inl(&mut self, port: u16) -> u32 {
+            $crate::sys::port::inl(port)
+        }
+    };
+    (@outl) => {
+        fn outl(&mut self, port: u16, value: u32) {
+            $crate::sys::port::outl(port, value);
+        }
+    };
+    (@insw) => {
+        fn insw(&mut self, port: u16, buf: &mut [u8]) {
+            $crate::sys::port::insw(port, buf);
+        }
+    };
+    (@outsw) => {
+        fn outsw(&mut self, port: u16, buf: &[u8]) {
+            $crate::sys::port::outsw(port, buf);
+        }
+    };
+    (@insl) => {
+        fn insl(&mut self, port: u16, buf: &mut [u8]) {
+            $crate::sys::port::insl(port, buf);
+        }
+    };
+    (@outsl) => {
+        fn outsl(&mut self, port: u16, buf: &[u8]) {
+            $crate::sys::port::outsl(port, buf);
+        }
+    };
 }
 
 /// Port I/O from ring 3 by the instructions themselves: the stub's I/O

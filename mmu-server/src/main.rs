@@ -13,11 +13,9 @@
 //! mmu-server:crash@N`, `ipc_proto::inject`) fire at its N-th exit.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!("mmu-server is a ring-3 task of the splitvisor image; it runs under the stub only. Build the image with `splitvisor build`.");
-    std::process::exit(2);
-}
+ipc_proto::host_main!(
+    "mmu-server is a ring-3 task of the splitvisor image; it runs under the stub only. Build the image with `splitvisor build`."
+);
 
 #[cfg(target_os = "none")]
 mod ring3;

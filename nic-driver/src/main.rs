@@ -18,33 +18,24 @@
 //! asks for them (`nic_driver::link`); without a client it drops them.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!(
-        "nic-driver is a ring-3 task of the splitvisor image; it runs under the stub only. \
-         `splitvisor run --nic user` adds it."
-    );
-    std::process::exit(2);
-}
+ipc_proto::host_main!(
+    "nic-driver is a ring-3 task of the splitvisor image; it runs under the stub only. \
+     `splitvisor run --nic user` adds it."
+);
 
 #[cfg(target_os = "none")]
 mod ring3 {
+    use ipc_proto::layout::BootInfo;
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::net::RX_BIT;
-    use ipc_proto::sys::{self, port};
+    use ipc_proto::sys;
     use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION, RECV_TIMEOUT};
-    use ipc_proto::{Syscall, ABI_VERSION};
+    use ipc_proto::Syscall;
     use ne2k::{regs::isr, Error, Ne2k, PortIo, MAX_FRAME, RX_START, RX_STOP};
     use nic_driver::link::{Interrupt, Link, Page};
     use nic_driver::{dhcp_discover, parse_offer, Mac, BASE, IRQ};
 
-    ipc_proto::server_entry!(server_main);
-
-    macro_rules! say {
-        ($($arg:tt)*) => {
-            ipc_proto::sys::say_line("", format_args!($($arg)*))
-        };
-    }
+    ipc_proto::ring3_task!(server_main, "nic: ");
 
     /// Port I/O by the instructions themselves: the stub's I/O permission
     /// bitmap lets this task reach its granted ports from ring 3 and
@@ -52,29 +43,7 @@ mod ring3 {
     struct Ports;
 
     impl PortIo for Ports {
-        fn inb(&mut self, port: u16) -> u8 {
-            port::inb(port)
-        }
-
-        fn outb(&mut self, port: u16, value: u8) {
-            port::outb(port, value);
-        }
-
-        fn inw(&mut self, port: u16) -> u16 {
-            port::inw(port)
-        }
-
-        fn outw(&mut self, port: u16, value: u16) {
-            port::outw(port, value);
-        }
-
-        fn insw(&mut self, port: u16, buf: &mut [u8]) {
-            port::insw(port, buf);
-        }
-
-        fn outsw(&mut self, port: u16, buf: &[u8]) {
-            port::outsw(port, buf);
-        }
+        ipc_proto::port_io!(inb, outb, inw, outw, insw, outsw);
     }
 
     /// Handles the card's pending events: an overflowed ring is reset,
@@ -85,16 +54,16 @@ mod ring3 {
         let pending = nic.interrupts();
         if pending & isr::OVW != 0 {
             nic.reset_ring();
-            say!("nic: receive ring overflowed; reset");
+            say!("receive ring overflowed; reset");
         }
         nic.ack(pending & !isr::RDC);
         for _ in RX_START..RX_STOP {
             match nic.receive(buf) {
                 Ok(Some(n)) => frame(&buf[..n]),
                 Ok(None) => break,
-                Err(e @ Error::BadFrame { .. }) => say!("nic: {e}"),
+                Err(e @ Error::BadFrame { .. }) => say!("{e}"),
                 Err(e) => {
-                    say!("nic: {e}");
+                    say!("{e}");
                     break;
                 }
             }
@@ -113,7 +82,7 @@ mod ring3 {
             }
             Ok(v) => v & u64::from(irq_bit(IRQ)) != 0,
             Err(e) => {
-                say!("nic: ReplyRecv refused: {}", e.describe());
+                say!("ReplyRecv refused: {}", e.describe());
                 sys::vm_fail();
             }
         }
@@ -123,25 +92,17 @@ mod ring3 {
         let _ = sys::call(Syscall::IrqAck, u64::from(IRQ));
     }
 
-    extern "C" fn server_main() -> ! {
-        let boot = sys::boot_info();
-        if boot.abi_version != ABI_VERSION {
-            say!(
-                "nic: the stub speaks ABI version {}, this server was built for version {ABI_VERSION}",
-                boot.abi_version
-            );
-            sys::vm_fail();
-        }
+    fn server_main(boot: BootInfo) -> ! {
         let mut nic = Ne2k::new(Ports, BASE);
         let mut call = None;
         let mac = match nic.reset() {
             Ok(m) => m,
             Err(e) => {
-                say!("nic: no usable NE2000 at {BASE:#x}: {e}");
+                say!("no usable NE2000 at {BASE:#x}: {e}");
                 serve_link(None, call)
             }
         };
-        say!("nic: NE2000 at {BASE:#x} irq {IRQ}, mac {}", Mac(mac));
+        say!("NE2000 at {BASE:#x} irq {IRQ}, mac {}", Mac(mac));
         // Without a measured TSC, a guess of 1 GHz (QEMU's TCG rate).
         let second = if boot.tsc_hz == 0 {
             1_000_000_000
@@ -155,7 +116,7 @@ mod ring3 {
         let start = sys::rdtsc();
         for tries in 1..=4 {
             if let Err(e) = nic.transmit(&discover) {
-                say!("nic: sending the DHCPDISCOVER failed: {e}");
+                say!("sending the DHCPDISCOVER failed: {e}");
                 break;
             }
             let until = sys::rdtsc().saturating_add(second);
@@ -167,7 +128,7 @@ mod ring3 {
                 service(&mut nic, &mut buf, |f| {
                     if let Some(o) = parse_offer(f, mac, xid) {
                         if !offered {
-                            say!("nic: {o}");
+                            say!("{o}");
                         }
                         offered = true;
                     }
@@ -177,12 +138,12 @@ mod ring3 {
             if offered {
                 // A figure for the README, in the machine's own time.
                 let us = sys::rdtsc().saturating_sub(start).saturating_mul(1_000_000) / second;
-                say!("nic: the offer came {us} us after the first discover ({tries} sent)");
+                say!("the offer came {us} us after the first discover ({tries} sent)");
                 break;
             }
         }
         if !offered {
-            say!("nic: no DHCP offer after 4 tries");
+            say!("no DHCP offer after 4 tries");
         }
         serve_link(Some(nic), call)
     }
@@ -202,7 +163,7 @@ mod ring3 {
                 None => match sys::reply_recv(reply_to, 0) {
                     Ok(v) => v,
                     Err(e) => {
-                        say!("nic: ReplyRecv refused: {}", e.describe());
+                        say!("ReplyRecv refused: {}", e.describe());
                         sys::vm_fail();
                     }
                 },
@@ -231,16 +192,10 @@ mod ring3 {
             if link.rx_dropped > dropped_said && link.rx_dropped.is_power_of_two() {
                 dropped_said = link.rx_dropped;
                 say!(
-                    "nic: {} received frames dropped (bad, overflowed or no client)",
+                    "{} received frames dropped (bad, overflowed or no client)",
                     link.rx_dropped
                 );
             }
         }
-    }
-
-    #[panic_handler]
-    fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-        say!("nic: panic: {}", info.message());
-        sys::vm_fail()
     }
 }

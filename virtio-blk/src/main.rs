@@ -22,14 +22,10 @@
 //! proxy, whose `POLL` fetches the MSI-X messages raised.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!(
-        "virtio-blk is a ring-3 task of the splitvisor image; it runs under the stub only. \
-         `splitvisor run --disk FILE` adds it."
-    );
-    std::process::exit(2);
-}
+ipc_proto::host_main!(
+    "virtio-blk is a ring-3 task of the splitvisor image; it runs under the stub only. \
+     `splitvisor run --disk FILE` adds it."
+);
 
 #[cfg(target_os = "none")]
 mod ring3 {
@@ -38,17 +34,18 @@ mod ring3 {
         BlockReply, BlockRequest, ListRequest, Segment, MAX_SEGMENTS, SEGMENTS_OFFSET,
     };
 
-    use ipc_proto::inject::{self, Injector};
+    use ipc_proto::inject::Injector;
+    use ipc_proto::layout::BootInfo;
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::sys;
-    use ipc_proto::{Syscall, ABI_VERSION};
+    use ipc_proto::Syscall;
     use virtio::devices::blk::Block;
     use virtio_blk::{
         disk_channel_from_config, ChannelBackend, ChannelError, DiskChannel, CONFIG_MAGIC,
     };
-    use virtio_servers::{RamWindow, Server};
+    use virtio_servers::Server;
 
-    ipc_proto::server_entry!(server_main);
+    ipc_proto::ring3_task!(server_main, "virtio-blk: ");
 
     // Faults injected on purpose (`--inject virtio-blk:crash@N`), at the N-th
     // request: a queue notification (a doorbell).
@@ -58,12 +55,6 @@ mod ring3 {
     /// the disk channel's number + 1.
     #[used]
     static CONFIG: [u8; 16] = sys::config_block(&CONFIG_MAGIC);
-
-    macro_rules! say {
-        ($($arg:tt)*) => {
-            ipc_proto::sys::say_line("", format_args!($($arg)*))
-        };
-    }
 
     /// The channel to the disk-driver: this task is its client.
     struct Disk(u64);
@@ -103,27 +94,17 @@ mod ring3 {
         }
     }
 
-    extern "C" fn server_main() -> ! {
-        let boot = sys::boot_info();
-        if boot.abi_version != ABI_VERSION {
-            say!(
-                "virtio-blk: the stub speaks ABI version {}, this server was built for version {ABI_VERSION}",
-                boot.abi_version
-            );
-            sys::vm_fail();
-        }
-        // SAFETY: CONFIG is a live static; the volatile read keeps the
-        // compiler from assuming the value it was built with.
-        let byte = unsafe { core::ptr::read_volatile(&CONFIG[CONFIG_MAGIC.len()]) };
+    fn server_main(boot: BootInfo) -> ! {
+        let byte = sys::config_byte(&CONFIG, CONFIG_MAGIC.len());
         let Some(disk) = disk_channel_from_config(byte).filter(|&c| c < MAX_CHANNELS as u64) else {
-            say!("virtio-blk: no disk channel configured (the image builder sets it)");
+            say!("no disk channel configured (the image builder sets it)");
             sys::vm_fail();
         };
         let backend = match ChannelBackend::connect(Disk(disk)) {
             Ok(b) => {
                 let info = b.info();
                 say!(
-                    "virtio-blk: {} sectors ({} MiB) on channel {disk}{}",
+                    "{} sectors ({} MiB) on channel {disk}{}",
                     info.capacity,
                     info.capacity / 2048,
                     if b.read_only() { ", read-only" } else { "" }
@@ -131,32 +112,17 @@ mod ring3 {
                 b
             }
             Err((channel, e)) => {
-                say!("virtio-blk: no disk: {e}; the guest sees 0 sectors");
+                say!("no disk: {e}; the guest sees 0 sectors");
                 ChannelBackend::absent(channel)
             }
         };
         let read_only = backend.read_only();
         let server = Server::new(Block::new(backend, read_only)).with_instance(sys::instance_id());
-        // SAFETY: the manifest grants this task guest RAM read-write, which
-        // the stub maps at `guest_ram_window` for `guest_ram_bytes`; nothing
-        // else in this task refers to the window (the guest runs while this
-        // task waits for the disk-driver; see `RamWindow`).
-        let ram = unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) }
-            .with_guest_writes(sys::GuestWrites::find());
-        let injector = Injector::new(&inject::read_block(&INJECT));
-        virtio_servers::ring3::serve_forever(
-            server,
-            ram,
-            injector,
-            "virtio-blk: ",
-            Some(disk),
-            |_, _| {},
-        )
-    }
-
-    #[panic_handler]
-    fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-        say!("virtio-blk: panic: {}", info.message());
-        sys::vm_fail()
+        // SAFETY: the manifest grants this task guest RAM read-write;
+        // nothing else in this task refers to it (the guest runs while
+        // this task waits for the disk-driver; see `RamWindow`).
+        let ram = unsafe { virtio_servers::ring3::guest_ram(&boot) };
+        let injector = Injector::from_block(&INJECT);
+        virtio_servers::ring3::serve_forever(server, ram, injector, PREFIX, Some(disk), ())
     }
 }

@@ -1,11 +1,12 @@
 //! The loop every virtio device server's ring-3 task runs (console, rng,
-//! blk): `ReplyRecv` on the channel from the vmm-server's proxy, each
+//! blk, net): `ReplyRecv` on the channel from the vmm-server's proxy, each
 //! configuration or BAR access applied with [`Server::message`] and
 //! answered, each doorbell `Signal` processed with [`Server::notified`]
 //! and answered with a `Signal` back (the proxy then fetches the
 //! interrupts with a `POLL`), and `--inject` ticked at each request.
 
 use ipc_proto::inject::Injector;
+use ipc_proto::layout::BootInfo;
 use ipc_proto::manifest::MAX_CHANNELS;
 use ipc_proto::pci::{PciMessage, DOORBELL_COUNT_OFFSET};
 use ipc_proto::sys;
@@ -15,18 +16,56 @@ use virtio::VirtioDevice;
 
 use crate::{inject_at_request, GuestWriteSink, RamWindow, Server};
 
+/// The guest-RAM window of a task the manifest grants guest RAM
+/// read-write (the stub maps it at `guest_ram_window` for
+/// `guest_ram_bytes`), reporting its writes on the task's guest-writes
+/// channel if it has one.
+///
+/// # Safety
+///
+/// The task has that right, and nothing else in it refers to the window
+/// (the guest may run while the task waits for another server; see
+/// [`RamWindow`]).
+pub unsafe fn guest_ram(boot: &BootInfo) -> RamWindow<sys::GuestWrites> {
+    // SAFETY: the caller vouches for the mapping and that it is unshared.
+    unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) }
+        .with_guest_writes(sys::GuestWrites::find())
+}
+
+/// What a server adds to [`serve_forever`]'s loop; each does nothing
+/// unless the server says otherwise (`()` adds nothing).
+pub trait Hooks<D: VirtioDevice, W: GuestWriteSink> {
+    /// Notification bits of this task's own, not doorbells (virtio-net's
+    /// link `RX_BIT`).
+    fn bits(&self) -> u64 {
+        0
+    }
+
+    /// Those of [`Hooks::bits`] that came, before the doorbells that came
+    /// with them are processed (and the proxy signalled).
+    fn notified(&mut self, _server: &mut Server<D>, _ram: &mut RamWindow<W>, _bits: u64) {}
+
+    /// Sees each message before it is applied (the console fills its
+    /// input buffer at a `POLL`).
+    fn before(&mut self, _server: &mut Server<D>, _request: &PciMessage) {}
+
+    /// After each message or notification (virtio-net says its drops).
+    fn after(&mut self, _server: &Server<D>) {}
+}
+
+impl<D: VirtioDevice, W: GuestWriteSink> Hooks<D, W> for () {}
+
 /// Serves the proxy for ever. `client_of` is a channel this task calls
-/// (virtio-blk's to the disk-driver): never served here, and scribbled
-/// too by an injected `corrupt`. `before` sees each message before it is
-/// applied (the console fills its input buffer at a `POLL`). `prefix`
-/// starts this loop's own lines.
+/// (virtio-blk's to the disk-driver, virtio-net's link): never served
+/// here, and scribbled too by an injected `corrupt`. `hooks` adds the
+/// server's own steps. `prefix` starts this loop's own lines.
 pub fn serve_forever<D: VirtioDevice, W: GuestWriteSink>(
     mut server: Server<D>,
     mut ram: RamWindow<W>,
     mut injector: Injector,
     prefix: &str,
     client_of: Option<u64>,
-    mut before: impl FnMut(&mut Server<D>, &PciMessage),
+    mut hooks: impl Hooks<D, W>,
 ) -> ! {
     let scribble = |served: Option<u64>| {
         served
@@ -47,6 +86,11 @@ pub fn serve_forever<D: VirtioDevice, W: GuestWriteSink>(
         };
         reply_to = NO_REPLY;
         if v & RECV_NOTIFICATION != 0 {
+            let own = v & hooks.bits();
+            if own != 0 {
+                hooks.notified(&mut server, &mut ram, own);
+            }
+            let v = v & !own;
             if v & 0xffff != 0 {
                 let served = server.client();
                 inject_at_request(&mut injector, || scribble(served));
@@ -62,6 +106,7 @@ pub fn serve_forever<D: VirtioDevice, W: GuestWriteSink>(
                 // The proxy fetches the interrupts with a POLL.
                 let _ = sys::signal(ch, bits);
             }
+            hooks.after(&server);
             continue;
         }
         if v >= MAX_CHANNELS as u64 || Some(v) == client_of {
@@ -76,10 +121,11 @@ pub fn serve_forever<D: VirtioDevice, W: GuestWriteSink>(
         if server.is_doorbell(&request) {
             inject_at_request(&mut injector, || scribble(Some(v)));
         }
-        before(&mut server, &request);
+        hooks.before(&mut server, &request);
         let reply = server.message(v, &mut ram, &request);
         // SAFETY: as above; the reply fits the page.
         unsafe { page.write_volatile(reply) };
+        hooks.after(&server);
         reply_to = v;
     }
 }

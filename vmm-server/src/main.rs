@@ -12,14 +12,10 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!(
-        "vmm-server is a ring-3 task of the splitvisor image; it runs under the stub only. \
-         Build the bootable image with `splitvisor build`."
-    );
-    std::process::exit(2);
-}
+ipc_proto::host_main!(
+    "vmm-server is a ring-3 task of the splitvisor image; it runs under the stub only. \
+     Build the bootable image with `splitvisor build`."
+);
 
 #[cfg(target_os = "none")]
 mod ring3;

@@ -9,7 +9,7 @@ use core::ptr::{addr_of, addr_of_mut};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use ipc_proto::device::{op, PortMessage};
-use ipc_proto::layout::{BootInfo, BOOT_INFO_PAGE, CHANNEL_PAGE_BASE, PAGE_SIZE};
+use ipc_proto::layout::{BootInfo, CHANNEL_PAGE_BASE, PAGE_SIZE};
 use ipc_proto::{ErrorCode, ExitRecord, Resume, Stats, Syscall, ABI_VERSION};
 use vmm_server::board::Board;
 use vmm_server::boards;
@@ -124,16 +124,7 @@ impl HostWrite for ConsoleSyscall {
         {
             return 0;
         }
-        // SAFETY: `buf` is a live, writable slice of our own memory.
-        let r = unsafe {
-            syscall3(
-                Syscall::ConsoleRead,
-                buf.as_mut_ptr() as u64,
-                buf.len() as u64,
-                0,
-            )
-        };
-        let n = result(r).map_or(0, |n| (n as usize).min(buf.len()));
+        let n = sys::console_read(buf);
         self.last_empty = (n == 0).then_some(now);
         n
     }
@@ -415,10 +406,7 @@ impl Stub for NativeStub<'_> {
 
 /// The server: the PC's devices behind the router, then the exit loop.
 pub fn run(hooks: &mut dyn Hooks) -> ! {
-    // SAFETY: the stub maps the boot-info page read-only at
-    // BOOT_INFO_PAGE before starting the task; every bit pattern is a
-    // valid BootInfo.
-    let boot = unsafe { (BOOT_INFO_PAGE as *const BootInfo).read_volatile() };
+    let boot = sys::boot_info();
     // Channel number + 1 to the uart-server, 0 when COM1 is ours.
     let uart_channel = boot.uart_channel.checked_sub(1);
     let (pci_slots, pci_flags) = pci_functions();

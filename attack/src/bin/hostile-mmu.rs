@@ -7,11 +7,9 @@
 //! it attacked.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!("hostile-mmu is a ring-3 task of `splitvisor attack`'s images; it runs under the stub only.");
-    std::process::exit(2);
-}
+ipc_proto::host_main!(
+    "hostile-mmu is a ring-3 task of `splitvisor attack`'s images; it runs under the stub only."
+);
 
 /// The mmu-server's ring-3 side, the very file its binary uses.
 #[cfg(target_os = "none")]

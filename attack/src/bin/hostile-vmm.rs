@@ -8,13 +8,9 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!(
-        "hostile-vmm is a ring-3 task of `splitvisor attack`'s images; it runs under the stub only."
-    );
-    std::process::exit(2);
-}
+ipc_proto::host_main!(
+    "hostile-vmm is a ring-3 task of `splitvisor attack`'s images; it runs under the stub only."
+);
 
 /// The vmm-server's ring-3 side, the very file its binary uses.
 #[cfg(target_os = "none")]

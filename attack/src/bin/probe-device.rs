@@ -29,11 +29,9 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!("probe-device is a ring-3 task of the stub's tests; it runs under the stub only.");
-    std::process::exit(2);
-}
+ipc_proto::host_main!(
+    "probe-device is a ring-3 task of the stub's tests; it runs under the stub only."
+);
 
 #[cfg(target_os = "none")]
 mod ring3 {

@@ -7,13 +7,9 @@
 //! refuse, and says what it got in lines starting `disk-client: `.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!(
-        "disk-client is a ring-3 task of the disk-driver's tests; it runs under the stub only."
-    );
-    std::process::exit(2);
-}
+ipc_proto::host_main!(
+    "disk-client is a ring-3 task of the disk-driver's tests; it runs under the stub only."
+);
 
 #[cfg(target_os = "none")]
 mod ring3 {

@@ -14,36 +14,27 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!(
-        "virtio-console is a ring-3 task of the splitvisor image; it runs under the stub only. \
-         `splitvisor run --console hvc0` adds it."
-    );
-    std::process::exit(2);
-}
+ipc_proto::host_main!(
+    "virtio-console is a ring-3 task of the splitvisor image; it runs under the stub only. \
+     `splitvisor run --console hvc0` adds it."
+);
 
 #[cfg(target_os = "none")]
 mod ring3 {
 
-    use ipc_proto::inject::{self, Injector};
-    use ipc_proto::pci::op;
+    use ipc_proto::inject::Injector;
+    use ipc_proto::layout::BootInfo;
+    use ipc_proto::pci::{op, PciMessage};
     use ipc_proto::sys;
-    use ipc_proto::{Syscall, ABI_VERSION};
     use virtio_servers::console::{Console, ConsoleOutput, InputBuffer};
-    use virtio_servers::{RamWindow, Server};
+    use virtio_servers::ring3::Hooks;
+    use virtio_servers::{GuestWriteSink, Server};
 
-    ipc_proto::server_entry!(server_main);
+    ipc_proto::ring3_task!(server_main, "[virtio-console] ");
 
     // Faults injected on purpose (`--inject virtio-console:crash@N`), at the
     // N-th request: a queue notification (a doorbell).
     ipc_proto::inject_block!(INJECT);
-
-    macro_rules! say {
-        ($($arg:tt)*) => {
-            ipc_proto::sys::say_line("[virtio-console] ", format_args!($($arg)*))
-        };
-    }
 
     /// The guest's output: straight to the host console.
     struct HostOutput;
@@ -54,57 +45,26 @@ mod ring3 {
         }
     }
 
-    /// `ConsoleRead`: host input, without waiting.
-    fn read_host(buf: &mut [u8]) -> usize {
-        // SAFETY: `buf` is a live, writable slice of this task's memory.
-        let r = unsafe {
-            sys::syscall3(
-                Syscall::ConsoleRead,
-                buf.as_mut_ptr() as u64,
-                buf.len() as u64,
-                0,
-            )
-        };
-        sys::result(r).map_or(0, |n| (n as usize).min(buf.len()))
+    type Device = Console<HostOutput, InputBuffer>;
+
+    /// Host input read at each `POLL`, into the input buffer.
+    struct ReadAtPoll;
+
+    impl<W: GuestWriteSink> Hooks<Device, W> for ReadAtPoll {
+        fn before(&mut self, server: &mut Server<Device>, request: &PciMessage) {
+            if request.op == op::POLL {
+                server.pci.device_mut().input_mut().fill(sys::console_read);
+            }
+        }
     }
 
-    extern "C" fn server_main() -> ! {
-        let boot = sys::boot_info();
-        if boot.abi_version != ABI_VERSION {
-            say!(
-                "the stub speaks ABI version {}, this server was built for version {ABI_VERSION}",
-                boot.abi_version
-            );
-            sys::vm_fail();
-        }
-        // SAFETY: the manifest grants this task guest RAM read-write, which
-        // the stub maps at `guest_ram_window` for `guest_ram_bytes`; nothing
-        // else in this task refers to it.
-        let ram = unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) }
-            .with_guest_writes(sys::GuestWrites::find());
+    fn server_main(boot: BootInfo) -> ! {
+        // SAFETY: the manifest grants this task guest RAM read-write;
+        // nothing else in this task refers to it.
+        let ram = unsafe { virtio_servers::ring3::guest_ram(&boot) };
         let server = Server::new(Console::new(HostOutput, InputBuffer::new()))
             .with_instance(sys::instance_id());
-        let injector = Injector::new(&inject::read_block(&INJECT));
-        virtio_servers::ring3::serve_forever(
-            server,
-            ram,
-            injector,
-            "[virtio-console] ",
-            None,
-            |server, request| {
-                if request.op == op::POLL {
-                    server.pci.device_mut().input_mut().fill(read_host);
-                }
-            },
-        )
-    }
-
-    #[panic_handler]
-    fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-        match info.location() {
-            Some(l) => say!("panic: {} at {}:{}", info.message(), l.file(), l.line()),
-            None => say!("panic: {}", info.message()),
-        }
-        sys::vm_fail()
+        let injector = Injector::from_block(&INJECT);
+        virtio_servers::ring3::serve_forever(server, ram, injector, PREFIX, None, ReadAtPoll)
     }
 }

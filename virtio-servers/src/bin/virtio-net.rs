@@ -26,16 +26,17 @@ fn main() {
 
 #[cfg(target_os = "none")]
 mod ring3 {
+    use ipc_proto::inject::Injector;
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::net::RX_BIT;
-    use ipc_proto::pci::{PciMessage, DOORBELL_COUNT_OFFSET};
-    use ipc_proto::syscall::{NO_REPLY, RECV_NOTIFICATION};
+    use ipc_proto::pci::PciMessage;
     use ipc_proto::{sys, Syscall, ABI_VERSION};
     use virtio::devices::net::{Net, NetStats};
     use virtio_servers::net::{
         link_channel_from_config, LinkChannel, LinkError, Page, Uplink, CONFIG_MAGIC, GUEST_MAC,
     };
-    use virtio_servers::{RamWindow, Server};
+    use virtio_servers::ring3::{serve_forever, Hooks};
+    use virtio_servers::{GuestWriteSink, RamWindow, Server};
 
     ipc_proto::server_entry!(server_main);
 
@@ -134,7 +135,15 @@ mod ring3 {
         // else in this task refers to it.
         let ram = unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) }
             .with_guest_writes(sys::GuestWrites::find());
-        serve(server, ram, ch)
+        let injector = Injector::default();
+        serve_forever(
+            server,
+            ram,
+            injector,
+            "virtio-net: ",
+            Some(ch),
+            LinkHooks::default(),
+        )
     }
 
     /// A station address as the usual text.
@@ -153,59 +162,38 @@ mod ring3 {
         Mac(m)
     }
 
-    /// `virtio_servers::ring3::serve_forever`'s loop, with the link's
-    /// signal besides the doorbells: received frames are moved into the
-    /// guest's buffers at once, not at the proxy's next poll.
-    fn serve<W: virtio_servers::GuestWriteSink>(
-        mut server: Server<Net<Uplink<Link>>>,
-        mut ram: RamWindow<W>,
-        link: u64,
-    ) -> ! {
-        let mut said = NetStats::default();
-        let mut reply_to = NO_REPLY;
-        loop {
-            let v = match sys::call(Syscall::ReplyRecv, reply_to) {
-                Ok(v) => v,
-                Err(e) => {
-                    say!("ReplyRecv refused: {}", e.describe());
-                    sys::vm_fail();
-                }
-            };
-            reply_to = NO_REPLY;
-            if v & RECV_NOTIFICATION != 0 {
-                if v & RX_BIT != 0 {
-                    server.pci.device_mut().backend_mut().frames_arrived();
-                    server.pci.poll(&mut ram);
-                }
-                let doorbells = v & 0xffff & !RX_BIT;
-                let count = server.client().map_or(0, |ch| {
-                    let at = sys::channel_page(ch).wrapping_add(DOORBELL_COUNT_OFFSET);
-                    // SAFETY: the page of the channel this task serves is
-                    // mapped read-write here; the proxy wrote the count
-                    // before its Signal and does not run while we do.
-                    unsafe { at.cast::<u64>().read_volatile() }
-                });
-                let word = (v & !0xffff) | doorbells;
-                if let Some((ch, bits)) = server.notified(&mut ram, word, count) {
-                    let _ = sys::signal(ch, bits);
-                }
-            } else if v < MAX_CHANNELS as u64 && v != link {
-                let page = sys::channel_page(v).cast::<PciMessage>();
-                // SAFETY: `v` is a channel this task serves (the stub
-                // returns only those from ReplyRecv); its page is mapped
-                // read-write in both ends and the proxy waits in `Call`.
-                // Every bit pattern is a valid PciMessage, read once.
-                let request = unsafe { page.read_volatile() };
-                if request.op == ipc_proto::pci::op::END {
-                    // The VM ends: the switch prints its counters.
-                    let _ = server.pci.device_mut().backend_mut().stats();
-                }
-                let reply = server.message(v, &mut ram, &request);
-                // SAFETY: as above; the reply fits the page.
-                unsafe { page.write_volatile(reply) };
-                reply_to = v;
+    /// The link's signal besides the doorbells: received frames are
+    /// moved into the guest's buffers at once, not at the proxy's next
+    /// poll; and the drops said as they grow.
+    #[derive(Default)]
+    struct LinkHooks {
+        said: NetStats,
+    }
+
+    impl<W: GuestWriteSink> Hooks<Net<Uplink<Link>>, W> for LinkHooks {
+        fn bits(&self) -> u64 {
+            RX_BIT
+        }
+
+        fn notified(
+            &mut self,
+            server: &mut Server<Net<Uplink<Link>>>,
+            ram: &mut RamWindow<W>,
+            _bits: u64,
+        ) {
+            server.pci.device_mut().backend_mut().frames_arrived();
+            server.pci.poll(ram);
+        }
+
+        fn before(&mut self, server: &mut Server<Net<Uplink<Link>>>, request: &PciMessage) {
+            if request.op == ipc_proto::pci::op::END {
+                // The VM ends: the switch prints its counters.
+                let _ = server.pci.device_mut().backend_mut().stats();
             }
-            report(&server.pci.device().stats(), &mut said);
+        }
+
+        fn after(&mut self, server: &Server<Net<Uplink<Link>>>) {
+            report(&server.pci.device().stats(), &mut self.said);
         }
     }
 

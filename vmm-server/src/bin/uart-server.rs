@@ -10,35 +10,26 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-#[cfg(not(target_os = "none"))]
-fn main() {
-    eprintln!(
-        "uart-server is a ring-3 task of the splitvisor image; it runs under the stub only. \
-         Build the image with `splitvisor build --uart-server`."
-    );
-    std::process::exit(2);
-}
+ipc_proto::host_main!(
+    "uart-server is a ring-3 task of the splitvisor image; it runs under the stub only. \
+     Build the image with `splitvisor build --uart-server`."
+);
 
 #[cfg(target_os = "none")]
 mod ring3 {
 
     use ipc_proto::device::{op, PortMessage};
     use ipc_proto::inject::{self, Fault, Injector, GARBAGE};
+    use ipc_proto::layout::BootInfo;
     use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
     use ipc_proto::sys;
-    use ipc_proto::{Syscall, ABI_VERSION};
+    use ipc_proto::Syscall;
     use vmm_server::console::{HostConsole, HostWrite};
     use vmm_server::devices::remote;
     use vmm_server::devices::uart16550::{self, Uart16550};
 
-    ipc_proto::server_entry!(server_main);
+    ipc_proto::ring3_task!(server_main, "[uart] ");
     ipc_proto::inject_block!(INJECT);
-
-    macro_rules! say {
-        ($($arg:tt)*) => {
-            ipc_proto::sys::say_line("[uart] ", format_args!($($arg)*))
-        };
-    }
 
     /// `ConsoleWrite` and `ConsoleRead`.
     struct Console;
@@ -49,28 +40,11 @@ mod ring3 {
         }
 
         fn read_host(&mut self, buf: &mut [u8]) -> usize {
-            // SAFETY: `buf` is a live, writable slice of this task's memory.
-            let r = unsafe {
-                sys::syscall3(
-                    Syscall::ConsoleRead,
-                    buf.as_mut_ptr() as u64,
-                    buf.len() as u64,
-                    0,
-                )
-            };
-            sys::result(r).map_or(0, |n| (n as usize).min(buf.len()))
+            sys::console_read(buf)
         }
     }
 
-    extern "C" fn server_main() -> ! {
-        let boot = sys::boot_info();
-        if boot.abi_version != ABI_VERSION {
-            say!(
-                "the stub speaks ABI version {}, this server was built for version {ABI_VERSION}",
-                boot.abi_version
-            );
-            sys::vm_fail();
-        }
+    fn server_main(boot: BootInfo) -> ! {
         let Some(ch) = boot.uart_channel.checked_sub(1) else {
             say!("the image has no channel from the vmm-server to this server");
             sys::vm_fail();
@@ -79,7 +53,7 @@ mod ring3 {
         let mut uart = Uart16550::new(HostConsole::new(Console, true));
         // Faults injected on purpose (`--inject uart-server:crash@N`), at
         // the N-th request.
-        let mut injector = Injector::new(&inject::read_block(&INJECT));
+        let mut injector = Injector::from_block(&INJECT);
         loop {
             // Replies to the call before (none the first time) and waits
             // for the next one.
@@ -140,13 +114,4 @@ mod ring3 {
 
     #[global_allocator]
     static ALLOCATOR: NoHeap = NoHeap;
-
-    #[panic_handler]
-    fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-        match info.location() {
-            Some(l) => say!("panic: {} at {}:{}", info.message(), l.file(), l.line()),
-            None => say!("panic: {}", info.message()),
-        }
-        sys::vm_fail()
-    }
 }
