@@ -495,12 +495,7 @@ impl Vm {
                 self.switch(frame, i, rax);
                 return Ok(Next::Switched);
             }
-            let handlers_ready = self
-                .tasks
-                .iter()
-                .flatten()
-                .all(|t| t.vcpu_page.is_none() || t.state == State::WaitExit);
-            if !handlers_ready {
+            if !self.handlers_ready() {
                 self.idle()?;
                 continue;
             }
@@ -577,6 +572,14 @@ impl Vm {
         }
     }
 
+    /// Every task with a VCPU waits for an exit: the guest can be entered.
+    fn handlers_ready(&self) -> bool {
+        self.tasks
+            .iter()
+            .flatten()
+            .all(|t| t.vcpu_page.is_none() || t.state == State::WaitExit)
+    }
+
     /// The task to run now, if any, and the result of its pending system
     /// call: one not started yet, one a reply made ready, one whose
     /// notification word is not zero (the word, now taken), one whose
@@ -596,12 +599,7 @@ impl Vm {
         if let Some(i) = self.tasks.iter().position(state(State::Ready)) {
             return Some((i, self.task(i).frame.rax));
         }
-        let guest_can_run = self.paging_set
-            && self
-                .tasks
-                .iter()
-                .flatten()
-                .all(|t| t.vcpu_page.is_none() || t.state == State::WaitExit);
+        let guest_can_run = self.paging_set && self.handlers_ready();
         let notified = self.tasks.iter().position(|t| {
             t.as_ref().is_some_and(|t| {
                 t.state == State::WaitRecv
