@@ -8,7 +8,11 @@
  * image read the same word and a write through the alias lands in the
  * image; the 4 MiB page works; a REP OUTSB from the alias, and MMIO at a
  * paged address, which the vmm-server can only emulate by walking these
- * tables. Ends with status 0 on port 0xF4, or 1. */
+ * tables; INT3, INTO and INT 0x30 each delivered once while their
+ * delivery pushes onto a stack page nothing touched before (under shadow
+ * paging that push exits: a shadow #PF during the delivery of a software
+ * event, which must not reach the guest's handler twice). Ends with
+ * status 0 on port 0xF4, or 1. */
     .intel_syntax noprefix
     .code32
 
@@ -20,6 +24,17 @@
 #define ALIAS    0xC0000000   /* the image again */
 #define MMIO_VA  0xD0000000   /* the scratch registers, paged */
 #define IMAGE    0x00100000
+#define FRESH    0x00300000   /* pages nothing touches before the INTs */
+
+/* IDT entry `vec`: a 32-bit interrupt gate to `handler` in the current CS. */
+.macro GATE vec, handler
+    mov eax, offset \handler
+    mov word ptr [idt + \vec * 8], ax
+    mov word ptr [idt + \vec * 8 + 2], cs
+    mov word ptr [idt + \vec * 8 + 4], 0x8e00
+    shr eax, 16
+    mov word ptr [idt + \vec * 8 + 6], ax
+.endm
 
     .section .text.start, "ax"
     .globl _start
@@ -86,7 +101,49 @@ _start:
     mov esi, offset msg_mmio
     call say
 
+    /* The entry state has CS and DS loaded without a GDT: give them one
+     * for the gates' CS and IRET to load from. */
+    lgdt [gdtr]
+    ljmp 0x08, offset .Lflat
+.Lflat:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    GATE 3, on_bp
+    GATE 4, on_of
+    GATE 0x30, on_int30
+    lidt [idtr]
+    mov ebp, esp
+    mov esp, FRESH + 0x1000
+    int3
+    mov esp, FRESH + 0x2000
+    mov al, 0x7f
+    add al, 1                   /* OF = 1 */
+    into
+    mov esp, FRESH + 0x3000
+    int 0x30
+    mov esp, ebp
+    mov esi, offset msg_soft
+    call say
+    mov eax, [soft_events]
+    call print_hex32
+    call print_nl
+    cmp dword ptr [soft_events], 0x010101
+    jne fail
+
 #include "pass-fail.inc"
+
+/* Each counts its event in a byte of soft_events. */
+on_bp:
+    inc byte ptr [soft_events]
+    iretd
+on_of:
+    inc byte ptr [soft_events + 1]
+    iretd
+on_int30:
+    inc byte ptr [soft_events + 2]
+    iretd
 
 #include "say.inc"
 
@@ -100,12 +157,22 @@ msg_pse:    .asciz "4 MiB page (pse) at 4 MiB reads back\n"
 msg_outs:   .ascii "paging32: rep outsb from 0xc0000000 (emulated through the page tables)\n"
 msg_outs_end:
 msg_mmio:   .asciz "mmio at 0xd0000000 -> 0xfeb00000: mov and add (emulated through the page tables)\n"
+msg_soft:   .asciz "int 0x30, into, int3 onto fresh stack pages, deliveries (a byte each) = "
 msg_pass:   .asciz "all checks passed\n"
 msg_fail:   .asciz "FAILED\n"
 
     .section .data
 magic: .long 0x5a17715a
 cell:  .long 0
+soft_events: .long 0
+    .balign 8
+gdt:   .quad 0
+       .quad 0x00cf9a000000ffff   /* 0x08: flat 32-bit code */
+       .quad 0x00cf92000000ffff   /* 0x10: flat data */
+gdtr:  .word 3 * 8 - 1
+       .long gdt
+idtr:  .word 0x31 * 8 - 1
+       .long idt
 
     .section .bss
     .balign 4096
@@ -113,5 +180,7 @@ pd:       .skip 4096
 pt_low:   .skip 4096
 pt_alias: .skip 4096
 pt_mmio:  .skip 4096
+idt:      .skip 0x31 * 8
+    .balign 4096
     .skip 4096
 stack_top:

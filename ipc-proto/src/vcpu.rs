@@ -191,7 +191,39 @@ impl ExitRecord {
             ..Self::default()
         }
     }
+
+    /// The event whose delivery this exit interrupted, to inject again at
+    /// the next entry (`exit_int_info`: APM vol. 2, 15.7.2), or `None`.
+    ///
+    /// `None` too when the guest's own INT n, INT3 or INTO raised it (a
+    /// software interrupt, or #BP or #OF, which nothing else raises): RIP
+    /// still points at the instruction (APM vol. 2, 15.20; SDM vol. 3C,
+    /// 28.2.4), so the guest executes it again and it is delivered once.
+    /// Injected, it would push the instruction's own address, and the
+    /// handler would return into it and take the event a second time.
+    pub fn event_to_redeliver(&self) -> Option<EventInjection> {
+        let info = self.exit_int_info;
+        let kind = ((info >> 8) & 7) as u8;
+        let vector = info as u8;
+        let software = kind == EventKind::SoftwareInterrupt as u8
+            || (kind == EventKind::Exception as u8 && matches!(vector, 3 | 4));
+        if info & EXITINTINFO_VALID == 0 || software {
+            return None;
+        }
+        Some(EventInjection {
+            vector,
+            kind,
+            has_error_code: u8::from(info & EXITINTINFO_EV != 0),
+            reserved: 0,
+            error_code: (info >> 32) as u32,
+        })
+    }
 }
+
+/// `exit_int_info`'s valid bit.
+pub const EXITINTINFO_VALID: u64 = 1 << 31;
+/// `exit_int_info`'s error-code-valid bit.
+pub const EXITINTINFO_EV: u64 = 1 << 11;
 
 bitflags::bitflags! {
     /// Which parts of a [`Resume`] the stub applies.
@@ -375,6 +407,28 @@ wire! {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn software_events_are_executed_again_not_redelivered() {
+        let rec = |info| ExitRecord {
+            exit_int_info: info,
+            ..ExitRecord::default()
+        };
+        assert_eq!(rec(0).event_to_redeliver(), None);
+        assert_eq!(rec(0x0000_030e).event_to_redeliver(), None, "not valid");
+        // INT 0x30, INT3 (#BP), INTO (#OF): the guest runs them again.
+        for info in [0x8000_0430, 0x8000_0303, 0x8000_0304] {
+            assert_eq!(rec(info).event_to_redeliver(), None, "{info:#x}");
+        }
+        // A #PF with its error code and an external interrupt go again.
+        let pf = rec(0x0000_0006_8000_0b0e).event_to_redeliver().unwrap();
+        assert_eq!(
+            (pf.vector, pf.kind, pf.has_error_code, pf.error_code),
+            (14, 3, 1, 6)
+        );
+        let irq = rec(0x8000_0030).event_to_redeliver().unwrap();
+        assert_eq!((irq.vector, irq.kind, irq.has_error_code), (0x30, 0, 0));
+    }
     use super::*;
     use core::mem::{offset_of, size_of};
 

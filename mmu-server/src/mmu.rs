@@ -18,6 +18,7 @@ use crate::shadow::{root_key, CacheError, ShadowCache, TableKind};
 use crate::stats::MmuStats;
 use crate::walk::{self, pf, Access, Translation, WalkError};
 use ipc_proto::mmu::TableHandle;
+use ipc_proto::vcpu::EXITINTINFO_VALID;
 
 /// What an exit asks of the mmu-server, decoded from either extension's record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -331,9 +332,6 @@ pub struct Mmu {
     spurious: (u64, u32),
 }
 
-const EXITINTINFO_VALID: u64 = 1 << 31;
-const EXITINTINFO_EV: u64 = 1 << 11;
-
 fn exception(vector: u8, error_code: Option<u32>) -> EventInjection {
     EventInjection {
         vector,
@@ -579,16 +577,9 @@ impl Mmu {
             regs: rec.regs,
             ..Default::default()
         };
-        let info = rec.exit_int_info;
-        if info & EXITINTINFO_VALID != 0 {
+        if let Some(event) = rec.event_to_redeliver() {
             r.flags = ResumeFlags::INJECT_EVENT.bits();
-            r.event = EventInjection {
-                vector: info as u8,
-                kind: ((info >> 8) & 7) as u8,
-                has_error_code: u8::from(info & EXITINTINFO_EV != 0),
-                reserved: 0,
-                error_code: (info >> 32) as u32,
-            };
+            r.event = event;
         }
         r
     }

@@ -11,7 +11,7 @@
 
 use core::fmt;
 
-use ipc_proto::vcpu::svm_exit;
+use ipc_proto::vcpu::{svm_exit, EXITINTINFO_VALID};
 use ipc_proto::{
     EventInjection, EventKind, ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch,
 };
@@ -442,9 +442,6 @@ fn table_fault_in_delivery(info: u64) -> Step {
         _ => Step::Fail(FailKind::EventDeliveryFault),
     }
 }
-
-/// EXITINTINFO valid bit (APM vol. 2, 15.7.2).
-const EXITINTINFO_VALID: u64 = 1 << 31;
 
 /// The exit handler: decodes exits, emulates, drives the devices' time and
 /// injects their interrupts.
@@ -1224,18 +1221,12 @@ impl<'d> Vmm<'d> {
             r.xcr0 = self.xcr0;
             flags |= ResumeFlags::SET_XCR0;
         }
-        let pending = rec.exit_int_info & EXITINTINFO_VALID != 0;
-        if pending {
-            let info = rec.exit_int_info;
-            let kind = ((info >> 8) & 7) as u8;
-            if EventKind::from_raw(kind).is_some() {
-                r.event = EventInjection {
-                    vector: info as u8,
-                    kind,
-                    has_error_code: ((info >> 11) & 1) as u8,
-                    reserved: 0,
-                    error_code: (info >> 32) as u32,
-                };
+        if rec.exit_int_info & EXITINTINFO_VALID != 0 {
+            if let Some(event) = rec
+                .event_to_redeliver()
+                .filter(|e| EventKind::from_raw(e.kind).is_some())
+            {
+                r.event = event;
                 flags |= ResumeFlags::INJECT_EVENT;
             }
         } else if let Some(f) = fault {

@@ -456,25 +456,15 @@ impl Vcpu {
         // interrupt window and exit deadline as they were. (Bit 12 of the
         // qualification, NMI unblocking by IRET, matters only with virtual
         // NMIs, which this VCPU does not use.)
-        let info = rec.exit_int_info;
-        // An INT n, INT3 or INTO (software interrupt, kind 4; #BP and #OF
-        // come only from those) is not injected again: that needs the
-        // VM-entry instruction length, which seL4's WriteVMCS refuses, and
-        // RIP still points at the instruction (SDM vol. 3C, "Information
-        // for VM Exits Due to Instruction Execution": the exit's length is
-        // given for this case), so the guest executes it again, now with
-        // the page mapped.
-        let software = matches!(((info >> 8) & 7, info as u8), (4, _) | (3, 3 | 4));
-        if info & (1 << 31) == 0 || software {
-            return Some(Ok(()));
+        // An INT n, INT3 or INTO is not injected again: RIP still points
+        // at the instruction, so the guest executes it again, now with the
+        // page mapped (`event_to_redeliver`; injecting a software event
+        // would also need the VM-entry instruction length, which seL4's
+        // WriteVMCS refuses).
+        match rec.event_to_redeliver() {
+            Some(event) => Some(self.inject(&event)),
+            None => Some(Ok(())),
         }
-        Some(self.inject(&ipc_proto::EventInjection {
-            vector: info as u8,
-            kind: ((info >> 8) & 7) as u8,
-            has_error_code: u8::from(info & (1 << 11) != 0),
-            reserved: 0,
-            error_code: (info >> 32) as u32,
-        }))
     }
 
     /// `seL4_X86_VCPU_WriteRegisters`: every general register but RSP.
