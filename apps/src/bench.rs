@@ -48,8 +48,12 @@ enum BenchWhat {
     /// reason, IPC figures, and the shadow cache's hit rate and faults per
     /// guest CR3 load.
     ///
-    /// Fetches the kernel like `run --linux` does. Takes about a minute for
-    /// amd64 (QEMU 7.2 TCG, 2.6 GHz EPYC).
+    /// Fetches the kernel like `run --linux` does and names it, with its
+    /// Debian version and busybox's, on the first line (`Guest kernel:`);
+    /// SPLITVISOR_KERNEL_PACKAGE=linux-image-NAME[=VERSION] boots that
+    /// package instead of the one the metapackage depends on today (so does
+    /// every `--linux` command). Takes about a minute for amd64 (QEMU 7.2
+    /// TCG, 2.6 GHz EPYC).
     Boot(crate::bench_boot::BootArgs),
     /// What an exit costs, three ways in one run: through the ring-3
     /// servers as shipped; through a stub built with its
@@ -82,7 +86,9 @@ enum BenchWhat {
     /// the same kind of image, in one run: Debian's amd64 kernel times
     /// sequential 64 KiB writes (with fsync) and reads of 16 MiB, and 200
     /// random 4 KiB reads, with busybox `dd` on /dev/vda; MB/s, reads/s
-    /// and the ratio. About a minute.
+    /// and the ratio. The first line names the kernel package and version
+    /// (pinned with SPLITVISOR_KERNEL_PACKAGE, as for `bench boot`). About
+    /// a minute.
     Io(crate::bench_io::IoArgs),
 }
 

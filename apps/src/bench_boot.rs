@@ -145,6 +145,7 @@ pub fn bench_boot(a: &BootArgs) -> i32 {
             return 1;
         }
     };
+    println!("Guest kernel: {}", guest.packages);
     let extra = if a.workload {
         "splitvisor.workload splitvisor.exit"
     } else {

@@ -543,6 +543,58 @@ pub struct LinuxGuest {
     pub kernel: PathBuf,
     /// The busybox initramfs.
     pub initrd: PathBuf,
+    /// The Debian packages it came from, with their versions
+    /// ([`describe_packages`]), for the benchmarks to name.
+    pub packages: String,
+}
+
+/// Names a Debian kernel package to boot instead of the one the
+/// flavour's metapackage depends on today: `NAME` or `NAME=VERSION`, e.g.
+/// `linux-image-6.1.0-57-amd64=6.1.158-1`. Debian's kernel moves under
+/// the metapackage's fixed name; with this a benchmark runs again on the
+/// kernel its figures name.
+pub const KERNEL_PACKAGE_ENV: &str = "SPLITVISOR_KERNEL_PACKAGE";
+
+/// A package name and, optionally, its exact version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackagePin {
+    /// The package, `linux-image-...`.
+    pub name: String,
+    /// Its Debian version, or the newest apt knows (or the cache holds).
+    pub version: Option<String>,
+}
+
+impl PackagePin {
+    /// `NAME` or `NAME=VERSION`; a name must be a `linux-image-*` package.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (name, version) = match s.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim())),
+            None => (s.trim(), None),
+        };
+        let ok_chars = |t: &str| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.:~_".contains(c))
+        };
+        if !name.starts_with("linux-image-") || !ok_chars(name) || !version.is_none_or(ok_chars) {
+            return Err(format!(
+                "{KERNEL_PACKAGE_ENV}={s:?}: expected a Debian kernel package as \
+                 linux-image-NAME or linux-image-NAME=VERSION"
+            ));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            version: version.map(str::to_string),
+        })
+    }
+
+    /// The pin [`KERNEL_PACKAGE_ENV`] sets, if any.
+    pub fn from_env() -> Result<Option<Self>, String> {
+        match std::env::var(KERNEL_PACKAGE_ENV) {
+            Ok(s) if !s.trim().is_empty() => Self::parse(&s).map(Some),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// `<root>/.cache/linux`.
@@ -566,13 +618,26 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
 /// The cached `.deb` of `package` for Debian architecture `arch`,
 /// downloading it if it is not there.
 pub(crate) fn fetch_deb(dir: &Path, package: &str, arch: &str) -> Result<PathBuf, String> {
+    fetch_deb_version(dir, package, None, arch)
+}
+
+/// [`fetch_deb`] of exactly `version`, when given.
+fn fetch_deb_version(
+    dir: &Path,
+    package: &str,
+    version: Option<&str>,
+    arch: &str,
+) -> Result<PathBuf, String> {
+    // A file name holds the version with its epoch's colon as %3a.
+    let infix = version.map_or(String::new(), |v| format!("{}_", v.replace(':', "%3a")));
     let find = || -> Option<PathBuf> {
         let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
             .ok()?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.starts_with(&format!("{package}_")) && n.ends_with(&format!("_{arch}.deb"))
+                    n.starts_with(&format!("{package}_{infix}"))
+                        && n.ends_with(&format!("_{arch}.deb"))
                 })
             })
             .collect();
@@ -582,7 +647,10 @@ pub(crate) fn fetch_deb(dir: &Path, package: &str, arch: &str) -> Result<PathBuf
     if let Some(p) = find() {
         return Ok(p);
     }
-    let spec = format!("{package}:{arch}");
+    let spec = match version {
+        Some(v) => format!("{package}:{arch}={v}"),
+        None => format!("{package}:{arch}"),
+    };
     run(
         Command::new("apt-get")
             .args(["download", &spec])
@@ -590,11 +658,18 @@ pub(crate) fn fetch_deb(dir: &Path, package: &str, arch: &str) -> Result<PathBuf
         &format!("apt-get download {spec}"),
     )
     .map_err(|e| {
-        let hint = if arch == "amd64" {
-            "run `apt-get update` (scripts/install-deps does)"
+        let hint = if version.is_some() {
+            format!(
+                "apt offers only the versions its sources list (`apt-cache policy {package}`); \
+                 a .deb of another version placed in {} is used as it is",
+                dir.display()
+            )
+        } else if arch == "amd64" {
+            "run `apt-get update` (scripts/install-deps does)".to_string()
         } else {
             "the i386 packages need `dpkg --add-architecture i386 && apt-get update` \
              (scripts/install-deps does both)"
+                .to_string()
         };
         format!("could not download the Debian package {spec}: {e}; {hint}")
     })?;
@@ -604,6 +679,33 @@ pub(crate) fn fetch_deb(dir: &Path, package: &str, arch: &str) -> Result<PathBuf
             dir.display()
         )
     })
+}
+
+/// `deb`'s `Version` field.
+fn deb_version(deb: &Path) -> Result<String, String> {
+    let v = run(
+        Command::new("dpkg-deb").arg("-f").arg(deb).arg("Version"),
+        "dpkg-deb -f",
+    )?;
+    Ok(v.trim().to_string())
+}
+
+/// One line naming the packages a guest came from: the kernel package
+/// and its version, the metapackage that chose it (or that it was
+/// pinned), and busybox-static's.
+pub fn describe_packages(
+    kernel: (&str, &str),
+    chosen_by: Option<(&str, &str)>,
+    busybox: &str,
+) -> String {
+    let how = match chosen_by {
+        Some((meta, v)) => format!("the dependency of {meta} {v}"),
+        None => format!("pinned by {KERNEL_PACKAGE_ENV}"),
+    };
+    format!(
+        "{} {} ({how}), busybox-static {busybox}",
+        kernel.0, kernel.1
+    )
 }
 
 /// The versioned kernel package the metapackage depends on.
@@ -721,10 +823,25 @@ pub fn prepare_debian_linux(flavour: Flavour) -> Result<LinuxGuest, String> {
     let dir = cache_dir();
     let arch = flavour.debian_arch();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let meta = fetch_deb(&dir, &flavour.metapackage(), arch)?;
-    let kpkg = kernel_package(&meta)?;
-    let kdeb = fetch_deb(&dir, &kpkg, arch)?;
+    let (kpkg, kdeb, meta) = match PackagePin::from_env()? {
+        Some(pin) => {
+            let kdeb = fetch_deb_version(&dir, &pin.name, pin.version.as_deref(), arch)?;
+            (pin.name, kdeb, None)
+        }
+        None => {
+            let meta_name = flavour.metapackage();
+            let meta = fetch_deb(&dir, &meta_name, arch)?;
+            let kpkg = kernel_package(&meta)?;
+            let kdeb = fetch_deb(&dir, &kpkg, arch)?;
+            (kpkg, kdeb, Some((meta_name, deb_version(&meta)?)))
+        }
+    };
     let bdeb = fetch_deb(&dir, "busybox-static", arch)?;
+    let packages = describe_packages(
+        (&kpkg, &deb_version(&kdeb)?),
+        meta.as_ref().map(|(n, v)| (n.as_str(), v.as_str())),
+        &deb_version(&bdeb)?,
+    );
     let kroot = dir.join(format!("root-{kpkg}"));
     let broot = dir.join(format!("root-busybox-static-{arch}"));
     unpack(&kdeb, &kroot)?;
@@ -760,12 +877,58 @@ pub fn prepare_debian_linux(flavour: Flavour) -> Result<LinuxGuest, String> {
     if !initrd.exists() {
         images::write_atomic(&initrd, &bytes).map_err(|e| e.to_string())?;
     }
-    Ok(LinuxGuest { kernel, initrd })
+    Ok(LinuxGuest {
+        kernel,
+        initrd,
+        packages,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_package_pins_parse_or_say_what_is_expected() {
+        assert_eq!(
+            PackagePin::parse("linux-image-6.1.0-57-amd64=6.1.158-1").unwrap(),
+            PackagePin {
+                name: "linux-image-6.1.0-57-amd64".into(),
+                version: Some("6.1.158-1".into()),
+            }
+        );
+        assert_eq!(
+            PackagePin::parse("linux-image-6.1.0-57-686-pae")
+                .unwrap()
+                .version,
+            None
+        );
+        for bad in [
+            "busybox-static",
+            "linux-image-x=",
+            "linux-image-x=1 2",
+            "",
+            "linux-image-$(id)",
+        ] {
+            let e = PackagePin::parse(bad).unwrap_err();
+            assert!(e.contains("linux-image-NAME=VERSION"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_package_line_names_versions_and_how_the_kernel_was_chosen() {
+        assert_eq!(
+            describe_packages(
+                ("linux-image-6.1.0-57-amd64", "6.1.158-1"),
+                Some(("linux-image-amd64", "6.1.158-1")),
+                "1:1.35.0-4+b3"
+            ),
+            "linux-image-6.1.0-57-amd64 6.1.158-1 (the dependency of linux-image-amd64 \
+             6.1.158-1), busybox-static 1:1.35.0-4+b3"
+        );
+        assert!(describe_packages(("k", "1"), None, "2")
+            .contains("pinned by SPLITVISOR_KERNEL_PACKAGE"));
+    }
 
     #[test]
     fn the_console_option_is_replaced_or_put_first() {

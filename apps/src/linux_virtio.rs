@@ -336,6 +336,7 @@ mod tests {
         let guest = LinuxGuest {
             kernel: "/k/vmlinuz".into(),
             initrd: "/k/initrd,x.cpio".into(),
+            packages: String::new(),
         };
         let mut b = PlainVirtio::new("qemu-system-x86_64".into(), guest);
         b.other_console = "/tmp/other".into();

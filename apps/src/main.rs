@@ -134,6 +134,8 @@ struct GuestArgs {
     /// (fork+exec, pipe ping-pong, mmap/munmap); `--append
     /// splitvisor.workload` runs it at boot, `--append splitvisor.exit` ends
     /// the VM after /init's first lines instead of starting the shell.
+    /// SPLITVISOR_KERNEL_PACKAGE=linux-image-NAME[=VERSION] boots that
+    /// Debian kernel package instead of the one the metapackage depends on.
     #[arg(long, value_name = "FLAVOUR", num_args = 0..=1,
           default_missing_value = "amd64", require_equals = false)]
     linux: Option<splitvisor::linux::Flavour>,
@@ -277,6 +279,7 @@ impl GuestArgs {
     fn spec(&self, guest_tsc_khz: Option<u64>) -> Result<images::SystemSpec, String> {
         let (guest, initrd, cmdline, default_ram) = if let Some(flavour) = self.linux {
             let g = splitvisor::linux::prepare_debian_linux(flavour)?;
+            eprintln!("splitvisor: Debian's kernel: {}", g.packages);
             let mut cmdline = splitvisor::linux::default_append(
                 self.append.as_deref(),
                 guest_tsc_khz,
