@@ -146,6 +146,7 @@ pub fn bench_boot(a: &BootArgs) -> i32 {
         }
     };
     println!("Guest kernel: {}", guest.packages);
+    println!("Emulator: {}", splitvisor::run::emulator_version(&qemu));
     let extra = if a.workload {
         "splitvisor.workload splitvisor.exit"
     } else {

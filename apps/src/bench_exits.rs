@@ -655,6 +655,10 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
 
     let (mmu, cpu) = bench.split_cpu();
     println!(
+        "Emulator: {}",
+        splitvisor::run::emulator_version(&a.emulator)
+    );
+    println!(
         "Exits, {n} per kind: through splitvisor's ring-3 servers, through its stub built with \
          bench-inline-exits (the exits answered in ring 0; --mmu {mmu}, cpu {cpu}), and on plain \
          {}; wall time from the arrival of the guest's begin/end lines, less the reference loop's",

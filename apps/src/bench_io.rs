@@ -116,6 +116,10 @@ pub fn bench_io(a: &IoArgs) -> i32 {
 fn run(a: &IoArgs) -> Result<(), String> {
     let guest = splitvisor::linux::prepare_debian_linux(Flavour::Amd64)?;
     println!("Guest kernel: {}", guest.packages);
+    println!(
+        "Emulator: {}",
+        splitvisor::run::emulator_version(splitvisor::DEFAULT_EMULATOR)
+    );
     let dir = std::env::temp_dir().join(format!("splitvisor-bench-io-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let img = dir.join("disk.img");

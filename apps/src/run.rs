@@ -456,6 +456,39 @@ pub fn qemu_machine_args(cpu: &str, memory_mib: u32, accel: Accel) -> Vec<OsStri
     args
 }
 
+/// The emulator's version, for benchmarks to name: QEMU's `--version`
+/// first line, Bochs's Debian package version (Bochs has no version
+/// flag), or `unknown` with the program's name.
+pub fn emulator_version(program: &str) -> String {
+    let output = |cmd: &mut Command| {
+        cmd.stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            })
+            .filter(|l| !l.is_empty())
+    };
+    let name = Path::new(program)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(program);
+    let found = if name.starts_with("bochs") {
+        output(Command::new("dpkg-query").args(["-W", "-f", "${Version}", "bochs"]))
+            .map(|v| format!("Bochs (Debian package bochs {v})"))
+    } else {
+        output(Command::new(program).arg("--version"))
+    };
+    found.unwrap_or_else(|| format!("{program}: version unknown"))
+}
+
 /// Finds a program the way a shell does: a name with a `/` is a path,
 /// anything else is looked up on `PATH`.
 pub fn find_program(name: &str) -> Option<PathBuf> {

@@ -55,6 +55,13 @@ fn bench(emulator: &str, mmu: &str) -> Bench {
 fn check(emulator: &str, mmu: &str, kinds: &[(&str, &str)]) {
     let b = bench(emulator, mmu);
     assert_eq!(b.code, Some(0), "{b}");
+    // The figures name the emulator they came from.
+    let named = if emulator.starts_with("bochs") {
+        "Emulator: Bochs"
+    } else {
+        "Emulator: QEMU emulator version"
+    };
+    assert!(b.stdout.lines().any(|l| l.starts_with(named)), "{b}");
     for (kind, reason) in kinds {
         let rows: Vec<Vec<&str>> = b
             .stdout
