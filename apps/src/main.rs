@@ -240,8 +240,9 @@ struct GuestArgs {
     /// Inject a fault on purpose, for the isolation experiments:
     /// `SERVER:crash@N` (the task named SERVER, e.g. mmu-server,
     /// uart-server, vmm-server, disk-driver, virtio-blk, virtio-console,
-    /// virtio-rng, executes ud2 at its N-th exit or request; for the virtio servers a
-    /// request is a queue notification),
+    /// virtio-rng, virtio-net, switch, executes ud2 at its N-th exit or
+    /// request; for the virtio servers a request is a queue notification,
+    /// for the switch a VM port's call),
     /// `SERVER:corrupt@N` (writes garbage over the shared state its restart
     /// reads, then ud2), `SERVER:hang@N` (spins without blocking: the
     /// stub's watchdog restarts it after 8 s of its TSC, or stops the VM

@@ -31,6 +31,7 @@ fn main() {
 
 #[cfg(target_os = "none")]
 mod ring3 {
+    use ipc_proto::inject::{crash, hang, Fault, Injector};
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::net::{op, status, LinkMessage, MAX_SEND, RX_BIT, RX_OFFSET, TX_OFFSET};
     use ipc_proto::syscall::{NO_REPLY, RECV_NOTIFICATION};
@@ -42,6 +43,24 @@ mod ring3 {
 
     #[used]
     static CONFIG: [u8; 16] = sys::config_block(&switch::CONFIG_MAGIC);
+
+    // Faults injected on purpose (`--inject switch:crash@N`), at the N-th
+    // call of a VM port.
+    ipc_proto::inject_block!(INJECT);
+
+    /// Ticks `injector` at a VM port's call on channel `ch`; a `corrupt`
+    /// scribbles over that channel's page before it crashes.
+    fn inject_at_call(injector: &mut Injector, ch: u64) {
+        match injector.tick() {
+            None => {}
+            Some(Fault::Crash) => crash(),
+            Some(Fault::Hang) => hang(),
+            Some(Fault::Corrupt) => {
+                sys::scribble_channel_page(ch);
+                crash()
+            }
+        }
+    }
 
     /// The VM ports' queues, too large for the stack (about 24 KiB each).
     static mut QUEUES: [Option<FrameQueue>; MAX_PORTS] = [const { None }; MAX_PORTS];
@@ -297,6 +316,7 @@ mod ring3 {
             to_signal: 0,
             said: 0,
         };
+        let mut injector = Injector::from_block(&INJECT);
         let mut reply_to = NO_REPLY;
         loop {
             let v = match sys::reply_recv(reply_to, 0) {
@@ -312,6 +332,7 @@ mod ring3 {
                     st.uplink_waiting = true;
                 }
             } else if v < MAX_CHANNELS as u64 && v != uplink {
+                inject_at_call(&mut injector, v);
                 let port = st.port_of(v);
                 st.serve(port, v);
                 reply_to = v;

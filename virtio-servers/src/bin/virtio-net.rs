@@ -43,6 +43,10 @@ mod ring3 {
     #[used]
     static CONFIG: [u8; 16] = sys::config_block(&CONFIG_MAGIC);
 
+    // Faults injected on purpose (`--inject virtio-net:crash@N`), at the
+    // N-th request: a queue notification (a doorbell).
+    ipc_proto::inject_block!(INJECT);
+
     macro_rules! say {
         ($($arg:tt)*) => {
             ipc_proto::sys::say_line("virtio-net: ", format_args!($($arg)*))
@@ -135,7 +139,7 @@ mod ring3 {
         // else in this task refers to it.
         let ram = unsafe { RamWindow::new(boot.guest_ram_window as *mut u8, boot.guest_ram_bytes) }
             .with_guest_writes(sys::GuestWrites::find());
-        let injector = Injector::default();
+        let injector = Injector::from_block(&INJECT);
         serve_forever(
             server,
             ram,
