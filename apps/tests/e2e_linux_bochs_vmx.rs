@@ -1,10 +1,11 @@
 //! End-to-end: Debian's stock x86-64 kernel with the busybox initramfs
 //! under splitvisor on Bochs with emulated Intel VMX (`corei7_skylake_x`,
 //! EPT and unrestricted guest), on the PC board, through `splitvisor run
-//! --linux --emulator bochs --arch vmx --console hvc0 --disk IMG`, in one
-//! boot: the kernel's log and everything `/init` prints on hvc0 (the
-//! virtio-console server), the MMU workload (see `e2e_linux_qemu_svm.rs`),
-//! and a disk round trip through the virtio-blk server and the
+//! --linux --emulator bochs --arch vmx --console hvc0 --disk IMG --net
+//! user`, in one boot: the kernel's log and everything `/init` prints on
+//! hvc0 (the virtio-console server), a DHCP lease through virtio-net, the
+//! switch and the nic-driver's NE2000 on Bochs's restricted slirp, the MMU
+//! workload (see `e2e_linux_qemu_svm.rs`), and a disk round trip through the virtio-blk server and the
 //! disk-driver on Bochs's `ata0-master` (`splitvisor.disk=update`): the
 //! guest reads the files the host put in the ext4 image (`mkfs.ext4 -d`),
 //! writes its own, syncs and powers off (ACPI S5, status 0); on the host
@@ -26,6 +27,7 @@ use common::disk::{
 };
 use splitvisor::linux::{
     Flavour, DISK_FAILED, DISK_GUEST_TEXT, DISK_READ, DISK_WRITTEN, HVC_LOG_BEGIN, HVC_LOG_END,
+    NET_FAILED, NET_LINE,
 };
 
 /// The text file the host puts in the image for the guest to read.
@@ -65,8 +67,10 @@ fn debian_amd64_runs_the_workload_and_a_disk_round_trip_on_hvc0_on_bochs_vmx_wit
             "hvc0",
             "--disk",
             &disk,
+            "--net",
+            "user",
         ],
-        "splitvisor.disk=update",
+        "splitvisor.net splitvisor.disk=update",
         1500,
     );
     let out = &run.stdout;
@@ -77,13 +81,22 @@ fn debian_amd64_runs_the_workload_and_a_disk_round_trip_on_hvc0_on_bochs_vmx_wit
     // hvc0 alone was the console, and the kernel's log came through it.
     assert!(
         out.lines().any(|l| l.trim_end().ends_with(
-            "Kernel command line: console=hvc0 splitvisor.disk=update splitvisor.workload splitvisor.exit"
+            "Kernel command line: console=hvc0 splitvisor.net splitvisor.disk=update splitvisor.workload splitvisor.exit"
         )),
         "not console=hvc0 alone\n{run}"
     );
     for needle in [HVC_LOG_BEGIN, "printk: console [hvc0] enabled", HVC_LOG_END] {
         assert!(out.contains(needle), "no `{needle}`\n{run}");
     }
+
+    // The network: virtio-net, the switch and the nic-driver's NE2000 on
+    // Bochs's slirp (`restricted = 1`), and Linux's DHCP through them.
+    let lease = out
+        .lines()
+        .find(|l| l.starts_with(NET_LINE) && l.contains(" by dhcp"))
+        .unwrap_or_else(|| panic!("no DHCP lease on Bochs's network\n{run}"));
+    assert!(lease.contains("address 10.0.2."), "{lease}\n{run}");
+    assert!(!out.contains(NET_FAILED), "{run}");
 
     // The disk: Bochs's drive under the disk-driver, /dev/vda in the guest.
     assert!(
