@@ -53,6 +53,21 @@ pub const KERNEL_CONFIG: &[&str] = &[
 pub const NO_SHADOW: &str = "seL4 has no counterpart of shadow paging: its VCPUs always run \
      on EPT (use --mmu npt, the default)";
 
+/// Why the root task would refuse `spec`, if it would, said before Bochs
+/// starts: shadow paging ([`NO_SHADOW`]), or a task, right or channel it
+/// cannot give a component (its own check, `sel4_root_task::rights`, on
+/// the manifest's tasks).
+pub fn refusal(spec: &images::SystemSpec) -> Option<String> {
+    if spec.mmu.is_shadow() {
+        return Some(NO_SHADOW.to_string());
+    }
+    let (tasks, channels) = images::system_tasks(spec);
+    let tasks: Vec<_> = tasks.iter().map(|(n, r)| (*n, r)).collect();
+    sel4_root_task::rights::plan(&tasks, &channels, spec.mmu)
+        .err()
+        .map(|why| format!("cannot run: {why}"))
+}
+
 /// Where the seL4 sources are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Sources {
@@ -506,8 +521,8 @@ pub struct Built {
 /// Builds the kernel (cached), the root task, the system image and the
 /// GRUB ISO for `spec`.
 pub fn build(spec: &images::SystemSpec, flags: Flags) -> Result<Built, String> {
-    if spec.mmu.is_shadow() {
-        return Err(NO_SHADOW.to_string());
+    if let Some(why) = refusal(spec) {
+        return Err(why);
     }
     let kernel = build_kernel()?;
     if kernel.built {
@@ -604,8 +619,8 @@ pub fn build_cli(spec: &images::SystemSpec) -> i32 {
 /// COM1 (seL4's and the root task's console) and concludes as the native
 /// platform does.
 pub fn run(opts: &RunOptions, flags: Flags) -> i32 {
-    if opts.system.mmu.is_shadow() {
-        eprintln!("splitvisor: {NO_SHADOW}");
+    if let Some(why) = refusal(&opts.system) {
+        eprintln!("splitvisor: {why}");
         return EXIT_CANNOT_RUN;
     }
     let files = bochs_files();
