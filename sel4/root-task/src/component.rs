@@ -1,13 +1,14 @@
 //! The servers as components of their own (milestone 2 of issue 14): the
 //! root task loads the `sel4-mmu-server` and `sel4-vmm-server` ELFs carried
-//! in its payload, each into a VSpace of its own, builds each a CSpace with
-//! exactly the capabilities of its contract (the crates' libs) and starts
-//! its thread.
+//! in its payload, each into a VSpace of its own, builds each a CSpace
+//! with the capabilities its manifest rights give it (`rights::plan`), in
+//! the slots of its contract (the crates' libs), and starts its thread.
 //!
 //! A VSpace holds the ELF's segments (in fresh frames: code and read-only
 //! data mapped read-only), the IPC buffer, a read-only page with the
 //! arguments and, for the vmm-server, guest RAM; nothing of the root
-//! task's. The vmm-server's CSpace holds four capabilities: the VCPU
+//! task's. With the rights every image gives the two servers, the
+//! vmm-server's CSpace holds four capabilities: the VCPU
 //! (bound to its thread), two badged endpoint capabilities to the root
 //! task, one to report its ending and one seL4 sends its faults to, and a
 //! send capability to the mmu-server's endpoint for its EPT violations; it
