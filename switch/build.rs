@@ -1,12 +1,12 @@
 //! Links the ring-3 binary with the servers' linker script
-//! (`ipc-proto/server.ld`) when it is built for the bare machine; host
+//! (`stub-abi/server.ld`) when it is built for the bare machine; host
 //! builds (tests, clippy) use the ordinary host linker.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=../ipc-proto/server.ld");
+    println!("cargo:rerun-if-changed=../stub-abi/server.ld");
     if std::env::var("TARGET").as_deref() == Ok("x86_64-unknown-none") {
         let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-        println!("cargo:rustc-link-arg-bins=-T{dir}/../ipc-proto/server.ld");
+        println!("cargo:rustc-link-arg-bins=-T{dir}/../stub-abi/server.ld");
     }
 }

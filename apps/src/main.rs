@@ -638,6 +638,24 @@ fn main() -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
+/// The device servers of `--disk` (read-only or not), `--rng`, `--nic`
+/// and `--net`, with their channels, into `spec`.
+fn add_device_servers(
+    disk_read_only: Option<bool>,
+    rng: bool,
+    nic: Option<splitvisor::nic::NicSpec>,
+    net: Option<&splitvisor::nic::NetSpec>,
+    spec: &mut images::SystemSpec,
+) -> Result<(), String> {
+    if let Some(read_only) = disk_read_only {
+        splitvisor::disk::add_disk_servers(spec, read_only)?;
+    }
+    if rng {
+        splitvisor::virtio::add_virtio_rng(spec)?;
+    }
+    add_nic(nic, net, spec)
+}
+
 fn build(a: &BuildArgs) -> i32 {
     let mut spec = match a.guest.spec(None) {
         Ok(s) => s,
@@ -646,36 +664,19 @@ fn build(a: &BuildArgs) -> i32 {
             return 1;
         }
     };
-    if a.guest.platform == "sel4" {
-        if a.guest.rng {
-            eprintln!("splitvisor: --rng is not available with --platform sel4 yet");
-            return 2;
-        }
-        if a.nic.is_some() {
-            eprintln!("splitvisor: --nic is not available with --platform sel4 yet");
-            return 2;
-        }
-        if a.guest.net.is_some() {
-            eprintln!("splitvisor: --net is not available with --platform sel4 yet");
-            return 2;
-        }
-        return splitvisor::sel4::build_cli(&spec);
-    }
-    if let Some(d) = &a.disk {
-        if let Err(e) = splitvisor::disk::add_disk_servers(&mut spec, d.read_only) {
-            eprintln!("splitvisor: {e}");
-            return 1;
-        }
-    }
-    if a.guest.rng {
-        if let Err(e) = splitvisor::virtio::add_virtio_rng(&mut spec) {
-            eprintln!("splitvisor: {e}");
-            return 1;
-        }
-    }
-    if let Err(e) = add_nic(a.nic, a.guest.net.as_ref(), &mut spec) {
+    let read_only = a.disk.as_ref().map(|d| d.read_only);
+    if let Err(e) = add_device_servers(
+        read_only,
+        a.guest.rng,
+        a.nic,
+        a.guest.net.as_ref(),
+        &mut spec,
+    ) {
         eprintln!("splitvisor: {e}");
         return 1;
+    }
+    if a.guest.platform == "sel4" {
+        return splitvisor::sel4::build_cli(&spec);
     }
     if a.show_rights {
         eprint!("{}", images::rights_table(&spec));
@@ -698,29 +699,27 @@ fn run_sel4(a: RunArgs) -> i32 {
         eprintln!("splitvisor: seL4 supports Intel VT-x only (no AMD SVM): drop --arch svm");
         return splitvisor::EXIT_CANNOT_RUN;
     }
-    if a.disk.is_some() {
-        eprintln!("splitvisor: --disk is not available with --platform sel4 yet");
-        return 2;
-    }
-    if a.guest.rng {
-        eprintln!("splitvisor: --rng is not available with --platform sel4 yet");
-        return 2;
-    }
-    if a.nic.is_some() {
-        eprintln!("splitvisor: --nic is not available with --platform sel4 yet");
-        return 2;
-    }
-    if a.guest.net.is_some() {
-        eprintln!("splitvisor: --net is not available with --platform sel4 yet");
-        return 2;
-    }
-    let system = match a.guest.spec(Some(splitvisor::bochs::TSC_KHZ)) {
+    let mut system = match a.guest.spec(Some(splitvisor::bochs::TSC_KHZ)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("splitvisor: {e}");
             return splitvisor::EXIT_EMULATOR;
         }
     };
+    // The device servers go into the image as on the native platform; the
+    // root task's rights check (`sel4::run`) refuses the tasks it cannot
+    // place, naming them, before Bochs starts.
+    let read_only = a.disk.as_ref().map(|d| d.read_only);
+    if let Err(e) = add_device_servers(
+        read_only,
+        a.guest.rng,
+        a.nic,
+        a.guest.net.as_ref(),
+        &mut system,
+    ) {
+        eprintln!("splitvisor: {e}");
+        return splitvisor::EXIT_EMULATOR;
+    }
     let emulator = if EmulatorKind::of(&a.emulator) == EmulatorKind::Bochs {
         a.emulator
     } else {

@@ -53,6 +53,21 @@ pub const KERNEL_CONFIG: &[&str] = &[
 pub const NO_SHADOW: &str = "seL4 has no counterpart of shadow paging: its VCPUs always run \
      on EPT (use --mmu npt, the default)";
 
+/// Why the root task would refuse `spec`, if it would, said before Bochs
+/// starts: shadow paging ([`NO_SHADOW`]), or a task, right or channel it
+/// cannot give a component (its own check, `sel4_root_task::rights`, on
+/// the manifest's tasks).
+pub fn refusal(spec: &images::SystemSpec) -> Option<String> {
+    if spec.mmu.is_shadow() {
+        return Some(NO_SHADOW.to_string());
+    }
+    let (tasks, channels) = images::system_tasks(spec);
+    let tasks: Vec<_> = tasks.iter().map(|(n, r)| (*n, r)).collect();
+    sel4_root_task::rights::plan(&tasks, &channels, spec.mmu)
+        .err()
+        .map(|why| format!("cannot run: {why}"))
+}
+
 /// Where the seL4 sources are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Sources {
@@ -400,6 +415,56 @@ pub fn extract_payload(image: &[u8]) -> Option<&[u8]> {
     })
 }
 
+/// Where [`sel4_payload`] puts the guest's bytes: after the header and
+/// the longest manifest, so the offsets do not depend on its length.
+const SEL4_BLOBS_AT: usize = (16 + ipc_proto::manifest::MANIFEST_MAX).next_multiple_of(4096);
+
+/// The native image's `payload` without what the seL4 root task never
+/// reads: the tasks' ELFs (the root task loads its own components, which
+/// ride after the payload). The manifest keeps every task with its name
+/// and rights, each with an empty ELF blob; the guest's image and
+/// segments are copied after it and their blobs moved with them.
+pub fn sel4_payload(payload: &[u8]) -> Result<Vec<u8>, String> {
+    use ipc_proto::manifest::{Blob, Manifest, PayloadHeader, MANIFEST_MAX};
+    use zerocopy::{FromBytes, IntoBytes};
+    let bad = |why: &str| format!("the image's payload {why}");
+    let (header, rest) =
+        PayloadHeader::read_from_prefix(payload).map_err(|_| bad("has no header"))?;
+    let encoded = rest
+        .get(..header.manifest_len as usize)
+        .ok_or_else(|| bad("has a truncated manifest"))?;
+    let mut m: Manifest = postcard::from_bytes(encoded).map_err(|_| bad("has a bad manifest"))?;
+    let mut blobs = Vec::new();
+    let mut take = |b: Blob| -> Result<Blob, String> {
+        let bytes = payload
+            .get(b.offset as usize..b.offset as usize + b.len as usize)
+            .ok_or_else(|| bad("has a blob outside it"))?;
+        let offset = u32::try_from(SEL4_BLOBS_AT + blobs.len()).map_err(|_| bad("is too large"))?;
+        blobs.extend_from_slice(bytes);
+        Ok(Blob { offset, len: b.len })
+    };
+    m.guest.image = take(m.guest.image)?;
+    for s in &mut m.guest.segments {
+        s.blob = take(s.blob)?;
+    }
+    for t in &mut m.tasks {
+        t.elf = Blob::default();
+    }
+    let manifest = postcard::to_allocvec(&m).map_err(|_| bad("manifest does not encode"))?;
+    if manifest.len() > MANIFEST_MAX {
+        return Err(bad("manifest grew too large"));
+    }
+    let header = PayloadHeader {
+        manifest_len: manifest.len() as u32,
+        ..header
+    };
+    let mut out = header.as_bytes().to_vec();
+    out.extend_from_slice(&manifest);
+    out.resize(SEL4_BLOBS_AT, 0);
+    out.extend_from_slice(&blobs);
+    Ok(out)
+}
+
 /// The 40 bytes in front of the payload in the root task's `.payload`
 /// segment: `SPLTSEL4`, the payload's length, [`Flags`] and the lengths of
 /// the vmm-server and mmu-server components' ELFs, which follow the
@@ -506,8 +571,8 @@ pub struct Built {
 /// Builds the kernel (cached), the root task, the system image and the
 /// GRUB ISO for `spec`.
 pub fn build(spec: &images::SystemSpec, flags: Flags) -> Result<Built, String> {
-    if spec.mmu.is_shadow() {
-        return Err(NO_SHADOW.to_string());
+    if let Some(why) = refusal(spec) {
+        return Err(why);
     }
     let kernel = build_kernel()?;
     if kernel.built {
@@ -523,10 +588,11 @@ pub fn build(spec: &images::SystemSpec, flags: Flags) -> Result<Built, String> {
     let image_bytes = std::fs::read(&image).map_err(|e| format!("{}: {e}", image.display()))?;
     let payload = extract_payload(&image_bytes)
         .ok_or_else(|| format!("{} has no splitvisor payload", image.display()))?;
+    let payload = sel4_payload(payload)?;
     let elf = std::fs::read(&root_task).map_err(|e| format!("{}: {e}", root_task.display()))?;
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
     let (vmm, mmu) = (read(&elfs.vmm_server)?, read(&elfs.mmu_server)?);
-    let combined = attach_payload(&elf, payload, flags, [&vmm, &mmu])?;
+    let combined = attach_payload(&elf, &payload, flags, [&vmm, &mmu])?;
     let mut stem = image
         .file_stem()
         .map_or("guest".into(), |s| s.to_string_lossy().into_owned());
@@ -604,8 +670,8 @@ pub fn build_cli(spec: &images::SystemSpec) -> i32 {
 /// COM1 (seL4's and the root task's console) and concludes as the native
 /// platform does.
 pub fn run(opts: &RunOptions, flags: Flags) -> i32 {
-    if opts.system.mmu.is_shadow() {
-        eprintln!("splitvisor: {NO_SHADOW}");
+    if let Some(why) = refusal(&opts.system) {
+        eprintln!("splitvisor: {why}");
         return EXIT_CANNOT_RUN;
     }
     let files = bochs_files();
@@ -734,6 +800,59 @@ mod tests {
         image[4104..4108].copy_from_slice(&ipc_proto::ABI_VERSION.to_le_bytes());
         assert_eq!(extract_payload(&image).map(<[u8]>::len), Some(4096));
         assert!(extract_payload(&image[..4096]).is_none());
+    }
+
+    #[test]
+    fn the_sel4_payload_keeps_the_manifest_and_the_guest_but_no_task_elf() {
+        use ipc_proto::manifest::{
+            Blob, Guest, Manifest, PayloadHeader, Rights, Task, PAYLOAD_MAGIC,
+        };
+        use zerocopy::{FromBytes, IntoBytes};
+        // A task ELF of 64 KiB at 4096, the guest's image at 69632.
+        let elf = Blob {
+            offset: 4096,
+            len: 65536,
+        };
+        let image = Blob {
+            offset: 69632,
+            len: 300,
+        };
+        let m = Manifest {
+            tasks: heapless::Vec::from_slice(&[Task {
+                name: "vmm-server".try_into().unwrap(),
+                elf,
+                rights: Rights {
+                    console: true,
+                    ..Rights::default()
+                },
+            }])
+            .unwrap(),
+            guest: Guest::flat32(16, image, 0x10_0000, 0x10_0000),
+            channels: heapless::Vec::new(),
+            uart_channel: 0,
+            guest_write_channels: 0,
+        };
+        let encoded = postcard::to_allocvec(&m).unwrap();
+        let header = PayloadHeader {
+            magic: PAYLOAD_MAGIC,
+            abi_version: ipc_proto::ABI_VERSION,
+            manifest_len: encoded.len() as u32,
+        };
+        let mut payload = header.as_bytes().to_vec();
+        payload.extend_from_slice(&encoded);
+        payload.resize(69632, 0xee);
+        payload.extend((0..300u32).map(|i| i as u8));
+        let small = sel4_payload(&payload).unwrap();
+        assert!(small.len() < payload.len() - 60_000, "{}", small.len());
+        let (h, rest) = PayloadHeader::read_from_prefix(&small).unwrap();
+        let got: Manifest = postcard::from_bytes(&rest[..h.manifest_len as usize]).unwrap();
+        assert_eq!(got.tasks[0].elf, Blob::default());
+        assert_eq!(got.tasks[0].rights, m.tasks[0].rights);
+        let g = got.guest.image;
+        assert_eq!(g.len, 300);
+        let bytes = &small[g.offset as usize..(g.offset + g.len) as usize];
+        assert!(bytes.iter().enumerate().all(|(i, &b)| b == i as u8));
+        assert!(sel4_payload(&payload[..100]).is_err());
     }
 
     #[test]

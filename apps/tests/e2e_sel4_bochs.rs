@@ -275,6 +275,35 @@ fn shadow_paging_on_sel4_is_refused_in_one_sentence() {
     );
 }
 
+/// The root task hands each component the capabilities its manifest
+/// rights say (`sel4_root_task::rights`); a task it has no component for
+/// is refused by name, before Bochs starts: no seL4 sources needed. The
+/// uart-server (`--uart-server`), and the virtio-rng server (`--rng`).
+#[test]
+fn a_task_the_root_task_cannot_place_is_refused_by_name() {
+    for (flag, task) in [("--uart-server", "uart-server"), ("--rng", "virtio-rng")] {
+        let r = common::splitvisor_run(
+            &[
+                "--platform",
+                "sel4",
+                "--guest",
+                "hello",
+                "--board",
+                "pc",
+                flag,
+            ],
+            TIMEOUT_SECS,
+        );
+        assert_eq!(r.code, Some(102), "{r}");
+        let said = format!(
+            "splitvisor: cannot run: the task {task} cannot be placed on seL4: the root task \
+             carries components for the vmm-server and the mmu-server only"
+        );
+        assert!(r.stderr.contains(&said), "{r}");
+        assert!(!r.stdout.contains("seL4"), "Bochs ran:\n{r}");
+    }
+}
+
 /// Issue 14's hostile case: the vmm-server component invokes a capability
 /// address of the root task's (where it held the EPT), which is not in its
 /// CSpace.

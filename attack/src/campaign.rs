@@ -9,17 +9,18 @@
 
 use core::fmt::{self, Write};
 
-use ipc_proto::layout::{
+use ipc_proto::mmu::{Install, InstallPage, INSTALL_BATCH_MAX, MAX_SHADOW_TABLES};
+use ipc_proto::{
+    EventInjection, ExitRecord, GuestControl, GuestRegs, PagingState, Resume, ResumeFlags,
+    ABI_VERSION,
+};
+use stub_abi::layout::{
     BOOT_INFO_PAGE, GUEST_RAM_WINDOW, INSTALL_PAGE, PAGE_SIZE, SERVER_IMAGE_BASE, STACK_TOP,
     VCPU_PAGE,
 };
-use ipc_proto::mmu::{Install, InstallPage, INSTALL_BATCH_MAX, MAX_SHADOW_TABLES};
-use ipc_proto::sys::{self, ConsoleLine};
-use ipc_proto::syscall::CONSOLE_WRITE_MAX;
-use ipc_proto::{
-    EventInjection, ExitRecord, GuestControl, GuestRegs, PagingState, Resume, ResumeFlags, Syscall,
-    ABI_VERSION,
-};
+use stub_abi::sys::{self, ConsoleLine};
+use stub_abi::syscall::CONSOLE_WRITE_MAX;
+use stub_abi::Syscall;
 
 use crate::{Config, ATTACK_CONFIG, MAX_SKIPS, SERVER_MMU, SERVER_VMM};
 
@@ -48,7 +49,7 @@ fn splitmix(seed: u64) -> u64 {
     (z ^ (z >> 31)) | 1
 }
 
-/// A system call with any number, unlike `ipc_proto::sys::syscall3`.
+/// A system call with any number, unlike `stub_abi::sys::syscall3`.
 ///
 /// # Safety
 /// The stub may read or write what the arguments point to.

@@ -36,7 +36,7 @@ use core::fmt;
 
 use ata::{Ata, DiskInfo, Flush, PortIo, Sink, Source, Wait, SECTOR_SIZE};
 use ipc_proto::block::{flags, op, status, BlockReply, BlockRequest, Parsed, Request, Segment};
-use ipc_proto::layout::PAGE_SIZE;
+use ipc_proto::PAGE_SIZE;
 use zerocopy::IntoBytes;
 
 /// Guest RAM as the server sees it.

@@ -27,7 +27,7 @@
 //! `splitvisor run --disk` on the PC board).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-ipc_proto::host_main!(
+stub_abi::host_main!(
     "disk-driver is a ring-3 task of the splitvisor image; it runs under the stub only. \
      `splitvisor run --disk FILE` adds it."
 );
@@ -41,15 +41,15 @@ mod ring3 {
         DiskServer, GuestMemory, Ram, Transport, CONFIG_MAGIC, CONFIG_READ_ONLY, CONFIG_SELF_TEST,
     };
     use ipc_proto::block::{op, BlockReply, BlockRequest, ListRequest, Segment, MAX_SEGMENTS};
-    use ipc_proto::inject::{self, Fault, Injector, GARBAGE};
-    use ipc_proto::layout::BootInfo;
-    use ipc_proto::layout::PAGE_SIZE;
     use ipc_proto::manifest::MAX_CHANNELS;
-    use ipc_proto::sys::{self, ConsoleLine};
-    use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION, RECV_TIMEOUT};
-    use ipc_proto::Syscall;
+    use ipc_proto::PAGE_SIZE;
+    use stub_abi::inject::{self, Fault, Injector, GARBAGE};
+    use stub_abi::layout::BootInfo;
+    use stub_abi::sys::{self, ConsoleLine};
+    use stub_abi::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION, RECV_TIMEOUT};
+    use stub_abi::Syscall;
 
-    ipc_proto::ring3_task!(server_main, "disk: ");
+    stub_abi::ring3_task!(server_main, "disk: ");
 
     /// The configuration block the image builder patches: the magic, then
     /// the flags ([`CONFIG_READ_ONLY`]).
@@ -62,7 +62,7 @@ mod ring3 {
     struct Ports;
 
     impl PortIo for Ports {
-        ipc_proto::port_io!(inb, outb, inw, outw, insw, outsw, inl, outl, insl, outsl);
+        stub_abi::port_io!(inb, outb, inw, outw, insw, outsw, inl, outl, insl, outsl);
     }
 
     /// Waits for the disk by polling the status until a TSC deadline

@@ -347,7 +347,7 @@ pub struct SystemSpec {
 }
 
 /// A device server to pack into the image: its name, its ELF (built for
-/// the bare target, linked with `ipc-proto/server.ld`) and its rights.
+/// the bare target, linked with `stub-abi/server.ld`) and its rights.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceServer {
     /// Its name in the manifest (at most 16 bytes), for messages and

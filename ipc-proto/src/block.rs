@@ -158,7 +158,7 @@ pub const SEGMENTS_OFFSET: usize = core::mem::size_of::<ListRequest>();
 /// [`ListRequest`] (254, the virtio-blk device's `seg_max` for its
 /// 256-entry queue).
 pub const MAX_SEGMENTS: usize =
-    (crate::layout::PAGE_SIZE as usize - SEGMENTS_OFFSET) / core::mem::size_of::<Segment>();
+    (crate::PAGE_SIZE as usize - SEGMENTS_OFFSET) / core::mem::size_of::<Segment>();
 
 /// A READ or WRITE as the server serves it, whichever form it came in:
 /// the sectors and the guest buffers they fill or come from, checked
@@ -302,7 +302,7 @@ mod tests {
         assert_eq!(offset_of!(Segment, len), 8);
         assert_eq!(SEGMENTS_OFFSET, 24);
         assert_eq!(MAX_SEGMENTS, 254);
-        assert!(SEGMENTS_OFFSET + MAX_SEGMENTS * 16 <= crate::layout::PAGE_SIZE as usize);
+        assert!(SEGMENTS_OFFSET + MAX_SEGMENTS * 16 <= crate::PAGE_SIZE as usize);
     }
 
     /// A page holding `list` and `segs`.
@@ -491,7 +491,7 @@ mod tests {
 
     #[test]
     fn both_fit_one_page_and_share_its_start() {
-        assert!(size_of::<BlockRequest>() <= crate::layout::PAGE_SIZE as usize);
-        assert!(size_of::<BlockReply>() <= crate::layout::PAGE_SIZE as usize);
+        assert!(size_of::<BlockRequest>() <= crate::PAGE_SIZE as usize);
+        assert!(size_of::<BlockReply>() <= crate::PAGE_SIZE as usize);
     }
 }

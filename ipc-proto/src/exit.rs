@@ -146,7 +146,7 @@ pub mod vmx_exit {
 pub mod stub_exit {
     /// A notification exit: the guest would have been entered while the
     /// VCPU task waiting for this exit had a non-zero notification word
-    /// (`ipc_proto::syscall`). `exit_info1` holds the word (its low 32
+    /// (`stub_abi::syscall`). `exit_info1` holds the word (its low 32
     /// bits, as `ReplyRecv` returns them without `RECV_NOTIFICATION`),
     /// which the stub read and cleared at once. The guest did not run:
     /// its state is as at the previous exit, and the resume the task gave

@@ -6,7 +6,7 @@
 //! emulating `INS` or an MMIO store, a device server filling a read buffer
 //! in place) bypasses that protection. Each such writer has a channel to
 //! the mmu-server (the mmu-server is its server; `manifest::Manifest::
-//! guest_write_channels` and `layout::BootInfo::guest_write_channels` name
+//! guest_write_channels` and `stub_abi::layout::BootInfo::guest_write_channels` name
 //! those channels): it records the guest frames it wrote in the channel
 //! page ([`GuestWritesPage`]) and, before the guest can run again,
 //! `Signal`s the mmu-server with [`signal_bit`] of the channel. The
@@ -49,7 +49,7 @@ impl Default for GuestWritesPage {
 }
 
 /// The `Signal` bit a writer sends on guest-writes channel `channel`
-/// (0..16: one bit per channel, within `syscall::SIGNAL_BITS`).
+/// (0..16: one bit per channel, within [`crate::SIGNAL_BITS`]).
 pub const fn signal_bit(channel: usize) -> u64 {
     1 << (channel & 15)
 }
@@ -111,7 +111,7 @@ mod tests {
         assert!(size_of::<GuestWritesPage>() <= 4096);
         assert_eq!(signal_bit(0), 1);
         assert_eq!(signal_bit(15), 1 << 15);
-        assert_eq!(signal_bit(15) & !crate::syscall::SIGNAL_BITS, 0);
+        assert_eq!(signal_bit(15) & !crate::SIGNAL_BITS, 0);
     }
 
     #[test]

@@ -21,6 +21,9 @@
 //!   restart reads (the mmu-server: the guest's control registers in its
 //!   VCPU page; a device server: its channel pages), then executes `ud2`,
 //!   so its next instance meets the garbage.
+//!
+//! The faults themselves (`crash`, `hang`) are the native ring-3 tasks':
+//! `stub_abi::inject`.
 
 /// The bytes in front of the configuration in a server's ELF.
 pub const MAGIC: [u8; 16] = *b"SVINJECT-CONFIG1";
@@ -212,32 +215,6 @@ macro_rules! inject_block {
 pub fn read_block(block: &[u8; BLOCK_LEN]) -> [u8; BLOCK_LEN] {
     // SAFETY: a reference to a whole array is valid for a read of it.
     unsafe { core::ptr::read_volatile(block) }
-}
-
-/// `ud2`: the fault a `crash` injects.
-#[cfg(target_arch = "x86_64")]
-pub fn crash() -> ! {
-    // SAFETY: UD2 raises #UD; in ring 3 the stub restarts this task or
-    // stops the VM. Nothing after it runs.
-    unsafe { core::arch::asm!("ud2", options(noreturn)) }
-}
-
-/// Spins for ever: the fault a `hang` injects. Every 2^20 turns it makes a
-/// system call that returns at once (a `Signal` on no channel, refused),
-/// as a server stuck in a loop around `Signal` or `StatsRead` would: the
-/// watchdog counts from the server's last *blocking* call, so these do not
-/// save it. No PAUSE in the loop: QEMU's TCG leaves its translated code at
-/// every PAUSE, so under `-icount` (the emulated clock counts instructions)
-/// a PAUSE loop moves the clock, and with it the watchdog, a hundred times
-/// slower than a plain jump.
-pub fn hang() -> ! {
-    loop {
-        for _ in 0..1u32 << 20 {
-            core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-        }
-        #[cfg(target_os = "none")]
-        let _ = crate::sys::signal(u64::MAX, 0);
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,11 @@
 //! layouts (`#[repr(C)]`, no implicit padding); the boot manifest, which is
 //! variable control-plane data read once, uses `postcard`.
 //!
+//! The native stub's own ABI -- its `int 0x80` system calls, the fixed
+//! addresses of its ring-3 tasks, their start-up -- is in `stub-abi`, so
+//! that both platforms (the native stub and seL4) depend on this crate
+//! equally.
+//!
 //! The layouts are pinned by the tests at the bottom of each module: a change
 //! that moves a field breaks a test and must bump [`ABI_VERSION`].
 #![no_std]
@@ -12,32 +17,15 @@
 
 pub mod block;
 pub mod device;
-/// A ring-3 task's `main` where it cannot run (built for the host, as
-/// `cargo test` and `cargo clippy` do): prints `$why` and exits with
-/// status 2.
-#[macro_export]
-macro_rules! host_main {
-    ($why:expr) => {
-        #[cfg(not(target_os = "none"))]
-        fn main() {
-            eprintln!("{}", $why);
-            std::process::exit(2);
-        }
-    };
-}
-
+pub mod error;
 pub mod exit;
 pub mod guest_writes;
 pub mod inject;
-pub mod layout;
 pub mod manifest;
 pub mod mmu;
 pub mod net;
 pub mod pci;
 pub mod stats;
-#[cfg(target_os = "none")]
-pub mod sys;
-pub mod syscall;
 pub mod vcpu;
 pub mod x86;
 
@@ -48,13 +36,23 @@ pub mod x86;
 /// them too, which no longer matters.
 pub const CONSOLE_REPORT_REQUEST: &[u8; 8] = b"\0\x1bSVREP\0";
 
+/// Size of a small page: a channel's shared page, the VCPU page and the
+/// install page are one each, and the messages in them must fit.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// The notification bits one task may signal another with (the native
+/// stub's `Signal`): the low 16. The pci doorbells
+/// ([`pci::doorbell_bit`]) and the guest-writes channels
+/// ([`guest_writes::signal_bit`]) take theirs from these.
+pub const SIGNAL_BITS: u64 = 0xffff;
+
 /// Version of the stub ABI. The stub refuses a `Resume` from a server built
 /// against another version.
 pub const ABI_VERSION: u32 = 13;
 
+pub use error::ErrorCode;
 pub use exit::ExitKind;
 pub use stats::Stats;
-pub use syscall::{ErrorCode, Syscall};
 pub use vcpu::{
     EventInjection, EventKind, ExitRecord, GuestControl, GuestRegs, PagingState, Resume,
     ResumeFlags, Segment, VcpuArch, VcpuPage,

@@ -83,7 +83,7 @@ bitflags::bitflags! {
     }
 }
 
-/// How guest RAM is mapped into a task at `layout::GUEST_RAM_WINDOW`.
+/// How guest RAM is mapped into a task at `stub_abi::layout::GUEST_RAM_WINDOW`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GuestRam {
     /// Not mapped.
@@ -163,7 +163,7 @@ impl PortRange {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rights {
     /// Runs the VCPU and receives exits: gets a VCPU page
-    /// (`layout::VCPU_PAGE`); may call `VcpuRun`, `StatsRead`, `VmStop`.
+    /// (`stub_abi::layout::VCPU_PAGE`); may call `VcpuRun`, `StatsRead`, `VmStop`.
     pub vcpu: bool,
     /// The exits it receives (needs `vcpu`); no two tasks share a class.
     pub exits: ExitClasses,
@@ -177,7 +177,7 @@ pub struct Rights {
     /// Host I/O ports it may use with IN/OUT while it runs.
     pub ports: heapless::Vec<PortRange, MAX_PORT_RANGES>,
     /// Host 8259 IRQ lines (bit n: line n) it owns: each sets a bit in its
-    /// notification word (`syscall::irq_bit`), `IrqAck` unmasks it again.
+    /// notification word (`stub_abi::syscall::irq_bit`), `IrqAck` unmasks it again.
     pub irqs: u16,
     /// May write to and read from the host console.
     pub console: bool,
@@ -322,10 +322,10 @@ pub struct Manifest {
     /// Call/reply channels between tasks.
     pub channels: heapless::Vec<Channel, MAX_CHANNELS>,
     /// The vmm-server's channel to the UART server as its number + 1 (0:
-    /// none), copied into `layout::BootInfo::uart_channel`.
+    /// none), copied into `stub_abi::layout::BootInfo::uart_channel`.
     pub uart_channel: u8,
     /// The guest-writes channels (`crate::guest_writes`), bit n for
-    /// channel n, copied into `layout::BootInfo::guest_write_channels`:
+    /// channel n, copied into `stub_abi::layout::BootInfo::guest_write_channels`:
     /// each is served by the task with the install right (the
     /// mmu-server).
     pub guest_write_channels: u16,

@@ -205,6 +205,6 @@ mod tests {
         assert_eq!(offset_of!(InstallPage, count), 0);
         assert_eq!(offset_of!(InstallPage, entries), 8);
         assert_eq!(size_of::<InstallPage>(), 8 + 16 * INSTALL_BATCH_MAX);
-        assert!(size_of::<InstallPage>() <= crate::layout::PAGE_SIZE as usize);
+        assert!(size_of::<InstallPage>() <= crate::PAGE_SIZE as usize);
     }
 }

@@ -111,7 +111,7 @@ mod tests {
         const {
             assert!(core::mem::size_of::<LinkMessage>() <= TX_OFFSET);
             assert!(TX_OFFSET + MAX_SEND <= RX_OFFSET);
-            assert!(RX_OFFSET + MAX_RECEIVE <= crate::layout::PAGE_SIZE as usize);
+            assert!(RX_OFFSET + MAX_RECEIVE <= crate::PAGE_SIZE as usize);
         }
     }
 

@@ -1,6 +1,6 @@
 //! The VCPU page: the exit record the stub writes on every VM exit and the
 //! resume the server writes back. One page, mapped in the stub and in the
-//! vmm-server at [`crate::layout::VCPU_PAGE`]; nothing is copied through a
+//! vmm-server at `stub_abi::layout::VCPU_PAGE`; nothing is copied through a
 //! message buffer.
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -509,7 +509,7 @@ mod tests {
         assert_eq!(offset_of!(VcpuPage, exit), 0);
         assert_eq!(offset_of!(VcpuPage, resume), 280);
         assert_eq!(offset_of!(VcpuPage, stats), 504);
-        assert!(size_of::<VcpuPage>() <= crate::layout::PAGE_SIZE as usize);
+        assert!(size_of::<VcpuPage>() <= crate::PAGE_SIZE as usize);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! field it uses: a bad image gives an error, never a panic or a mapping
 //! outside the server image window.
 
-use ipc_proto::layout::{SERVER_IMAGE_BASE, SERVER_IMAGE_END};
+use stub_abi::layout::{SERVER_IMAGE_BASE, SERVER_IMAGE_END};
 
 /// One loadable segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

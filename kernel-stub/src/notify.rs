@@ -1,11 +1,11 @@
-//! A task's notification word (`ipc_proto::syscall`): `Signal` ORs bits in
+//! A task's notification word (`stub_abi::syscall`): `Signal` ORs bits in
 //! from the other end of a channel, a host IRQ the task owns sets its
 //! line's bit, and `ReplyRecv` reads and clears the whole word at once.
 //! A VCPU task waiting in `VcpuRun` hears its word as a notification exit
 //! ([`ExitGate`]).
 
-use ipc_proto::syscall::{irq_bit, RECV_NOTIFICATION, SIGNAL_BITS};
 use ipc_proto::ErrorCode;
+use stub_abi::syscall::{irq_bit, RECV_NOTIFICATION, SIGNAL_BITS};
 
 /// The pending notification bits of one task.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

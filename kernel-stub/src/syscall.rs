@@ -1,12 +1,12 @@
-//! The console system calls (`ipc_proto::syscall`); `vm` checks the
+//! The console system calls (`stub_abi::syscall`); `vm` checks the
 //! caller's rights and runs the others. Each takes its buffer as a
 //! [`UserSlice`], which only a check against the caller's own address
 //! space builds.
 
 use crate::cpu::{inb, TrapFrame};
-use ipc_proto::syscall::CONSOLE_WRITE_MAX;
 use ipc_proto::ErrorCode;
 use kernel_stub::user_range::UserSlice;
+use stub_abi::syscall::CONSOLE_WRITE_MAX;
 
 /// Every `int 0x80` from ring 3.
 pub fn dispatch(frame: &mut TrapFrame) {

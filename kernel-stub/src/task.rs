@@ -1,14 +1,14 @@
 //! Ring-3 servers: each gets its own address space built from its ELF file
-//! and the fixed layout of `ipc_proto::layout`.
+//! and the fixed layout of `stub_abi::layout`.
 
 use crate::memory::{
     self, OutOfMemory, PAGE, PTE_LARGE, PTE_NX, PTE_PRESENT, PTE_USER, PTE_WRITABLE,
 };
-use ipc_proto::layout::{
+use kernel_stub::elf::{Elf, ElfError};
+use stub_abi::layout::{
     BOOT_INFO_PAGE, CHANNEL_PAGE_BASE, GUEST_RAM_WINDOW, INSTALL_PAGE, STACK_SIZE, STACK_TOP,
     VCPU_PAGE,
 };
-use kernel_stub::elf::{Elf, ElfError};
 
 /// A loaded server's address space and entry point.
 pub struct Task {
@@ -104,7 +104,7 @@ pub fn reload(file: &[u8], root: u64) -> Result<u64, LoadError> {
 }
 
 /// Builds a server's address space: its ELF segments, a stack, and the
-/// shared pages of `maps` at the addresses of `ipc_proto::layout`.
+/// shared pages of `maps` at the addresses of `stub_abi::layout`.
 pub fn load(file: &[u8], maps: &SharedMaps) -> Result<Task, LoadError> {
     let elf = Elf::parse(file).map_err(LoadError::Elf)?;
     let root = memory::new_address_space()?;

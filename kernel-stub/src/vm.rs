@@ -61,21 +61,20 @@ use crate::deadline::{self, ExitDeadline};
 use crate::memory::{self, LARGE_PAGE};
 use crate::syscall;
 use crate::task;
-use ipc_proto::layout::{BootInfo as ServerBootInfo, GUEST_RAM_WINDOW, STACK_TOP};
 use ipc_proto::manifest::{
     Blob, EntryMode, ExitClasses, GuestRam as RamRight, Manifest, PayloadHeader, Rights,
     MANIFEST_MAX, MAX_CHANNELS, MAX_TASKS, PAYLOAD_MAGIC, TASK_NAME_MAX,
 };
 use ipc_proto::mmu::{InstallPage, INSTALL_BATCH_MAX};
 use ipc_proto::stats::MmuStats;
-use ipc_proto::syscall::{NO_REPLY, RECV_TIMEOUT};
-use ipc_proto::{
-    ErrorCode, ExitKind, ExitRecord, ResumeFlags, Stats, Syscall, VcpuPage, ABI_VERSION,
-};
+use ipc_proto::{ErrorCode, ExitKind, ExitRecord, ResumeFlags, Stats, VcpuPage, ABI_VERSION};
 use kernel_stub::install::{AllocError, GuestRam, ShadowTables, TableFormat};
 use kernel_stub::notify::{ExitGate, Notifications, WakeAt};
 use kernel_stub::resume::PagingRules;
 use kernel_stub::watchdog::{Watchdog, BUDGET_MS};
+use stub_abi::layout::{BootInfo as ServerBootInfo, GUEST_RAM_WINDOW, STACK_TOP};
+use stub_abi::syscall::{ReturnValue, NO_REPLY, RECV_TIMEOUT};
+use stub_abi::Syscall;
 use zerocopy::{FromBytes, IntoBytes};
 
 /// QEMU's isa-debug-exit port (`-device isa-debug-exit,iobase=0xf4`): the

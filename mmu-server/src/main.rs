@@ -13,7 +13,7 @@
 //! mmu-server:crash@N`, `ipc_proto::inject`) fire at its N-th exit.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-ipc_proto::host_main!(
+stub_abi::host_main!(
     "mmu-server is a ring-3 task of the splitvisor image; it runs under the stub only. Build the image with `splitvisor build`."
 );
 
@@ -21,7 +21,7 @@ ipc_proto::host_main!(
 mod ring3;
 
 #[cfg(target_os = "none")]
-ipc_proto::server_entry!(server_main);
+stub_abi::server_entry!(server_main);
 
 #[cfg(target_os = "none")]
 ipc_proto::inject_block!(INJECT);
@@ -35,10 +35,10 @@ extern "C" fn server_main() -> ! {
 #[cfg(target_os = "none")]
 mod inject {
     use crate::ring3::Hooks;
-    use ipc_proto::inject::{self, Fault, Injector, GARBAGE};
-    use ipc_proto::layout::BootInfo;
-    use ipc_proto::sys;
     use ipc_proto::{ExitRecord, GuestControl, PagingState};
+    use stub_abi::inject::{self, Fault, Injector, GARBAGE};
+    use stub_abi::layout::BootInfo;
+    use stub_abi::sys;
 
     pub struct Inject(Injector);
 

@@ -7,10 +7,11 @@
 
 extern crate alloc;
 
-use ipc_proto::layout::{GUEST_RAM_WINDOW, INSTALL_PAGE};
 use ipc_proto::mmu::{Install, InstallError, InstallPage, TableHandle};
-use ipc_proto::sys;
-use ipc_proto::{ErrorCode, ExitRecord, GuestControl, Syscall};
+use ipc_proto::{ErrorCode, ExitRecord, GuestControl};
+use stub_abi::layout::{GUEST_RAM_WINDOW, INSTALL_PAGE};
+use stub_abi::sys;
+use stub_abi::Syscall;
 // The hostile mmu-server (`attack/`) names these as `ring3::Hooks`.
 #[allow(unused_imports)]
 pub use mmu_server::server::{Hooks, Plain};
@@ -29,7 +30,7 @@ static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHe
 
 macro_rules! say {
     ($($arg:tt)*) => {
-        ipc_proto::sys::say_line("[mmu] ", format_args!($($arg)*))
+        stub_abi::sys::say_line("[mmu] ", format_args!($($arg)*))
     };
 }
 
@@ -133,7 +134,7 @@ fn fail(why: impl core::fmt::Display) -> ! {
 impl MmuStub for Native {
     fn take_guest_writes(&mut self, word: u32, frame: &mut dyn FnMut(u64)) -> bool {
         use ipc_proto::guest_writes::{signal_bit, GuestWritesPage};
-        use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
+        use stub_abi::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
         // Only the channels the manifest names: a signaller cannot make
         // this server read a page it does not have.
         let mask = self.guest_write_channels;

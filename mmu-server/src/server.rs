@@ -11,12 +11,12 @@
 use core::fmt;
 
 use ipc_proto::exit::{svm_exit, vmx_exit};
-use ipc_proto::layout::BootInfo;
 use ipc_proto::manifest;
 use ipc_proto::{
     ErrorCode, ExitKind, ExitRecord, GuestControl, PagingState, Resume, ResumeFlags, VcpuArch,
     ABI_VERSION,
 };
+use stub_abi::layout::BootInfo;
 
 use crate::mmu::{Action, Failure, Mmu, MmuConfig, MmuMode};
 use crate::nested::NestedFormat;

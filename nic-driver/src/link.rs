@@ -10,7 +10,7 @@ use ipc_proto::net::{op, status, LinkMessage, RX_OFFSET, TX_OFFSET};
 use ne2k::{regs::isr, Error, Ne2k, PortIo, MAX_FRAME, RX_START, RX_STOP};
 
 /// A channel page's bytes.
-pub type Page = [u8; ipc_proto::layout::PAGE_SIZE as usize];
+pub type Page = [u8; ipc_proto::PAGE_SIZE as usize];
 
 /// The link's state between requests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

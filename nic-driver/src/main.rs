@@ -18,24 +18,24 @@
 //! asks for them (`nic_driver::link`); without a client it drops them.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-ipc_proto::host_main!(
+stub_abi::host_main!(
     "nic-driver is a ring-3 task of the splitvisor image; it runs under the stub only. \
      `splitvisor run --nic user` adds it."
 );
 
 #[cfg(target_os = "none")]
 mod ring3 {
-    use ipc_proto::layout::BootInfo;
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::net::RX_BIT;
-    use ipc_proto::sys;
-    use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION, RECV_TIMEOUT};
-    use ipc_proto::Syscall;
     use ne2k::{regs::isr, Error, Ne2k, PortIo, MAX_FRAME, RX_START, RX_STOP};
     use nic_driver::link::{Interrupt, Link, Page};
     use nic_driver::{dhcp_discover, parse_offer, Mac, BASE, IRQ};
+    use stub_abi::layout::BootInfo;
+    use stub_abi::sys;
+    use stub_abi::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION, RECV_TIMEOUT};
+    use stub_abi::Syscall;
 
-    ipc_proto::ring3_task!(server_main, "nic: ");
+    stub_abi::ring3_task!(server_main, "nic: ");
 
     /// Port I/O by the instructions themselves: the stub's I/O permission
     /// bitmap lets this task reach its granted ports from ring 3 and
@@ -43,7 +43,7 @@ mod ring3 {
     struct Ports;
 
     impl PortIo for Ports {
-        ipc_proto::port_io!(inb, outb, inw, outw, insw, outsw);
+        stub_abi::port_io!(inb, outb, inw, outw, insw, outsw);
     }
 
     /// Handles the card's pending events: an overflowed ring is reset,

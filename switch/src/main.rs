@@ -34,12 +34,13 @@ mod ring3 {
     use ipc_proto::inject::{crash, hang, Fault, Injector};
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::net::{op, status, LinkMessage, MAX_SEND, RX_BIT, RX_OFFSET, TX_OFFSET};
-    use ipc_proto::syscall::{NO_REPLY, RECV_NOTIFICATION};
-    use ipc_proto::{sys, Syscall, ABI_VERSION};
+    use ipc_proto::ABI_VERSION;
+    use stub_abi::syscall::{NO_REPLY, RECV_NOTIFICATION};
+    use stub_abi::{sys, Syscall};
     use switch::{FrameQueue, Switch, MAX_PORTS, UPLINK};
     use zerocopy::{FromBytes, IntoBytes};
 
-    ipc_proto::server_entry!(server_main);
+    stub_abi::server_entry!(server_main);
 
     #[used]
     static CONFIG: [u8; 16] = sys::config_block(&switch::CONFIG_MAGIC);
@@ -67,12 +68,12 @@ mod ring3 {
 
     macro_rules! say {
         ($($arg:tt)*) => {
-            ipc_proto::sys::say_line("switch: ", format_args!($($arg)*))
+            stub_abi::sys::say_line("switch: ", format_args!($($arg)*))
         };
     }
 
     /// A channel page's bytes.
-    type Page = [u8; ipc_proto::layout::PAGE_SIZE as usize];
+    type Page = [u8; ipc_proto::PAGE_SIZE as usize];
 
     fn page(ch: u64) -> &'static mut Page {
         // SAFETY: `ch` is one of this task's channels (the uplink, which it

@@ -64,7 +64,7 @@ use ipc_proto::block::{
     self, op, BlockReply, BlockRequest, ListRequest, Segment, MAX_SECTORS, MAX_SEGMENTS,
     SECTOR_SIZE,
 };
-use ipc_proto::syscall::ErrorCode;
+use ipc_proto::ErrorCode;
 use virtio::devices::blk::{BlockBackend, BlockError, GuestRange};
 use virtio::GuestMemory;
 

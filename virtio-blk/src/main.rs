@@ -22,7 +22,7 @@
 //! proxy, whose `POLL` fetches the MSI-X messages raised.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-ipc_proto::host_main!(
+stub_abi::host_main!(
     "virtio-blk is a ring-3 task of the splitvisor image; it runs under the stub only. \
      `splitvisor run --disk FILE` adds it."
 );
@@ -35,17 +35,17 @@ mod ring3 {
     };
 
     use ipc_proto::inject::Injector;
-    use ipc_proto::layout::BootInfo;
     use ipc_proto::manifest::MAX_CHANNELS;
-    use ipc_proto::sys;
-    use ipc_proto::Syscall;
+    use stub_abi::layout::BootInfo;
+    use stub_abi::sys;
+    use stub_abi::Syscall;
     use virtio::devices::blk::Block;
     use virtio_blk::{
         disk_channel_from_config, ChannelBackend, ChannelError, DiskChannel, CONFIG_MAGIC,
     };
     use virtio_servers::Server;
 
-    ipc_proto::ring3_task!(server_main, "virtio-blk: ");
+    stub_abi::ring3_task!(server_main, "virtio-blk: ");
 
     // Faults injected on purpose (`--inject virtio-blk:crash@N`), at the N-th
     // request: a queue notification (a doorbell).

@@ -258,7 +258,7 @@ impl<D: VirtioDevice> Server<D> {
 /// notification word with doorbell bits, or a message that writes a
 /// notification address ([`Server::is_doorbell`]).
 pub fn inject_at_request(injector: &mut ipc_proto::inject::Injector, scribble: impl FnOnce()) {
-    use ipc_proto::inject::{crash, hang, Fault};
+    use stub_abi::inject::{crash, hang, Fault};
     match injector.tick() {
         None => {}
         Some(Fault::Crash) => crash(),
@@ -304,9 +304,9 @@ impl GuestWriteSink for () {
 
 /// The task's guest-writes channel to the mmu-server.
 #[cfg(target_os = "none")]
-impl GuestWriteSink for ipc_proto::sys::GuestWrites {
+impl GuestWriteSink for stub_abi::sys::GuestWrites {
     fn wrote(&self, gpa: u64, len: u64) {
-        ipc_proto::sys::GuestWrites::wrote(self, gpa, len);
+        stub_abi::sys::GuestWrites::wrote(self, gpa, len);
     }
 }
 

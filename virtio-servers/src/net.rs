@@ -27,7 +27,7 @@ pub fn link_channel_from_config(byte: u8) -> Option<u64> {
 }
 
 /// A channel page's bytes.
-pub type Page = [u8; ipc_proto::layout::PAGE_SIZE as usize];
+pub type Page = [u8; ipc_proto::PAGE_SIZE as usize];
 
 /// Why a call on the link failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

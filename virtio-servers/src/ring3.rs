@@ -6,12 +6,12 @@
 //! interrupts with a `POLL`), and `--inject` ticked at each request.
 
 use ipc_proto::inject::Injector;
-use ipc_proto::layout::BootInfo;
 use ipc_proto::manifest::MAX_CHANNELS;
 use ipc_proto::pci::{PciMessage, DOORBELL_COUNT_OFFSET};
-use ipc_proto::sys;
-use ipc_proto::syscall::{NO_REPLY, RECV_NOTIFICATION};
-use ipc_proto::Syscall;
+use stub_abi::layout::BootInfo;
+use stub_abi::sys;
+use stub_abi::syscall::{NO_REPLY, RECV_NOTIFICATION};
+use stub_abi::Syscall;
 use virtio::VirtioDevice;
 
 use crate::{inject_at_request, GuestWriteSink, RamWindow, Server};

@@ -1,9 +1,9 @@
 //! The vmm-server ring-3 task: a thin loop around the `vmm_server` library.
 //!
 //! The stub starts it at `_start` in ring 3 with interrupts off,
-//! `rsp = ipc_proto::layout::STACK_TOP` and every other register zero. It
-//! talks to the stub with `int 0x80` system calls ([`ipc_proto::syscall`])
-//! and through the VCPU page ([`ipc_proto::layout::VCPU_PAGE`]).
+//! `rsp = stub_abi::layout::STACK_TOP` and every other register zero. It
+//! talks to the stub with `int 0x80` system calls ([`stub_abi::syscall`])
+//! and through the VCPU page ([`stub_abi::layout::VCPU_PAGE`]).
 //!
 //! Faults injected on purpose (`splitvisor run --inject
 //! vmm-server:crash@N`, `ipc_proto::inject`) fire at its N-th exit; the
@@ -12,7 +12,7 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-ipc_proto::host_main!(
+stub_abi::host_main!(
     "vmm-server is a ring-3 task of the splitvisor image; it runs under the stub only. \
      Build the bootable image with `splitvisor build`."
 );
@@ -21,7 +21,7 @@ ipc_proto::host_main!(
 mod ring3;
 
 #[cfg(target_os = "none")]
-ipc_proto::server_entry!(server_main);
+stub_abi::server_entry!(server_main);
 
 #[cfg(target_os = "none")]
 ipc_proto::inject_block!(INJECT);
@@ -43,12 +43,12 @@ impl ring3::Hooks for Inject {
         _exit: &ipc_proto::ExitRecord,
         _resume: &ipc_proto::Resume,
     ) -> Option<ipc_proto::Resume> {
-        use ipc_proto::inject::{self, Fault, GARBAGE};
+        use stub_abi::inject::{self, Fault, GARBAGE};
         match self.0.tick()? {
             Fault::Crash => inject::crash(),
             Fault::Hang => inject::hang(),
             Fault::Corrupt => {
-                let page = ipc_proto::sys::vcpu_page();
+                let page = stub_abi::sys::vcpu_page();
                 // SAFETY: the stub maps this task's VCPU page read-write at
                 // VCPU_PAGE; the resume in it is plain data.
                 let resume = unsafe { &raw mut (*page).resume }.cast::<u64>();

@@ -9,8 +9,9 @@ use core::ptr::{addr_of, addr_of_mut};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use ipc_proto::device::{op, PortMessage};
-use ipc_proto::layout::{BootInfo, CHANNEL_PAGE_BASE, PAGE_SIZE};
-use ipc_proto::{ErrorCode, ExitRecord, Resume, Stats, Syscall, ABI_VERSION};
+use ipc_proto::{ErrorCode, ExitRecord, Resume, Stats, ABI_VERSION};
+use stub_abi::layout::{BootInfo, CHANNEL_PAGE_BASE, PAGE_SIZE};
+use stub_abi::Syscall;
 use vmm_server::board::Board;
 use vmm_server::boards;
 use vmm_server::cpuid::HostCpuid;
@@ -24,7 +25,7 @@ use vmm_server::{Ending, Host, HostConsole, HostWrite, PortDevice, Stub, Vmm};
 /// The RTC's time at boot when the stub gives none: 2026-01-01 00:00 UTC.
 const RTC_EPOCH: i64 = 1_767_225_600;
 
-use ipc_proto::sys::{self, result, syscall3, vcpu_page};
+use stub_abi::sys::{self, result, syscall3, vcpu_page};
 
 /// The PCI function table (`ipc_proto::pci::FUNCTIONS_MAGIC`): the image
 /// builder writes the channel of each PCI slot's server after the magic.
@@ -138,7 +139,7 @@ struct GuestRamWindow {
     len: u64,
     /// Shadow paging: the channel that tells the mmu-server which frames
     /// this server wrote (`ipc_proto::guest_writes`).
-    writes: Option<ipc_proto::sys::GuestWrites>,
+    writes: Option<stub_abi::sys::GuestWrites>,
 }
 
 impl GuestRamWindow {
@@ -332,7 +333,7 @@ impl PciChannel for ChannelSyscall {
         // and the offset is inside it, 8-aligned; the server reads the
         // count only when it runs, which it does not while we do.
         unsafe { at.cast::<u64>().write_volatile(count) };
-        ipc_proto::sys::signal(self.channel, bits).map(|_| ())
+        stub_abi::sys::signal(self.channel, bits).map(|_| ())
     }
 
     fn served_bit(&self) -> u32 {
@@ -436,7 +437,7 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
     let mut ram = GuestRamWindow {
         base: boot.guest_ram_window,
         len: boot.guest_ram_bytes,
-        writes: ipc_proto::sys::GuestWrites::find(),
+        writes: stub_abi::sys::GuestWrites::find(),
     };
     let mut host = NativeHost {
         tsc_hz: boot.tsc_hz,

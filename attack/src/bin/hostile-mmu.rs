@@ -7,7 +7,7 @@
 //! it attacked.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-ipc_proto::host_main!(
+stub_abi::host_main!(
     "hostile-mmu is a ring-3 task of `splitvisor attack`'s images; it runs under the stub only."
 );
 
@@ -22,10 +22,10 @@ mod hostile {
     use attack_servers::{
         BOOT_DESTRUCTIVE, BOOT_FPU, BOOT_MAIN, BOOT_RANDOM, BOOT_RESTART, SERVER_MMU,
     };
-    use ipc_proto::layout::BootInfo;
     use ipc_proto::{ExitKind, ExitRecord, GuestControl, PagingState, Resume, ResumeFlags};
+    use stub_abi::layout::BootInfo;
 
-    ipc_proto::server_entry!(server_main);
+    stub_abi::server_entry!(server_main);
 
     /// The campaign around the mmu-server's loop.
     #[derive(Default)]
@@ -58,14 +58,14 @@ mod hostile {
         fn start(&mut self, boot: &BootInfo, shadow: bool) {
             let c = self.campaign.insert(Campaign::new(SERVER_MMU));
             if c.boot() == BOOT_MAIN && shadow {
-                self.notify_loop = ipc_proto::sys::GuestWrites::find().map(|w| w.channel());
+                self.notify_loop = stub_abi::sys::GuestWrites::find().map(|w| w.channel());
             }
             if c.boot() == BOOT_RESTART {
                 let (generation, old) = campaign::restart_mark();
                 if generation > 0 {
                     // SAFETY: the stub maps the VCPU page read-write.
                     let control: GuestControl = unsafe {
-                        (&raw const (*ipc_proto::sys::vcpu_page()).guest_control).read_volatile()
+                        (&raw const (*stub_abi::sys::vcpu_page()).guest_control).read_volatile()
                     };
                     campaign::restart(c, &old, control, shadow);
                 }
@@ -139,7 +139,7 @@ mod hostile {
 
         fn resume(&mut self, resume: &mut Resume) {
             if let Some(ch) = self.notify_loop {
-                let _ = ipc_proto::sys::signal(ch, 1);
+                let _ = stub_abi::sys::signal(ch, 1);
             }
             if let Some((generation, at, root)) = self.restart.as_mut() {
                 self.resumes += 1;

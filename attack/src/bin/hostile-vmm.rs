@@ -8,7 +8,7 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-ipc_proto::host_main!(
+stub_abi::host_main!(
     "hostile-vmm is a ring-3 task of `splitvisor attack`'s images; it runs under the stub only."
 );
 
@@ -23,10 +23,10 @@ mod hostile {
     use attack_servers::{
         BOOT_DESTRUCTIVE, BOOT_FPU, BOOT_MAIN, BOOT_RANDOM, BOOT_RESTART, SERVER_VMM,
     };
-    use ipc_proto::layout::BootInfo;
     use ipc_proto::{ExitRecord, Resume};
+    use stub_abi::layout::BootInfo;
 
-    ipc_proto::server_entry!(server_main);
+    stub_abi::server_entry!(server_main);
 
     /// The campaign around the vmm-server's loop.
     #[derive(Default)]
@@ -56,7 +56,7 @@ mod hostile {
             self.ram = (boot.guest_ram_window, boot.guest_ram_bytes);
             let mut c = Campaign::new(SERVER_VMM);
             if c.boot() == BOOT_MAIN && self.shadow {
-                self.notify_loop = ipc_proto::sys::GuestWrites::find().map(|w| w.channel());
+                self.notify_loop = stub_abi::sys::GuestWrites::find().map(|w| w.channel());
             }
             match c.boot() {
                 // The random draws wait for the first exit (`resume`).
@@ -86,7 +86,7 @@ mod hostile {
         /// server's own `answer` with the guest put back there.
         fn resume(&mut self, first: &ExitRecord, answer: &Resume) -> Option<Resume> {
             if let Some(ch) = self.notify_loop {
-                let _ = ipc_proto::sys::signal(ch, 1);
+                let _ = stub_abi::sys::signal(ch, 1);
             }
             if let Some(c) = self.leak_check.as_mut() {
                 campaign::leaks(c, first, self.ram.1);

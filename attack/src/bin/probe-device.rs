@@ -29,7 +29,7 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-ipc_proto::host_main!(
+stub_abi::host_main!(
     "probe-device is a ring-3 task of the stub's tests; it runs under the stub only."
 );
 
@@ -37,11 +37,12 @@ ipc_proto::host_main!(
 mod ring3 {
     use core::fmt::Write;
 
-    use ipc_proto::sys::{self, ConsoleLine};
-    use ipc_proto::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION, RECV_TIMEOUT};
-    use ipc_proto::{ErrorCode, Syscall};
+    use ipc_proto::ErrorCode;
+    use stub_abi::sys::{self, ConsoleLine};
+    use stub_abi::syscall::{irq_bit, NO_REPLY, RECV_NOTIFICATION, RECV_TIMEOUT};
+    use stub_abi::Syscall;
 
-    ipc_proto::server_entry!(server_main);
+    stub_abi::server_entry!(server_main);
 
     /// In .data: 7 in the image; the first life changes it before it faults.
     static mut LIFE_MARK: u32 = 7;
@@ -52,7 +53,7 @@ mod ring3 {
 
     macro_rules! say {
         ($($arg:tt)*) => {
-            ipc_proto::sys::say_line("probe-device: ", format_args!($($arg)*))
+            stub_abi::sys::say_line("probe-device: ", format_args!($($arg)*))
         };
     }
 

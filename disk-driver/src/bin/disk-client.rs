@@ -7,7 +7,7 @@
 //! refuse, and says what it got in lines starting `disk-client: `.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-ipc_proto::host_main!(
+stub_abi::host_main!(
     "disk-client is a ring-3 task of the disk-driver's tests; it runs under the stub only."
 );
 
@@ -17,16 +17,16 @@ mod ring3 {
     use ipc_proto::block::{
         op, status, BlockReply, BlockRequest, ListRequest, Segment, SEGMENTS_OFFSET,
     };
-    use ipc_proto::layout::CHANNEL_PAGE_BASE;
-    use ipc_proto::sys;
-    use ipc_proto::syscall::NO_REPLY;
-    use ipc_proto::Syscall;
+    use stub_abi::layout::CHANNEL_PAGE_BASE;
+    use stub_abi::sys;
+    use stub_abi::syscall::NO_REPLY;
+    use stub_abi::Syscall;
 
-    ipc_proto::server_entry!(client_main);
+    stub_abi::server_entry!(client_main);
 
     macro_rules! say {
         ($($arg:tt)*) => {
-            ipc_proto::sys::say_line("disk-client: ", format_args!($($arg)*))
+            stub_abi::sys::say_line("disk-client: ", format_args!($($arg)*))
         };
     }
 

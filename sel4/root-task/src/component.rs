@@ -1,13 +1,14 @@
 //! The servers as components of their own (milestone 2 of issue 14): the
 //! root task loads the `sel4-mmu-server` and `sel4-vmm-server` ELFs carried
-//! in its payload, each into a VSpace of its own, builds each a CSpace with
-//! exactly the capabilities of its contract (the crates' libs) and starts
-//! its thread.
+//! in its payload, each into a VSpace of its own, builds each a CSpace
+//! with the capabilities its manifest rights give it (`rights::plan`), in
+//! the slots of its contract (the crates' libs), and starts its thread.
 //!
 //! A VSpace holds the ELF's segments (in fresh frames: code and read-only
 //! data mapped read-only), the IPC buffer, a read-only page with the
 //! arguments and, for the vmm-server, guest RAM; nothing of the root
-//! task's. The vmm-server's CSpace holds four capabilities: the VCPU
+//! task's. With the rights every image gives the two servers, the
+//! vmm-server's CSpace holds four capabilities: the VCPU
 //! (bound to its thread), two badged endpoint capabilities to the root
 //! task, one to report its ending and one seL4 sends its faults to, and a
 //! send capability to the mmu-server's endpoint for its EPT violations; it
@@ -17,6 +18,8 @@
 //! as EPT violations ask, the receive side of its endpoint and the same
 //! two endpoint capabilities to the root task.
 
+use ipc_proto::manifest::GuestRam;
+use sel4_root_task::rights::Caps;
 use sel4_sys::{c, invoke, CPtr};
 
 use sel4_vmm_server::GUEST_WINDOW;
@@ -209,18 +212,23 @@ pub fn map_scratch(alloc: &mut Allocator) {
 
 /// Loads the component ELF `elf` into a VSpace of its own with its
 /// arguments `args` (postcard) in a read-only page and `ram` (2 MiB
-/// frames, from guest-physical 0; empty for none) mapped at
-/// [`GUEST_WINDOW`], and configures its thread: an empty CNode of
+/// frames, from guest-physical 0) mapped at [`GUEST_WINDOW`] as
+/// `ram_right` says, and configures its thread: an empty CNode of
 /// 2^`cnode_bits` slots as its CSpace, `fault_slot` its fault endpoint.
 /// [`grant`] fills the CNode, [`resume`] starts it.
 pub fn load(
     alloc: &mut Allocator,
     elf: &[u8],
     args: &[u8],
-    ram: &[CPtr],
+    (ram, ram_right): (&[CPtr], GuestRam),
     cnode_bits: u64,
     fault_slot: CPtr,
 ) -> Result<Loaded, &'static str> {
+    let (ram, ram_rights) = match ram_right {
+        GuestRam::None => (&[][..], 0),
+        GuestRam::ReadOnly => (ram, c::CAN_READ),
+        GuestRam::ReadWrite => (ram, c::ALL_RIGHTS),
+    };
     let (entry, segments) = parse_elf(elf)?;
     let low = segments.iter().map(|s| s.vaddr).min().unwrap_or(IMAGE_LOW);
     let high = segments
@@ -281,12 +289,7 @@ pub fn load(
     }
     for (i, &frame) in ram.iter().enumerate() {
         let copy = check("a copy of a guest-RAM capability", alloc.copy(frame));
-        map_page(
-            copy,
-            pml4,
-            GUEST_WINDOW + i as u64 * LARGE_PAGE,
-            c::ALL_RIGHTS,
-        );
+        map_page(copy, pml4, GUEST_WINDOW + i as u64 * LARGE_PAGE, ram_rights);
     }
 
     // The thread: its fault endpoint is a slot of its own CSpace; the
@@ -386,14 +389,17 @@ pub fn resume(l: &Loaded) {
 }
 
 /// The vmm-server component (`sel4_vmm_server`'s contract): its ELF with
-/// `args`, guest RAM mapped, the VCPU bound to its thread, `ept` its EPT,
-/// two badged capabilities to the root task's endpoint and one to the
-/// mmu-server's (`endpoints`). Not started: [`resume`] it once the EPT's
-/// tables are in place.
+/// `args`, two badged capabilities to the root task's endpoint and what
+/// `caps` (its rights) say: guest RAM mapped, the VCPU bound to its thread
+/// with `ept` its EPT root, a send capability to the mmu-server's endpoint
+/// (`endpoints`). Not started: [`resume`] it once the EPT's tables are in
+/// place.
+#[allow(clippy::too_many_arguments)]
 pub fn start_vmm(
     alloc: &mut Allocator,
     elf: &[u8],
     args: &sel4_vmm_server::Args,
+    caps: &Caps,
     [endpoint, exits]: [CPtr; 2],
     ept: CPtr,
     vcpu: CPtr,
@@ -402,8 +408,14 @@ pub fn start_vmm(
     use sel4_vmm_server as v;
     let mut buf = [0u8; v::ARGS_MAX];
     let args = postcard::to_slice(args, &mut buf).map_err(|_| "arguments do not encode")?;
-    let l = load(alloc, elf, args, ram, v::CNODE_BITS, v::SLOT_FAULT)?;
-    grant(&l, v::SLOT_VCPU, vcpu, How::Copy(c::ALL_RIGHTS));
+    let l = load(
+        alloc,
+        elf,
+        args,
+        (ram, caps.guest_ram),
+        v::CNODE_BITS,
+        v::SLOT_FAULT,
+    )?;
     // Send and be replied to (a fault needs the reply right), not receive.
     let send = c::CAN_WRITE_GRANT_REPLY;
     grant(
@@ -413,48 +425,62 @@ pub fn start_vmm(
         How::Mint(send, v::BADGE_REPORT),
     );
     grant(&l, v::SLOT_FAULT, endpoint, How::Mint(send, v::BADGE_FAULT));
-    grant(
-        &l,
-        v::SLOT_MMU,
-        exits,
-        How::Mint(send, sel4_mmu_server::BADGE_VMM),
-    );
-    // seL4 keeps a derived copy of the PML4 capability in the thread
-    // (`performSetEPTRoot`), so the original can move to the mmu-server.
-    kernel(
-        "TCB_SetEPTRoot",
-        invoke(l.tcb, c::TCB_SET_EPT_ROOT, &[ept], &[]),
-    );
-    kernel(
-        "VCPU_SetTCB",
-        invoke(vcpu, c::X86_VCPU_SET_TCB, &[l.tcb], &[]),
-    );
+    if caps.mmu_endpoint {
+        grant(
+            &l,
+            v::SLOT_MMU,
+            exits,
+            How::Mint(send, sel4_mmu_server::BADGE_VMM),
+        );
+    }
+    if caps.vcpu {
+        grant(&l, v::SLOT_VCPU, vcpu, How::Copy(c::ALL_RIGHTS));
+        // seL4 keeps a derived copy of the PML4 capability in the thread
+        // (`performSetEPTRoot`), so the original can move to the mmu-server.
+        kernel(
+            "TCB_SetEPTRoot",
+            invoke(l.tcb, c::TCB_SET_EPT_ROOT, &[ept], &[]),
+        );
+        kernel(
+            "VCPU_SetTCB",
+            invoke(vcpu, c::X86_VCPU_SET_TCB, &[l.tcb], &[]),
+        );
+    }
     Ok(l)
 }
 
-/// The mmu-server component (`sel4_mmu_server`'s contract): its ELF, the
-/// EPT's PML4 (bound to the vmm-server's thread already), PDPT and page
-/// directory, the guest-RAM frames and the endpoint the vmm-server's EPT
-/// violations come on (`exits`), all moved: the root task keeps none; two
-/// badged capabilities to the root task's `endpoint`. Started: it puts the
-/// EPT's tables together, reports and serves the EPT violations.
+/// The mmu-server component (`sel4_mmu_server`'s contract): its ELF, two
+/// badged capabilities to the root task's `endpoint` and what `caps` (its
+/// rights) say: the EPT's PML4 (bound to the vmm-server's thread already),
+/// PDPT and page directory and the guest-RAM frames, the endpoint the
+/// vmm-server's EPT violations come on (`exits`), all moved: the root task
+/// keeps none. Started: it puts the EPT's tables together, reports and
+/// serves the EPT violations.
 pub fn start_mmu(
     alloc: &mut Allocator,
     elf: &[u8],
+    caps: &Caps,
     [endpoint, exits]: [CPtr; 2],
     ept: [CPtr; 3],
     ram: &[CPtr],
 ) -> Result<Loaded, &'static str> {
     use sel4_mmu_server as m;
     let args = m::Args {
-        frames: ram.len() as u64,
+        frames: if caps.ept { ram.len() as u64 } else { 0 },
     };
     let mut buf = [0u8; m::ARGS_MAX];
     let args = postcard::to_slice(&args, &mut buf).map_err(|_| "arguments do not encode")?;
     if ram.len() as u64 > (1 << m::CNODE_BITS) - m::SLOT_FRAMES {
         return Err("gets more frames than its CNode holds");
     }
-    let l = load(alloc, elf, args, &[], m::CNODE_BITS, m::SLOT_FAULT)?;
+    let l = load(
+        alloc,
+        elf,
+        args,
+        (ram, caps.guest_ram),
+        m::CNODE_BITS,
+        m::SLOT_FAULT,
+    )?;
     let send = c::CAN_WRITE_GRANT_REPLY;
     grant(
         &l,
@@ -463,12 +489,16 @@ pub fn start_mmu(
         How::Mint(send, m::BADGE_REPORT),
     );
     grant(&l, m::SLOT_FAULT, endpoint, How::Mint(send, m::BADGE_FAULT));
-    grant(&l, m::SLOT_EPT_PML4, ept[0], How::Move);
-    grant(&l, m::SLOT_EPT_PDPT, ept[1], How::Move);
-    grant(&l, m::SLOT_EPT_PD, ept[2], How::Move);
-    grant(&l, m::SLOT_EXITS, exits, How::Move);
-    for (i, &frame) in ram.iter().enumerate() {
-        grant(&l, m::SLOT_FRAMES + i as u64, frame, How::Move);
+    if caps.ept {
+        grant(&l, m::SLOT_EPT_PML4, ept[0], How::Move);
+        grant(&l, m::SLOT_EPT_PDPT, ept[1], How::Move);
+        grant(&l, m::SLOT_EPT_PD, ept[2], How::Move);
+        for (i, &frame) in ram.iter().enumerate() {
+            grant(&l, m::SLOT_FRAMES + i as u64, frame, How::Move);
+        }
+    }
+    if caps.exits_endpoint {
+        grant(&l, m::SLOT_EXITS, exits, How::Move);
     }
     resume(&l);
     Ok(l)

@@ -2,8 +2,10 @@
 //!
 //! seL4 starts it as its initial thread with the boot information's
 //! address in RDI. It takes the stub's role: reads the splitvisor payload
-//! (the same header, manifest and blobs the native stub boots, appended to
-//! this ELF by `splitvisor build --platform sel4`), builds the guest's RAM
+//! (the same header and manifest the native stub boots, and the guest's
+//! blobs, appended to this ELF by `splitvisor build --platform sel4`),
+//! plans each component's capabilities from its task's rights
+//! (`rights.rs`, the crate's lib), builds the guest's RAM
 //! from 2 MiB frames mapped into its own VSpace and the EPT's objects,
 //! copies the guest image, creates a VCPU and loads the two server ELFs
 //! carried after the payload as components of their own (`component.rs`:
@@ -11,10 +13,8 @@
 //! into the EPT with `Page_MapEPT`, then the vmm-server, the VCPU's thread,
 //! which runs the guest with `seL4_VMEnter` and handles its exits with
 //! `vmm_server::Vmm`, the library the native ring-3 vmm-server runs. The
-//! root task waits for their reports and faults.
-//!
-//! TODO(issue 14): the mmu-server's exits over an endpoint; see
-//! `sel4/README.md`.
+//! root task waits for their reports and faults. What is left of issue
+//! 14: `sel4/README.md`, Next steps.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]

@@ -1,8 +1,11 @@
 //! The root task's main: the payload, the guest's RAM and EPT, the VCPU,
 //! the vmm-server component, and the end of the run.
 
-use ipc_proto::manifest::{Blob, Manifest, PayloadHeader, MANIFEST_MAX, PAYLOAD_MAGIC};
+use ipc_proto::manifest::{
+    Blob, Manifest, PayloadHeader, Rights, MANIFEST_MAX, MAX_TASKS, PAYLOAD_MAGIC,
+};
 use ipc_proto::ABI_VERSION;
+use sel4_root_task::rights::{self, Plan};
 use sel4_sys::{c, invoke, CPtr};
 use sel4_vmm_server::GUEST_WINDOW;
 use zerocopy::FromBytes;
@@ -133,6 +136,19 @@ static END_SLOTS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64:
 pub fn cannot_run(why: core::fmt::Arguments) -> ! {
     say!("cannot run: {why}");
     end(HOST_EXIT_CANNOT_RUN)
+}
+
+/// Each component's capabilities, from its manifest task's rights
+/// (`sel4_root_task::rights`); refuses the run when a right, a task or a
+/// channel has no counterpart here.
+fn capabilities(m: &Manifest) -> Plan {
+    let tasks: heapless::Vec<(&str, &Rights), MAX_TASKS> = m
+        .tasks
+        .iter()
+        .map(|t| (t.name.as_str(), &t.rights))
+        .collect();
+    rights::plan(&tasks, &m.channels, m.guest.mmu)
+        .unwrap_or_else(|why| cannot_run(format_args!("{why}")))
 }
 
 /// Guest RAM as the root task maps it: `len` bytes at [`GUEST_WINDOW`].
@@ -273,11 +289,7 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
         payload().unwrap_or_else(|why| cannot_run(format_args!("{why}")));
     let manifest = read_manifest(payload).unwrap_or_else(|why| cannot_run(format_args!("{why}")));
     let guest = &manifest.guest;
-    if guest.mmu.is_shadow() {
-        cannot_run(format_args!(
-            "shadow paging has no counterpart on seL4: its VCPUs always run on EPT"
-        ));
-    }
+    let plan = capabilities(&manifest);
     let mut alloc = Allocator::new(&bi);
     // Keep the two slots `end` uses out of the allocator's reach.
     alloc.reserve_top(2);
@@ -339,14 +351,22 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
         &mut alloc,
         vmm_elf,
         &args,
+        &plan.vmm,
         [endpoint, exits],
         ept[0],
         vcpu,
         &frames,
     )
     .unwrap_or_else(|why| cannot_run(format_args!("the vmm-server ELF {why}")));
-    let mmu = component::start_mmu(&mut alloc, mmu_elf, [endpoint, exits], ept, &frames)
-        .unwrap_or_else(|why| cannot_run(format_args!("the mmu-server ELF {why}")));
+    let mmu = component::start_mmu(
+        &mut alloc,
+        mmu_elf,
+        &plan.mmu,
+        [endpoint, exits],
+        ept,
+        &frames,
+    )
+    .unwrap_or_else(|why| cannot_run(format_args!("the mmu-server ELF {why}")));
     let served = wait(endpoint, Waiting::Mmu);
     if served != frames.len() as u64 {
         say!(
@@ -361,11 +381,11 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
          entering the guest at {:#x}",
         mmu.read_only_pages,
         mmu.writable_pages,
-        frames.len() + 6,
+        plan.mmu.count(frames.len() as u64),
         (rdtsc() - t0) / 1_000_000,
         vmm.read_only_pages,
         vmm.writable_pages,
-        sel4_vmm_server::CAPABILITIES,
+        plan.vmm.count(frames.len() as u64),
         guest.entry_rip
     );
     component::resume(&vmm);

@@ -14,7 +14,7 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-ipc_proto::host_main!(
+stub_abi::host_main!(
     "virtio-console is a ring-3 task of the splitvisor image; it runs under the stub only. \
      `splitvisor run --console hvc0` adds it."
 );
@@ -23,14 +23,14 @@ ipc_proto::host_main!(
 mod ring3 {
 
     use ipc_proto::inject::Injector;
-    use ipc_proto::layout::BootInfo;
     use ipc_proto::pci::{op, PciMessage};
-    use ipc_proto::sys;
+    use stub_abi::layout::BootInfo;
+    use stub_abi::sys;
     use virtio_servers::console::{Console, ConsoleOutput, InputBuffer};
     use virtio_servers::ring3::Hooks;
     use virtio_servers::{GuestWriteSink, Server};
 
-    ipc_proto::ring3_task!(server_main, "[virtio-console] ");
+    stub_abi::ring3_task!(server_main, "[virtio-console] ");
 
     // Faults injected on purpose (`--inject virtio-console:crash@N`), at the
     // N-th request: a queue notification (a doorbell).

@@ -30,7 +30,8 @@ mod ring3 {
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::net::RX_BIT;
     use ipc_proto::pci::PciMessage;
-    use ipc_proto::{sys, Syscall, ABI_VERSION};
+    use ipc_proto::ABI_VERSION;
+    use stub_abi::{sys, Syscall};
     use virtio::devices::net::{Net, NetStats};
     use virtio_servers::net::{
         link_channel_from_config, LinkChannel, LinkError, Page, Uplink, CONFIG_MAGIC, GUEST_MAC,
@@ -38,7 +39,7 @@ mod ring3 {
     use virtio_servers::ring3::{serve_forever, Hooks};
     use virtio_servers::{GuestWriteSink, RamWindow, Server};
 
-    ipc_proto::server_entry!(server_main);
+    stub_abi::server_entry!(server_main);
 
     #[used]
     static CONFIG: [u8; 16] = sys::config_block(&CONFIG_MAGIC);
@@ -49,7 +50,7 @@ mod ring3 {
 
     macro_rules! say {
         ($($arg:tt)*) => {
-            ipc_proto::sys::say_line("virtio-net: ", format_args!($($arg)*))
+            stub_abi::sys::say_line("virtio-net: ", format_args!($($arg)*))
         };
     }
 

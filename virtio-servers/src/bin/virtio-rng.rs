@@ -18,7 +18,7 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-ipc_proto::host_main!(
+stub_abi::host_main!(
     "virtio-rng is a ring-3 task of the splitvisor image; it runs under the stub only. \
      `splitvisor run --rng` adds it."
 );
@@ -27,14 +27,14 @@ ipc_proto::host_main!(
 mod ring3 {
 
     use ipc_proto::inject::Injector;
-    use ipc_proto::layout::BootInfo;
-    use ipc_proto::sys;
+    use stub_abi::layout::BootInfo;
+    use stub_abi::sys;
     use virtio_servers::rng::{Entropy, Rng};
     use virtio_servers::Server;
 
     // No console right: its `say!` lines, a refused `ReplyRecv` or a
     // panic, are dropped.
-    ipc_proto::ring3_task!(server_main, "[virtio-rng] ");
+    stub_abi::ring3_task!(server_main, "[virtio-rng] ");
 
     // Faults injected on purpose (`--inject virtio-rng:crash@N`), at the
     // N-th request: a queue notification (a doorbell).

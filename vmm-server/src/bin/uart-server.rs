@@ -10,7 +10,7 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-ipc_proto::host_main!(
+stub_abi::host_main!(
     "uart-server is a ring-3 task of the splitvisor image; it runs under the stub only. \
      Build the image with `splitvisor build --uart-server`."
 );
@@ -19,16 +19,16 @@ ipc_proto::host_main!(
 mod ring3 {
 
     use ipc_proto::device::{op, PortMessage};
-    use ipc_proto::inject::{self, Fault, Injector, GARBAGE};
-    use ipc_proto::layout::BootInfo;
-    use ipc_proto::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
-    use ipc_proto::sys;
-    use ipc_proto::Syscall;
+    use stub_abi::inject::{self, Fault, Injector, GARBAGE};
+    use stub_abi::layout::BootInfo;
+    use stub_abi::layout::{CHANNEL_PAGE_BASE, PAGE_SIZE};
+    use stub_abi::sys;
+    use stub_abi::Syscall;
     use vmm_server::console::{HostConsole, HostWrite};
     use vmm_server::devices::remote;
     use vmm_server::devices::uart16550::{self, Uart16550};
 
-    ipc_proto::ring3_task!(server_main, "[uart] ");
+    stub_abi::ring3_task!(server_main, "[uart] ");
     ipc_proto::inject_block!(INJECT);
 
     /// `ConsoleWrite` and `ConsoleRead`.

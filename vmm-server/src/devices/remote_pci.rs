@@ -288,7 +288,7 @@ impl<'b, C: PciChannel> RemotePci<'b, C> {
         let Some(Some(_)) = self.doorbells else {
             return;
         };
-        let all = ipc_proto::syscall::SIGNAL_BITS;
+        let all = ipc_proto::SIGNAL_BITS;
         match self.channel.signal(all, self.rung + 1) {
             Ok(()) => self.rung += 1,
             Err(e) => {
@@ -414,8 +414,8 @@ mod tests {
     use crate::board::Board;
     use crate::devices::pci::{PciBus, PciHole, MMIO_WINDOW_BASE};
     use crate::mmio::MmioDevice;
-    use ipc_proto::syscall::RECV_NOTIFICATION;
     use std::vec::Vec;
+    use stub_abi::syscall::RECV_NOTIFICATION;
     use virtio::devices::console::{Console, ConsoleOutput, TRANSMITQ};
     use virtio::pci::{common, NOTIFY_OFFSET, NOTIFY_OFF_MULTIPLIER};
     use virtio::status::{ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK};

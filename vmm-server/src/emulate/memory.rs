@@ -4,7 +4,7 @@
 //! guest's own page tables (`guest_walk`, which the mmu-server uses too).
 //!
 //! On the native stub, guest RAM is mapped zero-copy into the vmm-server at
-//! `ipc_proto::layout::GUEST_RAM_WINDOW`; [`Ram`] wraps that window (or any
+//! `stub_abi::layout::GUEST_RAM_WINDOW`; [`Ram`] wraps that window (or any
 //! byte slice in tests). A guest-physical address outside RAM is not an
 //! error of the guest: it is MMIO, which the emulator sends to the devices.
 //!

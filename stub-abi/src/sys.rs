@@ -3,8 +3,9 @@
 //! Compiled for the bare target only.
 
 use crate::layout::{BootInfo, BOOT_INFO_PAGE, CHANNEL_PAGE_BASE, PAGE_SIZE, VCPU_PAGE};
-use crate::syscall::CONSOLE_WRITE_MAX;
-use crate::{ErrorCode, Syscall, VcpuPage};
+use crate::syscall::{ReturnValue, CONSOLE_WRITE_MAX};
+use crate::Syscall;
+use ipc_proto::{ErrorCode, VcpuPage};
 
 /// Defines a server's `_start`, which the stub enters in ring 3 with
 /// `rsp = STACK_TOP` and every other register zero: it realigns rsp, clears
@@ -208,13 +209,13 @@ pub fn say_line(prefix: &str, args: core::fmt::Arguments) {
 /// stub speaks another ABI version than this server was built for.
 pub fn checked_boot_info(prefix: &str) -> BootInfo {
     let boot = boot_info();
-    if boot.abi_version != crate::ABI_VERSION {
+    if boot.abi_version != ipc_proto::ABI_VERSION {
         say_line(
             prefix,
             format_args!(
                 "the stub speaks ABI version {}, this server was built for version {}",
                 boot.abi_version,
-                crate::ABI_VERSION
+                ipc_proto::ABI_VERSION
             ),
         );
         vm_fail();
@@ -246,7 +247,7 @@ pub fn scribble_channel_page(ch: u64) {
     for i in 0..(PAGE_SIZE / 8) as usize {
         // SAFETY: the page of a channel this task is an end of is mapped
         // read-write here, PAGE_SIZE bytes.
-        unsafe { page.add(i).write_volatile(crate::inject::GARBAGE) };
+        unsafe { page.add(i).write_volatile(ipc_proto::inject::GARBAGE) };
     }
 }
 
@@ -293,7 +294,7 @@ pub fn signal(channel: u64, bits: u64) -> Result<u64, ErrorCode> {
 }
 
 /// A writer's end of its guest-writes channel to the mmu-server
-/// ([`crate::guest_writes`]): records the guest frames this task writes
+/// ([`ipc_proto::guest_writes`]): records the guest frames this task writes
 /// in place and signals the mmu-server, so that it resyncs the shadows of
 /// any page table among them before the guest runs again.
 #[derive(Clone, Copy, Debug)]
@@ -323,7 +324,7 @@ impl GuestWrites {
     /// hears it before the guest is entered again).
     pub fn wrote(&self, gpa: u64, len: u64) {
         let page = (crate::layout::CHANNEL_PAGE_BASE + self.channel * crate::layout::PAGE_SIZE)
-            as *mut crate::guest_writes::GuestWritesPage;
+            as *mut ipc_proto::guest_writes::GuestWritesPage;
         // SAFETY: the stub maps this channel's page read-write at that
         // address in both ends; the mmu-server only reads it while this
         // task is blocked (one CPU, no preemption).
@@ -331,7 +332,7 @@ impl GuestWrites {
         if signal_now {
             let _ = signal(
                 self.channel,
-                crate::guest_writes::signal_bit(self.channel as usize),
+                ipc_proto::guest_writes::signal_bit(self.channel as usize),
             );
         }
     }
@@ -347,7 +348,7 @@ pub fn reply_recv(channel: u64, ticks: u64) -> Result<u64, ErrorCode> {
 /// The methods of a driver crate's `PortIo` trait (`ata`'s and `ne2k`'s
 /// have the same names and signatures) by the instructions themselves
 /// ([`port`]), for a task the stub's I/O permission bitmap lets reach its
-/// granted ports from ring 3: `impl PortIo for Ports { ipc_proto::port_io!(inb, outb); }`.
+/// granted ports from ring 3: `impl PortIo for Ports { stub_abi::port_io!(inb, outb); }`.
 #[macro_export]
 macro_rules! port_io {
     ($($name:ident),* $(,)?) => {

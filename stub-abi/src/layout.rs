@@ -5,8 +5,7 @@
 //! below. Everything lives in the second gigabyte and above, so the stub's
 //! own identity map of the first gigabyte (supervisor-only) never overlaps.
 
-/// Size of a small page.
-pub const PAGE_SIZE: u64 = 4096;
+pub use ipc_proto::PAGE_SIZE;
 
 /// Servers are linked (and their ELF segments loaded) inside
 /// `[SERVER_IMAGE_BASE, SERVER_IMAGE_END)`.
@@ -20,12 +19,12 @@ pub const STACK_TOP: u64 = 0x5f00_0000;
 /// Size of the server's stack.
 pub const STACK_SIZE: u64 = 64 * 1024;
 
-/// The VCPU page ([`crate::VcpuPage`]), read-write, shared with the stub.
+/// The VCPU page ([`ipc_proto::VcpuPage`]), read-write, shared with the stub.
 pub const VCPU_PAGE: u64 = 0x6000_0000;
 /// The boot-info page ([`BootInfo`]), read-only.
 pub const BOOT_INFO_PAGE: u64 = 0x6000_1000;
 
-/// The install page ([`crate::mmu::InstallPage`]) of the mmu-server, read-write.
+/// The install page ([`ipc_proto::mmu::InstallPage`]) of the mmu-server, read-write.
 pub const INSTALL_PAGE: u64 = 0x6000_2000;
 
 /// Channel `n`'s shared message page is at `CHANNEL_PAGE_BASE + n * PAGE_SIZE`
@@ -51,9 +50,9 @@ pub const GUEST_RAM_WINDOW: u64 = 0x8000_0000;
 )]
 #[repr(C)]
 pub struct BootInfo {
-    /// [`crate::ABI_VERSION`] of the stub.
+    /// [`ipc_proto::ABI_VERSION`] of the stub.
     pub abi_version: u32,
-    /// Which virtualization extension the stub uses ([`crate::VcpuArch`]).
+    /// Which virtualization extension the stub uses ([`ipc_proto::VcpuArch`]).
     pub arch: u32,
     /// Bytes of guest RAM, starting at guest-physical 0.
     pub guest_ram_bytes: u64,
@@ -80,7 +79,7 @@ pub struct BootInfo {
     /// The devices the vmm-server emulates: a `manifest::Board` as 0 (ISA)
     /// or 1 (PC). Appended in ABI version 8.
     pub board: u64,
-    /// The guest-writes channels (`crate::guest_writes`), bit n for
+    /// The guest-writes channels (`ipc_proto::guest_writes`), bit n for
     /// channel n: copied from `manifest::Manifest::guest_write_channels`.
     /// Appended in ABI version 13.
     pub guest_write_channels: u64,
@@ -125,7 +124,8 @@ mod tests {
             assert!(SERVER_IMAGE_END <= STACK_TOP - STACK_SIZE);
             assert!(STACK_TOP <= VCPU_PAGE);
             assert!(BOOT_INFO_PAGE < INSTALL_PAGE && INSTALL_PAGE < CHANNEL_PAGE_BASE);
-            let channels_end = CHANNEL_PAGE_BASE + crate::manifest::MAX_CHANNELS as u64 * PAGE_SIZE;
+            let channels_end =
+                CHANNEL_PAGE_BASE + ipc_proto::manifest::MAX_CHANNELS as u64 * PAGE_SIZE;
             assert!(channels_end <= GUEST_RAM_WINDOW);
             // Above the stub's supervisor identity map of the first GiB.
             assert!(SERVER_IMAGE_BASE >= 1 << 30);
