@@ -31,7 +31,7 @@ fn main() {
 
 #[cfg(target_os = "none")]
 mod ring3 {
-    use ipc_proto::inject::{crash, hang, Fault, Injector};
+    use stub_abi::inject::{crash, hang, Fault, Injector};
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::net::{op, status, LinkMessage, MAX_SEND, RX_BIT, RX_OFFSET, TX_OFFSET};
     use ipc_proto::ABI_VERSION;
