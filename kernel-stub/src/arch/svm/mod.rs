@@ -92,7 +92,7 @@ pub struct Vcpu {
 
 /// Enables SVM and builds a VCPU translating guest memory as `paging`
 /// says, starting in the state `entry` describes.
-pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
+pub fn create_vcpu(paging: Paging, entry: &Entry, asid: u32) -> Result<Vcpu, OutOfMemory> {
     cpu::wrmsr(cpu::MSR_EFER, cpu::rdmsr(cpu::MSR_EFER) | cpu::EFER_SVME);
     cpu::wrmsr(MSR_VM_HSAVE_PA, memory::alloc_frame()?);
     let host_vmsave_pa = memory::alloc_frame()?;
@@ -130,7 +130,7 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     v.write32(INTERCEPT_MISC2, intercepts.misc2);
     v.write64(IOPM_BASE_PA, iopm);
     v.write64(MSRPM_BASE_PA, msrpm);
-    v.write32(GUEST_ASID, 1);
+    v.write32(GUEST_ASID, asid);
     v.write8(TLB_CONTROL, 1); // flush this ASID on the first VMRUN
                               // nCR3 comes with the mmu-server's SET_NESTED_ROOT.
     v.write64(NP_ENABLE, u64::from(!shadow));
@@ -314,7 +314,7 @@ fn probe_vcpu(page: u64) -> Result<Vcpu, OutOfMemory> {
         rbx: 0,
         rsi: 0,
     };
-    create_vcpu(Paging::Shadow, &entry)
+    create_vcpu(Paging::Shadow, &entry, 1)
 }
 
 /// A segment with base 0.
