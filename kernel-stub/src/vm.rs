@@ -1,7 +1,14 @@
-//! The one VM of this image and the tasks that serve it: created from the
-//! manifest at boot, scheduled by their blocking system calls (no
-//! preemption), and stopped with a final console line that the
-//! `splitvisor` command reads.
+//! The VMs of this image (up to `MAX_VMS`, one manifest each) and the
+//! tasks that serve them: created from the manifests at boot, scheduled by
+//! their blocking system calls (no preemption), and stopped with a final
+//! console line that the `splitvisor` command reads.
+//!
+//! A VM's tasks, channels and tables are its own: every index a server
+//! names is looked up in its VM only. Between VMs (`Kernel::next_vm`):
+//! round-robin, a VM keeping the CPU for a slice of its guest's time
+//! ([`SLICES_PER_S`]) or until nothing of it can run; a VM that ends
+//! leaves the others running (`vm_ended`). The rules below are those
+//! inside one VM.
 //!
 //! A task runs until it blocks: in `VcpuRun` (waiting for an exit), in
 //! `ReplyRecv` (waiting for a call or a notification) or in `Call`
@@ -419,13 +426,6 @@ fn vm_ended(frame: &mut TrapFrame, stop: Stop) -> SysResult {
     report(&stop);
     let next = KERNEL.with(|k| {
         let i = k.current;
-        for line in (0..16u8).filter(|l| {
-            k.vms[i]
-                .as_ref()
-                .is_some_and(|vm| vm.granted_irqs() & (1 << l) != 0)
-        }) {
-            deadline::set_masked(line, true);
-        }
         k.vms[i] = None;
         k.ended[i] = Some((stop, k.stats[i].exits_total));
         k.vms
@@ -625,6 +625,11 @@ impl Vm {
     /// (`Kernel::next_vm`, which idles when none can go).
     fn schedule(&mut self, frame: &mut TrapFrame, sh: &mut Shared) -> SysResult {
         loop {
+            // Servers that keep each other busy do not keep the CPU
+            // from other VMs past the slice either.
+            if sh.slice_end.is_some_and(|end| cpu::rdtsc() >= end) {
+                return Err(SysError::Yield);
+            }
             if let Some((i, rax)) = self.pick_task() {
                 self.switch(frame, i, rax);
                 return Ok(Next::Switched);
@@ -660,11 +665,8 @@ impl Vm {
                 .iter()
                 .flatten()
                 .any(|t| t.state == State::WaitRecv && t.notes.pending());
-            let now = cpu::rdtsc();
-            if sh.slice_end.is_some_and(|end| now >= end) {
-                return Err(SysError::Yield);
-            }
             self.vcpu.set_pause_exiting(deferred);
+            let now = cpu::rdtsc();
             let slice = deferred.then(|| now.saturating_add(self.tsc_hz / DEFERRED_SLICE_PER_S));
             let slice = WakeAt::earliest(slice, sh.slice_end);
             sh.timer.at = self.exit_at;
@@ -1405,6 +1407,11 @@ impl Kernel {
                 .map(|d| (start + d) % MAX_VMS)
                 .find(|&i| self.vms[i].as_ref().is_some_and(Vm::can_go));
             if let Some(i) = next {
+                if i != self.current {
+                    if let Some(vm) = self.vms[i].as_mut() {
+                        vm.vcpu.load();
+                    }
+                }
                 self.current = i;
                 if self.count > 1 {
                     crate::console::set_vm(u8::try_from(i).ok());
@@ -1431,6 +1438,12 @@ impl Kernel {
             let lines = deadline::unmasked(vms().fold(0, |m, vm| m | vm.waiting_irqs()));
             let wake = vms().fold(None, |e, vm| WakeAt::earliest(e, vm.earliest_wake()));
             if lines == 0 && wake.is_none() {
+                // Every VM deadlocked: the first live one (the current
+                // one may have ended) is reported, then the next.
+                if self.vms[self.current].is_none() {
+                    self.current = self.vms.iter().position(Option::is_some).unwrap_or(0);
+                    crate::console::set_vm(u8::try_from(self.current).ok());
+                }
                 return Err(Stop::Deadlock);
             }
             while deadline::asking(lines) == 0 && wake.is_none_or(|at| at > cpu::rdtsc()) {
@@ -1602,6 +1615,7 @@ pub fn start(boot: BootInfo) -> ! {
         k.slice_end = cpu::rdtsc().saturating_add(hz / SLICES_PER_S);
         let (vm, sh) = k.parts()?;
         vm.parked = false;
+        vm.vcpu.load();
         let t = vm.task_mut(0);
         t.state = State::Running;
         cpu::grant_ports(&[], &t.rights.ports);

@@ -172,6 +172,14 @@ pub fn create_vcpu(
 }
 
 impl Vcpu {
+    /// Its VM's turn: VMX makes its VMCS current (each SVM VMRUN names
+    /// its VMCB).
+    pub fn load(&mut self) {
+        if let Self::Vmx(v) = self {
+            v.load();
+        }
+    }
+
     pub fn run(&mut self) -> ExitRecord {
         match self {
             Self::Svm(v) => v.run(),
