@@ -69,7 +69,7 @@ pub fn write_from_vm(bytes: &[u8]) {
 fn write(bytes: &[u8], vm: Option<u8>) {
     CONSOLE.with(|c| {
         for &b in bytes {
-            if !c.at_line_start && c.line_vm != vm {
+            if !c.at_line_start && c.line_vm != vm && b != b'\n' {
                 put(b'\n');
                 c.at_line_start = true;
             }

@@ -439,30 +439,24 @@ fn vm_ended(frame: &mut TrapFrame, stop: Stop) -> SysResult {
     crate::console::set_vm(None);
     let code = KERNEL.with(|k| {
         say!("all {} VMs ended:", k.count);
-        let ended = k.ended.iter().enumerate();
-        for (i, (stop, exits)) in ended.filter_map(|(i, e)| Some((i, e.as_ref()?))) {
+        let ended = || k.ended.iter().enumerate();
+        for (i, (stop, exits)) in ended().filter_map(|(i, e)| Some((i, e.as_ref()?))) {
             say!("| vm{i} | exits {exits} | {stop}");
         }
-        let ended = || k.ended.iter().flatten().map(|(stop, _)| stop);
-        match ended().find(|s| !matches!(s, Stop::Stopped(_))) {
-            Some(stop) => {
-                let i = k
-                    .ended
-                    .iter()
-                    .position(|e| e.as_ref().is_some_and(|(s, _)| core::ptr::eq(s, stop)))
-                    .unwrap_or(0);
-                say!("vm failed: vm{i}: {stop}");
-                HOST_EXIT_FAILED
-            }
-            None => {
-                let status = ended().find_map(|s| match s {
-                    Stop::Stopped(n) if *n != 0 => Some(*n),
-                    _ => None,
-                });
-                say!("vm stopped: guest status {}", status.unwrap_or(0));
-                HOST_EXIT_STOPPED
-            }
+        let failed = ended().find_map(|(i, e)| match e {
+            Some((Stop::Stopped(_), _)) | None => None,
+            Some((stop, _)) => Some((i, stop)),
+        });
+        if let Some((i, stop)) = failed {
+            say!("vm failed: vm{i}: {stop}");
+            return HOST_EXIT_FAILED;
         }
+        let status = ended().find_map(|(_, e)| match e {
+            Some((Stop::Stopped(n), _)) if *n != 0 => Some(*n),
+            _ => None,
+        });
+        say!("vm stopped: guest status {}", status.unwrap_or(0));
+        HOST_EXIT_STOPPED
     });
     end(code)
 }
