@@ -21,12 +21,34 @@ fn position(r: &Run, line: &str) -> usize {
 }
 
 /// Two copies of the timer guest (one virtual second of PIT ticks, HLTs
-/// and a spin without exits each): both pass every check, and they take
-/// turns -- VM 1 starts before VM 0 ends, which only the stub's slices
-/// allow (VM 0's guest alone would keep the CPU for its whole second).
+/// and a spin without exits each), VM 0 with the machine's disk (`--disk`
+/// goes to VM 0): both pass every check, and they take turns -- VM 1
+/// starts before VM 0 ends, which only the stub's slices allow (VM 0's
+/// guest alone would keep the CPU for its whole second). VM 0's
+/// disk-driver runs its self-test and gets IRQ 14 as a notification: the
+/// second VM's build leaves the 8259s as the first VM's left them.
 #[test]
-fn two_timer_guests_take_turns_and_both_pass() {
-    let r = splitvisor_run(&["--guest", "timer", "--vms", "2"]);
+fn two_timer_guests_take_turns_and_both_pass_vm0_with_its_disk() {
+    let dir = std::env::temp_dir().join(format!("splitvisor-vms-disk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("disk.img");
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..16].copy_from_slice(b"SPLITVISOR-DISK!");
+    std::fs::write(&img, &bytes).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitvisor"))
+        .args(["run", "--guest", "timer", "--vms", "2", "--disk"])
+        .arg(&img)
+        .args(["--timeout", &TIMEOUT_SECS.to_string()])
+        .env(splitvisor::disk::SELF_TEST_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("the splitvisor binary starts");
+    std::fs::remove_dir_all(&dir).ok();
+    let r = Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
     assert_eq!(r.code, Some(0), "{r}");
     for vm in ["vm0", "vm1"] {
         position(&r, &format!("[{vm}] timer: all checks passed"));
@@ -46,6 +68,23 @@ fn two_timer_guests_take_turns_and_both_pass() {
         ) < position(&r, "[vm0] timer: all checks passed"),
         "the VMs did not take turns\n{r}"
     );
+    position(
+        &r,
+        "[vm0] disk: self-test: wrote, flushed and read back sector 2047",
+    );
+    let prefix = "[vm0] disk: self-test: read 4 sectors waiting for IRQ 14: status 0, ";
+    let n: u32 = r
+        .stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(prefix)?
+                .strip_suffix(" notifications")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no line {prefix:?}\n{r}"));
+    assert!(n >= 1, "{r}");
+    assert!(!r.stdout.contains("[vm1] disk:"), "VM 1 has no disk\n{r}");
     // Every guest line carries its VM's prefix: none is bare.
     assert!(!r.stdout.lines().any(|l| l.starts_with("timer:")), "{r}");
     assert!(r.has_line("[stub] all 2 VMs ended:"), "{r}");

@@ -208,6 +208,10 @@ struct Shared<'a> {
     timer: &'a mut ExitDeadline,
     /// With several VMs live: when the running VM's turn ends.
     slice_end: Option<u64>,
+    /// Every host IRQ line a task of any VM owns.
+    irqs: u16,
+    /// Lines that fired for another VM than the running one.
+    elsewhere: &'a mut u16,
 }
 
 /// All the stub's state, in one cell whose borrow is checked: a fault
@@ -230,6 +234,10 @@ struct Kernel {
     ended: [Option<(Stop, u64)>; MAX_VMS],
     /// When the current VM's turn ends (several VMs live).
     slice_end: u64,
+    /// Every host IRQ line a task owns (no line has owners in two VMs).
+    irqs: u16,
+    /// Lines that fired while another VM than their owner's ran.
+    irqs_elsewhere: u16,
 }
 
 /// A VM's turn, when others wait: its guest runs until its slice ends.
@@ -264,6 +272,8 @@ static KERNEL: KernelCell<Kernel> = KernelCell::new(Kernel {
     count: 0,
     ended: [const { None }; MAX_VMS],
     slice_end: 0,
+    irqs: 0,
+    irqs_elsewhere: 0,
 });
 
 /// What a system call did, when it did not fail.
@@ -693,13 +703,8 @@ impl Vm {
             }
             count_exit(sh.stats, &rec);
             if ExitClass::of(&rec) == ExitClass::HostInterrupt {
-                let granted = self
-                    .tasks
-                    .iter()
-                    .flatten()
-                    .fold(0, |m, t| m | t.rights.irqs);
-                let lines = sh.timer.fired(granted);
-                self.notify_irqs(lines);
+                let lines = sh.timer.fired(sh.irqs);
+                self.note_irqs(lines, sh.elsewhere);
             }
             let class = self.route(&rec);
             return self.deliver(frame, class, rec);
@@ -1154,13 +1159,13 @@ impl Vm {
     /// hang stops the VM).
     fn interrupt(&mut self, frame: &mut TrapFrame, line: u8, sh: &mut Shared) -> SysResult {
         deadline::end_of_interrupt(line);
-        let granted = self.granted_irqs();
+        let granted = sh.irqs;
         let mut lines = sh.timer.fired(granted);
         if granted & (1 << line) != 0 {
             deadline::set_masked(line, true);
             lines |= 1 << line;
         }
-        self.notify_irqs(lines);
+        self.note_irqs(lines, sh.elsewhere);
         if let Some(ms) = self.watch.expired(cpu::rdtsc(), self.tsc_hz) {
             let rip = frame.rip;
             let outcome = self.restart(frame, Cause::Watchdog { ms, rip }, sh);
@@ -1209,6 +1214,14 @@ impl Vm {
                 )
             };
         }
+    }
+
+    /// Host IRQ lines that fired while this VM ran: its own noted, the
+    /// others' left in `elsewhere` for their VMs (`Kernel::settle`).
+    fn note_irqs(&mut self, lines: u16, elsewhere: &mut u16) {
+        let mine = self.granted_irqs();
+        self.notify_irqs(lines & mine);
+        *elsewhere |= lines & !mine;
     }
 
     /// Host IRQ lines that fired (masked now): set each in its owner's word.
@@ -1371,14 +1384,25 @@ impl Kernel {
             stats: &mut self.stats[i],
             timer: &mut self.timer,
             slice_end: several.then_some(self.slice_end),
+            irqs: self.irqs,
+            elsewhere: &mut self.irqs_elsewhere,
         };
         Some((vm, sh))
     }
 
-    /// A VM's `outcome`, with a yield turned into the next VM's run.
+    /// A VM's `outcome`, with a yield turned into the next VM's run, and
+    /// IRQs that fired for other VMs noted for their owners (who run at
+    /// their turn).
     fn settle(&mut self, frame: &mut TrapFrame, mut outcome: SysResult) -> SysResult {
         let yielded = matches!(outcome, Err(SysError::Yield));
-        while let Err(SysError::Yield) = outcome {
+        loop {
+            let lines = core::mem::take(&mut self.irqs_elsewhere);
+            for vm in self.vms.iter_mut().flatten() {
+                vm.notify_irqs(lines & vm.granted_irqs());
+            }
+            let Err(SysError::Yield) = outcome else {
+                break;
+            };
             outcome = self.next_vm(frame);
         }
         if let (true, Some((vm, sh))) = (yielded, self.parts()) {
@@ -1443,8 +1467,7 @@ impl Kernel {
             while deadline::asking(lines) == 0 && wake.is_none_or(|at| at > cpu::rdtsc()) {
                 core::hint::spin_loop();
             }
-            let granted = vms().fold(0, |m, vm| m | vm.granted_irqs());
-            let fired = self.timer.fired(granted);
+            let fired = self.timer.fired(self.irqs);
             for vm in self.vms.iter_mut().flatten() {
                 vm.notify_irqs(fired);
             }
@@ -1576,6 +1599,10 @@ pub fn start(boot: BootInfo) -> ! {
     let payload = payload();
     let mut manifests = read_manifests(payload).unwrap_or_else(|why| cannot_run(why));
     memory::init(boot::image_end(), boot.ram_top);
+    // The host's timer quiet before each VM's build runs probe guests of
+    // its own (a firmware tick pending at each entry would end every
+    // run); once, as it masks the IRQ lines a VM built before unmasked.
+    deadline::init();
     let mut count = 0;
     while !manifests.is_empty() {
         let (manifest, rest) = postcard::take_from_bytes::<Manifest>(manifests)
@@ -1587,16 +1614,18 @@ pub fn start(boot: BootInfo) -> ! {
         }
         if several {
             crate::console::set_vm(u8::try_from(count).ok());
-            // TODO(issue 13): route host IRQs to the VM that owns them.
-            if manifest.tasks.iter().any(|t| t.rights.irqs != 0) {
-                cannot_run(
-                    "a task of an image with several VMs owns a host IRQ (one VM only, for now)",
-                );
-            }
         }
         let vm = build(arch, &manifest, payload, boot.unsafe_shadow, count)
             .unwrap_or_else(|why| cannot_run(why));
-        KERNEL.with(|k| k.vms[count] = Some(vm));
+        let irqs = vm.granted_irqs();
+        // A line's IRQ goes to the one task that owns it.
+        if KERNEL.with(|k| k.irqs) & irqs != 0 {
+            cannot_run("two VMs own the same host IRQ line");
+        }
+        KERNEL.with(|k| {
+            k.irqs |= irqs;
+            k.vms[count] = Some(vm);
+        });
         count += 1;
     }
     let first = KERNEL.with(|k| {
@@ -1669,9 +1698,6 @@ fn build(
         Paging::Nested
     };
     arch::check_paging(arch, shadow, g.entry_mode)?;
-    // The host's timer quiet before the probes below run guests of their
-    // own (a firmware tick pending at each entry would end every run).
-    deadline::init();
     if shadow && arch == Arch::Svm && !arch::svm::task_switch_exits().map_err(|_| oom)? {
         if !unsafe_shadow {
             return Err("this CPU does not exit on task switches although the VMCB asks it to (QEMU's TCG ignores the SVM task-switch intercept): under shadow paging a guest could load any host-physical page table; use nested paging, Bochs or hardware (the boot option unsafe_shadow runs anyway, for tests)");
