@@ -684,7 +684,7 @@ pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
 pub fn build_system_specs(specs: &[SystemSpec]) -> Result<PathBuf, BuildError> {
     let first = specs
         .first()
-        .ok_or_else(|| BuildError::Image(image::ImageError::TooManyVms(0)))?;
+        .ok_or(BuildError::Image(image::ImageError::TooManyVms(0)))?;
     let dir = image_dir();
     let elfs = build_target_crates()?;
     let read = |p: &Path| std::fs::read(p).map_err(|e| BuildError::io(p, e));
