@@ -757,6 +757,12 @@ fn run_sel4(a: RunArgs) -> i32 {
         eprintln!("splitvisor: --net is not available with --platform sel4 yet");
         return 2;
     }
+    if a.guest.vms.is_some_and(|n| n > 1) || a.guest.config.is_some() {
+        eprintln!(
+            "splitvisor: several VMs (--vms, --config) are not available with --platform sel4 yet"
+        );
+        return 2;
+    }
     let system = match a.guest.spec(Some(splitvisor::bochs::TSC_KHZ)) {
         Ok(s) => s,
         Err(e) => {

@@ -151,3 +151,16 @@ fn a_config_with_an_unknown_key_is_refused() {
     assert_eq!(r.code, Some(103), "{r}");
     assert!(r.stderr.contains("unknown field `cpus`"), "{r}");
 }
+
+/// seL4's root task reads one manifest: several VMs are refused there
+/// before anything is built, rather than running VM 0 alone.
+#[test]
+fn several_vms_are_refused_on_sel4() {
+    let r = splitvisor_run(&["--platform", "sel4", "--guest", "hello", "--vms", "2"]);
+    assert_eq!(r.code, Some(2), "{r}");
+    assert!(
+        r.stderr
+            .contains("several VMs (--vms, --config) are not available with --platform sel4"),
+        "{r}"
+    );
+}
