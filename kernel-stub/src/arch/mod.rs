@@ -173,10 +173,11 @@ pub fn create_vcpu(
 
 impl Vcpu {
     /// Its VM's turn: VMX makes its VMCS current (each SVM VMRUN names
-    /// its VMCB).
+    /// its VMCB; a VMCB whose ASID is shared flushes it).
     pub fn load(&mut self) {
-        if let Self::Vmx(v) = self {
-            v.load();
+        match self {
+            Self::Svm(v) => v.load(),
+            Self::Vmx(v) => v.load(),
         }
     }
 

@@ -88,6 +88,8 @@ pub struct Vcpu {
     pub virtual_interrupts: bool,
     /// The vector `apply` offered as a virtual interrupt for the next run.
     offered_irq: Option<u8>,
+    /// Its ASID is another VM's too (`create_vcpu`).
+    asid_shared: bool,
 }
 
 /// Enables SVM and builds a VCPU translating guest memory as `paging`
@@ -130,7 +132,11 @@ pub fn create_vcpu(paging: Paging, entry: &Entry, asid: u32) -> Result<Vcpu, Out
     v.write32(INTERCEPT_MISC2, intercepts.misc2);
     v.write64(IOPM_BASE_PA, iopm);
     v.write64(MSRPM_BASE_PA, msrpm);
-    v.write32(GUEST_ASID, asid);
+    // ASIDs below NASID (CPUID 8000_000A EBX) are legal; VMRUN refuses
+    // others. On a CPU with too few the VMs share ASID 1, flushed at each
+    // VM's turn (`load`).
+    let asid_shared = asid >= cpu::cpuid(0x8000_000a).ebx;
+    v.write32(GUEST_ASID, if asid_shared { 1 } else { asid });
     v.write8(TLB_CONTROL, 1); // flush this ASID on the first VMRUN
                               // nCR3 comes with the mmu-server's SET_NESTED_ROOT.
     v.write64(NP_ENABLE, u64::from(!shadow));
@@ -184,6 +190,7 @@ pub fn create_vcpu(paging: Paging, entry: &Entry, asid: u32) -> Result<Vcpu, Out
         intercepts,
         virtual_interrupts: false,
         offered_irq: None,
+        asid_shared,
     })
 }
 
@@ -549,6 +556,13 @@ impl Vcpu {
             self.intercepts.misc1 = self.intercepts.misc1 & !misc1::PAUSE | bits;
             let other = self.vmcb.read32(INTERCEPT_MISC1) & !misc1::PAUSE;
             self.vmcb.write32(INTERCEPT_MISC1, other | bits);
+        }
+    }
+
+    /// Its VM's turn: a shared ASID holds another VM's translations.
+    pub fn load(&mut self) {
+        if self.asid_shared {
+            self.flush(1);
         }
     }
 
