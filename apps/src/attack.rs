@@ -464,6 +464,42 @@ pub fn boot_once(
     Ok(boot_image(system, target, &opts)?.console)
 }
 
+/// Issue 13's isolation case: the hostile servers' main campaign (boot
+/// `main`, `opts.short`) as VM 0, beside `other` with the real servers as
+/// VM 1, on QEMU with NPT. Returns how the run ended and its console,
+/// where VM 0's lines start with `[vm0] ` and VM 1's with `[vm1] `.
+pub fn beside_a_vm(
+    opts: &AttackOptions,
+    other: &str,
+) -> Result<(Option<FinalLine>, String), String> {
+    let (vmm, mmu) = build_hostile_servers()?;
+    let dir = images::image_dir().join("attack");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tag = format!("{}-vms", std::process::id());
+    let mut paths = Vec::new();
+    for (elf, kind) in [(vmm, "vmm"), (mmu, "mmu")] {
+        let bytes = std::fs::read(&elf).map_err(|e| format!("{}: {e}", elf.display()))?;
+        let path = dir.join(format!("{tag}-hostile-{kind}"));
+        // BOOTS[0]: the main boot.
+        let patched = patch(&bytes, BOOTS[0].1, opts.short, opts.seed, &[])?;
+        images::write_atomic(&path, &patched).map_err(|e| e.to_string())?;
+        paths.push(path);
+    }
+    let [vmm_server, mmu_server] = <[PathBuf; 2]>::try_from(paths).map_err(|_| "two servers")?;
+    let system = images::SystemSpec {
+        hostile_servers: Some(images::HostileServers {
+            vmm_server,
+            mmu_server,
+            tag,
+        }),
+        more_vms: vec![images::SystemSpec::new(other)],
+        ..images::SystemSpec::new(PROBE_GUEST)
+    };
+    let target = targets(Emulator::Qemu, &[], &[MmuMode::Nested]).remove(0);
+    let out = boot_image(system, &target, opts)?;
+    Ok((out.final_line, out.console))
+}
+
 /// `elf` with its configuration block set to `boot`, `short` and `skips`.
 fn patch(elf: &[u8], boot: u32, short: bool, seed: u32, skips: &[u32]) -> Result<Vec<u8>, String> {
     let at = elf

@@ -18,6 +18,7 @@ pub mod nic;
 pub mod run;
 pub mod sel4;
 pub mod virtio;
+pub mod vms;
 
 pub use run::{
     Arch, EmulatorKind, RunOptions, DEFAULT_CPU, DEFAULT_EMULATOR, EXIT_CANNOT_RUN, EXIT_EMULATOR,

@@ -111,15 +111,35 @@ struct AttackArgs {
     no_guests: bool,
 }
 
+/// One VM of a `--config` file, as options.
+#[derive(Parser)]
+struct VmOptions {
+    #[command(flatten)]
+    guest: GuestArgs,
+}
+
 #[derive(Args)]
 struct GuestArgs {
     /// The guest: a built-in one by name (sources in images/guests/), or
     /// the path of a multiboot v1 kernel (what QEMU's -kernel accepts) or of
     /// a raw boot sector (loaded at 0x7c00 in real mode, no BIOS).
     #[arg(long, value_name = "NAME|PATH", long_help = guest_help(),
-          required_unless_present_any = ["kernel", "linux"],
+          required_unless_present_any = ["kernel", "linux", "config"],
           conflicts_with_all = ["kernel", "linux"])]
     guest: Option<String>,
+    /// Several VMs on one CPU: N copies of this guest (with these options),
+    /// each with its own servers, in one image. Each VM's console lines
+    /// start with `[vmN] `; the run ends when all have ended (README,
+    /// "Several VMs").
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=4),
+          conflicts_with = "config")]
+    vms: Option<u8>,
+    /// Several VMs described in a TOML file: one `[[vm]]` table each, with
+    /// the keys guest, mmu, ram, board, append and uart_server (as the
+    /// options of those names; README, "Several VMs"). The other guest
+    /// options are ignored.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// A Linux bzImage to boot (the 32-bit boot protocol: boot_params,
     /// e820 map, command line, initrd; entered in flat 32-bit mode).
     #[arg(long, value_name = "BZIMAGE", conflicts_with = "linux")]
@@ -277,7 +297,34 @@ impl GuestArgs {
     /// The system to build; for `--linux`, fetches and prepares the guest.
     /// `guest_tsc_khz`: the guest's TSC rate when it is not the host's
     /// (Bochs, QEMU's TCG), for Linux's `tsc_early_khz` on the ISA board.
+    /// The image's spec: one VM, N copies of it (`--vms`), or the VMs of
+    /// `--config`.
     fn spec(&self, guest_tsc_khz: Option<u64>) -> Result<images::SystemSpec, String> {
+        let Some(path) = &self.config else {
+            let one = self.one_spec(guest_tsc_khz)?;
+            let copies = usize::from(self.vms.unwrap_or(1)).saturating_sub(1);
+            return Ok(images::SystemSpec {
+                more_vms: vec![one.clone(); copies],
+                ..one
+            });
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let args =
+            splitvisor::vms::config_args(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut specs = Vec::new();
+        for (i, a) in args.into_iter().enumerate() {
+            let vm = VmOptions::try_parse_from(std::iter::once("vm".to_string()).chain(a))
+                .map_err(|e| format!("{}: VM {i}: {e}", path.display()))?;
+            specs.push(vm.guest.one_spec(guest_tsc_khz)?);
+        }
+        let first = specs.remove(0);
+        Ok(images::SystemSpec {
+            more_vms: specs,
+            ..first
+        })
+    }
+
+    fn one_spec(&self, guest_tsc_khz: Option<u64>) -> Result<images::SystemSpec, String> {
         let (guest, initrd, cmdline, default_ram) = if let Some(flavour) = self.linux {
             let g = splitvisor::linux::prepare_debian_linux(flavour)?;
             eprintln!("splitvisor: Debian's kernel: {}", g.packages);
@@ -589,7 +636,7 @@ fn main() -> ExitCode {
             }
             let memory_mib = a
                 .memory
-                .unwrap_or_else(|| splitvisor::run::default_memory_mib(system.ram_mib));
+                .unwrap_or_else(|| splitvisor::run::default_memory_mib(system.all_ram_mib()));
             let arch = a.arch.as_deref().and_then(Arch::from_name);
             let cpu = a.cpu.unwrap_or_else(|| accel.default_cpu(kind, arch));
             run::run_with_disk(
@@ -698,6 +745,12 @@ fn run_sel4(a: RunArgs) -> i32 {
     if a.arch.as_deref() == Some("svm") {
         eprintln!("splitvisor: seL4 supports Intel VT-x only (no AMD SVM): drop --arch svm");
         return splitvisor::EXIT_CANNOT_RUN;
+    }
+    if a.guest.vms.is_some_and(|n| n > 1) || a.guest.config.is_some() {
+        eprintln!(
+            "splitvisor: several VMs (--vms, --config) are not available with --platform sel4 yet"
+        );
+        return 2;
     }
     let mut system = match a.guest.spec(Some(splitvisor::bochs::TSC_KHZ)) {
         Ok(s) => s,

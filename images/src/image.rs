@@ -26,10 +26,11 @@ use core::fmt;
 
 use ipc_proto::manifest::{
     Blob, Board, Channel, EntryMode, Guest, GuestSegment, Manifest, MmuMode, PayloadHeader, Rights,
-    Task, MANIFEST_MAX, MAX_CHANNELS, MAX_GUEST_SEGMENTS, MAX_TASKS, PAYLOAD_MAGIC, TASK_NAME_MAX,
+    Task, MANIFEST_MAX, MAX_CHANNELS, MAX_GUEST_SEGMENTS, MAX_TASKS, MAX_VMS, PAYLOAD_MAGIC,
+    TASK_NAME_MAX,
 };
 use ipc_proto::ABI_VERSION;
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::elf::ElfImage;
 
@@ -165,6 +166,8 @@ pub enum ImageError {
     },
     /// More tasks than [`MAX_TASKS`].
     TooManyTasks(usize),
+    /// More VMs than [`MAX_VMS`].
+    TooManyVms(usize),
     /// More channels than [`MAX_CHANNELS`].
     TooManyChannels(usize),
     /// More extra guest segments than [`MAX_GUEST_SEGMENTS`].
@@ -269,6 +272,7 @@ impl fmt::Display for ImageError {
                  [{IMAGE_BASE:#x}, {image_end:#x})"
             ),
             TooManyTasks(n) => write!(f, "{n} tasks given; an image holds at most {MAX_TASKS}"),
+            TooManyVms(n) => write!(f, "{n} VMs given; an image holds at most {MAX_VMS}"),
             TooManyChannels(n) => write!(
                 f,
                 "{n} channels given; an image holds at most {MAX_CHANNELS}"
@@ -604,13 +608,93 @@ pub fn build_image(
     channels: &[Channel],
     guest: &GuestInput<'_>,
 ) -> Result<Vec<u8>, ImageError> {
+    image_with_payload(stub_elf, &build_payload(tasks, channels, guest)?)
+}
+
+/// The bootable image of `stub_elf` and a payload.
+pub fn image_with_payload(stub_elf: &[u8], payload: &[u8]) -> Result<Vec<u8>, ImageError> {
     let mut image = flatten_stub(stub_elf)?;
     let stub_len = image.len();
     let header = find_multiboot_header(&image, stub_len)?;
-    let payload = build_payload(tasks, channels, guest)?;
-    image.extend_from_slice(&payload);
+    image.extend_from_slice(payload);
     patch_multiboot(&mut image, header)?;
     Ok(image)
+}
+
+/// One payload for several VMs, from one payload each (`build_payload`):
+/// their manifests back to back (VM n is the n-th), then each one's blobs
+/// with the blob offsets in its manifest moved to where they now lie.
+pub fn join_payloads(vms: &[Vec<u8>]) -> Result<Vec<u8>, ImageError> {
+    if vms.len() > MAX_VMS {
+        return Err(ImageError::TooManyVms(vms.len()));
+    }
+    let bad = |why: &str| ImageError::ManifestEncode(format!("joining payloads: {why}"));
+    let mut parts = Vec::new();
+    for p in vms {
+        let header = PayloadHeader::read_from_prefix(p)
+            .map_err(|_| bad("no header"))?
+            .0;
+        let start = PAYLOAD_HEADER_LEN;
+        let bytes = p
+            .get(start..start + header.manifest_len as usize)
+            .ok_or_else(|| bad("truncated manifest"))?;
+        let m: Manifest = postcard::from_bytes(bytes).map_err(|e| bad(&e.to_string()))?;
+        let offsets = m.tasks.iter().map(|t| t.elf).chain([m.guest.image]);
+        let blobs_at = offsets
+            .chain(m.guest.segments.iter().map(|s| s.blob))
+            .map(|b| b.offset as usize)
+            .min()
+            .unwrap_or(p.len());
+        let blobs = p
+            .get(blobs_at..)
+            .ok_or_else(|| bad("a blob lies outside"))?;
+        parts.push((m, blobs, blobs_at));
+    }
+    // As in `layout`: grow the manifest area until the manifests fit.
+    let mut first = align_up(PAYLOAD_HEADER_LEN + 1, PAGE_SIZE);
+    loop {
+        let mut manifests = Vec::new();
+        let mut starts = Vec::new();
+        let mut at = first;
+        for (m, blobs, old_at) in &parts {
+            starts.push(at);
+            let mut m = m.clone();
+            let moved = |b: &mut Blob| -> Result<(), ImageError> {
+                let offset = b.offset as usize - old_at + at;
+                b.offset = blob_len(|| "a blob".into(), offset)?;
+                Ok(())
+            };
+            m.tasks.iter_mut().try_for_each(|t| moved(&mut t.elf))?;
+            moved(&mut m.guest.image)?;
+            m.guest
+                .segments
+                .iter_mut()
+                .try_for_each(|s| moved(&mut s.blob))?;
+            manifests.extend(postcard::to_allocvec(&m).map_err(|e| bad(&e.to_string()))?);
+            at = align_up(at + blobs.len(), PAGE_SIZE);
+        }
+        if manifests.len() > MANIFEST_MAX {
+            return Err(ImageError::ManifestTooLarge(manifests.len()));
+        }
+        let need = align_up(PAYLOAD_HEADER_LEN + manifests.len(), PAGE_SIZE);
+        if need > first {
+            first = need;
+            continue;
+        }
+        let header = PayloadHeader {
+            magic: PAYLOAD_MAGIC,
+            abi_version: ABI_VERSION,
+            manifest_len: manifests.len() as u32,
+        };
+        let mut payload = header.as_bytes().to_vec();
+        payload.extend_from_slice(&manifests);
+        for ((_, blobs, _), at) in parts.iter().zip(starts) {
+            payload.resize(at, 0);
+            payload.extend_from_slice(blobs);
+        }
+        payload.resize(align_up(payload.len(), PAGE_SIZE), 0);
+        return Ok(payload);
+    }
 }
 
 #[cfg(test)]
@@ -788,6 +872,35 @@ pub(crate) mod tests {
 
     fn blob(payload: &[u8], b: Blob) -> &[u8] {
         &payload[b.offset as usize..(b.offset + b.len) as usize]
+    }
+
+    /// Two VMs (a server and a guest each, different bytes) joined: the
+    /// manifests follow each other and every blob points at its own bytes.
+    #[test]
+    fn joined_payloads_hold_each_vms_manifest_and_blobs() {
+        let (elf, g0) = (server_elf(), guest_bytes());
+        let g1: Vec<u8> = g0.iter().map(|b| !b).collect();
+        let task = TaskInput {
+            name: "vmm-server",
+            rights: Rights::default(),
+            elf: &elf,
+        };
+        let one = |g: &[u8]| build_payload(std::slice::from_ref(&task), &[], &guest(g)).unwrap();
+        let joined = join_payloads(&[one(&g0), one(&g1)]).unwrap();
+        let header = PayloadHeader::read_from_prefix(&joined).unwrap().0;
+        let area = &joined[PAYLOAD_HEADER_LEN..PAYLOAD_HEADER_LEN + header.manifest_len as usize];
+        let (m0, rest): (Manifest, _) = postcard::take_from_bytes(area).unwrap();
+        let (m1, rest): (Manifest, _) = postcard::take_from_bytes(rest).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(blob(&joined, m0.guest.image), g0.as_slice());
+        assert_eq!(blob(&joined, m1.guest.image), g1.as_slice());
+        assert_eq!(blob(&joined, m0.tasks[0].elf), elf.as_slice());
+        assert_eq!(blob(&joined, m1.tasks[0].elf), elf.as_slice());
+        assert_ne!(m0.guest.image, m1.guest.image);
+        assert_eq!(
+            join_payloads(&vec![one(&g0); MAX_VMS + 1]),
+            Err(ImageError::TooManyVms(MAX_VMS + 1))
+        );
     }
 
     #[test]

@@ -344,6 +344,9 @@ pub struct SystemSpec {
     /// user,guestfwd=...`): for the emulator's command line, not part of
     /// the image. Empty by default.
     pub net_forwards: Vec<String>,
+    /// The image's other VMs (`run --vms`, `run --config`), each with its
+    /// own servers and guest; this spec is VM 0. Empty by default.
+    pub more_vms: Vec<SystemSpec>,
 }
 
 /// A device server to pack into the image: its name, its ELF (built for
@@ -394,7 +397,13 @@ impl SystemSpec {
             inject: Vec::new(),
             bench_inline_stub: false,
             net_forwards: Vec::new(),
+            more_vms: Vec::new(),
         }
+    }
+
+    /// The guest RAM of every VM of the image, in MiB.
+    pub fn all_ram_mib(&self) -> u32 {
+        self.more_vms.iter().map(|s| s.ram_mib).sum::<u32>() + self.ram_mib
     }
 
     /// The number of the channel from `client` to `server` in the image
@@ -661,15 +670,51 @@ pub fn rights_table(spec: &SystemSpec) -> String {
 /// Builds everything `spec` asks for and writes the image to
 /// `<root>/target/image/`; returns its path.
 pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
+    let first = SystemSpec {
+        more_vms: Vec::new(),
+        ..spec.clone()
+    };
+    let specs: Vec<SystemSpec> = [first].into_iter().chain(spec.more_vms.clone()).collect();
+    build_system_specs(&specs)
+}
+
+/// Builds an image of one VM per spec (VM n from `specs[n]`, each with its
+/// own servers; the stub is the first spec's) and writes it to
+/// `<root>/target/image/`; returns its path.
+pub fn build_system_specs(specs: &[SystemSpec]) -> Result<PathBuf, BuildError> {
+    let first = specs
+        .first()
+        .ok_or(BuildError::Image(image::ImageError::TooManyVms(0)))?;
     let dir = image_dir();
-    let guest = load_guest(spec, &dir)?;
     let elfs = build_target_crates()?;
     let read = |p: &Path| std::fs::read(p).map_err(|e| BuildError::io(p, e));
-    let stub = if spec.bench_inline_stub {
+    let stub = if first.bench_inline_stub {
         read(&build_bench_inline_stub()?)?
     } else {
         read(&elfs.kernel_stub)?
     };
+    let payloads = specs
+        .iter()
+        .map(|spec| vm_payload(spec, &elfs, &dir))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (payload, name) = match payloads.as_slice() {
+        [one] => (one.clone(), first.image_file_name()),
+        _ => {
+            let names: Vec<String> = specs.iter().map(SystemSpec::image_file_name).collect();
+            let name = format!("vms-{}", names.join("+").replace(".img", ""));
+            (image::join_payloads(&payloads)?, format!("{name}.img"))
+        }
+    };
+    let image = image::image_with_payload(&stub, &payload)?;
+    let path = dir.join(name);
+    write_atomic(&path, &image)?;
+    Ok(path)
+}
+
+/// The payload of one VM: its servers and guest.
+fn vm_payload(spec: &SystemSpec, elfs: &TargetElfs, dir: &Path) -> Result<Vec<u8>, BuildError> {
+    let guest = load_guest(spec, dir)?;
+    let read = |p: &Path| std::fs::read(p).map_err(|e| BuildError::io(p, e));
     let (vmm, mmu) = match &spec.hostile_servers {
         Some(h) => (read(&h.vmm_server)?, read(&h.mmu_server)?),
         None => (read(&elfs.vmm_server)?, read(&elfs.mmu_server)?),
@@ -741,10 +786,7 @@ pub fn build_system_spec(spec: &SystemSpec) -> Result<PathBuf, BuildError> {
         board: spec.board,
         ..GuestInput::flat32(&guest.flat, guest.load_gpa, guest.entry, spec.ram_mib)
     };
-    let image = build_image(&stub, &tasks, &channels, &input)?;
-    let path = dir.join(spec.image_file_name());
-    write_atomic(&path, &image)?;
-    Ok(path)
+    Ok(image::build_payload(&tasks, &channels, &input)?)
 }
 
 #[cfg(test)]

@@ -21,8 +21,12 @@ pub const PAYLOAD_MAGIC: [u8; 8] = *b"SPLTVSR1";
 /// Largest manifest the stub reads.
 pub const MANIFEST_MAX: usize = 4096;
 
-/// Most tasks an image may hold.
+/// Most tasks a VM may hold.
 pub const MAX_TASKS: usize = 16;
+
+/// Most VMs an image may hold: its manifest area holds one [`Manifest`]
+/// per VM, back to back (an image of one VM is as before).
+pub const MAX_VMS: usize = 4;
 
 /// The fixed header in front of the manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]

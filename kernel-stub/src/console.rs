@@ -12,10 +12,18 @@ struct Console {
     /// Whether the last byte written ended a line, so that the stub's own
     /// messages always start at a line start.
     at_line_start: bool,
+    /// An image of several VMs: the VM whose servers run now. Each line
+    /// its servers write starts with `[vmN] `, the stub's own with
+    /// `[stub] vmN: `: only the stub knows which VM a line comes from.
+    vm: Option<u8>,
+    /// The VM whose output the unfinished line holds (`None`: the stub's).
+    line_vm: Option<u8>,
 }
 
 static CONSOLE: KernelCell<Console> = KernelCell::new(Console {
     at_line_start: true,
+    vm: None,
+    line_vm: None,
 });
 
 /// 115200 8N1, FIFOs on, interrupts off.
@@ -38,14 +46,41 @@ fn put(byte: u8) {
     outb(COM1, byte);
 }
 
-/// Writes bytes as they are (guest output relayed by a server).
+/// Several VMs: the VM whose servers (and stub lines) come next; `None`
+/// with one VM (no prefixes) and for the run's final lines.
+pub fn set_vm(vm: Option<u8>) {
+    CONSOLE.with(|c| c.vm = vm);
+}
+
+/// Writes bytes as they are (the stub's own text).
 pub fn write_bytes(bytes: &[u8]) {
+    write(bytes, None);
+}
+
+/// Writes what a server of the running VM relays (guest output, its own
+/// lines): with several VMs each line starts with the VM's prefix, and a
+/// line another VM left unfinished is ended first, so no VM's text can
+/// continue or forge another's line.
+pub fn write_from_vm(bytes: &[u8]) {
+    let vm = CONSOLE.with(|c| c.vm);
+    write(bytes, vm);
+}
+
+fn write(bytes: &[u8], vm: Option<u8>) {
     CONSOLE.with(|c| {
         for &b in bytes {
+            if !c.at_line_start && c.line_vm != vm && b != b'\n' {
+                put(b'\n');
+                c.at_line_start = true;
+            }
+            if let (true, Some(n)) = (c.at_line_start, vm) {
+                [b'[', b'v', b'm', b'0' + n, b']', b' ']
+                    .into_iter()
+                    .for_each(put);
+            }
             put(b);
-        }
-        if let Some(&last) = bytes.last() {
-            c.at_line_start = last == b'\n';
+            c.at_line_start = b == b'\n';
+            c.line_vm = vm;
         }
     });
 }
@@ -64,7 +99,11 @@ pub fn stub_line(args: fmt::Arguments) {
     if !CONSOLE.with(|c| c.at_line_start) {
         write_bytes(b"\n");
     }
-    let _ = writeln!(LineWriter, "[stub] {args}");
+    match CONSOLE.with(|c| c.vm) {
+        Some(n) => writeln!(LineWriter, "[stub] vm{n}: {args}"),
+        None => writeln!(LineWriter, "[stub] {args}"),
+    }
+    .ok();
 }
 
 /// `println!` for the stub's own messages.

@@ -425,6 +425,48 @@ mod tests {
         assert_eq!(t.alloc(5, &mut f), Err(AllocError::BadLevel));
     }
 
+    /// Two VMs, each with its own tables and RAM (the stub checks a VM's
+    /// installs against its own): VM A's mmu-server naming a table of VM B
+    /// by handle, or VM B's RAM by address, never reaches it.
+    #[test]
+    fn a_vms_installs_reach_only_its_own_tables_and_ram() {
+        let ram_b = GuestRam {
+            hpa_base: RAM.hpa_base + RAM.bytes,
+            bytes: RAM.bytes,
+        };
+        let (mut a, mut b) = (ShadowTables::new(), ShadowTables::new());
+        let mut f = frames();
+        let (a_pt, _) = a.alloc(1, &mut f).unwrap();
+        let (_, _) = b.alloc(1, &mut f).unwrap();
+        let (b_pt, b_frame) = b.alloc(1, &mut f).unwrap();
+        // B's second handle is no table of A's.
+        assert_eq!(
+            a.check(&install(b_pt, 1, 0, 0), RAM),
+            Err(InstallError::UnknownTable)
+        );
+        // A's PD cannot point at B's table, by handle or by frame.
+        let (a_pd, _) = a.alloc(2, &mut f).unwrap();
+        for child in [u64::from(b_pt) << 12, b_frame] {
+            assert_eq!(
+                a.check(&install(a_pd, 2, 0, child | 7), RAM),
+                Err(InstallError::BadChild)
+            );
+        }
+        // B's RAM, as a guest-physical address of A (A's RAM ends where
+        // B's host-physical RAM starts) or as B's host-physical address.
+        for addr in [RAM.bytes, ram_b.hpa_base] {
+            assert_eq!(
+                a.check(&install(a_pt, 1, 0, addr | 7), RAM),
+                Err(InstallError::OutsideGuestMemory)
+            );
+        }
+        // A's last page lands in A's RAM, never B's.
+        let last = RAM.bytes - 0x1000;
+        let e = a.check(&install(a_pt, 1, 0, last | 7), RAM).unwrap().2;
+        assert_eq!(e & PTE_ADDR_MASK, RAM.hpa_base + last);
+        assert!(e & PTE_ADDR_MASK < ram_b.hpa_base);
+    }
+
     #[test]
     fn freed_frames_are_reused_only_at_their_level() {
         let mut t = ShadowTables::new();

@@ -31,7 +31,7 @@ pub fn console_write(root: u64, ptr: u64, len: u64) -> Result<u64, ErrorCode> {
         // in the caller's address space, which is loaded (the caller made
         // this call), and the server is not running.
         let bytes = unsafe { core::slice::from_raw_parts(s.addr() as *const u8, s.len()) };
-        crate::console::write_bytes(bytes);
+        crate::console::write_from_vm(bytes);
     });
     Ok(s.len() as u64)
 }

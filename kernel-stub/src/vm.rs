@@ -1,7 +1,14 @@
-//! The one VM of this image and the tasks that serve it: created from the
-//! manifest at boot, scheduled by their blocking system calls (no
-//! preemption), and stopped with a final console line that the
-//! `splitvisor` command reads.
+//! The VMs of this image (up to `MAX_VMS`, one manifest each) and the
+//! tasks that serve them: created from the manifests at boot, scheduled by
+//! their blocking system calls (no preemption), and stopped with a final
+//! console line that the `splitvisor` command reads.
+//!
+//! A VM's tasks, channels and tables are its own: every index a server
+//! names is looked up in its VM only. Between VMs (`Kernel::next_vm`):
+//! round-robin, a VM keeping the CPU for a slice of its guest's time
+//! ([`SLICES_PER_S`]) or until nothing of it can run; a VM that ends
+//! leaves the others running (`vm_ended`). The rules below are those
+//! inside one VM.
 //!
 //! A task runs until it blocks: in `VcpuRun` (waiting for an exit), in
 //! `ReplyRecv` (waiting for a call or a notification) or in `Call`
@@ -63,7 +70,7 @@ use crate::syscall;
 use crate::task;
 use ipc_proto::manifest::{
     Blob, EntryMode, ExitClasses, GuestRam as RamRight, Manifest, PayloadHeader, Rights,
-    MANIFEST_MAX, MAX_CHANNELS, MAX_TASKS, PAYLOAD_MAGIC, TASK_NAME_MAX,
+    MANIFEST_MAX, MAX_CHANNELS, MAX_TASKS, MAX_VMS, PAYLOAD_MAGIC, TASK_NAME_MAX,
 };
 use ipc_proto::mmu::{InstallPage, INSTALL_BATCH_MAX};
 use ipc_proto::stats::MmuStats;
@@ -164,8 +171,11 @@ struct Vm {
     /// nested root (`SET_NESTED_ROOT`) yet: the guest never runs before.
     paging_set: bool,
     ram: GuestRam,
-    /// The host timer bounding each entry (`SET_EXIT_DEADLINE`).
-    deadline: ExitDeadline,
+    /// The TSC value the guest must exit by (`SET_EXIT_DEADLINE`; 0: none).
+    exit_at: u64,
+    /// Its current task's frame is saved and its ports revoked: another
+    /// VM ran since (`Kernel::next_vm`).
+    parked: bool,
     /// The CR0/CR4/EFER bits a `SET_PAGING` may set on this CPU.
     paging_rules: PagingRules,
     /// The frame of the PAE root the hardware walks from (shadow paging
@@ -188,45 +198,81 @@ struct Vm {
     yields: u64,
 }
 
-/// The stub's state besides the VM's tasks: the shadow tables it handed
-/// out and the counters.
-struct Shared {
-    tables: ShadowTables,
-    stats: Stats,
+/// What a VM's calls reach besides the VM: its shadow tables and
+/// counters (one of each per VM, beside it in `Kernel`), and the host's
+/// timer (one for all VMs).
+struct Shared<'a> {
+    tables: &'a mut ShadowTables,
+    stats: &'a mut Stats,
+    timer: &'a mut ExitDeadline,
+    /// With several VMs live: when the running VM's turn ends.
+    slice_end: Option<u64>,
+    /// Every host IRQ line a task of any VM owns.
+    irqs: u16,
+    /// Lines that fired for another VM than the running one.
+    elsewhere: &'a mut u16,
 }
 
 /// All the stub's state, in one cell whose borrow is checked: a fault
 /// inside the stub while it is borrowed reports instead of aliasing it.
+/// With SMP hosts the VMs stay here; `current`, `timer` and `slice_end`
+/// would become per-CPU.
 struct Kernel {
-    /// The VM and its tasks, once `start` has built them.
-    vm: Option<Vm>,
-    shared: Shared,
+    /// The VMs and their tasks, once `start` has built them; `None` once
+    /// one ended.
+    vms: [Option<Vm>; MAX_VMS],
+    tables: [ShadowTables; MAX_VMS],
+    stats: [Stats; MAX_VMS],
+    /// The PIT, bounding each guest entry and each server run.
+    timer: ExitDeadline,
+    /// The VM whose task runs (or whose guest ran last).
+    current: usize,
+    /// VMs the image holds: with one, the output has no VM prefixes.
+    count: usize,
+    /// How each ended VM ended, and its exits.
+    ended: [Option<(Stop, u64)>; MAX_VMS],
+    /// When the current VM's turn ends (several VMs live).
+    slice_end: u64,
+    /// Every host IRQ line a task owns (no line has owners in two VMs).
+    irqs: u16,
+    /// Lines that fired while another VM than their owner's ran.
+    irqs_elsewhere: u16,
 }
 
+/// A VM's turn, when others wait: its guest runs until its slice ends.
+const SLICES_PER_S: u64 = 100;
+
+const NO_STATS: Stats = Stats {
+    exits_total: 0,
+    exits_ioio: 0,
+    exits_hlt: 0,
+    exits_cpuid: 0,
+    exits_msr: 0,
+    exits_npf: 0,
+    exits_exception: 0,
+    exits_shutdown: 0,
+    exits_invalid: 0,
+    exits_other: 0,
+    exits_host_interrupt: 0,
+    restarts: 0,
+    syscalls: 0,
+    resumes_refused: 0,
+    installs: 0,
+    installs_refused: 0,
+    channel_calls: [0; MAX_CHANNELS],
+};
+
 static KERNEL: KernelCell<Kernel> = KernelCell::new(Kernel {
-    vm: None,
-    shared: Shared {
-        tables: ShadowTables::new(),
-        stats: Stats {
-            exits_total: 0,
-            exits_ioio: 0,
-            exits_hlt: 0,
-            exits_cpuid: 0,
-            exits_msr: 0,
-            exits_npf: 0,
-            exits_exception: 0,
-            exits_shutdown: 0,
-            exits_invalid: 0,
-            exits_other: 0,
-            exits_host_interrupt: 0,
-            restarts: 0,
-            syscalls: 0,
-            resumes_refused: 0,
-            installs: 0,
-            installs_refused: 0,
-            channel_calls: [0; MAX_CHANNELS],
-        },
-    },
+    vms: [const { None }; MAX_VMS],
+    tables: [const { ShadowTables::new() }; MAX_VMS],
+    stats: [NO_STATS; MAX_VMS],
+    timer: ExitDeadline::new(0),
+    current: 0,
+    count: 0,
+    ended: [const { None }; MAX_VMS],
+    slice_end: 0,
+    irqs: 0,
+    irqs_elsewhere: 0,
 });
 
 /// What a system call did, when it did not fail.
@@ -242,6 +288,9 @@ enum Next {
 enum SysError {
     Code(ErrorCode),
     Stop(Stop),
+    /// The VM has nothing to run now, or its guest's slice is over: the
+    /// next VM that can go runs (`Kernel::settle`).
+    Yield,
 }
 
 impl From<ErrorCode> for SysError {
@@ -356,12 +405,69 @@ impl core::fmt::Display for Stop {
 }
 
 fn stop_now(stop: Stop) -> ! {
+    report(&stop);
+    end(match stop {
+        Stop::Stopped(_) => HOST_EXIT_STOPPED,
+        _ => HOST_EXIT_FAILED,
+    })
+}
+
+/// The current VM's end: the scheduler's figures, `vm stopped: guest
+/// status N` or `vm failed: REASON` and the counters.
+fn report(stop: &Stop) {
+    scheduler_line();
     if let Stop::Stopped(status) = stop {
-        scheduler_line();
         say!("vm stopped: guest status {status}");
-        end(HOST_EXIT_STOPPED)
+    } else {
+        say!("vm failed: {stop}");
+        counters();
     }
-    fail(format_args!("{stop}"))
+}
+
+/// The current VM ended (`stop`): with one VM in the image, the run ends
+/// with it. Otherwise its end is reported (with its prefix) and the others
+/// go on; after the last, the table of every VM and the run's final line:
+/// the first failure, else the first non-zero guest status, else 0.
+fn vm_ended(frame: &mut TrapFrame, stop: Stop) -> SysResult {
+    if KERNEL.try_with(|k| k.count).unwrap_or(1) <= 1 {
+        stop_now(stop)
+    }
+    report(&stop);
+    let next = KERNEL.with(|k| {
+        let i = k.current;
+        k.vms[i] = None;
+        k.ended[i] = Some((stop, k.stats[i].exits_total));
+        k.vms
+            .iter()
+            .any(Option::is_some)
+            .then(|| k.settle(frame, Err(SysError::Yield)))
+    });
+    if let Some(outcome) = next {
+        return outcome;
+    }
+    crate::console::set_vm(None);
+    let code = KERNEL.with(|k| {
+        say!("all {} VMs ended:", k.count);
+        let ended = || k.ended.iter().enumerate();
+        for (i, (stop, exits)) in ended().filter_map(|(i, e)| Some((i, e.as_ref()?))) {
+            say!("| vm{i} | exits {exits} | {stop}");
+        }
+        let failed = ended().find_map(|(i, e)| match e {
+            Some((Stop::Stopped(_), _)) | None => None,
+            Some((stop, _)) => Some((i, stop)),
+        });
+        if let Some((i, stop)) = failed {
+            say!("vm failed: vm{i}: {stop}");
+            return HOST_EXIT_FAILED;
+        }
+        let status = ended().find_map(|(_, e)| match e {
+            Some((Stop::Stopped(n), _)) if *n != 0 => Some(*n),
+            _ => None,
+        });
+        say!("vm stopped: guest status {}", status.unwrap_or(0));
+        HOST_EXIT_STOPPED
+    });
+    end(code)
 }
 
 /// Bochs's shutdown port: writing the string `Shutdown` ends Bochs.
@@ -390,9 +496,15 @@ pub fn cannot_run(why: &str) -> ! {
 pub fn fail(why: core::fmt::Arguments) -> ! {
     scheduler_line();
     say!("vm failed: {why}");
+    counters();
+    end(HOST_EXIT_FAILED)
+}
+
+/// The current VM's counters.
+fn counters() {
     let counters = KERNEL.try_with(|k| {
-        let mmu = k.vm.as_ref().and_then(Vm::mmu_stats);
-        (k.shared.stats, mmu)
+        let mmu = k.vms[k.current].as_ref().and_then(Vm::mmu_stats);
+        (k.stats[k.current], mmu)
     });
     match counters {
         Some((stats, mmu)) => {
@@ -403,7 +515,6 @@ pub fn fail(why: core::fmt::Arguments) -> ! {
         }
         None => say!("(no statistics: the stub faulted while it held its own state)"),
     }
-    end(HOST_EXIT_FAILED)
 }
 
 /// The scheduler's figures, before the final line: `[stub] scheduler:
@@ -412,7 +523,7 @@ pub fn fail(why: core::fmt::Arguments) -> ! {
 /// server run that ended in a system call).
 fn scheduler_line() {
     let figures = KERNEL.try_with(|k| {
-        let vm = k.vm.as_ref()?;
+        let vm = k.vms[k.current].as_ref()?;
         let (ticks, task) = vm.watch.longest();
         let us = ticks / (vm.tsc_hz / 1_000_000).max(1);
         Some((vm.idles, vm.yields, us, vm.task(task).name.clone()))
@@ -474,9 +585,13 @@ impl Vm {
     /// with `rax` as the result of its pending system call.
     fn switch(&mut self, frame: &mut TrapFrame, next: usize, rax: u64) {
         let cur = self.current;
-        self.task_mut(cur).frame = *frame;
-        if cur != next {
-            cpu::grant_ports(&self.task(cur).rights.ports, &self.task(next).rights.ports);
+        if core::mem::take(&mut self.parked) {
+            cpu::grant_ports(&[], &self.task(next).rights.ports);
+        } else {
+            self.task_mut(cur).frame = *frame;
+            if cur != next {
+                cpu::grant_ports(&self.task(cur).rights.ports, &self.task(next).rights.ports);
+            }
         }
         let t = self.task_mut(next);
         *frame = t.frame;
@@ -486,17 +601,44 @@ impl Vm {
         self.current = next;
     }
 
+    /// Another VM runs next: the current task's frame (`frame`) is saved
+    /// and its ports revoked.
+    fn park(&mut self, frame: &TrapFrame) {
+        if !self.parked {
+            let cur = self.current;
+            self.task_mut(cur).frame = *frame;
+            cpu::grant_ports(&self.task(cur).rights.ports, &[]);
+            self.parked = true;
+        }
+    }
+
+    /// Whether the VM has something to run now: a task, or its guest.
+    fn can_go(&self) -> bool {
+        let now = cpu::rdtsc();
+        self.handlers_ready()
+            || self.tasks.iter().flatten().any(|t| {
+                matches!(t.state, State::NotStarted | State::Ready)
+                    || (t.state == State::WaitRecv && (t.notes.pending() || t.wake.due(now)))
+            })
+    }
+
     /// The current task has blocked: start a task that has not run yet, or,
-    /// when all wait, run the guest and hand the exit to its handler.
+    /// when all wait, run the guest and hand the exit to its handler; when
+    /// the guest cannot run or its slice is over, yield to the next VM
+    /// (`Kernel::next_vm`, which idles when none can go).
     fn schedule(&mut self, frame: &mut TrapFrame, sh: &mut Shared) -> SysResult {
         loop {
+            // Servers that keep each other busy do not keep the CPU
+            // from other VMs past the slice either.
+            if sh.slice_end.is_some_and(|end| cpu::rdtsc() >= end) {
+                return Err(SysError::Yield);
+            }
             if let Some((i, rax)) = self.pick_task() {
                 self.switch(frame, i, rax);
                 return Ok(Next::Switched);
             }
             if !self.handlers_ready() {
-                self.idle()?;
-                continue;
+                return Err(SysError::Yield);
             }
             for i in 0..MAX_TASKS {
                 let word = self.tasks[i]
@@ -529,7 +671,9 @@ impl Vm {
             self.vcpu.set_pause_exiting(deferred);
             let now = cpu::rdtsc();
             let slice = deferred.then(|| now.saturating_add(self.tsc_hz / DEFERRED_SLICE_PER_S));
-            self.deadline
+            let slice = WakeAt::earliest(slice, sh.slice_end);
+            sh.timer.at = self.exit_at;
+            sh.timer
                 .arm(now, WakeAt::earliest(self.earliest_wake(), slice));
             self.tasks.iter_mut().flatten().for_each(|t| {
                 t.gate.entered();
@@ -539,12 +683,12 @@ impl Vm {
             let rec = self.vcpu.run();
             #[cfg(feature = "bench-inline-exits")] // splitvisor bench exits only
             let rec = kernel_stub::bench_inline::answer_all(rec, |r, resume, f| {
-                count_exit(&mut sh.stats, r);
+                count_exit(sh.stats, r);
                 self.vcpu.apply(resume, f, None);
                 self.vcpu.run()
             });
             if let Some(why) = self.vcpu.entry_failure(&rec) {
-                count_exit(&mut sh.stats, &rec);
+                count_exit(sh.stats, &rec);
                 return Err(Stop::EntryFailed {
                     why,
                     rip: rec.regs.rip,
@@ -556,15 +700,10 @@ impl Vm {
                 self.yields += 1;
                 continue;
             }
-            count_exit(&mut sh.stats, &rec);
+            count_exit(sh.stats, &rec);
             if ExitClass::of(&rec) == ExitClass::HostInterrupt {
-                let granted = self
-                    .tasks
-                    .iter()
-                    .flatten()
-                    .fold(0, |m, t| m | t.rights.irqs);
-                let lines = self.deadline.fired(granted);
-                self.notify_irqs(lines);
+                let lines = sh.timer.fired(sh.irqs);
+                self.note_irqs(lines, sh.elsewhere);
             }
             let class = self.route(&rec);
             return self.deliver(frame, class, rec);
@@ -631,43 +770,13 @@ impl Vm {
             .fold(None, |e, t| WakeAt::earliest(e, t.wake.at()))
     }
 
-    /// Every task waits and the guest cannot run: wait for a host IRQ of
-    /// a waiting owner or the earliest timeout, polling the 8259s (the
-    /// stub takes no interrupt through its IDT). When neither can come,
-    /// nothing can ever wake anyone: the deadlock report.
-    /// Returns once a waiting task can run (so the caller's next
-    /// `schedule` switches to it, never idling again at once).
-    fn idle(&mut self) -> Result<(), Stop> {
-        self.idles += 1;
-        let granted = self
-            .tasks
+    /// The IRQ lines its waiting tasks own.
+    fn waiting_irqs(&self) -> u16 {
+        self.tasks
             .iter()
             .flatten()
-            .fold(0, |m, t| m | t.rights.irqs);
-        loop {
-            let waiting = |t: &&Task| t.state == State::WaitRecv;
-            let owned = self
-                .tasks
-                .iter()
-                .flatten()
-                .filter(waiting)
-                .fold(0, |m, t| m | t.rights.irqs);
-            let lines = deadline::unmasked(owned);
-            let wake = self.earliest_wake();
-            if lines == 0 && wake.is_none() {
-                return Err(Stop::Deadlock);
-            }
-            while deadline::asking(lines) == 0 && wake.is_none_or(|at| at > cpu::rdtsc()) {
-                core::hint::spin_loop();
-            }
-            let fired = self.deadline.fired(granted);
-            self.notify_irqs(fired);
-            let now = cpu::rdtsc();
-            let mut waiters = self.tasks.iter().flatten().filter(waiting);
-            if waiters.any(|t| t.notes.pending() || t.wake.due(now)) {
-                return Ok(());
-            }
-        }
+            .filter(|t| t.state == State::WaitRecv)
+            .fold(0, |m, t| m | t.rights.irqs)
     }
 
     /// Writes `rec` into the VCPU page of the task that receives `class`
@@ -824,7 +933,7 @@ impl Vm {
             self.paging_set = true;
         }
         if flags.contains(ResumeFlags::SET_EXIT_DEADLINE) {
-            self.deadline.at = resume.exit_deadline;
+            self.exit_at = resume.exit_deadline;
         }
         // XCR0 is not switched by VMRUN or VM entry: the guest's stays.
         if flags.contains(ResumeFlags::SET_XCR0) {
@@ -1049,32 +1158,32 @@ impl Vm {
     /// hang stops the VM).
     fn interrupt(&mut self, frame: &mut TrapFrame, line: u8, sh: &mut Shared) -> SysResult {
         deadline::end_of_interrupt(line);
-        let granted = self.granted_irqs();
-        let mut lines = self.deadline.fired(granted);
+        let granted = sh.irqs;
+        let mut lines = sh.timer.fired(granted);
         if granted & (1 << line) != 0 {
             deadline::set_masked(line, true);
             lines |= 1 << line;
         }
-        self.notify_irqs(lines);
+        self.note_irqs(lines, sh.elsewhere);
         if let Some(ms) = self.watch.expired(cpu::rdtsc(), self.tsc_hz) {
             let rip = frame.rip;
             let outcome = self.restart(frame, Cause::Watchdog { ms, rip }, sh);
-            self.enter_ring3(true);
+            self.enter_ring3(true, sh.timer);
             return outcome;
         }
-        self.enter_ring3(false);
+        self.enter_ring3(false, sh.timer);
         Ok(Next::Switched)
     }
 
     /// The stub returns to ring 3: the timer counts (towards the
     /// watchdog's bite at the latest), and with `fresh` the server's run
     /// starts now.
-    fn enter_ring3(&mut self, fresh: bool) {
+    fn enter_ring3(&mut self, fresh: bool, timer: &mut ExitDeadline) {
         let now = cpu::rdtsc();
         if fresh {
             self.watch.ran(now);
         }
-        self.deadline.arm_for_server(now, self.watch.at());
+        timer.arm_for_server(now, self.watch.at());
     }
 
     /// Every host IRQ line a task owns.
@@ -1104,6 +1213,14 @@ impl Vm {
                 )
             };
         }
+    }
+
+    /// Host IRQ lines that fired while this VM ran: its own noted, the
+    /// others' left in `elsewhere` for their VMs (`Kernel::settle`).
+    fn note_irqs(&mut self, lines: u16, elsewhere: &mut u16) {
+        let mine = self.granted_irqs();
+        self.notify_irqs(lines & mine);
+        *elsewhere |= lines & !mine;
     }
 
     /// Host IRQ lines that fired (masked now): set each in its owner's word.
@@ -1161,7 +1278,7 @@ impl Vm {
         // SAFETY: the install page is a frame the stub owns; every field
         // is read once (volatile) before it is checked.
         let count = unsafe { core::ptr::read_volatile(&raw const (*page).count) } as usize;
-        let Shared { tables, stats } = sh;
+        let Shared { tables, stats, .. } = sh;
         let mut refuse = |index: usize, e: ipc_proto::mmu::InstallError| {
             stats.installs_refused += 1;
             // `index` < INSTALL_BATCH_MAX: never the fallback.
@@ -1206,7 +1323,7 @@ impl Vm {
         let mmu = self.mmu_stats().unwrap_or_default();
         // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
         unsafe {
-            core::ptr::write_volatile(&raw mut (*vcpu_page(page)).stats, sh.stats);
+            core::ptr::write_volatile(&raw mut (*vcpu_page(page)).stats, *sh.stats);
             core::ptr::write_volatile(&raw mut (*vcpu_page(page)).mmu, mmu);
         }
         Ok(0)
@@ -1255,25 +1372,128 @@ impl Vm {
     }
 }
 
+impl Kernel {
+    /// The current VM and what its calls reach besides it.
+    fn parts(&mut self) -> Option<(&mut Vm, Shared<'_>)> {
+        let i = self.current;
+        let several = self.vms.iter().flatten().count() > 1;
+        let vm = self.vms[i].as_mut()?;
+        let sh = Shared {
+            tables: &mut self.tables[i],
+            stats: &mut self.stats[i],
+            timer: &mut self.timer,
+            slice_end: several.then_some(self.slice_end),
+            irqs: self.irqs,
+            elsewhere: &mut self.irqs_elsewhere,
+        };
+        Some((vm, sh))
+    }
+
+    /// A VM's `outcome`, with a yield turned into the next VM's run, and
+    /// IRQs that fired for other VMs noted for their owners (who run at
+    /// their turn).
+    fn settle(&mut self, frame: &mut TrapFrame, mut outcome: SysResult) -> SysResult {
+        let yielded = matches!(outcome, Err(SysError::Yield));
+        loop {
+            let lines = core::mem::take(&mut self.irqs_elsewhere);
+            for vm in self.vms.iter_mut().flatten() {
+                vm.notify_irqs(lines & vm.granted_irqs());
+            }
+            let Err(SysError::Yield) = outcome else {
+                break;
+            };
+            outcome = self.next_vm(frame);
+        }
+        if let (true, Some((vm, sh))) = (yielded, self.parts()) {
+            vm.enter_ring3(true, sh.timer);
+        }
+        outcome
+    }
+
+    /// Round-robin: the next VM (after the current one, which comes last)
+    /// that has a task or its guest to run gets a slice; when none has,
+    /// the stub idles until an IRQ of a waiting owner or the earliest
+    /// timeout of any VM.
+    fn next_vm(&mut self, frame: &mut TrapFrame) -> SysResult {
+        if let Some(vm) = self.vms[self.current].as_mut() {
+            vm.park(frame);
+        }
+        loop {
+            let start = self.current;
+            let next = (1..=MAX_VMS)
+                .map(|d| (start + d) % MAX_VMS)
+                .find(|&i| self.vms[i].as_ref().is_some_and(Vm::can_go));
+            if let Some(i) = next {
+                if i != self.current {
+                    if let Some(vm) = self.vms[i].as_mut() {
+                        vm.vcpu.load();
+                    }
+                }
+                self.current = i;
+                if self.count > 1 {
+                    crate::console::set_vm(u8::try_from(i).ok());
+                }
+                let hz = self.vms[i].as_ref().map_or(0, |vm| vm.tsc_hz);
+                self.slice_end = cpu::rdtsc().saturating_add(hz / SLICES_PER_S);
+                let (vm, mut sh) = self.parts().ok_or(Stop::Deadlock)?;
+                return vm.schedule(frame, &mut sh);
+            }
+            self.idle()?;
+        }
+    }
+
+    /// No VM can go: poll the 8259s for an IRQ line a waiting task owns
+    /// and the TSC for the earliest timeout (the stub takes no interrupt
+    /// through its IDT). When neither can come, nothing can ever wake
+    /// anyone: the current VM's deadlock report.
+    fn idle(&mut self) -> Result<(), Stop> {
+        if let Some(vm) = self.vms[self.current].as_mut() {
+            vm.idles += 1;
+        }
+        loop {
+            let vms = || self.vms.iter().flatten();
+            let lines = deadline::unmasked(vms().fold(0, |m, vm| m | vm.waiting_irqs()));
+            let wake = vms().fold(None, |e, vm| WakeAt::earliest(e, vm.earliest_wake()));
+            if lines == 0 && wake.is_none() {
+                // Every VM deadlocked: the first live one (the current
+                // one may have ended) is reported, then the next.
+                if self.vms[self.current].is_none() {
+                    self.current = self.vms.iter().position(Option::is_some).unwrap_or(0);
+                    crate::console::set_vm(u8::try_from(self.current).ok());
+                }
+                return Err(Stop::Deadlock);
+            }
+            while deadline::asking(lines) == 0 && wake.is_none_or(|at| at > cpu::rdtsc()) {
+                core::hint::spin_loop();
+            }
+            let fired = self.timer.fired(self.irqs);
+            for vm in self.vms.iter_mut().flatten() {
+                vm.notify_irqs(fired);
+            }
+            if self.vms.iter().flatten().any(Vm::can_go) {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// A system call from ring 3 (`int 0x80`): run it with the kernel state
 /// borrowed, then set the caller's result or end the VM.
 pub fn syscall(frame: &mut TrapFrame) {
     let now = cpu::rdtsc();
     let outcome = KERNEL.with(|k| {
-        k.shared.stats.syscalls += 1;
-        match k.vm.as_mut() {
-            Some(vm) => {
-                vm.watch.ended(vm.current, now);
-                let outcome = vm.syscall(frame, &mut k.shared);
-                // A call that returns at once (StatsRead, Signal, a
-                // ReplyRecv with bits pending) does not restart the
-                // server's run: only one that blocked, so a server that
-                // loops on such calls is still a hung one.
-                vm.enter_ring3(matches!(outcome, Ok(Next::Switched)));
-                outcome
-            }
-            None => Err(ErrorCode::NotReady.into()),
-        }
+        let Some((vm, mut sh)) = k.parts() else {
+            return Err(ErrorCode::NotReady.into());
+        };
+        sh.stats.syscalls += 1;
+        vm.watch.ended(vm.current, now);
+        let outcome = vm.syscall(frame, &mut sh);
+        // A call that returns at once (StatsRead, Signal, a
+        // ReplyRecv with bits pending) does not restart the
+        // server's run: only one that blocked, so a server that
+        // loops on such calls is still a hung one.
+        vm.enter_ring3(matches!(outcome, Ok(Next::Switched)), sh.timer);
+        k.settle(frame, outcome)
     });
     finish(frame, outcome);
 }
@@ -1284,8 +1504,11 @@ pub fn syscall(frame: &mut TrapFrame) {
 pub fn interrupt(frame: &mut TrapFrame, line: u64) {
     // `line` < 16: the trap entry's vector range.
     let line = u8::try_from(line & 15).unwrap_or(0);
-    let outcome = KERNEL.with(|k| match k.vm.as_mut() {
-        Some(vm) => vm.interrupt(frame, line, &mut k.shared),
+    let outcome = KERNEL.with(|k| match k.parts() {
+        Some((vm, mut sh)) => {
+            let outcome = vm.interrupt(frame, line, &mut sh);
+            k.settle(frame, outcome)
+        }
         None => Err(ErrorCode::NotReady.into()),
     });
     if let Err(SysError::Code(_)) = outcome {
@@ -1305,11 +1528,11 @@ pub fn user_fault(frame: &mut TrapFrame, cr2: u64) {
         rip: frame.rip,
         cr2,
     };
-    let outcome = KERNEL.with(|k| match k.vm.as_mut() {
-        Some(vm) => {
-            let outcome = vm.restart(frame, cause, &mut k.shared);
-            vm.enter_ring3(true);
-            outcome
+    let outcome = KERNEL.with(|k| match k.parts() {
+        Some((vm, mut sh)) => {
+            let outcome = vm.restart(frame, cause, &mut sh);
+            vm.enter_ring3(true, sh.timer);
+            k.settle(frame, outcome)
         }
         None => Err(ErrorCode::NotReady.into()),
     });
@@ -1319,13 +1542,24 @@ pub fn user_fault(frame: &mut TrapFrame, cr2: u64) {
     finish(frame, outcome);
 }
 
-/// After a system call or a fault: the caller's result, or the VM's end.
-fn finish(frame: &mut TrapFrame, outcome: SysResult) {
-    match outcome {
-        Ok(Next::Return(v)) => frame.rax = v,
-        Ok(Next::Switched) => {}
-        Err(SysError::Code(e)) => frame.rax = e.to_return_value(),
-        Err(SysError::Stop(stop)) => stop_now(stop),
+/// After a system call or a fault: the caller's result, or the VM's end
+/// (and, with several VMs, the next one's run).
+fn finish(frame: &mut TrapFrame, mut outcome: SysResult) {
+    loop {
+        match outcome {
+            Ok(Next::Return(v)) => frame.rax = v,
+            Ok(Next::Switched) => {}
+            Err(SysError::Code(e)) => frame.rax = e.to_return_value(),
+            Err(SysError::Yield) => {
+                outcome = KERNEL.with(|k| k.settle(frame, Err(SysError::Yield)));
+                continue;
+            }
+            Err(SysError::Stop(stop)) => {
+                outcome = vm_ended(frame, stop);
+                continue;
+            }
+        }
+        return;
     }
 }
 
@@ -1338,7 +1572,8 @@ fn payload() -> &'static [u8] {
     unsafe { core::slice::from_raw_parts(start as *const u8, kernel_stub::usize_from(len)) }
 }
 
-fn read_manifest(payload: &[u8]) -> Result<Manifest, &'static str> {
+/// The manifest area: one manifest per VM, back to back.
+fn read_manifests(payload: &[u8]) -> Result<&[u8], &'static str> {
     let (header, rest) = PayloadHeader::read_from_prefix(payload)
         .map_err(|_| "the image has no payload after the stub")?;
     if header.magic != PAYLOAD_MAGIC {
@@ -1348,11 +1583,9 @@ fn read_manifest(payload: &[u8]) -> Result<Manifest, &'static str> {
         return Err("the image was built for another ABI version");
     }
     let len = header.manifest_len as usize;
-    let bytes = rest
-        .get(..len)
+    rest.get(..len)
         .filter(|_| len <= MANIFEST_MAX)
-        .ok_or("the manifest is truncated or too large")?;
-    postcard::from_bytes(bytes).map_err(|_| "the manifest does not decode")
+        .ok_or("the manifest is truncated or too large")
 }
 
 fn blob(payload: &[u8], b: Blob) -> Option<&[u8]> {
@@ -1363,26 +1596,70 @@ fn blob(payload: &[u8], b: Blob) -> Option<&[u8]> {
 pub fn start(boot: BootInfo) -> ! {
     let arch = arch::select(boot.arch).unwrap_or_else(|why| cannot_run(why));
     let payload = payload();
-    let manifest = read_manifest(payload).unwrap_or_else(|why| cannot_run(why));
+    let mut manifests = read_manifests(payload).unwrap_or_else(|why| cannot_run(why));
     memory::init(boot::image_end(), boot.ram_top);
-    match build(arch, &manifest, payload, boot.unsafe_shadow) {
-        Ok(()) => unreachable_after_start(),
-        Err(why) => cannot_run(why),
+    // The host's timer quiet before each VM's build runs probe guests of
+    // its own (a firmware tick pending at each entry would end every
+    // run); once, as it masks the IRQ lines a VM built before unmasked.
+    deadline::init();
+    let mut count = 0;
+    while !manifests.is_empty() {
+        let (manifest, rest) = postcard::take_from_bytes::<Manifest>(manifests)
+            .unwrap_or_else(|_| cannot_run("the manifest does not decode"));
+        manifests = rest;
+        let several = count > 0 || !rest.is_empty();
+        if count == MAX_VMS {
+            cannot_run("the image holds more VMs than the stub runs (4)");
+        }
+        if several {
+            crate::console::set_vm(u8::try_from(count).ok());
+        }
+        let vm = build(arch, &manifest, payload, boot.unsafe_shadow, count)
+            .unwrap_or_else(|why| cannot_run(why));
+        let irqs = vm.granted_irqs();
+        // A line's IRQ goes to the one task that owns it.
+        if KERNEL.with(|k| k.irqs) & irqs != 0 {
+            cannot_run("two VMs own the same host IRQ line");
+        }
+        KERNEL.with(|k| {
+            k.irqs |= irqs;
+            k.vms[count] = Some(vm);
+        });
+        count += 1;
     }
+    let first = KERNEL.with(|k| {
+        k.count = count;
+        k.current = 0;
+        let several = count > 1;
+        crate::console::set_vm(several.then_some(0));
+        let hz = k.vms[0].as_ref()?.tsc_hz;
+        k.timer = ExitDeadline::new(hz);
+        k.slice_end = cpu::rdtsc().saturating_add(hz / SLICES_PER_S);
+        let (vm, sh) = k.parts()?;
+        vm.parked = false;
+        vm.vcpu.load();
+        let t = vm.task_mut(0);
+        t.state = State::Running;
+        cpu::grant_ports(&[], &t.rights.ports);
+        let first = (t.root, t.frame.rip);
+        vm.enter_ring3(true, sh.timer);
+        Some(first)
+    });
+    let Some((root, rip)) = first else {
+        cannot_run("the image has no VM")
+    };
+    cpu::write_cr3(root);
+    cpu::enter_user(rip, STACK_TOP)
 }
 
-fn unreachable_after_start() -> ! {
-    fail(format_args!(
-        "internal error: the VM returned to the boot path"
-    ))
-}
-
+/// Builds VM `index` from its manifest, every task waiting to start.
 fn build(
     arch: Arch,
     manifest: &Manifest,
     payload: &[u8],
     unsafe_shadow: bool,
-) -> Result<(), &'static str> {
+    index: usize,
+) -> Result<Vm, &'static str> {
     let g = &manifest.guest;
     if g.ram_mib == 0 || !g.ram_mib.is_multiple_of(2) || g.ram_mib > 512 {
         return Err("guest RAM must be an even number of MiB between 2 and 512");
@@ -1420,9 +1697,6 @@ fn build(
         Paging::Nested
     };
     arch::check_paging(arch, shadow, g.entry_mode)?;
-    // The host's timer quiet before the probes below run guests of their
-    // own (a firmware tick pending at each entry would end every run).
-    deadline::init();
     if shadow && arch == Arch::Svm && !arch::svm::task_switch_exits().map_err(|_| oom)? {
         if !unsafe_shadow {
             return Err("this CPU does not exit on task switches although the VMCB asks it to (QEMU's TCG ignores the SVM task-switch intercept): under shadow paging a guest could load any host-physical page table; use nested paging, Bochs or hardware (the boot option unsafe_shadow runs anyway, for tests)");
@@ -1432,7 +1706,7 @@ fn build(
     // Every table of the VM is read in one format: EPT for a nested VMX guest.
     let ept = arch == Arch::Vmx && !shadow;
     KERNEL.with(|k| {
-        k.shared.tables.set_format(if ept {
+        k.tables[index].set_format(if ept {
             TableFormat::Ept
         } else {
             TableFormat::X86
@@ -1445,7 +1719,9 @@ fn build(
         rbx: g.entry_rbx,
         rsi: g.entry_rsi,
     };
-    let vcpu = arch::create_vcpu(arch, paging, &entry).map_err(|_| oom)?;
+    // One ASID per VM: its guest's TLB entries are its own.
+    let asid = u32::try_from(index + 1).map_err(|_| oom)?;
+    let vcpu = arch::create_vcpu(arch, paging, &entry, asid).map_err(|_| oom)?;
     let tsc_hz = cpu::tsc_hz();
     say!(
         "{}: {} paging, guest RAM {} MiB, entry {:#x}, tsc {} MHz",
@@ -1550,12 +1826,8 @@ fn build(
         });
     }
 
-    let first = tasks[0]
-        .as_ref()
-        .map(|t| (t.root, t.frame.rip))
-        .ok_or(oom)?;
-    if let Some(t) = tasks[0].as_ref() {
-        cpu::grant_ports(&[], &t.rights.ports);
+    if tasks[0].is_none() {
+        return Err("a VM of the image has no task");
     }
     // The device servers' IRQ lines, unmasked from the start.
     for t in &manifest.tasks {
@@ -1563,36 +1835,26 @@ fn build(
             deadline::set_masked(line, false);
         }
     }
-    if let Some(t) = tasks[0].as_mut() {
-        t.state = State::Running;
-    }
-    let ram = GuestRam {
-        hpa_base: ram,
-        bytes: ram_bytes,
-    };
-    KERNEL.with(|k| {
-        k.vm = Some(Vm {
-            tasks,
-            channels,
-            current: 0,
-            vcpu,
-            shadow,
-            paging_set: false,
-            deadline: ExitDeadline::new(tsc_hz),
-            ram,
-            paging_rules: PagingRules::from_cpuid(cpu::cpuid_words),
-            pae_root: None,
-            mmu_exit: None,
-            mmu_control: ipc_proto::GuestControl::default(),
-            watch: Watchdog::new(tsc_hz),
-            tsc_hz,
-            idles: 0,
-            yields: 0,
-        });
-        if let Some(vm) = k.vm.as_mut() {
-            vm.enter_ring3(true);
-        }
-    });
-    cpu::write_cr3(first.0);
-    cpu::enter_user(first.1, STACK_TOP)
+    Ok(Vm {
+        tasks,
+        channels,
+        current: 0,
+        vcpu,
+        shadow,
+        paging_set: false,
+        exit_at: 0,
+        parked: true,
+        ram: GuestRam {
+            hpa_base: ram,
+            bytes: ram_bytes,
+        },
+        paging_rules: PagingRules::from_cpuid(cpu::cpuid_words),
+        pae_root: None,
+        mmu_exit: None,
+        mmu_control: ipc_proto::GuestControl::default(),
+        watch: Watchdog::new(tsc_hz),
+        tsc_hz,
+        idles: 0,
+        yields: 0,
+    })
 }

@@ -148,14 +148,22 @@ impl core::fmt::Display for EntryFailure {
 }
 
 /// Builds a VCPU of `arch`.
-pub fn create_vcpu(arch: Arch, paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
+/// A VCPU for the guest of one VM. `asid` (1 and up, one per VM) tags the
+/// TLB entries of its guest under SVM; VMX runs without VPIDs, so every
+/// entry and exit flushes them (SDM vol. 3C, 28.3.3.1) and the VMs share none.
+pub fn create_vcpu(
+    arch: Arch,
+    paging: Paging,
+    entry: &Entry,
+    asid: u32,
+) -> Result<Vcpu, OutOfMemory> {
     Ok(match arch {
         Arch::Svm => {
             let virtual_interrupts = svm::virtual_interrupts_delivered()?;
             if !virtual_interrupts {
                 crate::console::say!("svm: this CPU holds back virtual interrupts (Bochs does): external interrupts go in through EVENTINJ");
             }
-            let mut vcpu = svm::create_vcpu(paging, entry)?;
+            let mut vcpu = svm::create_vcpu(paging, entry, asid)?;
             vcpu.virtual_interrupts = virtual_interrupts;
             Vcpu::Svm(vcpu)
         }
@@ -164,6 +172,15 @@ pub fn create_vcpu(arch: Arch, paging: Paging, entry: &Entry) -> Result<Vcpu, Ou
 }
 
 impl Vcpu {
+    /// Its VM's turn: VMX makes its VMCS current (each SVM VMRUN names
+    /// its VMCB; a VMCB whose ASID is shared flushes it).
+    pub fn load(&mut self) {
+        match self {
+            Self::Svm(v) => v.load(),
+            Self::Vmx(v) => v.load(),
+        }
+    }
+
     pub fn run(&mut self) -> ExitRecord {
         match self {
             Self::Svm(v) => v.run(),

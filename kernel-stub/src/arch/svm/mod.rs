@@ -88,11 +88,13 @@ pub struct Vcpu {
     pub virtual_interrupts: bool,
     /// The vector `apply` offered as a virtual interrupt for the next run.
     offered_irq: Option<u8>,
+    /// Its ASID is another VM's too (`create_vcpu`).
+    asid_shared: bool,
 }
 
 /// Enables SVM and builds a VCPU translating guest memory as `paging`
 /// says, starting in the state `entry` describes.
-pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
+pub fn create_vcpu(paging: Paging, entry: &Entry, asid: u32) -> Result<Vcpu, OutOfMemory> {
     cpu::wrmsr(cpu::MSR_EFER, cpu::rdmsr(cpu::MSR_EFER) | cpu::EFER_SVME);
     cpu::wrmsr(MSR_VM_HSAVE_PA, memory::alloc_frame()?);
     let host_vmsave_pa = memory::alloc_frame()?;
@@ -130,7 +132,11 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
     v.write32(INTERCEPT_MISC2, intercepts.misc2);
     v.write64(IOPM_BASE_PA, iopm);
     v.write64(MSRPM_BASE_PA, msrpm);
-    v.write32(GUEST_ASID, 1);
+    // ASIDs below NASID (CPUID 8000_000A EBX) are legal; VMRUN refuses
+    // others. On a CPU with too few the VMs share ASID 1, flushed at each
+    // VM's turn (`load`).
+    let asid_shared = asid >= cpu::cpuid(0x8000_000a).ebx;
+    v.write32(GUEST_ASID, if asid_shared { 1 } else { asid });
     v.write8(TLB_CONTROL, 1); // flush this ASID on the first VMRUN
                               // nCR3 comes with the mmu-server's SET_NESTED_ROOT.
     v.write64(NP_ENABLE, u64::from(!shadow));
@@ -184,6 +190,7 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         intercepts,
         virtual_interrupts: false,
         offered_irq: None,
+        asid_shared,
     })
 }
 
@@ -314,7 +321,7 @@ fn probe_vcpu(page: u64) -> Result<Vcpu, OutOfMemory> {
         rbx: 0,
         rsi: 0,
     };
-    create_vcpu(Paging::Shadow, &entry)
+    create_vcpu(Paging::Shadow, &entry, 1)
 }
 
 /// A segment with base 0.
@@ -549,6 +556,13 @@ impl Vcpu {
             self.intercepts.misc1 = self.intercepts.misc1 & !misc1::PAUSE | bits;
             let other = self.vmcb.read32(INTERCEPT_MISC1) & !misc1::PAUSE;
             self.vmcb.write32(INTERCEPT_MISC1, other | bits);
+        }
+    }
+
+    /// Its VM's turn: a shared ASID holds another VM's translations.
+    pub fn load(&mut self) {
+        if self.asid_shared {
+            self.flush(1);
         }
     }
 

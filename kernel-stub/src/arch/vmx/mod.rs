@@ -242,6 +242,9 @@ pub struct Vcpu {
     launched: bool,
     failure: Option<EntryFailure>,
     sequence: u64,
+    /// Its VMCS: VMREAD, VMWRITE and entries use the current one, so it
+    /// is made current whenever its VM's turn comes (`load`).
+    vmcs: u64,
 }
 
 /// VMXON has been executed on this (the only) core.
@@ -379,6 +382,7 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         launched: false,
         failure: None,
         sequence: 0,
+        vmcs: 0,
     };
     let nested = matches!(paging, Paging::Nested);
     if let Err(what) = vmx_on(&caps)? {
@@ -386,6 +390,7 @@ pub fn create_vcpu(paging: Paging, entry: &Entry) -> Result<Vcpu, OutOfMemory> {
         return Ok(v);
     }
     let vmcs = vmx_region(cpu::rdmsr(IA32_VMX_BASIC))?;
+    v.vmcs = vmcs;
     if !vmx_pa_insn!("vmclear", vmcs) || !vmx_pa_insn!("vmptrld", vmcs) {
         v.failure = Some(EntryFailure::Setup {
             what: "VMCLEAR/VMPTRLD",
@@ -721,6 +726,17 @@ impl Vcpu {
             (0x6826, 0), // guest IA32_SYSENTER_EIP
         ] {
             self.write(field, value);
+        }
+    }
+
+    /// Makes its VMCS the current one (several VMs: another VM's may be);
+    /// VMPTRLD keeps the launch state (SDM vol. 3C, 24.1).
+    pub fn load(&mut self) {
+        if self.failure.is_none() && !vmx_pa_insn!("vmptrld", self.vmcs) {
+            self.failure = Some(EntryFailure::Setup {
+                what: "VMPTRLD",
+                field: 0,
+            });
         }
     }
 

@@ -1,0 +1,98 @@
+//! `splitvisor run --config FILE`: a system description of several VMs in
+//! TOML (like Hubris's `app.toml`), one `[[vm]]` table per VM:
+//!
+//! ```toml
+//! [[vm]]
+//! guest = "hello"      # required: as --guest (a built-in guest or a path)
+//! mmu = "shadow"       # as --mmu: npt (default), shadow, baseline
+//! ram = 16             # as --ram, MiB
+//! board = "isa"        # as --board
+//! append = "..."       # as --append
+//! uart_server = true   # as --uart-server
+//! ```
+//!
+//! Each table becomes the command-line options of one VM, so a VM means
+//! the same as `run` with those options; an unknown key is an error.
+
+use serde::Deserialize;
+
+/// Most VMs in one image (the stub's `MAX_VMS`).
+pub const MAX_VMS: usize = ipc_proto::manifest::MAX_VMS;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    vm: Vec<VmConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmConfig {
+    guest: String,
+    mmu: Option<String>,
+    ram: Option<u32>,
+    board: Option<String>,
+    append: Option<String>,
+    #[serde(default)]
+    uart_server: bool,
+}
+
+/// The options of each VM described in `text` (a config file's content).
+pub fn config_args(text: &str) -> Result<Vec<Vec<String>>, String> {
+    let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+    if config.vm.is_empty() || config.vm.len() > MAX_VMS {
+        return Err(format!(
+            "{} [[vm]] tables; an image holds 1 to {MAX_VMS} VMs",
+            config.vm.len()
+        ));
+    }
+    Ok(config
+        .vm
+        .into_iter()
+        .map(|vm| {
+            let mut args = vec!["--guest".to_string(), vm.guest];
+            let mut opt = |name: &str, value: Option<String>| {
+                if let Some(v) = value {
+                    args.extend([format!("--{name}"), v]);
+                }
+            };
+            opt("mmu", vm.mmu);
+            opt("ram", vm.ram.map(|r| r.to_string()));
+            opt("board", vm.board);
+            opt("append", vm.append);
+            if vm.uart_server {
+                args.push("--uart-server".into());
+            }
+            args
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_vm_table_becomes_its_options() {
+        let text =
+            "[[vm]]\nguest = \"hello\"\n\n[[vm]]\nguest = \"timer\"\nmmu = \"shadow\"\nram = 8\n";
+        assert_eq!(
+            config_args(text).unwrap(),
+            vec![
+                vec!["--guest", "hello"],
+                vec!["--guest", "timer", "--mmu", "shadow", "--ram", "8"],
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_vm_counts_are_refused() {
+        let e = config_args("[[vm]]\nguest = \"hello\"\ncpus = 2\n").unwrap_err();
+        assert!(e.contains("unknown field `cpus`"), "{e}");
+        let e = config_args("[[vm]]\nmmu = \"npt\"\n").unwrap_err();
+        assert!(e.contains("missing field `guest`"), "{e}");
+        assert!(config_args("").unwrap_err().contains("missing field `vm`"));
+        let five = "[[vm]]\nguest = \"hello\"\n".repeat(5);
+        assert!(config_args(&five).unwrap_err().contains("1 to 4 VMs"));
+    }
+}
