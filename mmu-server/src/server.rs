@@ -205,6 +205,10 @@ pub fn config(boot: &BootInfo, decode_assists: bool, extra_cr4: u64) -> MmuConfi
         mode,
         nested,
         cpu,
+        // Built with SPLITVISOR_MMU_UNSYNC=0: every write to a protected
+        // page table is emulated, as before unsync (for before/after
+        // figures from one tree).
+        unsync: !matches!(option_env!("SPLITVISOR_MMU_UNSYNC"), Some("0")),
         ..MmuConfig::default()
     }
 }

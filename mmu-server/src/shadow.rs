@@ -37,7 +37,7 @@
 //! equals the guest's tables, A/D bits included, with fewer faults.
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use ipc_proto::mmu::{Install, TableHandle, INSTALL_BATCH_MAX, MAX_SHADOW_TABLES};
@@ -215,6 +215,9 @@ struct Frame {
     tables: Vec<TableHandle>,
     /// Emulated writes since a walk last used the frame as a table.
     writes: u32,
+    /// Unsync: not write-protected, the guest writes it directly and its
+    /// tables' shadow entries may be stale until [`ShadowCache::sync`].
+    unsync: bool,
 }
 
 /// Why the cache could not do what was asked.
@@ -254,6 +257,10 @@ pub struct ShadowCache {
     ram_frames: u64,
     global_pages: bool,
     flood_threshold: u32,
+    /// Whether leaf page tables may go unsync ([`ShadowCache::try_unsync`]).
+    allow_unsync: bool,
+    /// The unsync frames.
+    unsync: BTreeSet<u64>,
     /// Leaves filled per fault: the aligned group of this many entries
     /// around the faulting one (0 or 1: the faulting entry only).
     prefetch: usize,
@@ -287,6 +294,8 @@ impl ShadowCache {
             ram_frames: ram_bytes >> 12,
             global_pages,
             flood_threshold: flood_threshold.max(1),
+            allow_unsync: false,
+            unsync: BTreeSet::new(),
             prefetch: 0,
             cpu,
             stats: MmuStats::default(),
@@ -332,9 +341,139 @@ impl ShadowCache {
     }
 
     /// Whether guest frame `gfn` is write-protected (some cached table
-    /// shadows it).
+    /// shadows it and it is not unsync).
     pub fn is_protected(&self, gfn: u64) -> bool {
-        self.frames.get(&gfn).is_some_and(|f| !f.tables.is_empty())
+        self.frames
+            .get(&gfn)
+            .is_some_and(|f| !f.tables.is_empty() && !f.unsync)
+    }
+
+    /// Lets leaf page tables go unsync ([`Self::try_unsync`]). Only for a
+    /// platform where the guest's INVLPG exits while [`Self::has_unsync`]
+    /// (see `PagingState::INTERCEPT_INVLPG`): an unsync table's shadow
+    /// may be stale, and INVLPG must resync it ([`Self::invlpg`]).
+    pub fn set_unsync(&mut self, on: bool) {
+        self.allow_unsync = on;
+    }
+
+    /// Whether some frame is unsync (INVLPG must then exit).
+    pub fn has_unsync(&self) -> bool {
+        !self.unsync.is_empty()
+    }
+
+    /// Whether guest frame `gfn` is unsync.
+    pub fn is_unsync(&self, gfn: u64) -> bool {
+        self.unsync.contains(&gfn)
+    }
+
+    /// The guest wrote (or is about to write) write-protected frame
+    /// `gfn`: when every table that shadows it is a guest *leaf* table
+    /// (level 1: a PT, or a 32-bit PT's quadrants), the frame goes unsync
+    /// instead of the write being emulated: its protection is lifted (the
+    /// leaves that map it become what a fault would make them: writable
+    /// where the guest entry is writable and dirty) and the guest writes
+    /// it natively from now on. Its shadow entries are brought up to date
+    /// at the next [`Self::sync_all`] (CR3 load, flushing CR0/CR4 write),
+    /// at [`Self::invlpg`] of an address they map, or before the frame is
+    /// shadowed as a non-leaf table. A frame used as a non-leaf (or at
+    /// two levels) stays protected: a stale non-leaf shadow entry would
+    /// point to a whole wrong table, and the architecture lets a guest
+    /// rely on upper-level writes without the flushes that would resync
+    /// them. False when the frame cannot go unsync.
+    pub fn try_unsync<P: MmuPlatform + ?Sized>(&mut self, p: &mut P, gfn: u64) -> bool {
+        if !self.allow_unsync {
+            return false;
+        }
+        let Some(f) = self.frames.get(&gfn) else {
+            return false;
+        };
+        if f.unsync
+            || f.tables.is_empty()
+            || f.tables.iter().any(|&h| {
+                let r = self.t(h).key.role;
+                r.level != 1 || r.kind != TableKind::Guest
+            })
+        {
+            return false;
+        }
+        self.frames.get_mut(&gfn).expect("frame").unsync = true;
+        self.unsync.insert(gfn);
+        self.stats.unsyncs += 1;
+        self.writable_again(p, gfn);
+        true
+    }
+
+    /// Resyncs every unsync frame and write-protects it again (a CR3
+    /// load or a full TLB flush: every stale translation must go).
+    /// Global translations are resynced too, although a CR3 load would
+    /// keep them in a real TLB: more than the architecture asks, never
+    /// less.
+    pub fn sync_all<P: MmuPlatform + ?Sized>(&mut self, p: &mut P) {
+        while let Some(gfn) = self.unsync.pop_first() {
+            self.sync(p, gfn);
+        }
+    }
+
+    /// Brings the shadow entries of every table of unsync frame `gfn` up
+    /// to date with the guest's entries and write-protects the frame
+    /// again (as KVM's `mmu_sync_children`: protect, then sync, so no
+    /// write can slip in between). Not-present shadow entries stay so: a
+    /// fault on one walks the guest tables anyway.
+    pub fn sync<P: MmuPlatform + ?Sized>(&mut self, p: &mut P, gfn: u64) {
+        self.unsync.remove(&gfn);
+        let Some(f) = self.frames.get_mut(&gfn) else {
+            return;
+        };
+        if !f.unsync {
+            return;
+        }
+        f.unsync = false;
+        f.writes = 0;
+        let handles = f.tables.clone();
+        self.stats.syncs += 1;
+        self.write_protect(gfn);
+        let mut page = [0u8; 4096];
+        if p.read_phys(gfn << 12, &mut page).is_err() {
+            page = [0; 4096];
+        }
+        for h in handles {
+            let key = self.t(h).key;
+            for idx in 0..512 {
+                if self.t(h).entries[idx] & pte::P == 0 {
+                    continue;
+                }
+                let ge = guest_entry_in(&page, &key, idx);
+                self.resync_entry(h, idx, ge);
+            }
+        }
+    }
+
+    /// The guest's INVLPG of `la`: resyncs the shadow leaf that
+    /// translates `la` under the current root when its table is unsync
+    /// (the other stale entries of the table wait for the next CR3 load,
+    /// as stale TLB entries would).
+    pub fn invlpg<P: MmuPlatform + ?Sized>(&mut self, p: &mut P, la: u64) {
+        let Some(mut h) = self.root else {
+            return;
+        };
+        loop {
+            let key = self.t(h).key;
+            let idx = shadow_index(&key, la);
+            let e = self.t(h).entries[idx];
+            if e & pte::P == 0 {
+                return;
+            }
+            if key.role.level > 1 {
+                h = (e >> 12) as TableHandle;
+                continue;
+            }
+            if key.role.kind == TableKind::Guest && self.is_unsync(key.gfn) {
+                if let Some(ge) = self.guest_entry(p, &key, idx) {
+                    self.resync_entry(h, idx, ge);
+                }
+            }
+            return;
+        }
     }
 
     /// Whether the root's entries changed while it was loaded (a PAE
@@ -524,6 +663,10 @@ impl ShadowCache {
         self.by_key.insert(key, h);
         self.live += 1;
         if key.role.kind == TableKind::Guest {
+            if key.role.level > 1 && self.is_unsync(key.gfn) {
+                // Non-leaf tables are never unsync (see `try_unsync`).
+                self.sync(p, key.gfn);
+            }
             self.protect(key.gfn, h);
         }
         Ok(h)
@@ -538,6 +681,11 @@ impl ShadowCache {
             return;
         }
         f.writes = 0;
+        self.write_protect(gfn);
+    }
+
+    /// Makes every leaf that maps `gfn` read-only.
+    fn write_protect(&mut self, gfn: u64) {
         let leaves = self.rmap.get(&gfn).cloned().unwrap_or_default();
         for (t, idx) in leaves {
             let e = self.t(t).entries[usize::from(idx)];
@@ -600,6 +748,7 @@ impl ShadowCache {
                 f.tables.retain(|&x| x != h);
                 if f.tables.is_empty() {
                     self.frames.remove(&key.gfn);
+                    self.unsync.remove(&key.gfn);
                 }
             }
         }
@@ -628,6 +777,7 @@ impl ShadowCache {
         }
         self.by_key.clear();
         self.frames.clear();
+        self.unsync.clear();
         self.rmap.clear();
         self.live = 0;
         self.root = None;
@@ -1095,8 +1245,13 @@ impl ShadowCache {
             self.zap(p, h)?;
         }
         self.stats.unprotects += 1;
-        // The leaves that map the frame read-only only because it was
-        // protected become what a write fault would make them now.
+        self.writable_again(p, gfn);
+        Ok(())
+    }
+
+    /// The leaves that map `gfn` read-only only because it was protected
+    /// become what a write fault would make them now.
+    fn writable_again<P: MmuPlatform + ?Sized>(&mut self, p: &mut P, gfn: u64) {
         let leaves = self.rmap.get(&gfn).cloned().unwrap_or_default();
         for (h, idx) in leaves {
             let idx = usize::from(idx);
@@ -1117,7 +1272,6 @@ impl ShadowCache {
                 }
             }
         }
-        Ok(())
     }
 
     /// The guest entry that shadow entry `idx` of a table with `key`
@@ -1132,13 +1286,7 @@ impl ShadowCache {
         if key.role.kind != TableKind::Guest {
             return Some(0);
         }
-        // 32-bit guests' tables are split in quadrants of 512 four-byte
-        // entries (page tables) or 256 entries, two shadow PDEs each.
-        let (es, gi) = match (key.role.mode, key.role.level) {
-            (PagingMode::Bits32, 1) => (4u64, usize::from(key.role.quadrant) * 512 + idx),
-            (PagingMode::Bits32, _) => (4u64, usize::from(key.role.quadrant) * 256 + idx / 2),
-            _ => (8u64, idx),
-        };
+        let (es, gi) = guest_index(key, idx);
         let mut b = [0u8; 8];
         p.read_phys((key.gfn << 12) + gi as u64 * es, &mut b[..es as usize])
             .is_ok()
@@ -1204,6 +1352,27 @@ impl ShadowCache {
         }
         Ok(())
     }
+}
+
+/// The size and index of the guest entry that shadow entry `idx` of a
+/// guest table with `key` derives from: 32-bit guests' tables are split
+/// in quadrants of 512 four-byte entries (page tables) or 256 entries,
+/// two shadow PDEs each.
+fn guest_index(key: &ShadowKey, idx: usize) -> (u64, usize) {
+    match (key.role.mode, key.role.level) {
+        (PagingMode::Bits32, 1) => (4, usize::from(key.role.quadrant) * 512 + idx),
+        (PagingMode::Bits32, _) => (4, usize::from(key.role.quadrant) * 256 + idx / 2),
+        _ => (8, idx),
+    }
+}
+
+/// [`ShadowCache::guest_entry`] from a copy of the guest table's page.
+fn guest_entry_in(page: &[u8; 4096], key: &ShadowKey, idx: usize) -> u64 {
+    let (es, gi) = guest_index(key, idx);
+    let at = gi * es as usize;
+    let mut b = [0u8; 8];
+    b[..es as usize].copy_from_slice(&page[at..at + es as usize]);
+    u64::from_le_bytes(b)
 }
 
 const fn pte_addr() -> u64 {

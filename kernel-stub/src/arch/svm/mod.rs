@@ -10,7 +10,8 @@ use core::arch::global_asm;
 use ipc_proto::manifest::EntryMode;
 use ipc_proto::vcpu::svm_exit;
 use ipc_proto::{
-    EventKind, ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch, ABI_VERSION,
+    EventKind, ExitRecord, GuestRegs, PagingState, Resume, ResumeFlags, Segment, VcpuArch,
+    ABI_VERSION,
 };
 use kernel_stub::resume::GuestMode;
 use kernel_stub::svm_intercepts::{misc1, Intercepts};
@@ -552,6 +553,18 @@ impl Vcpu {
         }
     }
 
+    /// Turns the INVLPG intercept on or off (shadow paging: what the
+    /// mmu-server's `SET_PAGING` asks for with
+    /// `PagingState::INTERCEPT_INVLPG`).
+    fn set_invlpg_exiting(&mut self, on: bool) {
+        let bits = if on { misc1::INVLPG } else { 0 };
+        if self.intercepts.misc1 & misc1::INVLPG != bits {
+            self.intercepts.misc1 = self.intercepts.misc1 & !misc1::INVLPG | bits;
+            let other = self.vmcb.read32(INTERCEPT_MISC1) & !misc1::INVLPG;
+            self.vmcb.write32(INTERCEPT_MISC1, other | bits);
+        }
+    }
+
     /// Asks for a `kind` flush at the next entry; a wider one already
     /// asked for stays (1 everything, 3 this guest, 7 its non-global entries).
     fn flush(&mut self, kind: u8) {
@@ -578,6 +591,7 @@ impl Vcpu {
             self.vmcb.write64(CR4, r.paging.cr4);
             self.vmcb.write64(EFER, r.paging.efer | cpu::EFER_SVME);
             self.vmcb.write64(CR3, root);
+            self.set_invlpg_exiting(r.paging.flags & PagingState::INTERCEPT_INVLPG != 0);
             self.flush(if flags.contains(ResumeFlags::FLUSH_NON_GLOBAL) {
                 TLB_FLUSH_GUEST_NON_GLOBAL
             } else {
