@@ -155,6 +155,10 @@ pub struct MmuConfig {
     /// guest's INVLPG exit while the paging state asks for it
     /// (`PagingState::INTERCEPT_INVLPG`).
     pub unsync: bool,
+    /// Unsync: the protected write to a leaf table since the guest's last
+    /// flush (CR3 load, flushing CR0/CR4 write) that makes it unsync; the
+    /// earlier ones are emulated. 1: the first write.
+    pub unsync_after: u32,
 }
 
 impl Default for MmuConfig {
@@ -170,6 +174,7 @@ impl Default for MmuConfig {
             flood_threshold: 3,
             prefetch: 16,
             unsync: true,
+            unsync_after: 4,
         }
     }
 }
@@ -364,7 +369,7 @@ impl Mmu {
         );
         if cfg.mode == MmuMode::Shadow {
             cache.set_prefetch(cfg.prefetch);
-            cache.set_unsync(cfg.unsync);
+            cache.set_unsync(cfg.unsync, cfg.unsync_after);
         }
         Self {
             cache,
@@ -1128,7 +1133,7 @@ impl Mmu {
         };
         self.cache.stats.invlpg += 1;
         let la = self.linear(la);
-        self.cache.invlpg(p, la);
+        self.cache.invlpg(p);
         p.flush_tlb(Flush::Page(la));
         Ok(Action::Resume(self.advance(
             rec,

@@ -28,7 +28,10 @@
 //! Coherence: every guest frame that some cached shadow table shadows is
 //! write-protected in every shadow leaf that maps it. A guest write to
 //! such a frame is emulated by the mmu-server, which then re-derives the
-//! affected shadow entries ([`ShadowCache::guest_wrote`]).
+//! affected shadow entries ([`ShadowCache::guest_wrote`]), or, for a leaf
+//! table written often enough between flushes, makes the frame unsync
+//! ([`ShadowCache::try_unsync`]): writable, its shadow possibly stale
+//! until the guest's next flush syncs it ([`ShadowCache::sync_all`]).
 //!
 //! Prefetch (see [`ShadowCache::set_prefetch`]): a fault that fills a leaf
 //! also fills the neighbours a fault could fill — guest entries present,
@@ -218,6 +221,10 @@ struct Frame {
     /// Unsync: not write-protected, the guest writes it directly and its
     /// tables' shadow entries may be stale until [`ShadowCache::sync`].
     unsync: bool,
+    /// Protected writes to the frame since the last flush (`epoch`).
+    flush_writes: u32,
+    /// The [`ShadowCache`] epoch `flush_writes` counts in.
+    epoch: u64,
 }
 
 /// Why the cache could not do what was asked.
@@ -259,6 +266,11 @@ pub struct ShadowCache {
     flood_threshold: u32,
     /// Whether leaf page tables may go unsync ([`ShadowCache::try_unsync`]).
     allow_unsync: bool,
+    /// The protected write to a frame, counted since the last flush,
+    /// that makes it unsync (1: the first).
+    unsync_after: u32,
+    /// Flushes by the guest so far ([`ShadowCache::sync_all`] calls).
+    epoch: u64,
     /// The unsync frames.
     unsync: BTreeSet<u64>,
     /// Leaves filled per fault: the aligned group of this many entries
@@ -295,6 +307,8 @@ impl ShadowCache {
             global_pages,
             flood_threshold: flood_threshold.max(1),
             allow_unsync: false,
+            unsync_after: 1,
+            epoch: 0,
             unsync: BTreeSet::new(),
             prefetch: 0,
             cpu,
@@ -352,8 +366,11 @@ impl ShadowCache {
     /// platform where the guest's INVLPG exits while [`Self::has_unsync`]
     /// (see `PagingState::INTERCEPT_INVLPG`): an unsync table's shadow
     /// may be stale, and INVLPG must resync it ([`Self::invlpg`]).
-    pub fn set_unsync(&mut self, on: bool) {
+    /// `after`: the protected write to a frame between two guest flushes
+    /// that makes it unsync (the earlier ones are emulated).
+    pub fn set_unsync(&mut self, on: bool, after: u32) {
         self.allow_unsync = on;
+        self.unsync_after = after.max(1);
     }
 
     /// Whether some frame is unsync (INVLPG must then exit).
@@ -379,7 +396,11 @@ impl ShadowCache {
     /// two levels) stays protected: a stale non-leaf shadow entry would
     /// point to a whole wrong table, and the architecture lets a guest
     /// rely on upper-level writes without the flushes that would resync
-    /// them. False when the frame cannot go unsync.
+    /// them. Only the `unsync_after`th protected write to the frame since
+    /// the guest's last flush makes it unsync ([`Self::set_unsync`]): a
+    /// lone PTE write (a COW fault, then its INVLPG) is cheaper emulated
+    /// than paid for with INVLPG exits until the next CR3 load. False
+    /// when the frame does not go unsync.
     pub fn try_unsync<P: MmuPlatform + ?Sized>(&mut self, p: &mut P, gfn: u64) -> bool {
         if !self.allow_unsync {
             return false;
@@ -387,16 +408,22 @@ impl ShadowCache {
         let Some(f) = self.frames.get(&gfn) else {
             return false;
         };
-        if f.unsync
-            || f.tables.is_empty()
-            || f.tables.iter().any(|&h| {
+        let leaf_only = !f.tables.is_empty()
+            && f.tables.iter().all(|&h| {
                 let r = self.t(h).key.role;
-                r.level != 1 || r.kind != TableKind::Guest
-            })
-        {
+                r.level == 1 && r.kind == TableKind::Guest
+            });
+        let (epoch, after) = (self.epoch, self.unsync_after);
+        let f = self.frames.get_mut(&gfn).expect("frame");
+        if f.epoch != epoch {
+            f.epoch = epoch;
+            f.flush_writes = 0;
+        }
+        f.flush_writes += 1;
+        if f.flush_writes < after || f.unsync || !leaf_only {
             return false;
         }
-        self.frames.get_mut(&gfn).expect("frame").unsync = true;
+        f.unsync = true;
         self.unsync.insert(gfn);
         self.stats.unsyncs += 1;
         self.writable_again(p, gfn);
@@ -409,6 +436,7 @@ impl ShadowCache {
     /// keep them in a real TLB: more than the architecture asks, never
     /// less.
     pub fn sync_all<P: MmuPlatform + ?Sized>(&mut self, p: &mut P) {
+        self.epoch += 1;
         while let Some(gfn) = self.unsync.pop_first() {
             self.sync(p, gfn);
         }
@@ -448,32 +476,14 @@ impl ShadowCache {
         }
     }
 
-    /// The guest's INVLPG of `la`: resyncs the shadow leaf that
-    /// translates `la` under the current root when its table is unsync
-    /// (the other stale entries of the table wait for the next CR3 load,
-    /// as stale TLB entries would).
-    pub fn invlpg<P: MmuPlatform + ?Sized>(&mut self, p: &mut P, la: u64) {
-        let Some(mut h) = self.root else {
-            return;
-        };
-        loop {
-            let key = self.t(h).key;
-            let idx = shadow_index(&key, la);
-            let e = self.t(h).entries[idx];
-            if e & pte::P == 0 {
-                return;
-            }
-            if key.role.level > 1 {
-                h = (e >> 12) as TableHandle;
-                continue;
-            }
-            if key.role.kind == TableKind::Guest && self.is_unsync(key.gfn) {
-                if let Some(ge) = self.guest_entry(p, &key, idx) {
-                    self.resync_entry(h, idx, ge);
-                }
-            }
-            return;
-        }
+    /// The guest's INVLPG (it exits only while some frame is unsync):
+    /// syncs every unsync frame, not only the one that maps the address
+    /// (more than INVLPG asks, which is allowed). Guests flush in runs
+    /// after a run of PTE writes (munmap, mprotect: INVLPG per page), so
+    /// the first INVLPG of a run ends the episode and the interception
+    /// with it, and the rest of the run executes natively.
+    pub fn invlpg<P: MmuPlatform + ?Sized>(&mut self, p: &mut P) {
+        self.sync_all(p);
     }
 
     /// Whether the root's entries changed while it was loaded (a PAE

@@ -164,6 +164,7 @@ fn run_setup(
         mmu_cfg.prefetch = n;
     }
     mmu_cfg.unsync = setup.unsync;
+    mmu_cfg.unsync_after = 1 + (seed % 3) as u32;
     let paging_off_start = matches!(start, Start::Bits32Off | Start::PaeOff | Start::Real);
     let code_la = (fetch_code && !setup.unsync).then_some(CODE_GPA);
     let mut m = Machine::new(sim_cfg, mmu_cfg);
