@@ -1110,10 +1110,7 @@ pub fn mmu_resumes(c: &mut Campaign, shadow: bool) {
             ),
             (
                 // Bit 0 is INTERCEPT_INVLPG; bit 1 is reserved.
-                PagingState {
-                    flags: 2,
-                    ..base
-                },
+                PagingState { flags: 2, ..base },
                 "reserved-flag-2",
             ),
             (
