@@ -457,6 +457,9 @@ fn print_tables(a: &BootArgs, cmdline: &str, boots: &[Boot]) {
     let shadow = |b: &Boot| b.way == Way::Shadow;
     row("shadow faults", &|b| num(b, b.mmu("faults")));
     row("  write-protect faults", &|b| num(b, b.mmu("wp_faults")));
+    row("    writes emulated", &|b| num(b, b.mmu("emulated")));
+    row("    tables made unsync", &|b| num(b, b.mmu("unsyncs")));
+    row("unsync tables synced", &|b| num(b, b.mmu("syncs")));
     row("  injected into the guest", &|b| {
         num(b, b.mmu("guest_faults"))
     });

@@ -1000,7 +1000,7 @@ pub fn mmu_resumes(c: &mut Campaign, shadow: bool) {
         cr4: 0x20,
         efer: 0,
         root: l3,
-        reserved: 0,
+        flags: 0,
     };
     let paging = |c: &mut Campaign, must: Must, p: PagingState, why: fmt::Arguments| {
         let mut r = base_resume(ResumeFlags::SET_PAGING);
@@ -1010,8 +1010,8 @@ pub fn mmu_resumes(c: &mut Campaign, shadow: bool) {
             cl,
             must,
             format_args!(
-                "set-paging {why} cr0={:#x} cr4={:#x} efer={:#x} root={} reserved={}",
-                p.cr0, p.cr4, p.efer, p.root, p.reserved
+                "set-paging {why} cr0={:#x} cr4={:#x} efer={:#x} root={} flags={}",
+                p.cr0, p.cr4, p.efer, p.root, p.flags
             ),
             || resume(&r),
         );
@@ -1110,11 +1110,9 @@ pub fn mmu_resumes(c: &mut Campaign, shadow: bool) {
                 "root-handle-max",
             ),
             (
-                PagingState {
-                    reserved: 1,
-                    ..base
-                },
-                "reserved-1",
+                // Bit 0 is INTERCEPT_INVLPG; bit 1 is reserved.
+                PagingState { flags: 2, ..base },
+                "reserved-flag-2",
             ),
             (
                 PagingState {
@@ -1156,19 +1154,19 @@ pub fn mmu_resumes(c: &mut Campaign, shadow: bool) {
         }
     }
     // The nested root: a live level-4 table, under nested paging only.
-    for (root, reserved, why) in [
+    for (root, flags, why) in [
         (l3, 0u32, "level-3"),
         (l2, 0, "level-2"),
         (l1, 0, "level-1"),
         (dead, 0, "freed-table"),
         (u32::MAX, 0, "u32-max"),
         (MAX_SHADOW_TABLES, 0, "handle-max"),
-        (l4, 1, "reserved-1"),
+        (l4, 1, "flags-1"),
     ] {
         let mut r = base_resume(ResumeFlags::SET_NESTED_ROOT);
         r.paging = PagingState {
             root,
-            reserved,
+            flags,
             ..Default::default()
         };
         c.attempt(
@@ -1280,7 +1278,7 @@ pub fn vmm_resumes(c: &mut Campaign, shadow: bool) {
             cr4: if shadow { 0x20 } else { 0x20 | bit },
             efer: 0,
             root,
-            reserved: 0,
+            flags: 0,
         };
         refuse(
             c,
@@ -1782,7 +1780,8 @@ pub fn mmu_random(c: &mut Campaign, base: PagingState, first: ExitRecord) -> Exi
             }
         }
         if c.one_in(40) {
-            p.reserved = 1;
+            // A reserved flag (bit 0, INTERCEPT_INVLPG, is allowed).
+            p.flags = 2 << c.below(30);
             forbidden = Some("paging-reserved");
         }
         // The oracle, from the ABI: PG and PAE set, PE with LME, LMA =
@@ -1835,12 +1834,12 @@ pub fn mmu_random(c: &mut Campaign, base: PagingState, first: ExitRecord) -> Exi
             cl,
             must,
             format_args!(
-                "set-paging cr0={:#x} cr4={:#x} efer={:#x} root={} reserved={} flags={:#x} cr2={:#x} pdpte3={:#x} forbidden={}",
+                "set-paging cr0={:#x} cr4={:#x} efer={:#x} root={} paging-flags={:#x} flags={:#x} cr2={:#x} pdpte3={:#x} forbidden={}",
                 p.cr0,
                 p.cr4,
                 p.efer,
                 p.root,
-                p.reserved,
+                p.flags,
                 r.flags,
                 r.cr2,
                 pdpte.unwrap_or(0),
@@ -2079,7 +2078,7 @@ pub fn vmm_random(c: &mut Campaign, first: ExitRecord, tsc_hz: u64, shadow: bool
                 cr4: if shadow { 0x20 } else { 0x20 | bit },
                 efer: 0,
                 root: c.below(4) as u32,
-                reserved: 0,
+                flags: 0,
             };
             forbidden = Some("set-paging-from-the-vmm-server");
         }
@@ -2278,7 +2277,7 @@ pub fn restart(c: &mut Campaign, old: &[u64], control: GuestControl, shadow: boo
             cr4: control.cr4,
             efer: control.efer,
             root: u32::try_from(root).unwrap_or(u32::MAX),
-            reserved: 0,
+            flags: 0,
         };
         c.attempt(
             cl,

@@ -138,6 +138,12 @@ pub struct MmuStats {
     pub npf: u64,
     /// Shadow leaves filled ahead of a fault on them (PTE prefetch).
     pub prefetched: u64,
+    /// Leaf page tables made writable (unsync) by a guest write instead
+    /// of having the write emulated.
+    pub unsyncs: u64,
+    /// Unsync page tables resynchronized and write-protected again (at a
+    /// CR3 load, a flushing CR0/CR4 write, or before a non-leaf use).
+    pub syncs: u64,
 }
 
 impl core::fmt::Display for MmuStats {
@@ -145,7 +151,7 @@ impl core::fmt::Display for MmuStats {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "mmu: faults={} guest_faults={} mmio={} spurious={} hits={} misses={} live={} evictions={} wp_faults={} emulated={} unprotects={} resyncs={} cr3_loads={} root_hits={} invlpg={} cr={} installs={} batches={} flushes={} npf={} prefetched={}",
+            "mmu: faults={} guest_faults={} mmio={} spurious={} hits={} misses={} live={} evictions={} wp_faults={} emulated={} unprotects={} resyncs={} cr3_loads={} root_hits={} invlpg={} cr={} installs={} batches={} flushes={} npf={} prefetched={} unsyncs={} syncs={}",
             self.shadow_faults,
             self.guest_faults,
             self.mmio,
@@ -167,6 +173,8 @@ impl core::fmt::Display for MmuStats {
             self.tlb_flushes,
             self.npf,
             self.prefetched,
+            self.unsyncs,
+            self.syncs,
         )
     }
 }
@@ -178,11 +186,12 @@ mod tests {
 
     #[test]
     fn mmu_stats_are_plain_u64s() {
-        assert_eq!(size_of::<MmuStats>(), 21 * 8);
+        assert_eq!(size_of::<MmuStats>(), 23 * 8);
         assert_eq!(offset_of!(MmuStats, shadow_faults), 0);
         assert_eq!(offset_of!(MmuStats, hits), 32);
         assert_eq!(offset_of!(MmuStats, npf), 152);
         assert_eq!(offset_of!(MmuStats, prefetched), 160);
+        assert_eq!(offset_of!(MmuStats, syncs), 176);
     }
 
     #[test]

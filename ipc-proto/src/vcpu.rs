@@ -287,7 +287,7 @@ wire! {
     /// The paging state the hardware runs a shadowed guest with. The guest's
     /// own CR0/CR3/CR4/EFER are the mmu-server's business (it intercepts
     /// them); these are what the CPU really uses. With
-    /// [`ResumeFlags::SET_NESTED_ROOT`] only `root` (and `reserved`) count.
+    /// [`ResumeFlags::SET_NESTED_ROOT`] only `root` (and `flags`) count.
     pub struct PagingState {
         /// Hardware CR0: PG must be set (the guest always runs on shadow
         /// tables; SVM allows paging with PE clear, "paged real mode").
@@ -299,9 +299,18 @@ wire! {
         pub efer: u64,
         /// The shadow root ([`crate::mmu::TableHandle`]).
         pub root: u32,
-        /// Reserved, zero.
-        pub reserved: u32,
+        /// [`PagingState::INTERCEPT_INVLPG`] (shadow paging), other bits
+        /// zero; zero with `SET_NESTED_ROOT`.
+        pub flags: u32,
     }
+}
+
+impl PagingState {
+    /// Shadow paging: the guest's INVLPG exits (to the mmu-server) until
+    /// the next `SET_PAGING` without this bit. The mmu-server asks for it
+    /// while some guest page table is unsynchronized (writable, its
+    /// shadow possibly stale), when it must resync at the guest's INVLPG.
+    pub const INTERCEPT_INVLPG: u32 = 1;
 }
 
 /// Kinds of injectable events (the TYPE field of SVM EVENTINJ, APM vol. 2, 15.20).
@@ -502,6 +511,7 @@ mod tests {
         assert_eq!(offset_of!(PagingState, cr4), 8);
         assert_eq!(offset_of!(PagingState, efer), 16);
         assert_eq!(offset_of!(PagingState, root), 24);
+        assert_eq!(offset_of!(PagingState, flags), 28);
     }
 
     #[test]

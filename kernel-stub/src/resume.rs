@@ -169,7 +169,7 @@ pub fn validate_paging(
         && p.cr4 & cr4::PAE != 0
         && (p.efer & efer::LMA != 0) == lme
         && !(lme && mode.cs_l && mode.cs_d)
-        && p.reserved == 0
+        && p.flags & !PagingState::INTERCEPT_INVLPG == 0
         && root_level(p.root) == Some(want_level);
     if ok {
         Ok(())
@@ -217,7 +217,7 @@ pub fn validate_nested_root(
     p: &PagingState,
     root_level: impl Fn(u32) -> Option<u8>,
 ) -> Result<(), ErrorCode> {
-    if p.reserved == 0 && root_level(p.root) == Some(4) {
+    if p.flags == 0 && root_level(p.root) == Some(4) {
         Ok(())
     } else {
         Err(ErrorCode::ResumeBadPaging)
@@ -412,7 +412,7 @@ mod tests {
         cr4: cr4::PAE,
         efer: 0,
         root: 1,
-        reserved: 0,
+        flags: 0,
     };
     const LONG_PAGING: PagingState = PagingState {
         efer: efer::LME | efer::LMA,
@@ -636,6 +636,11 @@ mod tests {
             ..PAE
         };
         assert_eq!(paging(&paged_real_mode, &SHADOW), Ok(()));
+        let invlpg_exits = PagingState {
+            flags: PagingState::INTERCEPT_INVLPG,
+            ..PAE
+        };
+        assert_eq!(paging(&invlpg_exits, &SHADOW), Ok(()));
         for bad in [
             PagingState { cr0: 0x11, ..PAE },
             PagingState { cr4: 0, ..PAE },
@@ -653,7 +658,11 @@ mod tests {
                 cr0: PAE.cr0 | 1 << 32,
                 ..PAE
             },
-            PagingState { reserved: 1, ..PAE },
+            PagingState { flags: 2, ..PAE },
+            PagingState {
+                flags: 1 << 31,
+                ..PAE
+            },
         ] {
             assert_eq!(
                 paging(&bad, &SHADOW),
@@ -834,9 +843,9 @@ mod tests {
 
     #[test]
     fn the_nested_root_is_a_level_4_table_and_only_for_nested_paging() {
-        let root = |root, reserved| PagingState {
+        let root = |root, flags| PagingState {
             root,
-            reserved,
+            flags,
             ..Default::default()
         };
         assert_eq!(validate_nested_root(&root(2, 0), level), Ok(()));
@@ -859,13 +868,13 @@ mod tests {
         (
             (any::<u32>(), any::<u64>(), any::<u64>(), any::<bool>()),
             (any::<[u8; 4]>(), any::<u32>()),
-            (any::<u64>(), any::<u64>(), any::<u64>(), 0u32..4, 0u32..2),
+            (any::<u64>(), any::<u64>(), any::<u64>(), 0u32..4, 0u32..4),
         )
             .prop_map(
                 |(
                     (flags, rip, rflags, right_abi),
                     ([vector, kind, has_error_code, reserved], error_code),
-                    (cr0, cr4, efer, root, paging_reserved),
+                    (cr0, cr4, efer, root, paging_flags),
                 )| Resume {
                     abi_version: if right_abi {
                         ABI_VERSION
@@ -891,7 +900,7 @@ mod tests {
                         cr4: PAE.cr4 | 1 << (cr4 % 64) | cr4 >> 62,
                         efer: efer & 0xffff,
                         root,
-                        reserved: paging_reserved,
+                        flags: paging_flags,
                     },
                     ..Default::default()
                 },

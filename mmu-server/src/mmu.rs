@@ -149,6 +149,17 @@ pub struct MmuConfig {
     /// valid — writable only if the guest entry is writable and dirty.
     /// 0 or 1 turns it off.
     pub prefetch: usize,
+    /// Unsync leaf page tables (shadow mode; see the README): a write to a
+    /// protected guest PT makes it writable instead of being emulated,
+    /// and its shadow is resynced at the next CR3 load, flushing CR0/CR4
+    /// write or INVLPG of an address it maps. The platform must make the
+    /// guest's INVLPG exit while the paging state asks for it
+    /// (`PagingState::INTERCEPT_INVLPG`).
+    pub unsync: bool,
+    /// Unsync: the protected write to a leaf table since the guest's last
+    /// flush (CR3 load, flushing CR0/CR4 write) that makes it unsync; the
+    /// earlier ones are emulated. 1: the first write.
+    pub unsync_after: u32,
 }
 
 impl Default for MmuConfig {
@@ -163,6 +174,8 @@ impl Default for MmuConfig {
             global_pages: true,
             flood_threshold: 3,
             prefetch: 16,
+            unsync: true,
+            unsync_after: 4,
         }
     }
 }
@@ -354,6 +367,7 @@ impl Mmu {
         );
         if cfg.mode == MmuMode::Shadow {
             cache.set_prefetch(cfg.prefetch);
+            cache.set_unsync(cfg.unsync, cfg.unsync_after);
         }
         Self {
             cache,
@@ -455,7 +469,11 @@ impl Mmu {
             efer: (c.efer & !(efer::LME | efer::LMA))
                 | if long { efer::LME | efer::LMA } else { 0 },
             root,
-            reserved: 0,
+            flags: if self.cache.has_unsync() {
+                PagingState::INTERCEPT_INVLPG
+            } else {
+                0
+            },
         })
     }
 
@@ -511,6 +529,9 @@ impl Mmu {
                 self.cache.flush_installs(p)?;
                 self.load_hw(true, false);
                 self.cache.take_root_changed();
+            } else {
+                // INVLPG interception follows whether any table is unsync.
+                self.load_hw(false, false);
             }
         }
         self.cache.finish(p)?;
@@ -682,6 +703,13 @@ impl Mmu {
         }
         let gfn = t.gpa >> 12;
         let protected_write = fault.write && self.cache.is_protected(gfn);
+        if protected_write && self.cache.try_unsync(p, gfn) {
+            // The write runs natively once the leaf is writable.
+            self.cache.stats.wp_faults += 1;
+            self.spurious = (0, 0);
+            self.cache.fill(p, la, &t, fault)?;
+            return Ok(Action::Resume(Self::retry(rec)));
+        }
         let changed = self.cache.fill(p, la, &t, fault)?;
         if protected_write {
             self.cache.stats.wp_faults += 1;
@@ -1045,15 +1073,19 @@ impl Mmu {
         let cpu = self.cfg.cpu;
         let rebuild =
             cr3_load || root_key(&old, &cpu) != root_key(&new, &cpu) || old.pdptes != new.pdptes;
+        let flush_all = (old.cr4 ^ new.cr4) & (cr4::PGE | cr4::PAE | cr4::PSE) != 0
+            || (old.cr0 ^ new.cr0) & (cr0::PG | cr0::WP) != 0
+            || (old.efer ^ new.efer) & (efer::NXE | efer::LMA) != 0;
+        if rebuild || flush_all {
+            // The guest flushes its TLB: no stale translation may stay.
+            self.cache.sync_all(p);
+        }
         if rebuild && self.cfg.mode == MmuMode::Baseline {
             self.cache.zap_all(p)?;
         }
         if rebuild || self.cache.root().is_none() {
             self.cache.switch_root(p, &new)?;
         }
-        let flush_all = (old.cr4 ^ new.cr4) & (cr4::PGE | cr4::PAE | cr4::PSE) != 0
-            || (old.cr0 ^ new.cr0) & (cr0::PG | cr0::WP) != 0
-            || (old.efer ^ new.efer) & (efer::NXE | efer::LMA) != 0;
         if flush_all {
             self.cache.request_flush();
         }
@@ -1091,7 +1123,9 @@ impl Mmu {
             (la, i.len() as u64)
         };
         self.cache.stats.invlpg += 1;
-        p.flush_tlb(Flush::Page(self.linear(la)));
+        let la = self.linear(la);
+        self.cache.invlpg(p);
+        p.flush_tlb(Flush::Page(la));
         Ok(Action::Resume(self.advance(
             rec,
             len,

@@ -200,12 +200,27 @@ pub fn config(boot: &BootInfo, decode_assists: bool, extra_cr4: u64) -> MmuConfi
         cr4_supported: cr4::SUPPORTED | extra_cr4,
         ..CpuModel::default()
     };
+    // Built with SPLITVISOR_MMU_UNSYNC=0 every write to a protected page
+    // table is emulated, as before unsync; with =N the Nth write between
+    // flushes makes a leaf table unsync (before/after figures from one
+    // tree).
+    let d = MmuConfig::default();
+    let (unsync, unsync_after) = match option_env!("SPLITVISOR_MMU_UNSYNC") {
+        Some(v) => match v.parse::<u32>() {
+            Ok(0) => (false, d.unsync_after),
+            Ok(n) => (true, n),
+            Err(_) => (d.unsync, d.unsync_after),
+        },
+        None => (d.unsync, d.unsync_after),
+    };
     MmuConfig {
         decode_assists,
         mode,
         nested,
         cpu,
-        ..MmuConfig::default()
+        unsync,
+        unsync_after,
+        ..d
     }
 }
 

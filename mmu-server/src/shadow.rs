@@ -28,7 +28,10 @@
 //! Coherence: every guest frame that some cached shadow table shadows is
 //! write-protected in every shadow leaf that maps it. A guest write to
 //! such a frame is emulated by the mmu-server, which then re-derives the
-//! affected shadow entries ([`ShadowCache::guest_wrote`]).
+//! affected shadow entries ([`ShadowCache::guest_wrote`]), or, for a leaf
+//! table written often enough between flushes, makes the frame unsync
+//! ([`ShadowCache::try_unsync`]): writable, its shadow possibly stale
+//! until the guest's next flush syncs it ([`ShadowCache::sync_all`]).
 //!
 //! Prefetch (see [`ShadowCache::set_prefetch`]): a fault that fills a leaf
 //! also fills the neighbours a fault could fill — guest entries present,
@@ -37,7 +40,7 @@
 //! equals the guest's tables, A/D bits included, with fewer faults.
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use ipc_proto::mmu::{Install, TableHandle, INSTALL_BATCH_MAX, MAX_SHADOW_TABLES};
@@ -215,6 +218,13 @@ struct Frame {
     tables: Vec<TableHandle>,
     /// Emulated writes since a walk last used the frame as a table.
     writes: u32,
+    /// Unsync: not write-protected, the guest writes it directly and its
+    /// tables' shadow entries may be stale until [`ShadowCache::sync`].
+    unsync: bool,
+    /// Protected writes to the frame since the last flush (`epoch`).
+    flush_writes: u32,
+    /// The [`ShadowCache`] epoch `flush_writes` counts in.
+    epoch: u64,
 }
 
 /// Why the cache could not do what was asked.
@@ -254,6 +264,15 @@ pub struct ShadowCache {
     ram_frames: u64,
     global_pages: bool,
     flood_threshold: u32,
+    /// Whether leaf page tables may go unsync ([`ShadowCache::try_unsync`]).
+    allow_unsync: bool,
+    /// The protected write to a frame, counted since the last flush,
+    /// that makes it unsync (1: the first).
+    unsync_after: u32,
+    /// Flushes by the guest so far ([`ShadowCache::sync_all`] calls).
+    epoch: u64,
+    /// The unsync frames.
+    unsync: BTreeSet<u64>,
     /// Leaves filled per fault: the aligned group of this many entries
     /// around the faulting one (0 or 1: the faulting entry only).
     prefetch: usize,
@@ -287,6 +306,10 @@ impl ShadowCache {
             ram_frames: ram_bytes >> 12,
             global_pages,
             flood_threshold: flood_threshold.max(1),
+            allow_unsync: false,
+            unsync_after: 1,
+            epoch: 0,
+            unsync: BTreeSet::new(),
             prefetch: 0,
             cpu,
             stats: MmuStats::default(),
@@ -332,9 +355,135 @@ impl ShadowCache {
     }
 
     /// Whether guest frame `gfn` is write-protected (some cached table
-    /// shadows it).
+    /// shadows it and it is not unsync).
     pub fn is_protected(&self, gfn: u64) -> bool {
-        self.frames.get(&gfn).is_some_and(|f| !f.tables.is_empty())
+        self.frames
+            .get(&gfn)
+            .is_some_and(|f| !f.tables.is_empty() && !f.unsync)
+    }
+
+    /// Lets leaf page tables go unsync ([`Self::try_unsync`]). Only for a
+    /// platform where the guest's INVLPG exits while [`Self::has_unsync`]
+    /// (see `PagingState::INTERCEPT_INVLPG`): an unsync table's shadow
+    /// may be stale, and INVLPG must resync it ([`Self::invlpg`]).
+    /// `after`: the protected write to a frame between two guest flushes
+    /// that makes it unsync (the earlier ones are emulated).
+    pub fn set_unsync(&mut self, on: bool, after: u32) {
+        self.allow_unsync = on;
+        self.unsync_after = after.max(1);
+    }
+
+    /// Whether some frame is unsync (INVLPG must then exit).
+    pub fn has_unsync(&self) -> bool {
+        !self.unsync.is_empty()
+    }
+
+    /// Whether guest frame `gfn` is unsync.
+    pub fn is_unsync(&self, gfn: u64) -> bool {
+        self.unsync.contains(&gfn)
+    }
+
+    /// The guest wrote (or is about to write) write-protected frame
+    /// `gfn`: when every table that shadows it is a guest *leaf* table
+    /// (level 1: a PT, or a 32-bit PT's quadrants), the frame goes unsync
+    /// instead of the write being emulated: its protection is lifted (the
+    /// leaves that map it become what a fault would make them: writable
+    /// where the guest entry is writable and dirty) and the guest writes
+    /// it natively from now on. Its shadow entries are brought up to date
+    /// at the next [`Self::sync_all`] (CR3 load, flushing CR0/CR4 write),
+    /// at [`Self::invlpg`] of an address they map, or before the frame is
+    /// shadowed as a non-leaf table. A frame used as a non-leaf (or at
+    /// two levels) stays protected: a stale non-leaf shadow entry would
+    /// point to a whole wrong table, and the architecture lets a guest
+    /// rely on upper-level writes without the flushes that would resync
+    /// them. Only the `unsync_after`th protected write to the frame since
+    /// the guest's last flush makes it unsync ([`Self::set_unsync`]): a
+    /// lone PTE write (a COW fault, then its INVLPG) is cheaper emulated
+    /// than paid for with INVLPG exits until the next CR3 load. False
+    /// when the frame does not go unsync.
+    pub fn try_unsync<P: MmuPlatform + ?Sized>(&mut self, p: &mut P, gfn: u64) -> bool {
+        if !self.allow_unsync {
+            return false;
+        }
+        let Some(f) = self.frames.get(&gfn) else {
+            return false;
+        };
+        let leaf_only = !f.tables.is_empty()
+            && f.tables.iter().all(|&h| {
+                let r = self.t(h).key.role;
+                r.level == 1 && r.kind == TableKind::Guest
+            });
+        let (epoch, after) = (self.epoch, self.unsync_after);
+        let f = self.frames.get_mut(&gfn).expect("frame");
+        if f.epoch != epoch {
+            f.epoch = epoch;
+            f.flush_writes = 0;
+        }
+        f.flush_writes += 1;
+        if f.flush_writes < after || f.unsync || !leaf_only {
+            return false;
+        }
+        f.unsync = true;
+        self.unsync.insert(gfn);
+        self.stats.unsyncs += 1;
+        self.writable_again(p, gfn);
+        true
+    }
+
+    /// Resyncs every unsync frame and write-protects it again (a CR3
+    /// load or a full TLB flush: every stale translation must go).
+    /// Global translations are resynced too, although a CR3 load would
+    /// keep them in a real TLB: more than the architecture asks, never
+    /// less.
+    pub fn sync_all<P: MmuPlatform + ?Sized>(&mut self, p: &mut P) {
+        self.epoch += 1;
+        while let Some(gfn) = self.unsync.pop_first() {
+            self.sync(p, gfn);
+        }
+    }
+
+    /// Brings the shadow entries of every table of unsync frame `gfn` up
+    /// to date with the guest's entries and write-protects the frame
+    /// again (as KVM's `mmu_sync_children`: protect, then sync, so no
+    /// write can slip in between). Not-present shadow entries stay so: a
+    /// fault on one walks the guest tables anyway.
+    pub fn sync<P: MmuPlatform + ?Sized>(&mut self, p: &mut P, gfn: u64) {
+        self.unsync.remove(&gfn);
+        let Some(f) = self.frames.get_mut(&gfn) else {
+            return;
+        };
+        if !f.unsync {
+            return;
+        }
+        f.unsync = false;
+        f.writes = 0;
+        let handles = f.tables.clone();
+        self.stats.syncs += 1;
+        self.write_protect(gfn);
+        let mut page = [0u8; 4096];
+        if p.read_phys(gfn << 12, &mut page).is_err() {
+            page = [0; 4096];
+        }
+        for h in handles {
+            let key = self.t(h).key;
+            for idx in 0..512 {
+                if self.t(h).entries[idx] & pte::P == 0 {
+                    continue;
+                }
+                let ge = guest_entry_in(&page, &key, idx);
+                self.resync_entry(h, idx, ge);
+            }
+        }
+    }
+
+    /// The guest's INVLPG (it exits only while some frame is unsync):
+    /// syncs every unsync frame, not only the one that maps the address
+    /// (more than INVLPG asks, which is allowed). Guests flush in runs
+    /// after a run of PTE writes (munmap, mprotect: INVLPG per page), so
+    /// the first INVLPG of a run ends the episode and the interception
+    /// with it, and the rest of the run executes natively.
+    pub fn invlpg<P: MmuPlatform + ?Sized>(&mut self, p: &mut P) {
+        self.sync_all(p);
     }
 
     /// Whether the root's entries changed while it was loaded (a PAE
@@ -524,6 +673,10 @@ impl ShadowCache {
         self.by_key.insert(key, h);
         self.live += 1;
         if key.role.kind == TableKind::Guest {
+            if key.role.level > 1 && self.is_unsync(key.gfn) {
+                // Non-leaf tables are never unsync (see `try_unsync`).
+                self.sync(p, key.gfn);
+            }
             self.protect(key.gfn, h);
         }
         Ok(h)
@@ -538,6 +691,11 @@ impl ShadowCache {
             return;
         }
         f.writes = 0;
+        self.write_protect(gfn);
+    }
+
+    /// Makes every leaf that maps `gfn` read-only.
+    fn write_protect(&mut self, gfn: u64) {
         let leaves = self.rmap.get(&gfn).cloned().unwrap_or_default();
         for (t, idx) in leaves {
             let e = self.t(t).entries[usize::from(idx)];
@@ -600,6 +758,7 @@ impl ShadowCache {
                 f.tables.retain(|&x| x != h);
                 if f.tables.is_empty() {
                     self.frames.remove(&key.gfn);
+                    self.unsync.remove(&key.gfn);
                 }
             }
         }
@@ -628,6 +787,7 @@ impl ShadowCache {
         }
         self.by_key.clear();
         self.frames.clear();
+        self.unsync.clear();
         self.rmap.clear();
         self.live = 0;
         self.root = None;
@@ -1095,8 +1255,13 @@ impl ShadowCache {
             self.zap(p, h)?;
         }
         self.stats.unprotects += 1;
-        // The leaves that map the frame read-only only because it was
-        // protected become what a write fault would make them now.
+        self.writable_again(p, gfn);
+        Ok(())
+    }
+
+    /// The leaves that map `gfn` read-only only because it was protected
+    /// become what a write fault would make them now.
+    fn writable_again<P: MmuPlatform + ?Sized>(&mut self, p: &mut P, gfn: u64) {
         let leaves = self.rmap.get(&gfn).cloned().unwrap_or_default();
         for (h, idx) in leaves {
             let idx = usize::from(idx);
@@ -1117,7 +1282,6 @@ impl ShadowCache {
                 }
             }
         }
-        Ok(())
     }
 
     /// The guest entry that shadow entry `idx` of a table with `key`
@@ -1132,13 +1296,7 @@ impl ShadowCache {
         if key.role.kind != TableKind::Guest {
             return Some(0);
         }
-        // 32-bit guests' tables are split in quadrants of 512 four-byte
-        // entries (page tables) or 256 entries, two shadow PDEs each.
-        let (es, gi) = match (key.role.mode, key.role.level) {
-            (PagingMode::Bits32, 1) => (4u64, usize::from(key.role.quadrant) * 512 + idx),
-            (PagingMode::Bits32, _) => (4u64, usize::from(key.role.quadrant) * 256 + idx / 2),
-            _ => (8u64, idx),
-        };
+        let (es, gi) = guest_index(key, idx);
         let mut b = [0u8; 8];
         p.read_phys((key.gfn << 12) + gi as u64 * es, &mut b[..es as usize])
             .is_ok()
@@ -1204,6 +1362,27 @@ impl ShadowCache {
         }
         Ok(())
     }
+}
+
+/// The size and index of the guest entry that shadow entry `idx` of a
+/// guest table with `key` derives from: 32-bit guests' tables are split
+/// in quadrants of 512 four-byte entries (page tables) or 256 entries,
+/// two shadow PDEs each.
+fn guest_index(key: &ShadowKey, idx: usize) -> (u64, usize) {
+    match (key.role.mode, key.role.level) {
+        (PagingMode::Bits32, 1) => (4, usize::from(key.role.quadrant) * 512 + idx),
+        (PagingMode::Bits32, _) => (4, usize::from(key.role.quadrant) * 256 + idx / 2),
+        _ => (8, idx),
+    }
+}
+
+/// [`ShadowCache::guest_entry`] from a copy of the guest table's page.
+fn guest_entry_in(page: &[u8; 4096], key: &ShadowKey, idx: usize) -> u64 {
+    let (es, gi) = guest_index(key, idx);
+    let at = gi * es as usize;
+    let mut b = [0u8; 8];
+    b[..es as usize].copy_from_slice(&page[at..at + es as usize]);
+    u64::from_le_bytes(b)
 }
 
 const fn pte_addr() -> u64 {

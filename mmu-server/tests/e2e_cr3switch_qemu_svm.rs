@@ -16,8 +16,8 @@ use splitvisor::e2e::boot_with_mmu as boot;
 const SWITCHES: u64 = 4000;
 
 /// Boots `guest` with NPT and with shadow paging: both pass, with the same
-/// checksum; the shadow run took every CR3 load (INVLPG is not intercepted),
-/// and its cache survived the switches (a handful of shadow faults per
+/// checksum; the shadow run took every CR3 load, INVLPG exited only while
+/// a leaf table was unsync, and its cache survived the switches (a handful of shadow faults per
 /// switch with the PTE edits, almost none without, where the 2006 baseline
 /// takes one per touched page, 64 and more).
 fn npt_and_shadow_agree(guest: &str, edits: bool) {
@@ -34,9 +34,16 @@ fn npt_and_shadow_agree(guest: &str, edits: bool) {
     );
     let loads = shadow.mmu_figure("cr3_loads");
     assert!(loads >= SWITCHES, "cr3_loads={loads}");
-    // The guest's INVLPGs after its PTE edits run natively (the stub does
-    // not intercept INVLPG): the equal checksums show that they suffice.
-    assert_eq!(shadow.mmu_figure("invlpg"), 0);
+    // INVLPG exits only while some table is unsync (the edits come one or
+    // two per table between CR3 loads, fewer than `unsync_after`, so they
+    // are emulated); otherwise the guest's own INVLPG runs natively, and
+    // the equal checksums show that it suffices.
+    let (unsyncs, invlpg) = (shadow.mmu_figure("unsyncs"), shadow.mmu_figure("invlpg"));
+    assert!(
+        invlpg == 0 || unsyncs > 0,
+        "unsyncs={unsyncs} invlpg={invlpg}"
+    );
+    assert_eq!(shadow.mmu_figure("syncs"), unsyncs);
     assert!(shadow.mmu_figure("root_hits") >= SWITCHES - 16);
     let faults = shadow.mmu_figure("faults");
     let most = if edits { 16 * SWITCHES } else { SWITCHES };

@@ -14,7 +14,9 @@
 //!   simulated hardware, whose walks must stay isolated; and its pure
 //!   instruction decoders (`mmu_server::insn`) on the records' bytes.
 
-use ipc_proto::{EventKind, ExitRecord, GuestRegs, Resume, ResumeFlags, VcpuArch, ABI_VERSION};
+use ipc_proto::{
+    EventKind, ExitRecord, GuestRegs, PagingState, Resume, ResumeFlags, VcpuArch, ABI_VERSION,
+};
 use mmu_server::walk::GuestMemory;
 use mmu_server::{insn, Action, GuestCtl, Mmu, MmuConfig, MmuPlatform};
 use zerocopy::FromBytes;
@@ -121,7 +123,7 @@ pub fn resume_bytes(data: &[u8]) {
         );
     }
     if set_paging && mode.shadow {
-        assert_eq!(p.reserved, 0);
+        assert_eq!(p.flags & !PagingState::INTERCEPT_INVLPG, 0);
         let hw = entry_mode(&cpu, p).unwrap_or_else(|e| {
             panic!("accepted paging state {p:x?} fails VM entry on {cpu:x?}: {e}")
         });
@@ -155,7 +157,7 @@ pub fn resume_bytes(data: &[u8]) {
             "SET_NESTED_ROOT accepted for a shadowed guest"
         );
         assert_eq!(root_level(p.root), Some(4));
-        assert_eq!(p.reserved, 0);
+        assert_eq!(p.flags, 0);
     }
     let lma = if set_paging && mode.shadow {
         p.efer & efer::LMA != 0

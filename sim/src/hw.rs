@@ -393,7 +393,7 @@ mod tests {
             cr4,
             efer,
             root: 0,
-            reserved: 0,
+            flags: 0,
         }
     }
 

@@ -35,8 +35,8 @@ pub enum HostileOp {
         cr4: u64,
         /// EFER.
         efer: u64,
-        /// The reserved word of the paging state.
-        reserved: u32,
+        /// The flags word of the paging state.
+        flags: u32,
         /// With `FLUSH_NON_GLOBAL`.
         non_global: bool,
     },
@@ -121,7 +121,7 @@ impl HostileOp {
             cr0: BASE_CR0,
             cr4: BASE_CR4,
             efer: base_efer(long),
-            reserved: 0,
+            flags: 0,
             non_global: false,
         }
     }
@@ -224,11 +224,11 @@ pub fn run_with(format: TableFormat, ops: &[HostileOp]) -> Result<HostileReport,
                 cr0,
                 cr4,
                 efer,
-                reserved,
+                flags,
                 non_global,
             } if shadow_ok => {
                 let before = sim.counters;
-                let flags = if *non_global {
+                let load_flags = if *non_global {
                     ResumeFlags::SET_PAGING | ResumeFlags::FLUSH_NON_GLOBAL
                 } else {
                     ResumeFlags::SET_PAGING
@@ -239,9 +239,9 @@ pub fn run_with(format: TableFormat, ops: &[HostileOp]) -> Result<HostileReport,
                         cr4: *cr4,
                         efer: *efer,
                         root: pick(&handles, *root),
-                        reserved: *reserved,
+                        flags: *flags,
                     },
-                    flags,
+                    load_flags,
                 );
                 report.loads += sim.counters.loads - before.loads;
                 report.loads_refused += sim.counters.paging_refused - before.paging_refused;
@@ -318,7 +318,8 @@ pub fn decode_ops(data: &[u8]) -> Vec<HostileOp> {
                     cr0: BASE_CR0 ^ word(0),
                     cr4: BASE_CR4 ^ word(8),
                     efer: base_efer(long) ^ word(16),
-                    reserved: u32::from(ch[3] >> 2 == 0x3f),
+                    // INTERCEPT_INVLPG, or a bit that is still reserved.
+                    flags: u32::from(ch[3] >> 2) & 3,
                     non_global: ch[3] & 2 != 0,
                 }
             }

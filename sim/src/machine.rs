@@ -5,7 +5,7 @@
 //! stub's own `kernel_stub::resume::validate` and applied.
 
 use ipc_proto::exit::svm_exit;
-use ipc_proto::{ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch};
+use ipc_proto::{ExitRecord, GuestRegs, PagingState, Resume, ResumeFlags, Segment, VcpuArch};
 use mmu_server::regs::{cr0, efer};
 use mmu_server::walk::{Access, GuestMemory, NotRam, WalkError};
 use mmu_server::{ctl, Action, Flush, GuestCtl, Mmu, MmuConfig, MmuMode, MmuPlatform, PagingMode};
@@ -119,9 +119,11 @@ pub struct Machine {
     /// Exits carry the GPR (CR accesses), the address (INVLPG) and the
     /// instruction bytes (#PF), as SVM decode assists do.
     pub decode_assists: bool,
-    /// INVLPG exits to the mmu-server. The native stubs do not intercept
-    /// it (the guest's INVLPG flushes the hardware TLB itself), and neither
-    /// does the machine unless this is set.
+    /// INVLPG always exits to the mmu-server. The native stubs intercept
+    /// it only while the loaded paging state asks for it
+    /// (`PagingState::INTERCEPT_INVLPG`: some page table is unsync), and
+    /// so does the machine unless this is set; otherwise the guest's
+    /// INVLPG flushes the hardware TLB itself.
     pub intercept_invlpg: bool,
     nested_ctl: GuestCtl,
     sequence: u64,
@@ -540,7 +542,11 @@ impl Machine {
         } else {
             code::INVLPG
         };
-        if !self.intercept_invlpg {
+        let asked = self
+            .sim
+            .paging()
+            .is_some_and(|ps| ps.flags & PagingState::INTERCEPT_INVLPG != 0);
+        if !self.intercept_invlpg && !asked {
             if let Some(o) = self.fetch(offset) {
                 return o;
             }

@@ -800,7 +800,7 @@ mod tests {
             cr4: 1 << 5,
             efer: crate::hw::efer::LME | crate::hw::efer::LMA,
             root: l4,
-            reserved: 0,
+            flags: 0,
         })
         .unwrap();
         assert_eq!(s.translate(0x3123, Access::read(true)), Ok(0x5123));
@@ -829,7 +829,7 @@ mod tests {
             cr4: 1 << 5,
             efer: 0,
             root: l3,
-            reserved: 0,
+            flags: 0,
         };
         s.install(&[ins(l3, 3, 0, (u64::from(l2) << 12) | P | RW)])
             .unwrap();

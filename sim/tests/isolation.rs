@@ -221,9 +221,9 @@ fn load() -> impl Strategy<Value = HostileOp> {
         any::<u32>(),
         any::<bool>(),
         any::<bool>(),
-        prop_oneof![19 => Just(0u32), 1 => any::<u32>()],
+        prop_oneof![18 => Just(0u32), 1 => Just(PagingState::INTERCEPT_INVLPG), 1 => any::<u32>()],
     )
-        .prop_flat_map(|(root, long, non_global, reserved)| {
+        .prop_flat_map(|(root, long, non_global, flags)| {
             let e = base_efer(long);
             let regs = prop_oneof![
                 1 => Just((BASE_CR0, BASE_CR4, e)),
@@ -237,7 +237,7 @@ fn load() -> impl Strategy<Value = HostileOp> {
                 cr0,
                 cr4,
                 efer,
-                reserved,
+                flags,
                 non_global,
             })
         })
@@ -371,7 +371,7 @@ fn freeing_the_loaded_root_is_walked_as_the_hardware_does() {
             cr4: BASE_CR4,
             efer: base_efer(long),
             root,
-            reserved: 0,
+            flags: 0,
         })
         .unwrap();
         s.free_table(root).unwrap();
@@ -459,7 +459,7 @@ fn la57_is_refused_or_the_walker_finds_the_breach() {
             cr0: BASE_CR0,
             cr4: BASE_CR4 | cr4::LA57,
             efer: base_efer(true),
-            reserved: 0,
+            flags: 0,
             non_global: false,
         },
         HostileOp::probe(0x10, false),

@@ -60,11 +60,141 @@ fn long_world(mmu: MmuConfig, n: usize, pages: u64) -> (Machine, GuestTables, Ve
     (m, gt, cr3s)
 }
 
+/// Shadow paging with every write to a protected table emulated (the
+/// scenarios below check the emulation and the shadow being current
+/// without a flush); [`unsync`] turns unsync leaf tables on.
 fn shadow() -> MmuConfig {
     MmuConfig {
         decode_assists: true,
+        unsync: false,
         ..MmuConfig::default()
     }
+}
+
+/// Unsync on, from the first protected write to a leaf table.
+fn unsync() -> MmuConfig {
+    MmuConfig {
+        unsync: true,
+        unsync_after: 1,
+        ..shadow()
+    }
+}
+
+fn invlpg_exits(m: &Machine) -> bool {
+    m.sim
+        .paging()
+        .is_some_and(|p| p.flags & ipc_proto::PagingState::INTERCEPT_INVLPG != 0)
+}
+
+#[test]
+fn a_written_leaf_table_goes_unsync_until_invlpg_or_a_cr3_load() {
+    let (mut m, mut gt, cr3s) = long_world(unsync(), 1, 2);
+    let la = 0x40_0000;
+    assert_eq!(m.access(la, Access::read(true)), Outcome::Ok(0x40_0000));
+    assert_eq!(
+        m.access(la + 0x1000, Access::read(true)),
+        Outcome::Ok(0x40_1000)
+    );
+    assert!(!invlpg_exits(&m));
+    let pte_gpa = gt.entry(&mut m.sim, cr3s[0], la, 1, None).unwrap().gpa;
+    let pte2_gpa = pte_gpa + 8;
+    let pt = pte_gpa >> 12;
+    // The first write to the PT faults once: no emulation, the table goes
+    // unsync, the guest's store runs natively, INVLPG starts to exit.
+    assert_eq!(
+        m.store(KERNEL + pte_gpa, 0x70_0000 | URW | pte::A, 8, false),
+        Outcome::Stored
+    );
+    let s = m.mmu.stats();
+    assert_eq!((s.wp_faults, s.emulated_writes, s.unsyncs), (1, 0, 1));
+    assert!(m.mmu.cache().is_unsync(pt) && !m.mmu.cache().is_protected(pt));
+    assert!(invlpg_exits(&m));
+    // More writes to it cost nothing.
+    assert_eq!(
+        m.store(KERNEL + pte2_gpa, 0x71_0000 | URW | pte::A, 8, false),
+        Outcome::Stored
+    );
+    assert_eq!(m.mmu.stats().wp_faults, 1);
+    // Not flushed yet: the old translations may still be used, as a TLB
+    // would; INVLPG (it exits now) syncs the table and write-protects it
+    // again, and INVLPG runs natively again.
+    assert_eq!(m.access(la, Access::read(true)), Outcome::Ok(0x40_0000));
+    assert_eq!(m.invlpg(la), Outcome::Done);
+    let s = m.mmu.stats();
+    assert_eq!((s.invlpg, s.syncs), (1, 1));
+    assert!(!m.mmu.cache().is_unsync(pt) && m.mmu.cache().is_protected(pt));
+    assert!(!invlpg_exits(&m));
+    assert_eq!(m.access(la, Access::read(true)), Outcome::Ok(0x70_0000));
+    assert_eq!(
+        m.access(la + 0x1000, Access::read(true)),
+        Outcome::Ok(0x71_0000)
+    );
+    assert_eq!(m.invlpg(la), Outcome::Done);
+    assert_eq!(m.mmu.stats().invlpg, 1);
+    // A write goes unsync again, and a CR3 load syncs it too.
+    assert_eq!(m.store(KERNEL + pte_gpa, 0, 8, false), Outcome::Stored);
+    assert!(m.mmu.cache().is_unsync(pt) && invlpg_exits(&m));
+    assert_eq!(m.mov_to_cr(3, cr3s[0]), Outcome::Done);
+    let s = m.mmu.stats();
+    assert_eq!((s.unsyncs, s.syncs), (2, 2));
+    assert!(!m.mmu.cache().is_unsync(pt) && m.mmu.cache().is_protected(pt));
+    assert!(!invlpg_exits(&m));
+    assert_eq!(
+        m.access(la, Access::read(true)),
+        Outcome::PageFault {
+            error_code: 4,
+            cr2: la
+        }
+    );
+    m.mmu.cache().check_invariants().unwrap();
+}
+
+#[test]
+fn a_lone_pte_write_between_flushes_is_emulated() {
+    let cfg = MmuConfig {
+        unsync_after: 2,
+        ..unsync()
+    };
+    let (mut m, mut gt, cr3s) = long_world(cfg, 1, 2);
+    let la = 0x40_0000;
+    assert_eq!(m.access(la, Access::read(true)), Outcome::Ok(0x40_0000));
+    let pte_gpa = gt.entry(&mut m.sim, cr3s[0], la, 1, None).unwrap().gpa;
+    for round in 0..2u64 {
+        let before = m.mmu.stats();
+        let new = (0x70_0000 + round * 0x1000) | URW | pte::A;
+        // The first write since the last flush is emulated: the shadow
+        // follows at once and INVLPG keeps running natively.
+        assert_eq!(m.store(KERNEL + pte_gpa, new, 8, false), Outcome::Stored);
+        let s = m.mmu.stats();
+        assert_eq!(s.emulated_writes - before.emulated_writes, 1);
+        assert_eq!(s.unsyncs, before.unsyncs);
+        assert!(!invlpg_exits(&m));
+        assert_eq!(
+            m.access(la, Access::read(true)),
+            Outcome::Ok(0x70_0000 + round * 0x1000)
+        );
+        // The second makes the table unsync.
+        assert_eq!(m.store(KERNEL + pte_gpa + 8, 0, 8, false), Outcome::Stored);
+        assert_eq!(m.mmu.stats().unsyncs, before.unsyncs + 1);
+        assert!(invlpg_exits(&m));
+        // A CR3 load syncs it and starts counting again.
+        assert_eq!(m.mov_to_cr(3, cr3s[0]), Outcome::Done);
+        assert!(!invlpg_exits(&m));
+    }
+}
+
+#[test]
+fn non_leaf_tables_never_go_unsync() {
+    let (mut m, mut gt, cr3s) = long_world(unsync(), 1, 2);
+    let la = 0x40_0000;
+    assert_eq!(m.access(la, Access::read(true)), Outcome::Ok(0x40_0000));
+    // A PDE next to the one in use: the page directory stays protected
+    // and the write is emulated.
+    let pde_gpa = gt.entry(&mut m.sim, cr3s[0], la, 2, None).unwrap().gpa;
+    assert_eq!(m.store(KERNEL + pde_gpa + 8, 0, 8, false), Outcome::Stored);
+    let s = m.mmu.stats();
+    assert_eq!((s.wp_faults, s.emulated_writes, s.unsyncs), (1, 1, 0));
+    assert!(!invlpg_exits(&m));
 }
 
 #[test]

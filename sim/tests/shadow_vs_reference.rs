@@ -103,6 +103,36 @@ struct Setup {
     dense: bool,
     /// Overrides the random prefetch group.
     prefetch: Option<usize>,
+    /// Unsync leaf tables on (off elsewhere: the other runs check that
+    /// the shadow always equals the guest's tables, with no flush). The
+    /// guest then behaves as the architecture asks: a store that changes
+    /// an entry that was present (its P bit set) is followed by a flush
+    /// before the next access — INVLPG of the poked page (the access
+    /// after a leaf poke comes between it and a CR3 reload), else a MOV
+    /// to CR3 of the same value — while making a not-present entry
+    /// present is not (a shadow miss must find it in the guest's
+    /// tables). No code page: a stale mapping of the code itself would be
+    /// legal, and the reference has none.
+    unsync: bool,
+}
+
+/// The 8-byte word at the guest-physical address that a store of the
+/// reference to `la` would write, if any (`None`: the store faults).
+fn store_target(r: &mut Reference, la: u64, user: bool) -> Option<u64> {
+    let t = mmu_server::walk(&mut r.mem, &r.ctl, &r.cpu, la, Access::write(user), false).ok()?;
+    (t.gpa < RAM).then_some(t.gpa & !7)
+}
+
+fn word_at(r: &Reference, gpa: u64) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&r.mem.0[gpa as usize..gpa as usize + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// Whether a store changed `old` (the 8-byte word at `gpa`), which held a
+/// present entry (P in either 4-byte half: 32-bit entries are 4 bytes).
+fn changed_present(r: &Reference, gpa: Option<u64>, old: u64) -> bool {
+    gpa.is_some_and(|g| word_at(r, g) != old && old & (1 | 1 << 32) != 0)
 }
 
 /// What a run exercised (for `exercise_report`).
@@ -133,8 +163,10 @@ fn run_setup(
     if let Some(n) = setup.prefetch {
         mmu_cfg.prefetch = n;
     }
+    mmu_cfg.unsync = setup.unsync;
+    mmu_cfg.unsync_after = 1 + (seed % 3) as u32;
     let paging_off_start = matches!(start, Start::Bits32Off | Start::PaeOff | Start::Real);
-    let code_la = fetch_code.then_some(CODE_GPA);
+    let code_la = (fetch_code && !setup.unsync).then_some(CODE_GPA);
     let mut m = Machine::new(sim_cfg, mmu_cfg);
     m.sim.ram.copy_from_slice(&w.mem);
     m.code = code_la;
@@ -151,6 +183,18 @@ fn run_setup(
     for (step, op) in ops.iter().enumerate() {
         let wide = reference.ctl.mode() == mmu_server::PagingMode::Long;
         let size = if wide { 8 } else { 4 };
+        // Unsync: the word an op stores to, and what it held.
+        let target = match *op {
+            Op::Write { addr, user, .. } => {
+                store_target(&mut reference, resolve(&w, addr, size), user)
+            }
+            Op::Edit { entry, mutation } => {
+                Some(edit_target(&w, &reference.mem.0, entry, mutation).0 & !7)
+            }
+            _ => None,
+        };
+        let old = target.map_or(0, |g| word_at(&reference, g));
+        let mut poked = false;
         let (got, want) = match *op {
             Op::Read { addr, user } => {
                 let la = resolve(&w, addr, 1);
@@ -207,6 +251,7 @@ fn run_setup(
                 match poke_target(&mut reference, la, up) {
                     None => (Outcome::Done, Outcome::Done),
                     Some((gpa, level)) => {
+                        let poke_old = word_at(&reference, gpa & !7);
                         let es = w.entry_size();
                         let (_, new) = edit_at(&w, &reference.mem.0, gpa, es, mutation);
                         let _ = level;
@@ -230,8 +275,20 @@ fn run_setup(
                                 reference.store(kla, new, es, false),
                             )
                         };
+                        let stale =
+                            setup.unsync && changed_present(&reference, Some(gpa & !7), poke_old);
+                        poked |= stale;
+                        // The guest's INVLPG of the page whose leaf (or an
+                        // entry above it) it changed.
+                        let flushed = if first.0 == first.1 && stale {
+                            (m.invlpg(la), reference.invlpg())
+                        } else {
+                            (Outcome::Done, Outcome::Done)
+                        };
                         if first.0 != first.1 {
                             first
+                        } else if flushed.0 != flushed.1 {
+                            flushed
                         } else {
                             let a = match then % 5 {
                                 0 => Access::read(true),
@@ -310,6 +367,14 @@ fn run_setup(
                 o.split(['(', ' ', '{']).next().unwrap_or("")
             );
         }
+        let (got, want) =
+            if got == want && setup.unsync && (poked || changed_present(&reference, target, old)) {
+                // The guest flushes what it changed.
+                let cr3 = reference.ctl.cr3;
+                (m.mov_to_cr(3, cr3), reference.mov_to_cr(3, cr3))
+            } else {
+                (got, want)
+            };
         *tally.outcomes.entry(kind).or_default() += 1;
         if got != want {
             return Err(format!(
@@ -396,7 +461,7 @@ proptest! {
         ops in proptest::collection::vec(op_strategy(), 1..120),
     ) {
         let start = Start::ALL[start];
-        let setup = Setup { dense: true, prefetch: Some(group) };
+        let setup = Setup { dense: true, prefetch: Some(group), unsync: false };
         if let Err(e) = run_setup(start, seed, &ops, &mut Tally::default(), setup) {
             prop_assert!(false, "{}", e);
         }
@@ -422,6 +487,7 @@ fn prefetch_is_exercised_and_saves_faults() {
             let setup = Setup {
                 dense: true,
                 prefetch: Some(prefetch),
+                unsync: false,
             };
             run_setup(start, seed, &ops, tally, setup).unwrap();
         }
@@ -440,6 +506,74 @@ fn prefetch_is_exercised_and_saves_faults() {
     assert!(
         faults_on < faults_off,
         "prefetch saved no faults: {faults_on} vs {faults_off}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 96,
+        max_shrink_iters: 2000,
+        ..ProptestConfig::default()
+    })]
+
+    /// Unsync leaf tables: the guest's stores to its page tables run
+    /// natively once a table is unsync, and after each flush the guest
+    /// owes (INVLPG of a poked page, a CR3 reload after any other change
+    /// of a present entry; none after making an entry present) every
+    /// access ends as on the reference, A/D bits and all.
+    #[test]
+    fn unsync_tables_match_the_reference_after_each_flush(
+        start in prop_oneof![3 => 0usize..3, 1 => 3usize..6],
+        seed in any::<u64>(),
+        dense in any::<bool>(),
+        ops in proptest::collection::vec(op_strategy(), 1..120),
+    ) {
+        let start = Start::ALL[start];
+        let setup = Setup { dense, prefetch: None, unsync: true };
+        if let Err(e) = run_setup(start, seed, &ops, &mut Tally::default(), setup) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+}
+
+/// The same operations with unsync off and on (each checked against the
+/// reference at every step): tables go unsync, writes to them stop being
+/// emulated, and they are synced again.
+#[test]
+fn unsync_is_exercised_and_saves_emulated_writes() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strat = proptest::collection::vec(op_strategy(), 100..120);
+    let (mut off, mut on) = (Tally::default(), Tally::default());
+    for i in 0..60u64 {
+        let ops = strat.new_tree(&mut runner).unwrap().current();
+        let start = Start::ALL[[0, 1, 2, 0, 1, 2, 3, 4, 5][(i % 9) as usize]];
+        let seed = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for (unsync, tally) in [(false, &mut off), (true, &mut on)] {
+            let setup = Setup {
+                dense: true,
+                prefetch: None,
+                unsync,
+            };
+            run_setup(start, seed, &ops, tally, setup).unwrap();
+        }
+    }
+    let sum = |t: &Tally, f: fn(&mmu_server::MmuStats) -> u64| t.stats.iter().map(f).sum::<u64>();
+    assert_eq!(sum(&off, |s| s.unsyncs), 0);
+    let (unsyncs, syncs) = (sum(&on, |s| s.unsyncs), sum(&on, |s| s.syncs));
+    let (emulated_off, emulated_on) = (
+        sum(&off, |s| s.emulated_writes),
+        sum(&on, |s| s.emulated_writes),
+    );
+    println!(
+        "unsyncs {unsyncs}, syncs {syncs}, emulated writes {emulated_off} without unsync, {emulated_on} with"
+    );
+    assert!(unsyncs > 50, "only {unsyncs} tables went unsync");
+    assert!(syncs > 50, "only {syncs} syncs");
+    assert!(
+        emulated_on < emulated_off,
+        "unsync saved no emulated writes: {emulated_on} vs {emulated_off}"
     );
 }
 
@@ -468,7 +602,12 @@ mod regressions {
                 ram_bytes: RAM,
                 ..SimConfig::default()
             },
-            MmuConfig::default(),
+            // The edit is not flushed: with unsync the stale code
+            // mapping would be legal.
+            MmuConfig {
+                unsync: false,
+                ..MmuConfig::default()
+            },
         );
         m.sim.ram.copy_from_slice(&w.mem);
         m.code = Some(CODE_GPA);

@@ -30,10 +30,12 @@ pub enum Paging {
     /// the back end's format) and names with `SET_NESTED_ROOT`.
     Nested,
     /// Through shadow tables the mmu-server builds: the guest's CR0, CR3
-    /// and CR4 accesses and its page faults exit. INVLPG runs natively: the
-    /// mmu-server keeps the shadow tables in step with every write to a
-    /// guest page table (they are write-protected), so the guest's own
-    /// INVLPG drops exactly the stale translation from the hardware TLB.
+    /// and CR4 accesses and its page faults exit. INVLPG runs natively
+    /// while every guest page table is write-protected (the shadow tables
+    /// are then current, so the guest's own INVLPG drops exactly the stale
+    /// translation from the hardware TLB), and exits to the mmu-server
+    /// while its `SET_PAGING` asks for it (`PagingState::INTERCEPT_INVLPG`:
+    /// some page table is unsync and its shadow may be stale).
     Shadow,
 }
 
@@ -103,10 +105,13 @@ pub fn check_paging(arch: Arch, shadow: bool, entry: EntryMode) -> Result<(), &'
 }
 
 /// Whether a shadowed guest's exit goes to the mmu-server: #PF, CR
-/// reads and writes, RDMSR/WRMSR of EFER.
+/// reads and writes, INVLPG (intercepted while the mmu-server asks for
+/// it), RDMSR/WRMSR of EFER.
 pub fn is_shadow_mmu_exit(rec: &ExitRecord) -> bool {
     match ExitKind::of(rec) {
-        ExitKind::Exception { vector: Some(14) } | ExitKind::CrAccess { .. } => true,
+        ExitKind::Exception { vector: Some(14) } | ExitKind::CrAccess { .. } | ExitKind::Invlpg => {
+            true
+        }
         ExitKind::Msr { .. } => rec.regs.rcx & 0xffff_ffff == 0xc000_0080, // EFER
         _ => false,
     }

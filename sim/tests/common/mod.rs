@@ -666,6 +666,9 @@ pub fn configs(r: &mut Rng, start: Start) -> (SimConfig, MmuConfig, bool) {
         global_pages: r.chance(70),
         flood_threshold: 1 + r.below(8) as u32,
         prefetch: [0, 8, 16, 16, 512][r.below(5) as usize],
+        // The worlds edit page tables without flushing, which unsync
+        // tables would (legally) answer with stale translations.
+        unsync: false,
         ..MmuConfig::default()
     };
     let _ = start;

@@ -19,6 +19,7 @@ pub mod misc1 {
     pub const INVD: u32 = 1 << 22;
     pub const PAUSE: u32 = 1 << 23;
     pub const HLT: u32 = 1 << 24;
+    pub const INVLPG: u32 = 1 << 25;
     pub const INVLPGA: u32 = 1 << 26;
     pub const IOIO: u32 = 1 << 27;
     pub const MSR: u32 = 1 << 28;

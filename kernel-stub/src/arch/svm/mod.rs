@@ -10,7 +10,8 @@ use core::arch::global_asm;
 use ipc_proto::manifest::EntryMode;
 use ipc_proto::vcpu::svm_exit;
 use ipc_proto::{
-    EventKind, ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch, ABI_VERSION,
+    EventKind, ExitRecord, GuestRegs, PagingState, Resume, ResumeFlags, Segment, VcpuArch,
+    ABI_VERSION,
 };
 use kernel_stub::resume::GuestMode;
 use kernel_stub::svm_intercepts::{misc1, Intercepts};
@@ -551,18 +552,31 @@ impl Vcpu {
     /// (APM vol. 2, 15.14.4 with a pause filter count of 0), so the
     /// guest is entered again as it was.
     pub fn set_pause_exiting(&mut self, on: bool) {
-        let bits = if on { misc1::PAUSE } else { 0 };
-        if self.intercepts.misc1 & misc1::PAUSE != bits {
-            self.intercepts.misc1 = self.intercepts.misc1 & !misc1::PAUSE | bits;
-            let other = self.vmcb.read32(INTERCEPT_MISC1) & !misc1::PAUSE;
-            self.vmcb.write32(INTERCEPT_MISC1, other | bits);
-        }
+        self.set_misc1(misc1::PAUSE, on);
     }
 
     /// Its VM's turn: a shared ASID holds another VM's translations.
     pub fn load(&mut self) {
         if self.asid_shared {
             self.flush(1);
+        }
+    }
+
+    /// Turns the INVLPG intercept on or off (shadow paging: what the
+    /// mmu-server's `SET_PAGING` asks for with
+    /// `PagingState::INTERCEPT_INVLPG`).
+    fn set_invlpg_exiting(&mut self, on: bool) {
+        self.set_misc1(misc1::INVLPG, on);
+    }
+
+    /// Sets or clears one of the intercepts that change between entries,
+    /// in the VMCB and in what `Intercepts::expects` checks exits against.
+    fn set_misc1(&mut self, bit: u32, on: bool) {
+        let bits = if on { bit } else { 0 };
+        if self.intercepts.misc1 & bit != bits {
+            self.intercepts.misc1 = self.intercepts.misc1 & !bit | bits;
+            let other = self.vmcb.read32(INTERCEPT_MISC1) & !bit;
+            self.vmcb.write32(INTERCEPT_MISC1, other | bits);
         }
     }
 
@@ -592,6 +606,7 @@ impl Vcpu {
             self.vmcb.write64(CR4, r.paging.cr4);
             self.vmcb.write64(EFER, r.paging.efer | cpu::EFER_SVME);
             self.vmcb.write64(CR3, root);
+            self.set_invlpg_exiting(r.paging.flags & PagingState::INTERCEPT_INVLPG != 0);
             self.flush(if flags.contains(ResumeFlags::FLUSH_NON_GLOBAL) {
                 TLB_FLUSH_GUEST_NON_GLOBAL
             } else {

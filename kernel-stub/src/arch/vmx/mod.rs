@@ -42,7 +42,9 @@ use crate::memory::{self, OutOfMemory};
 use core::arch::{asm, global_asm};
 use core::fmt;
 use ipc_proto::manifest::EntryMode;
-use ipc_proto::{ExitRecord, GuestRegs, Resume, ResumeFlags, Segment, VcpuArch, ABI_VERSION};
+use ipc_proto::{
+    ExitRecord, GuestRegs, PagingState, Resume, ResumeFlags, Segment, VcpuArch, ABI_VERSION,
+};
 use kernel_stub::resume::GuestMode;
 use kernel_stub::vmx_rules::{self as rules, *};
 use vmcs::*;
@@ -1010,6 +1012,17 @@ impl Vcpu {
             return;
         }
         let caps = self.caps;
+        // INVLPG exits while the mmu-server has unsync page tables
+        // (`PagingState::INTERCEPT_INVLPG`).
+        let invlpg = if p.flags & PagingState::INTERCEPT_INVLPG != 0 {
+            PROC_INVLPG_EXITING
+        } else {
+            0
+        };
+        if self.controls.proc & PROC_INVLPG_EXITING != invlpg {
+            self.controls.proc = self.controls.proc & !PROC_INVLPG_EXITING | invlpg;
+            self.write(PROC_CONTROLS, u64::from(self.controls.proc));
+        }
         self.controls.entry &= !ENTRY_IA32E_MODE_GUEST;
         if p.efer & EFER_LMA != 0 {
             self.controls.entry |= ENTRY_IA32E_MODE_GUEST;
