@@ -38,6 +38,7 @@ pub mod stats;
 #[cfg(target_os = "none")]
 pub mod sys;
 pub mod syscall;
+pub mod trace;
 pub mod vcpu;
 pub mod x86;
 
