@@ -909,8 +909,10 @@ mod tests {
 
     #[test]
     fn base64_round_trips_every_length() {
-        for n in 0..10 {
-            let data: Vec<u8> = (0..n).map(|i| (i * 37 + 5) as u8).collect();
+        for n in 0..10u8 {
+            let data: Vec<u8> = (0..n)
+                .map(|i: u8| i.wrapping_mul(37).wrapping_add(5))
+                .collect();
             let mut text = [0u8; 16];
             let len = base64_encode(&data, &mut text);
             let mut back = Vec::new();

@@ -1,0 +1,245 @@
+//! A trace in figures: exits per reason, the server's latency per reason
+//! (from the TSC stamps: an exit reaching the server to its resume
+//! leaving it), exits over time; as text and as SVG plots.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use vmm_server::trace::Event;
+
+use crate::ArchivedTrace;
+
+/// Time slices of the run in "exits over time".
+pub const SLICES: usize = 50;
+
+/// The figures of one trace.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// TSC ticks per second the stamps count (1 GHz assumed when unknown).
+    pub tsc_hz: u64,
+    /// Exits in the trace.
+    pub exits: u64,
+    /// Trace bytes as sent (before base64).
+    pub wire_bytes: u64,
+    /// Per exit reason: the server's latency of each exit, in ticks
+    /// (exit stamp to the next resume stamp), sorted.
+    pub latency: BTreeMap<String, Vec<u64>>,
+    /// TSC of the first and last exit.
+    pub span: (u64, u64),
+    /// Exits in each of [`SLICES`] equal slices of the span.
+    pub over_time: Vec<u64>,
+}
+
+/// Reads the figures out of `trace`.
+pub fn summarize(trace: &ArchivedTrace) -> Summary {
+    let tsc_hz = match trace.tsc_hz.to_native() {
+        0 => 1_000_000_000,
+        hz => hz,
+    };
+    let mut latency: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut stamps = Vec::new();
+    let mut pending: Option<(u64, String)> = None;
+    for e in trace.events.iter() {
+        match e.event() {
+            Event::Exit { tsc, rec } => {
+                stamps.push(tsc);
+                let name = ipc_proto::exit::exit_name(rec.arch, rec.exit_code).to_string();
+                pending = Some((tsc, name));
+            }
+            Event::Resume { tsc, .. } => {
+                if let Some((at, name)) = pending.take() {
+                    latency
+                        .entry(name)
+                        .or_default()
+                        .push(tsc.saturating_sub(at));
+                }
+            }
+            _ => {}
+        }
+    }
+    for v in latency.values_mut() {
+        v.sort_unstable();
+    }
+    let span = (
+        stamps.first().copied().unwrap_or(0),
+        stamps.last().copied().unwrap_or(0),
+    );
+    let width = (span.1 - span.0).max(1);
+    let mut over_time = vec![0u64; SLICES];
+    for t in &stamps {
+        let i = (u128::from(t - span.0) * SLICES as u128 / (u128::from(width) + 1)) as usize;
+        over_time[i.min(SLICES - 1)] += 1;
+    }
+    Summary {
+        tsc_hz,
+        exits: stamps.len() as u64,
+        wire_bytes: trace.wire_bytes.to_native(),
+        latency,
+        span,
+        over_time,
+    }
+}
+
+/// The value at `per_mille` thousandths of `sorted` (nearest rank).
+pub fn percentile(sorted: &[u64], per_mille: usize) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) * per_mille + 500) / 1000;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+impl Summary {
+    fn us(&self, ticks: u64) -> f64 {
+        ticks as f64 * 1e6 / self.tsc_hz as f64
+    }
+
+    /// The text summary.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let secs = (self.span.1 - self.span.0) as f64 / self.tsc_hz as f64;
+        let _ = writeln!(
+            s,
+            "{} exits over {secs:.3} s of the TSC ({} Hz); trace {} bytes, {:.1} bytes per exit",
+            self.exits,
+            self.tsc_hz,
+            self.wire_bytes,
+            self.wire_bytes as f64 / self.exits.max(1) as f64
+        );
+        let _ = writeln!(
+            s,
+            "server latency (exit reaching the vmm-server to its resume), microseconds:"
+        );
+        let _ = writeln!(
+            s,
+            "  {:<24} {:>8} {:>9} {:>9} {:>9} {:>9}",
+            "reason", "exits", "p50", "p90", "p99", "max"
+        );
+        let mut rows: Vec<_> = self.latency.iter().collect();
+        rows.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+        for (name, v) in rows {
+            let _ = writeln!(
+                s,
+                "  {name:<24} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                v.len(),
+                self.us(percentile(v, 500)),
+                self.us(percentile(v, 900)),
+                self.us(percentile(v, 990)),
+                self.us(*v.last().unwrap_or(&0)),
+            );
+        }
+        let _ = writeln!(
+            s,
+            "exits over time ({SLICES} slices of {:.1} ms): {}",
+            secs * 1e3 / SLICES as f64,
+            self.over_time
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        s
+    }
+
+    /// Writes `latency.svg` (a histogram of the server's latency per
+    /// reason, log2 buckets of microseconds) and `exits-over-time.svg`
+    /// into `dir`; returns their paths.
+    pub fn plot(&self, dir: &Path) -> Result<Vec<PathBuf>, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let lat = dir.join("latency.svg");
+        let time = dir.join("exits-over-time.svg");
+        self.plot_latency(&lat).map_err(|e| e.to_string())?;
+        self.plot_over_time(&time).map_err(|e| e.to_string())?;
+        Ok(vec![lat, time])
+    }
+
+    /// Buckets: [2^i, 2^(i+1)) microseconds, i from -3.
+    fn buckets(&self, v: &[u64]) -> Vec<u64> {
+        let mut b = vec![0u64; 24];
+        for &t in v {
+            // Eighths of a microsecond, so that bucket 0 starts at 2^-3.
+            let eighths = (u128::from(t) * 8_000_000 / u128::from(self.tsc_hz)) as u64;
+            let i = 63 - eighths.max(1).leading_zeros() as usize;
+            b[i.min(23)] += 1;
+        }
+        b
+    }
+
+    fn plot_latency(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut rows: Vec<_> = self.latency.iter().collect();
+        rows.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+        rows.truncate(8);
+        let series: Vec<_> = rows
+            .iter()
+            .map(|(n, v)| (n.as_str(), self.buckets(v)))
+            .collect();
+        let top = series
+            .iter()
+            .flat_map(|(_, b)| b.iter().copied())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let mut chart = ChartBuilder::on(&root)
+            .caption("vmm-server latency per exit reason", ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(-3f64..21f64, 0u64..top + top / 10 + 1)?;
+        chart
+            .configure_mesh()
+            .x_desc("log2(microseconds)")
+            .y_desc("exits")
+            .draw()?;
+        for (i, (name, b)) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(
+                    b.iter()
+                        .enumerate()
+                        .map(|(k, &c)| (k as f64 - 3.0 + 0.5, c)),
+                    color,
+                ))?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    }
+
+    fn plot_over_time(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(path, (900, 400)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let secs = (self.span.1 - self.span.0) as f64 / self.tsc_hz as f64;
+        let slice = secs / SLICES as f64;
+        let top = self.over_time.iter().copied().max().unwrap_or(1).max(1);
+        let mut chart = ChartBuilder::on(&root)
+            .caption("exits over time", ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..secs.max(1e-9), 0u64..top + top / 10 + 1)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds of the TSC")
+            .y_desc(format!("exits per {:.1} ms", slice * 1e3))
+            .draw()?;
+        chart.draw_series(LineSeries::new(
+            self.over_time
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| ((i as f64 + 0.5) * slice, c)),
+            BLUE,
+        ))?;
+        root.present()?;
+        Ok(())
+    }
+}
