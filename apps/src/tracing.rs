@@ -29,12 +29,12 @@ impl TraceOut {
         let t = trace::Trace::from_stream(&s.stream)?;
         let bytes = t.to_bytes();
         std::fs::write(path, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-        let exits = t
+        let n = t
             .events
             .iter()
             .filter(|e| matches!(e, trace::Ev::Exit { .. }))
-            .count()
-            .max(1) as f64;
+            .count();
+        let exits = n.max(1) as f64;
         let prefix = if matches!(t.events.last(), Some(trace::Ev::Limit)) {
             " (a prefix: --trace-exits)"
         } else {
@@ -47,7 +47,7 @@ impl TraceOut {
         };
         Ok(format!(
             "splitvisor: trace: {} exits{prefix}, {} events; {} bytes sent ({:.1} per exit), archive {} bytes ({:.1} per exit){bad} -> {}",
-            exits as u64,
+            n,
             t.events.len(),
             t.wire_bytes,
             t.wire_bytes as f64 / exits,
