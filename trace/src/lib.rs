@@ -79,6 +79,8 @@ mod types {
         End(u8, u8, [u64; 8]),
         /// Recording stopped here; the run went on.
         Limit,
+        /// Ticks spent sending trace lines since the last stamp.
+        Flush(u64),
     }
 
     /// A recorded run.
@@ -204,6 +206,7 @@ impl Ev {
                 )
             }
             Event::Limit => Ev::Limit,
+            Event::Flush(t) => Ev::Flush(t),
         }
     }
 }
@@ -293,6 +296,7 @@ impl ArchivedEv {
                 },
             },
             ArchivedEv::Limit => Event::Limit,
+            ArchivedEv::Flush(t) => Event::Flush(t.to_native()),
         }
     }
 }

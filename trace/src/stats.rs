@@ -41,20 +41,25 @@ pub fn summarize(trace: &ArchivedTrace) -> Summary {
     let mut latency: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let mut stamps = Vec::new();
     let mut pending: Option<(u64, String)> = None;
+    // Ticks the vmm-server spent sending trace lines since the last stamp.
+    let mut tracing = 0u64;
     for e in trace.events.iter() {
         match e.event() {
             Event::Exit { tsc, rec } => {
                 stamps.push(tsc);
                 let name = ipc_proto::exit::exit_name(rec.arch, rec.exit_code).to_string();
                 pending = Some((tsc, name));
+                tracing = 0;
             }
+            Event::Flush(t) => tracing += t,
             Event::Resume { tsc, .. } => {
                 if let Some((at, name)) = pending.take() {
                     latency
                         .entry(name)
                         .or_default()
-                        .push(tsc.saturating_sub(at));
+                        .push(tsc.saturating_sub(at).saturating_sub(tracing));
                 }
+                tracing = 0;
             }
             _ => {}
         }
@@ -110,7 +115,7 @@ impl Summary {
         );
         let _ = writeln!(
             s,
-            "server latency (exit reaching the vmm-server to its resume), microseconds:"
+            "server latency (exit reaching the vmm-server to its resume, less the time tracing took), microseconds:"
         );
         let _ = writeln!(
             s,
@@ -241,5 +246,83 @@ impl Summary {
         ))?;
         root.present()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Ev, Trace};
+    use ipc_proto::vcpu::svm_exit;
+    use ipc_proto::{ExitRecord, VcpuArch};
+    use zerocopy::IntoBytes;
+
+    fn exit(tsc: u64, code: u64) -> Ev {
+        let rec = ExitRecord {
+            arch: VcpuArch::Svm as u32,
+            exit_code: code,
+            ..Default::default()
+        };
+        Ev::Exit {
+            tsc,
+            rec: rec.as_bytes().to_vec(),
+        }
+    }
+
+    fn resume(tsc: u64) -> Ev {
+        Ev::Resume {
+            tsc,
+            resume: vec![0; 224],
+        }
+    }
+
+    #[test]
+    fn latencies_leave_out_the_time_tracing_took() {
+        let t = Trace {
+            version: vmm_server::trace::VERSION,
+            board: 0,
+            mmu_mode: 0,
+            uart_channel: 0,
+            pci_functions: 0,
+            tsc_hz: 1_000_000_000,
+            guest_ram_bytes: 1 << 20,
+            wire_bytes: 900,
+            events: vec![
+                Ev::FirstRun { tsc: 0 },
+                exit(1_000, svm_exit::IOIO),
+                Ev::Now(1_100),
+                Ev::Flush(300),
+                resume(2_000),
+                exit(3_000, svm_exit::IOIO),
+                resume(6_000),
+                // A flush before the exit's stamp is the guest's time.
+                Ev::Flush(5_000),
+                exit(10_000, svm_exit::CPUID),
+                resume(10_500),
+            ],
+        };
+        let mut bytes = crate::Bytes::new();
+        bytes.extend_from_slice(&t.to_bytes());
+        let s = summarize(crate::access(&bytes).unwrap());
+        assert_eq!(s.exits, 3);
+        assert_eq!(s.latency["ioio"], vec![700, 3_000]);
+        assert_eq!(s.latency["cpuid"], vec![500]);
+        assert_eq!(s.span, (1_000, 10_000));
+        assert_eq!(s.over_time.iter().sum::<u64>(), 3);
+        assert_eq!(s.over_time[0], 1);
+        assert_eq!(s.over_time[SLICES - 1], 1);
+        assert_eq!(percentile(&s.latency["ioio"], 500), 3_000);
+        assert_eq!(percentile(&s.latency["ioio"], 0), 700);
+        let text = s.text();
+        assert!(text.starts_with("3 exits over 0.000 s"), "{text}");
+        assert!(text.contains("300.0 bytes per exit"), "{text}");
+        let dir = std::env::temp_dir().join(format!("trace-stats-{}", std::process::id()));
+        let files = s.plot(&dir).unwrap();
+        for f in &files {
+            let svg = std::fs::read_to_string(f).unwrap();
+            assert!(svg.starts_with("<svg"), "{}", f.display());
+        }
+        assert!(std::fs::read_to_string(&files[0]).unwrap().contains("ioio"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -60,6 +60,7 @@ mod tag {
     pub const WAIT_UNTIL: u8 = 17;
     pub const END: u8 = 18;
     pub const LIMIT: u8 = 19;
+    pub const FLUSH: u8 = 20;
 }
 
 /// A yes-or-no answer of the host ([`Event::Flag`]).
@@ -188,6 +189,9 @@ pub enum Event<'a> {
     },
     /// The recording stopped here (`--trace-exits`): the run went on.
     Limit,
+    /// TSC ticks spent sending trace lines since the last stamp: the
+    /// cost of tracing, which `splitvisor stats` takes out of latencies.
+    Flush(u64),
 }
 
 /// FNV-1a, 32 bits: a cheap check that written bytes are the same.
@@ -219,6 +223,8 @@ pub struct Recorder<S: Sink> {
     last_tsc: u64,
     exits: u32,
     max_exits: u32,
+    /// Ticks spent in [`Sink::line`] not yet in the stream.
+    flush_ticks: u64,
     /// Trace bytes sent so far (before base64).
     pub bytes: u64,
 }
@@ -237,6 +243,7 @@ impl<S: Sink> Recorder<S> {
             last_tsc: 0,
             exits: 0,
             max_exits,
+            flush_ticks: 0,
             bytes: 0,
         };
         r.put(&[tag::META, VERSION, meta.pci_functions]);
@@ -314,8 +321,21 @@ impl<S: Sink> Recorder<S> {
         self.line[0] = LINE_MARK;
         let n = base64_encode(&self.chunk[..self.used], &mut self.line[1..]);
         self.line[1 + n] = b'\n';
+        let start = self.sink.tsc();
         self.sink.line(&self.line[..n + 2]);
+        self.flush_ticks += self.sink.tsc().wrapping_sub(start);
         self.used = 0;
+    }
+
+    /// The ticks lines took since the last stamp, before the next stamp's
+    /// event, so that the time between two stamps can be told apart from
+    /// the time tracing took.
+    fn flushes(&mut self) {
+        if self.flush_ticks != 0 {
+            let t = core::mem::take(&mut self.flush_ticks);
+            self.put(&[tag::FLUSH]);
+            self.varint(t);
+        }
     }
 
     fn event(&mut self, f: impl FnOnce(&mut Self)) {
@@ -326,6 +346,7 @@ impl<S: Sink> Recorder<S> {
 
     fn resume(&mut self, resume: Option<&Resume>) {
         let tsc = self.sink.tsc();
+        self.flushes();
         self.event(|r| match resume {
             Some(res) => {
                 r.put(&[tag::RESUME]);
@@ -348,6 +369,7 @@ impl<S: Sink> Recorder<S> {
 
     fn exit(&mut self, got: &Result<ExitRecord, ErrorCode>) {
         let tsc = self.sink.tsc();
+        self.flushes();
         self.event(|r| match got {
             Ok(rec) => {
                 r.exits += 1;
@@ -836,6 +858,7 @@ impl<'a> Decoder<'a> {
                 }
             }
             tag::LIMIT => Event::Limit,
+            tag::FLUSH => Event::Flush(self.varint()?),
             _ => {
                 self.at -= 1;
                 return Err(self.err("an unknown event tag"));
