@@ -155,6 +155,12 @@ impl Trace {
     pub fn save(&self, path: &std::path::Path) -> io::Result<()> {
         std::fs::write(path, self.to_bytes())
     }
+
+    /// An owned copy of an archived trace (to edit it: tests that corrupt
+    /// a decision).
+    pub fn from_archive(a: &ArchivedTrace) -> Self {
+        rkyv::deserialize::<Self, rkyv::rancor::Error>(a).expect("a checked archive deserializes")
+    }
 }
 
 impl Ev {

@@ -30,6 +30,10 @@ pub struct Summary {
     pub span: (u64, u64),
     /// Exits in each of [`SLICES`] equal slices of the span.
     pub over_time: Vec<u64>,
+    /// Events of each kind, and the guest-RAM bytes the reads carried.
+    pub kinds: BTreeMap<&'static str, u64>,
+    /// Guest-RAM bytes read.
+    pub ram_read_bytes: u64,
 }
 
 /// Reads the figures out of `trace`.
@@ -43,8 +47,15 @@ pub fn summarize(trace: &ArchivedTrace) -> Summary {
     let mut pending: Option<(u64, String)> = None;
     // Ticks the vmm-server spent sending trace lines since the last stamp.
     let mut tracing = 0u64;
+    let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut ram_read_bytes = 0;
     for e in trace.events.iter() {
-        match e.event() {
+        let ev = e.event();
+        *kinds.entry(kind(&ev)).or_default() += 1;
+        if let Event::MemRead { len, .. } = ev {
+            ram_read_bytes += len;
+        }
+        match ev {
             Event::Exit { tsc, rec } => {
                 stamps.push(tsc);
                 let name = ipc_proto::exit::exit_name(rec.arch, rec.exit_code).to_string();
@@ -84,6 +95,28 @@ pub fn summarize(trace: &ArchivedTrace) -> Summary {
         latency,
         span,
         over_time,
+        kinds,
+        ram_read_bytes,
+    }
+}
+
+/// An event's kind, for the counts.
+fn kind(e: &Event<'_>) -> &'static str {
+    match e {
+        Event::Meta(_) => "meta",
+        Event::Exit { .. } => "exit",
+        Event::Resume { .. } | Event::FirstRun { .. } => "resume",
+        Event::VcpuError(_) => "vcpu-error",
+        Event::Now(_) => "clock",
+        Event::Cpuid(..) | Event::Flag(..) | Event::Xcr0(_) => "cpu",
+        Event::MemRead { .. } => "ram-read",
+        Event::MemWrite { .. } => "ram-write",
+        Event::ConsoleIn { .. } => "console-in",
+        Event::ConsoleOut { .. } => "console-out",
+        Event::Stats(_) | Event::MmuStats(_) | Event::Segments(_) => "stub",
+        Event::WaitUntil(_) => "wait",
+        Event::End { .. } | Event::Limit => "end",
+        Event::Flush(_) => "flush",
     }
 }
 
@@ -112,6 +145,16 @@ impl Summary {
             self.tsc_hz,
             self.wire_bytes,
             self.wire_bytes as f64 / self.exits.max(1) as f64
+        );
+        let _ = writeln!(
+            s,
+            "events: {} (guest-RAM reads carried {} bytes)",
+            self.kinds
+                .iter()
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            self.ram_read_bytes
         );
         let _ = writeln!(
             s,

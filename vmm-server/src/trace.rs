@@ -14,7 +14,7 @@
 //! The events go out as a byte stream cut into console lines (see
 //! [`Recorder`]); [`Decoder`] reads the stream back. An exit record or a
 //! resume is sent as the words that changed since the previous one (a
-//! bitmap, then those words), clock readings as the ticks since the last
+//! bitmap, then those words XORed with the old ones, as LEB128), clock readings as the ticks since the last
 //! stamp, other numbers as LEB128.
 
 use core::cell::RefCell;
@@ -37,7 +37,7 @@ pub const LINE_MARK: u8 = 0x1e;
 /// line fits one `ConsoleWrite` (4096 bytes).
 pub const LINE_BYTES: usize = 3069;
 /// The version of the event stream, in [`Event::Meta`].
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// Event tags on the wire.
 mod tag {
@@ -296,7 +296,9 @@ impl<S: Sink> Recorder<S> {
         self.last_tsc = t;
     }
 
-    /// The words of `new` that differ from `old`: a bitmap, then them.
+    /// The words of `new` that differ from `old`: a bitmap, then each
+    /// as the LEB128 of its XOR with the old word (a counter or an
+    /// address that moved a little takes a byte or two, not eight).
     fn delta(&mut self, old: &[u8], new: &[u8]) {
         let words = new.len() / 8;
         let mut map = [0u8; 8];
@@ -308,7 +310,7 @@ impl<S: Sink> Recorder<S> {
         self.put(&map[..words.div_ceil(8)]);
         for w in 0..words {
             if map[w / 8] & (1 << (w % 8)) != 0 {
-                self.put(&new[w * 8..w * 8 + 8]);
+                self.varint(word(old, w) ^ word(new, w));
             }
         }
     }
@@ -399,6 +401,13 @@ impl<S: Sink> Recorder<S> {
         self.flush();
         self.on = false;
     }
+}
+
+/// Word `w` of `bytes`, little-endian.
+fn word(bytes: &[u8], w: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[w * 8..w * 8 + 8]);
+    u64::from_le_bytes(b)
 }
 
 fn vmm_stats_words(s: &VmmStats) -> [u64; 8] {
@@ -731,7 +740,8 @@ impl<'a> Decoder<'a> {
         let map = self.take(words.div_ceil(8))?;
         for w in 0..words {
             if map[w / 8] & (1 << (w % 8)) != 0 {
-                into[w * 8..w * 8 + 8].copy_from_slice(self.take(8)?);
+                let v = word(into, w) ^ self.varint()?;
+                into[w * 8..w * 8 + 8].copy_from_slice(&v.to_le_bytes());
             }
         }
         Ok(())
