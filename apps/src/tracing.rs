@@ -73,23 +73,28 @@ impl Write for TraceOut {
     }
 }
 
+/// `f` of the trace archived at `path`, or 2 when it cannot be read.
+fn with_trace(path: &Path, f: impl FnOnce(&trace::ArchivedTrace) -> i32) -> i32 {
+    match trace::load(path).and_then(|bytes| {
+        trace::access(&bytes)
+            .map(f)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("splitvisor: {e}");
+            2
+        }
+    }
+}
+
 /// `splitvisor replay FILE`: 0 when identical, 1 at a divergence, 2 when
 /// the file cannot be replayed.
 pub fn replay(path: &Path) -> i32 {
-    let bytes = match trace::load(path) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("splitvisor: {e}");
-            return 2;
-        }
-    };
-    let t = match trace::access(&bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("splitvisor: {}: {e}", path.display());
-            return 2;
-        }
-    };
+    with_trace(path, |t| replay_trace(path, t))
+}
+
+fn replay_trace(path: &Path, t: &trace::ArchivedTrace) -> i32 {
     match trace::replay::replay(t) {
         Ok(o) => {
             println!("{o}");
@@ -113,20 +118,10 @@ pub fn replay(path: &Path) -> i32 {
 
 /// `splitvisor stats FILE [--svg DIR]`.
 pub fn stats(path: &Path, svg: Option<&Path>) -> i32 {
-    let bytes = match trace::load(path) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("splitvisor: {e}");
-            return 2;
-        }
-    };
-    let t = match trace::access(&bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("splitvisor: {}: {e}", path.display());
-            return 2;
-        }
-    };
+    with_trace(path, |t| stats_of(t, svg))
+}
+
+fn stats_of(t: &trace::ArchivedTrace, svg: Option<&Path>) -> i32 {
     let s = trace::stats::summarize(t);
     print!("{}", s.text());
     if let Some(dir) = svg {

@@ -85,13 +85,10 @@ fn debian_amd64_runs_the_workload_with_npt_and_its_boot_prefix_replays_identical
         )),
         "{run}"
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitvisor"))
-        .args(["replay", path])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
+    let replay = common::splitvisor(&["replay", path]);
+    let said = &replay.stdout;
     eprintln!("amd64 npt: replay: {}", said.trim_end().replace('\n', "; "));
-    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert_eq!(replay.code, Some(0), "{replay}");
     assert!(
         said.starts_with(&format!(
             "{TRACE_EXITS} exits, identical (the trace is a prefix of the run)"

@@ -8,19 +8,7 @@
 
 mod common;
 
-use std::process::Command;
-
-fn splitvisor(args: &[&str]) -> common::Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_splitvisor"))
-        .args(args)
-        .output()
-        .expect("the splitvisor binary starts");
-    common::Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use common::splitvisor;
 
 #[test]
 fn the_hello_guest_traced_on_qemu_svm_replays_identically_and_a_changed_resume_diverges() {
