@@ -423,6 +423,15 @@ fn vmm_stats_words(s: &VmmStats) -> [u64; 8] {
     ]
 }
 
+#[cold]
+#[inline(never)]
+fn record_into<S: Sink>(r: &RefCell<Recorder<S>>, f: impl FnOnce(&mut Recorder<S>)) {
+    let mut r = r.borrow_mut();
+    if r.on {
+        f(&mut r);
+    }
+}
+
 /// The recorder a [`Traced`] writes to, if any.
 pub type Rec<'r, S> = Option<&'r RefCell<Recorder<S>>>;
 
@@ -440,12 +449,12 @@ impl<'r, T, S: Sink> Traced<'r, T, S> {
         Self { inner, rec }
     }
 
+    /// A run without a recorder pays this test only: the recording is
+    /// out of line.
+    #[inline(always)]
     fn record(&self, f: impl FnOnce(&mut Recorder<S>)) {
         if let Some(r) = self.rec {
-            let mut r = r.borrow_mut();
-            if r.on {
-                f(&mut r);
-            }
+            record_into(r, f);
         }
     }
 }
