@@ -231,16 +231,30 @@ impl Summary {
             .max()
             .unwrap_or(1)
             .max(1);
+        // The buckets that hold any exit, one more on each side.
+        let used = |b: &Vec<u64>| b.iter().position(|&c| c > 0);
+        let first = series
+            .iter()
+            .filter_map(|(_, b)| used(b))
+            .min()
+            .unwrap_or(0);
+        let last = series
+            .iter()
+            .filter_map(|(_, b)| b.iter().rposition(|&c| c > 0))
+            .max()
+            .unwrap_or(23);
+        let x = first.saturating_sub(1) as f64 - 3.0..(last + 2).min(24) as f64 - 3.0;
+        // Counts on a log scale: the common reasons would flatten the rare.
         let mut chart = ChartBuilder::on(&root)
             .caption("vmm-server latency per exit reason", ("sans-serif", 20))
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(-3f64..21f64, 0u64..top + top / 10 + 1)?;
+            .build_cartesian_2d(x, (0.5f64..top as f64 * 2.0).log_scale())?;
         chart
             .configure_mesh()
             .x_desc("log2(microseconds)")
-            .y_desc("exits")
+            .y_desc("exits (log scale; 0 drawn at 0.5)")
             .draw()?;
         for (i, (name, b)) in series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
@@ -248,7 +262,7 @@ impl Summary {
                 .draw_series(LineSeries::new(
                     b.iter()
                         .enumerate()
-                        .map(|(k, &c)| (k as f64 - 3.0 + 0.5, c)),
+                        .map(|(k, &c)| (k as f64 - 3.0 + 0.5, (c as f64).max(0.5))),
                     color,
                 ))?
                 .label(*name)
