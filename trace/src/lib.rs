@@ -81,6 +81,9 @@ mod types {
         Limit,
         /// Ticks spent sending trace lines since the last stamp.
         Flush(u64),
+        /// The stub's counters (`ipc_proto::Stats`'s bytes) and the
+        /// mmu-server's, sampled every `SAMPLE_EXITS` exits.
+        Sample(Vec<u8>, Option<Vec<u8>>),
     }
 
     /// A recorded run.
@@ -213,6 +216,10 @@ impl Ev {
             }
             Event::Limit => Ev::Limit,
             Event::Flush(t) => Ev::Flush(t),
+            Event::Sample { stats, mmu } => Ev::Sample(
+                stats.as_bytes().to_vec(),
+                mmu.map(|m| m.as_bytes().to_vec()),
+            ),
         }
     }
 }
@@ -303,6 +310,10 @@ impl ArchivedEv {
             },
             ArchivedEv::Limit => Event::Limit,
             ArchivedEv::Flush(t) => Event::Flush(t.to_native()),
+            ArchivedEv::Sample(s, m) => Event::Sample {
+                stats: read(s),
+                mmu: m.as_ref().map(|b| read(b)),
+            },
         }
     }
 }

@@ -177,8 +177,12 @@ impl<'a> Cursor<'a> {
         if self.stop.is_some() {
             return None;
         }
-        // The cost of tracing is no input of the handler's.
-        while matches!(self.events.get(self.at), Some(ArchivedEv::Flush(_))) {
+        // The cost of tracing and the recorder's samples are no inputs of
+        // the handler's.
+        while matches!(
+            self.events.get(self.at),
+            Some(ArchivedEv::Flush(_) | ArchivedEv::Sample(..))
+        ) {
             self.at += 1;
         }
         let Some(ev) = self.events.get(self.at) else {

@@ -34,6 +34,11 @@ pub struct Summary {
     pub kinds: BTreeMap<&'static str, u64>,
     /// Guest-RAM bytes read.
     pub ram_read_bytes: u64,
+    /// The shadow cache's hit rate between two samples of the
+    /// mmu-server's counters (`Event::Sample`): the TSC of the later
+    /// sample's exit, hits / (hits + misses) in that stretch; none
+    /// where the stretch had neither.
+    pub hit_rate: Vec<(u64, f64)>,
 }
 
 /// Reads the figures out of `trace`.
@@ -49,6 +54,8 @@ pub fn summarize(trace: &ArchivedTrace) -> Summary {
     let mut tracing = 0u64;
     let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut ram_read_bytes = 0;
+    let mut hit_rate = Vec::new();
+    let mut last_mmu: Option<(u64, u64)> = None;
     for e in trace.events.iter() {
         let ev = e.event();
         *kinds.entry(kind(&ev)).or_default() += 1;
@@ -63,6 +70,15 @@ pub fn summarize(trace: &ArchivedTrace) -> Summary {
                 tracing = 0;
             }
             Event::Flush(t) => tracing += t,
+            Event::Sample { mmu: Some(m), .. } => {
+                let (h0, m0) = last_mmu.unwrap_or((0, 0));
+                let (dh, dm) = (m.hits.saturating_sub(h0), m.misses.saturating_sub(m0));
+                if dh + dm > 0 {
+                    let at = stamps.last().copied().unwrap_or(0);
+                    hit_rate.push((at, dh as f64 / (dh + dm) as f64));
+                }
+                last_mmu = Some((m.hits, m.misses));
+            }
             Event::Resume { tsc, .. } => {
                 if let Some((at, name)) = pending.take() {
                     latency
@@ -97,6 +113,7 @@ pub fn summarize(trace: &ArchivedTrace) -> Summary {
         over_time,
         kinds,
         ram_read_bytes,
+        hit_rate,
     }
 }
 
@@ -117,6 +134,7 @@ fn kind(e: &Event<'_>) -> &'static str {
         Event::WaitUntil(_) => "wait",
         Event::End { .. } | Event::Limit => "end",
         Event::Flush(_) => "flush",
+        Event::Sample { .. } => "sample",
     }
 }
 
@@ -188,6 +206,18 @@ impl Summary {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
+        if !self.hit_rate.is_empty() {
+            let _ = writeln!(
+                s,
+                "shadow cache hit rate per {} exits (where it built or found tables), %: {}",
+                vmm_server::trace::SAMPLE_EXITS,
+                self.hit_rate
+                    .iter()
+                    .map(|(_, r)| format!("{:.0}", r * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
         s
     }
 
@@ -200,7 +230,13 @@ impl Summary {
         let time = dir.join("exits-over-time.svg");
         self.plot_latency(&lat).map_err(|e| e.to_string())?;
         self.plot_over_time(&time).map_err(|e| e.to_string())?;
-        Ok(vec![lat, time])
+        let mut files = vec![lat, time];
+        if !self.hit_rate.is_empty() {
+            let hits = dir.join("shadow-hit-rate.svg");
+            self.plot_hit_rate(&hits).map_err(|e| e.to_string())?;
+            files.push(hits);
+        }
+        Ok(files)
     }
 
     /// Buckets: [2^i, 2^(i+1)) microseconds, i from -3.
@@ -277,6 +313,33 @@ impl Summary {
         Ok(())
     }
 
+    fn plot_hit_rate(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(path, (900, 400)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let secs = |t: u64| t.saturating_sub(self.span.0) as f64 / self.tsc_hz as f64;
+        let end = secs(self.span.1).max(1e-9);
+        let mut chart = ChartBuilder::on(&root)
+            .caption("shadow cache hit rate over time", ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..end, 0f64..100f64)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds of the TSC")
+            .y_desc(format!(
+                "% hits per {} exits",
+                vmm_server::trace::SAMPLE_EXITS
+            ))
+            .draw()?;
+        chart.draw_series(LineSeries::new(
+            self.hit_rate.iter().map(|&(t, r)| (secs(t), r * 100.0)),
+            BLUE,
+        ))?;
+        root.present()?;
+        Ok(())
+    }
+
     fn plot_over_time(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         let root = SVGBackend::new(path, (900, 400)).into_drawing_area();
         root.fill(&WHITE)?;
@@ -326,6 +389,18 @@ mod tests {
         }
     }
 
+    fn sample(hits: u64, misses: u64) -> Ev {
+        let mmu = ipc_proto::stats::MmuStats {
+            hits,
+            misses,
+            ..Default::default()
+        };
+        Ev::Sample(
+            ipc_proto::Stats::default().as_bytes().to_vec(),
+            Some(mmu.as_bytes().to_vec()),
+        )
+    }
+
     fn resume(tsc: u64) -> Ev {
         Ev::Resume {
             tsc,
@@ -347,14 +422,18 @@ mod tests {
             events: vec![
                 Ev::FirstRun { tsc: 0 },
                 exit(1_000, svm_exit::IOIO),
+                sample(3, 1),
                 Ev::Now(1_100),
                 Ev::Flush(300),
                 resume(2_000),
                 exit(3_000, svm_exit::IOIO),
+                // Nothing built or found since: no point.
+                sample(3, 1),
                 resume(6_000),
                 // A flush before the exit's stamp is the guest's time.
                 Ev::Flush(5_000),
                 exit(10_000, svm_exit::CPUID),
+                sample(5, 3),
                 resume(10_500),
             ],
         };
@@ -368,6 +447,7 @@ mod tests {
         assert_eq!(s.over_time.iter().sum::<u64>(), 3);
         assert_eq!(s.over_time[0], 1);
         assert_eq!(s.over_time[SLICES - 1], 1);
+        assert_eq!(s.hit_rate, vec![(1_000, 0.75), (10_000, 0.5)]);
         assert_eq!(percentile(&s.latency["ioio"], 500), 3_000);
         assert_eq!(percentile(&s.latency["ioio"], 0), 700);
         let text = s.text();
@@ -380,6 +460,11 @@ mod tests {
             assert!(svg.starts_with("<svg"), "{}", f.display());
         }
         assert!(std::fs::read_to_string(&files[0]).unwrap().contains("ioio"));
+        assert!(files[2].ends_with("shadow-hit-rate.svg"));
+        assert!(
+            text.contains("hit rate per 1000 exits (where it built or found tables), %: 75 50"),
+            "{text}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -61,7 +61,12 @@ mod tag {
     pub const END: u8 = 18;
     pub const LIMIT: u8 = 19;
     pub const FLUSH: u8 = 20;
+    pub const SAMPLE: u8 = 21;
 }
+
+/// Exits between two samples of the stub's and the mmu-server's counters
+/// ([`Event::Sample`]).
+pub const SAMPLE_EXITS: u32 = 1000;
 
 /// A yes-or-no answer of the host ([`Event::Flag`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,6 +197,15 @@ pub enum Event<'a> {
     /// TSC ticks spent sending trace lines since the last stamp: the
     /// cost of tracing, which `splitvisor stats` takes out of latencies.
     Flush(u64),
+    /// The stub's and the mmu-server's counters, read by the recorder
+    /// every [`SAMPLE_EXITS`] exits (for figures over time: the shadow
+    /// cache's hit rate); no input of the handler's.
+    Sample {
+        /// The stub's counters.
+        stats: Stats,
+        /// The mmu-server's, if it keeps any.
+        mmu: Option<MmuStats>,
+    },
 }
 
 /// FNV-1a, 32 bits: a cheap check that written bytes are the same.
@@ -432,6 +446,31 @@ fn record_into<S: Sink>(r: &RefCell<Recorder<S>>, f: impl FnOnce(&mut Recorder<S
     }
 }
 
+/// Every [`SAMPLE_EXITS`] recorded exits, the counters of the stub and
+/// the mmu-server (an extra `StatsRead`, in traced runs only).
+#[cold]
+#[inline(never)]
+fn sample<S: Sink>(rec: &RefCell<Recorder<S>>, stub: &mut impl Stub) {
+    let due = {
+        let r = rec.borrow();
+        r.on && r.exits.is_multiple_of(SAMPLE_EXITS)
+    };
+    if !due {
+        return;
+    }
+    let Ok(stats) = stub.stats_read() else {
+        return;
+    };
+    let mmu = stub.mmu_stats();
+    let mut r = rec.borrow_mut();
+    r.put(&[tag::SAMPLE]);
+    r.put(stats.as_bytes());
+    r.put(&[u8::from(mmu.is_some())]);
+    if let Some(m) = &mmu {
+        r.put(m.as_bytes());
+    }
+}
+
 /// The recorder a [`Traced`] writes to, if any.
 pub type Rec<'r, S> = Option<&'r RefCell<Recorder<S>>>;
 
@@ -464,6 +503,9 @@ impl<T: Stub, S: Sink> Stub for Traced<'_, T, S> {
         self.record(|r| r.resume(resume));
         let got = self.inner.vcpu_run(resume);
         self.record(|r| r.exit(&got));
+        if let (Some(rec), Ok(_)) = (self.rec, &got) {
+            sample(rec, &mut self.inner);
+        }
         got
     }
 
@@ -878,6 +920,14 @@ impl<'a> Decoder<'a> {
             }
             tag::LIMIT => Event::Limit,
             tag::FLUSH => Event::Flush(self.varint()?),
+            tag::SAMPLE => {
+                let stats = self.read()?;
+                let mmu = match self.u8()? {
+                    0 => None,
+                    _ => Some(self.read()?),
+                };
+                Event::Sample { stats, mmu }
+            }
             _ => {
                 self.at -= 1;
                 return Err(self.err("an unknown event tag"));
