@@ -17,6 +17,7 @@ pub mod loc;
 pub mod nic;
 pub mod run;
 pub mod sel4;
+pub mod tracing;
 pub mod virtio;
 pub mod vms;
 

@@ -69,6 +69,39 @@ enum Command {
     /// escapes, denied controls) and lists every stub fault and escape.
     /// Exits 0 when there are no stub faults and no escapes, else 1.
     Attack(AttackArgs),
+    /// Replay a trace (`run --trace FILE`) through the vmm-server's exit
+    /// handler on this host and compare every decision it makes with the
+    /// recorded one.
+    ///
+    /// Prints `N exits, identical` or where the first decision or input
+    /// differs (the exit, the recorded event and what the handler did),
+    /// then the replay speed in exits per second. Exits 0 when identical,
+    /// 1 at a divergence, 2 when the file cannot be replayed (not a trace,
+    /// or recorded with --uart-server or virtio devices, whose replies are
+    /// not recorded yet).
+    Replay(ReplayArgs),
+    /// Sum up a trace (`run --trace FILE`): exits per reason, the
+    /// vmm-server's latency per reason (percentiles, from the TSC stamps of
+    /// each exit reaching it and its resume leaving it), exits over time;
+    /// with --svg DIR also latency.svg and exits-over-time.svg.
+    Stats(StatsArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// The trace archive.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+}
+
+#[derive(Args)]
+struct StatsArgs {
+    /// The trace archive.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Write the plots as SVG files into this directory.
+    #[arg(long, value_name = "DIR")]
+    svg: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -529,6 +562,21 @@ struct RunArgs {
     /// --net user gives the guest a network through this card.
     #[arg(long, value_name = "NET", value_parser = splitvisor::nic::NicSpec::parse)]
     nic: Option<splitvisor::nic::NicSpec>,
+    /// Record every input and decision of the vmm-server's exit handler
+    /// (each exit record and resume with TSC stamps, clock readings, CPUID
+    /// answers, guest-RAM reads, console input; hashes of guest-RAM writes
+    /// and console output; the ending) into FILE, an rkyv archive for
+    /// `splitvisor replay` and `splitvisor stats`. The vmm-server sends the
+    /// records as console lines starting with byte 0x1e, which are taken
+    /// out of what is shown; a line on stderr gives the trace's size per
+    /// exit. QEMU only.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// With --trace: record the first N exits only (the run goes on,
+    /// untraced).
+    #[arg(long, value_name = "N", requires = "trace",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    trace_exits: Option<u32>,
 }
 
 /// `--nic` and `--net`: the nic-driver (and for `--net` the virtio-net
@@ -639,20 +687,40 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| splitvisor::run::default_memory_mib(system.all_ram_mib()));
             let arch = a.arch.as_deref().and_then(Arch::from_name);
             let cpu = a.cpu.unwrap_or_else(|| accel.default_cpu(kind, arch));
-            run::run_with_disk(
-                &RunOptions {
-                    system,
-                    cpu,
-                    arch,
-                    emulator: a.emulator,
-                    timeout: Duration::from_secs(a.timeout),
-                    memory_mib,
-                    unsafe_shadow: a.unsafe_shadow,
-                },
-                accel,
-                disk.as_ref(),
-            )
+            if a.trace.is_some() {
+                if bochs {
+                    eprintln!("splitvisor: --trace needs QEMU");
+                    return ExitCode::from(2);
+                }
+                system.trace = Some(ipc_proto::trace::TraceConfig {
+                    max_exits: a.trace_exits.unwrap_or(0),
+                });
+            }
+            let opts = RunOptions {
+                system,
+                cpu,
+                arch,
+                emulator: a.emulator,
+                timeout: Duration::from_secs(a.timeout),
+                memory_mib,
+                unsafe_shadow: a.unsafe_shadow,
+            };
+            match &a.trace {
+                None => run::run_with_disk(&opts, accel, disk.as_ref()),
+                Some(path) => {
+                    let out = splitvisor::tracing::TraceOut::new(Box::new(std::io::stdout()));
+                    let code =
+                        run::run_with_disk_to(&opts, accel, disk.as_ref(), Box::new(out.clone()));
+                    match out.finish(path) {
+                        Ok(line) => eprintln!("{line}"),
+                        Err(e) => eprintln!("splitvisor: --trace {}: {e}", path.display()),
+                    }
+                    code
+                }
+            }
         }
+        Command::Replay(a) => splitvisor::tracing::replay(&a.file),
+        Command::Stats(a) => splitvisor::tracing::stats(&a.file, a.svg.as_deref()),
         Command::Loc(a) => count_loc(&a),
         Command::Bench(a) => bench::bench(&a),
         Command::Attack(a) => splitvisor::attack::run_cli(&splitvisor::attack::AttackOptions {

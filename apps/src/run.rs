@@ -1288,6 +1288,17 @@ pub fn run_accel(opts: &RunOptions, accel: Accel) -> i32 {
 /// [`run_accel`] with the image of `--disk`, checked and locked by
 /// [`crate::disk::Disk::open`], as the machine's primary IDE master.
 pub fn run_with_disk(opts: &RunOptions, accel: Accel, disk: Option<&crate::disk::Disk>) -> i32 {
+    run_with_disk_to(opts, accel, disk, Box::new(io::stdout()))
+}
+
+/// [`run_with_disk`] with the console going to `out` instead of stdout
+/// (`--trace` takes its lines out there). QEMU only.
+pub fn run_with_disk_to(
+    opts: &RunOptions,
+    accel: Accel,
+    disk: Option<&crate::disk::Disk>,
+    out: Box<dyn Write + Send>,
+) -> i32 {
     let Some(emulator) = find_program(&opts.emulator) else {
         eprintln!("splitvisor: {}", emulator_missing_message(&opts.emulator));
         return EXIT_EMULATOR;
@@ -1325,21 +1336,9 @@ pub fn run_with_disk(opts: &RunOptions, accel: Accel, disk: Option<&crate::disk:
     let result = if raw.is_some() {
         // The line ends with CR LF: the terminal is raw now.
         eprint!("{CONSOLE_START_LINE}\r\n");
-        run_console(
-            cmd,
-            &program,
-            opts.timeout,
-            Box::new(io::stdout()),
-            Box::new(io::stdin()),
-        )
+        run_console(cmd, &program, opts.timeout, out, Box::new(io::stdin()))
     } else {
-        run_command_piping(
-            cmd,
-            &program,
-            opts.timeout,
-            Box::new(io::stdout()),
-            Box::new(io::stdin()),
-        )
+        run_command_piping(cmd, &program, opts.timeout, out, Box::new(io::stdin()))
     };
     if raw.is_some() {
         drop(raw);

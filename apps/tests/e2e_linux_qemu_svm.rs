@@ -26,6 +26,10 @@ mod common;
 
 use splitvisor::linux::Flavour;
 
+/// EPYC has XSAVE and AVX (QEMU's TCG no XSAVEC): the kernel takes them.
+const XSTATE: &str =
+    "x86/fpu: Enabled xstate features 0x7, context size is 832 bytes, using 'standard' format.";
+
 /// Seconds one boot may take.
 const TIMEOUT_SECS: u64 = 900;
 
@@ -67,16 +71,51 @@ fn boot_linux(flavour: Flavour, mmu: &str) {
             "unsyncs={unsyncs} syncs={syncs}"
         );
     }
-    // EPYC has XSAVE and AVX (QEMU's TCG no XSAVEC): the kernel takes them.
     if flavour == Flavour::Amd64 {
-        let xstate = "x86/fpu: Enabled xstate features 0x7, context size is 832 bytes, using 'standard' format.";
-        assert!(run.stdout.contains(xstate), "no `{xstate}`\n{run}");
+        assert!(run.stdout.contains(XSTATE), "no `{XSTATE}`\n{run}");
     }
 }
 
+/// Exits of the boot recorded for the replay test: the first seconds of
+/// the kernel (CPUID, MSRs, the PIT, the console), about 5 s of tracing.
+const TRACE_EXITS: &str = "10000";
+
+/// Also records the first [`TRACE_EXITS`] exits (`--trace-exits`) and
+/// replays them through the exit handler on the host: every decision the
+/// same (the regression test of `splitvisor replay` on a Linux boot).
 #[test]
-fn debian_amd64_runs_the_workload_with_npt() {
-    boot_linux(Flavour::Amd64, "npt");
+fn debian_amd64_runs_the_workload_with_npt_and_its_boot_prefix_replays_identically() {
+    let file = std::env::temp_dir().join(format!("e2e-linux-trace-{}.rkyv", std::process::id()));
+    let path = file.to_str().unwrap();
+    let args = [
+        "--board",
+        "isa",
+        "--cpu",
+        "EPYC,+svm,+npt",
+        "--trace",
+        path,
+        "--trace-exits",
+        TRACE_EXITS,
+    ];
+    let run = common::boot_linux(Flavour::Amd64, "npt", &args, TIMEOUT_SECS);
+    assert!(run.stdout.contains(XSTATE), "no `{XSTATE}`\n{run}");
+    assert!(
+        run.stderr.contains(&format!(
+            "splitvisor: trace: {TRACE_EXITS} exits (a prefix: --trace-exits)"
+        )),
+        "{run}"
+    );
+    let replay = common::splitvisor(&["replay", path]);
+    let said = &replay.stdout;
+    eprintln!("amd64 npt: replay: {}", said.trim_end().replace('\n', "; "));
+    assert_eq!(replay.code, Some(0), "{replay}");
+    assert!(
+        said.starts_with(&format!(
+            "{TRACE_EXITS} exits, identical (the trace is a prefix of the run)"
+        )),
+        "{said}"
+    );
+    let _ = std::fs::remove_file(file);
 }
 
 #[test]

@@ -337,6 +337,9 @@ pub struct SystemSpec {
     /// configuration block of that task's ELF (`ipc_proto::inject`).
     /// Empty by default.
     pub inject: Vec<(String, ipc_proto::inject::Injection)>,
+    /// The vmm-server records a trace (`splitvisor run --trace`), patched
+    /// into its trace block (`ipc_proto::trace`). None by default.
+    pub trace: Option<ipc_proto::trace::TraceConfig>,
     /// The stub built with `bench-inline-exits` ([`build_bench_inline_stub`]):
     /// `splitvisor bench exits`'s in-stub handler. False by default.
     pub bench_inline_stub: bool,
@@ -395,6 +398,7 @@ impl SystemSpec {
             pci_functions: Vec::new(),
             pci_takes_host_input: false,
             inject: Vec::new(),
+            trace: None,
             bench_inline_stub: false,
             net_forwards: Vec::new(),
             more_vms: Vec::new(),
@@ -455,6 +459,9 @@ impl SystemSpec {
         }
         if self.bench_inline_stub {
             name.push_str("-bench-inline");
+        }
+        if self.trace.is_some() {
+            name.push_str("-trace");
         }
         name + ".img"
     }
@@ -719,7 +726,11 @@ fn vm_payload(spec: &SystemSpec, elfs: &TargetElfs, dir: &Path) -> Result<Vec<u8
         Some(h) => (read(&h.vmm_server)?, read(&h.mmu_server)?),
         None => (read(&elfs.vmm_server)?, read(&elfs.mmu_server)?),
     };
-    let vmm = patch_pci_functions(spec, vmm)?;
+    let mut vmm = patch_pci_functions(spec, vmm)?;
+    if let Some(t) = &spec.trace {
+        ipc_proto::trace::patch(&mut vmm, t)
+            .map_err(|e| BuildError::BadGuest(spec.guest.clone(), format!("--trace: {e}")))?;
+    }
     let uart = read(&elfs.uart_server)?;
     let devices = spec
         .device_servers

@@ -26,6 +26,7 @@ pub mod mmu;
 pub mod net;
 pub mod pci;
 pub mod stats;
+pub mod trace;
 pub mod vcpu;
 pub mod x86;
 

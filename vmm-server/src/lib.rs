@@ -66,6 +66,7 @@ pub mod mmio;
 pub mod msr;
 pub mod router;
 pub mod server;
+pub mod trace;
 pub mod vcpu;
 pub mod vmm;
 

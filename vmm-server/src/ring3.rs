@@ -20,6 +20,7 @@ use vmm_server::devices::remote::{PortChannel, RemotePort};
 use vmm_server::devices::remote_pci::{PciChannel, RemotePci};
 use vmm_server::devices::uart16550::{self, Uart16550};
 use vmm_server::emulate::{GuestMemory, NotRam};
+use vmm_server::trace::{Recorder, Sink, Traced};
 use vmm_server::{Ending, Host, HostConsole, HostWrite, PortDevice, Stub, Vmm};
 
 /// The RTC's time at boot when the stub gives none: 2026-01-01 00:00 UTC.
@@ -51,6 +52,22 @@ fn pci_functions() -> ([u8; ipc_proto::pci::FUNCTION_SLOTS], u8) {
     let mut slots = [0u8; ipc_proto::pci::FUNCTION_SLOTS];
     slots.copy_from_slice(&b[at..at + ipc_proto::pci::FUNCTION_SLOTS]);
     (slots, b[at + ipc_proto::pci::FUNCTION_SLOTS])
+}
+
+// `splitvisor run --trace`: the image builder patches this block.
+ipc_proto::trace_block!(TRACE_BLOCK);
+
+/// Trace lines go to the host console, where `splitvisor` takes them out
+/// (`vmm_server::trace`); stamps are the TSC.
+struct TraceSink;
+
+impl Sink for TraceSink {
+    fn line(&mut self, bytes: &[u8]) {
+        console_write(bytes);
+    }
+    fn tsc(&mut self) -> u64 {
+        rdtsc()
+    }
 }
 
 /// Whether the last byte sent to the host console was '\n'; the panic
@@ -411,17 +428,36 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
     // Channel number + 1 to the uart-server, 0 when COM1 is ours.
     let uart_channel = boot.uart_channel.checked_sub(1);
     let (pci_slots, pci_flags) = pci_functions();
+    // With `--trace`, every input and decision of the handler is recorded
+    // through `Traced` wrappers; without, they only forward.
+    let trace = ipc_proto::trace::TraceConfig::decode(&ipc_proto::trace::read_block(&TRACE_BLOCK));
+    let recorder = trace.map(|t| {
+        let meta = vmm_server::trace::Meta {
+            version: vmm_server::trace::VERSION,
+            board: boot.board,
+            mmu_mode: boot.mmu_mode,
+            uart_channel: boot.uart_channel,
+            pci_functions: pci_slots.iter().filter(|&&s| s != 0).count() as u8,
+            tsc_hz: boot.tsc_hz,
+            guest_ram_bytes: boot.guest_ram_bytes,
+        };
+        RefCell::new(Recorder::new(TraceSink, t.max_exits, meta))
+    });
+    let rec = recorder.as_ref();
     let poll_gap = match boot.tsc_hz {
         0 => 1_000_000,
         hz => hz / 1000,
     };
     let console = RefCell::new(HostConsole::new(
-        ConsoleSyscall {
-            uart: uart_channel.map(|channel| ChannelSyscall { channel }),
-            input_elsewhere: pci_flags & ipc_proto::pci::TAKES_HOST_INPUT != 0,
-            read_gap: poll_gap,
-            last_empty: None,
-        },
+        Traced::new(
+            ConsoleSyscall {
+                uart: uart_channel.map(|channel| ChannelSyscall { channel }),
+                input_elsewhere: pci_flags & ipc_proto::pci::TAKES_HOST_INPUT != 0,
+                read_gap: poll_gap,
+                last_empty: None,
+            },
+            rec,
+        ),
         true,
     ));
     if boot.abi_version != ABI_VERSION {
@@ -434,14 +470,20 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
     hooks.start(&boot);
 
     let board = Board::new();
-    let mut ram = GuestRamWindow {
-        base: boot.guest_ram_window,
-        len: boot.guest_ram_bytes,
-        writes: stub_abi::sys::GuestWrites::find(),
-    };
-    let mut host = NativeHost {
-        tsc_hz: boot.tsc_hz,
-    };
+    let mut ram = Traced::new(
+        GuestRamWindow {
+            base: boot.guest_ram_window,
+            len: boot.guest_ram_bytes,
+            writes: stub_abi::sys::GuestWrites::find(),
+        },
+        rec,
+    );
+    let mut host = Traced::new(
+        NativeHost {
+            tsc_hz: boot.tsc_hz,
+        },
+        rec,
+    );
     // The board's devices and their ports, from its table.
     let kind = boards::kind_of(boot.board);
     let table = boards::table(kind);
@@ -505,8 +547,12 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
         .with_pci_bus(&bus)
         .with_config(config);
 
-    let mut stub = NativeStub { hooks, last: None };
-    match vmm_server::run(&mut stub, &mut vmm, &console) {
+    let mut stub = Traced::new(NativeStub { hooks, last: None }, rec);
+    let ending = vmm_server::run(&mut stub, &mut vmm, &console);
+    if let Some(r) = rec {
+        r.borrow_mut().end(ending, vmm.stats());
+    }
+    match ending {
         Ending::Stop { status } => {
             tell_functions_the_end(&pci_slots);
             vm_stop(status)

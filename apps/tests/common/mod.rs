@@ -55,10 +55,14 @@ impl std::fmt::Display for Run {
 
 /// Runs `splitvisor run ARGS --timeout TIMEOUT_SECS`, as a user would.
 pub fn splitvisor_run(args: &[&str], timeout_secs: u64) -> Run {
+    let timeout = timeout_secs.to_string();
+    splitvisor(&[&["run"], args, &["--timeout", &timeout]].concat())
+}
+
+/// Runs `splitvisor ARGS` (any command).
+pub fn splitvisor(args: &[&str]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_splitvisor"))
-        .arg("run")
         .args(args)
-        .args(["--timeout", &timeout_secs.to_string()])
         .output()
         .expect("the splitvisor binary starts");
     Run {

@@ -1,0 +1,85 @@
+//! End-to-end: `splitvisor run --trace FILE` records the hello guest's run
+//! in QEMU (TCG, emulated SVM, nested paging); `splitvisor replay FILE`
+//! replays it through the exit handler on the host and finds every
+//! decision the same; the same trace with one resume changed diverges at
+//! that exit; `splitvisor stats FILE --svg DIR` sums it up. (The Linux
+//! boot prefix is replayed in `e2e_linux_qemu_svm.rs`, on a boot that
+//! test makes anyway.)
+
+mod common;
+
+use common::splitvisor;
+
+#[test]
+fn the_hello_guest_traced_on_qemu_svm_replays_identically_and_a_changed_resume_diverges() {
+    let dir = std::env::temp_dir().join(format!("e2e-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("hello.rkyv");
+    let path = file.to_str().unwrap();
+    let run = common::splitvisor_run(&["--guest", "hello", "--trace", path], 60);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.has_line("hello from the guest"), "{run}");
+    assert!(
+        !run.stdout.contains('\u{1e}'),
+        "trace lines reached stdout\n{run}"
+    );
+    let said = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("splitvisor: trace: "))
+        .unwrap_or_else(|| panic!("no trace line\n{run}"));
+    let exits: u64 = said["splitvisor: trace: ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(exits > 10, "{said}");
+
+    let replay = splitvisor(&["replay", path]);
+    assert_eq!(replay.code, Some(0), "{replay}");
+    assert!(
+        replay.stdout.starts_with(&format!(
+            "{exits} exits, identical (ending and counters too)"
+        )),
+        "{replay}"
+    );
+    assert!(replay.stdout.contains(" exits/s"), "{replay}");
+
+    let plots = dir.join("plots");
+    let stats = splitvisor(&["stats", path, "--svg", plots.to_str().unwrap()]);
+    assert_eq!(stats.code, Some(0), "{stats}");
+    assert!(
+        stats.stdout.starts_with(&format!("{exits} exits over ")),
+        "{stats}"
+    );
+    assert!(stats.stdout.contains("\n  ioio "), "{stats}");
+    assert!(plots.join("latency.svg").is_file(), "{stats}");
+    assert!(plots.join("exits-over-time.svg").is_file(), "{stats}");
+
+    // One recorded decision changed: the resume after the fifth exit
+    // skips one byte more.
+    let bytes = trace::load(&file).unwrap();
+    let mut t = trace::Trace::from_archive(trace::access(&bytes).unwrap());
+    let resume = t
+        .events
+        .iter_mut()
+        .filter_map(|e| match e {
+            trace::Ev::Resume { resume, .. } => Some(resume),
+            _ => None,
+        })
+        .nth(4)
+        .expect("five resumes");
+    let rip = std::mem::offset_of!(ipc_proto::Resume, regs)
+        + std::mem::offset_of!(ipc_proto::GuestRegs, rip);
+    resume[rip] = resume[rip].wrapping_add(1);
+    let bad = dir.join("changed.rkyv");
+    t.save(&bad).unwrap();
+    let replay = splitvisor(&["replay", bad.to_str().unwrap()]);
+    assert_eq!(replay.code, Some(1), "{replay}");
+    assert!(
+        replay.stdout.starts_with("diverged after exit 5 "),
+        "{replay}"
+    );
+    assert!(replay.stdout.contains("rip"), "{replay}");
+    let _ = std::fs::remove_dir_all(dir);
+}
