@@ -31,10 +31,10 @@ fn main() {
 
 #[cfg(target_os = "none")]
 mod ring3 {
-    use stub_abi::inject::{crash, hang, Fault, Injector};
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::net::{op, status, LinkMessage, MAX_SEND, RX_BIT, RX_OFFSET, TX_OFFSET};
     use ipc_proto::ABI_VERSION;
+    use stub_abi::inject::{crash, hang, Fault, Injector};
     use stub_abi::syscall::{NO_REPLY, RECV_NOTIFICATION};
     use stub_abi::{sys, Syscall};
     use switch::{FrameQueue, Switch, MAX_PORTS, UPLINK};
