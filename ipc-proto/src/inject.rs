@@ -136,15 +136,12 @@ impl core::fmt::Display for Injection {
 
 /// Sets the block in `elf` (a server's executable) to `inj`.
 pub fn patch(elf: &mut [u8], inj: &Injection) -> Result<(), &'static str> {
-    let at = elf
-        .windows(MAGIC.len())
-        .position(|w| w == MAGIC)
-        .ok_or("this server takes no injected faults (no configuration block in its ELF)")?;
-    let body = inj.encode();
-    elf.get_mut(at + MAGIC.len()..at + BLOCK_LEN)
-        .ok_or("the configuration block is cut off")?
-        .copy_from_slice(&body);
-    Ok(())
+    crate::config_block::patch(
+        elf,
+        &MAGIC,
+        &inj.encode(),
+        "this server takes no injected faults (no configuration block in its ELF)",
+    )
 }
 
 /// Counts a server's exits or requests and says when to fail.
@@ -198,24 +195,11 @@ impl Injector {
 #[macro_export]
 macro_rules! inject_block {
     ($name:ident) => {
-        #[used]
-        static $name: [u8; $crate::inject::BLOCK_LEN] = {
-            let mut c = [0u8; $crate::inject::BLOCK_LEN];
-            let mut i = 0;
-            while i < $crate::inject::MAGIC.len() {
-                c[i] = $crate::inject::MAGIC[i];
-                i += 1;
-            }
-            c
-        };
+        $crate::__config_block!($name, $crate::inject::BLOCK_LEN, $crate::inject::MAGIC);
     };
 }
 
-/// The block `block` as the image builder left it, read once.
-pub fn read_block(block: &[u8; BLOCK_LEN]) -> [u8; BLOCK_LEN] {
-    // SAFETY: a reference to a whole array is valid for a read of it.
-    unsafe { core::ptr::read_volatile(block) }
-}
+pub use crate::config_block::read as read_block;
 
 #[cfg(test)]
 mod tests {

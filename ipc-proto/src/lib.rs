@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod block;
+pub mod config_block;
 pub mod device;
 pub mod error;
 pub mod exit;

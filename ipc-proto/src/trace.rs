@@ -38,40 +38,24 @@ impl TraceConfig {
 
 /// Sets the block in `elf` (the vmm-server's executable) to `config`.
 pub fn patch(elf: &mut [u8], config: &TraceConfig) -> Result<(), &'static str> {
-    let at = elf
-        .windows(MAGIC.len())
-        .position(|w| w == MAGIC)
-        .ok_or("this vmm-server records no traces (no trace block in its ELF)")?;
-    elf.get_mut(at + MAGIC.len()..at + BLOCK_LEN)
-        .ok_or("the trace block is cut off")?
-        .copy_from_slice(&config.encode());
-    Ok(())
+    crate::config_block::patch(
+        elf,
+        &MAGIC,
+        &config.encode(),
+        "this vmm-server records no traces (no trace block in its ELF)",
+    )
 }
 
 /// Declares the block, `static $name: [u8; BLOCK_LEN]`: the magic and
-/// zeros (no tracing) until patched. Read it with
-/// [`crate::inject::read_block`]'s volatile read ([`read_block`]).
+/// zeros (no tracing) until patched. Read it with [`read_block`].
 #[macro_export]
 macro_rules! trace_block {
     ($name:ident) => {
-        #[used]
-        static $name: [u8; $crate::trace::BLOCK_LEN] = {
-            let mut c = [0u8; $crate::trace::BLOCK_LEN];
-            let mut i = 0;
-            while i < $crate::trace::MAGIC.len() {
-                c[i] = $crate::trace::MAGIC[i];
-                i += 1;
-            }
-            c
-        };
+        $crate::__config_block!($name, $crate::trace::BLOCK_LEN, $crate::trace::MAGIC);
     };
 }
 
-/// The block as the image builder left it, read once.
-pub fn read_block(block: &[u8; BLOCK_LEN]) -> [u8; BLOCK_LEN] {
-    // SAFETY: a reference to a whole array is valid for a read of it.
-    unsafe { core::ptr::read_volatile(block) }
-}
+pub use crate::config_block::read as read_block;
 
 #[cfg(test)]
 mod tests {
