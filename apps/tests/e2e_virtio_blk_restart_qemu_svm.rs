@@ -13,7 +13,7 @@
 //! clean, `debugfs` finds the text, and a second boot reads the random file
 //! back with the same MD5. That second boot also has a network (`--net
 //! user`) whose two servers crash on purpose: virtio-net at each instance's
-//! 3rd queue notification and the switch at each instance's 4th call from
+//! 5th queue notification and the switch at each instance's 8th call from
 //! virtio-net (issue 13's `--inject` for them); the guest still gets its
 //! DHCP lease through the restarts.
 //!
@@ -83,9 +83,9 @@ fn debian_writes_its_disk_through_a_virtio_blk_crash() {
             "--net",
             "user",
             "--inject",
-            "virtio-net:crash@3",
+            "virtio-net:crash@5",
             "--inject",
-            "switch:crash@4",
+            "switch:crash@8",
         ],
     );
     let back =
