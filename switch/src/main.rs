@@ -33,7 +33,6 @@ fn main() {
 mod ring3 {
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::net::{op, status, LinkMessage, MAX_SEND, RX_BIT, RX_OFFSET, TX_OFFSET};
-    use ipc_proto::ABI_VERSION;
     use stub_abi::inject::{crash, hang, Fault, Injector};
     use stub_abi::syscall::{NO_REPLY, RECV_NOTIFICATION};
     use stub_abi::{sys, Syscall};
@@ -281,14 +280,7 @@ mod ring3 {
     }
 
     extern "C" fn server_main() -> ! {
-        let boot = sys::boot_info();
-        if boot.abi_version != ABI_VERSION {
-            say!(
-                "the stub speaks ABI version {}, this server was built for version {ABI_VERSION}",
-                boot.abi_version
-            );
-            sys::vm_fail();
-        }
+        sys::checked_boot_info("switch: ");
         // SAFETY: the image builder patches this byte; read once, volatile
         // so the compiler does not fold the zero it was built with.
         let byte = unsafe { core::ptr::read_volatile(&CONFIG[switch::CONFIG_MAGIC.len()]) };

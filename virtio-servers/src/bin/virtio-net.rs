@@ -30,7 +30,6 @@ mod ring3 {
     use ipc_proto::manifest::MAX_CHANNELS;
     use ipc_proto::net::RX_BIT;
     use ipc_proto::pci::PciMessage;
-    use ipc_proto::ABI_VERSION;
     use stub_abi::{sys, Syscall};
     use virtio::devices::net::{Net, NetStats};
     use virtio_servers::net::{
@@ -98,14 +97,7 @@ mod ring3 {
     }
 
     extern "C" fn server_main() -> ! {
-        let boot = sys::boot_info();
-        if boot.abi_version != ABI_VERSION {
-            say!(
-                "the stub speaks ABI version {}, this server was built for version {ABI_VERSION}",
-                boot.abi_version
-            );
-            sys::vm_fail();
-        }
+        let boot = sys::checked_boot_info("virtio-net: ");
         // SAFETY: the image builder patches this byte; read once, volatile
         // so the compiler does not fold the zero it was built with.
         let byte = unsafe { core::ptr::read_volatile(&CONFIG[CONFIG_MAGIC.len()]) };
