@@ -21,9 +21,11 @@
 //! With `--emulator bochs` the three ways run on Bochs with VMX, from GRUB
 //! ISOs (plain Bochs boots the guest's ELF).
 //!
-//! TODO(bench exits): instructions per part of the exit path (stub entry,
-//! server, IPC, return): today only the whole path's, from the guest's TSC
-//! (QEMU's -icount, Bochs's instruction ticks).
+//! With `--parts`, each kind also boots on stubs built with
+//! `bench-exit-parts` (ring-3 and in-stub), which sum the TSC ticks spent
+//! in the guest, in the stub after an exit, in ring 3 and in the stub
+//! after a system call (`kernel-stub/src/bench_parts.rs`): under
+//! `-icount` the instructions per part of the exit path ([`parts_table`]).
 //!
 //! The tables go to stdout, progress to stderr.
 
@@ -62,6 +64,9 @@ const REASONS: [&str; 8] = [
     "other",
 ];
 const GUEST: &str = "exitbench";
+/// The vmm-server's handling time that the guest's TSC leaves out, on
+/// its `[vmm] exits:` line.
+const HANDLING_TICKS: &str = "handling_ticks";
 /// A plain QEMU loop shorter than this is run again with ten times the
 /// count (the lines' arrival times are good to about a millisecond)...
 const PLAIN_LOOP_MIN: Duration = Duration::from_millis(100);
@@ -108,6 +113,11 @@ pub struct ExitsArgs {
     /// (corei7_skylake_x; --mmu npt then means EPT), plain Bochs too.
     #[arg(long, value_name = "PROGRAM", default_value = DEFAULT_EMULATOR)]
     emulator: String,
+    /// Also boot each kind on stubs that sum the ticks spent per part of
+    /// the exit path (guest, stub after the exit, ring 3, stub after the
+    /// system call, idle): the instructions per part under -icount.
+    #[arg(long)]
+    parts: bool,
     /// Kill a boot after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -176,6 +186,8 @@ pub(crate) struct Run {
     pub exits: Vec<(String, u64)>,
     /// The mmu-server's `[vmm] mmu:` figures (shadow paging).
     pub mmu: Vec<(String, u64)>,
+    /// The stub's `[stub] parts:` ticks per place (`--parts` stubs only).
+    pub parts: Vec<(String, u64)>,
     /// The guest's `end` lines, as printed.
     pub end_lines: Vec<String>,
     /// Characters of the guest's own lines, newlines included.
@@ -212,6 +224,9 @@ impl Cost {
 }
 
 /// The cost of `kind` in `run`, less the reference loop of `reference`.
+/// The TSC's is the guest's plus the vmm-server's handling time, which
+/// the guest's TSC leaves out (its `handling_ticks`, the kind's boot less
+/// the reference's): the host's TSC over the loop.
 pub(crate) fn cost(run: &Run, reference: &Run, kind: &str) -> Option<Cost> {
     let l = run.the_loop(kind)?;
     let r = reference.the_loop(REFERENCE)?;
@@ -219,7 +234,10 @@ pub(crate) fn cost(run: &Run, reference: &Run, kind: &str) -> Option<Cost> {
         return None;
     }
     let wall = l.wall.saturating_sub(r.wall).as_secs_f64();
-    let tsc = l.tsc.saturating_sub(r.tsc) as f64;
+    let hidden = run
+        .exit(HANDLING_TICKS)
+        .saturating_sub(reference.exit(HANDLING_TICKS));
+    let tsc = (l.tsc.saturating_sub(r.tsc) + hidden) as f64;
     Some(Cost {
         n: l.n,
         us_per_op: wall * 1e6 / l.n as f64,
@@ -425,8 +443,9 @@ pub(crate) fn table(rows: &[Row], tsc_per_ins: f64) -> String {
     let _ = writeln!(
         s,
         "Exits per second (plain: ops per second, its ops are no exits) and the \
-         instructions per op of the emulated machine (from the guest's TSC per op: 4 ticks an \
-         instruction under QEMU's -icount, 1 in Bochs; guest, stub and servers together):"
+         instructions per op of the emulated machine (from the guest's TSC per op plus the \
+         vmm-server's handling time, which the guest's TSC leaves out: 4 ticks an instruction \
+         under QEMU's -icount, 1 in Bochs; guest, stub and servers together):"
     );
     let _ = writeln!(
         s,
@@ -525,6 +544,60 @@ pub(crate) fn mmu_table(runs: &[(&str, &Run)], reference: &Run) -> String {
     s
 }
 
+/// The places of a `--parts` stub's `[stub] parts:` line, in its order.
+const PLACES: [&str; 5] = ["guest", "exit", "server", "call", "idle"];
+
+/// The figures of a `[stub] parts: ...` line (`[stub] vmN: parts: ...`
+/// with several VMs).
+fn stub_parts_line(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("[stub] ")?;
+    rest.strip_prefix("parts: ")
+        .or_else(|| rest.split_once(": parts: ").map(|(_, r)| r))
+}
+
+/// The `--parts` table: for each kind and way (`name`, its kind's boot
+/// and reference boot), the instructions per op spent in each place (the
+/// kind's ticks less the reference's, per op, per instruction), their sum,
+/// and the loop's own instructions per op from the guest's TSC, which the
+/// sum should match (the two boots print lines of different lengths).
+pub(crate) fn parts_table(rows: &[(&str, &str, &Run, &Run)], n: u64, tsc_per_ins: f64) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Instructions per op by place (--parts: stubs built with bench-exit-parts sum the host's \
+         TSC at each change of place; the kind's boot less the reference boot's). guest: VMRUN \
+         to #VMEXIT; exit: the stub from the exit to ring 3 (or back to the guest); server: \
+         ring 3; call: the stub from a system call (or IRQ) to ring 3 or VMRUN; idle: the stub \
+         waiting for a timer or IRQ; loop ins: the stamped boot's own figure, as above:"
+    );
+    let _ = write!(s, "{:<6} {:<8}", "kind", "way");
+    for p in PLACES {
+        let _ = write!(s, " {p:>8}");
+    }
+    let _ = writeln!(s, " {:>8} {:>9}", "sum", "loop ins");
+    for (kind, name, run, reference) in rows {
+        let _ = write!(s, "{kind:<6} {name:<8}");
+        let get = |r: &Run, k: &str| r.parts.iter().find(|(key, _)| key == k).map(|(_, v)| *v);
+        let mut sum = Some(0.0);
+        for p in PLACES {
+            let v = match (get(run, p), get(reference, p)) {
+                (Some(a), Some(b)) if n > 0 => Some((a as f64 - b as f64) / n as f64 / tsc_per_ins),
+                _ => None,
+            };
+            sum = sum.zip(v).map(|(s, v)| s + v);
+            let _ = write!(
+                s,
+                " {:>8}",
+                v.map_or("-".to_string(), |v| format!("{v:.0}"))
+            );
+        }
+        let ins = cost(run, reference, kind).map(|c| c.tsc_per_op / tsc_per_ins);
+        let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+        let _ = writeln!(s, " {:>8} {:>9}", cell(sum), cell(ins));
+    }
+    s
+}
+
 /// Runs `splitvisor bench exits`; returns the exit status.
 pub fn bench_exits(a: &ExitsArgs) -> i32 {
     let Some(program) = find_program(&a.emulator) else {
@@ -572,7 +645,11 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
         plain_elf: &plain_elf,
         // Three reference boots and three per kind, each round (plain
         // QEMU's count raised in the first round boots more).
-        boots: Cell::new((0, a.rounds as usize * 3 * (kinds.len() + 1))),
+        // With --parts, two more each in the first round.
+        boots: Cell::new((
+            0,
+            (a.rounds as usize * 3 + if a.parts { 2 } else { 0 }) * (kinds.len() + 1),
+        )),
     };
     // Plain QEMU's count per kind, found in the first round.
     let mut plain_counts: Vec<u64> = a
@@ -590,6 +667,17 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
         }
         let split_ref = bench.boot(Way::Splitvisor, REFERENCE, n);
         let stub_ref = bench.boot(Way::InStub, REFERENCE, n);
+        // The instructions are exact: the parts of the first round only.
+        let with_parts = a.parts && round == 0;
+        let parts_boots = |kind: &str| {
+            with_parts.then(|| {
+                (
+                    bench.boot_with(Way::Splitvisor, kind, n, true),
+                    bench.boot_with(Way::InStub, kind, n, true),
+                )
+            })
+        };
+        let parts_refs = parts_boots(REFERENCE);
         let mut plain_refs: Vec<(u64, Run)> = vec![(n, bench.boot(Way::Plain, REFERENCE, n))];
         let mut runs: Vec<KindRuns> = Vec::new();
         for (i, kind) in kinds.iter().enumerate() {
@@ -626,12 +714,14 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
                 split,
                 stub,
                 plain,
+                parts: parts_boots(kind),
             });
         }
         rounds.push(Round {
             split_ref,
             stub_ref,
             plain_refs,
+            parts_refs,
             runs,
         });
     }
@@ -682,6 +772,21 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
         let first: Vec<(&str, &Run)> = rounds[0].runs.iter().map(|k| (k.kind, &k.split)).collect();
         print!("{}", mmu_table(&first, &rounds[0].split_ref));
     }
+    if let Some((split_ref, stub_ref)) = &rounds[0].parts_refs {
+        let rows: Vec<(&str, &str, &Run, &Run)> = rounds[0]
+            .runs
+            .iter()
+            .filter_map(|k| k.parts.as_ref().map(|p| (k.kind, p)))
+            .flat_map(|(kind, (split, stub))| {
+                [
+                    (kind, Way::Splitvisor.name(bochs), split, split_ref),
+                    (kind, Way::InStub.name(bochs), stub, stub_ref),
+                ]
+            })
+            .collect();
+        println!();
+        print!("{}", parts_table(&rows, n, if bochs { 1.0 } else { 4.0 }));
+    }
     // The first round's lines and failures of every round.
     let first = &rounds[0];
     println!(
@@ -721,7 +826,20 @@ pub fn bench_exits(a: &ExitsArgs) -> i32 {
                 (k.kind, &k.plain, Way::Plain),
             ]
         });
-        for (kind, r, way) in refs.chain(kinds) {
+        let parts = round
+            .parts_refs
+            .iter()
+            .map(|p| (REFERENCE, p))
+            .chain(
+                round
+                    .runs
+                    .iter()
+                    .filter_map(|k| k.parts.as_ref().map(|p| (k.kind, p))),
+            )
+            .flat_map(|(kind, (split, stub))| {
+                [(kind, split, Way::Splitvisor), (kind, stub, Way::InStub)]
+            });
+        for (kind, r, way) in refs.chain(kinds).chain(parts) {
             if let Some(why) = &r.failure {
                 ok = false;
                 println!("{kind} ({}): FAILED: {why}", way.name(bochs));
@@ -741,6 +859,8 @@ struct KindRuns<'k> {
     split: Run,
     stub: Run,
     plain: Run,
+    /// `--parts`: the ring-3 and in-stub boots on the stamping stubs.
+    parts: Option<(Run, Run)>,
 }
 
 /// One round: the reference boots and one boot of each kind each way.
@@ -749,6 +869,8 @@ struct Round<'k> {
     stub_ref: Run,
     /// Plain QEMU's reference boots, by count.
     plain_refs: Vec<(u64, Run)>,
+    /// `--parts`: the reference boots on the stamping stubs.
+    parts_refs: Option<(Run, Run)>,
     runs: Vec<KindRuns<'k>>,
 }
 
@@ -881,6 +1003,12 @@ impl Bench<'_> {
 
     /// One boot running `kind` `n` times.
     fn boot(&self, way: Way, kind: &str, n: u64) -> Run {
+        self.boot_with(way, kind, n, false)
+    }
+
+    /// One boot running `kind` `n` times; with `parts`, on a stub built
+    /// with `bench-exit-parts`.
+    fn boot_with(&self, way: Way, kind: &str, n: u64, parts: bool) -> Run {
         let cmdline = format!("kind={kind} n={n}");
         let mut run = Run::default();
         let (mmu, _) = self.split_cpu();
@@ -896,6 +1024,7 @@ impl Bench<'_> {
                     },
                     cmdline: cmdline.clone(),
                     bench_inline_stub: way == Way::InStub,
+                    bench_parts_stub: parts,
                     ..images::SystemSpec::new(GUEST)
                 };
                 match images::build_system_spec(&system) {
@@ -921,6 +1050,9 @@ impl Bench<'_> {
         };
         let name = match way {
             Way::Plain => way.name(self.bochs).to_string(),
+            Way::Splitvisor | Way::InStub if parts => {
+                format!("{} {mmu} parts", way.name(self.bochs))
+            }
             Way::Splitvisor | Way::InStub => format!("{} {mmu}", way.name(self.bochs)),
         };
         let (started, planned) = self.boots.get();
@@ -953,6 +1085,8 @@ impl Bench<'_> {
                     run.exits = key_values(rest);
                 } else if let Some(rest) = line.strip_prefix("[vmm] mmu: ") {
                     run.mmu = key_values(rest);
+                } else if let Some(rest) = stub_parts_line(line) {
+                    run.parts = key_values(rest);
                 } else if line.starts_with("exitbench: end ") {
                     run.end_lines.push(line.clone());
                 }
@@ -1072,7 +1206,7 @@ mod tests {
 
     #[test]
     fn rows_subtract_the_reference() {
-        let sr = run(
+        let mut sr = run(
             "none",
             2,
             36,
@@ -1093,6 +1227,10 @@ mod tests {
             400_036,
             "total=10500 ioio=400 cpuid=10000 syscalls=2500",
         );
+        // The vmm-server's handling time, which the guest's TSC left
+        // out, counts: 100 ticks per op more.
+        s.exits.push((HANDLING_TICKS.into(), 1_000_050));
+        sr.exits.push((HANDLING_TICKS.into(), 50));
         let pr = run("none", 1, 36, "");
         let p = run("cpuid", 1, 40_036, "");
         let r = row("cpuid", 10_000, &[(&s, &sr)], &[(&t, &tr)], &[(&p, &pr)]);
@@ -1101,7 +1239,7 @@ mod tests {
         assert_eq!(r.stub_exits, Some(10_000));
         let c = r.split.unwrap();
         assert!((c.us_per_op - 50.0).abs() < 1e-9, "{c:?}");
-        assert!((c.tsc_per_op - 200.0).abs() < 1e-9);
+        assert!((c.tsc_per_op - 300.0).abs() < 1e-9);
         assert!((r.stub.unwrap().us_per_op - 10.0).abs() < 1e-9);
         let p = r.plain.unwrap();
         assert_eq!(p.us_per_op, 0.0);
@@ -1120,7 +1258,7 @@ mod tests {
         // Exits (ops) per second each way, instructions per op each way.
         assert_eq!(
             cells(&t, "cpuid", 1),
-            ["cpuid", "20000", "100000", ">1000000", "50", "10", "1"]
+            ["cpuid", "20000", "100000", ">1000000", "75", "10", "1"]
         );
         assert!(t.contains("Exits by reason"));
         let by_reason = cells(&t, "cpuid", 2);
@@ -1128,6 +1266,46 @@ mod tests {
         assert_eq!(&by_reason[..4], ["cpuid", "10000", "0", "10000"]);
         // Syscalls per exit: ring-3, in-stub (2500 less 2500: none).
         assert_eq!(by_reason[by_reason.len() - 2..], ["5.00", "0.00"]);
+    }
+
+    #[test]
+    fn parts_per_op_less_the_reference() {
+        assert_eq!(
+            stub_parts_line("[stub] parts: guest=1 exit=2"),
+            Some("guest=1 exit=2")
+        );
+        assert_eq!(
+            stub_parts_line("[stub] vm1: parts: guest=1"),
+            Some("guest=1")
+        );
+        assert_eq!(stub_parts_line("[stub] scheduler: idle=0"), None);
+        let parts = |r: &mut Run, line: &str| r.parts = key_values(stub_parts_line(line).unwrap());
+        let mut reference = run("none", 2, 400, "");
+        parts(
+            &mut reference,
+            "[stub] parts: guest=1000 exit=200 server=3000 call=400 idle=0",
+        );
+        let mut r = run("io", 500, 400 + 10_000 * 4 * 700, "");
+        // Per op: guest 10, exit 100, server 500, call 90 instructions.
+        parts(
+            &mut r,
+            "[stub] parts: guest=401000 exit=4000200 server=20003000 call=3600400 idle=0",
+        );
+        let t = parts_table(&[("io", "ring-3", &r, &reference)], 10_000, 4.0);
+        assert_eq!(
+            cells(&t, "io", 0),
+            ["io", "ring-3", "10", "100", "500", "90", "0", "700", "700"]
+        );
+        // A boot without the line gives dashes.
+        let t = parts_table(
+            &[("io", "ring-3", &r, &run("none", 2, 400, ""))],
+            10_000,
+            4.0,
+        );
+        assert_eq!(
+            cells(&t, "io", 0),
+            ["io", "ring-3", "-", "-", "-", "-", "-", "-", "700"]
+        );
     }
 
     #[test]

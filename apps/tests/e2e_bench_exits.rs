@@ -5,8 +5,9 @@
 //! through the stub built with `bench-inline-exits` (the stub's counters),
 //! that the in-stub handler answered them without the servers (no
 //! syscalls), and that the guest's own `end` lines came from all three
-//! ways with the counts asked for. No timing is checked: performance
-//! belongs in the benchmark, not in tests.
+//! ways with the counts asked for; under nested paging also the
+//! instructions per part of the exit path (`--parts`). No timing is
+//! checked: performance belongs in the benchmark, not in tests.
 
 use std::process::Command;
 
@@ -28,7 +29,7 @@ impl std::fmt::Display for Bench {
     }
 }
 
-fn bench(emulator: &str, mmu: &str) -> Bench {
+fn bench(emulator: &str, mmu: &str, parts: bool) -> Bench {
     let out = Command::new(env!("CARGO_BIN_EXE_splitvisor"))
         .args([
             "bench",
@@ -43,6 +44,7 @@ fn bench(emulator: &str, mmu: &str) -> Bench {
         .arg("--plain-count")
         .arg(COUNT.to_string())
         .args(["--timeout", "300"])
+        .args(parts.then_some("--parts"))
         .output()
         .expect("the splitvisor binary starts");
     Bench {
@@ -53,7 +55,15 @@ fn bench(emulator: &str, mmu: &str) -> Bench {
 }
 
 fn check(emulator: &str, mmu: &str, kinds: &[(&str, &str)]) {
-    let b = bench(emulator, mmu);
+    check_with(emulator, mmu, kinds, false);
+}
+
+/// As [`check`]; with `parts`, also the instructions per part of the exit
+/// path (`--parts`): the ring-3 way spends them in the stub after the
+/// exit, in ring 3 and in the stub after the system call; the in-stub
+/// way in ring 3 hardly at all.
+fn check_with(emulator: &str, mmu: &str, kinds: &[(&str, &str)], parts: bool) {
+    let b = bench(emulator, mmu, parts);
     assert_eq!(b.code, Some(0), "{b}");
     // The figures name the emulator they came from.
     let named = if emulator.starts_with("bochs") {
@@ -71,7 +81,7 @@ fn check(emulator: &str, mmu: &str, kinds: &[(&str, &str)]) {
             .collect();
         // The wall times, the rates, the exits by reason and, under shadow
         // paging, the mmu-server's figures.
-        let tables = if mmu == "shadow" { 4 } else { 3 };
+        let tables = if mmu == "shadow" { 4 } else { 3 } + if parts { 2 } else { 0 };
         assert_eq!(rows.len(), tables, "{kind}: a row in each table\n{b}");
         // The wall times: kind, ops, plain ops, exits/op (ring-3),
         // exits/op (in-stub), ...
@@ -108,6 +118,21 @@ fn check(emulator: &str, mmu: &str, kinds: &[(&str, &str)]) {
         let sys = |col: usize| by_reason[col].parse::<f64>().unwrap_or(f64::NAN);
         assert!(sys(10) >= 0.99, "{kind}: ring-3 syscalls/exit\n{b}");
         assert!(sys(11).abs() < 0.5, "{kind}: in-stub syscalls/exit\n{b}");
+        if parts {
+            // kind, way, guest, exit, server, call, idle, sum, loop ins.
+            let (ring3, in_stub) = (&rows[tables - 2], &rows[tables - 1]);
+            assert_eq!(ring3[1], "ring-3", "{b}");
+            assert_eq!(in_stub[1], "in-stub", "{b}");
+            let ins = |row: &Vec<&str>, col: usize| row[col].parse::<f64>().unwrap_or(f64::NAN);
+            for (col, place) in [(3, "exit"), (4, "server"), (5, "call")] {
+                assert!(ins(ring3, col) >= 100.0, "{kind}: ring-3 {place}\n{b}");
+            }
+            assert!(ins(in_stub, 3) >= 100.0, "{kind}: in-stub exit\n{b}");
+            assert!(
+                ins(in_stub, 4) < ins(ring3, 4) / 4.0,
+                "{kind}: in-stub server\n{b}"
+            );
+        }
         // The guest's own lines, from splitvisor and from plain QEMU.
         let prefix = format!("  exitbench: end {kind} n={COUNT} tsc=");
         let line = b
@@ -128,7 +153,7 @@ fn check(emulator: &str, mmu: &str, kinds: &[(&str, &str)]) {
 
 #[test]
 fn bench_exits_on_svm_npt() {
-    check(
+    check_with(
         "qemu-system-x86_64",
         "npt",
         &[
@@ -138,6 +163,7 @@ fn bench_exits_on_svm_npt() {
             ("hlt", "hlt"),
             ("mmio", "npf"),
         ],
+        true,
     );
 }
 

@@ -238,11 +238,28 @@ pub fn build_for_target<const N: usize>(
 /// says, in a target folder of its own (`target/image/bench-inline`), so
 /// the two stubs never replace each other.
 pub fn build_bench_inline_stub() -> Result<PathBuf, BuildError> {
+    build_bench_stub(true, false)
+}
+
+/// A stub for `splitvisor bench exits` only: with `bench-inline-exits`
+/// (`inline`) and/or `bench-exit-parts` (`parts`: it sums the ticks spent
+/// in the guest, the stub and ring 3), each combination in a target
+/// folder of its own (`target/image/bench-inline`, `bench-parts`,
+/// `bench-inline-parts`).
+pub fn build_bench_stub(inline: bool, parts: bool) -> Result<PathBuf, BuildError> {
+    let chosen = [
+        (inline, "inline", "kernel-stub/bench-inline-exits"),
+        (parts, "parts", "kernel-stub/bench-exit-parts"),
+    ]
+    .into_iter()
+    .filter(|c| c.0);
+    let (names, features): (Vec<&str>, Vec<&str>) = chosen.map(|c| (c.1, c.2)).unzip();
+    let dir = format!("bench-{}", names.join("-"));
     let [stub] = cargo_build(
         &["kernel-stub"],
         ["kernel-stub"],
-        Some("kernel-stub/bench-inline-exits"),
-        &image_dir().join("bench-inline"),
+        Some(&features.join(",")),
+        &image_dir().join(dir),
     )?;
     Ok(stub)
 }
@@ -343,6 +360,9 @@ pub struct SystemSpec {
     /// The stub built with `bench-inline-exits` ([`build_bench_inline_stub`]):
     /// `splitvisor bench exits`'s in-stub handler. False by default.
     pub bench_inline_stub: bool,
+    /// The stub built with `bench-exit-parts` ([`build_bench_stub`]):
+    /// `splitvisor bench exits --parts`. False by default.
+    pub bench_parts_stub: bool,
     /// Forward rules of the machine's user-mode network (`--net
     /// user,guestfwd=...`): for the emulator's command line, not part of
     /// the image. Empty by default.
@@ -400,6 +420,7 @@ impl SystemSpec {
             inject: Vec::new(),
             trace: None,
             bench_inline_stub: false,
+            bench_parts_stub: false,
             net_forwards: Vec::new(),
             more_vms: Vec::new(),
         }
@@ -459,6 +480,9 @@ impl SystemSpec {
         }
         if self.bench_inline_stub {
             name.push_str("-bench-inline");
+        }
+        if self.bench_parts_stub {
+            name.push_str("-bench-parts");
         }
         if self.trace.is_some() {
             name.push_str("-trace");
@@ -695,8 +719,11 @@ pub fn build_system_specs(specs: &[SystemSpec]) -> Result<PathBuf, BuildError> {
     let dir = image_dir();
     let elfs = build_target_crates()?;
     let read = |p: &Path| std::fs::read(p).map_err(|e| BuildError::io(p, e));
-    let stub = if first.bench_inline_stub {
-        read(&build_bench_inline_stub()?)?
+    let stub = if first.bench_inline_stub || first.bench_parts_stub {
+        read(&build_bench_stub(
+            first.bench_inline_stub,
+            first.bench_parts_stub,
+        )?)?
     } else {
         read(&elfs.kernel_stub)?
     };
@@ -894,6 +921,14 @@ mod tests {
             ..SystemSpec::new("exitbench")
         };
         assert_eq!(spec.image_file_name(), "exitbench-bench-inline.img");
+        let spec = SystemSpec {
+            bench_parts_stub: true,
+            ..spec
+        };
+        assert_eq!(
+            spec.image_file_name(),
+            "exitbench-bench-inline-bench-parts.img"
+        );
     }
 
     #[test]

@@ -371,6 +371,10 @@ const IRQ_BASE: u64 = crate::deadline::IRQ_VECTOR_BASE as u64;
 /// and exceptions.
 extern "C" fn trap_handler(frame: &mut TrapFrame) {
     let from_user = frame.cs & 3 == 3;
+    #[cfg(feature = "bench-exit-parts")] // splitvisor bench exits --parts only
+    if from_user {
+        stamp(kernel_stub::bench_parts::Place::Call);
+    }
     match (frame.vector, from_user) {
         (0x80, true) => crate::syscall::dispatch(frame),
         // A host IRQ while a server ran (the watchdog, a device's line).
@@ -391,6 +395,16 @@ extern "C" fn trap_handler(frame: &mut TrapFrame) {
             read_cr2()
         )),
     }
+    #[cfg(feature = "bench-exit-parts")]
+    if frame.cs & 3 == 3 {
+        stamp(kernel_stub::bench_parts::Place::Server);
+    }
+}
+
+/// `bench exits --parts`: the CPU moves to `place` now.
+#[cfg(feature = "bench-exit-parts")]
+pub fn stamp(place: kernel_stub::bench_parts::Place) -> kernel_stub::bench_parts::Place {
+    kernel_stub::bench_parts::PARTS.go(place, rdtsc())
 }
 
 /// The time-stamp counter.

@@ -9,6 +9,10 @@
 /// `bench-inline-exits`; compiled for the host's tests too).
 #[cfg(any(test, feature = "bench-inline-exits"))]
 pub mod bench_inline;
+/// Where the exit path's time goes, for `splitvisor bench exits --parts`
+/// (feature `bench-exit-parts`; compiled for the host's tests too).
+#[cfg(any(test, feature = "bench-exit-parts"))]
+pub mod bench_parts;
 pub mod elf;
 pub mod install;
 pub mod iopb;

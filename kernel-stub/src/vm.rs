@@ -531,6 +531,20 @@ fn scheduler_line() {
     if let Some(Some((idles, yields, us, name))) = figures {
         say!("scheduler: idle={idles} yields={yields} longest_run_us={us} ({name}) watchdog_ms={BUDGET_MS}");
     }
+    #[cfg(feature = "bench-exit-parts")] // splitvisor bench exits --parts only
+    say!("parts: {}", kernel_stub::bench_parts::PARTS);
+}
+
+/// `bench exits --parts`: the idle loop hands back to the place it
+/// interrupted, however it ends.
+#[cfg(feature = "bench-exit-parts")]
+struct Restamp(kernel_stub::bench_parts::Place);
+
+#[cfg(feature = "bench-exit-parts")]
+impl Drop for Restamp {
+    fn drop(&mut self) {
+        cpu::stamp(self.0);
+    }
 }
 
 fn count_exit(s: &mut Stats, rec: &ExitRecord) {
@@ -1450,6 +1464,10 @@ impl Kernel {
         if let Some(vm) = self.vms[self.current].as_mut() {
             vm.idles += 1;
         }
+        #[cfg(feature = "bench-exit-parts")] // splitvisor bench exits --parts only
+        let was = cpu::stamp(kernel_stub::bench_parts::Place::Idle);
+        #[cfg(feature = "bench-exit-parts")]
+        let _back = Restamp(was);
         loop {
             let vms = || self.vms.iter().flatten();
             let lines = deadline::unmasked(vms().fold(0, |m, vm| m | vm.waiting_irqs()));

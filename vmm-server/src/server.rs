@@ -57,7 +57,8 @@ pub enum Ending {
 /// `[vmm] <reason>` and the last exits as `[vmm]   #<seq> <exit> ...` lines;
 /// a reset says `[vmm] the guest reset the machine`; then comes the
 /// statistics line `[vmm] <Stats> unknown_port_reads=N
-/// unknown_port_writes=N emulated=N irqs=N exceptions=N windows=N warps=N notifications=N busy_halts=N busy_exits=N`.
+/// unknown_port_writes=N emulated=N irqs=N exceptions=N windows=N warps=N notifications=N busy_halts=N busy_exits=N
+/// handling_ticks=N`.
 pub fn run<S: Stub, W: HostWrite>(
     stub: &mut S,
     vmm: &mut Vmm<'_>,
@@ -143,7 +144,8 @@ fn last_exits<W: HostWrite>(vmm: &Vmm<'_>, c: &mut HostConsole<W>) {
 }
 
 /// Prints `[vmm] <Stats> unknown_port_reads=N unknown_port_writes=N
-/// emulated=N irqs=N exceptions=N windows=N warps=N notifications=N busy_halts=N busy_exits=N`.
+/// emulated=N irqs=N exceptions=N windows=N warps=N notifications=N busy_halts=N busy_exits=N
+/// handling_ticks=N`.
 pub fn statistics_line<S: Stub, W: HostWrite>(
     stub: &mut S,
     vmm: &Vmm<'_>,
@@ -151,18 +153,30 @@ pub fn statistics_line<S: Stub, W: HostWrite>(
 ) {
     let unknown = vmm.unknown_ports();
     let mine = vmm.stats();
+    let hidden = HandlingTicks(vmm.handling_ticks());
     let mut c = console.borrow_mut();
     match stub.stats_read() {
         Ok(stats) => {
-            c.server_line(format_args!("{stats}{unknown}{mine}"));
+            c.server_line(format_args!("{stats}{unknown}{mine}{hidden}"));
             if let Some(mmu) = stub.mmu_stats() {
                 c.server_line(format_args!("{mmu}"));
             }
         }
         Err(e) => c.server_line(format_args!(
-            "statistics unavailable: {}{unknown}{mine}",
+            "statistics unavailable: {}{unknown}{mine}{hidden}",
             e.describe()
         )),
+    }
+}
+
+/// The statistics line's last field, ` handling_ticks=N`: the host's
+/// ticks the handler spent that the guest's TSC leaves out
+/// (`Vmm::handling_ticks`), which `bench exits` adds to the guest's.
+struct HandlingTicks(u64);
+
+impl core::fmt::Display for HandlingTicks {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, " handling_ticks={}", self.0)
     }
 }
 
@@ -261,7 +275,8 @@ mod tests {
             "hello\nbye\n[vmm] exits: total=10 ioio=0 hlt=0 cpuid=0 msr=0 npf=0 exception=0 \
              shutdown=0 invalid=0 intr=0 other=0 syscalls=0 resumes_refused=0 \
              unknown_port_reads=0 unknown_port_writes=0 \
-             emulated=0 irqs=0 exceptions=0 windows=0 warps=0 notifications=0 busy_halts=0 busy_exits=0\n"
+             emulated=0 irqs=0 exceptions=0 windows=0 warps=0 notifications=0 busy_halts=0 busy_exits=0 \
+             handling_ticks=0\n"
         );
         assert_eq!(s.resumes[0], None, "the first run carries no resume");
         let second = s.resumes[1].unwrap();

@@ -472,6 +472,9 @@ pub struct Vmm<'d> {
     told_deadline: u64,
     /// Added to the host's TSC, the guest's (`VmmConfig::tsc_offsetting`).
     tsc_offset: u64,
+    /// The host's ticks the handler spent on exits, which the guest's
+    /// clock (and TSC) leave out: `bench exits` adds them back.
+    handling_ticks: u64,
     told_tsc_offset: u64,
     /// The guest's XCR0 as its last XSETBV set it (reset: x87 only).
     xcr0: u64,
@@ -527,6 +530,7 @@ impl<'d> Vmm<'d> {
             polled: false,
             told_deadline: 0,
             tsc_offset: 0,
+            handling_ticks: 0,
             told_tsc_offset: 0,
             xcr0: ipc_proto::x86::xcr0::X87,
             load_xcr0: false,
@@ -645,6 +649,13 @@ impl<'d> Vmm<'d> {
         self.stats
     }
 
+    /// The host's ticks spent handling exits that the guest's clock left
+    /// out ([`Self::exclude_handling_time`]): under QEMU's `-icount`, the
+    /// handler's instructions that the guest's TSC does not count.
+    pub fn handling_ticks(&self) -> u64 {
+        self.handling_ticks
+    }
+
     /// Accesses to unclaimed ports so far; its `Display` is the statistics
     /// line's suffix ` unknown_port_reads=N unknown_port_writes=N`.
     pub fn unknown_ports(&self) -> UnknownPortCounts {
@@ -755,6 +766,7 @@ impl<'d> Vmm<'d> {
             .saturating_sub(self.exit_host)
             .saturating_sub(self.waited);
         self.last_host = self.last_host.map(|l| l.saturating_add(spent));
+        self.handling_ticks = self.handling_ticks.wrapping_add(spent);
         // The guest's TSC leaves it out too: never backwards, since the
         // guest last read it at the exit, `spent` ago or earlier.
         if self.config.tsc_offsetting {

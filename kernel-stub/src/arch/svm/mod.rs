@@ -433,10 +433,14 @@ impl Vcpu {
         // SAFETY: any value may be written to CR2; the host reads it only in fault messages.
         unsafe { core::arch::asm!("mov cr2, {}", in(reg) cr2, options(nostack, preserves_flags)) };
         let entered_at = (self.vmcb.read64(RIP), self.vmcb.read64(RSP));
+        #[cfg(feature = "bench-exit-parts")] // splitvisor bench exits --parts only
+        cpu::stamp(kernel_stub::bench_parts::Place::Guest);
         // SAFETY: the VMCB, the host areas and the bitmaps are frames this
         // VCPU owns; `svm_vmrun` preserves every callee-saved register and
         // returns on #VMEXIT (a failed consistency check is an exit too).
         unsafe { svm_vmrun(self.vmcb.pa(), &mut self.gprs, self.host_vmsave_pa) };
+        #[cfg(feature = "bench-exit-parts")]
+        cpu::stamp(kernel_stub::bench_parts::Place::Exit);
         self.vmcb.write8(TLB_CONTROL, 0);
         self.vmcb.write64(EVENTINJ, 0);
         self.sequence += 1;

@@ -757,10 +757,14 @@ impl Vcpu {
         if self.failure.is_some() {
             return self.record(u64::MAX);
         }
+        #[cfg(feature = "bench-exit-parts")] // splitvisor bench exits --parts only
+        crate::cpu::stamp(kernel_stub::bench_parts::Place::Guest);
         // SAFETY: the current VMCS belongs to this VCPU and its host state
         // returns to `vmx_exit` on this stack with the stub's own tables;
         // `vmx_enter` preserves the callee-saved registers either way.
         let outcome = unsafe { vmx_enter(&mut self.frame, u64::from(self.launched)) };
+        #[cfg(feature = "bench-exit-parts")]
+        crate::cpu::stamp(kernel_stub::bench_parts::Place::Exit);
         let launch = !self.launched;
         crate::cpu::reload_gdt();
         crate::cpu::reload_tr();
