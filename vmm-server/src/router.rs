@@ -114,7 +114,19 @@ pub struct Router<'d> {
     ranges: heapless::Vec<Range, MAX_RANGES>,
     devices: heapless::Vec<&'d mut dyn PortDevice, MAX_DEVICES>,
     unknown: UnknownPortCounts,
+    /// Bit `i`: device `i` was accessed since its last poll (or
+    /// [`Self::touch`]ed, or never polled): its poll may answer
+    /// differently now.
+    touched: u32,
+    /// The clock's reading at the last [`Self::poll_changed`].
+    polled_at: Option<Nanos>,
+    /// Each device's next deadline as its last poll gave it.
+    deadlines: [Option<Nanos>; MAX_DEVICES],
+    /// The earliest of `deadlines`.
+    earliest: Option<Nanos>,
 }
+
+const _: () = assert!(MAX_DEVICES <= u32::BITS as usize);
 
 impl<'d> Router<'d> {
     /// An empty router.
@@ -182,9 +194,12 @@ impl<'d> Router<'d> {
         Ok(())
     }
 
+    /// The device that claims `port` and the port's offset in it; the
+    /// device counts as touched.
     fn find(&mut self, port: u16) -> Option<(&mut dyn PortDevice, u16)> {
         let r = *self.ranges.iter().find(|r| r.contains(port))?;
         let dev = self.devices.get_mut(r.device)?;
+        self.touched |= 1 << r.device;
         Some((&mut **dev, port.wrapping_sub(r.offset_base)))
     }
 
@@ -220,7 +235,49 @@ impl<'d> Router<'d> {
     /// Polls every device ([`PortDevice::poll`]) and returns the earliest
     /// next deadline.
     pub fn poll(&mut self) -> Option<Nanos> {
-        self.devices.iter_mut().filter_map(|d| d.poll()).min()
+        self.polled_at = None;
+        self.poll_where(|_| true)
+    }
+
+    /// As [`Self::poll`] at clock reading `clock`, but a device that was
+    /// not accessed since its last poll at this same reading is not polled
+    /// again: its poll answers from its own state and the clock only, so
+    /// it would repeat its last answer (which is used).
+    pub fn poll_changed(&mut self, clock: Nanos) -> Option<Nanos> {
+        if self.polled_at != Some(clock) {
+            self.polled_at = Some(clock);
+            return self.poll_where(|_| true);
+        }
+        if self.touched == 0 {
+            return self.earliest;
+        }
+        let touched = self.touched;
+        self.poll_where(|i| touched & (1 << i) != 0)
+    }
+
+    /// Polls the devices whose index passes `f`; the earliest deadline of
+    /// all, the others' from their last poll.
+    fn poll_where(&mut self, f: impl Fn(usize) -> bool) -> Option<Nanos> {
+        let mut earliest: Option<Nanos> = None;
+        for (i, (d, next)) in self.devices.iter_mut().zip(&mut self.deadlines).enumerate() {
+            if f(i) {
+                *next = d.poll();
+            }
+            earliest = match (earliest, *next) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        self.touched = 0;
+        self.earliest = earliest;
+        earliest
+    }
+
+    /// Something may have reached the devices other than through their
+    /// ports (MMIO, a notification): each is polled at the next
+    /// [`Self::poll_changed`].
+    pub fn touch(&mut self) {
+        self.touched = u32::MAX;
     }
 
     /// Accesses that hit no device so far.
@@ -404,6 +461,24 @@ mod tests {
             assert_eq!(r.poll(), Some(20));
         }
         assert_eq!((a.1, b.1, c.1), (2, 2, 1), "every device is polled");
+        // At one clock reading, only the devices accessed since are polled
+        // again; the others' last deadlines stand.
+        {
+            let mut r = Router::new();
+            r.register(1, 1, &mut a).unwrap();
+            r.register(2, 1, &mut b).unwrap();
+            r.register(3, 1, &mut c).unwrap();
+            assert_eq!(r.poll_changed(100), Some(20));
+            assert_eq!(r.poll_changed(100), Some(20));
+            r.write(2, IoSize::Byte, 0);
+            let _ = r.read(0x80, IoSize::Byte);
+            assert_eq!(r.poll_changed(100), Some(20));
+            r.touch();
+            assert_eq!(r.poll_changed(100), Some(20));
+            // A new clock reading polls every device.
+            assert_eq!(r.poll_changed(101), Some(20));
+        }
+        assert_eq!((a.1, b.1, c.1), (5, 6, 4));
     }
 
     #[test]

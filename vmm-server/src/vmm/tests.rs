@@ -704,14 +704,99 @@ fn devices_are_polled_twice_an_exit_and_again_after_a_notification() {
         resumed(vmm.handle(&out(0x80, 1)));
         polls.get() - before
     };
-    // The first exit has no earlier poll to go by.
-    assert_eq!(exit(&mut vmm), 3);
+    // The first exit has no earlier poll to go by, and no clock advance
+    // (no earlier exit) to poll again after.
+    assert_eq!(exit(&mut vmm), 2);
     assert_eq!(exit(&mut vmm), 2, "the last exit's final poll stands");
     assert_eq!(exit(&mut vmm), 2);
     // A notification may have raised a line: polled afresh.
     let _ = vmm.notified(0, false);
     assert_eq!(exit(&mut vmm), 3);
     assert_eq!(exit(&mut vmm), 2);
+    // An exit that reaches no device and leaves the clock where it was
+    // polls once: at the new clock reading.
+    let cpuid = |vmm: &mut Vmm<'_>| {
+        let before = polls.get();
+        w.time.set(w.time.get() + 1000);
+        resumed(vmm.handle(&flat(svm_exit::CPUID, 0, 0)));
+        polls.get() - before
+    };
+    assert_eq!(cpuid(&mut vmm), 1);
+    assert_eq!(exit(&mut vmm), 2);
+    // An MMIO access may reach a device behind both routers.
+    vmm.router_mut();
+    assert_eq!(cpuid(&mut vmm), 2);
+}
+
+/// The exits of [`a_skipped_poll_changes_nothing`], with the time the host
+/// moves before each (in microseconds): an OUT to an unclaimed port, a
+/// CPUID, a PIT, RTC or UART access, a HLT.
+fn poll_skip_run(ops: &[(u8, u16, u8, u16)], count: u16, poll_always: bool) -> Vec<String> {
+    let mut w = World::new();
+    let mut pit = Pit::new(&w.board.clock, Some(w.board.irq.pin(0)));
+    let mut rtc = Rtc::new(&w.board.clock, Some(w.board.irq.pin(8)), 1_700_000_000);
+    let mut uart = Uart16550::new(Vec::new()).with_irq(w.board.irq.pin(4));
+    let mut r = Router::new();
+    r.register_ranges(&pit::RANGES, &mut pit).unwrap();
+    r.register(rtc::BASE, rtc::LEN, &mut rtc).unwrap();
+    r.register(uart16550::COM1_BASE, uart16550::LEN, &mut uart)
+        .unwrap();
+    let mut ram = w.ram.ram();
+    let mut host = TestHost {
+        time: &w.time,
+        input: false,
+        xsave: false,
+    };
+    let config = VmmConfig {
+        poll_always,
+        tsc_offsetting: true,
+        ..Default::default()
+    };
+    let mut vmm = Vmm::new(r, &w.board, &mut ram, &mut host).with_config(config);
+    program_timer(&mut vmm, count);
+    let mut seen = Vec::new();
+    for &(kind, us, port, value) in ops {
+        w.time.set(w.time.get() + u64::from(us) * 1000);
+        let mut rec = match kind % 6 {
+            0 => out(0x80, port),
+            1 => flat(svm_exit::CPUID, 0, 0),
+            2 => io_record(
+                ioio(0x40 + u16::from(port % 4), SZ8, value & 1 == 0),
+                u64::from(value),
+            ),
+            3 => io_record(
+                ioio(0x70 + u16::from(port % 2), SZ8, value & 1 == 0),
+                u64::from(value),
+            ),
+            4 => io_record(
+                ioio(0x3f8 + u16::from(port % 8), SZ8, value & 1 == 0),
+                u64::from(value),
+            ),
+            _ => flat(svm_exit::HLT, 0, 0),
+        };
+        rec.regs.rflags = 0x202;
+        let action = vmm.handle(&rec);
+        seen.push(format!("{action:?} clock={}", w.board.clock.now()));
+    }
+    seen
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, ..ProptestConfig::default() })]
+
+    /// The handler skips a poll of the port devices when none was accessed
+    /// and the clock has not moved since the last: the guest sees the
+    /// same resumes (registers, injected interrupts) and the same clock as
+    /// with every poll made.
+    #[test]
+    fn a_skipped_poll_changes_nothing(
+        ops in proptest::collection::vec((any::<u8>(), 0u16..3000, any::<u8>(), any::<u16>()), 1..120),
+        count in 100u16..5000,
+    ) {
+        let skipping = poll_skip_run(&ops, count, false);
+        let polling = poll_skip_run(&ops, count, true);
+        prop_assert_eq!(skipping, polling);
+    }
 }
 
 #[test]
