@@ -166,6 +166,12 @@ pub struct Rtc<'b> {
     wall_at_zero: i128,
     /// Virtual time up to which flags were brought.
     flags_at: Nanos,
+    /// No second or periodic boundary lies before this virtual time (0:
+    /// not known), so a catch-up before it sets no flag: it skips the
+    /// 128-bit divisions that find the boundaries (four each poll).
+    quiet_until: Nanos,
+    /// Computes every catch-up (tests compare the skip with it).
+    catch_up_always: bool,
 }
 
 impl<'b> Rtc<'b> {
@@ -187,6 +193,8 @@ impl<'b> Rtc<'b> {
             ram,
             wall_at_zero: i128::from(unix_seconds) * i128::from(SECOND) - i128::from(clock.now()),
             flags_at: clock.now(),
+            quiet_until: 0,
+            catch_up_always: false,
         }
     }
 
@@ -333,6 +341,11 @@ impl<'b> Rtc<'b> {
         if now <= self.flags_at {
             return;
         }
+        if now < self.quiet_until && !self.catch_up_always {
+            self.flags_at = now;
+            self.update_irq();
+            return;
+        }
         let (from, to) = (
             self.wall_at_zero + i128::from(self.flags_at),
             self.wall_at_zero + i128::from(now),
@@ -352,8 +365,31 @@ impl<'b> Rtc<'b> {
             }
         }
         self.flags_at = now;
+        self.quiet_until = self.next_boundary(to);
         self.ram[usize::from(reg::C)] |= flags;
         self.update_irq();
+    }
+
+    /// The virtual time of the first second or periodic boundary after
+    /// wall-clock time `wall` (ns): the next time a catch-up can set a
+    /// flag, as the register values stand (a write forgets it).
+    fn next_boundary(&self, wall: i128) -> Nanos {
+        let after = |p: i128| (wall.div_euclid(p) + 1) * p;
+        let second = (self.b() & b::SET == 0).then(|| after(i128::from(SECOND)));
+        let period = self.periodic_ns().map(|p| after(i128::from(p)));
+        let next = match (second, period) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(n) => n,
+                None => return Nanos::MAX,
+            },
+        };
+        // Before virtual time 0 (a clock set back): never skip.
+        Nanos::try_from(next - self.wall_at_zero).unwrap_or(if next < self.wall_at_zero {
+            0
+        } else {
+            Nanos::MAX
+        })
     }
 
     fn update_irq(&mut self) {
@@ -405,6 +441,8 @@ impl<'b> Rtc<'b> {
     /// Writes the register at the current index.
     pub fn write_data(&mut self, v: u8) {
         self.catch_up();
+        // The rate, SET or the time may change: the boundaries move.
+        self.quiet_until = 0;
         let i = self.index;
         match i {
             reg::SECONDS
@@ -677,6 +715,38 @@ mod tests {
                 if let Some(t) = r.poll() {
                     prop_assert!(t > board.clock.now());
                 }
+            }
+        }
+
+        /// A catch-up skipped before the next second or periodic boundary
+        /// changes nothing: register reads, polls and the IRQ line are
+        /// those of an RTC that computes every catch-up, whatever the
+        /// guest writes (rates, SET, the time, interrupt enables) and
+        /// however the clock moves.
+        #[test]
+        fn a_skipped_catch_up_changes_nothing(
+            ops in proptest::collection::vec(
+                (0u8..4, prop_oneof![0u8..0x0e, Just(reg::A), Just(reg::B), Just(reg::C)], any::<u8>(),
+                 prop_oneof![0u64..2_000_000, 0u64..3_000_000_000]),
+                0..300),
+        ) {
+            let (b1, b2) = (Board::new(), Board::new());
+            let mut skipping = Rtc::new(&b1.clock, Some(b1.irq.pin(8)), LEAP_DAY_EVENING);
+            let mut always = Rtc::new(&b2.clock, Some(b2.irq.pin(8)), LEAP_DAY_EVENING);
+            always.catch_up_always = true;
+            for (op, i, v, dt) in ops {
+                for (r, board) in [(&mut skipping, &b1), (&mut always, &b2)] {
+                    board.clock.advance_to(board.clock.now() + dt);
+                    if op == 0 {
+                        wr(r, i, v);
+                    }
+                }
+                match op {
+                    0 => {}
+                    1 => prop_assert_eq!(rd(&mut skipping, i), rd(&mut always, i)),
+                    _ => prop_assert_eq!(skipping.poll(), always.poll()),
+                }
+                prop_assert_eq!(b1.irq.levels(), b2.irq.levels());
             }
         }
     }
