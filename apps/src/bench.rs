@@ -64,8 +64,12 @@ enum BenchWhat {
     /// I/O, CPUID, RDMSR, HLT woken by the local APIC timer, MMIO, and
     /// shadow #PFs under --mmu shadow); the tables give the wall time per
     /// op each way and the ratios ring-3/in-stub and ring-3/plain, exits
-    /// per second, instructions per op (the guest's TSC under -icount),
-    /// the exits by reason and the servers' syscalls per exit.
+    /// per second, instructions per op (the guest's TSC under -icount,
+    /// plus the vmm-server's handling time, which the guest's TSC leaves
+    /// out), the exits by reason and the servers' syscalls per exit; with
+    /// --parts, the instructions per part of the exit path (guest, stub
+    /// after the exit, ring 3, stub after the system call) from stubs
+    /// built with `bench-exit-parts`.
     ///
     /// How it times: each kind runs in a boot of its own (one per way),
     /// and the guest prints a line before and after its loop; the loop's
