@@ -19,6 +19,7 @@ pub mod run;
 pub mod sel4;
 pub mod tracing;
 pub mod virtio;
+pub mod vm_logs;
 pub mod vms;
 
 pub use run::{
