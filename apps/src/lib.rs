@@ -15,6 +15,7 @@ pub mod linux_modules;
 pub mod linux_virtio;
 pub mod loc;
 pub mod nic;
+pub mod progress;
 pub mod run;
 pub mod sel4;
 pub mod tracing;

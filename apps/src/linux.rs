@@ -651,7 +651,9 @@ fn fetch_deb_version(
         Some(v) => format!("{package}:{arch}={v}"),
         None => format!("{package}:{arch}"),
     };
-    run(
+    eprintln!("splitvisor: downloading the Debian package {spec} (apt-get download)");
+    let start = std::time::Instant::now();
+    crate::progress::run_showing(
         Command::new("apt-get")
             .args(["download", &spec])
             .current_dir(dir),
@@ -673,12 +675,19 @@ fn fetch_deb_version(
         };
         format!("could not download the Debian package {spec}: {e}; {hint}")
     })?;
-    find().ok_or_else(|| {
+    let deb = find().ok_or_else(|| {
         format!(
             "apt-get download {package} left no {package}_*.deb in {}",
             dir.display()
         )
-    })
+    })?;
+    let mib = std::fs::metadata(&deb).map_or(0.0, |m| m.len() as f64 / (1024.0 * 1024.0));
+    eprintln!(
+        "splitvisor: downloaded {} ({mib:.1} MiB) in {:.1} s",
+        deb.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(deb)
 }
 
 /// `deb`'s `Version` field.
