@@ -298,16 +298,19 @@ pub fn run_with_disk(
             return EXIT_EMULATOR;
         }
     };
-    if !opts.system.net_forwards.is_empty() {
-        eprintln!("splitvisor: --net forward rules need QEMU (not passed to Bochs's slirp yet)");
-        return EXIT_EMULATOR;
-    }
+    let slirp_conf = match crate::nic::bochs_slirp_conf(&opts.system.net_forwards) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("splitvisor: --net {e}");
+            return EXIT_EMULATOR;
+        }
+    };
     // The card exactly when the image has its driver (`--nic`).
     let rc_text = if crate::nic::wants_nic(&opts.system) {
         let conf = dir.join("slirp.conf");
         let line = config_path(&conf).map(|c| crate::nic::bochs_line(&c));
         match line.and_then(|l| {
-            std::fs::write(&conf, crate::nic::BOCHS_SLIRP_CONF)
+            std::fs::write(&conf, &slirp_conf)
                 .map(|()| rc_text + &l)
                 .map_err(|e| format!("cannot write {}: {e}", conf.display()))
         }) {
