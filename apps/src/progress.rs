@@ -66,13 +66,13 @@ pub fn run_logged(mut cmd: Command, log: &Path, what: &str) -> Result<(), String
 /// an error, which carries the tool's last line of stderr when it was
 /// captured.
 pub fn run_showing(cmd: &mut Command, what: &str) -> Result<String, String> {
-    cmd.stdin(Stdio::null());
     if on_terminal() {
         let out = io::stderr()
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| format!("{what}: {e}"))?;
         let status = cmd
+            .stdin(Stdio::null())
             .stdout(out)
             .status()
             .map_err(|e| format!("could not run {what}: {e} (is it installed?)"))?;
@@ -82,7 +82,14 @@ pub fn run_showing(cmd: &mut Command, what: &str) -> Result<String, String> {
             Err(format!("{what} failed ({status}), its output is above"))
         };
     }
+    run_captured(cmd, what)
+}
+
+/// Runs `cmd` without input and returns its stdout; an error names
+/// `what` and carries the last line of its stderr.
+pub fn run_captured(cmd: &mut Command, what: &str) -> Result<String, String> {
     let out = cmd
+        .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("could not run {what}: {e} (is it installed?)"))?;
     if !out.status.success() {
