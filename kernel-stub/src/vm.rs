@@ -677,23 +677,25 @@ impl Vm {
             // hint: Linux's cpu_relax, a driver polling its used ring)
             // exits at once, and a slice of the exit deadline ends a run
             // that has none.
-            let deferred = self
-                .tasks
-                .iter()
-                .flatten()
-                .any(|t| t.state == State::WaitRecv && t.notes.pending());
+            // One pass on every exit (not one per question): the deferred
+            // servers, the earliest `ReplyRecv` timeout (`earliest_wake`),
+            // and every task marked as having seen the guest entered.
+            let (mut deferred, mut wake) = (false, None);
+            for t in self.tasks.iter_mut().flatten() {
+                if t.state == State::WaitRecv {
+                    deferred |= t.notes.pending();
+                    wake = WakeAt::earliest(wake, t.wake.at());
+                }
+                t.gate.entered();
+                t.signalled_since_entry = false;
+                t.entered_since_resume = true;
+            }
             self.vcpu.set_pause_exiting(deferred);
             let now = cpu::rdtsc();
             let slice = deferred.then(|| now.saturating_add(self.tsc_hz / DEFERRED_SLICE_PER_S));
             let slice = WakeAt::earliest(slice, sh.slice_end);
             sh.timer.at = self.exit_at;
-            sh.timer
-                .arm(now, WakeAt::earliest(self.earliest_wake(), slice));
-            self.tasks.iter_mut().flatten().for_each(|t| {
-                t.gate.entered();
-                t.signalled_since_entry = false;
-                t.entered_since_resume = true;
-            });
+            sh.timer.arm(now, WakeAt::earliest(wake, slice));
             let rec = self.vcpu.run();
             #[cfg(feature = "bench-inline-exits")] // splitvisor bench exits only
             let rec = kernel_stub::bench_inline::answer_all(rec, |r, resume, f| {
