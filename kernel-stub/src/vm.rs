@@ -746,12 +746,30 @@ impl Vm {
     /// drivers are never deferred: the mmu-server resyncs before the
     /// guest runs, and a driver's device waits for it.
     fn pick_task(&mut self) -> Option<(usize, u64)> {
-        let state = |s| move |t: &Option<Task>| t.as_ref().is_some_and(|t| t.state == s);
-        if let Some(i) = self.tasks.iter().position(state(State::NotStarted)) {
+        // One pass finds the first task not started and the first ready
+        // one, and whether a waiting task has notes or a timeout at all:
+        // on most exits none has, and the scans below are skipped.
+        let (mut not_started, mut ready) = (None, None);
+        let (mut noted, mut timed) = (false, false);
+        for (i, t) in self.tasks.iter().enumerate() {
+            match t.as_ref().map(|t| (t.state, t)) {
+                Some((State::NotStarted, _)) => _ = not_started.get_or_insert(i),
+                Some((State::Ready, _)) => _ = ready.get_or_insert(i),
+                Some((State::WaitRecv, t)) => {
+                    noted |= t.notes.pending();
+                    timed |= t.wake.at().is_some();
+                }
+                _ => {}
+            }
+        }
+        if let Some(i) = not_started {
             return Some((i, 0));
         }
-        if let Some(i) = self.tasks.iter().position(state(State::Ready)) {
+        if let Some(i) = ready {
             return Some((i, self.task(i).frame.rax));
+        }
+        if !noted && !timed {
+            return None;
         }
         let guest_can_run = self.paging_set && self.handlers_ready();
         let notified = self.tasks.iter().position(|t| {
