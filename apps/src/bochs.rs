@@ -292,6 +292,11 @@ pub fn run_with_disk(opts: &RunOptions, program: &Path, disk: Option<&crate::dis
             return EXIT_EMULATOR;
         }
     };
+    // Bochs's CPUs (`run --cpus`): Debian's Bochs is built with SMP.
+    let rc_text = rc_text.replace(
+        "count=1,",
+        &format!("count={},", opts.system.host_cpus.max(1)),
+    );
     if !opts.system.net_forwards.is_empty() {
         eprintln!("splitvisor: --net forward rules need QEMU (not passed to Bochs's slirp yet)");
         return EXIT_EMULATOR;

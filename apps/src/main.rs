@@ -169,10 +169,20 @@ struct GuestArgs {
     vms: Option<u8>,
     /// Several VMs described in a TOML file: one `[[vm]]` table each, with
     /// the keys guest, mmu, ram, board, append and uart_server (as the
-    /// options of those names; README, "Several VMs"). The other guest
-    /// options are ignored.
+    /// options of those names) and cpu (the host CPU it runs on, 0 by
+    /// default; README, "Several VMs"). The other guest options are ignored.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Host CPUs to run the image with (QEMU's -smp, Bochs's `cpu:
+    /// count=`): the stub starts them all, and each runs only the VMs
+    /// placed on it. With --vms, VM i runs on CPU i mod N; with --config,
+    /// on its `cpu` key's CPU (the default N is one more than the highest).
+    /// A VM that owns a host IRQ line (--disk, --nic) must be on CPU 0.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=4))]
+    cpus: Option<u8>,
+    /// A `--config` VM's `cpu` key.
+    #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=3))]
+    vm_cpu: Option<u8>,
     /// A Linux bzImage to boot (the 32-bit boot protocol: boot_params,
     /// e820 map, command line, initrd; entered in flat 32-bit mode).
     #[arg(long, value_name = "BZIMAGE", conflicts_with = "linux")]
@@ -335,9 +345,14 @@ impl GuestArgs {
     fn spec(&self, guest_tsc_khz: Option<u64>) -> Result<images::SystemSpec, String> {
         let Some(path) = &self.config else {
             let one = self.one_spec(guest_tsc_khz)?;
-            let copies = usize::from(self.vms.unwrap_or(1)).saturating_sub(1);
+            let cpus = self.cpus.unwrap_or(1);
+            let more = (1..self.vms.unwrap_or(1)).map(|i| images::SystemSpec {
+                cpu: i % cpus,
+                ..one.clone()
+            });
             return Ok(images::SystemSpec {
-                more_vms: vec![one.clone(); copies],
+                more_vms: more.collect(),
+                host_cpus: cpus,
                 ..one
             });
         };
@@ -348,11 +363,23 @@ impl GuestArgs {
         for (i, a) in args.into_iter().enumerate() {
             let vm = VmOptions::try_parse_from(std::iter::once("vm".to_string()).chain(a))
                 .map_err(|e| format!("{}: VM {i}: {e}", path.display()))?;
-            specs.push(vm.guest.one_spec(guest_tsc_khz)?);
+            specs.push(images::SystemSpec {
+                cpu: vm.guest.vm_cpu.unwrap_or(0),
+                ..vm.guest.one_spec(guest_tsc_khz)?
+            });
+        }
+        let highest = specs.iter().map(|s| s.cpu).max().unwrap_or(0);
+        let cpus = self.cpus.unwrap_or(highest + 1);
+        if highest >= cpus {
+            return Err(format!(
+                "{}: a VM is placed on cpu {highest}, but the run has {cpus} CPU(s) (--cpus)",
+                path.display()
+            ));
         }
         let first = specs.remove(0);
         Ok(images::SystemSpec {
             more_vms: specs,
+            host_cpus: cpus,
             ..first
         })
     }

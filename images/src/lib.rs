@@ -350,6 +350,13 @@ pub struct SystemSpec {
     /// The image's other VMs (`run --vms`, `run --config`), each with its
     /// own servers and guest; this spec is VM 0. Empty by default.
     pub more_vms: Vec<SystemSpec>,
+    /// The host CPU this VM runs on (0: the boot CPU; `run --cpus`, `cpu`
+    /// in `--config`). 0 by default.
+    pub cpu: u8,
+    /// Host CPUs the emulator runs the image with (QEMU's `-smp`, Bochs's
+    /// `cpu: count=`): for its command line, not part of the image; VM 0's
+    /// counts. 1 by default.
+    pub host_cpus: u8,
 }
 
 /// A device server to pack into the image: its name, its ELF (built for
@@ -402,6 +409,8 @@ impl SystemSpec {
             bench_inline_stub: false,
             net_forwards: Vec::new(),
             more_vms: Vec::new(),
+            cpu: 0,
+            host_cpus: 1,
         }
     }
 
@@ -795,6 +804,7 @@ fn vm_payload(spec: &SystemSpec, elfs: &TargetElfs, dir: &Path) -> Result<Vec<u8
         segments: &segments,
         mmu: spec.mmu,
         board: spec.board,
+        cpu: spec.cpu,
         ..GuestInput::flat32(&guest.flat, guest.load_gpa, guest.entry, spec.ram_mib)
     };
     Ok(image::build_payload(&tasks, &channels, &input)?)

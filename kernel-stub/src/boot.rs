@@ -32,7 +32,9 @@ multiboot_header:
 
     .section .bss
     .balign 4096
+    .global boot_pml4
 boot_pml4: .skip 4096
+    .global boot_pdpt
 boot_pdpt: .skip 4096
     .global boot_pd
 boot_pd:   .skip 4096
@@ -41,6 +43,7 @@ boot_stack_top:
 
     .section .rodata
     .balign 8
+    .global boot_gdt_ptr
 boot_gdt:
     .quad 0
     .quad 0x00AF9A000000FFFF             /* 0x08: 64-bit code */
@@ -107,6 +110,91 @@ long_mode:
     jmp 2b
     "#,
     stack_top = sym crate::cpu::KERNEL_STACK_TOP,
+    options(att_syntax)
+);
+
+// Another CPU's start (`smp`): the start-up IPI lets it run in real mode
+// at TRAMPOLINE (vector TRAMPOLINE >> 12), where `smp::start_others`
+// copied `ap_trampoline`. It loads a GDT with 32-bit segments, turns
+// protection on and jumps into the stub, where it takes the boot CPU's
+// page tables, enters long mode as `_start32` does, takes its index
+// (1, 2, ...) and that CPU's stack, and calls `smp::ap_main(index)`.
+// An index past the last stack parks the CPU.
+global_asm!(
+    r#"
+    .section .text.boot, "ax"
+    .code16
+    .global ap_trampoline, ap_trampoline_end
+ap_trampoline:
+    cli
+    xorw %ax, %ax
+    movw %ax, %ds
+    lgdtl (ap_gdt_ptr - ap_trampoline + {trampoline})
+    movl %cr0, %eax
+    orl $1, %eax                         /* PE */
+    movl %eax, %cr0
+    ljmpl $0x08, $ap_start32
+    .balign 8
+ap_gdt:
+    .quad 0
+    .quad 0x00CF9A000000FFFF             /* 0x08: 32-bit code */
+    .quad 0x00CF92000000FFFF             /* 0x10: data */
+ap_gdt_ptr:
+    .word 23
+    .long ap_gdt - ap_trampoline + {trampoline}
+ap_trampoline_end:
+
+    .code32
+ap_start32:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movl $boot_pml4, %eax
+    movl %eax, %cr3
+    movl %cr4, %eax
+    orl $(1 << 5), %eax                  /* PAE */
+    movl %eax, %cr4
+    movl $0xC0000080, %ecx               /* EFER */
+    rdmsr
+    orl $(1 << 8), %eax                  /* LME */
+    wrmsr
+    movl %cr0, %eax
+    orl $0x80000001, %eax                /* PG | PE */
+    movl %eax, %cr0
+    lgdt boot_gdt_ptr
+    ljmp $0x08, $ap_long_mode
+
+    .code64
+ap_long_mode:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    xorw %ax, %ax
+    movw %ax, %fs
+    movw %ax, %gs
+    movl $1, %eax
+    lock xaddl %eax, {next}(%rip)
+    cmpl ${max_cpus}, %eax
+    jae 3f
+    movl %eax, %edi                      /* the index -> first argument */
+    imulq ${per_cpu}, %rax
+    leaq {stacks}(%rip), %rsp
+    addq %rax, %rsp
+    addq ${stack}, %rsp                  /* the top of its first stack */
+    call {ap_main}
+3:  cli
+    hlt
+    jmp 3b
+    "#,
+    trampoline = const crate::smp::TRAMPOLINE,
+    next = sym crate::smp::NEXT_INDEX,
+    max_cpus = const crate::cpu::MAX_CPUS,
+    per_cpu = const 2 * core::mem::size_of::<crate::cpu::Stack>(),
+    stack = const core::mem::size_of::<crate::cpu::Stack>(),
+    stacks = sym crate::cpu::STACKS,
+    ap_main = sym crate::smp::ap_main,
     options(att_syntax)
 );
 
