@@ -68,7 +68,7 @@ use crate::deadline::{self, ExitDeadline};
 use crate::memory::{self, LARGE_PAGE};
 use crate::syscall;
 use crate::task;
-use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use ipc_proto::manifest::{
     Blob, EntryMode, ExitClasses, GuestRam as RamRight, Manifest, PayloadHeader, Rights,
     MANIFEST_MAX, MAX_CHANNELS, MAX_TASKS, MAX_VMS, PAYLOAD_MAGIC, TASK_NAME_MAX,
@@ -284,11 +284,14 @@ fn kernel() -> &'static KernelCell<Kernel> {
     &KERNELS[cpu::id()]
 }
 
-/// How each ended VM ended, and its exits (any CPU's VM).
-static ENDED: KernelCell<[Option<(Stop, u64)>; MAX_VMS]> =
+/// How each ended VM ended, its exits and its CPU (any CPU's VM).
+static ENDED: KernelCell<[Option<(Stop, u64, usize)>; MAX_VMS]> =
     KernelCell::new([const { None }; MAX_VMS]);
 /// CPUs with a VM not ended yet: the last one reports the run's end.
 static LIVE: AtomicUsize = AtomicUsize::new(1);
+/// CPUs that run VMs, bit n for CPU n: with more than one, the end's table
+/// names each VM's CPU.
+static USED: AtomicU8 = AtomicU8::new(1);
 /// Every host IRQ line a task of any VM owns (all on the boot CPU).
 static IRQS: AtomicU16 = AtomicU16::new(0);
 /// Building the VMs at boot, one CPU at a time: the CPU whose turn it is
@@ -462,7 +465,7 @@ fn vm_ended(frame: &mut TrapFrame, stop: Stop) -> SysResult {
         let i = k.current;
         k.vms[i] = None;
         let exits = k.stats[i].exits_total;
-        ENDED.with(|e| e[i] = Some((stop, exits)));
+        ENDED.with(|e| e[i] = Some((stop, exits, cpu::id())));
         k.vms
             .iter()
             .any(Option::is_some)
@@ -480,19 +483,24 @@ fn vm_ended(frame: &mut TrapFrame, stop: Stop) -> SysResult {
     let code = ENDED.with(|ended| {
         say!("all {count} VMs ended:");
         let ended = || ended.iter().enumerate();
-        for (i, (stop, exits)) in ended().filter_map(|(i, e)| Some((i, e.as_ref()?))) {
-            say!("| vm{i} | exits {exits} | {stop}");
+        let smp = USED.load(Ordering::Relaxed).count_ones() > 1;
+        for (i, (stop, exits, c)) in ended().filter_map(|(i, e)| Some((i, e.as_ref()?))) {
+            if smp {
+                say!("| vm{i} | cpu{c} | exits {exits} | {stop}");
+            } else {
+                say!("| vm{i} | exits {exits} | {stop}");
+            }
         }
         let failed = ended().find_map(|(i, e)| match e {
-            Some((Stop::Stopped(_), _)) | None => None,
-            Some((stop, _)) => Some((i, stop)),
+            Some((Stop::Stopped(_), _, _)) | None => None,
+            Some((stop, _, _)) => Some((i, stop)),
         });
         if let Some((i, stop)) = failed {
             say!("vm failed: vm{i}: {stop}");
             return HOST_EXIT_FAILED;
         }
         let status = ended().find_map(|(_, e)| match e {
-            Some((Stop::Stopped(n), _)) if *n != 0 => Some(*n),
+            Some((Stop::Stopped(n), _, _)) if *n != 0 => Some(*n),
             _ => None,
         });
         say!("vm stopped: guest status {}", status.unwrap_or(0));
@@ -1675,6 +1683,7 @@ pub fn start(boot: BootInfo) -> ! {
         used |= 1 << cpu;
     }
     LIVE.store(used.count_ones() as usize, Ordering::Relaxed);
+    USED.store(used, Ordering::Relaxed);
     build_own(arch, payload);
     for n in (1..MAX_CPUS).filter(|n| used & (1 << n) != 0) {
         BUILD_TURN.store(n, Ordering::Release);
