@@ -5,6 +5,7 @@ mod bench;
 mod bench_boot;
 mod bench_exits;
 mod bench_io;
+mod bench_smp;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
