@@ -38,6 +38,7 @@ const IA32_APIC_BASE: u32 = 0x1b;
 /// IA32_APIC_BASE: the boot CPU's flag and the global enable.
 const APIC_BSP: u64 = 1 << 8;
 const APIC_ENABLE: u64 = 1 << 11;
+const APIC_X2: u64 = 1 << 10;
 /// Interrupt command register, low and high words.
 const ICR_LOW: u64 = 0x300;
 const ICR_HIGH: u64 = 0x310;
@@ -139,7 +140,11 @@ fn wait_tsc(ticks: u64) {
 /// the stub maps it, only the boot CPU runs.
 pub fn start_others(arch: Arch, hz: u64) -> u8 {
     let base = cpu::rdmsr(IA32_APIC_BASE);
-    if base & 0xf_ffff_f000 != LAPIC || base & (APIC_ENABLE | APIC_BSP) != APIC_ENABLE | APIC_BSP {
+    // The xAPIC's registers at their reset address (x2APIC mode, which
+    // firmware may have turned on, has no MMIO registers): else one CPU.
+    if base & 0xf_ffff_f000 != LAPIC
+        || base & (APIC_ENABLE | APIC_BSP | APIC_X2) != APIC_ENABLE | APIC_BSP
+    {
         return 1;
     }
     crate::memory::map_lapic();
@@ -182,6 +187,10 @@ pub fn start_others(arch: Arch, hz: u64) -> u8 {
             break;
         }
         core::hint::spin_loop();
+    }
+    let answered = NEXT_INDEX.load(Ordering::Acquire);
+    if answered > MAX_CPUS_U32 {
+        say!("{answered} CPUs answered; the stub runs on the first {MAX_CPUS}");
     }
     READY.load(Ordering::Acquire)
 }
