@@ -99,3 +99,33 @@ fn a_vm_on_a_cpu_the_run_lacks_is_refused() {
         "{r}"
     );
 }
+
+/// The watchdog per CPU: both VMs' vmm-servers spin at their 100th exit
+/// (`--inject` goes to every copy of `--vms`); CPU 0's PIT and CPU 1's
+/// APIC timer each interrupt their spinning server, and each VM stops
+/// with the watchdog's line. About 7 s.
+#[test]
+fn the_watchdog_stops_a_hanging_vmm_server_on_each_cpu() {
+    let r = common::splitvisor_run(
+        &[
+            "--guest",
+            "cr3switch64",
+            "--vms",
+            "2",
+            "--cpus",
+            "2",
+            "--inject",
+            "vmm-server:hang@100",
+        ],
+        TIMEOUT_SECS,
+    );
+    assert_eq!(r.code, Some(101), "{r}");
+    for (vm, cpu) in [("vm0", "cpu0"), ("vm1", "cpu1")] {
+        assert!(
+            r.stdout.lines().any(|l| l.starts_with(&format!(
+                "[stub] | {vm} | {cpu} | exits 100 | the vmm-server hung: watchdog: it ran "
+            )) && l.ends_with("; stopping the VM")),
+            "{r}"
+        );
+    }
+}
