@@ -161,8 +161,8 @@ struct GuestArgs {
           required_unless_present_any = ["kernel", "linux", "config"],
           conflicts_with_all = ["kernel", "linux"])]
     guest: Option<String>,
-    /// Several VMs on one CPU: N copies of this guest (with these options),
-    /// each with its own servers, in one image. Each VM's console lines
+    /// Several VMs: N copies of this guest (with these options), each with
+    /// its own servers, in one image, on one CPU unless --cpus says more. Each VM's console lines
     /// start with `[vmN] `; the run ends when all have ended (README,
     /// "Several VMs").
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=4),
