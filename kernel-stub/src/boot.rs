@@ -78,7 +78,11 @@ _start32:
     incl %ecx
     cmpl $512, %ecx
     jne 1b
+    xorl %ebp, %ebp                      /* the boot CPU */
 
+    /* From here on for every CPU (EBP: 0 on the boot CPU). */
+    .global enter_long_mode
+enter_long_mode:
     movl $boot_pml4, %eax
     movl %eax, %cr3
     movl %cr4, %eax
@@ -103,6 +107,8 @@ long_mode:
     xorw %ax, %ax
     movw %ax, %fs
     movw %ax, %gs
+    testl %ebp, %ebp
+    jnz ap_long_mode
     leaq {stack_top}(%rip), %rsp
     call stub_main
 2:  cli
@@ -117,7 +123,7 @@ long_mode:
 // at TRAMPOLINE (vector TRAMPOLINE >> 12), where `smp::start_others`
 // copied `ap_trampoline`. It loads a GDT with 32-bit segments, turns
 // protection on and jumps into the stub, where it takes the boot CPU's
-// page tables, enters long mode as `_start32` does, takes its index
+// page tables and enters long mode with `_start32`'s code, takes its index
 // (1, 2, ...) and that CPU's stack, and calls `smp::ap_main(index)`.
 // An index past the last stack parks the CPU.
 global_asm!(
@@ -150,30 +156,12 @@ ap_start32:
     movw %ax, %ds
     movw %ax, %es
     movw %ax, %ss
-    movl $boot_pml4, %eax
-    movl %eax, %cr3
-    movl %cr4, %eax
-    orl $(1 << 5), %eax                  /* PAE */
-    movl %eax, %cr4
-    movl $0xC0000080, %ecx               /* EFER */
-    rdmsr
-    orl $(1 << 8), %eax                  /* LME */
-    wrmsr
-    movl %cr0, %eax
-    orl $0x80000001, %eax                /* PG | PE */
-    movl %eax, %cr0
-    lgdt boot_gdt_ptr
-    ljmp $0x08, $ap_long_mode
+    movl $1, %ebp                        /* not the boot CPU */
+    jmp enter_long_mode
 
     .code64
+    .global ap_long_mode
 ap_long_mode:
-    movw $0x10, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    xorw %ax, %ax
-    movw %ax, %fs
-    movw %ax, %gs
     movl $1, %eax
     lock xaddl %eax, {next}(%rip)
     cmpl ${max_cpus}, %eax
