@@ -1014,4 +1014,38 @@ mod guest_args_tests {
         assert_eq!(g.modules, ["/m/one a=1", "/m/two"]);
         assert_eq!(g.spec(None).unwrap().modules, ["/m/one a=1", "/m/two"]);
     }
+
+    #[test]
+    fn vms_spread_over_the_cpus_and_a_config_places_each() {
+        let cpus = |s: &images::SystemSpec| {
+            let more = s.more_vms.iter().map(|v| v.cpu);
+            (
+                std::iter::once(s.cpu).chain(more).collect::<Vec<_>>(),
+                s.host_cpus,
+            )
+        };
+        let spec = |args: &[&str]| run_args(args).spec(None);
+        let g = spec(&["--guest", "k", "--vms", "3", "--cpus", "2"]).unwrap();
+        assert_eq!(cpus(&g), (vec![0, 1, 0], 2));
+        assert_eq!(
+            cpus(&spec(&["--guest", "k", "--vms", "2"]).unwrap()),
+            (vec![0, 0], 1)
+        );
+        let dir = std::env::temp_dir().join(format!("sv-cpus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("vms.toml");
+        std::fs::write(
+            &config,
+            "[[vm]]\nguest = \"k\"\ncpu = 2\n[[vm]]\nguest = \"k\"\n",
+        )
+        .unwrap();
+        let path = config.to_str().unwrap();
+        let placed = spec(&["--config", path]);
+        let refused = spec(&["--config", path, "--cpus", "2"]);
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(cpus(&placed.unwrap()), (vec![2, 0], 3));
+        assert!(refused
+            .unwrap_err()
+            .ends_with("a VM is placed on cpu 2, but the run has 2 CPU(s) (--cpus)"));
+    }
 }
