@@ -135,6 +135,7 @@ pub struct Recorder<S: Sink> {
     on: bool,
     prev_exit: ExitRecord,
     prev_resume: Resume,
+    prev_install: Install,
     exits: u32,
     max_exits: u32,
 }
@@ -147,6 +148,7 @@ impl<S: Sink> Recorder<S> {
             on: true,
             prev_exit: ExitRecord::default(),
             prev_resume: Resume::default(),
+            prev_install: Install::default(),
             exits: 0,
             max_exits,
         };
@@ -230,11 +232,17 @@ impl<S: Sink> Recorder<S> {
         self.w.tsc_value(tsc);
         self.w.varint(ticks);
         self.w.varint(batch.len() as u64);
+        // Each entry XORed with the one before in the stream: the entries
+        // prefetched around a fault are neighbours in one table, mapping
+        // neighbouring frames (a byte or two each instead of eight).
         for e in batch {
-            self.w.varint(u64::from(e.table));
-            self.w.varint(u64::from(e.index));
-            self.w.put(&[e.level, e.reserved]);
-            self.w.varint(e.entry);
+            let p = self.prev_install;
+            self.w.varint(u64::from(e.table ^ p.table));
+            self.w.varint(u64::from(e.index ^ p.index));
+            self.w
+                .varint(u64::from(e.level) | u64::from(e.reserved) << 8);
+            self.w.varint(e.entry ^ p.entry);
+            self.prev_install = *e;
         }
         match result {
             InstallResult::Ok => self.w.put(&[0]),
@@ -253,6 +261,7 @@ pub struct Decoder<'a> {
     r: Reader<'a>,
     prev_exit: ExitRecord,
     prev_resume: Resume,
+    prev_install: Install,
 }
 
 impl<'a> Decoder<'a> {
@@ -262,6 +271,7 @@ impl<'a> Decoder<'a> {
             r: Reader::new(bytes),
             prev_exit: ExitRecord::default(),
             prev_resume: Resume::default(),
+            prev_install: Install::default(),
         }
     }
 
@@ -315,19 +325,22 @@ impl<'a> Decoder<'a> {
                 }
                 let mut entries = Vec::with_capacity(n as usize);
                 for _ in 0..n {
-                    let table = r.varint()?;
-                    let index = r.varint()?;
-                    let lr = r.take(2)?;
-                    let (level, reserved) = (lr[0], lr[1]);
-                    let entry = r.varint()?;
-                    entries.push(Install {
-                        table: u32::try_from(table)
-                            .map_err(|_| r.err("a table handle too large"))?,
-                        index: u16::try_from(index).map_err(|_| r.err("an index too large"))?,
+                    let p = self.prev_install;
+                    let table = u32::try_from(r.varint()?)
+                        .map_err(|_| r.err("a table handle too large"))?;
+                    let index =
+                        u16::try_from(r.varint()?).map_err(|_| r.err("an index too large"))?;
+                    let lr = u16::try_from(r.varint()?).map_err(|_| r.err("a level too large"))?;
+                    let [level, reserved] = lr.to_le_bytes();
+                    let e = Install {
+                        table: table ^ p.table,
+                        index: index ^ p.index,
                         level,
                         reserved,
-                        entry,
-                    });
+                        entry: r.varint()? ^ p.entry,
+                    };
+                    entries.push(e);
+                    self.prev_install = e;
                 }
                 let result = match r.u8()? {
                     0 => InstallResult::Ok,
@@ -603,15 +616,21 @@ mod tests {
     }
 
     fn arb_event() -> impl Strategy<Value = Event> {
-        let install = (any::<u32>(), 0u16..512, 1u8..5, any::<u64>()).prop_map(
-            |(table, index, level, entry)| Install {
+        // Any bytes, as a hostile server's batch may hold.
+        let install = (
+            any::<u32>(),
+            any::<u16>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u64>(),
+        )
+            .prop_map(|(table, index, level, reserved, entry)| Install {
                 table,
                 index,
                 level,
-                reserved: 0,
+                reserved,
                 entry,
-            },
-        );
+            });
         let result = prop_oneof![
             Just(InstallResult::Ok),
             Just(InstallResult::Failed),
