@@ -12,6 +12,24 @@ mod common;
 
 use common::splitvisor;
 
+/// Runs the hello guest with `args`; the line saying what was recorded.
+fn traced_hello(args: &[&str]) -> String {
+    let mut all = vec!["--guest", "hello"];
+    all.extend_from_slice(args);
+    let run = common::splitvisor_run(&all, 60);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.has_line("hello from the guest"), "{run}");
+    assert!(
+        !run.stdout.contains('\u{1d}') && !run.stdout.contains('\u{1e}'),
+        "trace lines reached stdout\n{run}"
+    );
+    run.stderr
+        .lines()
+        .find(|l| l.starts_with("splitvisor: trace: "))
+        .unwrap_or_else(|| panic!("no trace line\n{run}"))
+        .to_string()
+}
+
 #[test]
 fn the_hello_guest_traced_on_qemu_svm_replays_identically_a_changed_resume_diverges_and_shadow_paging_traces_the_mmu_server(
 ) {
@@ -19,18 +37,8 @@ fn the_hello_guest_traced_on_qemu_svm_replays_identically_a_changed_resume_diver
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("hello.rkyv");
     let path = file.to_str().unwrap();
-    let run = common::splitvisor_run(&["--guest", "hello", "--trace", path], 60);
-    assert_eq!(run.code, Some(0), "{run}");
-    assert!(run.has_line("hello from the guest"), "{run}");
-    assert!(
-        !run.stdout.contains('\u{1e}'),
-        "trace lines reached stdout\n{run}"
-    );
-    let said = run
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("splitvisor: trace: "))
-        .unwrap_or_else(|| panic!("no trace line\n{run}"));
+    let said = traced_hello(&["--trace", path]);
+    let said = said.as_str();
     let exits: u64 = said["splitvisor: trace: ".len()..]
         .split(' ')
         .next()
@@ -97,31 +105,16 @@ fn the_hello_guest_traced_on_qemu_svm_replays_identically_a_changed_resume_diver
     // mmu-server, which installs the shadow entries and resumes it.
     let shadow = dir.join("hello-shadow.rkyv");
     let path = shadow.to_str().unwrap();
-    let run = common::splitvisor_run(
-        &[
-            "--guest",
-            "hello",
-            "--mmu",
-            "shadow",
-            "--cpu",
-            "EPYC,+svm",
-            "--unsafe-shadow",
-            "--trace",
-            path,
-        ],
-        60,
-    );
-    assert_eq!(run.code, Some(0), "{run}");
-    assert!(run.has_line("hello from the guest"), "{run}");
-    assert!(
-        !run.stdout.contains('\u{1d}') && !run.stdout.contains('\u{1e}'),
-        "trace lines reached stdout\n{run}"
-    );
-    let said = run
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("splitvisor: trace: "))
-        .unwrap_or_else(|| panic!("no trace line\n{run}"));
+    let said = traced_hello(&[
+        "--mmu",
+        "shadow",
+        "--cpu",
+        "EPYC,+svm",
+        "--unsafe-shadow",
+        "--trace",
+        path,
+    ]);
+    let said = said.as_str();
     let mmu = said
         .split("mmu-server: ")
         .nth(1)
