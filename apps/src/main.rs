@@ -593,15 +593,16 @@ struct RunArgs {
     /// Record every input and decision of the vmm-server's exit handler
     /// (each exit record and resume with TSC stamps, clock readings, CPUID
     /// answers, guest-RAM reads, console input; hashes of guest-RAM writes
-    /// and console output; the ending) into FILE, an rkyv archive for
-    /// `splitvisor replay` and `splitvisor stats`. The vmm-server sends the
-    /// records as console lines starting with byte 0x1e, which are taken
-    /// out of what is shown; a line on stderr gives the trace's size per
-    /// exit. QEMU only.
+    /// and console output; the ending), and the mmu-server's exits, replies
+    /// and install batches, into FILE, an rkyv archive for `splitvisor
+    /// replay` and `splitvisor stats`. The servers send the records as
+    /// console lines starting with byte 0x1e (vmm-server) or 0x1d
+    /// (mmu-server), which are taken out of what is shown; a line on stderr
+    /// gives each stream's size per exit. QEMU only.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
-    /// With --trace: record the first N exits only (the run goes on,
-    /// untraced).
+    /// With --trace: record the first N exits only, each server its own
+    /// (the run goes on, untraced).
     #[arg(long, value_name = "N", requires = "trace",
           value_parser = clap::value_parser!(u32).range(1..))]
     trace_exits: Option<u32>,

@@ -337,8 +337,9 @@ pub struct SystemSpec {
     /// configuration block of that task's ELF (`ipc_proto::inject`).
     /// Empty by default.
     pub inject: Vec<(String, ipc_proto::inject::Injection)>,
-    /// The vmm-server records a trace (`splitvisor run --trace`), patched
-    /// into its trace block (`ipc_proto::trace`). None by default.
+    /// The vmm-server and the mmu-server record a trace (`splitvisor run
+    /// --trace`), patched into their trace blocks (`ipc_proto::trace`).
+    /// None by default.
     pub trace: Option<ipc_proto::trace::TraceConfig>,
     /// The stub built with `bench-inline-exits` ([`build_bench_inline_stub`]):
     /// `splitvisor bench exits`'s in-stub handler. False by default.
@@ -736,9 +737,14 @@ fn vm_payload(spec: &SystemSpec, elfs: &TargetElfs, dir: &Path) -> Result<Vec<u8
         None => (read(&elfs.vmm_server)?, read(&elfs.mmu_server)?),
     };
     let mut vmm = patch_pci_functions(spec, vmm)?;
+    let mut mmu = mmu;
     if let Some(t) = &spec.trace {
-        ipc_proto::trace::patch(&mut vmm, t)
-            .map_err(|e| BuildError::BadGuest(spec.guest.clone(), format!("--trace: {e}")))?;
+        // Both servers record: the same block in each ELF.
+        for (name, elf) in [("vmm-server", &mut vmm), ("mmu-server", &mut mmu)] {
+            ipc_proto::trace::patch(elf, t).map_err(|e| {
+                BuildError::BadGuest(spec.guest.clone(), format!("--trace: {name}: {e}"))
+            })?;
+        }
     }
     let uart = read(&elfs.uart_server)?;
     let devices = spec
