@@ -44,7 +44,8 @@ const ALL: [Place; PLACES] = [
 ];
 
 /// The ticks spent in each place. Atomics only so that a `static` needs
-/// no `unsafe`: the stub that has this feature runs on one CPU.
+/// no `unsafe`: `bench exits` boots one host CPU (with several, their
+/// stamps would mix; TODO per-CPU sums if the bench ever needs them).
 pub struct Parts {
     place: AtomicUsize,
     /// The last stamp; 0 before the first.
