@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ipc_proto::manifest::{Board, Channel, EntryMode, GuestRam, MmuMode, Rights};
+use ipc_proto::manifest::{Board, Channel, EntryMode, GuestRam, Link, MmuMode, Rights, FAR_END};
 
 pub use guests::{GUESTS, GUEST_LOAD_GPA, GUEST_RAM_MIB};
 pub use image::{build_image, GuestInput, ImageError, TaskInput};
@@ -350,6 +350,10 @@ pub struct SystemSpec {
     /// The image's other VMs (`run --vms`, `run --config`), each with its
     /// own servers and guest; this spec is VM 0. Empty by default.
     pub more_vms: Vec<SystemSpec>,
+    /// VM 0's spec only: the tasks in no VM (a switch shared by the VMs),
+    /// which a VM's `device_channels` name as `sys:NAME` ([`IN_NO_VM`]).
+    /// Empty by default.
+    pub no_vm_servers: Vec<DeviceServer>,
 }
 
 /// A device server to pack into the image: its name, its ELF (built for
@@ -402,6 +406,7 @@ impl SystemSpec {
             bench_inline_stub: false,
             net_forwards: Vec::new(),
             more_vms: Vec::new(),
+            no_vm_servers: Vec::new(),
         }
     }
 
@@ -573,6 +578,53 @@ fn read_modules(specs: &[String]) -> Result<Modules, BuildError> {
     Ok(Modules(out))
 }
 
+/// How a VM's `device_channels` name a task in no VM: `sys:switch`.
+pub const IN_NO_VM: &str = "sys:";
+
+/// The channels of the tasks in no VM and their links, from every VM's
+/// channels that name one (`sys:NAME`, [`IN_NO_VM`]): numbered VM by VM,
+/// each VM's in its own order. `no_vm` are their names.
+pub fn no_vm_channels(
+    specs: &[SystemSpec],
+    no_vm: &[&str],
+) -> Result<Vec<(Channel, Link)>, String> {
+    let mut out = Vec::new();
+    for (vm, spec) in specs.iter().enumerate() {
+        for (client, server) in &spec.device_channels {
+            let index = |name: &str| -> Result<Option<u8>, String> {
+                let Some(name) = name.strip_prefix(IN_NO_VM) else {
+                    return Ok(None);
+                };
+                let i = no_vm
+                    .iter()
+                    .position(|t| *t == name)
+                    .ok_or_else(|| format!("no task in no VM is called {name}"))?;
+                Ok(Some(i as u8))
+            };
+            let (c, s) = (index(client)?, index(server)?);
+            if c.is_none() && s.is_none() {
+                continue;
+            }
+            let channel = u8::try_from(out.len()).map_err(|_| "too many channels".to_string())?;
+            let vm_channel = spec
+                .channel_number(client, server)
+                .ok_or("a channel has no number")?;
+            out.push((
+                Channel {
+                    client: c.unwrap_or(FAR_END),
+                    server: s.unwrap_or(FAR_END),
+                },
+                Link {
+                    channel,
+                    vm: u8::try_from(vm).map_err(|_| "too many VMs".to_string())?,
+                    vm_channel,
+                },
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// The tasks of the image `spec` asks for, by name with their rights, and
 /// the channels between them (by task index).
 pub fn system_tasks(spec: &SystemSpec) -> (Vec<(&str, Rights)>, Vec<Channel>) {
@@ -599,11 +651,16 @@ pub fn system_tasks(spec: &SystemSpec) -> (Vec<(&str, Rights)>, Vec<Channel>) {
     for (client, server) in &spec.device_channels {
         let index = |name: &str| tasks.iter().position(|(n, _)| *n == name);
         // A name that is not a task: the channel names task 255, which
-        // the manifest check refuses with its reason.
-        let (c, s) = (index(client), index(server));
+        // the manifest check refuses with its reason. A task in no VM is
+        // the far end, joined by a link (`no_vm_channels`).
+        let end = |name: &str| match index(name) {
+            Some(i) => i as u8,
+            None if name.starts_with(IN_NO_VM) => FAR_END,
+            None => u8::MAX,
+        };
         channels.push(Channel {
-            client: c.map_or(u8::MAX, |i| i as u8),
-            server: s.map_or(u8::MAX, |i| i as u8),
+            client: end(client),
+            server: end(server),
         });
     }
     // Shadow paging: every task that writes guest RAM in place (the
@@ -700,10 +757,13 @@ pub fn build_system_specs(specs: &[SystemSpec]) -> Result<PathBuf, BuildError> {
     } else {
         read(&elfs.kernel_stub)?
     };
-    let payloads = specs
+    let mut payloads = specs
         .iter()
         .map(|spec| vm_payload(spec, &elfs, &dir))
         .collect::<Result<Vec<_>, _>>()?;
+    if !first.no_vm_servers.is_empty() {
+        payloads.push(no_vm_payload(specs)?);
+    }
     let (payload, name) = match payloads.as_slice() {
         [one] => (one.clone(), first.image_file_name()),
         _ => {
@@ -716,6 +776,31 @@ pub fn build_system_specs(specs: &[SystemSpec]) -> Result<PathBuf, BuildError> {
     let path = dir.join(name);
     write_atomic(&path, &image)?;
     Ok(path)
+}
+
+/// The payload of the tasks in no VM of the first spec, after the VMs'.
+fn no_vm_payload(specs: &[SystemSpec]) -> Result<Vec<u8>, BuildError> {
+    let servers = specs.first().map_or(&[][..], |s| &s.no_vm_servers[..]);
+    let names: Vec<&str> = servers.iter().map(|d| d.name.as_str()).collect();
+    let bad = |why: String| BuildError::Image(image::ImageError::BadRights(why));
+    let (channels, links): (Vec<Channel>, Vec<Link>) = no_vm_channels(specs, &names)
+        .map_err(bad)?
+        .into_iter()
+        .unzip();
+    let elfs = servers
+        .iter()
+        .map(|d| std::fs::read(&d.elf).map_err(|e| BuildError::io(&d.elf, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tasks: Vec<TaskInput> = servers
+        .iter()
+        .zip(&elfs)
+        .map(|(d, elf)| TaskInput {
+            name: &d.name,
+            rights: d.rights.clone(),
+            elf,
+        })
+        .collect();
+    Ok(image::build_no_vm_payload(&tasks, &channels, &links)?)
 }
 
 /// The payload of one VM: its servers and guest.

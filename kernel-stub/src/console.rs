@@ -74,15 +74,23 @@ fn write(bytes: &[u8], vm: Option<u8>) {
                 c.at_line_start = true;
             }
             if let (true, Some(n)) = (c.at_line_start, vm) {
-                [b'[', b'v', b'm', b'0' + n, b']', b' ']
-                    .into_iter()
-                    .for_each(put);
+                let [a, b, c] = name(n);
+                [b'[', a, b, c, b']', b' '].into_iter().for_each(put);
             }
             put(b);
             c.at_line_start = b == b'\n';
             c.line_vm = vm;
         }
     });
+}
+
+/// `vmN`, or `sys` for the tasks in no VM (`NO_VM`, after the VMs).
+fn name(n: u8) -> [u8; 3] {
+    if usize::from(n) == ipc_proto::manifest::MAX_VMS {
+        *b"sys"
+    } else {
+        [b'v', b'm', b'0' + n]
+    }
 }
 
 struct LineWriter;
@@ -100,7 +108,11 @@ pub fn stub_line(args: fmt::Arguments) {
         write_bytes(b"\n");
     }
     match CONSOLE.with(|c| c.vm) {
-        Some(n) => writeln!(LineWriter, "[stub] vm{n}: {args}"),
+        Some(n) => {
+            let name = name(n);
+            let name = core::str::from_utf8(&name).unwrap_or("vm?");
+            writeln!(LineWriter, "[stub] {name}: {args}")
+        }
         None => writeln!(LineWriter, "[stub] {args}"),
     }
     .ok();
