@@ -27,6 +27,9 @@ fn position(r: &Run, line: &str) -> usize {
 /// guest alone would keep the CPU for its whole second). VM 0's
 /// disk-driver runs its self-test and gets IRQ 14 as a notification: the
 /// second VM's build leaves the 8259s as the first VM's left them.
+/// With `--net switch` each VM's virtio-net server calls one switch, a
+/// task in no VM, over a channel across VMs: each gets its port, its own
+/// station address, and at its VM's end the switch's counters.
 #[test]
 fn two_timer_guests_take_turns_and_both_pass_vm0_with_its_disk() {
     let dir = std::env::temp_dir().join(format!("splitvisor-vms-disk-{}", std::process::id()));
@@ -36,7 +39,9 @@ fn two_timer_guests_take_turns_and_both_pass_vm0_with_its_disk() {
     bytes[..16].copy_from_slice(b"SPLITVISOR-DISK!");
     std::fs::write(&img, &bytes).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitvisor"))
-        .args(["run", "--guest", "timer", "--vms", "2", "--disk"])
+        .args([
+            "run", "--guest", "timer", "--vms", "2", "--net", "switch", "--disk",
+        ])
         .arg(&img)
         .args(["--timeout", &TIMEOUT_SECS.to_string()])
         .env(splitvisor::disk::SELF_TEST_ENV, "1")
@@ -85,6 +90,23 @@ fn two_timer_guests_take_turns_and_both_pass_vm0_with_its_disk() {
         .unwrap_or_else(|| panic!("no line {prefix:?}\n{r}"));
     assert!(n >= 1, "{r}");
     assert!(!r.stdout.contains("[vm1] disk:"), "VM 1 has no disk\n{r}");
+    // The switch in no VM: one port per VM, reached across VMs.
+    for (vm, mac) in [("vm0", "01"), ("vm1", "02")] {
+        let line = format!("[{vm}] virtio-net: mac 02:53:56:00:00:{mac}, link on channel ");
+        assert!(
+            r.stdout.lines().any(|l| l.starts_with(&line)
+                && l.ends_with(
+                    ": no card behind it (status 4): frames reach the switch's other ports only"
+                )),
+            "{vm}'s virtio-net did not reach the switch\n{r}"
+        );
+    }
+    for port in ["1", "2"] {
+        let at = format!("[sys] switch: port {port} is channel ");
+        assert!(r.stdout.lines().any(|l| l.starts_with(&at)), "{r}");
+        let end = format!("[sys] switch: at the VM's end: port {port} vm ch ");
+        assert!(r.stdout.lines().any(|l| l.starts_with(&end)), "{r}");
+    }
     // Every guest line carries its VM's prefix: none is bare.
     assert!(!r.stdout.lines().any(|l| l.starts_with("timer:")), "{r}");
     assert!(r.has_line("[stub] all 2 VMs ended:"), "{r}");
