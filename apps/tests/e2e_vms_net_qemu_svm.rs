@@ -137,6 +137,10 @@ fn two_linux_vms_ping_and_copy_a_file_across_the_switch() {
             "{r}"
         );
     }
+    if let Some(at) = vm0.find("net: flood 10.0.3.2: ") {
+        let flood: String = vm0[at..].chars().take_while(|&c| c != '%').collect();
+        eprintln!("{flood}% packet loss");
+    }
     eprintln!(
         "switch: port 1 in={} out={}, port 2 in={} out={} full={}",
         p1["in"], p1["out"], p2["in"], p2["out"], p2["full"]
