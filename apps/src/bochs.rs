@@ -33,7 +33,7 @@
 //! The cost: a triple fault of the stub itself leaves Bochs in the shutdown
 //! state until `--timeout`.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -230,11 +230,17 @@ pub fn iso_path(image: &Path, arch: Option<Arch>) -> PathBuf {
 /// `splitvisor run` with Bochs at `program`: build the image and its ISO,
 /// write the run's files, boot, follow COM1, conclude.
 pub fn run(opts: &RunOptions, program: &Path) -> i32 {
-    run_with_disk(opts, program, None)
+    run_with_disk(opts, program, None, Box::new(io::stdout()))
 }
 
-/// [`run`] with the checked and locked image of `--disk` as `ata0-master`.
-pub fn run_with_disk(opts: &RunOptions, program: &Path, disk: Option<&crate::disk::Disk>) -> i32 {
+/// [`run`] with the checked and locked image of `--disk` as `ata0-master`,
+/// the console going to `out`.
+pub fn run_with_disk(
+    opts: &RunOptions,
+    program: &Path,
+    disk: Option<&crate::disk::Disk>,
+    out: Box<dyn Write + Send>,
+) -> i32 {
     let files = bochs_files();
     if let Some(m) = missing_files(&files) {
         eprintln!("splitvisor: {m}");
@@ -292,16 +298,19 @@ pub fn run_with_disk(opts: &RunOptions, program: &Path, disk: Option<&crate::dis
             return EXIT_EMULATOR;
         }
     };
-    if !opts.system.net_forwards.is_empty() {
-        eprintln!("splitvisor: --net forward rules need QEMU (not passed to Bochs's slirp yet)");
-        return EXIT_EMULATOR;
-    }
+    let slirp_conf = match crate::nic::bochs_slirp_conf(&opts.system.net_forwards) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("splitvisor: --net {e}");
+            return EXIT_EMULATOR;
+        }
+    };
     // The card exactly when the image has its driver (`--nic`).
     let rc_text = if crate::nic::wants_nic(&opts.system) {
         let conf = dir.join("slirp.conf");
         let line = config_path(&conf).map(|c| crate::nic::bochs_line(&c));
         match line.and_then(|l| {
-            std::fs::write(&conf, crate::nic::BOCHS_SLIRP_CONF)
+            std::fs::write(&conf, &slirp_conf)
                 .map(|()| rc_text + &l)
                 .map_err(|e| format!("cannot write {}: {e}", conf.display()))
         }) {
@@ -340,7 +349,7 @@ pub fn run_with_disk(opts: &RunOptions, program: &Path, disk: Option<&crate::dis
         &program_name,
         opts.timeout,
         Console::File(run_files.com1.clone()),
-        Box::new(io::stdout()),
+        out,
     ) {
         Ok(r) => r,
         Err(e) => {

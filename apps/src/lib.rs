@@ -15,10 +15,12 @@ pub mod linux_modules;
 pub mod linux_virtio;
 pub mod loc;
 pub mod nic;
+pub mod progress;
 pub mod run;
 pub mod sel4;
 pub mod tracing;
 pub mod virtio;
+pub mod vm_logs;
 pub mod vms;
 
 pub use run::{

@@ -18,7 +18,7 @@
 //!    [`INIT`].
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use images::linux::Cpio;
 use ipc_proto::manifest::Board;
@@ -653,19 +653,6 @@ pub fn cache_dir() -> PathBuf {
     images::workspace_root().join(".cache").join("linux")
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("could not run {what}: {e} (is it installed?)"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
-        return Err(format!("{what} failed ({}): {last}", out.status));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// The cached `.deb` of `package` for Debian architecture `arch`,
 /// downloading it if it is not there.
 pub(crate) fn fetch_deb(dir: &Path, package: &str, arch: &str) -> Result<PathBuf, String> {
@@ -702,7 +689,9 @@ fn fetch_deb_version(
         Some(v) => format!("{package}:{arch}={v}"),
         None => format!("{package}:{arch}"),
     };
-    run(
+    eprintln!("splitvisor: downloading the Debian package {spec} (apt-get download)");
+    let start = std::time::Instant::now();
+    crate::progress::run_showing(
         Command::new("apt-get")
             .args(["download", &spec])
             .current_dir(dir),
@@ -724,17 +713,24 @@ fn fetch_deb_version(
         };
         format!("could not download the Debian package {spec}: {e}; {hint}")
     })?;
-    find().ok_or_else(|| {
+    let deb = find().ok_or_else(|| {
         format!(
             "apt-get download {package} left no {package}_*.deb in {}",
             dir.display()
         )
-    })
+    })?;
+    let mib = std::fs::metadata(&deb).map_or(0.0, |m| m.len() as f64 / (1024.0 * 1024.0));
+    eprintln!(
+        "splitvisor: downloaded {} ({mib:.1} MiB) in {:.1} s",
+        deb.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(deb)
 }
 
 /// `deb`'s `Version` field.
 fn deb_version(deb: &Path) -> Result<String, String> {
-    let v = run(
+    let v = crate::progress::run_captured(
         Command::new("dpkg-deb").arg("-f").arg(deb).arg("Version"),
         "dpkg-deb -f",
     )?;
@@ -761,7 +757,7 @@ pub fn describe_packages(
 
 /// The versioned kernel package the metapackage depends on.
 fn kernel_package(meta: &Path) -> Result<String, String> {
-    let depends = run(
+    let depends = crate::progress::run_captured(
         Command::new("dpkg-deb")
             .args(["-f"])
             .arg(meta)
@@ -782,7 +778,7 @@ pub(crate) fn unpack(deb: &Path, into: &Path) -> Result<(), String> {
         return Ok(());
     }
     std::fs::create_dir_all(into).map_err(|e| format!("{}: {e}", into.display()))?;
-    run(
+    crate::progress::run_captured(
         Command::new("dpkg-deb").arg("-x").arg(deb).arg(into),
         &format!("dpkg-deb -x {}", deb.display()),
     )?;
@@ -857,7 +853,7 @@ fn build_workload(dir: &Path, flavour: Flavour) -> Result<Vec<u8>, String> {
     let out = dir.join(format!("workload-{arch}"));
     images::write_atomic(&src, WORKLOAD_C.as_bytes()).map_err(|e| e.to_string())?;
     let bits = if arch == "i386" { "-m32" } else { "-m64" };
-    run(
+    crate::progress::run_captured(
         Command::new("gcc")
             .args([bits, "-static", "-nostdlib", "-ffreestanding"])
             .args(["-fno-pie", "-no-pie", "-O2", "-o"])

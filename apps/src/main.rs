@@ -598,6 +598,13 @@ struct RunArgs {
     #[arg(long, value_name = "N", requires = "trace",
           value_parser = clap::value_parser!(u32).range(1..))]
     trace_exits: Option<u32>,
+    /// Also write each VM's console lines into DIR/vmN.log (without the
+    /// `[vmN] ` prefix; the stub's `[stub] vmN: ` lines as they are) and
+    /// the lines of no VM (the stub's start, the end table) into
+    /// DIR/stub.log; stdout still shows everything. With one VM every
+    /// line goes to vm0.log. The files are made anew for each run.
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
 }
 
 /// `--nic` and `--net`: the nic-driver (and for `--net` the virtio-net
@@ -733,19 +740,44 @@ fn main() -> ExitCode {
                 memory_mib,
                 unsafe_shadow: a.unsafe_shadow,
             };
-            match &a.trace {
-                None => run::run_with_disk(&opts, accel, disk.as_ref()),
-                Some(path) => {
-                    let out = splitvisor::tracing::TraceOut::new(Box::new(std::io::stdout()));
-                    let code =
-                        run::run_with_disk_to(&opts, accel, disk.as_ref(), Box::new(out.clone()));
-                    match out.finish(path) {
-                        Ok(line) => eprintln!("{line}"),
-                        Err(e) => eprintln!("splitvisor: --trace {}: {e}", path.display()),
+            let mut out: Box<dyn std::io::Write + Send> = Box::new(std::io::stdout());
+            let logs = match &a.log_dir {
+                None => None,
+                Some(dir) => {
+                    let vms = 1 + opts.system.more_vms.len();
+                    match splitvisor::vm_logs::VmLogs::create(dir, vms, out) {
+                        Ok(l) => {
+                            out = Box::new(l.clone());
+                            Some(l)
+                        }
+                        Err(e) => {
+                            eprintln!("splitvisor: --log-dir: {e}");
+                            return ExitCode::from(2);
+                        }
                     }
-                    code
+                }
+            };
+            let trace = match &a.trace {
+                None => None,
+                Some(path) => {
+                    let t = splitvisor::tracing::TraceOut::new(out);
+                    out = Box::new(t.clone());
+                    Some((path, t))
+                }
+            };
+            let code = run::run_with_disk_to(&opts, accel, disk.as_ref(), out);
+            if let Some((path, t)) = &trace {
+                match t.finish(path) {
+                    Ok(line) => eprintln!("{line}"),
+                    Err(e) => eprintln!("splitvisor: --trace {}: {e}", path.display()),
                 }
             }
+            if let Some(l) = logs {
+                if let Err(e) = l.finish() {
+                    eprintln!("splitvisor: --log-dir: {e}");
+                }
+            }
+            code
         }
         Command::Replay(a) => splitvisor::tracing::replay(&a.file),
         Command::Stats(a) => splitvisor::tracing::stats(&a.file, a.svg.as_deref()),

@@ -335,6 +335,26 @@ pub fn qemu_args(forwards: &[String]) -> Vec<OsString> {
 pub const BOCHS_SLIRP_CONF: &str =
     "# slirp config, made by `splitvisor run --nic user` for one run\nrestricted = 1\n";
 
+/// Bochs's slirp configuration for `--net`'s forward rules: the
+/// restricted network of [`BOCHS_SLIRP_CONF`] and a `hostfwd` line per
+/// `hostfwd=` rule (Bochs's own format, `tcp:HOSTADDR:HOSTPORT-GUESTADDR:GUESTPORT`,
+/// the same as QEMU's). Bochs's slirp has no `guestfwd`: such a rule is
+/// refused with the sentence saying so.
+pub fn bochs_slirp_conf(forwards: &[String]) -> Result<String, String> {
+    let mut conf = BOCHS_SLIRP_CONF.to_string();
+    for rule in forwards {
+        match rule.strip_prefix("hostfwd=") {
+            Some(r) => conf.push_str(&format!("hostfwd = {r}\n")),
+            None => {
+                return Err(format!(
+                    "`{rule}`: Bochs's user network (slirp) has no guestfwd; use QEMU, or a hostfwd rule"
+                ))
+            }
+        }
+    }
+    Ok(conf)
+}
+
 /// Bochs's `ne2k:` line: the same card as QEMU's (QEMU's first MAC too),
 /// behind Bochs's slirp configured by the file `script`
 /// ([`BOCHS_SLIRP_CONF`]).
@@ -349,6 +369,21 @@ pub fn bochs_line(script: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bochs_takes_hostfwd_rules_and_refuses_guestfwd() {
+        let spec =
+            NetSpec::parse("user,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=udp:127.0.0.1:5353-:53")
+                .unwrap();
+        assert_eq!(
+            bochs_slirp_conf(&spec.forwards).unwrap(),
+            format!("{BOCHS_SLIRP_CONF}hostfwd = tcp:127.0.0.1:2222-:22\nhostfwd = udp:127.0.0.1:5353-:53\n")
+        );
+        assert_eq!(bochs_slirp_conf(&[]).unwrap(), BOCHS_SLIRP_CONF);
+        let spec = NetSpec::parse("user,guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:8080").unwrap();
+        let e = bochs_slirp_conf(&spec.forwards).unwrap_err();
+        assert!(e.contains("has no guestfwd"), "{e}");
+    }
 
     #[test]
     fn the_nic_driver_gets_its_ports_irq_and_console_only() {

@@ -1292,7 +1292,7 @@ pub fn run_with_disk(opts: &RunOptions, accel: Accel, disk: Option<&crate::disk:
 }
 
 /// [`run_with_disk`] with the console going to `out` instead of stdout
-/// (`--trace` takes its lines out there). QEMU only.
+/// (`--trace` takes its lines out there, `--log-dir` copies them).
 pub fn run_with_disk_to(
     opts: &RunOptions,
     accel: Accel,
@@ -1304,7 +1304,7 @@ pub fn run_with_disk_to(
         return EXIT_EMULATOR;
     };
     if opts.emulator_kind() == EmulatorKind::Bochs {
-        return crate::bochs::run_with_disk(opts, &emulator, disk);
+        return crate::bochs::run_with_disk(opts, &emulator, disk, out);
     }
     let image = match images::build_system_spec(&opts.system) {
         Ok(p) => p,

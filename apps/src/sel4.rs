@@ -187,30 +187,6 @@ fn venv_bin() -> Option<PathBuf> {
     bin.join("python3").is_file().then_some(bin)
 }
 
-fn run_logged(mut cmd: Command, log: &Path, what: &str) -> Result<(), String> {
-    let file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let err = file
-        .try_clone()
-        .map_err(|e| format!("{}: {e}", log.display()))?;
-    let status = cmd
-        .stdin(Stdio::null())
-        .stdout(file)
-        .stderr(err)
-        .status()
-        .map_err(|e| format!("could not start {what}: {e}"))?;
-    if status.success() {
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let tail: Vec<&str> = text.lines().rev().take(8).collect();
-    let tail: Vec<&str> = tail.into_iter().rev().collect();
-    Err(format!(
-        "{what} failed ({status}); the end of {}:\n{}",
-        log.display(),
-        tail.join("\n")
-    ))
-}
-
 /// An installed kernel: `bin/kernel.elf` and `libsel4/include`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Kernel {
@@ -268,6 +244,10 @@ pub fn build_kernel() -> Result<Kernel, String> {
         return Err(m);
     }
     let start = Instant::now();
+    eprintln!(
+        "splitvisor: building the seL4 kernel once (tar, cmake, ninja; their logs in {})",
+        dir.display()
+    );
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let src = match &sources {
@@ -277,7 +257,7 @@ pub fn build_kernel() -> Result<Kernel, String> {
             std::fs::create_dir_all(&unpack).map_err(|e| format!("{}: {e}", unpack.display()))?;
             let mut tar = Command::new("tar");
             tar.arg("xzf").arg(t).arg("-C").arg(&unpack);
-            run_logged(tar, &dir.join("tar.log"), "tar")?;
+            crate::progress::run_logged(tar, &dir.join("tar.log"), "tar")?;
             // The archive holds one top folder (seL4-16.0.0/).
             let top = std::fs::read_dir(&unpack)
                 .map_err(|e| format!("{}: {e}", unpack.display()))?
@@ -315,14 +295,14 @@ pub fn build_kernel() -> Result<Kernel, String> {
         .arg(format!("-DCMAKE_INSTALL_PREFIX={}", prefix.display()))
         .args(KERNEL_CONFIG)
         .env("PATH", &path);
-    run_logged(cmake, &dir.join("cmake.log"), "cmake (seL4 configuration)")?;
+    crate::progress::run_logged(cmake, &dir.join("cmake.log"), "cmake (seL4 configuration)")?;
     let mut ninja = Command::new("ninja");
     ninja
         .arg("-C")
         .arg(&build)
         .arg("install")
         .env("PATH", &path);
-    run_logged(ninja, &dir.join("ninja.log"), "ninja (seL4 build)")?;
+    crate::progress::run_logged(ninja, &dir.join("ninja.log"), "ninja (seL4 build)")?;
     if !done.is_file() {
         return Err(format!("the seL4 build made no {}", done.display()));
     }

@@ -2,7 +2,7 @@
 //! under splitvisor on Bochs with emulated Intel VMX (`corei7_skylake_x`,
 //! EPT and unrestricted guest), on the PC board, through `splitvisor run
 //! --linux --emulator bochs --arch vmx --console hvc0 --disk IMG --net
-//! user`, in one boot: the kernel's log and everything `/init` prints on
+//! user,hostfwd=...`, in one boot: the kernel's log and everything `/init` prints on
 //! hvc0 (the virtio-console server), a DHCP lease through virtio-net, the
 //! switch and the nic-driver's NE2000 on Bochs's restricted slirp, the MMU
 //! workload (see `e2e_linux_qemu_svm.rs`), and a disk round trip through the virtio-blk server and the
@@ -54,6 +54,26 @@ fn debian_amd64_runs_the_workload_and_a_disk_round_trip_on_hvc0_on_bochs_vmx_wit
     let dir = Scratch::new("linux-bochs-vmx");
     let (img, host_md5) = image_with_check_files(&dir, HOST_TEXT, &host_bytes());
     let disk = img.to_string_lossy().into_owned();
+    // A hostfwd rule reaches Bochs's slirp: its host side accepts a
+    // connection while the machine runs (the guest need not listen).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let net = format!("user,hostfwd=tcp:127.0.0.1:{port}-:22");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let done = done.clone();
+        std::thread::spawn(move || loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return true;
+            }
+            if done.load(std::sync::atomic::Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        })
+    };
 
     let run = common::boot_linux_appending(
         Flavour::Amd64,
@@ -68,10 +88,15 @@ fn debian_amd64_runs_the_workload_and_a_disk_round_trip_on_hvc0_on_bochs_vmx_wit
             "--disk",
             &disk,
             "--net",
-            "user",
+            &net,
         ],
         "splitvisor.net splitvisor.disk=update",
         1500,
+    );
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        prober.join().unwrap(),
+        "nothing accepted on 127.0.0.1:{port} (`--net {net}`) while Bochs ran\n{run}"
     );
     let out = &run.stdout;
     let xstate = "x86/fpu: Enabled xstate features 0x7, context size is 832 bytes, using 'compacted' format.";

@@ -115,9 +115,10 @@ fn two_timer_guests_take_turns_and_both_pass_vm0_with_its_disk() {
 
 /// VM 0 triple-faults under nested paging while VM 1 (shadow paging)
 /// prints its line and exits 0: VM 0's failure ends VM 0 only, the table
-/// shows both, and the run's status is the failure's (101).
+/// shows both, and the run's status is the failure's (101). `--log-dir` gives
+/// each VM its own log.
 #[test]
-fn a_triple_fault_in_one_vm_leaves_the_other_running() {
+fn a_triple_fault_in_one_vm_leaves_the_other_running_and_each_vm_has_its_log() {
     let dir = std::env::temp_dir().join(format!("splitvisor-vms-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("vms.toml");
@@ -128,7 +129,16 @@ fn a_triple_fault_in_one_vm_leaves_the_other_running() {
     .unwrap();
     let config = config.to_str().unwrap().to_string();
     // QEMU's TCG ignores the task-switch intercept: shadow paging needs this.
-    let r = splitvisor_run(&["--config", &config, "--unsafe-shadow"]);
+    let logs = dir.join("logs");
+    let r = splitvisor_run(&[
+        "--config",
+        &config,
+        "--unsafe-shadow",
+        "--log-dir",
+        logs.to_str().unwrap(),
+    ]);
+    let log = |name: &str| std::fs::read_to_string(logs.join(name)).unwrap_or_default();
+    let (vm0, vm1, stub) = (log("vm0.log"), log("vm1.log"), log("stub.log"));
     std::fs::remove_dir_all(&dir).ok();
     assert_eq!(r.code, Some(101), "{r}");
     position(
@@ -157,6 +167,25 @@ fn a_triple_fault_in_one_vm_leaves_the_other_running() {
     assert!(
         r.has_line("[stub] vm failed: vm0: the vmm-server gave up (its reason is above)"),
         "{r}"
+    );
+    // --log-dir: each VM's lines in its own file, without the prefix.
+    let has = |log: &str, line: &str| log.lines().any(|l| l == line);
+    assert!(
+        has(
+            &vm0,
+            "[vmm] the guest triple-faulted (shutdown, code 0x7f) at rip=0x10001c"
+        ),
+        "vm0.log:\n{vm0}"
+    );
+    assert!(!vm0.contains("hello from the guest"), "vm0.log:\n{vm0}");
+    assert!(has(&vm1, "hello from the guest"), "vm1.log:\n{vm1}");
+    assert!(
+        has(&vm1, "[stub] vm1: vm stopped: guest status 0"),
+        "vm1.log:\n{vm1}"
+    );
+    assert!(
+        stub.contains("[stub] all 2 VMs ended:"),
+        "stub.log:\n{stub}"
     );
 }
 

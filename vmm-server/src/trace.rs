@@ -334,10 +334,11 @@ impl<S: Sink> Recorder<S> {
         if self.used == 0 {
             return;
         }
+        // The encoding counts too: tracing's time is all of this.
+        let start = self.sink.tsc();
         self.line[0] = LINE_MARK;
         let n = base64_encode(&self.chunk[..self.used], &mut self.line[1..]);
         self.line[1 + n] = b'\n';
-        let start = self.sink.tsc();
         self.sink.line(&self.line[..n + 2]);
         self.flush_ticks += self.sink.tsc().wrapping_sub(start);
         self.used = 0;
