@@ -614,6 +614,45 @@ impl Task {
 }
 
 impl Vm {
+    /// A VM whose tasks wait to start, with its guest (shadow paging or
+    /// not, its RAM) or, for the tasks in no VM, none.
+    fn new(
+        tasks: [Option<Task>; MAX_TASKS],
+        channels: [Option<Channel>; MAX_CHANNELS],
+        vcpu: Vcpu,
+        guest: Option<(bool, GuestRam)>,
+        tsc_hz: u64,
+    ) -> Self {
+        let (shadow, ram) = guest.unwrap_or((
+            false,
+            GuestRam {
+                hpa_base: 0,
+                bytes: 0,
+            },
+        ));
+        Self {
+            tasks,
+            channels,
+            current: 0,
+            guest: guest.is_some(),
+            far_restarted: 0,
+            vcpu,
+            shadow,
+            paging_set: false,
+            exit_at: 0,
+            parked: true,
+            ram,
+            paging_rules: PagingRules::from_cpuid(cpu::cpuid_words),
+            pae_root: None,
+            mmu_exit: None,
+            mmu_control: ipc_proto::GuestControl::default(),
+            watch: Watchdog::new(tsc_hz),
+            tsc_hz,
+            idles: 0,
+            yields: 0,
+        }
+    }
+
     fn task(&self, i: usize) -> &Task {
         self.tasks[i]
             .as_ref()
@@ -1951,30 +1990,11 @@ fn build(
             deadline::set_masked(line, false);
         }
     }
-    Ok(Vm {
-        tasks,
-        channels,
-        current: 0,
-        guest: true,
-        far_restarted: 0,
-        vcpu,
-        shadow,
-        paging_set: false,
-        exit_at: 0,
-        parked: true,
-        ram: GuestRam {
-            hpa_base: ram,
-            bytes: ram_bytes,
-        },
-        paging_rules: PagingRules::from_cpuid(cpu::cpuid_words),
-        pae_root: None,
-        mmu_exit: None,
-        mmu_control: ipc_proto::GuestControl::default(),
-        watch: Watchdog::new(tsc_hz),
-        tsc_hz,
-        idles: 0,
-        yields: 0,
-    })
+    let ram = GuestRam {
+        hpa_base: ram,
+        bytes: ram_bytes,
+    };
+    Ok(Vm::new(tasks, channels, vcpu, Some((shadow, ram)), tsc_hz))
 }
 
 /// The channel table of `manifest`, each channel's page from `page(n)`.
@@ -2003,15 +2023,12 @@ fn channels(
 fn build_no_vm(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<Vm, &'static str> {
     let oom = "not enough host memory for the tasks in no VM";
     let link = |n: usize| manifest.links.iter().find(|l| usize::from(l.channel) == n);
-    let shared = |n: usize| {
-        let l = link(n)?;
-        KERNEL.with(|k| {
+    // A link's page is its VM's channel page.
+    let mut channels = channels(manifest, |n| match link(n) {
+        Some(l) => KERNEL.with(|k| {
             let vm = k.vms[usize::from(l.vm)].as_ref()?;
             Some(vm.channels[usize::from(l.vm_channel)].as_ref()?.page)
-        })
-    };
-    let mut channels = channels(manifest, |n| match link(n) {
-        Some(_) => shared(n),
+        }),
         None => memory::alloc_frame().ok(),
     })?;
     for l in &manifest.links {
@@ -2048,30 +2065,7 @@ fn build_no_vm(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<Vm, &'
     };
     let asid = u32::try_from(NO_VM + 1).map_err(|_| oom)?;
     let vcpu = arch::create_vcpu(arch, Paging::Shadow, &entry, asid).map_err(|_| oom)?;
-    Ok(Vm {
-        tasks,
-        channels,
-        current: 0,
-        guest: false,
-        far_restarted: 0,
-        vcpu,
-        shadow: false,
-        paging_set: false,
-        exit_at: 0,
-        parked: true,
-        ram: GuestRam {
-            hpa_base: 0,
-            bytes: 0,
-        },
-        paging_rules: PagingRules::from_cpuid(cpu::cpuid_words),
-        pae_root: None,
-        mmu_exit: None,
-        mmu_control: ipc_proto::GuestControl::default(),
-        watch: Watchdog::new(tsc_hz),
-        tsc_hz,
-        idles: 0,
-        yields: 0,
-    })
+    Ok(Vm::new(tasks, channels, vcpu, None, tsc_hz))
 }
 
 /// Loads the tasks of `manifest`, each with the boot information `info`,
