@@ -147,3 +147,58 @@ fn two_linux_vms_ping_and_copy_a_file_across_the_switch() {
     );
     assert!(r.has_line("[stub] all 2 VMs ended:"), "{r}");
 }
+
+/// Two Debian Linux VMs on one switch with the uplink (`--net user`):
+/// the nic-driver is VM 0's task, the switch (in no VM) calls it across
+/// VMs, and each VM gets its own DHCP lease from QEMU's restricted user
+/// network (`splitvisor.net`: busybox `udhcpc` on `eth0`), its own
+/// station address in the lease's request. About 50 s: ignored.
+#[test]
+#[ignore = "two Linux boots, about 50 s; run with --ignored"]
+fn two_linux_vms_get_leases_through_vm0s_uplink() {
+    let _one = common::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let r = common::splitvisor_run(
+        &[
+            "--linux",
+            "amd64",
+            "--board",
+            "pc",
+            "--mmu",
+            "npt",
+            "--cpu",
+            "EPYC,+svm,+npt",
+            "--vms",
+            "2",
+            "--ram",
+            "128",
+            "--net",
+            "user",
+            "--append",
+            "splitvisor.net splitvisor.exit",
+        ],
+        400,
+    );
+    assert_eq!(r.code, Some(0), "{r}");
+    let mut leases = Vec::new();
+    for (vm, mac) in [("vm0", "01"), ("vm1", "02")] {
+        let text = vm_text(&r, vm);
+        let line = format!("splitvisor-linux: net: eth0 02:53:56:00:00:{mac} address 10.0.2.");
+        let at = text
+            .find(&line)
+            .unwrap_or_else(|| panic!("no lease for {vm}\n{r}"));
+        let host: String = text[at + line.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        leases.push(host);
+    }
+    assert_ne!(leases[0], leases[1], "{r}");
+    assert!(
+        r.has_line("[sys] switch: 4 ports at most, uplink on channel 0, a source may fill 8 of a VM port's 16 queued frames"),
+        "{r}"
+    );
+    let uplink = counters(&r, "at the VM's end: port 0 uplink");
+    assert!(uplink["in"] >= 2 && uplink["out"] >= 2, "{r}");
+}
