@@ -28,8 +28,11 @@ fn position(r: &Run, line: &str) -> usize {
 /// disk-driver runs its self-test and gets IRQ 14 as a notification: the
 /// second VM's build leaves the 8259s as the first VM's left them.
 /// With `--net switch` each VM's virtio-net server calls one switch, a
-/// task in no VM, over a channel across VMs: each gets its port, its own
-/// station address, and at its VM's end the switch's counters.
+/// task in no VM, over a channel across VMs, with its own station
+/// address; the switch crashes at the second call (`--inject
+/// switch:crash@2`): the stub restarts it, the caller in the other VM
+/// gets `ServerRestarted` across VMs, and the next instance serves the
+/// calls at the VMs' ends.
 #[test]
 fn two_timer_guests_take_turns_and_both_pass_vm0_with_its_disk() {
     let dir = std::env::temp_dir().join(format!("splitvisor-vms-disk-{}", std::process::id()));
@@ -39,9 +42,8 @@ fn two_timer_guests_take_turns_and_both_pass_vm0_with_its_disk() {
     bytes[..16].copy_from_slice(b"SPLITVISOR-DISK!");
     std::fs::write(&img, &bytes).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitvisor"))
-        .args([
-            "run", "--guest", "timer", "--vms", "2", "--net", "switch", "--disk",
-        ])
+        .args(["run", "--guest", "timer", "--vms", "2", "--net", "switch"])
+        .args(["--inject", "switch:crash@2", "--disk"])
         .arg(&img)
         .args(["--timeout", &TIMEOUT_SECS.to_string()])
         .env(splitvisor::disk::SELF_TEST_ENV, "1")
@@ -90,22 +92,30 @@ fn two_timer_guests_take_turns_and_both_pass_vm0_with_its_disk() {
         .unwrap_or_else(|| panic!("no line {prefix:?}\n{r}"));
     assert!(n >= 1, "{r}");
     assert!(!r.stdout.contains("[vm1] disk:"), "VM 1 has no disk\n{r}");
-    // The switch in no VM: one port per VM, reached across VMs.
-    for (vm, mac) in [("vm0", "01"), ("vm1", "02")] {
+    // The switch in no VM, reached across VMs: the first caller got its
+    // answer, the second the switch's crash as `ServerRestarted`.
+    let reached = |vm: &str, mac: &str| {
         let line = format!("[{vm}] virtio-net: mac 02:53:56:00:00:{mac}, link on channel ");
-        assert!(
-            r.stdout.lines().any(|l| l.starts_with(&line)
-                && l.ends_with(
-                    ": no card behind it (status 4): frames reach the switch's other ports only"
-                )),
-            "{vm}'s virtio-net did not reach the switch\n{r}"
-        );
-    }
-    for port in ["1", "2"] {
-        let at = format!("[sys] switch: port {port} is channel ");
-        assert!(r.stdout.lines().any(|l| l.starts_with(&at)), "{r}");
-        let end = format!("[sys] switch: at the VM's end: port {port} vm ch ");
-        assert!(r.stdout.lines().any(|l| l.starts_with(&end)), "{r}");
+        let tail = ": no card behind it (status 4): frames reach the switch's other ports only";
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with(&line) && l.ends_with(tail))
+    };
+    let lost = |vm: &str| {
+        r.has_line(&format!("[{vm}] virtio-net: the link call failed: the server faulted and was restarted: the call was lost: frames go nowhere"))
+    };
+    assert!(
+        (reached("vm0", "01") && lost("vm1")) || (reached("vm1", "02") && lost("vm0")),
+        "{r}"
+    );
+    let restarted =
+        "[stub] sys: switch restarted (generation 1): exception 6 (error code 0x0) at rip=";
+    assert!(r.stdout.lines().any(|l| l.starts_with(restarted)), "{r}");
+    for line in [
+        "[sys] switch: port 1 is channel ",
+        "[sys] switch: at the VM's end: port 1 vm ch ",
+    ] {
+        assert!(r.stdout.lines().any(|l| l.starts_with(line)), "{r}");
     }
     // Every guest line carries its VM's prefix: none is bare.
     assert!(!r.stdout.lines().any(|l| l.starts_with("timer:")), "{r}");

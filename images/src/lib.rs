@@ -787,10 +787,17 @@ fn no_vm_payload(specs: &[SystemSpec]) -> Result<Vec<u8>, BuildError> {
         .map_err(bad)?
         .into_iter()
         .unzip();
-    let elfs = servers
+    let mut elfs = servers
         .iter()
         .map(|d| std::fs::read(&d.elf).map_err(|e| BuildError::io(&d.elf, e)))
         .collect::<Result<Vec<_>, _>>()?;
+    let inject = specs.first().map_or(&[][..], |s| &s.inject[..]);
+    for (task, inj) in inject {
+        if let Some(i) = names.iter().position(|n| n == task) {
+            ipc_proto::inject::patch(&mut elfs[i], inj)
+                .map_err(|e| BuildError::Inject(format!("{task}: {e}")))?;
+        }
+    }
     let tasks: Vec<TaskInput> = servers
         .iter()
         .zip(&elfs)
@@ -825,7 +832,14 @@ fn vm_payload(spec: &SystemSpec, elfs: &TargetElfs, dir: &Path) -> Result<Vec<u8
     let (named, channels) = system_tasks(spec);
     // Each injected fault patched into a copy of its task's ELF.
     let mut patched: Vec<(&str, Vec<u8>)> = Vec::new();
-    for (task, inj) in &spec.inject {
+    // A fault for a task in no VM this VM links to is patched there.
+    let in_no_vm = |task: &str| {
+        let named = |n: &String| n.strip_prefix(IN_NO_VM) == Some(task);
+        spec.device_channels
+            .iter()
+            .any(|(c, s)| named(c) || named(s))
+    };
+    for (task, inj) in spec.inject.iter().filter(|(t, _)| !in_no_vm(t)) {
         let (name, _) = named
             .iter()
             .find(|(n, _)| n == task)
