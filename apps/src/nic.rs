@@ -439,7 +439,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.forwards.len(), 2);
-        assert_eq!(NetSpec::parse("user"), Ok(NetSpec::default()));
+        let user = NetSpec {
+            uplink: true,
+            forwards: Vec::new(),
+        };
+        assert_eq!(NetSpec::parse("user"), Ok(user));
+        // Several VMs joined to each other only: no uplink, no rules.
+        assert_eq!(NetSpec::parse("switch"), Ok(NetSpec::default()));
+        assert!(NetSpec::parse("switch,hostfwd=tcp:127.0.0.1:2222-:22").is_err());
         for bad in [
             "tap",
             "user,guestfwd=tcp:10.0.2.100:80-tcp:10.1.1.1:80",
