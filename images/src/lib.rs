@@ -728,7 +728,17 @@ pub fn patch_pci_functions(spec: &SystemSpec, mut vmm: Vec<u8>) -> Result<Vec<u8
 pub fn rights_table(spec: &SystemSpec) -> String {
     let (tasks, channels) = system_tasks(spec);
     let named: Vec<(&str, &Rights)> = tasks.iter().map(|(n, r)| (*n, r)).collect();
-    rights::table(&named, &channels)
+    let mut table = rights::table(&named, &channels);
+    if !spec.no_vm_servers.is_empty() {
+        table.push_str("tasks in no VM:\n");
+        let named: Vec<(&str, &Rights)> = spec
+            .no_vm_servers
+            .iter()
+            .map(|d| (d.name.as_str(), &d.rights))
+            .collect();
+        table.push_str(&rights::table(&named, &[]));
+    }
+    table
 }
 
 /// Builds everything `spec` asks for and writes the image to
