@@ -55,6 +55,11 @@ enum BenchWhat {
     /// every `--linux` command). Takes about a minute for amd64 (QEMU 7.2
     /// TCG, 2.6 GHz EPYC).
     Boot(crate::bench_boot::BootArgs),
+    /// Two VMs booting at once on 2 host CPUs against one VM alone:
+    /// Debian's kernel to the init marker, under QEMU TCG with one host
+    /// thread for all vCPUs (-icount) and with a thread per vCPU (MTTCG);
+    /// wall times and the ratio (README, "SMP host").
+    Smp(crate::bench_smp::SmpArgs),
     /// What an exit costs, three ways in one run: through the ring-3
     /// servers as shipped; through a stub built with its
     /// `bench-inline-exits` feature, which answers the guest's exits in
@@ -140,6 +145,7 @@ pub fn bench(a: &BenchArgs) -> i32 {
     match &a.what {
         BenchWhat::Mmu(m) => bench_mmu(m),
         BenchWhat::Boot(b) => crate::bench_boot::bench_boot(b),
+        BenchWhat::Smp(s) => crate::bench_smp::bench_smp(s),
         BenchWhat::Exits(e) => crate::bench_exits::bench_exits(e),
         BenchWhat::Io(i) => crate::bench_io::bench_io(i),
     }

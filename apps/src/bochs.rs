@@ -298,6 +298,11 @@ pub fn run_with_disk(
             return EXIT_EMULATOR;
         }
     };
+    // Bochs's CPUs (`run --cpus`): Debian's Bochs is built with SMP.
+    let rc_text = rc_text.replace(
+        "count=1,",
+        &format!("count={},", opts.system.host_cpus.max(1)),
+    );
     let slirp_conf = match crate::nic::bochs_slirp_conf(&opts.system.net_forwards) {
         Ok(c) => c,
         Err(e) => {

@@ -5,6 +5,7 @@ mod bench;
 mod bench_boot;
 mod bench_exits;
 mod bench_io;
+mod bench_smp;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -160,8 +161,8 @@ struct GuestArgs {
           required_unless_present_any = ["kernel", "linux", "config"],
           conflicts_with_all = ["kernel", "linux"])]
     guest: Option<String>,
-    /// Several VMs on one CPU: N copies of this guest (with these options),
-    /// each with its own servers, in one image. Each VM's console lines
+    /// Several VMs: N copies of this guest (with these options), each with
+    /// its own servers, in one image, on one CPU unless --cpus says more. Each VM's console lines
     /// start with `[vmN] `; the run ends when all have ended (README,
     /// "Several VMs").
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=4),
@@ -169,10 +170,20 @@ struct GuestArgs {
     vms: Option<u8>,
     /// Several VMs described in a TOML file: one `[[vm]]` table each, with
     /// the keys guest, mmu, ram, board, append and uart_server (as the
-    /// options of those names; README, "Several VMs"). The other guest
-    /// options are ignored.
+    /// options of those names) and cpu (the host CPU it runs on, 0 by
+    /// default; README, "Several VMs"). The other guest options are ignored.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Host CPUs to run the image with (QEMU's -smp, Bochs's `cpu:
+    /// count=`): the stub starts them all, and each runs only the VMs
+    /// placed on it. With --vms, VM i runs on CPU i mod N; with --config,
+    /// on its `cpu` key's CPU (the default N is one more than the highest).
+    /// A VM that owns a host IRQ line (--disk, --nic) must be on CPU 0.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=4))]
+    cpus: Option<u8>,
+    /// A `--config` VM's `cpu` key.
+    #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=3))]
+    vm_cpu: Option<u8>,
     /// A Linux bzImage to boot (the 32-bit boot protocol: boot_params,
     /// e820 map, command line, initrd; entered in flat 32-bit mode).
     #[arg(long, value_name = "BZIMAGE", conflicts_with = "linux")]
@@ -356,9 +367,14 @@ impl GuestArgs {
     fn spec(&self, guest_tsc_khz: Option<u64>) -> Result<images::SystemSpec, String> {
         let Some(path) = &self.config else {
             let one = self.one_spec(guest_tsc_khz)?;
-            let copies = usize::from(self.vms.unwrap_or(1)).saturating_sub(1);
+            let cpus = self.cpus.unwrap_or(1);
+            let more = (1..self.vms.unwrap_or(1)).map(|i| images::SystemSpec {
+                cpu: i % cpus,
+                ..one.clone()
+            });
             return Ok(images::SystemSpec {
-                more_vms: vec![one.clone(); copies],
+                more_vms: more.collect(),
+                host_cpus: cpus,
                 ..one
             });
         };
@@ -369,11 +385,23 @@ impl GuestArgs {
         for (i, a) in args.into_iter().enumerate() {
             let vm = VmOptions::try_parse_from(std::iter::once("vm".to_string()).chain(a))
                 .map_err(|e| format!("{}: VM {i}: {e}", path.display()))?;
-            specs.push(vm.guest.one_spec(guest_tsc_khz)?);
+            specs.push(images::SystemSpec {
+                cpu: vm.guest.vm_cpu.unwrap_or(0),
+                ..vm.guest.one_spec(guest_tsc_khz)?
+            });
+        }
+        let highest = specs.iter().map(|s| s.cpu).max().unwrap_or(0);
+        let cpus = self.cpus.unwrap_or(highest + 1);
+        if highest >= cpus {
+            return Err(format!(
+                "{}: a VM is placed on cpu {highest}, but the run has {cpus} CPU(s) (--cpus)",
+                path.display()
+            ));
         }
         let first = specs.remove(0);
         Ok(images::SystemSpec {
             more_vms: specs,
+            host_cpus: cpus,
             ..first
         })
     }
@@ -586,15 +614,16 @@ struct RunArgs {
     /// Record every input and decision of the vmm-server's exit handler
     /// (each exit record and resume with TSC stamps, clock readings, CPUID
     /// answers, guest-RAM reads, console input; hashes of guest-RAM writes
-    /// and console output; the ending) into FILE, an rkyv archive for
-    /// `splitvisor replay` and `splitvisor stats`. The vmm-server sends the
-    /// records as console lines starting with byte 0x1e, which are taken
-    /// out of what is shown; a line on stderr gives the trace's size per
-    /// exit. QEMU only.
+    /// and console output; the ending), and the mmu-server's exits, replies
+    /// and install batches, into FILE, an rkyv archive for `splitvisor
+    /// replay` and `splitvisor stats`. The servers send the records as
+    /// console lines starting with byte 0x1e (vmm-server) or 0x1d
+    /// (mmu-server), which are taken out of what is shown; a line on stderr
+    /// gives each stream's size per exit. QEMU only.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
-    /// With --trace: record the first N exits only (the run goes on,
-    /// untraced).
+    /// With --trace: record the first N exits only, each server its own
+    /// (the run goes on, untraced).
     #[arg(long, value_name = "N", requires = "trace",
           value_parser = clap::value_parser!(u32).range(1..))]
     trace_exits: Option<u32>,
@@ -1014,5 +1043,39 @@ mod guest_args_tests {
         ]);
         assert_eq!(g.modules, ["/m/one a=1", "/m/two"]);
         assert_eq!(g.spec(None).unwrap().modules, ["/m/one a=1", "/m/two"]);
+    }
+
+    #[test]
+    fn vms_spread_over_the_cpus_and_a_config_places_each() {
+        let cpus = |s: &images::SystemSpec| {
+            let more = s.more_vms.iter().map(|v| v.cpu);
+            (
+                std::iter::once(s.cpu).chain(more).collect::<Vec<_>>(),
+                s.host_cpus,
+            )
+        };
+        let spec = |args: &[&str]| run_args(args).spec(None);
+        let g = spec(&["--guest", "k", "--vms", "3", "--cpus", "2"]).unwrap();
+        assert_eq!(cpus(&g), (vec![0, 1, 0], 2));
+        assert_eq!(
+            cpus(&spec(&["--guest", "k", "--vms", "2"]).unwrap()),
+            (vec![0, 0], 1)
+        );
+        let dir = std::env::temp_dir().join(format!("sv-cpus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("vms.toml");
+        std::fs::write(
+            &config,
+            "[[vm]]\nguest = \"k\"\ncpu = 2\n[[vm]]\nguest = \"k\"\n",
+        )
+        .unwrap();
+        let path = config.to_str().unwrap();
+        let placed = spec(&["--config", path]);
+        let refused = spec(&["--config", path, "--cpus", "2"]);
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(cpus(&placed.unwrap()), (vec![2, 0], 3));
+        assert!(refused
+            .unwrap_err()
+            .ends_with("a VM is placed on cpu 2, but the run has 2 CPU(s) (--cpus)"));
     }
 }

@@ -392,6 +392,10 @@ pub fn qemu_args(opts: &RunOptions, image: &Path) -> Vec<OsString> {
 /// caller's choice ([`Accel::default_cpu`]).
 pub fn qemu_args_accel(opts: &RunOptions, image: &Path, accel: Accel) -> Vec<OsString> {
     let mut args = qemu_machine_args(&opts.cpu, opts.memory_mib, accel);
+    if opts.system.host_cpus > 1 {
+        args.push("-smp".into());
+        args.push(opts.system.host_cpus.to_string().into());
+    }
     args.push("-kernel".into());
     args.push(image.as_os_str().to_owned());
     let cmdline = Arch::stub_cmdline(opts.arch, opts.unsafe_shadow);

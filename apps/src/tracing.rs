@@ -26,7 +26,7 @@ impl TraceOut {
         if s.stream.is_empty() {
             return Err("the run sent no trace (did the vmm-server start?)".into());
         }
-        let t = trace::Trace::from_stream(&s.stream)?;
+        let t = trace::Trace::from_streams(&s.stream, &s.mmu_stream)?;
         let bytes = t.to_bytes();
         std::fs::write(path, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
         let n = t
@@ -45,12 +45,27 @@ impl TraceOut {
         } else {
             String::new()
         };
+        let (mmu_exits, batches) = t.mmu_events.iter().fold((0u32, 0u32), |(x, b), e| match e {
+            trace::MmuEv::Exit { .. } => (x + 1, b),
+            trace::MmuEv::Install { .. } => (x, b + 1),
+            _ => (x, b),
+        });
+        let mmu_prefix = if matches!(t.mmu_events.last(), Some(trace::MmuEv::Limit)) {
+            " (a prefix)"
+        } else {
+            ""
+        };
         Ok(format!(
-            "splitvisor: trace: {} exits{prefix}, {} events; {} bytes sent ({:.1} per exit), archive {} bytes ({:.1} per exit){bad} -> {}",
+            "splitvisor: trace: {} exits{prefix}, {} events; {} bytes sent ({:.1} per exit); \
+             mmu-server: {mmu_exits} exits{mmu_prefix}, {batches} install batches, {} events, {} bytes sent ({:.1} per exit); \
+             archive {} bytes ({:.1} per vmm-server exit){bad} -> {}",
             n,
             t.events.len(),
             t.wire_bytes,
             t.wire_bytes as f64 / exits,
+            t.mmu_events.len(),
+            t.mmu_wire_bytes,
+            t.mmu_wire_bytes as f64 / f64::from(mmu_exits.max(1)),
             bytes.len(),
             bytes.len() as f64 / exits,
             path.display()
@@ -104,6 +119,14 @@ fn replay_trace(path: &Path, t: &trace::ArchivedTrace) -> i32 {
                 o.seconds,
                 o.exits as f64 / o.seconds.max(1e-9)
             );
+            let (mmu_exits, batches) = t.mmu_counts();
+            if !t.mmu_events.is_empty() {
+                // TODO: replay them through the mmu-server's loop (the
+                // table allocations need recording first).
+                println!(
+                    "the mmu-server's stream ({mmu_exits} exits, {batches} install batches) is recorded but not replayed (TODO)"
+                );
+            }
             match o.verdict {
                 trace::replay::Verdict::Identical { .. } => 0,
                 trace::replay::Verdict::Diverged(_) => 1,

@@ -9,6 +9,7 @@
 //! board = "isa"        # as --board
 //! append = "..."       # as --append
 //! uart_server = true   # as --uart-server
+//! cpu = 1              # the host CPU it runs on (0 by default; `run --cpus`)
 //! ```
 //!
 //! Each table becomes the command-line options of one VM, so a VM means
@@ -38,6 +39,8 @@ struct VmConfig {
     append: Option<String>,
     #[serde(default)]
     uart_server: bool,
+    /// The host CPU it runs on (`run --cpus`).
+    cpu: Option<u8>,
 }
 
 /// The options of each VM described in `text` (a config file's content).
@@ -63,6 +66,7 @@ pub fn config_args(text: &str) -> Result<Vec<Vec<String>>, String> {
             opt("ram", vm.ram.map(|r| r.to_string()));
             opt("board", vm.board);
             opt("append", vm.append);
+            opt("vm-cpu", vm.cpu.map(|c| c.to_string()));
             if vm.uart_server {
                 args.push("--uart-server".into());
             }
@@ -105,6 +109,10 @@ mod tests {
     #[test]
     fn unknown_keys_and_vm_counts_are_refused() {
         let e = config_args("[[vm]]\nguest = \"hello\"\ncpus = 2\n").unwrap_err();
+        assert_eq!(
+            config_args("[[vm]]\nguest = \"hello\"\ncpu = 1\n").unwrap(),
+            vec![vec!["--guest", "hello", "--vm-cpu", "1"]]
+        );
         assert!(e.contains("unknown field `cpus`"), "{e}");
         let e = config_args("[[vm]]\nmmu = \"npt\"\n").unwrap_err();
         assert!(e.contains("missing field `guest`"), "{e}");

@@ -92,6 +92,8 @@ pub struct GuestInput<'a> {
     pub mmu: MmuMode,
     /// The devices around the guest.
     pub board: Board,
+    /// The host CPU the VM runs on.
+    pub cpu: u8,
 }
 
 impl<'a> GuestInput<'a> {
@@ -107,6 +109,7 @@ impl<'a> GuestInput<'a> {
             segments: &[],
             mmu: MmuMode::Nested,
             board: Board::Isa,
+            cpu: 0,
         }
     }
 }
@@ -522,6 +525,7 @@ fn layout(
                 segments,
                 mmu: guest.mmu,
                 board: guest.board,
+                cpu: guest.cpu,
                 ..Guest::flat32(
                     guest.ram_mib,
                     blobs[tasks.len()],

@@ -337,8 +337,9 @@ pub struct SystemSpec {
     /// configuration block of that task's ELF (`ipc_proto::inject`).
     /// Empty by default.
     pub inject: Vec<(String, ipc_proto::inject::Injection)>,
-    /// The vmm-server records a trace (`splitvisor run --trace`), patched
-    /// into its trace block (`ipc_proto::trace`). None by default.
+    /// The vmm-server and the mmu-server record a trace (`splitvisor run
+    /// --trace`), patched into their trace blocks (`ipc_proto::trace`).
+    /// None by default.
     pub trace: Option<ipc_proto::trace::TraceConfig>,
     /// The stub built with `bench-inline-exits` ([`build_bench_inline_stub`]):
     /// `splitvisor bench exits`'s in-stub handler. False by default.
@@ -354,6 +355,13 @@ pub struct SystemSpec {
     /// which a VM's `device_channels` name as `sys:NAME` ([`IN_NO_VM`]).
     /// Empty by default.
     pub no_vm_servers: Vec<DeviceServer>,
+    /// The host CPU this VM runs on (0: the boot CPU; `run --cpus`, `cpu`
+    /// in `--config`). 0 by default.
+    pub cpu: u8,
+    /// Host CPUs the emulator runs the image with (QEMU's `-smp`, Bochs's
+    /// `cpu: count=`): for its command line, not part of the image; VM 0's
+    /// counts. 1 by default.
+    pub host_cpus: u8,
 }
 
 /// A device server to pack into the image: its name, its ELF (built for
@@ -407,6 +415,8 @@ impl SystemSpec {
             net_forwards: Vec::new(),
             more_vms: Vec::new(),
             no_vm_servers: Vec::new(),
+            cpu: 0,
+            host_cpus: 1,
         }
     }
 
@@ -829,9 +839,14 @@ fn vm_payload(spec: &SystemSpec, elfs: &TargetElfs, dir: &Path) -> Result<Vec<u8
         None => (read(&elfs.vmm_server)?, read(&elfs.mmu_server)?),
     };
     let mut vmm = patch_pci_functions(spec, vmm)?;
+    let mut mmu = mmu;
     if let Some(t) = &spec.trace {
-        ipc_proto::trace::patch(&mut vmm, t)
-            .map_err(|e| BuildError::BadGuest(spec.guest.clone(), format!("--trace: {e}")))?;
+        // Both servers record: the same block in each ELF.
+        for (name, elf) in [("vmm-server", &mut vmm), ("mmu-server", &mut mmu)] {
+            ipc_proto::trace::patch(elf, t).map_err(|e| {
+                BuildError::BadGuest(spec.guest.clone(), format!("--trace: {name}: {e}"))
+            })?;
+        }
     }
     let uart = read(&elfs.uart_server)?;
     let devices = spec
@@ -904,6 +919,7 @@ fn vm_payload(spec: &SystemSpec, elfs: &TargetElfs, dir: &Path) -> Result<Vec<u8
         segments: &segments,
         mmu: spec.mmu,
         board: spec.board,
+        cpu: spec.cpu,
         ..GuestInput::flat32(&guest.flat, guest.load_gpa, guest.entry, spec.ram_mib)
     };
     Ok(image::build_payload(&tasks, &channels, &input)?)

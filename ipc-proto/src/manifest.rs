@@ -315,6 +315,9 @@ pub struct Guest {
     pub mmu: MmuMode,
     /// The devices around the guest.
     pub board: Board,
+    /// The host CPU the VM runs on (0: the boot CPU), where its tasks,
+    /// channels and tables live (`splitvisor run --cpus`, `cpu` in `--config`).
+    pub cpu: u8,
 }
 
 impl Guest {
@@ -333,6 +336,7 @@ impl Guest {
             segments: heapless::Vec::new(),
             mmu: MmuMode::Nested,
             board: Board::Isa,
+            cpu: 0,
         }
     }
 }

@@ -32,7 +32,9 @@ multiboot_header:
 
     .section .bss
     .balign 4096
+    .global boot_pml4
 boot_pml4: .skip 4096
+    .global boot_pdpt
 boot_pdpt: .skip 4096
     .global boot_pd
 boot_pd:   .skip 4096
@@ -41,6 +43,7 @@ boot_stack_top:
 
     .section .rodata
     .balign 8
+    .global boot_gdt_ptr
 boot_gdt:
     .quad 0
     .quad 0x00AF9A000000FFFF             /* 0x08: 64-bit code */
@@ -75,7 +78,11 @@ _start32:
     incl %ecx
     cmpl $512, %ecx
     jne 1b
+    xorl %ebp, %ebp                      /* the boot CPU */
 
+    /* From here on for every CPU (EBP: 0 on the boot CPU). */
+    .global enter_long_mode
+enter_long_mode:
     movl $boot_pml4, %eax
     movl %eax, %cr3
     movl %cr4, %eax
@@ -100,6 +107,8 @@ long_mode:
     xorw %ax, %ax
     movw %ax, %fs
     movw %ax, %gs
+    testl %ebp, %ebp
+    jnz ap_long_mode
     leaq {stack_top}(%rip), %rsp
     call stub_main
 2:  cli
@@ -107,6 +116,73 @@ long_mode:
     jmp 2b
     "#,
     stack_top = sym crate::cpu::KERNEL_STACK_TOP,
+    options(att_syntax)
+);
+
+// Another CPU's start (`smp`): the start-up IPI lets it run in real mode
+// at TRAMPOLINE (vector TRAMPOLINE >> 12), where `smp::start_others`
+// copied `ap_trampoline`. It loads a GDT with 32-bit segments, turns
+// protection on and jumps into the stub, where it takes the boot CPU's
+// page tables and enters long mode with `_start32`'s code, takes its index
+// (1, 2, ...) and that CPU's stack, and calls `smp::ap_main(index)`.
+// An index past the last stack parks the CPU.
+global_asm!(
+    r#"
+    .section .text.boot, "ax"
+    .code16
+    .global ap_trampoline, ap_trampoline_end
+ap_trampoline:
+    cli
+    xorw %ax, %ax
+    movw %ax, %ds
+    lgdtl (ap_gdt_ptr - ap_trampoline + {trampoline})
+    movl %cr0, %eax
+    orl $1, %eax                         /* PE */
+    movl %eax, %cr0
+    ljmpl $0x08, $ap_start32
+    .balign 8
+ap_gdt:
+    .quad 0
+    .quad 0x00CF9A000000FFFF             /* 0x08: 32-bit code */
+    .quad 0x00CF92000000FFFF             /* 0x10: data */
+ap_gdt_ptr:
+    .word 23
+    .long ap_gdt - ap_trampoline + {trampoline}
+ap_trampoline_end:
+
+    .code32
+ap_start32:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movl $1, %ebp                        /* not the boot CPU */
+    jmp enter_long_mode
+
+    .code64
+    .global ap_long_mode
+ap_long_mode:
+    movl $1, %eax
+    lock xaddl %eax, {next}(%rip)
+    cmpl ${max_cpus}, %eax
+    jae 3f
+    movl %eax, %edi                      /* the index -> first argument */
+    imulq ${per_cpu}, %rax
+    leaq {stacks}(%rip), %rsp
+    addq %rax, %rsp
+    addq ${stack}, %rsp                  /* the top of its first stack */
+    call {ap_main}
+3:  cli
+    hlt
+    jmp 3b
+    "#,
+    trampoline = const crate::smp::TRAMPOLINE,
+    next = sym crate::smp::NEXT_INDEX,
+    max_cpus = const crate::cpu::MAX_CPUS,
+    per_cpu = const 2 * core::mem::size_of::<crate::cpu::Stack>(),
+    stack = const core::mem::size_of::<crate::cpu::Stack>(),
+    stacks = sym crate::cpu::STACKS,
+    ap_main = sym crate::smp::ap_main,
     options(att_syntax)
 );
 

@@ -3,25 +3,29 @@
 
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use ipc_proto::manifest::PortRange;
 use kernel_stub::iopb::IOPB_BYTES;
 
-/// State shared by the stub's code paths. The stub runs on one core with
-/// interrupts disabled, so there is never a second accessor at a time --
+/// State shared by the stub's code paths. Ring 0 runs with interrupts
+/// disabled, so on one CPU there is never a second accessor at a time --
 /// unless a fault or trap inside the stub reaches code that borrows the
 /// same cell again: the borrow is checked (Hubris's task table does the
 /// same), and such a re-entry ends the VM with a line instead of aliasing
-/// a `&mut`.
+/// a `&mut`. Across CPUs the cell is a spin lock: another CPU waits until
+/// the holder is done (per-CPU state, `vm::KERNELS`, is never contended).
 pub struct KernelCell<T> {
     value: UnsafeCell<T>,
-    borrowed: UnsafeCell<bool>,
+    /// The CPU ([`id`]) inside `try_with`, or [`FREE`].
+    owner: AtomicUsize,
 }
 
-// SAFETY: single core, interrupts always off in ring 0 (every gate is an
-// interrupt gate; servers run with IF set, but an interrupt from ring 3
-// enters the stub like a system call, with no cell borrowed): no two
-// contexts ever run `with` at the same time; a nested `with` (a fault
-// inside `f`) is caught by the borrow flag.
+const FREE: usize = usize::MAX;
+
+// SAFETY: `try_with` hands out the `&mut` to one holder at a time: the
+// owner word is taken with an atomic compare-exchange (acquire) and given
+// back (release); a nested `with` on the same CPU (a fault inside `f`)
+// finds its own id there and gets `None`.
 unsafe impl<T> Sync for KernelCell<T> {}
 
 impl<T> KernelCell<T> {
@@ -29,26 +33,29 @@ impl<T> KernelCell<T> {
     pub const fn new(v: T) -> Self {
         Self {
             value: UnsafeCell::new(v),
-            borrowed: UnsafeCell::new(false),
+            owner: AtomicUsize::new(FREE),
         }
     }
 
-    /// Runs `f` with exclusive access; `None` if the cell is borrowed
-    /// already (a fault inside the stub while `f` of an outer call ran).
+    /// Runs `f` with exclusive access, after another CPU's holder is done;
+    /// `None` if this CPU holds it already (a fault inside the stub while
+    /// `f` of an outer call ran).
     pub fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
-        let flag = self.borrowed.get();
-        // SAFETY: one core, no interrupts: nothing else touches the flag
-        // between this read and the write; no reference to it is held.
-        if unsafe { flag.read() } {
-            return None;
+        let me = id();
+        loop {
+            match self
+                .owner
+                .compare_exchange(FREE, me, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(holder) if holder == me => return None,
+                Err(_) => core::hint::spin_loop(),
+            }
         }
-        // SAFETY: as above.
-        unsafe { flag.write(true) };
-        // SAFETY: the flag was clear, so no other `&mut` to the value
-        // exists; a re-entry while `f` runs finds the flag set.
+        // SAFETY: this CPU took the owner word, so no other `&mut` to the
+        // value exists; a re-entry while `f` runs finds it taken.
         let r = f(unsafe { &mut *self.value.get() });
-        // SAFETY: as above; the `&mut` given to `f` is dead.
-        unsafe { flag.write(false) };
+        self.owner.store(FREE, Ordering::Release);
         Some(r)
     }
 
@@ -146,21 +153,43 @@ pub const USER_CS: u16 = 0x18 | 3;
 pub const USER_DS: u16 = 0x20 | 3;
 const TSS_SEL: u16 = 0x28;
 
-#[repr(C, align(16))]
-pub struct Stack([u8; 64 * 1024]);
+/// The CPUs the stub runs on at most: the boot CPU and 3 others (one per VM).
+pub const MAX_CPUS: usize = 4;
 
-/// The stack `stub_main` runs on.
+#[repr(C, align(16))]
+pub struct Stack([u8; STACK_BYTES]);
+const STACK_BYTES: usize = 64 * 1024;
+
+/// Each CPU's two stacks: the one it starts on (`stub_main`, `smp::ap_main`)
+/// and the one the TSS enters on every trap from ring 3. Which CPU runs is
+/// read from the stack pointer ([`id`]).
 #[no_mangle]
-pub static mut KERNEL_STACK: Stack = Stack([0; 64 * 1024]);
-/// Entered through the TSS on every trap from ring 3.
-static mut TRAP_STACK: Stack = Stack([0; 64 * 1024]);
+pub static mut STACKS: [[Stack; 2]; MAX_CPUS] =
+    [const { [const { Stack([0; STACK_BYTES]) }; 2] }; MAX_CPUS];
 
 global_asm!(
     ".globl KERNEL_STACK_TOP",
-    ".set KERNEL_STACK_TOP, KERNEL_STACK + 65536",
+    ".set KERNEL_STACK_TOP, STACKS + 65536",
 );
 extern "C" {
     pub static KERNEL_STACK_TOP: u8;
+}
+
+/// This CPU's index (0: the boot CPU), from the stack it runs on: each
+/// CPU runs the stub on its own two stacks only. Anything else (no stub
+/// code runs on another stack) counts as the boot CPU.
+pub fn id() -> usize {
+    let rsp: u64;
+    // SAFETY: reading RSP has no side effects.
+    unsafe { asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags)) };
+    let base = (&raw const STACKS) as u64;
+    let per_cpu = core::mem::size_of::<[Stack; 2]>() as u64;
+    let i = rsp.wrapping_sub(base) / per_cpu;
+    if i < MAX_CPUS as u64 {
+        kernel_stub::usize_from(i)
+    } else {
+        0
+    }
 }
 
 /// The 64-bit TSS: RSP0 (the stack for traps from ring 3) and the I/O
@@ -180,21 +209,23 @@ struct Tss {
     iopb_end: u8,
 }
 
-static mut TSS: Tss = Tss {
-    reserved0: 0,
-    rsp0: 0,
-    rsp: [0; 2],
-    reserved1: 0,
-    ist: [0; 7],
-    reserved2: 0,
-    reserved3: 0,
-    // The bitmap follows the 104 bytes of the TSS proper; all ones: every
-    // port access from ring 3 faults until `grant_ports` opens some.
-    #[allow(clippy::cast_possible_truncation, reason = "104")]
-    iomap_base: core::mem::offset_of!(Tss, iopb) as u16,
-    iopb: [0xff; IOPB_BYTES],
-    iopb_end: 0xff,
-};
+static mut TSS: [Tss; MAX_CPUS] = [const {
+    Tss {
+        reserved0: 0,
+        rsp0: 0,
+        rsp: [0; 2],
+        reserved1: 0,
+        ist: [0; 7],
+        reserved2: 0,
+        reserved3: 0,
+        // The bitmap follows the 104 bytes of the TSS proper; all ones: every
+        // port access from ring 3 faults until `grant_ports` opens some.
+        #[allow(clippy::cast_possible_truncation, reason = "104")]
+        iomap_base: core::mem::offset_of!(Tss, iopb) as u16,
+        iopb: [0xff; IOPB_BYTES],
+        iopb_end: 0xff,
+    }
+}; MAX_CPUS];
 
 /// A task switch: the ports of `prev` are closed to ring 3 again and those
 /// of `next` opened (`kernel_stub::iopb`).
@@ -203,8 +234,9 @@ pub fn grant_ports(prev: &[PortRange], next: &[PortRange]) {
     // an IN/OUT in ring 3, which cannot run now. No other reference to
     // the TSS is live (`init` ran at boot).
     let tss = &raw mut TSS;
-    // SAFETY: as above; the bitmap is bytes, aligned in the packed TSS.
-    let iopb = unsafe { &mut (*tss).iopb };
+    // SAFETY: as above, and the TSS is this CPU's own; the bitmap is
+    // bytes, aligned in the packed TSS.
+    let iopb = unsafe { &mut (*tss)[id()].iopb };
     kernel_stub::iopb::switch(iopb, prev, next);
 }
 
@@ -221,12 +253,13 @@ pub fn reload_tr() {
     // (back to the TSS's full size); no other reference to the GDT is live.
     unsafe {
         let gdt = &raw mut GDT;
-        (*gdt)[5] &= !TSS_BUSY_BIT;
+        (*gdt)[id()][5] &= !TSS_BUSY_BIT;
         asm!("ltr {0:x}", in(reg) TSS_SEL, options(nostack, preserves_flags));
     }
 }
 
-static mut GDT: [u64; 7] = [
+/// Each CPU's GDT (its own TSS descriptor).
+static mut GDT: [[u64; 7]; MAX_CPUS] = [[
     0,
     0x00af_9a00_0000_ffff, // 0x08 kernel code, 64-bit
     0x00cf_9200_0000_ffff, // 0x10 kernel data
@@ -234,7 +267,7 @@ static mut GDT: [u64; 7] = [
     0x00cf_f200_0000_ffff, // 0x20 user data, DPL 3
     0,                     // 0x28 TSS, low half (filled in by `init`)
     0,                     // 0x30 TSS, high half
-];
+]; MAX_CPUS];
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -342,7 +375,7 @@ trap_stubs!(
     0 0, 1 0, 2 0, 3 0, 4 0, 5 0, 6 0, 7 0, 8 1, 9 0, 10 1, 11 1, 12 1, 13 1, 14 1, 15 0,
     16 0, 17 1, 18 0, 19 0, 20 0, 21 1, 22 0, 23 0, 24 0, 25 0, 26 0, 27 0, 28 0, 29 1, 30 1, 31 0,
     32 0, 33 0, 34 0, 35 0, 36 0, 37 0, 38 0, 39 0, 40 0, 41 0, 42 0, 43 0, 44 0, 45 0, 46 0, 47 0,
-    128 0,
+    128 0, 48 0, 255 0,
 );
 
 global_asm!(
@@ -360,7 +393,7 @@ global_asm!(
 );
 
 extern "C" {
-    static trap_table: [u64; 49];
+    static trap_table: [u64; 51];
 }
 
 /// The host IRQs' vectors (`deadline::init` programs the 8259s so).
@@ -371,8 +404,19 @@ const IRQ_BASE: u64 = crate::deadline::IRQ_VECTOR_BASE as u64;
 /// and exceptions.
 extern "C" fn trap_handler(frame: &mut TrapFrame) {
     let from_user = frame.cs & 3 == 3;
+    const TIMER: u64 = crate::smp::TIMER_VECTOR as u64;
+    const SPURIOUS: u64 = crate::smp::SPURIOUS_VECTOR as u64;
     match (frame.vector, from_user) {
         (0x80, true) => crate::syscall::dispatch(frame),
+        // Another CPU's APIC timer (its exit deadline, its watchdog): in
+        // ring 0 only taken after the exit it caused (`smp`).
+        (TIMER, _) => {
+            crate::smp::end_of_interrupt();
+            if from_user {
+                crate::vm::interrupt(frame, 0);
+            }
+        }
+        (SPURIOUS, _) => {}
         // A host IRQ while a server ran (the watchdog, a device's line).
         (v, true) if IRQ_VECTORS.contains(&v) => crate::vm::interrupt(frame, v - IRQ_BASE),
         // A #DB in the stub can only be a guest's single-step trap that the
@@ -399,21 +443,27 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Installs the stub's GDT, TSS and IDT.
+/// Installs this CPU's GDT and TSS and the stub's IDT (the boot CPU
+/// fills the IDT in; another CPU loads it as it is).
 #[allow(
     clippy::cast_possible_truncation,
     reason = "gates split handler addresses into their fields; table limits are small constants"
 )]
 pub fn init() {
-    // SAFETY: runs once at boot before anything else uses these tables; the
+    // SAFETY: runs once per CPU at its start, before anything uses its
+    // GDT and TSS (each CPU writes its own only); the IDT is written by
+    // the boot CPU before it starts the others, which only load it. The
     // addresses are of statics that live forever.
     unsafe {
+        let cpu = id();
         let tss = &raw mut TSS;
-        (*tss).rsp0 = (&raw const TRAP_STACK) as u64 + core::mem::size_of::<Stack>() as u64;
+        let tss = &raw mut (*tss)[cpu];
+        let stacks = &raw const STACKS;
+        (*tss).rsp0 = (&raw const (*stacks)[cpu][1]) as u64 + core::mem::size_of::<Stack>() as u64;
         let base = tss as u64;
         let limit = core::mem::size_of::<Tss>() as u64 - 1;
         let gdt = &raw mut GDT;
-        let gdt = &mut *gdt;
+        let gdt = &mut (*gdt)[cpu];
         gdt[5] = (limit & 0xffff)
             | ((base & 0xff_ffff) << 16)
             | TSS_AVAILABLE // present, 64-bit TSS (available)
@@ -424,8 +474,13 @@ pub fn init() {
         let idt = &raw mut IDT;
         let idt = &mut *idt;
         let table = &trap_table;
-        for (i, &addr) in table.iter().enumerate() {
-            let vector = if i == 48 { 0x80 } else { i };
+        for (i, &addr) in table.iter().enumerate().filter(|_| cpu == 0) {
+            let vector = match i {
+                48 => 0x80,
+                49 => usize::from(crate::smp::TIMER_VECTOR),
+                50 => usize::from(crate::smp::SPURIOUS_VECTOR),
+                _ => i,
+            };
             // 0x8e: present interrupt gate, DPL 0; 0xee: DPL 3 (callable
             // from ring 3). An interrupt gate clears IF: the stub runs
             // with interrupts off whatever it entered from. A host IRQ
@@ -496,7 +551,7 @@ pub fn init() {
         0
     };
     let smap = leaf7_ebx & (1 << 20) != 0;
-    SMAP.with(|s| *s = smap);
+    SMAP.store(smap, Ordering::Relaxed);
     // OSXSAVE where the CPU has XSAVE, so that the stub can load the
     // guest's XCR0 (XSETBV #UDs without it).
     let xsave = cpuid_words(1, 0)[2] & (1 << 26) != 0;
@@ -542,19 +597,19 @@ pub fn reload_gdt() {
     unsafe {
         let gdtp = DescriptorPointer {
             limit: (core::mem::size_of::<[u64; 7]>() - 1) as u16,
-            base: (&raw const GDT) as u64,
+            base: (&raw const GDT[id()]) as u64,
         };
         asm!("lgdt [{}]", in(reg) &gdtp, options(readonly, nostack, preserves_flags));
     }
 }
 
 /// Whether SMAP is on (then ring 0 reaches user pages only under STAC).
-static SMAP: KernelCell<bool> = KernelCell::new(false);
+static SMAP: AtomicBool = AtomicBool::new(false);
 
 /// Runs `f`, which reads or writes a server's memory that the caller
 /// checked, with SMAP's protection lifted (STAC) for just that long.
 pub fn with_user_access<R>(f: impl FnOnce() -> R) -> R {
-    let smap = SMAP.with(|s| *s);
+    let smap = SMAP.load(Ordering::Relaxed);
     if smap {
         // SAFETY: STAC exists (CPUID said SMAP); it only sets RFLAGS.AC.
         unsafe { asm!("stac", options(nomem, nostack)) };

@@ -177,9 +177,13 @@ pub fn set_masked(line: u8, mask: bool) {
 pub struct ExitDeadline {
     /// The host TSC value the guest must exit by; 0 when there is none.
     pub at: u64,
-    /// The deadline the PIT counts towards now, until it fires.
+    /// The deadline the timer counts towards now, until it fires.
     armed: Option<u64>,
     tsc_hz: u64,
+    /// Another CPU than the boot CPU: the PIT and the 8259s are the boot
+    /// CPU's, so the timer is this CPU's local APIC timer (one-shot, on
+    /// `smp::TIMER_VECTOR`), counting this many ticks a second.
+    lapic_hz: Option<u64>,
 }
 
 impl ExitDeadline {
@@ -190,7 +194,40 @@ impl ExitDeadline {
             at: 0,
             armed: None,
             tsc_hz,
+            lapic_hz: None,
         }
+    }
+
+    /// As [`ExitDeadline::new`], on another CPU: its local APIC timer,
+    /// `lapic_hz` ticks a second (0: never armed).
+    pub const fn local(tsc_hz: u64, lapic_hz: u64) -> Self {
+        Self {
+            at: 0,
+            armed: None,
+            tsc_hz: if lapic_hz == 0 { 0 } else { tsc_hz },
+            lapic_hz: Some(lapic_hz),
+        }
+    }
+
+    /// Stops the count (a new PIT mode word; a zero APIC initial count).
+    fn stop(&self) {
+        match self.lapic_hz {
+            None => outb(PIT_CMD, 0x30),
+            Some(_) => crate::smp::timer_start(0),
+        }
+    }
+
+    /// Ends the interrupt of `line` that the CPU took through the IDT: the
+    /// 8259's; the local APIC's timer was ended at its trap already.
+    pub fn end_of_interrupt(&self, line: u8) {
+        if self.lapic_hz.is_none() {
+            end_of_interrupt(line);
+        }
+    }
+
+    /// Whether the 8259s' lines are this CPU's to poll (the boot CPU's).
+    pub fn has_lines(&self) -> bool {
+        self.lapic_hz.is_none()
     }
 
     /// Before an entry: starts the PIT towards the deadline, or towards
@@ -201,7 +238,7 @@ impl ExitDeadline {
         let own = (self.at != 0).then_some(self.at);
         let Some(at) = kernel_stub::notify::WakeAt::earliest(own, task) else {
             if self.armed.take().is_some() {
-                outb(PIT_CMD, 0x30); // a new mode word stops the count
+                self.stop();
             }
             return;
         };
@@ -226,6 +263,12 @@ impl ExitDeadline {
             return;
         }
         let left = at.saturating_sub(now_tsc);
+        if let Some(hz) = self.lapic_hz {
+            let ticks = u128::from(left) * u128::from(hz) / u128::from(self.tsc_hz);
+            crate::smp::timer_start(u32::try_from(ticks).unwrap_or(u32::MAX).max(1));
+            self.armed = Some(at);
+            return;
+        }
         let ticks = (u128::from(left) * u128::from(PIT_HZ) / u128::from(self.tsc_hz))
             .clamp(1, 0xffff) as u16;
         outb(PIT_CMD, 0x30);
@@ -241,6 +284,13 @@ impl ExitDeadline {
     /// interrupt; returns the lines other than the PIT's that fired, each
     /// now masked. The PIT is re-armed at the next entry either way.
     pub fn fired(&mut self, granted: u16) -> u16 {
+        if self.lapic_hz.is_some() {
+            // The APIC timer's interrupt is still pending (exits do not
+            // acknowledge it): taken and ended through the IDT now.
+            self.armed = None;
+            crate::smp::take_pending_interrupt();
+            return 0;
+        }
         // OUT low again (a mode 0 control word) before the acknowledge:
         // Bochs's 8259 keeps asking for IRQ 0 while the line stays high,
         // and with no new deadline to arm, every entry would exit at once.

@@ -28,6 +28,8 @@ mod deadline;
 #[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
+mod smp;
+#[cfg(target_os = "none")]
 mod syscall;
 #[cfg(target_os = "none")]
 mod task;

@@ -139,6 +139,41 @@ pub fn user_range_ok(root: u64, va: u64, len: u64, write: bool) -> bool {
 extern "C" {
     /// The boot page directory: 0..1 GiB identity, 2 MiB supervisor pages.
     static boot_pd: [u64; 512];
+    /// The boot page-directory-pointer table (`boot.rs`).
+    static mut boot_pdpt: [u64; 512];
+}
+
+/// The local APIC's registers, at their reset address (IA32_APIC_BASE).
+pub const LAPIC: u64 = 0xfee0_0000;
+/// The 1 GiB slot (3..4 GiB) whose page directory maps [`LAPIC`] in every
+/// address space: no server's mapping reaches it.
+const LAPIC_SLOT: usize = 3;
+const _: () = assert!(
+    stub_abi::layout::GUEST_RAM_WINDOW + (512 << 20) <= (LAPIC_SLOT as u64) << 30
+        && LAPIC >> 30 == LAPIC_SLOT as u64
+);
+const PTE_PWT: u64 = 1 << 3;
+const PTE_PCD: u64 = 1 << 4;
+
+#[repr(C, align(4096))]
+struct Table([u64; 512]);
+
+/// One uncached supervisor 2 MiB page: [`LAPIC`]'s.
+static mut LAPIC_PD: Table = Table([0; 512]);
+
+/// Maps the local APIC's registers (supervisor-only, uncached) in the boot
+/// page tables and, from now on, in every new address space.
+pub fn map_lapic() {
+    // SAFETY: called once, by the boot CPU before it starts the others and
+    // before any address space exists: nothing else reads or writes these
+    // tables now. The PDPT slot was not present, so no TLB holds it.
+    unsafe {
+        let pd = &raw mut LAPIC_PD;
+        (*pd).0[kernel_stub::usize_from((LAPIC >> 21) & 511)] =
+            LAPIC | PTE_PRESENT | PTE_WRITABLE | PTE_LARGE | PTE_PCD | PTE_PWT;
+        let pdpt = &raw mut boot_pdpt;
+        (*pdpt)[LAPIC_SLOT] = pd as u64 | PTE_PRESENT | PTE_WRITABLE;
+    }
 }
 
 /// A new address space: the stub's identity map (supervisor-only) plus
@@ -149,5 +184,6 @@ pub fn new_address_space() -> Result<u64, OutOfMemory> {
     table(root)[0] = pdpt | PTE_PRESENT | PTE_WRITABLE | PTE_USER;
     let pd = (&raw const boot_pd) as u64;
     table(pdpt)[0] = pd | PTE_PRESENT | PTE_WRITABLE;
+    table(pdpt)[LAPIC_SLOT] = (&raw const LAPIC_PD) as u64 | PTE_PRESENT | PTE_WRITABLE;
     Ok(root)
 }

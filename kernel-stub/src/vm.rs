@@ -69,11 +69,12 @@
 use crate::arch::{self, Arch, Entry, EntryFailure, ExitClass, Paging, Vcpu};
 use crate::boot::{self, BootInfo};
 use crate::console::say;
-use crate::cpu::{self, KernelCell, TrapFrame};
+use crate::cpu::{self, KernelCell, TrapFrame, MAX_CPUS};
 use crate::deadline::{self, ExitDeadline};
 use crate::memory::{self, LARGE_PAGE};
 use crate::syscall;
 use crate::task;
+use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use ipc_proto::manifest::{
     Blob, EntryMode, ExitClasses, GuestRam as RamRight, Manifest, PayloadHeader, Rights,
     MANIFEST_MAX, MAX_CHANNELS, MAX_TASKS, MAX_VMS, PAYLOAD_MAGIC, TASK_NAME_MAX,
@@ -234,10 +235,14 @@ struct Shared<'a> {
     elsewhere: &'a mut u16,
 }
 
-/// All the stub's state, in one cell whose borrow is checked: a fault
-/// inside the stub while it is borrowed reports instead of aliasing it.
-/// With SMP hosts the VMs stay here; `current`, `timer` and `slice_end`
-/// would become per-CPU.
+/// A CPU's state, in one cell whose borrow is checked: a fault inside the
+/// stub while it is borrowed reports instead of aliasing it. Each CPU has
+/// its own ([`kernel`]) and holds only the VMs placed on it (in their
+/// image's slots: VM n is `vms[n]` on its CPU, `None` elsewhere), so a
+/// VM's tasks, channels, tables, timer and slice are only ever touched by
+/// its CPU. What the CPUs share: the console and the frame allocator (each
+/// behind its lock, `KernelCell`), the host IRQ lines ([`IRQS`]) and the
+/// end of the run ([`ENDED`], [`LIVE`]).
 struct Kernel {
     /// The VMs and their tasks, once `start` has built them; `None` once
     /// one ended.
@@ -252,8 +257,6 @@ struct Kernel {
     count: usize,
     /// Several VMs, or tasks in no VM: each line gets its slot's prefix.
     prefixed: bool,
-    /// How each ended VM ended, and its exits.
-    ended: [Option<(Stop, u64)>; SLOTS],
     /// When the current VM's turn ends (several VMs live).
     slice_end: u64,
     /// Every host IRQ line a task owns (no line has owners in two VMs).
@@ -285,19 +288,44 @@ const NO_STATS: Stats = Stats {
     channel_calls: [0; MAX_CHANNELS],
 };
 
-static KERNEL: KernelCell<Kernel> = KernelCell::new(Kernel {
-    vms: [const { None }; SLOTS],
-    tables: [const { ShadowTables::new() }; SLOTS],
-    stats: [NO_STATS; SLOTS],
-    timer: ExitDeadline::new(0),
-    current: 0,
-    count: 0,
-    prefixed: false,
-    ended: [const { None }; SLOTS],
-    slice_end: 0,
-    irqs: 0,
-    irqs_elsewhere: 0,
-});
+static KERNELS: [KernelCell<Kernel>; MAX_CPUS] = [const {
+    KernelCell::new(Kernel {
+        vms: [const { None }; SLOTS],
+        tables: [const { ShadowTables::new() }; SLOTS],
+        stats: [NO_STATS; SLOTS],
+        timer: ExitDeadline::new(0),
+        current: 0,
+        count: 0,
+        prefixed: false,
+        slice_end: 0,
+        irqs: 0,
+        irqs_elsewhere: 0,
+    })
+}; MAX_CPUS];
+
+/// This CPU's state.
+fn kernel() -> &'static KernelCell<Kernel> {
+    &KERNELS[cpu::id()]
+}
+
+/// How each ended VM ended, its exits and its CPU (any CPU's VM).
+static ENDED: KernelCell<[Option<(Stop, u64, usize)>; MAX_VMS]> =
+    KernelCell::new([const { None }; MAX_VMS]);
+/// CPUs with a VM not ended yet: the last one reports the run's end.
+static LIVE: AtomicUsize = AtomicUsize::new(1);
+/// CPUs that run VMs, bit n for CPU n: with more than one, the end's table
+/// names each VM's CPU.
+static USED: AtomicU8 = AtomicU8::new(1);
+/// Every host IRQ line a task of any VM owns (all on the boot CPU).
+static IRQS: AtomicU16 = AtomicU16::new(0);
+/// Building the VMs at boot, one CPU at a time: the CPU whose turn it is
+/// ([`BUILT`] once all are built and may run).
+static BUILD_TURN: AtomicUsize = AtomicUsize::new(0);
+const BUILT: usize = usize::MAX;
+/// The TSC's rate, measured once by the boot CPU.
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+/// `unsafe_shadow` was on the boot command line.
+static UNSAFE_SHADOW: AtomicBool = AtomicBool::new(false);
 
 /// What a system call did, when it did not fail.
 enum Next {
@@ -465,14 +493,14 @@ fn report(stop: &Stop) {
 /// the first failure, else the first non-zero guest status, else 0.
 fn vm_ended(frame: &mut TrapFrame, stop: Stop) -> SysResult {
     // One VM: the run ends with it (not with the tasks in no VM).
-    if KERNEL
+    if kernel()
         .try_with(|k| k.count <= 1 && k.current != NO_VM)
         .unwrap_or(true)
     {
         stop_now(stop)
     }
     report(&stop);
-    let next = KERNEL.with(|k| {
+    let next = kernel().with(|k| {
         let i = k.current;
         // Callers in another slot blocked on this one's servers hear it.
         if let Some(vm) = k.vms[i].as_mut() {
@@ -480,7 +508,11 @@ fn vm_ended(frame: &mut TrapFrame, stop: Stop) -> SysResult {
         }
         k.tell_far_clients();
         k.vms[i] = None;
-        k.ended[i] = Some((stop, k.stats[i].exits_total));
+        let exits = k.stats[i].exits_total;
+        // The tasks in no VM are not in the table.
+        if i < MAX_VMS {
+            ENDED.with(|e| e[i] = Some((stop, exits, cpu::id())));
+        }
         k.vms[..MAX_VMS]
             .iter()
             .any(Option::is_some)
@@ -490,26 +522,32 @@ fn vm_ended(frame: &mut TrapFrame, stop: Stop) -> SysResult {
         return outcome;
     }
     crate::console::set_vm(None);
-    let code = KERNEL.with(|k| {
-        say!("all {} VMs ended:", k.count);
-        let ended = || k.ended.iter().enumerate();
-        for (i, (stop, exits)) in ended().filter_map(|(i, e)| Some((i, e.as_ref()?))) {
-            if i == NO_VM {
-                say!("| sys | the tasks in no VM: {stop}");
+    // This CPU's VMs all ended: the last CPU to get here ends the run.
+    if LIVE.fetch_sub(1, Ordering::AcqRel) > 1 {
+        cpu::halt_forever()
+    }
+    let count = kernel().with(|k| k.count);
+    let code = ENDED.with(|ended| {
+        say!("all {count} VMs ended:");
+        let ended = || ended.iter().enumerate();
+        let smp = USED.load(Ordering::Relaxed).count_ones() > 1;
+        for (i, (stop, exits, c)) in ended().filter_map(|(i, e)| Some((i, e.as_ref()?))) {
+            if smp {
+                say!("| vm{i} | cpu{c} | exits {exits} | {stop}");
             } else {
                 say!("| vm{i} | exits {exits} | {stop}");
             }
         }
-        let failed = ended().take(MAX_VMS).find_map(|(i, e)| match e {
-            Some((Stop::Stopped(_), _)) | None => None,
-            Some((stop, _)) => Some((i, stop)),
+        let failed = ended().find_map(|(i, e)| match e {
+            Some((Stop::Stopped(_), _, _)) | None => None,
+            Some((stop, _, _)) => Some((i, stop)),
         });
         if let Some((i, stop)) = failed {
             say!("vm failed: vm{i}: {stop}");
             return HOST_EXIT_FAILED;
         }
         let status = ended().find_map(|(_, e)| match e {
-            Some((Stop::Stopped(n), _)) if *n != 0 => Some(*n),
+            Some((Stop::Stopped(n), _, _)) if *n != 0 => Some(*n),
             _ => None,
         });
         say!("vm stopped: guest status {}", status.unwrap_or(0));
@@ -550,7 +588,7 @@ pub fn fail(why: core::fmt::Arguments) -> ! {
 
 /// The current VM's counters.
 fn counters() {
-    let counters = KERNEL.try_with(|k| {
+    let counters = kernel().try_with(|k| {
         let mmu = k.vms[k.current].as_ref().and_then(Vm::mmu_stats);
         (k.stats[k.current], mmu)
     });
@@ -570,7 +608,7 @@ fn counters() {
 /// entries, the PAUSE exits that ran deferred device work, the longest
 /// server run that ended in a system call).
 fn scheduler_line() {
-    let figures = KERNEL.try_with(|k| {
+    let figures = kernel().try_with(|k| {
         let vm = k.vms[k.current].as_ref()?;
         let (ticks, task) = vm.watch.longest();
         let us = ticks / (vm.tsc_hz / 1_000_000).max(1);
@@ -1273,7 +1311,7 @@ impl Vm {
     /// spent: then it is restarted like a faulting one (the vmm-server's
     /// hang stops the VM).
     fn interrupt(&mut self, frame: &mut TrapFrame, line: u8, sh: &mut Shared) -> SysResult {
-        deadline::end_of_interrupt(line);
+        sh.timer.end_of_interrupt(line);
         let granted = sh.irqs;
         let mut lines = sh.timer.fired(granted);
         if granted & (1 << line) != 0 {
@@ -1668,7 +1706,11 @@ impl Kernel {
         }
         loop {
             let vms = || self.vms.iter().flatten();
-            let lines = deadline::unmasked(vms().fold(0, |m, vm| m | vm.waiting_irqs()));
+            let lines = if self.timer.has_lines() {
+                deadline::unmasked(vms().fold(0, |m, vm| m | vm.waiting_irqs()))
+            } else {
+                0
+            };
             let wake = vms().fold(None, |e, vm| WakeAt::earliest(e, vm.earliest_wake()));
             if lines == 0 && wake.is_none() {
                 // Every VM deadlocked: the first live one (the current
@@ -1679,7 +1721,9 @@ impl Kernel {
                 }
                 return Err(Stop::Deadlock);
             }
-            while deadline::asking(lines) == 0 && wake.is_none_or(|at| at > cpu::rdtsc()) {
+            while (lines == 0 || deadline::asking(lines) == 0)
+                && wake.is_none_or(|at| at > cpu::rdtsc())
+            {
                 core::hint::spin_loop();
             }
             let fired = self.timer.fired(self.irqs);
@@ -1697,7 +1741,7 @@ impl Kernel {
 /// borrowed, then set the caller's result or end the VM.
 pub fn syscall(frame: &mut TrapFrame) {
     let now = cpu::rdtsc();
-    let outcome = KERNEL.with(|k| {
+    let outcome = kernel().with(|k| {
         let Some((vm, mut sh)) = k.parts() else {
             return Err(ErrorCode::NotReady.into());
         };
@@ -1720,7 +1764,7 @@ pub fn syscall(frame: &mut TrapFrame) {
 pub fn interrupt(frame: &mut TrapFrame, line: u64) {
     // `line` < 16: the trap entry's vector range.
     let line = u8::try_from(line & 15).unwrap_or(0);
-    let outcome = KERNEL.with(|k| match k.parts() {
+    let outcome = kernel().with(|k| match k.parts() {
         Some((vm, mut sh)) => {
             let outcome = vm.interrupt(frame, line, &mut sh);
             k.settle(frame, outcome)
@@ -1744,7 +1788,7 @@ pub fn user_fault(frame: &mut TrapFrame, cr2: u64) {
         rip: frame.rip,
         cr2,
     };
-    let outcome = KERNEL.with(|k| match k.parts() {
+    let outcome = kernel().with(|k| match k.parts() {
         Some((vm, mut sh)) => {
             let outcome = vm.restart(frame, cause, &mut sh);
             vm.enter_ring3(true, sh.timer);
@@ -1769,7 +1813,7 @@ fn finish(frame: &mut TrapFrame, mut outcome: SysResult) {
             // `settle` ran it.
             Err(SysError::Far(_)) => frame.rax = ErrorCode::NotPermitted.to_return_value(),
             Err(SysError::Yield) => {
-                outcome = KERNEL.with(|k| k.settle(frame, Err(SysError::Yield)));
+                outcome = kernel().with(|k| k.settle(frame, Err(SysError::Yield)));
                 continue;
             }
             Err(SysError::Stop(stop)) => {
@@ -1810,59 +1854,162 @@ fn blob(payload: &[u8], b: Blob) -> Option<&[u8]> {
     payload.get(b.offset as usize..(b.offset as usize).checked_add(b.len as usize)?)
 }
 
-/// Builds the VM from the manifest and hands it to the vmm-server.
+/// The VMs of the image, each with its index: `cannot run` if one does
+/// not decode or there are more than the stub runs.
+fn manifests(payload: &[u8]) -> impl Iterator<Item = (usize, Manifest)> + '_ {
+    let mut rest = read_manifests(payload).unwrap_or_else(|why| cannot_run(why));
+    (0..).map_while(move |i| {
+        if rest.is_empty() {
+            return None;
+        }
+        let (manifest, more) = postcard::take_from_bytes::<Manifest>(rest)
+            .unwrap_or_else(|_| cannot_run("the manifest does not decode"));
+        rest = more;
+        // The tasks in no VM come last (`check_image_links`).
+        manifest.guest.as_ref()?;
+        if i == MAX_VMS {
+            cannot_run("the image holds more VMs than the stub runs (4)");
+        }
+        Some((i, manifest))
+    })
+}
+
+/// The tasks in no VM, if the image has them: after every VM.
+fn no_vm_manifest(payload: &[u8]) -> Option<Manifest> {
+    let mut rest = read_manifests(payload).ok()?;
+    while let Ok((m, more)) = postcard::take_from_bytes::<Manifest>(rest) {
+        if m.guest.is_none() {
+            return Some(m);
+        }
+        rest = more;
+    }
+    None
+}
+
+/// The boot CPU: starts the others, checks where the VMs are placed, lets
+/// each CPU build its own VMs in turn (its own VCPUs, host state and
+/// timer), then runs its own.
 pub fn start(boot: BootInfo) -> ! {
     let arch = arch::select(boot.arch).unwrap_or_else(|why| cannot_run(why));
     let payload = payload();
-    let mut manifests = read_manifests(payload).unwrap_or_else(|why| cannot_run(why));
-    ipc_proto::manifest::check_image_links(manifests).unwrap_or_else(|why| cannot_run(why));
+    let area = read_manifests(payload).unwrap_or_else(|why| cannot_run(why));
+    ipc_proto::manifest::check_image_links(area).unwrap_or_else(|why| cannot_run(why));
     memory::init(boot::image_end(), boot.ram_top);
+    let hz = cpu::tsc_hz();
+    TSC_HZ.store(hz, Ordering::Relaxed);
+    UNSAFE_SHADOW.store(boot.unsafe_shadow, Ordering::Relaxed);
+    let ready = crate::smp::start_others(arch, hz);
     // The host's timer quiet before each VM's build runs probe guests of
     // its own (a firmware tick pending at each entry would end every
     // run); once, as it masks the IRQ lines a VM built before unmasked.
     deadline::init();
-    let mut count = 0;
-    while !manifests.is_empty() {
-        let (manifest, rest) = postcard::take_from_bytes::<Manifest>(manifests)
-            .unwrap_or_else(|_| cannot_run("the manifest does not decode"));
-        manifests = rest;
-        let several = count > 0 || !rest.is_empty();
-        if count == MAX_VMS {
-            cannot_run("the image holds more VMs than the stub runs (4)");
+    let mut used = 0u8;
+    let no_vm = no_vm_manifest(payload);
+    for (i, m) in manifests(payload) {
+        let cpu = m.guest.as_ref().map_or(0, |g| g.cpu);
+        // The tasks in no VM run on cpu0, beside the VMs they link to.
+        let linked = no_vm
+            .iter()
+            .flat_map(|n| &n.links)
+            .any(|l| usize::from(l.vm) == i);
+        if cpu != 0 && linked {
+            cannot_run("a VM with a channel across VMs must run on cpu0 (the tasks in no VM run there; not yet across CPUs)");
         }
-        if manifest.guest.is_none() {
-            // The tasks in no VM: last (`check_links`), no guest, no IRQs.
-            crate::console::set_vm(u8::try_from(NO_VM).ok());
-            let vm = build_no_vm(arch, &manifest, payload).unwrap_or_else(|why| cannot_run(why));
-            KERNEL.with(|k| k.vms[NO_VM] = Some(vm));
+        if usize::from(cpu) >= MAX_CPUS || ready & (1 << cpu) == 0 {
+            say!("vm{i} is placed on cpu{cpu}, which did not come up");
+            cannot_run("a VM is placed on a CPU the machine does not have (run with --cpus)");
+        }
+        if cpu != 0 && m.tasks.iter().any(|t| t.rights.irqs != 0) {
+            cannot_run("a VM that owns a host IRQ line must run on cpu0: the 8259s interrupt only the boot CPU");
+        }
+        used |= 1 << cpu;
+    }
+    LIVE.store(used.count_ones() as usize, Ordering::Relaxed);
+    USED.store(used, Ordering::Relaxed);
+    build_own(arch, payload);
+    if let Some(manifest) = no_vm {
+        // After cpu0's VMs: the links name their channel pages.
+        crate::console::set_vm(u8::try_from(NO_VM).ok());
+        let vm = build_no_vm(arch, &manifest, payload).unwrap_or_else(|why| cannot_run(why));
+        kernel().with(|k| k.vms[NO_VM] = Some(vm));
+    }
+    for n in (1..MAX_CPUS).filter(|n| used & (1 << n) != 0) {
+        BUILD_TURN.store(n, Ordering::Release);
+        while BUILD_TURN.load(Ordering::Acquire) == n {
+            core::hint::spin_loop();
+        }
+    }
+    BUILD_TURN.store(BUILT, Ordering::Release);
+    run_own(ExitDeadline::new(hz))
+}
+
+/// Another CPU, online (`smp::ap_main`): builds its VMs at its turn, then
+/// runs them; one without VMs halts.
+pub fn start_other(arch: Arch, lapic_hz: u64) -> ! {
+    let me = cpu::id();
+    loop {
+        match BUILD_TURN.load(Ordering::Acquire) {
+            BUILT => cpu::halt_forever(),
+            n if n == me => break,
+            _ => core::hint::spin_loop(),
+        }
+    }
+    build_own(arch, payload());
+    BUILD_TURN.store(0, Ordering::Release);
+    while BUILD_TURN.load(Ordering::Acquire) != BUILT {
+        core::hint::spin_loop();
+    }
+    run_own(ExitDeadline::local(
+        TSC_HZ.load(Ordering::Relaxed),
+        lapic_hz,
+    ))
+}
+
+/// Builds the VMs placed on this CPU into its state.
+fn build_own(arch: Arch, payload: &'static [u8]) {
+    let me = cpu::id();
+    let mut count = 0;
+    for (i, manifest) in manifests(payload) {
+        count = i + 1;
+        if manifest.guest.as_ref().map_or(0, |g| usize::from(g.cpu)) != me {
             continue;
         }
+        let several = i > 0 || manifests(payload).nth(1).is_some();
         if several {
-            crate::console::set_vm(u8::try_from(count).ok());
+            crate::console::set_vm(u8::try_from(i).ok());
         }
-        let vm = build(arch, &manifest, payload, boot.unsafe_shadow, count)
-            .unwrap_or_else(|why| cannot_run(why));
+        let unsafe_shadow = UNSAFE_SHADOW.load(Ordering::Relaxed);
+        let vm =
+            build(arch, &manifest, payload, unsafe_shadow, i).unwrap_or_else(|why| cannot_run(why));
         let irqs = vm.granted_irqs();
         // A line's IRQ goes to the one task that owns it.
-        if KERNEL.with(|k| k.irqs) & irqs != 0 {
+        if IRQS.fetch_or(irqs, Ordering::Relaxed) & irqs != 0 {
             cannot_run("two VMs own the same host IRQ line");
         }
-        KERNEL.with(|k| {
+        kernel().with(|k| {
             k.irqs |= irqs;
-            k.vms[count] = Some(vm);
+            k.vms[i] = Some(vm);
         });
-        count += 1;
     }
-    let first = KERNEL.with(|k| {
-        k.count = count;
-        // The tasks in no VM start first: they serve the VMs' tasks.
+    kernel().with(|k| k.count = count);
+}
+
+/// Runs this CPU's first VM (the lowest-numbered) with `timer`; a CPU
+/// without VMs halts.
+fn run_own(timer: ExitDeadline) -> ! {
+    let first = kernel().with(|k| {
+        // The tasks in no VM (cpu0's) start first: they serve the VMs.
         let system = k.vms[NO_VM].is_some();
-        k.current = if system { NO_VM } else { 0 };
-        let several = count > 1 || system;
-        k.prefixed = several;
-        crate::console::set_vm(several.then(|| u8::try_from(k.current).ok()).flatten());
-        let hz = k.vms[0].as_ref()?.tsc_hz;
-        k.timer = ExitDeadline::new(hz);
+        let i = if system {
+            NO_VM
+        } else {
+            k.vms.iter().position(Option::is_some)?
+        };
+        k.current = i;
+        k.prefixed = k.count > 1 || system;
+        crate::console::set_vm(k.prefixed.then_some(u8::try_from(i).ok()).flatten());
+        let hz = k.vms[i].as_ref()?.tsc_hz;
+        k.timer = timer;
         k.slice_end = cpu::rdtsc().saturating_add(hz / SLICES_PER_S);
         let (vm, sh) = k.parts()?;
         vm.parked = false;
@@ -1875,7 +2022,10 @@ pub fn start(boot: BootInfo) -> ! {
         Some(first)
     });
     let Some((root, rip)) = first else {
-        cannot_run("the image has no VM")
+        if cpu::id() == 0 && LIVE.load(Ordering::Relaxed) == 0 {
+            cannot_run("the image has no VM")
+        }
+        cpu::halt_forever()
     };
     cpu::write_cr3(root);
     cpu::enter_user(rip, STACK_TOP)
@@ -1934,7 +2084,7 @@ fn build(
     }
     // Every table of the VM is read in one format: EPT for a nested VMX guest.
     let ept = arch == Arch::Vmx && !shadow;
-    KERNEL.with(|k| {
+    kernel().with(|k| {
         k.tables[index].set_format(if ept {
             TableFormat::Ept
         } else {
@@ -1951,7 +2101,7 @@ fn build(
     // One ASID per VM: its guest's TLB entries are its own.
     let asid = u32::try_from(index + 1).map_err(|_| oom)?;
     let vcpu = arch::create_vcpu(arch, paging, &entry, asid).map_err(|_| oom)?;
-    let tsc_hz = cpu::tsc_hz();
+    let tsc_hz = TSC_HZ.load(Ordering::Relaxed);
     say!(
         "{}: {} paging, guest RAM {} MiB, entry {:#x}, tsc {} MHz",
         arch.name(),
@@ -2025,7 +2175,7 @@ fn build_no_vm(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<Vm, &'
     let link = |n: usize| manifest.links.iter().find(|l| usize::from(l.channel) == n);
     // A link's page is its VM's channel page.
     let mut channels = channels(manifest, |n| match link(n) {
-        Some(l) => KERNEL.with(|k| {
+        Some(l) => kernel().with(|k| {
             let vm = k.vms[usize::from(l.vm)].as_ref()?;
             Some(vm.channels[usize::from(l.vm_channel)].as_ref()?.page)
         }),
@@ -2037,7 +2187,7 @@ fn build_no_vm(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<Vm, &'
             usize::from(l.vm_channel),
             usize::from(l.channel),
         );
-        KERNEL
+        kernel()
             .with(|k| {
                 let c = k.vms[vm].as_mut()?.channels[ch].as_mut()?;
                 c.far = Some((NO_VM, n));

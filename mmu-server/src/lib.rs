@@ -39,6 +39,7 @@ pub use guest_walk::walk::{self};
 pub mod server;
 pub mod shadow;
 pub mod stats;
+pub mod trace;
 
 pub use mmu::{Action, EferError, Failure, Mmu, MmuConfig, MmuMode};
 pub use nested::NestedFormat;

@@ -9,6 +9,9 @@
 //! first resume, and then waits: the stub hands it no exits (nested page
 //! faults outside RAM are MMIO, for the vmm-server).
 //!
+//! With `splitvisor run --trace` it records its exits, replies and
+//! install batches (`mmu_server::trace`).
+//!
 //! Faults injected on purpose (`splitvisor run --inject
 //! mmu-server:crash@N`, `ipc_proto::inject`) fire at its N-th exit.
 #![cfg_attr(target_os = "none", no_std, no_main)]

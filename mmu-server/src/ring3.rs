@@ -7,6 +7,8 @@
 
 extern crate alloc;
 
+use alloc::boxed::Box;
+
 use ipc_proto::mmu::{Install, InstallError, InstallPage, TableHandle};
 use ipc_proto::{ErrorCode, ExitRecord, GuestControl};
 use stub_abi::layout::{GUEST_RAM_WINDOW, INSTALL_PAGE};
@@ -15,6 +17,7 @@ use stub_abi::Syscall;
 // The hostile mmu-server (`attack/`) names these as `ring3::Hooks`.
 #[allow(unused_imports)]
 pub use mmu_server::server::{Hooks, Plain};
+use mmu_server::trace::{InstallResult, Recorder, Sink};
 use mmu_server::{
     Flush, GuestMemory, MmuPlatform, MmuStats, MmuStub, NotRam, PlatformError, Reply,
 };
@@ -34,12 +37,32 @@ macro_rules! say {
     };
 }
 
+// `splitvisor run --trace`: the image builder patches this block (here,
+// so that the hostile mmu-server built from this file has it too).
+ipc_proto::trace_block!(TRACE_BLOCK);
+
 /// The native platform: system calls, the guest-RAM window and the VCPU
 /// page.
 struct Native {
     ram_bytes: u64,
     /// `BootInfo::guest_write_channels`.
     guest_write_channels: u64,
+    /// With `splitvisor run --trace`: the exits, replies and install
+    /// batches go into the trace (`mmu_server::trace`).
+    rec: Option<Box<Recorder<TraceSink>>>,
+}
+
+/// Trace lines go to the host console, where `splitvisor` takes them out;
+/// stamps are the TSC.
+struct TraceSink;
+
+impl Sink for TraceSink {
+    fn line(&mut self, bytes: &[u8]) {
+        sys::console_write(bytes);
+    }
+    fn tsc(&mut self) -> u64 {
+        sys::rdtsc()
+    }
 }
 
 impl Native {
@@ -88,33 +111,14 @@ impl MmuPlatform for Native {
     }
 
     fn install(&mut self, batch: &[Install]) -> Result<(), PlatformError> {
-        let page = INSTALL_PAGE as *mut InstallPage;
-        // SAFETY: the stub maps the install page read-write at
-        // INSTALL_PAGE for the mmu-server; `batch` fits (the library
-        // sends at most INSTALL_BATCH_MAX entries).
-        unsafe {
-            (&raw mut (*page).count).write_volatile(batch.len() as u32);
-            for (i, e) in batch.iter().enumerate() {
-                (&raw mut (*page).entries[i]).write_volatile(*e);
-            }
-        }
-        match sys::call(Syscall::MmuInstall, 0) {
-            Ok(_) => Ok(()),
-            Err(_) => {
-                // SAFETY: as above; the stub wrote the refused index and reason.
-                let (index, raw) = unsafe {
-                    (
-                        (&raw const (*page).count).read_volatile(),
-                        (&raw const (*page).reserved).read_volatile(),
-                    )
-                };
-                let error = InstallError::from_raw(raw).unwrap_or(InstallError::UnknownTable);
-                Err(PlatformError::Refused {
-                    index: index as usize,
-                    error,
-                })
-            }
-        }
+        let Some(rec) = self.rec.as_mut().filter(|r| r.is_on()) else {
+            return install(batch);
+        };
+        let start = rec.tsc();
+        let got = install(batch);
+        let ticks = rec.tsc().wrapping_sub(start);
+        rec.install(start, ticks, batch, InstallResult::of(&got));
+        got
     }
 
     fn load_nested(&mut self, _root: TableHandle) {
@@ -123,6 +127,37 @@ impl MmuPlatform for Native {
 
     fn flush_tlb(&mut self, _what: Flush) {
         let _ = sys::call(Syscall::MmuFlush, 0);
+    }
+}
+
+/// One `MmuInstall` call with `batch`.
+fn install(batch: &[Install]) -> Result<(), PlatformError> {
+    let page = INSTALL_PAGE as *mut InstallPage;
+    // SAFETY: the stub maps the install page read-write at
+    // INSTALL_PAGE for the mmu-server; `batch` fits (the library
+    // sends at most INSTALL_BATCH_MAX entries).
+    unsafe {
+        (&raw mut (*page).count).write_volatile(batch.len() as u32);
+        for (i, e) in batch.iter().enumerate() {
+            (&raw mut (*page).entries[i]).write_volatile(*e);
+        }
+    }
+    match sys::call(Syscall::MmuInstall, 0) {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            // SAFETY: as above; the stub wrote the refused index and reason.
+            let (index, raw) = unsafe {
+                (
+                    (&raw const (*page).count).read_volatile(),
+                    (&raw const (*page).reserved).read_volatile(),
+                )
+            };
+            let error = InstallError::from_raw(raw).unwrap_or(InstallError::UnknownTable);
+            Err(PlatformError::Refused {
+                index: index as usize,
+                error,
+            })
+        }
     }
 }
 
@@ -156,27 +191,17 @@ impl MmuStub for Native {
         control: &GuestControl,
         stats: &MmuStats,
     ) -> Result<ExitRecord, ErrorCode> {
-        let page = sys::vcpu_page();
-        // `VcpuRun` resumes the guest, `VcpuForward` gives the rewritten
-        // exit to the vmm-server first.
-        let (call, resume) = match reply {
-            Reply::Run(r) => (Syscall::VcpuRun, r),
-            Reply::Forward { exit, resume } => {
-                // SAFETY: the stub maps this task's VCPU page read-write
-                // at VCPU_PAGE.
-                unsafe { (&raw mut (*page).exit).write_volatile(*exit) };
-                (Syscall::VcpuForward, resume)
-            }
+        let Some(rec) = self.rec.as_mut().filter(|r| r.is_on()) else {
+            return reply_call(reply, control, stats);
         };
-        // SAFETY: as above.
-        unsafe {
-            (&raw mut (*page).mmu).write_volatile(*stats);
-            (&raw mut (*page).guest_control).write_volatile(*control);
-            (&raw mut (*page).resume).write_volatile(*resume);
+        let tsc = rec.tsc();
+        rec.reply(tsc, reply);
+        let got = reply_call(reply, control, stats);
+        if let Some(rec) = self.rec.as_mut() {
+            let tsc = rec.tsc();
+            rec.exit(tsc, &got);
         }
-        sys::call(call, 0)?;
-        // SAFETY: as above; the stub wrote the exit before returning.
-        Ok(unsafe { (&raw const (*page).exit).read_volatile() })
+        got
     }
 
     fn restored_control(&mut self) -> Option<GuestControl> {
@@ -188,6 +213,36 @@ impl MmuStub for Native {
     }
 }
 
+/// Publishes `control` and `stats`, hands the stub `reply` and returns the
+/// next exit.
+fn reply_call(
+    reply: &Reply,
+    control: &GuestControl,
+    stats: &MmuStats,
+) -> Result<ExitRecord, ErrorCode> {
+    let page = sys::vcpu_page();
+    // `VcpuRun` resumes the guest, `VcpuForward` gives the rewritten
+    // exit to the vmm-server first.
+    let (call, resume) = match reply {
+        Reply::Run(r) => (Syscall::VcpuRun, r),
+        Reply::Forward { exit, resume } => {
+            // SAFETY: the stub maps this task's VCPU page read-write
+            // at VCPU_PAGE.
+            unsafe { (&raw mut (*page).exit).write_volatile(*exit) };
+            (Syscall::VcpuForward, resume)
+        }
+    };
+    // SAFETY: as above.
+    unsafe {
+        (&raw mut (*page).mmu).write_volatile(*stats);
+        (&raw mut (*page).guest_control).write_volatile(*control);
+        (&raw mut (*page).resume).write_volatile(*resume);
+    }
+    sys::call(call, 0)?;
+    // SAFETY: as above; the stub wrote the exit before returning.
+    Ok(unsafe { (&raw const (*page).exit).read_volatile() })
+}
+
 /// The server: the library's loop ([`mmu_server::server::run`]) on the
 /// native platform, with `hooks`.
 pub fn run(hooks: &mut dyn Hooks) -> ! {
@@ -196,9 +251,20 @@ pub fn run(hooks: &mut dyn Hooks) -> ! {
     unsafe { HEAP.lock().init((&raw mut ARENA).cast::<u8>(), HEAP_BYTES) };
     let decode_assists = core::arch::x86_64::__cpuid(0x8000_000a).edx & (1 << 7) != 0;
     let cfg = mmu_server::server::config(&boot, decode_assists, xsave_cr4());
+    // With `--trace`, what this server gets and decides is recorded too.
+    let trace = ipc_proto::trace::TraceConfig::decode(&ipc_proto::trace::read_block(&TRACE_BLOCK));
+    let rec = trace.map(|t| {
+        let meta = mmu_server::trace::Meta {
+            version: mmu_server::trace::VERSION,
+            mmu_mode: boot.mmu_mode,
+            tsc_hz: boot.tsc_hz,
+        };
+        Box::new(Recorder::new(TraceSink, t.max_exits, meta))
+    });
     let mut platform = Native {
         ram_bytes: boot.guest_ram_bytes,
         guest_write_channels: boot.guest_write_channels,
+        rec,
     };
     fail(mmu_server::server::run(&mut platform, &boot, cfg, hooks))
 }

@@ -1,12 +1,15 @@
 //! Exit traces on the host (`splitvisor run --trace`, `replay`, `stats`).
 //!
 //! The vmm-server records its exit handler's inputs and decisions as
-//! console lines ([`vmm_server::trace`]); [`Splitter`] takes those lines
-//! out of the console stream, [`Trace::from_stream`] decodes them, and
-//! [`Trace::to_bytes`] writes an rkyv archive that [`access`] reads back
-//! in place (checked, no copy). [`replay`] feeds a trace to the same
-//! exit handler on the host and compares every decision; [`stats`] turns
-//! it into a text summary and SVG plots.
+//! console lines ([`vmm_server::trace`]), the mmu-server its exits,
+//! replies and install batches ([`mmu_server::trace`]) in lines of
+//! another mark; [`Splitter`] takes both kinds of line out of the console
+//! stream, [`Trace::from_streams`] decodes them, and [`Trace::to_bytes`]
+//! writes an rkyv archive (after a [`header`] naming its format version)
+//! that [`access`] reads back in place (checked, no copy). [`replay`]
+//! feeds the vmm-server's events to the same exit handler on the host and
+//! compares every decision; [`stats`] turns a trace into a text summary
+//! and SVG plots.
 #![deny(missing_docs)]
 
 pub mod replay;
@@ -14,7 +17,9 @@ pub mod stats;
 
 use std::io::{self, Write};
 
-use vmm_server::trace::{base64_decode, Decoder, Event, Flag, Meta, LINE_MARK};
+use ipc_proto::trace::{MMU_MARK, VMM_MARK};
+use mmu_server::trace::InstallResult;
+use vmm_server::trace::{base64_decode, Decoder, Event, Flag, Meta};
 use vmm_server::vmm::VmmStats;
 use vmm_server::Ending;
 use zerocopy::IntoBytes;
@@ -86,6 +91,52 @@ mod types {
         Sample(Vec<u8>, Option<Vec<u8>>),
     }
 
+    /// One event of the mmu-server's stream (`mmu_server::trace::Event`).
+    #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+    pub enum MmuEv {
+        /// An exit the stub handed the mmu-server (`ExitRecord`'s bytes)
+        /// and the TSC when it arrived.
+        Exit {
+            /// TSC stamp.
+            tsc: u64,
+            /// The record's bytes.
+            rec: Vec<u8>,
+        },
+        /// A reply (`Resume`'s bytes; for a forward to the vmm-server the
+        /// exit handed on too) and the TSC when it left.
+        Reply {
+            /// TSC stamp.
+            tsc: u64,
+            /// The forwarded exit's bytes, if forwarded.
+            forward: Option<Vec<u8>>,
+            /// The resume's bytes.
+            resume: Vec<u8>,
+        },
+        /// The stub refused a reply with this error number.
+        Refused(u8),
+        /// An install batch: the TSC of the call, the ticks it took, the
+        /// entries (`ipc_proto::mmu::Install`s' bytes) and the answer (0
+        /// applied, 1 refused at `index` for `error`, 2 failed).
+        Install {
+            /// TSC stamp.
+            tsc: u64,
+            /// Ticks of the system call.
+            ticks: u64,
+            /// The entries' bytes, 16 each.
+            entries: Vec<u8>,
+            /// 0 applied, 1 refused, 2 failed.
+            result: u8,
+            /// The refused entry.
+            index: u32,
+            /// The `InstallError` number.
+            error: u32,
+        },
+        /// Recording stopped here; the run went on.
+        Limit,
+        /// Ticks spent sending trace lines since the last stamp.
+        Flush(u64),
+    }
+
     /// A recorded run.
     #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
     pub struct Trace {
@@ -107,13 +158,43 @@ mod types {
         pub wire_bytes: u64,
         /// The events in order.
         pub events: Vec<Ev>,
+        /// `mmu_server::trace::VERSION` of the mmu-server's stream (0:
+        /// none came).
+        pub mmu_version: u8,
+        /// Bytes of the mmu-server's stream as sent (before base64).
+        pub mmu_wire_bytes: u64,
+        /// The mmu-server's events in order.
+        pub mmu_events: Vec<MmuEv>,
     }
 }
 pub use types::*;
 
+/// The archive's format version, in its [`header`]: 3 since the archive
+/// holds the mmu-server's events too (archives before had no header).
+pub const ARCHIVE_VERSION: u32 = 3;
+/// The bytes in front of the rkyv archive in a trace file: a magic and
+/// [`ARCHIVE_VERSION`] (`u32`, little-endian); 16 bytes, so that the
+/// archive after it stays as aligned as the whole.
+pub const HEADER_LEN: usize = 16;
+const MAGIC: &[u8; 12] = b"SVTRACE-ARCH";
+
+/// The header of an archive of this version.
+pub fn header() -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..12].copy_from_slice(MAGIC);
+    h[12..].copy_from_slice(&ARCHIVE_VERSION.to_le_bytes());
+    h
+}
+
 impl Trace {
-    /// Decodes the stream the console lines carried.
+    /// Decodes the vmm-server's stream alone (no mmu-server lines).
     pub fn from_stream(stream: &[u8]) -> Result<Self, String> {
+        Self::from_streams(stream, &[])
+    }
+
+    /// Decodes the streams the console lines carried: the vmm-server's
+    /// and the mmu-server's (empty when it sent none).
+    pub fn from_streams(stream: &[u8], mmu_stream: &[u8]) -> Result<Self, String> {
         let mut d = Decoder::new(stream);
         let meta = match d.next() {
             Some(Ok(Event::Meta(m))) => m,
@@ -134,6 +215,7 @@ impl Trace {
                 e => events.push(Ev::from_event(&e)),
             }
         }
+        let (mmu_version, mmu_events) = mmu_events(mmu_stream)?;
         Ok(Self {
             version: meta.version,
             board: meta.board,
@@ -144,14 +226,19 @@ impl Trace {
             guest_ram_bytes: meta.guest_ram_bytes,
             wire_bytes: stream.len() as u64,
             events,
+            mmu_version,
+            mmu_wire_bytes: mmu_stream.len() as u64,
+            mmu_events,
         })
     }
 
-    /// The archive's bytes.
+    /// The archive's bytes, after the [`header`].
     pub fn to_bytes(&self) -> Vec<u8> {
-        rkyv::to_bytes::<rkyv::rancor::Error>(self)
-            .expect("an in-memory trace always serializes")
-            .to_vec()
+        let archive = rkyv::to_bytes::<rkyv::rancor::Error>(self)
+            .expect("an in-memory trace always serializes");
+        let mut b = header().to_vec();
+        b.extend_from_slice(&archive);
+        b
     }
 
     /// Writes the archive to `path`.
@@ -163,6 +250,119 @@ impl Trace {
     /// a decision).
     pub fn from_archive(a: &ArchivedTrace) -> Self {
         rkyv::deserialize::<Self, rkyv::rancor::Error>(a).expect("a checked archive deserializes")
+    }
+}
+
+/// The mmu-server's stream decoded: its version and events.
+fn mmu_events(stream: &[u8]) -> Result<(u8, Vec<MmuEv>), String> {
+    use mmu_server::trace::{Decoder, Event};
+    if stream.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let mut d = Decoder::new(stream);
+    let meta = match d.next() {
+        Some(Ok(Event::Meta(m))) => m,
+        Some(Err(e)) => return Err(format!("the mmu-server's stream: {e}")),
+        _ => return Err("the mmu-server's stream does not start with its set-up".into()),
+    };
+    if meta.version != mmu_server::trace::VERSION {
+        return Err(format!(
+            "the mmu-server's trace version {} (this splitvisor reads version {})",
+            meta.version,
+            mmu_server::trace::VERSION
+        ));
+    }
+    let mut events = Vec::new();
+    for e in d {
+        let e = e.map_err(|e| format!("the mmu-server's stream: {e}"))?;
+        events.push(match e {
+            Event::Meta(_) => return Err("a second set-up in the mmu-server's stream".into()),
+            Event::Exit { tsc, rec } => MmuEv::Exit {
+                tsc,
+                rec: rec.as_bytes().to_vec(),
+            },
+            Event::Reply {
+                tsc,
+                forward,
+                resume,
+            } => MmuEv::Reply {
+                tsc,
+                forward: forward.map(|f| f.as_bytes().to_vec()),
+                resume: resume.as_bytes().to_vec(),
+            },
+            Event::Refused(e) => MmuEv::Refused(e),
+            Event::Install {
+                tsc,
+                ticks,
+                entries,
+                result,
+            } => {
+                let (result, index, error) = match result {
+                    InstallResult::Ok => (0, 0, 0),
+                    InstallResult::Refused { index, error } => (1, index, error),
+                    InstallResult::Failed => (2, 0, 0),
+                };
+                MmuEv::Install {
+                    tsc,
+                    ticks,
+                    entries: entries.as_bytes().to_vec(),
+                    result,
+                    index,
+                    error,
+                }
+            }
+            Event::Limit => MmuEv::Limit,
+            Event::Flush(t) => MmuEv::Flush(t),
+        });
+    }
+    Ok((meta.version, events))
+}
+
+impl ArchivedMmuEv {
+    /// The event in the mmu-server's own vocabulary (records copied out).
+    pub fn event(&self) -> mmu_server::trace::Event {
+        use mmu_server::trace::Event;
+        match self {
+            ArchivedMmuEv::Exit { tsc, rec } => Event::Exit {
+                tsc: tsc.to_native(),
+                rec: read(rec),
+            },
+            ArchivedMmuEv::Reply {
+                tsc,
+                forward,
+                resume,
+            } => Event::Reply {
+                tsc: tsc.to_native(),
+                forward: forward.as_ref().map(|f| read(f)),
+                resume: read(resume),
+            },
+            ArchivedMmuEv::Refused(e) => Event::Refused(*e),
+            ArchivedMmuEv::Install {
+                tsc,
+                ticks,
+                entries,
+                result,
+                index,
+                error,
+            } => Event::Install {
+                tsc: tsc.to_native(),
+                ticks: ticks.to_native(),
+                entries: entries
+                    .chunks_exact(core::mem::size_of::<ipc_proto::mmu::Install>())
+                    .map(read)
+                    .collect(),
+                result: match result {
+                    0 => InstallResult::Ok,
+                    1 => InstallResult::Refused {
+                        index: index.to_native(),
+                        error: error.to_native(),
+                    },
+                    _ => InstallResult::Failed,
+                },
+            },
+            ArchivedMmuEv::Limit => Event::Limit,
+            ArchivedMmuEv::Flush(t) => Event::Flush(t.to_native()),
+        }
     }
 }
 
@@ -339,6 +539,15 @@ impl ArchivedTrace {
             .filter(|e| matches!(e, ArchivedEv::Exit { .. }))
             .count()
     }
+
+    /// Exits the mmu-server got, and its install batches.
+    pub fn mmu_counts(&self) -> (usize, usize) {
+        self.mmu_events.iter().fold((0, 0), |(x, i), e| match e {
+            ArchivedMmuEv::Exit { .. } => (x + 1, i),
+            ArchivedMmuEv::Install { .. } => (x, i + 1),
+            _ => (x, i),
+        })
+    }
 }
 
 /// An archive's bytes, aligned as [`access`] needs them.
@@ -352,20 +561,40 @@ pub fn load(path: &std::path::Path) -> Result<Bytes, String> {
     Ok(b)
 }
 
-/// The trace in an archive's bytes, checked, read in place.
+/// The trace in an archive's bytes (as [`load`] reads them: aligned),
+/// checked, read in place; an archive of another format version is
+/// refused by name.
 pub fn access(bytes: &[u8]) -> Result<&ArchivedTrace, String> {
-    rkyv::access::<ArchivedTrace, rkyv::rancor::Error>(bytes)
+    if bytes.len() < HEADER_LEN || &bytes[..12] != MAGIC {
+        return Err(format!(
+            "not a trace archive of this splitvisor (format version {ARCHIVE_VERSION}): \
+             no header; archives written before the mmu-server's events were added \
+             (format version 2 and older) are not read, record the run again with run --trace"
+        ));
+    }
+    let version = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+    if version != ARCHIVE_VERSION {
+        return Err(format!(
+            "trace archive format version {version}; this splitvisor reads version {ARCHIVE_VERSION} \
+             (record the run again with run --trace)"
+        ));
+    }
+    rkyv::access::<ArchivedTrace, rkyv::rancor::Error>(&bytes[HEADER_LEN..])
         .map_err(|e| format!("not a splitvisor trace archive: {e}"))
 }
 
 /// A console stream writer that takes the trace lines out: every other
-/// byte goes to `inner` as it comes, the lines' bytes are kept.
+/// byte goes to `inner` as it comes, the lines' bytes are kept, the
+/// vmm-server's and the mmu-server's apart (by their marks).
 pub struct Splitter<W> {
     inner: W,
-    in_line: bool,
+    /// The mark of the line being read, if in one.
+    in_line: Option<u8>,
     text: Vec<u8>,
-    /// The trace stream so far.
+    /// The vmm-server's trace stream so far.
     pub stream: Vec<u8>,
+    /// The mmu-server's trace stream so far.
+    pub mmu_stream: Vec<u8>,
     /// Lines that were not base64 (cut or garbled).
     pub bad_lines: u64,
 }
@@ -375,19 +604,28 @@ impl<W: Write> Splitter<W> {
     pub fn new(inner: W) -> Self {
         Self {
             inner,
-            in_line: false,
+            in_line: None,
             text: Vec::new(),
             stream: Vec::new(),
+            mmu_stream: Vec::new(),
             bad_lines: 0,
         }
     }
 
     fn end_line(&mut self) {
-        if base64_decode(&self.text, &mut self.stream).is_none() {
+        let out = match self.in_line {
+            Some(MMU_MARK) => &mut self.mmu_stream,
+            _ => &mut self.stream,
+        };
+        // A garbled line adds nothing: the stream stays whole up to it.
+        let mut bytes = Vec::with_capacity(self.text.len() / 4 * 3);
+        if base64_decode(&self.text, &mut bytes).is_some() {
+            out.extend_from_slice(&bytes);
+        } else {
             self.bad_lines += 1;
         }
         self.text.clear();
-        self.in_line = false;
+        self.in_line = None;
     }
 }
 
@@ -395,7 +633,7 @@ impl<W: Write> Write for Splitter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut rest = buf;
         while !rest.is_empty() {
-            if self.in_line {
+            if self.in_line.is_some() {
                 match rest.iter().position(|&b| b == b'\n') {
                     Some(i) => {
                         self.text.extend_from_slice(&rest[..i]);
@@ -410,11 +648,11 @@ impl<W: Write> Write for Splitter<W> {
             } else {
                 let i = rest
                     .iter()
-                    .position(|&b| b == LINE_MARK)
+                    .position(|&b| b == VMM_MARK || b == MMU_MARK)
                     .unwrap_or(rest.len());
                 self.inner.write_all(&rest[..i])?;
                 if i < rest.len() {
-                    self.in_line = true;
+                    self.in_line = Some(rest[i]);
                     rest = &rest[i + 1..];
                 } else {
                     rest = &[];
@@ -440,8 +678,99 @@ mod tests {
         s.write_all(b"hello\n\x1eYW").unwrap();
         s.write_all(b"Jj\nworld").unwrap();
         s.write_all(b" \x1e!!\n").unwrap();
-        assert_eq!(s.inner, b"hello\nworld ");
-        assert_eq!(s.stream, b"abc");
+        // The mmu-server's line ("xyz") between two of the vmm-server's.
+        s.write_all(b"\x1deHl6\n\x1eZGVm\nend").unwrap();
+        assert_eq!(s.inner, b"hello\nworld end");
+        assert_eq!(s.stream, b"abcdef");
+        assert_eq!(s.mmu_stream, b"xyz");
         assert_eq!(s.bad_lines, 1);
+    }
+
+    #[test]
+    fn both_streams_go_into_the_archive_and_an_old_archive_is_refused_by_name() {
+        use mmu_server::trace::{Event as MmuEvent, Meta as MmuMeta, Recorder, Sink};
+        struct Lines(Vec<u8>);
+        impl Sink for Lines {
+            fn line(&mut self, bytes: &[u8]) {
+                base64_decode(&bytes[1..bytes.len() - 1], &mut self.0).unwrap();
+            }
+            fn tsc(&mut self) -> u64 {
+                0
+            }
+        }
+        let meta = MmuMeta {
+            version: mmu_server::trace::VERSION,
+            mmu_mode: 1,
+            tsc_hz: 1,
+        };
+        let mut rec = Recorder::new(Lines(Vec::new()), 0, meta);
+        let install = ipc_proto::mmu::Install {
+            table: 3,
+            index: 4,
+            level: 1,
+            reserved: 0,
+            entry: 0x1067,
+        };
+        rec.install(10, 5, &[install, install], InstallResult::Ok);
+        let exit = ipc_proto::ExitRecord {
+            exit_code: 0x4e,
+            ..Default::default()
+        };
+        rec.exit(20, &Ok(exit));
+        rec.reply(30, &mmu_server::Reply::Run(ipc_proto::Resume::default()));
+        let mmu = std::mem::take(&mut rec.w.sink.0);
+
+        let mut vmm = vmm_server::trace::Recorder::new(
+            VmmLines(Vec::new()),
+            0,
+            Meta {
+                version: vmm_server::trace::VERSION,
+                ..Default::default()
+            },
+        );
+        vmm.end(Ending::Stop { status: 0 }, VmmStats::default());
+        let t = Trace::from_streams(&std::mem::take(&mut vmm.w.sink.0), &mmu).unwrap();
+        assert_eq!(t.mmu_wire_bytes, mmu.len() as u64);
+        let mut bytes = Bytes::new();
+        bytes.extend_from_slice(&t.to_bytes());
+        let a = access(&bytes).unwrap();
+        assert_eq!(a.mmu_counts(), (1, 1));
+        let got: Vec<MmuEvent> = a.mmu_events.iter().map(|e| e.event()).collect();
+        assert_eq!(
+            got,
+            vec![
+                MmuEvent::Install {
+                    tsc: 10,
+                    ticks: 5,
+                    entries: vec![install, install],
+                    result: InstallResult::Ok
+                },
+                MmuEvent::Exit { tsc: 20, rec: exit },
+                MmuEvent::Reply {
+                    tsc: 30,
+                    forward: None,
+                    resume: ipc_proto::Resume::default()
+                },
+            ]
+        );
+        // An archive as version 2 wrote it: no header.
+        let mut old = Bytes::new();
+        old.extend_from_slice(&bytes[HEADER_LEN..]);
+        let e = access(&old).err().unwrap();
+        assert!(e.contains("format version 2 and older"), "{e}");
+        let mut newer = bytes.clone();
+        newer[12] = 9;
+        let e = access(&newer).err().unwrap();
+        assert!(e.contains("format version 9"), "{e}");
+    }
+
+    struct VmmLines(Vec<u8>);
+    impl vmm_server::trace::Sink for VmmLines {
+        fn line(&mut self, bytes: &[u8]) {
+            base64_decode(&bytes[1..bytes.len() - 1], &mut self.0).unwrap();
+        }
+        fn tsc(&mut self) -> u64 {
+            0
+        }
     }
 }

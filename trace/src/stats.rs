@@ -1,6 +1,8 @@
-//! A trace in figures: exits per reason, the server's latency per reason
+//! A trace in figures: exits per reason, the servers' latency per reason
 //! (from the TSC stamps: an exit reaching the server to its resume
-//! leaving it), exits over time; as text and as SVG plots.
+//! leaving it; the vmm-server's and the mmu-server's apart), the
+//! mmu-server's install batches, exits over time; as text and as SVG
+//! plots.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,7 +11,7 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 use vmm_server::trace::Event;
 
-use crate::ArchivedTrace;
+use crate::{ArchivedMmuEv, ArchivedTrace};
 
 /// Time slices of the run in "exits over time".
 pub const SLICES: usize = 50;
@@ -39,6 +41,66 @@ pub struct Summary {
     /// sample's exit, hits / (hits + misses) in that stretch; none
     /// where the stretch had neither.
     pub hit_rate: Vec<(u64, f64)>,
+    /// The mmu-server's stream: exits it got and bytes it sent.
+    pub mmu_exits: u64,
+    /// Bytes of the mmu-server's stream as sent.
+    pub mmu_wire_bytes: u64,
+    /// Per exit reason, the mmu-server's latency (exit stamp to reply
+    /// stamp, less its tracing time), sorted.
+    pub mmu_latency: BTreeMap<String, Vec<u64>>,
+    /// Entries in each install batch, sorted.
+    pub batch_entries: Vec<u64>,
+    /// Ticks of each install system call, sorted.
+    pub install_ticks: Vec<u64>,
+    /// Batches the stub refused (an entry) or failed.
+    pub batches_refused: u64,
+}
+
+/// The mmu-server's part of [`Summary`].
+fn summarize_mmu(trace: &ArchivedTrace, s: &mut Summary) {
+    let mut pending: Option<(u64, String)> = None;
+    let mut tracing = 0u64;
+    for e in trace.mmu_events.iter() {
+        match e {
+            ArchivedMmuEv::Exit { tsc, rec } => {
+                let rec: ipc_proto::ExitRecord = crate::read(rec);
+                s.mmu_exits += 1;
+                let name = ipc_proto::exit::exit_name(rec.arch, rec.exit_code).to_string();
+                pending = Some((tsc.to_native(), name));
+                tracing = 0;
+            }
+            ArchivedMmuEv::Flush(t) => tracing += t.to_native(),
+            ArchivedMmuEv::Reply { tsc, .. } => {
+                if let Some((at, name)) = pending.take() {
+                    s.mmu_latency
+                        .entry(name)
+                        .or_default()
+                        .push(tsc.to_native().saturating_sub(at).saturating_sub(tracing));
+                }
+                tracing = 0;
+            }
+            ArchivedMmuEv::Install {
+                ticks,
+                entries,
+                result,
+                ..
+            } => {
+                let n = entries.len() / core::mem::size_of::<ipc_proto::mmu::Install>();
+                s.batch_entries.push(n as u64);
+                s.install_ticks.push(ticks.to_native());
+                if *result != 0 {
+                    s.batches_refused += 1;
+                }
+            }
+            ArchivedMmuEv::Refused(_) | ArchivedMmuEv::Limit => {}
+        }
+    }
+    for v in s.mmu_latency.values_mut() {
+        v.sort_unstable();
+    }
+    s.batch_entries.sort_unstable();
+    s.install_ticks.sort_unstable();
+    s.mmu_wire_bytes = trace.mmu_wire_bytes.to_native();
 }
 
 /// Reads the figures out of `trace`.
@@ -104,7 +166,7 @@ pub fn summarize(trace: &ArchivedTrace) -> Summary {
         let i = (u128::from(t - span.0) * SLICES as u128 / (u128::from(width) + 1)) as usize;
         over_time[i.min(SLICES - 1)] += 1;
     }
-    Summary {
+    let mut s = Summary {
         tsc_hz,
         exits: stamps.len() as u64,
         wire_bytes: trace.wire_bytes.to_native(),
@@ -114,7 +176,10 @@ pub fn summarize(trace: &ArchivedTrace) -> Summary {
         kinds,
         ram_read_bytes,
         hit_rate,
-    }
+        ..Default::default()
+    };
+    summarize_mmu(trace, &mut s);
+    s
 }
 
 /// An event's kind, for the counts.
@@ -178,24 +243,7 @@ impl Summary {
             s,
             "server latency (exit reaching the vmm-server to its resume, less the time tracing took), microseconds:"
         );
-        let _ = writeln!(
-            s,
-            "  {:<24} {:>8} {:>9} {:>9} {:>9} {:>9}",
-            "reason", "exits", "p50", "p90", "p99", "max"
-        );
-        let mut rows: Vec<_> = self.latency.iter().collect();
-        rows.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
-        for (name, v) in rows {
-            let _ = writeln!(
-                s,
-                "  {name:<24} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-                v.len(),
-                self.us(percentile(v, 500)),
-                self.us(percentile(v, 900)),
-                self.us(percentile(v, 990)),
-                self.us(*v.last().unwrap_or(&0)),
-            );
-        }
+        self.latency_table(&mut s, &self.latency);
         let _ = writeln!(
             s,
             "exits over time ({SLICES} slices of {:.1} ms): {}",
@@ -218,19 +266,88 @@ impl Summary {
                     .join(" ")
             );
         }
+        self.mmu_text(&mut s);
         s
     }
 
-    /// Writes `latency.svg` (a histogram of the server's latency per
-    /// reason, log2 buckets of microseconds) and `exits-over-time.svg`
-    /// into `dir`; returns their paths.
+    /// Rows of exits, p50, p90, p99 and max per reason, most exits first.
+    fn latency_table(&self, s: &mut String, latency: &BTreeMap<String, Vec<u64>>) {
+        let _ = writeln!(
+            s,
+            "  {:<24} {:>8} {:>9} {:>9} {:>9} {:>9}",
+            "reason", "exits", "p50", "p90", "p99", "max"
+        );
+        let mut rows: Vec<_> = latency.iter().collect();
+        rows.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+        for (name, v) in rows {
+            let _ = writeln!(
+                s,
+                "  {name:<24} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                v.len(),
+                self.us(percentile(v, 500)),
+                self.us(percentile(v, 900)),
+                self.us(percentile(v, 990)),
+                self.us(*v.last().unwrap_or(&0)),
+            );
+        }
+    }
+
+    /// The mmu-server's lines: its exits, latency and install batches.
+    fn mmu_text(&self, s: &mut String) {
+        if self.mmu_wire_bytes == 0 {
+            let _ = writeln!(s, "mmu-server: no trace");
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "mmu-server: {} exits; trace {} bytes, {:.1} bytes per exit",
+            self.mmu_exits,
+            self.mmu_wire_bytes,
+            self.mmu_wire_bytes as f64 / self.mmu_exits.max(1) as f64
+        );
+        if !self.mmu_latency.is_empty() {
+            let _ = writeln!(
+                s,
+                "mmu-server latency (exit reaching the mmu-server to its reply, less the time tracing took), microseconds:"
+            );
+            self.latency_table(s, &self.mmu_latency);
+        }
+        let b = &self.batch_entries;
+        let t = &self.install_ticks;
+        let _ = writeln!(
+            s,
+            "install batches: {} ({} entries; {} refused), entries per batch p50 {} max {}; \
+             install call p50 {:.1} p90 {:.1} p99 {:.1} max {:.1} microseconds",
+            b.len(),
+            b.iter().sum::<u64>(),
+            self.batches_refused,
+            percentile(b, 500),
+            b.last().copied().unwrap_or(0),
+            self.us(percentile(t, 500)),
+            self.us(percentile(t, 900)),
+            self.us(percentile(t, 990)),
+            self.us(t.last().copied().unwrap_or(0)),
+        );
+    }
+
+    /// Writes `latency.svg` (a histogram of the vmm-server's latency per
+    /// reason, log2 buckets of microseconds), `exits-over-time.svg`, and
+    /// where the trace has them `mmu-latency.svg` (the mmu-server's) and
+    /// `shadow-hit-rate.svg` into `dir`; returns their paths.
     pub fn plot(&self, dir: &Path) -> Result<Vec<PathBuf>, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let lat = dir.join("latency.svg");
         let time = dir.join("exits-over-time.svg");
-        self.plot_latency(&lat).map_err(|e| e.to_string())?;
+        self.plot_latency(&lat, &self.latency, "vmm-server")
+            .map_err(|e| e.to_string())?;
         self.plot_over_time(&time).map_err(|e| e.to_string())?;
         let mut files = vec![lat, time];
+        if !self.mmu_latency.is_empty() {
+            let mmu = dir.join("mmu-latency.svg");
+            self.plot_latency(&mmu, &self.mmu_latency, "mmu-server")
+                .map_err(|e| e.to_string())?;
+            files.push(mmu);
+        }
         if !self.hit_rate.is_empty() {
             let hits = dir.join("shadow-hit-rate.svg");
             self.plot_hit_rate(&hits).map_err(|e| e.to_string())?;
@@ -251,10 +368,15 @@ impl Summary {
         b
     }
 
-    fn plot_latency(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    fn plot_latency(
+        &self,
+        path: &Path,
+        latency: &BTreeMap<String, Vec<u64>>,
+        server: &str,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
         root.fill(&WHITE)?;
-        let mut rows: Vec<_> = self.latency.iter().collect();
+        let mut rows: Vec<_> = latency.iter().collect();
         rows.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
         rows.truncate(8);
         let series: Vec<_> = rows
@@ -282,7 +404,10 @@ impl Summary {
         let x = first.saturating_sub(1) as f64 - 3.0..(last + 2).min(24) as f64 - 3.0;
         // Counts on a log scale: the common reasons would flatten the rare.
         let mut chart = ChartBuilder::on(&root)
-            .caption("vmm-server latency per exit reason", ("sans-serif", 20))
+            .caption(
+                format!("{server} latency per exit reason"),
+                ("sans-serif", 20),
+            )
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(60)
@@ -401,6 +526,29 @@ mod tests {
         )
     }
 
+    fn mmu_exit(tsc: u64, code: u64) -> crate::MmuEv {
+        let rec = ExitRecord {
+            arch: VcpuArch::Svm as u32,
+            exit_code: code,
+            ..Default::default()
+        };
+        crate::MmuEv::Exit {
+            tsc,
+            rec: rec.as_bytes().to_vec(),
+        }
+    }
+
+    fn install(entries: usize, ticks: u64) -> crate::MmuEv {
+        crate::MmuEv::Install {
+            tsc: 0,
+            ticks,
+            entries: vec![0; entries * 16],
+            result: 0,
+            index: 0,
+            error: 0,
+        }
+    }
+
     fn resume(tsc: u64) -> Ev {
         Ev::Resume {
             tsc,
@@ -436,6 +584,27 @@ mod tests {
                 sample(5, 3),
                 resume(10_500),
             ],
+            mmu_version: mmu_server::trace::VERSION,
+            mmu_wire_bytes: 90,
+            mmu_events: vec![
+                install(2, 40),
+                crate::MmuEv::Reply {
+                    tsc: 100,
+                    forward: None,
+                    resume: vec![0; 224],
+                },
+                // The line sent with the reply before: the guest's time.
+                crate::MmuEv::Flush(700),
+                mmu_exit(2_000, svm_exit::EXCP_BASE + 14),
+                install(1, 60),
+                install(3, 20),
+                crate::MmuEv::Flush(100),
+                crate::MmuEv::Reply {
+                    tsc: 2_500,
+                    forward: None,
+                    resume: vec![0; 224],
+                },
+            ],
         };
         let mut bytes = crate::Bytes::new();
         bytes.extend_from_slice(&t.to_bytes());
@@ -460,7 +629,22 @@ mod tests {
             assert!(svg.starts_with("<svg"), "{}", f.display());
         }
         assert!(std::fs::read_to_string(&files[0]).unwrap().contains("ioio"));
-        assert!(files[2].ends_with("shadow-hit-rate.svg"));
+        assert!(files[2].ends_with("mmu-latency.svg"));
+        assert!(files[3].ends_with("shadow-hit-rate.svg"));
+        // The mmu-server's #PF: 500 ticks less the 100 sent during it
+        // (the flush before its exit is the guest's time).
+        assert_eq!(s.mmu_exits, 1);
+        assert_eq!(s.mmu_latency.values().collect::<Vec<_>>(), vec![&vec![400]]);
+        assert_eq!(s.batch_entries, vec![1, 2, 3]);
+        assert_eq!(s.install_ticks, vec![20, 40, 60]);
+        assert!(
+            text.contains("mmu-server: 1 exits; trace 90 bytes, 90.0 bytes per exit"),
+            "{text}"
+        );
+        assert!(
+            text.contains("install batches: 3 (6 entries; 0 refused), entries per batch p50 2 max 3; install call p50 0.0 p90 0.1 p99 0.1 max 0.1"),
+            "{text}"
+        );
         assert!(
             text.contains("hit rate per 1000 exits (where it built or found tables), %: 75 50"),
             "{text}"

@@ -15,27 +15,28 @@
 //! [`Recorder`]); [`Decoder`] reads the stream back. An exit record or a
 //! resume is sent as the words that changed since the previous one (a
 //! bitmap, then those words XORed with the old ones, as LEB128), clock readings as the ticks since the last
-//! stamp, other numbers as LEB128.
+//! stamp, other numbers as LEB128. The line writing and those encodings
+//! are shared with the mmu-server's record (`ipc_proto::trace`'s
+//! [`Writer`] and [`Reader`]).
 
 use core::cell::RefCell;
 
 use guest_walk::{GuestMemory, NotRam};
 use ipc_proto::stats::MmuStats;
+use ipc_proto::trace::{Reader, Writer};
 use ipc_proto::{ErrorCode, ExitRecord, Resume, Segment, Stats};
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::IntoBytes;
+
+pub use ipc_proto::trace::{DecodeError, Sink, LINE_BYTES};
 
 use crate::console::HostWrite;
 use crate::cpuid::HostCpuid;
 use crate::server::{Ending, Stub};
 use crate::vmm::{Host, VmmStats};
 
-/// Starts each console line that carries trace bytes; the bytes follow
-/// in base64 up to the line's end. The host takes these lines out of
-/// what it shows (a guest that prints this byte itself garbles its trace).
-pub const LINE_MARK: u8 = 0x1e;
-/// Trace bytes per console line: 3069 bytes are 4092 in base64, so a
-/// line fits one `ConsoleWrite` (4096 bytes).
-pub const LINE_BYTES: usize = 3069;
+/// Starts each console line that carries this server's trace bytes
+/// (`ipc_proto::trace::VMM_MARK`).
+pub const LINE_MARK: u8 = ipc_proto::trace::VMM_MARK;
 /// The version of the event stream, in [`Event::Meta`].
 pub const VERSION: u8 = 2;
 
@@ -60,7 +61,7 @@ mod tag {
     pub const WAIT_UNTIL: u8 = 17;
     pub const END: u8 = 18;
     pub const LIMIT: u8 = 19;
-    pub const FLUSH: u8 = 20;
+    pub const FLUSH: u8 = ipc_proto::trace::FLUSH_TAG;
     pub const SAMPLE: u8 = 21;
 }
 
@@ -215,57 +216,34 @@ pub fn fnv1a(bytes: &[u8]) -> u32 {
     })
 }
 
-/// Where a recorder's lines go and where its TSC stamps come from.
-pub trait Sink {
-    /// Writes one console line (mark, base64, newline).
-    fn line(&mut self, bytes: &[u8]);
-    /// The TSC now.
-    fn tsc(&mut self) -> u64;
-}
-
 /// Collects events into console lines of [`LINE_BYTES`] trace bytes.
 pub struct Recorder<S: Sink> {
-    sink: S,
+    /// The lines and the encodings.
+    pub w: Writer<S>,
     on: bool,
-    chunk: [u8; LINE_BYTES],
-    used: usize,
-    line: [u8; 4 + LINE_BYTES / 3 * 4],
     prev_exit: ExitRecord,
     prev_resume: Resume,
-    /// The last TSC value in the stream (stamps and clock readings are
-    /// sent as differences from it).
-    last_tsc: u64,
     exits: u32,
     max_exits: u32,
-    /// Ticks spent in [`Sink::line`] not yet in the stream.
-    flush_ticks: u64,
-    /// Trace bytes sent so far (before base64).
-    pub bytes: u64,
 }
 
 impl<S: Sink> Recorder<S> {
     /// A recorder that stops after `max_exits` exits (0: never).
     pub fn new(sink: S, max_exits: u32, meta: Meta) -> Self {
         let mut r = Self {
-            sink,
+            w: Writer::new(sink, LINE_MARK),
             on: true,
-            chunk: [0; LINE_BYTES],
-            used: 0,
-            line: [0; 4 + LINE_BYTES / 3 * 4],
             prev_exit: ExitRecord::default(),
             prev_resume: Resume::default(),
-            last_tsc: 0,
             exits: 0,
             max_exits,
-            flush_ticks: 0,
-            bytes: 0,
         };
-        r.put(&[tag::META, VERSION, meta.pci_functions]);
-        r.varint(meta.board);
-        r.varint(meta.mmu_mode);
-        r.varint(meta.uart_channel);
-        r.put(&meta.tsc_hz.to_le_bytes());
-        r.put(&meta.guest_ram_bytes.to_le_bytes());
+        r.w.put(&[tag::META, VERSION, meta.pci_functions]);
+        r.w.varint(meta.board);
+        r.w.varint(meta.mmu_mode);
+        r.w.varint(meta.uart_channel);
+        r.w.put(&meta.tsc_hz.to_le_bytes());
+        r.w.put(&meta.guest_ram_bytes.to_le_bytes());
         r
     }
 
@@ -274,85 +252,9 @@ impl<S: Sink> Recorder<S> {
         self.on
     }
 
-    fn put(&mut self, mut bytes: &[u8]) {
-        self.bytes += bytes.len() as u64;
-        while !bytes.is_empty() {
-            let n = bytes.len().min(LINE_BYTES - self.used);
-            self.chunk[self.used..self.used + n].copy_from_slice(&bytes[..n]);
-            self.used += n;
-            bytes = &bytes[n..];
-            if self.used == LINE_BYTES {
-                self.flush();
-            }
-        }
-    }
-
-    fn varint(&mut self, mut v: u64) {
-        let mut b = [0u8; 10];
-        let mut n = 0;
-        loop {
-            let low = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                b[n] = low;
-                n += 1;
-                break;
-            }
-            b[n] = low | 0x80;
-            n += 1;
-        }
-        self.put(&b[..n]);
-    }
-
-    /// A TSC value as the ticks since the last one in the stream.
-    fn tsc_value(&mut self, t: u64) {
-        self.varint(t.wrapping_sub(self.last_tsc));
-        self.last_tsc = t;
-    }
-
-    /// The words of `new` that differ from `old`: a bitmap, then each
-    /// as the LEB128 of its XOR with the old word (a counter or an
-    /// address that moved a little takes a byte or two, not eight).
-    fn delta(&mut self, old: &[u8], new: &[u8]) {
-        let words = new.len() / 8;
-        let mut map = [0u8; 8];
-        for w in 0..words {
-            if old[w * 8..w * 8 + 8] != new[w * 8..w * 8 + 8] {
-                map[w / 8] |= 1 << (w % 8);
-            }
-        }
-        self.put(&map[..words.div_ceil(8)]);
-        for w in 0..words {
-            if map[w / 8] & (1 << (w % 8)) != 0 {
-                self.varint(word(old, w) ^ word(new, w));
-            }
-        }
-    }
-
     /// Sends what is buffered as one line.
     pub fn flush(&mut self) {
-        if self.used == 0 {
-            return;
-        }
-        // The encoding counts too: tracing's time is all of this.
-        let start = self.sink.tsc();
-        self.line[0] = LINE_MARK;
-        let n = base64_encode(&self.chunk[..self.used], &mut self.line[1..]);
-        self.line[1 + n] = b'\n';
-        self.sink.line(&self.line[..n + 2]);
-        self.flush_ticks += self.sink.tsc().wrapping_sub(start);
-        self.used = 0;
-    }
-
-    /// The ticks lines took since the last stamp, before the next stamp's
-    /// event, so that the time between two stamps can be told apart from
-    /// the time tracing took.
-    fn flushes(&mut self) {
-        if self.flush_ticks != 0 {
-            let t = core::mem::take(&mut self.flush_ticks);
-            self.put(&[tag::FLUSH]);
-            self.varint(t);
-        }
+        self.w.flush();
     }
 
     fn event(&mut self, f: impl FnOnce(&mut Self)) {
@@ -362,41 +264,41 @@ impl<S: Sink> Recorder<S> {
     }
 
     fn resume(&mut self, resume: Option<&Resume>) {
-        let tsc = self.sink.tsc();
-        self.flushes();
+        let tsc = self.w.sink.tsc();
+        self.w.flushes();
         self.event(|r| match resume {
             Some(res) => {
-                r.put(&[tag::RESUME]);
-                r.tsc_value(tsc);
+                r.w.put(&[tag::RESUME]);
+                r.w.tsc_value(tsc);
                 let old = r.prev_resume;
-                r.delta(old.as_bytes(), res.as_bytes());
+                r.w.delta(old.as_bytes(), res.as_bytes());
                 r.prev_resume = *res;
             }
             None => {
-                r.put(&[tag::FIRST_RUN]);
-                r.tsc_value(tsc);
+                r.w.put(&[tag::FIRST_RUN]);
+                r.w.tsc_value(tsc);
             }
         });
         if self.on && self.max_exits != 0 && self.exits >= self.max_exits {
-            self.put(&[tag::LIMIT]);
+            self.w.put(&[tag::LIMIT]);
             self.flush();
             self.on = false;
         }
     }
 
     fn exit(&mut self, got: &Result<ExitRecord, ErrorCode>) {
-        let tsc = self.sink.tsc();
-        self.flushes();
+        let tsc = self.w.sink.tsc();
+        self.w.flushes();
         self.event(|r| match got {
             Ok(rec) => {
                 r.exits += 1;
-                r.put(&[tag::EXIT]);
-                r.tsc_value(tsc);
+                r.w.put(&[tag::EXIT]);
+                r.w.tsc_value(tsc);
                 let old = r.prev_exit;
-                r.delta(old.as_bytes(), rec.as_bytes());
+                r.w.delta(old.as_bytes(), rec.as_bytes());
                 r.prev_exit = *rec;
             }
-            Err(e) => r.put(&[tag::VCPU_ERROR, *e as u8]),
+            Err(e) => r.w.put(&[tag::VCPU_ERROR, *e as u8]),
         });
     }
 
@@ -408,21 +310,14 @@ impl<S: Sink> Recorder<S> {
                 Ending::Reset => (1, 0),
                 Ending::Fail => (2, 0),
             };
-            r.put(&[tag::END, kind, status]);
+            r.w.put(&[tag::END, kind, status]);
             for v in vmm_stats_words(&stats) {
-                r.varint(v);
+                r.w.varint(v);
             }
         });
         self.flush();
         self.on = false;
     }
-}
-
-/// Word `w` of `bytes`, little-endian.
-fn word(bytes: &[u8], w: usize) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&bytes[w * 8..w * 8 + 8]);
-    u64::from_le_bytes(b)
 }
 
 fn vmm_stats_words(s: &VmmStats) -> [u64; 8] {
@@ -464,11 +359,11 @@ fn sample<S: Sink>(rec: &RefCell<Recorder<S>>, stub: &mut impl Stub) {
     };
     let mmu = stub.mmu_stats();
     let mut r = rec.borrow_mut();
-    r.put(&[tag::SAMPLE]);
-    r.put(stats.as_bytes());
-    r.put(&[u8::from(mmu.is_some())]);
+    r.w.put(&[tag::SAMPLE]);
+    r.w.put(stats.as_bytes());
+    r.w.put(&[u8::from(mmu.is_some())]);
     if let Some(m) = &mmu {
-        r.put(m.as_bytes());
+        r.w.put(m.as_bytes());
     }
 }
 
@@ -514,10 +409,10 @@ impl<T: Stub, S: Sink> Stub for Traced<'_, T, S> {
         let got = self.inner.stats_read();
         self.record(|r| match &got {
             Ok(s) => {
-                r.put(&[tag::STATS, 0]);
-                r.put(s.as_bytes());
+                r.w.put(&[tag::STATS, 0]);
+                r.w.put(s.as_bytes());
             }
-            Err(e) => r.put(&[tag::STATS, *e as u8]),
+            Err(e) => r.w.put(&[tag::STATS, *e as u8]),
         });
         got
     }
@@ -525,9 +420,9 @@ impl<T: Stub, S: Sink> Stub for Traced<'_, T, S> {
     fn mmu_stats(&mut self) -> Option<MmuStats> {
         let got = self.inner.mmu_stats();
         self.record(|r| {
-            r.put(&[tag::MMU_STATS, u8::from(got.is_some())]);
+            r.w.put(&[tag::MMU_STATS, u8::from(got.is_some())]);
             if let Some(m) = &got {
-                r.put(m.as_bytes());
+                r.w.put(m.as_bytes());
             }
         });
         got
@@ -536,9 +431,9 @@ impl<T: Stub, S: Sink> Stub for Traced<'_, T, S> {
     fn segments(&mut self) -> Option<[Segment; 6]> {
         let got = self.inner.segments();
         self.record(|r| {
-            r.put(&[tag::SEGMENTS, u8::from(got.is_some())]);
+            r.w.put(&[tag::SEGMENTS, u8::from(got.is_some())]);
             if let Some(s) = &got {
-                r.put(s.as_bytes());
+                r.w.put(s.as_bytes());
             }
         });
         got
@@ -549,31 +444,31 @@ impl<T: HostCpuid, S: Sink> HostCpuid for Traced<'_, T, S> {
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         let got = self.inner.host_cpuid(leaf, subleaf);
         self.record(|r| {
-            r.put(&[tag::CPUID]);
-            r.put(&leaf.to_le_bytes());
-            r.put(&subleaf.to_le_bytes());
-            r.put(got.as_bytes());
+            r.w.put(&[tag::CPUID]);
+            r.w.put(&leaf.to_le_bytes());
+            r.w.put(&subleaf.to_le_bytes());
+            r.w.put(got.as_bytes());
         });
         got
     }
 
     fn offers_rdtscp(&self) -> bool {
         let got = self.inner.offers_rdtscp();
-        self.record(|r| r.put(&[tag::FLAG, Flag::Rdtscp as u8, u8::from(got)]));
+        self.record(|r| r.w.put(&[tag::FLAG, Flag::Rdtscp as u8, u8::from(got)]));
         got
     }
 
     fn offers_xsave(&self) -> bool {
         let got = self.inner.offers_xsave();
-        self.record(|r| r.put(&[tag::FLAG, Flag::Xsave as u8, u8::from(got)]));
+        self.record(|r| r.w.put(&[tag::FLAG, Flag::Xsave as u8, u8::from(got)]));
         got
     }
 
     fn current_xcr0(&self) -> Option<u64> {
         let got = self.inner.current_xcr0();
         self.record(|r| {
-            r.put(&[tag::XCR0, u8::from(got.is_some())]);
-            r.put(&got.unwrap_or(0).to_le_bytes());
+            r.w.put(&[tag::XCR0, u8::from(got.is_some())]);
+            r.w.put(&got.unwrap_or(0).to_le_bytes());
         });
         got
     }
@@ -583,8 +478,8 @@ impl<T: Host, S: Sink> Host for Traced<'_, T, S> {
     fn now(&mut self) -> u64 {
         let got = self.inner.now();
         self.record(|r| {
-            r.put(&[tag::NOW]);
-            r.tsc_value(got);
+            r.w.put(&[tag::NOW]);
+            r.w.tsc_value(got);
         });
         got
     }
@@ -595,14 +490,16 @@ impl<T: Host, S: Sink> Host for Traced<'_, T, S> {
 
     fn wait_for_input(&mut self) -> bool {
         let got = self.inner.wait_for_input();
-        self.record(|r| r.put(&[tag::FLAG, Flag::WaitForInput as u8, u8::from(got)]));
+        self.record(|r| {
+            r.w.put(&[tag::FLAG, Flag::WaitForInput as u8, u8::from(got)])
+        });
         got
     }
 
     fn wait_until(&mut self, t: u64) {
         self.record(|r| {
-            r.put(&[tag::WAIT_UNTIL]);
-            r.varint(t);
+            r.w.put(&[tag::WAIT_UNTIL]);
+            r.w.varint(t);
         });
         self.inner.wait_until(t);
     }
@@ -616,12 +513,12 @@ impl<T: GuestMemory, S: Sink> GuestMemory for Traced<'_, T, S> {
     fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), NotRam> {
         let got = self.inner.read_phys(gpa, buf);
         self.record(|r| {
-            r.put(&[tag::MEM_READ]);
-            r.varint(gpa);
-            r.varint(buf.len() as u64);
-            r.put(&[u8::from(got.is_ok())]);
+            r.w.put(&[tag::MEM_READ]);
+            r.w.varint(gpa);
+            r.w.varint(buf.len() as u64);
+            r.w.put(&[u8::from(got.is_ok())]);
             if got.is_ok() {
-                r.put(buf);
+                r.w.put(buf);
             }
         });
         got
@@ -630,11 +527,11 @@ impl<T: GuestMemory, S: Sink> GuestMemory for Traced<'_, T, S> {
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), NotRam> {
         let got = self.inner.write_phys(gpa, data);
         self.record(|r| {
-            r.put(&[tag::MEM_WRITE]);
-            r.varint(gpa);
-            r.varint(data.len() as u64);
-            r.put(&[u8::from(got.is_ok())]);
-            r.put(&fnv1a(data).to_le_bytes());
+            r.w.put(&[tag::MEM_WRITE]);
+            r.w.varint(gpa);
+            r.w.varint(data.len() as u64);
+            r.w.put(&[u8::from(got.is_ok())]);
+            r.w.put(&fnv1a(data).to_le_bytes());
         });
         got
     }
@@ -643,9 +540,9 @@ impl<T: GuestMemory, S: Sink> GuestMemory for Traced<'_, T, S> {
 impl<T: HostWrite, S: Sink> HostWrite for Traced<'_, T, S> {
     fn write_host(&mut self, bytes: &[u8]) {
         self.record(|r| {
-            r.put(&[tag::CONSOLE_OUT]);
-            r.varint(bytes.len() as u64);
-            r.put(&fnv1a(bytes).to_le_bytes());
+            r.w.put(&[tag::CONSOLE_OUT]);
+            r.w.varint(bytes.len() as u64);
+            r.w.put(&fnv1a(bytes).to_le_bytes());
         });
         self.inner.write_host(bytes);
     }
@@ -653,255 +550,137 @@ impl<T: HostWrite, S: Sink> HostWrite for Traced<'_, T, S> {
     fn read_host(&mut self, buf: &mut [u8]) -> usize {
         let n = self.inner.read_host(buf).min(buf.len());
         self.record(|r| {
-            r.put(&[tag::CONSOLE_IN]);
-            r.varint(buf.len() as u64);
-            r.varint(n as u64);
-            r.put(&buf[..n]);
+            r.w.put(&[tag::CONSOLE_IN]);
+            r.w.varint(buf.len() as u64);
+            r.w.varint(n as u64);
+            r.w.put(&buf[..n]);
         });
         n
     }
 }
 
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding into `out`; returns the bytes written.
-/// Written here rather than taken from a crate: 15 lines in a `no_std`
-/// task that has no allocator to spare.
-fn base64_encode(data: &[u8], out: &mut [u8]) -> usize {
-    let mut n = 0;
-    for c in data.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let v = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            out[n + i] = if i <= c.len() {
-                BASE64[(v >> (18 - 6 * i) & 63) as usize]
-            } else {
-                b'='
-            };
-        }
-        n += 4;
-    }
-    n
-}
-
 /// Decodes standard base64 (with padding) and appends it to `out`;
 /// `None` for a byte outside the alphabet or a cut-off group.
 pub fn base64_decode(text: &[u8], out: &mut alloc::vec::Vec<u8>) -> Option<()> {
-    let value = |c: u8| BASE64.iter().position(|&x| x == c).map(|v| v as u32);
-    if !text.len().is_multiple_of(4) {
-        return None;
-    }
-    for g in text.chunks(4) {
-        let pad = g.iter().rev().take_while(|&&c| c == b'=').count();
-        let mut v = 0u32;
-        for &c in &g[..4 - pad] {
-            v = v << 6 | value(c)?;
-        }
-        v <<= 6 * pad as u32;
-        let b = v.to_be_bytes();
-        out.extend_from_slice(&b[1..4 - pad]);
-    }
-    Some(())
-}
-
-/// Why a stream could not be read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DecodeError {
-    /// Where in the stream (bytes).
-    pub at: usize,
-    /// What was wrong.
-    pub what: &'static str,
-}
-
-impl core::fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "trace byte {}: {}", self.at, self.what)
-    }
+    ipc_proto::trace::base64_decode(text, |b| out.extend_from_slice(b))
 }
 
 /// Reads a stream back into [`Event`]s.
 pub struct Decoder<'a> {
-    bytes: &'a [u8],
-    at: usize,
+    r: Reader<'a>,
     prev_exit: ExitRecord,
     prev_resume: Resume,
-    last_tsc: u64,
 }
 
 impl<'a> Decoder<'a> {
     /// A decoder over the whole stream (the lines' bytes, in order).
     pub fn new(bytes: &'a [u8]) -> Self {
         Self {
-            bytes,
-            at: 0,
+            r: Reader::new(bytes),
             prev_exit: ExitRecord::default(),
             prev_resume: Resume::default(),
-            last_tsc: 0,
         }
-    }
-
-    fn err(&self, what: &'static str) -> DecodeError {
-        DecodeError { at: self.at, what }
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&e| e <= self.bytes.len())
-            .ok_or(self.err("the stream is cut off"))?;
-        let s = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(s)
-    }
-
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u32(&mut self) -> Result<u32, DecodeError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(w))
-    }
-
-    fn varint(&mut self) -> Result<u64, DecodeError> {
-        let mut v = 0u64;
-        for shift in (0..70).step_by(7) {
-            let b = self.u8()?;
-            v |= u64::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(self.err("a number longer than 10 bytes"))
-    }
-
-    fn tsc_value(&mut self) -> Result<u64, DecodeError> {
-        self.last_tsc = self.last_tsc.wrapping_add(self.varint()?);
-        Ok(self.last_tsc)
-    }
-
-    fn delta(&mut self, into: &mut [u8]) -> Result<(), DecodeError> {
-        let words = into.len() / 8;
-        let map = self.take(words.div_ceil(8))?;
-        for w in 0..words {
-            if map[w / 8] & (1 << (w % 8)) != 0 {
-                let v = word(into, w) ^ self.varint()?;
-                into[w * 8..w * 8 + 8].copy_from_slice(&v.to_le_bytes());
-            }
-        }
-        Ok(())
-    }
-
-    fn read<T: FromBytes>(&mut self) -> Result<T, DecodeError> {
-        let n = core::mem::size_of::<T>();
-        T::read_from_bytes(self.take(n)?).map_err(|_| self.err("a record of the wrong size"))
     }
 
     fn next_event(&mut self) -> Result<Event<'a>, DecodeError> {
-        Ok(match self.u8()? {
+        Ok(match self.r.u8()? {
             tag::META => Event::Meta(Meta {
-                version: self.u8()?,
-                pci_functions: self.u8()?,
-                board: self.varint()?,
-                mmu_mode: self.varint()?,
-                uart_channel: self.varint()?,
-                tsc_hz: self.u64()?,
-                guest_ram_bytes: self.u64()?,
+                version: self.r.u8()?,
+                pci_functions: self.r.u8()?,
+                board: self.r.varint()?,
+                mmu_mode: self.r.varint()?,
+                uart_channel: self.r.varint()?,
+                tsc_hz: self.r.u64()?,
+                guest_ram_bytes: self.r.u64()?,
             }),
             tag::EXIT => {
-                let tsc = self.tsc_value()?;
+                let tsc = self.r.tsc_value()?;
                 let mut rec = self.prev_exit;
-                self.delta(rec.as_mut_bytes())?;
+                self.r.delta(rec.as_mut_bytes())?;
                 self.prev_exit = rec;
                 Event::Exit { tsc, rec }
             }
             tag::RESUME => {
-                let tsc = self.tsc_value()?;
+                let tsc = self.r.tsc_value()?;
                 let mut resume = self.prev_resume;
-                self.delta(resume.as_mut_bytes())?;
+                self.r.delta(resume.as_mut_bytes())?;
                 self.prev_resume = resume;
                 Event::Resume { tsc, resume }
             }
             tag::FIRST_RUN => Event::FirstRun {
-                tsc: self.tsc_value()?,
+                tsc: self.r.tsc_value()?,
             },
-            tag::VCPU_ERROR => Event::VcpuError(self.u8()?),
-            tag::NOW => Event::Now(self.tsc_value()?),
+            tag::VCPU_ERROR => Event::VcpuError(self.r.u8()?),
+            tag::NOW => Event::Now(self.r.tsc_value()?),
             tag::CPUID => Event::Cpuid(
-                self.u32()?,
-                self.u32()?,
-                [self.u32()?, self.u32()?, self.u32()?, self.u32()?],
+                self.r.u32()?,
+                self.r.u32()?,
+                [self.r.u32()?, self.r.u32()?, self.r.u32()?, self.r.u32()?],
             ),
             tag::FLAG => {
-                let f = Flag::from_u8(self.u8()?).ok_or(self.err("an unknown flag"))?;
-                Event::Flag(f, self.u8()? != 0)
+                let f = Flag::from_u8(self.r.u8()?).ok_or(self.r.err("an unknown flag"))?;
+                Event::Flag(f, self.r.u8()? != 0)
             }
             tag::XCR0 => {
-                let some = self.u8()? != 0;
-                let v = self.u64()?;
+                let some = self.r.u8()? != 0;
+                let v = self.r.u64()?;
                 Event::Xcr0(some.then_some(v))
             }
             tag::MEM_READ => {
-                let gpa = self.varint()?;
-                let len = self.varint()?;
-                let bytes = if self.u8()? != 0 {
-                    let n = usize::try_from(len).map_err(|_| self.err("a read too long"))?;
-                    Some(self.take(n)?)
+                let gpa = self.r.varint()?;
+                let len = self.r.varint()?;
+                let bytes = if self.r.u8()? != 0 {
+                    let n = usize::try_from(len).map_err(|_| self.r.err("a read too long"))?;
+                    Some(self.r.take(n)?)
                 } else {
                     None
                 };
                 Event::MemRead { gpa, len, bytes }
             }
             tag::MEM_WRITE => Event::MemWrite {
-                gpa: self.varint()?,
-                len: self.varint()?,
-                ok: self.u8()? != 0,
-                hash: self.u32()?,
+                gpa: self.r.varint()?,
+                len: self.r.varint()?,
+                ok: self.r.u8()? != 0,
+                hash: self.r.u32()?,
             },
             tag::CONSOLE_IN => {
-                let asked = self.varint()?;
-                let n = usize::try_from(self.varint()?).map_err(|_| self.err("input too long"))?;
+                let asked = self.r.varint()?;
+                let n =
+                    usize::try_from(self.r.varint()?).map_err(|_| self.r.err("input too long"))?;
                 Event::ConsoleIn {
                     asked,
-                    bytes: self.take(n)?,
+                    bytes: self.r.take(n)?,
                 }
             }
             tag::CONSOLE_OUT => Event::ConsoleOut {
-                len: self.varint()?,
-                hash: self.u32()?,
+                len: self.r.varint()?,
+                hash: self.r.u32()?,
             },
-            tag::STATS => match self.u8()? {
-                0 => Event::Stats(Ok(self.read()?)),
+            tag::STATS => match self.r.u8()? {
+                0 => Event::Stats(Ok(self.r.read()?)),
                 e => Event::Stats(Err(e)),
             },
-            tag::MMU_STATS => match self.u8()? {
+            tag::MMU_STATS => match self.r.u8()? {
                 0 => Event::MmuStats(None),
-                _ => Event::MmuStats(Some(self.read()?)),
+                _ => Event::MmuStats(Some(self.r.read()?)),
             },
-            tag::SEGMENTS => match self.u8()? {
+            tag::SEGMENTS => match self.r.u8()? {
                 0 => Event::Segments(None),
-                _ => Event::Segments(Some(self.read()?)),
+                _ => Event::Segments(Some(self.r.read()?)),
             },
-            tag::WAIT_UNTIL => Event::WaitUntil(self.varint()?),
+            tag::WAIT_UNTIL => Event::WaitUntil(self.r.varint()?),
             tag::END => {
-                let kind = self.u8()?;
-                let status = self.u8()?;
+                let kind = self.r.u8()?;
+                let status = self.r.u8()?;
                 let ending = match kind {
                     0 => Ending::Stop { status },
                     1 => Ending::Reset,
                     2 => Ending::Fail,
-                    _ => return Err(self.err("an unknown ending")),
+                    _ => return Err(self.r.err("an unknown ending")),
                 };
                 let mut w = [0u64; 8];
                 for v in &mut w {
-                    *v = self.varint()?;
+                    *v = self.r.varint()?;
                 }
                 let [emulated, irqs, exceptions, windows, warps, notifications, busy_halts, busy_exits] =
                     w;
@@ -920,18 +699,18 @@ impl<'a> Decoder<'a> {
                 }
             }
             tag::LIMIT => Event::Limit,
-            tag::FLUSH => Event::Flush(self.varint()?),
+            tag::FLUSH => Event::Flush(self.r.varint()?),
             tag::SAMPLE => {
-                let stats = self.read()?;
-                let mmu = match self.u8()? {
+                let stats = self.r.read()?;
+                let mmu = match self.r.u8()? {
                     0 => None,
-                    _ => Some(self.read()?),
+                    _ => Some(self.r.read()?),
                 };
                 Event::Sample { stats, mmu }
             }
             _ => {
-                self.at -= 1;
-                return Err(self.err("an unknown event tag"));
+                self.r.at -= 1;
+                return Err(self.r.err("an unknown event tag"));
             }
         })
     }
@@ -941,13 +720,13 @@ impl<'a> Iterator for Decoder<'a> {
     type Item = Result<Event<'a>, DecodeError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.at >= self.bytes.len() {
+        if self.r.done() {
             return None;
         }
         let e = self.next_event();
         if e.is_err() {
             // Nothing after a bad event can be trusted.
-            self.at = self.bytes.len();
+            self.r.stop();
         }
         Some(e)
     }
@@ -956,6 +735,7 @@ impl<'a> Iterator for Decoder<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipc_proto::trace::base64_encode;
     use std::vec::Vec;
 
     /// Lines kept in memory; a clock that ticks 100 per reading.
@@ -1051,9 +831,9 @@ mod tests {
         stub.stats_read().unwrap();
         rec.borrow_mut()
             .end(Ending::Stop { status: 3 }, VmmStats::default());
-        let lines = std::mem::take(&mut rec.borrow_mut().sink.lines);
+        let lines = std::mem::take(&mut rec.borrow_mut().w.sink.lines);
         let s = stream(&lines);
-        assert_eq!(s.len() as u64, rec.borrow().bytes);
+        assert_eq!(s.len() as u64, rec.borrow().w.bytes);
         let events: Vec<Event> = Decoder::new(&s).map(Result::unwrap).collect();
         assert_eq!(events[0], Event::Meta(meta));
         assert_eq!(events[1], Event::FirstRun { tsc: 100 });
@@ -1117,7 +897,7 @@ mod tests {
             resume = Some(Resume::default());
         }
         assert!(!rec.borrow().is_on());
-        let lines = std::mem::take(&mut rec.borrow_mut().sink.lines);
+        let lines = std::mem::take(&mut rec.borrow_mut().w.sink.lines);
         assert!(lines.len() > 2, "{} lines", lines.len());
         let s = stream(&lines);
         let events: Vec<Event> = Decoder::new(&s).map(Result::unwrap).collect();
@@ -1141,7 +921,7 @@ mod tests {
         );
         stub.vcpu_run(None).unwrap();
         rec.borrow_mut().flush();
-        let s = stream(&rec.borrow().sink.lines);
+        let s = stream(&rec.borrow().w.sink.lines);
         for cut in 0..s.len() {
             let _ = Decoder::new(&s[..cut]).count();
         }

@@ -89,6 +89,15 @@ pub fn select(request: Request) -> Result<Arch, &'static str> {
     Ok(arch)
 }
 
+/// Turns `arch` on for this CPU (another CPU at its start: SVM's
+/// EFER.SVME and host save area, VMX's VMXON); `Err` says what failed.
+pub fn enable(arch: Arch) -> Result<(), &'static str> {
+    match arch {
+        Arch::Svm => svm::enable().map_err(|_| "no memory for the host save area"),
+        Arch::Vmx => vmx::enable(),
+    }
+}
+
 /// Why the VM cannot run with this MMU mode on `arch`; `Err` is the
 /// sentence for `cannot run`.
 pub fn check_paging(arch: Arch, shadow: bool, entry: EntryMode) -> Result<(), &'static str> {

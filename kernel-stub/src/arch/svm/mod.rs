@@ -93,11 +93,18 @@ pub struct Vcpu {
     asid_shared: bool,
 }
 
+/// Enables SVM on this CPU: EFER.SVME and its host save area (APM vol. 2,
+/// 15.4 and 15.30.4), which VMRUN and the exits use.
+pub fn enable() -> Result<(), OutOfMemory> {
+    cpu::wrmsr(cpu::MSR_EFER, cpu::rdmsr(cpu::MSR_EFER) | cpu::EFER_SVME);
+    cpu::wrmsr(MSR_VM_HSAVE_PA, memory::alloc_frame()?);
+    Ok(())
+}
+
 /// Enables SVM and builds a VCPU translating guest memory as `paging`
 /// says, starting in the state `entry` describes.
 pub fn create_vcpu(paging: Paging, entry: &Entry, asid: u32) -> Result<Vcpu, OutOfMemory> {
-    cpu::wrmsr(cpu::MSR_EFER, cpu::rdmsr(cpu::MSR_EFER) | cpu::EFER_SVME);
-    cpu::wrmsr(MSR_VM_HSAVE_PA, memory::alloc_frame()?);
+    enable()?;
     let host_vmsave_pa = memory::alloc_frame()?;
     // SAFETY: EFER.SVME is set and the frame is ours; VMSAVE stores the
     // current FS/GS/TR/LDTR/syscall state there, to be reloaded after each exit.

@@ -37,10 +37,11 @@
 
 mod vmcs;
 
-use crate::cpu::{self, KernelCell};
+use crate::cpu;
 use crate::memory::{self, OutOfMemory};
 use core::arch::{asm, global_asm};
 use core::fmt;
+use core::sync::atomic::{AtomicU8, Ordering};
 use ipc_proto::manifest::EntryMode;
 use ipc_proto::{
     ExitRecord, GuestRegs, PagingState, Resume, ResumeFlags, Segment, VcpuArch, ABI_VERSION,
@@ -249,8 +250,8 @@ pub struct Vcpu {
     vmcs: u64,
 }
 
-/// VMXON has been executed on this (the only) core.
-static VMX_ON: KernelCell<bool> = KernelCell::new(false);
+/// The CPUs (bit n: CPU n) that have executed VMXON.
+static VMX_ON: AtomicU8 = AtomicU8::new(0);
 
 fn read_cr0() -> u64 {
     let v;
@@ -303,7 +304,8 @@ fn vmx_region(basic: u64) -> Result<u64, OutOfMemory> {
 /// Turns VMX on (once): IA32_FEATURE_CONTROL, the fixed CR0/CR4 bits of
 /// VMX operation, VMXON. `Err` names the step that failed.
 fn vmx_on(caps: &Caps) -> Result<Result<(), &'static str>, OutOfMemory> {
-    if VMX_ON.with(|on| *on) {
+    let me = 1u8 << cpu::id();
+    if VMX_ON.load(Ordering::Relaxed) & me != 0 {
         return Ok(Ok(()));
     }
     let fc = cpu::rdmsr(IA32_FEATURE_CONTROL);
@@ -319,8 +321,14 @@ fn vmx_on(caps: &Caps) -> Result<Result<(), &'static str>, OutOfMemory> {
     if !vmx_pa_insn!("vmxon", region) {
         return Ok(Err("VMXON"));
     }
-    VMX_ON.with(|on| *on = true);
+    VMX_ON.fetch_or(me, Ordering::Relaxed);
     Ok(Ok(()))
+}
+
+/// Turns VMX on for this CPU (another CPU at its start); `Err` names the
+/// step that failed.
+pub fn enable() -> Result<(), &'static str> {
+    vmx_on(&read_caps()).unwrap_or(Err("no memory for the VMXON region"))
 }
 
 /// Segment access rights of the guest's initial segments.
