@@ -500,6 +500,45 @@ pub fn beside_a_vm(
     Ok((out.final_line, out.console))
 }
 
+/// Issue 13's bad input between VMs: two `timer` VMs on one switch in no
+/// VM (`--net switch`), VM 0 with one more port, the hostile link
+/// (`attack/src/bin/hostile-link.rs`): it names channels that are not
+/// its own, sends the switch a runt, a giant, a multicast source and a
+/// flood of 100 broadcast frames. Returns the final line and the console.
+pub fn hostile_link_beside_a_vm(
+    opts: &AttackOptions,
+) -> Result<(Option<FinalLine>, String), String> {
+    const HOSTILE_LINK: &str = "hostile-link";
+    let mut system = images::SystemSpec {
+        more_vms: vec![images::SystemSpec::new("timer")],
+        ..images::SystemSpec::new("timer")
+    };
+    crate::nic::add_net_servers(&mut system, &crate::nic::NetSpec::default())?;
+    let switch = format!("{}{}", images::IN_NO_VM, crate::nic::SWITCH);
+    system
+        .device_channels
+        .push((HOSTILE_LINK.into(), switch.clone()));
+    let ch = system
+        .channel_number(HOSTILE_LINK, &switch)
+        .and_then(|n| n.checked_add(1))
+        .ok_or("the hostile link's channel has no number")?;
+    let [elf] = images::build_for_target(&["attack-servers"], [HOSTILE_LINK])
+        .map_err(|e| format!("building the hostile link failed: {e}"))?;
+    // Its configuration block's magic (`hostile-link.rs`'s CONFIG_MAGIC).
+    let elf = crate::disk::patch_config(&elf, b"SVHOSTILELNK", ch, "hostile-link-patched")?;
+    system.device_servers.push(images::DeviceServer {
+        name: HOSTILE_LINK.into(),
+        elf,
+        rights: ipc_proto::manifest::Rights {
+            console: true,
+            ..ipc_proto::manifest::Rights::default()
+        },
+    });
+    let target = targets(Emulator::Qemu, &[], &[MmuMode::Nested]).remove(0);
+    let out = boot_image(system, &target, opts)?;
+    Ok((out.final_line, out.console))
+}
+
 /// `elf` with its configuration block set to `boot`, `short` and `skips`.
 fn patch(elf: &[u8], boot: u32, short: bool, seed: u32, skips: &[u32]) -> Result<Vec<u8>, String> {
     let at = elf

@@ -419,13 +419,34 @@ pub(crate) fn patch_config(
     config: u8,
     name: &str,
 ) -> Result<PathBuf, String> {
+    patch_config_bytes(elf, magic, &[config], name)
+}
+
+/// As [`patch_config`], with the bytes after `magic` set to `config`
+/// (named `name-cA-B-...` after them).
+pub(crate) fn patch_config_bytes(
+    elf: &Path,
+    magic: &[u8],
+    config: &[u8],
+    name: &str,
+) -> Result<PathBuf, String> {
     let mut bytes =
         std::fs::read(elf).map_err(|e| format!("cannot read {}: {e}", elf.display()))?;
     let at = bytes
         .windows(magic.len())
         .position(|w| w == magic)
         .ok_or_else(|| format!("the server {} has no configuration block", elf.display()))?;
-    bytes[at + magic.len()] = config;
+    let block = bytes
+        .get_mut(at + magic.len()..at + magic.len() + config.len())
+        .ok_or_else(|| {
+            format!(
+                "the server {} has a short configuration block",
+                elf.display()
+            )
+        })?;
+    block.copy_from_slice(config);
+    let config: Vec<String> = config.iter().map(u8::to_string).collect();
+    let config = config.join("-");
     // Written aside and renamed: runs in parallel (the tests) read a
     // whole file, never one being written. One file per configuration:
     // parallel runs whose channels are numbered differently must not

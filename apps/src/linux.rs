@@ -293,6 +293,14 @@ pub const HVC_LOG_END: &str = "splitvisor-linux: end of the kernel's log before 
 /// [`NET_PAGE_END`], for each `splitvisor.net.bench=URL` fetches URL
 /// into `/tmp` and prints [`NET_BENCH`] `BYTES UPTIME0 UPTIME1 md5 MD5`,
 /// and last `eth0`'s packet counts;
+/// with `splitvisor.net.pair` (two VMs on one switch, `--vms 2 --net
+/// switch`) it gives `eth0` the static address 10.0.3.N, N the last byte
+/// of its station address (VM 0: 1, VM 1: 2); 10.0.3.1 pings 10.0.3.2
+/// three times, sends it two frames of 3042 bytes (MTU 4000) and a flood
+/// of 200 pings of 1442-byte frames 2 ms apart, then sends it 64 KiB
+/// from `/dev/urandom` with busybox
+/// `nc` (port 5000) and prints the file's MD5, 10.0.3.2 receives it and
+/// prints its MD5 ([`NET_LINE`] lines);
 /// with `splitvisor.disk=write` it mounts `/dev/vda` (ext4) at `/mnt`, writes
 /// [`DISK_TEXT`] to `splitvisor-disk-check.txt` and 4 MiB from
 /// `/dev/urandom` to `splitvisor-disk-check.bin`, syncs, unmounts, prints
@@ -436,6 +444,49 @@ END
     done
     s=/sys/class/net/eth0/statistics
     echo "splitvisor-linux: net: eth0 tx_packets $(cat $s/tx_packets) rx_packets $(cat $s/rx_packets) rx_length_errors $(cat $s/rx_length_errors)"
+    ;;
+esac
+case " $(cat /proc/cmdline) " in
+*" splitvisor.net.pair "*)
+    i=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 50 ]; do
+        usleep 100000
+        i=$((i + 1))
+    done
+    mac=$(cat /sys/class/net/eth0/address)
+    n=$((0x${mac##*:}))
+    ifconfig lo 127.0.0.1 up
+    ifconfig eth0 10.0.3.$n netmask 255.255.255.0 up
+    echo "splitvisor-linux: net: eth0 $mac address 10.0.3.$n static"
+    if [ $n = 1 ]; then
+        ping -c 3 -i 0.2 -w 30 10.0.3.2 >/tmp/ping 2>&1
+        echo "splitvisor-linux: net: ping 10.0.3.2: $(grep 'packets transmitted' /tmp/ping)"
+        # Bad input for the other VM: two frames of 3042 bytes (its own
+        # virtio-net server drops them), then a flood of 200 echo
+        # requests of 1442-byte frames 2 ms apart.
+        ip link set eth0 mtu 4000
+        ping -c 2 -i 0.05 -s 3000 10.0.3.2 >/dev/null 2>&1 &
+        usleep 300000
+        kill $! 2>/dev/null
+        ip link set eth0 mtu 1500
+        echo "splitvisor-linux: net: sent 2 frames of 3042 bytes"
+        ping -c 200 -i 0.002 -s 1400 -w 30 10.0.3.2 >/tmp/ping 2>&1
+        echo "splitvisor-linux: net: flood 10.0.3.2: $(grep 'packets transmitted' /tmp/ping)"
+        dd if=/dev/urandom of=/tmp/send bs=1024 count=64 2>/dev/null
+        i=0
+        until timeout 60 nc 10.0.3.2 5000 </tmp/send || [ $i -ge 10 ]; do
+            i=$((i + 1))
+            sleep 1
+        done
+        set -- $(md5sum /tmp/send)
+        echo "splitvisor-linux: net: sent $(wc -c </tmp/send) bytes to 10.0.3.2, md5 $1"
+    else
+        timeout 120 nc -l -p 5000 >/tmp/recv
+        set -- $(md5sum /tmp/recv)
+        echo "splitvisor-linux: net: received $(wc -c </tmp/recv) bytes, md5 $1"
+    fi
+    s=/sys/class/net/eth0/statistics
+    echo "splitvisor-linux: net: eth0 tx_packets $(cat $s/tx_packets) rx_packets $(cat $s/rx_packets)"
     ;;
 esac
 case " $(cat /proc/cmdline) " in

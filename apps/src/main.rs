@@ -299,7 +299,12 @@ struct GuestArgs {
     /// bytes) at 1, 2, 4, ... drops; the switch prints each port's
     /// counters (frames and bytes in and out, drops by reason) when the
     /// frames into it reach 1, 2, 4, ...
-    #[arg(long, value_name = "user[,RULE...]", value_parser = splitvisor::nic::NetSpec::parse)]
+    /// With several VMs (--vms N, --config) every VM gets its own
+    /// virtio-net server (station address 02:53:56:00:00:0N for VM N-1),
+    /// each a port on one switch in no VM (no guest RAM, VCPU, ports or
+    /// IRQs); with `user` its uplink is VM 0's nic-driver; `switch`
+    /// joins the VMs to each other only (no card, no uplink).
+    #[arg(long, value_name = "user[,RULE...]|switch", value_parser = splitvisor::nic::NetSpec::parse)]
     net: Option<splitvisor::nic::NetSpec>,
     /// Inject a fault on purpose, for the isolation experiments:
     /// `SERVER:crash@N` (the task named SERVER, e.g. mmu-server,
@@ -331,6 +336,22 @@ fn guest_help() -> String {
 }
 
 impl GuestArgs {
+    /// `--net`, else the `net` key of `--config`.
+    fn net(&self) -> Result<Option<splitvisor::nic::NetSpec>, String> {
+        if self.net.is_some() {
+            return Ok(self.net.clone());
+        }
+        let Some(path) = &self.config else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let net =
+            splitvisor::vms::config_net(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        net.map(|n| splitvisor::nic::NetSpec::parse(&n))
+            .transpose()
+            .map_err(|e| format!("{}: net: {e}", path.display()))
+    }
+
     fn board(&self) -> ipc_proto::manifest::Board {
         match self.board.as_str() {
             "pc" => ipc_proto::manifest::Board::Pc,
@@ -714,7 +735,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
                 }
             }
-            if let Err(e) = add_nic(a.nic, a.guest.net.as_ref(), &mut system) {
+            let net = match a.guest.net() {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("splitvisor: {e}");
+                    return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
+                }
+            };
+            if let Err(e) = add_nic(a.nic, net.as_ref(), &mut system) {
                 eprintln!("splitvisor: {e}");
                 return ExitCode::from(splitvisor::EXIT_EMULATOR as u8);
             }
@@ -841,13 +869,14 @@ fn build(a: &BuildArgs) -> i32 {
         }
     };
     let read_only = a.disk.as_ref().map(|d| d.read_only);
-    if let Err(e) = add_device_servers(
-        read_only,
-        a.guest.rng,
-        a.nic,
-        a.guest.net.as_ref(),
-        &mut spec,
-    ) {
+    let net = match a.guest.net() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("splitvisor: {e}");
+            return 1;
+        }
+    };
+    if let Err(e) = add_device_servers(read_only, a.guest.rng, a.nic, net.as_ref(), &mut spec) {
         eprintln!("splitvisor: {e}");
         return 1;
     }

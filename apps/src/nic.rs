@@ -41,9 +41,13 @@ pub const VIRTIO_NET: &str = "virtio-net";
 /// The switch server's task name.
 pub const SWITCH: &str = "switch";
 
-/// What `--net` takes: `user`, then forward rules, comma-separated.
+/// What `--net` takes: `user`, then forward rules, comma-separated; or
+/// `switch` (several VMs: joined to each other, no uplink).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NetSpec {
+    /// The switch has an uplink: the machine's NE2000 and QEMU's user
+    /// network behind it (`user`); without (`switch`), the VMs only.
+    pub uplink: bool,
     /// QEMU `-netdev user` forward rules, each `guestfwd=...` or
     /// `hostfwd=...`, their host side 127.0.0.1.
     pub forwards: Vec<String>,
@@ -56,10 +60,13 @@ const LOOPBACK: &str = "127.0.0.1";
 impl NetSpec {
     /// Parses `--net`'s value: `user[,guestfwd=tcp:ADDR:PORT-tcp:127.0.0.1:PORT]...[,hostfwd=tcp:127.0.0.1:PORT-:PORT]...`.
     pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "switch" {
+            return Ok(Self::default());
+        }
         let mut parts = s.split(',');
         if parts.next() != Some("user") {
             return Err(format!(
-                "`{s}` is not a network: the only one is `user` (QEMU's user-mode network, restricted to the machine), optionally with `,guestfwd=...` or `,hostfwd=...` rules to {LOOPBACK}"
+                "`{s}` is not a network: `user` (QEMU's user-mode network, restricted to the machine), optionally with `,guestfwd=...` or `,hostfwd=...` rules to {LOOPBACK}, or `switch` (several VMs joined to each other only)"
             ));
         }
         let mut forwards = Vec::new();
@@ -90,7 +97,10 @@ impl NetSpec {
             }
             forwards.push(rule.to_string());
         }
-        Ok(Self { forwards })
+        Ok(Self {
+            uplink: true,
+            forwards,
+        })
     }
 }
 
@@ -121,6 +131,14 @@ pub fn switch_rights() -> ipc_proto::manifest::Rights {
 /// switch and the switch's uplink channel to the nic-driver, and the
 /// forward rules for the emulator. PC board only.
 pub fn add_net_servers(system: &mut images::SystemSpec, net: &NetSpec) -> Result<(), String> {
+    if !system.more_vms.is_empty() {
+        return add_shared_switch(system, net);
+    }
+    if !net.uplink {
+        return Err(
+            "--net switch joins several VMs (--vms N, --config); one VM takes --net user".into(),
+        );
+    }
     if system.board != ipc_proto::manifest::Board::Pc {
         return Err(
             "--net needs the PC board (--board pc): the ISA board has no PCI functions".into(),
@@ -172,6 +190,82 @@ pub fn add_net_servers(system: &mut images::SystemSpec, net: &NetSpec) -> Result
         name: VIRTIO_NET.into(),
         elf,
         rights: virtio_net_rights(),
+    });
+    system.net_forwards = net.forwards.clone();
+    Ok(())
+}
+
+/// `--net` with several VMs (`--vms N`, `--config`): each VM gets its
+/// own virtio-net server (station address 02:53:56:00:00:0N for VM N-1),
+/// whose link channel reaches one switch in no VM (`images::IN_NO_VM`:
+/// no guest RAM, no VCPU, no ports, no IRQs); the switch learns per
+/// port. With `user` its uplink is VM 0's nic-driver (the card's ports
+/// and IRQ are VM 0's; the switch calls it across VMs), with `switch` it
+/// has none.
+fn add_shared_switch(system: &mut images::SystemSpec, net: &NetSpec) -> Result<(), String> {
+    let switch = format!("{}{SWITCH}", images::IN_NO_VM);
+    if net.uplink {
+        if !wants_nic(system) {
+            add_nic_server(system)?;
+        }
+        system
+            .device_channels
+            .push((switch.clone(), NIC_DRIVER.into()));
+    }
+    let [vnet] = images::build_for_target(&["virtio-servers"], [VIRTIO_NET])
+        .map_err(|e| format!("building the virtio-net server failed: {e}"))?;
+    for i in 0..=system.more_vms.len() {
+        let spec = match i.checked_sub(1) {
+            None => &mut *system,
+            Some(n) => &mut system.more_vms[n],
+        };
+        if spec.board != ipc_proto::manifest::Board::Pc {
+            return Err(format!(
+                "--net needs the PC board (--board pc) in every VM; VM {i} has the ISA board"
+            ));
+        }
+        spec.pci_functions.push(VIRTIO_NET.into());
+        spec.device_channels
+            .push(("vmm-server".into(), VIRTIO_NET.into()));
+        spec.device_channels
+            .push((VIRTIO_NET.into(), switch.clone()));
+        let link = spec
+            .channel_number(VIRTIO_NET, &switch)
+            .and_then(|n| n.checked_add(1))
+            .ok_or("the link channel has no number")?;
+        let mac = u8::try_from(i + 1).map_err(|_| "too many VMs")?;
+        let elf = crate::disk::patch_config_bytes(
+            &vnet,
+            &virtio_servers::net::CONFIG_MAGIC,
+            &[link, mac],
+            &format!("virtio-net-patched-vm{i}"),
+        )?;
+        spec.device_servers.push(images::DeviceServer {
+            name: VIRTIO_NET.into(),
+            elf,
+            rights: virtio_net_rights(),
+        });
+    }
+    let specs: Vec<images::SystemSpec> = std::iter::once(images::SystemSpec {
+        more_vms: Vec::new(),
+        ..system.clone()
+    })
+    .chain(system.more_vms.iter().cloned())
+    .collect();
+    // Its uplink: the one channel it calls.
+    let channels = images::no_vm_channels(&specs, &[SWITCH])?;
+    let uplink = channels
+        .iter()
+        .position(|(c, _)| c.client != ipc_proto::manifest::FAR_END)
+        .map_or(Ok(0), |n| u8::try_from(n + 1))
+        .map_err(|_| "too many channels")?;
+    let [elf] = images::build_for_target(&["switch"], [SWITCH])
+        .map_err(|e| format!("building the switch server failed: {e}"))?;
+    let elf = crate::disk::patch_config(&elf, &switch::CONFIG_MAGIC, uplink, "switch-patched")?;
+    system.no_vm_servers.push(images::DeviceServer {
+        name: SWITCH.into(),
+        elf,
+        rights: switch_rights(),
     });
     system.net_forwards = net.forwards.clone();
     Ok(())
@@ -345,7 +439,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.forwards.len(), 2);
-        assert_eq!(NetSpec::parse("user"), Ok(NetSpec::default()));
+        let user = NetSpec {
+            uplink: true,
+            forwards: Vec::new(),
+        };
+        assert_eq!(NetSpec::parse("user"), Ok(user));
+        // Several VMs joined to each other only: no uplink, no rules.
+        assert_eq!(NetSpec::parse("switch"), Ok(NetSpec::default()));
+        assert!(NetSpec::parse("switch,hostfwd=tcp:127.0.0.1:2222-:22").is_err());
         for bad in [
             "tap",
             "user,guestfwd=tcp:10.0.2.100:80-tcp:10.1.1.1:80",

@@ -423,8 +423,9 @@ pub fn sel4_payload(payload: &[u8]) -> Result<Vec<u8>, String> {
         blobs.extend_from_slice(bytes);
         Ok(Blob { offset, len: b.len })
     };
-    m.guest.image = take(m.guest.image)?;
-    for s in &mut m.guest.segments {
+    let guest = m.guest.as_mut().ok_or_else(|| bad("has no guest"))?;
+    guest.image = take(guest.image)?;
+    for s in &mut guest.segments {
         s.blob = take(s.blob)?;
     }
     for t in &mut m.tasks {
@@ -807,10 +808,11 @@ mod tests {
                 },
             }])
             .unwrap(),
-            guest: Guest::flat32(16, image, 0x10_0000, 0x10_0000),
+            guest: Some(Guest::flat32(16, image, 0x10_0000, 0x10_0000)),
             channels: heapless::Vec::new(),
             uart_channel: 0,
             guest_write_channels: 0,
+            links: heapless::Vec::new(),
         };
         let encoded = postcard::to_allocvec(&m).unwrap();
         let header = PayloadHeader {
@@ -828,7 +830,7 @@ mod tests {
         let got: Manifest = postcard::from_bytes(&rest[..h.manifest_len as usize]).unwrap();
         assert_eq!(got.tasks[0].elf, Blob::default());
         assert_eq!(got.tasks[0].rights, m.tasks[0].rights);
-        let g = got.guest.image;
+        let g = got.guest.as_ref().unwrap().image;
         assert_eq!(g.len, 300);
         let bytes = &small[g.offset as usize..(g.offset + g.len) as usize];
         assert!(bytes.iter().enumerate().all(|(i, &b)| b == i as u8));

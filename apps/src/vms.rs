@@ -13,7 +13,9 @@
 //! ```
 //!
 //! Each table becomes the command-line options of one VM, so a VM means
-//! the same as `run` with those options; an unknown key is an error.
+//! the same as `run` with those options; an unknown key is an error. A
+//! top-level `net = "switch"` (or `"user[,RULE...]"`, as `--net`) joins
+//! the VMs' virtio-net servers to one switch in no VM.
 
 use serde::Deserialize;
 
@@ -24,6 +26,7 @@ pub const MAX_VMS: usize = ipc_proto::manifest::MAX_VMS;
 #[serde(deny_unknown_fields)]
 struct Config {
     vm: Vec<VmConfig>,
+    net: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +75,12 @@ pub fn config_args(text: &str) -> Result<Vec<Vec<String>>, String> {
         .collect())
 }
 
+/// The network of the VMs described in `text`: its `net` key (as `--net`).
+pub fn config_net(text: &str) -> Result<Option<String>, String> {
+    let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+    Ok(config.net)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +96,14 @@ mod tests {
                 vec!["--guest", "timer", "--mmu", "shadow", "--ram", "8"],
             ]
         );
+    }
+
+    #[test]
+    fn the_net_key_is_the_images_network() {
+        let text = "net = \"switch\"\n[[vm]]\nguest = \"hello\"\n[[vm]]\nguest = \"hello\"\n";
+        assert_eq!(config_net(text).unwrap().as_deref(), Some("switch"));
+        assert_eq!(config_args(text).unwrap().len(), 2);
+        assert_eq!(config_net("[[vm]]\nguest = \"hello\"\n").unwrap(), None);
     }
 
     #[test]

@@ -120,7 +120,8 @@ fn run_nic_refuses_sel4_and_other_networks_before_booting() {
             ],
             "the host side is always 127.0.0.1",
         ),
-        (&["--net", "tap"], "the only one is `user`"),
+        (&["--net", "tap"], "is not a network: `user`"),
+        (&["--net", "switch"], "--net switch joins several VMs"),
         (
             &["--net", "user", "--board", "isa"],
             "--net needs the PC board",

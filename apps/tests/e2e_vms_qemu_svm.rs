@@ -27,6 +27,12 @@ fn position(r: &Run, line: &str) -> usize {
 /// guest alone would keep the CPU for its whole second). VM 0's
 /// disk-driver runs its self-test and gets IRQ 14 as a notification: the
 /// second VM's build leaves the 8259s as the first VM's left them.
+/// With `--net switch` each VM's virtio-net server calls one switch, a
+/// task in no VM, over a channel across VMs, with its own station
+/// address; the switch crashes at the second call (`--inject
+/// switch:crash@2`): the stub restarts it, the caller in the other VM
+/// gets `ServerRestarted` across VMs, and the next instance serves the
+/// calls at the VMs' ends.
 #[test]
 fn two_timer_guests_take_turns_and_both_pass_vm0_with_its_disk() {
     let dir = std::env::temp_dir().join(format!("splitvisor-vms-disk-{}", std::process::id()));
@@ -36,7 +42,8 @@ fn two_timer_guests_take_turns_and_both_pass_vm0_with_its_disk() {
     bytes[..16].copy_from_slice(b"SPLITVISOR-DISK!");
     std::fs::write(&img, &bytes).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitvisor"))
-        .args(["run", "--guest", "timer", "--vms", "2", "--disk"])
+        .args(["run", "--guest", "timer", "--vms", "2", "--net", "switch"])
+        .args(["--inject", "switch:crash@2", "--disk"])
         .arg(&img)
         .args(["--timeout", &TIMEOUT_SECS.to_string()])
         .env(splitvisor::disk::SELF_TEST_ENV, "1")
@@ -85,6 +92,31 @@ fn two_timer_guests_take_turns_and_both_pass_vm0_with_its_disk() {
         .unwrap_or_else(|| panic!("no line {prefix:?}\n{r}"));
     assert!(n >= 1, "{r}");
     assert!(!r.stdout.contains("[vm1] disk:"), "VM 1 has no disk\n{r}");
+    // The switch in no VM, reached across VMs: the first caller got its
+    // answer, the second the switch's crash as `ServerRestarted`.
+    let reached = |vm: &str, mac: &str| {
+        let line = format!("[{vm}] virtio-net: mac 02:53:56:00:00:{mac}, link on channel ");
+        let tail = ": no card behind it (status 4): frames reach the switch's other ports only";
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with(&line) && l.ends_with(tail))
+    };
+    let lost = |vm: &str| {
+        r.has_line(&format!("[{vm}] virtio-net: the link call failed: the server faulted and was restarted: the call was lost: frames go nowhere"))
+    };
+    assert!(
+        (reached("vm0", "01") && lost("vm1")) || (reached("vm1", "02") && lost("vm0")),
+        "{r}"
+    );
+    let restarted =
+        "[stub] sys: switch restarted (generation 1): exception 6 (error code 0x0) at rip=";
+    assert!(r.stdout.lines().any(|l| l.starts_with(restarted)), "{r}");
+    for line in [
+        "[sys] switch: port 1 is channel ",
+        "[sys] switch: at the VM's end: port 1 vm ch ",
+    ] {
+        assert!(r.stdout.lines().any(|l| l.starts_with(line)), "{r}");
+    }
     // Every guest line carries its VM's prefix: none is bare.
     assert!(!r.stdout.lines().any(|l| l.starts_with("timer:")), "{r}");
     assert!(r.has_line("[stub] all 2 VMs ended:"), "{r}");

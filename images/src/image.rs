@@ -25,9 +25,9 @@
 use core::fmt;
 
 use ipc_proto::manifest::{
-    Blob, Board, Channel, EntryMode, Guest, GuestSegment, Manifest, MmuMode, PayloadHeader, Rights,
-    Task, MANIFEST_MAX, MAX_CHANNELS, MAX_GUEST_SEGMENTS, MAX_TASKS, MAX_VMS, PAYLOAD_MAGIC,
-    TASK_NAME_MAX,
+    Blob, Board, Channel, EntryMode, Guest, GuestSegment, Link, Manifest, MmuMode, PayloadHeader,
+    Rights, Task, MANIFEST_MAX, MAX_CHANNELS, MAX_GUEST_SEGMENTS, MAX_TASKS, MAX_VMS,
+    PAYLOAD_MAGIC, TASK_NAME_MAX,
 };
 use ipc_proto::ABI_VERSION;
 use zerocopy::{FromBytes, IntoBytes};
@@ -516,7 +516,8 @@ fn layout(
             tasks: manifest_tasks,
             channels: heapless::Vec::from_slice(channels)
                 .map_err(|_| ImageError::TooManyChannels(channels.len()))?,
-            guest: Guest {
+            links: heapless::Vec::new(),
+            guest: Some(Guest {
                 entry_mode: guest.entry_mode,
                 entry_rax: guest.entry_regs[0],
                 entry_rbx: guest.entry_regs[1],
@@ -531,7 +532,7 @@ fn layout(
                     guest.load_gpa,
                     guest.entry_rip,
                 )
-            },
+            }),
         };
         manifest
             .check_rights()
@@ -604,6 +605,81 @@ pub fn build_payload(
     Ok(payload)
 }
 
+/// The payload of the tasks in no VM (a switch shared by the VMs): their
+/// manifest (no guest; `links` join their channels to the VMs') and ELFs.
+/// It goes after every VM's ([`join_payloads`]).
+pub fn build_no_vm_payload(
+    tasks: &[TaskInput<'_>],
+    channels: &[Channel],
+    links: &[Link],
+) -> Result<Vec<u8>, ImageError> {
+    if tasks.len() > MAX_TASKS {
+        return Err(ImageError::TooManyTasks(tasks.len()));
+    }
+    let mut first = align_up(PAYLOAD_HEADER_LEN + 1, PAGE_SIZE);
+    loop {
+        let mut at = first;
+        let mut offsets = Vec::new();
+        let mut manifest_tasks = heapless::Vec::new();
+        for t in tasks {
+            ElfImage::parse(t.elf).map_err(|e| ImageError::TaskNotElf {
+                name: t.name.to_string(),
+                reason: e.0,
+            })?;
+            let what = || format!("the {} executable", t.name);
+            let elf = Blob {
+                offset: blob_len(what, at)?,
+                len: blob_len(what, t.elf.len())?,
+            };
+            let name = heapless::String::try_from(t.name).map_err(|_| {
+                ImageError::BadRights(format!(
+                    "the task name {:?} is longer than {TASK_NAME_MAX} bytes",
+                    t.name
+                ))
+            })?;
+            let rights = t.rights.clone();
+            manifest_tasks
+                .push(Task { name, elf, rights })
+                .map_err(|_| ImageError::TooManyTasks(tasks.len()))?;
+            offsets.push(at);
+            at = align_up(at + t.elf.len(), PAGE_SIZE);
+        }
+        let manifest = Manifest {
+            tasks: manifest_tasks,
+            guest: None,
+            channels: heapless::Vec::from_slice(channels)
+                .map_err(|_| ImageError::TooManyChannels(channels.len()))?,
+            uart_channel: 0,
+            guest_write_channels: 0,
+            links: heapless::Vec::from_slice(links)
+                .map_err(|_| ImageError::TooManyChannels(links.len()))?,
+        };
+        manifest
+            .check_rights()
+            .map_err(|why| ImageError::BadRights(why.to_string()))?;
+        let bytes = postcard::to_allocvec(&manifest)
+            .map_err(|e| ImageError::ManifestEncode(e.to_string()))?;
+        let need = align_up(PAYLOAD_HEADER_LEN + bytes.len(), PAGE_SIZE);
+        if need > first {
+            first = need;
+            continue;
+        }
+        let header = PayloadHeader {
+            magic: PAYLOAD_MAGIC,
+            abi_version: ABI_VERSION,
+            manifest_len: bytes.len() as u32,
+        };
+        let mut payload = header.as_bytes().to_vec();
+        payload.extend_from_slice(&bytes);
+        for (t, offset) in tasks.iter().zip(offsets) {
+            payload.resize(offset, 0);
+            payload.extend_from_slice(t.elf);
+        }
+        payload.resize(align_up(payload.len(), PAGE_SIZE), 0);
+        return Ok(payload);
+    }
+}
+
 /// Builds the bootable image: the stub's flat image, then the payload, with
 /// the multiboot header patched to load all of it.
 pub fn build_image(
@@ -629,9 +705,11 @@ pub fn image_with_payload(stub_elf: &[u8], payload: &[u8]) -> Result<Vec<u8>, Im
 /// their manifests back to back (VM n is the n-th), then each one's blobs
 /// with the blob offsets in its manifest moved to where they now lie.
 pub fn join_payloads(vms: &[Vec<u8>]) -> Result<Vec<u8>, ImageError> {
-    if vms.len() > MAX_VMS {
+    // The tasks in no VM may come after MAX_VMS VMs.
+    if vms.len() > MAX_VMS + 1 {
         return Err(ImageError::TooManyVms(vms.len()));
     }
+    let mut with_guest = 0;
     let bad = |why: &str| ImageError::ManifestEncode(format!("joining payloads: {why}"));
     let mut parts = Vec::new();
     for p in vms {
@@ -643,16 +721,22 @@ pub fn join_payloads(vms: &[Vec<u8>]) -> Result<Vec<u8>, ImageError> {
             .get(start..start + header.manifest_len as usize)
             .ok_or_else(|| bad("truncated manifest"))?;
         let m: Manifest = postcard::from_bytes(bytes).map_err(|e| bad(&e.to_string()))?;
-        let offsets = m.tasks.iter().map(|t| t.elf).chain([m.guest.image]);
+        let guest = m.guest.iter();
+        let offsets = m.tasks.iter().map(|t| t.elf);
         let blobs_at = offsets
-            .chain(m.guest.segments.iter().map(|s| s.blob))
+            .chain(guest.clone().map(|g| g.image))
+            .chain(guest.flat_map(|g| g.segments.iter().map(|s| s.blob)))
             .map(|b| b.offset as usize)
             .min()
             .unwrap_or(p.len());
         let blobs = p
             .get(blobs_at..)
             .ok_or_else(|| bad("a blob lies outside"))?;
+        with_guest += usize::from(m.guest.is_some());
         parts.push((m, blobs, blobs_at));
+    }
+    if with_guest > MAX_VMS {
+        return Err(ImageError::TooManyVms(with_guest));
     }
     // As in `layout`: grow the manifest area until the manifests fit.
     let mut first = align_up(PAYLOAD_HEADER_LEN + 1, PAGE_SIZE);
@@ -669,11 +753,10 @@ pub fn join_payloads(vms: &[Vec<u8>]) -> Result<Vec<u8>, ImageError> {
                 Ok(())
             };
             m.tasks.iter_mut().try_for_each(|t| moved(&mut t.elf))?;
-            moved(&mut m.guest.image)?;
-            m.guest
-                .segments
-                .iter_mut()
-                .try_for_each(|s| moved(&mut s.blob))?;
+            if let Some(g) = m.guest.as_mut() {
+                moved(&mut g.image)?;
+                g.segments.iter_mut().try_for_each(|s| moved(&mut s.blob))?;
+            }
             manifests.extend(postcard::to_allocvec(&m).map_err(|e| bad(&e.to_string()))?);
             at = align_up(at + blobs.len(), PAGE_SIZE);
         }
@@ -896,15 +979,54 @@ pub(crate) mod tests {
         let (m0, rest): (Manifest, _) = postcard::take_from_bytes(area).unwrap();
         let (m1, rest): (Manifest, _) = postcard::take_from_bytes(rest).unwrap();
         assert!(rest.is_empty());
-        assert_eq!(blob(&joined, m0.guest.image), g0.as_slice());
-        assert_eq!(blob(&joined, m1.guest.image), g1.as_slice());
+        assert_eq!(
+            blob(&joined, m0.guest.as_ref().unwrap().image),
+            g0.as_slice()
+        );
+        assert_eq!(
+            blob(&joined, m1.guest.as_ref().unwrap().image),
+            g1.as_slice()
+        );
         assert_eq!(blob(&joined, m0.tasks[0].elf), elf.as_slice());
         assert_eq!(blob(&joined, m1.tasks[0].elf), elf.as_slice());
-        assert_ne!(m0.guest.image, m1.guest.image);
+        assert_ne!(
+            m0.guest.as_ref().unwrap().image,
+            m1.guest.as_ref().unwrap().image
+        );
         assert_eq!(
             join_payloads(&vec![one(&g0); MAX_VMS + 1]),
             Err(ImageError::TooManyVms(MAX_VMS + 1))
         );
+        // The tasks in no VM after the VMs: their ELF moved too, and each
+        // link joins its channel to a VM's.
+        let link = Link {
+            channel: 0,
+            vm: 1,
+            vm_channel: 0,
+        };
+        let far = Channel {
+            client: ipc_proto::manifest::FAR_END,
+            server: 0,
+        };
+        let no_vm = build_no_vm_payload(std::slice::from_ref(&task), &[far], &[link]).unwrap();
+        let joined = join_payloads(&[one(&g0), one(&g1), no_vm]).unwrap();
+        let header = PayloadHeader::read_from_prefix(&joined).unwrap().0;
+        let area = &joined[PAYLOAD_HEADER_LEN..PAYLOAD_HEADER_LEN + header.manifest_len as usize];
+        let (_, rest): (Manifest, _) = postcard::take_from_bytes(area).unwrap();
+        let (_, rest): (Manifest, _) = postcard::take_from_bytes(rest).unwrap();
+        let (sys, rest): (Manifest, _) = postcard::take_from_bytes(rest).unwrap();
+        assert!(rest.is_empty() && sys.guest.is_none());
+        assert_eq!(sys.links[0], link);
+        assert_eq!(blob(&joined, sys.tasks[0].elf), elf.as_slice());
+        // A task in no VM with guest RAM is refused by the builder too.
+        let ram = TaskInput {
+            rights: Rights {
+                guest_ram: ipc_proto::manifest::GuestRam::ReadOnly,
+                ..Rights::default()
+            },
+            ..task
+        };
+        assert!(build_no_vm_payload(&[ram], &[far], &[link]).is_err());
     }
 
     #[test]
@@ -941,13 +1063,13 @@ pub(crate) mod tests {
         );
         assert!(task.elf.offset as usize >= PAYLOAD_HEADER_LEN + header.manifest_len as usize);
         assert_eq!(blob(payload, task.elf), &server[..]);
-        let gb = manifest.guest.image;
+        let gb = manifest.guest.as_ref().unwrap().image;
         assert_eq!(gb.offset as usize % PAGE_SIZE, 0);
         assert!(gb.offset >= task.elf.offset + task.elf.len);
         assert_eq!(blob(payload, gb), &g[..]);
-        assert_eq!(manifest.guest.ram_mib, 16);
-        assert_eq!(manifest.guest.load_gpa, 0x10_0000);
-        assert_eq!(manifest.guest.entry_rip, 0x10_0000);
+        assert_eq!(manifest.guest.as_ref().unwrap().ram_mib, 16);
+        assert_eq!(manifest.guest.as_ref().unwrap().load_gpa, 0x10_0000);
+        assert_eq!(manifest.guest.as_ref().unwrap().entry_rip, 0x10_0000);
         assert_eq!(
             image.len(),
             0x4000 + (gb.offset + gb.len) as usize + 4096 - 300
@@ -961,8 +1083,11 @@ pub(crate) mod tests {
         let payload = &image[0x4000..];
         let (_, manifest) = decode(payload);
         assert!(manifest.tasks.is_empty());
-        assert_eq!(manifest.guest.image.offset, 4096);
-        assert_eq!(blob(payload, manifest.guest.image), &g[..]);
+        assert_eq!(manifest.guest.as_ref().unwrap().image.offset, 4096);
+        assert_eq!(
+            blob(payload, manifest.guest.as_ref().unwrap().image),
+            &g[..]
+        );
     }
 
     #[test]

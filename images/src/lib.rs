@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ipc_proto::manifest::{Board, Channel, EntryMode, GuestRam, MmuMode, Rights};
+use ipc_proto::manifest::{Board, Channel, EntryMode, GuestRam, Link, MmuMode, Rights, FAR_END};
 
 pub use guests::{GUESTS, GUEST_LOAD_GPA, GUEST_RAM_MIB};
 pub use image::{build_image, GuestInput, ImageError, TaskInput};
@@ -371,6 +371,10 @@ pub struct SystemSpec {
     /// The image's other VMs (`run --vms`, `run --config`), each with its
     /// own servers and guest; this spec is VM 0. Empty by default.
     pub more_vms: Vec<SystemSpec>,
+    /// VM 0's spec only: the tasks in no VM (a switch shared by the VMs),
+    /// which a VM's `device_channels` name as `sys:NAME` ([`IN_NO_VM`]).
+    /// Empty by default.
+    pub no_vm_servers: Vec<DeviceServer>,
     /// The host CPU this VM runs on (0: the boot CPU; `run --cpus`, `cpu`
     /// in `--config`). 0 by default.
     pub cpu: u8,
@@ -431,6 +435,7 @@ impl SystemSpec {
             bench_parts_stub: false,
             net_forwards: Vec::new(),
             more_vms: Vec::new(),
+            no_vm_servers: Vec::new(),
             cpu: 0,
             host_cpus: 1,
         }
@@ -607,6 +612,53 @@ fn read_modules(specs: &[String]) -> Result<Modules, BuildError> {
     Ok(Modules(out))
 }
 
+/// How a VM's `device_channels` name a task in no VM: `sys:switch`.
+pub const IN_NO_VM: &str = "sys:";
+
+/// The channels of the tasks in no VM and their links, from every VM's
+/// channels that name one (`sys:NAME`, [`IN_NO_VM`]): numbered VM by VM,
+/// each VM's in its own order. `no_vm` are their names.
+pub fn no_vm_channels(
+    specs: &[SystemSpec],
+    no_vm: &[&str],
+) -> Result<Vec<(Channel, Link)>, String> {
+    let mut out = Vec::new();
+    for (vm, spec) in specs.iter().enumerate() {
+        for (client, server) in &spec.device_channels {
+            let index = |name: &str| -> Result<Option<u8>, String> {
+                let Some(name) = name.strip_prefix(IN_NO_VM) else {
+                    return Ok(None);
+                };
+                let i = no_vm
+                    .iter()
+                    .position(|t| *t == name)
+                    .ok_or_else(|| format!("no task in no VM is called {name}"))?;
+                Ok(Some(i as u8))
+            };
+            let (c, s) = (index(client)?, index(server)?);
+            if c.is_none() && s.is_none() {
+                continue;
+            }
+            let channel = u8::try_from(out.len()).map_err(|_| "too many channels".to_string())?;
+            let vm_channel = spec
+                .channel_number(client, server)
+                .ok_or("a channel has no number")?;
+            out.push((
+                Channel {
+                    client: c.unwrap_or(FAR_END),
+                    server: s.unwrap_or(FAR_END),
+                },
+                Link {
+                    channel,
+                    vm: u8::try_from(vm).map_err(|_| "too many VMs".to_string())?,
+                    vm_channel,
+                },
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// The tasks of the image `spec` asks for, by name with their rights, and
 /// the channels between them (by task index).
 pub fn system_tasks(spec: &SystemSpec) -> (Vec<(&str, Rights)>, Vec<Channel>) {
@@ -633,11 +685,16 @@ pub fn system_tasks(spec: &SystemSpec) -> (Vec<(&str, Rights)>, Vec<Channel>) {
     for (client, server) in &spec.device_channels {
         let index = |name: &str| tasks.iter().position(|(n, _)| *n == name);
         // A name that is not a task: the channel names task 255, which
-        // the manifest check refuses with its reason.
-        let (c, s) = (index(client), index(server));
+        // the manifest check refuses with its reason. A task in no VM is
+        // the far end, joined by a link (`no_vm_channels`).
+        let end = |name: &str| match index(name) {
+            Some(i) => i as u8,
+            None if name.starts_with(IN_NO_VM) => FAR_END,
+            None => u8::MAX,
+        };
         channels.push(Channel {
-            client: c.map_or(u8::MAX, |i| i as u8),
-            server: s.map_or(u8::MAX, |i| i as u8),
+            client: end(client),
+            server: end(server),
         });
     }
     // Shadow paging: every task that writes guest RAM in place (the
@@ -705,7 +762,17 @@ pub fn patch_pci_functions(spec: &SystemSpec, mut vmm: Vec<u8>) -> Result<Vec<u8
 pub fn rights_table(spec: &SystemSpec) -> String {
     let (tasks, channels) = system_tasks(spec);
     let named: Vec<(&str, &Rights)> = tasks.iter().map(|(n, r)| (*n, r)).collect();
-    rights::table(&named, &channels)
+    let mut table = rights::table(&named, &channels);
+    if !spec.no_vm_servers.is_empty() {
+        table.push_str("tasks in no VM:\n");
+        let named: Vec<(&str, &Rights)> = spec
+            .no_vm_servers
+            .iter()
+            .map(|d| (d.name.as_str(), &d.rights))
+            .collect();
+        table.push_str(&rights::table(&named, &[]));
+    }
+    table
 }
 
 /// Builds everything `spec` asks for and writes the image to
@@ -737,10 +804,13 @@ pub fn build_system_specs(specs: &[SystemSpec]) -> Result<PathBuf, BuildError> {
     } else {
         read(&elfs.kernel_stub)?
     };
-    let payloads = specs
+    let mut payloads = specs
         .iter()
         .map(|spec| vm_payload(spec, &elfs, &dir))
         .collect::<Result<Vec<_>, _>>()?;
+    if !first.no_vm_servers.is_empty() {
+        payloads.push(no_vm_payload(specs)?);
+    }
     let (payload, name) = match payloads.as_slice() {
         [one] => (one.clone(), first.image_file_name()),
         _ => {
@@ -753,6 +823,38 @@ pub fn build_system_specs(specs: &[SystemSpec]) -> Result<PathBuf, BuildError> {
     let path = dir.join(name);
     write_atomic(&path, &image)?;
     Ok(path)
+}
+
+/// The payload of the tasks in no VM of the first spec, after the VMs'.
+fn no_vm_payload(specs: &[SystemSpec]) -> Result<Vec<u8>, BuildError> {
+    let servers = specs.first().map_or(&[][..], |s| &s.no_vm_servers[..]);
+    let names: Vec<&str> = servers.iter().map(|d| d.name.as_str()).collect();
+    let bad = |why: String| BuildError::Image(image::ImageError::BadRights(why));
+    let (channels, links): (Vec<Channel>, Vec<Link>) = no_vm_channels(specs, &names)
+        .map_err(bad)?
+        .into_iter()
+        .unzip();
+    let mut elfs = servers
+        .iter()
+        .map(|d| std::fs::read(&d.elf).map_err(|e| BuildError::io(&d.elf, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let inject = specs.first().map_or(&[][..], |s| &s.inject[..]);
+    for (task, inj) in inject {
+        if let Some(i) = names.iter().position(|n| n == task) {
+            ipc_proto::inject::patch(&mut elfs[i], inj)
+                .map_err(|e| BuildError::Inject(format!("{task}: {e}")))?;
+        }
+    }
+    let tasks: Vec<TaskInput> = servers
+        .iter()
+        .zip(&elfs)
+        .map(|(d, elf)| TaskInput {
+            name: &d.name,
+            rights: d.rights.clone(),
+            elf,
+        })
+        .collect();
+    Ok(image::build_no_vm_payload(&tasks, &channels, &links)?)
 }
 
 /// The payload of one VM: its servers and guest.
@@ -782,7 +884,14 @@ fn vm_payload(spec: &SystemSpec, elfs: &TargetElfs, dir: &Path) -> Result<Vec<u8
     let (named, channels) = system_tasks(spec);
     // Each injected fault patched into a copy of its task's ELF.
     let mut patched: Vec<(&str, Vec<u8>)> = Vec::new();
-    for (task, inj) in &spec.inject {
+    // A fault for a task in no VM this VM links to is patched there.
+    let in_no_vm = |task: &str| {
+        let named = |n: &String| n.strip_prefix(IN_NO_VM) == Some(task);
+        spec.device_channels
+            .iter()
+            .any(|(c, s)| named(c) || named(s))
+    };
+    for (task, inj) in spec.inject.iter().filter(|(t, _)| !in_no_vm(t)) {
         let (name, _) = named
             .iter()
             .find(|(n, _)| n == task)

@@ -129,7 +129,11 @@ pub fn table(tasks: &[(&str, &Rights)], channels: &[Channel]) -> String {
         );
     }
     for (n, c) in channels.iter().enumerate() {
-        let name = |i: u8| tasks.get(usize::from(i)).map_or("?", |t| t.0);
+        let name = |i: u8| match tasks.get(usize::from(i)) {
+            Some(t) => t.0,
+            None if i == ipc_proto::manifest::FAR_END => "a task in no VM",
+            None => "?",
+        };
         let _ = writeln!(
             out,
             "channel {n}: {} calls {} (both may Signal the other)",

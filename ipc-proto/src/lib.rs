@@ -50,7 +50,7 @@ pub const SIGNAL_BITS: u64 = 0xffff;
 
 /// Version of the stub ABI. The stub refuses a `Resume` from a server built
 /// against another version.
-pub const ABI_VERSION: u32 = 14;
+pub const ABI_VERSION: u32 = 15;
 
 pub use error::ErrorCode;
 pub use exit::ExitKind;

@@ -192,12 +192,33 @@ pub const MAX_CHANNELS: usize = 16;
 
 /// A call/reply channel between two tasks (by their index in
 /// [`Manifest::tasks`]); its number is its index in [`Manifest::channels`].
+/// One end may be [`FAR_END`]: a channel across VMs, whose other end is a
+/// task in no VM ([`Link`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Channel {
     /// The task that calls.
     pub client: u8,
     /// The task that serves.
     pub server: u8,
+}
+
+/// The end of a channel that lies in another manifest: a [`Link`] of the
+/// tasks in no VM says which.
+pub const FAR_END: u8 = 0x80;
+
+/// A channel across VMs: channel `channel` of the tasks in no VM (the
+/// manifest without a guest) and channel `vm_channel` of VM `vm` are one
+/// channel (one page). Each side's entry names its own task at one end and
+/// [`FAR_END`] at the other, opposite ends: a VM's task may call a task in
+/// no VM, or serve one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    /// The channel's number among the tasks in no VM.
+    pub channel: u8,
+    /// The VM (its manifest's place in the image).
+    pub vm: u8,
+    /// The channel's number in that VM.
+    pub vm_channel: u8,
 }
 
 /// The processor state the guest starts in.
@@ -320,13 +341,15 @@ impl Guest {
     }
 }
 
-/// The whole static description of a system image.
+/// The whole static description of one VM of a system image, or of its
+/// tasks in no VM (no guest; after every VM's).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     /// The servers to start.
     pub tasks: heapless::Vec<Task, MAX_TASKS>,
-    /// The guest to run.
-    pub guest: Guest,
+    /// The guest to run; `None`: these are the tasks in no VM (a switch
+    /// shared by the VMs), with no guest RAM, VCPU, ports or IRQs.
+    pub guest: Option<Guest>,
     /// Call/reply channels between tasks.
     pub channels: heapless::Vec<Channel, MAX_CHANNELS>,
     /// The vmm-server's channel to the UART server as its number + 1 (0:
@@ -337,6 +360,8 @@ pub struct Manifest {
     /// each is served by the task with the install right (the
     /// mmu-server).
     pub guest_write_channels: u16,
+    /// The tasks in no VM only: their channels across VMs.
+    pub links: heapless::Vec<Link, MAX_CHANNELS>,
 }
 
 impl Manifest {
@@ -369,24 +394,120 @@ impl Manifest {
             exits |= r.exits;
         }
         let n = self.tasks.len();
-        if self
-            .channels
-            .iter()
-            .any(|c| usize::from(c.client) >= n || usize::from(c.server) >= n)
-        {
+        let task = |i: u8| usize::from(i) < n;
+        if !self.channels.iter().all(|c| {
+            (task(c.client) && task(c.server))
+                || (task(c.client) && c.server == FAR_END)
+                || (c.client == FAR_END && task(c.server))
+        }) {
             return Err("a channel names a task the image does not have");
         }
         let to_mmu = |(i, c): (usize, &Channel)| {
             self.guest_write_channels & (1 << i) == 0
-                || self.tasks[usize::from(c.server)].rights.install
+                || self
+                    .tasks
+                    .get(usize::from(c.server))
+                    .is_some_and(|t| t.rights.install)
         };
         let named =
             (0..16).all(|i| self.guest_write_channels & (1 << i) == 0 || i < self.channels.len());
         if !named || !self.channels.iter().enumerate().all(to_mmu) {
             return Err("a guest-writes channel does not exist or is not served by the mmu-server");
         }
+        if self.guest.is_none() {
+            let in_no_vm = |r: &Rights| {
+                !r.vcpu
+                    && !r.install
+                    && r.exits.is_empty()
+                    && r.guest_ram == GuestRam::None
+                    && r.ports.is_empty()
+                    && r.irqs == 0
+            };
+            if !self.tasks.iter().all(|t| in_no_vm(&t.rights)) {
+                return Err("a task in no VM is granted guest RAM, a VCPU, the install right, host ports or IRQs");
+            }
+            if self.uart_channel != 0 || self.guest_write_channels != 0 {
+                return Err("the tasks in no VM have a UART or guest-writes channel");
+            }
+        } else if !self.links.is_empty() {
+            return Err("a VM's manifest has links (only the tasks in no VM have)");
+        }
         Ok(())
     }
+}
+
+/// Why the stub must refuse the image's channels across VMs, if it must:
+/// `vms` are the channel tables of the VMs, `system` the tasks in no VM.
+/// Every [`FAR_END`] of either side is joined by exactly one [`Link`], and
+/// a link joins a channel whose end in no VM is the opposite of its end
+/// in the VM (one side calls, the other serves).
+pub fn check_links(
+    vms: &[heapless::Vec<Channel, MAX_CHANNELS>],
+    system: Option<&Manifest>,
+) -> Result<(), &'static str> {
+    if vms.len() > MAX_VMS {
+        return Err("the image holds more VMs than the stub runs (4)");
+    }
+    let far = |c: &Channel| c.client == FAR_END || c.server == FAR_END;
+    let (no_links, no_channels) = (heapless::Vec::new(), heapless::Vec::new());
+    let (links, sys) = system.map_or((&no_links, &no_channels), |m| (&m.links, &m.channels));
+    let mut joined = [0u16; MAX_VMS];
+    let mut sys_joined = 0u16;
+    for l in links {
+        let vm = vms
+            .get(usize::from(l.vm))
+            .ok_or("a link names a VM the image does not have")?;
+        let (Some(here), Some(there)) = (
+            sys.get(usize::from(l.channel)),
+            vm.get(usize::from(l.vm_channel)),
+        ) else {
+            return Err("a link names a channel that does not exist");
+        };
+        let opposite =
+            (here.client == FAR_END && there.server == FAR_END && there.client != FAR_END)
+                || (here.server == FAR_END && there.client == FAR_END && there.server != FAR_END);
+        if !opposite {
+            return Err("a link joins two clients or two servers of a channel");
+        }
+        let (bit, sys_bit) = (1u16 << l.vm_channel, 1u16 << l.channel);
+        if joined[usize::from(l.vm)] & bit != 0 || sys_joined & sys_bit != 0 {
+            return Err("two links join the same channel");
+        }
+        joined[usize::from(l.vm)] |= bit;
+        sys_joined |= sys_bit;
+    }
+    let all_joined = |chs: &heapless::Vec<Channel, MAX_CHANNELS>, mask: u16| {
+        chs.iter()
+            .enumerate()
+            .all(|(n, c)| !far(c) || mask & (1 << n) != 0)
+    };
+    if !all_joined(sys, sys_joined) || !vms.iter().zip(joined).all(|(v, m)| all_joined(v, m)) {
+        return Err("a channel has an end in another VM that no link joins");
+    }
+    Ok(())
+}
+
+/// The channels across VMs of an image's manifest area (`bytes`: one
+/// postcard [`Manifest`] per VM, back to back), checked before anything
+/// is built: the tasks in no VM come after every VM and have no guest or
+/// host rights, and [`check_links`] holds.
+pub fn check_image_links(mut bytes: &[u8]) -> Result<(), &'static str> {
+    let mut vms: heapless::Vec<_, MAX_VMS> = heapless::Vec::new();
+    while !bytes.is_empty() {
+        let (m, rest) = postcard::take_from_bytes::<Manifest>(bytes)
+            .map_err(|_| "the manifest does not decode")?;
+        bytes = rest;
+        if m.guest.is_none() {
+            if !rest.is_empty() {
+                return Err("the tasks in no VM do not come after every VM");
+            }
+            m.check_rights()?;
+            return check_links(&vms, Some(&m));
+        }
+        vms.push(m.channels)
+            .map_err(|_| "the image holds more VMs than the stub runs (4)")?;
+    }
+    check_links(&vms, None)
 }
 
 #[cfg(test)]
@@ -454,7 +575,8 @@ mod tests {
             .unwrap(),
             uart_channel: 0,
             guest_write_channels: 0,
-            guest: Guest {
+            links: heapless::Vec::new(),
+            guest: Some(Guest {
                 entry_mode: EntryMode::Real16,
                 mmu: MmuMode::Shadow,
                 ..Guest::flat32(
@@ -466,7 +588,7 @@ mod tests {
                     0x10_0000,
                     0x10_0000,
                 )
-            },
+            }),
         };
         let bytes = postcard::to_allocvec(&m).unwrap();
         assert!(bytes.len() <= MANIFEST_MAX);
@@ -504,7 +626,8 @@ mod tests {
             channels: heapless::Vec::new(),
             uart_channel: 255,
             guest_write_channels: 0,
-            guest: Guest::flat32(
+            links: heapless::Vec::new(),
+            guest: Some(Guest::flat32(
                 512,
                 Blob {
                     offset: u32::MAX,
@@ -512,7 +635,7 @@ mod tests {
                 },
                 u64::MAX,
                 u64::MAX,
-            ),
+            )),
         };
         for n in 0..MAX_TASKS {
             let mut t = task("0123456789abcdef", rights.clone());
@@ -532,6 +655,8 @@ mod tests {
         }
         for _ in 0..MAX_GUEST_SEGMENTS {
             m.guest
+                .as_mut()
+                .unwrap()
                 .segments
                 .push(GuestSegment {
                     blob: Blob {
@@ -553,7 +678,8 @@ mod tests {
             channels: heapless::Vec::new(),
             uart_channel: 0,
             guest_write_channels: 0,
-            guest: Guest::flat32(2, Blob::default(), 0, 0),
+            links: heapless::Vec::new(),
+            guest: Some(Guest::flat32(2, Blob::default(), 0, 0)),
         };
         assert_eq!(m(device_rights()).check_rights(), Ok(()));
         for (first, last) in [
@@ -609,11 +735,204 @@ mod tests {
             channels: heapless::Vec::new(),
             uart_channel: 0,
             guest_write_channels: 0,
-            guest: Guest::flat32(2, Blob::default(), 0, 0),
+            links: heapless::Vec::new(),
+            guest: Some(Guest::flat32(2, Blob::default(), 0, 0)),
         };
         let bytes = postcard::to_allocvec(&m).unwrap();
         for n in 0..bytes.len() {
             assert!(postcard::from_bytes::<Manifest>(&bytes[..n]).is_err());
         }
+    }
+
+    fn channels(ends: &[(u8, u8)]) -> heapless::Vec<Channel, MAX_CHANNELS> {
+        ends.iter()
+            .map(|&(client, server)| Channel { client, server })
+            .collect()
+    }
+
+    /// Two VMs whose channel 1 (virtio-net, task 3, calls) reaches a
+    /// switch in no VM, which calls VM 0's nic-driver (task 2) on its
+    /// channel 2.
+    fn two_vms_and_a_switch() -> ([heapless::Vec<Channel, MAX_CHANNELS>; 2], Manifest) {
+        let vm0 = channels(&[(0, 1), (3, FAR_END), (FAR_END, 2)]);
+        let vm1 = channels(&[(0, 1), (3, FAR_END)]);
+        let switch = Manifest {
+            tasks: heapless::Vec::from_slice(&[task(
+                "switch",
+                Rights {
+                    console: true,
+                    ..Rights::default()
+                },
+            )])
+            .unwrap(),
+            channels: channels(&[(FAR_END, 0), (FAR_END, 0), (0, FAR_END)]),
+            uart_channel: 0,
+            guest_write_channels: 0,
+            links: heapless::Vec::from_slice(&[
+                Link {
+                    channel: 0,
+                    vm: 0,
+                    vm_channel: 1,
+                },
+                Link {
+                    channel: 1,
+                    vm: 1,
+                    vm_channel: 1,
+                },
+                Link {
+                    channel: 2,
+                    vm: 0,
+                    vm_channel: 2,
+                },
+            ])
+            .unwrap(),
+            guest: None,
+        };
+        ([vm0, vm1], switch)
+    }
+
+    #[test]
+    fn links_join_opposite_ends_once_each() {
+        let (vms, sys) = two_vms_and_a_switch();
+        assert_eq!(sys.check_rights(), Ok(()));
+        assert_eq!(check_links(&vms, Some(&sys)), Ok(()));
+        // No far end without its link, on either side.
+        assert!(check_links(&vms, None).is_err(), "VM ends with no system");
+        let mut one = sys.clone();
+        one.links.pop();
+        assert!(check_links(&vms, Some(&one)).is_err(), "an unjoined end");
+        // A link to a VM, or a channel, that does not exist.
+        for l in [
+            Link {
+                channel: 2,
+                vm: 2,
+                vm_channel: 2,
+            },
+            Link {
+                channel: 2,
+                vm: 0,
+                vm_channel: 9,
+            },
+            Link {
+                channel: 9,
+                vm: 0,
+                vm_channel: 2,
+            },
+        ] {
+            let mut bad = sys.clone();
+            bad.links[2] = l;
+            assert!(check_links(&vms, Some(&bad)).is_err(), "{l:?}");
+        }
+        // Two clients (the switch's channel 0 joined to VM 0's channel
+        // 2, whose far end is its client too), two links on one channel.
+        let mut bad = sys.clone();
+        bad.links[0] = Link {
+            channel: 0,
+            vm: 0,
+            vm_channel: 2,
+        };
+        assert!(check_links(&vms, Some(&bad)).is_err(), "same ends");
+        let mut bad = sys.clone();
+        bad.links[1] = Link {
+            channel: 1,
+            vm: 0,
+            vm_channel: 1,
+        };
+        assert!(check_links(&vms, Some(&bad)).is_err(), "one channel twice");
+        // A channel with both ends far joins nothing.
+        let mut both = vms.clone();
+        both[1][1] = Channel {
+            client: FAR_END,
+            server: FAR_END,
+        };
+        assert!(check_links(&both, Some(&sys)).is_err(), "both ends far");
+        let mut m = sys.clone();
+        m.channels[0] = Channel {
+            client: FAR_END,
+            server: FAR_END,
+        };
+        assert!(m.check_rights().is_err());
+    }
+
+    #[test]
+    fn a_task_in_no_vm_has_no_guest_or_host_rights() {
+        let (_, sys) = two_vms_and_a_switch();
+        let granted = [
+            Rights {
+                vcpu: true,
+                ..Rights::default()
+            },
+            Rights {
+                install: true,
+                ..Rights::default()
+            },
+            Rights {
+                guest_ram: GuestRam::ReadOnly,
+                ..Rights::default()
+            },
+            Rights {
+                irqs: 1 << 5,
+                ..Rights::default()
+            },
+            Rights {
+                ports: heapless::Vec::from_slice(&[PortRange {
+                    first: 0x300,
+                    last: 0x31f,
+                }])
+                .unwrap(),
+                ..Rights::default()
+            },
+        ];
+        for r in granted {
+            let mut bad = sys.clone();
+            bad.tasks[0].rights = r.clone();
+            let e = bad.check_rights().unwrap_err();
+            assert!(e.contains("no VM"), "{r:?}: {e}");
+        }
+        let mut bad = sys.clone();
+        bad.guest_write_channels = 1;
+        assert!(bad.check_rights().is_err());
+        // Links only in the manifest of the tasks in no VM.
+        let mut vm = bad.clone();
+        vm.guest_write_channels = 0;
+        vm.guest = Some(Guest::flat32(2, Blob::default(), 0, 0));
+        assert!(vm.check_rights().unwrap_err().contains("links"));
+    }
+
+    #[test]
+    fn the_tasks_in_no_vm_come_last_and_keep_their_rights() {
+        let (vms, sys) = two_vms_and_a_switch();
+        let vm = |channels| Manifest {
+            tasks: heapless::Vec::from_slice(&[task("t", device_rights())]).unwrap(),
+            channels,
+            uart_channel: 0,
+            guest_write_channels: 0,
+            links: heapless::Vec::new(),
+            guest: Some(Guest::flat32(2, Blob::default(), 0, 0)),
+        };
+        let area = |ms: &[&Manifest]| {
+            let mut out = [0u8; 4 * MANIFEST_MAX];
+            let mut at = 0;
+            for m in ms {
+                at += postcard::to_slice(m, &mut out[at..]).unwrap().len();
+            }
+            (out, at)
+        };
+        let (vm0, vm1) = (vm(vms[0].clone()), vm(vms[1].clone()));
+        let (bytes, n) = area(&[&vm0, &vm1, &sys]);
+        assert_eq!(check_image_links(&bytes[..n]), Ok(()));
+        let (bytes, n) = area(&[&vm0, &sys, &vm1]);
+        assert!(check_image_links(&bytes[..n]).is_err(), "not last");
+        let (bytes, n) = area(&[&vm0, &vm1]);
+        assert!(check_image_links(&bytes[..n]).is_err(), "no tasks in no VM");
+        let mut ram = sys.clone();
+        ram.tasks[0].rights.guest_ram = GuestRam::ReadWrite;
+        let (bytes, n) = area(&[&vm0, &vm1, &ram]);
+        assert!(check_image_links(&bytes[..n]).is_err(), "guest RAM");
+        assert!(check_image_links(&bytes[..n - 1]).is_err(), "truncated");
+        // Images without channels across VMs pass as before.
+        let plain = vm(channels(&[(0, 0)]));
+        let (bytes, n) = area(&[&plain, &plain]);
+        assert_eq!(check_image_links(&bytes[..n]), Ok(()));
     }
 }

@@ -72,13 +72,21 @@ fn write_locked(c: &mut Console, bytes: &[u8], vm: Option<u8>) {
             c.at_line_start = true;
         }
         if let (true, Some(n)) = (c.at_line_start, vm) {
-            [b'[', b'v', b'm', b'0' + n, b']', b' ']
-                .into_iter()
-                .for_each(put);
+            let [x, y, z] = name(n);
+            [b'[', x, y, z, b']', b' '].into_iter().for_each(put);
         }
         put(b);
         c.at_line_start = b == b'\n';
         c.line_vm = vm;
+    }
+}
+
+/// `vmN`, or `sys` for the tasks in no VM (`NO_VM`, after the VMs).
+fn name(n: u8) -> [u8; 3] {
+    if usize::from(n) == ipc_proto::manifest::MAX_VMS {
+        *b"sys"
+    } else {
+        [b'v', b'm', b'0' + n]
     }
 }
 
@@ -102,7 +110,11 @@ pub fn stub_line(args: fmt::Arguments) {
     let mut line = Line(heapless::String::new());
     let vm = CONSOLE.with(|c| c.vm[id()]);
     match vm {
-        Some(n) => write!(line, "[stub] vm{n}: {args}"),
+        Some(n) => {
+            let name = name(n);
+            let name = core::str::from_utf8(&name).unwrap_or("vm?");
+            write!(line, "[stub] {name}: {args}")
+        }
         None => write!(line, "[stub] {args}"),
     }
     .ok();

@@ -4,7 +4,13 @@
 //! console line that the `splitvisor` command reads.
 //!
 //! A VM's tasks, channels and tables are its own: every index a server
-//! names is looked up in its VM only. Between VMs (`Kernel::next_vm`):
+//! names is looked up in its VM only. The tasks in no VM (a switch shared
+//! by the VMs: no guest RAM, VCPU, ports or IRQs) sit in one more slot,
+//! [`NO_VM`], scheduled like a VM without a guest; a channel across VMs
+//! joins one of them to a VM's task (`Channel::far`, checked at boot by
+//! `ipc_proto::manifest::check_links`), and a `Call`, `ReplyRecv` or
+//! `Signal` on it reaches the other slot (`Kernel::far`): each side names
+//! only its own channel numbers and sees only its own channel pages. Between VMs (`Kernel::next_vm`):
 //! round-robin, a VM keeping the CPU for a slice of its guest's time
 //! ([`SLICES_PER_S`]) or until nothing of it can run; a VM that ends
 //! leaves the others running (`vm_ended`). The rules below are those
@@ -158,14 +164,29 @@ struct Task {
 }
 
 struct Channel {
+    /// Task indices of this slot; a far end is `FAR_END` (no task).
     client: usize,
     server: usize,
+    /// A channel across VMs: its entry in the other slot (slot, number),
+    /// whose task is the other end.
+    far: Option<(usize, usize)>,
+    /// Its page, mapped into both ends.
+    page: u64,
 }
+
+/// The slot of the tasks in no VM, after the VMs'.
+const NO_VM: usize = MAX_VMS;
+const SLOTS: usize = MAX_VMS + 1;
 
 struct Vm {
     tasks: [Option<Task>; MAX_TASKS],
     channels: [Option<Channel>; MAX_CHANNELS],
     current: usize,
+    /// False for the tasks in no VM: their `vcpu` is never entered.
+    guest: bool,
+    /// Channels across VMs whose far clients must hear `ServerRestarted`
+    /// (their server here restarted): `Kernel::settle` tells them.
+    far_restarted: u16,
     vcpu: Vcpu,
     shadow: bool,
     /// Whether the mmu-server has set a shadow root (`SET_PAGING`) or the
@@ -225,15 +246,17 @@ struct Shared<'a> {
 struct Kernel {
     /// The VMs and their tasks, once `start` has built them; `None` once
     /// one ended.
-    vms: [Option<Vm>; MAX_VMS],
-    tables: [ShadowTables; MAX_VMS],
-    stats: [Stats; MAX_VMS],
+    vms: [Option<Vm>; SLOTS],
+    tables: [ShadowTables; SLOTS],
+    stats: [Stats; SLOTS],
     /// The PIT, bounding each guest entry and each server run.
     timer: ExitDeadline,
     /// The VM whose task runs (or whose guest ran last).
     current: usize,
-    /// VMs the image holds: with one, the output has no VM prefixes.
+    /// VMs the image holds.
     count: usize,
+    /// Several VMs, or tasks in no VM: each line gets its slot's prefix.
+    prefixed: bool,
     /// When the current VM's turn ends (several VMs live).
     slice_end: u64,
     /// Every host IRQ line a task owns (no line has owners in two VMs).
@@ -267,12 +290,13 @@ const NO_STATS: Stats = Stats {
 
 static KERNELS: [KernelCell<Kernel>; MAX_CPUS] = [const {
     KernelCell::new(Kernel {
-        vms: [const { None }; MAX_VMS],
-        tables: [const { ShadowTables::new() }; MAX_VMS],
-        stats: [NO_STATS; MAX_VMS],
+        vms: [const { None }; SLOTS],
+        tables: [const { ShadowTables::new() }; SLOTS],
+        stats: [NO_STATS; SLOTS],
         timer: ExitDeadline::new(0),
         current: 0,
         count: 0,
+        prefixed: false,
         slice_end: 0,
         irqs: 0,
         irqs_elsewhere: 0,
@@ -319,6 +343,17 @@ enum SysError {
     /// The VM has nothing to run now, or its guest's slice is over: the
     /// next VM that can go runs (`Kernel::settle`).
     Yield,
+    /// A call on a channel across VMs, for `Kernel::far`.
+    Far(FarOp),
+}
+
+/// A system call on a channel across VMs (its number here).
+#[derive(Clone, Copy)]
+enum FarOp {
+    Call(usize),
+    /// `ReplyRecv`: the caller waits in it already.
+    Reply(usize),
+    Signal(usize, u64),
 }
 
 impl From<ErrorCode> for SysError {
@@ -457,16 +492,28 @@ fn report(stop: &Stop) {
 /// go on; after the last, the table of every VM and the run's final line:
 /// the first failure, else the first non-zero guest status, else 0.
 fn vm_ended(frame: &mut TrapFrame, stop: Stop) -> SysResult {
-    if kernel().try_with(|k| k.count).unwrap_or(1) <= 1 {
+    // One VM: the run ends with it (not with the tasks in no VM).
+    if kernel()
+        .try_with(|k| k.count <= 1 && k.current != NO_VM)
+        .unwrap_or(true)
+    {
         stop_now(stop)
     }
     report(&stop);
     let next = kernel().with(|k| {
         let i = k.current;
+        // Callers in another slot blocked on this one's servers hear it.
+        if let Some(vm) = k.vms[i].as_mut() {
+            vm.far_restarted = u16::MAX;
+        }
+        k.tell_far_clients();
         k.vms[i] = None;
         let exits = k.stats[i].exits_total;
-        ENDED.with(|e| e[i] = Some((stop, exits, cpu::id())));
-        k.vms
+        // The tasks in no VM are not in the table.
+        if i < MAX_VMS {
+            ENDED.with(|e| e[i] = Some((stop, exits, cpu::id())));
+        }
+        k.vms[..MAX_VMS]
             .iter()
             .any(Option::is_some)
             .then(|| k.settle(frame, Err(SysError::Yield)))
@@ -609,7 +656,55 @@ fn vcpu_page(pa: u64) -> *mut VcpuPage {
     pa as *mut VcpuPage
 }
 
+impl Task {
+    /// A `Signal` from the other end of a channel: `bits` into its word.
+    fn signalled(&mut self, bits: u64) -> Result<(), ErrorCode> {
+        self.notes.signal(bits)?;
+        self.signalled_since_entry = true;
+        Ok(())
+    }
+}
+
 impl Vm {
+    /// A VM whose tasks wait to start, with its guest (shadow paging or
+    /// not, its RAM) or, for the tasks in no VM, none.
+    fn new(
+        tasks: [Option<Task>; MAX_TASKS],
+        channels: [Option<Channel>; MAX_CHANNELS],
+        vcpu: Vcpu,
+        guest: Option<(bool, GuestRam)>,
+        tsc_hz: u64,
+    ) -> Self {
+        let (shadow, ram) = guest.unwrap_or((
+            false,
+            GuestRam {
+                hpa_base: 0,
+                bytes: 0,
+            },
+        ));
+        Self {
+            tasks,
+            channels,
+            current: 0,
+            guest: guest.is_some(),
+            far_restarted: 0,
+            vcpu,
+            shadow,
+            paging_set: false,
+            exit_at: 0,
+            parked: true,
+            ram,
+            paging_rules: PagingRules::from_cpuid(cpu::cpuid_words),
+            pae_root: None,
+            mmu_exit: None,
+            mmu_control: ipc_proto::GuestControl::default(),
+            watch: Watchdog::new(tsc_hz),
+            tsc_hz,
+            idles: 0,
+            yields: 0,
+        }
+    }
+
     fn task(&self, i: usize) -> &Task {
         self.tasks[i]
             .as_ref()
@@ -767,10 +862,12 @@ impl Vm {
 
     /// Every task with a VCPU waits for an exit: the guest can be entered.
     fn handlers_ready(&self) -> bool {
-        self.tasks
-            .iter()
-            .flatten()
-            .all(|t| t.vcpu_page.is_none() || t.state == State::WaitExit)
+        self.guest
+            && self
+                .tasks
+                .iter()
+                .flatten()
+                .all(|t| t.vcpu_page.is_none() || t.state == State::WaitExit)
     }
 
     /// The task to run now, if any, and the result of its pending system
@@ -1073,6 +1170,9 @@ impl Vm {
         if c.client != cur {
             return Err(ErrorCode::NotPermitted.into());
         }
+        if c.far.is_some() {
+            return Err(SysError::Far(FarOp::Call(ch)));
+        }
         let server = c.server;
         if self.task(server).state != State::WaitRecv {
             return Err(ErrorCode::NotReady.into());
@@ -1110,18 +1210,28 @@ impl Vm {
             if c.server != cur {
                 return Err(ErrorCode::NotPermitted.into());
             }
-            Some((n, c.client))
+            Some((n, c.client, c.far.is_some()))
         };
         let t = self.task_mut(cur);
         t.state = State::WaitRecv;
         t.wake = WakeAt::after(cpu::rdtsc(), timeout);
-        if let Some((n, client)) = reply_to {
+        if let Some((n, client, far)) = reply_to {
+            if far {
+                return Err(SysError::Far(FarOp::Reply(n)));
+            }
             if self.task(client).state == State::WaitReply(n) {
                 self.task_mut(cur).restarts_in_a_row = 0;
                 self.switch(frame, client, 0);
                 return Ok(Next::Switched);
             }
         }
+        self.wait(frame, sh)
+    }
+
+    /// The current task, in `ReplyRecv`, waits: its word at once if it
+    /// is not zero, else the next task or the guest runs.
+    fn wait(&mut self, frame: &mut TrapFrame, sh: &mut Shared) -> SysResult {
+        let cur = self.current;
         if let Some(bits) = self.task_mut(cur).notes.take() {
             self.task_mut(cur).state = State::Running;
             return Ok(Next::Return(bits));
@@ -1130,18 +1240,19 @@ impl Vm {
     }
 
     /// `Signal`: OR `bits` into the other end of channel `ch`.
-    fn signal(&mut self, ch: u64, bits: u64) -> Result<u64, ErrorCode> {
+    fn signal(&mut self, ch: u64, bits: u64) -> SysResult {
         let cur = self.current;
-        let (_, c) = self.channel(ch)?;
+        let (n, c) = self.channel(ch)?;
         let other = match (c.client == cur, c.server == cur) {
             (true, _) => c.server,
             (_, true) => c.client,
-            _ => return Err(ErrorCode::NotPermitted),
+            _ => return Err(ErrorCode::NotPermitted.into()),
         };
-        let t = self.task_mut(other);
-        t.notes.signal(bits)?;
-        t.signalled_since_entry = true;
-        Ok(0)
+        if c.far.is_some() {
+            return Err(SysError::Far(FarOp::Signal(n, bits)));
+        }
+        self.task_mut(other).signalled(bits)?;
+        Ok(Next::Return(0))
     }
 
     /// `IrqAck`: unmask a line the caller owns.
@@ -1208,13 +1319,17 @@ impl Vm {
             deadline::set_masked(line, false);
         }
         for n in 0..MAX_CHANNELS {
-            let Some(client) = self.channels[n]
+            let Some((client, far)) = self.channels[n]
                 .as_ref()
                 .filter(|c| c.server == cur)
-                .map(|c| c.client)
+                .map(|c| (c.client, c.far.is_some()))
             else {
                 continue;
             };
+            if far {
+                self.far_restarted |= 1 << n;
+                continue;
+            }
             let c = self.task_mut(client);
             if c.state == State::WaitReply(n) {
                 c.frame.rax = ErrorCode::ServerRestarted.to_return_value();
@@ -1427,7 +1542,7 @@ impl Vm {
                 ret(syscall::console_read(root, a0, a1))
             }
             Some(Syscall::StatsRead) => ret(self.stats_read(sh)),
-            Some(Syscall::Signal) => ret(self.signal(a0, a1)),
+            Some(Syscall::Signal) => self.signal(a0, a1),
             Some(Syscall::IrqAck) => ret(self.irq_ack(a0)),
             Some(Syscall::ShadowAlloc) => ret(self.shadow_alloc(sh, a0)),
             Some(Syscall::ShadowFree) => ret(self.shadow_free(sh, a0)),
@@ -1466,6 +1581,10 @@ impl Kernel {
     /// IRQs that fired for other VMs noted for their owners (who run at
     /// their turn).
     fn settle(&mut self, frame: &mut TrapFrame, mut outcome: SysResult) -> SysResult {
+        if let Err(SysError::Far(op)) = outcome {
+            outcome = self.far(frame, op);
+        }
+        self.tell_far_clients();
         let yielded = matches!(outcome, Err(SysError::Yield));
         loop {
             let lines = core::mem::take(&mut self.irqs_elsewhere);
@@ -1484,6 +1603,110 @@ impl Kernel {
         outcome
     }
 
+    /// Slot `i` runs next: its VCPU loaded, its prefix on the console.
+    fn enter(&mut self, i: usize) {
+        if i != self.current {
+            if let Some(vm) = self.vms[i].as_mut().filter(|vm| vm.guest) {
+                vm.vcpu.load();
+            }
+        }
+        self.current = i;
+        if self.prefixed {
+            crate::console::set_vm(u8::try_from(i).ok());
+        }
+    }
+
+    /// `op`, a call of the current slot's running task on a channel
+    /// across VMs, reaches the task at its other end, in the other slot:
+    /// a `Call` runs it (it must wait in `ReplyRecv`), a reply runs the
+    /// caller if it waits for one (else the replier waits as usual), a
+    /// `Signal` sets bits in its word. The other slot's task sees its own
+    /// channel number, and only its own channel pages; a slot that ended
+    /// answers `NotReady`.
+    fn far(&mut self, frame: &mut TrapFrame, op: FarOp) -> SysResult {
+        let here = self.current;
+        let (FarOp::Call(n) | FarOp::Reply(n) | FarOp::Signal(n, _)) = op;
+        let far = self.vms[here]
+            .as_ref()
+            .and_then(|vm| vm.channels[n].as_ref()?.far);
+        let (there, m) = far
+            .filter(|&(j, _)| j != here)
+            .ok_or(ErrorCode::NotPermitted)?;
+        let end = self.vms[there].as_ref().and_then(|vm| {
+            let c = vm.channels[m].as_ref()?;
+            let task = if c.client < MAX_TASKS {
+                c.client
+            } else {
+                c.server
+            };
+            Some((task, vm.tasks.get(task)?.as_ref()?.state))
+        });
+        let wait = |k: &mut Self, frame: &mut TrapFrame| {
+            let (vm, mut sh) = k.parts().ok_or(ErrorCode::NotReady)?;
+            vm.wait(frame, &mut sh)
+        };
+        let Some((task, state)) = end else {
+            return match op {
+                FarOp::Reply(_) => wait(self, frame),
+                _ => Err(ErrorCode::NotReady.into()),
+            };
+        };
+        let call = match op {
+            FarOp::Signal(_, bits) => {
+                let other = self.vms[there].as_mut().ok_or(ErrorCode::NotReady)?;
+                other.task_mut(task).signalled(bits)?;
+                return Ok(Next::Return(0));
+            }
+            FarOp::Call(_) if state != State::WaitRecv => return Err(ErrorCode::NotReady.into()),
+            FarOp::Reply(_) if state != State::WaitReply(m) => return wait(self, frame),
+            FarOp::Call(_) => true,
+            FarOp::Reply(_) => false,
+        };
+        let vm = self.vms[here].as_mut().ok_or(ErrorCode::NotReady)?;
+        let t = vm.task_mut(vm.current);
+        if call {
+            t.state = State::WaitReply(n);
+            self.stats[here].channel_calls[n] += 1;
+        } else {
+            t.restarts_in_a_row = 0;
+        }
+        vm.park(frame);
+        self.enter(there);
+        let (vm, sh) = self.parts().ok_or(ErrorCode::NotReady)?;
+        vm.switch(frame, task, if call { m as u64 } else { 0 });
+        vm.enter_ring3(true, sh.timer);
+        Ok(Next::Switched)
+    }
+
+    /// Callers across VMs blocked on a server that restarted (or whose VM
+    /// ended: every bit set) get `ServerRestarted`, as callers in its VM do.
+    fn tell_far_clients(&mut self) {
+        for i in 0..SLOTS {
+            let Some(vm) = self.vms[i].as_mut() else {
+                continue;
+            };
+            let bits = core::mem::take(&mut vm.far_restarted);
+            for n in (0..MAX_CHANNELS).filter(|n| bits & (1 << n) != 0) {
+                let far = self.vms[i]
+                    .as_ref()
+                    .and_then(|vm| vm.channels[n].as_ref()?.far);
+                let Some((j, m)) = far else {
+                    continue;
+                };
+                let Some(other) = self.vms[j].as_mut() else {
+                    continue;
+                };
+                let client = other.channels[m].as_ref().map_or(usize::MAX, |c| c.client);
+                if let Some(c) = other.tasks.get_mut(client).and_then(Option::as_mut) {
+                    if c.state == State::WaitReply(m) {
+                        c.frame.rax = ErrorCode::ServerRestarted.to_return_value();
+                        c.state = State::Ready;
+                    }
+                }
+            }
+        }
+    }
+
     /// Round-robin: the next VM (after the current one, which comes last)
     /// that has a task or its guest to run gets a slice; when none has,
     /// the stub idles until an IRQ of a waiting owner or the earliest
@@ -1494,19 +1717,11 @@ impl Kernel {
         }
         loop {
             let start = self.current;
-            let next = (1..=MAX_VMS)
-                .map(|d| (start + d) % MAX_VMS)
+            let next = (1..=SLOTS)
+                .map(|d| (start + d) % SLOTS)
                 .find(|&i| self.vms[i].as_ref().is_some_and(Vm::can_go));
             if let Some(i) = next {
-                if i != self.current {
-                    if let Some(vm) = self.vms[i].as_mut() {
-                        vm.vcpu.load();
-                    }
-                }
-                self.current = i;
-                if self.count > 1 {
-                    crate::console::set_vm(u8::try_from(i).ok());
-                }
+                self.enter(i);
                 let hz = self.vms[i].as_ref().map_or(0, |vm| vm.tsc_hz);
                 self.slice_end = cpu::rdtsc().saturating_add(hz / SLICES_PER_S);
                 let (vm, mut sh) = self.parts().ok_or(Stop::Deadlock)?;
@@ -1634,6 +1849,8 @@ fn finish(frame: &mut TrapFrame, mut outcome: SysResult) {
             Ok(Next::Return(v)) => frame.rax = v,
             Ok(Next::Switched) => {}
             Err(SysError::Code(e)) => frame.rax = e.to_return_value(),
+            // `settle` ran it.
+            Err(SysError::Far(_)) => frame.rax = ErrorCode::NotPermitted.to_return_value(),
             Err(SysError::Yield) => {
                 outcome = kernel().with(|k| k.settle(frame, Err(SysError::Yield)));
                 continue;
@@ -1687,11 +1904,25 @@ fn manifests(payload: &[u8]) -> impl Iterator<Item = (usize, Manifest)> + '_ {
         let (manifest, more) = postcard::take_from_bytes::<Manifest>(rest)
             .unwrap_or_else(|_| cannot_run("the manifest does not decode"));
         rest = more;
+        // The tasks in no VM come last (`check_image_links`).
+        manifest.guest.as_ref()?;
         if i == MAX_VMS {
             cannot_run("the image holds more VMs than the stub runs (4)");
         }
         Some((i, manifest))
     })
+}
+
+/// The tasks in no VM, if the image has them: after every VM.
+fn no_vm_manifest(payload: &[u8]) -> Option<Manifest> {
+    let mut rest = read_manifests(payload).ok()?;
+    while let Ok((m, more)) = postcard::take_from_bytes::<Manifest>(rest) {
+        if m.guest.is_none() {
+            return Some(m);
+        }
+        rest = more;
+    }
+    None
 }
 
 /// The boot CPU: starts the others, checks where the VMs are placed, lets
@@ -1700,6 +1931,8 @@ fn manifests(payload: &[u8]) -> impl Iterator<Item = (usize, Manifest)> + '_ {
 pub fn start(boot: BootInfo) -> ! {
     let arch = arch::select(boot.arch).unwrap_or_else(|why| cannot_run(why));
     let payload = payload();
+    let area = read_manifests(payload).unwrap_or_else(|why| cannot_run(why));
+    ipc_proto::manifest::check_image_links(area).unwrap_or_else(|why| cannot_run(why));
     memory::init(boot::image_end(), boot.ram_top);
     let hz = cpu::tsc_hz();
     TSC_HZ.store(hz, Ordering::Relaxed);
@@ -1710,8 +1943,17 @@ pub fn start(boot: BootInfo) -> ! {
     // run); once, as it masks the IRQ lines a VM built before unmasked.
     deadline::init();
     let mut used = 0u8;
+    let no_vm = no_vm_manifest(payload);
     for (i, m) in manifests(payload) {
-        let cpu = m.guest.cpu;
+        let cpu = m.guest.as_ref().map_or(0, |g| g.cpu);
+        // The tasks in no VM run on cpu0, beside the VMs they link to.
+        let linked = no_vm
+            .iter()
+            .flat_map(|n| &n.links)
+            .any(|l| usize::from(l.vm) == i);
+        if cpu != 0 && linked {
+            cannot_run("a VM with a channel across VMs must run on cpu0 (the tasks in no VM run there; not yet across CPUs)");
+        }
         if usize::from(cpu) >= MAX_CPUS || ready & (1 << cpu) == 0 {
             say!("vm{i} is placed on cpu{cpu}, which did not come up");
             cannot_run("a VM is placed on a CPU the machine does not have (run with --cpus)");
@@ -1724,6 +1966,12 @@ pub fn start(boot: BootInfo) -> ! {
     LIVE.store(used.count_ones() as usize, Ordering::Relaxed);
     USED.store(used, Ordering::Relaxed);
     build_own(arch, payload);
+    if let Some(manifest) = no_vm {
+        // After cpu0's VMs: the links name their channel pages.
+        crate::console::set_vm(u8::try_from(NO_VM).ok());
+        let vm = build_no_vm(arch, &manifest, payload).unwrap_or_else(|why| cannot_run(why));
+        kernel().with(|k| k.vms[NO_VM] = Some(vm));
+    }
     for n in (1..MAX_CPUS).filter(|n| used & (1 << n) != 0) {
         BUILD_TURN.store(n, Ordering::Release);
         while BUILD_TURN.load(Ordering::Acquire) == n {
@@ -1762,7 +2010,7 @@ fn build_own(arch: Arch, payload: &'static [u8]) {
     let mut count = 0;
     for (i, manifest) in manifests(payload) {
         count = i + 1;
-        if usize::from(manifest.guest.cpu) != me {
+        if manifest.guest.as_ref().map_or(0, |g| usize::from(g.cpu)) != me {
             continue;
         }
         let several = i > 0 || manifests(payload).nth(1).is_some();
@@ -1789,9 +2037,16 @@ fn build_own(arch: Arch, payload: &'static [u8]) {
 /// without VMs halts.
 fn run_own(timer: ExitDeadline) -> ! {
     let first = kernel().with(|k| {
-        let i = k.vms.iter().position(Option::is_some)?;
+        // The tasks in no VM (cpu0's) start first: they serve the VMs.
+        let system = k.vms[NO_VM].is_some();
+        let i = if system {
+            NO_VM
+        } else {
+            k.vms.iter().position(Option::is_some)?
+        };
         k.current = i;
-        crate::console::set_vm((k.count > 1).then_some(u8::try_from(i).ok()).flatten());
+        k.prefixed = k.count > 1 || system;
+        crate::console::set_vm(k.prefixed.then_some(u8::try_from(i).ok()).flatten());
         let hz = k.vms[i].as_ref()?.tsc_hz;
         k.timer = timer;
         k.slice_end = cpu::rdtsc().saturating_add(hz / SLICES_PER_S);
@@ -1823,7 +2078,7 @@ fn build(
     unsafe_shadow: bool,
     index: usize,
 ) -> Result<Vm, &'static str> {
-    let g = &manifest.guest;
+    let g = manifest.guest.as_ref().ok_or("a VM has no guest")?;
     if g.ram_mib == 0 || !g.ram_mib.is_multiple_of(2) || g.ram_mib > 512 {
         return Err("guest RAM must be an even number of MiB between 2 and 512");
     }
@@ -1895,7 +2150,6 @@ fn build(
         tsc_hz / 1_000_000
     );
 
-    let boot_info = memory::alloc_frame().map_err(|_| oom)?;
     let info = ServerBootInfo {
         abi_version: ABI_VERSION,
         arch: arch.vcpu_arch() as u32,
@@ -1914,6 +2168,107 @@ fn build(
         board: g.board as u64,
         guest_write_channels: u64::from(manifest.guest_write_channels),
     };
+    let channels = channels(manifest, |_| memory::alloc_frame().ok())?;
+    let tasks = load_tasks(manifest, payload, &info, Some((ram, ram_bytes)), &channels)?;
+    if tasks[0].is_none() {
+        return Err("a VM of the image has no task");
+    }
+    // The device servers' IRQ lines, unmasked from the start.
+    for t in &manifest.tasks {
+        for line in (0..16u8).filter(|l| t.rights.irqs & (1 << l) != 0) {
+            deadline::set_masked(line, false);
+        }
+    }
+    let ram = GuestRam {
+        hpa_base: ram,
+        bytes: ram_bytes,
+    };
+    Ok(Vm::new(tasks, channels, vcpu, Some((shadow, ram)), tsc_hz))
+}
+
+/// The channel table of `manifest`, each channel's page from `page(n)`.
+fn channels(
+    manifest: &Manifest,
+    mut page: impl FnMut(usize) -> Option<u64>,
+) -> Result<[Option<Channel>; MAX_CHANNELS], &'static str> {
+    let mut channels: [Option<Channel>; MAX_CHANNELS] = Default::default();
+    for (n, c) in manifest.channels.iter().enumerate() {
+        // `check_rights` found each end in the task table, or far
+        // (`FAR_END`, no task index), joined by `check_links`.
+        channels[n] = Some(Channel {
+            client: usize::from(c.client),
+            server: usize::from(c.server),
+            far: None,
+            page: page(n).ok_or("not enough host memory for the channel pages")?,
+        });
+    }
+    Ok(channels)
+}
+
+/// The tasks in no VM (a switch shared by the VMs), in slot [`NO_VM`]:
+/// no guest RAM (`check_rights` refused every guest and host right),
+/// a VCPU that is never entered (`Vm::guest` false), and each link's
+/// channel sharing its VM's channel page, each side naming the other.
+fn build_no_vm(arch: Arch, manifest: &Manifest, payload: &[u8]) -> Result<Vm, &'static str> {
+    let oom = "not enough host memory for the tasks in no VM";
+    let link = |n: usize| manifest.links.iter().find(|l| usize::from(l.channel) == n);
+    // A link's page is its VM's channel page.
+    let mut channels = channels(manifest, |n| match link(n) {
+        Some(l) => kernel().with(|k| {
+            let vm = k.vms[usize::from(l.vm)].as_ref()?;
+            Some(vm.channels[usize::from(l.vm_channel)].as_ref()?.page)
+        }),
+        None => memory::alloc_frame().ok(),
+    })?;
+    for l in &manifest.links {
+        let (vm, ch, n) = (
+            usize::from(l.vm),
+            usize::from(l.vm_channel),
+            usize::from(l.channel),
+        );
+        kernel()
+            .with(|k| {
+                let c = k.vms[vm].as_mut()?.channels[ch].as_mut()?;
+                c.far = Some((NO_VM, n));
+                Some(())
+            })
+            .ok_or("a link names a VM or channel the image does not have")?;
+        if let Some(c) = channels[n].as_mut() {
+            c.far = Some((vm, ch));
+        }
+    }
+    let tsc_hz = cpu::tsc_hz();
+    let info = ServerBootInfo {
+        abi_version: ABI_VERSION,
+        arch: arch.vcpu_arch() as u32,
+        tsc_hz,
+        ..ServerBootInfo::default()
+    };
+    let tasks = load_tasks(manifest, payload, &info, None, &channels)?;
+    let entry = Entry {
+        mode: EntryMode::Flat32,
+        rip: 0,
+        rax: 0,
+        rbx: 0,
+        rsi: 0,
+    };
+    let asid = u32::try_from(NO_VM + 1).map_err(|_| oom)?;
+    let vcpu = arch::create_vcpu(arch, Paging::Shadow, &entry, asid).map_err(|_| oom)?;
+    Ok(Vm::new(tasks, channels, vcpu, None, tsc_hz))
+}
+
+/// Loads the tasks of `manifest`, each with the boot information `info`,
+/// its channels' pages and, as its rights say, `ram` (host-physical
+/// base, bytes), a VCPU page and an install page.
+fn load_tasks(
+    manifest: &Manifest,
+    payload: &[u8],
+    info: &ServerBootInfo,
+    ram: Option<(u64, u64)>,
+    channels: &[Option<Channel>; MAX_CHANNELS],
+) -> Result<[Option<Task>; MAX_TASKS], &'static str> {
+    let oom = "not enough host memory for the servers";
+    let boot_info = memory::alloc_frame().map_err(|_| oom)?;
     // SAFETY: a fresh identity-mapped frame, larger than `info`.
     unsafe {
         core::ptr::copy_nonoverlapping(
@@ -1922,16 +2277,6 @@ fn build(
             info.as_bytes().len(),
         )
     };
-
-    let mut channels: [Option<Channel>; MAX_CHANNELS] = Default::default();
-    let mut channel_pages = [0u64; MAX_CHANNELS];
-    for (n, c) in manifest.channels.iter().enumerate() {
-        // `check_rights` found both ends in the task table.
-        let (client, server) = (usize::from(c.client), usize::from(c.server));
-        channels[n] = Some(Channel { client, server });
-        channel_pages[n] = memory::alloc_frame().map_err(|_| oom)?;
-    }
-
     let mut tasks: [Option<Task>; MAX_TASKS] = Default::default();
     for (i, t) in manifest.tasks.iter().enumerate() {
         let vcpu_page = if t.rights.vcpu {
@@ -1947,8 +2292,8 @@ fn build(
         let mut ends = [(0usize, 0u64); MAX_CHANNELS];
         let mut n_ends = 0;
         for (n, c) in channels.iter().enumerate() {
-            if c.as_ref().is_some_and(|c| c.client == i || c.server == i) {
-                ends[n_ends] = (n, channel_pages[n]);
+            if let Some(c) = c.as_ref().filter(|c| c.client == i || c.server == i) {
+                ends[n_ends] = (n, c.page);
                 n_ends += 1;
             }
         }
@@ -1956,10 +2301,10 @@ fn build(
             boot_info,
             vcpu_page,
             install_page,
-            guest_ram: match t.rights.guest_ram {
-                RamRight::None => None,
-                RamRight::ReadOnly => Some((ram, ram_bytes, false)),
-                RamRight::ReadWrite => Some((ram, ram_bytes, true)),
+            guest_ram: match (t.rights.guest_ram, ram) {
+                (RamRight::None, _) | (_, None) => None,
+                (RamRight::ReadOnly, Some((ram, bytes))) => Some((ram, bytes, false)),
+                (RamRight::ReadWrite, Some((ram, bytes))) => Some((ram, bytes, true)),
             },
             channels: &ends[..n_ends],
         };
@@ -1988,36 +2333,5 @@ fn build(
             restarts_in_a_row: 0,
         });
     }
-
-    if tasks[0].is_none() {
-        return Err("a VM of the image has no task");
-    }
-    // The device servers' IRQ lines, unmasked from the start.
-    for t in &manifest.tasks {
-        for line in (0..16u8).filter(|l| t.rights.irqs & (1 << l) != 0) {
-            deadline::set_masked(line, false);
-        }
-    }
-    Ok(Vm {
-        tasks,
-        channels,
-        current: 0,
-        vcpu,
-        shadow,
-        paging_set: false,
-        exit_at: 0,
-        parked: true,
-        ram: GuestRam {
-            hpa_base: ram,
-            bytes: ram_bytes,
-        },
-        paging_rules: PagingRules::from_cpuid(cpu::cpuid_words),
-        pae_root: None,
-        mmu_exit: None,
-        mmu_control: ipc_proto::GuestControl::default(),
-        watch: Watchdog::new(tsc_hz),
-        tsc_hz,
-        idles: 0,
-        yields: 0,
-    })
+    Ok(tasks)
 }

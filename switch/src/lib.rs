@@ -124,6 +124,9 @@ struct Entry {
 #[derive(Clone, Debug)]
 pub struct Switch {
     ports: usize,
+    /// Port 0 has a card behind it (`--net user`); without one (VMs
+    /// joined to each other only) nothing is flooded to it.
+    uplink: bool,
     table: [Entry; TABLE_ENTRIES],
     clock: u64,
     /// Each port's counters.
@@ -149,9 +152,18 @@ impl Switch {
     pub fn new(ports: usize) -> Self {
         Self {
             ports: ports.clamp(1, MAX_PORTS),
+            uplink: true,
             table: [Entry::default(); TABLE_ENTRIES],
             clock: 0,
             stats: [PortStats::default(); MAX_PORTS],
+        }
+    }
+
+    /// The same switch with no card on port 0: it joins the VM ports only.
+    pub fn without_uplink(self) -> Self {
+        Self {
+            uplink: false,
+            ..self
         }
     }
 
@@ -240,6 +252,7 @@ impl Switch {
             self.lookup(&dst)
         };
         match to {
+            Some(UPLINK) if !self.uplink => Ok(()),
             Some(p) if p == src => {
                 self.count_in_drop(src, Drop::Filtered);
                 Err(Drop::Filtered)
@@ -249,7 +262,8 @@ impl Switch {
                 Ok(())
             }
             None => {
-                for p in (0..self.ports).filter(|&p| p != src) {
+                let uplink = self.uplink;
+                for p in (0..self.ports).filter(|&p| p != src && (p != UPLINK || uplink)) {
                     self.deliver_one(p, frame, &mut deliver);
                 }
                 Ok(())

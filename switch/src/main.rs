@@ -5,7 +5,8 @@
 //!
 //! Its ports are link channels (`ipc_proto::net`). Port 0, the uplink,
 //! is its channel to the nic-driver, which it calls (the channel's number
-//! is in its configuration block, patched by the image builder); the VM
+//! is in its configuration block, patched by the image builder; none: the
+//! switch joins the VMs to each other only, `--vms N --net switch`); the VM
 //! ports are the channels it serves, numbered 1, 2, ... in the order their
 //! clients first call. To a virtio-net server the switch looks like the
 //! nic-driver: SEND switches the frame (to the uplink by a SEND call, to a
@@ -83,8 +84,10 @@ mod ring3 {
         unsafe { &mut *sys::channel_page(ch).cast::<Page>() }
     }
 
-    /// Asks the uplink `request`; its reply, or None if the call failed.
-    fn ask(uplink: u64, request: LinkMessage) -> Option<LinkMessage> {
+    /// Asks the uplink `request`; its reply, or None if the call failed
+    /// or there is none.
+    fn ask(uplink: Option<u64>, request: LinkMessage) -> Option<LinkMessage> {
+        let uplink = uplink?;
         let p = page(uplink);
         let _ = request.write_to_prefix(&mut p[..]);
         sys::call(Syscall::Call, uplink).ok()?;
@@ -93,7 +96,7 @@ mod ring3 {
 
     struct State {
         sw: Switch,
-        uplink: u64,
+        uplink: Option<u64>,
         /// The uplink card's address, asked at the first INFO (not at
         /// start: the nic-driver answers calls only after its DHCP
         /// exchange, and a virtio-net server calling meanwhile would find
@@ -126,11 +129,11 @@ mod ring3 {
         fn switch(&mut self, src: usize, frame: &[u8]) {
             let (uplink, queues, to_signal) = (self.uplink, &mut *self.queues, &mut self.to_signal);
             let _ = self.sw.forward(src, frame, |dst, f| {
-                if dst == UPLINK {
+                if let (UPLINK, Some(uplink)) = (dst, uplink) {
                     let p = page(uplink);
                     p[TX_OFFSET..TX_OFFSET + f.len()].copy_from_slice(f);
                     let r = ask(
-                        uplink,
+                        Some(uplink),
                         LinkMessage {
                             op: op::SEND,
                             // At most MAX_SEND.
@@ -161,14 +164,17 @@ mod ring3 {
                     op: op::RECEIVE,
                     ..LinkMessage::default()
                 };
-                let Some(n) = ask(self.uplink, request).and_then(|r| r.received_len()) else {
+                let (Some(uplink), Some(n)) = (
+                    self.uplink,
+                    ask(self.uplink, request).and_then(|r| r.received_len()),
+                ) else {
                     self.uplink_waiting = false;
                     return;
                 };
                 // Copied off the uplink's page: `switch` may not read it
                 // while a frame could be sent through it.
                 let n = n.min(buf.len());
-                buf[..n].copy_from_slice(&page(self.uplink)[RX_OFFSET..RX_OFFSET + n]);
+                buf[..n].copy_from_slice(&page(uplink)[RX_OFFSET..RX_OFFSET + n]);
                 self.switch(UPLINK, &buf[..n]);
             }
         }
@@ -270,7 +276,9 @@ mod ring3 {
 
         /// One line a port, each starting `at`.
         fn print(&self, at: &str) {
-            say!("{at}port 0 uplink {}", self.sw.stats[UPLINK]);
+            if self.uplink.is_some() {
+                say!("{at}port 0 uplink {}", self.sw.stats[UPLINK]);
+            }
             for (i, ch) in self.vms.iter().enumerate() {
                 if let Some(ch) = ch {
                     say!("{at}port {} vm ch {ch} {}", i + 1, self.sw.stats[i + 1]);
@@ -284,28 +292,31 @@ mod ring3 {
         // SAFETY: the image builder patches this byte; read once, volatile
         // so the compiler does not fold the zero it was built with.
         let byte = unsafe { core::ptr::read_volatile(&CONFIG[switch::CONFIG_MAGIC.len()]) };
-        let Some(uplink) = switch::uplink_from_config(byte).filter(|&c| c < MAX_CHANNELS as u64)
-        else {
-            say!("no uplink channel configured (the image builder sets it)");
+        let uplink = switch::uplink_from_config(byte);
+        if uplink.is_some_and(|c| c >= MAX_CHANNELS as u64) {
+            say!("the uplink channel configured is not a channel");
             sys::vm_fail();
-        };
-        say!(
-            "{} ports at most, uplink on channel {uplink}, a source may fill {} of a VM port's {} queued frames",
-            MAX_PORTS,
-            switch::SHARE,
-            switch::QUEUE_FRAMES
-        );
+        }
+        match uplink {
+            Some(c) => say!("{} ports at most, uplink on channel {c}, a source may fill {} of a VM port's {} queued frames", MAX_PORTS, switch::SHARE, switch::QUEUE_FRAMES),
+            None => say!("{} ports at most, no uplink (the VMs' ports only), a source may fill {} of a VM port's {} queued frames", MAX_PORTS, switch::SHARE, switch::QUEUE_FRAMES),
+        }
         // SAFETY: the only reference to QUEUES, taken once here; this task
         // has one thread.
         let queues = unsafe { &mut *core::ptr::addr_of_mut!(QUEUES) };
+        let sw = Switch::new(MAX_PORTS);
         let mut st = State {
-            sw: Switch::new(MAX_PORTS),
+            sw: if uplink.is_some() {
+                sw
+            } else {
+                sw.without_uplink()
+            },
             uplink,
             mac: None,
             vms: [None; MAX_PORTS - 1],
             queues,
             // Frames may wait already: asked after the first request.
-            uplink_waiting: true,
+            uplink_waiting: uplink.is_some(),
             to_signal: 0,
             said: 0,
         };
@@ -324,7 +335,7 @@ mod ring3 {
                 if v & RX_BIT != 0 {
                     st.uplink_waiting = true;
                 }
-            } else if v < MAX_CHANNELS as u64 && v != uplink {
+            } else if v < MAX_CHANNELS as u64 && Some(v) != uplink {
                 inject_at_call(&mut injector, v);
                 let port = st.port_of(v);
                 st.serve(port, v);

@@ -24,6 +24,15 @@ fn send(sw: &mut Switch, src: usize, f: &[u8]) -> (Result<(), Drop>, Vec<usize>)
 }
 
 #[test]
+fn without_an_uplink_nothing_goes_to_port_0() {
+    let mut sw = Switch::new(3).without_uplink();
+    assert_eq!(send(&mut sw, 1, &frame(BCAST, A, 342)), (Ok(()), vec![2]));
+    assert_eq!(send(&mut sw, 2, &frame(A, B, 60)), (Ok(()), vec![1]));
+    assert_eq!(send(&mut sw, 1, &frame(GW, A, 60)), (Ok(()), vec![2]));
+    assert_eq!(sw.stats[UPLINK], PortStats::default());
+}
+
+#[test]
 fn unknown_and_broadcast_flood_learned_unicast_goes_to_its_port() {
     let mut sw = Switch::new(3);
     // Nothing learned: flooded to every other port.

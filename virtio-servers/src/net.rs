@@ -18,8 +18,19 @@ use zerocopy::{FromBytes, IntoBytes};
 pub const GUEST_MAC: [u8; 6] = [0x02, 0x53, 0x56, 0x00, 0x00, 0x01];
 
 /// The magic of the virtio-net server's configuration block; the byte
-/// after it is the link channel's number + 1 (0: none configured).
+/// after it is the link channel's number + 1 (0: none configured), the
+/// next the last byte of the guest's address ([`guest_mac`]).
 pub const CONFIG_MAGIC: [u8; 12] = *b"SVVNETCONFIG";
+
+/// The guest's station address: [`GUEST_MAC`] with the configuration's
+/// last byte, if set (each VM on one switch has its own: VM n gets n + 1).
+pub fn guest_mac(byte: u8) -> [u8; 6] {
+    let mut mac = GUEST_MAC;
+    if byte != 0 {
+        mac[5] = byte;
+    }
+    mac
+}
 
 /// The link channel's number from the configuration byte, if one was set.
 pub fn link_channel_from_config(byte: u8) -> Option<u64> {
@@ -241,6 +252,9 @@ mod tests {
         assert_eq!(u.peek(), None);
         assert_eq!(u.send_errors + u.failed_calls, 0);
         assert_eq!(link_channel_from_config(0), None);
+        assert_eq!(guest_mac(0), GUEST_MAC);
+        assert_eq!(guest_mac(2)[..5], GUEST_MAC[..5]);
+        assert_eq!(guest_mac(2)[5], 2);
         assert_eq!(link_channel_from_config(4), Some(3));
     }
 }

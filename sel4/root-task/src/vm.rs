@@ -2,7 +2,7 @@
 //! the vmm-server component, and the end of the run.
 
 use ipc_proto::manifest::{
-    Blob, Manifest, PayloadHeader, Rights, MANIFEST_MAX, MAX_TASKS, PAYLOAD_MAGIC,
+    Blob, Manifest, MmuMode, PayloadHeader, Rights, MANIFEST_MAX, MAX_TASKS, PAYLOAD_MAGIC,
 };
 use ipc_proto::ABI_VERSION;
 use sel4_root_task::rights::{self, Plan};
@@ -147,8 +147,8 @@ fn capabilities(m: &Manifest) -> Plan {
         .iter()
         .map(|t| (t.name.as_str(), &t.rights))
         .collect();
-    rights::plan(&tasks, &m.channels, m.guest.mmu)
-        .unwrap_or_else(|why| cannot_run(format_args!("{why}")))
+    let mmu = m.guest.as_ref().map_or(MmuMode::Nested, |g| g.mmu);
+    rights::plan(&tasks, &m.channels, mmu).unwrap_or_else(|why| cannot_run(format_args!("{why}")))
 }
 
 /// Guest RAM as the root task maps it: `len` bytes at [`GUEST_WINDOW`].
@@ -288,7 +288,11 @@ pub extern "C" fn root_main(bootinfo: *const u8) -> ! {
     let (payload, vmm_elf, mmu_elf) =
         payload().unwrap_or_else(|why| cannot_run(format_args!("{why}")));
     let manifest = read_manifest(payload).unwrap_or_else(|why| cannot_run(format_args!("{why}")));
-    let guest = &manifest.guest;
+    let Some(guest) = &manifest.guest else {
+        cannot_run(format_args!(
+            "the image's first manifest has no guest (tasks in no VM are not available on seL4)"
+        ))
+    };
     let plan = capabilities(&manifest);
     let mut alloc = Allocator::new(&bi);
     // Keep the two slots `end` uses out of the allocator's reach.

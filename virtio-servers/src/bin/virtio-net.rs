@@ -33,7 +33,7 @@ mod ring3 {
     use stub_abi::{sys, Syscall};
     use virtio::devices::net::{Net, NetStats};
     use virtio_servers::net::{
-        link_channel_from_config, LinkChannel, LinkError, Page, Uplink, CONFIG_MAGIC, GUEST_MAC,
+        guest_mac, link_channel_from_config, LinkChannel, LinkError, Page, Uplink, CONFIG_MAGIC,
     };
     use virtio_servers::ring3::{serve_forever, Hooks};
     use virtio_servers::{GuestWriteSink, RamWindow, Server};
@@ -110,23 +110,27 @@ mod ring3 {
         // nic-driver touches it only while this task waits in `Call`, and
         // nothing else in this task refers to it.
         let page = unsafe { &mut *sys::channel_page(ch).cast::<Page>() };
+        // SAFETY: like the byte above, the next one, patched by the
+        // image builder (the guest's address), read once.
+        let mac = guest_mac(unsafe { core::ptr::read_volatile(&CONFIG[CONFIG_MAGIC.len() + 1]) });
         let mut uplink = Uplink::new(Link { ch, page });
         match uplink.info() {
             Ok(r) if r.status == ipc_proto::net::status::OK => {
                 let m = r.mac;
                 say!(
                     "mac {}, uplink on channel {ch}: the nic-driver's card {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                    mac_text(GUEST_MAC),
+                    mac_text(mac),
                     m[0], m[1], m[2], m[3], m[4], m[5]
                 );
             }
             Ok(r) => say!(
-                "the uplink has no card (status {}): frames go nowhere",
+                "mac {}, link on channel {ch}: no card behind it (status {}): frames reach the switch's other ports only",
+                mac_text(mac),
                 r.status
             ),
             Err(e) => say!("{e}: frames go nowhere"),
         }
-        let server = Server::new(Net::new(GUEST_MAC, uplink)).with_instance(sys::instance_id());
+        let server = Server::new(Net::new(mac, uplink)).with_instance(sys::instance_id());
         // SAFETY: the manifest grants this task guest RAM read-write, which
         // the stub maps at `guest_ram_window` for `guest_ram_bytes`; nothing
         // else in this task refers to it.
