@@ -99,6 +99,15 @@ enum BenchWhat {
     /// (pinned with SPLITVISOR_KERNEL_PACKAGE, as for `bench boot`). About
     /// a minute.
     Io(crate::bench_io::IoArgs),
+    /// VM-to-VM ping round trips and TCP throughput through splitvisor's
+    /// switch (--vms 2 --net switch, one CPU) against two plain-QEMU
+    /// guests on QEMU's own socket network (-netdev socket, virtio-net-pci),
+    /// in one run: Debian's amd64 kernel, VM 0 pings VM 1 20 times and
+    /// sends it N MiB with busybox nc; RTT min/avg/max (guest time), MiB/s
+    /// by the guest's clock and by the host's (the lines' arrival), and
+    /// the ratios. The first line names the kernel package (pinned with
+    /// SPLITVISOR_KERNEL_PACKAGE, as for `bench boot`). A few minutes.
+    Net(crate::bench_net::NetArgs),
 }
 
 #[derive(Args)]
@@ -152,6 +161,7 @@ pub fn bench(a: &BenchArgs) -> i32 {
         BenchWhat::Smp(s) => crate::bench_smp::bench_smp(s),
         BenchWhat::Exits(e) => crate::bench_exits::bench_exits(e),
         BenchWhat::Io(i) => crate::bench_io::bench_io(i),
+        BenchWhat::Net(n) => crate::bench_net::bench_net(n),
     }
 }
 

@@ -67,7 +67,7 @@ pub fn parse_io_lines(lines: &[(Duration, String)]) -> Vec<IoFigure> {
 }
 
 /// Runs `cmd` and returns its stdout's lines, each with when it arrived.
-fn timed_lines(mut cmd: Command) -> Result<Vec<(Duration, String)>, String> {
+pub(crate) fn timed_lines(mut cmd: Command) -> Result<Vec<(Duration, String)>, String> {
     let start = Instant::now();
     let mut child = cmd
         .stdout(Stdio::piped())

@@ -248,7 +248,10 @@ pub const NET_PAGE_BEGIN: &str = "splitvisor-linux: net page begin";
 /// See [`NET_PAGE_BEGIN`].
 pub const NET_PAGE_END: &str = "splitvisor-linux: net page end";
 /// With `splitvisor.net.bench=URL`: the bytes fetched, the guest's uptime
-/// before and after, and their MD5.
+/// before and after, and their MD5. With `splitvisor.net.bench.pair`:
+/// `ping-begin;`, `ping SENT RECEIVED MIN/AVG/MAX;` (ms), `tcp-begin;`,
+/// `tcp-sent BYTES UPTIME0 UPTIME1 MD5;` from VM 0 and `tcp-received
+/// BYTES UPTIME MD5;` from VM 1.
 pub const NET_BENCH: &str = "splitvisor-linux: net bench ";
 
 /// Either disk check's line when it fails, before the reason.
@@ -301,6 +304,13 @@ pub const HVC_LOG_END: &str = "splitvisor-linux: end of the kernel's log before 
 /// from `/dev/urandom` with busybox
 /// `nc` (port 5000) and prints the file's MD5, 10.0.3.2 receives it and
 /// prints its MD5 ([`NET_LINE`] lines);
+/// with `splitvisor.net.bench.pair` (`splitvisor bench net`) the same
+/// addresses; 10.0.3.1 waits until 10.0.3.2 answers a ping, pings it 20
+/// times 0.2 s apart, then sends it `splitvisor.net.bench.mib=N` MiB (8
+/// unless given) from `/dev/urandom` with busybox `nc` (port 5001), and
+/// 10.0.3.2 receives them; the [`NET_BENCH`] lines (each ending in `;`)
+/// give the pings' summary, the guest's uptime around the send, the bytes
+/// and MD5s;
 /// with `splitvisor.disk=write` it mounts `/dev/vda` (ext4) at `/mnt`, writes
 /// [`DISK_TEXT`] to `splitvisor-disk-check.txt` and 4 MiB from
 /// `/dev/urandom` to `splitvisor-disk-check.bin`, syncs, unmounts, prints
@@ -487,6 +497,53 @@ case " $(cat /proc/cmdline) " in
     fi
     s=/sys/class/net/eth0/statistics
     echo "splitvisor-linux: net: eth0 tx_packets $(cat $s/tx_packets) rx_packets $(cat $s/rx_packets)"
+    ;;
+esac
+case " $(cat /proc/cmdline) " in
+*" splitvisor.net.bench.pair "*)
+    # `splitvisor bench net`: every line ends with `;` so that the host
+    # finds its end even when another VM's output cut it.
+    mib=8
+    for a in $(cat /proc/cmdline); do
+        case $a in splitvisor.net.bench.mib=*) mib=${a#splitvisor.net.bench.mib=} ;; esac
+    done
+    i=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 50 ]; do
+        usleep 100000
+        i=$((i + 1))
+    done
+    mac=$(cat /sys/class/net/eth0/address)
+    n=$((0x${mac##*:}))
+    ifconfig lo 127.0.0.1 up
+    ifconfig eth0 10.0.3.$n netmask 255.255.255.0 up
+    echo "splitvisor-linux: net: eth0 $mac address 10.0.3.$n static"
+    if [ $n = 1 ]; then
+        # The other VM may boot later (plain QEMU: another process): no
+        # guest-time limit, the host's timeout ends a run that hangs.
+        until ping -c 1 -W 1 10.0.3.2 >/dev/null 2>&1; do :; done
+        dd if=/dev/urandom of=/tmp/send bs=1048576 count=$mib 2>/dev/null
+        set -- $(md5sum /tmp/send)
+        md5=$1
+        echo "splitvisor-linux: net bench ping-begin;"
+        ping -c 20 -i 0.2 -w 120 10.0.3.2 >/tmp/ping 2>&1
+        got=$(sed -n 's/.* \([0-9]*\) packets received.*/\1/p' /tmp/ping)
+        rtt=$(sed -n 's/.*min\/avg\/max = \([^ ]*\) ms.*/\1/p' /tmp/ping)
+        echo "splitvisor-linux: net bench ping 20 ${got:-0} ${rtt:-none};"
+        echo "splitvisor-linux: net bench tcp-begin;"
+        read t0 _ </proc/uptime
+        i=0
+        until nc 10.0.3.2 5001 </tmp/send || [ $i -ge 100 ]; do
+            i=$((i + 1))
+            usleep 100000
+        done
+        read t1 _ </proc/uptime
+        echo "splitvisor-linux: net bench tcp-sent $(wc -c </tmp/send) $t0 $t1 $md5;"
+    else
+        nc -l -p 5001 >/tmp/recv
+        read t1 _ </proc/uptime
+        set -- $(md5sum /tmp/recv)
+        echo "splitvisor-linux: net bench tcp-received $(wc -c </tmp/recv) $t1 $1;"
+    fi
     ;;
 esac
 case " $(cat /proc/cmdline) " in

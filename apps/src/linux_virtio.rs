@@ -81,6 +81,8 @@ pub struct PlainVirtio {
     pub timeout: Duration,
     /// Where the console that is not on stdout goes (a file QEMU writes).
     pub other_console: PathBuf,
+    /// More of QEMU's arguments (a NIC and its network).
+    pub extra: Vec<String>,
 }
 
 impl PlainVirtio {
@@ -106,6 +108,7 @@ impl PlainVirtio {
             ram_mib: crate::linux::LINUX_RAM_MIB,
             timeout: Duration::from_secs(90),
             other_console,
+            extra: Vec::new(),
         }
     }
 
@@ -180,6 +183,9 @@ impl PlainVirtio {
         if self.rng {
             push("-device");
             push("virtio-rng-pci");
+        }
+        for s in &self.extra {
+            push(s);
         }
         push("-append");
         push(&self.cmdline());

@@ -5,6 +5,7 @@ mod bench;
 mod bench_boot;
 mod bench_exits;
 mod bench_io;
+mod bench_net;
 mod bench_smp;
 
 use std::path::PathBuf;
