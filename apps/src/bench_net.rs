@@ -27,8 +27,8 @@ use crate::bench_io::timed_lines;
 /// `splitvisor bench net`.
 #[derive(Args)]
 pub struct NetArgs {
-    /// MiB VM 0 sends to VM 1 (through the switch about a minute of wall
-    /// time per MiB under TCG).
+    /// MiB VM 0 sends to VM 1 (through the switch two to three minutes of
+    /// wall time per MiB under TCG).
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     mib: u32,
