@@ -748,6 +748,17 @@ impl Vm {
     /// with `rax` as the result of its pending system call.
     fn switch(&mut self, frame: &mut TrapFrame, next: usize, rax: u64) {
         let cur = self.current;
+        if cur == next && !self.parked {
+            // The task that trapped runs again (most exits: the guest's
+            // handler called `VcpuRun`): its frame is `frame` already,
+            // and CR3 still holds its root -- the VMRUN's exit restores
+            // it (SVM's host save area; VMX's HOST_CR3, which `run` keeps
+            // at the current CR3) and a task's tables never change while
+            // it lives (a restart refills its pages, not its tables).
+            frame.rax = rax;
+            self.task_mut(next).state = State::Running;
+            return;
+        }
         if core::mem::take(&mut self.parked) {
             cpu::grant_ports(&[], &self.task(next).rights.ports);
         } else {
