@@ -637,10 +637,10 @@ impl Drop for Restamp {
     }
 }
 
-fn count_exit(s: &mut Stats, rec: &ExitRecord) {
+fn count_exit(s: &mut Stats, class: ExitClass) {
     {
         s.exits_total += 1;
-        let counter = match ExitClass::of(rec) {
+        let counter = match class {
             ExitClass::Ioio => &mut s.exits_ioio,
             ExitClass::Hlt => &mut s.exits_hlt,
             ExitClass::Cpuid => &mut s.exits_cpuid,
@@ -856,30 +856,34 @@ impl Vm {
             let rec = self.vcpu.run();
             #[cfg(feature = "bench-inline-exits")] // splitvisor bench exits only
             let rec = kernel_stub::bench_inline::answer_all(rec, |r, resume, f| {
-                count_exit(sh.stats, r);
+                count_exit(sh.stats, ExitClass::of(r));
                 self.vcpu.apply(resume, f, None);
                 self.vcpu.run()
             });
             if let Some(why) = self.vcpu.entry_failure(&rec) {
-                count_exit(sh.stats, &rec);
+                count_exit(sh.stats, ExitClass::of(&rec));
                 return Err(Stop::EntryFailed {
                     why,
                     rip: rec.regs.rip,
                 }
                 .into());
             }
-            if ExitKind::of(&rec) == ExitKind::Pause {
+            // Decoded once: the pause check, the counters and the routing
+            // each decoded it again before.
+            let kind = ExitKind::of(&rec);
+            if kind == ExitKind::Pause {
                 // The scheduler's own exit: the deferred servers run now.
                 self.yields += 1;
                 continue;
             }
-            count_exit(sh.stats, &rec);
-            if ExitClass::of(&rec) == ExitClass::HostInterrupt {
+            let class = ExitClass::of_kind(kind);
+            count_exit(sh.stats, class);
+            if class == ExitClass::HostInterrupt {
                 let lines = sh.timer.fired(sh.irqs);
                 self.note_irqs(lines, sh.elsewhere);
             }
-            let class = self.route(&rec);
-            return self.deliver(frame, class, &rec);
+            let to = self.route(kind, class, &rec);
+            return self.deliver(frame, to, &rec);
         }
     }
 
@@ -1027,11 +1031,11 @@ impl Vm {
     }
 
     /// The routing class of an exit (`Rights::exits` says who gets it).
-    fn route(&self, rec: &ExitRecord) -> ExitClasses {
-        if self.shadow && arch::is_shadow_mmu_exit(rec) {
+    fn route(&self, kind: ExitKind, class: ExitClass, rec: &ExitRecord) -> ExitClasses {
+        if self.shadow && arch::is_shadow_mmu_exit(kind, rec) {
             return ExitClasses::SHADOW_MMU;
         }
-        match ExitClass::of(rec) {
+        match class {
             ExitClass::Ioio => ExitClasses::IOIO,
             ExitClass::Hlt => ExitClasses::HLT,
             ExitClass::Cpuid => ExitClasses::CPUID,
