@@ -28,13 +28,14 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipc_proto::manifest::MmuMode;
 
 use crate::run::{
     find_program, qemu_args, run_command, run_emulator, Arch, Capture, Console, FinalLine,
-    RunOptions, DEFAULT_EMULATOR,
+    RunOptions, TimedConsole, DEFAULT_EMULATOR,
 };
 
 /// The probe guest the hostile servers boot after their campaign.
@@ -466,12 +467,13 @@ pub fn boot_once(
 
 /// Issue 13's isolation case: the hostile servers' main campaign (boot
 /// `main`, `opts.short`) as VM 0, beside `other` with the real servers as
-/// VM 1, on QEMU with NPT. Returns how the run ended and its console,
-/// where VM 0's lines start with `[vm0] ` and VM 1's with `[vm1] `.
+/// VM 1, on QEMU with NPT. Returns how the run ended, its console, where
+/// VM 0's lines start with `[vm0] ` and VM 1's with `[vm1] `, and each
+/// line with the time it arrived.
 pub fn beside_a_vm(
     opts: &AttackOptions,
     other: &str,
-) -> Result<(Option<FinalLine>, String), String> {
+) -> Result<(Option<FinalLine>, String, TimedLines), String> {
     let (vmm, mmu) = build_hostile_servers()?;
     let dir = images::image_dir().join("attack");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -497,7 +499,93 @@ pub fn beside_a_vm(
     };
     let target = targets(Emulator::Qemu, &[], &[MmuMode::Nested]).remove(0);
     let out = boot_image(system, &target, opts)?;
-    Ok((out.final_line, out.console))
+    Ok((out.final_line, out.console, out.lines))
+}
+
+/// Console lines, each with the time it arrived.
+pub type TimedLines = Vec<(Duration, String)>;
+
+/// The `timer` guest's checks: from its PIT line to its last line.
+const TIMER_FIRST: &str = "timer: pit channel 0";
+const TIMER_LAST: &str = "timer: all checks passed";
+
+/// How long the `timer` guest's checks took in a run's console `lines`,
+/// its lines starting with `prefix` (`[vm1] `, or none alone).
+pub fn timer_span(lines: &[(Duration, String)], prefix: &str) -> Option<Duration> {
+    let when = |text: &str| {
+        lines
+            .iter()
+            .find(|(_, l)| l.strip_prefix(prefix).is_some_and(|l| l.starts_with(text)))
+            .map(|(t, _)| *t)
+    };
+    when(TIMER_LAST)?.checked_sub(when(TIMER_FIRST)?)
+}
+
+/// The slowdown `attack --beside` accepts for the `timer` VM beside the
+/// hostile VM against alone: two VMs share one CPU round-robin in 10 ms
+/// slices, so a fair share is at most twice as slow; the rest is room
+/// for a loaded host.
+pub const BESIDE_BOUND: f64 = 2.5;
+
+/// `splitvisor attack --beside`: the `timer` guest alone, then beside
+/// the hostile servers' main campaign ([`beside_a_vm`]), on QEMU with
+/// NPT; 0 when it passed beside them within [`BESIDE_BOUND`] of its time
+/// alone and nothing escaped.
+pub fn beside_cli(opts: &AttackOptions) -> i32 {
+    let target = targets(Emulator::Qemu, &[], &[MmuMode::Nested]).remove(0);
+    eprintln!(
+        "attack: the timer guest alone ({} {})",
+        target.name, target.cpu
+    );
+    let alone = match boot_image(images::SystemSpec::new("timer"), &target, opts) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("splitvisor: attack: {e}");
+            return 1;
+        }
+    };
+    eprintln!("attack: the timer guest as VM 1 beside the hostile servers as VM 0");
+    let (last, console, lines) = match beside_a_vm(opts, "timer") {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("splitvisor: attack: {e}");
+            return 1;
+        }
+    };
+    let parsed = parse(&console);
+    let mut t = Row::default();
+    parsed.rows.values().for_each(|r| t.add(r));
+    let escapes = parsed.escapes.len();
+    let fault = console.contains("stub fault");
+    let passed = console.lines().any(|l| l == format!("[vm1] {TIMER_LAST}"));
+    let (a, b) = (timer_span(&alone.lines, ""), timer_span(&lines, "[vm1] "));
+    println!(
+        "isolation beside a hostile VM (seed {}; {} {}, one CPU, 10 ms slices): the timer guest's checks, from `{TIMER_FIRST}` to `{TIMER_LAST}`, wall time",
+        opts.seed, target.name, target.cpu
+    );
+    let secs =
+        |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.2} s", d.as_secs_f64()));
+    println!("  alone:                        {}", secs(a));
+    let ratio = a
+        .zip(b)
+        .map(|(a, b)| b.as_secs_f64() / a.as_secs_f64().max(1e-3));
+    println!(
+        "  as VM 1 beside the hostile VM 0: {}{}",
+        secs(b),
+        ratio.map_or(String::new(), |r| format!(
+            " ({r:.2}x alone; bound {BESIDE_BOUND}x: a fair share of one CPU is at most 2x)"
+        ))
+    );
+    println!(
+        "  hostile VM 0: {} attempts, {} refused, {} escapes; VM 1 passed every check: {}; stub faults: {}; the run ended: {last:?}",
+        t.attempts,
+        t.refused,
+        escapes,
+        if passed { "yes" } else { "NO" },
+        if fault { "yes" } else { "none" }
+    );
+    let within = ratio.is_some_and(|r| r <= BESIDE_BOUND);
+    i32::from(!(passed && within && escapes == 0 && !fault))
 }
 
 /// Issue 13's bad input between VMs: two `timer` VMs on one switch in no
@@ -569,6 +657,8 @@ struct BootOutcome {
     /// ended by itself: the host machine reset or stopped).
     timed_out: bool,
     console: String,
+    /// Each console line and when it arrived (QEMU boots; none on Bochs).
+    lines: TimedLines,
 }
 
 fn boot_image(
@@ -602,7 +692,10 @@ fn boot_image_with_disk(
         // run beside a guest of ours; the task-switch guest must be refused.
         unsafe_shadow,
     };
-    let console = Capture::default();
+    let console = TimedConsole {
+        start: Instant::now(),
+        inner: Arc::default(),
+    };
     let mut args = qemu_args(&run, &image);
     if let Some(d) = disk {
         args.extend(d.qemu_args());
@@ -614,7 +707,8 @@ fn boot_image_with_disk(
         Box::new(console.clone()),
     )
     .map_err(|e| format!("{e} (scripts/install-deps installs QEMU)"))?;
-    let text = String::from_utf8_lossy(&console.0.lock().unwrap()).into_owned();
+    let kept = std::mem::take(&mut *console.inner.lock().unwrap());
+    let text = String::from_utf8_lossy(&kept.bytes).into_owned();
     if opts.verbose {
         eprintln!("{text}");
     }
@@ -622,6 +716,7 @@ fn boot_image_with_disk(
         final_line: report.final_line,
         timed_out: report.timed_out,
         console: text,
+        lines: kept.lines,
     })
 }
 
@@ -691,6 +786,7 @@ fn boot_bochs(
         final_line: report.final_line,
         timed_out: report.timed_out,
         console: text,
+        lines: Vec::new(),
     })
 }
 
@@ -1103,6 +1199,35 @@ pub fn run_cli(opts: &AttackOptions) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_timer_span_runs_from_its_pit_line_to_its_last_line() {
+        let at = |ms: u64, l: &str| (Duration::from_millis(ms), l.to_string());
+        let lines = [
+            at(
+                5,
+                "[vm0] attack: try vmm 0 syscalls refuse unknown-number 0x0",
+            ),
+            at(
+                10,
+                "[vm1] timer: flat protected mode; gdt and idt loaded next",
+            ),
+            at(
+                20,
+                "[vm1] timer: pit channel 0: mode 2, count 1193 (1000.15 Hz)",
+            ),
+            at(30, "timer: pit channel 0: mode 2, count 1193 (1000.15 Hz)"),
+            at(2520, "[vm1] timer: all checks passed"),
+            at(2600, "timer: all checks passed"),
+        ];
+        assert_eq!(
+            timer_span(&lines, "[vm1] "),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(timer_span(&lines, ""), Some(Duration::from_millis(2570)));
+        assert_eq!(timer_span(&lines[..4], "[vm1] "), None);
+        assert_eq!(timer_span(&lines, "[vm2] "), None);
+    }
 
     #[test]
     fn a_run_that_ends_in_an_attempt_names_it() {

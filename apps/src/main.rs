@@ -143,6 +143,13 @@ struct AttackArgs {
     /// virtio driver hostile-driver: the `virtio` row).
     #[arg(long)]
     no_guests: bool,
+    /// Instead of the campaign: issue 13's isolation experiment. The
+    /// `timer` guest runs alone, then as VM 1 beside the hostile servers'
+    /// main campaign as VM 0 (QEMU, NPT, one CPU); prints how long its
+    /// checks took each time and the ratio. Exit status 0 when VM 1 passed
+    /// every check within 2.5x of its time alone and nothing escaped.
+    #[arg(long, conflicts_with_all = ["mmu", "emulator", "arch", "boots", "no_guests"])]
+    beside: bool,
 }
 
 /// One VM of a `--config` file, as options.
@@ -812,6 +819,15 @@ fn main() -> ExitCode {
         Command::Stats(a) => splitvisor::tracing::stats(&a.file, a.svg.as_deref()),
         Command::Loc(a) => count_loc(&a),
         Command::Bench(a) => bench::bench(&a),
+        Command::Attack(a) if a.beside => {
+            splitvisor::attack::beside_cli(&splitvisor::attack::AttackOptions {
+                short: a.short,
+                timeout: Duration::from_secs(a.timeout),
+                verbose: a.verbose,
+                seed: a.seed.unwrap_or_else(splitvisor::attack::fresh_seed),
+                ..splitvisor::attack::AttackOptions::default()
+            })
+        }
         Command::Attack(a) => splitvisor::attack::run_cli(&splitvisor::attack::AttackOptions {
             short: a.short,
             modes: match a.mmu.as_str() {

@@ -17,7 +17,7 @@ fn hostile_servers_in_one_vm_leave_the_other_vm_intact() {
         timeout: Duration::from_secs(240),
         ..AttackOptions::default()
     };
-    let (last, console) = beside_a_vm(&opts, "timer").expect("the run starts");
+    let (last, console, timed) = beside_a_vm(&opts, "timer").expect("the run starts");
     let show = || format!("final line {last:?}\n{console}");
     let lines: Vec<&str> = console.lines().collect();
     for line in [
@@ -39,6 +39,12 @@ fn hostile_servers_in_one_vm_leave_the_other_vm_intact() {
     assert!(
         lines.iter().any(|l| l.starts_with("[stub] | vm1 | exits ")
             && l.ends_with(" | stopped with guest status 0")),
+        "{}",
+        show()
+    );
+    // `attack --beside` times VM 1's checks from these lines.
+    assert!(
+        splitvisor::attack::timer_span(&timed, "[vm1] ").is_some(),
         "{}",
         show()
     );
