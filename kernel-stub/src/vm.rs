@@ -1620,9 +1620,11 @@ impl Kernel {
         let yielded = matches!(outcome, Err(SysError::Yield));
         loop {
             let lines = core::mem::take(&mut self.irqs_elsewhere);
-            // (Most calls: no line fired, and no task's rights are walked.)
-            for vm in self.vms.iter_mut().flatten().filter(|_| lines != 0) {
-                vm.notify_irqs(lines & vm.granted_irqs());
+            // (Most calls: no line fired, and no VM is walked.)
+            if lines != 0 {
+                for vm in self.vms.iter_mut().flatten() {
+                    vm.notify_irqs(lines & vm.granted_irqs());
+                }
             }
             let Err(SysError::Yield) = outcome else {
                 break;
@@ -1718,6 +1720,10 @@ impl Kernel {
                 continue;
             };
             let bits = core::mem::take(&mut vm.far_restarted);
+            // (Most calls: no bit, and no walk over the 16 channels.)
+            if bits == 0 {
+                continue;
+            }
             for n in (0..MAX_CHANNELS).filter(|n| bits & (1 << n) != 0) {
                 let far = self.vms[i]
                     .as_ref()
