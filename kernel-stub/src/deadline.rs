@@ -34,6 +34,7 @@
 //! after a guest exit ([`ExitDeadline::fired`]).
 
 use crate::cpu::{inb, outb};
+use kernel_stub::notify::TicksPer;
 
 const PIT_HZ: u64 = 1_193_182;
 const PIT_CH0: u16 = 0x40;
@@ -180,6 +181,8 @@ pub struct ExitDeadline {
     /// The deadline the timer counts towards now, until it fires.
     armed: Option<u64>,
     tsc_hz: u64,
+    /// TSC ticks to the timer's (the PIT's or the local APIC timer's).
+    per_tsc: TicksPer,
     /// Another CPU than the boot CPU: the PIT and the 8259s are the boot
     /// CPU's, so the timer is this CPU's local APIC timer (one-shot, on
     /// `smp::TIMER_VECTOR`), counting this many ticks a second.
@@ -194,6 +197,7 @@ impl ExitDeadline {
             at: 0,
             armed: None,
             tsc_hz,
+            per_tsc: TicksPer::new(PIT_HZ, tsc_hz),
             lapic_hz: None,
         }
     }
@@ -205,6 +209,7 @@ impl ExitDeadline {
             at: 0,
             armed: None,
             tsc_hz: if lapic_hz == 0 { 0 } else { tsc_hz },
+            per_tsc: TicksPer::new(lapic_hz, tsc_hz),
             lapic_hz: Some(lapic_hz),
         }
     }
@@ -263,14 +268,13 @@ impl ExitDeadline {
             return;
         }
         let left = at.saturating_sub(now_tsc);
-        if let Some(hz) = self.lapic_hz {
-            let ticks = u128::from(left) * u128::from(hz) / u128::from(self.tsc_hz);
+        if self.lapic_hz.is_some() {
+            let ticks = self.per_tsc.of(left);
             crate::smp::timer_start(u32::try_from(ticks).unwrap_or(u32::MAX).max(1));
             self.armed = Some(at);
             return;
         }
-        let ticks = (u128::from(left) * u128::from(PIT_HZ) / u128::from(self.tsc_hz))
-            .clamp(1, 0xffff) as u16;
+        let ticks = self.per_tsc.of(left).clamp(1, 0xffff) as u16;
         outb(PIT_CMD, 0x30);
         let [lo, hi] = ticks.to_le_bytes();
         outb(PIT_CH0, lo);

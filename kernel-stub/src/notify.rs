@@ -50,6 +50,30 @@ impl Notifications {
     }
 }
 
+/// TSC ticks to a timer's ticks, as a 32.32 fixed-point factor: the
+/// exit deadline is armed on most exits, and a multiplication costs a few
+/// instructions where a 128-bit division is a library call of about 100.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TicksPer(u128);
+
+impl TicksPer {
+    /// `hz` timer ticks per `tsc_hz` TSC ticks (`tsc_hz` 0: every
+    /// conversion gives 0).
+    #[allow(clippy::cast_lossless)] // u128::from is no const fn
+    pub const fn new(hz: u64, tsc_hz: u64) -> Self {
+        if tsc_hz == 0 {
+            return Self(0);
+        }
+        Self(((hz as u128) << 32) / tsc_hz as u128)
+    }
+
+    /// The timer's ticks in `tsc` TSC ticks: never more than
+    /// `tsc * hz / tsc_hz`, and less by at most 1 + `tsc` / 2^32.
+    pub fn of(self, tsc: u64) -> u128 {
+        u128::from(tsc).saturating_mul(self.0) >> 32
+    }
+}
+
 /// A `ReplyRecv` timeout: the TSC value a waiting task is woken at
 /// (`RECV_TIMEOUT`) when nothing else woke it first.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -142,6 +166,18 @@ mod tests {
     }
 
     #[test]
+    fn a_timer_rate_converts_like_the_division() {
+        let pit = TicksPer::new(1_193_182, 2_000_000_000);
+        assert_eq!(pit.of(2_000_000_000), 1_193_181);
+        assert_eq!(pit.of(0), 0);
+        assert_eq!(TicksPer::new(1_193_182, 0).of(u64::MAX), 0);
+        assert_eq!(
+            TicksPer::new(3, 1).of(u64::MAX >> 2),
+            3 * u128::from(u64::MAX >> 2)
+        );
+    }
+
+    #[test]
     fn timeouts_fall_due_and_the_earliest_wins() {
         assert_eq!(WakeAt::after(100, 0).at(), None, "0: no timeout");
         assert!(!WakeAt::after(100, 0).due(u64::MAX));
@@ -202,6 +238,18 @@ mod tests {
                 heard |= u64::from(w);
             }
             prop_assert_eq!(heard, sent);
+        }
+
+        #[test]
+        fn a_timer_rate_is_at_most_a_tick_early(
+            hz in 1u64..=1 << 31,
+            tsc_hz in 1u64 << 20..=1 << 40,
+            tsc: u64,
+        ) {
+            let exact = u128::from(tsc) * u128::from(hz) / u128::from(tsc_hz);
+            let got = TicksPer::new(hz, tsc_hz).of(tsc);
+            prop_assert!(got <= exact);
+            prop_assert!(exact - got <= 1 + u128::from(tsc >> 32));
         }
 
         #[test]

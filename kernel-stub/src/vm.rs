@@ -180,6 +180,10 @@ const SLOTS: usize = MAX_VMS + 1;
 
 struct Vm {
     tasks: [Option<Task>; MAX_TASKS],
+    /// The task slots in use: `tasks[..live]`, the manifest's tasks in
+    /// order (none is added later), so that the scans on the exit path
+    /// pass over those and not over all 16 slots.
+    live: usize,
     channels: [Option<Channel>; MAX_CHANNELS],
     current: usize,
     /// False for the tasks in no VM: their `vcpu` is never entered.
@@ -633,10 +637,10 @@ impl Drop for Restamp {
     }
 }
 
-fn count_exit(s: &mut Stats, rec: &ExitRecord) {
+fn count_exit(s: &mut Stats, class: ExitClass) {
     {
         s.exits_total += 1;
-        let counter = match ExitClass::of(rec) {
+        let counter = match class {
             ExitClass::Ioio => &mut s.exits_ioio,
             ExitClass::Hlt => &mut s.exits_hlt,
             ExitClass::Cpuid => &mut s.exits_cpuid,
@@ -682,8 +686,10 @@ impl Vm {
                 bytes: 0,
             },
         ));
+        let live = tasks.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
         Self {
             tasks,
+            live,
             channels,
             current: 0,
             guest: guest.is_some(),
@@ -705,6 +711,15 @@ impl Vm {
         }
     }
 
+    /// The task slots in use (`live`).
+    fn live(&self) -> &[Option<Task>] {
+        self.tasks.get(..self.live).unwrap_or_default()
+    }
+
+    fn live_mut(&mut self) -> &mut [Option<Task>] {
+        self.tasks.get_mut(..self.live).unwrap_or_default()
+    }
+
     fn task(&self, i: usize) -> &Task {
         self.tasks[i]
             .as_ref()
@@ -719,7 +734,7 @@ impl Vm {
 
     /// The first task whose rights pass `f`.
     fn find(&self, f: impl Fn(&Rights) -> bool) -> Option<usize> {
-        self.tasks
+        self.live()
             .iter()
             .position(|t| t.as_ref().is_some_and(|t| f(&t.rights)))
     }
@@ -733,6 +748,17 @@ impl Vm {
     /// with `rax` as the result of its pending system call.
     fn switch(&mut self, frame: &mut TrapFrame, next: usize, rax: u64) {
         let cur = self.current;
+        if cur == next && !self.parked {
+            // The task that trapped runs again (most exits: the guest's
+            // handler called `VcpuRun`): its frame is `frame` already,
+            // and CR3 still holds its root -- the VMRUN's exit restores
+            // it (SVM's host save area; VMX's HOST_CR3, which `run` keeps
+            // at the current CR3) and a task's tables never change while
+            // it lives (a restart refills its pages, not its tables).
+            frame.rax = rax;
+            self.task_mut(next).state = State::Running;
+            return;
+        }
         if core::mem::take(&mut self.parked) {
             cpu::grant_ports(&[], &self.task(next).rights.ports);
         } else {
@@ -764,7 +790,7 @@ impl Vm {
     fn can_go(&self) -> bool {
         let now = cpu::rdtsc();
         self.handlers_ready()
-            || self.tasks.iter().flatten().any(|t| {
+            || self.live().iter().flatten().any(|t| {
                 matches!(t.state, State::NotStarted | State::Ready)
                     || (t.state == State::WaitRecv && (t.notes.pending() || t.wake.due(now)))
             })
@@ -788,17 +814,14 @@ impl Vm {
             if !self.handlers_ready() {
                 return Err(SysError::Yield);
             }
-            for i in 0..MAX_TASKS {
-                let word = self.tasks[i]
-                    .as_mut()
-                    .filter(|t| t.vcpu_page.is_some())
-                    .and_then(|t| t.gate.take(&mut t.notes));
-                if let Some(word) = word {
-                    let t = self.task_mut(i);
-                    t.noted = true;
-                    let ran = t.entered_since_resume;
-                    return self.hand(frame, i, ExitRecord::notification(word, ran));
-                }
+            let noted = self.live_mut().iter_mut().enumerate().find_map(|(i, t)| {
+                let t = t.as_mut().filter(|t| t.vcpu_page.is_some())?;
+                let word = t.gate.take(&mut t.notes)?;
+                t.noted = true;
+                Some((i, ExitRecord::notification(word, t.entered_since_resume)))
+            });
+            if let Some((i, rec)) = noted {
+                return self.hand(frame, i, &rec);
             }
             if !self.paging_set {
                 return Err(Stop::NoPagingRoot {
@@ -815,7 +838,7 @@ impl Vm {
             // servers, the earliest `ReplyRecv` timeout (`earliest_wake`),
             // and every task marked as having seen the guest entered.
             let (mut deferred, mut wake) = (false, None);
-            for t in self.tasks.iter_mut().flatten() {
+            for t in self.live_mut().iter_mut().flatten() {
                 if t.state == State::WaitRecv {
                     deferred |= t.notes.pending();
                     wake = WakeAt::earliest(wake, t.wake.at());
@@ -833,30 +856,34 @@ impl Vm {
             let rec = self.vcpu.run();
             #[cfg(feature = "bench-inline-exits")] // splitvisor bench exits only
             let rec = kernel_stub::bench_inline::answer_all(rec, |r, resume, f| {
-                count_exit(sh.stats, r);
+                count_exit(sh.stats, ExitClass::of(r));
                 self.vcpu.apply(resume, f, None);
                 self.vcpu.run()
             });
             if let Some(why) = self.vcpu.entry_failure(&rec) {
-                count_exit(sh.stats, &rec);
+                count_exit(sh.stats, ExitClass::of(&rec));
                 return Err(Stop::EntryFailed {
                     why,
                     rip: rec.regs.rip,
                 }
                 .into());
             }
-            if ExitKind::of(&rec) == ExitKind::Pause {
+            // Decoded once: the pause check, the counters and the routing
+            // each decoded it again before.
+            let kind = ExitKind::of(&rec);
+            if kind == ExitKind::Pause {
                 // The scheduler's own exit: the deferred servers run now.
                 self.yields += 1;
                 continue;
             }
-            count_exit(sh.stats, &rec);
-            if ExitClass::of(&rec) == ExitClass::HostInterrupt {
+            let class = ExitClass::of_kind(kind);
+            count_exit(sh.stats, class);
+            if class == ExitClass::HostInterrupt {
                 let lines = sh.timer.fired(sh.irqs);
                 self.note_irqs(lines, sh.elsewhere);
             }
-            let class = self.route(&rec);
-            return self.deliver(frame, class, rec);
+            let to = self.route(kind, class, &rec);
+            return self.deliver(frame, to, &rec);
         }
     }
 
@@ -864,7 +891,7 @@ impl Vm {
     fn handlers_ready(&self) -> bool {
         self.guest
             && self
-                .tasks
+                .live()
                 .iter()
                 .flatten()
                 .all(|t| t.vcpu_page.is_none() || t.state == State::WaitExit)
@@ -887,7 +914,7 @@ impl Vm {
         // on most exits none has, and the scans below are skipped.
         let (mut not_started, mut ready) = (None, None);
         let (mut noted, mut timed) = (false, false);
-        for (i, t) in self.tasks.iter().enumerate() {
+        for (i, t) in self.live().iter().enumerate() {
             match t.as_ref().map(|t| (t.state, t)) {
                 Some((State::NotStarted, _)) => _ = not_started.get_or_insert(i),
                 Some((State::Ready, _)) => _ = ready.get_or_insert(i),
@@ -908,7 +935,7 @@ impl Vm {
             return None;
         }
         let guest_can_run = self.paging_set && self.handlers_ready();
-        let notified = self.tasks.iter().position(|t| {
+        let notified = self.live().iter().position(|t| {
             t.as_ref().is_some_and(|t| {
                 t.state == State::WaitRecv
                     && t.notes.pending()
@@ -922,7 +949,7 @@ impl Vm {
             return Some((i, self.task_mut(i).notes.take().unwrap_or(0)));
         }
         let now = cpu::rdtsc();
-        let due = self.tasks.iter().position(|t| {
+        let due = self.live().iter().position(|t| {
             t.as_ref()
                 .is_some_and(|t| t.state == State::WaitRecv && t.wake.due(now))
         });
@@ -933,7 +960,7 @@ impl Vm {
 
     /// The earliest `ReplyRecv` timeout of a waiting task.
     fn earliest_wake(&self) -> Option<u64> {
-        self.tasks
+        self.live()
             .iter()
             .flatten()
             .filter(|t| t.state == State::WaitRecv)
@@ -942,7 +969,7 @@ impl Vm {
 
     /// The IRQ lines its waiting tasks own.
     fn waiting_irqs(&self) -> u16 {
-        self.tasks
+        self.live()
             .iter()
             .flatten()
             .filter(|t| t.state == State::WaitRecv)
@@ -952,39 +979,44 @@ impl Vm {
     /// Writes `rec` into the VCPU page of the task that receives `class`
     /// and resumes it. Under shadow paging every task but the shadow MMU's
     /// sees the guest's own control registers, which that task keeps in its page.
+    /// (The record goes by reference: each copy of its 280 bytes costs
+    /// about 70 instructions, and only the VCPU page needs one.)
     fn deliver(
         &mut self,
         frame: &mut TrapFrame,
         class: ExitClasses,
-        mut rec: ExitRecord,
+        rec: &ExitRecord,
     ) -> SysResult {
-        let no_server = Stop::NoServer {
-            class: ExitClass::of(&rec).name(),
-            code: rec.exit_code,
-            rip: rec.regs.rip,
-        };
-        let handler = self.handler(class).ok_or(no_server)?;
-        let raw = rec;
-        if self.shadow {
-            // The hardware CR3 is the shadow root's host-physical address,
-            // which no server may learn: every task sees the guest's own.
-            let c = self.guest_control().unwrap_or_default();
-            rec.cr3 = c.cr3;
-            if class != ExitClasses::SHADOW_MMU {
-                (rec.cr0, rec.cr4, rec.efer) = (c.cr0, c.cr4, c.efer);
+        let Some(handler) = self.handler(class) else {
+            return Err(Stop::NoServer {
+                class: ExitClass::of(rec).name(),
+                code: rec.exit_code,
+                rip: rec.regs.rip,
             }
-        }
+            .into());
+        };
         if self.task(handler).rights.install {
-            self.mmu_exit = Some((class, raw));
+            self.mmu_exit = Some((class, *rec));
         }
-        self.hand(frame, handler, rec)
+        if !self.shadow {
+            return self.hand(frame, handler, rec);
+        }
+        // The hardware CR3 is the shadow root's host-physical address,
+        // which no server may learn: every task sees the guest's own.
+        let c = self.guest_control().unwrap_or_default();
+        let mut seen = *rec;
+        seen.cr3 = c.cr3;
+        if class != ExitClasses::SHADOW_MMU {
+            (seen.cr0, seen.cr4, seen.efer) = (c.cr0, c.cr4, c.efer);
+        }
+        self.hand(frame, handler, &seen)
     }
 
     /// Writes `rec` into the VCPU page of task `to` and resumes it.
-    fn hand(&mut self, frame: &mut TrapFrame, to: usize, rec: ExitRecord) -> SysResult {
+    fn hand(&mut self, frame: &mut TrapFrame, to: usize, rec: &ExitRecord) -> SysResult {
         let page = self.task(to).vcpu_page.ok_or(Stop::Deadlock)?;
         // SAFETY: the VCPU page is a frame the stub owns, identity-mapped.
-        unsafe { core::ptr::write_volatile(&raw mut (*vcpu_page(page)).exit, rec) };
+        unsafe { core::ptr::write_volatile(&raw mut (*vcpu_page(page)).exit, *rec) };
         self.switch(frame, to, 0);
         Ok(Next::Switched)
     }
@@ -999,11 +1031,11 @@ impl Vm {
     }
 
     /// The routing class of an exit (`Rights::exits` says who gets it).
-    fn route(&self, rec: &ExitRecord) -> ExitClasses {
-        if self.shadow && arch::is_shadow_mmu_exit(rec) {
+    fn route(&self, kind: ExitKind, class: ExitClass, rec: &ExitRecord) -> ExitClasses {
+        if self.shadow && arch::is_shadow_mmu_exit(kind, rec) {
             return ExitClasses::SHADOW_MMU;
         }
-        match ExitClass::of(rec) {
+        match class {
             ExitClass::Ioio => ExitClasses::IOIO,
             ExitClass::Hlt => ExitClasses::HLT,
             ExitClass::Cpuid => ExitClasses::CPUID,
@@ -1048,7 +1080,7 @@ impl Vm {
             None
         };
         match pending.filter(|_| fresh) {
-            Some((class, rec)) => self.deliver(frame, class, rec),
+            Some((class, rec)) => self.deliver(frame, class, &rec),
             None => self.schedule(frame, sh),
         }
     }
@@ -1149,7 +1181,7 @@ impl Vm {
         }
         self.task_mut(cur).state = State::WaitExit;
         self.mmu_exit = None;
-        self.deliver(frame, ExitClasses::NPF, rec)
+        self.deliver(frame, ExitClasses::NPF, &rec)
     }
 
     /// Channel `ch` of a `Call` or `ReplyRecv`, with its index.
@@ -1376,7 +1408,7 @@ impl Vm {
 
     /// Every host IRQ line a task owns.
     fn granted_irqs(&self) -> u16 {
-        self.tasks
+        self.live()
             .iter()
             .flatten()
             .fold(0, |m, t| m | t.rights.irqs)
@@ -1588,9 +1620,11 @@ impl Kernel {
         let yielded = matches!(outcome, Err(SysError::Yield));
         loop {
             let lines = core::mem::take(&mut self.irqs_elsewhere);
-            // (Most calls: no line fired, and no task's rights are walked.)
-            for vm in self.vms.iter_mut().flatten().filter(|_| lines != 0) {
-                vm.notify_irqs(lines & vm.granted_irqs());
+            // (Most calls: no line fired, and no VM is walked.)
+            if lines != 0 {
+                for vm in self.vms.iter_mut().flatten() {
+                    vm.notify_irqs(lines & vm.granted_irqs());
+                }
             }
             let Err(SysError::Yield) = outcome else {
                 break;
@@ -1686,6 +1720,10 @@ impl Kernel {
                 continue;
             };
             let bits = core::mem::take(&mut vm.far_restarted);
+            // (Most calls: no bit, and no walk over the 16 channels.)
+            if bits == 0 {
+                continue;
+            }
             for n in (0..MAX_CHANNELS).filter(|n| bits & (1 << n) != 0) {
                 let far = self.vms[i]
                     .as_ref()

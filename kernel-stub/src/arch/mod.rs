@@ -116,8 +116,8 @@ pub fn check_paging(arch: Arch, shadow: bool, entry: EntryMode) -> Result<(), &'
 /// Whether a shadowed guest's exit goes to the mmu-server: #PF, CR
 /// reads and writes, INVLPG (intercepted while the mmu-server asks for
 /// it), RDMSR/WRMSR of EFER.
-pub fn is_shadow_mmu_exit(rec: &ExitRecord) -> bool {
-    match ExitKind::of(rec) {
+pub fn is_shadow_mmu_exit(kind: ExitKind, rec: &ExitRecord) -> bool {
+    match kind {
         ExitKind::Exception { vector: Some(14) } | ExitKind::CrAccess { .. } | ExitKind::Invlpg => {
             true
         }
@@ -286,7 +286,12 @@ impl ExitClass {
 
     /// Classifies a record by `ipc_proto::ExitKind`, the servers' decoder.
     pub fn of(rec: &ExitRecord) -> Self {
-        match ExitKind::of(rec) {
+        Self::of_kind(ExitKind::of(rec))
+    }
+
+    /// The class of an exit of `kind` (the exit path decodes a record once).
+    pub fn of_kind(kind: ExitKind) -> Self {
+        match kind {
             ExitKind::Io => Self::Ioio,
             ExitKind::Hlt => Self::Hlt,
             ExitKind::Cpuid => Self::Cpuid,
