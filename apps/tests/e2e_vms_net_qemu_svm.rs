@@ -13,6 +13,19 @@ mod common;
 
 use common::Run;
 
+/// Two VMs of Debian's amd64 kernel (128 MiB each, the PC board, NPT) with
+/// `--net net` and `append` on their command lines, one boot at a time.
+fn two_linux_vms(net: &str, append: &str) -> Run {
+    let _one = common::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut args = common::AMD64_PC_NPT.to_vec();
+    args.extend([
+        "--vms", "2", "--ram", "128", "--net", net, "--append", append,
+    ]);
+    common::splitvisor_run(&args, 400)
+}
+
 /// The text VM `vm` printed, its lines' prefixes taken off and the lines
 /// joined without their ends: a line another VM's output interrupted
 /// (the stub ends it and prefixes the rest again) reads whole again.
@@ -55,30 +68,7 @@ fn counters(r: &Run, port: &str) -> std::collections::HashMap<String, u64> {
 #[test]
 #[ignore = "two Linux boots, about 80 s; run with --ignored"]
 fn two_linux_vms_ping_and_copy_a_file_across_the_switch() {
-    let _one = common::ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let r = common::splitvisor_run(
-        &[
-            "--linux",
-            "amd64",
-            "--board",
-            "pc",
-            "--mmu",
-            "npt",
-            "--cpu",
-            "EPYC,+svm,+npt",
-            "--vms",
-            "2",
-            "--ram",
-            "128",
-            "--net",
-            "switch",
-            "--append",
-            "splitvisor.net.pair splitvisor.exit",
-        ],
-        400,
-    );
+    let r = two_linux_vms("switch", "splitvisor.net.pair splitvisor.exit");
     assert_eq!(r.code, Some(0), "{r}");
     let (vm0, vm1) = (vm_text(&r, "vm0"), vm_text(&r, "vm1"));
     assert!(
@@ -156,30 +146,7 @@ fn two_linux_vms_ping_and_copy_a_file_across_the_switch() {
 #[test]
 #[ignore = "two Linux boots, about 50 s; run with --ignored"]
 fn two_linux_vms_get_leases_through_vm0s_uplink() {
-    let _one = common::ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let r = common::splitvisor_run(
-        &[
-            "--linux",
-            "amd64",
-            "--board",
-            "pc",
-            "--mmu",
-            "npt",
-            "--cpu",
-            "EPYC,+svm,+npt",
-            "--vms",
-            "2",
-            "--ram",
-            "128",
-            "--net",
-            "user",
-            "--append",
-            "splitvisor.net splitvisor.exit",
-        ],
-        400,
-    );
+    let r = two_linux_vms("user", "splitvisor.net splitvisor.exit");
     assert_eq!(r.code, Some(0), "{r}");
     let mut leases = Vec::new();
     for (vm, mac) in [("vm0", "01"), ("vm1", "02")] {
